@@ -1,0 +1,456 @@
+"""Side-by-side training (and predict) throughput of fastbp and its peers.
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/compare.py --quick
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/compare.py --json out.json
+
+Each (workload, library, thread count) runs in a subprocess of its own (this script's
+``--worker`` mode), so no two BLAS / OpenMP runtimes share a process.  A worker builds the data
+and the model, sets its BLAS threads (threadpoolctl, torch.set_num_threads), warms up, then
+times windows of whole epochs, each window at least --duration seconds long, and reports every
+window's samples/s; the table shows the median of --repeats windows.  See bench/README.md.
+"""
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)
+
+import workloads  # noqa: E402
+
+DEFAULT_PEERS = "fastbp,numpy,torch,sklearn"
+RESULT_TAG = "@@FASTBP_BENCH_RESULT "
+OPENBLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+# fastbp's goals of shared/BENCHMARKS.md, as ratios to the peers (1 thread)
+GOAL_RATIOS = {
+    "W1": {"torch": 3.4, "numpy": 1.5},
+    "W2": {"torch": 2.2, "numpy": 1.05},
+    "W3": {"torch": 33.0, "numpy": 8.0},
+    "W4": {"torch": 2.0, "numpy": 1.02},
+    "W5": {"torch": 2.3, "numpy": 1.25},
+    "P1": {"numpy": 1.0},
+}
+
+
+def _maxrss_mib():
+    # ru_maxrss is in KiB on Linux (bytes on macOS)
+    scale = 1 / (1024 * 1024) if sys.platform == "darwin" else 1 / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+# ============================================================================= worker side
+
+def _blas_info():
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return []
+    keys = ("user_api", "internal_api", "prefix", "version", "num_threads", "architecture",
+            "threading_layer", "filepath")
+    pools = [{k: d.get(k) for k in keys} for d in threadpool_info()]
+    return sorted(pools, key=lambda d: (str(d["internal_api"]), str(d["filepath"])))
+
+
+def _measure(run, units_per_call_unit, duration, repeats, warmup):
+    """Time ``run(k)`` (k epochs, or k predict calls): warm up, calibrate k so that one call
+    takes >= duration seconds, then time `repeats` such windows.  Returns
+    (windows [(k, seconds, units/s)], calibration info)."""
+    # warm-up, doubling k; the last warm-up call estimates the time per unit
+    k, spent, calls = 1, 0.0, 0
+    while True:
+        t0 = time.perf_counter()
+        run(k)
+        dt = time.perf_counter() - t0
+        spent += dt
+        calls += 1
+        if spent >= warmup and calls >= 2 or spent >= warmup + 4 * duration:
+            break
+        if dt < warmup / 2:
+            k *= 2
+    per_unit = dt / k
+    k = max(1, math.ceil(1.05 * duration / per_unit))
+    windows, discarded = [], 0
+    while len(windows) < repeats:
+        c0 = time.process_time()
+        t0 = time.perf_counter()
+        run(k)
+        dt = time.perf_counter() - t0
+        cpu = time.process_time() - c0
+        if dt < duration and discarded < 10:
+            # too short (the estimate included warm-up effects): grow k, discard the window
+            discarded += 1
+            k = max(k + 1, math.ceil(k * 1.1 * duration / dt))
+            continue
+        # cpu_seconds / seconds well under the thread count means the CPU was shared
+        windows.append({"units": k, "seconds": dt, "cpu_seconds": cpu,
+                        "rate": k * units_per_call_unit / dt})
+    return windows, {"warmup_seconds": spent, "warmup_calls": calls,
+                     "discarded_windows": discarded}
+
+
+def worker(args):
+    """Run one library on one workload; print one JSON result line tagged RESULT_TAG."""
+    t_start = time.perf_counter()
+    import numpy as np
+    import peers
+
+    wl = workloads.get(args.workload)
+    out = {"library": args.worker, "workload": wl.name, "threads": args.threads,
+           "status": "ok", "pid": os.getpid(),
+           "env": {v: os.environ.get(v) for v in OPENBLAS_VARS + THREAD_VARS},
+           "loadavg_start": _loadavg()}
+    rss = out["maxrss_mib"] = {"start": _maxrss_mib()}
+    limiter = None
+    try:
+        predict = wl.name == "P1"
+        table = peers.PREDICT if predict else peers.TRAIN
+        if args.worker not in table:
+            raise peers.Unavailable(f"no {'predict' if predict else 'train'} runner")
+        X, y = workloads.make_data(wl, seed=args.seed)
+        rss["data"] = _maxrss_mib()
+        out["data_mib"] = (X.nbytes + y.nbytes) / 2**20
+        if predict:
+            runner = peers.PREDICT[args.worker](wl, X, threads=args.threads, seed=args.seed)
+        else:
+            runner = peers.TRAIN[args.worker](wl, X, y, threads=args.threads, seed=args.seed)
+        rss["model"] = _maxrss_mib()
+        if args.threads:
+            from threadpoolctl import threadpool_limits
+            limiter = threadpool_limits(limits=args.threads)
+
+        if predict:
+            def run(k):
+                for _ in range(k):
+                    runner.predict()
+            units = wl.n_samples                      # rows per predict call
+        else:
+            run = runner.run
+            units = wl.n_samples                      # samples per epoch
+        windows, calib = _measure(run, units, args.duration, args.repeats, args.warmup)
+        rates = sorted(w["rate"] for w in windows)
+        out.update(windows=windows, calibration=calib,
+                   median=float(np.median(rates)), min=rates[0], max=rates[-1],
+                   unit="rows/s" if predict else "samples/s",
+                   versions=runner.versions(), blas=_blas_info())
+        if hasattr(runner, "n_classes_seen"):
+            out["n_classes_seen"] = runner.n_classes_seen
+        rss["end"] = _maxrss_mib()
+    except peers.Unavailable as exc:
+        out.update(status="unavailable", reason=str(exc))
+    except Exception as exc:  # report, do not hide: the parent prints it
+        import traceback
+        out.update(status="error", reason=f"{type(exc).__name__}: {exc}",
+                   traceback=traceback.format_exc())
+    finally:
+        if limiter is not None:
+            limiter.unregister()
+    out["wall_seconds"] = time.perf_counter() - t_start
+    sys.stdout.write(RESULT_TAG + json.dumps(out) + "\n")
+    sys.stdout.flush()
+    return 0
+
+
+# ============================================================================= parent side
+
+def _lscpu_model():
+    try:
+        text = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for line in text.splitlines():
+        if line.startswith("Model name:"):
+            return line.split(":", 1)[1].strip()
+    return None
+
+
+def _loadavg():
+    try:
+        return os.getloadavg()
+    except OSError:
+        return None
+
+
+def machine_info():
+    info = {"platform": platform.platform(), "machine": platform.machine(),
+            "processor": platform.processor(), "cpu_model": _lscpu_model(),
+            "cpu_count": os.cpu_count(), "python": sys.version.split()[0]}
+    try:
+        info["cpu_affinity"] = len(os.sched_getaffinity(0))
+    except AttributeError:
+        pass
+    return info
+
+
+def run_worker(library, workload, threads, args):
+    env = dict(os.environ)
+    if threads:
+        for var in THREAD_VARS:
+            env[var] = str(threads)
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", library,
+           "--workload", workload, "--threads", str(threads), "--duration", str(args.duration),
+           "--repeats", str(args.repeats), "--warmup", str(args.warmup), "--seed",
+           str(args.seed)]
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=args.cwd,
+                              timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        return {"library": library, "workload": workload, "threads": threads,
+                "status": "error", "reason": f"timed out after {args.timeout} s"}
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(RESULT_TAG):
+            result = json.loads(line[len(RESULT_TAG):])
+            break
+    else:
+        result = {"library": library, "workload": workload, "threads": threads,
+                  "status": "error", "reason": f"worker exited {proc.returncode} without a "
+                  f"result; stderr tail: {proc.stderr[-2000:]}"}
+    result["returncode"] = proc.returncode
+    result["subprocess_seconds"] = time.perf_counter() - t0
+    if proc.stderr.strip():
+        result["stderr_tail"] = proc.stderr[-2000:]
+    return result
+
+
+def _fmt_rate(r):
+    if r is None:
+        return "n/a"
+    if r >= 1e6:
+        return f"{r / 1e6:.2f}M"
+    if r >= 1e4:
+        return f"{r / 1e3:.0f}k"
+    return f"{r:,.0f}"
+
+
+def _cell(res):
+    if res is None or res.get("status") != "ok":
+        return "n/a"
+    spread = (res["max"] - res["min"]) / res["median"] * 100 if res["median"] else 0
+    return f"{_fmt_rate(res['median'])} ±{spread / 2:.0f}%"
+
+
+def print_report(results, libraries, wl_names, threads_list, args, file=sys.stdout):
+    by = {(r["workload"], r["library"], r["threads"]): r for r in results}
+    p = lambda *a: print(*a, file=file)  # noqa: E731
+    env_vals = {v: os.environ.get(v) for v in OPENBLAS_VARS}
+    p("")
+    p(f"fastbp bench/compare.py   machine: {machine_info()['cpu_model']}, "
+      f"{os.cpu_count()} CPUs   duration >= {args.duration} s x {args.repeats} windows "
+      f"(median; ± = half the min-max spread)")
+    p("  " + "  ".join(f"{k}={v if v is not None else '<unset>'}" for k, v in env_vals.items()))
+    if args.load_before:
+        p(f"  load average (1 min) before {args.load_before[0]:.2f}, after "
+          f"{args.load_after[0]:.2f} (includes this run's own workers)")
+        if args.load_before[0] > 0.5:
+            p("  WARNING: the machine was busy before the run; figures are low")
+    if any(v is not None for v in env_vals.values()):
+        p("  WARNING: OpenBLAS variables are set; benchmarks should run with "
+          "`env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE`")
+    others = [lib for lib in libraries if lib != "fastbp"]
+    for threads in threads_list:
+        p("")
+        p(f"threads = {threads or 'library default'}   (samples/s for W*, rows/s for P1)")
+        head = ["workload"] + libraries
+        if "fastbp" in libraries:
+            head += [f"fastbp/{o}" for o in others]
+        rows = [head]
+        for wl in wl_names:
+            row = [wl] + [_cell(by.get((wl, lib, threads))) for lib in libraries]
+            if "fastbp" in libraries:
+                fb = by.get((wl, "fastbp", threads))
+                for o in others:
+                    peer = by.get((wl, o, threads))
+                    if (fb and peer and fb.get("status") == "ok"
+                            and peer.get("status") == "ok"):
+                        ratio = fb["median"] / peer["median"]
+                        goal = GOAL_RATIOS.get(wl, {}).get(o) if threads == 1 else None
+                        mark = ""
+                        if goal:
+                            mark = f" ({'ok' if ratio >= goal else 'goal'} {goal:g}x)"
+                        row.append(f"{ratio:.2f}x{mark}")
+                    else:
+                        row.append("n/a")
+            rows.append(row)
+        widths = [max(len(str(r[i])) for r in rows) for i in range(len(head))]
+        for i, r in enumerate(rows):
+            p("  " + "  ".join(str(c).rjust(w) if j else str(c).ljust(w)
+                               for j, (c, w) in enumerate(zip(r, widths))))
+            if i == 0:
+                p("  " + "  ".join("-" * w for w in widths))
+    # BLAS / thread pools per library, and failures
+    p("")
+    p("thread pools seen by each worker (threadpoolctl.threadpool_info):")
+    seen = set()
+    for r in results:
+        if r.get("status") != "ok":
+            continue
+        pools = "; ".join(
+            f"{b.get('internal_api')} {b.get('version')} {b.get('architecture') or ''} "
+            f"threads={b.get('num_threads')}".replace("  ", " ")
+            for b in sorted(r.get("blas", []), key=lambda b: str(b.get("filepath"))))
+        key = (r["library"], r["threads"], pools)
+        if key in seen:
+            continue
+        seen.add(key)
+        vers = ", ".join(f"{k} {v}" for k, v in r.get("versions", {}).items())
+        p(f"  {r['library']:8s} threads={r['threads']}: {pools or 'none'}   [{vers}]")
+    p("")
+    p("peak memory (ru_maxrss MiB: after data / after model / end):")
+    for r in results:
+        m = r.get("maxrss_mib", {})
+        if r.get("status") == "ok":
+            p(f"  {r['workload']:3s} {r['library']:8s} t={r['threads']}: "
+              f"{m.get('data', 0):7.0f} {m.get('model', 0):7.0f} {m.get('end', 0):7.0f}")
+    bad = [r for r in results if r.get("status") != "ok"]
+    if bad:
+        p("")
+        p("not measured:")
+        for r in bad:
+            p(f"  {r['workload']} {r['library']} threads={r['threads']}: {r['status']}: "
+              f"{r.get('reason', '')}".rstrip())
+            if args.verbose and r.get("traceback"):
+                p(r["traceback"])
+
+
+def write_png(results, libraries, wl_names, threads_list, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print(f"matplotlib is not importable: {path} not written", file=sys.stderr)
+        return False
+    by = {(r["workload"], r["library"], r["threads"]): r for r in results}
+    cols = [(wl, t) for t in threads_list for wl in wl_names]
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(cols)), 4.5))
+    width = 0.8 / max(1, len(libraries))
+    for i, lib in enumerate(libraries):
+        xs, ys = [], []
+        for j, (wl, t) in enumerate(cols):
+            r = by.get((wl, lib, t))
+            if r and r.get("status") == "ok":
+                xs.append(j + i * width)
+                ys.append(r["median"])
+        ax.bar(xs, ys, width, label=lib)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(cols))])
+    ax.set_xticklabels([f"{wl}\n{t or 'default'} thr" for wl, t in cols])
+    ax.set_yscale("log")
+    ax.set_ylabel("samples/s (rows/s for P1), log scale")
+    ax.set_title("fastbp vs peers: steady-state training throughput")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return True
+
+
+def parent(args):
+    if args.quick:
+        wl_names = args.workloads or ["W1", "W3"]
+        if args.duration is None:
+            args.duration = 0.5
+        if args.warmup is None:
+            args.warmup = 0.3
+    else:
+        wl_names = args.workloads or list(workloads.WORKLOADS)
+    if args.duration is None:
+        args.duration = 2.0
+    if args.warmup is None:
+        args.warmup = max(0.5, args.duration / 2)
+    if args.predict and "P1" not in wl_names:
+        wl_names = wl_names + ["P1"]
+    wl_names = [workloads.get(w).name for w in wl_names]
+    libraries = args.peers
+    threads_list = args.threads
+    args.cwd = HERE
+
+    results = []
+    args.load_before = _loadavg()
+    if args.load_before and args.load_before[0] > 0.5:
+        print(f"warning: load average {args.load_before[0]:.2f} before the run: other work on "
+              f"this machine will lower every figure", file=sys.stderr)
+    t0 = time.perf_counter()
+    for threads in threads_list:
+        for wl in wl_names:
+            for lib in libraries:
+                print(f"[{time.perf_counter() - t0:6.1f}s] {wl} {lib} threads={threads} ...",
+                      file=sys.stderr, flush=True)
+                r = run_worker(lib, wl, threads, args)
+                results.append(r)
+                msg = (f"{_fmt_rate(r['median'])} {r['unit']}" if r.get("status") == "ok"
+                       else f"{r['status']}: {r.get('reason', '')[:200]}")
+                print(f"          -> {msg}", file=sys.stderr, flush=True)
+
+    args.load_after = _loadavg()
+    print_report(results, libraries, wl_names, threads_list, args)
+
+    if args.json:
+        doc = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+               "command": [sys.executable] + sys.argv,
+               "settings": {"workloads": wl_names, "peers": libraries,
+                            "threads": threads_list, "duration": args.duration,
+                            "repeats": args.repeats, "warmup": args.warmup,
+                            "seed": args.seed, "quick": args.quick},
+               "machine": machine_info(),
+               "loadavg_before": args.load_before, "loadavg_after": args.load_after,
+               "env": {v: os.environ.get(v) for v in OPENBLAS_VARS + THREAD_VARS},
+               "workloads": {w: workloads.get(w).__dict__ for w in wl_names},
+               "goal_ratios": GOAL_RATIOS,
+               "results": results,
+               "total_seconds": time.perf_counter() - t0}
+        with open(args.json, "w") as f:
+            json.dump(doc, f, indent=1, default=str)
+        print(f"wrote {args.json}", file=sys.stderr)
+    if args.png:
+        if write_png(results, libraries, wl_names, threads_list, args.png):
+            print(f"wrote {args.png}", file=sys.stderr)
+    return 0
+
+
+def _csv(s):
+    return [x.strip() for x in s.split(",") if x.strip()]
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workloads", type=lambda s: [w.upper() for w in _csv(s)], default=None,
+                    help="comma list of W1..W5, P1 (default: W1-W5; --quick: W1,W3)")
+    ap.add_argument("--threads", type=lambda s: [int(t) for t in _csv(s)], default=[1],
+                    help="comma list of BLAS thread counts, 0 = each library's default "
+                         "(default: 1)")
+    ap.add_argument("--duration", type=float, default=None,
+                    help="minimum seconds per timed window (default 2; --quick 0.5)")
+    ap.add_argument("--repeats", type=int, default=3, help="timed windows (default 3)")
+    ap.add_argument("--warmup", type=float, default=None,
+                    help="minimum warm-up seconds (default max(0.5, duration/2))")
+    ap.add_argument("--quick", action="store_true",
+                    help="W1 and W3 with 0.5 s windows: under a minute")
+    ap.add_argument("--predict", action="store_true", help="add P1 (predict, 100,000 rows)")
+    ap.add_argument("--peers", type=_csv, default=_csv(DEFAULT_PEERS),
+                    help=f"comma list of libraries (default {DEFAULT_PEERS})")
+    ap.add_argument("--json", help="write all figures to this JSON file")
+    ap.add_argument("--png", help="write a bar chart (needs matplotlib)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--timeout", type=float, default=900, help="seconds per worker")
+    ap.add_argument("--verbose", "-v", action="store_true")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--workload", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        args.threads = args.threads[0]
+        return worker(args)
+    return parent(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

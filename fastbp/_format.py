@@ -1,0 +1,134 @@
+"""The fastbp model file (format version 1); docs/file-format.md is its description.
+
+    magic      8 bytes   b"\\x89FASTBP\\n"
+    version    uint32 little-endian (1)
+    header_len uint32 little-endian
+    header     header_len bytes of UTF-8 JSON:
+               {"layer_sizes": [...], "activations": [...], "dtype": "float32"|"float64"}
+    parameters W1, b1, W2, b2, ... little-endian, W row-major (n_in, n_out)
+    crc32      uint32 little-endian, of every byte before it
+
+Reading never unpickles or evaluates anything: the header is JSON, checked field by field,
+the parameter count must match the layer sizes and the file's length before anything is
+allocated, and the checksum must match.
+"""
+from __future__ import annotations
+
+import json
+import os
+import struct
+import tempfile
+import zlib
+
+import numpy as np
+
+MAGIC = b"\x89FASTBP\n"
+VERSION = 1
+PREFIX = struct.Struct("<8sII")
+CHECKSUM = struct.Struct("<I")
+MAX_HEADER_BYTES = 1 << 20
+DTYPES = {"float32": np.dtype("<f4"), "float64": np.dtype("<f8")}
+
+
+def encode(layer_sizes, activations, params: np.ndarray) -> bytes:
+    header = json.dumps({"layer_sizes": list(layer_sizes), "activations": list(activations),
+                         "dtype": params.dtype.name}).encode()
+    body = PREFIX.pack(MAGIC, VERSION, len(header)) + header + \
+        params.astype(DTYPES[params.dtype.name], copy=False).tobytes()
+    return body + CHECKSUM.pack(zlib.crc32(body))
+
+
+def _damaged(why: str) -> ValueError:
+    return ValueError(f"not a valid fastbp model file: {why}")
+
+
+def _read_start(data: bytes):
+    """Check the signature and header at the start of `data`.
+
+    Returns (layer_sizes, activations, dtype, header_end, total_size): where the
+    parameters start and how long the whole file must be.
+    """
+    if len(data) < PREFIX.size:
+        raise _damaged(f"only {len(data)} bytes long")
+    magic, version, header_len = PREFIX.unpack_from(data)
+    if magic != MAGIC:
+        raise _damaged("it does not start with the fastbp signature")
+    if version != VERSION:
+        raise ValueError(f"fastbp model file version {version} is not supported "
+                         f"(this fastbp reads version {VERSION})")
+    header_end = PREFIX.size + header_len
+    if header_len > MAX_HEADER_BYTES or header_end > len(data):
+        raise _damaged("the header length is out of range (truncated file?)")
+    try:
+        header = json.loads(data[PREFIX.size:header_end].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise _damaged("the header is not valid JSON") from None
+    layer_sizes, activations, dtype = _check_header(header)
+    n_params = sum(a * b + b for a, b in zip(layer_sizes[:-1], layer_sizes[1:]))
+    total_size = header_end + n_params * dtype.itemsize + CHECKSUM.size
+    return layer_sizes, activations, dtype, header_end, total_size
+
+
+def _check_size(actual: int, expected: int) -> None:
+    if actual != expected:
+        raise _damaged(f"{actual} bytes where its layer sizes need {expected} "
+                       f"(truncated or damaged)")
+
+
+def decode(data: bytes):
+    """(layer_sizes, activations, params) from the bytes of a model file."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"a model is read from bytes; got {type(data).__name__}")
+    data = bytes(data)
+    layer_sizes, activations, dtype, header_end, total_size = _read_start(data)
+    _check_size(len(data), total_size)
+    (stored_checksum,) = CHECKSUM.unpack_from(data, len(data) - CHECKSUM.size)
+    if zlib.crc32(data[:-CHECKSUM.size]) != stored_checksum:
+        raise _damaged("the checksum does not match (the file is damaged)")
+    n_params = (total_size - header_end - CHECKSUM.size) // dtype.itemsize
+    params = np.frombuffer(data, dtype=dtype, count=n_params, offset=header_end)
+    return layer_sizes, activations, params.astype(dtype.newbyteorder("="), copy=True)
+
+
+def _check_header(header):
+    if not isinstance(header, dict) or set(header) != {"layer_sizes", "activations", "dtype"}:
+        raise _damaged("the header must hold exactly layer_sizes, activations and dtype")
+    layer_sizes, activations, dtype = header["layer_sizes"], header["activations"], header["dtype"]
+    if (not isinstance(layer_sizes, list) or len(layer_sizes) < 2
+            or not all(type(size) is int and 0 < size < 2**31 for size in layer_sizes)):
+        raise _damaged("layer_sizes must be a list of at least two positive integers")
+    if (not isinstance(activations, list) or len(activations) != len(layer_sizes) - 1
+            or not all(isinstance(name, str) for name in activations)):
+        raise _damaged("activations must be a list of names, one per weight layer")
+    if dtype not in DTYPES:
+        raise _damaged(f"dtype must be one of {', '.join(DTYPES)}")
+    return tuple(layer_sizes), tuple(activations), DTYPES[dtype]
+
+
+def write_file(path, data: bytes) -> None:
+    """Write data to exactly `path`, atomically: a temporary file beside it, flushed and
+    synced, then renamed over it, so a failure leaves any previous file intact."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    handle, temporary = tempfile.mkstemp(prefix=".fastbp-", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        raise
+
+
+def read_file(path):
+    """decode() of the file at `path`; its size is checked before the parameters are read."""
+    with open(os.fspath(path), "rb") as stream:
+        size = os.fstat(stream.fileno()).st_size
+        start = stream.read(PREFIX.size + MAX_HEADER_BYTES)
+        _check_size(size, _read_start(start)[-1])
+        return decode(start + stream.read())

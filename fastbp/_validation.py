@@ -1,0 +1,123 @@
+"""Checks and conversions for everything the Python API hands to the compiled core.
+
+The core runs without bounds checks, so every array reaching it is C-contiguous, of the
+model's dtype, finite and of the right shape, and every number is in range. Each check
+raises a ValueError or TypeError that names the argument and says what was expected.
+"""
+from __future__ import annotations
+
+import numbers
+import operator
+
+import numpy as np
+
+from fastbp import _core
+
+NUMERIC_KINDS = "biuf"  # bool, signed and unsigned integers, floats
+
+
+def whole_number(value, name: str, minimum: int) -> int:
+    """An int (or a float holding a whole number) >= minimum."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a whole number; got {value!r}")
+    if not isinstance(value, numbers.Integral):
+        if not np.isfinite(value) or value != int(value):
+            raise ValueError(f"{name} must be a whole number; got {value!r}")
+    value = operator.index(value) if isinstance(value, numbers.Integral) else int(value)
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}; got {value}")
+    return value
+
+
+def real_number(value, name: str, minimum: float = 0.0) -> float:
+    """A finite real number >= minimum."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number; got {value!r}")
+    value = float(value)
+    if not np.isfinite(value) or value < minimum:
+        raise ValueError(f"{name} must be a finite number >= {minimum}; got {value!r}")
+    return value
+
+
+def numeric_array(data, name: str) -> np.ndarray:
+    """Any numeric array-like as an ndarray, without copying what is already one."""
+    if data is None or isinstance(data, (str, bytes)):
+        raise TypeError(f"{name} must be a numeric array; got {type(data).__name__}")
+    try:
+        array = np.asarray(data)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"{name} could not be read as a numeric array: {error}") from None
+    if array.dtype.kind not in NUMERIC_KINDS:
+        raise TypeError(f"{name} must hold numbers; got an array of dtype {array.dtype}")
+    return array
+
+
+def check_finite(array: np.ndarray, name: str) -> None:
+    if not _core.all_finite(array):
+        raise ValueError(f"{name} contains NaN or infinity"
+                         f" (or values too large for {array.dtype})")
+
+
+def as_matrix(data, name: str, dtype: np.dtype, n_columns: int) -> np.ndarray:
+    """A finite, C-contiguous (n_rows, n_columns) array of `dtype`, copied only if needed."""
+    array = numeric_array(data, name)
+    if array.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (n_samples, {n_columns}); got shape {array.shape}")
+    if array.shape[0] == 0:
+        raise ValueError(f"{name} is empty: it has no rows")
+    if array.shape[1] != n_columns:
+        raise ValueError(f"{name} has {array.shape[1]} columns; the model's input layer "
+                         f"has {n_columns}")
+    with np.errstate(over="ignore"):  # overflow to inf is reported just below
+        array = np.ascontiguousarray(array, dtype=dtype)
+    check_finite(array, name)
+    return array
+
+
+def as_targets(data, loss_name: str, n_outputs: int, n_rows: int | None, dtype: np.dtype):
+    """Targets for `loss_name`: returns (Y, labels), exactly one of them not None.
+
+    Y is a finite (n_rows, n_outputs) array of `dtype`; labels are class indices (np.intp)
+    for categorical cross-entropy given one label per row.
+    """
+    array = numeric_array(data, "Y")
+    if n_rows is not None and (array.ndim == 0 or array.shape[0] != n_rows):
+        raise ValueError(f"Y has {array.shape[0] if array.ndim else 0} rows but X has {n_rows}")
+    if array.ndim == 0 or array.shape[0] == 0:
+        raise ValueError("Y is empty: it has no rows")
+    is_labels = loss_name == "categorical_crossentropy" and (
+        array.ndim == 1 or (array.ndim == 2 and array.shape[1] == 1 and n_outputs > 1))
+    if is_labels:
+        labels = array.reshape(-1)
+        if array.dtype.kind == "f":
+            if not np.isfinite(labels).all():
+                raise ValueError("Y (class labels) contains NaN or infinity")
+            if not (labels == np.round(labels)).all():
+                raise ValueError("Y (class labels) must be whole numbers 0..k-1")
+        if labels.min() < 0 or labels.max() >= n_outputs:
+            raise ValueError(f"Y (class labels) must lie in 0..{n_outputs - 1} for a model with "
+                             f"{n_outputs} outputs; got values from {labels.min()} to {labels.max()}")
+        return None, labels.astype(np.intp)
+
+    if array.ndim == 1 and n_outputs == 1:
+        array = array.reshape(-1, 1)
+    if array.ndim != 2 or array.shape[1] != n_outputs:
+        raise ValueError(f"Y must have shape (n_samples, {n_outputs}) to match the model's "
+                         f"{n_outputs} outputs; got shape {array.shape}")
+    with np.errstate(over="ignore"):
+        targets = np.ascontiguousarray(array, dtype=dtype)
+    check_finite(targets, "Y")
+    if loss_name == "binary_crossentropy" and (targets.min() < 0 or targets.max() > 1):
+        raise ValueError("Y for binary cross-entropy must lie in [0, 1]")
+    if loss_name == "categorical_crossentropy":
+        row_sums = targets.sum(axis=1, dtype=np.float64)
+        if targets.min() < 0 or not np.allclose(row_sums, 1.0, rtol=0, atol=1e-3):
+            raise ValueError("Y for categorical cross-entropy must be one-hot (or probability) "
+                             "rows that sum to 1, or integer class labels, one per row")
+    return targets, None
+
+
+def one_hot(labels: np.ndarray, n_classes: int, dtype: np.dtype) -> np.ndarray:
+    targets = np.zeros((labels.shape[0], n_classes), dtype=dtype)
+    targets[np.arange(labels.shape[0]), labels] = 1
+    return targets

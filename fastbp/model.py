@@ -1,0 +1,232 @@
+"""The model: a multilayer perceptron whose parameters live in one flat buffer."""
+from __future__ import annotations
+
+import numbers
+import warnings
+
+import numpy as np
+
+from fastbp import _core, _format, losses
+from fastbp._validation import as_matrix, as_targets, check_finite, numeric_array, one_hot, \
+    whole_number
+
+ACTIVATIONS = tuple(_core.ACTIVATION_CODES)
+RELU_FAMILY = ("relu", "leaky_relu")
+INITS = ("auto", "he", "glorot", "zeros")
+DTYPES = ("float32", "float64")
+PREDICT_CHUNK_ROWS = 2048   # rows per forward pass in predict/gradients: activations stay in cache
+
+
+def _check_layer_sizes(layer_sizes) -> tuple[int, ...]:
+    if isinstance(layer_sizes, (str, bytes)) or not hasattr(layer_sizes, "__len__"):
+        raise TypeError(f"layer_sizes must be a sequence of layer widths, e.g. [784, 128, 10]; "
+                        f"got {layer_sizes!r}")
+    sizes = tuple(whole_number(size, "every layer size", 1) for size in layer_sizes)
+    if len(sizes) < 2:
+        raise ValueError(f"layer_sizes needs at least an input and an output width; got {sizes}")
+    if max(sizes) > 2**31 - 1:
+        raise ValueError(f"a layer width must be below 2**31; got {max(sizes)}")
+    return sizes
+
+
+def _check_activations(activations, n_layers: int) -> tuple[str, ...]:
+    if isinstance(activations, str):
+        names = (activations,) * (n_layers - 1) + ("identity",)
+    elif hasattr(activations, "__len__") and all(isinstance(a, str) for a in activations):
+        names = tuple(activations)
+        if len(names) != n_layers:
+            raise ValueError(f"activations needs one name per weight layer ({n_layers}) or a "
+                             f"single name for the hidden layers; got {len(names)}")
+    else:
+        raise TypeError(f"activations must be a name or a list of names; got {activations!r}")
+    names = tuple(name.lower() for name in names)
+    for name in names:
+        if name not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {name!r}; valid names: {', '.join(ACTIVATIONS)}")
+    if "softmax" in names[:-1]:
+        raise ValueError("softmax is an output activation; it cannot be used on a hidden layer")
+    return names
+
+
+def _check_dtype(dtype) -> np.dtype:
+    try:
+        resolved = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}") from None
+    if resolved.name not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}; got {resolved.name}")
+    return resolved
+
+
+class MLP:
+    """A multilayer perceptron.
+
+    layer_sizes: widths from input to output, e.g. [784, 128, 10].
+    activations: one name per weight layer, or one name for every hidden layer (the output
+        layer then gets "identity"). Names: identity, relu, leaky_relu (slope 0.01),
+        sigmoid, tanh, softmax (output layer only).
+    dtype: "float32" or "float64", for the parameters and all computation.
+    init: "auto" (He for the ReLU family, Glorot otherwise), "he", "glorot" or "zeros";
+        biases start at zero.
+    seed: seeds the initial weights.
+    """
+
+    def __init__(self, layer_sizes, activations, dtype="float32", init="auto", seed=None):
+        sizes = _check_layer_sizes(layer_sizes)
+        names = _check_activations(activations, len(sizes) - 1)
+        dtype = _check_dtype(dtype)
+        if init not in INITS:
+            raise ValueError(f"unknown init {init!r}; valid names: {', '.join(INITS)}")
+        if seed is not None and not isinstance(seed, (numbers.Integral, np.random.SeedSequence)):
+            raise TypeError(f"seed must be None or an integer; got {seed!r}")
+        self._setup(sizes, names, dtype)
+        rng = np.random.default_rng(seed)
+        for weights, activation in zip(self._weights, names):
+            weights[...] = _initial_weights(rng, weights.shape, activation, init)
+
+    def _setup(self, sizes, names, dtype, params=None):
+        self._layer_sizes = sizes
+        self._activations = names
+        self._codes = tuple(_core.ACTIVATION_CODES[name] for name in names)
+        self._shape = _core.Plan(sizes, self._codes, 0)
+        self._params = np.zeros(self._shape.n_params, dtype=dtype) if params is None else params
+        self._weights, self._biases = self._shape.parameter_views(self._params)
+
+    # ---- what the user reads ----
+    @property
+    def layer_sizes(self) -> tuple[int, ...]:
+        return self._layer_sizes
+
+    @property
+    def activations(self) -> tuple[str, ...]:
+        return self._activations
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self._params.dtype
+
+    @property
+    def n_params(self) -> int:
+        return self._params.size
+
+    @property
+    def weights(self) -> list[np.ndarray]:
+        """The live weight matrices, (n_in, n_out) each: writing into them changes the model."""
+        return list(self._weights)
+
+    @weights.setter
+    def weights(self, values):
+        self._assign(values, self._weights, "weights")
+
+    @property
+    def biases(self) -> list[np.ndarray]:
+        """The live bias vectors, (n_out,) each."""
+        return list(self._biases)
+
+    @biases.setter
+    def biases(self, values):
+        self._assign(values, self._biases, "biases")
+
+    def _assign(self, values, targets, name):
+        """Copy new parameter arrays in, all or none."""
+        if isinstance(values, np.ndarray) or not hasattr(values, "__len__"):
+            raise TypeError(f"{name} must be a list of {len(targets)} arrays")
+        if len(values) != len(targets):
+            raise ValueError(f"{name} needs {len(targets)} arrays; got {len(values)}")
+        checked = []
+        for i, (value, target) in enumerate(zip(values, targets)):
+            array = numeric_array(value, f"{name}[{i}]")
+            if array.shape != target.shape:
+                raise ValueError(f"{name}[{i}] must have shape {target.shape}; got {array.shape}")
+            with np.errstate(over="ignore"):
+                array = np.ascontiguousarray(array, dtype=self.dtype).reshape(1, -1)
+            check_finite(array, f"{name}[{i}]")
+            checked.append(array)
+        for array, target in zip(checked, targets):
+            target[...] = array.reshape(target.shape)
+
+    def __repr__(self) -> str:
+        return (f"MLP(layer_sizes={list(self._layer_sizes)}, "
+                f"activations={list(self._activations)}, dtype={self.dtype.name!r})")
+
+    # ---- computing ----
+    def _inputs(self, X) -> np.ndarray:
+        return as_matrix(X, "X", self.dtype, self._layer_sizes[0])
+
+    def _workspace(self, n_rows: int):
+        plan = _core.Plan(self._layer_sizes, self._codes, min(n_rows, PREDICT_CHUNK_ROWS))
+        return plan, np.empty(plan.work_size, dtype=self.dtype)
+
+    def predict(self, X) -> np.ndarray:
+        """The output layer's activations for the rows of X: (n_samples, n_outputs)."""
+        X = self._inputs(X)
+        out = np.empty((X.shape[0], self._layer_sizes[-1]), dtype=self.dtype)
+        plan, work = self._workspace(X.shape[0])
+        _core.predict(plan, self._params, work, X, out)
+        return out
+
+    def gradients(self, X, Y, loss):
+        """One forward and one backward pass over all rows of X.
+
+        Returns (loss_value, grad_weights, grad_biases): the mean loss and its exact
+        gradient with respect to every weight matrix and bias vector.
+        """
+        loss = losses.get(loss)
+        X = self._inputs(X)
+        targets, labels = as_targets(Y, loss.name, self._layer_sizes[-1], X.shape[0], self.dtype)
+        if labels is not None:
+            targets = one_hot(labels, self._layer_sizes[-1], self.dtype)
+        grads = np.empty_like(self._params)
+        plan, work = self._workspace(X.shape[0])
+        value = _core.gradients(plan, self._params, grads, work, X, targets, loss.code)
+        if not np.isfinite(value):
+            grads.fill(np.nan)
+            warnings.warn("the loss is not finite for these parameters: the weights have "
+                          "diverged; gradients are NaN", RuntimeWarning, stacklevel=2)
+        grad_weights, grad_biases = self._shape.parameter_views(grads)
+        return float(value), grad_weights, grad_biases
+
+    # ---- saving ----
+    def save(self, path) -> None:
+        """Write the model to exactly `path` (format: docs/file-format.md), atomically."""
+        _format.write_file(path, self.to_bytes())
+
+    def to_bytes(self) -> bytes:
+        return _format.encode(self._layer_sizes, self._activations, self._params)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "MLP":
+        return _from_parts(*_format.decode(data))
+
+    def __reduce__(self):
+        return (MLP.from_bytes, (self.to_bytes(),))
+
+    def __copy__(self):
+        return MLP.from_bytes(self.to_bytes())
+
+    def __deepcopy__(self, memo):
+        return self.__copy__()
+
+
+def _from_parts(layer_sizes, activations, params) -> MLP:
+    """A model from decoded parts, checked as the constructor checks its arguments."""
+    model = MLP.__new__(MLP)
+    sizes = _check_layer_sizes(layer_sizes)
+    names = _check_activations(list(activations), len(sizes) - 1)
+    model._setup(sizes, names, _check_dtype(params.dtype), params)
+    return model
+
+
+def load(path) -> MLP:
+    """Read a model written by MLP.save."""
+    return _from_parts(*_format.read_file(path))
+
+
+def _initial_weights(rng, shape, activation, init):
+    n_in, n_out = shape
+    if init == "zeros":
+        return np.zeros(shape)
+    if init == "he" or (init == "auto" and activation in RELU_FAMILY):
+        return rng.normal(0.0, np.sqrt(2.0 / n_in), size=shape)
+    limit = np.sqrt(6.0 / (n_in + n_out))   # Glorot (Xavier) uniform
+    return rng.uniform(-limit, limit, size=shape)

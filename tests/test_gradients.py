@@ -1,0 +1,304 @@
+"""Gradients, forward pass and losses of fastbp against finite differences and tests/reference.py."""
+
+import os
+import sys
+import zlib
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import reference as ref  # noqa: E402
+
+import fastbp  # noqa: E402
+import fastbp.losses  # noqa: E402
+
+HIDDEN = ("identity", "relu", "leaky_relu", "sigmoid", "tanh")
+OUTPUT = HIDDEN + ("softmax",)
+SIZES = {1: [4, 3], 2: [4, 5, 3], 3: [4, 5, 4, 3]}
+# (loss name, target format): CCE is checked with one-hot rows (under its alias) and with labels
+LOSSES = [
+    ("mse", None),
+    ("mae", None),
+    ("cce", None),
+    ("categorical_crossentropy", "labels"),
+    ("binary_crossentropy", None),
+]
+LOSS_IDS = ["mse", "mae", "cce-onehot", "cce-labels", "bce"]
+
+
+def activation_chains(depths=(1, 2, 3)):
+    """Every output activation after every hidden activation, each hidden one in each slot."""
+    chains = []
+    for depth in depths:
+        if depth == 1:
+            hidden_choices = [()]
+        else:
+            hidden_choices = [tuple(HIDDEN[(i + j) % len(HIDDEN)] for j in range(depth - 1))
+                              for i in range(len(HIDDEN))]
+        for hidden in hidden_choices:
+            for out in OUTPUT:
+                chains.append(hidden + (out,))
+    return chains
+
+
+CHAINS = activation_chains()
+CHAIN_IDS = ["-".join(chain) for chain in CHAINS]
+
+
+def rng_for(*key):
+    """A generator seeded from the test's parameters (stable across runs and processes)."""
+    return np.random.default_rng(zlib.crc32(repr(key).encode()))
+
+
+def make_model(layer_sizes, activations, dtype, weights, biases):
+    model = fastbp.MLP(layer_sizes, list(activations), dtype=dtype, seed=0)
+    model.weights = [np.asarray(W, dtype=dtype) for W in weights]
+    model.biases = [np.asarray(b, dtype=dtype) for b in biases]
+    return model
+
+
+def cast_targets(Y, dtype):
+    """Float targets in the model's dtype; integer labels stay integers."""
+    Y = np.asarray(Y)
+    return Y if Y.dtype.kind in "iu" else Y.astype(dtype)
+
+
+def assert_all_close(actual, desired, rtol, atol, what):
+    """assert_allclose on each pair of arrays of two lists."""
+    assert len(actual) == len(desired)
+    for i, (a, d) in enumerate(zip(actual, desired)):
+        assert np.shape(a) == np.shape(d), f"{what}[{i}]: shape {np.shape(a)} != {np.shape(d)}"
+        np.testing.assert_allclose(a, d, rtol=rtol, atol=atol, err_msg=f"{what}[{i}]")
+
+
+def largest(arrays):
+    return max(float(np.max(np.abs(a))) for a in arrays)
+
+
+def fd_atol(value):
+    """Central differences with step 1e-6 carry a rounding error of about 1e-10 * |loss|."""
+    return 1e-8 * max(1.0, abs(float(value)))
+
+
+# ---------------------------------------------------------------- 1. the reference itself
+
+@pytest.mark.parametrize("n_samples", [1, 7])
+@pytest.mark.parametrize("loss, targets", LOSSES, ids=LOSS_IDS)
+@pytest.mark.parametrize("activations", CHAINS, ids=CHAIN_IDS)
+def test_reference_gradients_match_its_finite_differences(activations, loss, targets, n_samples):
+    sizes = SIZES[len(activations)]
+    rng = rng_for(activations, loss, targets, n_samples)
+    W, b, X, Y = ref.make_problem(sizes, activations, loss, n_samples, rng, targets)
+    value, grad_W, grad_b = ref.gradients(W, b, activations, X, Y, loss)
+    num_W, num_b = ref.numerical_gradients(W, b, activations, X, Y, loss)
+    assert np.isfinite(value)
+    assert largest(num_W + num_b) > 1e-4  # not a vacuous check
+    assert_all_close(grad_W + grad_b, num_W + num_b, 1e-6, fd_atol(value), "reference gradient")
+
+
+@pytest.mark.parametrize("loss, output", [("cce", "softmax"), ("bce", "sigmoid")])
+def test_reference_fused_pairs_equal_the_general_chain_rule(loss, output):
+    rng = np.random.default_rng(0)
+    Z = rng.normal(size=(6, 4))
+    A = ref.activate(output, Z)
+    if loss == "cce":
+        Y = np.eye(4)[rng.integers(0, 4, size=6)]
+    else:
+        Y = rng.uniform(size=(6, 4))
+    fused_value = ref.loss_value(loss, A, Z, Y, output)
+    fused_delta = ref.output_delta(loss, A, Z, Y, output)
+    g = ref.loss_grad_on_outputs(loss, Y, A)
+    if output == "softmax":
+        general_delta = A * (g - np.sum(g * A, axis=1, keepdims=True))
+    else:
+        general_delta = g * A * (1.0 - A)
+    np.testing.assert_allclose(fused_value, ref.loss_on_outputs(loss, Y, A), rtol=1e-12)
+    np.testing.assert_allclose(fused_delta, general_delta, rtol=1e-10, atol=1e-15)
+    # the fused loss stays finite where the clipped one saturates
+    Z_big = np.array([[800.0, -800.0, 0.0, 1.0]])
+    Y_big = np.array([[0.0, 1.0, 0.0, 0.0]]) if loss == "cce" else np.array([[0.0, 1.0, 0.5, 1.0]])
+    big = ref.loss_value(loss, ref.activate(output, Z_big), Z_big, Y_big, output)
+    expected = 1600.0 if loss == "cce" else None
+    assert np.isfinite(big) and big > 100
+    if expected is not None:
+        np.testing.assert_allclose(big, expected, rtol=1e-12)
+
+
+# ---------------------------------------------------------------- 2. fastbp float64 gradients
+
+@pytest.mark.parametrize("n_samples", [1, 7])
+@pytest.mark.parametrize("loss, targets", LOSSES, ids=LOSS_IDS)
+@pytest.mark.parametrize("activations", CHAINS, ids=CHAIN_IDS)
+def test_gradients_float64(activations, loss, targets, n_samples):
+    sizes = SIZES[len(activations)]
+    rng = rng_for(activations, loss, targets, n_samples)
+    W, b, X, Y = ref.make_problem(sizes, activations, loss, n_samples, rng, targets)
+    model = make_model(sizes, activations, "float64", W, b)
+    assert model.activations == tuple(activations)
+
+    value, grad_W, grad_b = model.gradients(X, Y, loss)
+    for g in grad_W + grad_b:
+        assert g.dtype == np.float64
+    # gradients() leaves the parameters alone
+    for live, original in zip(model.weights + model.biases, W + b):
+        assert np.array_equal(live, original)
+
+    # against the reference
+    ref_value, ref_W, ref_b = ref.gradients(W, b, activations, X, Y, loss)
+    np.testing.assert_allclose(value, ref_value, rtol=1e-10, atol=1e-14)
+    assert_all_close(grad_W + grad_b, ref_W + ref_b, 1e-10, 1e-12 * largest(ref_W + ref_b),
+                     "gradient vs reference")
+
+    # against central differences of fastbp's own loss, perturbing its live parameters
+    num_W, num_b = ref.numerical_gradients(
+        model.weights, model.biases, activations, X, Y, loss,
+        loss_fn=lambda: float(model.gradients(X, Y, loss)[0]))
+    assert largest(num_W + num_b) > 1e-4  # the perturbations took effect
+    assert_all_close(grad_W + grad_b, num_W + num_b, 1e-6, fd_atol(value),
+                     "gradient vs finite differences")
+    for live, original in zip(model.weights + model.biases, W + b):
+        np.testing.assert_array_equal(live, original)  # restored exactly
+
+
+# ---------------------------------------------------------------- 3. float32 agrees with float64
+
+@pytest.mark.parametrize("loss, targets", LOSSES, ids=LOSS_IDS)
+@pytest.mark.parametrize("activations", activation_chains(depths=(2, 3)),
+                         ids=["-".join(c) for c in activation_chains(depths=(2, 3))])
+def test_gradients_float32_agree_with_float64(activations, loss, targets):
+    sizes = SIZES[len(activations)]
+    rng = rng_for("float32", activations, loss, targets)
+    W, b, X, Y = ref.make_problem(sizes, activations, loss, 9, rng, targets)
+    # the same float32-representable inputs for both models
+    W = [w.astype(np.float32) for w in W]
+    b = [v.astype(np.float32) for v in b]
+    X = X.astype(np.float32)
+    Y = cast_targets(Y, np.float32)
+    model64 = make_model(sizes, activations, "float64", W, b)
+    model32 = make_model(sizes, activations, "float32", W, b)
+    assert np.dtype(model32.dtype) == np.float32
+    for w in model32.weights + model32.biases:
+        assert w.dtype == np.float32
+
+    value64, grad_W64, grad_b64 = model64.gradients(X.astype(np.float64), cast_targets(Y, np.float64), loss)
+    value32, grad_W32, grad_b32 = model32.gradients(X, Y, loss)
+    for g in grad_W32 + grad_b32:
+        assert g.dtype == np.float32
+    np.testing.assert_allclose(value32, value64, rtol=1e-5, atol=1e-6)
+    assert_all_close(grad_W32 + grad_b32, grad_W64 + grad_b64, 1e-4, 1e-5 * largest(grad_W64 + grad_b64),
+                     "float32 vs float64")
+
+
+# ---------------------------------------------------------------- 4. predict is the forward pass
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("activations", CHAINS, ids=CHAIN_IDS)
+def test_predict_equals_reference_forward(activations, dtype):
+    sizes = SIZES[len(activations)]
+    rng = rng_for("predict", activations)
+    W, b = ref.init_parameters(sizes, rng, scale=0.8)
+    X = rng.normal(size=(11, sizes[0]))
+    if dtype == "float32":
+        W = [w.astype(np.float32) for w in W]
+        b = [v.astype(np.float32) for v in b]
+        X = X.astype(np.float32)
+    model = make_model(sizes, activations, dtype, W, b)
+    out = model.predict(X)
+    expected = ref.forward(W, b, activations, X)[-1]
+    assert out.shape == (11, sizes[-1])
+    assert out.dtype == np.dtype(dtype)
+    if dtype == "float64":
+        np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-14)
+    else:
+        np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+    if activations[-1] == "softmax":
+        np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=1e-5 if dtype == "float32" else 1e-12)
+
+
+def test_predict_is_stable_for_large_logits():
+    model = make_model([2, 3], ["softmax"], "float64",
+                       [np.array([[500.0, -500.0, 0.0], [0.0, 0.0, 0.0]])], [np.zeros(3)])
+    out = model.predict(np.array([[2.0, 0.0], [-2.0, 0.0]]))
+    assert np.all(np.isfinite(out))
+    np.testing.assert_allclose(out, [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], atol=1e-300)
+    sig = make_model([1, 1], ["sigmoid"], "float64", [np.array([[1.0]])], [np.zeros(1)])
+    out = sig.predict(np.array([[800.0], [-800.0]]))
+    assert np.all(np.isfinite(out))
+    np.testing.assert_allclose(out[:, 0], [1.0, 0.0], atol=1e-300)
+
+
+# ---------------------------------------------------------------- the loss objects
+
+LOSS_NAMES = ["mse", "mae", "categorical_crossentropy", "cce", "binary_crossentropy", "bce"]
+
+
+def loss_arrays(name, rng, labels=False):
+    n, k = 6, 4
+    y_pred = rng.uniform(0.05, 0.95, size=(n, k))
+    canonical = ref.loss_name(name)
+    if canonical == "categorical_crossentropy":
+        y_true = rng.integers(0, k, size=n)
+        if not labels:
+            y_true = np.eye(k)[y_true]
+    elif canonical == "binary_crossentropy":
+        y_true = rng.uniform(0.0, 1.0, size=(n, k))
+    else:
+        y_true = rng.normal(0.5, 1.0, size=(n, k))
+    return y_true, y_pred
+
+
+@pytest.mark.parametrize("labels", [False, True], ids=["dense", "labels"])
+@pytest.mark.parametrize("name", LOSS_NAMES)
+def test_loss_objects_agree_with_reference(name, labels):
+    if labels and ref.loss_name(name) != "categorical_crossentropy":
+        pytest.skip("integer labels are CCE targets only")
+    loss = fastbp.losses.get(name)
+    y_true, y_pred = loss_arrays(name, rng_for("loss", name, labels), labels)
+    value = loss.value(y_true, y_pred)
+    grad = loss.gradient(y_true, y_pred)
+    np.testing.assert_allclose(value, ref.loss_on_outputs(name, y_true, y_pred), rtol=1e-12)
+    assert np.shape(grad) == y_pred.shape
+    np.testing.assert_allclose(grad, ref.loss_grad_on_outputs(name, y_true, y_pred),
+                               rtol=1e-10, atol=1e-15)
+    # the gradient is the derivative of the value
+    numeric = np.zeros_like(y_pred)
+    step = 1e-6
+    for index in np.ndindex(y_pred.shape):
+        up, down = y_pred.copy(), y_pred.copy()
+        up[index] += step
+        down[index] -= step
+        numeric[index] = (loss.value(y_true, up) - loss.value(y_true, down)) / (2 * step)
+    np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-9)
+
+
+def test_loss_aliases_are_the_same_loss():
+    rng = np.random.default_rng(5)
+    y_pred = rng.uniform(0.05, 0.95, size=(5, 3))
+    onehot = np.eye(3)[rng.integers(0, 3, size=5)]
+    for alias, full in [("cce", "categorical_crossentropy"), ("bce", "binary_crossentropy")]:
+        a, f = fastbp.losses.get(alias), fastbp.losses.get(full)
+        assert a.value(onehot, y_pred) == f.value(onehot, y_pred)
+        np.testing.assert_array_equal(a.gradient(onehot, y_pred), f.gradient(onehot, y_pred))
+
+
+def test_cross_entropy_losses_clip_and_mae_sign_at_zero():
+    y_pred = np.array([[0.0, 1.0, 0.5], [1.5, -0.2, 0.3]])
+    onehot = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    for name in ("cce", "bce"):
+        loss = fastbp.losses.get(name)
+        value = loss.value(onehot, y_pred)
+        grad = loss.gradient(onehot, y_pred)
+        assert np.isfinite(value)
+        np.testing.assert_allclose(value, ref.loss_on_outputs(name, onehot, y_pred), rtol=1e-9)
+        # clip active on every entry except the 0.5 and the 0.3: derivative 0 there
+        clipped = np.ones_like(y_pred, dtype=bool)
+        clipped[0, 2] = clipped[1, 2] = False
+        assert np.all(grad[clipped] == 0.0)
+        np.testing.assert_allclose(grad, ref.loss_grad_on_outputs(name, onehot, y_pred),
+                                   rtol=1e-10, atol=1e-15)
+    mae = fastbp.losses.get("mae")
+    y_true = np.array([[0.5, 1.0], [2.0, -1.0]])
+    y_pred = np.array([[0.5, 0.0], [3.0, -1.0]])
+    np.testing.assert_allclose(mae.value(y_true, y_pred), 2.0 / 4)
+    np.testing.assert_allclose(mae.gradient(y_true, y_pred), [[0.0, -0.25], [0.25, 0.0]])
