@@ -81,87 +81,100 @@ class FastbpPredict:
 class NumpyTrain:
     """The best plain-NumPy loop we know: every buffer allocated once, BLAS through np.matmul
     with out=, in-place element-wise ops, the fused softmax + CCE gradient, the batch gathered
-    with np.take(out=).
+    with np.take(out=), and ufunc methods rather than their slower Python wrappers
+    (np.add.reduce over np.sum).
 
     The output delta is (p - onehot(y)) * (learning_rate / m): because back-propagation is
     linear in the delta, every weight gradient A^T delta computed from it is already the SGD
-    step, so no separate scaling pass is needed.  Each layer's input delta is computed with
-    its W before W is updated.
+    step, so no separate scaling pass is needed.  The one-hot targets, pre-scaled by
+    learning_rate / batch_size, are gathered per batch like X.  Each layer's input delta is
+    computed with its W before W is updated; ReLU'(Z) is sign(A), A = relu(Z) >= 0.
     """
 
     name = "numpy"
 
     def __init__(self, workload, X, y, threads=1, seed=0):
         self.workload, self.X = workload, X
-        self.y = np.ascontiguousarray(y, dtype=np.intp)
+        y = np.asarray(y, dtype=np.intp)
         dt = np.dtype(workload.dtype)
         B, sizes = workload.batch_size, workload.layer_sizes
         self.W, self.b = init_params(workload, seed)
-        self.xbuf = np.empty((B, sizes[0]), dt)
-        self.ybuf = np.empty(B, np.intp)
-        self.acts = [np.empty((B, n), dt) for n in sizes[1:]]          # Z, then act(Z) in place
-        self.deltas = [np.empty((B, n), dt) for n in sizes[1:-1]]      # hidden-layer deltas
-        self.masks = [np.empty((B, n), np.bool_) for n in sizes[1:-1]]  # ReLU'(Z) = A > 0
+        # one-hot targets times learning_rate / batch_size (a partial batch rescales its rows)
+        self.targets = np.zeros((workload.n_samples, sizes[-1]), dt)
+        self.targets[np.arange(workload.n_samples), y] = LEARNING_RATE / B
+        self.buffers = {
+            "x": np.empty((B, sizes[0]), dt),
+            "t": np.empty((B, sizes[-1]), dt),
+            "acts": [np.empty((B, n), dt) for n in sizes[1:]],       # Z, then act(Z) in place
+            "deltas": [np.empty((B, n), dt) for n in sizes[1:-1]],   # hidden-layer deltas
+            "masks": [np.empty((B, n), dt) for n in sizes[1:-1]],    # ReLU'(Z) = sign(A)
+            "rowmax": np.empty((B, 1), dt),
+            "rowsum": np.empty((B, 1), dt),
+        }
         self.gW = [np.empty_like(w) for w in self.W]
         self.gb = [np.empty_like(b) for b in self.b]
-        self.rowoff = np.arange(B, dtype=np.intp) * sizes[-1]
-        self.fidx = np.empty(B, np.intp)
-        self.rowmax = np.empty((B, 1), dt)
-        self.rowsum = np.empty((B, 1), dt)
+        self.views = {}
         self.perm = np.arange(workload.n_samples, dtype=np.intp)
         self.rng = np.random.default_rng(seed)
 
+    def _views(self, m):
+        """The first m rows of every buffer, made once per distinct batch size."""
+        v = self.views.get(m)
+        if v is None:
+            b = self.buffers
+            v = self.views[m] = (b["x"][:m], b["t"][:m], [a[:m] for a in b["acts"]],
+                                 [d[:m] for d in b["deltas"]], [k[:m] for k in b["masks"]],
+                                 b["rowmax"][:m], b["rowsum"][:m])
+        return v
+
     def step(self, idx):
         m = idx.shape[0]
-        W, b, L = self.W, self.b, len(self.W)
-        x = self.xbuf[:m]
+        x, t, acts, deltas, masks, mx, s = self._views(m)
+        W, b, gW, gb = self.W, self.b, self.gW, self.gb
+        last = len(W) - 1
         np.take(self.X, idx, axis=0, out=x)
-        y = self.ybuf[:m]
-        np.take(self.y, idx, out=y)
+        np.take(self.targets, idx, axis=0, out=t)
         a = x
-        for l in range(L):
-            z = self.acts[l][:m]
+        for l in range(last + 1):
+            z = acts[l]
             np.matmul(a, W[l], out=z)
             np.add(z, b[l], out=z)
-            if l < L - 1:
+            if l < last:
                 np.maximum(z, 0, out=z)
             a = z
         # softmax + CCE, fused: delta = (softmax(z) - onehot(y)) * lr / m, in place in z
-        mx = self.rowmax[:m]
-        np.max(a, axis=1, keepdims=True, out=mx)
+        np.maximum.reduce(a, axis=1, keepdims=True, out=mx)
         np.subtract(a, mx, out=a)
         np.exp(a, out=a)
-        s = self.rowsum[:m]
-        np.sum(a, axis=1, keepdims=True, out=s)
+        np.add.reduce(a, axis=1, keepdims=True, out=s)
         scale = LEARNING_RATE / m
         np.divide(scale, s, out=s)
         np.multiply(a, s, out=a)
-        fidx = self.fidx[:m]
-        np.add(self.rowoff[:m], y, out=fidx)
-        a.reshape(-1)[fidx] -= scale
+        if m != self.workload.batch_size:
+            np.multiply(t, self.workload.batch_size / m, out=t)
+        np.subtract(a, t, out=a)
         delta = a
-        for l in range(L - 1, -1, -1):
-            a_prev = x if l == 0 else self.acts[l - 1][:m]
-            if l > 0:  # input delta with the old W, then ReLU'
-                d_prev = self.deltas[l - 1][:m]
+        for l in range(last, -1, -1):
+            a_prev = x if l == 0 else acts[l - 1]
+            if l > 0:  # input delta with the old W, then times ReLU'
+                d_prev = deltas[l - 1]
                 np.matmul(delta, W[l].T, out=d_prev)
-                mask = self.masks[l - 1][:m]
-                np.greater(a_prev, 0, out=mask)
-                np.multiply(d_prev, mask, out=d_prev)
-            np.matmul(a_prev.T, delta, out=self.gW[l])
-            np.subtract(W[l], self.gW[l], out=W[l])
-            np.sum(delta, axis=0, out=self.gb[l])
-            np.subtract(b[l], self.gb[l], out=b[l])
+                np.sign(a_prev, out=masks[l - 1])
+                np.multiply(d_prev, masks[l - 1], out=d_prev)
+            np.matmul(a_prev.T, delta, out=gW[l])
+            np.subtract(W[l], gW[l], out=W[l])
+            np.add.reduce(delta, axis=0, out=gb[l])
+            np.subtract(b[l], gb[l], out=b[l])
             if l > 0:
                 delta = d_prev
 
     def run(self, epochs):
         n, B = self.workload.n_samples, self.workload.batch_size
-        perm = self.perm
+        perm, step = self.perm, self.step
         for _ in range(epochs):
             self.rng.shuffle(perm)
             for start in range(0, n, B):
-                self.step(perm[start:start + B])
+                step(perm[start:start + B])
 
     def versions(self):
         return {"numpy": np.__version__}

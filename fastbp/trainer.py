@@ -10,6 +10,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from fastbp import _core, losses
+from fastbp.callbacks import Callback, ProgressPrinter
 from fastbp._validation import as_matrix, as_targets, real_number, whole_number
 from fastbp.model import MLP
 
@@ -81,15 +82,24 @@ class Trainer:
                     epochs=whole_number(self.epochs, "epochs", 0),
                     batch_size=whole_number(self.batch_size, "batch_size", 1))
 
-    def fit(self, model: MLP, X, Y) -> History:
+    def fit(self, model: MLP, X, Y, callbacks=None, verbose: int = 0) -> History:
         """Train `model` in place on rows of X with targets Y; returns the History.
 
         Y: (n_samples, n_outputs) targets, or one class label per row for
-        categorical cross-entropy. Everything is checked before the model changes.
+        categorical cross-entropy. callbacks: fastbp.callbacks.Callback objects, called
+        after each epoch. verbose=1 prints a line per epoch. Everything is checked before
+        the model changes.
         """
         settings = self._checked()
         if not isinstance(model, MLP):
             raise TypeError(f"model must be a fastbp.MLP; got {type(model).__name__}")
+        callbacks = list(callbacks or ())
+        for callback in callbacks:
+            if not isinstance(callback, Callback):
+                raise TypeError(f"callbacks must be fastbp.callbacks.Callback objects; "
+                                f"got {type(callback).__name__}")
+        if verbose:
+            callbacks.append(ProgressPrinter(settings["epochs"]))
         loss = settings["loss"]
         X = as_matrix(X, "X", model.dtype, model.layer_sizes[0])
         targets, labels = as_targets(Y, loss.name, model.layer_sizes[-1], X.shape[0], model.dtype)
@@ -124,6 +134,11 @@ class Trainer:
                                   f"learning_rate.", RuntimeWarning, stacklevel=2)
                     break
                 history.loss.append(total / n_samples)
+                logs = {"loss": history.loss[-1], "seconds": history.seconds[-1],
+                        "samples_per_second": history.samples_per_second[-1]}
+                # Evaluate every callback (no short-circuit), then stop if any asked to.
+                if any([callback.on_epoch_end(epoch, logs) for callback in callbacks]):
+                    break
         if not _core.all_finite(model._params.reshape(1, -1)):
             history.diverged = True
             warnings.warn("training diverged: the parameters are no longer finite. Try a "
