@@ -73,7 +73,10 @@ def _measure(run, units_per_call_unit, duration, repeats, warmup):
         dt = time.perf_counter() - t0
         spent += dt
         calls += 1
-        if spent >= warmup and calls >= 2 or spent >= warmup + 4 * duration:
+        # two calls at least, unless the first one was long (a whole epoch of W1 or W4)
+        if spent >= warmup and (calls >= 2 or dt >= max(1.0, 2 * warmup)):
+            break
+        if spent >= warmup + 4 * duration:
             break
         if dt < warmup / 2:
             k *= 2

@@ -161,6 +161,30 @@ def test_gradients_float64(activations, loss, targets, n_samples):
         np.testing.assert_array_equal(live, original)  # restored exactly
 
 
+@pytest.mark.parametrize("loss", ["cce", "bce"])
+@pytest.mark.parametrize("output", ["identity", "tanh", "softmax", "sigmoid"])
+def test_gradients_float64_where_probabilities_are_clipped(loss, output):
+    """Outputs at or beyond 0 and 1: the clipped loss, derivative 0 where the clip is active."""
+    sizes = [3, 5, 4]
+    rng = rng_for("clipped", loss, output)
+    W, b = ref.init_parameters(sizes, rng)
+    W[-1] *= 40.0  # outputs far outside (0, 1), or saturated at 0 and 1
+    X = rng.normal(size=(8, 3))
+    Y = np.eye(4)[rng.integers(0, 4, size=8)] if loss == "cce" else rng.uniform(size=(8, 4))
+    activations = ("tanh", output)
+    A = ref.forward(W, b, activations, X)[-1]
+    fused = (loss, output) in [("cce", "softmax"), ("bce", "sigmoid")]
+    if not fused:
+        assert np.mean((A < ref.EPS) | (A > 1 - ref.EPS)) > 0.2  # many clipped entries
+    model = make_model(sizes, activations, "float64", W, b)
+    value, grad_W, grad_b = model.gradients(X, Y, loss)
+    ref_value, ref_W, ref_b = ref.gradients(W, b, activations, X, Y, loss)
+    assert np.isfinite(value)
+    np.testing.assert_allclose(value, ref_value, rtol=1e-10)
+    assert_all_close(grad_W + grad_b, ref_W + ref_b, 1e-9, 1e-12 * largest(ref_W + ref_b),
+                     "gradient with clipping")
+
+
 # ---------------------------------------------------------------- 3. float32 agrees with float64
 
 @pytest.mark.parametrize("loss, targets", LOSSES, ids=LOSS_IDS)
