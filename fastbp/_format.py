@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tempfile
+import secrets
 import zlib
 
 import numpy as np
@@ -100,17 +100,20 @@ def _check_header(header):
     if (not isinstance(activations, list) or len(activations) != len(layer_sizes) - 1
             or not all(isinstance(name, str) for name in activations)):
         raise _damaged("activations must be a list of names, one per weight layer")
-    if dtype not in DTYPES:
+    if not isinstance(dtype, str) or dtype not in DTYPES:
         raise _damaged(f"dtype must be one of {', '.join(DTYPES)}")
     return tuple(layer_sizes), tuple(activations), DTYPES[dtype]
 
 
 def write_file(path, data: bytes) -> None:
     """Write data to exactly `path`, atomically: a temporary file beside it, flushed and
-    synced, then renamed over it, so a failure leaves any previous file intact."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(prefix=".fastbp-", suffix=".tmp", dir=directory)
+    synced, then renamed over it, so a failure leaves any previous file intact. A symbolic
+    link is followed: its target is replaced."""
+    path = os.path.realpath(os.fspath(path))
+    directory, name = os.path.split(path)
+    temporary = os.path.join(directory, f".{name}.{secrets.token_hex(8)}.tmp")
+    # 0o666 less the umask, like any file open() creates
+    handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)

@@ -107,10 +107,17 @@ class Trainer:
         batch_size = min(settings["batch_size"], n_samples)
         learning_rate = settings["learning_rate"]
 
+        if learning_rate > float(np.finfo(model.dtype).max):
+            raise ValueError(f"learning_rate {learning_rate!r} does not fit the model's "
+                             f"dtype {model.dtype.name}")
+
         plan = _core.Plan(model.layer_sizes, model._codes, batch_size)
         work = np.empty(plan.work_size, dtype=model.dtype)
-        empty_targets = np.empty((0, 0), dtype=model.dtype)
-        empty_labels = np.empty(0, dtype=np.intp)
+        # The parameters at the start of the epoch, restored if the epoch diverges.
+        backup = np.empty_like(model._params)
+        targets = np.empty((0, 0), dtype=model.dtype) if targets is None else targets
+        use_labels = labels is not None
+        labels = labels if use_labels else np.empty(0, dtype=np.intp)
         rng = np.random.default_rng(self.seed)
         order = np.arange(n_samples, dtype=np.intp)
         history = History(n_samples=n_samples)
@@ -119,30 +126,29 @@ class Trainer:
             for epoch in range(settings["epochs"]):
                 if self.shuffle:
                     order = rng.permutation(n_samples).astype(np.intp, copy=False)
+                np.copyto(backup, model._params)
                 started = time.perf_counter()
                 total, trained = _core.train_epoch(
-                    plan, model._params, work, X,
-                    empty_targets if targets is None else targets,
-                    empty_labels if labels is None else labels,
-                    order, self.shuffle, labels is not None, loss.code, batch_size, learning_rate)
-                history.seconds.append(time.perf_counter() - started)
-                if trained < n_samples:
+                    plan, model._params, work, X, targets, labels, order, self.shuffle,
+                    use_labels, loss.code, batch_size, learning_rate)
+                seconds = time.perf_counter() - started
+                # A non-finite loss stops the epoch early; an update that overflowed shows
+                # only in the parameters.
+                if trained < n_samples or not _core.all_finite(model._params.reshape(1, -1)):
+                    np.copyto(model._params, backup)
                     history.diverged = True
                     warnings.warn(f"training stopped in epoch {epoch + 1}: the loss diverged "
-                                  f"(became NaN or infinite) at row {trained}; the parameters "
-                                  f"are those of the last finite step. Try a smaller "
-                                  f"learning_rate.", RuntimeWarning, stacklevel=2)
+                                  f"(NaN or infinite loss or parameters); the parameters are "
+                                  f"restored to those at the start of that epoch. Try a "
+                                  f"smaller learning_rate.", RuntimeWarning, stacklevel=2)
                     break
                 history.loss.append(total / n_samples)
-                logs = {"loss": history.loss[-1], "seconds": history.seconds[-1],
-                        "samples_per_second": history.samples_per_second[-1]}
-                # Evaluate every callback (no short-circuit), then stop if any asked to.
+                history.seconds.append(seconds)
+                logs = {"loss": total / n_samples, "seconds": seconds,
+                        "samples_per_second": n_samples / seconds if seconds > 0 else float("inf")}
+                # Every callback sees the epoch (no short-circuit); any of them may stop.
                 if any([callback.on_epoch_end(epoch, logs) for callback in callbacks]):
                     break
-        if not _core.all_finite(model._params.reshape(1, -1)):
-            history.diverged = True
-            warnings.warn("training diverged: the parameters are no longer finite. Try a "
-                          "smaller learning_rate.", RuntimeWarning, stacklevel=2)
         return history
 
     def _thread_count(self, model: MLP, batch_size: int) -> int:
