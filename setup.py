@@ -1,14 +1,34 @@
 """Declares the compiled extension; all metadata lives in pyproject.toml.
 
-FASTBP_DEBUG=1 builds with Cython's bounds checks on and without optimisation.
+Build switches (environment variables, read at build time; tools/sanitize.sh uses them):
+
+FASTBP_DEBUG=1     the checked build: Cython's bounds, initialisation and None checks on,
+                   C division semantics checked, compiled with -O0 -g.
+FASTBP_SANITIZE=1  compiled and linked with AddressSanitizer and UndefinedBehaviorSanitizer
+                   (-fsanitize=address,undefined -fno-sanitize-recover=all
+                   -fno-omit-frame-pointer, -O1 -g). Import needs libasan preloaded:
+                   see docs/robustness.md. Combines with FASTBP_DEBUG=1.
+
+Each variant other than the release one writes its generated C file under build/cython-<variant>/
+(never over fastbp/_core.c), and switching variants forces a rebuild, so the directives
+really reach the generated code and an in-place build never keeps a stale extension.
 """
 import os
 
 import numpy as np
 from Cython.Build import cythonize
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 
-DEBUG = os.environ.get("FASTBP_DEBUG", "") not in ("", "0")
+
+def _switch(name: str) -> bool:
+    return os.environ.get(name, "") not in ("", "0")
+
+
+DEBUG = _switch("FASTBP_DEBUG")
+SANITIZE = _switch("FASTBP_SANITIZE")
+VARIANT = "-".join(name for name, on in (("debug", DEBUG), ("sanitize", SANITIZE)) if on) \
+    or "release"
 
 directives = {
     "language_level": 3,
@@ -18,7 +38,18 @@ directives = {
     "initializedcheck": DEBUG,
     "nonecheck": DEBUG,
 }
-compile_args = ["-O0", "-g"] if DEBUG else ["-O3"]
+if DEBUG:
+    compile_args = ["-O0", "-g"]
+elif SANITIZE:
+    compile_args = ["-O1", "-g"]
+else:
+    compile_args = ["-O3"]
+link_args = []
+if SANITIZE:
+    sanitizers = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all",
+                  "-fno-omit-frame-pointer"]
+    compile_args += sanitizers
+    link_args += sanitizers
 
 extensions = [
     Extension(
@@ -27,8 +58,34 @@ extensions = [
         include_dirs=[np.get_include(), "csrc"],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=compile_args,
+        extra_link_args=link_args,
         depends=["csrc/fastbp.h", "csrc/kernels_impl.h"],
     )
 ]
 
-setup(ext_modules=cythonize(extensions, compiler_directives=directives))
+STAMP = os.path.join("build", "fastbp-variant.txt")
+
+
+class VariantBuildExt(build_ext):
+    """Rebuilds everything when the variant differs from the one last built here."""
+
+    def run(self):
+        try:
+            with open(STAMP) as stream:
+                previous = stream.read().strip()
+        except OSError:
+            previous = None
+        if previous != VARIANT:
+            self.force = True
+        super().run()
+        os.makedirs(os.path.dirname(STAMP), exist_ok=True)
+        with open(STAMP, "w") as stream:
+            stream.write(VARIANT + "\n")
+
+
+setup(
+    ext_modules=cythonize(
+        extensions, compiler_directives=directives,
+        build_dir=None if VARIANT == "release" else os.path.join("build", f"cython-{VARIANT}")),
+    cmdclass={"build_ext": VariantBuildExt},
+)

@@ -101,8 +101,52 @@ def _measure(run, units_per_call_unit, duration, repeats, warmup):
                      "discarded_windows": discarded}
 
 
+CEILING_SIZE = 2048  # square GEMM for the machine's ceiling
+
+
+def ceiling_worker(args):
+    """GFLOP/s of one large square GEMM (the machine's ceiling) in float32 and float64,
+    through numpy's BLAS (np.matmul) and through scipy's (scipy.linalg.blas, the library
+    that scipy.linalg.cython_blas and so fastbp call: scipy ships its own OpenBLAS)."""
+    import numpy as np
+    from threadpoolctl import threadpool_limits
+    out = {"library": "gemm", "workload": "ceiling", "threads": args.threads, "status": "ok",
+           "size": CEILING_SIZE, "gflops": {}, "windows": {}}
+    limiter = threadpool_limits(limits=args.threads) if args.threads else None
+    try:
+        from scipy.linalg import blas as sblas
+    except ImportError:
+        sblas = None
+    n = CEILING_SIZE
+    rng = np.random.default_rng(0)
+    flop = 2.0 * n ** 3
+    for dtype, prefix in (("float32", "s"), ("float64", "d")):
+        A = rng.standard_normal((n, n)).astype(dtype)
+        B = rng.standard_normal((n, n)).astype(dtype)
+        C = np.empty((n, n), dtype)
+        calls = {"numpy": lambda: np.matmul(A, B, out=C)}
+        if sblas is not None:
+            gemm = getattr(sblas, prefix + "gemm")
+            Cf = np.asfortranarray(C)
+            calls["scipy"] = lambda: gemm(1.0, A.T, B.T, c=Cf, overwrite_c=True)
+        for which, call in calls.items():
+            windows, _ = _measure(lambda k: [call() for _ in range(k)], flop / 1e9,
+                                  max(0.3, args.duration / 4), args.repeats, 0.2)
+            rates = sorted(w["rate"] for w in windows)
+            out["gflops"][f"{prefix}gemm {which}"] = rates[len(rates) // 2]
+            out["windows"][f"{prefix}gemm {which}"] = windows
+    out["blas"] = _blas_info()
+    if limiter is not None:
+        limiter.unregister()
+    sys.stdout.write(RESULT_TAG + json.dumps(out) + "\n")
+    sys.stdout.flush()
+    return 0
+
+
 def worker(args):
     """Run one library on one workload; print one JSON result line tagged RESULT_TAG."""
+    if args.worker == "gemm":
+        return ceiling_worker(args)
     t_start = time.perf_counter()
     import numpy as np
     import peers
@@ -141,7 +185,9 @@ def worker(args):
             units = wl.n_samples                      # samples per epoch
         windows, calib = _measure(run, units, args.duration, args.repeats, args.warmup)
         rates = sorted(w["rate"] for w in windows)
+        cpu_share = sorted(w["cpu_seconds"] / w["seconds"] for w in windows)
         out.update(windows=windows, calibration=calib,
+                   cpu_over_wall=cpu_share[len(cpu_share) // 2],
                    median=float(np.median(rates)), min=rates[0], max=rates[-1],
                    unit="rows/s" if predict else "samples/s",
                    versions=runner.versions(), blas=_blas_info())
@@ -239,7 +285,9 @@ def _cell(res):
     if res is None or res.get("status") != "ok":
         return "n/a"
     spread = (res["max"] - res["min"]) / res["median"] * 100 if res["median"] else 0
-    return f"{_fmt_rate(res['median'])} ±{spread / 2:.0f}%"
+    # at one thread the worker should own its core: CPU time well under wall time = shared
+    shared = res.get("threads") == 1 and res.get("cpu_over_wall", 1.0) < 0.9
+    return f"{_fmt_rate(res['median'])} ±{spread / 2:.0f}%{'*' if shared else ''}"
 
 
 def print_report(results, libraries, wl_names, threads_list, args, file=sys.stdout):
@@ -290,6 +338,21 @@ def print_report(results, libraries, wl_names, threads_list, args, file=sys.stdo
                                for j, (c, w) in enumerate(zip(r, widths))))
             if i == 0:
                 p("  " + "  ".join("-" * w for w in widths))
+    if any(_cell(r).endswith("*") for r in results):
+        p("  * CPU time under 90% of wall time: the core was shared with other work")
+    for threads, c in sorted(getattr(args, "ceilings", {}).items()):
+        p("")
+        if c.get("status") != "ok":
+            p(f"GEMM ceiling, threads={threads}: {c.get('status')}: {c.get('reason', '')}")
+            continue
+        p(f"GEMM ceiling ({c['size']}^3, threads={threads or 'default'}, GFLOP/s): " +
+          ", ".join(f"{k} {v:.0f}" for k, v in c["gflops"].items()))
+        ceiling = c["gflops"].get("sgemm scipy") or c["gflops"].get("sgemm numpy")
+        fb = by.get(("W4", "fastbp", threads))
+        if ceiling and fb and fb.get("status") == "ok":
+            gf = fb["median"] * workloads.WORKLOADS["W4"].flops_per_sample / 1e9
+            p(f"  W4 fastbp: {gf:.0f} GFLOP/s = {100 * gf / ceiling:.0f}% of the sgemm ceiling "
+              f"(goal >= 85%)")
     # BLAS / thread pools per library, and failures
     p("")
     p("thread pools seen by each worker (threadpoolctl.threadpool_info):")
@@ -372,6 +435,8 @@ def parent(args):
     if args.predict and "P1" not in wl_names:
         wl_names = wl_names + ["P1"]
     wl_names = [workloads.get(w).name for w in wl_names]
+    if args.ceiling is None:
+        args.ceiling = "W4" in wl_names
     libraries = args.peers
     threads_list = args.threads
     args.cwd = HERE
@@ -382,9 +447,17 @@ def parent(args):
         print(f"warning: load average {args.load_before[0]:.2f} before the run: other work on "
               f"this machine will lower every figure", file=sys.stderr)
     t0 = time.perf_counter()
+    import peers
+    ceilings = {}
     for threads in threads_list:
+        if args.ceiling:
+            print(f"[{time.perf_counter() - t0:6.1f}s] GEMM ceiling threads={threads} ...",
+                  file=sys.stderr, flush=True)
+            ceilings[threads] = run_worker("gemm", "ceiling", threads, args)
         for wl in wl_names:
             for lib in libraries:
+                if wl == "P1" and lib not in peers.PREDICT:
+                    continue
                 print(f"[{time.perf_counter() - t0:6.1f}s] {wl} {lib} threads={threads} ...",
                       file=sys.stderr, flush=True)
                 r = run_worker(lib, wl, threads, args)
@@ -394,6 +467,7 @@ def parent(args):
                 print(f"          -> {msg}", file=sys.stderr, flush=True)
 
     args.load_after = _loadavg()
+    args.ceilings = ceilings
     print_report(results, libraries, wl_names, threads_list, args)
 
     if args.json:
@@ -408,6 +482,7 @@ def parent(args):
                "env": {v: os.environ.get(v) for v in OPENBLAS_VARS + THREAD_VARS},
                "workloads": {w: workloads.get(w).__dict__ for w in wl_names},
                "goal_ratios": GOAL_RATIOS,
+               "gemm_ceiling": ceilings,
                "results": results,
                "total_seconds": time.perf_counter() - t0}
         with open(args.json, "w") as f:
@@ -443,6 +518,9 @@ def main(argv=None):
                     help=f"comma list of libraries (default {DEFAULT_PEERS})")
     ap.add_argument("--json", help="write all figures to this JSON file")
     ap.add_argument("--png", help="write a bar chart (needs matplotlib)")
+    ap.add_argument("--ceiling", action="store_true", default=None,
+                    help="also measure the GEMM ceiling (default: when W4 is run)")
+    ap.add_argument("--no-ceiling", dest="ceiling", action="store_false")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--timeout", type=float, default=900, help="seconds per worker")
     ap.add_argument("--verbose", "-v", action="store_true")

@@ -73,6 +73,7 @@ def record_throughput(request):
     return record
 
 
+@pytest.hookimpl(trylast=True)
 def pytest_terminal_summary(terminalreporter):
     if not _THROUGHPUT:
         return

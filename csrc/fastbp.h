@@ -10,55 +10,135 @@
 #define FASTBP_H
 
 #include <math.h>
+#include <signal.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <string.h>
 
-/* Activation and loss codes; fastbp/_names.py holds the same numbers. */
+/* Activation, loss and optimizer codes; fastbp/_core.pyx names them for Python. */
 enum {
-    FBP_IDENTITY = 0,
-    FBP_RELU = 1,
-    FBP_LEAKY_RELU = 2,
-    FBP_SIGMOID = 3,
-    FBP_TANH = 4,
-    FBP_SOFTMAX = 5
+    FBP_IDENTITY = 0, FBP_RELU, FBP_LEAKY_RELU, FBP_SIGMOID, FBP_TANH, FBP_SOFTMAX,
+    FBP_ELU, FBP_SOFTPLUS, FBP_GELU, FBP_SWISH
 };
-enum { FBP_MSE = 0, FBP_MAE = 1, FBP_CCE = 2, FBP_BCE = 3 };
+enum { FBP_MSE = 0, FBP_MAE, FBP_CCE, FBP_BCE, FBP_HUBER };
+enum { FBP_SGD = 0, FBP_MOMENTUM, FBP_ADAM, FBP_RMSPROP, FBP_ADAGRAD };
+
+/* 1 for the activations whose derivative needs the pre-activation z, not only f(z). */
+static inline int fbp_needs_preactivation(int activation)
+{
+    return activation == FBP_GELU || activation == FBP_SWISH;
+}
 
 #define FBP_LEAKY_SLOPE 0.01
 /* Probabilities are clipped to [eps, 1 - eps] before a log when the loss is not
    fused with its output activation (as Keras does). */
 #define FBP_PROB_EPS 1e-7
 
+/* Set by the SIGINT handler that fit installs; the epoch loop stops at the next batch. */
+static volatile sig_atomic_t fbp_interrupt_requested = 0;
+
+static void fbp_on_interrupt(int signal_number)
+{
+    (void)signal_number;
+    fbp_interrupt_requested = 1;
+}
+
+static struct sigaction fbp_previous_action;
+
+static inline int fbp_catch_interrupts(void)
+{
+    struct sigaction action;
+    memset(&action, 0, sizeof action);
+    action.sa_handler = fbp_on_interrupt;
+    sigemptyset(&action.sa_mask);
+    fbp_interrupt_requested = 0;
+    return sigaction(SIGINT, &action, &fbp_previous_action);
+}
+
+static inline int fbp_release_interrupts(void)
+{
+    return sigaction(SIGINT, &fbp_previous_action, NULL);
+}
+
+/* xorshift64*: a small, fast generator for dropout masks; the state is never 0. */
+static inline uint64_t fbp_random_next(uint64_t *state)
+{
+    uint64_t x = *state;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    *state = x;
+    return x * 0x2545F4914F6CDD1DULL;
+}
+
+/* expf without libm: x = n ln2 + r, |r| <= ln2/2, exp(r) by Cephes' degree-6 polynomial
+   (about 1 ulp), times 2^n assembled in the exponent bits.  No branches and no calls, so
+   a loop over it vectorises. */
+static inline float fbp_expf(float x)
+{
+    const float high = 88.0f, low = -87.3365447504019f;
+    int underflow = x < low;
+    x = x > high ? high : x;
+    x = x < low ? low : x;
+    float scaled = x * 1.44269504088896341f + 0.5f;
+    int32_t n = (int32_t)scaled - (scaled < 0);
+    float fn = (float)n;
+    float r = x - fn * 0.693359375f + fn * 2.12194440e-4f;
+    float y = 1.9875691500e-4f;
+    y = y * r + 1.3981999507e-3f;
+    y = y * r + 8.3334519073e-3f;
+    y = y * r + 4.1665795894e-2f;
+    y = y * r + 1.6666665459e-1f;
+    y = y * r + 5.0000001201e-1f;
+    y = y * r * r + r + 1.0f;
+    int32_t bits = (n + 127) << 23;
+    float power;
+    memcpy(&power, &bits, sizeof power);
+    return underflow ? 0.0f : y * power;
+}
+
 #define FBP_T float
 #define FBP_NAME(name) name##_f32
-#define FBP_MATH_EXP expf
+#define FBP_MATH_EXP fbp_expf
+#define FBP_MATH_EXPM1 expm1f
 #define FBP_MATH_LOG logf
 #define FBP_MATH_LOG1P log1pf
 #define FBP_MATH_TANH tanhf
+#define FBP_MATH_ERF erff
+#define FBP_MATH_SQRT sqrtf
 #define FBP_MATH_ABS fabsf
 #include "kernels_impl.h"
 #undef FBP_T
 #undef FBP_NAME
 #undef FBP_MATH_EXP
+#undef FBP_MATH_EXPM1
 #undef FBP_MATH_LOG
 #undef FBP_MATH_LOG1P
 #undef FBP_MATH_TANH
+#undef FBP_MATH_ERF
+#undef FBP_MATH_SQRT
 #undef FBP_MATH_ABS
 
 #define FBP_T double
 #define FBP_NAME(name) name##_f64
 #define FBP_MATH_EXP exp
+#define FBP_MATH_EXPM1 expm1
 #define FBP_MATH_LOG log
 #define FBP_MATH_LOG1P log1p
 #define FBP_MATH_TANH tanh
+#define FBP_MATH_ERF erf
+#define FBP_MATH_SQRT sqrt
 #define FBP_MATH_ABS fabs
 #include "kernels_impl.h"
 #undef FBP_T
 #undef FBP_NAME
 #undef FBP_MATH_EXP
+#undef FBP_MATH_EXPM1
 #undef FBP_MATH_LOG
 #undef FBP_MATH_LOG1P
 #undef FBP_MATH_TANH
+#undef FBP_MATH_ERF
+#undef FBP_MATH_SQRT
 #undef FBP_MATH_ABS
 
 #endif

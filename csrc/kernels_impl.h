@@ -3,8 +3,7 @@
  * Matrices are row-major, n_rows x n_cols, contiguous.  Inputs are const;
  * the caller passes the output buffers. */
 
-/* 1 if every element of x is finite.  An integer test on the exponent bits, so the
-   loop vectorises without -ffast-math. */
+/* 1 if every element of x is finite (a compare per element, no branch: vectorises). */
 static inline int FBP_NAME(fbp_all_finite)(const FBP_T *x, ptrdiff_t n)
 {
     const ptrdiff_t block = 4096;
@@ -25,6 +24,14 @@ static inline void FBP_NAME(fbp_gather_rows)(FBP_T *dst, const FBP_T *src, const
 {
     for (ptrdiff_t i = 0; i < n_rows; i++)
         memcpy(dst + i * n_cols, src + rows[i] * n_cols, (size_t)n_cols * sizeof(FBP_T));
+}
+
+/* dst[i] = src[rows[i]] */
+static inline void FBP_NAME(fbp_gather)(FBP_T *dst, const FBP_T *src, const ptrdiff_t *rows,
+                                        ptrdiff_t n)
+{
+    for (ptrdiff_t i = 0; i < n; i++)
+        dst[i] = src[rows[i]];
 }
 
 /* dst[i, :] = one-hot row of labels[rows[i]] (or labels[i] when rows is NULL). */
@@ -59,13 +66,19 @@ static inline FBP_T FBP_NAME(fbp_sigmoid)(FBP_T v)
     return v >= 0 ? 1 / (1 + e) : e / (1 + e);
 }
 
-/* z <- f(z + bias), bias broadcast over the rows (the fused bias add and activation). */
-static inline void FBP_NAME(fbp_bias_activation)(FBP_T *z, const FBP_T *bias, ptrdiff_t n_rows,
-                                                 ptrdiff_t n_cols, int activation)
+/* z <- f(z + bias), bias broadcast over the rows (the fused bias add and activation).
+   When preactivation is not NULL it receives z + bias (gelu and swish need it). */
+static inline void FBP_NAME(fbp_bias_activation)(FBP_T *z, const FBP_T *bias, FBP_T *preactivation,
+                                                 ptrdiff_t n_rows, ptrdiff_t n_cols, int activation)
 {
     const FBP_T slope = (FBP_T)FBP_LEAKY_SLOPE;
+    const FBP_T inverse_sqrt2 = (FBP_T)0.70710678118654752440;
     for (ptrdiff_t i = 0; i < n_rows; i++) {
         FBP_T *row = z + i * n_cols;
+        if (preactivation) {
+            FBP_T *pre = preactivation + i * n_cols;
+            for (ptrdiff_t j = 0; j < n_cols; j++) pre[j] = row[j] + bias[j];
+        }
         switch (activation) {
         case FBP_IDENTITY:
             for (ptrdiff_t j = 0; j < n_cols; j++) row[j] += bias[j];
@@ -92,16 +105,44 @@ static inline void FBP_NAME(fbp_bias_activation)(FBP_T *z, const FBP_T *bias, pt
             for (ptrdiff_t j = 0; j < n_cols; j++) row[j] += bias[j];
             FBP_NAME(fbp_softmax_row)(row, n_cols);
             break;
+        case FBP_ELU:   /* alpha = 1 */
+            for (ptrdiff_t j = 0; j < n_cols; j++) {
+                FBP_T v = row[j] + bias[j];
+                row[j] = v > 0 ? v : FBP_MATH_EXPM1(v);
+            }
+            break;
+        case FBP_SOFTPLUS:   /* log(1 + e^v) = max(v, 0) + log1p(e^-|v|) */
+            for (ptrdiff_t j = 0; j < n_cols; j++) {
+                FBP_T v = row[j] + bias[j];
+                row[j] = (v > 0 ? v : 0) + FBP_MATH_LOG1P(FBP_MATH_EXP(-FBP_MATH_ABS(v)));
+            }
+            break;
+        case FBP_GELU:   /* exact: v * Phi(v) */
+            for (ptrdiff_t j = 0; j < n_cols; j++) {
+                FBP_T v = row[j] + bias[j];
+                row[j] = (FBP_T)0.5 * v * (1 + FBP_MATH_ERF(v * inverse_sqrt2));
+            }
+            break;
+        case FBP_SWISH:   /* v * sigmoid(v) (SiLU) */
+            for (ptrdiff_t j = 0; j < n_cols; j++) {
+                FBP_T v = row[j] + bias[j];
+                row[j] = v * FBP_NAME(fbp_sigmoid)(v);
+            }
+            break;
         }
     }
 }
 
-/* delta <- delta * f'(z), with f' taken from the activation's output a = f(z).
-   For softmax, delta holds dL/da and becomes dL/dz = a * (delta - <delta, a>) per row. */
-static inline void FBP_NAME(fbp_activation_backward)(FBP_T *delta, const FBP_T *a, ptrdiff_t n_rows,
+/* delta <- delta * f'(z), f' taken from the output a = f(z) or, for gelu and swish, from
+   the pre-activation z.  For softmax, delta holds dL/da and becomes
+   dL/dz = a * (delta - <delta, a>) per row. */
+static inline void FBP_NAME(fbp_activation_backward)(FBP_T *delta, const FBP_T *a,
+                                                     const FBP_T *preactivation, ptrdiff_t n_rows,
                                                      ptrdiff_t n_cols, int activation)
 {
     const FBP_T slope = (FBP_T)FBP_LEAKY_SLOPE;
+    const FBP_T inverse_sqrt2 = (FBP_T)0.70710678118654752440;
+    const FBP_T inverse_sqrt_2pi = (FBP_T)0.39894228040143267794;
     const ptrdiff_t n = n_rows * n_cols;
     switch (activation) {
     case FBP_IDENTITY:
@@ -127,24 +168,46 @@ static inline void FBP_NAME(fbp_activation_backward)(FBP_T *delta, const FBP_T *
             for (ptrdiff_t j = 0; j < n_cols; j++) d[j] = p[j] * (d[j] - dot);
         }
         break;
+    case FBP_ELU:   /* f' = 1 for z > 0, e^z = a + 1 otherwise */
+        for (ptrdiff_t i = 0; i < n; i++) delta[i] *= a[i] > 0 ? 1 : a[i] + 1;
+        break;
+    case FBP_SOFTPLUS:   /* f' = sigmoid(z) = 1 - e^-a */
+        for (ptrdiff_t i = 0; i < n; i++) delta[i] *= -FBP_MATH_EXPM1(-a[i]);
+        break;
+    case FBP_GELU:   /* f' = Phi(z) + z phi(z) */
+        for (ptrdiff_t i = 0; i < n; i++) {
+            FBP_T v = preactivation[i];
+            delta[i] *= (FBP_T)0.5 * (1 + FBP_MATH_ERF(v * inverse_sqrt2))
+                        + v * inverse_sqrt_2pi * FBP_MATH_EXP((FBP_T)-0.5 * v * v);
+        }
+        break;
+    case FBP_SWISH:   /* f' = s + z s (1 - s), s = sigmoid(z) */
+        for (ptrdiff_t i = 0; i < n; i++) {
+            FBP_T v = preactivation[i], s = FBP_NAME(fbp_sigmoid)(v);
+            delta[i] *= s + v * s * (1 - s);
+        }
+        break;
     }
 }
 
-/* The output layer: z <- f(z + bias) in place, returns the summed loss terms and, when
-   delta is not NULL, writes delta = scale * d(summed loss)/dz.  softmax + CCE and
-   sigmoid + BCE take the loss from the logits (no log of 0) and the fused gradient
-   p - y; every other pairing clips probabilities and uses the chain rule. */
-static inline double FBP_NAME(fbp_output_layer)(FBP_T *z, const FBP_T *bias, const FBP_T *y,
+/* The output layer: z <- f(z + bias) in place; returns the summed loss terms, each row's
+   weighted by row_weights[r] (all 1 when row_weights is NULL), and, when delta is not
+   NULL, writes delta = scale * d(weighted sum)/dz.  softmax + CCE and sigmoid + BCE take
+   the loss from the logits (no log of 0) and the fused gradient p - y; every other
+   pairing clips probabilities and uses the chain rule.  loss_parameter is Huber's delta. */
+static inline double FBP_NAME(fbp_output_layer)(FBP_T *z, const FBP_T *bias, FBP_T *preactivation,
+                                                const FBP_T *y, const FBP_T *row_weights,
                                                 FBP_T *delta, ptrdiff_t n_rows, ptrdiff_t n_cols,
-                                                int activation, int loss, FBP_T scale)
+                                                int activation, int loss, FBP_T loss_parameter,
+                                                FBP_T scale)
 {
-    const ptrdiff_t n = n_rows * n_cols;
     double total = 0;
 
     if (activation == FBP_SOFTMAX && loss == FBP_CCE) {
         for (ptrdiff_t r = 0; r < n_rows; r++) {
             FBP_T *row = z + r * n_cols;
             const FBP_T *target = y + r * n_cols;
+            FBP_T weight = row_weights ? row_weights[r] : 1;
             FBP_T top = row[0] + bias[0];
             for (ptrdiff_t j = 0; j < n_cols; j++) {
                 row[j] += bias[j];
@@ -159,12 +222,14 @@ static inline double FBP_NAME(fbp_output_layer)(FBP_T *z, const FBP_T *bias, con
                 row[j] = FBP_MATH_EXP(shifted);
                 sum_exp += row[j];
             }
-            total += (double)sum_y * log((double)sum_exp) - (double)dot_yz;
+            total += weight * ((double)sum_y * log((double)sum_exp) - (double)dot_yz);
             FBP_T inverse = 1 / sum_exp;
             for (ptrdiff_t j = 0; j < n_cols; j++) row[j] *= inverse;
-            if (delta)
+            if (delta) {
+                FBP_T factor = scale * weight;
                 for (ptrdiff_t j = 0; j < n_cols; j++)
-                    delta[r * n_cols + j] = scale * (row[j] - target[j]);
+                    delta[r * n_cols + j] = factor * (row[j] - target[j]);
+            }
         }
         return total;
     }
@@ -173,57 +238,96 @@ static inline double FBP_NAME(fbp_output_layer)(FBP_T *z, const FBP_T *bias, con
         for (ptrdiff_t r = 0; r < n_rows; r++) {
             FBP_T *row = z + r * n_cols;
             const FBP_T *target = y + r * n_cols;
+            FBP_T weight = row_weights ? row_weights[r] : 1;
+            FBP_T row_total = 0;
             for (ptrdiff_t j = 0; j < n_cols; j++) {
                 FBP_T v = row[j] + bias[j];
                 FBP_T e = FBP_MATH_EXP(-FBP_MATH_ABS(v));
                 /* -(y log p + (1-y) log(1-p)) = max(v, 0) - v y + log(1 + exp(-|v|)) */
-                total += (double)((v > 0 ? v : 0) - v * target[j] + FBP_MATH_LOG1P(e));
+                row_total += (v > 0 ? v : 0) - v * target[j] + FBP_MATH_LOG1P(e);
                 row[j] = v >= 0 ? 1 / (1 + e) : e / (1 + e);
             }
+            total += (double)weight * row_total;
+            if (delta) {
+                FBP_T factor = scale * weight;
+                for (ptrdiff_t j = 0; j < n_cols; j++)
+                    delta[r * n_cols + j] = factor * (row[j] - target[j]);
+            }
         }
-        if (delta)
-            for (ptrdiff_t i = 0; i < n; i++) delta[i] = scale * (z[i] - y[i]);
         return total;
     }
 
-    FBP_NAME(fbp_bias_activation)(z, bias, n_rows, n_cols, activation);
+    FBP_NAME(fbp_bias_activation)(z, bias, preactivation, n_rows, n_cols, activation);
     const FBP_T eps = (FBP_T)FBP_PROB_EPS;
-    for (ptrdiff_t i = 0; i < n; i++) {
-        FBP_T a = z[i], target = y[i], grad;
-        switch (loss) {
-        case FBP_MSE: {
-            FBP_T diff = a - target;
-            total += (double)(diff * diff);
-            grad = 2 * diff;
-            break;
+    for (ptrdiff_t r = 0; r < n_rows; r++) {
+        FBP_T weight = row_weights ? row_weights[r] : 1;
+        FBP_T row_total = 0;
+        for (ptrdiff_t j = r * n_cols; j < (r + 1) * n_cols; j++) {
+            FBP_T a = z[j], target = y[j], grad;
+            switch (loss) {
+            case FBP_MSE: {
+                FBP_T diff = a - target;
+                row_total += diff * diff;
+                grad = 2 * diff;
+                break;
+            }
+            case FBP_MAE: {
+                FBP_T diff = a - target;
+                row_total += FBP_MATH_ABS(diff);
+                grad = (FBP_T)((diff > 0) - (diff < 0));
+                break;
+            }
+            case FBP_HUBER: {   /* d^2 / 2 inside |d| <= delta, delta (|d| - delta / 2) outside */
+                FBP_T diff = a - target, size = FBP_MATH_ABS(diff);
+                int inside = size <= loss_parameter;
+                row_total += inside ? (FBP_T)0.5 * diff * diff
+                                    : loss_parameter * (size - (FBP_T)0.5 * loss_parameter);
+                grad = inside ? diff : loss_parameter * (FBP_T)((diff > 0) - (diff < 0));
+                break;
+            }
+            case FBP_CCE: {
+                int inside = a > eps && a < 1 - eps;
+                FBP_T p = inside ? a : (a <= eps ? eps : 1 - eps);
+                row_total -= target * FBP_MATH_LOG(p);
+                grad = inside ? -target / p : 0;
+                break;
+            }
+            default: { /* FBP_BCE */
+                int inside = a > eps && a < 1 - eps;
+                FBP_T p = inside ? a : (a <= eps ? eps : 1 - eps);
+                row_total -= target * FBP_MATH_LOG(p) + (1 - target) * FBP_MATH_LOG(1 - p);
+                grad = inside ? (p - target) / (p * (1 - p)) : 0;
+                break;
+            }
+            }
+            if (delta)
+                delta[j] = scale * weight * grad;
         }
-        case FBP_MAE: {
-            FBP_T diff = a - target;
-            total += (double)FBP_MATH_ABS(diff);
-            grad = (FBP_T)((diff > 0) - (diff < 0));
-            break;
-        }
-        case FBP_CCE: {
-            int inside = a > eps && a < 1 - eps;
-            FBP_T p = inside ? a : (a <= eps ? eps : 1 - eps);
-            total -= (double)(target * FBP_MATH_LOG(p));
-            grad = inside ? -target / p : 0;
-            break;
-        }
-        default: { /* FBP_BCE */
-            int inside = a > eps && a < 1 - eps;
-            FBP_T p = inside ? a : (a <= eps ? eps : 1 - eps);
-            total -= (double)(target * FBP_MATH_LOG(p) + (1 - target) * FBP_MATH_LOG(1 - p));
-            grad = inside ? (p - target) / (p * (1 - p)) : 0;
-            break;
-        }
-        }
-        if (delta)
-            delta[i] = scale * grad;
+        total += (double)weight * row_total;
     }
     if (delta)
-        FBP_NAME(fbp_activation_backward)(delta, z, n_rows, n_cols, activation);
+        FBP_NAME(fbp_activation_backward)(delta, z, preactivation, n_rows, n_cols, activation);
     return total;
+}
+
+/* Inverted dropout: out = a * mask, mask[i] = 0 with probability `rate`, else
+   1 / (1 - rate); the mask is kept for the backward pass. */
+static inline void FBP_NAME(fbp_dropout)(FBP_T *out, FBP_T *mask, const FBP_T *a, ptrdiff_t n,
+                                         double rate, uint64_t *random_state)
+{
+    const uint64_t threshold = (uint64_t)(rate * 18446744073709551616.0);
+    const FBP_T keep = (FBP_T)(1.0 / (1.0 - rate));
+    for (ptrdiff_t i = 0; i < n; i++)
+        mask[i] = fbp_random_next(random_state) >= threshold ? keep : 0;
+    for (ptrdiff_t i = 0; i < n; i++)
+        out[i] = a[i] * mask[i];
+}
+
+/* x <- x * y, element by element. */
+static inline void FBP_NAME(fbp_multiply)(FBP_T *x, const FBP_T *y, ptrdiff_t n)
+{
+    for (ptrdiff_t i = 0; i < n; i++)
+        x[i] *= y[i];
 }
 
 /* target <- beta * target + alpha * (sum of delta's rows): the bias gradient or update. */
@@ -237,5 +341,75 @@ static inline void FBP_NAME(fbp_column_sums)(FBP_T *target, const FBP_T *delta, 
     for (ptrdiff_t i = 0; i < n_rows; i++) {
         const FBP_T *row = delta + i * n_cols;
         for (ptrdiff_t j = 0; j < n_cols; j++) target[j] += alpha * row[j];
+    }
+}
+
+/* Sum of squares, accumulated in double (for clipping by the gradient's norm). */
+static inline double FBP_NAME(fbp_sum_squares)(const FBP_T *x, ptrdiff_t n)
+{
+    double total = 0;
+    for (ptrdiff_t i = 0; i < n; i++)
+        total += (double)x[i] * x[i];
+    return total;
+}
+
+/* x <- factor * x */
+static inline void FBP_NAME(fbp_scale)(FBP_T *x, ptrdiff_t n, FBP_T factor)
+{
+    for (ptrdiff_t i = 0; i < n; i++)
+        x[i] *= factor;
+}
+
+/* One optimizer step on a slice of parameters, as torch.optim defines each rule.
+   g is the gradient (weight_decay * p is added here: coupled decay); state holds
+   first[] and second[] moments where the rule has them.  step counts from 1. */
+static inline void FBP_NAME(fbp_optimizer_step)(FBP_T *params, const FBP_T *grads, FBP_T *first,
+                                                FBP_T *second, ptrdiff_t n, int kind,
+                                                FBP_T learning_rate, FBP_T weight_decay,
+                                                FBP_T momentum, int nesterov, FBP_T beta1,
+                                                FBP_T beta2, FBP_T epsilon, double step)
+{
+    switch (kind) {
+    case FBP_SGD:
+        for (ptrdiff_t i = 0; i < n; i++)
+            params[i] -= learning_rate * (grads[i] + weight_decay * params[i]);
+        break;
+    case FBP_MOMENTUM:   /* v <- mu v + g;  p <- p - lr (g + mu v) (nesterov) or p - lr v */
+        for (ptrdiff_t i = 0; i < n; i++) {
+            FBP_T g = grads[i] + weight_decay * params[i];
+            FBP_T v = momentum * first[i] + g;
+            first[i] = v;
+            params[i] -= learning_rate * (nesterov ? g + momentum * v : v);
+        }
+        break;
+    case FBP_ADAM: {     /* bias-corrected moments; p <- p - lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps) */
+        FBP_T step_size = (FBP_T)(learning_rate / (1.0 - pow((double)beta1, step)));
+        FBP_T root_correction = (FBP_T)sqrt(1.0 - pow((double)beta2, step));
+        for (ptrdiff_t i = 0; i < n; i++) {
+            FBP_T g = grads[i] + weight_decay * params[i];
+            FBP_T m = beta1 * first[i] + (1 - beta1) * g;
+            FBP_T v = beta2 * second[i] + (1 - beta2) * g * g;
+            first[i] = m;
+            second[i] = v;
+            params[i] -= step_size * m / (FBP_MATH_SQRT(v) / root_correction + epsilon);
+        }
+        break;
+    }
+    case FBP_RMSPROP:    /* v <- alpha v + (1 - alpha) g^2;  p <- p - lr g / (sqrt(v) + eps) */
+        for (ptrdiff_t i = 0; i < n; i++) {
+            FBP_T g = grads[i] + weight_decay * params[i];
+            FBP_T v = beta2 * second[i] + (1 - beta2) * g * g;
+            second[i] = v;
+            params[i] -= learning_rate * g / (FBP_MATH_SQRT(v) + epsilon);
+        }
+        break;
+    case FBP_ADAGRAD:    /* s <- s + g^2;  p <- p - lr g / (sqrt(s) + eps) */
+        for (ptrdiff_t i = 0; i < n; i++) {
+            FBP_T g = grads[i] + weight_decay * params[i];
+            FBP_T s = second[i] + g * g;
+            second[i] = s;
+            params[i] -= learning_rate * g / (FBP_MATH_SQRT(s) + epsilon);
+        }
+        break;
     }
 }

@@ -1,21 +1,25 @@
 # cython: language_level=3
-"""The compiled core: forward, backward and the SGD epoch loop.
+"""The compiled core: forward, backward, optimizer steps and the epoch loop.
 
 How the pieces fit:
 - csrc/ holds the element-wise kernels (bias + activation, output loss and delta,
-  column sums, gathers), one C source for float and double;
+  dropout, optimizer rules, gathers), one C source for float and double;
 - `gemm` (_blas.pxd) does every matrix product through scipy's BLAS;
 - `Plan` knows the network's shape and where each array lives: the parameters are one
-  flat buffer (W1, b1, W2, b2, ...) and the activations, deltas and batch copies are one
-  flat workspace sized for `capacity` rows, so a step allocates nothing;
-- `run_batch` is one forward + backward pass on m rows; it either writes gradients
-  (alpha=1, beta=0) or folds the SGD update into the gradient GEMM (alpha=-lr, beta=1);
+  flat buffer (W1, b1, W2, b2, ...) and the activations, deltas, masks, gradients and
+  batch copies are one flat workspace sized for `capacity` rows, so a step allocates
+  nothing;
+- `Settings` holds the loss and optimizer hyperparameters and the optimizer's step count;
+- `run_batch` is one forward + backward pass on m rows: it writes the gradient
+  (alpha=1, beta=0), or, for plain SGD, folds the update into the gradient GEMM
+  (alpha=-lr, beta=1 - lr * weight_decay);
 - the `def` functions (train_epoch, gradients, predict, ...) are thin shims that take
   the arrays, release the GIL once, and loop in C.
 The Python layer validates everything before calling in: no bounds checks here.
 """
 from cython cimport floating
-from libc.math cimport isfinite
+from libc.math cimport isfinite, sqrt
+from libc.stdint cimport uint64_t
 from libc.stdlib cimport malloc, free
 
 from fastbp._blas cimport gemm
@@ -23,87 +27,132 @@ from fastbp._kernels cimport *
 
 import numpy as np
 
-cdef extern from "fastbp.h":
-    enum:
-        FBP_IDENTITY, FBP_RELU, FBP_LEAKY_RELU, FBP_SIGMOID, FBP_TANH, FBP_SOFTMAX
-
 # The codes the kernels switch on, named; csrc/fastbp.h is their single source.
 ACTIVATION_CODES = {"identity": FBP_IDENTITY, "relu": FBP_RELU, "leaky_relu": FBP_LEAKY_RELU,
-                    "sigmoid": FBP_SIGMOID, "tanh": FBP_TANH, "softmax": FBP_SOFTMAX}
+                    "sigmoid": FBP_SIGMOID, "tanh": FBP_TANH, "softmax": FBP_SOFTMAX,
+                    "elu": FBP_ELU, "softplus": FBP_SOFTPLUS, "gelu": FBP_GELU,
+                    "swish": FBP_SWISH}
 LOSS_CODES = {"mse": FBP_MSE, "mae": FBP_MAE, "categorical_crossentropy": FBP_CCE,
-              "binary_crossentropy": FBP_BCE}
+              "binary_crossentropy": FBP_BCE, "huber": FBP_HUBER}
+OPTIMIZER_CODES = {"sgd": FBP_SGD, "momentum": FBP_MOMENTUM, "adam": FBP_ADAM,
+                   "rmsprop": FBP_RMSPROP, "adagrad": FBP_ADAGRAD}
+
+# train_epoch's status
+cpdef enum Status:
+    COMPLETED = 0
+    DIVERGED = 1
+    INTERRUPTED = 2
 
 
 cdef struct Layout:
     int n_layers
-    int* sizes                    # n_layers + 1 widths, input first
-    int* activations              # one code per weight layer
-    Py_ssize_t* weight_offsets    # into the parameter buffer
+    int* sizes                      # n_layers + 1 widths, input first
+    int* activations                # one code per weight layer
+    double* dropout_rates           # per weight layer: dropout applied to its output
+    Py_ssize_t* weight_offsets      # into the parameter buffer
     Py_ssize_t* bias_offsets
-    Py_ssize_t* output_offsets    # A_l for l = 1..n_layers, into the workspace
-    Py_ssize_t delta_offsets[2]   # two delta buffers, used in turn going backwards
-    Py_ssize_t batch_x_offset     # gathered batch of inputs
-    Py_ssize_t batch_y_offset     # gathered (or one-hot) batch of targets
-    Py_ssize_t capacity           # rows the workspace holds
+    # into the workspace, indexed by layer l = 1..n_layers (-1: not kept)
+    Py_ssize_t* output_offsets      # A_l = f(Z_l)
+    Py_ssize_t* preactivation_offsets   # Z_l, for gelu and swish
+    Py_ssize_t* dropped_offsets     # A_l * mask_l, the next layer's input under dropout
+    Py_ssize_t* mask_offsets
+    Py_ssize_t delta_offsets[2]     # two delta buffers, used in turn going backwards
+    Py_ssize_t batch_x_offset       # gathered batch of inputs
+    Py_ssize_t batch_y_offset       # gathered (or one-hot) batch of targets
+    Py_ssize_t batch_weight_offset  # gathered row weights
+    Py_ssize_t gradient_offset      # n_params gradient, when the update is not folded
+    Py_ssize_t capacity             # rows the workspace holds
+    Py_ssize_t n_params
 
 
 cdef class Plan:
-    """The shape of a network and the layout of its parameter and workspace buffers."""
+    """The shape of a network and the layout of its parameter and workspace buffers.
+
+    dropout_rates: one rate per weight layer (0 for none; never the output layer);
+    with_gradient: reserve room for a full gradient (optimizers other than plain SGD).
+    """
     cdef Layout layout
     cdef readonly Py_ssize_t n_params, work_size
 
-    def __cinit__(self, layer_sizes, activations, Py_ssize_t capacity):
+    def __cinit__(self, layer_sizes, activations, Py_ssize_t capacity, dropout_rates=None,
+                  bint with_gradient=False):
         cdef int n_layers = len(activations)
         cdef int l
         cdef Py_ssize_t offset = 0, widest = 0
-        self.layout.n_layers = n_layers
-        self.layout.capacity = capacity
-        self.layout.sizes = <int*>malloc((n_layers + 1) * sizeof(int))
-        self.layout.activations = <int*>malloc(n_layers * sizeof(int))
-        self.layout.weight_offsets = <Py_ssize_t*>malloc(n_layers * sizeof(Py_ssize_t))
-        self.layout.bias_offsets = <Py_ssize_t*>malloc(n_layers * sizeof(Py_ssize_t))
-        self.layout.output_offsets = <Py_ssize_t*>malloc((n_layers + 1) * sizeof(Py_ssize_t))
-        if (not self.layout.sizes or not self.layout.activations or not self.layout.weight_offsets
-                or not self.layout.bias_offsets or not self.layout.output_offsets):
+        cdef Layout* plan = &self.layout
+        plan.n_layers = n_layers
+        plan.capacity = capacity
+        plan.sizes = <int*>malloc((n_layers + 1) * sizeof(int))
+        plan.activations = <int*>malloc(n_layers * sizeof(int))
+        plan.dropout_rates = <double*>malloc(n_layers * sizeof(double))
+        plan.weight_offsets = <Py_ssize_t*>malloc(n_layers * sizeof(Py_ssize_t))
+        plan.bias_offsets = <Py_ssize_t*>malloc(n_layers * sizeof(Py_ssize_t))
+        plan.output_offsets = <Py_ssize_t*>malloc((n_layers + 1) * sizeof(Py_ssize_t))
+        plan.preactivation_offsets = <Py_ssize_t*>malloc((n_layers + 1) * sizeof(Py_ssize_t))
+        plan.dropped_offsets = <Py_ssize_t*>malloc((n_layers + 1) * sizeof(Py_ssize_t))
+        plan.mask_offsets = <Py_ssize_t*>malloc((n_layers + 1) * sizeof(Py_ssize_t))
+        if (not plan.sizes or not plan.activations or not plan.dropout_rates
+                or not plan.weight_offsets or not plan.bias_offsets or not plan.output_offsets
+                or not plan.preactivation_offsets or not plan.dropped_offsets
+                or not plan.mask_offsets):
             raise MemoryError()
         for l in range(n_layers + 1):
-            self.layout.sizes[l] = layer_sizes[l]
+            plan.sizes[l] = layer_sizes[l]
         for l in range(n_layers):
-            self.layout.activations[l] = activations[l]
-            self.layout.weight_offsets[l] = offset
+            plan.activations[l] = activations[l]
+            plan.dropout_rates[l] = dropout_rates[l] if dropout_rates is not None else 0.0
+            plan.weight_offsets[l] = offset
             offset += <Py_ssize_t>layer_sizes[l] * layer_sizes[l + 1]
-            self.layout.bias_offsets[l] = offset
+            plan.bias_offsets[l] = offset
             offset += layer_sizes[l + 1]
             widest = max(widest, <Py_ssize_t>layer_sizes[l + 1])
-        self.n_params = offset
+        plan.n_params = self.n_params = offset
 
         offset = 0
-        self.layout.output_offsets[0] = -1          # A_0 is the input itself
+        for l in range(n_layers + 1):
+            plan.output_offsets[l] = plan.preactivation_offsets[l] = -1
+            plan.dropped_offsets[l] = plan.mask_offsets[l] = -1
         for l in range(1, n_layers + 1):
-            self.layout.output_offsets[l] = offset
+            plan.output_offsets[l] = offset
             offset += capacity * layer_sizes[l]
+            if fbp_needs_preactivation(plan.activations[l - 1]):
+                plan.preactivation_offsets[l] = offset
+                offset += capacity * layer_sizes[l]
+            if plan.dropout_rates[l - 1] > 0:
+                plan.dropped_offsets[l] = offset
+                offset += capacity * layer_sizes[l]
+                plan.mask_offsets[l] = offset
+                offset += capacity * layer_sizes[l]
         for l in range(2):
-            self.layout.delta_offsets[l] = offset
+            plan.delta_offsets[l] = offset
             offset += capacity * widest
-        self.layout.batch_x_offset = offset
+        plan.batch_x_offset = offset
         offset += capacity * layer_sizes[0]
-        self.layout.batch_y_offset = offset
+        plan.batch_y_offset = offset
         offset += capacity * layer_sizes[n_layers]
+        plan.batch_weight_offset = offset
+        offset += capacity
+        plan.gradient_offset = offset if with_gradient else -1
+        offset += self.n_params if with_gradient else 0
         self.work_size = offset
 
     def __dealloc__(self):
         free(self.layout.sizes)
         free(self.layout.activations)
+        free(self.layout.dropout_rates)
         free(self.layout.weight_offsets)
         free(self.layout.bias_offsets)
         free(self.layout.output_offsets)
+        free(self.layout.preactivation_offsets)
+        free(self.layout.dropped_offsets)
+        free(self.layout.mask_offsets)
 
     @property
     def capacity(self):
         return self.layout.capacity
 
     def parameter_views(self, params):
-        """Split the flat parameter buffer into live views: (weights, biases)."""
+        """Split a flat parameter-shaped buffer into views: (weights, biases)."""
         weights, biases = [], []
         for l in range(self.layout.n_layers):
             n_in, n_out = self.layout.sizes[l], self.layout.sizes[l + 1]
@@ -114,31 +163,77 @@ cdef class Plan:
         return weights, biases
 
 
+cdef struct Hyper:
+    int loss
+    double loss_parameter           # Huber's delta
+    int optimizer
+    double learning_rate, weight_decay, momentum, beta1, beta2, epsilon, clip_norm
+    bint nesterov, decoupled_weight_decay
+    double step                     # optimizer steps taken so far (Adam's t)
+
+
+cdef class Settings:
+    """The loss and optimizer settings of a fit, and the optimizer's step count."""
+    cdef Hyper hyper
+
+    def __init__(self, int loss, double loss_parameter=1.0, int optimizer=FBP_SGD,
+                 double learning_rate=0.01, double weight_decay=0.0, double momentum=0.0,
+                 bint nesterov=False, double beta1=0.9, double beta2=0.999,
+                 double epsilon=1e-8, double clip_norm=0.0, bint decoupled_weight_decay=False,
+                 double step=0):
+        self.hyper = Hyper(loss=loss, loss_parameter=loss_parameter, optimizer=optimizer,
+                           learning_rate=learning_rate, weight_decay=weight_decay,
+                           momentum=momentum, beta1=beta1, beta2=beta2, epsilon=epsilon,
+                           clip_norm=clip_norm, nesterov=nesterov,
+                           decoupled_weight_decay=decoupled_weight_decay, step=step)
+
+    @property
+    def step(self):
+        return self.hyper.step
+
+    @property
+    def learning_rate(self):
+        return self.hyper.learning_rate
+
+    @learning_rate.setter
+    def learning_rate(self, double value):
+        self.hyper.learning_rate = value
+
+    @property
+    def folded(self):
+        """Plain SGD without clipping: the update folds into the gradient GEMM."""
+        return self.hyper.optimizer == FBP_SGD and self.hyper.clip_norm == 0
+
+
 # ---- fused dispatch to the C kernels (Cython cannot overload C functions) ----
 
-cdef inline void bias_activation(floating* z, const floating* bias, Py_ssize_t n_rows,
-                                 Py_ssize_t n_cols, int activation) noexcept nogil:
+cdef inline void bias_activation(floating* z, const floating* bias, floating* preactivation,
+                                 Py_ssize_t n_rows, Py_ssize_t n_cols, int activation) noexcept nogil:
     if floating is float:
-        fbp_bias_activation_f32(z, bias, n_rows, n_cols, activation)
+        fbp_bias_activation_f32(z, bias, preactivation, n_rows, n_cols, activation)
     else:
-        fbp_bias_activation_f64(z, bias, n_rows, n_cols, activation)
+        fbp_bias_activation_f64(z, bias, preactivation, n_rows, n_cols, activation)
 
 
-cdef inline void activation_backward(floating* delta, const floating* a, Py_ssize_t n_rows,
+cdef inline void activation_backward(floating* delta, const floating* a,
+                                     const floating* preactivation, Py_ssize_t n_rows,
                                      Py_ssize_t n_cols, int activation) noexcept nogil:
     if floating is float:
-        fbp_activation_backward_f32(delta, a, n_rows, n_cols, activation)
+        fbp_activation_backward_f32(delta, a, preactivation, n_rows, n_cols, activation)
     else:
-        fbp_activation_backward_f64(delta, a, n_rows, n_cols, activation)
+        fbp_activation_backward_f64(delta, a, preactivation, n_rows, n_cols, activation)
 
 
-cdef inline double output_layer(floating* z, const floating* bias, const floating* y,
-                                floating* delta, Py_ssize_t n_rows, Py_ssize_t n_cols,
-                                int activation, int loss, floating scale) noexcept nogil:
+cdef inline double output_layer(floating* z, const floating* bias, floating* preactivation,
+                                const floating* y, const floating* row_weights, floating* delta,
+                                Py_ssize_t n_rows, Py_ssize_t n_cols, int activation, int loss,
+                                floating loss_parameter, floating scale) noexcept nogil:
     if floating is float:
-        return fbp_output_layer_f32(z, bias, y, delta, n_rows, n_cols, activation, loss, scale)
+        return fbp_output_layer_f32(z, bias, preactivation, y, row_weights, delta, n_rows,
+                                    n_cols, activation, loss, loss_parameter, scale)
     else:
-        return fbp_output_layer_f64(z, bias, y, delta, n_rows, n_cols, activation, loss, scale)
+        return fbp_output_layer_f64(z, bias, preactivation, y, row_weights, delta, n_rows,
+                                    n_cols, activation, loss, loss_parameter, scale)
 
 
 cdef inline void column_sums(floating* target, const floating* delta, Py_ssize_t n_rows,
@@ -157,6 +252,14 @@ cdef inline void gather_rows(floating* dst, const floating* src, const Py_ssize_
         fbp_gather_rows_f64(dst, src, rows, n_rows, n_cols)
 
 
+cdef inline void gather(floating* dst, const floating* src, const Py_ssize_t* rows,
+                        Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        fbp_gather_f32(dst, src, rows, n)
+    else:
+        fbp_gather_f64(dst, src, rows, n)
+
+
 cdef inline void one_hot(floating* dst, const Py_ssize_t* labels, const Py_ssize_t* rows,
                          Py_ssize_t n_rows, Py_ssize_t n_cols) noexcept nogil:
     if floating is float:
@@ -165,26 +268,75 @@ cdef inline void one_hot(floating* dst, const Py_ssize_t* labels, const Py_ssize
         fbp_one_hot_f64(dst, labels, rows, n_rows, n_cols)
 
 
-cdef inline double loss_scale(int loss, Py_ssize_t n_rows, Py_ssize_t n_cols) noexcept nogil:
-    """The factor that turns summed loss terms into the mean loss of the conventions."""
-    if loss == FBP_CCE:
-        return 1.0 / n_rows
-    return 1.0 / (<double>n_rows * n_cols)
+cdef inline void dropout(floating* out, floating* mask, const floating* a, Py_ssize_t n,
+                         double rate, uint64_t* random_state) noexcept nogil:
+    if floating is float:
+        fbp_dropout_f32(out, mask, a, n, rate, random_state)
+    else:
+        fbp_dropout_f64(out, mask, a, n, rate, random_state)
+
+
+cdef inline void multiply(floating* x, const floating* y, Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        fbp_multiply_f32(x, y, n)
+    else:
+        fbp_multiply_f64(x, y, n)
+
+
+cdef inline double sum_squares(const floating* x, Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        return fbp_sum_squares_f32(x, n)
+    else:
+        return fbp_sum_squares_f64(x, n)
+
+
+cdef inline void scale_in_place(floating* x, Py_ssize_t n, floating factor) noexcept nogil:
+    if floating is float:
+        fbp_scale_f32(x, n, factor)
+    else:
+        fbp_scale_f64(x, n, factor)
+
+
+cdef inline void optimizer_step(floating* params, const floating* grads, floating* first,
+                                floating* second, Py_ssize_t n, const Hyper* hyper,
+                                floating weight_decay) noexcept nogil:
+    if floating is float:
+        fbp_optimizer_step_f32(params, grads, first, second, n, hyper.optimizer,
+                               <float>hyper.learning_rate, weight_decay, <float>hyper.momentum,
+                               hyper.nesterov, <float>hyper.beta1, <float>hyper.beta2,
+                               <float>hyper.epsilon, hyper.step)
+    else:
+        fbp_optimizer_step_f64(params, grads, first, second, n, hyper.optimizer,
+                               hyper.learning_rate, weight_decay, hyper.momentum, hyper.nesterov,
+                               hyper.beta1, hyper.beta2, hyper.epsilon, hyper.step)
+
+
+cdef inline double loss_normaliser(int loss, Py_ssize_t n_cols) noexcept nogil:
+    """Per-row loss terms times this is the row's share of the mean: CCE sums over the
+    outputs, every other loss averages them."""
+    return 1.0 if loss == FBP_CCE else 1.0 / n_cols
 
 
 # ---- forward and backward on one batch ----
 
+cdef inline floating* workspace(floating* work, Py_ssize_t offset) noexcept nogil:
+    return work + offset if offset >= 0 else NULL
+
+
 cdef inline const floating* layer_input(const Layout* plan, floating* work, const floating* x,
                                         int l) noexcept nogil:
-    """A_{l-1}, the input of weight layer l (1-based)."""
+    """The input of weight layer l (1-based): A_{l-1}, after dropout when there is one."""
     if l == 1:
         return x
+    if plan.dropped_offsets[l - 1] >= 0:
+        return work + plan.dropped_offsets[l - 1]
     return work + plan.output_offsets[l - 1]
 
 
 cdef void forward_hidden(const Layout* plan, const floating* params, floating* work,
-                         const floating* x, int m) noexcept nogil:
-    """A_l = f(A_{l-1} W_l + b_l) for every layer but the output."""
+                         const floating* x, int m, uint64_t* random_state) noexcept nogil:
+    """A_l = f(A_{l-1} W_l + b_l) for every layer but the output (dropout when the plan
+    has it and random_state is given)."""
     cdef int l, n_in, n_out
     cdef floating* out
     for l in range(1, plan.n_layers):
@@ -193,7 +345,12 @@ cdef void forward_hidden(const Layout* plan, const floating* params, floating* w
         out = work + plan.output_offsets[l]
         gemm(False, False, m, n_out, n_in, <floating>1, layer_input(plan, work, x, l), n_in,
              params + plan.weight_offsets[l - 1], n_out, <floating>0, out, n_out)
-        bias_activation(out, params + plan.bias_offsets[l - 1], m, n_out, plan.activations[l - 1])
+        bias_activation(out, params + plan.bias_offsets[l - 1],
+                        workspace(work, plan.preactivation_offsets[l]), m, n_out,
+                        plan.activations[l - 1])
+        if plan.dropped_offsets[l] >= 0:
+            dropout(work + plan.dropped_offsets[l], work + plan.mask_offsets[l], out,
+                    <Py_ssize_t>m * n_out, plan.dropout_rates[l - 1], random_state)
 
 
 cdef void output_logits(const Layout* plan, const floating* params, floating* work,
@@ -205,15 +362,18 @@ cdef void output_logits(const Layout* plan, const floating* params, floating* wo
          params + plan.weight_offsets[L - 1], n_out, <floating>0, out, n_out)
 
 
-cdef double run_batch(const Layout* plan, floating* params, floating* target, floating* work,
-                      const floating* x, const floating* y, int m, int loss, floating scale,
-                      floating alpha, floating beta) noexcept nogil:
-    """Forward and backward on m rows; returns the summed loss terms.
+cdef double run_batch(const Layout* plan, const Hyper* hyper, floating* params, floating* target,
+                      floating* work, const floating* x, const floating* y,
+                      const floating* row_weights, int m, floating scale, floating alpha,
+                      floating weight_beta, floating bias_beta,
+                      uint64_t* random_state) noexcept nogil:
+    """Forward and backward on m rows; returns the (weighted) summed loss terms.
 
     target := beta * target + alpha * gradient, where the gradient is `scale` times that
-    of the summed loss terms. With target = params, alpha = -lr and beta = 1 this is the
-    SGD step, folded into the gradient GEMM; the delta of layer l-1 is taken before W_l
-    changes. When the loss is not finite nothing is written.
+    of the summed loss terms and beta is weight_beta for weights, bias_beta for biases.
+    With target = params, alpha = -lr, weight_beta = 1 - lr * weight_decay and
+    bias_beta = 1 this is the SGD step folded into the gradient GEMM; the delta of layer
+    l-1 is taken before W_l changes. When the loss is not finite nothing is written.
     """
     cdef int L = plan.n_layers
     cdef int l, n_in, n_out
@@ -222,11 +382,14 @@ cdef double run_batch(const Layout* plan, floating* params, floating* target, fl
     cdef const floating* a_in
     cdef floating* out = work + plan.output_offsets[L]
 
-    forward_hidden(plan, params, work, x, m)
+    forward_hidden(plan, params, work, x, m, random_state)
     output_logits(plan, params, work, x, m, out)
     delta = work + plan.delta_offsets[L % 2]
-    cdef double loss_sum = output_layer(out, params + plan.bias_offsets[L - 1], y, delta, m,
-                                        plan.sizes[L], plan.activations[L - 1], loss, scale)
+    cdef double loss_sum = output_layer(out, params + plan.bias_offsets[L - 1],
+                                        workspace(work, plan.preactivation_offsets[L]), y,
+                                        row_weights, delta, m, plan.sizes[L],
+                                        plan.activations[L - 1], hyper.loss,
+                                        <floating>hyper.loss_parameter, scale)
     if not isfinite(loss_sum):
         return loss_sum
 
@@ -239,43 +402,92 @@ cdef double run_batch(const Layout* plan, floating* params, floating* target, fl
             previous_delta = work + plan.delta_offsets[(l - 1) % 2]
             gemm(False, True, m, n_in, n_out, <floating>1, delta, n_out,
                  params + plan.weight_offsets[l - 1], n_out, <floating>0, previous_delta, n_in)
-            activation_backward(previous_delta, a_in, m, n_in, plan.activations[l - 2])
-        gemm(True, False, n_in, n_out, m, alpha, a_in, n_in, delta, n_out, beta,
+            if plan.mask_offsets[l - 1] >= 0:
+                multiply(previous_delta, work + plan.mask_offsets[l - 1], <Py_ssize_t>m * n_in)
+            activation_backward(previous_delta, work + plan.output_offsets[l - 1],
+                                workspace(work, plan.preactivation_offsets[l - 1]), m, n_in,
+                                plan.activations[l - 2])
+        gemm(True, False, n_in, n_out, m, alpha, a_in, n_in, delta, n_out, weight_beta,
              target + plan.weight_offsets[l - 1], n_out)
-        column_sums(target + plan.bias_offsets[l - 1], delta, m, n_out, alpha, beta)
+        column_sums(target + plan.bias_offsets[l - 1], delta, m, n_out, alpha, bias_beta)
     return loss_sum
+
+
+cdef void apply_update(const Layout* plan, Hyper* hyper, floating* params, floating* grads,
+                       floating* first, floating* second) noexcept nogil:
+    """One optimizer step from the gradient in grads: clip by norm, decay, update."""
+    cdef int l
+    cdef Py_ssize_t n_weights
+    cdef double norm
+    cdef floating weight_decay = <floating>hyper.weight_decay
+    hyper.step += 1
+    if hyper.clip_norm > 0:
+        norm = sqrt(sum_squares(grads, plan.n_params))
+        if norm > hyper.clip_norm:   # torch.nn.utils.clip_grad_norm_
+            scale_in_place(grads, plan.n_params, <floating>(hyper.clip_norm / (norm + 1e-6)))
+    for l in range(plan.n_layers):
+        n_weights = <Py_ssize_t>plan.sizes[l] * plan.sizes[l + 1]
+        if hyper.decoupled_weight_decay:   # AdamW: p <- p (1 - lr wd), then the rule
+            scale_in_place(params + plan.weight_offsets[l], n_weights,
+                           <floating>(1.0 - hyper.learning_rate * hyper.weight_decay))
+            weight_decay = 0
+        # weight decay applies to the weights, not the biases
+        optimizer_step(params + plan.weight_offsets[l], grads + plan.weight_offsets[l],
+                       first + plan.weight_offsets[l] if first else NULL,
+                       second + plan.weight_offsets[l] if second else NULL,
+                       n_weights, hyper, weight_decay)
+        optimizer_step(params + plan.bias_offsets[l], grads + plan.bias_offsets[l],
+                       first + plan.bias_offsets[l] if first else NULL,
+                       second + plan.bias_offsets[l] if second else NULL,
+                       plan.sizes[l + 1], hyper, <floating>0)
 
 
 # ---- the Python-callable shims ----
 
-def train_epoch(Plan plan, floating[::1] params, floating[::1] work,
-                const floating[:, ::1] X, const floating[:, ::1] Y, const Py_ssize_t[::1] labels,
-                const Py_ssize_t[::1] order, bint use_order, bint use_labels, int loss,
-                Py_ssize_t batch_size, double learning_rate):
-    """One epoch of mini-batch SGD in one nogil call.
+def train_epoch(Plan plan, Settings settings, floating[::1] params, floating[::1] work,
+                floating[:, ::1] state, const floating[:, ::1] X, const floating[:, ::1] Y,
+                const Py_ssize_t[::1] labels, const floating[::1] row_weights,
+                const Py_ssize_t[::1] order, Py_ssize_t batch_size, uint64_t random_seed):
+    """One epoch of mini-batch training in one nogil call.
 
-    Batches are rows order[0:b], order[b:2b], ... (or rows 0:b, b:2b, ... without
-    use_order, read in place). Targets are Y's rows, or one-hot rows of `labels`.
-    Returns (sum over batches of mean batch loss * batch rows, rows trained); training
-    stops before the first batch whose loss is not finite.
+    Batches are rows order[0:b], order[b:2b], ... (rows 0:b, b:2b, ... read in place when
+    order is empty). Targets are Y's rows, or one-hot rows of `labels` when Y is empty;
+    rows are weighted by row_weights unless it is empty. state holds the optimizer's
+    moments, (2, n_params), or is empty for plain SGD. Returns (weighted loss total,
+    weight total, rows trained, status): the epoch's mean loss is the ratio of the first
+    two; status is COMPLETED, DIVERGED (the batch at `rows trained` had a non-finite
+    loss; nothing was changed by it) or INTERRUPTED (SIGINT, at a batch boundary).
     """
     cdef const Layout* layout = &plan.layout
+    cdef Hyper* hyper = &settings.hyper
     cdef Py_ssize_t n_samples = X.shape[0]
     cdef Py_ssize_t n_in = layout.sizes[0], n_out = layout.sizes[layout.n_layers]
-    cdef Py_ssize_t start = 0, m
+    cdef Py_ssize_t start = 0, m, i
+    cdef bint use_order = order.shape[0] > 0, use_labels = Y.shape[0] == 0
+    cdef bint use_weights = row_weights.shape[0] > 0, folded = settings.folded
     cdef floating* p = &params[0]
     cdef floating* w = &work[0]
     cdef floating* batch_x = w + layout.batch_x_offset
     cdef floating* batch_y = w + layout.batch_y_offset
+    cdef floating* batch_weights = w + layout.batch_weight_offset
+    cdef floating* grads = workspace(w, layout.gradient_offset)
+    cdef floating* first = &state[0, 0] if state.shape[0] > 0 else NULL
+    cdef floating* second = &state[1, 0] if state.shape[0] > 1 else NULL
     cdef const floating* x
     cdef const floating* y
+    cdef const floating* weights = NULL
     cdef const Py_ssize_t* rows
+    cdef double weight_sum, loss_sum, loss_total = 0.0, weight_total = 0.0
+    cdef double normaliser = loss_normaliser(hyper.loss, n_out)
     cdef floating scale
-    cdef double loss_sum, total = 0.0
-    cdef floating step = <floating>(-learning_rate)
+    cdef int status = COMPLETED
+    cdef uint64_t random_state = random_seed | 1
 
     with nogil:
         while start < n_samples:
+            if fbp_interrupt_requested:
+                status = INTERRUPTED
+                break
             m = min(batch_size, n_samples - start)
             rows = &order[start] if use_order else NULL
             if use_order:
@@ -291,17 +503,43 @@ def train_epoch(Plan plan, floating[::1] params, floating[::1] work,
                 y = batch_y
             else:
                 y = &Y[start, 0]
-            scale = <floating>loss_scale(loss, m, n_out)
-            loss_sum = run_batch(layout, p, p, w, x, y, <int>m, loss, scale, step, <floating>1)
-            if not isfinite(loss_sum):
-                break
-            total += loss_sum * scale * m
+            if use_weights:
+                if use_order:
+                    gather(batch_weights, &row_weights[0], rows, m)
+                    weights = batch_weights
+                else:
+                    weights = &row_weights[start]
+                weight_sum = 0
+                for i in range(m):
+                    weight_sum += weights[i]
+            else:
+                weight_sum = m
+            if weight_sum > 0:   # a batch whose rows all weigh 0 teaches nothing
+                scale = <floating>(normaliser / weight_sum)
+                if folded:
+                    loss_sum = run_batch(layout, hyper, p, p, w, x, y, weights, <int>m, scale,
+                                         <floating>(-hyper.learning_rate),
+                                         <floating>(1.0 - hyper.learning_rate * hyper.weight_decay),
+                                         <floating>1, &random_state)
+                else:
+                    loss_sum = run_batch(layout, hyper, p, grads, w, x, y, weights, <int>m,
+                                         scale, <floating>1, <floating>0, <floating>0,
+                                         &random_state)
+                if not isfinite(loss_sum):
+                    status = DIVERGED
+                    break
+                if not folded:
+                    apply_update(layout, hyper, p, grads, first, second)
+                elif hyper.optimizer == FBP_SGD:
+                    hyper.step += 1
+                loss_total += loss_sum * normaliser
+                weight_total += weight_sum
             start += m
-    return total, start
+    return loss_total, weight_total, start, status
 
 
-def gradients(Plan plan, const floating[::1] params, floating[::1] grads, floating[::1] work,
-              const floating[:, ::1] X, const floating[:, ::1] Y, int loss):
+def gradients(Plan plan, Settings settings, const floating[::1] params, floating[::1] grads,
+              floating[::1] work, const floating[:, ::1] X, const floating[:, ::1] Y):
     """grads := gradient of the mean loss over all rows of X; returns the mean loss.
 
     Rows go through in chunks of plan.capacity; each chunk adds its share.
@@ -309,14 +547,16 @@ def gradients(Plan plan, const floating[::1] params, floating[::1] grads, floati
     cdef const Layout* layout = &plan.layout
     cdef Py_ssize_t n_samples = X.shape[0], n_out = layout.sizes[layout.n_layers]
     cdef Py_ssize_t start = 0, m
-    cdef floating scale = <floating>loss_scale(loss, n_samples, n_out)
+    cdef floating scale = <floating>(loss_normaliser(settings.hyper.loss, n_out) / n_samples)
     cdef double loss_sum, total = 0.0
+    cdef floating beta
     with nogil:
         while start < n_samples:
             m = min(layout.capacity, n_samples - start)
-            loss_sum = run_batch(layout, <floating*>&params[0], &grads[0], &work[0],
-                                 &X[start, 0], &Y[start, 0], <int>m, loss, scale,
-                                 <floating>1, <floating>(0 if start == 0 else 1))
+            beta = 0 if start == 0 else 1
+            loss_sum = run_batch(layout, &settings.hyper, <floating*>&params[0], &grads[0],
+                                 &work[0], &X[start, 0], &Y[start, 0], NULL, <int>m, scale,
+                                 <floating>1, beta, beta, NULL)
             total += loss_sum
             if not isfinite(loss_sum):
                 break
@@ -331,31 +571,60 @@ def predict(Plan plan, const floating[::1] params, floating[::1] work,
     cdef int L = layout.n_layers
     cdef Py_ssize_t n_samples = X.shape[0], start = 0, m
     cdef floating* p = <floating*>&params[0]
+    cdef floating* w = &work[0]
     with nogil:
         while start < n_samples:
             m = min(layout.capacity, n_samples - start)
-            forward_hidden(layout, p, &work[0], &X[start, 0], <int>m)
-            output_logits(layout, p, &work[0], &X[start, 0], <int>m, &out[start, 0])
-            bias_activation(&out[start, 0], p + layout.bias_offsets[L - 1], m,
+            forward_hidden(layout, p, w, &X[start, 0], <int>m, NULL)
+            output_logits(layout, p, w, &X[start, 0], <int>m, &out[start, 0])
+            bias_activation(&out[start, 0], p + layout.bias_offsets[L - 1],
+                            workspace(w, layout.preactivation_offsets[L]), m,
                             layout.sizes[L], layout.activations[L - 1])
             start += m
 
 
+def evaluate(Plan plan, Settings settings, const floating[::1] params, floating[::1] work,
+             const floating[:, ::1] X, const floating[:, ::1] Y, floating[:, ::1] out):
+    """out := the network's output for X; returns the mean loss against Y (no backward)."""
+    cdef const Layout* layout = &plan.layout
+    cdef int L = layout.n_layers
+    cdef Py_ssize_t n_samples = X.shape[0], start = 0, m
+    cdef floating* p = <floating*>&params[0]
+    cdef floating* w = &work[0]
+    cdef double normaliser = loss_normaliser(settings.hyper.loss, layout.sizes[L])
+    cdef double total = 0.0
+    with nogil:
+        while start < n_samples:
+            m = min(layout.capacity, n_samples - start)
+            forward_hidden(layout, p, w, &X[start, 0], <int>m, NULL)
+            output_logits(layout, p, w, &X[start, 0], <int>m, &out[start, 0])
+            total += output_layer(&out[start, 0], p + layout.bias_offsets[L - 1],
+                                  workspace(w, layout.preactivation_offsets[L]), &Y[start, 0],
+                                  NULL, NULL, m, layout.sizes[L], layout.activations[L - 1],
+                                  settings.hyper.loss, <floating>settings.hyper.loss_parameter,
+                                  <floating>1)
+            start += m
+    return total * normaliser / n_samples
+
+
 def output_loss(floating[:, ::1] outputs, const floating[:, ::1] Y, int activation, int loss,
-                bint want_gradient):
+                double loss_parameter, bint want_gradient):
     """The output kernel on plain arrays: outputs (pre-activation, overwritten with the
     activation) -> (mean loss, gradient of the mean loss w.r.t. the pre-activation)."""
     cdef Py_ssize_t n_rows = outputs.shape[0], n_cols = outputs.shape[1]
-    cdef floating scale = <floating>loss_scale(loss, n_rows, n_cols)
+    cdef floating scale = <floating>(loss_normaliser(loss, n_cols) / n_rows)
+    dtype = np.float32 if floating is float else np.float64
     grad = np.empty_like(outputs) if want_gradient else None
     cdef floating[:, ::1] grad_view = grad if want_gradient else outputs
     cdef floating* grad_ptr = &grad_view[0, 0] if want_gradient else NULL
+    preactivation = np.empty_like(outputs)
+    cdef floating[:, ::1] preactivation_view = preactivation
+    cdef floating[::1] bias = np.zeros(n_cols, dtype=dtype)
     cdef double total
-    bias = np.zeros(n_cols, dtype=np.float32 if floating is float else np.float64)
-    cdef floating[::1] bias_view = bias
     with nogil:
-        total = output_layer(&outputs[0, 0], &bias_view[0], &Y[0, 0], grad_ptr, n_rows, n_cols,
-                             activation, loss, scale)
+        total = output_layer(&outputs[0, 0], &bias[0], &preactivation_view[0, 0], &Y[0, 0],
+                             NULL, grad_ptr, n_rows, n_cols, activation, loss,
+                             <floating>loss_parameter, scale)
     return total * scale, grad
 
 
@@ -371,3 +640,22 @@ def all_finite(const floating[:, ::1] X):
         else:
             result = fbp_all_finite_f64(&X[0, 0], n)
     return bool(result)
+
+
+def catch_interrupts():
+    """Route SIGINT to a flag the epoch loop polls (main thread, during a fit)."""
+    if fbp_catch_interrupts() != 0:
+        raise OSError("could not install the SIGINT handler")
+
+
+def interrupt_requested():
+    """True if SIGINT arrived since catch_interrupts()."""
+    cdef bint requested = fbp_interrupt_requested
+    return requested
+
+
+def release_interrupts():
+    """Restore the previous SIGINT handler; True if SIGINT arrived meanwhile."""
+    fbp_release_interrupts()
+    cdef bint requested = fbp_interrupt_requested
+    return requested

@@ -5,6 +5,7 @@
     header_len uint32 little-endian
     header     header_len bytes of UTF-8 JSON:
                {"layer_sizes": [...], "activations": [...], "dtype": "float32"|"float64"}
+               and, for a model with dropout, "dropout": [rate per weight layer]
     parameters W1, b1, W2, b2, ... little-endian, W row-major (n_in, n_out)
     crc32      uint32 little-endian, of every byte before it
 
@@ -27,12 +28,16 @@ VERSION = 1
 PREFIX = struct.Struct("<8sII")
 CHECKSUM = struct.Struct("<I")
 MAX_HEADER_BYTES = 1 << 20
+REQUIRED_KEYS = {"layer_sizes", "activations", "dtype"}
 DTYPES = {"float32": np.dtype("<f4"), "float64": np.dtype("<f8")}
 
 
-def encode(layer_sizes, activations, params: np.ndarray) -> bytes:
-    header = json.dumps({"layer_sizes": list(layer_sizes), "activations": list(activations),
-                         "dtype": params.dtype.name}).encode()
+def encode(layer_sizes, activations, params: np.ndarray, dropout=()) -> bytes:
+    fields = {"layer_sizes": list(layer_sizes), "activations": list(activations),
+              "dtype": params.dtype.name}
+    if any(dropout):
+        fields["dropout"] = [float(rate) for rate in dropout]
+    header = json.dumps(fields).encode()
     body = PREFIX.pack(MAGIC, VERSION, len(header)) + header + \
         params.astype(DTYPES[params.dtype.name], copy=False).tobytes()
     return body + CHECKSUM.pack(zlib.crc32(body))
@@ -45,7 +50,7 @@ def _damaged(why: str) -> ValueError:
 def _read_start(data: bytes):
     """Check the signature and header at the start of `data`.
 
-    Returns (layer_sizes, activations, dtype, header_end, total_size): where the
+    Returns (layer_sizes, activations, dtype, dropout, header_end, total_size): where the
     parameters start and how long the whole file must be.
     """
     if len(data) < PREFIX.size:
@@ -63,10 +68,10 @@ def _read_start(data: bytes):
         header = json.loads(data[PREFIX.size:header_end].decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise _damaged("the header is not valid JSON") from None
-    layer_sizes, activations, dtype = _check_header(header)
+    layer_sizes, activations, dtype, dropout = _check_header(header)
     n_params = sum(a * b + b for a, b in zip(layer_sizes[:-1], layer_sizes[1:]))
     total_size = header_end + n_params * dtype.itemsize + CHECKSUM.size
-    return layer_sizes, activations, dtype, header_end, total_size
+    return layer_sizes, activations, dtype, dropout, header_end, total_size
 
 
 def _check_size(actual: int, expected: int) -> None:
@@ -76,23 +81,25 @@ def _check_size(actual: int, expected: int) -> None:
 
 
 def decode(data: bytes):
-    """(layer_sizes, activations, params) from the bytes of a model file."""
+    """(layer_sizes, activations, params, dropout) from the bytes of a model file."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"a model is read from bytes; got {type(data).__name__}")
     data = bytes(data)
-    layer_sizes, activations, dtype, header_end, total_size = _read_start(data)
+    layer_sizes, activations, dtype, dropout, header_end, total_size = _read_start(data)
     _check_size(len(data), total_size)
     (stored_checksum,) = CHECKSUM.unpack_from(data, len(data) - CHECKSUM.size)
     if zlib.crc32(data[:-CHECKSUM.size]) != stored_checksum:
         raise _damaged("the checksum does not match (the file is damaged)")
     n_params = (total_size - header_end - CHECKSUM.size) // dtype.itemsize
     params = np.frombuffer(data, dtype=dtype, count=n_params, offset=header_end)
-    return layer_sizes, activations, params.astype(dtype.newbyteorder("="), copy=True)
+    return layer_sizes, activations, params.astype(dtype.newbyteorder("="), copy=True), dropout
 
 
 def _check_header(header):
-    if not isinstance(header, dict) or set(header) != {"layer_sizes", "activations", "dtype"}:
-        raise _damaged("the header must hold exactly layer_sizes, activations and dtype")
+    if (not isinstance(header, dict) or not REQUIRED_KEYS <= set(header)
+            or not set(header) <= REQUIRED_KEYS | {"dropout"}):
+        raise _damaged("the header must hold exactly layer_sizes, activations and dtype "
+                       "(and dropout, optionally)")
     layer_sizes, activations, dtype = header["layer_sizes"], header["activations"], header["dtype"]
     if (not isinstance(layer_sizes, list) or len(layer_sizes) < 2
             or not all(type(size) is int and 0 < size < 2**31 for size in layer_sizes)):
@@ -102,7 +109,13 @@ def _check_header(header):
         raise _damaged("activations must be a list of names, one per weight layer")
     if not isinstance(dtype, str) or dtype not in DTYPES:
         raise _damaged(f"dtype must be one of {', '.join(DTYPES)}")
-    return tuple(layer_sizes), tuple(activations), DTYPES[dtype]
+    dropout = header.get("dropout", [0.0] * len(activations))
+    if (not isinstance(dropout, list) or len(dropout) != len(activations)
+            or not all(type(rate) in (int, float) and 0 <= rate < 1 for rate in dropout)
+            or dropout[-1] != 0):
+        raise _damaged("dropout must be a list of rates in [0, 1), one per weight layer, "
+                       "0 for the output layer")
+    return tuple(layer_sizes), tuple(activations), DTYPES[dtype], tuple(map(float, dropout))
 
 
 def write_file(path, data: bytes) -> None:

@@ -4,7 +4,9 @@ Conventions (shared with the compiled core, which fuses them with the output lay
 - mse: mean over all elements of (p - y)^2;  mae: mean over all elements of |p - y|;
 - categorical_crossentropy (cce): -(1/n) sum_i sum_k y_ik log p_ik, with one-hot rows or
   integer class labels as targets;
-- binary_crossentropy (bce): mean over all elements of -(y log p + (1 - y) log(1 - p)).
+- binary_crossentropy (bce): mean over all elements of -(y log p + (1 - y) log(1 - p));
+- huber: mean over all elements of d^2/2 where |d| <= delta, delta * (|d| - delta/2)
+  elsewhere, d = p - y (Huber(delta=1.0); the name "huber" uses delta 1).
 On plain arrays (and for an output activation other than softmax with CCE or sigmoid with
 BCE) probabilities are clipped to [1e-7, 1 - 1e-7] before the log, and the gradient is that
 of the clipped function. softmax + CCE and sigmoid + BCE are computed from the logits
@@ -15,16 +17,17 @@ from __future__ import annotations
 import numpy as np
 
 from fastbp import _core
-from fastbp._validation import as_targets, numeric_array
+from fastbp._validation import as_targets, numeric_array, real_number
 
 __all__ = ["Loss", "MeanSquaredError", "MeanAbsoluteError", "CategoricalCrossentropy",
-           "BinaryCrossentropy", "get", "NAMES"]
+           "BinaryCrossentropy", "Huber", "get", "NAMES"]
 
 
 class Loss:
     """A loss: `value(y_true, y_pred)` and `gradient(y_true, y_pred)` on plain arrays."""
 
     name = ""
+    parameter = 1.0     # a number the loss needs (Huber's delta)
 
     @property
     def code(self) -> int:
@@ -56,17 +59,17 @@ class Loss:
             targets = np.zeros_like(outputs)
             targets[np.arange(labels.shape[0]), labels] = 1
         value, grad = _core.output_loss(outputs, targets, _core.ACTIVATION_CODES["identity"],
-                                        self.code, want_gradient)
+                                        self.code, self.parameter, want_gradient)
         return float(value), (grad.reshape(shape) if want_gradient else None)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
     def __eq__(self, other) -> bool:
-        return type(self) is type(other)
+        return type(self) is type(other) and self.parameter == other.parameter
 
     def __hash__(self) -> int:
-        return hash(type(self))
+        return hash((type(self), self.parameter))
 
 
 class MeanSquaredError(Loss):
@@ -85,8 +88,27 @@ class BinaryCrossentropy(Loss):
     name = "binary_crossentropy"
 
 
+class Huber(Loss):
+    """Quadratic for errors up to `delta`, linear beyond (torch.nn.HuberLoss)."""
+
+    name = "huber"
+
+    def __init__(self, delta: float = 1.0):
+        delta = real_number(delta, "delta")
+        if delta <= 0:
+            raise ValueError(f"delta must be > 0; got {delta!r}")
+        self.parameter = delta
+
+    @property
+    def delta(self) -> float:
+        return self.parameter
+
+    def __repr__(self) -> str:
+        return f"Huber(delta={self.parameter!r})"
+
+
 _BY_NAME = {cls.name: cls for cls in (MeanSquaredError, MeanAbsoluteError,
-                                      CategoricalCrossentropy, BinaryCrossentropy)}
+                                      CategoricalCrossentropy, BinaryCrossentropy, Huber)}
 _ALIASES = {"cce": "categorical_crossentropy", "bce": "binary_crossentropy",
             "mean_squared_error": "mse", "mean_absolute_error": "mae"}
 NAMES = tuple(_BY_NAME) + tuple(_ALIASES)

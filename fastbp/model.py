@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import numbers
+import os
+import threading
 import warnings
 
 import numpy as np
 
 from fastbp import _core, _format, losses
 from fastbp._validation import as_matrix, as_targets, check_finite, numeric_array, one_hot, \
-    whole_number
+    real_number, whole_number
 
 ACTIVATIONS = tuple(_core.ACTIVATION_CODES)
 RELU_FAMILY = ("relu", "leaky_relu")
@@ -48,6 +50,33 @@ def _check_activations(activations, n_layers: int) -> tuple[str, ...]:
     return names
 
 
+def _check_dropout(dropout, n_layers: int) -> tuple[float, ...]:
+    """One rate per weight layer: a single number applies to every hidden layer's output;
+    a list gives one per hidden layer. The output layer never drops."""
+    if isinstance(dropout, (list, tuple, np.ndarray)):
+        rates = [real_number(rate, "dropout") for rate in dropout]
+        if len(rates) != n_layers - 1:
+            raise ValueError(f"dropout needs one rate per hidden layer ({n_layers - 1}); "
+                             f"got {len(rates)}")
+    else:
+        rates = [real_number(dropout, "dropout")] * (n_layers - 1)
+    if any(rate >= 1 for rate in rates):
+        raise ValueError(f"dropout rates must be in [0, 1); got {rates}")
+    return tuple(rates) + (0.0,)
+
+
+def check_allocation(n_elements: int, dtype: np.dtype, what: str) -> None:
+    """Refuse, before allocating, an array larger than this machine's memory."""
+    n_bytes = int(n_elements) * np.dtype(dtype).itemsize
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        memory = 2**63
+    if n_bytes > memory:
+        raise ValueError(f"{what} would need {n_bytes / 2**30:,.1f} GiB, more than this "
+                         f"machine's {memory / 2**30:,.1f} GiB of memory")
+
+
 def _check_dtype(dtype) -> np.dtype:
     try:
         resolved = np.dtype(dtype)
@@ -69,28 +98,38 @@ class MLP:
     init: "auto" (He for the ReLU family, Glorot otherwise), "he", "glorot" or "zeros";
         biases start at zero.
     seed: seeds the initial weights.
+    dropout: inverted dropout on the hidden layers' outputs during training (predict never
+        drops): one rate for every hidden layer or a list with one per hidden layer.
     """
 
-    def __init__(self, layer_sizes, activations, dtype="float32", init="auto", seed=None):
+    def __init__(self, layer_sizes, activations, dtype="float32", init="auto", seed=None,
+                 dropout=0.0):
         sizes = _check_layer_sizes(layer_sizes)
         names = _check_activations(activations, len(sizes) - 1)
         dtype = _check_dtype(dtype)
+        rates = _check_dropout(dropout, len(sizes) - 1)
         if init not in INITS:
             raise ValueError(f"unknown init {init!r}; valid names: {', '.join(INITS)}")
         if seed is not None and not isinstance(seed, (numbers.Integral, np.random.SeedSequence)):
             raise TypeError(f"seed must be None or an integer; got {seed!r}")
-        self._setup(sizes, names, dtype)
+        self._setup(sizes, names, dtype, dropout=rates)
         rng = np.random.default_rng(seed)
         for weights, activation in zip(self._weights, names):
             weights[...] = _initial_weights(rng, weights.shape, activation, init)
 
-    def _setup(self, sizes, names, dtype, params=None):
+    def _setup(self, sizes, names, dtype, params=None, dropout=None):
         self._layer_sizes = sizes
         self._activations = names
+        self._dropout = dropout or (0.0,) * len(names)
         self._codes = tuple(_core.ACTIVATION_CODES[name] for name in names)
         self._shape = _core.Plan(sizes, self._codes, 0)
-        self._params = np.zeros(self._shape.n_params, dtype=dtype) if params is None else params
+        if params is None:
+            check_allocation(self._shape.n_params, dtype, "the parameters")
+            params = np.zeros(self._shape.n_params, dtype=dtype)
+        self._params = params
         self._weights, self._biases = self._shape.parameter_views(self._params)
+        # Held by a fit: a second fit of the same model from another thread is refused.
+        self._training = threading.Lock()
 
     # ---- what the user reads ----
     @property
@@ -104,6 +143,11 @@ class MLP:
     @property
     def dtype(self) -> np.dtype:
         return self._params.dtype
+
+    @property
+    def dropout(self) -> tuple[float, ...]:
+        """The dropout rate after each hidden layer (training only)."""
+        return self._dropout[:-1]
 
     @property
     def n_params(self) -> int:
@@ -146,24 +190,46 @@ class MLP:
             target[...] = array.reshape(target.shape)
 
     def __repr__(self) -> str:
+        dropout = f", dropout={list(self.dropout)}" if any(self.dropout) else ""
         return (f"MLP(layer_sizes={list(self._layer_sizes)}, "
-                f"activations={list(self._activations)}, dtype={self.dtype.name!r})")
+                f"activations={list(self._activations)}, dtype={self.dtype.name!r}{dropout})")
 
     # ---- computing ----
     def _inputs(self, X) -> np.ndarray:
         return as_matrix(X, "X", self.dtype, self._layer_sizes[0])
 
-    def _workspace(self, n_rows: int):
-        plan = _core.Plan(self._layer_sizes, self._codes, min(n_rows, PREDICT_CHUNK_ROWS))
+    def _workspace(self, n_rows: int, dropout=None, with_gradient=False):
+        """A plan and its workspace for up to n_rows rows a pass (chunks for predict)."""
+        plan = _core.Plan(self._layer_sizes, self._codes, n_rows, dropout, with_gradient)
+        check_allocation(plan.work_size, self.dtype, "the workspace")
         return plan, np.empty(plan.work_size, dtype=self.dtype)
 
     def predict(self, X) -> np.ndarray:
         """The output layer's activations for the rows of X: (n_samples, n_outputs)."""
         X = self._inputs(X)
         out = np.empty((X.shape[0], self._layer_sizes[-1]), dtype=self.dtype)
-        plan, work = self._workspace(X.shape[0])
+        plan, work = self._workspace(min(X.shape[0], PREDICT_CHUNK_ROWS))
         _core.predict(plan, self._params, work, X, out)
         return out
+
+    def evaluate(self, X, Y, loss) -> float:
+        """The mean loss over the rows of X (computed as training computes it)."""
+        loss = losses.get(loss)
+        X = self._inputs(X)
+        targets = self._dense_targets(Y, loss, X.shape[0])
+        return self._evaluate(X, targets, loss)[0]
+
+    def _dense_targets(self, Y, loss, n_rows):
+        targets, labels = as_targets(Y, loss.name, self._layer_sizes[-1], n_rows, self.dtype)
+        return one_hot(labels, self._layer_sizes[-1], self.dtype) if labels is not None else targets
+
+    def _evaluate(self, X, targets, loss):
+        """(mean loss, predictions) for checked arrays."""
+        out = np.empty((X.shape[0], self._layer_sizes[-1]), dtype=self.dtype)
+        plan, work = self._workspace(min(X.shape[0], PREDICT_CHUNK_ROWS))
+        value = _core.evaluate(plan, _core.Settings(loss.code, loss.parameter), self._params,
+                               work, X, targets, out)
+        return float(value), out
 
     def gradients(self, X, Y, loss):
         """One forward and one backward pass over all rows of X.
@@ -173,12 +239,11 @@ class MLP:
         """
         loss = losses.get(loss)
         X = self._inputs(X)
-        targets, labels = as_targets(Y, loss.name, self._layer_sizes[-1], X.shape[0], self.dtype)
-        if labels is not None:
-            targets = one_hot(labels, self._layer_sizes[-1], self.dtype)
+        targets = self._dense_targets(Y, loss, X.shape[0])
         grads = np.empty_like(self._params)
-        plan, work = self._workspace(X.shape[0])
-        value = _core.gradients(plan, self._params, grads, work, X, targets, loss.code)
+        plan, work = self._workspace(min(X.shape[0], PREDICT_CHUNK_ROWS))
+        value = _core.gradients(plan, _core.Settings(loss.code, loss.parameter), self._params,
+                                grads, work, X, targets)
         if not np.isfinite(value):
             grads.fill(np.nan)
             warnings.warn("the loss is not finite for these parameters: the weights have "
@@ -192,7 +257,7 @@ class MLP:
         _format.write_file(path, self.to_bytes())
 
     def to_bytes(self) -> bytes:
-        return _format.encode(self._layer_sizes, self._activations, self._params)
+        return _format.encode(self._layer_sizes, self._activations, self._params, self._dropout)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "MLP":
@@ -208,12 +273,13 @@ class MLP:
         return self.__copy__()
 
 
-def _from_parts(layer_sizes, activations, params) -> MLP:
+def _from_parts(layer_sizes, activations, params, dropout) -> MLP:
     """A model from decoded parts, checked as the constructor checks its arguments."""
     model = MLP.__new__(MLP)
     sizes = _check_layer_sizes(layer_sizes)
     names = _check_activations(list(activations), len(sizes) - 1)
-    model._setup(sizes, names, _check_dtype(params.dtype), params)
+    rates = _check_dropout(list(dropout[:-1]), len(sizes) - 1)
+    model._setup(sizes, names, _check_dtype(params.dtype), params, rates)
     return model
 
 

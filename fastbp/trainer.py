@@ -1,155 +1,400 @@
-"""The trainer: mini-batch stochastic gradient descent, one compiled call per epoch."""
+"""The trainer: mini-batch gradient descent, one compiled call per epoch.
+
+Python runs only between epochs: the learning-rate schedule, validation, metrics,
+callbacks, progress and the time budget. Inside an epoch everything (gather, forward,
+loss, backward, optimizer step, dropout) is one nogil call into fastbp._core.
+"""
 from __future__ import annotations
 
 import os
+import threading
 import time
 import warnings
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from fastbp import _core, losses
-from fastbp.callbacks import Callback, ProgressPrinter
-from fastbp._validation import as_matrix, as_targets, real_number, whole_number
-from fastbp.model import MLP
+from fastbp import _core, losses, metrics as metrics_module, optimizers, schedules
+from fastbp.callbacks import Callback, ProgressBar
+from fastbp._validation import as_matrix, as_targets, numeric_array, real_number, whole_number
+from fastbp.model import MLP, check_allocation
 
 # A step below this many floating-point operations runs faster on one BLAS thread: a
-# second thread costs more in synchronisation than it saves (see docs/performance.md).
+# second thread costs more in synchronisation than it saves (docs/performance.md).
 MULTITHREAD_MIN_FLOPS_PER_STEP = 1e9
 
 
 @dataclass
 class History:
-    """What a fit did, epoch by epoch."""
-    loss: list = field(default_factory=list)        # mean training loss of each epoch
-    seconds: list = field(default_factory=list)     # wall time of each epoch
-    n_samples: int = 0                              # rows per epoch
-    diverged: bool = False                          # stopped because the loss was not finite
+    """What a fit did, epoch by epoch. `history` holds every series by name: loss,
+    val_loss, the metrics (val_<name>), learning_rate, seconds, samples_per_second."""
+    history: dict = field(default_factory=dict)
+    n_samples: int = 0                  # training rows per epoch
+    diverged: bool = False              # stopped because the loss was not finite
+    interrupted: bool = False           # stopped by Ctrl-C (SIGINT)
+    stopped_early: bool = False         # stopped by a callback or the time budget
+
+    @property
+    def loss(self) -> list:
+        """Mean training loss of each epoch."""
+        return self.history.get("loss", [])
+
+    @property
+    def val_loss(self) -> list:
+        return self.history.get("val_loss", [])
+
+    @property
+    def seconds(self) -> list:
+        return self.history.get("seconds", [])
+
+    @property
+    def samples_per_second(self) -> list:
+        return self.history.get("samples_per_second", [])
 
     @property
     def epochs(self) -> int:
         return len(self.loss)
 
-    @property
-    def history(self) -> dict:
-        return {"loss": list(self.loss), "seconds": list(self.seconds)}
-
-    @property
-    def samples_per_second(self) -> list:
-        return [self.n_samples / s if s > 0 else float("inf") for s in self.seconds]
+    def _record(self, logs: dict) -> None:
+        for key, value in logs.items():
+            self.history.setdefault(key, []).append(value)
 
 
 class Trainer:
-    """Plain mini-batch SGD: theta -= learning_rate * gradient of the batch's mean loss.
+    """Mini-batch gradient descent on a fastbp.MLP.
 
-    loss: "mse", "mae", "categorical_crossentropy" ("cce"), "binary_crossentropy" ("bce")
-        or a fastbp.losses.Loss.
+    loss: "mse", "mae", "huber", "categorical_crossentropy" ("cce"),
+        "binary_crossentropy" ("bce") or a fastbp.losses.Loss.
+    optimizer: "sgd", "adam", "rmsprop", "adagrad" (with `learning_rate`) or a
+        fastbp.optimizers object, which brings its own learning rate.
     learning_rate: step size (>= 0).  epochs: passes over the data (>= 0).
     batch_size: rows per step (>= 1); the last batch of an epoch may be smaller.
     shuffle: draw a new order of the rows each epoch; False walks rows 0:b, b:2b, ...
-    seed: seeds the shuffling; the same seed, data and thread count give bit-identical
-        parameters.
+    seed: seeds shuffling and dropout; a fresh trainer with the same seed, data and thread
+        count gives bit-identical parameters.
+    schedule: a fastbp.schedules.Schedule or name; evaluated once per epoch (a schedule's
+        step is an epoch, counted over the trainer's life, across fit and partial_fit).
+    weight_decay: L2 decay of the weights (not the biases); coupled (added to the gradient,
+        torch's weight_decay) unless decoupled_weight_decay (AdamW's p *= 1 - lr * wd).
+    clip_norm: rescale each batch's gradient to at most this L2 norm (over all parameters).
+    class_weight: {class: weight} or "balanced", for classification losses; multiplies
+        sample weights.
+    max_time: a budget in seconds, checked after each epoch.
     n_threads: BLAS threads during the fit; None picks from the size of a step.
+
+    The optimizer's state, the schedule's epoch count and the shuffling generator persist
+    across fit and partial_fit calls; `reset()` starts them afresh.
     """
 
-    def __init__(self, loss, learning_rate=0.01, epochs=1, batch_size=32, shuffle=True,
-                 seed=None, n_threads=None):
+    def __init__(self, loss, optimizer="sgd", learning_rate=0.01, epochs=1, batch_size=32,
+                 shuffle=True, seed=None, schedule=None, weight_decay=0.0,
+                 decoupled_weight_decay=False, clip_norm=None, class_weight=None,
+                 max_time=None, n_threads=None):
         self.loss = loss
+        self.optimizer = optimizer
         self.learning_rate = learning_rate
         self.epochs = epochs
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
+        self.schedule = schedule
+        self.weight_decay = weight_decay
+        self.decoupled_weight_decay = decoupled_weight_decay
+        self.clip_norm = clip_norm
+        self.class_weight = class_weight
+        self.max_time = max_time
         self.n_threads = n_threads
         self._checked()
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the optimizer state, the schedule's epochs and the shuffling generator."""
+        self._state = None          # (2, n_params) moments, for the model in _state_owner
+        self._state_owner = None
+        self._step = 0.0
+        self._epochs_done = 0
+        self._rng = np.random.default_rng(self.seed)
+        self._schedule = None
 
     def __repr__(self) -> str:
-        return (f"Trainer(loss={self.loss!r}, learning_rate={self.learning_rate!r}, "
-                f"epochs={self.epochs!r}, batch_size={self.batch_size!r}, "
-                f"shuffle={self.shuffle!r}, seed={self.seed!r}, n_threads={self.n_threads!r})")
+        return (f"Trainer(loss={self.loss!r}, optimizer={self.optimizer!r}, "
+                f"learning_rate={self.learning_rate!r}, epochs={self.epochs!r}, "
+                f"batch_size={self.batch_size!r}, shuffle={self.shuffle!r}, seed={self.seed!r})")
 
     def _checked(self) -> dict:
         """The settings, validated (again at each fit: attributes may have changed)."""
-        if not isinstance(self.shuffle, (bool, np.bool_)):
-            raise TypeError(f"shuffle must be True or False; got {self.shuffle!r}")
+        for name in ("shuffle", "decoupled_weight_decay"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise TypeError(f"{name} must be True or False; got {getattr(self, name)!r}")
         if self.seed is not None:
             whole_number(self.seed, "seed", 0)
         if self.n_threads is not None:
             whole_number(self.n_threads, "n_threads", 1)
+        learning_rate = real_number(self.learning_rate, "learning_rate")
+        clip_norm = None if self.clip_norm is None else real_number(self.clip_norm, "clip_norm")
+        if clip_norm == 0:
+            raise ValueError("clip_norm must be > 0 (or None for no clipping)")
+        max_time = None if self.max_time is None else real_number(self.max_time, "max_time")
+        if self.class_weight is not None and self.class_weight != "balanced" \
+                and not isinstance(self.class_weight, dict):
+            raise TypeError(f"class_weight must be a dict, 'balanced' or None; "
+                            f"got {self.class_weight!r}")
         return dict(loss=losses.get(self.loss),
-                    learning_rate=real_number(self.learning_rate, "learning_rate"),
+                    optimizer=optimizers.get(self.optimizer, learning_rate),
+                    schedule=schedules.get(self.schedule),
                     epochs=whole_number(self.epochs, "epochs", 0),
-                    batch_size=whole_number(self.batch_size, "batch_size", 1))
+                    batch_size=whole_number(self.batch_size, "batch_size", 1),
+                    weight_decay=real_number(self.weight_decay, "weight_decay"),
+                    clip_norm=clip_norm, max_time=max_time)
 
-    def fit(self, model: MLP, X, Y, callbacks=None, verbose: int = 0) -> History:
+    # ---- the public calls ----
+    def fit(self, model: MLP, X, Y, validation_data=None, validation_split=0.0,
+            sample_weight=None, callbacks=None, verbose: int = 0, metrics=None) -> History:
         """Train `model` in place on rows of X with targets Y; returns the History.
 
         Y: (n_samples, n_outputs) targets, or one class label per row for
-        categorical cross-entropy. callbacks: fastbp.callbacks.Callback objects, called
-        after each epoch. verbose=1 prints a line per epoch. Everything is checked before
-        the model changes.
+        categorical cross-entropy. validation_data: (X_val, Y_val); or validation_split:
+        the last fraction of the rows (taken before shuffling) is held out. sample_weight:
+        one weight >= 0 per row (the batch loss is sum w_i l_i / sum w_i). callbacks:
+        fastbp.callbacks.Callback objects. verbose=1 shows progress. metrics: names or
+        callables (y_true, y_pred) evaluated on the validation data each epoch (default:
+        accuracy for classification, MAE and R² for regression). Everything is checked
+        before the model changes; Ctrl-C stops at the next batch and returns the history.
         """
         settings = self._checked()
+        return self._train(model, X, Y, settings, settings["epochs"], validation_data,
+                           validation_split, sample_weight, callbacks, verbose, metrics)
+
+    def partial_fit(self, model: MLP, X, Y, sample_weight=None) -> History:
+        """One epoch on (X, Y), keeping the optimizer state: online learning."""
+        settings = self._checked()
+        return self._train(model, X, Y, settings, 1, None, 0.0, sample_weight, None, 0, None)
+
+    # ---- the loop ----
+    def _train(self, model, X, Y, settings, n_epochs, validation_data, validation_split,
+               sample_weight, callbacks, verbose, metrics) -> History:
         if not isinstance(model, MLP):
             raise TypeError(f"model must be a fastbp.MLP; got {type(model).__name__}")
-        callbacks = list(callbacks or ())
+        callbacks = self._checked_callbacks(callbacks)
+        loss, optimizer = settings["loss"], settings["optimizer"]
+        X = as_matrix(X, "X", model.dtype, model.layer_sizes[0])
+        targets, labels = as_targets(Y, loss.name, model.layer_sizes[-1], X.shape[0], model.dtype)
+        weights = self._row_weights(sample_weight, targets, labels, loss, X.shape[0], model.dtype)
+        X, targets, labels, weights, validation = self._split(
+            model, loss, X, targets, labels, weights, validation_data, validation_split)
+        metric_functions = self._metrics(metrics, loss, validation is not None)
+        if optimizer.learning_rate > float(np.finfo(model.dtype).max):
+            raise ValueError(f"learning_rate {optimizer.learning_rate!r} does not fit the "
+                             f"model's dtype {model.dtype.name}")
+        if verbose:
+            callbacks.append(ProgressBar(n_epochs))
+
+        n_samples = X.shape[0]
+        batch_size = min(settings["batch_size"], n_samples)
+        state = self._optimizer_state(model, optimizer)
+        core_settings = _core.Settings(
+            loss.code, loss.parameter, weight_decay=settings["weight_decay"],
+            decoupled_weight_decay=bool(self.decoupled_weight_decay),
+            clip_norm=settings["clip_norm"] or 0.0, step=self._step, **optimizer.settings())
+        plan, work = model._workspace(batch_size, model._dropout, not core_settings.folded)
+        backup = np.empty_like(model._params)   # restored if an epoch diverges
+        no_targets = np.empty((0, 0), dtype=model.dtype)
+        targets = no_targets if targets is None else targets
+        labels = np.empty(0, dtype=np.intp) if labels is None else labels
+        weights = np.empty(0, dtype=model.dtype) if weights is None else weights
+        in_order = np.empty(0, dtype=np.intp)
+        uses_dropout = any(model._dropout)
+        schedule = self._schedule_for(settings["schedule"])
+        base_learning_rate = optimizer.learning_rate
+        history = History(n_samples=n_samples)
+        started_fit = time.perf_counter()
+
+        if not model._training.acquire(blocking=False):
+            raise RuntimeError("this model is being trained by another thread; train it "
+                               "from one thread at a time")
+        catching = threading.current_thread() is threading.main_thread()
+        try:
+            if catching:
+                _core.catch_interrupts()
+            for callback in callbacks:
+                callback.set_model(model)
+                callback.on_train_begin({})
+            with threadpool_limits(limits=self._thread_count(model, batch_size), user_api="blas"):
+                for epoch in range(n_epochs):
+                    learning_rate = schedule.learning_rate(self._epochs_done, base_learning_rate)
+                    core_settings.learning_rate = learning_rate
+                    order = self._rng.permutation(n_samples).astype(np.intp, copy=False) \
+                        if self.shuffle else in_order
+                    dropout_seed = int(self._rng.integers(2**63)) if uses_dropout else 0
+                    np.copyto(backup, model._params)
+                    started = time.perf_counter()
+                    loss_total, weight_total, trained, status = _core.train_epoch(
+                        plan, core_settings, model._params, work, state, X, targets, labels,
+                        weights, order, batch_size, dropout_seed)
+                    seconds = time.perf_counter() - started
+                    if status == _core.Status.DIVERGED or not _core.all_finite(
+                            model._params.reshape(1, -1)):
+                        # A non-finite loss stops the epoch early; an update that
+                        # overflowed shows only in the parameters.
+                        np.copyto(model._params, backup)
+                        history.diverged = True
+                        warnings.warn(f"training stopped in epoch {epoch + 1}: the loss diverged "
+                                      f"(NaN or infinite loss or parameters); the parameters "
+                                      f"are restored to those at the start of that epoch. Try "
+                                      f"a smaller learning_rate.", RuntimeWarning, stacklevel=3)
+                        break
+                    self._step = core_settings.step
+                    if status == _core.Status.INTERRUPTED:
+                        history.interrupted = True
+                        break
+                    self._epochs_done += 1
+                    logs = {"loss": loss_total / weight_total if weight_total else float("nan"),
+                            "learning_rate": learning_rate, "seconds": seconds,
+                            "samples_per_second": n_samples / seconds if seconds else float("inf")}
+                    if validation is not None:
+                        logs.update(self._validate(model, loss, validation, metric_functions))
+                    history._record(logs)
+                    schedule.on_epoch_end(self._epochs_done - 1, logs)
+                    # Every callback sees the epoch (no short-circuit); any of them may stop.
+                    if any([callback.on_epoch_end(epoch, logs) for callback in callbacks]):
+                        history.stopped_early = True
+                        break
+                    if settings["max_time"] is not None and \
+                            time.perf_counter() - started_fit >= settings["max_time"]:
+                        history.stopped_early = True
+                        break
+                    if catching and _core.interrupt_requested():
+                        history.interrupted = True
+                        break
+            for callback in callbacks:
+                callback.on_train_end({})
+        finally:
+            if catching:
+                _core.release_interrupts()
+            model._training.release()
+        return history
+
+    # ---- helpers of the loop ----
+    @staticmethod
+    def _checked_callbacks(callbacks) -> list:
+        if callbacks is None:
+            return []
+        if isinstance(callbacks, Callback) or not hasattr(callbacks, "__iter__") \
+                or isinstance(callbacks, (str, bytes)):
+            raise TypeError(f"callbacks must be fastbp.callbacks.Callback objects, in a list; "
+                            f"got {callbacks!r}")
+        callbacks = list(callbacks)
         for callback in callbacks:
             if not isinstance(callback, Callback):
                 raise TypeError(f"callbacks must be fastbp.callbacks.Callback objects; "
                                 f"got {type(callback).__name__}")
-        if verbose:
-            callbacks.append(ProgressPrinter(settings["epochs"]))
-        loss = settings["loss"]
-        X = as_matrix(X, "X", model.dtype, model.layer_sizes[0])
-        targets, labels = as_targets(Y, loss.name, model.layer_sizes[-1], X.shape[0], model.dtype)
-        n_samples = X.shape[0]
-        batch_size = min(settings["batch_size"], n_samples)
-        learning_rate = settings["learning_rate"]
+        return callbacks
 
-        if learning_rate > float(np.finfo(model.dtype).max):
-            raise ValueError(f"learning_rate {learning_rate!r} does not fit the model's "
-                             f"dtype {model.dtype.name}")
+    def _row_weights(self, sample_weight, targets, labels, loss, n_samples, dtype):
+        """Per-row weights from sample_weight and class_weight, or None for all ones."""
+        weights = None
+        if sample_weight is not None:
+            weights = numeric_array(sample_weight, "sample_weight")
+            if weights.shape != (n_samples,):
+                raise ValueError(f"sample_weight must have one weight per row, shape "
+                                 f"({n_samples},); got {weights.shape}")
+            weights = np.array(weights, dtype=np.float64)
+            if not np.isfinite(weights).all() or weights.min() < 0:
+                raise ValueError("sample_weight must be finite and >= 0")
+        if self.class_weight is not None:
+            if loss.name not in ("categorical_crossentropy", "binary_crossentropy"):
+                raise ValueError("class_weight needs a classification loss "
+                                 "(categorical or binary cross-entropy)")
+            if labels is not None:
+                classes = labels
+            elif targets.shape[1] == 1:
+                classes = (targets[:, 0] >= 0.5).astype(np.intp)
+            else:
+                classes = targets.argmax(axis=1)
+            n_classes = max(2, targets.shape[1] if targets is not None else 0,
+                            int(classes.max()) + 1)
+            if self.class_weight == "balanced":   # n / (k * count), as scikit-learn
+                counts = np.bincount(classes, minlength=n_classes).astype(np.float64)
+                table = np.divide(n_samples, n_classes * counts, out=np.zeros(n_classes),
+                                  where=counts > 0)
+            else:
+                table = np.ones(n_classes)
+                for key, value in self.class_weight.items():
+                    whole_number(key, "a class_weight key", 0)
+                    if key >= n_classes:
+                        raise ValueError(f"class_weight names class {key}; the classes are "
+                                         f"0..{n_classes - 1}")
+                    table[int(key)] = real_number(value, f"class_weight[{key}]")
+            class_weights = table[classes]
+            weights = class_weights if weights is None else weights * class_weights
+        if weights is not None:
+            if not weights.sum() > 0:
+                raise ValueError("the row weights (sample_weight, class_weight) sum to 0")
+            weights = weights.astype(dtype)
+        return weights
 
-        plan = _core.Plan(model.layer_sizes, model._codes, batch_size)
-        work = np.empty(plan.work_size, dtype=model.dtype)
-        # The parameters at the start of the epoch, restored if the epoch diverges.
-        backup = np.empty_like(model._params)
-        targets = np.empty((0, 0), dtype=model.dtype) if targets is None else targets
-        use_labels = labels is not None
-        labels = labels if use_labels else np.empty(0, dtype=np.intp)
-        rng = np.random.default_rng(self.seed)
-        order = np.arange(n_samples, dtype=np.intp)
-        history = History(n_samples=n_samples)
+    @staticmethod
+    def _split(model, loss, X, targets, labels, weights, validation_data, validation_split):
+        """Hold out validation rows: the given (X_val, Y_val) or the last fraction."""
+        fraction = real_number(validation_split, "validation_split")
+        if fraction >= 1:
+            raise ValueError(f"validation_split must be in [0, 1); got {fraction!r}")
+        if validation_data is not None:
+            if fraction > 0:
+                raise ValueError("give validation_data or validation_split, not both")
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+                raise TypeError("validation_data must be a pair (X_val, Y_val)")
+            X_val = as_matrix(validation_data[0], "X_val", model.dtype, model.layer_sizes[0])
+            return X, targets, labels, weights, (X_val, model._dense_targets(
+                validation_data[1], loss, X_val.shape[0]))
+        if fraction == 0:
+            return X, targets, labels, weights, None
+        n_train = int(round(X.shape[0] * (1 - fraction)))
+        if n_train < 1 or n_train >= X.shape[0]:
+            raise ValueError(f"validation_split={fraction} leaves no rows for "
+                             f"{'training' if n_train < 1 else 'validation'} out of {X.shape[0]}")
+        dense = targets if labels is None else \
+            np.eye(model.layer_sizes[-1], dtype=model.dtype)[labels[n_train:]]
+        validation = (X[n_train:], dense if labels is not None else dense[n_train:])
+        return (X[:n_train], None if targets is None else targets[:n_train],
+                None if labels is None else labels[:n_train],
+                None if weights is None else weights[:n_train], validation)
 
-        with threadpool_limits(limits=self._thread_count(model, batch_size), user_api="blas"):
-            for epoch in range(settings["epochs"]):
-                if self.shuffle:
-                    order = rng.permutation(n_samples).astype(np.intp, copy=False)
-                np.copyto(backup, model._params)
-                started = time.perf_counter()
-                total, trained = _core.train_epoch(
-                    plan, model._params, work, X, targets, labels, order, self.shuffle,
-                    use_labels, loss.code, batch_size, learning_rate)
-                seconds = time.perf_counter() - started
-                # A non-finite loss stops the epoch early; an update that overflowed shows
-                # only in the parameters.
-                if trained < n_samples or not _core.all_finite(model._params.reshape(1, -1)):
-                    np.copyto(model._params, backup)
-                    history.diverged = True
-                    warnings.warn(f"training stopped in epoch {epoch + 1}: the loss diverged "
-                                  f"(NaN or infinite loss or parameters); the parameters are "
-                                  f"restored to those at the start of that epoch. Try a "
-                                  f"smaller learning_rate.", RuntimeWarning, stacklevel=2)
-                    break
-                history.loss.append(total / n_samples)
-                history.seconds.append(seconds)
-                logs = {"loss": total / n_samples, "seconds": seconds,
-                        "samples_per_second": n_samples / seconds if seconds > 0 else float("inf")}
-                # Every callback sees the epoch (no short-circuit); any of them may stop.
-                if any([callback.on_epoch_end(epoch, logs) for callback in callbacks]):
-                    break
-        return history
+    @staticmethod
+    def _metrics(metrics, loss, validating):
+        names = metrics_module.default_metrics(loss.name) if metrics is None else list(metrics)
+        return [(getattr(m, "__name__", "metric") if callable(m) else m, metrics_module.get(m))
+                for m in names] if validating else []
+
+    @staticmethod
+    def _validate(model, loss, validation, metric_functions) -> dict:
+        X_val, Y_val = validation
+        value, predictions = model._evaluate(X_val, Y_val, loss)
+        logs = {"val_loss": value}
+        for name, function in metric_functions:
+            logs[f"val_{name}"] = float(function(Y_val, predictions))
+        return logs
+
+    def _optimizer_state(self, model, optimizer) -> np.ndarray:
+        """The optimizer's moments for this model, kept from earlier fits when they fit."""
+        shape = (2 if optimizer.n_states else 0, model.n_params)
+        state = self._state
+        if (state is None or state.shape != shape or state.dtype != model.dtype
+                or self._state_owner is None or self._state_owner() is not model):
+            check_allocation(shape[0] * shape[1], model.dtype, "the optimizer state")
+            state = np.zeros(shape, dtype=model.dtype)
+            self._step = 0.0
+            self._state_owner = weakref.ref(model)
+        self._state = state
+        return state
+
+    def _schedule_for(self, schedule):
+        """The schedule object, kept across fits while the setting is the same object."""
+        if self._schedule is None or self._schedule[0] is not self.schedule:
+            self._schedule = (self.schedule, schedule)
+        return self._schedule[1]
 
     def _thread_count(self, model: MLP, batch_size: int) -> int:
         if self.n_threads is not None:

@@ -53,7 +53,7 @@ def test_callbacks_see_each_epoch_and_can_stop():
     X, y = make_spirals(500, seed=0)
     model = fastbp.MLP([2, 16, 3], ["relu", "softmax"], seed=0)
     callback = StopAfterTwo()
-    history = fastbp.Trainer("cce", 0.05, epochs=10, seed=0).fit(model, X, y, callbacks=[callback])
+    history = fastbp.Trainer("cce", learning_rate=0.05, epochs=10, seed=0).fit(model, X, y, callbacks=[callback])
     assert history.epochs == 2 and [e for e, _ in callback.seen] == [0, 1]
     assert [loss for _, loss in callback.seen] == history.loss
     assert len(history.seconds) == 2 and all(s > 0 for s in history.samples_per_second)
@@ -62,10 +62,10 @@ def test_callbacks_see_each_epoch_and_can_stop():
 def test_verbose_prints_one_line_per_epoch(capsys):
     X, y = make_spirals(300, seed=0)
     model = fastbp.MLP([2, 8, 3], ["relu", "softmax"], seed=0)
-    fastbp.Trainer("cce", 0.05, epochs=3, seed=0).fit(model, X, y, verbose=1)
+    fastbp.Trainer("cce", learning_rate=0.05, epochs=3, seed=0).fit(model, X, y, verbose=1)
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 3 and lines[-1].startswith("epoch 3/3") and "samples/s" in lines[-1]
-    fastbp.Trainer("cce", 0.05, epochs=3, seed=0).fit(model, X, y)
+    fastbp.Trainer("cce", learning_rate=0.05, epochs=3, seed=0).fit(model, X, y)
     assert capsys.readouterr().out == ""
 
 

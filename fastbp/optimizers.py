@@ -1,0 +1,141 @@
+"""Optimizers: the rule that turns a batch's gradient g into a parameter update.
+
+Each rule is torch.optim's (defaults included), applied to the flat parameter buffer
+inside the compiled epoch loop; the state (velocities, moments) lives in the trainer and
+survives across fit and partial_fit calls. With weight decay wd (Trainer(weight_decay=...),
+applied to weights, not biases) g becomes g + wd * p first, unless the decay is
+decoupled (AdamW: p <- p * (1 - lr * wd) before the rule). t counts steps from 1.
+
+- SGD:                  p <- p - lr * g
+- SGD with momentum mu: v <- mu * v + g;  p <- p - lr * v
+  nesterov:             v <- mu * v + g;  p <- p - lr * (g + mu * v)
+- Adam:                 m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2
+                        p <- p - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+- RMSprop:              v <- alpha v + (1 - alpha) g^2;  p <- p - lr * g / (sqrt(v) + eps)
+- Adagrad:              s <- s + g^2;  p <- p - lr * g / (sqrt(s) + eps)
+"""
+from __future__ import annotations
+
+from fastbp import _core
+from fastbp._validation import real_number
+
+__all__ = ["Optimizer", "SGD", "Adam", "RMSprop", "Adagrad", "get", "NAMES"]
+
+
+def _fraction(value, name: str) -> float:
+    value = real_number(value, name)
+    if value >= 1:
+        raise ValueError(f"{name} must be in [0, 1); got {value!r}")
+    return value
+
+
+class Optimizer:
+    """Base class: `learning_rate` and the settings the compiled loop reads."""
+
+    code_name = ""
+    n_states = 0      # parameter-sized state arrays the rule keeps
+
+    def __init__(self, learning_rate: float):
+        self.learning_rate = real_number(learning_rate, "learning_rate")
+
+    def settings(self) -> dict:
+        """Keyword arguments for fastbp._core.Settings."""
+        return {"optimizer": _core.OPTIMIZER_CODES[self.code_name],
+                "learning_rate": self.learning_rate}
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{key}={value!r}" for key, value in vars(self).items())
+        return f"{type(self).__name__}({fields})"
+
+    def __eq__(self, other) -> bool:
+        return type(self) is type(other) and vars(self) == vars(other)
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent, with optional (Nesterov) momentum."""
+
+    def __init__(self, learning_rate: float = 0.01, momentum: float = 0.0,
+                 nesterov: bool = False):
+        super().__init__(learning_rate)
+        self.momentum = _fraction(momentum, "momentum")
+        if not isinstance(nesterov, bool):
+            raise TypeError(f"nesterov must be True or False; got {nesterov!r}")
+        if nesterov and self.momentum == 0:
+            raise ValueError("nesterov needs a momentum > 0")
+        self.nesterov = nesterov
+
+    @property
+    def code_name(self):
+        return "momentum" if self.momentum > 0 else "sgd"
+
+    @property
+    def n_states(self):
+        return 1 if self.momentum > 0 else 0
+
+    def settings(self):
+        return {**super().settings(), "momentum": self.momentum, "nesterov": self.nesterov}
+
+
+class Adam(Optimizer):
+    """Adam (Kingma and Ba), as torch.optim.Adam."""
+
+    code_name = "adam"
+    n_states = 2
+
+    def __init__(self, learning_rate: float = 0.001, beta1: float = 0.9, beta2: float = 0.999,
+                 epsilon: float = 1e-8):
+        super().__init__(learning_rate)
+        self.beta1 = _fraction(beta1, "beta1")
+        self.beta2 = _fraction(beta2, "beta2")
+        self.epsilon = real_number(epsilon, "epsilon")
+
+    def settings(self):
+        return {**super().settings(), "beta1": self.beta1, "beta2": self.beta2,
+                "epsilon": self.epsilon}
+
+
+class RMSprop(Optimizer):
+    """RMSprop, as torch.optim.RMSprop (no momentum, not centered)."""
+
+    code_name = "rmsprop"
+    n_states = 2       # only the second is used; the layout is shared with Adam
+
+    def __init__(self, learning_rate: float = 0.01, alpha: float = 0.99, epsilon: float = 1e-8):
+        super().__init__(learning_rate)
+        self.alpha = _fraction(alpha, "alpha")
+        self.epsilon = real_number(epsilon, "epsilon")
+
+    def settings(self):
+        return {**super().settings(), "beta2": self.alpha, "epsilon": self.epsilon}
+
+
+class Adagrad(Optimizer):
+    """Adagrad, as torch.optim.Adagrad (no learning-rate decay, accumulator from 0)."""
+
+    code_name = "adagrad"
+    n_states = 2
+
+    def __init__(self, learning_rate: float = 0.01, epsilon: float = 1e-10):
+        super().__init__(learning_rate)
+        self.epsilon = real_number(epsilon, "epsilon")
+
+    def settings(self):
+        return {**super().settings(), "epsilon": self.epsilon}
+
+
+_BY_NAME = {"sgd": SGD, "adam": Adam, "rmsprop": RMSprop, "adagrad": Adagrad}
+NAMES = tuple(_BY_NAME)
+
+
+def get(optimizer, learning_rate: float) -> Optimizer:
+    """An Optimizer from a name (with the trainer's learning rate) or an Optimizer object
+    (which brings its own)."""
+    if isinstance(optimizer, Optimizer):
+        return optimizer
+    if not isinstance(optimizer, str):
+        raise TypeError(f"optimizer must be a name or a fastbp.optimizers.Optimizer; "
+                        f"got {type(optimizer).__name__}")
+    name = optimizer.lower()
+    if name not in _BY_NAME:
+        raise ValueError(f"unknown optimizer {optimizer!r}; valid names: {', '.join(NAMES)}")
+    return _BY_NAME[name](learning_rate)
