@@ -44,6 +44,11 @@ elif SANITIZE:
     compile_args = ["-O1", "-g"]
 else:
     compile_args = ["-O3"]
+# -fno-trapping-math lets the compiler if-convert (and so vectorise) the element-wise
+# kernels' selects and float-to-int conversions, -fno-math-errno inlines sqrt: fastbp
+# never reads FP exception flags or errno. -fopenmp-simd honours `#pragma omp simd`
+# without linking OpenMP.
+compile_args += ["-fno-trapping-math", "-fno-math-errno", "-fopenmp-simd"]
 link_args = []
 if SANITIZE:
     sanitizers = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all",

@@ -34,13 +34,21 @@ def bench_threads(request):
     return request.config.getoption("--bench-threads")
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(autouse=True)
 def _blas_threads(bench_threads):
-    """Hold every BLAS pool of this process at --bench-threads for the whole session."""
+    """Hold every BLAS pool of this process at --bench-threads during each benchmark.
+
+    Per test, not per session: threadpoolctl limits only the libraries loaded when it is
+    called, and scipy's own OpenBLAS (the one fastbp calls) loads with fastbp's import."""
     if not bench_threads:
         yield
         return
     from threadpoolctl import threadpool_limits
+    for module in ("scipy.linalg.cython_blas", "fastbp"):  # load every BLAS first
+        try:
+            __import__(module)
+        except ImportError:
+            pass
     with threadpool_limits(limits=bench_threads):
         yield
 

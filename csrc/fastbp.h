@@ -15,6 +15,11 @@
 #include <stdint.h>
 #include <string.h>
 
+/* `#pragma omp simd` where the build has -fopenmp-simd (no OpenMP runtime is linked):
+   it lets a loop with a float reduction vectorise. */
+#define FBP_PRAGMA(text) _Pragma(#text)
+#define FBP_PRAGMA_SIMD(clauses) FBP_PRAGMA(omp simd clauses)
+
 /* Activation, loss and optimizer codes; fastbp/_core.pyx names them for Python. */
 enum {
     FBP_IDENTITY = 0, FBP_RELU, FBP_LEAKY_RELU, FBP_SIGMOID, FBP_TANH, FBP_SOFTMAX,

@@ -204,31 +204,44 @@ static inline double FBP_NAME(fbp_output_layer)(FBP_T *z, const FBP_T *bias, FBP
     double total = 0;
 
     if (activation == FBP_SOFTMAX && loss == FBP_CCE) {
+        /* Rows are short (one value per class), so the exp runs once over the whole
+           batch, where it vectorises; the per-row passes around it are cheap. */
         for (ptrdiff_t r = 0; r < n_rows; r++) {
             FBP_T *row = z + r * n_cols;
             const FBP_T *target = y + r * n_cols;
-            FBP_T weight = row_weights ? row_weights[r] : 1;
             FBP_T top = row[0] + bias[0];
             for (ptrdiff_t j = 0; j < n_cols; j++) {
                 row[j] += bias[j];
                 top = row[j] > top ? row[j] : top;
             }
-            /* -sum_k y_k log p_k = sum_k y_k * (log(sum exp(z - top)) - (z_k - top)) */
-            FBP_T sum_exp = 0, sum_y = 0, dot_yz = 0;
+            /* -sum_k y_k log p_k = sum_k y_k * (log(sum exp(z - top)) - (z_k - top)):
+               here the second term; the first once the sums of exp are known */
+            FBP_T dot_yz = 0;
             for (ptrdiff_t j = 0; j < n_cols; j++) {
-                FBP_T shifted = row[j] - top;
-                dot_yz += target[j] * shifted;
-                sum_y += target[j];
-                row[j] = FBP_MATH_EXP(shifted);
-                sum_exp += row[j];
+                row[j] -= top;
+                dot_yz += target[j] * row[j];
             }
-            total += weight * ((double)sum_y * log((double)sum_exp) - (double)dot_yz);
+            total -= (row_weights ? row_weights[r] : 1) * (double)dot_yz;
+        }
+        const ptrdiff_t n = n_rows * n_cols;
+        for (ptrdiff_t i = 0; i < n; i++)
+            z[i] = FBP_MATH_EXP(z[i]);
+        for (ptrdiff_t r = 0; r < n_rows; r++) {
+            FBP_T *row = z + r * n_cols;
+            const FBP_T *target = y + r * n_cols;
+            FBP_T weight = row_weights ? row_weights[r] : 1;
+            FBP_T sum_exp = 0, sum_y = 0;
+            for (ptrdiff_t j = 0; j < n_cols; j++) {
+                sum_exp += row[j];
+                sum_y += target[j];
+            }
+            total += weight * (double)(sum_y * FBP_MATH_LOG(sum_exp));
             FBP_T inverse = 1 / sum_exp;
             for (ptrdiff_t j = 0; j < n_cols; j++) row[j] *= inverse;
             if (delta) {
                 FBP_T factor = scale * weight;
-                for (ptrdiff_t j = 0; j < n_cols; j++)
-                    delta[r * n_cols + j] = factor * (row[j] - target[j]);
+                FBP_T *delta_row = delta + r * n_cols;
+                for (ptrdiff_t j = 0; j < n_cols; j++) delta_row[j] = factor * (row[j] - target[j]);
             }
         }
         return total;

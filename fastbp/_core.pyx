@@ -418,13 +418,14 @@ cdef void apply_update(const Layout* plan, Hyper* hyper, floating* params, float
     """One optimizer step from the gradient in grads: clip by norm, decay, update."""
     cdef int l
     cdef Py_ssize_t n_weights
-    cdef double norm
+    cdef double coefficient
     cdef floating weight_decay = <floating>hyper.weight_decay
     hyper.step += 1
     if hyper.clip_norm > 0:
-        norm = sqrt(sum_squares(grads, plan.n_params))
-        if norm > hyper.clip_norm:   # torch.nn.utils.clip_grad_norm_
-            scale_in_place(grads, plan.n_params, <floating>(hyper.clip_norm / (norm + 1e-6)))
+        # torch.nn.utils.clip_grad_norm_: g *= min(1, max_norm / (norm + 1e-6))
+        coefficient = hyper.clip_norm / (sqrt(sum_squares(grads, plan.n_params)) + 1e-6)
+        if coefficient < 1:
+            scale_in_place(grads, plan.n_params, <floating>coefficient)
     for l in range(plan.n_layers):
         n_weights = <Py_ssize_t>plan.sizes[l] * plan.sizes[l + 1]
         if hyper.decoupled_weight_decay:   # AdamW: p <- p (1 - lr wd), then the rule

@@ -9,6 +9,7 @@ import warnings
 import numpy as np
 
 from fastbp import _core, _format, losses
+from fastbp._threads import blas_threads, thread_count
 from fastbp._validation import as_matrix, as_targets, check_finite, numeric_array, one_hot, \
     real_number, whole_number
 
@@ -209,7 +210,8 @@ class MLP:
         X = self._inputs(X)
         out = np.empty((X.shape[0], self._layer_sizes[-1]), dtype=self.dtype)
         plan, work = self._workspace(min(X.shape[0], PREDICT_CHUNK_ROWS))
-        _core.predict(plan, self._params, work, X, out)
+        with blas_threads(thread_count(self._layer_sizes, plan.capacity, backward=False)):
+            _core.predict(plan, self._params, work, X, out)
         return out
 
     def evaluate(self, X, Y, loss) -> float:

@@ -6,7 +6,6 @@ loss, backward, optimizer step, dropout) is one nogil call into fastbp._core.
 """
 from __future__ import annotations
 
-import os
 import threading
 import time
 import warnings
@@ -14,16 +13,12 @@ import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from fastbp import _core, losses, metrics as metrics_module, optimizers, schedules
+from fastbp._threads import blas_threads, thread_count
 from fastbp.callbacks import Callback, ProgressBar
 from fastbp._validation import as_matrix, as_targets, numeric_array, real_number, whole_number
 from fastbp.model import MLP, check_allocation
-
-# A step below this many floating-point operations runs faster on one BLAS thread: a
-# second thread costs more in synchronisation than it saves (docs/performance.md).
-MULTITHREAD_MIN_FLOPS_PER_STEP = 1e9
 
 
 @dataclass
@@ -111,8 +106,8 @@ class Trainer:
 
     def reset(self) -> None:
         """Forget the optimizer state, the schedule's epochs and the shuffling generator."""
-        self._state = None          # (2, n_params) moments, for the model in _state_owner
-        self._state_owner = None
+        self._state = None          # (2, n_params) moments, for _state_key's model and rule
+        self._state_key = None
         self._step = 0.0
         self._epochs_done = 0
         self._rng = np.random.default_rng(self.seed)
@@ -181,10 +176,12 @@ class Trainer:
         loss, optimizer = settings["loss"], settings["optimizer"]
         X = as_matrix(X, "X", model.dtype, model.layer_sizes[0])
         targets, labels = as_targets(Y, loss.name, model.layer_sizes[-1], X.shape[0], model.dtype)
-        weights = self._row_weights(sample_weight, targets, labels, loss, X.shape[0], model.dtype)
+        weights = self._row_weights(sample_weight, targets, labels, loss, X.shape[0],
+                                    model.layer_sizes[-1], model.dtype)
         X, targets, labels, weights, validation = self._split(
             model, loss, X, targets, labels, weights, validation_data, validation_split)
-        metric_functions = self._metrics(metrics, loss, validation is not None)
+        metric_functions = self._metrics(metrics, loss, model.layer_sizes[-1],
+                                         validation is not None)
         if optimizer.learning_rate > float(np.finfo(model.dtype).max):
             raise ValueError(f"learning_rate {optimizer.learning_rate!r} does not fit the "
                              f"model's dtype {model.dtype.name}")
@@ -199,14 +196,18 @@ class Trainer:
             decoupled_weight_decay=bool(self.decoupled_weight_decay),
             clip_norm=settings["clip_norm"] or 0.0, step=self._step, **optimizer.settings())
         plan, work = model._workspace(batch_size, model._dropout, not core_settings.folded)
-        backup = np.empty_like(model._params)   # restored if an epoch diverges
+        # The parameters and optimizer state at the start of the epoch, restored if it diverges.
+        backup, state_backup = np.empty_like(model._params), np.empty_like(state)
         no_targets = np.empty((0, 0), dtype=model.dtype)
         targets = no_targets if targets is None else targets
         labels = np.empty(0, dtype=np.intp) if labels is None else labels
         weights = np.empty(0, dtype=model.dtype) if weights is None else weights
         in_order = np.empty(0, dtype=np.intp)
+        rows = np.arange(n_samples, dtype=np.intp)
+        order = np.empty_like(rows) if self.shuffle else in_order
         uses_dropout = any(model._dropout)
         schedule = self._schedule_for(settings["schedule"])
+        constant_rate = isinstance(schedule, schedules.Constant)
         base_learning_rate = optimizer.learning_rate
         history = History(n_samples=n_samples)
         started_fit = time.perf_counter()
@@ -221,14 +222,17 @@ class Trainer:
             for callback in callbacks:
                 callback.set_model(model)
                 callback.on_train_begin({})
-            with threadpool_limits(limits=self._thread_count(model, batch_size), user_api="blas"):
+            with blas_threads(thread_count(model.layer_sizes, batch_size, self.n_threads)):
                 for epoch in range(n_epochs):
-                    learning_rate = schedule.learning_rate(self._epochs_done, base_learning_rate)
+                    learning_rate = base_learning_rate if constant_rate else \
+                        schedule.learning_rate(self._epochs_done, base_learning_rate)
                     core_settings.learning_rate = learning_rate
-                    order = self._rng.permutation(n_samples).astype(np.intp, copy=False) \
-                        if self.shuffle else in_order
+                    if self.shuffle:   # = rng.permutation(n_samples), without allocating
+                        np.copyto(order, rows)
+                        self._rng.shuffle(order)
                     dropout_seed = int(self._rng.integers(2**63)) if uses_dropout else 0
                     np.copyto(backup, model._params)
+                    np.copyto(state_backup, state)
                     started = time.perf_counter()
                     loss_total, weight_total, trained, status = _core.train_epoch(
                         plan, core_settings, model._params, work, state, X, targets, labels,
@@ -239,10 +243,12 @@ class Trainer:
                         # A non-finite loss stops the epoch early; an update that
                         # overflowed shows only in the parameters.
                         np.copyto(model._params, backup)
+                        np.copyto(state, state_backup)   # and self._step stays as it was
                         history.diverged = True
                         warnings.warn(f"training stopped in epoch {epoch + 1}: the loss diverged "
                                       f"(NaN or infinite loss or parameters); the parameters "
-                                      f"are restored to those at the start of that epoch. Try "
+                                      f"and optimizer state are restored to those at the start "
+                                      f"of that epoch. Try "
                                       f"a smaller learning_rate.", RuntimeWarning, stacklevel=3)
                         break
                     self._step = core_settings.step
@@ -292,7 +298,8 @@ class Trainer:
                                 f"got {type(callback).__name__}")
         return callbacks
 
-    def _row_weights(self, sample_weight, targets, labels, loss, n_samples, dtype):
+    def _row_weights(self, sample_weight, targets, labels, loss, n_samples, n_classes_of_model,
+                     dtype):
         """Per-row weights from sample_weight and class_weight, or None for all ones."""
         weights = None
         if sample_weight is not None:
@@ -307,14 +314,17 @@ class Trainer:
             if loss.name not in ("categorical_crossentropy", "binary_crossentropy"):
                 raise ValueError("class_weight needs a classification loss "
                                  "(categorical or binary cross-entropy)")
+            n_outputs = targets.shape[1] if targets is not None else None
+            if loss.name == "binary_crossentropy" and n_outputs != 1:
+                raise ValueError("class_weight with binary cross-entropy needs a single output "
+                                 "(classes 0 and 1); give sample_weight for multi-label data")
             if labels is not None:
                 classes = labels
-            elif targets.shape[1] == 1:
+            elif n_outputs == 1:
                 classes = (targets[:, 0] >= 0.5).astype(np.intp)
             else:
                 classes = targets.argmax(axis=1)
-            n_classes = max(2, targets.shape[1] if targets is not None else 0,
-                            int(classes.max()) + 1)
+            n_classes = 2 if loss.name == "binary_crossentropy" else n_classes_of_model
             if self.class_weight == "balanced":   # n / (k * count), as scikit-learn
                 counts = np.bincount(classes, minlength=n_classes).astype(np.float64)
                 table = np.divide(n_samples, n_classes * counts, out=np.zeros(n_classes),
@@ -363,10 +373,14 @@ class Trainer:
                 None if weights is None else weights[:n_train], validation)
 
     @staticmethod
-    def _metrics(metrics, loss, validating):
-        names = metrics_module.default_metrics(loss.name) if metrics is None else list(metrics)
-        return [(getattr(m, "__name__", "metric") if callable(m) else m, metrics_module.get(m))
-                for m in names] if validating else []
+    def _metrics(metrics, loss, n_outputs, validating):
+        """[(name, function)] of the metrics to compute on the validation data."""
+        if metrics is None:
+            metrics = metrics_module.default_metrics(loss.name, n_outputs)
+        elif isinstance(metrics, (str, bytes)) or callable(metrics):
+            metrics = [metrics]
+        chosen = [(metrics_module.name(m), metrics_module.get(m)) for m in metrics]
+        return chosen if validating else []
 
     @staticmethod
     def _validate(model, loss, validation, metric_functions) -> dict:
@@ -380,13 +394,13 @@ class Trainer:
     def _optimizer_state(self, model, optimizer) -> np.ndarray:
         """The optimizer's moments for this model, kept from earlier fits when they fit."""
         shape = (2 if optimizer.n_states else 0, model.n_params)
-        state = self._state
-        if (state is None or state.shape != shape or state.dtype != model.dtype
-                or self._state_owner is None or self._state_owner() is not model):
+        state, key = self._state, self._state_key
+        if (state is None or state.shape != shape or state.dtype != model.dtype or key is None
+                or key[0]() is not model or key[1] != optimizer.code_name):
             check_allocation(shape[0] * shape[1], model.dtype, "the optimizer state")
             state = np.zeros(shape, dtype=model.dtype)
             self._step = 0.0
-            self._state_owner = weakref.ref(model)
+            self._state_key = (weakref.ref(model), optimizer.code_name)
         self._state = state
         return state
 
@@ -395,12 +409,3 @@ class Trainer:
         if self._schedule is None or self._schedule[0] is not self.schedule:
             self._schedule = (self.schedule, schedule)
         return self._schedule[1]
-
-    def _thread_count(self, model: MLP, batch_size: int) -> int:
-        if self.n_threads is not None:
-            return int(self.n_threads)
-        sizes = model.layer_sizes
-        flops = 6.0 * batch_size * sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
-        if flops < MULTITHREAD_MIN_FLOPS_PER_STEP:
-            return 1
-        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
