@@ -265,6 +265,11 @@ class MLP:
     def from_bytes(cls, data: bytes) -> "MLP":
         return _from_parts(*_format.decode(data))
 
+    def to_onnx(self, path) -> None:
+        """Write the model as an ONNX graph to `path` (needs the `onnx` extra)."""
+        from fastbp.export import to_onnx
+        to_onnx(self, path)
+
     def __reduce__(self):
         return (MLP.from_bytes, (self.to_bytes(),))
 

@@ -25,7 +25,6 @@ import numpy as np
 
 def exercise(directory: str, rounds: int) -> None:
     import fastbp
-    from fastbp import _core
 
     rng = np.random.default_rng(0)
     for round_ in range(rounds):
@@ -50,9 +49,9 @@ def exercise(directory: str, rounds: int) -> None:
                 loss = fastbp.losses.get(name)
                 loss.value(np.eye(3)[labels], model.predict(X))
                 loss.gradient(np.eye(3)[labels], model.predict(X))
-            # plans of many shapes (each mallocs its layout arrays)
+            # plans of many shapes (each model and each pass mallocs its layout arrays)
             for depth in range(1, 12):
-                _core.Plan((4,) * (depth + 1), (0,) * depth, depth)
+                fastbp.MLP([4] * (depth + 1), "tanh", dtype=dtype).predict(X[:depth, :4])
             # error paths: refused input, damaged files, a diverging fit
             for bad in (np.full((3, 5), np.nan), np.ones((3, 4))):
                 try:

@@ -1,0 +1,188 @@
+"""Limits: networks and workspaces that cannot fit in memory are refused before anything is
+allocated, with the size in the message; very large inputs (10^8 elements through a memmap)
+train without a copy; memory for a model or a predict stays near what the result needs.
+"""
+import gc
+import shutil
+import threading
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import fastbp
+
+MiB = 2**20
+
+
+class Peak:
+    """Peak of traced (Python + NumPy) allocations inside the block, in bytes."""
+
+    def __enter__(self):
+        gc.collect()
+        tracemalloc.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.bytes = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        return False
+
+
+# ---------------------------------------------------------------- refused up front
+
+HUGE = [
+    pytest.param([10**6, 10**6, 10**6], id="3x10^6-wide"),
+    pytest.param([2**31 - 1, 2**31 - 1], id="widest-pair"),
+    pytest.param([10**5] * 30, id="30-layers-of-10^5"),
+    pytest.param([2**31 - 1] * 4, id="offsets-overflow-int64", marks=pytest.mark.xfail(
+        reason="the Plan's Py_ssize_t offsets overflow before check_allocation runs: "
+               "OverflowError ('Python int too large to convert to C ssize_t'); model.py "
+               "should sum the parameter count in Python ints and refuse it first",
+        strict=True)),
+]
+
+
+@pytest.mark.parametrize("sizes", HUGE)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_network_too_large_for_memory_is_refused_before_allocating(sizes, dtype):
+    with Peak() as peak:
+        with pytest.raises(ValueError, match="GiB"):
+            fastbp.MLP(sizes, "relu", dtype=dtype)
+    assert peak.bytes < 16 * MiB, f"{peak.bytes / MiB:.0f} MiB allocated before refusing"
+
+
+def test_a_fit_whose_workspace_cannot_fit_is_refused_before_training():
+    """3 * 10^6 parameters (12 MB) fit; a batch of 10^5 rows of 10^6-wide activations
+    (over a TiB of workspace) does not."""
+    model = fastbp.MLP([1, 10**6, 1], ["relu", "identity"], init="zeros")
+    before = model.to_bytes()
+    X = np.ones((10**5, 1), dtype=np.float32)
+    with Peak() as peak:
+        with pytest.raises(ValueError, match="GiB"):
+            fastbp.Trainer("mse", batch_size=10**5).fit(model, X, np.ones(10**5))
+    assert peak.bytes < 64 * MiB, f"{peak.bytes / MiB:.0f} MiB allocated before refusing"
+    assert model.to_bytes() == before
+
+
+def test_a_gradients_call_whose_workspace_cannot_fit_is_refused_or_chunked():
+    """gradients() works in chunks of rows: either the chunk fits (and it runs) or it is
+    refused with the size; it never asks for the workspace of all rows at once."""
+    model = fastbp.MLP([1, 10**6, 1], ["relu", "identity"], init="zeros")
+    X = np.ones((4, 1), dtype=np.float32)
+    value, grad_weights, _ = model.gradients(X, np.ones(4), "mse")
+    assert np.isfinite(value) and grad_weights[0].shape == (1, 10**6)
+
+
+def test_a_network_with_very_many_layers_works():
+    model = fastbp.MLP([2] * 5001, "tanh", seed=0)
+    out = model.predict(np.ones((3, 2)))
+    assert out.shape == (3, 2) and np.isfinite(out).all()
+    fastbp.Trainer("mse", epochs=1, batch_size=2).fit(model, np.ones((3, 2)), np.zeros((3, 2)))
+
+
+# ---------------------------------------------------------------- memory near the need
+
+@pytest.mark.xfail(reason="the initial weights are drawn as float64 arrays of the layer's full "
+                          "shape (rng.normal/uniform) before the copy into the parameters: a "
+                          "float32 model needs 3x its size while it is built, unchecked. Draw "
+                          "in the model's dtype (Generator.standard_normal/random(dtype=...)) "
+                          "or in row chunks, and count it in check_allocation", strict=True)
+def test_building_a_model_needs_little_more_than_its_parameters():
+    sizes = [1000, 25_000]                   # 25 million float32 parameters: 100 MB
+    with Peak() as peak:
+        model = fastbp.MLP(sizes, "relu", seed=0)
+    need = model._params.nbytes
+    assert peak.bytes < 1.3 * need, f"peak {peak.bytes / MiB:.0f} MiB for {need / MiB:.0f} MiB"
+
+
+@pytest.mark.xfail(reason="predict's chunk is PREDICT_CHUNK_ROWS = 2048 rows whatever the width: "
+                          "a 50,000-wide layer takes a 400 MB workspace for a 32 KB result "
+                          "(10^6-wide: 8 GB). Size the chunk in bytes, e.g. rows = max(1, "
+                          "64 MiB // bytes per row)", strict=True)
+def test_predict_of_a_wide_model_uses_bounded_memory():
+    model = fastbp.MLP([1, 50_000, 1], ["relu", "identity"], seed=0)
+    X = np.ones((4096, 1), dtype=np.float32)
+    with Peak() as peak:
+        out = model.predict(X)
+    assert out.shape == (4096, 1)
+    assert peak.bytes < 96 * MiB, f"{peak.bytes / MiB:.0f} MiB to predict 16 KB"
+
+
+# ---------------------------------------------------------------- 10^8 elements, no copy
+
+def _rss_anon():
+    with open("/proc/self/status") as stream:
+        for line in stream:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    return None
+
+
+class AnonPeak:
+    """Samples the process's anonymous resident memory every 5 ms in a thread: file-backed
+    pages of a memmap are not counted, a copy of it would be."""
+
+    def __enter__(self):
+        self.start = _rss_anon()
+        self.peak = self.start or 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, _rss_anon() or 0)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss_anon() or 0)
+        return False
+
+
+N_ROWS, N_COLS = 1_000_000, 100                 # 10^8 float32 elements: 400 MB
+FILE_BYTES = N_ROWS * N_COLS * 4
+
+
+@pytest.fixture(scope="module")
+def big_memmap(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("memmap")
+    free = shutil.disk_usage(directory).free
+    if free < 2 * 2**30:
+        pytest.skip(f"needs 2 GB free in {directory}; {free / 2**30:.1f} GB free")
+    path = directory / "X.f32"
+    X = np.memmap(path, dtype=np.float32, mode="w+", shape=(N_ROWS, N_COLS))
+    labels = np.empty(N_ROWS, dtype=np.int8)
+    rng = np.random.default_rng(0)
+    step = 100_000
+    for start in range(0, N_ROWS, step):
+        block = rng.standard_normal(size=(step, N_COLS), dtype=np.float32)
+        X[start:start + step] = block
+        labels[start:start + step] = block[:, 0] > 0
+    X.flush()
+    del X
+    gc.collect()
+    try:
+        yield np.memmap(path, dtype=np.float32, mode="r", shape=(N_ROWS, N_COLS)), labels
+    finally:
+        path.unlink()                            # 400 MB: not left for pytest's basetemp
+
+
+def test_a_10e8_element_memmap_trains_an_epoch_without_a_copy(big_memmap):
+    X, labels = big_memmap
+    assert X.size == 10**8 and not X.flags.writeable
+    model = fastbp.MLP([N_COLS, 16, 2], ["relu", "softmax"], seed=0)
+    trainer = fastbp.Trainer("cce", learning_rate=0.05, epochs=1, batch_size=256, seed=0)
+    with Peak() as peak, AnonPeak() as anon:
+        history = trainer.fit(model, X, labels)
+    assert history.epochs == 1 and np.isfinite(history.loss).all()
+    # a copy of X would be 400 MB of traced and of anonymous memory; the row order (8 MB),
+    # the labels as intp (8 MB) and the workspace are all the fit needs
+    assert peak.bytes < 64 * MiB, f"{peak.bytes / MiB:.0f} MiB traced during the fit"
+    if anon.start is not None:
+        grown = anon.peak - anon.start
+        assert grown < 100 * MiB, f"anonymous memory grew by {grown / MiB:.0f} MiB"
+    accuracy = (model.predict(X[:20_000]).argmax(axis=1) == labels[:20_000]).mean()
+    assert accuracy > 0.9
