@@ -49,19 +49,35 @@ static void fbp_on_interrupt(int signal_number)
 }
 
 static struct sigaction fbp_previous_action;
+static int fbp_handler_installed = 0;
+static int fbp_handler_depth = 0;      /* fits nested in callbacks share one handler */
 
+/* Route SIGINT to the flag, unless SIGINT is ignored (a background job's): then nothing
+   changes.  Returns -1 if sigaction fails.  Called with the GIL held. */
 static inline int fbp_catch_interrupts(void)
 {
     struct sigaction action;
+    if (fbp_handler_depth++ > 0)
+        return 0;
+    fbp_interrupt_requested = 0;
+    if (sigaction(SIGINT, NULL, &fbp_previous_action) != 0)
+        return -1;
+    if (fbp_previous_action.sa_handler == SIG_IGN)
+        return 0;
     memset(&action, 0, sizeof action);
     action.sa_handler = fbp_on_interrupt;
     sigemptyset(&action.sa_mask);
-    fbp_interrupt_requested = 0;
-    return sigaction(SIGINT, &action, &fbp_previous_action);
+    if (sigaction(SIGINT, &action, NULL) != 0)
+        return -1;
+    fbp_handler_installed = 1;
+    return 0;
 }
 
 static inline int fbp_release_interrupts(void)
 {
+    if (fbp_handler_depth == 0 || --fbp_handler_depth > 0 || !fbp_handler_installed)
+        return 0;
+    fbp_handler_installed = 0;
     return sigaction(SIGINT, &fbp_previous_action, NULL);
 }
 

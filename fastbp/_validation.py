@@ -97,7 +97,7 @@ def as_targets(data, loss_name: str, n_outputs: int, n_rows: int | None, dtype: 
         if labels.min() < 0 or labels.max() >= n_outputs:
             raise ValueError(f"Y (class labels) must lie in 0..{n_outputs - 1} for a model with "
                              f"{n_outputs} outputs; got values from {labels.min()} to {labels.max()}")
-        return None, labels.astype(np.intp, copy=False)
+        return None, np.ascontiguousarray(labels, dtype=np.intp)
 
     if array.ndim == 1 and n_outputs == 1:
         array = array.reshape(-1, 1)

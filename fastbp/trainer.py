@@ -277,8 +277,9 @@ class Trainer:
             for callback in callbacks:
                 callback.on_train_end({})
         finally:
-            if catching:
-                _core.release_interrupts()
+            # a SIGINT after the last check still counts
+            if catching and _core.release_interrupts():
+                history.interrupted = True
             model._training.release()
         return history
 
@@ -361,7 +362,7 @@ class Trainer:
                 validation_data[1], loss, X_val.shape[0]))
         if fraction == 0:
             return X, targets, labels, weights, None
-        n_train = int(round(X.shape[0] * (1 - fraction)))
+        n_train = int(X.shape[0] * (1 - fraction))   # Keras's split point
         if n_train < 1 or n_train >= X.shape[0]:
             raise ValueError(f"validation_split={fraction} leaves no rows for "
                              f"{'training' if n_train < 1 else 'validation'} out of {X.shape[0]}")

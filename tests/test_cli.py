@@ -59,7 +59,8 @@ def test_callbacks_see_each_epoch_and_can_stop():
     assert len(history.seconds) == 2 and all(s > 0 for s in history.samples_per_second)
 
 
-def test_verbose_prints_one_line_per_epoch(capsys):
+def test_verbose_prints_one_line_per_epoch(capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tqdm", None)     # the plain lines (tqdm draws a bar)
     X, y = make_spirals(300, seed=0)
     model = fastbp.MLP([2, 8, 3], ["relu", "softmax"], seed=0)
     fastbp.Trainer("cce", learning_rate=0.05, epochs=3, seed=0).fit(model, X, y, verbose=1)
@@ -75,3 +76,397 @@ def test_callbacks_must_be_callbacks():
     with pytest.raises(TypeError, match="callbacks"):
         fastbp.Trainer("mse").fit(model, np.ones((4, 2)), np.ones((4, 3)), callbacks=[print])
     assert np.array_equal(model.weights[0], before)
+
+
+# ---------------------------------------------------------------- the `fastbp` command line
+import csv
+import json
+import os
+
+from fastbp.cli import sidecar_path
+
+COMMANDS = ["train", "predict", "evaluate", "info", "demo", "bench"]
+
+
+def write_csv(path, header, rows):
+    with open(path, "w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return str(path)
+
+
+def flowers(n=240, seed=0):
+    """Three features, a text label from a linear rule (learnable), a numeric target."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 3))
+    names = np.array(["setosa", "versicolor", "virginica"])
+    species = names[np.argmax(X @ np.array([[2.0, -1, 0], [0, 2, -1], [-1, 0, 2]]), axis=1)]
+    price = X @ np.array([1.0, -2.0, 0.5]) + 3
+    return X, species, price
+
+
+@pytest.fixture
+def flowers_csv(tmp_path):
+    X, species, price = flowers()
+    rows = [[*np.round(x, 5), s, round(p, 5)] for x, s, p in zip(X, species, price)]
+    return write_csv(tmp_path / "flowers.csv", ["a", "b", "c", "species", "price"], rows)
+
+
+def run_cli(capsys, *argv):
+    """(exit status, stdout, stderr) of `fastbp argv...` run in this process."""
+    status = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def read_rows(path):
+    with open(path, newline="") as stream:
+        return list(csv.reader(stream))
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(command, capsys):
+    status, out, _ = run_cli(capsys, command, "--help")
+    assert status == 0 and out.startswith(f"usage: fastbp {command}")
+    assert "--help" in out
+
+
+def test_top_level_help_lists_the_commands(capsys):
+    status, out, _ = run_cli(capsys, "--help")
+    assert status == 0 and all(command in out for command in COMMANDS)
+    status, out, _ = run_cli(capsys, "--version")
+    assert status == 0 and fastbp.__version__ in out
+
+
+def test_train_predict_evaluate_with_text_labels(flowers_csv, tmp_path, capsys):
+    model_path = tmp_path / "iris.fbp"
+    status, out, err = run_cli(capsys, "train", flowers_csv, "--target", "species", "--drop",
+                               "price", "--hidden", "16", "--epochs", "40", "--seed", "0",
+                               "--learning-rate", "0.1", "--output", model_path)
+    assert status == 0, err
+    epoch_lines = [line for line in out.splitlines() if line.startswith("epoch")]
+    assert len(epoch_lines) == 40 and "loss" in epoch_lines[-1]
+    assert "3 classes: setosa, versicolor, virginica" in out
+    assert "categorical_crossentropy" in out and f"wrote {model_path}" in out
+
+    sidecar = json.loads(open(sidecar_path(model_path)).read())
+    assert sidecar["classes"] == ["setosa", "versicolor", "virginica"]
+    assert sidecar["features"] == ["a", "b", "c"] and sidecar["targets"] == ["species"]
+    model = fastbp.load(model_path)
+    assert model.layer_sizes == (3, 16, 3) and model.activations == ("relu", "softmax")
+
+    # probabilities: one column per class, named by the class; the training CSV (which also
+    # holds the target and the dropped column) works because the sidecar names the features
+    status, _, err = run_cli(capsys, "predict", model_path, flowers_csv, "--output",
+                             tmp_path / "p.csv")
+    assert status == 0, err
+    rows = read_rows(tmp_path / "p.csv")
+    assert rows[0] == ["setosa", "versicolor", "virginica"] and len(rows) == 241
+    probabilities = np.array(rows[1:], dtype=float)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1, rtol=1e-5)
+    X, species, _ = flowers()
+    np.testing.assert_allclose(probabilities, model.predict(np.round(X, 5)), rtol=1e-6)
+
+    status, _, _ = run_cli(capsys, "predict", model_path, flowers_csv, "--labels", "-o",
+                           tmp_path / "labels.csv")
+    rows = read_rows(tmp_path / "labels.csv")
+    assert status == 0 and rows[0] == ["species"]
+    predicted = np.array([row[0] for row in rows[1:]])
+    assert set(predicted) <= {"setosa", "versicolor", "virginica"}
+    accuracy = (predicted == species).mean()
+    assert accuracy > 0.85
+
+    status, out, _ = run_cli(capsys, "evaluate", model_path, flowers_csv)
+    assert status == 0
+    figures = dict(line.rsplit(None, 1) for line in out.strip().splitlines())
+    assert float(figures["accuracy"]) == pytest.approx(accuracy)
+    assert float(figures["loss (categorical_crossentropy)"]) < 0.5
+    status, out, _ = run_cli(capsys, "evaluate", model_path, flowers_csv, "--json")
+    assert json.loads(out)["accuracy"] == pytest.approx(accuracy)
+
+
+def test_numeric_class_labels_come_back_as_they_were(tmp_path, capsys):
+    X, species, _ = flowers(150)
+    codes = {"setosa": 3, "versicolor": 5, "virginica": 70}
+    rows = [[*x, codes[s]] for x, s in zip(X, species)]
+    data = write_csv(tmp_path / "d.csv", ["x0", "x1", "x2", "kind"], rows)
+    model_path = tmp_path / "m.fbp"
+    status, _, err = run_cli(capsys, "train", data, "--loss", "cce", "--epochs", "30",
+                             "--learning-rate", "0.1", "--seed", "1", "-o", model_path, "-q")
+    assert status == 0, err
+    assert json.load(open(sidecar_path(model_path)))["classes"] == [3, 5, 70]
+    status, _, _ = run_cli(capsys, "predict", model_path, data, "--labels", "-o",
+                           tmp_path / "labels.npy")
+    labels = np.load(tmp_path / "labels.npy")
+    assert status == 0 and labels.dtype.kind == "i" and set(labels[:, 0]) <= {3, 5, 70}
+    assert (labels[:, 0] == [codes[s] for s in species]).mean() > 0.8
+
+
+def test_regression_with_two_outputs_npy_output_and_metrics(flowers_csv, tmp_path, capsys):
+    model_path = tmp_path / "reg.fbp"
+    status, out, err = run_cli(capsys, "train", flowers_csv, "--target", "price", "--target",
+                               "0", "--drop", "species", "--hidden", "12,8", "--activation",
+                               "tanh,gelu", "--optimizer", "adam", "--learning-rate", "0.01",
+                               "--epochs", "30", "--seed", "0", "-o", model_path)
+    assert status == 0, err
+    assert "loss mse (auto" in out
+    model = fastbp.load(model_path)
+    assert model.layer_sizes == (2, 12, 8, 2)
+    assert model.activations == ("tanh", "gelu", "identity")
+    status, _, _ = run_cli(capsys, "predict", model_path, flowers_csv, "-o", tmp_path / "p.npy")
+    predictions = np.load(tmp_path / "p.npy")
+    assert status == 0 and predictions.shape == (240, 2) and predictions.dtype == np.float32
+    status, out, _ = run_cli(capsys, "evaluate", model_path, flowers_csv)
+    assert status == 0 and "loss (mse)" in out and "MAE" in out and "R²" in out
+    status, _, err = run_cli(capsys, "predict", model_path, flowers_csv, "--labels")
+    assert status == 2 and "--labels is for classification" in err
+
+
+def test_npy_and_npz_inputs(tmp_path, capsys):
+    X, species, _ = flowers(200)
+    y = (species == "setosa").astype(np.int64)
+    np.save(tmp_path / "X.npy", X)
+    np.save(tmp_path / "y.npy", y)
+    np.savez(tmp_path / "d.npz", features=X, labels=species)
+    status, _, err = run_cli(capsys, "train", tmp_path / "X.npy", "--targets", tmp_path / "y.npy",
+                             "--loss", "bce", "--epochs", "20", "--learning-rate", "0.2",
+                             "--seed", "0", "-o", tmp_path / "b.fbp", "-q")
+    assert status == 0, err
+    assert fastbp.load(tmp_path / "b.fbp").activations[-1] == "sigmoid"
+    status, out, _ = run_cli(capsys, "evaluate", tmp_path / "b.fbp", tmp_path / "X.npy",
+                             "--targets", tmp_path / "y.npy")
+    assert status == 0 and "loss (binary_crossentropy)" in out and "accuracy" in out
+
+    status, _, err = run_cli(capsys, "train", tmp_path / "d.npz", "--x-name", "features",
+                             "--y-name", "labels", "--loss", "cce", "--epochs", "5",
+                             "--dtype", "float64", "-o", tmp_path / "z.fbp", "-q")
+    assert status == 0, err
+    status, out, _ = run_cli(capsys, "predict", tmp_path / "z.fbp", tmp_path / "d.npz",
+                             "--x-name", "features", "--labels")
+    lines = out.splitlines()
+    assert status == 0 and lines[0] == "labels" and len(lines) == 201
+    assert set(lines[1:]) <= {"setosa", "versicolor", "virginica"}
+    status, out, _ = run_cli(capsys, "predict", tmp_path / "z.fbp", tmp_path / "d.npz",
+                             "--x-name", "features")
+    assert out.splitlines()[0] == "setosa,versicolor,virginica"
+
+
+def test_binary_text_labels(tmp_path, capsys):
+    X, species, _ = flowers(160)
+    answer = np.where(species == "setosa", "yes", "no")
+    data = write_csv(tmp_path / "b.csv", ["u", "v", "w", "answer"],
+                     [[*x, a] for x, a in zip(X, answer)])
+    status, _, err = run_cli(capsys, "train", data, "--loss", "bce", "--epochs", "30",
+                             "--learning-rate", "0.2", "--seed", "0", "-o", tmp_path / "b.fbp",
+                             "-q")
+    assert status == 0, err
+    assert json.load(open(tmp_path / "b.fbp.json"))["classes"] == ["no", "yes"]
+    status, out, _ = run_cli(capsys, "predict", tmp_path / "b.fbp", data, "--labels")
+    predicted = np.array(out.splitlines()[1:])
+    assert status == 0 and (predicted == answer).mean() > 0.85
+
+
+def test_hyperparameters_reach_the_model_and_runs_repeat(flowers_csv, tmp_path, capsys):
+    options = ["--target", "price", "--drop", "species", "--hidden", "10,6", "--activation",
+               "elu", "--dropout", "0.2,0.1", "--dtype", "float64", "--optimizer", "sgd",
+               "--momentum", "0.9", "--nesterov", "--learning-rate", "0.01", "--epochs", "6",
+               "--batch-size", "16", "--weight-decay", "1e-4", "--clip-norm", "5",
+               "--schedule", "step:2,0.5", "--validation-split", "0.25", "--early-stopping",
+               "3", "--seed", "7", "--threads", "1", "--init", "glorot"]
+    status, out, err = run_cli(capsys, "train", flowers_csv, *options, "-o", tmp_path / "a.fbp")
+    assert status == 0, err
+    assert "60 rows held out for validation" in out and "val_loss" in out and "val_r2" in out
+    status, _, _ = run_cli(capsys, "train", flowers_csv, *options, "-o", tmp_path / "b.fbp")
+    assert (tmp_path / "a.fbp").read_bytes() == (tmp_path / "b.fbp").read_bytes()
+    model = fastbp.load(tmp_path / "a.fbp")
+    assert model.dtype == np.float64 and model.dropout == (0.2, 0.1)
+    status, out, _ = run_cli(capsys, "info", tmp_path / "a.fbp")
+    assert status == 0
+    assert "float64" in out and "3 -> 10 -> 6 -> 1" in out and f"{model.n_params:,}" in out
+    assert "elu" in out and "0.2" in out and "0.1" in out
+    status, out, _ = run_cli(capsys, "info", tmp_path / "a.fbp", "--json")
+    info = json.loads(out)
+    assert info["parameters"] == model.n_params and info["layers"][0]["dropout"] == 0.2
+
+    status, out, _ = run_cli(capsys, "train", flowers_csv, "--target", "price", "--drop",
+                             "species", "--no-shuffle", "--schedule", "plateau:1,0.5",
+                             "--optimizer", "adam", "--epochs", "3", "-o", tmp_path / "c.fbp")
+    assert status == 0
+
+
+def test_early_stopping_reports_the_stop(flowers_csv, tmp_path, capsys):
+    status, out, _ = run_cli(capsys, "train", flowers_csv, "--target", "price", "--drop",
+                             "species", "--learning-rate", "0", "--epochs", "20",
+                             "--early-stopping", "2", "-o", tmp_path / "m.fbp")
+    assert status == 0
+    # learning rate 0: epoch 1 sets the best loss, epochs 2 and 3 do not improve on it
+    assert len([line for line in out.splitlines() if line.startswith("epoch")]) == 3
+    assert "stopped early after epoch 3" in out and "kept the weights of epoch 1" in out
+
+
+def test_a_model_saved_from_python_works_without_a_sidecar(tmp_path, capsys):
+    X, species, _ = flowers(100)
+    labels = np.searchsorted(["setosa", "versicolor", "virginica"], species)
+    model = fastbp.MLP([3, 8, 3], ["relu", "softmax"], seed=0)
+    fastbp.Trainer("cce", learning_rate=0.1, epochs=20, seed=0).fit(model, X, labels)
+    model.save(tmp_path / "py.fbp")
+    np.save(tmp_path / "X.npy", X)
+    np.save(tmp_path / "y.npy", labels)
+    status, out, _ = run_cli(capsys, "predict", tmp_path / "py.fbp", tmp_path / "X.npy",
+                             "--labels")
+    assert status == 0 and out.splitlines()[0] == "label"
+    np.testing.assert_array_equal(np.array(out.splitlines()[1:], dtype=int),
+                                  model.predict(X).argmax(axis=1))
+    status, out, _ = run_cli(capsys, "evaluate", tmp_path / "py.fbp", tmp_path / "X.npy",
+                             "--targets", tmp_path / "y.npy")
+    assert status == 0 and "loss (categorical_crossentropy)" in out
+    status, out, _ = run_cli(capsys, "info", tmp_path / "py.fbp")
+    assert status == 0 and "no sidecar" in out
+
+
+def test_plot_writes_a_png(flowers_csv, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    status, out, err = run_cli(capsys, "train", flowers_csv, "--target", "price", "--drop",
+                               "species", "--epochs", "3", "--validation-split", "0.2",
+                               "--plot", tmp_path / "curve.png", "-o", tmp_path / "m.fbp")
+    assert status == 0, err
+    assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_without_matplotlib_says_what_to_install(flowers_csv, tmp_path, capsys,
+                                                      monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    status, out, err = run_cli(capsys, "train", flowers_csv, "--target", "price", "--drop",
+                               "species", "--plot", tmp_path / "c.png", "-o", tmp_path / "m.fbp")
+    assert status == 2 and "needs matplotlib" in err and "pip install" in err
+    assert not (tmp_path / "m.fbp").exists()          # refused before training
+
+
+USER_MISTAKES = [
+    (["train", "{missing}"], "No such file"),
+    (["train", "{csv}", "--target", "colour"], "no column 'colour'"),
+    (["train", "{csv}", "--target", "9"], "out of range"),
+    (["train", "{csv}", "--target", "price"], "'species' holds 'virginica', not a number"),
+    (["train", "{csv}", "--target", "species", "--loss", "mse"], "--loss cce"),
+    (["train", "{csv}", "--target", "species", "--loss", "bce"], "needs two classes"),
+    (["train", "{csv}", "--target", "species", "--loss", "nope"], "unknown loss"),
+    (["train", "{csv}", "--target", "species", "--epochs", "-1"], "epochs must be >= 0"),
+    (["train", "{csv}", "--target", "species", "--activation", "cosh"], "unknown activation"),
+    (["train", "{csv}", "--target", "species", "--hidden", "8,8", "--dropout", "0.1,0.2,0.3"],
+     "--dropout lists 3 values"),
+    (["train", "{csv}", "--target", "species", "--dropout", "1.5"], "dropout rates"),
+    (["train", "{csv}", "--target", "species", "--schedule", "exponential"], "takes 1..1"),
+    (["train", "{csv}", "--target", "species", "--schedule", "warp"], "unknown schedule"),
+    (["train", "{csv}", "--target", "species", "--validation-split", "1.5"], "between 0 and 1"),
+    (["train", "{csv}", "--target", "species", "-o", "{tmp}/no/such/m.fbp"], "does not exist"),
+    (["train", "{csv}", "--target", "species", "--format", "npy"], "not a NumPy file"),
+    (["train", "{ragged}"], "line 3: 2 fields; the header has 3"),
+    (["train", "{empty_cell}"], "line 2: the feature column 'x' is empty"),
+    (["train", "{tmp}/data.parquet"], "--format csv, npy or npz"),
+    (["train", "{npy}"], "give --targets FILE.npy"),
+    (["train", "{npz}", "--y-name", "labels"], "no array 'labels'"),
+    (["predict", "{csv}", "{csv}"], "not a valid fastbp model file"),
+    (["predict", "{model}", "{npy}"], "gives 2 feature columns; the model takes 3"),
+    (["evaluate", "{model}", "{csv}", "--target", "species"], "not trained on"),
+    (["info", "{missing}"], "No such file"),
+    (["bench", "--threads", "two"], "--threads"),
+    (["bench", "--builtin", "--workloads", "W9"], "knows the workloads"),
+    (["demo", "--epochs", "-1"], "epochs must be >= 0"),
+]
+
+
+@pytest.fixture
+def mistakes_setup(tmp_path, flowers_csv):
+    X, species, _ = flowers(30)
+    np.save(tmp_path / "X2.npy", X[:, :2])
+    np.savez(tmp_path / "d.npz", X=X, y=species)
+    model = fastbp.MLP([3, 3], ["softmax"])
+    model.save(tmp_path / "m.fbp")
+    (tmp_path / "m.fbp.json").write_text(json.dumps(
+        {"format": "fastbp-cli-sidecar", "version": 1, "loss": "categorical_crossentropy",
+         "features": ["a", "b", "c"], "targets": ["species"], "classes": ["x", "y", "z"],
+         "outputs": ["x", "y", "z"]}))
+    return {"missing": tmp_path / "missing.csv", "csv": flowers_csv, "tmp": tmp_path,
+            "ragged": write_csv(tmp_path / "r.csv", ["x", "y", "z"], [[1, 2, 3], [1, 2]]),
+            "empty_cell": write_csv(tmp_path / "e.csv", ["x", "y"], [["", 1]]),
+            "npy": tmp_path / "X2.npy", "npz": tmp_path / "d.npz", "model": tmp_path / "m.fbp"}
+
+
+@pytest.mark.parametrize("argv, message", USER_MISTAKES)
+def test_user_mistakes_get_one_line_and_status_2(argv, message, mistakes_setup, capsys):
+    status, _, err = run_cli(capsys, *[part.format(**mistakes_setup) for part in argv])
+    assert status == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"fastbp {argv[0]}: error: ") and message in lines[0], err
+    assert "Traceback" not in err
+
+
+def test_argparse_mistakes_exit_2(capsys):
+    status, _, err = run_cli(capsys, "train", "x.csv", "--hidden", "12x")
+    assert status == 2 and "--hidden" in err
+    status, _, err = run_cli(capsys, "nonsense")
+    assert status == 2 and "invalid choice" in err
+
+
+def test_a_mistake_in_a_real_process_has_no_traceback(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "fastbp", "predict", str(tmp_path / "m.fbp"),
+                             str(tmp_path / "x.csv")], capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == f"fastbp predict: error: No such file or directory: " \
+                                    f"{tmp_path / 'm.fbp'}"
+
+
+def test_divergence_is_reported_with_status_1(flowers_csv, tmp_path, capsys):
+    status, _, err = run_cli(capsys, "train", flowers_csv, "--target", "price", "--drop",
+                             "species", "--learning-rate", "1e6", "--epochs", "3", "-q",
+                             "-o", tmp_path / "m.fbp")
+    assert status == 1 and "diverged" in err and "Traceback" not in err
+    assert (tmp_path / "m.fbp").exists()
+
+
+def test_bench_builtin_says_what_it_ran(capsys):
+    status, out, _ = run_cli(capsys, "bench", "--builtin", "--duration", "0.02", "--repeats", "1",
+                             "--rows", "500")
+    assert status == 0 and "built-in" in out
+    rows = [line.split() for line in out.splitlines() if line.startswith(("W1", "W3"))]
+    assert [row[0] for row in rows] == ["W1", "W3"]
+    assert all(float(row[-1].replace(",", "")) > 0 for row in rows)
+
+
+def test_bench_runs_the_repository_comparison(capfd):
+    from fastbp.cli import repository_bench
+    if repository_bench() is None:
+        pytest.skip("no bench/compare.py next to the fastbp package (not a source checkout)")
+    status = main(["bench", "--peers", "fastbp", "--workloads", "W3", "--duration", "0.02",
+                   "--repeats", "1", "--warmup", "0.02"])
+    out = capfd.readouterr().out
+    assert status == 0
+    assert "running the repository's side-by-side comparison" in out and "--quick" in out
+    assert "W3" in out and "fastbp" in out
+
+
+def test_the_documentation_examples_run(tmp_path):
+    """docs/cli.md's sh blocks, in order, in one bash process, in an empty folder, with
+    `fastbp` and `python` meaning this interpreter."""
+    import re
+    import shutil
+    bash = shutil.which("bash")
+    if bash is None:
+        pytest.skip("needs bash")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    text = open(os.path.join(root, "docs", "cli.md"), encoding="utf-8").read()
+    blocks = re.findall(r"^```sh[ \t]*\n(.*?)^```[ \t]*$", text, re.MULTILINE | re.DOTALL)
+    assert len(blocks) >= 4
+    prelude = ('set -euo pipefail\n'
+               'python() { "$FASTBP_TEST_PYTHON" "$@"; }\n'
+               'fastbp() { "$FASTBP_TEST_PYTHON" -m fastbp "$@"; }\n')
+    env = dict(os.environ, FASTBP_TEST_PYTHON=sys.executable,
+               PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+    result = subprocess.run([bash, "-c", prelude + "\n".join(blocks)], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "accuracy" in result.stdout and "built-in" in result.stdout
+    for name in ("points.fbp", "points.fbp.json", "probabilities.csv", "labels.csv"):
+        assert (tmp_path / name).is_file()

@@ -442,6 +442,65 @@ def test_fit_callbacks_and_verbose_arguments(model, data):
         assert same_bits(params_of(model), before)
 
 
+@FUZZ
+@given(data=st.data(), model=small_models(),
+       loss=st.sampled_from(["mse", "mae", "cce", "bce", "huber"]))
+def test_trainer_features_with_odd_settings(data, model, loss):
+    """The newer settings (optimizer, schedule, weight decay, clipping, class and sample
+    weights, validation, metrics, partial_fit, evaluate), mostly valid, sometimes odd."""
+    optimizers = getattr(fastbp, "optimizers", None)
+    schedules = getattr(fastbp, "schedules", None)
+    option_values = {
+        "optimizer": mostly(st.sampled_from(list(getattr(optimizers, "NAMES", ("sgd",)))),
+                            st.sampled_from(["SGD", "lbfgs", "", None, 3])),
+        "schedule": mostly(st.sampled_from([None] + [n for n in getattr(schedules, "NAMES", ())
+                                                     if n == "constant"]),
+                           st.sampled_from(["step", "cosine", "nope", 3, ""])),
+        "weight_decay": mostly(st.floats(0, 0.1), odd),
+        "decoupled_weight_decay": mostly(st.booleans(), odd),
+        "clip_norm": mostly(st.none() | st.floats(1e-3, 10), odd),
+        "class_weight": mostly(st.none() | st.just("balanced") if loss in ("cce", "bce")
+                               else st.none(),
+                               st.sampled_from([{0: 2.0}, {0: -1.0}, {9: 1.0}, "x", [1.0]])),
+        "max_time": mostly(st.none() | st.floats(1, 100), odd),
+    }
+    kwargs = {name: data.draw(strategy) for name, strategy in option_values.items()
+              if data.draw(st.booleans())}
+    trainer, error = attempt(fastbp.Trainer, loss, learning_rate=0.05, epochs=2, batch_size=4,
+                             seed=0, **kwargs)
+    if error is not None:
+        return
+    X, Y = _data(model, data, loss=loss)
+    n_rows = np.asarray(X).shape[0] if np.ndim(X) else 0
+    fit_kwargs = {}
+    if data.draw(st.booleans()):
+        fit_kwargs["sample_weight"] = data.draw(mostly(
+            arrays(n_rows=n_rows, n_cols=1, elements=st.floats(0, 3)).map(
+                lambda a: np.ravel(a) if isinstance(a, np.ndarray) else a),
+            arrays() | odd))
+    if data.draw(st.booleans()):
+        fit_kwargs["validation_split"] = data.draw(mostly(st.floats(0, 0.5), odd))
+    elif data.draw(st.booleans()):
+        fit_kwargs["validation_data"] = data.draw(mostly(st.just((X, Y)), odd))
+    if data.draw(st.booleans()):
+        fit_kwargs["metrics"] = data.draw(mostly(st.sampled_from([["accuracy"], ["mae"], []]),
+                                                 odd | st.just(["nope"])))
+    before = params_of(model)
+    history, error = attempt(trainer.fit, model, X, Y, **fit_kwargs)
+    if error is not None:
+        assert same_bits(params_of(model), before), "a refused fit changed the model"
+    else:
+        assert np.isfinite(model._params).all()
+        assert all(np.isfinite(history.loss))
+    if hasattr(trainer, "partial_fit"):
+        _, error = attempt(trainer.partial_fit, model, X, Y)
+        assert np.isfinite(model._params).all()
+    if hasattr(model, "evaluate"):
+        value, error = attempt(model.evaluate, X, Y, loss)
+        if error is None and finite_input(X, model.dtype) and finite_input(Y, model.dtype):
+            assert not math.isnan(value)
+
+
 # ---------------------------------------------------------------- losses on plain arrays
 
 @FUZZ

@@ -1138,7 +1138,7 @@ def test_classification_metric_and_callable_get_the_targets():
 @pytest.mark.parametrize("kwargs,error", [
     (dict(validation_split=1.0), ValueError), (dict(validation_split=-0.1), ValueError),
     (dict(validation_split=float("nan")), ValueError), (dict(validation_split="0.2"), TypeError),
-    (dict(validation_split=0.001), ValueError),                   # no validation row
+    (dict(validation_split=1e-17), ValueError),                   # no validation row
     (dict(validation_split=0.2, validation_data="both"), ValueError),
     (dict(validation_data=([[1.0, 2.0, 3.0]],)), TypeError),
     (dict(validation_data=(np.ones((3, 2)), np.ones((3, 1)))), ValueError),   # wrong width
@@ -1234,6 +1234,9 @@ INTERRUPT_SCRIPT = textwrap.dedent(r'''
     import fastbp
 
     out = sys.argv[1]
+    # As in a terminal, whatever this process inherited (a background job starts with SIGINT
+    # ignored, and Python then installs no handler of its own).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     rng = np.random.default_rng(0)
     X = rng.normal(size=(3200, 40))
     Y = rng.normal(size=(3200, 8))

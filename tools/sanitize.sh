@@ -24,7 +24,9 @@
 #   ASAN_OPTIONS=detect_leaks=0  CPython and numpy leave memory allocated at exit by design;
 #                           leaks are checked separately, mid-run, by tools/leak_check.py;
 #   PYTHONMALLOC=malloc     every Python object is a malloc block ASan can see (and, for the
-#                           leak check, a root LeakSanitizer can scan).
+#                           leak check, a root LeakSanitizer can scan);
+#   allocator_may_return_null=1  an allocation too large for memory returns NULL (NumPy then
+#                           raises MemoryError, as without ASan) instead of aborting.
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -75,29 +77,50 @@ run_variant() {
                 echo "sanitize.sh: $cc has no libasan.so (install libasan / gcc)" >&2
                 return 1
             fi
+            # reports also go to files: pytest captures the test's stderr, and a process
+            # that a sanitizer ends never hands that capture back
             run_env=(LD_PRELOAD="$libasan" PYTHONMALLOC=malloc
-                     ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:strict_init_order=1:detect_stack_use_after_return=1
-                     UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1)
+                     ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:allocator_may_return_null=1:strict_init_order=1:detect_stack_use_after_return=1:log_path="$dest/asan"
+                     UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:log_path="$dest/ubsan")
             ;;
     esac
     echo "== sanitize.sh: $variant build in $dest"
     copy_tree "$dest"
     (cd "$dest" && env "${build_env[@]}" "$python" setup.py -q build_ext --inplace \
         > "$dest/build.log" 2>&1) || { cat "$dest/build.log" >&2; return 1; }
+    if [ "$variant" = debug ]; then
+        # the directives must have reached the generated C (a stale _core.c once hid them)
+        local checks
+        checks=$(grep -c "__Pyx_RaiseBufferIndexError" "$dest"/build/cython-debug*/fastbp/_core.c || true)
+        if [ "${checks:-0}" -lt 2 ]; then
+            echo "sanitize.sh: the debug build's C has no buffer bounds checks" >&2
+            return 1
+        fi
+        echo "   bounds checks in the generated C: $checks"
+    fi
     # The copy, not an installed fastbp, must be the one imported.
     (cd "$dest" && env "${run_env[@]}" PYTHONPATH="$dest" "$python" -c "
 import sys, fastbp._core as core
 assert core.__file__.startswith(sys.argv[1]), core.__file__
 print('   imports', core.__file__)" "$dest")
     echo "== sanitize.sh: $variant: pytest ${pytest_args[*]}"
-    local started=$SECONDS
+    local started=$SECONDS status=0
     (cd "$dest" && env "${run_env[@]}" PYTHONPATH="$dest" PYTHONDONTWRITEBYTECODE=1 \
-        "$python" -m pytest "${pytest_args[@]}")
+        "$python" -m pytest "${pytest_args[@]}") || status=$?
+    if compgen -G "$dest/asan.*" > /dev/null || compgen -G "$dest/ubsan.*" > /dev/null; then
+        echo "== sanitize.sh: $variant: sanitizer reports:" >&2
+        cat "$dest"/asan.* "$dest"/ubsan.* 2>/dev/null >&2 || true
+        [ $status -ne 0 ] || status=1
+    fi
+    if [ $status -ne 0 ]; then
+        echo "== sanitize.sh: $variant: FAILED (exit $status)" >&2
+        return $status
+    fi
     echo "== sanitize.sh: $variant: tests passed in $((SECONDS - started)) s"
     if [ "$variant" = sanitize ]; then
         echo "== sanitize.sh: sanitize: leak check (LeakSanitizer, mid-run)"
         (cd "$dest" && env "${run_env[@]}" \
-            ASAN_OPTIONS=detect_leaks=1:leak_check_at_exit=0:abort_on_error=0 \
+            ASAN_OPTIONS=detect_leaks=1:leak_check_at_exit=0:abort_on_error=0:allocator_may_return_null=1 \
             PYTHONPATH="$dest" "$python" tools/leak_check.py)
     fi
 }

@@ -1,0 +1,250 @@
+"""ONNX export: `to_onnx(model, path)` (also `model.to_onnx(path)`); needs the `onnx` extra.
+
+The graph computes what `model.predict` computes (docs/onnx.md):
+
+    input  "X"  [N, n_in], the model's dtype (tensor(float) or tensor(double))
+    per layer l:  MatMul(A, W_l) -> Add(., b_l) -> activation      (weights as initializers)
+    output "Y"  [N, n_out]
+
+Activations: relu (Relu), leaky_relu (LeakyRelu, alpha 0.01), sigmoid (1 / (1 + Exp(-x)),
+accurate in both tails, where ONNX Runtime's Sigmoid kernel flushes tiny values to 0), tanh
+(Tanh), softmax (Softmax, axis -1), elu (Elu, alpha 1), softplus (Softplus), gelu (exact,
+0.5 x (1 + erf(x / sqrt 2)), with Erf), swish (x * sigmoid(x)), identity (no node).
+ONNX Runtime's CPU provider implements Elu, Softplus and Erf for float only, so in a float64
+graph those three (and leaky_relu, whose LeakyRelu attribute alpha is a 32-bit float) are written with elementary operators instead (Exp, Log, Where, ...; erf
+through a Chebyshev series for erfc accurate to double precision), so any ONNX runtime runs
+them in double. Dropout is a training-time operation: the exported graph (like predict)
+never drops.
+
+Opset 17 (IR version 8), which every ONNX Runtime since 1.13 runs; `onnx.checker` passes.
+The model's metadata: producer "fastbp" and its version; metadata_props layer_sizes,
+activations, dtype (and dropout, when the model has any) as JSON.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+
+__all__ = ["to_onnx", "to_onnx_proto", "OPSET", "IR_VERSION"]
+
+OPSET = 17
+IR_VERSION = 8               # the IR version of opset 17 (onnx.helper.VERSION_TABLE)
+LEAKY_SLOPE = 0.01           # as fastbp's kernels (FBP_LEAKY_SLOPE)
+MAX_PROTO_BYTES = 2**31 - 1  # protobuf's limit on one serialized message
+
+# Chebyshev coefficients c_k of P(y) = sum_k c_k T_k(y), with, for z >= 0,
+#     t = 2 / (2 + z),  y = 2 t - 1 in (-1, 1],  erfc(z) = t * exp(-z^2 + P(y))
+# (the expansion of Numerical Recipes, 3rd ed., section 6.2.2), computed with mpmath at 50
+# digits and truncated where |c_k| < 1e-19: relative error of erfc below 1e-16.
+ERFC_CHEBYSHEV = (
+    -0.6513268598908547, 0.6419697923564902, 0.019476473204185836, -0.009561514786808632,
+    -0.0009465953444820369, 0.00036683949785276145, 4.252332480690777e-05,
+    -2.0278578112534242e-05, -1.6242900046470256e-06, 1.3036558355805232e-06,
+    1.5626441722066142e-08, -8.523809591492654e-08, 6.5290544390988515e-09,
+    5.059343495551469e-09, -9.91364156493033e-10, -2.273651222931836e-10,
+    9.646791102015527e-11, 2.3940380830391146e-12, -6.886027526497553e-12,
+    8.944879273090725e-13, 3.130921399342958e-13, -1.1270822361367252e-13,
+    3.810905255189232e-16, 7.106097613609237e-15, -1.5230282014571043e-15,
+    -9.457494571291233e-17, 1.210237189224279e-16, -2.816663087747177e-17,
+    5.003005559445902e-20, 2.3281042579529253e-18, -8.446077682509006e-19,
+)
+
+
+def _import_onnx():
+    try:
+        import onnx
+        from onnx import helper, numpy_helper
+    except ImportError:
+        raise ImportError('ONNX export needs the onnx package: pip install "fastbp[onnx]" '
+                          '(installs onnx and onnxruntime)') from None
+    return onnx, helper, numpy_helper
+
+
+class _GraphBuilder:
+    """Collects nodes and initializers, with unique names and shared scalar constants."""
+
+    def __init__(self, helper, numpy_helper, dtype: np.dtype):
+        self.helper, self.numpy_helper, self.dtype = helper, numpy_helper, dtype
+        self.nodes, self.initializers = [], []
+        self._constants = {}
+        self._counter = 0
+
+    def name(self, stem: str) -> str:
+        self._counter += 1
+        return f"{stem}_{self._counter}"
+
+    def tensor(self, name: str, array: np.ndarray) -> str:
+        self.initializers.append(self.numpy_helper.from_array(array, name))
+        return name
+
+    def const(self, value: float) -> str:
+        """The name of a scalar initializer of the graph's dtype holding `value`."""
+        key = float(value)
+        if key not in self._constants:
+            name = f"const_{len(self._constants)}"
+            self._constants[key] = self.tensor(name, np.array(key, dtype=self.dtype))
+        return self._constants[key]
+
+    def op(self, op_type: str, inputs, output: str | None = None, **attributes) -> str:
+        output = output or self.name(op_type.lower())
+        self.nodes.append(self.helper.make_node(op_type, list(inputs), [output],
+                                                name=self.name(f"{op_type}_node"), **attributes))
+        return output
+
+
+# ---- activations: each takes the pre-activation's name and the output's name --------------
+
+def _sigmoid(g, z, out=None):
+    """1 / (1 + exp(-z)): accurate to a few ulps in both tails (ONNX Runtime's Sigmoid
+    kernel is accurate in absolute terms only: it returns 0 for float32 inputs below about
+    -18, where the sigmoid is still 1e-8). exp(-z) overflowing to inf gives 0, the limit."""
+    exp = g.op("Exp", [g.op("Neg", [z])])
+    return g.op("Div", [g.const(1.0), g.op("Add", [exp, g.const(1.0)])], out)
+
+
+def _log1p(g, e):
+    """log(1 + e) for e >= 0, accurate for small e (Goldberg's trick)."""
+    w = g.op("Add", [g.const(1.0), e])
+    ratio = g.op("Div", [g.op("Log", [w]), g.op("Sub", [w, g.const(1.0)])])
+    return g.op("Where", [g.op("Equal", [w, g.const(1.0)]), e, g.op("Mul", [e, ratio])])
+
+
+def _expm1_nonpositive(g, x):
+    """exp(x) - 1 for x <= 0, accurate near 0 (Kahan's trick), exp(x) - 1 below -0.5."""
+    w = g.op("Exp", [x])
+    w_minus_1 = g.op("Sub", [w, g.const(1.0)])
+    kahan = g.op("Div", [g.op("Mul", [w_minus_1, x]), g.op("Log", [w])])
+    near_zero = g.op("Where", [g.op("Equal", [w, g.const(1.0)]), x, kahan])
+    return g.op("Where", [g.op("Less", [x, g.const(-0.5)]), w_minus_1, near_zero])
+
+
+def _one_plus_erf(g, u):
+    """1 + erf(u) = 2 - erfc(u) for u >= 0, erfc(|u|) for u < 0, with erfc from the
+    Chebyshev series (no cancellation for negative u)."""
+    z = g.op("Abs", [u])
+    t = g.op("Div", [g.const(2.0), g.op("Add", [z, g.const(2.0)])])
+    y = g.op("Sub", [g.op("Mul", [t, g.const(2.0)]), g.const(1.0)])
+    two_y = g.op("Mul", [y, g.const(2.0)])
+    # Clenshaw: b_k = 2y b_{k+1} - b_{k+2} + c_k for k = n..1; P = y b_1 - b_2 + c_0
+    c = ERFC_CHEBYSHEV
+    b1, b2 = g.const(c[-1]), None                             # b_n = c_n, b_{n+1} = 0
+    for k in range(len(c) - 2, 0, -1):
+        step = g.op("Mul", [two_y, b1])
+        if b2 is not None:
+            step = g.op("Sub", [step, b2])
+        b1, b2 = g.op("Add", [step, g.const(c[k])]), b1
+    series = g.op("Add", [g.op("Sub", [g.op("Mul", [y, b1]), b2]), g.const(c[0])])
+    exponent = g.op("Sub", [series, g.op("Mul", [z, z])])
+    erfc = g.op("Mul", [t, g.op("Exp", [exponent])])
+    return g.op("Where", [g.op("Less", [u, g.const(0.0)]), erfc,
+                          g.op("Sub", [g.const(2.0), erfc])])
+
+
+def _activation(g, name: str, z: str, out: str, native: bool) -> str:
+    """Nodes computing activation `name` of `z` into `out`. native: ONNX Runtime's CPU
+    provider implements Elu, Softplus and Erf for this dtype (float32)."""
+    if name == "identity":
+        return g.op("Identity", [z], out)
+    if name == "relu":
+        return g.op("Relu", [z], out)
+    if name == "leaky_relu":
+        if native:       # LeakyRelu's alpha is a float attribute: exact for float32 only
+            return g.op("LeakyRelu", [z], out, alpha=LEAKY_SLOPE)
+        return g.op("Where", [g.op("Greater", [z, g.const(0.0)]), z,
+                              g.op("Mul", [z, g.const(LEAKY_SLOPE)])], out)
+    if name == "sigmoid":
+        return _sigmoid(g, z, out)
+    if name == "tanh":
+        return g.op("Tanh", [z], out)
+    if name == "softmax":
+        return g.op("Softmax", [z], out, axis=-1)
+    if name == "swish":
+        return g.op("Mul", [z, _sigmoid(g, z)], out)
+    if name == "elu":
+        if native:
+            return g.op("Elu", [z], out, alpha=1.0)
+        negative = _expm1_nonpositive(g, g.op("Min", [z, g.const(0.0)]))
+        return g.op("Where", [g.op("Greater", [z, g.const(0.0)]), z, negative], out)
+    if name == "softplus":      # max(z, 0) + log1p(exp(-|z|))
+        if native:
+            return g.op("Softplus", [z], out)
+        tail = _log1p(g, g.op("Exp", [g.op("Neg", [g.op("Abs", [z])])]))
+        return g.op("Add", [g.op("Relu", [z]), tail], out)
+    if name == "gelu":          # 0.5 z (1 + erf(z / sqrt 2)), as fastbp's kernel
+        u = g.op("Mul", [z, g.const(1.0 / math.sqrt(2.0))])
+        if native:
+            one_plus_erf = g.op("Add", [g.op("Erf", [u]), g.const(1.0)])
+        else:
+            one_plus_erf = _one_plus_erf(g, u)
+        return g.op("Mul", [g.op("Mul", [z, g.const(0.5)]), one_plus_erf], out)
+    raise ValueError(f"ONNX export does not know the activation {name!r}")
+
+
+def to_onnx_proto(model):
+    """The model as an onnx.ModelProto (checked with onnx.checker)."""
+    from fastbp import __version__
+    from fastbp.model import MLP
+
+    if not isinstance(model, MLP):
+        raise TypeError(f"model must be a fastbp.MLP; got {type(model).__name__}")
+    onnx, helper, numpy_helper = _import_onnx()
+    dtype = model.dtype
+    n_bytes = model.n_params * dtype.itemsize
+    if n_bytes > MAX_PROTO_BYTES - (1 << 20):
+        raise ValueError(f"the model's parameters take {n_bytes / 2**30:.1f} GiB; an ONNX file "
+                         f"holds at most 2 GiB (a protobuf limit)")
+    element = onnx.TensorProto.FLOAT if dtype == np.float32 else onnx.TensorProto.DOUBLE
+    native = dtype == np.float32
+    g = _GraphBuilder(helper, numpy_helper, dtype)
+
+    sizes, names = model.layer_sizes, model.activations
+    current = "X"
+    for layer, (weights, biases, activation) in enumerate(
+            zip(model.weights, model.biases, names), start=1):
+        w = g.tensor(f"W{layer}", np.array(weights, dtype=dtype, copy=True))
+        b = g.tensor(f"b{layer}", np.array(biases, dtype=dtype, copy=True))
+        product = g.op("MatMul", [current, w], f"layer{layer}_matmul")
+        last = layer == len(names)
+        z_name = "Y" if last and activation == "identity" else f"layer{layer}_z"
+        z = g.op("Add", [product, b], z_name)
+        if activation == "identity":
+            current = z
+        else:
+            current = _activation(g, activation, z, "Y" if last else f"layer{layer}_a", native)
+
+    graph = helper.make_graph(
+        g.nodes, "fastbp_mlp",
+        [helper.make_tensor_value_info("X", element, ["N", sizes[0]])],
+        [helper.make_tensor_value_info("Y", element, ["N", sizes[-1]])],
+        initializer=g.initializers)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                              producer_name="fastbp", producer_version=__version__,
+                              doc_string=repr(model))
+    proto.ir_version = IR_VERSION
+    proto.model_version = 1
+    metadata = {"layer_sizes": json.dumps(list(sizes)), "activations": json.dumps(list(names)),
+                "dtype": dtype.name}
+    if any(model.dropout):
+        metadata["dropout"] = json.dumps(list(model.dropout))
+        metadata["note"] = "dropout is applied in training only; this graph never drops"
+    helper.set_model_props(proto, metadata)
+    onnx.checker.check_model(proto, full_check=True)
+    return proto
+
+
+def to_onnx(model, path) -> None:
+    """Write `model` (a fastbp.MLP) as an ONNX graph to exactly `path`, atomically.
+
+    Input "X" [N, n_in] and output "Y" [N, n_out] in the model's dtype; see the module's
+    docstring and docs/onnx.md. Needs `pip install "fastbp[onnx]"`.
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or os.PathLike; got {type(path).__name__}")
+    if not os.fspath(path):
+        raise ValueError("path must not be empty")
+    from fastbp import _format
+    proto = to_onnx_proto(model)
+    _format.write_file(path, proto.SerializeToString())

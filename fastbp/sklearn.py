@@ -1,0 +1,786 @@
+"""scikit-learn estimators trained by fastbp: `MLPClassifier` and `MLPRegressor`.
+
+They take scikit-learn's parameter names and behave as `sklearn.neural_network`'s
+estimators do (fitted attributes, stopping rule, warm_start, partial_fit), but train in
+fastbp's compiled loop: one `fastbp.Trainer.fit` call per `fit`, with a callback that
+applies scikit-learn's stopping rule between epochs. docs/sklearn.md maps every parameter.
+
+Needs scikit-learn (`pip install "fastbp[sklearn]"`); `import fastbp` does not import it.
+"""
+from __future__ import annotations
+
+import copy
+import numbers
+import re
+import warnings
+import weakref
+
+import numpy as np
+
+try:
+    import sklearn
+    from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.metrics import accuracy_score, r2_score
+    from sklearn.model_selection import train_test_split
+    from sklearn.preprocessing import LabelBinarizer
+    from sklearn.utils import check_random_state
+    from sklearn.utils.multiclass import check_classification_targets, type_of_target, \
+        unique_labels
+    from sklearn.utils.validation import _check_sample_weight, check_is_fitted, column_or_1d, \
+        validate_data
+except ImportError as error:                              # pragma: no cover - tested in a subprocess
+    raise ImportError('fastbp.sklearn needs scikit-learn >= 1.6: pip install "fastbp[sklearn]"'
+                      ) from error
+
+from fastbp import losses, optimizers, schedules
+from fastbp.callbacks import Callback
+from fastbp.model import ACTIVATIONS, MLP
+from fastbp.trainer import Trainer
+
+if tuple(int(part) for part in re.findall(r"\d+", sklearn.__version__)[:2]) < (1, 6):
+    raise ImportError(f'fastbp.sklearn needs scikit-learn >= 1.6 (found {sklearn.__version__}): '
+                      f'pip install -U "fastbp[sklearn]"')
+
+__all__ = ["MLPClassifier", "MLPRegressor"]
+
+SOLVERS = ("sgd", "adam", "rmsprop", "adagrad")
+LEARNING_RATES = ("constant", "invscaling", "adaptive")
+# Hidden activations: fastbp's, plus scikit-learn's name for the sigmoid.
+HIDDEN_ACTIVATIONS = ("logistic",) + tuple(a for a in ACTIVATIONS if a != "softmax")
+_FASTBP_ACTIVATION = {"logistic": "sigmoid"}
+REGRESSION_LOSSES = ("squared_error", "mse", "absolute_error", "mae", "huber")
+# Half the squared error, scikit-learn's squared loss, is exactly fastbp's Huber loss with a
+# delta that no finite float32 or float64 difference exceeds.
+_UNBOUNDED_DELTA = float(np.finfo(np.float32).max)
+_SEED_LIMIT = 2**31 - 1
+_MIN_ADAPTIVE_RATE = 1e-6     # scikit-learn's: 'adaptive' stops once the rate is this low
+
+
+def _parameter_error(estimator, name, expected, value):
+    return ValueError(f"The {name!r} parameter of {type(estimator).__name__} must be "
+                      f"{expected}. Got {value!r} instead.")
+
+
+def _is_bool(value) -> bool:
+    return isinstance(value, (bool, np.bool_))
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, numbers.Real) and not _is_bool(value)
+
+
+def _is_whole(value) -> bool:
+    return isinstance(value, numbers.Integral) and not _is_bool(value)
+
+
+class _ScikitLearnRate(schedules.Schedule):
+    """scikit-learn's SGD learning rates, as a fastbp schedule (evaluated once per epoch):
+    the base rate times `factor`, which the estimator sets after each epoch.
+
+    'invscaling': factor 1 / (t + 1) ** power_t, t the samples seen before the epoch (the
+    first epoch of each fit uses factor 1); 'adaptive': factor 1, divided by 5 each time the
+    stopping rule fires.
+    """
+
+    def __init__(self, mode: str, power_t: float):
+        self.mode = mode
+        self.power_t = power_t
+        self.factor = 1.0
+
+    def _rate(self, epoch, base):
+        return base * self.factor
+
+    def _arguments(self):
+        return {"mode": self.mode, "power_t": self.power_t}
+
+
+class _ScikitLearnRule(Callback):
+    """Runs between epochs of the estimator's one Trainer.fit call: records the epoch as
+    scikit-learn does, applies its stopping rule, and restores the best parameters after an
+    early-stopped fit."""
+
+    def __init__(self, estimator, n_train: int):
+        self.estimator = estimator
+        self.n_train = n_train
+        self.stopped = False
+
+    def on_epoch_end(self, epoch, logs):
+        if self.estimator._end_of_epoch(logs, self.n_train):
+            self.stopped = True
+            return True
+        return None
+
+    def on_train_end(self, logs=None):
+        self.estimator._restore_best()
+
+
+class _BaseMLP(BaseEstimator):
+    """What MLPClassifier and MLPRegressor share: parameters, fit, partial_fit, attributes."""
+
+    # ---- parameters ----
+    def _settings(self) -> dict:
+        """The parameters, checked (at each fit: set_params may have changed them)."""
+        hidden = self.hidden_layer_sizes
+        if _is_whole(hidden):
+            hidden = [hidden]
+        if isinstance(hidden, (str, bytes)) or not hasattr(hidden, "__iter__"):
+            raise _parameter_error(self, "hidden_layer_sizes",
+                                   "an int or a sequence of ints >= 1", hidden)
+        hidden = list(hidden)
+        if not all(_is_whole(size) and size >= 1 for size in hidden):
+            raise _parameter_error(self, "hidden_layer_sizes",
+                                   "an int or a sequence of ints >= 1", self.hidden_layer_sizes)
+        hidden = [int(size) for size in hidden]
+
+        activation = self.activation
+        names = [activation] * len(hidden) if isinstance(activation, str) else activation
+        if isinstance(names, (bytes,)) or not hasattr(names, "__iter__"):
+            raise _parameter_error(self, "activation", f"one of {HIDDEN_ACTIVATIONS} or a list "
+                                   f"of them, one per hidden layer", activation)
+        names = list(names)
+        if not isinstance(activation, str) and len(names) != len(hidden):
+            raise ValueError(f"activation lists {len(names)} names but hidden_layer_sizes "
+                             f"has {len(hidden)} hidden layers; give one name per hidden layer "
+                             f"or a single name")
+        for name in names:
+            if not isinstance(name, str) or name.lower() not in HIDDEN_ACTIVATIONS:
+                raise _parameter_error(self, "activation", f"one of {HIDDEN_ACTIVATIONS} (or a "
+                                       f"list of them, one per hidden layer)", activation)
+        names = [_FASTBP_ACTIVATION.get(name.lower(), name.lower()) for name in names]
+
+        if self.solver == "lbfgs":
+            raise ValueError("solver='lbfgs' is not available: fastbp trains by mini-batch "
+                             "gradient descent; use 'adam' (the default) or 'sgd'")
+        if self.solver not in SOLVERS:
+            raise _parameter_error(self, "solver", f"one of {SOLVERS}", self.solver)
+        if self.learning_rate not in LEARNING_RATES:
+            raise _parameter_error(self, "learning_rate", f"one of {LEARNING_RATES}",
+                                   self.learning_rate)
+        if not (self.batch_size == "auto" or (_is_whole(self.batch_size)
+                                              and self.batch_size >= 1)):
+            raise _parameter_error(self, "batch_size", "'auto' or an int >= 1", self.batch_size)
+        for name, low, high, closed in (
+                ("alpha", 0, None, True), ("learning_rate_init", 0, None, False),
+                ("power_t", 0, None, True), ("tol", 0, None, True),
+                ("momentum", 0, 1, True), ("validation_fraction", 0, 1, False),
+                ("beta_1", 0, 1, True), ("beta_2", 0, 1, True), ("epsilon", 0, None, False)):
+            value = getattr(self, name)
+            ok = _is_real(value) and np.isfinite(value) and (
+                value >= low if closed else value > low) and (high is None or value < high)
+            if not ok:
+                bounds = f"{'[' if closed else '('}{low}, {high if high is not None else 'inf'})"
+                raise _parameter_error(self, name, f"a real number in {bounds}", value)
+        if not (_is_whole(self.max_iter) and self.max_iter >= 1):
+            raise _parameter_error(self, "max_iter", "an int >= 1", self.max_iter)
+        if not ((_is_whole(self.n_iter_no_change) and self.n_iter_no_change >= 1)
+                or (_is_real(self.n_iter_no_change) and self.n_iter_no_change == np.inf)):
+            raise _parameter_error(self, "n_iter_no_change", "an int >= 1 or numpy.inf",
+                                   self.n_iter_no_change)
+        for name in ("shuffle", "warm_start", "nesterovs_momentum", "early_stopping"):
+            if not _is_bool(getattr(self, name)):
+                raise _parameter_error(self, name, "True or False", getattr(self, name))
+        if not (_is_bool(self.verbose) or (_is_whole(self.verbose) and self.verbose >= 0)):
+            raise _parameter_error(self, "verbose", "a bool or an int >= 0", self.verbose)
+        if self.n_threads is not None and not (_is_whole(self.n_threads) and self.n_threads >= 1):
+            raise _parameter_error(self, "n_threads", "None or an int >= 1", self.n_threads)
+        try:
+            dtype = np.dtype(self.dtype)
+        except TypeError:
+            dtype = None
+        if dtype is None or dtype.name not in ("float32", "float64"):
+            raise _parameter_error(self, "dtype", "'float32' or 'float64'", self.dtype)
+        dropout = self.dropout
+        if isinstance(dropout, (list, tuple, np.ndarray)):
+            rates = list(dropout)
+            if len(rates) != len(hidden):
+                raise ValueError(f"dropout lists {len(rates)} rates but hidden_layer_sizes "
+                                 f"has {len(hidden)} hidden layers; give one rate per hidden "
+                                 f"layer or a single rate")
+        else:
+            rates = [dropout] * len(hidden)
+        if not all(_is_real(rate) and 0 <= rate < 1 for rate in rates) or \
+                not (_is_real(dropout) or isinstance(dropout, (list, tuple, np.ndarray))):
+            raise _parameter_error(self, "dropout", "a rate in [0, 1) or a list of them, one "
+                                   "per hidden layer", dropout)
+        return {"hidden": hidden, "activations": names, "dtype": dtype,
+                "dropout": [float(rate) for rate in rates]}
+
+    def _optimizer(self, scale: float):
+        """The fastbp optimizer for `solver` (docs/sklearn.md has the mapping).
+
+        fastbp's loss is `scale` times smaller than scikit-learn's objective (which sums
+        over the outputs where fastbp averages): SGD's rate is multiplied by it, and the
+        epsilon of the scale-free rules divided by it, so the steps are scikit-learn's."""
+        rate = float(self.learning_rate_init)
+        epsilon = float(self.epsilon) / scale
+        if self.solver == "sgd":
+            momentum = float(self.momentum)
+            return optimizers.SGD(rate * scale, momentum=momentum,
+                                  nesterov=bool(self.nesterovs_momentum) and momentum > 0)
+        if self.solver == "adam":
+            return optimizers.Adam(rate, beta1=float(self.beta_1), beta2=float(self.beta_2),
+                                   epsilon=epsilon)
+        if self.solver == "rmsprop":
+            return optimizers.RMSprop(rate, epsilon=epsilon)
+        return optimizers.Adagrad(rate, epsilon=epsilon)
+
+    # ---- fitting ----
+    def fit(self, X, y, sample_weight=None):
+        """Fit the model to X and y (class labels, or real targets for the regressor).
+
+        sample_weight: one weight >= 0 per row; the loss is the weighted mean over the rows.
+        Returns self.
+        """
+        return self._fit(X, y, sample_weight, incremental=False)
+
+    def _fit(self, X, y, sample_weight, incremental):
+        settings = self._settings()
+        if incremental and self.early_stopping:
+            raise ValueError("partial_fit does not support early_stopping=True")
+        first_pass = not hasattr(self, "model_") or (not self.warm_start and not incremental)
+        dtype = settings["dtype"] if first_pass else self.model_.dtype
+        X, Y, stratify, n_outputs = self._validate_input(X, y, incremental, first_pass, dtype)
+        if sample_weight is not None:
+            sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64,
+                                                 ensure_non_negative=True)
+            if not sample_weight.any():
+                raise ValueError("Sample weights must contain at least one non-zero number "
+                                 "(all the sample weights are zero).")
+        rng = check_random_state(self.random_state)
+        layer_sizes = [X.shape[1], *settings["hidden"], n_outputs]
+        activations = settings["activations"] + [self._output_activation()]
+        if first_pass:
+            self._initialize(layer_sizes, activations, settings, rng)
+        else:
+            self._check_compatible(layer_sizes, activations, settings)
+
+        validation = None
+        X_train, Y_train, weights_train = X, Y, sample_weight
+        if self.early_stopping:
+            X_train, Y_train, weights_train, validation = self._split(
+                X, Y, sample_weight, stratify, rng)
+        n_train = X_train.shape[0]
+        if self.batch_size == "auto":
+            batch_size = min(200, n_train)
+        else:
+            if self.batch_size > n_train:
+                warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is "
+                              "going to be clipped", UserWarning, stacklevel=3)
+            batch_size = min(int(self.batch_size), n_train)
+        trainer = self._trainer_for(incremental, batch_size, weights_train, rng)
+
+        self.n_iter_ = 0
+        if incremental:
+            history = trainer.partial_fit(self.model_, X_train, Y_train,
+                                          sample_weight=weights_train)
+            if history.epochs:
+                self._end_of_epoch({key: values[-1] for key, values in
+                                    history.history.items()}, n_train)
+            self._check_ending(history, stopped=False, incremental=True)
+            return self
+
+        trainer.epochs = int(self.max_iter)
+        rule = _ScikitLearnRule(self, n_train)
+        metrics = None
+        if validation is not None:
+            X_val, Y_val, y_val, weights_val = validation
+            metrics = [self._validation_metric(y_val, weights_val)]
+            validation = (X_val, Y_val)
+        history = trainer.fit(self.model_, X_train, Y_train, validation_data=validation,
+                              sample_weight=weights_train, callbacks=[rule], metrics=metrics)
+        self._check_ending(history, stopped=rule.stopped, incremental=False)
+        return self
+
+    def _initialize(self, layer_sizes, activations, settings, rng):
+        """A fresh model and fresh records (first fit, or fit without warm_start)."""
+        seed = int(rng.randint(_SEED_LIMIT))
+        self.model_ = MLP(layer_sizes, activations, dtype=settings["dtype"], seed=seed,
+                          dropout=settings["dropout"])
+        self.n_iter_ = 0
+        self.t_ = 0
+        self.n_layers_ = len(layer_sizes)
+        self.n_outputs_ = layer_sizes[-1]
+        self.out_activation_ = {"sigmoid": "logistic"}.get(activations[-1], activations[-1])
+        self.loss_curve_ = []
+        self._no_improvement_count = 0
+        self._trainer = None
+        self._schedule = None
+        if self.early_stopping:
+            self.validation_scores_ = []
+            self.best_validation_score_ = -np.inf
+            self.best_loss_ = None
+            self._best_parameters = [array.copy() for array in
+                                     self.model_.weights + self.model_.biases]
+        else:
+            self.best_loss_ = np.inf
+            self.validation_scores_ = None
+            self.best_validation_score_ = None
+            self._best_parameters = None
+
+    def _check_compatible(self, layer_sizes, activations, settings):
+        """warm_start and partial_fit continue the fitted model: its shape must not change."""
+        model = self.model_
+        if tuple(model.layer_sizes) != tuple(layer_sizes) or \
+                tuple(model.activations) != tuple(activations):
+            raise ValueError(
+                f"warm_start/partial_fit continue the fitted network, layers "
+                f"{list(model.layer_sizes)} with activations {list(model.activations)}; the "
+                f"parameters and data now ask for layers {layer_sizes} with activations "
+                f"{activations}. Fit with warm_start=False to start a new network.")
+        if tuple(model.dropout) != tuple(settings["dropout"]):
+            raise ValueError(f"warm_start/partial_fit continue the fitted network, whose "
+                             f"dropout is {list(model.dropout)}; dropout is now {self.dropout!r}. "
+                             f"Fit with warm_start=False to start a new network.")
+        if not self.early_stopping and self.best_loss_ is None:
+            self.best_loss_ = np.inf            # the earlier fits stopped early
+        if self.early_stopping and getattr(self, "validation_scores_", None) is None:
+            # the earlier fits ran without early stopping: start its records now
+            self.validation_scores_ = []
+            self.best_validation_score_ = -np.inf
+            self._best_parameters = [array.copy() for array in
+                                     self.model_.weights + self.model_.biases]
+
+    def _split(self, X, Y, sample_weight, stratify, rng):
+        """Hold out validation_fraction of the rows (stratified for single-label
+        classification), as scikit-learn does with early_stopping=True."""
+        arrays = [X, Y] + ([sample_weight] if sample_weight is not None else [])
+        seed = int(rng.randint(_SEED_LIMIT))
+        try:
+            parts = train_test_split(*arrays, random_state=seed,
+                                     test_size=self.validation_fraction, stratify=stratify)
+        except ValueError:
+            if stratify is None:
+                raise
+            # a class too rare to stratify: split at random instead
+            parts = train_test_split(*arrays, random_state=seed,
+                                     test_size=self.validation_fraction)
+        X_train, X_val, Y_train, Y_val = parts[:4]
+        weights_train, weights_val = (parts[4], parts[5]) if sample_weight is not None \
+            else (None, None)
+        if X_val.shape[0] < 2:
+            raise ValueError("The validation set is too small. Increase 'validation_fraction' "
+                             "or the size of your dataset.")
+        if weights_train is not None and not weights_train.any():
+            raise ValueError("The sample weights of the training rows are all zero after the "
+                             "early-stopping split; change random_state or the weights.")
+        return X_train, Y_train, weights_train, (X_val, Y_val, Y_val, weights_val)
+
+    def _trainer_for(self, incremental, batch_size, sample_weight, rng):
+        """The Trainer for this call: a new one for fit (scikit-learn starts its optimizer
+        afresh at each fit), the kept one for partial_fit (its optimizer state goes on)."""
+        mean_weight = 1.0 if sample_weight is None else float(np.mean(sample_weight))
+        # scikit-learn's penalty per batch: alpha / (2 * sum of the batch's sample weights)
+        # * ||W||^2, i.e. coupled weight decay alpha / (batch_size * mean weight) on its
+        # objective, which is `scale` times fastbp's loss.
+        scale = self._objective_scale()
+        self._penalty = 0.5 * float(self.alpha) / (batch_size * mean_weight)
+        weight_decay = float(self.alpha) / (batch_size * mean_weight * scale)
+        schedule = None
+        if self.solver == "sgd" and self.learning_rate != "constant":
+            keep = (incremental and isinstance(self._schedule, _ScikitLearnRate)
+                    and self._schedule.mode == self.learning_rate)
+            schedule = self._schedule if keep else _ScikitLearnRate(self.learning_rate,
+                                                                   float(self.power_t))
+            schedule.power_t = float(self.power_t)
+        self._schedule = schedule
+        if incremental and self._trainer is not None:
+            trainer = self._trainer
+            trainer.optimizer = self._optimizer(scale)  # same rule: the state carries on
+            trainer.learning_rate = float(self.learning_rate_init)
+            trainer.loss = self._loss()
+            trainer.batch_size = batch_size
+            trainer.shuffle = bool(self.shuffle)
+            trainer.schedule = schedule
+            trainer.weight_decay = weight_decay
+            trainer.n_threads = self.n_threads
+        else:
+            trainer = Trainer(self._loss(), optimizer=self._optimizer(scale),
+                              learning_rate=float(self.learning_rate_init), epochs=1,
+                              batch_size=batch_size, shuffle=bool(self.shuffle),
+                              seed=int(rng.randint(_SEED_LIMIT)), schedule=schedule,
+                              weight_decay=weight_decay, n_threads=self.n_threads)
+        self._trainer = trainer
+        return trainer
+
+    def _end_of_epoch(self, logs, n_train) -> bool:
+        """Record an epoch as scikit-learn does and apply its stopping rule; True: stop."""
+        self.n_iter_ += 1
+        self.t_ += n_train
+        loss = float(logs["loss"]) * self._reported_scale()
+        if self._penalty:
+            loss += self._penalty * sum(float(np.vdot(w, w)) for w in self.model_.weights)
+        self.loss_ = loss
+        self.loss_curve_.append(loss)
+        if self.verbose:
+            print("Iteration %d, loss = %.8f" % (self.n_iter_, loss))
+        tol = float(self.tol)
+        if self.early_stopping and "val_score" in logs:
+            score = float(logs["val_score"])
+            self.validation_scores_.append(score)
+            if self.verbose:
+                print("Validation score: %f" % score)
+            if not score >= self.best_validation_score_ + tol:     # NaN never improves
+                self._no_improvement_count += 1
+            else:
+                self._no_improvement_count = 0
+            if score > self.best_validation_score_:
+                self.best_validation_score_ = score
+                for saved, live in zip(self._best_parameters,
+                                       self.model_.weights + self.model_.biases):
+                    saved[...] = live
+        else:
+            if loss > self.best_loss_ - tol:
+                self._no_improvement_count += 1
+            else:
+                self._no_improvement_count = 0
+            self.best_loss_ = min(self.best_loss_, loss)
+        schedule = self._schedule
+        if schedule is not None and schedule.mode == "invscaling":
+            schedule.factor = 1.0 / (self.t_ + 1) ** schedule.power_t
+        if self._no_improvement_count > self.n_iter_no_change:
+            what = "Validation score" if self.early_stopping else "Training loss"
+            message = (f"{what} did not improve more than tol={tol:f} for "
+                       f"{self.n_iter_no_change} consecutive epochs.")
+            if schedule is not None and schedule.mode == "adaptive":
+                if float(self.learning_rate_init) * schedule.factor > _MIN_ADAPTIVE_RATE:
+                    schedule.factor /= 5.0
+                    self._no_improvement_count = 0
+                    if self.verbose:
+                        print(f"{message} Setting learning rate to "
+                              f"{float(self.learning_rate_init) * schedule.factor:f}")
+                    return False
+                message += " Learning rate too small."
+            if self.verbose:
+                print(f"{message} Stopping.")
+            return True
+        return False
+
+    def _restore_best(self):
+        """After an early-stopped fit: the parameters of the best validation score."""
+        if self.early_stopping and self._best_parameters is not None:
+            for live, saved in zip(self.model_.weights + self.model_.biases,
+                                   self._best_parameters):
+                live[...] = saved
+
+    def _check_ending(self, history, stopped, incremental):
+        if history.interrupted:
+            warnings.warn("Training interrupted by user.", UserWarning, stacklevel=4)
+        elif not incremental and not stopped and not history.diverged \
+                and self.n_iter_ == self.max_iter:
+            warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached "
+                          f"and the optimization hasn't converged yet.", ConvergenceWarning,
+                          stacklevel=4)
+
+    # ---- predicting ----
+    def _forward(self, X, as_float64=True) -> np.ndarray:
+        """The network's outputs for X, (n_samples, n_outputs_), computed in the model's
+        dtype; float64 when `as_float64` (what scikit-learn's estimators return)."""
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=self.model_.dtype, order="C")
+        outputs = self.model_.predict(X)
+        return outputs.astype(np.float64, copy=False) if as_float64 else outputs
+
+    # ---- the parameters as scikit-learn names them ----
+    @property
+    def coefs_(self) -> list:
+        """The weight matrices, (n_in, n_out) each: the live arrays of model_."""
+        if "model_" not in self.__dict__:
+            raise AttributeError(f"{type(self).__name__} has no coefs_ before it is fitted")
+        return self.model_.weights
+
+    @coefs_.setter
+    def coefs_(self, values):
+        self.model_.weights = values
+
+    @property
+    def intercepts_(self) -> list:
+        """The bias vectors, (n_out,) each: the live arrays of model_."""
+        if "model_" not in self.__dict__:
+            raise AttributeError(f"{type(self).__name__} has no intercepts_ before it is fitted")
+        return self.model_.biases
+
+    @intercepts_.setter
+    def intercepts_(self, values):
+        self.model_.biases = values
+
+    # ---- pickling: the kept Trainer refers to model_ by a weak reference ----
+    def __getstate__(self):
+        state = dict(super().__getstate__())               # never the live __dict__
+        trainer = state.get("_trainer")
+        if trainer is not None:
+            key = trainer._state_key
+            trainer = copy.copy(trainer)
+            trainer._state_key = None
+            state["_trainer"] = trainer
+            model = state.get("model_")
+            state["_trainer_state_rule"] = key[1] if key is not None and model is not None \
+                and key[0]() is model else None
+        return state
+
+    def __setstate__(self, state):
+        rule = state.pop("_trainer_state_rule", None)
+        super().__setstate__(state)
+        if rule is not None and getattr(self, "_trainer", None) is not None:
+            self._trainer._state_key = (weakref.ref(self.model_), rule)
+
+
+class MLPClassifier(ClassifierMixin, _BaseMLP):
+    """A multilayer perceptron classifier trained by fastbp (scikit-learn's parameters).
+
+    Binary: one sigmoid output and binary cross-entropy; multiclass: softmax and categorical
+    cross-entropy; multi-label (y a 0/1 matrix): one sigmoid per label and binary
+    cross-entropy. Parameters as sklearn.neural_network.MLPClassifier's (solver also
+    'rmsprop' and 'adagrad'; no 'lbfgs'), plus fastbp's: activation may list one name per
+    hidden layer, dropout, dtype, n_threads. docs/sklearn.md maps each parameter to fastbp.
+
+    Attributes: classes_, n_features_in_, feature_names_in_, n_outputs_, n_layers_,
+    out_activation_, loss_, loss_curve_, best_loss_, validation_scores_,
+    best_validation_score_, n_iter_, t_, coefs_, intercepts_ (the live arrays of model_),
+    model_ (the fastbp.MLP).
+    """
+
+    def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam",
+                 alpha=0.0001, batch_size="auto", learning_rate="constant",
+                 learning_rate_init=0.001, power_t=0.5, max_iter=200, shuffle=True,
+                 random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
+                 nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
+                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, dropout=0.0,
+                 dtype="float32", n_threads=None):
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.activation = activation
+        self.solver = solver
+        self.alpha = alpha
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.learning_rate_init = learning_rate_init
+        self.power_t = power_t
+        self.max_iter = max_iter
+        self.shuffle = shuffle
+        self.random_state = random_state
+        self.tol = tol
+        self.verbose = verbose
+        self.warm_start = warm_start
+        self.momentum = momentum
+        self.nesterovs_momentum = nesterovs_momentum
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.epsilon = epsilon
+        self.n_iter_no_change = n_iter_no_change
+        self.dropout = dropout
+        self.dtype = dtype
+        self.n_threads = n_threads
+
+    def partial_fit(self, X, y, sample_weight=None, classes=None):
+        """One epoch over (X, y), continuing the model and the optimizer's state.
+
+        classes: every class label, required on the first call (y may hold only some).
+        """
+        if "classes_" not in self.__dict__:
+            if classes is None:
+                raise ValueError("classes must be passed on the first call to partial_fit.")
+            if self.early_stopping:
+                raise ValueError("partial_fit does not support early_stopping=True")
+            binarizer = LabelBinarizer()
+            if type_of_target(y).startswith("multilabel"):
+                binarizer.fit(y)
+            else:
+                binarizer.fit(classes)
+            self._label_binarizer = binarizer
+            self.classes_ = binarizer.classes_
+        elif classes is not None and not np.array_equal(self.classes_, unique_labels(classes)):
+            raise ValueError(f"`classes={classes!r}` is not the same as on the first call to "
+                             f"partial_fit, which was {self.classes_!r}")
+        return self._fit(X, y, sample_weight, incremental=True)
+
+    def _validate_input(self, X, y, incremental, first_pass, dtype):
+        X, y = validate_data(self, X, y, multi_output=True, dtype=dtype, order="C",
+                             reset=first_pass)
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = column_or_1d(y, warn=True)
+        check_classification_targets(y)
+        if "classes_" not in self.__dict__ or first_pass and not incremental:
+            binarizer = LabelBinarizer()
+            binarizer.fit(y)
+            self._label_binarizer = binarizer
+            self.classes_ = binarizer.classes_
+        else:
+            classes = unique_labels(y)
+            if self.warm_start and not incremental:
+                if set(classes) != set(self.classes_):
+                    raise ValueError(f"warm_start can only be used where `y` has the same "
+                                     f"classes as in the previous call to fit. Previously got "
+                                     f"{self.classes_}, `y` has {classes}")
+            elif len(np.setdiff1d(classes, self.classes_, assume_unique=True)):
+                raise ValueError(f"`y` has classes not in `self.classes_`. `self.classes_` has "
+                                 f"{self.classes_}. 'y' has {classes}.")
+        binarizer = self._label_binarizer
+        if binarizer.y_type_ == "multiclass":           # softmax: class indices as targets
+            Y = np.searchsorted(self.classes_, y).astype(np.intp)
+            return X, Y, Y, len(self.classes_)
+        Y = np.ascontiguousarray(binarizer.transform(y), dtype=dtype)
+        stratify = Y[:, 0] if binarizer.y_type_ == "binary" else None
+        return X, Y, stratify, Y.shape[1]
+
+    def _output_activation(self) -> str:
+        return "softmax" if self._label_binarizer.y_type_ == "multiclass" else "sigmoid"
+
+    def _objective_scale(self) -> float:
+        """scikit-learn's multi-label log-loss sums over the labels; fastbp's binary
+        cross-entropy averages over them."""
+        return float(self.n_outputs_) if self._label_binarizer.y_type_.startswith(
+            "multilabel") else 1.0
+
+    _reported_scale = _objective_scale
+
+    def _loss(self):
+        return "categorical_crossentropy" if self._output_activation() == "softmax" \
+            else "binary_crossentropy"
+
+    def _validation_metric(self, y_val, weights_val):
+        """scikit-learn's validation score, accuracy, from the fit's validation pass."""
+        multiclass = self._label_binarizer.y_type_ == "multiclass"
+
+        def score(y_true, y_pred):
+            if not np.isfinite(y_pred).all():
+                return np.nan
+            if multiclass:
+                predicted, truth = y_pred.argmax(axis=1), y_val
+            elif y_pred.shape[1] == 1:                      # binary
+                predicted, truth = y_pred[:, 0] > 0.5, y_val[:, 0] > 0.5
+            else:                                           # multi-label: subset accuracy
+                predicted, truth = y_pred > 0.5, y_val > 0.5
+            return accuracy_score(truth, predicted, sample_weight=weights_val)
+        return score
+
+    def predict(self, X):
+        """The predicted class of each row (a 0/1 row of labels for multi-label data)."""
+        outputs = self._forward(X, as_float64=False)
+        if self.n_outputs_ == 1:
+            outputs = outputs.ravel()
+        return self._label_binarizer.inverse_transform(outputs)
+
+    def predict_proba(self, X):
+        """Class probabilities, (n_samples, n_classes) (each label's, for multi-label)."""
+        outputs = self._forward(X)
+        if self.n_outputs_ == 1:
+            p = outputs.ravel()
+            return np.column_stack([1 - p, p])
+        return outputs
+
+    def predict_log_proba(self, X):
+        """The log of predict_proba (-inf where a probability is 0)."""
+        probabilities = self.predict_proba(X)
+        with np.errstate(divide="ignore"):
+            return np.log(probabilities, out=probabilities)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_label = True
+        return tags
+
+
+class MLPRegressor(RegressorMixin, _BaseMLP):
+    """A multilayer perceptron regressor trained by fastbp (scikit-learn's parameters).
+
+    Identity outputs, one per target column (multi-output regression with a 2-D y).
+    loss: 'squared_error' (scikit-learn's: half the mean squared error), 'mse' (the mean
+    squared error), 'absolute_error' or 'mae', 'huber' (delta 1) or a fastbp.losses.Huber.
+    Other parameters and attributes as MLPClassifier's (no classes_).
+    """
+
+    def __init__(self, loss="squared_error", hidden_layer_sizes=(100,), activation="relu", *,
+                 solver="adam", alpha=0.0001, batch_size="auto", learning_rate="constant",
+                 learning_rate_init=0.001, power_t=0.5, max_iter=200, shuffle=True,
+                 random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
+                 nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
+                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, dropout=0.0,
+                 dtype="float32", n_threads=None):
+        self.loss = loss
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.activation = activation
+        self.solver = solver
+        self.alpha = alpha
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.learning_rate_init = learning_rate_init
+        self.power_t = power_t
+        self.max_iter = max_iter
+        self.shuffle = shuffle
+        self.random_state = random_state
+        self.tol = tol
+        self.verbose = verbose
+        self.warm_start = warm_start
+        self.momentum = momentum
+        self.nesterovs_momentum = nesterovs_momentum
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.epsilon = epsilon
+        self.n_iter_no_change = n_iter_no_change
+        self.dropout = dropout
+        self.dtype = dtype
+        self.n_threads = n_threads
+
+    def partial_fit(self, X, y, sample_weight=None):
+        """One epoch over (X, y), continuing the model and the optimizer's state."""
+        return self._fit(X, y, sample_weight, incremental=True)
+
+    def _loss(self):
+        loss = self.loss
+        if isinstance(loss, losses.Huber):
+            return loss
+        if loss == "poisson":
+            raise ValueError("loss='poisson' is not available in fastbp; the losses are "
+                             f"{', '.join(REGRESSION_LOSSES)} or a fastbp.losses.Huber")
+        if loss not in REGRESSION_LOSSES:
+            raise _parameter_error(self, "loss", f"one of {REGRESSION_LOSSES} or a "
+                                   f"fastbp.losses.Huber", loss)
+        if loss == "squared_error":                       # (p - y)^2 / 2, scikit-learn's
+            return losses.Huber(delta=_UNBOUNDED_DELTA)
+        return {"mse": "mse", "absolute_error": "mae", "mae": "mae", "huber": "huber"}[loss]
+
+    def _settings(self):
+        self._loss()                                       # checks `loss` with the others
+        return super()._settings()
+
+    def _validate_input(self, X, y, incremental, first_pass, dtype):
+        X, y = validate_data(self, X, y, multi_output=True, y_numeric=True, dtype=dtype,
+                             order="C", reset=first_pass)
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = column_or_1d(y, warn=True)
+        Y = np.ascontiguousarray(y.reshape(y.shape[0], -1), dtype=dtype)
+        return X, Y, None, Y.shape[1]
+
+    def _output_activation(self) -> str:
+        return "identity"
+
+    def _objective_scale(self) -> float:
+        """scikit-learn's squared_error trains on the squared error summed over the outputs
+        (/2, mean over rows); fastbp's loss averages over the outputs too."""
+        return float(self.n_outputs_) if self.loss == "squared_error" else 1.0
+
+    def _reported_scale(self) -> float:
+        """scikit-learn reports squared_error as the mean over all elements (/2)."""
+        return 1.0
+
+    def _validation_metric(self, y_val, weights_val):
+        """scikit-learn's validation score, R², from the fit's validation pass."""
+        def score(y_true, y_pred):
+            if not np.isfinite(y_pred).all():
+                return np.nan
+            return r2_score(y_val, y_pred, sample_weight=weights_val)
+        return score
+
+    def predict(self, X):
+        """The predicted targets: (n_samples,) for one target, else (n_samples, n_outputs)."""
+        outputs = self._forward(X)
+        return outputs.ravel() if self.n_outputs_ == 1 else outputs
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        return tags

@@ -1,0 +1,314 @@
+"""fastbp on Dask: data-parallel training (fastbp.dask.fit) and hyperparameter search
+across a cluster, on a LocalCluster of two worker processes on loopback started here."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from unittest import mock
+
+import numpy as np
+import pytest
+
+distributed = pytest.importorskip("distributed")
+da = pytest.importorskip("dask.array")
+import dask  # noqa: E402
+
+import fastbp  # noqa: E402
+import fastbp.dask  # noqa: E402
+
+
+def dataset(n_samples, seed):
+    """Four classes no linear model separates: an MLP learns them to about 96%."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n_samples, 10)).astype(np.float32)
+    y = (X[:, 0] * X[:, 1] > 0).astype(np.int64) + 2 * (X[:, 2] + 0.5 * X[:, 3] ** 2 > 0.5)
+    return X, y
+
+
+X_TRAIN, Y_TRAIN = dataset(12_000, 0)
+X_TEST, Y_TEST = dataset(4_000, 1)
+
+
+def classifier(hidden=32):
+    return fastbp.MLP([10, hidden, 4], ["relu", "softmax"], seed=0)
+
+
+def accuracy(model):
+    return float(np.mean(model.predict(X_TEST).argmax(axis=1) == Y_TEST))
+
+
+def chunked(rows=3_000):
+    """The training set as dask arrays whose chunks are recomputable from the graph."""
+    return da.from_array(X_TRAIN, chunks=(rows, -1)), da.from_array(Y_TRAIN, chunks=rows)
+
+
+@pytest.fixture(scope="module")
+def client():
+    # Room for the deliberate worker kill: a task may be on a dying worker more than once.
+    with dask.config.set({"distributed.scheduler.allowed-failures": 10}):
+        cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                           dashboard_address=None, host="127.0.0.1")
+        client = distributed.Client(cluster)
+        try:
+            yield client
+        finally:
+            client.close()
+            cluster.close()
+
+
+@pytest.fixture
+def cluster_client(client):
+    """The module's client, with both workers up (a killed one is restarted by its nanny)."""
+    client.wait_for_workers(2, timeout=60)
+    return client
+
+
+# ---- fastbp.dask.fit ----
+def test_importing_fastbp_does_not_import_dask():
+    code = "import sys, fastbp; assert 'dask' not in sys.modules, 'fastbp imported dask'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_without_dask_the_import_says_what_to_install():
+    code = ("import sys; sys.modules['dask'] = None\n"
+            "try:\n    import fastbp.dask\nexcept ImportError as e:\n    print(e)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
+    assert 'pip install "fastbp[dask]"' in result.stdout
+
+
+def test_distributed_fit_matches_single_machine_accuracy(cluster_client):
+    single = classifier()
+    fastbp.Trainer("cce", learning_rate=0.05, epochs=20, batch_size=32, seed=0).fit(
+        single, X_TRAIN, Y_TRAIN)
+
+    model = classifier()
+    trainer = fastbp.Trainer("cce", learning_rate=0.05, epochs=20, batch_size=32, seed=0)
+    X, y = chunked()
+    history = fastbp.dask.fit(model, trainer, X, y, client=cluster_client, rounds=25,
+                              epochs_per_round=2, validation_data=(X_TEST, Y_TEST))
+    assert history.epochs == 25 and history.n_samples == X_TRAIN.shape[0]
+    assert history.loss[-1] < 0.5 * history.loss[0]
+    assert accuracy(single) > 0.93
+    assert accuracy(model) >= accuracy(single) - 0.02
+    assert history.history["val_accuracy"][-1] == pytest.approx(accuracy(model))
+
+
+def test_fit_is_reproducible_and_independent_of_the_scheduler(cluster_client):
+    """Same seed: bit-identical parameters on the cluster twice and on dask's local
+    scheduler (the per-block seeds and the order of the sum do not depend on placement)."""
+    X, y = chunked(2_000)
+    runs = []
+    for on_cluster in (True, True, False):
+        model = classifier()
+        trainer = fastbp.Trainer("cce", learning_rate=0.05, batch_size=32, seed=7, n_threads=1)
+        if on_cluster:
+            fastbp.dask.fit(model, trainer, X, y, client=cluster_client, rounds=3)
+        else:   # as if no distributed client existed: dask's threaded scheduler
+            with mock.patch.object(fastbp.dask, "_client_for", lambda client: None):
+                fastbp.dask.fit(model, trainer, X, y, rounds=3)
+        runs.append(model._params.copy())
+    np.testing.assert_array_equal(runs[0], runs[1])
+    np.testing.assert_array_equal(runs[0], runs[2])
+
+    other = classifier()
+    fastbp.dask.fit(other, fastbp.Trainer("cce", learning_rate=0.05, seed=8, n_threads=1),
+                    X, y, client=cluster_client, rounds=3)
+    assert not np.array_equal(other._params, runs[0])
+
+
+def test_one_round_of_one_block_equals_a_trainer_fit(cluster_client):
+    """With a single chunk, a round is exactly Trainer.fit with the block's derived seed."""
+    X, y = da.from_array(X_TRAIN[:1000]), da.from_array(Y_TRAIN[:1000])
+    model = classifier()
+    trainer = fastbp.Trainer("cce", learning_rate=0.05, batch_size=32, seed=3, n_threads=1,
+                             shuffle=False)
+    fastbp.dask.fit(model, trainer, X, y, client=cluster_client, rounds=1, epochs_per_round=2)
+    expected = classifier()
+    fastbp.Trainer("cce", learning_rate=0.05, batch_size=32, epochs=2, shuffle=False,
+                   n_threads=1).fit(expected, X_TRAIN[:1000], Y_TRAIN[:1000])
+    np.testing.assert_array_equal(model._params, expected._params)
+
+
+def test_average_is_weighted_by_rows(cluster_client):
+    """Learning rate 0 leaves every copy at the start, so the average is the start exactly;
+    a round of unequal chunks is weighted by rows: check against the blocks trained alone."""
+    sizes = (1500, 500)
+    X = da.from_array(X_TRAIN[:2000], chunks=(sizes, -1))
+    y = da.from_array(Y_TRAIN[:2000], chunks=(sizes,))
+    trainer = fastbp.Trainer("cce", learning_rate=0.05, batch_size=50, seed=5, n_threads=1,
+                             shuffle=False)
+    model = classifier()
+    fastbp.dask.fit(model, trainer, X, y, client=cluster_client, rounds=1)
+    copies = []
+    for start, stop in ((0, 1500), (1500, 2000)):
+        copy = classifier()
+        fastbp.Trainer("cce", learning_rate=0.05, batch_size=50, shuffle=False,
+                       n_threads=1).fit(copy, X_TRAIN[start:stop], Y_TRAIN[start:stop])
+        copies.append(copy._params.astype(np.float64))
+    expected = (1500 * copies[0] + 500 * copies[1]) / 2000
+    np.testing.assert_allclose(model._params, expected, rtol=1e-6, atol=1e-7)
+
+
+def test_two_dimensional_targets_and_regression(cluster_client):
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(4000, 10)).astype(np.float32)
+    T = np.stack([np.sin(X[:, 0]), X[:, 1] * X[:, 2]], axis=1).astype(np.float32)
+    model = fastbp.MLP([10, 32, 2], ["tanh", "identity"], seed=0)
+    trainer = fastbp.Trainer("mse", learning_rate=0.05, batch_size=32, seed=0)
+    history = fastbp.dask.fit(model, trainer, da.from_array(X, chunks=(1000, 5)),
+                              da.from_array(T, chunks=(500, 1)), client=cluster_client,
+                              rounds=10, epochs_per_round=2)
+    assert history.loss[-1] < 0.7 * history.loss[0]
+    assert model.evaluate(X, T, "mse") == pytest.approx(history.loss[-1], rel=0.3)
+
+
+def test_bad_arguments_are_refused_before_any_work(cluster_client):
+    model, trainer = classifier(), fastbp.Trainer("cce", seed=0)
+    X, y = chunked()
+    with pytest.raises(TypeError, match="dask array"):
+        fastbp.dask.fit(model, trainer, X_TRAIN, y, client=cluster_client)
+    with pytest.raises(ValueError, match="columns"):
+        fastbp.dask.fit(model, trainer, X[:, :5], y, client=cluster_client)
+    with pytest.raises(ValueError, match="rows"):
+        fastbp.dask.fit(model, trainer, X, y[:100], client=cluster_client)
+    with pytest.raises(ValueError, match="epochs_per_round"):
+        fastbp.dask.fit(model, trainer, X, y, client=cluster_client, epochs_per_round=0)
+    with pytest.raises(ValueError, match="compute_chunk_sizes"):
+        fastbp.dask.fit(model, trainer, X[X[:, 0] > 0], y[X[:, 0] > 0], client=cluster_client)
+    # A bad label is found on the worker and raised here, with the trainer's message.
+    bad = da.from_array(np.full(Y_TRAIN.shape, 9), chunks=3000)
+    with pytest.raises(ValueError, match="class labels"):
+        fastbp.dask.fit(model, trainer, X, bad, client=cluster_client, rounds=1)
+    np.testing.assert_array_equal(model._params, classifier()._params)
+
+
+def test_callbacks_stop_between_rounds(cluster_client):
+    from fastbp.callbacks import Callback
+
+    class StopAfterTwo(Callback):
+        def on_epoch_end(self, epoch, logs):
+            return epoch == 1
+
+    X, y = chunked()
+    history = fastbp.dask.fit(classifier(), fastbp.Trainer("cce", seed=0), X, y,
+                              client=cluster_client, rounds=10, callbacks=[StopAfterTwo()])
+    assert history.epochs == 2 and history.stopped_early
+
+
+def test_a_worker_killed_mid_fit_does_not_lose_the_run(cluster_client):
+    """SIGKILL one worker process while it trains a block of round 2: the scheduler re-runs
+    the lost tasks (and recomputes the lost chunks from the graph) on the other worker, the
+    fit completes, and its result is bit-identical to an undisturbed run."""
+    from fastbp.callbacks import Callback
+
+    class Rounds(Callback):
+        def __init__(self):
+            self.done = 0
+
+        def on_epoch_end(self, epoch, logs):
+            self.done += 1
+
+    X, y = chunked(3_000)
+
+    def run(kill):
+        # Wide enough that a block's round takes a good fraction of a second.
+        model = fastbp.MLP([10, 512, 512, 4], ["relu", "relu", "softmax"], seed=0)
+        trainer = fastbp.Trainer("cce", learning_rate=0.05, batch_size=32, seed=11,
+                                 n_threads=1)
+        rounds = Rounds()
+        killer = Killer(cluster_client, round_index=1, rounds=rounds) if kill else None
+        if killer:
+            killer.start()
+        try:
+            history = fastbp.dask.fit(model, trainer, X, y, client=cluster_client, rounds=3,
+                                      epochs_per_round=2, callbacks=[rounds])
+        finally:
+            if killer:
+                killer.stop.set()
+                killer.join()
+        assert history.epochs == 3
+        return model, killer
+
+    reference, _ = run(kill=False)
+    model, killer = run(kill=True)
+    assert killer.killed is not None, "no worker was killed"
+    assert killer.rounds_done_at_kill == 1, "the worker was not killed while round 2 ran"
+    np.testing.assert_array_equal(model._params, reference._params)
+    assert accuracy(model) > 0.85
+
+
+class Killer(threading.Thread):
+    """Waits until a worker is running a training task of round `round_index` (from 0),
+    then kills that worker's process."""
+
+    def __init__(self, client, round_index, rounds):
+        super().__init__(daemon=True)
+        self.client = client
+        self.marker = f"-r{round_index}-b"
+        self.rounds = rounds
+        self.pids = client.run(os.getpid)
+        self.stop = threading.Event()
+        self.killed = self.rounds_done_at_kill = None
+
+    def run(self):
+        while not self.stop.is_set():
+            for worker, keys in self.client.processing().items():
+                if any(self.marker in str(key) for key in keys):
+                    time.sleep(0.05)     # inside the task
+                    self.rounds_done_at_kill = self.rounds.done
+                    os.kill(self.pids[worker], signal.SIGKILL)
+                    self.killed = worker
+                    return
+            time.sleep(0.005)
+
+
+# ---- hyperparameter search across the cluster ----
+def _sklearn_estimators():
+    pytest.importorskip("sklearn")
+    try:
+        import fastbp.sklearn
+    except ModuleNotFoundError as error:
+        if error.name != "fastbp.sklearn":
+            raise
+        pytest.skip("fastbp.sklearn (the scikit-learn estimators) is not in this checkout")
+    return fastbp.sklearn
+
+
+def test_grid_search_on_joblib_dask_backend(cluster_client):
+    estimators = _sklearn_estimators()
+    import joblib
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.model_selection import GridSearchCV
+
+    search = GridSearchCV(
+        estimators.MLPClassifier(hidden_layer_sizes=(16,), max_iter=5, random_state=0),
+        {"learning_rate_init": [0.01, 0.05], "batch_size": [32, 64]}, cv=2, n_jobs=-1)
+    with distributed.get_task_stream(cluster_client) as tasks, \
+            joblib.parallel_backend("dask"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)     # 5 epochs, on purpose
+        search.fit(X_TRAIN[:3000], Y_TRAIN[:3000])
+    workers = {task["worker"] for task in tasks.data}
+    assert len(tasks.data) >= 8 and len(workers) == 2     # 4 settings x 2 folds, both workers
+    assert len(search.cv_results_["params"]) == 4
+    assert search.best_score_ > 0.6
+    assert search.score(X_TEST, Y_TEST) > 0.6
+
+
+def test_dask_ml_incremental_trains_through_partial_fit(cluster_client):
+    estimators = _sklearn_estimators()
+    dask_ml_wrappers = pytest.importorskip("dask_ml.wrappers")
+
+    X, y = chunked(1_000)
+    model = dask_ml_wrappers.Incremental(
+        estimators.MLPClassifier(hidden_layer_sizes=(32,), learning_rate_init=0.05,
+                                 random_state=0),
+        scoring="accuracy", shuffle_blocks=False)
+    for _ in range(3):        # three passes over the 12 blocks, one partial_fit per block
+        model.partial_fit(X, y, classes=np.arange(4))
+    assert model.score(da.from_array(X_TEST, chunks=(1000, -1)),
+                       da.from_array(Y_TEST, chunks=1000)) > 0.85

@@ -1,0 +1,771 @@
+"""fastbp.sklearn: MLPClassifier and MLPRegressor as scikit-learn estimators.
+
+scikit-learn's own estimator checks, then each feature: labels and outputs, sample weights,
+partial_fit, warm_start, the stopping rule, pickling, clone, Pipeline, GridSearchCV, and
+step-for-step agreement with sklearn.neural_network where the settings are the same.
+"""
+import copy
+import os
+import pickle
+import re
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+
+pytest.importorskip("sklearn")
+
+from sklearn import neural_network                                  # noqa: E402
+from sklearn.base import clone                                      # noqa: E402
+from sklearn.datasets import load_digits, load_iris, make_regression  # noqa: E402
+from sklearn.exceptions import ConvergenceWarning, NotFittedError  # noqa: E402
+from sklearn.model_selection import GridSearchCV, cross_val_score  # noqa: E402
+from sklearn.pipeline import make_pipeline                          # noqa: E402
+from sklearn.preprocessing import StandardScaler                    # noqa: E402
+from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
+
+import fastbp                                                       # noqa: E402
+from fastbp.sklearn import MLPClassifier, MLPRegressor              # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# ---- scikit-learn's estimator checks ----------------------------------------------------
+
+# The defaults (hidden_layer_sizes=(100,), max_iter=200, adam) are fast enough for every
+# check; each estimator is checked in float32 (fastbp's default) and in float64.
+CHECKED = [MLPClassifier(random_state=0), MLPRegressor(random_state=0),
+           MLPClassifier(random_state=0, dtype="float64"),
+           MLPRegressor(random_state=0, dtype="float64")]
+
+FLOAT32_ROUNDING = (
+    "float32 rounding: the check compares with rtol=1e-7, below float32's resolution "
+    "(eps 1.2e-7). {what} agree to ~1e-6 relative in float32 "
+    "(test_sample_weight_equals_repetition / test_predictions_of_subsets_agree_in_float32) "
+    "and pass this check exactly in float64 (the float64 instances here).")
+
+
+def expected_failures(estimator):
+    if np.dtype(estimator.dtype) != np.float32:
+        return {}
+    return {
+        "check_sample_weight_equivalence_on_dense_data": FLOAT32_ROUNDING.format(
+            what="A fit with integer sample weights and a fit on the repeated rows"),
+        "check_methods_subset_invariance": FLOAT32_ROUNDING.format(
+            what="Predictions for one row alone and within a batch (BLAS blocks float32 "
+                 "products by the number of rows, so sums round differently by 1 ulp)"),
+    }
+
+
+@parametrize_with_checks(CHECKED, expected_failed_checks=expected_failures)
+def test_scikit_learn_estimator_checks(estimator, check):
+    name = getattr(check, "func", check).__name__
+    if name == "check_array_api_input":
+        pytest.skip("needs SCIPY_ARRAY_API=1 before scipy is imported: run in a fresh "
+                    "process by test_array_api_input_check")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        check(estimator)
+    # check_classifiers_multilabel_output_format_decision_function skips itself (with that
+    # reason): the estimators have no decision_function, as sklearn's MLPClassifier.
+
+
+def test_array_api_input_check():
+    """The one check that needs SCIPY_ARRAY_API=1 set before scipy is imported."""
+    code = (
+        "import warnings\n"
+        "from sklearn.exceptions import ConvergenceWarning\n"
+        "warnings.simplefilter('ignore', ConvergenceWarning)\n"
+        "from sklearn.utils.estimator_checks import check_array_api_input\n"
+        "from fastbp.sklearn import MLPClassifier, MLPRegressor\n"
+        "for estimator in (MLPClassifier(random_state=0), MLPRegressor(random_state=0)):\n"
+        "    check_array_api_input(type(estimator).__name__, estimator, 'numpy',\n"
+        "                          check_values=True, expect_only_array_outputs=False)\n"
+        "print('ok')\n")
+    env = dict(os.environ, SCIPY_ARRAY_API="1")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert result.stdout.strip().endswith("ok")
+
+
+# ---- optional dependency ------------------------------------------------------------------
+
+def run_python(code):
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)
+
+
+def test_import_fastbp_does_not_import_sklearn():
+    result = run_python("import sys, fastbp\n"
+                        "assert 'sklearn' not in sys.modules, 'fastbp imported sklearn'\n"
+                        "print('ok')")
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr
+
+
+def test_without_sklearn_the_import_error_says_what_to_install():
+    result = run_python("import sys\n"
+                        "sys.modules['sklearn'] = None   # as if it were not installed\n"
+                        "import fastbp\n"
+                        "try:\n"
+                        "    import fastbp.sklearn\n"
+                        "except ImportError as error:\n"
+                        "    print('message:', error)\n")
+    assert result.returncode == 0, result.stderr
+    assert 'pip install "fastbp[sklearn]"' in result.stdout
+
+
+# ---- data ----------------------------------------------------------------------------------
+
+def blobs(n=300, n_classes=3, n_features=4, seed=0):
+    rng = np.random.RandomState(seed)
+    centers = rng.normal(scale=3.0, size=(n_classes, n_features))
+    y = np.arange(n) % n_classes
+    X = centers[y] + rng.normal(size=(n, n_features))
+    return X, y
+
+
+def small_data(seed=0):
+    rng = np.random.RandomState(seed)
+    X = rng.normal(size=(90, 5))
+    binary = (X[:, 0] + X[:, 1] ** 2 > 1).astype(int)
+    multiclass = np.digitize(X[:, 0], [-0.5, 0.5])
+    multilabel = np.column_stack([binary, X[:, 2] > 0, X[:, 3] > 0.3]).astype(int)
+    targets = np.column_stack([np.sin(X[:, 0]), X[:, 1] * X[:, 2]])
+    return X, binary, multiclass, multilabel, targets
+
+
+def quiet(function, *args, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return function(*args, **kwargs)
+
+
+def parameters(estimator):
+    return [a.copy() for a in estimator.coefs_ + estimator.intercepts_]
+
+
+def assert_same_parameters(a, b, **tolerance):
+    pa, pb = (parameters(a), parameters(b)) if not isinstance(a, list) else (a, b)
+    assert len(pa) == len(pb)
+    for x, y in zip(pa, pb):
+        if tolerance:
+            np.testing.assert_allclose(x, y, **tolerance)
+        else:
+            np.testing.assert_array_equal(x, y)
+
+
+# ---- accuracy next to scikit-learn's MLPClassifier ----------------------------------------
+
+@pytest.mark.parametrize("loader, hidden, max_iter, slack", [
+    (load_iris, (32,), 500, 0.04), (load_digits, (64,), 60, 0.02)])
+def test_accuracy_comparable_to_sklearn(loader, hidden, max_iter, slack):
+    X, y = loader(return_X_y=True)
+
+    def cv_accuracy(cls):
+        pipeline = make_pipeline(StandardScaler(), cls(hidden_layer_sizes=hidden,
+                                                       max_iter=max_iter, random_state=0))
+        return quiet(cross_val_score, pipeline, X, y, cv=5).mean()
+
+    ours, theirs = cv_accuracy(MLPClassifier), cv_accuracy(neural_network.MLPClassifier)
+    assert ours >= theirs - slack, (ours, theirs)
+    assert ours > (0.93 if loader is load_iris else 0.9)
+
+
+# ---- same settings, same steps as sklearn.neural_network ----------------------------------
+
+def fit_alongside_sklearn(fastbp_class, sklearn_class, X, y, epochs=5, sample_weight=None,
+                          **settings):
+    """Both estimators from the same initial parameters (scikit-learn's are overwritten
+    with fastbp's after a first epoch), then `epochs` more with warm_start."""
+    common = dict(random_state=0, max_iter=1, shuffle=False, tol=0.0, **settings)
+    ours = quiet(fastbp_class(dtype="float64", **common).fit, X, y, sample_weight)
+    theirs = quiet(sklearn_class(**common).fit, X, y, sample_weight)
+    theirs.coefs_ = [w.copy() for w in ours.coefs_]
+    theirs.intercepts_ = [b.copy() for b in ours.intercepts_]
+    for estimator in (ours, theirs):
+        estimator.set_params(warm_start=True, max_iter=epochs)
+        quiet(estimator.fit, X, y, sample_weight)
+    return ours, theirs
+
+
+SGD_SETTINGS = [
+    dict(solver="sgd", momentum=0.0, alpha=0.0),
+    dict(solver="sgd", alpha=0.01, batch_size=30),                        # Nesterov momentum
+    dict(solver="sgd", nesterovs_momentum=False, batch_size=45, alpha=0.1),  # plain momentum
+    dict(solver="sgd", momentum=0.0, learning_rate="invscaling", learning_rate_init=0.1,
+         alpha=0.0),
+    dict(solver="sgd", hidden_layer_sizes=(7, 4), activation="tanh", alpha=0.0,
+         learning_rate_init=0.05),
+    dict(solver="sgd", activation="logistic", alpha=0.001, learning_rate_init=0.05),
+]
+
+
+@pytest.mark.parametrize("task", ["binary", "multiclass", "multilabel", "regression",
+                                  "regression_1d"])
+@pytest.mark.parametrize("settings", SGD_SETTINGS)
+def test_sgd_steps_equal_sklearns(task, settings):
+    """alpha, batch_size, momentum, invscaling, the output layer and the loss mean what
+    they mean in scikit-learn: from the same weights, the same parameters step for step."""
+    X, binary, multiclass, multilabel, targets = small_data()
+    y = {"binary": binary, "multiclass": multiclass, "multilabel": multilabel,
+         "regression": targets, "regression_1d": targets[:, 0]}[task]
+    classes = (MLPRegressor, neural_network.MLPRegressor) if task.startswith("regression") \
+        else (MLPClassifier, neural_network.MLPClassifier)
+    ours, theirs = fit_alongside_sklearn(*classes, X, y, **settings)
+    assert_same_parameters(ours, theirs, rtol=1e-9, atol=1e-12)
+    # loss_ is scikit-learn's; its L2 term is taken with the weights at the end of the epoch
+    # (scikit-learn: before each batch), so with alpha > 0 it agrees to a few digits.
+    tolerance = dict(rtol=1e-9) if settings["alpha"] == 0 else dict(rtol=1e-2)
+    # (the first epoch of each started from its own initial weights)
+    np.testing.assert_allclose(ours.loss_curve_[1:], theirs.loss_curve_[1:], **tolerance)
+    assert ours.n_iter_ == theirs.n_iter_ and ours.t_ == theirs.t_
+
+
+def test_sample_weighted_steps_equal_sklearns():
+    X, binary, _, _, targets = small_data()
+    weights = np.random.RandomState(1).randint(0, 4, size=len(X)).astype(float)
+    for classes, y in (((MLPClassifier, neural_network.MLPClassifier), binary),
+                       ((MLPRegressor, neural_network.MLPRegressor), targets)):
+        ours, theirs = fit_alongside_sklearn(*classes, X, y, sample_weight=weights,
+                                             solver="sgd", alpha=0.01)
+        assert_same_parameters(ours, theirs, rtol=1e-9, atol=1e-12)
+
+
+def test_adam_steps_close_to_sklearns():
+    """Adam is PyTorch's rule, which adds epsilon after the bias correction of sqrt(v)
+    (scikit-learn adds it before): the same up to that epsilon."""
+    X, binary, _, _, targets = small_data()
+    for classes, y in (((MLPClassifier, neural_network.MLPClassifier), binary),
+                       ((MLPRegressor, neural_network.MLPRegressor), targets)):
+        ours, theirs = fit_alongside_sklearn(*classes, X, y, solver="adam", activation="tanh",
+                                             alpha=0.0, learning_rate_init=0.01)
+        assert_same_parameters(ours, theirs, rtol=1e-3, atol=1e-6)
+
+
+# ---- classification: labels, outputs, probabilities ---------------------------------------
+
+@pytest.mark.parametrize("labels", [np.array(["cat", "dog", "eel"]), np.array([-3, 7, 10]),
+                                    np.array([0.5, 1.5, 2.5])])
+def test_class_labels_of_any_type(labels):
+    X, y = blobs()
+    y_labels = labels[y]
+    clf = quiet(MLPClassifier(hidden_layer_sizes=(16,), random_state=0).fit, X, y_labels)
+    np.testing.assert_array_equal(clf.classes_, np.sort(labels))
+    predicted = clf.predict(X)
+    assert predicted.dtype == y_labels.dtype
+    assert set(predicted) <= set(labels)
+    assert clf.score(X, y_labels) > 0.95
+    assert clf.out_activation_ == "softmax" and clf.n_outputs_ == 3
+    assert clf.model_.activations == ("relu", "softmax")
+
+
+def test_binary_uses_one_sigmoid_output():
+    X, y = blobs(n_classes=2)
+    y = np.array(["no", "yes"])[y]
+    clf = quiet(MLPClassifier(hidden_layer_sizes=(8,), random_state=0).fit, X, y)
+    assert clf.n_outputs_ == 1 and clf.out_activation_ == "logistic"
+    assert clf.model_.layer_sizes[-1] == 1 and clf.model_.activations[-1] == "sigmoid"
+    proba = clf.predict_proba(X)
+    assert proba.shape == (len(X), 2) and proba.dtype == np.float64
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    np.testing.assert_array_equal(clf.predict(X), clf.classes_[proba.argmax(axis=1)])
+    np.testing.assert_allclose(clf.predict_log_proba(X), np.log(proba))
+    assert clf.score(X, y) > 0.95
+
+
+def test_multiclass_probabilities():
+    X, y = blobs(n_classes=4)
+    clf = quiet(MLPClassifier(hidden_layer_sizes=(16,), random_state=0).fit, X, y)
+    proba = clf.predict_proba(X)
+    assert proba.shape == (len(X), 4)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-6)
+    np.testing.assert_array_equal(clf.predict(X), proba.argmax(axis=1))
+
+
+def test_multilabel():
+    rng = np.random.RandomState(0)
+    X = rng.normal(size=(400, 6))
+    Y = np.column_stack([X[:, 0] > 0, X[:, 1] + X[:, 2] > 0, X[:, 3] * X[:, 4] > 0]).astype(int)
+    clf = quiet(MLPClassifier(hidden_layer_sizes=(32,), max_iter=300, random_state=0).fit, X, Y)
+    assert clf.n_outputs_ == 3 and clf.out_activation_ == "logistic"
+    assert clf.model_.activations[-1] == "sigmoid"
+    predicted = clf.predict(X)
+    assert predicted.shape == Y.shape
+    assert set(np.unique(predicted)) <= {0, 1}
+    proba = clf.predict_proba(X)
+    assert proba.shape == Y.shape and ((proba >= 0) & (proba <= 1)).all()
+    np.testing.assert_array_equal(predicted, (proba > 0.5).astype(int))
+    assert clf.score(X, Y) > 0.85                       # subset accuracy
+    # loss_ is scikit-learn's multi-label log-loss: summed over the labels
+    assert clf.loss_ == pytest.approx(clf.loss_curve_[-1])
+
+
+def test_single_class_predicts_it():
+    X, _ = blobs()
+    clf = quiet(MLPClassifier(hidden_layer_sizes=(4,), random_state=0).fit, X,
+                np.full(len(X), "only"))
+    assert (clf.predict(X) == "only").all()
+
+
+def test_regression_targets_are_refused_by_the_classifier():
+    X, _ = blobs()
+    with pytest.raises(ValueError, match="Unknown label type"):
+        MLPClassifier().fit(X, np.linspace(0, 1, len(X)))
+
+
+# ---- regression ----------------------------------------------------------------------------
+
+def test_multi_output_regression():
+    X, Y = make_regression(n_samples=400, n_features=8, n_targets=3, noise=1.0,
+                           random_state=0)
+    Y = Y / Y.std(axis=0)
+    reg = quiet(MLPRegressor(hidden_layer_sizes=(32,), max_iter=400, learning_rate_init=0.01,
+                             random_state=0).fit, X, Y)
+    assert reg.n_outputs_ == 3 and reg.out_activation_ == "identity"
+    predicted = reg.predict(X)
+    assert predicted.shape == Y.shape and predicted.dtype == np.float64
+    assert reg.score(X, Y) > 0.95
+    one = quiet(MLPRegressor(hidden_layer_sizes=(32,), random_state=0).fit, X, Y[:, 0])
+    assert one.predict(X).shape == (len(X),) and one.n_outputs_ == 1
+
+
+@pytest.mark.parametrize("loss", ["squared_error", "mse", "absolute_error", "mae", "huber",
+                                  fastbp.losses.Huber(delta=0.5)])
+def test_regression_losses(loss):
+    rng = np.random.RandomState(0)
+    X = rng.uniform(-2, 2, size=(400, 3))
+    y = np.sin(X[:, 0]) + 0.5 * X[:, 1]
+    reg = quiet(MLPRegressor(loss=loss, hidden_layer_sizes=(32,), learning_rate_init=0.01,
+                             max_iter=300, random_state=0).fit, X, y)
+    assert reg.score(X, y) > 0.9
+
+
+def test_squared_error_is_half_the_mean_squared_error():
+    """loss_ for squared_error is scikit-learn's: mean over all elements of (p - y)^2 / 2."""
+    rng = np.random.RandomState(0)
+    X = rng.normal(size=(64, 3))
+    Y = rng.normal(size=(64, 2))
+    reg = MLPRegressor(hidden_layer_sizes=(8,), alpha=0.0, batch_size=64, max_iter=1,
+                       solver="sgd", learning_rate_init=1e-12, dtype="float64",
+                       random_state=0)
+    quiet(reg.fit, X, Y)          # one full-batch step of 1e-12: the loss of the start
+    assert reg.loss_ == pytest.approx(0.5 * np.mean((reg.predict(X) - Y) ** 2), rel=1e-9)
+    mse = quiet(clone(reg).set_params(loss="mse").fit, X, Y)
+    assert mse.loss_ == pytest.approx(np.mean((mse.predict(X) - Y) ** 2), rel=1e-9)
+
+
+def test_unsupported_regression_losses():
+    X, y = make_regression(n_samples=20, n_features=2, random_state=0)
+    with pytest.raises(ValueError, match="poisson"):
+        MLPRegressor(loss="poisson").fit(X, y)
+    with pytest.raises(ValueError, match="loss"):
+        MLPRegressor(loss="hinge").fit(X, y)
+
+
+# ---- sample weights ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("cls", [MLPClassifier, MLPRegressor])
+def test_sample_weight_equals_repetition(cls):
+    """Integer weights equal repeated rows (alpha is divided by the batch's total weight,
+    as in scikit-learn): exactly in float64, to float32 rounding in float32."""
+    rng = np.random.RandomState(0)
+    X = rng.normal(size=(40, 4))
+    y = (X[:, 0] > 0).astype(int) if cls is MLPClassifier else X[:, 0] - X[:, 1]
+    weights = rng.randint(0, 4, size=len(X))
+    for dtype, tolerance in (("float64", dict(rtol=1e-10, atol=1e-12)),
+                             ("float32", dict(rtol=1e-4, atol=1e-5))):
+        settings = dict(hidden_layer_sizes=(8,), max_iter=50, alpha=0.01, dtype=dtype,
+                        random_state=0)
+        weighted = quiet(cls(**settings).fit, X, y, sample_weight=weights)
+        repeated = quiet(cls(**settings).fit, np.repeat(X, weights, axis=0),
+                         np.repeat(y, weights))
+        assert weighted.n_iter_ == repeated.n_iter_
+        method = "predict_proba" if cls is MLPClassifier else "predict"
+        np.testing.assert_allclose(getattr(weighted, method)(X),
+                                   getattr(repeated, method)(X), **tolerance)
+
+
+def test_sample_weight_moves_the_decision():
+    X, y = blobs(n_classes=2, seed=3)
+    X = X + np.random.RandomState(0).normal(scale=4.0, size=X.shape)   # overlapping classes
+    plain = quiet(MLPClassifier(hidden_layer_sizes=(8,), random_state=0).fit, X, y)
+    favour_one = np.where(y == 1, 10.0, 1.0)
+    weighted = quiet(MLPClassifier(hidden_layer_sizes=(8,), random_state=0).fit, X, y,
+                     sample_weight=favour_one)
+    assert (weighted.predict(X) == 1).mean() > (plain.predict(X) == 1).mean()
+
+
+def test_bad_sample_weights():
+    X, y = blobs()
+    with pytest.raises(ValueError, match="zero"):
+        MLPClassifier().fit(X, y, sample_weight=np.zeros(len(X)))
+    with pytest.raises(ValueError, match="negative"):
+        MLPClassifier().fit(X, y, sample_weight=-np.ones(len(X)))
+    with pytest.raises(ValueError):
+        MLPClassifier().fit(X, y, sample_weight=np.ones(3))
+
+
+# ---- partial_fit ---------------------------------------------------------------------------
+
+def test_partial_fit_equals_fit_epoch_for_epoch():
+    """k partial_fit calls = one fit of k epochs: the optimizer's state carries over."""
+    X, y = blobs()
+    settings = dict(hidden_layer_sizes=(16,), random_state=0, tol=0.0, shuffle=True)
+    online = MLPClassifier(**settings)
+    for _ in range(4):
+        online.partial_fit(X, y, classes=np.unique(y))
+        assert online.n_iter_ == 1                  # as scikit-learn: this call's epochs
+    batch = quiet(MLPClassifier(max_iter=4, **settings).fit, X, y)
+    assert_same_parameters(online, batch)
+    assert online.loss_curve_ == batch.loss_curve_
+    assert online.t_ == batch.t_ == 4 * len(X)
+
+
+def test_partial_fit_classes():
+    X, y = blobs()
+    clf = MLPClassifier(hidden_layer_sizes=(16,), random_state=0)
+    with pytest.raises(ValueError, match="classes must be passed"):
+        clf.partial_fit(X, y)
+    labels = np.array(["a", "b", "c"])[y]
+    first = y < 2                                   # the first chunk has two of three classes
+    clf.partial_fit(X[first], labels[first], classes=["a", "b", "c"])
+    np.testing.assert_array_equal(clf.classes_, ["a", "b", "c"])
+    assert clf.n_outputs_ == 3
+    for _ in range(30):
+        clf.partial_fit(X, labels)
+    assert clf.score(X, labels) > 0.95
+    with pytest.raises(ValueError, match="not the same"):
+        clf.partial_fit(X, labels, classes=["a", "b"])
+    with pytest.raises(ValueError, match="classes not in"):
+        clf.partial_fit(X, np.array(["a", "z"])[y % 2])
+
+
+def test_partial_fit_regressor_and_sample_weight():
+    X, y = make_regression(n_samples=200, n_features=4, noise=0.5, random_state=0)
+    y = y / y.std()
+    reg = MLPRegressor(hidden_layer_sizes=(16,), learning_rate_init=0.01, random_state=0)
+    for start in range(0, 200, 50):                 # data in chunks
+        reg.partial_fit(X[start:start + 50], y[start:start + 50],
+                        sample_weight=np.ones(50))
+    for _ in range(60):
+        reg.partial_fit(X, y)
+    assert reg.score(X, y) > 0.9
+    assert len(reg.loss_curve_) == 64
+
+
+def test_partial_fit_refuses_early_stopping_and_other_shapes():
+    X, y = blobs()
+    with pytest.raises(ValueError, match="early_stopping"):
+        MLPClassifier(early_stopping=True).partial_fit(X, y, classes=[0, 1, 2])
+    reg = MLPRegressor(hidden_layer_sizes=(4,)).partial_fit(X, y.astype(float))
+    with pytest.raises(ValueError, match="features"):
+        reg.partial_fit(X[:, :3], y)
+    with pytest.raises(ValueError, match="warm_start=False"):
+        reg.set_params(hidden_layer_sizes=(5,)).partial_fit(X, y)
+
+
+# ---- warm_start ----------------------------------------------------------------------------
+
+def test_warm_start_continues_from_the_fitted_network():
+    X, y = blobs()
+    clf = MLPClassifier(hidden_layer_sizes=(16,), max_iter=5, tol=0.0, random_state=0,
+                        warm_start=True)
+    quiet(clf.fit, X, y)
+    model, curve = clf.model_, list(clf.loss_curve_)
+    quiet(clf.fit, X, y)
+    assert clf.model_ is model                       # the same network, trained further
+    assert len(clf.loss_curve_) == 10 and clf.loss_curve_[:5] == curve
+    assert clf.loss_curve_[5] < curve[0]
+    assert clf.t_ == 10 * len(X) and clf.n_iter_ == 5
+
+    cold = clone(clf).set_params(warm_start=False)
+    quiet(cold.fit, X, y)
+    quiet(cold.fit, X, y)
+    assert len(cold.loss_curve_) == 5                # without warm_start: starts over
+
+    with pytest.raises(ValueError, match="same classes"):
+        clf.fit(X[y < 2], y[y < 2])
+    with pytest.raises(ValueError, match="warm_start=False"):
+        clf.set_params(activation="tanh").fit(X, y)
+
+
+# ---- the stopping rule, early stopping, learning-rate schedules ---------------------------
+
+def test_stops_when_the_training_loss_stops_improving():
+    X, y = blobs()
+    clf = MLPClassifier(hidden_layer_sizes=(8,), tol=100.0, n_iter_no_change=3,
+                        max_iter=50, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        clf.fit(X, y)
+    # scikit-learn's rule: the first epoch sets best_loss_, then n_iter_no_change + 1 epochs
+    # that do not improve it by tol
+    assert clf.n_iter_ == 3 + 2 and len(clf.loss_curve_) == 5
+    assert clf.best_loss_ == min(clf.loss_curve_)
+    assert clf.validation_scores_ is None and clf.best_validation_score_ is None
+
+
+def test_convergence_warning_at_max_iter():
+    X, y = blobs()
+    with pytest.warns(ConvergenceWarning, match=r"Maximum iterations \(3\) reached"):
+        MLPClassifier(hidden_layer_sizes=(8,), max_iter=3, random_state=0).fit(X, y)
+
+
+def test_never_stops_with_infinite_patience():
+    X, y = blobs()
+    clf = quiet(MLPClassifier(hidden_layer_sizes=(8,), tol=100.0, n_iter_no_change=np.inf,
+                              max_iter=12, random_state=0).fit, X, y)
+    assert clf.n_iter_ == 12
+
+
+@pytest.mark.parametrize("cls", [MLPClassifier, MLPRegressor])
+def test_early_stopping_keeps_the_best_epoch(cls):
+    X, y = blobs(n=400, n_classes=2, seed=5)
+    X = X + np.random.RandomState(1).normal(scale=3.0, size=X.shape)   # noisy: overfits
+    if cls is MLPRegressor:
+        y = X[:, 0] + np.random.RandomState(2).normal(size=len(X))
+    settings = dict(hidden_layer_sizes=(64,), learning_rate_init=0.01, early_stopping=True,
+                    n_iter_no_change=5, max_iter=300, random_state=0)
+    est = quiet(cls(**settings).fit, X, y)
+    scores = est.validation_scores_
+    assert len(scores) == est.n_iter_ == len(est.loss_curve_) < 300
+    assert est.best_validation_score_ == max(scores)
+    assert est.best_loss_ is None
+    best_epoch = int(np.argmax(scores)) + 1
+    # the same fit stopped at the best epoch holds the parameters the estimator restored
+    at_best = quiet(cls(**{**settings, "max_iter": best_epoch,
+                           "n_iter_no_change": np.inf}).fit, X, y)
+    assert_same_parameters(est, at_best)
+
+
+def test_early_stopping_needs_a_validation_set():
+    X, y = blobs(n=12)
+    with pytest.raises(ValueError, match="validation set is too small"):
+        MLPClassifier(early_stopping=True, validation_fraction=0.05).fit(X, y)
+
+
+def test_adaptive_learning_rate_divides_by_five_before_stopping(capsys):
+    X, y = blobs()
+    clf = MLPClassifier(hidden_layer_sizes=(8,), solver="sgd", learning_rate="adaptive",
+                        tol=100.0, n_iter_no_change=2, max_iter=100, verbose=True,
+                        random_state=0)
+    clf.fit(X, y)
+    out = capsys.readouterr().out
+    # 0.001 -> 2e-4 -> 4e-5 -> 8e-6 -> 1.6e-6 -> 3.2e-7, then "too small": stop. The rule
+    # fires after n_iter_no_change + 2 epochs, then every n_iter_no_change + 1.
+    assert out.count("Setting learning rate to") == 5
+    assert "Learning rate too small. Stopping." in out
+    assert clf.n_iter_ == (2 + 2) + 5 * (2 + 1)
+    assert re.search(r"Iteration 1, loss = \d+\.\d{8}", out)
+
+
+def test_invscaling_only_for_sgd():
+    """learning_rate and power_t apply to solver='sgd' only, as in scikit-learn."""
+    X, y = blobs()
+    a = quiet(MLPClassifier(max_iter=5, random_state=0, learning_rate="invscaling").fit, X, y)
+    b = quiet(MLPClassifier(max_iter=5, random_state=0).fit, X, y)
+    assert_same_parameters(a, b)
+
+
+# ---- fastbp's own parameters ---------------------------------------------------------------
+
+def test_per_layer_activations_dropout_dtype_threads():
+    X, y = blobs()
+    clf = MLPClassifier(hidden_layer_sizes=(32, 16), activation=["gelu", "logistic"],
+                        dropout=[0.2, 0.1], dtype="float64", n_threads=1, max_iter=100,
+                        random_state=0)
+    quiet(clf.fit, X, y)
+    assert clf.model_.activations == ("gelu", "sigmoid", "softmax")
+    assert clf.model_.dropout == (0.2, 0.1)
+    assert clf.model_.dtype == np.float64 and clf.coefs_[0].dtype == np.float64
+    assert clf.n_layers_ == 4
+    assert clf.score(X, y) > 0.95
+    single = quiet(MLPClassifier(hidden_layer_sizes=(8, 8), activation="tanh", dropout=0.5,
+                                 max_iter=5, random_state=0).fit, X, y)
+    assert single.model_.activations == ("tanh", "tanh", "softmax")
+    assert single.model_.dropout == (0.5, 0.5)
+    assert single.model_.dtype == np.float32
+
+
+@pytest.mark.parametrize("solver", ["sgd", "adam", "rmsprop", "adagrad"])
+def test_every_solver_learns(solver):
+    X, y = blobs()
+    rate = {"sgd": 0.05, "adam": 0.01, "rmsprop": 0.01, "adagrad": 0.1}[solver]
+    clf = quiet(MLPClassifier(hidden_layer_sizes=(16,), solver=solver, learning_rate_init=rate,
+                              max_iter=50, random_state=0).fit, X, y)
+    assert clf.score(X, y) > 0.95
+
+
+def test_no_hidden_layer_is_a_linear_model():
+    X, y = blobs()
+    clf = quiet(MLPClassifier(hidden_layer_sizes=(), max_iter=100, random_state=0).fit, X, y)
+    assert clf.model_.layer_sizes == (4, 3) and clf.n_layers_ == 2
+    assert clf.score(X, y) > 0.9
+
+
+@pytest.mark.parametrize("settings, match", [
+    (dict(solver="lbfgs"), "lbfgs"), (dict(solver="newton"), "solver"),
+    (dict(activation="softmax"), "activation"), (dict(activation=["relu", "tanh"]), "one name"),
+    (dict(hidden_layer_sizes=(10, 0)), "hidden_layer_sizes"), (dict(alpha=-1.0), "alpha"),
+    (dict(batch_size=0), "batch_size"), (dict(learning_rate="cyclic"), "learning_rate"),
+    (dict(learning_rate_init=0.0), "learning_rate_init"), (dict(max_iter=0), "max_iter"),
+    (dict(momentum=1.0), "momentum"), (dict(beta_1=1.0), "beta_1"),
+    (dict(n_iter_no_change=0), "n_iter_no_change"), (dict(dtype="float16"), "dtype"),
+    (dict(dropout=1.0), "dropout"), (dict(dropout=[0.1, 0.2]), "one rate"),
+    (dict(n_threads=0), "n_threads"), (dict(shuffle="yes"), "shuffle"),
+    (dict(validation_fraction=1.0), "validation_fraction")])
+def test_bad_parameters_raise_at_fit(settings, match):
+    X, y = blobs(n=30)
+    clf = MLPClassifier(**settings)                 # __init__ and set_params never check
+    with pytest.raises(ValueError, match=match):
+        clf.fit(X, y)
+
+
+# ---- attributes ----------------------------------------------------------------------------
+
+def test_fitted_attributes():
+    X, y = blobs()
+    clf = MLPClassifier(hidden_layer_sizes=(16, 8), max_iter=20, random_state=0)
+    with pytest.raises(NotFittedError):
+        clf.predict(X)
+    assert not hasattr(clf, "coefs_")
+    quiet(clf.fit, X, y)
+    assert clf.n_features_in_ == 4 and not hasattr(clf, "feature_names_in_")
+    assert [w.shape for w in clf.coefs_] == [(4, 16), (16, 8), (8, 3)]
+    assert [b.shape for b in clf.intercepts_] == [(16,), (8,), (3,)]
+    assert clf.n_iter_ == len(clf.loss_curve_) == 20 and clf.t_ == 20 * len(X)
+    assert clf.loss_ == clf.loss_curve_[-1] and clf.best_loss_ == min(clf.loss_curve_)
+    assert isinstance(clf.model_, fastbp.MLP)
+    # coefs_ and intercepts_ are the live parameters of model_
+    clf.coefs_[-1][...] = 0.0
+    clf.intercepts_[-1][...] = [0.0, 5.0, 0.0]
+    assert (clf.predict(X) == 1).all()
+    clf.intercepts_ = [b * 0 for b in clf.intercepts_]     # assignment copies in
+    np.testing.assert_allclose(clf.predict_proba(X), 1 / 3, rtol=1e-6)
+
+
+def test_feature_names_from_a_dataframe():
+    pandas = pytest.importorskip("pandas")
+    X, y = blobs()
+    frame = pandas.DataFrame(X, columns=["a", "b", "c", "d"])
+    clf = quiet(MLPClassifier(hidden_layer_sizes=(8,), max_iter=20, random_state=0).fit,
+                frame, y)
+    np.testing.assert_array_equal(clf.feature_names_in_, ["a", "b", "c", "d"])
+    with pytest.warns(UserWarning, match="feature names"):
+        clf.predict(X)
+
+
+def test_verbose_prints_scikit_learns_lines(capsys):
+    X, y = blobs()
+    quiet(MLPClassifier(hidden_layer_sizes=(8,), max_iter=2, verbose=True, early_stopping=True,
+                        random_state=0).fit, X, y)
+    out = capsys.readouterr().out.splitlines()
+    assert re.fullmatch(r"Iteration 1, loss = \d+\.\d{8}", out[0])
+    assert re.fullmatch(r"Validation score: \d\.\d{6}", out[1])
+
+
+# ---- persistence, clone, composition -------------------------------------------------------
+
+def test_pickle_and_deepcopy_keep_the_model_and_the_optimizer_state():
+    X, y = blobs()
+    clf = MLPClassifier(hidden_layer_sizes=(16,), random_state=0)
+    for _ in range(3):
+        clf.partial_fit(X, y, classes=[0, 1, 2])
+    restored = pickle.loads(pickle.dumps(clf))
+    copied = copy.deepcopy(clf)
+    for other in (restored, copied):
+        assert other.model_ is not clf.model_
+        np.testing.assert_array_equal(other.predict_proba(X), clf.predict_proba(X))
+        assert other.loss_curve_ == clf.loss_curve_
+    # the Adam moments and the shuffling generator came along: the next epoch is identical
+    for estimator in (clf, restored, copied):
+        estimator.partial_fit(X, y)
+    assert_same_parameters(restored, clf)
+    assert_same_parameters(copied, clf)
+    fitted = quiet(MLPRegressor(hidden_layer_sizes=(8,), max_iter=10, random_state=0).fit,
+                   X, y.astype(float))
+    again = pickle.loads(pickle.dumps(fitted))
+    np.testing.assert_array_equal(again.predict(X), fitted.predict(X))
+
+
+def test_clone_copies_the_parameters_not_the_fit():
+    X, y = blobs()
+    clf = MLPClassifier(hidden_layer_sizes=(8, 4), activation=["tanh", "relu"], alpha=0.01,
+                        dropout=[0.1, 0.0], random_state=3, max_iter=10)
+    quiet(clf.fit, X, y)
+    twin = clone(clf)
+    assert twin.get_params() == clf.get_params()
+    assert not hasattr(twin, "model_") and not hasattr(twin, "coefs_")
+    quiet(twin.fit, X, y)
+    assert_same_parameters(twin, clf)              # same random_state: the same fit
+
+
+def test_refit_is_reproducible_and_random_state_none_varies():
+    X, y = blobs()
+    a = quiet(MLPClassifier(hidden_layer_sizes=(8,), max_iter=5, random_state=7).fit, X, y)
+    b = quiet(MLPClassifier(hidden_layer_sizes=(8,), max_iter=5, random_state=7).fit, X, y)
+    assert_same_parameters(a, b)
+    c = quiet(MLPClassifier(hidden_layer_sizes=(8,), max_iter=5).fit, X, y)
+    d = quiet(MLPClassifier(hidden_layer_sizes=(8,), max_iter=5).fit, X, y)
+    assert not np.array_equal(c.coefs_[0], d.coefs_[0])
+
+
+def test_pipeline_with_standard_scaler():
+    X, y = load_digits(return_X_y=True)
+    pipeline = make_pipeline(StandardScaler(), MLPClassifier(hidden_layer_sizes=(64,),
+                                                             max_iter=50, random_state=0))
+    quiet(pipeline.fit, X[:1400], y[:1400])
+    assert pipeline.score(X[1400:], y[1400:]) > 0.9
+    assert pipeline.predict_proba(X[1400:]).shape == (len(X) - 1400, 10)
+
+
+def test_grid_search():
+    X, y = load_iris(return_X_y=True)
+    grid = GridSearchCV(
+        make_pipeline(StandardScaler(), MLPClassifier(max_iter=300, random_state=0)),
+        {"mlpclassifier__hidden_layer_sizes": [(8,), (32,)],
+         "mlpclassifier__alpha": [1e-4, 1e-1]}, cv=3, n_jobs=1)
+    quiet(grid.fit, X, y)
+    assert len(grid.cv_results_["params"]) == 4
+    assert not np.isnan(grid.cv_results_["mean_test_score"]).any()
+    assert grid.best_score_ > 0.9
+    assert grid.best_estimator_[-1].hidden_layer_sizes in [(8,), (32,)]
+    assert grid.score(X, y) > 0.9
+
+
+def test_grid_search_regressor():
+    X, y = make_regression(n_samples=150, n_features=4, noise=1.0, random_state=0)
+    grid = GridSearchCV(MLPRegressor(max_iter=200, learning_rate_init=0.01, random_state=0),
+                        {"hidden_layer_sizes": [(8,), (16, 8)], "loss": ["squared_error",
+                                                                          "huber"]},
+                        cv=3, n_jobs=1)
+    quiet(grid.fit, X, y / y.std())
+    assert grid.best_score_ > 0.8
+
+
+# ---- small float32 properties the estimator checks were relaxed for ----------------------
+
+def test_predictions_of_subsets_agree_in_float32():
+    X, y = blobs()
+    for est in (quiet(MLPClassifier(random_state=0, max_iter=20).fit, X, y),
+                quiet(MLPRegressor(random_state=0, max_iter=20).fit, X, y.astype(float))):
+        method = getattr(est, "predict_proba", est.predict)
+        whole = method(X)
+        one_by_one = np.concatenate([method(row[None]) for row in X[:50]])
+        np.testing.assert_allclose(one_by_one, whole[:50], rtol=1e-5, atol=1e-6)
+
+
+# ---- the documentation page ----------------------------------------------------------------
+
+def test_documentation_examples_run(tmp_path):
+    path = os.path.join(ROOT, "docs", "sklearn.md")
+    text = open(path, encoding="utf-8").read()
+    blocks = re.findall(r"^```python[ \t]*\n(.*?)^```[ \t]*$", text, re.MULTILINE | re.DOTALL)
+    assert blocks
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
+    result = subprocess.run([sys.executable, "-c", "\n".join(blocks)], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
