@@ -1011,7 +1011,7 @@ def cmd_train(args) -> int:
         if not 0 < args.validation_split < 1:
             raise UsageError(f"--validation-split must be between 0 and 1; got "
                              f"{args.validation_split}")
-        n_val = int(round(X.shape[0] * args.validation_split))
+        n_val = X.shape[0] - int(X.shape[0] * (1 - args.validation_split))   # as the trainer
         if not 1 <= n_val < X.shape[0]:
             raise UsageError(f"--validation-split {args.validation_split} leaves "
                              f"{'no rows for validation' if n_val < 1 else 'no rows to train on'}"
@@ -1240,8 +1240,9 @@ def cmd_info(args) -> int:
     if args.json:
         print(json.dumps(info, indent=1, ensure_ascii=False))
         return 0
-    print(f"{info['path']}: fastbp MLP, {info['dtype']}, {len(info['layers'])} weight layers, "
-          f"{info['bytes']:,} bytes")
+    n_layers = len(info["layers"])
+    print(f"{info['path']}: fastbp MLP, {info['dtype']}, {n_layers} weight "
+          f"layer{'s' if n_layers != 1 else ''}, {info['bytes']:,} bytes")
     print(f"  layer sizes  {' -> '.join(map(str, info['layer_sizes']))}")
     print(f"  {'layer':>5}  {'inputs':>7}  {'outputs':>7}  {'activation':<10}  {'dropout':>7}  "
           f"{'parameters':>12}")

@@ -10,11 +10,11 @@ Activations: relu (Relu), leaky_relu (LeakyRelu, alpha 0.01), sigmoid (1 / (1 + 
 accurate in both tails, where ONNX Runtime's Sigmoid kernel flushes tiny values to 0), tanh
 (Tanh), softmax (Softmax, axis -1), elu (Elu, alpha 1), softplus (Softplus), gelu (exact,
 0.5 x (1 + erf(x / sqrt 2)), with Erf), swish (x * sigmoid(x)), identity (no node).
-ONNX Runtime's CPU provider implements Elu, Softplus and Erf for float only, so in a float64
-graph those three (and leaky_relu, whose LeakyRelu attribute alpha is a 32-bit float) are written with elementary operators instead (Exp, Log, Where, ...; erf
-through a Chebyshev series for erfc accurate to double precision), so any ONNX runtime runs
-them in double. Dropout is a training-time operation: the exported graph (like predict)
-never drops.
+ONNX Runtime's CPU provider implements Elu, Softplus and Erf for float only, and LeakyRelu's
+alpha is a 32-bit float attribute, so in a float64 graph those four are written with
+elementary operators instead (Exp, Log, Where, ...; erf through a Chebyshev series for erfc
+accurate to double precision), which any ONNX runtime runs in double. Dropout is a
+training-time operation: the exported graph, like predict, never drops.
 
 Opset 17 (IR version 8), which every ONNX Runtime since 1.13 runs; `onnx.checker` passes.
 The model's metadata: producer "fastbp" and its version; metadata_props layer_sizes,

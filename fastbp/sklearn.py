@@ -29,7 +29,7 @@ try:
         unique_labels
     from sklearn.utils.validation import _check_sample_weight, check_is_fitted, column_or_1d, \
         validate_data
-except ImportError as error:                              # pragma: no cover - tested in a subprocess
+except ImportError as error:          # pragma: no cover (tested in a subprocess)
     raise ImportError('fastbp.sklearn needs scikit-learn >= 1.6: pip install "fastbp[sklearn]"'
                       ) from error
 
@@ -163,7 +163,7 @@ class _BaseMLP(BaseEstimator):
         for name, low, high, closed in (
                 ("alpha", 0, None, True), ("learning_rate_init", 0, None, False),
                 ("power_t", 0, None, True), ("tol", 0, None, True),
-                ("momentum", 0, 1, True), ("validation_fraction", 0, 1, False),
+                ("momentum", 0, 1, True), ("validation_fraction", 0, 1, True),
                 ("beta_1", 0, 1, True), ("beta_2", 0, 1, True), ("epsilon", 0, None, False)):
             value = getattr(self, name)
             ok = _is_real(value) and np.isfinite(value) and (
@@ -185,7 +185,7 @@ class _BaseMLP(BaseEstimator):
         if self.n_threads is not None and not (_is_whole(self.n_threads) and self.n_threads >= 1):
             raise _parameter_error(self, "n_threads", "None or an int >= 1", self.n_threads)
         try:
-            dtype = np.dtype(self.dtype)
+            dtype = None if self.dtype is None else np.dtype(self.dtype)
         except TypeError:
             dtype = None
         if dtype is None or dtype.name not in ("float32", "float64"):
@@ -361,9 +361,11 @@ class _BaseMLP(BaseEstimator):
         if X_val.shape[0] < 2:
             raise ValueError("The validation set is too small. Increase 'validation_fraction' "
                              "or the size of your dataset.")
-        if weights_train is not None and not weights_train.any():
-            raise ValueError("The sample weights of the training rows are all zero after the "
-                             "early-stopping split; change random_state or the weights.")
+        for part, weights in (("training", weights_train), ("validation", weights_val)):
+            if weights is not None and not weights.any():
+                raise ValueError(f"The sample weights of the {part} rows are all zero after "
+                                 f"the early-stopping split; change random_state, "
+                                 f"validation_fraction or the weights.")
         return X_train, Y_train, weights_train, (X_val, Y_val, Y_val, weights_val)
 
     def _trainer_for(self, incremental, batch_size, sample_weight, rng):
@@ -473,6 +475,9 @@ class _BaseMLP(BaseEstimator):
                           stacklevel=4)
 
     # ---- predicting ----
+    def __sklearn_is_fitted__(self) -> bool:
+        return "model_" in self.__dict__
+
     def _forward(self, X, as_float64=True) -> np.ndarray:
         """The network's outputs for X, (n_samples, n_outputs_), computed in the model's
         dtype; float64 when `as_float64` (what scikit-learn's estimators return)."""
