@@ -510,24 +510,11 @@ class _BaseMLP(BaseEstimator):
         self.model_.biases = values
 
     # ---- pickling: the kept Trainer refers to model_ by a weak reference ----
-    def __getstate__(self):
-        state = dict(super().__getstate__())               # never the live __dict__
-        trainer = state.get("_trainer")
-        if trainer is not None:
-            key = trainer._state_key
-            trainer = copy.copy(trainer)
-            trainer._state_key = None
-            state["_trainer"] = trainer
-            model = state.get("model_")
-            state["_trainer_state_rule"] = key[1] if key is not None and model is not None \
-                and key[0]() is model else None
-        return state
-
     def __setstate__(self, state):
-        rule = state.pop("_trainer_state_rule", None)
         super().__setstate__(state)
-        if rule is not None and getattr(self, "_trainer", None) is not None:
-            self._trainer._state_key = (weakref.ref(self.model_), rule)
+        # the trainer pickles its optimizer state without the model: attach it again
+        if getattr(self, "_trainer", None) is not None and getattr(self, "model_", None) is not None:
+            self._trainer.bind(self.model_)
 
 
 class MLPClassifier(ClassifierMixin, _BaseMLP):

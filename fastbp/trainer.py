@@ -21,6 +21,11 @@ from fastbp._validation import as_matrix, as_targets, numeric_array, real_number
 from fastbp.model import MLP, check_allocation
 
 
+def _no_model():
+    """Stands for a weak reference to no model (a trainer fresh from pickle)."""
+    return None
+
+
 @dataclass
 class History:
     """What a fit did, epoch by epoch. `history` holds every series by name: loss,
@@ -112,6 +117,27 @@ class Trainer:
         self._epochs_done = 0
         self._rng = np.random.default_rng(self.seed)
         self._schedule = None
+
+    def bind(self, model: MLP) -> None:
+        """Keep the optimizer state for `model` (after unpickling a trainer and its model
+        separately, say); the state must fit the model."""
+        if not isinstance(model, MLP):
+            raise TypeError(f"model must be a fastbp.MLP; got {type(model).__name__}")
+        if self._state is None or self._state_key is None:
+            return
+        if self._state.shape[1] != model.n_params or self._state.dtype != model.dtype:
+            raise ValueError(f"the optimizer state has {self._state.shape[1]} "
+                             f"{self._state.dtype} parameters; the model has "
+                             f"{model.n_params} {model.dtype}")
+        self._state_key = (weakref.ref(model), self._state_key[1])
+
+    def __getstate__(self) -> dict:
+        # A weak reference does not pickle: keep the state and which rule it belongs to;
+        # bind() attaches it to a model again.
+        state = self.__dict__.copy()
+        if state["_state_key"] is not None:
+            state["_state_key"] = (_no_model, state["_state_key"][1])
+        return state
 
     def __repr__(self) -> str:
         return (f"Trainer(loss={self.loss!r}, optimizer={self.optimizer!r}, "

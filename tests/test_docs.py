@@ -13,7 +13,7 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DOCUMENTS = ["README.md", os.path.join("docs", "trainer.md"), "docs/dask.md"]
+DOCUMENTS = ["README.md", os.path.join("docs", "trainer.md"), "docs/dask.md", "docs/sklearn.md"]
 FENCE = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
 
 RUNNER = r"""
