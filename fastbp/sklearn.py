@@ -9,11 +9,9 @@ Needs scikit-learn (`pip install "fastbp[sklearn]"`); `import fastbp` does not i
 """
 from __future__ import annotations
 
-import copy
 import numbers
 import re
 import warnings
-import weakref
 
 import numpy as np
 
