@@ -20,6 +20,14 @@
 #define FBP_PRAGMA(text) _Pragma(#text)
 #define FBP_PRAGMA_SIMD(clauses) FBP_PRAGMA(omp simd clauses)
 
+/* The passes over whole parameter buffers (optimizer rules) are memory- and
+   throughput-bound: compile them for AVX2 and AVX-512 too and pick at load time. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(FASTBP_NO_MULTIVERSION)
+#define FBP_MULTIVERSION __attribute__((target_clones("default", "avx2", "avx512f")))
+#else
+#define FBP_MULTIVERSION
+#endif
+
 /* Activation, loss and optimizer codes; fastbp/_core.pyx names them for Python. */
 enum {
     FBP_IDENTITY = 0, FBP_RELU, FBP_LEAKY_RELU, FBP_SIGMOID, FBP_TANH, FBP_SOFTMAX,

@@ -373,10 +373,22 @@ static inline void FBP_NAME(fbp_scale)(FBP_T *x, ptrdiff_t n, FBP_T factor)
         x[i] *= factor;
 }
 
+/* Momentum after the GEMM has made v <- mu v + grad: v += wd p (coupled decay), then
+   p <- p - lr v.  Equal to the FBP_MOMENTUM rule below, without a gradient buffer. */
+FBP_MULTIVERSION static void FBP_NAME(fbp_momentum_step)(FBP_T *params, FBP_T *velocity, ptrdiff_t n,
+                                               FBP_T learning_rate, FBP_T weight_decay)
+{
+    if (weight_decay != 0)
+        for (ptrdiff_t i = 0; i < n; i++)
+            velocity[i] += weight_decay * params[i];
+    for (ptrdiff_t i = 0; i < n; i++)
+        params[i] -= learning_rate * velocity[i];
+}
+
 /* One optimizer step on a slice of parameters, as torch.optim defines each rule.
    g is the gradient (weight_decay * p is added here: coupled decay); state holds
    first[] and second[] moments where the rule has them.  step counts from 1. */
-static inline void FBP_NAME(fbp_optimizer_step)(FBP_T *params, const FBP_T *grads, FBP_T *first,
+FBP_MULTIVERSION static void FBP_NAME(fbp_optimizer_step)(FBP_T *params, const FBP_T *grads, FBP_T *first,
                                                 FBP_T *second, ptrdiff_t n, int kind,
                                                 FBP_T learning_rate, FBP_T weight_decay,
                                                 FBP_T momentum, int nesterov, FBP_T beta1,

@@ -201,8 +201,11 @@ cdef class Settings:
 
     @property
     def folded(self):
-        """Plain SGD without clipping: the update folds into the gradient GEMM."""
-        return self.hyper.optimizer == FBP_SGD and self.hyper.clip_norm == 0
+        """The update folds into the gradient GEMM (plain SGD, or momentum without
+        Nesterov, and no clipping): no gradient buffer is needed."""
+        return self.hyper.clip_norm == 0 and (
+            self.hyper.optimizer == FBP_SGD
+            or (self.hyper.optimizer == FBP_MOMENTUM and not self.hyper.nesterov))
 
 
 # ---- fused dispatch to the C kernels (Cython cannot overload C functions) ----
@@ -311,6 +314,14 @@ cdef inline void optimizer_step(floating* params, const floating* grads, floatin
                                hyper.beta1, hyper.beta2, hyper.epsilon, hyper.step)
 
 
+cdef inline void momentum_step(floating* params, floating* velocity, Py_ssize_t n,
+                               floating learning_rate, floating weight_decay) noexcept nogil:
+    if floating is float:
+        fbp_momentum_step_f32(params, velocity, n, learning_rate, weight_decay)
+    else:
+        fbp_momentum_step_f64(params, velocity, n, learning_rate, weight_decay)
+
+
 cdef inline double loss_normaliser(int loss, Py_ssize_t n_cols) noexcept nogil:
     """Per-row loss terms times this is the row's share of the mean: CCE sums over the
     outputs, every other loss averages them."""
@@ -362,18 +373,24 @@ cdef void output_logits(const Layout* plan, const floating* params, floating* wo
          params + plan.weight_offsets[L - 1], n_out, <floating>0, out, n_out)
 
 
-cdef double run_batch(const Layout* plan, const Hyper* hyper, floating* params, floating* target,
-                      floating* work, const floating* x, const floating* y,
-                      const floating* row_weights, int m, floating scale, floating alpha,
-                      floating weight_beta, floating bias_beta,
-                      uint64_t* random_state) noexcept nogil:
+cdef enum Update:
+    GRADIENT_ONLY = 0   # target := gradient (beta 0) or += gradient (beta 1): no step
+    FOLDED_SGD = 1      # target = params: W <- (1 - lr wd) W - lr grad, in the GEMM
+    FOLDED_MOMENTUM = 2 # target = velocity: v <- mu v + grad in the GEMM, then p -= lr v
+    LAYER_STEP = 3      # target = gradient buffer; each layer's rule runs as soon as its
+                        # gradient is ready, while it is still in cache
+
+
+cdef double run_batch(const Layout* plan, Hyper* hyper, floating* params, floating* target,
+                      floating* first, floating* second, floating* work, const floating* x,
+                      const floating* y, const floating* row_weights, int m, floating scale,
+                      int update, floating beta, uint64_t* random_state) noexcept nogil:
     """Forward and backward on m rows; returns the (weighted) summed loss terms.
 
-    target := beta * target + alpha * gradient, where the gradient is `scale` times that
-    of the summed loss terms and beta is weight_beta for weights, bias_beta for biases.
-    With target = params, alpha = -lr, weight_beta = 1 - lr * weight_decay and
-    bias_beta = 1 this is the SGD step folded into the gradient GEMM; the delta of layer
-    l-1 is taken before W_l changes. When the loss is not finite nothing is written.
+    The gradient is `scale` times that of the summed loss terms; `update` says what
+    becomes of it (see Update). For GRADIENT_ONLY, target := beta * target + gradient.
+    The delta of layer l-1 is always taken before W_l changes. When the loss is not
+    finite nothing is written and no step is counted.
     """
     cdef int L = plan.n_layers
     cdef int l, n_in, n_out
@@ -381,6 +398,7 @@ cdef double run_batch(const Layout* plan, const Hyper* hyper, floating* params, 
     cdef floating* previous_delta
     cdef const floating* a_in
     cdef floating* out = work + plan.output_offsets[L]
+    cdef floating alpha = 1, weight_beta = beta, bias_beta = beta
 
     forward_hidden(plan, params, work, x, m, random_state)
     output_logits(plan, params, work, x, m, out)
@@ -392,6 +410,16 @@ cdef double run_batch(const Layout* plan, const Hyper* hyper, floating* params, 
                                         <floating>hyper.loss_parameter, scale)
     if not isfinite(loss_sum):
         return loss_sum
+    if update != GRADIENT_ONLY:
+        hyper.step += 1
+    if update == FOLDED_SGD:
+        alpha = <floating>(-hyper.learning_rate)
+        weight_beta = <floating>(1.0 - hyper.learning_rate * hyper.weight_decay)
+        bias_beta = 1
+    elif update == FOLDED_MOMENTUM:
+        weight_beta = bias_beta = <floating>hyper.momentum
+    elif update == LAYER_STEP:
+        weight_beta = bias_beta = 0
 
     for l in range(L, 0, -1):
         n_in = plan.sizes[l - 1]
@@ -410,37 +438,56 @@ cdef double run_batch(const Layout* plan, const Hyper* hyper, floating* params, 
         gemm(True, False, n_in, n_out, m, alpha, a_in, n_in, delta, n_out, weight_beta,
              target + plan.weight_offsets[l - 1], n_out)
         column_sums(target + plan.bias_offsets[l - 1], delta, m, n_out, alpha, bias_beta)
+        if update == FOLDED_MOMENTUM:
+            momentum_apply(plan, hyper, params, target, l - 1)
+        elif update == LAYER_STEP:
+            update_layer(plan, hyper, params, target, first, second, l - 1)
     return loss_sum
 
 
-cdef void apply_update(const Layout* plan, Hyper* hyper, floating* params, floating* grads,
-                       floating* first, floating* second) noexcept nogil:
-    """One optimizer step from the gradient in grads: clip by norm, decay, update."""
-    cdef int l
-    cdef Py_ssize_t n_weights
-    cdef double coefficient
+cdef inline void momentum_apply(const Layout* plan, const Hyper* hyper, floating* params,
+                                floating* velocity, int l) noexcept nogil:
+    """Layer l (0-based) after v <- mu v + grad: v += wd W (weights only), p -= lr v."""
+    cdef Py_ssize_t n_weights = <Py_ssize_t>plan.sizes[l] * plan.sizes[l + 1]
     cdef floating weight_decay = <floating>hyper.weight_decay
+    if hyper.decoupled_weight_decay:   # p <- p (1 - lr wd), then the rule without decay
+        scale_in_place(params + plan.weight_offsets[l], n_weights,
+                       <floating>(1.0 - hyper.learning_rate * hyper.weight_decay))
+        weight_decay = 0
+    momentum_step(params + plan.weight_offsets[l], velocity + plan.weight_offsets[l],
+                  n_weights, <floating>hyper.learning_rate, weight_decay)
+    momentum_step(params + plan.bias_offsets[l], velocity + plan.bias_offsets[l],
+                  plan.sizes[l + 1], <floating>hyper.learning_rate, <floating>0)
+
+
+cdef void update_layer(const Layout* plan, const Hyper* hyper, floating* params,
+                       floating* grads, floating* first, floating* second, int l) noexcept nogil:
+    """The optimizer's rule on layer l (0-based) from its gradient in grads; weight decay
+    applies to the weights, not the biases."""
+    cdef Py_ssize_t n_weights = <Py_ssize_t>plan.sizes[l] * plan.sizes[l + 1]
+    cdef Py_ssize_t w = plan.weight_offsets[l], b = plan.bias_offsets[l]
+    cdef floating weight_decay = <floating>hyper.weight_decay
+    if hyper.decoupled_weight_decay:   # AdamW: p <- p (1 - lr wd), then the rule
+        scale_in_place(params + w, n_weights,
+                       <floating>(1.0 - hyper.learning_rate * hyper.weight_decay))
+        weight_decay = 0
+    optimizer_step(params + w, grads + w, first + w if first else NULL,
+                   second + w if second else NULL, n_weights, hyper, weight_decay)
+    optimizer_step(params + b, grads + b, first + b if first else NULL,
+                   second + b if second else NULL, plan.sizes[l + 1], hyper, <floating>0)
+
+
+cdef void clip_and_update(const Layout* plan, Hyper* hyper, floating* params, floating* grads,
+                          floating* first, floating* second) noexcept nogil:
+    """One optimizer step from the whole gradient in grads, clipped by its norm first."""
+    cdef int l
+    # torch.nn.utils.clip_grad_norm_: g *= min(1, max_norm / (norm + 1e-6))
+    cdef double coefficient = hyper.clip_norm / (sqrt(sum_squares(grads, plan.n_params)) + 1e-6)
+    if coefficient < 1:
+        scale_in_place(grads, plan.n_params, <floating>coefficient)
     hyper.step += 1
-    if hyper.clip_norm > 0:
-        # torch.nn.utils.clip_grad_norm_: g *= min(1, max_norm / (norm + 1e-6))
-        coefficient = hyper.clip_norm / (sqrt(sum_squares(grads, plan.n_params)) + 1e-6)
-        if coefficient < 1:
-            scale_in_place(grads, plan.n_params, <floating>coefficient)
     for l in range(plan.n_layers):
-        n_weights = <Py_ssize_t>plan.sizes[l] * plan.sizes[l + 1]
-        if hyper.decoupled_weight_decay:   # AdamW: p <- p (1 - lr wd), then the rule
-            scale_in_place(params + plan.weight_offsets[l], n_weights,
-                           <floating>(1.0 - hyper.learning_rate * hyper.weight_decay))
-            weight_decay = 0
-        # weight decay applies to the weights, not the biases
-        optimizer_step(params + plan.weight_offsets[l], grads + plan.weight_offsets[l],
-                       first + plan.weight_offsets[l] if first else NULL,
-                       second + plan.weight_offsets[l] if second else NULL,
-                       n_weights, hyper, weight_decay)
-        optimizer_step(params + plan.bias_offsets[l], grads + plan.bias_offsets[l],
-                       first + plan.bias_offsets[l] if first else NULL,
-                       second + plan.bias_offsets[l] if second else NULL,
-                       plan.sizes[l + 1], hyper, <floating>0)
+        update_layer(plan, hyper, params, grads, first, second, l)
 
 
 # ---- the Python-callable shims ----
@@ -465,7 +512,7 @@ def train_epoch(Plan plan, Settings settings, floating[::1] params, floating[::1
     cdef Py_ssize_t n_in = layout.sizes[0], n_out = layout.sizes[layout.n_layers]
     cdef Py_ssize_t start = 0, m, i
     cdef bint use_order = order.shape[0] > 0, use_labels = Y.shape[0] == 0
-    cdef bint use_weights = row_weights.shape[0] > 0, folded = settings.folded
+    cdef bint use_weights = row_weights.shape[0] > 0, clipping = hyper.clip_norm > 0
     cdef floating* p = &params[0]
     cdef floating* w = &work[0]
     cdef floating* batch_x = w + layout.batch_x_offset
@@ -483,6 +530,14 @@ def train_epoch(Plan plan, Settings settings, floating[::1] params, floating[::1
     cdef floating scale
     cdef int status = COMPLETED
     cdef uint64_t random_state = random_seed | 1
+    cdef int update = LAYER_STEP
+    cdef floating* target = grads
+    if clipping:            # the norm needs the whole gradient before any step
+        update = GRADIENT_ONLY
+    elif hyper.optimizer == FBP_SGD:
+        update, target = FOLDED_SGD, p
+    elif hyper.optimizer == FBP_MOMENTUM and not hyper.nesterov:
+        update, target = FOLDED_MOMENTUM, first
 
     with nogil:
         while start < n_samples:
@@ -517,22 +572,13 @@ def train_epoch(Plan plan, Settings settings, floating[::1] params, floating[::1
                 weight_sum = m
             if weight_sum > 0:   # a batch whose rows all weigh 0 teaches nothing
                 scale = <floating>(normaliser / weight_sum)
-                if folded:
-                    loss_sum = run_batch(layout, hyper, p, p, w, x, y, weights, <int>m, scale,
-                                         <floating>(-hyper.learning_rate),
-                                         <floating>(1.0 - hyper.learning_rate * hyper.weight_decay),
-                                         <floating>1, &random_state)
-                else:
-                    loss_sum = run_batch(layout, hyper, p, grads, w, x, y, weights, <int>m,
-                                         scale, <floating>1, <floating>0, <floating>0,
-                                         &random_state)
+                loss_sum = run_batch(layout, hyper, p, target, first, second, w, x, y,
+                                     weights, <int>m, scale, update, 0, &random_state)
                 if not isfinite(loss_sum):
                     status = DIVERGED
                     break
-                if not folded:
-                    apply_update(layout, hyper, p, grads, first, second)
-                elif hyper.optimizer == FBP_SGD:
-                    hyper.step += 1
+                if clipping:
+                    clip_and_update(layout, hyper, p, grads, first, second)
                 loss_total += loss_sum * normaliser
                 weight_total += weight_sum
             start += m
@@ -556,8 +602,8 @@ def gradients(Plan plan, Settings settings, const floating[::1] params, floating
             m = min(layout.capacity, n_samples - start)
             beta = 0 if start == 0 else 1
             loss_sum = run_batch(layout, &settings.hyper, <floating*>&params[0], &grads[0],
-                                 &work[0], &X[start, 0], &Y[start, 0], NULL, <int>m, scale,
-                                 <floating>1, beta, beta, NULL)
+                                 NULL, NULL, &work[0], &X[start, 0], &Y[start, 0], NULL, <int>m,
+                                 scale, GRADIENT_ONLY, beta, NULL)
             total += loss_sum
             if not isfinite(loss_sum):
                 break

@@ -65,3 +65,7 @@ cdef extern from "fastbp.h" nogil:
                                 double* second, Py_ssize_t n, int kind, double learning_rate,
                                 double weight_decay, double momentum, int nesterov, double beta1,
                                 double beta2, double epsilon, double step) noexcept
+    void fbp_momentum_step_f32(float* params, float* velocity, Py_ssize_t n, float learning_rate,
+                               float weight_decay) noexcept
+    void fbp_momentum_step_f64(double* params, double* velocity, Py_ssize_t n,
+                               double learning_rate, double weight_decay) noexcept

@@ -43,7 +43,13 @@ HANG_SECONDS = 120  # a single test running longer than this is a hang: dump sta
 
 
 @pytest.fixture(autouse=True)
-def _no_hangs():
+def _no_hangs(request):
+    """A hung test ends the run (stacks dumped, exit 1) instead of stalling it; where pytest's
+    own faulthandler_timeout is set (tools/sanitize.sh sets it) that dumps the stacks to the
+    real stderr instead, which the test's captured output would hide."""
+    if float(request.config.getini("faulthandler_timeout") or 0) > 0:
+        yield
+        return
     faulthandler.dump_traceback_later(HANG_SECONDS, exit=True)
     yield
     faulthandler.cancel_dump_traceback_later()

@@ -22,7 +22,13 @@ TIMEOUT = 120
 
 
 @pytest.fixture(autouse=True)
-def _no_hangs():
+def _no_hangs(request):
+    """A hung test ends the run (stacks dumped, exit 1) instead of stalling it; where pytest's
+    own faulthandler_timeout is set (tools/sanitize.sh sets it) that dumps the stacks to the
+    real stderr instead, which the test's captured output would hide."""
+    if float(request.config.getini("faulthandler_timeout") or 0) > 0:
+        yield
+        return
     faulthandler.dump_traceback_later(TIMEOUT + 60, exit=True)
     yield
     faulthandler.cancel_dump_traceback_later()

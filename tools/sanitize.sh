@@ -20,7 +20,8 @@
 #
 # Why the environment of the sanitize run looks as it does (docs/robustness.md):
 #   LD_PRELOAD=libasan.so   CPython is not built with ASan, so its runtime must be loaded
-#                           first, before the instrumented extension;
+#                           first, before the instrumented extension (libstdc++ right after
+#                           it, for C++ extensions of other packages that throw);
 #   ASAN_OPTIONS=detect_leaks=0  CPython and numpy leave memory allocated at exit by design;
 #                           leaks are checked separately, mid-run, by tools/leak_check.py;
 #   PYTHONMALLOC=malloc     every Python object is a malloc block ASan can see (and, for the
@@ -47,7 +48,8 @@ while [ $# -gt 0 ]; do
     shift
 done
 [ ${#variants[@]} -gt 0 ] || variants=(debug sanitize)
-[ ${#pytest_args[@]} -gt 0 ] || pytest_args=(-q -p no:cacheprovider tests)
+# faulthandler_timeout: a test hung for 10 minutes gets its stacks dumped where they show
+[ ${#pytest_args[@]} -gt 0 ] || pytest_args=(-q -p no:cacheprovider -o faulthandler_timeout=600 tests)
 python=$(command -v "$python")
 
 copy_tree() {  # copy_tree DEST: the sources as selected, without build outputs
@@ -79,6 +81,11 @@ run_variant() {
             fi
             # reports also go to files: pytest captures the test's stderr, and a process
             # that a sanitizer ends never hands that capture back
+            # libstdc++ too: ASan resolves the real __cxa_throw when it starts, and a C++
+            # extension loaded later (matplotlib's ft2font) that throws otherwise aborts it
+            local libstdcxx
+            libstdcxx=$("$cc" -print-file-name=libstdc++.so)
+            [ -e "$libstdcxx" ] && libasan="$libasan:$libstdcxx"
             run_env=(LD_PRELOAD="$libasan" PYTHONMALLOC=malloc
                      ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:allocator_may_return_null=1:strict_init_order=1:detect_stack_use_after_return=1:log_path="$dest/asan"
                      UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:log_path="$dest/ubsan")
@@ -104,12 +111,17 @@ import sys, fastbp._core as core
 assert core.__file__.startswith(sys.argv[1]), core.__file__
 print('   imports', core.__file__)" "$dest")
     echo "== sanitize.sh: $variant: pytest ${pytest_args[*]}"
+    rm -f "$dest"/asan.* "$dest"/ubsan.*
     local started=$SECONDS status=0
     (cd "$dest" && env "${run_env[@]}" PYTHONPATH="$dest" PYTHONDONTWRITEBYTECODE=1 \
         "$python" -m pytest "${pytest_args[@]}") || status=$?
-    if compgen -G "$dest/asan.*" > /dev/null || compgen -G "$dest/ubsan.*" > /dev/null; then
+    # (warnings such as "failed to allocate" for a refused huge allocation are not findings)
+    local reports
+    reports=$(grep -l -E "ERROR: |runtime error|CHECK failed" "$dest"/asan.* "$dest"/ubsan.* \
+        2>/dev/null || true)
+    if [ -n "$reports" ]; then
         echo "== sanitize.sh: $variant: sanitizer reports:" >&2
-        cat "$dest"/asan.* "$dest"/ubsan.* 2>/dev/null >&2 || true
+        cat $reports >&2
         [ $status -ne 0 ] || status=1
     fi
     if [ $status -ne 0 ]; then
