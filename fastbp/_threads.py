@@ -7,8 +7,9 @@ import threading
 from threadpoolctl import ThreadpoolController
 
 # A step below this many floating-point operations runs faster on one BLAS thread: a
-# second thread costs more in synchronisation than it saves (docs/performance.md).
-MULTITHREAD_MIN_FLOPS_PER_STEP = 1e9
+# second thread costs more in synchronisation than it saves. Measured (docs/performance.md):
+# W1 (2e7 flops a step) loses a quarter of its speed on two threads, W2 (5e8) gains 1.8x.
+MULTITHREAD_MIN_FLOPS_PER_STEP = 1e8
 
 _controller = None
 _controller_lock = threading.Lock()
