@@ -290,3 +290,18 @@ class ModelCheckpoint(Callback):
         self.model.save(self.path)
         self.saved_epochs.append(epoch)
         return None
+
+
+def checked_callbacks(callbacks) -> list:
+    """The callbacks as a new list, each checked to be a Callback."""
+    if callbacks is None:
+        return []
+    if isinstance(callbacks, (Callback, str, bytes)) or not hasattr(callbacks, "__iter__"):
+        raise TypeError(f"callbacks must be fastbp.callbacks.Callback objects, in a list; "
+                        f"got {callbacks!r}")
+    callbacks = list(callbacks)
+    for callback in callbacks:
+        if not isinstance(callback, Callback):
+            raise TypeError(f"callbacks must be fastbp.callbacks.Callback objects; "
+                            f"got {type(callback).__name__}")
+    return callbacks

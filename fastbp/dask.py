@@ -29,11 +29,11 @@ except ImportError as error:   # pragma: no cover - exercised only without the e
 
 import numpy as np
 
-from fastbp import metrics as metrics_module, schedules
-from fastbp.callbacks import Callback
+from fastbp import schedules
+from fastbp.callbacks import checked_callbacks
 from fastbp.model import MLP
-from fastbp.trainer import History, Trainer
-from fastbp._validation import whole_number
+from fastbp.trainer import History, Trainer, chosen_metrics, validation_logs
+from fastbp._validation import as_matrix, whole_number
 
 __all__ = ["fit"]
 
@@ -144,30 +144,6 @@ def _check_arrays(model, X, Y, loss):
     return X, Y, float_targets
 
 
-def _checked_callbacks(callbacks):
-    if callbacks is None:
-        return []
-    if isinstance(callbacks, Callback) or isinstance(callbacks, (str, bytes)) \
-            or not hasattr(callbacks, "__iter__"):
-        raise TypeError(f"callbacks must be fastbp.callbacks.Callback objects, in a list; "
-                        f"got {callbacks!r}")
-    callbacks = list(callbacks)
-    for callback in callbacks:
-        if not isinstance(callback, Callback):
-            raise TypeError(f"callbacks must be fastbp.callbacks.Callback objects; "
-                            f"got {type(callback).__name__}")
-    return callbacks
-
-
-def _validate(model, loss, validation_data, metric_names) -> dict:
-    X_val, Y_val = validation_data
-    logs = {"val_loss": model.evaluate(X_val, Y_val, loss)}
-    predictions = model.predict(X_val)
-    for name in metric_names:
-        logs[f"val_{name}"] = float(metrics_module.get(name)(np.asarray(Y_val), predictions))
-    return logs
-
-
 def _tree(parts, name):
     """Sum the blocks' results by a fixed tree of _combine tasks; returns the root."""
     level = 0
@@ -221,13 +197,14 @@ def fit(model: MLP, trainer: Trainer, X, Y, client=None, rounds=None, epochs_per
     if rounds is None:
         rounds = -(-checked["epochs"] // epochs_per_round)
     rounds = whole_number(rounds, "rounds", 0)
-    callbacks = _checked_callbacks(callbacks)
-    metric_names = []
+    callbacks = checked_callbacks(callbacks)
+    validation, metric_functions = None, []
     if validation_data is not None:
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
             raise TypeError("validation_data must be a pair (X_val, Y_val)")
-        metric_names = metrics_module.default_metrics(loss.name, model.layer_sizes[-1])
-        _validate(model, loss, validation_data, [])     # bad validation data fails now
+        X_val = as_matrix(validation_data[0], "X_val", model.dtype, model.layer_sizes[0])
+        validation = (X_val, model._dense_targets(validation_data[1], loss, X_val.shape[0]))
+        metric_functions = chosen_metrics(None, loss, model.layer_sizes[-1])
     X, Y, float_targets = _check_arrays(model, X, Y, loss)
     client = _client_for(client)
 
@@ -280,8 +257,8 @@ def fit(model: MLP, trainer: Trainer, X, Y, client=None, rounds=None, epochs_per
                     "seconds": seconds,
                     "samples_per_second": total["rows"] * epochs_per_round / seconds
                     if seconds else float("inf")}
-            if validation_data is not None:
-                logs.update(_validate(model, loss, validation_data, metric_names))
+            if validation is not None:
+                logs.update(validation_logs(model, loss, validation, metric_functions))
             history._record(logs)
             schedule.on_epoch_end(first_epoch + epochs_per_round - 1, logs)
             if verbose:

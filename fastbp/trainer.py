@@ -16,7 +16,7 @@ import numpy as np
 
 from fastbp import _core, losses, metrics as metrics_module, optimizers, schedules
 from fastbp._threads import blas_threads, thread_count
-from fastbp.callbacks import Callback, ProgressBar
+from fastbp.callbacks import ProgressBar, checked_callbacks
 from fastbp._validation import as_matrix, as_targets, numeric_array, real_number, whole_number
 from fastbp.model import MLP, check_allocation
 
@@ -198,7 +198,7 @@ class Trainer:
                sample_weight, callbacks, verbose, metrics) -> History:
         if not isinstance(model, MLP):
             raise TypeError(f"model must be a fastbp.MLP; got {type(model).__name__}")
-        callbacks = self._checked_callbacks(callbacks)
+        callbacks = checked_callbacks(callbacks)
         loss, optimizer = settings["loss"], settings["optimizer"]
         X = as_matrix(X, "X", model.dtype, model.layer_sizes[0])
         targets, labels = as_targets(Y, loss.name, model.layer_sizes[-1], X.shape[0], model.dtype)
@@ -206,8 +206,8 @@ class Trainer:
                                     model.layer_sizes[-1], model.dtype)
         X, targets, labels, weights, validation = self._split(
             model, loss, X, targets, labels, weights, validation_data, validation_split)
-        metric_functions = self._metrics(metrics, loss, model.layer_sizes[-1],
-                                         validation is not None)
+        metric_functions = chosen_metrics(metrics, loss, model.layer_sizes[-1]) \
+            if validation is not None else []
         if optimizer.learning_rate > float(np.finfo(model.dtype).max):
             raise ValueError(f"learning_rate {optimizer.learning_rate!r} does not fit the "
                              f"model's dtype {model.dtype.name}")
@@ -286,7 +286,7 @@ class Trainer:
                             "learning_rate": learning_rate, "seconds": seconds,
                             "samples_per_second": n_samples / seconds if seconds else float("inf")}
                     if validation is not None:
-                        logs.update(self._validate(model, loss, validation, metric_functions))
+                        logs.update(validation_logs(model, loss, validation, metric_functions))
                     history._record(logs)
                     schedule.on_epoch_end(self._epochs_done - 1, logs)
                     # Every callback sees the epoch (no short-circuit); any of them may stop.
@@ -310,21 +310,6 @@ class Trainer:
         return history
 
     # ---- helpers of the loop ----
-    @staticmethod
-    def _checked_callbacks(callbacks) -> list:
-        if callbacks is None:
-            return []
-        if isinstance(callbacks, Callback) or not hasattr(callbacks, "__iter__") \
-                or isinstance(callbacks, (str, bytes)):
-            raise TypeError(f"callbacks must be fastbp.callbacks.Callback objects, in a list; "
-                            f"got {callbacks!r}")
-        callbacks = list(callbacks)
-        for callback in callbacks:
-            if not isinstance(callback, Callback):
-                raise TypeError(f"callbacks must be fastbp.callbacks.Callback objects; "
-                                f"got {type(callback).__name__}")
-        return callbacks
-
     def _row_weights(self, sample_weight, targets, labels, loss, n_samples, n_classes_of_model,
                      dtype):
         """Per-row weights from sample_weight and class_weight, or None for all ones."""
@@ -399,25 +384,6 @@ class Trainer:
                 None if labels is None else labels[:n_train],
                 None if weights is None else weights[:n_train], validation)
 
-    @staticmethod
-    def _metrics(metrics, loss, n_outputs, validating):
-        """[(name, function)] of the metrics to compute on the validation data."""
-        if metrics is None:
-            metrics = metrics_module.default_metrics(loss.name, n_outputs)
-        elif isinstance(metrics, (str, bytes)) or callable(metrics):
-            metrics = [metrics]
-        chosen = [(metrics_module.name(m), metrics_module.get(m)) for m in metrics]
-        return chosen if validating else []
-
-    @staticmethod
-    def _validate(model, loss, validation, metric_functions) -> dict:
-        X_val, Y_val = validation
-        value, predictions = model._evaluate(X_val, Y_val, loss)
-        logs = {"val_loss": value}
-        for name, function in metric_functions:
-            logs[f"val_{name}"] = float(function(Y_val, predictions))
-        return logs
-
     def _optimizer_state(self, model, optimizer) -> np.ndarray:
         """The optimizer's moments for this model, kept from earlier fits when they fit."""
         shape = (2 if optimizer.n_states else 0, model.n_params)
@@ -436,3 +402,24 @@ class Trainer:
         if self._schedule is None or self._schedule[0] is not self.schedule:
             self._schedule = (self.schedule, schedule)
         return self._schedule[1]
+
+
+def chosen_metrics(metrics, loss, n_outputs: int) -> list:
+    """[(name, function)] of the metrics to compute on validation data: `metrics` (names or
+    callables), or the loss's defaults (accuracy for classification, MAE and R² else)."""
+    if metrics is None:
+        metrics = metrics_module.default_metrics(loss.name, n_outputs)
+    elif isinstance(metrics, (str, bytes)) or callable(metrics):
+        metrics = [metrics]
+    return [(metrics_module.name(m), metrics_module.get(m)) for m in metrics]
+
+
+def validation_logs(model: MLP, loss, validation, metric_functions) -> dict:
+    """val_loss and val_<metric> for checked validation arrays (X_val, dense Y_val), from
+    one forward pass."""
+    X_val, Y_val = validation
+    value, predictions = model._evaluate(X_val, Y_val, loss)
+    logs = {"val_loss": value}
+    for name, function in metric_functions:
+        logs[f"val_{name}"] = float(function(Y_val, predictions))
+    return logs

@@ -16,6 +16,7 @@ import json
 import math
 import os
 import struct
+import sys
 import warnings
 import zlib
 from decimal import Decimal
@@ -50,7 +51,7 @@ def _no_hangs(request):
     if float(request.config.getini("faulthandler_timeout") or 0) > 0:
         yield
         return
-    faulthandler.dump_traceback_later(HANG_SECONDS, exit=True)
+    faulthandler.dump_traceback_later(HANG_SECONDS, exit=True, file=sys.__stderr__)
     yield
     faulthandler.cancel_dump_traceback_later()
 

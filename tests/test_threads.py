@@ -8,6 +8,7 @@
 - concurrent fits leave the process's BLAS thread setting as they found it.
 """
 import faulthandler
+import sys
 import threading
 
 import numpy as np
@@ -29,7 +30,7 @@ def _no_hangs(request):
     if float(request.config.getini("faulthandler_timeout") or 0) > 0:
         yield
         return
-    faulthandler.dump_traceback_later(TIMEOUT + 60, exit=True)
+    faulthandler.dump_traceback_later(TIMEOUT + 60, exit=True, file=sys.__stderr__)
     yield
     faulthandler.cancel_dump_traceback_later()
 
