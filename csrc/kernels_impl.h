@@ -274,13 +274,13 @@ static inline double FBP_NAME(fbp_output_layer)(FBP_T *z, const FBP_T *bias, FBP
     const FBP_T eps = (FBP_T)FBP_PROB_EPS;
     for (ptrdiff_t r = 0; r < n_rows; r++) {
         FBP_T weight = row_weights ? row_weights[r] : 1;
-        FBP_T row_total = 0;
+        double row_total = 0;   /* in double: see FBP_MSE */
         for (ptrdiff_t j = r * n_cols; j < (r + 1) * n_cols; j++) {
             FBP_T a = z[j], target = y[j], grad;
             switch (loss) {
-            case FBP_MSE: {
+            case FBP_MSE: {   /* squared in double: a float32 difference may square past FLT_MAX */
                 FBP_T diff = a - target;
-                row_total += diff * diff;
+                row_total += (double)diff * diff;
                 grad = 2 * diff;
                 break;
             }
@@ -293,8 +293,8 @@ static inline double FBP_NAME(fbp_output_layer)(FBP_T *z, const FBP_T *bias, FBP
             case FBP_HUBER: {   /* d^2 / 2 inside |d| <= delta, delta (|d| - delta / 2) outside */
                 FBP_T diff = a - target, size = FBP_MATH_ABS(diff);
                 int inside = size <= loss_parameter;
-                row_total += inside ? (FBP_T)0.5 * diff * diff
-                                    : loss_parameter * (size - (FBP_T)0.5 * loss_parameter);
+                row_total += inside ? 0.5 * (double)diff * diff
+                                    : loss_parameter * (size - 0.5 * (double)loss_parameter);
                 grad = inside ? diff : loss_parameter * (FBP_T)((diff > 0) - (diff < 0));
                 break;
             }

@@ -1,6 +1,7 @@
 """BLAS threads: how many a pass should use, and applying that for its duration only."""
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 
@@ -11,8 +12,12 @@ from threadpoolctl import ThreadpoolController
 # W1 (2e7 flops a step) loses a quarter of its speed on two threads, W2 (5e8) gains 1.8x.
 MULTITHREAD_MIN_FLOPS_PER_STEP = 1e8
 
-_controller = None
-_controller_lock = threading.Lock()
+MAX_THREADS = 1024
+
+_controller = None       # threadpoolctl's view of the loaded BLAS libraries
+_limiter = None          # the limit in force while passes run
+_active = 0              # passes running inside blas_threads
+_lock = threading.Lock()
 
 
 def thread_count(layer_sizes, rows_per_step: int, n_threads=None, backward=True) -> int:
@@ -29,14 +34,27 @@ def thread_count(layer_sizes, rows_per_step: int, n_threads=None, backward=True)
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
+@contextlib.contextmanager
 def blas_threads(n_threads: int):
-    """A context manager limiting every loaded BLAS to n_threads.
+    """Limit every loaded BLAS to n_threads for the duration of a pass.
 
-    The controller (a scan of the loaded libraries, milliseconds) is made once; each limit
-    then costs microseconds. fastbp's BLAS (scipy's) is loaded when fastbp is imported.
+    Passes that overlap (fits or predicts on several Python threads) share one limit: the
+    first sets it and the last puts the original setting back, so the process is left as
+    it was found whatever order they end in. The controller (a scan of the loaded
+    libraries, milliseconds) is made once; a limit then costs microseconds.
     """
-    global _controller
-    with _controller_lock:
+    global _controller, _active, _limiter
+    with _lock:
         if _controller is None:
             _controller = ThreadpoolController()
-    return _controller.limit(limits=n_threads, user_api="blas")
+        if _active == 0:
+            _limiter = _controller.limit(limits=n_threads, user_api="blas")
+        _active += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _active -= 1
+            if _active == 0:
+                _limiter.restore_original_limits()
+                _limiter = None

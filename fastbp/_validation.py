@@ -69,7 +69,7 @@ def as_matrix(data, name: str, dtype: np.dtype, n_columns: int) -> np.ndarray:
         raise ValueError(f"{name} has {array.shape[1]} columns; the model's input layer "
                          f"has {n_columns}")
     with np.errstate(over="ignore"):  # overflow to inf is reported just below
-        array = np.ascontiguousarray(array, dtype=dtype)
+        array = np.require(array, dtype, ["C", "A"])   # a copy only if not C, aligned, dtype
     check_finite(array, name)
     return array
 
@@ -97,7 +97,7 @@ def as_targets(data, loss_name: str, n_outputs: int, n_rows: int | None, dtype: 
         if labels.min() < 0 or labels.max() >= n_outputs:
             raise ValueError(f"Y (class labels) must lie in 0..{n_outputs - 1} for a model with "
                              f"{n_outputs} outputs; got values from {labels.min()} to {labels.max()}")
-        return None, np.ascontiguousarray(labels, dtype=np.intp)
+        return None, np.require(labels, np.intp, ["C", "A"])
 
     if array.ndim == 1 and n_outputs == 1:
         array = array.reshape(-1, 1)
@@ -105,7 +105,7 @@ def as_targets(data, loss_name: str, n_outputs: int, n_rows: int | None, dtype: 
         raise ValueError(f"Y must have shape (n_samples, {n_outputs}) to match the model's "
                          f"{n_outputs} outputs; got shape {array.shape}")
     with np.errstate(over="ignore"):
-        targets = np.ascontiguousarray(array, dtype=dtype)
+        targets = np.require(array, dtype, ["C", "A"])
     check_finite(targets, "Y")
     if loss_name == "binary_crossentropy" and (targets.min() < 0 or targets.max() > 1):
         raise ValueError("Y for binary cross-entropy must lie in [0, 1]")

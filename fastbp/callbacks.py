@@ -283,11 +283,12 @@ class ModelCheckpoint(Callback):
             current = _monitored_value(logs, self.monitor, "ModelCheckpoint")
             if not _is_improvement(current, self.best, self.mode, 0.0):
                 return None
-            self.best = current
-            self.best_epoch = epoch
         if self.model is None:
             _parameters(None)                            # raises the explanation
         self.model.save(self.path)
+        # only a model that is on disk counts as the best
+        if self.save_best_only:
+            self.best, self.best_epoch = current, epoch
         self.saved_epochs.append(epoch)
         return None
 

@@ -52,7 +52,7 @@ def main(argv=None) -> int:
         warnings.showwarning = _warning_printer(command)
         try:
             return args.handler(args)
-        except (ValueError, TypeError, OSError, KeyError, ImportError) as error:
+        except (ValueError, TypeError, OSError, KeyError, ImportError, MemoryError) as error:
             if os.environ.get("FASTBP_TRACEBACK", "") not in ("", "0"):
                 raise
             if isinstance(error, BrokenPipeError):    # `fastbp predict ... | head`
@@ -66,6 +66,8 @@ def main(argv=None) -> int:
 
 
 def _one_line(error: BaseException) -> str:
+    if isinstance(error, MemoryError):
+        return f"not enough memory ({error or 'the data or model is too large'})"
     if isinstance(error, OSError) and error.strerror:
         text = error.strerror
         if error.filename is not None:

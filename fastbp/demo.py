@@ -65,8 +65,9 @@ def run(epochs: int = 10, n_samples: int = 60_000, hidden: int = 128, batch_size
     elapsed = time.perf_counter() - started
     accuracy = report.accuracy(X_test, y_test)
     training = sum(history.seconds)
+    speed = f"{history.epochs * n_samples / training:,.0f}" if training > 0 else "no"
     print(f"trained {history.epochs} epochs in {training:.2f} s "
-          f"({history.epochs * n_samples / training:,.0f} samples/s; {elapsed:.2f} s with "
+          f"({speed} samples/s; {elapsed:.2f} s with "
           f"the per-epoch evaluation)")
     print(f"final test accuracy: {accuracy:.4f}")
     return accuracy

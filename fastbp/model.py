@@ -85,7 +85,7 @@ def _check_dtype(dtype) -> np.dtype:
         raise TypeError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}") from None
     if resolved.name not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}; got {resolved.name}")
-    return resolved
+    return np.dtype(resolved.name)    # native byte order, whatever was asked
 
 
 class MLP:
@@ -116,16 +116,18 @@ class MLP:
         self._setup(sizes, names, dtype, dropout=rates)
         rng = np.random.default_rng(seed)
         for weights, activation in zip(self._weights, names):
-            weights[...] = _initial_weights(rng, weights.shape, activation, init)
+            _initialise(weights, rng, activation, init)
 
     def _setup(self, sizes, names, dtype, params=None, dropout=None):
         self._layer_sizes = sizes
         self._activations = names
         self._dropout = dropout or (0.0,) * len(names)
         self._codes = tuple(_core.ACTIVATION_CODES[name] for name in names)
+        if params is None:   # counted in Python integers: the core's offsets cannot overflow
+            check_allocation(sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:])), dtype,
+                             "the parameters")
         self._shape = _core.Plan(sizes, self._codes, 0)
         if params is None:
-            check_allocation(self._shape.n_params, dtype, "the parameters")
             params = np.zeros(self._shape.n_params, dtype=dtype)
         self._params = params
         self._weights, self._biases = self._shape.parameter_views(self._params)
@@ -199,6 +201,12 @@ class MLP:
     def _inputs(self, X) -> np.ndarray:
         return as_matrix(X, "X", self.dtype, self._layer_sizes[0])
 
+    def _chunk_rows(self, n_rows: int) -> int:
+        """Rows a predict/gradients pass takes at once: up to 2048, and a workspace of
+        at most about 64 MiB however wide the layers."""
+        bytes_per_row = 4 * self.dtype.itemsize * sum(self._layer_sizes)
+        return max(1, min(n_rows, PREDICT_CHUNK_ROWS, (64 << 20) // bytes_per_row))
+
     def _workspace(self, n_rows: int, dropout=None, with_gradient=False):
         """A plan and its workspace for up to n_rows rows a pass (chunks for predict)."""
         plan = _core.Plan(self._layer_sizes, self._codes, n_rows, dropout, with_gradient)
@@ -209,9 +217,12 @@ class MLP:
         """The output layer's activations for the rows of X: (n_samples, n_outputs)."""
         X = self._inputs(X)
         out = np.empty((X.shape[0], self._layer_sizes[-1]), dtype=self.dtype)
-        plan, work = self._workspace(min(X.shape[0], PREDICT_CHUNK_ROWS))
+        plan, work = self._workspace(self._chunk_rows(X.shape[0]))
         with blas_threads(thread_count(self._layer_sizes, plan.capacity, backward=False)):
             _core.predict(plan, self._params, work, X, out)
+        if not _core.all_finite(out):
+            raise ValueError(f"the model's outputs overflow {self.dtype.name} for these inputs "
+                             f"(they would be infinite or NaN)")
         return out
 
     def evaluate(self, X, Y, loss) -> float:
@@ -228,7 +239,7 @@ class MLP:
     def _evaluate(self, X, targets, loss):
         """(mean loss, predictions) for checked arrays."""
         out = np.empty((X.shape[0], self._layer_sizes[-1]), dtype=self.dtype)
-        plan, work = self._workspace(min(X.shape[0], PREDICT_CHUNK_ROWS))
+        plan, work = self._workspace(self._chunk_rows(X.shape[0]))
         value = _core.evaluate(plan, _core.Settings(loss.code, loss.parameter), self._params,
                                work, X, targets, out)
         return float(value), out
@@ -243,13 +254,16 @@ class MLP:
         X = self._inputs(X)
         targets = self._dense_targets(Y, loss, X.shape[0])
         grads = np.empty_like(self._params)
-        plan, work = self._workspace(min(X.shape[0], PREDICT_CHUNK_ROWS))
+        plan, work = self._workspace(self._chunk_rows(X.shape[0]))
         value = _core.gradients(plan, _core.Settings(loss.code, loss.parameter), self._params,
                                 grads, work, X, targets)
         if not np.isfinite(value):
             grads.fill(np.nan)
             warnings.warn("the loss is not finite for these parameters: the weights have "
                           "diverged; gradients are NaN", RuntimeWarning, stacklevel=2)
+        elif not _core.all_finite(grads.reshape(1, -1)):
+            warnings.warn(f"the gradients overflow {self.dtype.name} (the loss is finite): "
+                          f"some are infinite or NaN", RuntimeWarning, stacklevel=2)
         grad_weights, grad_biases = self._shape.parameter_views(grads)
         return float(value), grad_weights, grad_biases
 
@@ -295,11 +309,17 @@ def load(path) -> MLP:
     return _from_parts(*_format.read_file(path))
 
 
-def _initial_weights(rng, shape, activation, init):
-    n_in, n_out = shape
+def _initialise(weights, rng, activation, init):
+    """Fill a weight matrix in place; drawn in float64 a block of rows at a time (the same
+    values as one draw), so building a model needs little more than its parameters."""
+    n_in, n_out = weights.shape
     if init == "zeros":
-        return np.zeros(shape)
-    if init == "he" or (init == "auto" and activation in RELU_FAMILY):
-        return rng.normal(0.0, np.sqrt(2.0 / n_in), size=shape)
+        weights[...] = 0
+        return
+    he = init == "he" or (init == "auto" and activation in RELU_FAMILY)
     limit = np.sqrt(6.0 / (n_in + n_out))   # Glorot (Xavier) uniform
-    return rng.uniform(-limit, limit, size=shape)
+    rows = max(1, (1 << 20) // n_out)
+    for start in range(0, n_in, rows):
+        shape = (min(rows, n_in - start), n_out)
+        weights[start:start + shape[0]] = rng.normal(0.0, np.sqrt(2.0 / n_in), size=shape) \
+            if he else rng.uniform(-limit, limit, size=shape)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fastbp import _core, losses, metrics as metrics_module, optimizers, schedules
-from fastbp._threads import blas_threads, thread_count
+from fastbp._threads import MAX_THREADS, blas_threads, thread_count
 from fastbp.callbacks import ProgressBar, checked_callbacks
 from fastbp._validation import as_matrix, as_targets, numeric_array, real_number, whole_number
 from fastbp.model import MLP, check_allocation
@@ -151,8 +151,8 @@ class Trainer:
                 raise TypeError(f"{name} must be True or False; got {getattr(self, name)!r}")
         if self.seed is not None:
             whole_number(self.seed, "seed", 0)
-        if self.n_threads is not None:
-            whole_number(self.n_threads, "n_threads", 1)
+        if self.n_threads is not None and whole_number(self.n_threads, "n_threads", 1) > MAX_THREADS:
+            raise ValueError(f"n_threads must be at most {MAX_THREADS}; got {self.n_threads!r}")
         learning_rate = real_number(self.learning_rate, "learning_rate")
         clip_norm = None if self.clip_norm is None else real_number(self.clip_norm, "clip_norm")
         if clip_norm == 0:

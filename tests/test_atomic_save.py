@@ -289,10 +289,6 @@ def test_a_checkpoint_whose_save_fails_keeps_the_last_saved_model(tmp_path, monk
     assert leftovers(tmp_path) == []
 
 
-@pytest.mark.xfail(reason="ModelCheckpoint updates best/best_epoch before model.save, so after "
-                          "a failed save it claims a best epoch whose model is not in the file; "
-                          "callbacks.py should set them only once the save succeeded",
-                   strict=True)
 def test_a_failed_best_only_save_does_not_move_the_recorded_best(tmp_path, monkeypatch):
     ModelCheckpoint = _checkpoint_class()
     rng = np.random.default_rng(0)

@@ -48,7 +48,6 @@ def test_documentation_examples_run(document, tmp_path):
     for block in blocks:
         compile(block, document, "exec")                 # a syntax error names the file
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
     result = subprocess.run([sys.executable, "-c", RUNNER, path], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, (result.stdout[-3000:] + "\n" + result.stderr[-6000:])

@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 
 hypothesis = pytest.importorskip("hypothesis")
+from hypothesis.errors import InvalidArgument
 from hypothesis import HealthCheck, event, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
@@ -56,6 +57,15 @@ def _no_hangs(request):
     faulthandler.cancel_dump_traceback_later()
 
 
+def _event(text):
+    """hypothesis.event inside a Hypothesis test (--hypothesis-show-statistics); a no-op in
+    the plain tests that share attempt()."""
+    try:
+        event(text)
+    except InvalidArgument:
+        pass
+
+
 def attempt(function, *args, **kwargs):
     """(result, None) or (None, error) for an allowed error; anything else propagates."""
     name = getattr(function, "__name__", "call")
@@ -65,9 +75,9 @@ def attempt(function, *args, **kwargs):
             result = function(*args, **kwargs)
     except ALLOWED as error:
         assert str(error), f"{type(error).__name__} without a message"
-        event(f"{name}: {type(error).__name__}")  # --hypothesis-show-statistics
+        _event(f"{name}: {type(error).__name__}")
         return None, error
-    event(f"{name}: result")
+    _event(f"{name}: result")
     return result, None
 
 
@@ -209,10 +219,6 @@ def test_mlp_constructor(layer_sizes, activations, dtype, init, seed):
     assert out.shape == (2, model.layer_sizes[-1]) and np.isfinite(out).all()
 
 
-@pytest.mark.xfail(reason="MLP accepts a non-native byte order (dtype='>f8' has the name "
-                          "float64) and then every predict/fit raises 'Big-endian buffer not "
-                          "supported'; model.py's _check_dtype should return the native dtype "
-                          "(np.dtype(resolved.name)) or refuse it", strict=True)
 @pytest.mark.parametrize("dtype", [">f8", ">f4"])
 def test_non_native_byte_order_dtype_gives_a_working_model_or_is_refused(dtype):
     model, error = attempt(fastbp.MLP, [2, 3, 1], "tanh", dtype=dtype, seed=0)
@@ -279,8 +285,6 @@ def test_predict_of_moderate_input_is_finite(model, data):
         assert np.isfinite(out).all()
 
 
-@pytest.mark.xfail(reason="predict returns NaN for finite input whose logits overflow; it "
-                          "should raise a ValueError (see docs/robustness.md)", strict=True)
 @pytest.mark.parametrize("case", ["softmax", "relu-identity"])
 def test_predict_of_overflowing_finite_input_is_refused_not_nan(case):
     if case == "softmax":   # logits of +inf: exp(inf - inf)
@@ -761,20 +765,12 @@ def test_cli_with_odd_argv(argv):
         assert "final test accuracy" in out
 
 
-@pytest.mark.xfail(reason="the demo's data needs more memory than there is: numpy's "
-                          "MemoryError escapes main() as a traceback; __main__.main should "
-                          "also turn MemoryError into 'fastbp demo: error: ...' and exit 2 "
-                          "(or demo.run should check the size first)", strict=True)
 @pytest.mark.parametrize("argv", [["demo", "--samples", str(10**13), "--epochs", "1"]])
 def test_cli_with_a_demo_too_large_for_memory(argv):
     code, _, err = run_cli(argv)
     assert code == 2 and "error" in err
 
 
-@pytest.mark.xfail(reason="demo.run divides by the summed epoch times: with --epochs 0, or a "
-                          "run that diverges in its first epoch, history.seconds is empty and "
-                          "the summary line raises ZeroDivisionError (fastbp/demo.py, the "
-                          "'trained N epochs' print)", strict=True)
 @pytest.mark.parametrize("argv", [
     ["demo", "--epochs", "0", "--samples", "8", "--hidden", "2"],
     ["demo", "--epochs", "1", "--samples", "64", "--hidden", "4", "--learning-rate", "1e30"],
@@ -784,12 +780,8 @@ def test_cli_runs_that_train_no_epoch(argv):
     assert code in (0, 2), err
 
 
-@pytest.mark.xfail(reason="n_threads=10**100 passes Trainer's check (a whole number >= 1) and "
-                          "fit dies in threadpoolctl with ctypes.ArgumentError (int too long); "
-                          "trainer.py should refuse (ValueError) or clamp n_threads above a "
-                          "bound, e.g. 2**15 or the CPU count", strict=True)
 def test_absurd_thread_counts_are_refused_or_clamped():
     model = fastbp.MLP([2, 1], "identity", seed=0)
-    _, error = attempt(fastbp.Trainer("mse", n_threads=10**100).fit, model, np.ones((3, 2)),
-                       np.ones(3))
+    _, error = attempt(lambda: fastbp.Trainer("mse", n_threads=10**100).fit(
+        model, np.ones((3, 2)), np.ones(3)))
     assert error is None or isinstance(error, ValueError)

@@ -339,11 +339,6 @@ def test_save_while_training_writes_a_valid_file(tmp_path):
 
 # ---------------------------------------------------------------- process-wide settings
 
-@pytest.mark.xfail(reason="threadpool_limits is process-wide and each fit saves and restores "
-                          "it on its own: fits that overlap restore in the wrong order and "
-                          "leave BLAS at 1 thread for the rest of the process (trainer.py "
-                          "needs one shared, reference-counted limiter, see the report)",
-                   strict=True)
 def test_concurrent_fits_leave_the_blas_thread_setting_as_they_found_it():
     """Fit A starts, fit B starts, A ends, B ends: the overlap that loses the setting,
     forced with callbacks that hold each fit between epochs. (B saved the setting A had
