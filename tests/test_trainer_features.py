@@ -1354,7 +1354,7 @@ def test_verbose_output(capsys):
     shown = captured.out + captured.err
     assert "loss" in shown and "samples/s" in shown and "val_loss" in shown
     try:
-        import tqdm  # noqa: F401  # noqa: F401
+        import tqdm  # noqa: F401
     except ImportError:                                   # plain lines, one per epoch
         lines = [line for line in captured.out.splitlines() if line.strip()]
         assert len(lines) == 3 and lines[-1].startswith("epoch 3/3")
