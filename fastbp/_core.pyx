@@ -373,6 +373,12 @@ cdef void output_logits(const Layout* plan, const floating* params, floating* wo
          params + plan.weight_offsets[L - 1], n_out, <floating>0, out, n_out)
 
 
+# Elements of W a blocked gradient GEMM + optimizer step covers at once (64 K: with the
+# optimizer state, a few hundred KB, well inside L2).
+cdef enum:
+    STEP_BLOCK_ELEMENTS = 65536
+
+
 cdef enum Update:
     GRADIENT_ONLY = 0   # target := gradient (beta 0) or += gradient (beta 1): no step
     FOLDED_SGD = 1      # target = params: W <- (1 - lr wd) W - lr grad, in the GEMM
@@ -393,7 +399,8 @@ cdef double run_batch(const Layout* plan, Hyper* hyper, floating* params, floati
     finite nothing is written and no step is counted.
     """
     cdef int L = plan.n_layers
-    cdef int l, n_in, n_out
+    cdef int l, n_in, n_out, start, rows, block
+    cdef Py_ssize_t w
     cdef floating* delta
     cdef floating* previous_delta
     cdef const floating* a_in
@@ -435,46 +442,46 @@ cdef double run_batch(const Layout* plan, Hyper* hyper, floating* params, floati
             activation_backward(previous_delta, work + plan.output_offsets[l - 1],
                                 workspace(work, plan.preactivation_offsets[l - 1]), m, n_in,
                                 plan.activations[l - 2])
-        gemm(True, False, n_in, n_out, m, alpha, a_in, n_in, delta, n_out, weight_beta,
-             target + plan.weight_offsets[l - 1], n_out)
+        w = plan.weight_offsets[l - 1]
+        if update == FOLDED_SGD or update == GRADIENT_ONLY:
+            gemm(True, False, n_in, n_out, m, alpha, a_in, n_in, delta, n_out, weight_beta,
+                 target + w, n_out)
+        else:
+            # A block of W's rows at a time, each stepped right after its GEMM while it and
+            # its optimizer state are still in L2 (a whole layer and its state may not be).
+            block = max(1, STEP_BLOCK_ELEMENTS // n_out)
+            start = 0
+            while start < n_in:
+                rows = min(block, n_in - start)
+                gemm(True, False, rows, n_out, m, alpha, a_in + start, n_in, delta, n_out,
+                     weight_beta, target + w + start * n_out, n_out)
+                step_slice(hyper, params, target, first, second, update,
+                           w + start * n_out, <Py_ssize_t>rows * n_out, True)
+                start += rows
         column_sums(target + plan.bias_offsets[l - 1], delta, m, n_out, alpha, bias_beta)
-        if update == FOLDED_MOMENTUM:
-            momentum_apply(plan, hyper, params, target, l - 1)
-        elif update == LAYER_STEP:
-            update_layer(plan, hyper, params, target, first, second, l - 1)
+        if update == FOLDED_MOMENTUM or update == LAYER_STEP:
+            step_slice(hyper, params, target, first, second, update, plan.bias_offsets[l - 1],
+                       n_out, False)
     return loss_sum
 
 
-cdef inline void momentum_apply(const Layout* plan, const Hyper* hyper, floating* params,
-                                floating* velocity, int l) noexcept nogil:
-    """Layer l (0-based) after v <- mu v + grad: v += wd W (weights only), p -= lr v."""
-    cdef Py_ssize_t n_weights = <Py_ssize_t>plan.sizes[l] * plan.sizes[l + 1]
-    cdef floating weight_decay = <floating>hyper.weight_decay
-    if hyper.decoupled_weight_decay:   # p <- p (1 - lr wd), then the rule without decay
-        scale_in_place(params + plan.weight_offsets[l], n_weights,
+cdef inline void step_slice(const Hyper* hyper, floating* params, floating* grads,
+                            floating* first, floating* second, int update, Py_ssize_t offset,
+                            Py_ssize_t n, bint weights) noexcept nogil:
+    """The optimizer's rule on params[offset:offset + n] from grads there (for
+    FOLDED_MOMENTUM, grads is the velocity the GEMM just updated). Weight decay applies to
+    weights, not biases."""
+    cdef floating weight_decay = <floating>hyper.weight_decay if weights else 0
+    if weights and hyper.decoupled_weight_decay:   # p <- p (1 - lr wd), then the rule
+        scale_in_place(params + offset, n,
                        <floating>(1.0 - hyper.learning_rate * hyper.weight_decay))
         weight_decay = 0
-    momentum_step(params + plan.weight_offsets[l], velocity + plan.weight_offsets[l],
-                  n_weights, <floating>hyper.learning_rate, weight_decay)
-    momentum_step(params + plan.bias_offsets[l], velocity + plan.bias_offsets[l],
-                  plan.sizes[l + 1], <floating>hyper.learning_rate, <floating>0)
-
-
-cdef void update_layer(const Layout* plan, const Hyper* hyper, floating* params,
-                       floating* grads, floating* first, floating* second, int l) noexcept nogil:
-    """The optimizer's rule on layer l (0-based) from its gradient in grads; weight decay
-    applies to the weights, not the biases."""
-    cdef Py_ssize_t n_weights = <Py_ssize_t>plan.sizes[l] * plan.sizes[l + 1]
-    cdef Py_ssize_t w = plan.weight_offsets[l], b = plan.bias_offsets[l]
-    cdef floating weight_decay = <floating>hyper.weight_decay
-    if hyper.decoupled_weight_decay:   # AdamW: p <- p (1 - lr wd), then the rule
-        scale_in_place(params + w, n_weights,
-                       <floating>(1.0 - hyper.learning_rate * hyper.weight_decay))
-        weight_decay = 0
-    optimizer_step(params + w, grads + w, first + w if first else NULL,
-                   second + w if second else NULL, n_weights, hyper, weight_decay)
-    optimizer_step(params + b, grads + b, first + b if first else NULL,
-                   second + b if second else NULL, plan.sizes[l + 1], hyper, <floating>0)
+    if update == FOLDED_MOMENTUM:
+        momentum_step(params + offset, grads + offset, n, <floating>hyper.learning_rate,
+                      weight_decay)
+    else:
+        optimizer_step(params + offset, grads + offset, first + offset if first else NULL,
+                       second + offset if second else NULL, n, hyper, weight_decay)
 
 
 cdef void clip_and_update(const Layout* plan, Hyper* hyper, floating* params, floating* grads,
@@ -487,7 +494,10 @@ cdef void clip_and_update(const Layout* plan, Hyper* hyper, floating* params, fl
         scale_in_place(grads, plan.n_params, <floating>coefficient)
     hyper.step += 1
     for l in range(plan.n_layers):
-        update_layer(plan, hyper, params, grads, first, second, l)
+        step_slice(hyper, params, grads, first, second, LAYER_STEP, plan.weight_offsets[l],
+                   <Py_ssize_t>plan.sizes[l] * plan.sizes[l + 1], True)
+        step_slice(hyper, params, grads, first, second, LAYER_STEP, plan.bias_offsets[l],
+                   plan.sizes[l + 1], False)
 
 
 # ---- the Python-callable shims ----
