@@ -373,22 +373,27 @@ static inline void FBP_NAME(fbp_scale)(FBP_T *x, ptrdiff_t n, FBP_T factor)
         x[i] *= factor;
 }
 
-/* Momentum after the GEMM has made v <- mu v + grad: v += wd p (coupled decay), then
-   p <- p - lr v.  Equal to the FBP_MOMENTUM rule below, without a gradient buffer. */
-FBP_MULTIVERSION static void FBP_NAME(fbp_momentum_step)(FBP_T *params, FBP_T *velocity, ptrdiff_t n,
-                                               FBP_T learning_rate, FBP_T weight_decay)
+/* Momentum with the velocity kept pre-scaled, s = mu v, so that the GEMM can add the new
+   gradient with beta = 1 (OpenBLAS spends a whole extra pass over C on any other beta):
+   after the GEMM s holds mu v + grad; then v = s + wd p (coupled decay), p <- p - lr v,
+   s <- mu v.  Equal to the FBP_MOMENTUM rule below, without a gradient buffer. */
+FBP_MULTIVERSION static void FBP_NAME(fbp_momentum_step)(FBP_T *params, FBP_T *scaled_velocity,
+                                                         ptrdiff_t n, FBP_T learning_rate,
+                                                         FBP_T weight_decay, FBP_T momentum)
 {
-    if (weight_decay != 0)
-        for (ptrdiff_t i = 0; i < n; i++)
-            velocity[i] += weight_decay * params[i];
-    for (ptrdiff_t i = 0; i < n; i++)
-        params[i] -= learning_rate * velocity[i];
+    for (ptrdiff_t i = 0; i < n; i++) {
+        FBP_T v = scaled_velocity[i] + weight_decay * params[i];
+        params[i] -= learning_rate * v;
+        scaled_velocity[i] = momentum * v;
+    }
 }
 
 /* One optimizer step on a slice of parameters, as torch.optim defines each rule.
-   g is the gradient (weight_decay * p is added here: coupled decay); state holds
-   first[] and second[] moments where the rule has them.  step counts from 1. */
-FBP_MULTIVERSION static void FBP_NAME(fbp_optimizer_step)(FBP_T *params, const FBP_T *grads, FBP_T *first,
+   g is the gradient (weight_decay * p is added here: coupled decay), read and then reset
+   to 0, so that the next gradient GEMM can accumulate with beta = 1 (OpenBLAS spends a
+   whole extra pass over C for beta = 0); state holds first[] and second[] moments where
+   the rule has them.  step counts from 1. */
+FBP_MULTIVERSION static void FBP_NAME(fbp_optimizer_step)(FBP_T *params, FBP_T *grads, FBP_T *first,
                                                 FBP_T *second, ptrdiff_t n, int kind,
                                                 FBP_T learning_rate, FBP_T weight_decay,
                                                 FBP_T momentum, int nesterov, FBP_T beta1,
@@ -396,12 +401,15 @@ FBP_MULTIVERSION static void FBP_NAME(fbp_optimizer_step)(FBP_T *params, const F
 {
     switch (kind) {
     case FBP_SGD:
-        for (ptrdiff_t i = 0; i < n; i++)
+        for (ptrdiff_t i = 0; i < n; i++) {
             params[i] -= learning_rate * (grads[i] + weight_decay * params[i]);
+            grads[i] = 0;
+        }
         break;
     case FBP_MOMENTUM:   /* v <- mu v + g;  p <- p - lr (g + mu v) (nesterov) or p - lr v */
         for (ptrdiff_t i = 0; i < n; i++) {
             FBP_T g = grads[i] + weight_decay * params[i];
+            grads[i] = 0;
             FBP_T v = momentum * first[i] + g;
             first[i] = v;
             params[i] -= learning_rate * (nesterov ? g + momentum * v : v);
@@ -412,6 +420,7 @@ FBP_MULTIVERSION static void FBP_NAME(fbp_optimizer_step)(FBP_T *params, const F
         FBP_T root_correction = (FBP_T)sqrt(1.0 - pow((double)beta2, step));
         for (ptrdiff_t i = 0; i < n; i++) {
             FBP_T g = grads[i] + weight_decay * params[i];
+            grads[i] = 0;
             FBP_T m = beta1 * first[i] + (1 - beta1) * g;
             FBP_T v = beta2 * second[i] + (1 - beta2) * g * g;
             first[i] = m;
@@ -423,6 +432,7 @@ FBP_MULTIVERSION static void FBP_NAME(fbp_optimizer_step)(FBP_T *params, const F
     case FBP_RMSPROP:    /* v <- alpha v + (1 - alpha) g^2;  p <- p - lr g / (sqrt(v) + eps) */
         for (ptrdiff_t i = 0; i < n; i++) {
             FBP_T g = grads[i] + weight_decay * params[i];
+            grads[i] = 0;
             FBP_T v = beta2 * second[i] + (1 - beta2) * g * g;
             second[i] = v;
             params[i] -= learning_rate * g / (FBP_MATH_SQRT(v) + epsilon);
@@ -431,6 +441,7 @@ FBP_MULTIVERSION static void FBP_NAME(fbp_optimizer_step)(FBP_T *params, const F
     case FBP_ADAGRAD:    /* s <- s + g^2;  p <- p - lr g / (sqrt(s) + eps) */
         for (ptrdiff_t i = 0; i < n; i++) {
             FBP_T g = grads[i] + weight_decay * params[i];
+            grads[i] = 0;
             FBP_T s = second[i] + g * g;
             second[i] = s;
             params[i] -= learning_rate * g / (FBP_MATH_SQRT(s) + epsilon);

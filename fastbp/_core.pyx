@@ -21,6 +21,7 @@ from cython cimport floating
 from libc.math cimport isfinite, sqrt
 from libc.stdint cimport uint64_t
 from libc.stdlib cimport malloc, free
+from libc.string cimport memset
 
 from fastbp._blas cimport gemm
 from fastbp._kernels cimport *
@@ -191,6 +192,10 @@ cdef class Settings:
     def step(self):
         return self.hyper.step
 
+    @step.setter
+    def step(self, double value):
+        self.hyper.step = value
+
     @property
     def learning_rate(self):
         return self.hyper.learning_rate
@@ -198,6 +203,12 @@ cdef class Settings:
     @learning_rate.setter
     def learning_rate(self, double value):
         self.hyper.learning_rate = value
+
+    @property
+    def state_layout(self):
+        """What the optimizer state holds: the folded momentum keeps mu * velocity, every
+        other rule torch's buffers; state of one layout means nothing to the other."""
+        return "scaled" if self.folded and self.hyper.optimizer == FBP_MOMENTUM else "plain"
 
     @property
     def folded(self):
@@ -300,7 +311,7 @@ cdef inline void scale_in_place(floating* x, Py_ssize_t n, floating factor) noex
         fbp_scale_f64(x, n, factor)
 
 
-cdef inline void optimizer_step(floating* params, const floating* grads, floating* first,
+cdef inline void optimizer_step(floating* params, floating* grads, floating* first,
                                 floating* second, Py_ssize_t n, const Hyper* hyper,
                                 floating weight_decay) noexcept nogil:
     if floating is float:
@@ -314,12 +325,13 @@ cdef inline void optimizer_step(floating* params, const floating* grads, floatin
                                hyper.beta1, hyper.beta2, hyper.epsilon, hyper.step)
 
 
-cdef inline void momentum_step(floating* params, floating* velocity, Py_ssize_t n,
-                               floating learning_rate, floating weight_decay) noexcept nogil:
+cdef inline void momentum_step(floating* params, floating* scaled_velocity, Py_ssize_t n,
+                               floating learning_rate, floating weight_decay,
+                               floating momentum) noexcept nogil:
     if floating is float:
-        fbp_momentum_step_f32(params, velocity, n, learning_rate, weight_decay)
+        fbp_momentum_step_f32(params, scaled_velocity, n, learning_rate, weight_decay, momentum)
     else:
-        fbp_momentum_step_f64(params, velocity, n, learning_rate, weight_decay)
+        fbp_momentum_step_f64(params, scaled_velocity, n, learning_rate, weight_decay, momentum)
 
 
 cdef inline double loss_normaliser(int loss, Py_ssize_t n_cols) noexcept nogil:
@@ -380,11 +392,13 @@ cdef enum:
 
 
 cdef enum Update:
-    GRADIENT_ONLY = 0   # target := gradient (beta 0) or += gradient (beta 1): no step
+    GRADIENT_ONLY = 0   # target := beta * target + gradient: no step
     FOLDED_SGD = 1      # target = params: W <- (1 - lr wd) W - lr grad, in the GEMM
-    FOLDED_MOMENTUM = 2 # target = velocity: v <- mu v + grad in the GEMM, then p -= lr v
-    LAYER_STEP = 3      # target = gradient buffer; each layer's rule runs as soon as its
-                        # gradient is ready, while it is still in cache
+    FOLDED_MOMENTUM = 2 # target = mu * velocity: + grad in the GEMM (beta 1), then
+                        # p -= lr v and the scaled velocity for the next step
+    LAYER_STEP = 3      # target = gradient buffer, kept at 0 between steps (the rule resets
+                        # what it reads) so the GEMM adds with beta 1; each block's rule runs
+                        # as soon as its gradient is ready, while it is still in cache
 
 
 cdef double run_batch(const Layout* plan, Hyper* hyper, floating* params, floating* target,
@@ -424,9 +438,9 @@ cdef double run_batch(const Layout* plan, Hyper* hyper, floating* params, floati
         weight_beta = <floating>(1.0 - hyper.learning_rate * hyper.weight_decay)
         bias_beta = 1
     elif update == FOLDED_MOMENTUM:
-        weight_beta = bias_beta = <floating>hyper.momentum
+        weight_beta = bias_beta = 1
     elif update == LAYER_STEP:
-        weight_beta = bias_beta = 0
+        weight_beta = bias_beta = 1
 
     for l in range(L, 0, -1):
         n_in = plan.sizes[l - 1]
@@ -469,8 +483,8 @@ cdef inline void step_slice(const Hyper* hyper, floating* params, floating* grad
                             floating* first, floating* second, int update, Py_ssize_t offset,
                             Py_ssize_t n, bint weights) noexcept nogil:
     """The optimizer's rule on params[offset:offset + n] from grads there (for
-    FOLDED_MOMENTUM, grads is the velocity the GEMM just updated). Weight decay applies to
-    weights, not biases."""
+    FOLDED_MOMENTUM, grads is the scaled velocity the GEMM just added the gradient to).
+    Weight decay applies to weights, not biases."""
     cdef floating weight_decay = <floating>hyper.weight_decay if weights else 0
     if weights and hyper.decoupled_weight_decay:   # p <- p (1 - lr wd), then the rule
         scale_in_place(params + offset, n,
@@ -478,7 +492,7 @@ cdef inline void step_slice(const Hyper* hyper, floating* params, floating* grad
         weight_decay = 0
     if update == FOLDED_MOMENTUM:
         momentum_step(params + offset, grads + offset, n, <floating>hyper.learning_rate,
-                      weight_decay)
+                      weight_decay, <floating>hyper.momentum)
     else:
         optimizer_step(params + offset, grads + offset, first + offset if first else NULL,
                        second + offset if second else NULL, n, hyper, weight_decay)
@@ -542,6 +556,8 @@ def train_epoch(Plan plan, Settings settings, floating[::1] params, floating[::1
     cdef uint64_t random_state = random_seed | 1
     cdef int update = LAYER_STEP
     cdef floating* target = grads
+    if grads:   # the rules leave it at 0 after each step
+        memset(grads, 0, layout.n_params * sizeof(floating))
     if clipping:            # the norm needs the whole gradient before any step
         update = GRADIENT_ONLY
     elif hyper.optimizer == FBP_SGD:
@@ -583,7 +599,7 @@ def train_epoch(Plan plan, Settings settings, floating[::1] params, floating[::1
             if weight_sum > 0:   # a batch whose rows all weigh 0 teaches nothing
                 scale = <floating>(normaliser / weight_sum)
                 loss_sum = run_batch(layout, hyper, p, target, first, second, w, x, y,
-                                     weights, <int>m, scale, update, 0, &random_state)
+                                     weights, <int>m, scale, update, 1, &random_state)
                 if not isfinite(loss_sum):
                     status = DIVERGED
                     break

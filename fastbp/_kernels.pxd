@@ -57,15 +57,16 @@ cdef extern from "fastbp.h" nogil:
     double fbp_sum_squares_f64(const double* x, Py_ssize_t n) noexcept
     void fbp_scale_f32(float* x, Py_ssize_t n, float factor) noexcept
     void fbp_scale_f64(double* x, Py_ssize_t n, double factor) noexcept
-    void fbp_optimizer_step_f32(float* params, const float* grads, float* first, float* second,
+    void fbp_optimizer_step_f32(float* params, float* grads, float* first, float* second,
                                 Py_ssize_t n, int kind, float learning_rate, float weight_decay,
                                 float momentum, int nesterov, float beta1, float beta2,
                                 float epsilon, double step) noexcept
-    void fbp_optimizer_step_f64(double* params, const double* grads, double* first,
+    void fbp_optimizer_step_f64(double* params, double* grads, double* first,
                                 double* second, Py_ssize_t n, int kind, double learning_rate,
                                 double weight_decay, double momentum, int nesterov, double beta1,
                                 double beta2, double epsilon, double step) noexcept
-    void fbp_momentum_step_f32(float* params, float* velocity, Py_ssize_t n, float learning_rate,
-                               float weight_decay) noexcept
-    void fbp_momentum_step_f64(double* params, double* velocity, Py_ssize_t n,
-                               double learning_rate, double weight_decay) noexcept
+    void fbp_momentum_step_f32(float* params, float* scaled_velocity, Py_ssize_t n,
+                               float learning_rate, float weight_decay, float momentum) noexcept
+    void fbp_momentum_step_f64(double* params, double* scaled_velocity, Py_ssize_t n,
+                               double learning_rate, double weight_decay,
+                               double momentum) noexcept

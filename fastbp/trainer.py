@@ -216,11 +216,12 @@ class Trainer:
 
         n_samples = X.shape[0]
         batch_size = min(settings["batch_size"], n_samples)
-        state = self._optimizer_state(model, optimizer)
         core_settings = _core.Settings(
             loss.code, loss.parameter, weight_decay=settings["weight_decay"],
             decoupled_weight_decay=bool(self.decoupled_weight_decay),
-            clip_norm=settings["clip_norm"] or 0.0, step=self._step, **optimizer.settings())
+            clip_norm=settings["clip_norm"] or 0.0, **optimizer.settings())
+        state = self._optimizer_state(model, optimizer, core_settings.state_layout)
+        core_settings.step = self._step
         plan, work = model._workspace(batch_size, model._dropout, not core_settings.folded)
         # The parameters and optimizer state at the start of the epoch, restored if it diverges.
         backup, state_backup = np.empty_like(model._params), np.empty_like(state)
@@ -384,16 +385,16 @@ class Trainer:
                 None if labels is None else labels[:n_train],
                 None if weights is None else weights[:n_train], validation)
 
-    def _optimizer_state(self, model, optimizer) -> np.ndarray:
+    def _optimizer_state(self, model, optimizer, layout: str) -> np.ndarray:
         """The optimizer's moments for this model, kept from earlier fits when they fit."""
         shape = (2 if optimizer.n_states else 0, model.n_params)
         state, key = self._state, self._state_key
         if (state is None or state.shape != shape or state.dtype != model.dtype or key is None
-                or key[0]() is not model or key[1] != optimizer.code_name):
+                or key[0]() is not model or key[1] != (optimizer.code_name, layout)):
             check_allocation(shape[0] * shape[1], model.dtype, "the optimizer state")
             state = np.zeros(shape, dtype=model.dtype)
             self._step = 0.0
-            self._state_key = (weakref.ref(model), optimizer.code_name)
+            self._state_key = (weakref.ref(model), (optimizer.code_name, layout))
         self._state = state
         return state
 
