@@ -690,12 +690,15 @@ def output_loss(floating[:, ::1] outputs, const floating[:, ::1] Y, int activati
     grad = np.empty_like(outputs) if want_gradient else None
     cdef floating[:, ::1] grad_view = grad if want_gradient else outputs
     cdef floating* grad_ptr = &grad_view[0, 0] if want_gradient else NULL
-    preactivation = np.empty_like(outputs)
-    cdef floating[:, ::1] preactivation_view = preactivation
+    cdef floating[:, ::1] preactivation
+    cdef floating* preactivation_ptr = NULL
+    if fbp_needs_preactivation(activation):   # gelu and swish: their gradient needs z
+        preactivation = np.empty_like(outputs)
+        preactivation_ptr = &preactivation[0, 0]
     cdef floating[::1] bias = np.zeros(n_cols, dtype=dtype)
     cdef double total
     with nogil:
-        total = output_layer(&outputs[0, 0], &bias[0], &preactivation_view[0, 0], &Y[0, 0],
+        total = output_layer(&outputs[0, 0], &bias[0], preactivation_ptr, &Y[0, 0],
                              NULL, grad_ptr, n_rows, n_cols, activation, loss,
                              <floating>loss_parameter, scale)
     return total * scale, grad

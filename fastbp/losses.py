@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from fastbp import _core
-from fastbp._validation import as_targets, numeric_array, real_number
+from fastbp._validation import as_targets, numeric_array, one_hot, real_number
 
 __all__ = ["Loss", "MeanSquaredError", "MeanAbsoluteError", "CategoricalCrossentropy",
            "BinaryCrossentropy", "Huber", "get", "NAMES"]
@@ -56,8 +56,7 @@ class Loss:
             raise ValueError("y_pred contains NaN or infinity")
         targets, labels = as_targets(y_true, self.name, outputs.shape[1], outputs.shape[0], dtype)
         if labels is not None:
-            targets = np.zeros_like(outputs)
-            targets[np.arange(labels.shape[0]), labels] = 1
+            targets = one_hot(labels, outputs.shape[1], outputs.dtype)
         value, grad = _core.output_loss(outputs, targets, _core.ACTIVATION_CODES["identity"],
                                         self.code, self.parameter, want_gradient)
         return float(value), (grad.reshape(shape) if want_gradient else None)

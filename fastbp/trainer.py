@@ -17,7 +17,8 @@ import numpy as np
 from fastbp import _core, losses, metrics as metrics_module, optimizers, schedules
 from fastbp._threads import MAX_THREADS, blas_threads, thread_count
 from fastbp.callbacks import ProgressBar, checked_callbacks
-from fastbp._validation import as_matrix, as_targets, numeric_array, real_number, whole_number
+from fastbp._validation import as_matrix, as_targets, numeric_array, one_hot, real_number, \
+    whole_number
 from fastbp.model import MLP, check_allocation
 
 
@@ -379,7 +380,7 @@ class Trainer:
             raise ValueError(f"validation_split={fraction} leaves no rows for "
                              f"{'training' if n_train < 1 else 'validation'} out of {X.shape[0]}")
         dense = targets if labels is None else \
-            np.eye(model.layer_sizes[-1], dtype=model.dtype)[labels[n_train:]]
+            one_hot(labels[n_train:], model.layer_sizes[-1], model.dtype)
         validation = (X[n_train:], dense if labels is not None else dense[n_train:])
         return (X[:n_train], None if targets is None else targets[:n_train],
                 None if labels is None else labels[:n_train],

@@ -10,13 +10,11 @@ CI sees the same examples every run. Sizes stay small: what is fuzzed here is th
 not the arithmetic (tests/test_robustness.py and tests/test_limits.py cover the extremes).
 """
 import contextlib
-import faulthandler
 import io
 import json
 import math
 import os
 import struct
-import sys
 import warnings
 import zlib
 from decimal import Decimal
@@ -41,20 +39,8 @@ FUZZ = settings(max_examples=60, deadline=None, derandomize=True, database=None,
                                        HealthCheck.filter_too_much,
                                        HealthCheck.function_scoped_fixture])
 FEW = settings(FUZZ, max_examples=25)
-HANG_SECONDS = 120  # a single test running longer than this is a hang: dump stacks and exit
+HANG_SECONDS = 120  # tests/conftest.py ends a test running longer than this: a hang
 
-
-@pytest.fixture(autouse=True)
-def _no_hangs(request):
-    """A hung test ends the run (stacks dumped, exit 1) instead of stalling it; where pytest's
-    own faulthandler_timeout is set (tools/sanitize.sh sets it) that dumps the stacks to the
-    real stderr instead, which the test's captured output would hide."""
-    if float(request.config.getini("faulthandler_timeout") or 0) > 0:
-        yield
-        return
-    faulthandler.dump_traceback_later(HANG_SECONDS, exit=True, file=sys.__stderr__)
-    yield
-    faulthandler.cancel_dump_traceback_later()
 
 
 def _event(text):

@@ -7,8 +7,6 @@
   is to be refused with a clear error (xfail until the per-model lock exists);
 - concurrent fits leave the process's BLAS thread setting as they found it.
 """
-import faulthandler
-import sys
 import threading
 
 import numpy as np
@@ -20,19 +18,8 @@ from fastbp.callbacks import Callback
 
 N_THREADS = 4
 TIMEOUT = 120
+HANG_SECONDS = TIMEOUT + 60   # tests/conftest.py ends a hung test after this
 
-
-@pytest.fixture(autouse=True)
-def _no_hangs(request):
-    """A hung test ends the run (stacks dumped, exit 1) instead of stalling it; where pytest's
-    own faulthandler_timeout is set (tools/sanitize.sh sets it) that dumps the stacks to the
-    real stderr instead, which the test's captured output would hide."""
-    if float(request.config.getini("faulthandler_timeout") or 0) > 0:
-        yield
-        return
-    faulthandler.dump_traceback_later(TIMEOUT + 60, exit=True, file=sys.__stderr__)
-    yield
-    faulthandler.cancel_dump_traceback_later()
 
 
 def run_threads(targets):
