@@ -43,6 +43,11 @@ def encode(layer_sizes, activations, params: np.ndarray, dropout=()) -> bytes:
     return body + CHECKSUM.pack(zlib.crc32(body))
 
 
+def parameter_count(layer_sizes) -> int:
+    """Weights and biases of a network with these widths, in Python integers (no overflow)."""
+    return sum(n_in * n_out + n_out for n_in, n_out in zip(layer_sizes[:-1], layer_sizes[1:]))
+
+
 def _damaged(why: str) -> ValueError:
     return ValueError(f"not a valid fastbp model file: {why}")
 
@@ -69,7 +74,7 @@ def _read_start(data: bytes):
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise _damaged("the header is not valid JSON") from None
     layer_sizes, activations, dtype, dropout = _check_header(header)
-    n_params = sum(a * b + b for a, b in zip(layer_sizes[:-1], layer_sizes[1:]))
+    n_params = parameter_count(layer_sizes)
     total_size = header_end + n_params * dtype.itemsize + CHECKSUM.size
     return layer_sizes, activations, dtype, dropout, header_end, total_size
 

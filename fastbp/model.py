@@ -124,8 +124,7 @@ class MLP:
         self._dropout = dropout or (0.0,) * len(names)
         self._codes = tuple(_core.ACTIVATION_CODES[name] for name in names)
         if params is None:   # counted in Python integers: the core's offsets cannot overflow
-            check_allocation(sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:])), dtype,
-                             "the parameters")
+            check_allocation(_format.parameter_count(sizes), dtype, "the parameters")
         self._shape = _core.Plan(sizes, self._codes, 0)
         if params is None:
             params = np.zeros(self._shape.n_params, dtype=dtype)
