@@ -191,6 +191,10 @@ def worker(args):
                    median=float(np.median(rates)), min=rates[0], max=rates[-1],
                    unit="rows/s" if predict else "samples/s",
                    versions=runner.versions(), blas=_blas_info())
+        if args.worker == "fastbp" and hasattr(runner, "gemm_floor"):
+            floor_windows, _ = _measure(runner.gemm_floor(), units, args.duration,
+                                        args.repeats, args.warmup)
+            out["gemm_floor"] = float(np.median([w["rate"] for w in floor_windows]))
         if hasattr(runner, "n_classes_seen"):
             out["n_classes_seen"] = runner.n_classes_seen
         rss["end"] = _maxrss_mib()
@@ -311,24 +315,34 @@ def print_report(results, libraries, wl_names, threads_list, args, file=sys.stdo
     for threads in threads_list:
         p("")
         p(f"threads = {threads or 'library default'}   (samples/s for W*, rows/s for P1)")
+        floors = {wl: (by.get((wl, "fastbp", threads)) or {}).get("gemm_floor")
+                  for wl in wl_names}
+        show_floor = any(floors.values())
         head = ["workload"] + libraries
+        if show_floor:
+            head += ["GEMMs alone", "fastbp/GEMMs"]
         if "fastbp" in libraries:
             head += [f"fastbp/{o}" for o in others]
         rows = [head]
         for wl in wl_names:
             row = [wl] + [_cell(by.get((wl, lib, threads))) for lib in libraries]
+            fb = by.get((wl, "fastbp", threads))
+            fb_ok = bool(fb and fb.get("status") == "ok")
+            floor = floors[wl] if fb_ok else None
+            if show_floor:
+                row += [_fmt_rate(floor), f"{fb['median'] / floor:.0%}" if floor else "n/a"]
             if "fastbp" in libraries:
-                fb = by.get((wl, "fastbp", threads))
                 for o in others:
                     peer = by.get((wl, o, threads))
-                    if (fb and peer and fb.get("status") == "ok"
-                            and peer.get("status") == "ok"):
+                    if fb_ok and peer and peer.get("status") == "ok":
                         ratio = fb["median"] / peer["median"]
                         goal = GOAL_RATIOS.get(wl, {}).get(o) if threads == 1 else None
-                        mark = ""
+                        notes = []
                         if goal:
-                            mark = f" ({'ok' if ratio >= goal else 'goal'} {goal:g}x)"
-                        row.append(f"{ratio:.2f}x{mark}")
+                            notes.append(f"{'ok' if ratio >= goal else 'goal'} {goal:g}x")
+                        if floor:   # what fastbp would reach if only its GEMMs cost time
+                            notes.append(f"bound {floor / peer['median']:.2f}x")
+                        row.append(f"{ratio:.2f}x" + (f" ({', '.join(notes)})" if notes else ""))
                     else:
                         row.append("n/a")
             rows.append(row)
@@ -338,6 +352,9 @@ def print_report(results, libraries, wl_names, threads_list, args, file=sys.stdo
                                for j, (c, w) in enumerate(zip(r, widths))))
             if i == 0:
                 p("  " + "  ".join("-" * w for w in widths))
+    if any(r.get("gemm_floor") for r in results):
+        p("  GEMMs alone: fastbp's own matrix products of plain-SGD training, same calls, nothing")
+        p("  else (_core.gemm_floor); bound = GEMMs alone / peer, the most any overhead cut can give")
     if any(_cell(r).endswith("*") for r in results):
         p("  * CPU time under 90% of wall time: the core was shared with other work")
     for threads, c in sorted(getattr(args, "ceilings", {}).items()):

@@ -62,6 +62,25 @@ class FastbpTrain:
     def versions(self):
         return {"fastbp": getattr(self.fastbp, "__version__", "?"), "numpy": np.__version__}
 
+    def gemm_floor(self):
+        """A function running `epochs` epochs' worth of this workload's plain-SGD matrix
+        products alone (fastbp._core.gemm_floor): the speed fastbp would reach if gathering,
+        activations, the loss and everything else but BLAS cost nothing."""
+        from fastbp import _core, _threads
+        model, wl = self.model, self.workload
+        plan, work = model._workspace(wl.batch_size)
+        work[:] = 0
+        scratch = model._params.copy()
+        X = self.X[: max(wl.batch_size, min(len(self.X), 64 * wl.batch_size))]
+        steps_per_epoch = -(-wl.n_samples // wl.batch_size)
+        threads = _threads.thread_count(wl.layer_sizes, wl.batch_size, self.threads)
+
+        def run(epochs):
+            with _threads.blas_threads(threads):
+                _core.gemm_floor(plan, scratch, work, X, wl.batch_size,
+                                 epochs * steps_per_epoch)
+        return run
+
 
 class FastbpMomentumTrain(FastbpTrain):
     """fastbp with SGD + momentum 0.9 (issue 4: within 10% of plain SGD's throughput)."""

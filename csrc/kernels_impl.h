@@ -68,7 +68,7 @@ static inline FBP_T FBP_NAME(fbp_sigmoid)(FBP_T v)
 
 /* z <- f(z + bias), bias broadcast over the rows (the fused bias add and activation).
    When preactivation is not NULL it receives z + bias (gelu and swish need it). */
-static inline void FBP_NAME(fbp_bias_activation)(FBP_T *z, const FBP_T *bias, FBP_T *preactivation,
+FBP_MULTIVERSION static void FBP_NAME(fbp_bias_activation)(FBP_T *z, const FBP_T *bias, FBP_T *preactivation,
                                                  ptrdiff_t n_rows, ptrdiff_t n_cols, int activation)
 {
     const FBP_T slope = (FBP_T)FBP_LEAKY_SLOPE;
@@ -136,7 +136,7 @@ static inline void FBP_NAME(fbp_bias_activation)(FBP_T *z, const FBP_T *bias, FB
 /* delta <- delta * f'(z), f' taken from the output a = f(z) or, for gelu and swish, from
    the pre-activation z.  For softmax, delta holds dL/da and becomes
    dL/dz = a * (delta - <delta, a>) per row. */
-static inline void FBP_NAME(fbp_activation_backward)(FBP_T *delta, const FBP_T *a,
+FBP_MULTIVERSION static void FBP_NAME(fbp_activation_backward)(FBP_T *delta, const FBP_T *a,
                                                      const FBP_T *preactivation, ptrdiff_t n_rows,
                                                      ptrdiff_t n_cols, int activation)
 {
@@ -195,7 +195,7 @@ static inline void FBP_NAME(fbp_activation_backward)(FBP_T *delta, const FBP_T *
    NULL, writes delta = scale * d(weighted sum)/dz.  softmax + CCE and sigmoid + BCE take
    the loss from the logits (no log of 0) and the fused gradient p - y; every other
    pairing clips probabilities and uses the chain rule.  loss_parameter is Huber's delta. */
-static inline double FBP_NAME(fbp_output_layer)(FBP_T *z, const FBP_T *bias, FBP_T *preactivation,
+FBP_MULTIVERSION static double FBP_NAME(fbp_output_layer)(FBP_T *z, const FBP_T *bias, FBP_T *preactivation,
                                                 const FBP_T *y, const FBP_T *row_weights,
                                                 FBP_T *delta, ptrdiff_t n_rows, ptrdiff_t n_cols,
                                                 int activation, int loss, FBP_T loss_parameter,

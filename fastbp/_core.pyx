@@ -704,6 +704,49 @@ def output_loss(floating[:, ::1] outputs, const floating[:, ::1] Y, int activati
     return total * scale, grad
 
 
+def gemm_floor(Plan plan, floating[::1] scratch, floating[::1] work,
+               const floating[:, ::1] X, Py_ssize_t batch_size, Py_ssize_t n_steps):
+    """For benchmarks: n_steps of plain-SGD training's matrix products and nothing else.
+
+    The same gemm calls, shapes and flags as run_batch with FOLDED_SGD, on consecutive
+    batches of X (no gather, no element-wise kernel, no loss); the weight products write
+    into scratch (a copy of the parameters) and the deltas are whatever work holds. Its
+    speed is what training would reach if everything but BLAS were free.
+    """
+    cdef const Layout* layout = &plan.layout
+    cdef int L = layout.n_layers
+    cdef int l, n_in, n_out, m
+    cdef Py_ssize_t step, start = 0, n_samples = X.shape[0]
+    cdef floating* p = &scratch[0]
+    cdef floating* w = &work[0]
+    cdef const floating* x
+    if n_samples < batch_size or batch_size > layout.capacity or layout.n_params != scratch.shape[0]:
+        raise ValueError("gemm_floor: X, batch_size or scratch do not fit the plan")
+    m = <int>batch_size
+    with nogil:
+        for step in range(n_steps):
+            if start + m > n_samples:
+                start = 0
+            x = &X[start, 0]
+            for l in range(1, L):
+                gemm(False, False, m, layout.sizes[l], layout.sizes[l - 1], <floating>1,
+                     layer_input(layout, w, x, l), layout.sizes[l - 1],
+                     p + layout.weight_offsets[l - 1], layout.sizes[l], <floating>0,
+                     w + layout.output_offsets[l], layout.sizes[l])
+            output_logits(layout, p, w, x, m, w + layout.output_offsets[L])
+            for l in range(L, 0, -1):
+                n_in = layout.sizes[l - 1]
+                n_out = layout.sizes[l]
+                if l > 1:
+                    gemm(False, True, m, n_in, n_out, <floating>1,
+                         w + layout.delta_offsets[l % 2], n_out, p + layout.weight_offsets[l - 1],
+                         n_out, <floating>0, w + layout.delta_offsets[(l - 1) % 2], n_in)
+                gemm(True, False, n_in, n_out, m, <floating>-1e-3, layer_input(layout, w, x, l),
+                     n_in, w + layout.delta_offsets[l % 2], n_out, <floating>1,
+                     p + layout.weight_offsets[l - 1], n_out)
+            start += m
+
+
 def all_finite(const floating[:, ::1] X):
     """True if X holds no NaN or infinity."""
     cdef Py_ssize_t n = X.shape[0] * X.shape[1]
