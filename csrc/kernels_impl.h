@@ -4,7 +4,7 @@
  * the caller passes the output buffers. */
 
 /* 1 if every element of x is finite (a compare per element, no branch: vectorises). */
-static inline int FBP_NAME(fbp_all_finite)(const FBP_T *x, ptrdiff_t n)
+FBP_MULTIVERSION static int FBP_NAME(fbp_all_finite)(const FBP_T *x, ptrdiff_t n)
 {
     const ptrdiff_t block = 4096;
     for (ptrdiff_t start = 0; start < n; start += block) {
