@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import threading
 
@@ -14,7 +15,12 @@ MULTITHREAD_MIN_FLOPS_PER_STEP = 1e8
 
 MAX_THREADS = 1024
 
+# OpenBLAS cores with small-matrix kernels (kernel/x86_64/KERNEL.SKYLAKEX and the cores
+# built on it), as threadpoolctl reports them (openblas_get_corename), lower case.
+SMALL_GEMM_CORES = {"skylakex", "cooperlake", "sapphirerapids"}
+
 _controller = None       # threadpoolctl's view of the loaded BLAS libraries
+_small_gemm = None       # small_gemm_kernels(), once known
 _limiter = None          # the limit in force while passes run
 _active = 0              # passes running inside blas_threads
 _lock = threading.Lock()
@@ -34,6 +40,83 @@ def thread_count(layer_sizes, rows_per_step: int, n_threads=None, backward=True)
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
+def _get_controller():
+    global _controller
+    with _lock:
+        if _controller is None:
+            _controller = ThreadpoolController()
+        return _controller
+
+
+def small_gemm_kernels() -> bool:
+    """True if the BLAS behind scipy.linalg.cython_blas (the one fastbp calls) is an OpenBLAS
+    whose core has small-matrix kernels, so one-thread passes cut their products to fit
+    them (_core.Plan's small_gemm_chunks). Found once per process; the environment variable
+    FASTBP_SMALL_GEMM=0 or 1 overrides it (for comparing the two)."""
+    global _small_gemm
+    if _small_gemm is None:
+        forced = os.environ.get("FASTBP_SMALL_GEMM")
+        _small_gemm = forced == "1" if forced in ("0", "1") else _blas_has_small_kernels()
+    return _small_gemm
+
+
+def _blas_has_small_kernels() -> bool:
+    path = _scipy_blas_path()
+    if path is None:
+        return False
+    for info in _get_controller().info():
+        try:
+            same = os.path.samefile(info.get("filepath", ""), path)
+        except OSError:
+            continue
+        if same:
+            return (info.get("internal_api") == "openblas"
+                    and str(info.get("architecture", "")).lower() in SMALL_GEMM_CORES)
+    return False
+
+
+def _scipy_blas_path():
+    """The file of the BLAS library scipy.linalg.cython_blas calls, or None if unknown.
+
+    dladdr of cython_blas's sgemm names scipy's extension module; a symbol lookup through
+    that module's handle searches the libraries it links, and dladdr of the Fortran sgemm
+    found there names the BLAS (scipy's wheels prefix its symbols with scipy_)."""
+    from fastbp import _core
+    module_path = _library_of(_core.blas_address())
+    if module_path is None:
+        return None
+    try:
+        module = ctypes.CDLL(module_path)
+    except OSError:
+        return None
+    for name in ("scipy_sgemm_", "sgemm_"):
+        try:
+            function = getattr(module, name)
+        except AttributeError:
+            continue
+        return _library_of(ctypes.cast(function, ctypes.c_void_p).value)
+    return None
+
+
+class _DlInfo(ctypes.Structure):
+    _fields_ = [("dli_fname", ctypes.c_char_p), ("dli_fbase", ctypes.c_void_p),
+                ("dli_sname", ctypes.c_char_p), ("dli_saddr", ctypes.c_void_p)]
+
+
+def _library_of(address: int):
+    """The file of the shared library holding a function's address (dladdr), or None."""
+    try:
+        dladdr = ctypes.CDLL(None).dladdr
+    except (OSError, AttributeError):   # no dladdr (Windows)
+        return None
+    dladdr.argtypes = [ctypes.c_void_p, ctypes.POINTER(_DlInfo)]
+    dladdr.restype = ctypes.c_int
+    info = _DlInfo()
+    if not dladdr(address, ctypes.byref(info)) or not info.dli_fname:
+        return None
+    return os.fsdecode(info.dli_fname)
+
+
 @contextlib.contextmanager
 def blas_threads(n_threads: int):
     """Limit every loaded BLAS to n_threads for the duration of a pass.
@@ -43,12 +126,11 @@ def blas_threads(n_threads: int):
     it was found whatever order they end in. The controller (a scan of the loaded
     libraries, milliseconds) is made once; a limit then costs microseconds.
     """
-    global _controller, _active, _limiter
+    global _active, _limiter
+    controller = _get_controller()
     with _lock:
-        if _controller is None:
-            _controller = ThreadpoolController()
         if _active == 0:
-            _limiter = _controller.limit(limits=n_threads, user_api="blas")
+            _limiter = controller.limit(limits=n_threads, user_api="blas")
         _active += 1
     try:
         yield

@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 
 from fastbp import _core, _format, losses
-from fastbp._threads import blas_threads, thread_count
+from fastbp._threads import blas_threads, small_gemm_kernels, thread_count
 from fastbp._validation import as_matrix, as_targets, check_finite, numeric_array, one_hot, \
     real_number, whole_number
 
@@ -206,9 +206,14 @@ class MLP:
         bytes_per_row = 4 * self.dtype.itemsize * sum(self._layer_sizes)
         return max(1, min(n_rows, PREDICT_CHUNK_ROWS, (64 << 20) // bytes_per_row))
 
-    def _workspace(self, n_rows: int, dropout=None, with_gradient=False):
-        """A plan and its workspace for up to n_rows rows a pass (chunks for predict)."""
-        plan = _core.Plan(self._layer_sizes, self._codes, n_rows, dropout, with_gradient)
+    def _workspace(self, n_rows: int, dropout=None, with_gradient=False, n_threads=None):
+        """A plan and its workspace for up to n_rows rows a pass (chunks for predict).
+
+        A pass known to run on one BLAS thread cuts its products into calls small enough
+        for the BLAS's small-matrix kernels, where it has them (docs/performance.md)."""
+        small_chunks = n_threads == 1 and small_gemm_kernels()
+        plan = _core.Plan(self._layer_sizes, self._codes, n_rows, dropout, with_gradient,
+                          small_chunks)
         check_allocation(plan.work_size, self.dtype, "the workspace")
         return plan, np.empty(plan.work_size, dtype=self.dtype)
 
@@ -216,8 +221,10 @@ class MLP:
         """The output layer's activations for the rows of X: (n_samples, n_outputs)."""
         X = self._inputs(X)
         out = np.empty((X.shape[0], self._layer_sizes[-1]), dtype=self.dtype)
-        plan, work = self._workspace(self._chunk_rows(X.shape[0]))
-        with blas_threads(thread_count(self._layer_sizes, plan.capacity, backward=False)):
+        rows = self._chunk_rows(X.shape[0])
+        n_threads = thread_count(self._layer_sizes, rows, backward=False)
+        plan, work = self._workspace(rows, n_threads=n_threads)
+        with blas_threads(n_threads):
             _core.predict(plan, self._params, work, X, out)
         if not _core.all_finite(out):
             raise ValueError(f"the model's outputs overflow {self.dtype.name} for these inputs "

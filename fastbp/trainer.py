@@ -223,7 +223,9 @@ class Trainer:
             clip_norm=settings["clip_norm"] or 0.0, **optimizer.settings())
         state = self._optimizer_state(model, optimizer, core_settings.state_layout)
         core_settings.step = self._step
-        plan, work = model._workspace(batch_size, model._dropout, not core_settings.folded)
+        n_threads = thread_count(model.layer_sizes, batch_size, self.n_threads)
+        plan, work = model._workspace(batch_size, model._dropout, not core_settings.folded,
+                                      n_threads)
         # The parameters and optimizer state at the start of the epoch, restored if it diverges.
         backup, state_backup = np.empty_like(model._params), np.empty_like(state)
         no_targets = np.empty((0, 0), dtype=model.dtype)
@@ -250,7 +252,7 @@ class Trainer:
             for callback in callbacks:
                 callback.set_model(model)
                 callback.on_train_begin({})
-            with blas_threads(thread_count(model.layer_sizes, batch_size, self.n_threads)):
+            with blas_threads(n_threads):
                 for epoch in range(n_epochs):
                     learning_rate = base_learning_rate if constant_rate else \
                         schedule.learning_rate(self._epochs_done, base_learning_rate)

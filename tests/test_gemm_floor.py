@@ -8,9 +8,11 @@ import fastbp
 from fastbp import _core
 
 
-def floor_setup(sizes, dtype, batch_size):
+def floor_setup(sizes, dtype, batch_size, small_gemm_chunks=False):
     model = fastbp.MLP(sizes, "relu", dtype=dtype, seed=3)
-    plan, work = model._workspace(batch_size)
+    plan = _core.Plan(model._layer_sizes, model._codes, batch_size, None, False,
+                      small_gemm_chunks)
+    work = np.empty(plan.work_size, dtype=dtype)
     work[:] = 1          # the output delta gemm_floor starts from: all ones
     rng = np.random.default_rng(0)
     X = rng.standard_normal((batch_size * 2, sizes[0])).astype(dtype)
@@ -18,10 +20,15 @@ def floor_setup(sizes, dtype, batch_size):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("sizes", [[7, 5, 3], [6, 9, 4, 2], [5, 3]])
-def test_one_step_makes_the_forward_and_backward_products_of_training(sizes, dtype):
-    batch = 4
-    model, plan, work, X = floor_setup(sizes, dtype, batch)
+@pytest.mark.parametrize("sizes, batch, chunked", [
+    ([7, 5, 3], 4, False), ([6, 9, 4, 2], 4, False), ([5, 3], 4, False),
+    ([100, 170, 3], 64, True),      # products cut into small-kernel calls (test_gemm_chunks)
+])
+def test_one_step_makes_the_forward_and_backward_products_of_training(sizes, batch, chunked,
+                                                                       dtype):
+    model, plan, work, X = floor_setup(sizes, dtype, batch, chunked)
+    assert any(c != (n_out, n_in) for c, n_in, n_out
+               in zip(plan.gemm_chunks, sizes[:-1], sizes[1:])) == chunked
     scratch = model._params.copy()
     before = [w.copy() for w in model.weights]
     _core.gemm_floor(plan, scratch, work, X, batch, 1)
