@@ -68,12 +68,12 @@ class FastbpTrain:
         activations, the loss and everything else but BLAS cost nothing."""
         from fastbp import _core, _threads
         model, wl = self.model, self.workload
-        plan, work = model._workspace(wl.batch_size)
+        threads = _threads.thread_count(wl.layer_sizes, wl.batch_size, self.threads)
+        plan, work = model._workspace(wl.batch_size, n_threads=threads)   # as fit's plan
         work[:] = 0
         scratch = model._params.copy()
         X = self.X[: max(wl.batch_size, min(len(self.X), 64 * wl.batch_size))]
         steps_per_epoch = -(-wl.n_samples // wl.batch_size)
-        threads = _threads.thread_count(wl.layer_sizes, wl.batch_size, self.threads)
 
         def run(epochs):
             with _threads.blas_threads(threads):
