@@ -20,8 +20,9 @@ MAX_THREADS = 1024
 SMALL_GEMM_CORES = {"skylakex", "cooperlake", "sapphirerapids"}
 
 _controller = None       # threadpoolctl's view of the loaded BLAS libraries
+_setters = None          # (get, set) of each BLAS's thread count
 _small_gemm = None       # small_gemm_kernels(), once known
-_limiter = None          # the limit in force while passes run
+_saved = None            # each BLAS's own setting, while passes run
 _active = 0              # passes running inside blas_threads
 _lock = threading.Lock()
 
@@ -123,14 +124,16 @@ def blas_threads(n_threads: int):
 
     Passes that overlap (fits or predicts on several Python threads) share one limit: the
     first sets it and the last puts the original setting back, so the process is left as
-    it was found whatever order they end in. The controller (a scan of the loaded
-    libraries, milliseconds) is made once; a limit then costs microseconds.
+    it was found whatever order they end in, and whichever threads they run on. The
+    libraries are found once (a scan, milliseconds); a limit then costs microseconds.
     """
-    global _active, _limiter
-    controller = _get_controller()
+    global _active, _saved
+    setters = _thread_setters()
     with _lock:
         if _active == 0:
-            _limiter = controller.limit(limits=n_threads, user_api="blas")
+            _saved = [(set_threads, get_threads()) for get_threads, set_threads in setters]
+            for _, set_threads in setters:
+                set_threads(n_threads)
         _active += 1
     try:
         yield
@@ -138,5 +141,43 @@ def blas_threads(n_threads: int):
         with _lock:
             _active -= 1
             if _active == 0:
-                _limiter.restore_original_limits()
-                _limiter = None
+                for set_threads, original in _saved:
+                    set_threads(original)
+                _saved = None
+
+
+def _thread_setters():
+    """(get, set) of the thread count of each loaded BLAS, found once.
+
+    An OpenBLAS on pthreads has one process-wide pool, and threadpoolctl lets only one
+    live thread change it (a call from any other is ignored); a pass may start and end on
+    any thread, so its own openblas_{get,set}_num_threads are called directly. Other
+    libraries go through threadpoolctl."""
+    global _setters
+    if _setters is None:
+        setters = []
+        for lib in _get_controller().lib_controllers:
+            if lib.user_api != "blas":
+                continue
+            if lib.internal_api == "openblas" and lib.threading_layer != "openmp":
+                get_threads = _openblas_function(lib, "openblas_get_num_threads", ctypes.c_int)
+                set_threads = _openblas_function(lib, "openblas_set_num_threads", None)
+                if get_threads is not None and set_threads is not None:
+                    setters.append((get_threads, set_threads))
+                    continue
+            setters.append((lambda lib=lib: lib.num_threads, lib.set_num_threads))
+        _setters = setters
+    return _setters
+
+
+def _openblas_function(lib, name, restype):
+    """OpenBLAS's `name` in lib, under the affixes builds add (scipy_..., ...64_)."""
+    for prefix in ("", "scipy_"):
+        for suffix in ("", "64_", "_64"):
+            function = getattr(lib.dynlib, prefix + name + suffix, None)
+            if function is not None:
+                function.restype = restype
+                if restype is None:
+                    function.argtypes = [ctypes.c_int]
+                return function
+    return None

@@ -245,9 +245,12 @@ class MLP:
     def _evaluate(self, X, targets, loss):
         """(mean loss, predictions) for checked arrays."""
         out = np.empty((X.shape[0], self._layer_sizes[-1]), dtype=self.dtype)
-        plan, work = self._workspace(self._chunk_rows(X.shape[0]))
-        value = _core.evaluate(plan, _core.Settings(loss.code, loss.parameter), self._params,
-                               work, X, targets, out)
+        rows = self._chunk_rows(X.shape[0])
+        n_threads = thread_count(self._layer_sizes, rows, backward=False)
+        plan, work = self._workspace(rows, n_threads=n_threads)
+        with blas_threads(n_threads):
+            value = _core.evaluate(plan, _core.Settings(loss.code, loss.parameter),
+                                   self._params, work, X, targets, out)
         return float(value), out
 
     def gradients(self, X, Y, loss):
@@ -260,9 +263,12 @@ class MLP:
         X = self._inputs(X)
         targets = self._dense_targets(Y, loss, X.shape[0])
         grads = np.empty_like(self._params)
-        plan, work = self._workspace(self._chunk_rows(X.shape[0]))
-        value = _core.gradients(plan, _core.Settings(loss.code, loss.parameter), self._params,
-                                grads, work, X, targets)
+        rows = self._chunk_rows(X.shape[0])
+        n_threads = thread_count(self._layer_sizes, rows)
+        plan, work = self._workspace(rows, n_threads=n_threads)
+        with blas_threads(n_threads):
+            value = _core.gradients(plan, _core.Settings(loss.code, loss.parameter),
+                                    self._params, grads, work, X, targets)
         if not np.isfinite(value):
             grads.fill(np.nan)
             warnings.warn("the loss is not finite for these parameters: the weights have "

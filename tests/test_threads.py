@@ -368,3 +368,59 @@ def test_a_single_fit_restores_the_blas_thread_setting(n_threads):
         before = blas_threads()
         make_trainer(9, epochs=1, n_threads=n_threads).fit(make_model(9), X, y)
         assert blas_threads() == before
+
+
+# ---------------------------------------------------------------- who controls OpenBLAS
+
+class ThreadProbe(Callback):
+    """Records every BLAS's thread count at each epoch's end, from the fitting thread."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def on_epoch_end(self, epoch, logs):
+        self.seen.append(blas_threads())
+
+
+def test_a_fit_on_a_worker_thread_gets_its_limit_while_another_thread_holds_openblas():
+    """threadpoolctl lets one live thread set OpenBLAS's process-wide pool and ignores the
+    others; a fit on any thread must still run on its thread count and put back what it
+    found (fits in services and thread pools run off the main thread)."""
+    X, y = problem(0, n_rows=600)
+    model = make_model(0)
+    probe = ThreadProbe()
+    with threadpool_limits(limits=2, user_api="blas"):   # this thread takes control
+        before = blas_threads()
+        worker = threading.Thread(
+            target=lambda: make_trainer(0, epochs=2).fit(model, X, y, callbacks=[probe]))
+        worker.start()
+        worker.join()
+        after = blas_threads()
+    assert len(probe.seen) == 2
+    assert all(n == 1 for state in probe.seen for _, n in state), probe.seen
+    assert after == before
+
+
+def test_passes_ending_on_other_threads_than_they_began_restore_the_setting():
+    """The first of overlapping passes sets the limit and the last restores it, whichever
+    threads those are."""
+    set_blas_threads(2)
+    before = blas_threads()
+    X, y = problem(1, n_rows=2000)
+    started = threading.Event()
+    models = [make_model(i) for i in range(2)]
+
+    class Signal(Callback):
+        def on_epoch_end(self, epoch, logs):
+            started.set()
+
+    def long_fit():
+        make_trainer(1, epochs=30).fit(models[0], X, y, callbacks=[Signal()])
+
+    def short_fit():
+        started.wait(30)
+        make_trainer(2, epochs=1).fit(models[1], X[:200], y[:200])
+
+    run_threads([long_fit, short_fit])
+    assert blas_threads() == before
