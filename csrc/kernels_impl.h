@@ -417,7 +417,9 @@ FBP_MULTIVERSION static void FBP_NAME(fbp_optimizer_step)(FBP_T *params, FBP_T *
         break;
     case FBP_ADAM: {     /* bias-corrected moments; p <- p - lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps) */
         FBP_T step_size = (FBP_T)(learning_rate / (1.0 - pow((double)beta1, step)));
-        FBP_T root_correction = (FBP_T)sqrt(1.0 - pow((double)beta2, step));
+        /* times 1 / sqrt(bc2) rather than over sqrt(bc2): one division an element, not two
+           (the loop is bound by its divisions and square roots, not by memory) */
+        FBP_T inverse_root_correction = (FBP_T)(1.0 / sqrt(1.0 - pow((double)beta2, step)));
         for (ptrdiff_t i = 0; i < n; i++) {
             FBP_T g = grads[i] + weight_decay * params[i];
             grads[i] = 0;
@@ -425,7 +427,7 @@ FBP_MULTIVERSION static void FBP_NAME(fbp_optimizer_step)(FBP_T *params, FBP_T *
             FBP_T v = beta2 * second[i] + (1 - beta2) * g * g;
             first[i] = m;
             second[i] = v;
-            params[i] -= step_size * m / (FBP_MATH_SQRT(v) / root_correction + epsilon);
+            params[i] -= step_size * m / (FBP_MATH_SQRT(v) * inverse_root_correction + epsilon);
         }
         break;
     }
