@@ -53,6 +53,7 @@ cdef struct Layout:
     double* dropout_rates           # per weight layer: dropout applied to its output
     Py_ssize_t* weight_offsets      # into the parameter buffer
     int* forward_chunks             # per weight layer: output columns per forward GEMM call
+    int* forward_row_chunks         # per weight layer: batch rows per forward GEMM call
     int* gradient_chunks            # per weight layer: rows of W per weight-gradient GEMM call
     Py_ssize_t* bias_offsets
     # into the workspace, indexed by layer l = 1..n_layers (-1: not kept)
@@ -74,6 +75,12 @@ cdef struct Layout:
 # step's forward product runs 1.5x faster as four such calls than as one packed call.
 SMALL_GEMM_MAX_MNK = 1000000
 SMALL_GEMM_GRAIN = 16       # chunk widths in whole AVX-512 vectors of floats
+# Forward products are cut into 16 batch rows by a multiple of 64 output columns (the
+# fastest small-kernel shapes measured: docs/performance.md), and only while the whole
+# product is below 64 x 10^6 multiply-adds: past that the packed kernel wins.
+SMALL_GEMM_FORWARD_ROWS = 16
+SMALL_GEMM_FORWARD_COLUMNS = 64
+SMALL_GEMM_FORWARD_MAX_MNK = 64000000
 
 
 cdef int small_gemm_chunk(Py_ssize_t other_dims, int size) noexcept:
@@ -84,6 +91,25 @@ cdef int small_gemm_chunk(Py_ssize_t other_dims, int size) noexcept:
     if chunk < SMALL_GEMM_GRAIN or chunk >= size:
         return size
     return <int>chunk
+
+
+cdef void forward_chunks(Layout* plan, int l, Py_ssize_t capacity) noexcept:
+    """A_{l} = A_{l-1} W_l in calls of SMALL_GEMM_FORWARD_ROWS rows by a multiple of
+    SMALL_GEMM_FORWARD_COLUMNS columns under the small-kernel limit, when that fits."""
+    cdef Py_ssize_t n_in = plan.sizes[l], n_out = plan.sizes[l + 1]
+    cdef Py_ssize_t rows = min(capacity, <Py_ssize_t>SMALL_GEMM_FORWARD_ROWS)
+    cdef Py_ssize_t columns = SMALL_GEMM_MAX_MNK // max(rows * n_in, 1)
+    if (capacity * n_in * n_out > SMALL_GEMM_FORWARD_MAX_MNK
+            or capacity * n_in * n_out <= SMALL_GEMM_MAX_MNK):   # too big, or small already
+        return
+    if columns >= n_out:
+        columns = n_out
+    else:
+        columns -= columns % SMALL_GEMM_FORWARD_COLUMNS
+        if columns < SMALL_GEMM_FORWARD_COLUMNS:
+            return
+    plan.forward_row_chunks[l] = <int>rows
+    plan.forward_chunks[l] = <int>columns
 
 
 cdef class Plan:
@@ -110,6 +136,7 @@ cdef class Plan:
         plan.dropout_rates = <double*>malloc(n_layers * sizeof(double))
         plan.weight_offsets = <Py_ssize_t*>malloc(n_layers * sizeof(Py_ssize_t))
         plan.forward_chunks = <int*>malloc(n_layers * sizeof(int))
+        plan.forward_row_chunks = <int*>malloc(n_layers * sizeof(int))
         plan.gradient_chunks = <int*>malloc(n_layers * sizeof(int))
         plan.bias_offsets = <Py_ssize_t*>malloc(n_layers * sizeof(Py_ssize_t))
         plan.output_offsets = <Py_ssize_t*>malloc((n_layers + 1) * sizeof(Py_ssize_t))
@@ -118,6 +145,7 @@ cdef class Plan:
         plan.mask_offsets = <Py_ssize_t*>malloc((n_layers + 1) * sizeof(Py_ssize_t))
         if (not plan.sizes or not plan.activations or not plan.dropout_rates
                 or not plan.weight_offsets or not plan.forward_chunks
+                or not plan.forward_row_chunks
                 or not plan.gradient_chunks or not plan.bias_offsets or not plan.output_offsets
                 or not plan.preactivation_offsets or not plan.dropped_offsets
                 or not plan.mask_offsets):
@@ -130,10 +158,10 @@ cdef class Plan:
             plan.weight_offsets[l] = offset
             offset += <Py_ssize_t>layer_sizes[l] * layer_sizes[l + 1]
             plan.forward_chunks[l] = plan.sizes[l + 1]
+            plan.forward_row_chunks[l] = <int>max(capacity, 1)
             plan.gradient_chunks[l] = plan.sizes[l]
-            if small_gemm_chunks:   # (capacity x n_in) . W[:, chunk], W[chunk, :] += . (capacity)
-                plan.forward_chunks[l] = small_gemm_chunk(capacity * plan.sizes[l],
-                                                          plan.sizes[l + 1])
+            if small_gemm_chunks:   # W[chunk, :] += A[:, chunk]^T D (capacity rows)
+                forward_chunks(plan, l, capacity)
                 plan.gradient_chunks[l] = small_gemm_chunk(capacity * plan.sizes[l + 1],
                                                            plan.sizes[l])
             plan.bias_offsets[l] = offset
@@ -175,6 +203,7 @@ cdef class Plan:
         free(self.layout.dropout_rates)
         free(self.layout.weight_offsets)
         free(self.layout.forward_chunks)
+        free(self.layout.forward_row_chunks)
         free(self.layout.gradient_chunks)
         free(self.layout.bias_offsets)
         free(self.layout.output_offsets)
@@ -188,9 +217,10 @@ cdef class Plan:
 
     @property
     def gemm_chunks(self):
-        """Per weight layer: (output columns per forward call, W rows per gradient call)."""
-        return [(self.layout.forward_chunks[l], self.layout.gradient_chunks[l])
-                for l in range(self.layout.n_layers)]
+        """Per weight layer: (batch rows and output columns per forward call, W rows per
+        gradient call)."""
+        return [((self.layout.forward_row_chunks[l], self.layout.forward_chunks[l]),
+                 self.layout.gradient_chunks[l]) for l in range(self.layout.n_layers)]
 
     def parameter_views(self, params):
         """Split a flat parameter-shaped buffer into views: (weights, biases)."""
@@ -398,16 +428,22 @@ cdef inline const floating* layer_input(const Layout* plan, floating* work, cons
 
 cdef void forward_product(const Layout* plan, const floating* params, floating* work,
                           const floating* x, int m, int l, floating* out) noexcept nogil:
-    """out = A_{l-1} W_l (m rows, before bias and activation), in column chunks."""
+    """out = A_{l-1} W_l (m rows, before bias and activation), in blocks of rows and
+    columns (the plan's forward chunks)."""
     cdef int n_in = plan.sizes[l - 1], n_out = plan.sizes[l]
-    cdef int chunk = plan.forward_chunks[l - 1], start = 0, columns
+    cdef int chunk = plan.forward_chunks[l - 1], row_chunk = plan.forward_row_chunks[l - 1]
+    cdef int start, columns, row = 0, rows
     cdef const floating* a_in = layer_input(plan, work, x, l)
     cdef const floating* W = params + plan.weight_offsets[l - 1]
-    while start < n_out:
-        columns = min(chunk, n_out - start)
-        gemm(False, False, m, columns, n_in, <floating>1, a_in, n_in, W + start, n_out,
-             <floating>0, out + start, n_out)
-        start += columns
+    while row < m:
+        rows = min(row_chunk, m - row)
+        start = 0
+        while start < n_out:
+            columns = min(chunk, n_out - start)
+            gemm(False, False, rows, columns, n_in, <floating>1, a_in + row * n_in, n_in,
+                 W + start, n_out, <floating>0, out + row * n_out + start, n_out)
+            start += columns
+        row += rows
 
 
 cdef void forward_hidden(const Layout* plan, const floating* params, floating* work,

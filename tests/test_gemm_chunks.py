@@ -23,23 +23,30 @@ def chunks(sizes, batch, small=True):
     return _core.Plan(sizes, codes, batch, None, False, small).gemm_chunks
 
 
-def test_chunks_fit_the_small_kernel_limit_in_whole_vectors():
-    # W1: forward 32 x 784 . 784 x 32 = 0.8e6 multiply-adds a call; gradient rows 240
-    assert chunks([784, 128, 10], 32) == [(32, 240), (10, 128)]
-    # W5 has the same shapes; W3 is small already; W2 and W4 would need chunks under 16
-    assert chunks([64, 32, 10], 16) == [(32, 64), (10, 32)]
-    assert chunks([784, 512, 512, 10], 128) == [(512, 784), (512, 512), (10, 512)]
-    assert chunks([1024, 4096, 4096, 1024], 256) == [(4096, 1024), (4096, 4096),
-                                                     (1024, 4096)]
-    for sizes, batch in [([784, 128, 10], 32), ([100, 170, 3], 64), ([3000, 50, 2], 8)]:
-        for (forward, gradient), n_in, n_out in zip(chunks(sizes, batch), sizes, sizes[1:]):
-            assert forward == n_out or (forward % 16 == 0 and batch * n_in * forward <= 10**6)
+def test_chunks_fit_the_small_kernel_limit():
+    # W1: forward calls of 16 rows x 64 columns (16 x 784 . 784 x 64 = 0.8e6 multiply-adds),
+    # gradient rows of 240 (240 x 128 x 32); its output layer is small already
+    assert chunks([784, 128, 10], 32) == [((16, 64), 240), ((32, 10), 128)]
+    # W3 is small already; W2's gradients would need blocks under 16 rows; W4 is too big
+    assert chunks([64, 32, 10], 16) == [((16, 32), 64), ((16, 10), 32)]
+    assert chunks([784, 512, 512, 10], 128) == [((16, 64), 784), ((16, 64), 512),
+                                                ((128, 10), 512)]
+    assert chunks([1024, 4096, 4096, 1024], 256) == [((256, 4096), 1024),
+                                                     ((256, 4096), 4096),
+                                                     ((256, 1024), 4096)]
+    for sizes, batch in [([784, 128, 10], 32), ([100, 170, 3], 64), ([3000, 50, 2], 8),
+                         ([784, 512, 512, 10], 128), ([784, 128, 10], 2048)]:
+        for ((rows, columns), gradient), n_in, n_out in zip(chunks(sizes, batch), sizes,
+                                                             sizes[1:]):
+            whole = (rows, columns) == (batch, n_out)
+            assert whole or (rows * n_in * columns <= 10**6
+                             and (columns == n_out or columns % 64 == 0))
             assert gradient == n_in or (gradient % 16 == 0
                                         and batch * n_out * gradient <= 10**6)
 
 
 def test_without_the_option_every_product_is_one_call():
-    assert chunks([784, 128, 10], 32, small=False) == [(128, 784), (10, 128)]
+    assert chunks([784, 128, 10], 32, small=False) == [((32, 128), 784), ((32, 10), 128)]
 
 
 @pytest.fixture
@@ -65,8 +72,8 @@ def fit(optimizer, dtype, forced_on, forced, **trainer_options):
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam", "rmsprop"])
 def test_a_chunked_fit_equals_an_uncut_one(optimizer, dtype, forced):
-    # [100, 170, 3] at batch 64: forward chunks of 144 columns, gradient rows of 80
-    assert chunks([100, 170, 3], 64)[0] == (144, 80)
+    # [100, 170, 3] at batch 64: forward calls of 16 rows, gradient rows of 80
+    assert chunks([100, 170, 3], 64)[0] == ((16, 170), 80)
     if optimizer == "momentum":
         optimizer = fastbp.optimizers.SGD(0.01, momentum=0.9)
     cut, cut_history = fit(optimizer, dtype, True, forced)
@@ -90,7 +97,7 @@ def test_a_chunked_fit_with_clipping_and_weight_decay_equals_an_uncut_one(forced
 def test_a_chunked_predict_equals_an_uncut_one(dtype, forced):
     model = fastbp.MLP([100, 170, 3], "relu", dtype=dtype, seed=1)
     X = np.random.default_rng(0).standard_normal((64, 100)).astype(dtype)   # 64 rows: cut
-    assert chunks([100, 170, 3], 64)[0][0] < 170
+    assert chunks([100, 170, 3], 64)[0][0] == (16, 170)
     forced(True)
     cut = model.predict(X)
     forced(False)

@@ -23,11 +23,12 @@ def floor_setup(sizes, dtype, batch_size, small_gemm_chunks=False):
 @pytest.mark.parametrize("sizes, batch, chunked", [
     ([7, 5, 3], 4, False), ([6, 9, 4, 2], 4, False), ([5, 3], 4, False),
     ([100, 170, 3], 64, True),      # products cut into small-kernel calls (test_gemm_chunks)
+    ([784, 128, 10], 32, True),     # W1: forward cut in rows and columns
 ])
 def test_one_step_makes_the_forward_and_backward_products_of_training(sizes, batch, chunked,
                                                                        dtype):
     model, plan, work, X = floor_setup(sizes, dtype, batch, chunked)
-    assert any(c != (n_out, n_in) for c, n_in, n_out
+    assert any(c != ((batch, n_out), n_in) for c, n_in, n_out
                in zip(plan.gemm_chunks, sizes[:-1], sizes[1:])) == chunked
     scratch = model._params.copy()
     before = [w.copy() for w in model.weights]
