@@ -1,6 +1,7 @@
 """The model: a multilayer perceptron whose parameters live in one flat buffer."""
 from __future__ import annotations
 
+import contextlib
 import numbers
 import os
 import threading
@@ -217,14 +218,21 @@ class MLP:
         check_allocation(plan.work_size, self.dtype, "the workspace")
         return plan, np.empty(plan.work_size, dtype=self.dtype)
 
+    @contextlib.contextmanager
+    def _chunked_pass(self, n_samples: int, backward=False):
+        """A plan and workspace for a pass over n_samples rows in chunks, run under the BLAS
+        thread count chosen for a chunk (predict, evaluate, gradients)."""
+        rows = self._chunk_rows(n_samples)
+        n_threads = thread_count(self._layer_sizes, rows, backward=backward)
+        plan, work = self._workspace(rows, n_threads=n_threads)
+        with blas_threads(n_threads):
+            yield plan, work
+
     def predict(self, X) -> np.ndarray:
         """The output layer's activations for the rows of X: (n_samples, n_outputs)."""
         X = self._inputs(X)
         out = np.empty((X.shape[0], self._layer_sizes[-1]), dtype=self.dtype)
-        rows = self._chunk_rows(X.shape[0])
-        n_threads = thread_count(self._layer_sizes, rows, backward=False)
-        plan, work = self._workspace(rows, n_threads=n_threads)
-        with blas_threads(n_threads):
+        with self._chunked_pass(X.shape[0]) as (plan, work):
             _core.predict(plan, self._params, work, X, out)
         if not _core.all_finite(out):
             raise ValueError(f"the model's outputs overflow {self.dtype.name} for these inputs "
@@ -245,10 +253,7 @@ class MLP:
     def _evaluate(self, X, targets, loss):
         """(mean loss, predictions) for checked arrays."""
         out = np.empty((X.shape[0], self._layer_sizes[-1]), dtype=self.dtype)
-        rows = self._chunk_rows(X.shape[0])
-        n_threads = thread_count(self._layer_sizes, rows, backward=False)
-        plan, work = self._workspace(rows, n_threads=n_threads)
-        with blas_threads(n_threads):
+        with self._chunked_pass(X.shape[0]) as (plan, work):
             value = _core.evaluate(plan, _core.Settings(loss.code, loss.parameter),
                                    self._params, work, X, targets, out)
         return float(value), out
@@ -263,10 +268,7 @@ class MLP:
         X = self._inputs(X)
         targets = self._dense_targets(Y, loss, X.shape[0])
         grads = np.empty_like(self._params)
-        rows = self._chunk_rows(X.shape[0])
-        n_threads = thread_count(self._layer_sizes, rows)
-        plan, work = self._workspace(rows, n_threads=n_threads)
-        with blas_threads(n_threads):
+        with self._chunked_pass(X.shape[0], backward=True) as (plan, work):
             value = _core.gradients(plan, _core.Settings(loss.code, loss.parameter),
                                     self._params, grads, work, X, targets)
         if not np.isfinite(value):
