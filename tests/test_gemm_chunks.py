@@ -69,8 +69,13 @@ def fit(optimizer, dtype, forced_on, forced, **trainer_options):
     return model, history
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam", "rmsprop"])
+# Adam and RMSprop step by g / sqrt(v), about +-lr for any gradient near 0 whatever its size:
+# two float32 runs that differ in rounding can part by a whole step in single weights, so
+# those rules are compared in float64, where rounding stays far below the tolerance.
+@pytest.mark.parametrize("optimizer, dtype", [
+    ("sgd", "float32"), ("sgd", "float64"), ("momentum", "float32"), ("momentum", "float64"),
+    ("adam", "float64"), ("rmsprop", "float64"),
+])
 def test_a_chunked_fit_equals_an_uncut_one(optimizer, dtype, forced):
     # [100, 170, 3] at batch 64: forward calls of 16 rows, gradient rows of 80
     assert chunks([100, 170, 3], 64)[0] == ((16, 170), 80)
