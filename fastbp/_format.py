@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import struct
-import secrets
+import stat
 import zlib
 
 import numpy as np
@@ -89,11 +89,12 @@ def decode(data: bytes):
     """(layer_sizes, activations, params, dropout) from the bytes of a model file."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"a model is read from bytes; got {type(data).__name__}")
-    data = bytes(data)
+    if not isinstance(data, bytes):
+        data = bytes(data)                # a snapshot: a bytearray could change as it is read
     layer_sizes, activations, dtype, dropout, header_end, total_size = _read_start(data)
     _check_size(len(data), total_size)
     (stored_checksum,) = CHECKSUM.unpack_from(data, len(data) - CHECKSUM.size)
-    if zlib.crc32(data[:-CHECKSUM.size]) != stored_checksum:
+    if zlib.crc32(memoryview(data)[:-CHECKSUM.size]) != stored_checksum:
         raise _damaged("the checksum does not match (the file is damaged)")
     n_params = (total_size - header_end - CHECKSUM.size) // dtype.itemsize
     params = np.frombuffer(data, dtype=dtype, count=n_params, offset=header_end)
@@ -123,33 +124,94 @@ def _check_header(header):
     return tuple(layer_sizes), tuple(activations), DTYPES[dtype], tuple(map(float, dropout))
 
 
-def write_file(path, data: bytes) -> None:
-    """Write data to exactly `path`, atomically: a temporary file beside it, flushed and
-    synced, then renamed over it, so a failure leaves any previous file intact. A symbolic
-    link is followed: its target is replaced."""
-    path = os.path.realpath(os.fspath(path))
-    directory, name = os.path.split(path)
-    temporary = os.path.join(directory, f".{name}.{secrets.token_hex(8)}.tmp")
-    # 0o666 less the umask, like any file open() creates
-    handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except OSError:
-            pass
-        raise
-
-
 def read_file(path):
-    """decode() of the file at `path`; its size is checked before the parameters are read."""
-    with open(os.fspath(path), "rb") as stream:
-        size = os.fstat(stream.fileno()).st_size
-        start = stream.read(PREFIX.size + MAX_HEADER_BYTES)
-        _check_size(size, _read_start(start)[-1])
-        return decode(start + stream.read())
+    """decode() of the file at `path`, reading no more than it holds.
+
+    A regular file's size must be what its header calls for before the parameters are read;
+    they are read straight into their array with the checksum computed on the way, so memory
+    and work are bounded by the file's size (one copy). A file with holes (sparse: its
+    size is not backed by data on disk) is first read through once to check its checksum
+    without allocating, so a hostile header over a hole cannot make fastbp allocate. A FIFO
+    or a character device is read to its end (at most the size the header calls for, plus
+    one byte to notice more), memory growing only with the bytes that arrive.
+    """
+    with open(os.fspath(path), "rb", buffering=0) as stream:
+        found = os.fstat(stream.fileno())
+        sparse = stat.S_ISREG(found.st_mode) and _has_holes(stream.fileno(), found.st_size)
+        start = _read_header(stream)
+        layer_sizes, activations, dtype, dropout, header_end, total_size = _read_start(start)
+        if not stat.S_ISREG(found.st_mode):
+            return decode(start + _read_up_to(stream, total_size - len(start) + 1))
+        _check_size(found.st_size, total_size)
+        n_params = (total_size - header_end - CHECKSUM.size) // dtype.itemsize
+        if sparse:
+            _check_checksum(zlib.crc32(start), stream, total_size - len(start))
+            stream.seek(len(start))
+        params = np.empty(n_params, dtype=dtype)
+        checksum = _read_into(stream, memoryview(params).cast("B"), zlib.crc32(start))
+        (stored_checksum,) = CHECKSUM.unpack(_read_up_to(stream, CHECKSUM.size))
+        if checksum != stored_checksum:
+            raise _damaged("the checksum does not match (the file is damaged)")
+    return layer_sizes, activations, params.astype(dtype.newbyteorder("="), copy=False), dropout
+
+
+READ_CHUNK_BYTES = 1 << 22
+
+
+def _read_header(stream) -> bytes:
+    """The prefix and the header, as far as the prefix says (never more than it allows)."""
+    prefix = _read_up_to(stream, PREFIX.size)
+    if len(prefix) < PREFIX.size or prefix[:len(MAGIC)] != MAGIC:
+        return prefix                       # _read_start explains what is wrong
+    (header_len,) = struct.unpack_from("<I", prefix, PREFIX.size - 4)
+    return prefix + _read_up_to(stream, min(header_len, MAX_HEADER_BYTES + 1))
+
+
+def _read_up_to(stream, limit: int) -> bytes:
+    """Up to `limit` bytes, fewer only at the end of the file; memory grows with what is read."""
+    parts, remaining = [], limit
+    while remaining > 0:
+        part = stream.read(min(remaining, READ_CHUNK_BYTES))
+        if not part:
+            break
+        parts.append(part)
+        remaining -= len(part)
+    return b"".join(parts)
+
+
+def _read_into(stream, target: memoryview, checksum: int) -> int:
+    """Fill `target` from the stream; the CRC-32 continued over those bytes."""
+    done = 0
+    while done < len(target):
+        count = stream.readinto(target[done:done + READ_CHUNK_BYTES])
+        if not count:
+            raise _damaged(f"it ended after {done} bytes of parameters (truncated while "
+                           f"being read?)")
+        checksum = zlib.crc32(target[done:done + count], checksum)
+        done += count
+    return checksum
+
+
+def _check_checksum(checksum: int, stream, remaining: int) -> None:
+    """Check the CRC-32 of the rest of the file a chunk at a time, allocating nothing."""
+    buffer = memoryview(bytearray(min(READ_CHUNK_BYTES, remaining)))
+    while remaining > CHECKSUM.size:
+        count = stream.readinto(buffer[:min(len(buffer), remaining - CHECKSUM.size)])
+        if not count:
+            raise _damaged("it ended early (truncated while being read?)")
+        checksum = zlib.crc32(buffer[:count], checksum)
+        remaining -= count
+    (stored_checksum,) = CHECKSUM.unpack(_read_up_to(stream, CHECKSUM.size).ljust(4, b"\0"))
+    if checksum != stored_checksum:
+        raise _damaged("the checksum does not match (the file is damaged)")
+
+
+def _has_holes(handle: int, size: int) -> bool:
+    """Whether the file has holes (regions not backed by data), where the system says;
+    leaves the file position at the start."""
+    try:
+        return os.lseek(handle, 0, os.SEEK_HOLE) < size
+    except (OSError, AttributeError):
+        return False
+    finally:
+        os.lseek(handle, 0, os.SEEK_SET)

@@ -245,6 +245,6 @@ def to_onnx(model, path) -> None:
         raise TypeError(f"path must be a str or os.PathLike; got {type(path).__name__}")
     if not os.fspath(path):
         raise ValueError("path must not be empty")
-    from fastbp import _format
+    from fastbp import _files
     proto = to_onnx_proto(model)
-    _format.write_file(path, proto.SerializeToString())
+    _files.write_file(path, proto.SerializeToString())

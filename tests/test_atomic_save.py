@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import fastbp
-from fastbp import _format
+from fastbp import _files
 
 
 def model(seed=0):
@@ -231,7 +231,7 @@ def test_a_process_killed_mid_save_leaves_the_previous_file_intact(saved, where)
 def test_write_file_round_trips_arbitrary_bytes(tmp_path):
     path = tmp_path / "raw.bin"
     for data in (b"", b"x", os.urandom(100_000)):
-        _format.write_file(path, data)
+        _files.write_file(path, data)
         assert path.read_bytes() == data
     assert leftovers(tmp_path) == []
 

@@ -1,0 +1,235 @@
+"""Writing files: the one way fastbp writes a file (model.save, ONNX export, ModelCheckpoint,
+and every output of the command line: the model's sidecar, predictions, the loss plot).
+
+`write_files([(path, content), ...])` writes each path completely or not at all:
+
+- A regular file (or a path that does not exist yet) is written atomically: the content goes
+  to a temporary file in the same folder (a name of at most 40 bytes, so any valid target
+  name fits), which is flushed and fsync'd, then renamed over the target. A symbolic link is
+  followed: its target is replaced. A file that is replaced keeps its permission bits, and
+  its owner and group where the operating system lets this process set them; a new file
+  gets 0o666 less the umask, as open() gives.
+- Several paths in one call are written all or none: every temporary is written first; the
+  renames come last, and if one fails those already done are undone (from a hard link to the
+  previous file, or a copy where the file system has no hard links).
+- A FIFO or a character device that exists (`/dev/null`, `/dev/stdout`, a named pipe) is
+  written into directly, as `cat > path` would: it is never replaced by a regular file.
+  Streams are written before the regular files are renamed into place.
+- Anything else that exists and is not a regular file (a folder, a block device, a socket)
+  is refused with a ValueError naming it, before anything is written.
+
+`content` is bytes, or a function that writes to the binary stream it is given (so a large
+CSV is not held in memory twice).
+"""
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import shutil
+import stat
+
+TEMPORARY_SUFFIX = ".tmp"
+_TOKEN_BYTES = 8                        # 16 hex digits: a name no other writer guesses
+_DEFAULT_NAME_MAX = 255
+_TEMPORARY_STEM_BYTES = 16              # of the target's name, to tell whose temporary it is
+
+
+def check_target(path) -> os.stat_result | None:
+    """The stat of what `path` names now (following links), None if nothing; a ValueError
+    for something fastbp does not write (a folder, a block device, a socket), an OSError for a
+    name the file system cannot hold or a folder that does not exist."""
+    path = os.fspath(path)
+    directory, name = os.path.split(os.path.realpath(path))
+    if not name:
+        raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
+    try:
+        found = os.stat(path)
+    except FileNotFoundError:
+        found = None
+    except OSError as error:
+        if error.errno != errno.ENAMETOOLONG:
+            raise
+        found = None
+    if found is not None:
+        kind = _kind(found.st_mode)
+        if kind is not None:
+            raise ValueError(f"cannot write {path}: it is {kind}, not a regular file")
+        if not stat.S_ISREG(found.st_mode):
+            return found                  # a FIFO or a character device: written into
+    if len(os.fsencode(name)) > _name_max(directory):
+        raise OSError(errno.ENAMETOOLONG, f"File name too long (more than "
+                      f"{_name_max(directory)} bytes)", path)
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory (the folder "
+                                f"{directory} does not exist)", path)
+    return found
+
+
+def is_stream(found: os.stat_result | None) -> bool:
+    """Whether a check_target() result is written into directly (a FIFO, a character device)."""
+    return found is not None and (stat.S_ISFIFO(found.st_mode) or stat.S_ISCHR(found.st_mode))
+
+
+def file_key(path):
+    """What identifies the file `path` names, through links: (device, inode) of an existing
+    file, the resolved path of one that does not exist yet."""
+    try:
+        found = os.stat(path)
+    except OSError:
+        return ("new", os.path.realpath(path))
+    return (found.st_dev, found.st_ino)
+
+
+def write_file(path, content) -> None:
+    """Write `content` (bytes, or a function that writes to a binary stream) to exactly
+    `path`, atomically for a regular file (see the module's docstring)."""
+    write_files([(path, content)])
+
+
+def write_files(items) -> None:
+    """Write every (path, content) of `items`, all or none (see the module's docstring)."""
+    items = [(os.fspath(path), content) for path, content in items]
+    targets = [(path, check_target(path), content) for path, content in items]
+    keys = [file_key(path) for path, found, _ in targets
+            if found is None or not stat.S_ISCHR(found.st_mode)]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"the paths {', '.join(path for path, _ in items)} name the same "
+                         f"file twice; each file can be written once")
+    streams = [(path, content) for path, found, content in targets if is_stream(found)]
+    regular = [(os.path.realpath(path), found, content)
+               for path, found, content in targets if not is_stream(found)]
+    for path, content in streams:
+        _write_stream(path, content)
+    staged = []
+    try:
+        for path, found, content in regular:
+            staged.append((path, _write_temporary(path, found, content)))
+        _commit(staged)
+    finally:
+        for _, temporary in staged:
+            _remove(temporary)
+
+
+def _kind(mode: int) -> str | None:
+    """What a file that fastbp refuses to write is, or None for one it writes."""
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISREG(mode) or stat.S_ISFIFO(mode) or stat.S_ISCHR(mode):
+        return None
+    return "not a file fastbp can write"
+
+
+def _name_max(directory: str) -> int:
+    try:
+        return os.pathconf(directory, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return _DEFAULT_NAME_MAX
+
+
+def temporary_name(path: str) -> str:
+    """A hidden name beside `path`: ".NAME.<16 hex>.tmp" with NAME cut to its first 16 bytes,
+    so it is at most 38 bytes long whatever the length of the target's name."""
+    directory, name = os.path.split(path)
+    token = secrets.token_hex(_TOKEN_BYTES)
+    stem = os.fsdecode(os.fsencode(name)[:_TEMPORARY_STEM_BYTES])
+    return os.path.join(directory, f".{stem}.{token}{TEMPORARY_SUFFIX}")
+
+
+def _write_content(stream, content) -> None:
+    if callable(content):
+        content(stream)
+    else:
+        stream.write(content)
+
+
+def _write_stream(path: str, content) -> None:
+    """Into a FIFO or a character device, as it is (no temporary, no rename)."""
+    handle = os.open(path, os.O_WRONLY)
+    with os.fdopen(handle, "wb") as stream:
+        _write_content(stream, content)
+
+
+def _write_temporary(path: str, found, content) -> str:
+    """A synced temporary beside `path` holding `content`, with the mode and owner of the
+    file it will replace (so a private file's bytes are never readable by others)."""
+    temporary = temporary_name(path)
+    # 0o666 less the umask, like any file open() creates; the replaced file's mode if any
+    mode = stat.S_IMODE(found.st_mode) & 0o777 if found is not None else 0o666
+    handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            if found is not None:
+                _keep_owner_and_mode(handle, found)
+            _write_content(stream, content)
+            stream.flush()
+            os.fsync(stream.fileno())
+    except BaseException:
+        _remove(temporary)
+        raise
+    return temporary
+
+
+def _keep_owner_and_mode(handle: int, found: os.stat_result) -> None:
+    """The replaced file's owner and group where permitted (root; a group the user is in),
+    then its mode (after chown, which clears the set-id bits)."""
+    mine = os.fstat(handle)
+    if (mine.st_uid, mine.st_gid) != (found.st_uid, found.st_gid):
+        for uid, gid in ((found.st_uid, found.st_gid), (-1, found.st_gid)):
+            try:
+                os.fchown(handle, uid, gid)
+                break
+            except (OSError, AttributeError):
+                continue
+    os.fchmod(handle, stat.S_IMODE(found.st_mode))
+
+
+def _commit(staged) -> None:
+    """Rename each temporary over its target; on a failure, undo the renames done."""
+    if len(staged) == 1:                  # one rename is atomic by itself
+        path, temporary = staged[0]
+        os.replace(temporary, path)
+        return
+    done = []                             # (path, backup of the previous file or None)
+    try:
+        for path, temporary in staged:
+            backup = _backup(path)
+            done.append((path, backup))
+            os.replace(temporary, path)
+    except BaseException:
+        for path, backup in reversed(done):
+            try:
+                if backup is None:
+                    os.unlink(path)
+                else:
+                    os.replace(backup, path)
+            except OSError:
+                pass
+        raise
+    finally:
+        for _, backup in done:
+            if backup is not None:
+                _remove(backup)
+
+
+def _backup(path: str) -> str | None:
+    """A second name for the file at `path` (None if there is none), to restore it from."""
+    if not os.path.lexists(path):
+        return None
+    backup = temporary_name(path)
+    try:
+        os.link(path, backup)
+    except OSError:                       # no hard links here: a copy, mode included
+        shutil.copy2(path, backup)
+    return backup
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
