@@ -9,7 +9,7 @@ import warnings
 
 import numpy as np
 
-from fastbp import _core, _format, losses
+from fastbp import _core, _files, _format, losses
 from fastbp._threads import blas_threads, small_gemm_kernels, thread_count
 from fastbp._validation import as_matrix, as_targets, check_finite, numeric_array, one_hot, \
     real_number, whole_number
@@ -283,8 +283,10 @@ class MLP:
 
     # ---- saving ----
     def save(self, path) -> None:
-        """Write the model to exactly `path` (format: docs/file-format.md), atomically."""
-        _format.write_file(path, self.to_bytes())
+        """Write the model to exactly `path` (format: docs/file-format.md), atomically; a
+        replaced file keeps its mode, a FIFO or character device is written into
+        (fastbp/_files.py)."""
+        _files.write_file(path, self.to_bytes())
 
     def to_bytes(self) -> bytes:
         return _format.encode(self._layer_sizes, self._activations, self._params, self._dropout)
