@@ -47,7 +47,15 @@ static inline int fbp_needs_preactivation(int activation)
    fused with its output activation (as Keras does). */
 #define FBP_PROB_EPS 1e-7
 
-/* Set by the SIGINT handler that fit installs; the epoch loop stops at the next batch. */
+/* Ctrl-C during a fit.  A signal handler is process-wide, so there is one handler and one
+   flag per process; what keeps them from leaking into other fits is who may touch them:
+   - only fits on Python's main thread (where Python itself delivers SIGINT) install the
+     handler, and only their epochs read the flag (train_epoch's `interruptible`); a fit on
+     any other thread never sees it, whatever happened before or meanwhile;
+   - fbp_catch_interrupts / fbp_release_interrupts run with the GIL held, on the main thread
+     (fastbp/_core.pyx checks), so the nesting depth and the saved action need no lock;
+   - the flag is cleared when the outermost fit starts and again when it ends, so a Ctrl-C
+     is reported once, by the fit it interrupted. */
 static volatile sig_atomic_t fbp_interrupt_requested = 0;
 
 static void fbp_on_interrupt(int signal_number)
@@ -61,32 +69,45 @@ static int fbp_handler_installed = 0;
 static int fbp_handler_depth = 0;      /* fits nested in callbacks share one handler */
 
 /* Route SIGINT to the flag, unless SIGINT is ignored (a background job's): then nothing
-   changes.  Returns -1 if sigaction fails.  Called with the GIL held. */
+   changes.  Returns -1 if sigaction fails. */
 static inline int fbp_catch_interrupts(void)
 {
     struct sigaction action;
     if (fbp_handler_depth++ > 0)
         return 0;
     fbp_interrupt_requested = 0;
-    if (sigaction(SIGINT, NULL, &fbp_previous_action) != 0)
+    if (sigaction(SIGINT, NULL, &fbp_previous_action) != 0) {
+        fbp_handler_depth = 0;
         return -1;
+    }
     if (fbp_previous_action.sa_handler == SIG_IGN)
         return 0;
     memset(&action, 0, sizeof action);
     action.sa_handler = fbp_on_interrupt;
     sigemptyset(&action.sa_mask);
-    if (sigaction(SIGINT, &action, NULL) != 0)
+    if (sigaction(SIGINT, &action, NULL) != 0) {
+        fbp_handler_depth = 0;
         return -1;
+    }
     fbp_handler_installed = 1;
     return 0;
 }
 
+/* Undo one fbp_catch_interrupts; returns 1 if SIGINT arrived since the outermost one
+   (the flag is cleared when that outermost fit ends), else 0.  Restoring the action saved
+   by sigaction itself cannot fail. */
 static inline int fbp_release_interrupts(void)
 {
-    if (fbp_handler_depth == 0 || --fbp_handler_depth > 0 || !fbp_handler_installed)
-        return 0;
-    fbp_handler_installed = 0;
-    return sigaction(SIGINT, &fbp_previous_action, NULL);
+    int requested = fbp_interrupt_requested != 0;
+    if (fbp_handler_depth == 0 || --fbp_handler_depth > 0)
+        return requested;
+    if (fbp_handler_installed) {
+        fbp_handler_installed = 0;
+        sigaction(SIGINT, &fbp_previous_action, NULL);
+    }
+    requested = fbp_interrupt_requested != 0;   /* a SIGINT up to the restore still counts */
+    fbp_interrupt_requested = 0;
+    return requested;
 }
 
 /* xorshift64*: a small, fast generator for dropout masks; the state is never 0. */

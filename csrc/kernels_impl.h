@@ -18,29 +18,55 @@ FBP_MULTIVERSION static int FBP_NAME(fbp_all_finite)(const FBP_T *x, ptrdiff_t n
     return 1;
 }
 
-/* dst[i, :] = src[rows[i], :] */
-static inline void FBP_NAME(fbp_gather_rows)(FBP_T *dst, const FBP_T *src, const ptrdiff_t *rows,
-                                             ptrdiff_t n_rows, ptrdiff_t n_cols)
+/* The gathers check every index they read against the length of what it indexes, as
+   they read it (the caller's arrays may have been rewritten since they were validated:
+   a wrong index must give an error, never a read or write out of bounds).  Each returns
+   -1, or the first i whose index is out of range (nothing is written for it or after). */
+
+/* dst[i, :] = src[rows[i], :], src having n_src rows */
+static inline ptrdiff_t FBP_NAME(fbp_gather_rows)(FBP_T *dst, const FBP_T *src,
+                                                  const ptrdiff_t *rows, ptrdiff_t n_rows,
+                                                  ptrdiff_t n_cols, ptrdiff_t n_src)
 {
-    for (ptrdiff_t i = 0; i < n_rows; i++)
-        memcpy(dst + i * n_cols, src + rows[i] * n_cols, (size_t)n_cols * sizeof(FBP_T));
+    for (ptrdiff_t i = 0; i < n_rows; i++) {
+        ptrdiff_t row = rows[i];
+        if ((size_t)row >= (size_t)n_src)
+            return i;
+        memcpy(dst + i * n_cols, src + row * n_cols, (size_t)n_cols * sizeof(FBP_T));
+    }
+    return -1;
 }
 
-/* dst[i] = src[rows[i]] */
-static inline void FBP_NAME(fbp_gather)(FBP_T *dst, const FBP_T *src, const ptrdiff_t *rows,
-                                        ptrdiff_t n)
+/* dst[i] = src[rows[i]], src having n_src elements */
+static inline ptrdiff_t FBP_NAME(fbp_gather)(FBP_T *dst, const FBP_T *src, const ptrdiff_t *rows,
+                                             ptrdiff_t n, ptrdiff_t n_src)
 {
-    for (ptrdiff_t i = 0; i < n; i++)
-        dst[i] = src[rows[i]];
+    for (ptrdiff_t i = 0; i < n; i++) {
+        ptrdiff_t row = rows[i];
+        if ((size_t)row >= (size_t)n_src)
+            return i;
+        dst[i] = src[row];
+    }
+    return -1;
 }
 
-/* dst[i, :] = one-hot row of labels[rows[i]] (or labels[i] when rows is NULL). */
-static inline void FBP_NAME(fbp_one_hot)(FBP_T *dst, const ptrdiff_t *labels, const ptrdiff_t *rows,
-                                         ptrdiff_t n_rows, ptrdiff_t n_cols)
+/* dst[i, :] = one-hot row of labels[rows[i]] (or labels[i] when rows is NULL), labels
+   having n_labels elements, each a class in [0, n_cols). */
+static inline ptrdiff_t FBP_NAME(fbp_one_hot)(FBP_T *dst, const ptrdiff_t *labels,
+                                              const ptrdiff_t *rows, ptrdiff_t n_rows,
+                                              ptrdiff_t n_cols, ptrdiff_t n_labels)
 {
     memset(dst, 0, (size_t)(n_rows * n_cols) * sizeof(FBP_T));
-    for (ptrdiff_t i = 0; i < n_rows; i++)
-        dst[i * n_cols + labels[rows ? rows[i] : i]] = 1;
+    for (ptrdiff_t i = 0; i < n_rows; i++) {
+        ptrdiff_t row = rows ? rows[i] : i;
+        if ((size_t)row >= (size_t)n_labels)
+            return i;
+        ptrdiff_t label = labels[row];   /* read once: checked and used as the same value */
+        if ((size_t)label >= (size_t)n_cols)
+            return i;
+        dst[i * n_cols + label] = 1;
+    }
+    return -1;
 }
 
 /* One row of a softmax, in place: z <- exp(z - max z) / sum. */

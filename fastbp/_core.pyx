@@ -27,6 +27,8 @@ from fastbp._blas cimport gemm
 from scipy.linalg.cython_blas cimport sgemm
 from fastbp._kernels cimport *
 
+import threading
+
 import numpy as np
 
 # The codes the kernels switch on, named; csrc/fastbp.h is their single source.
@@ -223,6 +225,19 @@ cdef class Plan:
         return [((self.layout.forward_row_chunks[l], self.layout.forward_chunks[l]),
                  self.layout.gradient_chunks[l]) for l in range(self.layout.n_layers)]
 
+    def gradient_blocks(self, int layer, bint stepping):
+        """Weight layer `layer`'s (1-based) gradient GEMM calls as run_batch makes them:
+        [(offset into the parameter buffer, elements)], one per block of W's rows."""
+        cdef Py_ssize_t n_in = self.layout.sizes[layer - 1], n_out = self.layout.sizes[layer]
+        cdef Py_ssize_t w = self.layout.weight_offsets[layer - 1], start = 0, rows
+        cdef Py_ssize_t block = gradient_block_rows(&self.layout, layer, stepping)
+        blocks = []
+        while start < n_in:
+            rows = min(block, n_in - start)
+            blocks.append((w + start * n_out, rows * n_out))
+            start += rows
+        return blocks
+
     def parameter_views(self, params):
         """Split a flat parameter-shaped buffer into views: (weights, biases)."""
         weights, biases = [], []
@@ -329,28 +344,30 @@ cdef inline void column_sums(floating* target, const floating* delta, Py_ssize_t
         fbp_column_sums_f64(target, delta, n_rows, n_cols, alpha, beta)
 
 
-cdef inline void gather_rows(floating* dst, const floating* src, const Py_ssize_t* rows,
-                             Py_ssize_t n_rows, Py_ssize_t n_cols) noexcept nogil:
+cdef inline Py_ssize_t gather_rows(floating* dst, const floating* src, const Py_ssize_t* rows,
+                                   Py_ssize_t n_rows, Py_ssize_t n_cols,
+                                   Py_ssize_t n_src) noexcept nogil:
     if floating is float:
-        fbp_gather_rows_f32(dst, src, rows, n_rows, n_cols)
+        return fbp_gather_rows_f32(dst, src, rows, n_rows, n_cols, n_src)
     else:
-        fbp_gather_rows_f64(dst, src, rows, n_rows, n_cols)
+        return fbp_gather_rows_f64(dst, src, rows, n_rows, n_cols, n_src)
 
 
-cdef inline void gather(floating* dst, const floating* src, const Py_ssize_t* rows,
-                        Py_ssize_t n) noexcept nogil:
+cdef inline Py_ssize_t gather(floating* dst, const floating* src, const Py_ssize_t* rows,
+                              Py_ssize_t n, Py_ssize_t n_src) noexcept nogil:
     if floating is float:
-        fbp_gather_f32(dst, src, rows, n)
+        return fbp_gather_f32(dst, src, rows, n, n_src)
     else:
-        fbp_gather_f64(dst, src, rows, n)
+        return fbp_gather_f64(dst, src, rows, n, n_src)
 
 
-cdef inline void one_hot(floating* dst, const Py_ssize_t* labels, const Py_ssize_t* rows,
-                         Py_ssize_t n_rows, Py_ssize_t n_cols) noexcept nogil:
+cdef inline Py_ssize_t one_hot(floating* dst, const Py_ssize_t* labels, const Py_ssize_t* rows,
+                               Py_ssize_t n_rows, Py_ssize_t n_cols,
+                               Py_ssize_t n_labels) noexcept nogil:
     if floating is float:
-        fbp_one_hot_f32(dst, labels, rows, n_rows, n_cols)
+        return fbp_one_hot_f32(dst, labels, rows, n_rows, n_cols, n_labels)
     else:
-        fbp_one_hot_f64(dst, labels, rows, n_rows, n_cols)
+        return fbp_one_hot_f64(dst, labels, rows, n_rows, n_cols, n_labels)
 
 
 cdef inline void dropout(floating* out, floating* mask, const floating* a, Py_ssize_t n,
@@ -366,6 +383,13 @@ cdef inline void multiply(floating* x, const floating* y, Py_ssize_t n) noexcept
         fbp_multiply_f32(x, y, n)
     else:
         fbp_multiply_f64(x, y, n)
+
+
+cdef inline bint all_finite_buffer(const floating* x, Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        return fbp_all_finite_f32(x, n)
+    else:
+        return fbp_all_finite_f64(x, n)
 
 
 cdef inline double sum_squares(const floating* x, Py_ssize_t n) noexcept nogil:
@@ -431,9 +455,9 @@ cdef void forward_product(const Layout* plan, const floating* params, floating* 
                           const floating* x, int m, int l, floating* out) noexcept nogil:
     """out = A_{l-1} W_l (m rows, before bias and activation), in blocks of rows and
     columns (the plan's forward chunks)."""
-    cdef int n_in = plan.sizes[l - 1], n_out = plan.sizes[l]
-    cdef int chunk = plan.forward_chunks[l - 1], row_chunk = plan.forward_row_chunks[l - 1]
-    cdef int start, columns, row = 0, rows
+    cdef Py_ssize_t n_in = plan.sizes[l - 1], n_out = plan.sizes[l]
+    cdef Py_ssize_t chunk = plan.forward_chunks[l - 1], row_chunk = plan.forward_row_chunks[l - 1]
+    cdef Py_ssize_t start, columns, row = 0, rows
     cdef const floating* a_in = layer_input(plan, work, x, l)
     cdef const floating* W = params + plan.weight_offsets[l - 1]
     while row < m:
@@ -441,8 +465,9 @@ cdef void forward_product(const Layout* plan, const floating* params, floating* 
         start = 0
         while start < n_out:
             columns = min(chunk, n_out - start)
-            gemm(False, False, rows, columns, n_in, <floating>1, a_in + row * n_in, n_in,
-                 W + start, n_out, <floating>0, out + row * n_out + start, n_out)
+            gemm(False, False, <int>rows, <int>columns, <int>n_in, <floating>1,
+                 a_in + row * n_in, <int>n_in, W + start, <int>n_out, <floating>0,
+                 out + row * n_out + start, <int>n_out)
             start += columns
         row += rows
 
@@ -451,10 +476,10 @@ cdef void forward_hidden(const Layout* plan, const floating* params, floating* w
                          const floating* x, int m, uint64_t* random_state) noexcept nogil:
     """A_l = f(A_{l-1} W_l + b_l) for every layer but the output (dropout when the plan
     has it and random_state is given)."""
-    cdef int l, n_in, n_out
+    cdef int l
+    cdef Py_ssize_t n_out
     cdef floating* out
     for l in range(1, plan.n_layers):
-        n_in = plan.sizes[l - 1]
         n_out = plan.sizes[l]
         out = work + plan.output_offsets[l]
         forward_product(plan, params, work, x, m, l, out)
@@ -488,6 +513,17 @@ cdef enum Update:
                         # as soon as its gradient is ready, while it is still in cache
 
 
+cdef inline Py_ssize_t gradient_block_rows(const Layout* plan, int l,
+                                           bint stepping) noexcept nogil:
+    """Rows of W_l (1-based) one weight-gradient GEMM covers: the plan's gradient chunk and,
+    when an optimizer rule steps each block right after its GEMM, at most
+    STEP_BLOCK_ELEMENTS elements."""
+    cdef Py_ssize_t block = plan.gradient_chunks[l - 1]
+    if stepping:
+        block = min(block, max(<Py_ssize_t>1, STEP_BLOCK_ELEMENTS // plan.sizes[l]))
+    return block
+
+
 cdef double run_batch(const Layout* plan, Hyper* hyper, floating* params, floating* target,
                       floating* first, floating* second, floating* work, const floating* x,
                       const floating* y, const floating* row_weights, int m, floating scale,
@@ -500,9 +536,9 @@ cdef double run_batch(const Layout* plan, Hyper* hyper, floating* params, floati
     finite nothing is written and no step is counted.
     """
     cdef int L = plan.n_layers
-    cdef int l, n_in, n_out, start, rows, block
-    cdef bint stepping
-    cdef Py_ssize_t w
+    cdef int l
+    cdef Py_ssize_t n_in, n_out, start, rows, block, w
+    cdef bint stepping = update == FOLDED_MOMENTUM or update == LAYER_STEP
     cdef floating* delta
     cdef floating* previous_delta
     cdef const floating* a_in
@@ -537,10 +573,11 @@ cdef double run_batch(const Layout* plan, Hyper* hyper, floating* params, floati
         delta = work + plan.delta_offsets[l % 2]
         if l > 1:
             previous_delta = work + plan.delta_offsets[(l - 1) % 2]
-            gemm(False, True, m, n_in, n_out, <floating>1, delta, n_out,
-                 params + plan.weight_offsets[l - 1], n_out, <floating>0, previous_delta, n_in)
+            gemm(False, True, m, <int>n_in, <int>n_out, <floating>1, delta, <int>n_out,
+                 params + plan.weight_offsets[l - 1], <int>n_out, <floating>0, previous_delta,
+                 <int>n_in)
             if plan.mask_offsets[l - 1] >= 0:
-                multiply(previous_delta, work + plan.mask_offsets[l - 1], <Py_ssize_t>m * n_in)
+                multiply(previous_delta, work + plan.mask_offsets[l - 1], m * n_in)
             activation_backward(previous_delta, work + plan.output_offsets[l - 1],
                                 workspace(work, plan.preactivation_offsets[l - 1]), m, n_in,
                                 plan.activations[l - 2])
@@ -548,18 +585,15 @@ cdef double run_batch(const Layout* plan, Hyper* hyper, floating* params, floati
         # A block of W's rows at a time (plan.gradient_chunks); with an optimizer rule each
         # block is stepped right after its GEMM while it and its state are still in L2 (a
         # whole layer and its state may not be).
-        stepping = update == FOLDED_MOMENTUM or update == LAYER_STEP
-        block = plan.gradient_chunks[l - 1]
-        if stepping:
-            block = min(block, max(1, STEP_BLOCK_ELEMENTS // n_out))
+        block = gradient_block_rows(plan, l, stepping)
         start = 0
         while start < n_in:
             rows = min(block, n_in - start)
-            gemm(True, False, rows, n_out, m, alpha, a_in + start, n_in, delta, n_out,
-                 weight_beta, target + w + start * n_out, n_out)
+            gemm(True, False, <int>rows, <int>n_out, m, alpha, a_in + start, <int>n_in, delta,
+                 <int>n_out, weight_beta, target + w + start * n_out, <int>n_out)
             if stepping:
                 step_slice(hyper, params, target, first, second, update,
-                           w + start * n_out, <Py_ssize_t>rows * n_out, True)
+                           w + start * n_out, rows * n_out, True)
             start += rows
         column_sums(target + plan.bias_offsets[l - 1], delta, m, n_out, alpha, bias_beta)
         if update == FOLDED_MOMENTUM or update == LAYER_STEP:
@@ -608,22 +642,31 @@ cdef void clip_and_update(const Layout* plan, Hyper* hyper, floating* params, fl
 def train_epoch(Plan plan, Settings settings, floating[::1] params, floating[::1] work,
                 floating[:, ::1] state, const floating[:, ::1] X, const floating[:, ::1] Y,
                 const Py_ssize_t[::1] labels, const floating[::1] row_weights,
-                const Py_ssize_t[::1] order, Py_ssize_t batch_size, uint64_t random_seed):
+                const Py_ssize_t[::1] order, Py_ssize_t batch_size, uint64_t random_seed,
+                bint interruptible=False):
     """One epoch of mini-batch training in one nogil call.
 
     Batches are rows order[0:b], order[b:2b], ... (rows 0:b, b:2b, ... read in place when
     order is empty). Targets are Y's rows, or one-hot rows of `labels` when Y is empty;
     rows are weighted by row_weights unless it is empty. state holds the optimizer's
-    moments, (2, n_params), or is empty for plain SGD. Returns (weighted loss total,
-    weight total, rows trained, status): the epoch's mean loss is the ratio of the first
-    two; status is COMPLETED, DIVERGED (the batch at `rows trained` had a non-finite
-    loss; nothing was changed by it) or INTERRUPTED (SIGINT, at a batch boundary).
+    moments, (2, n_params), or is empty for plain SGD. interruptible: stop at the next
+    batch once SIGINT arrives (only a fit between catch_interrupts and release_interrupts,
+    on the main thread). Returns (weighted loss total, weight total, rows trained, status):
+    the epoch's mean loss is the ratio of the first two; status is COMPLETED, DIVERGED (the
+    batch at `rows trained` had a non-finite loss, nothing was changed by it; or an update
+    overflowed: the parameters or the optimizer state are no longer finite) or INTERRUPTED
+    (SIGINT, at a batch boundary).
+
+    The arrays are read in place, so they may change between the caller's checks and this
+    call, or during it: every index read (order, labels) is checked as it is read, and an
+    index out of range raises ValueError, the batches before it having been trained.
     """
     cdef const Layout* layout = &plan.layout
     cdef Hyper* hyper = &settings.hyper
     cdef Py_ssize_t n_samples = X.shape[0]
     cdef Py_ssize_t n_in = layout.sizes[0], n_out = layout.sizes[layout.n_layers]
-    cdef Py_ssize_t start = 0, m, i
+    cdef Py_ssize_t start = 0, m, i, bad = -1
+    cdef int failed_gather = 0      # which gather found an index out of range (GATHERED_*)
     cdef bint use_order = order.shape[0] > 0, use_labels = Y.shape[0] == 0
     cdef bint use_weights = row_weights.shape[0] > 0, clipping = hyper.clip_norm > 0
     cdef floating* p = &params[0]
@@ -634,6 +677,7 @@ def train_epoch(Plan plan, Settings settings, floating[::1] params, floating[::1
     cdef floating* grads = workspace(w, layout.gradient_offset)
     cdef floating* first = &state[0, 0] if state.shape[0] > 0 else NULL
     cdef floating* second = &state[1, 0] if state.shape[0] > 1 else NULL
+    cdef Py_ssize_t first_size = state.shape[0] * state.shape[1]  # the state from `first` on
     cdef const floating* x
     cdef const floating* y
     cdef const floating* weights = NULL
@@ -656,27 +700,40 @@ def train_epoch(Plan plan, Settings settings, floating[::1] params, floating[::1
 
     with nogil:
         while start < n_samples:
-            if fbp_interrupt_requested:
+            if interruptible and fbp_interrupt_requested:
                 status = INTERRUPTED
                 break
             m = min(batch_size, n_samples - start)
             rows = &order[start] if use_order else NULL
             if use_order:
-                gather_rows(batch_x, &X[0, 0], rows, m, n_in)
+                bad = gather_rows(batch_x, &X[0, 0], rows, m, n_in, n_samples)
+                if bad >= 0:
+                    failed_gather = GATHERED_X
+                    break
                 x = batch_x
             else:
                 x = &X[start, 0]
             if use_labels:
-                one_hot(batch_y, &labels[0] if use_order else &labels[start], rows, m, n_out)
+                bad = one_hot(batch_y, &labels[0] if use_order else &labels[start], rows, m,
+                              n_out, labels.shape[0] if use_order else labels.shape[0] - start)
+                if bad >= 0:
+                    failed_gather = GATHERED_LABELS
+                    break
                 y = batch_y
             elif use_order:
-                gather_rows(batch_y, &Y[0, 0], rows, m, n_out)
+                bad = gather_rows(batch_y, &Y[0, 0], rows, m, n_out, Y.shape[0])
+                if bad >= 0:
+                    failed_gather = GATHERED_Y
+                    break
                 y = batch_y
             else:
                 y = &Y[start, 0]
             if use_weights:
                 if use_order:
-                    gather(batch_weights, &row_weights[0], rows, m)
+                    bad = gather(batch_weights, &row_weights[0], rows, m, row_weights.shape[0])
+                    if bad >= 0:
+                        failed_gather = GATHERED_WEIGHTS
+                        break
                     weights = batch_weights
                 else:
                     weights = &row_weights[start]
@@ -697,7 +754,36 @@ def train_epoch(Plan plan, Settings settings, floating[::1] params, floating[::1
                 loss_total += loss_sum * normaliser
                 weight_total += weight_sum
             start += m
+        # An update can overflow with a finite loss: in the parameters, or only in the
+        # optimizer's state (Adam's g^2 past FLT_MAX), where it would freeze weights silently.
+        if bad < 0 and status != DIVERGED and not (
+                all_finite_buffer(p, layout.n_params)
+                and all_finite_buffer(first if first else p, first_size)):
+            status = DIVERGED
+    if bad >= 0:
+        raise_bad_index(order, labels, start + bad, use_order, failed_gather, n_out)
     return loss_total, weight_total, start, status
+
+
+cdef enum Gathered:
+    GATHERED_X = 1
+    GATHERED_LABELS = 2
+    GATHERED_Y = 3
+    GATHERED_WEIGHTS = 4
+
+
+cdef raise_bad_index(const Py_ssize_t[::1] order, const Py_ssize_t[::1] labels,
+                     Py_ssize_t position, bint use_order, int failed_gather, Py_ssize_t n_out):
+    """The ValueError for the index train_epoch found out of range at row `position` of the
+    epoch (the arrays may be changing still: this names what it reads now)."""
+    cdef Py_ssize_t row = order[position] if use_order else position
+    if failed_gather == GATHERED_LABELS and 0 <= row < labels.shape[0]:
+        raise ValueError(f"labels[{row}] = {labels[row]} is not a class of this model "
+                         f"(0..{n_out - 1}): were the labels changed after the fit checked "
+                         f"them?")
+    name = {GATHERED_X: "X", GATHERED_LABELS: "labels", GATHERED_Y: "Y",
+            GATHERED_WEIGHTS: "row_weights"}[failed_gather]
+    raise ValueError(f"row {row} (order[{position}]) is out of range for {name}")
 
 
 def gradients(Plan plan, Settings settings, const floating[::1] params, floating[::1] grads,
@@ -804,8 +890,8 @@ def gemm_floor(Plan plan, floating[::1] scratch, floating[::1] work,
     """
     cdef const Layout* layout = &plan.layout
     cdef int L = layout.n_layers
-    cdef int l, n_in, n_out, m, start_row, rows
-    cdef Py_ssize_t step, start = 0, n_samples = X.shape[0]
+    cdef int l, m
+    cdef Py_ssize_t n_in, n_out, start_row, rows, step, start = 0, n_samples = X.shape[0]
     cdef floating* p = &scratch[0]
     cdef floating* w = &work[0]
     cdef floating* delta
@@ -825,16 +911,16 @@ def gemm_floor(Plan plan, floating[::1] scratch, floating[::1] work,
                 n_out = layout.sizes[l]
                 delta = w + layout.delta_offsets[l % 2]
                 if l > 1:
-                    gemm(False, True, m, n_in, n_out, <floating>1, delta, n_out,
-                         p + layout.weight_offsets[l - 1], n_out, <floating>0,
-                         w + layout.delta_offsets[(l - 1) % 2], n_in)
+                    gemm(False, True, m, <int>n_in, <int>n_out, <floating>1, delta, <int>n_out,
+                         p + layout.weight_offsets[l - 1], <int>n_out, <floating>0,
+                         w + layout.delta_offsets[(l - 1) % 2], <int>n_in)
                 start_row = 0
                 while start_row < n_in:
-                    rows = min(layout.gradient_chunks[l - 1], n_in - start_row)
-                    gemm(True, False, rows, n_out, m, <floating>-1e-3,
-                         layer_input(layout, w, x, l) + start_row, n_in, delta, n_out,
+                    rows = min(<Py_ssize_t>layout.gradient_chunks[l - 1], n_in - start_row)
+                    gemm(True, False, <int>rows, <int>n_out, m, <floating>-1e-3,
+                         layer_input(layout, w, x, l) + start_row, <int>n_in, delta, <int>n_out,
                          <floating>1, p + layout.weight_offsets[l - 1] + start_row * n_out,
-                         n_out)
+                         <int>n_out)
                     start_row += rows
             start += m
 
@@ -858,19 +944,24 @@ def all_finite(const floating[:, ::1] X):
 
 
 def catch_interrupts():
-    """Route SIGINT to a flag the epoch loop polls (main thread, during a fit)."""
+    """Route SIGINT to the flag that interruptible epochs poll, around a fit on the main
+    thread (the only thread Python delivers SIGINT to); pair with release_interrupts()."""
+    if threading.current_thread() is not threading.main_thread():
+        raise RuntimeError("only a fit on the main thread catches SIGINT")
     if fbp_catch_interrupts() != 0:
         raise OSError("could not install the SIGINT handler")
 
 
 def interrupt_requested():
-    """True if SIGINT arrived since catch_interrupts()."""
+    """True if SIGINT arrived since the outermost catch_interrupts() (always False off the
+    main thread: no fit there is interrupted by SIGINT)."""
     cdef bint requested = fbp_interrupt_requested
-    return requested
+    return requested and threading.current_thread() is threading.main_thread()
 
 
 def release_interrupts():
-    """Restore the previous SIGINT handler; True if SIGINT arrived meanwhile."""
-    fbp_release_interrupts()
-    cdef bint requested = fbp_interrupt_requested
-    return requested
+    """Undo one catch_interrupts(): the outermost restores the previous SIGINT handler and
+    clears the flag. True if SIGINT arrived meanwhile."""
+    if threading.current_thread() is not threading.main_thread():
+        raise RuntimeError("only a fit on the main thread catches SIGINT")
+    return fbp_release_interrupts() == 1

@@ -13,20 +13,22 @@ cdef extern from "fastbp.h" nogil:
     int fbp_needs_preactivation(int activation) noexcept
     int fbp_catch_interrupts() noexcept
     int fbp_release_interrupts() noexcept
-    int fbp_interrupt_requested
+    volatile int fbp_interrupt_requested
 
     int fbp_all_finite_f32(const float* x, Py_ssize_t n) noexcept
     int fbp_all_finite_f64(const double* x, Py_ssize_t n) noexcept
-    void fbp_gather_rows_f32(float* dst, const float* src, const Py_ssize_t* rows,
-                             Py_ssize_t n_rows, Py_ssize_t n_cols) noexcept
-    void fbp_gather_rows_f64(double* dst, const double* src, const Py_ssize_t* rows,
-                             Py_ssize_t n_rows, Py_ssize_t n_cols) noexcept
-    void fbp_gather_f32(float* dst, const float* src, const Py_ssize_t* rows, Py_ssize_t n) noexcept
-    void fbp_gather_f64(double* dst, const double* src, const Py_ssize_t* rows, Py_ssize_t n) noexcept
-    void fbp_one_hot_f32(float* dst, const Py_ssize_t* labels, const Py_ssize_t* rows,
-                         Py_ssize_t n_rows, Py_ssize_t n_cols) noexcept
-    void fbp_one_hot_f64(double* dst, const Py_ssize_t* labels, const Py_ssize_t* rows,
-                         Py_ssize_t n_rows, Py_ssize_t n_cols) noexcept
+    Py_ssize_t fbp_gather_rows_f32(float* dst, const float* src, const Py_ssize_t* rows,
+                                   Py_ssize_t n_rows, Py_ssize_t n_cols, Py_ssize_t n_src) noexcept
+    Py_ssize_t fbp_gather_rows_f64(double* dst, const double* src, const Py_ssize_t* rows,
+                                   Py_ssize_t n_rows, Py_ssize_t n_cols, Py_ssize_t n_src) noexcept
+    Py_ssize_t fbp_gather_f32(float* dst, const float* src, const Py_ssize_t* rows, Py_ssize_t n,
+                              Py_ssize_t n_src) noexcept
+    Py_ssize_t fbp_gather_f64(double* dst, const double* src, const Py_ssize_t* rows, Py_ssize_t n,
+                              Py_ssize_t n_src) noexcept
+    Py_ssize_t fbp_one_hot_f32(float* dst, const Py_ssize_t* labels, const Py_ssize_t* rows,
+                               Py_ssize_t n_rows, Py_ssize_t n_cols, Py_ssize_t n_labels) noexcept
+    Py_ssize_t fbp_one_hot_f64(double* dst, const Py_ssize_t* labels, const Py_ssize_t* rows,
+                               Py_ssize_t n_rows, Py_ssize_t n_cols, Py_ssize_t n_labels) noexcept
     void fbp_bias_activation_f32(float* z, const float* bias, float* preactivation,
                                  Py_ssize_t n_rows, Py_ssize_t n_cols, int activation) noexcept
     void fbp_bias_activation_f64(double* z, const double* bias, double* preactivation,

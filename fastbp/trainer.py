@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fastbp import _core, losses, metrics as metrics_module, optimizers, schedules
-from fastbp._threads import MAX_THREADS, blas_threads, thread_count
+from fastbp._threads import blas_threads, checked_thread_count, thread_count
 from fastbp.callbacks import ProgressBar, checked_callbacks
-from fastbp._validation import as_matrix, as_targets, numeric_array, one_hot, real_number, \
-    whole_number
+from fastbp._validation import as_matrix, as_row_weights, as_targets, check_in_dtype, \
+    numeric_array, one_hot, real_number, unshared, whole_number
 from fastbp.model import MLP, check_allocation
 
 
@@ -152,8 +152,7 @@ class Trainer:
                 raise TypeError(f"{name} must be True or False; got {getattr(self, name)!r}")
         if self.seed is not None:
             whole_number(self.seed, "seed", 0)
-        if self.n_threads is not None and whole_number(self.n_threads, "n_threads", 1) > MAX_THREADS:
-            raise ValueError(f"n_threads must be at most {MAX_THREADS}; got {self.n_threads!r}")
+        checked_thread_count(self.n_threads)
         learning_rate = real_number(self.learning_rate, "learning_rate")
         clip_norm = None if self.clip_norm is None else real_number(self.clip_norm, "clip_norm")
         if clip_norm == 0:
@@ -203,15 +202,18 @@ class Trainer:
         loss, optimizer = settings["loss"], settings["optimizer"]
         X = as_matrix(X, "X", model.dtype, model.layer_sizes[0])
         targets, labels = as_targets(Y, loss.name, model.layer_sizes[-1], X.shape[0], model.dtype)
+        # Data that views the parameters would change under the fit's own steps: a copy.
+        X, targets, labels = (unshared(array, model._params) for array in (X, targets, labels))
         weights = self._row_weights(sample_weight, targets, labels, loss, X.shape[0],
                                     model.layer_sizes[-1], model.dtype)
         X, targets, labels, weights, validation = self._split(
             model, loss, X, targets, labels, weights, validation_data, validation_split)
         metric_functions = chosen_metrics(metrics, loss, model.layer_sizes[-1]) \
             if validation is not None else []
-        if optimizer.learning_rate > float(np.finfo(model.dtype).max):
-            raise ValueError(f"learning_rate {optimizer.learning_rate!r} does not fit the "
-                             f"model's dtype {model.dtype.name}")
+        # Checked in float64, used in the model's dtype by the compiled loop.
+        optimizer.check_dtype(model.dtype)
+        loss.check_dtype(model.dtype)
+        check_in_dtype(settings["weight_decay"], "weight_decay", model.dtype)
         if verbose:
             callbacks.append(ProgressBar(n_epochs))
 
@@ -264,14 +266,18 @@ class Trainer:
                     np.copyto(backup, model._params)
                     np.copyto(state_backup, state)
                     started = time.perf_counter()
-                    loss_total, weight_total, trained, status = _core.train_epoch(
-                        plan, core_settings, model._params, work, state, X, targets, labels,
-                        weights, order, batch_size, dropout_seed)
+                    try:
+                        loss_total, weight_total, trained, status = _core.train_epoch(
+                            plan, core_settings, model._params, work, state, X, targets,
+                            labels, weights, order, batch_size, dropout_seed, catching)
+                    except ValueError:   # labels rewritten mid-fit: the core checks each read
+                        np.copyto(model._params, backup)
+                        np.copyto(state, state_backup)
+                        raise
                     seconds = time.perf_counter() - started
-                    if status == _core.Status.DIVERGED or not _core.all_finite(
-                            model._params.reshape(1, -1)):
-                        # A non-finite loss stops the epoch early; an update that
-                        # overflowed shows only in the parameters.
+                    if status == _core.Status.DIVERGED:
+                        # A non-finite loss stops the epoch early; an update that overflowed
+                        # (in the parameters or the optimizer state) ends it as diverged.
                         np.copyto(model._params, backup)
                         np.copyto(state, state_backup)   # and self._step stays as it was
                         history.diverged = True
@@ -355,11 +361,7 @@ class Trainer:
                     table[int(key)] = real_number(value, f"class_weight[{key}]")
             class_weights = table[classes]
             weights = class_weights if weights is None else weights * class_weights
-        if weights is not None:
-            if not weights.sum() > 0:
-                raise ValueError("the row weights (sample_weight, class_weight) sum to 0")
-            weights = weights.astype(dtype)
-        return weights
+        return None if weights is None else as_row_weights(weights, dtype)
 
     @staticmethod
     def _split(model, loss, X, targets, labels, weights, validation_data, validation_split):
