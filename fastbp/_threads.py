@@ -1,6 +1,7 @@
 """BLAS threads: how many a pass should use, and applying that for its duration only."""
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import os
@@ -24,7 +25,11 @@ _setters = None          # (get, set) of each BLAS's thread count
 _small_gemm = None       # small_gemm_kernels(), once known
 _saved = None            # each BLAS's own setting, while passes run
 _active = 0              # passes running inside blas_threads
-_lock = threading.Lock()
+_count = None            # the BLAS thread count they run on
+_queue = collections.deque()             # passes waiting for their count, in arrival order
+_lock = threading.Lock()                 # guards _controller
+_turns = threading.Condition(threading.Lock())   # guards _active, _count, _saved, _queue
+_local = threading.local()               # depth: blas_threads passes open on this thread
 
 
 def thread_count(layer_sizes, rows_per_step: int, n_threads=None, backward=True) -> int:
@@ -39,6 +44,17 @@ def thread_count(layer_sizes, rows_per_step: int, n_threads=None, backward=True)
     if flops < MULTITHREAD_MIN_FLOPS_PER_STEP:
         return 1
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def checked_thread_count(n_threads):
+    """n_threads as given by a user: None (choose) or a whole number in 1..MAX_THREADS."""
+    if n_threads is None:
+        return None
+    from fastbp._validation import whole_number
+    count = whole_number(n_threads, "n_threads", 1)
+    if count > MAX_THREADS:
+        raise ValueError(f"n_threads must be at most {MAX_THREADS}; got {n_threads!r}")
+    return count
 
 
 def _get_controller():
@@ -120,30 +136,61 @@ def _library_of(address: int):
 
 @contextlib.contextmanager
 def blas_threads(n_threads: int):
-    """Limit every loaded BLAS to n_threads for the duration of a pass.
+    """Run a pass with every loaded BLAS limited to n_threads, and no other count set
+    while it runs.
 
-    Passes that overlap (fits or predicts on several Python threads) share one limit: the
-    first sets it and the last puts the original setting back, so the process is left as
-    it was found whatever order they end in, and whichever threads they run on. The
-    libraries are found once (a scan, milliseconds); a limit then costs microseconds.
+    The BLAS thread count is process-wide, and results depend on it (OpenBLAS splits a
+    product differently), so a call's results would depend on what other threads do if
+    their passes could change it: passes whose lifetimes overlap all run on one count.
+    A pass that asks for the count in force joins at once; one that asks for another waits
+    until the running passes end, in arrival order (later passes queue behind it, so it
+    is not starved). A pass started inside another on the same thread (validation or a
+    callback's predict inside a fit) runs under its caller's count, whatever it asks:
+    waiting for its own caller would never end. The first pass saves each BLAS's setting
+    and the last puts it back, whichever threads they run on. The libraries are found once
+    (a scan, milliseconds); a limit then costs microseconds.
     """
-    global _active, _saved
     setters = _thread_setters()
-    with _lock:
+    depth = getattr(_local, "depth", 0)
+    _enter(n_threads, setters, nested=depth > 0)
+    _local.depth = depth + 1
+    try:
+        yield
+    finally:
+        _local.depth = depth
+        _leave()
+
+
+def _enter(n_threads: int, setters, nested: bool) -> None:
+    global _active, _saved, _count
+    with _turns:
+        if not nested:
+            ticket = object()
+            _queue.append(ticket)
+            try:
+                while not (_queue[0] is ticket and (_active == 0 or _count == n_threads)):
+                    _turns.wait()
+            finally:   # also on KeyboardInterrupt while waiting: never block the queue
+                _queue.remove(ticket)
+                _turns.notify_all()      # the next in line may join the same count
         if _active == 0:
             _saved = [(set_threads, get_threads()) for get_threads, set_threads in setters]
             for _, set_threads in setters:
                 set_threads(n_threads)
+            _count = n_threads
         _active += 1
-    try:
-        yield
-    finally:
-        with _lock:
-            _active -= 1
-            if _active == 0:
-                for set_threads, original in _saved:
-                    set_threads(original)
-                _saved = None
+
+
+def _leave() -> None:
+    global _active, _saved, _count
+    with _turns:
+        _active -= 1
+        if _active == 0:
+            for set_threads, original in _saved:
+                set_threads(original)
+            _saved = None
+            _count = None
+            _turns.notify_all()
 
 
 def _thread_setters():

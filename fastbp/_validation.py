@@ -121,3 +121,58 @@ def one_hot(labels: np.ndarray, n_classes: int, dtype: np.dtype) -> np.ndarray:
     targets = np.zeros((labels.shape[0], n_classes), dtype=dtype)
     targets[np.arange(labels.shape[0]), labels] = 1
     return targets
+
+
+def check_in_dtype(value: float, name: str, dtype: np.dtype, below_one: bool = False) -> None:
+    """Refuse a number checked in float64 that the core would change by using it in `dtype`:
+    one that overflows, a nonzero one that becomes 0 or subnormal, or (below_one) a fraction
+    under 1 that rounds to 1 (a momentum or decay rate of exactly 1)."""
+    dtype = np.dtype(dtype)
+    info = np.finfo(dtype)
+    with np.errstate(over="ignore"):
+        cast = dtype.type(value)
+    if not np.isfinite(cast):
+        raise ValueError(f"{name}={value!r} is too large for the model's {dtype.name} "
+                         f"(at most {float(info.max):.4g})")
+    if value != 0 and abs(cast) < info.tiny:
+        raise ValueError(f"{name}={value!r} is too small for the model's {dtype.name}: it "
+                         f"would be 0 or lose its precision (the smallest normal number is "
+                         f"{float(info.tiny):.4g}); use 0 or a larger value")
+    if below_one and cast >= 1:
+        raise ValueError(f"{name}={value!r} rounds to 1 in the model's {dtype.name}; use a "
+                         f"value at most {float(1 - info.epsneg):.10g}")
+
+
+def as_row_weights(weights: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Finite float64 row weights >= 0 as `dtype`, scaled by a power of two so that the
+    largest lies in [0.5, 1).
+
+    A batch's loss is the weighted mean sum w_i l_i / sum w_i, so a factor common to all
+    weights changes nothing; a power of two changes no bit of any product or ratio the core
+    forms, so ordinary weights give exactly the run they gave unscaled, and weights of any
+    scale (1e-46 or 1e39 in float32, 1e-320 in float64) train as their ratios say. Weights
+    whose ratios the dtype cannot hold (a nonzero weight below its smallest normal number
+    once the largest is near 1) are refused."""
+    largest = float(weights.max())
+    if not largest > 0:
+        raise ValueError("the row weights (sample_weight, class_weight) sum to 0")
+    if not np.isfinite(largest):
+        raise ValueError("the row weights (sample_weight times class_weight) overflow float64")
+    scaled = np.ldexp(weights, -int(np.frexp(largest)[1]))
+    smallest = float(scaled[scaled > 0].min())
+    info = np.finfo(dtype)
+    if smallest < info.tiny:
+        raise ValueError(f"the row weights (sample_weight, class_weight) span a ratio of "
+                         f"{largest / float(weights[weights > 0].min()):.3g} between the largest "
+                         f"and the smallest nonzero one, more than the model's "
+                         f"{np.dtype(dtype).name} holds ({1 / float(info.tiny):.3g}); "
+                         f"set the smallest to 0 or use a float64 model")
+    return scaled.astype(dtype)
+
+
+def unshared(array, parameters: np.ndarray):
+    """`array`, or a copy of it if it may view `parameters` (which a fit or a setter
+    writes while it reads the array)."""
+    if array is not None and np.may_share_memory(array, parameters):
+        return array.copy()
+    return array

@@ -184,7 +184,9 @@ class EarlyStopping(Callback):
     the first epoch that does not improve). A NaN value never improves.
 
     restore_best_weights: keep a copy of the parameters of the best epoch and write them
-    back into the model when the fit ends, if later epochs ran (whatever ended the fit).
+    back into the model when the fit ends, whatever ended it (later epochs, or a Ctrl-C
+    half-way through the epoch after the best one, which leaves some of its steps in the
+    model: the copy is written back even when the best epoch was the last one finished).
     Attributes: best (the best value), best_epoch (its epoch, None before any),
     stopped_epoch (the epoch at whose end this callback stopped training, or None), wait
     (epochs since the last improvement). All are reset at the start of each fit.
@@ -207,7 +209,6 @@ class EarlyStopping(Callback):
         self.best_epoch = None
         self.stopped_epoch = None
         self.wait = 0
-        self._last_epoch = None
         self._best_weights = None
         self._best_biases = None
 
@@ -216,7 +217,6 @@ class EarlyStopping(Callback):
 
     def on_epoch_end(self, epoch, logs):
         current = _monitored_value(logs, self.monitor, "EarlyStopping")
-        self._last_epoch = epoch
         if _is_improvement(current, self.best, self.mode, self.min_delta):
             self.best = current
             self.best_epoch = epoch
@@ -238,8 +238,9 @@ class EarlyStopping(Callback):
         return None
 
     def on_train_end(self, logs=None):
-        if (self.restore_best_weights and self._best_weights is not None
-                and self._last_epoch != self.best_epoch):
+        # Not only when later epochs finished: an interrupted epoch's steps, or anything
+        # else that wrote the parameters after the best epoch, leaves no epoch_end behind.
+        if self.restore_best_weights and self._best_weights is not None:
             weights, biases = _parameters(self.model)
             for live, saved in zip(weights + biases, self._best_weights + self._best_biases):
                 live[...] = saved

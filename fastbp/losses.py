@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from fastbp import _core
-from fastbp._validation import as_targets, numeric_array, one_hot, real_number
+from fastbp._validation import as_targets, check_in_dtype, numeric_array, one_hot, real_number
 
 __all__ = ["Loss", "MeanSquaredError", "MeanAbsoluteError", "CategoricalCrossentropy",
            "BinaryCrossentropy", "Huber", "get", "NAMES"]
@@ -32,6 +32,10 @@ class Loss:
     @property
     def code(self) -> int:
         return _core.LOSS_CODES[self.name]
+
+    def check_dtype(self, dtype) -> None:
+        """Refuse a parameter that the model's dtype cannot hold (the kernel uses it there)."""
+        return None
 
     def value(self, y_true, y_pred) -> float:
         return self._evaluate(y_true, y_pred, want_gradient=False)[0]
@@ -101,6 +105,9 @@ class Huber(Loss):
     @property
     def delta(self) -> float:
         return self.parameter
+
+    def check_dtype(self, dtype) -> None:
+        check_in_dtype(self.parameter, "delta", dtype)
 
     def __repr__(self) -> str:
         return f"Huber(delta={self.parameter!r})"

@@ -10,7 +10,8 @@ import warnings
 import numpy as np
 
 from fastbp import _core, _files, _format, losses
-from fastbp._threads import blas_threads, small_gemm_kernels, thread_count
+from fastbp._threads import blas_threads, checked_thread_count, small_gemm_kernels, \
+    thread_count
 from fastbp._validation import as_matrix, as_targets, check_finite, numeric_array, one_hot, \
     real_number, whole_number
 
@@ -185,8 +186,10 @@ class MLP:
             array = numeric_array(value, f"{name}[{i}]")
             if array.shape != target.shape:
                 raise ValueError(f"{name}[{i}] must have shape {target.shape}; got {array.shape}")
+            # Always a copy: a new value may view the model's own parameters
+            # (model.weights = model.weights[::-1]), which the writes below would change.
             with np.errstate(over="ignore"):
-                array = np.ascontiguousarray(array, dtype=self.dtype).reshape(1, -1)
+                array = np.array(array, dtype=self.dtype, order="C", copy=True).reshape(1, -1)
             check_finite(array, f"{name}[{i}]")
             checked.append(array)
         for array, target in zip(checked, targets):
@@ -219,46 +222,50 @@ class MLP:
         return plan, np.empty(plan.work_size, dtype=self.dtype)
 
     @contextlib.contextmanager
-    def _chunked_pass(self, n_samples: int, backward=False):
-        """A plan and workspace for a pass over n_samples rows in chunks, run under the BLAS
-        thread count chosen for a chunk (predict, evaluate, gradients)."""
+    def _chunked_pass(self, n_samples: int, backward=False, n_threads=None):
+        """A plan and workspace for a pass over n_samples rows in chunks, run under
+        n_threads BLAS threads, or the count chosen for a chunk (predict, evaluate,
+        gradients). The plan and the BLAS count are fixed for the whole call."""
         rows = self._chunk_rows(n_samples)
-        n_threads = thread_count(self._layer_sizes, rows, backward=backward)
+        n_threads = thread_count(self._layer_sizes, rows, checked_thread_count(n_threads),
+                                 backward=backward)
         plan, work = self._workspace(rows, n_threads=n_threads)
         with blas_threads(n_threads):
             yield plan, work
 
-    def predict(self, X) -> np.ndarray:
-        """The output layer's activations for the rows of X: (n_samples, n_outputs)."""
+    def predict(self, X, n_threads=None) -> np.ndarray:
+        """The output layer's activations for the rows of X: (n_samples, n_outputs).
+
+        n_threads: BLAS threads for the pass; None picks from the size of a chunk."""
         X = self._inputs(X)
         out = np.empty((X.shape[0], self._layer_sizes[-1]), dtype=self.dtype)
-        with self._chunked_pass(X.shape[0]) as (plan, work):
+        with self._chunked_pass(X.shape[0], n_threads=n_threads) as (plan, work):
             _core.predict(plan, self._params, work, X, out)
         if not _core.all_finite(out):
             raise ValueError(f"the model's outputs overflow {self.dtype.name} for these inputs "
                              f"(they would be infinite or NaN)")
         return out
 
-    def evaluate(self, X, Y, loss) -> float:
+    def evaluate(self, X, Y, loss, n_threads=None) -> float:
         """The mean loss over the rows of X (computed as training computes it)."""
         loss = losses.get(loss)
         X = self._inputs(X)
         targets = self._dense_targets(Y, loss, X.shape[0])
-        return self._evaluate(X, targets, loss)[0]
+        return self._evaluate(X, targets, loss, n_threads)[0]
 
     def _dense_targets(self, Y, loss, n_rows):
         targets, labels = as_targets(Y, loss.name, self._layer_sizes[-1], n_rows, self.dtype)
         return one_hot(labels, self._layer_sizes[-1], self.dtype) if labels is not None else targets
 
-    def _evaluate(self, X, targets, loss):
+    def _evaluate(self, X, targets, loss, n_threads=None):
         """(mean loss, predictions) for checked arrays."""
         out = np.empty((X.shape[0], self._layer_sizes[-1]), dtype=self.dtype)
-        with self._chunked_pass(X.shape[0]) as (plan, work):
+        with self._chunked_pass(X.shape[0], n_threads=n_threads) as (plan, work):
             value = _core.evaluate(plan, _core.Settings(loss.code, loss.parameter),
                                    self._params, work, X, targets, out)
         return float(value), out
 
-    def gradients(self, X, Y, loss):
+    def gradients(self, X, Y, loss, n_threads=None):
         """One forward and one backward pass over all rows of X.
 
         Returns (loss_value, grad_weights, grad_biases): the mean loss and its exact
@@ -268,7 +275,7 @@ class MLP:
         X = self._inputs(X)
         targets = self._dense_targets(Y, loss, X.shape[0])
         grads = np.empty_like(self._params)
-        with self._chunked_pass(X.shape[0], backward=True) as (plan, work):
+        with self._chunked_pass(X.shape[0], backward=True, n_threads=n_threads) as (plan, work):
             value = _core.gradients(plan, _core.Settings(loss.code, loss.parameter),
                                     self._params, grads, work, X, targets)
         if not np.isfinite(value):

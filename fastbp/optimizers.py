@@ -17,7 +17,7 @@ decoupled (AdamW: p <- p * (1 - lr * wd) before the rule). t counts steps from 1
 from __future__ import annotations
 
 from fastbp import _core
-from fastbp._validation import real_number
+from fastbp._validation import check_in_dtype, real_number
 
 __all__ = ["Optimizer", "SGD", "Adam", "RMSprop", "Adagrad", "get", "NAMES"]
 
@@ -37,6 +37,16 @@ class Optimizer:
 
     def __init__(self, learning_rate: float):
         self.learning_rate = real_number(learning_rate, "learning_rate")
+
+    # hyperparameters in [0, 1) that must not round to 1 in the model's dtype
+    _fractions = ("momentum", "beta1", "beta2", "alpha")
+
+    def check_dtype(self, dtype) -> None:
+        """Refuse hyperparameters that the model's dtype cannot hold: the compiled rule
+        uses them in that dtype (a beta2 of 0.99999999 is 1.0 in float32)."""
+        for name, value in vars(self).items():
+            if isinstance(value, float):
+                check_in_dtype(value, name, dtype, below_one=name in self._fractions)
 
     def settings(self) -> dict:
         """Keyword arguments for fastbp._core.Settings."""

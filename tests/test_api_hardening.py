@@ -1,0 +1,333 @@
+"""Issue 14, the Python layer's defects and the classes behind them.
+
+- writes into the live parameters from arrays that may view them (defect 6);
+- user numbers validated in float64 and then cast to the model's dtype: sample weights,
+  hyperparameters (defect 9);
+- process-global settings changed by a call: the BLAS thread count (defect 10);
+- callbacks that assume the model holds the last finished epoch at the end (defect 13).
+"""
+import json
+import subprocess
+import sys
+import textwrap
+import threading
+import warnings
+
+import numpy as np
+import pytest
+
+import fastbp
+from fastbp import callbacks, losses, optimizers
+
+
+def regression(n_rows=200, n_in=5, n_out=2, dtype="float32", seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n_rows, n_in)).astype(dtype)
+    Y = rng.normal(size=(n_rows, n_out)).astype(dtype)
+    return X, Y
+
+
+def small_model(dtype="float32", sizes=(5, 8, 2)):
+    return fastbp.MLP(list(sizes), ["tanh", "identity"], dtype=dtype, seed=0)
+
+
+def parameters(model):
+    return [p.copy() for p in model.weights + model.biases]
+
+
+# ================================================================ defect 6: aliasing writes
+
+def test_swapping_weights_that_view_the_model_swaps_them():
+    model = small_model(sizes=(4, 4, 4))
+    first, second = (w.copy() for w in model.weights)
+    model.weights = [model.weights[1], model.weights[0]]
+    assert np.array_equal(model.weights[0], second)
+    assert np.array_equal(model.weights[1], first)
+
+
+def test_swapping_biases_that_view_the_model_swaps_them():
+    model = small_model(sizes=(4, 4, 4))
+    model.biases = [np.arange(4.0), np.arange(4.0) + 10]
+    model.biases = [model.biases[1], model.biases[0]]
+    assert np.array_equal(model.biases[0], np.arange(4.0) + 10)
+    assert np.array_equal(model.biases[1], np.arange(4.0))
+
+
+def test_overlapping_views_of_one_layer_are_read_before_written():
+    model = small_model(sizes=(4, 4, 2))
+    before = model.weights[0].copy()
+    model.weights = [model.weights[0][::-1], model.weights[1]]     # a reversed view
+    assert np.array_equal(model.weights[0], before[::-1])
+
+
+def test_scikit_learn_coefs_setter_with_its_own_views():
+    sk = pytest.importorskip("fastbp.sklearn")
+    X, Y = regression(n_rows=60, n_in=4, n_out=4)
+    estimator = sk.MLPRegressor(hidden_layer_sizes=(4,), max_iter=2, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        estimator.fit(X, Y)
+    first, second = (w.copy() for w in estimator.coefs_)
+    estimator.coefs_ = [estimator.coefs_[1], estimator.coefs_[0]]
+    assert np.array_equal(estimator.coefs_[0], second)
+    assert np.array_equal(estimator.coefs_[1], first)
+
+
+def test_fit_on_data_that_views_the_parameters_reads_the_data_as_given():
+    """X taken from the model's own weights: training changes those weights, so the fit
+    must read a copy (the same run as on a copy made beforehand)."""
+    model, twin = small_model(sizes=(8, 8, 8)), small_model(sizes=(8, 8, 8))
+    Y = np.random.default_rng(1).normal(size=(8, 8)).astype(np.float32)
+    trainer = lambda: fastbp.Trainer("mse", learning_rate=0.1, epochs=3, batch_size=2,
+                                     seed=0)
+    trainer().fit(twin, twin.weights[1].copy(), Y)
+    trainer().fit(model, model.weights[1], Y)
+    for p, q in zip(parameters(model), parameters(twin)):
+        assert np.array_equal(p, q)
+
+
+# ================================================================ defect 9: dtype casts
+
+def unweighted_run(dtype, **fit):
+    X, Y = regression(dtype=dtype)
+    model = small_model(dtype)
+    history = fastbp.Trainer("mse", epochs=2, seed=0).fit(model, X, Y, **fit)
+    return model, history
+
+
+@pytest.mark.parametrize("dtype, weight", [("float32", 1e-46), ("float32", 3.4e38),
+                                           ("float32", 1e39), ("float64", 1e-320),
+                                           ("float64", 1e308)])
+def test_a_common_weight_of_any_scale_changes_nothing(dtype, weight):
+    plain, plain_history = unweighted_run(dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")           # no divergence warning, no cast overflow
+        weighted, history = unweighted_run(dtype, sample_weight=np.full(200, weight))
+    assert not history.diverged
+    assert np.allclose(history.loss, plain_history.loss, rtol=1e-5)
+    for p, q in zip(parameters(weighted), parameters(plain)):
+        assert np.allclose(p, q, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_weights_scaled_by_a_power_of_two_give_the_same_run_bit_for_bit(dtype):
+    weights = np.random.default_rng(3).uniform(0.1, 3.0, size=200)
+    one, one_history = unweighted_run(dtype, sample_weight=weights)
+    two, two_history = unweighted_run(dtype, sample_weight=weights * 2.0**-900)
+    assert one_history.loss == two_history.loss
+    for p, q in zip(parameters(one), parameters(two)):
+        assert np.array_equal(p, q)
+
+
+def test_weights_spanning_more_than_the_dtype_holds_are_refused():
+    X, Y = regression()
+    model = small_model()
+    before = parameters(model)
+    weights = np.ones(200)
+    weights[0] = 1e-40                           # 1e-40 of the largest: not a float32 normal
+    with pytest.raises(ValueError, match="sample_weight"):
+        fastbp.Trainer("mse", epochs=1).fit(model, X, Y, sample_weight=weights)
+    assert all(np.array_equal(p, q) for p, q in zip(parameters(model), before))
+    # float64 holds that range
+    fastbp.Trainer("mse", epochs=1).fit(small_model("float64"), X.astype(np.float64),
+                                        Y.astype(np.float64), sample_weight=weights)
+
+
+@pytest.mark.parametrize("make_trainer, name", [
+    (lambda: fastbp.Trainer("mse", optimizer=optimizers.Adam(0.01, beta2=0.99999999)), "beta2"),
+    (lambda: fastbp.Trainer("mse", optimizer=optimizers.Adam(0.01, beta1=0.999999999)), "beta1"),
+    (lambda: fastbp.Trainer("mse", optimizer=optimizers.SGD(0.01, momentum=0.99999999)),
+     "momentum"),
+    (lambda: fastbp.Trainer("mse", optimizer=optimizers.RMSprop(0.01, alpha=0.99999999)),
+     "alpha"),
+    (lambda: fastbp.Trainer(losses.Huber(1e-50)), "delta"),
+    (lambda: fastbp.Trainer(losses.Huber(1e39)), "delta"),
+    (lambda: fastbp.Trainer("mse", learning_rate=1e-50), "learning_rate"),
+    (lambda: fastbp.Trainer("mse", weight_decay=1e39), "weight_decay"),
+    (lambda: fastbp.Trainer("mse", optimizer=optimizers.Adam(0.01, epsilon=1e-50)), "epsilon"),
+    (lambda: fastbp.Trainer("mse", optimizer=optimizers.Adam(0.01, epsilon=1e39)), "epsilon"),
+])
+def test_hyperparameters_the_dtype_cannot_hold_are_refused(make_trainer, name):
+    """Checked in float64, used in float32: a fraction below 1 that rounds to 1, a
+    positive number that rounds to 0 (or to a subnormal) or overflows is refused by name,
+    before the model changes; the same number is fine for a float64 model."""
+    X, Y = regression()
+    model = small_model()
+    before = parameters(model)
+    with pytest.raises(ValueError, match=name):
+        make_trainer().fit(model, X, Y)
+    assert all(np.array_equal(p, q) for p, q in zip(parameters(model), before))
+    trainer = make_trainer()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)   # a decay of 1e39 diverges in float64
+        trainer.fit(small_model("float64"), X.astype(np.float64), Y.astype(np.float64))
+
+
+def test_class_weights_of_any_scale_change_nothing():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 5)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(int)
+    runs = []
+    for scale in (1.0, 1e-45, 3e38):
+        model = fastbp.MLP([5, 8, 2], ["tanh", "softmax"], seed=0)
+        history = fastbp.Trainer("cce", epochs=2, seed=0,
+                                 class_weight={0: 1.0 * scale, 1: 2.0 * scale}).fit(model, X, y)
+        assert not history.diverged and np.isfinite(history.loss).all()
+        runs.append(parameters(model))
+    for other in runs[1:]:
+        for p, q in zip(runs[0], other):
+            assert np.allclose(p, q, rtol=1e-4, atol=1e-6)
+
+
+# ================================================================ defect 13: Ctrl-C mid-epoch
+
+RESTORE_SCRIPT = textwrap.dedent(r'''
+    import json, signal, sys, threading
+    import numpy as np
+    import fastbp
+    from fastbp import callbacks
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40000, 32))
+    Y = rng.normal(size=(40000, 4))
+    model = fastbp.MLP([32, 128, 4], ["tanh", "identity"], dtype="float64", seed=0)
+    seen = {}
+
+    class Interrupt(callbacks.Callback):
+        """Keeps the parameters after epoch 0, then sends Ctrl-C during epoch 1."""
+        def on_epoch_end(self, epoch, logs):
+            if epoch == 0:
+                seen["best"] = [p.copy() for p in self.model.weights + self.model.biases]
+                threading.Timer(0.05, signal.pthread_kill,
+                                args=(threading.main_thread().ident, signal.SIGINT)).start()
+
+    stopper = callbacks.EarlyStopping(monitor="loss", patience=5, restore_best_weights=True)
+    trainer = fastbp.Trainer("mse", learning_rate=1e-3, epochs=50, batch_size=8, n_threads=1)
+    history = trainer.fit(model, X, Y, callbacks=[Interrupt(), stopper])
+    final = [p.copy() for p in model.weights + model.biases]
+    print(json.dumps({"interrupted": history.interrupted, "epochs": history.epochs,
+                      "best_epoch": stopper.best_epoch,
+                      "restored": all(np.array_equal(p, q) for p, q in zip(final, seen["best"]))}))
+''')
+
+
+def test_early_stopping_restores_the_best_weights_after_a_mid_epoch_interrupt():
+    """The last finished epoch was the best; Ctrl-C stops the next one half-way: the model
+    must hold the best epoch's parameters, not those of the interrupted epoch's steps."""
+    result = subprocess.run([sys.executable, "-c", RESTORE_SCRIPT], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["interrupted"] and report["epochs"] == 1 and report["best_epoch"] == 0, report
+    assert report["restored"], report
+
+
+def test_early_stopping_restores_when_the_model_changed_after_the_best_epoch():
+    """Whatever changed the model after the best (last) epoch, the fit ends on the best."""
+    X, Y = regression()
+    model = small_model()
+    stopper = callbacks.EarlyStopping(monitor="loss", patience=3)
+    history = fastbp.Trainer("mse", learning_rate=0.01, epochs=2, seed=0).fit(
+        model, X, Y, callbacks=[stopper])
+    assert stopper.best_epoch == history.epochs - 1
+    best = parameters(model)
+    model.weights = [w + 1 for w in model.weights]                 # after the last epoch
+    stopper.on_train_end({})
+    assert all(np.array_equal(p, q) for p, q in zip(parameters(model), best))
+
+
+# ================================================================ defect 10: thread counts
+
+def thread_problem():
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(3000, 64)).astype(np.float32)
+    y = rng.integers(0, 10, size=3000)
+    return X, y
+
+
+def thread_fit(X, y):
+    model = fastbp.MLP([64, 256, 256, 10], ["relu", "relu", "softmax"], seed=1)
+    fastbp.Trainer("cce", learning_rate=0.05, epochs=3, batch_size=256, seed=2,
+                   n_threads=2).fit(model, X, y)
+    return parameters(model)
+
+
+def test_a_fit_gives_the_same_bits_while_other_threads_predict():
+    """fit(n_threads=2) alone, and again while another thread loops predict on one
+    thread: BLAS's thread count is process-wide, and a concurrent call must not change it
+    under a running fit."""
+    X, y = thread_problem()
+    alone = thread_fit(X, y)
+    other = fastbp.MLP([64, 32, 10], ["relu", "softmax"], seed=3)
+    stop = threading.Event()
+    errors = []
+
+    def predict_loop():
+        try:
+            while not stop.is_set():
+                other.predict(X)             # a small model: one BLAS thread
+        except BaseException as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    reader = threading.Thread(target=predict_loop, daemon=True)
+    reader.start()
+    try:
+        busy = thread_fit(X, y)
+    finally:
+        stop.set()
+        reader.join(60)
+    assert not errors, errors
+    for p, q in zip(alone, busy):
+        assert np.array_equal(p, q)
+
+
+def test_a_fit_started_while_another_fit_holds_one_thread_runs_on_its_own_count():
+    """The deterministic form: another thread's fit (n_threads=1) is between epochs, its
+    BLAS limit in force, when this fit (n_threads=2) starts."""
+    X, y = thread_problem()
+    alone = thread_fit(X, y)
+    inside = threading.Event()
+
+    class Hold(callbacks.Callback):
+        def on_epoch_end(self, epoch, logs):
+            inside.set()
+            threading.Event().wait(0.5)
+
+    other = threading.Thread(target=lambda: fastbp.Trainer(
+        "cce", epochs=2, n_threads=1).fit(fastbp.MLP([64, 8, 10], ["relu", "softmax"]), X, y,
+                                          callbacks=[Hold()]), daemon=True)
+    other.start()
+    assert inside.wait(60)
+    busy = thread_fit(X, y)
+    other.join(60)
+    for p, q in zip(alone, busy):
+        assert np.array_equal(p, q)
+
+
+def test_passes_with_other_thread_counts_wait_and_all_finish():
+    """Passes that ask for different counts take turns (no one starves, no deadlock), and
+    a pass nested in a fit (validation, a callback's predict) runs under the fit's count."""
+    X, y = thread_problem()
+    model = fastbp.MLP([64, 16, 10], ["relu", "softmax"], seed=0)
+
+    class PredictInside(callbacks.Callback):
+        def on_epoch_end(self, epoch, logs):
+            self.model.predict(X[:10], n_threads=3)
+
+    done = []
+
+    def fit(n_threads):
+        fastbp.Trainer("cce", epochs=2, n_threads=n_threads, seed=0).fit(
+            fastbp.MLP([64, 16, 10], ["relu", "softmax"], seed=0), X, y,
+            callbacks=[PredictInside()], validation_split=0.1)
+        done.append(n_threads)
+
+    threads = [threading.Thread(target=fit, args=(n,), daemon=True) for n in (1, 2, 1, 2)]
+    for thread in threads:
+        thread.start()
+    for _ in range(20):
+        model.predict(X, n_threads=2)
+    for thread in threads:
+        thread.join(120)
+    assert sorted(done) == [1, 1, 2, 2]
