@@ -838,13 +838,10 @@ def sidecar_path(model_path: str) -> str:
     return os.fspath(model_path) + SIDECAR_SUFFIX
 
 
-def write_sidecar(model_path: str, fields: dict) -> str:
-    from fastbp import _format
-
-    path = sidecar_path(model_path)
+def sidecar_bytes(fields: dict) -> bytes:
+    """The sidecar document holding `fields`, as the bytes of its file."""
     document = {"format": SIDECAR_FORMAT, "version": SIDECAR_VERSION, **fields}
-    _format.write_file(path, (json.dumps(document, indent=1, ensure_ascii=False) + "\n").encode())
-    return path
+    return (json.dumps(document, indent=1, ensure_ascii=False) + "\n").encode()
 
 
 def read_sidecar(model_path: str, model):
@@ -861,6 +858,7 @@ def read_sidecar(model_path: str, model):
     if not isinstance(document, dict) or document.get("format") != SIDECAR_FORMAT:
         raise UsageError(f"{path} is not a fastbp sidecar; remove or rename it")
     n_in, n_out = model.layer_sizes[0], model.layer_sizes[-1]
+    _check_sidecar_fields(path, document, n_out)
     outputs, features = document.get("outputs"), document.get("features")
     if (outputs is not None and len(outputs) != n_out) or \
             (features is not None and len(features) != n_in):
@@ -869,6 +867,24 @@ def read_sidecar(model_path: str, model):
                          f"{len(outputs) if outputs else '?'} outputs; the model has {n_in} and "
                          f"{n_out}): remove it or fix it")
     return document
+
+
+def _check_sidecar_fields(path, document, n_out):
+    """The lists a sidecar holds are lists of plain values, and its classes are as many as
+    the model's outputs (two for a single sigmoid output)."""
+    for key in ("outputs", "features", "targets", "classes"):
+        value = document.get(key)
+        if value is not None and (not isinstance(value, list) or not all(
+                isinstance(item, (str, int, float)) and not isinstance(item, bool)
+                for item in value)):
+            raise UsageError(f"{path} (the model's sidecar): {key} must be a list of names; "
+                             f"remove or fix it")
+    classes = document.get("classes")
+    expected = n_out if n_out > 1 else 2
+    if classes is not None and len(classes) != expected:
+        raise UsageError(f"{path} lists {len(classes)} classes; the model has "
+                         f"{n_out} output{'s' if n_out != 1 else ''}, which need {expected}: "
+                         f"remove or fix it")
 
 
 def _loss_of(model, sidecar, given=None) -> str:
@@ -892,12 +908,53 @@ def _load_model(path):
 
 # ============================================================================ train
 
-def _check_writable(path: str, option: str) -> None:
+def _check_writable(path: str, option: str):
+    """What `path` names now (see fastbp._files.check_target); a UsageError for a path
+    that cannot be written."""
+    from fastbp import _files
+
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise UsageError(f"{option} {path}: the folder {directory} does not exist")
     if os.path.isdir(path):
         raise UsageError(f"{option} {path} is a folder; give a file name")
+    try:
+        return _files.check_target(path)
+    except ValueError as error:
+        raise UsageError(f"{option} {error}") from None
+    except OSError as error:
+        raise UsageError(f"{option} {path}: {_one_line(error)}") from None
+
+
+def _check_distinct(inputs, outputs):
+    """Refuse an output that is one of the command's inputs or another of its outputs: the
+    same file, through links too, not only the same name. A character device (/dev/null,
+    /dev/stdout) may be named twice: writing it destroys nothing.
+
+    inputs and outputs: (what, path) pairs; a path of None is left out."""
+    from fastbp import _files
+
+    seen = []
+    for role, (what, path) in [("input", item) for item in inputs] + \
+            [("output", item) for item in outputs]:
+        if path is None or _is_character_device(path):
+            continue
+        key = _files.file_key(path)
+        for other_what, other_path, other_key in seen:
+            if key == other_key and role == "output":
+                raise UsageError(f"{what} {path} is the same file as {other_what} "
+                                 f"({other_path}): this command would overwrite it; choose "
+                                 f"another path")
+        seen.append((what, path, key))
+
+
+def _is_character_device(path) -> bool:
+    import stat
+
+    try:
+        return stat.S_ISCHR(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _need_matplotlib():
@@ -958,10 +1015,19 @@ def cmd_train(args) -> int:
     from fastbp.model import MLP
     from fastbp.trainer import Trainer
 
-    _check_writable(args.output, "--output")
+    from fastbp import _files
+
+    model_target = _check_writable(args.output, "--output")
+    # a model written into a FIFO or a device has no file to put a sidecar beside
+    sidecar_file = None if _files.is_stream(model_target) else sidecar_path(args.output)
+    if sidecar_file is not None:
+        _check_writable(sidecar_file, "--output's sidecar")
     if args.plot:
         _check_writable(args.plot, "--plot")
         _need_matplotlib()
+    _check_distinct([("INPUT", args.input), ("--targets", getattr(args, "targets", None))],
+                    [("--output", args.output), ("the sidecar", sidecar_file),
+                     ("--plot", args.plot)])
     say = (lambda *parts: None) if args.quiet else print
 
     table = read_table(args.input, args, want_targets=True)
@@ -1047,12 +1113,17 @@ def cmd_train(args) -> int:
                           callbacks=fit_callbacks,
                           metrics=metrics.default_metrics(loss, n_outputs))
 
-    model.save(args.output)
     features_named = [table.names[j] for j in features] if table.named else None
-    sidecar = write_sidecar(args.output, {
-        "loss": loss, "features": features_named,
-        "targets": list(target_names) if table.named or table.targets is not None else None,
-        "classes": classes, "outputs": outputs, "trained_on": os.path.basename(args.input)})
+    files = [(args.output, model.to_bytes())]
+    if sidecar_file is not None:
+        files.append((sidecar_file, sidecar_bytes({
+            "loss": loss, "features": features_named,
+            "targets": list(target_names) if table.named or table.targets is not None else None,
+            "classes": classes, "outputs": outputs,
+            "trained_on": os.path.basename(args.input)})))
+    if args.plot:
+        files.append((args.plot, _plot(history, loss)))
+    _files.write_files(files)                      # all of them, or none
 
     seconds = sum(history.seconds)
     if history.epochs:
@@ -1065,9 +1136,9 @@ def cmd_train(args) -> int:
         say(f"stopped early after epoch {stopper.stopped_epoch + 1}: {monitor} did not improve "
             f"for {args.early_stopping} epochs; kept the weights of epoch "
             f"{stopper.best_epoch + 1}")
-    say(f"wrote {args.output} (and {sidecar}: columns, classes)")
+    say(f"wrote {args.output} (and {sidecar_file}: columns, classes)" if sidecar_file else
+        f"wrote {args.output} (no sidecar: it is not a regular file)")
     if args.plot:
-        _plot(history, loss, args.plot)
         say(f"wrote {args.plot}")
     if history.diverged:
         print(f"fastbp train: training diverged (see the warning); {args.output} holds the "
@@ -1086,7 +1157,10 @@ def _short_list(values, limit=10) -> str:
     return shown + (f", ... ({len(values)} in all)" if len(values) > limit else "")
 
 
-def _plot(history, loss, path):
+def _plot(history, loss) -> bytes:
+    """The loss curve as the bytes of a PNG file."""
+    import io
+
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -1103,7 +1177,9 @@ def _plot(history, loss, path):
     axes.grid(alpha=0.3)
     axes.legend()
     figure.tight_layout()
-    figure.savefig(path, format="png")
+    png = io.BytesIO()
+    figure.savefig(png, format="png")
+    return png.getvalue()
 
 
 # ============================================================================ predict
@@ -1111,6 +1187,12 @@ def _plot(history, loss, path):
 def cmd_predict(args) -> int:
     import numpy as np
 
+    from fastbp import _files
+
+    if args.output:
+        _check_writable(args.output, "--output")
+        _check_distinct([("MODEL", args.model), ("the model's sidecar", sidecar_path(args.model)),
+                         ("INPUT", args.input)], [("--output", args.output)])
     model, sidecar = _load_model(args.model)
     table = read_table(args.input, args, want_targets=False)
     features, _, _ = select_columns(table, args, sidecar, model.layer_sizes[0],
@@ -1125,16 +1207,12 @@ def cmd_predict(args) -> int:
     else:
         values, header = probabilities, list(outputs)
     if args.output and args.output.lower().endswith(".npy"):
-        array = np.asarray(values)
-        with open(args.output, "wb") as stream:
-            np.save(stream, array)
+        _files.write_file(args.output, lambda stream: np.save(stream, np.asarray(values)))
+    elif args.output:
+        _files.write_file(args.output, lambda stream: _write_csv_bytes(stream, header, values))
     else:
-        if args.output:
-            with open(args.output, "w", newline="", encoding="utf-8") as stream:
-                _write_csv(stream, header, values)
-        else:
-            _write_csv(sys.stdout, header, values)
-            sys.stdout.flush()
+        _write_csv(sys.stdout, header, values)
+        sys.stdout.flush()
     if args.output:
         print(f"fastbp predict: wrote {len(values):,} rows to {args.output}", file=sys.stderr)
     return 0
@@ -1164,6 +1242,16 @@ def predicted_labels(probabilities, model, sidecar):
         return on, list(names)
     raise UsageError(f"--labels is for classification models; this one is a regression "
                      f"model (loss {loss}): leave out --labels")
+
+
+def _write_csv_bytes(stream, header, values):
+    """_write_csv into a binary stream, as UTF-8."""
+    import io
+
+    text = io.TextIOWrapper(stream, encoding="utf-8", newline="")
+    _write_csv(text, header, values)
+    text.flush()
+    text.detach()
 
 
 def _write_csv(stream, header, values):

@@ -1,0 +1,239 @@
+"""The command line's files (issue 14, defects 2, 4, 8 and the sidecar of 13): an output is
+never one of the command's inputs or another of its outputs (same file, through links too);
+a FIFO or a device given as --output is written into and gets no sidecar beside it; the model
+and its sidecar are written both or neither; a damaged sidecar is a message and exit 2."""
+import errno
+import json
+import os
+import socket
+import stat
+import subprocess
+
+import numpy as np
+import pytest
+
+import fastbp
+from fastbp.__main__ import main
+
+IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
+TRAIN = ["--target", "species", "--hidden", "4", "--epochs", "2", "--seed", "0", "--quiet"]
+
+
+def run_cli(capsys, *argv):
+    status = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def write_flowers(path, n=60, seed=0, names=("setosa", "versicolor", "virginica")):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 3))
+    species = np.array(names)[np.argmax(X @ rng.normal(size=(3, len(names))), axis=1)]
+    lines = ["a,b,c,species"] + [f"{x[0]:.4f},{x[1]:.4f},{x[2]:.4f},{s}"
+                                 for x, s in zip(X, species)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture
+def data(tmp_path):
+    return write_flowers(tmp_path / "d.csv")
+
+
+@pytest.fixture
+def trained(tmp_path, data, capsys):
+    model = tmp_path / "m.fbp"
+    status, _, err = run_cli(capsys, "train", data, *TRAIN, "--output", model)
+    assert status == 0, err
+    return model
+
+
+def snapshot(directory):
+    return {name: (directory / name).read_bytes() for name in sorted(os.listdir(directory))
+            if (directory / name).is_file()}
+
+
+# ---------------------------------------------------------------- outputs that are inputs
+
+def test_train_refuses_to_write_the_model_over_its_training_data(tmp_path, data, capsys):
+    before = snapshot(tmp_path)
+    status, _, err = run_cli(capsys, "train", data, *TRAIN, "--output", data)
+    assert status == 2 and "same file as INPUT" in err and "Traceback" not in err
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("link", ["symlink", "hardlink", "dotted"])
+def test_the_same_file_is_recognised_through_links(tmp_path, data, capsys, link):
+    other = tmp_path / "other.csv"
+    if link == "symlink":
+        other.symlink_to(data)
+    elif link == "hardlink":
+        os.link(data, other)
+    else:
+        other = tmp_path / "." / "sub" / ".." / "d.csv"
+        (tmp_path / "sub").mkdir()
+    before = snapshot(tmp_path)
+    status, _, err = run_cli(capsys, "train", data, *TRAIN, "--output", other)
+    assert status == 2 and "same file as INPUT" in err
+    assert snapshot(tmp_path) == before
+
+
+def test_train_refuses_the_plot_over_the_model_or_its_sidecar(tmp_path, data, trained,
+                                                               capsys):
+    pytest.importorskip("matplotlib")
+    before = snapshot(tmp_path)
+    for plot in (trained, f"{trained}.json"):
+        status, _, err = run_cli(capsys, "train", data, *TRAIN, "--output", trained,
+                                 "--plot", plot)
+        assert status == 2 and "--plot" in err and "same file as" in err
+    assert snapshot(tmp_path) == before
+
+
+def test_train_refuses_the_model_over_the_targets_file(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "X.npy", rng.normal(size=(30, 2)))
+    np.save(tmp_path / "y.npy", rng.normal(size=30))
+    before = snapshot(tmp_path)
+    status, _, err = run_cli(capsys, "train", tmp_path / "X.npy", "--targets",
+                             tmp_path / "y.npy", "--epochs", "1", "--quiet", "--output",
+                             tmp_path / "y.npy")
+    assert status == 2 and "same file as --targets" in err
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("target", ["model", "sidecar", "input"])
+def test_predict_refuses_to_write_over_its_inputs(tmp_path, data, trained, capsys, target):
+    output = {"model": trained, "sidecar": f"{trained}.json", "input": data}[target]
+    before = snapshot(tmp_path)
+    status, _, err = run_cli(capsys, "predict", trained, data, "--output", output)
+    assert status == 2 and "same file as" in err and "Traceback" not in err
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="creating a device node needs root")
+def test_a_character_device_may_be_named_twice(tmp_path, data, trained, capsys):
+    null = tmp_path / "null"
+    os.mknod(null, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    status, _, err = run_cli(capsys, "predict", trained, data, "--output", null)
+    assert status == 0, err
+    assert stat.S_ISCHR(os.lstat(null).st_mode)
+    pytest.importorskip("matplotlib")
+    status, out, err = run_cli(capsys, "train", data, *TRAIN, "--output", null, "--plot", null)
+    assert status == 0, err
+    assert stat.S_ISCHR(os.lstat(null).st_mode)
+    assert not os.path.exists(f"{null}.json")
+
+
+# ---------------------------------------------------------------- non-regular outputs
+
+def read_fifo_while(path, action, timeout=60):
+    reader = subprocess.Popen(["cat", str(path)], stdout=subprocess.PIPE)
+    try:
+        result = action()
+        output, _ = reader.communicate(timeout=timeout)
+    finally:
+        if reader.poll() is None:
+            reader.kill()
+            reader.wait()
+    return result, output
+
+
+def test_train_into_a_fifo_writes_the_model_there_and_no_sidecar(tmp_path, data, capsys):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    status, received = read_fifo_while(
+        fifo, lambda: main(["train", str(data), *TRAIN, "--output", str(fifo)]))
+    assert status == 0, capsys.readouterr().err
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert fastbp.MLP.from_bytes(received).layer_sizes == (3, 4, 3)
+    assert not os.path.exists(f"{fifo}.json")
+    assert not [name for name in os.listdir(tmp_path) if name.endswith(".tmp")]
+
+
+def test_predict_into_a_fifo_writes_the_rows_there(tmp_path, data, trained, capsys):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    status, received = read_fifo_while(
+        fifo, lambda: main(["predict", str(trained), str(data), "--labels", "--output",
+                            str(fifo)]))
+    assert status == 0
+    lines = received.decode().splitlines()
+    assert lines[0] == "species" and len(lines) == 61
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+
+
+def test_train_refuses_a_socket_as_output_before_training(tmp_path, data, capsys):
+    path = tmp_path / "s.fbp"
+    server = socket.socket(socket.AF_UNIX)
+    try:
+        server.bind(str(path))
+        status, out, err = run_cli(capsys, "train", data, "--target", "species", "--output",
+                                   path)
+        assert status == 2 and "socket" in err and "epoch" not in out
+        assert stat.S_ISSOCK(os.lstat(path).st_mode)
+    finally:
+        server.close()
+
+
+# ---------------------------------------------------------------- model and sidecar together
+
+def test_a_model_name_of_229_to_233_bytes_gets_its_sidecar(tmp_path, capsys):
+    data = write_flowers(tmp_path / "d.csv")
+    for length in (229, 233):
+        model = tmp_path / ("m" * (length - 4) + ".fbp")
+        status, _, err = run_cli(capsys, "train", data, *TRAIN, "--output", model)
+        assert status == 0, err
+        sidecar = json.loads(open(f"{model}.json").read())
+        assert sidecar["classes"] == ["setosa", "versicolor", "virginica"]
+
+
+def test_a_name_with_no_room_for_the_sidecar_is_refused_before_training(tmp_path, data,
+                                                                        capsys):
+    before = snapshot(tmp_path)
+    model = tmp_path / ("m" * 248 + ".fbp")              # 252 bytes; the sidecar's: 257
+    status, out, err = run_cli(capsys, "train", data, "--target", "species", "--output",
+                               model)
+    assert status == 2 and "sidecar" in err and "too long" in err and "epoch" not in out
+    assert snapshot(tmp_path) == before
+
+
+def test_a_failed_sidecar_write_keeps_the_previous_model_and_sidecar(tmp_path, trained,
+                                                                     capsys, monkeypatch):
+    """The model and its sidecar are renamed into place last, and undone together."""
+    before = snapshot(tmp_path)
+    other = write_flowers(tmp_path / "other.csv", names=("x", "y", "z", "w"), seed=1)
+    before[other.name] = other.read_bytes()
+    real_replace = os.replace
+    calls = []
+
+    def replace(source, target):
+        calls.append(os.fspath(target))
+        if os.fspath(target).endswith(".fbp.json"):
+            raise OSError(errno.ENOSPC, "No space left on device (injected)")
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", replace)
+    status, _, err = run_cli(capsys, "train", other, *TRAIN, "--output", trained)
+    monkeypatch.undo()
+    assert status == 2 and "No space left" in err
+    assert snapshot(tmp_path) == before
+    assert not [name for name in os.listdir(tmp_path) if name.endswith(".tmp")]
+    status, out, _ = run_cli(capsys, "predict", trained, tmp_path / "d.csv", "--labels")
+    assert status == 0 and set(out.split()[1:]) <= {"setosa", "versicolor", "virginica"}
+
+
+# ---------------------------------------------------------------- damaged sidecars
+
+@pytest.mark.parametrize("classes", [["setosa"], [], "setosa", [["a"], "b", "c"],
+                                     ["a", "b", "c", "d"]])
+def test_a_sidecar_with_wrong_classes_is_a_message(tmp_path, data, trained, capsys, classes):
+    sidecar = f"{trained}.json"
+    document = json.loads(open(sidecar).read())
+    document["classes"] = classes
+    open(sidecar, "w").write(json.dumps(document))
+    for command in (["predict", trained, data, "--labels"], ["evaluate", trained, data],
+                    ["info", trained]):
+        status, _, err = run_cli(capsys, *command)
+        assert status == 2, (command, err)
+        assert err.startswith(f"fastbp {command[0]}: error: ") and "classes" in err
+        assert "Traceback" not in err
