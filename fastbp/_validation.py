@@ -74,30 +74,19 @@ def as_matrix(data, name: str, dtype: np.dtype, n_columns: int) -> np.ndarray:
     return array
 
 
-def as_targets(data, loss_name: str, n_outputs: int, n_rows: int | None, dtype: np.dtype):
-    """Targets for `loss_name`: returns (Y, labels), exactly one of them not None.
+def as_targets(data, loss, n_outputs: int, n_rows: int | None, dtype: np.dtype):
+    """Targets for `loss` (a fastbp.losses.Loss): returns (Y, labels), one of them None.
 
-    Y is a finite (n_rows, n_outputs) array of `dtype`; labels are class indices (np.intp)
-    for categorical cross-entropy given one label per row.
+    Y is a finite (n_rows, n_outputs) array of `dtype` that the loss accepts; labels are
+    class indices (np.intp), when the loss takes this shape of targets as class labels.
     """
     array = numeric_array(data, "Y")
     if n_rows is not None and (array.ndim == 0 or array.shape[0] != n_rows):
         raise ValueError(f"Y has {array.shape[0] if array.ndim else 0} rows but X has {n_rows}")
     if array.ndim == 0 or array.shape[0] == 0:
         raise ValueError("Y is empty: it has no rows")
-    is_labels = loss_name == "categorical_crossentropy" and (
-        array.ndim == 1 or (array.ndim == 2 and array.shape[1] == 1 and n_outputs > 1))
-    if is_labels:
-        labels = array.reshape(-1)
-        if array.dtype.kind == "f":
-            if not np.isfinite(labels).all():
-                raise ValueError("Y (class labels) contains NaN or infinity")
-            if not (labels == np.round(labels)).all():
-                raise ValueError("Y (class labels) must be whole numbers 0..k-1")
-        if labels.min() < 0 or labels.max() >= n_outputs:
-            raise ValueError(f"Y (class labels) must lie in 0..{n_outputs - 1} for a model with "
-                             f"{n_outputs} outputs; got values from {labels.min()} to {labels.max()}")
-        return None, np.require(labels, np.intp, ["C", "A"])
+    if loss.takes_labels(array.shape, n_outputs):
+        return None, class_labels(array.reshape(-1), n_outputs)
 
     if array.ndim == 1 and n_outputs == 1:
         array = array.reshape(-1, 1)
@@ -107,14 +96,21 @@ def as_targets(data, loss_name: str, n_outputs: int, n_rows: int | None, dtype: 
     with np.errstate(over="ignore"):
         targets = np.require(array, dtype, ["C", "A"])
     check_finite(targets, "Y")
-    if loss_name == "binary_crossentropy" and (targets.min() < 0 or targets.max() > 1):
-        raise ValueError("Y for binary cross-entropy must lie in [0, 1]")
-    if loss_name == "categorical_crossentropy":
-        row_sums = targets.sum(axis=1, dtype=np.float64)
-        if targets.min() < 0 or not np.allclose(row_sums, 1.0, rtol=0, atol=1e-3):
-            raise ValueError("Y for categorical cross-entropy must be one-hot (or probability) "
-                             "rows that sum to 1, or integer class labels, one per row")
+    loss.check_targets(targets)
     return targets, None
+
+
+def class_labels(labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """Whole numbers 0..n_classes-1 as a C-contiguous np.intp array."""
+    if labels.dtype.kind == "f":
+        if not np.isfinite(labels).all():
+            raise ValueError("Y (class labels) contains NaN or infinity")
+        if not (labels == np.round(labels)).all():
+            raise ValueError("Y (class labels) must be whole numbers 0..k-1")
+    if labels.min() < 0 or labels.max() >= n_classes:
+        raise ValueError(f"Y (class labels) must lie in 0..{n_classes - 1} for a model with "
+                         f"{n_classes} outputs; got values from {labels.min()} to {labels.max()}")
+    return np.require(labels, np.intp, ["C", "A"])
 
 
 def one_hot(labels: np.ndarray, n_classes: int, dtype: np.dtype) -> np.ndarray:

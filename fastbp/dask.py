@@ -138,9 +138,7 @@ def _check_arrays(model, X, Y, loss):
     if X.numblocks[1] != 1:
         X = X.rechunk({1: -1})
     Y = Y.rechunk({0: X.chunks[0], **({1: -1} if Y.ndim == 2 else {})})
-    is_labels = loss.name == "categorical_crossentropy" and (
-        Y.ndim == 1 or (Y.shape[1] == 1 and model.layer_sizes[-1] > 1))
-    float_targets = not is_labels
+    float_targets = not loss.takes_labels(Y.shape, model.layer_sizes[-1])
     return X, Y, float_targets
 
 

@@ -17,17 +17,41 @@ from __future__ import annotations
 import numpy as np
 
 from fastbp import _core
+from fastbp._registry import Registry
 from fastbp._validation import as_targets, check_in_dtype, numeric_array, one_hot, real_number
 
 __all__ = ["Loss", "MeanSquaredError", "MeanAbsoluteError", "CategoricalCrossentropy",
-           "BinaryCrossentropy", "Huber", "get", "NAMES"]
+           "BinaryCrossentropy", "Huber", "get", "NAMES", "REGISTRY"]
+
+REGISTRY = Registry("loss", " or a fastbp.losses.Loss")
+
+
+def _register(cls):
+    """Class decorator: the loss is known by its name and aliases (one table)."""
+    REGISTRY.register(cls.name, cls, cls.aliases)
+    return cls
 
 
 class Loss:
-    """A loss: `value(y_true, y_pred)` and `gradient(y_true, y_pred)` on plain arrays."""
+    """A loss: `value(y_true, y_pred)` and `gradient(y_true, y_pred)` on plain arrays, and
+    what the rest of fastbp asks of a loss (nothing else compares loss names):
+
+    name, aliases: the canonical name (the compiled kernel's case) and other names.
+    target_forms: the targets it takes, in words (for messages and the CLI).
+    output_activation: the output activation it pairs with naturally (softmax + CCE and
+        sigmoid + BCE use the fused, stable gradient).
+    is_classification: the targets are classes (class_weight, accuracy, label encoding).
+    takes_labels(shape, n_outputs), check_targets(Y): how targets are read and checked.
+    default_metrics(n_outputs), classes_of(...): validation metrics and class weights.
+    Adding a loss: a subclass here, registered, and a case in the compiled kernel.
+    """
 
     name = ""
+    aliases = ()
     parameter = 1.0     # a number the loss needs (Huber's delta)
+    target_forms = ("real values",)
+    output_activation = "identity"
+    is_classification = False
 
     @property
     def code(self) -> int:
@@ -37,6 +61,26 @@ class Loss:
         """Refuse a parameter that the model's dtype cannot hold (the kernel uses it there)."""
         return None
 
+    # ---- targets ----
+    def takes_labels(self, shape: tuple, n_outputs: int) -> bool:
+        """True if targets of this shape are class labels, one per row."""
+        return False
+
+    def check_targets(self, targets) -> None:
+        """Refuse dense (n, n_outputs) targets outside what the loss is defined on."""
+        return None
+
+    # ---- what a fit reports and weighs ----
+    def default_metrics(self, n_outputs=None) -> list:
+        """The metrics a fit reports on validation data by default."""
+        return ["mae", "r2"]
+
+    def classes_of(self, targets, labels, n_outputs: int):
+        """(class of each row, number of classes), for class_weight."""
+        raise ValueError("class_weight needs a classification loss "
+                         "(categorical or binary cross-entropy)")
+
+    # ---- on plain arrays ----
     def value(self, y_true, y_pred) -> float:
         return self._evaluate(y_true, y_pred, want_gradient=False)[0]
 
@@ -58,7 +102,7 @@ class Loss:
         outputs = np.array(predictions, dtype=dtype, order="C", copy=True)
         if not np.isfinite(outputs).all():
             raise ValueError("y_pred contains NaN or infinity")
-        targets, labels = as_targets(y_true, self.name, outputs.shape[1], outputs.shape[0], dtype)
+        targets, labels = as_targets(y_true, self, outputs.shape[1], outputs.shape[0], dtype)
         if labels is not None:
             targets = one_hot(labels, outputs.shape[1], outputs.dtype)
         value, grad = _core.output_loss(outputs, targets, _core.ACTIVATION_CODES["identity"],
@@ -75,26 +119,77 @@ class Loss:
         return hash((type(self), self.parameter))
 
 
+@_register
 class MeanSquaredError(Loss):
     name = "mse"
+    aliases = ("mean_squared_error",)
 
 
+@_register
 class MeanAbsoluteError(Loss):
     name = "mae"
+    aliases = ("mean_absolute_error",)
 
 
+@_register
 class CategoricalCrossentropy(Loss):
+    """-(1/n) sum_i sum_k y_ik log p_ik; targets: class labels 0..k-1 (one per row), or
+    one-hot (or probability) rows that sum to 1."""
+
     name = "categorical_crossentropy"
+    aliases = ("cce",)
+    target_forms = ("class labels", "one-hot rows", "probability rows")
+    output_activation = "softmax"
+    is_classification = True
+
+    def takes_labels(self, shape, n_outputs):
+        return len(shape) == 1 or (len(shape) == 2 and shape[1] == 1 and n_outputs > 1)
+
+    def check_targets(self, targets):
+        row_sums = targets.sum(axis=1, dtype=np.float64)
+        if targets.min() < 0 or not np.allclose(row_sums, 1.0, rtol=0, atol=1e-3):
+            raise ValueError("Y for categorical cross-entropy must be one-hot (or probability) "
+                             "rows that sum to 1, or integer class labels, one per row")
+
+    def default_metrics(self, n_outputs=None):
+        return ["accuracy"]
+
+    def classes_of(self, targets, labels, n_outputs):
+        return (labels if labels is not None else targets.argmax(axis=1)), n_outputs
 
 
+@_register
 class BinaryCrossentropy(Loss):
+    """Mean over all elements of -(y log p + (1 - y) log(1 - p)); targets in [0, 1]: 0/1
+    values or probabilities, one column per independent output (multi-label)."""
+
     name = "binary_crossentropy"
+    aliases = ("bce",)
+    target_forms = ("0/1 values", "probabilities")
+    output_activation = "sigmoid"
+    is_classification = True
+
+    def check_targets(self, targets):
+        if targets.min() < 0 or targets.max() > 1:
+            raise ValueError("Y for binary cross-entropy must lie in [0, 1]")
+
+    def default_metrics(self, n_outputs=None):
+        # with several outputs (multi-label) the argmax of independent probabilities is no class
+        return ["binary_accuracy"] if n_outputs is not None and n_outputs > 1 else ["accuracy"]
+
+    def classes_of(self, targets, labels, n_outputs):
+        if n_outputs != 1:
+            raise ValueError("class_weight with binary cross-entropy needs a single output "
+                             "(classes 0 and 1); give sample_weight for multi-label data")
+        return (targets[:, 0] >= 0.5).astype(np.intp), 2
 
 
+@_register
 class Huber(Loss):
     """Quadratic for errors up to `delta`, linear beyond (torch.nn.HuberLoss)."""
 
     name = "huber"
+    aliases = ("huber_loss",)
 
     def __init__(self, delta: float = 1.0):
         delta = real_number(delta, "delta")
@@ -113,23 +208,15 @@ class Huber(Loss):
         return f"Huber(delta={self.parameter!r})"
 
 
-_BY_NAME = {cls.name: cls for cls in (MeanSquaredError, MeanAbsoluteError,
-                                      CategoricalCrossentropy, BinaryCrossentropy, Huber)}
-_ALIASES = {"cce": "categorical_crossentropy", "bce": "binary_crossentropy",
-            "mean_squared_error": "mse", "mean_absolute_error": "mae"}
-NAMES = tuple(_BY_NAME) + tuple(_ALIASES)
+NAMES = REGISTRY.names
 
 
 def get(loss) -> Loss:
     """A Loss from its name (or alias) or a Loss object."""
     if isinstance(loss, Loss):
-        if loss.name not in _BY_NAME:
-            raise ValueError(f"the compiled core knows the losses {', '.join(_BY_NAME)}; "
-                             f"got {type(loss).__name__} named {loss.name!r}")
+        if loss.name not in REGISTRY.canonical_names:
+            raise ValueError(f"the compiled core knows the losses "
+                             f"{', '.join(REGISTRY.canonical_names)}; got "
+                             f"{type(loss).__name__} named {loss.name!r}")
         return loss
-    if not isinstance(loss, str):
-        raise TypeError(f"loss must be a name or a fastbp.losses.Loss; got {type(loss).__name__}")
-    name = _ALIASES.get(loss.lower(), loss.lower())
-    if name not in _BY_NAME:
-        raise ValueError(f"unknown loss {loss!r}; valid names: {', '.join(NAMES)}")
-    return _BY_NAME[name]()
+    return REGISTRY.lookup(loss)()

@@ -24,6 +24,8 @@ import numbers
 
 import numpy as np
 
+from fastbp import losses
+from fastbp._registry import Registry
 from fastbp._validation import numeric_array
 
 __all__ = ["accuracy", "binary_accuracy", "mae", "mse", "r2", "get", "name", "NAMES",
@@ -110,26 +112,19 @@ def r2(y_true, y_pred) -> float:
     return float(np.mean(scores))
 
 
-_BY_NAME = {"accuracy": accuracy, "binary_accuracy": binary_accuracy, "mae": mae,
-            "mse": mse, "r2": r2}
-_ALIASES = {"mean_absolute_error": "mae", "mean_squared_error": "mse"}
-NAMES = tuple(_BY_NAME) + tuple(_ALIASES)
-_GREATER_IS_BETTER = ("accuracy", "binary_accuracy", "r2")
-
-
-def _canonical(metric_name: str) -> str:
-    key = metric_name.lower()
-    key = _ALIASES.get(key, key)
-    if key not in _BY_NAME:
-        raise ValueError(f"unknown metric {metric_name!r}; valid names: {', '.join(NAMES)}, "
-                         f"or any callable (y_true, y_pred) -> float")
-    return key
+REGISTRY = Registry("metric", ", or any callable (y_true, y_pred) -> float")
+REGISTRY.register("accuracy", accuracy)
+REGISTRY.register("binary_accuracy", binary_accuracy)
+REGISTRY.register("mae", mae, aliases=("mean_absolute_error",))
+REGISTRY.register("mse", mse, aliases=("mean_squared_error",))
+REGISTRY.register("r2", r2)
+NAMES = REGISTRY.names
 
 
 def get(metric):
     """The metric function for a name (or alias), or `metric` itself if it is callable."""
     if isinstance(metric, str):
-        return _BY_NAME[_canonical(metric)]
+        return REGISTRY.lookup(metric)
     if callable(metric):
         return metric
     raise TypeError(f"a metric must be a name ({', '.join(NAMES)}) or a callable "
@@ -141,7 +136,7 @@ def name(metric) -> str:
     ("mean_absolute_error" -> "mae"), the function's __name__ for a callable (the class
     name for a callable object). The trainer logs it as "val_<name>"."""
     if isinstance(metric, str):
-        return _canonical(metric)
+        return REGISTRY.canonical(metric)
     get(metric)                                          # type check
     return getattr(metric, "__name__", type(metric).__name__)
 
@@ -153,35 +148,25 @@ def greater_is_better(monitor: str) -> bool:
     return "acc" in key or "r2" in key
 
 
-_CLASSIFICATION_LOSSES = ("categorical_crossentropy", "cce", "binary_crossentropy", "bce")
-_REGRESSION_LOSSES = ("mse", "mean_squared_error", "mae", "mean_absolute_error", "huber",
-                      "huber_loss")
-
-
 def default_metrics(loss, n_outputs: int | None = None) -> list[str]:
-    """The metrics reported by default for a loss (a name, alias or Loss object).
+    """The metrics reported by default for a loss (a name, alias or Loss object): the
+    loss's own default_metrics.
 
     Classification (categorical or binary cross-entropy): ["accuracy"]; but binary
     cross-entropy with n_outputs > 1 (multi-label): ["binary_accuracy"], since the argmax
     of independent probabilities is not a class. Regression (mse, mae, huber):
     ["mae", "r2"].
     """
-    loss_name = loss if isinstance(loss, str) else getattr(loss, "name", None)
-    if not isinstance(loss_name, str):
-        raise TypeError(f"loss must be a name or a fastbp.losses.Loss; got {type(loss).__name__}")
     if n_outputs is not None and (isinstance(n_outputs, bool)
                                   or not isinstance(n_outputs, numbers.Integral)
                                   or n_outputs < 1):
         raise ValueError(f"n_outputs must be None or a whole number >= 1; got {n_outputs!r}")
-    key = loss_name.lower()
-    if key in _CLASSIFICATION_LOSSES:
-        if key in ("binary_crossentropy", "bce") and n_outputs is not None and n_outputs > 1:
-            return ["binary_accuracy"]
-        return ["accuracy"]
-    if key in _REGRESSION_LOSSES:
-        return ["mae", "r2"]
-    raise ValueError(f"no default metrics for the loss {loss_name!r}; known losses: "
-                     f"{', '.join(_CLASSIFICATION_LOSSES + _REGRESSION_LOSSES)}")
+    try:
+        loss = losses.get(loss)
+    except ValueError:
+        raise ValueError(f"no default metrics for the loss {loss!r}; known losses: "
+                         f"{', '.join(losses.NAMES)}") from None
+    return loss.default_metrics(n_outputs)
 
 
 def _monitored_value(logs, monitor: str, owner: str) -> float:

@@ -254,7 +254,7 @@ class MLP:
         return self._evaluate(X, targets, loss, n_threads)[0]
 
     def _dense_targets(self, Y, loss, n_rows):
-        targets, labels = as_targets(Y, loss.name, self._layer_sizes[-1], n_rows, self.dtype)
+        targets, labels = as_targets(Y, loss, self._layer_sizes[-1], n_rows, self.dtype)
         return one_hot(labels, self._layer_sizes[-1], self.dtype) if labels is not None else targets
 
     def _evaluate(self, X, targets, loss, n_threads=None):

@@ -17,9 +17,10 @@ decoupled (AdamW: p <- p * (1 - lr * wd) before the rule). t counts steps from 1
 from __future__ import annotations
 
 from fastbp import _core
+from fastbp._registry import Registry
 from fastbp._validation import check_in_dtype, real_number
 
-__all__ = ["Optimizer", "SGD", "Adam", "RMSprop", "Adagrad", "get", "NAMES"]
+__all__ = ["Optimizer", "SGD", "Adam", "RMSprop", "Adagrad", "get", "lookup", "NAMES", "REGISTRY"]
 
 
 def _fraction(value, name: str) -> float:
@@ -133,19 +134,22 @@ class Adagrad(Optimizer):
         return {**super().settings(), "epsilon": self.epsilon}
 
 
-_BY_NAME = {"sgd": SGD, "adam": Adam, "rmsprop": RMSprop, "adagrad": Adagrad}
-NAMES = tuple(_BY_NAME)
+REGISTRY = Registry("optimizer", " or a fastbp.optimizers.Optimizer")
+for _name, _class in (("sgd", SGD), ("adam", Adam), ("rmsprop", RMSprop), ("adagrad", Adagrad)):
+    REGISTRY.register(_name, _class)
+NAMES = REGISTRY.names
 
 
-def get(optimizer, learning_rate: float) -> Optimizer:
-    """An Optimizer from a name (with the trainer's learning rate) or an Optimizer object
-    (which brings its own)."""
+def lookup(name: str) -> type:
+    """The Optimizer class for a name."""
+    return REGISTRY.lookup(name)
+
+
+def get(optimizer, learning_rate: float | None = None) -> Optimizer:
+    """An Optimizer from a name, with `learning_rate` (None: the optimizer's own default,
+    0.01 for SGD, RMSprop and Adagrad, 0.001 for Adam), or an Optimizer object, which
+    brings its own."""
     if isinstance(optimizer, Optimizer):
         return optimizer
-    if not isinstance(optimizer, str):
-        raise TypeError(f"optimizer must be a name or a fastbp.optimizers.Optimizer; "
-                        f"got {type(optimizer).__name__}")
-    name = optimizer.lower()
-    if name not in _BY_NAME:
-        raise ValueError(f"unknown optimizer {optimizer!r}; valid names: {', '.join(NAMES)}")
-    return _BY_NAME[name](learning_rate)
+    cls = REGISTRY.lookup(optimizer)
+    return cls() if learning_rate is None else cls(learning_rate)

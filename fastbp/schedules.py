@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import math
 
+from fastbp._registry import Registry
 from fastbp._validation import real_number, whole_number
 from fastbp.metrics import _check_monitor, _is_improvement, _monitored_value, _resolve_mode
 
 __all__ = ["Schedule", "Constant", "StepDecay", "ExponentialDecay", "InverseScaling",
-           "Cosine", "ReduceOnPlateau", "get", "NAMES"]
+           "Cosine", "ReduceOnPlateau", "get", "NAMES", "REGISTRY"]
 
 
 def _gamma(value, name: str = "gamma") -> float:
@@ -43,8 +44,11 @@ class Schedule:
     """The base class: a schedule that keeps the learning rate constant.
 
     Subclasses override `_rate(epoch, base_learning_rate)`; `learning_rate` checks the
-    arguments and calls it.
+    arguments and calls it. `usage`: how to construct one whose constructor needs
+    arguments (get() cannot build it from its name alone).
     """
+
+    usage = ""
 
     def learning_rate(self, epoch: int, base_learning_rate: float) -> float:
         """The learning rate of `epoch` (from 0, over the trainer's lifetime)."""
@@ -79,6 +83,8 @@ class StepDecay(Schedule):
     """lr * gamma ** (epoch // step_size): multiply by gamma every step_size epochs
     (PyTorch's StepLR)."""
 
+    usage = "StepDecay(step_size, gamma=0.1)"
+
     def __init__(self, step_size, gamma=0.1):
         self.step_size = whole_number(step_size, "step_size", 1)
         self.gamma = _gamma(gamma)
@@ -92,6 +98,8 @@ class StepDecay(Schedule):
 
 class ExponentialDecay(Schedule):
     """lr * gamma ** epoch: multiply by gamma every epoch (PyTorch's ExponentialLR)."""
+
+    usage = "ExponentialDecay(gamma)"
 
     def __init__(self, gamma):
         self.gamma = _gamma(gamma)
@@ -135,6 +143,8 @@ class Cosine(Schedule):
 
         min_lr + (lr - min_lr) * (1 + cos(pi * epoch / total_epochs)) / 2
     """
+
+    usage = "Cosine(total_epochs, min_learning_rate=0.0)"
 
     def __init__(self, total_epochs, min_learning_rate=0.0):
         self.total_epochs = whole_number(total_epochs, "total_epochs", 1)
@@ -219,14 +229,14 @@ class ReduceOnPlateau(Schedule):
                 "cooldown": self.cooldown, "mode": self._mode_argument, "eps": self.eps}
 
 
-# The names `get` accepts: those whose schedule needs no required argument build it;
-# the others say which class to construct.
-_NO_ARGUMENTS = {"constant": Constant, "inverse_scaling": InverseScaling,
-                 "plateau": ReduceOnPlateau}
-_NEED_ARGUMENTS = {"step": "StepDecay(step_size, gamma=0.1)",
-                   "exponential": "ExponentialDecay(gamma)",
-                   "cosine": "Cosine(total_epochs, min_learning_rate=0.0)"}
-NAMES = ("constant", "step", "exponential", "inverse_scaling", "cosine", "plateau")
+# The names `get` accepts, in one table: a schedule whose constructor needs arguments is
+# named for messages only (`usage` says what to construct instead).
+REGISTRY = Registry("schedule", ", or a fastbp.schedules.Schedule object")
+for _name, _class in (("constant", Constant), ("step", StepDecay),
+                      ("exponential", ExponentialDecay), ("inverse_scaling", InverseScaling),
+                      ("cosine", Cosine), ("plateau", ReduceOnPlateau)):
+    REGISTRY.register(_name, _class)
+NAMES = REGISTRY.names
 
 
 def get(spec) -> Schedule:
@@ -238,11 +248,8 @@ def get(spec) -> Schedule:
     if not isinstance(spec, str):
         raise TypeError(f"schedule must be None, a name ({', '.join(NAMES)}) or a "
                         f"fastbp.schedules.Schedule; got {type(spec).__name__}")
-    key = spec.lower()
-    if key in _NO_ARGUMENTS:
-        return _NO_ARGUMENTS[key]()
-    if key in _NEED_ARGUMENTS:
+    cls = REGISTRY.lookup(spec)
+    if cls.usage:
         raise ValueError(f"the schedule {spec!r} needs arguments: pass "
-                         f"fastbp.schedules.{_NEED_ARGUMENTS[key]} instead of its name")
-    raise ValueError(f"unknown schedule {spec!r}; valid names: {', '.join(NAMES)}, or a "
-                     f"fastbp.schedules.Schedule object")
+                         f"fastbp.schedules.{cls.usage} instead of its name")
+    return cls()

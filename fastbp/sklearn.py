@@ -51,6 +51,9 @@ REGRESSION_LOSSES = ("squared_error", "mse", "absolute_error", "mae", "huber")
 # Half the squared error, scikit-learn's squared loss, is exactly fastbp's Huber loss with a
 # delta that no finite float32 or float64 difference exceeds.
 _UNBOUNDED_DELTA = float(np.finfo(np.float32).max)
+# scikit-learn's names for losses fastbp knows by other names (or builds).
+_SCIKIT_LEARN_LOSSES = {"squared_error": lambda: losses.Huber(delta=_UNBOUNDED_DELTA),
+                        "absolute_error": losses.MeanAbsoluteError}
 _SEED_LIMIT = 2**31 - 1
 _MIN_ADAPTIVE_RATE = 1e-6     # scikit-learn's: 'adaptive' stops once the rate is this low
 
@@ -212,16 +215,18 @@ class _BaseMLP(BaseEstimator):
         epsilon of the scale-free rules divided by it, so the steps are scikit-learn's."""
         rate = float(self.learning_rate_init)
         epsilon = float(self.epsilon) / scale
-        if self.solver == "sgd":
+        rule = optimizers.lookup(self.solver)
+        if rule is optimizers.SGD:
             momentum = float(self.momentum)
             return optimizers.SGD(rate * scale, momentum=momentum,
                                   nesterov=bool(self.nesterovs_momentum) and momentum > 0)
-        if self.solver == "adam":
+        if rule is optimizers.Adam:
             return optimizers.Adam(rate, beta1=float(self.beta_1), beta2=float(self.beta_2),
                                    epsilon=epsilon)
-        if self.solver == "rmsprop":
-            return optimizers.RMSprop(rate, epsilon=epsilon)
-        return optimizers.Adagrad(rate, epsilon=epsilon)
+        return rule(rate, epsilon=epsilon)                  # RMSprop, Adagrad
+
+    def _output_activation(self) -> str:
+        return self._loss().output_activation
 
     # ---- fitting ----
     def fit(self, X, y, sample_weight=None):
@@ -377,7 +382,7 @@ class _BaseMLP(BaseEstimator):
         self._penalty = 0.5 * float(self.alpha) / (batch_size * mean_weight)
         weight_decay = float(self.alpha) / (batch_size * mean_weight * scale)
         schedule = None
-        if self.solver == "sgd" and self.learning_rate != "constant":
+        if optimizers.lookup(self.solver) is optimizers.SGD and self.learning_rate != "constant":
             keep = (incremental and isinstance(self._schedule, _ScikitLearnRate)
                     and self._schedule.mode == self.learning_rate)
             schedule = self._schedule if keep else _ScikitLearnRate(self.learning_rate,
@@ -614,9 +619,6 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         stratify = Y[:, 0] if binarizer.y_type_ == "binary" else None
         return X, Y, stratify, Y.shape[1]
 
-    def _output_activation(self) -> str:
-        return "softmax" if self._label_binarizer.y_type_ == "multiclass" else "sigmoid"
-
     def _objective_scale(self) -> float:
         """scikit-learn's multi-label log-loss sums over the labels; fastbp's binary
         cross-entropy averages over them."""
@@ -626,8 +628,10 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     _reported_scale = _objective_scale
 
     def _loss(self):
-        return "categorical_crossentropy" if self._output_activation() == "softmax" \
-            else "binary_crossentropy"
+        """Multiclass: categorical cross-entropy (softmax); binary and multi-label: binary
+        cross-entropy (sigmoid)."""
+        return losses.CategoricalCrossentropy() if self._label_binarizer.y_type_ == "multiclass" \
+            else losses.BinaryCrossentropy()
 
     def _validation_metric(self, y_val, weights_val):
         """scikit-learn's validation score, accuracy, from the fit's validation pass."""
@@ -729,9 +733,9 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         if loss not in REGRESSION_LOSSES:
             raise _parameter_error(self, "loss", f"one of {REGRESSION_LOSSES} or a "
                                    f"fastbp.losses.Huber", loss)
-        if loss == "squared_error":                       # (p - y)^2 / 2, scikit-learn's
-            return losses.Huber(delta=_UNBOUNDED_DELTA)
-        return {"mse": "mse", "absolute_error": "mae", "mae": "mae", "huber": "huber"}[loss]
+        if loss in _SCIKIT_LEARN_LOSSES:
+            return _SCIKIT_LEARN_LOSSES[loss]()
+        return losses.get(loss)
 
     def _settings(self):
         self._loss()                                       # checks `loss` with the others
@@ -744,9 +748,6 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
             y = column_or_1d(y, warn=True)
         Y = np.ascontiguousarray(y.reshape(y.shape[0], -1), dtype=dtype)
         return X, Y, None, Y.shape[1]
-
-    def _output_activation(self) -> str:
-        return "identity"
 
     def _objective_scale(self) -> float:
         """scikit-learn's squared_error trains on the squared error summed over the outputs

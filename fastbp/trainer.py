@@ -70,7 +70,9 @@ class Trainer:
         "binary_crossentropy" ("bce") or a fastbp.losses.Loss.
     optimizer: "sgd", "adam", "rmsprop", "adagrad" (with `learning_rate`) or a
         fastbp.optimizers object, which brings its own learning rate.
-    learning_rate: step size (>= 0).  epochs: passes over the data (>= 0).
+    learning_rate: step size (>= 0) for an optimizer given by name; None: that
+        optimizer's own default (0.01 for SGD, RMSprop and Adagrad, 0.001 for Adam).
+    epochs: passes over the data (>= 0).
     batch_size: rows per step (>= 1); the last batch of an epoch may be smaller.
     shuffle: draw a new order of the rows each epoch; False walks rows 0:b, b:2b, ...
     seed: seeds shuffling and dropout; a fresh trainer with the same seed, data and thread
@@ -89,7 +91,7 @@ class Trainer:
     across fit and partial_fit calls; `reset()` starts them afresh.
     """
 
-    def __init__(self, loss, optimizer="sgd", learning_rate=0.01, epochs=1, batch_size=32,
+    def __init__(self, loss, optimizer="sgd", learning_rate=None, epochs=1, batch_size=32,
                  shuffle=True, seed=None, schedule=None, weight_decay=0.0,
                  decoupled_weight_decay=False, clip_norm=None, class_weight=None,
                  max_time=None, n_threads=None):
@@ -153,7 +155,8 @@ class Trainer:
         if self.seed is not None:
             whole_number(self.seed, "seed", 0)
         checked_thread_count(self.n_threads)
-        learning_rate = real_number(self.learning_rate, "learning_rate")
+        learning_rate = None if self.learning_rate is None else \
+            real_number(self.learning_rate, "learning_rate")
         clip_norm = None if self.clip_norm is None else real_number(self.clip_norm, "clip_norm")
         if clip_norm == 0:
             raise ValueError("clip_norm must be > 0 (or None for no clipping)")
@@ -201,7 +204,7 @@ class Trainer:
         callbacks = checked_callbacks(callbacks)
         loss, optimizer = settings["loss"], settings["optimizer"]
         X = as_matrix(X, "X", model.dtype, model.layer_sizes[0])
-        targets, labels = as_targets(Y, loss.name, model.layer_sizes[-1], X.shape[0], model.dtype)
+        targets, labels = as_targets(Y, loss, model.layer_sizes[-1], X.shape[0], model.dtype)
         # Data that views the parameters would change under the fit's own steps: a copy.
         X, targets, labels = (unshared(array, model._params) for array in (X, targets, labels))
         weights = self._row_weights(sample_weight, targets, labels, loss, X.shape[0],
@@ -333,20 +336,8 @@ class Trainer:
             if not np.isfinite(weights).all() or weights.min() < 0:
                 raise ValueError("sample_weight must be finite and >= 0")
         if self.class_weight is not None:
-            if loss.name not in ("categorical_crossentropy", "binary_crossentropy"):
-                raise ValueError("class_weight needs a classification loss "
-                                 "(categorical or binary cross-entropy)")
-            n_outputs = targets.shape[1] if targets is not None else None
-            if loss.name == "binary_crossentropy" and n_outputs != 1:
-                raise ValueError("class_weight with binary cross-entropy needs a single output "
-                                 "(classes 0 and 1); give sample_weight for multi-label data")
-            if labels is not None:
-                classes = labels
-            elif n_outputs == 1:
-                classes = (targets[:, 0] >= 0.5).astype(np.intp)
-            else:
-                classes = targets.argmax(axis=1)
-            n_classes = 2 if loss.name == "binary_crossentropy" else n_classes_of_model
+            n_outputs = targets.shape[1] if targets is not None else n_classes_of_model
+            classes, n_classes = loss.classes_of(targets, labels, n_outputs)
             if self.class_weight == "balanced":   # n / (k * count), as scikit-learn
                 counts = np.bincount(classes, minlength=n_classes).astype(np.float64)
                 table = np.divide(n_samples, n_classes * counts, out=np.zeros(n_classes),

@@ -238,13 +238,6 @@ def test_write_file_round_trips_arbitrary_bytes(tmp_path):
 
 # ---------------------------------------------------------------- the checkpoint callback
 
-def _checkpoint_class():
-    checkpoint = getattr(fastbp.callbacks, "ModelCheckpoint", None)
-    if checkpoint is None:
-        pytest.skip("fastbp.callbacks.ModelCheckpoint does not exist yet")
-    return checkpoint
-
-
 class _Recorder(fastbp.callbacks.Callback):
     """Remembers the model's bytes after each epoch (runs after the checkpoint)."""
 
@@ -271,13 +264,12 @@ def _failing_after(n_saves, monkeypatch):
 
 
 def test_a_checkpoint_whose_save_fails_keeps_the_last_saved_model(tmp_path, monkeypatch):
-    ModelCheckpoint = _checkpoint_class()
     rng = np.random.default_rng(0)
     X = rng.normal(size=(200, 5))
     y = rng.integers(0, 3, size=200)
     net = model()
     path = tmp_path / "best.fbp"
-    checkpoint = ModelCheckpoint(path, monitor="loss", save_best_only=False)
+    checkpoint = fastbp.callbacks.ModelCheckpoint(path, monitor="loss", save_best_only=False)
     recorder = _Recorder(net)
     _failing_after(2, monkeypatch)
     with pytest.raises(OSError):
@@ -290,13 +282,12 @@ def test_a_checkpoint_whose_save_fails_keeps_the_last_saved_model(tmp_path, monk
 
 
 def test_a_failed_best_only_save_does_not_move_the_recorded_best(tmp_path, monkeypatch):
-    ModelCheckpoint = _checkpoint_class()
     rng = np.random.default_rng(0)
     X = rng.normal(size=(200, 5))
     y = rng.integers(0, 3, size=200)
     net = model()
     path = tmp_path / "best.fbp"
-    checkpoint = ModelCheckpoint(path, monitor="loss", save_best_only=True)
+    checkpoint = fastbp.callbacks.ModelCheckpoint(path, monitor="loss", save_best_only=True)
     _failing_after(1, monkeypatch)
     with pytest.raises(OSError):
         fastbp.Trainer("cce", learning_rate=0.1, epochs=5, batch_size=20, seed=0).fit(

@@ -270,12 +270,7 @@ class Killer(threading.Thread):
 # ---- hyperparameter search across the cluster ----
 def _sklearn_estimators():
     pytest.importorskip("sklearn")
-    try:
-        import fastbp.sklearn
-    except ModuleNotFoundError as error:
-        if error.name != "fastbp.sklearn":
-            raise
-        pytest.skip("fastbp.sklearn (the scikit-learn estimators) is not in this checkout")
+    import fastbp.sklearn
     return fastbp.sklearn
 
 

@@ -695,7 +695,7 @@ def test_save_to_odd_paths(name, tmp_path_factory):
 # ---------------------------------------------------------------- the command line
 
 OPTION_VALUES = {
-    # "--epochs 0" and a learning rate that diverges at once: see the xfail test below
+    # "--epochs 0" and a learning rate that diverges at once: test_cli_runs_that_train_no_epoch
     "--epochs": ["1", "2", "-1", "x", "", "1.5", "nan", "٢", " 1"],
     "--samples": ["1", "2", "64", "0", "-1", "-10000", "-10001", "-20000", "1e3", "abc"],
     "--hidden": ["1", "4", "0", "-3", str(2**31), "three"],

@@ -4,7 +4,7 @@
 - predict (and gradients) of one model from many threads at once is safe and exact;
 - using a model from another thread while it is being trained never corrupts memory: the
   model stays finite, the right shape and usable; a second concurrent fit of the same model
-  is to be refused with a clear error (xfail until the per-model lock exists);
+  is refused with a clear error (the model's lock) and leaves it as it was;
 - concurrent fits leave the process's BLAS thread setting as they found it.
 """
 import threading
@@ -188,10 +188,9 @@ def _usable(model, X):
 
 
 def test_concurrent_fits_of_the_same_model_never_corrupt_it():
-    """Today nothing stops two threads training one model at once: the updates interleave
-    (the result differs from two fits one after the other) but memory stays sound. Once the
-    per-model lock exists, one of the fits raises instead (next test); either way the
-    model ends finite and usable."""
+    """Three threads fit one model at once: a fit that starts while another runs is refused
+    by the model's lock (one that starts after the other ended trains); the model ends
+    finite and usable."""
     X, y = problem(5)
     model = make_model(5)
     trainer = make_trainer(5, epochs=3)
@@ -260,11 +259,15 @@ def test_a_second_fit_of_a_model_being_trained_is_refused():
     assert "model is being trained" in str(outcome)
 
 
-def test_a_refused_or_interleaved_second_fit_leaves_the_model_usable():
-    outcome = _while_training(lambda model, X, y: make_trainer(7, epochs=1).fit(model, X, y))
-    if isinstance(outcome, Exception):
-        assert isinstance(outcome, (RuntimeError, ValueError))
-        assert "model is being trained" in str(outcome)
+def test_a_refused_second_fit_leaves_the_model_as_it_was():
+    def second_fit(model, X, y):
+        before = model.to_bytes()
+        with pytest.raises(RuntimeError, match="model is being trained"):
+            make_trainer(7, epochs=1).fit(model, X, y)
+        return before, model.to_bytes()
+
+    before, after = _while_training(second_fit)
+    assert after == before
 
 
 def test_predict_while_the_model_is_being_trained_is_safe():
@@ -281,7 +284,7 @@ def test_predict_and_gradients_during_free_running_fits_are_safe():
     def trainer():
         try:
             make_trainer(8, epochs=4).fit(model, X, y)
-        except (RuntimeError, ValueError) as error:  # the future per-model lock
+        except (RuntimeError, ValueError) as error:  # the model's lock: the other fit runs
             assert "model is being trained" in str(error)
         return True
 

