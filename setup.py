@@ -64,7 +64,8 @@ extensions = [
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=compile_args,
         extra_link_args=link_args,
-        depends=["csrc/fastbp.h", "csrc/kernels_impl.h"],
+        depends=["csrc/fastbp.h", "csrc/kernels_impl.h", "fastbp/_kernels.pxd", "fastbp/_blas.pxd",
+                 "fastbp/_small_gemm.pxi", "fastbp/_bench.pxi"],
     )
 ]
 

@@ -20,8 +20,12 @@
 #define FBP_PRAGMA(text) _Pragma(#text)
 #define FBP_PRAGMA_SIMD(clauses) FBP_PRAGMA(omp simd clauses)
 
-/* The passes over whole parameter buffers (optimizer rules) are memory- and
-   throughput-bound: compile them for AVX2 and AVX-512 too and pick at load time. */
+/* Kernels marked FBP_MULTIVERSION are compiled for baseline x86-64, AVX2 and AVX-512F, and
+   the loader picks one (GCC's target_clones): the passes over whole parameter buffers
+   (fbp_optimizer_step, fbp_momentum_step, fbp_all_finite) and the element-wise activation
+   and loss passes (fbp_bias_activation, fbp_activation_backward, fbp_output_layer), whose
+   loops vectorise.  The rest stay at the baseline: the gathers are memcpy, dropout's
+   generator is serial, and the column sums and scalings are small next to the GEMMs. */
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(FASTBP_NO_MULTIVERSION)
 #define FBP_MULTIVERSION __attribute__((target_clones("default", "avx2", "avx512f")))
 #else

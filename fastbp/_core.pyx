@@ -5,17 +5,24 @@ How the pieces fit:
 - csrc/ holds the element-wise kernels (bias + activation, output loss and delta,
   dropout, optimizer rules, gathers), one C source for float and double;
 - `gemm` (_blas.pxd) does every matrix product through scipy's BLAS;
-- `Plan` knows the network's shape and where each array lives: the parameters are one
-  flat buffer (W1, b1, W2, b2, ...) and the activations, deltas, masks, gradients and
-  batch copies are one flat workspace sized for `capacity` rows, so a step allocates
-  nothing;
-- `Settings` holds the loss and optimizer hyperparameters and the optimizer's step count;
-- `run_batch` is one forward + backward pass on m rows: it writes the gradient
-  (alpha=1, beta=0), or, for plain SGD, folds the update into the gradient GEMM
-  (alpha=-lr, beta=1 - lr * weight_decay);
-- the `def` functions (train_epoch, gradients, predict, ...) are thin shims that take
-  the arrays, release the GIL once, and loop in C.
-The Python layer validates everything before calling in: no bounds checks here.
+- `Plan` is the network's shape and where each array lives: the parameters are one flat
+  buffer (W1, b1, W2, b2, ...) and the activations, deltas, masks, gradient and batch
+  copies are one flat workspace sized for `capacity` rows, so a step allocates nothing;
+  how the products are cut for OpenBLAS's small-matrix kernels is _small_gemm.pxi's;
+- `Hyperparameters` holds the loss, the optimizer rule and its hyperparameters, and the
+  optimizer's step count;
+- `run_batch` is one forward + backward pass on m rows. The weight-gradient GEMMs always
+  accumulate (beta 1) into a buffer the update empties again, so OpenBLAS never spends an
+  extra pass on beta: plain SGD folds its update into them (alpha = -lr, beta = 1 - lr *
+  weight_decay, the target being the parameters), momentum without Nesterov adds the
+  gradient to its scaled velocity, and every other rule steps each block of W while it is
+  still in cache (see Update);
+- the `def` functions (train_epoch, gradients, predict, ...) are thin shims that check
+  every size against the plan (a wrong call raises ValueError, whoever makes it), take
+  the arrays, release the GIL once, and loop in C. Values are the Python layer's to
+  validate; an index the core reads from a caller's array (labels, the batch order) is
+  checked as it is read, since the array may change after validation.
+Benchmark-only code lives in _bench.pxi.
 """
 from cython cimport floating
 from libc.math cimport isfinite, sqrt
@@ -48,16 +55,17 @@ cpdef enum Status:
     INTERRUPTED = 2
 
 
-cdef struct Layout:
+cdef struct PlanData:
     int n_layers
-    int* sizes                      # n_layers + 1 widths, input first
-    int* activations                # one code per weight layer
-    double* dropout_rates           # per weight layer: dropout applied to its output
-    Py_ssize_t* weight_offsets      # into the parameter buffer
-    int* forward_chunks             # per weight layer: output columns per forward GEMM call
-    int* forward_row_chunks         # per weight layer: batch rows per forward GEMM call
-    int* gradient_chunks            # per weight layer: rows of W per weight-gradient GEMM call
+    Py_ssize_t capacity             # rows the workspace holds
+    Py_ssize_t n_params
+    Py_ssize_t work_size
+    Py_ssize_t* sizes               # n_layers + 1 widths, input first
+    Py_ssize_t* weight_offsets      # per weight layer, into the parameter buffer
     Py_ssize_t* bias_offsets
+    Py_ssize_t* forward_chunks      # per weight layer: output columns per forward GEMM call
+    Py_ssize_t* forward_row_chunks  # per weight layer: batch rows per forward GEMM call
+    Py_ssize_t* gradient_chunks     # per weight layer: rows of W per weight-gradient GEMM call
     # into the workspace, indexed by layer l = 1..n_layers (-1: not kept)
     Py_ssize_t* output_offsets      # A_l = f(Z_l)
     Py_ssize_t* preactivation_offsets   # Z_l, for gelu and swish
@@ -67,109 +75,90 @@ cdef struct Layout:
     Py_ssize_t batch_x_offset       # gathered batch of inputs
     Py_ssize_t batch_y_offset       # gathered (or one-hot) batch of targets
     Py_ssize_t batch_weight_offset  # gathered row weights
-    Py_ssize_t gradient_offset      # n_params gradient, when the update is not folded
-    Py_ssize_t capacity             # rows the workspace holds
-    Py_ssize_t n_params
+    Py_ssize_t gradient_offset      # n_params gradient, when the update is not folded (-1)
+    double* dropout_rates           # per weight layer: dropout applied to its output
+    int* activations                # one code per weight layer
 
 
-# OpenBLAS's small-matrix kernels (SkylakeX, Cooperlake, SapphireRapids cores) take NN and
-# NT products of at most 100^3 multiply-adds and skip the packing of both operands: a W1
-# step's forward product runs 1.6x faster as four such calls than as one packed call.
-SMALL_GEMM_MAX_MNK = 1000000
-SMALL_GEMM_GRAIN = 16       # chunk widths in whole AVX-512 vectors of floats
-# Forward products are cut into 16 batch rows by a multiple of 64 output columns (the
-# fastest small-kernel shapes measured: docs/performance.md), and only while the whole
-# product is below 64 x 10^6 multiply-adds: past that the packed kernel wins.
-SMALL_GEMM_FORWARD_ROWS = 16
-SMALL_GEMM_FORWARD_COLUMNS = 64
-SMALL_GEMM_FORWARD_MAX_MNK = 64000000
+include "_small_gemm.pxi"
 
 
-cdef int small_gemm_chunk(Py_ssize_t other_dims, int size) noexcept:
-    """The widest multiple of the grain that keeps a product of other_dims x chunk under
-    the small-kernel limit, or size (one call) when chunks would be too thin or not needed."""
-    cdef Py_ssize_t chunk = SMALL_GEMM_MAX_MNK // max(other_dims, 1)
-    chunk -= chunk % SMALL_GEMM_GRAIN
-    if chunk < SMALL_GEMM_GRAIN or chunk >= size:
-        return size
-    return <int>chunk
-
-
-cdef void cut_forward_product(Layout* plan, int l, Py_ssize_t capacity) noexcept:
-    """Weight layer l's (0-based) forward product in calls of SMALL_GEMM_FORWARD_ROWS rows
-    by a multiple of SMALL_GEMM_FORWARD_COLUMNS columns under the small-kernel limit, when
-    that fits (plan.forward_row_chunks, forward_chunks)."""
-    cdef Py_ssize_t n_in = plan.sizes[l], n_out = plan.sizes[l + 1]
-    cdef Py_ssize_t rows = min(capacity, <Py_ssize_t>SMALL_GEMM_FORWARD_ROWS)
-    cdef Py_ssize_t columns = SMALL_GEMM_MAX_MNK // max(rows * n_in, 1)
-    if (capacity * n_in * n_out > SMALL_GEMM_FORWARD_MAX_MNK
-            or capacity * n_in * n_out <= SMALL_GEMM_MAX_MNK):   # too big, or small already
-        return
-    if columns >= n_out:
-        columns = n_out
-    else:
-        columns -= columns % SMALL_GEMM_FORWARD_COLUMNS
-        if columns < SMALL_GEMM_FORWARD_COLUMNS:
-            return
-    plan.forward_row_chunks[l] = <int>rows
-    plan.forward_chunks[l] = <int>columns
+cdef bint valid_code(int code, dict codes):
+    return code in codes.values()
 
 
 cdef class Plan:
     """The shape of a network and the layout of its parameter and workspace buffers.
 
+    layer_sizes: the widths, input first; activations: one code per weight layer;
+    capacity: the most rows a pass takes at once (0: a plan for the parameters only);
     dropout_rates: one rate per weight layer (0 for none; never the output layer);
     with_gradient: reserve room for a full gradient (optimizers other than plain SGD);
     small_gemm_chunks: cut the forward and weight-gradient products into calls small
     enough for OpenBLAS's small-matrix kernels (only where the BLAS has them, one thread).
     """
-    cdef Layout layout
+    cdef PlanData data
+    cdef void* memory               # every array of `data`, in one allocation
     cdef readonly Py_ssize_t n_params, work_size
 
     def __cinit__(self, layer_sizes, activations, Py_ssize_t capacity, dropout_rates=None,
                   bint with_gradient=False, bint small_gemm_chunks=False):
-        cdef int n_layers = len(activations)
-        cdef int l
-        cdef Py_ssize_t offset = 0, widest = 0
-        cdef Layout* plan = &self.layout
-        plan.n_layers = n_layers
-        plan.capacity = capacity
-        plan.sizes = <int*>malloc((n_layers + 1) * sizeof(int))
-        plan.activations = <int*>malloc(n_layers * sizeof(int))
-        plan.dropout_rates = <double*>malloc(n_layers * sizeof(double))
-        plan.weight_offsets = <Py_ssize_t*>malloc(n_layers * sizeof(Py_ssize_t))
-        plan.forward_chunks = <int*>malloc(n_layers * sizeof(int))
-        plan.forward_row_chunks = <int*>malloc(n_layers * sizeof(int))
-        plan.gradient_chunks = <int*>malloc(n_layers * sizeof(int))
-        plan.bias_offsets = <Py_ssize_t*>malloc(n_layers * sizeof(Py_ssize_t))
-        plan.output_offsets = <Py_ssize_t*>malloc((n_layers + 1) * sizeof(Py_ssize_t))
-        plan.preactivation_offsets = <Py_ssize_t*>malloc((n_layers + 1) * sizeof(Py_ssize_t))
-        plan.dropped_offsets = <Py_ssize_t*>malloc((n_layers + 1) * sizeof(Py_ssize_t))
-        plan.mask_offsets = <Py_ssize_t*>malloc((n_layers + 1) * sizeof(Py_ssize_t))
-        if (not plan.sizes or not plan.activations or not plan.dropout_rates
-                or not plan.weight_offsets or not plan.forward_chunks
-                or not plan.forward_row_chunks
-                or not plan.gradient_chunks or not plan.bias_offsets or not plan.output_offsets
-                or not plan.preactivation_offsets or not plan.dropped_offsets
-                or not plan.mask_offsets):
+        cdef Py_ssize_t n_layers = len(activations)
+        cdef Py_ssize_t l, offset = 0, widest = 0
+        cdef PlanData* plan = &self.data
+        if n_layers < 1 or len(layer_sizes) != n_layers + 1:
+            raise ValueError(f"a plan needs one activation per weight layer and one more "
+                             f"width; got {len(layer_sizes)} widths, {n_layers} activations")
+        if any(not 1 <= size < 2**31 for size in layer_sizes):
+            raise ValueError(f"layer widths must be in [1, 2**31); got {list(layer_sizes)}")
+        if any(not valid_code(code, ACTIVATION_CODES) for code in activations):
+            raise ValueError(f"unknown activation code in {list(activations)}")
+        rates = [0.0] * n_layers if dropout_rates is None else list(dropout_rates)
+        if len(rates) != n_layers or any(not 0 <= rate < 1 for rate in rates) \
+                or rates[n_layers - 1]:
+            raise ValueError(f"dropout_rates needs one rate in [0, 1) per weight layer, 0 for "
+                             f"the output layer; got {rates}")
+        if capacity < 0:
+            raise ValueError(f"capacity must be >= 0; got {capacity}")
+        # 10 arrays of n_layers or n_layers + 1 offsets and widths, then the rates, codes
+        cdef size_t n_offsets = 5 * <size_t>(n_layers + 1) + 5 * <size_t>n_layers
+        self.memory = malloc(n_offsets * sizeof(Py_ssize_t) + n_layers * sizeof(double)
+                             + n_layers * sizeof(int))
+        if not self.memory:
             raise MemoryError()
+        cdef Py_ssize_t* slot = <Py_ssize_t*>self.memory
+        plan.sizes = slot; slot += n_layers + 1
+        plan.output_offsets = slot; slot += n_layers + 1
+        plan.preactivation_offsets = slot; slot += n_layers + 1
+        plan.dropped_offsets = slot; slot += n_layers + 1
+        plan.mask_offsets = slot; slot += n_layers + 1
+        plan.weight_offsets = slot; slot += n_layers
+        plan.bias_offsets = slot; slot += n_layers
+        plan.forward_chunks = slot; slot += n_layers
+        plan.forward_row_chunks = slot; slot += n_layers
+        plan.gradient_chunks = slot; slot += n_layers
+        plan.dropout_rates = <double*>slot
+        plan.activations = <int*>(plan.dropout_rates + n_layers)
+
+        plan.n_layers = <int>n_layers
+        plan.capacity = capacity
         for l in range(n_layers + 1):
             plan.sizes[l] = layer_sizes[l]
         for l in range(n_layers):
             plan.activations[l] = activations[l]
-            plan.dropout_rates[l] = dropout_rates[l] if dropout_rates is not None else 0.0
+            plan.dropout_rates[l] = rates[l]
             plan.weight_offsets[l] = offset
-            offset += <Py_ssize_t>layer_sizes[l] * layer_sizes[l + 1]
+            offset += plan.sizes[l] * plan.sizes[l + 1]
             plan.forward_chunks[l] = plan.sizes[l + 1]
-            plan.forward_row_chunks[l] = <int>max(capacity, 1)
+            plan.forward_row_chunks[l] = max(capacity, 1)
             plan.gradient_chunks[l] = plan.sizes[l]
             if small_gemm_chunks:   # W[chunk, :] += A[:, chunk]^T D (capacity rows)
                 cut_forward_product(plan, l, capacity)
                 plan.gradient_chunks[l] = small_gemm_chunk(capacity * plan.sizes[l + 1],
                                                            plan.sizes[l])
             plan.bias_offsets[l] = offset
-            offset += layer_sizes[l + 1]
-            widest = max(widest, <Py_ssize_t>layer_sizes[l + 1])
+            offset += plan.sizes[l + 1]
+            widest = max(widest, plan.sizes[l + 1])
         plan.n_params = self.n_params = offset
 
         offset = 0
@@ -178,59 +167,50 @@ cdef class Plan:
             plan.dropped_offsets[l] = plan.mask_offsets[l] = -1
         for l in range(1, n_layers + 1):
             plan.output_offsets[l] = offset
-            offset += capacity * layer_sizes[l]
+            offset += capacity * plan.sizes[l]
             if fbp_needs_preactivation(plan.activations[l - 1]):
                 plan.preactivation_offsets[l] = offset
-                offset += capacity * layer_sizes[l]
+                offset += capacity * plan.sizes[l]
             if plan.dropout_rates[l - 1] > 0:
                 plan.dropped_offsets[l] = offset
-                offset += capacity * layer_sizes[l]
+                offset += capacity * plan.sizes[l]
                 plan.mask_offsets[l] = offset
-                offset += capacity * layer_sizes[l]
+                offset += capacity * plan.sizes[l]
         for l in range(2):
             plan.delta_offsets[l] = offset
             offset += capacity * widest
         plan.batch_x_offset = offset
-        offset += capacity * layer_sizes[0]
+        offset += capacity * plan.sizes[0]
         plan.batch_y_offset = offset
-        offset += capacity * layer_sizes[n_layers]
+        offset += capacity * plan.sizes[n_layers]
         plan.batch_weight_offset = offset
         offset += capacity
         plan.gradient_offset = offset if with_gradient else -1
         offset += self.n_params if with_gradient else 0
-        self.work_size = offset
+        plan.work_size = self.work_size = offset
 
     def __dealloc__(self):
-        free(self.layout.sizes)
-        free(self.layout.activations)
-        free(self.layout.dropout_rates)
-        free(self.layout.weight_offsets)
-        free(self.layout.forward_chunks)
-        free(self.layout.forward_row_chunks)
-        free(self.layout.gradient_chunks)
-        free(self.layout.bias_offsets)
-        free(self.layout.output_offsets)
-        free(self.layout.preactivation_offsets)
-        free(self.layout.dropped_offsets)
-        free(self.layout.mask_offsets)
+        free(self.memory)
 
     @property
     def capacity(self):
-        return self.layout.capacity
+        return self.data.capacity
 
     @property
     def gemm_chunks(self):
         """Per weight layer: (batch rows and output columns per forward call, W rows per
         gradient call)."""
-        return [((self.layout.forward_row_chunks[l], self.layout.forward_chunks[l]),
-                 self.layout.gradient_chunks[l]) for l in range(self.layout.n_layers)]
+        return [((self.data.forward_row_chunks[l], self.data.forward_chunks[l]),
+                 self.data.gradient_chunks[l]) for l in range(self.data.n_layers)]
 
     def gradient_blocks(self, int layer, bint stepping):
         """Weight layer `layer`'s (1-based) gradient GEMM calls as run_batch makes them:
         [(offset into the parameter buffer, elements)], one per block of W's rows."""
-        cdef Py_ssize_t n_in = self.layout.sizes[layer - 1], n_out = self.layout.sizes[layer]
-        cdef Py_ssize_t w = self.layout.weight_offsets[layer - 1], start = 0, rows
-        cdef Py_ssize_t block = gradient_block_rows(&self.layout, layer, stepping)
+        if not 1 <= layer <= self.data.n_layers:
+            raise ValueError(f"layer must be in 1..{self.data.n_layers}; got {layer}")
+        cdef Py_ssize_t n_in = self.data.sizes[layer - 1], n_out = self.data.sizes[layer]
+        cdef Py_ssize_t w = self.data.weight_offsets[layer - 1], start = 0, rows
+        cdef Py_ssize_t block = gradient_block_rows(&self.data, layer, stepping)
         blocks = []
         while start < n_in:
             rows = min(block, n_in - start)
@@ -240,17 +220,20 @@ cdef class Plan:
 
     def parameter_views(self, params):
         """Split a flat parameter-shaped buffer into views: (weights, biases)."""
+        if len(params) != self.n_params:
+            raise ValueError(f"parameter_views: {len(params)} values; the plan has "
+                             f"{self.n_params} parameters")
         weights, biases = [], []
-        for l in range(self.layout.n_layers):
-            n_in, n_out = self.layout.sizes[l], self.layout.sizes[l + 1]
-            start = self.layout.weight_offsets[l]
+        for l in range(self.data.n_layers):
+            n_in, n_out = self.data.sizes[l], self.data.sizes[l + 1]
+            start = self.data.weight_offsets[l]
             weights.append(params[start:start + n_in * n_out].reshape(n_in, n_out))
-            start = self.layout.bias_offsets[l]
+            start = self.data.bias_offsets[l]
             biases.append(params[start:start + n_out])
         return weights, biases
 
 
-cdef struct Hyper:
+cdef struct HyperparameterData:
     int loss
     double loss_parameter           # Huber's delta
     int optimizer
@@ -259,50 +242,69 @@ cdef struct Hyper:
     double step                     # optimizer steps taken so far (Adam's t)
 
 
-cdef class Settings:
-    """The loss and optimizer settings of a fit, and the optimizer's step count."""
-    cdef Hyper hyper
+cdef inline bint uses_first_moment(int optimizer) noexcept nogil:
+    return optimizer == FBP_MOMENTUM or optimizer == FBP_ADAM
+
+
+cdef inline bint uses_second_moment(int optimizer) noexcept nogil:
+    return optimizer == FBP_ADAM or optimizer == FBP_RMSPROP or optimizer == FBP_ADAGRAD
+
+
+cdef class Hyperparameters:
+    """What a step computes besides the network: the loss, the optimizer rule and its
+    hyperparameters, and the optimizer's step count."""
+    cdef HyperparameterData data
 
     def __init__(self, int loss, double loss_parameter=1.0, int optimizer=FBP_SGD,
                  double learning_rate=0.01, double weight_decay=0.0, double momentum=0.0,
                  bint nesterov=False, double beta1=0.9, double beta2=0.999,
                  double epsilon=1e-8, double clip_norm=0.0, bint decoupled_weight_decay=False,
                  double step=0):
-        self.hyper = Hyper(loss=loss, loss_parameter=loss_parameter, optimizer=optimizer,
-                           learning_rate=learning_rate, weight_decay=weight_decay,
-                           momentum=momentum, beta1=beta1, beta2=beta2, epsilon=epsilon,
-                           clip_norm=clip_norm, nesterov=nesterov,
-                           decoupled_weight_decay=decoupled_weight_decay, step=step)
+        if not valid_code(loss, LOSS_CODES):
+            raise ValueError(f"unknown loss code {loss}")
+        if not valid_code(optimizer, OPTIMIZER_CODES):
+            raise ValueError(f"unknown optimizer code {optimizer}")
+        self.data = HyperparameterData(
+            loss=loss, loss_parameter=loss_parameter, optimizer=optimizer,
+            learning_rate=learning_rate, weight_decay=weight_decay, momentum=momentum,
+            beta1=beta1, beta2=beta2, epsilon=epsilon, clip_norm=clip_norm, nesterov=nesterov,
+            decoupled_weight_decay=decoupled_weight_decay, step=step)
 
     @property
     def step(self):
-        return self.hyper.step
+        return self.data.step
 
     @step.setter
     def step(self, double value):
-        self.hyper.step = value
+        self.data.step = value
 
     @property
     def learning_rate(self):
-        return self.hyper.learning_rate
+        return self.data.learning_rate
 
     @learning_rate.setter
     def learning_rate(self, double value):
-        self.hyper.learning_rate = value
+        self.data.learning_rate = value
+
+    @property
+    def state_rows(self):
+        """Parameter-sized rows of optimizer state the rule reads: the velocity (momentum),
+        the first and second moments (Adam), the second moment alone (RMSprop, Adagrad)."""
+        return uses_first_moment(self.data.optimizer) + uses_second_moment(self.data.optimizer)
 
     @property
     def state_layout(self):
         """What the optimizer state holds: the folded momentum keeps mu * velocity, every
         other rule torch's buffers; state of one layout means nothing to the other."""
-        return "scaled" if self.folded and self.hyper.optimizer == FBP_MOMENTUM else "plain"
+        return "scaled" if self.folded and self.data.optimizer == FBP_MOMENTUM else "plain"
 
     @property
     def folded(self):
         """The update folds into the gradient GEMM (plain SGD, or momentum without
         Nesterov, and no clipping): no gradient buffer is needed."""
-        return self.hyper.clip_norm == 0 and (
-            self.hyper.optimizer == FBP_SGD
-            or (self.hyper.optimizer == FBP_MOMENTUM and not self.hyper.nesterov))
+        return self.data.clip_norm == 0 and (
+            self.data.optimizer == FBP_SGD
+            or (self.data.optimizer == FBP_MOMENTUM and not self.data.nesterov))
 
 
 # ---- fused dispatch to the C kernels (Cython cannot overload C functions) ----
@@ -407,7 +409,8 @@ cdef inline void scale_in_place(floating* x, Py_ssize_t n, floating factor) noex
 
 
 cdef inline void optimizer_step(floating* params, floating* grads, floating* first,
-                                floating* second, Py_ssize_t n, const Hyper* hyper,
+                                floating* second, Py_ssize_t n,
+                                const HyperparameterData* hyper,
                                 floating weight_decay) noexcept nogil:
     if floating is float:
         fbp_optimizer_step_f32(params, grads, first, second, n, hyper.optimizer,
@@ -441,7 +444,7 @@ cdef inline floating* workspace(floating* work, Py_ssize_t offset) noexcept nogi
     return work + offset if offset >= 0 else NULL
 
 
-cdef inline const floating* layer_input(const Layout* plan, floating* work, const floating* x,
+cdef inline const floating* layer_input(const PlanData* plan, floating* work, const floating* x,
                                         int l) noexcept nogil:
     """The input of weight layer l (1-based): A_{l-1}, after dropout when there is one."""
     if l == 1:
@@ -451,7 +454,7 @@ cdef inline const floating* layer_input(const Layout* plan, floating* work, cons
     return work + plan.output_offsets[l - 1]
 
 
-cdef void forward_product(const Layout* plan, const floating* params, floating* work,
+cdef void forward_product(const PlanData* plan, const floating* params, floating* work,
                           const floating* x, int m, int l, floating* out) noexcept nogil:
     """out = A_{l-1} W_l (m rows, before bias and activation), in blocks of rows and
     columns (the plan's forward chunks)."""
@@ -472,7 +475,7 @@ cdef void forward_product(const Layout* plan, const floating* params, floating* 
         row += rows
 
 
-cdef void forward_hidden(const Layout* plan, const floating* params, floating* work,
+cdef void forward_hidden(const PlanData* plan, const floating* params, floating* work,
                          const floating* x, int m, uint64_t* random_state) noexcept nogil:
     """A_l = f(A_{l-1} W_l + b_l) for every layer but the output (dropout when the plan
     has it and random_state is given)."""
@@ -491,7 +494,7 @@ cdef void forward_hidden(const Layout* plan, const floating* params, floating* w
                     <Py_ssize_t>m * n_out, plan.dropout_rates[l - 1], random_state)
 
 
-cdef void output_logits(const Layout* plan, const floating* params, floating* work,
+cdef void output_logits(const PlanData* plan, const floating* params, floating* work,
                         const floating* x, int m, floating* out) noexcept nogil:
     """out = A_{L-1} W_L, before the bias and the output activation."""
     forward_product(plan, params, work, x, m, plan.n_layers, out)
@@ -513,7 +516,7 @@ cdef enum Update:
                         # as soon as its gradient is ready, while it is still in cache
 
 
-cdef inline Py_ssize_t gradient_block_rows(const Layout* plan, int l,
+cdef inline Py_ssize_t gradient_block_rows(const PlanData* plan, int l,
                                            bint stepping) noexcept nogil:
     """Rows of W_l (1-based) one weight-gradient GEMM covers: the plan's gradient chunk and,
     when an optimizer rule steps each block right after its GEMM, at most
@@ -524,7 +527,8 @@ cdef inline Py_ssize_t gradient_block_rows(const Layout* plan, int l,
     return block
 
 
-cdef double run_batch(const Layout* plan, Hyper* hyper, floating* params, floating* target,
+cdef double run_batch(const PlanData* plan, HyperparameterData* hyper, floating* params,
+                      floating* target,
                       floating* first, floating* second, floating* work, const floating* x,
                       const floating* y, const floating* row_weights, int m, floating scale,
                       int update, floating beta, uint64_t* random_state) noexcept nogil:
@@ -602,7 +606,7 @@ cdef double run_batch(const Layout* plan, Hyper* hyper, floating* params, floati
     return loss_sum
 
 
-cdef inline void step_slice(const Hyper* hyper, floating* params, floating* grads,
+cdef inline void step_slice(const HyperparameterData* hyper, floating* params, floating* grads,
                             floating* first, floating* second, int update, Py_ssize_t offset,
                             Py_ssize_t n, bint weights) noexcept nogil:
     """The optimizer's rule on params[offset:offset + n] from grads there (for
@@ -621,7 +625,8 @@ cdef inline void step_slice(const Hyper* hyper, floating* params, floating* grad
                        second + offset if second else NULL, n, hyper, weight_decay)
 
 
-cdef void clip_and_update(const Layout* plan, Hyper* hyper, floating* params, floating* grads,
+cdef void clip_and_update(const PlanData* plan, HyperparameterData* hyper, floating* params,
+                          floating* grads,
                           floating* first, floating* second) noexcept nogil:
     """One optimizer step from the whole gradient in grads, clipped by its norm first."""
     cdef int l
@@ -638,21 +643,59 @@ cdef void clip_and_update(const Layout* plan, Hyper* hyper, floating* params, fl
 
 
 # ---- the Python-callable shims ----
+#
+# Each checks every size it is handed against the plan before it takes a pointer, so a
+# wrong call raises ValueError instead of reading or writing past a buffer.
 
-def train_epoch(Plan plan, Settings settings, floating[::1] params, floating[::1] work,
-                floating[:, ::1] state, const floating[:, ::1] X, const floating[:, ::1] Y,
-                const Py_ssize_t[::1] labels, const floating[::1] row_weights,
-                const Py_ssize_t[::1] order, Py_ssize_t batch_size, uint64_t random_seed,
-                bint interruptible=False):
+cdef int check_size(str caller, str what, Py_ssize_t got, Py_ssize_t expected) except -1:
+    if got != expected:
+        raise ValueError(f"{caller}: {what} is {got}; it must be {expected}")
+    return 0
+
+
+cdef int check_pass(str caller, const PlanData* plan, Py_ssize_t n_params,
+                    Py_ssize_t work_size, Py_ssize_t n_inputs, bint with_dropout) except -1:
+    """The sizes every pass shares: parameters, workspace, input width; a workspace for at
+    least one row; dropout only where the pass draws masks."""
+    check_size(caller, "the parameter count", n_params, plan.n_params)
+    check_size(caller, "the input width (X's columns)", n_inputs, plan.sizes[0])
+    if work_size < plan.work_size:
+        raise ValueError(f"{caller}: the workspace holds {work_size} values; the plan needs "
+                         f"{plan.work_size}")
+    if plan.capacity < 1:
+        raise ValueError(f"{caller}: the plan has room for no rows (capacity 0): it "
+                         f"describes the parameters only")
+    if not with_dropout:
+        for l in range(plan.n_layers):
+            if plan.dropout_rates[l] > 0:
+                raise ValueError(f"{caller}: a pass without dropout needs a plan without "
+                                 f"dropout")
+    return 0
+
+
+cdef int check_targets(str caller, const PlanData* plan, str name, Py_ssize_t n_rows,
+                       Py_ssize_t n_cols, Py_ssize_t n_samples) except -1:
+    """name: (n_samples, the output width)."""
+    check_size(caller, f"the number of rows of {name}", n_rows, n_samples)
+    check_size(caller, f"the width of {name} (the outputs)", n_cols, plan.sizes[plan.n_layers])
+    return 0
+
+
+def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params,
+                floating[::1] work, floating[:, ::1] state, const floating[:, ::1] X,
+                const floating[:, ::1] Y, const Py_ssize_t[::1] labels,
+                const floating[::1] row_weights, const Py_ssize_t[::1] order,
+                Py_ssize_t batch_size, uint64_t random_seed, bint interruptible=False):
     """One epoch of mini-batch training in one nogil call.
 
     Batches are rows order[0:b], order[b:2b], ... (rows 0:b, b:2b, ... read in place when
     order is empty). Targets are Y's rows, or one-hot rows of `labels` when Y is empty;
     rows are weighted by row_weights unless it is empty. state holds the optimizer's
-    moments, (2, n_params), or is empty for plain SGD. interruptible: stop at the next
-    batch once SIGINT arrives (only a fit between catch_interrupts and release_interrupts,
-    on the main thread). Returns (weighted loss total, weight total, rows trained, status):
-    the epoch's mean loss is the ratio of the first two; status is COMPLETED, DIVERGED (the
+    buffers, (hyperparameters.state_rows, n_params): the velocity, or the first and/or
+    second moments, as the rule uses them. interruptible: stop at the next batch once
+    SIGINT arrives (only a fit between catch_interrupts and release_interrupts, on the
+    main thread). Returns (weighted loss total, weight total, rows trained, status): the
+    epoch's mean loss is the ratio of the first two; status is COMPLETED, DIVERGED (the
     batch at `rows trained` had a non-finite loss, nothing was changed by it; or an update
     overflowed: the parameters or the optimizer state are no longer finite) or INTERRUPTED
     (SIGINT, at a batch boundary).
@@ -661,23 +704,52 @@ def train_epoch(Plan plan, Settings settings, floating[::1] params, floating[::1
     call, or during it: every index read (order, labels) is checked as it is read, and an
     index out of range raises ValueError, the batches before it having been trained.
     """
-    cdef const Layout* layout = &plan.layout
-    cdef Hyper* hyper = &settings.hyper
+    cdef const PlanData* plan_data = &plan.data
+    cdef HyperparameterData* hyper = &hyperparameters.data
     cdef Py_ssize_t n_samples = X.shape[0]
-    cdef Py_ssize_t n_in = layout.sizes[0], n_out = layout.sizes[layout.n_layers]
-    cdef Py_ssize_t start = 0, m, i, bad = -1
-    cdef int failed_gather = 0      # which gather found an index out of range (GATHERED_*)
+    cdef Py_ssize_t n_in = plan_data.sizes[0], n_out = plan_data.sizes[plan_data.n_layers]
     cdef bint use_order = order.shape[0] > 0, use_labels = Y.shape[0] == 0
     cdef bint use_weights = row_weights.shape[0] > 0, clipping = hyper.clip_norm > 0
+    cdef int update = LAYER_STEP
+    cdef int state_rows = hyperparameters.state_rows
+    if clipping:            # the norm needs the whole gradient before any step
+        update = GRADIENT_ONLY
+    elif hyper.optimizer == FBP_SGD:
+        update = FOLDED_SGD
+    elif hyper.optimizer == FBP_MOMENTUM and not hyper.nesterov:
+        update = FOLDED_MOMENTUM
+
+    caller = "train_epoch"
+    check_pass(caller, plan_data, params.shape[0], work.shape[0], X.shape[1], True)
+    if not 1 <= batch_size <= plan_data.capacity:
+        raise ValueError(f"train_epoch: batch_size is {batch_size}; the plan has room for 1 "
+                         f"to {plan_data.capacity} rows")
+    if (update == LAYER_STEP or update == GRADIENT_ONLY) and plan_data.gradient_offset < 0:
+        raise ValueError("train_epoch: this optimizer needs a plan with room for the gradient")
+    check_size(caller, "the optimizer state's row count", state.shape[0], state_rows)
+    if state_rows:
+        check_size(caller, "the optimizer state's width", state.shape[1], plan_data.n_params)
+    if use_labels:
+        check_size(caller, "the number of labels", labels.shape[0], n_samples)
+    else:
+        check_targets(caller, plan_data, "Y", Y.shape[0], Y.shape[1], n_samples)
+    if use_order:
+        check_size(caller, "the length of the batch order", order.shape[0], n_samples)
+    if use_weights:
+        check_size(caller, "the number of row weights", row_weights.shape[0], n_samples)
+
+    cdef Py_ssize_t start = 0, m, i, bad = -1
+    cdef int failed_gather = 0      # which gather found an index out of range (GATHERED_*)
     cdef floating* p = &params[0]
     cdef floating* w = &work[0]
-    cdef floating* batch_x = w + layout.batch_x_offset
-    cdef floating* batch_y = w + layout.batch_y_offset
-    cdef floating* batch_weights = w + layout.batch_weight_offset
-    cdef floating* grads = workspace(w, layout.gradient_offset)
-    cdef floating* first = &state[0, 0] if state.shape[0] > 0 else NULL
-    cdef floating* second = &state[1, 0] if state.shape[0] > 1 else NULL
-    cdef Py_ssize_t first_size = state.shape[0] * state.shape[1]  # the state from `first` on
+    cdef floating* batch_x = w + plan_data.batch_x_offset
+    cdef floating* batch_y = w + plan_data.batch_y_offset
+    cdef floating* batch_weights = w + plan_data.batch_weight_offset
+    cdef floating* grads = workspace(w, plan_data.gradient_offset)
+    cdef floating* state_start = &state[0, 0] if state_rows else NULL
+    cdef floating* first = state_start if uses_first_moment(hyper.optimizer) else NULL
+    cdef floating* second = \
+        &state[state_rows - 1, 0] if uses_second_moment(hyper.optimizer) else NULL
     cdef const floating* x
     cdef const floating* y
     cdef const floating* weights = NULL
@@ -687,16 +759,13 @@ def train_epoch(Plan plan, Settings settings, floating[::1] params, floating[::1
     cdef floating scale
     cdef int status = COMPLETED
     cdef uint64_t random_state = random_seed | 1
-    cdef int update = LAYER_STEP
     cdef floating* target = grads
+    if update == FOLDED_SGD:
+        target = p
+    elif update == FOLDED_MOMENTUM:
+        target = first
     if grads:   # the rules leave it at 0 after each step
-        memset(grads, 0, layout.n_params * sizeof(floating))
-    if clipping:            # the norm needs the whole gradient before any step
-        update = GRADIENT_ONLY
-    elif hyper.optimizer == FBP_SGD:
-        update, target = FOLDED_SGD, p
-    elif hyper.optimizer == FBP_MOMENTUM and not hyper.nesterov:
-        update, target = FOLDED_MOMENTUM, first
+        memset(grads, 0, plan_data.n_params * sizeof(floating))
 
     with nogil:
         while start < n_samples:
@@ -715,13 +784,13 @@ def train_epoch(Plan plan, Settings settings, floating[::1] params, floating[::1
                 x = &X[start, 0]
             if use_labels:
                 bad = one_hot(batch_y, &labels[0] if use_order else &labels[start], rows, m,
-                              n_out, labels.shape[0] if use_order else labels.shape[0] - start)
+                              n_out, n_samples if use_order else n_samples - start)
                 if bad >= 0:
                     failed_gather = GATHERED_LABELS
                     break
                 y = batch_y
             elif use_order:
-                bad = gather_rows(batch_y, &Y[0, 0], rows, m, n_out, Y.shape[0])
+                bad = gather_rows(batch_y, &Y[0, 0], rows, m, n_out, n_samples)
                 if bad >= 0:
                     failed_gather = GATHERED_Y
                     break
@@ -730,7 +799,7 @@ def train_epoch(Plan plan, Settings settings, floating[::1] params, floating[::1
                 y = &Y[start, 0]
             if use_weights:
                 if use_order:
-                    bad = gather(batch_weights, &row_weights[0], rows, m, row_weights.shape[0])
+                    bad = gather(batch_weights, &row_weights[0], rows, m, n_samples)
                     if bad >= 0:
                         failed_gather = GATHERED_WEIGHTS
                         break
@@ -744,21 +813,22 @@ def train_epoch(Plan plan, Settings settings, floating[::1] params, floating[::1
                 weight_sum = m
             if weight_sum > 0:   # a batch whose rows all weigh 0 teaches nothing
                 scale = <floating>(normaliser / weight_sum)
-                loss_sum = run_batch(layout, hyper, p, target, first, second, w, x, y,
+                loss_sum = run_batch(plan_data, hyper, p, target, first, second, w, x, y,
                                      weights, <int>m, scale, update, 1, &random_state)
                 if not isfinite(loss_sum):
                     status = DIVERGED
                     break
                 if clipping:
-                    clip_and_update(layout, hyper, p, grads, first, second)
+                    clip_and_update(plan_data, hyper, p, grads, first, second)
                 loss_total += loss_sum * normaliser
                 weight_total += weight_sum
             start += m
         # An update can overflow with a finite loss: in the parameters, or only in the
         # optimizer's state (Adam's g^2 past FLT_MAX), where it would freeze weights silently.
         if bad < 0 and status != DIVERGED and not (
-                all_finite_buffer(p, layout.n_params)
-                and all_finite_buffer(first if first else p, first_size)):
+                all_finite_buffer(p, plan_data.n_params)
+                and all_finite_buffer(state_start if state_rows else p,
+                                      state_rows * plan_data.n_params)):
             status = DIVERGED
     if bad >= 0:
         raise_bad_index(order, labels, start + bad, use_order, failed_gather, n_out)
@@ -786,25 +856,32 @@ cdef raise_bad_index(const Py_ssize_t[::1] order, const Py_ssize_t[::1] labels,
     raise ValueError(f"row {row} (order[{position}]) is out of range for {name}")
 
 
-def gradients(Plan plan, Settings settings, const floating[::1] params, floating[::1] grads,
-              floating[::1] work, const floating[:, ::1] X, const floating[:, ::1] Y):
+def gradients(Plan plan, Hyperparameters hyperparameters, const floating[::1] params,
+              floating[::1] grads, floating[::1] work, const floating[:, ::1] X,
+              const floating[:, ::1] Y):
     """grads := gradient of the mean loss over all rows of X; returns the mean loss.
 
     Rows go through in chunks of plan.capacity; each chunk adds its share.
     """
-    cdef const Layout* layout = &plan.layout
-    cdef Py_ssize_t n_samples = X.shape[0], n_out = layout.sizes[layout.n_layers]
+    cdef const PlanData* plan_data = &plan.data
+    cdef Py_ssize_t n_samples = X.shape[0], n_out = plan_data.sizes[plan_data.n_layers]
+    check_pass("gradients", plan_data, params.shape[0], work.shape[0], X.shape[1], False)
+    check_size("gradients", "the gradient's size", grads.shape[0], plan_data.n_params)
+    check_targets("gradients", plan_data, "Y", Y.shape[0], Y.shape[1], n_samples)
+    if n_samples == 0:
+        raise ValueError("gradients: X has no rows")
     cdef Py_ssize_t start = 0, m
-    cdef floating scale = <floating>(loss_normaliser(settings.hyper.loss, n_out) / n_samples)
+    cdef floating scale = \
+        <floating>(loss_normaliser(hyperparameters.data.loss, n_out) / n_samples)
     cdef double loss_sum, total = 0.0
     cdef floating beta
     with nogil:
         while start < n_samples:
-            m = min(layout.capacity, n_samples - start)
+            m = min(plan_data.capacity, n_samples - start)
             beta = 0 if start == 0 else 1
-            loss_sum = run_batch(layout, &settings.hyper, <floating*>&params[0], &grads[0],
-                                 NULL, NULL, &work[0], &X[start, 0], &Y[start, 0], NULL, <int>m,
-                                 scale, GRADIENT_ONLY, beta, NULL)
+            loss_sum = run_batch(plan_data, &hyperparameters.data, <floating*>&params[0],
+                                 &grads[0], NULL, NULL, &work[0], &X[start, 0], &Y[start, 0],
+                                 NULL, <int>m, scale, GRADIENT_ONLY, beta, NULL)
             total += loss_sum
             if not isfinite(loss_sum):
                 break
@@ -815,42 +892,49 @@ def gradients(Plan plan, Settings settings, const floating[::1] params, floating
 def predict(Plan plan, const floating[::1] params, floating[::1] work,
             const floating[:, ::1] X, floating[:, ::1] out):
     """out := the network's output for X, in chunks of plan.capacity rows."""
-    cdef const Layout* layout = &plan.layout
-    cdef int L = layout.n_layers
+    cdef const PlanData* plan_data = &plan.data
+    cdef int L = plan_data.n_layers
     cdef Py_ssize_t n_samples = X.shape[0], start = 0, m
+    check_pass("predict", plan_data, params.shape[0], work.shape[0], X.shape[1], False)
+    check_targets("predict", plan_data, "out", out.shape[0], out.shape[1], n_samples)
     cdef floating* p = <floating*>&params[0]
     cdef floating* w = &work[0]
     with nogil:
         while start < n_samples:
-            m = min(layout.capacity, n_samples - start)
-            forward_hidden(layout, p, w, &X[start, 0], <int>m, NULL)
-            output_logits(layout, p, w, &X[start, 0], <int>m, &out[start, 0])
-            bias_activation(&out[start, 0], p + layout.bias_offsets[L - 1],
-                            workspace(w, layout.preactivation_offsets[L]), m,
-                            layout.sizes[L], layout.activations[L - 1])
+            m = min(plan_data.capacity, n_samples - start)
+            forward_hidden(plan_data, p, w, &X[start, 0], <int>m, NULL)
+            output_logits(plan_data, p, w, &X[start, 0], <int>m, &out[start, 0])
+            bias_activation(&out[start, 0], p + plan_data.bias_offsets[L - 1],
+                            workspace(w, plan_data.preactivation_offsets[L]), m,
+                            plan_data.sizes[L], plan_data.activations[L - 1])
             start += m
 
 
-def evaluate(Plan plan, Settings settings, const floating[::1] params, floating[::1] work,
-             const floating[:, ::1] X, const floating[:, ::1] Y, floating[:, ::1] out):
+def evaluate(Plan plan, Hyperparameters hyperparameters, const floating[::1] params,
+             floating[::1] work, const floating[:, ::1] X, const floating[:, ::1] Y,
+             floating[:, ::1] out):
     """out := the network's output for X; returns the mean loss against Y (no backward)."""
-    cdef const Layout* layout = &plan.layout
-    cdef int L = layout.n_layers
+    cdef const PlanData* plan_data = &plan.data
+    cdef const HyperparameterData* hyper = &hyperparameters.data
+    cdef int L = plan_data.n_layers
     cdef Py_ssize_t n_samples = X.shape[0], start = 0, m
+    check_pass("evaluate", plan_data, params.shape[0], work.shape[0], X.shape[1], False)
+    check_targets("evaluate", plan_data, "Y", Y.shape[0], Y.shape[1], n_samples)
+    check_targets("evaluate", plan_data, "out", out.shape[0], out.shape[1], n_samples)
     cdef floating* p = <floating*>&params[0]
     cdef floating* w = &work[0]
-    cdef double normaliser = loss_normaliser(settings.hyper.loss, layout.sizes[L])
+    cdef double normaliser = loss_normaliser(hyper.loss, plan_data.sizes[L])
     cdef double total = 0.0
     with nogil:
         while start < n_samples:
-            m = min(layout.capacity, n_samples - start)
-            forward_hidden(layout, p, w, &X[start, 0], <int>m, NULL)
-            output_logits(layout, p, w, &X[start, 0], <int>m, &out[start, 0])
-            total += output_layer(&out[start, 0], p + layout.bias_offsets[L - 1],
-                                  workspace(w, layout.preactivation_offsets[L]), &Y[start, 0],
-                                  NULL, NULL, m, layout.sizes[L], layout.activations[L - 1],
-                                  settings.hyper.loss, <floating>settings.hyper.loss_parameter,
-                                  <floating>1)
+            m = min(plan_data.capacity, n_samples - start)
+            forward_hidden(plan_data, p, w, &X[start, 0], <int>m, NULL)
+            output_logits(plan_data, p, w, &X[start, 0], <int>m, &out[start, 0])
+            total += output_layer(&out[start, 0], p + plan_data.bias_offsets[L - 1],
+                                  workspace(w, plan_data.preactivation_offsets[L]),
+                                  &Y[start, 0], NULL, NULL, m, plan_data.sizes[L],
+                                  plan_data.activations[L - 1], hyper.loss,
+                                  <floating>hyper.loss_parameter, <floating>1)
             start += m
     return total * normaliser / n_samples
 
@@ -860,6 +944,13 @@ def output_loss(floating[:, ::1] outputs, const floating[:, ::1] Y, int activati
     """The output kernel on plain arrays: outputs (pre-activation, overwritten with the
     activation) -> (mean loss, gradient of the mean loss w.r.t. the pre-activation)."""
     cdef Py_ssize_t n_rows = outputs.shape[0], n_cols = outputs.shape[1]
+    if Y.shape[0] != n_rows or Y.shape[1] != n_cols:
+        raise ValueError(f"outputs are {n_rows} x {n_cols} and Y is "
+                         f"{Y.shape[0]} x {Y.shape[1]}: they must match")
+    if n_rows == 0 or n_cols == 0:
+        raise ValueError("output_loss needs at least one row and one column")
+    if not valid_code(activation, ACTIVATION_CODES) or not valid_code(loss, LOSS_CODES):
+        raise ValueError(f"unknown activation or loss code ({activation}, {loss})")
     cdef floating scale = <floating>(loss_normaliser(loss, n_cols) / n_rows)
     dtype = np.float32 if floating is float else np.float64
     grad = np.empty_like(outputs) if want_gradient else None
@@ -879,69 +970,21 @@ def output_loss(floating[:, ::1] outputs, const floating[:, ::1] Y, int activati
     return total * scale, grad
 
 
-def gemm_floor(Plan plan, floating[::1] scratch, floating[::1] work,
-               const floating[:, ::1] X, Py_ssize_t batch_size, Py_ssize_t n_steps):
-    """For benchmarks: n_steps of plain-SGD training's matrix products and nothing else.
-
-    The same gemm calls, shapes, chunks and flags as run_batch with FOLDED_SGD, on
-    consecutive batches of X (no gather, no element-wise kernel, no loss); the weight
-    products write into scratch (a copy of the parameters) and the deltas are whatever work
-    holds. Its speed is what training would reach if everything but BLAS were free.
-    """
-    cdef const Layout* layout = &plan.layout
-    cdef int L = layout.n_layers
-    cdef int l, m
-    cdef Py_ssize_t n_in, n_out, start_row, rows, step, start = 0, n_samples = X.shape[0]
-    cdef floating* p = &scratch[0]
-    cdef floating* w = &work[0]
-    cdef floating* delta
-    cdef const floating* x
-    if n_samples < batch_size or batch_size > layout.capacity or layout.n_params != scratch.shape[0]:
-        raise ValueError("gemm_floor: X, batch_size or scratch do not fit the plan")
-    m = <int>batch_size
-    with nogil:
-        for step in range(n_steps):
-            if start + m > n_samples:
-                start = 0
-            x = &X[start, 0]
-            for l in range(1, L + 1):
-                forward_product(layout, p, w, x, m, l, w + layout.output_offsets[l])
-            for l in range(L, 0, -1):
-                n_in = layout.sizes[l - 1]
-                n_out = layout.sizes[l]
-                delta = w + layout.delta_offsets[l % 2]
-                if l > 1:
-                    gemm(False, True, m, <int>n_in, <int>n_out, <floating>1, delta, <int>n_out,
-                         p + layout.weight_offsets[l - 1], <int>n_out, <floating>0,
-                         w + layout.delta_offsets[(l - 1) % 2], <int>n_in)
-                start_row = 0
-                while start_row < n_in:
-                    rows = min(<Py_ssize_t>layout.gradient_chunks[l - 1], n_in - start_row)
-                    gemm(True, False, <int>rows, <int>n_out, m, <floating>-1e-3,
-                         layer_input(layout, w, x, l) + start_row, <int>n_in, delta, <int>n_out,
-                         <floating>1, p + layout.weight_offsets[l - 1] + start_row * n_out,
-                         <int>n_out)
-                    start_row += rows
-            start += m
-
-def blas_address():
-    """The address of the sgemm fastbp calls, to find the library that provides it."""
-    return <size_t><void*>sgemm
-
-
 def all_finite(const floating[:, ::1] X):
     """True if X holds no NaN or infinity."""
     cdef Py_ssize_t n = X.shape[0] * X.shape[1]
-    cdef int result
+    cdef bint result
     if n == 0:
         return True
     with nogil:
-        if floating is float:
-            result = fbp_all_finite_f32(&X[0, 0], n)
-        else:
-            result = fbp_all_finite_f64(&X[0, 0], n)
-    return bool(result)
+        result = all_finite_buffer(&X[0, 0], n)
+    return result
 
+
+include "_bench.pxi"
+
+
+# ---- Ctrl-C (csrc/fastbp.h says why it is safe with fits on several threads) ----
 
 def catch_interrupts():
     """Route SIGINT to the flag that interruptible epochs poll, around a fit on the main

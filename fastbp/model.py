@@ -261,7 +261,7 @@ class MLP:
         """(mean loss, predictions) for checked arrays."""
         out = np.empty((X.shape[0], self._layer_sizes[-1]), dtype=self.dtype)
         with self._chunked_pass(X.shape[0], n_threads=n_threads) as (plan, work):
-            value = _core.evaluate(plan, _core.Settings(loss.code, loss.parameter),
+            value = _core.evaluate(plan, _core.Hyperparameters(loss.code, loss.parameter),
                                    self._params, work, X, targets, out)
         return float(value), out
 
@@ -276,7 +276,7 @@ class MLP:
         targets = self._dense_targets(Y, loss, X.shape[0])
         grads = np.empty_like(self._params)
         with self._chunked_pass(X.shape[0], backward=True, n_threads=n_threads) as (plan, work):
-            value = _core.gradients(plan, _core.Settings(loss.code, loss.parameter),
+            value = _core.gradients(plan, _core.Hyperparameters(loss.code, loss.parameter),
                                     self._params, grads, work, X, targets)
         if not np.isfinite(value):
             grads.fill(np.nan)

@@ -50,7 +50,7 @@ class Optimizer:
                 check_in_dtype(value, name, dtype, below_one=name in self._fractions)
 
     def settings(self) -> dict:
-        """Keyword arguments for fastbp._core.Settings."""
+        """Keyword arguments for fastbp._core.Hyperparameters."""
         return {"optimizer": _core.OPTIMIZER_CODES[self.code_name],
                 "learning_rate": self.learning_rate}
 

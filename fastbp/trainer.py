@@ -114,7 +114,7 @@ class Trainer:
 
     def reset(self) -> None:
         """Forget the optimizer state, the schedule's epochs and the shuffling generator."""
-        self._state = None          # (2, n_params) moments, for _state_key's model and rule
+        self._state = None          # (rows, n_params), for the model and rule in _state_key
         self._state_key = None
         self._step = 0.0
         self._epochs_done = 0
@@ -222,11 +222,12 @@ class Trainer:
 
         n_samples = X.shape[0]
         batch_size = min(settings["batch_size"], n_samples)
-        core_settings = _core.Settings(
+        core_settings = _core.Hyperparameters(
             loss.code, loss.parameter, weight_decay=settings["weight_decay"],
             decoupled_weight_decay=bool(self.decoupled_weight_decay),
             clip_norm=settings["clip_norm"] or 0.0, **optimizer.settings())
-        state = self._optimizer_state(model, optimizer, core_settings.state_layout)
+        state = self._optimizer_state(model, optimizer, core_settings.state_layout,
+                                      core_settings.state_rows)
         core_settings.step = self._step
         n_threads = thread_count(model.layer_sizes, batch_size, self.n_threads)
         plan, work = model._workspace(batch_size, model._dropout, not core_settings.folded,
@@ -381,9 +382,10 @@ class Trainer:
                 None if labels is None else labels[:n_train],
                 None if weights is None else weights[:n_train], validation)
 
-    def _optimizer_state(self, model, optimizer, layout: str) -> np.ndarray:
-        """The optimizer's moments for this model, kept from earlier fits when they fit."""
-        shape = (2 if optimizer.n_states else 0, model.n_params)
+    def _optimizer_state(self, model, optimizer, layout: str, rows: int) -> np.ndarray:
+        """The optimizer's state for this model, kept from earlier fits when it fits: `rows`
+        parameter-sized rows, as many as the rule reads (_core.Hyperparameters.state_rows)."""
+        shape = (rows, model.n_params)
         state, key = self._state, self._state_key
         if (state is None or state.shape != shape or state.dtype != model.dtype or key is None
                 or key[0]() is not model or key[1] != (optimizer.code_name, layout)):

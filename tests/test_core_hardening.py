@@ -169,7 +169,7 @@ def _one_layer_fit(n_rows=10, dtype=np.float64, batch_size=4):
     """A plan, settings and arrays for calling _core.train_epoch directly."""
     model = fastbp.MLP([3, 2], ["softmax"], dtype=dtype, seed=0)
     plan, work = model._workspace(batch_size)
-    settings = _core.Settings(_core.LOSS_CODES["categorical_crossentropy"])
+    settings = _core.Hyperparameters(_core.LOSS_CODES["categorical_crossentropy"])
     X = np.ones((n_rows, 3), dtype=dtype)
     return model, plan, work, settings, X
 

@@ -1,0 +1,162 @@
+"""The compiled core's edges (issue 10): every entry point checks each size it is handed
+against the plan and raises ValueError, whoever calls it; the optimizer state holds only
+the rows the rule reads.
+"""
+import numpy as np
+import pytest
+
+import fastbp
+from fastbp import _core
+
+RELU, IDENTITY, SOFTMAX = (_core.ACTIVATION_CODES[name] for name in ("relu", "identity",
+                                                                    "softmax"))
+MSE = _core.LOSS_CODES["mse"]
+SIZES = [3, 5, 2]
+
+
+def _plan(capacity=4, dropout=None, with_gradient=True):
+    plan = _core.Plan(SIZES, [RELU, IDENTITY], capacity, dropout, with_gradient)
+    return plan, np.zeros(plan.work_size)
+
+
+def _epoch_arguments(**changes):
+    """Arguments of a valid train_epoch call (Adam, 10 rows, batches of 4), changed."""
+    plan, work = _plan()
+    hyperparameters = _core.Hyperparameters(MSE, optimizer=_core.OPTIMIZER_CODES["adam"])
+    arguments = dict(plan=plan, hyperparameters=hyperparameters,
+                     params=np.full(plan.n_params, 0.1), work=work,
+                     state=np.zeros((2, plan.n_params)), X=np.ones((10, 3)),
+                     Y=np.ones((10, 2)), labels=np.empty(0, dtype=np.intp),
+                     row_weights=np.empty(0), order=np.empty(0, dtype=np.intp),
+                     batch_size=4, random_seed=0)
+    arguments.update(changes)
+    return arguments
+
+
+def _train_epoch(arguments):
+    return _core.train_epoch(*arguments.values())
+
+
+def test_a_valid_call_trains():
+    loss_total, weight_total, rows, status = _train_epoch(_epoch_arguments())
+    assert rows == 10 and status == _core.Status.COMPLETED and weight_total == 10
+
+
+LABELS = np.zeros(10, dtype=np.intp)
+BAD_EPOCHS = {
+    "batch_size 0": dict(batch_size=0),
+    "batch_size past the capacity": dict(batch_size=5),
+    "short parameters": dict(params=np.zeros(10)),
+    "short workspace": dict(work=np.zeros(3)),
+    "X too narrow": dict(X=np.ones((10, 2))),
+    "X too wide": dict(X=np.ones((10, 4))),
+    "Y too few rows": dict(Y=np.ones((9, 2))),
+    "Y too narrow": dict(Y=np.ones((10, 1))),
+    "labels too few": dict(Y=np.empty((0, 0)), labels=np.zeros(9, dtype=np.intp)),
+    "labels too many": dict(Y=np.empty((0, 0)), labels=np.zeros(11, dtype=np.intp)),
+    "order too short": dict(order=np.arange(9, dtype=np.intp)),
+    "row weights too few": dict(row_weights=np.ones(9)),
+    "state of one row for Adam": dict(state=np.zeros((1, 17))),
+    "state too narrow": dict(state=np.zeros((2, 16))),
+    "plan without a gradient": dict(zip(("plan", "work"), _plan(with_gradient=False))),
+    "plan for no rows": dict(zip(("plan", "work"), _plan(capacity=0))),
+}
+
+
+@pytest.mark.parametrize("case", BAD_EPOCHS, ids=list(BAD_EPOCHS))
+def test_train_epoch_refuses_sizes_that_do_not_fit_the_plan(case):
+    arguments = _epoch_arguments(**BAD_EPOCHS[case])
+    params = arguments["params"].copy()
+    with pytest.raises(ValueError, match="train_epoch: "):
+        _train_epoch(arguments)
+    np.testing.assert_array_equal(arguments["params"], params)   # refused before any step
+
+
+@pytest.mark.parametrize("rule, rows", [("sgd", 0), ("momentum", 1), ("adam", 2),
+                                        ("rmsprop", 1), ("adagrad", 1)])
+def test_the_state_holds_the_rows_the_rule_reads(rule, rows):
+    hyperparameters = _core.Hyperparameters(MSE, optimizer=_core.OPTIMIZER_CODES[rule],
+                                            momentum=0.9 if rule == "momentum" else 0.0)
+    assert hyperparameters.state_rows == rows
+    other = np.zeros((2 if rows != 2 else 1, 17))
+    with pytest.raises(ValueError, match="optimizer state's row count"):
+        _train_epoch(_epoch_arguments(hyperparameters=hyperparameters, state=other))
+
+    optimizer = fastbp.optimizers.SGD(0.01, momentum=0.9) if rule == "momentum" else rule
+    trainer = fastbp.Trainer("mse", optimizer=optimizer, learning_rate=0.01, epochs=2,
+                             batch_size=4)
+    model = fastbp.MLP(SIZES, ["relu", "identity"], dtype="float64", seed=0)
+    history = trainer.fit(model, np.ones((10, 3)), np.ones((10, 2)))
+    assert history.epochs == 2 and trainer._state.shape == (rows, model.n_params)
+
+
+def test_passes_refuse_sizes_that_do_not_fit_the_plan():
+    plan, work = _plan()
+    params = np.zeros(plan.n_params)
+    X, Y, out = np.ones((10, 3)), np.ones((10, 2)), np.empty((10, 2))
+    hyperparameters = _core.Hyperparameters(MSE)
+    dropout_plan, dropout_work = _plan(dropout=[0.5, 0.0])
+    cases = [
+        ("predict", lambda: _core.predict(plan, params, work, X, np.empty((9, 2)))),
+        ("predict", lambda: _core.predict(plan, params, work, X, np.empty((10, 3)))),
+        ("predict", lambda: _core.predict(plan, params, work, np.ones((10, 4)), out)),
+        ("predict", lambda: _core.predict(plan, params[:-1], work, X, out)),
+        ("predict", lambda: _core.predict(plan, params, work[:5], X, out)),
+        ("predict", lambda: _core.predict(dropout_plan, params, dropout_work, X, out)),
+        ("evaluate", lambda: _core.evaluate(plan, hyperparameters, params, work, X,
+                                            np.ones((10, 1)), out)),
+        ("evaluate", lambda: _core.evaluate(plan, hyperparameters, params, work, X, Y,
+                                            np.empty((11, 2)))),
+        ("gradients", lambda: _core.gradients(plan, hyperparameters, params,
+                                              np.empty(plan.n_params - 1), work, X, Y)),
+        ("gradients", lambda: _core.gradients(plan, hyperparameters, params,
+                                              np.empty(plan.n_params), work, X, Y[:9])),
+        ("gradients", lambda: _core.gradients(plan, hyperparameters, params,
+                                              np.empty(plan.n_params), work, X[:0], Y[:0])),
+        ("gemm_floor", lambda: _core.gemm_floor(plan, params.copy(), work, X, 5, 1)),
+        ("gemm_floor", lambda: _core.gemm_floor(plan, params.copy(), work, X[:3], 4, 1)),
+        ("gemm_floor", lambda: _core.gemm_floor(plan, params.copy(), work[:5], X, 4, 1)),
+    ]
+    for caller, call in cases:
+        with pytest.raises(ValueError, match=f"^{caller}: "):
+            call()
+
+
+def test_output_loss_refuses_mismatched_arrays_and_codes():
+    with pytest.raises(ValueError, match="must match"):
+        _core.output_loss(np.zeros((3, 2)), np.zeros((3, 3)), IDENTITY, MSE, 1.0, True)
+    with pytest.raises(ValueError, match="at least one row"):
+        _core.output_loss(np.zeros((0, 2)), np.zeros((0, 2)), IDENTITY, MSE, 1.0, True)
+    with pytest.raises(ValueError, match="unknown activation or loss code"):
+        _core.output_loss(np.zeros((3, 2)), np.zeros((3, 2)), 99, MSE, 1.0, True)
+    with pytest.raises(ValueError, match="unknown activation or loss code"):
+        _core.output_loss(np.zeros((3, 2)), np.zeros((3, 2)), IDENTITY, -1, 1.0, True)
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (([3, 2], [RELU, IDENTITY], 4), "one activation per weight layer"),
+    (([3], [], 4), "one activation per weight layer"),
+    (([3, 0, 2], [RELU, IDENTITY], 4), "widths must be in"),
+    (([3, 2**31, 2], [RELU, IDENTITY], 4), "widths must be in"),
+    (([3, 5, 2], [RELU, 42], 4), "unknown activation code"),
+    (([3, 5, 2], [RELU, IDENTITY], 4, [0.5]), "dropout_rates"),
+    (([3, 5, 2], [RELU, IDENTITY], 4, [0.5, 0.5]), "dropout_rates"),
+    (([3, 5, 2], [RELU, IDENTITY], 4, [1.0, 0.0]), "dropout_rates"),
+    (([3, 5, 2], [RELU, IDENTITY], -1), "capacity"),
+])
+def test_plan_refuses_a_shape_the_core_cannot_run(arguments, message):
+    with pytest.raises(ValueError, match=message):
+        _core.Plan(*arguments)
+
+
+def test_plan_and_hyperparameters_refuse_bad_indices_and_codes():
+    plan, _ = _plan()
+    with pytest.raises(ValueError, match="parameter_views"):
+        plan.parameter_views(np.zeros(plan.n_params + 1))
+    for layer in (0, 3):
+        with pytest.raises(ValueError, match="layer must be in 1..2"):
+            plan.gradient_blocks(layer, True)
+    with pytest.raises(ValueError, match="unknown loss code"):
+        _core.Hyperparameters(17)
+    with pytest.raises(ValueError, match="unknown optimizer code"):
+        _core.Hyperparameters(MSE, optimizer=-2)
