@@ -1,0 +1,125 @@
+"""`fastbp bench` (the repository's bench/compare.py when fastbp runs from a source
+checkout, else a short built-in measurement) and `fastbp demo`."""
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import time
+
+from fastbp.cli.errors import UsageError
+
+
+def cmd_demo(args) -> int:
+    from fastbp import demo
+
+    demo.run(epochs=args.epochs, n_samples=args.samples, hidden=args.hidden,
+             batch_size=args.batch_size, learning_rate=args.learning_rate, dtype=args.dtype,
+             seed=args.seed, n_threads=args.threads)
+    return 0
+
+
+def repository_bench():
+    """bench/compare.py of the source checkout fastbp runs from, or None."""
+    import fastbp
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(fastbp.__file__)))
+    script = os.path.join(root, "bench", "compare.py")
+    needed = [script, os.path.join(root, "bench", "workloads.py"),
+              os.path.join(root, "bench", "peers.py"), os.path.join(root, "pyproject.toml")]
+    return script if all(os.path.isfile(path) for path in needed) else None
+
+
+def cmd_bench(args) -> int:
+    threads = _thread_list(args.threads)
+    script = None if args.builtin else repository_bench()
+    if script is None:
+        return _builtin_bench(args, threads)
+    command = [sys.executable, script]
+    if not args.full:
+        command.append("--quick")
+    for option, value in (("--workloads", args.workloads), ("--peers", args.peers),
+                          ("--duration", args.duration), ("--repeats", args.repeats),
+                          ("--warmup", args.warmup), ("--json", args.json),
+                          ("--png", args.png)):
+        if value is not None:
+            command += [option, str(value)]
+    command += ["--threads", ",".join(map(str, threads)), "--seed", str(args.seed)]
+    # BENCHMARKS.md: benchmarks run with the OpenBLAS core-type overrides unset
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
+    shown = " ".join(command[1:]).replace(os.path.dirname(os.path.dirname(script)) + os.sep, "")
+    print(f"fastbp bench: running the repository's side-by-side comparison: {shown}\n"
+          f"(each library in its own subprocess; see bench/README.md)", flush=True)
+    return subprocess.run(command, env=env).returncode
+
+
+def _thread_list(text: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UsageError(f"--threads takes thread counts separated by commas; got "
+                         f"{text!r}") from None
+    if not values or any(value < 0 for value in values):
+        raise UsageError(f"--threads takes counts >= 0 (0: the default); got {text!r}")
+    return values
+
+
+BUILTIN_WORKLOADS = {
+    # name: (layer sizes, batch size, rows) as in shared/BENCHMARKS.md, W1 on fewer rows
+    "W1": ((784, 128, 10), 32, None),
+    "W3": ((64, 32, 10), 16, 1797),
+}
+
+
+def _builtin_bench(args, threads) -> int:
+    import numpy as np
+
+    from fastbp.model import MLP
+    from fastbp.trainer import Trainer
+
+    names = [name.strip().upper() for name in (args.workloads or "W1,W3").split(",")
+             if name.strip()]
+    unknown = [name for name in names if name not in BUILTIN_WORKLOADS]
+    if unknown:
+        raise UsageError(f"the built-in measurement knows the workloads "
+                         f"{', '.join(BUILTIN_WORKLOADS)}; got {', '.join(unknown)}")
+    if args.rows < 1:
+        raise UsageError(f"--rows must be >= 1; got {args.rows}")
+    duration = 1.0 if args.duration is None else args.duration
+    repeats = 3 if args.repeats is None else args.repeats
+    if duration <= 0 or repeats < 1:
+        raise UsageError("--duration must be > 0 and --repeats >= 1")
+    why = "--builtin" if args.builtin else "no bench/compare.py next to the fastbp package"
+    print(f"fastbp bench: built-in quick measurement of fastbp's training throughput ({why}): "
+          f"SGD, learning rate 0.01, float32, ReLU + softmax + cross-entropy, median of "
+          f"{repeats} windows of >= {duration:g} s")
+    print(f"{'workload':<8}  {'layers':<12}  {'batch':>5}  {'rows':>7}  {'threads':>7}  "
+          f"{'samples/s':>14}")
+    rng = np.random.default_rng(args.seed)
+    for name in names:
+        sizes, batch, rows = BUILTIN_WORKLOADS[name]
+        rows = rows or args.rows
+        teacher = rng.standard_normal((sizes[0], sizes[-1])).astype(np.float32)
+        X = rng.standard_normal((rows, sizes[0]), dtype=np.float32)
+        y = np.argmax(X @ teacher, axis=1)
+        for count in threads:
+            model = MLP(sizes, ["relu"] * (len(sizes) - 2) + ["softmax"], seed=args.seed)
+            trainer = Trainer("cce", learning_rate=0.01, epochs=1, batch_size=batch,
+                              seed=args.seed, n_threads=count or None)
+            started = time.perf_counter()
+            trainer.fit(model, X, y)                           # warm-up, and the epoch's time
+            per_epoch = max(time.perf_counter() - started, 1e-6)
+            rates = []
+            for _ in range(repeats):                           # windows of whole epochs
+                trainer.epochs = max(1, math.ceil(duration / per_epoch))
+                started = time.perf_counter()
+                trainer.fit(model, X, y)
+                elapsed = time.perf_counter() - started
+                per_epoch = elapsed / trainer.epochs
+                rates.append(trainer.epochs * rows / elapsed)
+            rate = sorted(rates)[len(rates) // 2]
+            print(f"{name:<8}  {'-'.join(map(str, sizes)):<12}  {batch:>5}  {rows:>7,}  "
+                  f"{count or 'auto':>7}  {rate:>14,.0f}", flush=True)
+    return 0

@@ -1,0 +1,85 @@
+"""Writing a command's output files: every path is checked before any work (a folder that
+exists, a file type fastbp writes, a name that fits), an output may not be an input or
+another output, and the files go through fastbp._files (atomic, all or none); CSV text."""
+from __future__ import annotations
+
+import csv
+import os
+import stat
+
+from fastbp import _files
+from fastbp.cli.errors import UsageError, one_line
+
+
+def check_writable(path: str, option: str):
+    """What `path` names now (see fastbp._files.check_target); a UsageError for a path
+    that cannot be written."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise UsageError(f"{option} {path}: the folder {directory} does not exist")
+    if os.path.isdir(path):
+        raise UsageError(f"{option} {path} is a folder; give a file name")
+    try:
+        return _files.check_target(path)
+    except ValueError as error:
+        raise UsageError(f"{option} {error}") from None
+    except OSError as error:
+        raise UsageError(f"{option} {path}: {one_line(error)}") from None
+
+
+def check_distinct(inputs, outputs):
+    """Refuse an output that is one of the command's inputs or another of its outputs: the
+    same file, through links too, not only the same name. A character device (/dev/null,
+    /dev/stdout) may be named twice: writing it destroys nothing.
+
+    inputs and outputs: (what, path) pairs; a path of None is left out."""
+    seen = []
+    for role, (what, path) in [("input", item) for item in inputs] + \
+            [("output", item) for item in outputs]:
+        if path is None or _is_character_device(path):
+            continue
+        key = _files.file_key(path)
+        for other_what, other_path, other_key in seen:
+            if key == other_key and role == "output":
+                raise UsageError(f"{what} {path} is the same file as {other_what} "
+                                 f"({other_path}): this command would overwrite it; choose "
+                                 f"another path")
+        seen.append((what, path, key))
+
+
+def _is_character_device(path) -> bool:
+    try:
+        return stat.S_ISCHR(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def write_csv_bytes(stream, header, values):
+    """write_csv into a binary stream, as UTF-8."""
+    import io
+
+    text = io.TextIOWrapper(stream, encoding="utf-8", newline="")
+    write_csv(text, header, values)
+    text.flush()
+    text.detach()
+
+
+def write_csv(stream, header, values):
+    import numpy as np
+
+    writer = csv.writer(stream, lineterminator="\n")
+    writer.writerow(header)
+    array = np.asarray(values)
+    if array.dtype.kind == "f":
+        if array.dtype == np.float32:
+            for row in array:
+                writer.writerow([str(v) for v in row])
+        else:
+            writer.writerows(array.tolist())
+    else:
+        writer.writerows(row.tolist() if hasattr(row, "tolist") else row for row in array)
+
+
+def short_list(values, limit=10) -> str:
+    shown = ", ".join(str(v) for v in values[:limit])
+    return shown + (f", ... ({len(values)} in all)" if len(values) > limit else "")

@@ -1,0 +1,86 @@
+"""The model's sidecar, `<model>.json`: what the model file does not hold (the loss, the
+feature and target column names, the class labels, the output names), written by `train`
+beside the model and read, checked against the model, by the other commands."""
+from __future__ import annotations
+
+import json
+import os
+
+from fastbp.cli.errors import UsageError
+
+
+SIDECAR_SUFFIX = ".json"
+SIDECAR_FORMAT = "fastbp-cli-sidecar"
+SIDECAR_VERSION = 1
+
+
+def sidecar_path(model_path: str) -> str:
+    return os.fspath(model_path) + SIDECAR_SUFFIX
+
+
+def sidecar_bytes(fields: dict) -> bytes:
+    """The sidecar document holding `fields`, as the bytes of its file."""
+    document = {"format": SIDECAR_FORMAT, "version": SIDECAR_VERSION, **fields}
+    return (json.dumps(document, indent=1, ensure_ascii=False) + "\n").encode()
+
+
+def read_sidecar(model_path: str, model):
+    """The sidecar's fields for `model`, or None when there is none."""
+    path = sidecar_path(model_path)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as stream:
+            document = json.load(stream)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise UsageError(f"{path} (the model's sidecar) is not valid JSON ({error}); remove "
+                         f"or fix it") from None
+    if not isinstance(document, dict) or document.get("format") != SIDECAR_FORMAT:
+        raise UsageError(f"{path} is not a fastbp sidecar; remove or rename it")
+    n_in, n_out = model.layer_sizes[0], model.layer_sizes[-1]
+    _check_sidecar_fields(path, document, n_out)
+    outputs, features = document.get("outputs"), document.get("features")
+    if (outputs is not None and len(outputs) != n_out) or \
+            (features is not None and len(features) != n_in):
+        raise UsageError(f"{path} does not match {model_path} (it describes a model with "
+                         f"{len(features) if features else '?'} inputs and "
+                         f"{len(outputs) if outputs else '?'} outputs; the model has {n_in} and "
+                         f"{n_out}): remove it or fix it")
+    return document
+
+
+def _check_sidecar_fields(path, document, n_out):
+    """The lists a sidecar holds are lists of plain values, and its classes are as many as
+    the model's outputs (two for a single sigmoid output)."""
+    for key in ("outputs", "features", "targets", "classes"):
+        value = document.get(key)
+        if value is not None and (not isinstance(value, list) or not all(
+                isinstance(item, (str, int, float)) and not isinstance(item, bool)
+                for item in value)):
+            raise UsageError(f"{path} (the model's sidecar): {key} must be a list of names; "
+                             f"remove or fix it")
+    classes = document.get("classes")
+    expected = n_out if n_out > 1 else 2
+    if classes is not None and len(classes) != expected:
+        raise UsageError(f"{path} lists {len(classes)} classes; the model has "
+                         f"{n_out} output{'s' if n_out != 1 else ''}, which need {expected}: "
+                         f"remove or fix it")
+
+
+def loss_of(model, sidecar, given=None) -> str:
+    from fastbp import losses
+
+    if given:
+        return losses.get(given).name
+    if sidecar and sidecar.get("loss"):
+        return losses.get(sidecar["loss"]).name
+    output = model.activations[-1]
+    return {"softmax": "categorical_crossentropy",
+            "sigmoid": "binary_crossentropy"}.get(output, "mse")
+
+
+def load_model(path):
+    from fastbp.model import load
+
+    model = load(path)
+    return model, read_sidecar(path, model)

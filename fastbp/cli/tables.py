@@ -1,0 +1,327 @@
+"""Reading the input: CSV (a header row, then rows), NPY (a 2-D numeric matrix, targets
+from --targets FILE.npy) and NPZ archives (arrays named with --x-name and --y-name) become a
+Table; select_columns picks its feature and target columns (by name, index, or the model's
+sidecar). NumPy files are loaded without pickle."""
+from __future__ import annotations
+
+import csv
+import os
+import warnings
+
+from fastbp.cli.errors import UsageError
+from fastbp.cli.targets import is_number
+
+
+class Table:
+    """The columns of an input file.
+
+    A CSV file: `names` from its header, each column a tuple of strings (converted on
+    demand, with errors that name the column and line). An NPY or NPZ file: a 2-D numeric
+    matrix whose columns are named by their index ("0", "1", ...), and possibly targets
+    from a separate array (NPZ's y, --targets FILE.npy).
+    """
+
+    def __init__(self, path, names, named, columns=None, lines=None, matrix=None):
+        self.path, self.names, self.named = path, list(names), named
+        self._columns, self._lines, self._matrix = columns, lines, matrix
+        self.targets = None              # an array of targets from a separate source
+        self.target_source = None        # where they came from (for messages)
+        self.target_stem = "y"           # their name: the NPZ array's, the NPY file's
+
+    @property
+    def n_rows(self) -> int:
+        return self._matrix.shape[0] if self._matrix is not None else len(self._columns[0])
+
+    def index(self, spec) -> int:
+        """A column by name or by index (negative counts from the end)."""
+        spec = str(spec).strip()
+        if self.named and spec in self.names:
+            return self.names.index(spec)
+        try:
+            position = int(spec)
+        except ValueError:
+            shown = ", ".join(self.names[:20]) + (", ..." if len(self.names) > 20 else "")
+            raise UsageError(f"{self.path} has no column {spec!r}; its columns: {shown}") \
+                from None
+        if not -len(self.names) <= position < len(self.names):
+            raise UsageError(f"column index {position} is out of range: {self.path} has "
+                             f"{len(self.names)} columns (0..{len(self.names) - 1})")
+        return position % len(self.names)
+
+    def label(self, j: int) -> str:
+        return repr(self.names[j]) if self.named else f"{j}"
+
+    def numeric(self, indices, role: str, hint: str = ""):
+        """The columns `indices` as a float64 (rows, len(indices)) matrix (or the NPY/NPZ
+        array itself, when that is all its columns in order)."""
+        import numpy as np
+
+        if self._matrix is not None:
+            if list(indices) == list(range(self._matrix.shape[1])):
+                return self._matrix
+            return self._matrix[:, list(indices)]
+        out = np.empty((self.n_rows, len(indices)), dtype=np.float64)
+        for k, j in enumerate(indices):
+            out[:, k] = self._numbers(j, role, hint)
+        return out
+
+    def _numbers(self, j, role, hint):
+        import numpy as np
+
+        values = self._columns[j]
+        try:
+            return np.array(values, dtype=np.float64)
+        except ValueError:
+            pass
+        for row, value in enumerate(values):
+            try:
+                float(value)
+            except ValueError:
+                where = f"{self.path}, line {self._lines[row]}"
+                if not value.strip():
+                    raise UsageError(f"{where}: the {role} column {self.label(j)} is empty; "
+                                     f"fastbp needs a number in every {role} cell{hint}") \
+                        from None
+                raise UsageError(f"{where}: the {role} column {self.label(j)} holds "
+                                 f"{value.strip()!r}, not a number{hint}") from None
+        raise UsageError(f"the {role} column {self.label(j)} of {self.path} is not numeric")
+
+    def raw(self, j: int):
+        """Column j as it is: strings (CSV) or numbers (arrays)."""
+        import numpy as np
+
+        if self._matrix is not None:
+            return self._matrix[:, j]
+        return np.array([value.strip() for value in self._columns[j]], dtype=str)
+
+
+def _input_format(path: str, given) -> str:
+    if given:
+        return given
+    extension = os.path.splitext(path)[1].lower()
+    if extension in (".csv", ".tsv", ".txt"):
+        return "csv"
+    if extension in (".npy", ".npz"):
+        return extension[1:]
+    raise UsageError(f"cannot tell the format of {path!r} from its extension; give "
+                     f"--format csv, npy or npz")
+
+
+def read_table(path: str, args, want_targets: bool) -> Table:
+    """The input file as a Table; with want_targets, NPZ's y and --targets are read too."""
+    fmt = _input_format(path, getattr(args, "format", None))
+    if fmt == "csv":
+        delimiter = args.delimiter
+        if delimiter is None:
+            delimiter = "\t" if path.lower().endswith(".tsv") else ","
+        if delimiter in ("\\t", "tab"):
+            delimiter = "\t"
+        if len(delimiter) != 1:
+            raise UsageError(f"--delimiter must be one character; got {delimiter!r}")
+        table = _read_csv(path, delimiter)
+        if want_targets and getattr(args, "targets", None):
+            raise UsageError("--targets FILE.npy is for NPY input; for a CSV file name the "
+                             "target column with --target")
+        return table
+    if fmt == "npy":
+        table = _array_table(path, _load_npy(path, "the features"))
+        if want_targets and getattr(args, "targets", None):
+            if getattr(args, "target", None):
+                raise UsageError("give --targets FILE.npy or --target COLUMN, not both")
+            table.targets = _load_npy(args.targets, "the targets", features=False)
+            table.target_source = args.targets
+            table.target_stem = os.path.splitext(os.path.basename(args.targets))[0] or "y"
+        return table
+    # npz
+    if want_targets and getattr(args, "targets", None):
+        raise UsageError("--targets is for NPY input; an NPZ file holds its targets "
+                         "(choose the array with --y-name)")
+    archive = _np_load(path)
+    if not hasattr(archive, "files"):
+        raise UsageError(f"{path} is an NPY file, not an NPZ archive: use --format npy")
+    with archive:
+        names = list(archive.files)
+        if args.x_name not in names:
+            raise UsageError(f"{path} has no array {args.x_name!r}; it has: "
+                             f"{', '.join(names) or 'none'} (choose with --x-name)")
+        table = _array_table(path, _check_features(_member(archive, args.x_name, path), path,
+                                                   args.x_name))
+        if want_targets and not getattr(args, "target", None):   # --target: columns of X
+            y_name = args.y_name
+            if y_name not in names:
+                raise UsageError(f"{path} has no array {y_name!r} of targets; it has: "
+                                 f"{', '.join(names)} (choose with --y-name)")
+            table.targets = _check_targets(_member(archive, y_name, path), f"{path}[{y_name}]")
+            table.target_source = f"{path}[{y_name}]"
+            table.target_stem = y_name
+    return table
+
+
+def _member(archive, name, path):
+    try:
+        return archive[name]
+    except ValueError as error:
+        if "pickle" in str(error).lower():
+            raise UsageError(f"the array {name!r} in {path} holds Python objects, which fastbp "
+                             f"does not load (that needs pickle); save numbers or text") \
+                from None
+        raise UsageError(f"the array {name!r} in {path} is not readable: {error}") from None
+
+
+def _read_csv(path: str, delimiter: str) -> Table:
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as stream:
+            reader = csv.reader(stream, delimiter=delimiter)
+            header = next(reader, None)
+            if header is None:
+                raise UsageError(f"{path} is empty; a CSV file needs a header row and rows "
+                                 f"of data")
+            names = [name.strip() for name in header]
+            for position, name in enumerate(names):
+                if not name:
+                    raise UsageError(f"{path}: column {position} of the header has no name; "
+                                     f"every column needs one")
+                if names.index(name) != position:
+                    raise UsageError(f"{path}: the header names the column {name!r} twice")
+            rows, lines = [], []
+            for row in reader:
+                if not row or not any(field.strip() for field in row):
+                    continue                     # a blank line
+                if len(row) != len(names):
+                    raise UsageError(f"{path}, line {reader.line_num}: {len(row)} fields; "
+                                     f"the header has {len(names)}")
+                rows.append(row)
+                lines.append(reader.line_num)
+    except UnicodeDecodeError:
+        raise UsageError(f"{path} is not UTF-8 text: is it a CSV file?") from None
+    except csv.Error as error:
+        raise UsageError(f"{path}: not readable as CSV: {error}") from None
+    if not rows:
+        raise UsageError(f"{path} has a header row but no rows of data")
+    if len(names) > 1 and all(is_number(name) for name in names):
+        warnings.warn(f"the first row of {path} holds numbers; fastbp reads it as the header "
+                      f"(column names), not as data")
+    return Table(path, names, True, columns=list(zip(*rows)), lines=lines)
+
+
+def _np_load(path: str):
+    """np.load without pickle, with messages that say what the file is."""
+    import numpy as np
+
+    with open(path, "rb") as stream:
+        start = stream.read(6)
+    if not (start.startswith(b"\x93NUMPY") or start.startswith(b"PK")):
+        raise UsageError(f"{path} is not a NumPy file (.npy or .npz): it does not start with "
+                         f"either signature")
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as error:
+        if "pickle" in str(error).lower():
+            raise UsageError(f"{path} holds Python objects (an object array), which fastbp "
+                             f"does not load (that needs pickle); save numbers or text") \
+                from None
+        raise UsageError(f"{path}: not a readable NumPy file: {error}") from None
+
+
+def _load_npy(path: str, what: str, features: bool = True):
+    import numpy as np
+
+    array = _np_load(path)
+    if not isinstance(array, np.ndarray):
+        array.close()
+        raise UsageError(f"{path} is an NPZ archive, not an NPY file: use --format npz")
+    return _check_features(array, path, what) if features else _check_targets(array, path)
+
+
+def _check_features(array, path, what):
+    if array.dtype.kind not in "biuf":
+        raise UsageError(f"{what} in {path} must be numbers; the array has dtype {array.dtype}")
+    if array.ndim != 2:
+        hint = " (reshape(-1, 1) for a single feature)" if array.ndim == 1 else ""
+        raise UsageError(f"{what} in {path} must be a 2-D array (rows, features); got shape "
+                         f"{array.shape}{hint}")
+    if array.shape[0] == 0:
+        raise UsageError(f"{what} in {path} has no rows")
+    return array
+
+
+def _check_targets(array, path):
+    if array.dtype.kind == "S":
+        array = array.astype(str)
+    if array.dtype.kind not in "biufU":
+        raise UsageError(f"the targets in {path} must be numbers or text; the array has "
+                         f"dtype {array.dtype}")
+    if array.ndim not in (1, 2):
+        raise UsageError(f"the targets in {path} must be a 1-D or 2-D array; got shape "
+                         f"{array.shape}")
+    return array
+
+
+def _array_table(path, matrix) -> Table:
+    return Table(path, [str(j) for j in range(matrix.shape[1])], False, matrix=matrix)
+
+
+def select_columns(table: Table, args, sidecar, n_inputs=None, want_targets=True):
+    """(feature indices, target columns [1-D arrays], target names) of a table."""
+    dropped = {table.index(spec) for spec in (getattr(args, "drop", None) or [])}
+    target_specs = getattr(args, "target", None)
+    target_idx = []
+    if want_targets:
+        if table.targets is not None:
+            target_cols = [table.targets] if table.targets.ndim == 1 else \
+                [table.targets[:, k] for k in range(table.targets.shape[1])]
+            if table.targets.shape[0] != table.n_rows:
+                raise UsageError(f"{table.path} has {table.n_rows} rows but the targets "
+                                 f"({table.target_source}) have {table.targets.shape[0]}")
+            names = _target_names_of_array(table, sidecar, len(target_cols))
+        else:
+            if target_specs:
+                target_idx = [table.index(spec) for spec in target_specs]
+            elif sidecar and sidecar.get("targets") and table.named and \
+                    all(name in table.names for name in sidecar["targets"]):
+                target_idx = [table.names.index(name) for name in sidecar["targets"]]
+            elif table.named:
+                target_idx = [len(table.names) - 1]
+            else:
+                raise UsageError(f"which columns of {table.path} are the targets? give "
+                                 f"--targets FILE.npy or --target INDEX")
+            if len(set(target_idx)) != len(target_idx):
+                raise UsageError("a column is named twice in --target")
+            if len(target_idx) >= len(table.names):
+                raise UsageError(f"{table.path} has no column left for the features once "
+                                 f"the targets are taken")
+            target_cols = [table.raw(j) for j in target_idx]
+            if table.named:
+                names = [table.names[j] for j in target_idx]
+            else:
+                names = ["y"] if len(target_idx) == 1 else [f"y{k}" for k in range(len(target_idx))]
+    else:
+        target_cols, names = [], []
+    if dropped & set(target_idx):
+        raise UsageError("a column is both a --target and a --drop")
+
+    features = None
+    wanted = sidecar.get("features") if sidecar else None
+    if wanted and table.named:
+        missing = [name for name in wanted if name not in table.names]
+        if not missing:
+            features = [table.names.index(name) for name in wanted]
+        elif len(missing) < len(wanted):
+            raise UsageError(f"{table.path} lacks the feature column(s) "
+                             f"{', '.join(map(repr, missing[:5]))} the model was trained with")
+    if features is None:
+        features = [j for j in range(len(table.names))
+                    if j not in dropped and j not in target_idx]
+    if not features:
+        raise UsageError(f"{table.path} has no feature columns left")
+    if n_inputs is not None and len(features) != n_inputs:
+        raise UsageError(f"{table.path} gives {len(features)} feature columns; the model "
+                         f"takes {n_inputs} inputs (leave columns out with --drop)")
+    return features, target_cols, names
+
+
+def _target_names_of_array(table, sidecar, n):
+    if sidecar and sidecar.get("targets") and len(sidecar["targets"]) == n:
+        return list(sidecar["targets"])
+    stem = table.target_stem
+    return [stem] if n == 1 else [f"{stem}{k}" for k in range(n)]

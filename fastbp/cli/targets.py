@@ -1,0 +1,134 @@
+"""Target columns as a loss takes them: class labels 0..k-1 (learned in sorted order, or
+mapped to a sidecar's classes), one-hot or multi-label rows, or real numbers."""
+from __future__ import annotations
+
+from fastbp.cli.errors import UsageError
+
+
+CLASSIFICATION_LOSSES = ("categorical_crossentropy", "binary_crossentropy")
+
+
+def is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def numbers_or_none(column):
+    """The column as float64 numbers, or None when it holds text."""
+    import numpy as np
+
+    if column.dtype.kind in "biuf":
+        return column.astype(np.float64)
+    try:
+        return np.array(column, dtype=np.float64)
+    except ValueError:
+        return None
+
+
+def _plain(value):
+    """A label as a JSON value: int for whole numbers, float, or str."""
+    if isinstance(value, str):
+        return value
+    value = float(value)
+    return int(value) if value.is_integer() else value
+
+
+def _label_keys(column):
+    """(keys, numeric) for a label column: float64 numbers when every label is a number,
+    else the labels as strings."""
+    import numpy as np
+
+    numbers = numbers_or_none(column)
+    if numbers is not None:
+        if not np.isfinite(numbers).all():
+            raise UsageError("the target column holds NaN or infinity; every row needs a label")
+        return numbers, True
+    return np.array([str(v) for v in column], dtype=str), False
+
+
+def encode_labels(column, classes=None, source="the target column"):
+    """(labels 0..k-1 as intp, classes): the class list learned in sorted order, or
+    mapped to the given classes."""
+    import numpy as np
+
+    keys, numeric = _label_keys(column)
+    if not numeric:
+        empty = np.flatnonzero(np.char.str_len(keys) == 0)
+        if empty.size:
+            raise UsageError(f"{source} has no label in data row {empty[0] + 1}")
+    if classes is None:
+        unique, labels = np.unique(keys, return_inverse=True)
+        return labels.astype(np.intp), [_plain(v) for v in unique.tolist()]
+    lookup = {}
+    for index, value in enumerate(classes):
+        lookup[float(value) if not isinstance(value, str) else value] = index
+        if isinstance(value, str) and is_number(value):
+            lookup.setdefault(float(value), index)
+    unique, inverse = np.unique(keys, return_inverse=True)
+    mapped = np.empty(len(unique), dtype=np.intp)
+    unknown = []
+    for k, value in enumerate(unique.tolist()):
+        key = float(value) if numeric else value
+        if key not in lookup:
+            unknown.append(_plain(value))
+            continue
+        mapped[k] = lookup[key]
+    if unknown:
+        shown = ", ".join(map(repr, unknown[:5]))
+        raise UsageError(f"{source} holds label(s) {shown} the model was not trained on; its "
+                         f"classes: {', '.join(map(repr, classes[:20]))}")
+    return mapped[inverse].astype(np.intp), list(classes)
+
+
+def numeric_targets(columns, names, source_hint=""):
+    import numpy as np
+
+    matrix = np.empty((len(columns[0]), len(columns)), dtype=np.float64)
+    for k, (column, name) in enumerate(zip(columns, names)):
+        numbers = numbers_or_none(column)
+        if numbers is None:
+            bad = next((v for v in column if not is_number(v)), "")
+            raise UsageError(f"the target column {name!r} holds {str(bad).strip()!r}, not a "
+                             f"number{source_hint}")
+        matrix[:, k] = numbers
+    return matrix
+
+
+def encode_targets(columns, names, loss, sidecar=None):
+    """Targets for fastbp from raw columns: (Y, classes, output names).
+
+    cce, one column: class labels 0..k-1 (classes: the original labels); cce, several
+    columns: one-hot rows (classes: the column names). bce, one column: 0/1 (or a
+    probability), or two labels mapped to 0/1 (classes [negative, positive]); bce, several
+    columns: multi-label 0/1 targets. Regression: numbers, one output per column.
+    With a sidecar (evaluate), its classes are used instead of learned.
+    """
+    import numpy as np
+
+    known = sidecar.get("classes") if sidecar else None
+    regression_hint = "; for class labels use --loss cce (or bce for two classes)"
+    if loss == "categorical_crossentropy":
+        if len(columns) == 1:
+            labels, classes = encode_labels(columns[0], known, f"the target column {names[0]!r}")
+            if known is None and len(classes) < 2:
+                raise UsageError(f"the target column {names[0]!r} holds a single class "
+                                 f"({classes[0]!r}); classification needs two or more")
+            return labels, classes, [str(c) for c in classes]
+        return numeric_targets(columns, names), list(names), list(names)
+    if loss == "binary_crossentropy":
+        if len(columns) == 1:
+            numbers = numbers_or_none(columns[0])
+            in_unit = numbers is not None and np.isfinite(numbers).all() and \
+                numbers.min() >= 0 and numbers.max() <= 1
+            if in_unit and (known is None or [_plain(c) for c in known] == [0, 1]):
+                return numbers.reshape(-1, 1), [0, 1], list(names)
+            labels, classes = encode_labels(columns[0], known, f"the target column {names[0]!r}")
+            if len(classes) != 2:
+                raise UsageError(f"binary cross-entropy needs two classes; the target column "
+                                 f"{names[0]!r} holds {len(classes)}: use --loss cce")
+            return labels.astype(np.float64).reshape(-1, 1), classes, [str(classes[1])]
+        return numeric_targets(columns, names, regression_hint), None, list(names)
+    return numeric_targets(columns, names, regression_hint), None, list(names)

@@ -1,0 +1,275 @@
+"""`fastbp train`: read a table, encode its targets for the loss, build the network and
+the Trainer from the options, fit, and write the model, its sidecar and the loss plot (all
+or none)."""
+from __future__ import annotations
+
+import os
+import sys
+
+from fastbp import _files
+from fastbp.cli.errors import EXIT_DIVERGED, EXIT_INTERRUPTED, UsageError
+from fastbp.cli.outputs import check_distinct, check_writable, short_list
+from fastbp.cli.sidecar import sidecar_bytes, sidecar_path
+from fastbp.cli.tables import read_table, select_columns
+from fastbp.cli.targets import encode_targets, numbers_or_none
+
+
+PLOT_HINT = 'pip install matplotlib (or pip install "fastbp[plot]")'
+
+
+def _need_matplotlib():
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise UsageError(f"--plot needs matplotlib, which is not installed: {PLOT_HINT}") \
+            from None
+
+
+def _schedule(spec, epochs, monitor):
+    from fastbp import schedules
+
+    if spec is None:
+        return None
+    name, _, rest = spec.partition(":")
+    name = name.strip().lower()
+    try:
+        values = [float(part) for part in rest.split(",") if part.strip()]
+    except ValueError:
+        raise UsageError(f"--schedule {spec}: the arguments after ':' must be numbers") from None
+    expected = {"constant": (0, 0), "step": (1, 2), "exponential": (1, 1), "cosine": (0, 1),
+                "inverse_scaling": (0, 2), "plateau": (0, 2)}
+    if name not in expected:
+        raise UsageError(f"unknown schedule {name!r}; valid: {', '.join(expected)}")
+    low, high = expected[name]
+    if not low <= len(values) <= high:
+        raise UsageError(f"--schedule {name} takes {low}..{high} numbers after ':'; got "
+                         f"{len(values)} (see fastbp train --help)")
+    if name == "constant":
+        return schedules.Constant()
+    if name == "step":
+        return schedules.StepDecay(values[0], *values[1:])
+    if name == "exponential":
+        return schedules.ExponentialDecay(values[0])
+    if name == "cosine":
+        return schedules.Cosine(max(epochs, 1), *values)
+    if name == "inverse_scaling":
+        return schedules.InverseScaling(*values)
+    factor = {"factor": values[1]} if len(values) > 1 else {}
+    return schedules.ReduceOnPlateau(monitor=monitor, patience=values[0] if values else 10,
+                                     **factor)
+
+
+def _per_hidden(values, n_hidden, option):
+    if len(values) == 1:
+        return values * n_hidden
+    if len(values) != n_hidden:
+        raise UsageError(f"{option} lists {len(values)} values; give one, or one per hidden "
+                         f"layer ({n_hidden})")
+    return list(values)
+
+
+def cmd_train(args) -> int:
+    from fastbp import metrics
+
+    say = (lambda *parts: None) if args.quiet else print
+    sidecar_file = _check_outputs(args)
+    table = read_table(args.input, args, want_targets=True)
+    features, target_cols, target_names = select_columns(table, args, None)
+    X = table.numeric(features, "feature",
+                      "; encode it as numbers, or leave it out with --drop COLUMN")
+    loss, loss_note = _choose_loss(args.loss, target_cols)
+    Y, classes, outputs = encode_targets(target_cols, target_names, loss)
+    model = _build_model(args, X.shape[1], len(outputs), loss)
+    monitor = "val_loss" if args.validation_split > 0 else "loss"
+    trainer, learning_rate = _build_trainer(args, loss, monitor)
+    X, Y, n_validation = _validation_last(args, X, Y)
+    fit_callbacks, stopper = _callbacks(args, monitor)
+
+    what = f"{len(classes)} classes: {short_list(classes)}" if classes and loss == \
+        "categorical_crossentropy" and len(target_cols) == 1 else f"{len(outputs)} output(s)"
+    say(f"fastbp train: {X.shape[0]:,} rows x {X.shape[1]} features from {args.input}; "
+        f"target {', '.join(target_names)} ({what})")
+    say(f"{model!r}, {model.n_params:,} parameters")
+    say(f"loss {loss}{loss_note}; optimizer {args.optimizer}, learning rate {learning_rate}, "
+        f"batch {args.batch_size}, {args.epochs} epochs"
+        + (f"; {n_validation:,} rows held out for validation" if n_validation else ""))
+
+    history = trainer.fit(model, X, Y, validation_split=args.validation_split if n_validation
+                          else 0.0, callbacks=fit_callbacks,
+                          metrics=metrics.default_metrics(loss, len(outputs)))
+    features_named = [table.names[j] for j in features] if table.named else None
+    _write_outputs(args, model, history, loss, sidecar_file, {
+        "loss": loss, "features": features_named,
+        "targets": list(target_names) if table.named or table.targets is not None else None,
+        "classes": classes, "outputs": outputs, "trained_on": os.path.basename(args.input)})
+    return _report(args, history, stopper, monitor, sidecar_file, say)
+
+
+def _check_outputs(args):
+    """Check every path train writes before reading or training; the sidecar's path (None
+    when the model goes into a FIFO or a device: no file to put it beside)."""
+    model_target = check_writable(args.output, "--output")
+    sidecar_file = None if _files.is_stream(model_target) else sidecar_path(args.output)
+    if sidecar_file is not None:
+        check_writable(sidecar_file, "--output's sidecar")
+    if args.plot:
+        check_writable(args.plot, "--plot")
+        _need_matplotlib()
+    check_distinct([("INPUT", args.input), ("--targets", getattr(args, "targets", None))],
+                   [("--output", args.output), ("the sidecar", sidecar_file),
+                    ("--plot", args.plot)])
+    return sidecar_file
+
+
+def _choose_loss(option, target_cols):
+    """(canonical loss name, a note for the summary) from --loss; auto: cce for one text
+    column, mse otherwise."""
+    from fastbp import losses
+
+    if option != "auto":
+        return losses.get(option).name, ""
+    text = any(numbers_or_none(column) is None for column in target_cols)
+    loss = "categorical_crossentropy" if text and len(target_cols) == 1 else "mse"
+    return loss, " (auto: the target holds text)" if loss != "mse" else \
+        " (auto: numeric targets; --loss cce for class labels)"
+
+
+def _build_model(args, n_inputs, n_outputs, loss):
+    from fastbp.model import MLP
+
+    hidden = args.hidden
+    activations = _per_hidden(args.activation, len(hidden), "--activation") if hidden else []
+    dropout = _per_hidden(args.dropout, len(hidden), "--dropout") if hidden else []
+    if not hidden and any(args.dropout):
+        raise UsageError("--dropout needs a hidden layer (dropout acts on hidden layers)")
+    output_activation = args.output_activation or {
+        "categorical_crossentropy": "softmax", "binary_crossentropy": "sigmoid"}.get(
+            loss, "identity")
+    return MLP([n_inputs, *hidden, n_outputs], [*activations, output_activation.lower()],
+               dtype=args.dtype, init=args.init, seed=args.seed, dropout=dropout or 0.0)
+
+
+def _build_trainer(args, loss, monitor):
+    """(the Trainer, the learning rate it uses)."""
+    from fastbp.trainer import Trainer
+
+    learning_rate = args.learning_rate
+    if learning_rate is None:
+        learning_rate = 0.001 if args.optimizer == "adam" else 0.01
+    optimizer = args.optimizer
+    if args.momentum or args.nesterov:
+        if optimizer != "sgd":
+            raise UsageError("--momentum and --nesterov are for --optimizer sgd")
+        from fastbp.optimizers import SGD
+        optimizer = SGD(learning_rate, momentum=args.momentum, nesterov=args.nesterov)
+    trainer = Trainer(loss, optimizer=optimizer, learning_rate=learning_rate,
+                      epochs=args.epochs, batch_size=args.batch_size, shuffle=args.shuffle,
+                      seed=args.seed, schedule=_schedule(args.schedule, args.epochs, monitor),
+                      weight_decay=args.weight_decay, clip_norm=args.clip_norm,
+                      class_weight=args.class_weight, max_time=args.max_time,
+                      n_threads=args.threads)
+    return trainer, learning_rate
+
+
+def _validation_last(args, X, Y):
+    """(X, Y, number of validation rows): with --validation-split, the rows reordered so
+    that Trainer.fit's own validation_split holds out a random set (drawn with --seed, so
+    that a file sorted by class validates on every class): the training rows first, in file
+    order, then the held-out rows, in file order."""
+    import numpy as np
+
+    from fastbp.trainer import validation_split_point
+
+    fraction = args.validation_split
+    if fraction <= 0:
+        return X, Y, 0
+    if not 0 < fraction < 1:
+        raise UsageError(f"--validation-split must be between 0 and 1; got {fraction}")
+    n_rows = X.shape[0]
+    n_validation = n_rows - validation_split_point(n_rows, fraction)
+    if not 1 <= n_validation < n_rows:
+        raise UsageError(f"--validation-split {fraction} leaves "
+                         f"{'no rows for validation' if n_validation < 1 else 'no rows to train on'}"
+                         f" out of {n_rows}")
+    order = np.random.default_rng(args.seed).permutation(n_rows)
+    rows = np.concatenate([np.sort(order[n_validation:]), np.sort(order[:n_validation])])
+    return X[rows], Y[rows], n_validation
+
+
+def _callbacks(args, monitor):
+    """(the fit's callbacks, the EarlyStopping among them or None)."""
+    from fastbp import callbacks
+
+    fit_callbacks, stopper = [], None
+    if not args.quiet:
+        fit_callbacks.append(callbacks.ProgressBar(
+            args.epochs, use_tqdm=None if sys.stderr.isatty() else False))
+    if args.early_stopping is not None:
+        stopper = callbacks.EarlyStopping(monitor=monitor, patience=args.early_stopping,
+                                          restore_best_weights=True)
+        fit_callbacks.append(stopper)
+    return fit_callbacks, stopper
+
+
+def _write_outputs(args, model, history, loss, sidecar_file, sidecar_fields):
+    """The model, its sidecar and the plot: all of them, or none (fastbp._files)."""
+    files = [(args.output, model.to_bytes())]
+    if sidecar_file is not None:
+        files.append((sidecar_file, sidecar_bytes(sidecar_fields)))
+    if args.plot:
+        files.append((args.plot, _plot(history, loss)))
+    _files.write_files(files)
+
+
+def _report(args, history, stopper, monitor, sidecar_file, say) -> int:
+    """The summary after training, and the exit status."""
+    seconds = sum(history.seconds)
+    if history.epochs:
+        last = {key: values[-1] for key, values in history.history.items()}
+        figures = "  ".join(f"{key} {value:.4f}" for key, value in last.items()
+                            if key in ("loss",) or key.startswith("val_"))
+        took = f"{seconds:.2f} s" if seconds >= 0.1 else f"{seconds * 1000:.1f} ms"
+        say(f"trained {history.epochs} epochs in {took}; last epoch: {figures}")
+    if stopper is not None and stopper.stopped_epoch is not None:
+        say(f"stopped early after epoch {stopper.stopped_epoch + 1}: {monitor} did not improve "
+            f"for {args.early_stopping} epochs; kept the weights of epoch "
+            f"{stopper.best_epoch + 1}")
+    say(f"wrote {args.output} (and {sidecar_file}: columns, classes)" if sidecar_file else
+        f"wrote {args.output} (no sidecar: it is not a regular file)")
+    if args.plot:
+        say(f"wrote {args.plot}")
+    if history.diverged:
+        print(f"fastbp train: training diverged (see the warning); {args.output} holds the "
+              f"parameters before the diverging epoch: try a smaller --learning-rate",
+              file=sys.stderr)
+        return EXIT_DIVERGED
+    if history.interrupted:
+        print(f"fastbp train: interrupted after {history.epochs} epochs; {args.output} holds "
+              f"the parameters so far", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return 0
+
+
+def _plot(history, loss) -> bytes:
+    """The loss curve as the bytes of a PNG file."""
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6, 4), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    epochs = list(range(1, history.epochs + 1))
+    axes.plot(epochs, history.loss, label="training loss")
+    if history.val_loss:
+        axes.plot(epochs, history.val_loss, label="validation loss")
+    axes.set_xlabel("epoch")
+    axes.set_ylabel(loss)
+    axes.set_title("fastbp: loss per epoch")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    png = io.BytesIO()
+    figure.savefig(png, format="png")
+    return png.getvalue()
