@@ -147,9 +147,8 @@ class Trainer:
                 f"learning_rate={self.learning_rate!r}, epochs={self.epochs!r}, "
                 f"batch_size={self.batch_size!r}, shuffle={self.shuffle!r}, seed={self.seed!r})")
 
-    def spec(self) -> "FitSpec":
-        """What a fit will do, validated (again at each fit: attributes may have changed).
-        fastbp.dask reads the trainer through this and arguments()."""
+    def _checked(self) -> dict:
+        """The settings, validated (again at each fit: attributes may have changed)."""
         for name in ("shuffle", "decoupled_weight_decay"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise TypeError(f"{name} must be True or False; got {getattr(self, name)!r}")
@@ -166,20 +165,13 @@ class Trainer:
                 and not isinstance(self.class_weight, dict):
             raise TypeError(f"class_weight must be a dict, 'balanced' or None; "
                             f"got {self.class_weight!r}")
-        return FitSpec(loss=losses.get(self.loss),
-                       optimizer=optimizers.get(self.optimizer, learning_rate),
-                       schedule=schedules.get(self.schedule),
-                       epochs=whole_number(self.epochs, "epochs", 0),
-                       batch_size=whole_number(self.batch_size, "batch_size", 1),
-                       weight_decay=real_number(self.weight_decay, "weight_decay"),
-                       clip_norm=clip_norm, max_time=max_time)
-
-    def arguments(self) -> dict:
-        """The constructor's arguments, read from the attributes: Trainer(**arguments())
-        is a fresh trainer with the same settings (fastbp.dask builds its blocks' so)."""
-        return {name: getattr(self, name) for name in _ARGUMENTS}
-
-    _checked = spec   # the name earlier releases used
+        return dict(loss=losses.get(self.loss),
+                    optimizer=optimizers.get(self.optimizer, learning_rate),
+                    schedule=schedules.get(self.schedule),
+                    epochs=whole_number(self.epochs, "epochs", 0),
+                    batch_size=whole_number(self.batch_size, "batch_size", 1),
+                    weight_decay=real_number(self.weight_decay, "weight_decay"),
+                    clip_norm=clip_norm, max_time=max_time)
 
     # ---- the public calls ----
     def fit(self, model: MLP, X, Y, validation_data=None, validation_split=0.0,
@@ -195,57 +187,22 @@ class Trainer:
         accuracy for classification, MAE and R² for regression). Everything is checked
         before the model changes; Ctrl-C stops at the next batch and returns the history.
         """
-        spec = self.spec()
-        return self._train(model, X, Y, spec, spec.epochs, validation_data, validation_split,
-                           sample_weight, callbacks, verbose, metrics)
+        settings = self._checked()
+        return self._train(model, X, Y, settings, settings["epochs"], validation_data,
+                           validation_split, sample_weight, callbacks, verbose, metrics)
 
     def partial_fit(self, model: MLP, X, Y, sample_weight=None) -> History:
         """One epoch on (X, Y), keeping the optimizer state: online learning."""
-        return self._train(model, X, Y, self.spec(), 1, None, 0.0, sample_weight, None, 0, None)
+        settings = self._checked()
+        return self._train(model, X, Y, settings, 1, None, 0.0, sample_weight, None, 0, None)
 
     # ---- the loop ----
-    def _train(self, model, X, Y, spec, n_epochs, validation_data, validation_split,
+    def _train(self, model, X, Y, settings, n_epochs, validation_data, validation_split,
                sample_weight, callbacks, verbose, metrics) -> History:
-        """Check everything, set up the compiled epoch, run the shared epoch loop."""
         if not isinstance(model, MLP):
             raise TypeError(f"model must be a fastbp.MLP; got {type(model).__name__}")
         callbacks = checked_callbacks(callbacks)
-        data = self._data(model, spec.loss, X, Y, sample_weight, validation_data,
-                          validation_split)
-        metric_functions = chosen_metrics(metrics, spec.loss, model.layer_sizes[-1]) \
-            if data.validation is not None else []
-        # Checked in float64, used in the model's dtype by the compiled loop.
-        spec.optimizer.check_dtype(model.dtype)
-        spec.loss.check_dtype(model.dtype)
-        check_in_dtype(spec.weight_decay, "weight_decay", model.dtype)
-        if verbose:
-            callbacks.append(ProgressBar(n_epochs))
-        epoch = _CompiledEpoch(self, model, spec, data)
-        history = History(n_samples=data.X.shape[0])
-        schedule = self._schedule_for(spec.schedule)
-        loop = EpochLoop(model, spec.loss, schedule, spec.optimizer.learning_rate, callbacks,
-                         history, data.validation, metric_functions, spec.max_time,
-                         stop_requested=epoch.interrupt_requested)
-
-        if not model._training.acquire(blocking=False):
-            raise RuntimeError("this model is being trained by another thread; train it "
-                               "from one thread at a time")
-        catching = epoch.catching
-        try:
-            if catching:
-                _core.catch_interrupts()
-            loop.run(n_epochs, self._epochs_done, epoch.run,
-                     context=lambda: blas_threads(epoch.n_threads))
-        finally:
-            # a SIGINT after the last check still counts
-            if catching and _core.release_interrupts():
-                history.interrupted = True
-            model._training.release()
-        return history
-
-    def _data(self, model, loss, X, Y, sample_weight, validation_data, validation_split):
-        """The fit's arrays, checked and converted: X, targets or labels, row weights and
-        the validation pair."""
+        loss, optimizer = settings["loss"], settings["optimizer"]
         X = as_matrix(X, "X", model.dtype, model.layer_sizes[0])
         targets, labels = as_targets(Y, loss, model.layer_sizes[-1], X.shape[0], model.dtype)
         # Data that views the parameters would change under the fit's own steps: a copy.
@@ -254,7 +211,117 @@ class Trainer:
                                     model.layer_sizes[-1], model.dtype)
         X, targets, labels, weights, validation = self._split(
             model, loss, X, targets, labels, weights, validation_data, validation_split)
-        return _FitData(X, targets, labels, weights, validation)
+        metric_functions = chosen_metrics(metrics, loss, model.layer_sizes[-1]) \
+            if validation is not None else []
+        # Checked in float64, used in the model's dtype by the compiled loop.
+        optimizer.check_dtype(model.dtype)
+        loss.check_dtype(model.dtype)
+        check_in_dtype(settings["weight_decay"], "weight_decay", model.dtype)
+        if verbose:
+            callbacks.append(ProgressBar(n_epochs))
+
+        n_samples = X.shape[0]
+        batch_size = min(settings["batch_size"], n_samples)
+        core_settings = _core.Hyperparameters(
+            loss.code, loss.parameter, weight_decay=settings["weight_decay"],
+            decoupled_weight_decay=bool(self.decoupled_weight_decay),
+            clip_norm=settings["clip_norm"] or 0.0, **optimizer.settings())
+        state = self._optimizer_state(model, optimizer, core_settings.state_layout,
+                                      core_settings.state_rows)
+        core_settings.step = self._step
+        n_threads = thread_count(model.layer_sizes, batch_size, self.n_threads)
+        plan, work = model._workspace(batch_size, model._dropout, not core_settings.folded,
+                                      n_threads)
+        # The parameters and optimizer state at the start of the epoch, restored if it diverges.
+        backup, state_backup = np.empty_like(model._params), np.empty_like(state)
+        no_targets = np.empty((0, 0), dtype=model.dtype)
+        targets = no_targets if targets is None else targets
+        labels = np.empty(0, dtype=np.intp) if labels is None else labels
+        weights = np.empty(0, dtype=model.dtype) if weights is None else weights
+        in_order = np.empty(0, dtype=np.intp)
+        rows = np.arange(n_samples, dtype=np.intp)
+        order = np.empty_like(rows) if self.shuffle else in_order
+        uses_dropout = any(model._dropout)
+        schedule = self._schedule_for(settings["schedule"])
+        constant_rate = isinstance(schedule, schedules.Constant)
+        base_learning_rate = optimizer.learning_rate
+        history = History(n_samples=n_samples)
+        started_fit = time.perf_counter()
+
+        if not model._training.acquire(blocking=False):
+            raise RuntimeError("this model is being trained by another thread; train it "
+                               "from one thread at a time")
+        catching = threading.current_thread() is threading.main_thread()
+        try:
+            if catching:
+                _core.catch_interrupts()
+            for callback in callbacks:
+                callback.set_model(model)
+                callback.on_train_begin({})
+            with blas_threads(n_threads):
+                for epoch in range(n_epochs):
+                    learning_rate = base_learning_rate if constant_rate else \
+                        schedule.learning_rate(self._epochs_done, base_learning_rate)
+                    core_settings.learning_rate = learning_rate
+                    if self.shuffle:   # = rng.permutation(n_samples), without allocating
+                        np.copyto(order, rows)
+                        self._rng.shuffle(order)
+                    dropout_seed = int(self._rng.integers(2**63)) if uses_dropout else 0
+                    np.copyto(backup, model._params)
+                    np.copyto(state_backup, state)
+                    started = time.perf_counter()
+                    try:
+                        loss_total, weight_total, trained, status = _core.train_epoch(
+                            plan, core_settings, model._params, work, state, X, targets,
+                            labels, weights, order, batch_size, dropout_seed, catching)
+                    except ValueError:   # labels rewritten mid-fit: the core checks each read
+                        np.copyto(model._params, backup)
+                        np.copyto(state, state_backup)
+                        raise
+                    seconds = time.perf_counter() - started
+                    if status == _core.Status.DIVERGED:
+                        # A non-finite loss stops the epoch early; an update that overflowed
+                        # (in the parameters or the optimizer state) ends it as diverged.
+                        np.copyto(model._params, backup)
+                        np.copyto(state, state_backup)   # and self._step stays as it was
+                        history.diverged = True
+                        warnings.warn(f"training stopped in epoch {epoch + 1}: the loss diverged "
+                                      f"(NaN or infinite loss or parameters); the parameters "
+                                      f"and optimizer state are restored to those at the start "
+                                      f"of that epoch. Try "
+                                      f"a smaller learning_rate.", RuntimeWarning, stacklevel=3)
+                        break
+                    self._step = core_settings.step
+                    if status == _core.Status.INTERRUPTED:
+                        history.interrupted = True
+                        break
+                    self._epochs_done += 1
+                    logs = {"loss": loss_total / weight_total if weight_total else float("nan"),
+                            "learning_rate": learning_rate, "seconds": seconds,
+                            "samples_per_second": n_samples / seconds if seconds else float("inf")}
+                    if validation is not None:
+                        logs.update(validation_logs(model, loss, validation, metric_functions))
+                    history._record(logs)
+                    schedule.on_epoch_end(self._epochs_done - 1, logs)
+                    # Every callback sees the epoch (no short-circuit); any of them may stop.
+                    if any([callback.on_epoch_end(epoch, logs) for callback in callbacks]):
+                        history.stopped_early = True
+                        break
+                    if settings["max_time"] is not None and \
+                            time.perf_counter() - started_fit >= settings["max_time"]:
+                        history.stopped_early = True
+                        break
+                    if catching and _core.interrupt_requested():
+                        history.interrupted = True
+                        break
+            for callback in callbacks:
+                callback.on_train_end({})
+        finally:
+            # a SIGINT after the last check still counts
+            if catching and _core.release_interrupts():
+                history.interrupted = True
+            model._training.release()
+        return history
 
     # ---- helpers of the loop ----
     def _row_weights(self, sample_weight, targets, labels, loss, n_samples, n_classes_of_model,
@@ -297,7 +364,11 @@ class Trainer:
         if validation_data is not None:
             if fraction > 0:
                 raise ValueError("give validation_data or validation_split, not both")
-            return X, targets, labels, weights, validation_set(model, loss, validation_data)
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+                raise TypeError("validation_data must be a pair (X_val, Y_val)")
+            X_val = as_matrix(validation_data[0], "X_val", model.dtype, model.layer_sizes[0])
+            return X, targets, labels, weights, (X_val, model._dense_targets(
+                validation_data[1], loss, X_val.shape[0]))
         if fraction == 0:
             return X, targets, labels, weights, None
         n_train = validation_split_point(X.shape[0], fraction)
