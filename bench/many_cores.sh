@@ -17,6 +17,6 @@ bench="env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE timeout ${STAGE_SECONDS:-280
 # fastbp alone at every power-of-two thread count and at its default (0)
 $bench --workloads ${SCALING_WORKLOADS:-W1,W2,W3,W4,W5} --threads "$counts" --peers fastbp \
     --duration 0.5 --repeats 3 --json "$out/scaling.json" 2>&1 | tee "$out/scaling.txt" | tail -40
-# the 1-thread table of BENCHMARKS.md against the peers
+# the 1-thread table of bench/README.md against the peers
 $bench --workloads ${TABLE_WORKLOADS:-W1,W2,W3,W5,P1,W4} --peers ${PEERS:-fastbp,numpy,torch} \
     --duration 1 --repeats 3 --json "$out/table.json" 2>&1 | tee "$out/table.txt" | tail -40

@@ -6,7 +6,7 @@ that many epochs (a new row order each epoch, last partial batch kept); a predic
 the library versions a runner used.
 
 Runners import their library lazily: a missing optional library raises ``Unavailable``.
-Keep to one library per process when comparing at more than one thread (see BENCHMARKS.md):
+Keep to one library per process when comparing at more than one thread (bench/README.md):
 compare.py runs every runner in a subprocess of its own.
 """
 

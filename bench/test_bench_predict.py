@@ -2,7 +2,7 @@
 
     pytest bench/test_bench_predict.py --benchmark-only
 
-P1 of BENCHMARKS.md is 100,000 rows at once (goal: at least as fast as NumPy's
+P1 of bench/README.md is 100,000 rows at once (goal: 1.5 times as fast as NumPy's
 `relu(X @ W0 + b0) @ W1 + b1` chain); the 32-row case measures per-call overhead, what a
 service predicting small requests pays.
 """

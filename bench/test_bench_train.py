@@ -1,4 +1,4 @@
-"""pytest-benchmark: fit of one epoch on W1..W5 (see BENCHMARKS.md), fastbp and the NumPy loop.
+"""pytest-benchmark: fit of one epoch on W1..W5 (bench/README.md), fastbp and the NumPy loop.
 
     pytest bench/test_bench_train.py --benchmark-only
 
@@ -6,9 +6,9 @@ A round is one `Trainer(epochs=1).fit(model, X, y)` call, per-fit overhead (vali
 workspace) included; compare.py measures the steady state of long fits instead.  Benchmarks
 are grouped by workload so fastbp and the NumPy loop sit side by side.
 
-Row counts: W4's full 8,192 rows take ~5.6 s per epoch even at fastbp's goal (1,470
-samples/s), so the suite trains W4 on its first 2,048 rows (~1.4 s a round).  W2 keeps its
-60,000 rows (~1 s a round at the goal of 64,000 samples/s; a few seconds for the NumPy loop).
+Row counts: W4's full 8,192 rows take ~5.6 s per epoch at 1,470
+samples/s, so the suite trains W4 on its first 2,048 rows (~1.4 s a round).  W2 keeps its
+60,000 rows (~1 s a round at 64,000 samples/s; a few seconds for the NumPy loop).
 All the other workloads run at their full size.
 """
 

@@ -1,4 +1,4 @@
-"""The benchmark workloads W1-W5 and P1 of shared/BENCHMARKS.md, and their synthetic data.
+"""The benchmark workloads W1-W5 and P1 of bench/README.md, and their synthetic data.
 
 Every workload is a classification task: ReLU hidden layers, softmax output, categorical
 cross-entropy, plain SGD with learning rate 0.01, a new row order every epoch, the last

@@ -1,7 +1,7 @@
 """A plain-NumPy reference MLP: the test oracle for fastbp.
 
 Float64 throughout, written for clarity, not speed, and independent of fastbp's code.
-Conventions are those of DESIGN.md ("Numerical conventions"):
+Conventions are those of docs/contract.md ("Numerical conventions"):
 
 - layer l: Z = A_prev @ W + b, A = f(Z); weights[l] has shape (n_in, n_out); A0 = X.
 - MSE and MAE: mean over all n*k elements. CCE: -(1/n) sum_i sum_k y_ik log p_ik.
