@@ -113,6 +113,12 @@ def class_labels(labels: np.ndarray, n_classes: int) -> np.ndarray:
     return np.require(labels, np.intp, ["C", "A"])
 
 
+def dense_targets(data, loss, n_outputs: int, n_rows: int | None, dtype: np.dtype):
+    """Targets for `loss` as a dense (n_rows, n_outputs) array: class labels one-hot."""
+    targets, labels = as_targets(data, loss, n_outputs, n_rows, dtype)
+    return one_hot(labels, n_outputs, dtype) if labels is not None else targets
+
+
 def one_hot(labels: np.ndarray, n_classes: int, dtype: np.dtype) -> np.ndarray:
     targets = np.zeros((labels.shape[0], n_classes), dtype=dtype)
     targets[np.arange(labels.shape[0]), labels] = 1

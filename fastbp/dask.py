@@ -14,7 +14,6 @@ Needs the `dask` extra: pip install "fastbp[dask]".
 """
 from __future__ import annotations
 
-import inspect
 import math
 import time
 import uuid
@@ -32,8 +31,9 @@ import numpy as np
 from fastbp import schedules
 from fastbp.callbacks import checked_callbacks
 from fastbp.model import MLP
-from fastbp.trainer import History, Trainer, chosen_metrics, validation_logs
-from fastbp._validation import as_matrix, whole_number
+from fastbp.trainer import EpochLoop, EpochResult, History, Trainer, chosen_metrics, \
+    validation_set
+from fastbp._validation import whole_number
 
 __all__ = ["fit"]
 
@@ -52,12 +52,6 @@ class _Rates(schedules.Schedule):
 
     def _arguments(self):
         return {"rates": list(self.rates)}
-
-
-def _trainer_settings(trainer: Trainer) -> dict:
-    """The Trainer's constructor arguments, read from its attributes."""
-    names = [name for name in inspect.signature(Trainer.__init__).parameters if name != "self"]
-    return {name: getattr(trainer, name) for name in names}
 
 
 def _block_seed(entropy: int, round_index: int, block: int) -> int:
@@ -83,7 +77,7 @@ def _train_block(model_bytes, settings, part, seed, rates):
     history = trainer.fit(model, X, Y)
     rows = X.shape[0]
     last_loss = history.loss[-1] if history.loss else float("nan")
-    return {"sum": model._params.astype(np.float64) * rows, "rows": rows,
+    return {"sum": model.parameter_vector(np.float64) * rows, "rows": rows,
             "loss": last_loss * rows, "diverged": bool(history.diverged)}
 
 
@@ -142,6 +136,20 @@ def _check_arrays(model, X, Y, loss):
     return X, Y, float_targets
 
 
+def _persisted_pairs(X, Y, dtype_name, float_targets, client, name):
+    """One (x, y) pair per non-empty chunk of rows, computed once and kept where it is
+    computed; returns (pairs, the chunks' indices)."""
+    sizes = X.chunks[0]
+    pairs = [dask.delayed(_pair, pure=True)(x, y, dtype_name, float_targets,
+                                            dask_key_name=f"{name}-data-{index}")
+             for index, (x, y, size) in enumerate(zip(X.to_delayed().ravel(),
+                                                      Y.to_delayed().ravel(), sizes))
+             if size > 0]
+    blocks = [index for index, size in enumerate(sizes) if size > 0]
+    pairs = client.persist(pairs) if client is not None else list(dask.persist(*pairs))
+    return pairs, blocks
+
+
 def _tree(parts, name):
     """Sum the blocks' results by a fixed tree of _combine tasks; returns the root."""
     level = 0
@@ -189,95 +197,61 @@ def fit(model: MLP, trainer: Trainer, X, Y, client=None, rounds=None, epochs_per
         raise TypeError(f"model must be a fastbp.MLP; got {type(model).__name__}")
     if not isinstance(trainer, Trainer):
         raise TypeError(f"trainer must be a fastbp.Trainer; got {type(trainer).__name__}")
-    checked = trainer._checked()
-    loss, optimizer = checked["loss"], checked["optimizer"]
+    spec = trainer.spec()
+    loss = spec.loss
     epochs_per_round = whole_number(epochs_per_round, "epochs_per_round", 1)
     if rounds is None:
-        rounds = -(-checked["epochs"] // epochs_per_round)
+        rounds = -(-spec.epochs // epochs_per_round)
     rounds = whole_number(rounds, "rounds", 0)
     callbacks = checked_callbacks(callbacks)
     validation, metric_functions = None, []
     if validation_data is not None:
-        if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-            raise TypeError("validation_data must be a pair (X_val, Y_val)")
-        X_val = as_matrix(validation_data[0], "X_val", model.dtype, model.layer_sizes[0])
-        validation = (X_val, model._dense_targets(validation_data[1], loss, X_val.shape[0]))
+        validation = validation_set(model, loss, validation_data)
         metric_functions = chosen_metrics(None, loss, model.layer_sizes[-1])
     X, Y, float_targets = _check_arrays(model, X, Y, loss)
     client = _client_for(client)
-
-    settings = _trainer_settings(trainer)
-    schedule = checked["schedule"]
-    base_learning_rate = optimizer.learning_rate
     entropy = trainer.seed if trainer.seed is not None else \
         int(np.random.SeedSequence().generate_state(1, np.uint64)[0])
     name = f"{TASK_PREFIX}-{uuid.uuid4().hex[:12]}"
+    arguments = trainer.arguments()
 
-    # One (x, y) pair per chunk of rows, computed once and kept where it is computed.
-    sizes = X.chunks[0]
-    x_blocks = X.to_delayed().ravel()
-    y_blocks = Y.to_delayed().ravel()
-    pairs = [dask.delayed(_pair, pure=True)(x, y, model.dtype.name, float_targets,
-                                            dask_key_name=f"{name}-data-{index}")
-             for index, (x, y, size) in enumerate(zip(x_blocks, y_blocks, sizes)) if size > 0]
-    blocks = [index for index, size in enumerate(sizes) if size > 0]
-    pairs = client.persist(pairs) if client is not None else list(dask.persist(*pairs))
+    pairs, blocks = _persisted_pairs(X, Y, model.dtype.name, float_targets, client, name)
+
+    def train_round(round_index, rates):
+        """One round: broadcast, train every block, average (an EpochLoop step)."""
+        started = time.perf_counter()
+        model_bytes = dask.delayed(model.to_bytes(), name=f"{name}-model-{round_index}")
+        results = [dask.delayed(_train_block, pure=False)(
+                       model_bytes, arguments, pair,
+                       _block_seed(entropy, round_index, block), rates,
+                       dask_key_name=f"{name}-r{round_index}-b{block}")
+                   for pair, block in zip(pairs, blocks)]
+        root = _tree(results, f"{name}-r{round_index}")
+        total = client.compute(root).result() if client is not None else dask.compute(root)[0]
+        average = total["sum"] / total["rows"]
+        if not np.isfinite(average).all():   # not expected: blocks roll back divergence
+            warnings.warn(f"round {round_index + 1}: the averaged parameters are not "
+                          f"finite; the model keeps those of the previous round",
+                          RuntimeWarning, stacklevel=4)
+            return EpochResult(diverged=True)
+        model.set_parameter_vector(average)
+        if total["diverged"]:
+            warnings.warn(f"round {round_index + 1}: the loss diverged on some blocks "
+                          f"(their last epoch was rolled back); training stops. Try a "
+                          f"smaller learning_rate.", RuntimeWarning, stacklevel=4)
+        return EpochResult(total["loss"] / total["rows"], time.perf_counter() - started,
+                           total["rows"] * epochs_per_round, diverged=total["diverged"])
+
+    def report(round_index, logs):
+        shown = "  ".join(f"{key} {value:.4g}" for key, value in logs.items()
+                          if key not in ("learning_rate", "samples_per_second"))
+        print(f"round {round_index + 1}/{rounds}  {shown}", flush=True)
 
     history = History(n_samples=int(X.shape[0]))
-    started_fit = time.perf_counter()
-    for callback in callbacks:
-        callback.set_model(model)
-        callback.on_train_begin({})
+    loop = EpochLoop(model, loss, spec.schedule, spec.optimizer.learning_rate, callbacks,
+                     history, validation, metric_functions, spec.max_time,
+                     epochs_per_step=epochs_per_round, report=report if verbose else None)
     try:
-        for round_index in range(rounds):
-            first_epoch = round_index * epochs_per_round
-            rates = [schedule.learning_rate(first_epoch + e, base_learning_rate)
-                     for e in range(epochs_per_round)]
-            started = time.perf_counter()
-            model_bytes = dask.delayed(model.to_bytes(), name=f"{name}-model-{round_index}")
-            results = [dask.delayed(_train_block, pure=False)(
-                           model_bytes, settings, pair, _block_seed(entropy, round_index, block),
-                           rates, dask_key_name=f"{name}-r{round_index}-b{block}")
-                       for pair, block in zip(pairs, blocks)]
-            root = _tree(results, f"{name}-r{round_index}")
-            total = client.compute(root).result() if client is not None else \
-                dask.compute(root)[0]
-            average = total["sum"] / total["rows"]
-            if not np.isfinite(average).all():   # not expected: blocks roll back divergence
-                history.diverged = True
-                warnings.warn(f"round {round_index + 1}: the averaged parameters are not "
-                              f"finite; the model keeps those of the previous round",
-                              RuntimeWarning, stacklevel=2)
-                break
-            np.copyto(model._params, average.astype(model.dtype))
-            seconds = time.perf_counter() - started
-            logs = {"loss": total["loss"] / total["rows"], "learning_rate": rates[-1],
-                    "seconds": seconds,
-                    "samples_per_second": total["rows"] * epochs_per_round / seconds
-                    if seconds else float("inf")}
-            if validation is not None:
-                logs.update(validation_logs(model, loss, validation, metric_functions))
-            history._record(logs)
-            schedule.on_epoch_end(first_epoch + epochs_per_round - 1, logs)
-            if verbose:
-                shown = "  ".join(f"{key} {value:.4g}" for key, value in logs.items()
-                                  if key not in ("learning_rate", "samples_per_second"))
-                print(f"round {round_index + 1}/{rounds}  {shown}", flush=True)
-            if total["diverged"]:
-                history.diverged = True
-                warnings.warn(f"round {round_index + 1}: the loss diverged on some blocks "
-                              f"(their last epoch was rolled back); training stops. Try a "
-                              f"smaller learning_rate.", RuntimeWarning, stacklevel=2)
-                break
-            if any([callback.on_epoch_end(round_index, logs) for callback in callbacks]):
-                history.stopped_early = True
-                break
-            if checked["max_time"] is not None and \
-                    time.perf_counter() - started_fit >= checked["max_time"]:
-                history.stopped_early = True
-                break
-        for callback in callbacks:
-            callback.on_train_end({})
+        return loop.run(rounds, 0, train_round)
     finally:
         del pairs      # releases the blocks' copies on the workers
-    return history

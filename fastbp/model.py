@@ -12,7 +12,7 @@ import numpy as np
 from fastbp import _core, _files, _format, losses
 from fastbp._threads import blas_threads, checked_thread_count, small_gemm_kernels, \
     thread_count
-from fastbp._validation import as_matrix, as_targets, check_finite, numeric_array, one_hot, \
+from fastbp._validation import as_matrix, check_finite, dense_targets, numeric_array, \
     real_number, whole_number
 
 ACTIVATIONS = tuple(_core.ACTIVATION_CODES)
@@ -195,6 +195,22 @@ class MLP:
         for array, target in zip(checked, targets):
             target[...] = array.reshape(target.shape)
 
+    def parameter_vector(self, dtype=None) -> np.ndarray:
+        """A copy of every parameter in one flat vector (layer by layer: W then b), in
+        `dtype` (default: the model's); set_parameter_vector writes one back."""
+        return self._params.astype(self.dtype if dtype is None else dtype, copy=True)
+
+    def set_parameter_vector(self, vector) -> None:
+        """Write a flat vector of n_params finite values (as parameter_vector returns) into
+        the parameters, converted to the model's dtype; all or nothing."""
+        array = numeric_array(vector, "vector")
+        if array.shape != self._params.shape:
+            raise ValueError(f"vector must have shape {self._params.shape}; got {array.shape}")
+        with np.errstate(over="ignore"):   # a copy: the vector may view the parameters
+            array = np.array(array, dtype=self.dtype, copy=True).reshape(1, -1)
+        check_finite(array, "vector")
+        np.copyto(self._params, array.reshape(-1))
+
     def __repr__(self) -> str:
         dropout = f", dropout={list(self.dropout)}" if any(self.dropout) else ""
         return (f"MLP(layer_sizes={list(self._layer_sizes)}, "
@@ -254,8 +270,7 @@ class MLP:
         return self._evaluate(X, targets, loss, n_threads)[0]
 
     def _dense_targets(self, Y, loss, n_rows):
-        targets, labels = as_targets(Y, loss, self._layer_sizes[-1], n_rows, self.dtype)
-        return one_hot(labels, self._layer_sizes[-1], self.dtype) if labels is not None else targets
+        return dense_targets(Y, loss, self._layer_sizes[-1], n_rows, self.dtype)
 
     def _evaluate(self, X, targets, loss, n_threads=None):
         """(mean loss, predictions) for checked arrays."""

@@ -6,6 +6,7 @@ loss, backward, optimizer step, dropout) is one nogil call into fastbp._core.
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import warnings
@@ -18,7 +19,7 @@ from fastbp import _core, losses, metrics as metrics_module, optimizers, schedul
 from fastbp._threads import blas_threads, checked_thread_count, thread_count
 from fastbp.callbacks import ProgressBar, checked_callbacks
 from fastbp._validation import as_matrix, as_row_weights, as_targets, check_in_dtype, \
-    numeric_array, one_hot, real_number, unshared, whole_number
+    dense_targets, numeric_array, one_hot, real_number, unshared, whole_number
 from fastbp.model import MLP, check_allocation
 
 
@@ -61,6 +62,30 @@ class History:
     def _record(self, logs: dict) -> None:
         for key, value in logs.items():
             self.history.setdefault(key, []).append(value)
+
+
+@dataclass
+class FitSpec:
+    """What a fit will do, checked: Trainer.spec()'s answer."""
+    loss: losses.Loss
+    optimizer: optimizers.Optimizer
+    schedule: schedules.Schedule
+    epochs: int
+    batch_size: int
+    weight_decay: float
+    clip_norm: float | None
+    max_time: float | None
+
+
+@dataclass
+class _FitData:
+    """A fit's checked arrays: targets (dense) or labels, row weights or None, and the
+    validation pair (X_val, dense Y_val) or None."""
+    X: np.ndarray
+    targets: np.ndarray | None
+    labels: np.ndarray | None
+    weights: np.ndarray | None
+    validation: tuple | None
 
 
 class Trainer:
@@ -147,8 +172,9 @@ class Trainer:
                 f"learning_rate={self.learning_rate!r}, epochs={self.epochs!r}, "
                 f"batch_size={self.batch_size!r}, shuffle={self.shuffle!r}, seed={self.seed!r})")
 
-    def _checked(self) -> dict:
-        """The settings, validated (again at each fit: attributes may have changed)."""
+    def spec(self) -> "FitSpec":
+        """What a fit will do, validated (again at each fit: attributes may have changed).
+        fastbp.dask reads the trainer through this and arguments()."""
         for name in ("shuffle", "decoupled_weight_decay"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise TypeError(f"{name} must be True or False; got {getattr(self, name)!r}")
@@ -165,13 +191,20 @@ class Trainer:
                 and not isinstance(self.class_weight, dict):
             raise TypeError(f"class_weight must be a dict, 'balanced' or None; "
                             f"got {self.class_weight!r}")
-        return dict(loss=losses.get(self.loss),
-                    optimizer=optimizers.get(self.optimizer, learning_rate),
-                    schedule=schedules.get(self.schedule),
-                    epochs=whole_number(self.epochs, "epochs", 0),
-                    batch_size=whole_number(self.batch_size, "batch_size", 1),
-                    weight_decay=real_number(self.weight_decay, "weight_decay"),
-                    clip_norm=clip_norm, max_time=max_time)
+        return FitSpec(loss=losses.get(self.loss),
+                       optimizer=optimizers.get(self.optimizer, learning_rate),
+                       schedule=schedules.get(self.schedule),
+                       epochs=whole_number(self.epochs, "epochs", 0),
+                       batch_size=whole_number(self.batch_size, "batch_size", 1),
+                       weight_decay=real_number(self.weight_decay, "weight_decay"),
+                       clip_norm=clip_norm, max_time=max_time)
+
+    def arguments(self) -> dict:
+        """The constructor's arguments, read from the attributes: Trainer(**arguments())
+        is a fresh trainer with the same settings (fastbp.dask builds its blocks' so)."""
+        return {name: getattr(self, name) for name in _ARGUMENTS}
+
+    _checked = spec   # the name earlier releases used
 
     # ---- the public calls ----
     def fit(self, model: MLP, X, Y, validation_data=None, validation_split=0.0,
@@ -187,22 +220,57 @@ class Trainer:
         accuracy for classification, MAE and R² for regression). Everything is checked
         before the model changes; Ctrl-C stops at the next batch and returns the history.
         """
-        settings = self._checked()
-        return self._train(model, X, Y, settings, settings["epochs"], validation_data,
-                           validation_split, sample_weight, callbacks, verbose, metrics)
+        spec = self.spec()
+        return self._train(model, X, Y, spec, spec.epochs, validation_data, validation_split,
+                           sample_weight, callbacks, verbose, metrics)
 
     def partial_fit(self, model: MLP, X, Y, sample_weight=None) -> History:
         """One epoch on (X, Y), keeping the optimizer state: online learning."""
-        settings = self._checked()
-        return self._train(model, X, Y, settings, 1, None, 0.0, sample_weight, None, 0, None)
+        return self._train(model, X, Y, self.spec(), 1, None, 0.0, sample_weight, None, 0, None)
 
     # ---- the loop ----
-    def _train(self, model, X, Y, settings, n_epochs, validation_data, validation_split,
+    def _train(self, model, X, Y, spec, n_epochs, validation_data, validation_split,
                sample_weight, callbacks, verbose, metrics) -> History:
+        """Check everything, set up the compiled epoch, run the shared epoch loop."""
         if not isinstance(model, MLP):
             raise TypeError(f"model must be a fastbp.MLP; got {type(model).__name__}")
         callbacks = checked_callbacks(callbacks)
-        loss, optimizer = settings["loss"], settings["optimizer"]
+        data = self._data(model, spec.loss, X, Y, sample_weight, validation_data,
+                          validation_split)
+        metric_functions = chosen_metrics(metrics, spec.loss, model.layer_sizes[-1]) \
+            if data.validation is not None else []
+        # Checked in float64, used in the model's dtype by the compiled loop.
+        spec.optimizer.check_dtype(model.dtype)
+        spec.loss.check_dtype(model.dtype)
+        check_in_dtype(spec.weight_decay, "weight_decay", model.dtype)
+        if verbose:
+            callbacks.append(ProgressBar(n_epochs))
+        epoch = _CompiledEpoch(self, model, spec, data)
+        history = History(n_samples=data.X.shape[0])
+        schedule = self._schedule_for(spec.schedule)
+        loop = EpochLoop(model, spec.loss, schedule, spec.optimizer.learning_rate, callbacks,
+                         history, data.validation, metric_functions, spec.max_time,
+                         stop_requested=epoch.interrupt_requested)
+
+        if not model._training.acquire(blocking=False):
+            raise RuntimeError("this model is being trained by another thread; train it "
+                               "from one thread at a time")
+        catching = epoch.catching
+        try:
+            if catching:
+                _core.catch_interrupts()
+            loop.run(n_epochs, self._epochs_done, epoch.run,
+                     context=lambda: blas_threads(epoch.n_threads))
+        finally:
+            # a SIGINT after the last check still counts
+            if catching and _core.release_interrupts():
+                history.interrupted = True
+            model._training.release()
+        return history
+
+    def _data(self, model, loss, X, Y, sample_weight, validation_data, validation_split):
+        """The fit's arrays, checked and converted: X, targets or labels, row weights and
+        the validation pair."""
         X = as_matrix(X, "X", model.dtype, model.layer_sizes[0])
         targets, labels = as_targets(Y, loss, model.layer_sizes[-1], X.shape[0], model.dtype)
         # Data that views the parameters would change under the fit's own steps: a copy.
@@ -211,117 +279,7 @@ class Trainer:
                                     model.layer_sizes[-1], model.dtype)
         X, targets, labels, weights, validation = self._split(
             model, loss, X, targets, labels, weights, validation_data, validation_split)
-        metric_functions = chosen_metrics(metrics, loss, model.layer_sizes[-1]) \
-            if validation is not None else []
-        # Checked in float64, used in the model's dtype by the compiled loop.
-        optimizer.check_dtype(model.dtype)
-        loss.check_dtype(model.dtype)
-        check_in_dtype(settings["weight_decay"], "weight_decay", model.dtype)
-        if verbose:
-            callbacks.append(ProgressBar(n_epochs))
-
-        n_samples = X.shape[0]
-        batch_size = min(settings["batch_size"], n_samples)
-        core_settings = _core.Hyperparameters(
-            loss.code, loss.parameter, weight_decay=settings["weight_decay"],
-            decoupled_weight_decay=bool(self.decoupled_weight_decay),
-            clip_norm=settings["clip_norm"] or 0.0, **optimizer.settings())
-        state = self._optimizer_state(model, optimizer, core_settings.state_layout,
-                                      core_settings.state_rows)
-        core_settings.step = self._step
-        n_threads = thread_count(model.layer_sizes, batch_size, self.n_threads)
-        plan, work = model._workspace(batch_size, model._dropout, not core_settings.folded,
-                                      n_threads)
-        # The parameters and optimizer state at the start of the epoch, restored if it diverges.
-        backup, state_backup = np.empty_like(model._params), np.empty_like(state)
-        no_targets = np.empty((0, 0), dtype=model.dtype)
-        targets = no_targets if targets is None else targets
-        labels = np.empty(0, dtype=np.intp) if labels is None else labels
-        weights = np.empty(0, dtype=model.dtype) if weights is None else weights
-        in_order = np.empty(0, dtype=np.intp)
-        rows = np.arange(n_samples, dtype=np.intp)
-        order = np.empty_like(rows) if self.shuffle else in_order
-        uses_dropout = any(model._dropout)
-        schedule = self._schedule_for(settings["schedule"])
-        constant_rate = isinstance(schedule, schedules.Constant)
-        base_learning_rate = optimizer.learning_rate
-        history = History(n_samples=n_samples)
-        started_fit = time.perf_counter()
-
-        if not model._training.acquire(blocking=False):
-            raise RuntimeError("this model is being trained by another thread; train it "
-                               "from one thread at a time")
-        catching = threading.current_thread() is threading.main_thread()
-        try:
-            if catching:
-                _core.catch_interrupts()
-            for callback in callbacks:
-                callback.set_model(model)
-                callback.on_train_begin({})
-            with blas_threads(n_threads):
-                for epoch in range(n_epochs):
-                    learning_rate = base_learning_rate if constant_rate else \
-                        schedule.learning_rate(self._epochs_done, base_learning_rate)
-                    core_settings.learning_rate = learning_rate
-                    if self.shuffle:   # = rng.permutation(n_samples), without allocating
-                        np.copyto(order, rows)
-                        self._rng.shuffle(order)
-                    dropout_seed = int(self._rng.integers(2**63)) if uses_dropout else 0
-                    np.copyto(backup, model._params)
-                    np.copyto(state_backup, state)
-                    started = time.perf_counter()
-                    try:
-                        loss_total, weight_total, trained, status = _core.train_epoch(
-                            plan, core_settings, model._params, work, state, X, targets,
-                            labels, weights, order, batch_size, dropout_seed, catching)
-                    except ValueError:   # labels rewritten mid-fit: the core checks each read
-                        np.copyto(model._params, backup)
-                        np.copyto(state, state_backup)
-                        raise
-                    seconds = time.perf_counter() - started
-                    if status == _core.Status.DIVERGED:
-                        # A non-finite loss stops the epoch early; an update that overflowed
-                        # (in the parameters or the optimizer state) ends it as diverged.
-                        np.copyto(model._params, backup)
-                        np.copyto(state, state_backup)   # and self._step stays as it was
-                        history.diverged = True
-                        warnings.warn(f"training stopped in epoch {epoch + 1}: the loss diverged "
-                                      f"(NaN or infinite loss or parameters); the parameters "
-                                      f"and optimizer state are restored to those at the start "
-                                      f"of that epoch. Try "
-                                      f"a smaller learning_rate.", RuntimeWarning, stacklevel=3)
-                        break
-                    self._step = core_settings.step
-                    if status == _core.Status.INTERRUPTED:
-                        history.interrupted = True
-                        break
-                    self._epochs_done += 1
-                    logs = {"loss": loss_total / weight_total if weight_total else float("nan"),
-                            "learning_rate": learning_rate, "seconds": seconds,
-                            "samples_per_second": n_samples / seconds if seconds else float("inf")}
-                    if validation is not None:
-                        logs.update(validation_logs(model, loss, validation, metric_functions))
-                    history._record(logs)
-                    schedule.on_epoch_end(self._epochs_done - 1, logs)
-                    # Every callback sees the epoch (no short-circuit); any of them may stop.
-                    if any([callback.on_epoch_end(epoch, logs) for callback in callbacks]):
-                        history.stopped_early = True
-                        break
-                    if settings["max_time"] is not None and \
-                            time.perf_counter() - started_fit >= settings["max_time"]:
-                        history.stopped_early = True
-                        break
-                    if catching and _core.interrupt_requested():
-                        history.interrupted = True
-                        break
-            for callback in callbacks:
-                callback.on_train_end({})
-        finally:
-            # a SIGINT after the last check still counts
-            if catching and _core.release_interrupts():
-                history.interrupted = True
-            model._training.release()
-        return history
+        return _FitData(X, targets, labels, weights, validation)
 
     # ---- helpers of the loop ----
     def _row_weights(self, sample_weight, targets, labels, loss, n_samples, n_classes_of_model,
@@ -364,11 +322,7 @@ class Trainer:
         if validation_data is not None:
             if fraction > 0:
                 raise ValueError("give validation_data or validation_split, not both")
-            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-                raise TypeError("validation_data must be a pair (X_val, Y_val)")
-            X_val = as_matrix(validation_data[0], "X_val", model.dtype, model.layer_sizes[0])
-            return X, targets, labels, weights, (X_val, model._dense_targets(
-                validation_data[1], loss, X_val.shape[0]))
+            return X, targets, labels, weights, validation_set(model, loss, validation_data)
         if fraction == 0:
             return X, targets, labels, weights, None
         n_train = validation_split_point(X.shape[0], fraction)
@@ -428,3 +382,189 @@ def validation_logs(model: MLP, loss, validation, metric_functions) -> dict:
     for name, function in metric_functions:
         logs[f"val_{name}"] = float(function(Y_val, predictions))
     return logs
+
+
+# The constructor's arguments, in order (Trainer.arguments()).
+_ARGUMENTS = ("loss", "optimizer", "learning_rate", "epochs", "batch_size", "shuffle", "seed",
+              "schedule", "weight_decay", "decoupled_weight_decay", "clip_norm",
+              "class_weight", "max_time", "n_threads")
+
+
+class _CompiledEpoch:
+    """One epoch of Trainer's fit in the compiled loop: the hyperparameters, optimizer state,
+    plan and workspace set up once per fit, then run() once per epoch (EpochLoop's step)."""
+
+    def __init__(self, trainer, model, spec, data):
+        self.trainer, self.model = trainer, model
+        loss, optimizer = spec.loss, spec.optimizer
+        n_samples = data.X.shape[0]
+        self.batch_size = min(spec.batch_size, n_samples)
+        core_settings = _core.Hyperparameters(
+            loss.code, loss.parameter, weight_decay=spec.weight_decay,
+            decoupled_weight_decay=bool(trainer.decoupled_weight_decay),
+            clip_norm=spec.clip_norm or 0.0, **optimizer.settings())
+        self.state = trainer._optimizer_state(model, optimizer, core_settings.state_layout,
+                                              core_settings.state_rows)
+        core_settings.step = trainer._step
+        self.core_settings = core_settings
+        self.n_threads = thread_count(model.layer_sizes, self.batch_size, trainer.n_threads)
+        self.plan, self.work = model._workspace(self.batch_size, model._dropout,
+                                                not core_settings.folded, self.n_threads)
+        # The parameters and optimizer state at the start of the epoch, restored if it diverges.
+        self.backup = np.empty_like(model._params)
+        self.state_backup = np.empty_like(self.state)
+        self.X = data.X
+        self.targets = np.empty((0, 0), dtype=model.dtype) if data.targets is None \
+            else data.targets
+        self.labels = np.empty(0, dtype=np.intp) if data.labels is None else data.labels
+        self.weights = np.empty(0, dtype=model.dtype) if data.weights is None else data.weights
+        self.rows = np.arange(n_samples, dtype=np.intp)
+        self.order = np.empty_like(self.rows) if trainer.shuffle else np.empty(0, dtype=np.intp)
+        self.uses_dropout = any(model._dropout)
+        # Only a fit on the main thread (where Python handles signals) takes over SIGINT.
+        self.catching = threading.current_thread() is threading.main_thread()
+
+    def run(self, epoch: int, learning_rates) -> "EpochResult":
+        trainer, model, state = self.trainer, self.model, self.state
+        self.core_settings.learning_rate = learning_rates[-1]
+        if trainer.shuffle:   # = rng.permutation(n_samples), without allocating
+            np.copyto(self.order, self.rows)
+            trainer._rng.shuffle(self.order)
+        dropout_seed = int(trainer._rng.integers(2**63)) if self.uses_dropout else 0
+        np.copyto(self.backup, model._params)
+        np.copyto(self.state_backup, state)
+        started = time.perf_counter()
+        try:
+            loss_total, weight_total, trained, status = _core.train_epoch(
+                self.plan, self.core_settings, model._params, self.work, state, self.X,
+                self.targets, self.labels, self.weights, self.order, self.batch_size,
+                dropout_seed, self.catching)
+        except ValueError:   # labels rewritten mid-fit: the core checks each read
+            self._restore()
+            raise
+        seconds = time.perf_counter() - started
+        if status == _core.Status.DIVERGED:
+            # A non-finite loss stops the epoch early; an update that overflowed
+            # (in the parameters or the optimizer state) ends it as diverged.
+            self._restore()                  # and trainer._step stays as it was
+            warnings.warn(f"training stopped in epoch {epoch + 1}: the loss diverged "
+                          f"(NaN or infinite loss or parameters); the parameters and optimizer "
+                          f"state are restored to those at the start of that epoch. Try a "
+                          f"smaller learning_rate.", RuntimeWarning, stacklevel=5)
+            return EpochResult(diverged=True)
+        trainer._step = self.core_settings.step
+        if status == _core.Status.INTERRUPTED:
+            return EpochResult(interrupted=True)
+        trainer._epochs_done += 1
+        return EpochResult(loss_total / weight_total if weight_total else float("nan"),
+                           seconds, self.X.shape[0])
+
+    def _restore(self):
+        np.copyto(self.model._params, self.backup)
+        np.copyto(self.state, self.state_backup)
+
+    def interrupt_requested(self) -> bool:
+        return self.catching and _core.interrupt_requested()
+
+
+@dataclass
+class EpochResult:
+    """What one step of an EpochLoop (an epoch of Trainer, a round of fastbp.dask) did.
+
+    loss: the mean training loss to record, or None when there is nothing to record (the
+    step diverged and was rolled back, or was interrupted). diverged with a loss: record
+    the step, then stop (fastbp.dask: some blocks rolled their last epoch back)."""
+    loss: float | None = None
+    seconds: float = 0.0
+    n_samples: int = 0          # rows trained (for samples_per_second)
+    diverged: bool = False
+    interrupted: bool = False
+
+
+class EpochLoop:
+    """What happens between epochs, for Trainer.fit and fastbp.dask.fit alike: the learning
+    rate from the schedule, validation and metrics, the History, the schedule's and the
+    callbacks' epoch ends, the time budget and every stopping rule.
+
+    A step trains `epochs_per_step` schedule epochs (1 for Trainer; epochs_per_round for
+    fastbp.dask, whose callbacks see a round as an epoch): `run` hands it the learning
+    rate of each and records the EpochResult it returns. `stop_requested`: polled after
+    each step (Trainer: a Ctrl-C seen between epochs); `report(step, logs)`: after each
+    recorded step (fastbp.dask's verbose lines).
+    """
+
+    def __init__(self, model, loss, schedule, base_learning_rate, callbacks, history,
+                 validation=None, metric_functions=(), max_time=None, epochs_per_step=1,
+                 stop_requested=None, report=None):
+        self.model, self.loss, self.schedule = model, loss, schedule
+        self.base_learning_rate = base_learning_rate
+        self.callbacks, self.history = callbacks, history
+        self.validation, self.metric_functions = validation, metric_functions
+        self.max_time, self.epochs_per_step = max_time, epochs_per_step
+        self.stop_requested, self.report = stop_requested, report
+        self._constant = isinstance(schedule, schedules.Constant)
+
+    def learning_rates(self, first_epoch: int) -> list:
+        """The learning rate of each schedule epoch of a step."""
+        if self._constant:
+            return [self.base_learning_rate] * self.epochs_per_step
+        return [self.schedule.learning_rate(first_epoch + e, self.base_learning_rate)
+                for e in range(self.epochs_per_step)]
+
+    def run(self, n_steps: int, first_epoch: int, step, context=contextlib.nullcontext):
+        """Call step(index, learning_rates) up to n_steps times under `context()`, with the
+        callbacks' train begin and end around; returns the History."""
+        for callback in self.callbacks:
+            callback.set_model(self.model)
+            callback.on_train_begin({})
+        started = time.perf_counter()
+        with context():
+            for index in range(n_steps):
+                epoch = first_epoch + index * self.epochs_per_step
+                rates = self.learning_rates(epoch)
+                if self._end_of_step(index, epoch, rates, step(index, rates), started):
+                    break
+        for callback in self.callbacks:
+            callback.on_train_end({})
+        return self.history
+
+    def _end_of_step(self, index, epoch, rates, result, started) -> bool:
+        """Record a step and apply the stopping rules; True: stop."""
+        history = self.history
+        if result.loss is None:
+            history.diverged |= result.diverged
+            history.interrupted |= result.interrupted
+            return True
+        logs = {"loss": result.loss, "learning_rate": rates[-1], "seconds": result.seconds,
+                "samples_per_second": result.n_samples / result.seconds if result.seconds
+                else float("inf")}
+        if self.validation is not None:
+            logs.update(validation_logs(self.model, self.loss, self.validation,
+                                        self.metric_functions))
+        history._record(logs)
+        self.schedule.on_epoch_end(epoch + self.epochs_per_step - 1, logs)
+        if self.report is not None:
+            self.report(index, logs)
+        if result.diverged:
+            history.diverged = True
+            return True
+        # Every callback sees the epoch (no short-circuit); any of them may stop.
+        if any([callback.on_epoch_end(index, logs) for callback in self.callbacks]):
+            history.stopped_early = True
+            return True
+        if self.max_time is not None and time.perf_counter() - started >= self.max_time:
+            history.stopped_early = True
+            return True
+        if self.stop_requested is not None and self.stop_requested():
+            history.interrupted = True
+            return True
+        return False
+
+
+def validation_set(model: MLP, loss, validation_data) -> tuple:
+    """validation_data=(X_val, Y_val) checked for `model`: (X_val, dense Y_val)."""
+    if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+        raise TypeError("validation_data must be a pair (X_val, Y_val)")
+    X_val = as_matrix(validation_data[0], "X_val", model.dtype, model.layer_sizes[0])
+    return X_val, dense_targets(validation_data[1], loss, model.layer_sizes[-1],
+                                X_val.shape[0], model.dtype)
