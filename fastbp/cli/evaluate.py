@@ -7,8 +7,8 @@ import json
 from fastbp.cli.errors import UsageError
 from fastbp.cli.sidecar import load_model, loss_of, sidecar_path
 from fastbp.cli.tables import read_table, select_columns
-from fastbp.cli.targets import CLASSIFICATION_LOSSES, encode_targets, numbers_or_none, \
-    numeric_targets
+from fastbp.cli.targets import encode_targets, numbers_or_none, numeric_targets, \
+    takes_class_labels
 
 
 def cmd_evaluate(args) -> int:
@@ -20,13 +20,13 @@ def cmd_evaluate(args) -> int:
     features, target_cols, target_names = select_columns(table, args, sidecar,
                                                          model.layer_sizes[0])
     X = table.numeric(features, "feature")
-    if sidecar is None and loss in CLASSIFICATION_LOSSES and len(target_cols) == 1 \
+    if sidecar is None and loss.is_classification and len(target_cols) == 1 \
             and numbers_or_none(target_cols[0]) is None:
         raise UsageError(f"{args.model} has no sidecar ({sidecar_path(args.model)}) listing its "
                          f"classes, so the targets must be class indices 0..k-1, not text")
-    if sidecar is None and loss == "categorical_crossentropy" and len(target_cols) == 1:
+    if sidecar is None and takes_class_labels(loss) and len(target_cols) == 1:
         Y = numeric_targets(target_cols, target_names)[:, 0]
-    elif sidecar is None and loss == "binary_crossentropy":
+    elif sidecar is None and loss.is_classification:
         Y = numeric_targets(target_cols, target_names)
     else:
         Y, _, _ = encode_targets(target_cols, target_names, loss, sidecar)
@@ -37,9 +37,9 @@ def cmd_evaluate(args) -> int:
     for name in metrics.default_metrics(loss, n_outputs):
         figures[name] = metrics.get(name)(Y, predictions)
     if args.json:
-        print(json.dumps({"loss_name": loss, **figures}))
+        print(json.dumps({"loss_name": loss.name, **figures}))
         return 0
-    labels = {"rows": "rows", "loss": f"loss ({loss})", "accuracy": "accuracy",
+    labels = {"rows": "rows", "loss": f"loss ({loss.name})", "accuracy": "accuracy",
               "binary_accuracy": "binary accuracy", "mae": "MAE", "r2": "R²"}
     width = max(len(labels.get(key, key)) for key in figures)
     for key, value in figures.items():

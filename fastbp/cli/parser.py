@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from fastbp import optimizers
 from fastbp.cli.bench import cmd_bench, cmd_demo
 from fastbp.cli.evaluate import cmd_evaluate
 from fastbp.cli.info import cmd_info
@@ -175,7 +176,7 @@ def _add_training_options(fit):
                      help="mse, mae, huber, cce (categorical_crossentropy) or bce "
                           "(binary_crossentropy); auto: cce when the target column holds "
                           "text, mse otherwise (default %(default)s)")
-    fit.add_argument("--optimizer", default="sgd", choices=["sgd", "adam", "rmsprop", "adagrad"],
+    fit.add_argument("--optimizer", default="sgd", choices=optimizers.REGISTRY.canonical_names,
                      help="the update rule (default %(default)s)")
     fit.add_argument("--learning-rate", type=float, default=None, metavar="RATE",
                      help="step size (default: 0.001 for adam, 0.01 otherwise)")

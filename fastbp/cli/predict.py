@@ -9,6 +9,7 @@ from fastbp.cli.errors import UsageError
 from fastbp.cli.outputs import check_distinct, check_writable, write_csv, write_csv_bytes
 from fastbp.cli.sidecar import load_model, loss_of, sidecar_path
 from fastbp.cli.tables import read_table, select_columns
+from fastbp.cli.targets import takes_class_labels
 
 
 def cmd_predict(args) -> int:
@@ -52,12 +53,12 @@ def predicted_labels(probabilities, model, sidecar):
     classes = (sidecar or {}).get("classes")
     targets = (sidecar or {}).get("targets") or ["label"]
     header_name = targets[0] if len(targets) == 1 else "label"
-    if loss == "categorical_crossentropy":
+    if takes_class_labels(loss):
         index = probabilities.argmax(axis=1)
         if classes:
             return np.array(classes)[index].reshape(-1, 1), [header_name]
         return index.reshape(-1, 1), [header_name]
-    if loss == "binary_crossentropy":
+    if loss.is_classification:
         on = (probabilities > 0.5).astype(np.int64)
         if probabilities.shape[1] == 1:
             if classes:
@@ -66,4 +67,4 @@ def predicted_labels(probabilities, model, sidecar):
         names = (sidecar or {}).get("outputs") or [f"y{k}" for k in range(on.shape[1])]
         return on, list(names)
     raise UsageError(f"--labels is for classification models; this one is a regression "
-                     f"model (loss {loss}): leave out --labels")
+                     f"model (loss {loss.name}): leave out --labels")

@@ -67,16 +67,20 @@ def _check_sidecar_fields(path, document, n_out):
                          f"remove or fix it")
 
 
-def loss_of(model, sidecar, given=None) -> str:
+def loss_of(model, sidecar, given=None):
+    """The fastbp.losses.Loss to use for `model`: --loss, else the sidecar's, else the
+    classification loss whose natural output activation is the model's (softmax: cce,
+    sigmoid: bce), else mse."""
     from fastbp import losses
 
     if given:
-        return losses.get(given).name
+        return losses.get(given)
     if sidecar and sidecar.get("loss"):
-        return losses.get(sidecar["loss"]).name
+        return losses.get(sidecar["loss"])
     output = model.activations[-1]
-    return {"softmax": "categorical_crossentropy",
-            "sigmoid": "binary_crossentropy"}.get(output, "mse")
+    paired = [losses.get(name) for name in losses.REGISTRY.canonical_names]
+    return next((loss for loss in paired if loss.is_classification
+                 and loss.output_activation == output), losses.get("mse"))
 
 
 def load_model(path):

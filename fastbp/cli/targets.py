@@ -5,7 +5,10 @@ from __future__ import annotations
 from fastbp.cli.errors import UsageError
 
 
-CLASSIFICATION_LOSSES = ("categorical_crossentropy", "binary_crossentropy")
+def takes_class_labels(loss) -> bool:
+    """Whether a fastbp.losses.Loss reads one class label per row (categorical
+    cross-entropy): its target column is label-encoded, and --labels takes the argmax."""
+    return "class labels" in loss.target_forms
 
 
 def is_number(text: str) -> bool:
@@ -104,13 +107,15 @@ def encode_targets(columns, names, loss, sidecar=None):
     columns: one-hot rows (classes: the column names). bce, one column: 0/1 (or a
     probability), or two labels mapped to 0/1 (classes [negative, positive]); bce, several
     columns: multi-label 0/1 targets. Regression: numbers, one output per column.
-    With a sidecar (evaluate), its classes are used instead of learned.
+    With a sidecar (evaluate), its classes are used instead of learned. `loss`: a
+    fastbp.losses.Loss, asked what it takes (class labels; else 0/1 values when it is a
+    classification loss; else numbers).
     """
     import numpy as np
 
     known = sidecar.get("classes") if sidecar else None
     regression_hint = "; for class labels use --loss cce (or bce for two classes)"
-    if loss == "categorical_crossentropy":
+    if takes_class_labels(loss):
         if len(columns) == 1:
             labels, classes = encode_labels(columns[0], known, f"the target column {names[0]!r}")
             if known is None and len(classes) < 2:
@@ -118,7 +123,7 @@ def encode_targets(columns, names, loss, sidecar=None):
                                  f"({classes[0]!r}); classification needs two or more")
             return labels, classes, [str(c) for c in classes]
         return numeric_targets(columns, names), list(names), list(names)
-    if loss == "binary_crossentropy":
+    if loss.is_classification:
         if len(columns) == 1:
             numbers = numbers_or_none(columns[0])
             in_unit = numbers is not None and np.isfinite(numbers).all() and \

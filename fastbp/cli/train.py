@@ -6,12 +6,12 @@ from __future__ import annotations
 import os
 import sys
 
-from fastbp import _files
+from fastbp import _files, schedules
 from fastbp.cli.errors import EXIT_DIVERGED, EXIT_INTERRUPTED, UsageError
 from fastbp.cli.outputs import check_distinct, check_writable, short_list
 from fastbp.cli.sidecar import sidecar_bytes, sidecar_path
 from fastbp.cli.tables import read_table, select_columns
-from fastbp.cli.targets import encode_targets, numbers_or_none
+from fastbp.cli.targets import encode_targets, numbers_or_none, takes_class_labels
 
 
 PLOT_HINT = 'pip install matplotlib (or pip install "fastbp[plot]")'
@@ -25,9 +25,26 @@ def _need_matplotlib():
             from None
 
 
-def _schedule(spec, epochs, monitor):
-    from fastbp import schedules
+# How the numbers after ':' in --schedule NAME[:ARGS] become each schedule's arguments:
+# (fewest, most, a function of (numbers, epochs, monitor) giving the constructor's arguments).
+# The schedule itself is found by its name in fastbp.schedules' own table.
+SCHEDULE_ARGUMENTS = {
+    schedules.Constant: (0, 0, lambda values, epochs, monitor: {}),
+    schedules.StepDecay: (1, 2, lambda values, epochs, monitor: dict(
+        zip(("step_size", "gamma"), values))),
+    schedules.ExponentialDecay: (1, 1, lambda values, epochs, monitor: {"gamma": values[0]}),
+    schedules.Cosine: (0, 1, lambda values, epochs, monitor: dict(
+        total_epochs=max(epochs, 1), **dict(zip(("min_learning_rate",), values)))),
+    schedules.InverseScaling: (0, 2, lambda values, epochs, monitor: dict(
+        zip(("power", "scale"), values))),
+    schedules.ReduceOnPlateau: (0, 2, lambda values, epochs, monitor: dict(
+        monitor=monitor, patience=values[0] if values else 10,
+        **({"factor": values[1]} if len(values) > 1 else {}))),
+}
 
+
+def _schedule(spec, epochs, monitor):
+    """The schedule of --schedule NAME[:ARGS] (None without one)."""
     if spec is None:
         return None
     name, _, rest = spec.partition(":")
@@ -36,27 +53,17 @@ def _schedule(spec, epochs, monitor):
         values = [float(part) for part in rest.split(",") if part.strip()]
     except ValueError:
         raise UsageError(f"--schedule {spec}: the arguments after ':' must be numbers") from None
-    expected = {"constant": (0, 0), "step": (1, 2), "exponential": (1, 1), "cosine": (0, 1),
-                "inverse_scaling": (0, 2), "plateau": (0, 2)}
-    if name not in expected:
-        raise UsageError(f"unknown schedule {name!r}; valid: {', '.join(expected)}")
-    low, high = expected[name]
+    try:
+        low, high, arguments = SCHEDULE_ARGUMENTS[schedules.REGISTRY.lookup(name)]
+    except (ValueError, KeyError):
+        known = [known for schedule in SCHEDULE_ARGUMENTS
+                 for known in schedules.REGISTRY.canonical_names
+                 if schedules.REGISTRY.lookup(known) is schedule]
+        raise UsageError(f"unknown schedule {name!r}; valid: {', '.join(known)}") from None
     if not low <= len(values) <= high:
         raise UsageError(f"--schedule {name} takes {low}..{high} numbers after ':'; got "
                          f"{len(values)} (see fastbp train --help)")
-    if name == "constant":
-        return schedules.Constant()
-    if name == "step":
-        return schedules.StepDecay(values[0], *values[1:])
-    if name == "exponential":
-        return schedules.ExponentialDecay(values[0])
-    if name == "cosine":
-        return schedules.Cosine(max(epochs, 1), *values)
-    if name == "inverse_scaling":
-        return schedules.InverseScaling(*values)
-    factor = {"factor": values[1]} if len(values) > 1 else {}
-    return schedules.ReduceOnPlateau(monitor=monitor, patience=values[0] if values else 10,
-                                     **factor)
+    return schedules.REGISTRY.lookup(name)(**arguments(values, epochs, monitor))
 
 
 def _per_hidden(values, n_hidden, option):
@@ -85,12 +92,12 @@ def cmd_train(args) -> int:
     X, Y, n_validation = _validation_last(args, X, Y)
     fit_callbacks, stopper = _callbacks(args, monitor)
 
-    what = f"{len(classes)} classes: {short_list(classes)}" if classes and loss == \
-        "categorical_crossentropy" and len(target_cols) == 1 else f"{len(outputs)} output(s)"
+    what = f"{len(classes)} classes: {short_list(classes)}" if classes and \
+        takes_class_labels(loss) and len(target_cols) == 1 else f"{len(outputs)} output(s)"
     say(f"fastbp train: {X.shape[0]:,} rows x {X.shape[1]} features from {args.input}; "
         f"target {', '.join(target_names)} ({what})")
     say(f"{model!r}, {model.n_params:,} parameters")
-    say(f"loss {loss}{loss_note}; optimizer {args.optimizer}, learning rate {learning_rate}, "
+    say(f"loss {loss.name}{loss_note}; optimizer {args.optimizer}, learning rate {learning_rate}, "
         f"batch {args.batch_size}, {args.epochs} epochs"
         + (f"; {n_validation:,} rows held out for validation" if n_validation else ""))
 
@@ -99,7 +106,7 @@ def cmd_train(args) -> int:
                           metrics=metrics.default_metrics(loss, len(outputs)))
     features_named = [table.names[j] for j in features] if table.named else None
     _write_outputs(args, model, history, loss, sidecar_file, {
-        "loss": loss, "features": features_named,
+        "loss": loss.name, "features": features_named,
         "targets": list(target_names) if table.named or table.targets is not None else None,
         "classes": classes, "outputs": outputs, "trained_on": os.path.basename(args.input)})
     return _report(args, history, stopper, monitor, sidecar_file, say)
@@ -122,16 +129,15 @@ def _check_outputs(args):
 
 
 def _choose_loss(option, target_cols):
-    """(canonical loss name, a note for the summary) from --loss; auto: cce for one text
+    """(the fastbp.losses.Loss, a note for the summary) from --loss; auto: cce for one text
     column, mse otherwise."""
     from fastbp import losses
 
     if option != "auto":
-        return losses.get(option).name, ""
-    text = any(numbers_or_none(column) is None for column in target_cols)
-    loss = "categorical_crossentropy" if text and len(target_cols) == 1 else "mse"
-    return loss, " (auto: the target holds text)" if loss != "mse" else \
-        " (auto: numeric targets; --loss cce for class labels)"
+        return losses.get(option), ""
+    if len(target_cols) == 1 and numbers_or_none(target_cols[0]) is None:
+        return losses.get("cce"), " (auto: the target holds text)"
+    return losses.get("mse"), " (auto: numeric targets; --loss cce for class labels)"
 
 
 def _build_model(args, n_inputs, n_outputs, loss):
@@ -142,33 +148,30 @@ def _build_model(args, n_inputs, n_outputs, loss):
     dropout = _per_hidden(args.dropout, len(hidden), "--dropout") if hidden else []
     if not hidden and any(args.dropout):
         raise UsageError("--dropout needs a hidden layer (dropout acts on hidden layers)")
-    output_activation = args.output_activation or {
-        "categorical_crossentropy": "softmax", "binary_crossentropy": "sigmoid"}.get(
-            loss, "identity")
+    output_activation = args.output_activation or loss.output_activation
     return MLP([n_inputs, *hidden, n_outputs], [*activations, output_activation.lower()],
                dtype=args.dtype, init=args.init, seed=args.seed, dropout=dropout or 0.0)
 
 
 def _build_trainer(args, loss, monitor):
     """(the Trainer, the learning rate it uses)."""
+    from fastbp import optimizers
     from fastbp.trainer import Trainer
 
-    learning_rate = args.learning_rate
-    if learning_rate is None:
-        learning_rate = 0.001 if args.optimizer == "adam" else 0.01
-    optimizer = args.optimizer
+    # no --learning-rate: the optimizer's own default (0.001 for Adam, 0.01 for the others)
+    optimizer = optimizers.get(args.optimizer, args.learning_rate)
     if args.momentum or args.nesterov:
-        if optimizer != "sgd":
+        if not isinstance(optimizer, optimizers.SGD):
             raise UsageError("--momentum and --nesterov are for --optimizer sgd")
-        from fastbp.optimizers import SGD
-        optimizer = SGD(learning_rate, momentum=args.momentum, nesterov=args.nesterov)
-    trainer = Trainer(loss, optimizer=optimizer, learning_rate=learning_rate,
+        optimizer = optimizers.SGD(optimizer.learning_rate, momentum=args.momentum,
+                                   nesterov=args.nesterov)
+    trainer = Trainer(loss, optimizer=optimizer,
                       epochs=args.epochs, batch_size=args.batch_size, shuffle=args.shuffle,
                       seed=args.seed, schedule=_schedule(args.schedule, args.epochs, monitor),
                       weight_decay=args.weight_decay, clip_norm=args.clip_norm,
                       class_weight=args.class_weight, max_time=args.max_time,
                       n_threads=args.threads)
-    return trainer, learning_rate
+    return trainer, optimizer.learning_rate
 
 
 def _validation_last(args, X, Y):
@@ -265,7 +268,7 @@ def _plot(history, loss) -> bytes:
     if history.val_loss:
         axes.plot(epochs, history.val_loss, label="validation loss")
     axes.set_xlabel("epoch")
-    axes.set_ylabel(loss)
+    axes.set_ylabel(loss.name)
     axes.set_title("fastbp: loss per epoch")
     axes.grid(alpha=0.3)
     axes.legend()
