@@ -278,6 +278,8 @@ class ModelCheckpoint(Callback):
         if not os.path.isdir(directory):
             raise FileNotFoundError(f"ModelCheckpoint cannot write {os.fspath(self.path)!r}: "
                                     f"the folder {directory!r} does not exist")
+        from fastbp import _files     # a folder, socket, block device or too long a name
+        _files.check_target(self.path)
 
     def on_epoch_end(self, epoch, logs):
         if self.save_best_only:

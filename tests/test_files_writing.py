@@ -259,3 +259,17 @@ def test_a_damaged_model_from_a_fifo_names_the_problem(tmp_path):
             fastbp.load(fifo)
     finally:
         writer.wait(timeout=20)
+
+
+def test_a_checkpoint_onto_a_folder_or_socket_fails_before_training(tmp_path):
+    net = model()
+    before = net.to_bytes()
+    (tmp_path / "folder").mkdir()
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(20, 5)), rng.integers(0, 3, 20)
+    for path, error in ((tmp_path / "folder", ValueError), (tmp_path / ("m" * 256), OSError)):
+        checkpoint = fastbp.callbacks.ModelCheckpoint(path, monitor="loss")
+        with pytest.raises(error):
+            fastbp.Trainer("cce", epochs=2, batch_size=10).fit(net, X, y,
+                                                                callbacks=[checkpoint])
+        assert net.to_bytes() == before and checkpoint.saved_epochs == []
