@@ -42,18 +42,20 @@ if tuple(int(part) for part in re.findall(r"\d+", sklearn.__version__)[:2]) < (1
 
 __all__ = ["MLPClassifier", "MLPRegressor"]
 
-SOLVERS = ("sgd", "adam", "rmsprop", "adagrad")
+SOLVERS = optimizers.REGISTRY.canonical_names          # sgd, adam, rmsprop, adagrad
 LEARNING_RATES = ("constant", "invscaling", "adaptive")
 # Hidden activations: fastbp's, plus scikit-learn's name for the sigmoid.
 HIDDEN_ACTIVATIONS = ("logistic",) + tuple(a for a in ACTIVATIONS if a != "softmax")
 _FASTBP_ACTIVATION = {"logistic": "sigmoid"}
-REGRESSION_LOSSES = ("squared_error", "mse", "absolute_error", "mae", "huber")
 # Half the squared error, scikit-learn's squared loss, is exactly fastbp's Huber loss with a
 # delta that no finite float32 or float64 difference exceeds.
 _UNBOUNDED_DELTA = float(np.finfo(np.float32).max)
-# scikit-learn's names for losses fastbp knows by other names (or builds).
+# scikit-learn's names for losses fastbp knows by other names (or builds), then fastbp's
+# own regression losses.
 _SCIKIT_LEARN_LOSSES = {"squared_error": lambda: losses.Huber(delta=_UNBOUNDED_DELTA),
                         "absolute_error": losses.MeanAbsoluteError}
+REGRESSION_LOSSES = tuple(_SCIKIT_LEARN_LOSSES) + tuple(
+    name for name in losses.REGISTRY.canonical_names if not losses.get(name).is_classification)
 _SEED_LIMIT = 2**31 - 1
 _MIN_ADAPTIVE_RATE = 1e-6     # scikit-learn's: 'adaptive' stops once the rate is this low
 
@@ -122,6 +124,14 @@ class _BaseMLP(BaseEstimator):
     # ---- parameters ----
     def _settings(self) -> dict:
         """The parameters, checked (at each fit: set_params may have changed them)."""
+        hidden, names = self._checked_layers()
+        self._check_training_parameters()
+        dtype = self._checked_dtype()
+        return {"hidden": hidden, "activations": names, "dtype": dtype,
+                "dropout": self._checked_dropout(hidden)}
+
+    def _checked_layers(self):
+        """(hidden layer sizes, fastbp activation names)."""
         hidden = self.hidden_layer_sizes
         if _is_whole(hidden):
             hidden = [hidden]
@@ -148,8 +158,10 @@ class _BaseMLP(BaseEstimator):
             if not isinstance(name, str) or name.lower() not in HIDDEN_ACTIVATIONS:
                 raise _parameter_error(self, "activation", f"one of {HIDDEN_ACTIVATIONS} (or a "
                                        f"list of them, one per hidden layer)", activation)
-        names = [_FASTBP_ACTIVATION.get(name.lower(), name.lower()) for name in names]
+        return hidden, [_FASTBP_ACTIVATION.get(name.lower(), name.lower()) for name in names]
 
+    def _check_training_parameters(self) -> None:
+        """solver, learning_rate, batch_size, the real-valued parameters, flags."""
         if self.solver == "lbfgs":
             raise ValueError("solver='lbfgs' is not available: fastbp trains by mini-batch "
                              "gradient descent; use 'adam' (the default) or 'sgd'")
@@ -185,12 +197,17 @@ class _BaseMLP(BaseEstimator):
             raise _parameter_error(self, "verbose", "a bool or an int >= 0", self.verbose)
         if self.n_threads is not None and not (_is_whole(self.n_threads) and self.n_threads >= 1):
             raise _parameter_error(self, "n_threads", "None or an int >= 1", self.n_threads)
+
+    def _checked_dtype(self) -> np.dtype:
         try:
             dtype = None if self.dtype is None else np.dtype(self.dtype)
         except TypeError:
             dtype = None
         if dtype is None or dtype.name not in ("float32", "float64"):
             raise _parameter_error(self, "dtype", "'float32' or 'float64'", self.dtype)
+        return dtype
+
+    def _checked_dropout(self, hidden) -> list:
         dropout = self.dropout
         if isinstance(dropout, (list, tuple, np.ndarray)):
             rates = list(dropout)
@@ -204,8 +221,7 @@ class _BaseMLP(BaseEstimator):
                 not (_is_real(dropout) or isinstance(dropout, (list, tuple, np.ndarray))):
             raise _parameter_error(self, "dropout", "a rate in [0, 1) or a list of them, one "
                                    "per hidden layer", dropout)
-        return {"hidden": hidden, "activations": names, "dtype": dtype,
-                "dropout": [float(rate) for rate in rates]}
+        return [float(rate) for rate in rates]
 
     def _optimizer(self, scale: float):
         """The fastbp optimizer for `solver` (docs/sklearn.md has the mapping).
