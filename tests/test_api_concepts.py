@@ -106,3 +106,71 @@ def test_a_named_optimizer_uses_its_own_default_learning_rate(name, rate):
     assert all(np.array_equal(p, q) for p, q in zip(*runs))
     assert optimizers.get(name).learning_rate == rate
     assert fastbp.Trainer("mse").learning_rate is None
+
+
+# ================================================================ one epoch loop
+
+class StopAt(fastbp.callbacks.Callback):
+    def __init__(self, epoch):
+        self.epoch, self.seen = epoch, []
+
+    def on_epoch_end(self, epoch, logs):
+        self.seen.append((epoch, sorted(logs)))
+        return epoch == self.epoch
+
+
+def test_trainer_and_dask_share_the_epoch_loop():
+    """The same stopping rule, logs and History from Trainer.fit and fastbp.dask.fit."""
+    fastbp_dask = pytest.importorskip("fastbp.dask")
+    import dask
+    import dask.array as da
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(120, 4))
+    y = rng.integers(0, 3, size=120)
+    histories, callbacks = [], []
+    for runner in ("trainer", "dask"):
+        model = fastbp.MLP([4, 8, 3], ["relu", "softmax"], dtype="float64", seed=0)
+        trainer = fastbp.Trainer("cce", learning_rate=0.05, epochs=6, seed=0,
+                                 schedule=schedules.StepDecay(1, 0.5))
+        stop = StopAt(2)
+        if runner == "trainer":
+            history = trainer.fit(model, X, y, validation_data=(X[:20], y[:20]),
+                                  callbacks=[stop])
+        else:
+            with dask.config.set(scheduler="synchronous"):
+                history = fastbp_dask.fit(model, trainer, da.from_array(X, chunks=60),
+                                          da.from_array(y, chunks=60),
+                                          validation_data=(X[:20], y[:20]), callbacks=[stop])
+        histories.append(history)
+        callbacks.append(stop)
+    for history, stop in zip(histories, callbacks):
+        assert history.epochs == 3 and history.stopped_early
+        assert history.history["learning_rate"] == [0.05, 0.025, 0.0125]
+        assert [epoch for epoch, _ in stop.seen] == [0, 1, 2]
+    assert callbacks[0].seen == callbacks[1].seen              # the same logs' keys
+
+
+def test_trainer_arguments_rebuild_the_trainer():
+    trainer = fastbp.Trainer("mse", optimizer="adam", epochs=3, batch_size=7, seed=2,
+                             clip_norm=1.5, n_threads=1)
+    again = fastbp.Trainer(**trainer.arguments())
+    assert again.arguments() == trainer.arguments()
+    spec = trainer.spec()
+    assert spec.optimizer == optimizers.Adam() and spec.epochs == 3 and spec.clip_norm == 1.5
+
+
+def test_parameter_vector_round_trip_is_checked_and_copied():
+    model = fastbp.MLP([3, 4, 2], ["tanh", "identity"], seed=0)
+    vector = model.parameter_vector()
+    assert vector.dtype == model.dtype and vector.shape == (model.n_params,)
+    vector[0] += 1                                                # a copy
+    assert model.parameter_vector()[0] != vector[0]
+    original = model.parameter_vector()
+    model.set_parameter_vector(model._params[::-1])              # a view of the parameters
+    assert np.array_equal(model.parameter_vector(), original[::-1])
+    before = model.parameter_vector()
+    for bad, error in ((np.zeros(3), ValueError), (np.full(model.n_params, np.inf), ValueError),
+                       (np.full(model.n_params, 1e39), ValueError), ("x", TypeError)):
+        with pytest.raises(error):
+            model.set_parameter_vector(bad)
+    assert np.array_equal(model.parameter_vector(), before)
