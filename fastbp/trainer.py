@@ -76,6 +76,13 @@ class FitSpec:
     clip_norm: float | None
     max_time: float | None
 
+    def check_dtype(self, dtype) -> None:
+        """Refuse numbers checked in float64 that the compiled loop, which uses them in the
+        model's dtype, would change (overflow, flush to 0, a fraction rounded to 1)."""
+        self.optimizer.check_dtype(dtype)
+        self.loss.check_dtype(dtype)
+        check_in_dtype(self.weight_decay, "weight_decay", dtype)
+
 
 @dataclass
 class _FitData:
@@ -239,10 +246,7 @@ class Trainer:
                           validation_split)
         metric_functions = chosen_metrics(metrics, spec.loss, model.layer_sizes[-1]) \
             if data.validation is not None else []
-        # Checked in float64, used in the model's dtype by the compiled loop.
-        spec.optimizer.check_dtype(model.dtype)
-        spec.loss.check_dtype(model.dtype)
-        check_in_dtype(spec.weight_decay, "weight_decay", model.dtype)
+        spec.check_dtype(model.dtype)
         if verbose:
             callbacks.append(ProgressBar(n_epochs))
         epoch = _CompiledEpoch(self, model, spec, data)

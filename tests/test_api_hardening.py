@@ -331,3 +331,15 @@ def test_passes_with_other_thread_counts_wait_and_all_finish():
     for thread in threads:
         thread.join(120)
     assert sorted(done) == [1, 1, 2, 2]
+
+
+def test_dask_fit_refuses_hyperparameters_the_dtype_cannot_hold_before_any_round():
+    fastbp_dask = pytest.importorskip("fastbp.dask")
+    import dask.array as da
+    X, Y = regression()
+    model = small_model()
+    before = parameters(model)
+    trainer = fastbp.Trainer("mse", optimizer=optimizers.Adam(0.01, beta2=0.99999999))
+    with pytest.raises(ValueError, match="beta2"):
+        fastbp_dask.fit(model, trainer, da.from_array(X, chunks=100), da.from_array(Y, chunks=100))
+    assert all(np.array_equal(p, q) for p, q in zip(parameters(model), before))
