@@ -12,7 +12,12 @@ FASTBP_SANITIZE=1  compiled and linked with AddressSanitizer and UndefinedBehavi
 Each variant other than the release one writes its generated C file under build/cython-<variant>/
 (never over fastbp/_core.c), and switching variants forces a rebuild, so the directives
 really reach the generated code and an in-place build never keeps a stale extension.
+
+Before Cython runs, each fastbp/*.tp template is rendered with Cython's Tempita into the
+file named without .tp (fastbp/_kernels.pxd: every C kernel declared once for both dtypes);
+the rendered files are build outputs, not kept in git.
 """
+import glob
 import os
 
 import numpy as np
@@ -23,6 +28,24 @@ from setuptools.command.build_ext import build_ext
 
 def _switch(name: str) -> bool:
     return os.environ.get(name, "") not in ("", "0")
+
+
+def render_templates() -> None:
+    """fastbp/X.tp -> fastbp/X, rewritten only when its text changes (Cython rebuilds
+    whatever cimports a file whose time changed)."""
+    from Cython import Tempita
+    for template in sorted(glob.glob(os.path.join("fastbp", "*.tp"))):
+        with open(template) as stream:
+            text = Tempita.Template(stream.read(), name=template).substitute()
+        target = template[:-len(".tp")]
+        try:
+            with open(target) as stream:
+                if stream.read() == text:
+                    continue
+        except OSError:
+            pass
+        with open(target, "w") as stream:
+            stream.write(text)
 
 
 DEBUG = _switch("FASTBP_DEBUG")
@@ -64,8 +87,8 @@ extensions = [
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=compile_args,
         extra_link_args=link_args,
-        depends=["csrc/fastbp.h", "csrc/kernels_impl.h", "fastbp/_kernels.pxd", "fastbp/_blas.pxd",
-                 "fastbp/_small_gemm.pxi", "fastbp/_bench.pxi"],
+        depends=["csrc/fastbp.h", "csrc/kernels_impl.h", "fastbp/_kernels.pxd.tp",
+                 "fastbp/_blas.pxd", "fastbp/_small_gemm.pxi", "fastbp/_bench.pxi"],
     )
 ]
 
@@ -89,6 +112,7 @@ class VariantBuildExt(build_ext):
             stream.write(VARIANT + "\n")
 
 
+render_templates()
 setup(
     ext_modules=cythonize(
         extensions, compiler_directives=directives,

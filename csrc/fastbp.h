@@ -2,9 +2,11 @@
  *
  * Everything here works on plain row-major arrays; matrix products are BLAS's job
  * (see fastbp/_core.pyx).  The kernels are written once in kernels_impl.h and
- * instantiated for float (suffix _f32) and double (suffix _f64), because Cython
- * cannot overload C functions.  Each switch on the activation or loss sits outside
- * the loops, so the inner loops are simple enough for the compiler to vectorise.
+ * instantiated for float (suffix _f32) and double (suffix _f64), because C cannot
+ * overload functions; fastbp/_kernels.pxd.tp declares each once for Cython, with one
+ * fused-type wrapper that picks the instance.  Each switch on the activation or loss
+ * sits outside the loops, so the inner loops are simple enough for the compiler to
+ * vectorise.
  */
 #ifndef FASTBP_H
 #define FASTBP_H
@@ -32,13 +34,31 @@
 #define FBP_MULTIVERSION
 #endif
 
-/* Activation, loss and optimizer codes; fastbp/_core.pyx names them for Python. */
-enum {
-    FBP_IDENTITY = 0, FBP_RELU, FBP_LEAKY_RELU, FBP_SIGMOID, FBP_TANH, FBP_SOFTMAX,
-    FBP_ELU, FBP_SOFTPLUS, FBP_GELU, FBP_SWISH
-};
-enum { FBP_MSE = 0, FBP_MAE, FBP_CCE, FBP_BCE, FBP_HUBER };
-enum { FBP_SGD = 0, FBP_MOMENTUM, FBP_ADAM, FBP_RMSPROP, FBP_ADAGRAD };
+/* The activation, loss and optimizer codes the kernels switch on, with the names Python
+   uses for them: defined here only.  Each list expands into an enum (FBP_RELU = 1, ...,
+   then FBP_N_ACTIVATIONS) and a table of names indexed by code, which fastbp/_core.pyx
+   turns into ACTIVATION_CODES, LOSS_CODES and OPTIMIZER_CODES. */
+#define FBP_ACTIVATIONS(X) \
+    X(FBP_IDENTITY, "identity") X(FBP_RELU, "relu") X(FBP_LEAKY_RELU, "leaky_relu") \
+    X(FBP_SIGMOID, "sigmoid") X(FBP_TANH, "tanh") X(FBP_SOFTMAX, "softmax") \
+    X(FBP_ELU, "elu") X(FBP_SOFTPLUS, "softplus") X(FBP_GELU, "gelu") X(FBP_SWISH, "swish")
+#define FBP_LOSSES(X) \
+    X(FBP_MSE, "mse") X(FBP_MAE, "mae") X(FBP_CCE, "categorical_crossentropy") \
+    X(FBP_BCE, "binary_crossentropy") X(FBP_HUBER, "huber")
+#define FBP_OPTIMIZERS(X) \
+    X(FBP_SGD, "sgd") X(FBP_MOMENTUM, "momentum") X(FBP_ADAM, "adam") \
+    X(FBP_RMSPROP, "rmsprop") X(FBP_ADAGRAD, "adagrad")
+
+#define FBP_CODE(code, name) code,
+#define FBP_CODE_NAME(code, name) name,
+enum { FBP_ACTIVATIONS(FBP_CODE) FBP_N_ACTIVATIONS };
+enum { FBP_LOSSES(FBP_CODE) FBP_N_LOSSES };
+enum { FBP_OPTIMIZERS(FBP_CODE) FBP_N_OPTIMIZERS };
+static const char *const fbp_activation_names[] = { FBP_ACTIVATIONS(FBP_CODE_NAME) };
+static const char *const fbp_loss_names[] = { FBP_LOSSES(FBP_CODE_NAME) };
+static const char *const fbp_optimizer_names[] = { FBP_OPTIMIZERS(FBP_CODE_NAME) };
+#undef FBP_CODE
+#undef FBP_CODE_NAME
 
 /* 1 for the activations whose derivative needs the pre-activation z, not only f(z). */
 static inline int fbp_needs_preactivation(int activation)

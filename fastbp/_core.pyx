@@ -32,21 +32,17 @@ from libc.string cimport memset
 
 from fastbp._blas cimport gemm
 from scipy.linalg.cython_blas cimport sgemm
-from fastbp._kernels cimport *
+from fastbp._kernels cimport *   # the kernels (fbp_*), each with one wrapper for both dtypes
 
 import threading
 
 import numpy as np
 
-# The codes the kernels switch on, named; csrc/fastbp.h is their single source.
-ACTIVATION_CODES = {"identity": FBP_IDENTITY, "relu": FBP_RELU, "leaky_relu": FBP_LEAKY_RELU,
-                    "sigmoid": FBP_SIGMOID, "tanh": FBP_TANH, "softmax": FBP_SOFTMAX,
-                    "elu": FBP_ELU, "softplus": FBP_SOFTPLUS, "gelu": FBP_GELU,
-                    "swish": FBP_SWISH}
-LOSS_CODES = {"mse": FBP_MSE, "mae": FBP_MAE, "categorical_crossentropy": FBP_CCE,
-              "binary_crossentropy": FBP_BCE, "huber": FBP_HUBER}
-OPTIMIZER_CODES = {"sgd": FBP_SGD, "momentum": FBP_MOMENTUM, "adam": FBP_ADAM,
-                   "rmsprop": FBP_RMSPROP, "adagrad": FBP_ADAGRAD}
+# The codes the kernels switch on, by name, in code order: csrc/fastbp.h defines both.
+ACTIVATION_CODES = {fbp_activation_names[code].decode(): code
+                    for code in range(FBP_N_ACTIVATIONS)}
+LOSS_CODES = {fbp_loss_names[code].decode(): code for code in range(FBP_N_LOSSES)}
+OPTIMIZER_CODES = {fbp_optimizer_names[code].decode(): code for code in range(FBP_N_OPTIMIZERS)}
 
 # train_epoch's status
 cpdef enum Status:
@@ -84,7 +80,8 @@ include "_small_gemm.pxi"
 
 
 cdef bint valid_code(int code, dict codes):
-    return code in codes.values()
+    """True if code is one of the codes (one of the tables above)."""
+    return 0 <= code < len(codes)
 
 
 cdef class Plan:
@@ -307,131 +304,6 @@ cdef class Hyperparameters:
             or (self.data.optimizer == FBP_MOMENTUM and not self.data.nesterov))
 
 
-# ---- fused dispatch to the C kernels (Cython cannot overload C functions) ----
-
-cdef inline void bias_activation(floating* z, const floating* bias, floating* preactivation,
-                                 Py_ssize_t n_rows, Py_ssize_t n_cols, int activation) noexcept nogil:
-    if floating is float:
-        fbp_bias_activation_f32(z, bias, preactivation, n_rows, n_cols, activation)
-    else:
-        fbp_bias_activation_f64(z, bias, preactivation, n_rows, n_cols, activation)
-
-
-cdef inline void activation_backward(floating* delta, const floating* a,
-                                     const floating* preactivation, Py_ssize_t n_rows,
-                                     Py_ssize_t n_cols, int activation) noexcept nogil:
-    if floating is float:
-        fbp_activation_backward_f32(delta, a, preactivation, n_rows, n_cols, activation)
-    else:
-        fbp_activation_backward_f64(delta, a, preactivation, n_rows, n_cols, activation)
-
-
-cdef inline double output_layer(floating* z, const floating* bias, floating* preactivation,
-                                const floating* y, const floating* row_weights, floating* delta,
-                                Py_ssize_t n_rows, Py_ssize_t n_cols, int activation, int loss,
-                                floating loss_parameter, floating scale) noexcept nogil:
-    if floating is float:
-        return fbp_output_layer_f32(z, bias, preactivation, y, row_weights, delta, n_rows,
-                                    n_cols, activation, loss, loss_parameter, scale)
-    else:
-        return fbp_output_layer_f64(z, bias, preactivation, y, row_weights, delta, n_rows,
-                                    n_cols, activation, loss, loss_parameter, scale)
-
-
-cdef inline void column_sums(floating* target, const floating* delta, Py_ssize_t n_rows,
-                             Py_ssize_t n_cols, floating alpha, floating beta) noexcept nogil:
-    if floating is float:
-        fbp_column_sums_f32(target, delta, n_rows, n_cols, alpha, beta)
-    else:
-        fbp_column_sums_f64(target, delta, n_rows, n_cols, alpha, beta)
-
-
-cdef inline Py_ssize_t gather_rows(floating* dst, const floating* src, const Py_ssize_t* rows,
-                                   Py_ssize_t n_rows, Py_ssize_t n_cols,
-                                   Py_ssize_t n_src) noexcept nogil:
-    if floating is float:
-        return fbp_gather_rows_f32(dst, src, rows, n_rows, n_cols, n_src)
-    else:
-        return fbp_gather_rows_f64(dst, src, rows, n_rows, n_cols, n_src)
-
-
-cdef inline Py_ssize_t gather(floating* dst, const floating* src, const Py_ssize_t* rows,
-                              Py_ssize_t n, Py_ssize_t n_src) noexcept nogil:
-    if floating is float:
-        return fbp_gather_f32(dst, src, rows, n, n_src)
-    else:
-        return fbp_gather_f64(dst, src, rows, n, n_src)
-
-
-cdef inline Py_ssize_t one_hot(floating* dst, const Py_ssize_t* labels, const Py_ssize_t* rows,
-                               Py_ssize_t n_rows, Py_ssize_t n_cols,
-                               Py_ssize_t n_labels) noexcept nogil:
-    if floating is float:
-        return fbp_one_hot_f32(dst, labels, rows, n_rows, n_cols, n_labels)
-    else:
-        return fbp_one_hot_f64(dst, labels, rows, n_rows, n_cols, n_labels)
-
-
-cdef inline void dropout(floating* out, floating* mask, const floating* a, Py_ssize_t n,
-                         double rate, uint64_t* random_state) noexcept nogil:
-    if floating is float:
-        fbp_dropout_f32(out, mask, a, n, rate, random_state)
-    else:
-        fbp_dropout_f64(out, mask, a, n, rate, random_state)
-
-
-cdef inline void multiply(floating* x, const floating* y, Py_ssize_t n) noexcept nogil:
-    if floating is float:
-        fbp_multiply_f32(x, y, n)
-    else:
-        fbp_multiply_f64(x, y, n)
-
-
-cdef inline bint all_finite_buffer(const floating* x, Py_ssize_t n) noexcept nogil:
-    if floating is float:
-        return fbp_all_finite_f32(x, n)
-    else:
-        return fbp_all_finite_f64(x, n)
-
-
-cdef inline double sum_squares(const floating* x, Py_ssize_t n) noexcept nogil:
-    if floating is float:
-        return fbp_sum_squares_f32(x, n)
-    else:
-        return fbp_sum_squares_f64(x, n)
-
-
-cdef inline void scale_in_place(floating* x, Py_ssize_t n, floating factor) noexcept nogil:
-    if floating is float:
-        fbp_scale_f32(x, n, factor)
-    else:
-        fbp_scale_f64(x, n, factor)
-
-
-cdef inline void optimizer_step(floating* params, floating* grads, floating* first,
-                                floating* second, Py_ssize_t n,
-                                const HyperparameterData* hyper,
-                                floating weight_decay) noexcept nogil:
-    if floating is float:
-        fbp_optimizer_step_f32(params, grads, first, second, n, hyper.optimizer,
-                               <float>hyper.learning_rate, weight_decay, <float>hyper.momentum,
-                               hyper.nesterov, <float>hyper.beta1, <float>hyper.beta2,
-                               <float>hyper.epsilon, hyper.step)
-    else:
-        fbp_optimizer_step_f64(params, grads, first, second, n, hyper.optimizer,
-                               hyper.learning_rate, weight_decay, hyper.momentum, hyper.nesterov,
-                               hyper.beta1, hyper.beta2, hyper.epsilon, hyper.step)
-
-
-cdef inline void momentum_step(floating* params, floating* scaled_velocity, Py_ssize_t n,
-                               floating learning_rate, floating weight_decay,
-                               floating momentum) noexcept nogil:
-    if floating is float:
-        fbp_momentum_step_f32(params, scaled_velocity, n, learning_rate, weight_decay, momentum)
-    else:
-        fbp_momentum_step_f64(params, scaled_velocity, n, learning_rate, weight_decay, momentum)
-
-
 cdef inline double loss_normaliser(int loss, Py_ssize_t n_cols) noexcept nogil:
     """Per-row loss terms times this is the row's share of the mean: CCE sums over the
     outputs, every other loss averages them."""
@@ -486,12 +358,12 @@ cdef void forward_hidden(const PlanData* plan, const floating* params, floating*
         n_out = plan.sizes[l]
         out = work + plan.output_offsets[l]
         forward_product(plan, params, work, x, m, l, out)
-        bias_activation(out, params + plan.bias_offsets[l - 1],
-                        workspace(work, plan.preactivation_offsets[l]), m, n_out,
-                        plan.activations[l - 1])
+        fbp_bias_activation(out, params + plan.bias_offsets[l - 1],
+                            workspace(work, plan.preactivation_offsets[l]), m, n_out,
+                            plan.activations[l - 1])
         if plan.dropped_offsets[l] >= 0:
-            dropout(work + plan.dropped_offsets[l], work + plan.mask_offsets[l], out,
-                    <Py_ssize_t>m * n_out, plan.dropout_rates[l - 1], random_state)
+            fbp_dropout(work + plan.dropped_offsets[l], work + plan.mask_offsets[l], out,
+                        <Py_ssize_t>m * n_out, plan.dropout_rates[l - 1], random_state)
 
 
 cdef void output_logits(const PlanData* plan, const floating* params, floating* work,
@@ -528,10 +400,10 @@ cdef inline Py_ssize_t gradient_block_rows(const PlanData* plan, int l,
 
 
 cdef double run_batch(const PlanData* plan, HyperparameterData* hyper, floating* params,
-                      floating* target,
-                      floating* first, floating* second, floating* work, const floating* x,
-                      const floating* y, const floating* row_weights, int m, floating scale,
-                      int update, floating beta, uint64_t* random_state) noexcept nogil:
+                      floating* target, floating* first, floating* second, floating* work,
+                      const floating* x, const floating* y, const floating* row_weights, int m,
+                      floating scale, int update, floating beta,
+                      uint64_t* random_state) noexcept nogil:
     """Forward and backward on m rows; returns the (weighted) summed loss terms.
 
     The gradient is `scale` times that of the summed loss terms; `update` says what
@@ -552,11 +424,11 @@ cdef double run_batch(const PlanData* plan, HyperparameterData* hyper, floating*
     forward_hidden(plan, params, work, x, m, random_state)
     output_logits(plan, params, work, x, m, out)
     delta = work + plan.delta_offsets[L % 2]
-    cdef double loss_sum = output_layer(out, params + plan.bias_offsets[L - 1],
-                                        workspace(work, plan.preactivation_offsets[L]), y,
-                                        row_weights, delta, m, plan.sizes[L],
-                                        plan.activations[L - 1], hyper.loss,
-                                        <floating>hyper.loss_parameter, scale)
+    cdef double loss_sum = fbp_output_layer(out, params + plan.bias_offsets[L - 1],
+                                            workspace(work, plan.preactivation_offsets[L]), y,
+                                            row_weights, delta, m, plan.sizes[L],
+                                            plan.activations[L - 1], hyper.loss,
+                                            <floating>hyper.loss_parameter, scale)
     if not isfinite(loss_sum):
         return loss_sum
     if update != GRADIENT_ONLY:
@@ -581,10 +453,10 @@ cdef double run_batch(const PlanData* plan, HyperparameterData* hyper, floating*
                  params + plan.weight_offsets[l - 1], <int>n_out, <floating>0, previous_delta,
                  <int>n_in)
             if plan.mask_offsets[l - 1] >= 0:
-                multiply(previous_delta, work + plan.mask_offsets[l - 1], m * n_in)
-            activation_backward(previous_delta, work + plan.output_offsets[l - 1],
-                                workspace(work, plan.preactivation_offsets[l - 1]), m, n_in,
-                                plan.activations[l - 2])
+                fbp_multiply(previous_delta, work + plan.mask_offsets[l - 1], m * n_in)
+            fbp_activation_backward(previous_delta, work + plan.output_offsets[l - 1],
+                                    workspace(work, plan.preactivation_offsets[l - 1]), m, n_in,
+                                    plan.activations[l - 2])
         w = plan.weight_offsets[l - 1]
         # A block of W's rows at a time (plan.gradient_chunks); with an optimizer rule each
         # block is stepped right after its GEMM while it and its state are still in L2 (a
@@ -599,7 +471,7 @@ cdef double run_batch(const PlanData* plan, HyperparameterData* hyper, floating*
                 step_slice(hyper, params, target, first, second, update,
                            w + start * n_out, rows * n_out, True)
             start += rows
-        column_sums(target + plan.bias_offsets[l - 1], delta, m, n_out, alpha, bias_beta)
+        fbp_column_sums(target + plan.bias_offsets[l - 1], delta, m, n_out, alpha, bias_beta)
         if update == FOLDED_MOMENTUM or update == LAYER_STEP:
             step_slice(hyper, params, target, first, second, update, plan.bias_offsets[l - 1],
                        n_out, False)
@@ -614,26 +486,28 @@ cdef inline void step_slice(const HyperparameterData* hyper, floating* params, f
     Weight decay applies to weights, not biases."""
     cdef floating weight_decay = <floating>hyper.weight_decay if weights else 0
     if weights and hyper.decoupled_weight_decay:   # p <- p (1 - lr wd), then the rule
-        scale_in_place(params + offset, n,
-                       <floating>(1.0 - hyper.learning_rate * hyper.weight_decay))
+        fbp_scale(params + offset, n, <floating>(1.0 - hyper.learning_rate * hyper.weight_decay))
         weight_decay = 0
     if update == FOLDED_MOMENTUM:
-        momentum_step(params + offset, grads + offset, n, <floating>hyper.learning_rate,
-                      weight_decay, <floating>hyper.momentum)
+        fbp_momentum_step(params + offset, grads + offset, n, <floating>hyper.learning_rate,
+                          weight_decay, <floating>hyper.momentum)
     else:
-        optimizer_step(params + offset, grads + offset, first + offset if first else NULL,
-                       second + offset if second else NULL, n, hyper, weight_decay)
+        fbp_optimizer_step(params + offset, grads + offset, first + offset if first else NULL,
+                           second + offset if second else NULL, n, hyper.optimizer,
+                           <floating>hyper.learning_rate, weight_decay,
+                           <floating>hyper.momentum, hyper.nesterov, <floating>hyper.beta1,
+                           <floating>hyper.beta2, <floating>hyper.epsilon, hyper.step)
 
 
 cdef void clip_and_update(const PlanData* plan, HyperparameterData* hyper, floating* params,
-                          floating* grads,
-                          floating* first, floating* second) noexcept nogil:
+                          floating* grads, floating* first, floating* second) noexcept nogil:
     """One optimizer step from the whole gradient in grads, clipped by its norm first."""
     cdef int l
     # torch.nn.utils.clip_grad_norm_: g *= min(1, max_norm / (norm + 1e-6))
-    cdef double coefficient = hyper.clip_norm / (sqrt(sum_squares(grads, plan.n_params)) + 1e-6)
+    cdef double norm = sqrt(fbp_sum_squares(grads, plan.n_params))
+    cdef double coefficient = hyper.clip_norm / (norm + 1e-6)
     if coefficient < 1:
-        scale_in_place(grads, plan.n_params, <floating>coefficient)
+        fbp_scale(grads, plan.n_params, <floating>coefficient)
     hyper.step += 1
     for l in range(plan.n_layers):
         step_slice(hyper, params, grads, first, second, LAYER_STEP, plan.weight_offsets[l],
@@ -775,7 +649,7 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
             m = min(batch_size, n_samples - start)
             rows = &order[start] if use_order else NULL
             if use_order:
-                bad = gather_rows(batch_x, &X[0, 0], rows, m, n_in, n_samples)
+                bad = fbp_gather_rows(batch_x, &X[0, 0], rows, m, n_in, n_samples)
                 if bad >= 0:
                     failed_gather = GATHERED_X
                     break
@@ -783,14 +657,14 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
             else:
                 x = &X[start, 0]
             if use_labels:
-                bad = one_hot(batch_y, &labels[0] if use_order else &labels[start], rows, m,
-                              n_out, n_samples if use_order else n_samples - start)
+                bad = fbp_one_hot(batch_y, &labels[0] if use_order else &labels[start], rows, m,
+                                  n_out, n_samples if use_order else n_samples - start)
                 if bad >= 0:
                     failed_gather = GATHERED_LABELS
                     break
                 y = batch_y
             elif use_order:
-                bad = gather_rows(batch_y, &Y[0, 0], rows, m, n_out, n_samples)
+                bad = fbp_gather_rows(batch_y, &Y[0, 0], rows, m, n_out, n_samples)
                 if bad >= 0:
                     failed_gather = GATHERED_Y
                     break
@@ -799,7 +673,7 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
                 y = &Y[start, 0]
             if use_weights:
                 if use_order:
-                    bad = gather(batch_weights, &row_weights[0], rows, m, n_samples)
+                    bad = fbp_gather(batch_weights, &row_weights[0], rows, m, n_samples)
                     if bad >= 0:
                         failed_gather = GATHERED_WEIGHTS
                         break
@@ -826,9 +700,9 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
         # An update can overflow with a finite loss: in the parameters, or only in the
         # optimizer's state (Adam's g^2 past FLT_MAX), where it would freeze weights silently.
         if bad < 0 and status != DIVERGED and not (
-                all_finite_buffer(p, plan_data.n_params)
-                and all_finite_buffer(state_start if state_rows else p,
-                                      state_rows * plan_data.n_params)):
+                fbp_all_finite(p, plan_data.n_params)
+                and fbp_all_finite(state_start if state_rows else p,
+                                   state_rows * plan_data.n_params)):
             status = DIVERGED
     if bad >= 0:
         raise_bad_index(order, labels, start + bad, use_order, failed_gather, n_out)
@@ -904,9 +778,9 @@ def predict(Plan plan, const floating[::1] params, floating[::1] work,
             m = min(plan_data.capacity, n_samples - start)
             forward_hidden(plan_data, p, w, &X[start, 0], <int>m, NULL)
             output_logits(plan_data, p, w, &X[start, 0], <int>m, &out[start, 0])
-            bias_activation(&out[start, 0], p + plan_data.bias_offsets[L - 1],
-                            workspace(w, plan_data.preactivation_offsets[L]), m,
-                            plan_data.sizes[L], plan_data.activations[L - 1])
+            fbp_bias_activation(&out[start, 0], p + plan_data.bias_offsets[L - 1],
+                                workspace(w, plan_data.preactivation_offsets[L]), m,
+                                plan_data.sizes[L], plan_data.activations[L - 1])
             start += m
 
 
@@ -930,11 +804,11 @@ def evaluate(Plan plan, Hyperparameters hyperparameters, const floating[::1] par
             m = min(plan_data.capacity, n_samples - start)
             forward_hidden(plan_data, p, w, &X[start, 0], <int>m, NULL)
             output_logits(plan_data, p, w, &X[start, 0], <int>m, &out[start, 0])
-            total += output_layer(&out[start, 0], p + plan_data.bias_offsets[L - 1],
-                                  workspace(w, plan_data.preactivation_offsets[L]),
-                                  &Y[start, 0], NULL, NULL, m, plan_data.sizes[L],
-                                  plan_data.activations[L - 1], hyper.loss,
-                                  <floating>hyper.loss_parameter, <floating>1)
+            total += fbp_output_layer(&out[start, 0], p + plan_data.bias_offsets[L - 1],
+                                      workspace(w, plan_data.preactivation_offsets[L]),
+                                      &Y[start, 0], NULL, NULL, m, plan_data.sizes[L],
+                                      plan_data.activations[L - 1], hyper.loss,
+                                      <floating>hyper.loss_parameter, <floating>1)
             start += m
     return total * normaliser / n_samples
 
@@ -964,9 +838,9 @@ def output_loss(floating[:, ::1] outputs, const floating[:, ::1] Y, int activati
     cdef floating[::1] bias = np.zeros(n_cols, dtype=dtype)
     cdef double total
     with nogil:
-        total = output_layer(&outputs[0, 0], &bias[0], preactivation_ptr, &Y[0, 0],
-                             NULL, grad_ptr, n_rows, n_cols, activation, loss,
-                             <floating>loss_parameter, scale)
+        total = fbp_output_layer(&outputs[0, 0], &bias[0], preactivation_ptr, &Y[0, 0],
+                                 NULL, grad_ptr, n_rows, n_cols, activation, loss,
+                                 <floating>loss_parameter, scale)
     return total * scale, grad
 
 
@@ -977,7 +851,7 @@ def all_finite(const floating[:, ::1] X):
     if n == 0:
         return True
     with nogil:
-        result = all_finite_buffer(&X[0, 0], n)
+        result = fbp_all_finite(&X[0, 0], n)
     return result
 
 
