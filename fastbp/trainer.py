@@ -211,8 +211,6 @@ class Trainer:
         is a fresh trainer with the same settings (fastbp.dask builds its blocks' so)."""
         return {name: getattr(self, name) for name in _ARGUMENTS}
 
-    _checked = spec   # the name earlier releases used
-
     # ---- the public calls ----
     def fit(self, model: MLP, X, Y, validation_data=None, validation_split=0.0,
             sample_weight=None, callbacks=None, verbose: int = 0, metrics=None) -> History:
