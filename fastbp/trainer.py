@@ -141,7 +141,7 @@ class Trainer:
         self.class_weight = class_weight
         self.max_time = max_time
         self.n_threads = n_threads
-        self._checked()
+        self.spec()
         self.reset()
 
     def reset(self) -> None:
