@@ -49,7 +49,7 @@ def exercise(directory: str, rounds: int) -> None:
                 loss = fastbp.losses.get(name)
                 loss.value(np.eye(3)[labels], model.predict(X))
                 loss.gradient(np.eye(3)[labels], model.predict(X))
-            # plans of many shapes (each model and each pass mallocs its layout arrays)
+            # plans of many shapes (each model and each pass allocates its plan's arrays)
             for depth in range(1, 12):
                 fastbp.MLP([4] * (depth + 1), "tanh", dtype=dtype).predict(X[:depth, :4])
             # error paths: refused input, damaged files, a diverging fit
@@ -66,6 +66,39 @@ def exercise(directory: str, rounds: int) -> None:
                 warnings.simplefilter("ignore")
                 fastbp.Trainer("mse", learning_rate=1e30, epochs=2, batch_size=4).fit(
                     model, X * 1e3, np.eye(3)[labels])
+            core_error_paths(model, X, labels)
+
+
+def core_error_paths(model, X, labels) -> None:
+    """The core's refusals: plans and calls whose sizes do not fit, and an epoch that stops
+    on a label rewritten mid-fit (each raises after allocating or acquiring buffers)."""
+    import fastbp
+    from fastbp import _core
+
+    relu = _core.ACTIVATION_CODES["relu"]
+    for arguments in (([5, 8], [relu, relu], 4), ([5, "wide", 3], [relu, relu], 4)):
+        try:
+            _core.Plan(*arguments)
+        except (ValueError, TypeError):
+            pass
+    plan, work = model._workspace(8)
+    try:
+        _core.predict(plan, model._params, work, X, np.empty((len(X) - 1, 3), model.dtype))
+    except ValueError:
+        pass
+    spoiled = labels.astype(np.intp)
+
+    class SpoilLabels(fastbp.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            spoiled[3] = 10**9
+
+    try:
+        fastbp.Trainer("cce", epochs=3, batch_size=16).fit(model, X, spoiled,
+                                                             callbacks=[SpoilLabels()])
+    except ValueError:
+        pass
+    else:
+        raise AssertionError("a label rewritten out of range was not refused")
 
 
 def lsan_check(log_prefix: str) -> int:
