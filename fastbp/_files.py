@@ -13,7 +13,8 @@ and every output of the command line: the model's sidecar, predictions, the loss
   renames come last, and if one fails those already done are undone (from a hard link to the
   previous file, or a copy where the file system has no hard links).
 - A FIFO or a character device that exists (`/dev/null`, `/dev/stdout`, a named pipe) is
-  written into directly, as `cat > path` would: it is never replaced by a regular file.
+  written into directly, as `cat > path` would (a FIFO waits for its reader): it is never
+  replaced by a regular file.
   Streams are written before the regular files are renamed into place.
 - Anything else that exists and is not a regular file (a folder, a block device, a socket)
   is refused with a ValueError naming it, before anything is written.
@@ -121,7 +122,7 @@ def _kind(mode: int) -> str | None:
         return "a socket"
     if stat.S_ISREG(mode) or stat.S_ISFIFO(mode) or stat.S_ISCHR(mode):
         return None
-    return "not a file fastbp can write"
+    return "a special file"
 
 
 def _name_max(directory: str) -> int:
