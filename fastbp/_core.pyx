@@ -11,12 +11,13 @@ How the pieces fit:
   how the products are cut for OpenBLAS's small-matrix kernels is _small_gemm.pxi's;
 - `Hyperparameters` holds the loss, the optimizer rule and its hyperparameters, and the
   optimizer's step count;
-- `run_batch` is one forward + backward pass on m rows. The weight-gradient GEMMs always
-  accumulate (beta 1) into a buffer the update empties again, so OpenBLAS never spends an
-  extra pass on beta: plain SGD folds its update into them (alpha = -lr, beta = 1 - lr *
-  weight_decay, the target being the parameters), momentum without Nesterov adds the
-  gradient to its scaled velocity, and every other rule steps each block of W while it is
-  still in cache (see Update);
+- `run_batch` is one forward + backward pass on m rows. In training the weight-gradient
+  GEMMs accumulate (beta 1) into a buffer the update empties again, so OpenBLAS never
+  spends an extra pass on beta: plain SGD folds its update into them (alpha = -lr, beta =
+  1 - lr * weight_decay, the target being the parameters), momentum without Nesterov adds
+  the gradient to its scaled velocity, and every other rule steps each block of W while it
+  is still in cache (see Update); `gradients` only writes the gradient (beta 0, then 1
+  for the next chunks of rows);
 - the `def` functions (train_epoch, gradients, predict, ...) are thin shims that check
   every size against the plan (a wrong call raises ValueError, whoever makes it), take
   the arrays, release the GIL once, and loop in C. Values are the Python layer's to
@@ -349,8 +350,9 @@ cdef void forward_product(const PlanData* plan, const floating* params, floating
 
 cdef void forward_hidden(const PlanData* plan, const floating* params, floating* work,
                          const floating* x, int m, uint64_t* random_state) noexcept nogil:
-    """A_l = f(A_{l-1} W_l + b_l) for every layer but the output (dropout when the plan
-    has it and random_state is given)."""
+    """A_l = f(A_{l-1} W_l + b_l) for every layer but the output, with dropout where the
+    plan has it (random_state must then be given: passes without it take plans without
+    dropout, which their shims check)."""
     cdef int l
     cdef Py_ssize_t n_out
     cdef floating* out
