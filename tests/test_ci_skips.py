@@ -42,7 +42,7 @@ def run_pytest(tmp_path, declared, ci, files):
     (tmp_path / "pyproject.toml").write_text(
         f'[project]\nname = "demo"\nversion = "0"\n'
         f'[project.optional-dependencies]\ntest = [{requirements}]\n'
-        f'[tool.pytest.ini_options]\naddopts = "-rfEsx"\n')
+        f'[tool.pytest.ini_options]\naddopts = "-rfEsxX"\n')
     for name, text in files.items():
         (tmp_path / name).write_text(text)
     env = {key: value for key, value in os.environ.items() if key != "CI"}
