@@ -46,7 +46,7 @@ def cmd_bench(args) -> int:
         if value is not None:
             command += [option, str(value)]
     command += ["--threads", ",".join(map(str, threads)), "--seed", str(args.seed)]
-    # BENCHMARKS.md: benchmarks run with the OpenBLAS core-type overrides unset
+    # bench/README.md: benchmarks run with the OpenBLAS core-type overrides unset
     env = {key: value for key, value in os.environ.items()
            if key not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
     shown = " ".join(command[1:]).replace(os.path.dirname(os.path.dirname(script)) + os.sep, "")
@@ -67,7 +67,7 @@ def _thread_list(text: str) -> list[int]:
 
 
 BUILTIN_WORKLOADS = {
-    # name: (layer sizes, batch size, rows) as in shared/BENCHMARKS.md, W1 on fewer rows
+    # name: (layer sizes, batch size, rows) as in bench/README.md, W1 on fewer rows
     "W1": ((784, 128, 10), 32, None),
     "W3": ((64, 32, 10), 16, 1797),
 }
