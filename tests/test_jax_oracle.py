@@ -368,3 +368,15 @@ def test_twenty_steps_equal_optax(case, problem):
     assert_close_lists(model.weights, [np.asarray(W) for W in params["W"]], "weights")
     assert_close_lists(model.biases, [np.asarray(b) for b in params["b"]], "biases")
     np.testing.assert_allclose(history.loss, epoch_losses, rtol=RTOL)
+
+
+def test_the_oracle_covers_every_activation_loss_and_rule_the_core_knows():
+    """A new activation, loss or optimizer rule cannot escape the oracle (or the NumPy
+    reference): each must be written here in JAX before the suite passes."""
+    import reference
+    from fastbp import _core
+    assert set(ACTIVATIONS) == set(fastbp.model.ACTIVATIONS) == set(reference.ACTIVATIONS)
+    covered_losses = {fastbp.losses.get(loss).name for _, loss, _ in LOSSES}
+    assert covered_losses == set(_core.LOSS_CODES)
+    covered_rules = {case[0].code_name for case in OPTIMIZER_CASES.values()}
+    assert covered_rules == set(_core.OPTIMIZER_CODES)
