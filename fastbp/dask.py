@@ -68,11 +68,11 @@ def _pair(x, y, dtype_name, float_targets):
     return x, y
 
 
-def _train_block(model_bytes, settings, part, seed, rates):
+def _train_block(model_bytes, trainer_arguments, part, seed, rates):
     """Train a copy of the model on one block; returns its row-weighted partial sums."""
     X, Y = part
     model = MLP.from_bytes(model_bytes)
-    trainer = Trainer(**{**settings, "seed": seed, "epochs": len(rates),
+    trainer = Trainer(**{**trainer_arguments, "seed": seed, "epochs": len(rates),
                          "schedule": _Rates(rates), "max_time": None})
     history = trainer.fit(model, X, Y)
     rows = X.shape[0]

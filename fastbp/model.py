@@ -128,11 +128,11 @@ class MLP:
         self._codes = tuple(_core.ACTIVATION_CODES[name] for name in names)
         if params is None:   # counted in Python integers: the core's offsets cannot overflow
             check_allocation(_format.parameter_count(sizes), dtype, "the parameters")
-        self._shape = _core.Plan(sizes, self._codes, 0)
+        self._plan = _core.Plan(sizes, self._codes, 0)
         if params is None:
-            params = np.zeros(self._shape.n_params, dtype=dtype)
+            params = np.zeros(self._plan.n_params, dtype=dtype)
         self._params = params
-        self._weights, self._biases = self._shape.parameter_views(self._params)
+        self._weights, self._biases = self._plan.parameter_views(self._params)
         # Held by a fit: a second fit of the same model from another thread is refused.
         self._training = threading.Lock()
 
@@ -301,7 +301,7 @@ class MLP:
         elif not _core.all_finite(grads.reshape(1, -1)):
             warnings.warn(f"the gradients overflow {self.dtype.name} (the loss is finite): "
                           f"some are infinite or NaN", RuntimeWarning, stacklevel=2)
-        grad_weights, grad_biases = self._shape.parameter_views(grads)
+        grad_weights, grad_biases = self._plan.parameter_views(grads)
         return float(value), grad_weights, grad_biases
 
     # ---- saving ----

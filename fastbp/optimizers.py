@@ -31,10 +31,9 @@ def _fraction(value, name: str) -> float:
 
 
 class Optimizer:
-    """Base class: `learning_rate` and the settings the compiled loop reads."""
+    """Base class: `learning_rate` and the hyperparameters the compiled rule reads."""
 
     code_name = ""
-    n_states = 0      # parameter-sized state arrays the rule keeps
 
     def __init__(self, learning_rate: float):
         self.learning_rate = real_number(learning_rate, "learning_rate")
@@ -49,7 +48,7 @@ class Optimizer:
             if isinstance(value, float):
                 check_in_dtype(value, name, dtype, below_one=name in self._fractions)
 
-    def settings(self) -> dict:
+    def hyperparameters(self) -> dict:
         """Keyword arguments for fastbp._core.Hyperparameters."""
         return {"optimizer": _core.OPTIMIZER_CODES[self.code_name],
                 "learning_rate": self.learning_rate}
@@ -79,19 +78,15 @@ class SGD(Optimizer):
     def code_name(self):
         return "momentum" if self.momentum > 0 else "sgd"
 
-    @property
-    def n_states(self):
-        return 1 if self.momentum > 0 else 0
 
-    def settings(self):
-        return {**super().settings(), "momentum": self.momentum, "nesterov": self.nesterov}
+    def hyperparameters(self):
+        return {**super().hyperparameters(), "momentum": self.momentum, "nesterov": self.nesterov}
 
 
 class Adam(Optimizer):
     """Adam (Kingma and Ba), as torch.optim.Adam."""
 
     code_name = "adam"
-    n_states = 2
 
     def __init__(self, learning_rate: float = 0.001, beta1: float = 0.9, beta2: float = 0.999,
                  epsilon: float = 1e-8):
@@ -100,8 +95,8 @@ class Adam(Optimizer):
         self.beta2 = _fraction(beta2, "beta2")
         self.epsilon = real_number(epsilon, "epsilon")
 
-    def settings(self):
-        return {**super().settings(), "beta1": self.beta1, "beta2": self.beta2,
+    def hyperparameters(self):
+        return {**super().hyperparameters(), "beta1": self.beta1, "beta2": self.beta2,
                 "epsilon": self.epsilon}
 
 
@@ -109,29 +104,27 @@ class RMSprop(Optimizer):
     """RMSprop, as torch.optim.RMSprop (no momentum, not centered)."""
 
     code_name = "rmsprop"
-    n_states = 2       # only the second is used; the layout is shared with Adam
 
     def __init__(self, learning_rate: float = 0.01, alpha: float = 0.99, epsilon: float = 1e-8):
         super().__init__(learning_rate)
         self.alpha = _fraction(alpha, "alpha")
         self.epsilon = real_number(epsilon, "epsilon")
 
-    def settings(self):
-        return {**super().settings(), "beta2": self.alpha, "epsilon": self.epsilon}
+    def hyperparameters(self):
+        return {**super().hyperparameters(), "beta2": self.alpha, "epsilon": self.epsilon}
 
 
 class Adagrad(Optimizer):
     """Adagrad, as torch.optim.Adagrad (no learning-rate decay, accumulator from 0)."""
 
     code_name = "adagrad"
-    n_states = 2
 
     def __init__(self, learning_rate: float = 0.01, epsilon: float = 1e-10):
         super().__init__(learning_rate)
         self.epsilon = real_number(epsilon, "epsilon")
 
-    def settings(self):
-        return {**super().settings(), "epsilon": self.epsilon}
+    def hyperparameters(self):
+        return {**super().hyperparameters(), "epsilon": self.epsilon}
 
 
 REGISTRY = Registry("optimizer", " or a fastbp.optimizers.Optimizer")

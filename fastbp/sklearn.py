@@ -122,7 +122,7 @@ class _BaseMLP(BaseEstimator):
     """What MLPClassifier and MLPRegressor share: parameters, fit, partial_fit, attributes."""
 
     # ---- parameters ----
-    def _settings(self) -> dict:
+    def _network_options(self) -> dict:
         """The parameters, checked (at each fit: set_params may have changed them)."""
         hidden, names = self._checked_layers()
         self._check_training_parameters()
@@ -254,7 +254,7 @@ class _BaseMLP(BaseEstimator):
         return self._fit(X, y, sample_weight, incremental=False)
 
     def _fit(self, X, y, sample_weight, incremental):
-        settings = self._settings()
+        settings = self._network_options()
         if incremental and self.early_stopping:
             raise ValueError("partial_fit does not support early_stopping=True")
         first_pass = not hasattr(self, "model_") or (not self.warm_start and not incremental)
@@ -753,9 +753,9 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
             return _SCIKIT_LEARN_LOSSES[loss]()
         return losses.get(loss)
 
-    def _settings(self):
+    def _network_options(self):
         self._loss()                                       # checks `loss` with the others
-        return super()._settings()
+        return super()._network_options()
 
     def _validate_input(self, X, y, incremental, first_pass, dtype):
         X, y = validate_data(self, X, y, multi_output=True, y_numeric=True, dtype=dtype,

@@ -174,6 +174,16 @@ class Trainer:
             state["_state_key"] = (_no_model, state["_state_key"][1])
         return state
 
+    def __setstate__(self, state: dict) -> None:
+        # Trainers pickled before the state was sized by what each rule reads kept two rows
+        # for every rule: keep the one that momentum (the velocity, row 0) or RMSprop and
+        # Adagrad (the second moment, row 1) read, so a resumed fit goes on where it was.
+        one_row = {"momentum": 0, "rmsprop": 1, "adagrad": 1}
+        key, rows = state.get("_state_key"), state.get("_state")
+        if key is not None and rows is not None and rows.shape[0] == 2 and key[1][0] in one_row:
+            state["_state"] = np.ascontiguousarray(rows[one_row[key[1][0]]:][:1])
+        self.__dict__.update(state)
+
     def __repr__(self) -> str:
         return (f"Trainer(loss={self.loss!r}, optimizer={self.optimizer!r}, "
                 f"learning_rate={self.learning_rate!r}, epochs={self.epochs!r}, "
@@ -401,17 +411,17 @@ class _CompiledEpoch:
         loss, optimizer = spec.loss, spec.optimizer
         n_samples = data.X.shape[0]
         self.batch_size = min(spec.batch_size, n_samples)
-        core_settings = _core.Hyperparameters(
+        hyperparameters = _core.Hyperparameters(
             loss.code, loss.parameter, weight_decay=spec.weight_decay,
             decoupled_weight_decay=bool(trainer.decoupled_weight_decay),
-            clip_norm=spec.clip_norm or 0.0, **optimizer.settings())
-        self.state = trainer._optimizer_state(model, optimizer, core_settings.state_layout,
-                                              core_settings.state_rows)
-        core_settings.step = trainer._step
-        self.core_settings = core_settings
+            clip_norm=spec.clip_norm or 0.0, **optimizer.hyperparameters())
+        self.state = trainer._optimizer_state(model, optimizer, hyperparameters.state_layout,
+                                              hyperparameters.state_rows)
+        hyperparameters.step = trainer._step
+        self.hyperparameters = hyperparameters
         self.n_threads = thread_count(model.layer_sizes, self.batch_size, trainer.n_threads)
         self.plan, self.work = model._workspace(self.batch_size, model._dropout,
-                                                not core_settings.folded, self.n_threads)
+                                                not hyperparameters.folded, self.n_threads)
         # The parameters and optimizer state at the start of the epoch, restored if it diverges.
         self.backup = np.empty_like(model._params)
         self.state_backup = np.empty_like(self.state)
@@ -428,7 +438,7 @@ class _CompiledEpoch:
 
     def run(self, epoch: int, learning_rates) -> "EpochResult":
         trainer, model, state = self.trainer, self.model, self.state
-        self.core_settings.learning_rate = learning_rates[-1]
+        self.hyperparameters.learning_rate = learning_rates[-1]
         if trainer.shuffle:   # = rng.permutation(n_samples), without allocating
             np.copyto(self.order, self.rows)
             trainer._rng.shuffle(self.order)
@@ -438,7 +448,7 @@ class _CompiledEpoch:
         started = time.perf_counter()
         try:
             loss_total, weight_total, trained, status = _core.train_epoch(
-                self.plan, self.core_settings, model._params, self.work, state, self.X,
+                self.plan, self.hyperparameters, model._params, self.work, state, self.X,
                 self.targets, self.labels, self.weights, self.order, self.batch_size,
                 dropout_seed, self.catching)
         except ValueError:   # labels rewritten mid-fit: the core checks each read
@@ -454,7 +464,7 @@ class _CompiledEpoch:
                           f"state are restored to those at the start of that epoch. Try a "
                           f"smaller learning_rate.", RuntimeWarning, stacklevel=5)
             return EpochResult(diverged=True)
-        trainer._step = self.core_settings.step
+        trainer._step = self.hyperparameters.step
         if status == _core.Status.INTERRUPTED:
             return EpochResult(interrupted=True)
         trainer._epochs_done += 1

@@ -90,6 +90,32 @@ def test_the_state_holds_the_rows_the_rule_reads(rule, rows):
     assert history.epochs == 2 and trainer._state.shape == (rows, model.n_params)
 
 
+
+@pytest.mark.parametrize("rule, old_row", [("momentum", 0), ("rmsprop", 1), ("adagrad", 1)])
+def test_a_trainer_pickled_with_the_old_two_row_state_resumes_where_it_was(rule, old_row):
+    """Before the state was sized per rule every rule kept two rows (momentum read the
+    first, RMSprop and Adagrad the second): unpickling such a trainer keeps the row read."""
+    import pickle
+    optimizer = fastbp.optimizers.SGD(0.05, momentum=0.9) if rule == "momentum" else rule
+    rng = np.random.default_rng(0)
+    X, Y = rng.normal(size=(24, 3)), rng.normal(size=(24, 2))
+    model = fastbp.MLP(SIZES, ["tanh", "identity"], dtype="float64", seed=0)
+    trainer = fastbp.Trainer("mse", optimizer=optimizer, learning_rate=0.05, epochs=2,
+                             batch_size=8, seed=0)
+    trainer.fit(model, X, Y)
+    pickled = pickle.loads(pickle.dumps(trainer)).__getstate__()
+    two_rows = np.zeros((2, model.n_params))
+    two_rows[old_row] = trainer._state[0]
+    pickled["_state"] = two_rows                  # as an older fastbp pickled it
+    old = fastbp.Trainer.__new__(fastbp.Trainer)
+    old.__setstate__(pickled)
+    resumed = fastbp.MLP.from_bytes(model.to_bytes())
+    old.bind(resumed)
+    old.fit(resumed, X, Y)
+    trainer.fit(model, X, Y)
+    for p, q in zip(resumed.weights + resumed.biases, model.weights + model.biases):
+        np.testing.assert_array_equal(p, q)
+
 def test_passes_refuse_sizes_that_do_not_fit_the_plan():
     plan, work = _plan()
     params = np.zeros(plan.n_params)
