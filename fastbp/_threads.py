@@ -43,7 +43,172 @@ def thread_count(layer_sizes, rows_per_step: int, n_threads=None, backward=True)
         a * b for a, b in zip(layer_sizes[:-1], layer_sizes[1:]))
     if flops < MULTITHREAD_MIN_FLOPS_PER_STEP:
         return 1
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return allowed_threads()
+
+
+def allowed_threads() -> int:
+    """The most threads a pass may use when its caller did not say: the smallest of the
+    caller's limits in force now. fastbp's own defaults (fits, predict, evaluate,
+    gradients) never go past it; an explicit n_threads is obeyed as given.
+
+    The limits: the CPU affinity mask (os.sched_getaffinity), a cgroup CPU quota
+    (cgroup v2 cpu.max, v1 cpu.cfs_quota_us / cpu.cfs_period_us, rounded up),
+    OMP_NUM_THREADS / OPENBLAS_NUM_THREADS / MKL_NUM_THREADS, and the thread count of the
+    BLAS scipy calls as its caller left it (threadpoolctl's threadpool_limits in force, or
+    the count the BLAS read from its environment when it loaded). fastbp.dask and the
+    scikit-learn estimators call this too, so a worker with one thread gets one."""
+    limits = [_cpu_count(), _environment_limit(), _blas_setting()]
+    limit = _cgroup_limit()
+    if limit is not None:
+        limits.append(limit)
+    return max(1, min(limit for limit in limits if limit is not None))
+
+
+def _cpu_count() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+# The variables a caller sets to limit the threads of the libraries it runs; OpenMP's
+# may list a count per nesting level ("4,2"): the first is the outer one.
+THREAD_LIMIT_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def _environment_limit():
+    """The smallest positive count in THREAD_LIMIT_VARIABLES, or None (unset or unreadable
+    values are no limit, as the libraries themselves treat them)."""
+    counts = []
+    for name in THREAD_LIMIT_VARIABLES:
+        value = os.environ.get(name, "").split(",")[0].strip()
+        if value.isdigit() and int(value) > 0:
+            counts.append(int(value))
+    return min(counts) if counts else None
+
+
+def _blas_setting():
+    """The thread count the caller has left on the BLAS scipy calls (all BLAS libraries
+    when that one is not identified), or None when no BLAS reports one. While fastbp's own
+    passes run, the count they found, not the one they set."""
+    setters = _scipy_blas_setters()
+    with _turns:
+        if _saved is not None:
+            gets = {id(set_threads): count for set_threads, count in _saved}
+            counts = [gets.get(id(set_threads)) for _, set_threads in setters]
+        else:
+            counts = [get_threads() for get_threads, _ in setters]
+    counts = [int(count) for count in counts if count is not None and int(count) > 0]
+    return min(counts) if counts else None
+
+
+_scipy_setters = None
+
+
+def _scipy_blas_setters():
+    """(get, set) of the BLAS scipy.linalg.cython_blas calls, or of every BLAS if that one
+    is not among threadpoolctl's."""
+    global _scipy_setters
+    if _scipy_setters is None:
+        setters = _thread_setters()
+        path = _scipy_blas_path()
+        chosen = []
+        if path is not None:
+            libraries = [lib for lib in _get_controller().lib_controllers
+                         if lib.user_api == "blas"]
+            for lib, setter in zip(libraries, setters):
+                try:
+                    if os.path.samefile(lib.filepath, path):
+                        chosen.append(setter)
+                except OSError:
+                    continue
+        _scipy_setters = chosen or list(setters)
+    return _scipy_setters
+
+
+_cgroup_cpus = False     # _cgroup_limit(), once known (False: not read yet)
+
+
+def _cgroup_limit():
+    """cgroup_cpu_limit() of this process, read once (a quota rarely changes in a
+    process's life, and reading it costs file opens on every pass)."""
+    global _cgroup_cpus
+    if _cgroup_cpus is False:
+        _cgroup_cpus = cgroup_cpu_limit()
+    return _cgroup_cpus
+
+
+def cgroup_cpu_limit(root="/sys/fs/cgroup", membership="/proc/self/cgroup"):
+    """The CPUs a cgroup quota allows this process (quota / period, rounded up), the
+    smallest over its group and the groups above it, or None when no quota is set or the
+    files cannot be read. root: where the cgroup file systems are mounted; membership:
+    the process's /proc/self/cgroup (both arguments for tests)."""
+    try:
+        with open(membership) as file:
+            lines = file.read().splitlines()
+    except OSError:
+        return None
+    limits = []
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        hierarchy, controllers, group = parts
+        if hierarchy == "0" and controllers == "":     # cgroup v2 (or hybrid's unified)
+            for mount in (root, os.path.join(root, "unified")):
+                limits += _quotas(mount, group, _v2_quota)
+        elif "cpu" in controllers.split(","):
+            for mount in (os.path.join(root, controllers), os.path.join(root, "cpu"),
+                          os.path.join(root, "cpu,cpuacct")):
+                limits += _quotas(mount, group, _v1_quota)
+    return min(limits) if limits else None
+
+
+def _quotas(mount, group, read_quota):
+    """The quotas in the group's folder under mount and every folder above it up to mount
+    (a container often sees its own group as the mount's root)."""
+    found = []
+    folder = os.path.normpath(os.path.join(mount, group.lstrip("/")))
+    while True:
+        quota = read_quota(folder)
+        if quota is not None:
+            found.append(quota)
+        if os.path.normpath(folder) == os.path.normpath(mount) or len(folder) <= len(mount):
+            return found
+        folder = os.path.dirname(folder)
+
+
+def _v2_quota(folder):
+    words = _read_words(os.path.join(folder, "cpu.max"))
+    if words is None or len(words) < 1 or words[0] == "max":
+        return None
+    period = words[1] if len(words) > 1 else "100000"
+    return _cpus(words[0], period)
+
+
+def _v1_quota(folder):
+    quota = _read_words(os.path.join(folder, "cpu.cfs_quota_us"))
+    period = _read_words(os.path.join(folder, "cpu.cfs_period_us"))
+    if not quota or not period:
+        return None
+    return _cpus(quota[0], period[0])
+
+
+def _cpus(quota, period):
+    try:
+        quota, period = int(quota), int(period)
+    except ValueError:
+        return None
+    if quota <= 0 or period <= 0:       # v1 writes -1 for no quota
+        return None
+    return max(1, -(-quota // period))
+
+
+def _read_words(path):
+    try:
+        with open(path) as file:
+            return file.read().split()
+    except OSError:
+        return None
 
 
 def checked_thread_count(n_threads):

@@ -117,7 +117,8 @@ class Trainer:
     class_weight: {class: weight} or "balanced", for classification losses; multiplies
         sample weights.
     max_time: a budget in seconds, checked after each epoch.
-    n_threads: BLAS threads during the fit; None picks from the size of a step.
+    n_threads: BLAS threads during the fit; None picks from the size of a step, never
+        more than the caller allows (fastbp._threads.allowed_threads()).
 
     The optimizer's state, the schedule's epoch count and the shuffling generator persist
     across fit and partial_fit calls; `reset()` starts them afresh.

@@ -1,0 +1,208 @@
+"""The caller's limits win (issue 11 item 4): with n_threads=None, no fit, predict, evaluate
+or gradients uses more threads than its caller allows: the CPU affinity mask, a cgroup CPU
+quota, OMP_NUM_THREADS / OPENBLAS_NUM_THREADS / MKL_NUM_THREADS, and threadpoolctl's limits
+in force. An explicit n_threads is obeyed as given."""
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_limits
+
+import fastbp
+from fastbp import _threads
+
+# Large enough that the size rule alone asks for every core (above 1e8 flops a step).
+BIG = [256, 512, 512, 10]
+
+
+@pytest.fixture
+def recorded_counts(monkeypatch):
+    """The BLAS thread counts fastbp's passes ask for, in order."""
+    counts = []
+    real = _threads.blas_threads
+
+    @contextlib.contextmanager
+    def recording(n_threads):
+        counts.append(n_threads)
+        with real(n_threads):
+            yield
+
+    monkeypatch.setattr(fastbp.model, "blas_threads", recording)
+    monkeypatch.setattr(fastbp.trainer, "blas_threads", recording)
+    return counts
+
+
+@pytest.fixture
+def many_cpus(monkeypatch):
+    """A process that seems to have 8 CPUs and no other limit, so each test sees only the
+    limit it sets."""
+    monkeypatch.setattr(_threads, "_cpu_count", lambda: 8)
+    monkeypatch.setattr(_threads, "_cgroup_limit", lambda: None)
+    monkeypatch.setattr(_threads, "_blas_setting", lambda: None)
+    for name in _threads.THREAD_LIMIT_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+
+
+def every_pass(model, n_threads=None):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(600, BIG[0])).astype(np.float32)
+    y = rng.integers(0, BIG[-1], size=600)
+    model.predict(X, n_threads=n_threads)
+    model.evaluate(X, y, "cce", n_threads=n_threads)
+    model.gradients(X, y, "cce", n_threads=n_threads)
+    fastbp.Trainer("cce", epochs=1, batch_size=256, seed=0, n_threads=n_threads).fit(model, X, y)
+
+
+def big_model():
+    return fastbp.MLP(BIG, ["relu", "relu", "softmax"], seed=0)
+
+
+def test_the_size_rule_alone_would_use_every_allowed_core(many_cpus):
+    assert _threads.thread_count(BIG, 256) == 8
+    assert _threads.thread_count([4, 8, 2], 16) == 1
+
+
+def test_affinity_limits_the_default(many_cpus, monkeypatch):
+    monkeypatch.setattr(_threads, "_cpu_count", lambda: 3)
+    assert _threads.allowed_threads() == 3
+    assert _threads.thread_count(BIG, 256) == 3
+
+
+@pytest.mark.parametrize("name", _threads.THREAD_LIMIT_VARIABLES)
+def test_each_environment_variable_limits_the_default(many_cpus, monkeypatch, name):
+    monkeypatch.setenv(name, "2")
+    assert _threads.allowed_threads() == 2
+    monkeypatch.setenv(name, "5,1")      # OpenMP's nested form: the outer level counts
+    assert _threads.allowed_threads() == 5
+    for ignored in ("", "0", "-3", "many", " "):   # no limit, as the libraries read them
+        monkeypatch.setenv(name, ignored)
+        assert _threads.allowed_threads() == 8
+
+
+def test_the_smallest_limit_wins(many_cpus, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "6")
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "4")
+    monkeypatch.setattr(_threads, "_cgroup_limit", lambda: 5)
+    assert _threads.allowed_threads() == 4
+    monkeypatch.setattr(_threads, "_cpu_count", lambda: 2)
+    assert _threads.allowed_threads() == 2
+
+
+def test_a_cgroup_quota_limits_the_default(many_cpus, monkeypatch):
+    monkeypatch.setattr(_threads, "_cgroup_limit", lambda: 3)
+    assert _threads.thread_count(BIG, 256) == 3
+
+
+def write(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def test_cgroup_v2_quota_is_read_rounded_up_and_the_smallest_over_the_ancestors(tmp_path):
+    membership = tmp_path / "cgroup"
+    write(membership, "0::/outer/inner\n")
+    root = tmp_path / "fs"
+    write(root / "outer" / "inner" / "cpu.max", "250000 100000\n")   # 2.5 CPUs -> 3
+    assert _threads.cgroup_cpu_limit(str(root), str(membership)) == 3
+    write(root / "outer" / "cpu.max", "100000 100000\n")
+    assert _threads.cgroup_cpu_limit(str(root), str(membership)) == 1
+    write(root / "outer" / "cpu.max", "max 100000\n")
+    write(root / "outer" / "inner" / "cpu.max", "max 100000\n")
+    assert _threads.cgroup_cpu_limit(str(root), str(membership)) is None
+
+
+def test_cgroup_v2_seen_from_inside_a_container(tmp_path):
+    """In a cgroup namespace the process's group is the mount's root."""
+    membership = tmp_path / "cgroup"
+    write(membership, "0::/\n")
+    write(tmp_path / "fs" / "cpu.max", "150000 100000\n")
+    assert _threads.cgroup_cpu_limit(str(tmp_path / "fs"), str(membership)) == 2
+
+
+def test_cgroup_v1_quota_and_no_quota(tmp_path):
+    membership = tmp_path / "cgroup"
+    write(membership, "5:memory:/x\n4:cpu,cpuacct:/job\n0::/\n")
+    root = tmp_path / "fs"
+    write(root / "cpu,cpuacct" / "job" / "cpu.cfs_quota_us", "400000\n")
+    write(root / "cpu,cpuacct" / "job" / "cpu.cfs_period_us", "100000\n")
+    assert _threads.cgroup_cpu_limit(str(root), str(membership)) == 4
+    write(root / "cpu,cpuacct" / "job" / "cpu.cfs_quota_us", "-1\n")
+    assert _threads.cgroup_cpu_limit(str(root), str(membership)) is None
+
+
+def test_unreadable_or_garbled_cgroup_files_are_no_limit(tmp_path):
+    assert _threads.cgroup_cpu_limit(str(tmp_path), str(tmp_path / "missing")) is None
+    membership = tmp_path / "cgroup"
+    write(membership, "garbage\n0::/g\n")
+    write(tmp_path / "fs" / "g" / "cpu.max", "lots of\n")
+    assert _threads.cgroup_cpu_limit(str(tmp_path / "fs"), str(membership)) is None
+
+
+def test_this_machines_cgroup_files_read_without_error():
+    limit = _threads.cgroup_cpu_limit()
+    assert limit is None or limit >= 1
+
+
+def test_threadpool_limits_in_force_limit_every_default_pass(recorded_counts):
+    model = big_model()
+    with threadpool_limits(limits=1, user_api="blas"):
+        assert _threads.allowed_threads() == 1
+        every_pass(model)
+    assert recorded_counts and set(recorded_counts) == {1}
+
+
+def test_an_explicit_n_threads_is_obeyed_under_a_limit(recorded_counts):
+    model = big_model()
+    with threadpool_limits(limits=1, user_api="blas"):
+        every_pass(model, n_threads=2)
+    assert recorded_counts and set(recorded_counts) == {2}
+
+
+def test_the_limit_read_inside_a_running_pass_is_the_callers_not_fastbps():
+    """While a pass runs on 2 BLAS threads, a default chosen on another thread still sees
+    the caller's 1 (what the first pass found), not the 2 it set."""
+    with threadpool_limits(limits=1, user_api="blas"):
+        with _threads.blas_threads(2):
+            assert _threads.allowed_threads() == 1
+
+
+CHILD = textwrap.dedent("""
+    import contextlib, json, sys
+    import numpy as np
+    import fastbp
+    from fastbp import _threads
+    counts = []
+    real = _threads.blas_threads
+    @contextlib.contextmanager
+    def recording(n):
+        counts.append(n)
+        with real(n):
+            yield
+    fastbp.model.blas_threads = fastbp.trainer.blas_threads = recording
+    model = fastbp.MLP(%r, ["relu", "relu", "softmax"], seed=0)
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(600, %d)).astype(np.float32)
+    y = rng.integers(0, %d, size=600)
+    model.predict(X)
+    model.evaluate(X, y, "cce")
+    model.gradients(X, y, "cce")
+    fastbp.Trainer("cce", epochs=1, batch_size=256, seed=0).fit(model, X, y)
+    print(json.dumps(counts))
+""" % (BIG, BIG[0], BIG[-1]))
+
+
+@pytest.mark.parametrize("name", _threads.THREAD_LIMIT_VARIABLES)
+def test_a_process_started_with_a_thread_variable_runs_every_default_pass_on_one_thread(name):
+    env = {key: value for key, value in os.environ.items()
+           if key not in _threads.THREAD_LIMIT_VARIABLES}
+    env[name] = "1"
+    result = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    counts = json.loads(result.stdout.strip().splitlines()[-1])
+    assert len(counts) == 4 and set(counts) == {1}
