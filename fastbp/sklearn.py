@@ -198,13 +198,16 @@ class _BaseMLP(BaseEstimator):
         if self.n_threads is not None and not (_is_whole(self.n_threads) and self.n_threads >= 1):
             raise _parameter_error(self, "n_threads", "None or an int >= 1", self.n_threads)
 
-    def _checked_dtype(self) -> np.dtype:
+    def _checked_dtype(self):
+        """The model's dtype, or None: the input's (float32 kept, anything else float64)."""
+        if self.dtype is None:
+            return None
         try:
-            dtype = None if self.dtype is None else np.dtype(self.dtype)
+            dtype = np.dtype(self.dtype)
         except TypeError:
             dtype = None
         if dtype is None or dtype.name not in ("float32", "float64"):
-            raise _parameter_error(self, "dtype", "'float32' or 'float64'", self.dtype)
+            raise _parameter_error(self, "dtype", "None, 'float32' or 'float64'", self.dtype)
         return dtype
 
     def _checked_dropout(self, hidden) -> list:
@@ -259,7 +262,10 @@ class _BaseMLP(BaseEstimator):
             raise ValueError("partial_fit does not support early_stopping=True")
         first_pass = not hasattr(self, "model_") or (not self.warm_start and not incremental)
         dtype = settings["dtype"] if first_pass else self.model_.dtype
+        if dtype is None:                  # scikit-learn's rule: float32 stays float32
+            dtype = [np.float64, np.float32]
         X, Y, stratify, n_outputs = self._validate_input(X, y, incremental, first_pass, dtype)
+        settings["dtype"] = X.dtype
         if sample_weight is not None:
             sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64,
                                                  ensure_non_negative=True)
@@ -557,7 +563,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                  random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, dropout=0.0,
-                 dtype="float32", n_threads=None):
+                 dtype=None, n_threads=None):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.solver = solver
@@ -631,7 +637,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         if binarizer.y_type_ == "multiclass":           # softmax: class indices as targets
             Y = np.searchsorted(self.classes_, y).astype(np.intp)
             return X, Y, Y, len(self.classes_)
-        Y = np.ascontiguousarray(binarizer.transform(y), dtype=dtype)
+        Y = np.ascontiguousarray(binarizer.transform(y), dtype=X.dtype)
         stratify = Y[:, 0] if binarizer.y_type_ == "binary" else None
         return X, Y, stratify, Y.shape[1]
 
@@ -707,7 +713,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
                  random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, dropout=0.0,
-                 dtype="float32", n_threads=None):
+                 dtype=None, n_threads=None):
         self.loss = loss
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
@@ -762,7 +768,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
                              order="C", reset=first_pass)
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)
-        Y = np.ascontiguousarray(y.reshape(y.shape[0], -1), dtype=dtype)
+        Y = np.ascontiguousarray(y.reshape(y.shape[0], -1), dtype=X.dtype)
         return X, Y, None, Y.shape[1]
 
     def _objective_scale(self) -> float:

@@ -33,33 +33,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # ---- scikit-learn's estimator checks ----------------------------------------------------
 
-# The defaults (hidden_layer_sizes=(100,), max_iter=200, adam) are fast enough for every
-# check; each estimator is checked in float32 (fastbp's default) and in float64.
-CHECKED = [MLPClassifier(random_state=0), MLPRegressor(random_state=0),
-           MLPClassifier(random_state=0, dtype="float64"),
-           MLPRegressor(random_state=0, dtype="float64")]
-
-FLOAT32_ROUNDING = (
-    "float32 rounding: the check compares with rtol=1e-7, below float32's resolution "
-    "(eps 1.2e-7). {what} agree to ~1e-6 in float32 ({test}), and the float64 instances "
-    "pass this check.")
+# The defaults (hidden_layer_sizes=(100,), max_iter=200, adam, dtype=None: float32 input
+# trained in float32, anything else in float64, as scikit-learn) pass every check with no
+# expected failure.
+CHECKED = [MLPClassifier(random_state=0), MLPRegressor(random_state=0)]
 
 
-def expected_failures(estimator):
-    if np.dtype(estimator.dtype) != np.float32:
-        return {}
-    return {
-        "check_sample_weight_equivalence_on_dense_data": FLOAT32_ROUNDING.format(
-            what="A fit with integer sample weights and a fit on the repeated rows",
-            test="test_sample_weight_equals_repetition"),
-        "check_methods_subset_invariance": FLOAT32_ROUNDING.format(
-            what="Predictions for a row alone and within a batch (BLAS blocks float32 "
-                 "products by the number of rows, so sums round differently by an ulp)",
-            test="test_predictions_of_subsets_agree_in_float32"),
-    }
-
-
-@parametrize_with_checks(CHECKED, expected_failed_checks=expected_failures)
+@parametrize_with_checks(CHECKED)
 def test_scikit_learn_estimator_checks(estimator, check):
     name = getattr(check, "func", check).__name__
     if name == "check_array_api_input":
@@ -613,7 +593,32 @@ def test_per_layer_activations_dropout_dtype_threads():
                                  max_iter=5, random_state=0).fit, X, y)
     assert single.model_.activations == ("tanh", "tanh", "softmax")
     assert single.model_.dropout == (0.5, 0.5)
-    assert single.model_.dtype == np.float32
+
+
+@pytest.mark.parametrize("cls", [MLPClassifier, MLPRegressor])
+def test_dtype_follows_the_input_as_in_scikit_learn(cls):
+    """dtype=None (the default): float32 input trains in float32, float64 and every other
+    input (ints, lists) in float64; dtype='float32'/'float64' forces it. warm_start,
+    partial_fit and predict convert later inputs to the fitted model's dtype."""
+    X, y = blobs(n=60)
+    y = y if cls is MLPClassifier else y.astype(float)
+    settings = dict(hidden_layer_sizes=(8,), max_iter=3, random_state=0)
+    for data, dtype, expected in ((X.astype(np.float32), None, np.float32),
+                                  (X, None, np.float64),
+                                  (np.rint(X).astype(np.int64), None, np.float64),
+                                  (X.tolist(), None, np.float64),
+                                  (X, "float32", np.float32),
+                                  (X.astype(np.float32), "float64", np.float64)):
+        est = quiet(cls(dtype=dtype, **settings).fit, data, y)
+        assert est.model_.dtype == expected, (type(data), dtype)
+        assert all(w.dtype == expected for w in est.coefs_ + est.intercepts_)
+        method = getattr(est, "predict_proba", est.predict)
+        assert method(data).dtype == np.float64          # outputs as scikit-learn's
+    est = quiet(cls(warm_start=True, **settings).fit, X.astype(np.float32), y)
+    quiet(est.fit, X, y)                                  # float64 data, float32 model
+    assert est.model_.dtype == np.float32
+    est.partial_fit(X, y)
+    assert est.model_.dtype == np.float32
 
 
 @pytest.mark.parametrize("solver", ["sgd", "adam", "rmsprop", "adagrad"])
@@ -777,8 +782,10 @@ def test_grid_search_regressor():
 
 def test_predictions_of_subsets_agree_in_float32():
     X, y = blobs()
+    X = X.astype(np.float32)
     for est in (quiet(MLPClassifier(random_state=0, max_iter=20).fit, X, y),
                 quiet(MLPRegressor(random_state=0, max_iter=20).fit, X, y.astype(float))):
+        assert est.model_.dtype == np.float32
         method = getattr(est, "predict_proba", est.predict)
         whole = method(X)
         one_by_one = np.concatenate([method(row[None]) for row in X[:50]])
