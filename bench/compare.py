@@ -188,6 +188,7 @@ def worker(args):
         cpu_share = sorted(w["cpu_seconds"] / w["seconds"] for w in windows)
         out.update(windows=windows, calibration=calib,
                    cpu_over_wall=cpu_share[len(cpu_share) // 2],
+                   cpu_over_wall_max=cpu_share[-1],
                    median=float(np.median(rates)), min=rates[0], max=rates[-1],
                    unit="rows/s" if predict else "samples/s",
                    versions=runner.versions(), blas=_blas_info())
@@ -208,6 +209,8 @@ def worker(args):
         if limiter is not None:
             limiter.unregister()
     out["wall_seconds"] = time.perf_counter() - t_start
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    out["cpu_seconds"] = usage.ru_utime + usage.ru_stime   # the whole worker, all threads
     sys.stdout.write(RESULT_TAG + json.dumps(out) + "\n")
     sys.stdout.flush()
     return 0
@@ -285,13 +288,33 @@ def _fmt_rate(r):
     return f"{r:,.0f}"
 
 
+# CPU time over threads x wall time above this means a run used more threads than its row
+# says (the margin absorbs the clocks' granularity and the interpreter's own threads).
+OVERSUBSCRIBED = 1.03
+
+
+def oversubscribed(res):
+    """True if some timed window of the run took more CPU time than threads x wall time."""
+    threads = res.get("threads") or 0
+    return bool(threads) and res.get("cpu_over_wall_max", 0.0) > OVERSUBSCRIBED * threads
+
+
 def _cell(res):
     if res is None or res.get("status") != "ok":
         return "n/a"
     spread = (res["max"] - res["min"]) / res["median"] * 100 if res["median"] else 0
     # at one thread the worker should own its core: CPU time well under wall time = shared
     shared = res.get("threads") == 1 and res.get("cpu_over_wall", 1.0) < 0.9
-    return f"{_fmt_rate(res['median'])} ±{spread / 2:.0f}%{'*' if shared else ''}"
+    marks = ("*" if shared else "") + ("!" if oversubscribed(res) else "")
+    return f"{_fmt_rate(res['median'])} ±{spread / 2:.0f}%{marks}"
+
+
+def _scaling(by, wl, threads):
+    """fastbp at `threads` over fastbp at 1 thread, in the same run."""
+    one, many = by.get((wl, "fastbp", 1)), by.get((wl, "fastbp", threads))
+    if not (one and many and one.get("status") == "ok" and many.get("status") == "ok"):
+        return "n/a"
+    return f"{many['median'] / one['median']:.2f}x"
 
 
 def print_report(results, libraries, wl_names, threads_list, args, file=sys.stdout):
@@ -318,7 +341,10 @@ def print_report(results, libraries, wl_names, threads_list, args, file=sys.stdo
         floors = {wl: (by.get((wl, "fastbp", threads)) or {}).get("gemm_floor")
                   for wl in wl_names}
         show_floor = any(floors.values())
+        show_scaling = "fastbp" in libraries and threads not in (0, 1) and 1 in threads_list
         head = ["workload"] + libraries
+        if show_scaling:
+            head += [f"fastbp {threads}/1"]
         if show_floor:
             head += ["GEMMs alone", "fastbp/GEMMs"]
         if "fastbp" in libraries:
@@ -326,6 +352,8 @@ def print_report(results, libraries, wl_names, threads_list, args, file=sys.stdo
         rows = [head]
         for wl in wl_names:
             row = [wl] + [_cell(by.get((wl, lib, threads))) for lib in libraries]
+            if show_scaling:
+                row.append(_scaling(by, wl, threads))
             fb = by.get((wl, "fastbp", threads))
             fb_ok = bool(fb and fb.get("status") == "ok")
             floor = floors[wl] if fb_ok else None
@@ -355,8 +383,18 @@ def print_report(results, libraries, wl_names, threads_list, args, file=sys.stdo
     if any(r.get("gemm_floor") for r in results):
         p("  GEMMs alone: fastbp's own matrix products of plain-SGD training, same calls, nothing")
         p("  else (_core.gemm_floor); bound = GEMMs alone / peer, the most any overhead cut can give")
-    if any(_cell(r).endswith("*") for r in results):
+    if any(_cell(r).rstrip("!").endswith("*") for r in results):
         p("  * CPU time under 90% of wall time: the core was shared with other work")
+    if any(oversubscribed(r) for r in results if r.get("status") == "ok"):
+        p(f"  ! CPU time over {OVERSUBSCRIBED:g} x threads x wall time in some window: the run "
+          f"used more threads than its row says")
+    p("")
+    p("CPU time / wall time of the timed windows (median, max; <= threads when honest):")
+    for r in results:
+        if r.get("status") == "ok" and "cpu_over_wall_max" in r:
+            p(f"  {r['workload']:3s} {r['library']:16s} threads={r['threads']}: "
+              f"{r['cpu_over_wall']:.2f}, {r['cpu_over_wall_max']:.2f}"
+              f"{'  OVER' if oversubscribed(r) else ''}")
     for threads, c in sorted(getattr(args, "ceilings", {}).items()):
         p("")
         if c.get("status") != "ok":

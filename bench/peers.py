@@ -104,12 +104,13 @@ class FastbpPredict:
     def __init__(self, workload, X, threads=1, seed=0):
         fastbp = _import("fastbp")
         self.fastbp, self.X = fastbp, X
+        self.threads = threads or None  # 0 -> fastbp's default thread setting
         # ReLU hidden layers, identity output: the plain X @ W + b chain
         self.model = fastbp.MLP(list(workload.layer_sizes), "relu", dtype=workload.dtype,
                                 seed=seed)
 
     def predict(self):
-        return self.model.predict(self.X)
+        return self.model.predict(self.X, n_threads=self.threads)
 
     def versions(self):
         return {"fastbp": getattr(self.fastbp, "__version__", "?"), "numpy": np.__version__}
