@@ -33,12 +33,13 @@ from fastbp.callbacks import checked_callbacks
 from fastbp.model import MLP
 from fastbp.trainer import EpochLoop, EpochResult, History, Trainer, chosen_metrics, \
     validation_set
-from fastbp._validation import whole_number
+from fastbp._validation import real_number, whole_number
 
-__all__ = ["fit"]
+__all__ = ["fit", "placement", "LostDataError"]
 
 FAN_IN = 8          # partial sums combined per task of the reduction tree
 TASK_PREFIX = "fastbp-train"
+LOCAL = "local"     # the placement's name for dask's local scheduler
 
 
 class _Rates(schedules.Schedule):
@@ -68,28 +69,41 @@ def _pair(x, y, dtype_name, float_targets):
     return x, y
 
 
-def _train_block(model_bytes, trainer_arguments, part, seed, rates):
-    """Train a copy of the model on one block; returns its row-weighted partial sums."""
+def _train_block(model_bytes, trainer_arguments, part, seed, rates, n_threads, block):
+    """Train a copy of the model on one block with n_threads BLAS threads; returns its
+    row-weighted partial sums and where it ran (block -> (worker, rows, threads))."""
     X, Y = part
     model = MLP.from_bytes(model_bytes)
     trainer = Trainer(**{**trainer_arguments, "seed": seed, "epochs": len(rates),
-                         "schedule": _Rates(rates), "max_time": None})
+                         "schedule": _Rates(rates), "max_time": None, "n_threads": n_threads})
     history = trainer.fit(model, X, Y)
     rows = X.shape[0]
     last_loss = history.loss[-1] if history.loss else float("nan")
     return {"sum": model.parameter_vector(np.float64) * rows, "rows": rows,
-            "loss": last_loss * rows, "diverged": bool(history.diverged)}
+            "loss": last_loss * rows, "diverged": bool(history.diverged),
+            "trained": {block: (_worker_address(), rows, n_threads)}}
+
+
+def _worker_address() -> str:
+    """The address of the dask worker running this task; "local" off a distributed worker."""
+    try:
+        from distributed import get_worker
+        return get_worker().address
+    except (ImportError, ValueError):
+        return LOCAL
 
 
 def _combine(*parts):
     """Add partial sums, in the order given (the tree is fixed, so the sum is reproducible)."""
     total = {"sum": parts[0]["sum"].copy(), "rows": parts[0]["rows"],
-             "loss": parts[0]["loss"], "diverged": parts[0]["diverged"]}
+             "loss": parts[0]["loss"], "diverged": parts[0]["diverged"],
+             "trained": dict(parts[0]["trained"])}
     for part in parts[1:]:
         total["sum"] += part["sum"]
         total["rows"] += part["rows"]
         total["loss"] += part["loss"]
         total["diverged"] = total["diverged"] or part["diverged"]
+        total["trained"].update(part["trained"])
     return total
 
 
@@ -136,9 +150,9 @@ def _check_arrays(model, X, Y, loss):
     return X, Y, float_targets
 
 
-def _persisted_pairs(X, Y, dtype_name, float_targets, client, name):
-    """One (x, y) pair per non-empty chunk of rows, computed once and kept where it is
-    computed; returns (pairs, the chunks' indices)."""
+def _pairs(X, Y, dtype_name, float_targets, name):
+    """One delayed (x, y) pair per non-empty chunk of rows; returns (pairs, the chunks'
+    indices, their rows)."""
     sizes = X.chunks[0]
     pairs = [dask.delayed(_pair, pure=True)(x, y, dtype_name, float_targets,
                                             dask_key_name=f"{name}-data-{index}")
@@ -146,8 +160,50 @@ def _persisted_pairs(X, Y, dtype_name, float_targets, client, name):
                                                       Y.to_delayed().ravel(), sizes))
              if size > 0]
     blocks = [index for index, size in enumerate(sizes) if size > 0]
-    pairs = client.persist(pairs) if client is not None else list(dask.persist(*pairs))
-    return pairs, blocks
+    return pairs, blocks, [int(sizes[index]) for index in blocks]
+
+
+def placement(rows, worker_threads) -> list:
+    """Which worker trains each block: blocks by decreasing rows, each to the worker with the
+    fewest rows per thread so far (ties: the first address in sorted order). Deterministic
+    for the same rows and workers. rows: the blocks' rows; worker_threads: {address:
+    threads}. Returns one address per block."""
+    workers = sorted(worker_threads)
+    load = {worker: 0 for worker in workers}
+    chosen = [None] * len(rows)
+    for block in sorted(range(len(rows)), key=lambda b: (-rows[b], b)):
+        worker = min(workers, key=lambda w: ((load[w] + rows[block]) / worker_threads[w],
+                                             workers.index(w)))
+        load[worker] += rows[block]
+        chosen[block] = worker
+    return chosen
+
+
+def threads_per_block(places, worker_threads) -> list:
+    """BLAS threads for each block: its worker's threads shared by the blocks that worker
+    trains at once (a worker of t threads runs up to t tasks together), so a worker never
+    runs more BLAS threads than it has threads."""
+    counts = {}
+    for worker in places:
+        counts[worker] = counts.get(worker, 0) + 1
+    return [max(1, worker_threads[worker] // min(counts[worker], worker_threads[worker]))
+            for worker in places]
+
+
+class LostDataError(RuntimeError):
+    """A chunk's data was lost with a worker and cannot be recomputed."""
+
+
+def _lost_data_error(pair_futures, blocks, error, rounds_done):
+    lost = [block for future, block in zip(pair_futures, blocks) if future.status != "finished"]
+    return LostDataError(
+        f"the data of chunk(s) {lost} was lost with a worker and cannot be recomputed: it "
+        f"lived only in that worker's memory (placed there with client.scatter, or computed "
+        f"from such data). The model holds the parameters of the last completed round "
+        f"({rounds_done}). Give fit data the cluster can recompute (read from storage with "
+        f"da.from_zarr / read_parquet, generated, or da.from_array of an in-memory array), "
+        f"or scatter it again, and call fit again to continue. ({type(error).__name__}: "
+        f"{error})")
 
 
 def _tree(parts, name):
@@ -163,20 +219,24 @@ def _tree(parts, name):
 
 
 def fit(model: MLP, trainer: Trainer, X, Y, client=None, rounds=None, epochs_per_round=1,
-        validation_data=None, callbacks=None, verbose: int = 0) -> History:
+        validation_data=None, callbacks=None, verbose: int = 0, averaging="block_momentum",
+        block_momentum=None, block_learning_rate=1.0) -> History:
     """Train `model` in place on dask arrays X, Y by local SGD with parameter averaging.
 
-    model: a fastbp.MLP; its parameters are the starting point and receive the average
+    model: a fastbp.MLP; its parameters are the starting point and receive the result
         after every round.
     trainer: a fastbp.Trainer; its loss, optimizer, learning_rate, schedule, batch_size,
         shuffle, seed, weight decay, clipping and class_weight apply to each block's local
-        training. Its `epochs` gives the default number of rounds.
+        training. Its `epochs` gives the default number of rounds. Its n_threads: the BLAS
+        threads of each block; None: the threads of the worker that trains it, shared by
+        the blocks that worker trains at once (1 on dask's local scheduler).
     X: dask array (n_samples, n_features), chunked by rows; Y: dask array of targets
         (n_samples, n_outputs), or one class label per row for cross-entropy; Y is rechunked
         to X's row chunks. Each chunk of rows is one local model: choose chunks of at least
         a few batches, and at least as many chunks as the cluster has worker threads.
     client: a dask.distributed.Client; None uses the default client, or dask's local
-        scheduler when there is none.
+        scheduler when there is none. On a cluster fastbp places the chunks: balanced by
+        rows over the workers (per thread), re-placed when a worker joins or leaves.
     rounds: rounds of (broadcast, train locally, average); default
         ceil(trainer.epochs / epochs_per_round).
     epochs_per_round: local epochs each block trains between two averagings.
@@ -185,13 +245,23 @@ def fit(model: MLP, trainer: Trainer, X, Y, client=None, rounds=None, epochs_per
     callbacks: fastbp.callbacks.Callback objects; each round counts as one epoch for them
         (EarlyStopping, ModelCheckpoint, ... work per round).
     verbose: 1 prints one line per round.
+    averaging: how a round's copies make the next model. "block_momentum" (default): the
+        row-weighted average's step from the round's start is added to a momentum buffer,
+        the model moves by the buffer, and the next round starts from the model plus
+        block_momentum times the buffer (block-wise model update filtering with Nesterov
+        momentum, Chen and Huo 2016). "mean": the model is the average (plain local SGD).
+    block_momentum: the buffer's decay, in [0, 1); None: 1 - 1/K for K chunks (0 for one
+        chunk: a plain Trainer.fit).
+    block_learning_rate: the factor on the average's step (> 0).
 
     Returns a fastbp.History with one entry per round: "loss" (the row-weighted mean of the
     blocks' training loss in their last local epoch), "learning_rate", "seconds",
-    "samples_per_second", and the validation values. The blocks' seeds are derived from
-    trainer.seed, the round and the block's index, and the average is summed in a fixed
-    order, so a run is reproducible for a given seed, chunking and thread count, whichever
-    workers run the tasks (and when a task is re-run after a worker is lost).
+    "samples_per_second", and the validation values; `history.placement` lists per round
+    {block: (worker address, rows, BLAS threads)}. Ctrl-C on the driver stops after the
+    last completed round and returns the history marked interrupted. The blocks' seeds are
+    derived from trainer.seed, the round and the block's index, and the average is summed
+    in a fixed order, so a run is reproducible for a given seed, chunking and thread count,
+    whichever workers run the tasks (and when a task is re-run after a worker is lost).
     """
     if not isinstance(model, MLP):
         raise TypeError(f"model must be a fastbp.MLP; got {type(model).__name__}")
@@ -204,6 +274,16 @@ def fit(model: MLP, trainer: Trainer, X, Y, client=None, rounds=None, epochs_per
     if rounds is None:
         rounds = -(-spec.epochs // epochs_per_round)
     rounds = whole_number(rounds, "rounds", 0)
+    if averaging not in AVERAGING:
+        raise ValueError(f"averaging must be one of {', '.join(map(repr, AVERAGING))}; "
+                         f"got {averaging!r}")
+    if block_momentum is not None:
+        block_momentum = real_number(block_momentum, "block_momentum")
+        if not 0 <= block_momentum < 1:
+            raise ValueError(f"block_momentum must be in [0, 1); got {block_momentum!r}")
+    block_learning_rate = real_number(block_learning_rate, "block_learning_rate")
+    if not block_learning_rate > 0:
+        raise ValueError(f"block_learning_rate must be > 0; got {block_learning_rate!r}")
     callbacks = checked_callbacks(callbacks)
     validation, metric_functions = None, []
     if validation_data is not None:
@@ -215,27 +295,48 @@ def fit(model: MLP, trainer: Trainer, X, Y, client=None, rounds=None, epochs_per
         int(np.random.SeedSequence().generate_state(1, np.uint64)[0])
     name = f"{TASK_PREFIX}-{uuid.uuid4().hex[:12]}"
     arguments = trainer.arguments()
-
-    pairs, blocks = _persisted_pairs(X, Y, model.dtype.name, float_targets, client, name)
+    pairs, blocks, rows = _pairs(X, Y, model.dtype.name, float_targets, name)
+    if averaging == "block_momentum":
+        update = _BlockMomentum(model, len(blocks) if block_momentum is None else block_momentum,
+                                block_learning_rate, explicit=block_momentum is not None)
+    else:
+        update = _Mean(model)
+    history = History(n_samples=int(X.shape[0]))
+    history.placement = []
+    if client is not None:
+        cluster = _ClusterRounds(client, pairs, blocks, rows, trainer.n_threads)
+    else:    # dask's local scheduler: every block on its own thread of one process
+        local = list(dask.persist(*pairs, scheduler="threads"))
+        threads = [trainer.n_threads or 1] * len(blocks)
 
     def train_round(round_index, rates):
         """One round: broadcast, train every block, average (an EpochLoop step)."""
         started = time.perf_counter()
-        model_bytes = dask.delayed(model.to_bytes(), name=f"{name}-model-{round_index}")
-        results = [dask.delayed(_train_block, pure=False)(
-                       model_bytes, arguments, pair,
-                       _block_seed(entropy, round_index, block), rates,
-                       dask_key_name=f"{name}-r{round_index}-b{block}")
-                   for pair, block in zip(pairs, blocks)]
-        root = _tree(results, f"{name}-r{round_index}")
-        total = client.compute(root).result() if client is not None else dask.compute(root)[0]
+        model_bytes = update.start_bytes()
+        seeds = [_block_seed(entropy, round_index, block) for block in blocks]
+        try:
+            if client is not None:
+                total = cluster.run(round_index, model_bytes, arguments, seeds, rates, name,
+                                    history.epochs)
+            else:
+                start = dask.delayed(model_bytes, name=f"{name}-model-{round_index}")
+                results = [dask.delayed(_train_block, pure=False)(
+                               start, arguments, pair, seed, rates, n_threads, block,
+                               dask_key_name=f"{name}-r{round_index}-b{block}")
+                           for pair, seed, n_threads, block in zip(local, seeds, threads,
+                                                                    blocks)]
+                total = dask.compute(_tree(results, f"{name}-r{round_index}"),
+                                     scheduler="threads")[0]
+        except KeyboardInterrupt:      # Ctrl-C: the model keeps the last completed round
+            return EpochResult(interrupted=True)
         average = total["sum"] / total["rows"]
         if not np.isfinite(average).all():   # not expected: blocks roll back divergence
             warnings.warn(f"round {round_index + 1}: the averaged parameters are not "
                           f"finite; the model keeps those of the previous round",
                           RuntimeWarning, stacklevel=4)
             return EpochResult(diverged=True)
-        model.set_parameter_vector(average)
+        update.apply(average)
+        history.placement.append(dict(sorted(total["trained"].items())))
         if total["diverged"]:
             warnings.warn(f"round {round_index + 1}: the loss diverged on some blocks "
                           f"(their last epoch was rolled back); training stops. Try a "
@@ -248,11 +349,125 @@ def fit(model: MLP, trainer: Trainer, X, Y, client=None, rounds=None, epochs_per
                           if key not in ("learning_rate", "samples_per_second"))
         print(f"round {round_index + 1}/{rounds}  {shown}", flush=True)
 
-    history = History(n_samples=int(X.shape[0]))
     loop = EpochLoop(model, loss, spec.schedule, spec.optimizer.learning_rate, callbacks,
                      history, validation, metric_functions, spec.max_time,
                      epochs_per_step=epochs_per_round, report=report if verbose else None)
     try:
         return loop.run(rounds, 0, train_round)
+    except KeyboardInterrupt:     # outside a round (validation, a callback): as Trainer.fit
+        history.interrupted = True
+        return history
     finally:
-        del pairs      # releases the blocks' copies on the workers
+        if client is not None:
+            cluster.release()      # the blocks' copies on the workers
+
+
+AVERAGING = ("block_momentum", "mean")
+
+
+class _Mean:
+    """Plain local SGD: the model becomes the row-weighted average of the copies."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def start_bytes(self) -> bytes:
+        return self.model.to_bytes()
+
+    def apply(self, average):
+        self.model.set_parameter_vector(average)
+
+
+class _BlockMomentum:
+    """Block-wise model update filtering with Nesterov block momentum (Chen and Huo 2016).
+
+    Kept in float64 on the driver: the global parameters W (what the model holds) and the
+    buffer D. A round's copies start from S = W + m D (in the model's dtype); with A their
+    average, D <- m D + lr (A - S) and W <- W + D. With m = 0 and lr = 1 this is _Mean."""
+
+    def __init__(self, model, momentum_or_blocks, learning_rate, explicit):
+        self.model = model
+        self.momentum = momentum_or_blocks if explicit else 1.0 - 1.0 / momentum_or_blocks
+        self.learning_rate = learning_rate
+        self.weights = model.parameter_vector(np.float64)
+        self.buffer = np.zeros_like(self.weights)
+        self.start = None
+
+    def start_bytes(self) -> bytes:
+        if not self.buffer.any():
+            self.start = self.model.parameter_vector(np.float64)
+            return self.model.to_bytes()
+        self.model.set_parameter_vector(self.weights + self.momentum * self.buffer)
+        try:
+            self.start = self.model.parameter_vector(np.float64)   # as the copies see it
+            return self.model.to_bytes()
+        finally:
+            self.model.set_parameter_vector(self.weights)
+
+    def apply(self, average):
+        self.buffer *= self.momentum
+        self.buffer += self.learning_rate * (average - self.start)
+        self.weights += self.buffer
+        self.model.set_parameter_vector(self.weights)
+
+
+class _ClusterRounds:
+    """The rounds on a distributed cluster: the chunks persisted on the workers fastbp
+    chose (balanced by rows), each round's tasks pinned there, re-placed when the workers
+    change."""
+
+    def __init__(self, client, pairs, blocks, rows, n_threads):
+        self.client, self.blocks, self.rows = client, blocks, rows
+        self.n_threads = n_threads
+        self.workers = client.nthreads()
+        if not self.workers:
+            client.wait_for_workers(1)
+            self.workers = client.nthreads()
+        self.places = placement(rows, self.workers)
+        self.futures = [None] * len(pairs)
+        for worker in sorted(set(self.places)):
+            mine = [i for i, place in enumerate(self.places) if place == worker]
+            persisted = client.compute([pairs[i] for i in mine], workers=[worker],
+                                       allow_other_workers=True)
+            for i, future in zip(mine, persisted):
+                self.futures[i] = future
+
+    def _replace_if_workers_changed(self):
+        workers = self.client.nthreads()
+        if workers and workers != self.workers:
+            # New places: a block's chunk moves to its new worker once, with its first task.
+            self.workers, self.places = workers, placement(self.rows, workers)
+
+    def run(self, round_index, model_bytes, arguments, seeds, rates, name, rounds_done):
+        from distributed.client import CancelledError
+        self._replace_if_workers_changed()
+        client = self.client
+        threads = [self.n_threads] * len(self.blocks) if self.n_threads is not None \
+            else threads_per_block(self.places, self.workers)
+        start = client.scatter(model_bytes, broadcast=True, hash=False)
+        parts = [client.submit(_train_block, start, arguments, pair, seed, rates, n_threads,
+                               block, key=f"{name}-r{round_index}-b{block}",
+                               workers=[worker], allow_other_workers=True, pure=False)
+                 for pair, seed, n_threads, block, worker in zip(
+                     self.futures, seeds, threads, self.blocks, self.places)]
+        level, keys = 0, f"{name}-r{round_index}-sum"
+        while len(parts) > 1:
+            parts = [client.submit(_combine, *parts[i:i + FAN_IN],
+                                   key=f"{keys}-{level}-{i // FAN_IN}", pure=False)
+                     for i in range(0, len(parts), FAN_IN)]
+            level += 1
+        try:
+            return parts[0].result()
+        except CancelledError as error:
+            if any(future.status != "finished" for future in self.futures):
+                raise _lost_data_error(self.futures, self.blocks, error, rounds_done) \
+                    from error
+            raise
+        except KeyboardInterrupt:
+            client.cancel(parts)
+            raise
+        finally:
+            del parts, start
+
+    def release(self):
+        self.futures = []

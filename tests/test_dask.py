@@ -267,6 +267,150 @@ class Killer(threading.Thread):
             time.sleep(0.005)
 
 
+def test_each_block_trains_with_its_workers_threads_on_its_own_worker(cluster_client):
+    """n_threads=None: a block on a 1-thread worker trains with 1 BLAS thread (not every
+    core of the machine), and two equal chunks train on the two workers, one each."""
+    X, y = chunked(6_000)
+    calls = []
+    original = fastbp.Trainer.fit
+
+    history = fastbp.dask.fit(classifier(), fastbp.Trainer("cce", seed=0), X, y,
+                              client=cluster_client, rounds=2)
+    workers = sorted(cluster_client.nthreads())
+    for trained in history.placement:
+        assert sorted(trained) == [0, 1]
+        assert sorted(worker for worker, _, _ in trained.values()) == workers
+        assert [(rows, threads) for _, rows, threads in trained.values()] == [(6000, 1)] * 2
+
+    # On dask's local scheduler too (blocks run side by side on its threads): 1 thread.
+    def recording_fit(trainer, *args, **kwargs):
+        calls.append(trainer.n_threads)
+        return original(trainer, *args, **kwargs)
+
+    with mock.patch.object(fastbp.dask, "_client_for", lambda client: None), \
+            mock.patch.object(fastbp.Trainer, "fit", recording_fit):
+        fastbp.dask.fit(classifier(), fastbp.Trainer("cce", seed=0), X, y, rounds=1)
+    assert calls == [1, 1]
+
+
+def test_placement_balances_rows_per_thread_and_follows_the_workers():
+    place = fastbp.dask.placement
+    # Equal chunks alternate; a worker with two threads takes twice the rows.
+    assert place([100] * 4, {"a": 1, "b": 1}) == ["a", "b", "a", "b"]
+    assert place([100] * 6, {"a": 2, "b": 1}).count("a") == 4
+    # Unequal chunks: the largest first, each to the least loaded worker.
+    assert place([500, 100, 100, 100, 100, 100], {"a": 1, "b": 1}) == \
+        ["a", "b", "b", "b", "b", "b"]
+    # A worker joins or leaves: the same rule over the new set.
+    assert place([100] * 4, {"a": 1, "b": 1, "c": 1}) == ["a", "b", "c", "a"]
+    assert place([100] * 4, {"b": 1}) == ["b"] * 4
+    threads = fastbp.dask.threads_per_block
+    assert threads(["a", "b"], {"a": 4, "b": 1}) == [4, 1]          # alone: all its threads
+    assert threads(["a", "a", "b"], {"a": 4, "b": 1}) == [2, 2, 1]  # two at once share them
+    assert threads(["a"] * 6, {"a": 4}) == [1] * 6                  # four at once: one each
+
+
+def test_block_momentum_is_the_default_and_mean_is_plain_averaging(cluster_client):
+    """averaging="mean" writes the row-weighted average; block momentum starts each round
+    from W + m D and, with one chunk (m = 0), is the average as well."""
+    X, y = chunked(3_000)
+    trainer = fastbp.Trainer("cce", learning_rate=0.05, seed=4, n_threads=1)
+    runs = {}
+    for averaging in ("mean", "block_momentum", None):
+        model = classifier()
+        kwargs = {} if averaging is None else {"averaging": averaging}
+        fastbp.dask.fit(model, trainer, X, y, client=cluster_client, rounds=3, **kwargs)
+        runs[averaging] = model._params.copy()
+    np.testing.assert_array_equal(runs[None], runs["block_momentum"])
+    assert not np.allclose(runs["mean"], runs["block_momentum"])
+    one_chunk = da.from_array(X_TRAIN[:3000]), da.from_array(Y_TRAIN[:3000])
+    for averaging in ("mean", "block_momentum"):
+        model = classifier()
+        fastbp.dask.fit(model, trainer, *one_chunk, client=cluster_client, rounds=2,
+                        averaging=averaging)
+        runs[averaging] = model._params.copy()
+    np.testing.assert_array_equal(runs["mean"], runs["block_momentum"])
+    with pytest.raises(ValueError, match="averaging"):
+        fastbp.dask.fit(classifier(), trainer, X, y, client=cluster_client, averaging="avg")
+    with pytest.raises(ValueError, match="block_momentum"):
+        fastbp.dask.fit(classifier(), trainer, X, y, client=cluster_client, block_momentum=1)
+
+
+def test_ctrl_c_returns_the_history_at_the_last_completed_round(cluster_client):
+    """SIGINT in the driver while round 2 trains: the history of round 1, marked
+    interrupted, and the model exactly as after round 1."""
+    X, y = chunked(3_000)
+
+    def run(rounds, interrupt):
+        model = fastbp.MLP([10, 512, 512, 4], ["relu", "relu", "softmax"], seed=0)
+        trainer = fastbp.Trainer("cce", learning_rate=0.05, batch_size=32, seed=2,
+                                 n_threads=1)
+        sender = Interrupter(cluster_client, round_index=1) if interrupt else None
+        if sender:
+            sender.start()
+        try:
+            history = fastbp.dask.fit(model, trainer, X, y, client=cluster_client,
+                                      rounds=rounds)
+        finally:
+            if sender:
+                sender.stop.set()
+                sender.join()
+        return model, history, sender
+
+    reference, _, _ = run(1, interrupt=False)
+    model, history, sender = run(3, interrupt=True)
+    assert sender.sent
+    assert history.interrupted and history.epochs == 1
+    np.testing.assert_array_equal(model._params, reference._params)
+
+
+def test_scattered_data_lost_with_a_worker_says_so(cluster_client):
+    """Chunks placed with client.scatter cannot be recomputed: losing their worker raises
+    LostDataError naming the chunk and what to do, not FutureCancelledError."""
+    from fastbp.callbacks import Callback
+
+    victim = sorted(cluster_client.nthreads())[0]
+    pids = cluster_client.run(os.getpid)
+    X_part = cluster_client.scatter(X_TRAIN[:2000], workers=[victim])
+    y_part = cluster_client.scatter(Y_TRAIN[:2000], workers=[victim])
+    X = da.concatenate([da.from_delayed(X_part, (2000, 10), np.float32),
+                        da.from_array(X_TRAIN[2000:4000])])
+    y = da.concatenate([da.from_delayed(y_part, (2000,), np.int64),
+                        da.from_array(Y_TRAIN[2000:4000])])
+
+    class KillAfterFirstRound(Callback):
+        def on_epoch_end(self, epoch, logs):
+            if epoch == 0:
+                os.kill(pids[victim], signal.SIGKILL)
+                time.sleep(1.0)        # the scheduler sees the worker go
+
+    model = classifier()
+    with pytest.raises(fastbp.dask.LostDataError, match=r"chunk\(s\) \[0\].*client.scatter"):
+        fastbp.dask.fit(model, fastbp.Trainer("cce", seed=0, n_threads=1), X, y,
+                        client=cluster_client, rounds=3, callbacks=[KillAfterFirstRound()])
+    assert np.isfinite(model._params).all()
+
+
+class Interrupter(threading.Thread):
+    """Sends SIGINT to this process once a training task of round `round_index` runs."""
+
+    def __init__(self, client, round_index):
+        super().__init__(daemon=True)
+        self.client, self.marker = client, f"-r{round_index}-b"
+        self.stop = threading.Event()
+        self.sent = False
+
+    def run(self):
+        while not self.stop.is_set():
+            if any(self.marker in str(key) for keys in self.client.processing().values()
+                   for key in keys):
+                time.sleep(0.05)
+                os.kill(os.getpid(), signal.SIGINT)
+                self.sent = True
+                return
+            time.sleep(0.005)
+
+
 # ---- hyperparameter search across the cluster ----
 def _sklearn_estimators():
     pytest.importorskip("sklearn")
