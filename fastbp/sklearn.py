@@ -3,7 +3,8 @@
 They take scikit-learn's parameter names and behave as `sklearn.neural_network`'s
 estimators do (fitted attributes, stopping rule, warm_start, partial_fit), but train in
 fastbp's compiled loop: one `fastbp.Trainer.fit` call per `fit`, with a callback that
-applies scikit-learn's stopping rule between epochs. docs/sklearn.md maps every parameter.
+applies scikit-learn's stopping rule between epochs; solver='lbfgs' runs scipy's L-BFGS-B
+on the compiled full-batch loss and gradient (MLP.gradients). docs/sklearn.md maps every parameter.
 
 Needs scikit-learn (`pip install "fastbp[sklearn]"`); `import fastbp` does not import it.
 """
@@ -14,6 +15,7 @@ import re
 import warnings
 
 import numpy as np
+import scipy.optimize
 
 try:
     import sklearn
@@ -23,6 +25,7 @@ try:
     from sklearn.model_selection import train_test_split
     from sklearn.preprocessing import LabelBinarizer
     from sklearn.utils import check_random_state
+    from sklearn.utils.metaestimators import available_if
     from sklearn.utils.multiclass import check_classification_targets, type_of_target, \
         unique_labels
     from sklearn.utils.validation import _check_sample_weight, check_is_fitted, column_or_1d, \
@@ -42,7 +45,9 @@ if tuple(int(part) for part in re.findall(r"\d+", sklearn.__version__)[:2]) < (1
 
 __all__ = ["MLPClassifier", "MLPRegressor"]
 
-SOLVERS = optimizers.REGISTRY.canonical_names          # sgd, adam, rmsprop, adagrad
+# lbfgs (full batch, scipy's L-BFGS-B), then the stochastic ones: sgd, adam, rmsprop, adagrad
+STOCHASTIC_SOLVERS = optimizers.REGISTRY.canonical_names
+SOLVERS = ("lbfgs",) + tuple(STOCHASTIC_SOLVERS)
 LEARNING_RATES = ("constant", "invscaling", "adaptive")
 # Hidden activations: fastbp's, plus scikit-learn's name for the sigmoid.
 HIDDEN_ACTIVATIONS = ("logistic",) + tuple(a for a in ACTIVATIONS if a != "softmax")
@@ -118,6 +123,83 @@ class _ScikitLearnRule(Callback):
         self.estimator._restore_best()
 
 
+def _stochastic_solver(estimator) -> bool:
+    """partial_fit exists for the stochastic solvers only, as in scikit-learn."""
+    if estimator.solver == "lbfgs":
+        raise AttributeError(f"partial_fit is only available for stochastic optimizers; "
+                             f"{estimator.solver!r} is not stochastic.")
+    return True
+
+
+class _LbfgsObjective:
+    """scikit-learn's full-batch objective and its gradient for a flat float64 parameter
+    vector (MLP.parameter_vector's order), from MLP.gradients.
+
+    MLP.gradients takes the plain mean over rows, so sample weights are applied by
+    grouping the rows of equal weight: the weighted mean is the sum over the groups of
+    (the group's share of the total weight) x (its plain mean). Rows of weight 0 drop out.
+    One pass over the data per evaluation, in one call per distinct weight (many distinct
+    weights mean many small calls).
+    """
+
+    def __init__(self, estimator, X, Y, sample_weight):
+        self.model = model = estimator.model_
+        self.loss = estimator._loss()
+        self.scale = estimator._objective_scale()
+        self.reported_scale = estimator._reported_scale()
+        self.n_threads = estimator.n_threads
+        if Y.ndim == 1:                      # class indices: one-hot once, not per call
+            Y = np.eye(model.layer_sizes[-1], dtype=model.dtype)[Y]
+        if sample_weight is None:
+            self.groups = [(X, Y, 1.0)]
+            total = X.shape[0]
+        else:
+            total = float(sample_weight.sum())
+            values, group_of_row = np.unique(sample_weight, return_inverse=True)
+            self.groups = []
+            for k, value in enumerate(values):
+                if value > 0:
+                    rows = np.flatnonzero(group_of_row == k)
+                    self.groups.append((X[rows], Y[rows], value * rows.size / total))
+        # alpha / 2 * sum ||W||^2 / total weight, on the weights' entries of the vector
+        self.penalty = 0.5 * float(estimator.alpha) / total
+        self.is_weight = np.concatenate(
+            [np.full(size, kind == "W") for n_in, n_out in zip(model.layer_sizes[:-1],
+                                                                model.layer_sizes[1:])
+             for kind, size in (("W", n_in * n_out), ("b", n_out))])
+
+    def _mean_loss_and_gradient(self, theta):
+        self.model.set_parameter_vector(theta)
+        value, gradient = 0.0, np.zeros_like(theta)
+        for X, Y, share in self.groups:
+            loss, grad_weights, grad_biases = self.model.gradients(X, Y, self.loss,
+                                                                   n_threads=self.n_threads)
+            value += share * loss
+            gradient += share * np.concatenate(
+                [part.ravel() for pair in zip(grad_weights, grad_biases) for part in pair])
+        return value, gradient
+
+    def _penalty_term(self, theta):
+        weights = theta[self.is_weight]
+        return self.penalty * float(np.dot(weights, weights))
+
+    def __call__(self, theta):
+        try:
+            value, gradient = self._mean_loss_and_gradient(theta)
+        except ValueError:
+            # a line-search point the model's dtype cannot hold: tell L-BFGS to step back
+            return np.inf, np.zeros_like(theta)
+        value = self.scale * value + self._penalty_term(theta)
+        gradient *= self.scale
+        gradient += 2.0 * self.penalty * theta * self.is_weight
+        return value, gradient
+
+    def reported_loss(self, theta) -> float:
+        """loss_ as scikit-learn reports it at theta (its reporting scale)."""
+        value, _ = self._mean_loss_and_gradient(theta)
+        return self.reported_scale * value + self._penalty_term(theta)
+
+
 class _BaseMLP(BaseEstimator):
     """What MLPClassifier and MLPRegressor share: parameters, fit, partial_fit, attributes."""
 
@@ -162,9 +244,6 @@ class _BaseMLP(BaseEstimator):
 
     def _check_training_parameters(self) -> None:
         """solver, learning_rate, batch_size, the real-valued parameters, flags."""
-        if self.solver == "lbfgs":
-            raise ValueError("solver='lbfgs' is not available: fastbp trains by mini-batch "
-                             "gradient descent; use 'adam' (the default) or 'sgd'")
         if self.solver not in SOLVERS:
             raise _parameter_error(self, "solver", f"one of {SOLVERS}", self.solver)
         if self.learning_rate not in LEARNING_RATES:
@@ -184,8 +263,9 @@ class _BaseMLP(BaseEstimator):
             if not ok:
                 bounds = f"{'[' if closed else '('}{low}, {high if high is not None else 'inf'})"
                 raise _parameter_error(self, name, f"a real number in {bounds}", value)
-        if not (_is_whole(self.max_iter) and self.max_iter >= 1):
-            raise _parameter_error(self, "max_iter", "an int >= 1", self.max_iter)
+        for name in ("max_iter", "max_fun"):
+            if not (_is_whole(getattr(self, name)) and getattr(self, name) >= 1):
+                raise _parameter_error(self, name, "an int >= 1", getattr(self, name))
         if not ((_is_whole(self.n_iter_no_change) and self.n_iter_no_change >= 1)
                 or (_is_real(self.n_iter_no_change) and self.n_iter_no_change == np.inf)):
             raise _parameter_error(self, "n_iter_no_change", "an int >= 1 or numpy.inf",
@@ -280,6 +360,10 @@ class _BaseMLP(BaseEstimator):
         else:
             self._check_compatible(layer_sizes, activations, settings)
 
+        if self.solver == "lbfgs":          # full batch; early_stopping does not apply
+            self._fit_lbfgs(X, Y, sample_weight)
+            return self
+
         validation = None
         X_train, Y_train, weights_train = X, Y, sample_weight
         if self.early_stopping:
@@ -327,10 +411,18 @@ class _BaseMLP(BaseEstimator):
         self.n_layers_ = len(layer_sizes)
         self.n_outputs_ = layer_sizes[-1]
         self.out_activation_ = {"sigmoid": "logistic"}.get(activations[-1], activations[-1])
-        self.loss_curve_ = []
-        self._no_improvement_count = 0
         self._trainer = None
         self._schedule = None
+        if self.solver == "lbfgs":
+            # scikit-learn's lbfgs keeps no per-epoch records: loss_curve_, best_loss_ and
+            # the validation records exist for the stochastic solvers only
+            for name in ("loss_curve_", "best_loss_", "validation_scores_",
+                         "best_validation_score_"):
+                self.__dict__.pop(name, None)
+            self._best_parameters = None
+            return
+        self.loss_curve_ = []
+        self._no_improvement_count = 0
         if self.early_stopping:
             self.validation_scores_ = []
             self.best_validation_score_ = -np.inf
@@ -357,7 +449,14 @@ class _BaseMLP(BaseEstimator):
             raise ValueError(f"warm_start/partial_fit continue the fitted network, whose "
                              f"dropout is {list(model.dropout)}; dropout is now {self.dropout!r}. "
                              f"Fit with warm_start=False to start a new network.")
-        if not self.early_stopping and self.best_loss_ is None:
+        if self.solver == "lbfgs":
+            return
+        if "loss_curve_" not in self.__dict__:     # the earlier fits ran lbfgs
+            self.loss_curve_ = []
+            self._no_improvement_count = 0
+            self.best_loss_ = None if self.early_stopping else np.inf
+            self.validation_scores_ = self.best_validation_score_ = None
+        if not self.early_stopping and getattr(self, "best_loss_", None) is None:
             self.best_loss_ = np.inf            # the earlier fits stopped early
         if self.early_stopping and getattr(self, "validation_scores_", None) is None:
             # the earlier fits ran without early stopping: start its records now
@@ -365,6 +464,33 @@ class _BaseMLP(BaseEstimator):
             self.best_validation_score_ = -np.inf
             self._best_parameters = [array.copy() for array in
                                      self.model_.weights + self.model_.biases]
+
+    def _fit_lbfgs(self, X, Y, sample_weight):
+        """Full-batch L-BFGS (scipy's L-BFGS-B) on scikit-learn's objective: the loss, times
+        _objective_scale, plus alpha / 2 * sum of the squared weights (not the biases) / the
+        total sample weight. The loss and gradient come from the compiled core
+        (MLP.gradients, in the model's dtype); L-BFGS-B works in float64."""
+        model = self.model_
+        objective = _LbfgsObjective(self, X, Y, sample_weight)
+        iteration = [0]
+
+        def report(intermediate_result):
+            iteration[0] += 1
+            print("Iteration %d, loss = %.8f" % (iteration[0], intermediate_result.fun))
+
+        result = scipy.optimize.minimize(
+            objective, model.parameter_vector(np.float64), method="L-BFGS-B", jac=True,
+            callback=report if self.verbose else None,
+            options={"maxiter": int(self.max_iter), "maxfun": int(self.max_fun),
+                     "gtol": float(self.tol)})
+        model.set_parameter_vector(result.x)
+        self.n_iter_ = min(int(result.nit), int(self.max_iter))
+        self.loss_ = objective.reported_loss(result.x)
+        if result.status != 0:
+            warnings.warn(f"lbfgs stopped after {result.nit} iteration(s) without converging "
+                          f"(scipy status {result.status}: {result.message}). Raise max_iter "
+                          f"or max_fun, or scale the data (e.g. StandardScaler).",
+                          ConvergenceWarning, stacklevel=4)
 
     def _split(self, X, Y, sample_weight, stratify, rng):
         """Hold out validation_fraction of the rows (stratified for single-label
@@ -547,9 +673,10 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
     Binary: one sigmoid output and binary cross-entropy; multiclass: softmax and categorical
     cross-entropy; multi-label (y a 0/1 matrix): one sigmoid per label and binary
-    cross-entropy. Parameters as sklearn.neural_network.MLPClassifier's (solver also
-    'rmsprop' and 'adagrad'; no 'lbfgs'), plus fastbp's: activation may list one name per
-    hidden layer, dropout, dtype, n_threads. docs/sklearn.md maps each parameter to fastbp.
+    cross-entropy. Parameters as sklearn.neural_network.MLPClassifier's ('lbfgs' is scipy's
+    full-batch L-BFGS-B on the compiled loss and gradient; solver also 'rmsprop' and
+    'adagrad'), plus fastbp's: activation may list one name per hidden layer, dropout,
+    dtype, n_threads. docs/sklearn.md maps each parameter to fastbp.
 
     Attributes: classes_, n_features_in_, feature_names_in_, n_outputs_, n_layers_,
     out_activation_, loss_, loss_curve_, best_loss_, validation_scores_,
@@ -562,7 +689,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                  learning_rate_init=0.001, power_t=0.5, max_iter=200, shuffle=True,
                  random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
-                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, dropout=0.0,
+                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
+                 dropout=0.0,
                  dtype=None, n_threads=None):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
@@ -586,10 +714,12 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         self.beta_2 = beta_2
         self.epsilon = epsilon
         self.n_iter_no_change = n_iter_no_change
+        self.max_fun = max_fun
         self.dropout = dropout
         self.dtype = dtype
         self.n_threads = n_threads
 
+    @available_if(_stochastic_solver)
     def partial_fit(self, X, y, sample_weight=None, classes=None):
         """One epoch over (X, y), continuing the model and the optimizer's state.
 
@@ -712,7 +842,8 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
                  learning_rate_init=0.001, power_t=0.5, max_iter=200, shuffle=True,
                  random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
-                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, dropout=0.0,
+                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
+                 dropout=0.0,
                  dtype=None, n_threads=None):
         self.loss = loss
         self.hidden_layer_sizes = hidden_layer_sizes
@@ -737,10 +868,12 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         self.beta_2 = beta_2
         self.epsilon = epsilon
         self.n_iter_no_change = n_iter_no_change
+        self.max_fun = max_fun
         self.dropout = dropout
         self.dtype = dtype
         self.n_threads = n_threads
 
+    @available_if(_stochastic_solver)
     def partial_fit(self, X, y, sample_weight=None):
         """One epoch over (X, y), continuing the model and the optimizer's state."""
         return self._fit(X, y, sample_weight, incremental=True)
