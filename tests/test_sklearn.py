@@ -5,6 +5,7 @@ partial_fit, warm_start, the stopping rule, pickling, clone, Pipeline, GridSearc
 step-for-step agreement with sklearn.neural_network where the settings are the same.
 """
 import copy
+import numbers
 import os
 import pickle
 import re
@@ -894,3 +895,64 @@ def test_lbfgs_warm_start_continues():
     # an lbfgs fit, then adam with warm_start: the stochastic records start there
     quiet(once.set_params(solver="adam", max_iter=3).fit, X, y)
     assert len(once.loss_curve_) == 3 and once.validation_scores_ is None
+
+
+# ---- the fitted attributes scikit-learn's MLP has, for each solver --------------------------
+
+@pytest.mark.parametrize("solver", ["lbfgs", "sgd", "adam"])
+@pytest.mark.parametrize("early_stopping", [False, True])
+@pytest.mark.parametrize("task", ["classifier", "regressor"])
+def test_fitted_attributes_are_sklearns(solver, early_stopping, task):
+    """Every public fitted attribute scikit-learn's estimator has after the same fit, ours
+    has (and those it lacks, ours lacks), with the same type of value."""
+    X, y = blobs(n=120)
+    classes = (MLPClassifier, neural_network.MLPClassifier) if task == "classifier" \
+        else (MLPRegressor, neural_network.MLPRegressor)
+    y = y if task == "classifier" else y.astype(float)
+    settings = dict(solver=solver, early_stopping=early_stopping, hidden_layer_sizes=(8,),
+                    max_iter=15, random_state=0)
+    ours, theirs = (quiet(cls(**settings).fit, X, y) for cls in classes)
+    names = {name for name in vars(theirs) if name.endswith("_") and not name.startswith("_")}
+    for name in names:
+        mine, sklearns = getattr(ours, name), getattr(theirs, name)
+        assert type(mine) is type(sklearns) or (
+            isinstance(sklearns, (numbers.Real, np.floating)) and
+            isinstance(mine, (numbers.Real, np.floating))), (name, mine, sklearns)
+        if name in ("n_layers_", "n_outputs_", "out_activation_", "n_features_in_"):
+            assert mine == sklearns, name
+        if name == "classes_":
+            np.testing.assert_array_equal(mine, sklearns)
+    for absent in {"loss_curve_", "best_loss_", "validation_scores_",
+                   "best_validation_score_"} - names:
+        assert not hasattr(ours, absent), absent
+    # scikit-learn 1.9's MLPRegressor keeps partial_fit under lbfgs (its availability test
+    # is never called, unlike the classifier's); ours follows the classifier's rule for both
+    assert hasattr(ours, "partial_fit") == (solver != "lbfgs")
+    if task == "classifier":
+        assert hasattr(theirs, "partial_fit") == (solver != "lbfgs")
+    if solver == "lbfgs":
+        assert ours.t_ == 0
+    else:
+        assert ours.t_ == ours.n_iter_ * round(len(X) * (0.9 if early_stopping else 1))
+    assert hasattr(ours, "set_output") == hasattr(theirs, "set_output")
+
+
+def test_set_output_in_a_pipeline_hands_dataframes_through():
+    """Like scikit-learn's MLP, the estimators transform nothing (no set_output of their
+    own); a pipeline's set_output(transform='pandas') hands them DataFrames, whose column
+    names become feature_names_in_."""
+    pandas = pytest.importorskip("pandas")
+    X, y = load_iris(return_X_y=True, as_frame=True)
+    pipeline = make_pipeline(StandardScaler(), MLPClassifier(hidden_layer_sizes=(8,),
+                                                             solver="lbfgs", random_state=0))
+    pipeline.set_output(transform="pandas")
+    quiet(pipeline.fit, X, y)
+    mlp = pipeline[-1]
+    np.testing.assert_array_equal(mlp.feature_names_in_, X.columns)
+    assert mlp.model_.dtype == np.float64
+    assert pipeline.score(X, y) > 0.9
+    frame32 = pandas.DataFrame(X.to_numpy(np.float32), columns=X.columns)
+    fitted = quiet(MLPRegressor(hidden_layer_sizes=(4,), max_iter=5, random_state=0).fit,
+                   frame32, y.astype(float))
+    assert fitted.model_.dtype == np.float32               # a float32 frame stays float32
+    np.testing.assert_array_equal(fitted.feature_names_in_, X.columns)
