@@ -36,7 +36,7 @@ except ImportError as error:          # pragma: no cover (tested in a subprocess
 
 from fastbp import losses, optimizers, schedules
 from fastbp.callbacks import Callback
-from fastbp.model import ACTIVATIONS, MLP
+from fastbp.model import ACTIVATIONS, INITS, MLP
 from fastbp.trainer import Trainer
 
 if tuple(int(part) for part in re.findall(r"\d+", sklearn.__version__)[:2]) < (1, 6):
@@ -62,6 +62,8 @@ _SCIKIT_LEARN_LOSSES = {"squared_error": lambda: losses.Huber(delta=_UNBOUNDED_D
 REGRESSION_LOSSES = tuple(_SCIKIT_LEARN_LOSSES) + tuple(
     name for name in losses.REGISTRY.canonical_names if not losses.get(name).is_classification)
 _SEED_LIMIT = 2**31 - 1
+# init: scikit-learn's (the default), or one of fastbp.MLP's
+ESTIMATOR_INITS = ("sklearn",) + tuple(INITS)
 _MIN_ADAPTIVE_RATE = 1e-6     # scikit-learn's: 'adaptive' stops once the rate is this low
 
 
@@ -121,6 +123,21 @@ class _ScikitLearnRule(Callback):
 
     def on_train_end(self, logs=None):
         self.estimator._restore_best()
+
+
+def _sklearn_initial_parameters(layer_sizes, factor_activations, rng) -> np.ndarray:
+    """scikit-learn's initial parameters, drawn from `rng` as its MLP draws them (so the same
+    random_state gives the same start): for each layer, the weights and then the biases
+    uniform in +-sqrt(factor / (fan_in + fan_out)), factor 2 where the layer's entry of
+    `factor_activations` is the logistic sigmoid, else 6. Returned in
+    MLP.parameter_vector's order."""
+    parts = []
+    for activation, fan_in, fan_out in zip(factor_activations, layer_sizes[:-1],
+                                           layer_sizes[1:]):
+        bound = np.sqrt((2.0 if activation == "sigmoid" else 6.0) / (fan_in + fan_out))
+        parts.append(rng.uniform(-bound, bound, (fan_in, fan_out)).ravel())
+        parts.append(rng.uniform(-bound, bound, fan_out))
+    return np.concatenate(parts)
 
 
 def _stochastic_solver(estimator) -> bool:
@@ -209,6 +226,8 @@ class _BaseMLP(BaseEstimator):
         hidden, names = self._checked_layers()
         self._check_training_parameters()
         dtype = self._checked_dtype()
+        if not (isinstance(self.init, str) and self.init in ESTIMATOR_INITS):
+            raise _parameter_error(self, "init", f"one of {ESTIMATOR_INITS}", self.init)
         return {"hidden": hidden, "activations": names, "dtype": dtype,
                 "dropout": self._checked_dropout(hidden)}
 
@@ -403,9 +422,24 @@ class _BaseMLP(BaseEstimator):
 
     def _initialize(self, layer_sizes, activations, settings, rng):
         """A fresh model and fresh records (first fit, or fit without warm_start)."""
-        seed = int(rng.randint(_SEED_LIMIT))
-        self.model_ = MLP(layer_sizes, activations, dtype=settings["dtype"], seed=seed,
-                          dropout=settings["dropout"])
+        if self.init == "sklearn":
+            # scikit-learn takes the factor from its one hidden activation for every layer,
+            # the output layer included; with one activation per hidden layer, each layer
+            # uses its own and the output layer the last hidden layer's
+            hidden = settings["activations"]
+            factors = [hidden[-1] if hidden else None] * len(layer_sizes)
+            if isinstance(self.activation, str):
+                factors = [_FASTBP_ACTIVATION.get(self.activation.lower(),
+                                                  self.activation.lower())] * len(layer_sizes)
+            factors[:len(hidden)] = hidden
+            start = _sklearn_initial_parameters(layer_sizes, factors, rng)
+            self.model_ = MLP(layer_sizes, activations, dtype=settings["dtype"], init="zeros",
+                              dropout=settings["dropout"])
+            self.model_.set_parameter_vector(start)
+        else:
+            seed = int(rng.randint(_SEED_LIMIT))
+            self.model_ = MLP(layer_sizes, activations, dtype=settings["dtype"], seed=seed,
+                              init=self.init, dropout=settings["dropout"])
         self.n_iter_ = 0
         self.t_ = 0
         self.n_layers_ = len(layer_sizes)
@@ -690,7 +724,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                  random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
-                 dropout=0.0,
+                 init="sklearn", dropout=0.0,
                  dtype=None, n_threads=None):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
@@ -715,6 +749,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         self.epsilon = epsilon
         self.n_iter_no_change = n_iter_no_change
         self.max_fun = max_fun
+        self.init = init
         self.dropout = dropout
         self.dtype = dtype
         self.n_threads = n_threads
@@ -843,7 +878,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
                  random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
-                 dropout=0.0,
+                 init="sklearn", dropout=0.0,
                  dtype=None, n_threads=None):
         self.loss = loss
         self.hidden_layer_sizes = hidden_layer_sizes
@@ -869,6 +904,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         self.epsilon = epsilon
         self.n_iter_no_change = n_iter_no_change
         self.max_fun = max_fun
+        self.init = init
         self.dropout = dropout
         self.dtype = dtype
         self.n_threads = n_threads
