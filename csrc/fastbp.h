@@ -182,6 +182,7 @@ static inline float fbp_expf(float x)
 #define FBP_MATH_SQRT sqrtf
 #define FBP_MATH_ABS fabsf
 #include "kernels_impl.h"
+#include "few_rows.h"
 #undef FBP_T
 #undef FBP_NAME
 #undef FBP_MATH_EXP
@@ -204,6 +205,7 @@ static inline float fbp_expf(float x)
 #define FBP_MATH_SQRT sqrt
 #define FBP_MATH_ABS fabs
 #include "kernels_impl.h"
+#include "few_rows.h"
 #undef FBP_T
 #undef FBP_NAME
 #undef FBP_MATH_EXP

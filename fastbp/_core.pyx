@@ -73,6 +73,9 @@ cdef struct PlanData:
     Py_ssize_t batch_y_offset       # gathered (or one-hot) batch of targets
     Py_ssize_t batch_weight_offset  # gathered row weights
     Py_ssize_t gradient_offset      # n_params gradient, when the update is not folded (-1)
+    Py_ssize_t few_rows             # forward products of at most this many rows may use
+                                    # the few-row kernels (csrc/few_rows.h), not BLAS (0: never)
+    bint few_rows_always            # ... always, not only where fbp_few_rows_faster says
     double* dropout_rates           # per weight layer: dropout applied to its output
     int* activations                # one code per weight layer
 
@@ -93,14 +96,18 @@ cdef class Plan:
     dropout_rates: one rate per weight layer (0 for none; never the output layer);
     with_gradient: reserve room for a full gradient (optimizers other than plain SGD);
     small_gemm_chunks: cut the forward and weight-gradient products into calls small
-    enough for OpenBLAS's small-matrix kernels (only where the BLAS has them, one thread).
+    enough for OpenBLAS's small-matrix kernels (only where the BLAS has them, one thread);
+    few_rows: forward products of at most this many rows run in the few-row kernels of
+    csrc/few_rows.h instead of BLAS where those are faster (fbp_few_rows_faster), or
+    always with few_rows_always (0: never; predict's plans, see fastbp/_serving.pxi).
     """
     cdef PlanData data
     cdef void* memory               # every array of `data`, in one allocation
     cdef readonly Py_ssize_t n_params, work_size
 
     def __cinit__(self, layer_sizes, activations, Py_ssize_t capacity, dropout_rates=None,
-                  bint with_gradient=False, bint small_gemm_chunks=False):
+                  bint with_gradient=False, bint small_gemm_chunks=False,
+                  Py_ssize_t few_rows=0, bint few_rows_always=False):
         cdef Py_ssize_t n_layers = len(activations)
         cdef Py_ssize_t l, offset = 0, widest = 0
         cdef PlanData* plan = &self.data
@@ -118,6 +125,8 @@ cdef class Plan:
                              f"the output layer; got {rates}")
         if capacity < 0:
             raise ValueError(f"capacity must be >= 0; got {capacity}")
+        if few_rows < 0:
+            raise ValueError(f"few_rows must be >= 0; got {few_rows}")
         # 10 arrays of n_layers or n_layers + 1 offsets and widths, then the rates, codes
         cdef size_t n_offsets = 5 * <size_t>(n_layers + 1) + 5 * <size_t>n_layers
         self.memory = malloc(n_offsets * sizeof(Py_ssize_t) + n_layers * sizeof(double)
@@ -140,6 +149,8 @@ cdef class Plan:
 
         plan.n_layers = <int>n_layers
         plan.capacity = capacity
+        plan.few_rows = few_rows
+        plan.few_rows_always = few_rows_always
         for l in range(n_layers + 1):
             plan.sizes[l] = layer_sizes[l]
         for l in range(n_layers):
@@ -336,6 +347,10 @@ cdef void forward_product(const PlanData* plan, const floating* params, floating
     cdef Py_ssize_t start, columns, row = 0, rows
     cdef const floating* a_in = layer_input(plan, work, x, l)
     cdef const floating* W = params + plan.weight_offsets[l - 1]
+    if m <= plan.few_rows and (plan.few_rows_always
+                               or fbp_few_rows_faster(W, m, n_in, n_out)):
+        fbp_few_rows_product(out, a_in, W, m, n_in, n_out)   # W as it is, no packing
+        return
     while row < m:
         rows = min(row_chunk, m - row)
         start = 0
@@ -858,6 +873,7 @@ def all_finite(const floating[:, ::1] X):
 
 
 include "_bench.pxi"
+include "_serving.pxi"
 
 
 # ---- Ctrl-C (csrc/fastbp.h says why it is safe with fits on several threads) ----

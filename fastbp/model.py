@@ -20,6 +20,16 @@ RELU_FAMILY = ("relu", "leaky_relu")
 INITS = ("auto", "he", "glorot", "zeros")
 DTYPES = ("float32", "float64")
 PREDICT_CHUNK_ROWS = 2048   # rows per forward pass in predict/gradients: activations stay in cache
+FEW_ROWS_VARIABLE = "FASTBP_FEW_ROWS"
+
+
+def few_row_kernels() -> str:
+    """How predict and evaluate take the products of a pass of up to
+    _core.PREDICTOR_ROWS rows: "auto" (the few-row kernels of csrc/few_rows.h where they
+    beat BLAS), or, for comparing and testing, "always" (FASTBP_FEW_ROWS=1) or "never"
+    (FASTBP_FEW_ROWS=0: BLAS, as before the kernels). Read when a model is built or loaded,
+    and by each pass that is not on the fast path."""
+    return {"0": "never", "1": "always"}.get(os.environ.get(FEW_ROWS_VARIABLE, ""), "auto")
 
 
 def _check_layer_sizes(layer_sizes) -> tuple[int, ...]:
@@ -133,6 +143,10 @@ class MLP:
             params = np.zeros(self._plan.n_params, dtype=dtype)
         self._params = params
         self._weights, self._biases = self._plan.parameter_views(self._params)
+        # predict's fast path for a few rows: plan and workspaces kept between calls
+        kernels = few_row_kernels()
+        self._predictor = None if kernels == "never" else \
+            _core.Predictor(sizes, self._codes, self._params, always=kernels == "always")
         # Held by a fit: a second fit of the same model from another thread is refused.
         self._training = threading.Lock()
 
@@ -227,14 +241,19 @@ class MLP:
         bytes_per_row = 4 * self.dtype.itemsize * sum(self._layer_sizes)
         return max(1, min(n_rows, PREDICT_CHUNK_ROWS, (64 << 20) // bytes_per_row))
 
-    def _workspace(self, n_rows: int, dropout=None, with_gradient=False, n_threads=None):
+    def _workspace(self, n_rows: int, dropout=None, with_gradient=False, n_threads=None,
+                   few_rows=False):
         """A plan and its workspace for up to n_rows rows a pass (chunks for predict).
 
         A pass known to run on one BLAS thread cuts its products into calls small enough
-        for the BLAS's small-matrix kernels, where it has them (docs/performance.md)."""
+        for the BLAS's small-matrix kernels, where it has them (docs/performance.md).
+        few_rows (forward-only passes: predict, evaluate): products of a few rows run in
+        the few-row kernels as few_row_kernels() says, the same as on the fast path."""
         small_chunks = n_threads == 1 and small_gemm_kernels()
+        kernels = few_row_kernels() if few_rows else "never"
         plan = _core.Plan(self._layer_sizes, self._codes, n_rows, dropout, with_gradient,
-                          small_chunks)
+                          small_chunks, 0 if kernels == "never" else _core.PREDICTOR_ROWS,
+                          kernels == "always")
         check_allocation(plan.work_size, self.dtype, "the workspace")
         return plan, np.empty(plan.work_size, dtype=self.dtype)
 
@@ -246,22 +265,57 @@ class MLP:
         rows = self._chunk_rows(n_samples)
         n_threads = thread_count(self._layer_sizes, rows, checked_thread_count(n_threads),
                                  backward=backward)
-        plan, work = self._workspace(rows, n_threads=n_threads)
+        plan, work = self._workspace(rows, n_threads=n_threads, few_rows=not backward)
         with blas_threads(n_threads):
             yield plan, work
 
-    def predict(self, X, n_threads=None) -> np.ndarray:
+    def predict(self, X, n_threads=None, out=None) -> np.ndarray:
         """The output layer's activations for the rows of X: (n_samples, n_outputs).
 
-        n_threads: BLAS threads for the pass; None picks from the size of a chunk."""
+        n_threads: BLAS threads for the pass; None picks from the size of a chunk.
+        out: a C-contiguous, writable array of shape (n_samples, n_outputs) and the model's
+            dtype, not overlapping X or the parameters, to write the outputs into (and
+            return); its contents are unspecified if the call raises.
+
+        A few rows (up to 64) of a C-contiguous X of the model's dtype take a fast path:
+        checked in compiled code, a plan and workspace kept with the model, products in
+        the few-row kernels, no BLAS call (docs/serving.md). Safe from many threads at once.
+        """
+        if n_threads is not None:
+            n_threads = checked_thread_count(n_threads)
+        if self._predictor is not None:
+            result = self._predictor(X, out)
+            if result is not None:
+                return result
         X = self._inputs(X)
-        out = np.empty((X.shape[0], self._layer_sizes[-1]), dtype=self.dtype)
+        if out is None:
+            out = np.empty((X.shape[0], self._layer_sizes[-1]), dtype=self.dtype)
+        else:
+            self._check_out(out, X)
         with self._chunked_pass(X.shape[0], n_threads=n_threads) as (plan, work):
             _core.predict(plan, self._params, work, X, out)
         if not _core.all_finite(out):
             raise ValueError(f"the model's outputs overflow {self.dtype.name} for these inputs "
                              f"(they would be infinite or NaN)")
         return out
+
+    def _check_out(self, out, X) -> None:
+        """predict's out: an array it can write the outputs of X's rows into."""
+        shape = (X.shape[0], self._layer_sizes[-1])
+        if not isinstance(out, np.ndarray):
+            raise TypeError(f"out must be a NumPy array of shape {shape} and dtype "
+                            f"{self.dtype.name}; got {type(out).__name__}")
+        if out.shape != shape:
+            raise ValueError(f"out must have shape {shape} (one row per row of X, one column "
+                             f"per output); got {out.shape}")
+        if out.dtype != self.dtype:
+            raise TypeError(f"out must have the model's dtype {self.dtype.name}; got "
+                            f"{out.dtype}")
+        if not (out.flags.c_contiguous and out.flags.aligned and out.flags.writeable):
+            raise ValueError("out must be C-contiguous, aligned and writable (e.g. np.empty "
+                             "of the right shape and dtype)")
+        if np.may_share_memory(out, X) or np.may_share_memory(out, self._params):
+            raise ValueError("out must not overlap X or the model's parameters")
 
     def evaluate(self, X, Y, loss, n_threads=None) -> float:
         """The mean loss over the rows of X (computed as training computes it)."""

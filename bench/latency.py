@@ -1,0 +1,172 @@
+"""Latency of prediction on few rows: fastbp against ONNX Runtime, PyTorch and NumPy.
+
+    python bench/latency.py --threads 1            # every library on one thread
+    python bench/latency.py --threads 0            # each library's own default
+    python bench/latency.py --rows 1 8 --networks 20-64-64-1 --seconds 0.5
+
+Each system predicts the same rows with the same weights (float32, C-contiguous input):
+  fastbp   model.predict(X)              fastbp-out  model.predict(X, out=buffer)
+  onnxrt   ONNX Runtime on fastbp's own to_onnx file (intra-op threads: --threads)
+  torch    nn.Sequential under torch.inference_mode() (if torch is installed)
+  numpy    the plain NumPy chain: a = f(a @ W + b) per layer
+Every call is timed on its own (perf_counter_ns); the systems take turns in rounds, so
+noise from other work on the machine falls on all of them alike. Reported: the median and
+the 99th percentile of the time per call, in microseconds, and each median over fastbp's.
+Compare ratios within one run: absolute times move with the load on the machine.
+"""
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+
+def _limit_threads(threads):
+    """Before numpy loads: one thread means one everywhere (BLAS, OpenMP)."""
+    if threads > 0:
+        for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[name] = str(threads)
+
+
+NETWORKS = {
+    "784-128-10": ([784, 128, 10], ["relu", "softmax"]),
+    "20-64-64-1": ([20, 64, 64, 1], ["relu", "relu", "identity"]),
+}
+
+
+def numpy_chain(model):
+    import numpy as np
+    layers = list(zip(model.weights, model.biases, model.activations))
+
+    def run(X):
+        a = X
+        for W, b, activation in layers:
+            a = a @ W
+            a += b
+            if activation == "relu":
+                np.maximum(a, 0, out=a)
+            elif activation == "softmax":
+                a -= a.max(axis=1, keepdims=True)
+                np.exp(a, out=a)
+                a /= a.sum(axis=1, keepdims=True)
+        return a
+    return run
+
+
+def onnx_runner(model, threads, folder):
+    import onnxruntime
+    path = os.path.join(folder, "model.onnx")
+    model.to_onnx(path)
+    options = onnxruntime.SessionOptions()
+    if threads > 0:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda X: session.run(None, {name: X})[0]
+
+
+def torch_runner(model, threads):
+    import torch
+    if threads > 0:
+        torch.set_num_threads(threads)
+    modules = []
+    for W, b, activation in zip(model.weights, model.biases, model.activations):
+        linear = torch.nn.Linear(W.shape[0], W.shape[1])
+        with torch.no_grad():
+            linear.weight.copy_(torch.from_numpy(W.T.copy()))
+            linear.bias.copy_(torch.from_numpy(b.copy()))
+        modules.append(linear)
+        if activation == "relu":
+            modules.append(torch.nn.ReLU())
+        elif activation == "softmax":
+            modules.append(torch.nn.Softmax(dim=1))
+    net = torch.nn.Sequential(*modules).eval()
+
+    def run(X):
+        with torch.inference_mode():
+            return net(torch.from_numpy(X)).numpy()
+    return run
+
+
+def runners(model, n_rows, threads, folder, wanted):
+    import numpy as np
+    out = np.empty((n_rows, model.layer_sizes[-1]), dtype=model.dtype)
+    # fastbp at its defaults: under --threads 1 the variables set above limit it to one
+    made = {"fastbp": lambda: model.predict,
+            "fastbp-out": lambda: (lambda X: model.predict(X, out=out)),
+            "onnxrt": lambda: onnx_runner(model, threads, folder),
+            "torch": lambda: torch_runner(model, threads),
+            "numpy": lambda: numpy_chain(model)}
+    found = {}
+    for name in wanted:
+        try:
+            found[name] = made[name]()
+        except ImportError as error:
+            print(f"# {name} skipped: {error}", file=sys.stderr)
+    return found
+
+
+def measure(run_of, X, seconds, rounds):
+    """{name: sorted per-call times in ns}; the systems take turns, `rounds` times."""
+    import numpy as np
+    times = {name: [] for name in run_of}
+    for run in run_of.values():                 # warm up, and size a turn
+        run(X)
+    start = time.perf_counter()
+    run_of[next(iter(run_of))](X)
+    one = max(time.perf_counter() - start, 1e-6)
+    calls = int(max(20, min(20000, seconds / rounds / one)))
+    for _ in range(rounds):
+        for name, run in run_of.items():
+            record = times[name]
+            clock = time.perf_counter_ns
+            for _ in range(calls):
+                begin = clock()
+                run(X)
+                record.append(clock() - begin)
+    return {name: np.sort(np.array(values)) for name, values in times.items()}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=1,
+                        help="threads for every library (0: each library's default)")
+    parser.add_argument("--rows", type=int, nargs="+", default=[1, 8, 64, 512, 4096])
+    parser.add_argument("--networks", nargs="+", default=list(NETWORKS), choices=NETWORKS)
+    parser.add_argument("--systems", nargs="+",
+                        default=["fastbp", "fastbp-out", "onnxrt", "torch", "numpy"])
+    parser.add_argument("--seconds", type=float, default=1.0,
+                        help="time per system per shape, about")
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args(argv)
+    _limit_threads(args.threads)
+
+    import numpy as np
+    import fastbp
+
+    print(f"# threads: {args.threads or 'default'}; times per call in us: median (p99); "
+          f"x: median / fastbp's median")
+    with tempfile.TemporaryDirectory() as folder:
+        for network in args.networks:
+            sizes, activations = NETWORKS[network]
+            model = fastbp.MLP(sizes, activations, dtype="float32", seed=0)
+            for n_rows in args.rows:
+                X = np.random.default_rng(1).standard_normal((n_rows, sizes[0])).astype(
+                    np.float32)
+                run_of = runners(model, n_rows, args.threads, folder, args.systems)
+                reference = model.predict(X)
+                for name, run in run_of.items():   # every system computes the same thing
+                    np.testing.assert_allclose(run(X), reference, rtol=1e-4, atol=1e-5,
+                                               err_msg=name)
+                times = measure(run_of, X, args.seconds, args.rounds)
+                base = np.median(times[next(iter(times))])
+                cells = []
+                for name, values in times.items():
+                    median, p99 = np.median(values) / 1e3, np.percentile(values, 99) / 1e3
+                    cells.append(f"{name} {median:8.1f} ({p99:7.1f}) x{median * 1e3 / base:4.2f}")
+                print(f"{network:>11} {n_rows:5d} | " + " | ".join(cells), flush=True)
+
+
+if __name__ == "__main__":
+    main()

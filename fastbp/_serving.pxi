@@ -1,0 +1,159 @@
+# Prediction on few rows at a time (included by _core.pyx): what serving a model costs.
+#
+# MLP.predict on one row used to spend most of its time around the arithmetic: Python
+# checks of X, a new plan and workspace, setting BLAS's thread count, and OpenBLAS packing
+# all of W for a one-row product. A Predictor, kept with the model, does the checks in C,
+# reuses its plan and workspaces, and runs the products in the few-row kernels of
+# csrc/few_rows.h, which call no BLAS (so no thread count needs setting or arbitrating).
+# Anything it does not take (another dtype or layout, more rows, NaN, outputs that
+# overflow) it hands back to MLP.predict's general path, which converts or refuses it with
+# the usual messages.
+cimport numpy as cnp
+
+cnp.import_array()
+
+# Rows a Predictor call takes at most, and so the capacity of its plan. Measured on the
+# issue's networks (docs/performance.md, Serving): the few-row kernels beat OpenBLAS
+# (AVX2 core) at every row count up to 64 for 784-128-10 and 20-64-64-1.
+PREDICTOR_ROWS = 64
+# Free workspaces a Predictor keeps between calls: one per thread predicting at once, up to
+# this many; more concurrent calls allocate their own and drop it afterwards.
+PREDICTOR_POOL = 16
+
+
+cdef inline bint plain_matrix(object array, int type_num, Py_ssize_t n_cols,
+                              bint writable) noexcept:
+    """array is a 2-D ndarray of type_num (native byte order), C-contiguous, aligned, with
+    n_cols columns (and writable if asked)."""
+    if not cnp.PyArray_Check(array):
+        return False
+    cdef cnp.ndarray matrix = <cnp.ndarray>array
+    return (cnp.PyArray_NDIM(matrix) == 2 and cnp.PyArray_TYPE(matrix) == type_num
+            and cnp.PyArray_ISNOTSWAPPED(matrix) and cnp.PyArray_ISCARRAY_RO(matrix)
+            and cnp.PyArray_DIM(matrix, 1) == n_cols
+            and (not writable or cnp.PyArray_ISWRITEABLE(matrix)))
+
+
+cdef inline bint overlaps(cnp.ndarray a, cnp.ndarray b) noexcept:
+    """True if the (contiguous) bytes of a and b overlap."""
+    cdef char* a_start = <char*>cnp.PyArray_DATA(a)
+    cdef char* b_start = <char*>cnp.PyArray_DATA(b)
+    return a_start < b_start + cnp.PyArray_NBYTES(b) and b_start < a_start + cnp.PyArray_NBYTES(a)
+
+
+cdef class Predictor:
+    """A model's forward pass for up to PREDICTOR_ROWS rows, ready between calls.
+
+    params: the model's live parameter array (read at each call: no copy to invalidate);
+    layer_sizes, activations: the model's shape (a new shape or dtype means a new
+    Predictor: MLP._setup makes one); always: the few-row kernels for every product
+    (FASTBP_FEW_ROWS=1), not only where they beat BLAS. It takes only calls whose every
+    product runs in those kernels: it never calls BLAS. Calls from many threads at once are safe: each takes
+    a workspace of its own from a small pool (taken and returned under the GIL, which the
+    computation does not hold)."""
+    cdef readonly Plan plan
+    cdef cnp.ndarray params
+    cdef list pool
+    cdef int type_num
+    cdef Py_ssize_t n_in, n_out
+
+    def __init__(self, layer_sizes, activations, cnp.ndarray params not None,
+                 bint always=False):
+        self.plan = Plan(layer_sizes, activations, PREDICTOR_ROWS, few_rows=PREDICTOR_ROWS,
+                         few_rows_always=always)
+        if params.ndim != 1 or params.dtype not in (np.float32, np.float64) \
+                or not cnp.PyArray_ISCARRAY(params) or not cnp.PyArray_ISNOTSWAPPED(params) \
+                or params.shape[0] != self.plan.n_params:
+            raise ValueError("Predictor: params must be the model's flat parameter array")
+        self.params = params
+        self.type_num = cnp.PyArray_TYPE(params)
+        self.n_in = layer_sizes[0]
+        self.n_out = layer_sizes[len(layer_sizes) - 1]
+        self.pool = []
+
+    def __call__(self, X, out=None):
+        """The outputs for X's rows (written into out, if given, and returned), or None when
+        this call is not for the fast path: X or out not a C-contiguous aligned matrix of
+        the model's dtype and widths, more than PREDICTOR_ROWS rows or a product BLAS takes
+        faster, X not finite, out overlapping X or the parameters, or outputs that are not
+        finite."""
+        if not plain_matrix(X, self.type_num, self.n_in, False):
+            return None
+        cdef cnp.ndarray inputs = <cnp.ndarray>X
+        cdef Py_ssize_t m = cnp.PyArray_DIM(inputs, 0)
+        if not 1 <= m <= PREDICTOR_ROWS or not without_blas(&self.plan.data, m,
+                                                            self.type_num == cnp.NPY_FLOAT64):
+            return None
+        cdef cnp.ndarray outputs
+        if out is None:
+            outputs = cnp.PyArray_EMPTY(2, [m, self.n_out], self.type_num, 0)
+        else:
+            if not plain_matrix(out, self.type_num, self.n_out, True):
+                return None
+            outputs = <cnp.ndarray>out
+            if cnp.PyArray_DIM(outputs, 0) != m or overlaps(outputs, inputs) \
+                    or overlaps(outputs, self.params):
+                return None
+        cdef cnp.ndarray work = self.pool.pop() if self.pool else \
+            cnp.PyArray_EMPTY(1, [self.plan.work_size], self.type_num, 0)
+        cdef bint done
+        if self.type_num == cnp.NPY_FLOAT32:
+            done = forward_few(&self.plan.data, <float*>cnp.PyArray_DATA(self.params),
+                               <float*>cnp.PyArray_DATA(work),
+                               <const float*>cnp.PyArray_DATA(inputs), m,
+                               <float*>cnp.PyArray_DATA(outputs))
+        else:
+            done = forward_few(&self.plan.data, <double*>cnp.PyArray_DATA(self.params),
+                               <double*>cnp.PyArray_DATA(work),
+                               <const double*>cnp.PyArray_DATA(inputs), m,
+                               <double*>cnp.PyArray_DATA(outputs))
+        if len(self.pool) < PREDICTOR_POOL:
+            self.pool.append(work)
+        return outputs if done else None
+
+
+cdef bint without_blas(const PlanData* plan, Py_ssize_t m, bint in_double) noexcept:
+    """True if every forward product of m rows runs in the few-row kernels (forward_product's
+    rule, which needs only the element type: a NULL of that type stands for W)."""
+    if m > plan.few_rows:
+        return False
+    if plan.few_rows_always:
+        return True
+    for l in range(plan.n_layers):
+        if in_double:
+            if not fbp_few_rows_faster(<double*>NULL, m, plan.sizes[l], plan.sizes[l + 1]):
+                return False
+        elif not fbp_few_rows_faster(<float*>NULL, m, plan.sizes[l], plan.sizes[l + 1]):
+            return False
+    return True
+
+
+cdef bint forward_few(const PlanData* plan, const floating* params, floating* work,
+                      const floating* x, Py_ssize_t m, floating* out) noexcept:
+    """out := the network's output for m rows of x (m <= plan.capacity), checking that x
+    and out are finite; False (out unspecified) when either is not."""
+    cdef int L = plan.n_layers
+    cdef bint finite
+    with nogil:
+        finite = fbp_all_finite(x, m * plan.sizes[0])
+        if finite:
+            forward_hidden(plan, params, work, x, <int>m, NULL)
+            output_logits(plan, params, work, x, <int>m, out)
+            fbp_bias_activation(out, params + plan.bias_offsets[L - 1],
+                                workspace(work, plan.preactivation_offsets[L]), m,
+                                plan.sizes[L], plan.activations[L - 1])
+            finite = fbp_all_finite(out, m * plan.sizes[L])
+    return finite
+
+
+def few_rows_product(const floating[:, ::1] X, const floating[:, ::1] W,
+                     floating[:, ::1] out):
+    """out := X W by the few-row kernels (csrc/few_rows.h), for tests and benchmarks."""
+    if X.shape[1] != W.shape[0] or out.shape[0] != X.shape[0] or out.shape[1] != W.shape[1]:
+        raise ValueError(f"few_rows_product: X is {X.shape[0]} x {X.shape[1]}, W "
+                         f"{W.shape[0]} x {W.shape[1]}, out {out.shape[0]} x {out.shape[1]}")
+    if X.shape[0] == 0 or W.shape[0] == 0 or W.shape[1] == 0:
+        raise ValueError("few_rows_product needs at least one row, input and output")
+    with nogil:
+        fbp_few_rows_product(&out[0, 0], &X[0, 0], &W[0, 0], X.shape[0], X.shape[1],
+                             W.shape[1])
