@@ -18,6 +18,7 @@ import math
 import time
 import uuid
 import warnings
+from typing import NamedTuple
 
 try:
     import dask
@@ -35,7 +36,7 @@ from fastbp.trainer import EpochLoop, EpochResult, History, Trainer, chosen_metr
     validation_set
 from fastbp._validation import real_number, whole_number
 
-__all__ = ["fit", "placement", "LostDataError"]
+__all__ = ["fit", "placement", "LostDataError", "Trained"]
 
 FAN_IN = 8          # partial sums combined per task of the reduction tree
 TASK_PREFIX = "fastbp-train"
@@ -81,7 +82,16 @@ def _train_block(model_bytes, trainer_arguments, part, seed, rates, n_threads, b
     last_loss = history.loss[-1] if history.loss else float("nan")
     return {"sum": model.parameter_vector(np.float64) * rows, "rows": rows,
             "loss": last_loss * rows, "diverged": bool(history.diverged),
-            "trained": {block: (_worker_address(), rows, n_threads)}}
+            "trained": {block: Trained(_worker_address(), rows, n_threads,
+                                       float(sum(history.seconds)))}}
+
+
+class Trained(NamedTuple):
+    """Where one block trained in one round (history.placement's entries)."""
+    worker: str         # the dask worker's address ("local" on dask's local scheduler)
+    rows: int
+    threads: int        # BLAS threads of its fit
+    seconds: float      # in the compiled training loop
 
 
 def _worker_address() -> str:
@@ -257,8 +267,9 @@ def fit(model: MLP, trainer: Trainer, X, Y, client=None, rounds=None, epochs_per
     Returns a fastbp.History with one entry per round: "loss" (the row-weighted mean of the
     blocks' training loss in their last local epoch), "learning_rate", "seconds",
     "samples_per_second", and the validation values; `history.placement` lists per round
-    {block: (worker address, rows, BLAS threads)}. Ctrl-C on the driver stops after the
-    last completed round and returns the history marked interrupted. The blocks' seeds are
+    {block: Trained(worker address, rows, BLAS threads, seconds training)}. Ctrl-C on the
+    driver stops after the last completed round and returns the history marked
+    interrupted. The blocks' seeds are
     derived from trainer.seed, the round and the block's index, and the average is summed
     in a fixed order, so a run is reproducible for a given seed, chunking and thread count,
     whichever workers run the tasks (and when a task is re-run after a worker is lost).

@@ -279,8 +279,9 @@ def test_each_block_trains_with_its_workers_threads_on_its_own_worker(cluster_cl
     workers = sorted(cluster_client.nthreads())
     for trained in history.placement:
         assert sorted(trained) == [0, 1]
-        assert sorted(worker for worker, _, _ in trained.values()) == workers
-        assert [(rows, threads) for _, rows, threads in trained.values()] == [(6000, 1)] * 2
+        assert sorted(block.worker for block in trained.values()) == workers
+        assert [(block.rows, block.threads) for block in trained.values()] == [(6000, 1)] * 2
+        assert all(block.seconds > 0 for block in trained.values())
 
     # On dask's local scheduler too (blocks run side by side on its threads): 1 thread.
     def recording_fit(trainer, *args, **kwargs):

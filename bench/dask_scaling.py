@@ -1,0 +1,193 @@
+"""Does fastbp.dask.fit pay? Scaling and accuracy per pass on a LocalCluster here.
+
+    python bench/dask_scaling.py                     # both parts (a few minutes on 2 cores)
+    python bench/dask_scaling.py --part scaling      # 1 vs 2 workers, 784-512-512-10
+    python bench/dask_scaling.py --part accuracy     # rounds to the single-process accuracy
+
+scaling: 784-512-512-10 on 30,000 rows (W2's model and settings: plain SGD 0.01, batch 128,
+linear-teacher data from workloads.py) in 2 chunks, `--rounds` rounds of one epoch, on a
+LocalCluster of 1 and of 2 worker processes of 1 thread each, default settings
+(n_threads=None, averaging="block_momentum"); against Trainer.fit on one process with
+n_threads=2 for the same epochs. Reported: wall time of the fit (the data already in the
+cluster, as after loading it there), speedup over 1 worker, held-out accuracy after the
+same epochs, the placement (rows per worker), and the time a round spends not training
+(the round's seconds less its busiest worker's seconds in the compiled loop: broadcast,
+scheduling, the tree of sums, the update on the driver).
+
+accuracy: 50-128-10, 10 classes, plain SGD 0.05, batch 32, on `--accuracy-rows` rows (+ 20,000
+held out). One process trains 20 epochs; fastbp.dask.fit with K = 2, 4, 8 chunks trains
+25 rounds (1.25x the epochs) with each averaging rule; reported: held-out accuracy after 20
+and 25 rounds and the first round that reaches the single process's accuracy after 20
+epochs. Two data sets: "linear" (labels from a random linear teacher, workloads.py) and
+"nonlinear" (labels from a random tanh network with noise; still improving after 20
+epochs, the harder case for averaging). The results do not depend on the cluster (they are
+bit-identical on any placement); the cluster only sets the time.
+
+The machine may be shared: run it on a quiet one, and read times as such.
+"""
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import workloads  # noqa: E402
+
+
+def cluster(n_workers):
+    import distributed
+    local = distributed.LocalCluster(n_workers=n_workers, threads_per_worker=1,
+                                     processes=True, dashboard_address=None, host="127.0.0.1")
+    return local, distributed.Client(local)
+
+
+def accuracy(model, X, y):
+    return float(np.mean(model.predict(X).argmax(axis=1) == y))
+
+
+def scaling(args):
+    import dask.array as da
+    import fastbp
+    import fastbp.dask
+
+    work = workloads.get("W2").with_samples(args.rows + 5_000)
+    X_all, y_all = workloads.make_data(work, seed=0)
+    X, y, X_test, y_test = X_all[:args.rows], y_all[:args.rows], X_all[args.rows:], \
+        y_all[args.rows:]
+
+    def new_model():
+        return fastbp.MLP(list(work.layer_sizes), work.activations, seed=0)
+
+    def new_trainer(**kwargs):
+        return fastbp.Trainer(workloads.LOSS, learning_rate=workloads.LEARNING_RATE,
+                              batch_size=work.batch_size, seed=0, **kwargs)
+
+    print(f"scaling: {'-'.join(map(str, work.layer_sizes))} on {args.rows:,} rows in "
+          f"{args.chunks} chunks, {args.rounds} rounds of 1 epoch, batch {work.batch_size}")
+    model = new_model()
+    started = time.perf_counter()
+    new_trainer(epochs=args.rounds, n_threads=2).fit(model, X, y)
+    single = time.perf_counter() - started
+    print(f"  Trainer.fit, 1 process, n_threads=2: {single:6.2f} s   "
+          f"accuracy {accuracy(model, X_test, y_test):.4f}", flush=True)
+
+    rows = -(-args.rows // args.chunks)
+    times = {}
+    for n_workers in (1, 2):
+        local, client = cluster(n_workers)
+        try:
+            X_d = client.persist(da.from_array(X, chunks=(rows, -1)))
+            y_d = client.persist(da.from_array(y, chunks=rows))
+            client.wait_for_workers(n_workers)
+            model = new_model()
+            started = time.perf_counter()
+            history = fastbp.dask.fit(model, new_trainer(), X_d, y_d, client=client,
+                                      rounds=args.rounds)
+            times[n_workers] = seconds = time.perf_counter() - started
+            idle = [round_seconds - max(_per_worker(trained).values())
+                    for round_seconds, trained in zip(history.seconds, history.placement)]
+            rows_per_worker = _per_worker(history.placement[-1], "rows")
+            print(f"  fastbp.dask.fit, {n_workers} worker(s) x 1 thread: {seconds:6.2f} s   "
+                  f"speedup {times[1] / seconds:4.2f}x   "
+                  f"accuracy {accuracy(model, X_test, y_test):.4f}   "
+                  f"not training per round {np.mean(idle):.3f} s (first {idle[0]:.3f} s)   "
+                  f"rows per worker {sorted(rows_per_worker.values())}   "
+                  f"threads {sorted({t.threads for t in history.placement[-1].values()})}",
+                  flush=True)
+        finally:
+            client.close()
+            local.close()
+    print(f"  2 workers / Trainer.fit(n_threads=2): {times[2] / single:4.2f}x the time")
+
+
+def _per_worker(trained, field="seconds"):
+    totals = {}
+    for block in trained.values():
+        totals[block.worker] = totals.get(block.worker, 0) + getattr(block, field)
+    return totals
+
+
+def accuracy_data(task, n_rows):
+    n_all = n_rows + 20_000
+    if task == "linear":
+        X, y = workloads.make_data(workloads.Workload("A", (50, 128, 10), 32, n_all,
+                                                      "float32", ""), seed=0)
+    else:
+        rng = np.random.default_rng(0)
+        X = rng.standard_normal((n_all, 50)).astype(np.float32)
+        hidden = np.tanh(2 * X @ (rng.standard_normal((50, 64)) / np.sqrt(50)))
+        scores = hidden @ rng.standard_normal((64, 10))
+        y = np.argmax(scores + 0.3 * rng.standard_normal((n_all, 10)), axis=1)
+    return X[:n_rows], y[:n_rows], X[n_rows:], y[n_rows:]
+
+
+def accuracy_per_pass(args):
+    import dask.array as da
+    import fastbp
+    import fastbp.dask
+
+    epochs = 20
+    local, client = cluster(2)
+    try:
+        for task in args.tasks.split(","):
+            X, y, X_test, y_test = accuracy_data(task, args.accuracy_rows)
+
+            def new_model():
+                return fastbp.MLP([50, 128, 10], ["relu", "softmax"], seed=0)
+
+            def new_trainer(**kwargs):
+                return fastbp.Trainer("cce", learning_rate=0.05, batch_size=32, seed=0,
+                                      **kwargs)
+
+            model = new_model()
+            started = time.perf_counter()
+            history = new_trainer(epochs=epochs, n_threads=1).fit(
+                model, X, y, validation_data=(X_test, y_test))
+            target = history.history["val_accuracy"][-1]
+            print(f"accuracy, {task} task: 50-128-10 on {args.accuracy_rows:,} rows; one "
+                  f"process, {epochs} epochs: {target:.4f} "
+                  f"({time.perf_counter() - started:.1f} s)", flush=True)
+            for K in (2, 4, 8):
+                rows = -(-args.accuracy_rows // K)
+                X_d = client.persist(da.from_array(X, chunks=(rows, -1)))
+                y_d = client.persist(da.from_array(y, chunks=rows))
+                for averaging in ("block_momentum", "mean"):
+                    model = new_model()
+                    started = time.perf_counter()
+                    history = fastbp.dask.fit(model, new_trainer(), X_d, y_d, client=client,
+                                              rounds=epochs * 5 // 4, averaging=averaging,
+                                              validation_data=(X_test, y_test))
+                    scores = history.history["val_accuracy"]
+                    reached = next((i + 1 for i, a in enumerate(scores) if a >= target), None)
+                    print(f"  K={K} {averaging:14s} after 20 rounds {scores[19]:.4f}  "
+                          f"after 25 {scores[-1]:.4f}  reaches {target:.4f} at round "
+                          f"{reached or '-':>2}  ({time.perf_counter() - started:.1f} s)",
+                          flush=True)
+    finally:
+        client.close()
+        local.close()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=("scaling", "accuracy", "all"), default="all")
+    parser.add_argument("--rows", type=int, default=30_000, help="scaling: training rows")
+    parser.add_argument("--chunks", type=int, default=2, help="scaling: chunks of rows")
+    parser.add_argument("--rounds", type=int, default=3, help="scaling: rounds")
+    parser.add_argument("--accuracy-rows", type=int, default=200_000)
+    parser.add_argument("--tasks", default="linear,nonlinear",
+                        help="accuracy: data sets, comma-separated (linear, nonlinear)")
+    args = parser.parse_args()
+    if args.part in ("scaling", "all"):
+        scaling(args)
+    if args.part in ("accuracy", "all"):
+        accuracy_per_pass(args)
+
+
+if __name__ == "__main__":
+    main()
