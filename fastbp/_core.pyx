@@ -576,7 +576,8 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
                 floating[::1] work, floating[:, ::1] state, const floating[:, ::1] X,
                 const floating[:, ::1] Y, const Py_ssize_t[::1] labels,
                 const floating[::1] row_weights, const Py_ssize_t[::1] order,
-                Py_ssize_t batch_size, uint64_t random_seed, bint interruptible=False):
+                Py_ssize_t batch_size, uint64_t random_seed, bint interruptible=False,
+                Plan worker_plan=None, floating[::1] worker_work=None, int n_workers=1):
     """One epoch of mini-batch training in one nogil call.
 
     Batches are rows order[0:b], order[b:2b], ... (rows 0:b, b:2b, ... read in place when
@@ -594,6 +595,11 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
     The arrays are read in place, so they may change between the caller's checks and this
     call, or during it: every index read (order, labels) is checked as it is read, and an
     index out of range raises ValueError, the batches before it having been trained.
+
+    n_workers > 1: each step is split by rows among that many threads (_workers.pxi),
+    each with a worker_plan workspace (capacity >= batch_size / n_workers, with room for a
+    gradient) in worker_work (worker_workspace_size elements); BLAS should run on one
+    thread. Same results for the same n_workers; other counts agree to rounding.
     """
     cdef const PlanData* plan_data = &plan.data
     cdef HyperparameterData* hyper = &hyperparameters.data
@@ -657,6 +663,13 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
         target = first
     if grads:   # the rules leave it at 0 after each step
         memset(grads, 0, plan_data.n_params * sizeof(floating))
+    if n_workers > 1:
+        return train_epoch_on_workers(plan_data, hyper, worker_plan, worker_work, n_workers,
+                                      p, w, first, second, grads, X, Y, labels, row_weights,
+                                      order, batch_size, random_seed, interruptible, update,
+                                      state_rows)
+    if n_workers < 1:
+        raise ValueError(f"train_epoch: n_workers is {n_workers}; it must be at least 1")
 
     with nogil:
         while start < n_samples:
@@ -873,6 +886,7 @@ def all_finite(const floating[:, ::1] X):
 
 
 include "_bench.pxi"
+include "_workers.pxi"
 include "_serving.pxi"
 
 

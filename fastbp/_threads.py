@@ -46,6 +46,16 @@ def thread_count(layer_sizes, rows_per_step: int, n_threads=None, backward=True)
     return allowed_threads()
 
 
+def split_threads(layer_sizes, batch_size: int, n_threads: int):
+    """(row workers, BLAS threads) for a fit on n_threads threads: a step split by rows
+    among n_threads workers, each on one BLAS thread (the products of small and medium
+    networks are too small to gain from BLAS threads), unless the batch is too small to
+    give each worker rows of its own."""
+    if n_threads > 1 and batch_size >= 2 * n_threads:
+        return n_threads, 1
+    return 1, n_threads
+
+
 def allowed_threads() -> int:
     """The most threads a pass may use when its caller did not say: the smallest of the
     caller's limits in force now. fastbp's own defaults (fits, predict, evaluate,

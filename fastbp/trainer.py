@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fastbp import _core, losses, metrics as metrics_module, optimizers, schedules
-from fastbp._threads import blas_threads, checked_thread_count, thread_count
+from fastbp._threads import blas_threads, checked_thread_count, small_gemm_kernels, \
+    split_threads, thread_count
 from fastbp.callbacks import ProgressBar, checked_callbacks
 from fastbp._validation import as_matrix, as_row_weights, as_targets, check_in_dtype, \
     dense_targets, numeric_array, one_hot, real_number, unshared, whole_number
@@ -420,9 +421,21 @@ class _CompiledEpoch:
                                               hyperparameters.state_rows)
         hyperparameters.step = trainer._step
         self.hyperparameters = hyperparameters
-        self.n_threads = thread_count(model.layer_sizes, self.batch_size, trainer.n_threads)
+        threads = thread_count(model.layer_sizes, self.batch_size, trainer.n_threads)
+        # n_threads: the BLAS threads of the fit; n_workers: the threads a step is split
+        # among by rows (_core's _workers.pxi), each on one BLAS thread.
+        self.n_workers, self.n_threads = split_threads(model.layer_sizes, self.batch_size,
+                                                       threads)
         self.plan, self.work = model._workspace(self.batch_size, model._dropout,
                                                 not hyperparameters.folded, self.n_threads)
+        self.worker_plan, self.worker_work = None, None
+        if self.n_workers > 1:
+            self.worker_plan = _core.Plan(
+                model.layer_sizes, model._codes, -(-self.batch_size // self.n_workers),
+                model._dropout, True, small_gemm_kernels())
+            size = _core.worker_workspace_size(self.worker_plan, self.n_workers)
+            check_allocation(size, model.dtype, "the workers' workspace")
+            self.worker_work = np.empty(size, dtype=model.dtype)
         # The parameters and optimizer state at the start of the epoch, restored if it diverges.
         self.backup = np.empty_like(model._params)
         self.state_backup = np.empty_like(self.state)
@@ -451,7 +464,8 @@ class _CompiledEpoch:
             loss_total, weight_total, trained, status = _core.train_epoch(
                 self.plan, self.hyperparameters, model._params, self.work, state, self.X,
                 self.targets, self.labels, self.weights, self.order, self.batch_size,
-                dropout_seed, self.catching)
+                dropout_seed, self.catching, self.worker_plan, self.worker_work,
+                self.n_workers)
         except ValueError:   # labels rewritten mid-fit: the core checks each read
             self._restore()
             raise

@@ -22,18 +22,26 @@ BIG = [256, 512, 512, 10]
 
 @pytest.fixture
 def recorded_counts(monkeypatch):
-    """The BLAS thread counts fastbp's passes ask for, in order."""
+    """The threads fastbp's passes use, in order: the BLAS count of predict, evaluate and
+    gradients; a fit's row workers times its BLAS threads."""
     counts = []
-    real = _threads.blas_threads
+    real_blas, real_split = _threads.blas_threads, _threads.split_threads
+    fitting = []
 
     @contextlib.contextmanager
     def recording(n_threads):
-        counts.append(n_threads)
-        with real(n_threads):
+        counts.append(n_threads * (fitting.pop() if fitting else 1))
+        with real_blas(n_threads):
             yield
+
+    def split(*arguments):
+        workers, blas = real_split(*arguments)
+        fitting.append(workers)
+        return workers, blas
 
     monkeypatch.setattr(fastbp.model, "blas_threads", recording)
     monkeypatch.setattr(fastbp.trainer, "blas_threads", recording)
+    monkeypatch.setattr(fastbp.trainer, "split_threads", split)
     return counts
 
 

@@ -1,0 +1,160 @@
+/* Row-split training steps (fastbp/_workers.pxi): the threads of one epoch call, the
+   barrier between the phases of a step, and the two element-wise pieces the split adds
+   (dropout masks drawn ahead for the whole batch, and the fixed-order sum of the workers'
+   gradients).  The threads are started once per epoch call and wait on the barrier
+   between phases: no thread starts and nothing is allocated per step. */
+#ifndef FASTBP_WORKERS_H
+#define FASTBP_WORKERS_H
+
+#include <limits.h>
+#include <pthread.h>
+#include <sched.h>
+#ifdef __linux__
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+#include <stddef.h>
+#include <stdint.h>
+
+#include "fastbp.h"
+
+/* A barrier for n threads: spins briefly (a step's phases last microseconds), then
+   sleeps on a futex, so a machine with fewer free cores than workers still makes
+   progress and a waiting worker does not take the core of the one it waits for. */
+typedef struct {
+    int n;
+    int waiting;        /* threads arrived in this round */
+    int generation;     /* rounds completed (the futex word) */
+    int sleepers;       /* threads asleep on the futex, or about to be */
+} fbp_barrier;
+
+static inline void fbp_barrier_init(fbp_barrier *barrier, int n)
+{
+    barrier->n = n;
+    barrier->waiting = 0;
+    barrier->generation = 0;
+    barrier->sleepers = 0;
+}
+
+static inline void fbp_futex(int *word, int operation, int value)
+{
+#ifdef __linux__
+    syscall(SYS_futex, word, operation, value, NULL, NULL, 0);
+#else
+    (void)word; (void)operation; (void)value;
+    sched_yield();
+#endif
+}
+
+#define FBP_BARRIER_SPINS 2000
+
+static inline void fbp_barrier_wait(fbp_barrier *barrier)
+{
+    int generation = __atomic_load_n(&barrier->generation, __ATOMIC_SEQ_CST);
+    if (__atomic_add_fetch(&barrier->waiting, 1, __ATOMIC_SEQ_CST)
+            == __atomic_load_n(&barrier->n, __ATOMIC_SEQ_CST)) {
+        __atomic_store_n(&barrier->waiting, 0, __ATOMIC_SEQ_CST);
+        __atomic_store_n(&barrier->generation, generation + 1, __ATOMIC_SEQ_CST);
+        /* seq_cst on both sides: either a sleeper's count is seen here, or the sleeper
+           sees the new generation (and the futex wait returns at once). */
+        if (__atomic_load_n(&barrier->sleepers, __ATOMIC_SEQ_CST) > 0)
+            fbp_futex(&barrier->generation, FUTEX_WAKE_PRIVATE, INT_MAX);
+        return;
+    }
+    for (int spins = 0; spins < FBP_BARRIER_SPINS; spins++) {
+        if (__atomic_load_n(&barrier->generation, __ATOMIC_ACQUIRE) != generation)
+            return;
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+    }
+    __atomic_add_fetch(&barrier->sleepers, 1, __ATOMIC_SEQ_CST);
+    while (__atomic_load_n(&barrier->generation, __ATOMIC_SEQ_CST) == generation)
+        fbp_futex(&barrier->generation, FUTEX_WAIT_PRIVATE, generation);
+    __atomic_sub_fetch(&barrier->sleepers, 1, __ATOMIC_SEQ_CST);
+}
+
+/* Starts threads 1..n-1 of an epoch on entry(&contexts[k]); 0 if all started, else the
+   number started (the caller then runs on fewer workers: see fbp_start_workers' use). */
+static inline int fbp_start_workers(pthread_t *threads, int n, void *(*entry)(void *),
+                                    char *contexts, size_t context_size)
+{
+    for (int k = 1; k < n; k++)
+        if (pthread_create(&threads[k], NULL, entry, contexts + k * context_size) != 0)
+            return k;
+    return 0;
+}
+
+static inline void fbp_join_workers(pthread_t *threads, int n)
+{
+    for (int k = 1; k < n; k++)
+        pthread_join(threads[k], NULL);
+}
+
+/* After fbp_start_workers started only threads 1..started-1: they wait at the first
+   barrier of an epoch that will not run.  The caller has told them to stop (its `proceed`
+   flag); the barrier now counts only the threads that exist, the caller arrives, and they
+   are joined. */
+static inline void fbp_abandon_workers(fbp_barrier *barrier, pthread_t *threads, int started)
+{
+    __atomic_store_n(&barrier->n, started, __ATOMIC_RELEASE);
+    fbp_barrier_wait(barrier);
+    fbp_join_workers(threads, started);
+}
+
+#endif
+
+/* The element-wise pieces, once per element type (the same pattern as kernels_impl.h). */
+#define FBP_WORKERS_KERNELS(T, SUFFIX)                                                     \
+/* The masks fbp_dropout would draw for n elements, in its order: drawing a whole batch's  \
+   masks ahead makes them independent of how the rows are split among workers. */          \
+static inline void fbp_dropout_masks_##SUFFIX(T *mask, ptrdiff_t n, double rate,           \
+                                              uint64_t *random_state)                     \
+{                                                                                          \
+    const uint64_t threshold = (uint64_t)(rate * 18446744073709551616.0);                  \
+    const T keep = (T)(1.0 / (1.0 - rate));                                                \
+    for (ptrdiff_t i = 0; i < n; i++)                                                      \
+        mask[i] = fbp_random_next(random_state) >= threshold ? keep : 0;                   \
+}                                                                                          \
+                                                                                           \
+/* out = a * mask (fbp_dropout's product, with masks drawn ahead). */                      \
+static inline void fbp_apply_mask_##SUFFIX(T *out, const T *a, const T *mask, ptrdiff_t n) \
+{                                                                                          \
+    for (ptrdiff_t i = 0; i < n; i++)                                                      \
+        out[i] = a[i] * mask[i];                                                           \
+}                                                                                          \
+                                                                                           \
+/* target <- beta * target + alpha * (parts[0] + parts[1] + ...), summed in that order     \
+   whatever the timing, and each part set back to 0 as it is read (the workers' GEMMs      \
+   add into them with beta 1). */                                                         \
+FBP_MULTIVERSION static void fbp_reduce_##SUFFIX(T *target, T *const *parts, int n_parts,  \
+                                                 ptrdiff_t offset, ptrdiff_t n, T alpha,   \
+                                                 T beta)                                   \
+{                                                                                          \
+    for (ptrdiff_t start = 0; start < n; start += 1024) {                                  \
+        ptrdiff_t end = start + 1024 < n ? start + 1024 : n;                               \
+        T sum[1024];                                                                       \
+        T *first = parts[0] + offset;                                                      \
+        for (ptrdiff_t i = start; i < end; i++) {                                          \
+            sum[i - start] = first[i];                                                     \
+            first[i] = 0;                                                                  \
+        }                                                                                  \
+        for (int k = 1; k < n_parts; k++) {                                                \
+            T *part = parts[k] + offset;                                                   \
+            for (ptrdiff_t i = start; i < end; i++) {                                      \
+                sum[i - start] += part[i];                                                 \
+                part[i] = 0;                                                               \
+            }                                                                              \
+        }                                                                                  \
+        T *out = target + offset;                                                          \
+        for (ptrdiff_t i = start; i < end; i++)                                            \
+            out[i] = beta * out[i] + alpha * sum[i - start];                               \
+    }                                                                                      \
+}
+
+#ifndef FASTBP_WORKERS_KERNELS_DONE
+#define FASTBP_WORKERS_KERNELS_DONE
+FBP_WORKERS_KERNELS(float, f32)
+FBP_WORKERS_KERNELS(double, f64)
+#endif

@@ -1,0 +1,150 @@
+"""Row-split steps (issue 11 items 1 and 2): a fit on n_threads > 1 splits each step's
+rows among that many workers (fastbp/_workers.pxi). For a fixed count the results are
+bit-identical from run to run; across counts they agree with one thread to rounding, for
+every optimizer rule, with dropout, sample weights, clipping, weight decay and both dtypes.
+The core checks the workers' plan and workspace against the fit's plan."""
+import numpy as np
+import pytest
+
+import fastbp
+from fastbp import _core, optimizers
+
+OPTIMIZERS = {
+    "sgd": lambda: optimizers.SGD(0.05),
+    "momentum": lambda: optimizers.SGD(0.05, momentum=0.9),
+    "nesterov": lambda: optimizers.SGD(0.05, momentum=0.9, nesterov=True),
+    "adam": lambda: optimizers.Adam(0.01),
+    "rmsprop": lambda: optimizers.RMSprop(0.005),
+    "adagrad": lambda: optimizers.Adagrad(0.05),
+}
+# How far results of different worker counts may drift apart after 3 epochs: the sums of
+# the workers' gradients round differently (a few ulps a step, grown by training).
+TOLERANCE = {"float32": 2e-5, "float64": 1e-12}
+
+
+def data(dtype="float32", n_rows=300):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(n_rows, 12)).astype(dtype)
+    y = (np.abs(X[:, :4]) * np.arange(1, 5)).argmax(axis=1)
+    weights = rng.uniform(0.1, 3.0, size=n_rows).astype(dtype)
+    return X, y, weights
+
+
+def fit(n_threads, optimizer="adam", dtype="float32", dropout=0.0, weighted=False,
+        batch_size=32, **trainer_options):
+    X, y, weights = data(dtype)
+    model = fastbp.MLP([12, 24, 16, 4], ["relu", "tanh", "softmax"], dtype=dtype,
+                       dropout=dropout, seed=3)
+    trainer = fastbp.Trainer("cce", optimizer=OPTIMIZERS[optimizer](), epochs=3,
+                             batch_size=batch_size, seed=5, n_threads=n_threads,
+                             **trainer_options)
+    history = trainer.fit(model, X, y, sample_weight=weights if weighted else None)
+    return model.parameter_vector(), history.history["loss"]
+
+
+def assert_agree(a, b, dtype="float32"):
+    scale = max(1.0, float(np.abs(a).max()))
+    assert np.abs(a - b).max() <= TOLERANCE[dtype] * scale
+
+
+@pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
+def test_every_optimizer_agrees_across_worker_counts_and_repeats_exactly(optimizer):
+    one, loss_one = fit(1, optimizer)
+    for n_threads in (2, 3):
+        first, loss_first = fit(n_threads, optimizer)
+        again, loss_again = fit(n_threads, optimizer)
+        assert np.array_equal(first, again) and loss_first == loss_again
+        assert_agree(one, first)
+        np.testing.assert_allclose(loss_first, loss_one, rtol=1e-5)
+
+
+@pytest.mark.parametrize("options", [
+    dict(dropout=[0.3, 0.2]),
+    dict(weighted=True),
+    dict(clip_norm=0.05),
+    dict(weight_decay=0.01),
+    dict(weight_decay=0.01, decoupled_weight_decay=True),
+    dict(dtype="float64", dropout=[0.5, 0.1], weighted=True),
+    dict(batch_size=7),          # rows that do not divide among the workers
+    dict(batch_size=300),        # one batch, the whole data set
+], ids=lambda options: "-".join(f"{k}={v}" for k, v in options.items()))
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam"])
+def test_dropout_weights_clipping_and_decay_agree_and_repeat(optimizer, options):
+    dtype = options.get("dtype", "float32")
+    one, _ = fit(1, optimizer, **options)
+    for n_threads in (2, 3):
+        first, _ = fit(n_threads, optimizer, **options)
+        again, _ = fit(n_threads, optimizer, **options)
+        assert np.array_equal(first, again)
+        assert_agree(one, first, dtype)
+
+
+def test_dropout_masks_do_not_depend_on_the_worker_count():
+    """A rate of 0.5 on 32 rows: were the masks drawn per worker, 1 and 2 workers would
+    train different networks, not the same one to rounding."""
+    one, _ = fit(1, "sgd", dropout=[0.5, 0.5])
+    two, _ = fit(2, "sgd", dropout=[0.5, 0.5])
+    assert_agree(one, two)
+
+
+def test_a_batch_smaller_than_twice_the_workers_runs_unsplit():
+    """Workers need rows of their own: a batch of 3 on 2 threads is not split (it runs
+    on BLAS threads) and agrees with the 1-thread fit."""
+    one, _ = fit(1, "adam", batch_size=3)
+    two, _ = fit(2, "adam", batch_size=3)
+    assert_agree(one, two)
+
+
+def core_arguments(n_workers=2, worker_capacity=16, worker_gradient=True, extra=0):
+    sizes, codes = [12, 24, 4], [_core.ACTIVATION_CODES["relu"],
+                                 _core.ACTIVATION_CODES["softmax"]]
+    plan = _core.Plan(sizes, codes, 32, None, True)
+    worker_plan = _core.Plan(sizes, codes, worker_capacity, None, worker_gradient)
+    work = np.zeros(plan.work_size, np.float32)
+    worker_work = np.zeros(_core.worker_workspace_size(worker_plan, n_workers) + extra,
+                           np.float32)
+    params = np.random.default_rng(0).normal(size=plan.n_params).astype(np.float32) * 0.1
+    X, y, _ = data(n_rows=64)
+    hyper = _core.Hyperparameters(_core.LOSS_CODES["categorical_crossentropy"], optimizer=_core.OPTIMIZER_CODES["adam"])
+    state = np.zeros((hyper.state_rows, plan.n_params), np.float32)
+    return [plan, hyper, params, work, state, X, np.empty((0, 0), np.float32),
+            y.astype(np.intp), np.empty(0, np.float32), np.empty(0, np.intp), 32, 1, False,
+            worker_plan, worker_work, n_workers]
+
+
+def test_the_core_runs_the_workers_when_every_size_fits():
+    arguments = core_arguments()
+    loss, weight, rows, status = _core.train_epoch(*arguments)
+    assert rows == 64 and weight == 64 and status == _core.Status.COMPLETED
+    assert np.isfinite(loss)
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(worker_capacity=15), "the worker plan holds 15 rows"),
+    (dict(worker_gradient=False), "room for a gradient"),
+    (dict(extra=-1), "the worker workspace holds"),
+    (dict(n_workers=2000), "n_workers is 2000"),
+])
+def test_the_core_refuses_worker_plans_and_workspaces_that_do_not_fit(change, message):
+    arguments = core_arguments(**change)
+    before = arguments[2].copy()
+    with pytest.raises(ValueError, match=message):
+        _core.train_epoch(*arguments)
+    assert np.array_equal(arguments[2], before)
+
+
+def test_the_core_refuses_a_worker_plan_of_another_network():
+    arguments = core_arguments()
+    arguments[13] = _core.Plan([12, 20, 4], [0, 0], 16, None, True)
+    with pytest.raises(ValueError, match="other layer widths"):
+        _core.train_epoch(*arguments)
+    arguments[13] = None
+    with pytest.raises(ValueError, match="needs a worker plan"):
+        _core.train_epoch(*arguments)
+
+
+def test_a_bad_label_mid_epoch_stops_the_workers_with_a_clear_error():
+    arguments = core_arguments()
+    arguments[7][40] = 99
+    with pytest.raises(ValueError, match="labels\\[40\\] = 99"):
+        _core.train_epoch(*arguments)
