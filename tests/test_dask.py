@@ -311,6 +311,37 @@ def test_placement_balances_rows_per_thread_and_follows_the_workers():
     assert threads(["a"] * 6, {"a": 4}) == [1] * 6                  # four at once: one each
 
 
+def test_chunks_are_placed_again_when_a_worker_joins():
+    """A worker that joins between rounds takes half of the chunks from the next round on,
+    and the result is the same as on a cluster that had both workers from the start."""
+    from fastbp.callbacks import Callback
+    X, y = chunked(3_000)
+
+    def run(start_workers, add_after_first_round):
+        with distributed.LocalCluster(n_workers=start_workers, threads_per_worker=1,
+                                      processes=False, dashboard_address=None) as local, \
+                distributed.Client(local, set_as_default=False) as client:
+            class AddWorker(Callback):
+                def on_epoch_end(self, epoch, logs):
+                    if epoch == 0 and add_after_first_round:
+                        local.scale(2)
+                        client.wait_for_workers(2, timeout=30)
+
+            model = classifier()
+            history = fastbp.dask.fit(model, fastbp.Trainer("cce", seed=6, n_threads=1), X,
+                                      y, client=client, rounds=3, callbacks=[AddWorker()])
+            return model, [sorted({b.worker for b in trained.values()})
+                           for trained in history.placement], \
+                [[b.worker for b in trained.values()].count(trained[0].worker)
+                 for trained in history.placement]
+
+    model, workers, on_first = run(1, add_after_first_round=True)
+    assert len(workers[0]) == 1 and len(workers[1]) == len(workers[2]) == 2
+    assert on_first == [4, 2, 2]          # 4 chunks: all on one, then two on each
+    reference, _, _ = run(2, add_after_first_round=False)
+    np.testing.assert_array_equal(model._params, reference._params)
+
+
 def test_block_momentum_is_the_default_and_mean_is_plain_averaging(cluster_client):
     """averaging="mean" writes the row-weighted average; block momentum starts each round
     from W + m D and, with one chunk (m = 0), is the average as well."""
