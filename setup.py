@@ -89,7 +89,7 @@ extensions = [
         extra_link_args=link_args,
         depends=["csrc/fastbp.h", "csrc/kernels_impl.h", "csrc/few_rows.h", "fastbp/_kernels.pxd.tp",
                  "fastbp/_blas.pxd", "fastbp/_small_gemm.pxi", "fastbp/_bench.pxi",
-                 "fastbp/_serving.pxi"],
+                 "fastbp/_serving.pxi", "csrc/workers.h", "fastbp/_workers.pxi"],
     )
 ]
 
