@@ -973,3 +973,26 @@ def test_set_output_in_a_pipeline_hands_dataframes_through():
                    frame32, y.astype(float))
     assert fitted.model_.dtype == np.float32               # a float32 frame stays float32
     np.testing.assert_array_equal(fitted.feature_names_in_, X.columns)
+
+
+def test_parity_table_names_every_parameter_and_attribute():
+    """docs/sklearn.md's parity table lists every constructor parameter of the installed
+    scikit-learn's MLPClassifier and MLPRegressor, every attribute their docstrings list,
+    and every parameter of fastbp's estimators."""
+    with open(os.path.join(ROOT, "docs", "sklearn.md"), encoding="utf-8") as handle:
+        text = handle.read()
+    section = text.split("## Parity with scikit-learn", 1)[1].split("\n## ", 1)[0]
+    named = set()
+    for line in section.splitlines():
+        if line.startswith("| `"):
+            named.update(re.findall(r"`(\w+)`", line.split("|")[1]))
+    expected = set()
+    for cls in (neural_network.MLPClassifier, neural_network.MLPRegressor,
+                MLPClassifier, MLPRegressor):
+        expected.update(cls().get_params())
+    for cls in (neural_network.MLPClassifier, neural_network.MLPRegressor):
+        attributes = cls.__doc__.split("Attributes\n    ----------\n", 1)[1]
+        attributes = attributes.split("See Also", 1)[0]
+        expected.update(re.findall(r"^    (\w+) :", attributes, re.M))
+    assert len(expected) > 40
+    assert not expected - named, sorted(expected - named)
