@@ -308,8 +308,8 @@ def fit(model: MLP, trainer: Trainer, X, Y, client=None, rounds=None, epochs_per
     arguments = trainer.arguments()
     pairs, blocks, rows = _pairs(X, Y, model.dtype.name, float_targets, name)
     if averaging == "block_momentum":
-        update = _BlockMomentum(model, len(blocks) if block_momentum is None else block_momentum,
-                                block_learning_rate, explicit=block_momentum is not None)
+        update = _BlockMomentum(model, 1.0 - 1.0 / len(blocks) if block_momentum is None
+                                else block_momentum, block_learning_rate)
     else:
         update = _Mean(model)
     history = History(n_samples=int(X.shape[0]))
@@ -341,12 +341,12 @@ def fit(model: MLP, trainer: Trainer, X, Y, client=None, rounds=None, epochs_per
         except KeyboardInterrupt:      # Ctrl-C: the model keeps the last completed round
             return EpochResult(interrupted=True)
         average = total["sum"] / total["rows"]
-        if not np.isfinite(average).all():   # not expected: blocks roll back divergence
+        # Not expected (blocks roll their divergence back), but the model must stay finite.
+        if not np.isfinite(average).all() or not update.apply(average):
             warnings.warn(f"round {round_index + 1}: the averaged parameters are not "
                           f"finite; the model keeps those of the previous round",
                           RuntimeWarning, stacklevel=4)
             return EpochResult(diverged=True)
-        update.apply(average)
         history.placement.append(dict(sorted(total["trained"].items())))
         if total["diverged"]:
             warnings.warn(f"round {round_index + 1}: the loss diverged on some blocks "
@@ -385,8 +385,9 @@ class _Mean:
     def start_bytes(self) -> bytes:
         return self.model.to_bytes()
 
-    def apply(self, average):
+    def apply(self, average) -> bool:
         self.model.set_parameter_vector(average)
+        return True
 
 
 class _BlockMomentum:
@@ -396,10 +397,8 @@ class _BlockMomentum:
     buffer D. A round's copies start from S = W + m D (in the model's dtype); with A their
     average, D <- m D + lr (A - S) and W <- W + D. With m = 0 and lr = 1 this is _Mean."""
 
-    def __init__(self, model, momentum_or_blocks, learning_rate, explicit):
-        self.model = model
-        self.momentum = momentum_or_blocks if explicit else 1.0 - 1.0 / momentum_or_blocks
-        self.learning_rate = learning_rate
+    def __init__(self, model, momentum, learning_rate):
+        self.model, self.momentum, self.learning_rate = model, momentum, learning_rate
         self.weights = model.parameter_vector(np.float64)
         self.buffer = np.zeros_like(self.weights)
         self.start = None
@@ -415,11 +414,14 @@ class _BlockMomentum:
         finally:
             self.model.set_parameter_vector(self.weights)
 
-    def apply(self, average):
-        self.buffer *= self.momentum
-        self.buffer += self.learning_rate * (average - self.start)
-        self.weights += self.buffer
-        self.model.set_parameter_vector(self.weights)
+    def apply(self, average) -> bool:
+        buffer = self.momentum * self.buffer + self.learning_rate * (average - self.start)
+        weights = self.weights + buffer
+        if not (np.abs(weights) <= np.finfo(self.model.dtype).max).all():   # NaN fails too
+            return False
+        self.buffer, self.weights = buffer, weights
+        self.model.set_parameter_vector(weights)
+        return True
 
 
 class _ClusterRounds:

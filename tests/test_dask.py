@@ -368,6 +368,18 @@ def test_block_momentum_is_the_default_and_mean_is_plain_averaging(cluster_clien
         fastbp.dask.fit(classifier(), trainer, X, y, client=cluster_client, block_momentum=1)
 
 
+def test_a_block_momentum_step_beyond_the_dtype_stops_with_the_model_kept(cluster_client):
+    """A step that would overflow the model's dtype is not taken: the fit stops as
+    diverged, with a warning, and the model keeps the previous round's parameters."""
+    X, y = chunked(3_000)
+    model = classifier()
+    with pytest.warns(RuntimeWarning, match="not finite"):
+        history = fastbp.dask.fit(model, fastbp.Trainer("cce", seed=0, n_threads=1), X, y,
+                                  client=cluster_client, rounds=3, block_learning_rate=1e300)
+    assert history.diverged and history.epochs == 0
+    np.testing.assert_array_equal(model._params, classifier()._params)
+
+
 def test_ctrl_c_returns_the_history_at_the_last_completed_round(cluster_client):
     """SIGINT in the driver while round 2 trains: the history of round 1, marked
     interrupted, and the model exactly as after round 1."""
