@@ -64,13 +64,15 @@ static inline __attribute__((always_inline)) void FBP_NAME(fbp_few_tail)(
     ptrdiff_t n_cols)
 {
     typedef FBP_NAME(fbp_few_vector) vector;
-    if (m < 4) {   /* too few rows to pay for the copy: scalar sums, the same operations */
+    if (m < 4) {   /* too few rows to pay for the copy: each row of W's tail loaded as it is
+                      used, into the same vectors (the same operations, so the same bits) */
         for (ptrdiff_t r = 0; r < m; r++) {
-            FBP_T sums[FBP_FEW_BYTES / sizeof(FBP_T)] = {0};
+            vector sums = (vector){0};
             for (ptrdiff_t i = 0; i < n_in; i++) {
-                FBP_T a = x[r * n_in + i];
+                vector v = (vector){0};
                 for (ptrdiff_t j = 0; j < n_cols; j++)
-                    sums[j] += a * W[i * n_out + j];
+                    v[j] = W[i * n_out + j];
+                sums += x[r * n_in + i] * v;
             }
             for (ptrdiff_t j = 0; j < n_cols; j++)
                 out[r * n_out + j] = sums[j];

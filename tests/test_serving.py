@@ -1,0 +1,293 @@
+"""Serving: predict on a few rows (issue 15).
+
+The few-row product kernels (csrc/few_rows.h) against a float64 product on every edge of
+their blocking; predict's fast path (_core.Predictor) against the general path and the
+BLAS path; predict(X, out=...); concurrent predictions on one model; bad input refused.
+"""
+import threading
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import fastbp
+from fastbp import _core, model as model_module
+from reference import forward
+
+HANG_SECONDS = 300
+LANES = {np.float32: 16, np.float64: 8}     # elements in the kernels' 64-byte vectors
+
+
+def product_bound(X, W, dtype):
+    """|rounding error| of a sum of n_in products in dtype, elementwise: n_in eps |X||W|."""
+    magnitude = np.abs(X.astype(np.float64)) @ np.abs(W.astype(np.float64))
+    return 1.01 * W.shape[0] * np.finfo(dtype).eps * magnitude + np.finfo(dtype).tiny
+
+
+def widths(lanes):
+    """Output widths on each edge of the kernels' column blocks: under, at and over one
+    vector, two, four, eight, and odd sizes between."""
+    return sorted({1, 2, lanes - 1, lanes, lanes + 1, 2 * lanes - 1, 2 * lanes,
+                   2 * lanes + 3, 3 * lanes, 4 * lanes + 1, 6 * lanes + 5, 8 * lanes,
+                   8 * lanes + 1, 9 * lanes + lanes - 1, 17 * lanes + 3})
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_few_rows_product_matches_a_float64_product_on_every_edge(dtype):
+    rng = np.random.default_rng(0)
+    for n_in in (1, 3, 255, 256, 257, 513):
+        for n_out in widths(LANES[dtype]):
+            W = rng.standard_normal((n_in, n_out)).astype(dtype)
+            for m in list(range(1, 17)) + [23, 64]:
+                X = rng.standard_normal((m, n_in)).astype(dtype)
+                out = np.full((m, n_out), np.nan, dtype=dtype)
+                _core.few_rows_product(X, W, out)
+                exact = X.astype(np.float64) @ W.astype(np.float64)
+                error = np.abs(out - exact)
+                assert (error <= product_bound(X, W, dtype)).all(), (n_in, n_out, m)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_few_rows_product_gives_each_row_the_same_bits_alone_or_in_a_batch(dtype):
+    """One sum over the inputs in order per element, whichever block computed it."""
+    rng = np.random.default_rng(1)
+    for n_out in (1, 10, LANES[dtype] * 9 + 5):
+        W = rng.standard_normal((97, n_out)).astype(dtype)
+        X = rng.standard_normal((19, 97)).astype(dtype)
+        batch = np.empty((19, n_out), dtype=dtype)
+        _core.few_rows_product(X, W, batch)
+        for r in range(19):
+            alone = np.empty((1, n_out), dtype=dtype)
+            _core.few_rows_product(X[r:r + 1], W, alone)
+            assert np.array_equal(alone[0], batch[r]), (n_out, r)
+
+
+def test_few_rows_product_checks_its_sizes():
+    X, W = np.ones((2, 3), np.float32), np.ones((3, 4), np.float32)
+    with pytest.raises(ValueError, match="few_rows_product"):
+        _core.few_rows_product(X, np.ones((4, 4), np.float32), np.empty((2, 4), np.float32))
+    with pytest.raises(ValueError, match="few_rows_product"):
+        _core.few_rows_product(X, W, np.empty((2, 5), np.float32))
+    with pytest.raises(ValueError, match="at least one row"):
+        _core.few_rows_product(X[:0], W, np.empty((0, 4), np.float32))
+
+
+NETWORKS = [([784, 128, 10], ["relu", "softmax"]),
+            ([20, 64, 64, 1], ["relu", "relu", "identity"]),
+            ([7, 33, 5], ["gelu", "sigmoid"]),
+            ([3, 17, 1], ["tanh", "identity"])]
+
+
+def make(sizes, activations, dtype, monkeypatch, kernels=None):
+    """A model built under FASTBP_FEW_ROWS=kernels ("0", "1" or None: the measured rule)."""
+    if kernels is None:
+        monkeypatch.delenv(model_module.FEW_ROWS_VARIABLE, raising=False)
+    else:
+        monkeypatch.setenv(model_module.FEW_ROWS_VARIABLE, kernels)
+    return fastbp.MLP(sizes, activations, dtype=dtype, seed=3)
+
+
+@pytest.mark.parametrize("kernels", ["0", "1", None])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("sizes,activations", NETWORKS)
+def test_predict_matches_the_float64_forward_pass_on_both_paths(sizes, activations, dtype,
+                                                                 kernels, monkeypatch):
+    model = make(sizes, activations, dtype, monkeypatch, kernels)
+    rng = np.random.default_rng(2)
+    tolerance = 2e-4 if dtype == "float32" else 1e-11
+    for rows in (1, 2, 5, 8, 16, 17, 64, 65):
+        X = rng.standard_normal((rows, sizes[0])).astype(dtype)
+        expected = forward(model.weights, model.biases, activations, X)[-1]
+        np.testing.assert_allclose(model.predict(X), expected, rtol=tolerance,
+                                   atol=tolerance)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_few_row_kernels_off_give_the_blas_results_bit_for_bit(dtype, monkeypatch):
+    """FASTBP_FEW_ROWS=0: every product by BLAS, exactly as before the kernels existed."""
+    model = make([784, 128, 10], ["relu", "softmax"], dtype, monkeypatch, "0")
+    X = np.random.default_rng(4).standard_normal((8, 784)).astype(dtype)
+    plan = _core.Plan(model.layer_sizes, [_core.ACTIVATION_CODES[a] for a in model.activations],
+                      8)
+    blas = np.empty((8, 10), dtype=dtype)
+    _core.predict(plan, model._params, np.empty(plan.work_size, dtype=dtype), X, blas)
+    assert np.array_equal(model.predict(X), blas)
+    monkeypatch.setenv(model_module.FEW_ROWS_VARIABLE, "0")
+    assert np.array_equal(model.predict(X.tolist()), blas)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_fast_path_and_general_path_give_the_same_bits(dtype, monkeypatch):
+    """An input the fast path takes (C-contiguous, model's dtype) and the same rows it
+    hands on (a list, another dtype, a Fortran-ordered copy) predict the same bits."""
+    model = make([20, 64, 64, 1], ["relu", "relu", "identity"], dtype, monkeypatch)
+    X = np.random.default_rng(5).standard_normal((8, 20)).astype(dtype)
+    fast = model.predict(X)
+    assert np.array_equal(model.predict(X.tolist()), fast)
+    assert np.array_equal(model.predict(np.asfortranarray(X)), fast)
+    assert np.array_equal(model.predict(X, n_threads=1), fast)
+    for r in range(8):   # each row alone: the same bits as in the batch
+        assert np.array_equal(model.predict(X[r:r + 1]), fast[r:r + 1])
+
+
+def test_fast_path_never_touches_blas_threads(monkeypatch):
+    """A few rows run no BLAS product, so nothing reads or sets BLAS's thread count."""
+    model = make([784, 128, 10], ["relu", "softmax"], "float32", monkeypatch)
+
+    def refuse(n_threads):
+        raise AssertionError("blas_threads was entered")
+    monkeypatch.setattr(model_module, "blas_threads", refuse)
+    X = np.random.default_rng(6).standard_normal((64, 784)).astype(np.float32)
+    for rows in (1, 8, 64):
+        model.predict(X[:rows])
+    with pytest.raises(AssertionError, match="blas_threads"):
+        model.predict(np.vstack([X, X]))     # 128 rows: the general path, under BLAS
+
+
+def test_predict_reads_the_live_parameters_every_call(monkeypatch):
+    model = make([5, 6, 2], ["relu", "identity"], "float32", monkeypatch)
+    X = np.ones((1, 5), np.float32)
+    before = model.predict(X)
+    model.biases = model.biases[:-1] + [model.biases[-1] + 1]   # the output layer's
+    assert np.allclose(model.predict(X), before + 1)
+    model.set_parameter_vector(np.zeros(model.n_params))
+    assert np.array_equal(model.predict(X), np.zeros((1, 2), np.float32))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_predict_writes_into_out(dtype, monkeypatch):
+    model = make([20, 64, 64, 1], ["relu", "relu", "identity"], dtype, monkeypatch)
+    rng = np.random.default_rng(7)
+    for rows in (1, 8, 64, 300):     # fast path and general path
+        X = rng.standard_normal((rows, 20)).astype(dtype)
+        out = np.full((rows, 1), np.nan, dtype=dtype)
+        assert model.predict(X, out=out) is out
+        assert np.array_equal(out, model.predict(X))
+        other = np.empty((rows, 1), dtype=dtype)
+        assert model.predict(X.tolist(), out=other) is other
+        assert np.array_equal(other, out)
+
+
+def test_predict_out_is_checked(monkeypatch):
+    model = make([4, 8, 3], ["relu", "softmax"], "float32", monkeypatch)
+    X = np.ones((2, 4), np.float32)
+    cases = [
+        (np.empty((3, 3), np.float32), ValueError, "shape"),
+        (np.empty((2, 4), np.float32), ValueError, "shape"),
+        (np.empty(6, np.float32), ValueError, "shape"),
+        (np.empty((2, 3), np.float64), TypeError, "dtype float32"),
+        (np.empty((2, 3), ">f4"), TypeError, "dtype float32"),
+        (np.empty((3, 2), np.float32).T, ValueError, "C-contiguous"),
+        ([[0.0] * 3] * 2, TypeError, "NumPy array"),
+    ]
+    read_only = np.empty((2, 3), np.float32)
+    read_only.flags.writeable = False
+    cases.append((read_only, ValueError, "writable"))
+    buffer = np.zeros(2 * 3 * 4 + 1, np.uint8)
+    unaligned = buffer[1:].view(np.float32).reshape(2, 3)
+    cases.append((unaligned, ValueError, "aligned"))
+    for out, error, words in cases:
+        with pytest.raises(error, match=words):
+            model.predict(X, out=out)
+    shared = np.zeros(8, np.float32)               # out overlapping X
+    with pytest.raises(ValueError, match="overlap"):
+        model.predict(shared.reshape(2, 4), out=shared[2:].reshape(2, 3))
+    params = model._params                          # out overlapping the parameters
+    before = model.parameter_vector()
+    with pytest.raises(ValueError, match="overlap"):
+        model.predict(X, out=params[:6].reshape(2, 3))
+    assert np.array_equal(model.parameter_vector(), before)
+
+
+def test_out_overlapping_x_is_refused_on_the_fast_path(monkeypatch):
+    model = make([3, 3], ["identity"], "float32", monkeypatch)
+    X = np.arange(6, dtype=np.float32).reshape(2, 3)
+    with pytest.raises(ValueError, match="overlap"):
+        model.predict(X, out=X)
+    assert np.array_equal(X, np.arange(6, dtype=np.float32).reshape(2, 3))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_bad_input_is_refused_on_the_fast_path_as_before(dtype, monkeypatch):
+    model = make([4, 8, 3], ["relu", "softmax"], dtype, monkeypatch)
+    X = np.ones((2, 4), dtype)
+    for bad in (np.nan, np.inf, -np.inf):
+        Y = X.copy()
+        Y[1, 2] = bad
+        with pytest.raises(ValueError, match="NaN or infinity"):
+            model.predict(Y)
+        with pytest.raises(ValueError, match="NaN or infinity"):
+            model.predict(Y, out=np.empty((2, 3), dtype))
+    with pytest.raises(ValueError, match="2-D"):
+        model.predict(X[0])
+    with pytest.raises(ValueError, match="columns"):
+        model.predict(np.ones((2, 5), dtype))
+    with pytest.raises(ValueError, match="no rows"):
+        model.predict(np.ones((0, 4), dtype))
+    with pytest.raises(ValueError, match="n_threads"):
+        model.predict(X, n_threads=0)
+    huge = make([2, 1], ["identity"], dtype, monkeypatch)
+    huge.weights = [np.full((2, 1), np.finfo(dtype).max / 2)]
+    with pytest.raises(ValueError, match="overflow"):
+        huge.predict(np.full((1, 2), 4.0, dtype))
+
+
+def test_eight_threads_predicting_one_row_each_get_exact_results(monkeypatch):
+    model = make([784, 128, 10], ["relu", "softmax"], "float32", monkeypatch)
+    X = np.random.default_rng(8).standard_normal((8, 784)).astype(np.float32)
+    expected = [model.predict(X[i:i + 1]) for i in range(8)]
+    start = threading.Barrier(8)
+    failures = []
+
+    def serve(i):
+        try:
+            out = np.empty((1, 10), np.float32)
+            start.wait()
+            for _ in range(300):
+                if not np.array_equal(model.predict(X[i:i + 1]), expected[i]):
+                    failures.append(f"thread {i}: predict differs")
+                    return
+                model.predict(X[i:i + 1], out=out)
+                if not np.array_equal(out, expected[i]):
+                    failures.append(f"thread {i}: out differs")
+                    return
+        except Exception as error:       # reported below, with the thread's number
+            failures.append(f"thread {i}: {error!r}")
+
+    threads = [threading.Thread(target=serve, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+
+
+def test_a_hot_model_allocates_nothing_per_call(monkeypatch):
+    """predict(X, out=...) on the fast path reuses the model's plan and workspace."""
+    model = make([784, 128, 10], ["relu", "softmax"], "float32", monkeypatch)
+    X = np.ones((8, 784), np.float32)
+    out = np.empty((8, 10), np.float32)
+    model.predict(X, out=out)
+    tracemalloc.start()
+    try:
+        for _ in range(200):
+            model.predict(X, out=out)
+        current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    workspace = 8 * (128 + 10 + 784 + 10 + 1) * 4     # what a plan for 8 rows would take
+    assert peak < workspace / 4, peak
+
+
+def test_models_of_every_origin_have_the_fast_path(monkeypatch, tmp_path):
+    """Copies, pickles and loaded models are built by the same _setup: they predict the
+    same bits as the original."""
+    import copy
+    import pickle
+    model = make([6, 9, 2], ["tanh", "sigmoid"], "float32", monkeypatch)
+    X = np.random.default_rng(9).standard_normal((3, 6)).astype(np.float32)
+    expected = model.predict(X)
+    model.save(tmp_path / "m.fbp")
+    for other in (copy.copy(model), copy.deepcopy(model), pickle.loads(pickle.dumps(model)),
+                  fastbp.load(tmp_path / "m.fbp")):
+        assert np.array_equal(other.predict(X), expected)
