@@ -202,9 +202,14 @@ class _LbfgsObjective:
 
     def __call__(self, theta):
         try:
-            value, gradient = self._mean_loss_and_gradient(theta)
+            with warnings.catch_warnings():
+                # a point whose loss or gradient is not finite is refused below
+                warnings.simplefilter("ignore", RuntimeWarning)
+                value, gradient = self._mean_loss_and_gradient(theta)
         except ValueError:
-            # a line-search point the model's dtype cannot hold: tell L-BFGS to step back
+            # a point the model's dtype cannot hold: tell L-BFGS to step back
+            return np.inf, np.zeros_like(theta)
+        if not (np.isfinite(value) and np.isfinite(gradient).all()):
             return np.inf, np.zeros_like(theta)
         value = self.scale * value + self._penalty_term(theta)
         gradient *= self.scale
@@ -212,8 +217,14 @@ class _LbfgsObjective:
         return value, gradient
 
     def reported_loss(self, theta) -> float:
-        """loss_ as scikit-learn reports it at theta (its reporting scale)."""
-        value, _ = self._mean_loss_and_gradient(theta)
+        """loss_ as scikit-learn reports it at theta (its reporting scale); NaN where the
+        model cannot be evaluated there."""
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                value, _ = self._mean_loss_and_gradient(theta)
+        except ValueError:
+            return np.nan
         return self.reported_scale * value + self._penalty_term(theta)
 
 
@@ -506,20 +517,43 @@ class _BaseMLP(BaseEstimator):
         (MLP.gradients, in the model's dtype); L-BFGS-B works in float64."""
         model = self.model_
         objective = _LbfgsObjective(self, X, Y, sample_weight)
-        iteration = [0]
+        start = model.parameter_vector(np.float64)
+        accepted = {"x": start, "iterations": 0}      # the last iterate L-BFGS accepted
 
-        def report(intermediate_result):
-            iteration[0] += 1
-            print("Iteration %d, loss = %.8f" % (iteration[0], intermediate_result.fun))
+        def on_iteration(intermediate_result):
+            accepted["x"] = intermediate_result.x.copy()
+            accepted["iterations"] += 1
+            if self.verbose:
+                print("Iteration %d, loss = %.8f" % (accepted["iterations"],
+                                                     intermediate_result.fun))
 
-        result = scipy.optimize.minimize(
-            objective, model.parameter_vector(np.float64), method="L-BFGS-B", jac=True,
-            callback=report if self.verbose else None,
-            options={"maxiter": int(self.max_iter), "maxfun": int(self.max_fun),
-                     "gtol": float(self.tol)})
+        try:
+            result = scipy.optimize.minimize(
+                objective, start, method="L-BFGS-B", jac=True, callback=on_iteration,
+                options={"maxiter": int(self.max_iter), "maxfun": int(self.max_fun),
+                         "gtol": float(self.tol)})
+        except KeyboardInterrupt:
+            # as the stochastic solvers: keep the last completed step and say so
+            model.set_parameter_vector(accepted["x"])
+            self.n_iter_ = accepted["iterations"]
+            self.loss_ = objective.reported_loss(accepted["x"])
+            warnings.warn("Training interrupted by user.", UserWarning, stacklevel=4)
+            return
+        except BaseException:
+            model.set_parameter_vector(start)          # a failed fit leaves the start
+            raise
+        loss = objective.reported_loss(result.x) if np.isfinite(result.x).all() else np.nan
+        if not np.isfinite(loss):
+            model.set_parameter_vector(start)
+            self.n_iter_ = 0
+            self.loss_ = objective.reported_loss(start)
+            warnings.warn("lbfgs diverged (the loss or the parameters are not finite): the "
+                          "model keeps the parameters it started from. Scale the data (e.g. "
+                          "StandardScaler) or raise alpha.", RuntimeWarning, stacklevel=4)
+            return
         model.set_parameter_vector(result.x)
         self.n_iter_ = min(int(result.nit), int(self.max_iter))
-        self.loss_ = objective.reported_loss(result.x)
+        self.loss_ = loss
         if result.status != 0:
             warnings.warn(f"lbfgs stopped after {result.nit} iteration(s) without converging "
                           f"(scipy status {result.status}: {result.message}). Raise max_iter "
@@ -937,7 +971,12 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
                              order="C", reset=first_pass)
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)
-        Y = np.ascontiguousarray(y.reshape(y.shape[0], -1), dtype=X.dtype)
+        with np.errstate(over="ignore"):
+            Y = np.ascontiguousarray(y.reshape(y.shape[0], -1), dtype=X.dtype)
+        if not np.isfinite(Y).all():
+            raise ValueError(f"y has values too large for the model's {X.dtype.name} (at most "
+                             f"{float(np.finfo(X.dtype).max):.4g}); scale the targets or use "
+                             f"dtype='float64'")
         return X, Y, None, Y.shape[1]
 
     def _objective_scale(self) -> float:

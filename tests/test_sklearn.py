@@ -996,3 +996,38 @@ def test_parity_table_names_every_parameter_and_attribute():
         expected.update(re.findall(r"^    (\w+) :", attributes, re.M))
     assert len(expected) > 40
     assert not expected - named, sorted(expected - named)
+
+
+def test_lbfgs_divergence_and_interruption_leave_a_usable_model(monkeypatch):
+    """Data whose loss overflows: a RuntimeWarning and the parameters the fit started from
+    (with warm_start, the fitted ones, unchanged). Ctrl-C: the last accepted iterate, a
+    warning, as the stochastic solvers."""
+    import fastbp.sklearn as module
+    rng = np.random.RandomState(0)
+    X = rng.normal(size=(50, 3))
+    reg = quiet(MLPRegressor(solver="lbfgs", hidden_layer_sizes=(4,), max_iter=5,
+                             random_state=0).fit, X, X[:, 0])
+    before = reg.model_.parameter_vector()
+    reg.set_params(warm_start=True)
+    with pytest.warns(RuntimeWarning, match="lbfgs diverged"):
+        reg.fit(X * 1e150, X[:, 0])
+    np.testing.assert_array_equal(reg.model_.parameter_vector(), before)
+    assert np.isfinite(reg.predict(X)).all()
+    with pytest.raises(ValueError, match="too large for the model's float32"):
+        MLPRegressor(solver="lbfgs", dtype="float32").fit(X, X[:, 0] * 1e100)
+
+    calls = {"n": 0}
+    evaluate = module._LbfgsObjective._mean_loss_and_gradient
+
+    def interrupted_at_the_tenth(self, theta):
+        calls["n"] += 1
+        if calls["n"] == 10:
+            raise KeyboardInterrupt
+        return evaluate(self, theta)
+
+    monkeypatch.setattr(module._LbfgsObjective, "_mean_loss_and_gradient",
+                        interrupted_at_the_tenth)
+    clf = MLPClassifier(solver="lbfgs", hidden_layer_sizes=(4,), random_state=0)
+    with pytest.warns(UserWarning, match="interrupted"):
+        clf.fit(X, (X[:, 0] > 0).astype(int))
+    assert 0 < clf.n_iter_ < 10 and np.isfinite(clf.loss_)
