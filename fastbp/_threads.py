@@ -7,6 +7,7 @@ import ctypes
 import os
 import threading
 
+import numpy as np
 from threadpoolctl import ThreadpoolController
 
 # A step below this many floating-point operations runs faster on one BLAS thread: a
@@ -54,6 +55,217 @@ def split_threads(layer_sizes, batch_size: int, n_threads: int):
     if n_threads > 1 and batch_size >= 2 * n_threads:
         return n_threads, 1
     return 1, n_threads
+
+
+def row_workspace(layer_sizes, codes, dropout, batch_size: int, n_workers: int, dtype):
+    """The plan and workspace of n_workers row-split workers (None, None for one): each
+    worker holds ceil(batch_size / n_workers) rows and a gradient."""
+    if n_workers <= 1:
+        return None, None
+    from fastbp import _core
+    from fastbp.model import check_allocation
+    plan = _core.Plan(list(layer_sizes), list(codes), -(-batch_size // n_workers),
+                      dropout, True, small_gemm_kernels())
+    size = _core.worker_workspace_size(plan, n_workers)
+    check_allocation(size, dtype, "the workers' workspace")
+    return plan, np.empty(size, dtype=dtype)
+
+
+# ---- the default thread count of a fit, measured on this machine ----
+
+THREADS_VARIABLE = "FASTBP_THREADS"        # pins n_threads=None to this count
+CACHE_FILE = "threads.json"
+_CACHE_VERSION = 1
+_measured = {}                             # key -> (workers, blas threads), this process
+_measure_lock = threading.Lock()
+
+
+def fit_threads(layer_sizes, codes, batch_size: int, dtype, n_threads=None):
+    """(row workers, BLAS threads) of a fit. An explicit n_threads: split_threads. Else
+    FASTBP_THREADS if set (a count, split the same way, capped by allowed_threads()),
+    else the fastest of 1..allowed_threads() threads (row-split or BLAS) measured on a few
+    steps of this network and batch on this machine, once per (layer sizes, batch size,
+    dtype, allowed threads, CPU) and kept in memory and in cache_folder()'s threads.json,
+    so the same seed gives the same result on this machine from then on."""
+    if n_threads is not None:
+        return split_threads(layer_sizes, batch_size, int(n_threads))
+    allowed = allowed_threads()
+    pinned = pinned_threads()
+    if pinned is not None:
+        return split_threads(layer_sizes, batch_size, min(pinned, allowed))
+    if allowed == 1:
+        return 1, 1
+    key = _cache_key(layer_sizes, batch_size, dtype, allowed)
+    with _measure_lock:
+        if key not in _measured:
+            found = _read_cache().get(key)
+            if not _valid_choice(found, allowed):
+                found = _measure(layer_sizes, codes, batch_size, dtype, allowed)
+                _write_cache(key, found)
+            _measured[key] = (int(found[0]), int(found[1]))
+        return _measured[key]
+
+
+def pinned_threads():
+    """FASTBP_THREADS as a count >= 1, or None when unset; anything else is an error (a
+    pin that silently did nothing would be worse)."""
+    value = os.environ.get(THREADS_VARIABLE, "").strip()
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{THREADS_VARIABLE} must be a whole number >= 1 (the threads a fit "
+                         f"with n_threads=None uses); got {value!r}")
+    return min(int(value), MAX_THREADS)
+
+
+def _valid_choice(found, allowed):
+    return (isinstance(found, (list, tuple)) and len(found) == 2
+            and all(isinstance(v, int) and v >= 1 for v in found)
+            and found[0] * found[1] <= allowed)
+
+
+def _cache_key(layer_sizes, batch_size, dtype, allowed):
+    sizes = "-".join(str(int(size)) for size in layer_sizes)
+    return f"{sizes}/{int(batch_size)}/{np.dtype(dtype).name}/{allowed}/{_cpu_model()}"
+
+
+_cpu_name = None
+
+
+def _cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), or the platform's processor string."""
+    global _cpu_name
+    if _cpu_name is None:
+        name = ""
+        try:
+            with open("/proc/cpuinfo") as file:
+                for line in file:
+                    if line.startswith("model name"):
+                        name = line.split(":", 1)[1].strip()
+                        break
+        except OSError:
+            pass
+        if not name:
+            import platform
+            name = platform.processor() or platform.machine()
+        _cpu_name = name.replace("/", " ")
+    return _cpu_name
+
+
+def cache_folder() -> str:
+    """Where measured defaults are kept: $FASTBP_CACHE_DIR, else $XDG_CACHE_HOME/fastbp,
+    else ~/.cache/fastbp."""
+    folder = os.environ.get("FASTBP_CACHE_DIR")
+    if folder:
+        return folder
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "fastbp")
+
+
+def _read_cache() -> dict:
+    """The cache file's choices, or {} when it is missing, unreadable or not ours."""
+    import json
+    try:
+        with open(os.path.join(cache_folder(), CACHE_FILE), "rb") as file:
+            document = json.loads(file.read(1 << 20))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(document, dict) or document.get("version") != _CACHE_VERSION:
+        return {}
+    choices = document.get("choices")
+    return choices if isinstance(choices, dict) else {}
+
+
+def _write_cache(key, choice) -> None:
+    """Adds a choice to the cache file; a cache that cannot be written is not an error
+    (the choice is then measured again by the next process)."""
+    import json
+    from fastbp._files import write_file
+    choices = _read_cache()
+    choices[key] = [int(choice[0]), int(choice[1])]
+    content = json.dumps({"version": _CACHE_VERSION, "choices": choices}, indent=1,
+                         sort_keys=True).encode()
+    try:
+        os.makedirs(cache_folder(), exist_ok=True)
+        write_file(os.path.join(cache_folder(), CACHE_FILE), content)
+    except (OSError, ValueError):
+        pass
+
+
+def _candidates(batch_size, allowed):
+    """(workers, BLAS threads) to time: 1; row workers 2, 4, 8, ... and `allowed`; every
+    allowed thread on BLAS (large products)."""
+    counts = sorted({2 ** i for i in range(1, allowed.bit_length()) if 2 ** i <= allowed}
+                    | {allowed})
+    found = [(1, 1)]
+    for count in counts:
+        split = split_threads(None, batch_size, count)
+        if split not in found:
+            found.append(split)
+    if (1, allowed) not in found:
+        found.append((1, allowed))
+    return found
+
+
+# Each candidate is timed on MEASURE_ROUNDS windows of at least MEASURE_SECONDS (and one
+# step), the candidates taking turns window by window so that a burst of other work hits
+# them alike; a candidate's time is its median window.
+MEASURE_SECONDS = 0.01
+MEASURE_ROUNDS = 5
+# Fewer threads win unless more are faster by this factor: the difference must show
+# above the noise of timing, and fewer threads leave the machine to other work.
+MEASURE_MARGIN = 1.10
+
+
+def _measure(layer_sizes, codes, batch_size, dtype, allowed):
+    """Times a few plain-SGD steps of this network and batch on random data with each
+    candidate split (_candidates) and returns the fastest, preferring fewer threads
+    within MEASURE_MARGIN."""
+    import time
+    from fastbp import _core
+    dtype = np.dtype(dtype)
+    sizes = [int(size) for size in layer_sizes]
+    rng = np.random.default_rng(0)
+    # enough batches for windows of tiny steps, few for large inputs
+    n_batches = min(64, max(4, -(-1_000_000 // (batch_size * sizes[0]))))
+    rows = batch_size * n_batches
+    X = rng.standard_normal((rows, sizes[0])).astype(dtype)
+    Y = (0.1 * rng.standard_normal((rows, sizes[-1]))).astype(dtype)
+    empty_rows, empty = np.empty(0, np.intp), np.empty(0, dtype)
+    hyper = _core.Hyperparameters(_core.LOSS_CODES["mse"], learning_rate=1e-6)
+    state = np.empty((0, 0), dtype)
+    runs = {}
+    for workers, blas in _candidates(batch_size, allowed):
+        plan = _core.Plan(sizes, list(codes), batch_size, None, False,
+                          blas == 1 and small_gemm_kernels())
+        params = (0.05 * rng.standard_normal(plan.n_params)).astype(dtype)
+        work = np.zeros(plan.work_size, dtype)
+        worker_plan, worker_work = row_workspace(sizes, codes, None, batch_size, workers,
+                                                 dtype)
+
+        def epoch(n_steps, plan=plan, params=params, work=work, worker_plan=worker_plan,
+                  worker_work=worker_work, workers=workers, blas=blas):
+            n_rows = n_steps * batch_size
+            with blas_threads(blas):
+                started = time.perf_counter()
+                _core.train_epoch(plan, hyper, params, work, state, X[:n_rows], Y[:n_rows],
+                                  empty_rows, empty, empty_rows, batch_size, 1, False,
+                                  worker_plan, worker_work, workers)
+                return (time.perf_counter() - started) / n_steps
+
+        epoch(1)                                   # warm up: first touch, thread pools
+        runs[(workers, blas)] = [epoch, max(1, min(n_batches, int(MEASURE_SECONDS
+                                                                  / max(epoch(1), 1e-9)))), []]
+    slow = any(steps == 1 for _, steps, _ in runs.values())
+    for _ in range(2 if slow else MEASURE_ROUNDS):   # large networks: a step shows it
+        for epoch, steps, times in runs.values():
+            times.append(epoch(steps))
+    medians = {choice: sorted(times)[(len(times) - 1) // 2]
+               for choice, (_, _, times) in runs.items()}
+    fastest = min(medians.values())
+    # the fewest threads within the margin of the fastest
+    return min((workers * blas, (workers, blas)) for (workers, blas), seconds in medians.items()
+               if seconds <= fastest * MEASURE_MARGIN)[1]
 
 
 def allowed_threads() -> int:

@@ -16,8 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fastbp import _core, losses, metrics as metrics_module, optimizers, schedules
-from fastbp._threads import blas_threads, checked_thread_count, small_gemm_kernels, \
-    split_threads, thread_count
+from fastbp._threads import blas_threads, checked_thread_count, fit_threads, row_workspace
 from fastbp.callbacks import ProgressBar, checked_callbacks
 from fastbp._validation import as_matrix, as_row_weights, as_targets, check_in_dtype, \
     dense_targets, numeric_array, one_hot, real_number, unshared, whole_number
@@ -421,21 +420,17 @@ class _CompiledEpoch:
                                               hyperparameters.state_rows)
         hyperparameters.step = trainer._step
         self.hyperparameters = hyperparameters
-        threads = thread_count(model.layer_sizes, self.batch_size, trainer.n_threads)
         # n_threads: the BLAS threads of the fit; n_workers: the threads a step is split
-        # among by rows (_core's _workers.pxi), each on one BLAS thread.
-        self.n_workers, self.n_threads = split_threads(model.layer_sizes, self.batch_size,
-                                                       threads)
+        # among by rows (_core's _workers.pxi), each on one BLAS thread. The default is
+        # measured on this machine once per shape (_threads.fit_threads).
+        self.n_workers, self.n_threads = fit_threads(model.layer_sizes, model._codes,
+                                                     self.batch_size, model.dtype,
+                                                     trainer.n_threads)
         self.plan, self.work = model._workspace(self.batch_size, model._dropout,
                                                 not hyperparameters.folded, self.n_threads)
-        self.worker_plan, self.worker_work = None, None
-        if self.n_workers > 1:
-            self.worker_plan = _core.Plan(
-                model.layer_sizes, model._codes, -(-self.batch_size // self.n_workers),
-                model._dropout, True, small_gemm_kernels())
-            size = _core.worker_workspace_size(self.worker_plan, self.n_workers)
-            check_allocation(size, model.dtype, "the workers' workspace")
-            self.worker_work = np.empty(size, dtype=model.dtype)
+        self.worker_plan, self.worker_work = row_workspace(
+            model.layer_sizes, model._codes, model._dropout, self.batch_size, self.n_workers,
+            model.dtype)
         # The parameters and optimizer state at the start of the epoch, restored if it diverges.
         self.backup = np.empty_like(model._params)
         self.state_backup = np.empty_like(self.state)

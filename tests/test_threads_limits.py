@@ -25,7 +25,7 @@ def recorded_counts(monkeypatch):
     """The threads fastbp's passes use, in order: the BLAS count of predict, evaluate and
     gradients; a fit's row workers times its BLAS threads."""
     counts = []
-    real_blas, real_split = _threads.blas_threads, _threads.split_threads
+    real_blas, real_split = _threads.blas_threads, _threads.fit_threads
     fitting = []
 
     @contextlib.contextmanager
@@ -41,7 +41,7 @@ def recorded_counts(monkeypatch):
 
     monkeypatch.setattr(fastbp.model, "blas_threads", recording)
     monkeypatch.setattr(fastbp.trainer, "blas_threads", recording)
-    monkeypatch.setattr(fastbp.trainer, "split_threads", split)
+    monkeypatch.setattr(fastbp.trainer, "fit_threads", split)
     return counts
 
 

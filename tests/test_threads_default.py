@@ -1,0 +1,164 @@
+"""The default thread count of a fit is measured on the machine it runs on (issue 11 item
+3): n_threads=None times a few steps of the network and batch with 1..allowed threads
+(row-split or BLAS), once per (layer sizes, batch size, dtype, allowed threads, CPU),
+keeps the answer in memory and in a cache file, and FASTBP_THREADS pins it."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import fastbp
+from fastbp import _threads
+
+SIZES, CODES = (20, 16, 3), (0, 2)
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """A private cache folder, an empty in-memory cache, two allowed threads, no pin."""
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("FASTBP_CACHE_DIR", str(folder))
+    monkeypatch.delenv(_threads.THREADS_VARIABLE, raising=False)
+    monkeypatch.setattr(_threads, "_measured", {})
+    monkeypatch.setattr(_threads, "allowed_threads", lambda: 2)
+    return folder
+
+
+@pytest.fixture
+def measurements(monkeypatch):
+    """Replaces the timing with a fixed answer and counts the calls."""
+    calls = []
+
+    def measure(layer_sizes, codes, batch_size, dtype, allowed):
+        calls.append((tuple(layer_sizes), batch_size, np.dtype(dtype).name, allowed))
+        return (2, 1)
+
+    monkeypatch.setattr(_threads, "_measure", measure)
+    return calls
+
+
+def test_the_default_is_measured_once_and_kept_in_memory_and_on_disk(cache, measurements):
+    assert _threads.fit_threads(SIZES, CODES, 32, "float32") == (2, 1)
+    assert _threads.fit_threads(SIZES, CODES, 32, "float32") == (2, 1)
+    assert len(measurements) == 1
+    document = json.loads((cache / _threads.CACHE_FILE).read_text())
+    assert list(document["choices"].values()) == [[2, 1]]
+    _threads._measured.clear()            # a new process: the file answers
+    assert _threads.fit_threads(SIZES, CODES, 32, "float32") == (2, 1)
+    assert len(measurements) == 1
+
+
+def test_each_shape_batch_dtype_and_allowance_is_measured_on_its_own(cache, measurements,
+                                                                   monkeypatch):
+    _threads.fit_threads(SIZES, CODES, 32, "float32")
+    _threads.fit_threads(SIZES, CODES, 64, "float32")
+    _threads.fit_threads(SIZES, CODES, 32, "float64")
+    _threads.fit_threads((20, 17, 3), CODES, 32, "float32")
+    monkeypatch.setattr(_threads, "allowed_threads", lambda: 3)
+    _threads.fit_threads(SIZES, CODES, 32, "float32")
+    assert len(set(measurements)) == len(measurements) == 5
+
+
+def test_an_explicit_count_or_one_allowed_thread_measures_nothing(cache, measurements,
+                                                                 monkeypatch):
+    assert _threads.fit_threads(SIZES, CODES, 32, "float32", n_threads=3) == (3, 1)
+    assert _threads.fit_threads(SIZES, CODES, 4, "float32", n_threads=3) == (1, 3)
+    monkeypatch.setattr(_threads, "allowed_threads", lambda: 1)
+    assert _threads.fit_threads(SIZES, CODES, 32, "float32") == (1, 1)
+    assert measurements == []
+
+
+def test_fastbp_threads_pins_the_default_within_the_callers_limit(cache, measurements,
+                                                                  monkeypatch):
+    monkeypatch.setenv(_threads.THREADS_VARIABLE, "1")
+    assert _threads.fit_threads(SIZES, CODES, 32, "float32") == (1, 1)
+    monkeypatch.setenv(_threads.THREADS_VARIABLE, "8")    # 2 allowed
+    assert _threads.fit_threads(SIZES, CODES, 32, "float32") == (2, 1)
+    assert measurements == []
+    for bad in ("0", "two", "-1", "1.5"):
+        monkeypatch.setenv(_threads.THREADS_VARIABLE, bad)
+        with pytest.raises(ValueError, match="FASTBP_THREADS"):
+            _threads.fit_threads(SIZES, CODES, 32, "float32")
+
+
+def test_a_cache_that_cannot_be_written_is_not_an_error(tmp_path, cache, measurements,
+                                                        monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("FASTBP_CACHE_DIR", str(blocker / "cache"))
+    assert _threads.fit_threads(SIZES, CODES, 32, "float32") == (2, 1)
+    assert _threads.fit_threads(SIZES, CODES, 32, "float32") == (2, 1)
+    assert len(measurements) == 1        # kept in memory all the same
+
+
+@pytest.mark.parametrize("content", [b"{not json", b"[]", b'{"version": 99, "choices": {}}',
+                                     b'{"version": 1, "choices": {"KEY": [5, 5]}}',
+                                     b'{"version": 1, "choices": {"KEY": "x"}}'])
+def test_a_damaged_or_foreign_cache_file_is_measured_again_and_rewritten(
+        cache, measurements, content):
+    key = _threads._cache_key(SIZES, 32, "float32", 2)
+    cache.mkdir()
+    (cache / _threads.CACHE_FILE).write_bytes(content.replace(b"KEY", key.encode()))
+    assert _threads.fit_threads(SIZES, CODES, 32, "float32") == (2, 1)
+    assert len(measurements) == 1
+    document = json.loads((cache / _threads.CACHE_FILE).read_text())
+    assert document["choices"][key] == [2, 1]
+
+
+def test_the_cache_folder_follows_xdg_cache_home(monkeypatch, tmp_path):
+    monkeypatch.delenv("FASTBP_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert _threads.cache_folder() == os.path.join(str(tmp_path), "fastbp")
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert _threads.cache_folder() == os.path.join(os.path.expanduser("~"), ".cache", "fastbp")
+
+
+def test_the_candidates_are_one_thread_row_splits_and_blas_threads():
+    assert _threads._candidates(64, 8) == [(1, 1), (2, 1), (4, 1), (8, 1), (1, 8)]
+    assert _threads._candidates(64, 3) == [(1, 1), (2, 1), (3, 1), (1, 3)]
+    assert _threads._candidates(3, 2) == [(1, 1), (1, 2)]   # no rows for two workers
+
+
+def test_the_real_measurement_returns_an_allowed_candidate():
+    workers, blas = _threads._measure(SIZES, CODES, 16, "float32", 2)
+    assert (workers, blas) in _threads._candidates(16, 2)
+
+
+CHILD = textwrap.dedent("""
+    import numpy as np, fastbp
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(400, 20)).astype(np.float32)
+    y = rng.integers(0, 3, 400)
+    model = fastbp.MLP([20, 64, 3], ["relu", "softmax"], seed=1)
+    fastbp.Trainer("cce", optimizer="adam", epochs=2, batch_size=64, seed=2).fit(model, X, y)
+    print(model.parameter_vector().tobytes().hex())
+""")
+
+
+def test_the_same_seed_gives_the_same_result_on_this_machine_from_process_to_process(
+        tmp_path):
+    env = dict(os.environ, FASTBP_CACHE_DIR=str(tmp_path))
+    env.pop(_threads.THREADS_VARIABLE, None)
+    results = [subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True,
+                              text=True, timeout=300) for _ in range(2)]
+    assert all(result.returncode == 0 for result in results), results[0].stderr
+    assert results[0].stdout == results[1].stdout
+    assert (tmp_path / _threads.CACHE_FILE).exists()
+
+
+def test_a_default_fit_uses_the_measured_split(cache, monkeypatch):
+    monkeypatch.setattr(_threads, "_measure", lambda *arguments: (2, 1))
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 20)).astype(np.float32)
+    y = rng.integers(0, 3, 200)
+    fits = []
+    for n_threads in (None, 2):
+        model = fastbp.MLP([20, 16, 3], ["relu", "softmax"], seed=1)
+        fastbp.Trainer("cce", epochs=2, batch_size=32, seed=2, n_threads=n_threads).fit(
+            model, X, y)
+        fits.append(model.parameter_vector())
+    assert np.array_equal(fits[0], fits[1])
