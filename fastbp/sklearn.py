@@ -564,7 +564,8 @@ class _BaseMLP(BaseEstimator):
         """Hold out validation_fraction of the rows (stratified for single-label
         classification), as scikit-learn does with early_stopping=True."""
         arrays = [X, Y] + ([sample_weight] if sample_weight is not None else [])
-        seed = int(rng.randint(_SEED_LIMIT))
+        # the generator itself, as scikit-learn: after the same initial draws, the same split
+        seed = rng
         try:
             parts = train_test_split(*arrays, random_state=seed,
                                      test_size=self.validation_fraction, stratify=stratify)
