@@ -745,7 +745,9 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     cross-entropy. Parameters as sklearn.neural_network.MLPClassifier's ('lbfgs' is scipy's
     full-batch L-BFGS-B on the compiled loss and gradient; solver also 'rmsprop' and
     'adagrad'), plus fastbp's: activation may list one name per hidden layer, dropout,
-    dtype, n_threads. docs/sklearn.md maps each parameter to fastbp.
+    dtype (None: float32 input stays float32, anything else float64, as scikit-learn),
+    init ('sklearn': scikit-learn's initial parameters from random_state, or fastbp.MLP's),
+    n_threads. docs/sklearn.md maps each parameter to fastbp.
 
     Attributes: classes_, n_features_in_, feature_names_in_, n_outputs_, n_layers_,
     out_activation_, loss_, loss_curve_, best_loss_, validation_scores_,
