@@ -838,7 +838,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         binarizer = self._label_binarizer
         if binarizer.y_type_ == "multiclass":           # softmax: class indices as targets
             Y = np.searchsorted(self.classes_, y).astype(np.intp)
-            return X, Y, Y, len(self.classes_)
+            # scikit-learn stratifies the early-stopping split of binary targets only
+            return X, Y, None, len(self.classes_)
         Y = np.ascontiguousarray(binarizer.transform(y), dtype=X.dtype)
         stratify = Y[:, 0] if binarizer.y_type_ == "binary" else None
         return X, Y, stratify, Y.shape[1]

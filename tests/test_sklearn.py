@@ -1033,15 +1033,15 @@ def test_lbfgs_divergence_and_interruption_leave_a_usable_model(monkeypatch):
     assert 0 < clf.n_iter_ < 10 and np.isfinite(clf.loss_)
 
 
-@pytest.mark.parametrize("task", ["binary", "regression"])
+@pytest.mark.parametrize("task", ["binary", "multiclass", "regression"])
 def test_early_stopping_same_split_and_scores_as_sklearn(task):
     """The same random_state: scikit-learn's initial parameters and its validation split
     (drawn from the same generator after them), so with shuffle=False the sgd fits and
     their validation scores are scikit-learn's."""
-    X, binary, _, _, targets = small_data()
-    y = binary if task == "binary" else targets[:, 0]
-    classes = (MLPClassifier, neural_network.MLPClassifier) if task == "binary" \
-        else (MLPRegressor, neural_network.MLPRegressor)
+    X, binary, multiclass, _, targets = small_data()
+    y = {"binary": binary, "multiclass": multiclass, "regression": targets[:, 0]}[task]
+    classes = (MLPRegressor, neural_network.MLPRegressor) if task == "regression" \
+        else (MLPClassifier, neural_network.MLPClassifier)
     settings = dict(solver="sgd", early_stopping=True, shuffle=False, max_iter=8,
                     hidden_layer_sizes=(6,), learning_rate_init=0.01, random_state=4)
     ours, theirs = (quiet(cls(**settings).fit, X, y) for cls in classes)
