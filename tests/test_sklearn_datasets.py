@@ -2,7 +2,7 @@
 (issue 13): with scikit-learn's default parameters, in a StandardScaler pipeline, fastbp's
 5-fold cross-validated score is no worse than scikit-learn's by more than 0.02 (accuracy)
 or 0.05 (R²), for each solver. bench/sklearn_datasets.py runs the same comparison and
-times it; this test runs every pair but one (below) in about 25 s on two cores.
+times it; this test runs every pair but one (below) in about 17 s on two cores.
 """
 import importlib.util
 import os
