@@ -1,8 +1,8 @@
 /* Row-split training steps (fastbp/_workers.pxi): the threads of one epoch call, the
    barrier between the phases of a step, and the two element-wise pieces the split adds
-   (dropout masks drawn ahead for the whole batch, and the fixed-order sum of the workers'
-   gradients).  The threads are started once per epoch call and wait on the barrier
-   between phases: no thread starts and nothing is allocated per step. */
+   (dropout masks drawn ahead for the whole batch, applied by each worker to its rows).
+   The threads are started once per epoch call and wait on the barrier between phases:
+   no thread starts and nothing is allocated per step. */
 #ifndef FASTBP_WORKERS_H
 #define FASTBP_WORKERS_H
 
@@ -123,34 +123,6 @@ static inline void fbp_apply_mask_##SUFFIX(T *out, const T *a, const T *mask, pt
 {                                                                                          \
     for (ptrdiff_t i = 0; i < n; i++)                                                      \
         out[i] = a[i] * mask[i];                                                           \
-}                                                                                          \
-                                                                                           \
-/* target <- beta * target + alpha * (parts[0] + parts[1] + ...), summed in that order     \
-   whatever the timing, and each part set back to 0 as it is read (the workers' GEMMs      \
-   add into them with beta 1). */                                                         \
-FBP_MULTIVERSION static void fbp_reduce_##SUFFIX(T *target, T *const *parts, int n_parts,  \
-                                                 ptrdiff_t offset, ptrdiff_t n, T alpha,   \
-                                                 T beta)                                   \
-{                                                                                          \
-    for (ptrdiff_t start = 0; start < n; start += 1024) {                                  \
-        ptrdiff_t end = start + 1024 < n ? start + 1024 : n;                               \
-        T sum[1024];                                                                       \
-        T *first = parts[0] + offset;                                                      \
-        for (ptrdiff_t i = start; i < end; i++) {                                          \
-            sum[i - start] = first[i];                                                     \
-            first[i] = 0;                                                                  \
-        }                                                                                  \
-        for (int k = 1; k < n_parts; k++) {                                                \
-            T *part = parts[k] + offset;                                                   \
-            for (ptrdiff_t i = start; i < end; i++) {                                      \
-                sum[i - start] += part[i];                                                 \
-                part[i] = 0;                                                               \
-            }                                                                              \
-        }                                                                                  \
-        T *out = target + offset;                                                          \
-        for (ptrdiff_t i = start; i < end; i++)                                            \
-            out[i] = beta * out[i] + alpha * sum[i - start];                               \
-    }                                                                                      \
 }
 
 #ifndef FASTBP_WORKERS_KERNELS_DONE

@@ -59,13 +59,13 @@ def split_threads(layer_sizes, batch_size: int, n_threads: int):
 
 def row_workspace(layer_sizes, codes, dropout, batch_size: int, n_workers: int, dtype):
     """The plan and workspace of n_workers row-split workers (None, None for one): each
-    worker holds ceil(batch_size / n_workers) rows and a gradient."""
+    worker holds ceil(batch_size / n_workers) rows and their deltas."""
     if n_workers <= 1:
         return None, None
     from fastbp import _core
     from fastbp.model import check_allocation
     plan = _core.Plan(list(layer_sizes), list(codes), -(-batch_size // n_workers),
-                      dropout, True, small_gemm_kernels())
+                      dropout, False, small_gemm_kernels())
     size = _core.worker_workspace_size(plan, n_workers)
     check_allocation(size, dtype, "the workers' workspace")
     return plan, np.empty(size, dtype=dtype)

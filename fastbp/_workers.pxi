@@ -1,19 +1,27 @@
 # Row-split training steps (issue 11): train_epoch with n_workers > 1.
 #
 # The epoch call starts n_workers - 1 threads (pthreads, once per call) and the calling
-# thread is worker 0. Each step runs in three phases, with a barrier after each:
+# thread is worker 0. Worker k owns rows [k C, (k + 1) C) of each batch, C =
+# ceil(batch_size / T), in the fit's own workspace (a view of the fit's plan shifted by
+# k C rows, with the forward chunks of a plan of C rows: worker_plan). Each step runs in
+# three phases, with a barrier after each:
 #   A. worker 0 alone gathers the batch (the serial path's gather) and draws the whole
 #      batch's dropout masks, in the order the serial path draws them;
-#   B. worker k runs forward and backward on rows [k m / T, (k + 1) m / T) of the batch,
-#      in its own workspace (worker_plan, sized for ceil(batch / T) rows), adding its
-#      gradient into its own gradient buffer;
-#   C. worker k owns a range of the parameters: it sums the T gradients there in worker
-#      order (fbp_reduce, which zeroes them for the next step) and applies the optimizer's
-#      rule to that range (with clipping: the norm from the ranges' sums of squares, summed
-#      in worker order, after one more barrier).
-# So for a fixed n_workers the results do not depend on timing (bit-identical reruns),
-# and they agree with one worker to rounding: only the order of the sums changes. BLAS
-# runs on one thread in each worker (the trainer sets it). Nothing is allocated per step.
+#   B. worker k runs forward on its rows, then the output delta and every hidden layer's
+#      delta backwards (all with the weights of before the step), each layer's delta kept
+#      for the whole batch in worker_work;
+#   C. worker k owns rows [k n / T, (k + 1) n / T) of each W (n: its rows) and the bias of
+#      every T-th layer: it makes that part's weight gradient from all the batch's rows in
+#      the serial step's GEMM (A^T D, into the update's target as the serial step does:
+#      the parameters for plain SGD, the scaled velocity for momentum, else the gradient
+#      buffer) and applies the optimizer's rule to it while it is in cache. With
+#      clipping, the norm comes from the parts' sums of squares, summed in worker order,
+#      after one more barrier.
+# No worker writes another's part and every sum runs in a fixed order, so for a fixed
+# n_workers the results do not depend on timing (bit-identical reruns), and they agree
+# with one worker to rounding. A worker writes only its part of W, once: no per-worker
+# gradient, no reduction pass. BLAS runs on one thread in each worker (the trainer sets
+# it). Nothing is allocated per step.
 
 from libc.stdlib cimport calloc
 
@@ -32,10 +40,6 @@ cdef extern from "workers.h" nogil:
     void fbp_dropout_masks_f64(double* mask, Py_ssize_t n, double rate, uint64_t* random_state)
     void fbp_apply_mask_f32(float* out, const float* a, const float* mask, Py_ssize_t n)
     void fbp_apply_mask_f64(double* out, const double* a, const double* mask, Py_ssize_t n)
-    void fbp_reduce_f32(float* target, float* const* parts, int n_parts, Py_ssize_t offset,
-                        Py_ssize_t n, float alpha, float beta)
-    void fbp_reduce_f64(double* target, double* const* parts, int n_parts, Py_ssize_t offset,
-                        Py_ssize_t n, double alpha, double beta)
 
 
 cdef inline void dropout_masks(floating* mask, Py_ssize_t n, double rate,
@@ -54,32 +58,18 @@ cdef inline void apply_mask(floating* out, const floating* a, const floating* ma
         fbp_apply_mask_f64(out, a, mask, n)
 
 
-cdef inline void reduce_parts(floating* target, floating** parts, int n_parts, Py_ssize_t offset,
-                              Py_ssize_t n, floating alpha, floating beta) noexcept nogil:
-    if floating is float:
-        fbp_reduce_f32(target, parts, n_parts, offset, n, alpha, beta)
-    else:
-        fbp_reduce_f64(target, parts, n_parts, offset, n, alpha, beta)
-
-
-# Parameter ranges of the update phase start on multiples of this many elements (64
-# bytes of float32): no two workers write one cache line.
-cdef enum:
-    RANGE_ALIGNMENT = 16
-
-
 cdef struct SharedEpoch:
     const PlanData* plan            # the fit's plan: the batch buffers and dropout masks
-    const PlanData* worker_plan     # each worker's forward/backward workspace
+    const PlanData* worker_plan_data    # the forward chunks of a worker's C rows
+    PlanData* views                 # per worker: the fit's plan shifted to its rows
+    Py_ssize_t rows_per_worker      # C
     HyperparameterData* hyper
     void* params
     void* work
-    void* worker_work
-    Py_ssize_t worker_stride        # elements between two workers' workspaces
+    void* deltas                    # every layer's delta for T C rows (worker_work)
     void* first
     void* second
     void* grads                     # the summed gradient (LAYER_STEP, clipping) or NULL
-    void** parts                    # each worker's gradient buffer
     const void* X
     const void* Y
     const Py_ssize_t* labels
@@ -193,151 +183,141 @@ cdef void next_batch(SharedEpoch* s, floating* work) noexcept nogil:
         s.start += m
 
 
-cdef double worker_gradient(const PlanData* plan, const HyperparameterData* hyper,
-                            const floating* params, floating* grads, floating* work,
-                            const floating* x, const floating* y, const floating* row_weights,
-                            int m, floating scale, const PlanData* batch_plan,
-                            const floating* batch_work, Py_ssize_t first_row) noexcept nogil:
-    """Phase B: forward and backward on m rows (the batch's rows from first_row), adding
-    `scale` times the gradient of their summed loss terms into grads (beta 1, GRADIENT_ONLY
-    of run_batch); dropout multiplies by the masks phase A drew into batch_work. Returns
-    the rows' (weighted) summed loss terms; when it is not finite nothing is added."""
-    cdef int L = plan.n_layers, l
-    cdef Py_ssize_t n_in, n_out, start, rows, block, w
+cdef inline Py_ssize_t delta_offset(const PlanData* plan, Py_ssize_t rows, int l) noexcept nogil:
+    """Where the delta of layer l (1-based) of `rows` rows starts in the delta store."""
+    cdef Py_ssize_t offset = 0
+    cdef int i
+    for i in range(1, l):
+        offset += rows * plan.sizes[i]
+    return offset
+
+
+cdef double worker_deltas(const PlanData* view, const HyperparameterData* hyper,
+                          const floating* params, floating* work, floating* deltas,
+                          Py_ssize_t delta_rows, Py_ssize_t first_row, const floating* x,
+                          const floating* y, const floating* row_weights, int m,
+                          floating scale) noexcept nogil:
+    """Phase B on m rows of the batch from first_row (view: the fit's plan shifted to
+    them): forward (dropout multiplies by the masks phase A drew for these rows), the
+    output layer's loss and delta (`scale` times the gradient of the summed loss terms),
+    and every layer's delta backwards into the delta store (delta_rows rows a layer).
+    Returns the rows' (weighted) summed loss terms."""
+    cdef int L = view.n_layers, l
+    cdef Py_ssize_t n_in, n_out
     cdef floating* out
-    cdef floating* delta
     cdef floating* previous_delta
-    cdef const floating* a_in
     for l in range(1, L):
-        n_out = plan.sizes[l]
-        out = work + plan.output_offsets[l]
-        forward_product(plan, params, work, x, m, l, out)
-        fbp_bias_activation(out, params + plan.bias_offsets[l - 1],
-                            workspace(work, plan.preactivation_offsets[l]), m, n_out,
-                            plan.activations[l - 1])
-        if plan.dropped_offsets[l] >= 0:
-            apply_mask(work + plan.dropped_offsets[l], out,
-                       batch_work + batch_plan.mask_offsets[l] + first_row * n_out,
+        n_out = view.sizes[l]
+        out = work + view.output_offsets[l]
+        forward_product(view, params, work, x, m, l, out)
+        fbp_bias_activation(out, params + view.bias_offsets[l - 1],
+                            workspace(work, view.preactivation_offsets[l]), m, n_out,
+                            view.activations[l - 1])
+        if view.dropped_offsets[l] >= 0:
+            apply_mask(work + view.dropped_offsets[l], out, work + view.mask_offsets[l],
                        <Py_ssize_t>m * n_out)
-    out = work + plan.output_offsets[L]
-    output_logits(plan, params, work, x, m, out)
-    delta = work + plan.delta_offsets[L % 2]
-    cdef double loss_sum = fbp_output_layer(out, params + plan.bias_offsets[L - 1],
-                                            workspace(work, plan.preactivation_offsets[L]), y,
-                                            row_weights, delta, m, plan.sizes[L],
-                                            plan.activations[L - 1], hyper.loss,
-                                            <floating>hyper.loss_parameter, scale)
+    out = work + view.output_offsets[L]
+    output_logits(view, params, work, x, m, out)
+    cdef double loss_sum = fbp_output_layer(
+        out, params + view.bias_offsets[L - 1], workspace(work, view.preactivation_offsets[L]),
+        y, row_weights,
+        deltas + delta_offset(view, delta_rows, L) + first_row * view.sizes[L], m,
+        view.sizes[L], view.activations[L - 1], hyper.loss, <floating>hyper.loss_parameter,
+        scale)
     if not isfinite(loss_sum):
         return loss_sum
-    for l in range(L, 0, -1):
-        n_in = plan.sizes[l - 1]
-        n_out = plan.sizes[l]
-        a_in = layer_input(plan, work, x, l)
-        delta = work + plan.delta_offsets[l % 2]
-        if l > 1:
-            previous_delta = work + plan.delta_offsets[(l - 1) % 2]
-            gemm(False, True, m, <int>n_in, <int>n_out, <floating>1, delta, <int>n_out,
-                 params + plan.weight_offsets[l - 1], <int>n_out, <floating>0, previous_delta,
-                 <int>n_in)
-            if plan.mask_offsets[l - 1] >= 0:
-                fbp_multiply(previous_delta,
-                             batch_work + batch_plan.mask_offsets[l - 1] + first_row * n_in,
-                             m * n_in)
-            fbp_activation_backward(previous_delta, work + plan.output_offsets[l - 1],
-                                    workspace(work, plan.preactivation_offsets[l - 1]), m, n_in,
-                                    plan.activations[l - 2])
-        w = plan.weight_offsets[l - 1]
-        block = gradient_block_rows(plan, l, False)
-        start = 0
-        while start < n_in:
-            rows = min(block, n_in - start)
-            gemm(True, False, <int>rows, <int>n_out, m, <floating>1, a_in + start, <int>n_in,
-                 delta, <int>n_out, <floating>1, grads + w + start * n_out, <int>n_out)
-            start += rows
-        fbp_column_sums(grads + plan.bias_offsets[l - 1], delta, m, n_out, <floating>1,
-                        <floating>1)
+    for l in range(L, 1, -1):   # the delta of layer l - 1, with W_l of before the step
+        n_in = view.sizes[l - 1]
+        n_out = view.sizes[l]
+        previous_delta = deltas + delta_offset(view, delta_rows, l - 1) + first_row * n_in
+        gemm(False, True, m, <int>n_in, <int>n_out, <floating>1,
+             deltas + delta_offset(view, delta_rows, l) + first_row * n_out, <int>n_out,
+             params + view.weight_offsets[l - 1], <int>n_out, <floating>0, previous_delta,
+             <int>n_in)
+        if view.mask_offsets[l - 1] >= 0:
+            fbp_multiply(previous_delta, work + view.mask_offsets[l - 1], m * n_in)
+        fbp_activation_backward(previous_delta, work + view.output_offsets[l - 1],
+                                workspace(work, view.preactivation_offsets[l - 1]), m, n_in,
+                                view.activations[l - 2])
     return loss_sum
 
 
-cdef inline Py_ssize_t range_edge(Py_ssize_t n_params, int k, int n_workers) noexcept nogil:
-    """Where worker k's range of the parameters starts (k = n_workers: the end)."""
-    if k >= n_workers:
-        return n_params
-    cdef Py_ssize_t edge = (n_params * k // n_workers) // RANGE_ALIGNMENT * RANGE_ALIGNMENT
-    return min(edge, n_params)
-
-
-cdef void update_piece(SharedEpoch* s, const HyperparameterData* hyper, floating* params,
-                       floating** parts, Py_ssize_t offset, Py_ssize_t n,
-                       bint weights) noexcept nogil:
-    """Phase C on params[offset:offset + n] (inside one weight matrix or one bias): sum the
-    workers' gradients there into the update's target and apply the rule, in blocks that
-    stay in cache between the two."""
+cdef void update_part(SharedEpoch* s, const HyperparameterData* hyper, floating* params,
+                      int k, int l, bint stepping, double* squares) noexcept nogil:
+    """Phase C of worker k in weight layer l: the weight gradient of its rows of W_l
+    (and of b_l when it owns it) from all the batch's rows, into the update's target, and
+    the rule on it (stepping), or (clipping: squares given) the gradient alone, its sum of
+    squares added to squares."""
+    cdef const PlanData* plan = s.plan
+    cdef int T = s.n_workers, update = s.update, m = <int>s.m
+    cdef Py_ssize_t n_in = plan.sizes[l - 1], n_out = plan.sizes[l]
+    cdef Py_ssize_t low = n_in * k // T, high = n_in * (k + 1) // T
+    cdef Py_ssize_t w = plan.weight_offsets[l - 1], b = plan.bias_offsets[l - 1]
+    cdef Py_ssize_t start = low, rows, block
     cdef floating* first = <floating*>s.first
     cdef floating* second = <floating*>s.second
-    cdef floating* grads = <floating*>s.grads
-    cdef Py_ssize_t done = 0, piece
-    cdef floating beta
-    while done < n:
-        piece = min(<Py_ssize_t>STEP_BLOCK_ELEMENTS, n - done)
-        if s.update == FOLDED_SGD:   # W <- (1 - lr wd) W - lr grad, as run_batch folds it
-            beta = <floating>(1.0 - hyper.learning_rate * hyper.weight_decay) if weights else 1
-            reduce_parts(params, parts, s.n_workers, offset + done, piece,
-                         <floating>(-hyper.learning_rate), beta)
-        elif s.update == FOLDED_MOMENTUM:
-            reduce_parts(first, parts, s.n_workers, offset + done, piece, 1, 1)
-            step_slice(hyper, params, first, first, second, FOLDED_MOMENTUM, offset + done,
-                       piece, weights)
-        else:
-            reduce_parts(grads, parts, s.n_workers, offset + done, piece, 1, 1)
-            if s.update == LAYER_STEP:
-                step_slice(hyper, params, grads, first, second, LAYER_STEP, offset + done,
-                           piece, weights)
-        done += piece
+    cdef floating* target = <floating*>s.grads
+    cdef floating* delta = <floating*>s.deltas \
+        + delta_offset(plan, s.rows_per_worker * T, l)
+    cdef const floating* a_in = layer_input(plan, <floating*>s.work, <const floating*>s.x, l)
+    cdef floating alpha = 1, weight_beta = 1, bias_beta = 1
+    cdef bint rule = stepping and update != FOLDED_SGD
+    if update == FOLDED_SGD:   # W <- (1 - lr wd) W - lr grad, as run_batch folds it
+        target = params
+        alpha = <floating>(-hyper.learning_rate)
+        weight_beta = <floating>(1.0 - hyper.learning_rate * hyper.weight_decay)
+    elif update == FOLDED_MOMENTUM:
+        target = first
+    block = gradient_block_rows(plan, l, rule)
+    while start < high:
+        rows = min(block, high - start)
+        gemm(True, False, <int>rows, <int>n_out, m, alpha, a_in + start, <int>n_in, delta,
+             <int>n_out, weight_beta, target + w + start * n_out, <int>n_out)
+        if rule:
+            step_slice(hyper, params, target, first, second, update, w + start * n_out,
+                       rows * n_out, True)
+        elif squares != NULL:
+            squares[0] += fbp_sum_squares(target + w + start * n_out, rows * n_out)
+        start += rows
+    if (l - 1) % T != k:
+        return
+    fbp_column_sums(target + b, delta, m, n_out, alpha, bias_beta)
+    if rule:
+        step_slice(hyper, params, target, first, second, update, b, n_out, False)
+    elif squares != NULL:
+        squares[0] += fbp_sum_squares(target + b, n_out)
 
 
-cdef void for_each_piece(SharedEpoch* s, const HyperparameterData* hyper, floating* params,
-                         floating** parts, Py_ssize_t low, Py_ssize_t high,
-                         bint stepping) noexcept nogil:
-    """Phase C over params[low:high], cut where a weight matrix or a bias begins (weight
-    decay applies to weights only). stepping: the update itself, else (clipping) the rule
-    alone on the summed gradient."""
+cdef void step_part(SharedEpoch* s, const HyperparameterData* hyper, floating* params,
+                    int k, int l, floating coefficient) noexcept nogil:
+    """Clipping, after the norm: scale worker k's part of layer l's gradient and apply
+    the rule to it."""
     cdef const PlanData* plan = s.plan
-    cdef int l
-    cdef Py_ssize_t begin, end, a, b
-    cdef bint weights
-    for l in range(2 * plan.n_layers):
-        weights = l % 2 == 0
-        if weights:
-            begin = plan.weight_offsets[l // 2]
-            end = begin + plan.sizes[l // 2] * plan.sizes[l // 2 + 1]
-        else:
-            begin = plan.bias_offsets[l // 2]
-            end = begin + plan.sizes[l // 2 + 1]
-        a = max(begin, low)
-        b = min(end, high)
-        if a >= b:
-            continue
-        if stepping:
-            update_piece(s, hyper, params, parts, a, b - a, weights)
-        else:
-            step_slice(hyper, params, <floating*>s.grads, <floating*>s.first,
-                       <floating*>s.second, LAYER_STEP, a, b - a, weights)
+    cdef int T = s.n_workers
+    cdef Py_ssize_t n_in = plan.sizes[l - 1], n_out = plan.sizes[l]
+    cdef Py_ssize_t low = n_in * k // T, high = n_in * (k + 1) // T
+    cdef Py_ssize_t w = plan.weight_offsets[l - 1] + low * n_out, b = plan.bias_offsets[l - 1]
+    cdef floating* grads = <floating*>s.grads
+    if coefficient < 1:
+        fbp_scale(grads + w, (high - low) * n_out, coefficient)
+    step_slice(hyper, params, grads, <floating*>s.first, <floating*>s.second, LAYER_STEP, w,
+               (high - low) * n_out, True)
+    if (l - 1) % T == k:
+        if coefficient < 1:
+            fbp_scale(grads + b, n_out, coefficient)
+        step_slice(hyper, params, grads, <floating*>s.first, <floating*>s.second, LAYER_STEP,
+                   b, n_out, False)
 
 
 cdef void worker_loop(floating* kind, WorkerArgument* argument) noexcept nogil:
     """One worker's part of the epoch (kind: only selects the element type)."""
     cdef SharedEpoch* s = argument.shared
-    cdef int k = argument.index, T = s.n_workers, j
+    cdef int k = argument.index, T = s.n_workers, j, l
     cdef const PlanData* plan = s.plan
-    cdef const PlanData* worker_plan = s.worker_plan
     cdef floating* params = <floating*>s.params
     cdef floating* work = <floating*>s.work
-    cdef floating* own = <floating*>s.worker_work + k * s.worker_stride
-    cdef floating** parts = <floating**>s.parts
-    cdef Py_ssize_t n_params = plan.n_params, n_in = plan.sizes[0]
-    cdef Py_ssize_t n_out = plan.sizes[plan.n_layers], row0, row1
-    cdef Py_ssize_t low = range_edge(n_params, k, T), high = range_edge(n_params, k + 1, T)
+    cdef Py_ssize_t C = s.rows_per_worker
+    cdef Py_ssize_t n_in = plan.sizes[0], n_out = plan.sizes[plan.n_layers], row0, row1
     cdef HyperparameterData hyper
     cdef double loss_sum, squares, coefficient
     cdef const floating* weights
@@ -347,16 +327,15 @@ cdef void worker_loop(floating* kind, WorkerArgument* argument) noexcept nogil:
         fbp_barrier_wait(&s.barrier)
         if not s.proceed:
             return
-        row0 = s.m * k // T
-        row1 = s.m * (k + 1) // T
+        row0 = min(k * C, s.m)
+        row1 = min(row0 + C, s.m)
         s.losses[k] = 0
         if row1 > row0:
             weights = <const floating*>s.weights + row0 if s.weights != NULL else NULL
-            s.losses[k] = worker_gradient(
-                worker_plan, s.hyper, params, parts[k], own,
+            s.losses[k] = worker_deltas(
+                &s.views[k], s.hyper, params, work, <floating*>s.deltas, C * T, row0,
                 <const floating*>s.x + row0 * n_in, <const floating*>s.y + row0 * n_out,
-                weights, <int>(row1 - row0), <floating>(s.normaliser / s.weight_sum), plan,
-                work, row0)
+                weights, <int>(row1 - row0), <floating>(s.normaliser / s.weight_sum))
         fbp_barrier_wait(&s.barrier)
         loss_sum = 0
         for j in range(T):
@@ -367,20 +346,22 @@ cdef void worker_loop(floating* kind, WorkerArgument* argument) noexcept nogil:
             return
         hyper = s.hyper[0]
         hyper.step += 1
-        if s.update == GRADIENT_ONLY:   # clipping: the norm of the whole summed gradient
-            for_each_piece(s, &hyper, params, parts, low, high, True)
-            s.squares[k] = fbp_sum_squares(<floating*>s.grads + low, high - low)
+        if s.update == GRADIENT_ONLY:   # clipping: the norm of the whole gradient first
+            squares = 0
+            for l in range(1, plan.n_layers + 1):
+                update_part(s, &hyper, params, k, l, False, &squares)
+            s.squares[k] = squares
             fbp_barrier_wait(&s.barrier)
             squares = 0
             for j in range(T):
                 squares += s.squares[j]
             # torch.nn.utils.clip_grad_norm_: g *= min(1, max_norm / (norm + 1e-6))
             coefficient = hyper.clip_norm / (sqrt(squares) + 1e-6)
-            if coefficient < 1:
-                fbp_scale(<floating*>s.grads + low, high - low, <floating>coefficient)
-            for_each_piece(s, &hyper, params, parts, low, high, False)
+            for l in range(1, plan.n_layers + 1):
+                step_part(s, &hyper, params, k, l, <floating>min(coefficient, 1.0))
         else:
-            for_each_piece(s, &hyper, params, parts, low, high, True)
+            for l in range(plan.n_layers, 0, -1):
+                update_part(s, &hyper, params, k, l, True, NULL)
         fbp_barrier_wait(&s.barrier)
         if k == 0:
             s.hyper.step += 1
@@ -401,8 +382,8 @@ cdef void* worker_entry_double(void* argument) noexcept nogil:
 
 cdef int check_workers(const PlanData* plan, Plan worker_plan, Py_ssize_t worker_work_size,
                        int n_workers, Py_ssize_t batch_size, int update) except -1:
-    """The worker plan describes the fit's network, has room for a worker's rows and a
-    gradient, and the worker workspace for n_workers of it."""
+    """The worker plan describes the fit's network with room for a worker's rows, and the
+    worker workspace holds every layer's delta for n_workers of them."""
     cdef const PlanData* wp = &worker_plan.data
     cdef int l
     if not 2 <= n_workers <= 1024:
@@ -419,45 +400,63 @@ cdef int check_workers(const PlanData* plan, Plan worker_plan, Py_ssize_t worker
     if wp.capacity * n_workers < batch_size:
         raise ValueError(f"train_epoch: the worker plan holds {wp.capacity} rows; "
                          f"{n_workers} workers need {-(-batch_size // n_workers)}")
-    if wp.gradient_offset < 0:
-        raise ValueError("train_epoch: the worker plan needs room for a gradient")
     if (update == LAYER_STEP or update == GRADIENT_ONLY) and plan.gradient_offset < 0:
         raise ValueError("train_epoch: this optimizer needs a plan with room for the gradient")
-    if worker_work_size < n_workers * worker_stride(wp):
+    if wp.capacity > plan.capacity:
+        raise ValueError(f"train_epoch: the worker plan holds {wp.capacity} rows, more than "
+                         f"the plan's {plan.capacity}")
+    if worker_work_size < delta_store_size(wp, n_workers):
         raise ValueError(f"train_epoch: the worker workspace holds {worker_work_size} values; "
-                         f"{n_workers} workers need {n_workers * worker_stride(wp)}")
+                         f"{n_workers} workers need {delta_store_size(wp, n_workers)}")
     return 0
 
 
-cdef inline Py_ssize_t worker_stride(const PlanData* worker_plan) noexcept nogil:
-    return (worker_plan.work_size + RANGE_ALIGNMENT - 1) // RANGE_ALIGNMENT * RANGE_ALIGNMENT
+cdef inline Py_ssize_t delta_store_size(const PlanData* worker_plan,
+                                        int n_workers) noexcept nogil:
+    return delta_offset(worker_plan, worker_plan.capacity * n_workers,
+                        worker_plan.n_layers + 1)
 
 
 def worker_workspace_size(Plan worker_plan, int n_workers):
     """Elements of the workspace n_workers row-split workers need (train_epoch's
-    worker_work): one worker_plan workspace each, on 64-byte boundaries."""
-    return n_workers * worker_stride(&worker_plan.data)
+    worker_work): every layer's delta for n_workers x worker_plan.capacity rows."""
+    return delta_store_size(&worker_plan.data, n_workers)
+
+
+cdef inline Py_ssize_t shifted(Py_ssize_t offset, Py_ssize_t shift) noexcept nogil:
+    return offset + shift if offset >= 0 else -1
 
 
 cdef parallel_epoch(SharedEpoch* s, floating* kind):
     """Runs the epoch on s.n_workers workers: worker 0 on this thread (the GIL released),
     the others on threads started here and joined before it returns."""
     cdef int T = s.n_workers, k, started
-    cdef Py_ssize_t n_params = s.plan.n_params
     cdef pthread_t* threads = <pthread_t*>calloc(T, sizeof(pthread_t))
     cdef WorkerArgument* arguments = <WorkerArgument*>calloc(T, sizeof(WorkerArgument))
-    cdef void** parts = <void**>calloc(T, sizeof(void*))
     cdef double* numbers = <double*>calloc(2 * T, sizeof(double))
-    if not (threads and arguments and parts and numbers):
-        free(threads); free(arguments); free(parts); free(numbers)
+    cdef int L = s.plan.n_layers, l
+    cdef PlanData* views = <PlanData*>calloc(T, sizeof(PlanData))
+    cdef Py_ssize_t* offsets = <Py_ssize_t*>calloc(4 * T * (L + 1), sizeof(Py_ssize_t))
+    cdef Py_ssize_t shift
+    if not (threads and arguments and numbers and views and offsets):
+        free(threads); free(arguments); free(numbers); free(views); free(offsets)
         raise MemoryError()
     for k in range(T):
         arguments[k].shared = s
         arguments[k].index = k
-        parts[k] = <floating*>s.worker_work + k * s.worker_stride \
-            + s.worker_plan.gradient_offset
-        memset(parts[k], 0, n_params * sizeof(floating))
-    s.parts = parts
+        # worker k's view: the fit's arrays from row k C, the worker plan's forward chunks
+        views[k] = s.worker_plan_data[0]
+        views[k].output_offsets = offsets + (4 * k) * (L + 1)
+        views[k].preactivation_offsets = offsets + (4 * k + 1) * (L + 1)
+        views[k].dropped_offsets = offsets + (4 * k + 2) * (L + 1)
+        views[k].mask_offsets = offsets + (4 * k + 3) * (L + 1)
+        for l in range(L + 1):
+            shift = k * s.rows_per_worker * s.plan.sizes[l]
+            views[k].output_offsets[l] = shifted(s.plan.output_offsets[l], shift)
+            views[k].preactivation_offsets[l] = shifted(s.plan.preactivation_offsets[l], shift)
+            views[k].dropped_offsets[l] = shifted(s.plan.dropped_offsets[l], shift)
+            views[k].mask_offsets[l] = shifted(s.plan.mask_offsets[l], shift)
+    s.views = views
     s.losses = numbers
     s.squares = numbers + T
     fbp_barrier_init(&s.barrier, T)
@@ -474,7 +473,7 @@ cdef parallel_epoch(SharedEpoch* s, floating* kind):
         else:   # the threads that did start stop at the first barrier
             s.proceed = False
             fbp_abandon_workers(&s.barrier, threads, started)
-    free(threads); free(arguments); free(parts); free(numbers)
+    free(threads); free(arguments); free(numbers); free(views); free(offsets)
     if started != 0:   # pthread_create fails only when the process is out of threads
         raise RuntimeError(f"could not start {T} training threads (only {started}); the "
                            f"process is out of threads")
@@ -495,10 +494,10 @@ cdef tuple train_epoch_on_workers(
     cdef SharedEpoch s
     memset(&s, 0, sizeof(SharedEpoch))
     s.plan = plan
-    s.worker_plan = &worker_plan.data
+    s.worker_plan_data = &worker_plan.data
+    s.rows_per_worker = worker_plan.data.capacity
     s.hyper = hyper
-    s.params, s.work, s.worker_work = params, work, &worker_work[0]
-    s.worker_stride = worker_stride(&worker_plan.data)
+    s.params, s.work, s.deltas = params, work, &worker_work[0]
     s.first, s.second, s.grads = first, second, grads
     s.X = &X[0, 0]
     s.use_labels = Y.shape[0] == 0

@@ -121,7 +121,6 @@ def test_the_core_runs_the_workers_when_every_size_fits():
 
 @pytest.mark.parametrize("change, message", [
     (dict(worker_capacity=15), "the worker plan holds 15 rows"),
-    (dict(worker_gradient=False), "room for a gradient"),
     (dict(extra=-1), "the worker workspace holds"),
     (dict(n_workers=2000), "n_workers is 2000"),
 ])
