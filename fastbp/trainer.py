@@ -117,8 +117,11 @@ class Trainer:
     class_weight: {class: weight} or "balanced", for classification losses; multiplies
         sample weights.
     max_time: a budget in seconds, checked after each epoch.
-    n_threads: BLAS threads during the fit; None picks from the size of a step, never
-        more than the caller allows (fastbp._threads.allowed_threads()).
+    n_threads: threads of the fit: T > 1 splits each step's rows among T threads (each on
+        one BLAS thread; bit-identical for the same T, to rounding across T). None: the
+        fastest count measured on this machine for this network and batch (cached, see
+        docs/performance.md; FASTBP_THREADS pins it), never more than the caller allows
+        (fastbp._threads.allowed_threads()).
 
     The optimizer's state, the schedule's epoch count and the shuffling generator persist
     across fit and partial_fit calls; `reset()` starts them afresh.
