@@ -56,30 +56,34 @@ static inline __attribute__((always_inline)) void FBP_NAME(fbp_few_block)(
 
 /* The last n_cols < FBP_FEW_LANES columns of all m rows.  Too narrow for a vector load, so
    a chunk of their rows of W is first copied into zero-padded vectors (on the stack), and
-   eight rows of x at a time accumulate against it, their sums kept in `partial` between
-   chunks (still one sum over i in order per element, as for fewer rows without the copy). */
+   up to eight rows of x at a time accumulate against it, their sums kept between chunks
+   (still one sum over i in order per element, whatever m is). */
 #define FBP_FEW_TAIL_CHUNK 256
+static inline __attribute__((always_inline)) void FBP_NAME(fbp_few_tail_rows)(
+    FBP_NAME(fbp_few_vector) *sums, const FBP_T *xs, const FBP_NAME(fbp_few_vector) *tail,
+    ptrdiff_t n, ptrdiff_t n_in, const int rows)
+{
+    FBP_NAME(fbp_few_vector) acc[8];
+#pragma GCC unroll 8
+    for (int r = 0; r < rows; r++)
+        acc[r] = sums[r];
+    for (ptrdiff_t i = 0; i < n; i++)
+#pragma GCC unroll 8
+        for (int r = 0; r < rows; r++)
+            acc[r] += xs[r * n_in + i] * tail[i];
+#pragma GCC unroll 8
+    for (int r = 0; r < rows; r++)
+        sums[r] = acc[r];
+}
+
 static inline __attribute__((always_inline)) void FBP_NAME(fbp_few_tail)(
     FBP_T *out, const FBP_T *x, const FBP_T *W, ptrdiff_t m, ptrdiff_t n_in, ptrdiff_t n_out,
     ptrdiff_t n_cols)
 {
     typedef FBP_NAME(fbp_few_vector) vector;
-    if (m < 4) {   /* too few rows to pay for the copy: each row of W's tail loaded as it is
-                      used, into the same vectors (the same operations, so the same bits) */
-        for (ptrdiff_t r = 0; r < m; r++) {
-            vector sums = (vector){0};
-            for (ptrdiff_t i = 0; i < n_in; i++) {
-                vector v = (vector){0};
-                for (ptrdiff_t j = 0; j < n_cols; j++)
-                    v[j] = W[i * n_out + j];
-                sums += x[r * n_in + i] * v;
-            }
-            for (ptrdiff_t j = 0; j < n_cols; j++)
-                out[r * n_out + j] = sums[j];
-        }
-        return;
-    }
-    vector padded[FBP_FEW_TAIL_CHUNK];
+    const ptrdiff_t lanes = FBP_FEW_LANES;
+    FBP_T padded[FBP_FEW_TAIL_CHUNK * FBP_FEW_BYTES / sizeof(FBP_T)]
+        __attribute__((aligned(FBP_FEW_BYTES)));
     for (ptrdiff_t r0 = 0; r0 < m; r0 += 8) {
         const int rows = m - r0 < 8 ? (int)(m - r0) : 8;
         vector sums[8];
@@ -87,23 +91,23 @@ static inline __attribute__((always_inline)) void FBP_NAME(fbp_few_tail)(
             sums[r] = (vector){0};
         for (ptrdiff_t i0 = 0; i0 < n_in; i0 += FBP_FEW_TAIL_CHUNK) {
             const ptrdiff_t n = n_in - i0 < FBP_FEW_TAIL_CHUNK ? n_in - i0 : FBP_FEW_TAIL_CHUNK;
-            if (r0 == 0 || n_in > FBP_FEW_TAIL_CHUNK)   /* else still there from rows r0 - 8 */
-                for (ptrdiff_t i = 0; i < n; i++) {
-                    vector v = (vector){0};
+            if (r0 == 0 || n_in > FBP_FEW_TAIL_CHUNK) {   /* else still there from rows r0 - 8 */
+                memset(padded, 0, (size_t)(n * lanes) * sizeof(FBP_T));
+                for (ptrdiff_t i = 0; i < n; i++)
                     for (ptrdiff_t j = 0; j < n_cols; j++)
-                        v[j] = W[(i0 + i) * n_out + j];
-                    padded[i] = v;
-                }
+                        padded[i * lanes + j] = W[(i0 + i) * n_out + j];
+            }
             const FBP_T *xs = x + r0 * n_in + i0;
-            if (rows == 8) {
-                for (ptrdiff_t i = 0; i < n; i++)
-#pragma GCC unroll 8
-                    for (int r = 0; r < 8; r++)
-                        sums[r] += xs[r * n_in + i] * padded[i];
-            } else {
-                for (ptrdiff_t i = 0; i < n; i++)
-                    for (int r = 0; r < rows; r++)
-                        sums[r] += xs[r * n_in + i] * padded[i];
+            const vector *tail = (const vector *)padded;
+            switch (rows) {   /* a constant count, so the sums stay in registers */
+            case 1: FBP_NAME(fbp_few_tail_rows)(sums, xs, tail, n, n_in, 1); break;
+            case 2: FBP_NAME(fbp_few_tail_rows)(sums, xs, tail, n, n_in, 2); break;
+            case 3: FBP_NAME(fbp_few_tail_rows)(sums, xs, tail, n, n_in, 3); break;
+            case 4: FBP_NAME(fbp_few_tail_rows)(sums, xs, tail, n, n_in, 4); break;
+            case 5: FBP_NAME(fbp_few_tail_rows)(sums, xs, tail, n, n_in, 5); break;
+            case 6: FBP_NAME(fbp_few_tail_rows)(sums, xs, tail, n, n_in, 6); break;
+            case 7: FBP_NAME(fbp_few_tail_rows)(sums, xs, tail, n, n_in, 7); break;
+            default: FBP_NAME(fbp_few_tail_rows)(sums, xs, tail, n, n_in, 8); break;
             }
         }
         for (int r = 0; r < rows; r++)
