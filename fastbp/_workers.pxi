@@ -5,9 +5,11 @@
 # ceil(batch_size / T), in the fit's own workspace (a view of the fit's plan shifted by
 # k C rows, with the forward chunks of a plan of C rows: worker_plan). Each step runs in
 # three phases, with a barrier after each:
-#   A. worker 0 alone gathers the batch (the serial path's gather) and draws the whole
-#      batch's dropout masks, in the order the serial path draws them;
-#   B. worker k runs forward on its rows, then the output delta and every hidden layer's
+#   A. worker 0 alone gathers the batch's row weights (their sum scales every row's
+#      gradient) and draws the whole batch's dropout masks, in the order the serial path
+#      draws them;
+#   B. worker k gathers its rows of the inputs and targets (an index out of range found
+#      by any worker stops them all after the barrier), runs forward on its rows, then the output delta and every hidden layer's
 #      delta backwards (all with the weights of before the step), each layer's delta kept
 #      for the whole batch in worker_work;
 #   C. worker k owns rows [k n / T, (k + 1) n / T) of each W (n: its rows) and the bias of
@@ -90,6 +92,8 @@ cdef struct SharedEpoch:
     bint proceed
     double* losses                  # per worker, phase B
     double* squares                 # per worker, clipping
+    Py_ssize_t* bads                # per worker: its gather's bad index (-1: none)
+    int* faileds                    # per worker: which gather found it
     # the epoch's results
     double loss_total, weight_total
     Py_ssize_t start, bad
@@ -101,49 +105,24 @@ cdef struct WorkerArgument:
     int index
 
 
-cdef Py_ssize_t gather_batch(SharedEpoch* s, floating* work, Py_ssize_t m) noexcept nogil:
-    """The batch at s.start into the workspace (or read in place): sets s.x, s.y, s.weights
-    and s.weight_sum. Returns the batch position of an index out of range (and sets
-    s.failed_gather), or -1."""
+cdef Py_ssize_t gather_weights(SharedEpoch* s, floating* work, Py_ssize_t m) noexcept nogil:
+    """Phase A's part of the batch at s.start: where its inputs and targets will be (the
+    workspace's batch buffers, or read in place), its row weights and their sum. Returns
+    the batch position of an index out of range (and sets s.failed_gather), or -1."""
     cdef const PlanData* plan = s.plan
-    cdef Py_ssize_t n_in = plan.sizes[0], n_out = plan.sizes[plan.n_layers], i, bad
-    cdef Py_ssize_t start = s.start, n_samples = s.n_samples
-    cdef const floating* X = <const floating*>s.X
-    cdef const floating* Y = <const floating*>s.Y
+    cdef Py_ssize_t i, bad, start = s.start
     cdef const floating* row_weights = <const floating*>s.row_weights
-    cdef const Py_ssize_t* rows = s.order + start if s.use_order else NULL
-    cdef floating* batch_x = work + plan.batch_x_offset
-    cdef floating* batch_y = work + plan.batch_y_offset
     cdef floating* batch_weights = work + plan.batch_weight_offset
     cdef const floating* weights
-    if s.use_order:
-        bad = fbp_gather_rows(batch_x, X, rows, m, n_in, n_samples)
-        if bad >= 0:
-            s.failed_gather = GATHERED_X
-            return bad
-        s.x = batch_x
-    else:
-        s.x = X + start * n_in
-    if s.use_labels:
-        bad = fbp_one_hot(batch_y, s.labels if s.use_order else s.labels + start, rows, m,
-                          n_out, n_samples if s.use_order else n_samples - start)
-        if bad >= 0:
-            s.failed_gather = GATHERED_LABELS
-            return bad
-        s.y = batch_y
-    elif s.use_order:
-        bad = fbp_gather_rows(batch_y, Y, rows, m, n_out, n_samples)
-        if bad >= 0:
-            s.failed_gather = GATHERED_Y
-            return bad
-        s.y = batch_y
-    else:
-        s.y = Y + start * n_out
+    s.x = work + plan.batch_x_offset if s.use_order \
+        else <const floating*>s.X + start * plan.sizes[0]
+    s.y = work + plan.batch_y_offset if s.use_order or s.use_labels \
+        else <const floating*>s.Y + start * plan.sizes[plan.n_layers]
     s.weights = NULL
     s.weight_sum = m
     if s.use_weights:
         if s.use_order:
-            bad = fbp_gather(batch_weights, row_weights, rows, m, n_samples)
+            bad = fbp_gather(batch_weights, row_weights, s.order + start, m, s.n_samples)
             if bad >= 0:
                 s.failed_gather = GATHERED_WEIGHTS
                 return bad
@@ -157,9 +136,41 @@ cdef Py_ssize_t gather_batch(SharedEpoch* s, floating* work, Py_ssize_t m) noexc
     return -1
 
 
+cdef Py_ssize_t gather_rows(SharedEpoch* s, floating* work, Py_ssize_t row0, Py_ssize_t row1,
+                            int* failed) noexcept nogil:
+    """Phase B's part of the gather, by each worker for its rows [row0, row1) of the
+    batch: the inputs and targets (or one-hot labels) into the batch buffers. Returns the
+    batch position of an index out of range (and sets *failed), or -1."""
+    cdef const PlanData* plan = s.plan
+    cdef Py_ssize_t n_in = plan.sizes[0], n_out = plan.sizes[plan.n_layers], bad
+    cdef Py_ssize_t start = s.start + row0, n_samples = s.n_samples, m = row1 - row0
+    cdef const Py_ssize_t* rows = s.order + start if s.use_order else NULL
+    if s.use_order:
+        bad = fbp_gather_rows(work + plan.batch_x_offset + row0 * n_in, <const floating*>s.X,
+                              rows, m, n_in, n_samples)
+        if bad >= 0:
+            failed[0] = GATHERED_X
+            return row0 + bad
+    if s.use_labels:
+        bad = fbp_one_hot(work + plan.batch_y_offset + row0 * n_out,
+                          s.labels if s.use_order else s.labels + start, rows, m, n_out,
+                          n_samples if s.use_order else n_samples - start)
+        if bad >= 0:
+            failed[0] = GATHERED_LABELS
+            return row0 + bad
+    elif s.use_order:
+        bad = fbp_gather_rows(work + plan.batch_y_offset + row0 * n_out, <const floating*>s.Y,
+                              rows, m, n_out, n_samples)
+        if bad >= 0:
+            failed[0] = GATHERED_Y
+            return row0 + bad
+    return -1
+
+
 cdef void next_batch(SharedEpoch* s, floating* work) noexcept nogil:
-    """Phase A (worker 0): the next batch whose rows weigh more than 0, and its dropout
-    masks; s.proceed = 0 at the epoch's end, on SIGINT or an index out of range."""
+    """Phase A (worker 0): the next batch whose rows weigh more than 0 (gather_weights),
+    and its dropout masks; s.proceed = 0 at the epoch's end, on SIGINT or an index out of
+    range."""
     cdef const PlanData* plan = s.plan
     cdef Py_ssize_t m
     cdef int l
@@ -169,7 +180,7 @@ cdef void next_batch(SharedEpoch* s, floating* work) noexcept nogil:
             s.status = INTERRUPTED
             return
         m = min(s.batch_size, s.n_samples - s.start)
-        s.bad = gather_batch(s, work, m)
+        s.bad = gather_weights(s, work, m)
         if s.bad >= 0:
             return
         if s.weight_sum > 0:   # a batch whose rows all weigh 0 teaches nothing
@@ -330,13 +341,19 @@ cdef void worker_loop(floating* kind, WorkerArgument* argument) noexcept nogil:
         row0 = min(k * C, s.m)
         row1 = min(row0 + C, s.m)
         s.losses[k] = 0
-        if row1 > row0:
+        s.bads[k] = gather_rows(s, work, row0, row1, &s.faileds[k]) if row1 > row0 else -1
+        if s.bads[k] < 0 and row1 > row0:
             weights = <const floating*>s.weights + row0 if s.weights != NULL else NULL
             s.losses[k] = worker_deltas(
                 &s.views[k], s.hyper, params, work, <floating*>s.deltas, C * T, row0,
                 <const floating*>s.x + row0 * n_in, <const floating*>s.y + row0 * n_out,
                 weights, <int>(row1 - row0), <floating>(s.normaliser / s.weight_sum))
         fbp_barrier_wait(&s.barrier)
+        for j in range(T):   # the first worker's bad index, as every worker sees it
+            if s.bads[j] >= 0:
+                if k == 0:
+                    s.bad, s.failed_gather = s.bads[j], s.faileds[j]
+                return
         loss_sum = 0
         for j in range(T):
             loss_sum += s.losses[j]
@@ -438,9 +455,13 @@ cdef parallel_epoch(SharedEpoch* s, floating* kind):
     cdef PlanData* views = <PlanData*>calloc(T, sizeof(PlanData))
     cdef Py_ssize_t* offsets = <Py_ssize_t*>calloc(4 * T * (L + 1), sizeof(Py_ssize_t))
     cdef Py_ssize_t shift
-    if not (threads and arguments and numbers and views and offsets):
+    cdef Py_ssize_t* bads = <Py_ssize_t*>calloc(T, sizeof(Py_ssize_t))
+    cdef int* faileds = <int*>calloc(T, sizeof(int))
+    if not (threads and arguments and numbers and views and offsets and bads and faileds):
         free(threads); free(arguments); free(numbers); free(views); free(offsets)
+        free(bads); free(faileds)
         raise MemoryError()
+    s.bads, s.faileds = bads, faileds
     for k in range(T):
         arguments[k].shared = s
         arguments[k].index = k
@@ -474,6 +495,7 @@ cdef parallel_epoch(SharedEpoch* s, floating* kind):
             s.proceed = False
             fbp_abandon_workers(&s.barrier, threads, started)
     free(threads); free(arguments); free(numbers); free(views); free(offsets)
+    free(bads); free(faileds)
     if started != 0:   # pthread_create fails only when the process is out of threads
         raise RuntimeError(f"could not start {T} training threads (only {started}); the "
                            f"process is out of threads")

@@ -31,14 +31,18 @@ def data(dtype="float32", n_rows=300):
 
 
 def fit(n_threads, optimizer="adam", dtype="float32", dropout=0.0, weighted=False,
-        batch_size=32, **trainer_options):
+        batch_size=32, dense=False, **trainer_options):
     X, y, weights = data(dtype)
-    model = fastbp.MLP([12, 24, 16, 4], ["relu", "tanh", "softmax"], dtype=dtype,
+    loss, output, targets = "cce", "softmax", y
+    if dense:   # dense targets (Y's rows gathered, not one-hot labels), another loss
+        loss, output = "mse", "sigmoid"
+        targets = np.eye(4, dtype=dtype)[y] * 0.8 + 0.1
+    model = fastbp.MLP([12, 24, 16, 4], ["relu", "tanh", output], dtype=dtype,
                        dropout=dropout, seed=3)
-    trainer = fastbp.Trainer("cce", optimizer=OPTIMIZERS[optimizer](), epochs=3,
+    trainer = fastbp.Trainer(loss, optimizer=OPTIMIZERS[optimizer](), epochs=3,
                              batch_size=batch_size, seed=5, n_threads=n_threads,
                              **trainer_options)
-    history = trainer.fit(model, X, y, sample_weight=weights if weighted else None)
+    history = trainer.fit(model, X, targets, sample_weight=weights if weighted else None)
     return model.parameter_vector(), history.history["loss"]
 
 
@@ -67,6 +71,9 @@ def test_every_optimizer_agrees_across_worker_counts_and_repeats_exactly(optimiz
     dict(dtype="float64", dropout=[0.5, 0.1], weighted=True),
     dict(batch_size=7),          # rows that do not divide among the workers
     dict(batch_size=300),        # one batch, the whole data set
+    dict(shuffle=False),         # rows read in place, no gather
+    dict(shuffle=False, weighted=True, dense=True),
+    dict(dense=True, weighted=True),
 ], ids=lambda options: "-".join(f"{k}={v}" for k, v in options.items()))
 @pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam"])
 def test_dropout_weights_clipping_and_decay_agree_and_repeat(optimizer, options):
@@ -142,8 +149,34 @@ def test_the_core_refuses_a_worker_plan_of_another_network():
         _core.train_epoch(*arguments)
 
 
-def test_a_bad_label_mid_epoch_stops_the_workers_with_a_clear_error():
+@pytest.mark.parametrize("row", [3, 20, 40, 63])   # worker 0's and worker 1's rows
+def test_a_bad_label_mid_epoch_stops_the_workers_with_a_clear_error(row):
     arguments = core_arguments()
-    arguments[7][40] = 99
-    with pytest.raises(ValueError, match="labels\\[40\\] = 99"):
+    arguments[7][row] = 99
+    with pytest.raises(ValueError, match=f"labels\\[{row}\\] = 99"):
         _core.train_epoch(*arguments)
+
+
+@pytest.mark.parametrize("position", [5, 17, 50])
+def test_a_bad_row_index_stops_the_workers_with_a_clear_error(position):
+    arguments = core_arguments()
+    order = np.arange(64, dtype=np.intp)
+    order[position] = 64
+    arguments[9] = order
+    with pytest.raises(ValueError, match=f"row 64 \\(order\\[{position}\\]\\) is out of range"):
+        _core.train_epoch(*arguments)
+
+
+def test_an_epoch_stopped_by_a_bad_index_trained_the_batches_before_it():
+    """Rows 0-31 train, the batch of rows 32-63 holds the bad label: the parameters are
+    those of one step, as the one-worker path leaves them."""
+    results = []
+    for n_workers in (1, 2):
+        arguments = core_arguments(n_workers=max(n_workers, 2))
+        arguments[15] = n_workers
+        arguments[7][45] = 99
+        with pytest.raises(ValueError):
+            _core.train_epoch(*arguments)
+        results.append(arguments[2])
+    assert_agree(results[0], results[1])
+    assert not np.array_equal(results[0], core_arguments()[2])
