@@ -5,13 +5,24 @@
  * BLAS packs all of W into its own layout before a product; for a few rows that copy costs
  * more than the arithmetic (a one-row 784 x 128 product: about 40 us packed, 2-3 us here).
  * These kernels read W as it lies: for each input i, one row of W is loaded into vector
- * registers and multiplied by x[r, i] into the accumulators of up to four rows.  Every
+ * registers and multiplied by x[r, i] into the accumulators of up to four rows (4 x 2 or,
+ * with AVX-512, 4 x 4 vectors; one row x up to 8).  Every
  * output element is one sum over i in order 0..n_in-1 in one accumulator, so its value
  * depends neither on m nor on which block computed it (a row predicts the same alone or in
  * a batch).  The vectors are GCC's generic vectors of FBP_FEW_BYTES bytes, which each
  * target_clones instance lowers to its own registers (one zmm, two ymm or four xmm). */
 
 #define FBP_FEW_BYTES 64
+/* 1 where the CPU has AVX-512 (32 vector registers of 64 bytes): four rows then take four
+   vectors of columns at once (16 accumulators; W1's 64-row product 17% faster), which
+   would spill registers elsewhere.  Asked at run time, so every clone has both blocks. */
+#ifndef FBP_FEW_WIDE_REGISTERS
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define FBP_FEW_WIDE_REGISTERS __builtin_cpu_supports("avx512f")
+#else
+#define FBP_FEW_WIDE_REGISTERS 0
+#endif
+#endif
 #define FBP_FEW_LANES ((ptrdiff_t)(FBP_FEW_BYTES / sizeof(FBP_T)))
 
 typedef FBP_T FBP_NAME(fbp_few_vector) __attribute__((vector_size(FBP_FEW_BYTES)));
@@ -27,7 +38,7 @@ static inline __attribute__((always_inline)) void FBP_NAME(fbp_few_block)(
 {
     typedef FBP_NAME(fbp_few_vector) vector;
     typedef FBP_NAME(fbp_few_unaligned) unaligned;
-    vector sums[4][8];
+    vector sums[4][8];   /* at most 16 used */
 #pragma GCC unroll 4
     for (int r = 0; r < rows; r++)
 #pragma GCC unroll 8
@@ -136,6 +147,9 @@ static inline __attribute__((always_inline)) void FBP_NAME(fbp_few_columns)(
             j += 2 * lanes;
         }
     } else {
+        if (FBP_FEW_WIDE_REGISTERS)   /* 16 accumulators: only where 32 registers hold them */
+            for (; j + 4 * lanes <= n_out; j += 4 * lanes)
+                FBP_NAME(fbp_few_block)(out + j, x, W + j, n_in, n_out, 4, 4);
         for (; j + 2 * lanes <= n_out; j += 2 * lanes)
             FBP_NAME(fbp_few_block)(out + j, x, W + j, n_in, n_out, 4, 2);
     }
