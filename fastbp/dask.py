@@ -216,13 +216,14 @@ def _lost_data_error(pair_futures, blocks, error, rounds_done):
         f"{error})")
 
 
-def _tree(parts, name):
-    """Sum the blocks' results by a fixed tree of _combine tasks; returns the root."""
+def _tree(parts, name, call):
+    """Sum the blocks' results by a fixed tree of _combine tasks; returns the root.
+    call(function, *arguments, key=...): makes one task (a delayed call or a submitted
+    future)."""
     level = 0
     while len(parts) > 1:
-        parts = [dask.delayed(_combine, pure=False)(
-                     *parts[start:start + FAN_IN],
-                     dask_key_name=f"{name}-sum-{level}-{start // FAN_IN}")
+        parts = [call(_combine, *parts[start:start + FAN_IN],
+                      key=f"{name}-sum-{level}-{start // FAN_IN}")
                  for start in range(0, len(parts), FAN_IN)]
         level += 1
     return parts[0]
@@ -336,8 +337,10 @@ def fit(model: MLP, trainer: Trainer, X, Y, client=None, rounds=None, epochs_per
                                dask_key_name=f"{name}-r{round_index}-b{block}")
                            for pair, seed, n_threads, block in zip(local, seeds, threads,
                                                                     blocks)]
-                total = dask.compute(_tree(results, f"{name}-r{round_index}"),
-                                     scheduler="threads")[0]
+                root = _tree(results, f"{name}-r{round_index}",
+                             lambda function, *args, key: dask.delayed(function, pure=False)(
+                                 *args, dask_key_name=key))
+                total = dask.compute(root, scheduler="threads")[0]
         except KeyboardInterrupt:      # Ctrl-C: the model keeps the last completed round
             return EpochResult(interrupted=True)
         average = total["sum"] / total["rows"]
@@ -463,24 +466,21 @@ class _ClusterRounds:
                                workers=[worker], allow_other_workers=True, pure=False)
                  for pair, seed, n_threads, block, worker in zip(
                      self.futures, seeds, threads, self.blocks, self.places)]
-        level, keys = 0, f"{name}-r{round_index}-sum"
-        while len(parts) > 1:
-            parts = [client.submit(_combine, *parts[i:i + FAN_IN],
-                                   key=f"{keys}-{level}-{i // FAN_IN}", pure=False)
-                     for i in range(0, len(parts), FAN_IN)]
-            level += 1
+        root = _tree(parts, f"{name}-r{round_index}",
+                     lambda function, *args, key: client.submit(function, *args, key=key,
+                                                                pure=False))
         try:
-            return parts[0].result()
+            return root.result()
         except CancelledError as error:
             if any(future.status != "finished" for future in self.futures):
                 raise _lost_data_error(self.futures, self.blocks, error, rounds_done) \
                     from error
             raise
         except KeyboardInterrupt:
-            client.cancel(parts)
+            client.cancel([root, *parts])
             raise
         finally:
-            del parts, start
+            del parts, root, start
 
     def release(self):
         self.futures = []
