@@ -3,6 +3,7 @@
     python bench/latency.py --threads 1            # every library on one thread
     python bench/latency.py --threads 0            # each library's own default
     python bench/latency.py --rows 1 8 --networks 20-64-64-1 --seconds 0.5
+    python bench/latency.py --concurrent 8         # one model, 8 threads: total rate
 
 Each system predicts the same rows with the same weights (float32, C-contiguous input):
   fastbp   model.predict(X)              fastbp-out  model.predict(X, out=buffer)
@@ -128,6 +129,32 @@ def measure(run_of, X, seconds, rounds):
     return {name: np.sort(np.array(values)) for name, values in times.items()}
 
 
+def concurrent_rates(model, X, n_threads, calls):
+    """(calls/s on one thread, calls/s of n_threads threads predicting at once on the same
+    model, each `calls` calls), fastbp's predict of X."""
+    import threading
+    for _ in range(100):
+        model.predict(X)
+    start = time.perf_counter()
+    for _ in range(calls):
+        model.predict(X)
+    alone = calls / (time.perf_counter() - start)
+    barrier = threading.Barrier(n_threads + 1)
+
+    def serve():
+        barrier.wait()
+        for _ in range(calls):
+            model.predict(X)
+    threads = [threading.Thread(target=serve) for _ in range(n_threads)]
+    for thread in threads:
+        thread.start()
+    barrier.wait()
+    start = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    return alone, n_threads * calls / (time.perf_counter() - start)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1,
@@ -139,11 +166,28 @@ def main(argv=None):
     parser.add_argument("--seconds", type=float, default=1.0,
                         help="time per system per shape, about")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--concurrent", type=int, default=0, metavar="N",
+                        help="instead: fastbp's calls/s on one thread and on N threads "
+                             "sharing one model")
     args = parser.parse_args(argv)
     _limit_threads(args.threads)
 
     import numpy as np
     import fastbp
+
+    if args.concurrent:
+        print(f"# fastbp predict, calls per second: one thread, then {args.concurrent} "
+              f"threads on one model")
+        for network in args.networks:
+            sizes, activations = NETWORKS[network]
+            model = fastbp.MLP(sizes, activations, dtype="float32", seed=0)
+            for n_rows in args.rows:
+                X = np.ones((n_rows, sizes[0]), np.float32)
+                alone, together = concurrent_rates(model, X, args.concurrent, 20000)
+                print(f"{network:>11} {n_rows:5d} | 1 thread {alone:10.0f}/s | "
+                      f"{args.concurrent} threads {together:10.0f}/s "
+                      f"x{together / alone:4.2f}", flush=True)
+        return
 
     print(f"# threads: {args.threads or 'default'}; times per call in us: median (p99); "
           f"x: median / fastbp's median")
