@@ -47,7 +47,7 @@ static inline void fbp_futex(int *word, int operation, int value)
 #endif
 }
 
-#define FBP_BARRIER_SPINS 2000
+#define FBP_BARRIER_SPINS 500
 
 static inline void fbp_barrier_wait(fbp_barrier *barrier)
 {
