@@ -12,13 +12,18 @@ cimport numpy as cnp
 
 cnp.import_array()
 
-# Rows a Predictor call takes at most, and so the capacity of its plan. Measured on the
-# issue's networks (docs/performance.md, Serving): the few-row kernels beat OpenBLAS
-# (AVX2 core) at every row count up to 64 for 784-128-10 and 20-64-64-1.
+# Rows a Predictor call takes at most, and so the capacity of its plan: up to 64 rows the
+# few-row kernels beat OpenBLAS on every layer of 784-128-10 and 20-64-64-1 (measured:
+# docs/serving.md); past that, BLAS's blocking for cache starts to pay.
 PREDICTOR_ROWS = 64
 # Free workspaces a Predictor keeps between calls: one per thread predicting at once, up to
 # this many; more concurrent calls allocate their own and drop it afterwards.
 PREDICTOR_POOL = 16
+# A Predictor's workspace holds fewer rows where 64 would pass this many bytes (layers of
+# millions of units: a one-row call must not allocate 64 rows), and its pool keeps fewer
+# workspaces where 16 would pass PREDICTOR_POOL_BYTES.
+PREDICTOR_WORKSPACE_BYTES = 8 << 20
+PREDICTOR_POOL_BYTES = 32 << 20
 
 
 cdef inline bint plain_matrix(object array, int type_num, Py_ssize_t n_cols,
@@ -42,7 +47,8 @@ cdef inline bint overlaps(cnp.ndarray a, cnp.ndarray b) noexcept:
 
 
 cdef class Predictor:
-    """A model's forward pass for up to PREDICTOR_ROWS rows, ready between calls.
+    """A model's forward pass for up to PREDICTOR_ROWS rows (fewer for very wide layers:
+    PREDICTOR_WORKSPACE_BYTES), ready between calls.
 
     params: the model's live parameter array (read at each call: no copy to invalidate);
     layer_sizes, activations: the model's shape (a new shape or dtype means a new
@@ -54,13 +60,18 @@ cdef class Predictor:
     cdef readonly Plan plan
     cdef cnp.ndarray params
     cdef list pool
+    cdef Py_ssize_t pool_size       # workspaces the pool keeps at most
     cdef int type_num
     cdef Py_ssize_t n_in, n_out
 
     def __init__(self, layer_sizes, activations, cnp.ndarray params not None,
                  bint always=False):
-        self.plan = Plan(layer_sizes, activations, PREDICTOR_ROWS, few_rows=PREDICTOR_ROWS,
-                         few_rows_always=always)
+        cdef Py_ssize_t row_bytes = Plan(layer_sizes, activations, 1).work_size \
+            * params.itemsize
+        cdef Py_ssize_t rows = max(1, min(PREDICTOR_ROWS, PREDICTOR_WORKSPACE_BYTES // row_bytes))
+        self.plan = Plan(layer_sizes, activations, rows, few_rows=rows, few_rows_always=always)
+        self.pool_size = max(1, min(PREDICTOR_POOL,
+                                    PREDICTOR_POOL_BYTES // (rows * row_bytes)))
         if params.ndim != 1 or params.dtype not in (np.float32, np.float64) \
                 or not cnp.PyArray_ISCARRAY(params) or not cnp.PyArray_ISNOTSWAPPED(params) \
                 or params.shape[0] != self.plan.n_params:
@@ -81,7 +92,7 @@ cdef class Predictor:
             return None
         cdef cnp.ndarray inputs = <cnp.ndarray>X
         cdef Py_ssize_t m = cnp.PyArray_DIM(inputs, 0)
-        if not 1 <= m <= PREDICTOR_ROWS or not without_blas(&self.plan.data, m,
+        if not 1 <= m <= self.plan.data.capacity or not without_blas(&self.plan.data, m,
                                                             self.type_num == cnp.NPY_FLOAT64):
             return None
         cdef cnp.ndarray outputs
@@ -94,8 +105,11 @@ cdef class Predictor:
             if cnp.PyArray_DIM(outputs, 0) != m or overlaps(outputs, inputs) \
                     or overlaps(outputs, self.params):
                 return None
-        cdef cnp.ndarray work = self.pool.pop() if self.pool else \
-            cnp.PyArray_EMPTY(1, [self.plan.work_size], self.type_num, 0)
+        cdef cnp.ndarray work
+        try:
+            work = self.pool.pop()
+        except IndexError:      # every pooled workspace is in use (or none made yet)
+            work = cnp.PyArray_EMPTY(1, [self.plan.work_size], self.type_num, 0)
         cdef bint done
         if self.type_num == cnp.NPY_FLOAT32:
             done = forward_few(&self.plan.data, <float*>cnp.PyArray_DATA(self.params),
@@ -107,7 +121,7 @@ cdef class Predictor:
                                <double*>cnp.PyArray_DATA(work),
                                <const double*>cnp.PyArray_DATA(inputs), m,
                                <double*>cnp.PyArray_DATA(outputs))
-        if len(self.pool) < PREDICTOR_POOL:
+        if len(self.pool) < self.pool_size:
             self.pool.append(work)
         return outputs if done else None
 

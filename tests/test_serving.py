@@ -291,3 +291,19 @@ def test_models_of_every_origin_have_the_fast_path(monkeypatch, tmp_path):
     for other in (copy.copy(model), copy.deepcopy(model), pickle.loads(pickle.dumps(model)),
                   fastbp.load(tmp_path / "m.fbp")):
         assert np.array_equal(other.predict(X), expected)
+
+
+def test_a_very_wide_model_keeps_a_small_workspace(monkeypatch):
+    """A one-row call on a model with a layer of 200,000 units allocates a workspace for
+    a few rows (_core.PREDICTOR_WORKSPACE_BYTES), not for 64 (150 MB)."""
+    model = make([2, 200000, 1], ["relu", "identity"], "float32", monkeypatch)
+    X = np.ones((1, 2), np.float32)
+    tracemalloc.start()
+    try:
+        model.predict(X)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 * _core.PREDICTOR_WORKSPACE_BYTES, peak
+    expected = forward(model.weights, model.biases, model.activations, X)[-1]
+    np.testing.assert_allclose(model.predict(X), expected, rtol=1e-4, atol=1e-4)
