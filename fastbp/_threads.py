@@ -215,6 +215,10 @@ MEASURE_ROUNDS = 5
 # Fewer threads win unless more are faster by this factor: the difference must show
 # above the noise of timing, and fewer threads leave the machine to other work.
 MEASURE_MARGIN = 1.10
+# A one-thread step shorter than this is not split, and nothing else is timed: a split
+# step hands off between threads three times, which costs microseconds on any machine, so
+# a step of a few microseconds cannot gain (and timing one would only measure noise).
+TINY_STEP_SECONDS = 20e-6
 
 
 def _measure(layer_sizes, codes, batch_size, dtype, allowed):
@@ -254,6 +258,8 @@ def _measure(layer_sizes, codes, batch_size, dtype, allowed):
                 return (time.perf_counter() - started) / n_steps
 
         epoch(1)                                   # warm up: first touch, thread pools
+        if (workers, blas) == (1, 1) and epoch(n_batches) < TINY_STEP_SECONDS:
+            return 1, 1
         runs[(workers, blas)] = [epoch, max(1, min(n_batches, int(MEASURE_SECONDS
                                                                   / max(epoch(1), 1e-9)))), []]
     slow = any(steps == 1 for _, steps, _ in runs.values())

@@ -14,6 +14,13 @@ import pytest
 # instead of the installed package the suite is testing (Python >= 3.11).
 os.environ.setdefault("PYTHONSAFEPATH", "1")
 
+# The measured thread choices of the fits the suite makes (fastbp._threads.fit_threads) go
+# to a folder of the run's own (subprocesses inherit it), never to the user's cache: they
+# are timed on a machine busy with the tests, and would be kept for the user's fits.
+if "FASTBP_CACHE_DIR" not in os.environ:
+    import tempfile
+    os.environ["FASTBP_CACHE_DIR"] = tempfile.mkdtemp(prefix="fastbp-test-cache-")
+
 
 
 @pytest.fixture(autouse=True)

@@ -165,3 +165,25 @@ def test_a_default_fit_uses_the_measured_split(cache, monkeypatch):
             model, X, y)
         fits.append(model.parameter_vector())
     assert np.array_equal(fits[0], fits[1])
+
+
+def test_a_step_too_short_to_split_is_not_timed_further(cache, monkeypatch):
+    """A one-thread step of a few microseconds keeps one thread without timing the split
+    candidates: three hand-offs between threads per step would cost more than it."""
+    timed = []
+    real_workspace = _threads.row_workspace
+
+    def row_workspace(sizes, codes, dropout, batch_size, workers, dtype):
+        timed.append(workers)                   # one per candidate set up for timing
+        return real_workspace(sizes, codes, dropout, batch_size, workers, dtype)
+
+    monkeypatch.setattr(_threads, "row_workspace", row_workspace)
+    monkeypatch.setattr(_threads, "TINY_STEP_SECONDS", 1.0)      # every step is "tiny"
+    assert _threads.fit_threads((3, 2, 1), (0, 0), 4, np.float64) == (1, 1)
+    assert timed == [1]
+    monkeypatch.setattr(_threads, "TINY_STEP_SECONDS", 0.0)      # no step is
+    monkeypatch.setattr(_threads, "_measured", {})
+    monkeypatch.setattr(_threads, "_read_cache", lambda: {})
+    timed.clear()
+    choice = _threads.fit_threads((3, 2, 1), (0, 0), 4, np.float64)
+    assert choice[0] * choice[1] <= 2 and len(timed) == len(_threads._candidates(4, 2)) > 1
