@@ -537,7 +537,8 @@ def test_bce_targets_as_bools_and_ints(model_dtype):
 # ---------------------------------------------------------------- memmap, read-only: no copy
 
 def _capture(monkeypatch, name):
-    """Wrap _core.<name> to record the X array the compiled core is handed."""
+    """Wrap _core.<name> to record the X array the compiled core is handed (for predict,
+    also by the fast path of models made after this call)."""
     seen = []
     original = getattr(_core, name)
     position = {"train_epoch": 5, "predict": 3, "gradients": 5}[name]
@@ -547,6 +548,19 @@ def _capture(monkeypatch, name):
         return original(*args)
 
     monkeypatch.setattr(_core, name, wrapper)
+    if name == "predict":   # a few rows take predict's fast path: models built from now on
+        made = _core.Predictor  # record the X their _core.Predictor computes from
+
+        def recording_predictor(*args, **kwargs):
+            predictor = made(*args, **kwargs)
+
+            def call(X, out=None):
+                result = predictor(X, out)
+                if result is not None:
+                    seen.append(X)
+                return result
+            return call
+        monkeypatch.setattr(_core, "Predictor", recording_predictor)
     return seen
 
 
