@@ -1,0 +1,156 @@
+/* The few-row product for one element type (FBP_T, FBP_NAME) and one vector size
+ * (FBP_FEW_BYTES), its functions named by FBP_FEW and compiled for FBP_FEW_TARGET: included
+ * by few_rows.h, which says how it works and picks the instance. */
+
+#define FBP_FEW_LANES ((ptrdiff_t)(FBP_FEW_BYTES / sizeof(FBP_T)))
+
+typedef FBP_T FBP_FEW(fbp_few_vector) __attribute__((vector_size(FBP_FEW_BYTES)));
+/* the same vector at any element-aligned address (W's rows start anywhere) */
+typedef FBP_T FBP_FEW(fbp_few_unaligned)
+    __attribute__((vector_size(FBP_FEW_BYTES), aligned(sizeof(FBP_T)), may_alias));
+
+/* `rows` rows (1..4) by n_vectors vectors of columns (rows * n_vectors <= 8 accumulators);
+   both are constants where it is inlined, so the loops unroll into registers. */
+static inline __attribute__((always_inline)) void FBP_FEW(fbp_few_block)(
+    FBP_T *out, const FBP_T *x, const FBP_T *W, ptrdiff_t n_in, ptrdiff_t n_out,
+    const int rows, const int n_vectors)
+{
+    typedef FBP_FEW(fbp_few_vector) vector;
+    typedef FBP_FEW(fbp_few_unaligned) unaligned;
+    vector sums[4][8];   /* at most 16 used */
+#pragma GCC unroll 4
+    for (int r = 0; r < rows; r++)
+#pragma GCC unroll 8
+        for (int v = 0; v < n_vectors; v++)
+            sums[r][v] = (vector){0};
+    for (ptrdiff_t i = 0; i < n_in; i++) {
+        const FBP_T *w = W + i * n_out;
+        vector loaded[8];
+#pragma GCC unroll 8
+        for (int v = 0; v < n_vectors; v++)
+            loaded[v] = *(const unaligned *)(w + v * FBP_FEW_LANES);
+#pragma GCC unroll 4
+        for (int r = 0; r < rows; r++) {
+            FBP_T a = x[r * n_in + i];
+#pragma GCC unroll 8
+            for (int v = 0; v < n_vectors; v++)
+                sums[r][v] += a * loaded[v];
+        }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < rows; r++)
+#pragma GCC unroll 8
+        for (int v = 0; v < n_vectors; v++)
+            *(unaligned *)(out + r * n_out + v * FBP_FEW_LANES) = sums[r][v];
+}
+
+/* The last n_cols < FBP_FEW_LANES columns of all m rows.  Too narrow for a vector load, so
+   a chunk of their rows of W is first copied into zero-padded vectors (on the stack), and
+   up to eight rows of x at a time accumulate against it, their sums kept between chunks
+   (still one sum over i in order per element, whatever m is). */
+#define FBP_FEW_TAIL_CHUNK 256
+static inline __attribute__((always_inline)) void FBP_FEW(fbp_few_tail_rows)(
+    FBP_FEW(fbp_few_vector) *sums, const FBP_T *xs, const FBP_FEW(fbp_few_vector) *tail,
+    ptrdiff_t n, ptrdiff_t n_in, const int rows)
+{
+    FBP_FEW(fbp_few_vector) acc[8];
+#pragma GCC unroll 8
+    for (int r = 0; r < rows; r++)
+        acc[r] = sums[r];
+    for (ptrdiff_t i = 0; i < n; i++)
+#pragma GCC unroll 8
+        for (int r = 0; r < rows; r++)
+            acc[r] += xs[r * n_in + i] * tail[i];
+#pragma GCC unroll 8
+    for (int r = 0; r < rows; r++)
+        sums[r] = acc[r];
+}
+
+static inline __attribute__((always_inline)) void FBP_FEW(fbp_few_tail)(
+    FBP_T *out, const FBP_T *x, const FBP_T *W, ptrdiff_t m, ptrdiff_t n_in, ptrdiff_t n_out,
+    ptrdiff_t n_cols)
+{
+    typedef FBP_FEW(fbp_few_vector) vector;
+    const ptrdiff_t lanes = FBP_FEW_LANES;
+    FBP_T padded[FBP_FEW_TAIL_CHUNK * FBP_FEW_BYTES / sizeof(FBP_T)]
+        __attribute__((aligned(FBP_FEW_BYTES)));
+    for (ptrdiff_t r0 = 0; r0 < m; r0 += 8) {
+        const int rows = m - r0 < 8 ? (int)(m - r0) : 8;
+        vector sums[8];
+        for (int r = 0; r < 8; r++)
+            sums[r] = (vector){0};
+        for (ptrdiff_t i0 = 0; i0 < n_in; i0 += FBP_FEW_TAIL_CHUNK) {
+            const ptrdiff_t n = n_in - i0 < FBP_FEW_TAIL_CHUNK ? n_in - i0 : FBP_FEW_TAIL_CHUNK;
+            if (r0 == 0 || n_in > FBP_FEW_TAIL_CHUNK) {   /* else still there from rows r0 - 8 */
+                memset(padded, 0, (size_t)(n * lanes) * sizeof(FBP_T));
+                for (ptrdiff_t i = 0; i < n; i++)
+                    for (ptrdiff_t j = 0; j < n_cols; j++)
+                        padded[i * lanes + j] = W[(i0 + i) * n_out + j];
+            }
+            const FBP_T *xs = x + r0 * n_in + i0;
+            const vector *tail = (const vector *)padded;
+            switch (rows) {   /* a constant count, so the sums stay in registers */
+            case 1: FBP_FEW(fbp_few_tail_rows)(sums, xs, tail, n, n_in, 1); break;
+            case 2: FBP_FEW(fbp_few_tail_rows)(sums, xs, tail, n, n_in, 2); break;
+            case 3: FBP_FEW(fbp_few_tail_rows)(sums, xs, tail, n, n_in, 3); break;
+            case 4: FBP_FEW(fbp_few_tail_rows)(sums, xs, tail, n, n_in, 4); break;
+            case 5: FBP_FEW(fbp_few_tail_rows)(sums, xs, tail, n, n_in, 5); break;
+            case 6: FBP_FEW(fbp_few_tail_rows)(sums, xs, tail, n, n_in, 6); break;
+            case 7: FBP_FEW(fbp_few_tail_rows)(sums, xs, tail, n, n_in, 7); break;
+            default: FBP_FEW(fbp_few_tail_rows)(sums, xs, tail, n, n_in, 8); break;
+            }
+        }
+        for (int r = 0; r < rows; r++)
+            for (ptrdiff_t j = 0; j < n_cols; j++)
+                out[(r0 + r) * n_out + j] = sums[r][j];
+    }
+}
+#undef FBP_FEW_TAIL_CHUNK
+
+/* The columns in whole vectors of `rows` rows (1 or 4): the widest blocks first, then narrower ones. */
+static inline __attribute__((always_inline)) void FBP_FEW(fbp_few_columns)(
+    FBP_T *out, const FBP_T *x, const FBP_T *W, ptrdiff_t n_in, ptrdiff_t n_out,
+    const int rows)
+{
+    const ptrdiff_t lanes = FBP_FEW_LANES;
+    ptrdiff_t j = 0;
+    if (rows == 1) {
+        for (; j + 8 * lanes <= n_out; j += 8 * lanes)
+            FBP_FEW(fbp_few_block)(out + j, x, W + j, n_in, n_out, 1, 8);
+        if (j + 4 * lanes <= n_out) {
+            FBP_FEW(fbp_few_block)(out + j, x, W + j, n_in, n_out, 1, 4);
+            j += 4 * lanes;
+        }
+        if (j + 2 * lanes <= n_out) {
+            FBP_FEW(fbp_few_block)(out + j, x, W + j, n_in, n_out, 1, 2);
+            j += 2 * lanes;
+        }
+    } else {
+        if (FBP_FEW_BYTES == 64)   /* 16 accumulators: AVX-512's 32 registers hold them */
+            for (; j + 4 * lanes <= n_out; j += 4 * lanes)
+                FBP_FEW(fbp_few_block)(out + j, x, W + j, n_in, n_out, 4, 4);
+        for (; j + 2 * lanes <= n_out; j += 2 * lanes)
+            FBP_FEW(fbp_few_block)(out + j, x, W + j, n_in, n_out, 4, 2);
+    }
+    for (; j + lanes <= n_out; j += lanes)
+        FBP_FEW(fbp_few_block)(out + j, x, W + j, n_in, n_out, rows, 1);
+}
+
+/* out = x . W for m rows: blocks of four rows share each load of W, the rest go one by one. */
+FBP_FEW_TARGET static void FBP_FEW(fbp_few_rows_product)(
+    FBP_T *out, const FBP_T *x, const FBP_T *W, ptrdiff_t m, ptrdiff_t n_in, ptrdiff_t n_out)
+{
+    const ptrdiff_t n_tail = n_out % FBP_FEW_LANES;
+    ptrdiff_t r = 0;
+    if (n_out >= FBP_FEW_LANES) {
+        for (; r + 4 <= m; r += 4)
+            FBP_FEW(fbp_few_columns)(out + r * n_out, x + r * n_in, W, n_in, n_out, 4);
+        for (; r < m; r++)
+            FBP_FEW(fbp_few_columns)(out + r * n_out, x + r * n_in, W, n_in, n_out, 1);
+    }
+    if (n_tail)
+        FBP_FEW(fbp_few_tail)(out + n_out - n_tail, x, W + n_out - n_tail, m, n_in, n_out,
+                               n_tail);
+}
+
+#undef FBP_FEW_LANES
