@@ -161,13 +161,18 @@ cdef bint forward_few(const PlanData* plan, const floating* params, floating* wo
 
 
 def few_rows_product(const floating[:, ::1] X, const floating[:, ::1] W,
-                     floating[:, ::1] out):
-    """out := X W by the few-row kernels (csrc/few_rows.h), for tests and benchmarks."""
+                     floating[:, ::1] out, bint narrow=False):
+    """out := X W by the few-row kernels (csrc/few_rows.h), for tests and benchmarks;
+    narrow: by the instance with 32-byte vectors (the one CPUs without AVX-512 run)."""
     if X.shape[1] != W.shape[0] or out.shape[0] != X.shape[0] or out.shape[1] != W.shape[1]:
         raise ValueError(f"few_rows_product: X is {X.shape[0]} x {X.shape[1]}, W "
                          f"{W.shape[0]} x {W.shape[1]}, out {out.shape[0]} x {out.shape[1]}")
     if X.shape[0] == 0 or W.shape[0] == 0 or W.shape[1] == 0:
         raise ValueError("few_rows_product needs at least one row, input and output")
     with nogil:
-        fbp_few_rows_product(&out[0, 0], &X[0, 0], &W[0, 0], X.shape[0], X.shape[1],
-                             W.shape[1])
+        if narrow:
+            fbp_few_rows_product_32(&out[0, 0], &X[0, 0], &W[0, 0], X.shape[0], X.shape[1],
+                                    W.shape[1])
+        else:
+            fbp_few_rows_product(&out[0, 0], &X[0, 0], &W[0, 0], X.shape[0], X.shape[1],
+                                 W.shape[1])

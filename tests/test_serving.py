@@ -32,33 +32,38 @@ def widths(lanes):
                    8 * lanes + 1, 9 * lanes + lanes - 1, 17 * lanes + 3})
 
 
+@pytest.mark.parametrize("narrow", [False, True])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_few_rows_product_matches_a_float64_product_on_every_edge(dtype):
+def test_few_rows_product_matches_a_float64_product_on_every_edge(dtype, narrow):
+    """narrow: the instance with 32-byte vectors (CPUs without AVX-512), whatever this CPU
+    has; widths cover the edges of both vector sizes."""
     rng = np.random.default_rng(0)
+    lanes = LANES[dtype] // 2 if narrow else LANES[dtype]
     for n_in in (1, 3, 255, 256, 257, 513):
-        for n_out in widths(LANES[dtype]):
+        for n_out in widths(lanes):
             W = rng.standard_normal((n_in, n_out)).astype(dtype)
             for m in list(range(1, 17)) + [23, 64]:
                 X = rng.standard_normal((m, n_in)).astype(dtype)
                 out = np.full((m, n_out), np.nan, dtype=dtype)
-                _core.few_rows_product(X, W, out)
+                _core.few_rows_product(X, W, out, narrow)
                 exact = X.astype(np.float64) @ W.astype(np.float64)
                 error = np.abs(out - exact)
                 assert (error <= product_bound(X, W, dtype)).all(), (n_in, n_out, m)
 
 
+@pytest.mark.parametrize("narrow", [False, True])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_few_rows_product_gives_each_row_the_same_bits_alone_or_in_a_batch(dtype):
+def test_few_rows_product_gives_each_row_the_same_bits_alone_or_in_a_batch(dtype, narrow):
     """One sum over the inputs in order per element, whichever block computed it."""
     rng = np.random.default_rng(1)
     for n_out in (1, 10, LANES[dtype] * 9 + 5):
         W = rng.standard_normal((97, n_out)).astype(dtype)
         X = rng.standard_normal((19, 97)).astype(dtype)
         batch = np.empty((19, n_out), dtype=dtype)
-        _core.few_rows_product(X, W, batch)
+        _core.few_rows_product(X, W, batch, narrow)
         for r in range(19):
             alone = np.empty((1, n_out), dtype=dtype)
-            _core.few_rows_product(X[r:r + 1], W, alone)
+            _core.few_rows_product(X[r:r + 1], W, alone, narrow)
             assert np.array_equal(alone[0], batch[r]), (n_out, r)
 
 
