@@ -581,6 +581,9 @@ def test_memmap_in_the_model_dtype_is_not_copied(tmp_path, monkeypatch, model_dt
     mX = _memmap(tmp_path, X, mode)
     mY = _memmap(tmp_path, Y, mode, name="y.dat")
 
+    # The default thread count is measured (on data of its own) at the first fit of a
+    # shape: do that before recording what the core is handed.
+    fastbp.Trainer("mse", epochs=1, batch_size=8).fit(make_model(model_dtype), X, Y)
     seen_fit = _capture(monkeypatch, "train_epoch")
     seen_predict = _capture(monkeypatch, "predict")
     seen_grad = _capture(monkeypatch, "gradients")
@@ -602,6 +605,8 @@ def test_memmap_in_the_model_dtype_is_not_copied(tmp_path, monkeypatch, model_dt
 @pytest.mark.parametrize("model_dtype", DTYPES)
 def test_read_only_array_is_not_copied(monkeypatch, model_dtype):
     X = _read_only(np.random.default_rng(1).normal(size=(30, 4)).astype(model_dtype))
+    # the first fit of a shape measures its default thread count on data of its own
+    fastbp.Trainer("cce", epochs=1).fit(make_model(model_dtype), X.copy(), np.arange(30) % 3)
     seen_fit = _capture(monkeypatch, "train_epoch")
     seen_predict = _capture(monkeypatch, "predict")
     model = make_model(model_dtype)
@@ -619,7 +624,8 @@ def test_memmap_fit_and_predict_allocate_far_less_than_the_data(tmp_path):
     mX = _memmap(tmp_path, X)
     model = fastbp.MLP([width, 8, 3], ["relu", "softmax"], seed=0)
     trainer = fastbp.Trainer("cce", epochs=1, batch_size=256, seed=0)
-    trainer.fit(model, mX[:10], labels[:10])   # warm up caches, imports, BLAS buffers
+    # warm up caches, imports, BLAS buffers and the measured thread count of this batch size
+    trainer.fit(model, mX[:512], labels[:512])
     tracemalloc.start()
     try:
         trainer.fit(model, mX, labels)
