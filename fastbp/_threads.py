@@ -227,8 +227,13 @@ def _measure(layer_sizes, codes, batch_size, dtype, allowed):
     within MEASURE_MARGIN."""
     import time
     from fastbp import _core
+    from fastbp.model import check_allocation
     dtype = np.dtype(dtype)
     sizes = [int(size) for size in layer_sizes]
+    # A fit whose workspace cannot be allocated is refused here as it would be by the fit,
+    # before any timing data is made.
+    check_allocation(_core.Plan(sizes, list(codes), batch_size, None, False).work_size, dtype,
+                     "the workspace")
     rng = np.random.default_rng(0)
     # enough batches for windows of tiny steps, few for large inputs
     n_batches = min(64, max(4, -(-1_000_000 // (batch_size * sizes[0]))))
