@@ -74,6 +74,7 @@ def row_workspace(layer_sizes, codes, dropout, batch_size: int, n_workers: int, 
 # ---- the default thread count of a fit, measured on this machine ----
 
 THREADS_VARIABLE = "FASTBP_THREADS"        # pins n_threads=None to this count
+SPLIT_VARIABLE = "FASTBP_SPLIT"            # "rows" or "blas": how a fit's threads are used
 CACHE_FILE = "threads.json"
 _CACHE_VERSION = 1
 _measured = {}                             # key -> (workers, blas threads), this process
@@ -81,26 +82,60 @@ _measure_lock = threading.Lock()
 
 
 def fit_threads(layer_sizes, codes, batch_size: int, dtype, n_threads=None):
-    """(row workers, BLAS threads) of a fit. An explicit n_threads: split_threads. Else
-    FASTBP_THREADS if set (a count, split the same way, capped by allowed_threads()),
-    else the fastest of 1..allowed_threads() threads (row-split or BLAS) measured on a few
-    steps of this network and batch on this machine, once per (layer sizes, batch size,
-    dtype, allowed threads, CPU) and kept in memory and in cache_folder()'s threads.json,
-    so the same seed gives the same result on this machine from then on."""
+    """(row workers, BLAS threads) of a fit. An explicit n_threads (or FASTBP_THREADS,
+    capped by allowed_threads()): that many threads, used as threads_of says. Else the
+    fastest of 1..allowed_threads() threads (row-split or BLAS) measured on a few steps of
+    this network and batch on this machine. Each measured choice is made once per (layer
+    sizes, batch size, dtype, threads, CPU) and kept in memory and in cache_folder()'s
+    threads.json, so the same seed gives the same result on this machine from then on."""
     if n_threads is not None:
-        return split_threads(layer_sizes, batch_size, int(n_threads))
+        return threads_of(layer_sizes, codes, batch_size, dtype, int(n_threads))
     allowed = allowed_threads()
     pinned = pinned_threads()
     if pinned is not None:
-        return split_threads(layer_sizes, batch_size, min(pinned, allowed))
+        return threads_of(layer_sizes, codes, batch_size, dtype, min(pinned, allowed))
     if allowed == 1:
         return 1, 1
-    key = _cache_key(layer_sizes, batch_size, dtype, allowed)
+    return _measured_choice(layer_sizes, codes, batch_size, dtype,
+                            _candidates(batch_size, allowed), str(allowed))
+
+
+def threads_of(layer_sizes, codes, batch_size: int, dtype, count: int):
+    """A fit on exactly `count` threads: each step split by rows among `count` workers on
+    one BLAS thread each, or one worker whose products use `count` BLAS threads. Which:
+    FASTBP_SPLIT ("rows" or "blas") when set, else whichever runs this network and batch
+    faster here (measured once, cached): rows win on small and medium layers, BLAS where
+    a step is too short to split (a step that ends in microseconds) or the products large."""
+    by_blas, by_rows = (1, count), split_threads(layer_sizes, batch_size, count)
+    if by_rows == by_blas:
+        return by_blas
+    forced = forced_split()
+    if forced is not None:
+        return by_rows if forced == "rows" else by_blas
+    return _measured_choice(layer_sizes, codes, batch_size, dtype, [by_blas, by_rows],
+                            f"={count}")
+
+
+def forced_split():
+    """FASTBP_SPLIT as "rows" or "blas", or None when unset (anything else is an error)."""
+    value = os.environ.get(SPLIT_VARIABLE, "").strip().lower()
+    if not value:
+        return None
+    if value not in ("rows", "blas"):
+        raise ValueError(f"{SPLIT_VARIABLE} must be 'rows' or 'blas' (how a fit's threads "
+                         f"are used); got {value!r}")
+    return value
+
+
+def _measured_choice(layer_sizes, codes, batch_size, dtype, candidates, threads_label):
+    """The measured fastest of `candidates` (cached; see fit_threads)."""
+    key = _cache_key(layer_sizes, batch_size, dtype, threads_label)
     with _measure_lock:
         if key not in _measured:
             found = _read_cache().get(key)
-            if not _valid_choice(found, allowed):
-                found = _measure(layer_sizes, codes, batch_size, dtype, allowed)
+            if not (isinstance(found, (list, tuple))
+                    and tuple(found) in {tuple(choice) for choice in candidates}):
+                found = _measure(layer_sizes, codes, batch_size, dtype, candidates)
                 _write_cache(key, found)
             _measured[key] = (int(found[0]), int(found[1]))
         return _measured[key]
@@ -118,15 +153,9 @@ def pinned_threads():
     return min(int(value), MAX_THREADS)
 
 
-def _valid_choice(found, allowed):
-    return (isinstance(found, (list, tuple)) and len(found) == 2
-            and all(isinstance(v, int) and v >= 1 for v in found)
-            and found[0] * found[1] <= allowed)
-
-
-def _cache_key(layer_sizes, batch_size, dtype, allowed):
+def _cache_key(layer_sizes, batch_size, dtype, threads_label):
     sizes = "-".join(str(int(size)) for size in layer_sizes)
-    return f"{sizes}/{int(batch_size)}/{np.dtype(dtype).name}/{allowed}/{_cpu_model()}"
+    return f"{sizes}/{int(batch_size)}/{np.dtype(dtype).name}/{threads_label}/{_cpu_model()}"
 
 
 _cpu_name = None
@@ -221,10 +250,11 @@ MEASURE_MARGIN = 1.10
 TINY_STEP_SECONDS = 20e-6
 
 
-def _measure(layer_sizes, codes, batch_size, dtype, allowed):
+def _measure(layer_sizes, codes, batch_size, dtype, candidates):
     """Times a few plain-SGD steps of this network and batch on random data with each
-    candidate split (_candidates) and returns the fastest, preferring fewer threads
-    within MEASURE_MARGIN."""
+    candidate (workers, BLAS threads) and returns the fastest, preferring fewer threads
+    within MEASURE_MARGIN. A step of the first candidate under TINY_STEP_SECONDS ends the
+    timing with it."""
     import time
     from fastbp import _core
     from fastbp.model import check_allocation
@@ -244,7 +274,7 @@ def _measure(layer_sizes, codes, batch_size, dtype, allowed):
     hyper = _core.Hyperparameters(_core.LOSS_CODES["mse"], learning_rate=1e-6)
     state = np.empty((0, 0), dtype)
     runs = {}
-    for workers, blas in _candidates(batch_size, allowed):
+    for workers, blas in candidates:
         plan = _core.Plan(sizes, list(codes), batch_size, None, False,
                           blas == 1 and small_gemm_kernels())
         params = (0.05 * rng.standard_normal(plan.n_params)).astype(dtype)
@@ -263,8 +293,8 @@ def _measure(layer_sizes, codes, batch_size, dtype, allowed):
                 return (time.perf_counter() - started) / n_steps
 
         epoch(1)                                   # warm up: first touch, thread pools
-        if (workers, blas) == (1, 1) and epoch(n_batches) < TINY_STEP_SECONDS:
-            return 1, 1
+        if (workers, blas) == tuple(candidates[0]) and epoch(n_batches) < TINY_STEP_SECONDS:
+            return workers, blas
         runs[(workers, blas)] = [epoch, max(1, min(n_batches, int(MEASURE_SECONDS
                                                                   / max(epoch(1), 1e-9)))), []]
     slow = any(steps == 1 for _, steps, _ in runs.values())
@@ -274,9 +304,10 @@ def _measure(layer_sizes, codes, batch_size, dtype, allowed):
     medians = {choice: sorted(times)[(len(times) - 1) // 2]
                for choice, (_, _, times) in runs.items()}
     fastest = min(medians.values())
-    # the fewest threads within the margin of the fastest
-    return min((workers * blas, (workers, blas)) for (workers, blas), seconds in medians.items()
-               if seconds <= fastest * MEASURE_MARGIN)[1]
+    # the fewest threads within the margin of the fastest; of as many, the fastest
+    return min((workers * blas, seconds, (workers, blas))
+               for (workers, blas), seconds in medians.items()
+               if seconds <= fastest * MEASURE_MARGIN)[2]
 
 
 def allowed_threads() -> int:

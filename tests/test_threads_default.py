@@ -33,8 +33,9 @@ def measurements(monkeypatch):
     """Replaces the timing with a fixed answer and counts the calls."""
     calls = []
 
-    def measure(layer_sizes, codes, batch_size, dtype, allowed):
-        calls.append((tuple(layer_sizes), batch_size, np.dtype(dtype).name, allowed))
+    def measure(layer_sizes, codes, batch_size, dtype, candidates):
+        calls.append((tuple(layer_sizes), batch_size, np.dtype(dtype).name,
+                      tuple(map(tuple, candidates))))
         return (2, 1)
 
     monkeypatch.setattr(_threads, "_measure", measure)
@@ -63,22 +64,46 @@ def test_each_shape_batch_dtype_and_allowance_is_measured_on_its_own(cache, meas
     assert len(set(measurements)) == len(measurements) == 5
 
 
-def test_an_explicit_count_or_one_allowed_thread_measures_nothing(cache, measurements,
-                                                                 monkeypatch):
-    assert _threads.fit_threads(SIZES, CODES, 32, "float32", n_threads=3) == (3, 1)
+def test_an_explicit_count_is_used_whole_split_by_rows_or_on_blas_as_measured(
+        cache, measurements, monkeypatch):
+    # rows or BLAS: measured between exactly those two, once, and cached
+    assert _threads.fit_threads(SIZES, CODES, 32, "float32", n_threads=2) == (2, 1)
+    assert _threads.fit_threads(SIZES, CODES, 32, "float32", n_threads=2) == (2, 1)
+    assert measurements == [(SIZES, 32, "float32", ((1, 2), (2, 1)))]
+    # no rows for three workers: BLAS, nothing measured
     assert _threads.fit_threads(SIZES, CODES, 4, "float32", n_threads=3) == (1, 3)
+    assert _threads.fit_threads(SIZES, CODES, 32, "float32", n_threads=1) == (1, 1)
     monkeypatch.setattr(_threads, "allowed_threads", lambda: 1)
     assert _threads.fit_threads(SIZES, CODES, 32, "float32") == (1, 1)
+    assert len(measurements) == 1
+
+
+def test_fastbp_split_forces_rows_or_blas(cache, measurements, monkeypatch):
+    monkeypatch.setenv(_threads.SPLIT_VARIABLE, "rows")
+    assert _threads.fit_threads(SIZES, CODES, 32, "float32", n_threads=3) == (3, 1)
+    monkeypatch.setenv(_threads.SPLIT_VARIABLE, "blas")
+    assert _threads.fit_threads(SIZES, CODES, 32, "float32", n_threads=3) == (1, 3)
     assert measurements == []
+    monkeypatch.setenv(_threads.SPLIT_VARIABLE, "columns")
+    with pytest.raises(ValueError, match="FASTBP_SPLIT"):
+        _threads.fit_threads(SIZES, CODES, 32, "float32", n_threads=3)
+
+
+def test_a_step_of_microseconds_on_an_explicit_count_stays_on_blas(cache, monkeypatch):
+    """Splitting a tiny step by rows costs more than the step (W3 ran 4x slower on two
+    row workers): the measurement keeps such a fit's threads on BLAS, which does not
+    split products that small."""
+    monkeypatch.setattr(_threads, "TINY_STEP_SECONDS", 1.0)
+    assert _threads.fit_threads(SIZES, CODES, 32, "float32", n_threads=2) == (1, 2)
 
 
 def test_fastbp_threads_pins_the_default_within_the_callers_limit(cache, measurements,
                                                                   monkeypatch):
     monkeypatch.setenv(_threads.THREADS_VARIABLE, "1")
     assert _threads.fit_threads(SIZES, CODES, 32, "float32") == (1, 1)
-    monkeypatch.setenv(_threads.THREADS_VARIABLE, "8")    # 2 allowed
+    monkeypatch.setenv(_threads.THREADS_VARIABLE, "8")    # 2 allowed, used as measured
     assert _threads.fit_threads(SIZES, CODES, 32, "float32") == (2, 1)
-    assert measurements == []
+    assert measurements == [(SIZES, 32, "float32", ((1, 2), (2, 1)))]
     for bad in ("0", "two", "-1", "1.5"):
         monkeypatch.setenv(_threads.THREADS_VARIABLE, bad)
         with pytest.raises(ValueError, match="FASTBP_THREADS"):
@@ -100,7 +125,7 @@ def test_a_cache_that_cannot_be_written_is_not_an_error(tmp_path, cache, measure
                                      b'{"version": 1, "choices": {"KEY": "x"}}'])
 def test_a_damaged_or_foreign_cache_file_is_measured_again_and_rewritten(
         cache, measurements, content):
-    key = _threads._cache_key(SIZES, 32, "float32", 2)
+    key = _threads._cache_key(SIZES, 32, "float32", "2")
     cache.mkdir()
     (cache / _threads.CACHE_FILE).write_bytes(content.replace(b"KEY", key.encode()))
     assert _threads.fit_threads(SIZES, CODES, 32, "float32") == (2, 1)
@@ -124,7 +149,7 @@ def test_the_candidates_are_one_thread_row_splits_and_blas_threads():
 
 
 def test_the_real_measurement_returns_an_allowed_candidate():
-    workers, blas = _threads._measure(SIZES, CODES, 16, "float32", 2)
+    workers, blas = _threads._measure(SIZES, CODES, 16, "float32", _threads._candidates(16, 2))
     assert (workers, blas) in _threads._candidates(16, 2)
 
 

@@ -22,6 +22,13 @@ OPTIMIZERS = {
 TOLERANCE = {"float32": 2e-5, "float64": 1e-12}
 
 
+@pytest.fixture(autouse=True)
+def _rows(monkeypatch):
+    """Every fit here with n_threads > 1 splits by rows (an explicit count is otherwise
+    used by rows or on BLAS, whichever is measured faster for the shape)."""
+    monkeypatch.setenv("FASTBP_SPLIT", "rows")
+
+
 def data(dtype="float32", n_rows=300):
     rng = np.random.default_rng(0)
     X = rng.normal(size=(n_rows, 12)).astype(dtype)
