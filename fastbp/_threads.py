@@ -273,8 +273,8 @@ def _measure(layer_sizes, codes, batch_size, dtype, candidates):
     empty_rows, empty = np.empty(0, np.intp), np.empty(0, dtype)
     hyper = _core.Hyperparameters(_core.LOSS_CODES["mse"], learning_rate=1e-6)
     state = np.empty((0, 0), dtype)
-    runs = {}
-    for workers, blas in candidates:
+    def timer(workers, blas):
+        """epoch(n_steps) -> seconds a step, for this candidate (its own plan and params)."""
         plan = _core.Plan(sizes, list(codes), batch_size, None, False,
                           blas == 1 and small_gemm_kernels())
         params = (0.05 * rng.standard_normal(plan.n_params)).astype(dtype)
@@ -282,8 +282,7 @@ def _measure(layer_sizes, codes, batch_size, dtype, candidates):
         worker_plan, worker_work = row_workspace(sizes, codes, None, batch_size, workers,
                                                  dtype)
 
-        def epoch(n_steps, plan=plan, params=params, work=work, worker_plan=worker_plan,
-                  worker_work=worker_work, workers=workers, blas=blas):
+        def epoch(n_steps):
             n_rows = n_steps * batch_size
             with blas_threads(blas):
                 started = time.perf_counter()
@@ -291,18 +290,33 @@ def _measure(layer_sizes, codes, batch_size, dtype, candidates):
                                   empty_rows, empty, empty_rows, batch_size, 1, False,
                                   worker_plan, worker_work, workers)
                 return (time.perf_counter() - started) / n_steps
+        return epoch
 
-        epoch(1)                                   # warm up: first touch, thread pools
-        if (workers, blas) == tuple(candidates[0]) and epoch(n_batches) < TINY_STEP_SECONDS:
-            return workers, blas
-        runs[(workers, blas)] = [epoch, max(1, min(n_batches, int(MEASURE_SECONDS
-                                                                  / max(epoch(1), 1e-9)))), []]
-    slow = any(steps == 1 for _, steps, _ in runs.values())
-    for _ in range(2 if slow else MEASURE_ROUNDS):   # large networks: a step shows it
-        for epoch, steps, times in runs.values():
-            times.append(epoch(steps))
-    medians = {choice: sorted(times)[(len(times) - 1) // 2]
-               for choice, (_, _, times) in runs.items()}
+    first = tuple(candidates[0])
+    epoch = timer(*first)
+    epoch(1)                                       # warm up: first touch, thread pools
+    if epoch(n_batches) < TINY_STEP_SECONDS:
+        return first
+    # OpenBLAS's idle threads keep polling for work after a multi-threaded call and take
+    # the cores the row workers need (W1's row-split step: 42 us, 120 us for seconds after
+    # a 2-thread BLAS call). So the candidates on one BLAS thread are timed first, those on
+    # BLAS threads after them. Within a group the candidates take turns.
+    medians = {}
+    for on_blas_threads in (False, True):
+        runs = {}
+        for workers, blas in candidates:
+            if (blas > 1) != on_blas_threads:
+                continue
+            epoch = timer(workers, blas)
+            epoch(1)                               # warm up: first touch, thread pools
+            steps = max(1, min(n_batches, int(MEASURE_SECONDS / max(epoch(1), 1e-9))))
+            runs[(workers, blas)] = (epoch, steps, [])
+        slow = any(steps == 1 for _, steps, _ in runs.values())
+        for _ in range(2 if slow else MEASURE_ROUNDS):   # large networks: a step shows it
+            for epoch, steps, times in runs.values():
+                times.append(epoch(steps))
+        medians.update({choice: sorted(times)[(len(times) - 1) // 2]
+                        for choice, (_, _, times) in runs.items()})
     fastest = min(medians.values())
     # the fewest threads within the margin of the fastest; of as many, the fastest
     return min((workers * blas, seconds, (workers, blas))
