@@ -1,4 +1,4 @@
-"""The benchmark workloads W1-W5 and P1 of bench/README.md, and their synthetic data.
+"""The benchmark workloads W1-W5, P1 and S1 of bench/README.md, and their synthetic data.
 
 Every workload is a classification task: ReLU hidden layers, softmax output, categorical
 cross-entropy, plain SGD with learning rate 0.01, a new row order every epoch, the last
@@ -63,11 +63,56 @@ PREDICT = Workload("P1", (784, 128, 10), 100_000, 100_000, "float32",
 ALL = dict(WORKLOADS, P1=PREDICT)
 
 
+# Sparse input: 20,000 rows of 100,000 columns, text-like (scipy.sparse CSR), plain SGD at
+# learning rate 0.05. Not in ALL: its data come from make_sparse_data (make_data would
+# densify them: 8 GB), and its peers are others (bench/README.md).
+S1 = Workload("S1", (100_000, 256, 20), 64, 20_000, "float32",
+              "sparse, text-like input (CSR): the first layer on the nonzeros")
+S1_LEARNING_RATE = 0.05
+S1_ZIPF_EXPONENT = 1.3
+S1_DRAWS_PER_ROW = 51   # columns drawn per row: about 27 distinct once duplicates are merged
+
+
 def get(name):
+    if name.upper() == "S1":
+        return S1
     try:
         return ALL[name.upper()]
     except KeyError:
-        raise ValueError(f"unknown workload {name!r}; known: {', '.join(ALL)}") from None
+        raise ValueError(f"unknown workload {name!r}; known: {', '.join(ALL)}, S1") from None
+
+
+def make_sparse_data(workload=S1, seed=0):
+    """S1's data: X, a float32 CSR matrix (n_samples, n_in), and int64 labels.
+
+    Each row draws S1_DRAWS_PER_ROW columns from a Zipf law of exponent 1.3 over the
+    n_in columns (the k-th most frequent column with probability proportional to
+    k^-1.3; which column is k-th is a fixed random permutation), each with a value
+    uniform in [0.1, 1.1); a column drawn twice holds the sum (about 27 distinct nonzeros
+    a row). Rows are scaled to unit L2 norm. Labels: argmax(X @ T) for a fixed random
+    teacher T ~ N(0, 1) of shape (n_in, n_classes). Same (workload, seed), same arrays."""
+    import scipy.sparse
+    if isinstance(workload, str):
+        workload = get(workload)
+    rng = np.random.default_rng(seed)
+    n_rows, n_in, n_out = workload.n_samples, workload.layer_sizes[0], workload.layer_sizes[-1]
+    ranks = np.arange(1, n_in + 1, dtype=np.float64)
+    cumulative = np.cumsum(ranks ** -S1_ZIPF_EXPONENT)
+    cumulative /= cumulative[-1]
+    column_of_rank = rng.permutation(n_in)
+    draws = rng.random((n_rows, S1_DRAWS_PER_ROW))
+    columns = column_of_rank[np.minimum(np.searchsorted(cumulative, draws), n_in - 1)]
+    values = rng.uniform(0.1, 1.1, size=(n_rows, S1_DRAWS_PER_ROW))
+    rows = np.repeat(np.arange(n_rows), S1_DRAWS_PER_ROW)
+    X = scipy.sparse.coo_matrix((values.ravel(), (rows, columns.ravel())),
+                                shape=(n_rows, n_in)).tocsr()   # duplicates summed, sorted
+    norms = np.sqrt(np.asarray(X.multiply(X).sum(axis=1)).ravel())
+    X = scipy.sparse.csr_matrix(scipy.sparse.diags(1.0 / norms) @ X)
+    X.sort_indices()
+    X = X.astype(np.dtype(workload.dtype))
+    teacher = rng.standard_normal((n_in, n_out))
+    y = np.asarray(np.argmax(X @ teacher, axis=1)).ravel().astype(np.int64)
+    return X, y
 
 
 def make_data(workload, seed=0):
@@ -77,6 +122,8 @@ def make_data(workload, seed=0):
     The same (workload, seed) gives the same arrays on every machine (numpy's PCG64 stream)."""
     if isinstance(workload, str):
         workload = get(workload)
+    if workload.name == S1.name:
+        raise ValueError("S1's data are sparse: make_sparse_data(), not make_data()")
     rng = np.random.default_rng(seed)
     n_in, n_out = workload.layer_sizes[0], workload.layer_sizes[-1]
     dtype = np.dtype(workload.dtype)

@@ -477,3 +477,79 @@ FBP_MULTIVERSION static void FBP_NAME(fbp_optimizer_step)(FBP_T *params, FBP_T *
         break;
     }
 }
+
+/* Sparse input: a batch of rows of a CSR matrix (data, indices, indptr; n_rows rows,
+   n_cols columns, nnz stored values), rows[0..m) of it, or first..first+m when rows is
+   NULL.  The arrays are the caller's, read in place, so every index is checked as it is
+   read (each is read once and the checked value used): the row, its range
+   indptr[row]..indptr[row + 1] (within 0..nnz, not decreasing) and each column
+   (< n_cols).  Both kernels return -1, or the first i whose row holds an index out of
+   range (rows before it are done; its own and later rows are not).  A column named twice
+   in a row counts twice, as scipy reads it. */
+
+/* 1 and row's range [*begin, *end) of stored values if row and its indptr are in range. */
+static inline int FBP_NAME(fbp_csr_range)(const ptrdiff_t *indptr, ptrdiff_t n_rows,
+                                          ptrdiff_t nnz, ptrdiff_t row, ptrdiff_t *begin,
+                                          ptrdiff_t *end)
+{
+    if ((size_t)row >= (size_t)n_rows)
+        return 0;
+    *begin = indptr[row];
+    *end = indptr[row + 1];
+    return 0 <= *begin && *begin <= *end && *end <= nnz;
+}
+
+/* out[i, :] = sum over row i's stored values of data[k] * W[indices[k], :] (W: n_cols x
+   n_out): the first layer's product for a sparse batch, nonzeros x n_out multiply-adds,
+   reading only the rows of W the batch names. */
+FBP_MULTIVERSION static ptrdiff_t FBP_NAME(fbp_sparse_product)(FBP_T *out, const FBP_T *data,
+        const ptrdiff_t *indices, const ptrdiff_t *indptr, ptrdiff_t n_rows, ptrdiff_t n_cols,
+        ptrdiff_t nnz, const ptrdiff_t *rows, ptrdiff_t first, ptrdiff_t m, const FBP_T *W,
+        ptrdiff_t n_out)
+{
+    for (ptrdiff_t i = 0; i < m; i++) {
+        ptrdiff_t begin, end;
+        if (!FBP_NAME(fbp_csr_range)(indptr, n_rows, nnz, rows ? rows[i] : first + i,
+                                     &begin, &end))
+            return i;
+        FBP_T *restrict o = out + i * n_out;
+        memset(o, 0, (size_t)n_out * sizeof(FBP_T));
+        for (ptrdiff_t k = begin; k < end; k++) {
+            ptrdiff_t column = indices[k];
+            if ((size_t)column >= (size_t)n_cols)
+                return i;
+            const FBP_T v = data[k];
+            const FBP_T *restrict w = W + column * n_out;
+            for (ptrdiff_t j = 0; j < n_out; j++)
+                o[j] += v * w[j];
+        }
+    }
+    return -1;
+}
+
+/* G[indices[k], :] += alpha * data[k] * delta[i, :] over row i's stored values: the first
+   layer's weight gradient (alpha X^T delta) for a sparse batch, touching only the rows of
+   G (n_cols x n_out) the batch names. */
+FBP_MULTIVERSION static ptrdiff_t FBP_NAME(fbp_sparse_scatter)(FBP_T *G, const FBP_T *data,
+        const ptrdiff_t *indices, const ptrdiff_t *indptr, ptrdiff_t n_rows, ptrdiff_t n_cols,
+        ptrdiff_t nnz, const ptrdiff_t *rows, ptrdiff_t first, ptrdiff_t m, const FBP_T *delta,
+        ptrdiff_t n_out, FBP_T alpha)
+{
+    for (ptrdiff_t i = 0; i < m; i++) {
+        ptrdiff_t begin, end;
+        if (!FBP_NAME(fbp_csr_range)(indptr, n_rows, nnz, rows ? rows[i] : first + i,
+                                     &begin, &end))
+            return i;
+        const FBP_T *restrict d = delta + i * n_out;
+        for (ptrdiff_t k = begin; k < end; k++) {
+            ptrdiff_t column = indices[k];
+            if ((size_t)column >= (size_t)n_cols)
+                return i;
+            const FBP_T v = alpha * data[k];
+            FBP_T *restrict g = G + column * n_out;
+            for (ptrdiff_t j = 0; j < n_out; j++)
+                g[j] += v * d[j];
+        }
+    }
+    return -1;
+}

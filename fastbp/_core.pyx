@@ -21,8 +21,12 @@ How the pieces fit:
 - the `def` functions (train_epoch, gradients, predict, ...) are thin shims that check
   every size against the plan (a wrong call raises ValueError, whoever makes it), take
   the arrays, release the GIL once, and loop in C. Values are the Python layer's to
-  validate; an index the core reads from a caller's array (labels, the batch order) is
-  checked as it is read, since the array may change after validation.
+  validate; an index the core reads from a caller's array (labels, the batch order, a
+  sparse X's indptr and column indices) is checked as it is read, since the array may
+  change after validation;
+- sparse X (`SparseRows`, a CSR matrix's arrays read in place): the first layer's product
+  and weight gradient run on the stored values (csrc: fbp_sparse_product,
+  fbp_sparse_scatter), every other layer as for dense X (`SparseBatch`, run_batch).
 Benchmark-only code lives in _bench.pxi.
 """
 from cython cimport floating
@@ -76,6 +80,7 @@ cdef struct PlanData:
     Py_ssize_t few_rows             # forward products of at most this many rows may use
                                     # the few-row kernels (csrc/few_rows.h), not BLAS (0: never)
     bint few_rows_always            # ... always, not only where fbp_few_rows_faster says
+    bint sparse_input               # X is sparse: no batch of dense input rows is kept
     double* dropout_rates           # per weight layer: dropout applied to its output
     int* activations                # one code per weight layer
 
@@ -99,7 +104,9 @@ cdef class Plan:
     enough for OpenBLAS's small-matrix kernels (only where the BLAS has them, one thread);
     few_rows: forward products of at most this many rows run in the few-row kernels of
     csrc/few_rows.h instead of BLAS where those are faster (fbp_few_rows_faster), or
-    always with few_rows_always (0: never; predict's plans, see fastbp/_serving.pxi).
+    always with few_rows_always (0: never; predict's plans, see fastbp/_serving.pxi);
+    sparse_input: for sparse X (SparseRows), whose batches are read in place: the workspace
+    keeps no dense batch of inputs (capacity x the input width).
     """
     cdef PlanData data
     cdef void* memory               # every array of `data`, in one allocation
@@ -107,7 +114,8 @@ cdef class Plan:
 
     def __cinit__(self, layer_sizes, activations, Py_ssize_t capacity, dropout_rates=None,
                   bint with_gradient=False, bint small_gemm_chunks=False,
-                  Py_ssize_t few_rows=0, bint few_rows_always=False):
+                  Py_ssize_t few_rows=0, bint few_rows_always=False,
+                  bint sparse_input=False):
         cdef Py_ssize_t n_layers = len(activations)
         cdef Py_ssize_t l, offset = 0, widest = 0
         cdef PlanData* plan = &self.data
@@ -151,6 +159,7 @@ cdef class Plan:
         plan.capacity = capacity
         plan.few_rows = few_rows
         plan.few_rows_always = few_rows_always
+        plan.sparse_input = sparse_input
         for l in range(n_layers + 1):
             plan.sizes[l] = layer_sizes[l]
         for l in range(n_layers):
@@ -188,8 +197,8 @@ cdef class Plan:
         for l in range(2):
             plan.delta_offsets[l] = offset
             offset += capacity * widest
-        plan.batch_x_offset = offset
-        offset += capacity * plan.sizes[0]
+        plan.batch_x_offset = -1 if sparse_input else offset
+        offset += 0 if sparse_input else capacity * plan.sizes[0]
         plan.batch_y_offset = offset
         offset += capacity * plan.sizes[n_layers]
         plan.batch_weight_offset = offset
@@ -240,6 +249,112 @@ cdef class Plan:
             start = self.data.bias_offsets[l]
             biases.append(params[start:start + n_out])
         return weights, biases
+
+
+# ---- sparse input ----
+
+# Rows of W1 that a sparse batch does not name, brought up to date lazily: where the
+# first layer's rule, on a row whose gradient is 0, is a linear map of the row and its
+# state (momentum, decay; Adagrad and RMSprop without coupled decay), a row steps only
+# when a batch names it, first catching up the steps it missed in one go (the map's k-th
+# power), and every row catches up at the end of the epoch (train_epoch), so nothing
+# outside an epoch ever sees a row behind. Equal to stepping every row at every step, to
+# rounding. Adam (whose step without a gradient is not linear), and the adaptive rules
+# with coupled decay, step all of W1 at each step instead (sparse_weight_update).
+cdef struct LazyRows:
+    double a, b, c, d               # one step without a gradient: (p, u) -> (a p + b u, c p + d u)
+    double e                        # ... and o -> e o
+    void* coupled                   # u: momentum's velocity (W1's part), or NULL
+    void* scaled                    # o: RMSprop's second moment (W1's part), or NULL
+    Py_ssize_t* applied             # per row of W1: the steps of this epoch applied to it
+    Py_ssize_t* listed              # per row: the step whose batch last named it (-1: none)
+    Py_ssize_t* touched             # the rows of W1 the current batch names, each once
+    Py_ssize_t n_touched
+    Py_ssize_t steps                # steps of this epoch taken so far
+
+
+# A batch of a sparse X's rows, as the kernels read it (csrc/kernels_impl.h).
+cdef struct SparseBatch:
+    const void* data                # the stored values, of the pass's type
+    const Py_ssize_t* indices       # their columns
+    const Py_ssize_t* indptr        # row r's values: data[indptr[r]:indptr[r + 1]]
+    Py_ssize_t n_rows, n_cols, nnz
+    const Py_ssize_t* rows          # the batch's rows (the epoch's order), or NULL:
+    Py_ssize_t first                # rows first .. first + m - 1
+    Py_ssize_t bad                  # -1, or the batch position of a row holding an index
+                                    # out of range (nothing after the pass that found it
+                                    # may be trusted: the caller raises)
+    LazyRows* lazy                  # training with a lazy rule (LazyRows), or NULL
+
+
+cdef class SparseRows:
+    """A sparse X as the core reads it, in place: the arrays of a CSR matrix, `data` (the
+    stored values, float32 or float64), `indices` (their columns) and `indptr` (row r's
+    values are data[indptr[r]:indptr[r + 1]]), both np.intp, all C-contiguous; `n_columns`
+    is X's width. fastbp._validation.as_sparse_rows checks them; since the caller may
+    change them afterwards, the kernels check every index as they read it."""
+    cdef readonly object data, indices, indptr
+    cdef readonly Py_ssize_t n_rows, n_columns, nnz
+    cdef readonly bint double_precision
+    cdef const float[::1] data32
+    cdef const double[::1] data64
+    cdef const Py_ssize_t[::1] indices_view
+    cdef const Py_ssize_t[::1] indptr_view
+
+    def __cinit__(self, data, indices, indptr, Py_ssize_t n_columns):
+        if n_columns < 1:
+            raise ValueError(f"SparseRows: n_columns must be >= 1; got {n_columns}")
+        dtype = getattr(data, "dtype", None)
+        if dtype == np.float32:
+            self.data32 = data
+        elif dtype == np.float64:
+            self.data64 = data
+            self.double_precision = True
+        else:
+            raise TypeError(f"SparseRows: the values must be a float32 or float64 array; "
+                            f"got {type(data).__name__} of {dtype}")
+        self.indices_view = indices
+        self.indptr_view = indptr
+        self.nnz = self.indices_view.shape[0]
+        n_values = self.data64.shape[0] if self.double_precision else self.data32.shape[0]
+        if n_values != self.nnz:
+            raise ValueError("SparseRows: data and indices must have the same length")
+        if self.indptr_view.shape[0] < 1:
+            raise ValueError("SparseRows: indptr needs n_rows + 1 entries")
+        self.n_rows = self.indptr_view.shape[0] - 1
+        self.n_columns = n_columns
+        self.data, self.indices, self.indptr = data, indices, indptr
+
+    @property
+    def shape(self):
+        return (self.n_rows, self.n_columns)
+
+    def row_range(self, Py_ssize_t start, Py_ssize_t stop):
+        """Rows start..stop-1, viewing the same values (indptr: a shifted copy)."""
+        if not 0 <= start <= stop <= self.n_rows:
+            raise ValueError(f"row_range: {start}..{stop} is not within 0..{self.n_rows}")
+        first, last = int(self.indptr[start]), int(self.indptr[stop])
+        return SparseRows(self.data[first:last], self.indices[first:last],
+                          self.indptr[start:stop + 1] - first, self.n_columns)
+
+    cdef SparseBatch as_batch(self):
+        """The whole matrix as a SparseBatch (a pass sets its rows)."""
+        cdef SparseBatch batch
+        batch.data = NULL
+        batch.indices = NULL
+        if self.nnz:
+            batch.data = <const void*>&self.data64[0] if self.double_precision \
+                else <const void*>&self.data32[0]
+            batch.indices = &self.indices_view[0]
+        batch.indptr = &self.indptr_view[0]
+        batch.n_rows = self.n_rows
+        batch.n_cols = self.n_columns
+        batch.nnz = self.nnz
+        batch.rows = NULL
+        batch.first = 0
+        batch.bad = -1
+        batch.lazy = NULL
+        return batch
 
 
 cdef struct HyperparameterData:
@@ -339,14 +454,23 @@ cdef inline const floating* layer_input(const PlanData* plan, floating* work, co
 
 
 cdef void forward_product(const PlanData* plan, const floating* params, floating* work,
-                          const floating* x, int m, int l, floating* out) noexcept nogil:
+                          const floating* x, int m, int l, floating* out,
+                          SparseBatch* sparse=NULL) noexcept nogil:
     """out = A_{l-1} W_l (m rows, before bias and activation), in blocks of rows and
-    columns (the plan's forward chunks)."""
+    columns (the plan's forward chunks); for the first layer of a sparse batch, from its
+    stored values (an index out of range sets sparse.bad)."""
     cdef Py_ssize_t n_in = plan.sizes[l - 1], n_out = plan.sizes[l]
     cdef Py_ssize_t chunk = plan.forward_chunks[l - 1], row_chunk = plan.forward_row_chunks[l - 1]
-    cdef Py_ssize_t start, columns, row = 0, rows
+    cdef Py_ssize_t start, columns, row = 0, rows, bad
     cdef const floating* a_in = layer_input(plan, work, x, l)
     cdef const floating* W = params + plan.weight_offsets[l - 1]
+    if l == 1 and sparse != NULL:
+        bad = fbp_sparse_product(out, <const floating*>sparse.data, sparse.indices,
+                                 sparse.indptr, sparse.n_rows, sparse.n_cols, sparse.nnz,
+                                 sparse.rows, sparse.first, m, W, n_out)
+        if bad >= 0 and sparse.bad < 0:
+            sparse.bad = bad
+        return
     if m <= plan.few_rows and (plan.few_rows_always
                                or fbp_few_rows_faster(W, m, n_in, n_out)):
         fbp_few_rows_product(out, a_in, W, m, n_in, n_out)   # W as it is, no packing
@@ -364,7 +488,8 @@ cdef void forward_product(const PlanData* plan, const floating* params, floating
 
 
 cdef void forward_hidden(const PlanData* plan, const floating* params, floating* work,
-                         const floating* x, int m, uint64_t* random_state) noexcept nogil:
+                         const floating* x, int m, uint64_t* random_state,
+                         SparseBatch* sparse=NULL) noexcept nogil:
     """A_l = f(A_{l-1} W_l + b_l) for every layer but the output, with dropout where the
     plan has it (random_state must then be given: passes without it take plans without
     dropout, which their shims check)."""
@@ -374,7 +499,7 @@ cdef void forward_hidden(const PlanData* plan, const floating* params, floating*
     for l in range(1, plan.n_layers):
         n_out = plan.sizes[l]
         out = work + plan.output_offsets[l]
-        forward_product(plan, params, work, x, m, l, out)
+        forward_product(plan, params, work, x, m, l, out, sparse)
         fbp_bias_activation(out, params + plan.bias_offsets[l - 1],
                             workspace(work, plan.preactivation_offsets[l]), m, n_out,
                             plan.activations[l - 1])
@@ -384,9 +509,10 @@ cdef void forward_hidden(const PlanData* plan, const floating* params, floating*
 
 
 cdef void output_logits(const PlanData* plan, const floating* params, floating* work,
-                        const floating* x, int m, floating* out) noexcept nogil:
+                        const floating* x, int m, floating* out,
+                        SparseBatch* sparse=NULL) noexcept nogil:
     """out = A_{L-1} W_L, before the bias and the output activation."""
-    forward_product(plan, params, work, x, m, plan.n_layers, out)
+    forward_product(plan, params, work, x, m, plan.n_layers, out, sparse)
 
 
 # Elements of W a blocked gradient GEMM + optimizer step covers at once (64 K: with the
@@ -420,13 +546,16 @@ cdef double run_batch(const PlanData* plan, HyperparameterData* hyper, floating*
                       floating* target, floating* first, floating* second, floating* work,
                       const floating* x, const floating* y, const floating* row_weights, int m,
                       floating scale, int update, floating beta,
-                      uint64_t* random_state) noexcept nogil:
+                      uint64_t* random_state, SparseBatch* sparse=NULL) noexcept nogil:
     """Forward and backward on m rows; returns the (weighted) summed loss terms.
 
     The gradient is `scale` times that of the summed loss terms; `update` says what
     becomes of it (see Update). For GRADIENT_ONLY, target := beta * target + gradient.
     The delta of layer l-1 is always taken before W_l changes. When the loss is not
-    finite nothing is written and no step is counted.
+    finite nothing is written and no step is counted. With a sparse batch (x unused), an
+    index out of range sets sparse.bad and returns at once (0; the caller raises): found
+    by the forward pass nothing is written, by the weight gradient the first layer may be
+    part-way through its update.
     """
     cdef int L = plan.n_layers
     cdef int l
@@ -438,8 +567,14 @@ cdef double run_batch(const PlanData* plan, HyperparameterData* hyper, floating*
     cdef floating* out = work + plan.output_offsets[L]
     cdef floating alpha = 1, weight_beta = beta, bias_beta = beta
 
-    forward_hidden(plan, params, work, x, m, random_state)
-    output_logits(plan, params, work, x, m, out)
+    if sparse != NULL and sparse.lazy != NULL:   # the rows the forward pass reads, current
+        if not lazy_list_rows(sparse.lazy, sparse, params + plan.weight_offsets[0],
+                              plan.sizes[1], m):
+            return 0.0
+    forward_hidden(plan, params, work, x, m, random_state, sparse)
+    output_logits(plan, params, work, x, m, out, sparse)
+    if sparse != NULL and sparse.bad >= 0:
+        return 0.0
     delta = work + plan.delta_offsets[L % 2]
     cdef double loss_sum = fbp_output_layer(out, params + plan.bias_offsets[L - 1],
                                             workspace(work, plan.preactivation_offsets[L]), y,
@@ -475,6 +610,11 @@ cdef double run_batch(const PlanData* plan, HyperparameterData* hyper, floating*
                                     workspace(work, plan.preactivation_offsets[l - 1]), m, n_in,
                                     plan.activations[l - 2])
         w = plan.weight_offsets[l - 1]
+        if l == 1 and sparse != NULL:
+            if not sparse_weight_update(plan, hyper, params, target, first, second, update,
+                                        alpha, weight_beta, delta, m, sparse):
+                return 0.0
+            n_in = 0    # done: no dense blocks
         # A block of W's rows at a time (plan.gradient_chunks); with an optimizer rule each
         # block is stepped right after its GEMM while it and its state are still in L2 (a
         # whole layer and its state may not be).
@@ -493,6 +633,186 @@ cdef double run_batch(const PlanData* plan, HyperparameterData* hyper, floating*
             step_slice(hyper, params, target, first, second, update, plan.bias_offsets[l - 1],
                        n_out, False)
     return loss_sum
+
+
+cdef bint sparse_weight_update(const PlanData* plan, HyperparameterData* hyper,
+                              floating* params, floating* target, floating* first,
+                              floating* second, int update, floating alpha, floating beta,
+                              const floating* delta, int m, SparseBatch* sparse) noexcept nogil:
+    """The first layer's share of run_batch for a sparse batch, as the dense GEMM and step
+    do it: target's W1 := beta * W1 + alpha X^T delta, the product scattered into the rows
+    of W1 the batch's columns name (nonzeros x n_out), then the rule's step.
+
+    Plain SGD without weight decay stays on those rows. Under a lazy rule (sparse.lazy:
+    momentum, decay, Adagrad and RMSprop without coupled decay) so does every step: the
+    rows the batch names (caught up by lazy_list_rows) step, the others wait. Adam, and
+    Adagrad or RMSprop with coupled decay, move every row of W1 at every step and take a
+    pass over all of W1 and its state, exactly the dense rule's arithmetic
+    (docs/performance.md, "Sparse input", has the costs). False: an index out of range
+    (sparse.bad set)."""
+    cdef Py_ssize_t w = plan.weight_offsets[0], n_out = plan.sizes[1]
+    cdef Py_ssize_t n = plan.sizes[0] * n_out, bad, i
+    cdef bint stepping = update == FOLDED_MOMENTUM or update == LAYER_STEP
+    cdef LazyRows* lazy = sparse.lazy
+    if lazy != NULL:
+        if beta != 1:   # plain SGD's decay of this step, on the named rows only
+            for i in range(lazy.n_touched):
+                fbp_scale(target + w + lazy.touched[i] * n_out, n_out, beta)
+    elif beta == 0:
+        memset(target + w, 0, n * sizeof(floating))
+    elif beta != 1:
+        fbp_scale(target + w, n, beta)
+    bad = fbp_sparse_scatter(target + w, <const floating*>sparse.data, sparse.indices,
+                             sparse.indptr, sparse.n_rows, sparse.n_cols, sparse.nnz,
+                             sparse.rows, sparse.first, m, delta, n_out, alpha)
+    if bad >= 0:
+        sparse.bad = bad
+        return False
+    if lazy != NULL:
+        lazy.steps += 1
+        for i in range(lazy.n_touched):
+            if stepping:
+                step_slice(hyper, params, target, first, second, update,
+                           w + lazy.touched[i] * n_out, n_out, True)
+            lazy.applied[lazy.touched[i]] = lazy.steps
+    elif stepping:
+        step_slice(hyper, params, target, first, second, update, w, n, True)
+    return True
+
+
+cdef bint lazy_rule(const HyperparameterData* hyper, int update, LazyRows* lazy,
+                    floating* first, floating* second, Py_ssize_t w) noexcept nogil:
+    """Set lazy's map to the first layer's rule on a row without a gradient, where it is
+    linear (see LazyRows); False where it is not (Adam; Adagrad or RMSprop with coupled
+    decay), for plain SGD without decay (already only on the named rows) and for
+    clipping (its norm takes the whole gradient at once)."""
+    cdef double lr = hyper.learning_rate, decay = hyper.weight_decay, mu = hyper.momentum
+    # decoupled decay: p <- shrink p before the rule, which then has no decay term
+    cdef double shrink = 1 - lr * decay if hyper.decoupled_weight_decay else 1
+    cdef double coupled = 0 if hyper.decoupled_weight_decay else decay
+    lazy.a = lazy.d = lazy.e = 1
+    lazy.b = lazy.c = 0
+    lazy.coupled = lazy.scaled = NULL
+    if update == FOLDED_SGD:         # p <- (1 - lr wd) p
+        lazy.a = 1 - lr * decay
+        return decay != 0
+    if update == FOLDED_MOMENTUM:    # s = mu v: v = s + wd p'; p <- p' - lr v; s <- mu v
+        lazy.a = shrink * (1 - lr * coupled)
+        lazy.b = -lr
+        lazy.c = mu * coupled * shrink
+        lazy.d = mu
+        lazy.coupled = <void*>(first + w)
+        return True
+    if update != LAYER_STEP:
+        return False
+    if hyper.optimizer == FBP_MOMENTUM:  # g = wd p'; v <- mu v + g; p <- p' - lr (g + mu v | v)
+        lazy.a = shrink * (1 - lr * coupled - (lr * mu * coupled if hyper.nesterov else 0))
+        lazy.b = -lr * mu * mu if hyper.nesterov else -lr * mu
+        lazy.c = coupled * shrink
+        lazy.d = mu
+        lazy.coupled = <void*>(first + w)
+        return True
+    if coupled != 0:
+        return False
+    if hyper.optimizer == FBP_ADAGRAD:   # g = 0: the sum and p' stay
+        lazy.a = shrink
+        return True
+    if hyper.optimizer == FBP_RMSPROP:   # g = 0: v <- alpha v, p' stays
+        lazy.a = shrink
+        lazy.e = hyper.beta2
+        lazy.scaled = <void*>(second + w)
+        return True
+    return False
+
+
+cdef void lazy_catch_up(const LazyRows* lazy, floating* W1, Py_ssize_t n_out, Py_ssize_t row,
+                        Py_ssize_t k) noexcept nogil:
+    """Row `row` of W1, and its state, after k more steps without a gradient: the map's
+    k-th power (by squaring, in double) applied once."""
+    cdef double a = 1, b = 0, c = 0, d = 1, e = 1
+    cdef double ma = lazy.a, mb = lazy.b, mc = lazy.c, md = lazy.d, me = lazy.e
+    cdef double t0, t1, t2, t3, p, u
+    cdef Py_ssize_t j
+    while k:
+        if k & 1:
+            t0 = a * ma + b * mc
+            t1 = a * mb + b * md
+            t2 = c * ma + d * mc
+            t3 = c * mb + d * md
+            a = t0
+            b = t1
+            c = t2
+            d = t3
+            e *= me
+        t0 = ma * ma + mb * mc
+        t1 = ma * mb + mb * md
+        t2 = mc * ma + md * mc
+        t3 = mc * mb + md * md
+        ma = t0
+        mb = t1
+        mc = t2
+        md = t3
+        me *= me
+        k >>= 1
+    cdef floating* weights = W1 + row * n_out
+    cdef floating* velocity
+    cdef floating* moment
+    if lazy.coupled != NULL:
+        velocity = <floating*>lazy.coupled + row * n_out
+        for j in range(n_out):
+            p = weights[j]
+            u = velocity[j]
+            weights[j] = <floating>(a * p + b * u)
+            velocity[j] = <floating>(c * p + d * u)
+    elif a != 1:
+        for j in range(n_out):
+            weights[j] = <floating>(a * weights[j])
+    if lazy.scaled != NULL:
+        moment = <floating*>lazy.scaled + row * n_out
+        for j in range(n_out):
+            moment[j] = <floating>(e * moment[j])
+
+
+cdef bint lazy_list_rows(LazyRows* lazy, SparseBatch* sparse, floating* W1, Py_ssize_t n_out,
+                         int m) noexcept nogil:
+    """List the rows of W1 the batch names (lazy.touched, each once) and bring each up to
+    date before the forward pass reads it. Checks every index it reads (False: one out of
+    range, sparse.bad set)."""
+    cdef Py_ssize_t i, k, row, begin, end, column
+    lazy.n_touched = 0
+    for i in range(m):
+        row = sparse.rows[i] if sparse.rows != NULL else sparse.first + i
+        if row < 0 or row >= sparse.n_rows:
+            sparse.bad = i
+            return False
+        begin = sparse.indptr[row]
+        end = sparse.indptr[row + 1]
+        if begin < 0 or end < begin or end > sparse.nnz:
+            sparse.bad = i
+            return False
+        for k in range(begin, end):
+            column = sparse.indices[k]
+            if column < 0 or column >= sparse.n_cols:
+                sparse.bad = i
+                return False
+            if lazy.listed[column] != lazy.steps:
+                lazy.listed[column] = lazy.steps
+                lazy.touched[lazy.n_touched] = column
+                lazy.n_touched += 1
+                if lazy.applied[column] != lazy.steps:
+                    lazy_catch_up(lazy, W1, n_out, column, lazy.steps - lazy.applied[column])
+                    lazy.applied[column] = lazy.steps
+    return True
+
+
+cdef void lazy_flush(LazyRows* lazy, floating* W1, Py_ssize_t n_in,
+                     Py_ssize_t n_out) noexcept nogil:
+    """Every row of W1 up to date: the end of an epoch."""
+    cdef Py_ssize_t row
+    for row in range(n_in):
+        if lazy.applied[row] != lazy.steps:
+            lazy_catch_up(lazy, W1, n_out, row, lazy.steps - lazy.applied[row])
+            lazy.applied[row] = lazy.steps
 
 
 cdef inline void step_slice(const HyperparameterData* hyper, floating* params, floating* grads,
@@ -564,6 +884,23 @@ cdef int check_pass(str caller, const PlanData* plan, Py_ssize_t n_params,
     return 0
 
 
+cdef SparseBatch* sparse_input(str caller, const PlanData* plan, SparseRows sparse,
+                              bint double_precision, SparseBatch* batch) except? NULL:
+    """The SparseBatch of a pass's X: NULL for dense X (refused by a plan for sparse X,
+    which keeps no batch of dense rows), else `batch`, filled from `sparse` after checking
+    its type against the pass's."""
+    if sparse is None:
+        if plan.sparse_input:
+            raise ValueError(f"{caller}: this plan is for sparse X; X is dense")
+        return NULL
+    if sparse.double_precision != double_precision:
+        raise ValueError(f"{caller}: X's values are "
+                         f"{'float64' if sparse.double_precision else 'float32'}; the pass "
+                         f"is {'float64' if double_precision else 'float32'}")
+    batch[0] = sparse.as_batch()
+    return batch
+
+
 cdef int check_targets(str caller, const PlanData* plan, str name, Py_ssize_t n_rows,
                        Py_ssize_t n_cols, Py_ssize_t n_samples) except -1:
     """name: (n_samples, the output width)."""
@@ -577,7 +914,8 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
                 const floating[:, ::1] Y, const Py_ssize_t[::1] labels,
                 const floating[::1] row_weights, const Py_ssize_t[::1] order,
                 Py_ssize_t batch_size, uint64_t random_seed, bint interruptible=False,
-                Plan worker_plan=None, floating[::1] worker_work=None, int n_workers=1):
+                Plan worker_plan=None, floating[::1] worker_work=None, int n_workers=1,
+                SparseRows sparse=None):
     """One epoch of mini-batch training in one nogil call.
 
     Batches are rows order[0:b], order[b:2b], ... (rows 0:b, b:2b, ... read in place when
@@ -600,10 +938,15 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
     each with a worker_plan workspace (capacity >= batch_size / n_workers, with room for a
     gradient) in worker_work (worker_workspace_size elements); BLAS should run on one
     thread. Same results for the same n_workers; other counts agree to rounding.
+
+    sparse: X is this sparse matrix (X itself is then not read: pass an empty array of the
+    dtype); it trains on one worker, and a column index or indptr entry out of range
+    (checked as read) raises as an index out of range does.
     """
     cdef const PlanData* plan_data = &plan.data
     cdef HyperparameterData* hyper = &hyperparameters.data
-    cdef Py_ssize_t n_samples = X.shape[0]
+    cdef bint use_sparse = sparse is not None
+    cdef Py_ssize_t n_samples = sparse.n_rows if use_sparse else X.shape[0]
     cdef Py_ssize_t n_in = plan_data.sizes[0], n_out = plan_data.sizes[plan_data.n_layers]
     cdef bint use_order = order.shape[0] > 0, use_labels = Y.shape[0] == 0
     cdef bint use_weights = row_weights.shape[0] > 0, clipping = hyper.clip_norm > 0
@@ -617,7 +960,14 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
         update = FOLDED_MOMENTUM
 
     caller = "train_epoch"
-    check_pass(caller, plan_data, params.shape[0], work.shape[0], X.shape[1], True)
+    check_pass(caller, plan_data, params.shape[0], work.shape[0],
+               sparse.n_columns if use_sparse else X.shape[1], True)
+    cdef SparseBatch batch
+    cdef SparseBatch* sparse_batch = sparse_input(caller, plan_data, sparse,
+                                                  sizeof(floating) == 8, &batch)
+    if use_sparse and n_workers != 1:
+        raise ValueError(f"train_epoch: sparse X trains on one worker; n_workers is "
+                         f"{n_workers}")
     if not 1 <= batch_size <= plan_data.capacity:
         raise ValueError(f"train_epoch: batch_size is {batch_size}; the plan has room for 1 "
                          f"to {plan_data.capacity} rows")
@@ -639,7 +989,7 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
     cdef int failed_gather = 0      # which gather found an index out of range (GATHERED_*)
     cdef floating* p = &params[0]
     cdef floating* w = &work[0]
-    cdef floating* batch_x = w + plan_data.batch_x_offset
+    cdef floating* batch_x = workspace(w, plan_data.batch_x_offset)   # NULL: sparse X
     cdef floating* batch_y = w + plan_data.batch_y_offset
     cdef floating* batch_weights = w + plan_data.batch_weight_offset
     cdef floating* grads = workspace(w, plan_data.gradient_offset)
@@ -663,6 +1013,20 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
         target = first
     if grads:   # the rules leave it at 0 after each step
         memset(grads, 0, plan_data.n_params * sizeof(floating))
+    cdef LazyRows lazy
+    cdef bint use_lazy = use_sparse and n_workers == 1 and lazy_rule(
+        hyper, update, &lazy, first, second, plan_data.weight_offsets[0])
+    if use_lazy:
+        lazy.applied = <Py_ssize_t*>malloc(3 * n_in * sizeof(Py_ssize_t))
+        if not lazy.applied:
+            raise MemoryError()
+        lazy.listed = lazy.applied + n_in
+        lazy.touched = lazy.listed + n_in
+        memset(lazy.applied, 0, n_in * sizeof(Py_ssize_t))
+        for i in range(n_in):
+            lazy.listed[i] = -1
+        lazy.n_touched = lazy.steps = 0
+        batch.lazy = &lazy
     if n_workers > 1:
         return train_epoch_on_workers(plan_data, hyper, worker_plan, worker_work, n_workers,
                                       p, w, first, second, grads, X, Y, labels, row_weights,
@@ -678,7 +1042,11 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
                 break
             m = min(batch_size, n_samples - start)
             rows = &order[start] if use_order else NULL
-            if use_order:
+            if use_sparse:   # read in place by the first layer
+                batch.rows = rows
+                batch.first = start
+                x = NULL
+            elif use_order:
                 bad = fbp_gather_rows(batch_x, &X[0, 0], rows, m, n_in, n_samples)
                 if bad >= 0:
                     failed_gather = GATHERED_X
@@ -718,7 +1086,12 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
             if weight_sum > 0:   # a batch whose rows all weigh 0 teaches nothing
                 scale = <floating>(normaliser / weight_sum)
                 loss_sum = run_batch(plan_data, hyper, p, target, first, second, w, x, y,
-                                     weights, <int>m, scale, update, 1, &random_state)
+                                     weights, <int>m, scale, update, 1, &random_state,
+                                     sparse_batch)
+                if use_sparse and batch.bad >= 0:
+                    bad = batch.bad
+                    failed_gather = GATHERED_SPARSE
+                    break
                 if not isfinite(loss_sum):
                     status = DIVERGED
                     break
@@ -727,6 +1100,8 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
                 loss_total += loss_sum * normaliser
                 weight_total += weight_sum
             start += m
+        if use_lazy and bad < 0:    # every row of W1 up to date
+            lazy_flush(&lazy, p + plan_data.weight_offsets[0], n_in, plan_data.sizes[1])
         # An update can overflow with a finite loss: in the parameters, or only in the
         # optimizer's state (Adam's g^2 past FLT_MAX), where it would freeze weights silently.
         if bad < 0 and status != DIVERGED and not (
@@ -734,8 +1109,10 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
                 and fbp_all_finite(state_start if state_rows else p,
                                    state_rows * plan_data.n_params)):
             status = DIVERGED
+    if use_lazy:
+        free(lazy.applied)
     if bad >= 0:
-        raise_bad_index(order, labels, start + bad, use_order, failed_gather, n_out)
+        raise_bad_index(order, labels, start + bad, use_order, failed_gather, n_out, sparse)
     return loss_total, weight_total, start, status
 
 
@@ -744,13 +1121,19 @@ cdef enum Gathered:
     GATHERED_LABELS = 2
     GATHERED_Y = 3
     GATHERED_WEIGHTS = 4
+    GATHERED_SPARSE = 5     # a sparse X's row: its indptr or a column index
 
 
 cdef raise_bad_index(const Py_ssize_t[::1] order, const Py_ssize_t[::1] labels,
-                     Py_ssize_t position, bint use_order, int failed_gather, Py_ssize_t n_out):
+                     Py_ssize_t position, bint use_order, int failed_gather, Py_ssize_t n_out,
+                     SparseRows sparse=None):
     """The ValueError for the index train_epoch found out of range at row `position` of the
     epoch (the arrays may be changing still: this names what it reads now)."""
     cdef Py_ssize_t row = order[position] if use_order else position
+    if failed_gather == GATHERED_SPARSE and 0 <= row < sparse.n_rows:
+        raise_bad_sparse_row(sparse, row)
+    if failed_gather == GATHERED_SPARSE:
+        failed_gather = GATHERED_X
     if failed_gather == GATHERED_LABELS and 0 <= row < labels.shape[0]:
         raise ValueError(f"labels[{row}] = {labels[row]} is not a class of this model "
                          f"(0..{n_out - 1}): were the labels changed after the fit checked "
@@ -760,16 +1143,29 @@ cdef raise_bad_index(const Py_ssize_t[::1] order, const Py_ssize_t[::1] labels,
     raise ValueError(f"row {row} (order[{position}]) is out of range for {name}")
 
 
+cdef raise_bad_sparse_row(SparseRows sparse, Py_ssize_t row):
+    raise ValueError(f"row {row} of the sparse X holds an index out of range (a column "
+                     f"outside 0..{sparse.n_columns - 1}, or indptr outside 0..{sparse.nnz} "
+                     f"or decreasing): was X changed after it was checked?")
+
+
 def gradients(Plan plan, Hyperparameters hyperparameters, const floating[::1] params,
               floating[::1] grads, floating[::1] work, const floating[:, ::1] X,
-              const floating[:, ::1] Y):
+              const floating[:, ::1] Y, SparseRows sparse=None):
     """grads := gradient of the mean loss over all rows of X; returns the mean loss.
 
-    Rows go through in chunks of plan.capacity; each chunk adds its share.
+    Rows go through in chunks of plan.capacity; each chunk adds its share. sparse: X is
+    this sparse matrix (X itself is not read).
     """
     cdef const PlanData* plan_data = &plan.data
-    cdef Py_ssize_t n_samples = X.shape[0], n_out = plan_data.sizes[plan_data.n_layers]
-    check_pass("gradients", plan_data, params.shape[0], work.shape[0], X.shape[1], False)
+    cdef bint use_sparse = sparse is not None
+    cdef Py_ssize_t n_samples = sparse.n_rows if use_sparse else X.shape[0]
+    cdef Py_ssize_t n_out = plan_data.sizes[plan_data.n_layers]
+    check_pass("gradients", plan_data, params.shape[0], work.shape[0],
+               sparse.n_columns if use_sparse else X.shape[1], False)
+    cdef SparseBatch batch
+    cdef SparseBatch* sparse_batch = sparse_input("gradients", plan_data, sparse,
+                                                  sizeof(floating) == 8, &batch)
     check_size("gradients", "the gradient's size", grads.shape[0], plan_data.n_params)
     check_targets("gradients", plan_data, "Y", Y.shape[0], Y.shape[1], n_samples)
     if n_samples == 0:
@@ -783,46 +1179,72 @@ def gradients(Plan plan, Hyperparameters hyperparameters, const floating[::1] pa
         while start < n_samples:
             m = min(plan_data.capacity, n_samples - start)
             beta = 0 if start == 0 else 1
+            batch.first = start
             loss_sum = run_batch(plan_data, &hyperparameters.data, <floating*>&params[0],
-                                 &grads[0], NULL, NULL, &work[0], &X[start, 0], &Y[start, 0],
-                                 NULL, <int>m, scale, GRADIENT_ONLY, beta, NULL)
+                                 &grads[0], NULL, NULL, &work[0],
+                                 NULL if use_sparse else &X[start, 0], &Y[start, 0],
+                                 NULL, <int>m, scale, GRADIENT_ONLY, beta, NULL, sparse_batch)
+            if use_sparse and batch.bad >= 0:
+                break
             total += loss_sum
             if not isfinite(loss_sum):
                 break
             start += m
+    if use_sparse and batch.bad >= 0:
+        raise_bad_sparse_row(sparse, start + batch.bad)
     return total * scale
 
 
 def predict(Plan plan, const floating[::1] params, floating[::1] work,
-            const floating[:, ::1] X, floating[:, ::1] out):
-    """out := the network's output for X, in chunks of plan.capacity rows."""
+            const floating[:, ::1] X, floating[:, ::1] out, SparseRows sparse=None):
+    """out := the network's output for X, in chunks of plan.capacity rows. sparse: X is
+    this sparse matrix (X itself is not read)."""
     cdef const PlanData* plan_data = &plan.data
     cdef int L = plan_data.n_layers
-    cdef Py_ssize_t n_samples = X.shape[0], start = 0, m
-    check_pass("predict", plan_data, params.shape[0], work.shape[0], X.shape[1], False)
+    cdef bint use_sparse = sparse is not None
+    cdef Py_ssize_t n_samples = sparse.n_rows if use_sparse else X.shape[0], start = 0, m
+    check_pass("predict", plan_data, params.shape[0], work.shape[0],
+               sparse.n_columns if use_sparse else X.shape[1], False)
     check_targets("predict", plan_data, "out", out.shape[0], out.shape[1], n_samples)
+    cdef SparseBatch batch
+    cdef SparseBatch* sparse_batch = sparse_input("predict", plan_data, sparse,
+                                                  sizeof(floating) == 8, &batch)
     cdef floating* p = <floating*>&params[0]
     cdef floating* w = &work[0]
+    cdef const floating* x
     with nogil:
         while start < n_samples:
             m = min(plan_data.capacity, n_samples - start)
-            forward_hidden(plan_data, p, w, &X[start, 0], <int>m, NULL)
-            output_logits(plan_data, p, w, &X[start, 0], <int>m, &out[start, 0])
+            batch.first = start
+            x = NULL if use_sparse else &X[start, 0]
+            forward_hidden(plan_data, p, w, x, <int>m, NULL, sparse_batch)
+            output_logits(plan_data, p, w, x, <int>m, &out[start, 0], sparse_batch)
+            if use_sparse and batch.bad >= 0:
+                break
             fbp_bias_activation(&out[start, 0], p + plan_data.bias_offsets[L - 1],
                                 workspace(w, plan_data.preactivation_offsets[L]), m,
                                 plan_data.sizes[L], plan_data.activations[L - 1])
             start += m
+    if use_sparse and batch.bad >= 0:
+        raise_bad_sparse_row(sparse, start + batch.bad)
 
 
 def evaluate(Plan plan, Hyperparameters hyperparameters, const floating[::1] params,
              floating[::1] work, const floating[:, ::1] X, const floating[:, ::1] Y,
-             floating[:, ::1] out):
-    """out := the network's output for X; returns the mean loss against Y (no backward)."""
+             floating[:, ::1] out, SparseRows sparse=None):
+    """out := the network's output for X; returns the mean loss against Y (no backward).
+    sparse: X is this sparse matrix (X itself is not read)."""
     cdef const PlanData* plan_data = &plan.data
     cdef const HyperparameterData* hyper = &hyperparameters.data
     cdef int L = plan_data.n_layers
-    cdef Py_ssize_t n_samples = X.shape[0], start = 0, m
-    check_pass("evaluate", plan_data, params.shape[0], work.shape[0], X.shape[1], False)
+    cdef bint use_sparse = sparse is not None
+    cdef Py_ssize_t n_samples = sparse.n_rows if use_sparse else X.shape[0], start = 0, m
+    check_pass("evaluate", plan_data, params.shape[0], work.shape[0],
+               sparse.n_columns if use_sparse else X.shape[1], False)
+    cdef SparseBatch batch
+    cdef SparseBatch* sparse_batch = sparse_input("evaluate", plan_data, sparse,
+                                                  sizeof(floating) == 8, &batch)
+    cdef const floating* x
     check_targets("evaluate", plan_data, "Y", Y.shape[0], Y.shape[1], n_samples)
     check_targets("evaluate", plan_data, "out", out.shape[0], out.shape[1], n_samples)
     cdef floating* p = <floating*>&params[0]
@@ -832,14 +1254,20 @@ def evaluate(Plan plan, Hyperparameters hyperparameters, const floating[::1] par
     with nogil:
         while start < n_samples:
             m = min(plan_data.capacity, n_samples - start)
-            forward_hidden(plan_data, p, w, &X[start, 0], <int>m, NULL)
-            output_logits(plan_data, p, w, &X[start, 0], <int>m, &out[start, 0])
+            batch.first = start
+            x = NULL if use_sparse else &X[start, 0]
+            forward_hidden(plan_data, p, w, x, <int>m, NULL, sparse_batch)
+            output_logits(plan_data, p, w, x, <int>m, &out[start, 0], sparse_batch)
+            if use_sparse and batch.bad >= 0:
+                break
             total += fbp_output_layer(&out[start, 0], p + plan_data.bias_offsets[L - 1],
                                       workspace(w, plan_data.preactivation_offsets[L]),
                                       &Y[start, 0], NULL, NULL, m, plan_data.sizes[L],
                                       plan_data.activations[L - 1], hyper.loss,
                                       <floating>hyper.loss_parameter, <floating>1)
             start += m
+    if use_sparse and batch.bad >= 0:
+        raise_bad_sparse_row(sparse, start + batch.bad)
     return total * normaliser / n_samples
 
 

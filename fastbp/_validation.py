@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numbers
 import operator
+import sys
 
 import numpy as np
 
@@ -72,6 +73,96 @@ def as_matrix(data, name: str, dtype: np.dtype, n_columns: int) -> np.ndarray:
         array = np.require(array, dtype, ["C", "A"])   # a copy only if not C, aligned, dtype
     check_finite(array, name)
     return array
+
+
+def is_sparse(data) -> bool:
+    """True for a scipy.sparse matrix or array (a sparse object can exist only once
+    scipy.sparse is imported, so this never imports it)."""
+    sparse = sys.modules.get("scipy.sparse")
+    return sparse is not None and sparse.issparse(data)
+
+
+def as_inputs(data, name: str, dtype: np.dtype, n_columns: int):
+    """X for the core: a dense matrix as as_matrix makes it, or a scipy.sparse one as
+    as_sparse_rows makes it (a _core.SparseRows)."""
+    if is_sparse(data):
+        return as_sparse_rows(data, name, dtype, n_columns)
+    return as_matrix(data, name, dtype, n_columns)
+
+
+INDEX_LIMIT = np.iinfo(np.intp).max
+
+
+def as_sparse_rows(data, name: str, dtype: np.dtype, n_columns: int):
+    """A scipy.sparse matrix or array as the core's SparseRows (CSR, read in place).
+
+    CSR is taken as it is; any other format (CSC, COO, ...) is converted once to CSR, a
+    copy. The values become `dtype` and the index arrays np.intp, each copied only if it
+    is not already that (scipy's usual int32 indices are copied), and unsorted column
+    indices are sorted in a copy. Checked: 2-D with n_columns columns and at least one
+    row; numeric values, all finite in `dtype`; integer index arrays whose values fit
+    np.intp; indptr starting at 0, never decreasing, ending within the stored arrays;
+    every column index in 0..n_columns-1. A column stored twice in a row counts twice
+    (the sum), as scipy's toarray() has it. Never densified."""
+    shape = getattr(data, "shape", ())
+    if len(shape) != 2:
+        raise ValueError(f"{name} must be 2-D (n_samples, {n_columns}); got a sparse "
+                         f"{'x'.join(map(str, shape)) or 'scalar'}")
+    if shape[0] == 0:
+        raise ValueError(f"{name} is empty: it has no rows")
+    if shape[1] != n_columns:
+        raise ValueError(f"{name} has {shape[1]} columns; the model's input layer has "
+                         f"{n_columns}")
+    if data.format != "csr":
+        data = data.tocsr()   # the one copy a CSC or COO matrix costs
+    values, indices, indptr = data.data, data.indices, data.indptr
+    if values.dtype.kind not in NUMERIC_KINDS:
+        raise TypeError(f"{name} must hold numbers; got a sparse matrix of dtype "
+                        f"{values.dtype}")
+    for array, what in ((indices, "indices"), (indptr, "indptr")):
+        if array.dtype.kind not in "iu" or array.ndim != 1:
+            raise TypeError(f"{name}.{what} must be a 1-D integer array; got "
+                            f"{array.dtype} of shape {array.shape}")
+        if array.size and array.dtype.kind == "u" and int(array.max()) > INDEX_LIMIT:
+            raise ValueError(f"{name}.{what} holds values past {INDEX_LIMIT} (they would "
+                             f"overflow int64)")
+    if indptr.shape[0] != shape[0] + 1:
+        raise ValueError(f"{name}.indptr has {indptr.shape[0]} entries; {shape[0]} rows "
+                         f"need {shape[0] + 1}")
+    indptr = np.require(indptr, np.intp, ["C", "A"])
+    nnz = int(indptr[-1])
+    if int(indptr[0]) != 0 or bool((np.diff(indptr) < 0).any()) \
+            or nnz > min(indices.shape[0], values.shape[0]):
+        raise ValueError(f"{name}.indptr must start at 0, never decrease, and end within "
+                         f"the {min(indices.shape[0], values.shape[0])} stored values; "
+                         f"got a malformed CSR matrix")
+    if indices.shape[0] != nnz:
+        indices = indices[:nnz]
+    if values.shape[0] != nnz:
+        values = values[:nnz]
+    if nnz and (int(indices.min()) < 0 or int(indices.max()) >= n_columns):
+        raise ValueError(f"{name}'s column indices must lie in 0..{n_columns - 1}; got "
+                         f"values from {int(indices.min())} to {int(indices.max())}")
+    indices = np.require(indices, np.intp, ["C", "A"])
+    if nnz and bool((np.diff(indices) < 0).any()):
+        # unsorted within some row (a fall between rows is expected): sort a copy
+        starts = np.zeros(nnz, dtype=bool)
+        starts[indptr[1:-1][indptr[1:-1] < nnz]] = True
+        if bool((np.diff(indices)[~starts[1:]] < 0).any()):
+            row_of = np.repeat(np.arange(shape[0]), np.diff(indptr))
+            order = np.lexsort((indices, row_of))
+            indices, values = indices[order], values[order]
+    with np.errstate(over="ignore"):   # overflow to inf is reported just below
+        values = np.require(values, dtype, ["C", "A"])
+    check_finite(values.reshape(1, -1), name)
+    return _core.SparseRows(values, indices, indptr, n_columns)
+
+
+def input_arrays(X) -> tuple:
+    """The arrays a checked X (as_inputs's answer) reads: to test for overlap."""
+    if isinstance(X, _core.SparseRows):
+        return (X.data, X.indices, X.indptr)
+    return (X,)
 
 
 def as_targets(data, loss, n_outputs: int, n_rows: int | None, dtype: np.dtype):
@@ -174,7 +265,12 @@ def as_row_weights(weights: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 def unshared(array, parameters: np.ndarray):
     """`array`, or a copy of it if it may view `parameters` (which a fit or a setter
-    writes while it reads the array)."""
+    writes while it reads the array); for a sparse X, each of its arrays."""
+    if isinstance(array, _core.SparseRows):
+        if any(np.may_share_memory(part, parameters) for part in input_arrays(array)):
+            return _core.SparseRows(array.data.copy(), array.indices.copy(),
+                                    array.indptr.copy(), array.n_columns)
+        return array
     if array is not None and np.may_share_memory(array, parameters):
         return array.copy()
     return array

@@ -34,7 +34,7 @@ from fastbp.callbacks import checked_callbacks
 from fastbp.model import MLP
 from fastbp.trainer import EpochLoop, EpochResult, History, Trainer, chosen_metrics, \
     validation_set
-from fastbp._validation import real_number, whole_number
+from fastbp._validation import is_sparse, real_number, whole_number
 
 __all__ = ["fit", "placement", "LostDataError", "Trained"]
 
@@ -64,8 +64,10 @@ def _block_seed(entropy: int, round_index: int, block: int) -> int:
 
 # ---- what runs on the workers ----
 def _pair(x, y, dtype_name, float_targets):
-    """One block's rows and targets, together on one worker, in the model's dtype."""
-    x = np.ascontiguousarray(x, dtype=dtype_name)
+    """One block's rows and targets, together on one worker, in the model's dtype (a
+    scipy.sparse chunk stays sparse, as CSR: the fit reads it as such)."""
+    x = x.tocsr().astype(dtype_name, copy=False) if is_sparse(x) \
+        else np.ascontiguousarray(x, dtype=dtype_name)
     y = np.ascontiguousarray(y, dtype=dtype_name) if float_targets else np.ascontiguousarray(y)
     return x, y
 

@@ -12,8 +12,8 @@ import numpy as np
 from fastbp import _core, _files, _format, losses
 from fastbp._threads import blas_threads, checked_thread_count, small_gemm_kernels, \
     thread_count
-from fastbp._validation import as_matrix, check_finite, dense_targets, numeric_array, \
-    real_number, whole_number
+from fastbp._validation import as_inputs, check_finite, dense_targets, input_arrays, \
+    is_sparse, numeric_array, real_number, whole_number
 
 ACTIVATIONS = tuple(_core.ACTIVATION_CODES)
 RELU_FAMILY = ("relu", "leaky_relu")
@@ -232,42 +232,55 @@ class MLP:
                 f"activations={list(self._activations)}, dtype={self.dtype.name!r}{dropout})")
 
     # ---- computing ----
-    def _inputs(self, X) -> np.ndarray:
-        return as_matrix(X, "X", self.dtype, self._layer_sizes[0])
+    def _inputs(self, X):
+        """X checked: a dense array, or a _core.SparseRows for a scipy.sparse X."""
+        return as_inputs(X, "X", self.dtype, self._layer_sizes[0])
 
-    def _chunk_rows(self, n_rows: int) -> int:
+    def _chunk_rows(self, n_rows: int, sparse=False) -> int:
         """Rows a predict/gradients pass takes at once: up to 2048, and a workspace of
-        at most about 64 MiB however wide the layers."""
-        bytes_per_row = 4 * self.dtype.itemsize * sum(self._layer_sizes)
+        at most about 64 MiB however wide the layers (a sparse X's width takes none)."""
+        widths = self._layer_sizes[1:] if sparse else self._layer_sizes
+        bytes_per_row = 4 * self.dtype.itemsize * sum(widths)
         return max(1, min(n_rows, PREDICT_CHUNK_ROWS, (64 << 20) // bytes_per_row))
 
     def _workspace(self, n_rows: int, dropout=None, with_gradient=False, n_threads=None,
-                   few_rows=False):
+                   few_rows=False, sparse=False):
         """A plan and its workspace for up to n_rows rows a pass (chunks for predict).
 
         A pass known to run on one BLAS thread cuts its products into calls small enough
         for the BLAS's small-matrix kernels, where it has them (docs/performance.md).
         few_rows (forward-only passes: predict, evaluate): products of a few rows run in
-        the few-row kernels as few_row_kernels() says, the same as on the fast path."""
+        the few-row kernels as few_row_kernels() says, the same as on the fast path.
+        sparse: for a sparse X (no dense batch of inputs is kept)."""
         small_chunks = n_threads == 1 and small_gemm_kernels()
         kernels = few_row_kernels() if few_rows else "never"
         plan = _core.Plan(self._layer_sizes, self._codes, n_rows, dropout, with_gradient,
                           small_chunks, 0 if kernels == "never" else _core.PREDICTOR_ROWS,
-                          kernels == "always")
+                          kernels == "always", sparse_input=sparse)
         check_allocation(plan.work_size, self.dtype, "the workspace")
         return plan, np.empty(plan.work_size, dtype=self.dtype)
 
     @contextlib.contextmanager
-    def _chunked_pass(self, n_samples: int, backward=False, n_threads=None):
+    def _chunked_pass(self, n_samples: int, backward=False, n_threads=None, sparse=False):
         """A plan and workspace for a pass over n_samples rows in chunks, run under
         n_threads BLAS threads, or the count chosen for a chunk (predict, evaluate,
-        gradients). The plan and the BLAS count are fixed for the whole call."""
-        rows = self._chunk_rows(n_samples)
-        n_threads = thread_count(self._layer_sizes, rows, checked_thread_count(n_threads),
+        gradients). The plan and the BLAS count are fixed for the whole call. sparse: X is
+        a sparse matrix; its first layer runs in the core's own loops (no BLAS), so the
+        count is chosen for the layers after it."""
+        rows = self._chunk_rows(n_samples, sparse)
+        sizes = self._layer_sizes[1:] if sparse else self._layer_sizes
+        n_threads = thread_count(sizes, rows, checked_thread_count(n_threads),
                                  backward=backward)
-        plan, work = self._workspace(rows, n_threads=n_threads, few_rows=not backward)
+        plan, work = self._workspace(rows, n_threads=n_threads, few_rows=not backward,
+                                     sparse=sparse)
         with blas_threads(n_threads):
             yield plan, work
+
+    def _core_inputs(self, X) -> tuple:
+        """(dense X, SparseRows or None): the core's X arguments for a checked X."""
+        if isinstance(X, _core.SparseRows):
+            return np.empty((0, 0), dtype=self.dtype), X
+        return X, None
 
     def predict(self, X, n_threads=None, out=None) -> np.ndarray:
         """The output layer's activations for the rows of X: (n_samples, n_outputs).
@@ -280,10 +293,12 @@ class MLP:
         A few rows (up to 64) of a C-contiguous X of the model's dtype take a fast path:
         checked in compiled code, a plan and workspace kept with the model, products in
         the few-row kernels, no BLAS call (docs/serving.md). Safe from many threads at once.
+        X may be a scipy.sparse matrix or array (CSR read in place, other formats converted
+        once): the first layer then runs on its stored values, never densified.
         """
         if n_threads is not None:
             n_threads = checked_thread_count(n_threads)
-        if self._predictor is not None:
+        if self._predictor is not None and not is_sparse(X):
             result = self._predictor(X, out)
             if result is not None:
                 return result
@@ -292,8 +307,10 @@ class MLP:
             out = np.empty((X.shape[0], self._layer_sizes[-1]), dtype=self.dtype)
         else:
             self._check_out(out, X)
-        with self._chunked_pass(X.shape[0], n_threads=n_threads) as (plan, work):
-            _core.predict(plan, self._params, work, X, out)
+        dense, sparse = self._core_inputs(X)
+        with self._chunked_pass(X.shape[0], n_threads=n_threads,
+                                sparse=sparse is not None) as (plan, work):
+            _core.predict(plan, self._params, work, dense, out, sparse)
         if not _core.all_finite(out):
             raise ValueError(f"the model's outputs overflow {self.dtype.name} for these inputs "
                              f"(they would be infinite or NaN)")
@@ -314,11 +331,13 @@ class MLP:
         if not (out.flags.c_contiguous and out.flags.aligned and out.flags.writeable):
             raise ValueError("out must be C-contiguous, aligned and writable (e.g. np.empty "
                              "of the right shape and dtype)")
-        if np.may_share_memory(out, X) or np.may_share_memory(out, self._params):
+        if any(np.may_share_memory(out, array) for array in input_arrays(X)) \
+                or np.may_share_memory(out, self._params):
             raise ValueError("out must not overlap X or the model's parameters")
 
     def evaluate(self, X, Y, loss, n_threads=None) -> float:
-        """The mean loss over the rows of X (computed as training computes it)."""
+        """The mean loss over the rows of X (computed as training computes it); X may be
+        a scipy.sparse matrix or array, as for predict."""
         loss = losses.get(loss)
         X = self._inputs(X)
         targets = self._dense_targets(Y, loss, X.shape[0])
@@ -330,24 +349,29 @@ class MLP:
     def _evaluate(self, X, targets, loss, n_threads=None):
         """(mean loss, predictions) for checked arrays."""
         out = np.empty((X.shape[0], self._layer_sizes[-1]), dtype=self.dtype)
-        with self._chunked_pass(X.shape[0], n_threads=n_threads) as (plan, work):
+        dense, sparse = self._core_inputs(X)
+        with self._chunked_pass(X.shape[0], n_threads=n_threads,
+                                sparse=sparse is not None) as (plan, work):
             value = _core.evaluate(plan, _core.Hyperparameters(loss.code, loss.parameter),
-                                   self._params, work, X, targets, out)
+                                   self._params, work, dense, targets, out, sparse)
         return float(value), out
 
     def gradients(self, X, Y, loss, n_threads=None):
         """One forward and one backward pass over all rows of X.
 
         Returns (loss_value, grad_weights, grad_biases): the mean loss and its exact
-        gradient with respect to every weight matrix and bias vector.
+        gradient with respect to every weight matrix and bias vector. X may be a
+        scipy.sparse matrix or array, as for predict.
         """
         loss = losses.get(loss)
         X = self._inputs(X)
         targets = self._dense_targets(Y, loss, X.shape[0])
         grads = np.empty_like(self._params)
-        with self._chunked_pass(X.shape[0], backward=True, n_threads=n_threads) as (plan, work):
+        dense, sparse = self._core_inputs(X)
+        with self._chunked_pass(X.shape[0], backward=True, n_threads=n_threads,
+                                sparse=sparse is not None) as (plan, work):
             value = _core.gradients(plan, _core.Hyperparameters(loss.code, loss.parameter),
-                                    self._params, grads, work, X, targets)
+                                    self._params, grads, work, dense, targets, sparse)
         if not np.isfinite(value):
             grads.fill(np.nan)
             warnings.warn("the loss is not finite for these parameters: the weights have "

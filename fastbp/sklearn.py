@@ -702,7 +702,8 @@ class _BaseMLP(BaseEstimator):
         """The network's outputs for X, (n_samples, n_outputs_), computed in the model's
         dtype; float64 when `as_float64` (what scikit-learn's estimators return)."""
         check_is_fitted(self)
-        X = validate_data(self, X, reset=False, dtype=self.model_.dtype, order="C")
+        X = validate_data(self, X, reset=False, dtype=self.model_.dtype, order="C",
+                          accept_sparse="csr")
         outputs = self.model_.predict(X)
         return outputs.astype(np.float64, copy=False) if as_float64 else outputs
 
@@ -816,7 +817,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
     def _validate_input(self, X, y, incremental, first_pass, dtype):
         X, y = validate_data(self, X, y, multi_output=True, dtype=dtype, order="C",
-                             reset=first_pass)
+                             reset=first_pass, accept_sparse="csr")
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)
         check_classification_targets(y)
@@ -898,6 +899,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.classifier_tags.multi_label = True
+        tags.input_tags.sparse = True          # scipy.sparse X: CSR, never densified
         return tags
 
 
@@ -972,7 +974,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
 
     def _validate_input(self, X, y, incremental, first_pass, dtype):
         X, y = validate_data(self, X, y, multi_output=True, y_numeric=True, dtype=dtype,
-                             order="C", reset=first_pass)
+                             order="C", reset=first_pass, accept_sparse="csr")
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)
         with np.errstate(over="ignore"):
@@ -1008,4 +1010,5 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.target_tags.multi_output = True
+        tags.input_tags.sparse = True          # scipy.sparse X: CSR, never densified
         return tags

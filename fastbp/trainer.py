@@ -18,7 +18,7 @@ import numpy as np
 from fastbp import _core, losses, metrics as metrics_module, optimizers, schedules
 from fastbp._threads import blas_threads, checked_thread_count, fit_threads, row_workspace
 from fastbp.callbacks import ProgressBar, checked_callbacks
-from fastbp._validation import as_matrix, as_row_weights, as_targets, check_in_dtype, \
+from fastbp._validation import as_inputs, as_row_weights, as_targets, check_in_dtype, \
     dense_targets, numeric_array, one_hot, real_number, unshared, whole_number
 from fastbp.model import MLP, check_allocation
 
@@ -87,8 +87,8 @@ class FitSpec:
 @dataclass
 class _FitData:
     """A fit's checked arrays: targets (dense) or labels, row weights or None, and the
-    validation pair (X_val, dense Y_val) or None."""
-    X: np.ndarray
+    validation pair (X_val, dense Y_val) or None. X (and X_val) may be a _core.SparseRows."""
+    X: np.ndarray | _core.SparseRows
     targets: np.ndarray | None
     labels: np.ndarray | None
     weights: np.ndarray | None
@@ -230,8 +230,10 @@ class Trainer:
             sample_weight=None, callbacks=None, verbose: int = 0, metrics=None) -> History:
         """Train `model` in place on rows of X with targets Y; returns the History.
 
-        Y: (n_samples, n_outputs) targets, or one class label per row for
-        categorical cross-entropy. validation_data: (X_val, Y_val); or validation_split:
+        X: (n_samples, n_inputs), dense or a scipy.sparse matrix or array (CSR read in
+        place, other formats converted once; the first layer then runs on the stored
+        values: docs/trainer.md, "Sparse input"). Y: (n_samples, n_outputs) targets, or
+        one class label per row for categorical cross-entropy. validation_data: (X_val, Y_val); or validation_split:
         the last fraction of the rows (taken before shuffling) is held out. sample_weight:
         one weight >= 0 per row (the batch loss is sum w_i l_i / sum w_i). callbacks:
         fastbp.callbacks.Callback objects. verbose=1 shows progress. metrics: names or
@@ -287,7 +289,7 @@ class Trainer:
     def _data(self, model, loss, X, Y, sample_weight, validation_data, validation_split):
         """The fit's arrays, checked and converted: X, targets or labels, row weights and
         the validation pair."""
-        X = as_matrix(X, "X", model.dtype, model.layer_sizes[0])
+        X = as_inputs(X, "X", model.dtype, model.layer_sizes[0])
         targets, labels = as_targets(Y, loss, model.layer_sizes[-1], X.shape[0], model.dtype)
         # Data that views the parameters would change under the fit's own steps: a copy.
         X, targets, labels = (unshared(array, model._params) for array in (X, targets, labels))
@@ -347,8 +349,9 @@ class Trainer:
                              f"{'training' if n_train < 1 else 'validation'} out of {X.shape[0]}")
         dense = targets if labels is None else \
             one_hot(labels[n_train:], model.layer_sizes[-1], model.dtype)
-        validation = (X[n_train:], dense if labels is not None else dense[n_train:])
-        return (X[:n_train], None if targets is None else targets[:n_train],
+        validation = (rows_of(X, n_train, X.shape[0]),
+                      dense if labels is not None else dense[n_train:])
+        return (rows_of(X, 0, n_train), None if targets is None else targets[:n_train],
                 None if labels is None else labels[:n_train],
                 None if weights is None else weights[:n_train], validation)
 
@@ -371,6 +374,13 @@ class Trainer:
         if self._schedule is None or self._schedule[0] is not self.schedule:
             self._schedule = (self.schedule, schedule)
         return self._schedule[1]
+
+
+def rows_of(X, start: int, stop: int):
+    """Rows start..stop-1 of a checked X, dense or sparse, without copying the values."""
+    if isinstance(X, _core.SparseRows):
+        return X.row_range(start, stop)
+    return X[start:stop]
 
 
 def validation_split_point(n_rows: int, fraction: float) -> int:
@@ -425,19 +435,26 @@ class _CompiledEpoch:
         self.hyperparameters = hyperparameters
         # n_threads: the BLAS threads of the fit; n_workers: the threads a step is split
         # among by rows (_core's _workers.pxi), each on one BLAS thread. The default is
-        # measured on this machine once per shape (_threads.fit_threads).
-        self.n_workers, self.n_threads = fit_threads(model.layer_sizes, model._codes,
-                                                     self.batch_size, model.dtype,
-                                                     trainer.n_threads)
+        # measured on this machine once per shape (_threads.fit_threads). A sparse X
+        # trains on one worker (its first layer is the core's own loop, no BLAS): the
+        # BLAS threads of the other layers are n_threads, 1 by default.
+        self.sparse = data.X if isinstance(data.X, _core.SparseRows) else None
+        if self.sparse is not None:
+            self.n_workers, self.n_threads = 1, int(trainer.n_threads or 1)
+        else:
+            self.n_workers, self.n_threads = fit_threads(model.layer_sizes, model._codes,
+                                                         self.batch_size, model.dtype,
+                                                         trainer.n_threads)
         self.plan, self.work = model._workspace(self.batch_size, model._dropout,
-                                                not hyperparameters.folded, self.n_threads)
+                                                not hyperparameters.folded, self.n_threads,
+                                                sparse=self.sparse is not None)
         self.worker_plan, self.worker_work = row_workspace(
             model.layer_sizes, model._codes, model._dropout, self.batch_size, self.n_workers,
             model.dtype)
         # The parameters and optimizer state at the start of the epoch, restored if it diverges.
         self.backup = np.empty_like(model._params)
         self.state_backup = np.empty_like(self.state)
-        self.X = data.X
+        self.X = data.X if self.sparse is None else np.empty((0, 0), dtype=model.dtype)
         self.targets = np.empty((0, 0), dtype=model.dtype) if data.targets is None \
             else data.targets
         self.labels = np.empty(0, dtype=np.intp) if data.labels is None else data.labels
@@ -463,8 +480,8 @@ class _CompiledEpoch:
                 self.plan, self.hyperparameters, model._params, self.work, state, self.X,
                 self.targets, self.labels, self.weights, self.order, self.batch_size,
                 dropout_seed, self.catching, self.worker_plan, self.worker_work,
-                self.n_workers)
-        except ValueError:   # labels rewritten mid-fit: the core checks each read
+                self.n_workers, self.sparse)
+        except ValueError:   # labels or a sparse X rewritten mid-fit: the core checks each read
             self._restore()
             raise
         seconds = time.perf_counter() - started
@@ -482,7 +499,7 @@ class _CompiledEpoch:
             return EpochResult(interrupted=True)
         trainer._epochs_done += 1
         return EpochResult(loss_total / weight_total if weight_total else float("nan"),
-                           seconds, self.X.shape[0])
+                           seconds, len(self.rows))
 
     def _restore(self):
         np.copyto(self.model._params, self.backup)
@@ -590,6 +607,6 @@ def validation_set(model: MLP, loss, validation_data) -> tuple:
     """validation_data=(X_val, Y_val) checked for `model`: (X_val, dense Y_val)."""
     if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
         raise TypeError("validation_data must be a pair (X_val, Y_val)")
-    X_val = as_matrix(validation_data[0], "X_val", model.dtype, model.layer_sizes[0])
+    X_val = as_inputs(validation_data[0], "X_val", model.dtype, model.layer_sizes[0])
     return X_val, dense_targets(validation_data[1], loss, model.layer_sizes[-1],
                                 X_val.shape[0], model.dtype)

@@ -1,5 +1,6 @@
 """Reading the input: CSV (a header row, then rows), NPY (a 2-D numeric matrix, targets
-from --targets FILE.npy) and NPZ archives (arrays named with --x-name and --y-name) become a
+from --targets FILE.npy), NPZ archives (arrays named with --x-name and --y-name) and sparse
+matrices written by scipy.sparse.save_npz (targets from --targets FILE.npy) become a
 Table; select_columns picks its feature and target columns (by name, index, or the model's
 sidecar). NumPy files are loaded without pickle."""
 from __future__ import annotations
@@ -133,14 +134,18 @@ def read_table(path: str, args, want_targets: bool) -> Table:
             table.target_stem = os.path.splitext(os.path.basename(args.targets))[0] or "y"
         return table
     # npz
-    if want_targets and getattr(args, "targets", None):
-        raise UsageError("--targets is for NPY input; an NPZ file holds its targets "
-                         "(choose the array with --y-name)")
     archive = _np_load(path)
     if not hasattr(archive, "files"):
         raise UsageError(f"{path} is an NPY file, not an NPZ archive: use --format npy")
     with archive:
         names = list(archive.files)
+    if SPARSE_MEMBERS <= set(names):
+        return _sparse_table(path, args, want_targets)
+    if want_targets and getattr(args, "targets", None):
+        raise UsageError("--targets is for NPY input and sparse NPZ files; an NPZ file of "
+                         "arrays holds its targets (choose the array with --y-name)")
+    archive = _np_load(path)
+    with archive:
         if args.x_name not in names:
             raise UsageError(f"{path} has no array {args.x_name!r}; it has: "
                              f"{', '.join(names) or 'none'} (choose with --x-name)")
@@ -154,6 +159,39 @@ def read_table(path: str, args, want_targets: bool) -> Table:
             table.targets = _check_targets(_member(archive, y_name, path), f"{path}[{y_name}]")
             table.target_source = f"{path}[{y_name}]"
             table.target_stem = y_name
+    return table
+
+
+# The arrays of an archive that scipy.sparse.save_npz wrote.
+SPARSE_MEMBERS = {"format", "shape", "data", "indices", "indptr"}
+
+
+def _sparse_table(path: str, args, want_targets: bool) -> Table:
+    """A sparse matrix saved by scipy.sparse.save_npz (CSR, CSC, ...; read as CSR, never
+    densified): its columns are the features; the targets come from --targets FILE.npy."""
+    import scipy.sparse
+
+    try:
+        matrix = scipy.sparse.load_npz(path)          # np.load without pickle
+    except (ValueError, OSError, KeyError) as error:
+        raise UsageError(f"{path}: not a readable scipy.sparse matrix: {error}") from None
+    if matrix.ndim != 2:
+        raise UsageError(f"{path} holds a sparse array of shape {matrix.shape}; the "
+                         f"features must be 2-D (rows, features)")
+    if matrix.dtype.kind not in "biuf":
+        raise UsageError(f"the features in {path} must be numbers; the matrix has dtype "
+                         f"{matrix.dtype}")
+    if matrix.shape[0] == 0:
+        raise UsageError(f"the features in {path} have no rows")
+    table = _array_table(path, matrix.tocsr())
+    if want_targets:
+        if getattr(args, "target", None):
+            raise UsageError(f"{path} is a sparse matrix of features: give the targets with "
+                             f"--targets FILE.npy, not --target")
+        if getattr(args, "targets", None):
+            table.targets = _load_npy(args.targets, "the targets", features=False)
+            table.target_source = args.targets
+            table.target_stem = os.path.splitext(os.path.basename(args.targets))[0] or "y"
     return table
 
 

@@ -1,0 +1,409 @@
+"""Sparse input (issue 13): X as a scipy.sparse matrix or array in predict, evaluate,
+gradients and every fit gives what the same data densified give, to rounding; bad sparse
+input is refused with the model unchanged; a sparse X rewritten mid-fit raises; and a fit
+on a very wide CSR matrix allocates nothing like its dense form."""
+import tracemalloc
+import warnings
+
+import numpy as np
+import pytest
+import scipy.sparse
+
+import fastbp
+from fastbp import _core, optimizers, schedules
+
+# float32 sums in another order: a few units of 1e-6 relative; float64: ~1e-15
+TOLERANCE = {"float32": dict(rtol=2e-4, atol=2e-5), "float64": dict(rtol=1e-9, atol=1e-11)}
+
+
+def sparse_data(n_rows=60, n_cols=40, density=0.12, n_classes=3, seed=0, dtype="float64"):
+    """A CSR X with some empty rows and a dense label vector."""
+    rng = np.random.default_rng(seed)
+    X = scipy.sparse.random(n_rows, n_cols, density=density, format="csr", random_state=rng,
+                            dtype=np.float64)
+    X.data = rng.uniform(-1.5, 1.5, size=X.nnz)
+    X = X.astype(dtype)
+    X.data[X.indptr[5]:X.indptr[6]] = 0   # an empty row
+    X.eliminate_zeros()
+    X.sort_indices()
+    y = rng.integers(0, n_classes, size=n_rows)
+    return X, y
+
+
+def model_for(X, hidden=(7,), dtype="float64", dropout=0.0, activation="tanh", n_out=3,
+              output="softmax", seed=0):
+    sizes = [X.shape[1], *hidden, n_out]
+    return fastbp.MLP(sizes, [activation] * len(hidden) + [output], dtype=dtype, seed=seed,
+                      dropout=dropout)
+
+
+# ---------------------------------------------------------------- predict, evaluate, gradients
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("hidden", [(), (7,), (9, 5)])
+def test_predict_evaluate_gradients_equal_the_densified_data(dtype, hidden):
+    X, y = sparse_data(dtype=dtype)
+    model = model_for(X, hidden, dtype)
+    dense = X.toarray()
+    np.testing.assert_allclose(model.predict(X), model.predict(dense), **TOLERANCE[dtype])
+    assert model.evaluate(X, y, "cce") == pytest.approx(model.evaluate(dense, y, "cce"),
+                                                          rel=TOLERANCE[dtype]["rtol"])
+    sparse_result = model.gradients(X, y, "cce")
+    dense_result = model.gradients(dense, y, "cce")
+    assert sparse_result[0] == pytest.approx(dense_result[0], rel=TOLERANCE[dtype]["rtol"])
+    for got, expected in zip(sparse_result[1] + sparse_result[2],
+                             dense_result[1] + dense_result[2]):
+        np.testing.assert_allclose(got, expected, **TOLERANCE[dtype])
+
+
+def test_gradients_touch_only_the_rows_of_w1_the_data_name():
+    X, y = sparse_data()
+    X = X[:, :30]   # columns 30.. never used
+    X = scipy.sparse.hstack([X, scipy.sparse.csr_matrix((X.shape[0], 10))]).tocsr()
+    model = model_for(X)
+    _, grad_weights, _ = model.gradients(X, y, "cce")
+    assert not grad_weights[0][30:].any()
+    assert grad_weights[0][:30].any()
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 7, 2048])
+def test_predict_in_chunks_of_rows(monkeypatch, chunk_rows):
+    from fastbp import model as model_module
+    monkeypatch.setattr(model_module, "PREDICT_CHUNK_ROWS", chunk_rows)
+    X, y = sparse_data(n_rows=50)
+    model = model_for(X)
+    np.testing.assert_allclose(model.predict(X), model.predict(X.toarray()), rtol=1e-12)
+    assert model.evaluate(X, y, "cce") == pytest.approx(model.evaluate(X.toarray(), y, "cce"))
+
+
+@pytest.mark.parametrize("kind", ["csc", "coo", "lil", "csr_array", "coo_array"])
+def test_other_formats_are_converted(kind):
+    X, y = sparse_data()
+    converted = {"csc": X.tocsc(), "coo": X.tocoo(), "lil": X.tolil(),
+                 "csr_array": scipy.sparse.csr_array(X),
+                 "coo_array": scipy.sparse.coo_array(X)}[kind]
+    model = model_for(X)
+    np.testing.assert_allclose(model.predict(converted), model.predict(X), rtol=1e-12)
+
+
+def test_unsorted_and_duplicate_indices_read_as_scipy_reads_them():
+    rng = np.random.default_rng(3)
+    indptr = np.array([0, 3, 3, 7])
+    indices = np.array([5, 1, 5, 9, 0, 2, 0])      # unsorted, 5 and 0 twice in a row
+    data = rng.normal(size=7)
+    X = scipy.sparse.csr_matrix((data, indices, indptr), shape=(3, 10))
+    original = (X.indices.copy(), X.data.copy())
+    model = model_for(X)
+    np.testing.assert_allclose(model.predict(X), model.predict(X.toarray()), rtol=1e-12)
+    # the caller's matrix is left as it was
+    np.testing.assert_array_equal(X.indices, original[0])
+    np.testing.assert_array_equal(X.data, original[1])
+
+
+def test_predict_out_and_dtype_conversion():
+    X, _ = sparse_data(dtype="float64")
+    model = model_for(X, dtype="float32")
+    out = np.empty((X.shape[0], 3), dtype=np.float32)
+    assert model.predict(X, out=out) is out
+    np.testing.assert_allclose(out, model.predict(X.toarray()), **TOLERANCE["float32"])
+
+
+# ---------------------------------------------------------------- fits
+
+FITS = {
+    "sgd": dict(optimizer="sgd", learning_rate=0.1),
+    "sgd_decay": dict(optimizer="sgd", learning_rate=0.1, weight_decay=0.05),
+    "sgd_decoupled": dict(optimizer="sgd", learning_rate=0.1, weight_decay=0.05,
+                          decoupled_weight_decay=True),
+    "momentum": dict(optimizer=optimizers.SGD(0.05, momentum=0.9)),
+    "momentum_decay": dict(optimizer=optimizers.SGD(0.05, momentum=0.9), weight_decay=0.01),
+    "nesterov": dict(optimizer=optimizers.SGD(0.05, momentum=0.9, nesterov=True)),
+    "adam": dict(optimizer="adam", learning_rate=0.01),
+    "adamw": dict(optimizer="adam", learning_rate=0.01, weight_decay=0.1,
+                  decoupled_weight_decay=True),
+    "rmsprop": dict(optimizer="rmsprop", learning_rate=0.01),
+    "adagrad": dict(optimizer="adagrad", learning_rate=0.05, weight_decay=0.01),
+    "clipped_sgd": dict(optimizer="sgd", learning_rate=0.1, clip_norm=0.3),
+    "clipped_adam": dict(optimizer="adam", learning_rate=0.01, clip_norm=0.3),
+    "schedule": dict(optimizer="sgd", learning_rate=0.1,
+                     schedule=schedules.Cosine(total_epochs=3)),
+}
+
+
+def fit_both(X, Y, loss="cce", dtype="float64", model_options=None, fit_options=None,
+             **trainer_options):
+    """The parameters after the same fit on X and on X densified (one thread each)."""
+    results = []
+    for data in (X, X.toarray()):
+        model = model_for(X, dtype=dtype, **(model_options or {}))
+        options = dict(epochs=3, batch_size=8, seed=0, n_threads=1)
+        options.update(trainer_options)
+        trainer = fastbp.Trainer(loss, **options)
+        history = trainer.fit(model, data, Y, **(fit_options or {}))
+        results.append((model.parameter_vector(), history))
+    return results
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("fit", sorted(FITS))
+def test_fits_equal_the_densified_data(dtype, fit):
+    X, y = sparse_data(dtype=dtype)
+    (sparse_params, sparse_history), (dense_params, dense_history) = \
+        fit_both(X, y, dtype=dtype, **FITS[fit])
+    np.testing.assert_allclose(sparse_params, dense_params, **TOLERANCE[dtype])
+    np.testing.assert_allclose(sparse_history.loss, dense_history.loss,
+                               rtol=TOLERANCE[dtype]["rtol"])
+
+
+LAZY_FITS = {
+    "sgd_decay": dict(optimizer="sgd", learning_rate=0.1, weight_decay=0.05),
+    "momentum_decay": dict(optimizer=optimizers.SGD(0.05, momentum=0.9), weight_decay=0.02),
+    "momentum_decoupled": dict(optimizer=optimizers.SGD(0.05, momentum=0.8),
+                               weight_decay=0.02, decoupled_weight_decay=True),
+    "nesterov_decay": dict(optimizer=optimizers.SGD(0.05, momentum=0.9, nesterov=True),
+                           weight_decay=0.02),
+    "nesterov_decoupled": dict(optimizer=optimizers.SGD(0.05, momentum=0.9, nesterov=True),
+                               weight_decay=0.02, decoupled_weight_decay=True),
+    "rmsprop": dict(optimizer="rmsprop", learning_rate=0.01),
+    "rmsprop_decoupled": dict(optimizer="rmsprop", learning_rate=0.01, weight_decay=0.1,
+                              decoupled_weight_decay=True),
+    "adagrad_decoupled": dict(optimizer="adagrad", learning_rate=0.05, weight_decay=0.1,
+                              decoupled_weight_decay=True),
+    "rmsprop_coupled": dict(optimizer="rmsprop", learning_rate=0.01, weight_decay=0.01),
+}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("fit", sorted(LAZY_FITS))
+def test_rows_named_rarely_catch_up_exactly(dtype, fit):
+    """300 columns, about 3 a row, batches of 8: most rows of W1 sit out many steps (and
+    some a whole epoch) before a batch names them again, and must then be where stepping
+    them every time would have put them."""
+    X, y = sparse_data(n_rows=90, n_cols=300, density=0.01, dtype=dtype, seed=5)
+    (sparse_params, sparse_history), (dense_params, dense_history) = \
+        fit_both(X, y, dtype=dtype, epochs=4, **LAZY_FITS[fit])
+    np.testing.assert_allclose(sparse_params, dense_params, **TOLERANCE[dtype])
+    np.testing.assert_allclose(sparse_history.loss, dense_history.loss,
+                               rtol=TOLERANCE[dtype]["rtol"])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_fits_with_dropout_sample_weights_and_validation(dtype):
+    X, y = sparse_data(dtype=dtype, n_rows=70)
+    weights = np.random.default_rng(4).uniform(0, 2, size=X.shape[0])
+    X_val, y_val = sparse_data(dtype=dtype, n_rows=20, seed=9)
+    results = []
+    for train, val in ((X, X_val), (X.toarray(), X_val.toarray())):
+        model = model_for(X, hidden=(8, 6), dtype=dtype, dropout=0.3, activation="relu")
+        trainer = fastbp.Trainer("cce", optimizer="adam", learning_rate=0.01, epochs=3,
+                                 batch_size=16, seed=1, n_threads=1, class_weight="balanced")
+        history = trainer.fit(model, train, y, sample_weight=weights,
+                              validation_data=(val, y_val))
+        results.append((model.parameter_vector(), history.val_loss))
+    np.testing.assert_allclose(results[0][0], results[1][0], **TOLERANCE[dtype])
+    np.testing.assert_allclose(results[0][1], results[1][1], rtol=TOLERANCE[dtype]["rtol"])
+
+
+def test_regression_targets_validation_split_and_no_shuffle():
+    X, _ = sparse_data(n_rows=50)
+    Y = np.random.default_rng(2).normal(size=(50, 2))
+    (sparse_params, sparse_history), (dense_params, dense_history) = fit_both(
+        X, Y, loss="mse", model_options=dict(n_out=2, output="identity"),
+        fit_options=dict(validation_split=0.2), shuffle=False, optimizer="rmsprop",
+        learning_rate=0.01)
+    np.testing.assert_allclose(sparse_params, dense_params, **TOLERANCE["float64"])
+    np.testing.assert_allclose(sparse_history.val_loss, dense_history.val_loss, rtol=1e-9)
+    assert sparse_history.n_samples == 40
+
+
+def test_partial_fit_and_two_threads():
+    X, y = sparse_data()
+    results = []
+    for data in (X, X.toarray()):
+        model = model_for(X)
+        trainer = fastbp.Trainer("cce", optimizer="adam", batch_size=8, seed=0, n_threads=1)
+        trainer.partial_fit(model, data, y)
+        trainer.partial_fit(model, data, y)
+        results.append(model.parameter_vector())
+    np.testing.assert_allclose(results[0], results[1], **TOLERANCE["float64"])
+    # a sparse fit on two threads runs on one worker (the other layers' BLAS may use two)
+    model = model_for(X)
+    fastbp.Trainer("cce", epochs=2, batch_size=8, seed=0, n_threads=2).fit(model, X, y)
+    reference = model_for(X)
+    fastbp.Trainer("cce", epochs=2, batch_size=8, seed=0, n_threads=1).fit(reference, X, y)
+    np.testing.assert_allclose(model.parameter_vector(), reference.parameter_vector(),
+                               **TOLERANCE["float64"])
+
+
+def test_a_csr_matrix_is_read_in_place():
+    """CSR of the model's dtype with np.intp indices is not copied: the core reads it."""
+    X, _ = sparse_data()
+    X.indices = X.indices.astype(np.intp)
+    X.indptr = X.indptr.astype(np.intp)
+    model = model_for(X)
+    rows = model._inputs(X)
+    assert isinstance(rows, _core.SparseRows)
+    assert np.shares_memory(rows.data, X.data) and np.shares_memory(rows.indices, X.indices)
+    assert np.shares_memory(rows.indptr, X.indptr)
+
+
+# ---------------------------------------------------------------- bad input
+
+def malformed(kind):
+    """A sparse X (4 x 10) with one defect."""
+    data = np.array([1.0, 2.0, 3.0, 4.0])
+    indices = np.array([0, 3, 9, 2])
+    indptr = np.array([0, 2, 2, 3, 4])
+    if kind == "column_too_large":
+        indices = np.array([0, 3, 10, 2])
+    elif kind == "negative_column":
+        indices = np.array([0, -1, 9, 2])
+    elif kind == "nan":
+        data = np.array([1.0, np.nan, 3.0, 4.0])
+    elif kind == "inf":
+        data = np.array([1.0, 2.0, np.inf, 4.0])
+    elif kind == "overflows_float32":
+        data = np.array([1.0, 1e39, 3.0, 4.0])
+    elif kind == "decreasing_indptr":
+        indptr = np.array([0, 3, 2, 3, 4])
+    elif kind == "indptr_past_the_end":
+        indptr = np.array([0, 2, 2, 3, 5])
+    elif kind == "indptr_not_from_0":
+        indptr = np.array([1, 2, 2, 3, 4])
+    elif kind == "indptr_overflows_int64":
+        indptr = np.array([0, 2, 2, 3, 2**64 - 1], dtype=np.uint64)
+    elif kind == "complex":
+        data = data.astype(np.complex128)
+    X = scipy.sparse.csr_matrix((4, 10))
+    X.data, X.indices, X.indptr = data, indices, indptr   # past scipy's own checks
+    return X
+
+
+BAD = {"column_too_large": ValueError, "negative_column": ValueError, "nan": ValueError,
+       "inf": ValueError, "overflows_float32": ValueError, "decreasing_indptr": ValueError,
+       "indptr_past_the_end": ValueError, "indptr_not_from_0": ValueError,
+       "indptr_overflows_int64": ValueError, "complex": TypeError}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD))
+@pytest.mark.parametrize("call", ["fit", "validation", "predict", "evaluate", "gradients"])
+def test_bad_sparse_input_is_refused_and_the_model_unchanged(kind, call):
+    X = malformed(kind)
+    good = scipy.sparse.csr_matrix(np.eye(4, 10))
+    y = np.array([0, 1, 2, 1])
+    model = fastbp.MLP([10, 5, 3], ["relu", "softmax"], dtype="float32", seed=0)
+    before = model.parameter_vector()
+    trainer = fastbp.Trainer("cce", epochs=1, batch_size=2, seed=0)
+    with pytest.raises(BAD[kind]):
+        if call == "fit":
+            trainer.fit(model, X, y)
+        elif call == "validation":
+            trainer.fit(model, good, y, validation_data=(X, y))
+        elif call == "predict":
+            model.predict(X)
+        elif call == "evaluate":
+            model.evaluate(X, y, "cce")
+        else:
+            model.gradients(X, y, "cce")
+    np.testing.assert_array_equal(model.parameter_vector(), before)
+
+
+@pytest.mark.parametrize("X, message", [
+    (scipy.sparse.csr_matrix((0, 10)), "no rows"),
+    (scipy.sparse.csr_matrix((3, 11)), "11 columns"),
+    (scipy.sparse.coo_array(np.ones(10)), "2-D"),
+])
+def test_sparse_shapes_that_do_not_fit_are_refused(X, message):
+    model = fastbp.MLP([10, 3], ["softmax"], seed=0)
+    with pytest.raises(ValueError, match=message):
+        model.predict(X)
+
+
+class _Rewrite(fastbp.callbacks.Callback):
+    """Writes value into array[index] at the end of epoch 0; keeps the parameters then."""
+
+    def __init__(self, array, index, value):
+        super().__init__()
+        self.array, self.index, self.value = array, index, value
+        self.after_first = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 0:
+            self.after_first = self.model.parameter_vector()
+            self.array[self.index] = self.value
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shuffle", [True, False])
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+@pytest.mark.parametrize("target, value", [("indices", 40), ("indices", -3),
+                                           ("indices", 2**62), ("indptr", 10**9),
+                                           ("indptr", -5)])
+def test_a_sparse_x_rewritten_between_epochs_raises(dtype, shuffle, optimizer, target, value):
+    X, y = sparse_data(dtype=dtype)   # 40 columns
+    X.indices = X.indices.astype(np.intp)
+    X.indptr = X.indptr.astype(np.intp)
+    index = 17 if target == "indices" else 30
+    model = model_for(X, dtype=dtype)
+    rewrite = _Rewrite(getattr(X, target), index, value)
+    trainer = fastbp.Trainer("cce", optimizer=optimizer, epochs=3, batch_size=8,
+                             shuffle=shuffle, seed=0)
+    with pytest.raises(ValueError, match="holds an index out of range"):
+        trainer.fit(model, X, y, callbacks=[rewrite])
+    # the failed epoch left nothing behind
+    np.testing.assert_array_equal(model.parameter_vector(), rewrite.after_first)
+    # and the passes without training refuse it too
+    for call in (lambda: model.predict(X), lambda: model.evaluate(X, y, "cce"),
+                 lambda: model.gradients(X, y, "cce")):
+        with pytest.raises(ValueError):
+            call()
+
+
+def test_the_core_refuses_sparse_calls_that_do_not_fit():
+    X, y = sparse_data(dtype="float32")
+    model = model_for(X, dtype="float64")
+    rows = _core.SparseRows(X.data, X.indices.astype(np.intp), X.indptr.astype(np.intp), 40)
+    plan, work = model._workspace(8, sparse=True)
+    out = np.empty((X.shape[0], 3))
+    with pytest.raises(ValueError, match="float32"):
+        _core.predict(plan, model._params, work, np.empty((0, 0)), out, rows)
+    with pytest.raises(ValueError, match="sparse X; X is dense"):
+        _core.predict(plan, model._params, work, X.toarray().astype(np.float64), out)
+    with pytest.raises(ValueError, match="same length"):
+        _core.SparseRows(X.data[:-1], rows.indices, rows.indptr, 40)
+
+
+# ---------------------------------------------------------------- memory
+
+def test_a_very_wide_csr_fit_allocates_far_less_than_its_dense_form():
+    n_rows, n_cols = 2_000, 1_000_000
+    rng = np.random.default_rng(0)
+    nnz_per_row = 10
+    indices = np.sort(rng.choice(n_cols, size=(n_rows, nnz_per_row), replace=True), axis=1)
+    X = scipy.sparse.csr_matrix((rng.uniform(0.1, 1, n_rows * nnz_per_row).astype(np.float32),
+                                 indices.ravel(),
+                                 np.arange(0, n_rows * nnz_per_row + 1, nnz_per_row)),
+                                shape=(n_rows, n_cols))
+    y = rng.integers(0, 2, size=n_rows)
+    model = fastbp.MLP([n_cols, 4, 2], ["relu", "softmax"], dtype="float32", seed=0)
+    params_bytes = model.n_params * 4
+    dense_bytes = n_rows * n_cols * 4                       # 8 GB
+    trainer = fastbp.Trainer("cce", epochs=1, batch_size=64, seed=0)
+    tracemalloc.start()
+    try:
+        trainer.fit(model, X, y)
+        predictions = model.predict(X)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert predictions.shape == (n_rows, 2)
+    # the fit's own: the epoch's backup of the parameters, the workspace, the data checks
+    assert peak < 2 * params_bytes + (8 << 20), peak
+    assert peak < dense_bytes / 200
+
+
+def test_fits_on_sparse_input_warn_about_nothing():
+    X, y = sparse_data()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fastbp.Trainer("cce", epochs=1, batch_size=8, seed=0).fit(model_for(X), X, y)

@@ -1,0 +1,91 @@
+"""Sparse input (issue 13) through the other doors: the scikit-learn estimators
+(accept_sparse), the command line (.npz written by scipy.sparse.save_npz) and fastbp.dask
+(dask arrays of sparse chunks), each giving what the same data densified give."""
+import warnings
+
+import numpy as np
+import pytest
+import scipy.sparse
+
+import fastbp
+from fastbp.__main__ import main
+
+
+def text_like(n_rows=120, n_cols=300, seed=0):
+    rng = np.random.default_rng(seed)
+    X = scipy.sparse.random(n_rows, n_cols, density=0.03, format="csr", random_state=rng,
+                            dtype=np.float64)
+    teacher = rng.normal(size=(n_cols, 3))
+    y = np.asarray(np.argmax(X @ teacher, axis=1)).ravel()
+    return X, y
+
+
+@pytest.mark.parametrize("kind", ["classifier", "regressor"])
+@pytest.mark.parametrize("solver", ["sgd", "adam", "lbfgs"])
+def test_scikit_learn_estimators_take_sparse_x(kind, solver):
+    sklearn_estimators = pytest.importorskip("fastbp.sklearn")
+    X, y = text_like()
+    estimator_class = sklearn_estimators.MLPClassifier if kind == "classifier" \
+        else sklearn_estimators.MLPRegressor
+    target = y if kind == "classifier" else y.astype(float)
+    results = []
+    for data in (X, X.toarray()):
+        estimator = estimator_class(hidden_layer_sizes=(8,), solver=solver, max_iter=5,
+                                    random_state=0, n_threads=1)
+        with warnings.catch_warnings():      # max_iter=5: not converged
+            warnings.simplefilter("ignore", UserWarning)
+            estimator.fit(data, target)
+        results.append(estimator.predict(X.tocsc()) if kind == "regressor"
+                       else estimator.predict_proba(X.tocsc()))
+    np.testing.assert_allclose(results[0], results[1], rtol=1e-6, atol=1e-9)
+
+
+def run_cli(capsys, *argv):
+    status = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_the_command_line_reads_a_sparse_npz(tmp_path, capsys):
+    X, y = text_like()
+    scipy.sparse.save_npz(tmp_path / "X.npz", X.tocsc())
+    np.save(tmp_path / "y.npy", y)
+    model_path = tmp_path / "m.fbp"
+    status, out, err = run_cli(capsys, "train", tmp_path / "X.npz", "--targets",
+                               tmp_path / "y.npy", "--loss", "cce", "--hidden", "8",
+                               "--epochs", "3", "--seed", "0", "--output", model_path)
+    assert status == 0, err
+    assert "120 rows x 300 features" in out
+    model = fastbp.load(model_path)
+    assert model.layer_sizes == (300, 8, 3)
+    status, _, err = run_cli(capsys, "predict", model_path, tmp_path / "X.npz", "--output",
+                             tmp_path / "p.npy")
+    assert status == 0, err
+    np.testing.assert_allclose(np.load(tmp_path / "p.npy"), model.predict(X.toarray()),
+                               rtol=1e-5, atol=1e-6)
+    status, out, err = run_cli(capsys, "evaluate", model_path, tmp_path / "X.npz",
+                               "--targets", tmp_path / "y.npy", "--json")
+    assert status == 0, err
+    # a sparse archive takes its targets from --targets only
+    status, _, err = run_cli(capsys, "train", tmp_path / "X.npz", "--target", "0",
+                             "--output", tmp_path / "n.fbp")
+    assert status != 0 and "--targets FILE.npy" in err
+
+
+def test_dask_fit_takes_sparse_chunks():
+    da = pytest.importorskip("dask.array")
+    from fastbp import dask as fastbp_dask
+    X, y = text_like(n_rows=160)
+    chunks = [X[start:start + 40] for start in range(0, 160, 40)]
+    sparse_X = da.concatenate([da.from_array(chunk, chunks=chunk.shape, asarray=False)
+                               for chunk in chunks], axis=0)
+    dense_X = da.from_array(X.toarray(), chunks=(40, 300))
+    labels = da.from_array(y, chunks=40)
+    results = []
+    for data in (sparse_X, dense_X):
+        model = fastbp.MLP([300, 8, 3], ["relu", "softmax"], seed=0)
+        trainer = fastbp.Trainer("cce", learning_rate=0.1, epochs=2, batch_size=16, seed=0,
+                                 n_threads=1)
+        fastbp_dask.fit(model, trainer, data, labels)
+        results.append(model.parameter_vector())
+    np.testing.assert_allclose(results[0], results[1], rtol=1e-4, atol=1e-6)
