@@ -1175,14 +1175,18 @@ def gradients(Plan plan, Hyperparameters hyperparameters, const floating[::1] pa
         <floating>(loss_normaliser(hyperparameters.data.loss, n_out) / n_samples)
     cdef double loss_sum, total = 0.0
     cdef floating beta
+    cdef const floating* x
     with nogil:
         while start < n_samples:
             m = min(plan_data.capacity, n_samples - start)
             beta = 0 if start == 0 else 1
             batch.first = start
+            if use_sparse:
+                x = NULL
+            else:
+                x = &X[start, 0]
             loss_sum = run_batch(plan_data, &hyperparameters.data, <floating*>&params[0],
-                                 &grads[0], NULL, NULL, &work[0],
-                                 NULL if use_sparse else &X[start, 0], &Y[start, 0],
+                                 &grads[0], NULL, NULL, &work[0], x, &Y[start, 0],
                                  NULL, <int>m, scale, GRADIENT_ONLY, beta, NULL, sparse_batch)
             if use_sparse and batch.bad >= 0:
                 break
@@ -1216,7 +1220,10 @@ def predict(Plan plan, const floating[::1] params, floating[::1] work,
         while start < n_samples:
             m = min(plan_data.capacity, n_samples - start)
             batch.first = start
-            x = NULL if use_sparse else &X[start, 0]
+            if use_sparse:
+                x = NULL
+            else:
+                x = &X[start, 0]
             forward_hidden(plan_data, p, w, x, <int>m, NULL, sparse_batch)
             output_logits(plan_data, p, w, x, <int>m, &out[start, 0], sparse_batch)
             if use_sparse and batch.bad >= 0:
@@ -1255,7 +1262,10 @@ def evaluate(Plan plan, Hyperparameters hyperparameters, const floating[::1] par
         while start < n_samples:
             m = min(plan_data.capacity, n_samples - start)
             batch.first = start
-            x = NULL if use_sparse else &X[start, 0]
+            if use_sparse:
+                x = NULL
+            else:
+                x = &X[start, 0]
             forward_hidden(plan_data, p, w, x, <int>m, NULL, sparse_batch)
             output_logits(plan_data, p, w, x, <int>m, &out[start, 0], sparse_batch)
             if use_sparse and batch.bad >= 0:
