@@ -102,7 +102,11 @@ def test_onnx_export_and_checkpoints_write_through_the_same_function(tmp_path, m
     fastbp.Trainer("cce", epochs=1, batch_size=10).fit(
         net, rng.normal(size=(20, 5)), rng.integers(0, 3, 20),
         callbacks=[fastbp.callbacks.ModelCheckpoint(tmp_path / "b.fbp", monitor="loss")])
-    assert calls == [[str(tmp_path / "a.fbp")], [str(tmp_path / "b.fbp")]]
+    # (the first fit of a shape in the process also caches its measured thread count,
+    # through the same function, in the run's own cache folder)
+    cache = os.environ.get("FASTBP_CACHE_DIR", "\0")
+    mine = [paths for paths in calls if not paths[0].startswith(cache)]
+    assert mine == [[str(tmp_path / "a.fbp")], [str(tmp_path / "b.fbp")]]
 
 
 # ---------------------------------------------------------------- mode and owner
