@@ -11,6 +11,7 @@ import scipy.sparse
 
 import fastbp
 from fastbp import _core, optimizers, schedules
+from mid_fit import RewriteAfterFirstEpoch
 
 # float32 sums in another order: a few units of 1e-6 relative; float64: ~1e-15
 TOLERANCE = {"float32": dict(rtol=2e-4, atol=2e-5), "float64": dict(rtol=1e-9, atol=1e-11)}
@@ -319,20 +320,6 @@ def test_sparse_shapes_that_do_not_fit_are_refused(X, message):
         model.predict(X)
 
 
-class _Rewrite(fastbp.callbacks.Callback):
-    """Writes value into array[index] at the end of epoch 0; keeps the parameters then."""
-
-    def __init__(self, array, index, value):
-        super().__init__()
-        self.array, self.index, self.value = array, index, value
-        self.after_first = None
-
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch == 0:
-            self.after_first = self.model.parameter_vector()
-            self.array[self.index] = self.value
-
-
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("shuffle", [True, False])
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
@@ -345,7 +332,7 @@ def test_a_sparse_x_rewritten_between_epochs_raises(dtype, shuffle, optimizer, t
     X.indptr = X.indptr.astype(np.intp)
     index = 17 if target == "indices" else 30
     model = model_for(X, dtype=dtype)
-    rewrite = _Rewrite(getattr(X, target), index, value)
+    rewrite = RewriteAfterFirstEpoch(getattr(X, target), index, value)
     trainer = fastbp.Trainer("cce", optimizer=optimizer, epochs=3, batch_size=8,
                              shuffle=shuffle, seed=0)
     with pytest.raises(ValueError, match="holds an index out of range"):

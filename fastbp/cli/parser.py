@@ -211,7 +211,8 @@ def _add_training_options(fit):
     fit.add_argument("--max-time", type=float, default=None, metavar="SECONDS",
                      help="stop after the epoch that passes this time budget")
     fit.add_argument("--threads", type=int, default=None, metavar="N",
-                     help="BLAS threads (default: chosen from the size of a step)")
+                     help="threads for the fit (default: the count measured fastest for this "
+                          "network and batch on this machine, within the caller's limits)")
 
 
 def _add_predict(sub):
@@ -250,7 +251,7 @@ def _add_demo(sub):
     sub.add_argument("--dtype", choices=["float32", "float64"], default="float32",
                      help="precision (default %(default)s)")
     sub.add_argument("--threads", type=int, default=None, metavar="N",
-                     help="BLAS threads (default: auto)")
+                     help="threads for the fit (default: measured, as for train)")
     sub.add_argument("--seed", type=int, default=0, metavar="N",
                      help="seeds the data and the weights (default %(default)s)")
 
