@@ -3,6 +3,7 @@
     python bench/dask_scaling.py                     # both parts (a few minutes on 2 cores)
     python bench/dask_scaling.py --part scaling      # 1 vs 2 workers, 784-512-512-10
     python bench/dask_scaling.py --part accuracy     # rounds to the single-process accuracy
+    python bench/dask_scaling.py --part gridsearch   # GridSearchCV: sequential vs Dask backend
 
 scaling: 784-512-512-10 on 30,000 rows (W2's model and settings: plain SGD 0.01, batch 128,
 linear-teacher data from workloads.py) in 2 chunks, `--rounds` rounds of one epoch, on a
@@ -23,6 +24,14 @@ epochs. Two data sets: "linear" (labels from a random linear teacher, workloads.
 "nonlinear" (labels from a random tanh network with noise; still improving after 20
 epochs, the harder case for averaging). The results do not depend on the cluster (they are
 bit-identical on any placement); the cluster only sets the time.
+
+gridsearch: scikit-learn's GridSearchCV over fastbp.sklearn.MLPClassifier with two 512-wide
+hidden layers (784 inputs, 10 classes, `--grid-rows` rows of W2's data, adam, 5 epochs, 4
+candidates x 3 folds = 12 fits), default settings (n_threads=None): once sequential in this
+process (n_jobs=None: each fit takes the measured default threads), once with n_jobs=-1 under
+joblib's Dask backend on a LocalCluster of 2 worker processes x 1 thread (each fit then sees
+Dask's OPENBLAS_NUM_THREADS=1 and runs on one thread). Reported: wall time of each, their
+ratio, and whether both chose the same best parameters.
 
 The machine may be shared: run it on a quiet one, and read times as such.
 """
@@ -111,6 +120,45 @@ def scaling(args):
     print(f"  2 workers / Trainer.fit(n_threads=2): {times[2] / single:4.2f}x the time")
 
 
+def gridsearch(args):
+    import warnings
+
+    import joblib
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.model_selection import GridSearchCV
+    import fastbp.sklearn
+
+    warnings.filterwarnings("ignore", category=ConvergenceWarning)   # 5 epochs on purpose
+
+    work = workloads.get("W2").with_samples(args.grid_rows)
+    X, y = workloads.make_data(work, seed=0)
+    estimator = fastbp.sklearn.MLPClassifier(hidden_layer_sizes=(512, 512), max_iter=5,
+                                             random_state=0)
+    grid = {"alpha": [1e-4, 1e-3], "learning_rate_init": [1e-3, 3e-3]}
+    print(f"gridsearch: 784-512-512-10 on {args.grid_rows:,} rows, 4 candidates x 3 folds, "
+          f"5 epochs each, default threads")
+    started = time.perf_counter()
+    sequential = GridSearchCV(estimator, grid, cv=3).fit(X, y)
+    seconds = {"sequential": time.perf_counter() - started}
+    print(f"  sequential (this process): {seconds['sequential']:6.2f} s   "
+          f"best {sequential.best_params_}", flush=True)
+    local, client = cluster(2)
+    try:
+        client.wait_for_workers(2)
+        client.run(importlib.import_module, "fastbp.sklearn")
+        started = time.perf_counter()
+        with joblib.parallel_backend("dask"):
+            on_dask = GridSearchCV(estimator, grid, cv=3, n_jobs=-1).fit(X, y)
+        seconds["dask"] = time.perf_counter() - started
+    finally:
+        client.close()
+        local.close()
+    print(f"  Dask backend, 2 workers x 1 thread: {seconds['dask']:6.2f} s   "
+          f"best {on_dask.best_params_}")
+    print(f"  Dask / sequential: {seconds['dask'] / seconds['sequential']:4.2f}x the time; "
+          f"same best parameters: {on_dask.best_params_ == sequential.best_params_}")
+
+
 def _per_worker(trained, field="seconds"):
     totals = {}
     for block in trained.values():
@@ -181,18 +229,21 @@ def accuracy_per_pass(args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=("scaling", "accuracy", "all"), default="all")
+    parser.add_argument("--part", choices=("scaling", "accuracy", "gridsearch", "all"), default="all")
     parser.add_argument("--rows", type=int, default=30_000, help="scaling: training rows")
     parser.add_argument("--chunks", type=int, default=2, help="scaling: chunks of rows")
     parser.add_argument("--rounds", type=int, default=3, help="scaling: rounds")
     parser.add_argument("--accuracy-rows", type=int, default=200_000)
     parser.add_argument("--tasks", default="linear,nonlinear",
                         help="accuracy: data sets, comma-separated (linear, nonlinear)")
+    parser.add_argument("--grid-rows", type=int, default=6_000, help="gridsearch: rows")
     args = parser.parse_args()
     if args.part in ("scaling", "all"):
         scaling(args)
     if args.part in ("accuracy", "all"):
         accuracy_per_pass(args)
+    if args.part in ("gridsearch", "all"):
+        gridsearch(args)
 
 
 if __name__ == "__main__":
