@@ -18,6 +18,22 @@
 #define FBP_FEW_HAVE_AVX512 1
 #endif
 
+#ifndef FBP_FEW_ONCE   /* once for both element types */
+#define FBP_FEW_ONCE
+/* Nonzero: the 32-byte instances even where the CPU has AVX-512, so that tests run the
+   instance an AVX2 CPU takes (FASTBP_FEW_ROWS_NARROW=1, read when fastbp._core loads). */
+static int fbp_few_rows_narrow = 0;
+
+static inline int fbp_few_wide(void)
+{
+#ifdef FBP_FEW_HAVE_AVX512
+    return !fbp_few_rows_narrow && __builtin_cpu_supports("avx512f");
+#else
+    return 0;
+#endif
+}
+#endif
+
 #ifdef FBP_FEW_HAVE_AVX512
 #define FBP_FEW_BYTES 64
 #define FBP_FEW(name) FBP_NAME(name##_64)
@@ -41,12 +57,41 @@ static inline void FBP_NAME(fbp_few_rows_product)(FBP_T *out, const FBP_T *x, co
                                                   ptrdiff_t m, ptrdiff_t n_in, ptrdiff_t n_out)
 {
 #ifdef FBP_FEW_HAVE_AVX512
-    if (__builtin_cpu_supports("avx512f")) {
+    if (fbp_few_wide()) {
         FBP_NAME(fbp_few_rows_product_64)(out, x, W, m, n_in, n_out);
         return;
     }
 #endif
     FBP_NAME(fbp_few_rows_product_32)(out, x, W, m, n_in, n_out);
+}
+
+/* out = delta W^T for m rows (W n_in x n_out): the backward pass's input delta. */
+static inline void FBP_NAME(fbp_few_rows_delta)(FBP_T *out, const FBP_T *delta, const FBP_T *W,
+                                                ptrdiff_t m, ptrdiff_t n_in, ptrdiff_t n_out)
+{
+#ifdef FBP_FEW_HAVE_AVX512
+    if (fbp_few_wide()) {
+        FBP_NAME(fbp_few_rows_delta_64)(out, delta, W, m, n_in, n_out);
+        return;
+    }
+#endif
+    FBP_NAME(fbp_few_rows_delta_32)(out, delta, W, m, n_in, n_out);
+}
+
+/* C = beta C + alpha A^T D (C n_rows x n_out; A m rows at stride lda; D m x n_out): a
+   block of the weight gradient, with plain SGD's update folded in as in the GEMM. */
+static inline void FBP_NAME(fbp_few_rows_gradient)(FBP_T *C, const FBP_T *A, ptrdiff_t lda,
+                                                   const FBP_T *D, ptrdiff_t m,
+                                                   ptrdiff_t n_rows, ptrdiff_t n_out,
+                                                   FBP_T alpha, FBP_T beta)
+{
+#ifdef FBP_FEW_HAVE_AVX512
+    if (fbp_few_wide()) {
+        FBP_NAME(fbp_few_rows_gradient_64)(C, A, lda, D, m, n_rows, n_out, alpha, beta);
+        return;
+    }
+#endif
+    FBP_NAME(fbp_few_rows_gradient_32)(C, A, lda, D, m, n_rows, n_out, alpha, beta);
 }
 
 /* 1 if fbp_few_rows_product is the faster way to take this product (m rows of x against
