@@ -1,12 +1,15 @@
 /* Matrix products for few rows, without packing: out (m x n_out) = x (m x n_in) . W
- * (n_in x n_out), all row-major and contiguous.  Included by fastbp.h after kernels_impl.h,
- * once per element type (FBP_T, FBP_NAME).
+ * (n_in x n_out), all row-major and contiguous; and the two products of a training step's
+ * backward pass for few rows: the input delta delta . W^T (fbp_few_rows_delta) and the
+ * weight gradient with the update folded in, C = beta C + alpha A^T D
+ * (fbp_few_rows_gradient).  Included by fastbp.h after kernels_impl.h, once per element
+ * type (FBP_T, FBP_NAME).
  *
  * BLAS packs all of W into its own layout before a product; for a few rows that copy costs
  * more than the arithmetic (a one-row 784 x 128 product: about 40 us packed, 2-3 us here).
  * These kernels read W as it lies: for each input i, one row of W is loaded into vector
- * registers and multiplied by x[r, i] into the accumulators of up to four rows (4 x 2 or,
- * with AVX-512, 4 x 4 vectors; one row x up to 8).  Every
+ * registers and multiplied by x[r, i] into the accumulators of up to four rows (2 to 4
+ * rows x 2 vectors or, with AVX-512, x 4 vectors; one row x up to 8).  Every
  * output element is one sum over i in order 0..n_in-1 in one accumulator, so its value
  * depends neither on m nor on which block computed it (a row predicts the same alone or in
  * a batch).  The vectors are GCC's generic vectors of a register's width: 64 bytes in an

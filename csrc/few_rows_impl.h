@@ -107,7 +107,7 @@ static inline __attribute__((always_inline)) void FBP_FEW(fbp_few_tail)(
 }
 #undef FBP_FEW_TAIL_CHUNK
 
-/* The columns in whole vectors of `rows` rows (1 or 4): the widest blocks first, then narrower ones. */
+/* The columns in whole vectors of `rows` rows (1 to 4): the widest blocks first, then narrower ones. */
 static inline __attribute__((always_inline)) void FBP_FEW(fbp_few_columns)(
     FBP_T *out, const FBP_T *x, const FBP_T *W, ptrdiff_t n_in, ptrdiff_t n_out,
     const int rows)
@@ -128,15 +128,17 @@ static inline __attribute__((always_inline)) void FBP_FEW(fbp_few_columns)(
     } else {
         if (FBP_FEW_BYTES == 64)   /* 16 accumulators: AVX-512's 32 registers hold them */
             for (; j + 4 * lanes <= n_out; j += 4 * lanes)
-                FBP_FEW(fbp_few_block)(out + j, x, W + j, n_in, n_out, 4, 4);
+                FBP_FEW(fbp_few_block)(out + j, x, W + j, n_in, n_out, rows, 4);
         for (; j + 2 * lanes <= n_out; j += 2 * lanes)
-            FBP_FEW(fbp_few_block)(out + j, x, W + j, n_in, n_out, 4, 2);
+            FBP_FEW(fbp_few_block)(out + j, x, W + j, n_in, n_out, rows, 2);
     }
     for (; j + lanes <= n_out; j += lanes)
         FBP_FEW(fbp_few_block)(out + j, x, W + j, n_in, n_out, rows, 1);
 }
 
-/* out = x . W for m rows: blocks of four rows share each load of W, the rest go one by one. */
+/* out = x . W for m rows: blocks of four rows share each load of W, and the last two or
+   three rows too (a W that does not fit in cache is then read once more, not two or three
+   times); a last single row goes alone. */
 FBP_FEW_TARGET static void FBP_FEW(fbp_few_rows_product)(
     FBP_T *out, const FBP_T *x, const FBP_T *W, ptrdiff_t m, ptrdiff_t n_in, ptrdiff_t n_out)
 {
@@ -145,7 +147,11 @@ FBP_FEW_TARGET static void FBP_FEW(fbp_few_rows_product)(
     if (n_out >= FBP_FEW_LANES) {
         for (; r + 4 <= m; r += 4)
             FBP_FEW(fbp_few_columns)(out + r * n_out, x + r * n_in, W, n_in, n_out, 4);
-        for (; r < m; r++)
+        if (m - r == 3)
+            FBP_FEW(fbp_few_columns)(out + r * n_out, x + r * n_in, W, n_in, n_out, 3);
+        else if (m - r == 2)
+            FBP_FEW(fbp_few_columns)(out + r * n_out, x + r * n_in, W, n_in, n_out, 2);
+        else if (m - r == 1)
             FBP_FEW(fbp_few_columns)(out + r * n_out, x + r * n_in, W, n_in, n_out, 1);
     }
     if (n_tail)
