@@ -50,7 +50,9 @@ def measure(build, kernels_off, network, batch_size, dtype, samples):
     result = subprocess.run(
         [sys.executable, os.path.abspath(__file__), "--worker", network, str(batch_size),
          dtype, str(samples)], env=env, cwd=os.path.dirname(os.path.abspath(__file__)),
-        capture_output=True, text=True, check=True)
+        capture_output=True, text=True)
+    if result.returncode:
+        raise RuntimeError(f"{build}: the measurement failed:\n{result.stderr}")
     found = json.loads(result.stdout.strip().splitlines()[-1])
     expected = os.path.join(os.path.abspath(build), "fastbp")
     if os.path.dirname(found["file"]) != expected:

@@ -162,16 +162,22 @@ FBP_FEW_TARGET static void FBP_FEW(fbp_few_rows_product)(
 /* out (m x n_in) = delta (m x n_out) . W^T, W n_in x n_out: a layer's input delta (the
    backward pass's D W^T).  out[r, i] is the dot product of delta's row r and W's row i,
    both contiguous: a vector accumulator over the whole vectors of columns, its lanes
-   summed in order, then the last n_out % lanes columns one by one; four rows of W at a
-   time (four independent sums).  Each element is computed the same way whatever m is. */
+   summed in halves, then the last n_out % lanes columns one by one (only these when
+   n_out < lanes); four rows of W at a time (four independent sums).  Each element is
+   computed the same way whatever m is. */
 static inline __attribute__((always_inline)) FBP_T FBP_FEW(fbp_few_lane_sum)(
     const FBP_FEW(fbp_few_vector) *v)
 {
-    FBP_T sum = (*v)[0];
-#pragma GCC unroll 16
-    for (int k = 1; k < FBP_FEW_LANES; k++)
-        sum += (*v)[k];
-    return sum;
+    /* in halves (lane k + lane k + width, width = lanes / 2, ..., 1): a fixed order, and
+       a chain of log2(lanes) additions, not lanes - 1 */
+    FBP_T t[FBP_FEW_LANES];
+    memcpy(t, v, sizeof t);
+#pragma GCC unroll 4
+    for (int width = FBP_FEW_LANES / 2; width >= 1; width /= 2)
+#pragma GCC unroll 8
+        for (int k = 0; k < width; k++)
+            t[k] += t[k + width];
+    return t[0];
 }
 
 FBP_FEW_TARGET static void FBP_FEW(fbp_few_rows_delta)(
@@ -181,6 +187,16 @@ FBP_FEW_TARGET static void FBP_FEW(fbp_few_rows_delta)(
     typedef FBP_FEW(fbp_few_vector) vector;
     typedef FBP_FEW(fbp_few_unaligned) unaligned;
     const ptrdiff_t lanes = FBP_FEW_LANES, n_whole = n_out - n_out % FBP_FEW_LANES;
+    if (n_whole == 0) {   /* a narrow W (the output layer's, often one column) */
+        for (ptrdiff_t r = 0; r < m; r++)
+            for (ptrdiff_t i = 0; i < n_in; i++) {
+                FBP_T sum = 0;
+                for (ptrdiff_t j = 0; j < n_out; j++)
+                    sum += delta[r * n_out + j] * W[i * n_out + j];
+                out[r * n_in + i] = sum;
+            }
+        return;
+    }
     for (ptrdiff_t r = 0; r < m; r++) {
         const FBP_T *d = delta + r * n_out;
         FBP_T *o = out + r * n_in;

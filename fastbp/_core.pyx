@@ -1052,6 +1052,10 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
                                       state_rows)
     if n_workers < 1:
         raise ValueError(f"train_epoch: n_workers is {n_workers}; it must be at least 1")
+    # Small batches of shuffled dense rows: each batch asks for the next one's rows of X
+    # (and Y) while it trains; larger batches have many misses in flight anyway.
+    cdef bint prefetching = use_order and not use_sparse \
+        and batch_size * (n_in + n_out) * sizeof(floating) <= PREFETCH_BYTES
 
     with nogil:
         while start < n_samples:
@@ -1101,6 +1105,11 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
                     weight_sum += weights[i]
             else:
                 weight_sum = m
+            if prefetching and start + m < n_samples:   # the next batch's rows, meanwhile
+                i = min(batch_size, n_samples - start - m)
+                fbp_prefetch_rows(&X[0, 0], &order[start + m], i, n_in, n_samples)
+                if not use_labels:
+                    fbp_prefetch_rows(&Y[0, 0], &order[start + m], i, n_out, n_samples)
             if weight_sum > 0:   # a batch whose rows all weigh 0 teaches nothing
                 scale = <floating>(normaliser / weight_sum)
                 loss_sum = run_batch(plan_data, hyper, p, target, first, second, w, x, y,
@@ -1132,6 +1141,11 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
     if bad >= 0:
         raise_bad_index(order, labels, start + bad, use_order, failed_gather, n_out, sparse)
     return loss_total, weight_total, start, status
+
+
+# The largest batch (its rows of X and Y, in bytes) whose successor train_epoch prefetches.
+cdef enum:
+    PREFETCH_BYTES = 65536
 
 
 cdef enum Gathered:
