@@ -1,12 +1,15 @@
 /* Matrix products for few rows, without packing: out (m x n_out) = x (m x n_in) . W
- * (n_in x n_out), all row-major and contiguous.  Included by fastbp.h after kernels_impl.h,
- * once per element type (FBP_T, FBP_NAME).
+ * (n_in x n_out), all row-major and contiguous; and the two products of a training step's
+ * backward pass for few rows: the input delta delta . W^T (fbp_few_rows_delta) and the
+ * weight gradient with the update folded in, C = beta C + alpha A^T D
+ * (fbp_few_rows_gradient).  Included by fastbp.h after kernels_impl.h, once per element
+ * type (FBP_T, FBP_NAME).
  *
  * BLAS packs all of W into its own layout before a product; for a few rows that copy costs
  * more than the arithmetic (a one-row 784 x 128 product: about 40 us packed, 2-3 us here).
  * These kernels read W as it lies: for each input i, one row of W is loaded into vector
- * registers and multiplied by x[r, i] into the accumulators of up to four rows (4 x 2 or,
- * with AVX-512, 4 x 4 vectors; one row x up to 8).  Every
+ * registers and multiplied by x[r, i] into the accumulators of up to four rows (2 to 4
+ * rows x 2 vectors or, with AVX-512, x 4 vectors; one row x up to 8).  Every
  * output element is one sum over i in order 0..n_in-1 in one accumulator, so its value
  * depends neither on m nor on which block computed it (a row predicts the same alone or in
  * a batch).  The vectors are GCC's generic vectors of a register's width: 64 bytes in an
@@ -16,6 +19,22 @@
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(FASTBP_NO_MULTIVERSION)
 #define FBP_FEW_HAVE_AVX512 1
+#endif
+
+#ifndef FBP_FEW_ONCE   /* once for both element types */
+#define FBP_FEW_ONCE
+/* Nonzero: the 32-byte instances even where the CPU has AVX-512, so that tests run the
+   instance an AVX2 CPU takes (FASTBP_FEW_ROWS_NARROW=1, read when fastbp._core loads). */
+static int fbp_few_rows_narrow = 0;
+
+static inline int fbp_few_wide(void)
+{
+#ifdef FBP_FEW_HAVE_AVX512
+    return !fbp_few_rows_narrow && __builtin_cpu_supports("avx512f");
+#else
+    return 0;
+#endif
+}
 #endif
 
 #ifdef FBP_FEW_HAVE_AVX512
@@ -41,12 +60,41 @@ static inline void FBP_NAME(fbp_few_rows_product)(FBP_T *out, const FBP_T *x, co
                                                   ptrdiff_t m, ptrdiff_t n_in, ptrdiff_t n_out)
 {
 #ifdef FBP_FEW_HAVE_AVX512
-    if (__builtin_cpu_supports("avx512f")) {
+    if (fbp_few_wide()) {
         FBP_NAME(fbp_few_rows_product_64)(out, x, W, m, n_in, n_out);
         return;
     }
 #endif
     FBP_NAME(fbp_few_rows_product_32)(out, x, W, m, n_in, n_out);
+}
+
+/* out = delta W^T for m rows (W n_in x n_out): the backward pass's input delta. */
+static inline void FBP_NAME(fbp_few_rows_delta)(FBP_T *out, const FBP_T *delta, const FBP_T *W,
+                                                ptrdiff_t m, ptrdiff_t n_in, ptrdiff_t n_out)
+{
+#ifdef FBP_FEW_HAVE_AVX512
+    if (fbp_few_wide()) {
+        FBP_NAME(fbp_few_rows_delta_64)(out, delta, W, m, n_in, n_out);
+        return;
+    }
+#endif
+    FBP_NAME(fbp_few_rows_delta_32)(out, delta, W, m, n_in, n_out);
+}
+
+/* C = beta C + alpha A^T D (C n_rows x n_out; A m rows at stride lda; D m x n_out): a
+   block of the weight gradient, with plain SGD's update folded in as in the GEMM. */
+static inline void FBP_NAME(fbp_few_rows_gradient)(FBP_T *C, const FBP_T *A, ptrdiff_t lda,
+                                                   const FBP_T *D, ptrdiff_t m,
+                                                   ptrdiff_t n_rows, ptrdiff_t n_out,
+                                                   FBP_T alpha, FBP_T beta)
+{
+#ifdef FBP_FEW_HAVE_AVX512
+    if (fbp_few_wide()) {
+        FBP_NAME(fbp_few_rows_gradient_64)(C, A, lda, D, m, n_rows, n_out, alpha, beta);
+        return;
+    }
+#endif
+    FBP_NAME(fbp_few_rows_gradient_32)(C, A, lda, D, m, n_rows, n_out, alpha, beta);
 }
 
 /* 1 if fbp_few_rows_product is the faster way to take this product (m rows of x against

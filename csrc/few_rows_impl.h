@@ -107,7 +107,7 @@ static inline __attribute__((always_inline)) void FBP_FEW(fbp_few_tail)(
 }
 #undef FBP_FEW_TAIL_CHUNK
 
-/* The columns in whole vectors of `rows` rows (1 or 4): the widest blocks first, then narrower ones. */
+/* The columns in whole vectors of `rows` rows (1 to 4): the widest blocks first, then narrower ones. */
 static inline __attribute__((always_inline)) void FBP_FEW(fbp_few_columns)(
     FBP_T *out, const FBP_T *x, const FBP_T *W, ptrdiff_t n_in, ptrdiff_t n_out,
     const int rows)
@@ -128,15 +128,17 @@ static inline __attribute__((always_inline)) void FBP_FEW(fbp_few_columns)(
     } else {
         if (FBP_FEW_BYTES == 64)   /* 16 accumulators: AVX-512's 32 registers hold them */
             for (; j + 4 * lanes <= n_out; j += 4 * lanes)
-                FBP_FEW(fbp_few_block)(out + j, x, W + j, n_in, n_out, 4, 4);
+                FBP_FEW(fbp_few_block)(out + j, x, W + j, n_in, n_out, rows, 4);
         for (; j + 2 * lanes <= n_out; j += 2 * lanes)
-            FBP_FEW(fbp_few_block)(out + j, x, W + j, n_in, n_out, 4, 2);
+            FBP_FEW(fbp_few_block)(out + j, x, W + j, n_in, n_out, rows, 2);
     }
     for (; j + lanes <= n_out; j += lanes)
         FBP_FEW(fbp_few_block)(out + j, x, W + j, n_in, n_out, rows, 1);
 }
 
-/* out = x . W for m rows: blocks of four rows share each load of W, the rest go one by one. */
+/* out = x . W for m rows: blocks of four rows share each load of W, and the last two or
+   three rows too (a W that does not fit in cache is then read once more, not two or three
+   times); a last single row goes alone. */
 FBP_FEW_TARGET static void FBP_FEW(fbp_few_rows_product)(
     FBP_T *out, const FBP_T *x, const FBP_T *W, ptrdiff_t m, ptrdiff_t n_in, ptrdiff_t n_out)
 {
@@ -145,12 +147,153 @@ FBP_FEW_TARGET static void FBP_FEW(fbp_few_rows_product)(
     if (n_out >= FBP_FEW_LANES) {
         for (; r + 4 <= m; r += 4)
             FBP_FEW(fbp_few_columns)(out + r * n_out, x + r * n_in, W, n_in, n_out, 4);
-        for (; r < m; r++)
+        if (m - r == 3)
+            FBP_FEW(fbp_few_columns)(out + r * n_out, x + r * n_in, W, n_in, n_out, 3);
+        else if (m - r == 2)
+            FBP_FEW(fbp_few_columns)(out + r * n_out, x + r * n_in, W, n_in, n_out, 2);
+        else if (m - r == 1)
             FBP_FEW(fbp_few_columns)(out + r * n_out, x + r * n_in, W, n_in, n_out, 1);
     }
     if (n_tail)
         FBP_FEW(fbp_few_tail)(out + n_out - n_tail, x, W + n_out - n_tail, m, n_in, n_out,
                                n_tail);
+}
+
+/* out (m x n_in) = delta (m x n_out) . W^T, W n_in x n_out: a layer's input delta (the
+   backward pass's D W^T).  out[r, i] is the dot product of delta's row r and W's row i,
+   both contiguous: a vector accumulator over the whole vectors of columns, its lanes
+   summed in halves, then the last n_out % lanes columns one by one (only these when
+   n_out < lanes); four rows of W at a time (four independent sums).  Each element is
+   computed the same way whatever m is. */
+static inline __attribute__((always_inline)) FBP_T FBP_FEW(fbp_few_lane_sum)(
+    const FBP_FEW(fbp_few_vector) *v)
+{
+    /* in halves (lane k + lane k + width, width = lanes / 2, ..., 1): a fixed order, and
+       a chain of log2(lanes) additions, not lanes - 1 */
+    FBP_T t[FBP_FEW_LANES];
+    memcpy(t, v, sizeof t);
+#pragma GCC unroll 4
+    for (int width = FBP_FEW_LANES / 2; width >= 1; width /= 2)
+#pragma GCC unroll 8
+        for (int k = 0; k < width; k++)
+            t[k] += t[k + width];
+    return t[0];
+}
+
+FBP_FEW_TARGET static void FBP_FEW(fbp_few_rows_delta)(
+    FBP_T *out, const FBP_T *delta, const FBP_T *W, ptrdiff_t m, ptrdiff_t n_in,
+    ptrdiff_t n_out)
+{
+    typedef FBP_FEW(fbp_few_vector) vector;
+    typedef FBP_FEW(fbp_few_unaligned) unaligned;
+    const ptrdiff_t lanes = FBP_FEW_LANES, n_whole = n_out - n_out % FBP_FEW_LANES;
+    if (n_whole == 0) {   /* a narrow W (the output layer's, often one column) */
+        for (ptrdiff_t r = 0; r < m; r++)
+            for (ptrdiff_t i = 0; i < n_in; i++) {
+                FBP_T sum = 0;
+                for (ptrdiff_t j = 0; j < n_out; j++)
+                    sum += delta[r * n_out + j] * W[i * n_out + j];
+                out[r * n_in + i] = sum;
+            }
+        return;
+    }
+    for (ptrdiff_t r = 0; r < m; r++) {
+        const FBP_T *d = delta + r * n_out;
+        FBP_T *o = out + r * n_in;
+        ptrdiff_t i = 0;
+        for (; i + 4 <= n_in; i += 4) {
+            const FBP_T *w = W + i * n_out;
+            vector sums[4] = {{0}, {0}, {0}, {0}};
+            for (ptrdiff_t j = 0; j < n_whole; j += lanes) {
+                const vector dv = *(const unaligned *)(d + j);
+#pragma GCC unroll 4
+                for (int k = 0; k < 4; k++)
+                    sums[k] += dv * *(const unaligned *)(w + k * n_out + j);
+            }
+#pragma GCC unroll 4
+            for (int k = 0; k < 4; k++) {
+                FBP_T sum = FBP_FEW(fbp_few_lane_sum)(&sums[k]);
+                for (ptrdiff_t j = n_whole; j < n_out; j++)
+                    sum += d[j] * w[k * n_out + j];
+                o[i + k] = sum;
+            }
+        }
+        for (; i < n_in; i++) {
+            const FBP_T *w = W + i * n_out;
+            vector sums = {0};
+            for (ptrdiff_t j = 0; j < n_whole; j += lanes)
+                sums += *(const unaligned *)(d + j) * *(const unaligned *)(w + j);
+            FBP_T sum = FBP_FEW(fbp_few_lane_sum)(&sums);
+            for (ptrdiff_t j = n_whole; j < n_out; j++)
+                sum += d[j] * w[j];
+            o[i] = sum;
+        }
+    }
+}
+
+/* C (n_rows x n_out, contiguous) = beta C + alpha A^T D: a block of a layer's weight
+   gradient with the update folded in (a rank-m update), A the block's columns of the
+   layer input (m rows at stride lda), D the delta (m x n_out).  For each element, the m
+   products are summed in row order, then scaled by alpha and added to beta C (C is not
+   read when beta is 0), as BLAS's gemm defines it; C's rows are read and written once. */
+static inline __attribute__((always_inline)) void FBP_FEW(fbp_few_gradient_columns)(
+    FBP_T *C, const FBP_T *A, ptrdiff_t lda, const FBP_T *D, ptrdiff_t m, ptrdiff_t n_rows,
+    ptrdiff_t n_out, FBP_T alpha, FBP_T beta, const int n_vectors)
+{
+    typedef FBP_FEW(fbp_few_vector) vector;
+    typedef FBP_FEW(fbp_few_unaligned) unaligned;
+    for (ptrdiff_t i = 0; i < n_rows; i++) {
+        vector sums[4];
+#pragma GCC unroll 4
+        for (int v = 0; v < n_vectors; v++)
+            sums[v] = (vector){0};
+        for (ptrdiff_t r = 0; r < m; r++) {
+            const FBP_T a = A[r * lda + i];
+#pragma GCC unroll 4
+            for (int v = 0; v < n_vectors; v++)
+                sums[v] += a * *(const unaligned *)(D + r * n_out + v * FBP_FEW_LANES);
+        }
+        unaligned *c = (unaligned *)(C + i * n_out);
+        if (beta == 0) {
+#pragma GCC unroll 4
+            for (int v = 0; v < n_vectors; v++)
+                c[v] = alpha * sums[v];
+        } else {
+#pragma GCC unroll 4
+            for (int v = 0; v < n_vectors; v++)
+                c[v] = beta * (vector)c[v] + alpha * sums[v];
+        }
+    }
+}
+
+FBP_FEW_TARGET static void FBP_FEW(fbp_few_rows_gradient)(
+    FBP_T *C, const FBP_T *A, ptrdiff_t lda, const FBP_T *D, ptrdiff_t m, ptrdiff_t n_rows,
+    ptrdiff_t n_out, FBP_T alpha, FBP_T beta)
+{
+    const ptrdiff_t lanes = FBP_FEW_LANES;
+    ptrdiff_t j = 0;
+    for (; j + 4 * lanes <= n_out; j += 4 * lanes)
+        FBP_FEW(fbp_few_gradient_columns)(C + j, A, lda, D + j, m, n_rows, n_out, alpha,
+                                          beta, 4);
+    if (j + 2 * lanes <= n_out) {
+        FBP_FEW(fbp_few_gradient_columns)(C + j, A, lda, D + j, m, n_rows, n_out, alpha,
+                                          beta, 2);
+        j += 2 * lanes;
+    }
+    if (j + lanes <= n_out) {
+        FBP_FEW(fbp_few_gradient_columns)(C + j, A, lda, D + j, m, n_rows, n_out, alpha,
+                                          beta, 1);
+        j += lanes;
+    }
+    if (j < n_out)   /* the last columns, too few for a vector */
+        for (ptrdiff_t i = 0; i < n_rows; i++)
+            for (ptrdiff_t k = j; k < n_out; k++) {
+                FBP_T sum = 0;
+                for (ptrdiff_t r = 0; r < m; r++)
+                    sum += A[r * lda + i] * D[r * n_out + k];
+                FBP_T *c = C + i * n_out + k;
+                *c = beta == 0 ? alpha * sum : beta * *c + alpha * sum;
+            }
 }
 
 #undef FBP_FEW_LANES

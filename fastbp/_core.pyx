@@ -453,6 +453,15 @@ cdef inline const floating* layer_input(const PlanData* plan, floating* work, co
     return work + plan.output_offsets[l - 1]
 
 
+cdef inline bint few_rows_here(const PlanData* plan, const floating* W, Py_ssize_t m,
+                              Py_ssize_t n_in, Py_ssize_t n_out) noexcept nogil:
+    """True if the products of m rows with the layer W (n_in x n_out), forward or
+    backward, run in the few-row kernels of csrc/few_rows.h rather than BLAS: the plan
+    allows that many rows and the kernels are the faster (or always, by the plan)."""
+    return m <= plan.few_rows and (plan.few_rows_always
+                                   or fbp_few_rows_faster(W, m, n_in, n_out))
+
+
 cdef void forward_product(const PlanData* plan, const floating* params, floating* work,
                           const floating* x, int m, int l, floating* out,
                           SparseBatch* sparse=NULL) noexcept nogil:
@@ -471,8 +480,7 @@ cdef void forward_product(const PlanData* plan, const floating* params, floating
         if bad >= 0 and sparse.bad < 0:
             sparse.bad = bad
         return
-    if m <= plan.few_rows and (plan.few_rows_always
-                               or fbp_few_rows_faster(W, m, n_in, n_out)):
+    if few_rows_here(plan, W, m, n_in, n_out):
         fbp_few_rows_product(out, a_in, W, m, n_in, n_out)   # W as it is, no packing
         return
     while row < m:
@@ -561,6 +569,7 @@ cdef double run_batch(const PlanData* plan, HyperparameterData* hyper, floating*
     cdef int l
     cdef Py_ssize_t n_in, n_out, start, rows, block, w
     cdef bint stepping = update == FOLDED_MOMENTUM or update == LAYER_STEP
+    cdef bint few_rows              # this layer's backward products in the few-row kernels
     cdef floating* delta
     cdef floating* previous_delta
     cdef const floating* a_in
@@ -599,11 +608,16 @@ cdef double run_batch(const PlanData* plan, HyperparameterData* hyper, floating*
         n_out = plan.sizes[l]
         a_in = layer_input(plan, work, x, l)
         delta = work + plan.delta_offsets[l % 2]
+        few_rows = few_rows_here(plan, params + plan.weight_offsets[l - 1], m, n_in, n_out)
         if l > 1:
             previous_delta = work + plan.delta_offsets[(l - 1) % 2]
-            gemm(False, True, m, <int>n_in, <int>n_out, <floating>1, delta, <int>n_out,
-                 params + plan.weight_offsets[l - 1], <int>n_out, <floating>0, previous_delta,
-                 <int>n_in)
+            if few_rows:
+                fbp_few_rows_delta(previous_delta, delta, params + plan.weight_offsets[l - 1],
+                                   m, n_in, n_out)
+            else:
+                gemm(False, True, m, <int>n_in, <int>n_out, <floating>1, delta, <int>n_out,
+                     params + plan.weight_offsets[l - 1], <int>n_out, <floating>0,
+                     previous_delta, <int>n_in)
             if plan.mask_offsets[l - 1] >= 0:
                 fbp_multiply(previous_delta, work + plan.mask_offsets[l - 1], m * n_in)
             fbp_activation_backward(previous_delta, work + plan.output_offsets[l - 1],
@@ -622,8 +636,12 @@ cdef double run_batch(const PlanData* plan, HyperparameterData* hyper, floating*
         start = 0
         while start < n_in:
             rows = min(block, n_in - start)
-            gemm(True, False, <int>rows, <int>n_out, m, alpha, a_in + start, <int>n_in, delta,
-                 <int>n_out, weight_beta, target + w + start * n_out, <int>n_out)
+            if few_rows:
+                fbp_few_rows_gradient(target + w + start * n_out, a_in + start, n_in, delta, m,
+                                      rows, n_out, alpha, weight_beta)
+            else:
+                gemm(True, False, <int>rows, <int>n_out, m, alpha, a_in + start, <int>n_in,
+                     delta, <int>n_out, weight_beta, target + w + start * n_out, <int>n_out)
             if stepping:
                 step_slice(hyper, params, target, first, second, update,
                            w + start * n_out, rows * n_out, True)
@@ -1034,6 +1052,10 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
                                       state_rows)
     if n_workers < 1:
         raise ValueError(f"train_epoch: n_workers is {n_workers}; it must be at least 1")
+    # Small batches of shuffled dense rows: each batch asks for the next one's rows of X
+    # (and Y) while it trains; larger batches have many misses in flight anyway.
+    cdef bint prefetching = use_order and not use_sparse \
+        and batch_size * (n_in + n_out) * sizeof(floating) <= PREFETCH_BYTES
 
     with nogil:
         while start < n_samples:
@@ -1083,6 +1105,11 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
                     weight_sum += weights[i]
             else:
                 weight_sum = m
+            if prefetching and start + m < n_samples:   # the next batch's rows, meanwhile
+                i = min(batch_size, n_samples - start - m)
+                fbp_prefetch_rows(&X[0, 0], &order[start + m], i, n_in, n_samples)
+                if not use_labels:
+                    fbp_prefetch_rows(&Y[0, 0], &order[start + m], i, n_out, n_samples)
             if weight_sum > 0:   # a batch whose rows all weigh 0 teaches nothing
                 scale = <floating>(normaliser / weight_sum)
                 loss_sum = run_batch(plan_data, hyper, p, target, first, second, w, x, y,
@@ -1114,6 +1141,11 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
     if bad >= 0:
         raise_bad_index(order, labels, start + bad, use_order, failed_gather, n_out, sparse)
     return loss_total, weight_total, start, status
+
+
+# The largest batch (its rows of X and Y, in bytes) whose successor train_epoch prefetches.
+cdef enum:
+    PREFETCH_BYTES = 65536
 
 
 cdef enum Gathered:

@@ -16,6 +16,11 @@ cnp.import_array()
 # few-row kernels beat OpenBLAS on every layer of 784-128-10 and 20-64-64-1 (measured:
 # docs/serving.md); past that, BLAS's blocking for cache starts to pay.
 PREDICTOR_ROWS = 64
+# Training steps (and gradients passes) of at most this many rows take their products,
+# forward and backward, in the few-row kernels where fbp_few_rows_faster says they win:
+# online SGD, batch 1-8, where BLAS spent more on packing W and its call than on the
+# arithmetic (docs/serving.md, "Online training"). Larger batches stay BLAS's.
+TRAINING_FEW_ROWS = 8
 # Free workspaces a Predictor keeps between calls: one per thread predicting at once, up to
 # this many; more concurrent calls allocate their own and drop it afterwards.
 PREDICTOR_POOL = 16
@@ -176,3 +181,55 @@ def few_rows_product(const floating[:, ::1] X, const floating[:, ::1] W,
         else:
             fbp_few_rows_product(&out[0, 0], &X[0, 0], &W[0, 0], X.shape[0], X.shape[1],
                                  W.shape[1])
+
+
+def few_rows_delta(const floating[:, ::1] delta, const floating[:, ::1] W,
+                   floating[:, ::1] out):
+    """out := delta W^T by the few-row kernels, for tests and benchmarks (the instance
+    few_rows_narrow() selects)."""
+    if delta.shape[1] != W.shape[1] or out.shape[0] != delta.shape[0] \
+            or out.shape[1] != W.shape[0]:
+        raise ValueError(f"few_rows_delta: delta is {delta.shape[0]} x {delta.shape[1]}, W "
+                         f"{W.shape[0]} x {W.shape[1]}, out {out.shape[0]} x {out.shape[1]}")
+    if delta.shape[0] == 0 or W.shape[0] == 0 or W.shape[1] == 0:
+        raise ValueError("few_rows_delta needs at least one row, input and output")
+    with nogil:
+        fbp_few_rows_delta(&out[0, 0], &delta[0, 0], &W[0, 0], delta.shape[0], W.shape[0],
+                           W.shape[1])
+
+
+def few_rows_gradient(floating[:, ::1] C, const floating[:, ::1] A, const floating[:, ::1] D,
+                      double alpha, double beta, Py_ssize_t first_column=0):
+    """C := beta C + alpha A[:, first_column:first_column + C.shape[0]]^T D by the few-row
+    kernels (a block of a weight gradient, as run_batch takes it), for tests and
+    benchmarks."""
+    cdef Py_ssize_t m = A.shape[0]
+    if D.shape[0] != m or C.shape[1] != D.shape[1] or first_column < 0 \
+            or first_column + C.shape[0] > A.shape[1]:
+        raise ValueError(f"few_rows_gradient: C is {C.shape[0]} x {C.shape[1]}, A "
+                         f"{A.shape[0]} x {A.shape[1]} from column {first_column}, D "
+                         f"{D.shape[0]} x {D.shape[1]}")
+    if m == 0 or C.shape[0] == 0 or C.shape[1] == 0:
+        raise ValueError("few_rows_gradient needs at least one row, input and output")
+    with nogil:
+        fbp_few_rows_gradient(&C[0, 0], &A[0, first_column], A.shape[1], &D[0, 0], m,
+                              C.shape[0], C.shape[1], <floating>alpha, <floating>beta)
+
+
+import os
+
+FEW_ROWS_NARROW_VARIABLE = "FASTBP_FEW_ROWS_NARROW"
+
+
+def few_rows_narrow(flag=None):
+    """Whether the few-row kernels run their 32-byte-vector instances (those of CPUs
+    without AVX-512) even on an AVX-512 CPU; flag: set it (for tests). Starts from
+    FASTBP_FEW_ROWS_NARROW=1 when fastbp._core loads. Returns the setting before."""
+    global fbp_few_rows_narrow
+    before = bool(fbp_few_rows_narrow)
+    if flag is not None:
+        fbp_few_rows_narrow = 1 if flag else 0
+    return before
+
+
+few_rows_narrow(os.environ.get(FEW_ROWS_NARROW_VARIABLE, "") == "1")

@@ -63,9 +63,12 @@ def row_workspace(layer_sizes, codes, dropout, batch_size: int, n_workers: int, 
     if n_workers <= 1:
         return None, None
     from fastbp import _core
-    from fastbp.model import check_allocation
+    from fastbp.model import check_allocation, few_row_kernels
+    kernels = few_row_kernels()   # a worker's rows take the few-row kernels as a step's do
     plan = _core.Plan(list(layer_sizes), list(codes), -(-batch_size // n_workers),
-                      dropout, False, small_gemm_kernels())
+                      dropout, False, small_gemm_kernels(),
+                      0 if kernels == "never" else _core.TRAINING_FEW_ROWS,
+                      kernels == "always")
     size = _core.worker_workspace_size(plan, n_workers)
     check_allocation(size, dtype, "the workers' workspace")
     return plan, np.empty(size, dtype=dtype)

@@ -241,10 +241,15 @@ cdef double worker_deltas(const PlanData* view, const HyperparameterData* hyper,
         n_in = view.sizes[l - 1]
         n_out = view.sizes[l]
         previous_delta = deltas + delta_offset(view, delta_rows, l - 1) + first_row * n_in
-        gemm(False, True, m, <int>n_in, <int>n_out, <floating>1,
-             deltas + delta_offset(view, delta_rows, l) + first_row * n_out, <int>n_out,
-             params + view.weight_offsets[l - 1], <int>n_out, <floating>0, previous_delta,
-             <int>n_in)
+        if few_rows_here(view, params + view.weight_offsets[l - 1], m, n_in, n_out):
+            fbp_few_rows_delta(previous_delta,
+                               deltas + delta_offset(view, delta_rows, l) + first_row * n_out,
+                               params + view.weight_offsets[l - 1], m, n_in, n_out)
+        else:
+            gemm(False, True, m, <int>n_in, <int>n_out, <floating>1,
+                 deltas + delta_offset(view, delta_rows, l) + first_row * n_out, <int>n_out,
+                 params + view.weight_offsets[l - 1], <int>n_out, <floating>0, previous_delta,
+                 <int>n_in)
         if view.mask_offsets[l - 1] >= 0:
             fbp_multiply(previous_delta, work + view.mask_offsets[l - 1], m * n_in)
         fbp_activation_backward(previous_delta, work + view.output_offsets[l - 1],
@@ -279,11 +284,16 @@ cdef void update_part(SharedEpoch* s, const HyperparameterData* hyper, floating*
         weight_beta = <floating>(1.0 - hyper.learning_rate * hyper.weight_decay)
     elif update == FOLDED_MOMENTUM:
         target = first
+    cdef bint few_rows = few_rows_here(plan, params + w, m, n_in, n_out)
     block = gradient_block_rows(plan, l, rule)
     while start < high:
         rows = min(block, high - start)
-        gemm(True, False, <int>rows, <int>n_out, m, alpha, a_in + start, <int>n_in, delta,
-             <int>n_out, weight_beta, target + w + start * n_out, <int>n_out)
+        if few_rows:
+            fbp_few_rows_gradient(target + w + start * n_out, a_in + start, n_in, delta, m,
+                                  rows, n_out, alpha, weight_beta)
+        else:
+            gemm(True, False, <int>rows, <int>n_out, m, alpha, a_in + start, <int>n_in,
+                 delta, <int>n_out, weight_beta, target + w + start * n_out, <int>n_out)
         if rule:
             step_slice(hyper, params, target, first, second, update, w + start * n_out,
                        rows * n_out, True)

@@ -25,10 +25,11 @@ FEW_ROWS_VARIABLE = "FASTBP_FEW_ROWS"
 
 def few_row_kernels() -> str:
     """How predict and evaluate take the products of a pass of up to
-    _core.PREDICTOR_ROWS rows: "auto" (the few-row kernels of csrc/few_rows.h where they
-    beat BLAS), or, for comparing and testing, "always" (FASTBP_FEW_ROWS=1) or "never"
-    (FASTBP_FEW_ROWS=0: BLAS, as before the kernels). Read when a model is built or loaded,
-    and by each pass that is not on the fast path."""
+    _core.PREDICTOR_ROWS rows, and training steps of up to _core.TRAINING_FEW_ROWS rows:
+    "auto" (the few-row kernels of csrc/few_rows.h where they beat BLAS), or, for
+    comparing and testing, "always" (FASTBP_FEW_ROWS=1) or "never" (FASTBP_FEW_ROWS=0:
+    BLAS, as before the kernels). Read when a model is built or loaded, by each pass that
+    is not on the fast path, and by each fit."""
     return {"0": "never", "1": "always"}.get(os.environ.get(FEW_ROWS_VARIABLE, ""), "auto")
 
 
@@ -249,13 +250,16 @@ class MLP:
 
         A pass known to run on one BLAS thread cuts its products into calls small enough
         for the BLAS's small-matrix kernels, where it has them (docs/performance.md).
-        few_rows (forward-only passes: predict, evaluate): products of a few rows run in
-        the few-row kernels as few_row_kernels() says, the same as on the fast path.
+        Products of a few rows run in the few-row kernels as few_row_kernels() says: up
+        to _core.PREDICTOR_ROWS rows for forward-only passes (few_rows: predict,
+        evaluate; the same as on the fast path), up to _core.TRAINING_FEW_ROWS for passes
+        with a backward (training steps, gradients).
         sparse: for a sparse X (no dense batch of inputs is kept)."""
         small_chunks = n_threads == 1 and small_gemm_kernels()
-        kernels = few_row_kernels() if few_rows else "never"
+        kernels = few_row_kernels()
+        limit = _core.PREDICTOR_ROWS if few_rows else _core.TRAINING_FEW_ROWS
         plan = _core.Plan(self._layer_sizes, self._codes, n_rows, dropout, with_gradient,
-                          small_chunks, 0 if kernels == "never" else _core.PREDICTOR_ROWS,
+                          small_chunks, 0 if kernels == "never" else limit,
                           kernels == "always", sparse_input=sparse)
         check_allocation(plan.work_size, self.dtype, "the workspace")
         return plan, np.empty(plan.work_size, dtype=self.dtype)
