@@ -103,6 +103,48 @@ static inline void fbp_abandon_workers(fbp_barrier *barrier, pthread_t *threads,
     fbp_join_workers(threads, started);
 }
 
+/* Where a row-split step's time goes, per worker and phase (a diagnostic build only:
+   CFLAGS=-DFBP_WORKER_TIMING; otherwise these are empty). fbp_timing_mark(k, p) adds the
+   time since worker k's previous mark to phase p; fbp_timing_report prints the totals
+   per step to stderr when the epoch call ends. */
+#define FBP_TIMING_PHASES 8
+#ifdef FBP_WORKER_TIMING
+#include <stdio.h>
+#include <time.h>
+static double fbp_timing_total[64][FBP_TIMING_PHASES];
+static double fbp_timing_last[64];
+static inline double fbp_timing_now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1e9 + t.tv_nsec;
+}
+static inline void fbp_timing_mark(int k, int phase)
+{
+    double now = fbp_timing_now();
+    if (k < 64 && phase >= 0) fbp_timing_total[k][phase] += now - fbp_timing_last[k];
+    if (k < 64) fbp_timing_last[k] = now;
+}
+static inline void fbp_timing_report(int n, long steps)
+{
+    static const char *names[FBP_TIMING_PHASES] = {
+        "loop", "B gather", "B deltas", "wait B", "C update", "A next batch (worker 0)",
+        "wait C", "unused"};
+    for (int k = 0; k < n && k < 64; k++) {
+        fprintf(stderr, "worker %d us/step:", k);
+        for (int p = 0; p < FBP_TIMING_PHASES; p++) {
+            if (fbp_timing_total[k][p] > 0)
+                fprintf(stderr, " %s %.2f;", names[p], fbp_timing_total[k][p] / 1e3 / steps);
+            fbp_timing_total[k][p] = 0;
+        }
+        fprintf(stderr, "\n");
+    }
+}
+#else
+static inline void fbp_timing_mark(int k, int phase) { (void)k; (void)phase; }
+static inline void fbp_timing_report(int n, long steps) { (void)n; (void)steps; }
+#endif
+
 #endif
 
 /* The element-wise pieces, once per element type (the same pattern as kernels_impl.h). */

@@ -4,14 +4,17 @@
 # thread is worker 0. Worker k owns rows [k C, (k + 1) C) of each batch, C =
 # ceil(batch_size / T), in the fit's own workspace (a view of the fit's plan shifted by
 # k C rows, with the forward chunks of a plan of C rows: worker_plan). Each step runs in
-# three phases, with a barrier after each:
+# three phases, with a barrier after B and after C:
 #   A. worker 0 alone gathers the batch's row weights (their sum scales every row's
 #      gradient) and draws the whole batch's dropout masks, in the order the serial path
-#      draws them;
+#      draws them: for the first batch before the epoch's first barrier, for each next
+#      one at the end of its phase C of the step before (phase C reads neither the masks
+#      nor the row weights; each worker keeps the step's batch size, inputs and weight sum
+#      from before the barrier), so it costs no barrier of its own;
 #   B. worker k gathers its rows of the inputs and targets (an index out of range found
-#      by any worker stops them all after the barrier), runs forward on its rows, then the output delta and every hidden layer's
-#      delta backwards (all with the weights of before the step), each layer's delta kept
-#      for the whole batch in worker_work;
+#      by any worker stops them all after the barrier), runs forward on its rows, then
+#      the output delta and every hidden layer's delta backwards (all with the weights of
+#      before the step), each layer's delta kept for the whole batch in worker_work;
 #   C. worker k owns rows [k n / T, (k + 1) n / T) of each W (n: its rows) and the bias of
 #      every T-th layer: it makes that part's weight gradient from all the batch's rows in
 #      the serial step's GEMM (A^T D, into the update's target as the serial step does:
@@ -38,6 +41,8 @@ cdef extern from "workers.h" nogil:
                           char* contexts, size_t context_size)
     void fbp_join_workers(pthread_t* threads, int n)
     void fbp_abandon_workers(fbp_barrier* barrier, pthread_t* threads, int started)
+    void fbp_timing_mark(int k, int phase)
+    void fbp_timing_report(int n, long steps)
     void fbp_dropout_masks_f32(float* mask, Py_ssize_t n, double rate, uint64_t* random_state)
     void fbp_dropout_masks_f64(double* mask, Py_ssize_t n, double rate, uint64_t* random_state)
     void fbp_apply_mask_f32(float* out, const float* a, const float* mask, Py_ssize_t n)
@@ -259,13 +264,14 @@ cdef double worker_deltas(const PlanData* view, const HyperparameterData* hyper,
 
 
 cdef void update_part(SharedEpoch* s, const HyperparameterData* hyper, floating* params,
-                      int k, int l, bint stepping, double* squares) noexcept nogil:
+                      int k, int l, int m, const floating* x, bint stepping,
+                      double* squares) noexcept nogil:
     """Phase C of worker k in weight layer l: the weight gradient of its rows of W_l
-    (and of b_l when it owns it) from all the batch's rows, into the update's target, and
-    the rule on it (stepping), or (clipping: squares given) the gradient alone, its sum of
-    squares added to squares."""
+    (and of b_l when it owns it) from all the batch's m rows (inputs x), into the
+    update's target, and the rule on it (stepping), or (clipping: squares given) the
+    gradient alone, its sum of squares added to squares."""
     cdef const PlanData* plan = s.plan
-    cdef int T = s.n_workers, update = s.update, m = <int>s.m
+    cdef int T = s.n_workers, update = s.update
     cdef Py_ssize_t n_in = plan.sizes[l - 1], n_out = plan.sizes[l]
     cdef Py_ssize_t low = n_in * k // T, high = n_in * (k + 1) // T
     cdef Py_ssize_t w = plan.weight_offsets[l - 1], b = plan.bias_offsets[l - 1]
@@ -275,7 +281,7 @@ cdef void update_part(SharedEpoch* s, const HyperparameterData* hyper, floating*
     cdef floating* target = <floating*>s.grads
     cdef floating* delta = <floating*>s.deltas \
         + delta_offset(plan, s.rows_per_worker * T, l)
-    cdef const floating* a_in = layer_input(plan, <floating*>s.work, <const floating*>s.x, l)
+    cdef const floating* a_in = layer_input(plan, <floating*>s.work, x, l)
     cdef floating alpha = 1, weight_beta = 1, bias_beta = 1
     cdef bint rule = stepping and update != FOLDED_SGD
     if update == FOLDED_SGD:   # W <- (1 - lr wd) W - lr grad, as run_batch folds it
@@ -331,34 +337,46 @@ cdef void step_part(SharedEpoch* s, const HyperparameterData* hyper, floating* p
 
 
 cdef void worker_loop(floating* kind, WorkerArgument* argument) noexcept nogil:
-    """One worker's part of the epoch (kind: only selects the element type)."""
+    """One worker's part of the epoch (kind: only selects the element type). Two barriers
+    a step: after phase B, and after phase C, during which worker 0 also sets up the next
+    batch (phase A: the step reads what phase A writes only before the first barrier)."""
     cdef SharedEpoch* s = argument.shared
-    cdef int k = argument.index, T = s.n_workers, j, l
+    cdef int k = argument.index, T = s.n_workers, j, l, m
     cdef const PlanData* plan = s.plan
     cdef floating* params = <floating*>s.params
     cdef floating* work = <floating*>s.work
     cdef Py_ssize_t C = s.rows_per_worker
     cdef Py_ssize_t n_in = plan.sizes[0], n_out = plan.sizes[plan.n_layers], row0, row1
-    cdef HyperparameterData hyper
-    cdef double loss_sum, squares, coefficient
+    # this worker's copy: worker 0 moves s.hyper.step while the others may still read
+    cdef HyperparameterData hyper = s.hyper[0]
+    cdef double loss_sum, squares, coefficient, weight_sum
     cdef const floating* weights
-    while True:
-        if k == 0:
-            next_batch(s, work)
-        fbp_barrier_wait(&s.barrier)
-        if not s.proceed:
-            return
-        row0 = min(k * C, s.m)
-        row1 = min(row0 + C, s.m)
+    cdef const floating* x
+    cdef const floating* y
+    fbp_timing_mark(k, -1)
+    if k == 0:
+        next_batch(s, work)
+    fbp_barrier_wait(&s.barrier)
+    while s.proceed:
+        # the step's batch as phase A left it: worker 0 rewrites these in phase C
+        m = <int>s.m
+        x, y = <const floating*>s.x, <const floating*>s.y
+        weights, weight_sum = <const floating*>s.weights, s.weight_sum
+        fbp_timing_mark(k, 0)
+        row0 = min(k * C, m)
+        row1 = min(row0 + C, m)
         s.losses[k] = 0
         s.bads[k] = gather_rows(s, work, row0, row1, &s.faileds[k]) if row1 > row0 else -1
+        fbp_timing_mark(k, 1)
         if s.bads[k] < 0 and row1 > row0:
-            weights = <const floating*>s.weights + row0 if s.weights != NULL else NULL
             s.losses[k] = worker_deltas(
                 &s.views[k], s.hyper, params, work, <floating*>s.deltas, C * T, row0,
-                <const floating*>s.x + row0 * n_in, <const floating*>s.y + row0 * n_out,
-                weights, <int>(row1 - row0), <floating>(s.normaliser / s.weight_sum))
+                x + row0 * n_in, y + row0 * n_out,
+                weights + row0 if weights != NULL else NULL, <int>(row1 - row0),
+                <floating>(s.normaliser / weight_sum))
+        fbp_timing_mark(k, 2)
         fbp_barrier_wait(&s.barrier)
+        fbp_timing_mark(k, 3)
         for j in range(T):   # the first worker's bad index, as every worker sees it
             if s.bads[j] >= 0:
                 if k == 0:
@@ -371,12 +389,11 @@ cdef void worker_loop(floating* kind, WorkerArgument* argument) noexcept nogil:
             if k == 0:
                 s.status = DIVERGED
             return
-        hyper = s.hyper[0]
         hyper.step += 1
         if s.update == GRADIENT_ONLY:   # clipping: the norm of the whole gradient first
             squares = 0
             for l in range(1, plan.n_layers + 1):
-                update_part(s, &hyper, params, k, l, False, &squares)
+                update_part(s, &hyper, params, k, l, m, x, False, &squares)
             s.squares[k] = squares
             fbp_barrier_wait(&s.barrier)
             squares = 0
@@ -388,13 +405,17 @@ cdef void worker_loop(floating* kind, WorkerArgument* argument) noexcept nogil:
                 step_part(s, &hyper, params, k, l, <floating>min(coefficient, 1.0))
         else:
             for l in range(plan.n_layers, 0, -1):
-                update_part(s, &hyper, params, k, l, True, NULL)
-        fbp_barrier_wait(&s.barrier)
+                update_part(s, &hyper, params, k, l, m, x, True, NULL)
+        fbp_timing_mark(k, 4)
         if k == 0:
             s.hyper.step += 1
             s.loss_total += loss_sum * s.normaliser
-            s.weight_total += s.weight_sum
-            s.start += s.m
+            s.weight_total += weight_sum
+            s.start += m
+            next_batch(s, work)
+            fbp_timing_mark(k, 5)
+        fbp_barrier_wait(&s.barrier)
+        fbp_timing_mark(k, 6)
 
 
 cdef void* worker_entry_float(void* argument) noexcept nogil:
@@ -491,6 +512,7 @@ cdef parallel_epoch(SharedEpoch* s, floating* kind):
     s.losses = numbers
     s.squares = numbers + T
     fbp_barrier_init(&s.barrier, T)
+    cdef long first_step = <long>s.hyper.step
     with nogil:
         if floating is float:
             started = fbp_start_workers(threads, T, worker_entry_float, <char*>arguments,
@@ -501,6 +523,7 @@ cdef parallel_epoch(SharedEpoch* s, floating* kind):
         if started == 0:
             worker_loop(<floating*>NULL, &arguments[0])
             fbp_join_workers(threads, T)
+            fbp_timing_report(T, <long>s.hyper.step - first_step)
         else:   # the threads that did start stop at the first barrier
             s.proceed = False
             fbp_abandon_workers(&s.barrier, threads, started)

@@ -187,3 +187,50 @@ def test_an_epoch_stopped_by_a_bad_index_trained_the_batches_before_it():
         results.append(arguments[2])
     assert_agree(results[0], results[1])
     assert not np.array_equal(results[0], core_arguments()[2])
+
+
+def weighted_core_arguments(n_workers, weights, order=None):
+    """core_arguments with row weights (and an order), run on n_workers (1: the serial
+    path)."""
+    arguments = core_arguments()
+    arguments[8] = np.asarray(weights, np.float32)
+    if order is not None:
+        arguments[9] = order
+    arguments[15] = n_workers
+    return arguments
+
+
+@pytest.mark.parametrize("position", [5, 40])   # the first batch's gather, the second's
+def test_a_bad_index_in_the_weights_gather_stops_after_the_steps_before_it(position):
+    """The row weights of the next batch are gathered by worker 0 during the step before
+    (phase A in phase C): an index out of range there stops the epoch with the error the
+    serial path gives, after the same steps."""
+    results = []
+    for n_workers in (1, 2):
+        order = np.arange(64, dtype=np.intp)
+        order[position] = 64
+        arguments = weighted_core_arguments(n_workers, np.ones(64), order)
+        with pytest.raises(ValueError, match=f"row 64 \\(order\\[{position}\\]\\)"):
+            _core.train_epoch(*arguments)
+        results.append(arguments[2])
+    assert_agree(results[0], results[1])
+    trained = not np.array_equal(results[1], core_arguments()[2])
+    assert trained == (position >= 32)
+
+
+@pytest.mark.parametrize("zero_rows", [slice(0, 32), slice(32, 64)])
+def test_batches_whose_rows_weigh_nothing_are_skipped_as_on_one_worker(zero_rows):
+    """The first batch (skipped before the first barrier) or the second (skipped while
+    the first step's phase C runs) weighs 0: one step is taken, the same as one worker's."""
+    weights = np.random.default_rng(1).uniform(0.5, 2.0, 64)
+    weights[zero_rows] = 0
+    results = []
+    for n_workers in (1, 2):
+        arguments = weighted_core_arguments(n_workers, weights)
+        loss, weight, rows, status = _core.train_epoch(*arguments)
+        assert rows == 64 and status == _core.Status.COMPLETED
+        assert weight == pytest.approx(weights.sum(), rel=1e-6)
+        assert arguments[1].step == 1
+        results.append((arguments[2], loss))
+    assert_agree(results[0][0], results[1][0])
+    assert results[0][1] == pytest.approx(results[1][1], rel=1e-5)
