@@ -1151,14 +1151,17 @@ cdef raise_bad_sparse_row(SparseRows sparse, Py_ssize_t row):
 
 def gradients(Plan plan, Hyperparameters hyperparameters, const floating[::1] params,
               floating[::1] grads, floating[::1] work, const floating[:, ::1] X,
-              const floating[:, ::1] Y, SparseRows sparse=None):
+              const floating[:, ::1] Y, SparseRows sparse=None,
+              const floating[::1] row_weights=None):
     """grads := gradient of the mean loss over all rows of X; returns the mean loss.
 
     Rows go through in chunks of plan.capacity; each chunk adds its share. sparse: X is
-    this sparse matrix (X itself is not read).
+    this sparse matrix (X itself is not read). row_weights (one >= 0 a row, not all 0):
+    the weighted mean sum w_i l_i / sum w_i instead, as a fit weighs a batch's rows.
     """
     cdef const PlanData* plan_data = &plan.data
     cdef bint use_sparse = sparse is not None
+    cdef bint use_weights = row_weights is not None
     cdef Py_ssize_t n_samples = sparse.n_rows if use_sparse else X.shape[0]
     cdef Py_ssize_t n_out = plan_data.sizes[plan_data.n_layers]
     check_pass("gradients", plan_data, params.shape[0], work.shape[0],
@@ -1170,12 +1173,21 @@ def gradients(Plan plan, Hyperparameters hyperparameters, const floating[::1] pa
     check_targets("gradients", plan_data, "Y", Y.shape[0], Y.shape[1], n_samples)
     if n_samples == 0:
         raise ValueError("gradients: X has no rows")
-    cdef Py_ssize_t start = 0, m
+    cdef Py_ssize_t start = 0, m, i
+    cdef double weight_total = n_samples
+    if use_weights:
+        check_size("gradients", "the number of row weights", row_weights.shape[0], n_samples)
+        weight_total = 0.0
+        for i in range(n_samples):
+            weight_total += row_weights[i]
+        if not weight_total > 0:
+            raise ValueError("gradients: the row weights sum to 0")
     cdef floating scale = \
-        <floating>(loss_normaliser(hyperparameters.data.loss, n_out) / n_samples)
+        <floating>(loss_normaliser(hyperparameters.data.loss, n_out) / weight_total)
     cdef double loss_sum, total = 0.0
     cdef floating beta
     cdef const floating* x
+    cdef const floating* weights = NULL
     with nogil:
         while start < n_samples:
             m = min(plan_data.capacity, n_samples - start)
@@ -1185,9 +1197,12 @@ def gradients(Plan plan, Hyperparameters hyperparameters, const floating[::1] pa
                 x = NULL
             else:
                 x = &X[start, 0]
+            if use_weights:
+                weights = &row_weights[start]
             loss_sum = run_batch(plan_data, &hyperparameters.data, <floating*>&params[0],
                                  &grads[0], NULL, NULL, &work[0], x, &Y[start, 0],
-                                 NULL, <int>m, scale, GRADIENT_ONLY, beta, NULL, sparse_batch)
+                                 weights, <int>m, scale, GRADIENT_ONLY, beta, NULL,
+                                 sparse_batch)
             if use_sparse and batch.bad >= 0:
                 break
             total += loss_sum
