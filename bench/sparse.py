@@ -1,71 +1,254 @@
-"""S1, sparse input: fastbp's training throughput and peak memory on a CSR matrix.
+"""S1, sparse input: fastbp and its peers, training throughput and memory on one CSR matrix.
 
 Trains the S1 network (100000-256-20, ReLU, softmax + CCE, batch 64) on S1's data
-(bench/workloads.py, make_sparse_data) with plain SGD (learning rate 0.05, the workload's
-rule), SGD with momentum 0.9 and Adam (learning rate 0.001), one thread, and prints for
-each: samples/s (the median of the timed epochs, after one untimed epoch), and the peak of
-memory the fit allocates beyond the data and the model (tracemalloc: NumPy's allocations,
-the workspace, the optimizer state, the epoch's backup), beside the sizes of the CSR data
-and of the parameters. Run with the OpenBLAS variables unset, like every benchmark:
+(bench/workloads.py, make_sparse_data), one thread, with
+
+- fastbp: plain SGD (learning rate 0.05, the workload's rule), SGD with momentum 0.9, and
+  Adam (learning rate 0.001);
+- PyTorch's fastest sparse path: nn.EmbeddingBag(100000, 256, mode="sum", sparse=True)
+  fed the CSR arrays (indices, offsets, per_sample_weights = the stored values), a bias and
+  ReLU, nn.Linear(256, 20), CrossEntropyLoss, optim.SGD (learning rate 0.05; its sparse
+  gradient touches only the named rows of the table);
+- scikit-learn: MLPClassifier(hidden_layer_sizes=(256,), solver="sgd",
+  learning_rate_init=0.05, batch_size=64, momentum=0, alpha=0, max_iter=1) on the same CSR
+  matrix (warm_start, so each fit is one more epoch).
+
+Each system runs in a subprocess of its own (one library per process, its own peak RSS),
+under threadpoolctl's limit of one BLAS thread (and torch.set_num_threads(1)). A worker
+trains one untimed epoch, then `--epochs` timed ones, each over a fresh row order, and
+reports the median samples/s, the CPU seconds over the wall seconds of the timed epochs
+(under 1 means the core was shared) and the samples per CPU second (steadier than samples/s
+when it was), and memory: the growth of the peak RSS from after the
+data were made to the end (the model, the optimizer's state and the fit's own allocations),
+and for fastbp the peak under tracemalloc of one more fit, after the timed ones (its
+allocations beyond the data and the model). Systems whose step costs the same on any number of rows are timed on the first rows
+of the matrix (ROWS below; `--rows-<name>` to change): Adam (a pass over all of W1 a step)
+on 4,000, scikit-learn (about 200 samples/s) on 2,000. Run with the OpenBLAS variables
+unset, like every benchmark:
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/sparse.py [--epochs 3]
 """
 import argparse
+import json
 import os
+import resource
 import statistics
+import subprocess
 import sys
+import time
 import tracemalloc
+import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import fastbp  # noqa: E402
-from fastbp import optimizers  # noqa: E402
+import numpy as np  # noqa: E402
+
 from workloads import LOSS, S1, S1_LEARNING_RATE, make_sparse_data  # noqa: E402
 
-RULES = {
-    "sgd": lambda: optimizers.SGD(S1_LEARNING_RATE),
-    "momentum": lambda: optimizers.SGD(S1_LEARNING_RATE, momentum=0.9),
-    "adam": lambda: optimizers.Adam(0.001),
-}
+SYSTEMS = ("fastbp-sgd", "fastbp-momentum", "fastbp-adam", "torch-embeddingbag", "sklearn")
+ROWS = {"fastbp-adam": 4_000, "sklearn": 2_000}   # the others: all of S1's 20,000
 
 
-def measure(X, y, rule, epochs, seed=0):
-    """(samples/s per timed epoch, peak bytes the fit allocated, final loss)."""
-    model = fastbp.MLP(S1.layer_sizes, S1.activations, dtype=S1.dtype, seed=seed)
-    trainer = fastbp.Trainer(LOSS, optimizer=RULES[rule](), epochs=1,
-                             batch_size=S1.batch_size, seed=seed, n_threads=1)
-    trainer.fit(model, X, y)   # warm up: the optimizer state exists from here on
-    tracemalloc.start()
-    rates, history = [], None
-    for _ in range(epochs):
-        history = trainer.fit(model, X, y)
-        rates.append(history.samples_per_second[-1])
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    return rates, peak, history.loss[-1]
+def _maxrss_mib():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # KiB on Linux
 
+
+# ----------------------------------------------------------------------------- runners
+# Each is built from (X, y, seed) and has run_epoch(), one epoch over a new row order.
+
+class FastbpRunner:
+    RULES = {
+        "fastbp-sgd": lambda o: o.SGD(S1_LEARNING_RATE),
+        "fastbp-momentum": lambda o: o.SGD(S1_LEARNING_RATE, momentum=0.9),
+        "fastbp-adam": lambda o: o.Adam(0.001),
+    }
+
+    def __init__(self, name, X, y, seed=0):
+        import fastbp
+        self.fastbp, self.X, self.y = fastbp, X, y
+        self.model = fastbp.MLP(S1.layer_sizes, S1.activations, dtype=S1.dtype, seed=seed)
+        self.trainer = fastbp.Trainer(LOSS, optimizer=self.RULES[name](fastbp.optimizers),
+                                      epochs=1, batch_size=S1.batch_size, seed=seed,
+                                      n_threads=1)
+        self.tracemalloc_peak = None
+
+    def run_epoch(self):
+        # the trainer keeps its optimizer state and draws a new row order at each fit
+        history = self.trainer.fit(self.model, self.X, self.y)
+        self.loss = history.loss[-1]
+
+    def traced_epoch(self):
+        """One more epoch under tracemalloc (after the timed ones: it slows allocations)."""
+        tracemalloc.start()
+        try:
+            self.run_epoch()
+        finally:
+            self.tracemalloc_peak = tracemalloc.get_traced_memory()[1] / 2**20
+            tracemalloc.stop()
+
+    def versions(self):
+        return {"fastbp": getattr(self.fastbp, "__version__", "?")}
+
+
+class TorchEmbeddingBagRunner:
+    """EmbeddingBag(sum, sparse) with per-sample weights + bias + ReLU + Linear, CCE, SGD.
+
+    Each epoch permutes the CSR matrix's rows once (scipy), so that a batch is a slice of
+    its arrays: indices, offsets (indptr less its first entry) and the stored values, handed
+    to torch without a copy (torch.from_numpy)."""
+
+    def __init__(self, name, X, y, seed=0):
+        import torch
+        self.torch = torch
+        torch.set_num_threads(1)
+        try:
+            torch.set_num_interop_threads(1)
+        except RuntimeError:
+            pass
+        torch.manual_seed(seed)
+        n_in, n_hidden, n_out = S1.layer_sizes
+        self.bag = torch.nn.EmbeddingBag(n_in, n_hidden, mode="sum", sparse=True)
+        self.bias = torch.nn.Parameter(torch.zeros(n_hidden))
+        self.out = torch.nn.Linear(n_hidden, n_out)
+        self.opt = torch.optim.SGD([*self.bag.parameters(), self.bias,
+                                    *self.out.parameters()], lr=S1_LEARNING_RATE)
+        self.loss_fn = torch.nn.CrossEntropyLoss()
+        self.X, self.y = X, np.ascontiguousarray(y, dtype=np.int64)
+        self.rng = np.random.default_rng(seed)
+
+    def run_epoch(self):
+        torch = self.torch
+        perm = self.rng.permutation(self.X.shape[0])
+        Xp = self.X[perm]
+        indices = torch.from_numpy(Xp.indices.astype(np.int64))
+        indptr = Xp.indptr.astype(np.int64)
+        values = torch.from_numpy(Xp.data)
+        y = torch.from_numpy(self.y[perm])
+        B, n = S1.batch_size, Xp.shape[0]
+        for start in range(0, n, B):
+            stop = min(start + B, n)
+            lo, hi = int(indptr[start]), int(indptr[stop])
+            offsets = torch.from_numpy(indptr[start:stop] - lo)
+            self.opt.zero_grad(set_to_none=True)
+            hidden = torch.relu(self.bag(indices[lo:hi], offsets,
+                                         per_sample_weights=values[lo:hi]) + self.bias)
+            loss = self.loss_fn(self.out(hidden), y[start:stop])
+            loss.backward()
+            self.opt.step()
+        self.loss = float(loss)
+
+    def versions(self):
+        return {"torch": self.torch.__version__}
+
+
+class SklearnRunner:
+    def __init__(self, name, X, y, seed=0):
+        import sklearn
+        from sklearn.neural_network import MLPClassifier
+        self.sklearn = sklearn
+        self.clf = MLPClassifier(hidden_layer_sizes=S1.layer_sizes[1:-1], solver="sgd",
+                                 learning_rate_init=S1_LEARNING_RATE,
+                                 batch_size=S1.batch_size, momentum=0.0, alpha=0.0,
+                                 max_iter=1, warm_start=True, random_state=seed)
+        self.X, self.y = X, y
+
+    def run_epoch(self):
+        from sklearn.exceptions import ConvergenceWarning
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            self.clf.fit(self.X, self.y)
+        self.loss = self.clf.loss_
+
+    def versions(self):
+        return {"sklearn": self.sklearn.__version__}
+
+
+def make_runner(name, X, y):
+    if name.startswith("fastbp"):
+        return FastbpRunner(name, X, y)
+    if name == "torch-embeddingbag":
+        return TorchEmbeddingBagRunner(name, X, y)
+    if name == "sklearn":
+        return SklearnRunner(name, X, y)
+    raise ValueError(f"unknown system {name!r}; known: {', '.join(SYSTEMS)}")
+
+
+# ----------------------------------------------------------------------------- worker
+
+def worker(name, rows, epochs):
+    """Measure one system in this process; returns a dict (printed as JSON)."""
+    from threadpoolctl import threadpool_limits
+    X, y = make_sparse_data(S1)
+    X, y = X[:rows], y[:rows]
+    rss_data = _maxrss_mib()
+    with threadpool_limits(limits=1):
+        runner = make_runner(name, X, y)
+        runner.run_epoch()   # untimed: the optimizer's state and every buffer exist from here
+        rates, cpu, wall = [], 0.0, 0.0
+        for _ in range(epochs):
+            c0, t0 = time.process_time(), time.perf_counter()
+            runner.run_epoch()
+            dt, dc = time.perf_counter() - t0, time.process_time() - c0
+            rates.append(rows / dt)
+            wall, cpu = wall + dt, cpu + dc
+        if hasattr(runner, "traced_epoch"):
+            runner.traced_epoch()
+    return {"system": name, "rows": rows, "rates": rates,
+            "samples_per_s": statistics.median(rates), "cpu_over_wall": cpu / wall,
+            "samples_per_cpu_s": rows * epochs / cpu,
+            "rss_growth_mib": _maxrss_mib() - rss_data, "rss_data_mib": rss_data,
+            "tracemalloc_peak_mib": getattr(runner, "tracemalloc_peak", None),
+            "loss": float(runner.loss), "versions": runner.versions()}
+
+
+# ----------------------------------------------------------------------------- driver
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--rules", default=",".join(RULES))
-    parser.add_argument("--rows", type=int, default=S1.n_samples)
+    parser.add_argument("--epochs", type=int, default=3, help="timed epochs per system")
+    parser.add_argument("--systems", default=",".join(SYSTEMS))
+    for name in SYSTEMS:
+        parser.add_argument(f"--rows-{name}", type=int, default=ROWS.get(name, S1.n_samples))
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--rows", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    workload = S1.with_samples(args.rows)
-    X, y = make_sparse_data(workload)
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.rows, args.epochs)))
+        return
+
+    X, _ = make_sparse_data(S1)
     data_bytes = X.data.nbytes + X.indices.nbytes + X.indptr.nbytes
     n_params = sum(a * b + b for a, b in zip(S1.layer_sizes[:-1], S1.layer_sizes[1:]))
     print(f"S1: {X.shape[0]:,} x {X.shape[1]:,}, {X.nnz:,} stored values "
           f"({X.nnz / X.shape[0]:.1f} a row), CSR {data_bytes / 2**20:.1f} MiB, "
           f"parameters {n_params * 4 / 2**20:.1f} MiB (a dense X: "
-          f"{X.shape[0] * X.shape[1] * 4 / 2**30:.1f} GiB); one thread, "
-          f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}")
-    print(f"{'rule':10} {'samples/s':>12} {'epochs (samples/s)':>36} {'peak MiB':>9} "
-          f"{'loss':>7}")
-    for rule in args.rules.split(","):
-        rates, peak, loss = measure(X, y, rule, args.epochs)
-        print(f"{rule:10} {statistics.median(rates):12,.0f} "
-              f"{' '.join(f'{r:,.0f}' for r in rates):>36} {peak / 2**20:9.1f} {loss:7.4f}")
+          f"{X.shape[0] * X.shape[1] * 4 / 2**30:.1f} GiB); one thread, each system in its "
+          f"own process, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}")
+    del X
+    results = []
+    for name in args.systems.split(","):
+        rows = getattr(args, f"rows_{name.replace('-', '_')}")
+        proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", name,
+                               "--rows", str(rows), "--epochs", str(args.epochs)],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            print(f"{name}: failed\n{proc.stderr[-2000:]}")
+            continue
+        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    base = next((r["samples_per_s"] for r in results if r["system"] == "fastbp-sgd"), None)
+    print(f"{'system':20} {'rows':>6} {'samples/s':>11} {'fastbp SGD / it':>15} "
+          f"{'cpu/wall':>8} {'per CPU s':>10} {'RSS growth MiB':>14} "
+          f"{'tracemalloc MiB':>15} {'loss':>7}   epochs (samples/s)")
+    for r in results:
+        ratio = f"{base / r['samples_per_s']:,.1f}x" if base else "-"
+        trace = r["tracemalloc_peak_mib"]
+        print(f"{r['system']:20} {r['rows']:6,} {r['samples_per_s']:11,.0f} {ratio:>15} "
+              f"{r['cpu_over_wall']:8.2f} {r['samples_per_cpu_s']:10,.0f} "
+              f"{r['rss_growth_mib']:14.1f} "
+              f"{'-' if trace is None else f'{trace:.1f}':>15} {r['loss']:7.4f}   "
+              f"{' '.join(f'{x:,.0f}' for x in r['rates'])}")
+    print("versions:", json.dumps({k: v for r in results for k, v in r["versions"].items()}),
+          f"load after: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -438,65 +438,85 @@ FBP_MULTIVERSION static void FBP_NAME(fbp_momentum_step)(FBP_T *params, FBP_T *s
    g is the gradient (weight_decay * p is added here: coupled decay), read and then reset
    to 0, so that the next gradient GEMM can accumulate with beta = 1 (OpenBLAS spends a
    whole extra pass over C for beta = 0); state holds first[] and second[] moments where
-   the rule has them.  step counts from 1. */
+   the rule has them.  step counts from 1.
+
+   named: NULL, or one flag per row of row_length values (n a multiple of it), as
+   fbp_sparse_scatter sets them: a row whose flag is 0 holds a gradient of 0 (the sparse
+   batch named none of its columns) and steps without reading or resetting grads there,
+   with g = 0 + weight_decay * p, the same bits as reading that 0; each flag is reset to 0
+   once its row has stepped.  The pass is bound by memory (an Adam pass over S1's W1 runs
+   as fast as a loop that only moves the same four arrays), so those rows move three
+   arrays instead of four. */
+#define FBP_RULE_LOOP(BODY)                                                                \
+    for (ptrdiff_t lo = 0; lo < n; lo += span) {                                           \
+        ptrdiff_t hi = lo + span;                                                          \
+        if (!named || named[lo / span]) {                                                  \
+            if (named)                                                                     \
+                named[lo / span] = 0;                                                      \
+            for (ptrdiff_t i = lo; i < hi; i++) {                                          \
+                FBP_T g = grads[i] + weight_decay * params[i];                             \
+                grads[i] = 0;                                                              \
+                BODY                                                                       \
+            }                                                                              \
+        } else {                                                                           \
+            for (ptrdiff_t i = lo; i < hi; i++) {                                          \
+                FBP_T g = (FBP_T)0 + weight_decay * params[i];                             \
+                BODY                                                                       \
+            }                                                                              \
+        }                                                                                  \
+    }
+
 FBP_MULTIVERSION static void FBP_NAME(fbp_optimizer_step)(FBP_T *params, FBP_T *grads, FBP_T *first,
                                                 FBP_T *second, ptrdiff_t n, int kind,
                                                 FBP_T learning_rate, FBP_T weight_decay,
                                                 FBP_T momentum, int nesterov, FBP_T beta1,
-                                                FBP_T beta2, FBP_T epsilon, double step)
+                                                FBP_T beta2, FBP_T epsilon, double step,
+                                                unsigned char *named, ptrdiff_t row_length)
 {
+    ptrdiff_t span = named ? row_length : n;
+    if (n <= 0 || span <= 0)
+        return;
     switch (kind) {
     case FBP_SGD:
-        for (ptrdiff_t i = 0; i < n; i++) {
-            params[i] -= learning_rate * (grads[i] + weight_decay * params[i]);
-            grads[i] = 0;
-        }
+        FBP_RULE_LOOP(params[i] -= learning_rate * g;)
         break;
     case FBP_MOMENTUM:   /* v <- mu v + g;  p <- p - lr (g + mu v) (nesterov) or p - lr v */
-        for (ptrdiff_t i = 0; i < n; i++) {
-            FBP_T g = grads[i] + weight_decay * params[i];
-            grads[i] = 0;
+        FBP_RULE_LOOP(
             FBP_T v = momentum * first[i] + g;
             first[i] = v;
             params[i] -= learning_rate * (nesterov ? g + momentum * v : v);
-        }
+        )
         break;
     case FBP_ADAM: {     /* bias-corrected moments; p <- p - lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps) */
         FBP_T step_size = (FBP_T)(learning_rate / (1.0 - pow((double)beta1, step)));
-        /* times 1 / sqrt(bc2) rather than over sqrt(bc2): one division an element, not two
-           (the loop is bound by its divisions and square roots, not by memory) */
+        /* times 1 / sqrt(bc2) rather than over sqrt(bc2): one division an element, not two */
         FBP_T inverse_root_correction = (FBP_T)(1.0 / sqrt(1.0 - pow((double)beta2, step)));
-        for (ptrdiff_t i = 0; i < n; i++) {
-            FBP_T g = grads[i] + weight_decay * params[i];
-            grads[i] = 0;
+        FBP_RULE_LOOP(
             FBP_T m = beta1 * first[i] + (1 - beta1) * g;
             FBP_T v = beta2 * second[i] + (1 - beta2) * g * g;
             first[i] = m;
             second[i] = v;
             params[i] -= step_size * m / (FBP_MATH_SQRT(v) * inverse_root_correction + epsilon);
-        }
+        )
         break;
     }
     case FBP_RMSPROP:    /* v <- alpha v + (1 - alpha) g^2;  p <- p - lr g / (sqrt(v) + eps) */
-        for (ptrdiff_t i = 0; i < n; i++) {
-            FBP_T g = grads[i] + weight_decay * params[i];
-            grads[i] = 0;
+        FBP_RULE_LOOP(
             FBP_T v = beta2 * second[i] + (1 - beta2) * g * g;
             second[i] = v;
             params[i] -= learning_rate * g / (FBP_MATH_SQRT(v) + epsilon);
-        }
+        )
         break;
     case FBP_ADAGRAD:    /* s <- s + g^2;  p <- p - lr g / (sqrt(s) + eps) */
-        for (ptrdiff_t i = 0; i < n; i++) {
-            FBP_T g = grads[i] + weight_decay * params[i];
-            grads[i] = 0;
+        FBP_RULE_LOOP(
             FBP_T s = second[i] + g * g;
             second[i] = s;
             params[i] -= learning_rate * g / (FBP_MATH_SQRT(s) + epsilon);
-        }
+        )
         break;
     }
 }
+#undef FBP_RULE_LOOP
 
 /* Sparse input: a batch of rows of a CSR matrix (data, indices, indptr; n_rows rows,
    n_cols columns, nnz stored values), rows[0..m) of it, or first..first+m when rows is
@@ -549,11 +569,12 @@ FBP_MULTIVERSION static ptrdiff_t FBP_NAME(fbp_sparse_product)(FBP_T *out, const
 
 /* G[indices[k], :] += alpha * data[k] * delta[i, :] over row i's stored values: the first
    layer's weight gradient (alpha X^T delta) for a sparse batch, touching only the rows of
-   G (n_cols x n_out) the batch names. */
+   G (n_cols x n_out) the batch names; named (NULL, or a flag per row of G): each of those
+   rows' flag set to 1, for fbp_optimizer_step. */
 FBP_MULTIVERSION static ptrdiff_t FBP_NAME(fbp_sparse_scatter)(FBP_T *G, const FBP_T *data,
         const ptrdiff_t *indices, const ptrdiff_t *indptr, ptrdiff_t n_rows, ptrdiff_t n_cols,
         ptrdiff_t nnz, const ptrdiff_t *rows, ptrdiff_t first, ptrdiff_t m, const FBP_T *delta,
-        ptrdiff_t n_out, FBP_T alpha)
+        ptrdiff_t n_out, FBP_T alpha, unsigned char *named)
 {
     for (ptrdiff_t i = 0; i < m; i++) {
         ptrdiff_t begin, end;
@@ -565,6 +586,8 @@ FBP_MULTIVERSION static ptrdiff_t FBP_NAME(fbp_sparse_scatter)(FBP_T *G, const F
             ptrdiff_t column = indices[k];
             if ((size_t)column >= (size_t)n_cols)
                 return i;
+            if (named)
+                named[column] = 1;
             const FBP_T v = alpha * data[k];
             FBP_T *restrict g = G + column * n_out;
             for (ptrdiff_t j = 0; j < n_out; j++)

@@ -32,13 +32,14 @@ Benchmark-only code lives in _bench.pxi.
 from cython cimport floating
 from libc.math cimport isfinite, sqrt
 from libc.stdint cimport uint64_t
-from libc.stdlib cimport malloc, free
+from libc.stdlib cimport calloc, malloc, free
 from libc.string cimport memset
 
 from fastbp._blas cimport gemm
 from scipy.linalg.cython_blas cimport sgemm
 from fastbp._kernels cimport *   # the kernels (fbp_*), each with one wrapper for both dtypes
 
+import os
 import threading
 
 import numpy as np
@@ -48,6 +49,9 @@ ACTIVATION_CODES = {fbp_activation_names[code].decode(): code
                     for code in range(FBP_N_ACTIVATIONS)}
 LOSS_CODES = {fbp_loss_names[code].decode(): code for code in range(FBP_N_LOSSES)}
 OPTIMIZER_CODES = {fbp_optimizer_names[code].decode(): code for code in range(FBP_N_OPTIMIZERS)}
+# "0": a sparse fit whose rule steps every row of W1 reads the whole gradient buffer, not
+# only the rows each batch names (train_epoch)
+NAMED_ROWS_VARIABLE = "FASTBP_SPARSE_NAMED_ROWS"
 
 # train_epoch's status
 cpdef enum Status:
@@ -285,6 +289,9 @@ cdef struct SparseBatch:
                                     # out of range (nothing after the pass that found it
                                     # may be trusted: the caller raises)
     LazyRows* lazy                  # training with a lazy rule (LazyRows), or NULL
+    unsigned char* named            # training with a rule that steps every row of W1 from
+                                    # its gradient buffer: a flag a row, set for the rows
+                                    # the batch names (the others' gradient is 0), or NULL
 
 
 cdef class SparseRows:
@@ -354,6 +361,7 @@ cdef class SparseRows:
         batch.first = 0
         batch.bad = -1
         batch.lazy = NULL
+        batch.named = NULL
         return batch
 
 
@@ -682,7 +690,7 @@ cdef bint sparse_weight_update(const PlanData* plan, HyperparameterData* hyper,
         fbp_scale(target + w, n, beta)
     bad = fbp_sparse_scatter(target + w, <const floating*>sparse.data, sparse.indices,
                              sparse.indptr, sparse.n_rows, sparse.n_cols, sparse.nnz,
-                             sparse.rows, sparse.first, m, delta, n_out, alpha)
+                             sparse.rows, sparse.first, m, delta, n_out, alpha, sparse.named)
     if bad >= 0:
         sparse.bad = bad
         return False
@@ -693,8 +701,9 @@ cdef bint sparse_weight_update(const PlanData* plan, HyperparameterData* hyper,
                 step_slice(hyper, params, target, first, second, update,
                            w + lazy.touched[i] * n_out, n_out, True)
             lazy.applied[lazy.touched[i]] = lazy.steps
-    elif stepping:
-        step_slice(hyper, params, target, first, second, update, w, n, True)
+    elif stepping:   # every row; those the batch did not name without reading their 0s
+        step_slice(hyper, params, target, first, second, update, w, n, True, sparse.named,
+                   n_out)
     return True
 
 
@@ -835,10 +844,12 @@ cdef void lazy_flush(LazyRows* lazy, floating* W1, Py_ssize_t n_in,
 
 cdef inline void step_slice(const HyperparameterData* hyper, floating* params, floating* grads,
                             floating* first, floating* second, int update, Py_ssize_t offset,
-                            Py_ssize_t n, bint weights) noexcept nogil:
+                            Py_ssize_t n, bint weights, unsigned char* named=NULL,
+                            Py_ssize_t row_length=0) noexcept nogil:
     """The optimizer's rule on params[offset:offset + n] from grads there (for
     FOLDED_MOMENTUM, grads is the scaled velocity the GEMM just added the gradient to).
-    Weight decay applies to weights, not biases."""
+    Weight decay applies to weights, not biases. named (not for FOLDED_MOMENTUM): a flag
+    per row of row_length values, 0 where the gradient is 0 (fbp_optimizer_step)."""
     cdef floating weight_decay = <floating>hyper.weight_decay if weights else 0
     if weights and hyper.decoupled_weight_decay:   # p <- p (1 - lr wd), then the rule
         fbp_scale(params + offset, n, <floating>(1.0 - hyper.learning_rate * hyper.weight_decay))
@@ -851,7 +862,8 @@ cdef inline void step_slice(const HyperparameterData* hyper, floating* params, f
                            second + offset if second else NULL, n, hyper.optimizer,
                            <floating>hyper.learning_rate, weight_decay,
                            <floating>hyper.momentum, hyper.nesterov, <floating>hyper.beta1,
-                           <floating>hyper.beta2, <floating>hyper.epsilon, hyper.step)
+                           <floating>hyper.beta2, <floating>hyper.epsilon, hyper.step, named,
+                           row_length)
 
 
 cdef void clip_and_update(const PlanData* plan, HyperparameterData* hyper, floating* params,
@@ -1056,6 +1068,18 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
     # (and Y) while it trains; larger batches have many misses in flight anyway.
     cdef bint prefetching = use_order and not use_sparse \
         and batch_size * (n_in + n_out) * sizeof(floating) <= PREFETCH_BYTES
+    # A sparse fit whose rule steps every row of W1 from the gradient buffer (Adam; Adagrad
+    # or RMSprop with coupled decay): the rows a batch names are flagged, so that the
+    # others' step need not read their zero gradient (fbp_optimizer_step).
+    # FASTBP_SPARSE_NAMED_ROWS=0 reads the whole buffer instead, as before (for comparing
+    # and testing: both give the same bits).
+    cdef unsigned char* named = NULL
+    if use_sparse and not use_lazy and update == LAYER_STEP and \
+            os.environ.get(NAMED_ROWS_VARIABLE, "") != "0":
+        named = <unsigned char*>calloc(n_in, 1)
+        if not named:
+            raise MemoryError()
+        batch.named = named
 
     with nogil:
         while start < n_samples:
@@ -1138,6 +1162,7 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
             status = DIVERGED
     if use_lazy:
         free(lazy.applied)
+    free(named)
     if bad >= 0:
         raise_bad_index(order, labels, start + bad, use_order, failed_gather, n_out, sparse)
     return loss_total, weight_total, start, status
@@ -1183,14 +1208,17 @@ cdef raise_bad_sparse_row(SparseRows sparse, Py_ssize_t row):
 
 def gradients(Plan plan, Hyperparameters hyperparameters, const floating[::1] params,
               floating[::1] grads, floating[::1] work, const floating[:, ::1] X,
-              const floating[:, ::1] Y, SparseRows sparse=None):
+              const floating[:, ::1] Y, SparseRows sparse=None,
+              const floating[::1] row_weights=None):
     """grads := gradient of the mean loss over all rows of X; returns the mean loss.
 
     Rows go through in chunks of plan.capacity; each chunk adds its share. sparse: X is
-    this sparse matrix (X itself is not read).
+    this sparse matrix (X itself is not read). row_weights (one >= 0 a row, not all 0):
+    the weighted mean sum w_i l_i / sum w_i instead, as a fit weighs a batch's rows.
     """
     cdef const PlanData* plan_data = &plan.data
     cdef bint use_sparse = sparse is not None
+    cdef bint use_weights = row_weights is not None
     cdef Py_ssize_t n_samples = sparse.n_rows if use_sparse else X.shape[0]
     cdef Py_ssize_t n_out = plan_data.sizes[plan_data.n_layers]
     check_pass("gradients", plan_data, params.shape[0], work.shape[0],
@@ -1202,12 +1230,21 @@ def gradients(Plan plan, Hyperparameters hyperparameters, const floating[::1] pa
     check_targets("gradients", plan_data, "Y", Y.shape[0], Y.shape[1], n_samples)
     if n_samples == 0:
         raise ValueError("gradients: X has no rows")
-    cdef Py_ssize_t start = 0, m
+    cdef Py_ssize_t start = 0, m, i
+    cdef double weight_total = n_samples
+    if use_weights:
+        check_size("gradients", "the number of row weights", row_weights.shape[0], n_samples)
+        weight_total = 0.0
+        for i in range(n_samples):
+            weight_total += row_weights[i]
+        if not weight_total > 0:
+            raise ValueError("gradients: the row weights sum to 0")
     cdef floating scale = \
-        <floating>(loss_normaliser(hyperparameters.data.loss, n_out) / n_samples)
+        <floating>(loss_normaliser(hyperparameters.data.loss, n_out) / weight_total)
     cdef double loss_sum, total = 0.0
     cdef floating beta
     cdef const floating* x
+    cdef const floating* weights = NULL
     with nogil:
         while start < n_samples:
             m = min(plan_data.capacity, n_samples - start)
@@ -1217,9 +1254,12 @@ def gradients(Plan plan, Hyperparameters hyperparameters, const floating[::1] pa
                 x = NULL
             else:
                 x = &X[start, 0]
+            if use_weights:
+                weights = &row_weights[start]
             loss_sum = run_batch(plan_data, &hyperparameters.data, <floating*>&params[0],
                                  &grads[0], NULL, NULL, &work[0], x, &Y[start, 0],
-                                 NULL, <int>m, scale, GRADIENT_ONLY, beta, NULL, sparse_batch)
+                                 weights, <int>m, scale, GRADIENT_ONLY, beta, NULL,
+                                 sparse_batch)
             if use_sparse and batch.bad >= 0:
                 break
             total += loss_sum

@@ -236,6 +236,18 @@ def check_in_dtype(value: float, name: str, dtype: np.dtype, below_one: bool = F
                          f"value at most {float(1 - info.epsneg):.10g}")
 
 
+def as_sample_weight(sample_weight, n_samples: int) -> np.ndarray:
+    """sample_weight as float64, checked: one finite weight >= 0 per row."""
+    weights = numeric_array(sample_weight, "sample_weight")
+    if weights.shape != (n_samples,):
+        raise ValueError(f"sample_weight must have one weight per row, shape "
+                         f"({n_samples},); got {weights.shape}")
+    weights = np.array(weights, dtype=np.float64)
+    if not np.isfinite(weights).all() or weights.min() < 0:
+        raise ValueError("sample_weight must be finite and >= 0")
+    return weights
+
+
 def as_row_weights(weights: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """Finite float64 row weights >= 0 as `dtype`, scaled by a power of two so that the
     largest lies in [0.5, 1).

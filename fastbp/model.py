@@ -12,8 +12,8 @@ import numpy as np
 from fastbp import _core, _files, _format, losses
 from fastbp._threads import blas_threads, checked_thread_count, small_gemm_kernels, \
     thread_count
-from fastbp._validation import as_inputs, check_finite, dense_targets, input_arrays, \
-    is_sparse, numeric_array, real_number, whole_number
+from fastbp._validation import as_inputs, as_row_weights, as_sample_weight, check_finite, \
+    dense_targets, input_arrays, is_sparse, numeric_array, real_number, whole_number
 
 ACTIVATIONS = tuple(_core.ACTIVATION_CODES)
 RELU_FAMILY = ("relu", "leaky_relu")
@@ -360,22 +360,27 @@ class MLP:
                                    self._params, work, dense, targets, out, sparse)
         return float(value), out
 
-    def gradients(self, X, Y, loss, n_threads=None):
+    def gradients(self, X, Y, loss, n_threads=None, sample_weight=None):
         """One forward and one backward pass over all rows of X.
 
         Returns (loss_value, grad_weights, grad_biases): the mean loss and its exact
         gradient with respect to every weight matrix and bias vector. X may be a
-        scipy.sparse matrix or array, as for predict.
+        scipy.sparse matrix or array, as for predict. sample_weight (one finite weight
+        >= 0 a row, not all 0, checked as Trainer.fit checks it): the weighted mean
+        sum w_i l_i / sum w_i instead, the loss a fit with these weights descends.
         """
         loss = losses.get(loss)
         X = self._inputs(X)
         targets = self._dense_targets(Y, loss, X.shape[0])
+        weights = None if sample_weight is None else \
+            as_row_weights(as_sample_weight(sample_weight, X.shape[0]), self.dtype)
         grads = np.empty_like(self._params)
         dense, sparse = self._core_inputs(X)
         with self._chunked_pass(X.shape[0], backward=True, n_threads=n_threads,
                                 sparse=sparse is not None) as (plan, work):
             value = _core.gradients(plan, _core.Hyperparameters(loss.code, loss.parameter),
-                                    self._params, grads, work, dense, targets, sparse)
+                                    self._params, grads, work, dense, targets, sparse,
+                                    weights)
         if not np.isfinite(value):
             grads.fill(np.nan)
             warnings.warn("the loss is not finite for these parameters: the weights have "

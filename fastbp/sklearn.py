@@ -37,6 +37,7 @@ except ImportError as error:          # pragma: no cover (tested in a subprocess
 from fastbp import losses, optimizers, schedules
 from fastbp.callbacks import Callback
 from fastbp.model import ACTIVATIONS, INITS, MLP
+from fastbp._validation import as_row_weights
 from fastbp.trainer import Trainer
 
 if tuple(int(part) for part in re.findall(r"\d+", sklearn.__version__)[:2]) < (1, 6):
@@ -150,13 +151,8 @@ def _stochastic_solver(estimator) -> bool:
 
 class _LbfgsObjective:
     """scikit-learn's full-batch objective and its gradient for a flat float64 parameter
-    vector (MLP.parameter_vector's order), from MLP.gradients.
-
-    MLP.gradients takes the plain mean over rows, so sample weights are applied by
-    grouping the rows of equal weight: the weighted mean is the sum over the groups of
-    (the group's share of the total weight) x (its plain mean). Rows of weight 0 drop out.
-    One pass over the data per evaluation, in one call per distinct weight (many distinct
-    weights mean many small calls).
+    vector (MLP.parameter_vector's order), from MLP.gradients: one pass over the data per
+    evaluation, the loss the sample weights' weighted mean (MLP.gradients' sample_weight).
     """
 
     def __init__(self, estimator, X, Y, sample_weight):
@@ -167,17 +163,13 @@ class _LbfgsObjective:
         self.n_threads = estimator.n_threads
         if Y.ndim == 1:                      # class indices: one-hot once, not per call
             Y = np.eye(model.layer_sizes[-1], dtype=model.dtype)[Y]
+        self.X, self.Y = X, Y
         if sample_weight is None:
-            self.groups = [(X, Y, 1.0)]
-            total = X.shape[0]
+            self.sample_weight, total = None, X.shape[0]
         else:
+            # scaled once here, not at every evaluation (_fit has checked them)
+            self.sample_weight = as_row_weights(sample_weight, model.dtype)
             total = float(sample_weight.sum())
-            values, group_of_row = np.unique(sample_weight, return_inverse=True)
-            self.groups = []
-            for k, value in enumerate(values):
-                if value > 0:
-                    rows = np.flatnonzero(group_of_row == k)
-                    self.groups.append((X[rows], Y[rows], value * rows.size / total))
         # alpha / 2 * sum ||W||^2 / total weight, on the weights' entries of the vector
         self.penalty = 0.5 * float(estimator.alpha) / total
         self.is_weight = np.concatenate(
@@ -187,14 +179,12 @@ class _LbfgsObjective:
 
     def _mean_loss_and_gradient(self, theta):
         self.model.set_parameter_vector(theta)
-        value, gradient = 0.0, np.zeros_like(theta)
-        for X, Y, share in self.groups:
-            loss, grad_weights, grad_biases = self.model.gradients(X, Y, self.loss,
-                                                                   n_threads=self.n_threads)
-            value += share * loss
-            gradient += share * np.concatenate(
-                [part.ravel() for pair in zip(grad_weights, grad_biases) for part in pair])
-        return value, gradient
+        loss, grad_weights, grad_biases = self.model.gradients(
+            self.X, self.Y, self.loss, n_threads=self.n_threads,
+            sample_weight=self.sample_weight)
+        return loss, np.concatenate(
+            [part.ravel() for pair in zip(grad_weights, grad_biases) for part in pair]
+        ).astype(np.float64, copy=False)
 
     def _penalty_term(self, theta):
         weights = theta[self.is_weight]
@@ -382,6 +372,8 @@ class _BaseMLP(BaseEstimator):
             if not sample_weight.any():
                 raise ValueError("Sample weights must contain at least one non-zero number "
                                  "(all the sample weights are zero).")
+            # ratios the dtype cannot hold: refused before any attribute changes
+            as_row_weights(sample_weight, X.dtype)
         rng = check_random_state(self.random_state)
         layer_sizes = [X.shape[1], *settings["hidden"], n_outputs]
         activations = settings["activations"] + [self._output_activation()]

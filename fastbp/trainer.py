@@ -18,8 +18,8 @@ import numpy as np
 from fastbp import _core, losses, metrics as metrics_module, optimizers, schedules
 from fastbp._threads import blas_threads, checked_thread_count, fit_threads, row_workspace
 from fastbp.callbacks import ProgressBar, checked_callbacks
-from fastbp._validation import as_inputs, as_row_weights, as_targets, check_in_dtype, \
-    dense_targets, numeric_array, one_hot, real_number, unshared, whole_number
+from fastbp._validation import as_inputs, as_row_weights, as_sample_weight, as_targets, \
+    check_in_dtype, dense_targets, one_hot, real_number, unshared, whole_number
 from fastbp.model import MLP, check_allocation
 
 
@@ -305,13 +305,7 @@ class Trainer:
         """Per-row weights from sample_weight and class_weight, or None for all ones."""
         weights = None
         if sample_weight is not None:
-            weights = numeric_array(sample_weight, "sample_weight")
-            if weights.shape != (n_samples,):
-                raise ValueError(f"sample_weight must have one weight per row, shape "
-                                 f"({n_samples},); got {weights.shape}")
-            weights = np.array(weights, dtype=np.float64)
-            if not np.isfinite(weights).all() or weights.min() < 0:
-                raise ValueError("sample_weight must be finite and >= 0")
+            weights = as_sample_weight(sample_weight, n_samples)
         if self.class_weight is not None:
             n_outputs = targets.shape[1] if targets is not None else n_classes_of_model
             classes, n_classes = loss.classes_of(targets, labels, n_outputs)

@@ -349,3 +349,152 @@ def test_gradients_and_predict_over_many_rows(loss, targets, activations):
                      "gradient over many rows")
     np.testing.assert_allclose(model.predict(X), ref.forward(W, b, activations, X)[-1],
                                rtol=1e-12, atol=1e-14)
+
+
+# ---------------------------------------------------------------- sample weights
+
+WEIGHTED_CASES = [
+    ("mse", None, ("tanh", "identity")),
+    ("categorical_crossentropy", "labels", ("relu", "softmax")),
+    ("cce", None, ("sigmoid", "tanh", "softmax")),
+    ("bce", None, ("leaky_relu", "sigmoid")),
+    ("mae", None, ("tanh", "identity")),
+]
+WEIGHTED_IDS = ["mse", "cce-labels", "cce-onehot", "bce", "mae"]
+
+
+def distinct_weights(rng, n):
+    """Distinct weights >= 0 with a zero among them (a row that counts for nothing)."""
+    weights = rng.uniform(0.1, 3.0, size=n)
+    weights[n // 2] = 0.0
+    return weights
+
+
+@pytest.mark.parametrize("loss, targets, activations", WEIGHTED_CASES, ids=WEIGHTED_IDS)
+def test_weighted_gradients_float64(loss, targets, activations):
+    """The weighted mean loss sum w_i l_i / sum w_i: its gradient equals the reference's and
+    the central differences of fastbp's own weighted loss."""
+    sizes = SIZES[len(activations)]
+    rng = rng_for("weighted", loss, targets, activations)
+    W, b, X, Y = ref.make_problem(sizes, activations, loss, 9, rng, targets)
+    weights = distinct_weights(rng, 9)
+    model = make_model(sizes, activations, "float64", W, b)
+    value, grad_W, grad_b = model.gradients(X, Y, loss, sample_weight=weights)
+    ref_value, ref_W, ref_b = ref.gradients(W, b, activations, X, Y, loss, sample_weight=weights)
+    np.testing.assert_allclose(value, ref_value, rtol=1e-10, atol=1e-14)
+    assert_all_close(grad_W + grad_b, ref_W + ref_b, 1e-10, 1e-12 * largest(ref_W + ref_b),
+                     "weighted gradient vs reference")
+    unweighted = model.gradients(X, Y, loss)
+    assert not np.isclose(unweighted[0], value)      # the weights changed the loss
+    num_W, num_b = ref.numerical_gradients(
+        model.weights, model.biases, activations, X, Y, loss,
+        loss_fn=lambda: float(model.gradients(X, Y, loss, sample_weight=weights)[0]))
+    assert largest(num_W + num_b) > 1e-4
+    assert_all_close(grad_W + grad_b, num_W + num_b, 1e-6, fd_atol(value),
+                     "weighted gradient vs finite differences")
+
+
+@pytest.mark.parametrize("dtype, rtol", [("float64", 1e-12), ("float32", 2e-5)])
+@pytest.mark.parametrize("loss, targets, activations", WEIGHTED_CASES, ids=WEIGHTED_IDS)
+def test_integer_weights_equal_repeating_rows(loss, targets, activations, dtype, rtol):
+    sizes = SIZES[len(activations)]
+    rng = rng_for("repeat", loss, targets, activations)
+    W, b, X, Y = ref.make_problem(sizes, activations, loss, 8, rng, targets)
+    X, Y = X.astype(dtype), cast_targets(Y, dtype)
+    counts = np.array([1, 3, 0, 2, 1, 4, 1, 2])
+    model = make_model(sizes, activations, dtype, W, b)
+    value, grad_W, grad_b = model.gradients(X, Y, loss, sample_weight=counts)
+    rows = np.repeat(np.arange(8), counts)
+    rep_value, rep_W, rep_b = model.gradients(X[rows], Y[rows], loss)
+    np.testing.assert_allclose(value, rep_value, rtol=rtol)
+    assert_all_close(grad_W + grad_b, rep_W + rep_b, rtol, rtol * largest(rep_W + rep_b),
+                     "integer weights vs repeated rows")
+    # weights of any common scale give the same result
+    scaled = model.gradients(X, Y, loss, sample_weight=counts * 2.0 ** -30)
+    assert scaled[0] == value
+    assert_all_close(scaled[1] + scaled[2], grad_W + grad_b, 0, 0, "scaled weights")
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_weighted_gradients_sparse_and_dense_and_dtypes(dtype):
+    """A scipy.sparse X gives the dense X's weighted gradient; float32 agrees with float64."""
+    import scipy.sparse
+    sizes, activations, loss = [12, 6, 3], ("relu", "softmax"), "categorical_crossentropy"
+    rng = rng_for("weighted sparse", dtype)
+    W, b = ref.init_parameters(sizes, rng)
+    X = rng.normal(size=(40, 12)) * (rng.random((40, 12)) < 0.3)
+    X = X.astype(dtype)
+    y = rng.integers(0, 3, size=40)
+    weights = distinct_weights(rng, 40)
+    model = make_model(sizes, activations, dtype, W, b)
+    dense = model.gradients(X, y, loss, sample_weight=weights)
+    sparse = model.gradients(scipy.sparse.csr_matrix(X), y, loss, sample_weight=weights)
+    rtol = 1e-12 if dtype == "float64" else 1e-5
+    np.testing.assert_allclose(sparse[0], dense[0], rtol=rtol)
+    assert_all_close(sparse[1] + sparse[2], dense[1] + dense[2], rtol,
+                     rtol * largest(dense[1] + dense[2]), "sparse vs dense, weighted")
+    ref_value, ref_W, ref_b = ref.gradients(
+        [np.asarray(w, np.float64) for w in model.weights],
+        [np.asarray(v, np.float64) for v in model.biases], activations,
+        X.astype(np.float64), np.eye(3)[y], loss, sample_weight=weights)
+    np.testing.assert_allclose(dense[0], ref_value, rtol=10 * rtol)
+    assert_all_close(dense[1] + dense[2], ref_W + ref_b, 10 * rtol,
+                     10 * rtol * largest(ref_W + ref_b), "weighted gradient vs reference")
+
+
+def test_weighted_gradients_over_many_rows():
+    """Rows in several chunks: each chunk adds its weighted share of one total weight."""
+    sizes, activations, loss = [3, 4, 2], ("tanh", "identity"), "mse"
+    rng = rng_for("weighted many rows")
+    W, b, X, Y = ref.make_problem(sizes, activations, loss, 5000, rng)
+    weights = distinct_weights(rng, 5000)
+    weights[:1000] = 0.0            # the first chunk counts for nothing
+    model = make_model(sizes, activations, "float64", W, b)
+    value, grad_W, grad_b = model.gradients(X, Y, loss, sample_weight=weights)
+    ref_value, ref_W, ref_b = ref.gradients(W, b, activations, X, Y, loss, sample_weight=weights)
+    np.testing.assert_allclose(value, ref_value, rtol=1e-10)
+    assert_all_close(grad_W + grad_b, ref_W + ref_b, 1e-9, 1e-12 * largest(ref_W + ref_b),
+                     "weighted gradient over many rows")
+
+
+def test_weighted_gradient_is_the_fits_step():
+    """One full batch of plain SGD with these sample weights moves the parameters by
+    -learning_rate times gradients(sample_weight=...): the same weighted mean as a fit."""
+    sizes, activations, loss = [5, 4, 3], ("tanh", "softmax"), "categorical_crossentropy"
+    rng = rng_for("weighted step")
+    W, b, X, y = ref.make_problem(sizes, activations, loss, 16, rng, "labels")
+    weights = distinct_weights(rng, 16)
+    model = make_model(sizes, activations, "float64", W, b)
+    _, grad_W, grad_b = model.gradients(X, y, loss, sample_weight=weights)
+    fastbp.Trainer(loss, optimizer=fastbp.optimizers.SGD(0.5), batch_size=16,
+                   shuffle=False, seed=0).fit(model, X, y, sample_weight=weights)
+    stepped = [p - 0.5 * g for p, g in zip(W + b, grad_W + grad_b)]
+    assert_all_close(model.weights + model.biases, stepped, 1e-12, 1e-14, "fit's step")
+
+
+BAD_GRADIENT_WEIGHTS = {
+    "negative": lambda n: np.r_[-1.0, np.ones(n - 1)],
+    "nan": lambda n: np.r_[np.nan, np.ones(n - 1)],
+    "inf": lambda n: np.r_[np.inf, np.ones(n - 1)],
+    "short": lambda n: np.ones(n - 1),
+    "long": lambda n: np.ones(n + 1),
+    "2-d": lambda n: np.ones((n, 1)),
+    "all-zero": lambda n: np.zeros(n),
+    "strings": lambda n: np.array(["1"] * n),
+    "beyond float32's range": lambda n: np.r_[1e-40, np.ones(n - 1)],
+}
+
+
+@pytest.mark.parametrize("bad", list(BAD_GRADIENT_WEIGHTS))
+def test_bad_gradient_weights_refused_model_unchanged(bad):
+    import scipy.sparse
+    sizes, activations, loss = [4, 5, 3], ("relu", "softmax"), "cce"
+    rng = rng_for("bad weights", bad)
+    W, b, X, Y = ref.make_problem(sizes, activations, loss, 10, rng)
+    model = make_model(sizes, activations, "float32", W, b)
+    before = [p.copy() for p in model.weights + model.biases]
+    for inputs in (X, scipy.sparse.csr_matrix(X)):
+        with pytest.raises((ValueError, TypeError), match="sample_weight|row weights"):
+            model.gradients(inputs, Y, loss, sample_weight=BAD_GRADIENT_WEIGHTS[bad](10))
+    for live, original in zip(model.weights + model.biases, before):
+        np.testing.assert_array_equal(live, original)

@@ -876,6 +876,76 @@ def test_lbfgs_follows_sklearns_path(task, settings):
     assert ours.n_iter_ == theirs.n_iter_
 
 
+def grouped_loss_and_gradient(objective, theta, sample_weight):
+    """The weighted mean loss and its gradient the way lbfgs formed them before
+    MLP.gradients took sample_weight: one plain-mean call per distinct weight, each
+    group's result times its share of the total weight."""
+    objective.model.set_parameter_vector(theta)
+    total = float(sample_weight.sum())
+    values, group_of_row = np.unique(sample_weight, return_inverse=True)
+    value, gradient = 0.0, np.zeros_like(theta)
+    for k, weight in enumerate(values):
+        rows = np.flatnonzero(group_of_row == k)
+        if weight > 0:
+            loss, grad_W, grad_b = objective.model.gradients(objective.X[rows],
+                                                             objective.Y[rows], objective.loss)
+            share = weight * rows.size / total
+            value += share * loss
+            gradient += share * np.concatenate(
+                [part.ravel() for pair in zip(grad_W, grad_b) for part in pair])
+    return value, gradient
+
+
+@pytest.mark.parametrize("dtype, rtol", [("float64", 1e-12), ("float32", 1e-5)])
+@pytest.mark.parametrize("cls", [MLPClassifier, MLPRegressor])
+def test_lbfgs_weighted_objective_equals_the_grouped_rows(monkeypatch, cls, dtype, rtol):
+    """lbfgs's one weighted MLP.gradients call equals, at every point L-BFGS evaluates, the
+    former objective (one call per distinct weight) to rounding; the fit then takes the
+    same iterates."""
+    from fastbp import sklearn as fastbp_sklearn
+    X, _, multiclass, _, targets = small_data()
+    y = multiclass if cls is MLPClassifier else targets
+    weights = np.random.RandomState(5).uniform(0.0, 2.0, size=len(X))   # all distinct
+    weights[:4] = 0.0
+    one_call = fastbp_sklearn._LbfgsObjective._mean_loss_and_gradient
+    differences = []
+
+    def compared(objective, theta):
+        value, gradient = one_call(objective, theta)
+        old_value, old_gradient = grouped_loss_and_gradient(objective, theta, weights)
+        differences.append((abs(value - old_value) / abs(old_value),
+                            np.max(np.abs(gradient - old_gradient))
+                            / np.max(np.abs(old_gradient))))
+        return value, gradient
+
+    settings = dict(solver="lbfgs", hidden_layer_sizes=(8,), max_iter=10, random_state=0,
+                    alpha=0.01, dtype=dtype)
+    monkeypatch.setattr(fastbp_sklearn._LbfgsObjective, "_mean_loss_and_gradient", compared)
+    quiet(cls(**settings).fit, X.astype(dtype), y, weights)
+    assert len(differences) >= 10
+    assert max(d for d, _ in differences) < rtol and max(g for _, g in differences) < 10 * rtol
+    if dtype == "float64":
+        new = quiet(cls(**settings).fit, X, y, weights)
+        monkeypatch.setattr(fastbp_sklearn._LbfgsObjective, "_mean_loss_and_gradient",
+                            lambda objective, theta: grouped_loss_and_gradient(
+                                objective, theta, weights))
+        old = quiet(cls(**settings).fit, X, y, weights)
+        assert_same_parameters(new, old, rtol=1e-7, atol=1e-10)
+        assert new.n_iter_ == old.n_iter_
+
+
+def test_lbfgs_refuses_weights_the_dtype_cannot_hold():
+    """Weights whose ratio float32 cannot hold are refused at the start of the fit (not
+    read as a point that L-BFGS steps back from), and the estimator stays unfitted."""
+    X, y = blobs(n=30)
+    weights = np.ones(len(X))
+    weights[0] = 1e-40
+    clf = MLPClassifier(solver="lbfgs", hidden_layer_sizes=(4,), dtype="float32")
+    with pytest.raises(ValueError, match="row weights"):
+        clf.fit(X, y, sample_weight=weights)
+    assert not hasattr(clf, "coefs_")
+
+
 def test_lbfgs_attributes_and_stopping():
     X, y = blobs()
     clf = MLPClassifier(solver="lbfgs", hidden_layer_sizes=(8,), max_iter=5, random_state=0)
