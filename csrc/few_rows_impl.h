@@ -9,7 +9,7 @@ typedef FBP_T FBP_FEW(fbp_few_vector) __attribute__((vector_size(FBP_FEW_BYTES))
 typedef FBP_T FBP_FEW(fbp_few_unaligned)
     __attribute__((vector_size(FBP_FEW_BYTES), aligned(sizeof(FBP_T)), may_alias));
 
-/* `rows` rows (1..4) by n_vectors vectors of columns (rows * n_vectors <= 8 accumulators);
+/* `rows` rows (1..6) by n_vectors vectors of columns (rows * n_vectors <= 24 accumulators);
    both are constants where it is inlined, so the loops unroll into registers. */
 static inline __attribute__((always_inline)) void FBP_FEW(fbp_few_block)(
     FBP_T *out, const FBP_T *x, const FBP_T *W, ptrdiff_t n_in, ptrdiff_t n_out,
@@ -17,8 +17,8 @@ static inline __attribute__((always_inline)) void FBP_FEW(fbp_few_block)(
 {
     typedef FBP_FEW(fbp_few_vector) vector;
     typedef FBP_FEW(fbp_few_unaligned) unaligned;
-    vector sums[4][8];   /* at most 16 used */
-#pragma GCC unroll 4
+    vector sums[6][8];   /* at most 24 used */
+#pragma GCC unroll 6
     for (int r = 0; r < rows; r++)
 #pragma GCC unroll 8
         for (int v = 0; v < n_vectors; v++)
@@ -29,7 +29,7 @@ static inline __attribute__((always_inline)) void FBP_FEW(fbp_few_block)(
 #pragma GCC unroll 8
         for (int v = 0; v < n_vectors; v++)
             loaded[v] = *(const unaligned *)(w + v * FBP_FEW_LANES);
-#pragma GCC unroll 4
+#pragma GCC unroll 6
         for (int r = 0; r < rows; r++) {
             FBP_T a = x[r * n_in + i];
 #pragma GCC unroll 8
@@ -37,7 +37,7 @@ static inline __attribute__((always_inline)) void FBP_FEW(fbp_few_block)(
                 sums[r][v] += a * loaded[v];
         }
     }
-#pragma GCC unroll 4
+#pragma GCC unroll 6
     for (int r = 0; r < rows; r++)
 #pragma GCC unroll 8
         for (int v = 0; v < n_vectors; v++)
@@ -145,6 +145,9 @@ FBP_FEW_TARGET static void FBP_FEW(fbp_few_rows_product)(
     const ptrdiff_t n_tail = n_out % FBP_FEW_LANES;
     ptrdiff_t r = 0;
     if (n_out >= FBP_FEW_LANES) {
+        if (FBP_FEW_BYTES == 64)   /* 6 x 4 sums: W's loads shared by 6 rows, in 32 registers */
+            for (; r + 6 <= m; r += 6)
+                FBP_FEW(fbp_few_columns)(out + r * n_out, x + r * n_in, W, n_in, n_out, 6);
         for (; r + 4 <= m; r += 4)
             FBP_FEW(fbp_few_columns)(out + r * n_out, x + r * n_in, W, n_in, n_out, 4);
         if (m - r == 3)
