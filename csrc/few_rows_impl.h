@@ -9,7 +9,7 @@ typedef FBP_T FBP_FEW(fbp_few_vector) __attribute__((vector_size(FBP_FEW_BYTES))
 typedef FBP_T FBP_FEW(fbp_few_unaligned)
     __attribute__((vector_size(FBP_FEW_BYTES), aligned(sizeof(FBP_T)), may_alias));
 
-/* `rows` rows (1..4) by n_vectors vectors of columns (rows * n_vectors <= 8 accumulators);
+/* `rows` rows (1..6) by n_vectors vectors of columns (rows * n_vectors <= 24 accumulators);
    both are constants where it is inlined, so the loops unroll into registers. */
 static inline __attribute__((always_inline)) void FBP_FEW(fbp_few_block)(
     FBP_T *out, const FBP_T *x, const FBP_T *W, ptrdiff_t n_in, ptrdiff_t n_out,
@@ -17,8 +17,8 @@ static inline __attribute__((always_inline)) void FBP_FEW(fbp_few_block)(
 {
     typedef FBP_FEW(fbp_few_vector) vector;
     typedef FBP_FEW(fbp_few_unaligned) unaligned;
-    vector sums[4][8];   /* at most 16 used */
-#pragma GCC unroll 4
+    vector sums[6][8];   /* at most 24 used */
+#pragma GCC unroll 6
     for (int r = 0; r < rows; r++)
 #pragma GCC unroll 8
         for (int v = 0; v < n_vectors; v++)
@@ -29,7 +29,7 @@ static inline __attribute__((always_inline)) void FBP_FEW(fbp_few_block)(
 #pragma GCC unroll 8
         for (int v = 0; v < n_vectors; v++)
             loaded[v] = *(const unaligned *)(w + v * FBP_FEW_LANES);
-#pragma GCC unroll 4
+#pragma GCC unroll 6
         for (int r = 0; r < rows; r++) {
             FBP_T a = x[r * n_in + i];
 #pragma GCC unroll 8
@@ -37,7 +37,7 @@ static inline __attribute__((always_inline)) void FBP_FEW(fbp_few_block)(
                 sums[r][v] += a * loaded[v];
         }
     }
-#pragma GCC unroll 4
+#pragma GCC unroll 6
     for (int r = 0; r < rows; r++)
 #pragma GCC unroll 8
         for (int v = 0; v < n_vectors; v++)
@@ -145,6 +145,9 @@ FBP_FEW_TARGET static void FBP_FEW(fbp_few_rows_product)(
     const ptrdiff_t n_tail = n_out % FBP_FEW_LANES;
     ptrdiff_t r = 0;
     if (n_out >= FBP_FEW_LANES) {
+        if (FBP_FEW_BYTES == 64)   /* 6 x 4 sums: W's loads shared by 6 rows, in 32 registers */
+            for (; r + 6 <= m; r += 6)
+                FBP_FEW(fbp_few_columns)(out + r * n_out, x + r * n_in, W, n_in, n_out, 6);
         for (; r + 4 <= m; r += 4)
             FBP_FEW(fbp_few_columns)(out + r * n_out, x + r * n_in, W, n_in, n_out, 4);
         if (m - r == 3)
@@ -163,8 +166,8 @@ FBP_FEW_TARGET static void FBP_FEW(fbp_few_rows_product)(
    backward pass's D W^T).  out[r, i] is the dot product of delta's row r and W's row i,
    both contiguous: a vector accumulator over the whole vectors of columns, its lanes
    summed in halves, then the last n_out % lanes columns one by one (only these when
-   n_out < lanes); four rows of W at a time (four independent sums).  Each element is
-   computed the same way whatever m is. */
+   n_out < lanes); blocks of up to 4 rows of delta by 4 rows of W share their loads.
+   Each element is computed the same way whatever m or its block is. */
 static inline __attribute__((always_inline)) FBP_T FBP_FEW(fbp_few_lane_sum)(
     const FBP_FEW(fbp_few_vector) *v)
 {
@@ -180,14 +183,70 @@ static inline __attribute__((always_inline)) FBP_T FBP_FEW(fbp_few_lane_sum)(
     return t[0];
 }
 
+/* out[r, i + k] for `rows` rows of delta (from r = 0) and n_w rows of W (from i): each
+   loaded vector of W serves every row of the block, each of delta every row of W. */
+static inline __attribute__((always_inline)) void FBP_FEW(fbp_few_delta_block)(
+    FBP_T *out, const FBP_T *delta, const FBP_T *W, ptrdiff_t n_in, ptrdiff_t n_out,
+    ptrdiff_t n_whole, ptrdiff_t i, const int rows, const int n_w)
+{
+    typedef FBP_FEW(fbp_few_vector) vector;
+    typedef FBP_FEW(fbp_few_unaligned) unaligned;
+    const FBP_T *w = W + i * n_out;
+    vector sums[4][4];
+#pragma GCC unroll 4
+    for (int r = 0; r < rows; r++)
+#pragma GCC unroll 4
+        for (int k = 0; k < n_w; k++)
+            sums[r][k] = (vector){0};
+    for (ptrdiff_t j = 0; j < n_whole; j += FBP_FEW_LANES) {
+        vector wv[4];
+#pragma GCC unroll 4
+        for (int k = 0; k < n_w; k++)
+            wv[k] = *(const unaligned *)(w + k * n_out + j);
+#pragma GCC unroll 4
+        for (int r = 0; r < rows; r++) {
+            const vector dv = *(const unaligned *)(delta + r * n_out + j);
+#pragma GCC unroll 4
+            for (int k = 0; k < n_w; k++)
+                sums[r][k] += dv * wv[k];
+        }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < rows; r++)
+#pragma GCC unroll 4
+        for (int k = 0; k < n_w; k++) {
+            FBP_T sum = FBP_FEW(fbp_few_lane_sum)(&sums[r][k]);
+            for (ptrdiff_t j = n_whole; j < n_out; j++)
+                sum += delta[r * n_out + j] * w[k * n_out + j];
+            out[r * n_in + i + k] = sum;
+        }
+}
+
+static inline __attribute__((always_inline)) void FBP_FEW(fbp_few_delta_rows)(
+    FBP_T *out, const FBP_T *delta, const FBP_T *W, ptrdiff_t n_in, ptrdiff_t n_out,
+    ptrdiff_t n_whole, const int rows)
+{
+    ptrdiff_t i = 0;
+    for (; i + 4 <= n_in; i += 4)
+        FBP_FEW(fbp_few_delta_block)(out, delta, W, n_in, n_out, n_whole, i, rows, 4);
+    for (; i < n_in; i++)
+        FBP_FEW(fbp_few_delta_block)(out, delta, W, n_in, n_out, n_whole, i, rows, 1);
+}
+
 FBP_FEW_TARGET static void FBP_FEW(fbp_few_rows_delta)(
     FBP_T *out, const FBP_T *delta, const FBP_T *W, ptrdiff_t m, ptrdiff_t n_in,
     ptrdiff_t n_out)
 {
-    typedef FBP_FEW(fbp_few_vector) vector;
-    typedef FBP_FEW(fbp_few_unaligned) unaligned;
-    const ptrdiff_t lanes = FBP_FEW_LANES, n_whole = n_out - n_out % FBP_FEW_LANES;
-    if (n_whole == 0) {   /* a narrow W (the output layer's, often one column) */
+    const ptrdiff_t n_whole = n_out - n_out % FBP_FEW_LANES;
+    /* rows of delta a block takes: 4 x 4 sums in AVX-512's 32 registers, 2 x 4 in 16 */
+    const ptrdiff_t block = FBP_FEW_BYTES == 64 ? 4 : 2;
+    if (n_out == 1) {   /* one column (an output layer's): the same products, in vectors */
+        for (ptrdiff_t r = 0; r < m; r++)
+            for (ptrdiff_t i = 0; i < n_in; i++)
+                out[r * n_in + i] = delta[r] * W[i];
+        return;
+    }
+    if (n_whole == 0) {   /* a narrow W: its few columns one by one */
         for (ptrdiff_t r = 0; r < m; r++)
             for (ptrdiff_t i = 0; i < n_in; i++) {
                 FBP_T sum = 0;
@@ -197,36 +256,15 @@ FBP_FEW_TARGET static void FBP_FEW(fbp_few_rows_delta)(
             }
         return;
     }
-    for (ptrdiff_t r = 0; r < m; r++) {
-        const FBP_T *d = delta + r * n_out;
+    for (ptrdiff_t r = 0; r < m; r += block) {
+        const ptrdiff_t rows = m - r < block ? m - r : block;
         FBP_T *o = out + r * n_in;
-        ptrdiff_t i = 0;
-        for (; i + 4 <= n_in; i += 4) {
-            const FBP_T *w = W + i * n_out;
-            vector sums[4] = {{0}, {0}, {0}, {0}};
-            for (ptrdiff_t j = 0; j < n_whole; j += lanes) {
-                const vector dv = *(const unaligned *)(d + j);
-#pragma GCC unroll 4
-                for (int k = 0; k < 4; k++)
-                    sums[k] += dv * *(const unaligned *)(w + k * n_out + j);
-            }
-#pragma GCC unroll 4
-            for (int k = 0; k < 4; k++) {
-                FBP_T sum = FBP_FEW(fbp_few_lane_sum)(&sums[k]);
-                for (ptrdiff_t j = n_whole; j < n_out; j++)
-                    sum += d[j] * w[k * n_out + j];
-                o[i + k] = sum;
-            }
-        }
-        for (; i < n_in; i++) {
-            const FBP_T *w = W + i * n_out;
-            vector sums = {0};
-            for (ptrdiff_t j = 0; j < n_whole; j += lanes)
-                sums += *(const unaligned *)(d + j) * *(const unaligned *)(w + j);
-            FBP_T sum = FBP_FEW(fbp_few_lane_sum)(&sums);
-            for (ptrdiff_t j = n_whole; j < n_out; j++)
-                sum += d[j] * w[j];
-            o[i] = sum;
+        const FBP_T *d = delta + r * n_out;
+        switch (rows) {   /* a constant count, so the sums stay in registers */
+        case 1: FBP_FEW(fbp_few_delta_rows)(o, d, W, n_in, n_out, n_whole, 1); break;
+        case 2: FBP_FEW(fbp_few_delta_rows)(o, d, W, n_in, n_out, n_whole, 2); break;
+        case 3: FBP_FEW(fbp_few_delta_rows)(o, d, W, n_in, n_out, n_whole, 3); break;
+        default: FBP_FEW(fbp_few_delta_rows)(o, d, W, n_in, n_out, n_whole, 4); break;
         }
     }
 }
@@ -236,34 +274,61 @@ FBP_FEW_TARGET static void FBP_FEW(fbp_few_rows_delta)(
    layer input (m rows at stride lda), D the delta (m x n_out).  For each element, the m
    products are summed in row order, then scaled by alpha and added to beta C (C is not
    read when beta is 0), as BLAS's gemm defines it; C's rows are read and written once. */
+static inline __attribute__((always_inline)) void FBP_FEW(fbp_few_gradient_block)(
+    FBP_T *C, const FBP_T *A, ptrdiff_t lda, const FBP_T *D, ptrdiff_t m, ptrdiff_t n_out,
+    FBP_T alpha, FBP_T beta, const int n_c, const int n_vectors)
+{
+    /* n_c rows of C (from C, A's columns from A) by n_vectors vectors of columns: n_c x
+       n_vectors independent sums, so the multiply-adds do not wait on one another */
+    typedef FBP_FEW(fbp_few_vector) vector;
+    typedef FBP_FEW(fbp_few_unaligned) unaligned;
+    vector sums[4][4];
+#pragma GCC unroll 4
+    for (int k = 0; k < n_c; k++)
+#pragma GCC unroll 4
+        for (int v = 0; v < n_vectors; v++)
+            sums[k][v] = (vector){0};
+    for (ptrdiff_t r = 0; r < m; r++) {
+        vector d[4];
+#pragma GCC unroll 4
+        for (int v = 0; v < n_vectors; v++)
+            d[v] = *(const unaligned *)(D + r * n_out + v * FBP_FEW_LANES);
+#pragma GCC unroll 4
+        for (int k = 0; k < n_c; k++) {
+            const FBP_T a = A[r * lda + k];
+#pragma GCC unroll 4
+            for (int v = 0; v < n_vectors; v++)
+                sums[k][v] += a * d[v];
+        }
+    }
+#pragma GCC unroll 4
+    for (int k = 0; k < n_c; k++) {
+        unaligned *c = (unaligned *)(C + k * n_out);
+        if (beta == 0) {
+#pragma GCC unroll 4
+            for (int v = 0; v < n_vectors; v++)
+                c[v] = alpha * sums[k][v];
+        } else {
+#pragma GCC unroll 4
+            for (int v = 0; v < n_vectors; v++)
+                c[v] = beta * (vector)c[v] + alpha * sums[k][v];
+        }
+    }
+}
+
 static inline __attribute__((always_inline)) void FBP_FEW(fbp_few_gradient_columns)(
     FBP_T *C, const FBP_T *A, ptrdiff_t lda, const FBP_T *D, ptrdiff_t m, ptrdiff_t n_rows,
     ptrdiff_t n_out, FBP_T alpha, FBP_T beta, const int n_vectors)
 {
-    typedef FBP_FEW(fbp_few_vector) vector;
-    typedef FBP_FEW(fbp_few_unaligned) unaligned;
-    for (ptrdiff_t i = 0; i < n_rows; i++) {
-        vector sums[4];
-#pragma GCC unroll 4
-        for (int v = 0; v < n_vectors; v++)
-            sums[v] = (vector){0};
-        for (ptrdiff_t r = 0; r < m; r++) {
-            const FBP_T a = A[r * lda + i];
-#pragma GCC unroll 4
-            for (int v = 0; v < n_vectors; v++)
-                sums[v] += a * *(const unaligned *)(D + r * n_out + v * FBP_FEW_LANES);
-        }
-        unaligned *c = (unaligned *)(C + i * n_out);
-        if (beta == 0) {
-#pragma GCC unroll 4
-            for (int v = 0; v < n_vectors; v++)
-                c[v] = alpha * sums[v];
-        } else {
-#pragma GCC unroll 4
-            for (int v = 0; v < n_vectors; v++)
-                c[v] = beta * (vector)c[v] + alpha * sums[v];
-        }
-    }
+    /* rows of C a block takes: 4 x 4 sums in AVX-512's 32 registers, 2 x 4 in 16 */
+    const ptrdiff_t block = FBP_FEW_BYTES == 64 ? 4 : 2;
+    ptrdiff_t i = 0;
+    for (; i + block <= n_rows; i += block)
+        FBP_FEW(fbp_few_gradient_block)(C + i * n_out, A + i, lda, D, m, n_out, alpha, beta,
+                                        (int)block, n_vectors);
+    for (; i < n_rows; i++)
+        FBP_FEW(fbp_few_gradient_block)(C + i * n_out, A + i, lda, D, m, n_out, alpha, beta,
+                                        1, n_vectors);
 }
 
 FBP_FEW_TARGET static void FBP_FEW(fbp_few_rows_gradient)(
@@ -284,6 +349,26 @@ FBP_FEW_TARGET static void FBP_FEW(fbp_few_rows_gradient)(
         FBP_FEW(fbp_few_gradient_columns)(C + j, A, lda, D + j, m, n_rows, n_out, alpha,
                                           beta, 1);
         j += lanes;
+    }
+    if (n_out == 1) {   /* one column (an output layer's): C's rows in vectors, the
+                           same sums in the same order as the loop below */
+        typedef FBP_FEW(fbp_few_vector) vector;
+        typedef FBP_FEW(fbp_few_unaligned) unaligned;
+        ptrdiff_t i = 0;
+        for (; i + lanes <= n_rows; i += lanes) {
+            vector sum = {0};
+            for (ptrdiff_t r = 0; r < m; r++)
+                sum += *(const unaligned *)(A + r * lda + i) * D[r];
+            unaligned *c = (unaligned *)(C + i);
+            *c = beta == 0 ? alpha * sum : beta * (vector)*c + alpha * sum;
+        }
+        for (; i < n_rows; i++) {
+            FBP_T sum = 0;
+            for (ptrdiff_t r = 0; r < m; r++)
+                sum += A[r * lda + i] * D[r];
+            C[i] = beta == 0 ? alpha * sum : beta * C[i] + alpha * sum;
+        }
+        return;
     }
     if (j < n_out)   /* the last columns, too few for a vector */
         for (ptrdiff_t i = 0; i < n_rows; i++)

@@ -237,16 +237,20 @@ def test_bad_input_is_refused_on_the_fast_path_as_before(dtype, monkeypatch):
         huge.predict(np.full((1, 2), 4.0, dtype))
 
 
-def test_eight_threads_predicting_one_row_each_get_exact_results(monkeypatch):
-    model = make([784, 128, 10], ["relu", "softmax"], "float32", monkeypatch)
-    X = np.random.default_rng(8).standard_normal((8, 784)).astype(np.float32)
-    expected = [model.predict(X[i:i + 1]) for i in range(8)]
-    start = threading.Barrier(8)
+@pytest.mark.parametrize("n_threads", [8, 20])   # 20: more than the pool keeps (16)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("sizes,activations", NETWORKS[:2])
+def test_eight_threads_predicting_one_row_each_get_exact_results(sizes, activations, dtype,
+                                                                 n_threads, monkeypatch):
+    model = make(sizes, activations, dtype, monkeypatch)
+    X = np.random.default_rng(8).standard_normal((n_threads, sizes[0])).astype(dtype)
+    expected = [model.predict(X[i:i + 1]) for i in range(n_threads)]
+    start = threading.Barrier(n_threads)
     failures = []
 
     def serve(i):
         try:
-            out = np.empty((1, 10), np.float32)
+            out = np.empty((1, sizes[-1]), dtype)
             start.wait()
             for _ in range(300):
                 if not np.array_equal(model.predict(X[i:i + 1]), expected[i]):
@@ -259,11 +263,12 @@ def test_eight_threads_predicting_one_row_each_get_exact_results(monkeypatch):
         except Exception as error:       # reported below, with the thread's number
             failures.append(f"thread {i}: {error!r}")
 
-    threads = [threading.Thread(target=serve, args=(i,)) for i in range(8)]
+    threads = [threading.Thread(target=serve, args=(i,)) for i in range(n_threads)]
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join()
+        thread.join(HANG_SECONDS)
+    assert not any(thread.is_alive() for thread in threads), "a predicting thread hangs"
     assert failures == []
 
 
