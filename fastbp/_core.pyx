@@ -1072,7 +1072,7 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
     # or RMSprop with coupled decay): the rows a batch names are flagged, so that the
     # others' step need not read their zero gradient (fbp_optimizer_step).
     # FASTBP_SPARSE_NAMED_ROWS=0 reads the whole buffer instead, as before (for comparing
-    # and testing: both give the same bits).
+    # and testing: the same results to rounding).
     cdef unsigned char* named = NULL
     if use_sparse and not use_lazy and update == LAYER_STEP and \
             os.environ.get(NAMED_ROWS_VARIABLE, "") != "0":
