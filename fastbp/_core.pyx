@@ -86,6 +86,7 @@ cdef struct PlanData:
 
 
 include "_small_gemm.pxi"
+include "_products.pxi"
 
 
 cdef bint valid_code(int code, dict codes):
