@@ -36,6 +36,7 @@ enum { FBP_ISA_NONE = 0, FBP_ISA_AVX2 = 1, FBP_ISA_AVX512 = 2 };
 
 #define FBP_PROD_BYTES 64
 #define FBP_PROD_VECTORS 4
+#define FBP_PROD_NT_PANELS 1   /* NT's transposed panel: 128 x 256 bytes, in L1 */
 #define FBP_PROD(name) FBP_NAME(name##_avx512)
 #define FBP_PROD_TARGET __attribute__((target("avx512f,avx2,fma")))
 #include "products_impl.h"
@@ -46,6 +47,7 @@ enum { FBP_ISA_NONE = 0, FBP_ISA_AVX2 = 1, FBP_ISA_AVX512 = 2 };
 
 #define FBP_PROD_BYTES 32
 #define FBP_PROD_VECTORS 2
+#define FBP_PROD_NT_PANELS 4   /* the same 128 x 256 bytes */
 #define FBP_PROD(name) FBP_NAME(name##_avx2)
 #define FBP_PROD_TARGET __attribute__((target("avx2,fma")))
 #include "products_impl.h"
@@ -130,11 +132,14 @@ typedef float fbp_peak_vector_avx512 __attribute__((vector_size(64)));
 #define FBP_PEAK_LOOP(vector, name, isa_names) \
     __attribute__((target(isa_names), noinline)) static float name(long n, float x) \
     { \
-        vector s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0}, s4 = {0}, s5 = {0}, s6 = {0}, \
-               s7 = {0}, s8 = {0}, s9 = {0}; \
+        /* distinct starts, so the compiler cannot merge the chains into one */ \
+        vector s0 = (vector){0} + 0.1f, s1 = (vector){0} + 0.2f, s2 = (vector){0} + 0.3f, \
+               s3 = (vector){0} + 0.4f, s4 = (vector){0} + 0.5f, s5 = (vector){0} + 0.6f, \
+               s6 = (vector){0} + 0.7f, s7 = (vector){0} + 0.8f, s8 = (vector){0} + 0.9f, \
+               s9 = (vector){0} + 1.0f; \
         vector m = (vector){0} + x, y = (vector){0} + (1.0f - x); \
+        __asm__ volatile("" : "+v"(m), "+v"(y)); \
         for (long i = 0; i < n; i++) { \
-            __asm__("" : "+v"(m), "+v"(y)); \
             s0 = s0 * m + y; s1 = s1 * m + y; s2 = s2 * m + y; s3 = s3 * m + y; \
             s4 = s4 * m + y; s5 = s5 * m + y; s6 = s6 * m + y; s7 = s7 * m + y; \
             s8 = s8 * m + y; s9 = s9 * m + y; \
@@ -154,11 +159,13 @@ FBP_PEAK_LOOP(fbp_peak_vector_avx512, fbp_fma_loop_avx512, "avx512f,avx2,fma")
    cycle), so timing it gives the core's clock. */
 static inline long fbp_clock_loop(long n)
 {
-    long x = 0;
+    long x = 0, one = 1;
     for (long i = 0; i < n; i++) {
 #if defined(__GNUC__) && defined(__x86_64__)
-        __asm__("add $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\t"
-                "add $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\tadd $1, %0" : "+r"(x));
+        /* register operands: some cores fold chains of adds of an immediate */
+        __asm__("add %1, %0\n\tadd %1, %0\n\tadd %1, %0\n\tadd %1, %0\n\t"
+                "add %1, %0\n\tadd %1, %0\n\tadd %1, %0\n\tadd %1, %0"
+                : "+r"(x) : "r"(one));
 #else
         x += 8;
 #endif

@@ -138,17 +138,27 @@ static inline __attribute__((always_inline)) void FBP_PROD(fbp_prod_columns_tail
     }
 }
 
-/* C = beta C + alpha op(A) B: panels of whole vectors in place, then the column tail. */
+/* C = beta C + alpha op(A) B: panels of whole vectors in place, then the column tail.
+   NN (k long, B = W) takes a panel of B's columns at a time past every block of rows: the
+   panel (k x 64 or 128 bytes) stays in L1/L2.  TN (k = the batch, short) takes a block of
+   rows at a time past every panel: its strip of A (k rows of 24 or 48 bytes) and all of
+   D stay in L1, where the other order would sweep A from L2 once per panel. */
 static inline __attribute__((always_inline)) void FBP_PROD(fbp_prod_general)(
     ptrdiff_t n_rows, ptrdiff_t n_cols, ptrdiff_t k, const FBP_T *a, ptrdiff_t lda,
     const int a_row_is_one, const FBP_T *b, ptrdiff_t ldb, FBP_T *c, ptrdiff_t ldc,
     FBP_T alpha, FBP_T beta)
 {
     const ptrdiff_t whole = n_cols - n_cols % FBP_PROD_LANES;
-    for (ptrdiff_t j = 0; j < whole; j += FBP_PROD_WIDTH) {
-        const ptrdiff_t width = whole - j < FBP_PROD_WIDTH ? whole - j : FBP_PROD_WIDTH;
-        FBP_PROD(fbp_prod_panel)(n_rows, (int)(width / FBP_PROD_LANES), k, a, lda,
-                                 a_row_is_one, b + j, ldb, c + j, ldc, alpha, beta);
+    const ptrdiff_t row_step = a_row_is_one ? FBP_PROD_ROWS : n_rows;
+    for (ptrdiff_t p = 0; p < n_rows; p += row_step) {
+        const ptrdiff_t rows = n_rows - p < row_step ? n_rows - p : row_step;
+        const FBP_T *ap = a + p * (a_row_is_one ? 1 : lda);
+        for (ptrdiff_t j = 0; j < whole; j += FBP_PROD_WIDTH) {
+            const ptrdiff_t width = whole - j < FBP_PROD_WIDTH ? whole - j : FBP_PROD_WIDTH;
+            FBP_PROD(fbp_prod_panel)(rows, (int)(width / FBP_PROD_LANES), k, ap, lda,
+                                     a_row_is_one, b + j, ldb, c + p * ldc + j, ldc, alpha,
+                                     beta);
+        }
     }
     if (whole < n_cols)
         FBP_PROD(fbp_prod_columns_tail)(n_rows, n_cols - whole, k, a, lda, a_row_is_one,
@@ -173,21 +183,27 @@ FBP_PROD_TARGET static void FBP_PROD(fbp_product_tn)(
 
 /* NT: C (m x n) = D (m x k, ldd) W^T, W (n x k, ldw); C is overwritten.  W's rows are the
    columns of the product, so FBP_PROD_TRANSPOSED of them at a time are copied transposed
-   (in chunks of FBP_PROD_CHUNK of k) into a zero-padded panel and multiplied there. */
-#define FBP_PROD_TRANSPOSED FBP_PROD_WIDTH
+   (in chunks of FBP_PROD_NT_CHUNK of k) into a zero-padded panel, and each block of rows
+   of D multiplies all of that panel before the next (the block's strip of D is read once
+   per panel). */
+#ifndef FBP_PROD_NT_CHUNK
+#define FBP_PROD_NT_CHUNK 128
+#endif
+#define FBP_PROD_TRANSPOSED (FBP_PROD_NT_PANELS * FBP_PROD_WIDTH)
 FBP_PROD_TARGET static void FBP_PROD(fbp_product_nt)(
     ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const FBP_T *d, ptrdiff_t ldd, const FBP_T *w,
     ptrdiff_t ldw, FBP_T *c, ptrdiff_t ldc)
 {
-    FBP_T panel[FBP_PROD_CHUNK * FBP_PROD_TRANSPOSED] __attribute__((aligned(FBP_PROD_BYTES)));
+    FBP_T panel[FBP_PROD_NT_CHUNK * FBP_PROD_TRANSPOSED]
+        __attribute__((aligned(FBP_PROD_BYTES)));
     FBP_T scratch[FBP_PROD_ROWS * FBP_PROD_TRANSPOSED] __attribute__((aligned(FBP_PROD_BYTES)));
     for (ptrdiff_t i0 = 0; i0 < n; i0 += FBP_PROD_TRANSPOSED) {
         const ptrdiff_t columns = n - i0 < FBP_PROD_TRANSPOSED ? n - i0 : FBP_PROD_TRANSPOSED;
         const int n_vectors = (int)((columns + FBP_PROD_LANES - 1) / FBP_PROD_LANES);
         const ptrdiff_t width = n_vectors * FBP_PROD_LANES;
         const int whole = columns == width;   /* C's columns take whole vector stores */
-        for (ptrdiff_t k0 = 0; k0 < k || k0 == 0; k0 += FBP_PROD_CHUNK) {
-            const ptrdiff_t kc = k - k0 < FBP_PROD_CHUNK ? k - k0 : FBP_PROD_CHUNK;
+        for (ptrdiff_t k0 = 0; k0 < k || k0 == 0; k0 += FBP_PROD_NT_CHUNK) {
+            const ptrdiff_t kc = k - k0 < FBP_PROD_NT_CHUNK ? k - k0 : FBP_PROD_NT_CHUNK;
             const FBP_T beta = k0 == 0 ? (FBP_T)0 : (FBP_T)1;
             if (!whole)
                 memset(panel, 0, (size_t)(kc * width) * sizeof(FBP_T));
@@ -196,32 +212,27 @@ FBP_PROD_TARGET static void FBP_PROD(fbp_product_nt)(
                 for (ptrdiff_t kk = 0; kk < kc; kk++)
                     panel[kk * width + i] = row[kk];
             }
-            if (whole) {
+            for (ptrdiff_t p = 0; p < m; p += FBP_PROD_ROWS) {
+                const ptrdiff_t rows = m - p < FBP_PROD_ROWS ? m - p : FBP_PROD_ROWS;
+                /* whole: straight into C; else through scratch (C's last columns are
+                   partial) */
+                FBP_T *out = whole ? c + p * ldc + i0 : scratch;
+                const ptrdiff_t ld_out = whole ? ldc : width;
                 for (ptrdiff_t v = 0; v < n_vectors; v += FBP_PROD_VECTORS) {
                     const int nv = n_vectors - v < FBP_PROD_VECTORS ? n_vectors - (int)v
                                                                    : FBP_PROD_VECTORS;
-                    FBP_PROD(fbp_prod_panel)(m, nv, kc, d + k0, ldd, 0,
+                    FBP_PROD(fbp_prod_panel)(rows, nv, kc, d + p * ldd + k0, ldd, 0,
                                              panel + v * FBP_PROD_LANES, width,
-                                             c + i0 + v * FBP_PROD_LANES, ldc, (FBP_T)1, beta);
+                                             out + v * FBP_PROD_LANES, ld_out, (FBP_T)1,
+                                             whole ? beta : (FBP_T)0);
                 }
-            } else {   /* through scratch, rows at a time: C's last columns are partial */
-                for (ptrdiff_t p = 0; p < m; p += FBP_PROD_ROWS) {
-                    const ptrdiff_t rows = m - p < FBP_PROD_ROWS ? m - p : FBP_PROD_ROWS;
-                    for (ptrdiff_t v = 0; v < n_vectors; v += FBP_PROD_VECTORS) {
-                        const int nv = n_vectors - v < FBP_PROD_VECTORS ? n_vectors - (int)v
-                                                                       : FBP_PROD_VECTORS;
-                        FBP_PROD(fbp_prod_panel)(rows, nv, kc, d + p * ldd + k0, ldd, 0,
-                                                 panel + v * FBP_PROD_LANES, width,
-                                                 scratch + v * FBP_PROD_LANES, width,
-                                                 (FBP_T)1, (FBP_T)0);
-                    }
+                if (!whole)
                     for (ptrdiff_t r = 0; r < rows; r++)
                         for (ptrdiff_t i = 0; i < columns; i++) {
-                            FBP_T *out = c + (p + r) * ldc + i0 + i;
-                            *out = beta == 0 ? scratch[r * width + i]
-                                             : *out + scratch[r * width + i];
+                            FBP_T *target = c + (p + r) * ldc + i0 + i;
+                            *target = beta == 0 ? scratch[r * width + i]
+                                                : *target + scratch[r * width + i];
                         }
-                }
             }
             if (k == 0)
                 break;
@@ -229,6 +240,8 @@ FBP_PROD_TARGET static void FBP_PROD(fbp_product_nt)(
     }
 }
 #undef FBP_PROD_TRANSPOSED
+#undef FBP_PROD_NT_PANELS
+#undef FBP_PROD_NT_CHUNK
 #undef FBP_PROD_CHUNK
 #undef FBP_PROD_ROW_CASES
 #undef FBP_PROD_WIDTH

@@ -1,0 +1,121 @@
+"""Each product of a training step, in fastbp's own kernels and in BLAS, against the core's
+FMA peak (issue 12).
+
+For every weight layer of the chosen workloads (bench/workloads.py): the forward product
+(A W, batch x n_in . n_in x n_out), the input delta (D W^T, every layer but the first) and
+the weight gradient with plain SGD's update folded in (W = W - lr A^T D), one thread. The
+peak is measured in the same run: a register-only loop of independent vector FMAs
+(_core.fma_peak) gives multiply-adds per second, and a chain of one-cycle integer adds
+gives the core's clock, so each product's cycles per multiply-add sits beside the core's
+best (1 / (lanes x FMA units)).
+
+    python bench/products.py                  # this CPU's best kernels, W1-W5
+    python bench/products.py --isa avx2 --workloads W1 W5
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/products.py --isa avx512
+"""
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import workloads  # noqa: E402
+
+from fastbp import _core  # noqa: E402
+
+
+def best_seconds(call, repeat, rounds):
+    """Best of `rounds` timings of `repeat` calls, per call."""
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter()
+        call(repeat)
+        best = min(best, (time.perf_counter() - start) / repeat)
+    return best
+
+
+def measure_peak(isa, rounds=5):
+    """(clock in Hz, peak float32 multiply-adds per cycle) for isa's vector width."""
+    n = 20_000_000
+    lanes = {"avx2": 8, "avx512": 16}[isa]
+    fma_seconds = add_seconds = float("inf")
+    for _ in range(rounds):
+        f, a = _core.fma_peak(isa, n)
+        fma_seconds, add_seconds = min(fma_seconds, f), min(add_seconds, a)
+    clock = 8 * n / add_seconds
+    return clock, 10 * n * lanes / fma_seconds / clock
+
+
+def products_of(workload):
+    """(layer, product, kind, m, n, k) for each product of a plain-SGD step."""
+    sizes, batch = workload.layer_sizes, workload.batch_size
+    for layer in range(1, len(sizes)):
+        n_in, n_out = sizes[layer - 1], sizes[layer]
+        yield layer, "forward", "nn", batch, n_out, n_in
+        if layer > 1:
+            yield layer, "delta", "nt", batch, n_in, n_out
+        yield layer, "gradient", "tn", n_in, n_out, batch
+
+
+def operands(kind, m, n, k, dtype, rng):
+    a_shape = (k, m) if kind == "tn" else (m, k)
+    b_shape = (n, k) if kind == "nt" else (k, n)
+    a = rng.standard_normal(a_shape).astype(dtype)
+    b = rng.standard_normal(b_shape).astype(dtype)
+    c = rng.standard_normal((m, n)).astype(dtype)
+    return a, b, c
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--isa", choices=["avx2", "avx512"], default=_core.best_kernel_isa())
+    parser.add_argument("--workloads", nargs="+", default=["W1", "W2", "W3", "W4", "W5"])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=0.05,
+                        help="about this long per timing round")
+    args = parser.parse_args()
+    if args.isa is None:
+        sys.exit("this CPU or build has no own kernels (AVX2+FMA or AVX-512 needed)")
+    clock, peak32 = measure_peak(args.isa)
+    print(f"isa {args.isa}; OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}"
+          f"; clock {clock / 1e9:.2f} GHz (measured); peak {peak32:.1f} float32 / "
+          f"{peak32 / 2:.1f} float64 multiply-adds per cycle (measured); "
+          f"load {os.getloadavg()[0]:.2f}")
+    print(f"{'':3} {'layer':>5} {'product':8} {'shape m x n x k':>18} "
+          f"{'kernel us':>10} {'BLAS us':>9} {'BLAS/kernel':>11} "
+          f"{'cyc/MAC kernel':>14} {'BLAS':>7} {'peak':>7} {'kernel % peak':>13}")
+    rng = np.random.default_rng(0)
+    with threadpool_limits(1):
+        for name in args.workloads:
+            workload = workloads.get(name)
+            dtype = np.dtype(workload.dtype)
+            peak = peak32 if dtype == np.float32 else peak32 / 2
+            totals = {"kernel": 0.0, "blas": 0.0}
+            for layer, product, kind, m, n, k in products_of(workload):
+                a, b, c = operands(kind, m, n, k, dtype, rng)
+                alpha, beta = (-1e-3, 1.0) if kind == "tn" else (1.0, 0.0)
+                macs = m * n * k
+                times = {}
+                for backend in (args.isa, "blas"):
+                    def call(repeat, backend=backend):
+                        _core.matrix_product(kind, a, b, c, alpha, beta, backend, repeat)
+                    once = best_seconds(call, 1, 2)
+                    repeat = max(1, int(args.seconds / max(once, 1e-7)))
+                    times[backend] = best_seconds(call, repeat, args.rounds)
+                kernel, blas = times[args.isa], times["blas"]
+                totals["kernel"] += kernel
+                totals["blas"] += blas
+                cycles = {key: value * clock / macs for key, value in times.items()}
+                print(f"{name:3} {layer:>5} {product:8} {f'{m}x{n}x{k}':>18} "
+                      f"{kernel * 1e6:>10.2f} {blas * 1e6:>9.2f} {blas / kernel:>11.2f} "
+                      f"{cycles[args.isa]:>14.4f} {cycles['blas']:>7.4f} {1 / peak:>7.4f} "
+                      f"{100 / peak / cycles[args.isa]:>12.0f}%")
+            print(f"{name:3} {'all':>5} {'step':8} {'':>18} {totals['kernel'] * 1e6:>10.2f} "
+                  f"{totals['blas'] * 1e6:>9.2f} {totals['blas'] / totals['kernel']:>11.2f}")
+
+
+if __name__ == "__main__":
+    main()
