@@ -9,6 +9,20 @@ KERNEL_ISAS = {"avx2": FBP_ISA_AVX2, "avx512": FBP_ISA_AVX512}
 PRODUCTS = {"forward": 0, "delta": 1, "gradient": 2}
 
 
+cdef enum:   # the products of a weight layer, in PlanData.product_isas's order
+    FORWARD_PRODUCT = 0
+    DELTA_PRODUCT = 1
+    GRADIENT_PRODUCT = 2
+
+
+cdef inline int product_isa(const PlanData* plan, int l, int product,
+                            const floating* like) noexcept nogil:
+    """The instruction set of the own kernel for weight layer l's (1-based) product of
+    elements like *like (its type only), or 0: BLAS."""
+    cdef int dtype = 1 if floating is double else 0
+    return plan.product_isas[(dtype * plan.n_layers + l - 1) * 3 + product]
+
+
 def best_kernel_isa():
     """The widest instruction set this CPU runs the own kernels with ("avx512", "avx2"),
     or None where they are not built or the CPU has neither (then every product is BLAS)."""
