@@ -7,7 +7,8 @@ the weight gradient with plain SGD's update folded in (W = W - lr A^T D), one th
 peak is measured in the same run: a register-only loop of independent vector FMAs
 (_core.fma_peak) gives multiply-adds per second, and a chain of one-cycle integer adds
 gives the core's clock, so each product's cycles per multiply-add sits beside the core's
-best (1 / (lanes x FMA units)).
+best (1 / (lanes x FMA units)); each workload's step of products is also set against
+BLAS's one-thread 2048^3 GEMM rate, measured in the same run.
 
     python bench/products.py                  # this CPU's best kernels, W1-W5
     python bench/products.py --isa avx2 --workloads W1 W5
@@ -27,6 +28,9 @@ import workloads  # noqa: E402
 from fastbp import _core  # noqa: E402
 
 
+CEILING_SIZE = 2048
+
+
 def best_seconds(call, repeat, rounds):
     """Best of `rounds` timings of `repeat` calls, per call."""
     best = float("inf")
@@ -37,9 +41,10 @@ def best_seconds(call, repeat, rounds):
     return best
 
 
-def measure_peak(isa, rounds=5):
-    """(clock in Hz, peak float32 multiply-adds per cycle) for isa's vector width."""
-    n = 20_000_000
+def measure_peak(isa, rounds=41):
+    """(clock in Hz, peak float32 multiply-adds per cycle) for isa's vector width: the
+    best of many short rounds, so a round the core was shared in does not count."""
+    n = 2_000_000
     lanes = {"avx2": 8, "avx512": 16}[isa]
     fma_seconds = add_seconds = float("inf")
     for _ in range(rounds):
@@ -79,25 +84,38 @@ def main():
     args = parser.parse_args()
     if args.isa is None:
         sys.exit("this CPU or build has no own kernels (AVX2+FMA or AVX-512 needed)")
+    rng = np.random.default_rng(0)
     clock, peak32 = measure_peak(args.isa)
     print(f"isa {args.isa}; OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}"
           f"; clock {clock / 1e9:.2f} GHz (measured); peak {peak32:.1f} float32 / "
           f"{peak32 / 2:.1f} float64 multiply-adds per cycle (measured); "
           f"load {os.getloadavg()[0]:.2f}")
+    ceiling = {}
+    with threadpool_limits(1):
+        for dtype in (np.float32, np.float64):   # the machine's 2048^3 GEMM rate, one thread
+            a, b, c = operands("nn", CEILING_SIZE, CEILING_SIZE, CEILING_SIZE, dtype, rng)
+            seconds = best_seconds(
+                lambda repeat: _core.matrix_product("nn", a, b, c, 1.0, 0.0, "blas", repeat),
+                1, 3)
+            ceiling[np.dtype(dtype)] = CEILING_SIZE ** 3 / seconds
+    print(f"BLAS {CEILING_SIZE}^3 (one thread): sgemm "
+          f"{ceiling[np.dtype(np.float32)] / clock:.1f}, dgemm "
+          f"{ceiling[np.dtype(np.float64)] / clock:.1f} multiply-adds per cycle")
     print(f"{'':3} {'layer':>5} {'product':8} {'shape m x n x k':>18} "
           f"{'kernel us':>10} {'BLAS us':>9} {'BLAS/kernel':>11} "
           f"{'cyc/MAC kernel':>14} {'BLAS':>7} {'peak':>7} {'kernel % peak':>13}")
-    rng = np.random.default_rng(0)
     with threadpool_limits(1):
         for name in args.workloads:
             workload = workloads.get(name)
             dtype = np.dtype(workload.dtype)
             peak = peak32 if dtype == np.float32 else peak32 / 2
             totals = {"kernel": 0.0, "blas": 0.0}
+            step_macs = 0
             for layer, product, kind, m, n, k in products_of(workload):
                 a, b, c = operands(kind, m, n, k, dtype, rng)
                 alpha, beta = (-1e-3, 1.0) if kind == "tn" else (1.0, 0.0)
                 macs = m * n * k
+                step_macs += macs
                 times = {}
                 for backend in (args.isa, "blas"):
                     def call(repeat, backend=backend):
@@ -113,8 +131,14 @@ def main():
                       f"{kernel * 1e6:>10.2f} {blas * 1e6:>9.2f} {blas / kernel:>11.2f} "
                       f"{cycles[args.isa]:>14.4f} {cycles['blas']:>7.4f} {1 / peak:>7.4f} "
                       f"{100 / peak / cycles[args.isa]:>12.0f}%")
+            rate = ceiling[dtype] / clock
             print(f"{name:3} {'all':>5} {'step':8} {'':>18} {totals['kernel'] * 1e6:>10.2f} "
-                  f"{totals['blas'] * 1e6:>9.2f} {totals['blas'] / totals['kernel']:>11.2f}")
+                  f"{totals['blas'] * 1e6:>9.2f} {totals['blas'] / totals['kernel']:>11.2f} "
+                  f"{totals['kernel'] * clock / step_macs:>14.4f} "
+                  f"{totals['blas'] * clock / step_macs:>7.4f} {1 / rate:>7.4f} "
+                  f"{100 / rate / (totals['kernel'] * clock / step_macs):>12.0f}% of the "
+                  f"{CEILING_SIZE}^3 GEMM (BLAS alone: "
+                  f"{100 / rate / (totals['blas'] * clock / step_macs):.0f}%)")
 
 
 if __name__ == "__main__":
