@@ -92,6 +92,16 @@ include "_small_gemm.pxi"
 include "_products.pxi"
 
 
+def check_product_isas(product_isas, Py_ssize_t n_layers):
+    """A Plan's product_isas as a list of 6 n_layers codes this CPU runs (None: all 0)."""
+    isas = [0] * (6 * n_layers) if product_isas is None else list(product_isas)
+    cdef int best_isa = fbp_best_product_isa()
+    if len(isas) != 6 * n_layers or any(not 0 <= isa <= best_isa for isa in isas):
+        raise ValueError(f"product_isas needs 2 x 3 x {n_layers} codes in 0..{best_isa} "
+                         f"(this CPU's kernels); got {isas}")
+    return isas
+
+
 cdef bint valid_code(int code, dict codes):
     """True if code is one of the codes (one of the tables above)."""
     return 0 <= code < len(codes)
@@ -143,11 +153,7 @@ cdef class Plan:
             raise ValueError(f"capacity must be >= 0; got {capacity}")
         if few_rows < 0:
             raise ValueError(f"few_rows must be >= 0; got {few_rows}")
-        isas = [0] * (6 * n_layers) if product_isas is None else list(product_isas)
-        cdef int best_isa = fbp_best_product_isa()
-        if len(isas) != 6 * n_layers or any(not 0 <= isa <= best_isa for isa in isas):
-            raise ValueError(f"product_isas needs 2 x 3 x {n_layers} codes in 0..{best_isa} "
-                             f"(this CPU's kernels); got {isas}")
+        isas = check_product_isas(product_isas, n_layers)
         # 10 arrays of n_layers or n_layers + 1 offsets and widths, then the rates, codes
         cdef size_t n_offsets = 5 * <size_t>(n_layers + 1) + 5 * <size_t>n_layers
         self.memory = malloc(n_offsets * sizeof(Py_ssize_t) + n_layers * sizeof(double)
@@ -229,6 +235,14 @@ cdef class Plan:
     @property
     def capacity(self):
         return self.data.capacity
+
+    def set_product_isas(self, product_isas):
+        """Which products run in the own kernels from now on (see the class; None: BLAS
+        for all). For a plan that no pass is using: fastbp._products chooses them from
+        the plan's shape and gemm_chunks before the plan's first pass."""
+        isas = check_product_isas(product_isas, self.data.n_layers)
+        for l in range(6 * self.data.n_layers):
+            self.data.product_isas[l] = isas[l]
 
     @property
     def product_isas(self):

@@ -87,17 +87,22 @@ cdef Py_ssize_t leading_dimension(floating[:, :] matrix, str name) except -1:
 
 
 def matrix_product(str kind, floating[:, :] a, floating[:, :] b, floating[:, :] c,
-                   double alpha=1.0, double beta=0.0, str backend="blas", Py_ssize_t repeat=1):
+                   double alpha=1.0, double beta=0.0, str backend="blas", Py_ssize_t repeat=1,
+                   Py_ssize_t chunk_rows=0, Py_ssize_t chunk_columns=0):
     """For tests and benchmarks: one of the step's products, `repeat` times, into c.
 
     kind "nn": c = a b (a m x k, b k x n); "nt": c = a b^T (b n x k); "tn": c = beta c +
     alpha a^T b (a k x m, b k x n). alpha and beta are for "tn" only (the others are 1, 0
     as in the step). Rows contiguous, any row strides (leading dimensions). backend: "blas"
-    (fastbp's gemm) or an instruction set of the own kernels ("avx2", "avx512")."""
+    (fastbp's gemm) or an instruction set of the own kernels ("avx2", "avx512").
+    chunk_rows, chunk_columns (0: whole): the calls a plan cuts the product into, as its
+    passes make them: "nn" on BLAS in blocks of rows x columns (Plan.gemm_chunks' forward
+    chunks; the kernels take it in one call), "tn" in blocks of chunk_rows rows of c (the
+    gradient blocks, either backend)."""
     cdef int isa = backend_isa(backend)
     cdef Py_ssize_t lda = leading_dimension(a, "a"), ldb = leading_dimension(b, "b")
     cdef Py_ssize_t ldc = leading_dimension(c, "c")
-    cdef Py_ssize_t m = c.shape[0], n = c.shape[1], k, i
+    cdef Py_ssize_t m = c.shape[0], n = c.shape[1], k, i, row, rows, column, columns
     if kind == "nn":
         k = a.shape[1]
         shapes_fit = a.shape[0] == m and b.shape[0] == k and b.shape[1] == n
@@ -116,17 +121,36 @@ def matrix_product(str kind, floating[:, :] a, floating[:, :] b, floating[:, :] 
         raise ValueError("matrix_product: dimensions must be below 2**31")
     if (kind != "tn" and (alpha != 1 or beta != 0)):
         raise ValueError(f"{kind}: alpha and beta are 1 and 0 (they are for 'tn')")
+    if chunk_rows < 0 or chunk_columns < 0:
+        raise ValueError("chunk_rows and chunk_columns must be >= 0")
+    cdef Py_ssize_t row_chunk = chunk_rows or m, column_chunk = chunk_columns or n
     with nogil:
         for i in range(repeat):
-            if kind == "nn":
+            if kind == "nn" and isa:
                 nn_product(isa, <int>m, <int>n, <int>k, &a[0, 0], <int>lda, &b[0, 0], <int>ldb,
                            &c[0, 0], <int>ldc)
+            elif kind == "nn":   # forward_product's BLAS calls
+                row = 0
+                while row < m:
+                    rows = min(row_chunk, m - row)
+                    column = 0
+                    while column < n:
+                        columns = min(column_chunk, n - column)
+                        nn_product(0, <int>rows, <int>columns, <int>k, &a[row, 0], <int>lda,
+                                   &b[0, column], <int>ldb, &c[row, column], <int>ldc)
+                        column += columns
+                    row += rows
             elif kind == "nt":
                 nt_product(isa, <int>m, <int>n, <int>k, &a[0, 0], <int>lda, &b[0, 0], <int>ldb,
                            &c[0, 0], <int>ldc)
-            else:
-                tn_product(isa, <int>m, <int>n, <int>k, <floating>alpha, &a[0, 0], <int>lda,
-                           &b[0, 0], <int>ldb, <floating>beta, &c[0, 0], <int>ldc)
+            else:   # run_batch's gradient blocks
+                row = 0
+                while row < m:
+                    rows = min(row_chunk, m - row)
+                    tn_product(isa, <int>rows, <int>n, <int>k, <floating>alpha, &a[0, row],
+                               <int>lda, &b[0, 0], <int>ldb, <floating>beta, &c[row, 0],
+                               <int>ldc)
+                    row += rows
 
 
 def fma_peak(str backend, long n):

@@ -52,12 +52,24 @@ def kernel_isa():
     return value
 
 
-def plan_product_isas(layer_sizes, rows: int, dtype, one_thread=True, backward=True,
-                      sparse=False):
+def choose_products(plan, layer_sizes, dtype, one_thread=True, backward=True, sparse=False):
+    """Sets which of a new plan's products run in the own kernels (Plan.set_product_isas),
+    for its passes of up to plan.capacity rows of `dtype`, its BLAS calls cut as
+    plan.gemm_chunks says; the arguments as for product_isas. Returns the plan."""
+    plan.set_product_isas(product_isas(layer_sizes, plan.capacity, dtype, one_thread,
+                                       backward, sparse, plan.gemm_chunks))
+    return plan
+
+
+def product_isas(layer_sizes, rows: int, dtype, one_thread=True, backward=True,
+                 sparse=False, gemm_chunks=None):
     """A Plan's product_isas for passes of up to `rows` rows of `dtype`: see the module.
     one_thread: BLAS would run these products on one thread; backward: the plan's passes
     take the delta and gradient products too (else only forward ones are measured);
-    sparse: the first layer's forward and gradient products are the core's sparse loops."""
+    sparse: the first layer's forward and gradient products are the core's sparse loops;
+    gemm_chunks: the plan's (Plan.gemm_chunks), so BLAS is timed in the calls the plan
+    makes (its forward products cut for OpenBLAS's small kernels, its gradient blocks);
+    None: whole products."""
     from fastbp import _core
     sizes = [int(size) for size in layer_sizes]
     n_layers = len(sizes) - 1
@@ -76,34 +88,40 @@ def plan_product_isas(layer_sizes, rows: int, dtype, one_thread=True, backward=T
         if sparse and layer == 1:
             continue   # the core's sparse loops
         n_in, n_out = sizes[layer - 1], sizes[layer]
-        products = [("nn", rows, n_out, n_in)]            # forward, delta, gradient
-        if backward:
-            products += [("nt", rows, n_in, n_out), ("tn", n_in, n_out, rows)]
-        for product, (kind, m, n, k) in enumerate(products):
+        (forward_rows, forward_columns), gradient_rows = \
+            ((0, 0), 0) if gemm_chunks is None else gemm_chunks[layer - 1]
+        products = [("nn", rows, n_out, n_in, forward_rows, forward_columns)]
+        if backward:   # forward, delta, gradient
+            products += [("nt", rows, n_in, n_out, 0, 0),
+                         ("tn", n_in, n_out, rows, gradient_rows, 0)]
+        for product, (kind, m, n, k, chunk_rows, chunk_columns) in enumerate(products):
             if kind == "nt" and layer == 1:
                 continue   # the first layer has no input delta
-            if own_is_faster(kind, m, n, k, dtype, isa):
+            if own_is_faster(kind, m, n, k, dtype, isa, chunk_rows, chunk_columns):
                 isas[base + 3 * (layer - 1) + product] = code
     return isas
 
 
-def own_is_faster(kind, m, n, k, dtype, isa) -> bool:
-    """True if the own kernel of isa takes this product faster than one-thread BLAS here
-    (measured once per shape, dtype, isa, CPU and OpenBLAS core; cached)."""
+def own_is_faster(kind, m, n, k, dtype, isa, chunk_rows=0, chunk_columns=0) -> bool:
+    """True if the own kernel of isa takes this product faster than one-thread BLAS here,
+    each in the calls the plan makes (_core.matrix_product's chunks); measured once per
+    shape, chunks, dtype, isa, CPU and OpenBLAS core, and cached."""
     from fastbp._threads import _cpu_model
-    key = (f"{kind}/{m}x{n}x{k}/{np.dtype(dtype).name}/{isa}/"
+    chunk_rows = 0 if chunk_rows >= m else chunk_rows   # 0: whole, however it is written
+    chunk_columns = 0 if chunk_columns >= n else chunk_columns
+    key = (f"{kind}/{m}x{n}x{k}/{chunk_rows}x{chunk_columns}/{np.dtype(dtype).name}/{isa}/"
            f"{os.environ.get('OPENBLAS_CORETYPE', '')}/{_cpu_model()}")
     with _lock:
         if key not in _measured:
             found = _read_cache().get(key)
             if not isinstance(found, bool):
-                found = _measure(kind, m, n, k, dtype, isa)
+                found = _measure(kind, m, n, k, dtype, isa, chunk_rows, chunk_columns)
                 _write_cache(key, found)
             _measured[key] = found
         return _measured[key]
 
 
-def _measure(kind, m, n, k, dtype, isa) -> bool:
+def _measure(kind, m, n, k, dtype, isa, chunk_rows=0, chunk_columns=0) -> bool:
     import time
     from fastbp import _core
     from fastbp._threads import blas_threads
@@ -117,13 +135,15 @@ def _measure(kind, m, n, k, dtype, isa) -> bool:
     with blas_threads(1):
         for backend in times:
             started = time.perf_counter()
-            _core.matrix_product(kind, a, b, c, alpha, beta, backend)
+            _core.matrix_product(kind, a, b, c, alpha, beta, backend, 1, chunk_rows,
+                                 chunk_columns)
             once = time.perf_counter() - started
             repeats[backend] = max(1, int(MEASURE_SECONDS / max(once, 1e-7)))
         for _ in range(MEASURE_ROUNDS):
             for backend in times:
                 started = time.perf_counter()
-                _core.matrix_product(kind, a, b, c, alpha, beta, backend, repeats[backend])
+                _core.matrix_product(kind, a, b, c, alpha, beta, backend, repeats[backend],
+                                     chunk_rows, chunk_columns)
                 times[backend].append((time.perf_counter() - started) / repeats[backend])
     return bool(np.median(times[isa]) < np.median(times["blas"]))
 

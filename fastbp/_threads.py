@@ -64,11 +64,9 @@ def row_workspace(layer_sizes, codes, dropout, batch_size: int, n_workers: int, 
         return None, None
     from fastbp import _core
     from fastbp.model import check_allocation
-    from fastbp._products import plan_product_isas
-    rows = -(-batch_size // n_workers)
-    plan = _core.Plan(list(layer_sizes), list(codes), rows, dropout, False,
-                      small_gemm_kernels(),
-                      product_isas=plan_product_isas(layer_sizes, rows, dtype))
+    from fastbp._products import choose_products
+    plan = choose_products(_core.Plan(list(layer_sizes), list(codes), -(-batch_size // n_workers),
+                                      dropout, False, small_gemm_kernels()), layer_sizes, dtype)
     size = _core.worker_workspace_size(plan, n_workers)
     check_allocation(size, dtype, "the workers' workspace")
     return plan, np.empty(size, dtype=dtype)
@@ -260,7 +258,7 @@ def _measure(layer_sizes, codes, batch_size, dtype, candidates):
     timing with it."""
     import time
     from fastbp import _core
-    from fastbp._products import plan_product_isas
+    from fastbp._products import choose_products
     from fastbp.model import check_allocation
     dtype = np.dtype(dtype)
     sizes = [int(size) for size in layer_sizes]
@@ -279,9 +277,9 @@ def _measure(layer_sizes, codes, batch_size, dtype, candidates):
     state = np.empty((0, 0), dtype)
     def timer(workers, blas):
         """epoch(n_steps) -> seconds a step, for this candidate (its own plan and params)."""
-        plan = _core.Plan(sizes, list(codes), batch_size, None, False,
-                          blas == 1 and small_gemm_kernels(),
-                          product_isas=plan_product_isas(sizes, batch_size, dtype, blas == 1))
+        plan = choose_products(_core.Plan(sizes, list(codes), batch_size, None, False,
+                                          blas == 1 and small_gemm_kernels()),
+                               sizes, dtype, blas == 1)
         params = (0.05 * rng.standard_normal(plan.n_params)).astype(dtype)
         work = np.zeros(plan.work_size, dtype)
         worker_plan, worker_work = row_workspace(sizes, codes, None, batch_size, workers,

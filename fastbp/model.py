@@ -10,7 +10,7 @@ import warnings
 import numpy as np
 
 from fastbp import _core, _files, _format, losses
-from fastbp._products import plan_product_isas
+from fastbp._products import choose_products
 from fastbp._threads import blas_threads, checked_thread_count, small_gemm_kernels, \
     thread_count
 from fastbp._validation import as_inputs, check_finite, dense_targets, input_arrays, \
@@ -255,12 +255,11 @@ class MLP:
         sparse: for a sparse X (no dense batch of inputs is kept)."""
         small_chunks = n_threads == 1 and small_gemm_kernels()
         kernels = few_row_kernels() if few_rows else "never"
-        product_isas = plan_product_isas(self._layer_sizes, n_rows, self.dtype,
-                                         one_thread=n_threads == 1, backward=not few_rows,
-                                         sparse=sparse)
         plan = _core.Plan(self._layer_sizes, self._codes, n_rows, dropout, with_gradient,
                           small_chunks, 0 if kernels == "never" else _core.PREDICTOR_ROWS,
-                          kernels == "always", sparse_input=sparse, product_isas=product_isas)
+                          kernels == "always", sparse_input=sparse)
+        choose_products(plan, self._layer_sizes, self.dtype, one_thread=n_threads == 1,
+                        backward=not few_rows, sparse=sparse)
         check_allocation(plan.work_size, self.dtype, "the workspace")
         return plan, np.empty(plan.work_size, dtype=self.dtype)
 

@@ -81,13 +81,13 @@ def test_row_split_workers_take_the_own_kernels(monkeypatch, dtype):
 def test_plans_hold_what_the_variables_say(monkeypatch):
     sizes = [7, 20, 3]
     monkeypatch.setenv(_products.KERNELS_VARIABLE, "blas")
-    assert _products.plan_product_isas(sizes, 16, "float32") == [0] * 12
+    assert _products.product_isas(sizes, 16, "float32") == [0] * 12
     if not ISAS:
         return
     monkeypatch.setenv(_products.KERNELS_VARIABLE, "own")
     for isa in ISAS:
         monkeypatch.setenv(_products.ISA_VARIABLE, isa)
-        isas = _products.plan_product_isas(sizes, 16, "float64")
+        isas = _products.product_isas(sizes, 16, "float64")
         assert isas == [_core.KERNEL_ISAS[isa]] * 12
         plan = _core.Plan(sizes, [1, 5], 16, product_isas=isas)
         assert plan.product_isas["float32"] == [(_core.KERNEL_ISAS[isa],) * 3] * 2
@@ -96,11 +96,11 @@ def test_plans_hold_what_the_variables_say(monkeypatch):
 def test_bad_values_are_refused(monkeypatch):
     monkeypatch.setenv(_products.KERNELS_VARIABLE, "fast")
     with pytest.raises(ValueError, match="FASTBP_KERNELS must be"):
-        _products.plan_product_isas([3, 2], 4, "float32")
+        _products.product_isas([3, 2], 4, "float32")
     monkeypatch.setenv(_products.KERNELS_VARIABLE, "own")
     monkeypatch.setenv(_products.ISA_VARIABLE, "sse2")
     with pytest.raises(ValueError, match="FASTBP_KERNEL_ISA must be"):
-        _products.plan_product_isas([3, 2], 4, "float32")
+        _products.product_isas([3, 2], 4, "float32")
     with pytest.raises(ValueError, match="product_isas"):
         _core.Plan([3, 2], [1], 4, product_isas=[0] * 5)
     with pytest.raises(ValueError, match="product_isas"):
@@ -122,19 +122,24 @@ def test_auto_measures_each_shape_once_and_keeps_it(monkeypatch, tmp_path):
 
     monkeypatch.setattr(_products, "_measure", counting)
     sizes = [9, 40, 4]
-    first = _products.plan_product_isas(sizes, 8, "float32")
+    first = _products.product_isas(sizes, 8, "float32")
     # layer 1: forward and gradient; layer 2: all three
     assert sorted(measured) == sorted([("nn", 8, 40, 9), ("tn", 9, 40, 8), ("nn", 8, 4, 40),
                                        ("nt", 8, 40, 4), ("tn", 40, 4, 8)])
+    # a plan's own: its BLAS calls timed as it cuts them
+    plan = _products.choose_products(_core.Plan(sizes, [1, 5], 8, small_gemm_chunks=True),
+                                     sizes, "float32")
+    assert plan.product_isas["float32"] == [tuple(first[0:3]), tuple(first[3:6])]
+    assert len(measured) == 5                        # uncut here: the same calls
     assert first[6:] == [0] * 6                      # float64's: not measured, BLAS
     assert set(first[:6]) <= {0, _core.KERNEL_ISAS[ISAS[-1]]}
     assert first[1] == 0                             # the first layer has no delta
     assert (tmp_path / _products.CACHE_FILE).exists()
     monkeypatch.setattr(_products, "_measured", {})  # a new process: from the file
-    assert _products.plan_product_isas(sizes, 8, "float32") == first
+    assert _products.product_isas(sizes, 8, "float32") == first
     assert len(measured) == 5
     # forward-only plans measure only forward products; several BLAS threads: BLAS
-    assert _products.plan_product_isas(sizes, 8, "float32", one_thread=False) == [0] * 12
+    assert _products.product_isas(sizes, 8, "float32", one_thread=False) == [0] * 12
     assert len(measured) == 5
 
 

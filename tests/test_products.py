@@ -156,3 +156,26 @@ def test_the_best_isa_is_available():
         with pytest.raises(ValueError, match="no instruction set"):
             _core.matrix_product("nn", np.ones((1, 1)), np.ones((1, 1)), np.ones((1, 1)),
                                  backend="avx2")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_chunked_calls_as_plans_make_them(backend, dtype):
+    """matrix_product's chunks (a plan's forward blocks, its gradient blocks) give the
+    whole product to rounding."""
+    rng = np.random.default_rng(5)
+    a = rng.standard_normal((23, 41)).astype(dtype)
+    b = rng.standard_normal((41, 37)).astype(dtype)
+    whole = np.empty((23, 37), dtype)
+    _core.matrix_product("nn", a, b, whole, backend=backend)
+    cut = np.full((23, 37), np.nan, dtype)
+    _core.matrix_product("nn", a, b, cut, backend=backend, chunk_rows=16, chunk_columns=16)
+    np.testing.assert_allclose(cut, whole, rtol=1e-5, atol=1e-5)
+    d = rng.standard_normal((23, 37)).astype(dtype)
+    c0 = rng.standard_normal((41, 37)).astype(dtype)
+    whole, cut = c0.copy(), c0.copy()
+    _core.matrix_product("tn", a, d, whole, -0.5, 0.9, backend)
+    _core.matrix_product("tn", a, d, cut, -0.5, 0.9, backend, chunk_rows=7)
+    np.testing.assert_allclose(cut, whole, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="chunk"):
+        _core.matrix_product("tn", a, d, cut, -0.5, 0.9, backend, chunk_rows=-1)
