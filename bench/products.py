@@ -3,7 +3,9 @@ FMA peak (issue 12).
 
 For every weight layer of the chosen workloads (bench/workloads.py): the forward product
 (A W, batch x n_in . n_in x n_out), the input delta (D W^T, every layer but the first) and
-the weight gradient with plain SGD's update folded in (W = W - lr A^T D), one thread. The
+the weight gradient with plain SGD's update folded in (W = W - lr A^T D), one thread, in
+the calls a one-thread training plan makes (BLAS's forward products cut for OpenBLAS's
+small-matrix kernels where it has them: today's path). The
 peak is measured in the same run: a register-only loop of independent vector FMAs
 (_core.fma_peak) gives multiply-adds per second, and a chain of one-cycle integer adds
 gives the core's clock, so each product's cycles per multiply-add sits beside the core's
@@ -55,14 +57,20 @@ def measure_peak(isa, rounds=41):
 
 
 def products_of(workload):
-    """(layer, product, kind, m, n, k) for each product of a plain-SGD step."""
+    """(layer, product, kind, m, n, k, chunk rows, chunk columns) for each product of a
+    plain-SGD step, with the calls a one-thread training plan cuts it into (forward
+    products for OpenBLAS's small kernels where it has them, gradient blocks)."""
+    from fastbp._threads import small_gemm_kernels
     sizes, batch = workload.layer_sizes, workload.batch_size
+    codes = [_core.ACTIVATION_CODES[name] for name in workload.activations]
+    chunks = _core.Plan(list(sizes), codes, batch, None, False, small_gemm_kernels()).gemm_chunks
     for layer in range(1, len(sizes)):
         n_in, n_out = sizes[layer - 1], sizes[layer]
-        yield layer, "forward", "nn", batch, n_out, n_in
+        (rows, columns), gradient_rows = chunks[layer - 1]
+        yield layer, "forward", "nn", batch, n_out, n_in, rows, columns
         if layer > 1:
-            yield layer, "delta", "nt", batch, n_in, n_out
-        yield layer, "gradient", "tn", n_in, n_out, batch
+            yield layer, "delta", "nt", batch, n_in, n_out, 0, 0
+        yield layer, "gradient", "tn", n_in, n_out, batch, gradient_rows, 0
 
 
 def operands(kind, m, n, k, dtype, rng):
@@ -111,7 +119,7 @@ def main():
             peak = peak32 if dtype == np.float32 else peak32 / 2
             totals = {"kernel": 0.0, "blas": 0.0}
             step_macs = 0
-            for layer, product, kind, m, n, k in products_of(workload):
+            for layer, product, kind, m, n, k, rows, columns in products_of(workload):
                 a, b, c = operands(kind, m, n, k, dtype, rng)
                 alpha, beta = (-1e-3, 1.0) if kind == "tn" else (1.0, 0.0)
                 macs = m * n * k
@@ -119,7 +127,8 @@ def main():
                 times = {}
                 for backend in (args.isa, "blas"):
                     def call(repeat, backend=backend):
-                        _core.matrix_product(kind, a, b, c, alpha, beta, backend, repeat)
+                        _core.matrix_product(kind, a, b, c, alpha, beta, backend, repeat,
+                                             rows, columns)
                     once = best_seconds(call, 1, 2)
                     repeat = max(1, int(args.seconds / max(once, 1e-7)))
                     times[backend] = best_seconds(call, repeat, args.rounds)
