@@ -86,8 +86,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--isa", choices=["avx2", "avx512"], default=_core.best_kernel_isa())
     parser.add_argument("--workloads", nargs="+", default=["W1", "W2", "W3", "W4", "W5"])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--seconds", type=float, default=0.05,
+    # many short rounds, the best counting: on a shared core a long round is rarely
+    # uncontended from end to end, a short one often is
+    parser.add_argument("--rounds", type=int, default=25)
+    parser.add_argument("--seconds", type=float, default=0.005,
                         help="about this long per timing round")
     args = parser.parse_args()
     if args.isa is None:
@@ -104,7 +106,7 @@ def main():
             a, b, c = operands("nn", CEILING_SIZE, CEILING_SIZE, CEILING_SIZE, dtype, rng)
             seconds = best_seconds(
                 lambda repeat: _core.matrix_product("nn", a, b, c, 1.0, 0.0, "blas", repeat),
-                1, 3)
+                1, 5)
             ceiling[np.dtype(dtype)] = CEILING_SIZE ** 3 / seconds
     print(f"BLAS {CEILING_SIZE}^3 (one thread): sgemm "
           f"{ceiling[np.dtype(np.float32)] / clock:.1f}, dgemm "
@@ -129,7 +131,7 @@ def main():
                     def call(repeat, backend=backend):
                         _core.matrix_product(kind, a, b, c, alpha, beta, backend, repeat,
                                              rows, columns)
-                    once = best_seconds(call, 1, 2)
+                    once = best_seconds(call, 1, 3)
                     repeat = max(1, int(args.seconds / max(once, 1e-7)))
                     times[backend] = best_seconds(call, repeat, args.rounds)
                 kernel, blas = times[args.isa], times["blas"]

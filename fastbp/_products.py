@@ -4,8 +4,10 @@ FASTBP_KERNELS: "blas" (every product in BLAS), "own" (every product in the own 
 where this CPU runs them), or "auto" (the default): each product of a one-thread plan in
 whichever of the two ran its exact shape faster on this machine, measured once (a few
 timed calls each) and kept, like the thread counts, in cache_folder()'s products.json,
-keyed by shape, dtype, instruction set, CPU model and OPENBLAS_CORETYPE. Plans whose
-products BLAS runs on several threads stay on BLAS under "auto" (the kernels run on one).
+keyed by shape, dtype, instruction set, CPU model and OPENBLAS_CORETYPE. Only a fit's
+plans (fixed batch size) are measured; predict, evaluate and gradients passes, and plans
+whose products BLAS runs on several threads, stay on BLAS under "auto" (the kernels run on
+one thread; "own" forces them everywhere).
 FASTBP_KERNEL_ISA ("avx2" or "avx512") forces the kernels' instruction set (it must be
 one this CPU runs); unset, the widest.
 """
@@ -52,24 +54,28 @@ def kernel_isa():
     return value
 
 
-def choose_products(plan, layer_sizes, dtype, one_thread=True, backward=True, sparse=False):
+def choose_products(plan, layer_sizes, dtype, one_thread=True, backward=True, sparse=False,
+                    measure=True):
     """Sets which of a new plan's products run in the own kernels (Plan.set_product_isas),
     for its passes of up to plan.capacity rows of `dtype`, its BLAS calls cut as
     plan.gemm_chunks says; the arguments as for product_isas. Returns the plan."""
     plan.set_product_isas(product_isas(layer_sizes, plan.capacity, dtype, one_thread,
-                                       backward, sparse, plan.gemm_chunks))
+                                       backward, sparse, plan.gemm_chunks, measure))
     return plan
 
 
 def product_isas(layer_sizes, rows: int, dtype, one_thread=True, backward=True,
-                 sparse=False, gemm_chunks=None):
+                 sparse=False, gemm_chunks=None, measure=True):
     """A Plan's product_isas for passes of up to `rows` rows of `dtype`: see the module.
     one_thread: BLAS would run these products on one thread; backward: the plan's passes
     take the delta and gradient products too (else only forward ones are measured);
     sparse: the first layer's forward and gradient products are the core's sparse loops;
     gemm_chunks: the plan's (Plan.gemm_chunks), so BLAS is timed in the calls the plan
     makes (its forward products cut for OpenBLAS's small kernels, its gradient blocks);
-    None: whole products."""
+    None: whole products; measure: "auto" may time this plan's shapes (a fit's plans,
+    whose batch size is fixed), else it leaves them on BLAS (predict, evaluate and
+    gradients take chunks as large as the call: a measurement per row count would cost
+    more than it could gain, and fill the cache)."""
     from fastbp import _core
     sizes = [int(size) for size in layer_sizes]
     n_layers = len(sizes) - 1
@@ -81,7 +87,7 @@ def product_isas(layer_sizes, rows: int, dtype, one_thread=True, backward=True,
     if mode == "own":
         return [code] * (6 * n_layers)
     dtype = np.dtype(dtype)
-    if not one_thread or rows < 1 or dtype not in (np.float32, np.float64):
+    if not (one_thread and measure) or rows < 1 or dtype not in (np.float32, np.float64):
         return isas
     base = 0 if dtype == np.float32 else 3 * n_layers
     for layer in range(1, n_layers + 1):

@@ -245,21 +245,24 @@ class MLP:
         return max(1, min(n_rows, PREDICT_CHUNK_ROWS, (64 << 20) // bytes_per_row))
 
     def _workspace(self, n_rows: int, dropout=None, with_gradient=False, n_threads=None,
-                   few_rows=False, sparse=False):
+                   few_rows=False, sparse=False, fixed_rows=True):
         """A plan and its workspace for up to n_rows rows a pass (chunks for predict).
 
         A pass known to run on one BLAS thread cuts its products into calls small enough
         for the BLAS's small-matrix kernels, where it has them (docs/performance.md).
         few_rows (forward-only passes: predict, evaluate): products of a few rows run in
         the few-row kernels as few_row_kernels() says, the same as on the fast path.
-        sparse: for a sparse X (no dense batch of inputs is kept)."""
+        sparse: for a sparse X (no dense batch of inputs is kept). fixed_rows: every use
+        of the plan takes n_rows (a fit's batch size), so FASTBP_KERNELS=auto may measure
+        its shapes (fastbp._products); a pass in chunks of a size that follows the call's
+        rows stays on BLAS unless the own kernels are forced."""
         small_chunks = n_threads == 1 and small_gemm_kernels()
         kernels = few_row_kernels() if few_rows else "never"
         plan = _core.Plan(self._layer_sizes, self._codes, n_rows, dropout, with_gradient,
                           small_chunks, 0 if kernels == "never" else _core.PREDICTOR_ROWS,
                           kernels == "always", sparse_input=sparse)
         choose_products(plan, self._layer_sizes, self.dtype, one_thread=n_threads == 1,
-                        backward=not few_rows, sparse=sparse)
+                        backward=not few_rows, sparse=sparse, measure=fixed_rows)
         check_allocation(plan.work_size, self.dtype, "the workspace")
         return plan, np.empty(plan.work_size, dtype=self.dtype)
 
@@ -275,7 +278,7 @@ class MLP:
         n_threads = thread_count(sizes, rows, checked_thread_count(n_threads),
                                  backward=backward)
         plan, work = self._workspace(rows, n_threads=n_threads, few_rows=not backward,
-                                     sparse=sparse)
+                                     sparse=sparse, fixed_rows=False)
         with blas_threads(n_threads):
             yield plan, work
 

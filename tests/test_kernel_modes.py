@@ -138,8 +138,9 @@ def test_auto_measures_each_shape_once_and_keeps_it(monkeypatch, tmp_path):
     monkeypatch.setattr(_products, "_measured", {})  # a new process: from the file
     assert _products.product_isas(sizes, 8, "float32") == first
     assert len(measured) == 5
-    # forward-only plans measure only forward products; several BLAS threads: BLAS
+    # several BLAS threads, or a pass whose rows follow the call's: BLAS, unmeasured
     assert _products.product_isas(sizes, 8, "float32", one_thread=False) == [0] * 12
+    assert _products.product_isas(sizes, 8, "float32", measure=False) == [0] * 12
     assert len(measured) == 5
 
 
