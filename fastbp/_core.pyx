@@ -154,7 +154,8 @@ cdef class Plan:
         if few_rows < 0:
             raise ValueError(f"few_rows must be >= 0; got {few_rows}")
         isas = check_product_isas(product_isas, n_layers)
-        # 10 arrays of n_layers or n_layers + 1 offsets and widths, then the rates, codes
+        # 10 arrays of n_layers or n_layers + 1 offsets and widths, then the rates, codes,
+        # and the 6 n_layers product_isas
         cdef size_t n_offsets = 5 * <size_t>(n_layers + 1) + 5 * <size_t>n_layers
         self.memory = malloc(n_offsets * sizeof(Py_ssize_t) + n_layers * sizeof(double)
                              + 7 * n_layers * sizeof(int))
