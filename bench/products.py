@@ -30,9 +30,6 @@ import workloads  # noqa: E402
 from fastbp import _core  # noqa: E402
 
 
-CEILING_SIZE = 2048
-
-
 def best_seconds(call, repeat, rounds):
     """Best of `rounds` timings of `repeat` calls, per call."""
     best = float("inf")
@@ -43,10 +40,11 @@ def best_seconds(call, repeat, rounds):
     return best
 
 
-def measure_peak(isa, rounds=41):
+def measure_peak(isa, rounds=300):
     """(clock in Hz, peak float32 multiply-adds per cycle) for isa's vector width: the
-    best of many short rounds, so a round the core was shared in does not count."""
-    n = 2_000_000
+    best of many short rounds (about 0.5 ms), so a round the core was shared in does not
+    count."""
+    n = 200_000
     lanes = {"avx2": 8, "avx512": 16}[isa]
     fma_seconds = add_seconds = float("inf")
     for _ in range(rounds):
@@ -88,8 +86,12 @@ def main():
     parser.add_argument("--workloads", nargs="+", default=["W1", "W2", "W3", "W4", "W5"])
     # many short rounds, the best counting: on a shared core a long round is rarely
     # uncontended from end to end, a short one often is
-    parser.add_argument("--rounds", type=int, default=25)
-    parser.add_argument("--seconds", type=float, default=0.005,
+    parser.add_argument("--ceiling-size", type=int, default=2048,
+                        help="the square GEMM the steps are set against (on a busy shared "
+                             "machine 1024 catches uncontended rounds more often)")
+    parser.add_argument("--ceiling-rounds", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=200)
+    parser.add_argument("--seconds", type=float, default=0.0005,
                         help="about this long per timing round")
     args = parser.parse_args()
     if args.isa is None:
@@ -103,12 +105,13 @@ def main():
     ceiling = {}
     with threadpool_limits(1):
         for dtype in (np.float32, np.float64):   # the machine's 2048^3 GEMM rate, one thread
-            a, b, c = operands("nn", CEILING_SIZE, CEILING_SIZE, CEILING_SIZE, dtype, rng)
+            size = args.ceiling_size
+            a, b, c = operands("nn", size, size, size, dtype, rng)
             seconds = best_seconds(
                 lambda repeat: _core.matrix_product("nn", a, b, c, 1.0, 0.0, "blas", repeat),
-                1, 5)
-            ceiling[np.dtype(dtype)] = CEILING_SIZE ** 3 / seconds
-    print(f"BLAS {CEILING_SIZE}^3 (one thread): sgemm "
+                1, args.ceiling_rounds)
+            ceiling[np.dtype(dtype)] = size ** 3 / seconds
+    print(f"BLAS {args.ceiling_size}^3 (one thread, best of {args.ceiling_rounds}): sgemm "
           f"{ceiling[np.dtype(np.float32)] / clock:.1f}, dgemm "
           f"{ceiling[np.dtype(np.float64)] / clock:.1f} multiply-adds per cycle")
     print(f"{'':3} {'layer':>5} {'product':8} {'shape m x n x k':>18} "
@@ -126,14 +129,19 @@ def main():
                 alpha, beta = (-1e-3, 1.0) if kind == "tn" else (1.0, 0.0)
                 macs = m * n * k
                 step_macs += macs
-                times = {}
+                calls, repeats = {}, {}
                 for backend in (args.isa, "blas"):
                     def call(repeat, backend=backend):
                         _core.matrix_product(kind, a, b, c, alpha, beta, backend, repeat,
                                              rows, columns)
+                    calls[backend] = call
                     once = best_seconds(call, 1, 3)
-                    repeat = max(1, int(args.seconds / max(once, 1e-7)))
-                    times[backend] = best_seconds(call, repeat, args.rounds)
+                    repeats[backend] = max(1, int(args.seconds / max(once, 1e-7)))
+                times = {backend: float("inf") for backend in calls}
+                for _ in range(args.rounds):   # the two take turns: the same contention
+                    for backend, call in calls.items():
+                        times[backend] = min(times[backend],
+                                             best_seconds(call, repeats[backend], 1))
                 kernel, blas = times[args.isa], times["blas"]
                 totals["kernel"] += kernel
                 totals["blas"] += blas
@@ -148,7 +156,7 @@ def main():
                   f"{totals['kernel'] * clock / step_macs:>14.4f} "
                   f"{totals['blas'] * clock / step_macs:>7.4f} {1 / rate:>7.4f} "
                   f"{100 / rate / (totals['kernel'] * clock / step_macs):>12.0f}% of the "
-                  f"{CEILING_SIZE}^3 GEMM (BLAS alone: "
+                  f"{args.ceiling_size}^3 GEMM (BLAS alone: "
                   f"{100 / rate / (totals['blas'] * clock / step_macs):.0f}%)")
 
 
