@@ -121,7 +121,11 @@ def own_is_faster(kind, m, n, k, dtype, isa, chunk_rows=0, chunk_columns=0) -> b
         if key not in _measured:
             found = _read_cache().get(key)
             if not isinstance(found, bool):
-                found = _measure(kind, m, n, k, dtype, isa, chunk_rows, chunk_columns)
+                try:
+                    found = _measure(kind, m, n, k, dtype, isa, chunk_rows, chunk_columns)
+                except MemoryError:   # no room for the operands now: BLAS, not kept on disk
+                    _measured[key] = False
+                    return False
                 _write_cache(key, found)
             _measured[key] = found
         return _measured[key]

@@ -65,10 +65,11 @@ def row_workspace(layer_sizes, codes, dropout, batch_size: int, n_workers: int, 
     from fastbp import _core
     from fastbp.model import check_allocation
     from fastbp._products import choose_products
-    plan = choose_products(_core.Plan(list(layer_sizes), list(codes), -(-batch_size // n_workers),
-                                      dropout, False, small_gemm_kernels()), layer_sizes, dtype)
+    plan = _core.Plan(list(layer_sizes), list(codes), -(-batch_size // n_workers), dropout,
+                      False, small_gemm_kernels())
     size = _core.worker_workspace_size(plan, n_workers)
-    check_allocation(size, dtype, "the workers' workspace")
+    check_allocation(size, dtype, "the workers' workspace")   # before any timing
+    choose_products(plan, layer_sizes, dtype)
     return plan, np.empty(size, dtype=dtype)
 
 

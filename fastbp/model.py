@@ -261,9 +261,9 @@ class MLP:
         plan = _core.Plan(self._layer_sizes, self._codes, n_rows, dropout, with_gradient,
                           small_chunks, 0 if kernels == "never" else _core.PREDICTOR_ROWS,
                           kernels == "always", sparse_input=sparse)
+        check_allocation(plan.work_size, self.dtype, "the workspace")   # before any timing
         choose_products(plan, self._layer_sizes, self.dtype, one_thread=n_threads == 1,
                         backward=not few_rows, sparse=sparse, measure=fixed_rows)
-        check_allocation(plan.work_size, self.dtype, "the workspace")
         return plan, np.empty(plan.work_size, dtype=self.dtype)
 
     @contextlib.contextmanager
