@@ -88,7 +88,8 @@ extensions = [
         extra_compile_args=compile_args,
         extra_link_args=link_args,
         depends=["csrc/fastbp.h", "csrc/kernels_impl.h", "csrc/few_rows.h",
-                 "csrc/few_rows_impl.h", "fastbp/_kernels.pxd.tp",
+                 "csrc/few_rows_impl.h", "csrc/products.h", "csrc/products_impl.h",
+                 "fastbp/_products.pxi", "fastbp/_kernels.pxd.tp",
                  "fastbp/_blas.pxd", "fastbp/_small_gemm.pxi", "fastbp/_bench.pxi",
                  "fastbp/_serving.pxi", "csrc/workers.h", "fastbp/_workers.pxi"],
     )

@@ -183,6 +183,7 @@ static inline float fbp_expf(float x)
 #define FBP_MATH_ABS fabsf
 #include "kernels_impl.h"
 #include "few_rows.h"
+#include "products.h"
 #undef FBP_T
 #undef FBP_NAME
 #undef FBP_MATH_EXP
@@ -206,6 +207,7 @@ static inline float fbp_expf(float x)
 #define FBP_MATH_ABS fabs
 #include "kernels_impl.h"
 #include "few_rows.h"
+#include "products.h"
 #undef FBP_T
 #undef FBP_NAME
 #undef FBP_MATH_EXP

@@ -5,7 +5,7 @@ def gemm_floor(Plan plan, floating[::1] scratch, floating[::1] work,
                const floating[:, ::1] X, Py_ssize_t batch_size, Py_ssize_t n_steps):
     """For benchmarks: n_steps of plain-SGD training's matrix products and nothing else.
 
-    The same gemm calls, shapes, chunks and flags as run_batch with FOLDED_SGD, on
+    The same products (BLAS or own kernels, as the plan says), shapes, chunks and flags as run_batch with FOLDED_SGD, on
     consecutive batches of X (no gather, no element-wise kernel, no loss); the weight
     products write into scratch (a copy of the parameters) and the deltas are whatever work
     holds. Its speed is what training would reach if everything but BLAS were free.
@@ -35,15 +35,17 @@ def gemm_floor(Plan plan, floating[::1] scratch, floating[::1] work,
                 n_out = plan_data.sizes[l]
                 delta = w + plan_data.delta_offsets[l % 2]
                 if l > 1:
-                    gemm(False, True, m, <int>n_in, <int>n_out, <floating>1, delta, <int>n_out,
-                         p + plan_data.weight_offsets[l - 1], <int>n_out, <floating>0,
-                         w + plan_data.delta_offsets[(l - 1) % 2], <int>n_in)
+                    nt_product(product_isa(plan_data, l, DELTA_PRODUCT, p), m, <int>n_in,
+                               <int>n_out, delta, <int>n_out, p + plan_data.weight_offsets[l - 1],
+                               <int>n_out, w + plan_data.delta_offsets[(l - 1) % 2], <int>n_in)
                 start_row = 0
                 while start_row < n_in:
                     rows = min(plan_data.gradient_chunks[l - 1], n_in - start_row)
-                    gemm(True, False, <int>rows, <int>n_out, m, <floating>-1e-3,
-                         layer_input(plan_data, w, x, l) + start_row, <int>n_in, delta,
-                         <int>n_out, <floating>1,
-                         p + plan_data.weight_offsets[l - 1] + start_row * n_out, <int>n_out)
+                    tn_product(product_isa(plan_data, l, GRADIENT_PRODUCT, p), <int>rows,
+                               <int>n_out, m, <floating>-1e-3,
+                               layer_input(plan_data, w, x, l) + start_row, <int>n_in, delta,
+                               <int>n_out, <floating>1,
+                               p + plan_data.weight_offsets[l - 1] + start_row * n_out,
+                               <int>n_out)
                     start_row += rows
             start += m

@@ -87,9 +87,23 @@ cdef struct PlanData:
     bint sparse_input               # X is sparse: no batch of dense input rows is kept
     double* dropout_rates           # per weight layer: dropout applied to its output
     int* activations                # one code per weight layer
+    int* product_isas               # per dtype (float, double), weight layer and product
+                                    # (forward, delta, gradient): the instruction set of
+                                    # the own kernel that takes it (csrc/products.h), 0: BLAS
 
 
 include "_small_gemm.pxi"
+include "_products.pxi"
+
+
+def check_product_isas(product_isas, Py_ssize_t n_layers):
+    """A Plan's product_isas as a list of 6 n_layers codes this CPU runs (None: all 0)."""
+    isas = [0] * (6 * n_layers) if product_isas is None else list(product_isas)
+    cdef int best_isa = fbp_best_product_isa()
+    if len(isas) != 6 * n_layers or any(not 0 <= isa <= best_isa for isa in isas):
+        raise ValueError(f"product_isas needs 2 x 3 x {n_layers} codes in 0..{best_isa} "
+                         f"(this CPU's kernels); got {isas}")
+    return isas
 
 
 cdef bint valid_code(int code, dict codes):
@@ -109,6 +123,10 @@ cdef class Plan:
     few_rows: forward products of at most this many rows run in the few-row kernels of
     csrc/few_rows.h instead of BLAS where those are faster (fbp_few_rows_faster), or
     always with few_rows_always (0: never; predict's plans, see fastbp/_serving.pxi);
+    product_isas: which products run in fastbp's own kernels (csrc/products.h) instead of
+    BLAS: 2 x n_layers x 3 instruction-set codes (KERNEL_ISAS; 0 for BLAS), float32's then
+    float64's, each layer's forward, delta and gradient product (fastbp._products chooses
+    them); None: BLAS for all;
     sparse_input: for sparse X (SparseRows), whose batches are read in place: the workspace
     keeps no dense batch of inputs (capacity x the input width).
     """
@@ -119,7 +137,7 @@ cdef class Plan:
     def __cinit__(self, layer_sizes, activations, Py_ssize_t capacity, dropout_rates=None,
                   bint with_gradient=False, bint small_gemm_chunks=False,
                   Py_ssize_t few_rows=0, bint few_rows_always=False,
-                  bint sparse_input=False):
+                  bint sparse_input=False, product_isas=None):
         cdef Py_ssize_t n_layers = len(activations)
         cdef Py_ssize_t l, offset = 0, widest = 0
         cdef PlanData* plan = &self.data
@@ -139,10 +157,12 @@ cdef class Plan:
             raise ValueError(f"capacity must be >= 0; got {capacity}")
         if few_rows < 0:
             raise ValueError(f"few_rows must be >= 0; got {few_rows}")
-        # 10 arrays of n_layers or n_layers + 1 offsets and widths, then the rates, codes
+        isas = check_product_isas(product_isas, n_layers)
+        # 10 arrays of n_layers or n_layers + 1 offsets and widths, then the rates, codes,
+        # and the 6 n_layers product_isas
         cdef size_t n_offsets = 5 * <size_t>(n_layers + 1) + 5 * <size_t>n_layers
         self.memory = malloc(n_offsets * sizeof(Py_ssize_t) + n_layers * sizeof(double)
-                             + n_layers * sizeof(int))
+                             + 7 * n_layers * sizeof(int))
         if not self.memory:
             raise MemoryError()
         cdef Py_ssize_t* slot = <Py_ssize_t*>self.memory
@@ -158,6 +178,9 @@ cdef class Plan:
         plan.gradient_chunks = slot; slot += n_layers
         plan.dropout_rates = <double*>slot
         plan.activations = <int*>(plan.dropout_rates + n_layers)
+        plan.product_isas = plan.activations + n_layers
+        for l in range(6 * n_layers):
+            plan.product_isas[l] = isas[l]
 
         plan.n_layers = <int>n_layers
         plan.capacity = capacity
@@ -217,6 +240,22 @@ cdef class Plan:
     @property
     def capacity(self):
         return self.data.capacity
+
+    def set_product_isas(self, product_isas):
+        """Which products run in the own kernels from now on (see the class; None: BLAS
+        for all). For a plan that no pass is using: fastbp._products chooses them from
+        the plan's shape and gemm_chunks before the plan's first pass."""
+        isas = check_product_isas(product_isas, self.data.n_layers)
+        for l in range(6 * self.data.n_layers):
+            self.data.product_isas[l] = isas[l]
+
+    @property
+    def product_isas(self):
+        """The plan's product_isas (see the class): per dtype, per weight layer, the
+        instruction-set codes of its (forward, delta, gradient) products, 0 for BLAS."""
+        return {name: [tuple(self.data.product_isas[(d * self.data.n_layers + l) * 3 + p]
+                             for p in range(3)) for l in range(self.data.n_layers)]
+                for d, name in enumerate(("float32", "float64"))}
 
     @property
     def gemm_chunks(self):
@@ -491,6 +530,11 @@ cdef void forward_product(const PlanData* plan, const floating* params, floating
     if few_rows_here(plan, W, m, n_in, n_out):
         fbp_few_rows_product(out, a_in, W, m, n_in, n_out)   # W as it is, no packing
         return
+    cdef int isa = product_isa(plan, l, FORWARD_PRODUCT, W)
+    if isa:   # the own kernel, in one call (the chunks are for OpenBLAS's small kernels)
+        nn_product(isa, m, <int>n_out, <int>n_in, a_in, <int>n_in, W, <int>n_out, out,
+                   <int>n_out)
+        return
     while row < m:
         rows = min(row_chunk, m - row)
         start = 0
@@ -574,7 +618,7 @@ cdef double run_batch(const PlanData* plan, HyperparameterData* hyper, floating*
     part-way through its update.
     """
     cdef int L = plan.n_layers
-    cdef int l
+    cdef int l, isa
     cdef Py_ssize_t n_in, n_out, start, rows, block, w
     cdef bint stepping = update == FOLDED_MOMENTUM or update == LAYER_STEP
     cdef bint few_rows              # this layer's backward products in the few-row kernels
@@ -623,9 +667,9 @@ cdef double run_batch(const PlanData* plan, HyperparameterData* hyper, floating*
                 fbp_few_rows_delta(previous_delta, delta, params + plan.weight_offsets[l - 1],
                                    m, n_in, n_out)
             else:
-                gemm(False, True, m, <int>n_in, <int>n_out, <floating>1, delta, <int>n_out,
-                     params + plan.weight_offsets[l - 1], <int>n_out, <floating>0,
-                     previous_delta, <int>n_in)
+                nt_product(product_isa(plan, l, DELTA_PRODUCT, params), m, <int>n_in,
+                           <int>n_out, delta, <int>n_out, params + plan.weight_offsets[l - 1],
+                           <int>n_out, previous_delta, <int>n_in)
             if plan.mask_offsets[l - 1] >= 0:
                 fbp_multiply(previous_delta, work + plan.mask_offsets[l - 1], m * n_in)
             fbp_activation_backward(previous_delta, work + plan.output_offsets[l - 1],
@@ -641,6 +685,7 @@ cdef double run_batch(const PlanData* plan, HyperparameterData* hyper, floating*
         # block is stepped right after its GEMM while it and its state are still in L2 (a
         # whole layer and its state may not be).
         block = gradient_block_rows(plan, l, stepping)
+        isa = product_isa(plan, l, GRADIENT_PRODUCT, params)
         start = 0
         while start < n_in:
             rows = min(block, n_in - start)
@@ -648,8 +693,9 @@ cdef double run_batch(const PlanData* plan, HyperparameterData* hyper, floating*
                 fbp_few_rows_gradient(target + w + start * n_out, a_in + start, n_in, delta, m,
                                       rows, n_out, alpha, weight_beta)
             else:
-                gemm(True, False, <int>rows, <int>n_out, m, alpha, a_in + start, <int>n_in,
-                     delta, <int>n_out, weight_beta, target + w + start * n_out, <int>n_out)
+                tn_product(isa, <int>rows, <int>n_out, m, alpha, a_in + start, <int>n_in,
+                           delta, <int>n_out, weight_beta, target + w + start * n_out,
+                           <int>n_out)
             if stepping:
                 step_slice(hyper, params, target, first, second, update,
                            w + start * n_out, rows * n_out, True)

@@ -64,13 +64,15 @@ def row_workspace(layer_sizes, codes, dropout, batch_size: int, n_workers: int, 
         return None, None
     from fastbp import _core
     from fastbp.model import check_allocation, few_row_kernels
+    from fastbp._products import choose_products
     kernels = few_row_kernels()   # a worker's rows take the few-row kernels as a step's do
     plan = _core.Plan(list(layer_sizes), list(codes), -(-batch_size // n_workers),
                       dropout, False, small_gemm_kernels(),
                       0 if kernels == "never" else _core.TRAINING_FEW_ROWS,
                       kernels == "always")
     size = _core.worker_workspace_size(plan, n_workers)
-    check_allocation(size, dtype, "the workers' workspace")
+    check_allocation(size, dtype, "the workers' workspace")   # before any timing
+    choose_products(plan, layer_sizes, dtype)
     return plan, np.empty(size, dtype=dtype)
 
 
@@ -260,6 +262,7 @@ def _measure(layer_sizes, codes, batch_size, dtype, candidates):
     timing with it."""
     import time
     from fastbp import _core
+    from fastbp._products import choose_products
     from fastbp.model import check_allocation
     dtype = np.dtype(dtype)
     sizes = [int(size) for size in layer_sizes]
@@ -278,8 +281,9 @@ def _measure(layer_sizes, codes, batch_size, dtype, candidates):
     state = np.empty((0, 0), dtype)
     def timer(workers, blas):
         """epoch(n_steps) -> seconds a step, for this candidate (its own plan and params)."""
-        plan = _core.Plan(sizes, list(codes), batch_size, None, False,
-                          blas == 1 and small_gemm_kernels())
+        plan = choose_products(_core.Plan(sizes, list(codes), batch_size, None, False,
+                                          blas == 1 and small_gemm_kernels()),
+                               sizes, dtype, blas == 1)
         params = (0.05 * rng.standard_normal(plan.n_params)).astype(dtype)
         work = np.zeros(plan.work_size, dtype)
         worker_plan, worker_work = row_workspace(sizes, codes, None, batch_size, workers,

@@ -251,10 +251,10 @@ cdef double worker_deltas(const PlanData* view, const HyperparameterData* hyper,
                                deltas + delta_offset(view, delta_rows, l) + first_row * n_out,
                                params + view.weight_offsets[l - 1], m, n_in, n_out)
         else:
-            gemm(False, True, m, <int>n_in, <int>n_out, <floating>1,
-                 deltas + delta_offset(view, delta_rows, l) + first_row * n_out, <int>n_out,
-                 params + view.weight_offsets[l - 1], <int>n_out, <floating>0, previous_delta,
-                 <int>n_in)
+            nt_product(product_isa(view, l, DELTA_PRODUCT, params), m, <int>n_in, <int>n_out,
+                       deltas + delta_offset(view, delta_rows, l) + first_row * n_out,
+                       <int>n_out, params + view.weight_offsets[l - 1], <int>n_out,
+                       previous_delta, <int>n_in)
         if view.mask_offsets[l - 1] >= 0:
             fbp_multiply(previous_delta, work + view.mask_offsets[l - 1], m * n_in)
         fbp_activation_backward(previous_delta, work + view.output_offsets[l - 1],
@@ -292,14 +292,15 @@ cdef void update_part(SharedEpoch* s, const HyperparameterData* hyper, floating*
         target = first
     cdef bint few_rows = few_rows_here(plan, params + w, m, n_in, n_out)
     block = gradient_block_rows(plan, l, rule)
+    cdef int isa = product_isa(plan, l, GRADIENT_PRODUCT, params)
     while start < high:
         rows = min(block, high - start)
         if few_rows:
             fbp_few_rows_gradient(target + w + start * n_out, a_in + start, n_in, delta, m,
                                   rows, n_out, alpha, weight_beta)
         else:
-            gemm(True, False, <int>rows, <int>n_out, m, alpha, a_in + start, <int>n_in,
-                 delta, <int>n_out, weight_beta, target + w + start * n_out, <int>n_out)
+            tn_product(isa, <int>rows, <int>n_out, m, alpha, a_in + start, <int>n_in, delta,
+                       <int>n_out, weight_beta, target + w + start * n_out, <int>n_out)
         if rule:
             step_slice(hyper, params, target, first, second, update, w + start * n_out,
                        rows * n_out, True)

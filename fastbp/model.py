@@ -10,6 +10,7 @@ import warnings
 import numpy as np
 
 from fastbp import _core, _files, _format, losses
+from fastbp._products import choose_products
 from fastbp._threads import blas_threads, checked_thread_count, small_gemm_kernels, \
     thread_count
 from fastbp._validation import as_inputs, as_row_weights, as_sample_weight, check_finite, \
@@ -245,7 +246,7 @@ class MLP:
         return max(1, min(n_rows, PREDICT_CHUNK_ROWS, (64 << 20) // bytes_per_row))
 
     def _workspace(self, n_rows: int, dropout=None, with_gradient=False, n_threads=None,
-                   few_rows=False, sparse=False):
+                   few_rows=False, sparse=False, fixed_rows=True):
         """A plan and its workspace for up to n_rows rows a pass (chunks for predict).
 
         A pass known to run on one BLAS thread cuts its products into calls small enough
@@ -254,14 +255,19 @@ class MLP:
         to _core.PREDICTOR_ROWS rows for forward-only passes (few_rows: predict,
         evaluate; the same as on the fast path), up to _core.TRAINING_FEW_ROWS for passes
         with a backward (training steps, gradients).
-        sparse: for a sparse X (no dense batch of inputs is kept)."""
+        sparse: for a sparse X (no dense batch of inputs is kept). fixed_rows: every use
+        of the plan takes n_rows (a fit's batch size), so FASTBP_KERNELS=auto may measure
+        its shapes (fastbp._products); a pass in chunks of a size that follows the call's
+        rows stays on BLAS unless the own kernels are forced."""
         small_chunks = n_threads == 1 and small_gemm_kernels()
         kernels = few_row_kernels()
         limit = _core.PREDICTOR_ROWS if few_rows else _core.TRAINING_FEW_ROWS
         plan = _core.Plan(self._layer_sizes, self._codes, n_rows, dropout, with_gradient,
                           small_chunks, 0 if kernels == "never" else limit,
                           kernels == "always", sparse_input=sparse)
-        check_allocation(plan.work_size, self.dtype, "the workspace")
+        check_allocation(plan.work_size, self.dtype, "the workspace")   # before any timing
+        choose_products(plan, self._layer_sizes, self.dtype, one_thread=n_threads == 1,
+                        backward=not few_rows, sparse=sparse, measure=fixed_rows)
         return plan, np.empty(plan.work_size, dtype=self.dtype)
 
     @contextlib.contextmanager
@@ -276,7 +282,7 @@ class MLP:
         n_threads = thread_count(sizes, rows, checked_thread_count(n_threads),
                                  backward=backward)
         plan, work = self._workspace(rows, n_threads=n_threads, few_rows=not backward,
-                                     sparse=sparse)
+                                     sparse=sparse, fixed_rows=False)
         with blas_threads(n_threads):
             yield plan, work
 

@@ -109,7 +109,9 @@ def test_predict_matches_the_float64_forward_pass_on_both_paths(sizes, activatio
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_few_row_kernels_off_give_the_blas_results_bit_for_bit(dtype, monkeypatch):
-    """FASTBP_FEW_ROWS=0: every product by BLAS, exactly as before the kernels existed."""
+    """FASTBP_FEW_ROWS=0 (and FASTBP_KERNELS=blas: no own product kernels either): every
+    product by BLAS, exactly as before the kernels existed."""
+    monkeypatch.setenv("FASTBP_KERNELS", "blas")
     model = make([784, 128, 10], ["relu", "softmax"], dtype, monkeypatch, "0")
     X = np.random.default_rng(4).standard_normal((8, 784)).astype(dtype)
     plan = _core.Plan(model.layer_sizes, [_core.ACTIVATION_CODES[a] for a in model.activations],

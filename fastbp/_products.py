@@ -1,0 +1,190 @@
+"""Which products of a plan run in fastbp's own kernels (csrc/products.h) and which in BLAS.
+
+FASTBP_KERNELS: "blas" (every product in BLAS), "own" (every product in the own kernels,
+where this CPU runs them), or "auto" (the default): each product of a one-thread plan in
+whichever of the two ran its exact shape faster on this machine, measured once (a few
+timed calls each) and kept, like the thread counts, in cache_folder()'s products.json,
+keyed by shape, dtype, instruction set, CPU model and OPENBLAS_CORETYPE. Only a fit's
+plans (fixed batch size) are measured; predict, evaluate and gradients passes, and plans
+whose products BLAS runs on several threads, stay on BLAS under "auto" (the kernels run on
+one thread; "own" forces them everywhere).
+FASTBP_KERNEL_ISA ("avx2" or "avx512") forces the kernels' instruction set (it must be
+one this CPU runs); unset, the widest.
+"""
+import os
+import threading
+
+import numpy as np
+
+KERNELS_VARIABLE = "FASTBP_KERNELS"
+ISA_VARIABLE = "FASTBP_KERNEL_ISA"
+CACHE_FILE = "products.json"
+_CACHE_VERSION = 1
+# Each backend is timed in MEASURE_ROUNDS windows of at least MEASURE_SECONDS, taking
+# turns, and its median window counts.
+MEASURE_SECONDS = 0.002
+MEASURE_ROUNDS = 5
+_measured = {}                 # key -> True (own kernel) / False (BLAS), this process
+_lock = threading.Lock()
+
+
+def kernel_mode() -> str:
+    """FASTBP_KERNELS: "blas", "own" or "auto" (unset); anything else is an error."""
+    value = os.environ.get(KERNELS_VARIABLE, "").strip().lower() or "auto"
+    if value not in ("blas", "own", "auto"):
+        raise ValueError(f"{KERNELS_VARIABLE} must be 'blas', 'own' or 'auto' (where the "
+                         f"training step's products run); got {value!r}")
+    return value
+
+
+def kernel_isa():
+    """The instruction set of the own kernels: FASTBP_KERNEL_ISA, else the widest this CPU
+    runs; None where it runs none (every product is then BLAS)."""
+    from fastbp import _core
+    best = _core.best_kernel_isa()
+    value = os.environ.get(ISA_VARIABLE, "").strip().lower()
+    if not value:
+        return best
+    if value not in _core.KERNEL_ISAS:
+        raise ValueError(f"{ISA_VARIABLE} must be one of {sorted(_core.KERNEL_ISAS)}; "
+                         f"got {value!r}")
+    if best is None or _core.KERNEL_ISAS[value] > _core.KERNEL_ISAS[best]:
+        raise ValueError(f"{ISA_VARIABLE}={value}: this CPU or build runs the own kernels "
+                         f"with {best or 'no instruction set'} at most")
+    return value
+
+
+def choose_products(plan, layer_sizes, dtype, one_thread=True, backward=True, sparse=False,
+                    measure=True):
+    """Sets which of a new plan's products run in the own kernels (Plan.set_product_isas),
+    for its passes of up to plan.capacity rows of `dtype`, its BLAS calls cut as
+    plan.gemm_chunks says; the arguments as for product_isas. Returns the plan."""
+    plan.set_product_isas(product_isas(layer_sizes, plan.capacity, dtype, one_thread,
+                                       backward, sparse, plan.gemm_chunks, measure))
+    return plan
+
+
+def product_isas(layer_sizes, rows: int, dtype, one_thread=True, backward=True,
+                 sparse=False, gemm_chunks=None, measure=True):
+    """A Plan's product_isas for passes of up to `rows` rows of `dtype`: see the module.
+    one_thread: BLAS would run these products on one thread; backward: the plan's passes
+    take the delta and gradient products too (else only forward ones are measured);
+    sparse: the first layer's forward and gradient products are the core's sparse loops;
+    gemm_chunks: the plan's (Plan.gemm_chunks), so BLAS is timed in the calls the plan
+    makes (its forward products cut for OpenBLAS's small kernels, its gradient blocks);
+    None: whole products; measure: "auto" may time this plan's shapes (a fit's plans,
+    whose batch size is fixed), else it leaves them on BLAS (predict, evaluate and
+    gradients take chunks as large as the call: a measurement per row count would cost
+    more than it could gain, and fill the cache)."""
+    from fastbp import _core
+    sizes = [int(size) for size in layer_sizes]
+    n_layers = len(sizes) - 1
+    isas = [0] * (6 * n_layers)
+    mode, isa = kernel_mode(), kernel_isa()
+    if mode == "blas" or isa is None:
+        return isas
+    code = _core.KERNEL_ISAS[isa]
+    if mode == "own":
+        return [code] * (6 * n_layers)
+    dtype = np.dtype(dtype)
+    if not (one_thread and measure) or rows < 1 or dtype not in (np.float32, np.float64):
+        return isas
+    base = 0 if dtype == np.float32 else 3 * n_layers
+    for layer in range(1, n_layers + 1):
+        if sparse and layer == 1:
+            continue   # the core's sparse loops
+        n_in, n_out = sizes[layer - 1], sizes[layer]
+        (forward_rows, forward_columns), gradient_rows = \
+            ((0, 0), 0) if gemm_chunks is None else gemm_chunks[layer - 1]
+        products = [("nn", rows, n_out, n_in, forward_rows, forward_columns)]
+        if backward:   # forward, delta, gradient
+            products += [("nt", rows, n_in, n_out, 0, 0),
+                         ("tn", n_in, n_out, rows, gradient_rows, 0)]
+        for product, (kind, m, n, k, chunk_rows, chunk_columns) in enumerate(products):
+            if kind == "nt" and layer == 1:
+                continue   # the first layer has no input delta
+            if own_is_faster(kind, m, n, k, dtype, isa, chunk_rows, chunk_columns):
+                isas[base + 3 * (layer - 1) + product] = code
+    return isas
+
+
+def own_is_faster(kind, m, n, k, dtype, isa, chunk_rows=0, chunk_columns=0) -> bool:
+    """True if the own kernel of isa takes this product faster than one-thread BLAS here,
+    each in the calls the plan makes (_core.matrix_product's chunks); measured once per
+    shape, chunks, dtype, isa, CPU and OpenBLAS core, and cached."""
+    from fastbp._threads import _cpu_model
+    chunk_rows = 0 if chunk_rows >= m else chunk_rows   # 0: whole, however it is written
+    chunk_columns = 0 if chunk_columns >= n else chunk_columns
+    key = (f"{kind}/{m}x{n}x{k}/{chunk_rows}x{chunk_columns}/{np.dtype(dtype).name}/{isa}/"
+           f"{os.environ.get('OPENBLAS_CORETYPE', '')}/{_cpu_model()}")
+    with _lock:
+        if key not in _measured:
+            found = _read_cache().get(key)
+            if not isinstance(found, bool):
+                try:
+                    found = _measure(kind, m, n, k, dtype, isa, chunk_rows, chunk_columns)
+                except MemoryError:   # no room for the operands now: BLAS, not kept on disk
+                    _measured[key] = False
+                    return False
+                _write_cache(key, found)
+            _measured[key] = found
+        return _measured[key]
+
+
+def _measure(kind, m, n, k, dtype, isa, chunk_rows=0, chunk_columns=0) -> bool:
+    import time
+    from fastbp import _core
+    from fastbp._threads import blas_threads
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((k, m) if kind == "tn" else (m, k)).astype(dtype)
+    b = rng.standard_normal((n, k) if kind == "nt" else (k, n)).astype(dtype)
+    c = np.zeros((m, n), dtype)
+    alpha, beta = (-1e-3, 1.0) if kind == "tn" else (1.0, 0.0)
+    times = {isa: [], "blas": []}
+    repeats = {}
+    with blas_threads(1):
+        for backend in times:
+            started = time.perf_counter()
+            _core.matrix_product(kind, a, b, c, alpha, beta, backend, 1, chunk_rows,
+                                 chunk_columns)
+            once = time.perf_counter() - started
+            repeats[backend] = max(1, int(MEASURE_SECONDS / max(once, 1e-7)))
+        for _ in range(MEASURE_ROUNDS):
+            for backend in times:
+                started = time.perf_counter()
+                _core.matrix_product(kind, a, b, c, alpha, beta, backend, repeats[backend],
+                                     chunk_rows, chunk_columns)
+                times[backend].append((time.perf_counter() - started) / repeats[backend])
+    return bool(np.median(times[isa]) < np.median(times["blas"]))
+
+
+def _read_cache() -> dict:
+    """The cache file's choices, or {} when it is missing, unreadable or not ours."""
+    import json
+    from fastbp._threads import cache_folder
+    try:
+        with open(os.path.join(cache_folder(), CACHE_FILE), "rb") as file:
+            document = json.loads(file.read(1 << 20))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(document, dict) or document.get("version") != _CACHE_VERSION:
+        return {}
+    choices = document.get("choices")
+    return choices if isinstance(choices, dict) else {}
+
+
+def _write_cache(key, own) -> None:
+    """Adds a choice to the cache file; one that cannot be written is not an error (the
+    next process measures again)."""
+    import json
+    from fastbp._files import write_file
+    from fastbp._threads import cache_folder
+    choices = _read_cache()
+    choices[key] = bool(own)
+    content = json.dumps({"version": _CACHE_VERSION, "choices": choices}, indent=1,
+                         sort_keys=True).encode()
+    try:
+        os.makedirs(cache_folder(), exist_ok=True)
+        write_file(os.path.join(cache_folder(), CACHE_FILE), content)
+    except (OSError, ValueError):
+        pass
