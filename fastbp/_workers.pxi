@@ -41,6 +41,8 @@ cdef extern from "workers.h" nogil:
                           char* contexts, size_t context_size)
     void fbp_join_workers(pthread_t* threads, int n)
     void fbp_abandon_workers(fbp_barrier* barrier, pthread_t* threads, int started)
+    void fbp_prefetch_rows(const void* src, const Py_ssize_t* rows, Py_ssize_t n_rows,
+                           Py_ssize_t row_bytes, Py_ssize_t n_src)
     void fbp_timing_mark(int k, int phase)
     void fbp_timing_report(int n, long steps)
     void fbp_dropout_masks_f32(float* mask, Py_ssize_t n, double rate, uint64_t* random_state)
@@ -208,6 +210,20 @@ cdef inline Py_ssize_t delta_offset(const PlanData* plan, Py_ssize_t rows, int l
     return offset
 
 
+cdef void prefetch_next_rows(const SharedEpoch* s, Py_ssize_t next_start, int k,
+                            floating* kind) noexcept nogil:
+    """Worker k's rows of the batch at next_start (if the batch is not skipped for
+    weighing 0) asked for ahead of its gather: X's rows when they are gathered by order."""
+    cdef Py_ssize_t m, row0, row1
+    if not s.use_order or next_start >= s.n_samples:
+        return
+    m = min(s.batch_size, s.n_samples - next_start)
+    row0 = min(k * s.rows_per_worker, m)
+    row1 = min(row0 + s.rows_per_worker, m)
+    fbp_prefetch_rows(s.X, s.order + next_start + row0, row1 - row0,
+                      s.plan.sizes[0] * sizeof(floating), s.n_samples)
+
+
 cdef double worker_deltas(const PlanData* view, const HyperparameterData* hyper,
                           const floating* params, floating* work, floating* deltas,
                           Py_ssize_t delta_rows, Py_ssize_t first_row, const floating* x,
@@ -332,6 +348,7 @@ cdef void worker_loop(floating* kind, WorkerArgument* argument) noexcept nogil:
     batch (phase A: the step reads what phase A writes only before the first barrier)."""
     cdef SharedEpoch* s = argument.shared
     cdef int k = argument.index, T = s.n_workers, j, l, m
+    cdef Py_ssize_t start
     cdef const PlanData* plan = s.plan
     cdef floating* params = <floating*>s.params
     cdef floating* work = <floating*>s.work
@@ -352,6 +369,7 @@ cdef void worker_loop(floating* kind, WorkerArgument* argument) noexcept nogil:
         m = <int>s.m
         x, y = <const floating*>s.x, <const floating*>s.y
         weights, weight_sum = <const floating*>s.weights, s.weight_sum
+        start = s.start
         fbp_timing_mark(k, 0)
         row0 = min(k * C, m)
         row1 = min(row0 + C, m)
@@ -379,6 +397,7 @@ cdef void worker_loop(floating* kind, WorkerArgument* argument) noexcept nogil:
             if k == 0:
                 s.status = DIVERGED
             return
+        prefetch_next_rows(s, start + m, k, <floating*>NULL)
         hyper.step += 1
         if s.update == GRADIENT_ONLY:   # clipping: the norm of the whole gradient first
             squares = 0
@@ -401,7 +420,7 @@ cdef void worker_loop(floating* kind, WorkerArgument* argument) noexcept nogil:
             s.hyper.step += 1
             s.loss_total += loss_sum * s.normaliser
             s.weight_total += weight_sum
-            s.start += m
+            s.start = start + m
             next_batch(s, work)
             fbp_timing_mark(k, 5)
         fbp_barrier_wait(&s.barrier)
