@@ -103,6 +103,13 @@ static inline void fbp_abandon_workers(fbp_barrier *barrier, pthread_t *threads,
     fbp_join_workers(threads, started);
 }
 
+/* The next unclaimed chunk of a pass shared by workers (each claims chunks until none
+   is left: a worker slowed by other work on its core takes fewer). */
+static inline ptrdiff_t fbp_claim_chunk(ptrdiff_t *next)
+{
+    return __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
+}
+
 /* Asks for the cache lines of rows src[rows[i]] (row_bytes each, n_src rows) ahead of
    their gather: a worker issues this for its rows of the next batch at the start of its
    weight-gradient phase, so the next gather reads from cache instead of waiting on memory
