@@ -110,24 +110,6 @@ static inline ptrdiff_t fbp_claim_chunk(ptrdiff_t *next)
     return __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
 }
 
-/* Asks for the cache lines of rows src[rows[i]] (row_bytes each, n_src rows) ahead of
-   their gather: a worker issues this for its rows of the next batch at the start of its
-   weight-gradient phase, so the next gather reads from cache instead of waiting on memory
-   row after row. A hint only: it stops at the first index out of range (the gather
-   itself reports that). */
-static inline void fbp_prefetch_rows(const void *src, const ptrdiff_t *rows,
-                                     ptrdiff_t n_rows, ptrdiff_t row_bytes, ptrdiff_t n_src)
-{
-    for (ptrdiff_t i = 0; i < n_rows; i++) {
-        ptrdiff_t row = rows[i];
-        if ((size_t)row >= (size_t)n_src)
-            return;
-        const char *start = (const char *)src + row * row_bytes;
-        for (ptrdiff_t offset = 0; offset < row_bytes; offset += 64)
-            __builtin_prefetch(start + offset, 0, 2);
-    }
-}
-
 /* Where a row-split step's time goes, per worker and phase (a diagnostic build only:
    CFLAGS=-DFBP_WORKER_TIMING; otherwise these are empty). fbp_timing_mark(k, p) adds the
    time since worker k's previous mark to phase p; fbp_timing_report prints the totals

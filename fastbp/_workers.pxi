@@ -41,8 +41,6 @@ cdef extern from "workers.h" nogil:
                           char* contexts, size_t context_size)
     void fbp_join_workers(pthread_t* threads, int n)
     void fbp_abandon_workers(fbp_barrier* barrier, pthread_t* threads, int started)
-    void fbp_prefetch_rows(const void* src, const Py_ssize_t* rows, Py_ssize_t n_rows,
-                           Py_ssize_t row_bytes, Py_ssize_t n_src)
     Py_ssize_t fbp_claim_chunk(Py_ssize_t* next)
     void fbp_timing_mark(int k, int phase)
     void fbp_timing_report(int n, long steps)
@@ -209,20 +207,6 @@ cdef inline Py_ssize_t delta_offset(const PlanData* plan, Py_ssize_t rows, int l
     for i in range(1, l):
         offset += rows * plan.sizes[i]
     return offset
-
-
-cdef void prefetch_next_rows(const SharedEpoch* s, Py_ssize_t next_start, int k,
-                            floating* kind) noexcept nogil:
-    """Worker k's rows of the batch at next_start (if the batch is not skipped for
-    weighing 0) asked for ahead of its gather: X's rows when they are gathered by order."""
-    cdef Py_ssize_t m, row0, row1
-    if not s.use_order or next_start >= s.n_samples:
-        return
-    m = min(s.batch_size, s.n_samples - next_start)
-    row0 = min(k * s.rows_per_worker, m)
-    row1 = min(row0 + s.rows_per_worker, m)
-    fbp_prefetch_rows(s.X, s.order + next_start + row0, row1 - row0,
-                      s.plan.sizes[0] * sizeof(floating), s.n_samples)
 
 
 cdef double worker_deltas(const PlanData* view, const HyperparameterData* hyper,
@@ -398,7 +382,6 @@ cdef void worker_loop(floating* kind, WorkerArgument* argument) noexcept nogil:
             if k == 0:
                 s.status = DIVERGED
             return
-        prefetch_next_rows(s, start + m, k, <floating*>NULL)
         hyper.step += 1
         if s.update == GRADIENT_ONLY:   # clipping: the norm of the whole gradient first
             squares = 0
