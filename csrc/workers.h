@@ -103,6 +103,13 @@ static inline void fbp_abandon_workers(fbp_barrier *barrier, pthread_t *threads,
     fbp_join_workers(threads, started);
 }
 
+/* The next unclaimed chunk of a pass shared by workers (each claims chunks until none
+   is left: a worker slowed by other work on its core takes fewer). */
+static inline ptrdiff_t fbp_claim_chunk(ptrdiff_t *next)
+{
+    return __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
+}
+
 /* Where a row-split step's time goes, per worker and phase (a diagnostic build only:
    CFLAGS=-DFBP_WORKER_TIMING; otherwise these are empty). fbp_timing_mark(k, p) adds the
    time since worker k's previous mark to phase p; fbp_timing_report prints the totals

@@ -1317,6 +1317,22 @@ def gradients(Plan plan, Hyperparameters hyperparameters, const floating[::1] pa
     return total * scale
 
 
+cdef inline bint predict_chunk(const PlanData* plan, const floating* params, floating* work,
+                              const floating* x, int m, floating* out,
+                              SparseBatch* sparse) noexcept nogil:
+    """out := the network's output for m rows (x, or the sparse batch's rows); False when
+    a sparse row's index is out of range (sparse.bad set; out unfinished)."""
+    cdef int L = plan.n_layers
+    forward_hidden(plan, params, work, x, m, NULL, sparse)
+    output_logits(plan, params, work, x, m, out, sparse)
+    if sparse != NULL and sparse.bad >= 0:
+        return False
+    fbp_bias_activation(out, params + plan.bias_offsets[L - 1],
+                        workspace(work, plan.preactivation_offsets[L]), m, plan.sizes[L],
+                        plan.activations[L - 1])
+    return True
+
+
 def predict(Plan plan, const floating[::1] params, floating[::1] work,
             const floating[:, ::1] X, floating[:, ::1] out, SparseRows sparse=None):
     """out := the network's output for X, in chunks of plan.capacity rows. sparse: X is
@@ -1342,13 +1358,8 @@ def predict(Plan plan, const floating[::1] params, floating[::1] work,
                 x = NULL
             else:
                 x = &X[start, 0]
-            forward_hidden(plan_data, p, w, x, <int>m, NULL, sparse_batch)
-            output_logits(plan_data, p, w, x, <int>m, &out[start, 0], sparse_batch)
-            if use_sparse and batch.bad >= 0:
+            if not predict_chunk(plan_data, p, w, x, <int>m, &out[start, 0], sparse_batch):
                 break
-            fbp_bias_activation(&out[start, 0], p + plan_data.bias_offsets[L - 1],
-                                workspace(w, plan_data.preactivation_offsets[L]), m,
-                                plan_data.sizes[L], plan_data.activations[L - 1])
             start += m
     if use_sparse and batch.bad >= 0:
         raise_bad_sparse_row(sparse, start + batch.bad)

@@ -250,7 +250,7 @@ MEASURE_ROUNDS = 5
 # above the noise of timing, and fewer threads leave the machine to other work.
 MEASURE_MARGIN = 1.10
 # A one-thread step shorter than this is not split, and nothing else is timed: a split
-# step hands off between threads three times, which costs microseconds on any machine, so
+# step hands off between threads twice, which costs microseconds on any machine, so
 # a step of a few microseconds cannot gain (and timing one would only measure noise).
 TINY_STEP_SECONDS = 20e-6
 

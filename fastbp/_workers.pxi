@@ -41,6 +41,7 @@ cdef extern from "workers.h" nogil:
                           char* contexts, size_t context_size)
     void fbp_join_workers(pthread_t* threads, int n)
     void fbp_abandon_workers(fbp_barrier* barrier, pthread_t* threads, int started)
+    Py_ssize_t fbp_claim_chunk(Py_ssize_t* next)
     void fbp_timing_mark(int k, int phase)
     void fbp_timing_report(int n, long steps)
     void fbp_dropout_masks_f32(float* mask, Py_ssize_t n, double rate, uint64_t* random_state)
@@ -343,6 +344,7 @@ cdef void worker_loop(floating* kind, WorkerArgument* argument) noexcept nogil:
     batch (phase A: the step reads what phase A writes only before the first barrier)."""
     cdef SharedEpoch* s = argument.shared
     cdef int k = argument.index, T = s.n_workers, j, l, m
+    cdef Py_ssize_t start
     cdef const PlanData* plan = s.plan
     cdef floating* params = <floating*>s.params
     cdef floating* work = <floating*>s.work
@@ -363,6 +365,7 @@ cdef void worker_loop(floating* kind, WorkerArgument* argument) noexcept nogil:
         m = <int>s.m
         x, y = <const floating*>s.x, <const floating*>s.y
         weights, weight_sum = <const floating*>s.weights, s.weight_sum
+        start = s.start
         fbp_timing_mark(k, 0)
         row0 = min(k * C, m)
         row1 = min(row0 + C, m)
@@ -412,7 +415,7 @@ cdef void worker_loop(floating* kind, WorkerArgument* argument) noexcept nogil:
             s.hyper.step += 1
             s.loss_total += loss_sum * s.normaliser
             s.weight_total += weight_sum
-            s.start += m
+            s.start = start + m
             next_batch(s, work)
             fbp_timing_mark(k, 5)
         fbp_barrier_wait(&s.barrier)
@@ -583,3 +586,94 @@ cdef tuple train_epoch_on_workers(
         raise_bad_index(order, labels, s.start + s.bad, s.use_order, s.failed_gather,
                         plan.sizes[plan.n_layers])
     return s.loss_total, s.weight_total, s.start, s.status
+
+
+# predict on row workers: the chunks of a pass are independent, so T workers (this thread
+# and T - 1 pthreads) each claim chunks of plan.capacity rows and run them whole, on one
+# BLAS thread each, in a workspace of their own; nothing is shared but the chunk counter.
+# Every chunk is computed as the one-worker pass computes it (the same plan and calls), so
+# the output is bit-identical whatever the number of workers.
+
+cdef struct PredictShared:
+    const PlanData* plan
+    const void* params
+    void* work                  # n_workers workspaces of work_size elements
+    Py_ssize_t work_size
+    const void* X
+    void* out
+    Py_ssize_t n_samples
+    Py_ssize_t next_chunk       # claimed with fbp_claim_chunk
+
+
+cdef struct PredictArgument:
+    PredictShared* shared
+    int index
+
+
+cdef void predict_worker(floating* kind, PredictArgument* argument) noexcept nogil:
+    """One worker's chunks of a predict pass (kind: only selects the element type)."""
+    cdef PredictShared* s = argument.shared
+    cdef const PlanData* plan = s.plan
+    cdef floating* work = <floating*>s.work + argument.index * s.work_size
+    cdef Py_ssize_t start, m
+    while True:
+        start = fbp_claim_chunk(&s.next_chunk) * plan.capacity
+        if start >= s.n_samples:
+            return
+        m = min(plan.capacity, s.n_samples - start)
+        predict_chunk(plan, <const floating*>s.params, work,
+                      <const floating*>s.X + start * plan.sizes[0], <int>m,
+                      <floating*>s.out + start * plan.sizes[plan.n_layers], NULL)
+
+
+cdef void* predict_entry_float(void* argument) noexcept nogil:
+    predict_worker(<float*>NULL, <PredictArgument*>argument)
+    return NULL
+
+
+cdef void* predict_entry_double(void* argument) noexcept nogil:
+    predict_worker(<double*>NULL, <PredictArgument*>argument)
+    return NULL
+
+
+def predict_on_workers(Plan plan, const floating[::1] params, floating[::1] work,
+                       const floating[:, ::1] X, floating[:, ::1] out, int n_workers):
+    """predict (dense X) with its chunks shared among n_workers threads, each on one BLAS
+    thread (the caller sets that) in its own workspace: work holds n_workers workspaces
+    of plan.work_size. out is bit-identical to predict's with the same plan."""
+    cdef const PlanData* plan_data = &plan.data
+    if not 1 <= n_workers <= 1024:
+        raise ValueError(f"predict_on_workers: n_workers is {n_workers}; it must be in "
+                         f"1..1024")
+    check_pass("predict", plan_data, params.shape[0], work.shape[0] // n_workers,
+               X.shape[1], False)
+    check_targets("predict", plan_data, "out", out.shape[0], out.shape[1], X.shape[0])
+    cdef PredictShared s
+    memset(&s, 0, sizeof(PredictShared))
+    s.plan = plan_data
+    s.params = &params[0]
+    s.work = &work[0]
+    s.work_size = work.shape[0] // n_workers
+    s.X = &X[0, 0] if X.shape[0] > 0 else NULL
+    s.out = &out[0, 0] if out.shape[0] > 0 else NULL
+    s.n_samples = X.shape[0]
+    cdef int T = n_workers, k, started
+    cdef pthread_t* threads = <pthread_t*>calloc(T, sizeof(pthread_t))
+    cdef PredictArgument* arguments = <PredictArgument*>calloc(T, sizeof(PredictArgument))
+    if not (threads and arguments):
+        free(threads); free(arguments)
+        raise MemoryError()
+    for k in range(T):
+        arguments[k].shared = &s
+        arguments[k].index = k
+    with nogil:
+        if floating is float:
+            started = fbp_start_workers(threads, T, predict_entry_float, <char*>arguments,
+                                        sizeof(PredictArgument))
+        else:
+            started = fbp_start_workers(threads, T, predict_entry_double, <char*>arguments,
+                                        sizeof(PredictArgument))
+        # the threads that did start run chunks too; this one takes the rest
+        predict_worker(<floating*>NULL, &arguments[0])
+        fbp_join_workers(threads, T if started == 0 else started)
+    free(threads); free(arguments)

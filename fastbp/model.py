@@ -11,8 +11,8 @@ import numpy as np
 
 from fastbp import _core, _files, _format, losses
 from fastbp._products import choose_products
-from fastbp._threads import blas_threads, checked_thread_count, small_gemm_kernels, \
-    thread_count
+from fastbp._threads import blas_threads, checked_thread_count, forced_split, \
+    small_gemm_kernels, thread_count
 from fastbp._validation import as_inputs, as_row_weights, as_sample_weight, check_finite, \
     dense_targets, input_arrays, is_sparse, numeric_array, real_number, whole_number
 
@@ -246,7 +246,7 @@ class MLP:
         return max(1, min(n_rows, PREDICT_CHUNK_ROWS, (64 << 20) // bytes_per_row))
 
     def _workspace(self, n_rows: int, dropout=None, with_gradient=False, n_threads=None,
-                   few_rows=False, sparse=False, fixed_rows=True):
+                   few_rows=False, sparse=False, fixed_rows=True, copies=1):
         """A plan and its workspace for up to n_rows rows a pass (chunks for predict).
 
         A pass known to run on one BLAS thread cuts its products into calls small enough
@@ -258,17 +258,19 @@ class MLP:
         sparse: for a sparse X (no dense batch of inputs is kept). fixed_rows: every use
         of the plan takes n_rows (a fit's batch size), so FASTBP_KERNELS=auto may measure
         its shapes (fastbp._products); a pass in chunks of a size that follows the call's
-        rows stays on BLAS unless the own kernels are forced."""
+        rows stays on BLAS unless the own kernels are forced. copies: workspaces side by
+        side (one per thread of predict_on_workers)."""
         small_chunks = n_threads == 1 and small_gemm_kernels()
         kernels = few_row_kernels()
         limit = _core.PREDICTOR_ROWS if few_rows else _core.TRAINING_FEW_ROWS
         plan = _core.Plan(self._layer_sizes, self._codes, n_rows, dropout, with_gradient,
                           small_chunks, 0 if kernels == "never" else limit,
                           kernels == "always", sparse_input=sparse)
-        check_allocation(plan.work_size, self.dtype, "the workspace")   # before any timing
+        # the allocation is checked before any timing of the products
+        check_allocation(plan.work_size * copies, self.dtype, "the workspace")
         choose_products(plan, self._layer_sizes, self.dtype, one_thread=n_threads == 1,
                         backward=not few_rows, sparse=sparse, measure=fixed_rows)
-        return plan, np.empty(plan.work_size, dtype=self.dtype)
+        return plan, np.empty(plan.work_size * copies, dtype=self.dtype)
 
     @contextlib.contextmanager
     def _chunked_pass(self, n_samples: int, backward=False, n_threads=None, sparse=False):
@@ -318,13 +320,36 @@ class MLP:
         else:
             self._check_out(out, X)
         dense, sparse = self._core_inputs(X)
-        with self._chunked_pass(X.shape[0], n_threads=n_threads,
-                                sparse=sparse is not None) as (plan, work):
-            _core.predict(plan, self._params, work, dense, out, sparse)
+        workers = self._predict_workers(X.shape[0], n_threads, sparse is not None)
+        if workers > 1:
+            plan, work = self._workspace(self._chunk_rows(X.shape[0]), n_threads=1,
+                                         few_rows=True, fixed_rows=False, copies=workers)
+            with blas_threads(1):
+                _core.predict_on_workers(plan, self._params, work, dense, out, workers)
+        else:
+            with self._chunked_pass(X.shape[0], n_threads=n_threads,
+                                    sparse=sparse is not None) as (plan, work):
+                _core.predict(plan, self._params, work, dense, out, sparse)
         if not _core.all_finite(out):
             raise ValueError(f"the model's outputs overflow {self.dtype.name} for these inputs "
                              f"(they would be infinite or NaN)")
         return out
+
+    def _predict_workers(self, n_rows: int, n_threads, sparse: bool) -> int:
+        """How many threads share predict's chunks (each chunk whole, on one BLAS thread;
+        1: the chunks run in turn, on the pass's BLAS threads). A dense pass of at least
+        two chunks on T > 1 threads splits its chunks: they are independent, so no thread
+        waits on another until the end, and each runs the one-thread pass's calls (the
+        same output bit for bit). FASTBP_SPLIT=blas keeps it on BLAS threads."""
+        if sparse or forced_split() == "blas":
+            return 1
+        rows = self._chunk_rows(n_rows)
+        chunks = -(-n_rows // rows)
+        if chunks < 2:
+            return 1
+        threads = thread_count(self._layer_sizes, rows, checked_thread_count(n_threads),
+                               backward=False)
+        return min(threads, chunks)
 
     def _check_out(self, out, X) -> None:
         """predict's out: an array it can write the outputs of X's rows into."""

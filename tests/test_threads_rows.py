@@ -234,3 +234,61 @@ def test_batches_whose_rows_weigh_nothing_are_skipped_as_on_one_worker(zero_rows
         results.append((arguments[2], loss))
     assert_agree(results[0][0], results[1][0])
     assert results[0][1] == pytest.approx(results[1][1], rel=1e-5)
+
+
+def predict_model(dtype):
+    return fastbp.MLP([20, 33, 17, 5], ["relu", "tanh", "softmax"], dtype=dtype, seed=2)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("n_rows", [2 * 2048, 3 * 2048 + 5, 5 * 2048 - 1])
+def test_predict_shares_its_chunks_among_threads_with_the_same_bits(dtype, n_rows):
+    """predict on 2 or 3 threads runs whole chunks on each (the last one short, fewer
+    chunks than threads at times) and gives the one-thread output bit for bit."""
+    model = predict_model(dtype)
+    X = np.random.default_rng(4).normal(size=(n_rows, 20)).astype(dtype)
+    one = model.predict(X, n_threads=1)
+    for n_threads in (2, 3):
+        assert model._predict_workers(n_rows, n_threads, False) == min(n_threads,
+                                                                       -(-n_rows // 2048))
+        assert np.array_equal(model.predict(X, n_threads=n_threads), one)
+        out = np.full_like(one, np.nan)
+        assert model.predict(X, n_threads=n_threads, out=out) is out
+        assert np.array_equal(out, one)
+
+
+def test_predict_on_blas_threads_when_forced_or_a_single_chunk(monkeypatch):
+    model = predict_model("float64")
+    X = np.random.default_rng(5).normal(size=(3 * 2048, 20))
+    one = model.predict(X, n_threads=1)
+    assert model._predict_workers(2048, 2, False) == 1      # one chunk: nothing to share
+    monkeypatch.setenv("FASTBP_SPLIT", "blas")
+    assert model._predict_workers(len(X), 2, False) == 1
+    np.testing.assert_allclose(model.predict(X, n_threads=2), one, rtol=1e-12, atol=1e-15)
+
+
+def test_predict_workers_respect_the_callers_limit():
+    """The default shares a pass's chunks among as many threads as the caller allows (a
+    chunk of this network is past the size that takes more than one thread)."""
+    from threadpoolctl import threadpool_limits
+    from fastbp import _threads
+    model = fastbp.MLP([784, 128, 10], ["relu", "identity"], seed=0)
+    assert model._predict_workers(4 * 2048, None, False) == min(_threads.allowed_threads(), 4)
+    with threadpool_limits(1):
+        assert model._predict_workers(4 * 2048, None, False) == 1
+    assert model._predict_workers(4 * 2048, 1, False) == 1
+
+
+@pytest.mark.parametrize("n_workers, shrink, message", [
+    (0, 0, "n_workers is 0"),
+    (2, 1, "workspace"),
+])
+def test_the_core_refuses_predict_workers_that_do_not_fit(n_workers, shrink, message):
+    model = predict_model("float32")
+    plan, work = model._workspace(64, n_threads=1, copies=2)
+    X = np.ones((200, 20), np.float32)
+    out = np.zeros((200, 5), np.float32)
+    with pytest.raises(ValueError, match=message):
+        _core.predict_on_workers(plan, model._params, work[:len(work) - shrink], X, out,
+                                 n_workers)
+    assert not out.any()
