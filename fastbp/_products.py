@@ -19,7 +19,6 @@ import numpy as np
 KERNELS_VARIABLE = "FASTBP_KERNELS"
 ISA_VARIABLE = "FASTBP_KERNEL_ISA"
 CACHE_FILE = "products.json"
-_CACHE_VERSION = 1
 # Each backend is timed in MEASURE_ROUNDS windows of at least MEASURE_SECONDS, taking
 # turns, and its median window counts.
 MEASURE_SECONDS = 0.002
@@ -112,21 +111,21 @@ def own_is_faster(kind, m, n, k, dtype, isa, chunk_rows=0, chunk_columns=0) -> b
     """True if the own kernel of isa takes this product faster than one-thread BLAS here,
     each in the calls the plan makes (_core.matrix_product's chunks); measured once per
     shape, chunks, dtype, isa, CPU and OpenBLAS core, and cached."""
-    from fastbp._threads import _cpu_model
+    from fastbp._threads import _cpu_model, read_cache, write_cache
     chunk_rows = 0 if chunk_rows >= m else chunk_rows   # 0: whole, however it is written
     chunk_columns = 0 if chunk_columns >= n else chunk_columns
     key = (f"{kind}/{m}x{n}x{k}/{chunk_rows}x{chunk_columns}/{np.dtype(dtype).name}/{isa}/"
            f"{os.environ.get('OPENBLAS_CORETYPE', '')}/{_cpu_model()}")
     with _lock:
         if key not in _measured:
-            found = _read_cache().get(key)
+            found = read_cache(CACHE_FILE).get(key)
             if not isinstance(found, bool):
                 try:
                     found = _measure(kind, m, n, k, dtype, isa, chunk_rows, chunk_columns)
                 except MemoryError:   # no room for the operands now: BLAS, not kept on disk
                     _measured[key] = False
                     return False
-                _write_cache(key, found)
+                write_cache(key, bool(found), CACHE_FILE)
             _measured[key] = found
         return _measured[key]
 
@@ -158,33 +157,3 @@ def _measure(kind, m, n, k, dtype, isa, chunk_rows=0, chunk_columns=0) -> bool:
     return bool(np.median(times[isa]) < np.median(times["blas"]))
 
 
-def _read_cache() -> dict:
-    """The cache file's choices, or {} when it is missing, unreadable or not ours."""
-    import json
-    from fastbp._threads import cache_folder
-    try:
-        with open(os.path.join(cache_folder(), CACHE_FILE), "rb") as file:
-            document = json.loads(file.read(1 << 20))
-    except (OSError, ValueError):
-        return {}
-    if not isinstance(document, dict) or document.get("version") != _CACHE_VERSION:
-        return {}
-    choices = document.get("choices")
-    return choices if isinstance(choices, dict) else {}
-
-
-def _write_cache(key, own) -> None:
-    """Adds a choice to the cache file; one that cannot be written is not an error (the
-    next process measures again)."""
-    import json
-    from fastbp._files import write_file
-    from fastbp._threads import cache_folder
-    choices = _read_cache()
-    choices[key] = bool(own)
-    content = json.dumps({"version": _CACHE_VERSION, "choices": choices}, indent=1,
-                         sort_keys=True).encode()
-    try:
-        os.makedirs(cache_folder(), exist_ok=True)
-        write_file(os.path.join(cache_folder(), CACHE_FILE), content)
-    except (OSError, ValueError):
-        pass

@@ -137,11 +137,11 @@ def _measured_choice(layer_sizes, codes, batch_size, dtype, candidates, threads_
     key = _cache_key(layer_sizes, batch_size, dtype, threads_label)
     with _measure_lock:
         if key not in _measured:
-            found = _read_cache().get(key)
+            found = read_cache().get(key)
             if not (isinstance(found, (list, tuple))
                     and tuple(found) in {tuple(choice) for choice in candidates}):
                 found = _measure(layer_sizes, codes, batch_size, dtype, candidates)
-                _write_cache(key, found)
+                write_cache(key, [int(found[0]), int(found[1])])
             _measured[key] = (int(found[0]), int(found[1]))
         return _measured[key]
 
@@ -196,11 +196,12 @@ def cache_folder() -> str:
     return os.path.join(base, "fastbp")
 
 
-def _read_cache() -> dict:
-    """The cache file's choices, or {} when it is missing, unreadable or not ours."""
+def read_cache(file_name=CACHE_FILE) -> dict:
+    """The choices kept in a cache file (threads.json; products.json for
+    fastbp._products), or {} when it is missing, unreadable or not ours."""
     import json
     try:
-        with open(os.path.join(cache_folder(), CACHE_FILE), "rb") as file:
+        with open(os.path.join(cache_folder(), file_name), "rb") as file:
             document = json.loads(file.read(1 << 20))
     except (OSError, ValueError):
         return {}
@@ -210,18 +211,18 @@ def _read_cache() -> dict:
     return choices if isinstance(choices, dict) else {}
 
 
-def _write_cache(key, choice) -> None:
-    """Adds a choice to the cache file; a cache that cannot be written is not an error
-    (the choice is then measured again by the next process)."""
+def write_cache(key, choice, file_name=CACHE_FILE) -> None:
+    """Adds a choice (any JSON value) to a cache file; a cache that cannot be written is
+    not an error (the choice is then measured again by the next process)."""
     import json
     from fastbp._files import write_file
-    choices = _read_cache()
-    choices[key] = [int(choice[0]), int(choice[1])]
+    choices = read_cache(file_name)
+    choices[key] = choice
     content = json.dumps({"version": _CACHE_VERSION, "choices": choices}, indent=1,
                          sort_keys=True).encode()
     try:
         os.makedirs(cache_folder(), exist_ok=True)
-        write_file(os.path.join(cache_folder(), CACHE_FILE), content)
+        write_file(os.path.join(cache_folder(), file_name), content)
     except (OSError, ValueError):
         pass
 

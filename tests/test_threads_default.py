@@ -208,7 +208,7 @@ def test_a_step_too_short_to_split_is_not_timed_further(cache, monkeypatch):
     assert timed == [1]
     monkeypatch.setattr(_threads, "TINY_STEP_SECONDS", 0.0)      # no step is
     monkeypatch.setattr(_threads, "_measured", {})
-    monkeypatch.setattr(_threads, "_read_cache", lambda: {})
+    monkeypatch.setattr(_threads, "read_cache", lambda file_name=None: {})
     timed.clear()
     choice = _threads.fit_threads((3, 2, 1), (0, 0), 4, np.float64)
     # the first candidate is timed alone first (the tiny-step check), then every candidate
