@@ -1333,36 +1333,64 @@ cdef inline bint predict_chunk(const PlanData* plan, const floating* params, flo
     return True
 
 
+cdef Py_ssize_t forward_in_chunks(const PlanData* plan, const HyperparameterData* hyper,
+                                  const floating* params, floating* work, const floating* X,
+                                  const floating* Y, floating* out, Py_ssize_t n_samples,
+                                  SparseBatch* sparse, double* loss_sum) noexcept nogil:
+    """predict's and evaluate's pass, in chunks of plan.capacity rows: out := the output
+    for the rows of X (NULL: the sparse batch's); with Y (else NULL), loss_sum += the
+    summed loss terms. Returns the first row of the chunk where a sparse index was out of
+    range (sparse.bad set), else n_samples."""
+    cdef int L = plan.n_layers
+    cdef Py_ssize_t start = 0, m, n_in = plan.sizes[0], n_out = plan.sizes[L]
+    cdef const floating* x = NULL
+    while start < n_samples:
+        m = min(plan.capacity, n_samples - start)
+        if sparse != NULL:
+            sparse.first = start
+        else:
+            x = X + start * n_in
+        if Y == NULL:
+            if not predict_chunk(plan, params, work, x, <int>m, out + start * n_out, sparse):
+                return start
+        else:
+            forward_hidden(plan, params, work, x, <int>m, NULL, sparse)
+            output_logits(plan, params, work, x, <int>m, out + start * n_out, sparse)
+            if sparse != NULL and sparse.bad >= 0:
+                return start
+            loss_sum[0] += fbp_output_layer(
+                out + start * n_out, params + plan.bias_offsets[L - 1],
+                workspace(work, plan.preactivation_offsets[L]), Y + start * n_out, NULL, NULL,
+                m, n_out, plan.activations[L - 1], hyper.loss,
+                <floating>hyper.loss_parameter, <floating>1)
+        start += m
+    return n_samples
+
+
 def predict(Plan plan, const floating[::1] params, floating[::1] work,
             const floating[:, ::1] X, floating[:, ::1] out, SparseRows sparse=None):
     """out := the network's output for X, in chunks of plan.capacity rows. sparse: X is
     this sparse matrix (X itself is not read)."""
     cdef const PlanData* plan_data = &plan.data
-    cdef int L = plan_data.n_layers
     cdef bint use_sparse = sparse is not None
-    cdef Py_ssize_t n_samples = sparse.n_rows if use_sparse else X.shape[0], start = 0, m
+    cdef Py_ssize_t n_samples = sparse.n_rows if use_sparse else X.shape[0], stopped
     check_pass("predict", plan_data, params.shape[0], work.shape[0],
                sparse.n_columns if use_sparse else X.shape[1], False)
     check_targets("predict", plan_data, "out", out.shape[0], out.shape[1], n_samples)
     cdef SparseBatch batch
     cdef SparseBatch* sparse_batch = sparse_input("predict", plan_data, sparse,
                                                   sizeof(floating) == 8, &batch)
-    cdef floating* p = <floating*>&params[0]
-    cdef floating* w = &work[0]
-    cdef const floating* x
+    cdef double unused = 0.0
+    if n_samples == 0:
+        return
+    cdef const floating* x = NULL
+    if not use_sparse:   # (if/else: a conditional expression here would drop const)
+        x = &X[0, 0]
     with nogil:
-        while start < n_samples:
-            m = min(plan_data.capacity, n_samples - start)
-            batch.first = start
-            if use_sparse:
-                x = NULL
-            else:
-                x = &X[start, 0]
-            if not predict_chunk(plan_data, p, w, x, <int>m, &out[start, 0], sparse_batch):
-                break
-            start += m
-    if use_sparse and batch.bad >= 0:
-        raise_bad_sparse_row(sparse, start + batch.bad)
+        stopped = forward_in_chunks(plan_data, NULL, &params[0], &work[0], x, NULL,
+                                    &out[0, 0], n_samples, sparse_batch, &unused)
+    if stopped < n_samples:
+        raise_bad_sparse_row(sparse, stopped + batch.bad)
 
 
 def evaluate(Plan plan, Hyperparameters hyperparameters, const floating[::1] params,
@@ -1371,43 +1399,28 @@ def evaluate(Plan plan, Hyperparameters hyperparameters, const floating[::1] par
     """out := the network's output for X; returns the mean loss against Y (no backward).
     sparse: X is this sparse matrix (X itself is not read)."""
     cdef const PlanData* plan_data = &plan.data
-    cdef const HyperparameterData* hyper = &hyperparameters.data
-    cdef int L = plan_data.n_layers
     cdef bint use_sparse = sparse is not None
-    cdef Py_ssize_t n_samples = sparse.n_rows if use_sparse else X.shape[0], start = 0, m
+    cdef Py_ssize_t n_samples = sparse.n_rows if use_sparse else X.shape[0], stopped
     check_pass("evaluate", plan_data, params.shape[0], work.shape[0],
                sparse.n_columns if use_sparse else X.shape[1], False)
     cdef SparseBatch batch
     cdef SparseBatch* sparse_batch = sparse_input("evaluate", plan_data, sparse,
                                                   sizeof(floating) == 8, &batch)
-    cdef const floating* x
     check_targets("evaluate", plan_data, "Y", Y.shape[0], Y.shape[1], n_samples)
     check_targets("evaluate", plan_data, "out", out.shape[0], out.shape[1], n_samples)
-    cdef floating* p = <floating*>&params[0]
-    cdef floating* w = &work[0]
-    cdef double normaliser = loss_normaliser(hyper.loss, plan_data.sizes[L])
     cdef double total = 0.0
+    if n_samples == 0:
+        raise ValueError("evaluate needs at least one row")
+    cdef const floating* x = NULL
+    if not use_sparse:   # (if/else: a conditional expression here would drop const)
+        x = &X[0, 0]
     with nogil:
-        while start < n_samples:
-            m = min(plan_data.capacity, n_samples - start)
-            batch.first = start
-            if use_sparse:
-                x = NULL
-            else:
-                x = &X[start, 0]
-            forward_hidden(plan_data, p, w, x, <int>m, NULL, sparse_batch)
-            output_logits(plan_data, p, w, x, <int>m, &out[start, 0], sparse_batch)
-            if use_sparse and batch.bad >= 0:
-                break
-            total += fbp_output_layer(&out[start, 0], p + plan_data.bias_offsets[L - 1],
-                                      workspace(w, plan_data.preactivation_offsets[L]),
-                                      &Y[start, 0], NULL, NULL, m, plan_data.sizes[L],
-                                      plan_data.activations[L - 1], hyper.loss,
-                                      <floating>hyper.loss_parameter, <floating>1)
-            start += m
-    if use_sparse and batch.bad >= 0:
-        raise_bad_sparse_row(sparse, start + batch.bad)
-    return total * normaliser / n_samples
+        stopped = forward_in_chunks(plan_data, &hyperparameters.data, &params[0], &work[0],
+                                    x, &Y[0, 0], &out[0, 0], n_samples, sparse_batch, &total)
+    if stopped < n_samples:
+        raise_bad_sparse_row(sparse, stopped + batch.bad)
+    cdef int L = plan_data.n_layers
+    return total * loss_normaliser(hyperparameters.data.loss, plan_data.sizes[L]) / n_samples
 
 
 def output_loss(floating[:, ::1] outputs, const floating[:, ::1] Y, int activation, int loss,
