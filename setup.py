@@ -87,7 +87,7 @@ extensions = [
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=compile_args,
         extra_link_args=link_args,
-        depends=["csrc/fastbp.h", "csrc/kernels_impl.h", "csrc/few_rows.h",
+        depends=["csrc/fastbp.h", "csrc/one_type.h", "csrc/kernels_impl.h", "csrc/few_rows.h",
                  "csrc/few_rows_impl.h", "csrc/products.h", "csrc/products_impl.h",
                  "fastbp/_products.pxi", "fastbp/_kernels.pxd.tp",
                  "fastbp/_blas.pxd", "fastbp/_small_gemm.pxi", "fastbp/_bench.pxi",

@@ -171,6 +171,8 @@ static inline float fbp_expf(float x)
     return underflow ? 0.0f : y * power;
 }
 
+/* Every kernel, once per element type: one_type.h includes them for the FBP_T, FBP_NAME
+   and FBP_MATH_* defined here, then undefines those. */
 #define FBP_T float
 #define FBP_NAME(name) name##_f32
 #define FBP_MATH_EXP fbp_expf
@@ -181,19 +183,7 @@ static inline float fbp_expf(float x)
 #define FBP_MATH_ERF erff
 #define FBP_MATH_SQRT sqrtf
 #define FBP_MATH_ABS fabsf
-#include "kernels_impl.h"
-#include "few_rows.h"
-#include "products.h"
-#undef FBP_T
-#undef FBP_NAME
-#undef FBP_MATH_EXP
-#undef FBP_MATH_EXPM1
-#undef FBP_MATH_LOG
-#undef FBP_MATH_LOG1P
-#undef FBP_MATH_TANH
-#undef FBP_MATH_ERF
-#undef FBP_MATH_SQRT
-#undef FBP_MATH_ABS
+#include "one_type.h"
 
 #define FBP_T double
 #define FBP_NAME(name) name##_f64
@@ -205,18 +195,6 @@ static inline float fbp_expf(float x)
 #define FBP_MATH_ERF erf
 #define FBP_MATH_SQRT sqrt
 #define FBP_MATH_ABS fabs
-#include "kernels_impl.h"
-#include "few_rows.h"
-#include "products.h"
-#undef FBP_T
-#undef FBP_NAME
-#undef FBP_MATH_EXP
-#undef FBP_MATH_EXPM1
-#undef FBP_MATH_LOG
-#undef FBP_MATH_LOG1P
-#undef FBP_MATH_TANH
-#undef FBP_MATH_ERF
-#undef FBP_MATH_SQRT
-#undef FBP_MATH_ABS
+#include "one_type.h"
 
 #endif

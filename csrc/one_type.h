@@ -1,0 +1,16 @@
+/* The kernels for one element type, included by fastbp.h once for float and once for
+ * double, with FBP_T (the type), FBP_NAME (its suffix: _f32, _f64) and the FBP_MATH_*
+ * functions of that type defined; undefines them after, for the next type. */
+#include "kernels_impl.h"
+#include "few_rows.h"
+#include "products.h"
+#undef FBP_T
+#undef FBP_NAME
+#undef FBP_MATH_EXP
+#undef FBP_MATH_EXPM1
+#undef FBP_MATH_LOG
+#undef FBP_MATH_LOG1P
+#undef FBP_MATH_TANH
+#undef FBP_MATH_ERF
+#undef FBP_MATH_SQRT
+#undef FBP_MATH_ABS
