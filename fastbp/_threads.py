@@ -259,8 +259,8 @@ TINY_STEP_SECONDS = 20e-6
 def _measure(layer_sizes, codes, batch_size, dtype, candidates):
     """Times a few plain-SGD steps of this network and batch on random data with each
     candidate (workers, BLAS threads) and returns the fastest, preferring fewer threads
-    within MEASURE_MARGIN. A step of the first candidate under TINY_STEP_SECONDS ends the
-    timing with it."""
+    within MEASURE_MARGIN. A one-thread step under TINY_STEP_SECONDS ends the timing with
+    the first candidate."""
     import time
     from fastbp import _core
     from fastbp._products import choose_products
@@ -300,11 +300,12 @@ def _measure(layer_sizes, codes, batch_size, dtype, candidates):
                 return (time.perf_counter() - started) / n_steps
         return epoch
 
-    first = tuple(candidates[0])
-    epoch = timer(*first)
+    # The tiny-step check times the one-thread step whatever the candidates (an explicit
+    # count's first is BLAS threads, which would leave OpenBLAS's threads polling, below).
+    epoch = timer(1, 1)
     epoch(1)                                       # warm up: first touch, thread pools
     if epoch(n_batches) < TINY_STEP_SECONDS:
-        return first
+        return tuple(candidates[0])
     # OpenBLAS's idle threads keep polling for work after a multi-threaded call and take
     # the cores the row workers need (W1's row-split step: 42 us, 120 us for seconds after
     # a 2-thread BLAS call). So the candidates on one BLAS thread are timed first, those on

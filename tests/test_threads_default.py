@@ -213,3 +213,24 @@ def test_a_step_too_short_to_split_is_not_timed_further(cache, monkeypatch):
     choice = _threads.fit_threads((3, 2, 1), (0, 0), 4, np.float64)
     # the first candidate is timed alone first (the tiny-step check), then every candidate
     assert choice[0] * choice[1] <= 2 and len(timed) == 1 + len(_threads._candidates(4, 2))
+
+
+def test_an_explicit_count_times_its_row_split_before_any_blas_threads(cache, monkeypatch):
+    """OpenBLAS's threads keep polling for a while after a multi-threaded call and slow the
+    row workers timed after it, so an explicit count's measurement runs the one-thread
+    step (the tiny-step check) and the row-split candidate before the BLAS-threads one
+    (it used to start with BLAS threads, and on this 2-core machine W1 and W5 then chose
+    BLAS threads at 0.6-0.9x of one thread)."""
+    import contextlib
+    counts = []
+
+    @contextlib.contextmanager
+    def blas_threads(count):
+        counts.append(count)                    # one per timed epoch
+        yield
+
+    monkeypatch.setattr(_threads, "blas_threads", blas_threads)
+    monkeypatch.setattr(_threads, "TINY_STEP_SECONDS", 0.0)      # no step is tiny
+    _threads.fit_threads((3, 2, 1), (0, 0), 8, np.float64, n_threads=2)
+    assert counts[0] == 1 and 2 in counts
+    assert counts.index(2) > max(i for i, count in enumerate(counts) if count == 1)

@@ -26,7 +26,7 @@ of the matrix (ROWS below; `--rows-<name>` to change): Adam (a pass over all of 
 on 4,000, scikit-learn (about 200 samples/s) on 2,000. Run with the OpenBLAS variables
 unset, like every benchmark:
 
-    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/sparse.py [--epochs 3]
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/sparse_input.py [--epochs 3]
 """
 import argparse
 import json
