@@ -9,6 +9,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import reference as ref  # noqa: E402
+from bad_weights import BAD_SAMPLE_WEIGHTS  # noqa: E402
 
 import fastbp  # noqa: E402
 import fastbp.losses  # noqa: E402
@@ -472,17 +473,9 @@ def test_weighted_gradient_is_the_fits_step():
     assert_all_close(model.weights + model.biases, stepped, 1e-12, 1e-14, "fit's step")
 
 
-BAD_GRADIENT_WEIGHTS = {
-    "negative": lambda n: np.r_[-1.0, np.ones(n - 1)],
-    "nan": lambda n: np.r_[np.nan, np.ones(n - 1)],
-    "inf": lambda n: np.r_[np.inf, np.ones(n - 1)],
-    "short": lambda n: np.ones(n - 1),
-    "long": lambda n: np.ones(n + 1),
-    "2-d": lambda n: np.ones((n, 1)),
-    "all-zero": lambda n: np.zeros(n),
-    "strings": lambda n: np.array(["1"] * n),
-    "beyond float32's range": lambda n: np.r_[1e-40, np.ones(n - 1)],
-}
+# a float32 model also refuses weights whose ratios float32 cannot hold
+BAD_GRADIENT_WEIGHTS = dict(BAD_SAMPLE_WEIGHTS, **{
+    "beyond float32's range": lambda n: np.r_[1e-40, np.ones(n - 1)]})
 
 
 @pytest.mark.parametrize("bad", list(BAD_GRADIENT_WEIGHTS))

@@ -20,6 +20,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import reference as ref  # noqa: E402
+from bad_weights import BAD_SAMPLE_WEIGHTS  # noqa: E402
 
 import fastbp  # noqa: E402
 from fastbp import callbacks, losses, metrics, optimizers, schedules  # noqa: E402
@@ -730,28 +731,16 @@ def test_balanced_class_weight_equals_sklearn(form):
     np.testing.assert_allclose(h1.loss, h2.loss, rtol=1e-13)
 
 
-BAD_WEIGHTS = {
-    "negative": lambda n: np.r_[-1.0, np.ones(n - 1)],
-    "nan": lambda n: np.r_[np.nan, np.ones(n - 1)],
-    "inf": lambda n: np.r_[np.inf, np.ones(n - 1)],
-    "short": lambda n: np.ones(n - 1),
-    "long": lambda n: np.ones(n + 1),
-    "2-d": lambda n: np.ones((n, 1)),
-    "all-zero": lambda n: np.zeros(n),
-    "strings": lambda n: np.array(["1"] * n),
-}
-
-
-@pytest.mark.parametrize("bad", list(BAD_WEIGHTS))
+@pytest.mark.parametrize("bad", list(BAD_SAMPLE_WEIGHTS))
 def test_bad_sample_weights_refused_model_unchanged(bad):
     sizes, acts, loss, targets = WEIGHT_NETS["cce"]
     W, b, X, Y = problem(sizes, acts, loss, 10, "bad", targets)
     model = make_model(sizes, acts, W, b)
     trainer = fastbp.Trainer("cce", optimizer="adam", batch_size=4, seed=0)
     with pytest.raises((ValueError, TypeError)):
-        trainer.fit(model, X, Y, sample_weight=BAD_WEIGHTS[bad](10))
+        trainer.fit(model, X, Y, sample_weight=BAD_SAMPLE_WEIGHTS[bad](10))
     with pytest.raises((ValueError, TypeError)):
-        trainer.partial_fit(model, X, Y, sample_weight=BAD_WEIGHTS[bad](10))
+        trainer.partial_fit(model, X, Y, sample_weight=BAD_SAMPLE_WEIGHTS[bad](10))
     assert_params_equal(params(model), W + b)
     # and the trainer is as new: a fit now equals a fresh trainer's
     trainer.fit(model, X, Y)
