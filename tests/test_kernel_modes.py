@@ -154,8 +154,9 @@ def test_training_suites_pass_under_each_forcing(mode):
     """A representative slice of the suite, run under FASTBP_KERNELS=mode."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, FASTBP_KERNELS=mode)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p",
+    # -P: not the source tree (cwd) on the path, the installed fastbp, as this process
+    # imports it (a plain install has no compiled core in the source tree)
+    result = subprocess.run([sys.executable, "-P", "-m", "pytest", "-q", "-x", "-p",
                              "no:cacheprovider", *SLICES], cwd=root, env=env,
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
