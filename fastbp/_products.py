@@ -3,7 +3,7 @@
 FASTBP_KERNELS: "blas" (every product in BLAS), "own" (every product in the own kernels,
 where this CPU runs them), or "auto" (the default): each product of a one-thread plan in
 whichever of the two ran its exact shape faster on this machine, measured once (a few
-timed calls each) and kept, like the thread counts, in cache_folder()'s products.json,
+timed calls each) and kept, like the thread counts, in products.json (fastbp._cache),
 keyed by shape, dtype, instruction set, CPU model and OPENBLAS_CORETYPE. Only a fit's
 plans (fixed batch size) are measured; predict, evaluate and gradients passes, and plans
 whose products BLAS runs on several threads, stay on BLAS under "auto" (the kernels run on
@@ -111,22 +111,20 @@ def own_is_faster(kind, m, n, k, dtype, isa, chunk_rows=0, chunk_columns=0) -> b
     """True if the own kernel of isa takes this product faster than one-thread BLAS here,
     each in the calls the plan makes (_core.matrix_product's chunks); measured once per
     shape, chunks, dtype, isa, CPU and OpenBLAS core, and cached."""
-    from fastbp._threads import _cpu_model, read_cache, write_cache
+    from fastbp._cache import cpu_model, settled
     chunk_rows = 0 if chunk_rows >= m else chunk_rows   # 0: whole, however it is written
     chunk_columns = 0 if chunk_columns >= n else chunk_columns
     key = (f"{kind}/{m}x{n}x{k}/{chunk_rows}x{chunk_columns}/{np.dtype(dtype).name}/{isa}/"
-           f"{os.environ.get('OPENBLAS_CORETYPE', '')}/{_cpu_model()}")
+           f"{os.environ.get('OPENBLAS_CORETYPE', '')}/{cpu_model()}")
     with _lock:
         if key not in _measured:
-            found = read_cache(CACHE_FILE).get(key)
-            if not isinstance(found, bool):
-                try:
-                    found = _measure(kind, m, n, k, dtype, isa, chunk_rows, chunk_columns)
-                except MemoryError:   # no room for the operands now: BLAS, not kept on disk
-                    _measured[key] = False
-                    return False
-                write_cache(key, bool(found), CACHE_FILE)
-            _measured[key] = found
+            try:
+                _measured[key] = settled(
+                    CACHE_FILE, key, lambda kept: isinstance(kept, bool),
+                    lambda: bool(_measure(kind, m, n, k, dtype, isa, chunk_rows,
+                                          chunk_columns)))
+            except MemoryError:   # no room for the operands now: BLAS, not kept on disk
+                _measured[key] = False
         return _measured[key]
 
 

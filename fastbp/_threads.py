@@ -81,7 +81,6 @@ def row_workspace(layer_sizes, codes, dropout, batch_size: int, n_workers: int, 
 THREADS_VARIABLE = "FASTBP_THREADS"        # pins n_threads=None to this count
 SPLIT_VARIABLE = "FASTBP_SPLIT"            # "rows" or "blas": how a fit's threads are used
 CACHE_FILE = "threads.json"
-_CACHE_VERSION = 1
 _measured = {}                             # key -> (workers, blas threads), this process
 _measure_lock = threading.Lock()
 
@@ -91,7 +90,7 @@ def fit_threads(layer_sizes, codes, batch_size: int, dtype, n_threads=None):
     capped by allowed_threads()): that many threads, used as threads_of says. Else the
     fastest of 1..allowed_threads() threads (row-split or BLAS) measured on a few steps of
     this network and batch on this machine. Each measured choice is made once per (layer
-    sizes, batch size, dtype, threads, CPU) and kept in memory and in cache_folder()'s
+    sizes, batch size, dtype, threads, CPU) and kept in memory and in fastbp._cache's
     threads.json, so the same seed gives the same result on this machine from then on."""
     if n_threads is not None:
         return threads_of(layer_sizes, codes, batch_size, dtype, int(n_threads))
@@ -134,14 +133,16 @@ def forced_split():
 
 def _measured_choice(layer_sizes, codes, batch_size, dtype, candidates, threads_label):
     """The measured fastest of `candidates` (cached; see fit_threads)."""
+    from fastbp._cache import settled
     key = _cache_key(layer_sizes, batch_size, dtype, threads_label)
+    valid = {tuple(choice) for choice in candidates}
     with _measure_lock:
         if key not in _measured:
-            found = read_cache().get(key)
-            if not (isinstance(found, (list, tuple))
-                    and tuple(found) in {tuple(choice) for choice in candidates}):
-                found = _measure(layer_sizes, codes, batch_size, dtype, candidates)
-                write_cache(key, [int(found[0]), int(found[1])])
+            found = settled(
+                CACHE_FILE, key,
+                lambda kept: isinstance(kept, (list, tuple)) and tuple(kept) in valid,
+                lambda: [int(count) for count in
+                         _measure(layer_sizes, codes, batch_size, dtype, candidates)])
             _measured[key] = (int(found[0]), int(found[1]))
         return _measured[key]
 
@@ -159,72 +160,9 @@ def pinned_threads():
 
 
 def _cache_key(layer_sizes, batch_size, dtype, threads_label):
+    from fastbp._cache import cpu_model
     sizes = "-".join(str(int(size)) for size in layer_sizes)
-    return f"{sizes}/{int(batch_size)}/{np.dtype(dtype).name}/{threads_label}/{_cpu_model()}"
-
-
-_cpu_name = None
-
-
-def _cpu_model() -> str:
-    """The CPU's model name (/proc/cpuinfo), or the platform's processor string."""
-    global _cpu_name
-    if _cpu_name is None:
-        name = ""
-        try:
-            with open("/proc/cpuinfo") as file:
-                for line in file:
-                    if line.startswith("model name"):
-                        name = line.split(":", 1)[1].strip()
-                        break
-        except OSError:
-            pass
-        if not name:
-            import platform
-            name = platform.processor() or platform.machine()
-        _cpu_name = name.replace("/", " ")
-    return _cpu_name
-
-
-def cache_folder() -> str:
-    """Where measured defaults are kept: $FASTBP_CACHE_DIR, else $XDG_CACHE_HOME/fastbp,
-    else ~/.cache/fastbp."""
-    folder = os.environ.get("FASTBP_CACHE_DIR")
-    if folder:
-        return folder
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "fastbp")
-
-
-def read_cache(file_name=CACHE_FILE) -> dict:
-    """The choices kept in a cache file (threads.json; products.json for
-    fastbp._products), or {} when it is missing, unreadable or not ours."""
-    import json
-    try:
-        with open(os.path.join(cache_folder(), file_name), "rb") as file:
-            document = json.loads(file.read(1 << 20))
-    except (OSError, ValueError):
-        return {}
-    if not isinstance(document, dict) or document.get("version") != _CACHE_VERSION:
-        return {}
-    choices = document.get("choices")
-    return choices if isinstance(choices, dict) else {}
-
-
-def write_cache(key, choice, file_name=CACHE_FILE) -> None:
-    """Adds a choice (any JSON value) to a cache file; a cache that cannot be written is
-    not an error (the choice is then measured again by the next process)."""
-    import json
-    from fastbp._files import write_file
-    choices = read_cache(file_name)
-    choices[key] = choice
-    content = json.dumps({"version": _CACHE_VERSION, "choices": choices}, indent=1,
-                         sort_keys=True).encode()
-    try:
-        os.makedirs(cache_folder(), exist_ok=True)
-        write_file(os.path.join(cache_folder(), file_name), content)
-    except (OSError, ValueError):
-        pass
+    return f"{sizes}/{int(batch_size)}/{np.dtype(dtype).name}/{threads_label}/{cpu_model()}"
 
 
 def _candidates(batch_size, allowed):

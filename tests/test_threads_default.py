@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import fastbp
-from fastbp import _threads
+from fastbp import _cache, _threads
 
 SIZES, CODES = (20, 16, 3), (0, 2)
 
@@ -137,9 +137,9 @@ def test_a_damaged_or_foreign_cache_file_is_measured_again_and_rewritten(
 def test_the_cache_folder_follows_xdg_cache_home(monkeypatch, tmp_path):
     monkeypatch.delenv("FASTBP_CACHE_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    assert _threads.cache_folder() == os.path.join(str(tmp_path), "fastbp")
+    assert _cache.cache_folder() == os.path.join(str(tmp_path), "fastbp")
     monkeypatch.delenv("XDG_CACHE_HOME")
-    assert _threads.cache_folder() == os.path.join(os.path.expanduser("~"), ".cache", "fastbp")
+    assert _cache.cache_folder() == os.path.join(os.path.expanduser("~"), ".cache", "fastbp")
 
 
 def test_the_candidates_are_one_thread_row_splits_and_blas_threads():
@@ -208,7 +208,7 @@ def test_a_step_too_short_to_split_is_not_timed_further(cache, monkeypatch):
     assert timed == [1]
     monkeypatch.setattr(_threads, "TINY_STEP_SECONDS", 0.0)      # no step is
     monkeypatch.setattr(_threads, "_measured", {})
-    monkeypatch.setattr(_threads, "read_cache", lambda file_name=None: {})
+    monkeypatch.setattr(_cache, "read_cache", lambda file_name: {})
     timed.clear()
     choice = _threads.fit_threads((3, 2, 1), (0, 0), 4, np.float64)
     # the first candidate is timed alone first (the tiny-step check), then every candidate

@@ -1,0 +1,154 @@
+"""Measured defaults kept on disk ("wisdom", as FFTW calls it): the thread choices of
+fastbp._threads (threads.json) and the kernel-or-BLAS choices of fastbp._products
+(products.json), in cache_folder().
+
+Every process that shares the folder must make the same choice for the same key, or the
+same seed gives different results in two processes (the two workers of a Dask fit, a worker
+restarted after a crash, two jobs of a grid search). So `settled` measures under an
+exclusive lock on the cache file (fcntl.flock; msvcrt.locking on Windows), after reading
+the file again: the first process to measure a key writes it, and any process that waited
+meanwhile takes that answer instead of measuring its own. Measuring one at a time also
+keeps two processes from timing their candidates against each other. The lock goes with
+the process that holds it (a killed process leaves no stale lock). A cache that cannot be
+written or locked is no error: the choice is measured and used, and only then may two
+processes differ.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+
+_VERSION = 1
+# A measurement takes well under a second; a lock held longer than this is taken to be
+# stuck (a hung file system) and the choice is measured without it.
+LOCK_WAIT_SECONDS = 60.0
+_LOCK_POLL_SECONDS = 0.005
+
+
+def cache_folder() -> str:
+    """Where measured defaults are kept: $FASTBP_CACHE_DIR, else $XDG_CACHE_HOME/fastbp,
+    else ~/.cache/fastbp."""
+    folder = os.environ.get("FASTBP_CACHE_DIR")
+    if folder:
+        return folder
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "fastbp")
+
+
+_cpu_name = None
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), or the platform's processor string: part of
+    every key, so a cache folder shared by different machines keeps each one's choices."""
+    global _cpu_name
+    if _cpu_name is None:
+        name = ""
+        try:
+            with open("/proc/cpuinfo") as file:
+                for line in file:
+                    if line.startswith("model name"):
+                        name = line.split(":", 1)[1].strip()
+                        break
+        except OSError:
+            pass
+        if not name:
+            import platform
+            name = platform.processor() or platform.machine()
+        _cpu_name = name.replace("/", " ")
+    return _cpu_name
+
+
+def read_cache(file_name) -> dict:
+    """The choices kept in a cache file, or {} when it is missing, unreadable or not ours."""
+    try:
+        with open(os.path.join(cache_folder(), file_name), "rb") as file:
+            document = json.loads(file.read(1 << 20))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(document, dict) or document.get("version") != _VERSION:
+        return {}
+    choices = document.get("choices")
+    return choices if isinstance(choices, dict) else {}
+
+
+def settled(file_name, key, is_valid, measure):
+    """The choice kept for `key` in `file_name` if `is_valid(choice)`, else `measure()`'s,
+    which is then kept (any JSON value). See the module's docstring for why under a lock.
+    An exception from `measure` is passed on and nothing is kept."""
+    with _locked(file_name):
+        choices = read_cache(file_name)
+        found = choices.get(key)
+        if is_valid(found):
+            return found
+        found = measure()
+        choices[key] = found
+        _write(file_name, choices)
+        return found
+
+
+def _write(file_name, choices) -> None:
+    from fastbp._files import write_file
+    content = json.dumps({"version": _VERSION, "choices": choices}, indent=1,
+                         sort_keys=True).encode()
+    try:
+        write_file(os.path.join(cache_folder(), file_name), content)
+    except (OSError, ValueError):
+        pass
+
+
+@contextlib.contextmanager
+def _locked(file_name):
+    """Holds an exclusive lock on `file_name`.lock in the cache folder (created if need
+    be) for the block; the block runs unlocked when the lock cannot be had."""
+    try:
+        os.makedirs(cache_folder(), exist_ok=True)
+        handle = open(os.path.join(cache_folder(), file_name + ".lock"), "a+b")
+    except OSError:
+        yield
+        return
+    with handle:
+        if _lock(handle):
+            try:
+                yield
+            finally:
+                _unlock(handle)
+        else:
+            yield
+
+
+def _lock(handle) -> bool:
+    deadline = time.monotonic() + LOCK_WAIT_SECONDS
+    while True:
+        try:
+            if os.name == "nt":
+                import msvcrt
+                handle.seek(0)
+                msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+            else:
+                import fcntl
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except OSError as error:
+            # held by another process (Windows says so with any OSError), else the file
+            # system has no locks
+            if os.name != "nt" and not isinstance(error, (BlockingIOError, PermissionError)):
+                return False
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(_LOCK_POLL_SECONDS)
+
+
+def _unlock(handle) -> None:
+    try:
+        if os.name == "nt":
+            import msvcrt
+            handle.seek(0)
+            msvcrt.locking(handle.fileno(), msvcrt.LK_UNLCK, 1)
+        else:
+            import fcntl
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    except OSError:
+        pass

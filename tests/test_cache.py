@@ -1,0 +1,133 @@
+"""fastbp._cache: processes that share a cache folder make the same measured choice.
+
+Two processes that measured the same shape at once used to keep their own answers (each
+read an empty file, measured, and wrote): the two workers of a Dask fit then ran different
+kernels, and a worker restarted after a crash took the file's answer, so the "bit-identical
+after a worker is killed" test failed in CI by rounding."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from fastbp import _cache
+
+HANG_SECONDS = 120
+
+# A process that waits until every process named in argv[3:] is ready (so they all reach
+# the cache at once), then settles key argv[2] with a measurement that answers argv[1]
+# after a pause, and prints the choice it got.
+CHILD = textwrap.dedent("""
+    import json, os, sys, time
+    from fastbp import _cache
+    answer, key, names = sys.argv[1], sys.argv[2], sys.argv[3:]
+    folder = os.environ["FASTBP_CACHE_DIR"]
+    open(os.path.join(folder, "ready-" + answer), "w").close()
+    while not all(os.path.exists(os.path.join(folder, "ready-" + name)) for name in names):
+        time.sleep(0.001)
+    def measure():
+        time.sleep(float(os.environ.get("MEASURE_SECONDS", "0.3")))
+        return answer
+    print(json.dumps(_cache.settled("choices.json", key, lambda kept: isinstance(kept, str),
+                                    measure)))
+""")
+
+
+def start(folder, answer, key, names, **env):
+    return subprocess.Popen([sys.executable, "-c", CHILD, answer, key, *names],
+                            env={**os.environ, "FASTBP_CACHE_DIR": str(folder), **env},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(process):
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    return json.loads(out)
+
+
+def kept(path):
+    """The choices a cache file holds."""
+    return json.loads(path.read_text())["choices"]
+
+
+def test_processes_measuring_one_key_at_once_all_take_the_first_answer(tmp_path):
+    names = ["a", "b", "c"]
+    processes = [start(tmp_path, name, "shape", names) for name in names]
+    answers = [finish(process) for process in processes]
+    assert len(set(answers)) == 1, answers
+    assert kept(tmp_path / "choices.json") == {"shape": answers[0]}
+
+
+def test_processes_measuring_different_keys_at_once_lose_none(tmp_path):
+    names = ["a", "b", "c", "d"]
+    processes = [start(tmp_path, name, "key-" + name, names, MEASURE_SECONDS="0")
+                 for name in names]
+    assert [finish(process) for process in processes] == names
+    assert kept(tmp_path / "choices.json") == {"key-" + name: name for name in names}
+
+
+def test_a_process_killed_while_measuring_leaves_no_stale_lock(tmp_path):
+    stuck = start(tmp_path, "stuck", "shape", ["stuck"], MEASURE_SECONDS="600")
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "ready-stuck").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.5)                     # it is inside the measurement, holding the lock
+    stuck.send_signal(signal.SIGKILL)
+    stuck.communicate()
+    assert finish(start(tmp_path, "next", "shape", ["next"], MEASURE_SECONDS="0")) == "next"
+    assert kept(tmp_path / "choices.json") == {"shape": "next"}
+
+
+def test_a_kept_choice_is_not_measured_again(tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTBP_CACHE_DIR", str(tmp_path))
+    calls = []
+    valid = lambda choice: choice in (1, 2)     # noqa: E731
+    assert _cache.settled("c.json", "k", valid, lambda: calls.append(1) or 2) == 2
+    assert _cache.settled("c.json", "k", valid, lambda: calls.append(1) or 1) == 2
+    assert calls == [1]
+    # a value the caller no longer accepts (another version's candidates) is measured again
+    assert _cache.settled("c.json", "k", lambda choice: choice == 1, lambda: 1) == 1
+    assert kept(tmp_path / "c.json") == {"k": 1}
+
+
+def test_a_failed_measurement_keeps_nothing_and_releases_the_lock(tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTBP_CACHE_DIR", str(tmp_path))
+
+    def fails():
+        raise MemoryError
+
+    with pytest.raises(MemoryError):
+        _cache.settled("c.json", "k", lambda choice: choice is not None, fails)
+    assert not (tmp_path / "c.json").exists()
+    monkeypatch.setattr(_cache, "LOCK_WAIT_SECONDS", 0.0)   # a held lock would show
+    assert _cache.settled("c.json", "k", lambda choice: choice is not None, lambda: 3) == 3
+    assert kept(tmp_path / "c.json") == {"k": 3}
+
+
+def test_a_lock_held_too_long_or_a_cache_that_cannot_be_written_is_no_error(
+        tmp_path, monkeypatch):
+    holder = start(tmp_path, "holder", "shape", ["holder"], MEASURE_SECONDS="600")
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "ready-holder").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.5)
+        monkeypatch.setenv("FASTBP_CACHE_DIR", str(tmp_path))
+        monkeypatch.setattr(_cache, "LOCK_WAIT_SECONDS", 0.2)
+        started = time.monotonic()
+        assert _cache.settled("choices.json", "shape", lambda c: isinstance(c, str),
+                              lambda: "mine") == "mine"
+        assert time.monotonic() - started < 30
+    finally:
+        holder.kill()
+        holder.communicate()
+    # a "folder" that is a file: nothing can be locked or written, the measurement is used
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    monkeypatch.setenv("FASTBP_CACHE_DIR", str(not_a_folder))
+    assert _cache.settled("c.json", "k", lambda choice: choice == 5, lambda: 5) == 5
+    assert not_a_folder.read_text() == ""
