@@ -518,6 +518,84 @@ FBP_MULTIVERSION static void FBP_NAME(fbp_optimizer_step)(FBP_T *params, FBP_T *
 }
 #undef FBP_RULE_LOOP
 
+/* Adam on n weights (a row of W1 under sparse input) after k steps in which no batch named
+   them, in one go: the derivation is at LazyAdam in fastbp/_core.pyx.  sums: the series'
+   coefficients C_0 .. C_(FBP_ADAM_TERMS - 1) of these k steps; step_sizes[s] and roots[s],
+   s = 1..k: lr_s and r_s of each step; shrink, decay1, decay2: one step's decoupled decay
+   (1 without), and shrink^k, beta1^k, beta2^k; widest: eps times the largest b_s.  Every
+   weight takes the series first, in FBP_T and without a branch, so that the loop
+   vectorises (a weight with m = 0 takes no step, as 0 / (sqrt(v) + eps)); a weight whose
+   eps b_s / sqrt(v) can exceed `limit` (v near 0 next to eps, where the cut series would
+   be off) is left as it was and then stepped one step at a time, in double, as the dense
+   rule steps it, together with the other such weights of its block. */
+FBP_MULTIVERSION static void FBP_NAME(fbp_adam_catch_up)(
+    FBP_T *params, FBP_T *first, FBP_T *second, ptrdiff_t n, const double *sums,
+    const double *step_sizes, const double *roots, ptrdiff_t k, double shrink,
+    double beta1, double beta2, double epsilon, double widest, double limit)
+{
+    FBP_T coefficient[FBP_ADAM_TERMS];
+    for (int q = 0; q < FBP_ADAM_TERMS; q++)
+        coefficient[q] = (FBP_T)sums[q];
+    const FBP_T shrink_k = (FBP_T)pow(shrink, (double)k);
+    const FBP_T decay1 = (FBP_T)pow(beta1, (double)k), decay2 = (FBP_T)pow(beta2, (double)k);
+    const FBP_T eps = (FBP_T)epsilon, far = (FBP_T)widest, near = (FBP_T)limit;
+    enum { BLOCK = 256 };
+    unsigned char later[BLOCK];                            /* stepped one by one below */
+    FBP_T inverse[BLOCK], x[BLOCK], series[BLOCK];
+    for (ptrdiff_t lo = 0; lo < n; lo += BLOCK) {
+        const ptrdiff_t size = n - lo < BLOCK ? n - lo : BLOCK;
+        FBP_T *weights = params + lo, *moment1 = first + lo, *moment2 = second + lo;
+        /* the series by Horner's rule, a term at a time over the block (each loop
+           vectorises; one loop over the weights with the terms inside would not) */
+        for (ptrdiff_t i = 0; i < size; i++) {
+            inverse[i] = (FBP_T)1 / FBP_MATH_SQRT(moment2[i]);   /* inf where v = 0 */
+            x[i] = -eps * inverse[i];
+            series[i] = coefficient[FBP_ADAM_TERMS - 1];
+        }
+        for (int q = FBP_ADAM_TERMS - 2; q >= 0; q--)
+            for (ptrdiff_t i = 0; i < size; i++)
+                series[i] = series[i] * x[i] + coefficient[q];
+        int step_by_step = 0;
+        FBP_PRAGMA_SIMD(reduction(|:step_by_step))
+        for (ptrdiff_t i = 0; i < size; i++) {
+            FBP_T p = weights[i], m = moment1[i], v = moment2[i];
+            int moving = m != 0, exact = far * inverse[i] < near, left = moving & !exact;
+            later[i] = (unsigned char)left;
+            step_by_step |= left;
+            FBP_T step = moving & exact ? m * inverse[i] * series[i] : 0;
+            weights[i] = left ? p : shrink_k * p - step;
+            moment1[i] = left ? m : m * decay1;
+            moment2[i] = left ? v : v * decay2;
+        }
+        if (!step_by_step)
+            continue;
+        /* the weights left, gathered and stepped together (the loop over them vectorises) */
+        double p[BLOCK], m[BLOCK], v[BLOCK];
+        ptrdiff_t index[BLOCK], count = 0;
+        for (ptrdiff_t i = 0; i < size; i++)
+            if (later[i]) {
+                index[count] = i;
+                p[count] = weights[i];
+                m[count] = moment1[i];
+                v[count] = moment2[i];
+                count++;
+            }
+        for (ptrdiff_t s = 1; s <= k; s++) {
+            const double step_size = step_sizes[s], root = roots[s];
+            for (ptrdiff_t j = 0; j < count; j++) {
+                m[j] *= beta1;
+                v[j] *= beta2;
+                p[j] = shrink * p[j] - step_size * m[j] / (sqrt(v[j]) / root + epsilon);
+            }
+        }
+        for (ptrdiff_t j = 0; j < count; j++) {
+            weights[index[j]] = (FBP_T)p[j];
+            moment1[index[j]] = (FBP_T)m[j];
+            moment2[index[j]] = (FBP_T)v[j];
+        }
+    }
+}
+
 /* Sparse input: a batch of rows of a CSR matrix (data, indices, indptr; n_rows rows,
    n_cols columns, nnz stored values), rows[0..m) of it, or first..first+m when rows is
    NULL.  The arrays are the caller's, read in place, so every index is checked as it is

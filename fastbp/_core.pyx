@@ -30,7 +30,7 @@ How the pieces fit:
 Benchmark-only code lives in _bench.pxi.
 """
 from cython cimport floating
-from libc.math cimport isfinite, sqrt
+from libc.math cimport isfinite, pow, sqrt
 from libc.stdint cimport uint64_t
 from libc.stdlib cimport calloc, malloc, free
 from libc.string cimport memset
@@ -52,6 +52,7 @@ OPTIMIZER_CODES = {fbp_optimizer_names[code].decode(): code for code in range(FB
 # "0": a sparse fit whose rule steps every row of W1 reads the whole gradient buffer, not
 # only the rows each batch names (train_epoch)
 NAMED_ROWS_VARIABLE = "FASTBP_SPARSE_NAMED_ROWS"
+LAZY_ADAM_VARIABLE = "FASTBP_SPARSE_LAZY_ADAM"   # "0": Adam on sparse input steps every row
 
 # train_epoch's status
 cpdef enum Status:
@@ -302,18 +303,66 @@ cdef class Plan:
 # when a batch names it, first catching up the steps it missed in one go (the map's k-th
 # power), and every row catches up at the end of the epoch (train_epoch), so nothing
 # outside an epoch ever sees a row behind. Equal to stepping every row at every step, to
-# rounding. Adam (whose step without a gradient is not linear), and the adaptive rules
-# with coupled decay, step all of W1 at each step instead (sparse_weight_update).
+# rounding. Adam's step without a gradient is not linear; it catches up by a series
+# instead (LazyAdam). The adaptive rules with coupled decay step all of W1 at each step
+# (sparse_weight_update).
 cdef struct LazyRows:
     double a, b, c, d               # one step without a gradient: (p, u) -> (a p + b u, c p + d u)
     double e                        # ... and o -> e o
     void* coupled                   # u: momentum's velocity (W1's part), or NULL
     void* scaled                    # o: RMSprop's second moment (W1's part), or NULL
+    LazyAdam* adam                  # Adam (with or without decoupled decay), or NULL
     Py_ssize_t* applied             # per row of W1: the steps of this epoch applied to it
     Py_ssize_t* listed              # per row: the step whose batch last named it (-1: none)
     Py_ssize_t* touched             # the rows of W1 the current batch names, each once
     Py_ssize_t n_touched
     Py_ssize_t steps                # steps of this epoch taken so far
+
+
+# Adam on a row of W1 that k steps named no batch of: with m, v its moments after step t0
+# and u = sqrt(v), step s = t0 + j (j = 1..k) does p <- shrink p, then
+#     p -= lr_s m beta1^j / (u beta2^(j/2) / r_s + eps)
+# where lr_s = lr / (1 - beta1^s) and r_s = sqrt(1 - beta2^s) (its bias corrections), and
+# shrink = 1 - lr wd (decoupled decay) or 1. With a_s = lr_s r_s (beta1 / sqrt(beta2))^j and
+# b_s = r_s beta2^(-j/2), that term is (m / u) a_s / (1 + eps b_s / u) = (m / u) a_s
+# sum_q (-eps b_s / u)^q, so after the k steps
+#     p = shrink^k p - (m / u) sum_q (-eps / u)^q C_q,  C_q = sum_s shrink^(t - s) a_s b_s^q,
+# m = beta1^k m and v = beta2^k v. The C_q depend on t0 and t only, not on the weight: they
+# are kept for every t0 of the window and grow by one term a step (lazy_adam_advance), so a
+# row catches up in FBP_ADAM_TERMS multiply-adds a weight (fbp_adam_catch_up). The series
+# is cut there; a weight whose eps b_s / u may exceed lazy_adam_series_limit (a second
+# moment near 0 next to eps) steps through its k steps one by one instead (the dense
+# rule's arithmetic, in double), so the error of the cut stays below 0.3^32 = 2e-17 of the
+# step.
+# The sums run over a window of steps: every row catches up and the window starts again
+# after lazy_adam_window steps (and at the end of an epoch, with the other lazy rules).
+cdef Py_ssize_t lazy_adam_window = 1024
+cdef double lazy_adam_series_limit = 0.3
+
+def lazy_adam_settings(window=None, series_limit=None):
+    """Sparse Adam's (window, series_limit) as they were before this call (see LazyAdam),
+    setting either one given: tests force every path with them."""
+    global lazy_adam_window, lazy_adam_series_limit
+    previous = (lazy_adam_window, lazy_adam_series_limit)
+    if window is not None:
+        if int(window) < 1:
+            raise ValueError(f"window must be at least 1; got {window}")
+        lazy_adam_window = int(window)
+    if series_limit is not None:
+        lazy_adam_series_limit = float(series_limit)
+    return previous
+
+
+cdef struct LazyAdam:
+    double beta1, beta2, epsilon, shrink
+    Py_ssize_t window               # steps before every row catches up and the sums restart
+    double base_step                # Adam's t before the window's first step
+    double* step_sizes              # per step s of the window (1..): lr_s
+    double* roots                   # ... r_s
+    double* sums                    # per t0 (0..): beta1^j / beta2^(j/2), beta2^(-j/2),
+                                    # then C_0 .. C_(TERMS-1), j = steps - t0
+    void* first                     # W1's part of m
+    void* second                    # W1's part of v
 
 
 # A batch of a sparse X's rows, as the kernels read it (csrc/kernels_impl.h).
@@ -747,6 +796,10 @@ cdef bint sparse_weight_update(const PlanData* plan, HyperparameterData* hyper,
                 step_slice(hyper, params, target, first, second, update,
                            w + lazy.touched[i] * n_out, n_out, True)
             lazy.applied[lazy.touched[i]] = lazy.steps
+        if lazy.adam != NULL:
+            lazy_adam_advance(lazy.adam, lazy.steps, hyper.learning_rate)
+            if lazy.steps == lazy.adam.window:
+                lazy_restart(lazy, params + w, plan.sizes[0], n_out, hyper.step)
     elif stepping:   # every row; those the batch did not name without reading their 0s
         step_slice(hyper, params, target, first, second, update, w, n, True, sparse.named,
                    n_out)
@@ -754,11 +807,13 @@ cdef bint sparse_weight_update(const PlanData* plan, HyperparameterData* hyper,
 
 
 cdef bint lazy_rule(const HyperparameterData* hyper, int update, LazyRows* lazy,
-                    floating* first, floating* second, Py_ssize_t w) noexcept nogil:
+                    floating* first, floating* second, Py_ssize_t w,
+                    LazyAdam* adam) noexcept nogil:
     """Set lazy's map to the first layer's rule on a row without a gradient, where it is
-    linear (see LazyRows); False where it is not (Adam; Adagrad or RMSprop with coupled
-    decay), for plain SGD without decay (already only on the named rows) and for
-    clipping (its norm takes the whole gradient at once)."""
+    linear (see LazyRows), or lazy.adam to `adam` for Adam (see LazyAdam; adam NULL: not
+    lazily); False for Adagrad or RMSprop with coupled decay, for plain SGD without decay
+    (already only on the named rows) and for clipping (its norm takes the whole gradient at
+    once)."""
     cdef double lr = hyper.learning_rate, decay = hyper.weight_decay, mu = hyper.momentum
     # decoupled decay: p <- shrink p before the rule, which then has no decay term
     cdef double shrink = 1 - lr * decay if hyper.decoupled_weight_decay else 1
@@ -766,6 +821,7 @@ cdef bint lazy_rule(const HyperparameterData* hyper, int update, LazyRows* lazy,
     lazy.a = lazy.d = lazy.e = 1
     lazy.b = lazy.c = 0
     lazy.coupled = lazy.scaled = NULL
+    lazy.adam = NULL
     if update == FOLDED_SGD:         # p <- (1 - lr wd) p
         lazy.a = 1 - lr * decay
         return decay != 0
@@ -795,13 +851,71 @@ cdef bint lazy_rule(const HyperparameterData* hyper, int update, LazyRows* lazy,
         lazy.e = hyper.beta2
         lazy.scaled = <void*>(second + w)
         return True
+    if hyper.optimizer == FBP_ADAM and adam != NULL:
+        adam.beta1 = hyper.beta1
+        adam.beta2 = hyper.beta2
+        adam.epsilon = hyper.epsilon
+        adam.shrink = shrink
+        adam.first = <void*>(first + w)
+        adam.second = <void*>(second + w)
+        lazy.adam = adam
+        return True
     return False
+
+
+cdef void lazy_adam_start(LazyAdam* adam, double step) noexcept nogil:
+    """A new window of steps, after Adam's step `step`: no sums yet."""
+    adam.base_step = step
+    adam.sums[0] = adam.sums[1] = 1
+    memset(adam.sums + 2, 0, FBP_ADAM_TERMS * sizeof(double))
+
+
+cdef void lazy_adam_advance(LazyAdam* adam, Py_ssize_t steps,
+                            double learning_rate) noexcept nogil:
+    """Step `steps` of the window done: every t0's sums gain its term (see LazyAdam)."""
+    cdef double t = adam.base_step + steps
+    cdef double root = sqrt(1 - pow(adam.beta2, t))
+    cdef double step_size = learning_rate / (1 - pow(adam.beta1, t))
+    cdef double growth = adam.beta1 / sqrt(adam.beta2), widening = 1 / sqrt(adam.beta2)
+    cdef double term, b
+    cdef double* sums
+    cdef Py_ssize_t t0
+    cdef int q
+    adam.step_sizes[steps] = step_size
+    adam.roots[steps] = root
+    for t0 in range(steps):
+        sums = adam.sums + t0 * (FBP_ADAM_TERMS + 2)
+        sums[0] *= growth
+        sums[1] *= widening
+        term = step_size * root * sums[0]
+        b = root * sums[1]
+        for q in range(FBP_ADAM_TERMS):
+            sums[2 + q] = adam.shrink * sums[2 + q] + term
+            term *= b
+    sums = adam.sums + steps * (FBP_ADAM_TERMS + 2)
+    sums[0] = sums[1] = 1
+    memset(sums + 2, 0, FBP_ADAM_TERMS * sizeof(double))
+
+
+cdef void lazy_adam_catch_up(const LazyAdam* adam, floating* W1, Py_ssize_t n_out,
+                             Py_ssize_t row, Py_ssize_t t0, Py_ssize_t t) noexcept nogil:
+    """Row `row` of W1 and its moments from step t0 of the window to t (see LazyAdam)."""
+    cdef const double* sums = adam.sums + t0 * (FBP_ADAM_TERMS + 2)
+    # the largest eps b_s / u of these steps is at s = t: b_s grows with s
+    fbp_adam_catch_up(W1 + row * n_out, <floating*>adam.first + row * n_out,
+                      <floating*>adam.second + row * n_out, n_out, sums + 2,
+                      adam.step_sizes + t0, adam.roots + t0, t - t0, adam.shrink,
+                      adam.beta1, adam.beta2, adam.epsilon,
+                      adam.epsilon * adam.roots[t] * sums[1], lazy_adam_series_limit)
 
 
 cdef void lazy_catch_up(const LazyRows* lazy, floating* W1, Py_ssize_t n_out, Py_ssize_t row,
                         Py_ssize_t k) noexcept nogil:
     """Row `row` of W1, and its state, after k more steps without a gradient: the map's
-    k-th power (by squaring, in double) applied once."""
+    k-th power (by squaring, in double) applied once; Adam's sums (LazyAdam)."""
+    if lazy.adam != NULL:
+        lazy_adam_catch_up(lazy.adam, W1, n_out, row, lazy.steps - k, lazy.steps)
+        return
     cdef double a = 1, b = 0, c = 0, d = 1, e = 1
     cdef double ma = lazy.a, mb = lazy.b, mc = lazy.c, md = lazy.d, me = lazy.e
     cdef double t0, t1, t2, t3, p, u
@@ -886,6 +1000,18 @@ cdef void lazy_flush(LazyRows* lazy, floating* W1, Py_ssize_t n_in,
         if lazy.applied[row] != lazy.steps:
             lazy_catch_up(lazy, W1, n_out, row, lazy.steps - lazy.applied[row])
             lazy.applied[row] = lazy.steps
+
+
+cdef void lazy_restart(LazyRows* lazy, floating* W1, Py_ssize_t n_in, Py_ssize_t n_out,
+                       double step) noexcept nogil:
+    """Every row up to date and the count of steps from 0 again (Adam's window is full)."""
+    cdef Py_ssize_t row
+    lazy_flush(lazy, W1, n_in, n_out)
+    for row in range(n_in):
+        lazy.applied[row] = 0
+        lazy.listed[row] = -1
+    lazy.steps = 0
+    lazy_adam_start(lazy.adam, step)
 
 
 cdef inline void step_slice(const HyperparameterData* hyper, floating* params, floating* grads,
@@ -1090,12 +1216,25 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
     if grads:   # the rules leave it at 0 after each step
         memset(grads, 0, plan_data.n_params * sizeof(floating))
     cdef LazyRows lazy
+    cdef LazyAdam adam
+    adam.sums = NULL
     cdef bint use_lazy = use_sparse and n_workers == 1 and lazy_rule(
-        hyper, update, &lazy, first, second, plan_data.weight_offsets[0])
+        hyper, update, &lazy, first, second, plan_data.weight_offsets[0],
+        &adam if os.environ.get(LAZY_ADAM_VARIABLE, "") != "0" else NULL)
     if use_lazy:
         lazy.applied = <Py_ssize_t*>malloc(3 * n_in * sizeof(Py_ssize_t))
         if not lazy.applied:
             raise MemoryError()
+        if lazy.adam != NULL:
+            adam.window = lazy_adam_window
+            adam.sums = <double*>malloc((adam.window + 1) * (FBP_ADAM_TERMS + 4)
+                                        * sizeof(double))
+            if not adam.sums:
+                free(lazy.applied)
+                raise MemoryError()
+            adam.step_sizes = adam.sums + (adam.window + 1) * (FBP_ADAM_TERMS + 2)
+            adam.roots = adam.step_sizes + adam.window + 1
+            lazy_adam_start(&adam, hyper.step)
         lazy.listed = lazy.applied + n_in
         lazy.touched = lazy.listed + n_in
         memset(lazy.applied, 0, n_in * sizeof(Py_ssize_t))
@@ -1208,6 +1347,7 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
             status = DIVERGED
     if use_lazy:
         free(lazy.applied)
+    free(adam.sums)
     free(named)
     if bad >= 0:
         raise_bad_index(order, labels, start + bad, use_order, failed_gather, n_out, sparse)

@@ -173,6 +173,10 @@ LAZY_FITS = {
     "adagrad_decoupled": dict(optimizer="adagrad", learning_rate=0.05, weight_decay=0.1,
                               decoupled_weight_decay=True),
     "rmsprop_coupled": dict(optimizer="rmsprop", learning_rate=0.01, weight_decay=0.01),
+    "adam": dict(optimizer="adam", learning_rate=0.01),
+    "adamw": dict(optimizer="adam", learning_rate=0.01, weight_decay=0.1,
+                  decoupled_weight_decay=True),
+    "adam_betas": dict(optimizer=optimizers.Adam(0.02, beta1=0.5, beta2=0.9, epsilon=1e-4)),
 }
 
 
@@ -205,6 +209,7 @@ def test_rows_no_batch_names_step_as_from_a_zero_gradient(monkeypatch, dtype, fi
     than one loop over all of W1 does, and the compiler may contract a multiply-add into
     an FMA in one and not the other; a hidden width that is a multiple of the vector
     width gives the same bits.)"""
+    monkeypatch.setenv(_core.LAZY_ADAM_VARIABLE, "0")     # Adam too, not lazily
     X, y = sparse_data(n_rows=80, n_cols=300, density=0.02, dtype=dtype)
     results = []
     for variable in ("1", "0"):
@@ -218,6 +223,68 @@ def test_rows_no_batch_names_step_as_from_a_zero_gradient(monkeypatch, dtype, fi
     for named, whole, densified in zip(*results, dense.weights + dense.biases):
         np.testing.assert_allclose(named, whole, **ROUNDING[dtype])
         np.testing.assert_allclose(named, densified, **TOLERANCE[dtype])
+
+
+@pytest.fixture
+def lazy_adam():
+    """Sets sparse Adam's window and series limit (_core.lazy_adam_settings) for a test."""
+    saved = _core.lazy_adam_settings()
+    yield _core.lazy_adam_settings
+    _core.lazy_adam_settings(*saved)
+
+
+ADAM_FITS = {
+    "adam": dict(optimizer="adam", learning_rate=0.01),
+    "adamw": dict(optimizer="adam", learning_rate=0.01, weight_decay=0.1,
+                  decoupled_weight_decay=True),
+}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("fit", sorted(ADAM_FITS))
+@pytest.mark.parametrize("window, series_limit", [(1, None), (2, None), (7, None), (None, 0.0),
+                                                  (5, 0.0)],
+                         ids=["window1", "window2", "window7", "step_by_step",
+                              "window5_step_by_step"])
+def test_lazy_adam_on_every_path_equals_the_densified_data(lazy_adam, dtype, fit, window,
+                                                           series_limit):
+    """Adam's rows catch up by a series over a window of steps (LazyAdam in _core.pyx):
+    windows that restart every step or every few steps (batches of 8 on 90 rows: 12
+    steps an epoch), and every weight stepped one step at a time (a series limit of 0,
+    the path of weights whose second moment is near 0), all equal the dense fit."""
+    lazy_adam(window, series_limit)
+    X, y = sparse_data(n_rows=90, n_cols=300, density=0.01, dtype=dtype, seed=5)
+    (sparse_params, sparse_history), (dense_params, dense_history) = \
+        fit_both(X, y, dtype=dtype, epochs=3, **ADAM_FITS[fit])
+    np.testing.assert_allclose(sparse_params, dense_params, **TOLERANCE[dtype])
+    np.testing.assert_allclose(sparse_history.loss, dense_history.loss,
+                               rtol=TOLERANCE[dtype]["rtol"])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_lazy_adam_equals_adam_stepping_every_row_to_rounding(monkeypatch, dtype):
+    """Lazily (the default) and stepping every row of W1 at every step
+    (FASTBP_SPARSE_LAZY_ADAM=0): the same fit to rounding, with gradients small enough
+    that eps counts in the step (values of 1e-6: the series' higher terms matter). To
+    rounding in float64; float32 steps round every weight and moment at each step where
+    the lazy rows round once, and three epochs of that drift pass the fit's tolerance only."""
+    X, y = sparse_data(n_rows=90, n_cols=300, density=0.01, dtype=dtype, seed=5)
+    results = []
+    for variable, data in (("1", X), ("0", X), ("1", X * 1e-6), ("0", X * 1e-6)):
+        monkeypatch.setenv(_core.LAZY_ADAM_VARIABLE, variable)
+        model = model_for(X, dtype=dtype)
+        fastbp.Trainer("cce", optimizer=optimizers.Adam(0.01, epsilon=1e-7), epochs=3,
+                       batch_size=8, seed=0, n_threads=1).fit(model, data, y)
+        results.append(model.parameter_vector())
+    tolerance = ROUNDING[dtype] if dtype == "float64" else TOLERANCE[dtype]
+    np.testing.assert_allclose(results[0], results[1], **tolerance)
+    np.testing.assert_allclose(results[2], results[3], **tolerance)
+    assert not np.array_equal(results[0], results[2])
+
+
+def test_lazy_adam_settings_are_checked(lazy_adam):
+    with pytest.raises(ValueError, match="window"):
+        lazy_adam(window=0)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

@@ -12,7 +12,7 @@ cat > "$source_file" <<'C'
 USE(fbp_all_finite_f32) USE(fbp_gather_rows_f32) USE(fbp_one_hot_f32)
 USE(fbp_bias_activation_f32) USE(fbp_activation_backward_f32) USE(fbp_output_layer_f32)
 USE(fbp_dropout_f32) USE(fbp_multiply_f32) USE(fbp_column_sums_f32) USE(fbp_sum_squares_f32)
-USE(fbp_scale_f32) USE(fbp_optimizer_step_f32)
+USE(fbp_scale_f32) USE(fbp_optimizer_step_f32) USE(fbp_adam_catch_up_f32)
 C
 gcc -O3 -fno-trapping-math -fno-math-errno -fopenmp-simd -Icsrc -c "$source_file" \
     -o "${source_file%.c}.o" -fopt-info-vec-optimized -fopt-info-vec-missed 2>&1 \
