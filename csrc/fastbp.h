@@ -54,9 +54,11 @@
 enum { FBP_ACTIVATIONS(FBP_CODE) FBP_N_ACTIVATIONS };
 enum { FBP_LOSSES(FBP_CODE) FBP_N_LOSSES };
 enum { FBP_OPTIMIZERS(FBP_CODE) FBP_N_OPTIMIZERS };
-/* Terms of the series by which Adam's rows of W1 catch up under sparse input
-   (fbp_adam_catch_up; LazyAdam in fastbp/_core.pyx). */
-enum { FBP_ADAM_TERMS = 32 };
+/* Adam's rows of W1 under sparse input (fbp_adam_catch_up; LazyAdam in fastbp/_core.pyx):
+   the most terms of the series by which they catch up, and up to how many missed steps
+   they step one at a time instead (a step costs a square root and a division a weight,
+   about what 4-8 terms of the series cost with its own root and division). */
+enum { FBP_ADAM_TERMS = 32, FBP_ADAM_DIRECT_STEPS = 4 };
 static const char *const fbp_activation_names[] = { FBP_ACTIVATIONS(FBP_CODE_NAME) };
 static const char *const fbp_loss_names[] = { FBP_LOSSES(FBP_CODE_NAME) };
 static const char *const fbp_optimizer_names[] = { FBP_OPTIMIZERS(FBP_CODE_NAME) };

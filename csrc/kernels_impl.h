@@ -521,38 +521,67 @@ FBP_MULTIVERSION static void FBP_NAME(fbp_optimizer_step)(FBP_T *params, FBP_T *
 /* Adam on n weights (a row of W1 under sparse input) after k steps in which no batch named
    them, in one go: the derivation is at LazyAdam in fastbp/_core.pyx.  sums: the series'
    coefficients C_0 .. C_(FBP_ADAM_TERMS - 1) of these k steps; step_sizes[s] and roots[s],
-   s = 1..k: lr_s and r_s of each step; shrink, decay1, decay2: one step's decoupled decay
-   (1 without), and shrink^k, beta1^k, beta2^k; widest: eps times the largest b_s.  Every
-   weight takes the series first, in FBP_T and without a branch, so that the loop
-   vectorises (a weight with m = 0 takes no step, as 0 / (sqrt(v) + eps)); a weight whose
-   eps b_s / sqrt(v) can exceed `limit` (v near 0 next to eps, where the cut series would
-   be off) is left as it was and then stepped one step at a time, in double, as the dense
-   rule steps it, together with the other such weights of its block. */
+   s = 1..k: lr_s and r_s of each step; shrink: one step's decoupled decay (1 without);
+   widest: eps times the largest b_s.
+   Up to FBP_ADAM_DIRECT_STEPS steps, the weights step one step at a time with the dense
+   rule's arithmetic (that costs less than the series).  Past that, every weight takes the
+   series, in FBP_T, to as many terms as the block's largest eps b_s / sqrt(v) needs for a
+   quarter of FBP_T's rounding of the step; a weight with m = 0 takes no step
+   (0 / (sqrt(v) + eps)); a weight whose eps b_s / sqrt(v) can exceed `limit` (v near 0 next
+   to eps, where even all the terms would be off) is left as it was and then stepped one
+   step at a time, with the other such weights of its block.  Every loop over the weights
+   vectorises. */
 FBP_MULTIVERSION static void FBP_NAME(fbp_adam_catch_up)(
     FBP_T *params, FBP_T *first, FBP_T *second, ptrdiff_t n, const double *sums,
     const double *step_sizes, const double *roots, ptrdiff_t k, double shrink,
     double beta1, double beta2, double epsilon, double widest, double limit)
 {
+    const FBP_T b1 = (FBP_T)beta1, b2 = (FBP_T)beta2, eps = (FBP_T)epsilon;
+    if (k <= FBP_ADAM_DIRECT_STEPS) {
+        const FBP_T decay = (FBP_T)shrink;
+        for (ptrdiff_t s = 1; s <= k; s++) {
+            const FBP_T step_size = (FBP_T)step_sizes[s];
+            const FBP_T inverse_root_correction = (FBP_T)(1.0 / roots[s]);
+            for (ptrdiff_t i = 0; i < n; i++) {
+                FBP_T m = b1 * first[i], v = b2 * second[i];
+                first[i] = m;
+                second[i] = v;
+                params[i] = decay * params[i]
+                            - step_size * m / (FBP_MATH_SQRT(v) * inverse_root_correction + eps);
+            }
+        }
+        return;
+    }
     FBP_T coefficient[FBP_ADAM_TERMS];
     for (int q = 0; q < FBP_ADAM_TERMS; q++)
         coefficient[q] = (FBP_T)sums[q];
     const FBP_T shrink_k = (FBP_T)pow(shrink, (double)k);
     const FBP_T decay1 = (FBP_T)pow(beta1, (double)k), decay2 = (FBP_T)pow(beta2, (double)k);
-    const FBP_T eps = (FBP_T)epsilon, far = (FBP_T)widest, near = (FBP_T)limit;
+    const FBP_T far = (FBP_T)widest, near = (FBP_T)limit;
     enum { BLOCK = 256 };
-    unsigned char later[BLOCK];                            /* stepped one by one below */
+    int later[BLOCK];       /* stepped one by one below (an int, as wide as a float: the
+                               loop that sets it vectorises at the floats' full width) */
     FBP_T inverse[BLOCK], x[BLOCK], series[BLOCK];
     for (ptrdiff_t lo = 0; lo < n; lo += BLOCK) {
         const ptrdiff_t size = n - lo < BLOCK ? n - lo : BLOCK;
         FBP_T *weights = params + lo, *moment1 = first + lo, *moment2 = second + lo;
-        /* the series by Horner's rule, a term at a time over the block (each loop
-           vectorises; one loop over the weights with the terms inside would not) */
+        FBP_T largest = 0;                                 /* eps b_s / sqrt(v) of the series */
+        FBP_PRAGMA_SIMD(reduction(max:largest))
         for (ptrdiff_t i = 0; i < size; i++) {
             inverse[i] = (FBP_T)1 / FBP_MATH_SQRT(moment2[i]);   /* inf where v = 0 */
             x[i] = -eps * inverse[i];
-            series[i] = coefficient[FBP_ADAM_TERMS - 1];
+            FBP_T y = far * inverse[i];
+            largest = moment1[i] != 0 && y < near && y > largest ? y : largest;
         }
-        for (int q = FBP_ADAM_TERMS - 2; q >= 0; q--)
+        /* terms: the least t with largest^t within a quarter of FBP_T's rounding */
+        const double bits = sizeof(FBP_T) == sizeof(float) ? 26.0 : 55.0;
+        int terms = largest > 0 ? (int)ceil(-bits / log2((double)largest)) : 1;
+        terms = terms < 1 ? 1 : terms > FBP_ADAM_TERMS ? FBP_ADAM_TERMS : terms;
+        for (ptrdiff_t i = 0; i < size; i++)
+            series[i] = coefficient[terms - 1];
+        /* Horner's rule a term at a time over the block (a loop over the weights with the
+           terms inside would not vectorise) */
+        for (int q = terms - 2; q >= 0; q--)
             for (ptrdiff_t i = 0; i < size; i++)
                 series[i] = series[i] * x[i] + coefficient[q];
         int step_by_step = 0;
@@ -560,7 +589,7 @@ FBP_MULTIVERSION static void FBP_NAME(fbp_adam_catch_up)(
         for (ptrdiff_t i = 0; i < size; i++) {
             FBP_T p = weights[i], m = moment1[i], v = moment2[i];
             int moving = m != 0, exact = far * inverse[i] < near, left = moving & !exact;
-            later[i] = (unsigned char)left;
+            later[i] = left;
             step_by_step |= left;
             FBP_T step = moving & exact ? m * inverse[i] * series[i] : 0;
             weights[i] = left ? p : shrink_k * p - step;
@@ -569,8 +598,9 @@ FBP_MULTIVERSION static void FBP_NAME(fbp_adam_catch_up)(
         }
         if (!step_by_step)
             continue;
-        /* the weights left, gathered and stepped together (the loop over them vectorises) */
-        double p[BLOCK], m[BLOCK], v[BLOCK];
+        /* the weights left, gathered and stepped together (the loop over them vectorises),
+           with the dense rule's arithmetic */
+        FBP_T p[BLOCK], m[BLOCK], v[BLOCK];
         ptrdiff_t index[BLOCK], count = 0;
         for (ptrdiff_t i = 0; i < size; i++)
             if (later[i]) {
@@ -580,18 +610,21 @@ FBP_MULTIVERSION static void FBP_NAME(fbp_adam_catch_up)(
                 v[count] = moment2[i];
                 count++;
             }
+        const FBP_T decay = (FBP_T)shrink;
         for (ptrdiff_t s = 1; s <= k; s++) {
-            const double step_size = step_sizes[s], root = roots[s];
+            const FBP_T step_size = (FBP_T)step_sizes[s];
+            const FBP_T inverse_root_correction = (FBP_T)(1.0 / roots[s]);
             for (ptrdiff_t j = 0; j < count; j++) {
-                m[j] *= beta1;
-                v[j] *= beta2;
-                p[j] = shrink * p[j] - step_size * m[j] / (sqrt(v[j]) / root + epsilon);
+                m[j] *= b1;
+                v[j] *= b2;
+                p[j] = decay * p[j]
+                       - step_size * m[j] / (FBP_MATH_SQRT(v[j]) * inverse_root_correction + eps);
             }
         }
         for (ptrdiff_t j = 0; j < count; j++) {
-            weights[index[j]] = (FBP_T)p[j];
-            moment1[index[j]] = (FBP_T)m[j];
-            moment2[index[j]] = (FBP_T)v[j];
+            weights[index[j]] = p[j];
+            moment1[index[j]] = m[j];
+            moment2[index[j]] = v[j];
         }
     }
 }

@@ -329,19 +329,24 @@ cdef struct LazyRows:
 #     p = shrink^k p - (m / u) sum_q (-eps / u)^q C_q,  C_q = sum_s shrink^(t - s) a_s b_s^q,
 # m = beta1^k m and v = beta2^k v. The C_q depend on t0 and t only, not on the weight: they
 # are kept for every t0 of the window and grow by one term a step (lazy_adam_advance), so a
-# row catches up in FBP_ADAM_TERMS multiply-adds a weight (fbp_adam_catch_up). The series
-# is cut there; a weight whose eps b_s / u may exceed lazy_adam_series_limit (a second
-# moment near 0 next to eps) steps through its k steps one by one instead (the dense
-# rule's arithmetic, in double), so the error of the cut stays below 0.3^32 = 2e-17 of the
-# step.
+# row catches up in at most FBP_ADAM_TERMS multiply-adds a weight (fbp_adam_catch_up, which
+# also steps a row that missed only a few steps one step at a time: that costs less). The
+# series is cut where the rest is below a quarter of the dtype's rounding of the step; a
+# weight whose eps b_s / u may exceed the series limit (a second moment near 0 next to eps)
+# steps through its k steps one by one instead, with the dense rule's arithmetic.
 # The sums run over a window of steps: every row catches up and the window starts again
 # after lazy_adam_window steps (and at the end of an epoch, with the other lazy rules).
 cdef Py_ssize_t lazy_adam_window = 1024
-cdef double lazy_adam_series_limit = 0.3
+cdef double lazy_adam_series_limit = -1      # < 0: the dtype's own (LAZY_ADAM_LIMIT_*)
+# FBP_ADAM_TERMS = 32 terms of the series reach a quarter of the rounding up to these
+# (0.55^32 < 2^-26 in float32, 0.3^32 < 2^-55 in float64)
+cdef double LAZY_ADAM_LIMIT_FLOAT = 0.55
+cdef double LAZY_ADAM_LIMIT_DOUBLE = 0.3
 
 def lazy_adam_settings(window=None, series_limit=None):
     """Sparse Adam's (window, series_limit) as they were before this call (see LazyAdam),
-    setting either one given: tests force every path with them."""
+    setting either one given (a series_limit below 0: the dtype's own): tests force every
+    path with them."""
     global lazy_adam_window, lazy_adam_series_limit
     previous = (lazy_adam_window, lazy_adam_series_limit)
     if window is not None:
@@ -793,6 +798,9 @@ cdef bint sparse_weight_update(const PlanData* plan, HyperparameterData* hyper,
         lazy.steps += 1
         for i in range(lazy.n_touched):
             if stepping:
+                if i + LAZY_PREFETCH_AHEAD < lazy.n_touched:
+                    prefetch_step_row(params + w, target + w, first, second, w, n_out,
+                                      plan.sizes[0], &lazy.touched[i + LAZY_PREFETCH_AHEAD])
                 step_slice(hyper, params, target, first, second, update,
                            w + lazy.touched[i] * n_out, n_out, True)
             lazy.applied[lazy.touched[i]] = lazy.steps
@@ -804,6 +812,19 @@ cdef bint sparse_weight_update(const PlanData* plan, HyperparameterData* hyper,
         step_slice(hyper, params, target, first, second, update, w, n, True, sparse.named,
                    n_out)
     return True
+
+
+cdef inline void prefetch_step_row(floating* W1, floating* target, floating* first,
+                                   floating* second, Py_ssize_t w, Py_ssize_t n_out,
+                                   Py_ssize_t n_in, const Py_ssize_t* row) noexcept nogil:
+    """Row *row of W1, of its gradient (or velocity) and of the rule's state, into cache."""
+    fbp_prefetch_rows(W1, row, 1, n_out, n_in)
+    if target != W1:
+        fbp_prefetch_rows(target, row, 1, n_out, n_in)
+    if first != NULL:
+        fbp_prefetch_rows(first + w, row, 1, n_out, n_in)
+    if second != NULL:
+        fbp_prefetch_rows(second + w, row, 1, n_out, n_in)
 
 
 cdef bint lazy_rule(const HyperparameterData* hyper, int update, LazyRows* lazy,
@@ -906,7 +927,9 @@ cdef void lazy_adam_catch_up(const LazyAdam* adam, floating* W1, Py_ssize_t n_ou
                       <floating*>adam.second + row * n_out, n_out, sums + 2,
                       adam.step_sizes + t0, adam.roots + t0, t - t0, adam.shrink,
                       adam.beta1, adam.beta2, adam.epsilon,
-                      adam.epsilon * adam.roots[t] * sums[1], lazy_adam_series_limit)
+                      adam.epsilon * adam.roots[t] * sums[1],
+                      lazy_adam_series_limit if lazy_adam_series_limit >= 0 else
+                      (LAZY_ADAM_LIMIT_FLOAT if floating is float else LAZY_ADAM_LIMIT_DOUBLE))
 
 
 cdef void lazy_catch_up(const LazyRows* lazy, floating* W1, Py_ssize_t n_out, Py_ssize_t row,
@@ -986,10 +1009,34 @@ cdef bint lazy_list_rows(LazyRows* lazy, SparseBatch* sparse, floating* W1, Py_s
                 lazy.listed[column] = lazy.steps
                 lazy.touched[lazy.n_touched] = column
                 lazy.n_touched += 1
-                if lazy.applied[column] != lazy.steps:
-                    lazy_catch_up(lazy, W1, n_out, column, lazy.steps - lazy.applied[column])
-                    lazy.applied[column] = lazy.steps
+    for i in range(lazy.n_touched):
+        if i + LAZY_PREFETCH_AHEAD < lazy.n_touched:
+            prefetch_lazy_row(lazy, W1, n_out, sparse.n_cols,
+                              &lazy.touched[i + LAZY_PREFETCH_AHEAD])
+        column = lazy.touched[i]
+        if lazy.applied[column] != lazy.steps:
+            lazy_catch_up(lazy, W1, n_out, column, lazy.steps - lazy.applied[column])
+            lazy.applied[column] = lazy.steps
     return True
+
+
+# The rows of W1 a batch names lie anywhere in W1 and its state: each is asked into cache
+# this many rows before its turn, while the rows before it step.
+cdef enum:
+    LAZY_PREFETCH_AHEAD = 4
+
+
+cdef inline void prefetch_lazy_row(const LazyRows* lazy, floating* W1, Py_ssize_t n_out,
+                                   Py_ssize_t n_in, const Py_ssize_t* row) noexcept nogil:
+    """Row *row of W1 and of the state its catch-up reads, into cache."""
+    fbp_prefetch_rows(W1, row, 1, n_out, n_in)
+    if lazy.adam != NULL:
+        fbp_prefetch_rows(<floating*>lazy.adam.first, row, 1, n_out, n_in)
+        fbp_prefetch_rows(<floating*>lazy.adam.second, row, 1, n_out, n_in)
+    if lazy.coupled != NULL:
+        fbp_prefetch_rows(<floating*>lazy.coupled, row, 1, n_out, n_in)
+    if lazy.scaled != NULL:
+        fbp_prefetch_rows(<floating*>lazy.scaled, row, 1, n_out, n_in)
 
 
 cdef void lazy_flush(LazyRows* lazy, floating* W1, Py_ssize_t n_in,
