@@ -113,6 +113,7 @@ def test_auto_measures_each_shape_once_and_keeps_it(monkeypatch, tmp_path):
     monkeypatch.setenv(_products.KERNELS_VARIABLE, "auto")
     monkeypatch.delenv(_products.ISA_VARIABLE, raising=False)
     monkeypatch.setattr(_products, "_measured", {})
+    monkeypatch.setattr(_products, "_chosen", {})
     measured = []
     real = _products._measure
 
@@ -136,9 +137,10 @@ def test_auto_measures_each_shape_once_and_keeps_it(monkeypatch, tmp_path):
     assert first[1] == 0                             # the first layer has no delta
     assert (tmp_path / _products.CACHE_FILE).exists()
     monkeypatch.setattr(_products, "_measured", {})  # a new process: from the file
+    monkeypatch.setattr(_products, "_chosen", {})
     assert _products.product_isas(sizes, 8, "float32") == first
     assert len(measured) == 5
-    # several BLAS threads, or a pass whose rows follow the call's: BLAS, unmeasured
+    # several BLAS threads, or a gradients pass (rows follow the call's): BLAS, unmeasured
     assert _products.product_isas(sizes, 8, "float32", one_thread=False) == [0] * 12
     assert _products.product_isas(sizes, 8, "float32", measure=False) == [0] * 12
     assert len(measured) == 5
