@@ -146,6 +146,20 @@ def test_auto_measures_each_shape_once_and_keeps_it(monkeypatch, tmp_path):
     assert len(measured) == 5
 
 
+@pytest.mark.parametrize("isa, narrow", [("avx2", True), ("avx512", False), ("", False)])
+def test_forcing_avx2_narrows_the_few_row_kernels_too(isa, narrow):
+    """FASTBP_KERNEL_ISA is the one switch for an AVX2 machine's code: avx2 also makes the
+    few-row kernels run their 32-byte instance (read when fastbp._core loads); the old
+    FASTBP_FEW_ROWS_NARROW does nothing."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, FASTBP_KERNEL_ISA=isa, FASTBP_FEW_ROWS_NARROW="1")
+    result = subprocess.run([sys.executable, "-P", "-c",
+                             "from fastbp import _core; print(_core.few_rows_narrow())"],
+                            cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(narrow)
+
+
 SLICES = ["tests/test_training.py", "tests/test_threads_rows.py::"
           "test_every_optimizer_agrees_across_worker_counts_and_repeats_exactly",
           "tests/test_gradients.py"]
