@@ -10,7 +10,7 @@ import warnings
 import numpy as np
 
 from fastbp import _core, _files, _format, losses
-from fastbp._products import product_isas, row_bucket
+from fastbp._products import PASS_MEASURE_MAX_MULTIPLY_ADDS, product_isas, row_bucket
 from fastbp._threads import blas_threads, checked_thread_count, forced_split, \
     small_gemm_kernels, thread_count
 from fastbp._validation import as_inputs, as_row_weights, as_sample_weight, check_finite, \
@@ -259,7 +259,8 @@ class MLP:
         of the plan takes n_rows (a fit's batch size), so FASTBP_KERNELS=auto measures
         its shapes (fastbp._products); else the chunk follows the call's rows: a predict
         or evaluate pass of more than _core.PREDICTOR_ROWS rows takes the choice measured
-        at its row_bucket (once per bucket and shape), a gradients pass stays on BLAS
+        at its row_bucket (once per bucket and shape, products up to
+        PASS_MEASURE_MAX_MULTIPLY_ADDS), a gradients pass stays on BLAS
         unless the own kernels are forced. copies: workspaces side by side (one per
         thread of predict_on_workers)."""
         small_chunks = n_threads == 1 and small_gemm_kernels()
@@ -279,7 +280,8 @@ class MLP:
         plan.set_product_isas(product_isas(
             self._layer_sizes, measured_rows, self.dtype, n_threads == 1, not few_rows,
             sparse, like.gemm_chunks,
-            measure=fixed_rows or (few_rows and n_rows > _core.PREDICTOR_ROWS)))
+            measure=fixed_rows or (few_rows and n_rows > _core.PREDICTOR_ROWS),
+            largest=None if fixed_rows else PASS_MEASURE_MAX_MULTIPLY_ADDS))
         return plan, np.empty(plan.work_size * copies, dtype=self.dtype)
 
     @contextlib.contextmanager

@@ -141,6 +141,23 @@ def test_auto_measures_each_bucket_once_and_keeps_it(monkeypatch, fresh):
     assert len(measured) == 6
 
 
+@needs_kernels
+def test_products_past_the_measuring_limit_stay_on_blas(monkeypatch, fresh):
+    """A pass's products larger than PASS_MEASURE_MAX_MULTIPLY_ADDS are not measured (the
+    first call would pay for it) and stay on BLAS; a fit's plans have no such limit."""
+    monkeypatch.setenv(_products.KERNELS_VARIABLE, "auto")
+    measured = counted_measurements(monkeypatch, answer=True)
+    # at the bucket of 300 rows, 512: layer 2 is 512 x 70 x 29, 1.04 million
+    monkeypatch.setattr(fastbp.model, "PASS_MEASURE_MAX_MULTIPLY_ADDS", 600_000)
+    model = fastbp.MLP(SIZES, ACTIVATIONS)
+    plan, _ = model._workspace(300, n_threads=1, few_rows=True, fixed_rows=False)
+    code = _core.KERNEL_ISAS[ISAS[-1]]
+    assert [isas[0] for isas in plan.product_isas["float32"]] == [code, 0, code]
+    assert sorted(measured) == [("nn", 512, 5, 70), ("nn", 512, 29, 37)]
+    plan, _ = model._workspace(512, n_threads=1, few_rows=False)   # a fit's batch
+    assert plan.product_isas["float32"][1][0] == code
+
+
 @pytest.mark.parametrize("rows, bucket", [(1, 1), (2, 2), (3, 4), (LIMIT, LIMIT),
                                           (LIMIT + 1, 2 * LIMIT), (2 * LIMIT, 2 * LIMIT),
                                           (1023, 1024), (1024, 1024), (1025, 2048),
