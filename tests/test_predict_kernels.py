@@ -166,7 +166,7 @@ def test_row_bucket_edges(rows, bucket):
     assert _products.row_bucket(rows) == bucket
 
 
-def test_a_predict_pass_measures_at_most_a_bucket_per_power_of_two(monkeypatch, fresh):
+def test_a_predict_pass_measures_at_most_a_bucket_per_power_of_two():
     """Every row count predict's chunks can take lands in one of 12 buckets."""
     buckets = {_products.row_bucket(rows) for rows in range(1, PREDICT_CHUNK_ROWS + 1)}
     assert buckets == {2 ** i for i in range(12)}
