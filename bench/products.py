@@ -15,6 +15,10 @@ BLAS's one-thread 2048^3 GEMM rate, measured in the same run.
     python bench/products.py                  # this CPU's best kernels, W1-W5
     python bench/products.py --isa avx2 --workloads W1 W5
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/products.py --isa avx512
+
+--predict 784-128-10:512 20-64-64-1:2048 ... instead times the forward products of a
+predict pass of that network and chunk (float32), BLAS in the calls the pass's plan makes
+(docs/serving.md, Latency).
 """
 import argparse
 import os
@@ -54,10 +58,11 @@ def measure_peak(isa, rounds=300):
     return clock, 10 * n * lanes / fma_seconds / clock
 
 
-def products_of(workload):
+def products_of(workload, forward_only=False):
     """(layer, product, kind, m, n, k, chunk rows, chunk columns) for each product of a
-    plain-SGD step, with the calls a one-thread training plan cuts it into (forward
-    products for OpenBLAS's small kernels where it has them, gradient blocks)."""
+    plain-SGD step (forward_only: of a predict pass of batch_size rows), with the calls a
+    one-thread plan cuts it into (forward products for OpenBLAS's small kernels where it
+    has them, gradient blocks)."""
     from fastbp._threads import small_gemm_kernels
     sizes, batch = workload.layer_sizes, workload.batch_size
     codes = [_core.ACTIVATION_CODES[name] for name in workload.activations]
@@ -66,6 +71,8 @@ def products_of(workload):
         n_in, n_out = sizes[layer - 1], sizes[layer]
         (rows, columns), gradient_rows = chunks[layer - 1]
         yield layer, "forward", "nn", batch, n_out, n_in, rows, columns
+        if forward_only:
+            continue
         if layer > 1:
             yield layer, "delta", "nt", batch, n_in, n_out, 0, 0
         yield layer, "gradient", "tn", n_in, n_out, batch, gradient_rows, 0
@@ -93,7 +100,19 @@ def main():
     parser.add_argument("--rounds", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=0.0005,
                         help="about this long per timing round")
+    parser.add_argument("--predict", nargs="+", metavar="SIZES:ROWS",
+                        help="instead of --workloads: a predict pass's forward products, "
+                             "e.g. 784-128-10:512 (float32)")
     args = parser.parse_args()
+    runs = [(workloads.get(name), False) for name in args.workloads]
+    if args.predict:
+        runs = []
+        for spec in args.predict:
+            sizes, rows = spec.split(":")
+            runs.append((workloads.Workload(spec, tuple(int(size) for size in
+                                                        sizes.split("-")),
+                                            int(rows), int(rows), "float32", "predict"),
+                         True))
     if args.isa is None:
         sys.exit("this CPU or build has no own kernels (AVX2+FMA or AVX-512 needed)")
     rng = np.random.default_rng(0)
@@ -118,13 +137,13 @@ def main():
           f"{'kernel us':>10} {'BLAS us':>9} {'BLAS/kernel':>11} "
           f"{'cyc/MAC kernel':>14} {'BLAS':>7} {'peak':>7} {'kernel % peak':>13}")
     with threadpool_limits(1):
-        for name in args.workloads:
-            workload = workloads.get(name)
+        for workload, forward_only in runs:
+            name = workload.name
             dtype = np.dtype(workload.dtype)
             peak = peak32 if dtype == np.float32 else peak32 / 2
             totals = {"kernel": 0.0, "blas": 0.0}
             step_macs = 0
-            for layer, product, kind, m, n, k, rows, columns in products_of(workload):
+            for layer, product, kind, m, n, k, rows, columns in products_of(workload, forward_only):
                 a, b, c = operands(kind, m, n, k, dtype, rng)
                 alpha, beta = (-1e-3, 1.0) if kind == "tn" else (1.0, 0.0)
                 macs = m * n * k

@@ -23,8 +23,8 @@
 
 #ifndef FBP_FEW_ONCE   /* once for both element types */
 #define FBP_FEW_ONCE
-/* Nonzero: the 32-byte instances even where the CPU has AVX-512, so that tests run the
-   instance an AVX2 CPU takes (FASTBP_FEW_ROWS_NARROW=1, read when fastbp._core loads). */
+/* Nonzero: the 32-byte instances even where the CPU has AVX-512, the instance an AVX2 CPU
+   takes (FASTBP_KERNEL_ISA=avx2, read when fastbp._core loads; tests set it). */
 static int fbp_few_rows_narrow = 0;
 
 static inline int fbp_few_wide(void)

@@ -4,10 +4,15 @@ FASTBP_KERNELS: "blas" (every product in BLAS), "own" (every product in the own 
 where this CPU runs them), or "auto" (the default): each product of a one-thread plan in
 whichever of the two ran its exact shape faster on this machine, measured once (a few
 timed calls each) and kept, like the thread counts, in products.json (fastbp._cache),
-keyed by shape, dtype, instruction set, CPU model and OPENBLAS_CORETYPE. Only a fit's
-plans (fixed batch size) are measured; predict, evaluate and gradients passes, and plans
-whose products BLAS runs on several threads, stay on BLAS under "auto" (the kernels run on
-one thread; "own" forces them everywhere).
+keyed by shape, dtype, instruction set, CPU model and OPENBLAS_CORETYPE. A fit's plans
+(fixed batch size) are measured at their batch; a predict or evaluate pass, whose chunk
+follows the call's rows, at its chunk's row bucket (row_bucket: the next power of two, so
+at most 12 row counts a shape up to predict's 2048-row chunks), and only past the few-row
+kernels' PREDICTOR_ROWS; its products of more than PASS_MEASURE_MAX_MULTIPLY_ADDS stay on
+BLAS unmeasured, so that the first call of a bucket pays under about 0.1 s a product.
+Gradients passes, and plans whose products BLAS runs on several
+threads, stay on BLAS under "auto" (the kernels run on one thread; "own" forces them
+everywhere).
 FASTBP_KERNEL_ISA ("avx2" or "avx512") forces the kernels' instruction set (it must be
 one this CPU runs); unset, the widest.
 """
@@ -23,7 +28,11 @@ CACHE_FILE = "products.json"
 # turns, and its median window counts.
 MEASURE_SECONDS = 0.002
 MEASURE_ROUNDS = 5
+# A predict or evaluate pass measures no product larger than this (W1's 2048 x 128 x 784
+# is 2**27.6): the first call of a bucket pays the measurement, 12 timed calls a backend.
+PASS_MEASURE_MAX_MULTIPLY_ADDS = 1 << 28
 _measured = {}                 # key -> True (own kernel) / False (BLAS), this process
+_chosen = {}                   # product_isas' arguments -> its measured answer, this process
 _lock = threading.Lock()
 
 
@@ -64,17 +73,17 @@ def choose_products(plan, layer_sizes, dtype, one_thread=True, backward=True, sp
 
 
 def product_isas(layer_sizes, rows: int, dtype, one_thread=True, backward=True,
-                 sparse=False, gemm_chunks=None, measure=True):
+                 sparse=False, gemm_chunks=None, measure=True, largest=None):
     """A Plan's product_isas for passes of up to `rows` rows of `dtype`: see the module.
     one_thread: BLAS would run these products on one thread; backward: the plan's passes
     take the delta and gradient products too (else only forward ones are measured);
     sparse: the first layer's forward and gradient products are the core's sparse loops;
     gemm_chunks: the plan's (Plan.gemm_chunks), so BLAS is timed in the calls the plan
     makes (its forward products cut for OpenBLAS's small kernels, its gradient blocks);
-    None: whole products; measure: "auto" may time this plan's shapes (a fit's plans,
-    whose batch size is fixed), else it leaves them on BLAS (predict, evaluate and
-    gradients take chunks as large as the call: a measurement per row count would cost
-    more than it could gain, and fill the cache)."""
+    None: whole products; measure: "auto" may time these shapes (a fit's batch, or a
+    predict pass's row_bucket), else it leaves them on BLAS (gradients passes, whose
+    chunks follow the call's rows); largest: products of more multiply-adds stay on BLAS
+    unmeasured (None: no limit)."""
     from fastbp import _core
     sizes = [int(size) for size in layer_sizes]
     n_layers = len(sizes) - 1
@@ -88,6 +97,21 @@ def product_isas(layer_sizes, rows: int, dtype, one_thread=True, backward=True,
     dtype = np.dtype(dtype)
     if not (one_thread and measure) or rows < 1 or dtype not in (np.float32, np.float64):
         return isas
+    # kept whole: a predict pass asks again on every call, and should not pay a look-up
+    # per product
+    chunks = None if gemm_chunks is None else tuple(gemm_chunks)
+    arguments = (tuple(sizes), rows, dtype, isa, backward, sparse, chunks, largest)
+    if arguments not in _chosen:
+        _chosen[arguments] = _measured_isas(*arguments)
+    return list(_chosen[arguments])
+
+
+def _measured_isas(sizes, rows, dtype, isa, backward, sparse, gemm_chunks, largest):
+    """product_isas under "auto", each product measured (own_is_faster)."""
+    from fastbp import _core
+    n_layers = len(sizes) - 1
+    isas = [0] * (6 * n_layers)
+    code = _core.KERNEL_ISAS[isa]
     base = 0 if dtype == np.float32 else 3 * n_layers
     for layer in range(1, n_layers + 1):
         if sparse and layer == 1:
@@ -102,9 +126,18 @@ def product_isas(layer_sizes, rows: int, dtype, one_thread=True, backward=True,
         for product, (kind, m, n, k, chunk_rows, chunk_columns) in enumerate(products):
             if kind == "nt" and layer == 1:
                 continue   # the first layer has no input delta
+            if largest is not None and m * n * k > largest:
+                continue
             if own_is_faster(kind, m, n, k, dtype, isa, chunk_rows, chunk_columns):
                 isas[base + 3 * (layer - 1) + product] = code
     return isas
+
+
+def row_bucket(rows: int) -> int:
+    """The row count at which "auto" measures a pass whose chunk follows the call's rows
+    (predict, evaluate): the smallest power of two >= rows, so every chunk of 1025 to 2048
+    rows takes the choice measured at 2048."""
+    return 1 << max(rows - 1, 0).bit_length()
 
 
 def own_is_faster(kind, m, n, k, dtype, isa, chunk_rows=0, chunk_columns=0) -> bool:

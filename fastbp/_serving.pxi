@@ -218,13 +218,15 @@ def few_rows_gradient(floating[:, ::1] C, const floating[:, ::1] A, const floati
 
 import os
 
-FEW_ROWS_NARROW_VARIABLE = "FASTBP_FEW_ROWS_NARROW"
+from fastbp._products import ISA_VARIABLE
 
 
 def few_rows_narrow(flag=None):
     """Whether the few-row kernels run their 32-byte-vector instances (those of CPUs
     without AVX-512) even on an AVX-512 CPU; flag: set it (for tests). Starts from
-    FASTBP_FEW_ROWS_NARROW=1 when fastbp._core loads. Returns the setting before."""
+    FASTBP_KERNEL_ISA=avx2 when fastbp._core loads: the one switch for the instruction
+    set of every kernel (the product kernels read it per plan, fastbp._products). Returns
+    the setting before."""
     global fbp_few_rows_narrow
     before = bool(fbp_few_rows_narrow)
     if flag is not None:
@@ -232,4 +234,4 @@ def few_rows_narrow(flag=None):
     return before
 
 
-few_rows_narrow(os.environ.get(FEW_ROWS_NARROW_VARIABLE, "") == "1")
+few_rows_narrow(os.environ.get(ISA_VARIABLE, "").strip().lower() == "avx2")

@@ -10,7 +10,7 @@ import warnings
 import numpy as np
 
 from fastbp import _core, _files, _format, losses
-from fastbp._products import choose_products
+from fastbp._products import PASS_MEASURE_MAX_MULTIPLY_ADDS, product_isas, row_bucket
 from fastbp._threads import blas_threads, checked_thread_count, forced_split, \
     small_gemm_kernels, thread_count
 from fastbp._validation import as_inputs, as_row_weights, as_sample_weight, check_finite, \
@@ -256,20 +256,32 @@ class MLP:
         evaluate; the same as on the fast path), up to _core.TRAINING_FEW_ROWS for passes
         with a backward (training steps, gradients).
         sparse: for a sparse X (no dense batch of inputs is kept). fixed_rows: every use
-        of the plan takes n_rows (a fit's batch size), so FASTBP_KERNELS=auto may measure
-        its shapes (fastbp._products); a pass in chunks of a size that follows the call's
-        rows stays on BLAS unless the own kernels are forced. copies: workspaces side by
-        side (one per thread of predict_on_workers)."""
+        of the plan takes n_rows (a fit's batch size), so FASTBP_KERNELS=auto measures
+        its shapes (fastbp._products); else the chunk follows the call's rows: a predict
+        or evaluate pass of more than _core.PREDICTOR_ROWS rows takes the choice measured
+        at its row_bucket (once per bucket and shape, products up to
+        PASS_MEASURE_MAX_MULTIPLY_ADDS), a gradients pass stays on BLAS
+        unless the own kernels are forced. copies: workspaces side by side (one per
+        thread of predict_on_workers)."""
         small_chunks = n_threads == 1 and small_gemm_kernels()
         kernels = few_row_kernels()
         limit = _core.PREDICTOR_ROWS if few_rows else _core.TRAINING_FEW_ROWS
-        plan = _core.Plan(self._layer_sizes, self._codes, n_rows, dropout, with_gradient,
-                          small_chunks, 0 if kernels == "never" else limit,
-                          kernels == "always", sparse_input=sparse)
+
+        def plan_for(rows):
+            return _core.Plan(self._layer_sizes, self._codes, rows, dropout, with_gradient,
+                              small_chunks, 0 if kernels == "never" else limit,
+                              kernels == "always", sparse_input=sparse)
+        plan = plan_for(n_rows)
         # the allocation is checked before any timing of the products
         check_allocation(plan.work_size * copies, self.dtype, "the workspace")
-        choose_products(plan, self._layer_sizes, self.dtype, one_thread=n_threads == 1,
-                        backward=not few_rows, sparse=sparse, measure=fixed_rows)
+        measured_rows = n_rows if fixed_rows else row_bucket(n_rows)
+        # the bucket's own plan (offsets only): BLAS timed in the calls it would make
+        like = plan if measured_rows == n_rows else plan_for(measured_rows)
+        plan.set_product_isas(product_isas(
+            self._layer_sizes, measured_rows, self.dtype, n_threads == 1, not few_rows,
+            sparse, like.gemm_chunks,
+            measure=fixed_rows or (few_rows and n_rows > _core.PREDICTOR_ROWS),
+            largest=None if fixed_rows else PASS_MEASURE_MAX_MULTIPLY_ADDS))
         return plan, np.empty(plan.work_size * copies, dtype=self.dtype)
 
     @contextlib.contextmanager

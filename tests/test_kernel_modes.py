@@ -113,6 +113,7 @@ def test_auto_measures_each_shape_once_and_keeps_it(monkeypatch, tmp_path):
     monkeypatch.setenv(_products.KERNELS_VARIABLE, "auto")
     monkeypatch.delenv(_products.ISA_VARIABLE, raising=False)
     monkeypatch.setattr(_products, "_measured", {})
+    monkeypatch.setattr(_products, "_chosen", {})
     measured = []
     real = _products._measure
 
@@ -136,12 +137,27 @@ def test_auto_measures_each_shape_once_and_keeps_it(monkeypatch, tmp_path):
     assert first[1] == 0                             # the first layer has no delta
     assert (tmp_path / _products.CACHE_FILE).exists()
     monkeypatch.setattr(_products, "_measured", {})  # a new process: from the file
+    monkeypatch.setattr(_products, "_chosen", {})
     assert _products.product_isas(sizes, 8, "float32") == first
     assert len(measured) == 5
-    # several BLAS threads, or a pass whose rows follow the call's: BLAS, unmeasured
+    # several BLAS threads, or a gradients pass (rows follow the call's): BLAS, unmeasured
     assert _products.product_isas(sizes, 8, "float32", one_thread=False) == [0] * 12
     assert _products.product_isas(sizes, 8, "float32", measure=False) == [0] * 12
     assert len(measured) == 5
+
+
+@pytest.mark.parametrize("isa, narrow", [("avx2", True), ("avx512", False), ("", False)])
+def test_forcing_avx2_narrows_the_few_row_kernels_too(isa, narrow):
+    """FASTBP_KERNEL_ISA is the one switch for an AVX2 machine's code: avx2 also makes the
+    few-row kernels run their 32-byte instance (read when fastbp._core loads); the old
+    FASTBP_FEW_ROWS_NARROW does nothing."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, FASTBP_KERNEL_ISA=isa, FASTBP_FEW_ROWS_NARROW="1")
+    result = subprocess.run([sys.executable, "-P", "-c",
+                             "from fastbp import _core; print(_core.few_rows_narrow())"],
+                            cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(narrow)
 
 
 SLICES = ["tests/test_training.py", "tests/test_threads_rows.py::"

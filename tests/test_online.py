@@ -16,7 +16,7 @@ LANES = {np.float32: 16, np.float64: 8}     # elements in the kernels' 64-byte v
 @pytest.fixture(params=[False, True], ids=["wide", "narrow"])
 def narrow(request):
     """The 64-byte instance (where the CPU has AVX-512; else the 32-byte one anyway) or the
-    32-byte instance forced (FASTBP_FEW_ROWS_NARROW's setting), restored afterwards."""
+    32-byte instance forced (FASTBP_KERNEL_ISA=avx2's setting), restored afterwards."""
     before = _core.few_rows_narrow(request.param)
     yield request.param
     _core.few_rows_narrow(before)
