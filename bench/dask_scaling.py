@@ -30,8 +30,12 @@ hidden layers (784 inputs, 10 classes, `--grid-rows` rows of W2's data, adam, 5 
 candidates x 3 folds = 12 fits), default settings (n_threads=None): once sequential in this
 process (n_jobs=None: each fit takes the measured default threads), once with n_jobs=-1 under
 joblib's Dask backend on a LocalCluster of 2 worker processes x 1 thread (each fit then sees
-Dask's OPENBLAS_NUM_THREADS=1 and runs on one thread). Reported: wall time of each, their
-ratio, and whether both chose the same best parameters.
+Dask's OPENBLAS_NUM_THREADS=1 and runs on one thread), `--repeats` times in turn. Reported:
+the wall time of each search split into its fits and scoring as timed inside the fits
+(cv_results_, per worker), the refit on all rows and the rest (dispatch, transfers,
+scheduling); the CPU seconds of this process and of the workers during the search; one fit
+of a fold's rows alone on 1 thread and on the default (the most two 1-thread workers can
+gain); the ratio of the times and whether both chose the same best parameters.
 
 The machine may be shared: run it on a quiet one, and read times as such.
 """
@@ -124,6 +128,7 @@ def gridsearch(args):
     import warnings
 
     import joblib
+    from sklearn.base import clone
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.model_selection import GridSearchCV
     import fastbp.sklearn
@@ -136,27 +141,81 @@ def gridsearch(args):
                                              random_state=0)
     grid = {"alpha": [1e-4, 1e-3], "learning_rate_init": [1e-3, 3e-3]}
     print(f"gridsearch: 784-512-512-10 on {args.grid_rows:,} rows, 4 candidates x 3 folds, "
-          f"5 epochs each, default threads")
-    started = time.perf_counter()
-    sequential = GridSearchCV(estimator, grid, cv=3).fit(X, y)
-    seconds = {"sequential": time.perf_counter() - started}
-    print(f"  sequential (this process): {seconds['sequential']:6.2f} s   "
-          f"best {sequential.best_params_}", flush=True)
-    local, client = cluster(2)
-    try:
-        client.wait_for_workers(2)
-        client.run(importlib.import_module, "fastbp.sklearn")
+          f"5 epochs each, default threads; {args.repeats} round(s) of sequential, then Dask")
+    fold_rows = args.grid_rows * 2 // 3
+
+    def alone(n_threads):
+        """Seconds of one fit of a fold's rows in this process (no cluster running)."""
         started = time.perf_counter()
-        with joblib.parallel_backend("dask"):
-            on_dask = GridSearchCV(estimator, grid, cv=3, n_jobs=-1).fit(X, y)
-        seconds["dask"] = time.perf_counter() - started
-    finally:
-        client.close()
-        local.close()
-    print(f"  Dask backend, 2 workers x 1 thread: {seconds['dask']:6.2f} s   "
-          f"best {on_dask.best_params_}")
-    print(f"  Dask / sequential: {seconds['dask'] / seconds['sequential']:4.2f}x the time; "
-          f"same best parameters: {on_dask.best_params_ == sequential.best_params_}")
+        clone(estimator).set_params(n_threads=n_threads).fit(X[:fold_rows], y[:fold_rows])
+        return time.perf_counter() - started
+
+    ratios = []
+    for repeat in range(args.repeats):
+        cpu = _cpu_seconds()["driver"]
+        started = time.perf_counter()
+        sequential = GridSearchCV(estimator, grid, cv=3).fit(X, y)
+        wall = time.perf_counter() - started
+        cpu = _cpu_seconds()["driver"] - cpu
+        _report_search("sequential (this process)", sequential, wall, 1)
+        print(f"    CPU seconds during the search: {cpu:.2f}", flush=True)
+        if repeat == 0:   # the most two 1-thread workers can gain over the default
+            one, default = min(alone(1) for _ in range(3)), min(alone(None) for _ in range(3))
+            print(f"  one fit of {fold_rows:,} rows alone: n_threads=1 {one:.3f} s, default "
+                  f"{default:.3f} s: 2 fits side by side on 1 thread each do at most "
+                  f"{2 * default / one:.2f}x the work of one on the default", flush=True)
+        local, client = cluster(2)
+        try:
+            client.wait_for_workers(2)
+            client.run(importlib.import_module, "fastbp.sklearn")
+            cpu = _cpu_seconds()
+            started = time.perf_counter()
+            with joblib.parallel_backend("dask"):
+                on_dask = GridSearchCV(estimator, grid, cv=3, n_jobs=-1).fit(X, y)
+            seconds = time.perf_counter() - started
+            cpu = {role: used - cpu[role] for role, used in _cpu_seconds().items()}
+        finally:
+            client.close()
+            local.close()
+        _report_search("Dask backend, 2 workers x 1 thread", on_dask, seconds, 2)
+        print(f"    CPU seconds during the search: {cpu['driver'] + cpu['workers']:.2f} = this "
+              f"process {cpu['driver']:.2f} (the refit, Dask's scheduler and client) + the "
+              f"worker processes {cpu['workers']:.2f}", flush=True)
+        ratios.append(seconds / wall)
+        print(f"  Dask / sequential: {seconds / wall:4.2f}x the time; same best parameters: "
+              f"{on_dask.best_params_ == sequential.best_params_}", flush=True)
+    if args.repeats > 1:
+        print(f"  Dask / sequential over {args.repeats} rounds: "
+              f"{' '.join(f'{ratio:.2f}' for ratio in ratios)}")
+
+
+def _report_search(name, search, wall, parallel):
+    """wall time, and how it splits: the fits and their scoring as measured inside the fits
+    (cv_results_, summed and divided among the `parallel` workers), the refit on all rows
+    in this process, and the rest (dispatch, transfers, scheduling, idle workers)."""
+    results = search.cv_results_
+    in_fits = float(np.sum(results["mean_fit_time"]) + np.sum(results["mean_score_time"])) \
+        * search.n_splits_ / parallel
+    per_fit = np.median(results["mean_fit_time"])
+    print(f"  {name}: {wall:6.2f} s = fits and scoring {in_fits:.2f} s per worker "
+          f"(median fit {per_fit:.3f} s) + refit {search.refit_time_:.2f} s + other "
+          f"{wall - in_fits - search.refit_time_:.2f} s   best {search.best_params_}",
+          flush=True)
+
+
+def _cpu_seconds():
+    """CPU seconds used so far by this process and by its child processes (the cluster's)."""
+    import psutil    # a dependency of distributed
+    me = psutil.Process()
+    workers = 0.0
+    for child in me.children(recursive=True):
+        try:
+            times = child.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        workers += times.user + times.system
+    times = me.cpu_times()
+    return {"driver": times.user + times.system, "workers": workers}
 
 
 def _per_worker(trained, field="seconds"):
@@ -237,6 +296,8 @@ def main():
     parser.add_argument("--tasks", default="linear,nonlinear",
                         help="accuracy: data sets, comma-separated (linear, nonlinear)")
     parser.add_argument("--grid-rows", type=int, default=6_000, help="gridsearch: rows")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="gridsearch: rounds of sequential then Dask, alternating")
     args = parser.parse_args()
     if args.part in ("scaling", "all"):
         scaling(args)
