@@ -531,27 +531,40 @@ FBP_MULTIVERSION static void FBP_NAME(fbp_optimizer_step)(FBP_T *params, FBP_T *
    to eps, where even all the terms would be off) is left as it was and then stepped one
    step at a time, with the other such weights of its block.  Every loop over the weights
    vectorises. */
+/* Adam's k steps without a gradient on n weights, one step at a time with the dense rule's
+   arithmetic (fbp_optimizer_step's), the loop over the weights inside (it vectorises). */
+static inline void FBP_NAME(fbp_adam_steps)(FBP_T *restrict params, FBP_T *restrict first,
+                                            FBP_T *restrict second, ptrdiff_t n,
+                                            const double *step_sizes, const double *roots,
+                                            ptrdiff_t k, double shrink, double beta1,
+                                            double beta2, double epsilon)
+{
+    const FBP_T b1 = (FBP_T)beta1, b2 = (FBP_T)beta2, eps = (FBP_T)epsilon;
+    const FBP_T decay = (FBP_T)shrink;
+    for (ptrdiff_t s = 1; s <= k; s++) {
+        const FBP_T step_size = (FBP_T)step_sizes[s];
+        const FBP_T inverse_root_correction = (FBP_T)(1.0 / roots[s]);
+        for (ptrdiff_t i = 0; i < n; i++) {
+            FBP_T m = b1 * first[i], v = b2 * second[i];
+            first[i] = m;
+            second[i] = v;
+            params[i] = decay * params[i]
+                        - step_size * m / (FBP_MATH_SQRT(v) * inverse_root_correction + eps);
+        }
+    }
+}
+
 FBP_MULTIVERSION static void FBP_NAME(fbp_adam_catch_up)(
     FBP_T *params, FBP_T *first, FBP_T *second, ptrdiff_t n, const double *sums,
     const double *step_sizes, const double *roots, ptrdiff_t k, double shrink,
     double beta1, double beta2, double epsilon, double widest, double limit)
 {
-    const FBP_T b1 = (FBP_T)beta1, b2 = (FBP_T)beta2, eps = (FBP_T)epsilon;
     if (k <= FBP_ADAM_DIRECT_STEPS) {
-        const FBP_T decay = (FBP_T)shrink;
-        for (ptrdiff_t s = 1; s <= k; s++) {
-            const FBP_T step_size = (FBP_T)step_sizes[s];
-            const FBP_T inverse_root_correction = (FBP_T)(1.0 / roots[s]);
-            for (ptrdiff_t i = 0; i < n; i++) {
-                FBP_T m = b1 * first[i], v = b2 * second[i];
-                first[i] = m;
-                second[i] = v;
-                params[i] = decay * params[i]
-                            - step_size * m / (FBP_MATH_SQRT(v) * inverse_root_correction + eps);
-            }
-        }
+        FBP_NAME(fbp_adam_steps)(params, first, second, n, step_sizes, roots, k, shrink, beta1,
+                                 beta2, epsilon);
         return;
     }
+    const FBP_T eps = (FBP_T)epsilon;
     FBP_T coefficient[FBP_ADAM_TERMS];
     for (int q = 0; q < FBP_ADAM_TERMS; q++)
         coefficient[q] = (FBP_T)sums[q];
@@ -598,8 +611,7 @@ FBP_MULTIVERSION static void FBP_NAME(fbp_adam_catch_up)(
         }
         if (!step_by_step)
             continue;
-        /* the weights left, gathered and stepped together (the loop over them vectorises),
-           with the dense rule's arithmetic */
+        /* the weights left, gathered and stepped together */
         FBP_T p[BLOCK], m[BLOCK], v[BLOCK];
         ptrdiff_t index[BLOCK], count = 0;
         for (ptrdiff_t i = 0; i < size; i++)
@@ -610,17 +622,8 @@ FBP_MULTIVERSION static void FBP_NAME(fbp_adam_catch_up)(
                 v[count] = moment2[i];
                 count++;
             }
-        const FBP_T decay = (FBP_T)shrink;
-        for (ptrdiff_t s = 1; s <= k; s++) {
-            const FBP_T step_size = (FBP_T)step_sizes[s];
-            const FBP_T inverse_root_correction = (FBP_T)(1.0 / roots[s]);
-            for (ptrdiff_t j = 0; j < count; j++) {
-                m[j] *= b1;
-                v[j] *= b2;
-                p[j] = decay * p[j]
-                       - step_size * m[j] / (FBP_MATH_SQRT(v[j]) * inverse_root_correction + eps);
-            }
-        }
+        FBP_NAME(fbp_adam_steps)(p, m, v, count, step_sizes, roots, k, shrink, beta1, beta2,
+                                 epsilon);
         for (ptrdiff_t j = 0; j < count; j++) {
             weights[index[j]] = p[j];
             moment1[index[j]] = m[j];
