@@ -624,8 +624,10 @@ def test_memmap_fit_and_predict_allocate_far_less_than_the_data(tmp_path):
     mX = _memmap(tmp_path, X)
     model = fastbp.MLP([width, 8, 3], ["relu", "softmax"], seed=0)
     trainer = fastbp.Trainer("cce", epochs=1, batch_size=256, seed=0)
-    # warm up caches, imports, BLAS buffers and the measured thread count of this batch size
+    # warm up caches, imports, BLAS buffers, the measured thread count of this batch size
+    # and the kernel-or-BLAS choice of predict's chunks (measured on operands of their size)
     trainer.fit(model, mX[:512], labels[:512])
+    model.predict(mX)
     tracemalloc.start()
     try:
         trainer.fit(model, mX, labels)
