@@ -265,11 +265,23 @@ def _measure(layer_sizes, codes, batch_size, dtype, candidates):
             for epoch, steps, times in runs.values():
                 times.append(epoch(steps))
         best.update({choice: min(times) for choice, (_, _, times) in runs.items()})
-    fastest = min(best.values())
-    # the fewest threads within the margin of the fastest; of as many, the fastest
-    return min((workers * blas, seconds, (workers, blas))
-               for (workers, blas), seconds in best.items()
-               if seconds <= fastest * MEASURE_MARGIN)[2]
+    return _pick(best)
+
+
+def _pick(seconds):
+    """The choice, from each candidate's (workers, BLAS threads) best time a step: the
+    fewest threads within MEASURE_MARGIN of the fastest, of as many the fastest. A
+    candidate on BLAS threads counts MEASURE_MARGIN slower than it ran: OpenBLAS's threads
+    wait for each other spinning, so when other work takes a core after the measurement
+    its steps slow many times over (a grid search's fit measured on an idle core took
+    3.5 s instead of 0.55 under load), where the row workers sleep in their barrier. So
+    BLAS threads are chosen only where they clearly win (large products)."""
+    counted = {choice: time * (MEASURE_MARGIN if choice[1] > 1 else 1)
+               for choice, time in seconds.items()}
+    fastest = min(counted.values())
+    return min((workers * blas, time, (workers, blas))
+               for (workers, blas), time in counted.items()
+               if time <= fastest * MEASURE_MARGIN)[2]
 
 
 def allowed_threads() -> int:

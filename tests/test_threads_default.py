@@ -142,6 +142,21 @@ def test_the_cache_folder_follows_xdg_cache_home(monkeypatch, tmp_path):
     assert _cache.cache_folder() == os.path.join(os.path.expanduser("~"), ".cache", "fastbp")
 
 
+@pytest.mark.parametrize("seconds, choice", [
+    ({(1, 1): 1.0, (2, 1): 0.60, (1, 2): 0.57}, (2, 1)),   # BLAS threads 5% ahead: rows
+    ({(1, 1): 1.0, (2, 1): 0.70, (1, 2): 0.50}, (1, 2)),   # 40% ahead: BLAS threads
+    ({(1, 1): 1.0, (1, 2): 0.85}, (1, 1)),                 # 1.18x on BLAS threads: one
+    ({(1, 1): 1.0, (1, 2): 0.70}, (1, 2)),
+    ({(1, 1): 1.0, (2, 1): 0.95}, (1, 1)),                 # within the margin: fewer
+    ({(1, 1): 1.0, (2, 1): 0.60, (4, 1): 0.56}, (2, 1)),
+    ({(1, 1): 1.0, (2, 1): 0.60, (4, 1): 0.40}, (4, 1)),
+])
+def test_the_choice_prefers_fewer_threads_and_row_workers_over_blas_threads(seconds, choice):
+    """BLAS threads spin while they wait for each other and slow many times over when
+    other work takes a core; the row workers sleep: BLAS threads must win by the margin."""
+    assert _threads._pick(seconds) == choice
+
+
 def test_the_candidates_are_one_thread_row_splits_and_blas_threads():
     assert _threads._candidates(64, 8) == [(1, 1), (2, 1), (4, 1), (8, 1), (1, 8)]
     assert _threads._candidates(64, 3) == [(1, 1), (2, 1), (3, 1), (1, 3)]
