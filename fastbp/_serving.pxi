@@ -100,16 +100,9 @@ cdef class Predictor:
         if not 1 <= m <= self.plan.data.capacity or not without_blas(&self.plan.data, m,
                                                             self.type_num == cnp.NPY_FLOAT64):
             return None
-        cdef cnp.ndarray outputs
-        if out is None:
-            outputs = cnp.PyArray_EMPTY(2, [m, self.n_out], self.type_num, 0)
-        else:
-            if not plain_matrix(out, self.type_num, self.n_out, True):
-                return None
-            outputs = <cnp.ndarray>out
-            if cnp.PyArray_DIM(outputs, 0) != m or overlaps(outputs, inputs) \
-                    or overlaps(outputs, self.params):
-                return None
+        cdef cnp.ndarray outputs = self.outputs_for(inputs, out)
+        if outputs is None:
+            return None
         cdef cnp.ndarray work
         try:
             work = self.pool.pop()
@@ -128,6 +121,52 @@ cdef class Predictor:
                                <double*>cnp.PyArray_DATA(outputs))
         if len(self.pool) < self.pool_size:
             self.pool.append(work)
+        return outputs if done else None
+
+    cdef cnp.ndarray outputs_for(self, cnp.ndarray inputs, object out):
+        """A new output array for inputs' rows, or out if it can take them (None if not:
+        not a plain matrix of the model's dtype and output width, another row count, or
+        overlapping X or the parameters)."""
+        cdef Py_ssize_t m = cnp.PyArray_DIM(inputs, 0)
+        if out is None:
+            return cnp.PyArray_EMPTY(2, [m, self.n_out], self.type_num, 0)
+        if not plain_matrix(out, self.type_num, self.n_out, True):
+            return None
+        cdef cnp.ndarray outputs = <cnp.ndarray>out
+        if cnp.PyArray_DIM(outputs, 0) != m or overlaps(outputs, inputs) \
+                or overlaps(outputs, self.params):
+            return None
+        return outputs
+
+    def run(self, Plan plan, X, out=None):
+        """The outputs for X's rows by `plan`, one of the model's plans for one BLAS thread
+        kept by MLP.predict, in chunks of plan.capacity rows exactly as _core.predict runs
+        them (the same bits), or None when the call is not for it: X or out refused as
+        __call__ refuses them (any row count), X or the outputs not finite. The caller
+        holds BLAS at one thread if the plan calls it. A workspace of the plan's size is
+        made per call (its pages are touched only as far as the call's rows go)."""
+        if not plain_matrix(X, self.type_num, self.n_in, False):
+            return None
+        cdef cnp.ndarray inputs = <cnp.ndarray>X
+        cdef Py_ssize_t m = cnp.PyArray_DIM(inputs, 0)
+        if m < 1 or plan.data.n_params != self.plan.data.n_params \
+                or plan.data.sizes[0] != self.n_in:
+            return None
+        cdef cnp.ndarray outputs = self.outputs_for(inputs, out)
+        if outputs is None:
+            return None
+        cdef cnp.ndarray work = cnp.PyArray_EMPTY(1, [plan.work_size], self.type_num, 0)
+        cdef bint done
+        if self.type_num == cnp.NPY_FLOAT32:
+            done = forward_kept(&plan.data, <float*>cnp.PyArray_DATA(self.params),
+                                <float*>cnp.PyArray_DATA(work),
+                                <const float*>cnp.PyArray_DATA(inputs), m,
+                                <float*>cnp.PyArray_DATA(outputs))
+        else:
+            done = forward_kept(&plan.data, <double*>cnp.PyArray_DATA(self.params),
+                                <double*>cnp.PyArray_DATA(work),
+                                <const double*>cnp.PyArray_DATA(inputs), m,
+                                <double*>cnp.PyArray_DATA(outputs))
         return outputs if done else None
 
 
@@ -162,6 +201,21 @@ cdef bint forward_few(const PlanData* plan, const floating* params, floating* wo
                                 workspace(work, plan.preactivation_offsets[L]), m,
                                 plan.sizes[L], plan.activations[L - 1])
             finite = fbp_all_finite(out, m * plan.sizes[L])
+    return finite
+
+
+cdef bint forward_kept(const PlanData* plan, const floating* params, floating* work,
+                       const floating* x, Py_ssize_t m, floating* out) noexcept:
+    """out := the network's output for m rows of x, in chunks of plan.capacity rows (as
+    _core.predict), checking that x and out are finite; False (out unspecified) when
+    either is not."""
+    cdef bint finite
+    cdef double unused = 0.0
+    with nogil:
+        finite = fbp_all_finite(x, m * plan.sizes[0])
+        if finite:
+            forward_in_chunks(plan, NULL, params, work, x, NULL, out, m, NULL, &unused)
+            finite = fbp_all_finite(out, m * plan.sizes[plan.n_layers])
     return finite
 
 
