@@ -205,18 +205,56 @@ cdef bint forward_few(const PlanData* plan, const floating* params, floating* wo
 
 
 cdef bint forward_kept(const PlanData* plan, const floating* params, floating* work,
-                       const floating* x, Py_ssize_t m, floating* out) noexcept:
-    """out := the network's output for m rows of x, in chunks of plan.capacity rows (as
-    _core.predict), checking that x and out are finite; False (out unspecified) when
-    either is not."""
-    cdef bint finite
-    cdef double unused = 0.0
+                       const floating* X, Py_ssize_t n_samples, floating* out) noexcept:
+    """out := the network's output for n_samples rows of X: _core.predict's pass (chunks of
+    plan.capacity rows, the same calls), checking that X and out are finite; False (out
+    unspecified) when either is not. X's check comes with its use: where the first layer's
+    product runs in fastbp's own or few-row kernels and is narrower than X, on that
+    product (every non-finite x[r, i] makes each of row r's sums non-finite: those
+    kernels multiply every element, and Inf or NaN never becomes finite by + or *; BLAS
+    may skip a zero weight, so its products are not trusted with it), else on each
+    chunk of X just before its product reads it."""
+    cdef int L = plan.n_layers, l
+    cdef Py_ssize_t start = 0, m, n_in = plan.sizes[0]
+    cdef const floating* x
+    cdef const floating* first_weights = params + plan.weight_offsets[0]
+    cdef floating* layer_out
+    cdef bint finite = True
     with nogil:
-        finite = fbp_all_finite(x, m * plan.sizes[0])
-        if finite:
-            forward_in_chunks(plan, NULL, params, work, x, NULL, out, m, NULL, &unused)
-            finite = fbp_all_finite(out, m * plan.sizes[plan.n_layers])
+        while finite and start < n_samples:
+            m = min(plan.capacity, n_samples - start)
+            x = X + start * n_in
+            if not checked_in_first_product(plan, first_weights, m):
+                finite = fbp_all_finite(x, m * n_in)
+            for l in range(1, L + 1):
+                if not finite:
+                    break
+                layer_out = out + start * plan.sizes[L] if l == L \
+                    else work + plan.output_offsets[l]
+                forward_product(plan, params, work, x, <int>m, l, layer_out)
+                if l == 1 and checked_in_first_product(plan, first_weights, m):
+                    finite = fbp_all_finite(layer_out, m * plan.sizes[1])
+                if l < L:   # as forward_hidden (a predict plan has no dropout)
+                    fbp_bias_activation(layer_out, params + plan.bias_offsets[l - 1],
+                                        workspace(work, plan.preactivation_offsets[l]), m,
+                                        plan.sizes[l], plan.activations[l - 1])
+            if finite:
+                fbp_bias_activation(out + start * plan.sizes[L],
+                                    params + plan.bias_offsets[L - 1],
+                                    workspace(work, plan.preactivation_offsets[L]), m,
+                                    plan.sizes[L], plan.activations[L - 1])
+                finite = fbp_all_finite(out + start * plan.sizes[L], m * plan.sizes[L])
+            start += m
     return finite
+
+
+cdef inline bint checked_in_first_product(const PlanData* plan, const floating* W,
+                                          Py_ssize_t m) noexcept nogil:
+    """True if forward_kept checks a chunk of m rows of X on its first layer's product
+    (own or few-row kernels, narrower than X), not on X itself."""
+    return plan.sizes[1] < plan.sizes[0] and (
+        few_rows_here(plan, W, m, plan.sizes[0], plan.sizes[1])
+        or product_isa(plan, 1, FORWARD_PRODUCT, W) != 0)
 
 
 def few_rows_product(const floating[:, ::1] X, const floating[:, ::1] W,

@@ -278,23 +278,35 @@ def test_threads_predicting_on_one_model_past_the_fast_path_get_exact_results(
     assert not failures
 
 
-@pytest.mark.parametrize("bad", [np.nan, np.inf])
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_non_finite_x_past_the_fast_path_is_refused_as_before(dtype, bad):
-    model = fastbp.MLP(SIZES, ACTIVATIONS, dtype=dtype, seed=3)
-    parameters = model.parameter_vector()
-    for n_rows in (LIMIT + 1, 2 * PREDICT_CHUNK_ROWS + 5):
-        X = np.ones((n_rows, SIZES[0]), dtype)
-        model.predict(X)                  # the plan is kept
-        X[-1, -1] = bad                   # in the last chunk
-        with pytest.raises(ValueError) as general:
-            general_path(model, X)
-        for out in (None, np.zeros((n_rows, SIZES[-1]), dtype)):
-            with pytest.raises(ValueError) as kept:
-                model.predict(X, out=out)
-            assert str(kept.value) == str(general.value)
-            assert "finite" in str(kept.value) or "NaN" in str(kept.value)
-    np.testing.assert_array_equal(model.parameter_vector(), parameters)
+def test_non_finite_x_past_the_fast_path_is_refused_as_before(monkeypatch, dtype, bad, mode):
+    """Refused with the general path's message, the model unchanged, wherever the bad
+    value is: in the first or the last column (whose weights are all 0, so that the
+    first layer's product meets Inf x 0), the first row or the last chunk's last, and
+    whether X is checked itself (BLAS's products, a first layer wider than X) or on the
+    first layer's product (the own kernels, a narrower first layer)."""
+    monkeypatch.setenv(_products.KERNELS_VARIABLE, mode)
+    # ReLU takes a NaN to 0: the outputs' check would not see it
+    for sizes, activations in [(SIZES, ACTIVATIONS), ([9, 5, 2], ["relu", "identity"]),
+                               ([5, 9, 2], ["relu", "identity"])]:
+        model = fastbp.MLP(sizes, activations, dtype=dtype, seed=3)
+        model.weights = [np.zeros_like(model.weights[0])] + model.weights[1:]
+        parameters = model.parameter_vector()
+        for n_rows in (LIMIT + 1, 2 * PREDICT_CHUNK_ROWS + 5):
+            for row, column in [(0, 0), (n_rows - 1, sizes[0] - 1)]:
+                X = np.ones((n_rows, sizes[0]), dtype)
+                model.predict(X)                  # the plan is kept
+                X[row, column] = bad
+                with pytest.raises(ValueError) as general:
+                    general_path(model, X)
+                for out in (None, np.zeros((n_rows, sizes[-1]), dtype)):
+                    with pytest.raises(ValueError) as kept:
+                        model.predict(X, out=out)
+                    assert str(kept.value) == str(general.value)
+                    assert "finite" in str(kept.value) or "NaN" in str(kept.value)
+        np.testing.assert_array_equal(model.parameter_vector(), parameters)
 
 
 @needs_kernels
