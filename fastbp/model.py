@@ -23,9 +23,6 @@ INITS = ("auto", "he", "glorot", "zeros")
 DTYPES = ("float32", "float64")
 PREDICT_CHUNK_ROWS = 2048   # rows per forward pass in predict/gradients: activations stay in cache
 FEW_ROWS_VARIABLE = "FASTBP_FEW_ROWS"
-# The variables a predict plan's choices read on each call (few-row and own kernels, the
-# latter's instruction set): a kept plan is kept under their values (MLP._kept_plan).
-PLAN_SWITCHES = (FEW_ROWS_VARIABLE, KERNELS_VARIABLE, ISA_VARIABLE)
 KEPT_PLANS = 16             # predict plans past PREDICTOR_ROWS rows kept per model
 
 
@@ -326,7 +323,9 @@ class MLP:
 
         A few rows (up to 64) of a C-contiguous X of the model's dtype take a fast path:
         checked in compiled code, a plan and workspace kept with the model, products in
-        the few-row kernels, no BLAS call (docs/serving.md). Safe from many threads at once.
+        the few-row kernels, no BLAS call (docs/serving.md). Past 64 rows on one BLAS
+        thread, the same X takes the general path's pass with a plan kept with the model
+        (_predict_kept): the same bits without the set-up. Safe from many threads at once.
         X may be a scipy.sparse matrix or array (CSR read in place, other formats converted
         once): the first layer then runs on its stored values, never densified.
         """
@@ -379,7 +378,9 @@ class MLP:
         made as _chunked_pass makes it, then kept with the model. The key holds what the
         plan's choices read from the environment, so changing a switch makes a new plan;
         at most KEPT_PLANS are kept (the oldest dropped first)."""
-        key = (rows,) + tuple(os.environ.get(name) for name in PLAN_SWITCHES)
+        environ = os.environ   # read on every call (spelled out: a call is microseconds)
+        key = (rows, environ.get(FEW_ROWS_VARIABLE), environ.get(KERNELS_VARIABLE),
+               environ.get(ISA_VARIABLE))
         kept = self._kept_plans.get(key)
         if kept is None:
             plan, _ = self._workspace(rows, n_threads=1, few_rows=True, fixed_rows=False,
