@@ -556,7 +556,10 @@ def blas_threads(n_threads: int):
 def _enter(n_threads: int, setters, nested: bool) -> None:
     global _active, _saved, _count
     with _turns:
-        if not nested:
+        # no one waiting and the count free or ours: the queue below would let it in at
+        # once with no one to wake, so it is skipped (a predict of a few hundred rows
+        # pays the pass's entry on every call)
+        if not nested and (_queue or not (_active == 0 or _count == n_threads)):
             ticket = object()
             _queue.append(ticket)
             try:
