@@ -23,6 +23,10 @@ INITS = ("auto", "he", "glorot", "zeros")
 DTYPES = ("float32", "float64")
 PREDICT_CHUNK_ROWS = 2048   # rows per forward pass in predict/gradients: activations stay in cache
 FEW_ROWS_VARIABLE = "FASTBP_FEW_ROWS"
+# The variables a predict plan's choices read (few-row and own kernels, the latter's
+# instruction set): a kept plan is kept under their values (MLP._kept_plan).
+PLAN_SWITCHES = tuple(os.fsencode(name) for name in
+                      (FEW_ROWS_VARIABLE, KERNELS_VARIABLE, ISA_VARIABLE))
 KEPT_PLANS = 16             # predict plans past PREDICTOR_ROWS rows kept per model
 
 
@@ -378,9 +382,7 @@ class MLP:
         made as _chunked_pass makes it, then kept with the model. The key holds what the
         plan's choices read from the environment, so changing a switch makes a new plan;
         at most KEPT_PLANS are kept (the oldest dropped first)."""
-        environ = os.environ   # read on every call (spelled out: a call is microseconds)
-        key = (rows, environ.get(FEW_ROWS_VARIABLE), environ.get(KERNELS_VARIABLE),
-               environ.get(ISA_VARIABLE))
+        key = (rows,) + _core.environment_values(PLAN_SWITCHES)
         kept = self._kept_plans.get(key)
         if kept is None:
             plan, _ = self._workspace(rows, n_threads=1, few_rows=True, fixed_rows=False,

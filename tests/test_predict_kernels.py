@@ -320,8 +320,8 @@ def test_kept_plans_follow_the_kernel_switches(monkeypatch, fresh):
         monkeypatch.setenv(_products.KERNELS_VARIABLE, mode)
         monkeypatch.setenv(_products.ISA_VARIABLE, isa)
         np.testing.assert_array_equal(model.predict(X), general_path(model, X))
-        (plan, calls_blas), = [kept for key, kept in model._kept_plans.items()
-                               if key[0] == 300 and key[1:] == (None, mode, isa)]
+        key = (300, None, mode.encode(), isa.encode())   # rows, then the switches' bytes
+        plan, calls_blas = model._kept_plans[key]
         code = _core.KERNEL_ISAS[isa] if mode == "own" else 0
         assert [isas[0] for isas in plan.product_isas["float32"]] == [code] * 3
         assert calls_blas == (mode == "blas")
