@@ -9,6 +9,7 @@
 # overflow) it hands back to MLP.predict's general path, which converts or refuses it with
 # the usual messages.
 cimport numpy as cnp
+from libc.stdlib cimport getenv
 
 cnp.import_array()
 
@@ -100,16 +101,9 @@ cdef class Predictor:
         if not 1 <= m <= self.plan.data.capacity or not without_blas(&self.plan.data, m,
                                                             self.type_num == cnp.NPY_FLOAT64):
             return None
-        cdef cnp.ndarray outputs
-        if out is None:
-            outputs = cnp.PyArray_EMPTY(2, [m, self.n_out], self.type_num, 0)
-        else:
-            if not plain_matrix(out, self.type_num, self.n_out, True):
-                return None
-            outputs = <cnp.ndarray>out
-            if cnp.PyArray_DIM(outputs, 0) != m or overlaps(outputs, inputs) \
-                    or overlaps(outputs, self.params):
-                return None
+        cdef cnp.ndarray outputs = self.outputs_for(inputs, out)
+        if outputs is None:
+            return None
         cdef cnp.ndarray work
         try:
             work = self.pool.pop()
@@ -128,6 +122,52 @@ cdef class Predictor:
                                <double*>cnp.PyArray_DATA(outputs))
         if len(self.pool) < self.pool_size:
             self.pool.append(work)
+        return outputs if done else None
+
+    cdef cnp.ndarray outputs_for(self, cnp.ndarray inputs, object out):
+        """A new output array for inputs' rows, or out if it can take them (None if not:
+        not a plain matrix of the model's dtype and output width, another row count, or
+        overlapping X or the parameters)."""
+        cdef Py_ssize_t m = cnp.PyArray_DIM(inputs, 0)
+        if out is None:
+            return cnp.PyArray_EMPTY(2, [m, self.n_out], self.type_num, 0)
+        if not plain_matrix(out, self.type_num, self.n_out, True):
+            return None
+        cdef cnp.ndarray outputs = <cnp.ndarray>out
+        if cnp.PyArray_DIM(outputs, 0) != m or overlaps(outputs, inputs) \
+                or overlaps(outputs, self.params):
+            return None
+        return outputs
+
+    def run(self, Plan plan, X, out=None):
+        """The outputs for X's rows by `plan`, one of the model's plans for one BLAS thread
+        kept by MLP.predict, in chunks of plan.capacity rows exactly as _core.predict runs
+        them (the same bits), or None when the call is not for it: X or out refused as
+        __call__ refuses them (any row count), X or the outputs not finite. The caller
+        holds BLAS at one thread if the plan calls it. A workspace of the plan's size is
+        made per call (its pages are touched only as far as the call's rows go)."""
+        if not plain_matrix(X, self.type_num, self.n_in, False):
+            return None
+        cdef cnp.ndarray inputs = <cnp.ndarray>X
+        cdef Py_ssize_t m = cnp.PyArray_DIM(inputs, 0)
+        if m < 1 or plan.data.n_params != self.plan.data.n_params \
+                or plan.data.sizes[0] != self.n_in:
+            return None
+        cdef cnp.ndarray outputs = self.outputs_for(inputs, out)
+        if outputs is None:
+            return None
+        cdef cnp.ndarray work = cnp.PyArray_EMPTY(1, [plan.work_size], self.type_num, 0)
+        cdef bint done
+        if self.type_num == cnp.NPY_FLOAT32:
+            done = forward_kept(&plan.data, <float*>cnp.PyArray_DATA(self.params),
+                                <float*>cnp.PyArray_DATA(work),
+                                <const float*>cnp.PyArray_DATA(inputs), m,
+                                <float*>cnp.PyArray_DATA(outputs))
+        else:
+            done = forward_kept(&plan.data, <double*>cnp.PyArray_DATA(self.params),
+                                <double*>cnp.PyArray_DATA(work),
+                                <const double*>cnp.PyArray_DATA(inputs), m,
+                                <double*>cnp.PyArray_DATA(outputs))
         return outputs if done else None
 
 
@@ -163,6 +203,71 @@ cdef bint forward_few(const PlanData* plan, const floating* params, floating* wo
                                 plan.sizes[L], plan.activations[L - 1])
             finite = fbp_all_finite(out, m * plan.sizes[L])
     return finite
+
+
+cdef bint forward_kept(const PlanData* plan, const floating* params, floating* work,
+                       const floating* X, Py_ssize_t n_samples, floating* out) noexcept:
+    """out := the network's output for n_samples rows of X: _core.predict's pass (chunks of
+    plan.capacity rows, the same calls), checking that X and out are finite; False (out
+    unspecified) when either is not. X's check comes with its use: where the first layer's
+    product runs in fastbp's own or few-row kernels and is narrower than X, on that
+    product (every non-finite x[r, i] makes each of row r's sums non-finite: those
+    kernels multiply every element, and Inf or NaN never becomes finite by + or *; BLAS
+    may skip a zero weight, so its products are not trusted with it), else on each
+    chunk of X just before its product reads it."""
+    cdef int L = plan.n_layers, l
+    cdef Py_ssize_t start = 0, m, n_in = plan.sizes[0]
+    cdef const floating* x
+    cdef const floating* first_weights = params + plan.weight_offsets[0]
+    cdef floating* layer_out
+    cdef bint finite = True
+    with nogil:
+        while finite and start < n_samples:
+            m = min(plan.capacity, n_samples - start)
+            x = X + start * n_in
+            if not checked_in_first_product(plan, first_weights, m):
+                finite = fbp_all_finite(x, m * n_in)
+            for l in range(1, L + 1):
+                if not finite:
+                    break
+                layer_out = out + start * plan.sizes[L] if l == L \
+                    else work + plan.output_offsets[l]
+                forward_product(plan, params, work, x, <int>m, l, layer_out)
+                if l == 1 and checked_in_first_product(plan, first_weights, m):
+                    finite = fbp_all_finite(layer_out, m * plan.sizes[1])
+                if l < L:   # as forward_hidden (a predict plan has no dropout)
+                    fbp_bias_activation(layer_out, params + plan.bias_offsets[l - 1],
+                                        workspace(work, plan.preactivation_offsets[l]), m,
+                                        plan.sizes[l], plan.activations[l - 1])
+            if finite:
+                fbp_bias_activation(out + start * plan.sizes[L],
+                                    params + plan.bias_offsets[L - 1],
+                                    workspace(work, plan.preactivation_offsets[L]), m,
+                                    plan.sizes[L], plan.activations[L - 1])
+                finite = fbp_all_finite(out + start * plan.sizes[L], m * plan.sizes[L])
+            start += m
+    return finite
+
+
+cdef inline bint checked_in_first_product(const PlanData* plan, const floating* W,
+                                          Py_ssize_t m) noexcept nogil:
+    """True if forward_kept checks a chunk of m rows of X on its first layer's product
+    (own or few-row kernels, narrower than X), not on X itself."""
+    return plan.sizes[1] < plan.sizes[0] and (
+        few_rows_here(plan, W, m, plan.sizes[0], plan.sizes[1])
+        or product_isa(plan, 1, FORWARD_PRODUCT, W) != 0)
+
+
+def environment_values(tuple names):
+    """The value of each variable in names (bytes) as C's getenv sees it, bytes or None:
+    os.environ's changes reach it (putenv, unsetenv). A few hundred nanoseconds where
+    os.environ.get takes about 0.6 us a name: predict reads them on every call."""
+    cdef const char* value
+    values = []
+    for name in names:
+        value = getenv(<bytes>name)
+        values.append(None if value == NULL else <bytes>value)
+    return tuple(values)
 
 
 def few_rows_product(const floating[:, ::1] X, const floating[:, ::1] W,

@@ -24,7 +24,7 @@ SMALL_GEMM_CORES = {"skylakex", "cooperlake", "sapphirerapids"}
 _controller = None       # threadpoolctl's view of the loaded BLAS libraries
 _setters = None          # (get, set) of each BLAS's thread count
 _small_gemm = None       # small_gemm_kernels(), once known
-_saved = None            # each BLAS's own setting, while passes run
+_saved = None            # each BLAS's own setting, while passes run, where they changed it
 _active = 0              # passes running inside blas_threads
 _count = None            # the BLAS thread count they run on
 _queue = collections.deque()             # passes waiting for their count, in arrival order
@@ -332,7 +332,8 @@ def _blas_setting():
     with _turns:
         if _saved is not None:
             gets = {id(set_threads): count for set_threads, count in _saved}
-            counts = [gets.get(id(set_threads)) for _, set_threads in setters]
+            # a library left out of _saved was on the passes' count already
+            counts = [gets.get(id(set_threads), _count) for _, set_threads in setters]
         else:
             counts = [get_threads() for get_threads, _ in setters]
     counts = [int(count) for count in counts if count is not None and int(count) > 0]
@@ -567,7 +568,10 @@ def blas_threads(n_threads: int):
 def _enter(n_threads: int, setters, nested: bool) -> None:
     global _active, _saved, _count
     with _turns:
-        if not nested:
+        # no one waiting and the count free or ours: the queue below would let it in at
+        # once with no one to wake, so it is skipped (a predict of a few hundred rows
+        # pays the pass's entry on every call)
+        if not nested and (_queue or not (_active == 0 or _count == n_threads)):
             ticket = object()
             _queue.append(ticket)
             try:
@@ -576,9 +580,11 @@ def _enter(n_threads: int, setters, nested: bool) -> None:
             finally:   # also on KeyboardInterrupt while waiting: never block the queue
                 _queue.remove(ticket)
                 _turns.notify_all()      # the next in line may join the same count
-        if _active == 0:
-            _saved = [(set_threads, get_threads()) for get_threads, set_threads in setters]
-            for _, set_threads in setters:
+        if _active == 0:   # only the libraries not on n_threads already are set (and reset)
+            _saved = [(set_threads, original) for set_threads, original in
+                      ((set_threads, get_threads()) for get_threads, set_threads in setters)
+                      if original != n_threads]
+            for set_threads, _ in _saved:
                 set_threads(n_threads)
             _count = n_threads
         _active += 1

@@ -10,7 +10,8 @@ import warnings
 import numpy as np
 
 from fastbp import _core, _files, _format, losses
-from fastbp._products import PASS_MEASURE_MAX_MULTIPLY_ADDS, product_isas, row_bucket
+from fastbp._products import ISA_VARIABLE, KERNELS_VARIABLE, PASS_MEASURE_MAX_MULTIPLY_ADDS, \
+    product_isas, row_bucket
 from fastbp._threads import blas_threads, checked_thread_count, forced_split, \
     small_gemm_kernels, thread_count
 from fastbp._validation import as_inputs, as_row_weights, as_sample_weight, check_finite, \
@@ -22,6 +23,11 @@ INITS = ("auto", "he", "glorot", "zeros")
 DTYPES = ("float32", "float64")
 PREDICT_CHUNK_ROWS = 2048   # rows per forward pass in predict/gradients: activations stay in cache
 FEW_ROWS_VARIABLE = "FASTBP_FEW_ROWS"
+# The variables a predict plan's choices read (few-row and own kernels, the latter's
+# instruction set): a kept plan is kept under their values (MLP._kept_plan).
+PLAN_SWITCHES = tuple(os.fsencode(name) for name in
+                      (FEW_ROWS_VARIABLE, KERNELS_VARIABLE, ISA_VARIABLE))
+KEPT_PLANS = 16             # predict plans past PREDICTOR_ROWS rows kept per model
 
 
 def few_row_kernels() -> str:
@@ -149,6 +155,9 @@ class MLP:
         kernels = few_row_kernels()
         self._predictor = None if kernels == "never" else \
             _core.Predictor(sizes, self._codes, self._params, always=kernels == "always")
+        # and past it, on one thread: the general path's plans, kept by chunk rows and the
+        # switches they were chosen under (_kept_plan); new parameters or dtype, new dict
+        self._kept_plans = {}
         # Held by a fit: a second fit of the same model from another thread is refused.
         self._training = threading.Lock()
 
@@ -246,7 +255,8 @@ class MLP:
         return max(1, min(n_rows, PREDICT_CHUNK_ROWS, (64 << 20) // bytes_per_row))
 
     def _workspace(self, n_rows: int, dropout=None, with_gradient=False, n_threads=None,
-                   few_rows=False, sparse=False, fixed_rows=True, copies=1):
+                   few_rows=False, sparse=False, fixed_rows=True, copies=1,
+                   allocate=True):
         """A plan and its workspace for up to n_rows rows a pass (chunks for predict).
 
         A pass known to run on one BLAS thread cuts its products into calls small enough
@@ -262,7 +272,8 @@ class MLP:
         at its row_bucket (once per bucket and shape, products up to
         PASS_MEASURE_MAX_MULTIPLY_ADDS), a gradients pass stays on BLAS
         unless the own kernels are forced. copies: workspaces side by side (one per
-        thread of predict_on_workers)."""
+        thread of predict_on_workers); allocate=False: the plan only (an empty
+        workspace), for a plan kept with the model."""
         small_chunks = n_threads == 1 and small_gemm_kernels()
         kernels = few_row_kernels()
         limit = _core.PREDICTOR_ROWS if few_rows else _core.TRAINING_FEW_ROWS
@@ -282,7 +293,7 @@ class MLP:
             sparse, like.gemm_chunks,
             measure=fixed_rows or (few_rows and n_rows > _core.PREDICTOR_ROWS),
             largest=None if fixed_rows else PASS_MEASURE_MAX_MULTIPLY_ADDS))
-        return plan, np.empty(plan.work_size * copies, dtype=self.dtype)
+        return plan, np.empty(plan.work_size * copies if allocate else 0, dtype=self.dtype)
 
     @contextlib.contextmanager
     def _chunked_pass(self, n_samples: int, backward=False, n_threads=None, sparse=False):
@@ -316,7 +327,9 @@ class MLP:
 
         A few rows (up to 64) of a C-contiguous X of the model's dtype take a fast path:
         checked in compiled code, a plan and workspace kept with the model, products in
-        the few-row kernels, no BLAS call (docs/serving.md). Safe from many threads at once.
+        the few-row kernels, no BLAS call (docs/serving.md). Past 64 rows on one BLAS
+        thread, the same X takes the general path's pass with a plan kept with the model
+        (_predict_kept): the same bits without the set-up. Safe from many threads at once.
         X may be a scipy.sparse matrix or array (CSR read in place, other formats converted
         once): the first layer then runs on its stored values, never densified.
         """
@@ -324,6 +337,9 @@ class MLP:
             n_threads = checked_thread_count(n_threads)
         if self._predictor is not None and not is_sparse(X):
             result = self._predictor(X, out)
+            if result is None and n_threads in (None, 1) and isinstance(X, np.ndarray) \
+                    and X.ndim == 2 and X.shape[0] > _core.PREDICTOR_ROWS:
+                result = self._predict_kept(X, n_threads, out)
             if result is not None:
                 return result
         X = self._inputs(X)
@@ -346,6 +362,39 @@ class MLP:
             raise ValueError(f"the model's outputs overflow {self.dtype.name} for these inputs "
                              f"(they would be infinite or NaN)")
         return out
+
+    def _predict_kept(self, X, n_threads, out):
+        """predict past PREDICTOR_ROWS rows on one BLAS thread with a kept plan: the
+        general path's pass, bits and all, without its set-up (or None where the general
+        path must take the call: more threads, or X or out refused by the Predictor)."""
+        rows = self._chunk_rows(X.shape[0])
+        if n_threads is None and thread_count(self._layer_sizes, rows, None,
+                                              backward=False) != 1:
+            return None
+        plan, calls_blas = self._kept_plan(rows)
+        if not calls_blas:
+            return self._predictor.run(plan, X, out)
+        with blas_threads(1):
+            return self._predictor.run(plan, X, out)
+
+    def _kept_plan(self, rows: int):
+        """(plan, whether it calls BLAS) for predict's one-thread chunks of `rows` rows:
+        made as _chunked_pass makes it, then kept with the model. The key holds what the
+        plan's choices read from the environment, so changing a switch makes a new plan;
+        at most KEPT_PLANS are kept (the oldest dropped first)."""
+        key = (rows,) + _core.environment_values(PLAN_SWITCHES)
+        kept = self._kept_plans.get(key)
+        if kept is None:
+            plan, _ = self._workspace(rows, n_threads=1, few_rows=True, fixed_rows=False,
+                                      allocate=False)
+            forward = plan.product_isas[self.dtype.name]
+            kept = plan, not all(isas[0] for isas in forward)
+            plans = dict(self._kept_plans)    # a copy: other threads read the dict
+            while len(plans) >= KEPT_PLANS:
+                plans.pop(next(iter(plans)))
+            plans[key] = kept
+            self._kept_plans = plans
+        return kept
 
     def _predict_workers(self, n_rows: int, n_threads, sparse: bool) -> int:
         """How many threads share predict's chunks (each chunk whole, on one BLAS thread;

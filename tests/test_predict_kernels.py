@@ -9,6 +9,7 @@ chunks, and repeats bit for bit; auto measures each bucket's forward products on
 them in products.json, and measures nothing on a later call or in a new process.
 """
 import json
+import threading
 
 import numpy as np
 import pytest
@@ -187,3 +188,165 @@ def test_the_bucket_plan_times_blas_in_its_own_calls(monkeypatch, fresh):
     bucket_plan = _core.Plan(SIZES, model._codes, 128, None, False, small_gemm_kernels())
     assert [call[6:] for call in calls] == [
         forward for forward, _ in bucket_plan.gemm_chunks]
+
+
+# ---- predict past PREDICTOR_ROWS on one thread: plans kept with the model ----
+
+# both sides of the few-row limit, a bucket's edges, predict's chunks and a last chunk
+# on either side of the few-row limit
+KEPT_ROWS = [LIMIT + 1, 127, 128, 129, 511, 513, 1025, PREDICT_CHUNK_ROWS - 1,
+             PREDICT_CHUNK_ROWS, PREDICT_CHUNK_ROWS + 1, PREDICT_CHUNK_ROWS + LIMIT,
+             PREDICT_CHUNK_ROWS + LIMIT + 1, 2 * PREDICT_CHUNK_ROWS + 5]
+MODES = ["blas", "auto", "own"] if ISAS else ["blas"]
+W1 = ([784, 128, 10], ["relu", "softmax"])
+
+
+def general_path(model, X, **options):
+    """predict's result by the general path (a plan and workspace made for the call)."""
+    model._predict_kept = lambda *args: None   # an instance attribute hides the method
+    try:
+        return model.predict(X, **options)
+    finally:
+        del model._predict_kept
+
+
+def kept_plan_count(model):
+    return len(model._kept_plans)
+
+
+def record_kept_plans(model):
+    """The chunk rows of every kept plan predict takes on this model from now on."""
+    taken, real = [], model._kept_plan
+    model._kept_plan = lambda rows: taken.append(rows) or real(rows)
+    return taken
+
+
+@pytest.mark.parametrize("small_gemm", [False, True])
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_kept_plans_give_the_general_paths_bits(monkeypatch, fresh, dtype, mode, small_gemm):
+    """small_gemm: plans cut for OpenBLAS's small-matrix kernels, whose cuts depend on a
+    chunk's exact row count (so plans are kept per chunk rows, not per bucket)."""
+    monkeypatch.setenv(_products.KERNELS_VARIABLE, mode)
+    monkeypatch.setattr(fastbp._threads, "_small_gemm", small_gemm)
+    for sizes, activations, row_counts in [(SIZES, ACTIVATIONS, KEPT_ROWS),
+                                           (*W1, [LIMIT + 1, 513, 600, 1024, 2049])]:
+        model = fastbp.MLP(sizes, activations, dtype=dtype, seed=3)
+        taken = record_kept_plans(model)
+        for n_rows in row_counts:
+            X = np.random.default_rng(n_rows).standard_normal((n_rows, sizes[0]))
+            X = X.astype(dtype)
+            expected = general_path(model, X, n_threads=1)
+            np.testing.assert_array_equal(model.predict(X, n_threads=1), expected)
+            out = np.full_like(expected, np.nan)
+            assert model.predict(X, n_threads=1, out=out) is out
+            np.testing.assert_array_equal(out, expected)
+            assert taken[-2:] == [min(n_rows, PREDICT_CHUNK_ROWS)] * 2   # the kept path's
+            # the default count: one thread here for the small network, maybe more for W1
+            np.testing.assert_array_equal(model.predict(X), general_path(model, X))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_threads_predicting_on_one_model_past_the_fast_path_get_exact_results(
+        monkeypatch, fresh, mode):
+    """12 threads, each predicting row counts past PREDICTOR_ROWS in its own order (both
+    dtypes' models), share the kept plans: every result is the general path's."""
+    monkeypatch.setenv(_products.KERNELS_VARIABLE, mode)
+    cases = []
+    for dtype in ("float32", "float64"):
+        model = fastbp.MLP([20, 64, 64, 1], ["relu", "relu", "identity"], dtype=dtype,
+                           seed=1)
+        for n_rows in (LIMIT + 1, 100, 128, 300, 1024, PREDICT_CHUNK_ROWS + 7):
+            X = np.random.default_rng(n_rows).standard_normal((n_rows, 20)).astype(dtype)
+            cases.append((model, X, general_path(model, X, n_threads=1)))
+    failures = []
+    barrier = threading.Barrier(12)
+
+    def serve(seed):
+        order = np.random.default_rng(seed).permutation(len(cases) * 5) % len(cases)
+        barrier.wait()
+        for case in order:
+            model, X, expected = cases[case]
+            if not np.array_equal(model.predict(X, n_threads=1), expected):
+                failures.append((seed, X.shape, model.dtype))
+    threads = [threading.Thread(target=serve, args=(seed,)) for seed in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not any(thread.is_alive() for thread in threads)
+    assert not failures
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_non_finite_x_past_the_fast_path_is_refused_as_before(monkeypatch, dtype, bad, mode):
+    """Refused with the general path's message, the model unchanged, wherever the bad
+    value is: in the first or the last column (whose weights are all 0, so that the
+    first layer's product meets Inf x 0), the first row or the last chunk's last, and
+    whether X is checked itself (BLAS's products, a first layer wider than X) or on the
+    first layer's product (the own kernels, a narrower first layer)."""
+    monkeypatch.setenv(_products.KERNELS_VARIABLE, mode)
+    # ReLU takes a NaN to 0: the outputs' check would not see it
+    for sizes, activations in [(SIZES, ACTIVATIONS), ([9, 5, 2], ["relu", "identity"]),
+                               ([5, 9, 2], ["relu", "identity"])]:
+        model = fastbp.MLP(sizes, activations, dtype=dtype, seed=3)
+        model.weights = [np.zeros_like(model.weights[0])] + model.weights[1:]
+        parameters = model.parameter_vector()
+        for n_rows in (LIMIT + 1, 2 * PREDICT_CHUNK_ROWS + 5):
+            for row, column in [(0, 0), (n_rows - 1, sizes[0] - 1)]:
+                X = np.ones((n_rows, sizes[0]), dtype)
+                model.predict(X)                  # the plan is kept
+                X[row, column] = bad
+                with pytest.raises(ValueError) as general:
+                    general_path(model, X)
+                for out in (None, np.zeros((n_rows, sizes[-1]), dtype)):
+                    with pytest.raises(ValueError) as kept:
+                        model.predict(X, out=out)
+                    assert str(kept.value) == str(general.value)
+                    assert "finite" in str(kept.value) or "NaN" in str(kept.value)
+        np.testing.assert_array_equal(model.parameter_vector(), parameters)
+
+
+@needs_kernels
+def test_kept_plans_follow_the_kernel_switches(monkeypatch, fresh):
+    """Changing FASTBP_KERNELS or FASTBP_KERNEL_ISA between calls takes a plan made under
+    the new setting (its product choices), with the general path's bits."""
+    model, X, _ = model_and_rows("float32", 300)
+    seen = set()
+    for mode, isa in [("own", ISAS[-1]), ("blas", ISAS[-1]), ("own", ISAS[0]),
+                      ("own", ISAS[-1])]:
+        monkeypatch.setenv(_products.KERNELS_VARIABLE, mode)
+        monkeypatch.setenv(_products.ISA_VARIABLE, isa)
+        np.testing.assert_array_equal(model.predict(X), general_path(model, X))
+        key = (300, None, mode.encode(), isa.encode())   # rows, then the switches' bytes
+        plan, calls_blas = model._kept_plans[key]
+        code = _core.KERNEL_ISAS[isa] if mode == "own" else 0
+        assert [isas[0] for isas in plan.product_isas["float32"]] == [code] * 3
+        assert calls_blas == (mode == "blas")
+        seen.add((mode, isa))
+    assert kept_plan_count(model) == len(seen)
+
+
+def test_kept_plans_read_the_live_parameters_and_a_new_model_starts_afresh():
+    model, X, _ = model_and_rows("float64", 300)
+    first = model.predict(X)
+    model.set_parameter_vector(model.parameter_vector() * 0.5)   # written in place
+    halved = model.predict(X)
+    assert not np.array_equal(halved, first)
+    np.testing.assert_array_equal(halved, general_path(model, X))
+    for other in (fastbp.MLP.from_bytes(model.to_bytes()),
+                  fastbp.MLP(SIZES, ACTIVATIONS, dtype="float32", seed=3)):
+        assert kept_plan_count(other) == 0   # its own parameters, its own plans
+        np.testing.assert_array_equal(other.predict(X.astype(other.dtype)),
+                                      general_path(other, X.astype(other.dtype)))
+
+
+def test_a_model_keeps_a_bounded_number_of_plans():
+    model = fastbp.MLP(SIZES, ACTIVATIONS, seed=3)
+    X = np.ones((LIMIT + 3 * fastbp.model.KEPT_PLANS, SIZES[0]), np.float32)
+    for n_rows in range(LIMIT + 1, X.shape[0] + 1):
+        model.predict(X[:n_rows])
+        assert kept_plan_count(model) <= fastbp.model.KEPT_PLANS
+    assert max(key[0] for key in model._kept_plans) == X.shape[0]   # the latest kept

@@ -147,8 +147,25 @@ def test_fast_path_never_touches_blas_threads(monkeypatch):
     X = np.random.default_rng(6).standard_normal((64, 784)).astype(np.float32)
     for rows in (1, 8, 64):
         model.predict(X[:rows])
+    monkeypatch.setenv("FASTBP_KERNELS", "blas")
     with pytest.raises(AssertionError, match="blas_threads"):
-        model.predict(np.vstack([X, X]))     # 128 rows: the general path, under BLAS
+        model.predict(np.vstack([X, X]))     # 128 rows by BLAS's products: under BLAS
+
+
+@pytest.mark.parametrize("found", [1, 3])
+def test_a_pass_sets_blas_threads_only_where_they_differ(monkeypatch, found):
+    """A one-thread pass past the fast path (here all BLAS: FASTBP_KERNELS=blas) leaves
+    a BLAS already on one thread alone: no set at the start or the end; one on 3 threads
+    is set to 1 and put back."""
+    from fastbp import _threads
+    calls = []
+    monkeypatch.setattr(_threads, "_setters", [(lambda: found, calls.append)])
+    monkeypatch.setenv("FASTBP_KERNELS", "blas")
+    model = make([20, 64, 64, 1], ["relu", "relu", "identity"], "float32", monkeypatch)
+    X = np.ones((200, 20), np.float32)
+    for n_threads in (1, 1, None):
+        model.predict(X, n_threads=n_threads)
+    assert calls == ([] if found == 1 else [1, found] * 3)
 
 
 def test_predict_reads_the_live_parameters_every_call(monkeypatch):

@@ -209,6 +209,9 @@ def test_a_process_started_with_a_thread_variable_runs_every_default_pass_on_one
     env = {key: value for key, value in os.environ.items()
            if key not in _threads.THREAD_LIMIT_VARIABLES}
     env[name] = "1"
+    # BLAS's products in every pass, so that each enters blas_threads (a predict whose
+    # kept plan runs every product in the own kernels calls no BLAS and sets nothing)
+    env["FASTBP_KERNELS"] = "blas"
     result = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr
