@@ -240,6 +240,7 @@ def _measure(layer_sizes, codes, batch_size, dtype, candidates):
                 return (time.perf_counter() - started) / n_steps
         return epoch
 
+    _wait_for_a_quiet_process()
     # The tiny-step check times the one-thread step whatever the candidates (an explicit
     # count's first is BLAS threads, which would leave OpenBLAS's threads polling, below).
     epoch = timer(1, 1)
@@ -266,6 +267,28 @@ def _measure(layer_sizes, codes, batch_size, dtype, candidates):
                 times.append(epoch(steps))
         best.update({choice: min(times) for choice, (_, _, times) in runs.items()})
     return _pick(best)
+
+
+# OpenBLAS's idle threads spin for about 0.1 s after a multi-threaded call (a 2-thread
+# 512 x 512 product here: a core busy for 0.1 s after it), and take a core from row workers
+# timed meanwhile: W1's row-split step measured 130-170 us against 50-60 us, and the
+# default chose one thread where two ran 1.57x, whenever a measurement came within 0.1 s
+# of one (the previous shape's BLAS-threads candidate, numpy's own products).
+QUIET_WAIT_SECONDS = 0.5     # the longest a measurement waits for that (other work may not end)
+QUIET_POLL_SECONDS = 0.01
+
+
+def _wait_for_a_quiet_process():
+    """Returns once this process uses under half a core while this thread sleeps, or after
+    QUIET_WAIT_SECONDS."""
+    import time
+    deadline = time.perf_counter() + QUIET_WAIT_SECONDS
+    while True:
+        wall, cpu = time.perf_counter(), time.process_time()
+        time.sleep(QUIET_POLL_SECONDS)
+        busy = (time.process_time() - cpu) / max(time.perf_counter() - wall, 1e-9)
+        if busy < 0.5 or time.perf_counter() > deadline:
+            return
 
 
 def _pick(seconds):

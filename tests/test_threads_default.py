@@ -157,6 +157,28 @@ def test_the_choice_prefers_fewer_threads_and_row_workers_over_blas_threads(seco
     assert _threads._pick(seconds) == choice
 
 
+@pytest.mark.parametrize("busy_for, waited", [(0.0, 0.01), (0.3, 0.31), (9.0, 0.51)])
+def test_a_measurement_waits_for_this_process_to_go_quiet(monkeypatch, busy_for, waited):
+    """Another thread of the process busy (OpenBLAS's, for about 0.1 s after a
+    multi-threaded call) for `busy_for` seconds: the measurement starts when it stops, or
+    after QUIET_WAIT_SECONDS (0.5). A simulated clock: each sleep of this thread moves the
+    wall clock by its length and the process's CPU clock by as much while the other
+    thread is busy."""
+    import time
+    clock = {"wall": 0.0, "cpu": 0.0}
+
+    def sleep(seconds):
+        if clock["wall"] < busy_for:
+            clock["cpu"] += seconds
+        clock["wall"] += seconds
+
+    monkeypatch.setattr(time, "sleep", sleep)
+    monkeypatch.setattr(time, "perf_counter", lambda: clock["wall"])
+    monkeypatch.setattr(time, "process_time", lambda: clock["cpu"])
+    _threads._wait_for_a_quiet_process()
+    assert clock["wall"] == pytest.approx(waited, abs=0.011)
+
+
 def test_the_candidates_are_one_thread_row_splits_and_blas_threads():
     assert _threads._candidates(64, 8) == [(1, 1), (2, 1), (4, 1), (8, 1), (1, 8)]
     assert _threads._candidates(64, 3) == [(1, 1), (2, 1), (3, 1), (1, 3)]
