@@ -35,6 +35,15 @@ static inline int fbp_few_wide(void)
     return 0;
 #endif
 }
+
+/* Calls kernel `name` (fbp_few_rows_product, _delta, _gradient) in the instance for this
+   CPU's widest registers: name_64 where fbp_few_wide(), else name_32. */
+#ifdef FBP_FEW_HAVE_AVX512
+#define FBP_FEW_WIDEST(name, ...) \
+    (fbp_few_wide() ? FBP_NAME(name##_64)(__VA_ARGS__) : FBP_NAME(name##_32)(__VA_ARGS__))
+#else
+#define FBP_FEW_WIDEST(name, ...) FBP_NAME(name##_32)(__VA_ARGS__)
+#endif
 #endif
 
 #ifdef FBP_FEW_HAVE_AVX512
@@ -55,30 +64,19 @@ static inline int fbp_few_wide(void)
 #undef FBP_FEW
 #undef FBP_FEW_TARGET
 
-/* out = x . W for m rows, in the instance for this CPU's widest registers. */
+/* out = x . W for m rows, in the instance for this CPU's widest registers (so are the
+   two below). */
 static inline void FBP_NAME(fbp_few_rows_product)(FBP_T *out, const FBP_T *x, const FBP_T *W,
                                                   ptrdiff_t m, ptrdiff_t n_in, ptrdiff_t n_out)
 {
-#ifdef FBP_FEW_HAVE_AVX512
-    if (fbp_few_wide()) {
-        FBP_NAME(fbp_few_rows_product_64)(out, x, W, m, n_in, n_out);
-        return;
-    }
-#endif
-    FBP_NAME(fbp_few_rows_product_32)(out, x, W, m, n_in, n_out);
+    FBP_FEW_WIDEST(fbp_few_rows_product, out, x, W, m, n_in, n_out);
 }
 
 /* out = delta W^T for m rows (W n_in x n_out): the backward pass's input delta. */
 static inline void FBP_NAME(fbp_few_rows_delta)(FBP_T *out, const FBP_T *delta, const FBP_T *W,
                                                 ptrdiff_t m, ptrdiff_t n_in, ptrdiff_t n_out)
 {
-#ifdef FBP_FEW_HAVE_AVX512
-    if (fbp_few_wide()) {
-        FBP_NAME(fbp_few_rows_delta_64)(out, delta, W, m, n_in, n_out);
-        return;
-    }
-#endif
-    FBP_NAME(fbp_few_rows_delta_32)(out, delta, W, m, n_in, n_out);
+    FBP_FEW_WIDEST(fbp_few_rows_delta, out, delta, W, m, n_in, n_out);
 }
 
 /* C = beta C + alpha A^T D (C n_rows x n_out; A m rows at stride lda; D m x n_out): a
@@ -88,13 +86,7 @@ static inline void FBP_NAME(fbp_few_rows_gradient)(FBP_T *C, const FBP_T *A, ptr
                                                    ptrdiff_t n_rows, ptrdiff_t n_out,
                                                    FBP_T alpha, FBP_T beta)
 {
-#ifdef FBP_FEW_HAVE_AVX512
-    if (fbp_few_wide()) {
-        FBP_NAME(fbp_few_rows_gradient_64)(C, A, lda, D, m, n_rows, n_out, alpha, beta);
-        return;
-    }
-#endif
-    FBP_NAME(fbp_few_rows_gradient_32)(C, A, lda, D, m, n_rows, n_out, alpha, beta);
+    FBP_FEW_WIDEST(fbp_few_rows_gradient, C, A, lda, D, m, n_rows, n_out, alpha, beta);
 }
 
 /* 1 if fbp_few_rows_product is the faster way to take this product (m rows of x against
