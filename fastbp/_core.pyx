@@ -33,7 +33,8 @@ from cython cimport floating
 from libc.math cimport isfinite, pow, sqrt
 from libc.stdint cimport uint64_t
 from libc.stdlib cimport calloc, malloc, free
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
+from cpython.mem cimport PyMem_RawFree, PyMem_RawMalloc, PyMem_RawRealloc
 
 from fastbp._blas cimport gemm
 from scipy.linalg.cython_blas cimport sgemm
@@ -370,6 +371,156 @@ cdef struct LazyAdam:
     void* second                    # W1's part of v
 
 
+# An epoch of a sparse fit may have to be undone (a loss that diverged, an index rewritten
+# mid-fit): the parameters and the optimizer state go back to those at the epoch's start.
+# A sparse fit's W1 may be most of its memory (10^7 columns x 256 is 10 GB in float32),
+# and an epoch changes only the rows its batches name (and, at its end, the rows a lazy
+# rule catches up), so W1 is not copied whole at the epoch's start: each row, of W1 and
+# of every row of the optimizer state, is copied into the log the first time the epoch
+# is about to change it (log_row), and undone from there (RowLog.restore). The log's
+# memory is the rows an epoch changes, kept for the next epoch. Rules that move every row
+# at every step (Adam without its lazy rows, Adagrad or RMSprop with coupled decay,
+# clipping) log every row at the epoch's start: a whole copy, as a dense fit makes.
+cdef struct RowLogData:
+    Py_ssize_t n_rows               # rows of W1
+    Py_ssize_t row_bytes            # one row of W1 (n_out values)
+    Py_ssize_t n_arrays             # 1 + the optimizer state's rows: copies a row takes
+    Py_ssize_t state_stride         # bytes from one row of the state to the next
+    char* W1                        # the fit's W1 and its state's W1 part (train_epoch)
+    char* state
+    Py_ssize_t* slot                # per row of W1: its place in the log, or -1
+    Py_ssize_t n_logged             # rows logged this epoch
+    Py_ssize_t entry_bytes          # a logged row: its index, then its n_arrays copies
+    char** chunks                   # LOG_CHUNK_BYTES (at least one entry) each
+    Py_ssize_t n_chunks, chunk_rows
+    bint out_of_memory              # a chunk could not be allocated: the epoch stops
+
+
+cdef enum:
+    LOG_CHUNK_BYTES = 1 << 20
+
+
+cdef inline char* log_entry(const RowLogData* log, Py_ssize_t place) noexcept nogil:
+    return log.chunks[place // log.chunk_rows] + (place % log.chunk_rows) * log.entry_bytes
+
+
+cdef bint log_row(RowLogData* log, Py_ssize_t row) noexcept nogil:
+    """Row `row` of W1 and of the state into the log, unless already there this epoch.
+    False: out of memory (log.out_of_memory set; the row is not to be changed)."""
+    if log.slot[row] >= 0:
+        return True
+    cdef Py_ssize_t place = log.n_logged, chunk = place // log.chunk_rows, a
+    cdef char** chunks
+    if chunk == log.n_chunks:
+        chunks = <char**>PyMem_RawRealloc(log.chunks, (chunk + 1) * sizeof(char*))
+        if chunks == NULL:
+            log.out_of_memory = True
+            return False
+        log.chunks = chunks
+        chunks[chunk] = <char*>PyMem_RawMalloc(log.chunk_rows * log.entry_bytes)
+        if chunks[chunk] == NULL:
+            log.out_of_memory = True
+            return False
+        log.n_chunks += 1
+    cdef char* entry = log_entry(log, place)
+    (<Py_ssize_t*>entry)[0] = row
+    entry += sizeof(Py_ssize_t)
+    memcpy(entry, log.W1 + row * log.row_bytes, log.row_bytes)
+    for a in range(1, log.n_arrays):
+        memcpy(entry + a * log.row_bytes,
+               log.state + (a - 1) * log.state_stride + row * log.row_bytes, log.row_bytes)
+    log.slot[row] = place
+    log.n_logged += 1
+    return True
+
+
+cdef bint log_every_row(RowLogData* log) noexcept nogil:
+    """Every row of W1 into the log (a rule that moves them all). False: out of memory."""
+    cdef Py_ssize_t row
+    for row in range(log.n_rows):
+        if not log_row(log, row):
+            return False
+    return True
+
+
+cdef class RowLog:
+    """The undo log of W1's rows for a sparse fit's epochs (see RowLogData): made by the
+    trainer for a model's W1 (n_rows x row_length, `dtype`) and an optimizer state of
+    `state_rows` rows, handed to each train_epoch (which empties it at the epoch's start),
+    and asked to restore when the epoch is undone."""
+    cdef RowLogData data
+    cdef object slot
+    cdef readonly object dtype
+
+    def __cinit__(self, Py_ssize_t n_rows, Py_ssize_t row_length, int state_rows, dtype):
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float32, np.float64) or n_rows < 1 or row_length < 1 \
+                or state_rows < 0:
+            raise ValueError(f"RowLog: no log for {n_rows} x {row_length} of {self.dtype} "
+                             f"with {state_rows} state rows")
+        self.slot = np.full(n_rows, -1, dtype=np.intp)
+        cdef Py_ssize_t[::1] slot = self.slot
+        self.data.n_rows = n_rows
+        self.data.row_bytes = row_length * self.dtype.itemsize
+        self.data.n_arrays = 1 + state_rows
+        self.data.entry_bytes = sizeof(Py_ssize_t) + self.data.n_arrays * self.data.row_bytes
+        self.data.slot = &slot[0]
+        self.data.n_logged = self.data.n_chunks = 0
+        self.data.chunks = NULL
+        self.data.chunk_rows = max(1, LOG_CHUNK_BYTES // self.data.entry_bytes)
+        self.data.out_of_memory = False
+        self.data.W1 = self.data.state = NULL
+
+    def __dealloc__(self):
+        cdef Py_ssize_t i
+        for i in range(self.data.n_chunks):
+            PyMem_RawFree(self.data.chunks[i])
+        PyMem_RawFree(self.data.chunks)
+
+    @property
+    def n_logged(self):
+        """The rows of W1 the epoch changed (logged so far)."""
+        return self.data.n_logged
+
+    cdef RowLogData* begin(self, str caller, const PlanData* plan, void* params, void* state,
+                           int state_rows, Py_ssize_t itemsize) except NULL:
+        """The log emptied for an epoch of this plan's fit, on these arrays."""
+        check_size(caller, "the row log's rows", self.data.n_rows, plan.sizes[0])
+        check_size(caller, "the row log's row bytes", self.data.row_bytes,
+                   plan.sizes[1] * itemsize)
+        check_size(caller, "the row log's state rows", self.data.n_arrays - 1, state_rows)
+        cdef Py_ssize_t i
+        for i in range(self.data.n_logged):
+            self.data.slot[(<Py_ssize_t*>log_entry(&self.data, i))[0]] = -1
+        self.data.n_logged = 0
+        self.data.out_of_memory = False
+        self.data.W1 = <char*>params + plan.weight_offsets[0] * itemsize
+        self.data.state = <char*>state + plan.weight_offsets[0] * itemsize if state_rows else NULL
+        self.data.state_stride = plan.n_params * itemsize
+        return &self.data
+
+    def restore(self, floating[::1] params, floating[:, ::1] state):
+        """Every row the epoch changed back as it was at its start, in params' W1 (its first
+        n_rows x row_length values) and state's (each of its rows, the same part)."""
+        cdef Py_ssize_t row_length = self.data.row_bytes // sizeof(floating), i, a, row
+        if sizeof(floating) != self.dtype.itemsize:
+            raise TypeError(f"RowLog.restore: the log holds {self.dtype}")
+        check_size("RowLog.restore", "the state's row count", state.shape[0],
+                   self.data.n_arrays - 1)
+        if params.shape[0] < self.data.n_rows * row_length or (
+                state.shape[0] and state.shape[1] != params.shape[0]):
+            raise ValueError("RowLog.restore: params and state must hold the logged W1")
+        cdef char* copy
+        for i in range(self.data.n_logged):
+            copy = log_entry(&self.data, i)
+            row = (<Py_ssize_t*>copy)[0]
+            copy += sizeof(Py_ssize_t)
+            memcpy(&params[row * row_length], copy, self.data.row_bytes)
+            for a in range(1, self.data.n_arrays):
+                memcpy(&state[a - 1, row * row_length], copy + a * self.data.row_bytes,
+                       self.data.row_bytes)
+
+
 # A batch of a sparse X's rows, as the kernels read it (csrc/kernels_impl.h).
 cdef struct SparseBatch:
     const void* data                # the stored values, of the pass's type
@@ -385,6 +536,8 @@ cdef struct SparseBatch:
     unsigned char* named            # training with a rule that steps every row of W1 from
                                     # its gradient buffer: a flag a row, set for the rows
                                     # the batch names (the others' gradient is 0), or NULL
+    RowLogData* log                 # training a sparse fit whose rows of W1 change only
+                                    # where batches name them or catch up (RowLogData), or NULL
 
 
 cdef class SparseRows:
@@ -455,6 +608,7 @@ cdef class SparseRows:
         batch.bad = -1
         batch.lazy = NULL
         batch.named = NULL
+        batch.log = NULL
         return batch
 
 
@@ -686,6 +840,9 @@ cdef double run_batch(const PlanData* plan, HyperparameterData* hyper, floating*
         if not lazy_list_rows(sparse.lazy, sparse, params + plan.weight_offsets[0],
                               plan.sizes[1], m):
             return 0.0
+    elif sparse != NULL and sparse.log != NULL:  # the rows this step may change, logged
+        if not log_batch_rows(sparse.log, sparse, m):
+            return 0.0
     forward_hidden(plan, params, work, x, m, random_state, sparse)
     output_logits(plan, params, work, x, m, out, sparse)
     if sparse != NULL and sparse.bad >= 0:
@@ -775,7 +932,7 @@ cdef bint sparse_weight_update(const PlanData* plan, HyperparameterData* hyper,
     Adagrad or RMSprop with coupled decay, move every row of W1 at every step and take a
     pass over all of W1 and its state, exactly the dense rule's arithmetic
     (docs/performance.md, "Sparse input", has the costs). False: an index out of range
-    (sparse.bad set)."""
+    (sparse.bad set), or the log out of memory."""
     cdef Py_ssize_t w = plan.weight_offsets[0], n_out = plan.sizes[1]
     cdef Py_ssize_t n = plan.sizes[0] * n_out, bad, i
     cdef bint stepping = update == FOLDED_MOMENTUM or update == LAYER_STEP
@@ -807,7 +964,9 @@ cdef bint sparse_weight_update(const PlanData* plan, HyperparameterData* hyper,
         if lazy.adam != NULL:
             lazy_adam_advance(lazy.adam, lazy.steps, hyper.learning_rate)
             if lazy.steps == lazy.adam.window:
-                lazy_restart(lazy, params + w, plan.sizes[0], n_out, hyper.step)
+                if not lazy_restart(lazy, params + w, plan.sizes[0], n_out, hyper.step,
+                                    sparse.log):
+                    return False
     elif stepping:   # every row; those the batch did not name without reading their 0s
         step_slice(hyper, params, target, first, second, update, w, n, True, sparse.named,
                    n_out)
@@ -988,17 +1147,10 @@ cdef bint lazy_list_rows(LazyRows* lazy, SparseBatch* sparse, floating* W1, Py_s
     """List the rows of W1 the batch names (lazy.touched, each once) and bring each up to
     date before the forward pass reads it. Checks every index it reads (False: one out of
     range, sparse.bad set)."""
-    cdef Py_ssize_t i, k, row, begin, end, column
+    cdef Py_ssize_t i, k, begin, end, column
     lazy.n_touched = 0
     for i in range(m):
-        row = sparse.rows[i] if sparse.rows != NULL else sparse.first + i
-        if row < 0 or row >= sparse.n_rows:
-            sparse.bad = i
-            return False
-        begin = sparse.indptr[row]
-        end = sparse.indptr[row + 1]
-        if begin < 0 or end < begin or end > sparse.nnz:
-            sparse.bad = i
+        if not batch_row_span(sparse, i, &begin, &end):
             return False
         for k in range(begin, end):
             column = sparse.indices[k]
@@ -1009,6 +1161,10 @@ cdef bint lazy_list_rows(LazyRows* lazy, SparseBatch* sparse, floating* W1, Py_s
                 lazy.listed[column] = lazy.steps
                 lazy.touched[lazy.n_touched] = column
                 lazy.n_touched += 1
+    if sparse.log != NULL:
+        for i in range(lazy.n_touched):
+            if not log_row(sparse.log, lazy.touched[i]):
+                return False
     for i in range(lazy.n_touched):
         if i + LAZY_PREFETCH_AHEAD < lazy.n_touched:
             prefetch_lazy_row(lazy, W1, n_out, sparse.n_cols,
@@ -1017,6 +1173,39 @@ cdef bint lazy_list_rows(LazyRows* lazy, SparseBatch* sparse, floating* W1, Py_s
         if lazy.applied[column] != lazy.steps:
             lazy_catch_up(lazy, W1, n_out, column, lazy.steps - lazy.applied[column])
             lazy.applied[column] = lazy.steps
+    return True
+
+
+cdef inline bint batch_row_span(SparseBatch* sparse, Py_ssize_t i, Py_ssize_t* begin,
+                                Py_ssize_t* end) noexcept nogil:
+    """The stored values of the batch's row i: begin..end-1 (False: the row or its indptr
+    out of range, sparse.bad set)."""
+    cdef Py_ssize_t row = sparse.rows[i] if sparse.rows != NULL else sparse.first + i
+    if row < 0 or row >= sparse.n_rows:
+        sparse.bad = i
+        return False
+    begin[0] = sparse.indptr[row]
+    end[0] = sparse.indptr[row + 1]
+    if begin[0] < 0 or end[0] < begin[0] or end[0] > sparse.nnz:
+        sparse.bad = i
+        return False
+    return True
+
+
+cdef bint log_batch_rows(RowLogData* log, SparseBatch* sparse, int m) noexcept nogil:
+    """The rows of W1 the batch names into the log (RowLogData), checking every index
+    it reads (False: one out of range, sparse.bad set; or out of memory)."""
+    cdef Py_ssize_t i, k, begin, end, column
+    for i in range(m):
+        if not batch_row_span(sparse, i, &begin, &end):
+            return False
+        for k in range(begin, end):
+            column = sparse.indices[k]
+            if column < 0 or column >= sparse.n_cols:
+                sparse.bad = i
+                return False
+            if not log_row(log, column):
+                return False
     return True
 
 
@@ -1039,26 +1228,62 @@ cdef inline void prefetch_lazy_row(const LazyRows* lazy, floating* W1, Py_ssize_
         fbp_prefetch_rows(<floating*>lazy.scaled, row, 1, n_out, n_in)
 
 
-cdef void lazy_flush(LazyRows* lazy, floating* W1, Py_ssize_t n_in,
-                     Py_ssize_t n_out) noexcept nogil:
-    """Every row of W1 up to date: the end of an epoch."""
+cdef bint lazy_flush(LazyRows* lazy, floating* W1, Py_ssize_t n_in, Py_ssize_t n_out,
+                     RowLogData* log) noexcept nogil:
+    """Every row of W1 up to date: the end of an epoch. With a log, each row the catch-up
+    changes is logged first; a row it would leave as it is (no decay, its state all 0) is
+    skipped. False: out of memory (the rows not yet logged unchanged)."""
     cdef Py_ssize_t row
     for row in range(n_in):
         if lazy.applied[row] != lazy.steps:
+            if log != NULL and log.slot[row] < 0:
+                if not lazy_row_moves(lazy, W1, n_out, row):
+                    lazy.applied[row] = lazy.steps
+                    continue
+                if not log_row(log, row):
+                    return False
             lazy_catch_up(lazy, W1, n_out, row, lazy.steps - lazy.applied[row])
             lazy.applied[row] = lazy.steps
+    return True
 
 
-cdef void lazy_restart(LazyRows* lazy, floating* W1, Py_ssize_t n_in, Py_ssize_t n_out,
-                       double step) noexcept nogil:
-    """Every row up to date and the count of steps from 0 again (Adam's window is full)."""
+cdef bint lazy_row_moves(const LazyRows* lazy, floating* W1, Py_ssize_t n_out,
+                         Py_ssize_t row) noexcept nogil:
+    """Whether catching row `row` up may change it or its state: not when the rule has no
+    decay and the row's state (velocity, moments) is all 0."""
+    if lazy.adam != NULL:
+        return lazy.adam.shrink != 1 \
+            or not all_zero(<floating*>lazy.adam.first + row * n_out, n_out) \
+            or not all_zero(<floating*>lazy.adam.second + row * n_out, n_out)
+    if lazy.a != 1:
+        return True
+    if lazy.coupled != NULL and not all_zero(<floating*>lazy.coupled + row * n_out, n_out):
+        return True
+    return lazy.scaled != NULL and lazy.e != 1 \
+        and not all_zero(<floating*>lazy.scaled + row * n_out, n_out)
+
+
+cdef inline bint all_zero(const floating* values, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t j
+    for j in range(n):
+        if values[j] != 0:
+            return False
+    return True
+
+
+cdef bint lazy_restart(LazyRows* lazy, floating* W1, Py_ssize_t n_in, Py_ssize_t n_out,
+                       double step, RowLogData* log) noexcept nogil:
+    """Every row up to date and the count of steps from 0 again (Adam's window is full).
+    False: out of memory (lazy_flush)."""
     cdef Py_ssize_t row
-    lazy_flush(lazy, W1, n_in, n_out)
+    if not lazy_flush(lazy, W1, n_in, n_out, log):
+        return False
     for row in range(n_in):
         lazy.applied[row] = 0
         lazy.listed[row] = -1
     lazy.steps = 0
     lazy_adam_start(lazy.adam, step)
+    return True
 
 
 cdef inline void step_slice(const HyperparameterData* hyper, floating* params, floating* grads,
@@ -1164,7 +1389,7 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
                 const floating[::1] row_weights, const Py_ssize_t[::1] order,
                 Py_ssize_t batch_size, uint64_t random_seed, bint interruptible=False,
                 Plan worker_plan=None, floating[::1] worker_work=None, int n_workers=1,
-                SparseRows sparse=None):
+                SparseRows sparse=None, RowLog row_log=None):
     """One epoch of mini-batch training in one nogil call.
 
     Batches are rows order[0:b], order[b:2b], ... (rows 0:b, b:2b, ... read in place when
@@ -1190,7 +1415,10 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
 
     sparse: X is this sparse matrix (X itself is then not read: pass an empty array of the
     dtype); it trains on one worker, and a column index or indptr entry out of range
-    (checked as read) raises as an index out of range does.
+    (checked as read) raises as an index out of range does. row_log (sparse X only): the
+    rows of W1 (and of the state) this epoch changes are copied into it before they
+    change (RowLog), so that the caller can undo the epoch without a copy of all of W1;
+    MemoryError if it cannot grow (the epoch stops; undo it).
     """
     cdef const PlanData* plan_data = &plan.data
     cdef HyperparameterData* hyper = &hyperparameters.data
@@ -1289,6 +1517,13 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
             lazy.listed[i] = -1
         lazy.n_touched = lazy.steps = 0
         batch.lazy = &lazy
+    cdef RowLogData* log = NULL
+    if use_sparse and row_log is not None:
+        log = row_log.begin(caller, plan_data, p, state_start, state_rows, sizeof(floating))
+        if use_lazy or update == FOLDED_SGD:   # rows change where batches name them
+            batch.log = log
+        elif not log_every_row(log):            # every row changes at every step
+            raise MemoryError("train_epoch: no memory for the epoch's copy of W1")
     if n_workers > 1:
         return train_epoch_on_workers(plan_data, hyper, worker_plan, worker_work, n_workers,
                                       p, w, first, second, grads, X, Y, labels, row_weights,
@@ -1375,6 +1610,8 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
                     bad = batch.bad
                     failed_gather = GATHERED_SPARSE
                     break
+                if log != NULL and log.out_of_memory:
+                    break
                 if not isfinite(loss_sum):
                     status = DIVERGED
                     break
@@ -1383,11 +1620,12 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
                 loss_total += loss_sum * normaliser
                 weight_total += weight_sum
             start += m
-        if use_lazy and bad < 0:    # every row of W1 up to date
-            lazy_flush(&lazy, p + plan_data.weight_offsets[0], n_in, plan_data.sizes[1])
+        if use_lazy and bad < 0 and not (log != NULL and log.out_of_memory):
+            # every row of W1 up to date
+            lazy_flush(&lazy, p + plan_data.weight_offsets[0], n_in, plan_data.sizes[1], log)
         # An update can overflow with a finite loss: in the parameters, or only in the
         # optimizer's state (Adam's g^2 past FLT_MAX), where it would freeze weights silently.
-        if bad < 0 and status != DIVERGED and not (
+        if bad < 0 and status != DIVERGED and not (log != NULL and log.out_of_memory) and not (
                 fbp_all_finite(p, plan_data.n_params)
                 and fbp_all_finite(state_start if state_rows else p,
                                    state_rows * plan_data.n_params)):
@@ -1398,6 +1636,9 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
     free(named)
     if bad >= 0:
         raise_bad_index(order, labels, start + bad, use_order, failed_gather, n_out, sparse)
+    if log != NULL and log.out_of_memory:
+        raise MemoryError(f"train_epoch: no memory to log the rows of W1 this epoch changes "
+                          f"({log.n_logged} rows logged)")
     return loss_total, weight_total, start, status
 
 

@@ -445,9 +445,15 @@ class _CompiledEpoch:
         self.worker_plan, self.worker_work = row_workspace(
             model.layer_sizes, model._codes, model._dropout, self.batch_size, self.n_workers,
             model.dtype)
-        # The parameters and optimizer state at the start of the epoch, restored if it diverges.
-        self.backup = np.empty_like(model._params)
-        self.state_backup = np.empty_like(self.state)
+        # The parameters and optimizer state at the start of the epoch, restored if it
+        # diverges. A sparse fit copies W1 (the first `kept` values, most of the model) and
+        # its state row by row as the epoch changes them, into a RowLog, not whole.
+        kept = model.layer_sizes[0] * model.layer_sizes[1] if self.sparse is not None else 0
+        self.row_log = None if self.sparse is None else _core.RowLog(
+            model.layer_sizes[0], model.layer_sizes[1], hyperparameters.state_rows, model.dtype)
+        self.backup = np.empty_like(model._params[kept:])
+        self.state_backup = np.empty_like(self.state[:, kept:])
+        self.kept = kept
         self.X = data.X if self.sparse is None else np.empty((0, 0), dtype=model.dtype)
         self.targets = np.empty((0, 0), dtype=model.dtype) if data.targets is None \
             else data.targets
@@ -466,16 +472,18 @@ class _CompiledEpoch:
             np.copyto(self.order, self.rows)
             trainer._rng.shuffle(self.order)
         dropout_seed = int(trainer._rng.integers(2**63)) if self.uses_dropout else 0
-        np.copyto(self.backup, model._params)
-        np.copyto(self.state_backup, state)
+        np.copyto(self.backup, model._params[self.kept:])
+        np.copyto(self.state_backup, state[:, self.kept:])
         started = time.perf_counter()
         try:
             loss_total, weight_total, trained, status = _core.train_epoch(
                 self.plan, self.hyperparameters, model._params, self.work, state, self.X,
                 self.targets, self.labels, self.weights, self.order, self.batch_size,
                 dropout_seed, self.catching, self.worker_plan, self.worker_work,
-                self.n_workers, self.sparse)
-        except ValueError:   # labels or a sparse X rewritten mid-fit: the core checks each read
+                self.n_workers, self.sparse, self.row_log)
+        except (ValueError, MemoryError):
+            # labels or a sparse X rewritten mid-fit (the core checks each read), or no
+            # memory for the row log
             self._restore()
             raise
         seconds = time.perf_counter() - started
@@ -496,8 +504,10 @@ class _CompiledEpoch:
                            seconds, len(self.rows))
 
     def _restore(self):
-        np.copyto(self.model._params, self.backup)
-        np.copyto(self.state, self.state_backup)
+        np.copyto(self.model._params[self.kept:], self.backup)
+        np.copyto(self.state[:, self.kept:], self.state_backup)
+        if self.row_log is not None:
+            self.row_log.restore(self.model._params, self.state)
 
     def interrupt_requested(self) -> bool:
         return self.catching and _core.interrupt_requested()
