@@ -314,7 +314,8 @@ def allowed_threads() -> int:
 
     The limits: the CPU affinity mask (os.sched_getaffinity), a cgroup CPU quota
     (cgroup v2 cpu.max, v1 cpu.cfs_quota_us / cpu.cfs_period_us, rounded up),
-    OMP_NUM_THREADS / OPENBLAS_NUM_THREADS / MKL_NUM_THREADS, and the thread count of the
+    OMP_NUM_THREADS / OPENBLAS_NUM_THREADS / MKL_NUM_THREADS (but not the 1s Dask sets in
+    a process that starts its worker processes: _environment_limit), and the thread count of the
     BLAS scipy calls as its caller left it (threadpoolctl's threadpool_limits in force, or
     the count the BLAS read from its environment when it loaded). fastbp.dask and the
     scikit-learn estimators call this too, so a worker with one thread gets one."""
@@ -336,12 +337,25 @@ def _cpu_count() -> int:
 THREAD_LIMIT_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
+# The variables as they were when fastbp was imported. Dask's nanny sets OMP_NUM_THREADS,
+# OPENBLAS_NUM_THREADS and MKL_NUM_THREADS to 1 in the environment of the process that
+# starts worker processes (a LocalCluster in the user's own process), so that its children
+# inherit them, and marks that process with __DASK_PARENT_PID = its pid ("poisoning the
+# process running the Nanny", distributed's own docs): those values are the workers'
+# limit, not one the caller put on this process, whose BLAS loaded before them.
+_IMPORT_ENVIRONMENT = {name: os.environ.get(name) for name in THREAD_LIMIT_VARIABLES}
+DASK_PARENT_VARIABLE = "__DASK_PARENT_PID"
+
+
 def _environment_limit():
     """The smallest positive count in THREAD_LIMIT_VARIABLES, or None (unset or unreadable
-    values are no limit, as the libraries themselves treat them)."""
+    values are no limit, as the libraries themselves treat them). In a process that has
+    started Dask worker processes, the values it had when fastbp was imported."""
+    dask_parent = os.environ.get(DASK_PARENT_VARIABLE) == str(os.getpid())
     counts = []
     for name in THREAD_LIMIT_VARIABLES:
-        value = os.environ.get(name, "").split(",")[0].strip()
+        value = (_IMPORT_ENVIRONMENT[name] if dask_parent else os.environ.get(name)) or ""
+        value = value.split(",")[0].strip()
         if value.isdigit() and int(value) > 0:
             counts.append(int(value))
     return min(counts) if counts else None

@@ -68,6 +68,27 @@ def cluster_client(client):
 
 
 # ---- fastbp.dask.fit ----
+def test_the_driver_keeps_its_threads_after_starting_a_local_cluster(cluster_client,
+                                                                      monkeypatch):
+    """Starting the LocalCluster's worker processes set OMP_NUM_THREADS and the others to 1
+    in this process too (Dask's nanny does, for its children); fastbp's defaults here
+    still allow what they allowed before it (fastbp._threads._environment_limit)."""
+    from fastbp import _threads
+    assert os.environ.get("__DASK_PARENT_PID") == str(os.getpid())
+    assert os.environ.get("OMP_NUM_THREADS") == "1"
+    with_cluster = _threads.allowed_threads()
+    monkeypatch.delenv("__DASK_PARENT_PID")
+    for name, value in _threads._IMPORT_ENVIRONMENT.items():
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    assert with_cluster == _threads.allowed_threads()
+    # and each worker's limit is its one thread
+    assert cluster_client.run(_threads.allowed_threads) == {
+        address: 1 for address in cluster_client.nthreads()}
+
+
 def test_importing_fastbp_does_not_import_dask():
     code = "import sys, fastbp; assert 'dask' not in sys.modules, 'fastbp imported dask'"
     subprocess.run([sys.executable, "-c", code], check=True)

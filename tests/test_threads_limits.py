@@ -54,6 +54,8 @@ def many_cpus(monkeypatch):
     monkeypatch.setattr(_threads, "_blas_setting", lambda: None)
     for name in _threads.THREAD_LIMIT_VARIABLES:
         monkeypatch.delenv(name, raising=False)
+    # not a process that has started Dask workers (tests/test_dask.py's cluster leaves the mark)
+    monkeypatch.delenv(_threads.DASK_PARENT_VARIABLE, raising=False)
 
 
 def every_pass(model, n_threads=None):
@@ -99,6 +101,26 @@ def test_the_smallest_limit_wins(many_cpus, monkeypatch):
     assert _threads.allowed_threads() == 4
     monkeypatch.setattr(_threads, "_cpu_count", lambda: 2)
     assert _threads.allowed_threads() == 2
+
+
+def test_the_ones_dask_sets_in_the_process_that_starts_its_workers_are_no_limit(
+        many_cpus, monkeypatch):
+    """Dask's nanny sets OMP_NUM_THREADS, OPENBLAS_NUM_THREADS and MKL_NUM_THREADS to 1 in
+    the process that starts worker processes, for them, and marks it with
+    __DASK_PARENT_PID: there the values from fastbp's import count; in the workers (whose
+    parent is another process) the 1s are their limit."""
+    monkeypatch.setattr(_threads, "_IMPORT_ENVIRONMENT",
+                        dict.fromkeys(_threads.THREAD_LIMIT_VARIABLES))
+    for name in _threads.THREAD_LIMIT_VARIABLES:
+        monkeypatch.setenv(name, "1")
+    monkeypatch.setenv(_threads.DASK_PARENT_VARIABLE, str(os.getpid()))
+    assert _threads.allowed_threads() == 8
+    monkeypatch.setitem(_threads._IMPORT_ENVIRONMENT, "OMP_NUM_THREADS", "3")
+    assert _threads.allowed_threads() == 3      # what the caller had set still counts
+    monkeypatch.setenv(_threads.DASK_PARENT_VARIABLE, str(os.getppid()))   # a worker
+    assert _threads.allowed_threads() == 1
+    monkeypatch.delenv(_threads.DASK_PARENT_VARIABLE)
+    assert _threads.allowed_threads() == 1
 
 
 def test_a_cgroup_quota_limits_the_default(many_cpus, monkeypatch):
