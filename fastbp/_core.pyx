@@ -1637,8 +1637,9 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
     if bad >= 0:
         raise_bad_index(order, labels, start + bad, use_order, failed_gather, n_out, sparse)
     if log != NULL and log.out_of_memory:
-        raise MemoryError(f"train_epoch: no memory to log the rows of W1 this epoch changes "
-                          f"({log.n_logged} rows logged)")
+        raise MemoryError(f"train_epoch: no memory to keep the rows of W1 this epoch changes "
+                          f"(kept to undo it; {log.n_logged} rows kept): the epoch is "
+                          f"stopped, for its caller to undo")
     return loss_total, weight_total, start, status
 
 

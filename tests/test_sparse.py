@@ -2,6 +2,9 @@
 gradients and every fit gives what the same data densified give, to rounding; bad sparse
 input is refused with the model unchanged; a sparse X rewritten mid-fit raises; and a fit
 on a very wide CSR matrix allocates nothing like its dense form."""
+import os
+import subprocess
+import sys
 import tracemalloc
 import warnings
 
@@ -516,6 +519,42 @@ def test_the_row_log_holds_only_the_rows_an_epoch_changes(monkeypatch, dtype):
     assert logged["sgd"] == [named, named]
     assert logged["momentum"] == [named, named]
     assert logged["decay"] == [300, 300]
+
+
+OUT_OF_MEMORY_FIT = """
+import resource
+import numpy as np, scipy.sparse, fastbp
+X = scipy.sparse.random(400, 200_000, density=5e-4, format="csr", random_state=0,
+                        dtype=np.float32)
+y = np.random.default_rng(0).integers(0, 3, 400)
+model = fastbp.MLP([200_000, 64, 3], ["relu", "softmax"], dtype="float32", seed=0)
+trainer = fastbp.Trainer("cce", optimizer="sgd", learning_rate=0.1, weight_decay=0.01,
+                         epochs=1, batch_size=16, seed=0, n_threads=1)
+trainer.fit(model, X, y)     # everything imported and measured; then an epoch logs every
+before = model.parameter_vector()   # row (decay) into 53 MB of log, with room for 24 MB
+size = int([line for line in open("/proc/self/status")
+            if line.startswith("VmSize")][0].split()[1]) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (size + (24 << 20), resource.RLIM_INFINITY))
+try:
+    trainer.fit(model, X, y)
+    raise SystemExit("no MemoryError")
+except MemoryError as error:
+    assert "kept to undo it" in str(error), error
+resource.setrlimit(resource.RLIMIT_AS, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+assert np.array_equal(model.parameter_vector(), before)
+trainer.fit(model, X, y)     # and the next fit trains
+assert not np.array_equal(model.parameter_vector(), before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS, /proc (Linux)")
+@pytest.mark.skipif("libasan" in os.environ.get("LD_PRELOAD", ""),
+                    reason="ASan's shadow memory takes more address space than the limit")
+def test_an_epoch_whose_row_log_runs_out_of_memory_is_undone():
+    """The log grows as the epoch changes rows; when it cannot (here an address-space limit
+    set part-way), the epoch stops before changing the row it could not keep, the trainer
+    undoes it and raises MemoryError, and the model is as it was."""
+    subprocess.run([sys.executable, "-c", OUT_OF_MEMORY_FIT], check=True, timeout=300)
 
 
 def test_the_row_log_is_checked_against_the_fit():
