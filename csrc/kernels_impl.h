@@ -681,6 +681,25 @@ FBP_MULTIVERSION static ptrdiff_t FBP_NAME(fbp_sparse_product)(FBP_T *out, const
     return -1;
 }
 
+/* One row of the first layer's weight gradient for a sparse batch, for a rule that steps
+   each row the batch names right away (the lazy rules, _core.pyx sparse_weight_update):
+   out = the sum over k of values[k] * delta[positions[k], :], where values are alpha times
+   the batch's stored values in that row's column and positions their batch rows, in batch
+   order: the sums fbp_sparse_scatter adds into a whole gradient buffer, in the same order,
+   with no such buffer. */
+FBP_MULTIVERSION static void FBP_NAME(fbp_sparse_row_gradient)(FBP_T *out, const FBP_T *values,
+        const ptrdiff_t *positions, ptrdiff_t count, const FBP_T *delta, ptrdiff_t n_out)
+{
+    FBP_T *restrict o = out;
+    memset(o, 0, (size_t)n_out * sizeof(FBP_T));
+    for (ptrdiff_t k = 0; k < count; k++) {
+        const FBP_T v = values[k];
+        const FBP_T *restrict d = delta + positions[k] * n_out;
+        for (ptrdiff_t j = 0; j < n_out; j++)
+            o[j] += v * d[j];
+    }
+}
+
 /* G[indices[k], :] += alpha * data[k] * delta[i, :] over row i's stored values: the first
    layer's weight gradient (alpha X^T delta) for a sparse batch, touching only the rows of
    G (n_cols x n_out) the batch names; named (NULL, or a flag per row of G): each of those

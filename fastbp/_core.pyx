@@ -316,8 +316,28 @@ cdef struct LazyRows:
     Py_ssize_t* applied             # per row of W1: the steps of this epoch applied to it
     Py_ssize_t* listed              # per row: the step whose batch last named it (-1: none)
     Py_ssize_t* touched             # the rows of W1 the current batch names, each once
+    Py_ssize_t* slot                # per row: its place in touched (where listed == steps)
     Py_ssize_t n_touched
     Py_ssize_t steps                # steps of this epoch taken so far
+    RowGradients* gradients         # LAYER_STEP rules: each named row's gradient made and
+                                    # stepped at once (sparse_row_steps), or NULL
+
+
+# A lazy rule that steps from a gradient (LAYER_STEP: Adam, Nesterov momentum, Adagrad,
+# RMSprop) makes each named row's gradient from the batch's stored values in its column,
+# grouped by row (a counting sort of the batch's values, read once), and steps the row at
+# once: W1's part of the gradient buffer is never used (neither zeroed nor read, so its
+# pages are never touched), and a step moves a named row's weights and state, not a
+# gradient row besides.
+cdef struct RowGradients:
+    Py_ssize_t capacity             # stored values a batch may hold (the arrays below)
+    Py_ssize_t* value_slots         # per stored value of the batch, as read: its row's slot
+    Py_ssize_t* value_rows          #   ... its batch row
+    void* read_values               #   ... alpha times it (the pass's type)
+    Py_ssize_t* starts              # per slot: where its values start (n_touched + 1)
+    Py_ssize_t* positions           # the batch rows, grouped by slot, in batch order
+    void* values                    # their values, likewise
+    void* row                       # one row's gradient (n_out values)
 
 
 # Adam on a row of W1 that k steps named no batch of: with m, v its moments after step t0
@@ -937,6 +957,9 @@ cdef bint sparse_weight_update(const PlanData* plan, HyperparameterData* hyper,
     cdef Py_ssize_t n = plan.sizes[0] * n_out, bad, i
     cdef bint stepping = update == FOLDED_MOMENTUM or update == LAYER_STEP
     cdef LazyRows* lazy = sparse.lazy
+    if lazy != NULL and lazy.gradients != NULL:
+        return sparse_row_steps(plan, hyper, params, first, second, update, alpha, delta, m,
+                                sparse)
     if lazy != NULL:
         if beta != 1:   # plain SGD's decay of this step, on the named rows only
             for i in range(lazy.n_touched):
@@ -970,6 +993,79 @@ cdef bint sparse_weight_update(const PlanData* plan, HyperparameterData* hyper,
     elif stepping:   # every row; those the batch did not name without reading their 0s
         step_slice(hyper, params, target, first, second, update, w, n, True, sparse.named,
                    n_out)
+    return True
+
+
+cdef Py_ssize_t longest_row(SparseRows sparse):
+    """The most stored values a row of the sparse X holds (at least 1), as its indptr says
+    now (the fit checks every row again as it reads it)."""
+    cdef const Py_ssize_t[::1] indptr = sparse.indptr_view
+    cdef Py_ssize_t r, longest = 1
+    for r in range(sparse.n_rows):
+        longest = max(longest, indptr[r + 1] - indptr[r])
+    return longest
+
+
+cdef bint sparse_row_steps(const PlanData* plan, HyperparameterData* hyper, floating* params,
+                           floating* first, floating* second, int update, floating alpha,
+                           const floating* delta, int m, SparseBatch* sparse) noexcept nogil:
+    """sparse_weight_update's lazy LAYER_STEP rules (RowGradients): each row the batch names
+    gets its gradient (fbp_sparse_row_gradient) and its step at once, then the lazy
+    bookkeeping as sparse_weight_update's. False: an index out of range or rewritten since
+    lazy_list_rows read it (sparse.bad set), or the log out of memory (the Adam window's
+    restart)."""
+    cdef LazyRows* lazy = sparse.lazy
+    cdef RowGradients* gradients = lazy.gradients
+    cdef Py_ssize_t w = plan.weight_offsets[0], n_out = plan.sizes[1], n_in = plan.sizes[0]
+    cdef Py_ssize_t i, k, t, begin, end, column, count = 0, place, row
+    cdef floating* read_values = <floating*>gradients.read_values
+    cdef floating* values = <floating*>gradients.values
+    cdef Py_ssize_t* starts = gradients.starts
+    # the batch's stored values, read once (the arrays may be changing under the fit)
+    for i in range(m):
+        if not batch_row_span(sparse, i, &begin, &end):
+            return False
+        for k in range(begin, end):
+            column = sparse.indices[k]
+            if column < 0 or column >= sparse.n_cols or lazy.listed[column] != lazy.steps \
+                    or count == gradients.capacity:
+                sparse.bad = i
+                return False
+            gradients.value_slots[count] = lazy.slot[column]
+            gradients.value_rows[count] = i
+            read_values[count] = alpha * (<const floating*>sparse.data)[k]
+            count += 1
+    # grouped by row of W1 (slot), each group in batch order
+    memset(starts, 0, (lazy.n_touched + 1) * sizeof(Py_ssize_t))
+    for k in range(count):
+        starts[gradients.value_slots[k] + 1] += 1
+    for t in range(lazy.n_touched):
+        starts[t + 1] += starts[t]
+    for k in range(count):
+        place = starts[gradients.value_slots[k]]
+        starts[gradients.value_slots[k]] = place + 1
+        gradients.positions[place] = gradients.value_rows[k]
+        values[place] = read_values[k]
+    # starts[t] is now where group t ends; group t starts where group t - 1 ends
+    lazy.steps += 1
+    begin = 0
+    for t in range(lazy.n_touched):
+        row = lazy.touched[t]
+        if t + LAZY_PREFETCH_AHEAD < lazy.n_touched:
+            prefetch_step_row(params + w, params + w, first, second, w, n_out, n_in,
+                              &lazy.touched[t + LAZY_PREFETCH_AHEAD])
+        fbp_sparse_row_gradient(<floating*>gradients.row, values + begin,
+                                gradients.positions + begin, starts[t] - begin, delta, n_out)
+        begin = starts[t]
+        step_values(hyper, params + w + row * n_out, <floating*>gradients.row,
+                    first + w + row * n_out if first else NULL,
+                    second + w + row * n_out if second else NULL, update, n_out, True)
+        lazy.applied[row] = lazy.steps
+    if lazy.adam != NULL:
+        lazy_adam_advance(lazy.adam, lazy.steps, hyper.learning_rate)
+        if lazy.steps == lazy.adam.window:
+            if not lazy_restart(lazy, params + w, n_in, n_out, hyper.step, sparse.log):
+                return False
     return True
 
 
@@ -1159,6 +1255,7 @@ cdef bint lazy_list_rows(LazyRows* lazy, SparseBatch* sparse, floating* W1, Py_s
                 return False
             if lazy.listed[column] != lazy.steps:
                 lazy.listed[column] = lazy.steps
+                lazy.slot[column] = lazy.n_touched
                 lazy.touched[lazy.n_touched] = column
                 lazy.n_touched += 1
     if sparse.log != NULL:
@@ -1294,16 +1391,25 @@ cdef inline void step_slice(const HyperparameterData* hyper, floating* params, f
     FOLDED_MOMENTUM, grads is the scaled velocity the GEMM just added the gradient to).
     Weight decay applies to weights, not biases. named (not for FOLDED_MOMENTUM): a flag
     per row of row_length values, 0 where the gradient is 0 (fbp_optimizer_step)."""
+    step_values(hyper, params + offset, grads + offset, first + offset if first else NULL,
+                second + offset if second else NULL, update, n, weights, named, row_length)
+
+
+cdef inline void step_values(const HyperparameterData* hyper, floating* params,
+                             floating* grads, floating* first, floating* second, int update,
+                             Py_ssize_t n, bint weights, unsigned char* named=NULL,
+                             Py_ssize_t row_length=0) noexcept nogil:
+    """step_slice on n values at params, their gradient at grads (left 0) and their state
+    at first and second (or NULL)."""
     cdef floating weight_decay = <floating>hyper.weight_decay if weights else 0
     if weights and hyper.decoupled_weight_decay:   # p <- p (1 - lr wd), then the rule
-        fbp_scale(params + offset, n, <floating>(1.0 - hyper.learning_rate * hyper.weight_decay))
+        fbp_scale(params, n, <floating>(1.0 - hyper.learning_rate * hyper.weight_decay))
         weight_decay = 0
     if update == FOLDED_MOMENTUM:
-        fbp_momentum_step(params + offset, grads + offset, n, <floating>hyper.learning_rate,
-                          weight_decay, <floating>hyper.momentum)
+        fbp_momentum_step(params, grads, n, <floating>hyper.learning_rate, weight_decay,
+                          <floating>hyper.momentum)
     else:
-        fbp_optimizer_step(params + offset, grads + offset, first + offset if first else NULL,
-                           second + offset if second else NULL, n, hyper.optimizer,
+        fbp_optimizer_step(params, grads, first, second, n, hyper.optimizer,
                            <floating>hyper.learning_rate, weight_decay,
                            <floating>hyper.momentum, hyper.nesterov, <floating>hyper.beta1,
                            <floating>hyper.beta2, <floating>hyper.epsilon, hyper.step, named,
@@ -1488,16 +1594,17 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
         target = p
     elif update == FOLDED_MOMENTUM:
         target = first
-    if grads:   # the rules leave it at 0 after each step
-        memset(grads, 0, plan_data.n_params * sizeof(floating))
     cdef LazyRows lazy
     cdef LazyAdam adam
     adam.sums = NULL
     cdef bint use_lazy = use_sparse and n_workers == 1 and lazy_rule(
         hyper, update, &lazy, first, second, plan_data.weight_offsets[0],
         &adam if os.environ.get(LAZY_ADAM_VARIABLE, "") != "0" else NULL)
+    cdef RowGradients gradients
+    gradients.value_slots = NULL
+    lazy.gradients = NULL
     if use_lazy:
-        lazy.applied = <Py_ssize_t*>malloc(3 * n_in * sizeof(Py_ssize_t))
+        lazy.applied = <Py_ssize_t*>malloc(4 * n_in * sizeof(Py_ssize_t))
         if not lazy.applied:
             raise MemoryError()
         if lazy.adam != NULL:
@@ -1510,13 +1617,37 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
             adam.step_sizes = adam.sums + (adam.window + 1) * (FBP_ADAM_TERMS + 2)
             adam.roots = adam.step_sizes + adam.window + 1
             lazy_adam_start(&adam, hyper.step)
+        if update == LAYER_STEP:
+            gradients.capacity = min(sparse.nnz, batch_size * longest_row(sparse))
+            gradients.value_slots = <Py_ssize_t*>malloc(
+                (5 * gradients.capacity + 2) * sizeof(Py_ssize_t)
+                + (2 * gradients.capacity + plan_data.sizes[1]) * sizeof(floating))
+            if not gradients.value_slots:
+                free(lazy.applied)
+                free(adam.sums)
+                raise MemoryError()
+            gradients.value_rows = gradients.value_slots + gradients.capacity
+            gradients.starts = gradients.value_rows + gradients.capacity
+            gradients.positions = gradients.starts + gradients.capacity + 2
+            gradients.read_values = <void*>(gradients.positions + gradients.capacity)
+            gradients.values = <void*>(<floating*>gradients.read_values + gradients.capacity)
+            gradients.row = <void*>(<floating*>gradients.values + gradients.capacity)
+            lazy.gradients = &gradients
         lazy.listed = lazy.applied + n_in
         lazy.touched = lazy.listed + n_in
+        lazy.slot = lazy.touched + n_in
         memset(lazy.applied, 0, n_in * sizeof(Py_ssize_t))
         for i in range(n_in):
             lazy.listed[i] = -1
         lazy.n_touched = lazy.steps = 0
         batch.lazy = &lazy
+    # The rules leave the gradient buffer at 0 after each step. Where sparse_row_steps makes
+    # each named row's gradient, W1's part (the first n_in x n_out values) is never used:
+    # not zeroed either, so that its pages are never touched.
+    cdef Py_ssize_t unused = plan_data.sizes[0] * plan_data.sizes[1] \
+        if lazy.gradients != NULL else 0
+    if grads:
+        memset(grads + unused, 0, (plan_data.n_params - unused) * sizeof(floating))
     cdef RowLogData* log = NULL
     if use_sparse and row_log is not None:
         log = row_log.begin(caller, plan_data, p, state_start, state_rows, sizeof(floating))
@@ -1633,6 +1764,7 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
     if use_lazy:
         free(lazy.applied)
     free(adam.sums)
+    free(gradients.value_slots)
     free(named)
     if bad >= 0:
         raise_bad_index(order, labels, start + bad, use_order, failed_gather, n_out, sparse)
