@@ -136,6 +136,11 @@ cdef class Plan:
     cdef void* memory               # every array of `data`, in one allocation
     cdef readonly Py_ssize_t n_params, work_size
 
+    @property
+    def gradient_offset(self):
+        """Where the workspace's gradient buffer (n_params values) starts, or -1."""
+        return self.data.gradient_offset
+
     def __cinit__(self, layer_sizes, activations, Py_ssize_t capacity, dropout_rates=None,
                   bint with_gradient=False, bint small_gemm_chunks=False,
                   Py_ssize_t few_rows=0, bint few_rows_always=False,

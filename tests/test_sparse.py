@@ -557,6 +557,42 @@ def test_an_epoch_whose_row_log_runs_out_of_memory_is_undone():
     subprocess.run([sys.executable, "-c", OUT_OF_MEMORY_FIT], check=True, timeout=300)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("optimizer", ["adam", "rmsprop", "adagrad", "nesterov"])
+def test_lazy_rules_never_touch_w1s_part_of_the_gradient_buffer(dtype, optimizer):
+    """The rules that step from a gradient make each named row's gradient apart and step
+    it at once (sparse_row_steps): W1's part of the workspace's gradient buffer is never
+    written or read (a NaN left there changes nothing), so its pages are never touched."""
+    X, y = sparse_data(n_rows=90, n_cols=300, density=0.02, dtype=dtype, seed=5)
+    rows = _core.SparseRows(X.data, X.indices.astype(np.intp), X.indptr.astype(np.intp), 300)
+    rule = dict(adam=dict(optimizer=_core.OPTIMIZER_CODES["adam"]),
+                rmsprop=dict(optimizer=_core.OPTIMIZER_CODES["rmsprop"]),
+                adagrad=dict(optimizer=_core.OPTIMIZER_CODES["adagrad"]),
+                nesterov=dict(optimizer=_core.OPTIMIZER_CODES["momentum"], momentum=0.9,
+                              nesterov=True))[optimizer]
+    results = []
+    for fill in (0.0, np.nan):
+        model = model_for(X, dtype=dtype)
+        plan, work = model._workspace(8, with_gradient=True, sparse=True)
+        w1 = slice(plan.gradient_offset, plan.gradient_offset + 300 * 7)
+        work[w1] = fill
+        hyperparameters = _core.Hyperparameters(_core.LOSS_CODES["categorical_crossentropy"],
+                                                learning_rate=0.01, **rule)
+        state = np.zeros((hyperparameters.state_rows, model.n_params), dtype=dtype)
+        for _ in range(3):
+            _core.train_epoch(plan, hyperparameters, model._params, work, state,
+                              np.empty((0, 0), dtype), np.empty((0, 0), dtype),
+                              y.astype(np.intp), np.empty(0, dtype),
+                              np.random.default_rng(0).permutation(90).astype(np.intp), 8, 0,
+                              sparse=rows)
+        if np.isnan(fill):
+            assert np.isnan(work[w1]).all()
+        results.append((model.parameter_vector(), state.copy()))
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    np.testing.assert_array_equal(results[0][1], results[1][1])
+    assert np.isfinite(results[1][0]).all()
+
+
 def test_the_row_log_is_checked_against_the_fit():
     X, y = sparse_data(dtype="float64")
     model = model_for(X, dtype="float64")
