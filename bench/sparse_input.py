@@ -201,6 +201,7 @@ def worker(name, rows, epochs):
             dt, dc = time.perf_counter() - t0, time.process_time() - c0
             rates.append(rows / dt)
             wall, cpu = wall + dt, cpu + dc
+        loss = runner.loss   # after the timed epochs, whatever runs below
         one_fit = None
         if hasattr(runner, "run_epochs"):
             t0 = time.perf_counter()
@@ -214,7 +215,7 @@ def worker(name, rows, epochs):
             "samples_per_cpu_s": rows * epochs / cpu,
             "rss_growth_mib": _maxrss_mib() - rss_data, "rss_data_mib": rss_data,
             "tracemalloc_peak_mib": getattr(runner, "tracemalloc_peak", None),
-            "loss": float(runner.loss), "versions": runner.versions()}
+            "loss": float(loss), "versions": runner.versions()}
 
 
 # ----------------------------------------------------------------------------- driver
