@@ -413,7 +413,8 @@ cdef struct RowLogData:
     Py_ssize_t state_stride         # bytes from one row of the state to the next
     char* W1                        # the fit's W1 and its state's W1 part (train_epoch)
     char* state
-    Py_ssize_t* slot                # per row of W1: its place in the log, or -1
+    unsigned char* logged           # per row of W1: 1 once logged this epoch (a byte a row,
+                                    # so that the check each named row takes stays in cache)
     Py_ssize_t n_logged             # rows logged this epoch
     Py_ssize_t entry_bytes          # a logged row: its index, then its n_arrays copies
     char** chunks                   # LOG_CHUNK_BYTES (at least one entry) each
@@ -432,7 +433,7 @@ cdef inline char* log_entry(const RowLogData* log, Py_ssize_t place) noexcept no
 cdef bint log_row(RowLogData* log, Py_ssize_t row) noexcept nogil:
     """Row `row` of W1 and of the state into the log, unless already there this epoch.
     False: out of memory (log.out_of_memory set; the row is not to be changed)."""
-    if log.slot[row] >= 0:
+    if log.logged[row]:
         return True
     cdef Py_ssize_t place = log.n_logged, chunk = place // log.chunk_rows, a
     cdef char** chunks
@@ -454,7 +455,7 @@ cdef bint log_row(RowLogData* log, Py_ssize_t row) noexcept nogil:
     for a in range(1, log.n_arrays):
         memcpy(entry + a * log.row_bytes,
                log.state + (a - 1) * log.state_stride + row * log.row_bytes, log.row_bytes)
-    log.slot[row] = place
+    log.logged[row] = 1
     log.n_logged += 1
     return True
 
@@ -474,7 +475,7 @@ cdef class RowLog:
     `state_rows` rows, handed to each train_epoch (which empties it at the epoch's start),
     and asked to restore when the epoch is undone."""
     cdef RowLogData data
-    cdef object slot
+    cdef object logged
     cdef readonly object dtype
 
     def __cinit__(self, Py_ssize_t n_rows, Py_ssize_t row_length, int state_rows, dtype):
@@ -483,13 +484,13 @@ cdef class RowLog:
                 or state_rows < 0:
             raise ValueError(f"RowLog: no log for {n_rows} x {row_length} of {self.dtype} "
                              f"with {state_rows} state rows")
-        self.slot = np.full(n_rows, -1, dtype=np.intp)
-        cdef Py_ssize_t[::1] slot = self.slot
+        self.logged = np.zeros(n_rows, dtype=np.uint8)
+        cdef unsigned char[::1] logged = self.logged
         self.data.n_rows = n_rows
         self.data.row_bytes = row_length * self.dtype.itemsize
         self.data.n_arrays = 1 + state_rows
         self.data.entry_bytes = sizeof(Py_ssize_t) + self.data.n_arrays * self.data.row_bytes
-        self.data.slot = &slot[0]
+        self.data.logged = &logged[0]
         self.data.n_logged = self.data.n_chunks = 0
         self.data.chunks = NULL
         self.data.chunk_rows = max(1, LOG_CHUNK_BYTES // self.data.entry_bytes)
@@ -516,7 +517,7 @@ cdef class RowLog:
         check_size(caller, "the row log's state rows", self.data.n_arrays - 1, state_rows)
         cdef Py_ssize_t i
         for i in range(self.data.n_logged):
-            self.data.slot[(<Py_ssize_t*>log_entry(&self.data, i))[0]] = -1
+            self.data.logged[(<Py_ssize_t*>log_entry(&self.data, i))[0]] = 0
         self.data.n_logged = 0
         self.data.out_of_memory = False
         self.data.W1 = <char*>params + plan.weight_offsets[0] * itemsize
@@ -1306,7 +1307,7 @@ cdef bint log_batch_rows(RowLogData* log, SparseBatch* sparse, int m) noexcept n
             if column < 0 or column >= sparse.n_cols:
                 sparse.bad = i
                 return False
-            if not log_row(log, column):
+            if not log.logged[column] and not log_row(log, column):
                 return False
     return True
 
@@ -1338,7 +1339,7 @@ cdef bint lazy_flush(LazyRows* lazy, floating* W1, Py_ssize_t n_in, Py_ssize_t n
     cdef Py_ssize_t row
     for row in range(n_in):
         if lazy.applied[row] != lazy.steps:
-            if log != NULL and log.slot[row] < 0:
+            if log != NULL and not log.logged[row]:
                 if not lazy_row_moves(lazy, W1, n_out, row):
                     lazy.applied[row] = lazy.steps
                     continue
