@@ -330,15 +330,11 @@ cdef struct LazyRows:
 
 # A lazy rule that steps from a gradient (LAYER_STEP: Adam, Nesterov momentum, Adagrad,
 # RMSprop) makes each named row's gradient from the batch's stored values in its column,
-# grouped by row (a counting sort of the batch's values, read once), and steps the row at
+# grouped by row (a counting sort of the values read_batch_values read), and steps the row at
 # once: W1's part of the gradient buffer is never used (neither zeroed nor read, so its
 # pages are never touched), and a step moves a named row's weights and state, not a
 # gradient row besides.
 cdef struct RowGradients:
-    Py_ssize_t capacity             # stored values a batch may hold (the arrays below)
-    Py_ssize_t* value_slots         # per stored value of the batch, as read: its row's slot
-    Py_ssize_t* value_rows          #   ... its batch row
-    void* read_values               #   ... alpha times it (the pass's type)
     Py_ssize_t* starts              # per slot: where its values start (n_touched + 1)
     Py_ssize_t* positions           # the batch rows, grouped by slot, in batch order
     void* values                    # their values, likewise
@@ -564,6 +560,13 @@ cdef struct SparseBatch:
                                     # the batch names (the others' gradient is 0), or NULL
     RowLogData* log                 # training a sparse fit whose rows of W1 change only
                                     # where batches name them or catch up (RowLogData), or NULL
+    # A training step's stored values as read_batch_values read them, once (the arrays may
+    # be changing under the fit, and every later use must agree): their columns, their
+    # rows in the batch and their places in data; value_columns NULL: not recorded.
+    Py_ssize_t* value_columns
+    Py_ssize_t* value_rows
+    Py_ssize_t* value_places
+    Py_ssize_t n_values, value_capacity
 
 
 cdef class SparseRows:
@@ -635,6 +638,8 @@ cdef class SparseRows:
         batch.lazy = NULL
         batch.named = NULL
         batch.log = NULL
+        batch.value_columns = batch.value_rows = batch.value_places = NULL
+        batch.n_values = batch.value_capacity = 0
         return batch
 
 
@@ -862,12 +867,14 @@ cdef double run_batch(const PlanData* plan, HyperparameterData* hyper, floating*
     cdef floating* out = work + plan.output_offsets[L]
     cdef floating alpha = 1, weight_beta = beta, bias_beta = beta
 
+    if sparse != NULL and sparse.value_columns != NULL and not read_batch_values(sparse, m):
+        return 0.0
     if sparse != NULL and sparse.lazy != NULL:   # the rows the forward pass reads, current
         if not lazy_list_rows(sparse.lazy, sparse, params + plan.weight_offsets[0],
-                              plan.sizes[1], m):
+                              plan.sizes[1]):
             return 0.0
     elif sparse != NULL and sparse.log != NULL:  # the rows this step may change, logged
-        if not log_batch_rows(sparse.log, sparse, m):
+        if not log_batch_rows(sparse.log, sparse):
             return 0.0
     forward_hidden(plan, params, work, x, m, random_state, sparse)
     output_logits(plan, params, work, x, m, out, sparse)
@@ -1017,41 +1024,27 @@ cdef bint sparse_row_steps(const PlanData* plan, HyperparameterData* hyper, floa
                            const floating* delta, int m, SparseBatch* sparse) noexcept nogil:
     """sparse_weight_update's lazy LAYER_STEP rules (RowGradients): each row the batch names
     gets its gradient (fbp_sparse_row_gradient) and its step at once, then the lazy
-    bookkeeping as sparse_weight_update's. False: an index out of range or rewritten since
-    lazy_list_rows read it (sparse.bad set), or the log out of memory (the Adam window's
-    restart)."""
+    bookkeeping as sparse_weight_update's. False: the log out of memory (the Adam
+    window's restart)."""
     cdef LazyRows* lazy = sparse.lazy
     cdef RowGradients* gradients = lazy.gradients
     cdef Py_ssize_t w = plan.weight_offsets[0], n_out = plan.sizes[1], n_in = plan.sizes[0]
-    cdef Py_ssize_t i, k, t, begin, end, column, count = 0, place, row
-    cdef floating* read_values = <floating*>gradients.read_values
+    cdef Py_ssize_t v, t, begin, place, row, slot
     cdef floating* values = <floating*>gradients.values
     cdef Py_ssize_t* starts = gradients.starts
-    # the batch's stored values, read once (the arrays may be changing under the fit)
-    for i in range(m):
-        if not batch_row_span(sparse, i, &begin, &end):
-            return False
-        for k in range(begin, end):
-            column = sparse.indices[k]
-            if column < 0 or column >= sparse.n_cols or lazy.listed[column] != lazy.steps \
-                    or count == gradients.capacity:
-                sparse.bad = i
-                return False
-            gradients.value_slots[count] = lazy.slot[column]
-            gradients.value_rows[count] = i
-            read_values[count] = alpha * (<const floating*>sparse.data)[k]
-            count += 1
-    # grouped by row of W1 (slot), each group in batch order
+    # the values read_batch_values read, grouped by row of W1 (its slot in lazy.touched),
+    # each group in batch order
     memset(starts, 0, (lazy.n_touched + 1) * sizeof(Py_ssize_t))
-    for k in range(count):
-        starts[gradients.value_slots[k] + 1] += 1
+    for v in range(sparse.n_values):
+        starts[lazy.slot[sparse.value_columns[v]] + 1] += 1
     for t in range(lazy.n_touched):
         starts[t + 1] += starts[t]
-    for k in range(count):
-        place = starts[gradients.value_slots[k]]
-        starts[gradients.value_slots[k]] = place + 1
-        gradients.positions[place] = gradients.value_rows[k]
-        values[place] = read_values[k]
+    for v in range(sparse.n_values):
+        slot = lazy.slot[sparse.value_columns[v]]
+        place = starts[slot]
+        starts[slot] = place + 1
+        gradients.positions[place] = sparse.value_rows[v]
+        values[place] = alpha * (<const floating*>sparse.data)[sparse.value_places[v]]
     # starts[t] is now where group t ends; group t starts where group t - 1 ends
     lazy.steps += 1
     begin = 0
@@ -1244,26 +1237,20 @@ cdef void lazy_catch_up(const LazyRows* lazy, floating* W1, Py_ssize_t n_out, Py
             moment[j] = <floating>(e * moment[j])
 
 
-cdef bint lazy_list_rows(LazyRows* lazy, SparseBatch* sparse, floating* W1, Py_ssize_t n_out,
-                         int m) noexcept nogil:
-    """List the rows of W1 the batch names (lazy.touched, each once) and bring each up to
-    date before the forward pass reads it. Checks every index it reads (False: one out of
-    range, sparse.bad set)."""
-    cdef Py_ssize_t i, k, begin, end, column
+cdef bint lazy_list_rows(LazyRows* lazy, SparseBatch* sparse, floating* W1,
+                         Py_ssize_t n_out) noexcept nogil:
+    """List the rows of W1 the batch names (lazy.touched, each once; from the values
+    read_batch_values read) and bring each up to date before the forward pass reads it.
+    False: the log out of memory."""
+    cdef Py_ssize_t i, v, column
     lazy.n_touched = 0
-    for i in range(m):
-        if not batch_row_span(sparse, i, &begin, &end):
-            return False
-        for k in range(begin, end):
-            column = sparse.indices[k]
-            if column < 0 or column >= sparse.n_cols:
-                sparse.bad = i
-                return False
-            if lazy.listed[column] != lazy.steps:
-                lazy.listed[column] = lazy.steps
-                lazy.slot[column] = lazy.n_touched
-                lazy.touched[lazy.n_touched] = column
-                lazy.n_touched += 1
+    for v in range(sparse.n_values):
+        column = sparse.value_columns[v]
+        if lazy.listed[column] != lazy.steps:
+            lazy.listed[column] = lazy.steps
+            lazy.slot[column] = lazy.n_touched
+            lazy.touched[lazy.n_touched] = column
+            lazy.n_touched += 1
     if sparse.log != NULL:
         for i in range(lazy.n_touched):
             if not log_row(sparse.log, lazy.touched[i]):
@@ -1279,36 +1266,44 @@ cdef bint lazy_list_rows(LazyRows* lazy, SparseBatch* sparse, floating* W1, Py_s
     return True
 
 
-cdef inline bint batch_row_span(SparseBatch* sparse, Py_ssize_t i, Py_ssize_t* begin,
-                                Py_ssize_t* end) noexcept nogil:
-    """The stored values of the batch's row i: begin..end-1 (False: the row or its indptr
-    out of range, sparse.bad set)."""
-    cdef Py_ssize_t row = sparse.rows[i] if sparse.rows != NULL else sparse.first + i
-    if row < 0 or row >= sparse.n_rows:
-        sparse.bad = i
-        return False
-    begin[0] = sparse.indptr[row]
-    end[0] = sparse.indptr[row + 1]
-    if begin[0] < 0 or end[0] < begin[0] or end[0] > sparse.nnz:
-        sparse.bad = i
-        return False
-    return True
-
-
-cdef bint log_batch_rows(RowLogData* log, SparseBatch* sparse, int m) noexcept nogil:
-    """The rows of W1 the batch names into the log (RowLogData), checking every index
-    it reads (False: one out of range, sparse.bad set; or out of memory)."""
-    cdef Py_ssize_t i, k, begin, end, column
+cdef bint read_batch_values(SparseBatch* sparse, int m) noexcept nogil:
+    """The batch's stored values (its rows' indptr spans) into sparse.value_columns,
+    value_rows and value_places, each index checked as it is read. False: a row, an indptr
+    entry or a column out of range, or more values than value_capacity (indptr changed
+    since the fit sized it): sparse.bad set."""
+    cdef Py_ssize_t i, k, row, begin, end, column, n = 0
     for i in range(m):
-        if not batch_row_span(sparse, i, &begin, &end):
+        row = sparse.rows[i] if sparse.rows != NULL else sparse.first + i
+        if row < 0 or row >= sparse.n_rows:
+            sparse.bad = i
+            return False
+        begin = sparse.indptr[row]
+        end = sparse.indptr[row + 1]
+        if begin < 0 or end < begin or end > sparse.nnz \
+                or end - begin > sparse.value_capacity - n:
+            sparse.bad = i
             return False
         for k in range(begin, end):
             column = sparse.indices[k]
             if column < 0 or column >= sparse.n_cols:
                 sparse.bad = i
                 return False
-            if not log.logged[column] and not log_row(log, column):
-                return False
+            sparse.value_columns[n] = column
+            sparse.value_rows[n] = i
+            sparse.value_places[n] = k
+            n += 1
+    sparse.n_values = n
+    return True
+
+
+cdef bint log_batch_rows(RowLogData* log, SparseBatch* sparse) noexcept nogil:
+    """The rows of W1 the batch names (the values read_batch_values read) into the log
+    (RowLogData). False: out of memory."""
+    cdef Py_ssize_t v, column
+    for v in range(sparse.n_values):
+        column = sparse.value_columns[v]
+        if not log.logged[column] and not log_row(log, column):
+            return False
     return True
 
 
@@ -1606,8 +1601,19 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
     cdef bint use_lazy = use_sparse and n_workers == 1 and lazy_rule(
         hyper, update, &lazy, first, second, plan_data.weight_offsets[0],
         &adam if os.environ.get(LAZY_ADAM_VARIABLE, "") != "0" else NULL)
+    # Checked (RowLog.begin) and logged before anything is allocated here: a refusal
+    # leaves nothing behind.
+    cdef RowLogData* log = NULL
+    if use_sparse and row_log is not None:
+        log = row_log.begin(caller, plan_data, p, state_start, state_rows, sizeof(floating))
+        if use_lazy or update == FOLDED_SGD:   # rows change where batches name them
+            batch.log = log
+        elif not log_every_row(log):            # every row changes at every step
+            raise MemoryError("train_epoch: no memory for the epoch's copy of W1")
     cdef RowGradients gradients
-    gradients.value_slots = NULL
+    cdef bint row_steps = use_lazy and update == LAYER_STEP     # sparse_row_steps
+    cdef Py_ssize_t* recorded = NULL    # SparseBatch's value record, then RowGradients'
+    cdef Py_ssize_t capacity = 0
     lazy.gradients = NULL
     if use_lazy:
         lazy.applied = <Py_ssize_t*>malloc(4 * n_in * sizeof(Py_ssize_t))
@@ -1623,22 +1629,6 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
             adam.step_sizes = adam.sums + (adam.window + 1) * (FBP_ADAM_TERMS + 2)
             adam.roots = adam.step_sizes + adam.window + 1
             lazy_adam_start(&adam, hyper.step)
-        if update == LAYER_STEP:
-            gradients.capacity = min(sparse.nnz, batch_size * longest_row(sparse))
-            gradients.value_slots = <Py_ssize_t*>malloc(
-                (5 * gradients.capacity + 2) * sizeof(Py_ssize_t)
-                + (2 * gradients.capacity + plan_data.sizes[1]) * sizeof(floating))
-            if not gradients.value_slots:
-                free(lazy.applied)
-                free(adam.sums)
-                raise MemoryError()
-            gradients.value_rows = gradients.value_slots + gradients.capacity
-            gradients.starts = gradients.value_rows + gradients.capacity
-            gradients.positions = gradients.starts + gradients.capacity + 2
-            gradients.read_values = <void*>(gradients.positions + gradients.capacity)
-            gradients.values = <void*>(<floating*>gradients.read_values + gradients.capacity)
-            gradients.row = <void*>(<floating*>gradients.values + gradients.capacity)
-            lazy.gradients = &gradients
         lazy.listed = lazy.applied + n_in
         lazy.touched = lazy.listed + n_in
         lazy.slot = lazy.touched + n_in
@@ -1647,6 +1637,27 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
             lazy.listed[i] = -1
         lazy.n_touched = lazy.steps = 0
         batch.lazy = &lazy
+    if batch.lazy != NULL or batch.log != NULL:
+        # a step's stored values are read once, into the record (read_batch_values)
+        capacity = min(sparse.nnz, batch_size * longest_row(sparse))
+        recorded = <Py_ssize_t*>malloc(
+            (3 * capacity + (2 * capacity + 2 if row_steps else 0)) * sizeof(Py_ssize_t)
+            + ((capacity + plan_data.sizes[1]) * sizeof(floating) if row_steps else 0) + 1)
+        if not recorded:
+            if use_lazy:
+                free(lazy.applied)
+            free(adam.sums)
+            raise MemoryError()
+        batch.value_columns = recorded
+        batch.value_rows = recorded + capacity
+        batch.value_places = recorded + 2 * capacity
+        batch.value_capacity = capacity
+        if row_steps:
+            gradients.starts = recorded + 3 * capacity
+            gradients.positions = gradients.starts + capacity + 2
+            gradients.values = <void*>(gradients.positions + capacity)
+            gradients.row = <void*>(<floating*>gradients.values + capacity)
+            lazy.gradients = &gradients
     # The rules leave the gradient buffer at 0 after each step. Where sparse_row_steps makes
     # each named row's gradient, W1's part (the first n_in x n_out values) is never used:
     # not zeroed either, so that its pages are never touched.
@@ -1654,13 +1665,6 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
         if lazy.gradients != NULL else 0
     if grads:
         memset(grads + unused, 0, (plan_data.n_params - unused) * sizeof(floating))
-    cdef RowLogData* log = NULL
-    if use_sparse and row_log is not None:
-        log = row_log.begin(caller, plan_data, p, state_start, state_rows, sizeof(floating))
-        if use_lazy or update == FOLDED_SGD:   # rows change where batches name them
-            batch.log = log
-        elif not log_every_row(log):            # every row changes at every step
-            raise MemoryError("train_epoch: no memory for the epoch's copy of W1")
     if n_workers > 1:
         return train_epoch_on_workers(plan_data, hyper, worker_plan, worker_work, n_workers,
                                       p, w, first, second, grads, X, Y, labels, row_weights,
@@ -1770,7 +1774,7 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
     if use_lazy:
         free(lazy.applied)
     free(adam.sums)
-    free(gradients.value_slots)
+    free(recorded)
     free(named)
     if bad >= 0:
         raise_bad_index(order, labels, start + bad, use_order, failed_gather, n_out, sparse)
