@@ -1637,8 +1637,9 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
             lazy.listed[i] = -1
         lazy.n_touched = lazy.steps = 0
         batch.lazy = &lazy
-    if batch.lazy != NULL or batch.log != NULL:
-        # a step's stored values are read once, into the record (read_batch_values)
+    # a sparse step's stored values are read once, into a record (read_batch_values), where
+    # a lazy rule or the log reads them again (batch is not filled for dense X)
+    if use_sparse and (batch.lazy != NULL or batch.log != NULL):
         capacity = min(sparse.nnz, batch_size * longest_row(sparse))
         recorded = <Py_ssize_t*>malloc(
             (3 * capacity + (2 * capacity + 2 if row_steps else 0)) * sizeof(Py_ssize_t)
