@@ -959,13 +959,15 @@ cdef bint sparse_weight_update(const PlanData* plan, HyperparameterData* hyper,
     do it: target's W1 := beta * W1 + alpha X^T delta, the product scattered into the rows
     of W1 the batch's columns name (nonzeros x n_out), then the rule's step.
 
-    Plain SGD without weight decay stays on those rows. Under a lazy rule (sparse.lazy:
-    momentum, decay, Adagrad and RMSprop without coupled decay) so does every step: the
-    rows the batch names (caught up by lazy_list_rows) step, the others wait. Adam, and
-    Adagrad or RMSprop with coupled decay, move every row of W1 at every step and take a
-    pass over all of W1 and its state, exactly the dense rule's arithmetic
+    Plain SGD without weight decay stays on those rows. Under a lazy rule (sparse.lazy) so
+    does every step: the rows the batch names (caught up by lazy_list_rows) step, the
+    others wait; the lazy rules that step from a gradient (Adam, Nesterov momentum,
+    Adagrad, RMSprop) make and step each named row at once (sparse_row_steps), the folded
+    ones (SGD with decay, momentum) scatter into target's rows here. Adam without its lazy
+    rows, and Adagrad or RMSprop with coupled decay, move every row of W1 at every step and
+    take a pass over all of W1 and its state, exactly the dense rule's arithmetic
     (docs/performance.md, "Sparse input", has the costs). False: an index out of range
-    (sparse.bad set), or the log out of memory."""
+    (sparse.bad set), or the log out of memory (sparse_row_steps)."""
     cdef Py_ssize_t w = plan.weight_offsets[0], n_out = plan.sizes[1]
     cdef Py_ssize_t n = plan.sizes[0] * n_out, bad, i
     cdef bint stepping = update == FOLDED_MOMENTUM or update == LAYER_STEP
@@ -997,12 +999,6 @@ cdef bint sparse_weight_update(const PlanData* plan, HyperparameterData* hyper,
                 step_slice(hyper, params, target, first, second, update,
                            w + lazy.touched[i] * n_out, n_out, True)
             lazy.applied[lazy.touched[i]] = lazy.steps
-        if lazy.adam != NULL:
-            lazy_adam_advance(lazy.adam, lazy.steps, hyper.learning_rate)
-            if lazy.steps == lazy.adam.window:
-                if not lazy_restart(lazy, params + w, plan.sizes[0], n_out, hyper.step,
-                                    sparse.log):
-                    return False
     elif stepping:   # every row; those the batch did not name without reading their 0s
         step_slice(hyper, params, target, first, second, update, w, n, True, sparse.named,
                    n_out)
@@ -1023,9 +1019,9 @@ cdef bint sparse_row_steps(const PlanData* plan, HyperparameterData* hyper, floa
                            floating* first, floating* second, int update, floating alpha,
                            const floating* delta, int m, SparseBatch* sparse) noexcept nogil:
     """sparse_weight_update's lazy LAYER_STEP rules (RowGradients): each row the batch names
-    gets its gradient (fbp_sparse_row_gradient) and its step at once, then the lazy
-    bookkeeping as sparse_weight_update's. False: the log out of memory (the Adam
-    window's restart)."""
+    gets its gradient (fbp_sparse_row_gradient) and its step at once, then the step is
+    counted (and Adam's sums advance). False: the log out of memory (the Adam window's
+    restart)."""
     cdef LazyRows* lazy = sparse.lazy
     cdef RowGradients* gradients = lazy.gradients
     cdef Py_ssize_t w = plan.weight_offsets[0], n_out = plan.sizes[1], n_in = plan.sizes[0]
