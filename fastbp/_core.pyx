@@ -567,6 +567,8 @@ cdef struct SparseBatch:
     Py_ssize_t* value_rows
     Py_ssize_t* value_places
     Py_ssize_t n_values, value_capacity
+    RowPool* pool                   # the threads sharing the named rows' work (_row_pool.pxi),
+                                    # or NULL: this thread alone
 
 
 cdef class SparseRows:
@@ -640,6 +642,7 @@ cdef class SparseRows:
         batch.log = NULL
         batch.value_columns = batch.value_rows = batch.value_places = NULL
         batch.n_values = batch.value_capacity = 0
+        batch.pool = NULL
         return batch
 
 
@@ -991,18 +994,32 @@ cdef bint sparse_weight_update(const PlanData* plan, HyperparameterData* hyper,
         return False
     if lazy != NULL:
         lazy.steps += 1
-        for i in range(lazy.n_touched):
-            if stepping:
-                if i + LAZY_PREFETCH_AHEAD < lazy.n_touched:
-                    prefetch_step_row(params + w, target + w, first, second, w, n_out,
-                                      plan.sizes[0], &lazy.touched[i + LAZY_PREFETCH_AHEAD])
-                step_slice(hyper, params, target, first, second, update,
-                           w + lazy.touched[i] * n_out, n_out, True)
-            lazy.applied[lazy.touched[i]] = lazy.steps
+        if not stepping:
+            for i in range(lazy.n_touched):
+                lazy.applied[lazy.touched[i]] = lazy.steps
+        elif not share_rows(sparse.pool, lazy, ROWS_FOLDED_STEPS, NULL, params):
+            folded_steps(plan, hyper, params, target, first, second, update, lazy, 0,
+                         lazy.n_touched)
     elif stepping:   # every row; those the batch did not name without reading their 0s
         step_slice(hyper, params, target, first, second, update, w, n, True, sparse.named,
                    n_out)
     return True
+
+
+cdef void folded_steps(const PlanData* plan, const HyperparameterData* hyper,
+                       floating* params, floating* target, floating* first,
+                       floating* second, int update, LazyRows* lazy, Py_ssize_t begin,
+                       Py_ssize_t end) noexcept nogil:
+    """sparse_weight_update's step of the named rows lazy.touched[begin:end] under a folded
+    lazy rule (SGD with decay, momentum), from the product scattered into target."""
+    cdef Py_ssize_t w = plan.weight_offsets[0], n_out = plan.sizes[1], i
+    for i in range(begin, end):
+        if i + LAZY_PREFETCH_AHEAD < end:
+            prefetch_step_row(params + w, target + w, first, second, w, n_out,
+                              plan.sizes[0], &lazy.touched[i + LAZY_PREFETCH_AHEAD])
+        step_slice(hyper, params, target, first, second, update,
+                   w + lazy.touched[i] * n_out, n_out, True)
+        lazy.applied[lazy.touched[i]] = lazy.steps
 
 
 cdef Py_ssize_t longest_row(SparseRows sparse):
@@ -1025,7 +1042,7 @@ cdef bint sparse_row_steps(const PlanData* plan, HyperparameterData* hyper, floa
     cdef LazyRows* lazy = sparse.lazy
     cdef RowGradients* gradients = lazy.gradients
     cdef Py_ssize_t w = plan.weight_offsets[0], n_out = plan.sizes[1], n_in = plan.sizes[0]
-    cdef Py_ssize_t v, t, begin, place, row, slot
+    cdef Py_ssize_t v, t, place, slot
     cdef floating* values = <floating*>gradients.values
     cdef Py_ssize_t* starts = gradients.starts
     # the values read_batch_values read, grouped by row of W1 (its slot in lazy.touched),
@@ -1043,25 +1060,41 @@ cdef bint sparse_row_steps(const PlanData* plan, HyperparameterData* hyper, floa
         values[place] = alpha * (<const floating*>sparse.data)[sparse.value_places[v]]
     # starts[t] is now where group t ends; group t starts where group t - 1 ends
     lazy.steps += 1
-    begin = 0
-    for t in range(lazy.n_touched):
-        row = lazy.touched[t]
-        if t + LAZY_PREFETCH_AHEAD < lazy.n_touched:
-            prefetch_step_row(params + w, params + w, first, second, w, n_out, n_in,
-                              &lazy.touched[t + LAZY_PREFETCH_AHEAD])
-        fbp_sparse_row_gradient(<floating*>gradients.row, values + begin,
-                                gradients.positions + begin, starts[t] - begin, delta, n_out)
-        begin = starts[t]
-        step_values(hyper, params + w + row * n_out, <floating*>gradients.row,
-                    first + w + row * n_out if first else NULL,
-                    second + w + row * n_out if second else NULL, update, n_out, True)
-        lazy.applied[row] = lazy.steps
+    if not share_rows(sparse.pool, lazy, ROWS_ROW_STEPS, delta, params):
+        row_steps(plan, hyper, params, first, second, update, delta, lazy, 0, lazy.n_touched,
+                  <floating*>gradients.row)
     if lazy.adam != NULL:
         lazy_adam_advance(lazy.adam, lazy.steps, hyper.learning_rate)
         if lazy.steps == lazy.adam.window:
             if not lazy_restart(lazy, params + w, n_in, n_out, hyper.step, sparse.log):
                 return False
     return True
+
+
+cdef void row_steps(const PlanData* plan, const HyperparameterData* hyper, floating* params,
+                    floating* first, floating* second, int update, const floating* delta,
+                    LazyRows* lazy, Py_ssize_t begin, Py_ssize_t end,
+                    floating* row_gradient) noexcept nogil:
+    """sparse_row_steps for the named rows lazy.touched[begin:end]: each one's gradient
+    (into row_gradient, n_out values) and step."""
+    cdef RowGradients* gradients = lazy.gradients
+    cdef Py_ssize_t w = plan.weight_offsets[0], n_out = plan.sizes[1], n_in = plan.sizes[0]
+    cdef floating* values = <floating*>gradients.values
+    cdef Py_ssize_t* starts = gradients.starts
+    cdef Py_ssize_t t, row, values_begin = starts[begin - 1] if begin > 0 else 0
+    for t in range(begin, end):
+        row = lazy.touched[t]
+        if t + LAZY_PREFETCH_AHEAD < end:
+            prefetch_step_row(params + w, params + w, first, second, w, n_out, n_in,
+                              &lazy.touched[t + LAZY_PREFETCH_AHEAD])
+        fbp_sparse_row_gradient(row_gradient, values + values_begin,
+                                gradients.positions + values_begin, starts[t] - values_begin,
+                                delta, n_out)
+        values_begin = starts[t]
+        step_values(hyper, params + w + row * n_out, row_gradient,
+                    first + w + row * n_out if first else NULL,
+                    second + w + row * n_out if second else NULL, update, n_out, True)
+        lazy.applied[row] = lazy.steps
 
 
 cdef inline void prefetch_step_row(floating* W1, floating* target, floating* first,
@@ -1075,6 +1108,28 @@ cdef inline void prefetch_step_row(floating* W1, floating* target, floating* fir
         fbp_prefetch_rows(first + w, row, 1, n_out, n_in)
     if second != NULL:
         fbp_prefetch_rows(second + w, row, 1, n_out, n_in)
+
+
+cdef int update_kind(const HyperparameterData* hyper) noexcept nogil:
+    """How a training step updates the parameters under these hyperparameters."""
+    if hyper.clip_norm > 0:     # the norm needs the whole gradient before any step
+        return GRADIENT_ONLY
+    if hyper.optimizer == FBP_SGD:
+        return FOLDED_SGD
+    if hyper.optimizer == FBP_MOMENTUM and not hyper.nesterov:
+        return FOLDED_MOMENTUM
+    return LAYER_STEP
+
+
+def shares_rows(Hyperparameters hyperparameters):
+    """Whether a sparse fit under these hyperparameters steps W1 lazily (lazy_rule), row by
+    row on the rows each batch names: train_epoch's n_workers threads then share those rows
+    (_row_pool.pxi); other sparse fits run on one thread."""
+    cdef LazyRows lazy
+    cdef LazyAdam adam
+    cdef HyperparameterData* hyper = &hyperparameters.data
+    return lazy_rule(hyper, update_kind(hyper), &lazy, <double*>NULL, <double*>NULL, 0,
+                     &adam if os.environ.get(LAZY_ADAM_VARIABLE, "") != "0" else NULL)
 
 
 cdef bint lazy_rule(const HyperparameterData* hyper, int update, LazyRows* lazy,
@@ -1251,15 +1306,22 @@ cdef bint lazy_list_rows(LazyRows* lazy, SparseBatch* sparse, floating* W1,
         for i in range(lazy.n_touched):
             if not log_row(sparse.log, lazy.touched[i]):
                 return False
-    for i in range(lazy.n_touched):
-        if i + LAZY_PREFETCH_AHEAD < lazy.n_touched:
-            prefetch_lazy_row(lazy, W1, n_out, sparse.n_cols,
-                              &lazy.touched[i + LAZY_PREFETCH_AHEAD])
+    if not share_rows(sparse.pool, lazy, ROWS_CATCH_UP, NULL, W1):
+        catch_up_rows(lazy, W1, n_out, sparse.n_cols, 0, lazy.n_touched)
+    return True
+
+
+cdef void catch_up_rows(LazyRows* lazy, floating* W1, Py_ssize_t n_out, Py_ssize_t n_in,
+                        Py_ssize_t begin, Py_ssize_t end) noexcept nogil:
+    """The named rows lazy.touched[begin:end] brought up to date (lazy_list_rows)."""
+    cdef Py_ssize_t i, column
+    for i in range(begin, end):
+        if i + LAZY_PREFETCH_AHEAD < end:
+            prefetch_lazy_row(lazy, W1, n_out, n_in, &lazy.touched[i + LAZY_PREFETCH_AHEAD])
         column = lazy.touched[i]
         if lazy.applied[column] != lazy.steps:
             lazy_catch_up(lazy, W1, n_out, column, lazy.steps - lazy.applied[column])
             lazy.applied[column] = lazy.steps
-    return True
 
 
 cdef bint read_batch_values(SparseBatch* sparse, int m) noexcept nogil:
@@ -1530,14 +1592,8 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
     cdef Py_ssize_t n_in = plan_data.sizes[0], n_out = plan_data.sizes[plan_data.n_layers]
     cdef bint use_order = order.shape[0] > 0, use_labels = Y.shape[0] == 0
     cdef bint use_weights = row_weights.shape[0] > 0, clipping = hyper.clip_norm > 0
-    cdef int update = LAYER_STEP
+    cdef int update = update_kind(hyper)
     cdef int state_rows = hyperparameters.state_rows
-    if clipping:            # the norm needs the whole gradient before any step
-        update = GRADIENT_ONLY
-    elif hyper.optimizer == FBP_SGD:
-        update = FOLDED_SGD
-    elif hyper.optimizer == FBP_MOMENTUM and not hyper.nesterov:
-        update = FOLDED_MOMENTUM
 
     caller = "train_epoch"
     check_pass(caller, plan_data, params.shape[0], work.shape[0],
@@ -1545,9 +1601,8 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
     cdef SparseBatch batch
     cdef SparseBatch* sparse_batch = sparse_input(caller, plan_data, sparse,
                                                   sizeof(floating) == 8, &batch)
-    if use_sparse and n_workers != 1:
-        raise ValueError(f"train_epoch: sparse X trains on one worker; n_workers is "
-                         f"{n_workers}")
+    if use_sparse and not 1 <= n_workers <= 1024:
+        raise ValueError(f"train_epoch: n_workers is {n_workers}; it must be in 1..1024")
     if not 1 <= batch_size <= plan_data.capacity:
         raise ValueError(f"train_epoch: batch_size is {batch_size}; the plan has room for 1 "
                          f"to {plan_data.capacity} rows")
@@ -1594,7 +1649,7 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
     cdef LazyRows lazy
     cdef LazyAdam adam
     adam.sums = NULL
-    cdef bint use_lazy = use_sparse and n_workers == 1 and lazy_rule(
+    cdef bint use_lazy = use_sparse and lazy_rule(
         hyper, update, &lazy, first, second, plan_data.weight_offsets[0],
         &adam if os.environ.get(LAZY_ADAM_VARIABLE, "") != "0" else NULL)
     # Checked (RowLog.begin) and logged before anything is allocated here: a refusal
@@ -1662,7 +1717,7 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
         if lazy.gradients != NULL else 0
     if grads:
         memset(grads + unused, 0, (plan_data.n_params - unused) * sizeof(floating))
-    if n_workers > 1:
+    if n_workers > 1 and not use_sparse:
         return train_epoch_on_workers(plan_data, hyper, worker_plan, worker_work, n_workers,
                                       p, w, first, second, grads, X, Y, labels, row_weights,
                                       order, batch_size, random_seed, interruptible, update,
@@ -1685,6 +1740,20 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
         if not named:
             raise MemoryError()
         batch.named = named
+    # A sparse fit on n_workers threads: they share the work on the named rows of W1 of a
+    # lazy rule (_row_pool.pxi; the other rules' steps stay on this thread).
+    cdef RowPoolThreads pool_threads = RowPoolThreads()
+    if use_lazy and n_workers > 1:
+        try:
+            batch.pool = pool_threads.start(n_workers, &lazy, plan_data, hyper, p, target,
+                                            first, second, update, sparse.n_columns,
+                                            sizeof(floating))
+        except MemoryError:
+            free(lazy.applied)
+            free(adam.sums)
+            free(recorded)
+            free(named)
+            raise
 
     with nogil:
         while start < n_samples:
@@ -1758,6 +1827,7 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
                 loss_total += loss_sum * normaliser
                 weight_total += weight_sum
             start += m
+        pool_threads.stop()
         if use_lazy and bad < 0 and not (log != NULL and log.out_of_memory):
             # every row of W1 up to date
             lazy_flush(&lazy, p + plan_data.weight_offsets[0], n_in, plan_data.sizes[1], log)
@@ -2036,6 +2106,7 @@ def all_finite(const floating[:, ::1] X):
 include "_bench.pxi"
 include "_workers.pxi"
 include "_serving.pxi"
+include "_row_pool.pxi"
 
 
 # ---- Ctrl-C (csrc/fastbp.h says why it is safe with fits on several threads) ----

@@ -429,12 +429,16 @@ class _CompiledEpoch:
         self.hyperparameters = hyperparameters
         # n_threads: the BLAS threads of the fit; n_workers: the threads a step is split
         # among by rows (_core's _workers.pxi), each on one BLAS thread. The default is
-        # measured on this machine once per shape (_threads.fit_threads). A sparse X
-        # trains on one worker (its first layer is the core's own loop, no BLAS): the
-        # BLAS threads of the other layers are n_threads, 1 by default.
+        # measured on this machine once per shape (_threads.fit_threads). A sparse X:
+        # n_threads threads (1 by default, not measured) share the work on the named rows
+        # of W1 of a lazy rule (_core's _row_pool.pxi); the other layers' BLAS then runs
+        # on one thread (on n_threads where no rule shares rows: one worker).
         self.sparse = data.X if isinstance(data.X, _core.SparseRows) else None
         if self.sparse is not None:
-            self.n_workers, self.n_threads = 1, int(trainer.n_threads or 1)
+            threads = int(trainer.n_threads or 1)
+            shares = _core.shares_rows(hyperparameters)
+            self.n_workers = threads if shares else 1
+            self.n_threads = 1 if shares else threads
         else:
             self.n_workers, self.n_threads = fit_threads(model.layer_sizes, model._codes,
                                                          self.batch_size, model.dtype,
@@ -443,8 +447,8 @@ class _CompiledEpoch:
                                                 not hyperparameters.folded, self.n_threads,
                                                 sparse=self.sparse is not None)
         self.worker_plan, self.worker_work = row_workspace(
-            model.layer_sizes, model._codes, model._dropout, self.batch_size, self.n_workers,
-            model.dtype)
+            model.layer_sizes, model._codes, model._dropout, self.batch_size,
+            1 if self.sparse is not None else self.n_workers, model.dtype)
         # The parameters and optimizer state at the start of the epoch, restored if it
         # diverges. A sparse fit copies W1 (the first `kept` values, most of the model) and
         # its state row by row as the epoch changes them, into a RowLog, not whole.

@@ -1,0 +1,166 @@
+# A sparse fit on T threads (train_epoch with a sparse X and n_workers = T > 1).
+#
+# Under a lazy rule (LazyRows) most of a sparse step's time is spent row by row on the
+# rows of W1 the batch names: bringing each up to date before the forward pass
+# (lazy_list_rows) and, after the backward pass, making its gradient and stepping it
+# (sparse_row_steps) or stepping it from the scattered product (the folded rules). Those
+# rows are independent of one another (each row of W1 and of its state is read and written
+# by the thread that claimed it, and the shared tables LazyRows holds are only read, but for
+# each row's own entry in `applied`), so T threads share them: the calling thread and T - 1
+# pthreads started once per epoch call, which sleep on the barrier between these phases
+# (the forward and backward passes, the listing, the log and the scatter stay on the
+# calling thread). Threads claim ROW_POOL_CHUNK named rows at a time. A row's arithmetic
+# does not depend on which thread does it, so the results are bit-identical for every
+# thread count. Nothing is allocated per step.
+
+cdef enum:
+    ROWS_STOP = 0
+    ROWS_CATCH_UP = 1           # catch_up_rows (lazy_list_rows)
+    ROWS_ROW_STEPS = 2          # row_steps (sparse_row_steps)
+    ROWS_FOLDED_STEPS = 3       # folded_steps (sparse_weight_update)
+    ROW_POOL_CHUNK = 16         # named rows claimed at a time
+
+
+cdef struct RowPool:
+    fbp_barrier barrier
+    int n_threads
+    int task                    # what the threads do between the next two barriers
+    Py_ssize_t next_chunk       # the next unclaimed chunk of lazy.touched
+    LazyRows* lazy
+    const PlanData* plan
+    const HyperparameterData* hyper
+    void* params                # the fit's parameters, update target and state (as run_batch's)
+    void* target
+    void* first
+    void* second
+    int update
+    const void* delta           # ROWS_ROW_STEPS: the first layer's delta of the batch
+    void* row_gradients         # ROWS_ROW_STEPS: a row of n_out values per thread
+    Py_ssize_t n_cols           # the sparse X's width (rows of W1)
+
+
+cdef struct RowPoolArgument:
+    RowPool* pool
+    int index
+
+
+cdef void pool_task(RowPool* pool, int index, floating* kind) noexcept nogil:
+    """This thread's share of the pool's task: chunks of lazy.touched until none is left."""
+    cdef LazyRows* lazy = pool.lazy
+    cdef Py_ssize_t begin, end, n_out = pool.plan.sizes[1]
+    cdef floating* params = <floating*>pool.params
+    while True:
+        begin = fbp_claim_chunk(&pool.next_chunk) * ROW_POOL_CHUNK
+        if begin >= lazy.n_touched:
+            return
+        end = min(begin + ROW_POOL_CHUNK, lazy.n_touched)
+        if pool.task == ROWS_CATCH_UP:
+            catch_up_rows(lazy, params + pool.plan.weight_offsets[0], n_out, pool.n_cols,
+                          begin, end)
+        elif pool.task == ROWS_ROW_STEPS:
+            row_steps(pool.plan, pool.hyper, params, <floating*>pool.first,
+                      <floating*>pool.second, pool.update, <const floating*>pool.delta, lazy,
+                      begin, end, <floating*>pool.row_gradients + index * n_out)
+        else:
+            folded_steps(pool.plan, pool.hyper, params, <floating*>pool.target,
+                         <floating*>pool.first, <floating*>pool.second, pool.update, lazy,
+                         begin, end)
+
+
+cdef void pool_loop(RowPoolArgument* argument, floating* kind) noexcept nogil:
+    """A helper thread: each task between two barriers, until ROWS_STOP."""
+    cdef RowPool* pool = argument.pool
+    while True:
+        fbp_barrier_wait(&pool.barrier)
+        if pool.task == ROWS_STOP:
+            return
+        pool_task(pool, argument.index, kind)
+        fbp_barrier_wait(&pool.barrier)
+
+
+cdef void* pool_entry_float(void* argument) noexcept nogil:
+    pool_loop(<RowPoolArgument*>argument, <float*>NULL)
+    return NULL
+
+
+cdef void* pool_entry_double(void* argument) noexcept nogil:
+    pool_loop(<RowPoolArgument*>argument, <double*>NULL)
+    return NULL
+
+
+cdef bint share_rows(RowPool* pool, LazyRows* lazy, int task, const void* delta,
+                     floating* kind) noexcept nogil:
+    """Runs `task` on the named rows with the pool's threads; False (nothing done) without a
+    pool, or when the batch names too few rows to give every thread a chunk."""
+    if pool == NULL or lazy.n_touched < pool.n_threads * ROW_POOL_CHUNK:
+        return False
+    pool.task = task
+    pool.delta = delta
+    pool.next_chunk = 0
+    fbp_barrier_wait(&pool.barrier)     # the helpers start ...
+    pool_task(pool, 0, kind)
+    fbp_barrier_wait(&pool.barrier)     # ... and have finished
+    return True
+
+
+cdef class RowPoolThreads:
+    """The pool's memory and threads for one epoch call: start() starts the helpers (on
+    failure to start one, those started stop and the epoch runs on the calling thread),
+    stop() stops and joins them; both without the GIL."""
+    cdef RowPool pool
+    cdef pthread_t* threads
+    cdef RowPoolArgument* arguments
+    cdef void* row_gradients
+    cdef int started                # 0: the helpers run (stop() stops them)
+
+    def __cinit__(self):
+        self.started = -1
+
+    def __dealloc__(self):
+        self.stop()
+        free(self.threads)
+        free(self.arguments)
+        free(self.row_gradients)
+
+    cdef RowPool* start(self, int n_threads, LazyRows* lazy, const PlanData* plan,
+                        const HyperparameterData* hyper, void* params, void* target,
+                        void* first, void* second, int update, Py_ssize_t n_cols,
+                        size_t item_size) except? NULL:
+        cdef int k
+        self.threads = <pthread_t*>calloc(n_threads, sizeof(pthread_t))
+        self.arguments = <RowPoolArgument*>calloc(n_threads, sizeof(RowPoolArgument))
+        self.row_gradients = calloc(n_threads * plan.sizes[1], item_size)
+        if not (self.threads and self.arguments and self.row_gradients):
+            raise MemoryError()
+        memset(&self.pool, 0, sizeof(RowPool))
+        self.pool.n_threads = n_threads
+        self.pool.lazy, self.pool.plan, self.pool.hyper = lazy, plan, hyper
+        self.pool.params, self.pool.target = params, target
+        self.pool.first, self.pool.second = first, second
+        self.pool.update, self.pool.n_cols = update, n_cols
+        self.pool.row_gradients = self.row_gradients
+        for k in range(n_threads):
+            self.arguments[k].pool = &self.pool
+            self.arguments[k].index = k
+        fbp_barrier_init(&self.pool.barrier, n_threads)
+        with nogil:
+            if item_size == sizeof(double):
+                self.started = fbp_start_workers(self.threads, n_threads, pool_entry_double,
+                                                 <char*>self.arguments, sizeof(RowPoolArgument))
+            else:
+                self.started = fbp_start_workers(self.threads, n_threads, pool_entry_float,
+                                                 <char*>self.arguments, sizeof(RowPoolArgument))
+            if self.started != 0:   # out of threads: those started stop, this one goes alone
+                self.pool.task = ROWS_STOP
+                fbp_abandon_workers(&self.pool.barrier, self.threads, self.started)
+        if self.started != 0:
+            return NULL
+        return &self.pool
+
+    cdef void stop(self) noexcept nogil:
+        """The helpers stopped and joined (if any run)."""
+        if self.started == 0 and self.threads != NULL:
+            self.pool.task = ROWS_STOP
+            fbp_barrier_wait(&self.pool.barrier)
+            fbp_join_workers(self.threads, self.pool.n_threads)
+            self.started = -1
