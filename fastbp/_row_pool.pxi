@@ -21,6 +21,22 @@ cdef enum:
     ROW_POOL_CHUNK = 16         # named rows claimed at a time
 
 
+# Tests: the phases the pools ran (share_rows calls that ran a task), and a limit on the
+# threads a pool starts, past which it behaves as when the process is out of threads.
+cdef long row_pool_phases = 0
+cdef int row_pool_start_limit = 0
+
+
+def row_pool_settings(start_limit=None):
+    """(phases run so far, start limit) before this call, setting the start limit if given
+    (0: none); for tests."""
+    global row_pool_start_limit
+    previous = (row_pool_phases, row_pool_start_limit)
+    if start_limit is not None:
+        row_pool_start_limit = int(start_limit)
+    return previous
+
+
 cdef struct RowPool:
     fbp_barrier barrier
     int n_threads
@@ -94,6 +110,8 @@ cdef bint share_rows(RowPool* pool, LazyRows* lazy, int task, const void* delta,
     pool, or when the batch names too few rows to give every thread a chunk."""
     if pool == NULL or lazy.n_touched < pool.n_threads * ROW_POOL_CHUNK:
         return False
+    global row_pool_phases
+    row_pool_phases += 1
     pool.task = task
     pool.delta = delta
     pool.next_chunk = 0
@@ -143,13 +161,18 @@ cdef class RowPoolThreads:
             self.arguments[k].pool = &self.pool
             self.arguments[k].index = k
         fbp_barrier_init(&self.pool.barrier, n_threads)
+        cdef int limit = n_threads
+        if 0 < row_pool_start_limit < n_threads:
+            limit = row_pool_start_limit
         with nogil:
             if item_size == sizeof(double):
-                self.started = fbp_start_workers(self.threads, n_threads, pool_entry_double,
+                self.started = fbp_start_workers(self.threads, limit, pool_entry_double,
                                                  <char*>self.arguments, sizeof(RowPoolArgument))
             else:
-                self.started = fbp_start_workers(self.threads, n_threads, pool_entry_float,
+                self.started = fbp_start_workers(self.threads, limit, pool_entry_float,
                                                  <char*>self.arguments, sizeof(RowPoolArgument))
+            if self.started == 0 and limit < n_threads:   # as if thread `limit` had failed
+                self.started = limit
             if self.started != 0:   # out of threads: those started stop, this one goes alone
                 self.pool.task = ROWS_STOP
                 fbp_abandon_workers(&self.pool.barrier, self.threads, self.started)
