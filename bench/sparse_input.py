@@ -14,7 +14,9 @@ Trains the S1 network (100000-256-20, ReLU, softmax + CCE, batch 64) on S1's dat
   matrix (warm_start, so each fit is one more epoch).
 
 Each system runs in a subprocess of its own (one library per process, its own peak RSS),
-under threadpoolctl's limit of one BLAS thread (and torch.set_num_threads(1)). A worker
+under threadpoolctl's limit of one BLAS thread (and torch.set_num_threads(1)), or of
+`--threads` (fastbp's n_threads: under a lazy rule its threads share the rows of W1 a
+batch names). A worker
 trains one untimed epoch, then `--epochs` timed ones, each over a fresh row order, and
 reports the median samples/s, the CPU seconds over the wall seconds of the timed epochs
 (under 1 means the core was shared) and the samples per CPU second (steadier than samples/s
@@ -65,13 +67,13 @@ class FastbpRunner:
         "fastbp-adam": lambda o: o.Adam(0.001),
     }
 
-    def __init__(self, name, X, y, seed=0):
+    def __init__(self, name, X, y, seed=0, threads=1):
         import fastbp
         self.fastbp, self.X, self.y = fastbp, X, y
         self.model = fastbp.MLP(S1.layer_sizes, S1.activations, dtype=S1.dtype, seed=seed)
         self.trainer = fastbp.Trainer(LOSS, optimizer=self.RULES[name](fastbp.optimizers),
                                       epochs=1, batch_size=S1.batch_size, seed=seed,
-                                      n_threads=1)
+                                      n_threads=threads)
         self.tracemalloc_peak = None
 
     def run_epoch(self):
@@ -107,10 +109,10 @@ class TorchEmbeddingBagRunner:
     its arrays: indices, offsets (indptr less its first entry) and the stored values, handed
     to torch without a copy (torch.from_numpy)."""
 
-    def __init__(self, name, X, y, seed=0):
+    def __init__(self, name, X, y, seed=0, threads=1):
         import torch
         self.torch = torch
-        torch.set_num_threads(1)
+        torch.set_num_threads(threads)
         try:
             torch.set_num_interop_threads(1)
         except RuntimeError:
@@ -152,7 +154,7 @@ class TorchEmbeddingBagRunner:
 
 
 class SklearnRunner:
-    def __init__(self, name, X, y, seed=0):
+    def __init__(self, name, X, y, seed=0, threads=1):   # threads: its BLAS's (worker)
         import sklearn
         from sklearn.neural_network import MLPClassifier
         self.sklearn = sklearn
@@ -173,26 +175,26 @@ class SklearnRunner:
         return {"sklearn": self.sklearn.__version__}
 
 
-def make_runner(name, X, y):
+def make_runner(name, X, y, threads=1):
     if name.startswith("fastbp"):
-        return FastbpRunner(name, X, y)
+        return FastbpRunner(name, X, y, threads=threads)
     if name == "torch-embeddingbag":
-        return TorchEmbeddingBagRunner(name, X, y)
+        return TorchEmbeddingBagRunner(name, X, y, threads=threads)
     if name == "sklearn":
-        return SklearnRunner(name, X, y)
+        return SklearnRunner(name, X, y, threads=threads)
     raise ValueError(f"unknown system {name!r}; known: {', '.join(SYSTEMS)}")
 
 
 # ----------------------------------------------------------------------------- worker
 
-def worker(name, rows, epochs):
+def worker(name, rows, epochs, threads=1):
     """Measure one system in this process; returns a dict (printed as JSON)."""
     from threadpoolctl import threadpool_limits
     X, y = make_sparse_data(S1)
     X, y = X[:rows], y[:rows]
     rss_data = _maxrss_mib()
-    with threadpool_limits(limits=1):
-        runner = make_runner(name, X, y)
+    with threadpool_limits(limits=threads):
+        runner = make_runner(name, X, y, threads)
         runner.run_epoch()   # untimed: the optimizer's state and every buffer exist from here
         rates, cpu, wall = [], 0.0, 0.0
         for _ in range(epochs):
@@ -224,13 +226,16 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs per system")
     parser.add_argument("--systems", default=",".join(SYSTEMS))
+    parser.add_argument("--threads", type=int, default=1,
+                        help="threads of every system: fastbp's n_threads (its row pool "
+                             "under a lazy rule), torch.set_num_threads, the BLAS limit")
     for name in SYSTEMS:
         parser.add_argument(f"--rows-{name}", type=int, default=ROWS.get(name, S1.n_samples))
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--rows", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        print(json.dumps(worker(args.worker, args.rows, args.epochs)))
+        print(json.dumps(worker(args.worker, args.rows, args.epochs, args.threads)))
         return
 
     X, _ = make_sparse_data(S1)
@@ -239,14 +244,16 @@ def main(argv=None):
     print(f"S1: {X.shape[0]:,} x {X.shape[1]:,}, {X.nnz:,} stored values "
           f"({X.nnz / X.shape[0]:.1f} a row), CSR {data_bytes / 2**20:.1f} MiB, "
           f"parameters {n_params * 4 / 2**20:.1f} MiB (a dense X: "
-          f"{X.shape[0] * X.shape[1] * 4 / 2**30:.1f} GiB); one thread, each system in its "
-          f"own process, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}")
+          f"{X.shape[0] * X.shape[1] * 4 / 2**30:.1f} GiB); {args.threads} thread(s), each "
+          f"system in its own process, {os.cpu_count()} cores, load "
+          f"{os.getloadavg()[0]:.2f}")
     del X
     results = []
     for name in args.systems.split(","):
         rows = getattr(args, f"rows_{name.replace('-', '_')}")
         proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", name,
-                               "--rows", str(rows), "--epochs", str(args.epochs)],
+                               "--rows", str(rows), "--epochs", str(args.epochs),
+                               "--threads", str(args.threads)],
                               capture_output=True, text=True)
         if proc.returncode != 0:
             print(f"{name}: failed\n{proc.stderr[-2000:]}")

@@ -1013,6 +1013,9 @@ cdef void folded_steps(const PlanData* plan, const HyperparameterData* hyper,
     """sparse_weight_update's step of the named rows lazy.touched[begin:end] under a folded
     lazy rule (SGD with decay, momentum), from the product scattered into target."""
     cdef Py_ssize_t w = plan.weight_offsets[0], n_out = plan.sizes[1], i
+    for i in range(begin, min(begin + LAZY_PREFETCH_AHEAD, end)):
+        prefetch_step_row(params + w, target + w, first, second, w, n_out, plan.sizes[0],
+                          &lazy.touched[i])
     for i in range(begin, end):
         if i + LAZY_PREFETCH_AHEAD < end:
             prefetch_step_row(params + w, target + w, first, second, w, n_out,
@@ -1082,6 +1085,9 @@ cdef void row_steps(const PlanData* plan, const HyperparameterData* hyper, float
     cdef floating* values = <floating*>gradients.values
     cdef Py_ssize_t* starts = gradients.starts
     cdef Py_ssize_t t, row, values_begin = starts[begin - 1] if begin > 0 else 0
+    for t in range(begin, min(begin + LAZY_PREFETCH_AHEAD, end)):
+        prefetch_step_row(params + w, params + w, first, second, w, n_out, n_in,
+                          &lazy.touched[t])
     for t in range(begin, end):
         row = lazy.touched[t]
         if t + LAZY_PREFETCH_AHEAD < end:
@@ -1315,6 +1321,8 @@ cdef void catch_up_rows(LazyRows* lazy, floating* W1, Py_ssize_t n_out, Py_ssize
                         Py_ssize_t begin, Py_ssize_t end) noexcept nogil:
     """The named rows lazy.touched[begin:end] brought up to date (lazy_list_rows)."""
     cdef Py_ssize_t i, column
+    for i in range(begin, min(begin + LAZY_PREFETCH_AHEAD, end)):
+        prefetch_lazy_row(lazy, W1, n_out, n_in, &lazy.touched[i])
     for i in range(begin, end):
         if i + LAZY_PREFETCH_AHEAD < end:
             prefetch_lazy_row(lazy, W1, n_out, n_in, &lazy.touched[i + LAZY_PREFETCH_AHEAD])

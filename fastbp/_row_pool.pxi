@@ -18,7 +18,8 @@ cdef enum:
     ROWS_CATCH_UP = 1           # catch_up_rows (lazy_list_rows)
     ROWS_ROW_STEPS = 2          # row_steps (sparse_row_steps)
     ROWS_FOLDED_STEPS = 3       # folded_steps (sparse_weight_update)
-    ROW_POOL_CHUNK = 16         # named rows claimed at a time
+    ROW_POOL_CHUNK = 16         # named rows claimed at a time (each chunk prefetches its
+                                # first rows at once, the others LAZY_PREFETCH_AHEAD ahead)
 
 
 # Tests: the phases the pools ran (share_rows calls that ran a task), and a limit on the
