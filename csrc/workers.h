@@ -16,6 +16,7 @@
 #endif
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 #include "fastbp.h"
 
@@ -49,7 +50,16 @@ static inline void fbp_futex(int *word, int operation, int value)
 
 #define FBP_BARRIER_SPINS 500
 
-static inline void fbp_barrier_wait(fbp_barrier *barrier)
+static inline double fbp_seconds(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + 1e-9 * t.tv_nsec;
+}
+
+/* Waits at the barrier: spins FBP_BARRIER_SPINS times, and then, for up to spin_seconds
+   more, checks the clock every 256 spins, before it sleeps. */
+static inline void fbp_barrier_wait_spinning(fbp_barrier *barrier, double spin_seconds)
 {
     int generation = __atomic_load_n(&barrier->generation, __ATOMIC_SEQ_CST);
     if (__atomic_add_fetch(&barrier->waiting, 1, __ATOMIC_SEQ_CST)
@@ -62,17 +72,30 @@ static inline void fbp_barrier_wait(fbp_barrier *barrier)
             fbp_futex(&barrier->generation, FUTEX_WAKE_PRIVATE, INT_MAX);
         return;
     }
-    for (int spins = 0; spins < FBP_BARRIER_SPINS; spins++) {
+    double until = 0;
+    for (long spins = 0;; spins++) {
         if (__atomic_load_n(&barrier->generation, __ATOMIC_ACQUIRE) != generation)
             return;
 #if defined(__x86_64__) || defined(__i386__)
         __builtin_ia32_pause();
 #endif
+        if (spins + 1 == FBP_BARRIER_SPINS) {
+            if (spin_seconds <= 0)
+                break;
+            until = fbp_seconds() + spin_seconds;
+        } else if (spins >= FBP_BARRIER_SPINS && spins % 256 == 0 && fbp_seconds() > until) {
+            break;
+        }
     }
     __atomic_add_fetch(&barrier->sleepers, 1, __ATOMIC_SEQ_CST);
     while (__atomic_load_n(&barrier->generation, __ATOMIC_SEQ_CST) == generation)
         fbp_futex(&barrier->generation, FUTEX_WAIT_PRIVATE, generation);
     __atomic_sub_fetch(&barrier->sleepers, 1, __ATOMIC_SEQ_CST);
+}
+
+static inline void fbp_barrier_wait(fbp_barrier *barrier)
+{
+    fbp_barrier_wait_spinning(barrier, 0);
 }
 
 /* Starts threads 1..n-1 of an epoch on entry(&contexts[k]); 0 if all started, else the

@@ -7,7 +7,7 @@
 # rows are independent of one another (each row of W1 and of its state is read and written
 # by the thread that claimed it, and the shared tables LazyRows holds are only read, but for
 # each row's own entry in `applied`), so T threads share them: the calling thread and T - 1
-# pthreads started once per epoch call, which sleep on the barrier between these phases
+# pthreads started once per epoch call, which wait on the barrier between these phases
 # (the forward and backward passes, the listing, the log and the scatter stay on the
 # calling thread). Threads claim ROW_POOL_CHUNK named rows at a time. A row's arithmetic
 # does not depend on which thread does it, so the results are bit-identical for every
@@ -25,6 +25,13 @@ cdef enum:
 # Tests: the phases the pools ran (share_rows calls that ran a task), and a limit on the
 # threads a pool starts, past which it behaves as when the process is out of threads.
 cdef long row_pool_phases = 0
+
+# A helper between two phases of a step spins up to this long before it sleeps: waking a
+# sleeping thread takes tens of microseconds (more on a virtual machine), by which time the
+# calling thread has claimed most of a phase's rows itself. A phase follows the previous
+# one within a step's forward or backward pass, well within this on the networks a sparse
+# fit trains; a pool left waiting longer (the epoch's end, Python between epochs) sleeps.
+cdef double ROW_POOL_SPIN_SECONDS = 0.001
 cdef int row_pool_start_limit = 0
 
 
@@ -88,7 +95,7 @@ cdef void pool_loop(RowPoolArgument* argument, floating* kind) noexcept nogil:
     """A helper thread: each task between two barriers, until ROWS_STOP."""
     cdef RowPool* pool = argument.pool
     while True:
-        fbp_barrier_wait(&pool.barrier)
+        fbp_barrier_wait_spinning(&pool.barrier, ROW_POOL_SPIN_SECONDS)
         if pool.task == ROWS_STOP:
             return
         pool_task(pool, argument.index, kind)

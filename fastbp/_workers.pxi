@@ -37,6 +37,7 @@ cdef extern from "workers.h" nogil:
         pass
     void fbp_barrier_init(fbp_barrier* barrier, int n)
     void fbp_barrier_wait(fbp_barrier* barrier)
+    void fbp_barrier_wait_spinning(fbp_barrier* barrier, double spin_seconds)
     int fbp_start_workers(pthread_t* threads, int n, void* (*entry)(void*) noexcept nogil,
                           char* contexts, size_t context_size)
     void fbp_join_workers(pthread_t* threads, int n)
