@@ -12,7 +12,8 @@ LocalCluster of 1 and of 2 worker processes of 1 thread each, default settings
 n_threads=2 for the same epochs. Reported: wall time of the fit (the data already in the
 cluster, as after loading it there, and fastbp imported on the workers), speedup over 1
 worker, held-out accuracy after the same epochs, the placement (rows per worker), and the
-time a round spends not training
+time a round spends not training; with `--curve`, also the held-out accuracy after every
+epoch of one process and of the chunks (untimed)
 (the round's seconds less its busiest worker's seconds in the compiled loop: broadcast,
 scheduling, the tree of sums, the update on the driver).
 
@@ -122,6 +123,30 @@ def scaling(args):
             client.close()
             local.close()
     print(f"  2 workers / Trainer.fit(n_threads=2): {times[2] / single:4.2f}x the time")
+    if args.curve:
+        accuracy_curve(args, X, y, X_test, y_test, new_model, new_trainer, rows)
+
+
+def accuracy_curve(args, X, y, X_test, y_test, new_model, new_trainer, rows):
+    """The held-out accuracy after each epoch: one process against fastbp.dask.fit on
+    `--chunks` chunks (untimed, on dask's local scheduler: the results are those of any
+    cluster, bit for bit), and from which epoch on the gap stays within 0.005."""
+    import dask.array as da
+    import fastbp.dask
+
+    validation = (X_test, y_test)
+    single = new_trainer(epochs=args.rounds, n_threads=2).fit(
+        new_model(), X, y, validation_data=validation).history["val_accuracy"]
+    spread = fastbp.dask.fit(new_model(), new_trainer(), da.from_array(X, chunks=(rows, -1)),
+                             da.from_array(y, chunks=rows), rounds=args.rounds,
+                             validation_data=validation).history["val_accuracy"]
+    gaps = [a - b for a, b in zip(single, spread)]
+    within = next((i + 1 for i in range(len(gaps))
+                   if all(abs(g) <= 0.005 for g in gaps[i:])), None)
+    print(f"  held-out accuracy after each epoch (one process / {args.chunks} chunks / gap):")
+    for epoch, (a, b, g) in enumerate(zip(single, spread, gaps), 1):
+        print(f"    {epoch:3d}  {a:.4f}  {b:.4f}  {g:+.4f}")
+    print(f"  the gap stays within 0.005 from epoch {within or '-'} of {args.rounds}")
 
 
 def gridsearch(args):
@@ -292,6 +317,9 @@ def main():
     parser.add_argument("--rows", type=int, default=30_000, help="scaling: training rows")
     parser.add_argument("--chunks", type=int, default=2, help="scaling: chunks of rows")
     parser.add_argument("--rounds", type=int, default=3, help="scaling: rounds")
+    parser.add_argument("--curve", action="store_true",
+                        help="scaling: also the held-out accuracy after each epoch, one "
+                             "process against the chunks (untimed)")
     parser.add_argument("--accuracy-rows", type=int, default=200_000)
     parser.add_argument("--tasks", default="linear,nonlinear",
                         help="accuracy: data sets, comma-separated (linear, nonlinear)")
