@@ -1001,9 +1001,22 @@ cdef bint sparse_weight_update(const PlanData* plan, HyperparameterData* hyper,
             folded_steps(plan, hyper, params, target, first, second, update, lazy, 0,
                          lazy.n_touched)
     elif stepping:   # every row; those the batch did not name without reading their 0s
-        step_slice(hyper, params, target, first, second, update, w, n, True, sparse.named,
-                   n_out)
+        if not share_every_row(sparse.pool, plan.sizes[0], params):
+            every_row_steps(plan, hyper, params, target, first, second, update, sparse.named,
+                            0, plan.sizes[0])
     return True
+
+
+cdef void every_row_steps(const PlanData* plan, const HyperparameterData* hyper,
+                          floating* params, floating* target, floating* first,
+                          floating* second, int update, unsigned char* named,
+                          Py_ssize_t begin, Py_ssize_t end) noexcept nogil:
+    """sparse_weight_update's step of rows begin..end-1 of W1 under a rule that moves every
+    row at every step (named: a flag a row, 0 where the batch named none, or NULL)."""
+    cdef Py_ssize_t n_out = plan.sizes[1]
+    step_slice(hyper, params, target, first, second, update,
+               plan.weight_offsets[0] + begin * n_out, (end - begin) * n_out, True,
+               named + begin if named != NULL else NULL, n_out)
 
 
 cdef void folded_steps(const PlanData* plan, const HyperparameterData* hyper,
@@ -1128,14 +1141,18 @@ cdef int update_kind(const HyperparameterData* hyper) noexcept nogil:
 
 
 def shares_rows(Hyperparameters hyperparameters):
-    """Whether a sparse fit under these hyperparameters steps W1 lazily (lazy_rule), row by
-    row on the rows each batch names: train_epoch's n_workers threads then share those rows
-    (_row_pool.pxi); other sparse fits run on one thread."""
+    """Whether a sparse fit under these hyperparameters works on W1 row by row in phases
+    train_epoch's n_workers threads share (_row_pool.pxi): a lazy rule (lazy_rule) on the
+    rows each batch names, or a rule that steps every row of W1 at every step from its
+    gradient. Plain SGD without decay (its step is the scatter) and clipping (the norm
+    takes the whole gradient) run on one thread."""
     cdef LazyRows lazy
     cdef LazyAdam adam
     cdef HyperparameterData* hyper = &hyperparameters.data
-    return lazy_rule(hyper, update_kind(hyper), &lazy, <double*>NULL, <double*>NULL, 0,
-                     &adam if os.environ.get(LAZY_ADAM_VARIABLE, "") != "0" else NULL)
+    cdef int update = update_kind(hyper)
+    return update == LAYER_STEP or lazy_rule(
+        hyper, update, &lazy, <double*>NULL, <double*>NULL, 0,
+        &adam if os.environ.get(LAZY_ADAM_VARIABLE, "") != "0" else NULL)
 
 
 cdef bint lazy_rule(const HyperparameterData* hyper, int update, LazyRows* lazy,
@@ -1751,10 +1768,11 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
     # A sparse fit on n_workers threads: they share the work on the named rows of W1 of a
     # lazy rule (_row_pool.pxi; the other rules' steps stay on this thread).
     cdef RowPoolThreads pool_threads = RowPoolThreads()
-    if use_lazy and n_workers > 1:
+    if use_sparse and n_workers > 1 and (use_lazy or update == LAYER_STEP):
         try:
-            batch.pool = pool_threads.start(n_workers, &lazy, plan_data, hyper, p, target,
-                                            first, second, update, sparse.n_columns,
+            batch.pool = pool_threads.start(n_workers, &lazy if use_lazy else NULL,
+                                            plan_data, hyper, p, target, first, second,
+                                            update, named, sparse.n_columns,
                                             sizeof(floating))
         except MemoryError:
             free(lazy.applied)

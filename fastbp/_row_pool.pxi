@@ -3,8 +3,10 @@
 # Under a lazy rule (LazyRows) most of a sparse step's time is spent row by row on the
 # rows of W1 the batch names: bringing each up to date before the forward pass
 # (lazy_list_rows) and, after the backward pass, making its gradient and stepping it
-# (sparse_row_steps) or stepping it from the scattered product (the folded rules). Those
-# rows are independent of one another (each row of W1 and of its state is read and written
+# (sparse_row_steps) or stepping it from the scattered product (the folded rules). Under
+# a rule that moves every row at every step (Adam without its lazy rows, Adagrad or
+# RMSprop with coupled decay) it is the step's pass over all of W1 and its state
+# (every_row_steps). Those rows are independent of one another (each row of W1 and of its state is read and written
 # by the thread that claimed it, and the shared tables LazyRows holds are only read, but for
 # each row's own entry in `applied`), so T threads share them: the calling thread and T - 1
 # pthreads started once per epoch call, which wait on the barrier between these phases
@@ -18,6 +20,8 @@ cdef enum:
     ROWS_CATCH_UP = 1           # catch_up_rows (lazy_list_rows)
     ROWS_ROW_STEPS = 2          # row_steps (sparse_row_steps)
     ROWS_FOLDED_STEPS = 3       # folded_steps (sparse_weight_update)
+    ROWS_EVERY_ROW = 4          # every_row_steps (sparse_weight_update): all rows of W1
+    EVERY_ROW_CHUNK = 64        # rows of W1 claimed at a time by ROWS_EVERY_ROW
     ROW_POOL_CHUNK = 16         # named rows claimed at a time (each chunk prefetches its
                                 # first rows at once, the others LAZY_PREFETCH_AHEAD ahead)
 
@@ -49,8 +53,11 @@ cdef struct RowPool:
     fbp_barrier barrier
     int n_threads
     int task                    # what the threads do between the next two barriers
-    Py_ssize_t next_chunk       # the next unclaimed chunk of lazy.touched
-    LazyRows* lazy
+    Py_ssize_t n_items          # the task's rows: lazy.touched[0:n_items], or W1's rows
+    Py_ssize_t chunk            # rows claimed at a time
+    Py_ssize_t next_chunk       # the next unclaimed chunk
+    LazyRows* lazy              # the lazy rule's rows, or NULL (ROWS_EVERY_ROW only)
+    unsigned char* named        # ROWS_EVERY_ROW: the batch's named rows (a flag a row) or NULL
     const PlanData* plan
     const HyperparameterData* hyper
     void* params                # the fit's parameters, update target and state (as run_batch's)
@@ -69,16 +76,20 @@ cdef struct RowPoolArgument:
 
 
 cdef void pool_task(RowPool* pool, int index, floating* kind) noexcept nogil:
-    """This thread's share of the pool's task: chunks of lazy.touched until none is left."""
+    """This thread's share of the pool's task: chunks of its rows until none is left."""
     cdef LazyRows* lazy = pool.lazy
     cdef Py_ssize_t begin, end, n_out = pool.plan.sizes[1]
     cdef floating* params = <floating*>pool.params
     while True:
-        begin = fbp_claim_chunk(&pool.next_chunk) * ROW_POOL_CHUNK
-        if begin >= lazy.n_touched:
+        begin = fbp_claim_chunk(&pool.next_chunk) * pool.chunk
+        if begin >= pool.n_items:
             return
-        end = min(begin + ROW_POOL_CHUNK, lazy.n_touched)
-        if pool.task == ROWS_CATCH_UP:
+        end = min(begin + pool.chunk, pool.n_items)
+        if pool.task == ROWS_EVERY_ROW:
+            every_row_steps(pool.plan, pool.hyper, params, <floating*>pool.target,
+                            <floating*>pool.first, <floating*>pool.second, pool.update,
+                            pool.named, begin, end)
+        elif pool.task == ROWS_CATCH_UP:
             catch_up_rows(lazy, params + pool.plan.weight_offsets[0], n_out, pool.n_cols,
                           begin, end)
         elif pool.task == ROWS_ROW_STEPS:
@@ -118,15 +129,31 @@ cdef bint share_rows(RowPool* pool, LazyRows* lazy, int task, const void* delta,
     pool, or when the batch names too few rows to give every thread a chunk."""
     if pool == NULL or lazy.n_touched < pool.n_threads * ROW_POOL_CHUNK:
         return False
+    pool.delta = delta
+    run_pool_task(pool, task, lazy.n_touched, ROW_POOL_CHUNK, kind)
+    return True
+
+
+cdef bint share_every_row(RowPool* pool, Py_ssize_t n_rows, floating* kind) noexcept nogil:
+    """ROWS_EVERY_ROW on the n_rows rows of W1 with the pool's threads; False (nothing done)
+    without a pool or with too few rows to give every thread a chunk."""
+    if pool == NULL or n_rows < pool.n_threads * EVERY_ROW_CHUNK:
+        return False
+    run_pool_task(pool, ROWS_EVERY_ROW, n_rows, EVERY_ROW_CHUNK, kind)
+    return True
+
+
+cdef void run_pool_task(RowPool* pool, int task, Py_ssize_t n_items, Py_ssize_t chunk,
+                        floating* kind) noexcept nogil:
     global row_pool_phases
     row_pool_phases += 1
     pool.task = task
-    pool.delta = delta
+    pool.n_items = n_items
+    pool.chunk = chunk
     pool.next_chunk = 0
     fbp_barrier_wait(&pool.barrier)     # the helpers start ...
     pool_task(pool, 0, kind)
     fbp_barrier_wait(&pool.barrier)     # ... and have finished
-    return True
 
 
 cdef class RowPoolThreads:
@@ -150,8 +177,8 @@ cdef class RowPoolThreads:
 
     cdef RowPool* start(self, int n_threads, LazyRows* lazy, const PlanData* plan,
                         const HyperparameterData* hyper, void* params, void* target,
-                        void* first, void* second, int update, Py_ssize_t n_cols,
-                        size_t item_size) except? NULL:
+                        void* first, void* second, int update, unsigned char* named,
+                        Py_ssize_t n_cols, size_t item_size) except? NULL:
         cdef int k
         self.threads = <pthread_t*>calloc(n_threads, sizeof(pthread_t))
         self.arguments = <RowPoolArgument*>calloc(n_threads, sizeof(RowPoolArgument))
@@ -164,6 +191,7 @@ cdef class RowPoolThreads:
         self.pool.params, self.pool.target = params, target
         self.pool.first, self.pool.second = first, second
         self.pool.update, self.pool.n_cols = update, n_cols
+        self.pool.named = named
         self.pool.row_gradients = self.row_gradients
         for k in range(n_threads):
             self.arguments[k].pool = &self.pool

@@ -1,9 +1,10 @@
 """Sparse fits on several threads (issue 11 with issue 13's sparse input): under a lazy rule
-the rows of W1 a batch names are brought up to date and stepped by n_threads threads
-(_core's _row_pool.pxi). A row's arithmetic does not depend on the thread that does it, so
-every thread count gives the same bits as one thread, for every rule, both dtypes, with
-dropout, sample weights, validation and an undone epoch; rules that do not work row by row
-run on one thread; a pool that cannot start its threads trains on the calling thread."""
+the rows of W1 a batch names are brought up to date and stepped by n_threads threads, and
+under a rule that steps every row its pass over W1 is shared (_core's _row_pool.pxi). A
+row's arithmetic does not depend on the thread that does it, so every thread count gives
+the same bits as one thread, for every rule, both dtypes, with dropout, sample weights,
+validation and an undone epoch; plain SGD without decay and clipping run on one thread; a
+pool that cannot start its threads trains on the calling thread."""
 import numpy as np
 import pytest
 import scipy.sparse
@@ -39,12 +40,12 @@ def fit_on(threads, X, y, dtype, options, epochs=3, model_options=None, **fit_op
             _core.row_pool_settings()[0] - before)
 
 
-# The fits of UNDONE_FITS that do not step lazily, so run on one thread: plain SGD without
-# decay (it changes only the named rows anyway), clipping (the norm takes the whole
-# gradient), Adagrad and RMSprop with coupled decay and Adam without its lazy rows (every
-# row moves every step).
-ONE_THREAD_FITS = {"sgd", "schedule", "clipped_sgd", "clipped_adam", "adagrad",
-                   "rmsprop_coupled", "adam_every_row"}
+# The fits of UNDONE_FITS that run on one thread: plain SGD without decay (its step is the
+# scatter) and clipping (the norm takes the whole gradient).
+ONE_THREAD_FITS = {"sgd", "schedule", "clipped_sgd", "clipped_adam"}
+# ... and those whose step passes over every row of W1 (one shared phase a step, no
+# catch-up): Adagrad and RMSprop with coupled decay, Adam without its lazy rows.
+EVERY_ROW_FITS = {"adagrad", "rmsprop_coupled", "adam_every_row"}
 
 
 def hyperparameters(optimizer, **options):
@@ -69,9 +70,10 @@ def test_every_thread_count_gives_the_bits_of_one_thread(monkeypatch, dtype, fit
         np.testing.assert_array_equal(other_state, state)
         assert other_history.loss == history.loss
         # the lazy rules share their rows: each step's catch-up, then its step (SGD with
-        # decay has none: its decay is the catch-up's, its step the scatter's)
+        # decay has none: its decay is the catch-up's, its step the scatter's); the others
+        # their pass over every row
         steps = 3 * -(-X.shape[0] // 8)
-        per_step = 1 if fit.startswith("sgd_") else 2
+        per_step = 1 if fit.startswith("sgd_") or fit in EVERY_ROW_FITS else 2
         assert phases == (per_step * steps if shared else 0), (fit, threads, phases)
 
 
@@ -136,9 +138,10 @@ def test_which_rules_share_rows(monkeypatch):
     assert rule(Adam())
     assert rule(Adam(), weight_decay=0.1, decoupled_weight_decay=True)
     assert not rule(Adam(), clip_norm=1.0)         # the norm takes the whole gradient
-    assert not rule(fastbp.optimizers.RMSprop(0.01), weight_decay=0.1)   # every row moves
+    assert not rule(SGD(0.1, momentum=0.9), clip_norm=1.0)
+    assert rule(fastbp.optimizers.RMSprop(0.01), weight_decay=0.1)   # every row, every step
     monkeypatch.setenv(_core.LAZY_ADAM_VARIABLE, "0")
-    assert not rule(Adam())
+    assert rule(Adam())
 
 
 def test_the_core_refuses_a_sparse_thread_count_out_of_range():
