@@ -104,6 +104,52 @@ def fit_threads(layer_sizes, codes, batch_size: int, dtype, n_threads=None):
                             _candidates(batch_size, allowed), str(allowed))
 
 
+def sparse_fit_threads(n_threads, shares_rows: bool, choices: dict, key):
+    """(row pool threads, BLAS threads, SparseThreadChoice or None) of a fit on a sparse X.
+    A rule that shares rows (_core.shares_rows): an explicit n_threads is the pool's
+    threads; the default is FASTBP_THREADS when set, one thread when the caller allows no
+    more, else a SparseThreadChoice kept in `choices` under `key` (the pool's count is then
+    chosen epoch by epoch); the other layers' BLAS on one thread. Other rules train on one
+    worker, n_threads (1 by default) setting the BLAS threads of the layers after the
+    first."""
+    if not shares_rows:
+        return 1, int(n_threads or 1), None
+    if n_threads is not None:
+        return int(n_threads), 1, None
+    allowed = allowed_threads()
+    pinned = pinned_threads()
+    if pinned is not None:
+        return min(pinned, allowed), 1, None
+    if allowed == 1:
+        return 1, 1, None
+    choice = choices.get(key)
+    if choice is None or choice.allowed != allowed:
+        choice = choices[key] = SparseThreadChoice(allowed)
+    return 1, 1, choice
+
+
+class SparseThreadChoice:
+    """The default thread count of sparse fits that share rows, chosen on their own epochs.
+    Their results do not depend on the count (each row of W1 is stepped the same way on any
+    thread), so rather than a separate measurement (which would need the fit's data: a
+    sparse step's cost is in the rows its batches name) the first epoch runs on one thread,
+    the next on `allowed`, and every later one on whichever trained more samples a second.
+    The Trainer keeps it for later fits of the same network, batch and rule."""
+
+    def __init__(self, allowed: int):
+        self.allowed = allowed
+        self.rates = {}             # threads -> samples a second of the epoch measured
+
+    def next(self) -> int:
+        for threads in (1, self.allowed):
+            if threads not in self.rates:
+                return threads
+        return max(self.rates, key=self.rates.get)
+
+    def record(self, threads: int, samples_per_second: float) -> None:
+        self.rates.setdefault(threads, samples_per_second)
+
+
 def threads_of(layer_sizes, codes, batch_size: int, dtype, count: int):
     """A fit on exactly `count` threads: each step split by rows among `count` workers on
     one BLAS thread each, or one worker whose products use `count` BLAS threads. Which:

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fastbp import _core, losses, metrics as metrics_module, optimizers, schedules
-from fastbp._threads import blas_threads, checked_thread_count, fit_threads, row_workspace
+from fastbp._threads import blas_threads, checked_thread_count, fit_threads, row_workspace, \
+    sparse_fit_threads
 from fastbp.callbacks import ProgressBar, checked_callbacks
 from fastbp._validation import as_inputs, as_row_weights, as_sample_weight, as_targets, \
     check_in_dtype, dense_targets, one_hot, real_number, unshared, whole_number
@@ -156,6 +157,7 @@ class Trainer:
         self._epochs_done = 0
         self._rng = np.random.default_rng(self.seed)
         self._schedule = None
+        self._sparse_threads = {}   # _threads.SparseThreadChoice per sparse network and rule
 
     def bind(self, model: MLP) -> None:
         """Keep the optimizer state for `model` (after unpickling a trainer and its model
@@ -429,16 +431,19 @@ class _CompiledEpoch:
         self.hyperparameters = hyperparameters
         # n_threads: the BLAS threads of the fit; n_workers: the threads a step is split
         # among by rows (_core's _workers.pxi), each on one BLAS thread. The default is
-        # measured on this machine once per shape (_threads.fit_threads). A sparse X:
-        # n_threads threads (1 by default, not measured) share the work on the named rows
-        # of W1 of a lazy rule (_core's _row_pool.pxi); the other layers' BLAS then runs
-        # on one thread (on n_threads where no rule shares rows: one worker).
+        # measured on this machine once per shape (_threads.fit_threads). A sparse X: the
+        # threads that share the optimizer's work on the rows of W1 (_core's
+        # _row_pool.pxi), by default chosen epoch by epoch (thread_choice); see
+        # _threads.sparse_fit_threads.
         self.sparse = data.X if isinstance(data.X, _core.SparseRows) else None
+        self.thread_choice = None
         if self.sparse is not None:
-            threads = int(trainer.n_threads or 1)
-            shares = _core.shares_rows(hyperparameters)
-            self.n_workers = threads if shares else 1
-            self.n_threads = 1 if shares else threads
+            key = (tuple(model.layer_sizes), self.batch_size, str(model.dtype),
+                   repr(optimizer), spec.weight_decay, bool(trainer.decoupled_weight_decay),
+                   spec.clip_norm)
+            self.n_workers, self.n_threads, self.thread_choice = sparse_fit_threads(
+                trainer.n_threads, _core.shares_rows(hyperparameters),
+                trainer._sparse_threads, key)
         else:
             self.n_workers, self.n_threads = fit_threads(model.layer_sizes, model._codes,
                                                          self.batch_size, model.dtype,
@@ -478,13 +483,14 @@ class _CompiledEpoch:
         dropout_seed = int(trainer._rng.integers(2**63)) if self.uses_dropout else 0
         np.copyto(self.backup, model._params[self.kept:])
         np.copyto(self.state_backup, state[:, self.kept:])
+        n_workers = self.n_workers if self.thread_choice is None else self.thread_choice.next()
         started = time.perf_counter()
         try:
             loss_total, weight_total, trained, status = _core.train_epoch(
                 self.plan, self.hyperparameters, model._params, self.work, state, self.X,
                 self.targets, self.labels, self.weights, self.order, self.batch_size,
                 dropout_seed, self.catching, self.worker_plan, self.worker_work,
-                self.n_workers, self.sparse, self.row_log)
+                n_workers, self.sparse, self.row_log)
         except (ValueError, MemoryError):
             # labels or a sparse X rewritten mid-fit (the core checks each read), or no
             # memory for the row log
@@ -504,6 +510,8 @@ class _CompiledEpoch:
         if status == _core.Status.INTERRUPTED:
             return EpochResult(interrupted=True)
         trainer._epochs_done += 1
+        if self.thread_choice is not None and seconds > 0:
+            self.thread_choice.record(n_workers, trained / seconds)
         return EpochResult(loss_total / weight_total if weight_total else float("nan"),
                            seconds, len(self.rows))
 

@@ -157,3 +157,64 @@ def test_the_core_refuses_a_sparse_thread_count_out_of_range():
                               np.empty((0, 0)), np.empty((0, 0)), y.astype(np.intp),
                               np.empty(0), np.empty(0, np.intp), 8, 0, n_workers=n_workers,
                               sparse=rows)
+
+
+def test_the_default_thread_count_is_chosen_on_the_fits_own_epochs(monkeypatch):
+    """n_threads=None under a rule that shares rows: the first epoch on one thread, the
+    second on the allowed threads, then the faster; the bits of a one-thread fit; the
+    Trainer keeps the choice for its next fit of the same network and rule."""
+    monkeypatch.delenv("FASTBP_THREADS", raising=False)
+    monkeypatch.setattr(fastbp._threads, "allowed_threads", lambda: 3)
+    X, y = wide_batches()
+    reference = fit_on(1, X, y, "float64", LAZY_FITS["adam"], epochs=4)
+    phases = []
+
+    class PoolPhases(fastbp.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            phases.append(_core.row_pool_settings()[0])
+
+    model = model_for(X, hidden=(19,))
+    trainer = fastbp.Trainer("cce", epochs=4, batch_size=8, seed=0, **LAZY_FITS["adam"])
+    start = _core.row_pool_settings()[0]
+    trainer.fit(model, X, y, callbacks=[PoolPhases()])
+    np.testing.assert_array_equal(model.parameter_vector(), reference[0])
+    np.testing.assert_array_equal(trainer._state, reference[1])
+    per_epoch = np.diff([start] + phases)
+    steps = -(-X.shape[0] // 8)
+    (choice,) = trainer._sparse_threads.values()
+    assert sorted(choice.rates) == [1, 3]
+    faster = max(choice.rates, key=choice.rates.get)
+    assert list(per_epoch) == [0, 2 * steps] + [2 * steps if faster == 3 else 0] * 2
+    trainer.fit(model, X, y)                     # the same choice, no new measurement
+    assert trainer._sparse_threads == {next(iter(trainer._sparse_threads)): choice}
+    assert sorted(choice.rates) == [1, 3]
+
+
+def test_a_sparse_thread_choice_takes_the_faster_count():
+    choice = fastbp._threads.SparseThreadChoice(4)
+    assert choice.next() == 1
+    choice.record(1, 1000.0)
+    assert choice.next() == 4
+    choice.record(4, 1500.0)
+    assert [choice.next() for _ in range(3)] == [4, 4, 4]
+    choice.record(4, 10.0)                       # later epochs do not change it
+    assert choice.next() == 4
+    slower = fastbp._threads.SparseThreadChoice(2)
+    slower.record(1, 1000.0)
+    slower.record(2, 900.0)
+    assert slower.next() == 1
+
+
+@pytest.mark.parametrize("pinned, allowed, expected", [("2", 3, 2), ("5", 3, 3), (None, 1, 1)])
+def test_the_sparse_default_obeys_fastbp_threads_and_the_callers_limit(monkeypatch, pinned,
+                                                                      allowed, expected):
+    if pinned is None:
+        monkeypatch.delenv("FASTBP_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("FASTBP_THREADS", pinned)
+    monkeypatch.setattr(fastbp._threads, "allowed_threads", lambda: allowed)
+    assert fastbp._threads.sparse_fit_threads(None, True, {}, "key") == (expected, 1, None)
+    # an explicit count is the pool's; a rule that shares no rows trains on one worker
+    assert fastbp._threads.sparse_fit_threads(3, True, {}, "key") == (3, 1, None)
+    assert fastbp._threads.sparse_fit_threads(None, False, {}, "key") == (1, 1, None)
+    assert fastbp._threads.sparse_fit_threads(2, False, {}, "key") == (1, 2, None)
