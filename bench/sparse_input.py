@@ -73,7 +73,7 @@ class FastbpRunner:
         self.model = fastbp.MLP(S1.layer_sizes, S1.activations, dtype=S1.dtype, seed=seed)
         self.trainer = fastbp.Trainer(LOSS, optimizer=self.RULES[name](fastbp.optimizers),
                                       epochs=1, batch_size=S1.batch_size, seed=seed,
-                                      n_threads=threads)
+                                      n_threads=threads or None)
         self.tracemalloc_peak = None
 
     def run_epoch(self):
@@ -112,7 +112,8 @@ class TorchEmbeddingBagRunner:
     def __init__(self, name, X, y, seed=0, threads=1):
         import torch
         self.torch = torch
-        torch.set_num_threads(threads)
+        if threads:
+            torch.set_num_threads(threads)
         try:
             torch.set_num_interop_threads(1)
         except RuntimeError:
@@ -193,7 +194,7 @@ def worker(name, rows, epochs, threads=1):
     X, y = make_sparse_data(S1)
     X, y = X[:rows], y[:rows]
     rss_data = _maxrss_mib()
-    with threadpool_limits(limits=threads):
+    with threadpool_limits(limits=threads or None):
         runner = make_runner(name, X, y, threads)
         runner.run_epoch()   # untimed: the optimizer's state and every buffer exist from here
         rates, cpu, wall = [], 0.0, 0.0
@@ -228,7 +229,8 @@ def main(argv=None):
     parser.add_argument("--systems", default=",".join(SYSTEMS))
     parser.add_argument("--threads", type=int, default=1,
                         help="threads of every system: fastbp's n_threads (its row pool "
-                             "under a lazy rule), torch.set_num_threads, the BLAS limit")
+                             "under a lazy rule), torch.set_num_threads, the BLAS limit; "
+                             "0: each library's default")
     for name in SYSTEMS:
         parser.add_argument(f"--rows-{name}", type=int, default=ROWS.get(name, S1.n_samples))
     parser.add_argument("--worker", help=argparse.SUPPRESS)
