@@ -485,7 +485,11 @@ cdef class RowLog:
         self.data.n_rows = n_rows
         self.data.row_bytes = row_length * self.dtype.itemsize
         self.data.n_arrays = 1 + state_rows
-        self.data.entry_bytes = sizeof(Py_ssize_t) + self.data.n_arrays * self.data.row_bytes
+        # rounded up to whole Py_ssize_t, so that every entry's index is aligned (a float32
+        # row of odd width is not a multiple of 8 bytes)
+        cdef Py_ssize_t word = sizeof(Py_ssize_t)
+        self.data.entry_bytes = word * (1 + (self.data.n_arrays * self.data.row_bytes
+                                             + word - 1) // word)
         self.data.logged = &logged[0]
         self.data.n_logged = self.data.n_chunks = 0
         self.data.chunks = NULL
