@@ -6,14 +6,14 @@
 # (sparse_row_steps) or stepping it from the scattered product (the folded rules). Under
 # a rule that moves every row at every step (Adam without its lazy rows, Adagrad or
 # RMSprop with coupled decay) it is the step's pass over all of W1 and its state
-# (every_row_steps). Those rows are independent of one another (each row of W1 and of its state is read and written
-# by the thread that claimed it, and the shared tables LazyRows holds are only read, but for
-# each row's own entry in `applied`), so T threads share them: the calling thread and T - 1
-# pthreads started once per epoch call, which wait on the barrier between these phases
-# (the forward and backward passes, the listing, the log and the scatter stay on the
-# calling thread). Threads claim ROW_POOL_CHUNK named rows at a time. A row's arithmetic
-# does not depend on which thread does it, so the results are bit-identical for every
-# thread count. Nothing is allocated per step.
+# (every_row_steps). Those rows are independent of one another: each row of W1 and of its
+# state is read and written by the thread that claimed it, and what the rule shares
+# (Adam's sums, the step counts) is only read, but for each row's own entry in `applied`.
+# So T threads share them: the calling thread and T - 1 pthreads started once per epoch
+# call, which wait on the barrier between these phases (the forward and backward passes,
+# the listing, the log and the scatter stay on the calling thread), each claiming chunks
+# of rows until none is left. A row's arithmetic does not depend on which thread does it,
+# so the results are bit-identical for every thread count. Nothing is allocated per step.
 
 cdef enum:
     ROWS_STOP = 0
@@ -26,16 +26,16 @@ cdef enum:
                                 # first rows at once, the others LAZY_PREFETCH_AHEAD ahead)
 
 
-# Tests: the phases the pools ran (share_rows calls that ran a task), and a limit on the
-# threads a pool starts, past which it behaves as when the process is out of threads.
-cdef long row_pool_phases = 0
-
 # A helper between two phases of a step spins up to this long before it sleeps: waking a
 # sleeping thread takes tens of microseconds (more on a virtual machine), by which time the
 # calling thread has claimed most of a phase's rows itself. A phase follows the previous
 # one within a step's forward or backward pass, well within this on the networks a sparse
 # fit trains; a pool left waiting longer (the epoch's end, Python between epochs) sleeps.
 cdef double ROW_POOL_SPIN_SECONDS = 0.001
+
+# Tests: the phases the pools ran (run_pool_task calls), and a limit on the threads a pool
+# starts, past which it behaves as when the process is out of threads.
+cdef long row_pool_phases = 0
 cdef int row_pool_start_limit = 0
 
 
