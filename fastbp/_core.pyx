@@ -1609,9 +1609,9 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
 
     sparse: X is this sparse matrix (X itself is then not read: pass an empty array of the
     dtype); n_workers > 1 then shares the rule's row-by-row work on W1 among that many
-    threads (_row_pool.pxi; no worker plan; the same bits for every count, and none shared
-    where shares_rows says so), and a column index or indptr entry out of range (checked
-    as read) raises as an index out of range does. row_log (sparse X only): the
+    threads (_row_pool.pxi; no worker plan; the same bits for every count; a rule for which
+    shares_rows is False runs on this thread alone), and a column index or indptr entry
+    out of range (checked as read) raises as an index out of range does. row_log (sparse X only): the
     rows of W1 (and of the state) this epoch changes are copied into it before they
     change (RowLog), so that the caller can undo the epoch without a copy of all of W1;
     MemoryError if it cannot grow (the epoch stops; undo it).
