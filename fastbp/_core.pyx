@@ -1154,9 +1154,14 @@ def shares_rows(Hyperparameters hyperparameters):
     cdef LazyAdam adam
     cdef HyperparameterData* hyper = &hyperparameters.data
     cdef int update = update_kind(hyper)
-    return update == LAYER_STEP or lazy_rule(
-        hyper, update, &lazy, <double*>NULL, <double*>NULL, 0,
-        &adam if os.environ.get(LAZY_ADAM_VARIABLE, "") != "0" else NULL)
+    return rows_shared(lazy_rule(hyper, update, &lazy, <double*>NULL, <double*>NULL, 0,
+                                 &adam if os.environ.get(LAZY_ADAM_VARIABLE, "") != "0"
+                                 else NULL), update)
+
+
+cdef inline bint rows_shared(bint lazy, int update) noexcept nogil:
+    """shares_rows from a sparse fit's rule: lazy (lazy_rule), or stepping every row."""
+    return lazy or update == LAYER_STEP
 
 
 cdef bint lazy_rule(const HyperparameterData* hyper, int update, LazyRows* lazy,
@@ -1774,7 +1779,7 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
     # A sparse fit on n_workers threads: they share the work on the named rows of W1 of a
     # lazy rule (_row_pool.pxi; the other rules' steps stay on this thread).
     cdef RowPoolThreads pool_threads = RowPoolThreads()
-    if use_sparse and n_workers > 1 and (use_lazy or update == LAYER_STEP):
+    if use_sparse and n_workers > 1 and rows_shared(use_lazy, update):
         try:
             batch.pool = pool_threads.start(n_workers, &lazy if use_lazy else NULL,
                                             plan_data, hyper, p, target, first, second,
