@@ -95,11 +95,9 @@ def fit_threads(layer_sizes, codes, batch_size: int, dtype, n_threads=None):
     if n_threads is not None:
         return threads_of(layer_sizes, codes, batch_size, dtype, int(n_threads))
     allowed = allowed_threads()
-    pinned = pinned_threads()
-    if pinned is not None:
-        return threads_of(layer_sizes, codes, batch_size, dtype, min(pinned, allowed))
-    if allowed == 1:
-        return 1, 1
+    fixed = _unmeasured_default(allowed)
+    if fixed is not None:
+        return threads_of(layer_sizes, codes, batch_size, dtype, fixed)
     return _measured_choice(layer_sizes, codes, batch_size, dtype,
                             _candidates(batch_size, allowed), str(allowed))
 
@@ -117,15 +115,22 @@ def sparse_fit_threads(n_threads, shares_rows: bool, choices: dict, key):
     if n_threads is not None:
         return int(n_threads), 1, None
     allowed = allowed_threads()
-    pinned = pinned_threads()
-    if pinned is not None:
-        return min(pinned, allowed), 1, None
-    if allowed == 1:
-        return 1, 1, None
+    fixed = _unmeasured_default(allowed)
+    if fixed is not None:
+        return fixed, 1, None
     choice = choices.get(key)
     if choice is None or choice.allowed != allowed:
         choice = choices[key] = SparseThreadChoice(allowed)
     return 1, 1, choice
+
+
+def _unmeasured_default(allowed: int):
+    """The default thread count when nothing needs measuring: FASTBP_THREADS (capped by
+    `allowed`, the caller's limit) when set, 1 when the caller allows one; else None."""
+    pinned = pinned_threads()
+    if pinned is not None:
+        return min(pinned, allowed)
+    return 1 if allowed == 1 else None
 
 
 class SparseThreadChoice:
