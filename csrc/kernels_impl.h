@@ -89,20 +89,34 @@ static inline ptrdiff_t FBP_NAME(fbp_one_hot)(FBP_T *dst, const ptrdiff_t *label
     return -1;
 }
 
-/* One row of a softmax, in place: z <- exp(z - max z) / sum. */
-static inline void FBP_NAME(fbp_softmax_row)(FBP_T *z, ptrdiff_t n)
+/* Softmax of each row of z + bias, in place: z <- exp(z + bias - max) / sum, row by row.
+   The exps run over the whole block in one loop (they vectorise there; a row is often
+   only a few columns); each row's sum is still taken in column order. */
+static inline void FBP_NAME(fbp_softmax_rows)(FBP_T *z, const FBP_T *bias, ptrdiff_t n_rows,
+                                              ptrdiff_t n_cols)
 {
-    FBP_T top = z[0];
-    for (ptrdiff_t j = 1; j < n; j++)
-        top = z[j] > top ? z[j] : top;
-    FBP_T total = 0;
-    for (ptrdiff_t j = 0; j < n; j++) {
-        z[j] = FBP_MATH_EXP(z[j] - top);
-        total += z[j];
+    for (ptrdiff_t i = 0; i < n_rows; i++) {
+        FBP_T *row = z + i * n_cols;
+        FBP_T top = row[0] + bias[0];
+        for (ptrdiff_t j = 0; j < n_cols; j++) {
+            row[j] += bias[j];
+            top = row[j] > top ? row[j] : top;
+        }
+        for (ptrdiff_t j = 0; j < n_cols; j++)
+            row[j] -= top;
     }
-    FBP_T inverse = 1 / total;
-    for (ptrdiff_t j = 0; j < n; j++)
-        z[j] *= inverse;
+    const ptrdiff_t n = n_rows * n_cols;
+    for (ptrdiff_t i = 0; i < n; i++)
+        z[i] = FBP_MATH_EXP(z[i]);
+    for (ptrdiff_t i = 0; i < n_rows; i++) {
+        FBP_T *row = z + i * n_cols;
+        FBP_T total = 0;
+        for (ptrdiff_t j = 0; j < n_cols; j++)
+            total += row[j];
+        FBP_T inverse = 1 / total;
+        for (ptrdiff_t j = 0; j < n_cols; j++)
+            row[j] *= inverse;
+    }
 }
 
 /* A logistic sigmoid that never overflows: one exp of -|v|. */
@@ -119,6 +133,10 @@ FBP_MULTIVERSION static void FBP_NAME(fbp_bias_activation)(FBP_T *z, const FBP_T
 {
     const FBP_T slope = (FBP_T)FBP_LEAKY_SLOPE;
     const FBP_T inverse_sqrt2 = (FBP_T)0.70710678118654752440;
+    if (activation == FBP_SOFTMAX && !preactivation) {
+        FBP_NAME(fbp_softmax_rows)(z, bias, n_rows, n_cols);
+        return;
+    }
     for (ptrdiff_t i = 0; i < n_rows; i++) {
         FBP_T *row = z + i * n_cols;
         if (preactivation) {
@@ -147,9 +165,8 @@ FBP_MULTIVERSION static void FBP_NAME(fbp_bias_activation)(FBP_T *z, const FBP_T
         case FBP_TANH:
             for (ptrdiff_t j = 0; j < n_cols; j++) row[j] = FBP_MATH_TANH(row[j] + bias[j]);
             break;
-        case FBP_SOFTMAX:
-            for (ptrdiff_t j = 0; j < n_cols; j++) row[j] += bias[j];
-            FBP_NAME(fbp_softmax_row)(row, n_cols);
+        case FBP_SOFTMAX:   /* here only with a preactivation to keep */
+            FBP_NAME(fbp_softmax_rows)(row, bias, 1, n_cols);
             break;
         case FBP_ELU:   /* alpha = 1 */
             for (ptrdiff_t j = 0; j < n_cols; j++) {

@@ -27,8 +27,24 @@
 
 #ifndef FBP_PRODUCT_ISAS
 #define FBP_PRODUCT_ISAS
+#include <unistd.h>
 /* The instruction sets of the kernels (fastbp._core.KERNEL_ISAS names them). */
 enum { FBP_ISA_NONE = 0, FBP_ISA_AVX2 = 1, FBP_ISA_AVX512 = 2 };
+
+/* This core's L2 cache in bytes (0: unknown), which sizes NN's blocks of rows: set when
+   fastbp._core loads (from fbp_l2_cache_bytes) or by tests, before any product runs. */
+static ptrdiff_t fbp_product_l2_bytes = 0;
+
+/* The L2 cache's size as the C library reports it for this CPU (0 if it cannot say). */
+static inline ptrdiff_t fbp_l2_cache_bytes(void)
+{
+#ifdef _SC_LEVEL2_CACHE_SIZE
+    long bytes = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    return bytes > 0 ? (ptrdiff_t)bytes : 0;
+#else
+    return 0;
+#endif
+}
 #endif
 
 #ifdef FBP_PROD_HAVE_KERNELS

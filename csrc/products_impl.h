@@ -138,18 +138,36 @@ static inline __attribute__((always_inline)) void FBP_PROD(fbp_prod_columns_tail
     }
 }
 
+/* NN's rows at a time (see fbp_prod_general): all n_rows, or, when A is too large to
+   stay in L2 while it is swept once per panel and all of B's panels fit in half of L2,
+   blocks of whole register blocks taking an eighth of L2, which stay there across the
+   panels (A is then read from memory once, not once per panel). */
+static inline ptrdiff_t FBP_PROD(fbp_prod_nn_rows)(ptrdiff_t n_rows, ptrdiff_t n_cols,
+                                                   ptrdiff_t k)
+{
+    const ptrdiff_t l2 = fbp_product_l2_bytes, row_bytes = k * (ptrdiff_t)sizeof(FBP_T);
+    if (l2 <= 0 || row_bytes == 0 || n_rows * row_bytes <= l2 / 4
+        || n_cols * row_bytes > l2 / 2)
+        return n_rows;
+    const ptrdiff_t rows = l2 / 8 / row_bytes / FBP_PROD_ROWS * FBP_PROD_ROWS;
+    return rows > FBP_PROD_ROWS ? rows : FBP_PROD_ROWS;
+}
+
 /* C = beta C + alpha op(A) B: panels of whole vectors in place, then the column tail.
-   NN (k long, B = W) takes a panel of B's columns at a time past every block of rows: the
-   panel (k x 64 or 128 bytes) stays in L1/L2.  TN (k = the batch, short) takes a block of
-   rows at a time past every panel: its strip of A (k rows of 24 or 48 bytes) and all of
-   D stay in L1, where the other order would sweep A from L2 once per panel. */
+   NN (k long, B = W) takes a panel of B's columns at a time past every register block of
+   a block of rows (fbp_prod_nn_rows): the panel (k x 64 or 128 bytes) stays in L1/L2.
+   TN (k = the batch, short) takes a register block of rows at a time past every panel:
+   its strip of A (k rows of 24 or 48 bytes) and all of D stay in L1, where the other
+   order would sweep A from L2 once per panel.  Each element of C is one register
+   block's sum over all of k either way: the order of the blocks changes no bits. */
 static inline __attribute__((always_inline)) void FBP_PROD(fbp_prod_general)(
     ptrdiff_t n_rows, ptrdiff_t n_cols, ptrdiff_t k, const FBP_T *a, ptrdiff_t lda,
     const int a_row_is_one, const FBP_T *b, ptrdiff_t ldb, FBP_T *c, ptrdiff_t ldc,
     FBP_T alpha, FBP_T beta)
 {
     const ptrdiff_t whole = n_cols - n_cols % FBP_PROD_LANES;
-    const ptrdiff_t row_step = a_row_is_one ? FBP_PROD_ROWS : n_rows;
+    const ptrdiff_t row_step = a_row_is_one ? FBP_PROD_ROWS
+                                            : FBP_PROD(fbp_prod_nn_rows)(n_rows, whole, k);
     for (ptrdiff_t p = 0; p < n_rows; p += row_step) {
         const ptrdiff_t rows = n_rows - p < row_step ? n_rows - p : row_step;
         const FBP_T *ap = a + p * (a_row_is_one ? 1 : lda);
@@ -165,11 +183,59 @@ static inline __attribute__((always_inline)) void FBP_PROD(fbp_prod_general)(
                                         b + whole, ldb, c + whole, ldc, alpha, beta);
 }
 
+/* NN with one contiguous column b (an output layer of one unit): C's rows r to
+   r + rows - 1 are dot products of A's rows and b, each a vector accumulator over whole
+   vectors of k (each load of b serving every row of the block), its lanes summed in
+   halves, then the last k % lanes terms one by one.  The general path would multiply
+   a zero-padded vector of b for one useful lane in each. */
+static inline __attribute__((always_inline)) void FBP_PROD(fbp_prod_dots)(
+    const int rows, ptrdiff_t k, const FBP_T *a, ptrdiff_t lda, const FBP_T *b, FBP_T *c,
+    ptrdiff_t ldc)
+{
+    typedef FBP_PROD(fbp_prod_vector) vector;
+    typedef FBP_PROD(fbp_prod_unaligned) unaligned;
+    const ptrdiff_t whole = k - k % FBP_PROD_LANES;
+    vector sums[FBP_PROD_ROWS];
+#pragma GCC unroll 16
+    for (int p = 0; p < rows; p++)
+        sums[p] = (vector){0};
+    for (ptrdiff_t kk = 0; kk < whole; kk += FBP_PROD_LANES) {
+        const vector bv = *(const unaligned *)(b + kk);
+#pragma GCC unroll 16
+        for (int p = 0; p < rows; p++)
+            sums[p] += *(const unaligned *)(a + p * lda + kk) * bv;
+    }
+#pragma GCC unroll 16
+    for (int p = 0; p < rows; p++) {
+        FBP_T t[FBP_PROD_LANES];
+        memcpy(t, &sums[p], sizeof t);
+#pragma GCC unroll 8
+        for (int width = FBP_PROD_LANES / 2; width >= 1; width /= 2)
+#pragma GCC unroll 16
+            for (int j = 0; j < width; j++)
+                t[j] += t[j + width];
+        FBP_T sum = t[0];
+        for (ptrdiff_t kk = whole; kk < k; kk++)
+            sum += a[p * lda + kk] * b[kk];
+        c[p * ldc] = sum;
+    }
+}
+
 /* NN: C (m x n) = A (m x k, lda) B (k x n, ldb); C is overwritten. */
 FBP_PROD_TARGET static void FBP_PROD(fbp_product_nn)(
     ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const FBP_T *a, ptrdiff_t lda, const FBP_T *b,
     ptrdiff_t ldb, FBP_T *c, ptrdiff_t ldc)
 {
+    if (n == 1 && ldb == 1) {
+        for (ptrdiff_t p = 0; p < m; p += FBP_PROD_ROWS) {
+            const ptrdiff_t left = m - p;
+            const int rows = left < FBP_PROD_ROWS ? (int)left : FBP_PROD_ROWS;
+#define FBP_PROD_DOTS(R) FBP_PROD(fbp_prod_dots)(R, k, a + p * lda, lda, b, c + p * ldc, ldc)
+            FBP_PROD_ROW_CASES(FBP_PROD_DOTS)
+#undef FBP_PROD_DOTS
+        }
+        return;
+    }
     FBP_PROD(fbp_prod_general)(m, n, k, a, lda, 0, b, ldb, c, ldc, (FBP_T)1, (FBP_T)0);
 }
 

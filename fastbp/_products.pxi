@@ -23,6 +23,21 @@ cdef inline int product_isa(const PlanData* plan, int l, int product,
     return plan.product_isas[(dtype * plan.n_layers + l - 1) * 3 + product]
 
 
+def product_l2_bytes(value=None):
+    """The L2 cache size (bytes) NN's blocks of rows are sized by (csrc/products.h; read
+    from the C library when the module loads), after setting it to value if given: for
+    tests, which force both orders (0: all rows in one block) on any machine."""
+    global fbp_product_l2_bytes
+    if value is not None:
+        if value < 0:
+            raise ValueError(f"product_l2_bytes needs a size >= 0; got {value}")
+        fbp_product_l2_bytes = value
+    return fbp_product_l2_bytes
+
+
+product_l2_bytes(fbp_l2_cache_bytes())
+
+
 def best_kernel_isa():
     """The widest instruction set this CPU runs the own kernels with ("avx512", "avx2"),
     or None where they are not built or the CPU has neither (then every product is BLAS)."""

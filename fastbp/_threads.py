@@ -396,17 +396,23 @@ THREAD_LIMIT_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_TH
 # limit, not one the caller put on this process, whose BLAS loaded before them.
 _IMPORT_ENVIRONMENT = {name: os.environ.get(name) for name in THREAD_LIMIT_VARIABLES}
 DASK_PARENT_VARIABLE = "__DASK_PARENT_PID"
+_LIMIT_LOOKUPS = tuple(name.encode() for name in (DASK_PARENT_VARIABLE,) + THREAD_LIMIT_VARIABLES)
 
 
 def _environment_limit():
     """The smallest positive count in THREAD_LIMIT_VARIABLES, or None (unset or unreadable
     values are no limit, as the libraries themselves treat them). In a process that has
     started Dask worker processes, the values it had when fastbp was imported."""
-    dask_parent = os.environ.get(DASK_PARENT_VARIABLE) == str(os.getpid())
+    from fastbp import _core
+    # C's getenv, which sees os.environ's changes: os.environ.get costs about 1 us a
+    # name, and every predict call past the fast path asks
+    parent, *values = (None if value is None else value.decode(errors="replace")
+                       for value in _core.environment_values(_LIMIT_LOOKUPS))
+    if parent == str(os.getpid()):
+        values = [_IMPORT_ENVIRONMENT[name] for name in THREAD_LIMIT_VARIABLES]
     counts = []
-    for name in THREAD_LIMIT_VARIABLES:
-        value = (_IMPORT_ENVIRONMENT[name] if dask_parent else os.environ.get(name)) or ""
-        value = value.split(",")[0].strip()
+    for value in values:
+        value = (value or "").split(",")[0].strip()
         if value.isdigit() and int(value) > 0:
             counts.append(int(value))
     return min(counts) if counts else None

@@ -46,11 +46,14 @@ def expected_and_bound(kind, a, b, c0, alpha, beta):
     return alpha * product + beta * c64, magnitude, a.shape[0] + 2
 
 
-def check(kind, backend, dtype, m, n, k, alpha=1.0, beta=0.0, seed=0):
+def check(kind, backend, dtype, m, n, k, alpha=1.0, beta=0.0, seed=0, b_contiguous=False):
+    """C's product equals the float64 one to rounding, nothing outside C's view written;
+    returns C. b_contiguous: NN's B in a contiguous array (its rows at stride n)."""
     rng = np.random.default_rng(seed)
     if kind == "nn":
         a, _ = embedded(rng, m, k, dtype)
-        b, _ = embedded(rng, k, n, dtype)
+        b = rng.standard_normal((k, n)).astype(dtype) if b_contiguous \
+            else embedded(rng, k, n, dtype)[0]
     elif kind == "nt":
         a, _ = embedded(rng, m, k, dtype)
         b, _ = embedded(rng, n, k, dtype)
@@ -72,6 +75,7 @@ def check(kind, backend, dtype, m, n, k, alpha=1.0, beta=0.0, seed=0):
     after = c_big.copy()
     after[1:, 1:n + 1] = 0
     np.testing.assert_array_equal(after, outside)   # nothing written outside C (NaN == NaN)
+    return c
 
 
 def sizes_to(limit):
@@ -179,3 +183,45 @@ def test_chunked_calls_as_plans_make_them(backend, dtype):
     np.testing.assert_allclose(cut, whole, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="chunk"):
         _core.matrix_product("tn", a, d, cut, -0.5, 0.9, backend, chunk_rows=-1)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_one_column(backend, dtype):
+    """NN with one contiguous column (an output layer of one unit) takes dot products of
+    A's rows: every row count to two register blocks and one more, every k to two vectors
+    and one more, and across the chunks; a strided column takes the general path."""
+    lanes = VECTOR_BYTES[backend] // np.dtype(dtype).itemsize
+    for m in sizes_to(2 * ROWS + 1):
+        for k in sizes_to(2 * lanes + 1) + [CHUNK + 1, 3 * CHUNK + 5]:
+            check("nn", backend, dtype, m, 1, k, seed=m * k, b_contiguous=True)
+    for m in (1, ROWS + 1):
+        check("nn", backend, dtype, m, 1, 2 * lanes + 1, seed=m)
+
+
+@pytest.mark.parametrize("backend", ISAS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_blocks_of_rows_give_the_same_bits(backend, dtype):
+    """NN takes A in blocks of rows when A is large against the L2 cache and B is small
+    (csrc/products.h, fbp_prod_nn_rows): forced here on any machine by the cache size it
+    is told, each block count (one strip of rows, several, a partial last block) gives
+    the bits of one block, and those equal the float64 product to rounding."""
+    saved = _core.product_l2_bytes()
+    width = block_width(backend, dtype)
+    k = 37
+    row_bytes = k * np.dtype(dtype).itemsize
+    try:
+        for n in (1 + 2, width, 2 * width + 3):
+            for strips in (1, 2, -(-n // (4 * ROWS)) + 1):
+                rows = ROWS * max(strips, -(-n // (4 * ROWS)))   # n x k within L2 / 2
+                for m in (2 * rows + 1, 3 * rows, 5 * rows + ROWS - 1):
+                    _core.product_l2_bytes(0)
+                    whole = check("nn", backend, dtype, m, n, k, seed=m + n)
+                    _core.product_l2_bytes(8 * row_bytes * rows)
+                    blocked = check("nn", backend, dtype, m, n, k, seed=m + n)
+                    np.testing.assert_array_equal(blocked, whole)
+    finally:
+        _core.product_l2_bytes(saved)
+    with pytest.raises(ValueError, match=">= 0"):
+        _core.product_l2_bytes(-1)
+    assert _core.product_l2_bytes() == saved >= 0
