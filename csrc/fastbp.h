@@ -151,25 +151,29 @@ static inline uint64_t fbp_random_next(uint64_t *state)
 }
 
 /* expf without libm: x = n ln2 + r, |r| <= ln2/2, exp(r) by Cephes' degree-6 polynomial
-   (about 1 ulp), times 2^n assembled in the exponent bits.  No branches and no calls, so
-   a loop over it vectorises. */
+   (about 1 ulp), times 2^n assembled in the exponent bits.  No branches, so a loop over
+   it vectorises.  Each multiply-add is an explicit fma: left to the compiler, one loop's
+   vector body and its scalar remainder could be fused differently and round
+   differently, and a row's softmax would then depend on its place in the batch.  (In
+   the kernels' baseline clones, for CPUs without FMA, these are calls to fmaf.) */
 static inline float fbp_expf(float x)
 {
     const float high = 88.0f, low = -87.3365447504019f;
     int underflow = x < low;
     x = x > high ? high : x;
     x = x < low ? low : x;
-    float scaled = x * 1.44269504088896341f + 0.5f;
+    float scaled = __builtin_fmaf(x, 1.44269504088896341f, 0.5f);
     int32_t n = (int32_t)scaled - (scaled < 0);
     float fn = (float)n;
-    float r = x - fn * 0.693359375f + fn * 2.12194440e-4f;
+    float r = __builtin_fmaf(fn, -0.693359375f, x);
+    r = __builtin_fmaf(fn, 2.12194440e-4f, r);
     float y = 1.9875691500e-4f;
-    y = y * r + 1.3981999507e-3f;
-    y = y * r + 8.3334519073e-3f;
-    y = y * r + 4.1665795894e-2f;
-    y = y * r + 1.6666665459e-1f;
-    y = y * r + 5.0000001201e-1f;
-    y = y * r * r + r + 1.0f;
+    y = __builtin_fmaf(y, r, 1.3981999507e-3f);
+    y = __builtin_fmaf(y, r, 8.3334519073e-3f);
+    y = __builtin_fmaf(y, r, 4.1665795894e-2f);
+    y = __builtin_fmaf(y, r, 1.6666665459e-1f);
+    y = __builtin_fmaf(y, r, 5.0000001201e-1f);
+    y = __builtin_fmaf(y * r, r, r) + 1.0f;
     int32_t bits = (n + 127) << 23;
     float power;
     memcpy(&power, &bits, sizeof power);

@@ -89,12 +89,47 @@ static inline ptrdiff_t FBP_NAME(fbp_one_hot)(FBP_T *dst, const ptrdiff_t *label
     return -1;
 }
 
-/* Softmax of each row of z + bias, in place: z <- exp(z + bias - max) / sum, row by row.
-   The exps run over the whole block in one loop (they vectorise there; a row is often
-   only a few columns); each row's sum is still taken in column order. */
-static inline void FBP_NAME(fbp_softmax_rows)(FBP_T *z, const FBP_T *bias, ptrdiff_t n_rows,
-                                              ptrdiff_t n_cols)
+/* Softmax of each row of z + bias, in place: z <- exp(z + bias - max) / sum, row by row;
+   each row's sum is taken in column order.  Rows of up to FBP_SOFTMAX_COLUMNS columns go
+   FBP_SOFTMAX_ROWS at a time through a transposed copy, where every step (the max, the
+   exps, the sums, the scaling) runs across the rows in vectors: a row of an output layer
+   is often only a few columns, too few to fill one.  Wider rows take their exps in one
+   loop over the block.  Both give the same bits.  Inlined into each of its callers'
+   instruction-set clones, where the exps take that set's vectors. */
+#define FBP_SOFTMAX_ROWS 16
+#define FBP_SOFTMAX_COLUMNS 32
+static inline __attribute__((always_inline)) void FBP_NAME(fbp_softmax_rows)(
+    FBP_T *z, const FBP_T *bias, ptrdiff_t n_rows, ptrdiff_t n_cols)
 {
+    ptrdiff_t start = 0;
+    if (n_cols <= FBP_SOFTMAX_COLUMNS)
+        for (; start + FBP_SOFTMAX_ROWS <= n_rows; start += FBP_SOFTMAX_ROWS) {
+            FBP_T t[FBP_SOFTMAX_COLUMNS][FBP_SOFTMAX_ROWS], top[FBP_SOFTMAX_ROWS];
+            FBP_T total[FBP_SOFTMAX_ROWS];
+            FBP_T *block = z + start * n_cols;
+            for (ptrdiff_t j = 0; j < n_cols; j++)
+                for (int r = 0; r < FBP_SOFTMAX_ROWS; r++)
+                    t[j][r] = block[r * n_cols + j] + bias[j];
+            for (int r = 0; r < FBP_SOFTMAX_ROWS; r++) {
+                top[r] = t[0][r];
+                total[r] = 0;
+            }
+            for (ptrdiff_t j = 0; j < n_cols; j++)
+                for (int r = 0; r < FBP_SOFTMAX_ROWS; r++)
+                    top[r] = t[j][r] > top[r] ? t[j][r] : top[r];
+            for (ptrdiff_t j = 0; j < n_cols; j++)
+                for (int r = 0; r < FBP_SOFTMAX_ROWS; r++) {
+                    t[j][r] = FBP_MATH_EXP(t[j][r] - top[r]);
+                    total[r] += t[j][r];
+                }
+            for (int r = 0; r < FBP_SOFTMAX_ROWS; r++)
+                total[r] = 1 / total[r];
+            for (ptrdiff_t j = 0; j < n_cols; j++)
+                for (int r = 0; r < FBP_SOFTMAX_ROWS; r++)
+                    block[r * n_cols + j] = t[j][r] * total[r];
+        }
+    z += start * n_cols;
+    n_rows -= start;
     for (ptrdiff_t i = 0; i < n_rows; i++) {
         FBP_T *row = z + i * n_cols;
         FBP_T top = row[0] + bias[0];

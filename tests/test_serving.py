@@ -67,6 +67,29 @@ def test_few_rows_product_gives_each_row_the_same_bits_alone_or_in_a_batch(dtype
             assert np.array_equal(alone[0], batch[r]), (n_out, r)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_softmax_gives_each_row_the_same_bits_alone_or_in_a_batch(dtype, monkeypatch):
+    """Softmax rows of up to 32 columns go 16 at a time through a transposed block
+    (csrc/kernels_impl.h), the other rows one by one: a row's outputs are the same
+    either way, and equal the float64 softmax to rounding. The products are the few-row
+    kernels' (FASTBP_FEW_ROWS=1), whose bits do not depend on the batch either."""
+    rng = np.random.default_rng(4)
+    for n_out in (1, 2, 10, 16, 17, 32, 33, 40):
+        model = make([6, n_out], ["softmax"], dtype, monkeypatch, "1")
+        model.biases = [rng.standard_normal(n_out).astype(dtype)]
+        X = (rng.standard_normal((40, 6)) * 4).astype(dtype)
+        X[3] = 0
+        X[5, 0] = 60    # one output far above the others: exps that underflow
+        for rows in (1, 15, 16, 17, 31, 32, 33, 40):
+            batch = model.predict(X[:rows])
+            for r in range(rows):
+                assert np.array_equal(model.predict(X[r:r + 1])[0], batch[r]), \
+                    (n_out, rows, r)
+            expected = forward(model.weights, model.biases, ["softmax"], X[:rows])[-1]
+            np.testing.assert_allclose(batch, expected, rtol=1e-5 if dtype == "float32"
+                                       else 1e-13, atol=1e-7 if dtype == "float32" else 0)
+
+
 def test_few_rows_product_checks_its_sizes():
     X, W = np.ones((2, 3), np.float32), np.ones((3, 4), np.float32)
     with pytest.raises(ValueError, match="few_rows_product"):
