@@ -15,6 +15,8 @@
 #include <unistd.h>
 #endif
 #include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
 #include <stdint.h>
 #include <time.h>
 
@@ -131,6 +133,139 @@ static inline void fbp_abandon_workers(fbp_barrier *barrier, pthread_t *threads,
 static inline ptrdiff_t fbp_claim_chunk(ptrdiff_t *next)
 {
     return __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
+}
+
+/* A pool of helper threads kept between passes (predict's: _workers.pxi share_predict),
+   so that a pass of a few hundred microseconds does not pay for starting threads.  A
+   job is a function run by the caller as worker 0 and by helpers 1..wanted, each with
+   its index.  Helpers wait for the next job spinning for FBP_POOL_SPIN_SECONDS after
+   their last one (calls often come in runs), then sleep on a futex.  One job at a time:
+   a caller that finds the pool busy (another thread's pass) is told so and runs its pass
+   alone.  Helpers are started when a job first wants them and never stopped (they sleep);
+   a child process after fork has none of its parent's, and starts its own. */
+#define FBP_POOL_SPIN_SECONDS 0.001
+#define FBP_POOL_MAX_HELPERS 255
+
+typedef struct {
+    int generation;     /* jobs posted (the futex word helpers sleep on) */
+    int sleepers;       /* helpers asleep on it, or about to be */
+    int busy;           /* a job is being posted or run */
+    int started;        /* helpers running: indexes 1..started */
+    int wanted;         /* helpers taking part in the current job: indexes 1..wanted */
+    int finished;       /* of those, done with it */
+    void (*run)(void *job, int index);
+    void *job;
+    pid_t pid;          /* the process these helpers belong to */
+} fbp_pool;
+
+typedef struct {
+    fbp_pool *pool;
+    int index;
+    int seen;           /* the generation when it was started: its first job is the next */
+} fbp_pool_helper;
+
+static void *fbp_pool_helper_main(void *argument)
+{
+    fbp_pool_helper *self = (fbp_pool_helper *)argument;
+    fbp_pool *pool = self->pool;
+    const int index = self->index;
+    int seen = self->seen;
+    free(self);
+    for (;;) {
+        double until = fbp_seconds() + FBP_POOL_SPIN_SECONDS;
+        for (long spins = 0; __atomic_load_n(&pool->generation, __ATOMIC_ACQUIRE) == seen;
+             spins++) {
+#if defined(__x86_64__) || defined(__i386__)
+            __builtin_ia32_pause();
+#endif
+            if (spins % 256 == 255 && fbp_seconds() > until) {
+                __atomic_add_fetch(&pool->sleepers, 1, __ATOMIC_SEQ_CST);
+                while (__atomic_load_n(&pool->generation, __ATOMIC_SEQ_CST) == seen)
+                    fbp_futex(&pool->generation, FUTEX_WAIT_PRIVATE, seen);
+                __atomic_sub_fetch(&pool->sleepers, 1, __ATOMIC_SEQ_CST);
+            }
+        }
+        /* wanted, run and job are written before the generation moves.  A job that wants
+           this helper cannot end (nor the next be posted) before it is done; one that
+           does not may have ended and the next been posted while they were read: then
+           the generation has moved again, and the newer job is read instead. */
+        const int generation = __atomic_load_n(&pool->generation, __ATOMIC_ACQUIRE);
+        const int wanted = __atomic_load_n(&pool->wanted, __ATOMIC_ACQUIRE);
+        if (__atomic_load_n(&pool->generation, __ATOMIC_ACQUIRE) != generation)
+            continue;
+        seen = generation;
+        if (index <= wanted) {
+            pool->run(pool->job, index);
+            __atomic_add_fetch(&pool->finished, 1, __ATOMIC_ACQ_REL);
+        }
+    }
+    return NULL;
+}
+
+/* Readies the pool for this process: on first use, and in a child after fork (which has
+   none of its parent's helpers, and may have copied a busy flag), it starts empty.  The
+   caller holds the GIL, so no other thread of this process is here or has a job running
+   from a pool that is about to be reset. */
+static inline void fbp_pool_for_this_process(fbp_pool *pool)
+{
+    const pid_t pid = getpid();
+    if (__atomic_load_n(&pool->pid, __ATOMIC_ACQUIRE) != pid) {
+        memset(pool, 0, sizeof *pool);
+        __atomic_store_n(&pool->pid, pid, __ATOMIC_RELEASE);
+    }
+}
+
+/* Runs run(job, 0) here and run(job, k) on helpers k = 1..workers - 1 and returns once
+   all are done; returns the number of workers that ran (1 + the helpers that could be
+   started), or 0, having run nothing, when the pool is busy with another caller's job.
+   fbp_pool_for_this_process must have been called in this process. */
+static inline int fbp_pool_run(fbp_pool *pool, void (*run)(void *, int), void *job, int workers)
+{
+    int idle = 0;
+    if (!__atomic_compare_exchange_n(&pool->busy, &idle, 1, 0, __ATOMIC_ACQ_REL,
+                                     __ATOMIC_ACQUIRE))
+        return 0;
+    int helpers = workers - 1;
+    if (helpers > FBP_POOL_MAX_HELPERS)
+        helpers = FBP_POOL_MAX_HELPERS;
+    while (pool->started < helpers) {
+        fbp_pool_helper *argument = (fbp_pool_helper *)malloc(sizeof *argument);
+        pthread_t thread;
+        pthread_attr_t attributes;
+        if (!argument)
+            break;
+        argument->pool = pool;
+        argument->index = pool->started + 1;
+        argument->seen = __atomic_load_n(&pool->generation, __ATOMIC_ACQUIRE);
+        pthread_attr_init(&attributes);
+        pthread_attr_setdetachstate(&attributes, PTHREAD_CREATE_DETACHED);
+        int failed = pthread_create(&thread, &attributes, fbp_pool_helper_main, argument);
+        pthread_attr_destroy(&attributes);
+        if (failed) {
+            free(argument);
+            break;
+        }
+        __atomic_add_fetch(&pool->started, 1, __ATOMIC_ACQ_REL);
+    }
+    if (helpers > pool->started)
+        helpers = pool->started;
+    pool->run = run;
+    pool->job = job;
+    __atomic_store_n(&pool->finished, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&pool->wanted, helpers, __ATOMIC_RELEASE);
+    __atomic_add_fetch(&pool->generation, 1, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&pool->sleepers, __ATOMIC_SEQ_CST) > 0)
+        fbp_futex(&pool->generation, FUTEX_WAKE_PRIVATE, INT_MAX);
+    run(job, 0);
+    for (long spins = 0; __atomic_load_n(&pool->finished, __ATOMIC_ACQUIRE) < helpers; spins++) {
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+        if (spins % 1024 == 1023)
+            sched_yield();   /* a helper not yet on a core: let it have this one */
+    }
+    __atomic_store_n(&pool->busy, 0, __ATOMIC_RELEASE);
+    return 1 + helpers;
 }
 
 /* Where a row-split step's time goes, per worker and phase (a diagnostic build only:

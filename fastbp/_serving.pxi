@@ -139,13 +139,24 @@ cdef class Predictor:
             return None
         return outputs
 
-    def run(self, Plan plan, X, out=None):
+    def run(self, Plan plan, X, out=None, int n_workers=1, Py_ssize_t chunk_rows=0):
         """The outputs for X's rows by `plan`, one of the model's plans for one BLAS thread
         kept by MLP.predict, in chunks of plan.capacity rows exactly as _core.predict runs
         them (the same bits), or None when the call is not for it: X or out refused as
         __call__ refuses them (any row count), X or the outputs not finite. The caller
         holds BLAS at one thread if the plan calls it. A workspace of the plan's size is
-        made per call (its pages are touched only as far as the call's rows go)."""
+        made per call (its pages are touched only as far as the call's rows go).
+        n_workers > 1: the rows in chunks of chunk_rows (0: plan.capacity) shared among
+        that many threads (this one and pthreads started for the call), each in a
+        workspace of its own; the caller picks chunks that give the bits of one worker
+        (MLP._kept_chunks)."""
+        if not 1 <= n_workers <= 1024:
+            raise ValueError(f"Predictor.run: n_workers is {n_workers}; it must be in 1..1024")
+        if chunk_rows == 0:
+            chunk_rows = plan.capacity
+        if not 1 <= chunk_rows <= plan.capacity:
+            raise ValueError(f"Predictor.run: chunk_rows is {chunk_rows}; the plan takes "
+                             f"1..{plan.capacity} rows a chunk")
         if not plain_matrix(X, self.type_num, self.n_in, False):
             return None
         cdef cnp.ndarray inputs = <cnp.ndarray>X
@@ -156,18 +167,33 @@ cdef class Predictor:
         cdef cnp.ndarray outputs = self.outputs_for(inputs, out)
         if outputs is None:
             return None
-        cdef cnp.ndarray work = cnp.PyArray_EMPTY(1, [plan.work_size], self.type_num, 0)
+        cdef cnp.ndarray work = cnp.PyArray_EMPTY(1, [plan.work_size * n_workers],
+                                                 self.type_num, 0)
         cdef bint done
-        if self.type_num == cnp.NPY_FLOAT32:
-            done = forward_kept(&plan.data, <float*>cnp.PyArray_DATA(self.params),
-                                <float*>cnp.PyArray_DATA(work),
-                                <const float*>cnp.PyArray_DATA(inputs), m,
-                                <float*>cnp.PyArray_DATA(outputs))
+        if n_workers > 1 and self.type_num == cnp.NPY_FLOAT32:
+            done = share_predict(&plan.data, <float*>cnp.PyArray_DATA(self.params),
+                                 <float*>cnp.PyArray_DATA(work), plan.work_size,
+                                 <const float*>cnp.PyArray_DATA(inputs),
+                                 <float*>cnp.PyArray_DATA(outputs), m, chunk_rows, True,
+                                 n_workers)
+        elif n_workers > 1:
+            done = share_predict(&plan.data, <double*>cnp.PyArray_DATA(self.params),
+                                 <double*>cnp.PyArray_DATA(work), plan.work_size,
+                                 <const double*>cnp.PyArray_DATA(inputs),
+                                 <double*>cnp.PyArray_DATA(outputs), m, chunk_rows, True,
+                                 n_workers)
+        elif self.type_num == cnp.NPY_FLOAT32:
+            with nogil:
+                done = forward_kept(&plan.data, <float*>cnp.PyArray_DATA(self.params),
+                                    <float*>cnp.PyArray_DATA(work),
+                                    <const float*>cnp.PyArray_DATA(inputs), m,
+                                    <float*>cnp.PyArray_DATA(outputs))
         else:
-            done = forward_kept(&plan.data, <double*>cnp.PyArray_DATA(self.params),
-                                <double*>cnp.PyArray_DATA(work),
-                                <const double*>cnp.PyArray_DATA(inputs), m,
-                                <double*>cnp.PyArray_DATA(outputs))
+            with nogil:
+                done = forward_kept(&plan.data, <double*>cnp.PyArray_DATA(self.params),
+                                    <double*>cnp.PyArray_DATA(work),
+                                    <const double*>cnp.PyArray_DATA(inputs), m,
+                                    <double*>cnp.PyArray_DATA(outputs))
         return outputs if done else None
 
 
@@ -206,7 +232,7 @@ cdef bint forward_few(const PlanData* plan, const floating* params, floating* wo
 
 
 cdef bint forward_kept(const PlanData* plan, const floating* params, floating* work,
-                       const floating* X, Py_ssize_t n_samples, floating* out) noexcept:
+                       const floating* X, Py_ssize_t n_samples, floating* out) noexcept nogil:
     """out := the network's output for n_samples rows of X: _core.predict's pass (chunks of
     plan.capacity rows, the same calls), checking that X and out are finite; False (out
     unspecified) when either is not. X's check comes with its use: where the first layer's
@@ -221,31 +247,30 @@ cdef bint forward_kept(const PlanData* plan, const floating* params, floating* w
     cdef const floating* first_weights = params + plan.weight_offsets[0]
     cdef floating* layer_out
     cdef bint finite = True
-    with nogil:
-        while finite and start < n_samples:
-            m = min(plan.capacity, n_samples - start)
-            x = X + start * n_in
-            if not checked_in_first_product(plan, first_weights, m):
-                finite = fbp_all_finite(x, m * n_in)
-            for l in range(1, L + 1):
-                if not finite:
-                    break
-                layer_out = out + start * plan.sizes[L] if l == L \
-                    else work + plan.output_offsets[l]
-                forward_product(plan, params, work, x, <int>m, l, layer_out)
-                if l == 1 and checked_in_first_product(plan, first_weights, m):
-                    finite = fbp_all_finite(layer_out, m * plan.sizes[1])
-                if l < L:   # as forward_hidden (a predict plan has no dropout)
-                    fbp_bias_activation(layer_out, params + plan.bias_offsets[l - 1],
-                                        workspace(work, plan.preactivation_offsets[l]), m,
-                                        plan.sizes[l], plan.activations[l - 1])
-            if finite:
-                fbp_bias_activation(out + start * plan.sizes[L],
-                                    params + plan.bias_offsets[L - 1],
-                                    workspace(work, plan.preactivation_offsets[L]), m,
-                                    plan.sizes[L], plan.activations[L - 1])
-                finite = fbp_all_finite(out + start * plan.sizes[L], m * plan.sizes[L])
-            start += m
+    while finite and start < n_samples:
+        m = min(plan.capacity, n_samples - start)
+        x = X + start * n_in
+        if not checked_in_first_product(plan, first_weights, m):
+            finite = fbp_all_finite(x, m * n_in)
+        for l in range(1, L + 1):
+            if not finite:
+                break
+            layer_out = out + start * plan.sizes[L] if l == L \
+                else work + plan.output_offsets[l]
+            forward_product(plan, params, work, x, <int>m, l, layer_out)
+            if l == 1 and checked_in_first_product(plan, first_weights, m):
+                finite = fbp_all_finite(layer_out, m * plan.sizes[1])
+            if l < L:   # as forward_hidden (a predict plan has no dropout)
+                fbp_bias_activation(layer_out, params + plan.bias_offsets[l - 1],
+                                    workspace(work, plan.preactivation_offsets[l]), m,
+                                    plan.sizes[l], plan.activations[l - 1])
+        if finite:
+            fbp_bias_activation(out + start * plan.sizes[L],
+                                params + plan.bias_offsets[L - 1],
+                                workspace(work, plan.preactivation_offsets[L]), m,
+                                plan.sizes[L], plan.activations[L - 1])
+            finite = fbp_all_finite(out + start * plan.sizes[L], m * plan.sizes[L])
+        start += m
     return finite
 
 

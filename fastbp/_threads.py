@@ -124,6 +124,48 @@ def sparse_fit_threads(n_threads, shares_rows: bool, choices: dict, key):
     return 1, 1, choice
 
 
+class KeptPassThreads:
+    """The default thread count of one kept predict plan (MLP._predict_kept), chosen on
+    the calls themselves: their outputs do not depend on the count (each chunk is
+    computed as on one thread), so no separate measurement is needed. The first call runs
+    on one thread; a call shorter than SPLIT_MIN_SECONDS there stays on one thread for
+    good (handing pieces to other threads has a cost of its own); else
+    the next calls take turns on the caller's allowed count and on one, MEASURE_ROUNDS
+    each, and the count whose best time a row was faster (more threads only by
+    MEASURE_MARGIN) is kept, capped at each call by allowed_threads(). FASTBP_THREADS
+    pins it. Safe from many threads: a turn or a time lost to a race only delays the
+    choice."""
+    def __init__(self):
+        self.chosen = None                # the count once chosen (1 or "allowed")
+        self.times = {1: [], "allowed": []}
+
+    def threads(self) -> tuple:
+        """(threads for this call, the turn to record its time under or None)."""
+        if self.chosen == 1:
+            return 1, None
+        pinned = pinned_threads()
+        if pinned is not None:
+            return min(pinned, allowed_threads()), None
+        if self.chosen == "allowed":
+            return allowed_threads(), None
+        if not self.times[1]:
+            return 1, 1
+        allowed = allowed_threads()
+        if allowed == 1:
+            return 1, None
+        turn = "allowed" if len(self.times["allowed"]) < len(self.times[1]) else 1
+        return (allowed if turn == "allowed" else 1), turn
+
+    def record(self, turn, seconds: float, n_rows: int) -> None:
+        """A call's time on the count of `turn` (as threads() returned it)."""
+        ones, alloweds = self.times[1], self.times["allowed"]
+        self.times[turn].append(seconds / n_rows)
+        if turn == 1 and len(ones) == 1 and seconds < SPLIT_MIN_SECONDS:
+            self.chosen = 1
+        elif len(ones) >= MEASURE_ROUNDS and len(alloweds) >= MEASURE_ROUNDS:
+            self.chosen = "allowed" if min(alloweds) * MEASURE_MARGIN < min(ones) else 1
+
+
 def _unmeasured_default(allowed: int):
     """The default thread count when nothing needs measuring: FASTBP_THREADS (capped by
     `allowed`, the caller's limit) when set, 1 when the caller allows one; else None."""
@@ -245,6 +287,10 @@ MEASURE_MARGIN = 1.10
 # step hands off between threads twice, which costs microseconds on any machine, so
 # a step of a few microseconds cannot gain (and timing one would only measure noise).
 TINY_STEP_SECONDS = 20e-6
+# A kept predict call shorter than this on one thread is not split: handing a piece to a
+# helper thread and waiting for it costs microseconds when the helper is spinning and tens
+# of microseconds when it has gone to sleep (after 1 ms without work), on any machine.
+SPLIT_MIN_SECONDS = 100e-6
 
 
 def _measure(layer_sizes, codes, batch_size, dtype, candidates):

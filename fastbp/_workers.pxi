@@ -43,6 +43,11 @@ cdef extern from "workers.h" nogil:
     void fbp_join_workers(pthread_t* threads, int n)
     void fbp_abandon_workers(fbp_barrier* barrier, pthread_t* threads, int started)
     Py_ssize_t fbp_claim_chunk(Py_ssize_t* next)
+    ctypedef struct fbp_pool:
+        pass
+    void fbp_pool_for_this_process(fbp_pool* pool)
+    int fbp_pool_run(fbp_pool* pool, void (*run)(void*, int) noexcept nogil, void* job,
+                     int workers)
     void fbp_timing_mark(int k, int phase)
     void fbp_timing_report(int n, long steps)
     void fbp_dropout_masks_f32(float* mask, Py_ssize_t n, double rate, uint64_t* random_state)
@@ -590,10 +595,12 @@ cdef tuple train_epoch_on_workers(
 
 
 # predict on row workers: the chunks of a pass are independent, so T workers (this thread
-# and T - 1 pthreads) each claim chunks of plan.capacity rows and run them whole, on one
-# BLAS thread each, in a workspace of their own; nothing is shared but the chunk counter.
-# Every chunk is computed as the one-worker pass computes it (the same plan and calls), so
-# the output is bit-identical whatever the number of workers.
+# and T - 1 helpers kept between calls) each claim chunks of rows and run them whole, on
+# one BLAS thread each, in a workspace of their own; nothing is shared but the chunk
+# counter. Every
+# chunk is computed as the one-worker pass computes it (the same plan and calls), so the
+# output is bit-identical whatever the number of workers. A kept pass (Predictor.run)
+# may claim chunks smaller than the plan's (see there) and checks X and its outputs.
 
 cdef struct PredictShared:
     const PlanData* plan
@@ -603,12 +610,15 @@ cdef struct PredictShared:
     const void* X
     void* out
     Py_ssize_t n_samples
+    Py_ssize_t chunk_rows       # rows a claim takes (plan.capacity at most)
+    bint kept                   # forward_kept's pass (checks included), not predict_chunk's
     Py_ssize_t next_chunk       # claimed with fbp_claim_chunk
 
 
 cdef struct PredictArgument:
     PredictShared* shared
     int index
+    bint not_finite             # a kept pass met a non-finite X or output in its chunks
 
 
 cdef void predict_worker(floating* kind, PredictArgument* argument) noexcept nogil:
@@ -617,24 +627,32 @@ cdef void predict_worker(floating* kind, PredictArgument* argument) noexcept nog
     cdef const PlanData* plan = s.plan
     cdef floating* work = <floating*>s.work + argument.index * s.work_size
     cdef Py_ssize_t start, m
-    while True:
-        start = fbp_claim_chunk(&s.next_chunk) * plan.capacity
+    cdef const floating* x
+    cdef floating* out
+    while not argument.not_finite:
+        start = fbp_claim_chunk(&s.next_chunk) * s.chunk_rows
         if start >= s.n_samples:
             return
-        m = min(plan.capacity, s.n_samples - start)
-        predict_chunk(plan, <const floating*>s.params, work,
-                      <const floating*>s.X + start * plan.sizes[0], <int>m,
-                      <floating*>s.out + start * plan.sizes[plan.n_layers], NULL)
+        m = min(s.chunk_rows, s.n_samples - start)
+        x = <const floating*>s.X + start * plan.sizes[0]
+        out = <floating*>s.out + start * plan.sizes[plan.n_layers]
+        if s.kept:
+            argument.not_finite = not forward_kept(plan, <const floating*>s.params, work,
+                                                   x, m, out)
+        else:
+            predict_chunk(plan, <const floating*>s.params, work, x, <int>m, out, NULL)
 
 
-cdef void* predict_entry_float(void* argument) noexcept nogil:
-    predict_worker(<float*>NULL, <PredictArgument*>argument)
-    return NULL
+cdef void predict_job_float(void* arguments, int index) noexcept nogil:
+    predict_worker(<float*>NULL, &(<PredictArgument*>arguments)[index])
 
 
-cdef void* predict_entry_double(void* argument) noexcept nogil:
-    predict_worker(<double*>NULL, <PredictArgument*>argument)
-    return NULL
+cdef void predict_job_double(void* arguments, int index) noexcept nogil:
+    predict_worker(<double*>NULL, &(<PredictArgument*>arguments)[index])
+
+
+# The helper threads of predict's shared passes, kept between calls (csrc/workers.h).
+cdef fbp_pool predict_pool
 
 
 def predict_on_workers(Plan plan, const floating[::1] params, floating[::1] work,
@@ -649,32 +667,50 @@ def predict_on_workers(Plan plan, const floating[::1] params, floating[::1] work
     check_pass("predict", plan_data, params.shape[0], work.shape[0] // n_workers,
                X.shape[1], False)
     check_targets("predict", plan_data, "out", out.shape[0], out.shape[1], X.shape[0])
+    share_predict(plan_data, &params[0], &work[0], work.shape[0] // n_workers,
+                  &X[0, 0] if X.shape[0] > 0 else NULL,
+                  &out[0, 0] if out.shape[0] > 0 else NULL, X.shape[0], plan_data.capacity,
+                  False, n_workers)
+
+
+cdef bint share_predict(const PlanData* plan, const floating* params, floating* work,
+                        Py_ssize_t work_size, const floating* X, floating* out,
+                        Py_ssize_t n_samples, Py_ssize_t chunk_rows, bint kept,
+                        int n_workers) except -1:
+    """The pass over n_samples rows of X on n_workers threads (this one and helpers of
+    the kept pool; this one alone when another thread's pass holds the pool), claiming
+    chunk_rows rows at a time (at most plan.capacity), each worker in its own workspace
+    of work_size elements: predict_chunk's pass, or forward_kept's when kept.
+    Returns False when a kept pass met a non-finite X or output (out then unspecified).
+    The arguments are the caller's to check."""
     cdef PredictShared s
     memset(&s, 0, sizeof(PredictShared))
-    s.plan = plan_data
-    s.params = &params[0]
-    s.work = &work[0]
-    s.work_size = work.shape[0] // n_workers
-    s.X = &X[0, 0] if X.shape[0] > 0 else NULL
-    s.out = &out[0, 0] if out.shape[0] > 0 else NULL
-    s.n_samples = X.shape[0]
-    cdef int T = n_workers, k, started
-    cdef pthread_t* threads = <pthread_t*>calloc(T, sizeof(pthread_t))
+    s.plan = plan
+    s.params = params
+    s.work = work
+    s.work_size = work_size
+    s.X = X
+    s.out = out
+    s.n_samples = n_samples
+    s.chunk_rows = chunk_rows
+    s.kept = kept
+    cdef int T = n_workers, k, ran
+    cdef bint finite = True
     cdef PredictArgument* arguments = <PredictArgument*>calloc(T, sizeof(PredictArgument))
-    if not (threads and arguments):
-        free(threads); free(arguments)
+    if not arguments:
         raise MemoryError()
     for k in range(T):
         arguments[k].shared = &s
         arguments[k].index = k
+    fbp_pool_for_this_process(&predict_pool)   # with the GIL held (see there)
     with nogil:
         if floating is float:
-            started = fbp_start_workers(threads, T, predict_entry_float, <char*>arguments,
-                                        sizeof(PredictArgument))
+            ran = fbp_pool_run(&predict_pool, predict_job_float, arguments, T)
         else:
-            started = fbp_start_workers(threads, T, predict_entry_double, <char*>arguments,
-                                        sizeof(PredictArgument))
-        # the threads that did start run chunks too; this one takes the rest
-        predict_worker(<floating*>NULL, &arguments[0])
-        fbp_join_workers(threads, T if started == 0 else started)
-    free(threads); free(arguments)
+            ran = fbp_pool_run(&predict_pool, predict_job_double, arguments, T)
+        if ran == 0:   # the pool is busy with another thread's pass: this one alone
+            predict_worker(<floating*>NULL, &arguments[0])
+    for k in range(T):
+        finite = finite and not arguments[k].not_finite
+    free(arguments)
+    return finite

@@ -5,6 +5,7 @@ import contextlib
 import numbers
 import os
 import threading
+import time
 import warnings
 
 import numpy as np
@@ -12,8 +13,8 @@ import numpy as np
 from fastbp import _core, _files, _format, losses
 from fastbp._products import ISA_VARIABLE, KERNELS_VARIABLE, PASS_MEASURE_MAX_MULTIPLY_ADDS, \
     product_isas, row_bucket
-from fastbp._threads import blas_threads, checked_thread_count, forced_split, \
-    small_gemm_kernels, thread_count
+from fastbp._threads import KeptPassThreads, blas_threads, checked_thread_count, \
+    forced_split, small_gemm_kernels, thread_count
 from fastbp._validation import as_inputs, as_row_weights, as_sample_weight, check_finite, \
     dense_targets, input_arrays, is_sparse, numeric_array, real_number, whole_number
 
@@ -106,6 +107,28 @@ def _check_dtype(dtype) -> np.dtype:
     if resolved.name not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}; got {resolved.name}")
     return np.dtype(resolved.name)    # native byte order, whatever was asked
+
+
+def kept_chunks(n_rows: int, capacity: int, threads: int, whole_chunks: bool) -> tuple:
+    """(workers, rows a chunk) for a kept predict pass (MLP._predict_kept) of n_rows rows,
+    in chunks of up to `capacity` rows, on up to `threads` threads, such that every row's
+    outputs are the bits of one thread. One thread takes chunks of `capacity` rows. So do
+    several threads when the call has more than one chunk (each chunk whole, the same
+    calls), or when the plan has a product on BLAS (whole_chunks: BLAS's sums may depend
+    on the rows of its call). Else (one chunk, every product in fastbp's own kernels,
+    whose sums for a row do not depend on the other rows) the rows are cut into up to
+    `threads` pieces of more than _core.PREDICTOR_ROWS rows each (fewer would take the
+    few-row kernels)."""
+    if threads <= 1:
+        return 1, capacity
+    if n_rows > capacity or whole_chunks:
+        return max(1, min(threads, -(-n_rows // capacity))), capacity
+    least = _core.PREDICTOR_ROWS + 1
+    for pieces in range(min(threads, n_rows // least), 1, -1):
+        size = -(-n_rows // pieces)
+        if n_rows - (pieces - 1) * size >= least:
+            return pieces, size
+    return 1, capacity
 
 
 class MLP:
@@ -320,16 +343,19 @@ class MLP:
     def predict(self, X, n_threads=None, out=None) -> np.ndarray:
         """The output layer's activations for the rows of X: (n_samples, n_outputs).
 
-        n_threads: BLAS threads for the pass; None picks from the size of a chunk.
+        n_threads: threads for the pass (rows shared among them, or BLAS's threads where
+            the rows cannot be shared); None: chosen as below, within the caller's limits.
         out: a C-contiguous, writable array of shape (n_samples, n_outputs) and the model's
             dtype, not overlapping X or the parameters, to write the outputs into (and
             return); its contents are unspecified if the call raises.
 
         A few rows (up to 64) of a C-contiguous X of the model's dtype take a fast path:
         checked in compiled code, a plan and workspace kept with the model, products in
-        the few-row kernels, no BLAS call (docs/serving.md). Past 64 rows on one BLAS
-        thread, the same X takes the general path's pass with a plan kept with the model
-        (_predict_kept): the same bits without the set-up. Safe from many threads at once.
+        the few-row kernels, no BLAS call (docs/serving.md). Past 64 rows, the same X
+        takes the general path's pass with a plan kept with the model (_predict_kept): the
+        same bits without the set-up, its rows shared among threads where they can be
+        without changing a bit, the default count chosen on the calls themselves. Safe
+        from many threads at once.
         X may be a scipy.sparse matrix or array (CSR read in place, other formats converted
         once): the first layer then runs on its stored values, never densified.
         """
@@ -337,7 +363,7 @@ class MLP:
             n_threads = checked_thread_count(n_threads)
         if self._predictor is not None and not is_sparse(X):
             result = self._predictor(X, out)
-            if result is None and n_threads in (None, 1) and isinstance(X, np.ndarray) \
+            if result is None and isinstance(X, np.ndarray) \
                     and X.ndim == 2 and X.shape[0] > _core.PREDICTOR_ROWS:
                 result = self._predict_kept(X, n_threads, out)
             if result is not None:
@@ -364,31 +390,50 @@ class MLP:
         return out
 
     def _predict_kept(self, X, n_threads, out):
-        """predict past PREDICTOR_ROWS rows on one BLAS thread with a kept plan: the
-        general path's pass, bits and all, without its set-up (or None where the general
-        path must take the call: more threads, or X or out refused by the Predictor)."""
-        rows = self._chunk_rows(X.shape[0])
-        if n_threads is None and thread_count(self._layer_sizes, rows, None,
-                                              backward=False) != 1:
+        """predict past PREDICTOR_ROWS rows with a plan kept with the model: the general
+        path's pass, bits and all, without its set-up, on one thread or shared among
+        threads as kept_chunks says (or None where the general path must take the call: X
+        or out refused by the Predictor; a count of threads these chunks cannot use, or
+        a default above one thread for a single chunk with a product on BLAS, which the
+        general path gives BLAS's threads). By default the count is chosen on the calls
+        themselves (_threads.KeptPassThreads, kept with the plan)."""
+        n_rows = X.shape[0]
+        rows = self._chunk_rows(n_rows)
+        plan, calls_blas, choice = self._kept_plan(rows)
+        turn = None
+        if n_threads is not None:
+            threads = n_threads
+        elif calls_blas and n_rows <= rows:
+            if thread_count(self._layer_sizes, rows, None, backward=False) != 1:
+                return None
+            threads = 1
+        else:
+            threads, turn = choice.threads()
+        workers, chunk_rows = kept_chunks(n_rows, rows, threads, calls_blas)
+        if n_threads is not None and n_threads > 1 and workers == 1:
             return None
-        plan, calls_blas = self._kept_plan(rows)
-        if not calls_blas:
-            return self._predictor.run(plan, X, out)
-        with blas_threads(1):
-            return self._predictor.run(plan, X, out)
+        started = time.perf_counter() if turn is not None else 0.0
+        if calls_blas:
+            with blas_threads(1):
+                result = self._predictor.run(plan, X, out, workers, chunk_rows)
+        else:
+            result = self._predictor.run(plan, X, out, workers, chunk_rows)
+        if turn is not None and result is not None:
+            choice.record(turn, time.perf_counter() - started, n_rows)
+        return result
 
     def _kept_plan(self, rows: int):
-        """(plan, whether it calls BLAS) for predict's one-thread chunks of `rows` rows:
-        made as _chunked_pass makes it, then kept with the model. The key holds what the
-        plan's choices read from the environment, so changing a switch makes a new plan;
-        at most KEPT_PLANS are kept (the oldest dropped first)."""
+        """(plan, whether it calls BLAS, its KeptPassThreads) for predict's chunks of
+        `rows` rows: made as _chunked_pass makes it, then kept with the model. The key
+        holds what the plan's choices read from the environment, so changing a switch
+        makes a new plan; at most KEPT_PLANS are kept (the oldest dropped first)."""
         key = (rows,) + _core.environment_values(PLAN_SWITCHES)
         kept = self._kept_plans.get(key)
         if kept is None:
             plan, _ = self._workspace(rows, n_threads=1, few_rows=True, fixed_rows=False,
                                       allocate=False)
             forward = plan.product_isas[self.dtype.name]
-            kept = plan, not all(isas[0] for isas in forward)
+            kept = plan, not all(isas[0] for isas in forward), KeptPassThreads()
             plans = dict(self._kept_plans)    # a copy: other threads read the dict
             while len(plans) >= KEPT_PLANS:
                 plans.pop(next(iter(plans)))

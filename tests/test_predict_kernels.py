@@ -9,15 +9,19 @@ chunks, and repeats bit for bit; auto measures each bucket's forward products on
 them in products.json, and measures nothing on a later call or in a new process.
 """
 import json
+import os
+import signal
 import threading
+import time
+import warnings
 
 import numpy as np
 import pytest
 
 import fastbp
 from fastbp import _core, _products
-from fastbp.model import PREDICT_CHUNK_ROWS
-from fastbp._threads import small_gemm_kernels
+from fastbp.model import PREDICT_CHUNK_ROWS, kept_chunks
+from fastbp._threads import SPLIT_MIN_SECONDS, KeptPassThreads, small_gemm_kernels
 
 from reference import forward
 
@@ -137,9 +141,12 @@ def test_auto_measures_each_bucket_once_and_keeps_it(monkeypatch, fresh):
     model.predict(np.ones((LIMIT, SIZES[0]), np.float32).tolist(), n_threads=1)
     model.evaluate(X[:LIMIT], np.zeros(LIMIT, np.int64), "cce", n_threads=1)
     wide = np.ones((1500, SIZES[0]), np.float32)   # a new bucket, 2048
-    model.predict(wide, n_threads=2)
+    model.predict(wide.tolist(), n_threads=2)       # the general path, on BLAS threads
     model.gradients(wide, np.zeros(1500, np.int64), "cce", n_threads=1)
     assert len(measured) == 6
+    # two threads sharing a kept pass take the one-thread plan: its bucket measured
+    model.predict(wide, n_threads=2)
+    assert len(measured) == 9 and all(shape[1] == 2048 for shape in measured[6:])
 
 
 @needs_kernels
@@ -242,8 +249,12 @@ def test_kept_plans_give_the_general_paths_bits(monkeypatch, fresh, dtype, mode,
             assert model.predict(X, n_threads=1, out=out) is out
             np.testing.assert_array_equal(out, expected)
             assert taken[-2:] == [min(n_rows, PREDICT_CHUNK_ROWS)] * 2   # the kept path's
-            # the default count: one thread here for the small network, maybe more for W1
-            np.testing.assert_array_equal(model.predict(X), general_path(model, X))
+            # the default count gives the one-thread bits, but for one chunk with a
+            # product on BLAS, which the general path may give BLAS's threads as before
+            _, calls_blas, _ = model._kept_plan(min(n_rows, PREDICT_CHUNK_ROWS))
+            one_chunk_on_blas = calls_blas and n_rows <= PREDICT_CHUNK_ROWS
+            np.testing.assert_array_equal(
+                model.predict(X), general_path(model, X) if one_chunk_on_blas else expected)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -321,7 +332,7 @@ def test_kept_plans_follow_the_kernel_switches(monkeypatch, fresh):
         monkeypatch.setenv(_products.ISA_VARIABLE, isa)
         np.testing.assert_array_equal(model.predict(X), general_path(model, X))
         key = (300, None, mode.encode(), isa.encode())   # rows, then the switches' bytes
-        plan, calls_blas = model._kept_plans[key]
+        plan, calls_blas, _ = model._kept_plans[key]
         code = _core.KERNEL_ISAS[isa] if mode == "own" else 0
         assert [isas[0] for isas in plan.product_isas["float32"]] == [code] * 3
         assert calls_blas == (mode == "blas")
@@ -350,3 +361,181 @@ def test_a_model_keeps_a_bounded_number_of_plans():
         model.predict(X[:n_rows])
         assert kept_plan_count(model) <= fastbp.model.KEPT_PLANS
     assert max(key[0] for key in model._kept_plans) == X.shape[0]   # the latest kept
+
+
+# ---- kept passes on several threads ----
+
+def test_kept_chunks_give_each_row_the_kernels_of_one_thread():
+    """One chunk of fastbp's own kernels is cut into up to `threads` pieces, each of more
+    than PREDICTOR_ROWS rows (fewer would take the few-row kernels); several chunks, or a
+    plan with a product on BLAS, are shared whole."""
+    capacity = PREDICT_CHUNK_ROWS
+    assert kept_chunks(500, 500, 1, False) == (1, 500)
+    assert kept_chunks(5000, capacity, 4, False) == (3, capacity)
+    assert kept_chunks(5000, capacity, 2, True) == (2, capacity)
+    assert kept_chunks(1000, 1000, 4, True) == (1, 1000)     # one chunk on BLAS: whole
+    assert kept_chunks(2 * LIMIT + 1, 2 * LIMIT + 1, 2, False) == (1, 2 * LIMIT + 1)
+    assert kept_chunks(2 * LIMIT + 2, 2 * LIMIT + 2, 2, False) == (2, LIMIT + 1)
+    for n_rows in range(LIMIT + 1, 6 * LIMIT):
+        for threads in range(2, 6):
+            workers, rows = kept_chunks(n_rows, n_rows, threads, False)
+            pieces = [min(rows, n_rows - start) for start in range(0, n_rows, rows)]
+            assert len(pieces) == workers <= threads
+            assert workers == 1 or min(pieces) > LIMIT, (n_rows, threads, pieces)
+            assert workers >= min(threads, n_rows // (LIMIT + 1)) - 1   # all but one at most
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_kept_pass_on_several_threads_gives_the_bits_of_one(monkeypatch, fresh, dtype,
+                                                             mode):
+    """Any n_threads gives the one-thread bits, the rows cut into pieces (own kernels,
+    one chunk) or shared by whole chunks; a count the pieces cannot use goes to the
+    general path (BLAS's threads), also to rounding."""
+    monkeypatch.setenv(_products.KERNELS_VARIABLE, mode)
+    for sizes, activations in [(SIZES, ACTIVATIONS), W1,
+                               ([20, 64, 64, 1], ["relu", "relu", "identity"])]:
+        model = fastbp.MLP(sizes, activations, dtype=dtype, seed=3)
+        for n_rows in (LIMIT + 1, 2 * LIMIT + 2, 2 * LIMIT + 3, 3 * LIMIT + 4, 777,
+                       PREDICT_CHUNK_ROWS, 2 * PREDICT_CHUNK_ROWS + 5):
+            X = np.random.default_rng(n_rows).standard_normal((n_rows, sizes[0]))
+            X = X.astype(dtype)
+            one = model.predict(X, n_threads=1)
+            for threads in (2, 3, 4):
+                got = model.predict(X, n_threads=threads)
+                _, calls_blas, _ = model._kept_plan(min(n_rows, PREDICT_CHUNK_ROWS))
+                workers, _ = kept_chunks(n_rows, min(n_rows, PREDICT_CHUNK_ROWS), threads,
+                                         calls_blas)
+                if workers > 1:
+                    np.testing.assert_array_equal(got, one, err_msg=f"{n_rows} {threads}")
+                else:
+                    np.testing.assert_allclose(got, one, rtol=TOLERANCE[dtype],
+                                               atol=TOLERANCE[dtype])
+            out = np.full_like(one, np.nan)
+            assert model.predict(X, n_threads=3, out=out) is out
+            np.testing.assert_allclose(out, one, rtol=TOLERANCE[dtype], atol=TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_x_in_a_piece_of_another_thread_is_refused(monkeypatch, bad):
+    """A bad value in the last piece (another thread's) or the first is refused with the
+    general path's message, the model unchanged."""
+    monkeypatch.setenv(_products.KERNELS_VARIABLE, "own" if ISAS else "blas")
+    model = fastbp.MLP(*W1, dtype="float32", seed=3)
+    parameters = model.parameter_vector()
+    n_rows = 4 * LIMIT + 10
+    for row in (0, n_rows - 1):
+        X = np.ones((n_rows, 784), np.float32)
+        X[row, 5] = bad
+        with pytest.raises(ValueError) as general:
+            general_path(model, X, n_threads=1)
+        with pytest.raises(ValueError) as kept:
+            model.predict(X, n_threads=4)
+        assert str(kept.value) == str(general.value)
+    np.testing.assert_array_equal(model.parameter_vector(), parameters)
+
+
+def test_the_default_count_of_a_kept_pass_is_chosen_on_its_calls(monkeypatch):
+    """The first call on one thread; a short one keeps one thread for good; else turns on
+    the allowed count and on one, then the faster (more threads only by the margin),
+    capped by the caller's limit at each call; FASTBP_THREADS pins it."""
+    monkeypatch.delenv(fastbp._threads.THREADS_VARIABLE, raising=False)
+    allowed = [2]
+    monkeypatch.setattr(fastbp._threads, "allowed_threads", lambda: allowed[0])
+
+    def run(choice, seconds_on):
+        threads, turn = choice.threads()
+        if turn is not None:
+            choice.record(turn, seconds_on[threads], 1000)
+        return threads
+
+    short = KeptPassThreads()
+    assert [run(short, {1: SPLIT_MIN_SECONDS / 2, 2: 1.0}) for _ in range(4)] == [1] * 4
+    assert short.chosen == 1
+    for seconds_on, chosen in [({1: 1e-3, 2: 0.5e-3}, 2), ({1: 1e-3, 2: 0.95e-3}, 1)]:
+        choice = KeptPassThreads()
+        counts = [run(choice, seconds_on) for _ in range(2 * fastbp._threads.MEASURE_ROUNDS)]
+        assert counts == [1, 2] * fastbp._threads.MEASURE_ROUNDS    # turns, from one
+        assert [run(choice, seconds_on) for _ in range(3)] == [chosen] * 3
+    allowed[0] = 1                          # a limit set after the choice: it wins
+    assert choice.threads() == (1, None)
+    fresh = KeptPassThreads()
+    assert [run(fresh, {1: 1e-3}) for _ in range(3)] == [1, 1, 1]   # nothing to measure
+    assert fresh.chosen is None
+    monkeypatch.setenv(fastbp._threads.THREADS_VARIABLE, "3")
+    allowed[0] = 2
+    assert KeptPassThreads().threads() == (2, None)
+
+
+def test_the_default_of_a_kept_pass_respects_a_threadpool_limit(monkeypatch):
+    """Under threadpoolctl's limit of one thread, no call of the default splits."""
+    from threadpoolctl import threadpool_limits
+    monkeypatch.delenv(fastbp._threads.THREADS_VARIABLE, raising=False)
+    model = fastbp.MLP(*W1, dtype="float32", seed=3)
+    X = np.ones((1000, 784), np.float32)
+    with threadpool_limits(1):
+        for _ in range(2 * fastbp._threads.MEASURE_ROUNDS + 2):
+            model.predict(X)
+        _, _, choice = model._kept_plan(1000)
+        assert choice.threads()[0] == 1
+    assert not choice.times["allowed"]
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_threads_sharing_kept_passes_at_once_get_exact_results(monkeypatch, fresh, threads):
+    """8 threads predicting at once with n_threads > 1: one pass at a time holds the
+    kept helper threads, the others run alone; every result is the one-thread one."""
+    monkeypatch.setenv(_products.KERNELS_VARIABLE, "own" if ISAS else "blas")
+    cases = []
+    for sizes, activations in [W1, ([20, 64, 64, 1], ["relu", "relu", "identity"])]:
+        model = fastbp.MLP(sizes, activations, dtype="float32", seed=1)
+        for n_rows in (2 * LIMIT + 2, 300, 1000, PREDICT_CHUNK_ROWS + 7):
+            X = np.random.default_rng(n_rows).standard_normal((n_rows, sizes[0]))
+            X = X.astype(np.float32)
+            cases.append((model, X, model.predict(X, n_threads=1)))
+    failures = []
+    barrier = threading.Barrier(8)
+
+    def serve(seed):
+        order = np.random.default_rng(seed).permutation(len(cases) * 4) % len(cases)
+        barrier.wait()
+        for case in order:
+            model, X, expected = cases[case]
+            if not np.array_equal(model.predict(X, n_threads=threads), expected):
+                failures.append((seed, X.shape))
+    pool = [threading.Thread(target=serve, args=(seed,)) for seed in range(8)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join(120)
+    assert not any(thread.is_alive() for thread in pool)
+    assert not failures
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_child_process_after_fork_shares_its_passes_on_threads_of_its_own():
+    """The kept helper threads are the parent's; a forked child (which has none of them)
+    starts its own: its shared passes finish, with the one-thread bits."""
+    model = fastbp.MLP(*W1, dtype="float32", seed=1)
+    X = np.random.default_rng(0).standard_normal((1000, 784)).astype(np.float32)
+    expected = model.predict(X, n_threads=1)
+    np.testing.assert_array_equal(model.predict(X, n_threads=2), expected)  # helpers started
+    with warnings.catch_warnings():   # Python 3.12+ warns of fork with threads running
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:   # the child: exit status 0 if its passes give the bits, 1 if not
+        status = 1
+        try:
+            status = 0 if all(np.array_equal(model.predict(X, n_threads=threads), expected)
+                              for threads in (2, 3, 2)) else 1
+        finally:
+            os._exit(status)
+    deadline = time.monotonic() + 120
+    while (waited := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if waited[0] == 0:   # hung: never leave it behind
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child's shared pass did not finish in 120 s")
+    assert os.WIFEXITED(waited[1]) and os.WEXITSTATUS(waited[1]) == 0
+    np.testing.assert_array_equal(model.predict(X, n_threads=2), expected)
