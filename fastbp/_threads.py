@@ -6,6 +6,7 @@ import contextlib
 import ctypes
 import os
 import threading
+import time
 
 import numpy as np
 from threadpoolctl import ThreadpoolController
@@ -79,6 +80,7 @@ def row_workspace(layer_sizes, codes, dropout, batch_size: int, n_workers: int, 
 # ---- the default thread count of a fit, measured on this machine ----
 
 THREADS_VARIABLE = "FASTBP_THREADS"        # pins n_threads=None to this count
+_THREADS_LOOKUP = (THREADS_VARIABLE.encode(),)
 SPLIT_VARIABLE = "FASTBP_SPLIT"            # "rows" or "blas": how a fit's threads are used
 CACHE_FILE = "threads.json"
 _measured = {}                             # key -> (workers, blas threads), this process
@@ -129,39 +131,55 @@ class KeptPassThreads:
     the calls themselves: their outputs do not depend on the count (each chunk is
     computed as on one thread), so no separate measurement is needed. The first call runs
     on one thread; a call shorter than SPLIT_MIN_SECONDS there stays on one thread for
-    good (handing pieces to other threads has a cost of its own); else
-    the next calls take turns on the caller's allowed count and on one, MEASURE_ROUNDS
-    each, and the count whose best time a row was faster (more threads only by
-    MEASURE_MARGIN) is kept, capped at each call by allowed_threads(). FASTBP_THREADS
-    pins it. Safe from many threads: a turn or a time lost to a race only delays the
-    choice."""
+    good (handing pieces to other threads has a cost of its own). Else the next calls
+    take turns on the caller's allowed count and on one, MEASURE_ROUNDS each, at most one
+    turn each TURN_SECONDS (the calls between run on one thread, untimed: the turns are
+    spread over a fifth of a second, past the bursts of other work, such as another
+    library's threads spinning after its call), and the count whose best time a row was
+    faster (more threads only by MEASURE_MARGIN) is kept,
+    capped at each call by allowed_threads(), for REMEASURE_CALLS calls; then the turns
+    are taken again (other work on the machine comes and goes). FASTBP_THREADS pins it.
+    Safe from many threads: a turn or a time lost to a race only delays the choice."""
     def __init__(self):
-        self.chosen = None                # the count once chosen (1 or "allowed")
+        self.short = False      # one thread's call under SPLIT_MIN_SECONDS: never shared
+        self.chosen = None      # 1 or "allowed", once measured
+        self.since = 0          # calls since the choice
+        self.last_turn = 0.0    # when the last timed turn began
         self.times = {1: [], "allowed": []}
 
     def threads(self) -> tuple:
         """(threads for this call, the turn to record its time under or None)."""
-        if self.chosen == 1:
-            return 1, None
         pinned = pinned_threads()
         if pinned is not None:
             return min(pinned, allowed_threads()), None
-        if self.chosen == "allowed":
-            return allowed_threads(), None
-        if not self.times[1]:
+        if self.short:
+            return 1, None
+        if self.chosen is not None:
+            self.since += 1
+            if self.since <= REMEASURE_CALLS:
+                return (1 if self.chosen == 1 else allowed_threads()), None
+            self.chosen, self.since, self.times = None, 0, {1: [], "allowed": []}
+        times = self.times
+        if not times[1]:
             return 1, 1
+        now = time.perf_counter()
+        if now - self.last_turn < TURN_SECONDS:
+            return 1, None
         allowed = allowed_threads()
         if allowed == 1:
             return 1, None
-        turn = "allowed" if len(self.times["allowed"]) < len(self.times[1]) else 1
+        self.last_turn = now
+        turn = "allowed" if len(times["allowed"]) < len(times[1]) else 1
         return (allowed if turn == "allowed" else 1), turn
 
     def record(self, turn, seconds: float, n_rows: int) -> None:
         """A call's time on the count of `turn` (as threads() returned it)."""
-        ones, alloweds = self.times[1], self.times["allowed"]
-        self.times[turn].append(seconds / n_rows)
-        if turn == 1 and len(ones) == 1 and seconds < SPLIT_MIN_SECONDS:
-            self.chosen = 1
+        times = self.times
+        ones, alloweds = times[1], times["allowed"]
+        times[turn].append(seconds / n_rows)
+        if turn == 1 and len(ones) == 1 and self.chosen is None and not alloweds \
+                and seconds < SPLIT_MIN_SECONDS:
+            self.short = True
         elif len(ones) >= MEASURE_ROUNDS and len(alloweds) >= MEASURE_ROUNDS:
             self.chosen = "allowed" if min(alloweds) * MEASURE_MARGIN < min(ones) else 1
 
@@ -243,7 +261,8 @@ def _measured_choice(layer_sizes, codes, batch_size, dtype, candidates, threads_
 def pinned_threads():
     """FASTBP_THREADS as a count >= 1, or None when unset; anything else is an error (a
     pin that silently did nothing would be worse)."""
-    value = os.environ.get(THREADS_VARIABLE, "").strip()
+    # C's getenv (it sees os.environ's changes): a kept predict call asks on every call
+    value = (_getenv(_THREADS_LOOKUP)[0] or b"").decode(errors="replace").strip()
     if not value:
         return None
     if not value.isdigit() or int(value) < 1:
@@ -291,6 +310,9 @@ TINY_STEP_SECONDS = 20e-6
 # helper thread and waiting for it costs microseconds when the helper is spinning and tens
 # of microseconds when it has gone to sleep (after 1 ms without work), on any machine.
 SPLIT_MIN_SECONDS = 100e-6
+# Calls a kept predict plan's default count is kept for before it is measured again.
+REMEASURE_CALLS = 1000
+TURN_SECONDS = 0.02     # the least time between two of its timed turns
 
 
 def _measure(layer_sizes, codes, batch_size, dtype, candidates):
@@ -298,7 +320,6 @@ def _measure(layer_sizes, codes, batch_size, dtype, candidates):
     candidate (workers, BLAS threads) and returns the fastest, preferring fewer threads
     within MEASURE_MARGIN. A one-thread step under TINY_STEP_SECONDS ends the timing with
     the first candidate."""
-    import time
     from fastbp import _core
     from fastbp._products import choose_products
     from fastbp.model import check_allocation
@@ -378,7 +399,6 @@ QUIET_POLL_SECONDS = 0.01
 def _wait_for_a_quiet_process():
     """Returns once this process uses under half a core while this thread sleeps, or after
     QUIET_WAIT_SECONDS."""
-    import time
     deadline = time.perf_counter() + QUIET_WAIT_SECONDS
     while True:
         wall, cpu = time.perf_counter(), time.process_time()
@@ -445,15 +465,23 @@ DASK_PARENT_VARIABLE = "__DASK_PARENT_PID"
 _LIMIT_LOOKUPS = tuple(name.encode() for name in (DASK_PARENT_VARIABLE,) + THREAD_LIMIT_VARIABLES)
 
 
+def _getenv(names: tuple) -> tuple:
+    """_core.environment_values (bound on first use: _core imports modules that import
+    this one)."""
+    global _getenv
+    from fastbp._core import environment_values
+    _getenv = environment_values
+    return environment_values(names)
+
+
 def _environment_limit():
     """The smallest positive count in THREAD_LIMIT_VARIABLES, or None (unset or unreadable
     values are no limit, as the libraries themselves treat them). In a process that has
     started Dask worker processes, the values it had when fastbp was imported."""
-    from fastbp import _core
     # C's getenv, which sees os.environ's changes: os.environ.get costs about 1 us a
     # name, and every predict call past the fast path asks
     parent, *values = (None if value is None else value.decode(errors="replace")
-                       for value in _core.environment_values(_LIMIT_LOOKUPS))
+                       for value in _getenv(_LIMIT_LOOKUPS))
     if parent == str(os.getpid()):
         values = [_IMPORT_ENVIRONMENT[name] for name in THREAD_LIMIT_VARIABLES]
     counts = []

@@ -438,8 +438,12 @@ def test_non_finite_x_in_a_piece_of_another_thread_is_refused(monkeypatch, bad):
 def test_the_default_count_of_a_kept_pass_is_chosen_on_its_calls(monkeypatch):
     """The first call on one thread; a short one keeps one thread for good; else turns on
     the allowed count and on one, then the faster (more threads only by the margin),
-    capped by the caller's limit at each call; FASTBP_THREADS pins it."""
+    capped by the caller's limit at each call, measured again after REMEASURE_CALLS
+    calls; FASTBP_THREADS pins it."""
     monkeypatch.delenv(fastbp._threads.THREADS_VARIABLE, raising=False)
+    monkeypatch.setattr(fastbp._threads, "REMEASURE_CALLS", 20)
+    monkeypatch.setattr(fastbp._threads, "TURN_SECONDS", 0.0)
+    rounds = fastbp._threads.MEASURE_ROUNDS
     allowed = [2]
     monkeypatch.setattr(fastbp._threads, "allowed_threads", lambda: allowed[0])
 
@@ -450,21 +454,32 @@ def test_the_default_count_of_a_kept_pass_is_chosen_on_its_calls(monkeypatch):
         return threads
 
     short = KeptPassThreads()
-    assert [run(short, {1: SPLIT_MIN_SECONDS / 2, 2: 1.0}) for _ in range(4)] == [1] * 4
-    assert short.chosen == 1
+    assert [run(short, {1: SPLIT_MIN_SECONDS / 2, 2: 1.0}) for _ in range(30)] == [1] * 30
+    assert short.short
     for seconds_on, chosen in [({1: 1e-3, 2: 0.5e-3}, 2), ({1: 1e-3, 2: 0.95e-3}, 1)]:
         choice = KeptPassThreads()
-        counts = [run(choice, seconds_on) for _ in range(2 * fastbp._threads.MEASURE_ROUNDS)]
-        assert counts == [1, 2] * fastbp._threads.MEASURE_ROUNDS    # turns, from one
-        assert [run(choice, seconds_on) for _ in range(3)] == [chosen] * 3
+        counts = [run(choice, seconds_on) for _ in range(2 * rounds)]
+        assert counts == [1, 2] * rounds    # turns, from one
+        assert [run(choice, seconds_on) for _ in range(20)] == [chosen] * 20
+    # the other work went away: the next turns find two threads faster
+    counts = [run(choice, {1: 1e-3, 2: 0.5e-3}) for _ in range(2 * rounds + 5)]
+    assert counts == [1, 2] * rounds + [2] * 5
     allowed[0] = 1                          # a limit set after the choice: it wins
     assert choice.threads() == (1, None)
     fresh = KeptPassThreads()
     assert [run(fresh, {1: 1e-3}) for _ in range(3)] == [1, 1, 1]   # nothing to measure
     assert fresh.chosen is None
+    # turns at most one each TURN_SECONDS: the calls between them on one thread, untimed
+    monkeypatch.setattr(fastbp._threads, "TURN_SECONDS", 3600.0)
+    allowed[0] = 2
+    spaced = KeptPassThreads()
+    assert run(spaced, {1: 1e-3, 2: 0.5e-3}) == 1 and spaced.times[1]   # the first call
+    assert spaced.threads() == (2, "allowed")
+    assert [spaced.threads() for _ in range(3)] == [(1, None)] * 3
     monkeypatch.setenv(fastbp._threads.THREADS_VARIABLE, "3")
     allowed[0] = 2
     assert KeptPassThreads().threads() == (2, None)
+    assert short.threads() == (2, None)     # pinned, even where calls are short
 
 
 def test_the_default_of_a_kept_pass_respects_a_threadpool_limit(monkeypatch):
