@@ -496,11 +496,12 @@ def test_the_default_of_a_kept_pass_respects_a_threadpool_limit(monkeypatch):
     assert not choice.times["allowed"]
 
 
+@needs_kernels
 @pytest.mark.parametrize("threads", [2, 3])
 def test_threads_sharing_kept_passes_at_once_get_exact_results(monkeypatch, fresh, threads):
     """8 threads predicting at once with n_threads > 1: one pass at a time holds the
     kept helper threads, the others run alone; every result is the one-thread one."""
-    monkeypatch.setenv(_products.KERNELS_VARIABLE, "own" if ISAS else "blas")
+    monkeypatch.setenv(_products.KERNELS_VARIABLE, "own")
     cases = []
     for sizes, activations in [W1, ([20, 64, 64, 1], ["relu", "relu", "identity"])]:
         model = fastbp.MLP(sizes, activations, dtype="float32", seed=1)
@@ -527,10 +528,13 @@ def test_threads_sharing_kept_passes_at_once_get_exact_results(monkeypatch, fres
     assert not failures
 
 
+@needs_kernels
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
-def test_a_child_process_after_fork_shares_its_passes_on_threads_of_its_own():
+def test_a_child_process_after_fork_shares_its_passes_on_threads_of_its_own(monkeypatch):
     """The kept helper threads are the parent's; a forked child (which has none of them)
-    starts its own: its shared passes finish, with the one-thread bits."""
+    starts its own: its shared passes finish, with the one-thread bits. (The own
+    kernels forced: a plan with a product on BLAS would not share one chunk.)"""
+    monkeypatch.setenv(_products.KERNELS_VARIABLE, "own")
     model = fastbp.MLP(*W1, dtype="float32", seed=1)
     X = np.random.default_rng(0).standard_normal((1000, 784)).astype(np.float32)
     expected = model.predict(X, n_threads=1)
