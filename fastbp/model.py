@@ -29,6 +29,7 @@ FEW_ROWS_VARIABLE = "FASTBP_FEW_ROWS"
 PLAN_SWITCHES = tuple(os.fsencode(name) for name in
                       (FEW_ROWS_VARIABLE, KERNELS_VARIABLE, ISA_VARIABLE))
 KEPT_PLANS = 16             # predict plans past PREDICTOR_ROWS rows kept per model
+MAX_CHUNK_PIECES = 4        # claims a chunk of a shared many-chunk predict pass is cut into
 
 
 def few_row_kernels() -> str:
@@ -110,20 +111,34 @@ def _check_dtype(dtype) -> np.dtype:
 
 
 def kept_chunks(n_rows: int, capacity: int, threads: int, whole_chunks: bool) -> tuple:
-    """(workers, rows a chunk) for a kept predict pass (MLP._predict_kept) of n_rows rows,
+    """(workers, rows a claim) for a kept predict pass (MLP._predict_kept) of n_rows rows,
     in chunks of up to `capacity` rows, on up to `threads` threads, such that every row's
-    outputs are the bits of one thread. One thread takes chunks of `capacity` rows. So do
-    several threads when the call has more than one chunk (each chunk whole, the same
-    calls), or when the plan has a product on BLAS (whole_chunks: BLAS's sums may depend
-    on the rows of its call). Else (one chunk, every product in fastbp's own kernels,
-    whose sums for a row do not depend on the other rows) the rows are cut into up to
-    `threads` pieces of more than _core.PREDICTOR_ROWS rows each (fewer would take the
-    few-row kernels)."""
+    outputs are the bits of one thread, which takes chunks of `capacity` rows: a chunk of
+    at most _core.PREDICTOR_ROWS rows (a call's last) takes the few-row kernels there.
+    When the plan has a product on BLAS (whole_chunks: BLAS's sums may depend on the rows
+    of its call), the threads share the chunks whole. Else (every product in fastbp's own
+    kernels, whose sums for a row do not depend on the other rows) a lone chunk is cut
+    into up to `threads` pieces, and each of several chunks into up to MAX_CHUNK_PIECES
+    equal pieces (several claims a thread, so a thread slowed by other work takes fewer),
+    every piece of more than PREDICTOR_ROWS rows unless it is a whole chunk: the chunks'
+    bounds stay bounds between pieces, so no row changes kernel."""
     if threads <= 1:
         return 1, capacity
-    if n_rows > capacity or whole_chunks:
-        return max(1, min(threads, -(-n_rows // capacity))), capacity
+    chunks = -(-n_rows // capacity)
     least = _core.PREDICTOR_ROWS + 1
+    if chunks > 1:
+        last = n_rows - (chunks - 1) * capacity
+        piece = capacity
+        if not whole_chunks:
+            for pieces in range(MAX_CHUNK_PIECES, 1, -1):
+                size = capacity // pieces
+                if capacity % pieces == 0 and size >= least and (
+                        last <= size or last % size == 0 or last % size >= least):
+                    piece = size
+                    break
+        return max(1, min(threads, -(-n_rows // piece))), piece
+    if whole_chunks:
+        return 1, capacity
     for pieces in range(min(threads, n_rows // least), 1, -1):
         size = -(-n_rows // pieces)
         if n_rows - (pieces - 1) * size >= least:

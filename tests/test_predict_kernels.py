@@ -371,8 +371,10 @@ def test_kept_chunks_give_each_row_the_kernels_of_one_thread():
     plan with a product on BLAS, are shared whole."""
     capacity = PREDICT_CHUNK_ROWS
     assert kept_chunks(500, 500, 1, False) == (1, 500)
-    assert kept_chunks(5000, capacity, 4, False) == (3, capacity)
+    assert kept_chunks(5000, capacity, 4, False) == (4, capacity // 4)   # 10 claims
     assert kept_chunks(5000, capacity, 2, True) == (2, capacity)
+    assert kept_chunks(2 * capacity + 2 * LIMIT, capacity, 2, False) == (2, capacity // 4)
+    # a last chunk of 600 rows: 512 + 88 pieces would do, 4 x 512 + 600 % 512 = 88 > 64
     assert kept_chunks(1000, 1000, 4, True) == (1, 1000)     # one chunk on BLAS: whole
     assert kept_chunks(2 * LIMIT + 1, 2 * LIMIT + 1, 2, False) == (1, 2 * LIMIT + 1)
     assert kept_chunks(2 * LIMIT + 2, 2 * LIMIT + 2, 2, False) == (2, LIMIT + 1)
@@ -383,6 +385,22 @@ def test_kept_chunks_give_each_row_the_kernels_of_one_thread():
             assert len(pieces) == workers <= threads
             assert workers == 1 or min(pieces) > LIMIT, (n_rows, threads, pieces)
             assert workers >= min(threads, n_rows // (LIMIT + 1)) - 1   # all but one at most
+    # several chunks: their bounds stay bounds between claims, and a claim of at most
+    # PREDICTOR_ROWS rows is a whole chunk (the one-thread pass's last, few-row kernels)
+    for capacity in (130, 260, 300, 512):
+        for n_rows in range(capacity + 1, 4 * capacity + 3, 7):
+            for threads in (2, 3, 4):
+                workers, rows = kept_chunks(n_rows, capacity, threads, False)
+                claims = [(start, min(start + rows, n_rows)) for start in range(0, n_rows, rows)]
+                bounds = {start for start, _ in claims} | {n_rows}
+                assert set(range(0, n_rows, capacity)) <= bounds, (capacity, n_rows, rows)
+                chunk_of = [(start, min(start + capacity, n_rows))
+                            for start in range(0, n_rows, capacity)]
+                for start, end in claims:
+                    assert end - start > LIMIT or (start, end) in chunk_of, \
+                        (capacity, n_rows, threads, start, end)
+                assert workers == min(threads, len(claims))
+                assert capacity % rows == 0
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -397,7 +415,8 @@ def test_a_kept_pass_on_several_threads_gives_the_bits_of_one(monkeypatch, fresh
                                ([20, 64, 64, 1], ["relu", "relu", "identity"])]:
         model = fastbp.MLP(sizes, activations, dtype=dtype, seed=3)
         for n_rows in (LIMIT + 1, 2 * LIMIT + 2, 2 * LIMIT + 3, 3 * LIMIT + 4, 777,
-                       PREDICT_CHUNK_ROWS, 2 * PREDICT_CHUNK_ROWS + 5):
+                       PREDICT_CHUNK_ROWS, 2 * PREDICT_CHUNK_ROWS + 5,
+                       PREDICT_CHUNK_ROWS + 600, PREDICT_CHUNK_ROWS + 540):
             X = np.random.default_rng(n_rows).standard_normal((n_rows, sizes[0]))
             X = X.astype(dtype)
             one = model.predict(X, n_threads=1)
