@@ -257,6 +257,29 @@ def test_kept_plans_give_the_general_paths_bits(monkeypatch, fresh, dtype, mode,
                 model.predict(X), general_path(model, X) if one_chunk_on_blas else expected)
 
 
+def predictions_at_once(cases, callers: int, n_threads: int) -> list:
+    """`callers` threads, started together, each predicting every (model, X, expected)
+    case several times in an order of its own with n_threads: the (caller, shape, dtype)
+    of every result that was not the expected one (all of them must finish)."""
+    failures = []
+    barrier = threading.Barrier(callers)
+
+    def serve(seed):
+        order = np.random.default_rng(seed).permutation(len(cases) * 5) % len(cases)
+        barrier.wait()
+        for case in order:
+            model, X, expected = cases[case]
+            if not np.array_equal(model.predict(X, n_threads=n_threads), expected):
+                failures.append((seed, X.shape, model.dtype))
+    threads = [threading.Thread(target=serve, args=(seed,)) for seed in range(callers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not any(thread.is_alive() for thread in threads)
+    return failures
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_threads_predicting_on_one_model_past_the_fast_path_get_exact_results(
         monkeypatch, fresh, mode):
@@ -270,23 +293,7 @@ def test_threads_predicting_on_one_model_past_the_fast_path_get_exact_results(
         for n_rows in (LIMIT + 1, 100, 128, 300, 1024, PREDICT_CHUNK_ROWS + 7):
             X = np.random.default_rng(n_rows).standard_normal((n_rows, 20)).astype(dtype)
             cases.append((model, X, general_path(model, X, n_threads=1)))
-    failures = []
-    barrier = threading.Barrier(12)
-
-    def serve(seed):
-        order = np.random.default_rng(seed).permutation(len(cases) * 5) % len(cases)
-        barrier.wait()
-        for case in order:
-            model, X, expected = cases[case]
-            if not np.array_equal(model.predict(X, n_threads=1), expected):
-                failures.append((seed, X.shape, model.dtype))
-    threads = [threading.Thread(target=serve, args=(seed,)) for seed in range(12)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
-    assert not any(thread.is_alive() for thread in threads)
-    assert not failures
+    assert not predictions_at_once(cases, callers=12, n_threads=1)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -528,23 +535,7 @@ def test_threads_sharing_kept_passes_at_once_get_exact_results(monkeypatch, fres
             X = np.random.default_rng(n_rows).standard_normal((n_rows, sizes[0]))
             X = X.astype(np.float32)
             cases.append((model, X, model.predict(X, n_threads=1)))
-    failures = []
-    barrier = threading.Barrier(8)
-
-    def serve(seed):
-        order = np.random.default_rng(seed).permutation(len(cases) * 4) % len(cases)
-        barrier.wait()
-        for case in order:
-            model, X, expected = cases[case]
-            if not np.array_equal(model.predict(X, n_threads=threads), expected):
-                failures.append((seed, X.shape))
-    pool = [threading.Thread(target=serve, args=(seed,)) for seed in range(8)]
-    for thread in pool:
-        thread.start()
-    for thread in pool:
-        thread.join(120)
-    assert not any(thread.is_alive() for thread in pool)
-    assert not failures
+    assert not predictions_at_once(cases, callers=8, n_threads=threads)
 
 
 @needs_kernels
