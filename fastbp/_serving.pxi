@@ -147,9 +147,9 @@ cdef class Predictor:
         holds BLAS at one thread if the plan calls it. A workspace of the plan's size is
         made per call (its pages are touched only as far as the call's rows go).
         n_workers > 1: the rows in chunks of chunk_rows (0: plan.capacity) shared among
-        that many threads (this one and pthreads started for the call), each in a
-        workspace of its own; the caller picks chunks that give the bits of one worker
-        (MLP._kept_chunks)."""
+        that many threads (this one and helpers kept between calls: share_predict), each
+        in a workspace of its own; the caller picks chunks that give the bits of one
+        worker (model.kept_chunks)."""
         if not 1 <= n_workers <= 1024:
             raise ValueError(f"Predictor.run: n_workers is {n_workers}; it must be in 1..1024")
         if chunk_rows == 0:

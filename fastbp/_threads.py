@@ -136,9 +136,9 @@ class KeptPassThreads:
     turn each TURN_SECONDS (the calls between run on one thread, untimed: the turns are
     spread over a fifth of a second, past the bursts of other work, such as another
     library's threads spinning after its call), and the count whose best time a row was
-    faster (more threads only by MEASURE_MARGIN) is kept,
-    capped at each call by allowed_threads(), for REMEASURE_CALLS calls; then the turns
-    are taken again (other work on the machine comes and goes). FASTBP_THREADS pins it.
+    faster (more threads only by MEASURE_MARGIN) is kept, capped at each call by
+    allowed_threads(), for REMEASURE_CALLS calls; then the turns are taken again (other
+    work on the machine comes and goes). FASTBP_THREADS pins it.
     Safe from many threads: a turn or a time lost to a race only delays the choice."""
     def __init__(self):
         self.short = False      # one thread's call under SPLIT_MIN_SECONDS: never shared
