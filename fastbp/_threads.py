@@ -4,6 +4,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import ctypes
+import functools
 import os
 import threading
 import time
@@ -299,6 +300,16 @@ def _candidates(batch_size, allowed):
 # a one-thread one (W5's median windows chose 1 thread in one quiet run where 2 ran 1.4x).
 MEASURE_SECONDS = 0.01
 MEASURE_ROUNDS = 5
+# Other work can take part of a core for a second or more at a time (this project's 2-core
+# KVM guest: the second core ran W1's row-split step at half speed in stretches of up to
+# 1.3 s, about a tenth of the time, with no steal time to show it), so five rounds in a
+# row all met it in about one fit in four and the default chose one thread where two ran
+# 1.6x. Such work only ever makes more threads look worse, never better: so while fewer
+# threads than the most timed lead, more rounds are taken, CONFIRM_GAP_SECONDS apart,
+# for up to CONFIRM_SECONDS (of wall time: the gaps are sleeps), and the best windows
+# decide. A verdict for the most threads needs no confirmation.
+CONFIRM_SECONDS = 1.0
+CONFIRM_GAP_SECONDS = 0.05
 # Fewer threads win unless more are faster by this factor: the difference must show
 # above the noise of timing, and fewer threads leave the machine to other work.
 MEASURE_MARGIN = 1.10
@@ -371,20 +382,42 @@ def _measure(layer_sizes, codes, batch_size, dtype, candidates):
     # BLAS threads after them. Within a group the candidates take turns.
     best = {}
     for on_blas_threads in (False, True):
-        runs = {}
+        runs, slow = {}, False          # slow: large networks, where a step shows it
         for workers, blas in candidates:
             if (blas > 1) != on_blas_threads:
                 continue
             epoch = timer(workers, blas)
             epoch(1)                               # warm up: first touch, thread pools
             steps = max(1, min(n_batches, int(MEASURE_SECONDS / max(epoch(1), 1e-9))))
-            runs[(workers, blas)] = (epoch, steps, [])
-        slow = any(steps == 1 for _, steps, _ in runs.values())
-        for _ in range(2 if slow else MEASURE_ROUNDS):   # large networks: a step shows it
-            for epoch, steps, times in runs.values():
-                times.append(epoch(steps))
-        best.update({choice: min(times) for choice, (_, _, times) in runs.items()})
+            runs[(workers, blas)] = functools.partial(epoch, steps)
+            slow = slow or steps == 1
+        best.update(_best_windows(runs, 2 if slow else MEASURE_ROUNDS))
     return _pick(best)
+
+
+def _best_windows(runs, rounds):
+    """{candidate: its best window} from `runs` ({(workers, BLAS threads): a function
+    timing one window}): `rounds` rounds, the candidates taking turns, then confirmation
+    rounds while fewer threads than the most lead (see CONFIRM_SECONDS)."""
+    if not runs:
+        return {}
+    times = {choice: [] for choice in runs}
+
+    def one_round():
+        for choice, run in runs.items():
+            times[choice].append(run())
+
+    for _ in range(rounds):
+        one_round()
+    most = max(workers * blas for workers, blas in runs)
+    deadline = time.perf_counter() + CONFIRM_SECONDS
+    while True:
+        best = {choice: min(found) for choice, found in times.items()}
+        workers, blas = _pick(best)
+        if workers * blas == most or time.perf_counter() >= deadline:
+            return best
+        time.sleep(CONFIRM_GAP_SECONDS)
+        one_round()
 
 
 # OpenBLAS's idle threads spin for about 0.1 s after a multi-threaded call (a 2-thread

@@ -179,6 +179,64 @@ def test_a_measurement_waits_for_this_process_to_go_quiet(monkeypatch, busy_for,
     assert clock["wall"] == pytest.approx(waited, abs=0.011)
 
 
+def windows_on_a_clock(monkeypatch, seconds_of):
+    """Candidates timed on a simulated clock: each window of `choice` at wall time t takes
+    seconds_of(choice, t) (the window's time a step, 1 ms of wall time), each sleep moves
+    the clock by its length. Returns (runs for _best_windows, the clock, the windows)."""
+    import time
+    clock = {"wall": 0.0}
+    windows = []
+
+    def sleep(seconds):
+        clock["wall"] += seconds
+
+    def run(choice):
+        found = seconds_of(choice, clock["wall"])
+        windows.append((choice, clock["wall"], found))
+        clock["wall"] += 0.001
+        return found
+
+    monkeypatch.setattr(time, "sleep", sleep)
+    monkeypatch.setattr(time, "perf_counter", lambda: clock["wall"])
+    runs = {choice: (lambda choice=choice: run(choice)) for choice in [(1, 1), (2, 1)]}
+    return runs, clock, windows
+
+
+def test_a_lead_of_fewer_threads_is_confirmed_over_a_second_of_rounds(monkeypatch):
+    """Other work took the second core for the first 0.3 s (this machine's second core runs
+    at half speed in stretches of up to about a second, unseen by the guest): five rounds
+    in a row all met it, and two threads looked slower than one. More rounds, spread over
+    CONFIRM_SECONDS, find the two threads' real speed."""
+    def seconds_of(choice, wall):
+        if choice == (1, 1):
+            return 70e-6
+        return 80e-6 if wall < 0.3 else 45e-6
+
+    runs, clock, windows = windows_on_a_clock(monkeypatch, seconds_of)
+    best = _threads._best_windows(runs, _threads.MEASURE_ROUNDS)
+    assert best == {(1, 1): 70e-6, (2, 1): 45e-6}
+    assert _threads._pick(best) == (2, 1)
+    assert 0.3 <= clock["wall"] < 0.3 + 2 * _threads.CONFIRM_GAP_SECONDS   # stopped at once
+
+
+def test_more_threads_in_the_lead_are_taken_without_confirmation(monkeypatch):
+    runs, clock, windows = windows_on_a_clock(
+        monkeypatch, lambda choice, wall: 70e-6 if choice == (1, 1) else 45e-6)
+    assert _threads._pick(_threads._best_windows(runs, _threads.MEASURE_ROUNDS)) == (2, 1)
+    assert len(windows) == 2 * _threads.MEASURE_ROUNDS
+
+
+def test_fewer_threads_that_stay_ahead_are_chosen_after_the_confirmation(monkeypatch):
+    """One thread really faster (or the other core busy the whole time): the rounds stop
+    after CONFIRM_SECONDS and fewer threads are chosen."""
+    runs, clock, windows = windows_on_a_clock(
+        monkeypatch, lambda choice, wall: 70e-6 if choice == (1, 1) else 68e-6)
+    assert _threads._pick(_threads._best_windows(runs, _threads.MEASURE_ROUNDS)) == (1, 1)
+    assert _threads.CONFIRM_SECONDS <= clock["wall"] < _threads.CONFIRM_SECONDS + 0.1
+    gaps = np.diff([wall for choice, wall, _ in windows if choice == (1, 1)])
+    assert gaps[_threads.MEASURE_ROUNDS - 1:].min() >= _threads.CONFIRM_GAP_SECONDS
+
+
 def test_the_candidates_are_one_thread_row_splits_and_blas_threads():
     assert _threads._candidates(64, 8) == [(1, 1), (2, 1), (4, 1), (8, 1), (1, 8)]
     assert _threads._candidates(64, 3) == [(1, 1), (2, 1), (3, 1), (1, 3)]
