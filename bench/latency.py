@@ -4,6 +4,7 @@
     python bench/latency.py --threads 0            # each library's own default
     python bench/latency.py --rows 1 8 --networks 20-64-64-1 --seconds 0.5
     python bench/latency.py --concurrent 8         # one model, 8 threads: total rate
+    python bench/latency.py --concurrent 8 --hold-gil-us 0 5 20   # GIL kept under each
 
 Each system predicts the same rows with the same weights (float32, C-contiguous input):
   fastbp   model.predict(X)              fastbp-out  model.predict(X, out=buffer)
@@ -169,11 +170,16 @@ def main(argv=None):
     parser.add_argument("--concurrent", type=int, default=0, metavar="N",
                         help="instead: fastbp's calls/s on one thread and on N threads "
                              "sharing one model")
+    parser.add_argument("--hold-gil-us", type=float, nargs="+", default=None, metavar="US",
+                        help="with --concurrent: compare these thresholds under which a "
+                             "few-row call keeps the GIL (_core.predictor_hold_gil_seconds, "
+                             "in microseconds; 0: always released), in turn")
     args = parser.parse_args(argv)
     _limit_threads(args.threads)
 
     import numpy as np
     import fastbp
+    from fastbp import _core
 
     if args.concurrent:
         print(f"# fastbp predict, calls per second: one thread, then {args.concurrent} "
@@ -183,10 +189,15 @@ def main(argv=None):
             model = fastbp.MLP(sizes, activations, dtype="float32", seed=0)
             for n_rows in args.rows:
                 X = np.ones((n_rows, sizes[0]), np.float32)
-                alone, together = concurrent_rates(model, X, args.concurrent, 20000)
-                print(f"{network:>11} {n_rows:5d} | 1 thread {alone:10.0f}/s | "
-                      f"{args.concurrent} threads {together:10.0f}/s "
-                      f"x{together / alone:4.2f}", flush=True)
+                for hold in args.hold_gil_us or [None]:
+                    label = ""
+                    if hold is not None:
+                        _core.predictor_hold_gil_seconds(hold * 1e-6)
+                        label = f" | GIL kept under {hold:g} us"
+                    alone, together = concurrent_rates(model, X, args.concurrent, 20000)
+                    print(f"{network:>11} {n_rows:5d} | 1 thread {alone:10.0f}/s | "
+                          f"{args.concurrent} threads {together:10.0f}/s "
+                          f"x{together / alone:4.2f}{label}", flush=True)
         return
 
     print(f"# threads: {args.threads or 'default'}; times per call in us: median (p99); "

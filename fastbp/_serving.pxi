@@ -30,6 +30,30 @@ PREDICTOR_POOL = 16
 # workspaces where 16 would pass PREDICTOR_POOL_BYTES.
 PREDICTOR_WORKSPACE_BYTES = 8 << 20
 PREDICTOR_POOL_BYTES = 32 << 20
+# A few-row call whose pass took less than this the last time it ran on as many rows keeps
+# the GIL while it computes. Releasing it lets other Python threads run meanwhile, but
+# when they are waiting for it each release and re-acquisition is a hand-off between
+# threads (a futex wake and a sleep): on this project's 2-core KVM guest, eight threads
+# calling predict on one row each ran at 0.4-0.75x of one thread's calls per second with
+# the GIL released around a 0.3-3 us pass, and 1.1-1.9x for passes of 10 us and more.
+# Held, such a short pass delays the other threads by less than a hand-off would.
+cdef double hold_gil_seconds = 5e-6
+
+
+def predictor_hold_gil_seconds(double seconds=-1):
+    """The pass time under which a Predictor call keeps the GIL (seconds >= 0 sets it;
+    for tests and benchmarks). Returns the value in force before."""
+    global hold_gil_seconds
+    cdef double before = hold_gil_seconds
+    if seconds >= 0:
+        hold_gil_seconds = seconds
+    return before
+
+
+cdef inline double monotonic_seconds() noexcept nogil:
+    cdef timespec now
+    clock_gettime(CLOCK_MONOTONIC, &now)
+    return now.tv_sec + 1e-9 * now.tv_nsec
 
 
 cdef inline bint plain_matrix(object array, int type_num, Py_ssize_t n_cols,
@@ -62,13 +86,16 @@ cdef class Predictor:
     (FASTBP_FEW_ROWS=1), not only where they beat BLAS. It takes only calls whose every
     product runs in those kernels: it never calls BLAS. Calls from many threads at once are safe: each takes
     a workspace of its own from a small pool (taken and returned under the GIL, which the
-    computation does not hold)."""
+    computation releases unless it is shorter than hold_gil_seconds)."""
     cdef readonly Plan plan
     cdef cnp.ndarray params
     cdef list pool
     cdef Py_ssize_t pool_size       # workspaces the pool keeps at most
     cdef int type_num
     cdef Py_ssize_t n_in, n_out
+    # per row count, the seconds its last pass took (0: none yet): a call keeps the GIL
+    # while its pass is shorter than hold_gil_seconds (written under the GIL)
+    cdef double[::1] pass_seconds
 
     def __init__(self, layer_sizes, activations, cnp.ndarray params not None,
                  bint always=False):
@@ -87,6 +114,7 @@ cdef class Predictor:
         self.n_in = layer_sizes[0]
         self.n_out = layer_sizes[len(layer_sizes) - 1]
         self.pool = []
+        self.pass_seconds = np.zeros(rows + 1)
 
     def __call__(self, X, out=None):
         """The outputs for X's rows (written into out, if given, and returned), or None when
@@ -109,20 +137,30 @@ cdef class Predictor:
             work = self.pool.pop()
         except IndexError:      # every pooled workspace is in use (or none made yet)
             work = cnp.PyArray_EMPTY(1, [self.plan.work_size], self.type_num, 0)
-        cdef bint done
+        cdef bint done, release = self.pass_seconds[m] >= hold_gil_seconds
+        cdef double started = monotonic_seconds()
         if self.type_num == cnp.NPY_FLOAT32:
             done = forward_few(&self.plan.data, <float*>cnp.PyArray_DATA(self.params),
                                <float*>cnp.PyArray_DATA(work),
                                <const float*>cnp.PyArray_DATA(inputs), m,
-                               <float*>cnp.PyArray_DATA(outputs))
+                               <float*>cnp.PyArray_DATA(outputs), release)
         else:
             done = forward_few(&self.plan.data, <double*>cnp.PyArray_DATA(self.params),
                                <double*>cnp.PyArray_DATA(work),
                                <const double*>cnp.PyArray_DATA(inputs), m,
-                               <double*>cnp.PyArray_DATA(outputs))
+                               <double*>cnp.PyArray_DATA(outputs), release)
+        self.pass_seconds[m] = monotonic_seconds() - started
         if len(self.pool) < self.pool_size:
             self.pool.append(work)
         return outputs if done else None
+
+    def releases_gil(self, Py_ssize_t n_rows):
+        """Whether the next call on n_rows rows releases the GIL while it computes: its
+        last pass on as many rows took hold_gil_seconds or more."""
+        if not 1 <= n_rows <= self.plan.data.capacity:
+            raise ValueError(f"releases_gil: n_rows is {n_rows}; this Predictor takes 1.."
+                             f"{self.plan.data.capacity} rows")
+        return self.pass_seconds[n_rows] >= hold_gil_seconds
 
     cdef cnp.ndarray outputs_for(self, cnp.ndarray inputs, object out):
         """A new output array for inputs' rows, or out if it can take them (None if not:
@@ -214,20 +252,31 @@ cdef bint without_blas(const PlanData* plan, Py_ssize_t m, bint in_double) noexc
 
 
 cdef bint forward_few(const PlanData* plan, const floating* params, floating* work,
-                      const floating* x, Py_ssize_t m, floating* out) noexcept:
+                      const floating* x, Py_ssize_t m, floating* out,
+                      bint release) noexcept:
+    """few_rows_pass, with the GIL released while it runs if `release`."""
+    cdef bint finite
+    if release:
+        with nogil:
+            finite = few_rows_pass(plan, params, work, x, m, out)
+    else:
+        finite = few_rows_pass(plan, params, work, x, m, out)
+    return finite
+
+
+cdef bint few_rows_pass(const PlanData* plan, const floating* params, floating* work,
+                        const floating* x, Py_ssize_t m, floating* out) noexcept nogil:
     """out := the network's output for m rows of x (m <= plan.capacity), checking that x
     and out are finite; False (out unspecified) when either is not."""
     cdef int L = plan.n_layers
-    cdef bint finite
-    with nogil:
-        finite = fbp_all_finite(x, m * plan.sizes[0])
-        if finite:
-            forward_hidden(plan, params, work, x, <int>m, NULL)
-            output_logits(plan, params, work, x, <int>m, out)
-            fbp_bias_activation(out, params + plan.bias_offsets[L - 1],
-                                workspace(work, plan.preactivation_offsets[L]), m,
-                                plan.sizes[L], plan.activations[L - 1])
-            finite = fbp_all_finite(out, m * plan.sizes[L])
+    cdef bint finite = fbp_all_finite(x, m * plan.sizes[0])
+    if finite:
+        forward_hidden(plan, params, work, x, <int>m, NULL)
+        output_logits(plan, params, work, x, <int>m, out)
+        fbp_bias_activation(out, params + plan.bias_offsets[L - 1],
+                            workspace(work, plan.preactivation_offsets[L]), m,
+                            plan.sizes[L], plan.activations[L - 1])
+        finite = fbp_all_finite(out, m * plan.sizes[L])
     return finite
 
 

@@ -145,7 +145,7 @@ class KeptPassThreads:
         self.short = False      # one thread's call under SPLIT_MIN_SECONDS: never shared
         self.chosen = None      # 1 or "allowed", once measured
         self.since = 0          # calls since the choice
-        self.last_turn = 0.0    # when the last timed turn began
+        self.last_turn = -float("inf")   # when the last timed turn began (none yet)
         self.times = {1: [], "allowed": []}
 
     def threads(self) -> tuple:

@@ -279,11 +279,24 @@ def test_bad_input_is_refused_on_the_fast_path_as_before(dtype, monkeypatch):
         huge.predict(np.full((1, 2), 4.0, dtype))
 
 
+@pytest.fixture
+def hold_gil_seconds():
+    """Sets _core.predictor_hold_gil_seconds for a test, restored after it."""
+    before = _core.predictor_hold_gil_seconds()
+    yield _core.predictor_hold_gil_seconds
+    _core.predictor_hold_gil_seconds(before)
+
+
+# 0: every call releases the GIL while it computes; 1 s: every call keeps it
+@pytest.mark.parametrize("hold_below", [0.0, 1.0])
 @pytest.mark.parametrize("n_threads", [8, 20])   # 20: more than the pool keeps (16)
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("sizes,activations", NETWORKS[:2])
 def test_eight_threads_predicting_one_row_each_get_exact_results(sizes, activations, dtype,
-                                                                 n_threads, monkeypatch):
+                                                                 n_threads, hold_below,
+                                                                 hold_gil_seconds,
+                                                                 monkeypatch):
+    hold_gil_seconds(hold_below)
     model = make(sizes, activations, dtype, monkeypatch)
     X = np.random.default_rng(8).standard_normal((n_threads, sizes[0])).astype(dtype)
     expected = [model.predict(X[i:i + 1]) for i in range(n_threads)]
@@ -312,6 +325,31 @@ def test_eight_threads_predicting_one_row_each_get_exact_results(sizes, activati
         thread.join(HANG_SECONDS)
     assert not any(thread.is_alive() for thread in threads), "a predicting thread hangs"
     assert failures == []
+
+
+def test_a_call_keeps_the_gil_while_its_last_pass_on_as_many_rows_was_short(
+        hold_gil_seconds, monkeypatch):
+    """Releasing the GIL around a pass of a few microseconds costs a hand-off between
+    threads whenever others wait for it (eight threads predicting one row each ran at
+    0.4-0.75x of one thread's calls per second): such a call keeps it. Each row count
+    is judged by its own last pass; a first call (no pass timed yet) keeps it."""
+    model = make([784, 128, 10], ["relu", "softmax"], "float32", monkeypatch)
+    predictor = model._predictor
+    hold_gil_seconds(1e-3)
+    assert not predictor.releases_gil(1) and not predictor.releases_gil(64)
+    one, many = np.ones((1, 784), np.float32), np.ones((64, 784), np.float32)
+    expected = model.predict(one)
+    assert not predictor.releases_gil(1)          # a pass of microseconds
+    hold_gil_seconds(0.0)                         # every pass is long enough
+    assert predictor.releases_gil(1) and predictor.releases_gil(64)
+    assert np.array_equal(model.predict(one), expected)   # the same bits either way
+    hold_gil_seconds(1e-3)
+    model.predict(many)
+    assert not predictor.releases_gil(64)
+    with pytest.raises(ValueError, match="n_rows"):
+        predictor.releases_gil(65)
+    with pytest.raises(ValueError, match="n_rows"):
+        predictor.releases_gil(0)
 
 
 def test_a_hot_model_allocates_nothing_per_call(monkeypatch):
