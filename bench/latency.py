@@ -133,19 +133,44 @@ def measure(run_of, X, seconds, rounds):
 def concurrent_rates(model, X, n_threads, calls):
     """(calls/s on one thread, calls/s of n_threads threads predicting at once on the same
     model, each `calls` calls), fastbp's predict of X."""
+    return concurrent_call_rates(lambda: model.predict(X), n_threads, calls)
+
+
+def python_stand_in(seconds):
+    """A pure-Python function taking about `seconds` a call (it holds the GIL throughout):
+    what CPython's own switching among threads costs at that length."""
+    def work(n):
+        total = 0
+        for i in range(n):
+            total += i
+        return total
+    n = 64
+    while True:
+        start = time.perf_counter()
+        for _ in range(100):
+            work(n)
+        took = (time.perf_counter() - start) / 100
+        if took >= seconds or n > 1 << 24:
+            return lambda: work(n)
+        n = max(n + 1, int(n * min(4.0, seconds / max(took, 1e-9))))
+
+
+def concurrent_call_rates(call, n_threads, calls):
+    """(calls/s of call() on one thread, calls/s of n_threads threads calling it at once,
+    each `calls` calls)."""
     import threading
     for _ in range(100):
-        model.predict(X)
+        call()
     start = time.perf_counter()
     for _ in range(calls):
-        model.predict(X)
+        call()
     alone = calls / (time.perf_counter() - start)
     barrier = threading.Barrier(n_threads + 1)
 
     def serve():
         barrier.wait()
         for _ in range(calls):
-            model.predict(X)
+            call()
     threads = [threading.Thread(target=serve) for _ in range(n_threads)]
     for thread in threads:
         thread.start()
@@ -198,6 +223,11 @@ def main(argv=None):
                     print(f"{network:>11} {n_rows:5d} | 1 thread {alone:10.0f}/s | "
                           f"{args.concurrent} threads {together:10.0f}/s "
                           f"x{together / alone:4.2f}{label}", flush=True)
+                # the same length of pure Python: what the interpreter's switching costs
+                python_alone, python_together = concurrent_call_rates(
+                    python_stand_in(1 / alone), args.concurrent, 20000)
+                print(f"{'':>11} {'':5} | pure-Python function of the same length: "
+                      f"x{python_together / python_alone:4.2f}", flush=True)
         return
 
     print(f"# threads: {args.threads or 'default'}; times per call in us: median (p99); "
