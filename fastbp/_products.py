@@ -31,6 +31,13 @@ MEASURE_ROUNDS = 5
 # A predict or evaluate pass measures no product larger than this (W1's 2048 x 128 x 784
 # is 2**27.6): the first call of a bucket pays the measurement, 12 timed calls a backend.
 PASS_MEASURE_MAX_MULTIPLY_ADDS = 1 << 28
+# A predict or evaluate pass's product takes the own kernel unless BLAS ran it faster by
+# more than this factor: a one-chunk pass with a product on BLAS cannot be shared among
+# threads (BLAS's sums for a row may depend on the rows of its call; model.kept_chunks),
+# so where the two are level within the timing's noise (W1's first product at 512 rows:
+# 94-98% of the FMA peak in both) the coin flip of a measurement decided whether a
+# default call could use two threads at all.
+PASS_OWN_MARGIN = 1.05
 _measured = {}                 # key -> True (own kernel) / False (BLAS), this process
 _chosen = {}                   # product_isas' arguments -> its measured answer, this process
 _lock = threading.Lock()
@@ -73,7 +80,7 @@ def choose_products(plan, layer_sizes, dtype, one_thread=True, backward=True, sp
 
 
 def product_isas(layer_sizes, rows: int, dtype, one_thread=True, backward=True,
-                 sparse=False, gemm_chunks=None, measure=True, largest=None):
+                 sparse=False, gemm_chunks=None, measure=True, largest=None, margin=1.0):
     """A Plan's product_isas for passes of up to `rows` rows of `dtype`: see the module.
     one_thread: BLAS would run these products on one thread; backward: the plan's passes
     take the delta and gradient products too (else only forward ones are measured);
@@ -83,7 +90,8 @@ def product_isas(layer_sizes, rows: int, dtype, one_thread=True, backward=True,
     None: whole products; measure: "auto" may time these shapes (a fit's batch, or a
     predict pass's row_bucket), else it leaves them on BLAS (gradients passes, whose
     chunks follow the call's rows); largest: products of more multiply-adds stay on BLAS
-    unmeasured (None: no limit)."""
+    unmeasured (None: no limit); margin: the own kernel is taken unless BLAS is faster by
+    more than this factor (PASS_OWN_MARGIN for predict and evaluate passes)."""
     from fastbp import _core
     sizes = [int(size) for size in layer_sizes]
     n_layers = len(sizes) - 1
@@ -100,13 +108,13 @@ def product_isas(layer_sizes, rows: int, dtype, one_thread=True, backward=True,
     # kept whole: a predict pass asks again on every call, and should not pay a look-up
     # per product
     chunks = None if gemm_chunks is None else tuple(gemm_chunks)
-    arguments = (tuple(sizes), rows, dtype, isa, backward, sparse, chunks, largest)
+    arguments = (tuple(sizes), rows, dtype, isa, backward, sparse, chunks, largest, margin)
     if arguments not in _chosen:
         _chosen[arguments] = _measured_isas(*arguments)
     return list(_chosen[arguments])
 
 
-def _measured_isas(sizes, rows, dtype, isa, backward, sparse, gemm_chunks, largest):
+def _measured_isas(sizes, rows, dtype, isa, backward, sparse, gemm_chunks, largest, margin):
     """product_isas under "auto", each product measured (own_is_faster)."""
     from fastbp import _core
     n_layers = len(sizes) - 1
@@ -128,7 +136,7 @@ def _measured_isas(sizes, rows, dtype, isa, backward, sparse, gemm_chunks, large
                 continue   # the first layer has no input delta
             if largest is not None and m * n * k > largest:
                 continue
-            if own_is_faster(kind, m, n, k, dtype, isa, chunk_rows, chunk_columns):
+            if own_is_faster(kind, m, n, k, dtype, isa, chunk_rows, chunk_columns, margin):
                 isas[base + 3 * (layer - 1) + product] = code
     return isas
 
@@ -140,28 +148,32 @@ def row_bucket(rows: int) -> int:
     return 1 << max(rows - 1, 0).bit_length()
 
 
-def own_is_faster(kind, m, n, k, dtype, isa, chunk_rows=0, chunk_columns=0) -> bool:
-    """True if the own kernel of isa takes this product faster than one-thread BLAS here,
-    each in the calls the plan makes (_core.matrix_product's chunks); measured once per
-    shape, chunks, dtype, isa, CPU and OpenBLAS core, and cached."""
+def own_is_faster(kind, m, n, k, dtype, isa, chunk_rows=0, chunk_columns=0,
+                  margin=1.0) -> bool:
+    """True if the own kernel of isa takes this product faster than one-thread BLAS here
+    (or slower by less than the factor `margin`), each in the calls the plan makes
+    (_core.matrix_product's chunks); measured once per shape, chunks, dtype, isa, margin,
+    CPU and OpenBLAS core, and cached."""
     from fastbp._cache import cpu_model, settled
     chunk_rows = 0 if chunk_rows >= m else chunk_rows   # 0: whole, however it is written
     chunk_columns = 0 if chunk_columns >= n else chunk_columns
     key = (f"{kind}/{m}x{n}x{k}/{chunk_rows}x{chunk_columns}/{np.dtype(dtype).name}/{isa}/"
            f"{os.environ.get('OPENBLAS_CORETYPE', '')}/{cpu_model()}")
+    if margin != 1.0:
+        key += f"/margin {margin:g}"
     with _lock:
         if key not in _measured:
             try:
                 _measured[key] = settled(
                     CACHE_FILE, key, lambda kept: isinstance(kept, bool),
                     lambda: bool(_measure(kind, m, n, k, dtype, isa, chunk_rows,
-                                          chunk_columns)))
+                                          chunk_columns, margin)))
             except MemoryError:   # no room for the operands now: BLAS, not kept on disk
                 _measured[key] = False
         return _measured[key]
 
 
-def _measure(kind, m, n, k, dtype, isa, chunk_rows=0, chunk_columns=0) -> bool:
+def _measure(kind, m, n, k, dtype, isa, chunk_rows=0, chunk_columns=0, margin=1.0) -> bool:
     import time
     from fastbp import _core
     from fastbp._threads import blas_threads
@@ -185,6 +197,6 @@ def _measure(kind, m, n, k, dtype, isa, chunk_rows=0, chunk_columns=0) -> bool:
                 _core.matrix_product(kind, a, b, c, alpha, beta, backend, repeats[backend],
                                      chunk_rows, chunk_columns)
                 times[backend].append((time.perf_counter() - started) / repeats[backend])
-    return bool(np.median(times[isa]) < np.median(times["blas"]))
+    return bool(np.median(times[isa]) < margin * np.median(times["blas"]))
 
 

@@ -132,57 +132,71 @@ class KeptPassThreads:
     the calls themselves: their outputs do not depend on the count (each chunk is
     computed as on one thread), so no separate measurement is needed. The first call runs
     on one thread; a call shorter than SPLIT_MIN_SECONDS there stays on one thread for
-    good (handing pieces to other threads has a cost of its own). Else the next calls
-    take turns on the caller's allowed count and on one, MEASURE_ROUNDS each, at most one
-    turn each TURN_SECONDS (the calls between run on one thread, untimed: the turns are
-    spread over a fifth of a second, past the bursts of other work, such as another
-    library's threads spinning after its call), and the count whose best time a row was
-    faster (more threads only by MEASURE_MARGIN) is kept, capped at each call by
-    allowed_threads(), for REMEASURE_CALLS calls; then the turns are taken again (other
-    work on the machine comes and goes). FASTBP_THREADS pins it.
-    Safe from many threads: a turn or a time lost to a race only delays the choice."""
+    good (handing pieces to other threads has a cost of its own). Else the next calls run
+    in phases of at least TURN_SECONDS each, alternately on the caller's allowed count and
+    on one, MEASURE_ROUNDS phases each, every call timed: so the phases are spread over a
+    fifth of a second or more, past the bursts of other work (such as another library's
+    threads spinning after its call), and a phase's calls come as the caller makes them:
+    back to back, the helper threads are awake from the phase's second call on; a call
+    now and then wakes them every time, and pays for it. The count whose best call was
+    faster a row (more threads only by MEASURE_MARGIN) is kept, capped at each call by
+    allowed_threads(), for REMEASURE_CALLS calls and REMEASURE_SECONDS; then the phases
+    start again (other work on the machine comes and goes). FASTBP_THREADS pins it.
+    Safe from many threads: a phase or a time lost to a race only delays the choice."""
     def __init__(self):
         self.short = False      # one thread's call under SPLIT_MIN_SECONDS: never shared
         self.chosen = None      # 1 or "allowed", once measured
         self.since = 0          # calls since the choice
-        self.last_turn = -float("inf")   # when the last timed turn began (none yet)
-        self.times = {1: [], "allowed": []}
+        self.chosen_at = 0.0    # when it was made
+        self._start()
+
+    def _start(self):
+        """Measuring from the next call on."""
+        self.times = {1: [], "allowed": []}   # each timed call's seconds a row
+        self.phases = {1: 0, "allowed": 0}    # phases begun on each count
+        self.phase = 1                        # the count of the phase under way
+        self.phase_began = -float("inf")
 
     def threads(self) -> tuple:
-        """(threads for this call, the turn to record its time under or None)."""
+        """(threads for this call, the count to record its time under or None)."""
         pinned = pinned_threads()
         if pinned is not None:
             return min(pinned, allowed_threads()), None
         if self.short:
             return 1, None
+        now = time.perf_counter()
         if self.chosen is not None:
             self.since += 1
-            if self.since <= REMEASURE_CALLS:
+            if self.since <= REMEASURE_CALLS or now - self.chosen_at < REMEASURE_SECONDS:
                 return (1 if self.chosen == 1 else allowed_threads()), None
-            self.chosen, self.since, self.times = None, 0, {1: [], "allowed": []}
-        times = self.times
-        if not times[1]:
+            self.chosen, self.since = None, 0
+            self._start()
+        phases = self.phases
+        if not self.times[1]:                 # the first call, on one thread: a phase
+            self.phase, self.phase_began, phases[1] = 1, now, 1
             return 1, 1
-        now = time.perf_counter()
-        if now - self.last_turn < TURN_SECONDS:
-            return 1, None
         allowed = allowed_threads()
         if allowed == 1:
             return 1, None
-        self.last_turn = now
-        turn = "allowed" if len(times["allowed"]) < len(times[1]) else 1
-        return (allowed if turn == "allowed" else 1), turn
+        if now - self.phase_began >= TURN_SECONDS:
+            times = self.times
+            if min(phases.values()) >= MEASURE_ROUNDS and times[1] and times["allowed"]:
+                better = min(times["allowed"]) * MEASURE_MARGIN < min(times[1])
+                self.chosen, self.since = ("allowed" if better else 1), 1
+                self.chosen_at = now
+                return (allowed if better else 1), None
+            self.phase = "allowed" if phases["allowed"] < phases[1] else 1
+            self.phase_began = now
+            phases[self.phase] += 1
+        return (allowed if self.phase == "allowed" else 1), self.phase
 
     def record(self, turn, seconds: float, n_rows: int) -> None:
         """A call's time on the count of `turn` (as threads() returned it)."""
         times = self.times
-        ones, alloweds = times[1], times["allowed"]
         times[turn].append(seconds / n_rows)
-        if turn == 1 and len(ones) == 1 and self.chosen is None and not alloweds \
-                and seconds < SPLIT_MIN_SECONDS:
+        if turn == 1 and len(times[1]) == 1 and self.chosen is None \
+                and not times["allowed"] and seconds < SPLIT_MIN_SECONDS:
             self.short = True
-        elif len(ones) >= MEASURE_ROUNDS and len(alloweds) >= MEASURE_ROUNDS:
-            self.chosen = "allowed" if min(alloweds) * MEASURE_MARGIN < min(ones) else 1
 
 
 def _unmeasured_default(allowed: int):
@@ -320,10 +334,12 @@ TINY_STEP_SECONDS = 20e-6
 # A kept predict call shorter than this on one thread is not split: handing a piece to a
 # helper thread and waiting for it costs microseconds when the helper is spinning and tens
 # of microseconds when it has gone to sleep (after 1 ms without work), on any machine.
-SPLIT_MIN_SECONDS = 100e-6
-# Calls a kept predict plan's default count is kept for before it is measured again.
+SPLIT_MIN_SECONDS = 50e-6
+# A kept predict plan's default count is kept for this many calls and this long before it
+# is measured again (its phases then take 0.2 s or more: a few percent of the time).
 REMEASURE_CALLS = 1000
-TURN_SECONDS = 0.02     # the least time between two of its timed turns
+REMEASURE_SECONDS = 10.0
+TURN_SECONDS = 0.02     # the least time a phase of its measurement lasts
 
 
 def _measure(layer_sizes, codes, batch_size, dtype, candidates):

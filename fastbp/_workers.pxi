@@ -622,11 +622,17 @@ cdef struct PredictArgument:
 
 
 cdef void predict_worker(floating* kind, PredictArgument* argument) noexcept nogil:
-    """One worker's chunks of a predict pass (kind: only selects the element type)."""
+    """One worker's chunks of a predict pass (kind: only selects the element type). A
+    kept pass's claim may be a piece of a chunk of plan.capacity rows: its products then
+    run in the kernels of the whole chunk, the few-row kernels only for a chunk of at most
+    plan.few_rows rows (the one-thread pass's last), which model.kept_chunks claims
+    whole; so each row gets the one-thread bits."""
     cdef PredictShared* s = argument.shared
     cdef const PlanData* plan = s.plan
+    cdef PlanData no_few_rows = plan[0]   # the plan for a piece of a larger chunk
+    no_few_rows.few_rows = 0
     cdef floating* work = <floating*>s.work + argument.index * s.work_size
-    cdef Py_ssize_t start, m
+    cdef Py_ssize_t start, m, chunk
     cdef const floating* x
     cdef floating* out
     while not argument.not_finite:
@@ -637,8 +643,11 @@ cdef void predict_worker(floating* kind, PredictArgument* argument) noexcept nog
         x = <const floating*>s.X + start * plan.sizes[0]
         out = <floating*>s.out + start * plan.sizes[plan.n_layers]
         if s.kept:
-            argument.not_finite = not forward_kept(plan, <const floating*>s.params, work,
-                                                   x, m, out)
+            # the rows of the one-thread pass's chunk this claim lies in
+            chunk = min(plan.capacity, s.n_samples - start // plan.capacity * plan.capacity)
+            argument.not_finite = not forward_kept(
+                &no_few_rows if chunk > plan.few_rows else plan, <const floating*>s.params,
+                work, x, m, out)
         else:
             predict_chunk(plan, <const floating*>s.params, work, x, <int>m, out, NULL)
 

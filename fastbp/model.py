@@ -12,7 +12,7 @@ import numpy as np
 
 from fastbp import _core, _files, _format, losses
 from fastbp._products import ISA_VARIABLE, KERNELS_VARIABLE, PASS_MEASURE_MAX_MULTIPLY_ADDS, \
-    product_isas, row_bucket
+    PASS_OWN_MARGIN, product_isas, row_bucket
 from fastbp._threads import KeptPassThreads, blas_threads, checked_thread_count, \
     forced_split, small_gemm_kernels, thread_count
 from fastbp._validation import as_inputs, as_row_weights, as_sample_weight, check_finite, \
@@ -30,6 +30,10 @@ PLAN_SWITCHES = tuple(os.fsencode(name) for name in
                       (FEW_ROWS_VARIABLE, KERNELS_VARIABLE, ISA_VARIABLE))
 KEPT_PLANS = 16             # predict plans past PREDICTOR_ROWS rows kept per model
 MAX_CHUNK_PIECES = 4        # claims a chunk of a shared many-chunk predict pass is cut into
+# The fewest rows a piece of a shared predict pass takes (whether sharing a call pays at
+# all is measured on the calls: _threads.KeptPassThreads): a few kernel row blocks, so
+# that a piece is never mostly hand-off.
+MIN_PIECE_ROWS = 16
 
 
 def few_row_kernels() -> str:
@@ -113,37 +117,38 @@ def _check_dtype(dtype) -> np.dtype:
 def kept_chunks(n_rows: int, capacity: int, threads: int, whole_chunks: bool) -> tuple:
     """(workers, rows a claim) for a kept predict pass (MLP._predict_kept) of n_rows rows,
     in chunks of up to `capacity` rows, on up to `threads` threads, such that every row's
-    outputs are the bits of one thread, which takes chunks of `capacity` rows: a chunk of
-    at most _core.PREDICTOR_ROWS rows (a call's last) takes the few-row kernels there.
-    When the plan has a product on BLAS (whole_chunks: BLAS's sums may depend on the rows
-    of its call), the threads share the chunks whole. Else (every product in fastbp's own
-    kernels, whose sums for a row do not depend on the other rows) a lone chunk is cut
-    into up to `threads` pieces, and each of several chunks into up to MAX_CHUNK_PIECES
-    equal pieces (several claims a thread, so a thread slowed by other work takes fewer),
-    every piece of more than PREDICTOR_ROWS rows unless it is a whole chunk: the chunks'
-    bounds stay bounds between pieces, so no row changes kernel."""
+    outputs are the bits of one thread, which takes chunks of `capacity` rows. When the
+    plan has a product on BLAS (whole_chunks: BLAS's sums may depend on the rows of its
+    call), the threads share the chunks whole. Else every product runs in fastbp's own
+    kernels, whose sums for a row do not depend on the other rows, and a piece of a chunk
+    runs in the chunk's kernels (_core's predict_worker): a lone chunk is cut into up to
+    `threads` pieces, and each of several chunks into up to MAX_CHUNK_PIECES equal pieces
+    (several claims a thread, so a thread slowed by other work takes fewer), every piece
+    of at least MIN_PIECE_ROWS rows; the chunks' bounds stay bounds between pieces, and a
+    last chunk of at most _core.PREDICTOR_ROWS rows (the few-row kernels, whose sums may
+    depend on the row count) is one piece."""
     if threads <= 1:
         return 1, capacity
     chunks = -(-n_rows // capacity)
-    least = _core.PREDICTOR_ROWS + 1
     if chunks > 1:
         last = n_rows - (chunks - 1) * capacity
         piece = capacity
         if not whole_chunks:
             for pieces in range(MAX_CHUNK_PIECES, 1, -1):
                 size = capacity // pieces
-                if capacity % pieces == 0 and size >= least and (
-                        last <= size or last % size == 0 or last % size >= least):
+                if capacity % pieces == 0 and size >= MIN_PIECE_ROWS and (
+                        last <= size or last > _core.PREDICTOR_ROWS
+                        and (last % size == 0 or last % size >= MIN_PIECE_ROWS)):
                     piece = size
                     break
         return max(1, min(threads, -(-n_rows // piece))), piece
-    if whole_chunks:
+    if whole_chunks or n_rows <= _core.PREDICTOR_ROWS:
         return 1, capacity
-    for pieces in range(min(threads, n_rows // least), 1, -1):
-        size = -(-n_rows // pieces)
-        if n_rows - (pieces - 1) * size >= least:
-            return pieces, size
-    return 1, capacity
+    pieces = min(threads, n_rows // MIN_PIECE_ROWS)
+    if pieces < 2:
+        return 1, capacity
+    size = -(-n_rows // pieces)
+    return -(-n_rows // size), size
 
 
 class MLP:
@@ -330,7 +335,8 @@ class MLP:
             self._layer_sizes, measured_rows, self.dtype, n_threads == 1, not few_rows,
             sparse, like.gemm_chunks,
             measure=fixed_rows or (few_rows and n_rows > _core.PREDICTOR_ROWS),
-            largest=None if fixed_rows else PASS_MEASURE_MAX_MULTIPLY_ADDS))
+            largest=None if fixed_rows else PASS_MEASURE_MAX_MULTIPLY_ADDS,
+            margin=1.0 if fixed_rows else PASS_OWN_MARGIN))
         return plan, np.empty(plan.work_size * copies if allocate else 0, dtype=self.dtype)
 
     @contextlib.contextmanager

@@ -20,7 +20,7 @@ import pytest
 
 import fastbp
 from fastbp import _core, _products
-from fastbp.model import PREDICT_CHUNK_ROWS, kept_chunks
+from fastbp.model import MIN_PIECE_ROWS, PREDICT_CHUNK_ROWS, kept_chunks
 from fastbp._threads import SPLIT_MIN_SECONDS, KeptPassThreads, small_gemm_kernels
 
 from reference import forward
@@ -193,8 +193,29 @@ def test_the_bucket_plan_times_blas_in_its_own_calls(monkeypatch, fresh):
         model._workspace(rows, n_threads=1, few_rows=True, fixed_rows=False)
     assert len(calls) == 3   # 100 rows took 128's choice, asked once
     bucket_plan = _core.Plan(SIZES, model._codes, 128, None, False, small_gemm_kernels())
-    assert [call[6:] for call in calls] == [
+    assert [call[6:8] for call in calls] == [
         forward for forward, _ in bucket_plan.gemm_chunks]
+    # a pass takes the own kernel unless BLAS is clearly faster (it can then be shared)
+    assert [call[8] for call in calls] == [_products.PASS_OWN_MARGIN] * 3
+
+
+@needs_kernels
+def test_a_pass_takes_the_own_kernel_where_blas_is_faster_only_within_the_margin(
+        monkeypatch, fresh):
+    """The own kernel 3% slower than BLAS: a fit's plan takes BLAS, a predict pass's the
+    own kernel (a chunk of own kernels can be shared among threads, one with a product on
+    BLAS cannot); 10% slower: both take BLAS."""
+    monkeypatch.setenv(_products.KERNELS_VARIABLE, "auto")
+    for slower, own_in_pass in [(1.03, True), (1.10, False)]:
+        forget_in_process(monkeypatch)
+        monkeypatch.setenv("FASTBP_CACHE_DIR", str(fresh / str(slower)))
+        monkeypatch.setattr(_products, "_measure",
+                            lambda *args: slower < args[8] if len(args) > 8 else False)
+        model = fastbp.MLP(SIZES, ACTIVATIONS, seed=0)
+        fit_plan, _ = model._workspace(128, n_threads=1)
+        pass_plan, _ = model._workspace(128, n_threads=1, few_rows=True, fixed_rows=False)
+        assert not any(any(isas) for isas in fit_plan.product_isas["float32"])
+        assert all(isas[0] for isas in pass_plan.product_isas["float32"]) == own_in_pass
 
 
 # ---- predict past PREDICTOR_ROWS on one thread: plans kept with the model ----
@@ -373,27 +394,33 @@ def test_a_model_keeps_a_bounded_number_of_plans():
 # ---- kept passes on several threads ----
 
 def test_kept_chunks_give_each_row_the_kernels_of_one_thread():
-    """One chunk of fastbp's own kernels is cut into up to `threads` pieces, each of more
-    than PREDICTOR_ROWS rows (fewer would take the few-row kernels); several chunks, or a
-    plan with a product on BLAS, are shared whole."""
+    """One chunk of fastbp's own kernels is cut into up to `threads` pieces of at least
+    MIN_PIECE_ROWS rows (a piece runs in its chunk's kernels, whatever its own size);
+    several chunks are cut at most MAX_CHUNK_PIECES ways each, their bounds kept and a
+    last chunk of at most PREDICTOR_ROWS rows (the few-row kernels) whole; a plan with a
+    product on BLAS shares whole chunks."""
     capacity = PREDICT_CHUNK_ROWS
     assert kept_chunks(500, 500, 1, False) == (1, 500)
     assert kept_chunks(5000, capacity, 4, False) == (4, capacity // 4)   # 10 claims
     assert kept_chunks(5000, capacity, 2, True) == (2, capacity)
     assert kept_chunks(2 * capacity + 2 * LIMIT, capacity, 2, False) == (2, capacity // 4)
-    # a last chunk of 600 rows: 512 + 88 pieces would do, 4 x 512 + 600 % 512 = 88 > 64
     assert kept_chunks(1000, 1000, 4, True) == (1, 1000)     # one chunk on BLAS: whole
-    assert kept_chunks(2 * LIMIT + 1, 2 * LIMIT + 1, 2, False) == (1, 2 * LIMIT + 1)
-    assert kept_chunks(2 * LIMIT + 2, 2 * LIMIT + 2, 2, False) == (2, LIMIT + 1)
+    assert kept_chunks(LIMIT + 1, LIMIT + 1, 2, False) == (2, LIMIT // 2 + 1)
+    assert kept_chunks(2 * LIMIT, 2 * LIMIT, 2, False) == (2, LIMIT)
+    assert kept_chunks(2 * LIMIT, 2 * LIMIT, 64, False) == (2 * LIMIT // MIN_PIECE_ROWS,
+                                                            MIN_PIECE_ROWS)
+    assert kept_chunks(LIMIT, LIMIT, 2, False) == (1, LIMIT)   # few-row kernels: whole
     for n_rows in range(LIMIT + 1, 6 * LIMIT):
         for threads in range(2, 6):
             workers, rows = kept_chunks(n_rows, n_rows, threads, False)
             pieces = [min(rows, n_rows - start) for start in range(0, n_rows, rows)]
             assert len(pieces) == workers <= threads
-            assert workers == 1 or min(pieces) > LIMIT, (n_rows, threads, pieces)
-            assert workers >= min(threads, n_rows // (LIMIT + 1)) - 1   # all but one at most
+            assert workers == 1 or min(pieces) >= MIN_PIECE_ROWS - threads, \
+                (n_rows, threads, pieces)
+            assert workers == min(threads, n_rows // MIN_PIECE_ROWS)
     # several chunks: their bounds stay bounds between claims, and a claim of at most
     # PREDICTOR_ROWS rows is a whole chunk (the one-thread pass's last, few-row kernels)
+    # unless the chunk it lies in has more rows
     for capacity in (130, 260, 300, 512):
         for n_rows in range(capacity + 1, 4 * capacity + 3, 7):
             for threads in (2, 3, 4):
@@ -401,11 +428,13 @@ def test_kept_chunks_give_each_row_the_kernels_of_one_thread():
                 claims = [(start, min(start + rows, n_rows)) for start in range(0, n_rows, rows)]
                 bounds = {start for start, _ in claims} | {n_rows}
                 assert set(range(0, n_rows, capacity)) <= bounds, (capacity, n_rows, rows)
-                chunk_of = [(start, min(start + capacity, n_rows))
-                            for start in range(0, n_rows, capacity)]
+                chunk_of = {start: min(start + capacity, n_rows) - start
+                            for start in range(0, n_rows, capacity)}
                 for start, end in claims:
-                    assert end - start > LIMIT or (start, end) in chunk_of, \
+                    chunk = chunk_of[start // capacity * capacity]
+                    assert chunk > LIMIT or end - start == chunk, \
                         (capacity, n_rows, threads, start, end)
+                    assert end - start >= MIN_PIECE_ROWS or end - start == chunk
                 assert workers == min(threads, len(claims))
                 assert capacity % rows == 0
 
@@ -462,12 +491,13 @@ def test_non_finite_x_in_a_piece_of_another_thread_is_refused(monkeypatch, bad):
 
 
 def test_the_default_count_of_a_kept_pass_is_chosen_on_its_calls(monkeypatch):
-    """The first call on one thread; a short one keeps one thread for good; else turns on
-    the allowed count and on one, then the faster (more threads only by the margin),
-    capped by the caller's limit at each call, measured again after REMEASURE_CALLS
-    calls; FASTBP_THREADS pins it."""
+    """The first call on one thread; a short one keeps one thread for good; else phases
+    on the allowed count and on one (here one call each), then the faster (more threads
+    only by the margin), capped by the caller's limit at each call, measured again after
+    REMEASURE_CALLS calls; FASTBP_THREADS pins it."""
     monkeypatch.delenv(fastbp._threads.THREADS_VARIABLE, raising=False)
     monkeypatch.setattr(fastbp._threads, "REMEASURE_CALLS", 20)
+    monkeypatch.setattr(fastbp._threads, "REMEASURE_SECONDS", 0.0)
     monkeypatch.setattr(fastbp._threads, "TURN_SECONDS", 0.0)
     rounds = fastbp._threads.MEASURE_ROUNDS
     allowed = [2]
@@ -495,17 +525,50 @@ def test_the_default_count_of_a_kept_pass_is_chosen_on_its_calls(monkeypatch):
     fresh = KeptPassThreads()
     assert [run(fresh, {1: 1e-3}) for _ in range(3)] == [1, 1, 1]   # nothing to measure
     assert fresh.chosen is None
-    # turns at most one each TURN_SECONDS: the calls between them on one thread, untimed
+    # a phase lasts TURN_SECONDS: every call in it on its count, timed
     monkeypatch.setattr(fastbp._threads, "TURN_SECONDS", 3600.0)
     allowed[0] = 2
     spaced = KeptPassThreads()
     assert run(spaced, {1: 1e-3, 2: 0.5e-3}) == 1 and spaced.times[1]   # the first call
-    assert spaced.threads() == (2, "allowed")
-    assert [spaced.threads() for _ in range(3)] == [(1, None)] * 3
+    assert [spaced.threads() for _ in range(3)] == [(1, 1)] * 3           # its phase
+    clock = [time.perf_counter() + 3600.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
+    assert [run(spaced, {1: 1e-3, 2: 0.5e-3}) for _ in range(3)] == [2] * 3
+    assert len(spaced.times["allowed"]) == 3 and spaced.chosen is None
     monkeypatch.setenv(fastbp._threads.THREADS_VARIABLE, "3")
-    allowed[0] = 2
     assert KeptPassThreads().threads() == (2, None)
     assert short.threads() == (2, None)     # pinned, even where calls are short
+
+
+def test_the_phases_of_a_kept_pass_time_calls_as_they_come(monkeypatch):
+    """Back-to-back calls: the first call of a phase on two threads wakes the helpers
+    (slow), the others find them awake; the best call counts, so two threads are chosen
+    where they are faster while the calls come back to back, and one where every call on
+    two threads has to wake them (calls now and then)."""
+    monkeypatch.delenv(fastbp._threads.THREADS_VARIABLE, raising=False)
+    monkeypatch.setattr(fastbp._threads, "allowed_threads", lambda: 2)
+    clock = [0.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
+    rounds, phase = fastbp._threads.MEASURE_ROUNDS, fastbp._threads.TURN_SECONDS
+    for gap, chosen in [(phase / 10, 2), (2 * phase, 1)]:
+        choice, counts, last = KeptPassThreads(), [], None
+        for _ in range(4 * rounds * max(1, round(phase / gap))):
+            threads, turn = choice.threads()
+            counts.append(threads)
+            seconds = 1e-3 if threads == 1 else (2e-3 if last != 2 else 0.55e-3)
+            if turn is not None:
+                choice.record(turn, seconds, 1000)
+            last = threads
+            clock[0] += gap
+        assert choice.chosen == (1 if chosen == 1 else "allowed"), gap
+        assert counts[-1] == chosen
+    # kept for REMEASURE_CALLS calls and REMEASURE_SECONDS both, then measured again
+    monkeypatch.setattr(fastbp._threads, "REMEASURE_CALLS", 5)
+    for _ in range(20):
+        assert choice.threads() == (1, None)
+        clock[0] += 0.01
+    clock[0] += fastbp._threads.REMEASURE_SECONDS
+    assert choice.threads() == (1, 1) and choice.chosen is None
 
 
 def test_the_default_of_a_kept_pass_respects_a_threadpool_limit(monkeypatch):
