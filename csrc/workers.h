@@ -137,8 +137,9 @@ static inline ptrdiff_t fbp_claim_chunk(ptrdiff_t *next)
 
 /* A pool of helper threads kept between passes (predict's: _workers.pxi share_predict),
    so that a pass of a few hundred microseconds does not pay for starting threads.  A
-   job is a function run by the caller as worker 0 and by helpers 1..wanted, each with
-   its index.  Helpers wait for the next job spinning for FBP_POOL_SPIN_SECONDS after
+   job is a function run by the caller as worker 0 and by those of helpers 1..wanted
+   that come before the caller has finished its own run (fbp_pool_run), each with its
+   index.  Helpers wait for the next job spinning for FBP_POOL_SPIN_SECONDS after
    their last one (calls often come in runs), then sleep on a futex.  One job at a time:
    a caller that finds the pool busy (another thread's pass) is told so and runs its pass
    alone.  Helpers are started when a job first wants them and never stopped (they sleep);
@@ -146,13 +147,19 @@ static inline ptrdiff_t fbp_claim_chunk(ptrdiff_t *next)
 #define FBP_POOL_SPIN_SECONDS 0.001
 #define FBP_POOL_MAX_HELPERS 255
 
+/* The gate of a job: its generation in the high 32 bits, the helpers that entered it in
+   the low 31, and FBP_POOL_CLOSED once the caller has done its share and counted them. */
+#define FBP_POOL_CLOSED ((uint64_t)1 << 31)
+#define FBP_POOL_ENTERED ((uint64_t)FBP_POOL_CLOSED - 1)
+
 typedef struct {
     int generation;     /* jobs posted (the futex word helpers sleep on) */
     int sleepers;       /* helpers asleep on it, or about to be */
     int busy;           /* a job is being posted or run */
     int started;        /* helpers running: indexes 1..started */
     int wanted;         /* helpers taking part in the current job: indexes 1..wanted */
-    int finished;       /* of those, done with it */
+    int finished;       /* of the helpers that entered it, done with it */
+    uint64_t gate;      /* the current job's gate (FBP_POOL_CLOSED) */
     void (*run)(void *job, int index);
     void *job;
     pid_t pid;          /* the process these helpers belong to */
@@ -185,19 +192,27 @@ static void *fbp_pool_helper_main(void *argument)
                 __atomic_sub_fetch(&pool->sleepers, 1, __ATOMIC_SEQ_CST);
             }
         }
-        /* wanted, run and job are written before the generation moves.  A job that wants
-           this helper cannot end (nor the next be posted) before it is done; one that
-           does not may have ended and the next been posted while they were read: then
-           the generation has moved again, and the newer job is read instead. */
+        /* Enter the job of the generation seen, through its gate: only while the gate is
+           that job's and still open.  A job's run, job, wanted and gate are written
+           before its generation moves, and it cannot end (nor the next be posted) before
+           every helper that entered it is done; a helper that comes too late (the caller
+           has closed the gate: every piece was taken) or for an older job enters nothing
+           and touches nothing of the job's. */
         const int generation = __atomic_load_n(&pool->generation, __ATOMIC_ACQUIRE);
-        const int wanted = __atomic_load_n(&pool->wanted, __ATOMIC_ACQUIRE);
-        if (__atomic_load_n(&pool->generation, __ATOMIC_ACQUIRE) != generation)
-            continue;
         seen = generation;
-        if (index <= wanted) {
+        uint64_t gate = __atomic_load_n(&pool->gate, __ATOMIC_ACQUIRE);
+        int entered = 0;
+        while ((uint32_t)(gate >> 32) == (uint32_t)generation && !(gate & FBP_POOL_CLOSED))
+            if (__atomic_compare_exchange_n(&pool->gate, &gate, gate + 1, 0,
+                                            __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+                entered = 1;
+                break;
+            }
+        if (!entered)
+            continue;
+        if (index <= __atomic_load_n(&pool->wanted, __ATOMIC_ACQUIRE))
             pool->run(pool->job, index);
-            __atomic_add_fetch(&pool->finished, 1, __ATOMIC_ACQ_REL);
-        }
+        __atomic_add_fetch(&pool->finished, 1, __ATOMIC_ACQ_REL);
     }
     return NULL;
 }
@@ -215,10 +230,14 @@ static inline void fbp_pool_for_this_process(fbp_pool *pool)
     }
 }
 
-/* Runs run(job, 0) here and run(job, k) on helpers k = 1..workers - 1 and returns once
-   all are done; returns the number of workers that ran (1 + the helpers that could be
-   started), or 0, having run nothing, when the pool is busy with another caller's job.
-   fbp_pool_for_this_process must have been called in this process. */
+/* Runs run(job, 0) here and run(job, k) on helpers k = 1..workers - 1 that come in time:
+   once run(job, 0) has returned, the job's gate closes, and it returns when the helpers
+   that entered are done; a helper that was asleep or had no core and comes later runs
+   nothing (a job's work must be claimed dynamically, as predict's chunks are, so that
+   worker 0 does whatever no helper took).  Returns the number of workers that could take
+   part (1 + the helpers started), or 0, having run nothing, when the pool is busy with
+   another caller's job.  fbp_pool_for_this_process must have been called in this
+   process. */
 static inline int fbp_pool_run(fbp_pool *pool, void (*run)(void *, int), void *job, int workers)
 {
     int idle = 0;
@@ -253,11 +272,15 @@ static inline int fbp_pool_run(fbp_pool *pool, void (*run)(void *, int), void *j
     pool->job = job;
     __atomic_store_n(&pool->finished, 0, __ATOMIC_RELAXED);
     __atomic_store_n(&pool->wanted, helpers, __ATOMIC_RELEASE);
-    __atomic_add_fetch(&pool->generation, 1, __ATOMIC_SEQ_CST);
+    const uint32_t generation = (uint32_t)__atomic_load_n(&pool->generation, __ATOMIC_RELAXED) + 1;
+    __atomic_store_n(&pool->gate, (uint64_t)generation << 32, __ATOMIC_RELEASE);
+    __atomic_store_n(&pool->generation, (int)generation, __ATOMIC_SEQ_CST);
     if (__atomic_load_n(&pool->sleepers, __ATOMIC_SEQ_CST) > 0)
         fbp_futex(&pool->generation, FUTEX_WAKE_PRIVATE, INT_MAX);
     run(job, 0);
-    for (long spins = 0; __atomic_load_n(&pool->finished, __ATOMIC_ACQUIRE) < helpers; spins++) {
+    const int entered = (int)(__atomic_fetch_or(&pool->gate, FBP_POOL_CLOSED, __ATOMIC_ACQ_REL)
+                              & FBP_POOL_ENTERED);
+    for (long spins = 0; __atomic_load_n(&pool->finished, __ATOMIC_ACQUIRE) < entered; spins++) {
 #if defined(__x86_64__) || defined(__i386__)
         __builtin_ia32_pause();
 #endif

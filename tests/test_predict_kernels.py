@@ -393,6 +393,24 @@ def test_a_model_keeps_a_bounded_number_of_plans():
 
 # ---- kept passes on several threads ----
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_shared_passes_with_the_helpers_asleep_or_late_give_the_bits_of_one(monkeypatch,
+                                                                           dtype):
+    """Calls a few milliseconds apart find the helpers asleep (they sleep 1 ms after their
+    last job): a helper that wakes after the caller has taken every piece enters nothing,
+    and the caller does not wait for it; calls back to back find them awake. Every call
+    gives the one-thread bits, and none hangs."""
+    monkeypatch.setenv(_products.KERNELS_VARIABLE, "own" if ISAS else "blas")
+    model = fastbp.MLP(*W1, dtype=dtype, seed=5)
+    for n_rows in (3 * LIMIT, 2 * PREDICT_CHUNK_ROWS + 7):
+        X = np.random.default_rng(n_rows).standard_normal((n_rows, 784)).astype(dtype)
+        one = model.predict(X, n_threads=1)
+        for call in range(60):
+            if call % 2:
+                time.sleep(0.003)
+            np.testing.assert_array_equal(model.predict(X, n_threads=2 + call % 3), one)
+
+
 def test_kept_chunks_give_each_row_the_kernels_of_one_thread():
     """One chunk of fastbp's own kernels is cut into up to `threads` pieces of at least
     MIN_PIECE_ROWS rows (a piece runs in its chunk's kernels, whatever its own size);
