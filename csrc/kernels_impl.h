@@ -302,6 +302,63 @@ FBP_MULTIVERSION static double FBP_NAME(fbp_output_layer)(FBP_T *z, const FBP_T 
     double total = 0;
 
     if (activation == FBP_SOFTMAX && loss == FBP_CCE) {
+        /* Rows of up to FBP_SOFTMAX_COLUMNS classes go FBP_SOFTMAX_ROWS at a time through a
+           transposed copy (as fbp_softmax_rows), every step in vectors across the rows,
+           each row's the same operations in the same order as the row-by-row passes below
+           (the loss's terms are added row by row instead of pass by pass). */
+        ptrdiff_t start = 0;
+        if (n_cols <= FBP_SOFTMAX_COLUMNS)
+            for (; start + FBP_SOFTMAX_ROWS <= n_rows; start += FBP_SOFTMAX_ROWS) {
+                FBP_T t[FBP_SOFTMAX_COLUMNS][FBP_SOFTMAX_ROWS], top[FBP_SOFTMAX_ROWS];
+                FBP_T sum_exp[FBP_SOFTMAX_ROWS], sum_y[FBP_SOFTMAX_ROWS];
+                FBP_T dot_yz[FBP_SOFTMAX_ROWS], weight[FBP_SOFTMAX_ROWS];
+                FBP_T *block = z + start * n_cols;
+                const FBP_T *target = y + start * n_cols;
+                for (ptrdiff_t j = 0; j < n_cols; j++)
+                    for (int r = 0; r < FBP_SOFTMAX_ROWS; r++)
+                        t[j][r] = block[r * n_cols + j] + bias[j];
+                for (int r = 0; r < FBP_SOFTMAX_ROWS; r++) {
+                    top[r] = t[0][r];
+                    sum_exp[r] = sum_y[r] = dot_yz[r] = 0;
+                    weight[r] = row_weights ? row_weights[start + r] : 1;
+                }
+                for (ptrdiff_t j = 0; j < n_cols; j++)
+                    for (int r = 0; r < FBP_SOFTMAX_ROWS; r++)
+                        top[r] = t[j][r] > top[r] ? t[j][r] : top[r];
+                for (ptrdiff_t j = 0; j < n_cols; j++)
+                    for (int r = 0; r < FBP_SOFTMAX_ROWS; r++) {
+                        t[j][r] -= top[r];
+                        dot_yz[r] += target[r * n_cols + j] * t[j][r];
+                    }
+                for (ptrdiff_t j = 0; j < n_cols; j++)
+                    for (int r = 0; r < FBP_SOFTMAX_ROWS; r++) {
+                        t[j][r] = FBP_MATH_EXP(t[j][r]);
+                        sum_exp[r] += t[j][r];
+                        sum_y[r] += target[r * n_cols + j];
+                    }
+                for (int r = 0; r < FBP_SOFTMAX_ROWS; r++) {
+                    total -= weight[r] * (double)dot_yz[r];
+                    total += weight[r] * (double)(sum_y[r] * FBP_MATH_LOG(sum_exp[r]));
+                    sum_exp[r] = 1 / sum_exp[r];
+                }
+                for (ptrdiff_t j = 0; j < n_cols; j++)
+                    for (int r = 0; r < FBP_SOFTMAX_ROWS; r++)
+                        block[r * n_cols + j] = t[j][r] * sum_exp[r];
+                if (delta) {
+                    FBP_T *delta_block = delta + start * n_cols;
+                    for (int r = 0; r < FBP_SOFTMAX_ROWS; r++)
+                        for (ptrdiff_t j = 0; j < n_cols; j++)
+                            delta_block[r * n_cols + j] = scale * weight[r]
+                                * (block[r * n_cols + j] - target[r * n_cols + j]);
+                }
+            }
+        z += start * n_cols;
+        y += start * n_cols;
+        if (row_weights)
+            row_weights += start;
+        if (delta)
+            delta += start * n_cols;
+        n_rows -= start;
         /* Rows are short (one value per class), so the exp runs once over the whole
            batch, where it vectorises; the per-row passes around it are cheap. */
         for (ptrdiff_t r = 0; r < n_rows; r++) {

@@ -13,6 +13,7 @@ from bad_weights import BAD_SAMPLE_WEIGHTS  # noqa: E402
 
 import fastbp  # noqa: E402
 import fastbp.losses  # noqa: E402
+from fastbp import _core  # noqa: E402
 
 HIDDEN = ("identity", "relu", "leaky_relu", "sigmoid", "tanh")
 OUTPUT = HIDDEN + ("softmax",)
@@ -369,6 +370,42 @@ def distinct_weights(rng, n):
     weights = rng.uniform(0.1, 3.0, size=n)
     weights[n // 2] = 0.0
     return weights
+
+
+# softmax with up to 32 classes goes 16 rows at a time through the output kernel's
+# transposed block: whole blocks, a block and a rest, and 33 classes (row by row)
+@pytest.mark.parametrize("n_rows, n_classes", [(16, 3), (37, 10), (35, 32), (20, 33)])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_softmax_cce_blocks_of_rows_match_the_reference(n_rows, n_classes, dtype):
+    """Weighted softmax + cross-entropy on batches that fill the output kernel's 16-row
+    blocks and leave a rest: loss and gradients equal the float64 reference's, and each
+    row's probabilities in a batch are those it gets alone."""
+    sizes, activations = [4, 6, n_classes], ("tanh", "softmax")
+    rng = rng_for("softmax blocks", n_rows, n_classes, dtype)
+    W, b, X, Y = ref.make_problem(sizes, activations, "cce", n_rows, rng, None)
+    weights = distinct_weights(rng, n_rows)
+    model = make_model(sizes, activations, dtype, W, b)
+    value, grad_W, grad_b = model.gradients(X.astype(dtype), Y.astype(dtype), "cce",
+                                            sample_weight=weights)
+    ref_value, ref_W, ref_b = ref.gradients([w.astype(dtype).astype(np.float64) for w in W],
+                                            [v.astype(dtype).astype(np.float64) for v in b],
+                                            activations, X.astype(dtype).astype(np.float64),
+                                            Y, "cce", sample_weight=weights)
+    tolerance = 1e-10 if dtype == "float64" else 2e-4
+    np.testing.assert_allclose(value, ref_value, rtol=tolerance, atol=tolerance)
+    assert_all_close(grad_W + grad_b, ref_W + ref_b, tolerance,
+                     tolerance * largest(ref_W + ref_b), "softmax blocks vs reference")
+    # the output kernel itself: each row's probabilities in a batch and alone
+    logits = (3 * rng.standard_normal((n_rows, n_classes))).astype(dtype)
+    together = logits.copy()
+    _core.output_loss(together, Y.astype(dtype), _core.ACTIVATION_CODES["softmax"],
+                      _core.LOSS_CODES["categorical_crossentropy"], 1.0, True)
+    for i in range(n_rows):
+        alone = logits[i:i + 1].copy()
+        _core.output_loss(alone, Y[i:i + 1].astype(dtype), _core.ACTIVATION_CODES["softmax"],
+                          _core.LOSS_CODES["categorical_crossentropy"], 1.0, True)
+        np.testing.assert_allclose(together[i], alone[0], rtol=4 * np.finfo(dtype).eps,
+                                   atol=0, err_msg=f"row {i}")
 
 
 @pytest.mark.parametrize("loss, targets, activations", WEIGHTED_CASES, ids=WEIGHTED_IDS)

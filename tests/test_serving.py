@@ -335,17 +335,19 @@ def test_a_call_keeps_the_gil_while_its_last_pass_on_as_many_rows_was_short(
     is judged by its own last pass; a first call (no pass timed yet) keeps it."""
     model = make([784, 128, 10], ["relu", "softmax"], "float32", monkeypatch)
     predictor = model._predictor
-    hold_gil_seconds(1e-3)
-    assert not predictor.releases_gil(1) and not predictor.releases_gil(64)
     one, many = np.ones((1, 784), np.float32), np.ones((64, 784), np.float32)
+    hold_gil_seconds(1e-12)                 # any timed pass is longer than this
+    assert not predictor.releases_gil(1) and not predictor.releases_gil(64)  # none timed
     expected = model.predict(one)
-    assert not predictor.releases_gil(1)          # a pass of microseconds
-    hold_gil_seconds(0.0)                         # every pass is long enough
-    assert predictor.releases_gil(1) and predictor.releases_gil(64)
-    assert np.array_equal(model.predict(one), expected)   # the same bits either way
-    hold_gil_seconds(1e-3)
+    assert predictor.releases_gil(1) and not predictor.releases_gil(64)
     model.predict(many)
-    assert not predictor.releases_gil(64)
+    assert predictor.releases_gil(64) and not predictor.releases_gil(63)
+    hold_gil_seconds(3600.0)                # every pass is shorter than this
+    assert not predictor.releases_gil(1) and not predictor.releases_gil(64)
+    assert np.array_equal(model.predict(one), expected)   # the same bits either way
+    hold_gil_seconds(0.0)                   # every call releases it
+    assert predictor.releases_gil(1) and predictor.releases_gil(63)
+    assert np.array_equal(model.predict(one), expected)
     with pytest.raises(ValueError, match="n_rows"):
         predictor.releases_gil(65)
     with pytest.raises(ValueError, match="n_rows"):
