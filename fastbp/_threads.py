@@ -317,8 +317,8 @@ MEASURE_ROUNDS = 5
 # Other work can take part of a core for a second or more at a time (this project's 2-core
 # KVM guest: the second core ran W1's row-split step at half speed in stretches of up to
 # 1.3 s, about a tenth of the time, with no steal time to show it), so five rounds in a
-# row all met it in about one fit in four and the default chose one thread where two ran
-# 1.6x. Such work only ever makes more threads look worse, never better: so while fewer
+# row all met it in 4 of 10 default measurements of W1 and W5, which chose one thread
+# where two ran 1.6-1.75x. Such work only ever makes more threads look worse, never better: so while fewer
 # threads than the most timed lead, more rounds are taken, CONFIRM_GAP_SECONDS apart,
 # for up to CONFIRM_SECONDS (of wall time: the gaps are sleeps), and the best windows
 # decide. A verdict for the most threads needs no confirmation.
