@@ -50,11 +50,6 @@ def predictor_hold_gil_seconds(double seconds=-1):
     return before
 
 
-cdef inline double monotonic_seconds() noexcept nogil:
-    cdef timespec now
-    clock_gettime(CLOCK_MONOTONIC, &now)
-    return now.tv_sec + 1e-9 * now.tv_nsec
-
 
 cdef inline bint plain_matrix(object array, int type_num, Py_ssize_t n_cols,
                               bint writable) noexcept:
@@ -138,7 +133,7 @@ cdef class Predictor:
         except IndexError:      # every pooled workspace is in use (or none made yet)
             work = cnp.PyArray_EMPTY(1, [self.plan.work_size], self.type_num, 0)
         cdef bint done, release = self.pass_seconds[m] >= hold_gil_seconds
-        cdef double started = monotonic_seconds()
+        cdef double started = fbp_seconds()
         if self.type_num == cnp.NPY_FLOAT32:
             done = forward_few(&self.plan.data, <float*>cnp.PyArray_DATA(self.params),
                                <float*>cnp.PyArray_DATA(work),
@@ -149,7 +144,7 @@ cdef class Predictor:
                                <double*>cnp.PyArray_DATA(work),
                                <const double*>cnp.PyArray_DATA(inputs), m,
                                <double*>cnp.PyArray_DATA(outputs), release)
-        self.pass_seconds[m] = monotonic_seconds() - started
+        self.pass_seconds[m] = fbp_seconds() - started
         if len(self.pool) < self.pool_size:
             self.pool.append(work)
         return outputs if done else None

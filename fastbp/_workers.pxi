@@ -43,6 +43,7 @@ cdef extern from "workers.h" nogil:
     void fbp_join_workers(pthread_t* threads, int n)
     void fbp_abandon_workers(fbp_barrier* barrier, pthread_t* threads, int started)
     Py_ssize_t fbp_claim_chunk(Py_ssize_t* next)
+    double fbp_seconds()
     ctypedef struct fbp_pool:
         pass
     void fbp_pool_for_this_process(fbp_pool* pool)
