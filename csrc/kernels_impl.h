@@ -90,48 +90,81 @@ static inline ptrdiff_t FBP_NAME(fbp_one_hot)(FBP_T *dst, const ptrdiff_t *label
 }
 
 /* Softmax of each row of z + bias, in place: z <- exp(z + bias - max) / sum, row by row;
-   each row's sum is taken in column order.  Rows of up to FBP_SOFTMAX_COLUMNS columns go
-   FBP_SOFTMAX_ROWS at a time through a transposed copy, where every step (the max, the
-   exps, the sums, the scaling) runs across the rows in vectors: a row of an output layer
-   is often only a few columns, too few to fill one.  Wider rows take their exps in one
-   loop over the block.  Both give the same bits.  Inlined into each of its callers'
-   instruction-set clones, where the exps take that set's vectors. */
+   each row's sum is taken in column order.  With targets y (not NULL) also the
+   cross-entropy: returns the summed loss terms -sum_k y_k log p_k, each row's weighted by
+   row_weights[r] (all 1 when NULL), taken from the logits (sum_k y_k (log(sum exp(z -
+   top)) - (z_k - top)): no log of 0), and, when delta is not NULL, writes the fused
+   gradient delta = scale * weight * (p - y).  Without targets it returns 0.
+   Rows of up to FBP_SOFTMAX_COLUMNS columns go FBP_SOFTMAX_ROWS at a time through a
+   transposed copy, where every step (the max, the exps, the sums, the scaling) runs
+   across the rows in vectors: a row of an output layer is often only a few columns, too
+   few to fill one.  The other rows take their exps in one loop over all of them, where
+   it vectorises.  Both give each row the same operations in the same order, so the same
+   bits.  Inlined into each of its callers' instruction-set clones, where the exps take
+   that set's vectors. */
 #define FBP_SOFTMAX_ROWS 16
 #define FBP_SOFTMAX_COLUMNS 32
-static inline __attribute__((always_inline)) void FBP_NAME(fbp_softmax_rows)(
-    FBP_T *z, const FBP_T *bias, ptrdiff_t n_rows, ptrdiff_t n_cols)
+static inline __attribute__((always_inline)) double FBP_NAME(fbp_softmax_rows)(
+    FBP_T *z, const FBP_T *bias, ptrdiff_t n_rows, ptrdiff_t n_cols, const FBP_T *y,
+    const FBP_T *row_weights, FBP_T *delta, FBP_T scale)
 {
+    double total = 0;
     ptrdiff_t start = 0;
     if (n_cols <= FBP_SOFTMAX_COLUMNS)
         for (; start + FBP_SOFTMAX_ROWS <= n_rows; start += FBP_SOFTMAX_ROWS) {
             FBP_T t[FBP_SOFTMAX_COLUMNS][FBP_SOFTMAX_ROWS], top[FBP_SOFTMAX_ROWS];
-            FBP_T total[FBP_SOFTMAX_ROWS];
+            FBP_T sum_exp[FBP_SOFTMAX_ROWS], sum_y[FBP_SOFTMAX_ROWS];
+            FBP_T dot_yz[FBP_SOFTMAX_ROWS], weight[FBP_SOFTMAX_ROWS];
             FBP_T *block = z + start * n_cols;
+            const FBP_T *target = y ? y + start * n_cols : NULL;
             for (ptrdiff_t j = 0; j < n_cols; j++)
                 for (int r = 0; r < FBP_SOFTMAX_ROWS; r++)
                     t[j][r] = block[r * n_cols + j] + bias[j];
             for (int r = 0; r < FBP_SOFTMAX_ROWS; r++) {
                 top[r] = t[0][r];
-                total[r] = 0;
+                sum_exp[r] = sum_y[r] = dot_yz[r] = 0;
+                weight[r] = row_weights ? row_weights[start + r] : 1;
             }
             for (ptrdiff_t j = 0; j < n_cols; j++)
                 for (int r = 0; r < FBP_SOFTMAX_ROWS; r++)
                     top[r] = t[j][r] > top[r] ? t[j][r] : top[r];
             for (ptrdiff_t j = 0; j < n_cols; j++)
+                for (int r = 0; r < FBP_SOFTMAX_ROWS; r++)
+                    t[j][r] -= top[r];
+            if (target) {
+                for (ptrdiff_t j = 0; j < n_cols; j++)
+                    for (int r = 0; r < FBP_SOFTMAX_ROWS; r++) {
+                        dot_yz[r] += target[r * n_cols + j] * t[j][r];
+                        sum_y[r] += target[r * n_cols + j];
+                    }
+            }
+            for (ptrdiff_t j = 0; j < n_cols; j++)
                 for (int r = 0; r < FBP_SOFTMAX_ROWS; r++) {
-                    t[j][r] = FBP_MATH_EXP(t[j][r] - top[r]);
-                    total[r] += t[j][r];
+                    t[j][r] = FBP_MATH_EXP(t[j][r]);
+                    sum_exp[r] += t[j][r];
                 }
-            for (int r = 0; r < FBP_SOFTMAX_ROWS; r++)
-                total[r] = 1 / total[r];
+            for (int r = 0; r < FBP_SOFTMAX_ROWS; r++) {
+                if (target) {
+                    total -= weight[r] * (double)dot_yz[r];
+                    total += weight[r] * (double)(sum_y[r] * FBP_MATH_LOG(sum_exp[r]));
+                }
+                sum_exp[r] = 1 / sum_exp[r];
+            }
             for (ptrdiff_t j = 0; j < n_cols; j++)
                 for (int r = 0; r < FBP_SOFTMAX_ROWS; r++)
-                    block[r * n_cols + j] = t[j][r] * total[r];
+                    block[r * n_cols + j] = t[j][r] * sum_exp[r];
+            if (target && delta) {
+                FBP_T *delta_block = delta + start * n_cols;
+                for (int r = 0; r < FBP_SOFTMAX_ROWS; r++)
+                    for (ptrdiff_t j = 0; j < n_cols; j++)
+                        delta_block[r * n_cols + j] = scale * weight[r]
+                            * (block[r * n_cols + j] - target[r * n_cols + j]);
+            }
         }
     z += start * n_cols;
     n_rows -= start;
-    for (ptrdiff_t i = 0; i < n_rows; i++) {
-        FBP_T *row = z + i * n_cols;
+    for (ptrdiff_t r = 0; r < n_rows; r++) {
+        FBP_T *row = z + r * n_cols;
         FBP_T top = row[0] + bias[0];
         for (ptrdiff_t j = 0; j < n_cols; j++) {
             row[j] += bias[j];
@@ -139,19 +172,42 @@ static inline __attribute__((always_inline)) void FBP_NAME(fbp_softmax_rows)(
         }
         for (ptrdiff_t j = 0; j < n_cols; j++)
             row[j] -= top;
+        if (y) {   /* the loss's second term; the first once the sums of exp are known */
+            const FBP_T *target = y + (start + r) * n_cols;
+            FBP_T dot_yz = 0;
+            for (ptrdiff_t j = 0; j < n_cols; j++)
+                dot_yz += target[j] * row[j];
+            total -= (row_weights ? row_weights[start + r] : 1) * (double)dot_yz;
+        }
     }
     const ptrdiff_t n = n_rows * n_cols;
     for (ptrdiff_t i = 0; i < n; i++)
         z[i] = FBP_MATH_EXP(z[i]);
-    for (ptrdiff_t i = 0; i < n_rows; i++) {
-        FBP_T *row = z + i * n_cols;
-        FBP_T total = 0;
+    for (ptrdiff_t r = 0; r < n_rows; r++) {
+        FBP_T *row = z + r * n_cols;
+        FBP_T sum_exp = 0;
         for (ptrdiff_t j = 0; j < n_cols; j++)
-            total += row[j];
-        FBP_T inverse = 1 / total;
+            sum_exp += row[j];
+        const FBP_T weight = row_weights ? row_weights[start + r] : 1;
+        if (y) {
+            const FBP_T *target = y + (start + r) * n_cols;
+            FBP_T sum_y = 0;
+            for (ptrdiff_t j = 0; j < n_cols; j++)
+                sum_y += target[j];
+            total += weight * (double)(sum_y * FBP_MATH_LOG(sum_exp));
+        }
+        FBP_T inverse = 1 / sum_exp;
         for (ptrdiff_t j = 0; j < n_cols; j++)
             row[j] *= inverse;
+        if (y && delta) {
+            const FBP_T *target = y + (start + r) * n_cols;
+            FBP_T factor = scale * weight;
+            FBP_T *delta_row = delta + (start + r) * n_cols;
+            for (ptrdiff_t j = 0; j < n_cols; j++)
+                delta_row[j] = factor * (row[j] - target[j]);
+        }
     }
+    return total;
 }
 
 /* A logistic sigmoid that never overflows: one exp of -|v|. */
@@ -169,7 +225,7 @@ FBP_MULTIVERSION static void FBP_NAME(fbp_bias_activation)(FBP_T *z, const FBP_T
     const FBP_T slope = (FBP_T)FBP_LEAKY_SLOPE;
     const FBP_T inverse_sqrt2 = (FBP_T)0.70710678118654752440;
     if (activation == FBP_SOFTMAX && !preactivation) {
-        FBP_NAME(fbp_softmax_rows)(z, bias, n_rows, n_cols);
+        FBP_NAME(fbp_softmax_rows)(z, bias, n_rows, n_cols, NULL, NULL, NULL, 0);
         return;
     }
     for (ptrdiff_t i = 0; i < n_rows; i++) {
@@ -201,7 +257,7 @@ FBP_MULTIVERSION static void FBP_NAME(fbp_bias_activation)(FBP_T *z, const FBP_T
             for (ptrdiff_t j = 0; j < n_cols; j++) row[j] = FBP_MATH_TANH(row[j] + bias[j]);
             break;
         case FBP_SOFTMAX:   /* here only with a preactivation to keep */
-            FBP_NAME(fbp_softmax_rows)(row, bias, 1, n_cols);
+            FBP_NAME(fbp_softmax_rows)(row, bias, 1, n_cols, NULL, NULL, NULL, 0);
             break;
         case FBP_ELU:   /* alpha = 1 */
             for (ptrdiff_t j = 0; j < n_cols; j++) {
@@ -301,106 +357,9 @@ FBP_MULTIVERSION static double FBP_NAME(fbp_output_layer)(FBP_T *z, const FBP_T 
 {
     double total = 0;
 
-    if (activation == FBP_SOFTMAX && loss == FBP_CCE) {
-        /* Rows of up to FBP_SOFTMAX_COLUMNS classes go FBP_SOFTMAX_ROWS at a time through a
-           transposed copy (as fbp_softmax_rows), every step in vectors across the rows,
-           each row's the same operations in the same order as the row-by-row passes below
-           (the loss's terms are added row by row instead of pass by pass). */
-        ptrdiff_t start = 0;
-        if (n_cols <= FBP_SOFTMAX_COLUMNS)
-            for (; start + FBP_SOFTMAX_ROWS <= n_rows; start += FBP_SOFTMAX_ROWS) {
-                FBP_T t[FBP_SOFTMAX_COLUMNS][FBP_SOFTMAX_ROWS], top[FBP_SOFTMAX_ROWS];
-                FBP_T sum_exp[FBP_SOFTMAX_ROWS], sum_y[FBP_SOFTMAX_ROWS];
-                FBP_T dot_yz[FBP_SOFTMAX_ROWS], weight[FBP_SOFTMAX_ROWS];
-                FBP_T *block = z + start * n_cols;
-                const FBP_T *target = y + start * n_cols;
-                for (ptrdiff_t j = 0; j < n_cols; j++)
-                    for (int r = 0; r < FBP_SOFTMAX_ROWS; r++)
-                        t[j][r] = block[r * n_cols + j] + bias[j];
-                for (int r = 0; r < FBP_SOFTMAX_ROWS; r++) {
-                    top[r] = t[0][r];
-                    sum_exp[r] = sum_y[r] = dot_yz[r] = 0;
-                    weight[r] = row_weights ? row_weights[start + r] : 1;
-                }
-                for (ptrdiff_t j = 0; j < n_cols; j++)
-                    for (int r = 0; r < FBP_SOFTMAX_ROWS; r++)
-                        top[r] = t[j][r] > top[r] ? t[j][r] : top[r];
-                for (ptrdiff_t j = 0; j < n_cols; j++)
-                    for (int r = 0; r < FBP_SOFTMAX_ROWS; r++) {
-                        t[j][r] -= top[r];
-                        dot_yz[r] += target[r * n_cols + j] * t[j][r];
-                    }
-                for (ptrdiff_t j = 0; j < n_cols; j++)
-                    for (int r = 0; r < FBP_SOFTMAX_ROWS; r++) {
-                        t[j][r] = FBP_MATH_EXP(t[j][r]);
-                        sum_exp[r] += t[j][r];
-                        sum_y[r] += target[r * n_cols + j];
-                    }
-                for (int r = 0; r < FBP_SOFTMAX_ROWS; r++) {
-                    total -= weight[r] * (double)dot_yz[r];
-                    total += weight[r] * (double)(sum_y[r] * FBP_MATH_LOG(sum_exp[r]));
-                    sum_exp[r] = 1 / sum_exp[r];
-                }
-                for (ptrdiff_t j = 0; j < n_cols; j++)
-                    for (int r = 0; r < FBP_SOFTMAX_ROWS; r++)
-                        block[r * n_cols + j] = t[j][r] * sum_exp[r];
-                if (delta) {
-                    FBP_T *delta_block = delta + start * n_cols;
-                    for (int r = 0; r < FBP_SOFTMAX_ROWS; r++)
-                        for (ptrdiff_t j = 0; j < n_cols; j++)
-                            delta_block[r * n_cols + j] = scale * weight[r]
-                                * (block[r * n_cols + j] - target[r * n_cols + j]);
-                }
-            }
-        z += start * n_cols;
-        y += start * n_cols;
-        if (row_weights)
-            row_weights += start;
-        if (delta)
-            delta += start * n_cols;
-        n_rows -= start;
-        /* Rows are short (one value per class), so the exp runs once over the whole
-           batch, where it vectorises; the per-row passes around it are cheap. */
-        for (ptrdiff_t r = 0; r < n_rows; r++) {
-            FBP_T *row = z + r * n_cols;
-            const FBP_T *target = y + r * n_cols;
-            FBP_T top = row[0] + bias[0];
-            for (ptrdiff_t j = 0; j < n_cols; j++) {
-                row[j] += bias[j];
-                top = row[j] > top ? row[j] : top;
-            }
-            /* -sum_k y_k log p_k = sum_k y_k * (log(sum exp(z - top)) - (z_k - top)):
-               here the second term; the first once the sums of exp are known */
-            FBP_T dot_yz = 0;
-            for (ptrdiff_t j = 0; j < n_cols; j++) {
-                row[j] -= top;
-                dot_yz += target[j] * row[j];
-            }
-            total -= (row_weights ? row_weights[r] : 1) * (double)dot_yz;
-        }
-        const ptrdiff_t n = n_rows * n_cols;
-        for (ptrdiff_t i = 0; i < n; i++)
-            z[i] = FBP_MATH_EXP(z[i]);
-        for (ptrdiff_t r = 0; r < n_rows; r++) {
-            FBP_T *row = z + r * n_cols;
-            const FBP_T *target = y + r * n_cols;
-            FBP_T weight = row_weights ? row_weights[r] : 1;
-            FBP_T sum_exp = 0, sum_y = 0;
-            for (ptrdiff_t j = 0; j < n_cols; j++) {
-                sum_exp += row[j];
-                sum_y += target[j];
-            }
-            total += weight * (double)(sum_y * FBP_MATH_LOG(sum_exp));
-            FBP_T inverse = 1 / sum_exp;
-            for (ptrdiff_t j = 0; j < n_cols; j++) row[j] *= inverse;
-            if (delta) {
-                FBP_T factor = scale * weight;
-                FBP_T *delta_row = delta + r * n_cols;
-                for (ptrdiff_t j = 0; j < n_cols; j++) delta_row[j] = factor * (row[j] - target[j]);
-            }
-        }
-        return total;
-    }
+    if (activation == FBP_SOFTMAX && loss == FBP_CCE)
+        return FBP_NAME(fbp_softmax_rows)(z, bias, n_rows, n_cols, y, row_weights, delta,
+                                          scale);
 
     if (activation == FBP_SIGMOID && loss == FBP_BCE) {
         for (ptrdiff_t r = 0; r < n_rows; r++) {
