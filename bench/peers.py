@@ -68,7 +68,9 @@ class FastbpTrain:
         activations, the loss and everything else but BLAS cost nothing."""
         from fastbp import _core, _threads
         model, wl = self.model, self.workload
-        threads = _threads.thread_count(wl.layer_sizes, wl.batch_size, self.threads)
+        workers, blas = _threads.fit_threads(wl.layer_sizes, model._codes, wl.batch_size,
+                                             wl.dtype, self.threads)
+        threads = workers * blas       # the fit's threads, all on BLAS here
         plan, work = model._workspace(wl.batch_size, n_threads=threads)   # as fit's plan
         work[:] = 0
         scratch = model._params.copy()

@@ -12,11 +12,6 @@ import time
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
-# A step below this many floating-point operations runs faster on one BLAS thread: a
-# second thread costs more in synchronisation than it saves. Measured (docs/performance.md):
-# W1 (2e7 flops a step) loses a quarter of its speed on two threads, W2 (5e8) gains 1.8x.
-MULTITHREAD_MIN_FLOPS_PER_STEP = 1e8
-
 MAX_THREADS = 1024
 
 # OpenBLAS cores with small-matrix kernels (kernel/x86_64/KERNEL.SKYLAKEX and the cores
@@ -33,20 +28,6 @@ _queue = collections.deque()             # passes waiting for their count, in ar
 _lock = threading.Lock()                 # guards _controller
 _turns = threading.Condition(threading.Lock())   # guards _active, _count, _saved, _queue
 _local = threading.local()               # depth: blas_threads passes open on this thread
-
-
-def thread_count(layer_sizes, rows_per_step: int, n_threads=None, backward=True) -> int:
-    """n_threads if given, else 1 for small steps and every available core for large ones.
-
-    A step's matrix products cost 2 flops per weight and row forward, 4 more backward."""
-    if n_threads is not None:
-        return int(n_threads)
-    flops_per_weight = 6.0 if backward else 2.0
-    flops = flops_per_weight * rows_per_step * sum(
-        a * b for a, b in zip(layer_sizes[:-1], layer_sizes[1:]))
-    if flops < MULTITHREAD_MIN_FLOPS_PER_STEP:
-        return 1
-    return allowed_threads()
 
 
 def split_threads(layer_sizes, batch_size: int, n_threads: int):
@@ -273,6 +254,38 @@ def _measured_choice(layer_sizes, codes, batch_size, dtype, candidates, threads_
         return _measured[key]
 
 
+def pass_threads(layer_sizes, activations, rows: int, dtype, backward: bool) -> tuple:
+    """(BLAS threads, sharing threads) by default for a predict, evaluate or gradients pass
+    whose chunks hold `rows` rows (backward: a gradients pass). BLAS threads: 1 or
+    allowed_threads(), whichever ran a chunk of this network faster on this machine.
+    Sharing threads: how many may share a pass's whole chunks, each on one BLAS thread
+    (predict_on_workers): allowed_threads() unless a chunk took under SPLIT_MIN_SECONDS on
+    one thread (the hand-off would cost more), as a kept predict plan decides its first
+    call. Both from one measurement (_measure_pass), made once per (layer sizes, rows,
+    dtype, kind of pass, threads, CPU) and kept as fit_threads keeps its choices; both
+    FASTBP_THREADS, or 1, where nothing needs measuring (_unmeasured_default)."""
+    from fastbp._cache import settled
+    allowed = allowed_threads()
+    fixed = _unmeasured_default(allowed)
+    if fixed is not None:
+        return fixed, fixed
+    kind = "gradients" if backward else "forward"
+    key = _cache_key(layer_sizes, rows, dtype, f"{kind} pass/{allowed}")
+
+    def valid(kept):
+        return isinstance(kept, list) and len(kept) == 2 and kept[0] in (1, allowed) \
+            and type(kept[0]) is int and isinstance(kept[1], float) and kept[1] >= 0
+
+    with _measure_lock:
+        if key not in _measured:
+            count, seconds = settled(
+                CACHE_FILE, key, valid,
+                lambda: list(_measure_pass(layer_sizes, activations, rows, dtype, backward,
+                                           allowed)))
+            _measured[key] = int(count), (allowed if seconds >= SPLIT_MIN_SECONDS else 1)
+        return _measured[key]
+
+
 def pinned_threads():
     """FASTBP_THREADS as a count >= 1, or None when unset; anything else is an error (a
     pin that silently did nothing would be worse)."""
@@ -411,10 +424,75 @@ def _measure(layer_sizes, codes, batch_size, dtype, candidates):
     return _pick(best)
 
 
-def _best_windows(runs, rounds):
+# A pass whose chunk takes this long on one thread runs on every allowed thread without
+# being timed further: its products then hold hundreds of millions of multiply-adds (at
+# the 10^10 a second and more of any current core with vector units), where BLAS's
+# threads pay, and timing turns of it would cost the first call seconds.
+PASS_UNMEASURED_SECONDS = 0.05
+# A pass's lead of one thread is confirmed for this long rather than CONFIRM_SECONDS: its
+# measurement delays a user's first call of a shape (predict, evaluate, gradients), and
+# a wrong count there costs that shape's passes speed only, never a result.
+PASS_CONFIRM_SECONDS = 0.2
+
+
+def _measure_pass(layer_sizes, activations, rows, dtype, backward, allowed) -> tuple:
+    """(1 or `allowed`, seconds of a chunk on one thread): the BLAS thread count under
+    which a chunk of `rows` random rows went through this network faster (predict's pass,
+    or gradients' with backward), each count with the plan a pass on it makes (one
+    thread's may take the own kernels), in windows taking turns as a fit's candidates do
+    (_best_windows, _pick). A chunk under SPLIT_MIN_SECONDS on one thread stays there (a
+    second thread's hand-offs cost microseconds on any machine); one over
+    PASS_UNMEASURED_SECONDS takes `allowed`."""
+    from fastbp import _core
+    from fastbp.model import MLP
+    model = MLP(list(layer_sizes), list(activations), dtype=dtype, seed=0)
+    sizes = model.layer_sizes
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((rows, sizes[0])).astype(model.dtype)
+    targets = np.zeros((rows, sizes[-1]), model.dtype)
+    out, grads = np.empty_like(targets), np.empty_like(model._params)
+    hyper = _core.Hyperparameters(_core.LOSS_CODES["mse"])
+
+    def timer(threads):
+        """window(n_passes) -> seconds a pass on `threads` BLAS threads."""
+        plan, work = model._workspace(rows, n_threads=threads, few_rows=not backward,
+                                      fixed_rows=False)
+
+        def one_pass():
+            if backward:
+                _core.gradients(plan, hyper, model._params, grads, work, X, targets, None,
+                                None)
+            else:
+                _core.predict(plan, model._params, work, X, out, None)
+
+        def window(n_passes):
+            with blas_threads(threads):
+                started = time.perf_counter()
+                for _ in range(n_passes):
+                    one_pass()
+                return (time.perf_counter() - started) / n_passes
+        return window
+
+    _wait_for_a_quiet_process()
+    one = timer(1)
+    one(1)                                          # warm up: first touch
+    first = one(1)
+    if first < SPLIT_MIN_SECONDS:
+        return 1, first
+    if first > PASS_UNMEASURED_SECONDS:
+        return allowed, first
+    passes = max(1, int(MEASURE_SECONDS / first))
+    many = timer(allowed)
+    many(1)                                         # warm up: BLAS's thread pool
+    runs = {(1, 1): functools.partial(one, passes), (1, allowed): functools.partial(many, passes)}
+    return _pick(_best_windows(runs, MEASURE_ROUNDS, PASS_CONFIRM_SECONDS))[1], first
+
+
+def _best_windows(runs, rounds, confirm_seconds=None):
     """{candidate: its best window} from `runs` ({(workers, BLAS threads): a function
     timing one window}): `rounds` rounds, the candidates taking turns, then confirmation
-    rounds while fewer threads than the most lead (see CONFIRM_SECONDS)."""
+    rounds while fewer threads than the most lead, for up to confirm_seconds (None:
+    CONFIRM_SECONDS)."""
     if not runs:
         return {}
     times = {choice: [] for choice in runs}
@@ -426,7 +504,8 @@ def _best_windows(runs, rounds):
     for _ in range(rounds):
         one_round()
     most = max(workers * blas for workers, blas in runs)
-    deadline = time.perf_counter() + CONFIRM_SECONDS
+    deadline = time.perf_counter() + (CONFIRM_SECONDS if confirm_seconds is None
+                                      else confirm_seconds)
     while True:
         best = {choice: min(found) for choice, found in times.items()}
         workers, blas = _pick(best)

@@ -14,7 +14,7 @@ from fastbp import _core, _files, _format, losses
 from fastbp._products import ISA_VARIABLE, KERNELS_VARIABLE, PASS_MEASURE_MAX_MULTIPLY_ADDS, \
     PASS_OWN_MARGIN, product_isas, row_bucket
 from fastbp._threads import KeptPassThreads, blas_threads, checked_thread_count, \
-    forced_split, small_gemm_kernels, thread_count
+    forced_split, pass_threads, small_gemm_kernels
 from fastbp._validation import as_inputs, as_row_weights, as_sample_weight, check_finite, \
     dense_targets, input_arrays, is_sparse, numeric_array, real_number, whole_number
 
@@ -347,9 +347,9 @@ class MLP:
         a sparse matrix; its first layer runs in the core's own loops (no BLAS), so the
         count is chosen for the layers after it."""
         rows = self._chunk_rows(n_samples, sparse)
-        sizes = self._layer_sizes[1:] if sparse else self._layer_sizes
-        n_threads = thread_count(sizes, rows, checked_thread_count(n_threads),
-                                 backward=backward)
+        n_threads = checked_thread_count(n_threads)
+        if n_threads is None:
+            n_threads = self._pass_threads(rows, backward, sparse)
         plan, work = self._workspace(rows, n_threads=n_threads, few_rows=not backward,
                                      sparse=sparse, fixed_rows=False)
         with blas_threads(n_threads):
@@ -425,7 +425,7 @@ class MLP:
         if n_threads is not None:
             threads = n_threads
         elif calls_blas and n_rows <= rows:
-            if thread_count(self._layer_sizes, rows, None, backward=False) != 1:
+            if self._pass_threads(rows) != 1:
                 return None
             threads = 1
         else:
@@ -474,9 +474,20 @@ class MLP:
         chunks = -(-n_rows // rows)
         if chunks < 2:
             return 1
-        threads = thread_count(self._layer_sizes, rows, checked_thread_count(n_threads),
-                               backward=False)
+        threads = checked_thread_count(n_threads) or self._pass_threads(rows, sharing=True)
         return min(threads, chunks)
+
+    def _pass_threads(self, rows: int, backward=False, sparse=False, sharing=False) -> int:
+        """The default thread count of a pass in chunks of `rows` rows, measured on this
+        network (_threads.pass_threads): its BLAS threads, or with sharing, the threads
+        that may share its whole chunks. A sparse X's first layer runs in the core's own
+        loops, so the layers after it decide."""
+        first = 1 if sparse else 0
+        if len(self._layer_sizes) - first < 2:
+            return 1      # a sparse X through a single layer: no BLAS call at all
+        blas, sharers = pass_threads(self._layer_sizes[first:], self._activations[first:],
+                                     rows, self.dtype, backward)
+        return sharers if sharing else blas
 
     def _check_out(self, out, X) -> None:
         """predict's out: an array it can write the outputs of X's rows into."""

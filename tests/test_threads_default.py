@@ -329,3 +329,125 @@ def test_an_explicit_count_times_its_row_split_before_any_blas_threads(cache, mo
     _threads.fit_threads((3, 2, 1), (0, 0), 8, np.float64, n_threads=2)
     assert counts[0] == 1 and 2 in counts
     assert counts.index(2) > max(i for i, count in enumerate(counts) if count == 1)
+
+
+# ---- predict, evaluate and gradients passes: their default BLAS count is measured too
+
+@pytest.fixture
+def pass_measurements(monkeypatch):
+    """Replaces a pass's timing with "two BLAS threads are faster, a chunk takes 1 s" and
+    records what it was asked: (layer sizes, rows, backward, allowed)."""
+    asked = []
+
+    def measure(layer_sizes, activations, rows, dtype, backward, allowed):
+        assert len(activations) == len(layer_sizes) - 1
+        asked.append((tuple(layer_sizes), rows, backward, allowed))
+        return 2, 1.0
+
+    monkeypatch.setattr(_threads, "_measure_pass", measure)
+    return asked
+
+
+@pytest.fixture
+def pass_counts(monkeypatch):
+    """The BLAS thread counts the model's passes run under, in order."""
+    import contextlib
+    counts = []
+    real = fastbp.model.blas_threads
+
+    @contextlib.contextmanager
+    def recording(count):
+        counts.append(count)
+        with real(count):
+            yield
+
+    monkeypatch.setattr(fastbp.model, "blas_threads", recording)
+    return counts
+
+
+def data(n_rows, width, n_classes=5):
+    rng = np.random.default_rng(0)
+    return (rng.normal(size=(n_rows, width)).astype(np.float32),
+            rng.integers(0, n_classes, n_rows))
+
+
+def test_evaluate_and_gradients_run_on_the_measured_count_measured_once(
+        cache, pass_measurements, pass_counts):
+    model = fastbp.MLP([30, 40, 5], ["relu", "softmax"], seed=0)
+    X, y = data(300, 30)
+    for _ in range(2):
+        model.evaluate(X, y, "cce")
+        model.gradients(X, y, "cce")
+    assert pass_counts == [2, 2, 2, 2]
+    assert pass_measurements == [((30, 40, 5), 300, False, 2), ((30, 40, 5), 300, True, 2)]
+    document = json.loads((cache / _threads.CACHE_FILE).read_text())
+    assert list(document["choices"].values()) == [[2, 1.0], [2, 1.0]]
+    _threads._measured.clear()                       # a new process: the file answers
+    model.evaluate(X, y, "cce")
+    assert len(pass_measurements) == 2 and pass_counts[-1] == 2
+
+
+@pytest.mark.parametrize("measured, sharers", [((1, 1.0), 2), ((2, 1.0), 2),
+                                               ((2, 1e-6), 1), ((1, 1e-6), 1)])
+def test_chunks_are_shared_unless_a_chunk_is_too_short(cache, monkeypatch, measured,
+                                                      sharers):
+    """predict's general path shares whole chunks among threads (each on one BLAS thread)
+    whatever BLAS's threads would do, unless a chunk on one thread is shorter than
+    SPLIT_MIN_SECONDS."""
+    monkeypatch.setattr(_threads, "_measure_pass", lambda *arguments: measured)
+    model = fastbp.MLP([30, 40, 5], ["relu", "softmax"], seed=0)
+    assert model._predict_workers(3 * 2048, None, False) == sharers
+    assert model._pass_threads(2048) == measured[0]
+    assert model._predict_workers(2048, None, False) == 1        # one chunk: nothing to share
+
+
+def test_a_sparse_pass_is_measured_on_the_layers_after_the_first(cache, pass_measurements,
+                                                                 pass_counts):
+    scipy_sparse = pytest.importorskip("scipy.sparse")
+    X, y = data(300, 30)
+    X[X < 1] = 0
+    model = fastbp.MLP([30, 40, 5], ["relu", "softmax"], seed=0)
+    model.evaluate(scipy_sparse.csr_matrix(X), y, "cce")
+    assert pass_measurements == [((40, 5), 300, False, 2)] and pass_counts == [2]
+    single = fastbp.MLP([30, 5], ["softmax"], seed=0)    # nothing after the first layer
+    single.evaluate(scipy_sparse.csr_matrix(X), y, "cce")
+    assert len(pass_measurements) == 1 and pass_counts[-1] == 1
+
+
+def test_a_pinned_explicit_or_single_allowed_count_is_not_measured(
+        cache, pass_measurements, pass_counts, monkeypatch):
+    model = fastbp.MLP([30, 40, 5], ["relu", "softmax"], seed=0)
+    X, y = data(300, 30)
+    model.evaluate(X, y, "cce", n_threads=1)
+    monkeypatch.setenv(_threads.THREADS_VARIABLE, "1")
+    model.gradients(X, y, "cce")
+    monkeypatch.delenv(_threads.THREADS_VARIABLE)
+    monkeypatch.setattr(_threads, "allowed_threads", lambda: 1)
+    model.evaluate(X, y, "cce")
+    assert pass_measurements == [] and pass_counts == [1, 1, 1]
+
+
+def test_the_real_pass_measurement(cache, monkeypatch):
+    """A chunk under SPLIT_MIN_SECONDS on one thread stays there untimed; one over
+    PASS_UNMEASURED_SECONDS takes every allowed thread untimed; between, one thread and
+    the allowed count take turns (with the pass's shorter confirmation)."""
+    windows = []
+    real_windows = _threads._best_windows
+
+    def best_windows(runs, rounds, confirm_seconds=None):
+        windows.append((sorted(runs), confirm_seconds))
+        return real_windows(runs, rounds, confirm_seconds)
+
+    monkeypatch.setattr(_threads, "_best_windows", best_windows)
+    sizes, names = (30, 40, 5), ("relu", "softmax")
+    monkeypatch.setattr(_threads, "SPLIT_MIN_SECONDS", 1.0)       # every chunk is short
+    count, seconds = _threads._measure_pass(sizes, names, 64, "float32", False, 2)
+    assert count == 1 and 0 < seconds < 1.0
+    monkeypatch.setattr(_threads, "SPLIT_MIN_SECONDS", 0.0)
+    monkeypatch.setattr(_threads, "PASS_UNMEASURED_SECONDS", 0.0)  # every chunk is long
+    assert _threads._measure_pass(sizes, names, 64, "float32", True, 2)[0] == 2
+    assert windows == []
+    monkeypatch.setattr(_threads, "PASS_UNMEASURED_SECONDS", 10.0)
+    for backward in (False, True):
+        assert _threads._measure_pass(sizes, names, 64, "float64", backward, 2)[0] in (1, 2)
+    assert windows == [([(1, 1), (1, 2)], _threads.PASS_CONFIRM_SECONDS)] * 2

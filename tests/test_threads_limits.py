@@ -16,8 +16,9 @@ from threadpoolctl import threadpool_limits
 import fastbp
 from fastbp import _threads
 
-# Large enough that the size rule alone asks for every core (above 1e8 flops a step).
+# Large enough that its passes are measured (a chunk over _threads.SPLIT_MIN_SECONDS).
 BIG = [256, 512, 512, 10]
+ACTIVATIONS = ["relu", "relu", "softmax"]
 
 
 @pytest.fixture
@@ -69,18 +70,41 @@ def every_pass(model, n_threads=None):
 
 
 def big_model():
-    return fastbp.MLP(BIG, ["relu", "relu", "softmax"], seed=0)
+    return fastbp.MLP(BIG, ACTIVATIONS, seed=0)
 
 
-def test_the_size_rule_alone_would_use_every_allowed_core(many_cpus):
-    assert _threads.thread_count(BIG, 256) == 8
-    assert _threads.thread_count([4, 8, 2], 16) == 1
+@pytest.fixture
+def every_core_wins(monkeypatch, tmp_path):
+    """A pass's measurement that finds every allowed thread faster (no timing), with a
+    private cache; records the counts it was asked to choose between."""
+    monkeypatch.setenv("FASTBP_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(_threads, "_measured", {})
+    asked = []
+
+    def measure(layer_sizes, activations, rows, dtype, backward, allowed):
+        asked.append(allowed)
+        return allowed, 1.0
+
+    monkeypatch.setattr(_threads, "_measure_pass", measure)
+    return asked
 
 
-def test_affinity_limits_the_default(many_cpus, monkeypatch):
+def pass_threads():
+    """The BLAS count of a default pass (its chunks shared among as many threads)."""
+    blas, sharers = _threads.pass_threads(BIG, ACTIVATIONS, 256, "float32", False)
+    assert blas == sharers
+    return blas
+
+
+def test_a_default_pass_chooses_among_every_allowed_core(many_cpus, every_core_wins):
+    assert pass_threads() == 8
+    assert every_core_wins == [8]
+
+
+def test_affinity_limits_the_default(many_cpus, every_core_wins, monkeypatch):
     monkeypatch.setattr(_threads, "_cpu_count", lambda: 3)
     assert _threads.allowed_threads() == 3
-    assert _threads.thread_count(BIG, 256) == 3
+    assert pass_threads() == 3
 
 
 @pytest.mark.parametrize("name", _threads.THREAD_LIMIT_VARIABLES)
@@ -123,9 +147,9 @@ def test_the_ones_dask_sets_in_the_process_that_starts_its_workers_are_no_limit(
     assert _threads.allowed_threads() == 1
 
 
-def test_a_cgroup_quota_limits_the_default(many_cpus, monkeypatch):
+def test_a_cgroup_quota_limits_the_default(many_cpus, every_core_wins, monkeypatch):
     monkeypatch.setattr(_threads, "_cgroup_limit", lambda: 3)
-    assert _threads.thread_count(BIG, 256) == 3
+    assert pass_threads() == 3
 
 
 def write(path, text):

@@ -581,9 +581,11 @@ def test_memmap_in_the_model_dtype_is_not_copied(tmp_path, monkeypatch, model_dt
     mX = _memmap(tmp_path, X, mode)
     mY = _memmap(tmp_path, Y, mode, name="y.dat")
 
-    # The default thread count is measured (on data of its own) at the first fit of a
-    # shape: do that before recording what the core is handed.
+    # The default thread counts are measured (on data of their own) at the first fit,
+    # predict and gradients of a shape: do that before recording what the core is handed.
     fastbp.Trainer("mse", epochs=1, batch_size=8).fit(make_model(model_dtype), X, Y)
+    make_model(model_dtype).predict(X)
+    make_model(model_dtype).gradients(X, Y, "mse")
     seen_fit = _capture(monkeypatch, "train_epoch")
     seen_predict = _capture(monkeypatch, "predict")
     seen_grad = _capture(monkeypatch, "gradients")
