@@ -271,6 +271,14 @@ def pass_threads(layer_sizes, activations, rows: int, dtype, backward: bool) -> 
         return fixed, fixed
     kind = "gradients" if backward else "forward"
     key = _cache_key(layer_sizes, rows, dtype, f"{kind} pass/{allowed}")
+    if getattr(_local, "depth", 0) > 0:
+        # Inside another pass on this thread (a fit's validation, a callback's predict):
+        # this one runs under that pass's BLAS count whatever it asks (blas_threads), so
+        # it takes the count kept for it, or one thread, and never measures. Measuring
+        # here would time the caller's count twice, and waiting for _measure_lock here
+        # could wait on a measurement in another thread that itself waits for this pass
+        # to end (a deadlock two concurrent fits with validation met).
+        return _measured.get(key, (1, 1))
 
     def valid(kept):
         return isinstance(kept, list) and len(kept) == 2 and kept[0] in (1, allowed) \

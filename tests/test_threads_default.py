@@ -451,3 +451,35 @@ def test_the_real_pass_measurement(cache, monkeypatch):
     for backward in (False, True):
         assert _threads._measure_pass(sizes, names, 64, "float64", backward, 2)[0] in (1, 2)
     assert windows == [([(1, 1), (1, 2)], _threads.PASS_CONFIRM_SECONDS)] * 2
+
+
+def test_a_pass_inside_another_never_measures_nor_waits_for_a_measurement(cache,
+                                                                         monkeypatch):
+    """A pass started inside another on the same thread (a fit's validation) runs under
+    that pass's count: it takes the count kept for its shape, or one thread, without
+    measuring and without waiting for a measurement under way in another thread (which
+    may itself wait for the outer pass to end: two fits with validation on two threads
+    deadlocked so)."""
+    import threading
+
+    def measure(*arguments):
+        raise AssertionError("measured inside a pass")
+
+    monkeypatch.setattr(_threads, "_measure_pass", measure)
+    found = []
+
+    def inside():
+        with _threads.blas_threads(1):
+            found.append(_threads.pass_threads((30, 40, 5), ("relu", "softmax"), 64,
+                                               "float32", False))
+            found.append(_threads.pass_threads((30, 41, 5), ("relu", "softmax"), 64,
+                                               "float32", True))
+
+    key = _threads._cache_key((30, 41, 5), 64, "float32", "gradients pass/2")
+    _threads._measured[key] = (2, 2)
+    with _threads._measure_lock:                 # another thread's measurement
+        thread = threading.Thread(target=inside)
+        thread.start()
+        thread.join(30)
+        assert not thread.is_alive(), "a pass inside another waited for the measurement"
+    assert found == [(1, 1), (2, 2)]
