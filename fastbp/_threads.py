@@ -286,10 +286,16 @@ def pass_threads(layer_sizes, activations, rows: int, dtype, backward: bool) -> 
 
     with _measure_lock:
         if key not in _measured:
-            count, seconds = settled(
-                CACHE_FILE, key, valid,
-                lambda: list(_measure_pass(layer_sizes, activations, rows, dtype, backward,
-                                           allowed)))
+            try:
+                count, seconds = settled(
+                    CACHE_FILE, key, valid,
+                    lambda: list(_measure_pass(layer_sizes, activations, rows, dtype,
+                                               backward, allowed)))
+            except PassesRunning:
+                # Another thread's pass holds BLAS's count (a fit, perhaps waiting in a
+                # callback for this very call): this call runs on one thread unmeasured,
+                # and a later one measures.
+                return 1, 1
             _measured[key] = int(count), (allowed if seconds >= SPLIT_MIN_SECONDS else 1)
         return _measured[key]
 
@@ -450,7 +456,8 @@ def _measure_pass(layer_sizes, activations, rows, dtype, backward, allowed) -> t
     thread's may take the own kernels), in windows taking turns as a fit's candidates do
     (_best_windows, _pick). A chunk under SPLIT_MIN_SECONDS on one thread stays there (a
     second thread's hand-offs cost microseconds on any machine); one over
-    PASS_UNMEASURED_SECONDS takes `allowed`."""
+    PASS_UNMEASURED_SECONDS takes `allowed`. Raises PassesRunning, keeping nothing, where
+    a count it times would have to wait for other threads' passes."""
     from fastbp import _core
     from fastbp.model import MLP
     model = MLP(list(layer_sizes), list(activations), dtype=dtype, seed=0)
@@ -474,7 +481,7 @@ def _measure_pass(layer_sizes, activations, rows, dtype, backward, allowed) -> t
                 _core.predict(plan, model._params, work, X, out, None)
 
         def window(n_passes):
-            with blas_threads(threads):
+            with blas_threads(threads, wait=False):
                 started = time.perf_counter()
                 for _ in range(n_passes):
                     one_pass()
@@ -842,8 +849,12 @@ def _library_of(address: int):
     return os.fsdecode(info.dli_fname)
 
 
+class PassesRunning(Exception):
+    """blas_threads(..., wait=False) would have waited for other threads' passes."""
+
+
 @contextlib.contextmanager
-def blas_threads(n_threads: int):
+def blas_threads(n_threads: int, wait=True):
     """Run a pass with every loaded BLAS limited to n_threads, and no other count set
     while it runs.
 
@@ -856,11 +867,13 @@ def blas_threads(n_threads: int):
     callback's predict inside a fit) runs under its caller's count, whatever it asks:
     waiting for its own caller would never end. The first pass saves each BLAS's setting
     and the last puts it back, whichever threads they run on. The libraries are found once
-    (a scan, milliseconds); a limit then costs microseconds.
+    (a scan, milliseconds); a limit then costs microseconds. wait=False: raise
+    PassesRunning instead of waiting (a measurement must not wait on other threads'
+    passes: one of them may be waiting for the call that measures).
     """
     setters = _thread_setters()
     depth = getattr(_local, "depth", 0)
-    _enter(n_threads, setters, nested=depth > 0)
+    _enter(n_threads, setters, nested=depth > 0, wait=wait)
     _local.depth = depth + 1
     try:
         yield
@@ -869,13 +882,15 @@ def blas_threads(n_threads: int):
         _leave()
 
 
-def _enter(n_threads: int, setters, nested: bool) -> None:
+def _enter(n_threads: int, setters, nested: bool, wait=True) -> None:
     global _active, _saved, _count
     with _turns:
         # no one waiting and the count free or ours: the queue below would let it in at
         # once with no one to wake, so it is skipped (a predict of a few hundred rows
         # pays the pass's entry on every call)
         if not nested and (_queue or not (_active == 0 or _count == n_threads)):
+            if not wait:
+                raise PassesRunning
             ticket = object()
             _queue.append(ticket)
             try:

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -483,3 +484,36 @@ def test_a_pass_inside_another_never_measures_nor_waits_for_a_measurement(cache,
         thread.join(30)
         assert not thread.is_alive(), "a pass inside another waited for the measurement"
     assert found == [(1, 1), (2, 2)]
+
+
+def test_a_measurement_never_waits_for_other_threads_passes(cache, monkeypatch):
+    """Timing a count BLAS is not on would wait for other threads' passes to end, and one
+    of them may be waiting for this very call (a fit paused in a callback that predicts:
+    the debug build's pass took over 50 us, so it was timed, and the test hung). Such a
+    call runs on one thread unmeasured, keeps nothing, and a later call measures."""
+    import threading
+    monkeypatch.setattr(_threads, "SPLIT_MIN_SECONDS", 0.0)        # every chunk is timed
+    monkeypatch.setattr(_threads, "PASS_UNMEASURED_SECONDS", 10.0)
+    monkeypatch.setattr(_threads, "CONFIRM_SECONDS", 0.0)
+    inside, release = threading.Event(), threading.Event()
+
+    def other_pass():
+        with _threads.blas_threads(1):
+            inside.set()
+            release.wait(60)
+
+    other = threading.Thread(target=other_pass)
+    other.start()
+    try:
+        inside.wait(60)
+        started = time.perf_counter()
+        assert _threads.pass_threads((30, 40, 5), ("relu", "softmax"), 64, "float32",
+                                     False) == (1, 1)
+        assert time.perf_counter() - started < 30
+        assert _threads._measured == {}
+    finally:
+        release.set()
+        other.join(60)
+    blas, sharers = _threads.pass_threads((30, 40, 5), ("relu", "softmax"), 64, "float32",
+                                          False)
+    assert blas in (1, 2) and sharers == 2 and len(_threads._measured) == 1
