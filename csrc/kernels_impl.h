@@ -189,8 +189,8 @@ static inline __attribute__((always_inline)) double FBP_NAME(fbp_softmax_rows)(
         for (ptrdiff_t j = 0; j < n_cols; j++)
             sum_exp += row[j];
         const FBP_T weight = row_weights ? row_weights[start + r] : 1;
-        if (y) {
-            const FBP_T *target = y + (start + r) * n_cols;
+        const FBP_T *target = y ? y + (start + r) * n_cols : NULL;
+        if (target) {
             FBP_T sum_y = 0;
             for (ptrdiff_t j = 0; j < n_cols; j++)
                 sum_y += target[j];
@@ -199,8 +199,7 @@ static inline __attribute__((always_inline)) double FBP_NAME(fbp_softmax_rows)(
         FBP_T inverse = 1 / sum_exp;
         for (ptrdiff_t j = 0; j < n_cols; j++)
             row[j] *= inverse;
-        if (y && delta) {
-            const FBP_T *target = y + (start + r) * n_cols;
+        if (target && delta) {
             FBP_T factor = scale * weight;
             FBP_T *delta_row = delta + (start + r) * n_cols;
             for (ptrdiff_t j = 0; j < n_cols; j++)
