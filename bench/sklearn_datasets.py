@@ -5,8 +5,16 @@ load_diabetes, load_linnerud: R²) and each solver (lbfgs, sgd, adam), both esti
 with scikit-learn's default parameters (random_state fixed) in a StandardScaler pipeline,
 scored by 5-fold cross-validation (the regressors also scale the targets, as users of
 neural nets on raw targets do: TransformedTargetRegressor with a StandardScaler). Prints the
-mean score of each, the difference, the fit time of each (the sum over the folds) and the
-ratio sklearn time / fastbp time.
+mean score of each, the difference, the fit time of each (the sum over the folds), the
+ratio sklearn time / fastbp time, and the same ratio per iteration (an L-BFGS iteration or
+an epoch; n_iter_ summed over the folds): the two libraries' iterates part after some tens
+of L-BFGS iterations (rounding, amplified), so one may stop well before the other, and the
+per-iteration ratio is the one that compares the implementations.
+
+Each cross-validation runs once untimed first (--warm-up 0 skips it): fastbp measures its
+kernels against BLAS the first time it meets a product shape on a machine (cached, as its
+thread counts are: docs/performance.md), which a fresh cache folder would otherwise count
+in the first data set's times.
 
     python bench/sklearn_datasets.py                  # every data set and solver
     python bench/sklearn_datasets.py --datasets iris,digits --solvers adam --json out.json
@@ -69,37 +77,60 @@ def estimators(classification, solver, seed, n_threads):
 
 
 def cross_validated(model, X, y, classification, seed):
-    """(mean 5-fold score, total fit seconds)."""
+    """(mean 5-fold score, total fit seconds, total iterations)."""
     folds = (StratifiedKFold if classification else KFold)(5, shuffle=True, random_state=seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        result = cross_validate(model, X, y, cv=folds, n_jobs=1)
-    return float(np.mean(result["test_score"])), float(np.sum(result["fit_time"]))
+        result = cross_validate(model, X, y, cv=folds, n_jobs=1, return_estimator=True)
+    iterations = sum(_final_estimator(fitted).n_iter_ for fitted in result["estimator"])
+    return (float(np.mean(result["test_score"])), float(np.sum(result["fit_time"])),
+            int(iterations))
 
 
-def compare(name, solver, seed=0, n_threads=1):
+def _final_estimator(fitted):
+    """The MLP inside a fitted pipeline (or target transformer around one)."""
+    if isinstance(fitted, TransformedTargetRegressor):
+        fitted = fitted.regressor_
+    return fitted[-1]
+
+
+def _ratio(numerator, denominator) -> float:
+    return numerator / denominator if denominator > 0 else float("inf")
+
+
+def compare(name, solver, seed=0, n_threads=1, warm_up=True):
     loader, classification = DATASETS[name]
     X, y = loader(return_X_y=True)
     ours, theirs = estimators(classification, solver, seed, n_threads)
     with threadpool_limits(limits=n_threads):
-        score, seconds = cross_validated(ours, X, y, classification, seed)
-        their_score, their_seconds = cross_validated(theirs, X, y, classification, seed)
+        if warm_up:
+            cross_validated(ours, X, y, classification, seed)
+            cross_validated(theirs, X, y, classification, seed)
+        score, seconds, iterations = cross_validated(ours, X, y, classification, seed)
+        their_score, their_seconds, their_iterations = cross_validated(
+            theirs, X, y, classification, seed)
     return {"dataset": name, "solver": solver,
             "metric": "accuracy" if classification else "R2",
             "fastbp": score, "sklearn": their_score, "difference": score - their_score,
             "within_tolerance": score >= their_score - TOLERANCE[classification],
             "fastbp_s": seconds, "sklearn_s": their_seconds,
-            "speedup": their_seconds / seconds if seconds > 0 else float("inf")}
+            "fastbp_iterations": iterations, "sklearn_iterations": their_iterations,
+            "speedup": _ratio(their_seconds, seconds),
+            "speedup_per_iteration": _ratio(their_seconds / max(their_iterations, 1),
+                                            seconds / max(iterations, 1))}
 
 
 def table(rows) -> str:
     lines = [f"{'data set':<14} {'solver':<6} {'metric':<8} {'fastbp':>7} {'sklearn':>7} "
-             f"{'diff':>7} {'ok':>3} {'fastbp s':>9} {'sklearn s':>9} {'speedup':>8}"]
+             f"{'diff':>7} {'ok':>3} {'fastbp s':>9} {'sklearn s':>9} {'speedup':>8} "
+             f"{'iterations':>11} {'per it.':>8}"]
     for r in rows:
         lines.append(f"{r['dataset']:<14} {r['solver']:<6} {r['metric']:<8} {r['fastbp']:7.4f} "
                      f"{r['sklearn']:7.4f} {r['difference']:+7.4f} "
                      f"{'yes' if r['within_tolerance'] else 'NO':>3} {r['fastbp_s']:9.3f} "
-                     f"{r['sklearn_s']:9.3f} {r['speedup']:7.1f}x")
+                     f"{r['sklearn_s']:9.3f} {r['speedup']:7.1f}x "
+                     f"{r['fastbp_iterations']:>5}/{r['sklearn_iterations']:<5} "
+                     f"{r['speedup_per_iteration']:7.1f}x")
     return "\n".join(lines)
 
 
@@ -111,6 +142,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", help="also write the rows to this file")
+    parser.add_argument("--warm-up", type=int, choices=(0, 1), default=1,
+                        help="1 (default): each cross-validation once untimed first")
     args = parser.parse_args(argv)
     names, solvers = args.datasets.split(","), args.solvers.split(",")
     for name in names:
@@ -122,7 +155,7 @@ def main(argv=None) -> int:
     rows = []
     for name in names:
         for solver in solvers:
-            rows.append(compare(name, solver, args.seed, args.threads))
+            rows.append(compare(name, solver, args.seed, args.threads, bool(args.warm_up)))
             print(table(rows[-1:]).splitlines()[1], flush=True)
     print()
     print(table(rows))

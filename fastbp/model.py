@@ -299,7 +299,7 @@ class MLP:
 
     def _workspace(self, n_rows: int, dropout=None, with_gradient=False, n_threads=None,
                    few_rows=False, sparse=False, fixed_rows=True, copies=1,
-                   allocate=True):
+                   allocate=True, repeated=False):
         """A plan and its workspace for up to n_rows rows a pass (chunks for predict).
 
         A pass known to run on one BLAS thread cuts its products into calls small enough
@@ -313,8 +313,9 @@ class MLP:
         its shapes (fastbp._products); else the chunk follows the call's rows: a predict
         or evaluate pass of more than _core.PREDICTOR_ROWS rows takes the choice measured
         at its row_bucket (once per bucket and shape, products up to
-        PASS_MEASURE_MAX_MULTIPLY_ADDS), a gradients pass stays on BLAS
-        unless the own kernels are forced. copies: workspaces side by side (one per
+        PASS_MEASURE_MAX_MULTIPLY_ADDS), a gradients pass stays on BLAS unless the own
+        kernels are forced or it is `repeated` (run many times on the same rows: then
+        measured at its row_bucket as predict's). copies: workspaces side by side (one per
         thread of predict_on_workers); allocate=False: the plan only (an empty
         workspace), for a plan kept with the model."""
         small_chunks = n_threads == 1 and small_gemm_kernels()
@@ -334,7 +335,7 @@ class MLP:
         plan.set_product_isas(product_isas(
             self._layer_sizes, measured_rows, self.dtype, n_threads == 1, not few_rows,
             sparse, like.gemm_chunks,
-            measure=fixed_rows or (few_rows and n_rows > _core.PREDICTOR_ROWS),
+            measure=fixed_rows or repeated or (few_rows and n_rows > _core.PREDICTOR_ROWS),
             largest=None if fixed_rows else PASS_MEASURE_MAX_MULTIPLY_ADDS,
             margin=1.0 if fixed_rows else PASS_OWN_MARGIN))
         return plan, np.empty(plan.work_size * copies if allocate else 0, dtype=self.dtype)
@@ -346,14 +347,23 @@ class MLP:
         gradients). The plan and the BLAS count are fixed for the whole call. sparse: X is
         a sparse matrix; its first layer runs in the core's own loops (no BLAS), so the
         count is chosen for the layers after it."""
+        plan, work, n_threads = self._pass_plan(n_samples, backward, n_threads, sparse)
+        with blas_threads(n_threads):
+            yield plan, work
+
+    def _pass_plan(self, n_samples: int, backward=False, n_threads=None, sparse=False,
+                   repeated=False) -> tuple:
+        """(plan, workspace, BLAS threads) of _chunked_pass. repeated: the caller runs the
+        pass many times on these rows (_gradient_pass), so a gradients pass's products are
+        measured too (at the chunk's row_bucket, once per bucket and shape: the folds of a
+        cross-validation share it), where a one-off one stays on BLAS."""
         rows = self._chunk_rows(n_samples, sparse)
         n_threads = checked_thread_count(n_threads)
         if n_threads is None:
             n_threads = self._pass_threads(rows, backward, sparse)
         plan, work = self._workspace(rows, n_threads=n_threads, few_rows=not backward,
-                                     sparse=sparse, fixed_rows=False)
-        with blas_threads(n_threads):
-            yield plan, work
+                                     sparse=sparse, fixed_rows=False, repeated=repeated)
+        return plan, work, n_threads
 
     def _core_inputs(self, X) -> tuple:
         """(dense X, SparseRows or None): the core's X arguments for a checked X."""
@@ -538,18 +548,9 @@ class MLP:
         >= 0 a row, not all 0, checked as Trainer.fit checks it): the weighted mean
         sum w_i l_i / sum w_i instead, the loss a fit with these weights descends.
         """
-        loss = losses.get(loss)
-        X = self._inputs(X)
-        targets = self._dense_targets(Y, loss, X.shape[0])
-        weights = None if sample_weight is None else \
-            as_row_weights(as_sample_weight(sample_weight, X.shape[0]), self.dtype)
+        run = self._gradient_pass(X, Y, loss, n_threads, sample_weight)
         grads = np.empty_like(self._params)
-        dense, sparse = self._core_inputs(X)
-        with self._chunked_pass(X.shape[0], backward=True, n_threads=n_threads,
-                                sparse=sparse is not None) as (plan, work):
-            value = _core.gradients(plan, _core.Hyperparameters(loss.code, loss.parameter),
-                                    self._params, grads, work, dense, targets, sparse,
-                                    weights)
+        value = run(grads)
         if not np.isfinite(value):
             grads.fill(np.nan)
             warnings.warn("the loss is not finite for these parameters: the weights have "
@@ -559,6 +560,31 @@ class MLP:
                           f"some are infinite or NaN", RuntimeWarning, stacklevel=2)
         grad_weights, grad_biases = self._plan.parameter_views(grads)
         return float(value), grad_weights, grad_biases
+
+    def _gradient_pass(self, X, Y, loss, n_threads=None, sample_weight=None,
+                       repeated=False):
+        """gradients' pass with its arguments checked and its plan made once: returns
+        run(grads) -> the mean loss at the current parameters, its gradient written into
+        grads (n_params values of the model's dtype, in parameter_vector's order).
+        repeated: the caller runs it many times on these rows (the scikit-learn
+        estimators' L-BFGS), which then pay the checks, the plan and the thread choice
+        once, and whose products are measured at these rows (_pass_plan). run reads X, Y
+        and sample_weight as they are when it runs: a caller must not change them."""
+        loss = losses.get(loss)
+        X = self._inputs(X)
+        targets = self._dense_targets(Y, loss, X.shape[0])
+        weights = None if sample_weight is None else \
+            as_row_weights(as_sample_weight(sample_weight, X.shape[0]), self.dtype)
+        dense, sparse = self._core_inputs(X)
+        plan, work, n_threads = self._pass_plan(X.shape[0], True, n_threads,
+                                                sparse is not None, repeated)
+        hyperparameters = _core.Hyperparameters(loss.code, loss.parameter)
+
+        def run(grads) -> float:
+            with blas_threads(n_threads):
+                return float(_core.gradients(plan, hyperparameters, self._params, grads,
+                                             work, dense, targets, sparse, weights))
+        return run
 
     # ---- saving ----
     def save(self, path) -> None:

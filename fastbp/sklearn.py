@@ -34,7 +34,7 @@ except ImportError as error:          # pragma: no cover (tested in a subprocess
     raise ImportError('fastbp.sklearn needs scikit-learn >= 1.6: pip install "fastbp[sklearn]"'
                       ) from error
 
-from fastbp import losses, optimizers, schedules
+from fastbp import _core, losses, optimizers, schedules
 from fastbp.callbacks import Callback
 from fastbp.model import ACTIVATIONS, INITS, MLP
 from fastbp._validation import as_row_weights
@@ -151,68 +151,60 @@ def _stochastic_solver(estimator) -> bool:
 
 class _LbfgsObjective:
     """scikit-learn's full-batch objective and its gradient for a flat float64 parameter
-    vector (MLP.parameter_vector's order), from MLP.gradients: one pass over the data per
-    evaluation, the loss the sample weights' weighted mean (MLP.gradients' sample_weight).
+    vector (MLP.parameter_vector's order), from the compiled gradients pass: one pass over
+    the data per evaluation, the loss the sample weights' weighted mean. The data are
+    checked and the pass planned once (MLP._gradient_pass), not at every evaluation: on
+    scikit-learn's small data sets those checks had cost twice the pass itself.
     """
 
     def __init__(self, estimator, X, Y, sample_weight):
         self.model = model = estimator.model_
-        self.loss = estimator._loss()
         self.scale = estimator._objective_scale()
         self.reported_scale = estimator._reported_scale()
-        self.n_threads = estimator.n_threads
         if Y.ndim == 1:                      # class indices: one-hot once, not per call
             Y = np.eye(model.layer_sizes[-1], dtype=model.dtype)[Y]
-        self.X, self.Y = X, Y
-        if sample_weight is None:
-            self.sample_weight, total = None, X.shape[0]
-        else:
-            # scaled once here, not at every evaluation (_fit has checked them)
-            self.sample_weight = as_row_weights(sample_weight, model.dtype)
-            total = float(sample_weight.sum())
+        self.X, self.Y, self.loss = X, Y, estimator._loss()
+        total = X.shape[0] if sample_weight is None else float(sample_weight.sum())
+        self.run = model._gradient_pass(X, Y, self.loss, estimator.n_threads, sample_weight,
+                                        repeated=True)
+        self.grads = np.empty(model.n_params, dtype=model.dtype)
         # alpha / 2 * sum ||W||^2 / total weight, on the weights' entries of the vector
         self.penalty = 0.5 * float(estimator.alpha) / total
-        self.is_weight = np.concatenate(
-            [np.full(size, kind == "W") for n_in, n_out in zip(model.layer_sizes[:-1],
-                                                                model.layer_sizes[1:])
-             for kind, size in (("W", n_in * n_out), ("b", n_out))])
+        self.weight_slices = []
+        offset = 0
+        for n_in, n_out in zip(model.layer_sizes[:-1], model.layer_sizes[1:]):
+            self.weight_slices.append(slice(offset, offset + n_in * n_out))
+            offset += n_in * n_out + n_out
 
     def _mean_loss_and_gradient(self, theta):
+        """(mean loss, its gradient as a new float64 vector) at theta."""
         self.model.set_parameter_vector(theta)
-        loss, grad_weights, grad_biases = self.model.gradients(
-            self.X, self.Y, self.loss, n_threads=self.n_threads,
-            sample_weight=self.sample_weight)
-        return loss, np.concatenate(
-            [part.ravel() for pair in zip(grad_weights, grad_biases) for part in pair]
-        ).astype(np.float64, copy=False)
+        loss = self.run(self.grads)
+        return loss, self.grads.astype(np.float64)   # a copy: scipy may keep it
 
     def _penalty_term(self, theta):
-        weights = theta[self.is_weight]
-        return self.penalty * float(np.dot(weights, weights))
+        return self.penalty * sum(float(np.dot(theta[part], theta[part]))
+                                  for part in self.weight_slices)
 
     def __call__(self, theta):
         try:
-            with warnings.catch_warnings():
-                # a point whose loss or gradient is not finite is refused below
-                warnings.simplefilter("ignore", RuntimeWarning)
-                value, gradient = self._mean_loss_and_gradient(theta)
+            value, gradient = self._mean_loss_and_gradient(theta)
         except ValueError:
             # a point the model's dtype cannot hold: tell L-BFGS to step back
             return np.inf, np.zeros_like(theta)
-        if not (np.isfinite(value) and np.isfinite(gradient).all()):
+        if not (np.isfinite(value) and _core.all_finite(gradient.reshape(1, -1))):
             return np.inf, np.zeros_like(theta)
         value = self.scale * value + self._penalty_term(theta)
         gradient *= self.scale
-        gradient += 2.0 * self.penalty * theta * self.is_weight
+        for part in self.weight_slices:
+            gradient[part] += 2.0 * self.penalty * theta[part]
         return value, gradient
 
     def reported_loss(self, theta) -> float:
         """loss_ as scikit-learn reports it at theta (its reporting scale); NaN where the
         model cannot be evaluated there."""
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                value, _ = self._mean_loss_and_gradient(theta)
+            value, _ = self._mean_loss_and_gradient(theta)
         except ValueError:
             return np.nan
         return self.reported_scale * value + self._penalty_term(theta)

@@ -649,3 +649,51 @@ def test_a_child_process_after_fork_shares_its_passes_on_threads_of_its_own(monk
         pytest.fail("the forked child's shared pass did not finish in 120 s")
     assert os.WIFEXITED(waited[1]) and os.WEXITSTATUS(waited[1]) == 0
     np.testing.assert_array_equal(model.predict(X, n_threads=2), expected)
+
+
+def flat_gradients(model, X, Y, weights=None):
+    value, grad_weights, grad_biases = model.gradients(X, Y, "cce", n_threads=1,
+                                                       sample_weight=weights)
+    return value, np.concatenate([part.ravel() for pair in zip(grad_weights, grad_biases)
+                                  for part in pair])
+
+
+@needs_kernels
+@pytest.mark.parametrize("own_faster", [True, False])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_repeated_gradients_pass_measures_its_bucket_and_equals_gradients(
+        monkeypatch, fresh, dtype, own_faster):
+    """MLP._gradient_pass(repeated=True), the scikit-learn estimators' L-BFGS objective:
+    its products (forward, delta, gradient) are measured once at the chunk's bucket and
+    kept for every later pass of that bucket, where a one-off gradients call measures
+    nothing and stays on BLAS; each run reads the parameters as they are then and
+    equals gradients() to rounding, with and without sample weights."""
+    monkeypatch.setenv(_products.KERNELS_VARIABLE, "auto")
+    measured = counted_measurements(monkeypatch, answer=own_faster)
+    model, X, _ = model_and_rows(dtype, 300)
+    labels = np.arange(300) % SIZES[-1]
+    weights = np.random.default_rng(1).uniform(0.0, 2.0, 300)
+    flat_gradients(model, X, labels)
+    assert measured == []
+    for sample_weight in (None, weights):
+        run = model._gradient_pass(X, labels, "cce", n_threads=1,
+                                   sample_weight=sample_weight, repeated=True)
+        grads = np.empty(model.n_params, dtype=dtype)
+        for step in range(3):
+            value = run(grads)
+            expected_value, expected = flat_gradients(model, X, labels, sample_weight)
+            np.testing.assert_allclose(value, expected_value, rtol=TOLERANCE[dtype])
+            np.testing.assert_allclose(grads, expected, rtol=50 * TOLERANCE[dtype],
+                                       atol=TOLERANCE[dtype])
+            model.set_parameter_vector(model.parameter_vector() - 0.1 * grads)
+    # at 512 rows: every layer's forward and gradient, and the delta of the layers after
+    # the first; measured once for both calls
+    expected_products = [("nn", 512, n_out, n_in) for n_in, n_out in zip(SIZES, SIZES[1:])] \
+        + [("tn", n_in, n_out, 512) for n_in, n_out in zip(SIZES, SIZES[1:])] \
+        + [("nt", 512, n_in, n_out) for n_in, n_out in zip(SIZES[1:-1], SIZES[2:])]
+    assert sorted(measured) == sorted(expected_products)
+    code = _core.KERNEL_ISAS[ISAS[-1]] if own_faster else 0
+    plan, _, _ = model._pass_plan(300, backward=True, n_threads=1, repeated=True)
+    assert plan.product_isas[dtype] == [(code, 0, code)] + [(code, code, code)] * 2
+    model._gradient_pass(X[:257], labels[:257], "cce", n_threads=1, repeated=True)
+    assert len(measured) == len(expected_products)    # the same bucket: nothing new
