@@ -65,10 +65,19 @@ static inline __attribute__((always_inline)) void FBP_PROD(fbp_prod_block)(
 static inline __attribute__((always_inline)) void FBP_PROD(fbp_prod_panel)(
     ptrdiff_t n_rows, int n_vectors, ptrdiff_t k, const FBP_T *a, ptrdiff_t lda,
     const int a_row_is_one, const FBP_T *b, ptrdiff_t ldb, FBP_T *c, ptrdiff_t ldc,
-    FBP_T alpha, FBP_T beta)
+    FBP_T alpha, FBP_T beta, const FBP_T *ahead, ptrdiff_t ahead_rows)
 {
     const ptrdiff_t a_row = a_row_is_one ? 1 : lda;
+    const ptrdiff_t blocks = (n_rows + FBP_PROD_ROWS - 1) / FBP_PROD_ROWS;
     for (ptrdiff_t p = 0; p < n_rows; p += FBP_PROD_ROWS) {
+        if (ahead != NULL) {
+            const ptrdiff_t block = p / FBP_PROD_ROWS;
+            const ptrdiff_t from = block * ahead_rows / blocks;
+            const ptrdiff_t to = (block + 1) * ahead_rows / blocks;
+            for (ptrdiff_t r = from; r < to; r++)
+                for (ptrdiff_t kk = 0; kk < k; kk += 64 / (ptrdiff_t)sizeof(FBP_T))
+                    __builtin_prefetch(ahead + r * lda + kk, 0, 2);
+        }
         const ptrdiff_t left = n_rows - p;
         const int rows = left < FBP_PROD_ROWS ? (int)left : FBP_PROD_ROWS;
         const FBP_T *ap = a + p * a_row;
@@ -171,11 +180,17 @@ static inline __attribute__((always_inline)) void FBP_PROD(fbp_prod_general)(
     for (ptrdiff_t p = 0; p < n_rows; p += row_step) {
         const ptrdiff_t rows = n_rows - p < row_step ? n_rows - p : row_step;
         const FBP_T *ap = a + p * (a_row_is_one ? 1 : lda);
+        /* the next block of rows, fetched into L2 a slice per register block of the
+           last panel, while this block's products run */
+        const ptrdiff_t ahead_rows = a_row_is_one || row_step >= n_rows ? 0
+            : n_rows - p - rows < row_step ? n_rows - p - rows : row_step;
         for (ptrdiff_t j = 0; j < whole; j += FBP_PROD_WIDTH) {
             const ptrdiff_t width = whole - j < FBP_PROD_WIDTH ? whole - j : FBP_PROD_WIDTH;
+            const int last = j + FBP_PROD_WIDTH >= whole;
             FBP_PROD(fbp_prod_panel)(rows, (int)(width / FBP_PROD_LANES), k, ap, lda,
                                      a_row_is_one, b + j, ldb, c + p * ldc + j, ldc, alpha,
-                                     beta);
+                                     beta, last && ahead_rows > 0 ? ap + rows * lda : NULL,
+                                     ahead_rows);
         }
     }
     if (whole < n_cols)
@@ -290,7 +305,7 @@ FBP_PROD_TARGET static void FBP_PROD(fbp_product_nt)(
                     FBP_PROD(fbp_prod_panel)(rows, nv, kc, d + p * ldd + k0, ldd, 0,
                                              panel + v * FBP_PROD_LANES, width,
                                              out + v * FBP_PROD_LANES, ld_out, (FBP_T)1,
-                                             whole ? beta : (FBP_T)0);
+                                             whole ? beta : (FBP_T)0, NULL, 0);
                 }
                 if (!whole)
                     for (ptrdiff_t r = 0; r < rows; r++)
