@@ -115,12 +115,14 @@ def product_isas(layer_sizes, rows: int, dtype, one_thread=True, backward=True,
 
 
 def _measured_isas(sizes, rows, dtype, isa, backward, sparse, gemm_chunks, largest, margin):
-    """product_isas under "auto", each product measured (own_is_faster)."""
+    """product_isas under "auto", each product measured (own_is_faster), with its share
+    of the margin (product_margin)."""
     from fastbp import _core
     n_layers = len(sizes) - 1
     isas = [0] * (6 * n_layers)
     code = _core.KERNEL_ISAS[isa]
     base = 0 if dtype == np.float32 else 3 * n_layers
+    measured = []    # (index in isas, kind, m, n, k, chunk rows, chunk columns)
     for layer in range(1, n_layers + 1):
         if sparse and layer == 1:
             continue   # the core's sparse loops
@@ -136,9 +138,30 @@ def _measured_isas(sizes, rows, dtype, isa, backward, sparse, gemm_chunks, large
                 continue   # the first layer has no input delta
             if largest is not None and m * n * k > largest:
                 continue
-            if own_is_faster(kind, m, n, k, dtype, isa, chunk_rows, chunk_columns, margin):
-                isas[base + 3 * (layer - 1) + product] = code
+            measured.append((base + 3 * (layer - 1) + product, kind, m, n, k, chunk_rows,
+                             chunk_columns))
+    pass_multiply_adds = sum(m * n * k for _, _, m, n, k, _, _ in measured)
+    for index, kind, m, n, k, chunk_rows, chunk_columns in measured:
+        share = product_margin(margin, m * n * k, pass_multiply_adds, len(measured))
+        if own_is_faster(kind, m, n, k, dtype, isa, chunk_rows, chunk_columns, share):
+            isas[index] = code
     return isas
+
+
+def product_margin(margin, multiply_adds, pass_multiply_adds, n_products) -> float:
+    """The factor by which BLAS must beat the own kernel on one product of a pass to take
+    it, for a pass's `margin` (PASS_OWN_MARGIN): the larger of that margin on the product
+    itself and an equal part, a product each, of that margin on the whole pass. A pass
+    whose plan calls BLAS cannot share a lone chunk among threads, so a small product
+    (an output layer of 10 units is 1.3% of W1's pass) keeps the own kernel unless BLAS
+    saves a noticeable part of the pass: OpenBLAS's small-matrix kernel ran W1's
+    128 x 10 x 128 in 3.2 us against the own kernel's 3.5, and took the second thread from
+    a 128-row predict of about 130 us. The most a one-thread pass can lose so is the margin on
+    the whole pass, plus the margin on each product as before. margin 1: no margin."""
+    if margin == 1.0 or multiply_adds == 0:
+        return margin
+    return max(margin, 1.0 + (margin - 1.0) * pass_multiply_adds
+               / (n_products * multiply_adds))
 
 
 def row_bucket(rows: int) -> int:

@@ -195,8 +195,13 @@ def test_the_bucket_plan_times_blas_in_its_own_calls(monkeypatch, fresh):
     bucket_plan = _core.Plan(SIZES, model._codes, 128, None, False, small_gemm_kernels())
     assert [call[6:8] for call in calls] == [
         forward for forward, _ in bucket_plan.gemm_chunks]
-    # a pass takes the own kernel unless BLAS is clearly faster (it can then be shared)
-    assert [call[8] for call in calls] == [_products.PASS_OWN_MARGIN] * 3
+    # a pass takes the own kernel unless BLAS is clearly faster (it can then be shared):
+    # by PASS_OWN_MARGIN on the product, or on its third of the pass
+    products = [128 * n_in * n_out for n_in, n_out in zip(SIZES, SIZES[1:])]
+    margin = _products.PASS_OWN_MARGIN
+    assert [call[8] for call in calls] == pytest.approx(
+        [max(margin, 1 + (margin - 1) * sum(products) / (3 * product))
+         for product in products])
 
 
 @needs_kernels
@@ -697,3 +702,38 @@ def test_a_repeated_gradients_pass_measures_its_bucket_and_equals_gradients(
     assert plan.product_isas[dtype] == [(code, 0, code)] + [(code, code, code)] * 2
     model._gradient_pass(X[:257], labels[:257], "cce", n_threads=1, repeated=True)
     assert len(measured) == len(expected_products)    # the same bucket: nothing new
+
+
+@pytest.mark.parametrize("multiply_adds, expected", [
+    (100, 1.05),                    # the whole pass: the margin itself
+    (50, 1.05),                     # half of it, a product of two: 1 + 0.05 / 2 / 0.5
+    (10, 1.0 + 0.05 * 100 / 20),    # a tenth: half the pass's margin over its tenth
+    (1, 1.0 + 0.05 * 100 / 2),
+])
+def test_a_small_product_of_a_pass_has_a_wider_margin(multiply_adds, expected):
+    """A pass's product takes the own kernel unless BLAS saves more than its part of the
+    margin on the whole pass (or the margin on the product, whichever is larger): a plan
+    with a product on BLAS cannot share a lone chunk among threads."""
+    assert _products.product_margin(1.05, multiply_adds, 100, 2) == pytest.approx(expected)
+    assert _products.product_margin(1.0, multiply_adds, 100, 2) == 1.0    # a fit's plans
+
+
+@needs_kernels
+def test_w1s_output_product_keeps_the_own_kernel_unless_blas_saves_much(monkeypatch, fresh):
+    """W1's 10-column output product at 128 rows is 1.3% of the pass: measured with a
+    margin of about 3.0, so OpenBLAS's small kernel beating the own one by 11% (3.2 against
+    3.5 us, SkylakeX) no longer puts the plan on BLAS, and the lone chunk can be shared."""
+    monkeypatch.setenv(_products.KERNELS_VARIABLE, "auto")
+    margins = {}
+
+    def measure(kind, m, n, k, dtype, isa, chunk_rows=0, chunk_columns=0, margin=1.0):
+        margins[(kind, m, n, k)] = margin
+        own, blas = (3.5, 3.2) if n == 10 else (100.0, 100.0)
+        return own < margin * blas
+    monkeypatch.setattr(_products, "_measure", measure)
+    model = fastbp.MLP([784, 128, 10], ["relu", "softmax"])
+    plan, calls_blas, _ = model._kept_plan(128)
+    assert not calls_blas
+    assert margins[("nn", 128, 10, 128)] == pytest.approx(
+        1 + 0.05 * (128 * 128 * 784 + 128 * 10 * 128) / (2 * 128 * 10 * 128))
+    assert margins[("nn", 128, 128, 784)] == pytest.approx(1.05)
