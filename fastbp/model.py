@@ -337,7 +337,8 @@ class MLP:
             sparse, like.gemm_chunks,
             measure=fixed_rows or repeated or (few_rows and n_rows > _core.PREDICTOR_ROWS),
             largest=None if fixed_rows else PASS_MEASURE_MAX_MULTIPLY_ADDS,
-            margin=1.0 if fixed_rows else PASS_OWN_MARGIN))
+            # a forward pass's lone chunk is shared among threads only without BLAS
+            margin=PASS_OWN_MARGIN if few_rows and not fixed_rows else 1.0))
         return plan, np.empty(plan.work_size * copies if allocate else 0, dtype=self.dtype)
 
     @contextlib.contextmanager
