@@ -155,9 +155,10 @@ def product_margin(margin, multiply_adds, pass_multiply_adds, n_products) -> flo
     whose plan calls BLAS cannot share a lone chunk among threads, so a small product
     (an output layer of 10 units is 1.3% of W1's pass) keeps the own kernel unless BLAS
     saves a noticeable part of the pass: OpenBLAS's small-matrix kernel ran W1's
-    128 x 10 x 128 in 3.2 us against the own kernel's 3.5, and took the second thread from
-    a 128-row predict of about 130 us. The most a one-thread pass can lose so is the margin on
-    the whole pass, plus the margin on each product as before. margin 1: no margin."""
+    128 x 10 x 128 in 3.2 us against the own kernel's 3.5, and took the second thread
+    from a 128-row predict of about 130 us. The most a one-thread pass can lose so is the
+    margin on the whole pass, plus the margin on each product as before. margin 1: no
+    margin."""
     if margin == 1.0 or multiply_adds == 0:
         return margin
     return max(margin, 1.0 + (margin - 1.0) * pass_multiply_adds

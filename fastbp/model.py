@@ -569,8 +569,9 @@ class MLP:
         grads (n_params values of the model's dtype, in parameter_vector's order).
         repeated: the caller runs it many times on these rows (the scikit-learn
         estimators' L-BFGS), which then pay the checks, the plan and the thread choice
-        once, and whose products are measured at these rows (_pass_plan). run reads X, Y
-        and sample_weight as they are when it runs: a caller must not change them."""
+        once, and whose products are measured at these rows' bucket (_pass_plan). run
+        reads X, Y and sample_weight as they are when it runs: a caller must not change
+        them."""
         loss = losses.get(loss)
         X = self._inputs(X)
         targets = self._dense_targets(Y, loss, X.shape[0])
