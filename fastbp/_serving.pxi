@@ -30,6 +30,14 @@ PREDICTOR_POOL = 16
 # workspaces where 16 would pass PREDICTOR_POOL_BYTES.
 PREDICTOR_WORKSPACE_BYTES = 8 << 20
 PREDICTOR_POOL_BYTES = 32 << 20
+# A call of at least twice this many rows may share its rows among threads, in pieces of
+# at least this many (two of the few-row kernels' blocks of four rows): a row's sums do not
+# depend on the rows computed with it, so every count gives the bits of one thread.
+# Whether sharing pays (handing pieces to helper threads has a cost of its own) is
+# measured on the calls themselves, per row count; where the first one-thread pass on as
+# many rows took under hold_gil_seconds, those calls stay on one thread without asking (a
+# pass that short is not worth a hand-off between threads, as below).
+FEW_PIECE_ROWS = 8
 # A few-row call whose pass took less than this the last time it ran on as many rows keeps
 # the GIL while it computes. Releasing it lets other Python threads run meanwhile, but
 # when they are waiting for it each release and re-acquisition is a hand-off between
@@ -88,9 +96,15 @@ cdef class Predictor:
     cdef Py_ssize_t pool_size       # workspaces the pool keeps at most
     cdef int type_num
     cdef Py_ssize_t n_in, n_out
-    # per row count, the seconds its last pass took (0: none yet): a call keeps the GIL
-    # while its pass is shorter than hold_gil_seconds (written under the GIL)
+    # per row count, the seconds its last one-thread pass took (0: none yet): a call keeps
+    # the GIL while its pass is shorter than hold_gil_seconds (written under the GIL)
     cdef double[::1] pass_seconds
+    # per row count, the default thread count of its calls (KeptPassThreads, made on
+    # first use) and whether that is one thread for good (its first pass was short); the
+    # workspaces of the last shared call, kept for the next one
+    cdef dict choices
+    cdef char[::1] unshared
+    cdef object shared_work
 
     def __init__(self, layer_sizes, activations, cnp.ndarray params not None,
                  bint always=False):
@@ -110,13 +124,17 @@ cdef class Predictor:
         self.n_out = layer_sizes[len(layer_sizes) - 1]
         self.pool = []
         self.pass_seconds = np.zeros(rows + 1)
+        self.choices = {}
+        self.unshared = np.zeros(rows + 1, dtype=np.int8)
+        self.shared_work = None
 
-    def __call__(self, X, out=None):
+    def __call__(self, X, out=None, n_threads=None):
         """The outputs for X's rows (written into out, if given, and returned), or None when
         this call is not for the fast path: X or out not a C-contiguous aligned matrix of
         the model's dtype and widths, more than PREDICTOR_ROWS rows or a product BLAS takes
         faster, X not finite, out overlapping X or the parameters, or outputs that are not
-        finite."""
+        finite. n_threads (checked by the caller): threads to share the rows among, as
+        far as pieces of FEW_PIECE_ROWS rows go; None: chosen on the calls (see there)."""
         if not plain_matrix(X, self.type_num, self.n_in, False):
             return None
         cdef cnp.ndarray inputs = <cnp.ndarray>X
@@ -127,6 +145,15 @@ cdef class Predictor:
         cdef cnp.ndarray outputs = self.outputs_for(inputs, out)
         if outputs is None:
             return None
+        cdef int workers = 1
+        cdef object turn = None
+        cdef double started = 0
+        if m >= 2 * FEW_PIECE_ROWS and n_threads != 1 and (
+                n_threads is not None or not self.unshared[m]):
+            started = fbp_seconds()    # a shared call's time counts the choice's too
+            workers, turn = self.workers_for(m, n_threads)
+        if workers > 1:
+            return self.shared_call(inputs, outputs, workers, turn, started)
         cdef cnp.ndarray work
         try:
             work = self.pool.pop()
@@ -145,9 +172,44 @@ cdef class Predictor:
                                <const double*>cnp.PyArray_DATA(inputs), m,
                                <double*>cnp.PyArray_DATA(outputs), release, &seconds)
         self.pass_seconds[m] = seconds
+        if turn is not None:
+            self.choices[m].record(turn, seconds, m)
         if len(self.pool) < self.pool_size:
             self.pool.append(work)
         return outputs if done else None
+
+    cdef tuple workers_for(self, Py_ssize_t m, object n_threads):
+        """(threads sharing a call of m rows, the turn to record its time under or None)."""
+        cdef object turn = None
+        if n_threads is None:
+            choice = self.choices.get(m)
+            if choice is None:
+                choice = self.choices[m] = KeptPassThreads(min_seconds=hold_gil_seconds)
+            n_threads, turn = choice.threads()
+            self.unshared[m] = choice.short
+        return min(n_threads, m // FEW_PIECE_ROWS), turn
+
+    cdef object shared_call(self, cnp.ndarray inputs, cnp.ndarray outputs, int workers,
+                            object turn, double started):
+        """__call__'s pass shared among `workers` threads in equal pieces, in workspaces
+        kept between calls (one set: a call finding them in use allocates its own); its
+        time from `started` recorded under `turn` if not None."""
+        cdef Py_ssize_t m = cnp.PyArray_DIM(inputs, 0)
+        cdef cnp.ndarray work = self.shared_work
+        self.shared_work = None
+        if work is None or cnp.PyArray_DIM(work, 0) < workers * self.plan.work_size:
+            work = cnp.PyArray_EMPTY(1, [workers * self.plan.work_size], self.type_num, 0)
+        cdef bint done = self.shared_pass(self.plan, inputs, outputs, work, workers,
+                                          -(-m // workers))
+        if turn is not None:
+            self.choices[m].record(turn, fbp_seconds() - started, m)
+        self.shared_work = work
+        return outputs if done else None
+
+    def thread_choice(self, Py_ssize_t n_rows):
+        """The KeptPassThreads choosing the default count of calls on n_rows rows, or None
+        while none has been needed."""
+        return self.choices.get(n_rows)
 
     def releases_gil(self, Py_ssize_t n_rows):
         """Whether the next call on n_rows rows releases the GIL while it computes: its
@@ -202,6 +264,16 @@ cdef class Predictor:
             return None
         cdef cnp.ndarray work = cnp.PyArray_EMPTY(1, [plan.work_size * n_workers],
                                                  self.type_num, 0)
+        return outputs if self.shared_pass(plan, inputs, outputs, work, n_workers,
+                                           chunk_rows) else None
+
+    cdef bint shared_pass(self, Plan plan, cnp.ndarray inputs, cnp.ndarray outputs,
+                          cnp.ndarray work, int n_workers, Py_ssize_t chunk_rows) except -1:
+        """forward_kept's pass of `plan` over inputs' rows into outputs (checked by the
+        caller), on this thread alone or, n_workers > 1, shared in claims of chunk_rows rows
+        (share_predict), work holding n_workers workspaces of plan.work_size; False when
+        X or the outputs are not finite."""
+        cdef Py_ssize_t m = cnp.PyArray_DIM(inputs, 0)
         cdef bint done
         if n_workers > 1 and self.type_num == cnp.NPY_FLOAT32:
             done = share_predict(&plan.data, <float*>cnp.PyArray_DATA(self.params),
@@ -227,7 +299,7 @@ cdef class Predictor:
                                     <double*>cnp.PyArray_DATA(work),
                                     <const double*>cnp.PyArray_DATA(inputs), m,
                                     <double*>cnp.PyArray_DATA(outputs))
-        return outputs if done else None
+        return done
 
 
 cdef bint without_blas(const PlanData* plan, Py_ssize_t m, bint in_double) noexcept:
@@ -401,6 +473,7 @@ def few_rows_gradient(floating[:, ::1] C, const floating[:, ::1] A, const floati
 import os
 
 from fastbp._products import ISA_VARIABLE
+from fastbp._threads import KeptPassThreads
 
 
 def few_rows_narrow(flag=None):

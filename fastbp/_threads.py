@@ -26,7 +26,8 @@ _active = 0              # passes running inside blas_threads
 _count = None            # the BLAS thread count they run on
 _queue = collections.deque()             # passes waiting for their count, in arrival order
 _lock = threading.Lock()                 # guards _controller
-_turns = threading.Condition(threading.Lock())   # guards _active, _count, _saved, _queue
+_turns_lock = threading.Lock()   # taken directly where only reading: cheaper than _turns
+_turns = threading.Condition(_turns_lock)   # guards _active, _count, _saved, _queue
 _local = threading.local()               # depth: blas_threads passes open on this thread
 
 
@@ -111,10 +112,11 @@ def sparse_fit_threads(n_threads, shares_rows: bool, choices: dict, key):
 class KeptPassThreads:
     """The default thread count of one kept predict plan (MLP._predict_kept), chosen on
     the calls themselves: their outputs do not depend on the count (each chunk is
-    computed as on one thread), so no separate measurement is needed. The first call runs
-    on one thread; a call shorter than SPLIT_MIN_SECONDS there stays on one thread for
-    good (handing pieces to other threads has a cost of its own). Else the next calls run
-    in phases of at least TURN_SECONDS each, alternately on the caller's allowed count and
+    computed as on one thread), so no separate measurement is needed. The calls of a
+    first phase run on one thread; where the best of them took under min_seconds
+    (SPLIT_MIN_SECONDS unless given) the plan stays on one thread for good (handing
+    pieces to other threads has a cost of its own; the best, not the first, which meets
+    cold caches). Else the next calls run in phases of at least TURN_SECONDS each, alternately on the caller's allowed count and
     on one, MEASURE_ROUNDS phases each, every call timed: so the phases are spread over a
     fifth of a second or more, past the bursts of other work (such as another library's
     threads spinning after its call), and a phase's calls come as the caller makes them:
@@ -124,8 +126,10 @@ class KeptPassThreads:
     allowed_threads(), for REMEASURE_CALLS calls and REMEASURE_SECONDS; then the phases
     start again (other work on the machine comes and goes). FASTBP_THREADS pins it.
     Safe from many threads: a phase or a time lost to a race only delays the choice."""
-    def __init__(self):
-        self.short = False      # one thread's call under SPLIT_MIN_SECONDS: never shared
+    def __init__(self, min_seconds=None):
+        self.min_seconds = min_seconds
+        self.first_best = float("inf")   # the first phase's best call, in seconds
+        self.short = False      # that was under min_seconds: never shared
         self.chosen = None      # 1 or "allowed", once measured
         self.since = 0          # calls since the choice
         self.chosen_at = 0.0    # when it was made
@@ -160,6 +164,10 @@ class KeptPassThreads:
         if allowed == 1:
             return 1, None
         if now - self.phase_began >= TURN_SECONDS:
+            if not phases["allowed"] and self.first_best < (
+                    SPLIT_MIN_SECONDS if self.min_seconds is None else self.min_seconds):
+                self.short = True
+                return 1, None
             times = self.times
             if min(phases.values()) >= MEASURE_ROUNDS and times[1] and times["allowed"]:
                 better = min(times["allowed"]) * MEASURE_MARGIN < min(times[1])
@@ -175,9 +183,8 @@ class KeptPassThreads:
         """A call's time on the count of `turn` (as threads() returned it)."""
         times = self.times
         times[turn].append(seconds / n_rows)
-        if turn == 1 and len(times[1]) == 1 and self.chosen is None \
-                and not times["allowed"] and seconds < SPLIT_MIN_SECONDS:
-            self.short = True
+        if turn == 1 and not self.phases["allowed"]:
+            self.first_best = min(self.first_best, seconds)
 
 
 def _unmeasured_default(allowed: int):
@@ -589,17 +596,21 @@ def allowed_threads() -> int:
     BLAS scipy calls as its caller left it (threadpoolctl's threadpool_limits in force, or
     the count the BLAS read from its environment when it loaded). fastbp.dask and the
     scikit-learn estimators call this too, so a worker with one thread gets one."""
-    limits = [_cpu_count(), _environment_limit(), _blas_setting()]
-    limit = _cgroup_limit()
-    if limit is not None:
-        limits.append(limit)
-    return max(1, min(limit for limit in limits if limit is not None))
+    # asked on every default predict call: each part is cheap (microseconds in all)
+    allowed = _cpu_count()
+    for limit in (_environment_limit(), _blas_setting(), _cgroup_limit()):
+        if limit is not None and limit < allowed:
+            allowed = limit
+    return max(1, allowed)
 
 
 def _cpu_count() -> int:
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
+    if _affinity is not None:
+        return len(_affinity(0))
     return os.cpu_count() or 1
+
+
+_affinity = getattr(os, "sched_getaffinity", None)
 
 
 # The variables a caller sets to limit the threads of the libraries it runs; OpenMP's
@@ -631,10 +642,15 @@ def _environment_limit():
     """The smallest positive count in THREAD_LIMIT_VARIABLES, or None (unset or unreadable
     values are no limit, as the libraries themselves treat them). In a process that has
     started Dask worker processes, the values it had when fastbp was imported."""
+    global _environment_seen
     # C's getenv, which sees os.environ's changes: os.environ.get costs about 1 us a
-    # name, and every predict call past the fast path asks
+    # name, and every default predict call asks; the values are parsed once
+    raw = _getenv(_LIMIT_LOOKUPS)
+    seen, limit = _environment_seen
+    if raw == seen and raw[0] is None:   # (a Dask parent's limit is read afresh)
+        return limit
     parent, *values = (None if value is None else value.decode(errors="replace")
-                       for value in _getenv(_LIMIT_LOOKUPS))
+                       for value in raw)
     if parent == str(os.getpid()):
         values = [_IMPORT_ENVIRONMENT[name] for name in THREAD_LIMIT_VARIABLES]
     counts = []
@@ -642,7 +658,12 @@ def _environment_limit():
         value = (value or "").split(",")[0].strip()
         if value.isdigit() and int(value) > 0:
             counts.append(int(value))
-    return min(counts) if counts else None
+    limit = min(counts) if counts else None
+    _environment_seen = raw, limit
+    return limit
+
+
+_environment_seen = (None, None)   # (the values last read, their limit)
 
 
 def _blas_setting():
@@ -650,15 +671,18 @@ def _blas_setting():
     when that one is not identified), or None when no BLAS reports one. While fastbp's own
     passes run, the count they found, not the one they set."""
     setters = _scipy_blas_setters()
-    with _turns:
+    least = None
+    with _turns_lock:
         if _saved is not None:
             gets = {id(set_threads): count for set_threads, count in _saved}
             # a library left out of _saved was on the passes' count already
             counts = [gets.get(id(set_threads), _count) for _, set_threads in setters]
         else:
             counts = [get_threads() for get_threads, _ in setters]
-    counts = [int(count) for count in counts if count is not None and int(count) > 0]
-    return min(counts) if counts else None
+    for count in counts:    # a loop, not comprehensions: asked on every default call
+        if count is not None and int(count) > 0 and (least is None or int(count) < least):
+            least = int(count)
+    return least
 
 
 _scipy_setters = None

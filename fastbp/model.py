@@ -383,7 +383,8 @@ class MLP:
 
         A few rows (up to 64) of a C-contiguous X of the model's dtype take a fast path:
         checked in compiled code, a plan and workspace kept with the model, products in
-        the few-row kernels, no BLAS call (docs/serving.md). Past 64 rows, the same X
+        the few-row kernels, no BLAS call, 16 rows or more shared among threads where
+        the calls measure that it pays (docs/serving.md). Past 64 rows, the same X
         takes the general path's pass with a plan kept with the model (_predict_kept): the
         same bits without the set-up, its rows shared among threads where they can be
         without changing a bit, the default count chosen on the calls themselves. Safe
@@ -394,7 +395,7 @@ class MLP:
         if n_threads is not None:
             n_threads = checked_thread_count(n_threads)
         if self._predictor is not None and not is_sparse(X):
-            result = self._predictor(X, out)
+            result = self._predictor(X, out, n_threads)
             if result is None and isinstance(X, np.ndarray) \
                     and X.ndim == 2 and X.shape[0] > _core.PREDICTOR_ROWS:
                 result = self._predict_kept(X, n_threads, out)

@@ -446,3 +446,152 @@ def test_a_very_wide_model_keeps_a_small_workspace(monkeypatch):
     assert peak < 2 * _core.PREDICTOR_WORKSPACE_BYTES, peak
     expected = forward(model.weights, model.biases, model.activations, X)[-1]
     np.testing.assert_allclose(model.predict(X), expected, rtol=1e-4, atol=1e-4)
+
+
+# ---- a few-row call shared among threads (FEW_PIECE_ROWS) ----
+
+@pytest.mark.parametrize("narrow", [False, True])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("sizes,activations", NETWORKS + [
+    ([40, 16 * 9 + 5, 8 * 3 + 1, 2], ["relu", "elu", "softmax"])])   # column tails
+def test_a_shared_few_row_call_gives_the_bits_of_one_thread(sizes, activations, dtype,
+                                                            narrow, monkeypatch):
+    """Every row count the fast path may share (16 to 64) on 2, 3 and 5 threads, in
+    pieces of at least FEW_PIECE_ROWS rows: the one-thread bits, with out= as without,
+    on both instruction sets of the few-row kernels."""
+    before = _core.few_rows_narrow(narrow)
+    try:
+        model = make(sizes, activations, dtype, monkeypatch, "1")
+        rng = np.random.default_rng(5)
+        for rows in range(2 * _core.FEW_PIECE_ROWS, _core.PREDICTOR_ROWS + 1):
+            X = rng.standard_normal((rows, sizes[0])).astype(dtype)
+            one = model.predict(X, n_threads=1)
+            for threads in (2, 3, 5):
+                np.testing.assert_array_equal(model.predict(X, n_threads=threads), one)
+                out = np.full_like(one, np.nan)
+                assert model.predict(X, n_threads=threads, out=out) is out
+                np.testing.assert_array_equal(out, one)
+    finally:
+        _core.few_rows_narrow(before)
+
+
+@pytest.fixture
+def measured_at_once(monkeypatch):
+    """KeptPassThreads' phases one call long, two threads allowed, nothing pinned."""
+    monkeypatch.delenv(fastbp._threads.THREADS_VARIABLE, raising=False)
+    monkeypatch.setattr(fastbp._threads, "TURN_SECONDS", 0.0)
+    monkeypatch.setattr(fastbp._threads, "allowed_threads", lambda: 2)
+
+
+def test_the_default_count_of_a_few_row_call_is_chosen_on_its_calls(
+        monkeypatch, hold_gil_seconds, measured_at_once):
+    """Per row count from 16 rows: a first phase on one thread, then phases on the
+    allowed count (the pass shared: its calls are timed there) and on one, then the
+    faster is kept; every call gives the one-thread bits. Calls under 16 rows never ask."""
+    hold_gil_seconds(0.0)
+    model = make([784, 128, 10], ["relu", "softmax"], "float32", monkeypatch, "1")
+    rng = np.random.default_rng(7)
+    rounds = fastbp._threads.MEASURE_ROUNDS
+    for rows in (16, 64):
+        X = rng.standard_normal((rows, 784)).astype(np.float32)
+        one = model.predict(X, n_threads=1)
+        for _ in range(2 * rounds + 3):
+            np.testing.assert_array_equal(model.predict(X), one)
+        choice = model._predictor.thread_choice(rows)
+        assert len(choice.times["allowed"]) == rounds and len(choice.times[1]) >= rounds
+        assert choice.chosen in (1, "allowed") and not choice.short
+    X = rng.standard_normal((2 * _core.FEW_PIECE_ROWS - 1, 784)).astype(np.float32)
+    for _ in range(5):
+        model.predict(X)
+    assert model._predictor.thread_choice(X.shape[0]) is None
+
+
+def test_few_row_calls_whose_passes_are_short_stay_on_one_thread_without_asking(
+        monkeypatch, hold_gil_seconds, measured_at_once):
+    """Where the first phase's best pass took under hold_gil_seconds (here: every pass),
+    the row count is never shared and its calls stop asking (the choice is not consulted
+    again); an explicit n_threads still shares."""
+    hold_gil_seconds(1.0)
+    model = make([20, 64, 64, 1], "relu", "float32", monkeypatch, "1")
+    X = np.random.default_rng(8).standard_normal((32, 20)).astype(np.float32)
+    one = model.predict(X, n_threads=1)
+    for _ in range(3):
+        model.predict(X)
+    choice = model._predictor.thread_choice(32)
+    assert choice.short and not choice.times["allowed"]
+    calls_timed = len(choice.times[1])
+    for _ in range(10):
+        np.testing.assert_array_equal(model.predict(X), one)
+    assert len(choice.times[1]) == calls_timed and choice.chosen is None
+    np.testing.assert_array_equal(model.predict(X, n_threads=2), one)
+
+
+def test_a_few_row_default_respects_the_callers_limit_and_the_pin(monkeypatch,
+                                                                  hold_gil_seconds):
+    """Under threadpoolctl's limit of one thread no default call is shared (nothing is
+    timed on more); FASTBP_THREADS pins the count without measuring."""
+    from threadpoolctl import threadpool_limits
+    monkeypatch.delenv(fastbp._threads.THREADS_VARIABLE, raising=False)
+    monkeypatch.setattr(fastbp._threads, "TURN_SECONDS", 0.0)
+    hold_gil_seconds(0.0)
+    model = make([784, 128, 10], ["relu", "softmax"], "float32", monkeypatch, "1")
+    X = np.random.default_rng(9).standard_normal((48, 784)).astype(np.float32)
+    one = model.predict(X, n_threads=1)
+    with threadpool_limits(1):
+        for _ in range(4 * fastbp._threads.MEASURE_ROUNDS):
+            np.testing.assert_array_equal(model.predict(X), one)
+    choice = model._predictor.thread_choice(48)
+    assert not choice.times["allowed"]
+    monkeypatch.setenv(fastbp._threads.THREADS_VARIABLE, "3")
+    timed = len(choice.times[1])
+    for _ in range(5):
+        np.testing.assert_array_equal(model.predict(X), one)
+    assert len(choice.times[1]) == timed and not choice.times["allowed"]
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_x_in_any_piece_of_a_shared_few_row_call_is_refused(monkeypatch, bad):
+    """The general path's message, whichever piece (thread) met it; the model is
+    untouched."""
+    model = make([784, 128, 10], ["relu", "softmax"], "float32", monkeypatch, "1")
+    parameters = model.parameter_vector()
+    for row in (0, 20, 63):
+        X = np.ones((64, 784), np.float32)
+        X[row, 100] = bad
+        with pytest.raises(ValueError) as alone:
+            model.predict(X, n_threads=1)
+        with pytest.raises(ValueError) as shared:
+            model.predict(X, n_threads=3)
+        assert str(shared.value) == str(alone.value)
+    np.testing.assert_array_equal(model.parameter_vector(), parameters)
+
+
+def test_threads_sharing_few_row_calls_at_once_get_exact_results(monkeypatch):
+    """Eight threads, each calling with n_threads=2 on 16-64 rows of two models: one
+    call at a time holds the helpers and the kept workspaces, the others run alone or
+    allocate; every result is the one-thread one."""
+    cases = []
+    for sizes, activations in NETWORKS[:2]:
+        model = make(sizes, activations, "float32", monkeypatch, "1")
+        for rows in (16, 17, 40, 64):
+            X = np.random.default_rng(rows).standard_normal((rows, sizes[0]))
+            X = X.astype(np.float32)
+            cases.append((model, X, model.predict(X, n_threads=1)))
+    failures = []
+    start = threading.Barrier(8)
+
+    def serve(seed):
+        order = np.random.default_rng(seed).permutation(len(cases) * 25) % len(cases)
+        start.wait()
+        for case in order:
+            model, X, expected = cases[case]
+            if not np.array_equal(model.predict(X, n_threads=2), expected):
+                failures.append((seed, X.shape))
+
+    threads = [threading.Thread(target=serve, args=(seed,)) for seed in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(HANG_SECONDS)
+    assert not any(thread.is_alive() for thread in threads), "a predicting thread hangs"
+    assert failures == []
