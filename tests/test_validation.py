@@ -554,8 +554,8 @@ def _capture(monkeypatch, name):
         def recording_predictor(*args, **kwargs):
             predictor = made(*args, **kwargs)
 
-            def call(X, out=None):
-                result = predictor(X, out)
+            def call(X, out=None, n_threads=None):
+                result = predictor(X, out, n_threads)
                 if result is not None:
                     seen.append(X)
                 return result
