@@ -31,13 +31,13 @@ PREDICTOR_POOL = 16
 PREDICTOR_WORKSPACE_BYTES = 8 << 20
 PREDICTOR_POOL_BYTES = 32 << 20
 # A call of at least twice this many rows may share its rows among threads, in pieces of
-# at least this many (two of the few-row kernels' blocks of four rows): a row's sums do not
+# at least this many (a block of the few-row kernels' four rows): a row's sums do not
 # depend on the rows computed with it, so every count gives the bits of one thread.
 # Whether sharing pays (handing pieces to helper threads has a cost of its own) is
 # measured on the calls themselves, per row count; where the first one-thread pass on as
 # many rows took under hold_gil_seconds, those calls stay on one thread without asking (a
 # pass that short is not worth a hand-off between threads, as below).
-FEW_PIECE_ROWS = 8
+FEW_PIECE_ROWS = 4
 # A few-row call whose pass took less than this the last time it ran on as many rows keeps
 # the GIL while it computes. Releasing it lets other Python threads run meanwhile, but
 # when they are waiting for it each release and re-acquisition is a hand-off between

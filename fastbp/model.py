@@ -383,7 +383,7 @@ class MLP:
 
         A few rows (up to 64) of a C-contiguous X of the model's dtype take a fast path:
         checked in compiled code, a plan and workspace kept with the model, products in
-        the few-row kernels, no BLAS call, 16 rows or more shared among threads where
+        the few-row kernels, no BLAS call, 8 rows or more shared among threads where
         the calls measure that it pays (docs/serving.md). Past 64 rows, the same X
         takes the general path's pass with a plan kept with the model (_predict_kept): the
         same bits without the set-up, its rows shared among threads where they can be

@@ -456,7 +456,7 @@ def test_a_very_wide_model_keeps_a_small_workspace(monkeypatch):
     ([40, 16 * 9 + 5, 8 * 3 + 1, 2], ["relu", "elu", "softmax"])])   # column tails
 def test_a_shared_few_row_call_gives_the_bits_of_one_thread(sizes, activations, dtype,
                                                             narrow, monkeypatch):
-    """Every row count the fast path may share (16 to 64) on 2, 3 and 5 threads, in
+    """Every row count the fast path may share (8 to 64) on 2, 3 and 5 threads, in
     pieces of at least FEW_PIECE_ROWS rows: the one-thread bits, with out= as without,
     on both instruction sets of the few-row kernels."""
     before = _core.few_rows_narrow(narrow)
@@ -485,14 +485,14 @@ def measured_at_once(monkeypatch):
 
 def test_the_default_count_of_a_few_row_call_is_chosen_on_its_calls(
         monkeypatch, hold_gil_seconds, measured_at_once):
-    """Per row count from 16 rows: a first phase on one thread, then phases on the
+    """Per row count from 8 rows: a first phase on one thread, then phases on the
     allowed count (the pass shared: its calls are timed there) and on one, then the
-    faster is kept; every call gives the one-thread bits. Calls under 16 rows never ask."""
+    faster is kept; every call gives the one-thread bits. Calls under 8 rows never ask."""
     hold_gil_seconds(0.0)
     model = make([784, 128, 10], ["relu", "softmax"], "float32", monkeypatch, "1")
     rng = np.random.default_rng(7)
     rounds = fastbp._threads.MEASURE_ROUNDS
-    for rows in (16, 64):
+    for rows in (8, 16, 64):
         X = rng.standard_normal((rows, 784)).astype(np.float32)
         one = model.predict(X, n_threads=1)
         for _ in range(2 * rounds + 3):
@@ -567,13 +567,13 @@ def test_non_finite_x_in_any_piece_of_a_shared_few_row_call_is_refused(monkeypat
 
 
 def test_threads_sharing_few_row_calls_at_once_get_exact_results(monkeypatch):
-    """Eight threads, each calling with n_threads=2 on 16-64 rows of two models: one
+    """Eight threads, each calling with n_threads=2 on 8-64 rows of two models: one
     call at a time holds the helpers and the kept workspaces, the others run alone or
     allocate; every result is the one-thread one."""
     cases = []
     for sizes, activations in NETWORKS[:2]:
         model = make(sizes, activations, "float32", monkeypatch, "1")
-        for rows in (16, 17, 40, 64):
+        for rows in (8, 17, 40, 64):
             X = np.random.default_rng(rows).standard_normal((rows, sizes[0]))
             X = X.astype(np.float32)
             cases.append((model, X, model.predict(X, n_threads=1)))
