@@ -124,7 +124,9 @@ class KeptPassThreads:
     now and then wakes them every time, and pays for it. The count whose best call was
     faster a row (more threads only by MEASURE_MARGIN) is kept, capped at each call by
     allowed_threads(), for REMEASURE_CALLS calls and REMEASURE_SECONDS; then the phases
-    start again (other work on the machine comes and goes). FASTBP_THREADS pins it.
+    start again (other work on the machine comes and goes). A caller's limit of one
+    thread found while measuring is kept the same way, as a choice of one thread (so a
+    call does not pay for asking the limits each time). FASTBP_THREADS pins it.
     Safe from many threads: a phase or a time lost to a race only delays the choice."""
     def __init__(self, min_seconds=None):
         self.min_seconds = min_seconds
@@ -160,14 +162,18 @@ class KeptPassThreads:
         if not self.times[1]:                 # the first call, on one thread: a phase
             self.phase, self.phase_began, phases[1] = 1, now, 1
             return 1, 1
-        allowed = allowed_threads()
-        if allowed == 1:
+        turn_over = now - self.phase_began >= TURN_SECONDS
+        if not turn_over and self.phase == 1:
+            return 1, 1                       # a phase on one thread asks no limit
+        if turn_over and not phases["allowed"] and self.first_best < (
+                SPLIT_MIN_SECONDS if self.min_seconds is None else self.min_seconds):
+            self.short = True
             return 1, None
-        if now - self.phase_began >= TURN_SECONDS:
-            if not phases["allowed"] and self.first_best < (
-                    SPLIT_MIN_SECONDS if self.min_seconds is None else self.min_seconds):
-                self.short = True
-                return 1, None
+        allowed = allowed_threads()
+        if allowed == 1:    # the caller's limit: one thread, kept as a measured choice
+            self.chosen, self.since, self.chosen_at = 1, 1, now   # (asking is not free)
+            return 1, None
+        if turn_over:
             times = self.times
             if min(phases.values()) >= MEASURE_ROUNDS and times[1] and times["allowed"]:
                 better = min(times["allowed"]) * MEASURE_MARGIN < min(times[1])

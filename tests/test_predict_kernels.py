@@ -547,7 +547,11 @@ def test_the_default_count_of_a_kept_pass_is_chosen_on_its_calls(monkeypatch):
     assert choice.threads() == (1, None)
     fresh = KeptPassThreads()
     assert [run(fresh, {1: 1e-3}) for _ in range(3)] == [1, 1, 1]   # nothing to measure
-    assert fresh.chosen is None
+    assert fresh.chosen == 1 and len(fresh.times[1]) == 1   # kept: the limit is not asked
+    asked = []                                              # on every call
+    monkeypatch.setattr(fastbp._threads, "allowed_threads", lambda: asked.append(1) or 1)
+    assert [run(fresh, {1: 1e-3}) for _ in range(10)] == [1] * 10 and not asked
+    monkeypatch.setattr(fastbp._threads, "allowed_threads", lambda: allowed[0])
     # a phase lasts TURN_SECONDS: every call in it on its count, timed
     monkeypatch.setattr(fastbp._threads, "TURN_SECONDS", 3600.0)
     allowed[0] = 2
