@@ -547,7 +547,7 @@ def test_the_default_count_of_a_kept_pass_is_chosen_on_its_calls(monkeypatch):
     assert choice.threads() == (1, None)
     fresh = KeptPassThreads()
     assert [run(fresh, {1: 1e-3}) for _ in range(3)] == [1, 1, 1]   # nothing to measure
-    assert fresh.chosen == 1 and len(fresh.times[1]) == 1   # kept: the limit is not asked
+    assert fresh.chosen == 1 and fresh.timed[1] == 1   # kept: the limit is not asked
     asked = []                                              # on every call
     monkeypatch.setattr(fastbp._threads, "allowed_threads", lambda: asked.append(1) or 1)
     assert [run(fresh, {1: 1e-3}) for _ in range(10)] == [1] * 10 and not asked
@@ -556,12 +556,12 @@ def test_the_default_count_of_a_kept_pass_is_chosen_on_its_calls(monkeypatch):
     monkeypatch.setattr(fastbp._threads, "TURN_SECONDS", 3600.0)
     allowed[0] = 2
     spaced = KeptPassThreads()
-    assert run(spaced, {1: 1e-3, 2: 0.5e-3}) == 1 and spaced.times[1]   # the first call
+    assert run(spaced, {1: 1e-3, 2: 0.5e-3}) == 1 and spaced.timed[1]   # the first call
     assert [spaced.threads() for _ in range(3)] == [(1, 1)] * 3           # its phase
     clock = [time.perf_counter() + 3600.0]
     monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
     assert [run(spaced, {1: 1e-3, 2: 0.5e-3}) for _ in range(3)] == [2] * 3
-    assert len(spaced.times["allowed"]) == 3 and spaced.chosen is None
+    assert spaced.timed["allowed"] == 3 and spaced.chosen is None
     monkeypatch.setenv(fastbp._threads.THREADS_VARIABLE, "3")
     assert KeptPassThreads().threads() == (2, None)
     assert short.threads() == (2, None)     # pinned, even where calls are short
@@ -634,7 +634,7 @@ def test_the_default_of_a_kept_pass_respects_a_threadpool_limit(monkeypatch):
             model.predict(X)
         _, _, choice = model._kept_plan(1000)
         assert choice.threads()[0] == 1
-    assert not choice.times["allowed"]
+    assert not choice.timed["allowed"]
 
 
 @needs_kernels
