@@ -107,6 +107,17 @@ NETWORKS = [([784, 128, 10], ["relu", "softmax"]),
             ([3, 17, 1], ["tanh", "identity"])]
 
 
+def run_at_once(serve, n_threads):
+    """serve(i) for i in range(n_threads), each on a thread of its own, all at once; fails
+    if one of them hangs."""
+    threads = [threading.Thread(target=serve, args=(i,)) for i in range(n_threads)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(HANG_SECONDS)
+    assert not any(thread.is_alive() for thread in threads), "a predicting thread hangs"
+
+
 def make(sizes, activations, dtype, monkeypatch, kernels=None):
     """A model built under FASTBP_FEW_ROWS=kernels ("0", "1" or None: the measured rule)."""
     if kernels is None:
@@ -323,12 +334,7 @@ def test_eight_threads_predicting_one_row_each_get_exact_results(sizes, activati
         except Exception as error:       # reported below, with the thread's number
             failures.append(f"thread {i}: {error!r}")
 
-    threads = [threading.Thread(target=serve, args=(i,)) for i in range(n_threads)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(HANG_SECONDS)
-    assert not any(thread.is_alive() for thread in threads), "a predicting thread hangs"
+    run_at_once(serve, n_threads)
     assert failures == []
 
 
@@ -590,15 +596,13 @@ def test_threads_sharing_few_row_calls_at_once_get_exact_results(monkeypatch):
     def serve(seed):
         order = np.random.default_rng(seed).permutation(len(cases) * 25) % len(cases)
         start.wait()
-        for case in order:
-            model, X, expected = cases[case]
-            if not np.array_equal(model.predict(X, n_threads=2), expected):
-                failures.append((seed, X.shape))
+        try:
+            for case in order:
+                model, X, expected = cases[case]
+                if not np.array_equal(model.predict(X, n_threads=2), expected):
+                    failures.append((seed, X.shape))
+        except Exception as error:       # reported below, with the thread's seed
+            failures.append((seed, repr(error)))
 
-    threads = [threading.Thread(target=serve, args=(seed,)) for seed in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(HANG_SECONDS)
-    assert not any(thread.is_alive() for thread in threads), "a predicting thread hangs"
+    run_at_once(serve, 8)
     assert failures == []
