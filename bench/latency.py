@@ -12,7 +12,10 @@ Each system predicts the same rows with the same weights (float32, C-contiguous 
   torch    nn.Sequential under torch.inference_mode() (if torch is installed)
   numpy    the plain NumPy chain: a = f(a @ W + b) per layer
 Every call is timed on its own (perf_counter_ns); the systems take turns in rounds, so
-noise from other work on the machine falls on all of them alike. Reported: the median and
+noise from other work on the machine falls on all of them alike. At each library's default
+threads (--threads 0) a pause comes before each turn (--settle), so that no library's
+threads, still spinning after its turn, take a core from the next one: a service runs one
+of them, not all of them in turn. Reported: the median and
 the 99th percentile of the time per call, in microseconds, and each median over fastbp's.
 Compare ratios within one run: absolute times move with the load on the machine.
 """
@@ -109,18 +112,26 @@ def runners(model, n_rows, threads, folder, wanted):
     return found
 
 
-def measure(run_of, X, seconds, rounds):
-    """{name: sorted per-call times in ns}; the systems take turns, `rounds` times."""
+def measure(run_of, X, seconds, rounds, settle=0.0):
+    """{name: sorted per-call times in ns}; the systems take turns, `rounds` times, with a
+    pause of `settle` seconds before each turn (and before the warm-up of each system)."""
     import numpy as np
     times = {name: [] for name in run_of}
     for run in run_of.values():                 # warm up, and size a turn
+        time.sleep(settle)
         run(X)
-    start = time.perf_counter()
-    run_of[next(iter(run_of))](X)
-    one = max(time.perf_counter() - start, 1e-6)
+    # a turn's calls from the first system's calls over 20 ms (one call could be its
+    # first on more threads, which starts them)
+    time.sleep(settle)
+    first, count, start = run_of[next(iter(run_of))], 0, time.perf_counter()
+    while time.perf_counter() - start < 0.02:
+        first(X)
+        count += 1
+    one = max((time.perf_counter() - start) / count, 1e-6)
     calls = int(max(20, min(20000, seconds / rounds / one)))
     for _ in range(rounds):
         for name, run in run_of.items():
+            time.sleep(settle)
             record = times[name]
             clock = time.perf_counter_ns
             for _ in range(calls):
@@ -192,6 +203,12 @@ def main(argv=None):
     parser.add_argument("--seconds", type=float, default=1.0,
                         help="time per system per shape, about")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--settle", type=float, default=None, metavar="SECONDS",
+                        help="pause before each system's turn (default: 0.25 s with "
+                             "--threads 0, else 0): at their defaults the libraries' own "
+                             "threads spin for a while after a call (OpenBLAS's for up to "
+                             "about 0.1 s), and would take a core from the next turn's "
+                             "system and from the defaults it measures")
     parser.add_argument("--concurrent", type=int, default=0, metavar="N",
                         help="instead: fastbp's calls/s on one thread and on N threads "
                              "sharing one model")
@@ -201,6 +218,7 @@ def main(argv=None):
                              "in microseconds; 0: always released), in turn")
     args = parser.parse_args(argv)
     _limit_threads(args.threads)
+    settle = args.settle if args.settle is not None else (0.25 if args.threads == 0 else 0.0)
 
     import numpy as np
     import fastbp
@@ -244,7 +262,7 @@ def main(argv=None):
                 for name, run in run_of.items():   # every system computes the same thing
                     np.testing.assert_allclose(run(X), reference, rtol=1e-4, atol=1e-5,
                                                err_msg=name)
-                times = measure(run_of, X, args.seconds, args.rounds)
+                times = measure(run_of, X, args.seconds, args.rounds, settle)
                 base = np.median(times[next(iter(times))])
                 cells = []
                 for name, values in times.items():

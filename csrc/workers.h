@@ -59,6 +59,19 @@ static inline double fbp_seconds(void)
     return t.tv_sec + 1e-9 * t.tv_nsec;
 }
 
+/* The CPUs this thread may run on (its affinity mask), or 0 where that cannot be read
+   here (not Linux, or more CPUs than a cpu_set_t holds): the caller then asks Python's
+   os.sched_getaffinity. A system call and a bit count, where Python's builds a set. */
+static inline int fbp_affinity_count(void)
+{
+#if defined(__linux__) && defined(CPU_COUNT)
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0)
+        return CPU_COUNT(&set);
+#endif
+    return 0;
+}
+
 /* Waits at the barrier: spins FBP_BARRIER_SPINS times, and then, for up to spin_seconds
    more, checks the clock every 256 spins, before it sleeps. */
 static inline void fbp_barrier_wait_spinning(fbp_barrier *barrier, double spin_seconds)

@@ -121,8 +121,11 @@ class KeptPassThreads:
     fifth of a second or more, past the bursts of other work (such as another library's
     threads spinning after its call), and a phase's calls come as the caller makes them:
     back to back, the helper threads are awake from the phase's second call on; a call
-    now and then wakes them every time, and pays for it. The count whose best call was
-    faster a row (more threads only by MEASURE_MARGIN) is kept, capped at each call by
+    now and then wakes them every time, and pays for it. The count whose best phase (the
+    mean of its calls) was faster a row (more threads only by MEASURE_MARGIN) is kept:
+    a phase's mean, not a call's best, which a rare fast call on one thread could decide
+    (W1's 16-row call: best calls 15.7 against 14.4 us, typical ones 19 against 14),
+    and the best phase, past a phase that other work hit. It is kept, capped at each call by
     allowed_threads(), for REMEASURE_CALLS calls and REMEASURE_SECONDS; then the phases
     start again (other work on the machine comes and goes). A caller's limit of one
     thread found while measuring is kept the same way, as a choice of one thread (so a
@@ -139,10 +142,13 @@ class KeptPassThreads:
 
     def _start(self):
         """Measuring from the next call on."""
-        # per count, the best timed call's seconds a row and the calls timed (no list
-        # that grows a call: a hot model allocates nothing per call, measuring or not)
+        # per count, its best phase's mean seconds a row and the calls timed; the phase
+        # under way, its calls' seconds a row summed and counted (no list that grows a
+        # call: a hot model allocates nothing per call, measuring or not)
         self.best = {1: float("inf"), "allowed": float("inf")}
         self.timed = {1: 0, "allowed": 0}
+        self.phase_seconds = 0.0
+        self.phase_calls = 0
         self.phases = {1: 0, "allowed": 0}    # phases begun on each count
         self.phase = 1                        # the count of the phase under way
         self.phase_began = -float("inf")
@@ -178,6 +184,10 @@ class KeptPassThreads:
             return 1, None
         if turn_over:
             best = self.best
+            if self.phase_calls:              # the phase that ends: its mean
+                mean = self.phase_seconds / self.phase_calls
+                best[self.phase] = min(best[self.phase], mean)
+                self.phase_seconds, self.phase_calls = 0.0, 0
             if min(phases.values()) >= MEASURE_ROUNDS and min(self.timed.values()):
                 better = best["allowed"] * MEASURE_MARGIN < best[1]
                 self.chosen, self.since = ("allowed" if better else 1), 1
@@ -191,7 +201,9 @@ class KeptPassThreads:
     def record(self, turn, seconds: float, n_rows: int) -> None:
         """A call's time on the count of `turn` (as threads() returned it)."""
         self.timed[turn] += 1
-        self.best[turn] = min(self.best[turn], seconds / n_rows)
+        if turn == self.phase:     # (else a call of a phase that has ended: a race)
+            self.phase_seconds += seconds / n_rows
+            self.phase_calls += 1
         if turn == 1 and not self.phases["allowed"]:
             self.first_best = min(self.first_best, seconds)
 
@@ -605,21 +617,40 @@ def allowed_threads() -> int:
     BLAS scipy calls as its caller left it (threadpoolctl's threadpool_limits in force, or
     the count the BLAS read from its environment when it loaded). fastbp.dask and the
     scikit-learn estimators call this too, so a worker with one thread gets one."""
-    # asked on every default predict call: each part is cheap (microseconds in all)
+    # asked on every default predict call that may share its rows: each part is cheap
+    # (under a microsecond in all)
     allowed = _cpu_count()
-    for limit in (_environment_limit(), _blas_setting(), _cgroup_limit()):
-        if limit is not None and limit < allowed:
-            allowed = limit
+    limit = _environment_limit()
+    if limit is not None and limit < allowed:
+        allowed = limit
+    limit = _blas_setting()
+    if limit is not None and limit < allowed:
+        allowed = limit
+    limit = _cgroup_limit()
+    if limit is not None and limit < allowed:
+        allowed = limit
     return max(1, allowed)
 
 
 def _cpu_count() -> int:
+    """The CPUs the affinity mask allows (all of them where there is none)."""
+    count = _affinity_count()
+    if count > 0:
+        return count
     if _affinity is not None:
         return len(_affinity(0))
     return os.cpu_count() or 1
 
 
 _affinity = getattr(os, "sched_getaffinity", None)
+
+
+def _affinity_count() -> int:
+    """_core.affinity_count (bound on first use, as _getenv)."""
+    global _affinity_count
+    from fastbp._core import affinity_count
+    _affinity_count = affinity_count
+    return affinity_count()
 
 
 # The variables a caller sets to limit the threads of the libraries it runs; OpenMP's
@@ -679,15 +710,18 @@ def _blas_setting():
     """The thread count the caller has left on the BLAS scipy calls (all BLAS libraries
     when that one is not identified), or None when no BLAS reports one. While fastbp's own
     passes run, the count they found, not the one they set."""
-    setters = _scipy_blas_setters()
-    least = None
+    setters = _scipy_setters or _scipy_blas_setters()
     with _turns_lock:
-        if _saved is not None:
+        if _saved is None:
+            if len(setters) == 1:     # the usual case, asked on every default call
+                count = setters[0][0]()
+                return int(count) if count is not None and int(count) > 0 else None
+            counts = [get_threads() for get_threads, _ in setters]
+        else:
             gets = {id(set_threads): count for set_threads, count in _saved}
             # a library left out of _saved was on the passes' count already
             counts = [gets.get(id(set_threads), _count) for _, set_threads in setters]
-        else:
-            counts = [get_threads() for get_threads, _ in setters]
+    least = None
     for count in counts:    # a loop, not comprehensions: asked on every default call
         if count is not None and int(count) > 0 and (least is None or int(count) < least):
             least = int(count)

@@ -44,6 +44,7 @@ cdef extern from "workers.h" nogil:
     void fbp_abandon_workers(fbp_barrier* barrier, pthread_t* threads, int started)
     Py_ssize_t fbp_claim_chunk(Py_ssize_t* next)
     double fbp_seconds()
+    int fbp_affinity_count()
     ctypedef struct fbp_pool:
         pass
     void fbp_pool_for_this_process(fbp_pool* pool)

@@ -623,6 +623,32 @@ def test_the_phases_of_a_kept_pass_time_calls_as_they_come(monkeypatch):
     assert choice.threads() == (1, 1) and choice.chosen is None
 
 
+def test_a_kept_pass_is_judged_on_its_phases_means_not_on_a_rare_fast_call(monkeypatch):
+    """One thread's calls mostly slow with a rare fast one, two threads' steady in
+    between: the means of the phases decide (two threads); and a phase that other work
+    hit (every call slow) does not, where the other phases of its count were fast."""
+    monkeypatch.delenv(fastbp._threads.THREADS_VARIABLE, raising=False)
+    monkeypatch.setattr(fastbp._threads, "allowed_threads", lambda: 2)
+    clock = [0.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
+    rounds, phase = fastbp._threads.MEASURE_ROUNDS, fastbp._threads.TURN_SECONDS
+    for name, seconds_of, chosen in [
+            ("rare fast call", lambda threads, call, phases: (
+                (0.7e-3 if call % 10 == 3 else 1.0e-3) if threads == 1 else 0.8e-3), 2),
+            ("a phase hit", lambda threads, call, phases: (
+                1e-3 if threads == 1 else (5e-3 if phases["allowed"] == 2 else 0.6e-3)), 2),
+            ("steady", lambda threads, call, phases: 1e-3 if threads == 1 else 0.95e-3, 1)]:
+        choice, call = KeptPassThreads(), 0
+        while choice.chosen is None and call < 100 * rounds:
+            threads, turn = choice.threads()
+            if turn is not None:
+                choice.record(turn, seconds_of(threads, call, choice.phases), 1000)
+            call += 1
+            clock[0] += phase / 10
+        assert choice.chosen == (1 if chosen == 1 else "allowed"), name
+        assert min(choice.phases.values()) == rounds, name
+
+
 def test_the_default_of_a_kept_pass_respects_a_threadpool_limit(monkeypatch):
     """Under threadpoolctl's limit of one thread, no call of the default splits."""
     from threadpoolctl import threadpool_limits

@@ -107,6 +107,22 @@ def test_affinity_limits_the_default(many_cpus, every_core_wins, monkeypatch):
     assert pass_threads() == 3
 
 
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no affinity masks here")
+def test_the_affinity_mask_is_read_as_python_reads_it():
+    """The mask is read in C on every call (_core.affinity_count): the count Python's
+    os.sched_getaffinity gives, before, under and after a narrower mask set mid-process."""
+    from fastbp import _core
+    mask = os.sched_getaffinity(0)
+    assert _core.affinity_count() == len(mask) == _threads._cpu_count()
+    try:
+        os.sched_setaffinity(0, {min(mask)})
+        assert _core.affinity_count() == 1 == _threads._cpu_count()
+        assert _threads.allowed_threads() == 1
+    finally:
+        os.sched_setaffinity(0, mask)
+    assert _core.affinity_count() == len(mask)
+
+
 @pytest.mark.parametrize("name", _threads.THREAD_LIMIT_VARIABLES)
 def test_each_environment_variable_limits_the_default(many_cpus, monkeypatch, name):
     monkeypatch.setenv(name, "2")
