@@ -191,7 +191,11 @@ class MLP:
             check_allocation(_format.parameter_count(sizes), dtype, "the parameters")
         self._plan = _core.Plan(sizes, self._codes, 0)
         if params is None:
-            params = np.zeros(self._plan.n_params, dtype=dtype)
+            params = _format.parameter_buffer(self._plan.n_params, dtype, zeroed=True)
+        elif params.ctypes.data % _format.PARAMETER_ALIGNMENT:
+            aligned = _format.parameter_buffer(len(params), params.dtype)
+            aligned[...] = params
+            params = aligned
         self._params = params
         self._weights, self._biases = self._plan.parameter_views(self._params)
         # predict's fast path for a few rows: plan and workspaces kept between calls

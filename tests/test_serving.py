@@ -445,6 +445,31 @@ def test_models_of_every_origin_have_the_fast_path(monkeypatch, tmp_path):
         assert np.array_equal(other.predict(X), expected)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_the_parameters_of_models_of_every_origin_start_on_a_cache_line(dtype, tmp_path):
+    """New, copied, pickled, loaded and from_bytes models: the flat parameters start on a
+    64-byte line (_format.PARAMETER_ALIGNMENT), so W1 and every layer at a multiple of 64
+    bytes from it do (the few-row kernels' vector loads then stay within one line); a
+    loaded model keeps its values exactly."""
+    import copy
+    import pickle
+    from fastbp import _format
+    model = fastbp.MLP([784, 128, 10], ["relu", "softmax"], dtype=dtype, seed=4)
+    model.save(tmp_path / "m.fbp")
+    others = [copy.copy(model), copy.deepcopy(model), pickle.loads(pickle.dumps(model)),
+              fastbp.load(tmp_path / "m.fbp"), fastbp.MLP.from_bytes(model.to_bytes())]
+    for other in [model] + others:
+        assert other._params.ctypes.data % _format.PARAMETER_ALIGNMENT == 0
+        assert [w.ctypes.data % 64 for w in other.weights] == [0, 0]
+        assert other._params.flags.c_contiguous and other._params.flags.writeable
+        assert np.array_equal(other._params, model._params)
+    for n_params in range(1, 40):        # every size and both dtypes: aligned, the size asked
+        for zeroed in (False, True):
+            buffer = _format.parameter_buffer(n_params, dtype, zeroed)
+            assert buffer.ctypes.data % 64 == 0 and buffer.shape == (n_params,)
+            assert buffer.dtype == np.dtype(dtype) and (not zeroed or not buffer.any())
+
+
 def test_a_very_wide_model_keeps_a_small_workspace(monkeypatch):
     """A one-row call on a model with a layer of 200,000 units allocates a workspace for
     a few rows (_core.PREDICTOR_WORKSPACE_BYTES), not for 64 (150 MB)."""
