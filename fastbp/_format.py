@@ -161,8 +161,8 @@ READ_CHUNK_BYTES = 1 << 22
 
 # A model's flat parameters start on this boundary (a cache line, an AVX-512 vector), and
 # so does every layer whose offset is a multiple of it: numpy's large arrays start 16
-# bytes into a page, and the few-row kernels read a W that starts mid-line 1.3-1.7x
-# slower on 2-4 rows (each vector load then spans two lines).
+# bytes into a page, and the few-row kernels read a W that starts mid-line 1.1-1.45x
+# slower on 2-8 rows (each vector load then spans two lines: docs/serving.md).
 PARAMETER_ALIGNMENT = 64
 
 

@@ -116,16 +116,17 @@ class KeptPassThreads:
     first phase run on one thread; where the best of them took under min_seconds
     (SPLIT_MIN_SECONDS unless given) the plan stays on one thread for good (handing
     pieces to other threads has a cost of its own; the best, not the first, which meets
-    cold caches). Else the next calls run in phases of at least TURN_SECONDS each, alternately on the caller's allowed count and
-    on one, MEASURE_ROUNDS phases each, every call timed: so the phases are spread over a
-    fifth of a second or more, past the bursts of other work (such as another library's
-    threads spinning after its call), and a phase's calls come as the caller makes them:
-    back to back, the helper threads are awake from the phase's second call on; a call
-    now and then wakes them every time, and pays for it. The count whose best phase (the
-    mean of its calls) was faster a row (more threads only by MEASURE_MARGIN) is kept:
-    a phase's mean, not a call's best, which a rare fast call on one thread could decide
-    (W1's 16-row call: best calls 15.7 against 14.4 us, typical ones 19 against 14),
-    and the best phase, past a phase that other work hit. It is kept, capped at each call by
+    cold caches). Else the next calls run in phases of at least TURN_SECONDS each,
+    alternately on the caller's allowed count and on one, MEASURE_ROUNDS phases each,
+    every call timed: so the phases are spread over a fifth of a second or more, past
+    the bursts of other work (such as another library's threads spinning after its
+    call), and a phase's calls come as the caller makes them: back to back, the helper
+    threads are awake from the phase's second call on; a call now and then wakes them
+    every time, and pays for it. The count whose best phase (the mean of its calls) was
+    faster a row (more threads only by MEASURE_MARGIN) is kept: a phase's mean, not a
+    call's best, which a rare fast call on one thread could decide (W1's 16-row call:
+    best calls 15.7 against 14.4 us, typical ones 19 against 14), and the best phase,
+    past a phase that other work hit. The choice is capped at each call by
     allowed_threads(), for REMEASURE_CALLS calls and REMEASURE_SECONDS; then the phases
     start again (other work on the machine comes and goes). A caller's limit of one
     thread found while measuring is kept the same way, as a choice of one thread (so a
@@ -620,15 +621,9 @@ def allowed_threads() -> int:
     # asked on every default predict call that may share its rows: each part is cheap
     # (under a microsecond in all)
     allowed = _cpu_count()
-    limit = _environment_limit()
-    if limit is not None and limit < allowed:
-        allowed = limit
-    limit = _blas_setting()
-    if limit is not None and limit < allowed:
-        allowed = limit
-    limit = _cgroup_limit()
-    if limit is not None and limit < allowed:
-        allowed = limit
+    for limit in (_environment_limit(), _blas_setting(), _cgroup_limit()):
+        if limit is not None and limit < allowed:
+            allowed = limit
     return max(1, allowed)
 
 
@@ -713,9 +708,6 @@ def _blas_setting():
     setters = _scipy_setters or _scipy_blas_setters()
     with _turns_lock:
         if _saved is None:
-            if len(setters) == 1:     # the usual case, asked on every default call
-                count = setters[0][0]()
-                return int(count) if count is not None and int(count) > 0 else None
             counts = [get_threads() for get_threads, _ in setters]
         else:
             gets = {id(set_threads): count for set_threads, count in _saved}
