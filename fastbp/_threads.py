@@ -705,7 +705,7 @@ def _blas_setting():
     """The thread count the caller has left on the BLAS scipy calls (all BLAS libraries
     when that one is not identified), or None when no BLAS reports one. While fastbp's own
     passes run, the count they found, not the one they set."""
-    setters = _scipy_setters or _scipy_blas_setters()
+    setters = _scipy_blas_setters()
     with _turns_lock:
         if _saved is None:
             counts = [get_threads() for get_threads, _ in setters]
@@ -714,7 +714,7 @@ def _blas_setting():
             # a library left out of _saved was on the passes' count already
             counts = [gets.get(id(set_threads), _count) for _, set_threads in setters]
     least = None
-    for count in counts:    # a loop, not comprehensions: asked on every default call
+    for count in counts:    # one loop, not a filter and min(): asked on every default call
         if count is not None and int(count) > 0 and (least is None or int(count) < least):
             least = int(count)
     return least
