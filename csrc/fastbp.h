@@ -180,6 +180,10 @@ static inline float fbp_expf(float x)
     return underflow ? 0.0f : y * power;
 }
 
+/* How far ahead of the row it reads a pass over a sparse batch asks for a later row's
+   indptr entries and stored values (fbp_prefetch_csr_ahead). */
+enum { FBP_CSR_AHEAD_INDPTR = 8, FBP_CSR_AHEAD_VALUES = 3 };
+
 /* Every kernel, once per element type: one_type.h includes them for the FBP_T, FBP_NAME
    and FBP_MATH_* defined here, then undefines those. */
 #define FBP_T float

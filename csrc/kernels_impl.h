@@ -728,9 +728,41 @@ static inline int FBP_NAME(fbp_csr_range)(const ptrdiff_t *indptr, ptrdiff_t n_r
     return 0 <= *begin && *begin <= *end && *end <= nnz;
 }
 
+/* The passes over a sparse batch read its rows' stored values in batch order, each row
+   from anywhere in the matrix (a shuffled order), and the first layer's product reads the
+   rows of W they name, anywhere in W: at row i of m (rows[i], or first + i where rows is
+   NULL) each pass asks for the indptr entries of row i + FBP_CSR_AHEAD_INDPTR and the
+   stored values (columns and values) of row i + FBP_CSR_AHEAD_VALUES, whose indptr
+   entries are in cache by then (FBP_CSR_AHEAD_*, fastbp.h).  Rows and ranges out of range
+   are skipped: the readers check them. */
+static inline void FBP_NAME(fbp_prefetch_csr_ahead)(const FBP_T *data, const ptrdiff_t *indices,
+                                                    const ptrdiff_t *indptr, ptrdiff_t n_rows,
+                                                    ptrdiff_t nnz, const ptrdiff_t *rows,
+                                                    ptrdiff_t first, ptrdiff_t i, ptrdiff_t m)
+{
+    ptrdiff_t ahead = i + FBP_CSR_AHEAD_INDPTR, begin, end;
+    if (ahead < m) {
+        ptrdiff_t row = rows ? rows[ahead] : first + ahead;
+        if ((size_t)row < (size_t)n_rows)
+            __builtin_prefetch(indptr + row);
+    }
+    ahead = i + FBP_CSR_AHEAD_VALUES;
+    if (ahead >= m || !FBP_NAME(fbp_csr_range)(indptr, n_rows, nnz,
+                                               rows ? rows[ahead] : first + ahead, &begin, &end)
+            || begin == end)
+        return;
+    for (ptrdiff_t k = begin; k < end; k += 64 / sizeof(ptrdiff_t))
+        __builtin_prefetch(indices + k);
+    __builtin_prefetch(indices + end - 1);
+    for (ptrdiff_t k = begin; k < end; k += 64 / sizeof(FBP_T))
+        __builtin_prefetch(data + k);
+    __builtin_prefetch(data + end - 1);
+}
+
 /* out[i, :] = sum over row i's stored values of data[k] * W[indices[k], :] (W: n_cols x
    n_out): the first layer's product for a sparse batch, nonzeros x n_out multiply-adds,
-   reading only the rows of W the batch names. */
+   reading only the rows of W the batch names, those of row i + 1 asked for while row i's
+   are summed. */
 FBP_MULTIVERSION static ptrdiff_t FBP_NAME(fbp_sparse_product)(FBP_T *out, const FBP_T *data,
         const ptrdiff_t *indices, const ptrdiff_t *indptr, ptrdiff_t n_rows, ptrdiff_t n_cols,
         ptrdiff_t nnz, const ptrdiff_t *rows, ptrdiff_t first, ptrdiff_t m, const FBP_T *W,
@@ -738,6 +770,11 @@ FBP_MULTIVERSION static ptrdiff_t FBP_NAME(fbp_sparse_product)(FBP_T *out, const
 {
     for (ptrdiff_t i = 0; i < m; i++) {
         ptrdiff_t begin, end;
+        FBP_NAME(fbp_prefetch_csr_ahead)(data, indices, indptr, n_rows, nnz, rows, first, i, m);
+        if (i + 1 < m && FBP_NAME(fbp_csr_range)(indptr, n_rows, nnz,
+                                                 rows ? rows[i + 1] : first + i + 1,
+                                                 &begin, &end))
+            FBP_NAME(fbp_prefetch_rows)(W, indices + begin, end - begin, n_out, n_cols);
         if (!FBP_NAME(fbp_csr_range)(indptr, n_rows, nnz, rows ? rows[i] : first + i,
                                      &begin, &end))
             return i;

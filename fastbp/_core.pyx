@@ -874,7 +874,8 @@ cdef double run_batch(const PlanData* plan, HyperparameterData* hyper, floating*
     cdef floating* out = work + plan.output_offsets[L]
     cdef floating alpha = 1, weight_beta = beta, bias_beta = beta
 
-    if sparse != NULL and sparse.value_columns != NULL and not read_batch_values(sparse, m):
+    if sparse != NULL and sparse.value_columns != NULL and not read_batch_values(
+            sparse, <const floating*>sparse.data, m):
         return 0.0
     if sparse != NULL and sparse.lazy != NULL:   # the rows the forward pass reads, current
         if not lazy_list_rows(sparse.lazy, sparse, params + plan.weight_offsets[0],
@@ -1358,13 +1359,15 @@ cdef void catch_up_rows(LazyRows* lazy, floating* W1, Py_ssize_t n_out, Py_ssize
             lazy.applied[column] = lazy.steps
 
 
-cdef bint read_batch_values(SparseBatch* sparse, int m) noexcept nogil:
+cdef bint read_batch_values(SparseBatch* sparse, const floating* data, int m) noexcept nogil:
     """The batch's stored values (its rows' indptr spans) into sparse.value_columns,
-    value_rows and value_places, each index checked as it is read. False: a row, an indptr
-    entry or a column out of range, or more values than value_capacity (indptr changed
-    since the fit sized it): sparse.bad set."""
+    value_rows and value_places, each index checked as it is read (data: sparse.data, the
+    pass's type). False: a row, an indptr entry or a column out of range, or more values
+    than value_capacity (indptr changed since the fit sized it): sparse.bad set."""
     cdef Py_ssize_t i, k, row, begin, end, column, n = 0
     for i in range(m):
+        fbp_prefetch_csr_ahead(data, sparse.indices, sparse.indptr, sparse.n_rows, sparse.nnz,
+                               sparse.rows, sparse.first, i, m)
         row = sparse.rows[i] if sparse.rows != NULL else sparse.first + i
         if row < 0 or row >= sparse.n_rows:
             sparse.bad = i
