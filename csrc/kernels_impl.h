@@ -52,8 +52,8 @@ static inline void FBP_NAME(fbp_prefetch_rows)(const FBP_T *src, const ptrdiff_t
             continue;
         const char *start = (const char *)(src + row * n_cols);
         for (size_t b = 0; b < bytes; b += 64)
-            __builtin_prefetch(start + b);
-        __builtin_prefetch(start + bytes - 1);
+            fbp_prefetch(start + b);
+        fbp_prefetch(start + bytes - 1);
     }
 }
 
@@ -744,7 +744,7 @@ static inline void FBP_NAME(fbp_prefetch_csr_ahead)(const FBP_T *data, const ptr
     if (ahead < m) {
         ptrdiff_t row = rows ? rows[ahead] : first + ahead;
         if ((size_t)row < (size_t)n_rows)
-            __builtin_prefetch(indptr + row);
+            fbp_prefetch(indptr + row);
     }
     ahead = i + FBP_CSR_AHEAD_VALUES;
     if (ahead >= m || !FBP_NAME(fbp_csr_range)(indptr, n_rows, nnz,
@@ -752,11 +752,11 @@ static inline void FBP_NAME(fbp_prefetch_csr_ahead)(const FBP_T *data, const ptr
             || begin == end)
         return;
     for (ptrdiff_t k = begin; k < end; k += 64 / sizeof(ptrdiff_t))
-        __builtin_prefetch(indices + k);
-    __builtin_prefetch(indices + end - 1);
+        fbp_prefetch(indices + k);
+    fbp_prefetch(indices + end - 1);
     for (ptrdiff_t k = begin; k < end; k += 64 / sizeof(FBP_T))
-        __builtin_prefetch(data + k);
-    __builtin_prefetch(data + end - 1);
+        fbp_prefetch(data + k);
+    fbp_prefetch(data + end - 1);
 }
 
 /* out[i, :] = sum over row i's stored values of data[k] * W[indices[k], :] (W: n_cols x
