@@ -13,9 +13,11 @@
  * is read from L1/L2 once per block of 6 batch rows); in TN, A^T's elements are
  * consecutive in A's rows (the broadcasts) and D's rows are B's rows.  NT's B is W^T,
  * whose columns are W's rows: a panel of them is copied transposed (one pass over W per
- * call, k in chunks) and multiplied there.  Columns that do not fill a vector go through a
- * zero-padded copy (the last n % lanes of them, or NT's last panel) and a scratch block,
- * so no load or store passes the operands' ends.
+ * call, k in chunks) and multiplied there.  The last n % lanes columns are the end of a
+ * vector read in place that overlaps the whole ones before it, where n is at least a
+ * vector; a narrower B, and NT's last panel, go through a zero-padded copy; either way the
+ * partial vector goes through a scratch block, so no load or store passes the operands'
+ * ends.
  *
  * Instances: 64-byte vectors compiled for AVX-512F (with FMA), 32-byte ones for AVX2+FMA;
  * fbp_product_isa picks one for this CPU (or the one asked for), and where neither fits

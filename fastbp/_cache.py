@@ -1,6 +1,7 @@
 """Measured defaults kept on disk ("wisdom", as FFTW calls it): the thread choices of
 fastbp._threads (threads.json) and the kernel-or-BLAS choices of fastbp._products
-(products.json), in cache_folder().
+(products.json), in cache_folder(), each key ending with the CPU's model and the build's
+identity (cpu_model, build_identity).
 
 Every process that shares the folder must make the same choice for the same key, or the
 same seed gives different results in two processes (the two workers of a Dask fit, a worker
@@ -59,6 +60,36 @@ def cpu_model() -> str:
             name = platform.processor() or platform.machine()
         _cpu_name = name.replace("/", " ")
     return _cpu_name
+
+
+_build_name = None
+
+
+def build_identity() -> str:
+    """A digest of the compiled core (fastbp._core's file) and of the NumPy and SciPy whose
+    BLAS its kernels are timed against: part of every key beside cpu_model(), so that a
+    choice measured with other kernels or another BLAS (an upgrade, a rebuild) is measured
+    again instead of kept (a rebuilt kernel for the 10 outputs of W3's last layer ran in
+    316 ns against the 483 ns that had been measured and kept with its BLAS choice)."""
+    global _build_name
+    if _build_name is None:
+        import hashlib
+
+        import numpy
+        import scipy
+
+        from fastbp import _core
+        digest = hashlib.sha256()
+        try:
+            with open(_core.__file__, "rb") as file:
+                for block in iter(lambda: file.read(1 << 20), b""):
+                    digest.update(block)
+        except OSError:   # no file to read (a frozen application): the version at least
+            import fastbp
+            digest.update(fastbp.__version__.encode())
+        digest.update(f"/numpy {numpy.__version__}/scipy {scipy.__version__}".encode())
+        _build_name = digest.hexdigest()[:16]
+    return _build_name
 
 
 def read_cache(file_name) -> dict:

@@ -4,7 +4,8 @@ FASTBP_KERNELS: "blas" (every product in BLAS), "own" (every product in the own 
 where this CPU runs them), or "auto" (the default): each product of a one-thread plan in
 whichever of the two ran its exact shape faster on this machine, measured once (a few
 timed calls each) and kept, like the thread counts, in products.json (fastbp._cache),
-keyed by shape, dtype, instruction set, CPU model and OPENBLAS_CORETYPE. A fit's plans
+keyed by shape, dtype, instruction set, CPU model, OPENBLAS_CORETYPE and the build
+(fastbp._cache.build_identity: the compiled core, NumPy's and SciPy's versions). A fit's plans
 (fixed batch size) are measured at their batch; a predict or evaluate pass, whose chunk
 follows the call's rows, at its chunk's row bucket (row_bucket: the next power of two, so
 at most 12 row counts a shape up to predict's 2048-row chunks), and only past the few-row
@@ -178,11 +179,11 @@ def own_is_faster(kind, m, n, k, dtype, isa, chunk_rows=0, chunk_columns=0,
     (or slower by less than the factor `margin`), each in the calls the plan makes
     (_core.matrix_product's chunks); measured once per shape, chunks, dtype, isa, margin,
     CPU and OpenBLAS core, and cached."""
-    from fastbp._cache import cpu_model, settled
+    from fastbp._cache import build_identity, cpu_model, settled
     chunk_rows = 0 if chunk_rows >= m else chunk_rows   # 0: whole, however it is written
     chunk_columns = 0 if chunk_columns >= n else chunk_columns
     key = (f"{kind}/{m}x{n}x{k}/{chunk_rows}x{chunk_columns}/{np.dtype(dtype).name}/{isa}/"
-           f"{os.environ.get('OPENBLAS_CORETYPE', '')}/{cpu_model()}")
+           f"{os.environ.get('OPENBLAS_CORETYPE', '')}/{cpu_model()}/{build_identity()}")
     if margin != 1.0:
         key += f"/margin {margin:g}"
     with _lock:

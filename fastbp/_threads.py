@@ -353,9 +353,10 @@ def pinned_threads():
 
 
 def _cache_key(layer_sizes, batch_size, dtype, threads_label):
-    from fastbp._cache import cpu_model
+    from fastbp._cache import build_identity, cpu_model
     sizes = "-".join(str(int(size)) for size in layer_sizes)
-    return f"{sizes}/{int(batch_size)}/{np.dtype(dtype).name}/{threads_label}/{cpu_model()}"
+    return (f"{sizes}/{int(batch_size)}/{np.dtype(dtype).name}/{threads_label}/{cpu_model()}/"
+            f"{build_identity()}")
 
 
 def _candidates(batch_size, allowed):

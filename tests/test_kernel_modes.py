@@ -7,6 +7,7 @@ both instruction sets; the plans hold what the variables say; "auto" measures ea
 once and keeps it; bad values are refused. A representative slice of the training and
 row-split suites also runs in a subprocess under each forcing.
 """
+import json
 import os
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 
 import fastbp
-from fastbp import _core, _products
+from fastbp import _cache, _core, _products
 from fastbp.optimizers import SGD
 
 ISAS = {"avx512": ["avx2", "avx512"], "avx2": ["avx2"], None: []}[_core.best_kernel_isa()]
@@ -107,6 +108,12 @@ def test_bad_values_are_refused(monkeypatch):
         _core.Plan([3, 2], [1], 4, product_isas=[0] * 5 + [9])
 
 
+def kept_choices(folder):
+    """The choices products.json keeps in `folder`."""
+    with open(os.path.join(folder, _products.CACHE_FILE)) as file:
+        return json.load(file)["choices"]
+
+
 @needs_kernels
 def test_auto_measures_each_shape_once_and_keeps_it(monkeypatch, tmp_path):
     monkeypatch.setenv("FASTBP_CACHE_DIR", str(tmp_path))
@@ -140,10 +147,19 @@ def test_auto_measures_each_shape_once_and_keeps_it(monkeypatch, tmp_path):
     monkeypatch.setattr(_products, "_chosen", {})
     assert _products.product_isas(sizes, 8, "float32") == first
     assert len(measured) == 5
+    # another build (rebuilt kernels, another NumPy or SciPy): measured again, not judged
+    # by the times of the old one; the old build's choices stay kept beside
+    monkeypatch.setattr(_products, "_measured", {})
+    monkeypatch.setattr(_products, "_chosen", {})
+    monkeypatch.setattr(_cache, "_build_name", "another build")
+    assert _products.product_isas(sizes, 8, "float32")[6:] == [0] * 6
+    assert len(measured) == 10
+    assert sum(key.endswith("/another build") for key in kept_choices(tmp_path)) == 5
+    assert len(kept_choices(tmp_path)) == 10
     # several BLAS threads, or a gradients pass (rows follow the call's): BLAS, unmeasured
     assert _products.product_isas(sizes, 8, "float32", one_thread=False) == [0] * 12
     assert _products.product_isas(sizes, 8, "float32", measure=False) == [0] * 12
-    assert len(measured) == 5
+    assert len(measured) == 10
 
 
 @pytest.mark.parametrize("isa, narrow", [("avx2", True), ("avx512", False), ("", False)])
