@@ -104,76 +104,70 @@ static inline __attribute__((always_inline)) void FBP_PROD(fbp_prod_panel)(
     }
 }
 
+/* C's columns past the whole vectors: every block of rows' product with one vector of
+   B's columns (b, ldb) into `scratch`, then its n_tail lanes from `skip` on added to C
+   (c, ldc) as C = beta C + alpha product. */
+static inline __attribute__((always_inline)) void FBP_PROD(fbp_prod_tail_blocks)(
+    ptrdiff_t n_rows, ptrdiff_t n_tail, ptrdiff_t skip, ptrdiff_t k, const FBP_T *a,
+    ptrdiff_t lda, const int a_row_is_one, const FBP_T *b, ptrdiff_t ldb, FBP_T *c,
+    ptrdiff_t ldc, FBP_T alpha, FBP_T beta)
+{
+    const ptrdiff_t lanes = FBP_PROD_LANES, a_row = a_row_is_one ? 1 : lda;
+    FBP_T scratch[FBP_PROD_ROWS * FBP_PROD_LANES] __attribute__((aligned(FBP_PROD_BYTES)));
+    for (ptrdiff_t p = 0; p < n_rows; p += FBP_PROD_ROWS) {
+        const ptrdiff_t left = n_rows - p;
+        const int rows = left < FBP_PROD_ROWS ? (int)left : FBP_PROD_ROWS;
+        const FBP_T *ap = a + p * a_row;
+#define FBP_PROD_TAIL(R) FBP_PROD(fbp_prod_block)(R, 1, k, ap, a_row_is_one ? 1 : lda, \
+                                                  a_row_is_one ? lda : 1, b, ldb, scratch, \
+                                                  lanes, (FBP_T)1, (FBP_T)0)
+        FBP_PROD_ROW_CASES(FBP_PROD_TAIL)
+#undef FBP_PROD_TAIL
+        for (int r = 0; r < rows; r++)
+            for (ptrdiff_t j = 0; j < n_tail; j++) {
+                FBP_T *out = c + (p + r) * ldc + j;
+                FBP_T value = alpha * scratch[r * lanes + skip + j];
+                *out = beta == 0 ? value : value + beta * *out;
+            }
+    }
+}
+
+/* The last n_tail (< lanes) of C's columns where there is a whole vector before them: the
+   vector of B's columns that ends with them (b_last) is read in place, overlapping the
+   whole vectors before it, so no load passes B's ends and B is not copied; each of the
+   tail's sums is the same register accumulation over all of k as the whole vectors'. */
+static inline __attribute__((always_inline)) void FBP_PROD(fbp_prod_columns_last)(
+    ptrdiff_t n_rows, ptrdiff_t n_tail, ptrdiff_t k, const FBP_T *a, ptrdiff_t lda,
+    const int a_row_is_one, const FBP_T *b_last, ptrdiff_t ldb, FBP_T *c_tail, ptrdiff_t ldc,
+    FBP_T alpha, FBP_T beta)
+{
+    FBP_PROD(fbp_prod_tail_blocks)(n_rows, n_tail, FBP_PROD_LANES - n_tail, k, a, lda,
+                                   a_row_is_one, b_last, ldb, c_tail, ldc, alpha, beta);
+}
+
 /* C (n_rows x n_cols) = beta C + alpha op(A) B, B row-major (k x n_cols, ldb), n_cols less
    than a vector (wider ones: fbp_prod_columns_last): the columns come from B copied into
    `padded`, zero-filled to a whole vector, k in chunks of FBP_PROD_CHUNK, each chunk's
-   product into `scratch` and added to C (beta only on the first). */
+   product added to C (beta only on the first). */
 #define FBP_PROD_CHUNK 128
 static inline __attribute__((always_inline)) void FBP_PROD(fbp_prod_columns_tail)(
     ptrdiff_t n_rows, ptrdiff_t n_cols, ptrdiff_t k, const FBP_T *a, ptrdiff_t lda,
     const int a_row_is_one, const FBP_T *b, ptrdiff_t ldb, FBP_T *c, ptrdiff_t ldc,
     FBP_T alpha, FBP_T beta)
 {
-    const ptrdiff_t lanes = FBP_PROD_LANES;
+    const ptrdiff_t lanes = FBP_PROD_LANES, a_k = a_row_is_one ? lda : 1;
     FBP_T padded[FBP_PROD_CHUNK * FBP_PROD_LANES] __attribute__((aligned(FBP_PROD_BYTES)));
-    FBP_T scratch[FBP_PROD_ROWS * FBP_PROD_LANES] __attribute__((aligned(FBP_PROD_BYTES)));
-    const ptrdiff_t a_row = a_row_is_one ? 1 : lda, a_k = a_row_is_one ? lda : 1;
     for (ptrdiff_t k0 = 0; k0 < k || k0 == 0; k0 += FBP_PROD_CHUNK) {
         const ptrdiff_t kc = k - k0 < FBP_PROD_CHUNK ? k - k0 : FBP_PROD_CHUNK;
-        const FBP_T chunk_beta = k0 == 0 ? beta : (FBP_T)1;
         memset(padded, 0, (size_t)(kc * lanes) * sizeof(FBP_T));   /* the rows read */
         for (ptrdiff_t kk = 0; kk < kc; kk++)
             for (ptrdiff_t j = 0; j < n_cols; j++)
                 padded[kk * lanes + j] = b[(k0 + kk) * ldb + j];
-        for (ptrdiff_t p = 0; p < n_rows; p += FBP_PROD_ROWS) {
-            const ptrdiff_t left = n_rows - p;
-            const int rows = left < FBP_PROD_ROWS ? (int)left : FBP_PROD_ROWS;
-            const FBP_T *ap = a + p * a_row + k0 * a_k;
-#define FBP_PROD_TAIL(R) FBP_PROD(fbp_prod_block)(R, 1, kc, ap, a_row_is_one ? 1 : lda, \
-                                                  a_row_is_one ? lda : 1, padded, lanes, \
-                                                  scratch, lanes, (FBP_T)1, (FBP_T)0)
-            FBP_PROD_ROW_CASES(FBP_PROD_TAIL)
-#undef FBP_PROD_TAIL
-            for (int r = 0; r < rows; r++)
-                for (ptrdiff_t j = 0; j < n_cols; j++) {
-                    FBP_T *out = c + (p + r) * ldc + j;
-                    FBP_T value = alpha * scratch[r * lanes + j];
-                    *out = chunk_beta == 0 ? value : value + chunk_beta * *out;
-                }
-        }
+        FBP_PROD(fbp_prod_tail_blocks)(n_rows, n_cols, 0, kc, a + k0 * a_k, lda, a_row_is_one,
+                                       padded, lanes, c, ldc, alpha,
+                                       k0 == 0 ? beta : (FBP_T)1);
         if (k == 0)
             break;
-    }
-}
-
-/* The last n_tail (< lanes) of C's n_cols columns where n_cols is at least a vector: the
-   vector of B's columns that ends with them is read in place (it overlaps the whole
-   vectors before it, so no load passes B's ends), each block of rows' product goes into
-   `scratch` and only the tail's columns are added to C.  Each of those sums is the same
-   register accumulation over all of k as the whole vectors', with no copy of B. */
-static inline __attribute__((always_inline)) void FBP_PROD(fbp_prod_columns_last)(
-    ptrdiff_t n_rows, ptrdiff_t n_tail, ptrdiff_t k, const FBP_T *a, ptrdiff_t lda,
-    const int a_row_is_one, const FBP_T *b_last, ptrdiff_t ldb, FBP_T *c_tail, ptrdiff_t ldc,
-    FBP_T alpha, FBP_T beta)
-{
-    const ptrdiff_t lanes = FBP_PROD_LANES, skip = lanes - n_tail;
-    FBP_T scratch[FBP_PROD_ROWS * FBP_PROD_LANES] __attribute__((aligned(FBP_PROD_BYTES)));
-    const ptrdiff_t a_row = a_row_is_one ? 1 : lda;
-    for (ptrdiff_t p = 0; p < n_rows; p += FBP_PROD_ROWS) {
-        const ptrdiff_t left = n_rows - p;
-        const int rows = left < FBP_PROD_ROWS ? (int)left : FBP_PROD_ROWS;
-        const FBP_T *ap = a + p * a_row;
-#define FBP_PROD_LAST(R) FBP_PROD(fbp_prod_block)(R, 1, k, ap, a_row_is_one ? 1 : lda, \
-                                                  a_row_is_one ? lda : 1, b_last, ldb, \
-                                                  scratch, lanes, (FBP_T)1, (FBP_T)0)
-        FBP_PROD_ROW_CASES(FBP_PROD_LAST)
-#undef FBP_PROD_LAST
-        for (int r = 0; r < rows; r++)
-            for (ptrdiff_t j = 0; j < n_tail; j++) {
-                FBP_T *out = c_tail + (p + r) * ldc + j;
-                FBP_T value = alpha * scratch[r * lanes + skip + j];
-                *out = beta == 0 ? value : value + beta * *out;
-            }
     }
 }
 
