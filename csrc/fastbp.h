@@ -180,12 +180,14 @@ static inline float fbp_expf(float x)
     return underflow ? 0.0f : y * power;
 }
 
-/* Ask the CPU to bring the cache line at `address` into cache.  Every prefetch of the
-   kernels goes through this: GCC 12 at -O2 and up (its IPA mod-ref analysis) takes a
-   function whose only work is __builtin_prefetch for one without effects and deletes
-   the calls to it, and to the functions that call it, so that the rows of W1 a lazy rule
-   steps were never asked for ahead (no prefetch instruction in the build before
-   2026-12-03); the empty volatile asm counts as an effect and costs no instruction. */
+/* Ask the CPU to bring the cache line at `address` into cache.  Every prefetch in a
+   function that does nothing else goes through this (fbp_prefetch_rows,
+   fbp_prefetch_csr_ahead and their callers in _core.pyx): GCC 12 at -O2 and up (its IPA
+   mod-ref analysis) takes such a function for one without effects and deletes the calls
+   to it, and to the functions that only call it, so that the rows of W1 a lazy rule steps
+   were never asked for ahead (no prefetch instruction in the build before 2026-12-03);
+   the empty volatile asm counts as an effect and costs no instruction.  A prefetch inside
+   a kernel with other work (products_impl.h's) stays as written. */
 static inline void fbp_prefetch(const void *address)
 {
     __builtin_prefetch(address);
