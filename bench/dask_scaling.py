@@ -6,10 +6,11 @@
     python bench/dask_scaling.py --part gridsearch   # GridSearchCV: sequential vs Dask backend
 
 scaling: 784-512-512-10 on 30,000 rows (W2's model and settings: plain SGD 0.01, batch 128,
-linear-teacher data from workloads.py) in 2 chunks, `--rounds` rounds of one epoch, on a
-LocalCluster of 1 and of 2 worker processes of 1 thread each, default settings
-(n_threads=None, averaging="block_momentum"); against Trainer.fit on one process with
-n_threads=2 for the same epochs. Reported: wall time of the fit (the data already in the
+linear-teacher data from workloads.py) in 2 chunks, `--rounds` epochs (one round each, and
+again K rounds each: `--rounds-per-epoch`), on a LocalCluster of 1 and of 2 worker
+processes of 1 thread each, otherwise default settings (n_threads=None,
+averaging="block_momentum"); against Trainer.fit on one process with n_threads=2 for the
+same epochs. Reported: wall time of the fit (the data already in the
 cluster, as after loading it there, and fastbp imported on the workers), speedup over 1
 worker, held-out accuracy after the same epochs, the placement (rows per worker), and the
 time a round spends not training; with `--curve`, also the held-out accuracy after every
@@ -19,9 +20,10 @@ scheduling, the tree of sums, the update on the driver).
 
 accuracy: 50-128-10, 10 classes, plain SGD 0.05, batch 32, on `--accuracy-rows` rows (+ 20,000
 held out). One process trains 20 epochs; fastbp.dask.fit with K = 2, 4, 8 chunks trains
-25 rounds (1.25x the epochs) with each averaging rule; reported: held-out accuracy after 20
-and 25 rounds and the first round that reaches the single process's accuracy after 20
-epochs. Two data sets: "linear" (labels from a random linear teacher, workloads.py) and
+25 passes over the data (1.25x the epochs; `--passes`) with each averaging rule, averaging once per
+pass (`rounds_per_epoch=1`) or K times per pass (`rounds_per_epoch=K`; `--rounds-per-epoch`
+picks); reported: held-out accuracy after 20 and 25 passes and the first pass after which
+it reaches the single process's accuracy after 20 epochs, and the fit's wall time. Two data sets: "linear" (labels from a random linear teacher, workloads.py) and
 "nonlinear" (labels from a random tanh network with noise; still improving after 20
 epochs, the harder case for averaging). The results do not depend on the cluster (they are
 bit-identical on any placement); the cluster only sets the time.
@@ -85,7 +87,7 @@ def scaling(args):
                               batch_size=work.batch_size, seed=0, **kwargs)
 
     print(f"scaling: {'-'.join(map(str, work.layer_sizes))} on {args.rows:,} rows in "
-          f"{args.chunks} chunks, {args.rounds} rounds of 1 epoch, batch {work.batch_size}")
+          f"{args.chunks} chunks, {args.rounds} epochs, batch {work.batch_size}")
     model = new_model()
     started = time.perf_counter()
     new_trainer(epochs=args.rounds, n_threads=2).fit(model, X, y)
@@ -94,6 +96,20 @@ def scaling(args):
           f"accuracy {accuracy(model, X_test, y_test):.4f}", flush=True)
 
     rows = -(-args.rows // args.chunks)
+    for per_epoch in args.rounds_per_epoch.split(","):
+        per_epoch = args.chunks if per_epoch == "K" else int(per_epoch)
+        scaling_run(args, per_epoch, X, y, X_test, y_test, new_model, new_trainer, rows,
+                    single)
+    if args.curve:
+        accuracy_curve(args, X, y, X_test, y_test, new_model, new_trainer, rows)
+
+
+def scaling_run(args, per_epoch, X, y, X_test, y_test, new_model, new_trainer, rows, single):
+    import dask.array as da
+    import distributed
+    import fastbp.dask
+
+    print(f"  rounds_per_epoch={per_epoch}:")
     times = {}
     for n_workers in (1, 2):
         local, client = cluster(n_workers)
@@ -106,8 +122,8 @@ def scaling(args):
             client.run(importlib.import_module, "fastbp.dask")
             model = new_model()
             started = time.perf_counter()
-            history = fastbp.dask.fit(model, new_trainer(), X_d, y_d, client=client,
-                                      rounds=args.rounds)
+            history = fastbp.dask.fit(model, new_trainer(epochs=args.rounds), X_d, y_d,
+                                      client=client, rounds_per_epoch=per_epoch)
             times[n_workers] = seconds = time.perf_counter() - started
             idle = [round_seconds - max(_per_worker(trained).values())
                     for round_seconds, trained in zip(history.seconds, history.placement)]
@@ -123,30 +139,33 @@ def scaling(args):
             client.close()
             local.close()
     print(f"  2 workers / Trainer.fit(n_threads=2): {times[2] / single:4.2f}x the time")
-    if args.curve:
-        accuracy_curve(args, X, y, X_test, y_test, new_model, new_trainer, rows)
 
 
 def accuracy_curve(args, X, y, X_test, y_test, new_model, new_trainer, rows):
     """The held-out accuracy after each epoch: one process against fastbp.dask.fit on
-    `--chunks` chunks (untimed, on dask's local scheduler: the results are those of any
-    cluster, bit for bit), and from which epoch on the gap stays within 0.005."""
+    `--chunks` chunks with each `--rounds-per-epoch` (untimed, on dask's local scheduler:
+    the results are those of any cluster, bit for bit), and from which epoch on the gap
+    stays within 0.005."""
     import dask.array as da
     import fastbp.dask
 
     validation = (X_test, y_test)
     single = new_trainer(epochs=args.rounds, n_threads=2).fit(
         new_model(), X, y, validation_data=validation).history["val_accuracy"]
-    spread = fastbp.dask.fit(new_model(), new_trainer(), da.from_array(X, chunks=(rows, -1)),
-                             da.from_array(y, chunks=rows), rounds=args.rounds,
-                             validation_data=validation).history["val_accuracy"]
-    gaps = [a - b for a, b in zip(single, spread)]
-    within = next((i + 1 for i in range(len(gaps))
-                   if all(abs(g) <= 0.005 for g in gaps[i:])), None)
-    print(f"  held-out accuracy after each epoch (one process / {args.chunks} chunks / gap):")
-    for epoch, (a, b, g) in enumerate(zip(single, spread, gaps), 1):
-        print(f"    {epoch:3d}  {a:.4f}  {b:.4f}  {g:+.4f}")
-    print(f"  the gap stays within 0.005 from epoch {within or '-'} of {args.rounds}")
+    for per_epoch in args.rounds_per_epoch.split(","):
+        per_epoch = args.chunks if per_epoch == "K" else int(per_epoch)
+        spread = fastbp.dask.fit(
+            new_model(), new_trainer(epochs=args.rounds), da.from_array(X, chunks=(rows, -1)),
+            da.from_array(y, chunks=rows), rounds_per_epoch=per_epoch,
+            validation_data=validation).history["val_accuracy"][per_epoch - 1::per_epoch]
+        gaps = [a - b for a, b in zip(single, spread)]
+        within = next((i + 1 for i in range(len(gaps))
+                       if all(abs(g) <= 0.005 for g in gaps[i:])), None)
+        print(f"  held-out accuracy after each epoch (one process / {args.chunks} chunks, "
+              f"rounds_per_epoch={per_epoch} / gap):")
+        for epoch, (a, b, g) in enumerate(zip(single, spread, gaps), 1):
+            print(f"    {epoch:3d}  {a:.4f}  {b:.4f}  {g:+.4f}")
+        print(f"  the gap stays within 0.005 from epoch {within or '-'} of {args.rounds}")
 
 
 def gridsearch(args):
@@ -290,22 +309,29 @@ def accuracy_per_pass(args):
             print(f"accuracy, {task} task: 50-128-10 on {args.accuracy_rows:,} rows; one "
                   f"process, {epochs} epochs: {target:.4f} "
                   f"({time.perf_counter() - started:.1f} s)", flush=True)
-            for K in (2, 4, 8):
+            for K in map(int, args.chunk_counts.split(",")):
                 rows = -(-args.accuracy_rows // K)
                 X_d = client.persist(da.from_array(X, chunks=(rows, -1)))
                 y_d = client.persist(da.from_array(y, chunks=rows))
-                for averaging in ("block_momentum", "mean"):
-                    model = new_model()
-                    started = time.perf_counter()
-                    history = fastbp.dask.fit(model, new_trainer(), X_d, y_d, client=client,
-                                              rounds=epochs * 5 // 4, averaging=averaging,
-                                              validation_data=(X_test, y_test))
-                    scores = history.history["val_accuracy"]
-                    reached = next((i + 1 for i, a in enumerate(scores) if a >= target), None)
-                    print(f"  K={K} {averaging:14s} after 20 rounds {scores[19]:.4f}  "
-                          f"after 25 {scores[-1]:.4f}  reaches {target:.4f} at round "
-                          f"{reached or '-':>2}  ({time.perf_counter() - started:.1f} s)",
-                          flush=True)
+                for averaging in args.averaging.split(","):
+                    for per_epoch in args.rounds_per_epoch.split(","):
+                        per_epoch = K if per_epoch == "K" else int(per_epoch)
+                        model = new_model()
+                        started = time.perf_counter()
+                        history = fastbp.dask.fit(
+                            model, new_trainer(epochs=args.passes), X_d, y_d,
+                            client=client, averaging=averaging, rounds_per_epoch=per_epoch,
+                            validation_data=(X_test, y_test))
+                        # the held-out accuracy after each pass (its last round)
+                        scores = history.history["val_accuracy"][per_epoch - 1::per_epoch]
+                        reached = next((i + 1 for i, a in enumerate(scores) if a >= target),
+                                       None)
+                        print(f"  K={K} {averaging:14s} rounds/epoch {per_epoch}: after "
+                              f"{min(epochs, args.passes)} passes "
+                              f"{scores[min(epochs, args.passes) - 1]:.4f}  after "
+                              f"{args.passes} {scores[-1]:.4f}  reaches {target:.4f} after "
+                              f"pass {reached or '-':>2}  "
+                              f"({time.perf_counter() - started:.1f} s)", flush=True)
     finally:
         client.close()
         local.close()
@@ -316,13 +342,22 @@ def main():
     parser.add_argument("--part", choices=("scaling", "accuracy", "gridsearch", "all"), default="all")
     parser.add_argument("--rows", type=int, default=30_000, help="scaling: training rows")
     parser.add_argument("--chunks", type=int, default=2, help="scaling: chunks of rows")
-    parser.add_argument("--rounds", type=int, default=3, help="scaling: rounds")
+    parser.add_argument("--rounds", type=int, default=3, help="scaling: epochs")
     parser.add_argument("--curve", action="store_true",
                         help="scaling: also the held-out accuracy after each epoch, one "
                              "process against the chunks (untimed)")
     parser.add_argument("--accuracy-rows", type=int, default=200_000)
     parser.add_argument("--tasks", default="linear,nonlinear",
                         help="accuracy: data sets, comma-separated (linear, nonlinear)")
+    parser.add_argument("--passes", type=int, default=25,
+                        help="accuracy: passes over the data of each fit (one process: 20)")
+    parser.add_argument("--chunk-counts", default="2,4,8",
+                        help="accuracy: chunk counts K, comma-separated")
+    parser.add_argument("--averaging", default="block_momentum,mean",
+                        help="accuracy: averaging rules, comma-separated")
+    parser.add_argument("--rounds-per-epoch", default="1,K",
+                        help="rounds_per_epoch values to run, comma-separated; K: the "
+                             "chunk count")
     parser.add_argument("--grid-rows", type=int, default=6_000, help="gridsearch: rows")
     parser.add_argument("--repeats", type=int, default=1,
                         help="gridsearch: rounds of sequential then Dask, alternating")

@@ -62,6 +62,22 @@ def _block_seed(entropy: int, round_index: int, block: int) -> int:
     return int(sequence.generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
+def _order_seed(entropy: int, epoch: int, block: int) -> int:
+    """The seed of one block's row order in one epoch split into several rounds (a stream
+    apart from the trainers' seeds)."""
+    sequence = np.random.SeedSequence(entropy, spawn_key=(epoch, block, 1))
+    return int(sequence.generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+class Piece(NamedTuple):
+    """Which rows of its chunk a block trains in a round of an epoch split into `count`
+    rounds: the `index`-th of `count` consecutive slices of the chunk's rows, in the
+    epoch's order (a permutation drawn from `order_seed`; None: the chunk's own order)."""
+    order_seed: int | None
+    index: int
+    count: int
+
+
 # ---- what runs on the workers ----
 def _pair(x, y, dtype_name, float_targets):
     """One block's rows and targets, together on one worker, in the model's dtype (a
@@ -72,10 +88,22 @@ def _pair(x, y, dtype_name, float_targets):
     return x, y
 
 
-def _train_block(model_bytes, trainer_arguments, part, seed, rates, n_threads, block):
-    """Train a copy of the model on one block with n_threads BLAS threads; returns its
-    row-weighted partial sums and where it ran (block -> (worker, rows, threads))."""
+def _piece_rows(n_rows: int, piece: Piece) -> np.ndarray:
+    """The rows of a chunk of n_rows that `piece` trains."""
+    order = np.arange(n_rows) if piece.order_seed is None else \
+        np.random.default_rng(piece.order_seed).permutation(n_rows)
+    return order[piece.index * n_rows // piece.count:(piece.index + 1) * n_rows // piece.count]
+
+
+def _train_block(model_bytes, trainer_arguments, part, seed, rates, n_threads, block,
+                 piece=None):
+    """Train a copy of the model on one block (or on a piece of it) with n_threads BLAS
+    threads; returns its row-weighted partial sums and where it ran (block -> (worker,
+    rows, threads))."""
     X, Y = part
+    if piece is not None:
+        rows = _piece_rows(X.shape[0], piece)
+        X, Y = X[rows], Y[rows]
     model = MLP.from_bytes(model_bytes)
     trainer = Trainer(**{**trainer_arguments, "seed": seed, "epochs": len(rates),
                          "schedule": _Rates(rates), "max_time": None, "n_threads": n_threads})
@@ -233,7 +261,7 @@ def _tree(parts, name, call):
 
 def fit(model: MLP, trainer: Trainer, X, Y, client=None, rounds=None, epochs_per_round=1,
         validation_data=None, callbacks=None, verbose: int = 0, averaging="block_momentum",
-        block_momentum=None, block_learning_rate=1.0) -> History:
+        block_momentum=None, block_learning_rate=1.0, rounds_per_epoch=1) -> History:
     """Train `model` in place on dask arrays X, Y by local SGD with parameter averaging.
 
     model: a fastbp.MLP; its parameters are the starting point and receive the result
@@ -251,8 +279,14 @@ def fit(model: MLP, trainer: Trainer, X, Y, client=None, rounds=None, epochs_per
         scheduler when there is none. On a cluster fastbp places the chunks: balanced by
         rows over the workers (per thread), re-placed when a worker joins or leaves.
     rounds: rounds of (broadcast, train locally, average); default
-        ceil(trainer.epochs / epochs_per_round).
+        ceil(trainer.epochs / epochs_per_round), or trainer.epochs * rounds_per_epoch.
     epochs_per_round: local epochs each block trains between two averagings.
+    rounds_per_epoch: average this many times per pass over the data instead: each
+        block's epoch (its rows in a new order each epoch, with shuffle) is cut into this
+        many consecutive pieces, one trained per round. More averagings per pass, more
+        communication: with many chunks it brings the accuracy per pass close to a single
+        process's (docs/dask.md, "Chunks, rounds and accuracy"). Every chunk needs at
+        least this many rows; epochs_per_round must then be 1.
     validation_data: (X_val, Y_val) numpy arrays, evaluated on the driver after each round
         (val_loss and the default metrics).
     callbacks: fastbp.callbacks.Callback objects; each round counts as one epoch for them
@@ -285,8 +319,14 @@ def fit(model: MLP, trainer: Trainer, X, Y, client=None, rounds=None, epochs_per
     spec.check_dtype(model.dtype)      # here, not only in each block's fit on the workers
     loss = spec.loss
     epochs_per_round = whole_number(epochs_per_round, "epochs_per_round", 1)
+    rounds_per_epoch = whole_number(rounds_per_epoch, "rounds_per_epoch", 1)
+    if epochs_per_round > 1 and rounds_per_epoch > 1:
+        raise ValueError(f"epochs_per_round ({epochs_per_round}) and rounds_per_epoch "
+                         f"({rounds_per_epoch}) cannot both be above 1: a round trains "
+                         f"several epochs or a piece of one")
     if rounds is None:
-        rounds = -(-spec.epochs // epochs_per_round)
+        rounds = spec.epochs * rounds_per_epoch if rounds_per_epoch > 1 else \
+            -(-spec.epochs // epochs_per_round)
     rounds = whole_number(rounds, "rounds", 0)
     if averaging not in AVERAGING:
         raise ValueError(f"averaging must be one of {', '.join(map(repr, AVERAGING))}; "
@@ -310,6 +350,10 @@ def fit(model: MLP, trainer: Trainer, X, Y, client=None, rounds=None, epochs_per
     name = f"{TASK_PREFIX}-{uuid.uuid4().hex[:12]}"
     arguments = trainer.arguments()
     pairs, blocks, rows = _pairs(X, Y, model.dtype.name, float_targets, name)
+    if min(rows) < rounds_per_epoch:
+        raise ValueError(f"rounds_per_epoch={rounds_per_epoch} cuts each chunk's epoch into "
+                         f"that many pieces, but a chunk has only {min(rows)} rows; use "
+                         f"fewer rounds per epoch or larger chunks")
     if averaging == "block_momentum":
         update = _BlockMomentum(model, 1.0 - 1.0 / len(blocks) if block_momentum is None
                                 else block_momentum, block_learning_rate)
@@ -328,17 +372,21 @@ def fit(model: MLP, trainer: Trainer, X, Y, client=None, rounds=None, epochs_per
         started = time.perf_counter()
         model_bytes = update.start_bytes()
         seeds = [_block_seed(entropy, round_index, block) for block in blocks]
+        pieces = [None] * len(blocks) if rounds_per_epoch == 1 else [
+            Piece(_order_seed(entropy, round_index // rounds_per_epoch, block)
+                  if trainer.shuffle else None, round_index % rounds_per_epoch,
+                  rounds_per_epoch) for block in blocks]
         try:
             if client is not None:
                 total = cluster.run(round_index, model_bytes, arguments, seeds, rates, name,
-                                    history.epochs)
+                                    history.epochs, pieces)
             else:
                 start = dask.delayed(model_bytes, name=f"{name}-model-{round_index}")
                 results = [dask.delayed(_train_block, pure=False)(
-                               start, arguments, pair, seed, rates, n_threads, block,
+                               start, arguments, pair, seed, rates, n_threads, block, piece,
                                dask_key_name=f"{name}-r{round_index}-b{block}")
-                           for pair, seed, n_threads, block in zip(local, seeds, threads,
-                                                                    blocks)]
+                           for pair, seed, n_threads, block, piece in zip(
+                               local, seeds, threads, blocks, pieces)]
                 root = _tree(results, f"{name}-r{round_index}",
                              lambda function, *args, key: dask.delayed(function, pure=False)(
                                  *args, dask_key_name=key))
@@ -367,7 +415,8 @@ def fit(model: MLP, trainer: Trainer, X, Y, client=None, rounds=None, epochs_per
 
     loop = EpochLoop(model, loss, spec.schedule, spec.optimizer.learning_rate, callbacks,
                      history, validation, metric_functions, spec.max_time,
-                     epochs_per_step=epochs_per_round, report=report if verbose else None)
+                     epochs_per_step=epochs_per_round, report=report if verbose else None,
+                     steps_per_epoch=rounds_per_epoch)
     try:
         return loop.run(rounds, 0, train_round)
     except KeyboardInterrupt:     # outside a round (validation, a callback): as Trainer.fit
@@ -456,7 +505,8 @@ class _ClusterRounds:
             # New places: a block's chunk moves to its new worker once, with its first task.
             self.workers, self.places = workers, placement(self.rows, workers)
 
-    def run(self, round_index, model_bytes, arguments, seeds, rates, name, rounds_done):
+    def run(self, round_index, model_bytes, arguments, seeds, rates, name, rounds_done,
+            pieces):
         from distributed.client import CancelledError
         self._replace_if_workers_changed()
         client = self.client
@@ -464,10 +514,10 @@ class _ClusterRounds:
             else threads_per_block(self.places, self.workers)
         start = client.scatter(model_bytes, broadcast=True, hash=False)
         parts = [client.submit(_train_block, start, arguments, pair, seed, rates, n_threads,
-                               block, key=f"{name}-r{round_index}-b{block}",
+                               block, piece, key=f"{name}-r{round_index}-b{block}",
                                workers=[worker], allow_other_workers=True, pure=False)
-                 for pair, seed, n_threads, block, worker in zip(
-                     self.futures, seeds, threads, self.blocks, self.places)]
+                 for pair, seed, n_threads, block, worker, piece in zip(
+                     self.futures, seeds, threads, self.blocks, self.places, pieces)]
         root = _tree(parts, f"{name}-r{round_index}",
                      lambda function, *args, key: client.submit(function, *args, key=key,
                                                                 pure=False))

@@ -545,20 +545,22 @@ class EpochLoop:
     callbacks' epoch ends, the time budget and every stopping rule.
 
     A step trains `epochs_per_step` schedule epochs (1 for Trainer; epochs_per_round for
-    fastbp.dask, whose callbacks see a round as an epoch): `run` hands it the learning
-    rate of each and records the EpochResult it returns. `stop_requested`: polled after
+    fastbp.dask, whose callbacks see a round as an epoch), or, with `steps_per_epoch` > 1,
+    one of that many pieces of an epoch (fastbp.dask's rounds_per_epoch): `run` hands it
+    the learning rate of each epoch and records the EpochResult it returns. `stop_requested`: polled after
     each step (Trainer: a Ctrl-C seen between epochs); `report(step, logs)`: after each
     recorded step (fastbp.dask's verbose lines).
     """
 
     def __init__(self, model, loss, schedule, base_learning_rate, callbacks, history,
                  validation=None, metric_functions=(), max_time=None, epochs_per_step=1,
-                 stop_requested=None, report=None):
+                 stop_requested=None, report=None, steps_per_epoch=1):
         self.model, self.loss, self.schedule = model, loss, schedule
         self.base_learning_rate = base_learning_rate
         self.callbacks, self.history = callbacks, history
         self.validation, self.metric_functions = validation, metric_functions
         self.max_time, self.epochs_per_step = max_time, epochs_per_step
+        self.steps_per_epoch = steps_per_epoch
         self.stop_requested, self.report = stop_requested, report
         self._constant = isinstance(schedule, schedules.Constant)
 
@@ -578,7 +580,7 @@ class EpochLoop:
         started = time.perf_counter()
         with context():
             for index in range(n_steps):
-                epoch = first_epoch + index * self.epochs_per_step
+                epoch = first_epoch + index // self.steps_per_epoch * self.epochs_per_step
                 rates = self.learning_rates(epoch)
                 if self._end_of_step(index, epoch, rates, step(index, rates), started):
                     break
