@@ -81,11 +81,12 @@ def test_dask_fit_takes_sparse_chunks():
                                for chunk in chunks], axis=0)
     dense_X = da.from_array(X.toarray(), chunks=(40, 300))
     labels = da.from_array(y, chunks=40)
-    results = []
-    for data in (sparse_X, dense_X):
-        model = fastbp.MLP([300, 8, 3], ["relu", "softmax"], seed=0)
-        trainer = fastbp.Trainer("cce", learning_rate=0.1, epochs=2, batch_size=16, seed=0,
-                                 n_threads=1)
-        fastbp_dask.fit(model, trainer, data, labels)
-        results.append(model.parameter_vector())
-    np.testing.assert_allclose(results[0], results[1], rtol=1e-4, atol=1e-6)
+    for rounds_per_epoch in (1, 3):      # 3: each chunk's epoch in pieces of its rows
+        results = []
+        for data in (sparse_X, dense_X):
+            model = fastbp.MLP([300, 8, 3], ["relu", "softmax"], seed=0)
+            trainer = fastbp.Trainer("cce", learning_rate=0.1, epochs=2, batch_size=16,
+                                     seed=0, n_threads=1)
+            fastbp_dask.fit(model, trainer, data, labels, rounds_per_epoch=rounds_per_epoch)
+            results.append(model.parameter_vector())
+        np.testing.assert_allclose(results[0], results[1], rtol=1e-4, atol=1e-6)
