@@ -391,21 +391,30 @@ class MLP:
         the calls measure that it pays (docs/serving.md). Past 64 rows, the same X
         takes the general path's pass with a plan kept with the model (_predict_kept): the
         same bits without the set-up, its rows shared among threads where they can be
-        without changing a bit, the default count chosen on the calls themselves. Safe
-        from many threads at once.
+        without changing a bit, the default count chosen on the calls themselves. Any
+        other dense X (a list, another dtype or layout) is converted first and then takes
+        the same paths, with the same bits. Safe from many threads at once.
         X may be a scipy.sparse matrix or array (CSR read in place, other formats converted
         once): the first layer then runs on its stored values, never densified.
         """
         if n_threads is not None:
             n_threads = checked_thread_count(n_threads)
+        checked = False
         if self._predictor is not None and not is_sparse(X):
             result = self._predictor(X, out, n_threads)
-            if result is None and isinstance(X, np.ndarray) \
-                    and X.ndim == 2 and X.shape[0] > _core.PREDICTOR_ROWS:
+            if result is None and not (isinstance(X, np.ndarray) and X.ndim == 2
+                                       and X.dtype == self.dtype and X.flags.c_contiguous
+                                       and X.flags.aligned):
+                # A list, another dtype or layout: converted (and checked) once, so that it
+                # takes the path, and gives the bits, of the array it makes.
+                X, checked = self._inputs(X), True
+                result = self._predictor(X, out, n_threads)
+            if result is None and X.shape[0] > _core.PREDICTOR_ROWS:
                 result = self._predict_kept(X, n_threads, out)
             if result is not None:
                 return result
-        X = self._inputs(X)
+        if not checked:
+            X = self._inputs(X)
         if out is None:
             out = np.empty((X.shape[0], self._layer_sizes[-1]), dtype=self.dtype)
         else:

@@ -17,6 +17,7 @@ import warnings
 
 import numpy as np
 import pytest
+import scipy.sparse
 
 import fastbp
 from fastbp import _core, _products
@@ -141,7 +142,9 @@ def test_auto_measures_each_bucket_once_and_keeps_it(monkeypatch, fresh):
     model.predict(np.ones((LIMIT, SIZES[0]), np.float32).tolist(), n_threads=1)
     model.evaluate(X[:LIMIT], np.zeros(LIMIT, np.int64), "cce", n_threads=1)
     wide = np.ones((1500, SIZES[0]), np.float32)   # a new bucket, 2048
-    model.predict(wide.tolist(), n_threads=2)       # the general path, on BLAS threads
+    # the general path, on BLAS threads (a sparse X takes it: a dense one, list or array,
+    # takes the kept pass)
+    model.predict(scipy.sparse.csr_matrix(wide), n_threads=2)
     model.gradients(wide, np.zeros(1500, np.int64), "cce", n_threads=1)
     assert len(measured) == 6
     # two threads sharing a kept pass take the one-thread plan: its bucket measured

@@ -231,6 +231,25 @@ def test_predict_writes_into_out(dtype, monkeypatch):
         assert np.array_equal(other, out)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_any_dense_x_predicts_the_bits_of_the_array_it_makes(dtype, monkeypatch):
+    """A list, another dtype or a Fortran-ordered X is converted first and then takes the
+    path the converted array takes, so the outputs are the same bits: also where the
+    general path would run BLAS's threads (forced: the measured count for a chunk says 2),
+    whose products round differently from the kept pass's own kernels."""
+    model = make([20, 64, 64, 1], ["relu", "relu", "identity"], dtype, monkeypatch)
+    monkeypatch.setattr(fastbp.MLP, "_pass_threads", lambda self, rows, *args, **kwargs: 2)
+    rng = np.random.default_rng(11)
+    for rows in (1, 8, 64, 300, 2500):
+        X = rng.standard_normal((rows, 20)).astype(dtype)
+        expected = model.predict(X)
+        other = np.float64 if dtype == "float32" else np.float32
+        same = X if dtype == "float32" else X.astype(np.float32).astype(np.float64)
+        np.testing.assert_array_equal(model.predict(X.tolist()), expected)
+        np.testing.assert_array_equal(model.predict(np.asfortranarray(X)), expected)
+        np.testing.assert_array_equal(model.predict(same.astype(other)), model.predict(same))
+
+
 def test_predict_out_is_checked(monkeypatch):
     model = make([4, 8, 3], ["relu", "softmax"], "float32", monkeypatch)
     X = np.ones((2, 4), np.float32)
