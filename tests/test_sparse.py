@@ -491,6 +491,45 @@ def test_an_undone_epoch_restores_w1_and_its_state_exactly(monkeypatch, dtype, f
     assert trainer._state.shape[0] == 0 or np.any(trainer._state[:, :300 * 7])
 
 
+class PlantAfterFirstEpoch(fastbp.callbacks.Callback):
+    """Writes inf into the trainer's optimizer state (its last row: Adam's second moment)
+    at `index`, at the end of epoch 0."""
+
+    def __init__(self, trainer, index):
+        super().__init__()
+        self.trainer, self.index = trainer, index
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 0:
+            self.trainer._state[-1, self.index] = np.inf
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("case", ["named_row_state", "second_layer_state"])
+def test_an_overflowed_optimizer_state_of_a_sparse_fit_is_divergence(dtype, case):
+    """An update can overflow with a finite loss (Adam's g^2 past the dtype's largest: the
+    weight then stops moving, silently). Planted between epochs: inf in the second moment
+    of a row of W1 the next epoch names (its lazy step keeps it inf and the weights
+    finite), or of the second layer, ends that epoch as diverged, undone to its start."""
+    X, y = sparse_data(n_rows=90, n_cols=300, density=0.02, dtype=dtype, seed=5)
+    named = np.unique(X.indices)
+    hidden = 7
+    model = model_for(X, hidden=(hidden,), dtype=dtype)
+    trainer = fastbp.Trainer("cce", optimizer="adam", learning_rate=0.01, epochs=3,
+                             batch_size=8, shuffle=False, seed=0, n_threads=1)
+    index = {"named_row_state": named[3] * hidden + 2,
+             "second_layer_state": 300 * hidden + hidden + 4}[case]
+    keep = KeepStateAfterFirstEpoch(trainer, np.zeros(1), 0, 0)
+    with pytest.warns(RuntimeWarning, match="diverged"):
+        history = trainer.fit(model, X, y,
+                              callbacks=[keep, PlantAfterFirstEpoch(trainer, index)])
+    assert len(history.loss) == 1 and history.diverged
+    np.testing.assert_array_equal(model.parameter_vector(), keep.after_first)
+    expected = keep.state_after_first.copy()
+    expected[-1, index] = np.inf          # the epoch's start, as the callback left it
+    np.testing.assert_array_equal(trainer._state, expected)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_the_row_log_holds_only_the_rows_an_epoch_changes(monkeypatch, dtype):
     """Plain SGD changes only the rows its batches name, momentum without decay only the
