@@ -19,14 +19,16 @@ epoch of one process and of the chunks (untimed)
 scheduling, the tree of sums, the update on the driver).
 
 accuracy: 50-128-10, 10 classes, plain SGD 0.05, batch 32, on `--accuracy-rows` rows (+ 20,000
-held out). One process trains 20 epochs; fastbp.dask.fit with K = 2, 4, 8 chunks trains
-25 passes over the data (1.25x the epochs; `--passes`) with each averaging rule, averaging once per
-pass (`rounds_per_epoch=1`) or K times per pass (`rounds_per_epoch=K`; `--rounds-per-epoch`
-picks); reported: held-out accuracy after 20 and 25 passes and the first pass after which
-it reaches the single process's accuracy after 20 epochs, and the fit's wall time. Two data sets: "linear" (labels from a random linear teacher, workloads.py) and
-"nonlinear" (labels from a random tanh network with noise; still improving after 20
-epochs, the harder case for averaging). The results do not depend on the cluster (they are
-bit-identical on any placement); the cluster only sets the time.
+held out). One process trains 20 epochs; fastbp.dask.fit with K = 2, 4, 8 chunks
+(`--chunk-counts`) trains 25 passes over the data (1.25x the epochs; `--passes`) with each
+averaging rule (`--averaging`), averaging once per pass (`rounds_per_epoch=1`) or K times
+per pass (`rounds_per_epoch=K`; `--rounds-per-epoch` picks); reported: held-out accuracy
+after 20 and 25 passes, the first pass after which it reaches the single process's
+accuracy after 20 epochs, and the fit's wall time. Two data sets: "linear" (labels from a
+random linear teacher, workloads.py) and "nonlinear" (labels from a random tanh network
+with noise; still improving after 20 epochs, the harder case for averaging). The results
+do not depend on the cluster (they are bit-identical on any placement); the cluster only
+sets the time.
 
 gridsearch: scikit-learn's GridSearchCV over fastbp.sklearn.MLPClassifier with two 512-wide
 hidden layers (784 inputs, 10 classes, `--grid-rows` rows of W2's data, adam, 5 epochs, 4

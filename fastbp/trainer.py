@@ -547,9 +547,9 @@ class EpochLoop:
     A step trains `epochs_per_step` schedule epochs (1 for Trainer; epochs_per_round for
     fastbp.dask, whose callbacks see a round as an epoch), or, with `steps_per_epoch` > 1,
     one of that many pieces of an epoch (fastbp.dask's rounds_per_epoch): `run` hands it
-    the learning rate of each epoch and records the EpochResult it returns. `stop_requested`: polled after
-    each step (Trainer: a Ctrl-C seen between epochs); `report(step, logs)`: after each
-    recorded step (fastbp.dask's verbose lines).
+    the learning rate of each epoch and records the EpochResult it returns.
+    `stop_requested`: polled after each step (Trainer: a Ctrl-C seen between epochs);
+    `report(step, logs)`: after each recorded step (fastbp.dask's verbose lines).
     """
 
     def __init__(self, model, loss, schedule, base_learning_rate, callbacks, history,
