@@ -66,6 +66,11 @@ def cluster(n_workers):
     return local, distributed.Client(local)
 
 
+def rounds_per_epoch_values(args, chunks):
+    """`--rounds-per-epoch` as numbers, "K" standing for the chunk count."""
+    return [chunks if value == "K" else int(value) for value in args.rounds_per_epoch.split(",")]
+
+
 def accuracy(model, X, y):
     return float(np.mean(model.predict(X).argmax(axis=1) == y))
 
@@ -98,8 +103,7 @@ def scaling(args):
           f"accuracy {accuracy(model, X_test, y_test):.4f}", flush=True)
 
     rows = -(-args.rows // args.chunks)
-    for per_epoch in args.rounds_per_epoch.split(","):
-        per_epoch = args.chunks if per_epoch == "K" else int(per_epoch)
+    for per_epoch in rounds_per_epoch_values(args, args.chunks):
         scaling_run(args, per_epoch, X, y, X_test, y_test, new_model, new_trainer, rows,
                     single)
     if args.curve:
@@ -154,8 +158,7 @@ def accuracy_curve(args, X, y, X_test, y_test, new_model, new_trainer, rows):
     validation = (X_test, y_test)
     single = new_trainer(epochs=args.rounds, n_threads=2).fit(
         new_model(), X, y, validation_data=validation).history["val_accuracy"]
-    for per_epoch in args.rounds_per_epoch.split(","):
-        per_epoch = args.chunks if per_epoch == "K" else int(per_epoch)
+    for per_epoch in rounds_per_epoch_values(args, args.chunks):
         spread = fastbp.dask.fit(
             new_model(), new_trainer(epochs=args.rounds), da.from_array(X, chunks=(rows, -1)),
             da.from_array(y, chunks=rows), rounds_per_epoch=per_epoch,
@@ -316,8 +319,7 @@ def accuracy_per_pass(args):
                 X_d = client.persist(da.from_array(X, chunks=(rows, -1)))
                 y_d = client.persist(da.from_array(y, chunks=rows))
                 for averaging in args.averaging.split(","):
-                    for per_epoch in args.rounds_per_epoch.split(","):
-                        per_epoch = K if per_epoch == "K" else int(per_epoch)
+                    for per_epoch in rounds_per_epoch_values(args, K):
                         model = new_model()
                         started = time.perf_counter()
                         history = fastbp.dask.fit(

@@ -56,17 +56,21 @@ class _Rates(schedules.Schedule):
         return {"rates": list(self.rates)}
 
 
+def _seed(entropy: int, *spawn_key: int) -> int:
+    """A seed from its own stream of the fit's entropy, one per spawn key."""
+    sequence = np.random.SeedSequence(entropy, spawn_key=spawn_key)
+    return int(sequence.generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
 def _block_seed(entropy: int, round_index: int, block: int) -> int:
     """The seed of one block's trainer in one round: independent streams per (round, block)."""
-    sequence = np.random.SeedSequence(entropy, spawn_key=(round_index, block))
-    return int(sequence.generate_state(1, np.uint64)[0] >> np.uint64(1))
+    return _seed(entropy, round_index, block)
 
 
 def _order_seed(entropy: int, epoch: int, block: int) -> int:
     """The seed of one block's row order in one epoch split into several rounds (a stream
     apart from the trainers' seeds)."""
-    sequence = np.random.SeedSequence(entropy, spawn_key=(epoch, block, 1))
-    return int(sequence.generate_state(1, np.uint64)[0] >> np.uint64(1))
+    return _seed(entropy, epoch, block, 1)
 
 
 class Piece(NamedTuple):
