@@ -99,16 +99,17 @@ def _piece_rows(n_rows: int, piece: Piece) -> np.ndarray:
     return order[piece.index * n_rows // piece.count:(piece.index + 1) * n_rows // piece.count]
 
 
-def _train_block(model_bytes, trainer_arguments, part, seed, rates, n_threads, block,
+def _train_block(start, trainer_arguments, part, seed, rates, n_threads, block,
                  piece=None):
     """Train a copy of the model on one block (or on a piece of it) with n_threads BLAS
-    threads; returns its row-weighted partial sums and where it ran (block -> (worker,
+    threads; start: the round's start (a _State, or the _Advanced of the round before, on
+    this worker). Returns its row-weighted partial sums and where it ran (block -> (worker,
     rows, threads))."""
     X, Y = part
     if piece is not None:
         rows = _piece_rows(X.shape[0], piece)
         X, Y = X[rows], Y[rows]
-    model = MLP.from_bytes(model_bytes)
+    model = MLP.from_bytes(_start_state(start).start_bytes)
     trainer = Trainer(**{**trainer_arguments, "seed": seed, "epochs": len(rates),
                          "schedule": _Rates(rates), "max_time": None, "n_threads": n_threads})
     history = trainer.fit(model, X, Y)
@@ -149,6 +150,79 @@ def _combine(*parts):
         total["diverged"] = total["diverged"] or part["diverged"]
         total["trained"].update(part["trained"])
     return total
+
+
+class _State(NamedTuple):
+    """The averaging's state after a round: where the next round's copies start."""
+    weights: np.ndarray          # float64: the global parameters W (the model holds them rounded)
+    buffer: np.ndarray | None    # block momentum's D (None: plain averaging, or no step yet)
+    start: np.ndarray            # float64 values of the copies' start, in the model's dtype
+    start_bytes: bytes           # the model with those values, as the blocks load it
+
+
+class _Rule(NamedTuple):
+    """How a round's copies make the next model (fit's `averaging`): functions of the state
+    only, so that the driver and a worker compute the same bits.
+
+    Block-wise model update filtering with Nesterov block momentum (Chen and Huo 2016): a
+    round's copies start from S = W + m D (in the model's dtype); with A their row-weighted
+    average, D <- m D + lr (A - S) and W <- W + D. momentum None: plain local SGD, W <- A."""
+    momentum: float | None
+    learning_rate: float
+
+    def begin(self, weights, buffer, scratch) -> _State:
+        """The state whose copies start from W + m D. scratch: an MLP of the model's
+        architecture, whose parameters this overwrites."""
+        values = weights if buffer is None or not buffer.any() else \
+            weights + self.momentum * buffer
+        scratch.set_parameter_vector(values)
+        return _State(weights, buffer, scratch.parameter_vector(np.float64), scratch.to_bytes())
+
+    def advance(self, state: _State, total: dict) -> _State | None:
+        """The state after a round whose blocks' partial sums add up to `total`; None when
+        the new parameters would not be finite in the model's dtype."""
+        average = total["sum"] / total["rows"]
+        if self.momentum is None:
+            weights, buffer = average, None
+        else:
+            buffer = self.learning_rate * (average - state.start)
+            if state.buffer is not None:
+                buffer += self.momentum * state.buffer
+            weights = state.weights + buffer
+        scratch = MLP.from_bytes(state.start_bytes)
+        if not (np.abs(weights) <= np.finfo(scratch.dtype).max).all():   # NaN fails too
+            return None
+        return self.begin(weights, buffer, scratch)
+
+
+class _Advanced(NamedTuple):
+    """A round's outcome where it was averaged: the state for the next round, and the
+    report the driver records (the new W and D included, so that the driver holds the
+    state after every completed round)."""
+    state: _State
+    report: dict
+
+
+def _start_state(start) -> _State:
+    """The state a round starts from: start is a _State or the round before's _Advanced."""
+    return start.state if isinstance(start, _Advanced) else start
+
+
+def _advance(rule: _Rule, previous, *parts) -> _Advanced:
+    """The last sum of a round's partial sums, and the averaging's step from `previous`
+    (a _State, or the previous round's _Advanced)."""
+    state = _start_state(previous)
+    total = _combine(*parts)
+    new = rule.advance(state, total)
+    report = {key: total[key] for key in ("rows", "loss", "diverged", "trained")}
+    report["finite"] = new is not None
+    new = state if new is None else new
+    report["weights"], report["buffer"] = new.weights, new.buffer
+    return _Advanced(new, report)
+
+
+def _report(advanced: _Advanced) -> dict:
+    return advanced.report
 
 
 # ---- the driver ----
@@ -251,16 +325,16 @@ def _lost_data_error(pair_futures, blocks, error, rounds_done):
 
 
 def _tree(parts, name, call):
-    """Sum the blocks' results by a fixed tree of _combine tasks; returns the root.
-    call(function, *arguments, key=...): makes one task (a delayed call or a submitted
-    future)."""
+    """Sum the blocks' results by a fixed tree of _combine tasks down to at most FAN_IN
+    partial sums, which _advance adds last. call(function, *arguments, key=...): makes one
+    task (a delayed call or a submitted future)."""
     level = 0
-    while len(parts) > 1:
+    while len(parts) > FAN_IN:
         parts = [call(_combine, *parts[start:start + FAN_IN],
                       key=f"{name}-sum-{level}-{start // FAN_IN}")
                  for start in range(0, len(parts), FAN_IN)]
         level += 1
-    return parts[0]
+    return parts
 
 
 def fit(model: MLP, trainer: Trainer, X, Y, client=None, rounds=None, epochs_per_round=1,
@@ -358,68 +432,81 @@ def fit(model: MLP, trainer: Trainer, X, Y, client=None, rounds=None, epochs_per
         raise ValueError(f"rounds_per_epoch={rounds_per_epoch} cuts each chunk's epoch into "
                          f"that many pieces, but a chunk has only {min(rows)} rows; use "
                          f"fewer rounds per epoch or larger chunks")
-    if averaging == "block_momentum":
-        update = _BlockMomentum(model, 1.0 - 1.0 / len(blocks) if block_momentum is None
-                                else block_momentum, block_learning_rate)
-    else:
-        update = _Mean(model)
+    rule = _Rule(None, 1.0) if averaging == "mean" else _Rule(
+        1.0 - 1.0 / len(blocks) if block_momentum is None else block_momentum,
+        block_learning_rate)
+    averager = _Averager(rule, model)
     history = History(n_samples=int(X.shape[0]))
     history.placement = []
-    if client is not None:
-        cluster = _ClusterRounds(client, pairs, blocks, rows, trainer.n_threads)
-    else:    # dask's local scheduler: every block on its own thread of one process
-        local = list(dask.persist(*pairs, scheduler="threads"))
-        threads = [trainer.n_threads or 1] * len(blocks)
 
-    def train_round(round_index, rates):
-        """One round: broadcast, train every block, average (an EpochLoop step)."""
-        started = time.perf_counter()
-        model_bytes = update.start_bytes()
+    def round_inputs(round_index):
+        """The blocks' seeds and pieces of their chunks in one round."""
         seeds = [_block_seed(entropy, round_index, block) for block in blocks]
         pieces = [None] * len(blocks) if rounds_per_epoch == 1 else [
             Piece(_order_seed(entropy, round_index // rounds_per_epoch, block)
                   if trainer.shuffle else None, round_index % rounds_per_epoch,
                   rounds_per_epoch) for block in blocks]
+        return seeds, pieces
+
+    if client is not None:
+        cluster = _ClusterRounds(client, pairs, blocks, rows, trainer.n_threads, rule, name,
+                                 arguments, round_inputs)
+    else:    # dask's local scheduler: every block on its own thread of one process
+        local = list(dask.persist(*pairs, scheduler="threads"))
+        threads = [trainer.n_threads or 1] * len(blocks)
+
+    def local_round(round_index, rates):
+        state = averager.start()
+        seeds, pieces = round_inputs(round_index)
+        start = dask.delayed(state, name=f"{name}-model-{round_index}", traverse=False)
+        results = [dask.delayed(_train_block, pure=False)(
+                       start, arguments, pair, seed, rates, n_threads, block, piece,
+                       dask_key_name=f"{name}-r{round_index}-b{block}")
+                   for pair, seed, n_threads, block, piece in zip(
+                       local, seeds, threads, blocks, pieces)]
+        top = _tree(results, f"{name}-r{round_index}",
+                    lambda function, *args, key: dask.delayed(function, pure=False)(
+                        *args, dask_key_name=key))
+        advanced = _advance(rule, state, *dask.compute(*top, scheduler="threads"))
+        return advanced.report, advanced.state
+
+    def train_round(round_index, rates):
+        """One round: train every block from the current start, average (an EpochLoop
+        step)."""
+        started = time.perf_counter()
         try:
             if client is not None:
-                total = cluster.run(round_index, model_bytes, arguments, seeds, rates, name,
-                                    history.epochs, pieces)
+                next_rates = loop.step_rates(round_index + 1)[1] \
+                    if round_index + 1 < rounds else None
+                report, state = cluster.round(round_index, rates, averager, next_rates,
+                                              history.epochs), None
             else:
-                start = dask.delayed(model_bytes, name=f"{name}-model-{round_index}")
-                results = [dask.delayed(_train_block, pure=False)(
-                               start, arguments, pair, seed, rates, n_threads, block, piece,
-                               dask_key_name=f"{name}-r{round_index}-b{block}")
-                           for pair, seed, n_threads, block, piece in zip(
-                               local, seeds, threads, blocks, pieces)]
-                root = _tree(results, f"{name}-r{round_index}",
-                             lambda function, *args, key: dask.delayed(function, pure=False)(
-                                 *args, dask_key_name=key))
-                total = dask.compute(root, scheduler="threads")[0]
+                report, state = local_round(round_index, rates)
         except KeyboardInterrupt:      # Ctrl-C: the model keeps the last completed round
             return EpochResult(interrupted=True)
-        average = total["sum"] / total["rows"]
         # Not expected (blocks roll their divergence back), but the model must stay finite.
-        if not np.isfinite(average).all() or not update.apply(average):
+        if not averager.accept(report, state):
             warnings.warn(f"round {round_index + 1}: the averaged parameters are not "
                           f"finite; the model keeps those of the previous round",
                           RuntimeWarning, stacklevel=4)
             return EpochResult(diverged=True)
-        history.placement.append(dict(sorted(total["trained"].items())))
-        if total["diverged"]:
+        history.placement.append(dict(sorted(report["trained"].items())))
+        if report["diverged"]:
             warnings.warn(f"round {round_index + 1}: the loss diverged on some blocks "
                           f"(their last epoch was rolled back); training stops. Try a "
                           f"smaller learning_rate.", RuntimeWarning, stacklevel=4)
-        return EpochResult(total["loss"] / total["rows"], time.perf_counter() - started,
-                           total["rows"] * epochs_per_round, diverged=total["diverged"])
+        return EpochResult(report["loss"] / report["rows"], time.perf_counter() - started,
+                           report["rows"] * epochs_per_round, diverged=report["diverged"])
 
-    def report(round_index, logs):
+    def report_line(round_index, logs):
         shown = "  ".join(f"{key} {value:.4g}" for key, value in logs.items()
                           if key not in ("learning_rate", "samples_per_second"))
         print(f"round {round_index + 1}/{rounds}  {shown}", flush=True)
 
     loop = EpochLoop(model, loss, spec.schedule, spec.optimizer.learning_rate, callbacks,
                      history, validation, metric_functions, spec.max_time,
-                     epochs_per_step=epochs_per_round, report=report if verbose else None,
+                     epochs_per_step=epochs_per_round,
+                     report=report_line if verbose else None,
                      steps_per_epoch=rounds_per_epoch)
     try:
         return loop.run(rounds, 0, train_round)
@@ -428,68 +515,79 @@ def fit(model: MLP, trainer: Trainer, X, Y, client=None, rounds=None, epochs_per
         return history
     finally:
         if client is not None:
-            cluster.release()      # the blocks' copies on the workers
+            cluster.release()      # the blocks' copies on the workers, a round ahead
 
 
 AVERAGING = ("block_momentum", "mean")
 
 
-class _Mean:
-    """Plain local SGD: the model becomes the row-weighted average of the copies."""
+class _Averager:
+    """The driver's side of the averaging: the state after the last completed round (the
+    model holds its W, rounded to the model's dtype). A callback may change the model
+    between rounds; the next round then starts from the model as it is (W <- the model's
+    parameters; block momentum's buffer kept)."""
 
-    def __init__(self, model):
-        self.model = model
+    def __init__(self, rule: _Rule, model: MLP):
+        self.rule, self.model = rule, model
+        self.scratch = MLP.from_bytes(model.to_bytes())
+        self.weights, self.buffer = model.parameter_vector(np.float64), None
+        self.held = model._params.copy()     # what the model held after the last round
+        self.state = None                    # the whole _State, when the driver made it
 
-    def start_bytes(self) -> bytes:
-        return self.model.to_bytes()
+    def changed(self) -> bool:
+        return not np.array_equal(self.model._params, self.held)
 
-    def apply(self, average) -> bool:
-        self.model.set_parameter_vector(average)
-        return True
+    def start(self) -> _State:
+        """The state the next round starts from, made on the driver."""
+        if self.changed():
+            self.weights, self.state = self.model.parameter_vector(np.float64), None
+            np.copyto(self.held, self.model._params)
+        if self.state is None:
+            self.state = self.rule.begin(self.weights, self.buffer, self.scratch)
+        return self.state
 
-
-class _BlockMomentum:
-    """Block-wise model update filtering with Nesterov block momentum (Chen and Huo 2016).
-
-    Kept in float64 on the driver: the global parameters W (what the model holds) and the
-    buffer D. A round's copies start from S = W + m D (in the model's dtype); with A their
-    average, D <- m D + lr (A - S) and W <- W + D. With m = 0 and lr = 1 this is _Mean."""
-
-    def __init__(self, model, momentum, learning_rate):
-        self.model, self.momentum, self.learning_rate = model, momentum, learning_rate
-        self.weights = model.parameter_vector(np.float64)
-        self.buffer = np.zeros_like(self.weights)
-        self.start = None
-
-    def start_bytes(self) -> bytes:
-        if not self.buffer.any():
-            self.start = self.model.parameter_vector(np.float64)
-            return self.model.to_bytes()
-        self.model.set_parameter_vector(self.weights + self.momentum * self.buffer)
-        try:
-            self.start = self.model.parameter_vector(np.float64)   # as the copies see it
-            return self.model.to_bytes()
-        finally:
-            self.model.set_parameter_vector(self.weights)
-
-    def apply(self, average) -> bool:
-        buffer = self.momentum * self.buffer + self.learning_rate * (average - self.start)
-        weights = self.weights + buffer
-        if not (np.abs(weights) <= np.finfo(self.model.dtype).max).all():   # NaN fails too
+    def accept(self, report: dict, state: _State | None = None) -> bool:
+        """Take a round's outcome (state: the whole new state, when made on the driver);
+        False: its parameters were not finite, and the model keeps the last round's."""
+        if not report["finite"]:
             return False
-        self.buffer, self.weights = buffer, weights
-        self.model.set_parameter_vector(weights)
+        self.weights, self.buffer, self.state = report["weights"], report["buffer"], state
+        self.model.set_parameter_vector(self.weights)
+        np.copyto(self.held, self.model._params)
         return True
+
+
+class _Submitted(NamedTuple):
+    """One round's tasks on a cluster, and what they were submitted with."""
+    round_index: int
+    rates: list
+    workers: dict
+    advanced: dict       # {worker: the future of its _Advanced there}: where the next
+                         # round's blocks on that worker start from
+    report: object       # the future of its report (what the driver waits for)
+    futures: list        # every future of this round
 
 
 class _ClusterRounds:
     """The rounds on a distributed cluster: the chunks persisted on the workers fastbp
     chose (balanced by rows), each round's tasks pinned there, re-placed when the workers
-    change."""
+    change.
 
-    def __init__(self, client, pairs, blocks, rows, n_threads):
+    Pipelined: while the driver waits for round r, round r + 1 is already submitted, to
+    start from r's state where r was averaged (not through the driver), with the learning
+    rates the schedule gives before r ends. The driver keeps it when nothing it was
+    submitted with has changed by the time its turn comes (the rates, the workers, the
+    model: a schedule or a callback may change them); otherwise, and when the state it
+    starts from was lost with a worker, the round is submitted again from the driver's
+    copy of the state. Either way each round computes the same bits."""
+
+    def __init__(self, client, pairs, blocks, rows, n_threads, rule, name, arguments,
+                 round_inputs):
         self.client, self.blocks, self.rows = client, blocks, rows
-        self.n_threads = n_threads
+        self.n_threads, self.rule, self.name = n_threads, rule, name
+        self.arguments, self.round_inputs = arguments, round_inputs
+        self.submitted = 0      # submissions so far (each gets its own task keys)
+        self.ahead = None       # the next round, submitted ahead
         self.workers = client.nthreads()
         if not self.workers:
             client.wait_for_workers(1)
@@ -509,34 +607,88 @@ class _ClusterRounds:
             # New places: a block's chunk moves to its new worker once, with its first task.
             self.workers, self.places = workers, placement(self.rows, workers)
 
-    def run(self, round_index, model_bytes, arguments, seeds, rates, name, rounds_done,
-            pieces):
+    def round(self, round_index, rates, averager, next_rates, rounds_done) -> dict:
+        """Run round `round_index` and return its report; next_rates: the schedule's rates
+        for the round after it (None: it is the last), submitted before this one ends."""
         from distributed.client import CancelledError
+        current, self.ahead = self.ahead, None
+        self._replace_if_workers_changed()
+        if current is not None and (current.round_index != round_index or
+                                    current.rates != list(rates) or
+                                    current.workers != self.workers or averager.changed()):
+            self._cancel(current)
+            current = None
+        try:
+            for attempt in range(2):
+                if current is None:
+                    current = self._submit(round_index, rates, state=averager.start())
+                if next_rates is not None:
+                    self.ahead = self._submit(round_index + 1, next_rates, after=current)
+                try:
+                    return current.report.result()
+                except CancelledError as error:
+                    # A chunk recomputed after its worker left is "pending" meanwhile;
+                    # one that cannot be is cancelled (or still missing on the second try).
+                    statuses = {future.status for future in self.futures}
+                    if "cancelled" in statuses or (attempt and statuses - {"finished"}):
+                        raise _lost_data_error(self.futures, self.blocks, error,
+                                               rounds_done) from error
+                    if attempt:
+                        raise
+                    # The state this round starts from (it lives where the last round was
+                    # averaged) was lost with a worker: again, from the driver's copy.
+                    self._cancel(current, self.ahead)
+                    current = self.ahead = None
+        except KeyboardInterrupt:
+            self._cancel(current, self.ahead)
+            self.ahead = None
+            raise
+
+    def _submit(self, round_index, rates, state=None, after=None) -> _Submitted:
+        """Submit one round, starting from `state` (made on the driver) or from where the
+        round `after` (submitted) is averaged."""
         self._replace_if_workers_changed()
         client = self.client
+        key = f"{self.name}-s{self.submitted}-r{round_index}"
+        self.submitted += 1
         threads = [self.n_threads] * len(self.blocks) if self.n_threads is not None \
             else threads_per_block(self.places, self.workers)
-        start = client.scatter(model_bytes, broadcast=True, hash=False)
-        parts = [client.submit(_train_block, start, arguments, pair, seed, rates, n_threads,
-                               block, piece, key=f"{name}-r{round_index}-b{block}",
+        # Every worker that trains a block averages the round itself (the same bits on
+        # each), so that its blocks of the next round start there without another hop.
+        workers = sorted(set(self.places))
+        if after is None:
+            scattered = client.scatter([state], broadcast=True, hash=False)[0]
+            previous, own = dict.fromkeys(workers, scattered), [scattered]
+        else:      # (a worker that joined since starts from another worker's copy)
+            anywhere = next(iter(after.advanced.values()))
+            previous, own = {worker: after.advanced.get(worker, anywhere)
+                             for worker in workers}, []
+        seeds, pieces = self.round_inputs(round_index)
+        parts = [client.submit(_train_block, previous[worker], self.arguments, pair, seed,
+                               rates, n_threads, block, piece, key=f"{key}-b{block}",
                                workers=[worker], allow_other_workers=True, pure=False)
                  for pair, seed, n_threads, block, worker, piece in zip(
                      self.futures, seeds, threads, self.blocks, self.places, pieces)]
-        root = _tree(parts, f"{name}-r{round_index}",
-                     lambda function, *args, key: client.submit(function, *args, key=key,
-                                                                pure=False))
-        try:
-            return root.result()
-        except CancelledError as error:
-            if any(future.status != "finished" for future in self.futures):
-                raise _lost_data_error(self.futures, self.blocks, error, rounds_done) \
-                    from error
-            raise
-        except KeyboardInterrupt:
-            client.cancel([root, *parts])
-            raise
-        finally:
-            del parts, root, start
+        top = _tree(parts, key, lambda function, *args, key: client.submit(
+            function, *args, key=key, pure=False))
+        advanced = {worker: client.submit(_advance, self.rule, previous[worker], *top,
+                                          key=f"{key}-advance-{index}", workers=[worker],
+                                          allow_other_workers=True, pure=False)
+                    for index, worker in enumerate(workers)}
+        report = client.submit(_report, advanced[workers[0]], key=f"{key}-report",
+                               pure=False)
+        return _Submitted(round_index, list(rates), dict(self.workers), advanced, report,
+                          [*own, *parts, *top, *advanced.values(), report])
+
+    def _cancel(self, *rounds):
+        futures = [future for submitted in rounds if submitted is not None
+                   for future in submitted.futures]
+        if futures:
+            self.client.cancel(futures)
 
     def release(self):
+        """Cancel the round submitted ahead (a fit that stops early; a task already running
+        finishes on its worker, its result dropped) and let the chunks go."""
+        self._cancel(self.ahead)
+        self.ahead = None
         self.futures = []

@@ -571,6 +571,13 @@ class EpochLoop:
         return [self.schedule.learning_rate(first_epoch + e, self.base_learning_rate)
                 for e in range(self.epochs_per_step)]
 
+    def step_rates(self, index: int, first_epoch: int = 0) -> tuple:
+        """(the schedule epoch of step `index`, its learning rates), as the schedule stands
+        now (fastbp.dask asks ahead for the next round; a schedule that changes at an
+        epoch's end, such as ReduceOnPlateau, may then give other rates)."""
+        epoch = first_epoch + index // self.steps_per_epoch * self.epochs_per_step
+        return epoch, self.learning_rates(epoch)
+
     def run(self, n_steps: int, first_epoch: int, step, context=contextlib.nullcontext):
         """Call step(index, learning_rates) up to n_steps times under `context()`, with the
         callbacks' train begin and end around; returns the History."""
@@ -580,8 +587,7 @@ class EpochLoop:
         started = time.perf_counter()
         with context():
             for index in range(n_steps):
-                epoch = first_epoch + index // self.steps_per_epoch * self.epochs_per_step
-                rates = self.learning_rates(epoch)
+                epoch, rates = self.step_rates(index, first_epoch)
                 if self._end_of_step(index, epoch, rates, step(index, rates), started):
                     break
         for callback in self.callbacks:

@@ -19,6 +19,7 @@ import dask  # noqa: E402
 
 import fastbp  # noqa: E402
 import fastbp.dask  # noqa: E402
+from fastbp.callbacks import Callback  # noqa: E402
 
 
 def dataset(n_samples, seed):
@@ -209,8 +210,6 @@ def test_bad_arguments_are_refused_before_any_work(cluster_client):
 
 
 def test_callbacks_stop_between_rounds(cluster_client):
-    from fastbp.callbacks import Callback
-
     class StopAfterTwo(Callback):
         def on_epoch_end(self, epoch, logs):
             return epoch == 1
@@ -225,15 +224,6 @@ def test_a_worker_killed_mid_fit_does_not_lose_the_run(cluster_client):
     """SIGKILL one worker process while it trains a block of round 2: the scheduler re-runs
     the lost tasks (and recomputes the lost chunks from the graph) on the other worker, the
     fit completes, and its result is bit-identical to an undisturbed run."""
-    from fastbp.callbacks import Callback
-
-    class Rounds(Callback):
-        def __init__(self):
-            self.done = 0
-
-        def on_epoch_end(self, epoch, logs):
-            self.done += 1
-
     X, y = chunked(3_000)
 
     def run(kill):
@@ -263,14 +253,25 @@ def test_a_worker_killed_mid_fit_does_not_lose_the_run(cluster_client):
     assert accuracy(model) > 0.85
 
 
+class Rounds(Callback):
+    """Counts the rounds the driver has completed."""
+
+    def __init__(self):
+        self.done = 0
+
+    def on_epoch_end(self, epoch, logs):
+        self.done += 1
+
+
 class Killer(threading.Thread):
-    """Waits until a worker is running a training task of round `round_index` (from 0),
-    then kills that worker's process."""
+    """Waits until the driver has completed `round_index` rounds and a worker is running a
+    training task of round `round_index` (from 0; submitted a round ahead), then kills that
+    worker's process."""
 
     def __init__(self, client, round_index, rounds):
         super().__init__(daemon=True)
         self.client = client
-        self.marker = f"-r{round_index}-b"
+        self.marker, self.round_index = f"-r{round_index}-b", round_index
         self.rounds = rounds
         self.pids = client.run(os.getpid)
         self.stop = threading.Event()
@@ -278,6 +279,9 @@ class Killer(threading.Thread):
 
     def run(self):
         while not self.stop.is_set():
+            if self.rounds.done < self.round_index:
+                time.sleep(0.005)
+                continue
             for worker, keys in self.client.processing().items():
                 if any(self.marker in str(key) for key in keys):
                     time.sleep(0.05)     # inside the task
@@ -335,7 +339,6 @@ def test_placement_balances_rows_per_thread_and_follows_the_workers():
 def test_chunks_are_placed_again_when_a_worker_joins():
     """A worker that joins between rounds takes half of the chunks from the next round on,
     and the result is the same as on a cluster that had both workers from the start."""
-    from fastbp.callbacks import Callback
     X, y = chunked(3_000)
 
     def run(start_workers, add_after_first_round):
@@ -478,6 +481,112 @@ def test_a_block_momentum_step_beyond_the_dtype_stops_with_the_model_kept(cluste
     np.testing.assert_array_equal(model._params, classifier()._params)
 
 
+class HalveAfterFirstRound(Callback):
+    """Changes the model between rounds 1 and 2 (parameters halved)."""
+
+    def on_epoch_end(self, epoch, logs):
+        if epoch == 0:
+            self.model.set_parameter_vector(self.model.parameter_vector() * 0.5)
+
+
+def test_a_round_submitted_ahead_is_redone_when_its_rates_or_model_change(cluster_client):
+    """The cluster submits round r + 1 before r ends, with the rates the schedule gives then.
+    A schedule that lowers the rate at a round's end (ReduceOnPlateau) and a callback that
+    changes the model between rounds make it submit again: the same bits as dask's local
+    scheduler (which runs one round at a time), and the change takes effect."""
+    X, y = chunked(3_000)
+
+    def run(averaging, on_cluster, callbacks):
+        model = classifier()
+        # min_delta 10: no round after the first counts as better, so the rate falls at
+        # the end of every round from the second on
+        plateau = fastbp.schedules.ReduceOnPlateau("loss", factor=0.5, patience=0,
+                                                   min_delta=10.0)
+        trainer = fastbp.Trainer("cce", learning_rate=0.05, batch_size=32, seed=5,
+                                 n_threads=1, schedule=plateau)
+        with mock.patch.object(fastbp.dask, "_client_for",
+                               lambda client: client if on_cluster else None):
+            history = fastbp.dask.fit(model, trainer, X, y, client=cluster_client if
+                                      on_cluster else None, rounds=4, averaging=averaging,
+                                      callbacks=callbacks)
+        assert history.history["learning_rate"] == [0.05, 0.05, 0.025, 0.0125]
+        return model._params.copy()
+
+    for averaging in ("block_momentum", "mean"):
+        changed = run(averaging, True, [HalveAfterFirstRound()])
+        np.testing.assert_array_equal(changed, run(averaging, False, [HalveAfterFirstRound()]))
+        assert not np.array_equal(changed, run(averaging, True, []))
+
+
+def test_a_change_to_the_model_between_rounds_is_where_the_next_starts(cluster_client):
+    """One chunk (block momentum 0: each round is a Trainer.fit of the block's seed): after
+    a callback halved the model, round 2 trains from the halved parameters."""
+    X, y = da.from_array(X_TRAIN[:1000]), da.from_array(Y_TRAIN[:1000])
+    trainer = fastbp.Trainer("cce", learning_rate=0.05, batch_size=32, seed=3, n_threads=1,
+                             shuffle=False)
+    for averaging in ("block_momentum", "mean"):
+        model = classifier()
+        fastbp.dask.fit(model, trainer, X, y, client=cluster_client, rounds=2,
+                        averaging=averaging, callbacks=[HalveAfterFirstRound()])
+        expected = classifier()
+        trainer.fit(expected, X_TRAIN[:1000], Y_TRAIN[:1000])
+        expected.set_parameter_vector(expected.parameter_vector() * 0.5)
+        trainer.fit(expected, X_TRAIN[:1000], Y_TRAIN[:1000])
+        np.testing.assert_array_equal(model._params, expected._params)
+
+
+def test_the_state_lost_with_a_worker_is_made_again_from_the_driver(cluster_client):
+    """Between rounds the averaging's state lives on the worker that averaged the last round
+    (the next round starts from it there). SIGKILL that worker while round 2 trains: the
+    round runs again from the driver's copy of the state, and the result is bit-identical."""
+    X, y = chunked(3_000)
+
+    def run(kill):
+        model = fastbp.MLP([10, 512, 512, 4], ["relu", "relu", "softmax"], seed=0)
+        trainer = fastbp.Trainer("cce", learning_rate=0.05, batch_size=32, seed=9,
+                                 n_threads=1)
+        rounds = Rounds()
+        killer = StateKiller(cluster_client, rounds) if kill else None
+        if killer:
+            killer.start()
+        try:
+            history = fastbp.dask.fit(model, trainer, X, y, client=cluster_client, rounds=3,
+                                      callbacks=[rounds])
+        finally:
+            if killer:
+                killer.stop.set()
+                killer.join()
+        assert history.epochs == 3
+        return model._params.copy(), killer
+
+    reference, _ = run(kill=False)
+    params, killer = run(kill=True)
+    assert killer.killed is not None, "no worker held round 1's state while round 2 ran"
+    np.testing.assert_array_equal(params, reference)
+
+
+class StateKiller(threading.Thread):
+    """Once the driver has completed round 1 and waits for round 2, kills the worker that
+    holds round 1's averaged state."""
+
+    def __init__(self, client, rounds):
+        super().__init__(daemon=True)
+        self.client, self.rounds = client, rounds
+        self.pids = client.run(os.getpid)
+        self.stop = threading.Event()
+        self.killed = None
+
+    def run(self):
+        while not self.stop.is_set() and self.rounds.done < 1:
+            time.sleep(0.002)
+        time.sleep(0.05)           # the driver is past its checks, waiting for round 2
+        holders = [worker for key, workers in self.client.who_has().items()
+                   if "-r0-advance-" in str(key) for worker in workers]
+        if holders and not self.stop.is_set():
+            os.kill(self.pids[holders[0]], signal.SIGKILL)
+            self.killed = holders[0]
+
+
 def test_ctrl_c_returns_the_history_at_the_last_completed_round(cluster_client):
     """SIGINT in the driver while round 2 trains: the history of round 1, marked
     interrupted, and the model exactly as after round 1."""
@@ -487,12 +596,14 @@ def test_ctrl_c_returns_the_history_at_the_last_completed_round(cluster_client):
         model = fastbp.MLP([10, 512, 512, 4], ["relu", "relu", "softmax"], seed=0)
         trainer = fastbp.Trainer("cce", learning_rate=0.05, batch_size=32, seed=2,
                                  n_threads=1)
-        sender = Interrupter(cluster_client, round_index=1) if interrupt else None
+        counter = Rounds()
+        sender = Interrupter(cluster_client, round_index=1, rounds=counter) if interrupt \
+            else None
         if sender:
             sender.start()
         try:
             history = fastbp.dask.fit(model, trainer, X, y, client=cluster_client,
-                                      rounds=rounds)
+                                      rounds=rounds, callbacks=[counter])
         finally:
             if sender:
                 sender.stop.set()
@@ -509,8 +620,6 @@ def test_ctrl_c_returns_the_history_at_the_last_completed_round(cluster_client):
 def test_scattered_data_lost_with_a_worker_says_so(cluster_client):
     """Chunks placed with client.scatter cannot be recomputed: losing their worker raises
     LostDataError naming the chunk and what to do, not FutureCancelledError."""
-    from fastbp.callbacks import Callback
-
     victim = sorted(cluster_client.nthreads())[0]
     pids = cluster_client.run(os.getpid)
     X_part = cluster_client.scatter(X_TRAIN[:2000], workers=[victim])
@@ -534,18 +643,22 @@ def test_scattered_data_lost_with_a_worker_says_so(cluster_client):
 
 
 class Interrupter(threading.Thread):
-    """Sends SIGINT to this process once a training task of round `round_index` runs."""
+    """Sends SIGINT to this process once the driver has completed `round_index` rounds
+    (`rounds`: a Rounds callback of the fit) and a training task of round `round_index`
+    runs."""
 
-    def __init__(self, client, round_index):
+    def __init__(self, client, round_index, rounds):
         super().__init__(daemon=True)
         self.client, self.marker = client, f"-r{round_index}-b"
+        self.round_index, self.rounds = round_index, rounds
         self.stop = threading.Event()
         self.sent = False
 
     def run(self):
         while not self.stop.is_set():
-            if any(self.marker in str(key) for keys in self.client.processing().values()
-                   for key in keys):
+            if self.rounds.done >= self.round_index and any(
+                    self.marker in str(key) for keys in self.client.processing().values()
+                    for key in keys):
                 time.sleep(0.05)
                 os.kill(os.getpid(), signal.SIGINT)
                 self.sent = True
