@@ -99,17 +99,18 @@ def _piece_rows(n_rows: int, piece: Piece) -> np.ndarray:
     return order[piece.index * n_rows // piece.count:(piece.index + 1) * n_rows // piece.count]
 
 
-def _train_block(start, trainer_arguments, part, seed, rates, n_threads, block,
+def _train_block(model_bytes, start, trainer_arguments, part, seed, rates, n_threads, block,
                  piece=None):
-    """Train a copy of the model on one block (or on a piece of it) with n_threads BLAS
-    threads; start: the round's start (a _State, or the _Advanced of the round before, on
-    this worker). Returns its row-weighted partial sums and where it ran (block -> (worker,
-    rows, threads))."""
+    """Train a copy of the model (model_bytes: as the fit began) on one block (or on a piece
+    of it) with n_threads BLAS threads, from the round's start (a _State, or the _Advanced
+    of the round before, on this worker). Returns its row-weighted partial sums and where it
+    ran (block -> (worker, rows, threads))."""
     X, Y = part
     if piece is not None:
         rows = _piece_rows(X.shape[0], piece)
         X, Y = X[rows], Y[rows]
-    model = MLP.from_bytes(_start_state(start).start_bytes)
+    model = MLP.from_bytes(model_bytes)
+    np.copyto(model._params, _start_state(start).start)
     trainer = Trainer(**{**trainer_arguments, "seed": seed, "epochs": len(rates),
                          "schedule": _Rates(rates), "max_time": None, "n_threads": n_threads})
     history = trainer.fit(model, X, Y)
@@ -156,8 +157,7 @@ class _State(NamedTuple):
     """The averaging's state after a round: where the next round's copies start."""
     weights: np.ndarray          # float64: the global parameters W (the model holds them rounded)
     buffer: np.ndarray | None    # block momentum's D (None: plain averaging, or no step yet)
-    start: np.ndarray            # float64 values of the copies' start, in the model's dtype
-    start_bytes: bytes           # the model with those values, as the blocks load it
+    start: np.ndarray            # the copies' start parameters, in the model's dtype
 
 
 class _Rule(NamedTuple):
@@ -170,13 +170,14 @@ class _Rule(NamedTuple):
     momentum: float | None
     learning_rate: float
 
-    def begin(self, weights, buffer, scratch) -> _State:
-        """The state whose copies start from W + m D. scratch: an MLP of the model's
-        architecture, whose parameters this overwrites."""
+    def begin(self, weights, buffer, dtype) -> _State | None:
+        """The state whose copies start from W + m D; None when that is not finite in
+        `dtype`."""
         values = weights if buffer is None or not buffer.any() else \
             weights + self.momentum * buffer
-        scratch.set_parameter_vector(values)
-        return _State(weights, buffer, scratch.parameter_vector(np.float64), scratch.to_bytes())
+        with np.errstate(over="ignore"):
+            start = values.astype(dtype)
+        return _State(weights, buffer, start) if np.isfinite(start).all() else None
 
     def advance(self, state: _State, total: dict) -> _State | None:
         """The state after a round whose blocks' partial sums add up to `total`; None when
@@ -189,16 +190,14 @@ class _Rule(NamedTuple):
             if state.buffer is not None:
                 buffer += self.momentum * state.buffer
             weights = state.weights + buffer
-        scratch = MLP.from_bytes(state.start_bytes)
-        if not (np.abs(weights) <= np.finfo(scratch.dtype).max).all():   # NaN fails too
+        if not (np.abs(weights) <= np.finfo(state.start.dtype).max).all():   # NaN fails too
             return None
-        return self.begin(weights, buffer, scratch)
+        return self.begin(weights, buffer, state.start.dtype)
 
 
 class _Advanced(NamedTuple):
-    """A round's outcome where it was averaged: the state for the next round, and the
-    report the driver records (the new W and D included, so that the driver holds the
-    state after every completed round)."""
+    """A round's outcome where it was averaged: the state for the next round (the driver
+    gets a copy too), and what the driver records."""
     state: _State
     report: dict
 
@@ -216,13 +215,7 @@ def _advance(rule: _Rule, previous, *parts) -> _Advanced:
     new = rule.advance(state, total)
     report = {key: total[key] for key in ("rows", "loss", "diverged", "trained")}
     report["finite"] = new is not None
-    new = state if new is None else new
-    report["weights"], report["buffer"] = new.weights, new.buffer
-    return _Advanced(new, report)
-
-
-def _report(advanced: _Advanced) -> dict:
-    return advanced.report
+    return _Advanced(state if new is None else new, report)
 
 
 # ---- the driver ----
@@ -436,6 +429,7 @@ def fit(model: MLP, trainer: Trainer, X, Y, client=None, rounds=None, epochs_per
         1.0 - 1.0 / len(blocks) if block_momentum is None else block_momentum,
         block_learning_rate)
     averager = _Averager(rule, model)
+    model_bytes = model.to_bytes()      # the copies are made from it, with each start
     history = History(n_samples=int(X.shape[0]))
     history.placement = []
 
@@ -450,7 +444,7 @@ def fit(model: MLP, trainer: Trainer, X, Y, client=None, rounds=None, epochs_per
 
     if client is not None:
         cluster = _ClusterRounds(client, pairs, blocks, rows, trainer.n_threads, rule, name,
-                                 arguments, round_inputs)
+                                 arguments, round_inputs, model_bytes)
     else:    # dask's local scheduler: every block on its own thread of one process
         local = list(dask.persist(*pairs, scheduler="threads"))
         threads = [trainer.n_threads or 1] * len(blocks)
@@ -458,17 +452,16 @@ def fit(model: MLP, trainer: Trainer, X, Y, client=None, rounds=None, epochs_per
     def local_round(round_index, rates):
         state = averager.start()
         seeds, pieces = round_inputs(round_index)
-        start = dask.delayed(state, name=f"{name}-model-{round_index}", traverse=False)
+        start = dask.delayed(state, name=f"{name}-start-{round_index}", traverse=False)
         results = [dask.delayed(_train_block, pure=False)(
-                       start, arguments, pair, seed, rates, n_threads, block, piece,
-                       dask_key_name=f"{name}-r{round_index}-b{block}")
+                       model_bytes, start, arguments, pair, seed, rates, n_threads, block,
+                       piece, dask_key_name=f"{name}-r{round_index}-b{block}")
                    for pair, seed, n_threads, block, piece in zip(
                        local, seeds, threads, blocks, pieces)]
         top = _tree(results, f"{name}-r{round_index}",
                     lambda function, *args, key: dask.delayed(function, pure=False)(
                         *args, dask_key_name=key))
-        advanced = _advance(rule, state, *dask.compute(*top, scheduler="threads"))
-        return advanced.report, advanced.state
+        return _advance(rule, state, *dask.compute(*top, scheduler="threads"))
 
     def train_round(round_index, rates):
         """One round: train every block from the current start, average (an EpochLoop
@@ -478,18 +471,19 @@ def fit(model: MLP, trainer: Trainer, X, Y, client=None, rounds=None, epochs_per
             if client is not None:
                 next_rates = loop.step_rates(round_index + 1)[1] \
                     if round_index + 1 < rounds else None
-                report, state = cluster.round(round_index, rates, averager, next_rates,
-                                              history.epochs), None
+                advanced = cluster.round(round_index, rates, averager, next_rates,
+                                         history.epochs)
             else:
-                report, state = local_round(round_index, rates)
+                advanced = local_round(round_index, rates)
         except KeyboardInterrupt:      # Ctrl-C: the model keeps the last completed round
             return EpochResult(interrupted=True)
         # Not expected (blocks roll their divergence back), but the model must stay finite.
-        if not averager.accept(report, state):
+        if not averager.accept(advanced):
             warnings.warn(f"round {round_index + 1}: the averaged parameters are not "
                           f"finite; the model keeps those of the previous round",
                           RuntimeWarning, stacklevel=4)
             return EpochResult(diverged=True)
+        report = advanced.report
         history.placement.append(dict(sorted(report["trained"].items())))
         if report["diverged"]:
             warnings.warn(f"round {round_index + 1}: the loss diverged on some blocks "
@@ -529,30 +523,32 @@ class _Averager:
 
     def __init__(self, rule: _Rule, model: MLP):
         self.rule, self.model = rule, model
-        self.scratch = MLP.from_bytes(model.to_bytes())
-        self.weights, self.buffer = model.parameter_vector(np.float64), None
         self.held = model._params.copy()     # what the model held after the last round
-        self.state = None                    # the whole _State, when the driver made it
+        self.state = rule.begin(model.parameter_vector(np.float64), None, model.dtype)
 
     def changed(self) -> bool:
         return not np.array_equal(self.model._params, self.held)
 
     def start(self) -> _State:
-        """The state the next round starts from, made on the driver."""
+        """The state the next round starts from."""
         if self.changed():
-            self.weights, self.state = self.model.parameter_vector(np.float64), None
+            state = self.rule.begin(self.model.parameter_vector(np.float64),
+                                    self.state.buffer, self.model.dtype)
+            if state is None:
+                raise ValueError(f"the next round's start (the model plus block_momentum "
+                                 f"times its buffer) is not finite in {self.model.dtype}: "
+                                 f"the model was changed between rounds")
+            self.state = state
             np.copyto(self.held, self.model._params)
-        if self.state is None:
-            self.state = self.rule.begin(self.weights, self.buffer, self.scratch)
         return self.state
 
-    def accept(self, report: dict, state: _State | None = None) -> bool:
-        """Take a round's outcome (state: the whole new state, when made on the driver);
-        False: its parameters were not finite, and the model keeps the last round's."""
-        if not report["finite"]:
+    def accept(self, advanced: _Advanced) -> bool:
+        """Take a round's outcome; False: its parameters were not finite, and the model
+        keeps the last round's."""
+        if not advanced.report["finite"]:
             return False
-        self.weights, self.buffer, self.state = report["weights"], report["buffer"], state
-        self.model.set_parameter_vector(self.weights)
+        self.state = advanced.state
+        self.model.set_parameter_vector(self.state.weights)
         np.copyto(self.held, self.model._params)
         return True
 
@@ -564,7 +560,7 @@ class _Submitted(NamedTuple):
     workers: dict
     advanced: dict       # {worker: the future of its _Advanced there}: where the next
                          # round's blocks on that worker start from
-    report: object       # the future of its report (what the driver waits for)
+    result: object       # one of them: what the driver waits for and takes
     futures: list        # every future of this round
 
 
@@ -582,8 +578,9 @@ class _ClusterRounds:
     copy of the state. Either way each round computes the same bits."""
 
     def __init__(self, client, pairs, blocks, rows, n_threads, rule, name, arguments,
-                 round_inputs):
+                 round_inputs, model_bytes):
         self.client, self.blocks, self.rows = client, blocks, rows
+        self.model_bytes = client.scatter(model_bytes, broadcast=True, hash=False)
         self.n_threads, self.rule, self.name = n_threads, rule, name
         self.arguments, self.round_inputs = arguments, round_inputs
         self.submitted = 0      # submissions so far (each gets its own task keys)
@@ -607,8 +604,8 @@ class _ClusterRounds:
             # New places: a block's chunk moves to its new worker once, with its first task.
             self.workers, self.places = workers, placement(self.rows, workers)
 
-    def round(self, round_index, rates, averager, next_rates, rounds_done) -> dict:
-        """Run round `round_index` and return its report; next_rates: the schedule's rates
+    def round(self, round_index, rates, averager, next_rates, rounds_done) -> _Advanced:
+        """Run round `round_index` and return its outcome; next_rates: the schedule's rates
         for the round after it (None: it is the last), submitted before this one ends."""
         from distributed.client import CancelledError
         current, self.ahead = self.ahead, None
@@ -625,7 +622,7 @@ class _ClusterRounds:
                 if next_rates is not None:
                     self.ahead = self._submit(round_index + 1, next_rates, after=current)
                 try:
-                    return current.report.result()
+                    return current.result.result()
                 except CancelledError as error:
                     # A chunk recomputed after its worker left is "pending" meanwhile;
                     # one that cannot be is cancelled (or still missing on the second try).
@@ -664,8 +661,9 @@ class _ClusterRounds:
             previous, own = {worker: after.advanced.get(worker, anywhere)
                              for worker in workers}, []
         seeds, pieces = self.round_inputs(round_index)
-        parts = [client.submit(_train_block, previous[worker], self.arguments, pair, seed,
-                               rates, n_threads, block, piece, key=f"{key}-b{block}",
+        parts = [client.submit(_train_block, self.model_bytes, previous[worker],
+                               self.arguments, pair, seed, rates, n_threads, block, piece,
+                               key=f"{key}-b{block}",
                                workers=[worker], allow_other_workers=True, pure=False)
                  for pair, seed, n_threads, block, worker, piece in zip(
                      self.futures, seeds, threads, self.blocks, self.places, pieces)]
@@ -675,10 +673,8 @@ class _ClusterRounds:
                                           key=f"{key}-advance-{index}", workers=[worker],
                                           allow_other_workers=True, pure=False)
                     for index, worker in enumerate(workers)}
-        report = client.submit(_report, advanced[workers[0]], key=f"{key}-report",
-                               pure=False)
-        return _Submitted(round_index, list(rates), dict(self.workers), advanced, report,
-                          [*own, *parts, *top, *advanced.values(), report])
+        return _Submitted(round_index, list(rates), dict(self.workers), advanced,
+                          advanced[workers[0]], [*own, *parts, *top, *advanced.values()])
 
     def _cancel(self, *rounds):
         futures = [future for submitted in rounds if submitted is not None
@@ -691,4 +687,4 @@ class _ClusterRounds:
         finishes on its worker, its result dropped) and let the chunks go."""
         self._cancel(self.ahead)
         self.ahead = None
-        self.futures = []
+        self.futures = self.model_bytes = []
