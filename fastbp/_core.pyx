@@ -30,7 +30,8 @@ How the pieces fit:
 Benchmark-only code lives in _bench.pxi.
 """
 from cython cimport floating
-from libc.math cimport isfinite, pow, sqrt
+from libc.float cimport DBL_MAX, FLT_MAX
+from libc.math cimport fabs, isfinite, pow, sqrt
 from libc.stdint cimport uint64_t
 from libc.stdlib cimport calloc, malloc, free
 from libc.string cimport memcpy, memset
@@ -2143,6 +2144,44 @@ def all_finite(const floating[:, ::1] X):
     with nogil:
         result = fbp_all_finite(&X[0, 0], n)
     return result
+
+
+def averaging_step(const double[::1] total, double rows, const double[::1] weights,
+                   const double[::1] buffer, const floating[::1] start, double momentum,
+                   double learning_rate, double[::1] new_weights, double[::1] new_buffer,
+                   floating[::1] new_start):
+    """fastbp.dask's averaging step, each value in one pass (no temporaries): A = total /
+    rows; with block momentum (new_buffer not empty) D' = lr (A - S) + m D (D empty: no
+    buffer yet), W' = W + D' and S' = W' + m D'; plain averaging (new_buffer empty) W' = A,
+    S' = A. S' is rounded to the model's dtype. Returns False when W' or S' is not finite
+    in that dtype (the outputs are then partly written)."""
+    cdef Py_ssize_t n = total.shape[0], i
+    cdef bint stepped = new_buffer.shape[0] != 0, has_buffer = buffer.shape[0] != 0
+    if (weights.shape[0] != n or start.shape[0] != n or new_weights.shape[0] != n
+            or new_start.shape[0] != n or (stepped and new_buffer.shape[0] != n)
+            or (has_buffer and (not stepped or buffer.shape[0] != n)) or not rows > 0):
+        raise ValueError("averaging_step: the vectors' sizes or the rows do not match")
+    cdef double limit = FLT_MAX if floating is float else DBL_MAX
+    cdef double average, step, value
+    cdef bint finite = True
+    with nogil:
+        for i in range(n):
+            average = total[i] / rows
+            if stepped:
+                step = learning_rate * (average - <double>start[i])
+                if has_buffer:
+                    step = step + momentum * buffer[i]
+                value = weights[i] + step
+                new_buffer[i] = step
+                new_weights[i] = value
+                finite = finite & (fabs(value) <= limit)
+                value = value + momentum * step
+            else:
+                value = average
+                new_weights[i] = value
+            new_start[i] = <floating>value
+            finite = finite & (fabs(value) <= limit)
+    return finite
 
 
 include "_bench.pxi"

@@ -29,7 +29,7 @@ except ImportError as error:   # pragma: no cover - exercised only without the e
 
 import numpy as np
 
-from fastbp import schedules
+from fastbp import _core, schedules
 from fastbp.callbacks import checked_callbacks
 from fastbp.model import MLP
 from fastbp.trainer import EpochLoop, EpochResult, History, Trainer, chosen_metrics, \
@@ -173,26 +173,24 @@ class _Rule(NamedTuple):
     def begin(self, weights, buffer, dtype) -> _State | None:
         """The state whose copies start from W + m D; None when that is not finite in
         `dtype`."""
-        values = weights if buffer is None or not buffer.any() else \
-            weights + self.momentum * buffer
+        values = weights if buffer is None else weights + self.momentum * buffer
         with np.errstate(over="ignore"):
             start = values.astype(dtype)
         return _State(weights, buffer, start) if np.isfinite(start).all() else None
 
     def advance(self, state: _State, total: dict) -> _State | None:
         """The state after a round whose blocks' partial sums add up to `total`; None when
-        the new parameters would not be finite in the model's dtype."""
-        average = total["sum"] / total["rows"]
-        if self.momentum is None:
-            weights, buffer = average, None
-        else:
-            buffer = self.learning_rate * (average - state.start)
-            if state.buffer is not None:
-                buffer += self.momentum * state.buffer
-            weights = state.weights + buffer
-        if not (np.abs(weights) <= np.finfo(state.start.dtype).max).all():   # NaN fails too
-            return None
-        return self.begin(weights, buffer, state.start.dtype)
+        the new parameters would not be finite in the model's dtype. (In one compiled
+        pass: on the workers it lies between two rounds.)"""
+        weights, start = np.empty_like(state.weights), np.empty_like(state.start)
+        buffer = None if self.momentum is None else np.empty_like(state.weights)
+        nothing = np.empty(0)
+        finite = _core.averaging_step(
+            total["sum"], float(total["rows"]), state.weights,
+            nothing if state.buffer is None else state.buffer, state.start,
+            self.momentum or 0.0, self.learning_rate, weights,
+            nothing if buffer is None else buffer, start)
+        return _State(weights, buffer, start) if finite else None
 
 
 class _Advanced(NamedTuple):

@@ -319,6 +319,50 @@ def test_each_block_trains_with_its_workers_threads_on_its_own_worker(cluster_cl
     assert calls == [1, 1]
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_compiled_averaging_step_is_the_rule_written_in_numpy(dtype):
+    """_core.averaging_step (one pass, no temporaries) against the rule in float64 NumPy:
+    block momentum with and without a buffer, and plain averaging; a result beyond the
+    dtype (or NaN) is reported, and mismatched sizes are refused."""
+    from fastbp import _core
+    rng = np.random.default_rng(0)
+    n, rows, momentum, learning_rate = 1001, 3.0, 0.75, 1.5
+    total = rng.normal(size=n) * rows
+    weights, buffer = rng.normal(size=n), rng.normal(size=n) * 0.1
+    start = (weights + momentum * buffer).astype(dtype)
+    nothing = np.empty(0)
+    for old_buffer in (buffer, None):
+        out = np.empty(n), np.empty(n), np.empty(n, dtype)
+        assert _core.averaging_step(total, rows, weights,
+                                    nothing if old_buffer is None else old_buffer, start,
+                                    momentum, learning_rate, out[0], out[1], out[2])
+        step = learning_rate * (total / rows - start.astype(np.float64))
+        if old_buffer is not None:
+            step = step + momentum * old_buffer
+        np.testing.assert_array_equal(out[1], step)
+        np.testing.assert_array_equal(out[0], weights + step)
+        np.testing.assert_array_equal(out[2], (weights + step + momentum * step).astype(dtype))
+    out = np.empty(n), np.empty(n, dtype)
+    assert _core.averaging_step(total, rows, weights, nothing, start, 0.0, 1.0, out[0],
+                                nothing, out[1])
+    np.testing.assert_array_equal(out[0], total / rows)
+    np.testing.assert_array_equal(out[1], (total / rows).astype(dtype))
+    for bad in (np.finfo(dtype).max * 4.0, np.nan):
+        spoilt = total.copy()
+        spoilt[n // 2] = bad
+        assert not _core.averaging_step(spoilt, 1.0, weights, buffer, start, momentum,
+                                        learning_rate, np.empty(n), np.empty(n),
+                                        np.empty(n, dtype))
+        assert not _core.averaging_step(spoilt, 1.0, weights, nothing, start, 0.0, 1.0,
+                                        np.empty(n), nothing, np.empty(n, dtype))
+    with pytest.raises(ValueError, match="sizes"):
+        _core.averaging_step(total[:-1], rows, weights, buffer, start, momentum,
+                             learning_rate, np.empty(n), np.empty(n), np.empty(n, dtype))
+    with pytest.raises(ValueError, match="sizes"):      # a buffer but no new one
+        _core.averaging_step(total, rows, weights, buffer, start, momentum,
+                             learning_rate, np.empty(n), nothing, np.empty(n, dtype))
+
+
 def test_placement_balances_rows_per_thread_and_follows_the_workers():
     place = fastbp.dask.placement
     # Equal chunks alternate; a worker with two threads takes twice the rows.
