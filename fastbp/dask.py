@@ -3,12 +3,13 @@
     import fastbp.dask
     history = fastbp.dask.fit(model, trainer, X, Y, client=client, rounds=20)
 
-X and Y are dask arrays chunked by rows. Each round, the current parameters
-(`model.to_bytes()`) go to the workers; every chunk (block of rows) is trained, on the worker
-that holds it, by a copy of the model for `epochs_per_round` epochs in fastbp's compiled
-loop; the driver averages the copies' parameters weighted by their rows and writes the
-average into `model`. The data never leaves the workers. See docs/dask.md for the algorithm
-and its effect on convergence.
+X and Y are dask arrays chunked by rows. Each round, every chunk (block of rows) is trained,
+on the worker that holds it, by a copy of the model for `epochs_per_round` epochs in fastbp's
+compiled loop; the copies' parameters are averaged, weighted by their rows, and the
+averaging rule makes the next round's start on the workers, while the driver writes the
+new parameters into `model` (on a cluster the next round is already submitted by then).
+The data never leaves the workers. See docs/dask.md for the algorithm and its effect on
+convergence.
 
 Needs the `dask` extra: pip install "fastbp[dask]".
 """
@@ -359,7 +360,8 @@ def fit(model: MLP, trainer: Trainer, X, Y, client=None, rounds=None, epochs_per
     validation_data: (X_val, Y_val) numpy arrays, evaluated on the driver after each round
         (val_loss and the default metrics).
     callbacks: fastbp.callbacks.Callback objects; each round counts as one epoch for them
-        (EarlyStopping, ModelCheckpoint, ... work per round).
+        (EarlyStopping, ModelCheckpoint, ... work per round). A change a callback makes to
+        the model takes effect: the next round starts from the model as it is.
     verbose: 1 prints one line per round.
     averaging: how a round's copies make the next model. "block_momentum" (default): the
         row-weighted average's step from the round's start is added to a momentum buffer,
@@ -375,7 +377,9 @@ def fit(model: MLP, trainer: Trainer, X, Y, client=None, rounds=None, epochs_per
     "samples_per_second", and the validation values; `history.placement` lists per round
     {block: Trained(worker address, rows, BLAS threads, seconds training)}. Ctrl-C on the
     driver stops after the last completed round and returns the history marked
-    interrupted. The blocks' seeds are
+    interrupted. On a cluster each round is submitted before the one before it ends
+    (docs/dask.md, "Rounds are pipelined"), and submitted again when what it was
+    submitted with has changed, with the same result. The blocks' seeds are
     derived from trainer.seed, the round and the block's index, and the average is summed
     in a fixed order, so a run is reproducible for a given seed, chunking and thread count,
     whichever workers run the tasks (and when a task is re-run after a worker is lost).
