@@ -224,33 +224,36 @@ def test_a_worker_killed_mid_fit_does_not_lose_the_run(cluster_client):
     """SIGKILL one worker process while it trains a block of round 2: the scheduler re-runs
     the lost tasks (and recomputes the lost chunks from the graph) on the other worker, the
     fit completes, and its result is bit-identical to an undisturbed run."""
-    X, y = chunked(3_000)
-
-    def run(kill):
-        # Wide enough that a block's round takes a good fraction of a second.
-        model = fastbp.MLP([10, 512, 512, 4], ["relu", "relu", "softmax"], seed=0)
-        trainer = fastbp.Trainer("cce", learning_rate=0.05, batch_size=32, seed=11,
-                                 n_threads=1)
-        rounds = Rounds()
-        killer = Killer(cluster_client, round_index=1, rounds=rounds) if kill else None
-        if killer:
-            killer.start()
-        try:
-            history = fastbp.dask.fit(model, trainer, X, y, client=cluster_client, rounds=3,
-                                      epochs_per_round=2, callbacks=[rounds])
-        finally:
-            if killer:
-                killer.stop.set()
-                killer.join()
-        assert history.epochs == 3
-        return model, killer
-
-    reference, _ = run(kill=False)
-    model, killer = run(kill=True)
+    reference, _, _ = fit_beside(cluster_client, None, seed=11, epochs_per_round=2)
+    model, history, killer = fit_beside(
+        cluster_client, lambda rounds: Killer(cluster_client, 1, rounds), seed=11,
+        epochs_per_round=2)
     assert killer.killed is not None, "no worker was killed"
     assert killer.rounds_done_at_kill == 1, "the worker was not killed while round 2 ran"
+    assert history.epochs == 3
     np.testing.assert_array_equal(model._params, reference._params)
     assert accuracy(model) > 0.85
+
+
+def fit_beside(client, make_thread, seed, rounds=3, **fit_arguments):
+    """fastbp.dask.fit of a 10-512-512-4 model (wide enough that a block's round takes a
+    good fraction of a second) with a Rounds callback, and make_thread(rounds) (None: no
+    thread) running beside it; returns (model, history, the thread)."""
+    X, y = chunked(3_000)
+    model = fastbp.MLP([10, 512, 512, 4], ["relu", "relu", "softmax"], seed=0)
+    trainer = fastbp.Trainer("cce", learning_rate=0.05, batch_size=32, seed=seed, n_threads=1)
+    counter = Rounds()
+    thread = make_thread(counter) if make_thread else None
+    if thread:
+        thread.start()
+    try:
+        history = fastbp.dask.fit(model, trainer, X, y, client=client, rounds=rounds,
+                                  callbacks=[counter], **fit_arguments)
+    finally:
+        if thread:
+            thread.stop.set()
+            thread.join()
+    return model, history, thread
 
 
 class Rounds(Callback):
@@ -580,37 +583,20 @@ def test_a_change_to_the_model_between_rounds_is_where_the_next_starts(cluster_c
 
 
 def test_the_state_lost_with_a_worker_is_made_again_from_the_driver(cluster_client):
-    """Between rounds the averaging's state lives on the worker that averaged the last round
-    (the next round starts from it there). SIGKILL that worker while round 2 trains: the
-    round runs again from the driver's copy of the state, and the result is bit-identical."""
-    X, y = chunked(3_000)
-
-    def run(kill):
-        model = fastbp.MLP([10, 512, 512, 4], ["relu", "relu", "softmax"], seed=0)
-        trainer = fastbp.Trainer("cce", learning_rate=0.05, batch_size=32, seed=9,
-                                 n_threads=1)
-        rounds = Rounds()
-        killer = StateKiller(cluster_client, rounds) if kill else None
-        if killer:
-            killer.start()
-        try:
-            history = fastbp.dask.fit(model, trainer, X, y, client=cluster_client, rounds=3,
-                                      callbacks=[rounds])
-        finally:
-            if killer:
-                killer.stop.set()
-                killer.join()
-        assert history.epochs == 3
-        return model._params.copy(), killer
-
-    reference, _ = run(kill=False)
-    params, killer = run(kill=True)
+    """Between rounds the averaging's state lives on the workers (each averages the round
+    itself; the next round's blocks start from it there). SIGKILL one of them while round 2
+    trains: the round runs again from the driver's copy of the state, and the result is
+    bit-identical."""
+    reference, _, _ = fit_beside(cluster_client, None, seed=9)
+    model, history, killer = fit_beside(
+        cluster_client, lambda rounds: StateKiller(cluster_client, rounds), seed=9)
     assert killer.killed is not None, "no worker held round 1's state while round 2 ran"
-    np.testing.assert_array_equal(params, reference)
+    assert history.epochs == 3
+    np.testing.assert_array_equal(model._params, reference._params)
 
 
 class StateKiller(threading.Thread):
-    """Once the driver has completed round 1 and waits for round 2, kills the worker that
+    """Once the driver has completed round 1 and waits for round 2, kills a worker that
     holds round 1's averaged state."""
 
     def __init__(self, client, rounds):
@@ -634,28 +620,9 @@ class StateKiller(threading.Thread):
 def test_ctrl_c_returns_the_history_at_the_last_completed_round(cluster_client):
     """SIGINT in the driver while round 2 trains: the history of round 1, marked
     interrupted, and the model exactly as after round 1."""
-    X, y = chunked(3_000)
-
-    def run(rounds, interrupt):
-        model = fastbp.MLP([10, 512, 512, 4], ["relu", "relu", "softmax"], seed=0)
-        trainer = fastbp.Trainer("cce", learning_rate=0.05, batch_size=32, seed=2,
-                                 n_threads=1)
-        counter = Rounds()
-        sender = Interrupter(cluster_client, round_index=1, rounds=counter) if interrupt \
-            else None
-        if sender:
-            sender.start()
-        try:
-            history = fastbp.dask.fit(model, trainer, X, y, client=cluster_client,
-                                      rounds=rounds, callbacks=[counter])
-        finally:
-            if sender:
-                sender.stop.set()
-                sender.join()
-        return model, history, sender
-
-    reference, _, _ = run(1, interrupt=False)
-    model, history, sender = run(3, interrupt=True)
+    reference, _, _ = fit_beside(cluster_client, None, seed=2, rounds=1)
+    model, history, sender = fit_beside(
+        cluster_client, lambda rounds: Interrupter(cluster_client, 1, rounds), seed=2)
     assert sender.sent
     assert history.interrupted and history.epochs == 1
     np.testing.assert_array_equal(model._params, reference._params)
