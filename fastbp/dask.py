@@ -201,6 +201,22 @@ class _Advanced(NamedTuple):
     report: dict
 
 
+class _Taken(NamedTuple):
+    """What the driver takes from a round: the new parameters in the model's dtype (None
+    when not finite), the report, and the whole state when the driver keeps a copy (no two
+    workers do)."""
+    parameters: np.ndarray | None
+    report: dict
+    state: _State | None
+
+
+def _take(advanced: _Advanced, with_state: bool) -> _Taken:
+    state = advanced.state
+    parameters = state.weights.astype(state.start.dtype) if advanced.report["finite"] \
+        else None
+    return _Taken(parameters, advanced.report, state if with_state else None)
+
+
 def _start_state(start) -> _State:
     """The state a round starts from: start is a _State or the round before's _Advanced."""
     return start.state if isinstance(start, _Advanced) else start
@@ -301,7 +317,8 @@ def threads_per_block(places, worker_threads) -> list:
 
 
 class LostDataError(RuntimeError):
-    """A chunk's data was lost with a worker and cannot be recomputed."""
+    """A chunk's data, or the averaging's state, was lost with workers and cannot be
+    recomputed."""
 
 
 def _lost_data_error(pair_futures, blocks, error, rounds_done):
@@ -463,7 +480,7 @@ def fit(model: MLP, trainer: Trainer, X, Y, client=None, rounds=None, epochs_per
         top = _tree(results, f"{name}-r{round_index}",
                     lambda function, *args, key: dask.delayed(function, pure=False)(
                         *args, dask_key_name=key))
-        return _advance(rule, state, *dask.compute(*top, scheduler="threads"))
+        return _take(_advance(rule, state, *dask.compute(*top, scheduler="threads")), True)
 
     def train_round(round_index, rates):
         """One round: train every block from the current start, average (an EpochLoop
@@ -473,19 +490,19 @@ def fit(model: MLP, trainer: Trainer, X, Y, client=None, rounds=None, epochs_per
             if client is not None:
                 next_rates = loop.step_rates(round_index + 1)[1] \
                     if round_index + 1 < rounds else None
-                advanced = cluster.round(round_index, rates, averager, next_rates,
-                                         history.epochs)
+                taken = cluster.round(round_index, rates, averager, next_rates,
+                                      history.epochs)
             else:
-                advanced = local_round(round_index, rates)
+                taken = local_round(round_index, rates)
         except KeyboardInterrupt:      # Ctrl-C: the model keeps the last completed round
             return EpochResult(interrupted=True)
         # Not expected (blocks roll their divergence back), but the model must stay finite.
-        if not averager.accept(advanced):
+        if not averager.accept(taken):
             warnings.warn(f"round {round_index + 1}: the averaged parameters are not "
                           f"finite; the model keeps those of the previous round",
                           RuntimeWarning, stacklevel=4)
             return EpochResult(diverged=True)
-        report = advanced.report
+        report = taken.report
         history.placement.append(dict(sorted(report["trained"].items())))
         if report["diverged"]:
             warnings.warn(f"round {round_index + 1}: the loss diverged on some blocks "
@@ -518,9 +535,10 @@ AVERAGING = ("block_momentum", "mean")
 
 
 class _Averager:
-    """The driver's side of the averaging: the state after the last completed round (the
-    model holds its W, rounded to the model's dtype). A callback may change the model
-    between rounds; the next round then starts from the model as it is (W <- the model's
+    """The driver's side of the averaging: the model holds the last completed round's W,
+    rounded to its dtype, and `state` is the driver's copy of that round's whole state
+    (None on a cluster whose workers keep it). A callback may change the model between
+    rounds; the next round then starts from the model as it is (W <- the model's
     parameters; block momentum's buffer kept)."""
 
     def __init__(self, rule: _Rule, model: MLP):
@@ -532,7 +550,7 @@ class _Averager:
         return not np.array_equal(self.model._params, self.held)
 
     def start(self) -> _State:
-        """The state the next round starts from."""
+        """The state the next round starts from (made from `state`, which must be known)."""
         if self.changed():
             state = self.rule.begin(self.model.parameter_vector(np.float64),
                                     self.state.buffer, self.model.dtype)
@@ -544,13 +562,13 @@ class _Averager:
             np.copyto(self.held, self.model._params)
         return self.state
 
-    def accept(self, advanced: _Advanced) -> bool:
+    def accept(self, taken: _Taken) -> bool:
         """Take a round's outcome; False: its parameters were not finite, and the model
         keeps the last round's."""
-        if not advanced.report["finite"]:
+        if taken.parameters is None:
             return False
-        self.state = advanced.state
-        self.model.set_parameter_vector(self.state.weights)
+        self.state = taken.state
+        self.model.set_parameter_vector(taken.parameters)
         np.copyto(self.held, self.model._params)
         return True
 
@@ -562,7 +580,7 @@ class _Submitted(NamedTuple):
     workers: dict
     advanced: dict       # {worker: the future of its _Advanced there}: where the next
                          # round's blocks on that worker start from
-    result: object       # one of them: what the driver waits for and takes
+    taken: object        # the future of the _Taken the driver waits for
     futures: list        # every future of this round
 
 
@@ -587,6 +605,7 @@ class _ClusterRounds:
         self.arguments, self.round_inputs = arguments, round_inputs
         self.submitted = 0      # submissions so far (each gets its own task keys)
         self.ahead = None       # the next round, submitted ahead
+        self.kept = []          # the last completed round's _Advanced futures: its state
         self.workers = client.nthreads()
         if not self.workers:
             client.wait_for_workers(1)
@@ -606,7 +625,7 @@ class _ClusterRounds:
             # New places: a block's chunk moves to its new worker once, with its first task.
             self.workers, self.places = workers, placement(self.rows, workers)
 
-    def round(self, round_index, rates, averager, next_rates, rounds_done) -> _Advanced:
+    def round(self, round_index, rates, averager, next_rates, rounds_done) -> _Taken:
         """Run round `round_index` and return its outcome; next_rates: the schedule's rates
         for the round after it (None: it is the last), submitted before this one ends."""
         from distributed.client import CancelledError
@@ -620,11 +639,14 @@ class _ClusterRounds:
         try:
             for attempt in range(2):
                 if current is None:
-                    current = self._submit(round_index, rates, state=averager.start())
+                    current = self._submit(round_index, rates,
+                                           state=self._driver_state(averager, rounds_done))
                 if next_rates is not None:
                     self.ahead = self._submit(round_index + 1, next_rates, after=current)
                 try:
-                    return current.result.result()
+                    taken = current.taken.result()
+                    self.kept = list(current.advanced.values())
+                    return taken
                 except CancelledError as error:
                     # A chunk recomputed after its worker left is "pending" meanwhile;
                     # one that cannot be is cancelled (or still missing on the second try).
@@ -634,14 +656,31 @@ class _ClusterRounds:
                                                rounds_done) from error
                     if attempt:
                         raise
-                    # The state this round starts from (it lives where the last round was
-                    # averaged) was lost with a worker: again, from the driver's copy.
+                    # The state this round starts from (on the workers that trained the
+                    # last round) was lost with a worker: again, from a copy that is not.
                     self._cancel(current, self.ahead)
                     current = self.ahead = None
         except KeyboardInterrupt:
             self._cancel(current, self.ahead)
             self.ahead = None
             raise
+
+    def _driver_state(self, averager, rounds_done) -> _State:
+        """The state to submit a round from, made on the driver: its copy of the last
+        completed round's state, fetched from a worker that keeps one when it has none."""
+        if averager.state is None:
+            for future in sorted(self.kept, key=lambda future: future.status != "finished"):
+                try:
+                    averager.state = future.result().state
+                    break
+                except Exception:     # lost with its worker: another worker has a copy
+                    continue
+            else:
+                raise LostDataError(
+                    f"the averaging's state after round {rounds_done} was lost with the "
+                    f"workers that kept it; the model holds that round's parameters: call "
+                    f"fit again to continue (block momentum's buffer starts afresh)")
+        return averager.start()
 
     def _submit(self, round_index, rates, state=None, after=None) -> _Submitted:
         """Submit one round, starting from `state` (made on the driver) or from where the
@@ -675,8 +714,12 @@ class _ClusterRounds:
                                           key=f"{key}-advance-{index}", workers=[worker],
                                           allow_other_workers=True, pure=False)
                     for index, worker in enumerate(workers)}
-        return _Submitted(round_index, list(rates), dict(self.workers), advanced,
-                          advanced[workers[0]], [*own, *parts, *top, *advanced.values()])
+        # Taken ahead of the next round's block on its worker (one thread: else after it).
+        # The driver keeps a copy of the state only when no two workers do.
+        taken = client.submit(_take, advanced[workers[0]], len(workers) < 2,
+                              key=f"{key}-take", priority=1, pure=False)
+        return _Submitted(round_index, list(rates), dict(self.workers), advanced, taken,
+                          [*own, *parts, *top, *advanced.values(), taken])
 
     def _cancel(self, *rounds):
         futures = [future for submitted in rounds if submitted is not None
@@ -689,4 +732,4 @@ class _ClusterRounds:
         finishes on its worker, its result dropped) and let the chunks go."""
         self._cancel(self.ahead)
         self.ahead = None
-        self.futures = self.model_bytes = []
+        self.futures = self.model_bytes = self.kept = []

@@ -595,6 +595,28 @@ def test_the_state_lost_with_a_worker_is_made_again_from_the_driver(cluster_clie
     np.testing.assert_array_equal(model._params, reference._params)
 
 
+def test_a_state_lost_with_every_worker_that_kept_it_says_so(cluster_client):
+    """Both workers killed between rounds 1 and 2: the chunks can be recomputed, but the
+    averaging's state after round 1 lived only on them (the driver keeps no copy when two
+    workers do): LostDataError says so, and the model holds round 1's parameters."""
+    pids = cluster_client.run(os.getpid)
+    X, y = chunked(3_000)
+
+    class KillBothAfterFirstRound(Callback):
+        def on_epoch_end(self, epoch, logs):
+            if epoch == 0:
+                self.after_first = self.model._params.copy()
+                for pid in pids.values():
+                    os.kill(pid, signal.SIGKILL)
+                time.sleep(1.0)        # the scheduler sees the workers go
+
+    model, killer = classifier(), KillBothAfterFirstRound()
+    with pytest.raises(fastbp.dask.LostDataError, match="averaging's state after round 1"):
+        fastbp.dask.fit(model, fastbp.Trainer("cce", seed=0, n_threads=1), X, y,
+                        client=cluster_client, rounds=3, callbacks=[killer])
+    np.testing.assert_array_equal(model._params, killer.after_first)
+
+
 class StateKiller(threading.Thread):
     """Once the driver has completed round 1 and waits for round 2, kills a worker that
     holds round 1's averaged state."""
