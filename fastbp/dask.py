@@ -590,12 +590,13 @@ class _ClusterRounds:
     change.
 
     Pipelined: while the driver waits for round r, round r + 1 is already submitted, to
-    start from r's state where r was averaged (not through the driver), with the learning
-    rates the schedule gives before r ends. The driver keeps it when nothing it was
-    submitted with has changed by the time its turn comes (the rates, the workers, the
-    model: a schedule or a callback may change them); otherwise, and when the state it
-    starts from was lost with a worker, the round is submitted again from the driver's
-    copy of the state. Either way each round computes the same bits."""
+    start from r's state on each worker that trained r (each averages r itself; nothing
+    goes through the driver), with the learning rates the schedule gives before r ends.
+    The driver keeps it when nothing it was submitted with has changed by the time its
+    turn comes (the rates, the workers, the model: a schedule or a callback may change
+    them); otherwise, and when the state it starts from was lost with a worker, the round
+    is submitted again from a copy of the state the driver fetches from a worker that
+    kept one. Either way each round computes the same bits."""
 
     def __init__(self, client, pairs, blocks, rows, n_threads, rule, name, arguments,
                  round_inputs, model_bytes):

@@ -582,11 +582,11 @@ def test_a_change_to_the_model_between_rounds_is_where_the_next_starts(cluster_c
         np.testing.assert_array_equal(model._params, expected._params)
 
 
-def test_the_state_lost_with_a_worker_is_made_again_from_the_driver(cluster_client):
+def test_the_state_lost_with_a_worker_is_taken_from_another_workers_copy(cluster_client):
     """Between rounds the averaging's state lives on the workers (each averages the round
     itself; the next round's blocks start from it there). SIGKILL one of them while round 2
-    trains: the round runs again from the driver's copy of the state, and the result is
-    bit-identical."""
+    trains: the round runs again from the other worker's copy of the state, and the result
+    is bit-identical."""
     reference, _, _ = fit_beside(cluster_client, None, seed=9)
     model, history, killer = fit_beside(
         cluster_client, lambda rounds: StateKiller(cluster_client, rounds), seed=9)
