@@ -669,12 +669,13 @@ class _ClusterRounds:
     def _driver_state(self, averager, rounds_done) -> _State:
         """The state to submit a round from, made on the driver: its copy of the last
         completed round's state, fetched from a worker that keeps one when it has none."""
+        from distributed.client import CancelledError
         if averager.state is None:
             for future in sorted(self.kept, key=lambda future: future.status != "finished"):
                 try:
                     averager.state = future.result().state
                     break
-                except Exception:     # lost with its worker: another worker has a copy
+                except CancelledError:     # lost with its worker: another has a copy
                     continue
             else:
                 raise LostDataError(
