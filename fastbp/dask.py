@@ -195,8 +195,8 @@ class _Rule(NamedTuple):
 
 
 class _Advanced(NamedTuple):
-    """A round's outcome where it was averaged: the state for the next round (the driver
-    gets a copy too), and what the driver records."""
+    """A round's outcome on a worker that averaged it: the state its next blocks start
+    from, and what the driver records."""
     state: _State
     report: dict
 
