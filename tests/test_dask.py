@@ -210,14 +210,20 @@ def test_bad_arguments_are_refused_before_any_work(cluster_client):
 
 
 def test_callbacks_stop_between_rounds(cluster_client):
+    """A callback stops the fit after round 2: the round submitted ahead is dropped, and the
+    model is exactly that of a 2-round fit."""
     class StopAfterTwo(Callback):
         def on_epoch_end(self, epoch, logs):
             return epoch == 1
 
     X, y = chunked()
-    history = fastbp.dask.fit(classifier(), fastbp.Trainer("cce", seed=0), X, y,
+    model, two_rounds = classifier(), classifier()
+    history = fastbp.dask.fit(model, fastbp.Trainer("cce", seed=0), X, y,
                               client=cluster_client, rounds=10, callbacks=[StopAfterTwo()])
     assert history.epochs == 2 and history.stopped_early
+    fastbp.dask.fit(two_rounds, fastbp.Trainer("cce", seed=0), X, y, client=cluster_client,
+                    rounds=2)
+    np.testing.assert_array_equal(model._params, two_rounds._params)
 
 
 def test_a_worker_killed_mid_fit_does_not_lose_the_run(cluster_client):
