@@ -640,6 +640,8 @@ class _ClusterRounds:
         try:
             for attempt in range(2):
                 if current is None:
+                    if attempt:       # a worker was lost: the chunks' places again
+                        self._replace_if_workers_changed()
                     current = self._submit(round_index, rates,
                                            state=self._driver_state(averager, rounds_done))
                 if next_rates is not None:
@@ -686,8 +688,7 @@ class _ClusterRounds:
 
     def _submit(self, round_index, rates, state=None, after=None) -> _Submitted:
         """Submit one round, starting from `state` (made on the driver) or from where the
-        round `after` (submitted) is averaged."""
-        self._replace_if_workers_changed()
+        round `after` (submitted) is averaged, on the places round() last saw."""
         client = self.client
         key = f"{self.name}-s{self.submitted}-r{round_index}"
         self.submitted += 1
