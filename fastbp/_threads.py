@@ -245,7 +245,8 @@ def threads_of(layer_sizes, codes, batch_size: int, dtype, count: int):
     one BLAS thread each, or one worker whose products use `count` BLAS threads. Which:
     FASTBP_SPLIT ("rows" or "blas") when set, else whichever runs this network and batch
     faster here (measured once, cached): rows win on small and medium layers, BLAS where
-    a step is too short to split (a step that ends in microseconds) or the products large."""
+    the products are large. A step that ends in microseconds runs on one thread (1, 1):
+    neither way can use a second thread there (see _measure)."""
     by_blas, by_rows = (1, count), split_threads(layer_sizes, batch_size, count)
     if by_rows == by_blas:
         return by_blas
@@ -271,7 +272,7 @@ def _measured_choice(layer_sizes, codes, batch_size, dtype, candidates, threads_
     """The measured fastest of `candidates` (cached; see fit_threads)."""
     from fastbp._cache import settled
     key = _cache_key(layer_sizes, batch_size, dtype, threads_label)
-    valid = {tuple(choice) for choice in candidates}
+    valid = {tuple(choice) for choice in candidates} | {(1, 1)}   # (1, 1): a tiny step
     with _measure_lock:
         if key not in _measured:
             found = settled(
@@ -413,7 +414,8 @@ def _measure(layer_sizes, codes, batch_size, dtype, candidates):
     """Times a few plain-SGD steps of this network and batch on random data with each
     candidate (workers, BLAS threads) and returns the fastest, preferring fewer threads
     within MEASURE_MARGIN. A one-thread step under TINY_STEP_SECONDS ends the timing with
-    the first candidate."""
+    (1, 1), whatever the candidates: no split can gain there, and BLAS, which runs
+    products that small on one thread anyway, would cost the plan its own kernels."""
     from fastbp import _core
     from fastbp._products import choose_products
     from fastbp.model import check_allocation
@@ -458,7 +460,7 @@ def _measure(layer_sizes, codes, batch_size, dtype, candidates):
     epoch = timer(1, 1)
     epoch(1)                                       # warm up: first touch, thread pools
     if epoch(n_batches) < TINY_STEP_SECONDS:
-        return tuple(candidates[0])
+        return 1, 1
     # OpenBLAS's idle threads keep polling for work after a multi-threaded call and take
     # the cores the row workers need (W1's row-split step: 42 us, 120 us for seconds after
     # a 2-thread BLAS call). So the candidates on one BLAS thread are timed first, those on

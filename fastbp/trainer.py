@@ -119,7 +119,9 @@ class Trainer:
         sample weights.
     max_time: a budget in seconds, checked after each epoch.
     n_threads: threads of the fit: T > 1 splits each step's rows among T threads (each on
-        one BLAS thread; bit-identical for the same T, to rounding across T). None: the
+        one BLAS thread; bit-identical for the same T, to rounding across T), or gives its
+        products T BLAS threads, whichever runs faster here; a step of a few microseconds,
+        which neither can speed up, runs on one thread (docs/performance.md). None: the
         fastest count measured on this machine for this network and batch (cached, see
         docs/performance.md; FASTBP_THREADS pins it), never more than the caller allows
         (fastbp._threads.allowed_threads()).

@@ -90,12 +90,28 @@ def test_fastbp_split_forces_rows_or_blas(cache, measurements, monkeypatch):
         _threads.fit_threads(SIZES, CODES, 32, "float32", n_threads=3)
 
 
-def test_a_step_of_microseconds_on_an_explicit_count_stays_on_blas(cache, monkeypatch):
+def test_a_step_of_microseconds_on_an_explicit_count_runs_as_one_thread_does(
+        cache, monkeypatch):
     """Splitting a tiny step by rows costs more than the step (W3 ran 4x slower on two
-    row workers): the measurement keeps such a fit's threads on BLAS, which does not
-    split products that small."""
+    row workers), and BLAS threads, which do not split products that small either, cost
+    the plan its own kernels (W3 on two BLAS threads: 0.73-0.82x of one thread). So such
+    a fit runs the one-thread step: the same bits as n_threads=1, the choice kept."""
     monkeypatch.setattr(_threads, "TINY_STEP_SECONDS", 1.0)
-    assert _threads.fit_threads(SIZES, CODES, 32, "float32", n_threads=2) == (1, 2)
+    assert _threads.fit_threads(SIZES, CODES, 32, "float32", n_threads=2) == (1, 1)
+    timed = []
+    monkeypatch.setattr(_threads, "_measure", lambda *args: timed.append(args))
+    _threads._measured.clear()                 # a new process: the file answers
+    assert _threads.fit_threads(SIZES, CODES, 32, "float32", n_threads=2) == (1, 1)
+    assert timed == []
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((96, SIZES[0])).astype(np.float32)
+    y = rng.integers(0, SIZES[-1], 96)
+    fitted = []
+    for n_threads in (1, 2):
+        model = fastbp.MLP(list(SIZES), ["relu", "softmax"], dtype="float32", seed=3)
+        fastbp.Trainer("cce", batch_size=32, epochs=2, seed=4, n_threads=n_threads).fit(model, X, y)
+        fitted.append(model._params.copy())
+    np.testing.assert_array_equal(fitted[0], fitted[1])
 
 
 def test_fastbp_threads_pins_the_default_within_the_callers_limit(cache, measurements,
