@@ -22,9 +22,10 @@
 
 #include "fastbp.h"
 
-/* A barrier for n threads: spins briefly (a step's phases last microseconds), then
-   sleeps on a futex, so a machine with fewer free cores than workers still makes
-   progress and a waiting worker does not take the core of the one it waits for. */
+/* A barrier for n threads: spins (a step's phases last microseconds; for up to the
+   caller's spin_seconds where the threads have cores of their own), then sleeps on a
+   futex, so a machine with fewer free cores than workers still makes progress and a
+   waiting worker does not keep the core of the one it waits for. */
 typedef struct {
     int n;
     int waiting;        /* threads arrived in this round */

@@ -26,12 +26,11 @@ cdef enum:
                                 # first rows at once, the others LAZY_PREFETCH_AHEAD ahead)
 
 
-# A helper between two phases of a step spins up to this long before it sleeps: waking a
-# sleeping thread takes tens of microseconds (more on a virtual machine), by which time the
-# calling thread has claimed most of a phase's rows itself. A phase follows the previous
-# one within a step's forward or backward pass, well within this on the networks a sparse
-# fit trains; a pool left waiting longer (the epoch's end, Python between epochs) sleeps.
-cdef double ROW_POOL_SPIN_SECONDS = 0.001
+# A helper between two phases of a step spins before it sleeps (wait_spin_seconds, as the
+# row-split workers do): by the time a sleeping one woke, the calling thread would have
+# claimed most of a phase's rows itself. A phase follows the previous one within a step's
+# forward or backward pass, well within the spin on the networks a sparse fit trains; a
+# pool left waiting longer (the epoch's end, Python between epochs) sleeps.
 
 # Tests: the phases the pools ran (run_pool_task calls), and a limit on the threads a pool
 # starts, past which it behaves as when the process is out of threads.
@@ -52,6 +51,7 @@ def row_pool_settings(start_limit=None):
 cdef struct RowPool:
     fbp_barrier barrier
     int n_threads
+    double spin_seconds         # a helper's at the barrier, before sleeping
     int task                    # what the threads do between the next two barriers
     Py_ssize_t n_items          # the task's rows: lazy.touched[0:n_items], or W1's rows
     Py_ssize_t chunk            # rows claimed at a time
@@ -106,7 +106,7 @@ cdef void pool_loop(RowPoolArgument* argument, floating* kind) noexcept nogil:
     """A helper thread: each task between two barriers, until ROWS_STOP."""
     cdef RowPool* pool = argument.pool
     while True:
-        fbp_barrier_wait_spinning(&pool.barrier, ROW_POOL_SPIN_SECONDS)
+        fbp_barrier_wait_spinning(&pool.barrier, pool.spin_seconds)
         if pool.task == ROWS_STOP:
             return
         pool_task(pool, argument.index, kind)
@@ -187,6 +187,7 @@ cdef class RowPoolThreads:
             raise MemoryError()
         memset(&self.pool, 0, sizeof(RowPool))
         self.pool.n_threads = n_threads
+        self.pool.spin_seconds = wait_spin_seconds(n_threads)
         self.pool.lazy, self.pool.plan, self.pool.hyper = lazy, plan, hyper
         self.pool.params, self.pool.target = params, target
         self.pool.first, self.pool.second = first, second

@@ -58,6 +58,34 @@ cdef extern from "workers.h" nogil:
     void fbp_apply_mask_f64(double* out, const double* a, const double* mask, Py_ssize_t n)
 
 
+# A thread waiting at a barrier between two phases of a step spins up to this long before
+# it sleeps on the futex: waking a sleeping thread takes tens of microseconds, more on a
+# virtual machine, and when the phases of a split step are uneven by more than a short spin
+# (one core slowed by other work), the two threads fell into sleeping in turn, each waking
+# the other late at every barrier: on this project's 2-core KVM guest, W1's row-split step
+# waited 46 us a step on each worker (the median over 21 epochs, 16 of them in that state)
+# with a spin of 500 pauses (a few microseconds), against 6 us with this spin (1 of 21),
+# under load from other work. A barrier left waiting longer (the epoch's end, a partner that
+# lost its core) still sleeps.
+cdef double WAIT_SPIN_SECONDS = 0.001
+
+
+cdef inline double wait_spin_seconds(int n_threads) noexcept nogil:
+    """WAIT_SPIN_SECONDS where n_threads fit the CPUs this process may run on, else 0 (a
+    short spin only): a spinning thread would hold the core of the one it waits for."""
+    cdef int cpus = fbp_affinity_count()
+    return WAIT_SPIN_SECONDS if cpus == 0 or n_threads <= cpus else 0
+
+
+def barrier_spin_seconds(int n_threads, seconds=None):
+    """How long a thread of n_threads waiting at a barrier spins before it sleeps; with
+    `seconds`, WAIT_SPIN_SECONDS is set to it first (for tests and benchmarks)."""
+    global WAIT_SPIN_SECONDS
+    if seconds is not None:
+        WAIT_SPIN_SECONDS = float(seconds)
+    return wait_spin_seconds(n_threads)
+
+
 cdef inline void dropout_masks(floating* mask, Py_ssize_t n, double rate,
                                uint64_t* random_state) noexcept nogil:
     if floating is float:
@@ -97,6 +125,7 @@ cdef struct SharedEpoch:
     uint64_t random_state
     double normaliser
     fbp_barrier barrier
+    double spin_seconds             # at the barrier, before sleeping
     # the step in progress, set by worker 0 in phase A
     const void* x
     const void* y
@@ -367,7 +396,7 @@ cdef void worker_loop(floating* kind, WorkerArgument* argument) noexcept nogil:
     fbp_timing_mark(k, -1)
     if k == 0:
         next_batch(s, work)
-    fbp_barrier_wait(&s.barrier)
+    fbp_barrier_wait_spinning(&s.barrier, s.spin_seconds)
     while s.proceed:
         # the step's batch as phase A left it: worker 0 rewrites these in phase C
         m = <int>s.m
@@ -387,7 +416,7 @@ cdef void worker_loop(floating* kind, WorkerArgument* argument) noexcept nogil:
                 weights + row0 if weights != NULL else NULL, <int>(row1 - row0),
                 <floating>(s.normaliser / weight_sum))
         fbp_timing_mark(k, 2)
-        fbp_barrier_wait(&s.barrier)
+        fbp_barrier_wait_spinning(&s.barrier, s.spin_seconds)
         fbp_timing_mark(k, 3)
         for j in range(T):   # the first worker's bad index, as every worker sees it
             if s.bads[j] >= 0:
@@ -407,7 +436,7 @@ cdef void worker_loop(floating* kind, WorkerArgument* argument) noexcept nogil:
             for l in range(1, plan.n_layers + 1):
                 update_part(s, &hyper, params, k, l, m, x, False, &squares)
             s.squares[k] = squares
-            fbp_barrier_wait(&s.barrier)
+            fbp_barrier_wait_spinning(&s.barrier, s.spin_seconds)
             squares = 0
             for j in range(T):
                 squares += s.squares[j]
@@ -426,7 +455,7 @@ cdef void worker_loop(floating* kind, WorkerArgument* argument) noexcept nogil:
             s.start = start + m
             next_batch(s, work)
             fbp_timing_mark(k, 5)
-        fbp_barrier_wait(&s.barrier)
+        fbp_barrier_wait_spinning(&s.barrier, s.spin_seconds)
         fbp_timing_mark(k, 6)
 
 
@@ -524,6 +553,7 @@ cdef parallel_epoch(SharedEpoch* s, floating* kind):
     s.losses = numbers
     s.squares = numbers + T
     fbp_barrier_init(&s.barrier, T)
+    s.spin_seconds = wait_spin_seconds(T)
     cdef long first_step = <long>s.hyper.step
     with nogil:
         if floating is float:

@@ -126,6 +126,26 @@ def core_arguments(n_workers=2, worker_capacity=16, worker_gradient=True, extra=
             worker_plan, worker_work, n_workers]
 
 
+def test_workers_spin_at_a_barrier_only_where_each_has_a_cpu_and_finish_either_way():
+    """A waiting worker spins (waking a sleeping one costs tens of microseconds) only when
+    the workers fit the CPUs the process may run on; on fewer CPUs it sleeps at once (a
+    spinner would hold the core of the worker it waits for), and the fit finishes with
+    the same bits."""
+    import os
+    allowed = os.sched_getaffinity(0)
+    assert _core.barrier_spin_seconds(1) > 0
+    assert _core.barrier_spin_seconds(len(allowed)) > 0
+    assert _core.barrier_spin_seconds(len(allowed) + 1) == 0
+    spread = fit(3, "momentum")
+    os.sched_setaffinity(0, {min(allowed)})        # the workers inherit it
+    try:
+        assert _core.barrier_spin_seconds(2) == 0 and _core.barrier_spin_seconds(1) > 0
+        crowded = fit(3, "momentum")
+    finally:
+        os.sched_setaffinity(0, allowed)
+    np.testing.assert_array_equal(spread[0], crowded[0])
+
+
 def test_the_core_runs_the_workers_when_every_size_fits():
     arguments = core_arguments()
     loss, weight, rows, status = _core.train_epoch(*arguments)
