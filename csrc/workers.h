@@ -74,8 +74,9 @@ static inline int fbp_affinity_count(void)
 }
 
 /* Waits at the barrier: spins FBP_BARRIER_SPINS times, and then, for up to spin_seconds
-   more, checks the clock every 256 spins, before it sleeps. */
-static inline void fbp_barrier_wait_spinning(fbp_barrier *barrier, double spin_seconds)
+   more, checks the clock every 256 spins, before it sleeps.  Returns 1 if it slept, 0 if
+   the barrier opened while it spun (or with its own arrival). */
+static inline int fbp_barrier_wait_spinning(fbp_barrier *barrier, double spin_seconds)
 {
     int generation = __atomic_load_n(&barrier->generation, __ATOMIC_SEQ_CST);
     if (__atomic_add_fetch(&barrier->waiting, 1, __ATOMIC_SEQ_CST)
@@ -86,12 +87,12 @@ static inline void fbp_barrier_wait_spinning(fbp_barrier *barrier, double spin_s
            sees the new generation (and the futex wait returns at once). */
         if (__atomic_load_n(&barrier->sleepers, __ATOMIC_SEQ_CST) > 0)
             fbp_futex(&barrier->generation, FUTEX_WAKE_PRIVATE, INT_MAX);
-        return;
+        return 0;
     }
     double until = 0;
     for (long spins = 0;; spins++) {
         if (__atomic_load_n(&barrier->generation, __ATOMIC_ACQUIRE) != generation)
-            return;
+            return 0;
 #if defined(__x86_64__) || defined(__i386__)
         __builtin_ia32_pause();
 #endif
@@ -107,6 +108,7 @@ static inline void fbp_barrier_wait_spinning(fbp_barrier *barrier, double spin_s
     while (__atomic_load_n(&barrier->generation, __ATOMIC_SEQ_CST) == generation)
         fbp_futex(&barrier->generation, FUTEX_WAIT_PRIVATE, generation);
     __atomic_sub_fetch(&barrier->sleepers, 1, __ATOMIC_SEQ_CST);
+    return 1;
 }
 
 static inline void fbp_barrier_wait(fbp_barrier *barrier)

@@ -37,7 +37,7 @@ cdef extern from "workers.h" nogil:
         pass
     void fbp_barrier_init(fbp_barrier* barrier, int n)
     void fbp_barrier_wait(fbp_barrier* barrier)
-    void fbp_barrier_wait_spinning(fbp_barrier* barrier, double spin_seconds)
+    int fbp_barrier_wait_spinning(fbp_barrier* barrier, double spin_seconds)
     int fbp_start_workers(pthread_t* threads, int n, void* (*entry)(void*) noexcept nogil,
                           char* contexts, size_t context_size)
     void fbp_join_workers(pthread_t* threads, int n)
@@ -375,6 +375,62 @@ cdef void step_part(SharedEpoch* s, const HyperparameterData* hyper, floating* p
                    b, n_out, False)
 
 
+cdef struct Waiting:
+    double began        # when this worker's part of the phase under way began
+    int short_waits     # waits still to come with the short spin only
+    int penalty         # the short waits after the next wait that sleeps
+
+
+cdef enum:
+    FIRST_PENALTY = 8           # short waits after a long spin that ended asleep, doubling
+    LAST_PENALTY = 1024         # up to this while they keep ending so
+
+
+cdef inline void wait_at_barrier(SharedEpoch* s, Waiting* waiting) noexcept nogil:
+    """Waits at the step's barrier. It spins up to twice as long as this worker's part of
+    the phase took (at most s.spin_seconds) before it sleeps: the others do as much work,
+    so one that is later than that has most likely lost its core. A long spin that still
+    ended asleep is what threads of other processes taking the cores look like (more
+    threads than cores, which the affinity mask does not show): a spinner would keep its
+    partner from a core, so the next waits spin briefly only, FIRST_PENALTY of them, twice
+    as many after each such spin up to LAST_PENALTY, one fewer after each long spin that
+    met the others in time."""
+    cdef double now = fbp_seconds()
+    if waiting.short_waits > 0:
+        waiting.short_waits -= 1
+        fbp_barrier_wait_spinning(&s.barrier, 0)
+    else:
+        after_long_spin(waiting, fbp_barrier_wait_spinning(
+            &s.barrier, min(s.spin_seconds, 2 * (now - waiting.began))))
+    waiting.began = fbp_seconds()
+
+
+cdef inline void after_long_spin(Waiting* waiting, bint slept) noexcept nogil:
+    if slept:
+        waiting.penalty = min(max(2 * waiting.penalty, <int>FIRST_PENALTY), <int>LAST_PENALTY)
+        waiting.short_waits = waiting.penalty
+    elif waiting.penalty > 0:
+        waiting.penalty -= 1
+
+
+def barrier_spins(slept):
+    """For tests: for waits whose long spins end asleep or not as `slept` says in turn,
+    whether each wait spins long (True) or briefly (False), as wait_at_barrier decides."""
+    cdef Waiting waiting
+    waiting.short_waits, waiting.penalty = 0, 0
+    spins, outcomes = [], iter(slept)
+    while True:
+        if waiting.short_waits > 0:
+            waiting.short_waits -= 1
+            spins.append(False)
+            continue
+        outcome = next(outcomes, None)
+        if outcome is None:
+            return spins
+        spins.append(True)
+        after_long_spin(&waiting, bool(outcome))
+
+
 cdef void worker_loop(floating* kind, WorkerArgument* argument) noexcept nogil:
     """One worker's part of the epoch (kind: only selects the element type). Two barriers
     a step: after phase B, and after phase C, during which worker 0 also sets up the next
@@ -394,9 +450,12 @@ cdef void worker_loop(floating* kind, WorkerArgument* argument) noexcept nogil:
     cdef const floating* x
     cdef const floating* y
     fbp_timing_mark(k, -1)
+    cdef Waiting waiting
+    waiting.began, waiting.short_waits, waiting.penalty = fbp_seconds(), 0, 0
     if k == 0:
         next_batch(s, work)
-    fbp_barrier_wait_spinning(&s.barrier, s.spin_seconds)
+    fbp_barrier_wait(&s.barrier)     # (the others have nothing to do before it)
+    waiting.began = fbp_seconds()
     while s.proceed:
         # the step's batch as phase A left it: worker 0 rewrites these in phase C
         m = <int>s.m
@@ -416,7 +475,7 @@ cdef void worker_loop(floating* kind, WorkerArgument* argument) noexcept nogil:
                 weights + row0 if weights != NULL else NULL, <int>(row1 - row0),
                 <floating>(s.normaliser / weight_sum))
         fbp_timing_mark(k, 2)
-        fbp_barrier_wait_spinning(&s.barrier, s.spin_seconds)
+        wait_at_barrier(s, &waiting)
         fbp_timing_mark(k, 3)
         for j in range(T):   # the first worker's bad index, as every worker sees it
             if s.bads[j] >= 0:
@@ -436,7 +495,7 @@ cdef void worker_loop(floating* kind, WorkerArgument* argument) noexcept nogil:
             for l in range(1, plan.n_layers + 1):
                 update_part(s, &hyper, params, k, l, m, x, False, &squares)
             s.squares[k] = squares
-            fbp_barrier_wait_spinning(&s.barrier, s.spin_seconds)
+            wait_at_barrier(s, &waiting)
             squares = 0
             for j in range(T):
                 squares += s.squares[j]
@@ -455,7 +514,7 @@ cdef void worker_loop(floating* kind, WorkerArgument* argument) noexcept nogil:
             s.start = start + m
             next_batch(s, work)
             fbp_timing_mark(k, 5)
-        fbp_barrier_wait_spinning(&s.barrier, s.spin_seconds)
+        wait_at_barrier(s, &waiting)
         fbp_timing_mark(k, 6)
 
 

@@ -146,6 +146,21 @@ def test_workers_spin_at_a_barrier_only_where_each_has_a_cpu_and_finish_either_w
     np.testing.assert_array_equal(spread[0], crowded[0])
 
 
+def test_a_long_spin_that_ends_asleep_makes_the_next_waits_brief_and_backs_off():
+    """Threads of other processes taking the cores (which the affinity mask does not
+    show) make long spins end asleep: the next 8 waits spin briefly, then 16, 32, ... up
+    to 1,024 while long spins keep ending so; each long spin that meets the others in
+    time takes one off the next penalty."""
+    spins = _core.barrier_spins([True] * 9)
+    longs = [i for i, spin in enumerate(spins) if spin]
+    gaps = [b - a - 1 for a, b in zip(longs, longs[1:])]
+    assert gaps == [8, 16, 32, 64, 128, 256, 512, 1024]
+    assert _core.barrier_spins([False] * 5) == [True] * 5        # never asleep: long spins
+    # asleep, then 3 long spins in time: the next penalty is (8 - 3) * 2 = 10 waits
+    spins = _core.barrier_spins([True, False, False, False, True, False])
+    assert spins == [True] + [False] * 8 + [True] * 4 + [False] * 10 + [True]
+
+
 def test_the_core_runs_the_workers_when_every_size_fits():
     arguments = core_arguments()
     loss, weight, rows, status = _core.train_epoch(*arguments)
