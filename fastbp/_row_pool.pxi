@@ -26,8 +26,8 @@ cdef enum:
                                 # first rows at once, the others LAZY_PREFETCH_AHEAD ahead)
 
 
-# A helper between two phases of a step spins before it sleeps (wait_spin_seconds, as the
-# row-split workers do): by the time a sleeping one woke, the calling thread would have
+# A helper between two phases of a step spins before it sleeps (for up to
+# wait_spin_seconds; no back-off as the row-split workers have): by the time a sleeping one woke, the calling thread would have
 # claimed most of a phase's rows itself. A phase follows the previous one within a step's
 # forward or backward pass, well within the spin on the networks a sparse fit trains; a
 # pool left waiting longer (the epoch's end, Python between epochs) sleeps.

@@ -59,14 +59,14 @@ cdef extern from "workers.h" nogil:
 
 
 # A thread waiting at a barrier between two phases of a step spins up to this long before
-# it sleeps on the futex: waking a sleeping thread takes tens of microseconds, more on a
-# virtual machine, and when the phases of a split step are uneven by more than a short spin
-# (one core slowed by other work), the two threads fell into sleeping in turn, each waking
-# the other late at every barrier: on this project's 2-core KVM guest, W1's row-split step
-# waited 46 us a step on each worker (the median over 21 epochs, 16 of them in that state)
-# with a spin of 500 pauses (a few microseconds), against 6 us with this spin (1 of 21),
-# under load from other work. A barrier left waiting longer (the epoch's end, a partner that
-# lost its core) still sleeps.
+# it sleeps on the futex (the row-split workers less: wait_at_barrier): waking a sleeping
+# thread takes tens of microseconds, more on a virtual machine, and when the phases of a
+# split step are uneven by more than a short spin (one core slowed by other work), the two
+# threads fell into sleeping in turn, each waking the other late at every barrier: on this
+# project's 2-core KVM guest, W1's row-split step waited 46 us a step on each worker (the
+# median over 21 epochs, 16 of them in that state) with a spin of 500 pauses (a few
+# microseconds), against 6 us with a 1 ms spin (1 of 21), under load from other work. A
+# barrier left waiting longer (the epoch's end, a partner that lost its core) still sleeps.
 cdef double WAIT_SPIN_SECONDS = 0.001
 
 
