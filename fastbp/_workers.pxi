@@ -396,13 +396,20 @@ cdef inline void wait_at_barrier(SharedEpoch* s, Waiting* waiting) noexcept nogi
     as many after each such spin up to LAST_PENALTY, one fewer after each long spin that
     met the others in time."""
     cdef double now = fbp_seconds()
-    if waiting.short_waits > 0:
-        waiting.short_waits -= 1
-        fbp_barrier_wait_spinning(&s.barrier, 0)
-    else:
+    if spins_long(waiting):
         after_long_spin(waiting, fbp_barrier_wait_spinning(
             &s.barrier, min(s.spin_seconds, 2 * (now - waiting.began))))
+    else:
+        fbp_barrier_wait_spinning(&s.barrier, 0)
     waiting.began = fbp_seconds()
+
+
+cdef inline bint spins_long(Waiting* waiting) noexcept nogil:
+    """Whether the next wait may spin long (else it is one of the brief ones)."""
+    if waiting.short_waits > 0:
+        waiting.short_waits -= 1
+        return False
+    return True
 
 
 cdef inline void after_long_spin(Waiting* waiting, bint slept) noexcept nogil:
@@ -420,8 +427,7 @@ def barrier_spins(slept):
     waiting.short_waits, waiting.penalty = 0, 0
     spins, outcomes = [], iter(slept)
     while True:
-        if waiting.short_waits > 0:
-            waiting.short_waits -= 1
+        if not spins_long(&waiting):
             spins.append(False)
             continue
         outcome = next(outcomes, None)
