@@ -457,7 +457,7 @@ cdef void worker_loop(floating* kind, WorkerArgument* argument) noexcept nogil:
     cdef const floating* y
     fbp_timing_mark(k, -1)
     cdef Waiting waiting
-    waiting.began, waiting.short_waits, waiting.penalty = fbp_seconds(), 0, 0
+    waiting.short_waits, waiting.penalty = 0, 0     # (began: after the first barrier)
     if k == 0:
         next_batch(s, work)
     fbp_barrier_wait(&s.barrier)     # (the others have nothing to do before it)
