@@ -152,7 +152,8 @@ class Trainer:
         self.reset()
 
     def reset(self) -> None:
-        """Forget the optimizer state, the schedule's epochs and the shuffling generator."""
+        """Forget the optimizer state, the schedule's epochs and the shuffling generator
+        (and free the memory kept for the next sparse fit's row log)."""
         self._state = None          # (rows, n_params), for the model and rule in _state_key
         self._state_key = None
         self._step = 0.0
@@ -160,6 +161,7 @@ class Trainer:
         self._rng = np.random.default_rng(self.seed)
         self._schedule = None
         self._sparse_threads = {}   # _threads.SparseThreadChoice per sparse network and rule
+        self._row_log = None        # (its shape, the last sparse fit's _core.RowLog)
 
     def bind(self, model: MLP) -> None:
         """Keep the optimizer state for `model` (after unpickling a trainer and its model
@@ -180,6 +182,7 @@ class Trainer:
         state = self.__dict__.copy()
         if state["_state_key"] is not None:
             state["_state_key"] = (_no_model, state["_state_key"][1])
+        state["_row_log"] = None    # memory for the next fit, not state
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -367,6 +370,18 @@ class Trainer:
         self._state = state
         return state
 
+    def _row_log_for(self, model, state_rows: int):
+        """The undo log of a sparse fit's rows of W1 (see _core.RowLog), kept from the last
+        sparse fit when it has the same shape: its memory has been written before, where a
+        new log's first writes fault page by page (an S1 Adam fit of one epoch took 17,800
+        page faults and 10-15% of its time there). Held until the next fit of another
+        shape or reset(); at most the rows an epoch changes, with their state."""
+        shape = (model.layer_sizes[0], model.layer_sizes[1], state_rows, model.dtype)
+        if self._row_log is None or self._row_log[0] != shape:
+            self._row_log = None                 # the old one's memory first
+            self._row_log = (shape, _core.RowLog(*shape))
+        return self._row_log[1]
+
     def _schedule_for(self, schedule):
         """The schedule object, kept across fits while the setting is the same object."""
         if self._schedule is None or self._schedule[0] is not self.schedule:
@@ -460,8 +475,8 @@ class _CompiledEpoch:
         # diverges. A sparse fit copies W1 (the first `kept` values, most of the model) and
         # its state row by row as the epoch changes them, into a RowLog, not whole.
         kept = model.layer_sizes[0] * model.layer_sizes[1] if self.sparse is not None else 0
-        self.row_log = None if self.sparse is None else _core.RowLog(
-            model.layer_sizes[0], model.layer_sizes[1], hyperparameters.state_rows, model.dtype)
+        self.row_log = None if self.sparse is None else trainer._row_log_for(
+            model, hyperparameters.state_rows)
         self.backup = np.empty_like(model._params[kept:])
         self.state_backup = np.empty_like(self.state[:, kept:])
         self.kept = kept

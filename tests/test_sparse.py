@@ -531,18 +531,11 @@ def test_an_overflowed_optimizer_state_of_a_sparse_fit_is_divergence(dtype, case
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_the_row_log_holds_only_the_rows_an_epoch_changes(monkeypatch, dtype):
+def test_the_row_log_holds_only_the_rows_an_epoch_changes(dtype):
     """Plain SGD changes only the rows its batches name, momentum without decay only the
     rows with a velocity, SGD with decay every row: what train_epoch logs."""
     X, y = sparse_data(n_rows=40, n_cols=300, density=0.01, dtype=dtype, seed=5)
     named = np.unique(X.indices).size
-    logs = []
-    original = _core.RowLog
-
-    def kept_row_log(*args):
-        logs.append(original(*args))
-        return logs[-1]
-    monkeypatch.setattr(_core, "RowLog", kept_row_log)
     logged = {}
     for name, options in [("sgd", dict(optimizer=optimizers.SGD(0.1))),
                           ("momentum", dict(optimizer=optimizers.SGD(0.1, momentum=0.9))),
@@ -550,14 +543,70 @@ def test_the_row_log_holds_only_the_rows_an_epoch_changes(monkeypatch, dtype):
         model = model_for(X, dtype=dtype)
         trainer = fastbp.Trainer("cce", epochs=1, batch_size=8, seed=0, n_threads=1,
                                  **options)
-        del logs[:]
+        logged[name] = []
         for _ in range(2):                            # the second epoch starts with velocity
             trainer.fit(model, X, y)
-        logged[name] = [log.n_logged for log in logs]
+            logged[name].append(trainer._row_log[1].n_logged)
     assert 0 < named < 300
     assert logged["sgd"] == [named, named]
     assert logged["momentum"] == [named, named]
     assert logged["decay"] == [300, 300]
+
+
+def test_a_trainer_keeps_its_row_log_for_the_next_sparse_fit_of_the_same_shape():
+    """The row log's memory is kept by the trainer from one sparse fit to the next of the
+    same shape (a fit of one epoch, partial_fit: a new log's first writes fault page by
+    page), with the same results as a new log each fit, an epoch of a later fit still
+    undone exactly; another shape or rule state gets a new log, reset() and pickling
+    drop it."""
+    X, y = sparse_data(n_rows=90, n_cols=300, density=0.02, seed=5)
+
+    def fits(trainer, model, n_fits=3):
+        for _ in range(n_fits):
+            trainer.fit(model, X, y)
+        return model.parameter_vector(), trainer._state.copy()
+
+    trainer = fastbp.Trainer("cce", optimizer="adam", learning_rate=0.01, epochs=1,
+                             batch_size=8, seed=0, n_threads=1)
+    model = model_for(X)
+    trainer.fit(model, X, y)
+    log = trainer._row_log[1]
+    assert 0 < log.n_logged < 300
+    kept = fits(trainer, model)
+    assert trainer._row_log[1] is log
+    fresh_trainer = fastbp.Trainer("cce", optimizer="adam", learning_rate=0.01, epochs=1,
+                                   batch_size=8, seed=0, n_threads=1)
+    fresh_model = model_for(X)
+    fresh_trainer.fit(fresh_model, X, y)
+    for _ in range(3):
+        fresh_trainer._row_log = None                # a new log each fit, as before
+        fresh_trainer.fit(fresh_model, X, y)
+    np.testing.assert_array_equal(kept[0], fresh_model.parameter_vector())
+    np.testing.assert_array_equal(kept[1], fresh_trainer._state)
+    # the second epoch of the next fit diverges: undone from the kept log, bit for bit
+    bad = X.copy()
+    keep = KeepStateAfterFirstEpoch(trainer, bad.data, bad.indptr[-2], np.nan)
+    trainer.epochs = 2
+    with pytest.warns(RuntimeWarning, match="diverged"):
+        trainer.fit(model, bad, y, callbacks=[keep])
+    trainer.epochs = 1
+    assert trainer._row_log[1] is log
+    np.testing.assert_array_equal(model.parameter_vector(), keep.after_first)
+    np.testing.assert_array_equal(trainer._state, keep.state_after_first)
+    # another width, another rule's state rows, another dtype: a new log of that shape
+    trainer.fit(model_for(X, hidden=(5,)), X, y)
+    assert trainer._row_log[0] == (300, 5, 2, np.float64)
+    trainer.optimizer = optimizers.SGD(0.1, momentum=0.9)
+    trainer.fit(model, X, y)
+    assert trainer._row_log[0] == (300, 7, 1, np.float64)
+    trainer.fit(model_for(X, dtype="float32"), X.astype(np.float32), y)
+    assert trainer._row_log[0] == (300, 7, 1, np.float32)
+    import pickle
+    copy = pickle.loads(pickle.dumps(trainer))
+    assert copy._row_log is None and trainer._row_log is not None
+    copy.fit(model_for(X), X, y)
+    trainer.reset()
+    assert trainer._row_log is None
 
 
 OUT_OF_MEMORY_FIT = """
@@ -567,10 +616,11 @@ X = scipy.sparse.random(400, 200_000, density=5e-4, format="csr", random_state=0
                         dtype=np.float32)
 y = np.random.default_rng(0).integers(0, 3, 400)
 model = fastbp.MLP([200_000, 64, 3], ["relu", "softmax"], dtype="float32", seed=0)
-trainer = fastbp.Trainer("cce", optimizer="sgd", learning_rate=0.1, weight_decay=0.01,
-                         epochs=1, batch_size=16, seed=0, n_threads=1)
-trainer.fit(model, X, y)     # everything imported and measured; then an epoch logs every
-before = model.parameter_vector()   # row (decay) into 53 MB of log, with room for 24 MB
+trainer = fastbp.Trainer("cce", optimizer="sgd", learning_rate=0.1, epochs=1,
+                         batch_size=16, seed=0, n_threads=1)
+trainer.fit(model, X, y)     # everything imported and measured, the log kept holding the
+trainer.weight_decay = 0.01  # named rows (a few MB); then an epoch logs every row (decay)
+before = model.parameter_vector()   # into 53 MB of log, with room for 24 MB
 size = int([line for line in open("/proc/self/status")
             if line.startswith("VmSize")][0].split()[1]) * 1024
 resource.setrlimit(resource.RLIMIT_AS, (size + (24 << 20), resource.RLIM_INFINITY))
