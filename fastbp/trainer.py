@@ -161,7 +161,9 @@ class Trainer:
         self._rng = np.random.default_rng(self.seed)
         self._schedule = None
         self._sparse_threads = {}   # _threads.SparseThreadChoice per sparse network and rule
-        self._row_log = None        # (its shape, the last sparse fit's _core.RowLog)
+        # {shape: the last sparse fit's _core.RowLog} while no fit uses it: a fit takes it
+        # out (dict.pop, one step under the GIL), so two fits at once never share one
+        self._row_logs = {}
 
     def bind(self, model: MLP) -> None:
         """Keep the optimizer state for `model` (after unpickling a trainer and its model
@@ -182,7 +184,7 @@ class Trainer:
         state = self.__dict__.copy()
         if state["_state_key"] is not None:
             state["_state_key"] = (_no_model, state["_state_key"][1])
-        state["_row_log"] = None    # memory for the next fit, not state
+        state["_row_logs"] = {}     # memory for the next fit, not state
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -270,26 +272,29 @@ class Trainer:
         spec.check_dtype(model.dtype)
         if verbose:
             callbacks.append(ProgressBar(n_epochs))
-        epoch = _CompiledEpoch(self, model, spec, data)
-        history = History(n_samples=data.X.shape[0])
-        schedule = self._schedule_for(spec.schedule)
-        loop = EpochLoop(model, spec.loss, schedule, spec.optimizer.learning_rate, callbacks,
-                         history, data.validation, metric_functions, spec.max_time,
-                         stop_requested=epoch.interrupt_requested)
-
         if not model._training.acquire(blocking=False):
             raise RuntimeError("this model is being trained by another thread; train it "
                                "from one thread at a time")
-        catching = epoch.catching
         try:
-            if catching:
-                _core.catch_interrupts()
-            loop.run(n_epochs, self._epochs_done, epoch.run,
-                     context=lambda: blas_threads(epoch.n_threads))
+            epoch = _CompiledEpoch(self, model, spec, data)
+            history = History(n_samples=data.X.shape[0])
+            schedule = self._schedule_for(spec.schedule)
+            loop = EpochLoop(model, spec.loss, schedule, spec.optimizer.learning_rate,
+                             callbacks, history, data.validation, metric_functions,
+                             spec.max_time, stop_requested=epoch.interrupt_requested)
+            catching = epoch.catching
+            try:
+                if catching:
+                    _core.catch_interrupts()
+                loop.run(n_epochs, self._epochs_done, epoch.run,
+                         context=lambda: blas_threads(epoch.n_threads))
+            finally:
+                # a SIGINT after the last check still counts
+                if catching and _core.release_interrupts():
+                    history.interrupted = True
+                if epoch.row_log is not None:
+                    self._give_back_row_log(epoch.row_log_shape, epoch.row_log)
         finally:
-            # a SIGINT after the last check still counts
-            if catching and _core.release_interrupts():
-                history.interrupted = True
             model._training.release()
         return history
 
@@ -370,17 +375,22 @@ class Trainer:
         self._state = state
         return state
 
-    def _row_log_for(self, model, state_rows: int):
-        """The undo log of a sparse fit's rows of W1 (see _core.RowLog), kept from the last
-        sparse fit when it has the same shape: its memory has been written before, where a
-        new log's first writes fault page by page (an S1 Adam fit of one epoch took 17,800
-        page faults and 10-15% of its time there). Held until the next fit of another
-        shape or reset(); at most the rows an epoch changes, with their state."""
+    def _take_row_log(self, model, state_rows: int):
+        """(shape, the undo log of a sparse fit's rows of W1: see _core.RowLog), the one
+        the last sparse fit of that shape gave back if there is one: its memory has been
+        written before, where a new log's first writes fault page by page (an S1 Adam fit
+        of one epoch took 17,800 page faults and 10-15% of its time there). Kept until a
+        fit of another shape or reset(): at most the rows an epoch changes, with their
+        state."""
         shape = (model.layer_sizes[0], model.layer_sizes[1], state_rows, model.dtype)
-        if self._row_log is None or self._row_log[0] != shape:
-            self._row_log = None                 # the old one's memory first
-            self._row_log = (shape, _core.RowLog(*shape))
-        return self._row_log[1]
+        log = self._row_logs.pop(shape, None)
+        if log is None:
+            self._row_logs.clear()               # another shape's memory first
+            log = _core.RowLog(*shape)
+        return shape, log
+
+    def _give_back_row_log(self, shape, log) -> None:
+        self._row_logs = {shape: log}
 
     def _schedule_for(self, schedule):
         """The schedule object, kept across fits while the setting is the same object."""
@@ -475,8 +485,8 @@ class _CompiledEpoch:
         # diverges. A sparse fit copies W1 (the first `kept` values, most of the model) and
         # its state row by row as the epoch changes them, into a RowLog, not whole.
         kept = model.layer_sizes[0] * model.layer_sizes[1] if self.sparse is not None else 0
-        self.row_log = None if self.sparse is None else trainer._row_log_for(
-            model, hyperparameters.state_rows)
+        self.row_log_shape, self.row_log = (None, None) if self.sparse is None \
+            else trainer._take_row_log(model, hyperparameters.state_rows)
         self.backup = np.empty_like(model._params[kept:])
         self.state_backup = np.empty_like(self.state[:, kept:])
         self.kept = kept

@@ -546,11 +546,17 @@ def test_the_row_log_holds_only_the_rows_an_epoch_changes(dtype):
         logged[name] = []
         for _ in range(2):                            # the second epoch starts with velocity
             trainer.fit(model, X, y)
-            logged[name].append(trainer._row_log[1].n_logged)
+            logged[name].append(kept_row_log(trainer)[1].n_logged)
     assert 0 < named < 300
     assert logged["sgd"] == [named, named]
     assert logged["momentum"] == [named, named]
     assert logged["decay"] == [300, 300]
+
+
+def kept_row_log(trainer):
+    """(shape, log) of the row log the trainer keeps for its next sparse fit."""
+    (shape, log), = trainer._row_logs.items()
+    return shape, log
 
 
 def test_a_trainer_keeps_its_row_log_for_the_next_sparse_fit_of_the_same_shape():
@@ -570,16 +576,16 @@ def test_a_trainer_keeps_its_row_log_for_the_next_sparse_fit_of_the_same_shape()
                              batch_size=8, seed=0, n_threads=1)
     model = model_for(X)
     trainer.fit(model, X, y)
-    log = trainer._row_log[1]
+    log = kept_row_log(trainer)[1]
     assert 0 < log.n_logged < 300
     kept = fits(trainer, model)
-    assert trainer._row_log[1] is log
+    assert kept_row_log(trainer)[1] is log
     fresh_trainer = fastbp.Trainer("cce", optimizer="adam", learning_rate=0.01, epochs=1,
                                    batch_size=8, seed=0, n_threads=1)
     fresh_model = model_for(X)
     fresh_trainer.fit(fresh_model, X, y)
     for _ in range(3):
-        fresh_trainer._row_log = None                # a new log each fit, as before
+        fresh_trainer._row_logs = {}                 # a new log each fit, as before
         fresh_trainer.fit(fresh_model, X, y)
     np.testing.assert_array_equal(kept[0], fresh_model.parameter_vector())
     np.testing.assert_array_equal(kept[1], fresh_trainer._state)
@@ -590,23 +596,35 @@ def test_a_trainer_keeps_its_row_log_for_the_next_sparse_fit_of_the_same_shape()
     with pytest.warns(RuntimeWarning, match="diverged"):
         trainer.fit(model, bad, y, callbacks=[keep])
     trainer.epochs = 1
-    assert trainer._row_log[1] is log
+    assert kept_row_log(trainer)[1] is log
     np.testing.assert_array_equal(model.parameter_vector(), keep.after_first)
     np.testing.assert_array_equal(trainer._state, keep.state_after_first)
+
+    # two fits at once on one trainer (another model of the same shape, started from a
+    # callback of the first): each has a log of its own, the first gives its back last
+    class FitAnother(fastbp.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            assert trainer._row_logs == {}             # the running fit holds `log`
+            trainer.fit(model_for(X, seed=1), X, y)
+            self.other = kept_row_log(trainer)[1]
+
+    another = FitAnother()
+    trainer.fit(model, X, y, callbacks=[another])
+    assert another.other is not log and kept_row_log(trainer)[1] is log
     # another width, another rule's state rows, another dtype: a new log of that shape
     trainer.fit(model_for(X, hidden=(5,)), X, y)
-    assert trainer._row_log[0] == (300, 5, 2, np.float64)
+    assert kept_row_log(trainer)[0] == (300, 5, 2, np.float64)
     trainer.optimizer = optimizers.SGD(0.1, momentum=0.9)
     trainer.fit(model, X, y)
-    assert trainer._row_log[0] == (300, 7, 1, np.float64)
+    assert kept_row_log(trainer)[0] == (300, 7, 1, np.float64)
     trainer.fit(model_for(X, dtype="float32"), X.astype(np.float32), y)
-    assert trainer._row_log[0] == (300, 7, 1, np.float32)
+    assert kept_row_log(trainer)[0] == (300, 7, 1, np.float32)
     import pickle
     copy = pickle.loads(pickle.dumps(trainer))
-    assert copy._row_log is None and trainer._row_log is not None
+    assert copy._row_logs == {} and trainer._row_logs != {}
     copy.fit(model_for(X), X, y)
     trainer.reset()
-    assert trainer._row_log is None
+    assert trainer._row_logs == {}
 
 
 OUT_OF_MEMORY_FIT = """
