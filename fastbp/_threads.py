@@ -41,9 +41,11 @@ def split_threads(layer_sizes, batch_size: int, n_threads: int):
     return 1, n_threads
 
 
-def row_workspace(layer_sizes, codes, dropout, batch_size: int, n_workers: int, dtype):
+def row_workspace(layer_sizes, codes, dropout, batch_size: int, n_workers: int, dtype,
+                  allocate=None):
     """The plan and workspace of n_workers row-split workers (None, None for one): each
-    worker holds ceil(batch_size / n_workers) rows and their deltas."""
+    worker holds ceil(batch_size / n_workers) rows and their deltas. allocate(size): the
+    workspace of that many values (default: a new array)."""
     if n_workers <= 1:
         return None, None
     from fastbp import _core
@@ -57,7 +59,7 @@ def row_workspace(layer_sizes, codes, dropout, batch_size: int, n_workers: int, 
     size = _core.worker_workspace_size(plan, n_workers)
     check_allocation(size, dtype, "the workers' workspace")   # before any timing
     choose_products(plan, layer_sizes, dtype)
-    return plan, np.empty(size, dtype=dtype)
+    return plan, np.empty(size, dtype=dtype) if allocate is None else allocate(size)
 
 
 # ---- the default thread count of a fit, measured on this machine ----

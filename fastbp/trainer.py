@@ -153,7 +153,7 @@ class Trainer:
 
     def reset(self) -> None:
         """Forget the optimizer state, the schedule's epochs and the shuffling generator
-        (and free the memory kept for the next sparse fit's row log)."""
+        (and free the buffers a fit of one epoch kept for the next)."""
         self._state = None          # (rows, n_params), for the model and rule in _state_key
         self._state_key = None
         self._step = 0.0
@@ -161,9 +161,7 @@ class Trainer:
         self._rng = np.random.default_rng(self.seed)
         self._schedule = None
         self._sparse_threads = {}   # _threads.SparseThreadChoice per sparse network and rule
-        # {shape: the last sparse fit's _core.RowLog} while no fit uses it: a fit takes it
-        # out (dict.pop, one step under the GIL), so two fits at once never share one
-        self._row_logs = {}
+        self._buffers = {}          # the last one-epoch fit's buffers (_take_buffer)
 
     def bind(self, model: MLP) -> None:
         """Keep the optimizer state for `model` (after unpickling a trainer and its model
@@ -184,7 +182,7 @@ class Trainer:
         state = self.__dict__.copy()
         if state["_state_key"] is not None:
             state["_state_key"] = (_no_model, state["_state_key"][1])
-        state["_row_logs"] = {}     # memory for the next fit, not state
+        state["_buffers"] = {}      # memory for the next fit, not state
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -292,8 +290,8 @@ class Trainer:
                 # a SIGINT after the last check still counts
                 if catching and _core.release_interrupts():
                     history.interrupted = True
-                if epoch.row_log is not None:
-                    self._give_back_row_log(epoch.row_log_shape, epoch.row_log)
+                if n_epochs == 1:   # loops of one-epoch fits pay for new memory each call
+                    self._buffers = epoch.buffers
         finally:
             model._training.release()
         return history
@@ -375,22 +373,20 @@ class Trainer:
         self._state = state
         return state
 
-    def _take_row_log(self, model, state_rows: int):
-        """(shape, the undo log of a sparse fit's rows of W1: see _core.RowLog), the one
-        the last sparse fit of that shape gave back if there is one: its memory has been
-        written before, where a new log's first writes fault page by page (an S1 Adam fit
-        of one epoch took 17,800 page faults and 10-15% of its time there). Kept until a
-        fit of another shape or reset(): at most the rows an epoch changes, with their
-        state."""
-        shape = (model.layer_sizes[0], model.layer_sizes[1], state_rows, model.dtype)
-        log = self._row_logs.pop(shape, None)
-        if log is None:
-            self._row_logs.clear()               # another shape's memory first
-            log = _core.RowLog(*shape)
-        return shape, log
-
-    def _give_back_row_log(self, shape, log) -> None:
-        self._row_logs = {shape: log}
+    def _take_buffer(self, key, make):
+        """A fit's buffer (its workspace, the copies that undo an epoch, a sparse fit's row
+        log): the one the last fit of one epoch gave back under `key` if there is one, else
+        make(). Memory written before is faster to write than new memory, whose first
+        writes fault page by page (a partial_fit loop paid that at every call:
+        docs/performance.md, "One-epoch fits keep their memory"). A fit takes its buffers
+        out (dict.pop, one step under the GIL), so two fits at once never share one; on a
+        miss, what the last fit left and this one cannot use is dropped before the new
+        buffer is made."""
+        buffer = self._buffers.pop(key, None)
+        if buffer is None:
+            self._buffers.clear()
+            buffer = make()
+        return buffer
 
     def _schedule_for(self, schedule):
         """The schedule object, kept across fits while the setting is the same object."""
@@ -475,20 +471,30 @@ class _CompiledEpoch:
             self.n_workers, self.n_threads = fit_threads(model.layer_sizes, model._codes,
                                                          self.batch_size, model.dtype,
                                                          trainer.n_threads)
-        self.plan, self.work = model._workspace(self.batch_size, model._dropout,
-                                                not hyperparameters.folded, self.n_threads,
-                                                sparse=self.sparse is not None)
+        self.buffers = {}       # key -> buffer, given back to the trainer at the fit's end
+
+        def buffer(kind, shape, make=None):
+            key = (kind, shape, model.dtype)
+            self.buffers[key] = trainer._take_buffer(
+                key, make or (lambda: np.empty(shape, dtype=model.dtype)))
+            return self.buffers[key]
+        self.plan, _ = model._workspace(self.batch_size, model._dropout,
+                                        not hyperparameters.folded, self.n_threads,
+                                        sparse=self.sparse is not None, allocate=False)
+        self.work = buffer("workspace", self.plan.work_size)
         self.worker_plan, self.worker_work = row_workspace(
             model.layer_sizes, model._codes, model._dropout, self.batch_size,
-            1 if self.sparse is not None else self.n_workers, model.dtype)
+            1 if self.sparse is not None else self.n_workers, model.dtype,
+            lambda size: buffer("workers' workspace", size))
         # The parameters and optimizer state at the start of the epoch, restored if it
         # diverges. A sparse fit copies W1 (the first `kept` values, most of the model) and
         # its state row by row as the epoch changes them, into a RowLog, not whole.
         kept = model.layer_sizes[0] * model.layer_sizes[1] if self.sparse is not None else 0
-        self.row_log_shape, self.row_log = (None, None) if self.sparse is None \
-            else trainer._take_row_log(model, hyperparameters.state_rows)
-        self.backup = np.empty_like(model._params[kept:])
-        self.state_backup = np.empty_like(self.state[:, kept:])
+        log_shape = (model.layer_sizes[0], model.layer_sizes[1], hyperparameters.state_rows)
+        self.row_log = None if self.sparse is None else buffer(
+            "row log", log_shape, lambda: _core.RowLog(*log_shape, model.dtype))
+        self.backup = buffer("backup", model._params[kept:].shape)
+        self.state_backup = buffer("state backup", self.state[:, kept:].shape)
         self.kept = kept
         self.X = data.X if self.sparse is None else np.empty((0, 0), dtype=model.dtype)
         self.targets = np.empty((0, 0), dtype=model.dtype) if data.targets is None \

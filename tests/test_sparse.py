@@ -555,7 +555,8 @@ def test_the_row_log_holds_only_the_rows_an_epoch_changes(dtype):
 
 def kept_row_log(trainer):
     """(shape, log) of the row log the trainer keeps for its next sparse fit."""
-    (shape, log), = trainer._row_logs.items()
+    (shape, log), = [(key[1] + (key[2],), buffer) for key, buffer in trainer._buffers.items()
+                     if key[0] == "row log"]
     return shape, log
 
 
@@ -585,26 +586,29 @@ def test_a_trainer_keeps_its_row_log_for_the_next_sparse_fit_of_the_same_shape()
     fresh_model = model_for(X)
     fresh_trainer.fit(fresh_model, X, y)
     for _ in range(3):
-        fresh_trainer._row_logs = {}                 # a new log each fit, as before
+        fresh_trainer._buffers = {}                  # new buffers each fit, as before
         fresh_trainer.fit(fresh_model, X, y)
     np.testing.assert_array_equal(kept[0], fresh_model.parameter_vector())
     np.testing.assert_array_equal(kept[1], fresh_trainer._state)
-    # the second epoch of the next fit diverges: undone from the kept log, bit for bit
+    # the second epoch of a fit of two (on the kept log) diverges: undone from the log,
+    # bit for bit; a fit of more than one epoch keeps nothing for the next
     bad = X.copy()
     keep = KeepStateAfterFirstEpoch(trainer, bad.data, bad.indptr[-2], np.nan)
     trainer.epochs = 2
     with pytest.warns(RuntimeWarning, match="diverged"):
         trainer.fit(model, bad, y, callbacks=[keep])
     trainer.epochs = 1
-    assert kept_row_log(trainer)[1] is log
+    assert trainer._buffers == {}
     np.testing.assert_array_equal(model.parameter_vector(), keep.after_first)
     np.testing.assert_array_equal(trainer._state, keep.state_after_first)
+    trainer.fit(model, X, y)
+    log = kept_row_log(trainer)[1]
 
     # two fits at once on one trainer (another model of the same shape, started from a
     # callback of the first): each has a log of its own, the first gives its back last
     class FitAnother(fastbp.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
-            assert trainer._row_logs == {}             # the running fit holds `log`
+            assert trainer._buffers == {}              # the running fit holds `log`
             trainer.fit(model_for(X, seed=1), X, y)
             self.other = kept_row_log(trainer)[1]
 
@@ -621,10 +625,10 @@ def test_a_trainer_keeps_its_row_log_for_the_next_sparse_fit_of_the_same_shape()
     assert kept_row_log(trainer)[0] == (300, 7, 1, np.float32)
     import pickle
     copy = pickle.loads(pickle.dumps(trainer))
-    assert copy._row_logs == {} and trainer._row_logs != {}
+    assert copy._buffers == {} and trainer._buffers != {}
     copy.fit(model_for(X), X, y)
     trainer.reset()
-    assert trainer._row_logs == {}
+    assert trainer._buffers == {}
 
 
 OUT_OF_MEMORY_FIT = """

@@ -1350,3 +1350,60 @@ def test_verbose_output(capsys):
     except ImportError:                                   # plain lines, one per epoch
         lines = [line for line in captured.out.splitlines() if line.strip()]
         assert len(lines) == 3 and lines[-1].startswith("epoch 3/3")
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_one_epoch_fits_keep_their_buffers_for_the_next(n_threads, monkeypatch):
+    """A fit of one epoch (partial_fit) gives its workspace and the copies that undo an
+    epoch back to the trainer, and the next one of the same shapes takes them (new memory
+    faults page by page on its first writes: a loop of partial_fit calls paid that every
+    call): the same objects, the same bits as new buffers each call, a diverged epoch
+    still undone exactly; a fit of more epochs, another shape, reset() and pickling keep
+    none."""
+    import pickle
+    monkeypatch.setenv("FASTBP_SPLIT", "rows")          # two threads: row-split workers
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(64, 40))
+    y = rng.integers(0, 3, 64)
+
+    def fits(keep, n_fits=3):
+        model = fastbp.MLP([40, 256, 3], ["relu", "softmax"], seed=0)
+        trainer = fastbp.Trainer("cce", optimizer="adam", learning_rate=0.01, batch_size=16,
+                                 seed=0, n_threads=n_threads)
+        kept = []
+        for _ in range(n_fits):
+            if not keep:
+                trainer._buffers = {}
+            trainer.partial_fit(model, X, y)
+            kept.append(dict(trainer._buffers))
+        return model, trainer, kept
+
+    model, trainer, kept = fits(True)
+    kinds = {key[0] for key in kept[0]}
+    assert {"workspace", "backup", "state backup"} <= kinds
+    assert ("workers' workspace" in kinds) == (n_threads == 2)
+    assert all(kept[-1][key] is buffer for key, buffer in kept[0].items())
+    fresh_model, _, _ = fits(False)
+    np.testing.assert_array_equal(model.parameter_vector(), fresh_model.parameter_vector())
+    # a partial_fit that diverges (on its kept buffers) is undone exactly
+    before, state = model.parameter_vector(), trainer._state.copy()
+    trainer.learning_rate = 1e30
+    with pytest.warns(RuntimeWarning, match="diverged"):
+        trainer.partial_fit(model, X * 1e30, y)
+    np.testing.assert_array_equal(model.parameter_vector(), before)
+    np.testing.assert_array_equal(trainer._state, state)
+    trainer.learning_rate = 0.01
+    assert all(trainer._buffers[key] is buffer for key, buffer in kept[0].items())
+    copy = pickle.loads(pickle.dumps(trainer))
+    assert copy._buffers == {}
+    trainer.partial_fit(model, X[:8], y[:8])       # batch 8: another workspace
+    old_workspace = [buffer for key, buffer in kept[0].items() if key[0] == "workspace"]
+    assert len(old_workspace) == 1 and not any(
+        buffer is old_workspace[0] for buffer in trainer._buffers.values())
+    assert any(key[0] == "workspace" for key in trainer._buffers)
+    trainer.epochs = 2
+    trainer.fit(model, X, y)
+    assert trainer._buffers == {}
+    trainer.partial_fit(model, X, y)
+    trainer.reset()
+    assert trainer._buffers == {}
