@@ -193,6 +193,7 @@ class Trainer:
         key, rows = state.get("_state_key"), state.get("_state")
         if key is not None and rows is not None and rows.shape[0] == 2 and key[1][0] in one_row:
             state["_state"] = np.ascontiguousarray(rows[one_row[key[1][0]]:][:1])
+        state.setdefault("_buffers", {})   # pickled before fits kept their buffers
         self.__dict__.update(state)
 
     def __repr__(self) -> str:

@@ -116,6 +116,29 @@ def test_a_trainer_pickled_with_the_old_two_row_state_resumes_where_it_was(rule,
     for p, q in zip(resumed.weights + resumed.biases, model.weights + model.biases):
         np.testing.assert_array_equal(p, q)
 
+def test_a_trainer_pickled_before_fits_kept_their_buffers_trains_on():
+    """A trainer pickled before one-epoch fits gave their buffers back to it has no
+    `_buffers`: unpickled, its next fits train as a fresh trainer's with the same state."""
+    import pickle
+    rng = np.random.default_rng(0)
+    X, Y = rng.normal(size=(24, 3)), rng.normal(size=(24, 2))
+    model = fastbp.MLP(SIZES, ["tanh", "identity"], dtype="float64", seed=0)
+    trainer = fastbp.Trainer("mse", optimizer="adam", learning_rate=0.05, batch_size=8,
+                             seed=0)
+    trainer.partial_fit(model, X, Y)
+    pickled = pickle.loads(pickle.dumps(trainer)).__getstate__()
+    del pickled["_buffers"]                       # as an older fastbp pickled it
+    old = fastbp.Trainer.__new__(fastbp.Trainer)
+    old.__setstate__(pickled)
+    resumed = fastbp.MLP.from_bytes(model.to_bytes())
+    old.bind(resumed)
+    for _ in range(2):
+        old.partial_fit(resumed, X, Y)
+        trainer.partial_fit(model, X, Y)
+    assert old._buffers
+    np.testing.assert_array_equal(resumed.parameter_vector(), model.parameter_vector())
+
+
 def test_passes_refuse_sizes_that_do_not_fit_the_plan():
     plan, work = _plan()
     params = np.zeros(plan.n_params)
