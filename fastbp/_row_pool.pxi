@@ -28,11 +28,12 @@ cdef enum:
 
 # A helper between two phases of a step spins before it sleeps (for up to
 # wait_spin_seconds): by the time a sleeping one woke, the calling thread would have
-# claimed most of a phase's rows itself. (Not the row-split workers' back-off: a helper
-# waits through the calling thread's serial work, so a long spin that ends asleep says
-# that work was long, not that the cores are taken; docs/performance.md measures it.) A phase follows the previous one within a step's
+# claimed most of a phase's rows itself. A phase follows the previous one within a step's
 # forward or backward pass, well within the spin on the networks a sparse fit trains; a
-# pool left waiting longer (the epoch's end, Python between epochs) sleeps.
+# pool left waiting longer (the epoch's end, Python between epochs) sleeps. Not the
+# row-split workers' back-off: a helper waits through the calling thread's serial work,
+# so a long spin that ends asleep says that work was long, not that the cores are taken
+# (docs/performance.md measures it).
 
 # Tests: the phases the pools ran (run_pool_task calls), and a limit on the threads a pool
 # starts, past which it behaves as when the process is out of threads.
