@@ -1407,3 +1407,18 @@ def test_one_epoch_fits_keep_their_buffers_for_the_next(n_threads, monkeypatch):
     trainer.partial_fit(model, X, y)
     trainer.reset()
     assert trainer._buffers == {}
+
+
+def test_the_partial_fit_benchmark_runs_both_columns(capsys):
+    """bench/partial_fit.py times kept and new buffers through the trainer's own switch."""
+    import importlib.util
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "bench", "partial_fit.py")
+    spec = importlib.util.spec_from_file_location("partial_fit_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.main(["--networks", "20-64-64-1", "--optimizers", "adam", "--rows", "3",
+                "--pairs", "2"])
+    row = capsys.readouterr().out.splitlines()[-1].split("|")
+    assert row[0].split() == ["20-64-64-1", "adam", "3"]
+    assert float(row[1]) > 0 and float(row[2]) > 0 and float(row[3].split()[0]) > 0
