@@ -237,10 +237,12 @@ FBP_MULTIVERSION static void FBP_NAME(fbp_bias_activation)(FBP_T *z, const FBP_T
         case FBP_IDENTITY:
             for (ptrdiff_t j = 0; j < n_cols; j++) row[j] += bias[j];
             break;
-        case FBP_RELU:
+        case FBP_RELU:   /* NaN stays NaN (as max(z, 0) does in NumPy and torch): an
+                            overflow in a hidden layer must reach the loss and the
+                            output's finiteness check, not turn into 0 */
             for (ptrdiff_t j = 0; j < n_cols; j++) {
                 FBP_T v = row[j] + bias[j];
-                row[j] = v > 0 ? v : 0;
+                row[j] = v > 0 || v != v ? v : 0;
             }
             break;
         case FBP_LEAKY_RELU:

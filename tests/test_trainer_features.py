@@ -1385,14 +1385,16 @@ def test_one_epoch_fits_keep_their_buffers_for_the_next(n_threads, monkeypatch):
     assert all(kept[-1][key] is buffer for key, buffer in kept[0].items())
     fresh_model, _, _ = fits(False)
     np.testing.assert_array_equal(model.parameter_vector(), fresh_model.parameter_vector())
-    # a partial_fit that diverges (on its kept buffers) is undone exactly
+    # a partial_fit that diverges (on its kept buffers) is undone exactly: weights of 1e30
+    # times inputs of 1e10 overflow float32 in the first batch's forward pass
+    trained = [w.copy() for w in model.weights]
+    model.weights = [np.full_like(w, 1e30) for w in model.weights]
     before, state = model.parameter_vector(), trainer._state.copy()
-    trainer.learning_rate = 1e30
     with pytest.warns(RuntimeWarning, match="diverged"):
-        trainer.partial_fit(model, X * 1e30, y)
+        trainer.partial_fit(model, X * 1e10, y)
     np.testing.assert_array_equal(model.parameter_vector(), before)
     np.testing.assert_array_equal(trainer._state, state)
-    trainer.learning_rate = 0.01
+    model.weights = trained
     assert all(trainer._buffers[key] is buffer for key, buffer in kept[0].items())
     copy = pickle.loads(pickle.dumps(trainer))
     assert copy._buffers == {}
