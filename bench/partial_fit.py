@@ -4,7 +4,8 @@
     python bench/partial_fit.py --networks 784-512-512-10 --optimizers adam --rows 64 256
 
 One thread (n_threads=1 and the BLAS limit), float32, softmax + categorical
-cross-entropy on random data, batch 32 (or the call's rows if fewer). Each call trains
+cross-entropy on random data (a network named with one output unit trains two: softmax
+needs two classes), batch 32 (or the call's rows if fewer). Each call trains
 one epoch on the same `rows` rows. Two columns, calls alternating in one process: the
 trainer keeping the last call's buffers for the next (the default: its workspace and the
 copies that undo an epoch, docs/performance.md "One-epoch fits keep their memory"), and
