@@ -47,26 +47,56 @@ def chunked(rows=3_000):
     return da.from_array(X_TRAIN, chunks=(rows, -1)), da.from_array(Y_TRAIN, chunks=rows)
 
 
+CLUSTER_CONFIG = {
+    # Room for the deliberate worker kills: a task may be on a dying worker more than once.
+    "distributed.scheduler.allowed-failures": 10,
+    # A killed worker's nanny starts a new one, and LocalCluster closes the nanny of a
+    # worker that has not come back within this time (15 s by default): then it never
+    # comes back. Under the checked build's load in CI a second worker twice did not.
+    "distributed.deploy.lost-worker-timeout": "600s",
+}
+
+
+def start_cluster():
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                       dashboard_address=None, host="127.0.0.1")
+    return cluster, distributed.Client(cluster)
+
+
 @pytest.fixture(scope="module")
-def client():
-    # Room for the deliberate worker kill: a task may be on a dying worker more than once.
-    with dask.config.set({"distributed.scheduler.allowed-failures": 10}):
-        cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                           dashboard_address=None, host="127.0.0.1")
-        client = distributed.Client(cluster)
+def running():
+    """The module's cluster and client, {"cluster": ..., "client": ...} (cluster_client
+    may replace them)."""
+    with dask.config.set(CLUSTER_CONFIG):
+        cluster, client = start_cluster()
+        running = {"cluster": cluster, "client": client}
         try:
-            yield client
+            yield running
         finally:
-            client.close()
-            cluster.close()
+            running["client"].close()
+            running["cluster"].close()
 
 
 @pytest.fixture
-def cluster_client(client):
-    """The module's client, with both workers up (a killed one is restarted by its nanny;
-    on the checked build under CI's load that once took more than 60 s)."""
-    client.wait_for_workers(2, timeout=300)
-    return client
+def cluster_client(running):
+    """The module's client, with both workers up (a killed one is restarted by its nanny).
+    A nanny that has not brought its worker back in 120 s has failed in Dask, not in
+    fastbp: the cluster is started anew, with a warning that shows what its nannies and
+    scheduler said, so that a test after a kill never fails for Dask's restart."""
+    try:
+        running["client"].wait_for_workers(2, timeout=120)
+    except TimeoutError:
+        cluster = running["cluster"]
+        nannies = {name: str(nanny.status) for name, nanny in cluster.workers.items()}
+        scheduler_log = "\n".join(line for _, line in cluster.scheduler.get_logs())
+        warnings.warn(f"test_dask: a killed worker did not come back in 120 s (nannies: "
+                      f"{nannies}); starting the cluster anew. The scheduler's log:\n"
+                      f"{scheduler_log[-4000:]}")
+        running["client"].close()
+        cluster.close()
+        running["cluster"], running["client"] = start_cluster()
+        running["client"].wait_for_workers(2, timeout=300)
+    return running["client"]
 
 
 # ---- fastbp.dask.fit ----
