@@ -11,6 +11,10 @@ Each system predicts the same rows with the same weights (float32, C-contiguous 
   onnxrt   ONNX Runtime on fastbp's own to_onnx file (intra-op threads: --threads)
   torch    nn.Sequential under torch.inference_mode() (if torch is installed)
   numpy    the plain NumPy chain: a = f(a @ W + b) per layer
+  fastbp-sklearn, sklearn   (only when asked for, in --systems) the fitted estimator of
+           fastbp.sklearn and of scikit-learn's neural_network with the same weights:
+           predict_proba (784-128-10), predict (20-64-64-1), what a service serving an
+           estimator or a Pipeline calls
 Every call is timed on its own (perf_counter_ns); the systems take turns in rounds, so
 noise from other work on the machine falls on all of them alike. At each library's default
 threads (--threads 0) a pause comes before each turn (--settle), so that no library's
@@ -94,6 +98,34 @@ def torch_runner(model, threads):
     return run
 
 
+def estimator_runner(model, library):
+    """The network as a fitted scikit-learn-style estimator of `library` ("fastbp":
+    fastbp.sklearn, "sklearn": sklearn.neural_network) with the model's weights: a softmax
+    network's predict_proba, a regression's predict (as a column), as a service that
+    serves an estimator or a Pipeline calls them."""
+    import warnings
+    import numpy as np
+    if library == "fastbp":
+        from fastbp.sklearn import MLPClassifier, MLPRegressor
+    else:
+        from sklearn.neural_network import MLPClassifier, MLPRegressor
+    sizes = model.layer_sizes
+    classifier = model.activations[-1] == "softmax"
+    X = np.random.default_rng(0).standard_normal((2 * sizes[-1], sizes[0])).astype(model.dtype)
+    y = np.arange(len(X)) % sizes[-1] if classifier else X[:, 0]
+    kind = MLPClassifier if classifier else MLPRegressor
+    estimator = kind(hidden_layer_sizes=tuple(sizes[1:-1]), max_iter=1, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")     # one iteration: not converged, on purpose
+        estimator.fit(X, y)
+    for mine, theirs in zip(estimator.coefs_ + estimator.intercepts_,
+                            model.weights + model.biases):
+        mine[...] = theirs
+    if classifier:
+        return estimator.predict_proba
+    return lambda X: estimator.predict(X)[:, None]
+
+
 def runners(model, n_rows, threads, folder, wanted):
     import numpy as np
     out = np.empty((n_rows, model.layer_sizes[-1]), dtype=model.dtype)
@@ -102,7 +134,9 @@ def runners(model, n_rows, threads, folder, wanted):
             "fastbp-out": lambda: (lambda X: model.predict(X, out=out)),
             "onnxrt": lambda: onnx_runner(model, threads, folder),
             "torch": lambda: torch_runner(model, threads),
-            "numpy": lambda: numpy_chain(model)}
+            "numpy": lambda: numpy_chain(model),
+            "fastbp-sklearn": lambda: estimator_runner(model, "fastbp"),
+            "sklearn": lambda: estimator_runner(model, "sklearn")}
     found = {}
     for name in wanted:
         try:

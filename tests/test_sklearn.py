@@ -12,6 +12,7 @@ import re
 import subprocess
 import sys
 import warnings
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -800,6 +801,81 @@ def test_grid_search_regressor():
                         cv=3, n_jobs=1)
     quiet(grid.fit, X, y / y.std())
     assert grid.best_score_ > 0.8
+
+
+# ---- prediction on plain arrays: the same answers without validate_data's cost ------------
+
+def fitted_estimators(dtype):
+    """(name, fitted estimator, its training X) for every kind of target, trained in dtype."""
+    X, binary, multiclass, multilabel, targets = small_data()
+    X = X.astype(dtype)
+    fit = [("binary", MLPClassifier, binary), ("multiclass", MLPClassifier, multiclass),
+           ("multilabel", MLPClassifier, multilabel),
+           ("words", MLPClassifier, np.array(["no", "yes"])[binary]),
+           ("one class", MLPClassifier, np.full(len(X), 7)),
+           ("regression", MLPRegressor, targets[:, 0]), ("two targets", MLPRegressor, targets)]
+    return [(name, quiet(kind(hidden_layer_sizes=(6,), max_iter=5, random_state=0).fit, X, y),
+             X) for name, kind, y in fit]
+
+
+def predictions(estimator, X):
+    return {name: getattr(estimator, name)(X)
+            for name in ("predict", "predict_proba", "predict_log_proba")
+            if hasattr(estimator, name)}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_plain_array_is_predicted_as_through_validate_data(dtype):
+    """predict and predict_proba take a NumPy array of floats with the right width
+    straight to the model (no validate_data): the same values as through it (a list takes
+    that path), for every kind of target, array dtype and memory order; and predict's
+    labels are LabelBinarizer.inverse_transform's, ties and the 0.5 boundary included."""
+    for name, estimator, X in fitted_estimators(dtype):
+        assert estimator.model_.dtype == dtype, name
+        for plain in (X, X.astype(np.float32), X.astype(np.float64), np.asfortranarray(X),
+                      np.repeat(X, 2, axis=0)[::2], X[:1]):
+            reference = predictions(estimator, plain.tolist())
+            for method, values in predictions(estimator, plain).items():
+                expected = reference[method]
+                assert values.dtype == expected.dtype, (name, method)
+                np.testing.assert_array_equal(values, expected, err_msg=f"{name} {method}")
+        with mock.patch("fastbp.sklearn.validate_data", side_effect=AssertionError):
+            predictions(estimator, X)                   # the fast path: no validate_data
+        if name == "two targets" or name == "regression":
+            continue
+        tied = copy.deepcopy(estimator)
+        tied.model_._params[...] = 0        # every output 0.5, or equal to the others
+        for each in (estimator, tied):
+            outputs = each.model_.predict(X)
+            expected = each._label_binarizer.inverse_transform(
+                outputs.ravel() if outputs.shape[1] == 1 else outputs)
+            np.testing.assert_array_equal(each.predict(X), expected, err_msg=name)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
+def test_predicting_a_plain_array_refuses_what_validate_data_refuses():
+    X, y = blobs()
+    for dtype in (np.float32, np.float64):
+        estimator = quiet(MLPClassifier(hidden_layer_sizes=(4,), max_iter=3,
+                                        random_state=0).fit, X.astype(dtype), y)
+        refused = [(np.full((2, 4), np.nan), "Input X contains NaN"),
+                   (np.full((2, 4), np.inf), "Input X contains infinity"),
+                   (np.zeros((0, 4)), "0 sample"),
+                   (np.zeros((2, 3)), "X has 3 features"),
+                   (np.zeros(4), "Expected 2D array")]
+        if dtype == np.float32:     # finite in float64, not in the model's float32
+            refused.append((np.full((1, 4), 1e300), "too large for dtype\\('float32'\\)"))
+        for bad, message in refused:
+            for method in (estimator.predict, estimator.predict_proba):
+                with pytest.raises(ValueError, match=message):
+                    method(bad)
+    with pytest.raises(NotFittedError):
+        MLPClassifier().predict(X)
+    pandas = pytest.importorskip("pandas")
+    named = quiet(MLPClassifier(hidden_layer_sizes=(4,), max_iter=3, random_state=0).fit,
+                  pandas.DataFrame(X, columns=list("abcd")), y)
+    with pytest.warns(UserWarning, match="does not have valid feature names"):
+        named.predict(X)
 
 
 # ---- small float32 properties the estimator checks were relaxed for ----------------------
