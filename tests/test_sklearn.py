@@ -878,6 +878,18 @@ def test_predicting_a_plain_array_refuses_what_validate_data_refuses():
         named.predict(X)
 
 
+def test_the_latency_benchmark_serves_both_estimators_with_the_models_weights():
+    """bench/latency.py's fastbp-sklearn and sklearn systems: estimators given the model's
+    weights compute its outputs (the benchmark checks every system against the model)."""
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "bench", "latency.py"), "--rows", "1", "3",
+         "--systems", "fastbp", "fastbp-sklearn", "sklearn", "--seconds", "0.01",
+         "--rounds", "1"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if "fastbp-sklearn" in line]
+    assert len(lines) == 4 and all(" sklearn " in line for line in lines), result.stdout
+
+
 # ---- small float32 properties the estimator checks were relaxed for ----------------------
 
 def test_predictions_of_subsets_agree_in_float32():
