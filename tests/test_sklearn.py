@@ -482,6 +482,91 @@ def test_partial_fit_refuses_early_stopping_and_other_shapes():
         reg.set_params(hidden_layer_sizes=(5,)).partial_fit(X, y)
 
 
+def partial_fits(make, X, y, chunks, **first):
+    """An estimator after a partial_fit on each chunk of (X, y) in turn (first: the first
+    call's extra arguments), and its parameters after each call."""
+    estimator, trace = make(), []
+    for index, chunk in enumerate(chunks):
+        estimator.partial_fit(X[chunk], y[chunk], **(first if index == 0 else {}))
+        trace.append(np.concatenate([a.ravel() for a in parameters(estimator)]))
+    return estimator, trace
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_partial_fit_on_plain_arrays_trains_as_through_validate_data(dtype):
+    """partial_fit after the first call takes a NumPy array of floats and an array of
+    labels (integers or strings, each in classes_) or of numeric targets straight to the
+    trainer: the same bits after every call as with lists (which take validate_data's
+    path; multi-label targets always do), and validate_data is not called."""
+    X, binary, multiclass, multilabel, targets = small_data()
+    X = X.astype(dtype)
+    chunks = [slice(0, 30), slice(30, 31), slice(31, 60), slice(60, 90)] * 2
+    cases = [("binary", MLPClassifier, binary, {"classes": [0, 1]}),
+             ("multiclass", MLPClassifier, multiclass, {"classes": [0, 1, 2]}),
+             ("words", MLPClassifier, np.array(["cat", "dog", "eel"])[multiclass],
+              {"classes": ["cat", "dog", "eel"]}),
+             ("multilabel", MLPClassifier, multilabel, {"classes": [0, 1, 2]}),
+             ("regression", MLPRegressor, targets[:, 0], {}),
+             ("two targets", MLPRegressor, targets, {}),
+             ("whole targets", MLPRegressor, np.round(targets[:, 0] * 3).astype(int), {})]
+    for name, kind, y, first in cases:
+        def make():
+            return kind(hidden_layer_sizes=(6,), learning_rate_init=0.05, random_state=0)
+        plain, plain_trace = partial_fits(make, X, y, chunks, **first)
+        through = make()
+        through_trace = []
+        for index, chunk in enumerate(chunks):
+            if index == 0:      # (a list would make a float64 model)
+                through.partial_fit(X[chunk], y[chunk], **first)
+            else:
+                through.partial_fit(X[chunk].tolist(), y[chunk].tolist())
+            through_trace.append(np.concatenate([a.ravel() for a in parameters(through)]))
+        for call, (a, b) in enumerate(zip(plain_trace, through_trace)):
+            np.testing.assert_array_equal(a, b, err_msg=f"{name}, call {call}")
+        assert plain.loss_curve_ == through.loss_curve_ and plain.t_ == through.t_, name
+        if name != "multilabel":
+            with mock.patch("fastbp.sklearn.validate_data", side_effect=AssertionError):
+                plain.partial_fit(X[:5], y[:5])         # no validate_data on this path
+
+
+def test_partial_fit_on_plain_arrays_refuses_what_validate_data_refuses():
+    """Each refusal of a partial_fit after the first: scikit-learn's error, and the
+    estimator exactly as it was."""
+    X, y = blobs()
+    X32 = X.astype(np.float32)
+    classifier = MLPClassifier(hidden_layer_sizes=(4,), random_state=0).partial_fit(
+        X32, y, classes=[0, 1, 2])
+    regressor = MLPRegressor(hidden_layer_sizes=(4,), random_state=0).partial_fit(
+        X32, y.astype(float))
+    nan_rows = X.copy()
+    nan_rows[3, 1] = np.nan
+    cases = [
+        (classifier, X, np.where(y == 2, 5, y), "classes not in"),
+        (classifier, X, np.where(y == 2, 0.5, y), "Unknown label type"),
+        (classifier, X, y.astype(str), "classes not in"),
+        (classifier, nan_rows, y, "Input X contains NaN"),
+        (classifier, np.full_like(X, 1e300), y, "too large for dtype\\('float32'\\)"),
+        (classifier, X[:, :3], y, "X has 3 features"),
+        (classifier, X, y[:-1], "inconsistent numbers of samples"),
+        (regressor, X, np.where(y == 2, np.nan, y), "Input y contains NaN"),
+        (regressor, X, np.where(y == 2, 1e300, y), "too large for the model's float32"),
+        (regressor, nan_rows, y.astype(float), "Input X contains NaN"),
+        (regressor, X, np.zeros((len(X), 0)), "0 feature"),
+    ]
+    for estimator, bad_X, bad_y, message in cases:
+        before = pickle.dumps(estimator)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)     # the casts' overflow
+            with pytest.raises(ValueError, match=message):
+                estimator.partial_fit(bad_X, bad_y)
+        assert pickle.dumps(estimator) == before, message
+    with pytest.raises(ValueError, match="cannot be used to seed"):     # a first call
+        clone(classifier).set_params(random_state="seven").partial_fit(X, y, classes=[0, 1, 2])
+    classifier.set_params(random_state="seven")
+    with pytest.raises(ValueError, match="cannot be used to seed"):     # one that goes on
+        classifier.partial_fit(X, y)
+
+
 # ---- warm_start ----------------------------------------------------------------------------
 
 def test_warm_start_continues_from_the_fitted_network():
