@@ -721,7 +721,7 @@ class _BaseMLP(BaseEstimator):
         one row and n_features_in_ columns, for an estimator fitted without feature names
         (with them, an array's missing names draw scikit-learn's warning)."""
         return (type(X) is np.ndarray and X.ndim == 2 and X.dtype.kind == "f"
-                and X.shape[0] >= 1 and X.shape[1] == self.n_features_in_
+                and X.shape[0] >= 1 and X.shape[1] == self.__dict__.get("n_features_in_")
                 and "feature_names_in_" not in self.__dict__)
 
     def _plain_training_rows(self, X, y, dtype, targets_ndim=1):
@@ -733,8 +733,10 @@ class _BaseMLP(BaseEstimator):
         if not (self._plain_rows(X) and type(y) is np.ndarray
                 and 1 <= y.ndim <= targets_ndim and y.shape[0] == X.shape[0]):
             return None
-        with np.errstate(over="ignore"):      # validate_data's own cast warns
-            rows = np.ascontiguousarray(X, dtype=dtype)
+        rows = X
+        if X.dtype != dtype or not X.flags.c_contiguous:
+            with np.errstate(over="ignore"):      # validate_data's own cast warns
+                rows = np.ascontiguousarray(X, dtype=dtype)
         return rows if np.isfinite(rows).all() else None
 
     # ---- the parameters as scikit-learn names them ----
