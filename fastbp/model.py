@@ -203,8 +203,10 @@ class MLP:
         self._predictor = None if kernels == "never" else \
             _core.Predictor(sizes, self._codes, self._params, always=kernels == "always")
         # and past it, on one thread: the general path's plans, kept by chunk rows and the
-        # switches they were chosen under (_kept_plan); new parameters or dtype, new dict
+        # switches they were chosen under (_kept_plan), and the forward passes' of the
+        # general path (_forward_pass); new parameters or dtype, new dicts
         self._kept_plans = {}
+        self._kept_pass_plans = {}
         # Held by a fit: a second fit of the same model from another thread is refused.
         self._training = threading.Lock()
 
@@ -345,30 +347,27 @@ class MLP:
             margin=PASS_OWN_MARGIN if few_rows and not fixed_rows else 1.0))
         return plan, np.empty(plan.work_size * copies if allocate else 0, dtype=self.dtype)
 
-    @contextlib.contextmanager
-    def _chunked_pass(self, n_samples: int, backward=False, n_threads=None, sparse=False):
-        """A plan and workspace for a pass over n_samples rows in chunks, run under
-        n_threads BLAS threads, or the count chosen for a chunk (predict, evaluate,
-        gradients). The plan and the BLAS count are fixed for the whole call. sparse: X is
-        a sparse matrix; its first layer runs in the core's own loops (no BLAS), so the
-        count is chosen for the layers after it."""
-        plan, work, n_threads = self._pass_plan(n_samples, backward, n_threads, sparse)
-        with blas_threads(n_threads):
-            yield plan, work
-
     def _pass_plan(self, n_samples: int, backward=False, n_threads=None, sparse=False,
                    repeated=False) -> tuple:
-        """(plan, workspace, BLAS threads) of _chunked_pass. repeated: the caller runs the
-        pass many times on these rows (_gradient_pass), so a gradients pass's products are
-        measured too (at the chunk's row_bucket, once per bucket and shape: the folds of a
-        cross-validation share it), where a one-off one stays on BLAS."""
+        """(plan, workspace, BLAS threads) of a gradients pass (backward) over n_samples
+        rows in chunks (_pass_rows). repeated: the caller runs the pass many times on these
+        rows (_gradient_pass), so a gradients pass's products are measured too (at the
+        chunk's row_bucket, once per bucket and shape: the folds of a cross-validation
+        share it), where a one-off one stays on BLAS."""
+        rows, n_threads = self._pass_rows(n_samples, backward, n_threads, sparse)
+        plan, work = self._workspace(rows, n_threads=n_threads, few_rows=not backward,
+                                     sparse=sparse, fixed_rows=False, repeated=repeated)
+        return plan, work, n_threads
+
+    def _pass_rows(self, n_samples: int, backward, n_threads, sparse) -> tuple:
+        """(chunk rows, BLAS threads) of a pass over n_samples rows: n_threads (checked), or
+        the count chosen for a chunk. sparse: X is a sparse matrix; its first layer runs in
+        the core's own loops (no BLAS), so the count is chosen for the layers after it."""
         rows = self._chunk_rows(n_samples, sparse)
         n_threads = checked_thread_count(n_threads)
         if n_threads is None:
             n_threads = self._pass_threads(rows, backward, sparse)
-        plan, work = self._workspace(rows, n_threads=n_threads, few_rows=not backward,
-                                     sparse=sparse, fixed_rows=False, repeated=repeated)
-        return plan, work, n_threads
+        return rows, n_threads
 
     def _core_inputs(self, X) -> tuple:
         """(dense X, SparseRows or None): the core's X arguments for a checked X."""
@@ -427,8 +426,7 @@ class MLP:
             with blas_threads(1):
                 _core.predict_on_workers(plan, self._params, work, dense, out, workers)
         else:
-            with self._chunked_pass(X.shape[0], n_threads=n_threads,
-                                    sparse=sparse is not None) as (plan, work):
+            with self._forward_pass(X.shape[0], n_threads, sparse is not None) as (plan, work):
                 _core.predict(plan, self._params, work, dense, out, sparse)
         if not _core.all_finite(out):
             raise ValueError(f"the model's outputs overflow {self.dtype.name} for these inputs "
@@ -470,7 +468,7 @@ class MLP:
 
     def _kept_plan(self, rows: int):
         """(plan, whether it calls BLAS, its KeptPassThreads) for predict's chunks of
-        `rows` rows: made as _chunked_pass makes it, then kept with the model. The key
+        `rows` rows: made as _forward_pass makes it, then kept with the model. The key
         holds what the plan's choices read from the environment, so changing a switch
         makes a new plan; at most KEPT_PLANS are kept (the oldest dropped first)."""
         key = (rows,) + _core.environment_values(PLAN_SWITCHES)
@@ -482,13 +480,42 @@ class MLP:
             # short passes: the few-row path's line (handing pieces over and asking the
             # limits cost microseconds; 20-64-64-1 gains from 256 rows, about 20 us)
             threads = KeptPassThreads(min_seconds=_core.predictor_hold_gil_seconds())
-            kept = plan, not all(isas[0] for isas in forward), threads
-            plans = dict(self._kept_plans)    # a copy: other threads read the dict
-            while len(plans) >= KEPT_PLANS:
-                plans.pop(next(iter(plans)))
-            plans[key] = kept
-            self._kept_plans = plans
+            kept = self._keep("_kept_plans", key,
+                              (plan, not all(isas[0] for isas in forward), threads))
         return kept
+
+    def _keep(self, name, key, kept):
+        """Keep `kept` under `key` in the dict attribute `name` (_kept_plans,
+        _kept_pass_plans: at most KEPT_PLANS each, the oldest dropped first); returns it."""
+        plans = dict(getattr(self, name))    # a copy: other threads read the dict
+        while len(plans) >= KEPT_PLANS:
+            plans.pop(next(iter(plans)))
+        plans[key] = kept
+        setattr(self, name, plans)
+        return kept
+
+    @contextlib.contextmanager
+    def _forward_pass(self, n_samples: int, n_threads=None, sparse=False):
+        """A plan and workspace for a forward pass (predict, evaluate) over n_samples rows
+        in chunks (_pass_rows): the plan kept with the model (_kept_pass_plans, under the
+        chunk rows, one thread or more, dense or sparse X and the switches the plan reads), a new
+        workspace, and BLAS's thread count set only where the pass calls BLAS
+        (Plan.forward_calls_blas): a few sparse rows through small layers call none, and
+        the set-up had been most of such a call."""
+        rows, n_threads = self._pass_rows(n_samples, False, n_threads, sparse)
+        key = ("pass", rows, n_threads == 1, sparse, small_gemm_kernels()) \
+            + _core.environment_values(PLAN_SWITCHES)
+        plan = self._kept_pass_plans.get(key)
+        if plan is None:
+            plan = self._keep("_kept_pass_plans", key, self._workspace(
+                rows, n_threads=n_threads, few_rows=True, sparse=sparse, fixed_rows=False,
+                allocate=False)[0])
+        work = np.empty(plan.work_size, dtype=self.dtype)
+        if plan.forward_calls_blas(n_samples, self.dtype == np.float64):
+            with blas_threads(n_threads):
+                yield plan, work
+        else:
+            yield plan, work
 
     def _predict_workers(self, n_rows: int, n_threads, sparse: bool) -> int:
         """How many threads share predict's chunks (each chunk whole, on one BLAS thread;
@@ -551,8 +578,7 @@ class MLP:
         """(mean loss, predictions) for checked arrays."""
         out = np.empty((X.shape[0], self._layer_sizes[-1]), dtype=self.dtype)
         dense, sparse = self._core_inputs(X)
-        with self._chunked_pass(X.shape[0], n_threads=n_threads,
-                                sparse=sparse is not None) as (plan, work):
+        with self._forward_pass(X.shape[0], n_threads, sparse is not None) as (plan, work):
             value = _core.evaluate(plan, _core.Hyperparameters(loss.code, loss.parameter),
                                    self._params, work, dense, targets, out, sparse)
         return float(value), out

@@ -207,6 +207,98 @@ def test_a_pass_sets_blas_threads_only_where_they_differ(monkeypatch, found):
         + ([] if default == found else [default, found])
 
 
+def own_forward(n_layers, layers):
+    """Plan product_isas with the forward product of the given weight layers (1-based)
+    in the own AVX2 kernels, for both dtypes; every other product on BLAS."""
+    isas = [0] * (6 * n_layers)
+    for dtype in (0, 1):
+        for layer in layers:
+            isas[(dtype * n_layers + layer - 1) * 3] = _core.KERNEL_ISAS["avx2"]
+    return isas
+
+
+@pytest.mark.parametrize("in_double", [False, True])
+def test_forward_calls_blas_follows_the_forward_products_rule(in_double):
+    """Plan.forward_calls_blas: whether a forward pass over n rows, in chunks of the
+    plan's capacity (the last one shorter), gives BLAS any product: not a sparse X's first
+    layer, not a product of few enough rows for the few-row kernels (forced here), not
+    one in the own kernels."""
+    relu, identity = _core.ACTIVATION_CODES["relu"], _core.ACTIVATION_CODES["identity"]
+
+    def calls(capacity, rows, layer_sizes=(6, 5, 4), activations=(relu, identity),
+              **options):
+        plan = _core.Plan(list(layer_sizes), list(activations), capacity, **options)
+        return [plan.forward_calls_blas(n, in_double) for n in rows]
+    assert calls(4, range(1, 10)) == [True] * 9                        # BLAS throughout
+    # few-row kernels up to 3 rows: chunks of 4 (and a last one of 1 to 3) from 5 rows
+    assert calls(4, range(1, 10), few_rows=3, few_rows_always=True) == \
+        [False, False, False, True, True, True, True, True, True]
+    # chunks of 2 rows: every chunk, the last one of 1 included, in the few-row kernels
+    assert calls(2, range(1, 8), few_rows=2, few_rows_always=True) == [False] * 7
+    # the own kernels take the second layer's product only: the first's is BLAS's
+    assert calls(8, [1, 9], product_isas=own_forward(2, [2])) == [True, True]
+    assert calls(8, [1, 9], product_isas=own_forward(2, [1, 2])) == [False, False]
+    # a sparse X: its first layer is the sparse product, the second BLAS's or the own
+    assert calls(8, [1, 20], sparse_input=True) == [True, True]
+    assert calls(8, [1, 20], sparse_input=True,
+                 product_isas=own_forward(2, [2])) == [False, False]
+    assert calls(8, [1, 20], layer_sizes=(6, 5), activations=(relu,),
+                 sparse_input=True) == [False, False]
+    with pytest.raises(ValueError, match="n_rows"):
+        calls(4, [0])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_forward_pass_without_blas_products_never_touches_blas_threads(monkeypatch,
+                                                                         dtype):
+    """predict and evaluate of a sparse X (the general path) keep their plan with the
+    model, and set BLAS's thread count only where the pass gives BLAS a product; the bits
+    are those of a plan made for the call (the pass as it was)."""
+    import scipy.sparse as sp
+    rng = np.random.default_rng(8)
+    dense = rng.standard_normal((70, 300)) * (rng.random((70, 300)) < 0.05)
+    Y = np.eye(6)[rng.integers(0, 6, 70)].astype(dtype)
+
+    def refuse(n_threads):
+        raise AssertionError("blas_threads was entered")
+
+    for few_rows, kernels, sizes, entered, counts in [
+            ("1", "auto", [300, 16, 6], False, (1, 7, 64)),   # the few-row kernels
+            ("0", "blas", [300, 16, 6], True, (1, 7, 70)),    # the second layer on BLAS
+            ("0", "blas", [300, 6], False, (1, 7, 70)),       # the sparse product alone
+            ("0", "own", [300, 16, 6], False, (1, 7, 70))]:   # the own kernels
+        monkeypatch.setenv(model_module.FEW_ROWS_VARIABLE, few_rows)
+        monkeypatch.setenv("FASTBP_KERNELS", kernels)
+        model = fastbp.MLP(sizes, ["relu"] * (len(sizes) - 2) + ["softmax"], dtype=dtype,
+                           seed=3)
+        expected = {}
+        for rows in counts:
+            X = sp.csr_matrix(dense[:rows].astype(dtype))
+            plan, work, n_threads = model._pass_plan(rows, n_threads=1, sparse=True)
+            expected[rows] = np.empty((rows, sizes[-1]), dtype=dtype)
+            with model_module.blas_threads(n_threads):
+                _core.predict(plan, model._params, work, np.empty((0, 0), dtype),
+                              expected[rows], model._inputs(X))
+        with monkeypatch.context() as patched:
+            patched.setattr(model_module, "blas_threads", refuse)
+            for rows in counts:
+                X = sp.csr_matrix(dense[:rows].astype(dtype))
+                for call in (lambda: model.predict(X, n_threads=1),
+                             lambda: model.evaluate(X, Y[:rows], "cce", n_threads=1)):
+                    if entered:
+                        with pytest.raises(AssertionError, match="blas_threads"):
+                            call()
+                    else:
+                        call()
+                if not entered:
+                    np.testing.assert_array_equal(model.predict(X, n_threads=1),
+                                                  expected[rows])
+        for rows in counts:          # with BLAS's count set where it was needed
+            X = sp.csr_matrix(dense[:rows].astype(dtype))
+            np.testing.assert_array_equal(model.predict(X, n_threads=1), expected[rows])
+        assert len(model._kept_pass_plans) == 3     # chunks of each row count, kept
+
+
 def test_predict_reads_the_live_parameters_every_call(monkeypatch):
     model = make([5, 6, 2], ["relu", "identity"], "float32", monkeypatch)
     X = np.ones((1, 5), np.float32)
