@@ -1594,6 +1594,102 @@ cdef int check_pass(str caller, const PlanData* plan, Py_ssize_t n_params,
     return 0
 
 
+ctypedef fused csr_index:     # a CSR matrix's index arrays: scipy's int32, or np.intp
+    int
+    Py_ssize_t
+
+
+cdef bint plain_csr(const floating* values, const csr_index* indices,
+                    const csr_index* indptr, Py_ssize_t n_rows, Py_ssize_t n_columns,
+                    Py_ssize_t nnz, Py_ssize_t* indices_out,
+                    Py_ssize_t* indptr_out) noexcept nogil:
+    """plain_sparse_rows's checks of the rows (indptr from 0, never decreasing, up to nnz;
+    every row's columns in 0..n_columns-1 and not decreasing; finite values), with the
+    index arrays widened into indices_out and indptr_out when they are not NULL."""
+    cdef Py_ssize_t r, k, previous
+    if indptr[0] != 0:
+        return False
+    for r in range(n_rows):
+        if indptr[r + 1] < indptr[r] or indptr[r + 1] > nnz:
+            return False
+        previous = 0
+        for k in range(indptr[r], indptr[r + 1]):
+            if indices[k] < previous or indices[k] >= n_columns or not isfinite(values[k]):
+                return False
+            previous = indices[k]
+    if indptr_out != NULL:
+        for r in range(n_rows + 1):
+            indptr_out[r] = indptr[r]
+        for k in range(nnz):
+            indices_out[k] = indices[k]
+    return True
+
+
+def plain_sparse_rows(values, indices, indptr, Py_ssize_t n_rows, Py_ssize_t n_columns,
+                      dtype):
+    """SparseRows of a CSR matrix's arrays (n_rows rows, n_columns columns) when they need
+    nothing but their int32 indices widened: values a 1-D aligned C-contiguous array of
+    `dtype` (float32 or float64), indices and indptr such arrays of one type, int32 or
+    np.intp; indptr of n_rows + 1 entries from 0, never decreasing, ending within both
+    arrays; every row's columns in range and sorted (repeats allowed); the values
+    finite. Else None: fastbp._validation.as_sparse_rows then converts, sorts or says
+    what is wrong. The same arrays as that path makes, in one compiled pass."""
+    cdef const float[::1] values32
+    cdef const double[::1] values64
+    cdef const int[::1] indices32, indptr32
+    cdef const Py_ssize_t[::1] indices64, indptr64
+    cdef Py_ssize_t[::1] indices_out, indptr_out
+    cdef Py_ssize_t nnz
+    cdef bint plain
+    for array in (values, indices, indptr):
+        if type(array) is not np.ndarray or array.ndim != 1 \
+                or not (array.flags.c_contiguous and array.flags.aligned):
+            return None
+    if values.dtype != dtype or indices.dtype != indptr.dtype \
+            or indptr.shape[0] != n_rows + 1 or n_columns < 1:
+        return None
+    if indptr.dtype == np.intp:
+        indptr64, indices64 = indptr, indices
+        nnz = indptr64[n_rows]
+    elif indptr.dtype == np.int32:
+        indptr32, indices32 = indptr, indices
+        nnz = indptr32[n_rows]
+    else:
+        return None
+    if not 0 <= nnz <= min(indices.shape[0], values.shape[0]):
+        return None
+    values, indices = values[:nnz], indices[:nnz]
+    if nnz == 0:
+        values32 = np.zeros(1, np.float32)     # (the loops read no value)
+        values64 = np.zeros(1, np.float64)
+        indices32 = np.zeros(1, np.int32)
+        indices64 = np.zeros(1, np.intp)
+    elif dtype == np.float32:
+        values32 = values
+    elif dtype == np.float64:
+        values64 = values
+    else:
+        return None
+    if indptr.dtype == np.intp:
+        if dtype == np.float32:
+            plain = plain_csr(&values32[0], &indices64[0], &indptr64[0], n_rows, n_columns,
+                              nnz, NULL, NULL)
+        else:
+            plain = plain_csr(&values64[0], &indices64[0], &indptr64[0], n_rows, n_columns,
+                              nnz, NULL, NULL)
+    else:
+        indices, indptr = np.empty(max(nnz, 1), np.intp), np.empty(n_rows + 1, np.intp)
+        indices_out, indptr_out = indices, indptr
+        if dtype == np.float32:
+            plain = plain_csr(&values32[0], &indices32[0], &indptr32[0], n_rows, n_columns,
+                              nnz, &indices_out[0], &indptr_out[0])
+        else:
+            plain = plain_csr(&values64[0], &indices32[0], &indptr32[0], n_rows, n_columns,
+                              nnz, &indices_out[0], &indptr_out[0])
+        indices = indices[:nnz]
+    return SparseRows(values, indices, indptr, n_columns) if plain else None
+
+
 cdef SparseBatch* sparse_input(str caller, const PlanData* plan, SparseRows sparse,
                               bint double_precision, SparseBatch* batch) except? NULL:
     """The SparseBatch of a pass's X: NULL for dense X (refused by a plan for sparse X,

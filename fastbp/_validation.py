@@ -115,6 +115,11 @@ def as_sparse_rows(data, name: str, dtype: np.dtype, n_columns: int):
                          f"{n_columns}")
     if data.format != "csr":
         data = data.tocsr()   # the one copy a CSC or COO matrix costs
+    # the usual case, checked and widened in one compiled pass; anything else below
+    plain = _core.plain_sparse_rows(data.data, data.indices, data.indptr, shape[0],
+                                    n_columns, dtype)
+    if plain is not None:
+        return plain
     values, indices, indptr = data.data, data.indices, data.indptr
     if values.dtype.kind not in NUMERIC_KINDS:
         raise TypeError(f"{name} must hold numbers; got a sparse matrix of dtype "

@@ -780,3 +780,78 @@ def test_fits_on_sparse_input_warn_about_nothing():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         fastbp.Trainer("cce", epochs=1, batch_size=8, seed=0).fit(model_for(X), X, y)
+
+
+def csr_arrays(case, dtype):
+    """(values, indices, indptr, n_rows, n_columns) of a 4 x 6 CSR matrix, plain or with
+    one irregularity (`case`), for plain_sparse_rows and as_sparse_rows."""
+    values = np.array([1.5, -2.0, 0.25, 3.0, 4.0, -1.0], dtype=dtype)
+    indices = np.array([0, 4, 2, 2, 5, 1], dtype=np.int32)
+    indptr = np.array([0, 2, 2, 5, 6], dtype=np.int32)      # row 1 empty; row 2 repeats 2
+    if case == "int64":
+        indices, indptr = indices.astype(np.intp), indptr.astype(np.intp)
+    elif case == "empty":
+        values, indices, indptr = values[:0], indices[:0], np.zeros(5, np.int32)
+    elif case == "stored past nnz":
+        values, indices = np.append(values, 9.0).astype(dtype), np.append(indices, 3)
+        indices = indices.astype(np.int32)
+    elif case == "unsorted":
+        indices[:2] = indices[1::-1]
+    elif case == "column past the width":
+        indices[3] = 6
+    elif case == "negative column":
+        indices[0] = -1
+    elif case == "indptr from 1":
+        indptr[0] = 1
+    elif case == "indptr decreasing":
+        indptr[2] = 1
+    elif case == "indptr past the arrays":
+        indptr[-1] = 7
+    elif case in ("nan", "inf"):
+        values[4] = np.nan if case == "nan" else np.inf
+    elif case == "other value dtype":
+        values = values.astype(np.float64 if dtype == np.float32 else np.float32)
+    elif case == "uint32 indices":
+        indices, indptr = indices.astype(np.uint32), indptr.astype(np.uint32)
+    elif case == "mixed index types":
+        indptr = indptr.astype(np.intp)
+    elif case == "strided values":
+        values = np.repeat(values, 2)[::2]
+    return values, indices, indptr, 4, 6
+
+
+PLAIN_CASES = ["plain", "int64", "empty", "stored past nnz"]
+OTHER_CASES = ["unsorted", "column past the width", "negative column", "indptr from 1",
+               "indptr decreasing", "indptr past the arrays", "nan", "inf",
+               "other value dtype", "uint32 indices", "mixed index types", "strided values"]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", PLAIN_CASES + OTHER_CASES)
+def test_plain_csr_arrays_are_checked_in_one_pass_as_the_general_checks_do(monkeypatch,
+                                                                           dtype, case):
+    """_core.plain_sparse_rows takes the plain CSR matrices (sorted in-range columns,
+    finite values of the model's dtype, int32 or np.intp indices) and gives the arrays
+    as_sparse_rows's general checks give; anything else it leaves to those checks (None),
+    which convert, sort or refuse it with the same error as before."""
+    from fastbp import _validation
+    values, indices, indptr, n_rows, n_columns = csr_arrays(case, dtype)
+    plain = _core.plain_sparse_rows(values, indices, indptr, n_rows, n_columns,
+                                    np.dtype(dtype))
+    assert (plain is not None) == (case in PLAIN_CASES), case
+    matrix = scipy.sparse.csr_matrix((n_rows, n_columns), dtype=dtype)
+    matrix.data, matrix.indices, matrix.indptr = values, indices, indptr   # not checked
+
+    def checked():
+        try:
+            rows = _validation.as_sparse_rows(matrix, "X", np.dtype(dtype), n_columns)
+        except (ValueError, TypeError) as error:
+            return type(error), str(error)
+        return [(array.dtype, array.tolist()) for array in (rows.data, rows.indices,
+                                                            rows.indptr)]
+    fast = checked()
+    monkeypatch.setattr(_core, "plain_sparse_rows", lambda *arguments: None)
+    assert fast == checked(), case
+    if plain is not None:
+        assert [(array.dtype, array.tolist()) for array in
+                (plain.data, plain.indices, plain.indptr)] == fast
