@@ -37,7 +37,7 @@ except ImportError as error:          # pragma: no cover (tested in a subprocess
 from fastbp import _core, losses, optimizers, schedules
 from fastbp.callbacks import Callback
 from fastbp.model import ACTIVATIONS, INITS, MLP
-from fastbp._validation import as_row_weights
+from fastbp._validation import as_row_weights, is_sparse
 from fastbp.trainer import Trainer
 
 if tuple(int(part) for part in re.findall(r"\d+", sklearn.__version__)[:2]) < (1, 6):
@@ -697,13 +697,10 @@ class _BaseMLP(BaseEstimator):
         dtype; float64 when `as_float64` (what scikit-learn's estimators return)."""
         model = self.__dict__.get("model_")
         outputs = None
-        if model is not None and self._plain_rows(X):
+        rows = None if model is None else self._plain_input(X, model.dtype)
+        if rows is not None:
             # What validate_data would hand on, without its 60-150 us a call (a one-row
             # predict takes a few): on any error, the slow path below raises its own.
-            rows = X
-            if X.dtype != model.dtype or not X.flags.c_contiguous:
-                with np.errstate(over="ignore"):      # validate_data's own cast warns
-                    rows = np.ascontiguousarray(X, dtype=model.dtype)
             try:
                 outputs = model.predict(rows)
             except ValueError:
@@ -714,6 +711,23 @@ class _BaseMLP(BaseEstimator):
                               accept_sparse="csr")
             outputs = self.model_.predict(X)
         return outputs.astype(np.float64, copy=False) if as_float64 else outputs
+
+    def _plain_input(self, X, dtype):
+        """X as validate_data(self, X, reset=False, dtype=dtype, order="C",
+        accept_sparse="csr") would hand it on, where that would only convert it: plain rows
+        (_plain_rows) in `dtype` and C order, or a CSR matrix or array of floats of that
+        shape as it is (fastbp reads its values in `dtype`, rounded as validate_data's
+        copy would be); else None."""
+        if self._plain_rows(X):
+            if X.dtype != dtype or not X.flags.c_contiguous:
+                with np.errstate(over="ignore"):      # validate_data's own cast warns
+                    return np.ascontiguousarray(X, dtype=dtype)
+            return X
+        if is_sparse(X) and X.format == "csr" and X.dtype.kind == "f" and X.ndim == 2 \
+                and X.shape[0] >= 1 and X.shape[1] == self.__dict__.get("n_features_in_") \
+                and "feature_names_in_" not in self.__dict__:
+            return X
+        return None
 
     def _plain_rows(self, X) -> bool:
         """X is a matrix that validate_data(self, X, reset=False) would only convert to the
@@ -733,10 +747,7 @@ class _BaseMLP(BaseEstimator):
         if not (self._plain_rows(X) and type(y) is np.ndarray
                 and 1 <= y.ndim <= targets_ndim and y.shape[0] == X.shape[0]):
             return None
-        rows = X
-        if X.dtype != dtype or not X.flags.c_contiguous:
-            with np.errstate(over="ignore"):      # validate_data's own cast warns
-                rows = np.ascontiguousarray(X, dtype=dtype)
+        rows = self._plain_input(X, dtype)
         return rows if np.isfinite(rows).all() else None
 
     # ---- the parameters as scikit-learn names them ----

@@ -16,6 +16,7 @@ from unittest import mock
 
 import numpy as np
 import pytest
+import scipy.sparse
 
 pytest.importorskip("sklearn")
 
@@ -911,10 +912,11 @@ def predictions(estimator, X):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_a_plain_array_is_predicted_as_through_validate_data(dtype):
-    """predict and predict_proba take a NumPy array of floats with the right width
-    straight to the model (no validate_data): the same values as through it (a list takes
-    that path), for every kind of target, array dtype and memory order; and predict's
-    labels are LabelBinarizer.inverse_transform's, ties and the 0.5 boundary included."""
+    """predict and predict_proba take a NumPy array of floats with the right width, or a
+    CSR matrix or array of floats, straight to the model (no validate_data): the same
+    values as through it (a list takes that path; a CSR matrix is sent there by hand), for
+    every kind of target, dtype and memory order; and predict's labels are
+    LabelBinarizer.inverse_transform's, ties and the 0.5 boundary included."""
     for name, estimator, X in fitted_estimators(dtype):
         assert estimator.model_.dtype == dtype, name
         for plain in (X, X.astype(np.float32), X.astype(np.float64), np.asfortranarray(X),
@@ -924,8 +926,19 @@ def test_a_plain_array_is_predicted_as_through_validate_data(dtype):
                 expected = reference[method]
                 assert values.dtype == expected.dtype, (name, method)
                 np.testing.assert_array_equal(values, expected, err_msg=f"{name} {method}")
+        for sparse in (scipy.sparse.csr_matrix(X), scipy.sparse.csr_array(X[:3]),
+                       scipy.sparse.csr_matrix(X.astype(np.float32)),
+                       scipy.sparse.csr_matrix(X.astype(np.float64))):
+            fast = predictions(estimator, sparse)
+            with mock.patch.object(type(estimator), "_plain_input", return_value=None):
+                through = predictions(estimator, sparse)        # validate_data's path
+            for method, values in fast.items():
+                assert values.dtype == through[method].dtype, (name, method)
+                np.testing.assert_array_equal(values, through[method],
+                                              err_msg=f"{name} {method} sparse")
         with mock.patch("fastbp.sklearn.validate_data", side_effect=AssertionError):
             predictions(estimator, X)                   # the fast path: no validate_data
+            predictions(estimator, scipy.sparse.csr_matrix(X))
         if name == "two targets" or name == "regression":
             continue
         tied = copy.deepcopy(estimator)
@@ -944,6 +957,9 @@ def test_predicting_a_plain_array_refuses_what_validate_data_refuses():
         estimator = quiet(MLPClassifier(hidden_layer_sizes=(4,), max_iter=3,
                                         random_state=0).fit, X.astype(dtype), y)
         refused = [(np.full((2, 4), np.nan), "Input X contains NaN"),
+                   (scipy.sparse.csr_matrix(np.full((2, 4), np.nan)), "Input X contains NaN"),
+                   (scipy.sparse.csr_matrix((0, 4)), "0 sample"),
+                   (scipy.sparse.csr_matrix((2, 3)), "X has 3 features"),
                    (np.full((2, 4), np.inf), "Input X contains infinity"),
                    (np.zeros((0, 4)), "0 sample"),
                    (np.zeros((2, 3)), "X has 3 features"),
