@@ -5,6 +5,8 @@
     python bench/latency.py --rows 1 8 --networks 20-64-64-1 --seconds 0.5
     python bench/latency.py --concurrent 8         # one model, 8 threads: total rate
     python bench/latency.py --concurrent 8 --hold-gil-us 0 5 20   # GIL kept under each
+    python bench/latency.py --sparse 27 --networks 100000-256-20 --rows 1 8 64 512 \
+        --systems fastbp fastbp-sklearn sklearn numpy              # CSR rows, S1's width
 
 Each system predicts the same rows with the same weights (float32, C-contiguous input):
   fastbp   model.predict(X)              fastbp-out  model.predict(X, out=buffer)
@@ -40,7 +42,30 @@ def _limit_threads(threads):
 NETWORKS = {
     "784-128-10": ([784, 128, 10], ["relu", "softmax"]),
     "20-64-64-1": ([20, 64, 64, 1], ["relu", "relu", "identity"]),
+    # S1's network (bench/sparse_input.py): for --sparse, never dense (a dense row is
+    # 400 kB)
+    "100000-256-20": ([100000, 256, 20], ["relu", "softmax"]),
 }
+DEFAULT_NETWORKS = ["784-128-10", "20-64-64-1"]
+DENSE_ONLY = ("onnxrt", "torch")       # peers that take no scipy.sparse input
+
+
+def inputs(n_rows, n_columns, sparse):
+    """The rows every system predicts: float32, C-contiguous; with `sparse` stored values a
+    row (columns drawn at random, fixed seed), a CSR matrix of them."""
+    import numpy as np
+    rng = np.random.default_rng(1)
+    if not sparse:
+        return rng.standard_normal((n_rows, n_columns)).astype(np.float32)
+    import scipy.sparse
+    per_row = min(sparse, n_columns)
+    columns = np.sort(np.stack([rng.choice(n_columns, per_row, replace=False)
+                                for _ in range(n_rows)]), axis=1).ravel()
+    values = rng.standard_normal(n_rows * per_row).astype(np.float32)
+    return scipy.sparse.csr_matrix(
+        (values, columns.astype(np.int32), np.arange(0, n_rows * per_row + 1, per_row,
+                                                     dtype=np.int32)),
+        shape=(n_rows, n_columns))
 
 
 def numpy_chain(model):
@@ -231,7 +256,10 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=1,
                         help="threads for every library (0: each library's default)")
     parser.add_argument("--rows", type=int, nargs="+", default=[1, 8, 64, 512, 4096])
-    parser.add_argument("--networks", nargs="+", default=list(NETWORKS), choices=NETWORKS)
+    parser.add_argument("--networks", nargs="+", default=DEFAULT_NETWORKS, choices=NETWORKS)
+    parser.add_argument("--sparse", type=int, default=0, metavar="NNZ",
+                        help="X as a CSR matrix of NNZ stored values a row (scipy.sparse; "
+                             "onnxrt and torch, which take dense input only, are left out)")
     parser.add_argument("--systems", nargs="+",
                         default=["fastbp", "fastbp-out", "onnxrt", "torch", "numpy"])
     parser.add_argument("--seconds", type=float, default=1.0,
@@ -283,15 +311,17 @@ def main(argv=None):
         return
 
     print(f"# threads: {args.threads or 'default'}; times per call in us: median (p99); "
-          f"x: median / fastbp's median")
+          f"x: median / fastbp's median"
+          + (f"; X: CSR, {args.sparse} stored values a row" if args.sparse else ""))
     with tempfile.TemporaryDirectory() as folder:
         for network in args.networks:
             sizes, activations = NETWORKS[network]
             model = fastbp.MLP(sizes, activations, dtype="float32", seed=0)
             for n_rows in args.rows:
-                X = np.random.default_rng(1).standard_normal((n_rows, sizes[0])).astype(
-                    np.float32)
-                run_of = runners(model, n_rows, args.threads, folder, args.systems)
+                X = inputs(n_rows, sizes[0], args.sparse)
+                wanted = [name for name in args.systems
+                          if not (args.sparse and name in DENSE_ONLY)]
+                run_of = runners(model, n_rows, args.threads, folder, wanted)
                 reference = model.predict(X)
                 for name, run in run_of.items():   # every system computes the same thing
                     np.testing.assert_allclose(run(X), reference, rtol=1e-4, atol=1e-5,

@@ -265,20 +265,22 @@ cdef class Plan:
                              for p in range(3)) for l in range(self.data.n_layers)]
                 for d, name in enumerate(("float32", "float64"))}
 
-    def forward_calls_blas(self, Py_ssize_t n_rows, bint in_double):
+    def forward_calls_blas(self, Py_ssize_t n_rows, bint in_double, bint or_own=False):
         """Whether a forward pass (predict, evaluate: forward_in_chunks) over n_rows rows
         in this plan's chunks calls BLAS, in float64 or float32: whether any chunk has a
         product that forward_product gives BLAS (not a sparse X's first layer, the few-row
-        kernels or the own kernels). A pass that calls none needs no BLAS thread count."""
+        kernels or the own kernels). A pass that calls none needs no BLAS thread count.
+        or_own: the own kernels count too (a pass for which this is False runs the same
+        kernels whatever its thread count: the own kernels are chosen per count)."""
         if n_rows < 1:
             raise ValueError(f"forward_calls_blas: n_rows is {n_rows}; it must be >= 1")
         cdef Py_ssize_t full = min(n_rows, self.data.capacity)
         cdef Py_ssize_t last = n_rows % self.data.capacity if n_rows > full else 0
         if in_double:
-            return forward_blas_rows(&self.data, full, <double*>NULL) or (
-                last > 0 and forward_blas_rows(&self.data, last, <double*>NULL))
-        return forward_blas_rows(&self.data, full, <float*>NULL) or (
-            last > 0 and forward_blas_rows(&self.data, last, <float*>NULL))
+            return forward_blas_rows(&self.data, full, <double*>NULL, or_own) or (
+                last > 0 and forward_blas_rows(&self.data, last, <double*>NULL, or_own))
+        return forward_blas_rows(&self.data, full, <float*>NULL, or_own) or (
+            last > 0 and forward_blas_rows(&self.data, last, <float*>NULL, or_own))
 
     @property
     def gemm_chunks(self):
@@ -771,17 +773,17 @@ cdef inline bint few_rows_here(const PlanData* plan, const floating* W, Py_ssize
                                    or fbp_few_rows_faster(W, m, n_in, n_out))
 
 
-cdef bint forward_blas_rows(const PlanData* plan, Py_ssize_t m,
-                            const floating* like) noexcept nogil:
-    """True if forward_product gives BLAS a product of m rows for some layer (elements
-    like *like: its type only)."""
+cdef bint forward_blas_rows(const PlanData* plan, Py_ssize_t m, const floating* like,
+                            bint or_own) noexcept nogil:
+    """True if forward_product gives BLAS (or_own: BLAS or the own kernels) a product of
+    m rows for some layer (elements like *like: its type only)."""
     cdef int l
     for l in range(1, plan.n_layers + 1):
         if l == 1 and plan.sparse_input:        # the sparse product, fastbp's own loop
             continue
         if few_rows_here(plan, like, m, plan.sizes[l - 1], plan.sizes[l]):
             continue
-        if product_isa(plan, l, FORWARD_PRODUCT, like):
+        if not or_own and product_isa(plan, l, FORWARD_PRODUCT, like):
             continue
         return True
     return False

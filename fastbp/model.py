@@ -350,24 +350,19 @@ class MLP:
     def _pass_plan(self, n_samples: int, backward=False, n_threads=None, sparse=False,
                    repeated=False) -> tuple:
         """(plan, workspace, BLAS threads) of a gradients pass (backward) over n_samples
-        rows in chunks (_pass_rows). repeated: the caller runs the pass many times on these
-        rows (_gradient_pass), so a gradients pass's products are measured too (at the
-        chunk's row_bucket, once per bucket and shape: the folds of a cross-validation
-        share it), where a one-off one stays on BLAS."""
-        rows, n_threads = self._pass_rows(n_samples, backward, n_threads, sparse)
-        plan, work = self._workspace(rows, n_threads=n_threads, few_rows=not backward,
-                                     sparse=sparse, fixed_rows=False, repeated=repeated)
-        return plan, work, n_threads
-
-    def _pass_rows(self, n_samples: int, backward, n_threads, sparse) -> tuple:
-        """(chunk rows, BLAS threads) of a pass over n_samples rows: n_threads (checked), or
-        the count chosen for a chunk. sparse: X is a sparse matrix; its first layer runs in
-        the core's own loops (no BLAS), so the count is chosen for the layers after it."""
+        rows in chunks, run under n_threads BLAS threads, or the count chosen for a chunk.
+        sparse: X is a sparse matrix; its first layer runs in the core's own loops (no
+        BLAS), so the count is chosen for the layers after it. repeated: the caller runs
+        the pass many times on these rows (_gradient_pass), so a gradients pass's products
+        are measured too (at the chunk's row_bucket, once per bucket and shape: the folds
+        of a cross-validation share it), where a one-off one stays on BLAS."""
         rows = self._chunk_rows(n_samples, sparse)
         n_threads = checked_thread_count(n_threads)
         if n_threads is None:
             n_threads = self._pass_threads(rows, backward, sparse)
-        return rows, n_threads
+        plan, work = self._workspace(rows, n_threads=n_threads, few_rows=not backward,
+                                     sparse=sparse, fixed_rows=False, repeated=repeated)
+        return plan, work, n_threads
 
     def _core_inputs(self, X) -> tuple:
         """(dense X, SparseRows or None): the core's X arguments for a checked X."""
@@ -426,7 +421,8 @@ class MLP:
             with blas_threads(1):
                 _core.predict_on_workers(plan, self._params, work, dense, out, workers)
         else:
-            with self._forward_pass(X.shape[0], n_threads, sparse is not None) as (plan, work):
+            plan, work, context = self._forward_pass(X.shape[0], n_threads, sparse is not None)
+            with context:
                 _core.predict(plan, self._params, work, dense, out, sparse)
         if not _core.all_finite(out):
             raise ValueError(f"the model's outputs overflow {self.dtype.name} for these inputs "
@@ -494,15 +490,33 @@ class MLP:
         setattr(self, name, plans)
         return kept
 
-    @contextlib.contextmanager
-    def _forward_pass(self, n_samples: int, n_threads=None, sparse=False):
-        """A plan and workspace for a forward pass (predict, evaluate) over n_samples rows
-        in chunks (_pass_rows): the plan kept with the model (_kept_pass_plans, under the
-        chunk rows, one thread or more, dense or sparse X and the switches the plan reads), a new
-        workspace, and BLAS's thread count set only where the pass calls BLAS
-        (Plan.forward_calls_blas): a few sparse rows through small layers call none, and
-        the set-up had been most of such a call."""
-        rows, n_threads = self._pass_rows(n_samples, False, n_threads, sparse)
+    def _forward_pass(self, n_samples: int, n_threads=None, sparse=False) -> tuple:
+        """(plan, workspace, context to run it under) for a forward pass (predict,
+        evaluate) over n_samples rows in chunks, on the threads _pass_plan takes. The plan is kept with the
+        model (_kept_pass_plans, under the chunk rows, one thread or more, dense or sparse
+        X and the switches it reads); the context sets BLAS's thread count only where the
+        pass calls BLAS (Plan.forward_calls_blas). A default pass whose products all run
+        in the few-row kernels (and a sparse X's product) takes no thread choice: it runs
+        the same kernels on any count. Few sparse rows through small layers are such a
+        pass, and their set-up had been most of the call."""
+        rows = self._chunk_rows(n_samples, sparse)
+        n_threads = checked_thread_count(n_threads)
+        double = self.dtype == np.float64
+        if n_threads is None:
+            plan = self._kept_pass_plan(rows, 1, sparse)
+            if plan.forward_calls_blas(n_samples, double, or_own=True):
+                n_threads = self._pass_threads(rows, False, sparse)
+            else:
+                n_threads = 1
+        plan = self._kept_pass_plan(rows, n_threads, sparse)
+        work = np.empty(plan.work_size, dtype=self.dtype)
+        if plan.forward_calls_blas(n_samples, double):
+            return plan, work, blas_threads(n_threads)
+        return plan, work, contextlib.nullcontext()
+
+    def _kept_pass_plan(self, rows: int, n_threads: int, sparse: bool):
+        """_forward_pass's plan for chunks of `rows` rows on n_threads BLAS threads, made
+        once and kept."""
         key = ("pass", rows, n_threads == 1, sparse, small_gemm_kernels()) \
             + _core.environment_values(PLAN_SWITCHES)
         plan = self._kept_pass_plans.get(key)
@@ -510,12 +524,7 @@ class MLP:
             plan = self._keep("_kept_pass_plans", key, self._workspace(
                 rows, n_threads=n_threads, few_rows=True, sparse=sparse, fixed_rows=False,
                 allocate=False)[0])
-        work = np.empty(plan.work_size, dtype=self.dtype)
-        if plan.forward_calls_blas(n_samples, self.dtype == np.float64):
-            with blas_threads(n_threads):
-                yield plan, work
-        else:
-            yield plan, work
+        return plan
 
     def _predict_workers(self, n_rows: int, n_threads, sparse: bool) -> int:
         """How many threads share predict's chunks (each chunk whole, on one BLAS thread;
@@ -578,7 +587,8 @@ class MLP:
         """(mean loss, predictions) for checked arrays."""
         out = np.empty((X.shape[0], self._layer_sizes[-1]), dtype=self.dtype)
         dense, sparse = self._core_inputs(X)
-        with self._forward_pass(X.shape[0], n_threads, sparse is not None) as (plan, work):
+        plan, work, context = self._forward_pass(X.shape[0], n_threads, sparse is not None)
+        with context:
             value = _core.evaluate(plan, _core.Hyperparameters(loss.code, loss.parameter),
                                    self._params, work, dense, targets, out, sparse)
         return float(value), out

@@ -299,6 +299,25 @@ def test_a_forward_pass_without_blas_products_never_touches_blas_threads(monkeyp
         assert len(model._kept_pass_plans) == 3     # chunks of each row count, kept
 
 
+def test_a_default_pass_in_the_few_row_kernels_takes_no_thread_choice(monkeypatch):
+    """A sparse X's pass whose other products all run in the few-row kernels runs the
+    same kernels on any thread count: the default takes no thread choice (the bits of
+    n_threads=1). One with a product outside them does."""
+    import scipy.sparse as sp
+    X = sp.random(40, 300, density=0.05, format="csr", dtype=np.float32, random_state=2)
+    for few_rows, chooses in (("1", False), ("0", True)):
+        monkeypatch.setenv(model_module.FEW_ROWS_VARIABLE, few_rows)
+        model = fastbp.MLP([300, 16, 6], ["relu", "softmax"], dtype="float32", seed=3)
+        asked = []
+        real = model._pass_threads
+        monkeypatch.setattr(model, "_pass_threads",
+                            lambda *arguments: asked.append(arguments) or real(*arguments))
+        for rows in (1, 8, 40):
+            np.testing.assert_array_equal(model.predict(X[:rows]),
+                                          model.predict(X[:rows], n_threads=1))
+        assert bool(asked) == chooses, few_rows
+
+
 def test_predict_reads_the_live_parameters_every_call(monkeypatch):
     model = make([5, 6, 2], ["relu", "identity"], "float32", monkeypatch)
     X = np.ones((1, 5), np.float32)
