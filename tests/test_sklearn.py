@@ -981,7 +981,8 @@ def test_predicting_a_plain_array_refuses_what_validate_data_refuses():
 
 def test_the_latency_benchmark_serves_both_estimators_with_the_models_weights():
     """bench/latency.py's fastbp-sklearn and sklearn systems: estimators given the model's
-    weights compute its outputs (the benchmark checks every system against the model)."""
+    weights compute its outputs (the benchmark checks every system against the model), on
+    dense rows and on CSR rows (--sparse)."""
     result = subprocess.run(
         [sys.executable, os.path.join(ROOT, "bench", "latency.py"), "--rows", "1", "3",
          "--systems", "fastbp", "fastbp-sklearn", "sklearn", "--seconds", "0.01",
@@ -989,6 +990,16 @@ def test_the_latency_benchmark_serves_both_estimators_with_the_models_weights():
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stdout.splitlines() if "fastbp-sklearn" in line]
     assert len(lines) == 4 and all(" sklearn " in line for line in lines), result.stdout
+    # CSR rows (--sparse): every system that takes them, checked against the model
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "bench", "latency.py"), "--rows", "1", "3",
+         "--sparse", "5", "--networks", "20-64-64-1", "784-128-10", "--systems", "fastbp",
+         "fastbp-sklearn", "sklearn", "numpy", "onnxrt", "--seconds", "0.01",
+         "--rounds", "1"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if "fastbp-sklearn" in line]
+    assert len(lines) == 4 and all(" sklearn " in line and " numpy " in line
+                                   and "onnxrt" not in line for line in lines), result.stdout
 
 
 # ---- small float32 properties the estimator checks were relaxed for ----------------------
