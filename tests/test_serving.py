@@ -222,26 +222,32 @@ def test_forward_calls_blas_follows_the_forward_products_rule(in_double):
     """Plan.forward_calls_blas: whether a forward pass over n rows, in chunks of the
     plan's capacity (the last one shorter), gives BLAS any product: not a sparse X's first
     layer, not a product of few enough rows for the few-row kernels (forced here), not
-    one in the own kernels."""
+    one in the own kernels (or_own: BLAS or the own kernels)."""
     relu, identity = _core.ACTIVATION_CODES["relu"], _core.ACTIVATION_CODES["identity"]
 
     def calls(capacity, rows, layer_sizes=(6, 5, 4), activations=(relu, identity),
-              **options):
+              or_own=False, **options):
         plan = _core.Plan(list(layer_sizes), list(activations), capacity, **options)
-        return [plan.forward_calls_blas(n, in_double) for n in rows]
+        return [plan.forward_calls_blas(n, in_double, or_own) for n in rows]
     assert calls(4, range(1, 10)) == [True] * 9                        # BLAS throughout
     # few-row kernels up to 3 rows: chunks of 4 (and a last one of 1 to 3) from 5 rows
     assert calls(4, range(1, 10), few_rows=3, few_rows_always=True) == \
         [False, False, False, True, True, True, True, True, True]
     # chunks of 2 rows: every chunk, the last one of 1 included, in the few-row kernels
     assert calls(2, range(1, 8), few_rows=2, few_rows_always=True) == [False] * 7
-    # the own kernels take the second layer's product only: the first's is BLAS's
-    assert calls(8, [1, 9], product_isas=own_forward(2, [2])) == [True, True]
-    assert calls(8, [1, 9], product_isas=own_forward(2, [1, 2])) == [False, False]
-    # a sparse X: its first layer is the sparse product, the second BLAS's or the own
+    # a sparse X: its first layer is the sparse product, the second BLAS's (or the own)
     assert calls(8, [1, 20], sparse_input=True) == [True, True]
-    assert calls(8, [1, 20], sparse_input=True,
-                 product_isas=own_forward(2, [2])) == [False, False]
+    if _core.best_kernel_isa() is not None:     # a CPU with the own kernels' AVX2
+        # the own kernels take the second layer's product only: the first's is BLAS's
+        assert calls(8, [1, 9], product_isas=own_forward(2, [2])) == [True, True]
+        assert calls(8, [1, 9], product_isas=own_forward(2, [1, 2])) == [False, False]
+        assert calls(8, [1, 20], sparse_input=True,
+                     product_isas=own_forward(2, [2])) == [False, False]
+        # or_own: the own kernels count as leaving the few-row kernels too
+        assert calls(8, [1, 9], product_isas=own_forward(2, [1, 2]),
+                     or_own=True) == [True, True]
+        assert calls(4, [3, 9], few_rows=4, few_rows_always=True,
+                     product_isas=own_forward(2, [1, 2]), or_own=True) == [False, False]
     assert calls(8, [1, 20], layer_sizes=(6, 5), activations=(relu,),
                  sparse_input=True) == [False, False]
     with pytest.raises(ValueError, match="n_rows"):
