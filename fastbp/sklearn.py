@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numbers
 import re
+import sys
 import warnings
 
 import numpy as np
@@ -715,9 +716,9 @@ class _BaseMLP(BaseEstimator):
     def _plain_input(self, X, dtype):
         """X as validate_data(self, X, reset=False, dtype=dtype, order="C",
         accept_sparse="csr") would hand it on, where that would only convert it: plain rows
-        (_plain_rows) in `dtype` and C order, or a CSR matrix or array of floats of that
-        shape as it is (fastbp reads its values in `dtype`, rounded as validate_data's
-        copy would be); else None."""
+        (_plain_rows) or a data frame of the fitted columns (_plain_frame) in `dtype` and
+        C order, or a CSR matrix or array of floats of that shape as it is (fastbp reads
+        its values in `dtype`, rounded as validate_data's copy would be); else None."""
         if self._plain_rows(X):
             if X.dtype != dtype or not X.flags.c_contiguous:
                 with np.errstate(over="ignore"):      # validate_data's own cast warns
@@ -727,7 +728,21 @@ class _BaseMLP(BaseEstimator):
                 and X.shape[0] >= 1 and X.shape[1] == self.__dict__.get("n_features_in_") \
                 and "feature_names_in_" not in self.__dict__:
             return X
+        if self._plain_frame(X):
+            with np.errstate(over="ignore"):
+                return np.ascontiguousarray(X.to_numpy(), dtype=dtype)
         return None
+
+    def _plain_frame(self, X) -> bool:
+        """X is a pandas DataFrame (not a subclass) of at least one row whose columns are
+        the names the estimator was fitted with, in order, each of a NumPy float dtype
+        (not an extension or sparse one, which validate_data converts its own way)."""
+        pandas = sys.modules.get("pandas")
+        names = self.__dict__.get("feature_names_in_")
+        return (pandas is not None and names is not None and type(X) is pandas.DataFrame
+                and X.shape[0] >= 1 and X.columns.tolist() == names.tolist()
+                and all(isinstance(column, np.dtype) and column.kind == "f"
+                        for column in X.dtypes.tolist()))
 
     def _plain_rows(self, X) -> bool:
         """X is a matrix that validate_data(self, X, reset=False) would only convert to the

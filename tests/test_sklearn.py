@@ -4,6 +4,7 @@ scikit-learn's own estimator checks, then each feature: labels and outputs, samp
 partial_fit, warm_start, the stopping rule, pickling, clone, Pipeline, GridSearchCV, and
 step-for-step agreement with sklearn.neural_network where the settings are the same.
 """
+import contextlib
 import copy
 import numbers
 import os
@@ -948,6 +949,52 @@ def test_a_plain_array_is_predicted_as_through_validate_data(dtype):
             expected = each._label_binarizer.inverse_transform(
                 outputs.ravel() if outputs.shape[1] == 1 else outputs)
             np.testing.assert_array_equal(each.predict(X), expected, err_msg=name)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_data_frame_of_the_fitted_columns_is_predicted_as_through_validate_data(dtype):
+    """An estimator fitted on a data frame takes a data frame of the same columns, in
+    order, each of a NumPy float dtype, straight to the model: the same values as
+    through validate_data; any other frame (columns reordered, integers, nullable or
+    sparse columns, NaN) takes validate_data's path and its answer or error."""
+    pandas = pytest.importorskip("pandas")
+    X, _, multiclass, _, targets = small_data()
+    columns = [f"x{i}" for i in range(X.shape[1])]
+    frame = pandas.DataFrame(X.astype(dtype), columns=columns)
+    fitted = [quiet(MLPClassifier(hidden_layer_sizes=(6,), max_iter=5, random_state=0).fit,
+                    frame, multiclass),
+              quiet(MLPRegressor(hidden_layer_sizes=(6,), max_iter=5, random_state=0).fit,
+                    frame, targets)]
+    mixed = frame.astype({"x0": np.float32, "x1": np.float64})
+    with_nan = frame.copy()
+    with_nan.iloc[2, 1] = np.nan
+    straight = [frame, frame.iloc[:1], mixed]
+    through = [frame[columns[::-1]], frame.round().astype(int), frame.astype("Float64"),
+               frame.astype(pandas.SparseDtype(dtype, 0.0)), with_nan]
+    for estimator in fitted:
+        for case, data in enumerate(straight + through):
+            def answer(forced):
+                with mock.patch.object(type(estimator), "_plain_input",
+                                       return_value=None) if forced else \
+                        contextlib.nullcontext(), warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UserWarning)
+                    try:
+                        return predictions(estimator, data)
+                    except ValueError as error:
+                        return str(error)
+            fast, slow = answer(False), answer(True)
+            if isinstance(slow, str):
+                assert fast == slow, case
+                continue
+            for method, values in fast.items():
+                assert values.dtype == slow[method].dtype, (case, method)
+                np.testing.assert_array_equal(values, slow[method], err_msg=f"{case} {method}")
+        with mock.patch("fastbp.sklearn.validate_data", side_effect=AssertionError):
+            for data in straight:
+                predictions(estimator, data)            # no validate_data
+        model_dtype = estimator.model_.dtype
+        assert all(estimator._plain_input(data, model_dtype) is not None for data in straight)
+        assert all(estimator._plain_input(data, model_dtype) is None for data in through[:-1])
 
 
 @pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
