@@ -754,16 +754,22 @@ class _BaseMLP(BaseEstimator):
                 and "feature_names_in_" not in self.__dict__)
 
     def _plain_training_rows(self, X, y, dtype, targets_ndim=1):
-        """For partial_fit after the first call: X as a C-ordered matrix of `dtype` when
-        validate_data(self, X, y, reset=False) would only have converted it (_plain_rows,
-        finite after the conversion) and y is a NumPy array (not a subclass) of
-        `targets_ndim` dimensions at most with a value for each row of X; else None (the
-        caller then takes validate_data's path, and its errors)."""
-        if not (self._plain_rows(X) and type(y) is np.ndarray
-                and 1 <= y.ndim <= targets_ndim and y.shape[0] == X.shape[0]):
+        """For partial_fit after the first call: (X, y) as validate_data(self, X, y,
+        reset=False) would hand them on, where that would only convert them: X plain rows
+        or a data frame of the fitted columns (_plain_input, not sparse), finite in
+        `dtype`; y a NumPy array (not a subclass), or a pandas Series of a NumPy dtype
+        (its values), of `targets_ndim` dimensions at most with a value for each row of X.
+        Else None: the caller then takes validate_data's path, and its errors."""
+        pandas = sys.modules.get("pandas")
+        if pandas is not None and type(y) is pandas.Series and isinstance(y.dtype, np.dtype):
+            y = y.to_numpy()
+        if type(y) is not np.ndarray or not 1 <= y.ndim <= targets_ndim \
+                or not (self._plain_rows(X) or self._plain_frame(X)):
             return None
         rows = self._plain_input(X, dtype)
-        return rows if np.isfinite(rows).all() else None
+        if y.shape[0] != rows.shape[0] or not np.isfinite(rows).all():
+            return None
+        return rows, y
 
     # ---- the parameters as scikit-learn names them ----
     @property
@@ -911,14 +917,17 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         """What _validate_input returns for a partial_fit after the first one, without
         scikit-learn's checks (validate_data, type_of_target, LabelBinarizer: 0.3-2.5 ms a
         call, against microseconds of training for a few rows), when they could only pass:
-        X plain rows (_plain_training_rows), y a 1-D array of integer or string labels
-        (the kind of classes_), each one of classes_, binary or multiclass; else None."""
+        X and y plain (_plain_training_rows), y 1-D, of integer or string labels (the kind
+        of classes_), each one of classes_, binary or multiclass; else None."""
         classes = self.classes_
         kind = self._label_binarizer.y_type_
         if kind not in ("binary", "multiclass") or len(classes) < 2:
             return None
-        rows = self._plain_training_rows(X, y, dtype)
-        if rows is None or not (y.dtype.kind == classes.dtype.kind == "U" or (
+        plain = self._plain_training_rows(X, y, dtype)
+        if plain is None:
+            return None
+        rows, y = plain
+        if not (y.dtype.kind == classes.dtype.kind == "U" or (
                 y.dtype.kind in "iu" and classes.dtype.kind in "iu")):
             return None
         index = np.searchsorted(classes, y)
@@ -1068,15 +1077,16 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         return super()._network_options()
 
     def _validate_input(self, X, y, incremental, first_pass, dtype):
-        rows = None
+        plain = None
         if incremental and not first_pass:   # validate_data's checks, where they could
-            rows = self._plain_training_rows(X, y, dtype, targets_ndim=2)  # only pass
-            if rows is not None and not (
-                    y.dtype.kind in "fiu" and (y.ndim == 1 or y.shape[1] >= 1)
-                    and (y.dtype.kind != "f" or np.isfinite(y).all())):
-                rows = None
-        if rows is not None:
-            X = rows
+            plain = self._plain_training_rows(X, y, dtype, targets_ndim=2)  # only pass
+            if plain is not None and not (
+                    plain[1].dtype.kind in "fiu"
+                    and (plain[1].ndim == 1 or plain[1].shape[1] >= 1)
+                    and (plain[1].dtype.kind != "f" or np.isfinite(plain[1]).all())):
+                plain = None
+        if plain is not None:
+            X, y = plain
         else:
             X, y = validate_data(self, X, y, multi_output=True, y_numeric=True, dtype=dtype,
                                  order="C", reset=first_pass, accept_sparse="csr")

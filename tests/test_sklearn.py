@@ -531,6 +531,47 @@ def test_partial_fit_on_plain_arrays_trains_as_through_validate_data(dtype):
                 plain.partial_fit(X[:5], y[:5])         # no validate_data on this path
 
 
+def test_partial_fit_on_a_data_frame_and_series_trains_as_through_validate_data():
+    """partial_fit after the first call on a data frame of the fitted float columns and a
+    pandas Series of a NumPy dtype takes them straight to the trainer, with the bits of
+    validate_data's path (taken by hand here) after every call; a frame or Series it
+    cannot take (other columns, labels as Python objects, NaN) gets that path's answer
+    or error, with the estimator as it was."""
+    pandas = pytest.importorskip("pandas")
+    X, binary, multiclass, _, targets = small_data()
+    frame = pandas.DataFrame(X, columns=[f"x{i}" for i in range(X.shape[1])])
+    chunks = [slice(0, 30), slice(30, 31), slice(31, 60), slice(60, 90)] * 2
+    base = next(c for c in MLPClassifier.__mro__ if "_plain_training_rows" in c.__dict__)
+    cases = [(MLPClassifier, pandas.Series(multiclass), {"classes": [0, 1, 2]}),
+             (MLPClassifier, pandas.Series(np.array(["no", "yes"])[binary]),
+              {"classes": ["no", "yes"]}),                        # object labels: checked
+             (MLPRegressor, pandas.Series(targets[:, 0]), {})]
+    for kind, y, first in cases:
+        trained = []
+        for forced in (False, True):
+            estimator = kind(hidden_layer_sizes=(5,), learning_rate_init=0.05, random_state=0)
+            with mock.patch.object(base, "_plain_training_rows", return_value=None) \
+                    if forced else contextlib.nullcontext():
+                for index, chunk in enumerate(chunks):
+                    estimator.partial_fit(frame.iloc[chunk], y.iloc[chunk],
+                                          **(first if index == 0 else {}))
+            trained.append(estimator)
+        fast, slow = trained
+        assert_same_parameters(fast, slow)                  # bit for bit
+        assert fast.loss_curve_ == slow.loss_curve_
+    regressor = fast
+    with_nan = pandas.Series(np.where(binary == 1, np.nan, targets[:, 0]))
+    for bad_X, bad_y, message in ((frame, with_nan, "Input y contains NaN"),
+                                  (frame[frame.columns[::-1]], with_nan.fillna(0),
+                                   "feature names should match")):
+        before = pickle.dumps(regressor)
+        with pytest.raises(ValueError, match=message):
+            regressor.partial_fit(bad_X, bad_y)
+        assert pickle.dumps(regressor) == before
+    with mock.patch("fastbp.sklearn.validate_data", side_effect=AssertionError):
+        regressor.partial_fit(frame, pandas.Series(targets[:, 0]))   # the plain path
+
+
 def test_partial_fit_on_plain_arrays_refuses_what_validate_data_refuses():
     """Each refusal of a partial_fit after the first: scikit-learn's error, and the
     estimator exactly as it was."""
