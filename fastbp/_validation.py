@@ -6,6 +6,7 @@ raises a ValueError or TypeError that names the argument and says what was expec
 """
 from __future__ import annotations
 
+import math
 import numbers
 import operator
 import sys
@@ -19,6 +20,10 @@ NUMERIC_KINDS = "biuf"  # bool, signed and unsigned integers, floats
 
 def whole_number(value, name: str, minimum: int) -> int:
     """An int (or a float holding a whole number) >= minimum."""
+    if type(value) is int:              # the usual case, without the abstract classes' checks
+        if value < minimum:
+            raise ValueError(f"{name} must be >= {minimum}; got {value}")
+        return value
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a whole number; got {value!r}")
     if not isinstance(value, numbers.Integral):
@@ -32,10 +37,11 @@ def whole_number(value, name: str, minimum: int) -> int:
 
 def real_number(value, name: str, minimum: float = 0.0) -> float:
     """A finite real number >= minimum."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+    if type(value) is not float and (isinstance(value, (bool, np.bool_))
+                                     or not isinstance(value, numbers.Real)):
         raise TypeError(f"{name} must be a real number; got {value!r}")
     value = float(value)
-    if not np.isfinite(value) or value < minimum:
+    if not math.isfinite(value) or value < minimum:
         raise ValueError(f"{name} must be a finite number >= {minimum}; got {value!r}")
     return value
 
