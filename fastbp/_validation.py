@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import numbers
 import operator
+import struct
 import sys
 
 import numpy as np
@@ -232,19 +233,39 @@ def check_in_dtype(value: float, name: str, dtype: np.dtype, below_one: bool = F
     one that overflows, a nonzero one that becomes 0 or subnormal, or (below_one) a fraction
     under 1 that rounds to 1 (a momentum or decay rate of exactly 1)."""
     dtype = np.dtype(dtype)
-    info = np.finfo(dtype)
-    with np.errstate(over="ignore"):
-        cast = dtype.type(value)
-    if not np.isfinite(cast):
+    limits = _FLOAT_LIMITS.get(dtype)
+    if limits is None:
+        info = np.finfo(dtype)
+        limits = _FLOAT_LIMITS[dtype] = (float(info.max), float(info.tiny), float(info.epsneg))
+    largest, tiny, epsneg = limits
+    cast = _rounded(value, dtype)
+    if not math.isfinite(cast):
         raise ValueError(f"{name}={value!r} is too large for the model's {dtype.name} "
-                         f"(at most {float(info.max):.4g})")
-    if value != 0 and abs(cast) < info.tiny:
+                         f"(at most {largest:.4g})")
+    if value != 0 and abs(cast) < tiny:
         raise ValueError(f"{name}={value!r} is too small for the model's {dtype.name}: it "
                          f"would be 0 or lose its precision (the smallest normal number is "
-                         f"{float(info.tiny):.4g}); use 0 or a larger value")
+                         f"{tiny:.4g}); use 0 or a larger value")
     if below_one and cast >= 1:
         raise ValueError(f"{name}={value!r} rounds to 1 in the model's {dtype.name}; use a "
-                         f"value at most {float(1 - info.epsneg):.10g}")
+                         f"value at most {1 - epsneg:.10g}")
+
+
+_FLOAT_LIMITS = {}      # dtype -> (max, smallest normal, epsneg), from np.finfo once
+
+
+def _rounded(value, dtype: np.dtype) -> float:
+    """value rounded to `dtype` (to nearest; inf past its range), as a Python float.
+    float32 and float64 without NumPy's scalars and error state (microseconds a call)."""
+    if dtype == np.float64:
+        return float(value)
+    if dtype == np.float32:
+        try:
+            return struct.unpack("f", struct.pack("f", value))[0]
+        except OverflowError:            # rounds past float32's largest
+            return math.copysign(math.inf, value)
+    with np.errstate(over="ignore"):
+        return float(dtype.type(value))
 
 
 def as_sample_weight(sample_weight, n_samples: int) -> np.ndarray:

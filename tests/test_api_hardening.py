@@ -163,6 +163,22 @@ def test_hyperparameters_the_dtype_cannot_hold_are_refused(make_trainer, name):
         trainer.fit(small_model("float64"), X.astype(np.float64), Y.astype(np.float64))
 
 
+def test_the_hyperparameter_check_rounds_as_numpy_does():
+    """check_in_dtype rounds without NumPy's scalars (_validation._rounded): to nearest,
+    inf past the range, subnormals kept, as a NumPy cast, at every edge of float32 and
+    float64."""
+    from fastbp import _validation
+    f32 = np.finfo(np.float32)
+    edges = [0.0, -0.0, 1.0, 0.1, 1 - 1e-9, float(1 - f32.epsneg), float(f32.max),
+             float(f32.max) * (1 + 2.0 ** -25), float(f32.max) * (1 + 2.0 ** -23), 1e39,
+             float(f32.tiny), float(f32.tiny) / 3, 1e-45, 1e-46, 5e-324, 1.7e308, 7, 2 ** 64]
+    for value in edges + [-v for v in edges]:
+        for dtype in (np.float32, np.float64):
+            with np.errstate(over="ignore"):
+                expected = float(dtype(value))
+            assert _validation._rounded(value, np.dtype(dtype)) == expected, (value, dtype)
+
+
 def test_class_weights_of_any_scale_change_nothing():
     rng = np.random.default_rng(0)
     X = rng.normal(size=(200, 5)).astype(np.float32)
