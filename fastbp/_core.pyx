@@ -282,6 +282,23 @@ cdef class Plan:
         return forward_blas_rows(&self.data, full, <float*>NULL, or_own) or (
             last > 0 and forward_blas_rows(&self.data, last, <float*>NULL, or_own))
 
+    def step_calls_blas(self, Py_ssize_t n_rows, Py_ssize_t batch_size, bint in_double):
+        """Whether an epoch of training steps (train_epoch on one thread: run_batch) over
+        n_rows rows in batches of batch_size calls BLAS, in float64 or float32: whether a
+        step of a full batch or of the last, shorter one has a forward, input-delta or
+        weight-gradient product outside a sparse X's own loops, the few-row kernels and
+        the own kernels. An epoch that calls none needs no BLAS thread count."""
+        if n_rows < 1 or not 1 <= batch_size <= self.data.capacity:
+            raise ValueError(f"step_calls_blas: {n_rows} rows in batches of {batch_size}; "
+                             f"it needs rows >= 1 and batches of 1..{self.data.capacity}")
+        cdef Py_ssize_t full = min(n_rows, batch_size)
+        cdef Py_ssize_t last = n_rows % batch_size if n_rows > full else 0
+        if in_double:
+            return step_blas_rows(&self.data, full, <double*>NULL) or (
+                last > 0 and step_blas_rows(&self.data, last, <double*>NULL))
+        return step_blas_rows(&self.data, full, <float*>NULL) or (
+            last > 0 and step_blas_rows(&self.data, last, <float*>NULL))
+
     @property
     def gemm_chunks(self):
         """Per weight layer: (batch rows and output columns per forward call, W rows per
@@ -786,6 +803,25 @@ cdef bint forward_blas_rows(const PlanData* plan, Py_ssize_t m, const floating* 
         if not or_own and product_isa(plan, l, FORWARD_PRODUCT, like):
             continue
         return True
+    return False
+
+
+cdef bint step_blas_rows(const PlanData* plan, Py_ssize_t m,
+                         const floating* like) noexcept nogil:
+    """True if run_batch gives BLAS a product in a step of m rows (forward_product's rule
+    for the forward products; for the input delta and the weight gradient, BLAS unless the
+    few-row kernels or the own kernels take them; a sparse X's first layer has neither)."""
+    cdef int l
+    cdef bint sparse_first
+    for l in range(1, plan.n_layers + 1):
+        if few_rows_here(plan, like, m, plan.sizes[l - 1], plan.sizes[l]):
+            continue
+        sparse_first = l == 1 and plan.sparse_input
+        if not sparse_first and (not product_isa(plan, l, FORWARD_PRODUCT, like)
+                                 or not product_isa(plan, l, GRADIENT_PRODUCT, like)):
+            return True
+        if l > 1 and not product_isa(plan, l, DELTA_PRODUCT, like):
+            return True
     return False
 
 

@@ -514,6 +514,21 @@ class MLP:
             return plan, work, blas_threads(n_threads)
         return plan, work, contextlib.nullcontext()
 
+    def _kept_fit_plan(self, batch_size: int, with_gradient: bool, n_threads: int,
+                       sparse: bool):
+        """The plan of a fit's epochs (Trainer's _CompiledEpoch: batches of batch_size
+        rows, the model's dropout, room for a gradient or not, n_threads BLAS threads,
+        sparse X or dense), made once and kept as _forward_pass's are: a fit of one row
+        made it anew at each partial_fit."""
+        key = ("fit", batch_size, tuple(self._dropout), with_gradient, n_threads == 1,
+               sparse, small_gemm_kernels()) + _core.environment_values(PLAN_SWITCHES)
+        plan = self._kept_pass_plans.get(key)
+        if plan is None:
+            plan = self._keep("_kept_pass_plans", key, self._workspace(
+                batch_size, self._dropout, with_gradient, n_threads, sparse=sparse,
+                allocate=False)[0])
+        return plan
+
     def _kept_pass_plan(self, rows: int, n_threads: int, sparse: bool):
         """_forward_pass's plan for chunks of `rows` rows on n_threads BLAS threads, made
         once and kept."""

@@ -285,8 +285,7 @@ class Trainer:
             try:
                 if catching:
                     _core.catch_interrupts()
-                loop.run(n_epochs, self._epochs_done, epoch.run,
-                         context=lambda: blas_threads(epoch.n_threads))
+                loop.run(n_epochs, self._epochs_done, epoch.run, context=epoch.blas_context)
             finally:
                 # a SIGINT after the last check still counts
                 if catching and _core.release_interrupts():
@@ -479,9 +478,13 @@ class _CompiledEpoch:
             self.buffers[key] = trainer._take_buffer(
                 key, make or (lambda: np.empty(shape, dtype=model.dtype)))
             return self.buffers[key]
-        self.plan, _ = model._workspace(self.batch_size, model._dropout,
-                                        not hyperparameters.folded, self.n_threads,
-                                        sparse=self.sparse is not None, allocate=False)
+        self.plan = model._kept_fit_plan(self.batch_size, not hyperparameters.folded,
+                                         self.n_threads, self.sparse is not None)
+        # BLAS's thread count is set for the epoch only where a step calls BLAS (the
+        # dense row split's workers always may): a few rows a step in the few-row kernels
+        # call none, and setting it and putting it back cost more than such a step
+        self.calls_blas = (self.sparse is None and self.n_workers > 1) \
+            or self.plan.step_calls_blas(n_samples, self.batch_size, model.dtype == np.float64)
         self.work = buffer("workspace", self.plan.work_size)
         self.worker_plan, self.worker_work = row_workspace(
             model.layer_sizes, model._codes, model._dropout, self.batch_size,
@@ -557,6 +560,10 @@ class _CompiledEpoch:
 
     def interrupt_requested(self) -> bool:
         return self.catching and _core.interrupt_requested()
+
+    def blas_context(self):
+        """The epochs' BLAS thread count (blas_threads), where a step calls BLAS."""
+        return blas_threads(self.n_threads) if self.calls_blas else contextlib.nullcontext()
 
 
 @dataclass

@@ -190,3 +190,85 @@ def test_online_training_is_reproducible(monkeypatch):
     again = trained(None, "float64", 1, "sgd", monkeypatch)
     for a, b in zip(first.weights + first.biases, again.weights + again.biases):
         assert np.array_equal(a, b)
+
+
+def own_products(n_layers, layers, products=(0, 1, 2)):
+    """Plan product_isas with the given products (0 forward, 1 input delta, 2 weight
+    gradient) of the given weight layers (1-based) in the own AVX2 kernels."""
+    isas = [0] * (6 * n_layers)
+    for dtype in (0, 1):
+        for layer in layers:
+            for product in products:
+                isas[(dtype * n_layers + layer - 1) * 3 + product] = _core.KERNEL_ISAS["avx2"]
+    return isas
+
+
+@pytest.mark.parametrize("in_double", [False, True])
+def test_step_calls_blas_follows_the_steps_products(in_double):
+    """Plan.step_calls_blas: whether an epoch's steps (a full batch and the last, shorter
+    one) give BLAS a forward, input-delta or weight-gradient product: not where the few-row
+    kernels take the layer, not a sparse X's first layer, not a product in the own
+    kernels."""
+    relu, identity = _core.ACTIVATION_CODES["relu"], _core.ACTIVATION_CODES["identity"]
+
+    def calls(capacity, cases, sizes=(6, 5, 4), **options):
+        plan = _core.Plan(list(sizes), [relu] * (len(sizes) - 2) + [identity], capacity,
+                          with_gradient=True, **options)
+        return [plan.step_calls_blas(rows, batch, in_double) for rows, batch in cases]
+    assert calls(8, [(1, 1), (20, 8)]) == [True, True]
+    few = dict(few_rows=4, few_rows_always=True)
+    # batches of up to 4 rows in the few-row kernels: 9 rows in 4s (the last of 1) none;
+    # batches of 8, or a full one of 5, do
+    assert calls(8, [(1, 1), (9, 4), (3, 8), (20, 8), (5, 5)], **few) == \
+        [False, False, False, True, True]
+    assert calls(8, [(1, 1), (20, 8)], sizes=(6, 5), sparse_input=True) == [False, False]
+    assert calls(8, [(20, 8)], sparse_input=True) == [True]       # the second layer's
+    if _core.best_kernel_isa() is not None:
+        assert calls(8, [(20, 8)], product_isas=own_products(2, [1, 2])) == [False]
+        for products in ((0,), (1,), (2,), (0, 1), (1, 2), (0, 2)):   # one left to BLAS
+            assert calls(8, [(20, 8)], product_isas=own_products(2, [1, 2], products)) \
+                == [True], products
+        # the first layer has no input delta; a sparse one, no dense product at all
+        no_first_delta = [max(a, b) for a, b in zip(own_products(2, [1], (0, 2)),
+                                                    own_products(2, [2]))]
+        assert calls(8, [(20, 8)], product_isas=no_first_delta) == [False]
+        assert calls(8, [(20, 8)], sparse_input=True,
+                     product_isas=own_products(2, [2])) == [False]
+    with pytest.raises(ValueError, match="step_calls_blas"):
+        calls(8, [(1, 9)])
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_a_fit_whose_steps_call_no_blas_leaves_blas_alone_with_the_same_bits(monkeypatch,
+                                                                              optimizer):
+    """Batches of a few rows in the few-row kernels call no BLAS: the fit neither sets nor
+    resets BLAS's thread count, and trains the bits it trained under it; a fit whose steps
+    call BLAS still sets it. Its plan is made once for the model, not at each partial_fit."""
+    from fastbp import trainer as trainer_module
+    entered = []
+    real = trainer_module.blas_threads
+
+    def recording(n_threads):
+        entered.append(n_threads)
+        return real(n_threads)
+    monkeypatch.setattr(trainer_module, "blas_threads", recording)
+    for kernels, calls_blas in (("1", False), ("0", True)):
+        entered.clear()
+        plain = trained(kernels, "float64", 4, optimizer, monkeypatch)
+        assert bool(entered) == calls_blas, kernels
+        with monkeypatch.context() as forced:           # the count set, as before
+            forced.setattr(trainer_module._CompiledEpoch, "blas_context",
+                           lambda epoch: real(epoch.n_threads))
+            under_blas = trained(kernels, "float64", 4, optimizer, monkeypatch)
+        for a, b in zip(plain.weights + plain.biases, under_blas.weights + under_blas.biases):
+            assert np.array_equal(a, b)
+    monkeypatch.setenv(model_module.FEW_ROWS_VARIABLE, "1")
+    model = fastbp.MLP([20, 64, 64, 1], "relu", dtype="float64", seed=5)
+    trainer = fastbp.Trainer("mse", batch_size=1, seed=3, n_threads=1)
+    X = np.random.default_rng(7).standard_normal((3, 20))
+    trainer.partial_fit(model, X[:1], X[:1, :1])
+    made = []
+    monkeypatch.setattr(model, "_workspace", lambda *arguments, **options: made.append(1))
+    for row in range(1, 3):
+        trainer.partial_fit(model, X[row:row + 1], X[row:row + 1, :1])
+    assert made == []
