@@ -719,9 +719,10 @@ class _BaseMLP(BaseEstimator):
     def _plain_input(self, X, dtype):
         """X as validate_data(self, X, reset=False, dtype=dtype, order="C",
         accept_sparse="csr") would hand it on, where that would only convert it: plain rows
-        (_plain_rows) or a data frame of the fitted columns (_plain_frame) in `dtype` and
-        C order, or a CSR matrix or array of floats of that shape as it is (fastbp reads
-        its values in `dtype`, rounded as validate_data's copy would be); else None."""
+        (_plain_rows), a list of such rows of floats or a data frame of the fitted columns
+        (_plain_frame) in `dtype` and C order, or a CSR matrix or array of floats of that
+        shape as it is (fastbp reads its values in `dtype`, rounded as validate_data's
+        copy would be); else None."""
         if self._plain_rows(X):
             if X.dtype != dtype or not X.flags.c_contiguous:
                 with np.errstate(over="ignore"):      # validate_data's own cast warns
@@ -734,6 +735,12 @@ class _BaseMLP(BaseEstimator):
         if self._plain_frame(X):
             with np.errstate(over="ignore"):
                 return np.ascontiguousarray(X.to_numpy(), dtype=dtype)
+        if type(X) is list and "feature_names_in_" not in self.__dict__:
+            try:              # (a list of rows of floats: what a JSON request gives)
+                array = np.asarray(X)
+            except (ValueError, TypeError):
+                return None
+            return self._plain_input(array, dtype) if array.dtype.kind == "f" else None
         return None
 
     def _plain_frame(self, X) -> bool:

@@ -954,16 +954,19 @@ def predictions(estimator, X):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_a_plain_array_is_predicted_as_through_validate_data(dtype):
-    """predict and predict_proba take a NumPy array of floats with the right width, or a
-    CSR matrix or array of floats, straight to the model (no validate_data): the same
-    values as through it (a list takes that path; a CSR matrix is sent there by hand), for
-    every kind of target, dtype and memory order; and predict's labels are
-    LabelBinarizer.inverse_transform's, ties and the 0.5 boundary included."""
+    """predict and predict_proba take a NumPy array of floats with the right width, a
+    list of such rows, or a CSR matrix or array of floats, straight to the model (no
+    validate_data): the same values as through it (sent there by hand), for every kind of
+    target, dtype and memory order; and predict's labels are
+    LabelBinarizer.inverse_transform's, ties and the 0.5 boundary included. A 1-D list,
+    integers, strings, ragged or complex rows take validate_data's path."""
     for name, estimator, X in fitted_estimators(dtype):
         assert estimator.model_.dtype == dtype, name
         for plain in (X, X.astype(np.float32), X.astype(np.float64), np.asfortranarray(X),
-                      np.repeat(X, 2, axis=0)[::2], X[:1]):
-            reference = predictions(estimator, plain.tolist())
+                      np.repeat(X, 2, axis=0)[::2], X[:1], X.tolist(), X[:1].tolist(),
+                      X.astype(np.float32).tolist()):
+            with mock.patch.object(type(estimator), "_plain_input", return_value=None):
+                reference = predictions(estimator, plain)       # validate_data's path
             for method, values in predictions(estimator, plain).items():
                 expected = reference[method]
                 assert values.dtype == expected.dtype, (name, method)
@@ -981,6 +984,10 @@ def test_a_plain_array_is_predicted_as_through_validate_data(dtype):
         with mock.patch("fastbp.sklearn.validate_data", side_effect=AssertionError):
             predictions(estimator, X)                   # the fast path: no validate_data
             predictions(estimator, scipy.sparse.csr_matrix(X))
+            predictions(estimator, X[:2].tolist())
+        for other in (X[0].tolist(), X[:2].astype(int).tolist(), [["1", "2"]],
+                      [[1.0, 2.0], [3.0]], [[1 + 2j] * X.shape[1]]):
+            assert estimator._plain_input(other, estimator.model_.dtype) is None, other
         if name == "two targets" or name == "regression":
             continue
         tied = copy.deepcopy(estimator)
@@ -1045,6 +1052,8 @@ def test_predicting_a_plain_array_refuses_what_validate_data_refuses():
         estimator = quiet(MLPClassifier(hidden_layer_sizes=(4,), max_iter=3,
                                         random_state=0).fit, X.astype(dtype), y)
         refused = [(np.full((2, 4), np.nan), "Input X contains NaN"),
+                   (np.full((2, 4), np.nan).tolist(), "Input X contains NaN"),
+                   (np.zeros((2, 3)).tolist(), "X has 3 features"),
                    (scipy.sparse.csr_matrix(np.full((2, 4), np.nan)), "Input X contains NaN"),
                    (scipy.sparse.csr_matrix((0, 4)), "0 sample"),
                    (scipy.sparse.csr_matrix((2, 3)), "X has 3 features"),
