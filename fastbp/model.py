@@ -349,8 +349,9 @@ class MLP:
 
     def _pass_plan(self, n_samples: int, backward=False, n_threads=None, sparse=False,
                    repeated=False) -> tuple:
-        """(plan, workspace, BLAS threads) of a gradients pass (backward) over n_samples
-        rows in chunks, run under n_threads BLAS threads, or the count chosen for a chunk.
+        """(plan, workspace, BLAS threads) of a pass over n_samples rows in chunks (made
+        for the call: gradients' backward pass; _forward_pass keeps the forward passes'),
+        run under n_threads BLAS threads, or the count chosen for a chunk.
         sparse: X is a sparse matrix; its first layer runs in the core's own loops (no
         BLAS), so the count is chosen for the layers after it. repeated: the caller runs
         the pass many times on these rows (_gradient_pass), so a gradients pass's products
@@ -492,13 +493,12 @@ class MLP:
 
     def _forward_pass(self, n_samples: int, n_threads=None, sparse=False) -> tuple:
         """(plan, workspace, context to run it under) for a forward pass (predict,
-        evaluate) over n_samples rows in chunks, on the threads _pass_plan takes. The plan is kept with the
-        model (_kept_pass_plans, under the chunk rows, one thread or more, dense or sparse
-        X and the switches it reads); the context sets BLAS's thread count only where the
-        pass calls BLAS (Plan.forward_calls_blas). A default pass whose products all run
-        in the few-row kernels (and a sparse X's product) takes no thread choice: it runs
-        the same kernels on any count. Few sparse rows through small layers are such a
-        pass, and their set-up had been most of the call."""
+        evaluate) over n_samples rows in chunks, on the threads _pass_plan takes. The plan
+        is kept with the model (_kept_pass_plan); the context sets BLAS's thread count
+        only where the pass calls BLAS (Plan.forward_calls_blas). A default pass whose
+        products all run in the few-row kernels (and a sparse X's product) takes no thread
+        choice: it runs the same kernels on any count. Few sparse rows through small
+        layers are such a pass, and their set-up had been most of the call."""
         rows = self._chunk_rows(n_samples, sparse)
         n_threads = checked_thread_count(n_threads)
         double = self.dtype == np.float64
@@ -518,27 +518,28 @@ class MLP:
                        sparse: bool):
         """The plan of a fit's epochs (Trainer's _CompiledEpoch: batches of batch_size
         rows, the model's dropout, room for a gradient or not, n_threads BLAS threads,
-        sparse X or dense), made once and kept as _forward_pass's are: a fit of one row
-        made it anew at each partial_fit."""
-        key = ("fit", batch_size, tuple(self._dropout), with_gradient, n_threads == 1,
-               sparse, small_gemm_kernels()) + _core.environment_values(PLAN_SWITCHES)
-        plan = self._kept_pass_plans.get(key)
-        if plan is None:
-            plan = self._keep("_kept_pass_plans", key, self._workspace(
-                batch_size, self._dropout, with_gradient, n_threads, sparse=sparse,
-                allocate=False)[0])
-        return plan
+        sparse X or dense), made once and kept: a fit of one row made it anew at each
+        partial_fit."""
+        return self._kept_workspace_plan(
+            ("fit", batch_size, tuple(self._dropout), with_gradient, n_threads == 1, sparse),
+            batch_size, self._dropout, with_gradient, n_threads, sparse=sparse)
 
     def _kept_pass_plan(self, rows: int, n_threads: int, sparse: bool):
         """_forward_pass's plan for chunks of `rows` rows on n_threads BLAS threads, made
         once and kept."""
-        key = ("pass", rows, n_threads == 1, sparse, small_gemm_kernels()) \
-            + _core.environment_values(PLAN_SWITCHES)
+        return self._kept_workspace_plan(("pass", rows, n_threads == 1, sparse), rows,
+                                         n_threads=n_threads, few_rows=True, sparse=sparse,
+                                         fixed_rows=False)
+
+    def _kept_workspace_plan(self, key: tuple, *arguments, **options):
+        """The plan of _workspace(*arguments, **options), made on first use and kept in
+        _kept_pass_plans under `key` (what of the arguments the plan depends on: a thread
+        count only as one or more) and the switches its choices read."""
+        key += (small_gemm_kernels(),) + _core.environment_values(PLAN_SWITCHES)
         plan = self._kept_pass_plans.get(key)
         if plan is None:
-            plan = self._keep("_kept_pass_plans", key, self._workspace(
-                rows, n_threads=n_threads, few_rows=True, sparse=sparse, fixed_rows=False,
-                allocate=False)[0])
+            plan = self._keep("_kept_pass_plans", key,
+                              self._workspace(*arguments, allocate=False, **options)[0])
         return plan
 
     def _predict_workers(self, n_rows: int, n_threads, sparse: bool) -> int:
