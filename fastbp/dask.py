@@ -278,31 +278,113 @@ def _check_arrays(model, X, Y, loss):
 
 def _pairs(X, Y, dtype_name, float_targets, name):
     """One delayed (x, y) pair per non-empty chunk of rows; returns (pairs, the chunks'
-    indices, their rows)."""
+    indices, their rows, the keys each pair's data is computed from (_sources))."""
     sizes = X.chunks[0]
-    pairs = [dask.delayed(_pair, pure=True)(x, y, dtype_name, float_targets,
-                                            dask_key_name=f"{name}-data-{index}")
-             for index, (x, y, size) in enumerate(zip(X.to_delayed().ravel(),
-                                                      Y.to_delayed().ravel(), sizes))
-             if size > 0]
+    xs, ys = X.to_delayed().ravel(), Y.to_delayed().ravel()
     blocks = [index for index, size in enumerate(sizes) if size > 0]
-    return pairs, blocks, [int(sizes[index]) for index in blocks]
+    pairs = [dask.delayed(_pair, pure=True)(xs[index], ys[index], dtype_name, float_targets,
+                                            dask_key_name=f"{name}-data-{index}")
+             for index in blocks]
+    sources = zip(_sources([xs[index] for index in blocks]),
+                  _sources([ys[index] for index in blocks]))
+    return pairs, blocks, [int(sizes[index]) for index in blocks], \
+        [x | y for x, y in sources]
 
 
-def placement(rows, worker_threads) -> list:
-    """Which worker trains each block: blocks by decreasing rows, each to the worker with the
-    fewest rows per thread so far (ties: the first address in sorted order). Deterministic
-    for the same rows and workers. rows: the blocks' rows; worker_threads: {address:
-    threads}. Returns one address per block."""
+def _sources(chunks) -> list:
+    """For each delayed chunk (of one array), the keys outside its graph that it is
+    computed from: the data already in the cluster it reads (a persisted array's chunk is
+    itself such a key)."""
+    graph = dict(chunks[0].dask) if chunks else {}
+    # A task's dependencies name keys inside the graph and outside it (a future's key).
+    dependencies = {key: getattr(node, "dependencies", ()) for key, node in graph.items()}
+    found = {}
+    for chunk in chunks:
+        stack = [chunk.key]         # depth first, without recursion (graphs may be deep)
+        while stack:
+            key = stack[-1]
+            if key in found:
+                stack.pop()
+            elif key not in dependencies:
+                found[key] = {key}
+                stack.pop()
+            else:
+                waiting = [dependency for dependency in dependencies[key]
+                           if dependency not in found]
+                if waiting:
+                    stack.extend(waiting)
+                else:
+                    found[key] = set().union(*(found[dependency]
+                                               for dependency in dependencies[key]))
+                    stack.pop()
+    return [found[chunk.key] for chunk in chunks]
+
+
+def _held_bytes(client, futures, keys) -> list:
+    """Per block, {worker address: bytes of the block's data that worker holds now}, from
+    `keys` (each block's keys) among `futures` (the computed data in the cluster's memory,
+    e.g. a persisted X's chunks); {} where none of a block's keys is among those finished."""
+    from distributed.client import CancelledError
+    by_key = {future.key: future for future in futures if future.status == "finished"}
+    present = [by_key[key] for block_keys in keys for key in block_keys if key in by_key]
+    if not present:
+        return [{} for _ in keys]
+    try:
+        where = client.who_has(present)
+        sizes = client.nbytes([future.key for future in present], summary=False)
+    except CancelledError:      # lost with a worker since: where things are is unknown
+        return [{} for _ in keys]
+    held = []
+    for block_keys in keys:
+        workers = {}
+        for key in block_keys:
+            for worker in where.get(key, ()):
+                workers[worker] = workers.get(worker, 0) + sizes.get(key, 0)
+        held.append(workers)
+    return held
+
+
+def placement(rows, worker_threads, held=None) -> list:
+    """Which worker trains each block: balanced by rows per thread and, where the balance
+    leaves a choice, on a worker that already holds the block's data.
+
+    The balance: blocks by decreasing rows, each to the worker with the fewest rows per
+    thread so far (ties: the first address in sorted order); the largest rows per thread
+    that leaves on a worker is the bound. held ({address: bytes} per block, as
+    _held_bytes gives): in the same order, each block goes to the worker that holds the
+    most of its bytes among those it keeps within the bound (then the fewest rows per
+    thread, then the address); kept when every block finds one, else the balance alone.
+    Deterministic for the same rows, workers and held bytes. rows: the blocks' rows;
+    worker_threads: {address: threads}. Returns one address per block."""
     workers = sorted(worker_threads)
-    load = {worker: 0 for worker in workers}
-    chosen = [None] * len(rows)
-    for block in sorted(range(len(rows)), key=lambda b: (-rows[b], b)):
-        worker = min(workers, key=lambda w: ((load[w] + rows[block]) / worker_threads[w],
-                                             workers.index(w)))
-        load[worker] += rows[block]
-        chosen[block] = worker
-    return chosen
+    rank = {worker: index for index, worker in enumerate(workers)}
+    order = sorted(range(len(rows)), key=lambda b: (-rows[b], b))
+
+    def assign(choose):
+        """Blocks in `order`, each to choose(block, load) (None: no worker): the places
+        and the largest rows per thread, or (None, None)."""
+        load = dict.fromkeys(workers, 0)
+        chosen = [None] * len(rows)
+        for block in order:
+            worker = choose(block, load)
+            if worker is None:
+                return None, None
+            load[worker] += rows[block]
+            chosen[block] = worker
+        return chosen, max(load[worker] / worker_threads[worker] for worker in workers)
+
+    def after(block, load, worker):
+        return (load[worker] + rows[block]) / worker_threads[worker]
+
+    balanced, bound = assign(lambda block, load: min(
+        workers, key=lambda worker: (after(block, load, worker), rank[worker])))
+    if not held or not any(held):
+        return balanced
+    located, _ = assign(lambda block, load: min(
+        (worker for worker in workers if after(block, load, worker) <= bound),
+        key=lambda worker: (-held[block].get(worker, 0), after(block, load, worker),
+                            rank[worker]), default=None))
+    return located or balanced
 
 
 def threads_per_block(places, worker_threads) -> list:
@@ -364,7 +446,8 @@ def fit(model: MLP, trainer: Trainer, X, Y, client=None, rounds=None, epochs_per
         a few batches, and at least as many chunks as the cluster has worker threads.
     client: a dask.distributed.Client; None uses the default client, or dask's local
         scheduler when there is none. On a cluster fastbp places the chunks: balanced by
-        rows over the workers (per thread), re-placed when a worker joins or leaves.
+        rows over the workers (per thread), on the workers that already hold their data
+        where the balance allows, re-placed when a worker joins or leaves.
     rounds: rounds of (broadcast, train locally, average); default
         ceil(trainer.epochs / epochs_per_round), or trainer.epochs * rounds_per_epoch.
     epochs_per_round: local epochs each block trains between two averagings.
@@ -439,7 +522,7 @@ def fit(model: MLP, trainer: Trainer, X, Y, client=None, rounds=None, epochs_per
         int(np.random.SeedSequence().generate_state(1, np.uint64)[0])
     name = f"{TASK_PREFIX}-{uuid.uuid4().hex[:12]}"
     arguments = trainer.arguments()
-    pairs, blocks, rows = _pairs(X, Y, model.dtype.name, float_targets, name)
+    pairs, blocks, rows, chunk_keys = _pairs(X, Y, model.dtype.name, float_targets, name)
     if min(rows) < rounds_per_epoch:
         raise ValueError(f"rounds_per_epoch={rounds_per_epoch} cuts each chunk's epoch into "
                          f"that many pieces, but a chunk has only {min(rows)} rows; use "
@@ -463,7 +546,8 @@ def fit(model: MLP, trainer: Trainer, X, Y, client=None, rounds=None, epochs_per
 
     if client is not None:
         cluster = _ClusterRounds(client, pairs, blocks, rows, trainer.n_threads, rule, name,
-                                 arguments, round_inputs, model_bytes)
+                                 arguments, round_inputs, model_bytes,
+                                 _held_bytes(client, client.futures_of([X, Y]), chunk_keys))
     else:    # dask's local scheduler: every block on its own thread of one process
         local = list(dask.persist(*pairs, scheduler="threads"))
         threads = [trainer.n_threads or 1] * len(blocks)
@@ -586,8 +670,8 @@ class _Submitted(NamedTuple):
 
 class _ClusterRounds:
     """The rounds on a distributed cluster: the chunks persisted on the workers fastbp
-    chose (balanced by rows), each round's tasks pinned there, re-placed when the workers
-    change.
+    chose (balanced by rows, on the workers that hold their data where the balance
+    allows: held), each round's tasks pinned there, re-placed when the workers change.
 
     Pipelined: while the driver waits for round r, round r + 1 is already submitted, to
     start from r's state on each worker that trained r (each averages r itself; nothing
@@ -599,7 +683,7 @@ class _ClusterRounds:
     kept one. Either way each round computes the same bits."""
 
     def __init__(self, client, pairs, blocks, rows, n_threads, rule, name, arguments,
-                 round_inputs, model_bytes):
+                 round_inputs, model_bytes, held):
         self.client, self.blocks, self.rows = client, blocks, rows
         self.model_bytes = client.scatter(model_bytes, broadcast=True, hash=False)
         self.n_threads, self.rule, self.name = n_threads, rule, name
@@ -611,7 +695,7 @@ class _ClusterRounds:
         if not self.workers:
             client.wait_for_workers(1)
             self.workers = client.nthreads()
-        self.places = placement(rows, self.workers)
+        self.places = placement(rows, self.workers, held)
         self.futures = [None] * len(pairs)
         for worker in sorted(set(self.places)):
             mine = [i for i, place in enumerate(self.places) if place == worker]
@@ -623,8 +707,11 @@ class _ClusterRounds:
     def _replace_if_workers_changed(self):
         workers = self.client.nthreads()
         if workers and workers != self.workers:
-            # New places: a block's chunk moves to its new worker once, with its first task.
-            self.workers, self.places = workers, placement(self.rows, workers)
+            # New places (the chunks stay where they are where the balance allows): a
+            # block's chunk moves to its new worker once, with its first task.
+            held = _held_bytes(self.client, self.futures,
+                               [[future.key] for future in self.futures])
+            self.workers, self.places = workers, placement(self.rows, workers, held)
 
     def round(self, round_index, rates, averager, next_rates, rounds_done) -> _Taken:
         """Run round `round_index` and return its outcome; next_rates: the schedule's rates

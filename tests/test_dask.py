@@ -420,6 +420,61 @@ def test_placement_balances_rows_per_thread_and_follows_the_workers():
     assert threads(["a"] * 6, {"a": 4}) == [1] * 6                  # four at once: one each
 
 
+def test_placement_keeps_blocks_where_their_data_is_within_the_balance():
+    place = fastbp.dask.placement
+    # Two chunks held the other way round from the addresses' order: each stays put.
+    assert place([100, 100], {"a": 1, "b": 1}, [{"b": 800}, {"a": 800}]) == ["b", "a"]
+    # The worker that holds most of a block's bytes.
+    assert place([100, 100], {"a": 1, "b": 1}, [{"a": 10, "b": 800}, {}]) == ["b", "a"]
+    # The balance first: four chunks all on one worker still train two on each.
+    assert place([100] * 4, {"a": 1, "b": 1}, [{"a": 1}] * 4) == ["a", "a", "b", "b"]
+    # Unequal chunks: within the balance's own bound (500 rows on each worker here).
+    assert place([500, 100, 100, 100, 100, 100], {"a": 1, "b": 1}, [{"b": 1}] * 6) == \
+        ["b", "a", "a", "a", "a", "a"]
+    # Nothing held (data not computed yet): the balance alone.
+    assert place([100] * 4, {"a": 1, "b": 1}, [{}] * 4) == ["a", "b", "a", "b"]
+
+
+def test_chunks_train_where_the_cluster_already_holds_them(cluster_client):
+    """Data in the workers' memory (scattered, or a persisted array) is trained where it
+    lies: no chunk crosses to another worker to be trained, whichever way Dask put it."""
+    client = cluster_client
+    workers = sorted(client.nthreads())
+    rows = 6_000
+
+    def train(X, y):
+        with distributed.get_task_stream(client) as stream:
+            history = fastbp.dask.fit(classifier(), fastbp.Trainer("cce", seed=0), X, y,
+                                      client=client, rounds=1)
+        # Every transfer but the partial sums' to the averaging (the model and the start
+        # are on every worker before): a chunk, or a piece of it, moving.
+        moved = [task["key"] for task in stream.data
+                 if not any(part in str(task["key"]) for part in ("-advance-", "-take")) and
+                 any(part["action"] == "transfer" for part in task["startstops"])]
+        return {block: trained.worker for block, trained in history.placement[0].items()}, \
+            moved
+
+    # Each half scattered to the worker that comes second in the addresses' order for it.
+    holders = [workers[1], workers[0]]
+    parts = [(client.scatter(X_TRAIN[i * rows:(i + 1) * rows], workers=[holders[i]]),
+              client.scatter(Y_TRAIN[i * rows:(i + 1) * rows], workers=[holders[i]]))
+             for i in range(2)]
+    X = da.concatenate([da.from_delayed(x, (rows, 10), X_TRAIN.dtype) for x, _ in parts])
+    y = da.concatenate([da.from_delayed(y, (rows,), Y_TRAIN.dtype) for _, y in parts])
+    assert train(X, y) == ({0: holders[0], 1: holders[1]}, [])
+
+    # A persisted array, wherever Dask computed its chunks: both stay where they are, or,
+    # when Dask put both on one worker, one moves (the balance: one chunk on each).
+    X, y = client.persist(list(chunked(rows)))
+    distributed.wait([X, y])
+    where = client.who_has(X)
+    held = [where[key][0] for key in sorted(map(tuple, where))]
+    placed, moved = train(X, y)
+    staying = [block for block in placed if placed[block] == held[block]]
+    assert sorted(placed.values()) == workers
+    assert len(staying) == (2 if len(set(held)) == 2 else 1) and len(moved) == 2 - len(staying)
+
+
 def test_chunks_are_placed_again_when_a_worker_joins():
     """A worker that joins between rounds takes half of the chunks from the next round on,
     and the result is the same as on a cluster that had both workers from the start."""
