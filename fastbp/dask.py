@@ -88,9 +88,30 @@ def _pair(x, y, dtype_name, float_targets):
     """One block's rows and targets, together on one worker, in the model's dtype (a
     scipy.sparse chunk stays sparse, as CSR: the fit reads it as such)."""
     x = x.tocsr().astype(dtype_name, copy=False) if is_sparse(x) \
-        else np.ascontiguousarray(x, dtype=dtype_name)
-    y = np.ascontiguousarray(y, dtype=dtype_name) if float_targets else np.ascontiguousarray(y)
-    return x, y
+        else np.asarray(x, dtype=dtype_name)
+    return _aligned_pair(x, np.asarray(y, dtype=dtype_name) if float_targets else y)
+
+
+class _Pair(NamedTuple):
+    """A block's rows and targets as _aligned_pair makes them, here and on any worker
+    the pair is sent to: Dask delivers an array it transfers at any byte offset, and the
+    fit copies an array that is not aligned for its dtype, which would be every round."""
+    x: object
+    y: np.ndarray
+
+    def __reduce__(self):
+        return _aligned_pair, (self.x, self.y)
+
+
+def _aligned_pair(x, y) -> _Pair:
+    """x and y C-contiguous and aligned for their dtypes (a sparse x: its three arrays),
+    each copied only if it is not."""
+    if is_sparse(x):
+        if not all(part.flags.aligned for part in (x.data, x.indices, x.indptr)):
+            x = x.copy()
+    else:
+        x = np.require(x, None, ["C", "A"])
+    return _Pair(x, np.require(y, None, ["C", "A"]))
 
 
 def _piece_rows(n_rows: int, piece: Piece) -> np.ndarray:

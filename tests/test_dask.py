@@ -2,6 +2,7 @@
 across a cluster, on a LocalCluster of two worker processes on loopback started here."""
 
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from unittest import mock
 
 import numpy as np
 import pytest
+import scipy.sparse
 
 distributed = pytest.importorskip("distributed")
 da = pytest.importorskip("dask.array")
@@ -473,6 +475,44 @@ def test_chunks_train_where_the_cluster_already_holds_them(cluster_client):
     staying = [block for block in placed if placed[block] == held[block]]
     assert sorted(placed.values()) == workers
     assert len(staying) == (2 if len(set(held)) == 2 else 1) and len(moved) == 2 - len(staying)
+
+
+def unaligned(array):
+    """A copy of `array` one byte off its dtype's alignment."""
+    raw = np.zeros(array.nbytes + 1, np.uint8)
+    copy = np.frombuffer(raw.data, array.dtype, array.size, offset=1).reshape(array.shape)
+    copy[...] = array
+    assert not copy.flags.aligned
+    return copy
+
+
+def aligned_parts(pair):
+    """Whether each array of a block's pair is aligned for its dtype (the fit copies one
+    that is not, in every round)."""
+    x, y = pair
+    parts = (x.data, x.indices, x.indptr) if scipy.sparse.issparse(x) else (x,)
+    return all(part.flags.aligned and part.flags.c_contiguous for part in (*parts, y))
+
+
+def test_a_chunk_is_aligned_where_it_is_made_and_wherever_it_is_sent(cluster_client):
+    """Dask delivers a transferred array at any byte offset (and may have made a chunk
+    that way), so a block's pair aligns its arrays when it is made and when it is
+    unpickled on another worker: once, not a copy of the chunk in every round's fit."""
+    x, y = unaligned(X_TRAIN[:100]), unaligned(Y_TRAIN[:100])
+    for pair in (fastbp.dask._pair(x, y, "float32", False),
+                 fastbp.dask._pair(x, y, "float64", False),
+                 fastbp.dask._pair(scipy.sparse.csr_array(x), unaligned(Y_TRAIN[:100] * 1.0),
+                                   "float32", True),
+                 pickle.loads(pickle.dumps(fastbp.dask._Pair(x, y), protocol=5))):
+        assert aligned_parts(pair)
+        np.testing.assert_array_equal(scipy.sparse.csr_array(pair[0]).toarray(), x)
+        np.testing.assert_array_equal(pair[1], Y_TRAIN[:100])
+    first, second = sorted(cluster_client.nthreads())
+    made = cluster_client.submit(fastbp.dask._pair, X_TRAIN[:1001], Y_TRAIN[:1001],
+                                 "float32", False, workers=[first], pure=False)
+    for worker in (first, second):
+        assert cluster_client.submit(aligned_parts, made, workers=[worker],
+                                     pure=False).result()
 
 
 def test_chunks_are_placed_again_when_a_worker_joins():
