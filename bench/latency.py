@@ -288,12 +288,13 @@ def main(argv=None):
 
     if args.concurrent:
         print(f"# fastbp predict, calls per second: one thread, then {args.concurrent} "
-              f"threads on one model")
+              f"threads on one model"
+              + (f"; X: CSR, {args.sparse} stored values a row" if args.sparse else ""))
         for network in args.networks:
             sizes, activations = NETWORKS[network]
             model = fastbp.MLP(sizes, activations, dtype="float32", seed=0)
             for n_rows in args.rows:
-                X = np.ones((n_rows, sizes[0]), np.float32)
+                X = inputs(n_rows, sizes[0], args.sparse)
                 for hold in args.hold_gil_us or [None]:
                     label = ""
                     if hold is not None:

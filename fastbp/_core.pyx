@@ -2214,9 +2214,12 @@ cdef Py_ssize_t forward_in_chunks(const PlanData* plan, const HyperparameterData
 
 
 def predict(Plan plan, const floating[::1] params, floating[::1] work,
-            const floating[:, ::1] X, floating[:, ::1] out, SparseRows sparse=None):
+            const floating[:, ::1] X, floating[:, ::1] out, SparseRows sparse=None,
+            bint release=True):
     """out := the network's output for X, in chunks of plan.capacity rows. sparse: X is
-    this sparse matrix (X itself is not read)."""
+    this sparse matrix (X itself is not read). release: let other Python threads run
+    meanwhile (the GIL released; a pass of a few microseconds is better off keeping it,
+    see hold_gil_seconds). Returns the pass's own time in seconds."""
     cdef const PlanData* plan_data = &plan.data
     cdef bint use_sparse = sparse is not None
     cdef Py_ssize_t n_samples = sparse.n_rows if use_sparse else X.shape[0], stopped
@@ -2226,17 +2229,33 @@ def predict(Plan plan, const floating[::1] params, floating[::1] work,
     cdef SparseBatch batch
     cdef SparseBatch* sparse_batch = sparse_input("predict", plan_data, sparse,
                                                   sizeof(floating) == 8, &batch)
-    cdef double unused = 0.0
+    cdef double seconds = 0.0
     if n_samples == 0:
-        return
+        return seconds
     cdef const floating* x = NULL
     if not use_sparse:   # (if/else: a conditional expression here would drop const)
         x = &X[0, 0]
-    with nogil:
-        stopped = forward_in_chunks(plan_data, NULL, &params[0], &work[0], x, NULL,
-                                    &out[0, 0], n_samples, sparse_batch, &unused)
+    if release:
+        with nogil:
+            stopped = timed_forward(plan_data, &params[0], &work[0], x, &out[0, 0],
+                                    n_samples, sparse_batch, &seconds)
+    else:
+        stopped = timed_forward(plan_data, &params[0], &work[0], x, &out[0, 0], n_samples,
+                                sparse_batch, &seconds)
     if stopped < n_samples:
         raise_bad_sparse_row(sparse, stopped + batch.bad)
+    return seconds
+
+
+cdef Py_ssize_t timed_forward(const PlanData* plan, const floating* params, floating* work,
+                              const floating* x, floating* out, Py_ssize_t n_samples,
+                              SparseBatch* sparse, double* seconds) noexcept nogil:
+    """predict's forward_in_chunks; *seconds := its own time (not a wait for the GIL)."""
+    cdef double unused = 0.0, started = fbp_seconds()
+    cdef Py_ssize_t stopped = forward_in_chunks(plan, NULL, params, work, x, NULL, out,
+                                                n_samples, sparse, &unused)
+    seconds[0] = fbp_seconds() - started
+    return stopped
 
 
 def evaluate(Plan plan, Hyperparameters hyperparameters, const floating[::1] params,
@@ -2300,12 +2319,21 @@ def output_loss(floating[:, ::1] outputs, const floating[:, ::1] Y, int activati
     return total * scale, grad
 
 
+# all_finite keeps the GIL below this many values: a scan of a few microseconds, for
+# which letting other Python threads run costs a hand-off of the GIL each way when they
+# are waiting for it (predict's check of one sparse row's 20 outputs had made eight
+# threads run at half the calls a second of one).
+cdef Py_ssize_t FINITE_HOLD_GIL_VALUES = 16384
+
+
 def all_finite(const floating[:, ::1] X):
     """True if X holds no NaN or infinity."""
     cdef Py_ssize_t n = X.shape[0] * X.shape[1]
     cdef bint result
     if n == 0:
         return True
+    if n < FINITE_HOLD_GIL_VALUES:
+        return fbp_all_finite(&X[0, 0], n)
     with nogil:
         result = fbp_all_finite(&X[0, 0], n)
     return result

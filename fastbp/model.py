@@ -207,6 +207,11 @@ class MLP:
         # general path (_forward_pass); new parameters or dtype, new dicts
         self._kept_plans = {}
         self._kept_pass_plans = {}
+        # the general path's last pass time per row, dense (False) and sparse (True): a
+        # pass expected under _core.predictor_hold_gil_seconds() keeps the GIL, as the
+        # fast path's do (eight threads on one sparse row each: 0.4x of one thread's
+        # calls a second with the GIL released around its 3 us pass)
+        self._row_seconds = {}
         # Held by a fit: a second fit of the same model from another thread is refused.
         self._training = threading.Lock()
 
@@ -423,8 +428,12 @@ class MLP:
                 _core.predict_on_workers(plan, self._params, work, dense, out, workers)
         else:
             plan, work, context = self._forward_pass(X.shape[0], n_threads, sparse is not None)
+            row_seconds = self._row_seconds.get(sparse is not None)
+            release = row_seconds is None or \
+                row_seconds * X.shape[0] >= _core.predictor_hold_gil_seconds()
             with context:
-                _core.predict(plan, self._params, work, dense, out, sparse)
+                seconds = _core.predict(plan, self._params, work, dense, out, sparse, release)
+            self._row_seconds[sparse is not None] = seconds / X.shape[0]
         if not _core.all_finite(out):
             raise ValueError(f"the model's outputs overflow {self.dtype.name} for these inputs "
                              f"(they would be infinite or NaN)")

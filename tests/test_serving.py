@@ -543,6 +543,96 @@ def test_a_released_pass_is_timed_without_the_wait_to_take_the_gil_back(
     assert not predictor.releases_gil(64)       # its pass took microseconds, not the wait
 
 
+def sparse_rows(n_rows, n_columns=5_000, per_row=27, seed=3):
+    """CSR rows of per_row stored values each (columns at random, float32)."""
+    import scipy.sparse
+    rng = np.random.default_rng(seed)
+    columns = np.sort(np.stack([rng.choice(n_columns, per_row, replace=False)
+                                for _ in range(n_rows)]), axis=1).ravel()
+    return scipy.sparse.csr_array(
+        (rng.standard_normal(n_rows * per_row).astype(np.float32), columns,
+         np.arange(0, n_rows * per_row + 1, per_row)), shape=(n_rows, n_columns))
+
+
+def test_a_short_sparse_pass_keeps_the_gil_as_the_fast_path_does(hold_gil_seconds,
+                                                                   monkeypatch):
+    """The general path (sparse X here) releases the GIL around its pass unless its last
+    pass, per row, says this one takes under predictor_hold_gil_seconds (eight threads on
+    one sparse row each: 0.4x of one thread's calls a second with it released); a first
+    call, not yet timed, releases it. The same bits either way."""
+    model = fastbp.MLP([5_000, 64, 10], ["relu", "softmax"], dtype="float32", seed=0)
+    released = []
+    original = _core.predict
+
+    def recording(*args):
+        released.append(args[-1])
+        return original(*args)
+
+    monkeypatch.setattr(_core, "predict", recording)
+    one, many = sparse_rows(1), sparse_rows(50)
+    hold_gil_seconds(1e-12)                   # any timed pass is longer than this
+    expected = model.predict(one)
+    assert released == [True] and model._row_seconds[True] > 0
+    hold_gil_seconds(3600.0)                  # every pass is shorter than this
+    assert np.array_equal(model.predict(one), expected)
+    hold_gil_seconds(model._row_seconds[True] * 10)   # one row under it, 50 rows past it
+    model.predict(many)
+    assert np.array_equal(model.predict(one), expected)
+    assert released == [True, False, True, False]
+    hold_gil_seconds(0.0)                     # every call releases it
+    assert np.array_equal(model.predict(one), expected) and released[-1] is True
+
+
+def test_a_released_sparse_pass_is_timed_without_the_wait_to_take_the_gil_back(
+        hold_gil_seconds):
+    """As the fast path's: the general path's pass time is its own, measured before it
+    takes the GIL back, not a wait behind a thread running Python."""
+    import sys
+    model = fastbp.MLP([5_000, 64, 10], ["relu", "softmax"], dtype="float32", seed=0)
+    rows = sparse_rows(400)                      # a pass of tens of microseconds
+    model.predict(rows)
+    running, stop = threading.Event(), threading.Event()
+
+    def spin():
+        running.set()
+        while not stop.is_set():
+            pass
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(0.05)
+    spinner = threading.Thread(target=spin)
+    try:
+        spinner.start()
+        running.wait()
+        hold_gil_seconds(0.0)
+        for _ in range(200):
+            started = time.perf_counter()
+            model.predict(rows)
+            waited = time.perf_counter() - started
+            if waited > 0.02:
+                break
+    finally:
+        stop.set()
+        spinner.join()
+        sys.setswitchinterval(interval)
+    assert waited > 0.02, "the spinner never took the GIL during a pass: nothing tested"
+    assert model._row_seconds[True] * 400 < 0.01
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_all_finite_on_both_sides_of_the_size_that_keeps_the_gil(dtype):
+    """all_finite keeps the GIL for a short scan and releases it for a long one; the
+    answer is the same on both sides, wherever the bad value lies."""
+    for n in (1, 16_383, 16_384, 40_000):
+        values = np.ones((1, n), dtype)
+        assert _core.all_finite(values)
+        for place in {0, n // 2, n - 1}:
+            for bad in (np.nan, np.inf, -np.inf):
+                values[0, place] = bad
+                assert not _core.all_finite(values)
+                values[0, place] = 1
+
+
 @pytest.mark.parametrize("n_rows", [8, 64])
 @pytest.mark.parametrize("n_threads", [None, 1, 2])
 def test_a_hot_model_allocates_nothing_per_call(monkeypatch, n_rows, n_threads):
