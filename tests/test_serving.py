@@ -501,17 +501,11 @@ def test_a_call_keeps_the_gil_while_its_last_pass_on_as_many_rows_was_short(
         predictor.releases_gil(0)
 
 
-def test_a_released_pass_is_timed_without_the_wait_to_take_the_gil_back(
-        hold_gil_seconds, monkeypatch):
-    """A pass that released the GIL records its own time, not its wait for the GIL after
-    it: with another thread running Python meanwhile that wait lasts the interpreter's
-    switch interval, and counted in, every later call on that row count released it too
-    (eight threads on one row of W1's network: 0.78x of one thread's calls a second)."""
+def waits_behind_a_python_thread(call, hold_gil_seconds):
+    """Run `call` with the GIL released around every pass while another thread runs
+    Python 50 ms a turn, until one call waits over 20 ms: the spinner, woken by a
+    release, took the GIL while a pass ran (it does not always wake within the pass)."""
     import sys
-    model = make([784, 128, 10], ["relu", "softmax"], "float32", monkeypatch)
-    predictor = model._predictor
-    rows = np.ones((64, 784), np.float32)      # a pass of tens of microseconds
-    model.predict(rows)                         # first touch
     running, stop = threading.Event(), threading.Event()
 
     def spin():                                 # Python code: it wants the GIL throughout
@@ -522,25 +516,35 @@ def test_a_released_pass_is_timed_without_the_wait_to_take_the_gil_back(
     interval = sys.getswitchinterval()
     sys.setswitchinterval(0.05)                 # the spinner keeps the GIL 50 ms a turn
     spinner = threading.Thread(target=spin)
+    before = hold_gil_seconds(0.0)              # each call releases it while it computes
     try:
         spinner.start()
         running.wait()
-        hold_gil_seconds(0.0)                   # each call releases it while it computes
-        # until the spinner, woken by a release, takes the GIL while a pass runs (it
-        # does not always wake within the pass)
         for _ in range(200):
             started = time.perf_counter()
-            model.predict(rows)
-            waited = time.perf_counter() - started
-            if waited > 0.02:
-                break
+            call()
+            if time.perf_counter() - started > 0.02:
+                return
     finally:
         stop.set()
         spinner.join()
         sys.setswitchinterval(interval)
+        hold_gil_seconds(before)
+    raise AssertionError("the spinner never took the GIL during a pass: nothing tested")
+
+
+def test_a_released_pass_is_timed_without_the_wait_to_take_the_gil_back(
+        hold_gil_seconds, monkeypatch):
+    """A pass that released the GIL records its own time, not its wait for the GIL after
+    it: with another thread running Python meanwhile that wait lasts the interpreter's
+    switch interval, and counted in, every later call on that row count released it too
+    (eight threads on one row of W1's network: 0.78x of one thread's calls a second)."""
+    model = make([784, 128, 10], ["relu", "softmax"], "float32", monkeypatch)
+    rows = np.ones((64, 784), np.float32)      # a pass of tens of microseconds
+    model.predict(rows)                         # first touch
+    waits_behind_a_python_thread(lambda: model.predict(rows), hold_gil_seconds)
     hold_gil_seconds(0.01)
-    assert waited > 0.02, "the spinner never took the GIL during a pass: nothing tested"
-    assert not predictor.releases_gil(64)       # its pass took microseconds, not the wait
+    assert not model._predictor.releases_gil(64)    # its pass took microseconds, not the wait
 
 
 def sparse_rows(n_rows, n_columns=5_000, per_row=27, seed=3):
@@ -587,35 +591,10 @@ def test_a_released_sparse_pass_is_timed_without_the_wait_to_take_the_gil_back(
         hold_gil_seconds):
     """As the fast path's: the general path's pass time is its own, measured before it
     takes the GIL back, not a wait behind a thread running Python."""
-    import sys
     model = fastbp.MLP([5_000, 64, 10], ["relu", "softmax"], dtype="float32", seed=0)
     rows = sparse_rows(400)                      # a pass of tens of microseconds
     model.predict(rows)
-    running, stop = threading.Event(), threading.Event()
-
-    def spin():
-        running.set()
-        while not stop.is_set():
-            pass
-
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(0.05)
-    spinner = threading.Thread(target=spin)
-    try:
-        spinner.start()
-        running.wait()
-        hold_gil_seconds(0.0)
-        for _ in range(200):
-            started = time.perf_counter()
-            model.predict(rows)
-            waited = time.perf_counter() - started
-            if waited > 0.02:
-                break
-    finally:
-        stop.set()
-        spinner.join()
-        sys.setswitchinterval(interval)
-    assert waited > 0.02, "the spinner never took the GIL during a pass: nothing tested"
+    waits_behind_a_python_thread(lambda: model.predict(rows), hold_gil_seconds)
     assert model._row_seconds[True] * 400 < 0.01
 
 
