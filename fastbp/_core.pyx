@@ -1663,68 +1663,73 @@ cdef bint plain_csr(const floating* values, const csr_index* indices,
     return True
 
 
+cdef inline bint plain_vector(object array, int type_num) noexcept:
+    """array: exactly an np.ndarray, 1-D, C-contiguous, aligned, in native byte order,
+    of NumPy type number type_num (read through NumPy's C API: a serving call checks
+    three of them, and their Python attributes had cost a microsecond)."""
+    if type(array) is not np.ndarray:
+        return False
+    cdef cnp.ndarray vector = <cnp.ndarray>array
+    return (cnp.PyArray_NDIM(vector) == 1 and cnp.PyArray_TYPE(vector) == type_num
+            and cnp.PyArray_ISCARRAY_RO(vector) and cnp.PyArray_ISNOTSWAPPED(vector))
+
+
 def plain_sparse_rows(values, indices, indptr, Py_ssize_t n_rows, Py_ssize_t n_columns,
                       dtype):
     """SparseRows of a CSR matrix's arrays (n_rows rows, n_columns columns) when they need
     nothing but their int32 indices widened: values a 1-D aligned C-contiguous array of
-    `dtype` (float32 or float64), indices and indptr such arrays of one type, int32 or
-    np.intp; indptr of n_rows + 1 entries from 0, never decreasing, ending within both
-    arrays; every row's columns in range and sorted (repeats allowed); the values
-    finite. Else None: fastbp._validation.as_sparse_rows then converts, sorts or says
-    what is wrong. The same arrays as that path makes, in one compiled pass."""
-    cdef const float[::1] values32
-    cdef const double[::1] values64
-    cdef const int[::1] indices32, indptr32
-    cdef const Py_ssize_t[::1] indices64, indptr64
-    cdef Py_ssize_t[::1] indices_out, indptr_out
-    cdef Py_ssize_t nnz
-    cdef bint plain
-    for array in (values, indices, indptr):
-        if type(array) is not np.ndarray or array.ndim != 1 \
-                or not (array.flags.c_contiguous and array.flags.aligned):
-            return None
-    if values.dtype != dtype or indices.dtype != indptr.dtype \
-            or indptr.shape[0] != n_rows + 1 or n_columns < 1:
+    `dtype` (float32 or float64, a np.dtype), indices and indptr such arrays of one type,
+    int32 or np.intp, all in native byte order; indptr of n_rows + 1 entries from 0,
+    never decreasing, ending within both arrays; every row's columns in range and sorted
+    (repeats allowed); the values finite. Else None: fastbp._validation.as_sparse_rows
+    then converts, sorts or says what is wrong. The same arrays as that path makes, in
+    one compiled pass."""
+    cdef int value_type = dtype.num, index_type
+    if value_type != cnp.NPY_FLOAT32 and value_type != cnp.NPY_FLOAT64 or n_columns < 1:
         return None
-    if indptr.dtype == np.intp:
-        indptr64, indices64 = indptr, indices
-        nnz = indptr64[n_rows]
-    elif indptr.dtype == np.int32:
-        indptr32, indices32 = indptr, indices
-        nnz = indptr32[n_rows]
+    if plain_vector(indptr, cnp.NPY_INTP):
+        index_type = cnp.NPY_INTP
+    elif plain_vector(indptr, cnp.NPY_INT32):
+        index_type = cnp.NPY_INT32
     else:
         return None
-    if not 0 <= nnz <= min(indices.shape[0], values.shape[0]):
+    if not (plain_vector(values, value_type) and plain_vector(indices, index_type)) \
+            or cnp.PyArray_DIM(indptr, 0) != n_rows + 1:
         return None
-    values, indices = values[:nnz], indices[:nnz]
-    if nnz == 0:
-        values32 = np.zeros(1, np.float32)     # (the loops read no value)
-        values64 = np.zeros(1, np.float64)
-        indices32 = np.zeros(1, np.int32)
-        indices64 = np.zeros(1, np.intp)
-    elif dtype == np.float32:
-        values32 = values
-    elif dtype == np.float64:
-        values64 = values
-    else:
+    cdef const void* starts = cnp.PyArray_DATA(indptr)
+    cdef Py_ssize_t nnz = (<const Py_ssize_t*>starts)[n_rows] \
+        if index_type == cnp.NPY_INTP else (<const int*>starts)[n_rows]
+    if not 0 <= nnz <= min(cnp.PyArray_DIM(indices, 0), cnp.PyArray_DIM(values, 0)):
         return None
-    if indptr.dtype == np.intp:
-        if dtype == np.float32:
-            plain = plain_csr(&values32[0], &indices64[0], &indptr64[0], n_rows, n_columns,
-                              nnz, NULL, NULL)
+    if cnp.PyArray_DIM(values, 0) != nnz:
+        values = values[:nnz]
+    cdef const void* stored = cnp.PyArray_DATA(values)
+    cdef const void* columns = cnp.PyArray_DATA(indices)
+    cdef bint single = value_type == cnp.NPY_FLOAT32, plain
+    cdef cnp.ndarray indices_out, indptr_out
+    if index_type == cnp.NPY_INTP:
+        if cnp.PyArray_DIM(indices, 0) != nnz:
+            indices = indices[:nnz]
+        if single:
+            plain = plain_csr(<const float*>stored, <const Py_ssize_t*>columns,
+                              <const Py_ssize_t*>starts, n_rows, n_columns, nnz, NULL, NULL)
         else:
-            plain = plain_csr(&values64[0], &indices64[0], &indptr64[0], n_rows, n_columns,
-                              nnz, NULL, NULL)
+            plain = plain_csr(<const double*>stored, <const Py_ssize_t*>columns,
+                              <const Py_ssize_t*>starts, n_rows, n_columns, nnz, NULL, NULL)
     else:
-        indices, indptr = np.empty(max(nnz, 1), np.intp), np.empty(n_rows + 1, np.intp)
-        indices_out, indptr_out = indices, indptr
-        if dtype == np.float32:
-            plain = plain_csr(&values32[0], &indices32[0], &indptr32[0], n_rows, n_columns,
-                              nnz, &indices_out[0], &indptr_out[0])
+        indices_out = cnp.PyArray_EMPTY(1, [nnz], cnp.NPY_INTP, 0)
+        indptr_out = cnp.PyArray_EMPTY(1, [n_rows + 1], cnp.NPY_INTP, 0)
+        if single:
+            plain = plain_csr(<const float*>stored, <const int*>columns, <const int*>starts,
+                              n_rows, n_columns, nnz,
+                              <Py_ssize_t*>cnp.PyArray_DATA(indices_out),
+                              <Py_ssize_t*>cnp.PyArray_DATA(indptr_out))
         else:
-            plain = plain_csr(&values64[0], &indices32[0], &indptr32[0], n_rows, n_columns,
-                              nnz, &indices_out[0], &indptr_out[0])
-        indices = indices[:nnz]
+            plain = plain_csr(<const double*>stored, <const int*>columns, <const int*>starts,
+                              n_rows, n_columns, nnz,
+                              <Py_ssize_t*>cnp.PyArray_DATA(indices_out),
+                              <Py_ssize_t*>cnp.PyArray_DATA(indptr_out))
+        indices, indptr = indices_out, indptr_out
     return SparseRows(values, indices, indptr, n_columns) if plain else None
 
 

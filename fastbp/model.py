@@ -23,6 +23,7 @@ RELU_FAMILY = ("relu", "leaky_relu")
 INITS = ("auto", "he", "glorot", "zeros")
 DTYPES = ("float32", "float64")
 PREDICT_CHUNK_ROWS = 2048   # rows per forward pass in predict/gradients: activations stay in cache
+NO_CONTEXT = contextlib.nullcontext()   # (reusable: it holds nothing)
 FEW_ROWS_VARIABLE = "FASTBP_FEW_ROWS"
 # The variables a predict plan's choices read (few-row and own kernels, the latter's
 # instruction set): a kept plan is kept under their values (MLP._kept_plan).
@@ -511,17 +512,19 @@ class MLP:
         rows = self._chunk_rows(n_samples, sparse)
         n_threads = checked_thread_count(n_threads)
         double = self.dtype == np.float64
+        plan = None
         if n_threads is None:
             plan = self._kept_pass_plan(rows, 1, sparse)
             if plan.forward_calls_blas(n_samples, double, or_own=True):
-                n_threads = self._pass_threads(rows, False, sparse)
+                n_threads, plan = self._pass_threads(rows, False, sparse), None
             else:
                 n_threads = 1
-        plan = self._kept_pass_plan(rows, n_threads, sparse)
+        if plan is None:
+            plan = self._kept_pass_plan(rows, n_threads, sparse)
         work = np.empty(plan.work_size, dtype=self.dtype)
         if plan.forward_calls_blas(n_samples, double):
             return plan, work, blas_threads(n_threads)
-        return plan, work, contextlib.nullcontext()
+        return plan, work, NO_CONTEXT
 
     def _kept_fit_plan(self, batch_size: int, with_gradient: bool, n_threads: int,
                        sparse: bool):

@@ -817,13 +817,23 @@ def csr_arrays(case, dtype):
         indptr = indptr.astype(np.intp)
     elif case == "strided values":
         values = np.repeat(values, 2)[::2]
+    elif case == "big-endian values":
+        values = values.astype(values.dtype.newbyteorder(">"))
+    elif case == "big-endian indices":
+        indices, indptr = indices.astype(">i4"), indptr.astype(">i4")
+    elif case == "unaligned values":
+        raw = np.zeros(values.nbytes + 1, np.uint8)
+        shifted = np.frombuffer(raw.data, values.dtype, values.size, offset=1)
+        shifted[...] = values
+        values = shifted
     return values, indices, indptr, 4, 6
 
 
 PLAIN_CASES = ["plain", "int64", "empty", "stored past nnz"]
 OTHER_CASES = ["unsorted", "column past the width", "negative column", "indptr from 1",
                "indptr decreasing", "indptr past the arrays", "nan", "inf",
-               "other value dtype", "uint32 indices", "mixed index types", "strided values"]
+               "other value dtype", "uint32 indices", "mixed index types", "strided values",
+               "big-endian values", "big-endian indices", "unaligned values"]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
