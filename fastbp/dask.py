@@ -138,7 +138,9 @@ def _train_block(model_bytes, start, trainer_arguments, part, seed, rates, n_thr
     history = trainer.fit(model, X, Y)
     rows = X.shape[0]
     last_loss = history.loss[-1] if history.loss else float("nan")
-    return {"sum": model.parameter_vector(np.float64) * rows, "rows": rows,
+    weighted = model.parameter_vector(np.float64)     # a copy: weighted in place
+    weighted *= rows
+    return {"sum": weighted, "rows": rows,
             "loss": last_loss * rows, "diverged": bool(history.diverged),
             "trained": {block: Trained(_worker_address(), rows, n_threads,
                                        float(sum(history.seconds)))}}
