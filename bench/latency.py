@@ -200,10 +200,10 @@ def measure(run_of, X, seconds, rounds, settle=0.0):
     return {name: np.sort(np.array(values)) for name, values in times.items()}
 
 
-def concurrent_rates(model, X, n_threads, calls):
+def concurrent_rates(model, X, n_threads, seconds):
     """(calls/s on one thread, calls/s of n_threads threads predicting at once on the same
-    model, each `calls` calls), fastbp's predict of X."""
-    return concurrent_call_rates(lambda: model.predict(X), n_threads, calls)
+    model), fastbp's predict of X, about `seconds` each."""
+    return concurrent_call_rates(lambda: model.predict(X), n_threads, seconds)
 
 
 def python_stand_in(seconds):
@@ -225,16 +225,21 @@ def python_stand_in(seconds):
         n = max(n + 1, int(n * min(4.0, seconds / max(took, 1e-9))))
 
 
-def concurrent_call_rates(call, n_threads, calls):
-    """(calls/s of call() on one thread, calls/s of n_threads threads calling it at once,
-    each `calls` calls)."""
+def concurrent_call_rates(call, n_threads, seconds):
+    """(calls/s of call() on one thread, calls/s of n_threads threads calling it at once),
+    about `seconds` each (the threads share out as many calls as one thread made): long
+    enough to count what choices made on the calls (fastbp's GIL rule) cost while they
+    are measured."""
     import threading
     for _ in range(100):
         call()
-    start = time.perf_counter()
-    for _ in range(calls):
-        call()
+    calls, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for _ in range(100):
+            call()
+        calls += 100
     alone = calls / (time.perf_counter() - start)
+    calls = max(100, calls // n_threads)
     barrier = threading.Barrier(n_threads + 1)
 
     def serve():
@@ -274,10 +279,10 @@ def main(argv=None):
     parser.add_argument("--concurrent", type=int, default=0, metavar="N",
                         help="instead: fastbp's calls/s on one thread and on N threads "
                              "sharing one model")
-    parser.add_argument("--hold-gil-us", type=float, nargs="+", default=None, metavar="US",
-                        help="with --concurrent: compare these thresholds under which a "
-                             "few-row call keeps the GIL (_core.predictor_hold_gil_seconds, "
-                             "in microseconds; 0: always released), in turn")
+    parser.add_argument("--gil", nargs="+", default=None, choices=("measure", "hold", "release"),
+                        help="with --concurrent: compare these rules for the GIL around a "
+                             "one-thread pass (FASTBP_GIL; measure: chosen on the calls, "
+                             "the default), a new model for each, in turn")
     args = parser.parse_args(argv)
     _limit_threads(args.threads)
     settle = args.settle if args.settle is not None else (0.25 if args.threads == 0 else 0.0)
@@ -292,21 +297,27 @@ def main(argv=None):
               + (f"; X: CSR, {args.sparse} stored values a row" if args.sparse else ""))
         for network in args.networks:
             sizes, activations = NETWORKS[network]
-            model = fastbp.MLP(sizes, activations, dtype="float32", seed=0)
             for n_rows in args.rows:
                 X = inputs(n_rows, sizes[0], args.sparse)
-                for hold in args.hold_gil_us or [None]:
+                for rule in args.gil or [None]:
                     label = ""
-                    if hold is not None:
-                        _core.predictor_hold_gil_seconds(hold * 1e-6)
-                        label = f" | GIL kept under {hold:g} us"
-                    alone, together = concurrent_rates(model, X, args.concurrent, 20000)
+                    if rule is not None:
+                        os.environ[_core.GIL_VARIABLE] = rule
+                        label = f" | GIL: {rule}"
+                    # a new model: its choices are made on these calls alone
+                    model = fastbp.MLP(sizes, activations, dtype="float32", seed=0)
+                    alone, together = concurrent_rates(model, X, args.concurrent, args.seconds)
+                    if rule == "measure" and model._predictor is not None \
+                            and n_rows <= _core.PREDICTOR_ROWS and not args.sparse:
+                        gil = model._predictor.gil_choice(n_rows)
+                        label += (f" (chose {'release' if gil.chosen else 'hold'}: "
+                                  f"{gil.rates[0]:.0f} against {gil.rates[1]:.0f} calls/s)")
                     print(f"{network:>11} {n_rows:5d} | 1 thread {alone:10.0f}/s | "
                           f"{args.concurrent} threads {together:10.0f}/s "
                           f"x{together / alone:4.2f}{label}", flush=True)
                 # the same length of pure Python: what the interpreter's switching costs
                 python_alone, python_together = concurrent_call_rates(
-                    python_stand_in(1 / alone), args.concurrent, 20000)
+                    python_stand_in(1 / alone), args.concurrent, args.seconds)
                 print(f"{'':>11} {'':5} | pure-Python function of the same length: "
                       f"x{python_together / python_alone:4.2f}", flush=True)
         return

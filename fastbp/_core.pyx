@@ -2223,8 +2223,8 @@ def predict(Plan plan, const floating[::1] params, floating[::1] work,
             bint release=True):
     """out := the network's output for X, in chunks of plan.capacity rows. sparse: X is
     this sparse matrix (X itself is not read). release: let other Python threads run
-    meanwhile (the GIL released; a pass of a few microseconds is better off keeping it,
-    see hold_gil_seconds). Returns the pass's own time in seconds."""
+    meanwhile (the GIL released; a pass of a few microseconds may be better off keeping
+    it: GilChoice). Returns the pass's own time in seconds."""
     cdef const PlanData* plan_data = &plan.data
     cdef bint use_sparse = sparse is not None
     cdef Py_ssize_t n_samples = sparse.n_rows if use_sparse else X.shape[0], stopped

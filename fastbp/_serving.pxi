@@ -8,8 +8,11 @@
 # Anything it does not take (another dtype or layout, more rows, NaN, outputs that
 # overflow) it hands back to MLP.predict's general path, which converts or refuses it with
 # the usual messages.
+cimport cython
 cimport numpy as cnp
+from cpython.pythread cimport PyThread_get_thread_ident
 from libc.stdlib cimport getenv
+import sys
 
 cnp.import_array()
 
@@ -35,28 +38,149 @@ PREDICTOR_POOL_BYTES = 32 << 20
 # depend on the rows computed with it, so every count gives the bits of one thread.
 # Whether sharing pays (handing pieces to helper threads has a cost of its own) is
 # measured on the calls themselves, per row count; where the first one-thread pass on as
-# many rows took under hold_gil_seconds, those calls stay on one thread without asking (a
-# pass that short is not worth a hand-off between threads, as below).
+# many rows took under share_min_seconds, those calls stay on one thread without asking
+# (a pass that short is not worth even measuring: handing pieces to helpers and waiting
+# for them costs microseconds on any machine).
 FEW_PIECE_ROWS = 4
-# A few-row call whose pass took less than this the last time it ran on as many rows keeps
-# the GIL while it computes. Releasing it lets other Python threads run meanwhile, but
-# when they are waiting for it each release and re-acquisition is a hand-off between
-# threads (a futex wake and a sleep): on this project's 2-core KVM guest, eight threads
-# calling predict on one row each ran at 0.4-0.75x of one thread's calls per second with
-# the GIL released around a 0.3-3 us pass, and 1.1-1.9x for passes of 10 us and more.
-# Held, such a short pass delays the other threads by less than a hand-off would.
-cdef double hold_gil_seconds = 5e-6
+cdef double share_min_seconds = 5e-6
 
 
-def predictor_hold_gil_seconds(double seconds=-1):
-    """The pass time under which a Predictor call keeps the GIL (seconds >= 0 sets it;
-    for tests and benchmarks). Returns the value in force before."""
-    global hold_gil_seconds
-    cdef double before = hold_gil_seconds
+def predictor_share_min_seconds(double seconds=-1):
+    """The one-thread pass time under which a few-row call is never shared among threads
+    (seconds >= 0 sets it, for the choices of threads made after; for tests). Returns the
+    value before."""
+    global share_min_seconds
+    cdef double before = share_min_seconds
     if seconds >= 0:
-        hold_gil_seconds = seconds
+        share_min_seconds = seconds
     return before
 
+
+# Whether a short pass keeps the GIL while it computes. Releasing it lets other Python
+# threads run meanwhile, but when they are waiting for it each release and re-acquisition
+# is a hand-off between threads (a futex wake and a sleep), whose cost depends on the
+# machine, the interpreter and the load: on this project's 2-core KVM guests eight threads
+# calling predict on one row each of 20-64-64-1 ran at 0.37x of one thread's calls a
+# second with the GIL released and 1.11x with it kept, while on 64 rows of W1's network
+# releasing gave 1.86x and keeping it 0.94x; where the two cross moved from about 5 us of
+# pass on one host to 10-20 us on another. So no line is fixed: each kind of call (a row
+# count of the fast path; dense or sparse and a power of two of rows on the general path)
+# chooses on its own calls (GilChoice), and FASTBP_GIL=hold or release pins the rule.
+GIL_VARIABLE = "FASTBP_GIL"
+GIL_RULES = ("measure", "hold", "release")
+
+
+def gil_rule() -> str:
+    """The rule of the GIL around short passes for models made from now on: FASTBP_GIL's
+    "hold" or "release" where set to one of them, else "measure" (chosen on the calls)."""
+    value = os.environ.get(GIL_VARIABLE, "").strip().lower()
+    return value if value in ("hold", "release") else "measure"
+
+
+@cython.final
+cdef class GilChoice:
+    """Whether one kind of call releases the GIL around its pass, chosen on the calls
+    themselves: what it changes is how many calls all threads together complete a second,
+    which only the calls show (a hand-off timed alone, or a released call's overhead, mix
+    the wait behind other threads' useful Python with the hand-off: docs/serving.md). The
+    calls run in phases of at least _threads.TURN_SECONDS each, alternately keeping the
+    GIL and releasing it, MEASURE_ROUNDS phases each; a phase's rate is the calls begun
+    in it over its length, and the rule whose best phase was faster is kept, keeping the
+    GIL only where that was faster by MEASURE_MARGIN (a tie releases: other threads,
+    not all of them calling predict, may be waiting), for REMEASURE_CALLS calls and
+    REMEASURE_SECONDS; then the phases start again (the threads calling come and go), and
+    at once where the choice was made on the calls of one thread and another thread
+    calls (what one thread found says nothing of threads calling at once). A pass never
+    timed yet, or as long as the interpreter's switch interval (the time
+    Python lets one thread keep the GIL while others wait), releases it and is not
+    measured. Read and written under the GIL only: safe from many threads."""
+    cdef readonly str rule          # "measure", "hold" or "release" (pinned)
+    cdef readonly double pass_seconds    # the last pass's own time (0: none yet)
+    cdef readonly object chosen     # None while measuring, else True (release) or False
+    cdef double switch_seconds
+    cdef double turn_seconds, margin, remeasure_seconds
+    cdef long rounds, remeasure_calls
+    cdef long since                 # calls since the choice
+    cdef double chosen_at
+    cdef unsigned long last_thread  # the thread of the last call (0: none yet)
+    cdef bint crowded               # the calls measured came from more than one thread
+    cdef readonly bint alone        # the choice in force was made on one thread's calls
+    cdef bint phase                 # the phase under way releases the GIL
+    cdef double phase_began
+    cdef long phase_calls
+    cdef long phases[2]             # phases begun keeping [0] and releasing [1]
+    cdef double best_rate[2]        # each rule's best phase, calls a second
+
+    def __init__(self, str rule="measure"):
+        if rule not in GIL_RULES:
+            raise ValueError(f"GilChoice: rule must be one of {GIL_RULES}; got {rule!r}")
+        from fastbp import _threads
+        self.rule = rule
+        self.switch_seconds = sys.getswitchinterval()
+        self.turn_seconds = _threads.TURN_SECONDS
+        self.margin = _threads.MEASURE_MARGIN
+        self.rounds = _threads.MEASURE_ROUNDS
+        self.remeasure_calls = _threads.REMEASURE_CALLS
+        self.remeasure_seconds = _threads.REMEASURE_SECONDS
+        self.pass_seconds = 0.0
+        self.chosen = None
+        self.start()
+
+    cdef void start(self) noexcept:
+        """Measuring from the next call on."""
+        self.phase_began = -1.0
+        self.phase_calls = 0
+        self.phases[0] = self.phases[1] = 0
+        self.best_rate[0] = self.best_rate[1] = 0.0
+        self.crowded = False
+
+    cpdef bint releases(self):
+        """Whether this call releases the GIL around its pass (counted as a call of the
+        phase under way, if any); pair with passed()."""
+        if self.rule != "measure":
+            return self.rule == "release"
+        cdef unsigned long thread = PyThread_get_thread_ident()
+        cdef bint other = self.last_thread != 0 and thread != self.last_thread
+        self.last_thread = thread
+        if self.pass_seconds == 0.0 or self.pass_seconds >= self.switch_seconds:
+            return True
+        cdef double rate, now = fbp_seconds()
+        if self.chosen is not None:
+            self.since += 1
+            if not (self.alone and other) and (self.since <= self.remeasure_calls
+                                               or now - self.chosen_at < self.remeasure_seconds):
+                return self.chosen
+            self.chosen = None
+            self.start()
+        self.crowded |= other
+        if self.phase_began < 0:               # the first phase: keeping the GIL
+            self.phase, self.phase_began, self.phases[0] = False, now, 1
+        elif now - self.phase_began >= self.turn_seconds:
+            rate = self.phase_calls / (now - self.phase_began)
+            self.best_rate[self.phase] = max(self.best_rate[self.phase], rate)
+            if self.phases[0] >= self.rounds and self.phases[1] >= self.rounds:
+                self.chosen = not self.best_rate[0] > self.best_rate[1] * self.margin
+                self.since, self.chosen_at, self.alone = 1, now, not self.crowded
+                return self.chosen
+            self.phase = self.phases[1] < self.phases[0]
+            self.phase_began, self.phase_calls = now, 0
+            self.phases[self.phase] += 1
+        self.phase_calls += 1
+        return self.phase
+
+    cpdef void passed(self, double seconds):
+        """The pass's own time (not the wait to take the GIL back), for the next call."""
+        self.pass_seconds = seconds
+
+    @property
+    def rates(self):
+        """(keeping, releasing): each rule's best phase so far, calls a second."""
+        return self.best_rate[0], self.best_rate[1]
+
+    @property
+    def phases_begun(self):
+        """(keeping, releasing): the phases begun on each rule since measuring began."""
+        return self.phases[0], self.phases[1]
 
 
 cdef inline bint plain_matrix(object array, int type_num, Py_ssize_t n_cols,
@@ -89,16 +213,17 @@ cdef class Predictor:
     (FASTBP_FEW_ROWS=1), not only where they beat BLAS. It takes only calls whose every
     product runs in those kernels: it never calls BLAS. Calls from many threads at once are safe: each takes
     a workspace of its own from a small pool (taken and returned under the GIL, which the
-    computation releases unless it is shorter than hold_gil_seconds)."""
+    computation releases or not as each row count's GilChoice says)."""
     cdef readonly Plan plan
     cdef cnp.ndarray params
     cdef list pool
     cdef Py_ssize_t pool_size       # workspaces the pool keeps at most
     cdef int type_num
     cdef Py_ssize_t n_in, n_out
-    # per row count, the seconds its last one-thread pass took (0: none yet): a call keeps
-    # the GIL while its pass is shorter than hold_gil_seconds (written under the GIL)
-    cdef double[::1] pass_seconds
+    # per row count, its GilChoice (made on first use): whether its one-thread calls
+    # release the GIL, under the rule `gil` ("measure", "hold" or "release")
+    cdef list gil
+    cdef str gil_rule
     # per row count, the default thread count of its calls (KeptPassThreads, made on
     # first use) and whether that is one thread for good (its first pass was short); the
     # workspaces of the last shared call, kept for the next one
@@ -107,7 +232,7 @@ cdef class Predictor:
     cdef object shared_work
 
     def __init__(self, layer_sizes, activations, cnp.ndarray params not None,
-                 bint always=False):
+                 bint always=False, str gil="measure"):
         cdef Py_ssize_t row_bytes = Plan(layer_sizes, activations, 1).work_size \
             * params.itemsize
         cdef Py_ssize_t rows = max(1, min(PREDICTOR_ROWS, PREDICTOR_WORKSPACE_BYTES // row_bytes))
@@ -123,7 +248,10 @@ cdef class Predictor:
         self.n_in = layer_sizes[0]
         self.n_out = layer_sizes[len(layer_sizes) - 1]
         self.pool = []
-        self.pass_seconds = np.zeros(rows + 1)
+        if gil not in GIL_RULES:
+            raise ValueError(f"Predictor: gil must be one of {GIL_RULES}; got {gil!r}")
+        self.gil = [None] * (rows + 1)
+        self.gil_rule = gil
         self.choices = {}
         self.unshared = np.zeros(rows + 1, dtype=np.int8)
         self.shared_work = None
@@ -159,7 +287,10 @@ cdef class Predictor:
             work = self.pool.pop()
         except IndexError:      # every pooled workspace is in use (or none made yet)
             work = cnp.PyArray_EMPTY(1, [self.plan.work_size], self.type_num, 0)
-        cdef bint done, release = self.pass_seconds[m] >= hold_gil_seconds
+        cdef GilChoice gil = self.gil[m]
+        if gil is None:
+            gil = self.gil[m] = GilChoice(self.gil_rule)
+        cdef bint done, release = gil.releases()
         cdef double seconds = 0
         if self.type_num == cnp.NPY_FLOAT32:
             done = forward_few(&self.plan.data, <float*>cnp.PyArray_DATA(self.params),
@@ -171,7 +302,7 @@ cdef class Predictor:
                                <double*>cnp.PyArray_DATA(work),
                                <const double*>cnp.PyArray_DATA(inputs), m,
                                <double*>cnp.PyArray_DATA(outputs), release, &seconds)
-        self.pass_seconds[m] = seconds
+        gil.passed(seconds)
         if turn is not None:
             self.choices[m].record(turn, seconds, m)
         if len(self.pool) < self.pool_size:
@@ -184,7 +315,7 @@ cdef class Predictor:
         if n_threads is None:
             choice = self.choices.get(m)
             if choice is None:
-                choice = self.choices[m] = KeptPassThreads(min_seconds=hold_gil_seconds)
+                choice = self.choices[m] = KeptPassThreads(min_seconds=share_min_seconds)
             n_threads, turn = choice.threads()
             self.unshared[m] = choice.short
         return min(n_threads, m // FEW_PIECE_ROWS), turn
@@ -211,13 +342,12 @@ cdef class Predictor:
         while none has been needed."""
         return self.choices.get(n_rows)
 
-    def releases_gil(self, Py_ssize_t n_rows):
-        """Whether the next call on n_rows rows releases the GIL while it computes: its
-        last pass on as many rows took hold_gil_seconds or more."""
+    def gil_choice(self, Py_ssize_t n_rows):
+        """The GilChoice of one-thread calls on n_rows rows, or None while none was made."""
         if not 1 <= n_rows <= self.plan.data.capacity:
-            raise ValueError(f"releases_gil: n_rows is {n_rows}; this Predictor takes 1.."
+            raise ValueError(f"gil_choice: n_rows is {n_rows}; this Predictor takes 1.."
                              f"{self.plan.data.capacity} rows")
-        return self.pass_seconds[n_rows] >= hold_gil_seconds
+        return self.gil[n_rows]
 
     cdef cnp.ndarray outputs_for(self, cnp.ndarray inputs, object out):
         """A new output array for inputs' rows, or out if it can take them (None if not:

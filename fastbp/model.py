@@ -202,17 +202,19 @@ class MLP:
         # predict's fast path for a few rows: plan and workspaces kept between calls
         kernels = few_row_kernels()
         self._predictor = None if kernels == "never" else \
-            _core.Predictor(sizes, self._codes, self._params, always=kernels == "always")
+            _core.Predictor(sizes, self._codes, self._params, always=kernels == "always",
+                            gil=_core.gil_rule())
         # and past it, on one thread: the general path's plans, kept by chunk rows and the
         # switches they were chosen under (_kept_plan), and the forward passes' of the
         # general path (_forward_pass); new parameters or dtype, new dicts
         self._kept_plans = {}
         self._kept_pass_plans = {}
-        # the general path's last pass time per row, dense (False) and sparse (True): a
-        # pass expected under _core.predictor_hold_gil_seconds() keeps the GIL, as the
-        # fast path's do (eight threads on one sparse row each: 0.4x of one thread's
-        # calls a second with the GIL released around its 3 us pass)
-        self._row_seconds = {}
+        # whether the general path's one-thread passes release the GIL, chosen on the
+        # calls as the fast path's are (_core.GilChoice), per kind of call: sparse or
+        # not, and rows to a power of two (eight threads on one sparse row each ran at
+        # 0.4x of one thread's calls a second with the GIL released around its 3 us pass)
+        self._gil_rule = _core.gil_rule()
+        self._gil_choices = {}
         # Held by a fit: a second fit of the same model from another thread is refused.
         self._training = threading.Lock()
 
@@ -429,12 +431,11 @@ class MLP:
                 _core.predict_on_workers(plan, self._params, work, dense, out, workers)
         else:
             plan, work, context = self._forward_pass(X.shape[0], n_threads, sparse is not None)
-            row_seconds = self._row_seconds.get(sparse is not None)
-            release = row_seconds is None or \
-                row_seconds * X.shape[0] >= _core.predictor_hold_gil_seconds()
+            gil = self._gil_choice(sparse is not None, X.shape[0])
             with context:
-                seconds = _core.predict(plan, self._params, work, dense, out, sparse, release)
-            self._row_seconds[sparse is not None] = seconds / X.shape[0]
+                seconds = _core.predict(plan, self._params, work, dense, out, sparse,
+                                        gil.releases())
+            gil.passed(seconds)
         if not _core.all_finite(out):
             raise ValueError(f"the model's outputs overflow {self.dtype.name} for these inputs "
                              f"(they would be infinite or NaN)")
@@ -473,6 +474,15 @@ class MLP:
             choice.record(turn, time.perf_counter() - started, n_rows)
         return result
 
+    def _gil_choice(self, sparse: bool, n_rows: int):
+        """The GilChoice of the general path's one-thread calls on n_rows rows, sparse or
+        not: one per power of two of rows, whose passes take about as long."""
+        key = (sparse, n_rows.bit_length())
+        choice = self._gil_choices.get(key)
+        if choice is None:
+            choice = self._gil_choices.setdefault(key, _core.GilChoice(self._gil_rule))
+        return choice
+
     def _kept_plan(self, rows: int):
         """(plan, whether it calls BLAS, its KeptPassThreads) for predict's chunks of
         `rows` rows: made as _forward_pass makes it, then kept with the model. The key
@@ -486,7 +496,7 @@ class MLP:
             forward = plan.product_isas[self.dtype.name]
             # short passes: the few-row path's line (handing pieces over and asking the
             # limits cost microseconds; 20-64-64-1 gains from 256 rows, about 20 us)
-            threads = KeptPassThreads(min_seconds=_core.predictor_hold_gil_seconds())
+            threads = KeptPassThreads(min_seconds=_core.predictor_share_min_seconds())
             kept = self._keep("_kept_plans", key,
                               (plan, not all(isas[0] for isas in forward), threads))
         return kept

@@ -432,23 +432,28 @@ def test_bad_input_is_refused_on_the_fast_path_as_before(dtype, monkeypatch):
 
 
 @pytest.fixture
-def hold_gil_seconds():
-    """Sets _core.predictor_hold_gil_seconds for a test, restored after it."""
-    before = _core.predictor_hold_gil_seconds()
-    yield _core.predictor_hold_gil_seconds
-    _core.predictor_hold_gil_seconds(before)
+def gil_rule(monkeypatch):
+    """gil_rule(rule): models made after it pass their GIL under FASTBP_GIL=rule ("hold",
+    "release"; None: chosen on the calls)."""
+    def set_rule(rule):
+        if rule is None:
+            monkeypatch.delenv(_core.GIL_VARIABLE, raising=False)
+        else:
+            monkeypatch.setenv(_core.GIL_VARIABLE, rule)
+    set_rule(None)
+    return set_rule
 
 
-# 0: every call releases the GIL while it computes; 1 s: every call keeps it
-@pytest.mark.parametrize("hold_below", [0.0, 1.0])
+@pytest.mark.parametrize("rule", ["release", "hold", None])
 @pytest.mark.parametrize("n_threads", [8, 20])   # 20: more than the pool keeps (16)
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("sizes,activations", NETWORKS[:2])
 def test_eight_threads_predicting_one_row_each_get_exact_results(sizes, activations, dtype,
-                                                                 n_threads, hold_below,
-                                                                 hold_gil_seconds,
+                                                                 n_threads, rule, gil_rule,
                                                                  monkeypatch):
-    hold_gil_seconds(hold_below)
+    """Under each rule for the GIL, and while it is chosen (phases of 1 ms here)."""
+    gil_rule(rule)
+    monkeypatch.setattr(fastbp._threads, "TURN_SECONDS", 0.001)
     model = make(sizes, activations, dtype, monkeypatch)
     X = np.random.default_rng(8).standard_normal((n_threads, sizes[0])).astype(dtype)
     expected = [model.predict(X[i:i + 1]) for i in range(n_threads)]
@@ -472,39 +477,133 @@ def test_eight_threads_predicting_one_row_each_get_exact_results(sizes, activati
 
     run_at_once(serve, n_threads)
     assert failures == []
+    if rule is None:
+        assert sum(model._predictor.gil_choice(1).phases_begun) >= 2
 
 
-def test_a_call_keeps_the_gil_while_its_last_pass_on_as_many_rows_was_short(
-        hold_gil_seconds, monkeypatch):
-    """Releasing the GIL around a pass of a few microseconds costs a hand-off between
-    threads whenever others wait for it (eight threads predicting one row each ran at
-    0.4-0.75x of one thread's calls per second): such a call keeps it. Each row count
-    is judged by its own last pass; a first call (no pass timed yet) keeps it."""
+def drive(choice, slower, calls=None, sleep=0.001):
+    """Calls choice.releases() (each followed by passed(1 us)) until it has chosen, or
+    `calls` times; a call that releases (slower=True) or keeps the GIL (False) sleeps
+    `sleep` seconds, as if that rule made the calls slower. Returns the rules taken."""
+    taken = []
+    while calls is None and choice.chosen is None or calls is not None and len(taken) < calls:
+        release = choice.releases()
+        taken.append(release)
+        if release == slower:
+            time.sleep(sleep)
+        choice.passed(1e-6)
+        assert len(taken) < 1_000_000, "no choice made"
+    return taken
+
+
+@pytest.fixture
+def quick_phases(monkeypatch):
+    """GilChoice phases of 2 ms (made after this), remeasured only when a test says."""
+    monkeypatch.setattr(fastbp._threads, "TURN_SECONDS", 0.002)
+    monkeypatch.setattr(fastbp._threads, "REMEASURE_CALLS", 10**9)
+
+
+@pytest.mark.parametrize("slower", [True, False])
+def test_the_gil_rule_is_chosen_by_the_calls_a_second_of_each(slower, quick_phases):
+    """Phases alternately keeping the GIL (first) and releasing it, MEASURE_ROUNDS each;
+    the rule whose best phase made more calls a second is kept (keeping it only where
+    faster by MEASURE_MARGIN), and then taken by every call."""
+    choice = _core.GilChoice()
+    assert choice.releases() and choice.phases_begun == (0, 0)   # no pass timed yet
+    choice.passed(1e-6)
+    taken = drive(choice, slower)
+    rounds = fastbp._threads.MEASURE_ROUNDS
+    assert choice.phases_begun == (rounds, rounds)
+    assert taken[0] is False and True in taken             # a phase of each
+    assert choice.chosen is (not slower) and choice.alone
+    holding, releasing = choice.rates
+    assert (holding > releasing) == slower and min(holding, releasing) > 0
+    assert set(drive(choice, slower, calls=50)) == {not slower}
+    assert choice.phases_begun == (rounds, rounds)          # nothing measured since
+
+
+def test_a_pass_as_long_as_the_switch_interval_releases_the_gil_unmeasured():
+    import sys
+    choice = _core.GilChoice()
+    choice.passed(sys.getswitchinterval())
+    assert all(choice.releases() for _ in range(20))
+    assert choice.phases_begun == (0, 0) and choice.chosen is None
+    choice.passed(1e-6)
+    choice.releases()
+    assert choice.phases_begun == (1, 0)
+
+
+def test_the_gil_rule_is_measured_again_after_its_calls_and_seconds(quick_phases,
+                                                                    monkeypatch):
+    """After REMEASURE_CALLS calls and REMEASURE_SECONDS (both), the phases start again."""
+    monkeypatch.setattr(fastbp._threads, "REMEASURE_CALLS", 5)
+    monkeypatch.setattr(fastbp._threads, "REMEASURE_SECONDS", 0.05)
+    choice = _core.GilChoice()
+    choice.passed(1e-6)
+    drive(choice, True)
+    drive(choice, True, calls=20)                           # past the calls, not the time
+    assert choice.chosen is False
+    time.sleep(0.05)
+    choice.releases()
+    assert choice.chosen is None and choice.phases_begun == (1, 0)
+
+
+def test_a_gil_rule_chosen_on_one_thread_is_measured_again_when_another_calls(
+        quick_phases):
+    """What one thread's calls found says nothing of threads calling at once; a choice
+    made on the calls of several threads is kept when they alternate."""
+    from concurrent.futures import ThreadPoolExecutor
+    choice = _core.GilChoice()
+    choice.passed(1e-6)
+    drive(choice, False)
+    assert choice.chosen is True and choice.alone
+    with ThreadPoolExecutor(1) as other:
+        other.submit(choice.releases).result()
+        assert choice.chosen is None and choice.phases_begun == (1, 0)
+        while choice.chosen is None:            # the calls of both threads, in turn
+            for call in (choice.releases, lambda: other.submit(choice.releases).result()):
+                call()
+                choice.passed(1e-6)
+        assert not choice.alone
+        chosen, phases = choice.chosen, choice.phases_begun
+        for _ in range(5):
+            other.submit(choice.releases).result()
+            choice.releases()
+        assert choice.chosen is chosen and choice.phases_begun == phases
+
+
+def test_a_pinned_gil_rule_is_taken_by_every_call(gil_rule, monkeypatch):
+    """FASTBP_GIL=hold or release, read when the model is made (a bad name is not a
+    rule: the calls choose); the same bits either way."""
+    import sys
+    for rule in ("hold", "release"):
+        choice = _core.GilChoice(rule)
+        choice.passed(sys.getswitchinterval() if rule == "hold" else 1e-6)
+        assert {choice.releases() for _ in range(10)} == {rule == "release"}
+        assert choice.phases_begun == (0, 0)
+    with pytest.raises(ValueError, match="rule"):
+        _core.GilChoice("sometimes")
+    outputs = {}
+    for rule in ("hold", "release", "sometimes"):
+        gil_rule(rule)
+        model = make([784, 128, 10], ["relu", "softmax"], "float32", monkeypatch)
+        X = np.ones((1, 784), np.float32)
+        outputs[rule] = [model.predict(X) for _ in range(3)]
+        assert model._predictor.gil_choice(1).rule == \
+            {"sometimes": "measure"}.get(rule, rule)
+    assert all(np.array_equal(a, b) for a, b in zip(outputs["hold"], outputs["release"]))
     model = make([784, 128, 10], ["relu", "softmax"], "float32", monkeypatch)
-    predictor = model._predictor
-    one, many = np.ones((1, 784), np.float32), np.ones((64, 784), np.float32)
-    hold_gil_seconds(1e-12)                 # any timed pass is longer than this
-    assert not predictor.releases_gil(1) and not predictor.releases_gil(64)  # none timed
-    expected = model.predict(one)
-    assert predictor.releases_gil(1) and not predictor.releases_gil(64)
-    model.predict(many)
-    assert predictor.releases_gil(64) and not predictor.releases_gil(63)
-    hold_gil_seconds(3600.0)                # every pass is shorter than this
-    assert not predictor.releases_gil(1) and not predictor.releases_gil(64)
-    assert np.array_equal(model.predict(one), expected)   # the same bits either way
-    hold_gil_seconds(0.0)                   # every call releases it
-    assert predictor.releases_gil(1) and predictor.releases_gil(63)
-    assert np.array_equal(model.predict(one), expected)
+    assert model._predictor.gil_choice(5) is None          # none made before its calls
     with pytest.raises(ValueError, match="n_rows"):
-        predictor.releases_gil(65)
+        model._predictor.gil_choice(65)
     with pytest.raises(ValueError, match="n_rows"):
-        predictor.releases_gil(0)
+        model._predictor.gil_choice(0)
 
 
-def waits_behind_a_python_thread(call, hold_gil_seconds):
-    """Run `call` with the GIL released around every pass while another thread runs
-    Python 50 ms a turn, until one call waits over 20 ms: the spinner, woken by a
-    release, took the GIL while a pass ran (it does not always wake within the pass)."""
+def waits_behind_a_python_thread(call):
+    """Run `call` while another thread runs Python 50 ms a turn, until one call waits over
+    20 ms: the spinner, woken by a release of the GIL, took it while a pass ran (it does
+    not always wake within the pass). The caller's model releases it (FASTBP_GIL)."""
     import sys
     running, stop = threading.Event(), threading.Event()
 
@@ -516,7 +615,6 @@ def waits_behind_a_python_thread(call, hold_gil_seconds):
     interval = sys.getswitchinterval()
     sys.setswitchinterval(0.05)                 # the spinner keeps the GIL 50 ms a turn
     spinner = threading.Thread(target=spin)
-    before = hold_gil_seconds(0.0)              # each call releases it while it computes
     try:
         spinner.start()
         running.wait()
@@ -529,22 +627,21 @@ def waits_behind_a_python_thread(call, hold_gil_seconds):
         stop.set()
         spinner.join()
         sys.setswitchinterval(interval)
-        hold_gil_seconds(before)
     raise AssertionError("the spinner never took the GIL during a pass: nothing tested")
 
 
-def test_a_released_pass_is_timed_without_the_wait_to_take_the_gil_back(
-        hold_gil_seconds, monkeypatch):
+def test_a_released_pass_is_timed_without_the_wait_to_take_the_gil_back(gil_rule,
+                                                                         monkeypatch):
     """A pass that released the GIL records its own time, not its wait for the GIL after
     it: with another thread running Python meanwhile that wait lasts the interpreter's
-    switch interval, and counted in, every later call on that row count released it too
-    (eight threads on one row of W1's network: 0.78x of one thread's calls a second)."""
+    switch interval, and counted in, it would make the pass look as long as the switch
+    interval, which releases unmeasured for good."""
+    gil_rule("release")
     model = make([784, 128, 10], ["relu", "softmax"], "float32", monkeypatch)
     rows = np.ones((64, 784), np.float32)      # a pass of tens of microseconds
     model.predict(rows)                         # first touch
-    waits_behind_a_python_thread(lambda: model.predict(rows), hold_gil_seconds)
-    hold_gil_seconds(0.01)
-    assert not model._predictor.releases_gil(64)    # its pass took microseconds, not the wait
+    waits_behind_a_python_thread(lambda: model.predict(rows))
+    assert model._predictor.gil_choice(64).pass_seconds < 0.01
 
 
 def sparse_rows(n_rows, n_columns=5_000, per_row=27, seed=3):
@@ -558,12 +655,15 @@ def sparse_rows(n_rows, n_columns=5_000, per_row=27, seed=3):
          np.arange(0, n_rows * per_row + 1, per_row)), shape=(n_rows, n_columns))
 
 
-def test_a_short_sparse_pass_keeps_the_gil_as_the_fast_path_does(hold_gil_seconds,
-                                                                   monkeypatch):
-    """The general path (sparse X here) releases the GIL around its pass unless its last
-    pass, per row, says this one takes under predictor_hold_gil_seconds (eight threads on
-    one sparse row each: 0.4x of one thread's calls a second with it released); a first
-    call, not yet timed, releases it. The same bits either way."""
+@pytest.mark.parametrize("rule", ["hold", "release", None])
+def test_the_general_path_passes_the_gil_as_its_kind_of_call_chooses(rule, gil_rule,
+                                                                      quick_phases,
+                                                                      monkeypatch):
+    """The general path (sparse X here, and dense X past the fast path) keeps a GilChoice
+    per kind of call: sparse or not, and rows to a power of two; pinned, every call takes
+    the rule; measured, the first call (no pass timed) releases and then the phases
+    alternate. The same bits either way."""
+    gil_rule(rule)
     model = fastbp.MLP([5_000, 64, 10], ["relu", "softmax"], dtype="float32", seed=0)
     released = []
     original = _core.predict
@@ -574,148 +674,45 @@ def test_a_short_sparse_pass_keeps_the_gil_as_the_fast_path_does(hold_gil_second
 
     monkeypatch.setattr(_core, "predict", recording)
     one, many = sparse_rows(1), sparse_rows(50)
-    hold_gil_seconds(1e-12)                   # any timed pass is longer than this
     expected = model.predict(one)
-    assert released == [True] and model._row_seconds[True] > 0
-    hold_gil_seconds(3600.0)                  # every pass is shorter than this
-    assert np.array_equal(model.predict(one), expected)
-    hold_gil_seconds(model._row_seconds[True] * 10)   # one row under it, 50 rows past it
+    for _ in range(30):
+        assert np.array_equal(model.predict(one), expected)
+    while rule is None and True not in released[1:] and len(released) < 100_000:
+        assert np.array_equal(model.predict(one), expected)   # to the first phase's end
+    calls = len(released)
     model.predict(many)
-    assert np.array_equal(model.predict(one), expected)
-    assert released == [True, False, True, False]
-    hold_gil_seconds(0.0)                     # every call releases it
-    assert np.array_equal(model.predict(one), expected) and released[-1] is True
+    model.predict(many[:40])
+    kinds = model._gil_choices
+    assert set(kinds) == {(True, 1), (True, 6)}             # 50 and 40 rows: one kind
+    if rule is None:
+        assert released[0] is True and set(released[1:calls]) == {True, False}
+        assert kinds[True, 1].phases_begun[0] >= 1 and kinds[True, 6].phases_begun == (1, 0)
+    else:
+        assert set(released) == {rule == "release"}
+    blas = make([5_000, 64, 10], ["relu", "softmax"], "float32", monkeypatch, "0")
+    assert blas._predictor is None                          # dense X: the general path
+    blas.predict(np.ones((3, 5_000), np.float32))
+    assert released[-1] is (rule != "hold") and set(blas._gil_choices) == {(False, 2)}
 
 
-def test_a_released_sparse_pass_is_timed_without_the_wait_to_take_the_gil_back(
-        hold_gil_seconds):
+def test_a_released_sparse_pass_is_timed_without_the_wait_to_take_the_gil_back(gil_rule):
     """As the fast path's: the general path's pass time is its own, measured before it
     takes the GIL back, not a wait behind a thread running Python."""
+    gil_rule("release")
     model = fastbp.MLP([5_000, 64, 10], ["relu", "softmax"], dtype="float32", seed=0)
     rows = sparse_rows(400)                      # a pass of tens of microseconds
     model.predict(rows)
-    waits_behind_a_python_thread(lambda: model.predict(rows), hold_gil_seconds)
-    assert model._row_seconds[True] * 400 < 0.01
+    waits_behind_a_python_thread(lambda: model.predict(rows))
+    assert model._gil_choice(True, 400).pass_seconds < 0.01
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_all_finite_on_both_sides_of_the_size_that_keeps_the_gil(dtype):
-    """all_finite keeps the GIL for a short scan and releases it for a long one; the
-    answer is the same on both sides, wherever the bad value lies."""
-    for n in (1, 16_383, 16_384, 40_000):
-        values = np.ones((1, n), dtype)
-        assert _core.all_finite(values)
-        for place in {0, n // 2, n - 1}:
-            for bad in (np.nan, np.inf, -np.inf):
-                values[0, place] = bad
-                assert not _core.all_finite(values)
-                values[0, place] = 1
-
-
-@pytest.mark.parametrize("n_rows", [8, 64])
-@pytest.mark.parametrize("n_threads", [None, 1, 2])
-def test_a_hot_model_allocates_nothing_per_call(monkeypatch, n_rows, n_threads):
-    """predict(X, out=...) on the fast path reuses the model's plan and workspaces, on one
-    thread or shared, by default while its thread count is being measured as after: once
-    each count it may take has run (the first shared call makes the workspaces it keeps),
-    no call allocates."""
-    monkeypatch.delenv(fastbp._threads.THREADS_VARIABLE, raising=False)
-    model = make([784, 128, 10], ["relu", "softmax"], "float32", monkeypatch, kernels="1")
-    X = np.ones((n_rows, 784), np.float32)
-    out = np.empty((n_rows, 10), np.float32)
-    for threads in (1, fastbp._threads.allowed_threads(), n_threads, None):
-        model.predict(X, out=out, n_threads=threads)
-    tracemalloc.start()
-    try:
-        for _ in range(200):
-            model.predict(X, out=out, n_threads=n_threads)
-        current, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    workspace = 8 * (128 + 10 + 784 + 10 + 1) * 4     # what a plan for 8 rows would take
-    assert peak < workspace / 4, peak
-
-
-def test_models_of_every_origin_have_the_fast_path(monkeypatch, tmp_path):
-    """Copies, pickles and loaded models are built by the same _setup: they predict the
-    same bits as the original."""
-    import copy
-    import pickle
-    model = make([6, 9, 2], ["tanh", "sigmoid"], "float32", monkeypatch)
-    X = np.random.default_rng(9).standard_normal((3, 6)).astype(np.float32)
-    expected = model.predict(X)
-    model.save(tmp_path / "m.fbp")
-    for other in (copy.copy(model), copy.deepcopy(model), pickle.loads(pickle.dumps(model)),
-                  fastbp.load(tmp_path / "m.fbp")):
-        assert np.array_equal(other.predict(X), expected)
-
-
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_the_parameters_of_models_of_every_origin_start_on_a_cache_line(dtype, tmp_path):
-    """New, copied, pickled, loaded and from_bytes models: the flat parameters start on a
-    64-byte line (_format.PARAMETER_ALIGNMENT), so W1 and every layer at a multiple of 64
-    bytes from it do (the few-row kernels' vector loads then stay within one line); a
-    loaded model keeps its values exactly."""
-    import copy
-    import pickle
-    from fastbp import _format
-    model = fastbp.MLP([784, 128, 10], ["relu", "softmax"], dtype=dtype, seed=4)
-    model.save(tmp_path / "m.fbp")
-    others = [copy.copy(model), copy.deepcopy(model), pickle.loads(pickle.dumps(model)),
-              fastbp.load(tmp_path / "m.fbp"), fastbp.MLP.from_bytes(model.to_bytes())]
-    for other in [model] + others:
-        assert other._params.ctypes.data % _format.PARAMETER_ALIGNMENT == 0
-        assert [w.ctypes.data % 64 for w in other.weights] == [0, 0]
-        assert other._params.flags.c_contiguous and other._params.flags.writeable
-        assert np.array_equal(other._params, model._params)
-    for n_params in range(1, 40):        # every size and both dtypes: aligned, the size asked
-        for zeroed in (False, True):
-            buffer = _format.parameter_buffer(n_params, dtype, zeroed)
-            assert buffer.ctypes.data % 64 == 0 and buffer.shape == (n_params,)
-            assert buffer.dtype == np.dtype(dtype) and (not zeroed or not buffer.any())
-
-
-def test_a_very_wide_model_keeps_a_small_workspace(monkeypatch):
-    """A one-row call on a model with a layer of 200,000 units allocates a workspace for
-    a few rows (_core.PREDICTOR_WORKSPACE_BYTES), not for 64 (150 MB)."""
-    model = make([2, 200000, 1], ["relu", "identity"], "float32", monkeypatch)
-    X = np.ones((1, 2), np.float32)
-    tracemalloc.start()
-    try:
-        model.predict(X)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert peak < 2 * _core.PREDICTOR_WORKSPACE_BYTES, peak
-    expected = forward(model.weights, model.biases, model.activations, X)[-1]
-    np.testing.assert_allclose(model.predict(X), expected, rtol=1e-4, atol=1e-4)
-
-
-# ---- a few-row call shared among threads (FEW_PIECE_ROWS) ----
-
-@pytest.mark.parametrize("narrow", [False, True])
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("sizes,activations", NETWORKS + [
-    ([40, 16 * 9 + 5, 8 * 3 + 1, 2], ["relu", "elu", "softmax"])])   # column tails
-def test_a_shared_few_row_call_gives_the_bits_of_one_thread(sizes, activations, dtype,
-                                                            narrow, monkeypatch):
-    """Every row count the fast path may share (8 to 64) on 2, 3 and 5 threads, in
-    pieces of at least FEW_PIECE_ROWS rows: the one-thread bits, with out= as without,
-    on both instruction sets of the few-row kernels."""
-    before = _core.few_rows_narrow(narrow)
-    try:
-        model = make(sizes, activations, dtype, monkeypatch, "1")
-        rng = np.random.default_rng(5)
-        for rows in range(2 * _core.FEW_PIECE_ROWS, _core.PREDICTOR_ROWS + 1):
-            X = rng.standard_normal((rows, sizes[0])).astype(dtype)
-            one = model.predict(X, n_threads=1)
-            for threads in (2, 3, 5):
-                np.testing.assert_array_equal(model.predict(X, n_threads=threads), one)
-                out = np.full_like(one, np.nan)
-                assert model.predict(X, n_threads=threads, out=out) is out
-                np.testing.assert_array_equal(out, one)
-    finally:
-        _core.few_rows_narrow(before)
+@pytest.fixture
+def share_min_seconds():
+    """Sets _core.predictor_share_min_seconds for a test (read when a row count's choice
+    of threads is made), restored after it."""
+    before = _core.predictor_share_min_seconds()
+    yield _core.predictor_share_min_seconds
+    _core.predictor_share_min_seconds(before)
 
 
 @pytest.fixture
@@ -727,11 +724,11 @@ def measured_at_once(monkeypatch):
 
 
 def test_the_default_count_of_a_few_row_call_is_chosen_on_its_calls(
-        monkeypatch, hold_gil_seconds, measured_at_once):
+        monkeypatch, share_min_seconds, measured_at_once):
     """Per row count from 8 rows: a first phase on one thread, then phases on the
     allowed count (the pass shared: its calls are timed there) and on one, then the
     faster is kept; every call gives the one-thread bits. Calls under 8 rows never ask."""
-    hold_gil_seconds(0.0)
+    share_min_seconds(0.0)
     model = make([784, 128, 10], ["relu", "softmax"], "float32", monkeypatch, "1")
     rng = np.random.default_rng(7)
     rounds = fastbp._threads.MEASURE_ROUNDS
@@ -750,11 +747,11 @@ def test_the_default_count_of_a_few_row_call_is_chosen_on_its_calls(
 
 
 def test_few_row_calls_whose_passes_are_short_stay_on_one_thread_without_asking(
-        monkeypatch, hold_gil_seconds, measured_at_once):
-    """Where the first phase's best pass took under hold_gil_seconds (here: every pass),
+        monkeypatch, share_min_seconds, measured_at_once):
+    """Where the first phase's best pass took under share_min_seconds (here: every pass),
     the row count is never shared and its calls stop asking (the choice is not consulted
     again); an explicit n_threads still shares."""
-    hold_gil_seconds(1.0)
+    share_min_seconds(1.0)
     model = make([20, 64, 64, 1], "relu", "float32", monkeypatch, "1")
     X = np.random.default_rng(8).standard_normal((32, 20)).astype(np.float32)
     one = model.predict(X, n_threads=1)
@@ -770,13 +767,13 @@ def test_few_row_calls_whose_passes_are_short_stay_on_one_thread_without_asking(
 
 
 def test_a_few_row_default_respects_the_callers_limit_and_the_pin(monkeypatch,
-                                                                  hold_gil_seconds):
+                                                                  share_min_seconds):
     """Under threadpoolctl's limit of one thread no default call is shared (nothing is
     timed on more); FASTBP_THREADS pins the count without measuring."""
     from threadpoolctl import threadpool_limits
     monkeypatch.delenv(fastbp._threads.THREADS_VARIABLE, raising=False)
     monkeypatch.setattr(fastbp._threads, "TURN_SECONDS", 0.0)
-    hold_gil_seconds(0.0)
+    share_min_seconds(0.0)
     model = make([784, 128, 10], ["relu", "softmax"], "float32", monkeypatch, "1")
     X = np.random.default_rng(9).standard_normal((48, 784)).astype(np.float32)
     one = model.predict(X, n_threads=1)
