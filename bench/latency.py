@@ -307,9 +307,13 @@ def main(argv=None):
                     # a new model: its choices are made on these calls alone
                     model = fastbp.MLP(sizes, activations, dtype="float32", seed=0)
                     alone, together = concurrent_rates(model, X, args.concurrent, args.seconds)
-                    if rule == "measure" and model._predictor is not None \
-                            and n_rows <= _core.PREDICTOR_ROWS and not args.sparse:
+                    gil = None           # the choice the calls made, where one was
+                    if rule == "measure" and args.sparse:
+                        gil = model._gil_choice(True, n_rows)
+                    elif rule == "measure" and n_rows <= _core.PREDICTOR_ROWS \
+                            and model._predictor is not None:
                         gil = model._predictor.gil_choice(n_rows)
+                    if gil is not None and gil.chosen is not None:
                         label += (f" (chose {'release' if gil.chosen else 'hold'}: "
                                   f"{gil.rates[0]:.0f} against {gil.rates[1]:.0f} calls/s)")
                     print(f"{network:>11} {n_rows:5d} | 1 thread {alone:10.0f}/s | "
