@@ -11,6 +11,7 @@
 cimport cython
 cimport numpy as cnp
 from cpython.pythread cimport PyThread_get_thread_ident
+from libc.math cimport INFINITY
 from libc.stdlib cimport getenv
 import sys
 
@@ -78,61 +79,143 @@ def gil_rule() -> str:
 
 
 @cython.final
-cdef class GilChoice:
-    """Whether one kind of call releases the GIL around its pass, chosen on the calls
-    themselves: what it changes is how many calls all threads together complete a second,
-    which only the calls show (a hand-off timed alone, or a released call's overhead, mix
-    the wait behind other threads' useful Python with the hand-off: docs/serving.md). The
-    calls run in phases of at least _threads.TURN_SECONDS each, alternately keeping the
-    GIL and releasing it, MEASURE_ROUNDS phases each; a phase's rate is the calls begun
-    in it over its length, and the rule whose best phase was faster is kept, keeping the
-    GIL only where that was faster by MEASURE_MARGIN (a tie releases: other threads,
-    not all of them calling predict, may be waiting), for REMEASURE_CALLS calls and
-    REMEASURE_SECONDS; then the phases start again (the threads calling come and go), and
-    at once where the choice was made on the calls of one thread and another thread
-    calls (what one thread found says nothing of threads calling at once). A pass never
-    timed yet, or as long as the interpreter's switch interval (the time
-    Python lets one thread keep the GIL while others wait), releases it and is not
-    measured. Read and written under the GIL only: safe from many threads."""
-    cdef readonly str rule          # "measure", "hold" or "release" (pinned)
-    cdef readonly double pass_seconds    # the last pass's own time (0: none yet)
-    cdef readonly object chosen     # None while measuring, else True (release) or False
-    cdef double switch_seconds
+cdef class Phases:
+    """Two ways of making the same calls (option 0, the default, and option 1) compared on
+    the calls themselves, where what they change shows only in the calls: the calls run in
+    phases of at least _threads.TURN_SECONDS each, alternately on each option (0 first),
+    MEASURE_ROUNDS phases each, so that the phases are spread over a fifth of a second or
+    more, past bursts of other work; a phase's cost is either its length over the calls
+    begun in it (by_rate: what every thread calling together made) or the mean of the
+    values recorded for its calls (their seconds a row, say). The option whose best phase
+    cost less is kept (option 1 only where less by MEASURE_MARGIN: a difference must show
+    above the noise of timing), for REMEASURE_CALLS calls and REMEASURE_SECONDS both;
+    then the phases start again (other work on the machine comes and goes). The clock is
+    the caller's (`now`, in seconds); the settings are _threads' when it is made. Used under the GIL (a race between threads only
+    loses a call's time, which delays the choice): KeptPassThreads (the default thread
+    count of a kept predict plan) and GilChoice."""
+    cdef readonly object chosen     # None while measuring, else the option kept
+    cdef readonly int phase         # the option of the phase under way
+    cdef bint by_rate
     cdef double turn_seconds, margin, remeasure_seconds
     cdef long rounds, remeasure_calls
+    cdef double began               # when the phase under way began (< 0: none yet)
+    cdef long calls                 # calls begun in it
+    cdef double summed              # values recorded in it, summed and counted
+    cdef long recorded
+    cdef long begun[2]              # phases begun on each option
+    cdef long timed[2]              # values recorded on each option
+    cdef double best[2]             # each option's cheapest phase
     cdef long since                 # calls since the choice
     cdef double chosen_at
-    cdef unsigned long last_thread  # the thread of the last call (0: none yet)
-    cdef bint crowded               # the calls measured came from more than one thread
-    cdef readonly bint alone        # the choice in force was made on one thread's calls
-    cdef bint phase                 # the phase under way releases the GIL
-    cdef double phase_began
-    cdef long phase_calls
-    cdef long phases[2]             # phases begun keeping [0] and releasing [1]
-    cdef double best_rate[2]        # each rule's best phase, calls a second
 
-    def __init__(self, str rule="measure"):
-        if rule not in GIL_RULES:
-            raise ValueError(f"GilChoice: rule must be one of {GIL_RULES}; got {rule!r}")
+    def __init__(self, bint by_rate):
         from fastbp import _threads
-        self.rule = rule
-        self.switch_seconds = sys.getswitchinterval()
+        self.by_rate = by_rate
         self.turn_seconds = _threads.TURN_SECONDS
         self.margin = _threads.MEASURE_MARGIN
         self.rounds = _threads.MEASURE_ROUNDS
         self.remeasure_calls = _threads.REMEASURE_CALLS
         self.remeasure_seconds = _threads.REMEASURE_SECONDS
-        self.pass_seconds = 0.0
-        self.chosen = None
-        self.start()
+        self.restart()
 
-    cdef void start(self) noexcept:
-        """Measuring from the next call on."""
-        self.phase_began = -1.0
-        self.phase_calls = 0
-        self.phases[0] = self.phases[1] = 0
-        self.best_rate[0] = self.best_rate[1] = 0.0
-        self.crowded = False
+    cpdef void restart(self):
+        """Measuring again from the next call on."""
+        self.chosen = None
+        self.phase, self.began, self.calls, self.summed, self.recorded = 0, -1.0, 0, 0.0, 0
+        self.begun[0] = self.begun[1] = self.timed[0] = self.timed[1] = 0
+        self.best[0] = self.best[1] = INFINITY
+
+    cpdef void keep(self, int option, double now):
+        """Keep `option` from now on as if measured (the caller knows it: a limit)."""
+        self.chosen, self.since, self.chosen_at = option, 1, now
+
+    cpdef bint due(self, double now):
+        """Whether the choice in force is to be measured again at this call."""
+        return self.chosen is not None and self.since >= self.remeasure_calls \
+            and now - self.chosen_at >= self.remeasure_seconds
+
+    cpdef bint turn_over(self, double now):
+        """Whether the phase under way has lasted its time."""
+        return self.began >= 0 and now - self.began >= self.turn_seconds
+
+    cpdef int next(self, double now) except -1:
+        """The option of this call (counted in the phase under way while measuring; the
+        choice when one is in force, `chosen` then not None)."""
+        cdef double cost
+        if self.chosen is not None:
+            if not self.due(now):
+                self.since += 1
+                return self.chosen
+            self.restart()
+        if self.began < 0:                      # the first phase
+            self.began, self.begun[0] = now, 1
+        elif now - self.began >= self.turn_seconds:
+            if self.by_rate:
+                cost = (now - self.began) / self.calls
+            else:
+                cost = self.summed / self.recorded if self.recorded else INFINITY
+            self.best[self.phase] = min(self.best[self.phase], cost)
+            if min(self.begun[0], self.begun[1]) >= self.rounds \
+                    and max(self.best[0], self.best[1]) < INFINITY:
+                self.keep(1 if self.best[1] * self.margin < self.best[0] else 0, now)
+                return self.chosen
+            self.phase = 1 if self.begun[1] < self.begun[0] else 0
+            self.began, self.calls, self.summed, self.recorded = now, 0, 0.0, 0
+            self.begun[self.phase] += 1
+        self.calls += 1
+        return self.phase
+
+    cpdef void record(self, int option, double value):
+        """A value (the cost) of a call on `option` (as next() returned it)."""
+        self.timed[option] += 1
+        if option == self.phase and self.chosen is None:  # (else a call of a phase ended)
+            self.summed += value
+            self.recorded += 1
+
+    @property
+    def phases_begun(self):
+        """(option 0, option 1): the phases begun on each since measuring began."""
+        return self.begun[0], self.begun[1]
+
+    @property
+    def calls_timed(self):
+        """(option 0, option 1): the values recorded on each since measuring began."""
+        return self.timed[0], self.timed[1]
+
+    @property
+    def costs(self):
+        """(option 0, option 1): each option's cheapest phase so far (inf: none)."""
+        return self.best[0], self.best[1]
+
+
+@cython.final
+cdef class GilChoice:
+    """Whether one kind of call releases the GIL around its pass, chosen on the calls
+    themselves (Phases by rate: releasing it is option 0, keeping it option 1): what it
+    changes is how many calls all threads together complete a second, which only the
+    calls show (a hand-off timed alone, or a released call's overhead, mix the wait
+    behind other threads' useful Python with the hand-off: docs/serving.md). A tie
+    releases it: other threads, not all of them calling predict, may be waiting. A choice
+    made on the calls of one thread is measured again at once when another thread calls
+    (what one thread found says nothing of threads calling at once). A pass never timed
+    yet, or as long as the interpreter's switch interval (the time Python lets one thread
+    keep the GIL while others wait), releases it and is not measured. Read and written
+    under the GIL only: safe from many threads."""
+    cdef readonly str rule          # "measure", "hold" or "release" (pinned)
+    cdef readonly double pass_seconds    # the last pass's own time (0: none yet)
+    cdef readonly Phases phases
+    cdef double switch_seconds
+    cdef unsigned long last_thread  # the thread of the last call (0: none yet)
+    cdef bint crowded               # the calls measured came from more than one thread
+    cdef readonly bint alone        # the choice in force was made on one thread's calls
+
+    def __init__(self, str rule="measure"):
+        if rule not in GIL_RULES:
+            raise ValueError(f"GilChoice: rule must be one of {GIL_RULES}; got {rule!r}")
+        self.rule = rule
+        self.switch_seconds = sys.getswitchinterval()
+        self.pass_seconds = 0.0
+        self.phases = Phases(True)
 
     cpdef bint releases(self):
         """Whether this call releases the GIL around its pass (counted as a call of the
@@ -144,43 +227,39 @@ cdef class GilChoice:
         self.last_thread = thread
         if self.pass_seconds == 0.0 or self.pass_seconds >= self.switch_seconds:
             return True
-        cdef double rate, now = fbp_seconds()
-        if self.chosen is not None:
-            self.since += 1
-            if not (self.alone and other) and (self.since <= self.remeasure_calls
-                                               or now - self.chosen_at < self.remeasure_seconds):
-                return self.chosen
-            self.chosen = None
-            self.start()
-        self.crowded |= other
-        if self.phase_began < 0:               # the first phase: keeping the GIL
-            self.phase, self.phase_began, self.phases[0] = False, now, 1
-        elif now - self.phase_began >= self.turn_seconds:
-            rate = self.phase_calls / (now - self.phase_began)
-            self.best_rate[self.phase] = max(self.best_rate[self.phase], rate)
-            if self.phases[0] >= self.rounds and self.phases[1] >= self.rounds:
-                self.chosen = not self.best_rate[0] > self.best_rate[1] * self.margin
-                self.since, self.chosen_at, self.alone = 1, now, not self.crowded
-                return self.chosen
-            self.phase = self.phases[1] < self.phases[0]
-            self.phase_began, self.phase_calls = now, 0
-            self.phases[self.phase] += 1
-        self.phase_calls += 1
-        return self.phase
+        cdef double now = fbp_seconds()
+        cdef Phases phases = self.phases
+        if phases.chosen is not None and (self.alone and other or phases.due(now)):
+            phases.restart()
+        cdef bint measuring = phases.chosen is None
+        if measuring and phases.began < 0:
+            self.crowded = False
+        cdef int option = phases.next(now)
+        if measuring:
+            self.crowded |= other
+            self.alone = not self.crowded
+        return option == 0
 
     cpdef void passed(self, double seconds):
         """The pass's own time (not the wait to take the GIL back), for the next call."""
         self.pass_seconds = seconds
 
     @property
+    def chosen(self):
+        """None while measuring, else whether the calls release the GIL."""
+        return None if self.phases.chosen is None else self.phases.chosen == 0
+
+    @property
     def rates(self):
         """(keeping, releasing): each rule's best phase so far, calls a second."""
-        return self.best_rate[0], self.best_rate[1]
+        return tuple(1.0 / cost if cost > 0 else INFINITY
+                     for cost in reversed(self.phases.costs))
 
     @property
     def phases_begun(self):
         """(keeping, releasing): the phases begun on each rule since measuring began."""
-        return self.phases[0], self.phases[1]
+        release, hold = self.phases.phases_begun
+        return hold, release
 
 
 cdef inline bint plain_matrix(object array, int type_num, Py_ssize_t n_cols,

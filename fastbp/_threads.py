@@ -114,47 +114,45 @@ def sparse_fit_threads(n_threads, shares_rows: bool, choices: dict, key):
 class KeptPassThreads:
     """The default thread count of one kept predict plan (MLP._predict_kept), chosen on
     the calls themselves: their outputs do not depend on the count (each chunk is
-    computed as on one thread), so no separate measurement is needed. The calls of a
-    first phase run on one thread; where the best of them took under min_seconds
-    (SPLIT_MIN_SECONDS unless given) the plan stays on one thread for good (handing
-    pieces to other threads has a cost of its own; the best, not the first, which meets
-    cold caches). Else the next calls run in phases of at least TURN_SECONDS each,
-    alternately on the caller's allowed count and on one, MEASURE_ROUNDS phases each,
-    every call timed: so the phases are spread over a fifth of a second or more, past
-    the bursts of other work (such as another library's threads spinning after its
-    call), and a phase's calls come as the caller makes them: back to back, the helper
-    threads are awake from the phase's second call on; a call now and then wakes them
-    every time, and pays for it. The count whose best phase (the mean of its calls) was
-    faster a row (more threads only by MEASURE_MARGIN) is kept: a phase's mean, not a
-    call's best, which a rare fast call on one thread could decide (W1's 16-row call:
-    best calls 15.7 against 14.4 us, typical ones 19 against 14), and the best phase,
-    past a phase that other work hit. The choice is capped at each call by
-    allowed_threads(), for REMEASURE_CALLS calls and REMEASURE_SECONDS; then the phases
-    start again (other work on the machine comes and goes). A caller's limit of one
-    thread found while measuring is kept the same way, as a choice of one thread (so a
-    call does not pay for asking the limits each time). FASTBP_THREADS pins it.
-    Safe from many threads: a phase or a time lost to a race only delays the choice."""
+    computed as on one thread), so no separate measurement is needed. The calls run in
+    the phases of a _core.Phases, one thread its option 0 and the caller's allowed count
+    option 1, every call timed (a phase's cost: the mean of its calls' seconds a row, not
+    a call's best, which a rare fast call on one thread could decide: W1's 16-row call,
+    best calls 15.7 against 14.4 us, typical ones 19 against 14; the best phase, past a
+    phase that other work hit). A phase's calls come as the caller makes them: back to
+    back, the helper threads are awake from the phase's second call on; a call now and
+    then wakes them every time, and pays for it. Where the best call of the first phase
+    took under min_seconds (SPLIT_MIN_SECONDS unless given) the plan stays on one thread
+    for good (handing pieces to other threads has a cost of its own; the best, not the
+    first, which meets cold caches). The choice is capped at each call by
+    allowed_threads(); a caller's limit of one thread found while measuring is kept as a
+    choice of one thread (so a call does not pay for asking the limits each time).
+    FASTBP_THREADS pins it. Safe from many threads: a race only delays the choice."""
     def __init__(self, min_seconds=None):
-        self.min_seconds = min_seconds
+        from fastbp import _core
+        self.min_seconds = SPLIT_MIN_SECONDS if min_seconds is None else min_seconds
         self.first_best = float("inf")   # the first phase's best call, in seconds
         self.short = False      # that was under min_seconds: never shared
-        self.chosen = None      # 1 or "allowed", once measured
-        self.since = 0          # calls since the choice
-        self.chosen_at = 0.0    # when it was made
-        self._start()
+        self._phases = _core.Phases(False)
 
-    def _start(self):
-        """Measuring from the next call on."""
-        # per count, its best phase's mean seconds a row and the calls timed; the phase
-        # under way, its calls' seconds a row summed and counted (no list that grows a
-        # call: a hot model allocates nothing per call, measuring or not)
-        self.best = {1: float("inf"), "allowed": float("inf")}
-        self.timed = {1: 0, "allowed": 0}
-        self.phase_seconds = 0.0
-        self.phase_calls = 0
-        self.phases = {1: 0, "allowed": 0}    # phases begun on each count
-        self.phase = 1                        # the count of the phase under way
-        self.phase_began = -float("inf")
+    # the phases' options as threads() names them: 1 (one thread) and "allowed"
+    TURNS = (1, "allowed")
+
+    @property
+    def chosen(self):
+        """None while measuring, else 1 or "allowed"."""
+        option = self._phases.chosen
+        return None if option is None else self.TURNS[option]
+
+    @property
+    def phases(self) -> dict:
+        """Phases begun on each count since measuring began."""
+        return dict(zip(self.TURNS, self._phases.phases_begun))
+
+    @property
+    def timed(self) -> dict:
+        """Calls timed on each count since measuring began."""
+        return dict(zip(self.TURNS, self._phases.calls_timed))
 
     def threads(self) -> tuple:
         """(threads for this call, the count to record its time under or None)."""
@@ -164,50 +162,30 @@ class KeptPassThreads:
         if self.short:
             return 1, None
         now = time.perf_counter()
-        if self.chosen is not None:
-            self.since += 1
-            if self.since <= REMEASURE_CALLS or now - self.chosen_at < REMEASURE_SECONDS:
-                return (1 if self.chosen == 1 else allowed_threads()), None
-            self.chosen, self.since = None, 0
-            self._start()
-        phases = self.phases
-        if not self.timed[1]:                 # the first call, on one thread: a phase
-            self.phase, self.phase_began, phases[1] = 1, now, 1
-            return 1, 1
-        turn_over = now - self.phase_began >= TURN_SECONDS
-        if not turn_over and self.phase == 1:
-            return 1, 1                       # a phase on one thread asks no limit
-        if turn_over and not phases["allowed"] and self.first_best < (
-                SPLIT_MIN_SECONDS if self.min_seconds is None else self.min_seconds):
+        phases = self._phases
+        if phases.chosen is not None and not phases.due(now):
+            return (1 if phases.next(now) == 0 else allowed_threads()), None
+        if phases.chosen is not None:
+            phases.restart()
+        turn_over = phases.turn_over(now)
+        if phases.phase == 0 and not turn_over:     # a phase on one thread asks no limit
+            return 1, self.TURNS[phases.next(now)]
+        if turn_over and not phases.phases_begun[1] and self.first_best < self.min_seconds:
             self.short = True
             return 1, None
         allowed = allowed_threads()
         if allowed == 1:    # the caller's limit: one thread, kept as a measured choice
-            self.chosen, self.since, self.chosen_at = 1, 1, now   # (asking is not free)
+            phases.keep(0, now)                     # (asking is not free)
             return 1, None
-        if turn_over:
-            best = self.best
-            if self.phase_calls:              # the phase that ends: its mean
-                mean = self.phase_seconds / self.phase_calls
-                best[self.phase] = min(best[self.phase], mean)
-                self.phase_seconds, self.phase_calls = 0.0, 0
-            if min(phases.values()) >= MEASURE_ROUNDS and min(self.timed.values()):
-                better = best["allowed"] * MEASURE_MARGIN < best[1]
-                self.chosen, self.since = ("allowed" if better else 1), 1
-                self.chosen_at = now
-                return (allowed if better else 1), None
-            self.phase = "allowed" if phases["allowed"] < phases[1] else 1
-            self.phase_began = now
-            phases[self.phase] += 1
-        return (allowed if self.phase == "allowed" else 1), self.phase
+        option = phases.next(now)
+        threads = allowed if option == 1 else 1
+        return threads, (None if phases.chosen is not None else self.TURNS[option])
 
     def record(self, turn, seconds: float, n_rows: int) -> None:
         """A call's time on the count of `turn` (as threads() returned it)."""
-        self.timed[turn] += 1
-        if turn == self.phase:     # (else a call of a phase that has ended: a race)
-            self.phase_seconds += seconds / n_rows
-            self.phase_calls += 1
-        if turn == 1 and not self.phases["allowed"]:
+        option = self.TURNS.index(turn)
+        self._phases.record(option, seconds / n_rows)
+        if option == 0 and not self._phases.phases_begun[1]:
             self.first_best = min(self.first_best, seconds)
 
 

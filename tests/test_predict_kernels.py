@@ -605,6 +605,7 @@ def test_the_phases_of_a_kept_pass_time_calls_as_they_come(monkeypatch):
     clock = [0.0]
     monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
     rounds, phase = fastbp._threads.MEASURE_ROUNDS, fastbp._threads.TURN_SECONDS
+    monkeypatch.setattr(fastbp._threads, "REMEASURE_CALLS", 5)   # read by new choices
     for gap, chosen in [(phase / 10, 2), (2 * phase, 1)]:
         choice, counts, last = KeptPassThreads(), [], None
         for _ in range(4 * rounds * max(1, round(phase / gap))):
@@ -618,7 +619,6 @@ def test_the_phases_of_a_kept_pass_time_calls_as_they_come(monkeypatch):
         assert choice.chosen == (1 if chosen == 1 else "allowed"), gap
         assert counts[-1] == chosen
     # kept for REMEASURE_CALLS calls and REMEASURE_SECONDS both, then measured again
-    monkeypatch.setattr(fastbp._threads, "REMEASURE_CALLS", 5)
     for _ in range(20):
         assert choice.threads() == (1, None)
         clock[0] += 0.01
