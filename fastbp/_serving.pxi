@@ -84,11 +84,15 @@ cdef class Phases:
     the calls themselves, where what they change shows only in the calls: the calls run in
     phases of at least _threads.TURN_SECONDS each, alternately on each option (0 first),
     MEASURE_ROUNDS phases each, so that the phases are spread over a fifth of a second or
-    more, past bursts of other work; a phase's cost is either its length over the calls
-    begun in it (by_rate: what every thread calling together made) or the mean of the
-    values recorded for its calls (their seconds a row, say). The option whose best phase
-    cost less is kept (option 1 only where less by MEASURE_MARGIN: a difference must show
-    above the noise of timing), for REMEASURE_CALLS calls and REMEASURE_SECONDS both;
+    more, past bursts of other work. An option's cost is either the time of all its
+    phases over the calls begun in them (by_rate: what every thread calling together
+    made; not its best phase: where threads hand the GIL to each other, calls come in
+    bursts of a few milliseconds, and the best of five 20 ms phases releasing it, eight
+    threads on one row of W1's network, once read 307,000 calls a second where a second
+    of releasing it throughout made 84,000) or its best phase's mean of the values recorded for its calls (their seconds
+    a row, say; the best, past a phase that other work hit). The cheaper option is kept
+    (option 1 only where cheaper by MEASURE_MARGIN: a difference must show above the
+    noise of timing), for REMEASURE_CALLS calls and REMEASURE_SECONDS both;
     then the phases start again (other work on the machine comes and goes). The clock is
     the caller's (`now`, in seconds); the settings are _threads' when it is made. Used under the GIL (a race between threads only
     loses a call's time, which delays the choice): KeptPassThreads (the default thread
@@ -104,7 +108,9 @@ cdef class Phases:
     cdef long recorded
     cdef long begun[2]              # phases begun on each option
     cdef long timed[2]              # values recorded on each option
-    cdef double best[2]             # each option's cheapest phase
+    cdef double best[2]             # each option's cost so far (by mean: cheapest phase)
+    cdef double spent[2]            # by_rate: each option's phases' seconds and calls
+    cdef long made[2]
     cdef long since                 # calls since the choice
     cdef double chosen_at
 
@@ -124,6 +130,8 @@ cdef class Phases:
         self.phase, self.began, self.calls, self.summed, self.recorded = 0, -1.0, 0, 0.0, 0
         self.begun[0] = self.begun[1] = self.timed[0] = self.timed[1] = 0
         self.best[0] = self.best[1] = INFINITY
+        self.spent[0] = self.spent[1] = 0.0
+        self.made[0] = self.made[1] = 0
 
     cpdef void keep(self, int option, double now):
         """Keep `option` from now on as if measured (the caller knows it: a limit)."""
@@ -151,10 +159,12 @@ cdef class Phases:
             self.began, self.begun[0] = now, 1
         elif now - self.began >= self.turn_seconds:
             if self.by_rate:
-                cost = (now - self.began) / self.calls
-            else:
-                cost = self.summed / self.recorded if self.recorded else INFINITY
-            self.best[self.phase] = min(self.best[self.phase], cost)
+                self.spent[self.phase] += now - self.began
+                self.made[self.phase] += self.calls
+                self.best[self.phase] = self.spent[self.phase] / self.made[self.phase]
+            elif self.recorded:
+                cost = self.summed / self.recorded
+                self.best[self.phase] = min(self.best[self.phase], cost)
             if min(self.begun[0], self.begun[1]) >= self.rounds \
                     and max(self.best[0], self.best[1]) < INFINITY:
                 self.keep(1 if self.best[1] * self.margin < self.best[0] else 0, now)
@@ -184,7 +194,7 @@ cdef class Phases:
 
     @property
     def costs(self):
-        """(option 0, option 1): each option's cheapest phase so far (inf: none)."""
+        """(option 0, option 1): each option's cost so far (inf: none measured)."""
         return self.best[0], self.best[1]
 
 
@@ -251,7 +261,7 @@ cdef class GilChoice:
 
     @property
     def rates(self):
-        """(keeping, releasing): each rule's best phase so far, calls a second."""
+        """(keeping, releasing): each rule's calls a second over its phases so far."""
         return tuple(1.0 / cost if cost > 0 else INFINITY
                      for cost in reversed(self.phases.costs))
 

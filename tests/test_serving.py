@@ -506,7 +506,7 @@ def quick_phases(monkeypatch):
 @pytest.mark.parametrize("slower", [True, False])
 def test_the_gil_rule_is_chosen_by_the_calls_a_second_of_each(slower, quick_phases):
     """Phases alternately releasing the GIL (first) and keeping it, MEASURE_ROUNDS each;
-    the rule whose best phase made more calls a second is kept (keeping it only where
+    the rule whose phases made more calls a second is kept (keeping it only where
     faster by MEASURE_MARGIN), and then taken by every call."""
     choice = _core.GilChoice()
     assert choice.releases() and choice.phases_begun == (0, 0)   # no pass timed yet
