@@ -205,7 +205,10 @@ cdef class GilChoice:
     changes is how many calls all threads together complete a second, which only the
     calls show (a hand-off timed alone, or a released call's overhead, mix the wait
     behind other threads' useful Python with the hand-off: docs/serving.md). A tie
-    releases it: other threads, not all of them calling predict, may be waiting. A choice
+    releases it: other threads, not all of them calling predict, may be waiting; unless
+    the calls came from one thread and the process has no other Python thread, when
+    keeping it was faster at all (an uncontended release and re-acquisition cost 0.3 us
+    of a 5 us one-row call of W1's network here, more than the margin lets through). A choice
     made on the calls of one thread is measured again at once when another thread calls
     (what one thread found says nothing of threads calling at once). A pass never timed
     yet, or as long as the interpreter's switch interval (the time Python lets one thread
@@ -248,6 +251,10 @@ cdef class GilChoice:
         if measuring:
             self.crowded |= other
             self.alone = not self.crowded
+            if phases.chosen == 0 and self.alone and phases.best[1] < phases.best[0] \
+                    and threading.active_count() == 1:
+                option = 1          # nobody to wait: a release saves nothing (see above)
+                phases.keep(option, now)
         return option == 0
 
     cpdef void passed(self, double seconds):

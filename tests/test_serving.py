@@ -522,6 +522,22 @@ def test_the_gil_rule_is_chosen_by_the_calls_a_second_of_each(slower, quick_phas
     assert choice.phases_begun == (rounds, rounds)          # nothing measured since
 
 
+def test_a_tie_releases_the_gil_unless_the_process_has_one_python_thread(quick_phases,
+                                                                         monkeypatch):
+    """Keeping the GIL must be faster by MEASURE_MARGIN (here: never): other threads may
+    wait for it; but where the calls came from one thread and no other Python thread
+    exists, keeping it was faster at all is enough (a release saves nobody anything)."""
+    monkeypatch.setattr(fastbp._threads, "MEASURE_MARGIN", 1e9)
+    for python_threads, releases in [(1, False), (2, True)]:
+        monkeypatch.setattr(threading, "active_count", lambda: python_threads)
+        choice = _core.GilChoice()
+        choice.passed(1e-6)
+        drive(choice, True)                 # releasing is the slower rule
+        assert choice.chosen is releases and choice.alone, python_threads
+        holding, releasing = choice.rates
+        assert holding > releasing
+
+
 def test_a_pass_as_long_as_the_switch_interval_releases_the_gil_unmeasured():
     import sys
     choice = _core.GilChoice()
