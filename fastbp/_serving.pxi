@@ -89,14 +89,15 @@ cdef class Phases:
     made; not its best phase: where threads hand the GIL to each other, calls come in
     bursts of a few milliseconds, and the best of five 20 ms phases releasing it, eight
     threads on one row of W1's network, once read 307,000 calls a second where a second
-    of releasing it throughout made 84,000) or its best phase's mean of the values recorded for its calls (their seconds
-    a row, say; the best, past a phase that other work hit). The cheaper option is kept
-    (option 1 only where cheaper by MEASURE_MARGIN: a difference must show above the
-    noise of timing), for REMEASURE_CALLS calls and REMEASURE_SECONDS both;
-    then the phases start again (other work on the machine comes and goes). The clock is
-    the caller's (`now`, in seconds); the settings are _threads' when it is made. Used under the GIL (a race between threads only
-    loses a call's time, which delays the choice): KeptPassThreads (the default thread
-    count of a kept predict plan) and GilChoice."""
+    of releasing it throughout made 84,000) or its best phase's mean of the values
+    recorded for its calls (their seconds a row, say; the best, past a phase that other
+    work hit). The cheaper option is kept (option 1 only where cheaper by MEASURE_MARGIN:
+    a difference must show above the noise of timing), for REMEASURE_CALLS calls and
+    REMEASURE_SECONDS both; then the phases start again (other work on the machine comes
+    and goes). The clock is the caller's (`now`, in seconds); the settings are _threads'
+    when it is made. Used under the GIL (a race between threads only loses a call's
+    time, which delays the choice): KeptPassThreads (the default thread count of a kept
+    predict plan) and GilChoice."""
     cdef readonly object chosen     # None while measuring, else the option kept
     cdef readonly int phase         # the option of the phase under way
     cdef bint by_rate
@@ -207,13 +208,13 @@ cdef class GilChoice:
     behind other threads' useful Python with the hand-off: docs/serving.md). A tie
     releases it: other threads, not all of them calling predict, may be waiting; unless
     the calls came from one thread and the process has no other Python thread, when
-    keeping it was faster at all (an uncontended release and re-acquisition cost 0.3 us
-    of a 5 us one-row call of W1's network here, more than the margin lets through). A choice
-    made on the calls of one thread is measured again at once when another thread calls
-    (what one thread found says nothing of threads calling at once). A pass never timed
-    yet, or as long as the interpreter's switch interval (the time Python lets one thread
-    keep the GIL while others wait), releases it and is not measured. Read and written
-    under the GIL only: safe from many threads."""
+    keeping it was faster at all (an uncontended release and re-acquisition cost 0.1-0.2
+    us of a 1.3 us one-row call of 20-64-64-1 here, less than the margin lets through).
+    A choice made on the calls of one thread is measured again at once when another
+    thread calls (what one thread found says nothing of threads calling at once). A pass
+    never timed yet, or as long as the interpreter's switch interval (the time Python
+    lets one thread keep the GIL while others wait), releases it and is not measured.
+    Read and written under the GIL only: safe from many threads."""
     cdef readonly str rule          # "measure", "hold" or "release" (pinned)
     cdef readonly double pass_seconds    # the last pass's own time (0: none yet)
     cdef readonly Phases phases
