@@ -75,7 +75,7 @@ def gil_rule() -> str:
     """The rule of the GIL around short passes for models made from now on: FASTBP_GIL's
     "hold" or "release" where set to one of them, else "measure" (chosen on the calls)."""
     value = os.environ.get(GIL_VARIABLE, "").strip().lower()
-    return value if value in ("hold", "release") else "measure"
+    return value if value in GIL_RULES[1:] else "measure"
 
 
 # Past REMEASURE_CALLS calls, a kept choice reads the clock (for REMEASURE_SECONDS) on
@@ -103,7 +103,7 @@ cdef class Phases:
     when it is made. Used under the GIL (a race between threads only loses a call's
     time, which delays the choice): KeptPassThreads (the default thread count of a kept
     predict plan) and GilChoice."""
-    cdef readonly object chosen     # None while measuring, else the option kept
+    cdef int kept_option            # the option kept (-1: none, measuring)
     cdef readonly int phase         # the option of the phase under way
     cdef bint by_rate
     cdef double turn_seconds, margin, remeasure_seconds
@@ -119,7 +119,6 @@ cdef class Phases:
     cdef long made[2]
     cdef long since                 # calls since the choice
     cdef double chosen_at
-    cdef int kept_option            # the choice as a C int (-1: none)
 
     def __init__(self, bint by_rate):
         from fastbp import _threads
@@ -133,7 +132,7 @@ cdef class Phases:
 
     cpdef void restart(self):
         """Measuring again from the next call on."""
-        self.chosen, self.kept_option = None, -1
+        self.kept_option = -1
         self.phase, self.began, self.calls, self.summed, self.recorded = 0, -1.0, 0, 0.0, 0
         self.begun[0] = self.begun[1] = self.timed[0] = self.timed[1] = 0
         self.best[0] = self.best[1] = INFINITY
@@ -142,7 +141,7 @@ cdef class Phases:
 
     cpdef void keep(self, int option, double now):
         """Keep `option` from now on as if measured (the caller knows it: a limit)."""
-        self.chosen, self.kept_option, self.since, self.chosen_at = option, option, 1, now
+        self.kept_option, self.since, self.chosen_at = option, 1, now
 
     cdef int kept(self) noexcept:
         """The choice in force if it stands for this call as far as can be told without the
@@ -156,7 +155,7 @@ cdef class Phases:
 
     cpdef bint due(self, double now):
         """Whether the choice in force is to be measured again at this call."""
-        return self.chosen is not None and self.since >= self.remeasure_calls \
+        return self.kept_option >= 0 and self.since >= self.remeasure_calls \
             and now - self.chosen_at >= self.remeasure_seconds
 
     cpdef bint turn_over(self, double now):
@@ -167,10 +166,10 @@ cdef class Phases:
         """The option of this call (counted in the phase under way while measuring; the
         choice when one is in force, `chosen` then not None)."""
         cdef double cost
-        if self.chosen is not None:
+        if self.kept_option >= 0:
             if not self.due(now):
                 self.since += 1
-                return self.chosen
+                return self.kept_option
             self.restart()
         if self.began < 0:                      # the first phase
             self.began, self.begun[0] = now, 1
@@ -185,7 +184,7 @@ cdef class Phases:
             if min(self.begun[0], self.begun[1]) >= self.rounds \
                     and max(self.best[0], self.best[1]) < INFINITY:
                 self.keep(1 if self.best[1] * self.margin < self.best[0] else 0, now)
-                return self.chosen
+                return self.kept_option
             self.phase = 1 if self.begun[1] < self.begun[0] else 0
             self.began, self.calls, self.summed, self.recorded = now, 0, 0.0, 0
             self.begun[self.phase] += 1
@@ -195,9 +194,14 @@ cdef class Phases:
     cpdef void record(self, int option, double value):
         """A value (the cost) of a call on `option` (as next() returned it)."""
         self.timed[option] += 1
-        if option == self.phase and self.chosen is None:  # (else a call of a phase ended)
+        if option == self.phase and self.kept_option < 0:  # (else a call of a phase ended)
             self.summed += value
             self.recorded += 1
+
+    @property
+    def chosen(self):
+        """None while measuring, else the option kept."""
+        return None if self.kept_option < 0 else self.kept_option
 
     @property
     def phases_begun(self):
@@ -262,16 +266,16 @@ cdef class GilChoice:
         if option >= 0:
             return option == 0
         cdef double now = fbp_seconds()
-        if phases.chosen is not None and (self.alone and other or phases.due(now)):
+        if phases.kept_option >= 0 and (self.alone and other or phases.due(now)):
             phases.restart()
-        cdef bint measuring = phases.chosen is None
+        cdef bint measuring = phases.kept_option < 0
         if measuring and phases.began < 0:
             self.crowded = False
         option = phases.next(now)
         if measuring:
             self.crowded |= other
             self.alone = not self.crowded
-            if phases.chosen == 0 and self.alone and phases.best[1] < phases.best[0] \
+            if phases.kept_option == 0 and self.alone and phases.best[1] < phases.best[0] \
                     and threading.active_count() == 1:
                 option = 1          # nobody to wait: a release saves nothing (see above)
                 phases.keep(option, now)
@@ -284,7 +288,7 @@ cdef class GilChoice:
     @property
     def chosen(self):
         """None while measuring, else whether the calls release the GIL."""
-        return None if self.phases.chosen is None else self.phases.chosen == 0
+        return None if self.phases.kept_option < 0 else self.phases.kept_option == 0
 
     @property
     def rates(self):
