@@ -152,6 +152,8 @@ def worker(args):
     import peers
 
     wl = workloads.get(args.workload)
+    if args.samples and wl.name != "P1":
+        wl = wl.with_samples(min(wl.n_samples, args.samples))
     out = {"library": args.worker, "workload": wl.name, "threads": args.threads,
            "status": "ok", "pid": os.getpid(),
            "env": {v: os.environ.get(v) for v in OPENBLAS_VARS + THREAD_VARS},
@@ -192,10 +194,12 @@ def worker(args):
                    median=float(np.median(rates)), min=rates[0], max=rates[-1],
                    unit="rows/s" if predict else "samples/s",
                    versions=runner.versions(), blas=_blas_info())
-        if args.worker == "fastbp" and hasattr(runner, "gemm_floor"):
+        if args.gemm_floor and args.worker == "fastbp" and hasattr(runner, "gemm_floor"):
             floor_windows, _ = _measure(runner.gemm_floor(), units, args.duration,
                                         args.repeats, args.warmup)
             out["gemm_floor"] = float(np.median([w["rate"] for w in floor_windows]))
+        if hasattr(runner, "thread_choice"):
+            out["thread_choice"] = list(runner.thread_choice())
         if hasattr(runner, "n_classes_seen"):
             out["n_classes_seen"] = runner.n_classes_seen
         rss["end"] = _maxrss_mib()
@@ -255,7 +259,9 @@ def run_worker(library, workload, threads, args):
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", library,
            "--workload", workload, "--threads", str(threads), "--duration", str(args.duration),
            "--repeats", str(args.repeats), "--warmup", str(args.warmup), "--seed",
-           str(args.seed)]
+           str(args.seed), "--samples", str(args.samples or 0)]
+    if not args.gemm_floor:
+        cmd.append("--no-gemm-floor")
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=args.cwd,
@@ -317,6 +323,21 @@ def _scaling(by, wl, threads):
     return f"{many['median'] / one['median']:.2f}x"
 
 
+def _default_vs_best(by, wl, threads_list):
+    """fastbp at its default (threads 0) over its best fixed thread count, in the same run."""
+    default = by.get((wl, "fastbp", 0))
+    fixed = [by.get((wl, "fastbp", t)) for t in threads_list if t]
+    fixed = [r for r in fixed if r and r.get("status") == "ok"]
+    if not (default and default.get("status") == "ok" and fixed):
+        return "n/a"
+    best = max(fixed, key=lambda r: r["median"])
+    text = f"{default['median'] / best['median']:.2f}x of {best['threads']}"
+    if default.get("thread_choice"):   # (row workers, BLAS threads) it chose
+        workers, blas = default["thread_choice"]
+        text += f" (ran {workers} rows)" if workers > 1 else f" (ran {blas} BLAS)"
+    return text
+
+
 def print_report(results, libraries, wl_names, threads_list, args, file=sys.stdout):
     by = {(r["workload"], r["library"], r["threads"]): r for r in results}
     p = lambda *a: print(*a, file=file)  # noqa: E731
@@ -342,9 +363,13 @@ def print_report(results, libraries, wl_names, threads_list, args, file=sys.stdo
                   for wl in wl_names}
         show_floor = any(floors.values())
         show_scaling = "fastbp" in libraries and threads not in (0, 1) and 1 in threads_list
+        show_default = ("fastbp" in libraries and threads == 0
+                        and any(t for t in threads_list))
         head = ["workload"] + libraries
         if show_scaling:
             head += [f"fastbp {threads}/1"]
+        if show_default:
+            head += ["fastbp default/best"]
         if show_floor:
             head += ["GEMMs alone", "fastbp/GEMMs"]
         if "fastbp" in libraries:
@@ -354,6 +379,8 @@ def print_report(results, libraries, wl_names, threads_list, args, file=sys.stdo
             row = [wl] + [_cell(by.get((wl, lib, threads))) for lib in libraries]
             if show_scaling:
                 row.append(_scaling(by, wl, threads))
+            if show_default:
+                row.append(_default_vs_best(by, wl, threads_list))
             fb = by.get((wl, "fastbp", threads))
             fb_ok = bool(fb and fb.get("status") == "ok")
             floor = floors[wl] if fb_ok else None
@@ -531,7 +558,8 @@ def parent(args):
                "settings": {"workloads": wl_names, "peers": libraries,
                             "threads": threads_list, "duration": args.duration,
                             "repeats": args.repeats, "warmup": args.warmup,
-                            "seed": args.seed, "quick": args.quick},
+                            "seed": args.seed, "quick": args.quick,
+                            "samples": args.samples, "gemm_floor": args.gemm_floor},
                "machine": machine_info(),
                "loadavg_before": args.load_before, "loadavg_after": args.load_after,
                "env": {v: os.environ.get(v) for v in OPENBLAS_VARS + THREAD_VARS},
@@ -576,6 +604,11 @@ def main(argv=None):
     ap.add_argument("--ceiling", action="store_true", default=None,
                     help="also measure the GEMM ceiling (default: when W4 is run)")
     ap.add_argument("--no-ceiling", dest="ceiling", action="store_false")
+    ap.add_argument("--samples", type=int, default=0,
+                    help="train on at most this many rows a workload (shorter epochs for a "
+                         "time-boxed run; 0 = each workload's own)")
+    ap.add_argument("--no-gemm-floor", dest="gemm_floor", action="store_false",
+                    help="skip the fastbp worker's GEMMs-alone timing (halves its time)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--timeout", type=float, default=900, help="seconds per worker")
     ap.add_argument("--verbose", "-v", action="store_true")

@@ -1,22 +1,40 @@
 #!/usr/bin/env bash
-# The measurements that need a quiet machine with more cores than the 2-core dev box: the
-# 1-thread table against NumPy and PyTorch, fastbp's thread scaling (1, 2, 4, ... cores and
-# the default choice) and the GEMM ceiling at each thread count.
+# The measurements that need a quiet machine with more cores than the 2-core dev box, in the
+# order they matter, each stage its own bench/compare.py run writing OUTDIR/STAGE.json and
+# OUTDIR/STAGE.txt (so a run cut short keeps the stages it finished):
+#   scaling-goal   fastbp on W2 and W4 at 1, 2, 4, ... cores and at its default (0)
+#   scaling-rest   the same for W1, W5, W3 and P1
+#   peers          NumPy and PyTorch beside fastbp on W1, W2, W4 at 1, 8 and all cores,
+#                  with the GEMM ceiling at each count
 #   bash bench/many_cores.sh OUTDIR        (builds the extension in place first)
-# The OpenBLAS variables are unset for these commands only (see bench/README.md).
+# Epochs are capped at SAMPLES rows (20,000; W4 2,048) and windows are short (DURATION,
+# 0.3 s) so that the whole run takes about six minutes on 16 cores; the fastbp workers skip
+# their GEMMs-alone timing. The OpenBLAS variables are unset for these commands only
+# (see bench/README.md).
 set -u
 out=${1:-bench-out}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 py=${PYTHON:-python3}
 { lscpu; nproc; $py -c 'import numpy, scipy, threadpoolctl, sys; print(sys.version, numpy.__version__, scipy.__version__)'; } > "$out/machine.txt" 2>&1
-$py setup.py build_ext --inplace -j 4 > "$out/build.log" 2>&1 || { tail -30 "$out/build.log"; exit 1; }
 cores=$($py -c 'import os; print(len(os.sched_getaffinity(0)))')
-counts=0; t=1; while [ "$t" -le "$cores" ]; do counts="$counts,$t"; t=$((t * 2)); done
-bench="env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE timeout ${STAGE_SECONDS:-280} $py bench/compare.py"
-# fastbp alone at every power-of-two thread count and at its default (0)
-$bench --workloads ${SCALING_WORKLOADS:-W1,W2,W3,W4,W5} --threads "$counts" --peers fastbp \
-    --duration 0.5 --repeats 3 --json "$out/scaling.json" 2>&1 | tee "$out/scaling.txt" | tail -40
-# the 1-thread table of bench/README.md against the peers
-$bench --workloads ${TABLE_WORKLOADS:-W1,W2,W3,W5,P1,W4} --peers ${PEERS:-fastbp,numpy,torch} \
-    --duration 1 --repeats 3 --json "$out/table.json" 2>&1 | tee "$out/table.txt" | tail -40
+$py setup.py build_ext --inplace -j "$cores" > "$out/build.log" 2>&1 || { tail -30 "$out/build.log"; exit 1; }
+counts=1; t=2; while [ "$t" -le "$cores" ]; do counts="$counts,$t"; t=$((t * 2)); done
+[ "${counts##*,}" = "$cores" ] || counts="$counts,$cores"
+samples=${SAMPLES:-20000}
+stage() {   # stage NAME compare.py-arguments...
+    local name=$1; shift
+    echo "== $name: $*"
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE timeout "${STAGE_SECONDS:-300}" \
+        $py bench/compare.py --duration "${DURATION:-0.3}" --repeats 3 --warmup 0.2 \
+        --no-gemm-floor --json "$out/$name.json" "$@" 2>&1 | tee "$out/$name.txt" \
+        | grep -v '^\[' | grep -v '^ *->'
+}
+stage scaling-goal-W2 --workloads W2 --threads "$counts,0" --peers fastbp --samples "$samples"
+stage scaling-goal-W4 --workloads W4 --threads "$counts,0" --peers fastbp --samples 2048 \
+    --no-ceiling
+stage scaling-rest --workloads W1,W5,W3,P1 --threads "$counts,0" --peers fastbp \
+    --samples "$samples"
+peer_counts=1; [ "$cores" -gt 8 ] && peer_counts="$peer_counts,8"; [ "$cores" -gt 1 ] && peer_counts="$peer_counts,$cores"
+stage peers --workloads W1,W2,W4 --threads "$peer_counts" --peers ${PEERS:-fastbp,numpy,torch} \
+    --samples 2048

@@ -62,6 +62,14 @@ class FastbpTrain:
     def versions(self):
         return {"fastbp": getattr(self.fastbp, "__version__", "?"), "numpy": np.__version__}
 
+    def thread_choice(self):
+        """(row workers, BLAS threads) the fits ran on: at the default, the measured choice
+        (kept from the first fit, so asking measures nothing)."""
+        from fastbp import _threads
+        wl = self.workload
+        return _threads.fit_threads(self.model.layer_sizes, self.model._codes,
+                                    wl.batch_size, wl.dtype, self.threads)
+
     def gemm_floor(self):
         """A function running `epochs` epochs' worth of this workload's plain-SGD matrix
         products alone (fastbp._core.gemm_floor): the speed fastbp would reach if gathering,
