@@ -341,17 +341,17 @@ def _cache_key(layer_sizes, batch_size, dtype, threads_label):
 
 
 def _candidates(batch_size, allowed):
-    """(workers, BLAS threads) to time: 1; row workers 2, 4, 8, ... and `allowed`; every
-    allowed thread on BLAS (large products)."""
+    """(workers, BLAS threads) to time: 1; row workers 2, 4, 8, ... and `allowed`; then
+    the same counts on BLAS threads (large products): everything an explicit count of
+    those can run. BLAS at fewer than all threads can win: on a 16-core Xeon, W5 ran
+    180k samples/s on 8 BLAS threads, 145k on 4 row workers and 152k on 16 BLAS threads."""
     counts = sorted({2 ** i for i in range(1, allowed.bit_length()) if 2 ** i <= allowed}
                     | {allowed})
     found = [(1, 1)]
-    for count in counts:
-        split = split_threads(None, batch_size, count)
+    for split in [split_threads(None, batch_size, count) for count in counts] + \
+            [(1, count) for count in counts]:
         if split not in found:
             found.append(split)
-    if (1, allowed) not in found:
-        found.append((1, allowed))
     return found
 
 
@@ -361,6 +361,12 @@ def _candidates(batch_size, allowed):
 # slows a window, and it slows a split step (which needs every core at once) more than
 # a one-thread one (W5's median windows chose 1 thread in one quiet run where 2 ran 1.4x).
 MEASURE_SECONDS = 0.01
+# A window is one epoch call, which starts the row workers' threads (about 0.13 ms on a
+# 2-core Xeon): so short steps get windows of up to this many batches, from timing data of
+# up to MEASURE_BYTES (W1: 128 steps, 3 us of a 90 us step would have been thread starts
+# in windows of 39).
+MEASURE_BATCHES = 256
+MEASURE_BYTES = 16 << 20
 MEASURE_ROUNDS = 5
 # Other work can take part of a core for a second or more at a time (this project's 2-core
 # KVM guest: the second core ran W1's row-split step at half speed in stretches of up to
@@ -372,9 +378,16 @@ MEASURE_ROUNDS = 5
 # decide. A verdict for the most threads needs no confirmation.
 CONFIRM_SECONDS = 1.0
 CONFIRM_GAP_SECONDS = 0.05
-# Fewer threads win unless more are faster by this factor: the difference must show
-# above the noise of timing, and fewer threads leave the machine to other work.
+# Option 0 of a Phases measurement (_serving.pxi) is kept unless option 1 is faster by
+# this factor: the difference must show above the noise of timing.
 MEASURE_MARGIN = 1.10
+# A default thread count (a fit's, a pass's) takes fewer threads unless more are faster by
+# this factor: the default is meant to be within 5% of the best count, and fewer threads
+# leave the machine to other work. (It was MEASURE_MARGIN until 2026-12-04: on a 2-core
+# Xeon W1's default then kept one thread where two row workers trained 1.19x faster.)
+THREADS_MARGIN = 1.05
+# A candidate on BLAS threads counts this much slower than it ran (see _pick).
+BLAS_THREADS_PENALTY = 1.10
 # A one-thread step shorter than this is not split, and nothing else is timed: a split
 # step hands off between threads twice, which costs microseconds on any machine, so
 # a step of a few microseconds cannot gain (and timing one would only measure noise).
@@ -393,7 +406,7 @@ TURN_SECONDS = 0.02     # the least time a phase of its measurement lasts
 def _measure(layer_sizes, codes, batch_size, dtype, candidates):
     """Times a few plain-SGD steps of this network and batch on random data with each
     candidate (workers, BLAS threads) and returns the fastest, preferring fewer threads
-    within MEASURE_MARGIN. A one-thread step under TINY_STEP_SECONDS ends the timing with
+    within THREADS_MARGIN. A one-thread step under TINY_STEP_SECONDS ends the timing with
     (1, 1), whatever the candidates: no split can gain there, and BLAS, which runs
     products that small on one thread anyway, would cost the plan its own kernels."""
     from fastbp import _core
@@ -406,11 +419,19 @@ def _measure(layer_sizes, codes, batch_size, dtype, candidates):
     check_allocation(_core.Plan(sizes, list(codes), batch_size, None, False).work_size, dtype,
                      "the workspace")
     rng = np.random.default_rng(0)
-    # enough batches for windows of tiny steps, few for large inputs
-    n_batches = min(64, max(4, -(-1_000_000 // (batch_size * sizes[0]))))
-    rows = batch_size * n_batches
-    X = rng.standard_normal((rows, sizes[0])).astype(dtype)
-    Y = (0.1 * rng.standard_normal((rows, sizes[-1]))).astype(dtype)
+    # Enough batches for windows of short steps (MEASURE_BATCHES), few for large inputs:
+    # random rows of up to a million values, repeated up to MEASURE_BYTES.
+    batch_values = batch_size * sizes[0]
+    drawn = min(64, max(4, -(-1_000_000 // batch_values)))
+    n_batches = min(MEASURE_BATCHES, max(drawn, MEASURE_BYTES // (batch_values * dtype.itemsize)))
+    X = np.resize(rng.standard_normal((batch_size * drawn, sizes[0])).astype(dtype),
+                  (batch_size * n_batches, sizes[0]))
+    Y = np.resize((0.1 * rng.standard_normal((batch_size * drawn, sizes[-1]))).astype(dtype),
+                  (batch_size * n_batches, sizes[-1]))
+    # Each window's batches are drawn in a new order, gathered as a shuffled fit's are: the
+    # gather is work that row workers share (read in place, W1's two row workers timed
+    # 0.97-1.02x of one thread where the fit ran 1.19x on a 2-core Xeon).
+    orders = {}
     empty_rows, empty = np.empty(0, np.intp), np.empty(0, dtype)
     hyper = _core.Hyperparameters(_core.LOSS_CODES["mse"], learning_rate=1e-6)
     state = np.empty((0, 0), dtype)
@@ -426,10 +447,12 @@ def _measure(layer_sizes, codes, batch_size, dtype, candidates):
 
         def epoch(n_steps):
             n_rows = n_steps * batch_size
+            if n_rows not in orders:
+                orders[n_rows] = rng.permutation(n_rows).astype(np.intp)
             with blas_threads(blas):
                 started = time.perf_counter()
                 _core.train_epoch(plan, hyper, params, work, state, X[:n_rows], Y[:n_rows],
-                                  empty_rows, empty, empty_rows, batch_size, 1, False,
+                                  empty_rows, empty, orders[n_rows], batch_size, 1, False,
                                   worker_plan, worker_work, workers)
                 return (time.perf_counter() - started) / n_steps
         return epoch
@@ -575,18 +598,18 @@ def _wait_for_a_quiet_process():
 
 def _pick(seconds):
     """The choice, from each candidate's (workers, BLAS threads) best time a step: the
-    fewest threads within MEASURE_MARGIN of the fastest, of as many the fastest. A
-    candidate on BLAS threads counts MEASURE_MARGIN slower than it ran: OpenBLAS's threads
+    fewest threads within THREADS_MARGIN of the fastest, of as many the fastest. A
+    candidate on BLAS threads counts BLAS_THREADS_PENALTY slower than it ran: OpenBLAS's threads
     wait for each other spinning, so when other work takes a core after the measurement
     its steps slow many times over (a grid search's fit measured on an idle core took
     3.5 s instead of 0.55 under load), where the row workers sleep in their barrier. So
     BLAS threads are chosen only where they clearly win (large products)."""
-    counted = {choice: time * (MEASURE_MARGIN if choice[1] > 1 else 1)
+    counted = {choice: time * (BLAS_THREADS_PENALTY if choice[1] > 1 else 1)
                for choice, time in seconds.items()}
     fastest = min(counted.values())
     return min((workers * blas, time, (workers, blas))
                for (workers, blas), time in counted.items()
-               if time <= fastest * MEASURE_MARGIN)[2]
+               if time <= fastest * THREADS_MARGIN)[2]
 
 
 def allowed_threads() -> int:
