@@ -6,9 +6,11 @@
 #   scaling-rest   the same for W1, W5, W3 and P1
 #   peers          NumPy and PyTorch beside fastbp on W1, W2, W4 at 1, 8 and all cores,
 #                  with the GEMM ceiling at each count
+#   split          W2 and W1 at 8 and all cores, row workers and BLAS threads alternating
+#                  in one process (bench/row_phases.py), and W2's products alone at 8
 #   bash bench/many_cores.sh OUTDIR        (builds the extension in place first)
 # Epochs are capped at SAMPLES rows (20,000; W4 2,048) and windows are short (DURATION,
-# 0.3 s) so that the whole run takes about six minutes on 16 cores; the fastbp workers skip
+# 0.3 s) so that the whole run takes about seven minutes on 16 cores; the fastbp workers skip
 # their GEMMs-alone timing. The OpenBLAS variables are unset for these commands only
 # (see bench/README.md).
 set -u
@@ -38,3 +40,12 @@ stage scaling-rest --workloads W1,W5,W3,P1 --threads "$counts,0" --peers fastbp 
 peer_counts=1; [ "$cores" -gt 8 ] && peer_counts="$peer_counts,8"; [ "$cores" -gt 1 ] && peer_counts="$peer_counts,$cores"
 stage peers --workloads W1,W2,W4 --threads "$peer_counts" --peers ${PEERS:-fastbp,numpy,torch} \
     --samples 2048
+split_counts=$cores; [ "$cores" -gt 8 ] && split_counts="8,$cores"
+echo "== split: bench/row_phases.py --workloads W2,W1 --threads 1,$split_counts"
+env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE timeout "${STAGE_SECONDS:-300}" \
+    $py bench/row_phases.py --workloads W2,W1 --threads "1,$split_counts" --rounds 2 \
+    2> "$out/split-phases.txt" | tee "$out/split.txt"
+env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE timeout "${STAGE_SECONDS:-300}" \
+    $py bench/compare.py --workloads W2 --threads "${split_counts%%,*}" --peers fastbp \
+    --duration "${DURATION:-0.3}" --samples 10000 --no-ceiling --json "$out/split-gemm.json" \
+    2>&1 | grep -A3 '^threads = ' | tee -a "$out/split.txt"

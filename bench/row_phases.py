@@ -26,10 +26,16 @@ import workloads  # noqa: E402
 def fit_seconds(fastbp, wl, X, y, threads, epochs, split):
     os.environ["FASTBP_SPLIT"] = split
     model = fastbp.MLP(list(wl.layer_sizes), wl.activations, dtype=wl.dtype, seed=0)
-    trainer = lambda n: fastbp.Trainer(workloads.LOSS, learning_rate=workloads.LEARNING_RATE,  # noqa: E731
-                                       epochs=n, batch_size=wl.batch_size, shuffle=True,
-                                       seed=0, n_threads=threads)
+    def trainer(n_epochs):
+        return fastbp.Trainer(workloads.LOSS, learning_rate=workloads.LEARNING_RATE,
+                              epochs=n_epochs, batch_size=wl.batch_size, shuffle=True, seed=0,
+                              n_threads=threads)
+
     trainer(1).fit(model, X, y)                       # warm-up (and the measured choices)
+    # OpenBLAS's idle threads poll for about 0.1 s after a multi-threaded call (the last
+    # fit on BLAS threads) and take the cores row workers need: wait until they sleep.
+    from fastbp import _threads
+    _threads._wait_for_a_quiet_process()
     print(f"-- {wl.name} threads={threads} {split}: timed fit", file=sys.stderr, flush=True)
     start, cpu = time.perf_counter(), time.process_time()
     trainer(epochs).fit(model, X, y)

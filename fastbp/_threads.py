@@ -363,8 +363,8 @@ def _candidates(batch_size, allowed):
 MEASURE_SECONDS = 0.01
 # A window is one epoch call, which starts the row workers' threads (about 0.13 ms on a
 # 2-core Xeon): so short steps get windows of up to this many batches, from timing data of
-# up to MEASURE_BYTES (W1: 128 steps, 3 us of a 90 us step would have been thread starts
-# in windows of 39).
+# up to MEASURE_BYTES (W1: about 100 steps a window; in the 39 it had before, the thread
+# start was 3 us of a 90 us step).
 MEASURE_BATCHES = 256
 MEASURE_BYTES = 16 << 20
 MEASURE_ROUNDS = 5
@@ -423,7 +423,8 @@ def _measure(layer_sizes, codes, batch_size, dtype, candidates):
     # random rows of up to a million values, repeated up to MEASURE_BYTES.
     batch_values = batch_size * sizes[0]
     drawn = min(64, max(4, -(-1_000_000 // batch_values)))
-    n_batches = min(MEASURE_BATCHES, max(drawn, MEASURE_BYTES // (batch_values * dtype.itemsize)))
+    n_batches = min(MEASURE_BATCHES,
+                    max(drawn, MEASURE_BYTES // (batch_values * dtype.itemsize)))
     X = np.resize(rng.standard_normal((batch_size * drawn, sizes[0])).astype(dtype),
                   (batch_size * n_batches, sizes[0]))
     Y = np.resize((0.1 * rng.standard_normal((batch_size * drawn, sizes[-1]))).astype(dtype),
