@@ -10,8 +10,8 @@
 #                  in one process (bench/row_phases.py), and W2's products alone at 8
 #   bash bench/many_cores.sh OUTDIR        (builds the extension in place first)
 # Epochs are capped at SAMPLES rows (20,000; W4 2,048) and windows are short (DURATION,
-# 0.3 s) so that the whole run takes about seven minutes on 16 cores; the fastbp workers skip
-# their GEMMs-alone timing. The OpenBLAS variables are unset for these commands only
+# 0.3 s) so that the stages before `split` took six minutes on a 16-core Xeon (2026-12-04;
+# `split` came after that run); the fastbp workers skip their GEMMs-alone timing. The OpenBLAS variables are unset for these commands only
 # (see bench/README.md).
 set -u
 out=${1:-bench-out}
