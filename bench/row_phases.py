@@ -26,6 +26,7 @@ import workloads  # noqa: E402
 def fit_seconds(fastbp, wl, X, y, threads, epochs, split):
     os.environ["FASTBP_SPLIT"] = split
     model = fastbp.MLP(list(wl.layer_sizes), wl.activations, dtype=wl.dtype, seed=0)
+
     def trainer(n_epochs):
         return fastbp.Trainer(workloads.LOSS, learning_rate=workloads.LEARNING_RATE,
                               epochs=n_epochs, batch_size=wl.batch_size, shuffle=True, seed=0,
@@ -34,8 +35,7 @@ def fit_seconds(fastbp, wl, X, y, threads, epochs, split):
     trainer(1).fit(model, X, y)                       # warm-up (and the measured choices)
     # OpenBLAS's idle threads poll for about 0.1 s after a multi-threaded call (the last
     # fit on BLAS threads) and take the cores row workers need: wait until they sleep.
-    from fastbp import _threads
-    _threads._wait_for_a_quiet_process()
+    fastbp._threads._wait_for_a_quiet_process()
     print(f"-- {wl.name} threads={threads} {split}: timed fit", file=sys.stderr, flush=True)
     start, cpu = time.perf_counter(), time.process_time()
     trainer(epochs).fit(model, X, y)
@@ -53,6 +53,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=2, help="alternations of the splits")
     args = ap.parse_args()
     import fastbp
+    import fastbp._threads  # noqa: F401  (fit_seconds waits for a quiet process with it)
     print(f"{'workload':8s} {'threads':>7s} {'split':5s} {'samples/s':>10s} {'CPU/wall':>8s}")
     for name in args.workloads.split(","):
         wl = workloads.get(name)
