@@ -63,8 +63,8 @@ class FastbpTrain:
         return {"fastbp": getattr(self.fastbp, "__version__", "?"), "numpy": np.__version__}
 
     def thread_choice(self):
-        """(row workers, BLAS threads) the fits ran on: at the default, the measured choice
-        (kept from the first fit, so asking measures nothing)."""
+        """(row workers, BLAS threads, split_inputs) the fits ran on: at the default, the
+        measured choice (kept from the first fit, so asking measures nothing)."""
         from fastbp import _threads
         wl = self.workload
         return _threads.fit_threads(self.model.layer_sizes, self.model._codes,
@@ -76,8 +76,8 @@ class FastbpTrain:
         activations, the loss and everything else but BLAS cost nothing."""
         from fastbp import _core, _threads
         model, wl = self.model, self.workload
-        workers, blas = _threads.fit_threads(wl.layer_sizes, model._codes, wl.batch_size,
-                                             wl.dtype, self.threads)
+        workers, blas, _ = _threads.fit_threads(wl.layer_sizes, model._codes, wl.batch_size,
+                                                wl.dtype, self.threads)
         threads = workers * blas       # the fit's threads, all on BLAS here
         plan, work = model._workspace(wl.batch_size, n_threads=threads)   # as fit's plan
         work[:] = 0

@@ -1,5 +1,6 @@
 """Where a multi-threaded step's time goes: samples/s of each workload at each thread count,
-both ways of using the threads (FASTBP_SPLIT=rows and =blas), alternating in one process.
+each way of using the threads (FASTBP_SPLIT=rows, =inputs and =blas), alternating in one
+process.
 
     CFLAGS=-DFBP_WORKER_TIMING python setup.py build_ext --inplace   # optional: phases
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/row_phases.py \\
@@ -47,14 +48,14 @@ def main():
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workloads", default="W2,W1")
     ap.add_argument("--threads", default="8")
-    ap.add_argument("--splits", default="rows,blas")
+    ap.add_argument("--splits", default="rows,inputs,blas")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--samples", type=int, default=10_000)
     ap.add_argument("--rounds", type=int, default=2, help="alternations of the splits")
     args = ap.parse_args()
     import fastbp
     import fastbp._threads  # noqa: F401  (fit_seconds waits for a quiet process with it)
-    print(f"{'workload':8s} {'threads':>7s} {'split':5s} {'samples/s':>10s} {'CPU/wall':>8s}")
+    print(f"{'workload':8s} {'threads':>7s} {'split':6s} {'samples/s':>10s} {'CPU/wall':>8s}")
     for name in args.workloads.split(","):
         wl = workloads.get(name)
         wl = wl.with_samples(min(wl.n_samples, args.samples))
@@ -63,7 +64,7 @@ def main():
             for _ in range(args.rounds):
                 for split in args.splits.split(","):
                     wall, cpu = fit_seconds(fastbp, wl, X, y, threads, args.epochs, split)
-                    print(f"{wl.name:8s} {threads:7d} {split:5s} "
+                    print(f"{wl.name:8s} {threads:7d} {split:6s} "
                           f"{args.epochs * wl.n_samples / wall:10.0f} {cpu / wall:8.2f}",
                           flush=True)
 

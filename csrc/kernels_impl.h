@@ -24,17 +24,30 @@ FBP_MULTIVERSION static int FBP_NAME(fbp_all_finite)(const FBP_T *x, ptrdiff_t n
    -1, or the first i whose index is out of range (nothing is written for it or after). */
 
 /* dst[i, :] = src[rows[i], :], src having n_src rows */
-static inline ptrdiff_t FBP_NAME(fbp_gather_rows)(FBP_T *dst, const FBP_T *src,
-                                                  const ptrdiff_t *rows, ptrdiff_t n_rows,
-                                                  ptrdiff_t n_cols, ptrdiff_t n_src)
+/* Columns [first, first + n_cols) of the named rows of src (rows of row_length values,
+   n_src of them) into the same columns of dst's rows (row_length apart): a worker's share
+   of a batch split by its inputs.  Returns the position of the first row out of range,
+   or -1. */
+static inline ptrdiff_t FBP_NAME(fbp_gather_columns)(FBP_T *dst, const FBP_T *src,
+                                                     const ptrdiff_t *rows, ptrdiff_t n_rows,
+                                                     ptrdiff_t row_length, ptrdiff_t first,
+                                                     ptrdiff_t n_cols, ptrdiff_t n_src)
 {
     for (ptrdiff_t i = 0; i < n_rows; i++) {
         ptrdiff_t row = rows[i];
         if ((size_t)row >= (size_t)n_src)
             return i;
-        memcpy(dst + i * n_cols, src + row * n_cols, (size_t)n_cols * sizeof(FBP_T));
+        memcpy(dst + i * row_length + first, src + row * row_length + first,
+               (size_t)n_cols * sizeof(FBP_T));
     }
     return -1;
+}
+
+static inline ptrdiff_t FBP_NAME(fbp_gather_rows)(FBP_T *dst, const FBP_T *src,
+                                                  const ptrdiff_t *rows, ptrdiff_t n_rows,
+                                                  ptrdiff_t n_cols, ptrdiff_t n_src)
+{
+    return FBP_NAME(fbp_gather_columns)(dst, src, rows, n_rows, n_cols, 0, n_cols, n_src);
 }
 
 /* Ask the CPU to bring rows[0..n_rows-1] of src (n_cols wide, n_src rows) into cache: the
@@ -456,6 +469,12 @@ static inline void FBP_NAME(fbp_multiply)(FBP_T *x, const FBP_T *y, ptrdiff_t n)
 {
     for (ptrdiff_t i = 0; i < n; i++)
         x[i] *= y[i];
+}
+
+static inline void FBP_NAME(fbp_add)(FBP_T *x, const FBP_T *y, ptrdiff_t n)
+{
+    for (ptrdiff_t i = 0; i < n; i++)
+        x[i] += y[i];
 }
 
 /* target <- beta * target + alpha * (sum of delta's rows): the bias gradient or update. */

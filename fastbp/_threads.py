@@ -31,18 +31,28 @@ _turns = threading.Condition(_turns_lock)   # guards _active, _count, _saved, _q
 _local = threading.local()               # depth: blas_threads passes open on this thread
 
 
-def split_threads(layer_sizes, batch_size: int, n_threads: int):
-    """(row workers, BLAS threads) for a fit on n_threads threads: a step split by rows
-    among n_threads workers, each on one BLAS thread (the products of small and medium
-    networks are too small to gain from BLAS threads), unless the batch is too small to
-    give each worker rows of its own."""
+# A fit's way of using its threads is a triple (row workers, BLAS threads, split_inputs):
+# (1, T, False) runs each step on one worker whose products use T BLAS threads; (T, 1,
+# False) splits each step by rows among T workers on one BLAS thread each (the products of
+# small and medium networks are too small to gain from BLAS threads); (T, 1, True) does
+# the same but splits the first layer's forward product by its inputs, each worker
+# multiplying its columns of the batch by the rows of W1 it also steps, so that W1 never
+# crosses between cores (on a 2-core Xeon W1 trained 1.17x faster so, W5 1.20x, W2 1.13x;
+# with a barrier more a step, so it is measured, not assumed).
+
+
+def split_threads(layer_sizes, batch_size: int, n_threads: int, split_inputs=False):
+    """(row workers, BLAS threads, split_inputs) for a fit on n_threads threads split by
+    rows (and split_inputs, the first layer by its inputs, where it has at least n_threads
+    inputs), or (1, n_threads, False) where the batch is too small to give each worker
+    rows of its own."""
     if n_threads > 1 and batch_size >= 2 * n_threads:
-        return n_threads, 1
-    return 1, n_threads
+        return n_threads, 1, bool(split_inputs and layer_sizes[0] >= n_threads)
+    return 1, n_threads, False
 
 
 def row_workspace(layer_sizes, codes, dropout, batch_size: int, n_workers: int, dtype,
-                  allocate=None):
+                  allocate=None, split_inputs=False):
     """The plan and workspace of n_workers row-split workers (None, None for one): each
     worker holds ceil(batch_size / n_workers) rows and their deltas. allocate(size): the
     workspace of that many values (default: a new array)."""
@@ -56,7 +66,7 @@ def row_workspace(layer_sizes, codes, dropout, batch_size: int, n_workers: int, 
                       dropout, False, small_gemm_kernels(),
                       0 if kernels == "never" else _core.TRAINING_FEW_ROWS,
                       kernels == "always")
-    size = _core.worker_workspace_size(plan, n_workers)
+    size = _core.worker_workspace_size(plan, n_workers, split_inputs)
     check_allocation(size, dtype, "the workers' workspace")   # before any timing
     choose_products(plan, layer_sizes, dtype)
     return plan, np.empty(size, dtype=dtype) if allocate is None else allocate(size)
@@ -64,16 +74,17 @@ def row_workspace(layer_sizes, codes, dropout, batch_size: int, n_workers: int, 
 
 # ---- the default thread count of a fit, measured on this machine ----
 
+ONE_THREAD = (1, 1, False)
 THREADS_VARIABLE = "FASTBP_THREADS"        # pins n_threads=None to this count
 _THREADS_LOOKUP = (THREADS_VARIABLE.encode(),)
-SPLIT_VARIABLE = "FASTBP_SPLIT"            # "rows" or "blas": how a fit's threads are used
+SPLIT_VARIABLE = "FASTBP_SPLIT"            # one of SPLITS: how a fit's threads are used
 CACHE_FILE = "threads.json"
 _measured = {}                             # key -> (workers, blas threads), this process
 _measure_lock = threading.Lock()
 
 
 def fit_threads(layer_sizes, codes, batch_size: int, dtype, n_threads=None):
-    """(row workers, BLAS threads) of a fit. An explicit n_threads (or FASTBP_THREADS,
+    """(row workers, BLAS threads, split_inputs) of a fit. An explicit n_threads (or FASTBP_THREADS,
     capped by allowed_threads()): that many threads, used as threads_of says. Else the
     fastest of 1..allowed_threads() threads (row-split or BLAS) measured on a few steps of
     this network and batch on this machine. Each measured choice is made once per (layer
@@ -86,7 +97,7 @@ def fit_threads(layer_sizes, codes, batch_size: int, dtype, n_threads=None):
     if fixed is not None:
         return threads_of(layer_sizes, codes, batch_size, dtype, fixed)
     return _measured_choice(layer_sizes, codes, batch_size, dtype,
-                            _candidates(batch_size, allowed), str(allowed))
+                            _candidates(layer_sizes, batch_size, allowed), str(allowed))
 
 
 def sparse_fit_threads(n_threads, shares_rows: bool, choices: dict, key):
@@ -222,29 +233,36 @@ class SparseThreadChoice:
 
 def threads_of(layer_sizes, codes, batch_size: int, dtype, count: int):
     """A fit on exactly `count` threads: each step split by rows among `count` workers on
-    one BLAS thread each, or one worker whose products use `count` BLAS threads. Which:
-    FASTBP_SPLIT ("rows" or "blas") when set, else whichever runs this network and batch
-    faster here (measured once, cached): rows win on small and medium layers, BLAS where
-    the products are large. A step that ends in microseconds runs on one thread (1, 1):
-    neither way can use a second thread there (see _measure)."""
-    by_blas, by_rows = (1, count), split_threads(layer_sizes, batch_size, count)
+    one BLAS thread each (with or without the first layer split by its inputs), or one
+    worker whose products use `count` BLAS threads. Which: FASTBP_SPLIT ("rows", "inputs"
+    or "blas") when set, else whichever runs this network and batch faster here (measured
+    once, cached): rows win on small and medium layers, BLAS where the products are large.
+    A step that ends in microseconds runs on one thread (1, 1, False): no way can use a
+    second thread there (see _measure)."""
+    by_blas = (1, count, False)
+    by_rows = split_threads(layer_sizes, batch_size, count)
+    by_inputs = split_threads(layer_sizes, batch_size, count, True)
     if by_rows == by_blas:
         return by_blas
     forced = forced_split()
     if forced is not None:
-        return by_rows if forced == "rows" else by_blas
-    return _measured_choice(layer_sizes, codes, batch_size, dtype, [by_blas, by_rows],
-                            f"={count}")
+        return {"blas": by_blas, "rows": by_rows, "inputs": by_inputs}[forced]
+    return _measured_choice(layer_sizes, codes, batch_size, dtype,
+                            list(dict.fromkeys([by_blas, by_rows, by_inputs])), f"={count}")
+
+
+SPLITS = ("rows", "inputs", "blas")
 
 
 def forced_split():
-    """FASTBP_SPLIT as "rows" or "blas", or None when unset (anything else is an error)."""
+    """FASTBP_SPLIT as "rows", "inputs" or "blas", or None when unset (anything else is an
+    error)."""
     value = os.environ.get(SPLIT_VARIABLE, "").strip().lower()
     if not value:
         return None
-    if value not in ("rows", "blas"):
-        raise ValueError(f"{SPLIT_VARIABLE} must be 'rows' or 'blas' (how a fit's threads "
-                         f"are used); got {value!r}")
+    if value not in SPLITS:
+        raise ValueError(f"{SPLIT_VARIABLE} must be 'rows', 'inputs' or 'blas' (how a fit's "
+                         f"threads are used); got {value!r}")
     return value
 
 
@@ -252,15 +270,15 @@ def _measured_choice(layer_sizes, codes, batch_size, dtype, candidates, threads_
     """The measured fastest of `candidates` (cached; see fit_threads)."""
     from fastbp._cache import settled
     key = _cache_key(layer_sizes, batch_size, dtype, threads_label)
-    valid = {tuple(choice) for choice in candidates} | {(1, 1)}   # (1, 1): a tiny step
+    valid = {tuple(choice) for choice in candidates} | {ONE_THREAD}   # a tiny step
     with _measure_lock:
         if key not in _measured:
             found = settled(
                 CACHE_FILE, key,
                 lambda kept: isinstance(kept, (list, tuple)) and tuple(kept) in valid,
-                lambda: [int(count) for count in
+                lambda: [int(value) for value in
                          _measure(layer_sizes, codes, batch_size, dtype, candidates)])
-            _measured[key] = (int(found[0]), int(found[1]))
+            _measured[key] = (int(found[0]), int(found[1]), bool(found[2]))
         return _measured[key]
 
 
@@ -340,16 +358,18 @@ def _cache_key(layer_sizes, batch_size, dtype, threads_label):
             f"{build_identity()}")
 
 
-def _candidates(batch_size, allowed):
-    """(workers, BLAS threads) to time: 1; row workers 2, 4, 8, ... and `allowed`; then
-    the same counts on BLAS threads (large products): everything an explicit count of
-    those can run. BLAS at fewer than all threads can win: on a 16-core Xeon, W5 ran
-    180k samples/s on 8 BLAS threads, 145k on 4 row workers and 152k on 16 BLAS threads."""
+def _candidates(layer_sizes, batch_size, allowed):
+    """The ways (split_threads) to time: 1 thread; row workers 2, 4, 8, ... and `allowed`,
+    each with and without the first layer split by its inputs; then the same counts on
+    BLAS threads (large products): everything an explicit count of those can run. BLAS at
+    fewer than all threads can win: on a 16-core Xeon, W5 ran 180k samples/s on 8 BLAS
+    threads, 145k on 4 row workers and 152k on 16 BLAS threads."""
     counts = sorted({2 ** i for i in range(1, allowed.bit_length()) if 2 ** i <= allowed}
                     | {allowed})
-    found = [(1, 1)]
-    for split in [split_threads(None, batch_size, count) for count in counts] + \
-            [(1, count) for count in counts]:
+    found = [ONE_THREAD]
+    for split in [split_threads(layer_sizes, batch_size, count, inputs)
+                  for count in counts for inputs in (False, True)] + \
+            [(1, count, False) for count in counts]:
         if split not in found:
             found.append(split)
     return found
@@ -436,15 +456,15 @@ def _measure(layer_sizes, codes, batch_size, dtype, candidates):
     empty_rows, empty = np.empty(0, np.intp), np.empty(0, dtype)
     hyper = _core.Hyperparameters(_core.LOSS_CODES["mse"], learning_rate=1e-6)
     state = np.empty((0, 0), dtype)
-    def timer(workers, blas):
-        """epoch(n_steps) -> seconds a step, for this candidate (its own plan and params)."""
+    def timer(workers, blas, split_inputs=False):
+        """epoch(n_steps) -> seconds a step, for this way (its own plan and params)."""
         plan = choose_products(_core.Plan(sizes, list(codes), batch_size, None, False,
                                           blas == 1 and small_gemm_kernels()),
                                sizes, dtype, blas == 1)
         params = (0.05 * rng.standard_normal(plan.n_params)).astype(dtype)
         work = np.zeros(plan.work_size, dtype)
         worker_plan, worker_work = row_workspace(sizes, codes, None, batch_size, workers,
-                                                 dtype)
+                                                 dtype, split_inputs=split_inputs)
 
         def epoch(n_steps):
             n_rows = n_steps * batch_size
@@ -454,7 +474,8 @@ def _measure(layer_sizes, codes, batch_size, dtype, candidates):
                 started = time.perf_counter()
                 _core.train_epoch(plan, hyper, params, work, state, X[:n_rows], Y[:n_rows],
                                   empty_rows, empty, orders[n_rows], batch_size, 1, False,
-                                  worker_plan, worker_work, workers)
+                                  worker_plan, worker_work, workers, None, None,
+                                  split_inputs)
                 return (time.perf_counter() - started) / n_steps
         return epoch
 
@@ -464,7 +485,7 @@ def _measure(layer_sizes, codes, batch_size, dtype, candidates):
     epoch = timer(1, 1)
     epoch(1)                                       # warm up: first touch, thread pools
     if epoch(n_batches) < TINY_STEP_SECONDS:
-        return 1, 1
+        return ONE_THREAD
     # OpenBLAS's idle threads keep polling for work after a multi-threaded call and take
     # the cores the row workers need (W1's row-split step: 42 us, 120 us for seconds after
     # a 2-thread BLAS call). So the candidates on one BLAS thread are timed first, those on
@@ -472,13 +493,13 @@ def _measure(layer_sizes, codes, batch_size, dtype, candidates):
     best = {}
     for on_blas_threads in (False, True):
         runs, slow = {}, False          # slow: large networks, where a step shows it
-        for workers, blas in candidates:
-            if (blas > 1) != on_blas_threads:
+        for way in candidates:
+            if (way[1] > 1) != on_blas_threads:
                 continue
-            epoch = timer(workers, blas)
+            epoch = timer(*way)
             epoch(1)                               # warm up: first touch, thread pools
             steps = max(1, min(n_batches, int(MEASURE_SECONDS / max(epoch(1), 1e-9))))
-            runs[(workers, blas)] = functools.partial(epoch, steps)
+            runs[way] = functools.partial(epoch, steps)
             slow = slow or steps == 1
         best.update(_best_windows(runs, 2 if slow else MEASURE_ROUNDS))
     return _pick(best)
@@ -550,7 +571,7 @@ def _measure_pass(layer_sizes, activations, rows, dtype, backward, allowed) -> t
 
 
 def _best_windows(runs, rounds, confirm_seconds=None):
-    """{candidate: its best window} from `runs` ({(workers, BLAS threads): a function
+    """{candidate: its best window} from `runs` ({(workers, BLAS threads, ...): a function
     timing one window}): `rounds` rounds, the candidates taking turns, then confirmation
     rounds while fewer threads than the most lead, for up to confirm_seconds (None:
     CONFIRM_SECONDS)."""
@@ -564,13 +585,13 @@ def _best_windows(runs, rounds, confirm_seconds=None):
 
     for _ in range(rounds):
         one_round()
-    most = max(workers * blas for workers, blas in runs)
+    most = max(choice[0] * choice[1] for choice in runs)
     deadline = time.perf_counter() + (CONFIRM_SECONDS if confirm_seconds is None
                                       else confirm_seconds)
     while True:
         best = {choice: min(found) for choice, found in times.items()}
-        workers, blas = _pick(best)
-        if workers * blas == most or time.perf_counter() >= deadline:
+        picked = _pick(best)
+        if picked[0] * picked[1] == most or time.perf_counter() >= deadline:
             return best
         time.sleep(CONFIRM_GAP_SECONDS)
         one_round()
@@ -598,7 +619,7 @@ def _wait_for_a_quiet_process():
 
 
 def _pick(seconds):
-    """The choice, from each candidate's (workers, BLAS threads) best time a step: the
+    """The choice, from each candidate's (workers, BLAS threads, ...) best time a step: the
     fewest threads within THREADS_MARGIN of the fastest, of as many the fastest. A
     candidate on BLAS threads counts BLAS_THREADS_PENALTY slower than it ran: OpenBLAS's threads
     wait for each other spinning, so when other work takes a core after the measurement
@@ -608,8 +629,7 @@ def _pick(seconds):
     counted = {choice: time * (BLAS_THREADS_PENALTY if choice[1] > 1 else 1)
                for choice, time in seconds.items()}
     fastest = min(counted.values())
-    return min((workers * blas, time, (workers, blas))
-               for (workers, blas), time in counted.items()
+    return min((choice[0] * choice[1], time, choice) for choice, time in counted.items()
                if time <= fastest * THREADS_MARGIN)[2]
 
 

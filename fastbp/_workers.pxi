@@ -114,6 +114,8 @@ cdef struct SharedEpoch:
     void* first
     void* second
     void* grads                     # the summed gradient (LAYER_STEP, clipping) or NULL
+    bint split_inputs               # the first layer's forward product split by its inputs
+    void* partials                  # then: workers 1..T-1's partial products (T C rows each)
     const void* X
     const void* Y
     const Py_ssize_t* labels
@@ -182,13 +184,14 @@ cdef Py_ssize_t gather_weights(SharedEpoch* s, floating* work, Py_ssize_t m) noe
 cdef Py_ssize_t gather_rows(SharedEpoch* s, floating* work, Py_ssize_t row0, Py_ssize_t row1,
                             int* failed) noexcept nogil:
     """Phase B's part of the gather, by each worker for its rows [row0, row1) of the
-    batch: the inputs and targets (or one-hot labels) into the batch buffers. Returns the
-    batch position of an index out of range (and sets *failed), or -1."""
+    batch: the inputs (unless split_inputs: gather_inputs has them) and targets (or
+    one-hot labels) into the batch buffers. Returns the batch position of an index out of
+    range (and sets *failed), or -1."""
     cdef const PlanData* plan = s.plan
     cdef Py_ssize_t n_in = plan.sizes[0], n_out = plan.sizes[plan.n_layers], bad
     cdef Py_ssize_t start = s.start + row0, n_samples = s.n_samples, m = row1 - row0
     cdef const Py_ssize_t* rows = s.order + start if s.use_order else NULL
-    if s.use_order:
+    if s.use_order and not s.split_inputs:
         bad = fbp_gather_rows(work + plan.batch_x_offset + row0 * n_in, <const floating*>s.X,
                               rows, m, n_in, n_samples)
         if bad >= 0:
@@ -208,6 +211,48 @@ cdef Py_ssize_t gather_rows(SharedEpoch* s, floating* work, Py_ssize_t row0, Py_
             failed[0] = GATHERED_Y
             return row0 + bad
     return -1
+
+
+cdef inline void owned_inputs(Py_ssize_t n_in, int k, int T, Py_ssize_t* low,
+                              Py_ssize_t* high) noexcept nogil:
+    """The rows [low, high) of a weight matrix with n_in rows that worker k of T steps
+    (update_part), and, split_inputs, the first layer's inputs it multiplies."""
+    low[0] = n_in * k // T
+    high[0] = n_in * (k + 1) // T
+
+
+cdef Py_ssize_t first_partial(SharedEpoch* s, floating* params, floating* work, int k,
+                              int m, const floating* x, int* failed) noexcept nogil:
+    """Phase B0 of split_inputs, worker k: its columns of the batch's inputs (gathered
+    here when shuffled) times its rows of W1, for all m rows: worker 0's into the first
+    layer's outputs, the others' into the partial products (finish_first adds them up).
+    Returns the batch position of an index out of range (and sets *failed), or -1."""
+    cdef const PlanData* plan = s.plan
+    cdef int T = s.n_workers
+    cdef Py_ssize_t n_in = plan.sizes[0], n_out = plan.sizes[1], low, high, bad
+    owned_inputs(n_in, k, T, &low, &high)
+    if s.use_order:
+        bad = fbp_gather_columns(work + plan.batch_x_offset, <const floating*>s.X,
+                                 s.order + s.start, m, n_in, low, high - low, s.n_samples)
+        if bad >= 0:
+            failed[0] = GATHERED_X
+            return bad
+    cdef floating* out = work + plan.output_offsets[1] if k == 0 else \
+        <floating*>s.partials + (k - 1) * s.rows_per_worker * T * n_out
+    nn_product(product_isa(plan, 1, FORWARD_PRODUCT, params), m, <int>n_out, <int>(high - low),
+               x + low, <int>n_in, params + plan.weight_offsets[0] + low * n_out, <int>n_out,
+               out, <int>n_out)
+    return -1
+
+
+cdef void finish_first(SharedEpoch* s, floating* out, Py_ssize_t row0, Py_ssize_t rows) noexcept nogil:
+    """Phase B of split_inputs: the first layer's product for the batch's rows [row0,
+    row0 + rows) (out: worker 0's partial there) = the partials summed in worker order."""
+    cdef int T = s.n_workers, j
+    cdef Py_ssize_t n_out = s.plan.sizes[1], stride = s.rows_per_worker * T * n_out
+    for j in range(1, T):
+        fbp_add(out, <const floating*>s.partials + (j - 1) * stride + row0 * n_out,
+                rows * n_out)
 
 
 cdef void next_batch(SharedEpoch* s, floating* work) noexcept nogil:
@@ -250,9 +295,10 @@ cdef double worker_deltas(const PlanData* view, const HyperparameterData* hyper,
                           const floating* params, floating* work, floating* deltas,
                           Py_ssize_t delta_rows, Py_ssize_t first_row, const floating* x,
                           const floating* y, const floating* row_weights, int m,
-                          floating scale) noexcept nogil:
+                          floating scale, SharedEpoch* split) noexcept nogil:
     """Phase B on m rows of the batch from first_row (view: the fit's plan shifted to
-    them): forward (dropout multiplies by the masks phase A drew for these rows), the
+    them): forward (the first layer's product from phase B0's partials when split is
+    given; dropout multiplies by the masks phase A drew for these rows), the
     output layer's loss and delta (`scale` times the gradient of the summed loss terms),
     and every layer's delta backwards into the delta store (delta_rows rows a layer).
     Returns the rows' (weighted) summed loss terms."""
@@ -263,7 +309,10 @@ cdef double worker_deltas(const PlanData* view, const HyperparameterData* hyper,
     for l in range(1, L):
         n_out = view.sizes[l]
         out = work + view.output_offsets[l]
-        forward_product(view, params, work, x, m, l, out)
+        if l == 1 and split != NULL:
+            finish_first(split, out, first_row, m)
+        else:
+            forward_product(view, params, work, x, m, l, out)
         fbp_bias_activation(out, params + view.bias_offsets[l - 1],
                             workspace(work, view.preactivation_offsets[l]), m, n_out,
                             view.activations[l - 1])
@@ -311,7 +360,8 @@ cdef void update_part(SharedEpoch* s, const HyperparameterData* hyper, floating*
     cdef const PlanData* plan = s.plan
     cdef int T = s.n_workers, update = s.update
     cdef Py_ssize_t n_in = plan.sizes[l - 1], n_out = plan.sizes[l]
-    cdef Py_ssize_t low = n_in * k // T, high = n_in * (k + 1) // T
+    cdef Py_ssize_t low, high
+    owned_inputs(n_in, k, T, &low, &high)
     cdef Py_ssize_t w = plan.weight_offsets[l - 1], b = plan.bias_offsets[l - 1]
     cdef Py_ssize_t start = low, rows, block
     cdef floating* first = <floating*>s.first
@@ -361,7 +411,8 @@ cdef void step_part(SharedEpoch* s, const HyperparameterData* hyper, floating* p
     cdef const PlanData* plan = s.plan
     cdef int T = s.n_workers
     cdef Py_ssize_t n_in = plan.sizes[l - 1], n_out = plan.sizes[l]
-    cdef Py_ssize_t low = n_in * k // T, high = n_in * (k + 1) // T
+    cdef Py_ssize_t low, high
+    owned_inputs(n_in, k, T, &low, &high)
     cdef Py_ssize_t w = plan.weight_offsets[l - 1] + low * n_out, b = plan.bias_offsets[l - 1]
     cdef floating* grads = <floating*>s.grads
     if coefficient < 1:
@@ -437,10 +488,23 @@ def barrier_spins(slept):
         after_long_spin(&waiting, bool(outcome))
 
 
+cdef inline bint stopped_by_bad_index(SharedEpoch* s, int k) noexcept nogil:
+    """After a gather's barrier: whether a worker met an index out of range (worker 0
+    then records the first worker's, as every worker sees it)."""
+    cdef int j
+    for j in range(s.n_workers):
+        if s.bads[j] >= 0:
+            if k == 0:
+                s.bad, s.failed_gather = s.bads[j], s.faileds[j]
+            return True
+    return False
+
+
 cdef void worker_loop(floating* kind, WorkerArgument* argument) noexcept nogil:
     """One worker's part of the epoch (kind: only selects the element type). Two barriers
     a step: after phase B, and after phase C, during which worker 0 also sets up the next
-    batch (phase A: the step reads what phase A writes only before the first barrier)."""
+    batch (phase A: the step reads what phase A writes only before the first barrier);
+    split_inputs adds phase B0 (first_partial) and its barrier before phase B."""
     cdef SharedEpoch* s = argument.shared
     cdef int k = argument.index, T = s.n_workers, j, l, m
     cdef Py_ssize_t start
@@ -469,6 +533,11 @@ cdef void worker_loop(floating* kind, WorkerArgument* argument) noexcept nogil:
         weights, weight_sum = <const floating*>s.weights, s.weight_sum
         start = s.start
         fbp_timing_mark(k, 0)
+        if s.split_inputs:
+            s.bads[k] = first_partial(s, params, work, k, m, x, &s.faileds[k])
+            wait_at_barrier(s, &waiting)
+            if stopped_by_bad_index(s, k):
+                return
         row0 = min(k * C, m)
         row1 = min(row0 + C, m)
         s.losses[k] = 0
@@ -479,15 +548,12 @@ cdef void worker_loop(floating* kind, WorkerArgument* argument) noexcept nogil:
                 &s.views[k], s.hyper, params, work, <floating*>s.deltas, C * T, row0,
                 x + row0 * n_in, y + row0 * n_out,
                 weights + row0 if weights != NULL else NULL, <int>(row1 - row0),
-                <floating>(s.normaliser / weight_sum))
+                <floating>(s.normaliser / weight_sum), s if s.split_inputs else NULL)
         fbp_timing_mark(k, 2)
         wait_at_barrier(s, &waiting)
         fbp_timing_mark(k, 3)
-        for j in range(T):   # the first worker's bad index, as every worker sees it
-            if s.bads[j] >= 0:
-                if k == 0:
-                    s.bad, s.failed_gather = s.bads[j], s.faileds[j]
-                return
+        if stopped_by_bad_index(s, k):
+            return
         loss_sum = 0
         for j in range(T):
             loss_sum += s.losses[j]
@@ -535,9 +601,11 @@ cdef void* worker_entry_double(void* argument) noexcept nogil:
 
 
 cdef int check_workers(const PlanData* plan, Plan worker_plan, Py_ssize_t worker_work_size,
-                       int n_workers, Py_ssize_t batch_size, int update) except -1:
+                       int n_workers, Py_ssize_t batch_size, int update,
+                       bint split_inputs) except -1:
     """The worker plan describes the fit's network with room for a worker's rows, and the
-    worker workspace holds every layer's delta for n_workers of them."""
+    worker workspace holds every layer's delta for n_workers of them (and split_inputs,
+    the partial products)."""
     cdef const PlanData* wp = &worker_plan.data
     cdef int l
     if not 2 <= n_workers <= 1024:
@@ -559,9 +627,14 @@ cdef int check_workers(const PlanData* plan, Plan worker_plan, Py_ssize_t worker
     if wp.capacity > plan.capacity:
         raise ValueError(f"train_epoch: the worker plan holds {wp.capacity} rows, more than "
                          f"the plan's {plan.capacity}")
-    if worker_work_size < delta_store_size(wp, n_workers):
+    if split_inputs and plan.sizes[0] < n_workers:
+        raise ValueError(f"train_epoch: split_inputs needs at least as many inputs as "
+                         f"workers; the network has {plan.sizes[0]} for {n_workers}")
+    cdef Py_ssize_t needed = delta_store_size(wp, n_workers) \
+        + (partials_size(wp, n_workers) if split_inputs else 0)
+    if worker_work_size < needed:
         raise ValueError(f"train_epoch: the worker workspace holds {worker_work_size} values; "
-                         f"{n_workers} workers need {delta_store_size(wp, n_workers)}")
+                         f"{n_workers} workers need {needed}")
     return 0
 
 
@@ -571,10 +644,17 @@ cdef inline Py_ssize_t delta_store_size(const PlanData* worker_plan,
                         worker_plan.n_layers + 1)
 
 
-def worker_workspace_size(Plan worker_plan, int n_workers):
+cdef inline Py_ssize_t partials_size(const PlanData* worker_plan, int n_workers) noexcept nogil:
+    """split_inputs: the first layer's partial products of workers 1..n_workers-1."""
+    return (n_workers - 1) * worker_plan.capacity * n_workers * worker_plan.sizes[1]
+
+
+def worker_workspace_size(Plan worker_plan, int n_workers, bint split_inputs=False):
     """Elements of the workspace n_workers row-split workers need (train_epoch's
-    worker_work): every layer's delta for n_workers x worker_plan.capacity rows."""
-    return delta_store_size(&worker_plan.data, n_workers)
+    worker_work): every layer's delta for n_workers x worker_plan.capacity rows, and,
+    split_inputs, the first layer's partial products."""
+    return delta_store_size(&worker_plan.data, n_workers) \
+        + (partials_size(&worker_plan.data, n_workers) if split_inputs else 0)
 
 
 cdef inline Py_ssize_t shifted(Py_ssize_t offset, Py_ssize_t shift) noexcept nogil:
@@ -647,12 +727,14 @@ cdef tuple train_epoch_on_workers(
         floating* first, floating* second, floating* grads, const floating[:, ::1] X,
         const floating[:, ::1] Y, const Py_ssize_t[::1] labels,
         const floating[::1] row_weights, const Py_ssize_t[::1] order, Py_ssize_t batch_size,
-        uint64_t random_seed, bint interruptible, int update, int state_rows):
+        uint64_t random_seed, bint interruptible, int update, int state_rows,
+        bint split_inputs):
     """train_epoch's loop on n_workers row-split workers (its arguments checked, the
     worker plan and workspace checked here); returns what train_epoch returns."""
     if worker_plan is None or worker_work is None:
         raise ValueError("train_epoch: n_workers > 1 needs a worker plan and workspace")
-    check_workers(plan, worker_plan, worker_work.shape[0], n_workers, batch_size, update)
+    check_workers(plan, worker_plan, worker_work.shape[0], n_workers, batch_size, update,
+                  split_inputs)
     cdef SharedEpoch s
     memset(&s, 0, sizeof(SharedEpoch))
     s.plan = plan
@@ -661,6 +743,9 @@ cdef tuple train_epoch_on_workers(
     s.hyper = hyper
     s.params, s.work, s.deltas = params, work, &worker_work[0]
     s.first, s.second, s.grads = first, second, grads
+    s.split_inputs = split_inputs
+    s.partials = &worker_work[delta_store_size(&worker_plan.data, n_workers)] \
+        if split_inputs else NULL
     s.X = &X[0, 0]
     s.use_labels = Y.shape[0] == 0
     s.Y = NULL if s.use_labels else &Y[0, 0]

@@ -453,13 +453,14 @@ class _CompiledEpoch:
         hyperparameters.step = trainer._step
         self.hyperparameters = hyperparameters
         # n_threads: the BLAS threads of the fit; n_workers: the threads a step is split
-        # among by rows (_core's _workers.pxi), each on one BLAS thread. The default is
+        # among by rows (_core's _workers.pxi), each on one BLAS thread; split_inputs: the
+        # first layer's product split by its inputs among them instead. The default is
         # measured on this machine once per shape (_threads.fit_threads). A sparse X: the
         # threads that share the optimizer's work on the rows of W1 (_core's
         # _row_pool.pxi), by default chosen epoch by epoch (thread_choice); see
         # _threads.sparse_fit_threads.
         self.sparse = data.X if isinstance(data.X, _core.SparseRows) else None
-        self.thread_choice = None
+        self.thread_choice, self.split_inputs = None, False
         if self.sparse is not None:
             key = (tuple(model.layer_sizes), self.batch_size, str(model.dtype),
                    repr(optimizer), spec.weight_decay, bool(trainer.decoupled_weight_decay),
@@ -468,9 +469,9 @@ class _CompiledEpoch:
                 trainer.n_threads, _core.shares_rows(hyperparameters),
                 trainer._sparse_threads, key)
         else:
-            self.n_workers, self.n_threads = fit_threads(model.layer_sizes, model._codes,
-                                                         self.batch_size, model.dtype,
-                                                         trainer.n_threads)
+            self.n_workers, self.n_threads, self.split_inputs = fit_threads(
+                model.layer_sizes, model._codes, self.batch_size, model.dtype,
+                trainer.n_threads)
         self.buffers = {}       # key -> buffer, given back to the trainer at the fit's end
 
         def buffer(kind, shape, make=None):
@@ -489,7 +490,7 @@ class _CompiledEpoch:
         self.worker_plan, self.worker_work = row_workspace(
             model.layer_sizes, model._codes, model._dropout, self.batch_size,
             1 if self.sparse is not None else self.n_workers, model.dtype,
-            lambda size: buffer("workers' workspace", size))
+            lambda size: buffer("workers' workspace", size), self.split_inputs)
         # The parameters and optimizer state at the start of the epoch, restored if it
         # diverges. A sparse fit copies W1 (the first `kept` values, most of the model) and
         # its state row by row as the epoch changes them, into a RowLog, not whole.
@@ -527,7 +528,7 @@ class _CompiledEpoch:
                 self.plan, self.hyperparameters, model._params, self.work, state, self.X,
                 self.targets, self.labels, self.weights, self.order, self.batch_size,
                 dropout_seed, self.catching, self.worker_plan, self.worker_work,
-                n_workers, self.sparse, self.row_log)
+                n_workers, self.sparse, self.row_log, self.split_inputs)
         except (ValueError, MemoryError):
             # labels or a sparse X rewritten mid-fit (the core checks each read), or no
             # memory for the row log

@@ -1,6 +1,6 @@
 """The default thread count of a fit is measured on the machine it runs on (issue 11 item
 3): n_threads=None times a few steps of the network and batch with 1..allowed threads
-(row-split or BLAS), once per (layer sizes, batch size, dtype, allowed threads, CPU),
+(row-split, with or without the first layer split by its inputs, or BLAS), once per (layer sizes, batch size, dtype, allowed threads, CPU),
 keeps the answer in memory and in a cache file, and FASTBP_THREADS pins it."""
 import json
 import os
@@ -37,20 +37,20 @@ def measurements(monkeypatch):
     def measure(layer_sizes, codes, batch_size, dtype, candidates):
         calls.append((tuple(layer_sizes), batch_size, np.dtype(dtype).name,
                       tuple(map(tuple, candidates))))
-        return (2, 1)
+        return (2, 1, False)
 
     monkeypatch.setattr(_threads, "_measure", measure)
     return calls
 
 
 def test_the_default_is_measured_once_and_kept_in_memory_and_on_disk(cache, measurements):
-    assert _threads.fit_threads(SIZES, CODES, 32, "float32") == (2, 1)
-    assert _threads.fit_threads(SIZES, CODES, 32, "float32") == (2, 1)
+    assert _threads.fit_threads(SIZES, CODES, 32, "float32") == (2, 1, False)
+    assert _threads.fit_threads(SIZES, CODES, 32, "float32") == (2, 1, False)
     assert len(measurements) == 1
     document = json.loads((cache / _threads.CACHE_FILE).read_text())
-    assert list(document["choices"].values()) == [[2, 1]]
+    assert list(document["choices"].values()) == [[2, 1, 0]]
     _threads._measured.clear()            # a new process: the file answers
-    assert _threads.fit_threads(SIZES, CODES, 32, "float32") == (2, 1)
+    assert _threads.fit_threads(SIZES, CODES, 32, "float32") == (2, 1, False)
     assert len(measurements) == 1
 
 
@@ -67,23 +67,28 @@ def test_each_shape_batch_dtype_and_allowance_is_measured_on_its_own(cache, meas
 
 def test_an_explicit_count_is_used_whole_split_by_rows_or_on_blas_as_measured(
         cache, measurements, monkeypatch):
-    # rows or BLAS: measured between exactly those two, once, and cached
-    assert _threads.fit_threads(SIZES, CODES, 32, "float32", n_threads=2) == (2, 1)
-    assert _threads.fit_threads(SIZES, CODES, 32, "float32", n_threads=2) == (2, 1)
-    assert measurements == [(SIZES, 32, "float32", ((1, 2), (2, 1)))]
+    # rows (with or without the inputs split) or BLAS: measured among exactly those, once,
+    # and cached
+    assert _threads.fit_threads(SIZES, CODES, 32, "float32", n_threads=2) == (2, 1, False)
+    assert _threads.fit_threads(SIZES, CODES, 32, "float32", n_threads=2) == (2, 1, False)
+    assert measurements == [(SIZES, 32, "float32", ((1, 2, False), (2, 1, False), (2, 1, True)))]
     # no rows for three workers: BLAS, nothing measured
-    assert _threads.fit_threads(SIZES, CODES, 4, "float32", n_threads=3) == (1, 3)
-    assert _threads.fit_threads(SIZES, CODES, 32, "float32", n_threads=1) == (1, 1)
+    assert _threads.fit_threads(SIZES, CODES, 4, "float32", n_threads=3) == (1, 3, False)
+    assert _threads.fit_threads(SIZES, CODES, 32, "float32", n_threads=1) == (1, 1, False)
     monkeypatch.setattr(_threads, "allowed_threads", lambda: 1)
-    assert _threads.fit_threads(SIZES, CODES, 32, "float32") == (1, 1)
+    assert _threads.fit_threads(SIZES, CODES, 32, "float32") == (1, 1, False)
     assert len(measurements) == 1
 
 
-def test_fastbp_split_forces_rows_or_blas(cache, measurements, monkeypatch):
+def test_fastbp_split_forces_rows_inputs_or_blas(cache, measurements, monkeypatch):
     monkeypatch.setenv(_threads.SPLIT_VARIABLE, "rows")
-    assert _threads.fit_threads(SIZES, CODES, 32, "float32", n_threads=3) == (3, 1)
+    assert _threads.fit_threads(SIZES, CODES, 32, "float32", n_threads=3) == (3, 1, False)
+    monkeypatch.setenv(_threads.SPLIT_VARIABLE, "inputs")
+    assert _threads.fit_threads(SIZES, CODES, 32, "float32", n_threads=3) == (3, 1, True)
+    # fewer inputs than workers: rows alone
+    assert _threads.fit_threads((2, 16, 3), CODES, 32, "float32", n_threads=3) == (3, 1, False)
     monkeypatch.setenv(_threads.SPLIT_VARIABLE, "blas")
-    assert _threads.fit_threads(SIZES, CODES, 32, "float32", n_threads=3) == (1, 3)
+    assert _threads.fit_threads(SIZES, CODES, 32, "float32", n_threads=3) == (1, 3, False)
     assert measurements == []
     monkeypatch.setenv(_threads.SPLIT_VARIABLE, "columns")
     with pytest.raises(ValueError, match="FASTBP_SPLIT"):
@@ -97,11 +102,11 @@ def test_a_step_of_microseconds_on_an_explicit_count_runs_as_one_thread_does(
     the plan its own kernels (W3 on two BLAS threads: 0.73-0.82x of one thread). So such
     a fit runs the one-thread step: the same bits as n_threads=1, the choice kept."""
     monkeypatch.setattr(_threads, "TINY_STEP_SECONDS", 1.0)
-    assert _threads.fit_threads(SIZES, CODES, 32, "float32", n_threads=2) == (1, 1)
+    assert _threads.fit_threads(SIZES, CODES, 32, "float32", n_threads=2) == (1, 1, False)
     timed = []
     monkeypatch.setattr(_threads, "_measure", lambda *args: timed.append(args))
     _threads._measured.clear()                 # a new process: the file answers
-    assert _threads.fit_threads(SIZES, CODES, 32, "float32", n_threads=2) == (1, 1)
+    assert _threads.fit_threads(SIZES, CODES, 32, "float32", n_threads=2) == (1, 1, False)
     assert timed == []
     rng = np.random.default_rng(5)
     X = rng.standard_normal((96, SIZES[0])).astype(np.float32)
@@ -117,10 +122,10 @@ def test_a_step_of_microseconds_on_an_explicit_count_runs_as_one_thread_does(
 def test_fastbp_threads_pins_the_default_within_the_callers_limit(cache, measurements,
                                                                   monkeypatch):
     monkeypatch.setenv(_threads.THREADS_VARIABLE, "1")
-    assert _threads.fit_threads(SIZES, CODES, 32, "float32") == (1, 1)
+    assert _threads.fit_threads(SIZES, CODES, 32, "float32") == (1, 1, False)
     monkeypatch.setenv(_threads.THREADS_VARIABLE, "8")    # 2 allowed, used as measured
-    assert _threads.fit_threads(SIZES, CODES, 32, "float32") == (2, 1)
-    assert measurements == [(SIZES, 32, "float32", ((1, 2), (2, 1)))]
+    assert _threads.fit_threads(SIZES, CODES, 32, "float32") == (2, 1, False)
+    assert measurements == [(SIZES, 32, "float32", ((1, 2, False), (2, 1, False), (2, 1, True)))]
     for bad in ("0", "two", "-1", "1.5"):
         monkeypatch.setenv(_threads.THREADS_VARIABLE, bad)
         with pytest.raises(ValueError, match="FASTBP_THREADS"):
@@ -132,23 +137,24 @@ def test_a_cache_that_cannot_be_written_is_not_an_error(tmp_path, cache, measure
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     monkeypatch.setenv("FASTBP_CACHE_DIR", str(blocker / "cache"))
-    assert _threads.fit_threads(SIZES, CODES, 32, "float32") == (2, 1)
-    assert _threads.fit_threads(SIZES, CODES, 32, "float32") == (2, 1)
+    assert _threads.fit_threads(SIZES, CODES, 32, "float32") == (2, 1, False)
+    assert _threads.fit_threads(SIZES, CODES, 32, "float32") == (2, 1, False)
     assert len(measurements) == 1        # kept in memory all the same
 
 
 @pytest.mark.parametrize("content", [b"{not json", b"[]", b'{"version": 99, "choices": {}}',
-                                     b'{"version": 1, "choices": {"KEY": [5, 5]}}',
+                                     b'{"version": 1, "choices": {"KEY": [5, 5, 0]}}',
+                                     b'{"version": 1, "choices": {"KEY": [2, 1]}}',
                                      b'{"version": 1, "choices": {"KEY": "x"}}'])
 def test_a_damaged_or_foreign_cache_file_is_measured_again_and_rewritten(
         cache, measurements, content):
     key = _threads._cache_key(SIZES, 32, "float32", "2")
     cache.mkdir()
     (cache / _threads.CACHE_FILE).write_bytes(content.replace(b"KEY", key.encode()))
-    assert _threads.fit_threads(SIZES, CODES, 32, "float32") == (2, 1)
+    assert _threads.fit_threads(SIZES, CODES, 32, "float32") == (2, 1, False)
     assert len(measurements) == 1
     document = json.loads((cache / _threads.CACHE_FILE).read_text())
-    assert document["choices"][key] == [2, 1]
+    assert document["choices"][key] == [2, 1, 0]
 
 
 def test_the_cache_folder_follows_xdg_cache_home(monkeypatch, tmp_path):
@@ -170,6 +176,9 @@ def test_the_cache_folder_follows_xdg_cache_home(monkeypatch, tmp_path):
     ({(1, 1): 1.0, (2, 1): 0.60, (4, 1): 0.40}, (4, 1)),
     # 8 BLAS threads 1.24x ahead of 4 row workers (W5 on a 16-core Xeon): taken
     ({(1, 1): 1.0, (4, 1): 0.79, (8, 1): 0.85, (1, 8): 0.63, (1, 16): 0.75}, (1, 8)),
+    # the same count both ways: the faster, however close
+    ({(1, 1, 0): 1.0, (2, 1, 0): 0.60, (2, 1, 1): 0.52}, (2, 1, 1)),
+    ({(1, 1, 0): 1.0, (2, 1, 0): 0.59, (2, 1, 1): 0.60}, (2, 1, 0)),
 ])
 def test_the_choice_prefers_fewer_threads_and_row_workers_over_blas_threads(seconds, choice):
     """More threads must win by THREADS_MARGIN (the default is to be within 5% of the
@@ -260,13 +269,21 @@ def test_fewer_threads_that_stay_ahead_are_chosen_after_the_confirmation(monkeyp
     assert gaps[_threads.MEASURE_ROUNDS - 1:].min() >= _threads.CONFIRM_GAP_SECONDS
 
 
-def test_the_candidates_are_one_thread_row_splits_and_blas_threads():
-    assert _threads._candidates(64, 8) == [(1, 1), (2, 1), (4, 1), (8, 1), (1, 2), (1, 4),
-                                           (1, 8)]
-    assert _threads._candidates(64, 3) == [(1, 1), (2, 1), (3, 1), (1, 2), (1, 3)]
+def test_the_candidates_are_one_thread_row_splits_both_ways_and_blas_threads():
+    T, F = True, False
+    assert _threads._candidates(SIZES, 64, 8) == [
+        (1, 1, F), (2, 1, F), (2, 1, T), (4, 1, F), (4, 1, T), (8, 1, F), (8, 1, T),
+        (1, 2, F), (1, 4, F), (1, 8, F)]
+    assert _threads._candidates(SIZES, 64, 3) == [
+        (1, 1, F), (2, 1, F), (2, 1, T), (3, 1, F), (3, 1, T), (1, 2, F), (1, 3, F)]
     # too few rows for 8 workers: 8 threads only on BLAS, counted once
-    assert _threads._candidates(8, 8) == [(1, 1), (2, 1), (4, 1), (1, 8), (1, 2), (1, 4)]
-    assert _threads._candidates(3, 2) == [(1, 1), (1, 2)]   # no rows for two workers
+    assert _threads._candidates(SIZES, 8, 8) == [
+        (1, 1, F), (2, 1, F), (2, 1, T), (4, 1, F), (4, 1, T), (1, 8, F), (1, 2, F),
+        (1, 4, F)]
+    assert _threads._candidates(SIZES, 3, 2) == [(1, 1, F), (1, 2, F)]   # no rows for two
+    # three inputs: no inputs split for four workers
+    assert _threads._candidates((3, 8, 2), 64, 4) == [
+        (1, 1, F), (2, 1, F), (2, 1, T), (4, 1, F), (1, 2, F), (1, 4, F)]
 
 
 def test_the_measurement_gathers_long_windows_of_batches_in_a_new_order(monkeypatch):
@@ -283,7 +300,7 @@ def test_the_measurement_gathers_long_windows_of_batches_in_a_new_order(monkeypa
 
     monkeypatch.setattr(_core, "train_epoch", spy)
     sizes, codes = (784, 128, 10), (0, 2)      # W1's network: a step of about 0.1 ms
-    _threads._measure(sizes, codes, 32, "float32", _threads._candidates(32, 2))
+    _threads._measure(sizes, codes, 32, "float32", _threads._candidates(sizes, 32, 2))
     assert windows
     for rows, order in windows:
         assert np.array_equal(np.sort(order), np.arange(rows))   # every row, once
@@ -293,8 +310,8 @@ def test_the_measurement_gathers_long_windows_of_batches_in_a_new_order(monkeypa
 
 
 def test_the_real_measurement_returns_an_allowed_candidate():
-    workers, blas = _threads._measure(SIZES, CODES, 16, "float32", _threads._candidates(16, 2))
-    assert (workers, blas) in _threads._candidates(16, 2)
+    candidates = _threads._candidates(SIZES, 16, 2)
+    assert tuple(_threads._measure(SIZES, CODES, 16, "float32", candidates)) in candidates
 
 
 CHILD = textwrap.dedent("""
@@ -323,7 +340,7 @@ def test_the_same_seed_gives_the_same_result_on_this_machine_from_process_to_pro
 
 
 def test_a_default_fit_uses_the_measured_split(cache, monkeypatch):
-    monkeypatch.setattr(_threads, "_measure", lambda *arguments: (2, 1))
+    monkeypatch.setattr(_threads, "_measure", lambda *arguments: (2, 1, True))
     rng = np.random.default_rng(0)
     X = rng.normal(size=(200, 20)).astype(np.float32)
     y = rng.integers(0, 3, 200)
@@ -342,13 +359,14 @@ def test_a_step_too_short_to_split_is_not_timed_further(cache, monkeypatch):
     timed = []
     real_workspace = _threads.row_workspace
 
-    def row_workspace(sizes, codes, dropout, batch_size, workers, dtype):
+    def row_workspace(sizes, codes, dropout, batch_size, workers, dtype, split_inputs):
         timed.append(workers)                   # one per candidate set up for timing
-        return real_workspace(sizes, codes, dropout, batch_size, workers, dtype)
+        return real_workspace(sizes, codes, dropout, batch_size, workers, dtype,
+                              split_inputs=split_inputs)
 
     monkeypatch.setattr(_threads, "row_workspace", row_workspace)
     monkeypatch.setattr(_threads, "TINY_STEP_SECONDS", 1.0)      # every step is "tiny"
-    assert _threads.fit_threads((3, 2, 1), (0, 0), 4, np.float64) == (1, 1)
+    assert _threads.fit_threads((3, 2, 1), (0, 0), 4, np.float64) == (1, 1, False)
     assert timed == [1]
     monkeypatch.setattr(_threads, "TINY_STEP_SECONDS", 0.0)      # no step is
     monkeypatch.setattr(_threads, "_measured", {})
@@ -356,7 +374,8 @@ def test_a_step_too_short_to_split_is_not_timed_further(cache, monkeypatch):
     timed.clear()
     choice = _threads.fit_threads((3, 2, 1), (0, 0), 4, np.float64)
     # the first candidate is timed alone first (the tiny-step check), then every candidate
-    assert choice[0] * choice[1] <= 2 and len(timed) == 1 + len(_threads._candidates(4, 2))
+    assert choice[0] * choice[1] <= 2 \
+        and len(timed) == 1 + len(_threads._candidates((3, 2, 1), 4, 2))
 
 
 def test_an_explicit_count_times_its_row_split_before_any_blas_threads(cache, monkeypatch):

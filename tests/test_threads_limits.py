@@ -36,9 +36,9 @@ def recorded_counts(monkeypatch):
             yield
 
     def split(*arguments):
-        workers, blas = real_split(*arguments)
+        workers, blas, split_inputs = real_split(*arguments)
         fitting.append(workers)
-        return workers, blas
+        return workers, blas, split_inputs
 
     monkeypatch.setattr(fastbp.model, "blas_threads", recording)
     monkeypatch.setattr(fastbp.trainer, "blas_threads", recording)

@@ -1,8 +1,12 @@
 """Row-split steps (issue 11 items 1 and 2): a fit on n_threads > 1 splits each step's
-rows among that many workers (fastbp/_workers.pxi). For a fixed count the results are
-bit-identical from run to run; across counts they agree with one thread to rounding, for
-every optimizer rule, with dropout, sample weights, clipping, weight decay and both dtypes.
-The core checks the workers' plan and workspace against the fit's plan."""
+rows among that many workers (fastbp/_workers.pxi), the first layer's forward product by
+rows too or (FASTBP_SPLIT=inputs) by its inputs; every test here runs both ways. For a
+fixed count the results are bit-identical from run to run; across counts they agree with
+one thread to rounding, for every optimizer rule, with dropout, sample weights, clipping,
+weight decay and both dtypes. The core checks the workers' plan and workspace against the
+fit's plan."""
+import os
+
 import numpy as np
 import pytest
 
@@ -22,11 +26,17 @@ OPTIMIZERS = {
 TOLERANCE = {"float32": 2e-5, "float64": 1e-12}
 
 
-@pytest.fixture(autouse=True)
-def _rows(monkeypatch):
-    """Every fit here with n_threads > 1 splits by rows (an explicit count is otherwise
-    used by rows or on BLAS, whichever is measured faster for the shape)."""
-    monkeypatch.setenv("FASTBP_SPLIT", "rows")
+@pytest.fixture(autouse=True, params=["rows", "inputs"])
+def _rows(monkeypatch, request):
+    """Every fit here with n_threads > 1 splits by rows, the first layer by rows or by its
+    inputs (an explicit count is otherwise used whichever way is measured faster for the
+    shape, or on BLAS); core_arguments follows it."""
+    monkeypatch.setenv("FASTBP_SPLIT", request.param)
+    return request.param
+
+
+def split_inputs():
+    return os.environ["FASTBP_SPLIT"] == "inputs"
 
 
 def data(dtype="float32", n_rows=300):
@@ -110,20 +120,22 @@ def test_a_batch_smaller_than_twice_the_workers_runs_unsplit():
 
 
 def core_arguments(n_workers=2, worker_capacity=16, worker_gradient=True, extra=0):
+    """train_epoch's arguments for a 2-worker epoch (or n_workers), split as the test is."""
     sizes, codes = [12, 24, 4], [_core.ACTIVATION_CODES["relu"],
                                  _core.ACTIVATION_CODES["softmax"]]
     plan = _core.Plan(sizes, codes, 32, None, True)
     worker_plan = _core.Plan(sizes, codes, worker_capacity, None, worker_gradient)
     work = np.zeros(plan.work_size, np.float32)
-    worker_work = np.zeros(_core.worker_workspace_size(worker_plan, n_workers) + extra,
-                           np.float32)
+    worker_work = np.zeros(
+        _core.worker_workspace_size(worker_plan, n_workers, split_inputs()) + extra,
+        np.float32)
     params = np.random.default_rng(0).normal(size=plan.n_params).astype(np.float32) * 0.1
     X, y, _ = data(n_rows=64)
     hyper = _core.Hyperparameters(_core.LOSS_CODES["categorical_crossentropy"], optimizer=_core.OPTIMIZER_CODES["adam"])
     state = np.zeros((hyper.state_rows, plan.n_params), np.float32)
     return [plan, hyper, params, work, state, X, np.empty((0, 0), np.float32),
             y.astype(np.intp), np.empty(0, np.float32), np.empty(0, np.intp), 32, 1, False,
-            worker_plan, worker_work, n_workers]
+            worker_plan, worker_work, n_workers, None, None, split_inputs()]
 
 
 def test_workers_spin_at_a_barrier_only_where_each_has_a_cpu_and_finish_either_way():
@@ -179,6 +191,47 @@ def test_the_core_refuses_worker_plans_and_workspaces_that_do_not_fit(change, me
     with pytest.raises(ValueError, match=message):
         _core.train_epoch(*arguments)
     assert np.array_equal(arguments[2], before)
+
+
+@pytest.mark.parametrize("n_inputs, n_threads", [(3, 3), (5, 3), (13, 3), (7, 2), (2, 2)])
+def test_the_inputs_split_agrees_on_every_share_of_the_inputs(n_inputs, n_threads):
+    """Workers' shares of the first layer's inputs: one input each, uneven shares, the
+    rest; on one thread, shares of 2 and 3 workers, and repeated exactly."""
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(200, n_inputs)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(int)
+    results = []
+    for threads in (1, n_threads, n_threads):
+        model = fastbp.MLP([n_inputs, 33, 2], ["tanh", "softmax"], seed=4)
+        fastbp.Trainer("cce", optimizer="adam", epochs=2, batch_size=24, seed=6,
+                       n_threads=threads).fit(model, X, y)
+        results.append(model.parameter_vector())
+    assert_agree(results[0], results[1])
+    assert np.array_equal(results[1], results[2])
+
+
+def test_the_core_refuses_an_inputs_split_it_cannot_run():
+    """Fewer inputs than workers, a workspace without the partial products, a sparse X."""
+    arguments = core_arguments(n_workers=3, worker_capacity=11)
+    arguments[-1] = True
+    arguments[14] = np.zeros(_core.worker_workspace_size(arguments[13], 3), np.float32)
+    with pytest.raises(ValueError, match="the worker workspace holds"):
+        _core.train_epoch(*arguments)
+    arguments = core_arguments()
+    arguments[-1] = True
+    arguments[13] = _core.Plan([1, 24, 4], [0, 0], 16, None, True)
+    arguments[0] = _core.Plan([1, 24, 4], [0, 0], 32, None, True)
+    arguments[5] = np.zeros((64, 1), np.float32)
+    arguments[2] = np.zeros(arguments[0].n_params, np.float32)
+    arguments[4] = np.zeros((arguments[1].state_rows, arguments[0].n_params), np.float32)
+    arguments[14] = np.zeros(_core.worker_workspace_size(arguments[13], 2, True), np.float32)
+    with pytest.raises(ValueError, match="needs at least as many inputs as workers"):
+        _core.train_epoch(*arguments)
+    sparse = _core.SparseRows(np.ones(64, np.float32), np.zeros(64, np.intp),
+                              np.arange(65, dtype=np.intp), 1)
+    arguments[5] = np.empty((0, 0), np.float32)
+    with pytest.raises(ValueError, match="split_inputs needs a dense X"):
+        _core.train_epoch(*arguments[:16], sparse, None, True)
 
 
 def test_the_core_refuses_a_worker_plan_of_another_network():
