@@ -9,7 +9,8 @@ process.
 Each fit trains --epochs epochs of the workload (capped at --samples rows) after a one-epoch
 warm-up fit. With the timing build, each row-split epoch call also prints every worker's
 microseconds a step in each phase to stderr (csrc/workers.h: gather, forward and deltas,
-the wait after them, weight gradient and update, the next batch's gather, the last wait),
+the wait after them, weight gradient and update, the next batch's gather, the last wait;
+with FASTBP_SPLIT=inputs also the first layer's partial product and the wait after it),
 so the table's figures can be split into products, element-wise work and synchronisation.
 """
 

@@ -137,8 +137,10 @@ cdef struct SharedEpoch:
     bint proceed
     double* losses                  # per worker, phase B
     double* squares                 # per worker, clipping
-    Py_ssize_t* bads                # per worker: its gather's bad index (-1: none)
-    int* faileds                    # per worker: which gather found it
+    Py_ssize_t* bads                # per worker: its gather's bad index (-1: none); phase B
+                                    # in [0, T), phase B0 in [T, 2T): a worker may write
+                                    # B's while another still reads B0's
+    int* faileds                    # per worker: which gather found it (the same places)
     # the epoch's results
     double loss_total, weight_total
     Py_ssize_t start, bad
@@ -488,11 +490,12 @@ def barrier_spins(slept):
         after_long_spin(&waiting, bool(outcome))
 
 
-cdef inline bint stopped_by_bad_index(SharedEpoch* s, int k) noexcept nogil:
-    """After a gather's barrier: whether a worker met an index out of range (worker 0
-    then records the first worker's, as every worker sees it)."""
-    cdef int j
-    for j in range(s.n_workers):
+cdef inline bint stopped_by_bad_index(SharedEpoch* s, int k, int phase) noexcept nogil:
+    """After a gather's barrier: whether a worker met an index out of range in the gather
+    of `phase` (0: B, 1: B0) (worker 0 then records the first worker's, as every worker
+    sees it)."""
+    cdef int j, first = phase * s.n_workers
+    for j in range(first, first + s.n_workers):
         if s.bads[j] >= 0:
             if k == 0:
                 s.bad, s.failed_gather = s.bads[j], s.faileds[j]
@@ -534,9 +537,11 @@ cdef void worker_loop(floating* kind, WorkerArgument* argument) noexcept nogil:
         start = s.start
         fbp_timing_mark(k, 0)
         if s.split_inputs:
-            s.bads[k] = first_partial(s, params, work, k, m, x, &s.faileds[k])
+            s.bads[T + k] = first_partial(s, params, work, k, m, x, &s.faileds[T + k])
+            fbp_timing_mark(k, 7)
             wait_at_barrier(s, &waiting)
-            if stopped_by_bad_index(s, k):
+            fbp_timing_mark(k, 8)
+            if stopped_by_bad_index(s, k, 1):
                 return
         row0 = min(k * C, m)
         row1 = min(row0 + C, m)
@@ -552,7 +557,7 @@ cdef void worker_loop(floating* kind, WorkerArgument* argument) noexcept nogil:
         fbp_timing_mark(k, 2)
         wait_at_barrier(s, &waiting)
         fbp_timing_mark(k, 3)
-        if stopped_by_bad_index(s, k):
+        if stopped_by_bad_index(s, k, 0):
             return
         loss_sum = 0
         for j in range(T):
@@ -672,8 +677,8 @@ cdef parallel_epoch(SharedEpoch* s, floating* kind):
     cdef PlanData* views = <PlanData*>calloc(T, sizeof(PlanData))
     cdef Py_ssize_t* offsets = <Py_ssize_t*>calloc(4 * T * (L + 1), sizeof(Py_ssize_t))
     cdef Py_ssize_t shift
-    cdef Py_ssize_t* bads = <Py_ssize_t*>calloc(T, sizeof(Py_ssize_t))
-    cdef int* faileds = <int*>calloc(T, sizeof(int))
+    cdef Py_ssize_t* bads = <Py_ssize_t*>calloc(2 * T, sizeof(Py_ssize_t))
+    cdef int* faileds = <int*>calloc(2 * T, sizeof(int))
     if not (threads and arguments and numbers and views and offsets and bads and faileds):
         free(threads); free(arguments); free(numbers); free(views); free(offsets)
         free(bads); free(faileds)

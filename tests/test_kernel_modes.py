@@ -70,13 +70,16 @@ def test_own_kernels_agree_with_blas_in_every_pass(monkeypatch, dtype, optimizer
 
 
 @needs_kernels
+@pytest.mark.parametrize("split", ["rows", "inputs"])   # inputs: a partial first product
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_row_split_workers_take_the_own_kernels(monkeypatch, dtype):
+def test_row_split_workers_take_the_own_kernels(monkeypatch, dtype, split):
     monkeypatch.setenv(_products.KERNELS_VARIABLE, "blas")
     expected = run_all_passes(dtype, "momentum", 1)
     monkeypatch.setenv(_products.KERNELS_VARIABLE, "own")
-    monkeypatch.setenv("FASTBP_SPLIT", "rows")
-    assert_close(run_all_passes(dtype, "momentum", 2), expected, dtype)
+    monkeypatch.setenv("FASTBP_SPLIT", split)
+    for isa in ISAS:
+        monkeypatch.setenv(_products.ISA_VARIABLE, isa)
+        assert_close(run_all_passes(dtype, "momentum", 2), expected, dtype)
 
 
 def test_plans_hold_what_the_variables_say(monkeypatch):
