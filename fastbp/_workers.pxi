@@ -186,7 +186,7 @@ cdef Py_ssize_t gather_weights(SharedEpoch* s, floating* work, Py_ssize_t m) noe
 cdef Py_ssize_t gather_rows(SharedEpoch* s, floating* work, Py_ssize_t row0, Py_ssize_t row1,
                             int* failed) noexcept nogil:
     """Phase B's part of the gather, by each worker for its rows [row0, row1) of the
-    batch: the inputs (unless split_inputs: gather_inputs has them) and targets (or
+    batch: the inputs (unless split_inputs: first_partial has them) and targets (or
     one-hot labels) into the batch buffers. Returns the batch position of an index out of
     range (and sets *failed), or -1."""
     cdef const PlanData* plan = s.plan
