@@ -37,8 +37,8 @@ _local = threading.local()               # depth: blas_threads passes open on th
 # small and medium networks are too small to gain from BLAS threads); (T, 1, True) does
 # the same but splits the first layer's forward product by its inputs, each worker
 # multiplying its columns of the batch by the rows of W1 it also steps, so that W1 never
-# crosses between cores (on a 2-core Xeon W1 trained 1.17x faster so, W5 1.20x, W2 1.13x;
-# with a barrier more a step, so it is measured, not assumed).
+# crosses between cores (on a 2-core Xeon W1 trained 1.18x faster so, W5 1.20x, W2 1.14x,
+# W4 1.04x; it costs a barrier more a step, so it is measured, not assumed).
 
 
 def split_threads(layer_sizes, batch_size: int, n_threads: int, split_inputs=False):
@@ -54,8 +54,9 @@ def split_threads(layer_sizes, batch_size: int, n_threads: int, split_inputs=Fal
 def row_workspace(layer_sizes, codes, dropout, batch_size: int, n_workers: int, dtype,
                   allocate=None, split_inputs=False):
     """The plan and workspace of n_workers row-split workers (None, None for one): each
-    worker holds ceil(batch_size / n_workers) rows and their deltas. allocate(size): the
-    workspace of that many values (default: a new array)."""
+    worker holds ceil(batch_size / n_workers) rows and their deltas (and split_inputs, the
+    first layer's partial products). allocate(size): the workspace of that many values
+    (default: a new array)."""
     if n_workers <= 1:
         return None, None
     from fastbp import _core
@@ -79,17 +80,18 @@ THREADS_VARIABLE = "FASTBP_THREADS"        # pins n_threads=None to this count
 _THREADS_LOOKUP = (THREADS_VARIABLE.encode(),)
 SPLIT_VARIABLE = "FASTBP_SPLIT"            # one of SPLITS: how a fit's threads are used
 CACHE_FILE = "threads.json"
-_measured = {}                             # key -> (workers, blas threads), this process
+_measured = {}                             # key -> the way (split_threads), this process
 _measure_lock = threading.Lock()
 
 
 def fit_threads(layer_sizes, codes, batch_size: int, dtype, n_threads=None):
-    """(row workers, BLAS threads, split_inputs) of a fit. An explicit n_threads (or FASTBP_THREADS,
-    capped by allowed_threads()): that many threads, used as threads_of says. Else the
-    fastest of 1..allowed_threads() threads (row-split or BLAS) measured on a few steps of
-    this network and batch on this machine. Each measured choice is made once per (layer
-    sizes, batch size, dtype, threads, CPU) and kept in memory and in fastbp._cache's
-    threads.json, so the same seed gives the same result on this machine from then on."""
+    """(row workers, BLAS threads, split_inputs) of a fit. An explicit n_threads (or
+    FASTBP_THREADS, capped by allowed_threads()): that many threads, used as threads_of
+    says. Else the fastest of 1..allowed_threads() threads (each way) measured on a few
+    steps of this network and batch on this machine. Each measured choice is made once per
+    (layer sizes, batch size, dtype, threads, CPU) and kept in memory and in
+    fastbp._cache's threads.json, so the same seed gives the same result on this machine
+    from then on (a choice kept by a version that knew no inputs split is measured again)."""
     if n_threads is not None:
         return threads_of(layer_sizes, codes, batch_size, dtype, int(n_threads))
     allowed = allowed_threads()
