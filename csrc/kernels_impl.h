@@ -23,7 +23,6 @@ FBP_MULTIVERSION static int FBP_NAME(fbp_all_finite)(const FBP_T *x, ptrdiff_t n
    a wrong index must give an error, never a read or write out of bounds).  Each returns
    -1, or the first i whose index is out of range (nothing is written for it or after). */
 
-/* dst[i, :] = src[rows[i], :], src having n_src rows */
 /* Columns [first, first + n_cols) of the named rows of src (rows of row_length values,
    n_src of them) into the same columns of dst's rows (row_length apart): a worker's share
    of a batch split by its inputs.  Returns the position of the first row out of range,
@@ -43,6 +42,7 @@ static inline ptrdiff_t FBP_NAME(fbp_gather_columns)(FBP_T *dst, const FBP_T *sr
     return -1;
 }
 
+/* dst[i, :] = src[rows[i], :], src having n_src rows */
 static inline ptrdiff_t FBP_NAME(fbp_gather_rows)(FBP_T *dst, const FBP_T *src,
                                                   const ptrdiff_t *rows, ptrdiff_t n_rows,
                                                   ptrdiff_t n_cols, ptrdiff_t n_src)

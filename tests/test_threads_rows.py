@@ -27,7 +27,7 @@ TOLERANCE = {"float32": 2e-5, "float64": 1e-12}
 
 
 @pytest.fixture(autouse=True, params=["rows", "inputs"])
-def _rows(monkeypatch, request):
+def _split(monkeypatch, request):
     """Every fit here with n_threads > 1 splits by rows, the first layer by rows or by its
     inputs (an explicit count is otherwise used whichever way is measured faster for the
     shape, or on BLAS); core_arguments follows it."""
@@ -215,8 +215,10 @@ def test_the_core_refuses_an_inputs_split_it_cannot_run():
     arguments = core_arguments(n_workers=3, worker_capacity=11)
     arguments[-1] = True
     arguments[14] = np.zeros(_core.worker_workspace_size(arguments[13], 3), np.float32)
+    before = arguments[2].copy()
     with pytest.raises(ValueError, match="the worker workspace holds"):
         _core.train_epoch(*arguments)
+    assert np.array_equal(arguments[2], before)
     arguments = core_arguments()
     arguments[-1] = True
     arguments[13] = _core.Plan([1, 24, 4], [0, 0], 16, None, True)
