@@ -427,9 +427,9 @@ TURN_SECONDS = 0.02     # the least time a phase of its measurement lasts
 
 def _measure(layer_sizes, codes, batch_size, dtype, candidates):
     """Times a few plain-SGD steps of this network and batch on random data with each
-    candidate (workers, BLAS threads) and returns the fastest, preferring fewer threads
+    candidate way (split_threads) and returns the fastest, preferring fewer threads
     within THREADS_MARGIN. A one-thread step under TINY_STEP_SECONDS ends the timing with
-    (1, 1), whatever the candidates: no split can gain there, and BLAS, which runs
+    ONE_THREAD, whatever the candidates: no split can gain there, and BLAS, which runs
     products that small on one thread anyway, would cost the plan its own kernels."""
     from fastbp import _core
     from fastbp._products import choose_products
@@ -623,8 +623,8 @@ def _wait_for_a_quiet_process():
 def _pick(seconds):
     """The choice, from each candidate's (workers, BLAS threads, ...) best time a step: the
     fewest threads within THREADS_MARGIN of the fastest, of as many the fastest. A
-    candidate on BLAS threads counts BLAS_THREADS_PENALTY slower than it ran: OpenBLAS's threads
-    wait for each other spinning, so when other work takes a core after the measurement
+    candidate on BLAS threads counts BLAS_THREADS_PENALTY slower than it ran: OpenBLAS's
+    threads wait for each other spinning, so when other work takes a core after the measurement
     its steps slow many times over (a grid search's fit measured on an idle core took
     3.5 s instead of 0.55 under load), where the row workers sleep in their barrier. So
     BLAS threads are chosen only where they clearly win (large products)."""
