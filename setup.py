@@ -91,7 +91,8 @@ extensions = [
                  "csrc/few_rows_impl.h", "csrc/products.h", "csrc/products_impl.h",
                  "fastbp/_products.pxi", "fastbp/_kernels.pxd.tp",
                  "fastbp/_blas.pxd", "fastbp/_small_gemm.pxi", "fastbp/_bench.pxi",
-                 "fastbp/_serving.pxi", "csrc/workers.h", "fastbp/_workers.pxi"],
+                 "fastbp/_serving.pxi", "csrc/workers.h", "fastbp/_workers.pxi",
+                 "fastbp/_hidden_split.pxi"],
     )
 ]
 

@@ -311,7 +311,7 @@ static inline int fbp_pool_run(fbp_pool *pool, void (*run)(void *, int), void *j
    CFLAGS=-DFBP_WORKER_TIMING; otherwise these are empty). fbp_timing_mark(k, p) adds the
    time since worker k's previous mark to phase p; fbp_timing_report prints the totals
    per step to stderr when the epoch call ends. */
-#define FBP_TIMING_PHASES 9
+#define FBP_TIMING_PHASES 11
 #ifdef FBP_WORKER_TIMING
 #include <stdio.h>
 #include <time.h>
@@ -333,7 +333,8 @@ static inline void fbp_timing_report(int n, long steps)
 {
     static const char *names[FBP_TIMING_PHASES] = {
         "loop", "B gather", "B deltas", "wait B", "C update", "A next batch (worker 0)",
-        "wait C", "B0 inputs' product", "wait B0"};
+        "wait C", "B0 inputs' product", "wait B0", "H2 own units",
+        "H3 output, deltas, update"};
     for (int k = 0; k < n && k < 64; k++) {
         fprintf(stderr, "worker %d us/step:", k);
         for (int p = 0; p < FBP_TIMING_PHASES; p++) {

@@ -1764,7 +1764,8 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
                 const floating[::1] row_weights, const Py_ssize_t[::1] order,
                 Py_ssize_t batch_size, uint64_t random_seed, bint interruptible=False,
                 Plan worker_plan=None, floating[::1] worker_work=None, int n_workers=1,
-                SparseRows sparse=None, RowLog row_log=None, bint split_inputs=False):
+                SparseRows sparse=None, RowLog row_log=None, bint split_inputs=False,
+                bint split_hidden=False):
     """One epoch of mini-batch training in one nogil call.
 
     Batches are rows order[0:b], order[b:2b], ... (rows 0:b, b:2b, ... read in place when
@@ -1791,6 +1792,9 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
     by its inputs instead, each worker multiplying its columns of the batch by the rows of
     W1 it also steps, so that W1 stays with its worker (the worker workspace then also
     holds the partial products: worker_workspace_size(..., split_inputs=True)).
+    split_hidden (n_workers > 1, dense X, one hidden layer, no clipping): each step is
+    split by the hidden layer's units instead, each worker stepping W1's columns and W2's
+    rows of its units (_hidden_split.pxi; worker_workspace_size(..., split_hidden=True)).
 
     sparse: X is this sparse matrix (X itself is then not read: pass an empty array of the
     dtype); n_workers > 1 then shares the rule's row-by-row work on W1 among that many
@@ -1933,14 +1937,15 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
         if lazy.gradients != NULL else 0
     if grads:
         memset(grads + unused, 0, (plan_data.n_params - unused) * sizeof(floating))
-    if split_inputs and use_sparse:
-        raise ValueError("train_epoch: split_inputs needs a dense X (a sparse first layer "
+    if (split_inputs or split_hidden) and use_sparse:
+        raise ValueError("train_epoch: split_inputs and split_hidden need a dense X (a "
+                         "sparse first layer "
                          "shares its rows among the threads instead)")
     if n_workers > 1 and not use_sparse:
         return train_epoch_on_workers(plan_data, hyper, worker_plan, worker_work, n_workers,
                                       p, w, first, second, grads, X, Y, labels, row_weights,
                                       order, batch_size, random_seed, interruptible, update,
-                                      state_rows, split_inputs)
+                                      state_rows, split_inputs, split_hidden)
     if n_workers < 1:
         raise ValueError(f"train_epoch: n_workers is {n_workers}; it must be at least 1")
     # Small batches of shuffled dense rows: each batch asks for the next one's rows of X
@@ -2391,6 +2396,7 @@ def averaging_step(const double[::1] total, double rows, const double[::1] weigh
 
 include "_bench.pxi"
 include "_workers.pxi"
+include "_hidden_split.pxi"
 include "_serving.pxi"
 include "_row_pool.pxi"
 

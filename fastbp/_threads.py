@@ -31,31 +31,44 @@ _turns = threading.Condition(_turns_lock)   # guards _active, _count, _saved, _q
 _local = threading.local()               # depth: blas_threads passes open on this thread
 
 
-# A fit's way of using its threads is a triple (row workers, BLAS threads, split_inputs):
-# (1, T, False) runs each step on one worker whose products use T BLAS threads; (T, 1,
-# False) splits each step by rows among T workers on one BLAS thread each (the products of
-# small and medium networks are too small to gain from BLAS threads); (T, 1, True) does
-# the same but splits the first layer's forward product by its inputs, each worker
+# A fit's way of using its threads is a triple (row workers, BLAS threads, split): (1, T,
+# BY_ROWS) runs each step on one worker whose products use T BLAS threads; (T, 1, BY_ROWS)
+# splits each step by rows among T workers on one BLAS thread each (the products of small
+# and medium networks are too small to gain from BLAS threads); (T, 1, BY_INPUTS) does the
+# same but splits the first layer's forward product by its inputs, each worker
 # multiplying its columns of the batch by the rows of W1 it also steps, so that W1 never
 # crosses between cores (on a 2-core Xeon W1 trained 1.18x faster so, W5 1.20x, W2 1.14x,
-# W4 1.04x; it costs a barrier more a step, so it is measured, not assumed).
+# W4 1.04x; it costs a barrier more a step, so it is measured, not assumed); (T, 1,
+# BY_HIDDEN), for a network of one hidden layer, splits each step by the hidden layer's
+# units instead, each worker stepping W1's columns and W2's rows of its units, so that
+# neither leaves its core (_core's _hidden_split.pxi).
+BY_ROWS, BY_INPUTS, BY_HIDDEN = 0, 1, 2
 
 
-def split_threads(layer_sizes, batch_size: int, n_threads: int, split_inputs=False):
-    """(row workers, BLAS threads, split_inputs) for a fit on n_threads threads split by
-    rows (and split_inputs, the first layer by its inputs, where it has at least n_threads
-    inputs), or (1, n_threads, False) where the batch is too small to give each worker
-    rows of its own."""
+def split_flags(split) -> dict:
+    """train_epoch's keyword arguments for a way's split."""
+    return {"split_inputs": split == BY_INPUTS, "split_hidden": split == BY_HIDDEN}
+
+
+def split_threads(layer_sizes, batch_size: int, n_threads: int, split=BY_ROWS):
+    """(row workers, BLAS threads, split) for a fit on n_threads threads split by rows,
+    with the first layer split by its inputs (BY_INPUTS: where it has at least n_threads
+    inputs) or by the hidden units (BY_HIDDEN: one hidden layer of at least n_threads
+    units), else by rows; or (1, n_threads, BY_ROWS) where the batch is too small to give
+    each worker rows of its own."""
     if n_threads > 1 and batch_size >= 2 * n_threads:
-        return n_threads, 1, bool(split_inputs and layer_sizes[0] >= n_threads)
-    return 1, n_threads, False
+        if split == BY_INPUTS and layer_sizes[0] < n_threads or split == BY_HIDDEN and (
+                len(layer_sizes) != 3 or layer_sizes[1] < n_threads):
+            split = BY_ROWS
+        return n_threads, 1, int(split)
+    return 1, n_threads, BY_ROWS
 
 
 def row_workspace(layer_sizes, codes, dropout, batch_size: int, n_workers: int, dtype,
-                  allocate=None, split_inputs=False):
+                  allocate=None, split=BY_ROWS):
     """The plan and workspace of n_workers row-split workers (None, None for one): each
-    worker holds ceil(batch_size / n_workers) rows and their deltas (and split_inputs, the
-    first layer's partial products). allocate(size): the workspace of that many values
+    worker holds ceil(batch_size / n_workers) rows and their deltas (and the buffers of
+    the split's first layer). allocate(size): the workspace of that many values
     (default: a new array)."""
     if n_workers <= 1:
         return None, None
@@ -67,7 +80,7 @@ def row_workspace(layer_sizes, codes, dropout, batch_size: int, n_workers: int, 
                       dropout, False, small_gemm_kernels(),
                       0 if kernels == "never" else _core.TRAINING_FEW_ROWS,
                       kernels == "always")
-    size = _core.worker_workspace_size(plan, n_workers, split_inputs)
+    size = _core.worker_workspace_size(plan, n_workers, **split_flags(split))
     check_allocation(size, dtype, "the workers' workspace")   # before any timing
     choose_products(plan, layer_sizes, dtype)
     return plan, np.empty(size, dtype=dtype) if allocate is None else allocate(size)
@@ -75,7 +88,7 @@ def row_workspace(layer_sizes, codes, dropout, batch_size: int, n_workers: int, 
 
 # ---- the default thread count of a fit, measured on this machine ----
 
-ONE_THREAD = (1, 1, False)
+ONE_THREAD = (1, 1, BY_ROWS)
 THREADS_VARIABLE = "FASTBP_THREADS"        # pins n_threads=None to this count
 _THREADS_LOOKUP = (THREADS_VARIABLE.encode(),)
 SPLIT_VARIABLE = "FASTBP_SPLIT"            # one of SPLITS: how a fit's threads are used
@@ -85,7 +98,7 @@ _measure_lock = threading.Lock()
 
 
 def fit_threads(layer_sizes, codes, batch_size: int, dtype, n_threads=None):
-    """(row workers, BLAS threads, split_inputs) of a fit. An explicit n_threads (or
+    """(row workers, BLAS threads, split) of a fit. An explicit n_threads (or
     FASTBP_THREADS, capped by allowed_threads()): that many threads, used as threads_of
     says. Else the fastest of 1..allowed_threads() threads (each way) measured on a few
     steps of this network and batch on this machine. Each measured choice is made once per
@@ -235,36 +248,35 @@ class SparseThreadChoice:
 
 def threads_of(layer_sizes, codes, batch_size: int, dtype, count: int):
     """A fit on exactly `count` threads: each step split by rows among `count` workers on
-    one BLAS thread each (with or without the first layer split by its inputs), or one
-    worker whose products use `count` BLAS threads. Which: FASTBP_SPLIT ("rows", "inputs"
-    or "blas") when set, else whichever runs this network and batch faster here (measured
-    once, cached): rows win on small and medium layers, BLAS where the products are large.
-    A step that ends in microseconds runs on one thread (1, 1, False): no way can use a
-    second thread there (see _measure)."""
-    by_blas = (1, count, False)
-    by_rows = split_threads(layer_sizes, batch_size, count)
-    by_inputs = split_threads(layer_sizes, batch_size, count, True)
-    if by_rows == by_blas:
-        return by_blas
+    one BLAS thread each (the first layer by rows, by its inputs, or by the hidden units of
+    a network of one hidden layer), or one worker whose products use `count` BLAS threads.
+    Which: FASTBP_SPLIT ("rows", "inputs", "hidden" or "blas") when set, else whichever
+    runs this network and batch faster here (measured once, cached): rows win on small and
+    medium layers, BLAS where the products are large. A step that ends in microseconds runs
+    on one thread (ONE_THREAD): no way can use a second thread there (see _measure)."""
+    ways = {"blas": (1, count, BY_ROWS)}
+    for name, split in (("rows", BY_ROWS), ("inputs", BY_INPUTS), ("hidden", BY_HIDDEN)):
+        ways[name] = split_threads(layer_sizes, batch_size, count, split)
+    if ways["rows"] == ways["blas"]:
+        return ways["blas"]
     forced = forced_split()
     if forced is not None:
-        return {"blas": by_blas, "rows": by_rows, "inputs": by_inputs}[forced]
+        return ways[forced]
     return _measured_choice(layer_sizes, codes, batch_size, dtype,
-                            list(dict.fromkeys([by_blas, by_rows, by_inputs])), f"={count}")
+                            list(dict.fromkeys(ways.values())), f"={count}")
 
 
-SPLITS = ("rows", "inputs", "blas")
+SPLITS = ("rows", "inputs", "hidden", "blas")
 
 
 def forced_split():
-    """FASTBP_SPLIT as "rows", "inputs" or "blas", or None when unset (anything else is an
-    error)."""
+    """FASTBP_SPLIT as one of SPLITS, or None when unset (anything else is an error)."""
     value = os.environ.get(SPLIT_VARIABLE, "").strip().lower()
     if not value:
         return None
     if value not in SPLITS:
-        raise ValueError(f"{SPLIT_VARIABLE} must be 'rows', 'inputs' or 'blas' (how a fit's "
-                         f"threads are used); got {value!r}")
+        raise ValueError(f"{SPLIT_VARIABLE} must be 'rows', 'inputs', 'hidden' or 'blas' "
+                         f"(how a fit's threads are used); got {value!r}")
     return value
 
 
@@ -280,7 +292,7 @@ def _measured_choice(layer_sizes, codes, batch_size, dtype, candidates, threads_
                 lambda kept: isinstance(kept, (list, tuple)) and tuple(kept) in valid,
                 lambda: [int(value) for value in
                          _measure(layer_sizes, codes, batch_size, dtype, candidates)])
-            _measured[key] = (int(found[0]), int(found[1]), bool(found[2]))
+            _measured[key] = (int(found[0]), int(found[1]), int(found[2]))
         return _measured[key]
 
 
@@ -362,16 +374,17 @@ def _cache_key(layer_sizes, batch_size, dtype, threads_label):
 
 def _candidates(layer_sizes, batch_size, allowed):
     """The ways (split_threads) to time: 1 thread; row workers 2, 4, 8, ... and `allowed`,
-    each with and without the first layer split by its inputs; then the same counts on
+    each with the first layer split by rows, by its inputs and by the hidden units; then
+    the same counts on
     BLAS threads (large products): everything an explicit count of those can run. BLAS at
     fewer than all threads can win: on a 16-core Xeon, W5 ran 180k samples/s on 8 BLAS
     threads, 145k on 4 row workers and 152k on 16 BLAS threads."""
     counts = sorted({2 ** i for i in range(1, allowed.bit_length()) if 2 ** i <= allowed}
                     | {allowed})
     found = [ONE_THREAD]
-    for split in [split_threads(layer_sizes, batch_size, count, inputs)
-                  for count in counts for inputs in (False, True)] + \
-            [(1, count, False) for count in counts]:
+    for split in [split_threads(layer_sizes, batch_size, count, way)
+                  for count in counts for way in (BY_ROWS, BY_INPUTS, BY_HIDDEN)] + \
+            [(1, count, BY_ROWS) for count in counts]:
         if split not in found:
             found.append(split)
     return found
@@ -458,7 +471,7 @@ def _measure(layer_sizes, codes, batch_size, dtype, candidates):
     empty_rows, empty = np.empty(0, np.intp), np.empty(0, dtype)
     hyper = _core.Hyperparameters(_core.LOSS_CODES["mse"], learning_rate=1e-6)
     state = np.empty((0, 0), dtype)
-    def timer(workers, blas, split_inputs=False):
+    def timer(workers, blas, split=BY_ROWS):
         """epoch(n_steps) -> seconds a step, for this way (its own plan and params)."""
         plan = choose_products(_core.Plan(sizes, list(codes), batch_size, None, False,
                                           blas == 1 and small_gemm_kernels()),
@@ -466,7 +479,7 @@ def _measure(layer_sizes, codes, batch_size, dtype, candidates):
         params = (0.05 * rng.standard_normal(plan.n_params)).astype(dtype)
         work = np.zeros(plan.work_size, dtype)
         worker_plan, worker_work = row_workspace(sizes, codes, None, batch_size, workers,
-                                                 dtype, split_inputs=split_inputs)
+                                                 dtype, split=split)
 
         def epoch(n_steps):
             n_rows = n_steps * batch_size
@@ -477,7 +490,7 @@ def _measure(layer_sizes, codes, batch_size, dtype, candidates):
                 _core.train_epoch(plan, hyper, params, work, state, X[:n_rows], Y[:n_rows],
                                   empty_rows, empty, orders[n_rows], batch_size, 1, False,
                                   worker_plan, worker_work, workers, None, None,
-                                  split_inputs)
+                                  **split_flags(split))
                 return (time.perf_counter() - started) / n_steps
         return epoch
 

@@ -102,6 +102,36 @@ cdef inline void apply_mask(floating* out, const floating* a, const floating* ma
         fbp_apply_mask_f64(out, a, mask, n)
 
 
+cdef struct HiddenLayout:
+    # split_hidden's buffers, as offsets into the worker workspace (_hidden_split.pxi)
+    Py_ssize_t weights[3], masks[3]     # phase A's row weights and first-layer dropout
+                                        # masks, by the step's slot (BatchStep)
+    Py_ssize_t zeros        # the output layer's bias there: zeros (b2 is in worker 0's part)
+    Py_ssize_t first_worker, per_worker     # worker k's block: first_worker + k per_worker
+    # within a worker's block (-1: not needed): its copy of the batch's inputs and targets,
+    # its units' outputs (and preactivations, after dropout, delta) for every row of the
+    # batch, its partial output product (by parity), its copy of the summed output (and
+    # preactivation, delta), and its columns of W1 and of their gradient and state, packed
+    # (n_in x its units)
+    Py_ssize_t x, y, out, pre, dropped, delta, partial[2], z, z_pre, z_delta, columns[4]
+    Py_ssize_t size         # the whole
+
+
+cdef struct BatchStep:   # a step's batch as phase A set it up (split_hidden: by slot)
+    const void* weights
+    const void* masks
+    Py_ssize_t m, start
+    double weight_sum
+    bint proceed
+
+
+cdef enum:   # what phase A and the gathers write for a batch (batch_buffer)
+    BATCH_X = 0
+    BATCH_Y = 1
+    BATCH_WEIGHTS = 2
+    BATCH_MASKS = 3      # the first layer's dropout masks (split_hidden only)
+
+
 cdef struct SharedEpoch:
     const PlanData* plan            # the fit's plan: the batch buffers and dropout masks
     const PlanData* worker_plan_data    # the forward chunks of a worker's C rows
@@ -116,6 +146,10 @@ cdef struct SharedEpoch:
     void* grads                     # the summed gradient (LAYER_STEP, clipping) or NULL
     bint split_inputs               # the first layer's forward product split by its inputs
     void* partials                  # then: workers 1..T-1's partial products (T C rows each)
+    bint split_hidden               # the hidden layer split by its units (_hidden_split.pxi)
+    HiddenLayout hidden             # then: where its buffers lie in the worker workspace
+    int slot                        # then: which of the three batch slots phase A fills
+    BatchStep steps[3]              # then: the batches phase A set up, by slot
     const void* X
     const void* Y
     const Py_ssize_t* labels
@@ -132,6 +166,7 @@ cdef struct SharedEpoch:
     const void* x
     const void* y
     const void* weights
+    const void* masks               # split_hidden: the first layer's dropout masks
     Py_ssize_t m
     double weight_sum
     bint proceed
@@ -152,6 +187,27 @@ cdef struct WorkerArgument:
     int index
 
 
+cdef inline floating* batch_buffer(SharedEpoch* s, floating* work, int which) noexcept nogil:
+    """Where the next batch's inputs, targets, row weights (or, split_hidden, first-layer
+    dropout masks) go: the plan's batch buffers; with split_hidden the row weights and
+    masks go to s.slot's in the worker workspace (the steps under way read the other two),
+    and each worker gathers its own inputs and targets (NULL here)."""
+    cdef const PlanData* plan = s.plan
+    if s.split_hidden:
+        if which == BATCH_WEIGHTS:
+            return <floating*>s.deltas + s.hidden.weights[s.slot]
+        if which == BATCH_MASKS:
+            return <floating*>s.deltas + s.hidden.masks[s.slot]
+        return NULL
+    if which == BATCH_X:
+        return work + plan.batch_x_offset
+    if which == BATCH_Y:
+        return work + plan.batch_y_offset
+    if which == BATCH_WEIGHTS:
+        return work + plan.batch_weight_offset
+    return NULL
+
+
 cdef Py_ssize_t gather_weights(SharedEpoch* s, floating* work, Py_ssize_t m) noexcept nogil:
     """Phase A's part of the batch at s.start: where its inputs and targets will be (the
     workspace's batch buffers, or read in place), its row weights and their sum. Returns
@@ -159,12 +215,13 @@ cdef Py_ssize_t gather_weights(SharedEpoch* s, floating* work, Py_ssize_t m) noe
     cdef const PlanData* plan = s.plan
     cdef Py_ssize_t i, bad, start = s.start
     cdef const floating* row_weights = <const floating*>s.row_weights
-    cdef floating* batch_weights = work + plan.batch_weight_offset
+    cdef floating* batch_weights = batch_buffer(s, work, BATCH_WEIGHTS)
     cdef const floating* weights
-    s.x = work + plan.batch_x_offset if s.use_order \
+    s.x = <const floating*>batch_buffer(s, work, BATCH_X) if s.use_order \
         else <const floating*>s.X + start * plan.sizes[0]
-    s.y = work + plan.batch_y_offset if s.use_order or s.use_labels \
+    s.y = <const floating*>batch_buffer(s, work, BATCH_Y) if s.use_order or s.use_labels \
         else <const floating*>s.Y + start * plan.sizes[plan.n_layers]
+    s.masks = batch_buffer(s, work, BATCH_MASKS)
     s.weights = NULL
     s.weight_sum = m
     if s.use_weights:
@@ -183,31 +240,31 @@ cdef Py_ssize_t gather_weights(SharedEpoch* s, floating* work, Py_ssize_t m) noe
     return -1
 
 
-cdef Py_ssize_t gather_rows(SharedEpoch* s, floating* work, Py_ssize_t row0, Py_ssize_t row1,
-                            int* failed) noexcept nogil:
+cdef Py_ssize_t gather_rows(SharedEpoch* s, floating* x, floating* y, Py_ssize_t batch_start,
+                            Py_ssize_t row0, Py_ssize_t row1, int* failed) noexcept nogil:
     """Phase B's part of the gather, by each worker for its rows [row0, row1) of the
-    batch: the inputs (unless split_inputs: first_partial has them) and targets (or
-    one-hot labels) into the batch buffers. Returns the batch position of an index out of
-    range (and sets *failed), or -1."""
+    batch at batch_start: the inputs (unless split_inputs: first_partial has them) and
+    targets (or one-hot labels) into the step's batch buffers x and y. Returns the batch
+    position of an index out of range (and sets *failed), or -1."""
     cdef const PlanData* plan = s.plan
     cdef Py_ssize_t n_in = plan.sizes[0], n_out = plan.sizes[plan.n_layers], bad
-    cdef Py_ssize_t start = s.start + row0, n_samples = s.n_samples, m = row1 - row0
+    cdef Py_ssize_t start = batch_start + row0, n_samples = s.n_samples, m = row1 - row0
     cdef const Py_ssize_t* rows = s.order + start if s.use_order else NULL
     if s.use_order and not s.split_inputs:
-        bad = fbp_gather_rows(work + plan.batch_x_offset + row0 * n_in, <const floating*>s.X,
+        bad = fbp_gather_rows(x + row0 * n_in, <const floating*>s.X,
                               rows, m, n_in, n_samples)
         if bad >= 0:
             failed[0] = GATHERED_X
             return row0 + bad
     if s.use_labels:
-        bad = fbp_one_hot(work + plan.batch_y_offset + row0 * n_out,
+        bad = fbp_one_hot(y + row0 * n_out,
                           s.labels if s.use_order else s.labels + start, rows, m, n_out,
                           n_samples if s.use_order else n_samples - start)
         if bad >= 0:
             failed[0] = GATHERED_LABELS
             return row0 + bad
     elif s.use_order:
-        bad = fbp_gather_rows(work + plan.batch_y_offset + row0 * n_out, <const floating*>s.Y,
+        bad = fbp_gather_rows(y + row0 * n_out, <const floating*>s.Y,
                               rows, m, n_out, n_samples)
         if bad >= 0:
             failed[0] = GATHERED_Y
@@ -265,6 +322,8 @@ cdef void next_batch(SharedEpoch* s, floating* work) noexcept nogil:
     cdef Py_ssize_t m
     cdef int l
     s.proceed = False
+    if s.split_hidden:   # the next slot: the steps under way still read the other two
+        s.slot = (s.slot + 1) % 3
     while s.start < s.n_samples:
         if s.interruptible and fbp_interrupt_requested:
             s.status = INTERRUPTED
@@ -277,7 +336,8 @@ cdef void next_batch(SharedEpoch* s, floating* work) noexcept nogil:
             s.m = m
             for l in range(1, plan.n_layers):
                 if plan.mask_offsets[l] >= 0:
-                    dropout_masks(work + plan.mask_offsets[l], m * plan.sizes[l],
+                    dropout_masks(batch_buffer(s, work, BATCH_MASKS) if s.split_hidden
+                                  else work + plan.mask_offsets[l], m * plan.sizes[l],
                                   plan.dropout_rates[l - 1], &s.random_state)
             s.proceed = True
             return
@@ -492,8 +552,8 @@ def barrier_spins(slept):
 
 cdef inline bint stopped_by_bad_index(SharedEpoch* s, int k, int phase) noexcept nogil:
     """After a gather's barrier: whether a worker met an index out of range in the gather
-    of `phase` (0: B, 1: B0) (worker 0 then records the first worker's, as every worker
-    sees it)."""
+    of `phase` (0: B, 1: B0; split_hidden: the step's parity) (worker 0 then records the
+    first worker's, as every worker sees it)."""
     cdef int j, first = phase * s.n_workers
     for j in range(first, first + s.n_workers):
         if s.bads[j] >= 0:
@@ -509,6 +569,9 @@ cdef void worker_loop(floating* kind, WorkerArgument* argument) noexcept nogil:
     batch (phase A: the step reads what phase A writes only before the first barrier);
     split_inputs adds phase B0 (first_partial) and its barrier before phase B."""
     cdef SharedEpoch* s = argument.shared
+    if s.split_hidden:
+        hidden_loop(kind, argument)
+        return
     cdef int k = argument.index, T = s.n_workers, j, l, m
     cdef Py_ssize_t start
     cdef const PlanData* plan = s.plan
@@ -546,7 +609,8 @@ cdef void worker_loop(floating* kind, WorkerArgument* argument) noexcept nogil:
         row0 = min(k * C, m)
         row1 = min(row0 + C, m)
         s.losses[k] = 0
-        s.bads[k] = gather_rows(s, work, row0, row1, &s.faileds[k]) if row1 > row0 else -1
+        s.bads[k] = gather_rows(s, <floating*>x, <floating*>y, start, row0, row1,
+                                &s.faileds[k]) if row1 > row0 else -1
         fbp_timing_mark(k, 1)
         if s.bads[k] < 0 and row1 > row0:
             s.losses[k] = worker_deltas(
@@ -607,7 +671,7 @@ cdef void* worker_entry_double(void* argument) noexcept nogil:
 
 cdef int check_workers(const PlanData* plan, Plan worker_plan, Py_ssize_t worker_work_size,
                        int n_workers, Py_ssize_t batch_size, int update,
-                       bint split_inputs) except -1:
+                       bint split_inputs, bint split_hidden) except -1:
     """The worker plan describes the fit's network with room for a worker's rows, and the
     worker workspace holds every layer's delta for n_workers of them (and split_inputs,
     the partial products)."""
@@ -635,8 +699,19 @@ cdef int check_workers(const PlanData* plan, Plan worker_plan, Py_ssize_t worker
     if split_inputs and plan.sizes[0] < n_workers:
         raise ValueError(f"train_epoch: split_inputs needs at least as many inputs as "
                          f"workers; the network has {plan.sizes[0]} for {n_workers}")
-    cdef Py_ssize_t needed = delta_store_size(wp, n_workers) \
-        + (partials_size(wp, n_workers) if split_inputs else 0)
+    if split_hidden:
+        if split_inputs:
+            raise ValueError("train_epoch: split_inputs and split_hidden exclude each other")
+        if plan.n_layers != 2:
+            raise ValueError(f"train_epoch: split_hidden needs one hidden layer; the network "
+                             f"has {plan.n_layers - 1}")
+        if plan.sizes[1] < n_workers:
+            raise ValueError(f"train_epoch: split_hidden needs at least as many hidden units "
+                             f"as workers; the network has {plan.sizes[1]} for {n_workers}")
+        if update == GRADIENT_ONLY:
+            raise ValueError("train_epoch: split_hidden does not clip (the row split does)")
+    cdef Py_ssize_t needed = worker_workspace_size(worker_plan, n_workers, split_inputs,
+                                                   split_hidden)
     if worker_work_size < needed:
         raise ValueError(f"train_epoch: the worker workspace holds {worker_work_size} values; "
                          f"{n_workers} workers need {needed}")
@@ -654,10 +729,17 @@ cdef inline Py_ssize_t partials_size(const PlanData* worker_plan, int n_workers)
     return (n_workers - 1) * worker_plan.capacity * n_workers * worker_plan.sizes[1]
 
 
-def worker_workspace_size(Plan worker_plan, int n_workers, bint split_inputs=False):
+def worker_workspace_size(Plan worker_plan, int n_workers, bint split_inputs=False,
+                          bint split_hidden=False):
     """Elements of the workspace n_workers row-split workers need (train_epoch's
     worker_work): every layer's delta for n_workers x worker_plan.capacity rows, and,
-    split_inputs, the first layer's partial products."""
+    split_inputs, the first layer's partial products; split_hidden: its own buffers
+    (hidden_layout) instead."""
+    cdef HiddenLayout layout
+    if split_hidden and worker_plan.data.n_layers == 2:
+        hidden_layout(&layout, &worker_plan.data, worker_plan.data.capacity * n_workers,
+                      n_workers)
+        return layout.size
     return delta_store_size(&worker_plan.data, n_workers) \
         + (partials_size(&worker_plan.data, n_workers) if split_inputs else 0)
 
@@ -733,13 +815,13 @@ cdef tuple train_epoch_on_workers(
         const floating[:, ::1] Y, const Py_ssize_t[::1] labels,
         const floating[::1] row_weights, const Py_ssize_t[::1] order, Py_ssize_t batch_size,
         uint64_t random_seed, bint interruptible, int update, int state_rows,
-        bint split_inputs):
+        bint split_inputs, bint split_hidden):
     """train_epoch's loop on n_workers row-split workers (its arguments checked, the
     worker plan and workspace checked here); returns what train_epoch returns."""
     if worker_plan is None or worker_work is None:
         raise ValueError("train_epoch: n_workers > 1 needs a worker plan and workspace")
     check_workers(plan, worker_plan, worker_work.shape[0], n_workers, batch_size, update,
-                  split_inputs)
+                  split_inputs, split_hidden)
     cdef SharedEpoch s
     memset(&s, 0, sizeof(SharedEpoch))
     s.plan = plan
@@ -751,6 +833,11 @@ cdef tuple train_epoch_on_workers(
     s.split_inputs = split_inputs
     s.partials = &worker_work[delta_store_size(&worker_plan.data, n_workers)] \
         if split_inputs else NULL
+    s.split_hidden = split_hidden
+    if split_hidden:
+        hidden_layout(&s.hidden, &worker_plan.data, worker_plan.data.capacity * n_workers,
+                      n_workers)
+        memset(&worker_work[s.hidden.zeros], 0, plan.sizes[2] * sizeof(floating))
     s.X = &X[0, 0]
     s.use_labels = Y.shape[0] == 0
     s.Y = NULL if s.use_labels else &Y[0, 0]

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fastbp import _core, losses, metrics as metrics_module, optimizers, schedules
-from fastbp._threads import blas_threads, checked_thread_count, fit_threads, row_workspace, \
-    sparse_fit_threads
+from fastbp._threads import BY_HIDDEN, BY_ROWS, blas_threads, checked_thread_count, fit_threads, \
+    row_workspace, sparse_fit_threads, split_flags
 from fastbp.callbacks import ProgressBar, checked_callbacks
 from fastbp._validation import as_inputs, as_row_weights, as_sample_weight, as_targets, \
     check_in_dtype, dense_targets, one_hot, real_number, unshared, whole_number
@@ -453,14 +453,15 @@ class _CompiledEpoch:
         hyperparameters.step = trainer._step
         self.hyperparameters = hyperparameters
         # n_threads: the BLAS threads of the fit; n_workers: the threads a step is split
-        # among by rows (_core's _workers.pxi), each on one BLAS thread; split_inputs: the
-        # first layer's product split by its inputs among them instead. The default is
+        # among by rows (_core's _workers.pxi), each on one BLAS thread; split: the first
+        # layer's product split by rows, by its inputs (_threads.BY_INPUTS) or the step by
+        # the hidden units (BY_HIDDEN; not with clipping, which takes the row split). The default is
         # measured on this machine once per shape (_threads.fit_threads). A sparse X: the
         # threads that share the optimizer's work on the rows of W1 (_core's
         # _row_pool.pxi), by default chosen epoch by epoch (thread_choice); see
         # _threads.sparse_fit_threads.
         self.sparse = data.X if isinstance(data.X, _core.SparseRows) else None
-        self.thread_choice, self.split_inputs = None, False
+        self.thread_choice, self.split = None, BY_ROWS
         if self.sparse is not None:
             key = (tuple(model.layer_sizes), self.batch_size, str(model.dtype),
                    repr(optimizer), spec.weight_decay, bool(trainer.decoupled_weight_decay),
@@ -469,9 +470,11 @@ class _CompiledEpoch:
                 trainer.n_threads, _core.shares_rows(hyperparameters),
                 trainer._sparse_threads, key)
         else:
-            self.n_workers, self.n_threads, self.split_inputs = fit_threads(
+            self.n_workers, self.n_threads, self.split = fit_threads(
                 model.layer_sizes, model._codes, self.batch_size, model.dtype,
                 trainer.n_threads)
+            if self.split == BY_HIDDEN and spec.clip_norm:
+                self.split = BY_ROWS
         self.buffers = {}       # key -> buffer, given back to the trainer at the fit's end
 
         def buffer(kind, shape, make=None):
@@ -490,7 +493,7 @@ class _CompiledEpoch:
         self.worker_plan, self.worker_work = row_workspace(
             model.layer_sizes, model._codes, model._dropout, self.batch_size,
             1 if self.sparse is not None else self.n_workers, model.dtype,
-            lambda size: buffer("workers' workspace", size), self.split_inputs)
+            lambda size: buffer("workers' workspace", size), self.split)
         # The parameters and optimizer state at the start of the epoch, restored if it
         # diverges. A sparse fit copies W1 (the first `kept` values, most of the model) and
         # its state row by row as the epoch changes them, into a RowLog, not whole.
@@ -528,7 +531,7 @@ class _CompiledEpoch:
                 self.plan, self.hyperparameters, model._params, self.work, state, self.X,
                 self.targets, self.labels, self.weights, self.order, self.batch_size,
                 dropout_seed, self.catching, self.worker_plan, self.worker_work,
-                n_workers, self.sparse, self.row_log, self.split_inputs)
+                n_workers, self.sparse, self.row_log, **split_flags(self.split))
         except (ValueError, MemoryError):
             # labels or a sparse X rewritten mid-fit (the core checks each read), or no
             # memory for the row log
