@@ -24,14 +24,17 @@ needs_kernels = pytest.mark.skipif(not ISAS, reason="this CPU runs no own kernel
 TOLERANCE = {"float32": 2e-5, "float64": 1e-12}
 
 
-def run_all_passes(dtype, optimizer, n_threads, split=None):
+def run_all_passes(dtype, optimizer, n_threads, split=None, one_hidden_layer=False):
     """Parameters after a short fit, then predict, evaluate and gradients, on a network
     with tanh (smooth: rounding cannot flip a unit as with ReLU) and widths on and off the
-    register blocks."""
+    register blocks (one_hidden_layer: its first and last layers only)."""
     rng = np.random.default_rng(1)
     X = rng.standard_normal((203, 37)).astype(dtype)
     y = rng.integers(0, 5, 203)
-    model = fastbp.MLP([37, 29, 70, 5], ["tanh", "tanh", "softmax"], dtype=dtype, seed=3)
+    sizes, activations = [37, 29, 70, 5], ["tanh", "tanh", "softmax"]
+    if one_hidden_layer:
+        sizes, activations = [37, 70, 5], ["tanh", "softmax"]
+    model = fastbp.MLP(sizes, activations, dtype=dtype, seed=3)
     if optimizer == "momentum":
         optimizer = SGD(learning_rate=0.05, momentum=0.9)
     fastbp.Trainer("cce", optimizer=optimizer, learning_rate=0.05, epochs=2, batch_size=24,
@@ -70,16 +73,19 @@ def test_own_kernels_agree_with_blas_in_every_pass(monkeypatch, dtype, optimizer
 
 
 @needs_kernels
-@pytest.mark.parametrize("split", ["rows", "inputs"])   # inputs: a partial first product
+# inputs: a partial first product; hidden: each worker's share of the units (35 of 70)
+@pytest.mark.parametrize("split", ["rows", "inputs", "hidden"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_row_split_workers_take_the_own_kernels(monkeypatch, dtype, split):
+    one_hidden_layer = split == "hidden"
     monkeypatch.setenv(_products.KERNELS_VARIABLE, "blas")
-    expected = run_all_passes(dtype, "momentum", 1)
+    expected = run_all_passes(dtype, "momentum", 1, one_hidden_layer=one_hidden_layer)
     monkeypatch.setenv(_products.KERNELS_VARIABLE, "own")
     monkeypatch.setenv("FASTBP_SPLIT", split)
     for isa in ISAS:
         monkeypatch.setenv(_products.ISA_VARIABLE, isa)
-        assert_close(run_all_passes(dtype, "momentum", 2), expected, dtype)
+        assert_close(run_all_passes(dtype, "momentum", 2, one_hidden_layer=one_hidden_layer),
+                     expected, dtype)
 
 
 def test_plans_hold_what_the_variables_say(monkeypatch):

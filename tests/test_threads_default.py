@@ -1,6 +1,7 @@
 """The default thread count of a fit is measured on the machine it runs on (issue 11 item
 3): n_threads=None times a few steps of the network and batch with 1..allowed threads
-(row-split, with or without the first layer split by its inputs, or BLAS), once per (layer sizes, batch size, dtype, allowed threads, CPU),
+(row-split, the first layer split by rows, by its inputs or by the hidden units, or BLAS),
+once per (layer sizes, batch size, dtype, allowed threads, CPU),
 keeps the answer in memory and in a cache file, and FASTBP_THREADS pins it."""
 import json
 import os
@@ -67,11 +68,11 @@ def test_each_shape_batch_dtype_and_allowance_is_measured_on_its_own(cache, meas
 
 def test_an_explicit_count_is_used_whole_split_by_rows_or_on_blas_as_measured(
         cache, measurements, monkeypatch):
-    # rows (with or without the inputs split) or BLAS: measured among exactly those, once,
-    # and cached
+    # rows (the first layer by rows, by its inputs or by the hidden units) or BLAS:
+    # measured among exactly those, once, and cached
     assert _threads.fit_threads(SIZES, CODES, 32, "float32", n_threads=2) == (2, 1, False)
     assert _threads.fit_threads(SIZES, CODES, 32, "float32", n_threads=2) == (2, 1, False)
-    assert measurements == [(SIZES, 32, "float32", ((1, 2, False), (2, 1, False), (2, 1, True)))]
+    assert measurements == [(SIZES, 32, "float32", ((1, 2, 0), (2, 1, 0), (2, 1, 1), (2, 1, 2)))]
     # no rows for three workers: BLAS, nothing measured
     assert _threads.fit_threads(SIZES, CODES, 4, "float32", n_threads=3) == (1, 3, False)
     assert _threads.fit_threads(SIZES, CODES, 32, "float32", n_threads=1) == (1, 1, False)
@@ -80,13 +81,20 @@ def test_an_explicit_count_is_used_whole_split_by_rows_or_on_blas_as_measured(
     assert len(measurements) == 1
 
 
-def test_fastbp_split_forces_rows_inputs_or_blas(cache, measurements, monkeypatch):
+def test_fastbp_split_forces_rows_inputs_hidden_or_blas(cache, measurements, monkeypatch):
     monkeypatch.setenv(_threads.SPLIT_VARIABLE, "rows")
     assert _threads.fit_threads(SIZES, CODES, 32, "float32", n_threads=3) == (3, 1, False)
     monkeypatch.setenv(_threads.SPLIT_VARIABLE, "inputs")
     assert _threads.fit_threads(SIZES, CODES, 32, "float32", n_threads=3) == (3, 1, True)
     # fewer inputs than workers: rows alone
     assert _threads.fit_threads((2, 16, 3), CODES, 32, "float32", n_threads=3) == (3, 1, False)
+    monkeypatch.setenv(_threads.SPLIT_VARIABLE, "hidden")
+    assert _threads.fit_threads(SIZES, CODES, 32, "float32", n_threads=3) \
+        == (3, 1, _threads.BY_HIDDEN)
+    # two hidden layers, or fewer hidden units than workers: rows alone
+    assert _threads.fit_threads((20, 16, 8, 3), (0, 0, 2), 32, "float32", n_threads=3) \
+        == (3, 1, False)
+    assert _threads.fit_threads((20, 2, 3), CODES, 32, "float32", n_threads=3) == (3, 1, False)
     monkeypatch.setenv(_threads.SPLIT_VARIABLE, "blas")
     assert _threads.fit_threads(SIZES, CODES, 32, "float32", n_threads=3) == (1, 3, False)
     assert measurements == []
@@ -125,7 +133,7 @@ def test_fastbp_threads_pins_the_default_within_the_callers_limit(cache, measure
     assert _threads.fit_threads(SIZES, CODES, 32, "float32") == (1, 1, False)
     monkeypatch.setenv(_threads.THREADS_VARIABLE, "8")    # 2 allowed, used as measured
     assert _threads.fit_threads(SIZES, CODES, 32, "float32") == (2, 1, False)
-    assert measurements == [(SIZES, 32, "float32", ((1, 2, False), (2, 1, False), (2, 1, True)))]
+    assert measurements == [(SIZES, 32, "float32", ((1, 2, 0), (2, 1, 0), (2, 1, 1), (2, 1, 2)))]
     for bad in ("0", "two", "-1", "1.5"):
         monkeypatch.setenv(_threads.THREADS_VARIABLE, bad)
         with pytest.raises(ValueError, match="FASTBP_THREADS"):
@@ -269,21 +277,25 @@ def test_fewer_threads_that_stay_ahead_are_chosen_after_the_confirmation(monkeyp
     assert gaps[_threads.MEASURE_ROUNDS - 1:].min() >= _threads.CONFIRM_GAP_SECONDS
 
 
-def test_the_candidates_are_one_thread_row_splits_both_ways_and_blas_threads():
-    T, F = True, False
+def test_the_candidates_are_one_thread_row_splits_every_way_and_blas_threads():
+    R, I, H = _threads.BY_ROWS, _threads.BY_INPUTS, _threads.BY_HIDDEN
     assert _threads._candidates(SIZES, 64, 8) == [
-        (1, 1, F), (2, 1, F), (2, 1, T), (4, 1, F), (4, 1, T), (8, 1, F), (8, 1, T),
-        (1, 2, F), (1, 4, F), (1, 8, F)]
+        (1, 1, R), (2, 1, R), (2, 1, I), (2, 1, H), (4, 1, R), (4, 1, I), (4, 1, H),
+        (8, 1, R), (8, 1, I), (8, 1, H), (1, 2, R), (1, 4, R), (1, 8, R)]
     assert _threads._candidates(SIZES, 64, 3) == [
-        (1, 1, F), (2, 1, F), (2, 1, T), (3, 1, F), (3, 1, T), (1, 2, F), (1, 3, F)]
+        (1, 1, R), (2, 1, R), (2, 1, I), (2, 1, H), (3, 1, R), (3, 1, I), (3, 1, H),
+        (1, 2, R), (1, 3, R)]
     # too few rows for 8 workers: 8 threads only on BLAS, counted once
     assert _threads._candidates(SIZES, 8, 8) == [
-        (1, 1, F), (2, 1, F), (2, 1, T), (4, 1, F), (4, 1, T), (1, 8, F), (1, 2, F),
-        (1, 4, F)]
-    assert _threads._candidates(SIZES, 3, 2) == [(1, 1, F), (1, 2, F)]   # no rows for two
-    # three inputs: no inputs split for four workers
-    assert _threads._candidates((3, 8, 2), 64, 4) == [
-        (1, 1, F), (2, 1, F), (2, 1, T), (4, 1, F), (1, 2, F), (1, 4, F)]
+        (1, 1, R), (2, 1, R), (2, 1, I), (2, 1, H), (4, 1, R), (4, 1, I), (4, 1, H),
+        (1, 8, R), (1, 2, R), (1, 4, R)]
+    assert _threads._candidates(SIZES, 3, 2) == [(1, 1, R), (1, 2, R)]   # no rows for two
+    # three inputs, three hidden units: neither of those splits for four workers
+    assert _threads._candidates((3, 3, 2), 64, 4) == [
+        (1, 1, R), (2, 1, R), (2, 1, I), (2, 1, H), (4, 1, R), (1, 2, R), (1, 4, R)]
+    # two hidden layers: no hidden split
+    assert _threads._candidates((20, 16, 8, 3), 64, 2) == [
+        (1, 1, R), (2, 1, R), (2, 1, I), (1, 2, R)]
 
 
 def test_the_measurement_gathers_long_windows_of_batches_in_a_new_order(monkeypatch):
@@ -294,9 +306,10 @@ def test_the_measurement_gathers_long_windows_of_batches_in_a_new_order(monkeypa
     windows = []
     real = _core.train_epoch
 
-    def spy(plan, hyper, params, work, state, X, Y, labels, weights, order, *rest):
+    def spy(plan, hyper, params, work, state, X, Y, labels, weights, order, *rest, **split):
         windows.append((X.shape[0], np.array(order)))
-        return real(plan, hyper, params, work, state, X, Y, labels, weights, order, *rest)
+        return real(plan, hyper, params, work, state, X, Y, labels, weights, order, *rest,
+                    **split)
 
     monkeypatch.setattr(_core, "train_epoch", spy)
     sizes, codes = (784, 128, 10), (0, 2)      # W1's network: a step of about 0.1 ms
@@ -339,8 +352,9 @@ def test_the_same_seed_gives_the_same_result_on_this_machine_from_process_to_pro
     assert (tmp_path / _threads.CACHE_FILE).exists() == (allowed > 1)
 
 
-def test_a_default_fit_uses_the_measured_split(cache, monkeypatch):
-    monkeypatch.setattr(_threads, "_measure", lambda *arguments: (2, 1, True))
+@pytest.mark.parametrize("split", [_threads.BY_INPUTS, _threads.BY_HIDDEN])
+def test_a_default_fit_uses_the_measured_split(cache, monkeypatch, split):
+    monkeypatch.setattr(_threads, "_measure", lambda *arguments: (2, 1, split))
     rng = np.random.default_rng(0)
     X = rng.normal(size=(200, 20)).astype(np.float32)
     y = rng.integers(0, 3, 200)
@@ -359,10 +373,9 @@ def test_a_step_too_short_to_split_is_not_timed_further(cache, monkeypatch):
     timed = []
     real_workspace = _threads.row_workspace
 
-    def row_workspace(sizes, codes, dropout, batch_size, workers, dtype, split_inputs):
+    def row_workspace(sizes, codes, dropout, batch_size, workers, dtype, split):
         timed.append(workers)                   # one per candidate set up for timing
-        return real_workspace(sizes, codes, dropout, batch_size, workers, dtype,
-                              split_inputs=split_inputs)
+        return real_workspace(sizes, codes, dropout, batch_size, workers, dtype, split=split)
 
     monkeypatch.setattr(_threads, "row_workspace", row_workspace)
     monkeypatch.setattr(_threads, "TINY_STEP_SECONDS", 1.0)      # every step is "tiny"

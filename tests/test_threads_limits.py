@@ -36,9 +36,9 @@ def recorded_counts(monkeypatch):
             yield
 
     def split(*arguments):
-        workers, blas, split_inputs = real_split(*arguments)
+        workers, blas, way = real_split(*arguments)
         fitting.append(workers)
-        return workers, blas, split_inputs
+        return workers, blas, way
 
     monkeypatch.setattr(fastbp.model, "blas_threads", recording)
     monkeypatch.setattr(fastbp.trainer, "blas_threads", recording)

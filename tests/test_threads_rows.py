@@ -1,6 +1,8 @@
 """Row-split steps (issue 11 items 1 and 2): a fit on n_threads > 1 splits each step's
 rows among that many workers (fastbp/_workers.pxi), the first layer's forward product by
-rows too or (FASTBP_SPLIT=inputs) by its inputs; every test here runs both ways. For a
+rows too or (FASTBP_SPLIT=inputs) by its inputs, or (FASTBP_SPLIT=hidden, a network of one
+hidden layer: fastbp/_hidden_split.pxi) each step by the hidden units; every test here runs
+all three ways (the fits of the hidden split on a network of one hidden layer). For a
 fixed count the results are bit-identical from run to run; across counts they agree with
 one thread to rounding, for every optimizer rule, with dropout, sample weights, clipping,
 weight decay and both dtypes. The core checks the workers' plan and workspace against the
@@ -26,17 +28,21 @@ OPTIMIZERS = {
 TOLERANCE = {"float32": 2e-5, "float64": 1e-12}
 
 
-@pytest.fixture(autouse=True, params=["rows", "inputs"])
+@pytest.fixture(autouse=True, params=["rows", "inputs", "hidden"])
 def _split(monkeypatch, request):
     """Every fit here with n_threads > 1 splits by rows, the first layer by rows or by its
-    inputs (an explicit count is otherwise used whichever way is measured faster for the
-    shape, or on BLAS); core_arguments follows it."""
+    inputs, or by the hidden units (an explicit count is otherwise used whichever way is
+    measured faster for the shape, or on BLAS); fit and core_arguments follow it."""
     monkeypatch.setenv("FASTBP_SPLIT", request.param)
     return request.param
 
 
 def split_inputs():
     return os.environ["FASTBP_SPLIT"] == "inputs"
+
+
+def split_hidden():
+    return os.environ["FASTBP_SPLIT"] == "hidden"
 
 
 def data(dtype="float32", n_rows=300):
@@ -54,8 +60,12 @@ def fit(n_threads, optimizer="adam", dtype="float32", dropout=0.0, weighted=Fals
     if dense:   # dense targets (Y's rows gathered, not one-hot labels), another loss
         loss, output = "mse", "sigmoid"
         targets = np.eye(4, dtype=dtype)[y] * 0.8 + 0.1
-    model = fastbp.MLP([12, 24, 16, 4], ["relu", "tanh", output], dtype=dtype,
-                       dropout=dropout, seed=3)
+    if split_hidden():   # one hidden layer, the hidden split's network
+        sizes, activations = [12, 24, 4], ["relu", output]
+        dropout = dropout[0] if isinstance(dropout, list) else dropout
+    else:
+        sizes, activations = [12, 24, 16, 4], ["relu", "tanh", output]
+    model = fastbp.MLP(sizes, activations, dtype=dtype, dropout=dropout, seed=3)
     trainer = fastbp.Trainer(loss, optimizer=OPTIMIZERS[optimizer](), epochs=3,
                              batch_size=batch_size, seed=5, n_threads=n_threads,
                              **trainer_options)
@@ -127,7 +137,8 @@ def core_arguments(n_workers=2, worker_capacity=16, worker_gradient=True, extra=
     worker_plan = _core.Plan(sizes, codes, worker_capacity, None, worker_gradient)
     work = np.zeros(plan.work_size, np.float32)
     worker_work = np.zeros(
-        _core.worker_workspace_size(worker_plan, n_workers, split_inputs()) + extra,
+        _core.worker_workspace_size(worker_plan, n_workers, split_inputs(), split_hidden())
+        + extra,
         np.float32)
     params = np.random.default_rng(0).normal(size=plan.n_params).astype(np.float32) * 0.1
     X, y, _ = data(n_rows=64)
@@ -135,7 +146,7 @@ def core_arguments(n_workers=2, worker_capacity=16, worker_gradient=True, extra=
     state = np.zeros((hyper.state_rows, plan.n_params), np.float32)
     return [plan, hyper, params, work, state, X, np.empty((0, 0), np.float32),
             y.astype(np.intp), np.empty(0, np.float32), np.empty(0, np.intp), 32, 1, False,
-            worker_plan, worker_work, n_workers, None, None, split_inputs()]
+            worker_plan, worker_work, n_workers, None, None, split_inputs(), split_hidden()]
 
 
 def test_workers_spin_at_a_barrier_only_where_each_has_a_cpu_and_finish_either_way():
@@ -210,17 +221,155 @@ def test_the_inputs_split_agrees_on_every_share_of_the_inputs(n_inputs, n_thread
     assert np.array_equal(results[1], results[2])
 
 
+@pytest.mark.parametrize("n_hidden, n_threads", [(2, 2), (3, 3), (5, 3), (13, 3), (7, 2),
+                                                (33, 2), (17, 4)])
+def test_the_hidden_split_agrees_on_every_share_of_the_units(n_hidden, n_threads):
+    """Workers' shares of the hidden units: one unit each, uneven shares, widths that are
+    no whole number of vectors; batches that do not divide; on one thread, shares of 2 to
+    4 workers, and repeated exactly."""
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(200, 9)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(int) + (X[:, 1] > 0)
+    results = []
+    for threads in (1, n_threads, n_threads):
+        model = fastbp.MLP([9, n_hidden, 3], ["tanh", "softmax"], seed=4)
+        fastbp.Trainer("cce", optimizer="adam", epochs=2, batch_size=23, seed=6,
+                       n_threads=threads).fit(model, X, y)
+        results.append(model.parameter_vector())
+    assert_agree(results[0], results[1])
+    assert np.array_equal(results[1], results[2])
+
+
+@pytest.mark.parametrize("hidden, output, loss", [
+    ("gelu", "softmax", "cce"),          # a hidden activation that keeps its input
+    ("swish", "gelu", "mse"),            # and an output one: the output's preactivation
+    ("sigmoid", "sigmoid", "bce"),
+    ("leaky_relu", "identity", "huber"),
+    ("elu", "tanh", "mae"),
+])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_every_activation_and_loss_agrees_across_worker_counts(hidden, output, loss, dtype):
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(150, 10)).astype(dtype)
+    if loss == "cce":
+        targets = (X[:, :3].argmax(axis=1))
+    else:
+        targets = (1 / (1 + np.exp(-X[:, :3] @ rng.normal(size=(3, 3))))).astype(dtype)
+    results = []
+    for threads in (1, 2, 3, 3):
+        model = fastbp.MLP([10, 20, 3], [hidden, output], dtype=dtype, dropout=0.1, seed=5)
+        fastbp.Trainer(loss, optimizer=OPTIMIZERS["momentum"](), epochs=3, batch_size=16, seed=7,
+                       n_threads=threads).fit(model, X, targets)
+        results.append(model.parameter_vector())
+    for result in results[1:]:
+        assert_agree(results[0], result, dtype)
+    assert np.array_equal(results[2], results[3])
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "rmsprop"])
+def test_workers_a_step_apart_still_give_the_same_bits(optimizer):
+    """Tiny steps (batches of 6 on 3 workers) with dropout and row weights, many epochs:
+    the hidden split's workers run up to a step apart (one barrier a step), and a buffer
+    one reads while another writes would show as results that change from run to run."""
+    rng = np.random.default_rng(8)
+    X = rng.normal(size=(240, 12)).astype(np.float32)
+    y = (np.abs(X[:, :4]) * np.arange(1, 5)).argmax(axis=1)
+    weights = rng.uniform(0.1, 3.0, size=240).astype(np.float32)
+    results = []
+    for threads in (1, 3, 3, 3):
+        model = fastbp.MLP([12, 30, 4], ["relu", "softmax"], dropout=0.3, seed=9)
+        fastbp.Trainer("cce", optimizer=OPTIMIZERS[optimizer](), epochs=8, batch_size=6,
+                       seed=10, n_threads=threads).fit(model, X, y, sample_weight=weights)
+        results.append(model.parameter_vector())
+    assert_agree(results[0], results[1])
+    assert np.array_equal(results[1], results[2]) and np.array_equal(results[1], results[3])
+
+
+def test_clipping_takes_the_row_split(monkeypatch):
+    """The hidden split has no norm over the whole gradient: a fit that clips, asked for
+    it, runs the row split (the same bits as FASTBP_SPLIT=rows)."""
+    X, y, _ = data()
+    results = []
+    for split in ("hidden", "rows"):
+        monkeypatch.setenv("FASTBP_SPLIT", split)
+        model = fastbp.MLP([12, 24, 4], ["relu", "softmax"], seed=3)
+        fastbp.Trainer("cce", optimizer=OPTIMIZERS["adam"](), epochs=2, batch_size=32,
+                       seed=5, n_threads=2, clip_norm=0.05).fit(model, X, y)
+        results.append(model.parameter_vector())
+    assert np.array_equal(results[0], results[1])
+
+
+def test_the_core_refuses_a_hidden_split_it_cannot_run():
+    """Two hidden layers, fewer hidden units than workers, clipping, both splits at once,
+    a workspace without room for the hidden split's buffers: refused, nothing trained."""
+    relu, softmax = _core.ACTIVATION_CODES["relu"], _core.ACTIVATION_CODES["softmax"]
+
+    def refused(arguments, message):
+        before = arguments[2].copy()
+        with pytest.raises(ValueError, match=message):
+            _core.train_epoch(*arguments)
+        assert np.array_equal(arguments[2], before)
+
+    arguments = core_arguments()
+    arguments[18:] = False, True
+    arguments[14] = np.zeros(_core.worker_workspace_size(arguments[13], 2), np.float32)
+    refused(arguments, "the worker workspace holds")
+    arguments = core_arguments()
+    arguments[18:] = True, True
+    arguments[14] = np.zeros(_core.worker_workspace_size(arguments[13], 2, True, True),
+                             np.float32)
+    refused(arguments, "exclude each other")
+    arguments = core_arguments()
+    arguments[18:] = False, True
+    arguments[1] = _core.Hyperparameters(_core.LOSS_CODES["categorical_crossentropy"],
+                                         optimizer=_core.OPTIMIZER_CODES["adam"],
+                                         clip_norm=1.0)
+    arguments[14] = np.zeros(_core.worker_workspace_size(arguments[13], 2, False, True),
+                             np.float32)
+    refused(arguments, "split_hidden does not clip")
+    for sizes, codes, message in [([12, 24, 8, 4], [relu, relu, softmax], "one hidden layer"),
+                                  ([12, 1, 4], [relu, softmax], "as many hidden units")]:
+        arguments = core_arguments()
+        arguments[18:] = False, True
+        arguments[0] = _core.Plan(sizes, codes, 32, None, True)
+        arguments[13] = _core.Plan(sizes, codes, 16, None, True)
+        arguments[2] = np.zeros(arguments[0].n_params, np.float32)
+        arguments[3] = np.zeros(arguments[0].work_size, np.float32)
+        arguments[4] = np.zeros((arguments[1].state_rows, arguments[0].n_params), np.float32)
+        arguments[14] = np.zeros(10**5, np.float32)
+        refused(arguments, message)
+
+
+def test_a_diverging_batch_stops_every_split_where_one_worker_stops():
+    """A learning rate that overflows: the epoch ends DIVERGED at the same batch as on one
+    worker, after the same steps."""
+    results = []
+    for n_workers in (1, 2):
+        arguments = core_arguments()
+        arguments[1] = _core.Hyperparameters(_core.LOSS_CODES["categorical_crossentropy"],
+                                             learning_rate=1e30)
+        arguments[4] = np.zeros((0, arguments[0].n_params), np.float32)
+        arguments[15] = n_workers
+        loss, weight, rows, status = _core.train_epoch(*arguments)
+        assert status == _core.Status.DIVERGED
+        results.append((rows, arguments[2]))
+    assert results[0][0] == results[1][0]
+    finite = np.isfinite(results[0][1]) & np.isfinite(results[1][1])
+    assert np.array_equal(finite, np.isfinite(results[0][1]))
+    assert_agree(results[0][1][finite], results[1][1][finite])
+
+
 def test_the_core_refuses_an_inputs_split_it_cannot_run():
     """Fewer inputs than workers, a workspace without the partial products, a sparse X."""
     arguments = core_arguments(n_workers=3, worker_capacity=11)
-    arguments[-1] = True
+    arguments[18:] = True, False
     arguments[14] = np.zeros(_core.worker_workspace_size(arguments[13], 3), np.float32)
     before = arguments[2].copy()
     with pytest.raises(ValueError, match="the worker workspace holds"):
         _core.train_epoch(*arguments)
     assert np.array_equal(arguments[2], before)
     arguments = core_arguments()
-    arguments[-1] = True
+    arguments[18:] = True, False
     arguments[13] = _core.Plan([1, 24, 4], [0, 0], 16, None, True)
     arguments[0] = _core.Plan([1, 24, 4], [0, 0], 32, None, True)
     arguments[5] = np.zeros((64, 1), np.float32)
@@ -232,7 +381,7 @@ def test_the_core_refuses_an_inputs_split_it_cannot_run():
     sparse = _core.SparseRows(np.ones(64, np.float32), np.zeros(64, np.intp),
                               np.arange(65, dtype=np.intp), 1)
     arguments[5] = np.empty((0, 0), np.float32)
-    with pytest.raises(ValueError, match="split_inputs needs a dense X"):
+    with pytest.raises(ValueError, match="split_inputs and split_hidden need a dense X"):
         _core.train_epoch(*arguments[:16], sparse, None, True)
 
 
