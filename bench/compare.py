@@ -332,10 +332,10 @@ def _default_vs_best(by, wl, threads_list):
         return "n/a"
     best = max(fixed, key=lambda r: r["median"])
     text = f"{default['median'] / best['median']:.2f}x of {best['threads']}"
-    if default.get("thread_choice"):   # (row workers, BLAS threads, split_inputs) it chose
-        workers, blas, inputs = default["thread_choice"]
-        text += f" (ran {workers} {'inputs' if inputs else 'rows'})" if workers > 1 \
-            else f" (ran {blas} BLAS)"
+    if default.get("thread_choice"):   # (row workers, BLAS threads, split) it chose
+        workers, blas, split = default["thread_choice"]
+        way = ("rows", "inputs", "hidden")[int(split)]   # _threads.BY_ROWS, ...
+        text += f" (ran {workers} {way})" if workers > 1 else f" (ran {blas} BLAS)"
     return text
 
 

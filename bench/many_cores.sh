@@ -6,8 +6,8 @@
 #   scaling-rest   the same for W1, W5, W3 and P1
 #   peers          NumPy and PyTorch beside fastbp on W1, W2, W4 at 1, 8 and all cores,
 #                  with the GEMM ceiling at each count
-#   split          W2 and W1 at 8 and all cores, row workers (the first layer by rows and by
-#                  its inputs) and BLAS threads alternating in one process
+#   split          W2 and W1 at 8 and all cores, row workers (the first layer by rows, by
+#                  its inputs, W1 by the hidden units) and BLAS threads alternating in one process
 #                  (bench/row_phases.py), and W2's products alone at 8
 #   bash bench/many_cores.sh OUTDIR        (builds the extension in place first)
 # Epochs are capped at SAMPLES rows (20,000; W4 2,048) and windows are short (DURATION,

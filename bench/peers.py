@@ -63,7 +63,7 @@ class FastbpTrain:
         return {"fastbp": getattr(self.fastbp, "__version__", "?"), "numpy": np.__version__}
 
     def thread_choice(self):
-        """(row workers, BLAS threads, split_inputs) the fits ran on: at the default, the
+        """(row workers, BLAS threads, split) the fits ran on: at the default, the
         measured choice (kept from the first fit, so asking measures nothing)."""
         from fastbp import _threads
         wl = self.workload

@@ -1,6 +1,6 @@
 """Where a multi-threaded step's time goes: samples/s of each workload at each thread count,
-each way of using the threads (FASTBP_SPLIT=rows, =inputs and =blas), alternating in one
-process.
+each way of using the threads (FASTBP_SPLIT=rows, =inputs, =hidden and =blas), alternating
+in one process (hidden falls back to rows on a network of more than one hidden layer).
 
     CFLAGS=-DFBP_WORKER_TIMING python setup.py build_ext --inplace   # optional: phases
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/row_phases.py \\
@@ -10,8 +10,10 @@ Each fit trains --epochs epochs of the workload (capped at --samples rows) after
 warm-up fit. With the timing build, each row-split epoch call also prints every worker's
 microseconds a step in each phase to stderr (csrc/workers.h: gather, forward and deltas,
 the wait after them, weight gradient and update, the next batch's gather, the last wait;
-with FASTBP_SPLIT=inputs also the first layer's partial product and the wait after it),
-so the table's figures can be split into products, element-wise work and synchronisation.
+with FASTBP_SPLIT=inputs also the first layer's partial product and the wait after it;
+with FASTBP_SPLIT=hidden the gather, the own units and partial product (H2), the wait, and
+the output layer, deltas and update (H3)), so the table's figures can be split into
+products, element-wise work and synchronisation.
 """
 
 import argparse
@@ -49,7 +51,7 @@ def main():
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workloads", default="W2,W1")
     ap.add_argument("--threads", default="8")
-    ap.add_argument("--splits", default="rows,inputs,blas")
+    ap.add_argument("--splits", default="rows,inputs,hidden,blas")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--samples", type=int, default=10_000)
     ap.add_argument("--rounds", type=int, default=2, help="alternations of the splits")

@@ -543,9 +543,9 @@ def _capture(monkeypatch, name):
     original = getattr(_core, name)
     position = {"train_epoch": 5, "predict": 3, "gradients": 5}[name]
 
-    def wrapper(*args):
+    def wrapper(*args, **options):
         seen.append(args[position])
-        return original(*args)
+        return original(*args, **options)
 
     monkeypatch.setattr(_core, name, wrapper)
     if name == "predict":   # a few rows take predict's fast path: models built from now on
