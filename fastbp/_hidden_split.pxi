@@ -163,7 +163,7 @@ cdef void hidden_loop(floating* kind, WorkerArgument* argument) noexcept nogil:
     cdef floating* store = <floating*>s.deltas     # the worker workspace
     cdef floating* mine = store + layout.first_worker + k * layout.per_worker
     cdef Py_ssize_t n_in = plan.sizes[0], n_h = plan.sizes[1], n_out = plan.sizes[2]
-    cdef Py_ssize_t low, high, width, start, r
+    cdef Py_ssize_t low, high, width, start, row0, r
     owned_inputs(n_h, k, T, &low, &high)
     width = high - low
     cdef Py_ssize_t b1 = plan.bias_offsets[0] + low
@@ -217,8 +217,14 @@ cdef void hidden_loop(floating* kind, WorkerArgument* argument) noexcept nogil:
         y = mine + layout.y if s.use_order or s.use_labels \
             else <floating*>s.Y + start * n_out
         fbp_timing_mark(k, 0)
-        s.bads[parity * T + k] = gather_rows(s, x, y, start, 0, m,
+        # from row k m / T on, then the rows before it: the workers start apart, so that
+        # each finds the rows another has fetched already in the shared cache
+        row0 = k * m // T
+        s.bads[parity * T + k] = gather_rows(s, x, y, start, row0, m,
                                              &s.faileds[parity * T + k])
+        if s.bads[parity * T + k] < 0 and row0 > 0:
+            s.bads[parity * T + k] = gather_rows(s, x, y, start, 0, row0,
+                                                 &s.faileds[parity * T + k])
         fbp_timing_mark(k, 1)
         # H2. this worker's units for every row, and its partial output product
         if s.bads[parity * T + k] < 0:

@@ -140,7 +140,8 @@ cdef struct SharedEpoch:
     HyperparameterData* hyper
     void* params
     void* work
-    void* deltas                    # every layer's delta for T C rows (worker_work)
+    void* deltas                    # every layer's delta for T C rows (worker_work; with
+                                    # split_hidden, its buffers: HiddenLayout)
     void* first
     void* second
     void* grads                     # the summed gradient (LAYER_STEP, clipping) or NULL
@@ -674,7 +675,7 @@ cdef int check_workers(const PlanData* plan, Plan worker_plan, Py_ssize_t worker
                        bint split_inputs, bint split_hidden) except -1:
     """The worker plan describes the fit's network with room for a worker's rows, and the
     worker workspace holds every layer's delta for n_workers of them (and split_inputs,
-    the partial products)."""
+    the partial products; split_hidden: its own buffers, for a network it can split)."""
     cdef const PlanData* wp = &worker_plan.data
     cdef int l
     if not 2 <= n_workers <= 1024:
