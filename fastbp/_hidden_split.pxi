@@ -90,15 +90,9 @@ cdef void hidden_update(SharedEpoch* s, const HyperparameterData* hyper, floatin
     blocks as update_part steps them."""
     cdef const PlanData* plan = s.plan
     cdef int update = s.update
-    cdef floating* target = grads
-    cdef floating alpha = 1, beta = 1
+    cdef floating alpha, beta
+    cdef floating* target = gradient_target(hyper, update, params, grads, first, &alpha, &beta)
     cdef bint rule = update != FOLDED_SGD
-    if update == FOLDED_SGD:   # W <- (1 - lr wd) W - lr grad, as run_batch folds it
-        target = params
-        alpha = <floating>(-hyper.learning_rate)
-        beta = <floating>(1.0 - hyper.learning_rate * hyper.weight_decay)
-    elif update == FOLDED_MOMENTUM:
-        target = first
     cdef Py_ssize_t block = gradient_block_rows(plan, l, rule), start = 0, rows
     cdef int isa = product_isa(plan, l, GRADIENT_PRODUCT, params)
     while start < n_rows:
@@ -129,13 +123,9 @@ cdef void hidden_bias_update(SharedEpoch* s, const HyperparameterData* hyper,
                              Py_ssize_t n, int m) noexcept nogil:
     """H3: n biases at `offset` from the column sums of delta (m x n)."""
     cdef int update = s.update
-    cdef floating* target = <floating*>s.grads
-    cdef floating alpha = 1
-    if update == FOLDED_SGD:
-        target = params
-        alpha = <floating>(-s.hyper.learning_rate)
-    elif update == FOLDED_MOMENTUM:
-        target = <floating*>s.first
+    cdef floating alpha, weight_beta   # (biases do not decay: beta 1)
+    cdef floating* target = gradient_target(hyper, update, params, <floating*>s.grads,
+                                            <floating*>s.first, &alpha, &weight_beta)
     fbp_column_sums(target + offset, delta, m, n, alpha, 1)
     if update != FOLDED_SGD:
         step_slice(hyper, params, target, <floating*>s.first, <floating*>s.second, update,

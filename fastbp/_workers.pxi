@@ -413,6 +413,21 @@ cdef double worker_deltas(const PlanData* view, const HyperparameterData* hyper,
     return loss_sum
 
 
+cdef inline floating* gradient_target(const HyperparameterData* hyper, int update,
+                                     floating* params, floating* grads, floating* first,
+                                     floating* alpha, floating* weight_beta) noexcept nogil:
+    """Where a step's weight-gradient GEMM adds the gradient (see Update), and its alpha and
+    (for weights; biases take 1) beta: the parameters themselves for plain SGD (W <- (1 -
+    lr wd) W - lr grad, as run_batch folds it), the scaled velocity for momentum, else the
+    gradient buffer (alpha and beta 1)."""
+    alpha[0] = weight_beta[0] = 1
+    if update == FOLDED_SGD:
+        alpha[0] = <floating>(-hyper.learning_rate)
+        weight_beta[0] = <floating>(1.0 - hyper.learning_rate * hyper.weight_decay)
+        return params
+    return first if update == FOLDED_MOMENTUM else grads
+
+
 cdef void update_part(SharedEpoch* s, const HyperparameterData* hyper, floating* params,
                       int k, int l, int m, const floating* x, bint stepping,
                       double* squares) noexcept nogil:
@@ -429,18 +444,13 @@ cdef void update_part(SharedEpoch* s, const HyperparameterData* hyper, floating*
     cdef Py_ssize_t start = low, rows, block
     cdef floating* first = <floating*>s.first
     cdef floating* second = <floating*>s.second
-    cdef floating* target = <floating*>s.grads
     cdef floating* delta = <floating*>s.deltas \
         + delta_offset(plan, s.rows_per_worker * T, l)
     cdef const floating* a_in = layer_input(plan, <floating*>s.work, x, l)
-    cdef floating alpha = 1, weight_beta = 1, bias_beta = 1
+    cdef floating alpha, weight_beta, bias_beta = 1
+    cdef floating* target = gradient_target(hyper, update, params, <floating*>s.grads, first,
+                                            &alpha, &weight_beta)
     cdef bint rule = stepping and update != FOLDED_SGD
-    if update == FOLDED_SGD:   # W <- (1 - lr wd) W - lr grad, as run_batch folds it
-        target = params
-        alpha = <floating>(-hyper.learning_rate)
-        weight_beta = <floating>(1.0 - hyper.learning_rate * hyper.weight_decay)
-    elif update == FOLDED_MOMENTUM:
-        target = first
     cdef bint few_rows = few_rows_here(plan, params + w, m, n_in, n_out)
     block = gradient_block_rows(plan, l, rule)
     cdef int isa = product_isa(plan, l, GRADIENT_PRODUCT, params)
