@@ -375,10 +375,9 @@ def _cache_key(layer_sizes, batch_size, dtype, threads_label):
 def _candidates(layer_sizes, batch_size, allowed):
     """The ways (split_threads) to time: 1 thread; row workers 2, 4, 8, ... and `allowed`,
     each with the first layer split by rows, by its inputs and by the hidden units; then
-    the same counts on
-    BLAS threads (large products): everything an explicit count of those can run. BLAS at
-    fewer than all threads can win: on a 16-core Xeon, W5 ran 180k samples/s on 8 BLAS
-    threads, 145k on 4 row workers and 152k on 16 BLAS threads."""
+    the same counts on BLAS threads (large products): everything an explicit count of
+    those can run. BLAS at fewer than all threads can win: on a 16-core Xeon, W5 ran 180k
+    samples/s on 8 BLAS threads, 145k on 4 row workers and 152k on 16 BLAS threads."""
     counts = sorted({2 ** i for i in range(1, allowed.bit_length()) if 2 ** i <= allowed}
                     | {allowed})
     found = [ONE_THREAD]

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fastbp import _core, losses, metrics as metrics_module, optimizers, schedules
-from fastbp._threads import BY_HIDDEN, BY_ROWS, blas_threads, checked_thread_count, fit_threads, \
-    row_workspace, sparse_fit_threads, split_flags
+from fastbp._threads import BY_HIDDEN, BY_ROWS, blas_threads, checked_thread_count, \
+    fit_threads, row_workspace, sparse_fit_threads, split_flags
 from fastbp.callbacks import ProgressBar, checked_callbacks
 from fastbp._validation import as_inputs, as_row_weights, as_sample_weight, as_targets, \
     check_in_dtype, dense_targets, one_hot, real_number, unshared, whole_number
@@ -455,9 +455,9 @@ class _CompiledEpoch:
         # n_threads: the BLAS threads of the fit; n_workers: the threads a step is split
         # among by rows (_core's _workers.pxi), each on one BLAS thread; split: the first
         # layer's product split by rows, by its inputs (_threads.BY_INPUTS) or the step by
-        # the hidden units (BY_HIDDEN; not with clipping, which takes the row split). The default is
-        # measured on this machine once per shape (_threads.fit_threads). A sparse X: the
-        # threads that share the optimizer's work on the rows of W1 (_core's
+        # the hidden units (BY_HIDDEN; not with clipping, which takes the row split). The
+        # default is measured on this machine once per shape (_threads.fit_threads). A
+        # sparse X: the threads that share the optimizer's work on the rows of W1 (_core's
         # _row_pool.pxi), by default chosen epoch by epoch (thread_choice); see
         # _threads.sparse_fit_threads.
         self.sparse = data.X if isinstance(data.X, _core.SparseRows) else None
