@@ -12,9 +12,9 @@
 # products ran 1.7x slower than alone on a 2-core Xeon (the cores' prefetchers pull the
 # other worker's half rows). Each worker also gathers the whole batch itself: its inputs
 # then never cross between cores either, and a step needs one barrier (each worker's
-# gather of the whole batch costs what one thread's does: for W1 on that Xeon about 10 us
-# of a 60 us step, the rows coming from memory; asking for the next batch's rows ahead,
-# all at once or spread over W1's update, moved that time into the update and saved none):
+# gather of the whole batch took about 10 us of W1's 60 us step on that Xeon, the rows
+# coming from memory; asking for the next batch's rows ahead, all at once or spread over
+# W1's update, moved that time into the update and saved none):
 #   H1. worker k gathers the batch's inputs and targets into its own buffers;
 #   H2. it computes its units for all the batch's rows (X W1[:, own] + b1[own], the
 #       activation, dropout with the masks phase A drew) and its partial output product
