@@ -211,8 +211,9 @@ cdef inline floating* batch_buffer(SharedEpoch* s, floating* work, int which) no
 
 cdef Py_ssize_t gather_weights(SharedEpoch* s, floating* work, Py_ssize_t m) noexcept nogil:
     """Phase A's part of the batch at s.start: where its inputs and targets will be (the
-    workspace's batch buffers, or read in place), its row weights and their sum. Returns
-    the batch position of an index out of range (and sets s.failed_gather), or -1."""
+    workspace's batch buffers, or read in place; with split_hidden each worker has its
+    own), its row weights and their sum. Returns the batch position of an index out of
+    range (and sets s.failed_gather), or -1."""
     cdef const PlanData* plan = s.plan
     cdef Py_ssize_t i, bad, start = s.start
     cdef const floating* row_weights = <const floating*>s.row_weights
