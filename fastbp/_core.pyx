@@ -918,6 +918,36 @@ cdef inline Py_ssize_t gradient_block_rows(const PlanData* plan, int l,
     return block
 
 
+cdef void gradient_blocks(const HyperparameterData* hyper, int update, bint stepping, int isa,
+                          bint few_rows, Py_ssize_t block, floating* params, floating* target,
+                          floating* first, floating* second, Py_ssize_t offset,
+                          Py_ssize_t begin, Py_ssize_t end, Py_ssize_t n_out,
+                          const floating* a_in, Py_ssize_t lda, const floating* delta, int m,
+                          floating alpha, floating beta, double* squares) noexcept nogil:
+    """Rows [begin, end) of a weight matrix's gradient: target := beta * target + alpha
+    a_in^T delta there (the matrix's rows n_out values long, its row 0 at `offset` in
+    params, target, first and second; a_in's columns [begin, end), leading dimension lda;
+    delta m x n_out), `block` rows a GEMM (few_rows: fbp_few_rows_gradient's kernel). With
+    an optimizer rule (stepping) each block steps right after its GEMM, while it and its
+    state are still in L2 (a whole layer and its state may not be); without, squares (when
+    given) gains each block's sum of squares (clipping's norm)."""
+    cdef Py_ssize_t start = begin, rows
+    while start < end:
+        rows = min(block, end - start)
+        if few_rows:
+            fbp_few_rows_gradient(target + offset + start * n_out, a_in + start, lda, delta,
+                                  m, rows, n_out, alpha, beta)
+        else:
+            tn_product(isa, <int>rows, <int>n_out, m, alpha, a_in + start, <int>lda, delta,
+                       <int>n_out, beta, target + offset + start * n_out, <int>n_out)
+        if stepping:
+            step_slice(hyper, params, target, first, second, update, offset + start * n_out,
+                       rows * n_out, True)
+        elif squares != NULL:
+            squares[0] += fbp_sum_squares(target + offset + start * n_out, rows * n_out)
+        start += rows
+
+
 cdef double run_batch(const PlanData* plan, HyperparameterData* hyper, floating* params,
                       floating* target, floating* first, floating* second, floating* work,
                       const floating* x, const floating* y, const floating* row_weights, int m,
@@ -934,8 +964,8 @@ cdef double run_batch(const PlanData* plan, HyperparameterData* hyper, floating*
     part-way through its update.
     """
     cdef int L = plan.n_layers
-    cdef int l, isa
-    cdef Py_ssize_t n_in, n_out, start, rows, block, w
+    cdef int l
+    cdef Py_ssize_t n_in, n_out, w
     cdef bint stepping = update == FOLDED_MOMENTUM or update == LAYER_STEP
     cdef bint few_rows              # this layer's backward products in the few-row kernels
     cdef floating* delta
@@ -1003,25 +1033,10 @@ cdef double run_batch(const PlanData* plan, HyperparameterData* hyper, floating*
                                         alpha, weight_beta, delta, m, sparse):
                 return 0.0
             n_in = 0    # done: no dense blocks
-        # A block of W's rows at a time (plan.gradient_chunks); with an optimizer rule each
-        # block is stepped right after its GEMM while it and its state are still in L2 (a
-        # whole layer and its state may not be).
-        block = gradient_block_rows(plan, l, stepping)
-        isa = product_isa(plan, l, GRADIENT_PRODUCT, params)
-        start = 0
-        while start < n_in:
-            rows = min(block, n_in - start)
-            if few_rows:
-                fbp_few_rows_gradient(target + w + start * n_out, a_in + start, n_in, delta, m,
-                                      rows, n_out, alpha, weight_beta)
-            else:
-                tn_product(isa, <int>rows, <int>n_out, m, alpha, a_in + start, <int>n_in,
-                           delta, <int>n_out, weight_beta, target + w + start * n_out,
-                           <int>n_out)
-            if stepping:
-                step_slice(hyper, params, target, first, second, update,
-                           w + start * n_out, rows * n_out, True)
-            start += rows
+        gradient_blocks(hyper, update, stepping, product_isa(plan, l, GRADIENT_PRODUCT, params),
+                        few_rows, gradient_block_rows(plan, l, stepping), params, target,
+                        first, second, w, 0, n_in, n_out, a_in, n_in, delta, m, alpha,
+                        weight_beta, NULL)
         fbp_column_sums(target + plan.bias_offsets[l - 1], delta, m, n_out, alpha, bias_beta)
         if update == FOLDED_MOMENTUM or update == LAYER_STEP:
             step_slice(hyper, params, target, first, second, update, plan.bias_offsets[l - 1],

@@ -35,9 +35,18 @@
 # Clipping (a norm over the whole gradient) is not offered here: the row split takes it.
 
 
+cdef int hidden_packed_arrays(const HyperparameterData* hyper) noexcept nogil:
+    """How many of W1's arrays a worker packs its columns of: the weights, the gradient
+    buffer where the rule steps from one (LAYER_STEP), and the rule's first and second
+    state (the others' targets are the weights or the first state: gradient_target)."""
+    return 1 + (update_kind(hyper) == LAYER_STEP) + uses_first_moment(hyper.optimizer) \
+        + uses_second_moment(hyper.optimizer)
+
+
 cdef void hidden_layout(HiddenLayout* layout, const PlanData* plan, Py_ssize_t rows,
-                        int n_workers) noexcept nogil:
-    """split_hidden's buffers for batches of up to `rows` rows on n_workers workers."""
+                        int n_workers, int n_packed) noexcept nogil:
+    """split_hidden's buffers for batches of up to `rows` rows on n_workers workers, each
+    packing n_packed of W1's arrays (hidden_packed_arrays)."""
     cdef Py_ssize_t n_in = plan.sizes[0], n_h = plan.sizes[1], n_out = plan.sizes[2]
     cdef Py_ssize_t width = (n_h + n_workers - 1) // n_workers   # the most units a worker owns
     cdef Py_ssize_t masks = rows * n_h if plan.mask_offsets[1] >= 0 else 0
@@ -72,7 +81,7 @@ cdef void hidden_layout(HiddenLayout* layout, const PlanData* plan, Py_ssize_t r
     here += rows * n_out if layout.z_pre >= 0 else 0
     layout.z_delta = here
     here += rows * n_out
-    for which in range(4):   # W1's columns, their gradient, first and second state
+    for which in range(n_packed):   # W1's columns, of the weights and the rule's arrays
         layout.columns[which] = here
         here += n_in * width
     layout.per_worker = here
@@ -88,21 +97,13 @@ cdef void hidden_update(SharedEpoch* s, const HyperparameterData* hyper, floatin
     in its gradient and state arrays) from the batch's m rows (a_in^T delta, a_in's
     columns the rows, delta m x n_cols) into the update's target, and the rule on it, in
     blocks as update_part steps them."""
-    cdef const PlanData* plan = s.plan
-    cdef int update = s.update
     cdef floating alpha, beta
-    cdef floating* target = gradient_target(hyper, update, params, grads, first, &alpha, &beta)
-    cdef bint rule = update != FOLDED_SGD
-    cdef Py_ssize_t block = gradient_block_rows(plan, l, rule), start = 0, rows
-    cdef int isa = product_isa(plan, l, GRADIENT_PRODUCT, params)
-    while start < n_rows:
-        rows = min(block, n_rows - start)
-        tn_product(isa, <int>rows, <int>n_cols, m, alpha, a_in + start, <int>lda, delta,
-                   <int>n_cols, beta, target + offset + start * n_cols, <int>n_cols)
-        if rule:
-            step_slice(hyper, params, target, first, second, update, offset + start * n_cols,
-                       rows * n_cols, True)
-        start += rows
+    cdef floating* target = gradient_target(hyper, s.update, params, grads, first, &alpha,
+                                            &beta)
+    cdef bint rule = s.update != FOLDED_SGD
+    gradient_blocks(hyper, s.update, rule, product_isa(s.plan, l, GRADIENT_PRODUCT, params),
+                    False, gradient_block_rows(s.plan, l, rule), params, target, first, second,
+                    offset, 0, n_rows, n_cols, a_in, lda, delta, m, alpha, beta, NULL)
 
 
 cdef void pack_columns(floating* packed, floating* matrix, Py_ssize_t n_rows,
@@ -166,14 +167,19 @@ cdef void hidden_loop(floating* kind, WorkerArgument* argument) noexcept nogil:
     cdef floating* z = mine + layout.z
     cdef floating* z_pre = mine + layout.z_pre if layout.z_pre >= 0 else NULL
     cdef floating* z_delta = mine + layout.z_delta
-    # W1's columns of this worker's units, packed, and of the gradient and state arrays
+    # W1's columns of this worker's units, packed, and of the arrays the rule uses
+    # (hidden_packed_arrays: the gradient buffer only where the rule steps from it)
     cdef floating* sources[4]
     cdef floating* packed[4]
-    sources[0], sources[1] = params, <floating*>s.grads
+    cdef int n_packed = 0
+    sources[0] = params
+    sources[1] = <floating*>s.grads if s.update == LAYER_STEP else NULL
     sources[2], sources[3] = <floating*>s.first, <floating*>s.second
     for j in range(4):
-        packed[j] = mine + layout.columns[j] if sources[j] != NULL else NULL
-        if packed[j] != NULL:
+        packed[j] = NULL
+        if sources[j] != NULL:
+            packed[j] = mine + layout.columns[n_packed]
+            n_packed += 1
             pack_columns(packed[j], sources[j] + plan.weight_offsets[0], n_in, n_h, low,
                          width, False)
     cdef int forward_1 = product_isa(plan, 1, FORWARD_PRODUCT, params)

@@ -50,26 +50,29 @@ def split_flags(split) -> dict:
     return {"split_inputs": split == BY_INPUTS, "split_hidden": split == BY_HIDDEN}
 
 
-def split_threads(layer_sizes, batch_size: int, n_threads: int, split=BY_ROWS):
+def split_threads(layer_sizes, batch_size: int, n_threads: int, split=BY_ROWS,
+                  clipping=False):
     """(row workers, BLAS threads, split) for a fit on n_threads threads split by rows,
     with the first layer split by its inputs (BY_INPUTS: where it has at least n_threads
     inputs) or by the hidden units (BY_HIDDEN: one hidden layer of at least n_threads
-    units), else by rows; or (1, n_threads, BY_ROWS) where the batch is too small to give
-    each worker rows of its own."""
+    units, and no clipping: its norm over the whole gradient takes the row split), else
+    by rows; or (1, n_threads, BY_ROWS) where the batch is too small to give each worker
+    rows of its own."""
     if n_threads > 1 and batch_size >= 2 * n_threads:
         if split == BY_INPUTS and layer_sizes[0] < n_threads or split == BY_HIDDEN and (
-                len(layer_sizes) != 3 or layer_sizes[1] < n_threads):
+                len(layer_sizes) != 3 or layer_sizes[1] < n_threads or clipping):
             split = BY_ROWS
         return n_threads, 1, int(split)
     return 1, n_threads, BY_ROWS
 
 
 def row_workspace(layer_sizes, codes, dropout, batch_size: int, n_workers: int, dtype,
-                  allocate=None, split=BY_ROWS):
+                  allocate=None, split=BY_ROWS, hyperparameters=None):
     """The plan and workspace of n_workers row-split workers (None, None for one): each
     worker holds ceil(batch_size / n_workers) rows and their deltas (and the buffers of
-    the split's first layer). allocate(size): the workspace of that many values
-    (default: a new array)."""
+    the split's first layer; BY_HIDDEN, of the arrays the rule of `hyperparameters` uses,
+    None: any rule's). allocate(size): the workspace of that many values (default: a new
+    array)."""
     if n_workers <= 1:
         return None, None
     from fastbp import _core
@@ -80,7 +83,8 @@ def row_workspace(layer_sizes, codes, dropout, batch_size: int, n_workers: int, 
                       dropout, False, small_gemm_kernels(),
                       0 if kernels == "never" else _core.TRAINING_FEW_ROWS,
                       kernels == "always")
-    size = _core.worker_workspace_size(plan, n_workers, **split_flags(split))
+    size = _core.worker_workspace_size(plan, n_workers, **split_flags(split),
+                                       hyperparameters=hyperparameters)
     check_allocation(size, dtype, "the workers' workspace")   # before any timing
     choose_products(plan, layer_sizes, dtype)
     return plan, np.empty(size, dtype=dtype) if allocate is None else allocate(size)
@@ -97,22 +101,24 @@ _measured = {}                             # key -> the way (split_threads), thi
 _measure_lock = threading.Lock()
 
 
-def fit_threads(layer_sizes, codes, batch_size: int, dtype, n_threads=None):
-    """(row workers, BLAS threads, split) of a fit. An explicit n_threads (or
-    FASTBP_THREADS, capped by allowed_threads()): that many threads, used as threads_of
-    says. Else the fastest of 1..allowed_threads() threads (each way) measured on a few
-    steps of this network and batch on this machine. Each measured choice is made once per
-    (layer sizes, batch size, dtype, threads, CPU) and kept in memory and in
-    fastbp._cache's threads.json, so the same seed gives the same result on this machine
-    from then on (a choice kept by a version that knew no inputs split is measured again)."""
+def fit_threads(layer_sizes, codes, batch_size: int, dtype, n_threads=None, clipping=False):
+    """(row workers, BLAS threads, split) of a fit (clipping: one that clips its gradient's
+    norm). An explicit n_threads (or FASTBP_THREADS, capped by allowed_threads()): that
+    many threads, used as threads_of says. Else the fastest of 1..allowed_threads() threads
+    (each way) measured on a few steps of this network and batch on this machine. Each
+    measured choice is made once per (layer sizes, batch size, dtype, threads, clipping,
+    CPU) and kept in memory and in fastbp._cache's threads.json, so the same seed gives the
+    same result on this machine from then on (a choice kept by a version that knew no
+    inputs split is measured again)."""
     if n_threads is not None:
-        return threads_of(layer_sizes, codes, batch_size, dtype, int(n_threads))
+        return threads_of(layer_sizes, codes, batch_size, dtype, int(n_threads), clipping)
     allowed = allowed_threads()
     fixed = _unmeasured_default(allowed)
     if fixed is not None:
-        return threads_of(layer_sizes, codes, batch_size, dtype, fixed)
+        return threads_of(layer_sizes, codes, batch_size, dtype, fixed, clipping)
     return _measured_choice(layer_sizes, codes, batch_size, dtype,
-                            _candidates(layer_sizes, batch_size, allowed), str(allowed))
+                            _candidates(layer_sizes, batch_size, allowed, clipping),
+                            str(allowed), clipping)
 
 
 def sparse_fit_threads(n_threads, shares_rows: bool, choices: dict, key):
@@ -246,24 +252,25 @@ class SparseThreadChoice:
         self.rates.setdefault(threads, samples_per_second)
 
 
-def threads_of(layer_sizes, codes, batch_size: int, dtype, count: int):
+def threads_of(layer_sizes, codes, batch_size: int, dtype, count: int, clipping=False):
     """A fit on exactly `count` threads: each step split by rows among `count` workers on
     one BLAS thread each (the first layer by rows, by its inputs, or by the hidden units of
     a network of one hidden layer), or one worker whose products use `count` BLAS threads.
     Which: FASTBP_SPLIT ("rows", "inputs", "hidden" or "blas") when set, else whichever
     runs this network and batch faster here (measured once, cached): rows win on small and
     medium layers, BLAS where the products are large. A step that ends in microseconds runs
-    on one thread (ONE_THREAD): no way can use a second thread there (see _measure)."""
+    on one thread (ONE_THREAD): no way can use a second thread there (see _measure). A
+    fit that clips is measured apart, without the hidden split (split_threads)."""
     ways = {"blas": (1, count, BY_ROWS)}
     for name, split in (("rows", BY_ROWS), ("inputs", BY_INPUTS), ("hidden", BY_HIDDEN)):
-        ways[name] = split_threads(layer_sizes, batch_size, count, split)
+        ways[name] = split_threads(layer_sizes, batch_size, count, split, clipping)
     if ways["rows"] == ways["blas"]:
         return ways["blas"]
     forced = forced_split()
     if forced is not None:
         return ways[forced]
     return _measured_choice(layer_sizes, codes, batch_size, dtype,
-                            list(dict.fromkeys(ways.values())), f"={count}")
+                            list(dict.fromkeys(ways.values())), f"={count}", clipping)
 
 
 SPLITS = ("rows", "inputs", "hidden", "blas")
@@ -280,10 +287,12 @@ def forced_split():
     return value
 
 
-def _measured_choice(layer_sizes, codes, batch_size, dtype, candidates, threads_label):
+def _measured_choice(layer_sizes, codes, batch_size, dtype, candidates, threads_label,
+                     clipping=False):
     """The measured fastest of `candidates` (cached; see fit_threads)."""
     from fastbp._cache import settled
-    key = _cache_key(layer_sizes, batch_size, dtype, threads_label)
+    key = _cache_key(layer_sizes, batch_size, dtype,
+                     threads_label + (" clipping" if clipping else ""))
     valid = {tuple(choice) for choice in candidates} | {ONE_THREAD}   # a tiny step
     with _measure_lock:
         if key not in _measured:
@@ -291,7 +300,8 @@ def _measured_choice(layer_sizes, codes, batch_size, dtype, candidates, threads_
                 CACHE_FILE, key,
                 lambda kept: isinstance(kept, (list, tuple)) and tuple(kept) in valid,
                 lambda: [int(value) for value in
-                         _measure(layer_sizes, codes, batch_size, dtype, candidates)])
+                         _measure(layer_sizes, codes, batch_size, dtype, candidates,
+                                  clipping)])
             _measured[key] = (int(found[0]), int(found[1]), int(found[2]))
         return _measured[key]
 
@@ -372,16 +382,17 @@ def _cache_key(layer_sizes, batch_size, dtype, threads_label):
             f"{build_identity()}")
 
 
-def _candidates(layer_sizes, batch_size, allowed):
+def _candidates(layer_sizes, batch_size, allowed, clipping=False):
     """The ways (split_threads) to time: 1 thread; row workers 2, 4, 8, ... and `allowed`,
-    each with the first layer split by rows, by its inputs and by the hidden units; then
+    each with the first layer split by rows, by its inputs and by the hidden units (not
+    when clipping); then
     the same counts on BLAS threads (large products): everything an explicit count of
     those can run. BLAS at fewer than all threads can win: on a 16-core Xeon, W5 ran 180k
     samples/s on 8 BLAS threads, 145k on 4 row workers and 152k on 16 BLAS threads."""
     counts = sorted({2 ** i for i in range(1, allowed.bit_length()) if 2 ** i <= allowed}
                     | {allowed})
     found = [ONE_THREAD]
-    for split in [split_threads(layer_sizes, batch_size, count, way)
+    for split in [split_threads(layer_sizes, batch_size, count, way, clipping)
                   for count in counts for way in (BY_ROWS, BY_INPUTS, BY_HIDDEN)] + \
             [(1, count, BY_ROWS) for count in counts]:
         if split not in found:
@@ -437,8 +448,9 @@ REMEASURE_SECONDS = 10.0
 TURN_SECONDS = 0.02     # the least time a phase of its measurement lasts
 
 
-def _measure(layer_sizes, codes, batch_size, dtype, candidates):
-    """Times a few plain-SGD steps of this network and batch on random data with each
+def _measure(layer_sizes, codes, batch_size, dtype, candidates, clipping=False):
+    """Times a few plain-SGD steps (clipping: with the gradient's norm taken, at a limit
+    no step reaches) of this network and batch on random data with each
     candidate way (split_threads) and returns the fastest, preferring fewer threads
     within THREADS_MARGIN. A one-thread step under TINY_STEP_SECONDS ends the timing with
     ONE_THREAD, whatever the candidates: no split can gain there, and BLAS, which runs
@@ -450,7 +462,7 @@ def _measure(layer_sizes, codes, batch_size, dtype, candidates):
     sizes = [int(size) for size in layer_sizes]
     # A fit whose workspace cannot be allocated is refused here as it would be by the fit,
     # before any timing data is made.
-    check_allocation(_core.Plan(sizes, list(codes), batch_size, None, False).work_size, dtype,
+    check_allocation(_core.Plan(sizes, list(codes), batch_size, None, clipping).work_size, dtype,
                      "the workspace")
     rng = np.random.default_rng(0)
     # Enough batches for windows of short steps (MEASURE_BATCHES), few for large inputs:
@@ -468,17 +480,18 @@ def _measure(layer_sizes, codes, batch_size, dtype, candidates):
     # 0.97-1.02x of one thread where the fit ran 1.19x on a 2-core Xeon).
     orders = {}
     empty_rows, empty = np.empty(0, np.intp), np.empty(0, dtype)
-    hyper = _core.Hyperparameters(_core.LOSS_CODES["mse"], learning_rate=1e-6)
+    hyper = _core.Hyperparameters(_core.LOSS_CODES["mse"], learning_rate=1e-6,
+                                  clip_norm=1e30 if clipping else 0.0)
     state = np.empty((0, 0), dtype)
     def timer(workers, blas, split=BY_ROWS):
         """epoch(n_steps) -> seconds a step, for this way (its own plan and params)."""
-        plan = choose_products(_core.Plan(sizes, list(codes), batch_size, None, False,
+        plan = choose_products(_core.Plan(sizes, list(codes), batch_size, None, clipping,
                                           blas == 1 and small_gemm_kernels()),
                                sizes, dtype, blas == 1)
         params = (0.05 * rng.standard_normal(plan.n_params)).astype(dtype)
         work = np.zeros(plan.work_size, dtype)
         worker_plan, worker_work = row_workspace(sizes, codes, None, batch_size, workers,
-                                                 dtype, split=split)
+                                                 dtype, split=split, hyperparameters=hyper)
 
         def epoch(n_steps):
             n_rows = n_steps * batch_size

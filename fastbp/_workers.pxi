@@ -111,8 +111,8 @@ cdef struct HiddenLayout:
     # within a worker's block (-1: not needed): its copy of the batch's inputs and targets,
     # its units' outputs (and preactivations, after dropout, delta) for every row of the
     # batch, its partial output product (by parity), its copy of the summed output (and
-    # preactivation, delta), and its columns of W1 and of their gradient and state, packed
-    # (n_in x its units)
+    # preactivation, delta), and its columns of W1 and of the rule's arrays, packed (n_in x
+    # its units; hidden_packed_arrays of them)
     Py_ssize_t x, y, out, pre, dropped, delta, partial[2], z, z_pre, z_delta, columns[4]
     Py_ssize_t size         # the whole
 
@@ -442,7 +442,6 @@ cdef void update_part(SharedEpoch* s, const HyperparameterData* hyper, floating*
     cdef Py_ssize_t low, high
     owned_inputs(n_in, k, T, &low, &high)
     cdef Py_ssize_t w = plan.weight_offsets[l - 1], b = plan.bias_offsets[l - 1]
-    cdef Py_ssize_t start = low, rows, block
     cdef floating* first = <floating*>s.first
     cdef floating* second = <floating*>s.second
     cdef floating* delta = <floating*>s.deltas \
@@ -452,23 +451,10 @@ cdef void update_part(SharedEpoch* s, const HyperparameterData* hyper, floating*
     cdef floating* target = gradient_target(hyper, update, params, <floating*>s.grads, first,
                                             &alpha, &weight_beta)
     cdef bint rule = stepping and update != FOLDED_SGD
-    cdef bint few_rows = few_rows_here(plan, params + w, m, n_in, n_out)
-    block = gradient_block_rows(plan, l, rule)
-    cdef int isa = product_isa(plan, l, GRADIENT_PRODUCT, params)
-    while start < high:
-        rows = min(block, high - start)
-        if few_rows:
-            fbp_few_rows_gradient(target + w + start * n_out, a_in + start, n_in, delta, m,
-                                  rows, n_out, alpha, weight_beta)
-        else:
-            tn_product(isa, <int>rows, <int>n_out, m, alpha, a_in + start, <int>n_in, delta,
-                       <int>n_out, weight_beta, target + w + start * n_out, <int>n_out)
-        if rule:
-            step_slice(hyper, params, target, first, second, update, w + start * n_out,
-                       rows * n_out, True)
-        elif squares != NULL:
-            squares[0] += fbp_sum_squares(target + w + start * n_out, rows * n_out)
-        start += rows
+    gradient_blocks(hyper, update, rule, product_isa(plan, l, GRADIENT_PRODUCT, params),
+                    few_rows_here(plan, params + w, m, n_in, n_out),
+                    gradient_block_rows(plan, l, rule), params, target, first, second, w, low,
+                    high, n_out, a_in, n_in, delta, m, alpha, weight_beta, squares)
     if (l - 1) % T != k:
         return
     fbp_column_sums(target + b, delta, m, n_out, alpha, bias_beta)
@@ -681,9 +667,10 @@ cdef void* worker_entry_double(void* argument) noexcept nogil:
     return NULL
 
 
-cdef int check_workers(const PlanData* plan, Plan worker_plan, Py_ssize_t worker_work_size,
-                       int n_workers, Py_ssize_t batch_size, int update,
-                       bint split_inputs, bint split_hidden) except -1:
+cdef int check_workers(const PlanData* plan, const HyperparameterData* hyper,
+                       Plan worker_plan, Py_ssize_t worker_work_size, int n_workers,
+                       Py_ssize_t batch_size, int update, bint split_inputs,
+                       bint split_hidden) except -1:
     """The worker plan describes the fit's network with room for a worker's rows, and the
     worker workspace holds every layer's delta for n_workers of them (and split_inputs,
     the partial products; split_hidden: its own buffers, for a network it can split)."""
@@ -722,8 +709,8 @@ cdef int check_workers(const PlanData* plan, Plan worker_plan, Py_ssize_t worker
                              f"as workers; the network has {plan.sizes[1]} for {n_workers}")
         if update == GRADIENT_ONLY:
             raise ValueError("train_epoch: split_hidden does not clip (the row split does)")
-    cdef Py_ssize_t needed = worker_workspace_size(worker_plan, n_workers, split_inputs,
-                                                   split_hidden)
+    cdef Py_ssize_t needed = workspace_size(&worker_plan.data, hyper, n_workers, split_inputs,
+                                            split_hidden)
     if worker_work_size < needed:
         raise ValueError(f"train_epoch: the worker workspace holds {worker_work_size} values; "
                          f"{n_workers} workers need {needed}")
@@ -742,18 +729,27 @@ cdef inline Py_ssize_t partials_size(const PlanData* worker_plan, int n_workers)
 
 
 def worker_workspace_size(Plan worker_plan, int n_workers, bint split_inputs=False,
-                          bint split_hidden=False):
+                          bint split_hidden=False, Hyperparameters hyperparameters=None):
     """Elements of the workspace n_workers row-split workers need (train_epoch's
     worker_work): every layer's delta for n_workers x worker_plan.capacity rows, and,
     split_inputs, the first layer's partial products; split_hidden: its own buffers
-    (hidden_layout) instead."""
+    (hidden_layout) instead, with room for the arrays the rule of `hyperparameters` uses
+    (None: any rule's)."""
+    return workspace_size(&worker_plan.data,
+                          NULL if hyperparameters is None else &hyperparameters.data,
+                          n_workers, split_inputs, split_hidden)
+
+
+cdef Py_ssize_t workspace_size(const PlanData* worker_plan, const HyperparameterData* hyper,
+                               int n_workers, bint split_inputs, bint split_hidden):
+    """worker_workspace_size (hyper NULL: room for any rule)."""
     cdef HiddenLayout layout
-    if split_hidden and worker_plan.data.n_layers == 2:
-        hidden_layout(&layout, &worker_plan.data, worker_plan.data.capacity * n_workers,
-                      n_workers)
+    if split_hidden and worker_plan.n_layers == 2:
+        hidden_layout(&layout, worker_plan, worker_plan.capacity * n_workers, n_workers,
+                      4 if hyper == NULL else hidden_packed_arrays(hyper))
         return layout.size
-    return delta_store_size(&worker_plan.data, n_workers) \
-        + (partials_size(&worker_plan.data, n_workers) if split_inputs else 0)
+    return delta_store_size(worker_plan, n_workers) \
+        + (partials_size(worker_plan, n_workers) if split_inputs else 0)
 
 
 cdef inline Py_ssize_t shifted(Py_ssize_t offset, Py_ssize_t shift) noexcept nogil:
@@ -832,8 +828,8 @@ cdef tuple train_epoch_on_workers(
     worker plan and workspace checked here); returns what train_epoch returns."""
     if worker_plan is None or worker_work is None:
         raise ValueError("train_epoch: n_workers > 1 needs a worker plan and workspace")
-    check_workers(plan, worker_plan, worker_work.shape[0], n_workers, batch_size, update,
-                  split_inputs, split_hidden)
+    check_workers(plan, hyper, worker_plan, worker_work.shape[0], n_workers, batch_size,
+                  update, split_inputs, split_hidden)
     cdef SharedEpoch s
     memset(&s, 0, sizeof(SharedEpoch))
     s.plan = plan
@@ -848,7 +844,7 @@ cdef tuple train_epoch_on_workers(
     s.split_hidden = split_hidden
     if split_hidden:
         hidden_layout(&s.hidden, &worker_plan.data, worker_plan.data.capacity * n_workers,
-                      n_workers)
+                      n_workers, hidden_packed_arrays(hyper))
         memset(&worker_work[s.hidden.zeros], 0, plan.sizes[2] * sizeof(floating))
     s.X = &X[0, 0]
     s.use_labels = Y.shape[0] == 0

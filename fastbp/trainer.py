@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fastbp import _core, losses, metrics as metrics_module, optimizers, schedules
-from fastbp._threads import BY_HIDDEN, BY_ROWS, blas_threads, checked_thread_count, \
+from fastbp._threads import BY_ROWS, blas_threads, checked_thread_count, \
     fit_threads, row_workspace, sparse_fit_threads, split_flags
 from fastbp.callbacks import ProgressBar, checked_callbacks
 from fastbp._validation import as_inputs, as_row_weights, as_sample_weight, as_targets, \
@@ -456,7 +456,8 @@ class _CompiledEpoch:
         # among by rows (_core's _workers.pxi), each on one BLAS thread; split: the first
         # layer's product split by rows, by its inputs (_threads.BY_INPUTS) or the step by
         # the hidden units (BY_HIDDEN; not with clipping, which takes the row split). The
-        # default is measured on this machine once per shape (_threads.fit_threads). A
+        # default is measured on this machine once per shape and for clipping or not
+        # (_threads.fit_threads). A
         # sparse X: the threads that share the optimizer's work on the rows of W1 (_core's
         # _row_pool.pxi), by default chosen epoch by epoch (thread_choice); see
         # _threads.sparse_fit_threads.
@@ -472,9 +473,7 @@ class _CompiledEpoch:
         else:
             self.n_workers, self.n_threads, self.split = fit_threads(
                 model.layer_sizes, model._codes, self.batch_size, model.dtype,
-                trainer.n_threads)
-            if self.split == BY_HIDDEN and spec.clip_norm:
-                self.split = BY_ROWS
+                trainer.n_threads, bool(spec.clip_norm))
         self.buffers = {}       # key -> buffer, given back to the trainer at the fit's end
 
         def buffer(kind, shape, make=None):
@@ -493,7 +492,7 @@ class _CompiledEpoch:
         self.worker_plan, self.worker_work = row_workspace(
             model.layer_sizes, model._codes, model._dropout, self.batch_size,
             1 if self.sparse is not None else self.n_workers, model.dtype,
-            lambda size: buffer("workers' workspace", size), self.split)
+            lambda size: buffer("workers' workspace", size), self.split, hyperparameters)
         # The parameters and optimizer state at the start of the epoch, restored if it
         # diverges. A sparse fit copies W1 (the first `kept` values, most of the model) and
         # its state row by row as the epoch changes them, into a RowLog, not whole.

@@ -35,9 +35,9 @@ def measurements(monkeypatch):
     """Replaces the timing with a fixed answer and counts the calls."""
     calls = []
 
-    def measure(layer_sizes, codes, batch_size, dtype, candidates):
+    def measure(layer_sizes, codes, batch_size, dtype, candidates, clipping=False):
         calls.append((tuple(layer_sizes), batch_size, np.dtype(dtype).name,
-                      tuple(map(tuple, candidates))))
+                      tuple(map(tuple, candidates))) + (("clipping",) if clipping else ()))
         return (2, 1, False)
 
     monkeypatch.setattr(_threads, "_measure", measure)
@@ -101,6 +101,28 @@ def test_fastbp_split_forces_rows_inputs_hidden_or_blas(cache, measurements, mon
     monkeypatch.setenv(_threads.SPLIT_VARIABLE, "columns")
     with pytest.raises(ValueError, match="FASTBP_SPLIT"):
         _threads.fit_threads(SIZES, CODES, 32, "float32", n_threads=3)
+
+
+def test_a_fit_that_clips_is_measured_apart_without_the_hidden_split(cache, measurements,
+                                                                    monkeypatch):
+    """Clipping's norm over the whole gradient takes the row split (the hidden split has
+    none), and costs the row split a barrier: a clipping fit's choice is its own."""
+    R, I = _threads.BY_ROWS, _threads.BY_INPUTS
+    assert _threads.fit_threads(SIZES, CODES, 32, "float32") == (2, 1, False)
+    assert _threads.fit_threads(SIZES, CODES, 32, "float32", clipping=True) == (2, 1, False)
+    assert _threads.fit_threads(SIZES, CODES, 32, "float32", clipping=True) == (2, 1, False)
+    assert measurements[1] == (SIZES, 32, "float32",
+                               ((1, 1, R), (2, 1, R), (2, 1, I), (1, 2, R)), "clipping")
+    assert len(measurements) == 2 and _threads._candidates(SIZES, 32, 2, clipping=True) \
+        == list(measurements[1][3])
+    assert _threads.fit_threads(SIZES, CODES, 32, "float32", n_threads=2, clipping=True) \
+        == (2, 1, False)
+    assert measurements[2] == (SIZES, 32, "float32", ((1, 2, R), (2, 1, R), (2, 1, I)),
+                               "clipping")
+    monkeypatch.setenv(_threads.SPLIT_VARIABLE, "hidden")
+    assert _threads.fit_threads(SIZES, CODES, 32, "float32", n_threads=3, clipping=True) \
+        == (3, 1, R)
+    assert len(measurements) == 3
 
 
 def test_a_step_of_microseconds_on_an_explicit_count_runs_as_one_thread_does(
@@ -322,9 +344,11 @@ def test_the_measurement_gathers_long_windows_of_batches_in_a_new_order(monkeypa
     assert longest * 32 * 784 * 4 <= _threads.MEASURE_BYTES
 
 
-def test_the_real_measurement_returns_an_allowed_candidate():
-    candidates = _threads._candidates(SIZES, 16, 2)
-    assert tuple(_threads._measure(SIZES, CODES, 16, "float32", candidates)) in candidates
+@pytest.mark.parametrize("clipping", [False, True])
+def test_the_real_measurement_returns_an_allowed_candidate(clipping):
+    candidates = _threads._candidates(SIZES, 16, 2, clipping)
+    assert tuple(_threads._measure(SIZES, CODES, 16, "float32", candidates, clipping)) \
+        in candidates
 
 
 CHILD = textwrap.dedent("""
@@ -373,9 +397,9 @@ def test_a_step_too_short_to_split_is_not_timed_further(cache, monkeypatch):
     timed = []
     real_workspace = _threads.row_workspace
 
-    def row_workspace(sizes, codes, dropout, batch_size, workers, dtype, split):
+    def row_workspace(sizes, codes, dropout, batch_size, workers, dtype, **keywords):
         timed.append(workers)                   # one per candidate set up for timing
-        return real_workspace(sizes, codes, dropout, batch_size, workers, dtype, split=split)
+        return real_workspace(sizes, codes, dropout, batch_size, workers, dtype, **keywords)
 
     monkeypatch.setattr(_threads, "row_workspace", row_workspace)
     monkeypatch.setattr(_threads, "TINY_STEP_SECONDS", 1.0)      # every step is "tiny"

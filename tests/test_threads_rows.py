@@ -340,6 +340,36 @@ def test_the_core_refuses_a_hidden_split_it_cannot_run():
         refused(arguments, message)
 
 
+def test_the_hidden_split_packs_only_the_arrays_its_rule_uses():
+    """Each worker packs its columns of W1 and of the arrays its rule steps: plain SGD the
+    weights alone, momentum also its velocity, RMSprop the gradient buffer and its second
+    moment, Adam both moments; the workspace has room for those only, and an epoch refuses
+    one sized for a rule that packs fewer, with the model unchanged."""
+    arguments = core_arguments()
+    arguments[18:] = False, True
+    worker_plan = arguments[13]
+
+    def size(optimizer=None):
+        hyper = None if optimizer is None else _core.Hyperparameters(
+            _core.LOSS_CODES["categorical_crossentropy"],
+            optimizer=_core.OPTIMIZER_CODES[optimizer])
+        return _core.worker_workspace_size(worker_plan, 2, False, True, hyper)
+
+    columns = 2 * 12 * 12       # two workers' 12 inputs x 12 of the 24 units
+    assert size("momentum") == size("sgd") + columns
+    assert size("rmsprop") == size("adagrad") == size("sgd") + 2 * columns
+    assert size("adam") == size(None) == size("sgd") + 3 * columns
+    assert _core.worker_workspace_size(worker_plan, 2, False, True) == size(None)
+    before = arguments[2].copy()
+    arguments[14] = np.zeros(size("rmsprop"), np.float32)       # arguments[1] is Adam
+    with pytest.raises(ValueError, match="the worker workspace holds"):
+        _core.train_epoch(*arguments)
+    assert np.array_equal(arguments[2], before)
+    arguments[14] = np.zeros(size("adam"), np.float32)
+    _core.train_epoch(*arguments)
+    assert not np.array_equal(arguments[2], before)
+
+
 def test_a_diverging_batch_stops_every_split_where_one_worker_stops():
     """A learning rate that overflows: the epoch ends DIVERGED at the same batch as on one
     worker, after the same steps."""
