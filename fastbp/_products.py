@@ -71,17 +71,19 @@ def kernel_isa():
 
 
 def choose_products(plan, layer_sizes, dtype, one_thread=True, backward=True, sparse=False,
-                    measure=True):
+                    measure=True, first_forward=None):
     """Sets which of a new plan's products run in the own kernels (Plan.set_product_isas),
     for its passes of up to plan.capacity rows of `dtype`, its BLAS calls cut as
     plan.gemm_chunks says; the arguments as for product_isas. Returns the plan."""
     plan.set_product_isas(product_isas(layer_sizes, plan.capacity, dtype, one_thread,
-                                       backward, sparse, plan.gemm_chunks, measure))
+                                       backward, sparse, plan.gemm_chunks, measure,
+                                       first_forward=first_forward))
     return plan
 
 
 def product_isas(layer_sizes, rows: int, dtype, one_thread=True, backward=True,
-                 sparse=False, gemm_chunks=None, measure=True, largest=None, margin=1.0):
+                 sparse=False, gemm_chunks=None, measure=True, largest=None, margin=1.0,
+                 first_forward=None):
     """A Plan's product_isas for passes of up to `rows` rows of `dtype`: see the module.
     one_thread: BLAS would run these products on one thread; backward: the plan's passes
     take the delta and gradient products too (else only forward ones are measured);
@@ -92,7 +94,10 @@ def product_isas(layer_sizes, rows: int, dtype, one_thread=True, backward=True,
     predict pass's row_bucket), else it leaves them on BLAS (gradients passes, whose
     chunks follow the call's rows); largest: products of more multiply-adds stay on BLAS
     unmeasured (None: no limit); margin: the own kernel is taken unless BLAS is faster by
-    more than this factor (PASS_OWN_MARGIN for predict and evaluate passes)."""
+    more than this factor (PASS_OWN_MARGIN for predict and evaluate passes);
+    first_forward: (rows, inputs) of the first layer's forward product where the plan's
+    passes make it at another shape than (rows, all inputs) in one call (the row split's
+    first layer split by its inputs: each worker's partial product, _threads.row_workspace)."""
     from fastbp import _core
     sizes = [int(size) for size in layer_sizes]
     n_layers = len(sizes) - 1
@@ -109,13 +114,15 @@ def product_isas(layer_sizes, rows: int, dtype, one_thread=True, backward=True,
     # kept whole: a predict pass asks again on every call, and should not pay a look-up
     # per product
     chunks = None if gemm_chunks is None else tuple(gemm_chunks)
-    arguments = (tuple(sizes), rows, dtype, isa, backward, sparse, chunks, largest, margin)
+    arguments = (tuple(sizes), rows, dtype, isa, backward, sparse, chunks, largest, margin,
+                 None if first_forward is None else tuple(first_forward))
     if arguments not in _chosen:
         _chosen[arguments] = _measured_isas(*arguments)
     return list(_chosen[arguments])
 
 
-def _measured_isas(sizes, rows, dtype, isa, backward, sparse, gemm_chunks, largest, margin):
+def _measured_isas(sizes, rows, dtype, isa, backward, sparse, gemm_chunks, largest, margin,
+                   first_forward):
     """product_isas under "auto", each product measured (own_is_faster), with its share
     of the margin (product_margin)."""
     from fastbp import _core
@@ -131,6 +138,8 @@ def _measured_isas(sizes, rows, dtype, isa, backward, sparse, gemm_chunks, large
         (forward_rows, forward_columns), gradient_rows = \
             ((0, 0), 0) if gemm_chunks is None else gemm_chunks[layer - 1]
         products = [("nn", rows, n_out, n_in, forward_rows, forward_columns)]
+        if layer == 1 and first_forward is not None:
+            products = [("nn", first_forward[0], n_out, first_forward[1], 0, 0)]
         if backward:   # forward, delta, gradient
             products += [("nt", rows, n_in, n_out, 0, 0),
                          ("tn", n_in, n_out, rows, gradient_rows, 0)]

@@ -300,7 +300,11 @@ cdef Py_ssize_t first_partial(SharedEpoch* s, floating* params, floating* work, 
             return bad
     cdef floating* out = work + plan.output_offsets[1] if k == 0 else \
         <floating*>s.partials + (k - 1) * s.rows_per_worker * T * n_out
-    nn_product(product_isa(plan, 1, FORWARD_PRODUCT, params), m, <int>n_out, <int>(high - low),
+    # the kernel chosen at this product's shape: the worker plan's first forward product,
+    # which the workers of a network of more than one layer never run at the worker plan's
+    # own shape (_threads.row_workspace)
+    nn_product(product_isa(s.worker_plan_data if plan.n_layers > 1 else plan, 1,
+                           FORWARD_PRODUCT, params), m, <int>n_out, <int>(high - low),
                x + low, <int>n_in, params + plan.weight_offsets[0] + low * n_out, <int>n_out,
                out, <int>n_out)
     return -1

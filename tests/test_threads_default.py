@@ -391,6 +391,40 @@ def test_a_default_fit_uses_the_measured_split(cache, monkeypatch, split):
     assert np.array_equal(fits[0], fits[1])
 
 
+@pytest.mark.skipif(fastbp._core.best_kernel_isa() is None, reason="no own kernels here")
+@pytest.mark.parametrize("own", [False, True])
+def test_the_inputs_split_chooses_its_partial_products_kernel_at_its_shape(cache,
+                                                                           monkeypatch, own):
+    """Split by its inputs, the first layer's forward product is each worker's partial
+    product over all the batch's rows and its share of the inputs, in one call: "auto"
+    measures that shape (not the worker plan's rows x all inputs) and the worker plan's
+    first forward product takes the answer; a network of one layer, whose workers do run
+    that product on their rows, keeps the plan's own shape."""
+    from fastbp import _products
+    asked = []
+
+    def own_is_faster(kind, m, n, k, dtype, isa, chunk_rows=0, chunk_columns=0, margin=1.0):
+        asked.append((kind, m, n, k))
+        return own if (kind, m, n, k) == ("nn", 40, 16, 7) else not own
+
+    monkeypatch.delenv(_products.KERNELS_VARIABLE, raising=False)
+    monkeypatch.setattr(_products, "own_is_faster", own_is_faster)
+    monkeypatch.setattr(_products, "_chosen", {})
+    code = fastbp._core.KERNEL_ISAS[_products.kernel_isa()]
+    plan, _ = _threads.row_workspace((20, 16, 3), CODES, None, 40, 3, np.float32,
+                                     split=_threads.BY_INPUTS)
+    assert ("nn", 40, 16, 7) in asked and ("nn", 14, 16, 20) not in asked
+    assert plan.product_isas["float32"][0][0] == (code if own else 0)
+    asked.clear()
+    plan, _ = _threads.row_workspace((20, 16, 3), CODES, None, 40, 3, np.float32,
+                                     split=_threads.BY_ROWS)
+    assert ("nn", 14, 16, 20) in asked and ("nn", 40, 16, 7) not in asked
+    asked.clear()
+    plan, _ = _threads.row_workspace((20, 3), (2,), None, 40, 3, np.float32,
+                                     split=_threads.BY_INPUTS)
+    assert ("nn", 14, 3, 20) in asked and ("nn", 40, 3, 7) not in asked
+
+
 def test_a_step_too_short_to_split_is_not_timed_further(cache, monkeypatch):
     """A one-thread step of a few microseconds keeps one thread without timing the split
     candidates: three hand-offs between threads per step would cost more than it."""
