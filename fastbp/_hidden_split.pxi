@@ -101,7 +101,8 @@ cdef void hidden_update(SharedEpoch* s, const HyperparameterData* hyper, floatin
     cdef floating* target = gradient_target(hyper, s.update, params, grads, first, &alpha,
                                             &beta)
     cdef bint rule = s.update != FOLDED_SGD
-    gradient_blocks(hyper, s.update, rule, product_isa(s.plan, l, GRADIENT_PRODUCT, params),
+    gradient_blocks(hyper, s.update, rule,
+                    product_isa(s.worker_plan_data, l, GRADIENT_PRODUCT, params),
                     False, gradient_block_rows(s.plan, l, rule), params, target, first, second,
                     offset, 0, n_rows, n_cols, a_in, lda, delta, m, alpha, beta, NULL)
 
@@ -182,9 +183,12 @@ cdef void hidden_loop(floating* kind, WorkerArgument* argument) noexcept nogil:
             n_packed += 1
             pack_columns(packed[j], sources[j] + plan.weight_offsets[0], n_in, n_h, low,
                          width, False)
-    cdef int forward_1 = product_isa(plan, 1, FORWARD_PRODUCT, params)
-    cdef int forward_2 = product_isa(plan, 2, FORWARD_PRODUCT, params)
-    cdef int delta_2 = product_isa(plan, 2, DELTA_PRODUCT, params)
+    # the kernels chosen at this worker's shapes (n_in x its units x n_out on the whole
+    # batch: _threads.row_workspace), which the worker plan holds
+    cdef const PlanData* shapes = s.worker_plan_data
+    cdef int forward_1 = product_isa(shapes, 1, FORWARD_PRODUCT, params)
+    cdef int forward_2 = product_isa(shapes, 2, FORWARD_PRODUCT, params)
+    cdef int delta_2 = product_isa(shapes, 2, DELTA_PRODUCT, params)
     # this worker's copy: worker 0 moves s.hyper.step while the others may still read
     cdef HyperparameterData hyper = s.hyper[0]
     cdef double loss_sum, weight_sum

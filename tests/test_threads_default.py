@@ -425,6 +425,29 @@ def test_the_inputs_split_chooses_its_partial_products_kernel_at_its_shape(cache
     assert ("nn", 14, 3, 20) in asked and ("nn", 40, 3, 7) not in asked
 
 
+@pytest.mark.skipif(fastbp._core.best_kernel_isa() is None, reason="no own kernels here")
+def test_the_hidden_split_chooses_its_kernels_at_a_workers_shapes(cache, monkeypatch):
+    """Split by the hidden units, a worker's products are those of the network of its
+    units alone on the whole batch (20 x 6 x 3 for 16 units on 3 workers, 40 rows): those
+    are the shapes "auto" measures for its worker plan."""
+    from fastbp import _products
+    asked = []
+
+    def own_is_faster(kind, m, n, k, dtype, isa, chunk_rows=0, chunk_columns=0, margin=1.0):
+        asked.append((kind, m, n, k))
+        return kind == "tn"
+
+    monkeypatch.delenv(_products.KERNELS_VARIABLE, raising=False)
+    monkeypatch.setattr(_products, "own_is_faster", own_is_faster)
+    monkeypatch.setattr(_products, "_chosen", {})
+    code = fastbp._core.KERNEL_ISAS[_products.kernel_isa()]
+    plan, _ = _threads.row_workspace((20, 16, 3), CODES, None, 40, 3, np.float32,
+                                     split=_threads.BY_HIDDEN)
+    assert sorted(asked) == sorted([("nn", 40, 6, 20), ("tn", 20, 6, 40), ("nn", 40, 3, 6),
+                                    ("nt", 40, 6, 3), ("tn", 6, 3, 40)])
+    assert plan.product_isas["float32"] == [(0, 0, code), (0, 0, code)]
+
+
 def test_a_step_too_short_to_split_is_not_timed_further(cache, monkeypatch):
     """A one-thread step of a few microseconds keeps one thread without timing the split
     candidates: three hand-offs between threads per step would cost more than it."""
