@@ -391,6 +391,22 @@ def test_a_default_fit_uses_the_measured_split(cache, monkeypatch, split):
     assert np.array_equal(fits[0], fits[1])
 
 
+def measured_products(monkeypatch, own_wins):
+    """"auto"'s product measurements replaced by own_wins(kind, m, n, k); returns the list
+    of the shapes it is asked about and the own kernels' instruction-set code."""
+    from fastbp import _products
+    asked = []
+
+    def own_is_faster(kind, m, n, k, *measurement, **options):
+        asked.append((kind, m, n, k))
+        return own_wins(kind, m, n, k)
+
+    monkeypatch.delenv(_products.KERNELS_VARIABLE, raising=False)
+    monkeypatch.setattr(_products, "own_is_faster", own_is_faster)
+    monkeypatch.setattr(_products, "_chosen", {})
+    return asked, fastbp._core.KERNEL_ISAS[_products.kernel_isa()]
+
+
 @pytest.mark.skipif(fastbp._core.best_kernel_isa() is None, reason="no own kernels here")
 @pytest.mark.parametrize("own", [False, True])
 def test_the_inputs_split_chooses_its_partial_products_kernel_at_its_shape(cache,
@@ -400,17 +416,8 @@ def test_the_inputs_split_chooses_its_partial_products_kernel_at_its_shape(cache
     measures that shape (not the worker plan's rows x all inputs) and the worker plan's
     first forward product takes the answer; a network of one layer, whose workers do run
     that product on their rows, keeps the plan's own shape."""
-    from fastbp import _products
-    asked = []
-
-    def own_is_faster(kind, m, n, k, dtype, isa, chunk_rows=0, chunk_columns=0, margin=1.0):
-        asked.append((kind, m, n, k))
-        return own if (kind, m, n, k) == ("nn", 40, 16, 7) else not own
-
-    monkeypatch.delenv(_products.KERNELS_VARIABLE, raising=False)
-    monkeypatch.setattr(_products, "own_is_faster", own_is_faster)
-    monkeypatch.setattr(_products, "_chosen", {})
-    code = fastbp._core.KERNEL_ISAS[_products.kernel_isa()]
+    asked, code = measured_products(
+        monkeypatch, lambda *shape: own if shape == ("nn", 40, 16, 7) else not own)
     plan, _ = _threads.row_workspace((20, 16, 3), CODES, None, 40, 3, np.float32,
                                      split=_threads.BY_INPUTS)
     assert ("nn", 40, 16, 7) in asked and ("nn", 14, 16, 20) not in asked
@@ -430,17 +437,7 @@ def test_the_hidden_split_chooses_its_kernels_at_a_workers_shapes(cache, monkeyp
     """Split by the hidden units, a worker's products are those of the network of its
     units alone on the whole batch (20 x 6 x 3 for 16 units on 3 workers, 40 rows): those
     are the shapes "auto" measures for its worker plan."""
-    from fastbp import _products
-    asked = []
-
-    def own_is_faster(kind, m, n, k, dtype, isa, chunk_rows=0, chunk_columns=0, margin=1.0):
-        asked.append((kind, m, n, k))
-        return kind == "tn"
-
-    monkeypatch.delenv(_products.KERNELS_VARIABLE, raising=False)
-    monkeypatch.setattr(_products, "own_is_faster", own_is_faster)
-    monkeypatch.setattr(_products, "_chosen", {})
-    code = fastbp._core.KERNEL_ISAS[_products.kernel_isa()]
+    asked, code = measured_products(monkeypatch, lambda kind, m, n, k: kind == "tn")
     plan, _ = _threads.row_workspace((20, 16, 3), CODES, None, 40, 3, np.float32,
                                      split=_threads.BY_HIDDEN)
     assert sorted(asked) == sorted([("nn", 40, 6, 20), ("tn", 20, 6, 40), ("nn", 40, 3, 6),
