@@ -86,22 +86,23 @@ def row_workspace(layer_sizes, codes, dropout, batch_size: int, n_workers: int, 
     size = _core.worker_workspace_size(plan, n_workers, **split_flags(split),
                                        hyperparameters=hyperparameters)
     check_allocation(size, dtype, "the workers' workspace")   # before any timing
-    # Split by its inputs, the first layer's forward product is each worker's partial one
-    # (phase B0: all the batch's rows, its share of the inputs, one call) where a network
-    # has layers after it (the workers' rows then start from the summed partials): its
-    # choice is measured at that shape (W2's 128 x 512 x 392 ran 1.35x faster in the own
-    # kernel than in BLAS on a 2-core Xeon, where the whole 128 x 512 x 784 takes BLAS).
-    inputs_partial = split == BY_INPUTS and len(layer_sizes) > 2
     if split == BY_HIDDEN and len(layer_sizes) == 3:
         # Split by the hidden units, a worker's products are those of the network of its
-        # units alone (n_in x its units x n_out) on the whole batch, in one call each: the
-        # worker plan's products are chosen at that shape (its workers read only those).
-        # W1's gradient, 784 x 128 in the fit's blocks on BLAS, took the own kernel at
-        # 784 x 64 on a 2-core Xeon.
+        # units alone (n_in x its units x n_out) on the whole batch (the weight gradients
+        # in blocks of rows, timed whole here): the worker plan's products are chosen at
+        # those shapes, and the workers read only those. W1's gradient, on BLAS in the
+        # fit's 784 x 128 blocks, took the own kernel at 784 x 64 on a 2-core Xeon.
         units = -(-layer_sizes[1] // n_workers)
         plan.set_product_isas(product_isas((layer_sizes[0], units, layer_sizes[2]),
                                            batch_size, dtype))
     else:
+        # Split by its inputs, the first layer's forward product is each worker's partial
+        # one (phase B0: all the batch's rows, its share of the inputs, one call) where a
+        # network has layers after it (the workers' rows then start from the summed
+        # partials): its choice is measured at that shape (W2's 128 x 512 x 392 ran 1.35x
+        # faster in the own kernel than in BLAS on a 2-core Xeon, where the whole 128 x
+        # 512 x 784 takes BLAS).
+        inputs_partial = split == BY_INPUTS and len(layer_sizes) > 2
         choose_products(plan, layer_sizes, dtype, first_forward=(
             batch_size, -(-layer_sizes[0] // n_workers)) if inputs_partial else None)
     return plan, np.empty(size, dtype=dtype) if allocate is None else allocate(size)
@@ -402,9 +403,8 @@ def _cache_key(layer_sizes, batch_size, dtype, threads_label):
 def _candidates(layer_sizes, batch_size, allowed, clipping=False):
     """The ways (split_threads) to time: 1 thread; row workers 2, 4, 8, ... and `allowed`,
     each with the first layer split by rows, by its inputs and by the hidden units (not
-    when clipping); then
-    the same counts on BLAS threads (large products): everything an explicit count of
-    those can run. BLAS at fewer than all threads can win: on a 16-core Xeon, W5 ran 180k
+    when clipping); then the same counts on BLAS threads (large products): everything an
+    explicit count of those can run. BLAS at fewer than all threads can win: on a 16-core Xeon, W5 ran 180k
     samples/s on 8 BLAS threads, 145k on 4 row workers and 152k on 16 BLAS threads."""
     counts = sorted({2 ** i for i in range(1, allowed.bit_length()) if 2 ** i <= allowed}
                     | {allowed})
@@ -467,9 +467,9 @@ TURN_SECONDS = 0.02     # the least time a phase of its measurement lasts
 
 def _measure(layer_sizes, codes, batch_size, dtype, candidates, clipping=False):
     """Times a few plain-SGD steps (clipping: with the gradient's norm taken, at a limit
-    no step reaches) of this network and batch on random data with each
-    candidate way (split_threads) and returns the fastest, preferring fewer threads
-    within THREADS_MARGIN. A one-thread step under TINY_STEP_SECONDS ends the timing with
+    no step reaches) of this network and batch on random data with each candidate way
+    (split_threads) and returns the fastest, preferring fewer threads within
+    THREADS_MARGIN. A one-thread step under TINY_STEP_SECONDS ends the timing with
     ONE_THREAD, whatever the candidates: no split can gain there, and BLAS, which runs
     products that small on one thread anyway, would cost the plan its own kernels."""
     from fastbp import _core

@@ -745,7 +745,8 @@ def worker_workspace_size(Plan worker_plan, int n_workers, bint split_inputs=Fal
 
 
 cdef Py_ssize_t workspace_size(const PlanData* worker_plan, const HyperparameterData* hyper,
-                               int n_workers, bint split_inputs, bint split_hidden):
+                               int n_workers, bint split_inputs,
+                               bint split_hidden) noexcept nogil:
     """worker_workspace_size (hyper NULL: room for any rule)."""
     cdef HiddenLayout layout
     if split_hidden and worker_plan.n_layers == 2:
