@@ -90,8 +90,9 @@ def row_workspace(layer_sizes, codes, dropout, batch_size: int, n_workers: int, 
         # Split by the hidden units, a worker's products are those of the network of its
         # units alone (n_in x its units x n_out) on the whole batch (the weight gradients
         # in blocks of rows, timed whole here): the worker plan's products are chosen at
-        # those shapes, and the workers read only those. W1's gradient, on BLAS in the
-        # fit's 784 x 128 blocks, took the own kernel at 784 x 64 on a 2-core Xeon.
+        # those shapes, and the workers read only those (on a 2-core Xeon the fit plan's
+        # W1 gradient, in 784 x 128 blocks, measured BLAS in one run and the own kernel in
+        # another; at 784 x 64, the own kernel).
         units = -(-layer_sizes[1] // n_workers)
         plan.set_product_isas(product_isas((layer_sizes[0], units, layer_sizes[2]),
                                            batch_size, dtype))
@@ -99,9 +100,9 @@ def row_workspace(layer_sizes, codes, dropout, batch_size: int, n_workers: int, 
         # Split by its inputs, the first layer's forward product is each worker's partial
         # one (phase B0: all the batch's rows, its share of the inputs, one call) where a
         # network has layers after it (the workers' rows then start from the summed
-        # partials): its choice is measured at that shape (W2's 128 x 512 x 392 ran 1.35x
-        # faster in the own kernel than in BLAS on a 2-core Xeon, where the whole 128 x
-        # 512 x 784 takes BLAS).
+        # partials): its choice is measured at that shape (on a 2-core Xeon W2's 128 x
+        # 512 x 392 ran 1.35x faster in the own kernel than in BLAS, where the whole 128 x
+        # 512 x 784 measured BLAS in one run and the own kernel in another).
         inputs_partial = split == BY_INPUTS and len(layer_sizes) > 2
         choose_products(plan, layer_sizes, dtype, first_forward=(
             batch_size, -(-layer_sizes[0] // n_workers)) if inputs_partial else None)
