@@ -1784,7 +1784,8 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
     """One epoch of mini-batch training in one nogil call.
 
     Batches are rows order[0:b], order[b:2b], ... (rows 0:b, b:2b, ... read in place when
-    order is empty). Targets are Y's rows, or one-hot rows of `labels` when Y is empty;
+    order is empty): the epoch trains the len(order) rows order names, which may be fewer
+    than X's (a shuffled subset: fastbp.dask's pieces of a chunk, without a copy). Targets are Y's rows, or one-hot rows of `labels` when Y is empty;
     rows are weighted by row_weights unless it is empty. state holds the optimizer's
     buffers, (hyperparameters.state_rows, n_params): the velocity, or the first and/or
     second moments, as the rule uses them. interruptible: stop at the next batch once
@@ -1850,11 +1851,12 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
         check_size(caller, "the number of labels", labels.shape[0], n_samples)
     else:
         check_targets(caller, plan_data, "Y", Y.shape[0], Y.shape[1], n_samples)
-    if use_order:
-        check_size(caller, "the length of the batch order", order.shape[0], n_samples)
     if use_weights:
         check_size(caller, "the number of row weights", row_weights.shape[0], n_samples)
 
+    # the rows this epoch trains; n_samples stays X's rows, which every index read is
+    # checked against
+    cdef Py_ssize_t n_rows = order.shape[0] if use_order else n_samples
     cdef Py_ssize_t start = 0, m, i, bad = -1
     cdef int failed_gather = 0      # which gather found an index out of range (GATHERED_*)
     cdef floating* p = &params[0]
@@ -1996,11 +1998,11 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
             raise
 
     with nogil:
-        while start < n_samples:
+        while start < n_rows:
             if interruptible and fbp_interrupt_requested:
                 status = INTERRUPTED
                 break
-            m = min(batch_size, n_samples - start)
+            m = min(batch_size, n_rows - start)
             rows = &order[start] if use_order else NULL
             if use_sparse:   # read in place by the first layer
                 batch.rows = rows
@@ -2043,8 +2045,8 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
                     weight_sum += weights[i]
             else:
                 weight_sum = m
-            if prefetching and start + m < n_samples:   # the next batch's rows, meanwhile
-                i = min(batch_size, n_samples - start - m)
+            if prefetching and start + m < n_rows:   # the next batch's rows, meanwhile
+                i = min(batch_size, n_rows - start - m)
                 fbp_prefetch_rows(&X[0, 0], &order[start + m], i, n_in, n_samples)
                 if not use_labels:
                     fbp_prefetch_rows(&Y[0, 0], &order[start + m], i, n_out, n_samples)

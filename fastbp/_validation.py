@@ -82,6 +82,21 @@ def as_matrix(data, name: str, dtype: np.dtype, n_columns: int) -> np.ndarray:
     return array
 
 
+def distinct_rows(rows, n_rows: int) -> np.ndarray:
+    """rows as a C-contiguous intp vector of distinct indices in [0, n_rows), at least
+    one (the rows of a matrix a fit trains on)."""
+    array = numeric_array(rows, "rows")
+    if array.ndim != 1 or array.shape[0] == 0 or array.dtype.kind not in "iu":
+        raise ValueError(f"rows must be a non-empty vector of integer row indices; got "
+                         f"shape {array.shape}, dtype {array.dtype}")
+    if array.min() < 0 or array.max() >= n_rows:
+        raise ValueError(f"rows must be in [0, {n_rows}); got {array.min()} to {array.max()}")
+    array = np.ascontiguousarray(array, dtype=np.intp)
+    if np.unique(array).shape[0] != array.shape[0]:
+        raise ValueError("rows must not repeat a row")
+    return array
+
+
 def is_sparse(data) -> bool:
     """True for a scipy.sparse matrix or array (a sparse object can exist only once
     scipy.sparse is imported, so this never imports it)."""

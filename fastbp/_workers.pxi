@@ -156,7 +156,8 @@ cdef struct SharedEpoch:
     const Py_ssize_t* labels
     const void* row_weights
     const Py_ssize_t* order
-    Py_ssize_t n_samples, batch_size
+    Py_ssize_t n_samples, batch_size   # X's rows (every index read is checked against)
+    Py_ssize_t n_rows                  # the rows the epoch trains (order's, or X's)
     bint use_order, use_labels, use_weights, interruptible
     int update, n_workers
     uint64_t random_state
@@ -330,11 +331,11 @@ cdef void next_batch(SharedEpoch* s, floating* work) noexcept nogil:
     s.proceed = False
     if s.split_hidden:   # the next slot: the steps under way still read the other two
         s.slot = (s.slot + 1) % 3
-    while s.start < s.n_samples:
+    while s.start < s.n_rows:
         if s.interruptible and fbp_interrupt_requested:
             s.status = INTERRUPTED
             return
-        m = min(s.batch_size, s.n_samples - s.start)
+        m = min(s.batch_size, s.n_rows - s.start)
         s.bad = gather_weights(s, work, m)
         if s.bad >= 0:
             return
@@ -860,6 +861,7 @@ cdef tuple train_epoch_on_workers(
     s.use_weights = row_weights.shape[0] > 0
     s.row_weights = &row_weights[0] if s.use_weights else NULL
     s.n_samples, s.batch_size = X.shape[0], batch_size
+    s.n_rows = order.shape[0] if s.use_order else X.shape[0]
     s.interruptible = interruptible
     s.update, s.n_workers = update, n_workers
     s.random_state = random_seed | 1

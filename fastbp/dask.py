@@ -126,21 +126,22 @@ def _train_block(model_bytes, start, trainer_arguments, part, seed, rates, n_thr
     """Train a copy of the model (model_bytes: as the fit began) on one block (or on a piece
     of it) with n_threads BLAS threads, from the round's start (a _State, or the _Advanced
     of the round before, on this worker). Returns its row-weighted partial sums and where it
-    ran (block -> (worker, rows, threads))."""
+    ran (block -> (worker, rows, threads)): the parameters in the model's dtype, which
+    _combine weights by the rows in float64 (half the bytes to send of a float32 model)."""
     X, Y = part
-    if piece is not None:
-        rows = _piece_rows(X.shape[0], piece)
-        X, Y = X[rows], Y[rows]
     model = MLP.from_bytes(model_bytes)
     np.copyto(model._params, _start_state(start).start)
     trainer = Trainer(**{**trainer_arguments, "seed": seed, "epochs": len(rates),
                          "schedule": _Rates(rates), "max_time": None, "n_threads": n_threads})
-    history = trainer.fit(model, X, Y)
-    rows = X.shape[0]
+    if piece is None:
+        history = trainer.fit(model, X, Y)
+        rows = X.shape[0]
+    else:   # its rows of the chunk, read in place (the bits of a fit on a copy of them)
+        piece_rows = _piece_rows(X.shape[0], piece)
+        history = trainer._fit_rows(model, X, Y, piece_rows)
+        rows = piece_rows.shape[0]
     last_loss = history.loss[-1] if history.loss else float("nan")
-    weighted = model.parameter_vector(np.float64)     # a copy: weighted in place
-    weighted *= rows
-    return {"sum": weighted, "rows": rows,
+    return {"parameters": model._params, "rows": rows,
             "loss": last_loss * rows, "diverged": bool(history.diverged),
             "trained": {block: Trained(_worker_address(), rows, n_threads,
                                        float(sum(history.seconds)))}}
@@ -164,12 +165,16 @@ def _worker_address() -> str:
 
 
 def _combine(*parts):
-    """Add partial sums, in the order given (the tree is fixed, so the sum is reproducible)."""
-    total = {"sum": parts[0]["sum"].copy(), "rows": parts[0]["rows"],
-             "loss": parts[0]["loss"], "diverged": parts[0]["diverged"],
-             "trained": dict(parts[0]["trained"])}
+    """Add partial sums, in the order given (the tree is fixed, so the sum is reproducible):
+    a block's parameters times its rows, in float64, or a sum _combine made before."""
+    first = parts[0]
+    total = {"sum": first["sum"].copy() if "sum" in first else
+             np.multiply(first["parameters"], first["rows"], dtype=np.float64),
+             "rows": first["rows"], "loss": first["loss"], "diverged": first["diverged"],
+             "trained": dict(first["trained"])}
     for part in parts[1:]:
-        total["sum"] += part["sum"]
+        total["sum"] += part["sum"] if "sum" in part else \
+            np.multiply(part["parameters"], part["rows"], dtype=np.float64)
         total["rows"] += part["rows"]
         total["loss"] += part["loss"]
         total["diverged"] = total["diverged"] or part["diverged"]

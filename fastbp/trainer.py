@@ -20,7 +20,8 @@ from fastbp._threads import BY_ROWS, blas_threads, checked_thread_count, \
     fit_threads, row_workspace, sparse_fit_threads, split_flags
 from fastbp.callbacks import ProgressBar, checked_callbacks
 from fastbp._validation import as_inputs, as_row_weights, as_sample_weight, as_targets, \
-    check_in_dtype, dense_targets, one_hot, real_number, unshared, whole_number
+    check_in_dtype, dense_targets, distinct_rows, one_hot, real_number, unshared, \
+    whole_number
 from fastbp.model import MLP, check_allocation
 
 
@@ -88,12 +89,19 @@ class FitSpec:
 @dataclass
 class _FitData:
     """A fit's checked arrays: targets (dense) or labels, row weights or None, and the
-    validation pair (X_val, dense Y_val) or None. X (and X_val) may be a _core.SparseRows."""
+    validation pair (X_val, dense Y_val) or None. X (and X_val) may be a _core.SparseRows.
+    rows: the rows of X the fit trains on (None: all of them; Trainer._fit_rows)."""
     X: np.ndarray | _core.SparseRows
     targets: np.ndarray | None
     labels: np.ndarray | None
     weights: np.ndarray | None
     validation: tuple | None
+    rows: np.ndarray | None = None
+
+    @property
+    def n_samples(self) -> int:
+        """The rows the fit trains on."""
+        return self.X.shape[0] if self.rows is None else self.rows.shape[0]
 
 
 class Trainer:
@@ -257,15 +265,23 @@ class Trainer:
         """One epoch on (X, Y), keeping the optimizer state: online learning."""
         return self._train(model, X, Y, self.spec(), 1, None, 0.0, sample_weight, None, 0, None)
 
+    def _fit_rows(self, model: MLP, X, Y, rows) -> History:
+        """fit(model, X[rows], Y[rows]) without copying those rows (fastbp.dask's pieces
+        of a chunk), the same bits: the epochs shuffle `rows` as fit shuffles the indices
+        of a copy. rows: distinct row indices of X, at least one."""
+        spec = self.spec()
+        return self._train(model, X, Y, spec, spec.epochs, None, 0.0, None, None, 0, None,
+                           rows=rows)
+
     # ---- the loop ----
     def _train(self, model, X, Y, spec, n_epochs, validation_data, validation_split,
-               sample_weight, callbacks, verbose, metrics) -> History:
+               sample_weight, callbacks, verbose, metrics, rows=None) -> History:
         """Check everything, set up the compiled epoch, run the shared epoch loop."""
         if not isinstance(model, MLP):
             raise TypeError(f"model must be a fastbp.MLP; got {type(model).__name__}")
         callbacks = checked_callbacks(callbacks)
         data = self._data(model, spec.loss, X, Y, sample_weight, validation_data,
-                          validation_split)
+                          validation_split, rows)
         metric_functions = chosen_metrics(metrics, spec.loss, model.layer_sizes[-1]) \
             if data.validation is not None else []
         spec.check_dtype(model.dtype)
@@ -276,7 +292,7 @@ class Trainer:
                                "from one thread at a time")
         try:
             epoch = _CompiledEpoch(self, model, spec, data)
-            history = History(n_samples=data.X.shape[0])
+            history = History(n_samples=data.n_samples)
             schedule = self._schedule_for(spec.schedule)
             loop = EpochLoop(model, spec.loss, schedule, spec.optimizer.learning_rate,
                              callbacks, history, data.validation, metric_functions,
@@ -296,23 +312,27 @@ class Trainer:
             model._training.release()
         return history
 
-    def _data(self, model, loss, X, Y, sample_weight, validation_data, validation_split):
-        """The fit's arrays, checked and converted: X, targets or labels, row weights and
-        the validation pair."""
+    def _data(self, model, loss, X, Y, sample_weight, validation_data, validation_split,
+              rows=None):
+        """The fit's arrays, checked and converted: X, targets or labels, row weights, the
+        validation pair, and the rows trained on (rows: None for all)."""
         X = as_inputs(X, "X", model.dtype, model.layer_sizes[0])
         targets, labels = as_targets(Y, loss, model.layer_sizes[-1], X.shape[0], model.dtype)
+        if rows is not None:
+            rows = distinct_rows(rows, X.shape[0])
         # Data that views the parameters would change under the fit's own steps: a copy.
         X, targets, labels = (unshared(array, model._params) for array in (X, targets, labels))
         weights = self._row_weights(sample_weight, targets, labels, loss, X.shape[0],
-                                    model.layer_sizes[-1], model.dtype)
+                                    model.layer_sizes[-1], model.dtype, rows)
         X, targets, labels, weights, validation = self._split(
             model, loss, X, targets, labels, weights, validation_data, validation_split)
-        return _FitData(X, targets, labels, weights, validation)
+        return _FitData(X, targets, labels, weights, validation, rows)
 
     # ---- helpers of the loop ----
     def _row_weights(self, sample_weight, targets, labels, loss, n_samples, n_classes_of_model,
-                     dtype):
-        """Per-row weights from sample_weight and class_weight, or None for all ones."""
+                     dtype, rows=None):
+        """Per-row weights from sample_weight and class_weight, or None for all ones; a fit
+        on some rows balances the classes of those rows."""
         weights = None
         if sample_weight is not None:
             weights = as_sample_weight(sample_weight, n_samples)
@@ -320,9 +340,10 @@ class Trainer:
             n_outputs = targets.shape[1] if targets is not None else n_classes_of_model
             classes, n_classes = loss.classes_of(targets, labels, n_outputs)
             if self.class_weight == "balanced":   # n / (k * count), as scikit-learn
-                counts = np.bincount(classes, minlength=n_classes).astype(np.float64)
-                table = np.divide(n_samples, n_classes * counts, out=np.zeros(n_classes),
-                                  where=counts > 0)
+                trained = classes if rows is None else classes[rows]
+                counts = np.bincount(trained, minlength=n_classes).astype(np.float64)
+                table = np.divide(trained.shape[0], n_classes * counts,
+                                  out=np.zeros(n_classes), where=counts > 0)
             else:
                 table = np.ones(n_classes)
                 for key, value in self.class_weight.items():
@@ -442,7 +463,7 @@ class _CompiledEpoch:
     def __init__(self, trainer, model, spec, data):
         self.trainer, self.model = trainer, model
         loss, optimizer = spec.loss, spec.optimizer
-        n_samples = data.X.shape[0]
+        n_samples = data.n_samples
         self.batch_size = min(spec.batch_size, n_samples)
         hyperparameters = _core.Hyperparameters(
             loss.code, loss.parameter, weight_decay=spec.weight_decay,
@@ -508,8 +529,11 @@ class _CompiledEpoch:
             else data.targets
         self.labels = np.empty(0, dtype=np.intp) if data.labels is None else data.labels
         self.weights = np.empty(0, dtype=model.dtype) if data.weights is None else data.weights
-        self.rows = np.arange(n_samples, dtype=np.intp)
-        self.order = np.empty_like(self.rows) if trainer.shuffle else np.empty(0, dtype=np.intp)
+        # the rows an epoch trains, in their order (order: shuffled, or empty: all of X's
+        # rows in place)
+        self.rows = np.arange(n_samples, dtype=np.intp) if data.rows is None else data.rows
+        self.order = np.empty_like(self.rows) if trainer.shuffle else \
+            np.empty(0, dtype=np.intp) if data.rows is None else self.rows
         self.uses_dropout = any(model._dropout)
         # Only a fit on the main thread (where Python handles signals) takes over SIGINT.
         self.catching = threading.current_thread() is threading.main_thread()

@@ -42,6 +42,17 @@ def test_a_valid_call_trains():
     assert rows == 10 and status == _core.Status.COMPLETED and weight_total == 10
 
 
+def test_an_order_may_name_some_of_the_rows_and_each_is_checked_as_read():
+    """The epoch trains the rows its order names (a subset of X's: Trainer._fit_rows), and
+    an index past X's rows stops it with the index named, after the batches before it."""
+    loss_total, weight_total, rows, status = _train_epoch(
+        _epoch_arguments(order=np.array([7, 2, 9, 0, 4], dtype=np.intp)))
+    assert rows == 5 and weight_total == 5 and status == _core.Status.COMPLETED
+    arguments = _epoch_arguments(order=np.array([7, 2, 9, 0, 10], dtype=np.intp))
+    with pytest.raises(ValueError, match="10"):
+        _train_epoch(arguments)
+
+
 LABELS = np.zeros(10, dtype=np.intp)
 BAD_EPOCHS = {
     "batch_size 0": dict(batch_size=0),
@@ -54,7 +65,6 @@ BAD_EPOCHS = {
     "Y too narrow": dict(Y=np.ones((10, 1))),
     "labels too few": dict(Y=np.empty((0, 0)), labels=np.zeros(9, dtype=np.intp)),
     "labels too many": dict(Y=np.empty((0, 0)), labels=np.zeros(11, dtype=np.intp)),
-    "order too short": dict(order=np.arange(9, dtype=np.intp)),
     "row weights too few": dict(row_weights=np.ones(9)),
     "state of one row for Adam": dict(state=np.zeros((1, 17))),
     "state too narrow": dict(state=np.zeros((2, 16))),

@@ -617,6 +617,34 @@ def test_pieces_of_a_shuffled_epoch_cover_every_row_once_in_a_new_order():
         fastbp.dask._piece_rows(n_rows, fastbp.dask.Piece(None, 1, count)), np.arange(250, 501))
 
 
+def test_a_block_trains_its_piece_in_place_as_a_fit_on_a_copy_and_sends_its_parameters():
+    """A block's piece of a shuffled chunk is trained where the chunk lies (Trainer._fit_rows:
+    no copy of its rows) with the bits of a fit on a copy; the block sends its parameters
+    in the model's dtype and _combine weights them by the rows in float64, in the tree's
+    order, as the blocks did when they sent float64 sums."""
+    model, rows = classifier(), 3_000
+    pair = fastbp.dask._aligned_pair(X_TRAIN[:rows], Y_TRAIN[:rows])
+    trainer = fastbp.Trainer("cce", learning_rate=0.08, batch_size=32, seed=3, n_threads=1)
+    start = fastbp.dask._Rule(None, 1.0).begin(model.parameter_vector(np.float64), None,
+                                                model.dtype)
+    parts = []
+    for index in range(3):
+        piece = fastbp.dask.Piece(fastbp.dask._order_seed(5, 0, 0), index, 3)
+        part = fastbp.dask._train_block(model.to_bytes(), start, trainer.arguments(), pair,
+                                        11 + index, [0.08], 1, 0, piece)
+        piece_rows = fastbp.dask._piece_rows(rows, piece)
+        expected = classifier()
+        fastbp.Trainer(**{**trainer.arguments(), "seed": 11 + index, "epochs": 1}).fit(
+            expected, X_TRAIN[piece_rows], Y_TRAIN[piece_rows])
+        assert part["parameters"].dtype == np.float32 and part["rows"] == len(piece_rows)
+        np.testing.assert_array_equal(part["parameters"], expected._params)
+        parts.append(part)
+    total = fastbp.dask._combine(fastbp.dask._combine(*parts[:2]), parts[2])
+    weighted = [part["parameters"].astype(np.float64) * part["rows"] for part in parts]
+    np.testing.assert_array_equal(total["sum"], (weighted[0] + weighted[1]) + weighted[2])
+    assert total["rows"] == rows
+
+
 def test_rounds_per_epoch_is_reproducible_and_closer_to_one_process_per_pass(cluster_client):
     """Several averagings per pass: bit-identical on the cluster and on dask's local
     scheduler, and with 8 chunks (block momentum) a better held-out loss after the same

@@ -218,3 +218,25 @@ def test_the_sparse_default_obeys_fastbp_threads_and_the_callers_limit(monkeypat
     assert fastbp._threads.sparse_fit_threads(3, True, {}, "key") == (3, 1, None)
     assert fastbp._threads.sparse_fit_threads(None, False, {}, "key") == (1, 1, None)
     assert fastbp._threads.sparse_fit_threads(2, False, {}, "key") == (1, 2, None)
+
+
+@pytest.mark.parametrize("fit", ["sgd", "adam", "momentum_decay", "rmsprop"])
+def test_a_sparse_fit_on_some_rows_trains_as_a_fit_on_their_copy(fit):
+    """Trainer._fit_rows on a sparse X (fastbp.dask's pieces): the epoch's order names a
+    subset of the CSR matrix's rows, read in place, with the bits of a fit on a copy of
+    those rows, on one thread and on the row pool's three."""
+    options = UNDONE_FITS[fit]
+    X, y = wide_batches(dtype="float32")
+    rows = np.random.default_rng(2).permutation(X.shape[0])[:45]
+    for threads in (1, 3):
+        results = []
+        for on_rows in (True, False):
+            model = model_for(X, hidden=(19,), dtype="float32")
+            trainer = fastbp.Trainer("cce", epochs=3, batch_size=8, seed=0,
+                                     n_threads=threads, **options)
+            history = trainer._fit_rows(model, X, y, rows) if on_rows else \
+                trainer.fit(model, X[rows], y[rows])
+            results.append((model.parameter_vector(), trainer._state.copy(), history.loss))
+        np.testing.assert_array_equal(results[0][0], results[1][0])
+        np.testing.assert_array_equal(results[0][1], results[1][1])
+        assert results[0][2] == results[1][2]

@@ -561,3 +561,45 @@ def test_the_core_refuses_predict_workers_that_do_not_fit(n_workers, shrink, mes
         _core.predict_on_workers(plan, model._params, work[:len(work) - shrink], X, out,
                                  n_workers)
     assert not out.any()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shuffle", [True, False])
+@pytest.mark.parametrize("dense", [False, True])
+def test_a_fit_on_some_rows_trains_as_a_fit_on_their_copy(dtype, shuffle, dense):
+    """Trainer._fit_rows (fastbp.dask's pieces of a chunk: the epoch's order names a subset
+    of X's rows, read in place) gives the bits of fit on a copy of those rows, on one
+    thread and split every way, with dropout, dense targets or one-hot labels (with the
+    classes balanced over the rows trained)."""
+    X, y, _ = data(dtype)
+    targets = np.eye(4, dtype=dtype)[y] * 0.8 + 0.1 if dense else y
+    rows = np.random.default_rng(7).permutation(X.shape[0])[:101]
+    sizes = [12, 24, 4] if split_hidden() else [12, 24, 16, 4]
+    output = "sigmoid" if dense else "softmax"
+    for n_threads in (1, 2, 3):
+        results = []
+        for on_rows in (True, False):
+            model = fastbp.MLP(sizes, ["relu"] * (len(sizes) - 2) + [output], dtype=dtype,
+                               dropout=0.1, seed=3)
+            trainer = fastbp.Trainer("mse" if dense else "cce", optimizer=optimizers.Adam(0.01),
+                                     epochs=3, batch_size=16, seed=5, shuffle=shuffle,
+                                     n_threads=n_threads,
+                                     class_weight=None if dense else "balanced")
+            history = trainer._fit_rows(model, X, targets, rows) if on_rows else \
+                trainer.fit(model, X[rows], targets[rows])
+            results.append((model.parameter_vector(), history.history["loss"],
+                            history.n_samples))
+        np.testing.assert_array_equal(results[0][0], results[1][0])
+        assert results[0][1:] == results[1][1:] and results[0][2] == 101
+
+
+@pytest.mark.parametrize("rows, message", [
+    ([], "non-empty"), ([[1, 2]], "non-empty"), ([0.0, 1.0], "integer"),
+    ([0, 300], r"\[0, 300\)"), ([-1, 3], r"\[0, 300\)"), ([4, 5, 4], "repeat")])
+def test_a_fit_on_rows_refuses_rows_that_are_not_distinct_indices(rows, message):
+    X, y, _ = data()
+    model = fastbp.MLP([12, 8, 4], ["relu", "softmax"], seed=1)
+    before = model.parameter_vector()
+    with pytest.raises(ValueError, match=message):
+        fastbp.Trainer("cce", epochs=1, n_threads=2)._fit_rows(model, X, y, rows)
+    np.testing.assert_array_equal(model.parameter_vector(), before)
