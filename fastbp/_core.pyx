@@ -1785,8 +1785,9 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
 
     Batches are rows order[0:b], order[b:2b], ... (rows 0:b, b:2b, ... read in place when
     order is empty): the epoch trains the len(order) rows order names, which may be fewer
-    than X's (a shuffled subset: fastbp.dask's pieces of a chunk, without a copy). Targets are Y's rows, or one-hot rows of `labels` when Y is empty;
-    rows are weighted by row_weights unless it is empty. state holds the optimizer's
+    than X's (Trainer._fit_rows: fastbp.dask's pieces of a chunk, without a copy). Targets
+    are Y's rows, or one-hot rows of `labels` when Y is empty; rows are weighted by
+    row_weights unless it is empty. state holds the optimizer's
     buffers, (hyperparameters.state_rows, n_params): the velocity, or the first and/or
     second moments, as the rule uses them. interruptible: stop at the next batch once
     SIGINT arrives (only a fit between catch_interrupts and release_interrupts, on the

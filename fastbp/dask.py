@@ -125,9 +125,9 @@ def _train_block(model_bytes, start, trainer_arguments, part, seed, rates, n_thr
                  piece=None):
     """Train a copy of the model (model_bytes: as the fit began) on one block (or on a piece
     of it) with n_threads BLAS threads, from the round's start (a _State, or the _Advanced
-    of the round before, on this worker). Returns its row-weighted partial sums and where it
-    ran (block -> (worker, rows, threads)): the parameters in the model's dtype, which
-    _combine weights by the rows in float64 (half the bytes to send of a float32 model)."""
+    of the round before, on this worker). Returns its parameters in the model's dtype and
+    its rows (_combine weights them in float64: half the bytes to send of a float32 model),
+    and where it ran (block -> (worker, rows, threads))."""
     X, Y = part
     model = MLP.from_bytes(model_bytes)
     np.copyto(model._params, _start_state(start).start)
