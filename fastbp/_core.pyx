@@ -359,6 +359,8 @@ cdef struct LazyRows:
     Py_ssize_t* slot                # per row: its place in touched (where listed == steps)
     Py_ssize_t n_touched
     Py_ssize_t steps                # steps of this epoch taken so far
+    const unsigned char* moving     # per row: 0 where its state is known to be all 0 (so
+                                    # that the flush skips it unread), or NULL
     RowGradients* gradients         # LAYER_STEP rules: each named row's gradient made and
                                     # stepped at once (sparse_row_steps), or NULL
 
@@ -1266,6 +1268,7 @@ cdef bint lazy_rule(const HyperparameterData* hyper, int update, LazyRows* lazy,
     lazy.b = lazy.c = 0
     lazy.coupled = lazy.scaled = NULL
     lazy.adam = NULL
+    lazy.moving = NULL
     if update == FOLDED_SGD:         # p <- (1 - lr wd) p
         lazy.a = 1 - lr * decay
         return decay != 0
@@ -1530,13 +1533,19 @@ cdef bint lazy_flush(LazyRows* lazy, floating* W1, Py_ssize_t n_in, Py_ssize_t n
 cdef bint lazy_row_moves(const LazyRows* lazy, floating* W1, Py_ssize_t n_out,
                          Py_ssize_t row) noexcept nogil:
     """Whether catching row `row` up may change it or its state: not when the rule has no
-    decay and the row's state (velocity, moments) is all 0."""
+    decay and the row's state (velocity, moments) is all 0, as lazy.moving may already
+    say without reading it."""
     if lazy.adam != NULL:
-        return lazy.adam.shrink != 1 \
-            or not all_zero(<floating*>lazy.adam.first + row * n_out, n_out) \
+        if lazy.adam.shrink != 1:
+            return True
+        if lazy.moving != NULL and not lazy.moving[row]:
+            return False
+        return not all_zero(<floating*>lazy.adam.first + row * n_out, n_out) \
             or not all_zero(<floating*>lazy.adam.second + row * n_out, n_out)
     if lazy.a != 1:
         return True
+    if lazy.moving != NULL and not lazy.moving[row]:
+        return False
     if lazy.coupled != NULL and not all_zero(<floating*>lazy.coupled + row * n_out, n_out):
         return True
     return lazy.scaled != NULL and lazy.e != 1 \
@@ -1780,7 +1789,7 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
                 Py_ssize_t batch_size, uint64_t random_seed, bint interruptible=False,
                 Plan worker_plan=None, floating[::1] worker_work=None, int n_workers=1,
                 SparseRows sparse=None, RowLog row_log=None, bint split_inputs=False,
-                bint split_hidden=False):
+                bint split_hidden=False, unsigned char[::1] moving_rows=None):
     """One epoch of mini-batch training in one nogil call.
 
     Batches are rows order[0:b], order[b:2b], ... (rows 0:b, b:2b, ... read in place when
@@ -1820,7 +1829,11 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
     out of range (checked as read) raises as an index out of range does. row_log (sparse X only): the
     rows of W1 (and of the state) this epoch changes are copied into it before they
     change (RowLog), so that the caller can undo the epoch without a copy of all of W1;
-    MemoryError if it cannot grow (the epoch stops; undo it).
+    MemoryError if it cannot grow (the epoch stops; undo it). moving_rows (with row_log):
+    a byte per row of W1, 0 where the caller knows the row's optimizer state to be all 0,
+    as it is until an epoch first changes the row: the end of an epoch under a lazy rule
+    then skips those rows unread (else it reads every row's state there, all of W1's, to
+    find the rows to catch up); the epoch sets it to 1 for every row it logs.
     """
     cdef const PlanData* plan_data = &plan.data
     cdef HyperparameterData* hyper = &hyperparameters.data
@@ -1893,6 +1906,10 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
     # Checked (RowLog.begin) and logged before anything is allocated here: a refusal
     # leaves nothing behind.
     cdef RowLogData* log = NULL
+    if moving_rows is not None and (row_log is None or moving_rows.shape[0] != n_in):
+        raise ValueError(f"train_epoch: moving_rows needs a row_log and a byte per row of "
+                         f"W1 ({n_in}); got {moving_rows.shape[0]}")
+    cdef unsigned char* moving = &moving_rows[0] if moving_rows is not None else NULL
     if use_sparse and row_log is not None:
         log = row_log.begin(caller, plan_data, p, state_start, state_rows, sizeof(floating))
         if use_lazy or update == FOLDED_SGD:   # rows change where batches name them
@@ -1925,6 +1942,7 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
         for i in range(n_in):
             lazy.listed[i] = -1
         lazy.n_touched = lazy.steps = 0
+        lazy.moving = moving
         batch.lazy = &lazy
     # a sparse step's stored values are read once, into a record (read_batch_values), where
     # a lazy rule or the log reads them again (batch is not filled for dense X)
@@ -2079,6 +2097,9 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
         if bad < 0 and status != DIVERGED and not (log != NULL and log.out_of_memory) \
                 and not changes_finite(plan_data, p, state_start, state_rows, log):
             status = DIVERGED
+        if moving != NULL:   # what the epoch changed (or its undo puts back) may be non-0
+            for i in range(log.n_logged):
+                moving[(<Py_ssize_t*>log_entry(log, i))[0]] = 1
     if use_lazy:
         free(lazy.applied)
     free(adam.sums)

@@ -163,6 +163,8 @@ class Trainer:
         """Forget the optimizer state, the schedule's epochs and the shuffling generator
         (and free the buffers a fit of one epoch kept for the next)."""
         self._state = None          # (rows, n_params), for the model and rule in _state_key
+        self._moving_rows = None    # a byte per row of W1, 0 where _state's part of the row
+                                    # is known to be all 0 (None: not known; _moving_rows_of)
         self._state_key = None
         self._step = 0.0
         self._epochs_done = 0
@@ -183,6 +185,7 @@ class Trainer:
                              f"{self._state.dtype} parameters; the model has "
                              f"{model.n_params} {model.dtype}")
         self._state_key = (weakref.ref(model), self._state_key[1])
+        self._moving_rows = None
 
     def __getstate__(self) -> dict:
         # A weak reference does not pickle: keep the state and which rule it belongs to;
@@ -191,6 +194,7 @@ class Trainer:
         if state["_state_key"] is not None:
             state["_state_key"] = (_no_model, state["_state_key"][1])
         state["_buffers"] = {}      # memory for the next fit, not state
+        state["_moving_rows"] = None  # found again from the state
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -202,6 +206,7 @@ class Trainer:
         if key is not None and rows is not None and rows.shape[0] == 2 and key[1][0] in one_row:
             state["_state"] = np.ascontiguousarray(rows[one_row[key[1][0]]:][:1])
         state.setdefault("_buffers", {})   # pickled before fits kept their buffers
+        state["_moving_rows"] = None
         self.__dict__.update(state)
 
     def __repr__(self) -> str:
@@ -389,10 +394,23 @@ class Trainer:
                 or key[0]() is not model or key[1] != (optimizer.code_name, layout)):
             check_allocation(shape[0] * shape[1], model.dtype, "the optimizer state")
             state = np.zeros(shape, dtype=model.dtype)
+            self._moving_rows = None
             self._step = 0.0
             self._state_key = (weakref.ref(model), (optimizer.code_name, layout))
         self._state = state
         return state
+
+    def _moving_rows_of(self, model, state) -> np.ndarray:
+        """The rows of W1 whose optimizer state may not be all 0, for a sparse fit's epochs
+        (train_epoch's moving_rows, which they keep up to date): found in the state when
+        not known (a new trainer, after a dense fit or unpickling)."""
+        n_in, n_out = model.layer_sizes[0], model.layer_sizes[1]
+        if self._moving_rows is None or self._moving_rows.shape[0] != n_in:
+            part = state[:, :n_in * n_out].reshape(state.shape[0], n_in, n_out)
+            self._moving_rows = np.zeros(n_in, dtype=np.uint8)
+            for rows in part:         # one row of the state at a time: no n_in x n_out temporary
+                self._moving_rows |= rows.any(axis=1)
+        return self._moving_rows
 
     def _take_buffer(self, key, make):
         """A fit's buffer (its workspace, the copies that undo an epoch, a sparse fit's row
@@ -521,6 +539,12 @@ class _CompiledEpoch:
         log_shape = (model.layer_sizes[0], model.layer_sizes[1], hyperparameters.state_rows)
         self.row_log = None if self.sparse is None else buffer(
             "row log", log_shape, lambda: _core.RowLog(*log_shape, model.dtype))
+        # Where the state of W1's rows is known to be 0, a sparse epoch's end skips them
+        # unread; the epochs keep it up to date. A dense fit changes every row.
+        self.moving_rows = trainer._moving_rows_of(model, self.state) \
+            if self.sparse is not None and self.state.shape[0] else None
+        if self.sparse is None:
+            trainer._moving_rows = None
         self.backup = buffer("backup", model._params[kept:].shape)
         self.state_backup = buffer("state backup", self.state[:, kept:].shape)
         self.kept = kept
@@ -554,7 +578,8 @@ class _CompiledEpoch:
                 self.plan, self.hyperparameters, model._params, self.work, state, self.X,
                 self.targets, self.labels, self.weights, self.order, self.batch_size,
                 dropout_seed, self.catching, self.worker_plan, self.worker_work,
-                n_workers, self.sparse, self.row_log, **split_flags(self.split))
+                n_workers, self.sparse, self.row_log, **split_flags(self.split),
+                moving_rows=self.moving_rows)
         except (ValueError, MemoryError):
             # labels or a sparse X rewritten mid-fit (the core checks each read), or no
             # memory for the row log

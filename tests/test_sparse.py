@@ -3,10 +3,12 @@ gradients and every fit gives what the same data densified give, to rounding; ba
 input is refused with the model unchanged; a sparse X rewritten mid-fit raises; and a fit
 on a very wide CSR matrix allocates nothing like its dense form."""
 import os
+import pickle
 import subprocess
 import sys
 import tracemalloc
 import warnings
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -872,3 +874,69 @@ def test_plain_csr_arrays_are_checked_in_one_pass_as_the_general_checks_do(monke
     if plain is not None:
         assert [(array.dtype, array.tolist()) for array in
                 (plain.data, plain.indices, plain.indptr)] == fast
+
+
+@pytest.mark.parametrize("fit", ["momentum", "nesterov", "adam", "rmsprop", "adamw",
+                                 "momentum_decay"])
+def test_rows_whose_state_is_known_to_be_zero_are_skipped_with_the_same_bits(fit):
+    """The end of a sparse epoch under a lazy rule skips, unread, the rows of W1 whose
+    optimizer state the trainer knows to be all 0 (Trainer._moving_rows: rows no epoch has
+    changed since the state was made; the epochs mark the rows they log): the same bits
+    as reading every row's state, through fits that change the state otherwise (a dense
+    fit moves every row, unpickling a trainer, bind) and fits that name other rows."""
+    X, y = sparse_data(n_rows=60, n_cols=300, density=0.02, seed=5)
+    other, _ = sparse_data(n_rows=60, n_cols=300, density=0.02, seed=6)
+    dense = np.random.default_rng(1).normal(size=(60, 300))
+    named = np.unique(X.indices)
+
+    def run(forced):
+        """The fits in turn; forced: every row's state read (moving rows all 1)."""
+        model = model_for(X)
+        trainer = fastbp.Trainer("cce", epochs=2, batch_size=8, seed=0, n_threads=1,
+                                 **FITS[fit])
+        steps = [lambda t: t.fit(model, X, y), lambda t: t.fit(model, other, y),
+                 lambda t: t.fit(model, dense, y), lambda t: t.fit(model, other, y),
+                 lambda t: t.partial_fit(model, X, y)]
+        for index, step in enumerate(steps):
+            if index == 4:               # a trainer pickled apart from its model
+                trainer = pickle.loads(pickle.dumps(trainer))
+                trainer.bind(model)
+            if forced:
+                trainer._moving_rows = np.ones(300, dtype=np.uint8)
+            step(trainer)
+            if index == 2:                   # not known after a dense fit
+                assert trainer._moving_rows is None
+                continue
+            state_rows = trainer._state[:, :300 * 7].reshape(-1, 300, 7).any(axis=(0, 2))
+            assert np.all(trainer._moving_rows >= state_rows)
+            if index == 0 and not forced:    # the rows the first fit changed: those it
+                # named, or with decay every row (its epochs' ends catch them all up)
+                np.testing.assert_array_equal(
+                    np.flatnonzero(trainer._moving_rows),
+                    np.arange(300) if FITS[fit].get("weight_decay") else named)
+        return model.parameter_vector(), trainer._state.copy()
+
+    (params, state), (forced_params, forced_state) = run(False), run(True)
+    np.testing.assert_array_equal(params, forced_params)
+    np.testing.assert_array_equal(state, forced_state)
+
+
+def test_the_core_refuses_moving_rows_it_cannot_keep():
+    """train_epoch's moving_rows must have a byte per row of W1 and come with the row log
+    whose rows it marks."""
+    X, y = sparse_data(n_rows=20, n_cols=30)
+    model = model_for(X)
+    trainer = fastbp.Trainer("cce", optimizer="adam", epochs=1, batch_size=8, n_threads=1)
+    calls = []
+    with mock.patch.object(_core, "train_epoch",
+                           side_effect=lambda *args, **kwargs: calls.append((args, kwargs))
+                           or (0.0, 1.0, 20, _core.Status.COMPLETED)):
+        trainer.fit(model, X, y)
+    (args, kwargs), = calls
+    args = list(args)
+    assert isinstance(args[17], _core.RowLog) and kwargs["moving_rows"].shape == (30,)
+    for moving_rows, row_log in ((np.zeros(29, dtype=np.uint8), args[17]),
+                                 (np.zeros(30, dtype=np.uint8), None)):
+        args[17] = row_log
+        with pytest.raises(ValueError, match="moving_rows"):
+            _core.train_epoch(*args, **dict(kwargs, moving_rows=moving_rows))
