@@ -31,8 +31,12 @@ number of rows (about 200-600 samples/s), is timed on the first 2,000 rows of th
 unset, like every benchmark:
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/sparse_input.py [--epochs 3]
+
+`--columns N` draws S1's rows over N columns instead (the first layer N wide): what a
+wider vocabulary costs each system.
 """
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -70,7 +74,8 @@ class FastbpRunner:
     def __init__(self, name, X, y, seed=0, threads=1):
         import fastbp
         self.fastbp, self.X, self.y = fastbp, X, y
-        self.model = fastbp.MLP(S1.layer_sizes, S1.activations, dtype=S1.dtype, seed=seed)
+        self.model = fastbp.MLP((X.shape[1], *S1.layer_sizes[1:]), S1.activations,
+                                dtype=S1.dtype, seed=seed)
         self.trainer = fastbp.Trainer(LOSS, optimizer=self.RULES[name](fastbp.optimizers),
                                       epochs=1, batch_size=S1.batch_size, seed=seed,
                                       n_threads=threads or None)
@@ -119,7 +124,7 @@ class TorchEmbeddingBagRunner:
         except RuntimeError:
             pass
         torch.manual_seed(seed)
-        n_in, n_hidden, n_out = S1.layer_sizes
+        n_in, n_hidden, n_out = X.shape[1], *S1.layer_sizes[1:]
         self.bag = torch.nn.EmbeddingBag(n_in, n_hidden, mode="sum", sparse=True)
         self.bias = torch.nn.Parameter(torch.zeros(n_hidden))
         self.out = torch.nn.Linear(n_hidden, n_out)
@@ -188,10 +193,17 @@ def make_runner(name, X, y, threads=1):
 
 # ----------------------------------------------------------------------------- worker
 
-def worker(name, rows, epochs, threads=1):
+def workload(columns=None):
+    """S1, or S1 with another number of columns (--columns: the same rows and draws over a
+    wider or narrower vocabulary, the network's first layer as wide)."""
+    return S1 if columns is None else \
+        dataclasses.replace(S1, layer_sizes=(columns, *S1.layer_sizes[1:]))
+
+
+def worker(name, rows, epochs, threads=1, columns=None):
     """Measure one system in this process; returns a dict (printed as JSON)."""
     from threadpoolctl import threadpool_limits
-    X, y = make_sparse_data(S1)
+    X, y = make_sparse_data(workload(columns))
     X, y = X[:rows], y[:rows]
     rss_data = _maxrss_mib()
     with threadpool_limits(limits=threads or None):
@@ -233,16 +245,20 @@ def main(argv=None):
                              "0: each library's default")
     for name in SYSTEMS:
         parser.add_argument(f"--rows-{name}", type=int, default=ROWS.get(name, S1.n_samples))
+    parser.add_argument("--columns", type=int,
+                        help="S1's rows drawn over this many columns (default S1's 100,000)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--rows", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        print(json.dumps(worker(args.worker, args.rows, args.epochs, args.threads)))
+        print(json.dumps(worker(args.worker, args.rows, args.epochs, args.threads,
+                                args.columns)))
         return
 
-    X, _ = make_sparse_data(S1)
+    chosen = workload(args.columns)
+    X, _ = make_sparse_data(chosen)
     data_bytes = X.data.nbytes + X.indices.nbytes + X.indptr.nbytes
-    n_params = sum(a * b + b for a, b in zip(S1.layer_sizes[:-1], S1.layer_sizes[1:]))
+    n_params = sum(a * b + b for a, b in zip(chosen.layer_sizes[:-1], chosen.layer_sizes[1:]))
     print(f"S1: {X.shape[0]:,} x {X.shape[1]:,}, {X.nnz:,} stored values "
           f"({X.nnz / X.shape[0]:.1f} a row), CSR {data_bytes / 2**20:.1f} MiB, "
           f"parameters {n_params * 4 / 2**20:.1f} MiB (a dense X: "
@@ -255,7 +271,8 @@ def main(argv=None):
         rows = getattr(args, f"rows_{name.replace('-', '_')}")
         proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", name,
                                "--rows", str(rows), "--epochs", str(args.epochs),
-                               "--threads", str(args.threads)],
+                               "--threads", str(args.threads),
+                               *(["--columns", str(args.columns)] if args.columns else [])],
                               capture_output=True, text=True)
         if proc.returncode != 0:
             print(f"{name}: failed\n{proc.stderr[-2000:]}")
