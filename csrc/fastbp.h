@@ -139,6 +139,35 @@ static inline int fbp_release_interrupts(void)
     return requested;
 }
 
+/* Subnormal numbers in a training epoch (docs/contract.md, "Training").  An optimizer's
+   state on a row of W1 that no batch names decays by beta at every step (momentum's
+   velocity, Adam's first moment) and crosses the subnormal range on its way to 0, where
+   each x86 instruction that reads or makes one takes a microcode assist of ~100 cycles:
+   S1 with momentum ran 1.45x slower an epoch once its rare rows got there.  So a training
+   thread runs with FTZ (subnormal results become 0) and DAZ (subnormal inputs read as 0)
+   set in its MXCSR, as TensorFlow's CPU threads do.  fbp_float_mode_enter(flush) sets them
+   (flush != 0) or clears them (IEEE gradual underflow) and returns the mode it found, for
+   fbp_float_mode_restore on the caller's thread when the epoch returns.  Elsewhere than x86
+   both do nothing and subnormals are kept. */
+#if defined(__x86_64__) || defined(__i386__)
+#include <xmmintrin.h>
+#define FBP_MXCSR_FLUSH 0x8040u   /* FTZ (bit 15) and DAZ (bit 6) */
+static inline unsigned fbp_float_mode_enter(int flush)
+{
+    const unsigned found = _mm_getcsr();
+    _mm_setcsr(flush ? found | FBP_MXCSR_FLUSH : found & ~FBP_MXCSR_FLUSH);
+    return found;
+}
+
+static inline void fbp_float_mode_restore(unsigned found)
+{
+    _mm_setcsr(found);
+}
+#else
+static inline unsigned fbp_float_mode_enter(int flush) { (void)flush; return 0; }
+static inline void fbp_float_mode_restore(unsigned found) { (void)found; }
+#endif
+
 /* xorshift64*: a small, fast generator for dropout masks; the state is never 0. */
 static inline uint64_t fbp_random_next(uint64_t *state)
 {

@@ -55,6 +55,19 @@ OPTIMIZER_CODES = {fbp_optimizer_names[code].decode(): code for code in range(FB
 # only the rows each batch names (train_epoch)
 NAMED_ROWS_VARIABLE = "FASTBP_SPARSE_NAMED_ROWS"
 LAZY_ADAM_VARIABLE = "FASTBP_SPARSE_LAZY_ADAM"   # "0": Adam on sparse input steps every row
+# "keep": train_epoch computes with IEEE subnormals instead of flushing them to 0
+# (fbp_float_mode_enter; docs/contract.md, "Training")
+SUBNORMALS_VARIABLE = "FASTBP_SUBNORMALS"
+
+
+def flushes_subnormals():
+    """Whether training epochs flush subnormal numbers to 0: unless FASTBP_SUBNORMALS is
+    "keep" ("flush", the default, or unset); ValueError for any other value."""
+    setting = os.environ.get(SUBNORMALS_VARIABLE, "")
+    if setting not in ("", "flush", "keep"):
+        raise ValueError(f"{SUBNORMALS_VARIABLE}={setting!r}: it must be 'flush' (the "
+                         f"default) or 'keep'")
+    return setting != "keep"
 
 # train_epoch's status
 cpdef enum Status:
@@ -1844,6 +1857,8 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
     cdef bint use_weights = row_weights.shape[0] > 0, clipping = hyper.clip_norm > 0
     cdef int update = update_kind(hyper)
     cdef int state_rows = hyperparameters.state_rows
+    cdef bint flush_subnormals = flushes_subnormals()
+    cdef unsigned float_mode
 
     caller = "train_epoch"
     check_pass(caller, plan_data, params.shape[0], work.shape[0],
@@ -1981,7 +1996,7 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
         return train_epoch_on_workers(plan_data, hyper, worker_plan, worker_work, n_workers,
                                       p, w, first, second, grads, X, Y, labels, row_weights,
                                       order, batch_size, random_seed, interruptible, update,
-                                      state_rows, split_inputs, split_hidden)
+                                      state_rows, split_inputs, split_hidden, flush_subnormals)
     if n_workers < 1:
         raise ValueError(f"train_epoch: n_workers is {n_workers}; it must be at least 1")
     # Small batches of shuffled dense rows: each batch asks for the next one's rows of X
@@ -2008,7 +2023,7 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
             batch.pool = pool_threads.start(n_workers, &lazy if use_lazy else NULL,
                                             plan_data, hyper, p, target, first, second,
                                             update, named, sparse.n_columns,
-                                            sizeof(floating))
+                                            sizeof(floating), flush_subnormals)
         except MemoryError:
             free(lazy.applied)
             free(adam.sums)
@@ -2017,6 +2032,7 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
             raise
 
     with nogil:
+        float_mode = fbp_float_mode_enter(flush_subnormals)
         while start < n_rows:
             if interruptible and fbp_interrupt_requested:
                 status = INTERRUPTED
@@ -2100,6 +2116,7 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
         if moving != NULL:   # what the epoch changed (or its undo puts back) may be non-0
             for i in range(log.n_logged):
                 moving[(<Py_ssize_t*>log_entry(log, i))[0]] = 1
+        fbp_float_mode_restore(float_mode)
     if use_lazy:
         free(lazy.applied)
     free(adam.sums)

@@ -55,6 +55,7 @@ cdef struct RowPool:
     fbp_barrier barrier
     int n_threads
     double spin_seconds         # a helper's at the barrier, before sleeping
+    bint flush_subnormals       # each helper's float mode (fbp_float_mode_enter)
     int task                    # what the threads do between the next two barriers
     Py_ssize_t n_items          # the task's rows: lazy.touched[0:n_items], or W1's rows
     Py_ssize_t chunk            # rows claimed at a time
@@ -117,11 +118,13 @@ cdef void pool_loop(RowPoolArgument* argument, floating* kind) noexcept nogil:
 
 
 cdef void* pool_entry_float(void* argument) noexcept nogil:
+    fbp_float_mode_enter((<RowPoolArgument*>argument).pool.flush_subnormals)
     pool_loop(<RowPoolArgument*>argument, <float*>NULL)
     return NULL
 
 
 cdef void* pool_entry_double(void* argument) noexcept nogil:
+    fbp_float_mode_enter((<RowPoolArgument*>argument).pool.flush_subnormals)
     pool_loop(<RowPoolArgument*>argument, <double*>NULL)
     return NULL
 
@@ -181,7 +184,8 @@ cdef class RowPoolThreads:
     cdef RowPool* start(self, int n_threads, LazyRows* lazy, const PlanData* plan,
                         const HyperparameterData* hyper, void* params, void* target,
                         void* first, void* second, int update, unsigned char* named,
-                        Py_ssize_t n_cols, size_t item_size) except? NULL:
+                        Py_ssize_t n_cols, size_t item_size,
+                        bint flush_subnormals) except? NULL:
         cdef int k
         self.threads = <pthread_t*>calloc(n_threads, sizeof(pthread_t))
         self.arguments = <RowPoolArgument*>calloc(n_threads, sizeof(RowPoolArgument))
@@ -191,6 +195,7 @@ cdef class RowPoolThreads:
         memset(&self.pool, 0, sizeof(RowPool))
         self.pool.n_threads = n_threads
         self.pool.spin_seconds = wait_spin_seconds(n_threads)
+        self.pool.flush_subnormals = flush_subnormals
         self.pool.lazy, self.pool.plan, self.pool.hyper = lazy, plan, hyper
         self.pool.params, self.pool.target = params, target
         self.pool.first, self.pool.second = first, second

@@ -164,6 +164,7 @@ cdef struct SharedEpoch:
     double normaliser
     fbp_barrier barrier
     double spin_seconds             # at the barrier, before sleeping
+    bint flush_subnormals           # each worker's float mode (fbp_float_mode_enter)
     # the step in progress, set by worker 0 in phase A
     const void* x
     const void* y
@@ -663,11 +664,13 @@ cdef void worker_loop(floating* kind, WorkerArgument* argument) noexcept nogil:
 
 
 cdef void* worker_entry_float(void* argument) noexcept nogil:
+    fbp_float_mode_enter((<WorkerArgument*>argument).shared.flush_subnormals)
     worker_loop(<float*>NULL, <WorkerArgument*>argument)
     return NULL
 
 
 cdef void* worker_entry_double(void* argument) noexcept nogil:
+    fbp_float_mode_enter((<WorkerArgument*>argument).shared.flush_subnormals)
     worker_loop(<double*>NULL, <WorkerArgument*>argument)
     return NULL
 
@@ -801,7 +804,9 @@ cdef parallel_epoch(SharedEpoch* s, floating* kind):
     fbp_barrier_init(&s.barrier, T)
     s.spin_seconds = wait_spin_seconds(T)
     cdef long first_step = <long>s.hyper.step
+    cdef unsigned float_mode
     with nogil:
+        float_mode = fbp_float_mode_enter(s.flush_subnormals)
         if floating is float:
             started = fbp_start_workers(threads, T, worker_entry_float, <char*>arguments,
                                         sizeof(WorkerArgument))
@@ -815,6 +820,7 @@ cdef parallel_epoch(SharedEpoch* s, floating* kind):
         else:   # the threads that did start stop at the first barrier
             s.proceed = False
             fbp_abandon_workers(&s.barrier, threads, started)
+        fbp_float_mode_restore(float_mode)
     free(threads); free(arguments); free(numbers); free(views); free(offsets)
     free(bads); free(faileds)
     if started != 0:   # pthread_create fails only when the process is out of threads
@@ -829,7 +835,7 @@ cdef tuple train_epoch_on_workers(
         const floating[:, ::1] Y, const Py_ssize_t[::1] labels,
         const floating[::1] row_weights, const Py_ssize_t[::1] order, Py_ssize_t batch_size,
         uint64_t random_seed, bint interruptible, int update, int state_rows,
-        bint split_inputs, bint split_hidden):
+        bint split_inputs, bint split_hidden, bint flush_subnormals):
     """train_epoch's loop on n_workers row-split workers (its arguments checked, the
     worker plan and workspace checked here); returns what train_epoch returns."""
     if worker_plan is None or worker_work is None:
@@ -863,6 +869,7 @@ cdef tuple train_epoch_on_workers(
     s.n_samples, s.batch_size = X.shape[0], batch_size
     s.n_rows = order.shape[0] if s.use_order else X.shape[0]
     s.interruptible = interruptible
+    s.flush_subnormals = flush_subnormals
     s.update, s.n_workers = update, n_workers
     s.random_state = random_seed | 1
     s.normaliser = loss_normaliser(hyper.loss, plan.sizes[plan.n_layers])
