@@ -18,6 +18,25 @@ FBP_MULTIVERSION static int FBP_NAME(fbp_all_finite)(const FBP_T *x, ptrdiff_t n
     return 1;
 }
 
+/* max |x[i]|, or infinity if an element is NaN or infinite; *negative set to 1 if one is
+   below 0 (a sweep of compares and a max, no branch: vectorises).  The end of a sparse
+   epoch bounds each row's catch-up with it (fastbp/_core.pyx, flush_bound). */
+FBP_MULTIVERSION static double FBP_NAME(fbp_largest_magnitude)(const FBP_T *x, ptrdiff_t n,
+                                                               int *negative)
+{
+    FBP_T largest = 0;
+    int bad = 0, below = 0;
+    FBP_PRAGMA_SIMD(reduction(max:largest) reduction(|:bad, below))
+    for (ptrdiff_t i = 0; i < n; i++) {
+        FBP_T size = FBP_MATH_ABS(x[i]);
+        largest = size > largest ? size : largest;
+        bad |= !isfinite(x[i]);
+        below |= x[i] < 0;
+    }
+    *negative |= below;
+    return bad ? (double)INFINITY : (double)largest;
+}
+
 /* The gathers check every index they read against the length of what it indexes, as
    they read it (the caller's arrays may have been rewritten since they were validated:
    a wrong index must give an error, never a read or write out of bounds).  Each returns

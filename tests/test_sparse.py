@@ -540,26 +540,103 @@ def test_an_overflowed_optimizer_state_of_a_sparse_fit_is_divergence(dtype, case
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_the_row_log_holds_only_the_rows_an_epoch_changes(dtype):
+@pytest.mark.parametrize("defer", [True, False])
+def test_the_row_log_holds_only_the_rows_an_epoch_changes(dtype, defer):
     """Plain SGD changes only the rows its batches name, momentum without decay only the
-    rows with a velocity, SGD with decay every row: what train_epoch logs."""
+    rows with a velocity, SGD with decay every row: what train_epoch logs, but for the rows
+    only the epoch's end catches up, which it leaves unlogged to the very end where their
+    catch-up is proven finite (defer_flush; with it off, it logs them too)."""
     X, y = sparse_data(n_rows=40, n_cols=300, density=0.01, dtype=dtype, seed=5)
     named = np.unique(X.indices).size
     logged = {}
-    for name, options in [("sgd", dict(optimizer=optimizers.SGD(0.1))),
-                          ("momentum", dict(optimizer=optimizers.SGD(0.1, momentum=0.9))),
-                          ("decay", dict(optimizer=optimizers.SGD(0.1), weight_decay=0.01))]:
-        model = model_for(X, dtype=dtype)
-        trainer = fastbp.Trainer("cce", epochs=1, batch_size=8, seed=0, n_threads=1,
-                                 **options)
-        logged[name] = []
-        for _ in range(2):                            # the second epoch starts with velocity
-            trainer.fit(model, X, y)
-            logged[name].append(kept_row_log(trainer)[1].n_logged)
+    previous = _core.row_log_settings(defer_flush=defer)
+    try:
+        for name, options in [("sgd", dict(optimizer=optimizers.SGD(0.1))),
+                              ("momentum", dict(optimizer=optimizers.SGD(0.1, momentum=0.9))),
+                              ("decay", dict(optimizer=optimizers.SGD(0.1), weight_decay=0.01))]:
+            model = model_for(X, dtype=dtype)
+            trainer = fastbp.Trainer("cce", epochs=1, batch_size=8, seed=0, n_threads=1,
+                                     **options)
+            logged[name] = []
+            for _ in range(2):                        # the second epoch starts with velocity
+                trainer.fit(model, X, y)
+                logged[name].append(kept_row_log(trainer)[1].n_logged)
+    finally:
+        _core.row_log_settings(*previous)
     assert 0 < named < 300
     assert logged["sgd"] == [named, named]
     assert logged["momentum"] == [named, named]
-    assert logged["decay"] == [300, 300]
+    assert logged["decay"] == ([named, named] if defer else [300, 300])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("fit", sorted(set(LAZY_FITS) - {"rmsprop_coupled"}   # every row
+                                        | {"momentum", "nesterov"}))        # each step
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_rows_left_to_the_epochs_end_unlogged_give_the_same_bits(dtype, fit, n_threads):
+    """The end of an epoch catches up the rows it has not logged last, unlogged, where
+    flush_bound proves their catch-up finite (row_log_settings' defer_flush): the same
+    arithmetic as logging them first, so the same bits, through fits of several epochs
+    and partial_fit calls (whose one batch leaves nearly every row with a state to the
+    end); fewer rows logged."""
+    X, y = sparse_data(n_rows=90, n_cols=300, density=0.02, dtype=dtype, seed=5)
+    runs = {}
+    for defer in (False, True):
+        previous = _core.row_log_settings(defer_flush=defer)
+        try:
+            model = model_for(X, dtype=dtype)
+            trainer = fastbp.Trainer("cce", epochs=2, batch_size=8, seed=0,
+                                     n_threads=n_threads, **LAZY_FITS.get(fit, FITS.get(fit)))
+            trainer.fit(model, X, y)
+            logged = []
+            for start in (0, 8, 40):
+                trainer.partial_fit(model, X[start:start + 8], y[start:start + 8])
+                logged.append(kept_row_log(trainer)[1].n_logged)
+            runs[defer] = (model.parameter_vector(), trainer._state.copy(), logged)
+        finally:
+            _core.row_log_settings(*previous)
+    np.testing.assert_array_equal(runs[True][0], runs[False][0])
+    np.testing.assert_array_equal(runs[True][1], runs[False][1])
+    assert all(d <= k for d, k in zip(runs[True][2], runs[False][2]))
+    assert sum(runs[True][2]) < sum(runs[False][2])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("planted", [np.inf, np.nan, "huge"])
+@pytest.mark.parametrize("fit", ["momentum_decay", "adamw"])
+@pytest.mark.parametrize("hidden, column", [(7, 1), (37, 0), (37, 33)])
+def test_a_row_left_to_the_end_is_logged_unless_its_catch_up_is_proven_finite(
+        dtype, planted, fit, hidden, column):
+    """A row of W1 no batch of the epoch names, whose weights or state hold a value too
+    large to bound (or not finite), is logged and caught up with the rows the epoch
+    changed, before the finiteness check; its catch-up overflows, so the epoch ends as
+    diverged and is undone: the rows left to the end (every other row: decay moves them
+    all) have not been touched, and the whole model and state are as at the epoch's
+    start, bit for bit. (Rows of 7 and 37 values: the bound's vector loop and its tail.)"""
+    X, y = sparse_data(n_rows=90, n_cols=300, density=0.02, dtype=dtype, seed=5)
+    unnamed = np.setdiff1d(np.arange(300), np.unique(X.indices))
+    model = model_for(X, hidden=(hidden,), dtype=dtype)
+    rule = {"momentum_decay": dict(optimizer=optimizers.SGD(0.05, momentum=0.9),
+                                   weight_decay=0.01),
+            "adamw": LAZY_FITS["adamw"]}[fit]
+    trainer = fastbp.Trainer("cce", epochs=1, batch_size=8, seed=0, n_threads=1, **rule)
+    trainer.fit(model, X, y)
+    largest = float(np.finfo(dtype).max)
+    index = unnamed[5] * hidden + column
+    # a value that is not finite, or one the catch-up takes past the largest: a weight
+    # and a coupled velocity both of the largest size, or Adam's first moment with no
+    # second moment to divide it (m / eps)
+    trainer._state[0, index] = -largest if planted == "huge" else planted
+    if fit == "adamw":
+        trainer._state[1, index] = 0
+    else:
+        model._params[index] = largest if planted == "huge" else 1.0
+    before, state_before = model.parameter_vector(), trainer._state.copy()
+    with pytest.warns(RuntimeWarning, match="diverged"):
+        history = trainer.fit(model, X, y)
+    assert history.diverged
+    np.testing.assert_array_equal(model.parameter_vector(), before)
+    np.testing.assert_array_equal(trainer._state, state_before)
 
 
 def kept_row_log(trainer):
@@ -650,7 +727,8 @@ model = fastbp.MLP([200_000, 64, 3], ["relu", "softmax"], dtype="float32", seed=
 trainer = fastbp.Trainer("cce", optimizer="sgd", learning_rate=0.1, epochs=1,
                          batch_size=16, seed=0, n_threads=1)
 trainer.fit(model, X, y)     # everything imported and measured, the log kept holding the
-trainer.weight_decay = 0.01  # named rows (a few MB); then an epoch logs every row (decay)
+trainer.weight_decay = 0.01  # named rows (a few MB); then an epoch logs every row (decay,
+fastbp._core.row_log_settings(defer_flush=False)   # its end's catch-ups logged too)
 before = model.parameter_vector()   # into 53 MB of log, with room for 24 MB
 size = int([line for line in open("/proc/self/status")
             if line.startswith("VmSize")][0].split()[1]) * 1024
