@@ -21,23 +21,18 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from workloads import LOSS, S1, S1_LEARNING_RATE, make_sparse_data  # noqa: E402
+from sparse_input import FastbpRunner  # noqa: E402
+from workloads import make_sparse_data  # noqa: E402
 
 OPTIMIZERS = ("sgd", "momentum", "adam")
 
 
 def measure(optimizer_name, rows, calls):
     """(median ms deferred, median ms logged)."""
-    import fastbp
     from fastbp import _core
     X, y = make_sparse_data()
-    optimizer = {"sgd": fastbp.optimizers.SGD(S1_LEARNING_RATE),
-                 "momentum": fastbp.optimizers.SGD(S1_LEARNING_RATE, momentum=0.9),
-                 "adam": fastbp.optimizers.Adam(0.001)}[optimizer_name]
-    model = fastbp.MLP((X.shape[1], *S1.layer_sizes[1:]), S1.activations, dtype=S1.dtype,
-                       seed=0)
-    trainer = fastbp.Trainer(LOSS, optimizer=optimizer, epochs=1, batch_size=S1.batch_size,
-                             seed=0, n_threads=1)
+    runner = FastbpRunner(f"fastbp-{optimizer_name}", X, y)   # S1's model and rule
+    model, trainer = runner.model, runner.trainer
     trainer.fit(model, X, y)
     times = {True: [], False: []}
     previous = _core.row_log_settings()

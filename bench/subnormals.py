@@ -49,19 +49,19 @@ def run_worker(case, epochs):
     import fastbp
     from threadpoolctl import threadpool_limits
     data, rule = case.split("-")
-    if data == "s1":
-        from workloads import S1, S1_LEARNING_RATE, make_sparse_data
+    if data == "s1":   # as bench/sparse_input.py trains it
+        from sparse_input import FastbpRunner
+        from workloads import make_sparse_data
         X, y = make_sparse_data()
-        sizes, activations, batch, learning_rate = \
-            (X.shape[1], *S1.layer_sizes[1:]), S1.activations, S1.batch_size, S1_LEARNING_RATE
+        runner = FastbpRunner(f"fastbp-{rule}", X, y)
+        model, trainer = runner.model, runner.trainer
     else:
         X, y = rare_inputs_data()
-        sizes, activations, batch, learning_rate = [784, 128, 10], ["relu", "softmax"], 32, 0.01
-    optimizer = fastbp.optimizers.SGD(learning_rate, momentum=0.9) if rule == "momentum" \
-        else fastbp.optimizers.Adam(0.001)
-    model = fastbp.MLP(sizes, activations, dtype="float32", seed=0)
-    trainer = fastbp.Trainer("cce", optimizer=optimizer, epochs=1, batch_size=batch, seed=0,
-                             n_threads=1)
+        optimizer = fastbp.optimizers.SGD(0.01, momentum=0.9) if rule == "momentum" \
+            else fastbp.optimizers.Adam(0.001)
+        model = fastbp.MLP([784, 128, 10], ["relu", "softmax"], dtype="float32", seed=0)
+        trainer = fastbp.Trainer("cce", optimizer=optimizer, epochs=1, batch_size=32,
+                                 seed=0, n_threads=1)
     seconds = []
     with threadpool_limits(1):
         trainer.fit(model, X, y)
