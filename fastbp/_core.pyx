@@ -1957,8 +1957,10 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
     shares_rows is False runs on this thread alone), and a column index or indptr entry
     out of range (checked as read) raises as an index out of range does. row_log (sparse X only): the
     rows of W1 (and of the state) this epoch changes are copied into it before they
-    change (RowLog), so that the caller can undo the epoch without a copy of all of W1;
-    MemoryError if it cannot grow (the epoch stops; undo it). moving_rows (with row_log):
+    change (RowLog), so that the caller can undo the epoch without a copy of all of W1
+    (but for the rows only the epoch's end catches up whose catch-up is proven finite:
+    those change after the epoch's last check, when it is no longer undone;
+    lazy_flush_deferred); MemoryError if it cannot grow (the epoch stops; undo it). moving_rows (with row_log):
     a byte per row of W1, 0 where the caller knows the row's optimizer state to be all 0,
     as it is until an epoch first changes the row: the end of an epoch under a lazy rule
     then skips those rows unread (else it reads every row's state there, all of W1's, to
