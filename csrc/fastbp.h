@@ -11,6 +11,7 @@
 #ifndef FASTBP_H
 #define FASTBP_H
 
+#include <float.h>
 #include <math.h>
 #include <signal.h>
 #include <stddef.h>

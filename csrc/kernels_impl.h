@@ -637,15 +637,17 @@ FBP_MULTIVERSION static void FBP_NAME(fbp_optimizer_step)(FBP_T *params, FBP_T *
    them, in one go: the derivation is at LazyAdam in fastbp/_core.pyx.  sums: the series'
    coefficients C_0 .. C_(FBP_ADAM_TERMS - 1) of these k steps; step_sizes[s] and roots[s],
    s = 1..k: lr_s and r_s of each step; shrink: one step's decoupled decay (1 without);
-   widest: eps times the largest b_s.
+   widest: eps times the largest b_s; middle (or NULL): D / eps and the second series'
+   M_0 .. M_(FBP_ADAM_TERMS - 1), with y = center - sqrt(v) / D.
    Up to FBP_ADAM_DIRECT_STEPS steps, the weights step one step at a time with the dense
    rule's arithmetic (that costs less than the series).  Past that, every weight takes the
    series, in FBP_T, to as many terms as the block's largest eps b_s / sqrt(v) needs for a
    quarter of FBP_T's rounding of the step; a weight with m = 0 takes no step
    (0 / (sqrt(v) + eps)); a weight whose eps b_s / sqrt(v) can exceed `limit` (v near 0 next
-   to eps, where even all the terms would be off) is left as it was and then stepped one
-   step at a time, with the other such weights of its block.  Every loop over the weights
-   vectorises. */
+   to eps, where even all the terms would be off) is left as it was; such weights of a block
+   are gathered, take the second series where |y| < limit (to the terms the largest such
+   |y| needs, two bits more: its rest is bounded less tightly), and otherwise step one step
+   at a time together.  Every loop over a block's weights vectorises. */
 /* Adam's k steps without a gradient on n weights, one step at a time with the dense rule's
    arithmetic (fbp_optimizer_step's), the loop over the weights inside (it vectorises). */
 static inline void FBP_NAME(fbp_adam_steps)(FBP_T *restrict params, FBP_T *restrict first,
@@ -693,10 +695,21 @@ FBP_MULTIVERSION static void FBP_NAME(fbp_linear_catch_up)(
             scaled[i] = (FBP_T)(e * scaled[i]);
 }
 
+/* The terms of a series in powers of at most `largest` (0 <= largest < 1) that bring its
+   rest within a quarter of FBP_T's rounding, `margin` bits more (at least 1, at most
+   FBP_ADAM_TERMS). */
+static inline int FBP_NAME(fbp_series_terms)(FBP_T largest, int margin)
+{
+    const double bits = (sizeof(FBP_T) == sizeof(float) ? 26.0 : 55.0) + margin;
+    int terms = largest > 0 ? (int)ceil(-bits / log2((double)largest)) : 1;
+    return terms < 1 ? 1 : terms > FBP_ADAM_TERMS ? FBP_ADAM_TERMS : terms;
+}
+
 FBP_MULTIVERSION static void FBP_NAME(fbp_adam_catch_up)(
     FBP_T *params, FBP_T *first, FBP_T *second, ptrdiff_t n, const double *sums,
     const double *step_sizes, const double *roots, ptrdiff_t k, double shrink,
-    double beta1, double beta2, double epsilon, double widest, double limit)
+    double beta1, double beta2, double epsilon, double widest, double limit,
+    const double *middle, double center)
 {
     if (k <= FBP_ADAM_DIRECT_STEPS) {
         FBP_NAME(fbp_adam_steps)(params, first, second, n, step_sizes, roots, k, shrink, beta1,
@@ -710,6 +723,19 @@ FBP_MULTIVERSION static void FBP_NAME(fbp_adam_catch_up)(
     const FBP_T shrink_k = (FBP_T)pow(shrink, (double)k);
     const FBP_T decay1 = (FBP_T)pow(beta1, (double)k), decay2 = (FBP_T)pow(beta2, (double)k);
     const FBP_T far = (FBP_T)widest, near = (FBP_T)limit;
+    /* the second series, where its coefficients and scale are finite in FBP_T with room */
+    FBP_T around[FBP_ADAM_TERMS], y_center = (FBP_T)center, y_scale = 0;
+    int second_series = middle != NULL && middle[0] > 0;
+    const double room = (sizeof(FBP_T) == sizeof(float) ? FLT_MAX : DBL_MAX) / 4;
+    for (int q = 0; second_series && q < FBP_ADAM_TERMS; q++) {
+        second_series = isfinite(middle[1 + q]) && fabs(middle[1 + q]) < room;
+        around[q] = (FBP_T)middle[1 + q];
+    }
+    if (second_series) {
+        const double scale = 1 / (epsilon * middle[0]);
+        second_series = isfinite(scale) && scale < room;
+        y_scale = (FBP_T)scale;
+    }
     enum { BLOCK = 256 };
     int later[BLOCK];       /* stepped one by one below (an int, as wide as a float: the
                                loop that sets it vectorises at the floats' full width) */
@@ -725,10 +751,7 @@ FBP_MULTIVERSION static void FBP_NAME(fbp_adam_catch_up)(
             FBP_T y = far * inverse[i];
             largest = moment1[i] != 0 && y < near && y > largest ? y : largest;
         }
-        /* terms: the least t with largest^t within a quarter of FBP_T's rounding */
-        const double bits = sizeof(FBP_T) == sizeof(float) ? 26.0 : 55.0;
-        int terms = largest > 0 ? (int)ceil(-bits / log2((double)largest)) : 1;
-        terms = terms < 1 ? 1 : terms > FBP_ADAM_TERMS ? FBP_ADAM_TERMS : terms;
+        const int terms = FBP_NAME(fbp_series_terms)(largest, 0);
         for (ptrdiff_t i = 0; i < size; i++)
             series[i] = coefficient[terms - 1];
         /* Horner's rule a term at a time over the block (a loop over the weights with the
@@ -750,7 +773,7 @@ FBP_MULTIVERSION static void FBP_NAME(fbp_adam_catch_up)(
         }
         if (!step_by_step)
             continue;
-        /* the weights left, gathered and stepped together */
+        /* the weights left, gathered */
         FBP_T p[BLOCK], m[BLOCK], v[BLOCK];
         ptrdiff_t index[BLOCK], count = 0;
         for (ptrdiff_t i = 0; i < size; i++)
@@ -761,6 +784,40 @@ FBP_MULTIVERSION static void FBP_NAME(fbp_adam_catch_up)(
                 v[count] = moment2[i];
                 count++;
             }
+        if (second_series) {
+            /* x: their y = center - sqrt(v) / D; series: the second series at y */
+            FBP_T reach = -1;       /* the largest |y| the series takes; -1: none */
+            FBP_PRAGMA_SIMD(reduction(max:reach))
+            for (ptrdiff_t j = 0; j < count; j++) {
+                x[j] = y_center - FBP_MATH_SQRT(v[j]) * y_scale;
+                const FBP_T distance = FBP_MATH_ABS(x[j]);
+                reach = distance < near && distance > reach ? distance : reach;
+            }
+            if (reach >= 0) {
+                const int terms = FBP_NAME(fbp_series_terms)(reach, 2);
+                for (ptrdiff_t j = 0; j < count; j++)
+                    series[j] = around[terms - 1];
+                for (int q = terms - 2; q >= 0; q--)
+                    for (ptrdiff_t j = 0; j < count; j++)
+                        series[j] = series[j] * x[j] + around[q];
+                ptrdiff_t kept = 0;     /* the rest, moved to the front for the steps below */
+                for (ptrdiff_t j = 0; j < count; j++) {
+                    if (FBP_MATH_ABS(x[j]) < near) {
+                        weights[index[j]] = shrink_k * p[j] - m[j] * series[j];
+                        moment1[index[j]] = m[j] * decay1;
+                        moment2[index[j]] = v[j] * decay2;
+                    } else {
+                        index[kept] = index[j];
+                        p[kept] = p[j];
+                        m[kept] = m[j];
+                        v[kept] = v[j];
+                        kept++;
+                    }
+                }
+                count = kept;
+            }
+        }
+        /* the weights neither series takes, stepped together */
         FBP_NAME(fbp_adam_steps)(p, m, v, count, step_sizes, roots, k, shrink, beta1, beta2,
                                  epsilon);
         for (ptrdiff_t j = 0; j < count; j++) {

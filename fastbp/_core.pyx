@@ -403,31 +403,61 @@ cdef struct RowGradients:
 # are kept for every t0 of the window and grow by one term a step (lazy_adam_advance), so a
 # row catches up in at most FBP_ADAM_TERMS multiply-adds a weight (fbp_adam_catch_up, which
 # also steps a row that missed only a few steps one step at a time: that costs less). The
-# series is cut where the rest is below a quarter of the dtype's rounding of the step; a
-# weight whose eps b_s / u may exceed the series limit (a second moment near 0 next to eps)
-# steps through its k steps one by one instead, with the dense rule's arithmetic.
+# series is cut where the rest is below a quarter of the dtype's rounding of the step.
+# A weight whose eps b_s / u may exceed the series limit (u not far above eps: a row whose
+# gradients have become small, more of them as a fit goes on) takes a second series, in
+# powers of u's distance from a centre u0 = kappa eps b_min (b_min = b_(t0+1), the least b_s):
+#     1 / (u + eps b_s) = sum_q y^q D^q / (u0 + eps b_s)^(q+1),  y = (u0 - u) / D,
+# D = u0 + eps b_min, so that each ratio D / (u0 + eps b_s) is at most 1 and the series
+# converges wherever |y| < 1, whatever the spread of b_s; the step is then m sum_q y^q M_q,
+#     M_q = sum_s shrink^(t - s) a_s D^q / (eps (u0 + eps b_s)^(q+1)) (kept like the C_q).
+# kappa puts u = 0 at y = 0.95 of the series limit; the two series together then take every
+# weight when b_max / b_min < 1.23 in float32 (k up to ~420 steps late in a fit; the second
+# series' reach is narrower under float64's limit). A weight neither series takes steps
+# through its k steps one by one, with the dense rule's arithmetic.
 # The sums run over a window of steps: every row catches up and the window starts again
 # after lazy_adam_window steps (and at the end of an epoch, with the other lazy rules).
 cdef Py_ssize_t lazy_adam_window = 1024
 cdef double lazy_adam_series_limit = -1      # < 0: the dtype's own (LAZY_ADAM_LIMIT_*)
+cdef bint lazy_adam_middle = True           # the second series (False: for tests)
+# per t0 of the window: growth, widening, C_0 .. C_(TERMS-1), D / eps, M_0 .. M_(TERMS-1)
+cdef enum:
+    ADAM_SUMS = 2 * FBP_ADAM_TERMS + 3
 # FBP_ADAM_TERMS = 32 terms of the series reach a quarter of the rounding up to these
 # (0.55^32 < 2^-26 in float32, 0.3^32 < 2^-55 in float64)
 cdef double LAZY_ADAM_LIMIT_FLOAT = 0.55
 cdef double LAZY_ADAM_LIMIT_DOUBLE = 0.3
 
-def lazy_adam_settings(window=None, series_limit=None):
-    """Sparse Adam's (window, series_limit) as they were before this call (see LazyAdam),
-    setting either one given (a series_limit below 0: the dtype's own): tests force every
-    path with them."""
-    global lazy_adam_window, lazy_adam_series_limit
-    previous = (lazy_adam_window, lazy_adam_series_limit)
+def lazy_adam_settings(window=None, series_limit=None, middle=None):
+    """Sparse Adam's (window, series_limit, middle) as they were before this call (see
+    LazyAdam), setting each one given (a series_limit below 0: the dtype's own; middle
+    False: no second series): tests force every path with them."""
+    global lazy_adam_window, lazy_adam_series_limit, lazy_adam_middle
+    previous = (lazy_adam_window, lazy_adam_series_limit, lazy_adam_middle)
     if window is not None:
         if int(window) < 1:
             raise ValueError(f"window must be at least 1; got {window}")
         lazy_adam_window = int(window)
     if series_limit is not None:
         lazy_adam_series_limit = float(series_limit)
+    if middle is not None:
+        lazy_adam_middle = bool(middle)
     return previous
+
+
+cdef double lazy_adam_limit(bint single) noexcept nogil:
+    """The series limit for float32 (single) or float64 rows (lazy_adam_settings)."""
+    if lazy_adam_series_limit >= 0:
+        return lazy_adam_series_limit
+    return LAZY_ADAM_LIMIT_FLOAT if single else LAZY_ADAM_LIMIT_DOUBLE
+
+
+cdef double lazy_adam_kappa(double limit) noexcept nogil:
+    """The second series' centre u0 / (eps b_min) for a series limit (see LazyAdam): u = 0
+    at y = 0.95 limit; -1 (no second series) outside 0 < limit < 1 or when turned off."""
+    if not (lazy_adam_middle and 0 < limit < 1):
+        return -1
+    return 0.95 * limit / (1 - 0.95 * limit)
 
 
 cdef struct LazyAdam:
@@ -437,8 +467,10 @@ cdef struct LazyAdam:
     double* step_sizes              # per step s of the window (1..): lr_s
     double largest_step             # the largest |lr_s| of the window so far (flush_bound)
     double* roots                   # ... r_s
-    double* sums                    # per t0 (0..): beta1^j / beta2^(j/2), beta2^(-j/2),
-                                    # then C_0 .. C_(TERMS-1), j = steps - t0
+    double kappa                    # the second series' centre u0 / (eps b_min), or < 0: none
+    double* sums                    # per t0 (0..), ADAM_SUMS apart: beta1^j / beta2^(j/2),
+                                    # beta2^(-j/2), C_0 .. C_(TERMS-1), D / eps, then
+                                    # M_0 .. M_(TERMS-1), j = steps - t0
     void* first                     # W1's part of m
     void* second                    # W1's part of v
 
@@ -1332,7 +1364,7 @@ cdef void lazy_adam_start(LazyAdam* adam, double step) noexcept nogil:
     adam.base_step = step
     adam.largest_step = 0
     adam.sums[0] = adam.sums[1] = 1
-    memset(adam.sums + 2, 0, FBP_ADAM_TERMS * sizeof(double))
+    memset(adam.sums + 2, 0, (ADAM_SUMS - 2) * sizeof(double))
 
 
 cdef void lazy_adam_advance(LazyAdam* adam, Py_ssize_t steps,
@@ -1342,39 +1374,81 @@ cdef void lazy_adam_advance(LazyAdam* adam, Py_ssize_t steps,
     cdef double root = sqrt(1 - pow(adam.beta2, t))
     cdef double step_size = learning_rate / (1 - pow(adam.beta1, t))
     cdef double growth = adam.beta1 / sqrt(adam.beta2), widening = 1 / sqrt(adam.beta2)
-    cdef double term, b
+    cdef double term, b, a, near, ratio
     cdef double* sums
+    cdef double* middle
     cdef Py_ssize_t t0
     cdef int q
     adam.step_sizes[steps] = step_size
     adam.largest_step = max(adam.largest_step, fabs(step_size))
     adam.roots[steps] = root
     for t0 in range(steps):
-        sums = adam.sums + t0 * (FBP_ADAM_TERMS + 2)
+        sums = adam.sums + t0 * ADAM_SUMS
         sums[0] *= growth
         sums[1] *= widening
-        term = step_size * root * sums[0]
+        a = step_size * root * sums[0]
         b = root * sums[1]
+        term = a
         for q in range(FBP_ADAM_TERMS):
             sums[2 + q] = adam.shrink * sums[2 + q] + term
             term *= b
-    sums = adam.sums + steps * (FBP_ADAM_TERMS + 2)
+        if adam.kappa < 0:
+            continue
+        middle = sums + 2 + FBP_ADAM_TERMS      # D / eps = (kappa + 1) b_min, then M_q
+        if t0 == steps - 1:                     # its first step: b_min = b
+            middle[0] = (adam.kappa + 1) * b
+        near = 1 / (adam.kappa / (adam.kappa + 1) * middle[0] + b)   # eps / (u0 + eps b_s)
+        term = a * near / adam.epsilon
+        ratio = middle[0] * near
+        for q in range(FBP_ADAM_TERMS):
+            middle[1 + q] = adam.shrink * middle[1 + q] + term
+            term *= ratio
+    sums = adam.sums + steps * ADAM_SUMS
     sums[0] = sums[1] = 1
-    memset(sums + 2, 0, FBP_ADAM_TERMS * sizeof(double))
+    memset(sums + 2, 0, (ADAM_SUMS - 2) * sizeof(double))
 
 
 cdef void lazy_adam_catch_up(const LazyAdam* adam, floating* W1, Py_ssize_t n_out,
                              Py_ssize_t row, Py_ssize_t t0, Py_ssize_t t) noexcept nogil:
     """Row `row` of W1 and its moments from step t0 of the window to t (see LazyAdam)."""
-    cdef const double* sums = adam.sums + t0 * (FBP_ADAM_TERMS + 2)
+    cdef const double* sums = adam.sums + t0 * ADAM_SUMS
     # the largest eps b_s / u of these steps is at s = t: b_s grows with s
     fbp_adam_catch_up(W1 + row * n_out, <floating*>adam.first + row * n_out,
                       <floating*>adam.second + row * n_out, n_out, sums + 2,
                       adam.step_sizes + t0, adam.roots + t0, t - t0, adam.shrink,
                       adam.beta1, adam.beta2, adam.epsilon,
-                      adam.epsilon * adam.roots[t] * sums[1],
-                      lazy_adam_series_limit if lazy_adam_series_limit >= 0 else
-                      (LAZY_ADAM_LIMIT_FLOAT if floating is float else LAZY_ADAM_LIMIT_DOUBLE))
+                      adam.epsilon * adam.roots[t] * sums[1], lazy_adam_limit(floating is float),
+                      sums + 2 + FBP_ADAM_TERMS if adam.kappa >= 0 else NULL,
+                      adam.kappa / (adam.kappa + 1))
+
+
+def lazy_adam_row(floating[::1] weights, floating[::1] first, floating[::1] second,
+                  double base_step, Py_ssize_t t0, Py_ssize_t t, double learning_rate,
+                  double beta1=0.9, double beta2=0.999, double epsilon=1e-8, double shrink=1):
+    """For tests: a row of W1 and its moments, changed in place, caught up from step t0 to
+    step t of a window of Adam's steps that starts after its step base_step, as a sparse
+    fit's lazy rows are (LazyAdam, lazy_adam_catch_up), under lazy_adam_settings' limit."""
+    cdef Py_ssize_t n = weights.shape[0], s
+    if first.shape[0] != n or second.shape[0] != n or n == 0:
+        raise ValueError("lazy_adam_row: weights, first and second need the same size, > 0")
+    if not (0 <= t0 <= t) or base_step < 0:
+        raise ValueError(f"lazy_adam_row: needs 0 <= t0 <= t and base_step >= 0; got "
+                         f"t0={t0}, t={t}, base_step={base_step}")
+    cdef LazyAdam adam
+    adam.beta1, adam.beta2, adam.epsilon, adam.shrink = beta1, beta2, epsilon, shrink
+    adam.window = t + 1
+    adam.kappa = lazy_adam_kappa(lazy_adam_limit(floating is float))
+    adam.first, adam.second = <void*>&first[0], <void*>&second[0]
+    adam.sums = <double*>malloc((t + 2) * (ADAM_SUMS + 2) * sizeof(double))
+    if not adam.sums:
+        raise MemoryError()
+    adam.step_sizes = adam.sums + (t + 2) * ADAM_SUMS
+    adam.roots = adam.step_sizes + t + 2
+    lazy_adam_start(&adam, base_step)
+    for s in range(1, t + 1):
+        lazy_adam_advance(&adam, s, learning_rate)
+    lazy_adam_catch_up(&adam, &weights[0], n, 0, t0, t)
+    free(adam.sums)
 
 
 cdef void lazy_catch_up(const LazyRows* lazy, floating* W1, Py_ssize_t n_out, Py_ssize_t row,
@@ -2060,12 +2134,12 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
             raise MemoryError()
         if lazy.adam != NULL:
             adam.window = lazy_adam_window
-            adam.sums = <double*>malloc((adam.window + 1) * (FBP_ADAM_TERMS + 4)
-                                        * sizeof(double))
+            adam.sums = <double*>malloc((adam.window + 1) * (ADAM_SUMS + 2) * sizeof(double))
             if not adam.sums:
                 free(lazy.applied)
                 raise MemoryError()
-            adam.step_sizes = adam.sums + (adam.window + 1) * (FBP_ADAM_TERMS + 2)
+            adam.step_sizes = adam.sums + (adam.window + 1) * ADAM_SUMS
+            adam.kappa = lazy_adam_kappa(lazy_adam_limit(floating is float))
             adam.roots = adam.step_sizes + adam.window + 1
             lazy_adam_start(&adam, hyper.step)
         lazy.listed = lazy.applied + n_in
