@@ -452,10 +452,11 @@ cdef double lazy_adam_limit(bint single) noexcept nogil:
     return LAZY_ADAM_LIMIT_FLOAT if single else LAZY_ADAM_LIMIT_DOUBLE
 
 
-cdef double lazy_adam_kappa(double limit) noexcept nogil:
+cdef double lazy_adam_kappa(double limit, double epsilon) noexcept nogil:
     """The second series' centre u0 / (eps b_min) for a series limit (see LazyAdam): u = 0
-    at y = 0.95 limit; -1 (no second series) outside 0 < limit < 1 or when turned off."""
-    if not (lazy_adam_middle and 0 < limit < 1):
+    at y = 0.95 limit; -1 (no second series) outside 0 < limit < 1, without an epsilon
+    (its coefficients are over eps) or when turned off."""
+    if not (lazy_adam_middle and 0 < limit < 1 and epsilon > 0):
         return -1
     return 0.95 * limit / (1 - 0.95 * limit)
 
@@ -1419,7 +1420,7 @@ cdef void lazy_adam_catch_up(const LazyAdam* adam, floating* W1, Py_ssize_t n_ou
                       adam.beta1, adam.beta2, adam.epsilon,
                       adam.epsilon * adam.roots[t] * sums[1], lazy_adam_limit(floating is float),
                       sums + 2 + FBP_ADAM_TERMS if adam.kappa >= 0 else NULL,
-                      adam.kappa / (adam.kappa + 1))
+                      adam.kappa / (adam.kappa + 1) if adam.kappa >= 0 else 0)
 
 
 def lazy_adam_row(floating[::1] weights, floating[::1] first, floating[::1] second,
@@ -1437,7 +1438,7 @@ def lazy_adam_row(floating[::1] weights, floating[::1] first, floating[::1] seco
     cdef LazyAdam adam
     adam.beta1, adam.beta2, adam.epsilon, adam.shrink = beta1, beta2, epsilon, shrink
     adam.window = t + 1
-    adam.kappa = lazy_adam_kappa(lazy_adam_limit(floating is float))
+    adam.kappa = lazy_adam_kappa(lazy_adam_limit(floating is float), adam.epsilon)
     adam.first, adam.second = <void*>&first[0], <void*>&second[0]
     adam.sums = <double*>malloc((t + 2) * (ADAM_SUMS + 2) * sizeof(double))
     if not adam.sums:
@@ -2139,7 +2140,7 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
                 free(lazy.applied)
                 raise MemoryError()
             adam.step_sizes = adam.sums + (adam.window + 1) * ADAM_SUMS
-            adam.kappa = lazy_adam_kappa(lazy_adam_limit(floating is float))
+            adam.kappa = lazy_adam_kappa(lazy_adam_limit(floating is float), adam.epsilon)
             adam.roots = adam.step_sizes + adam.window + 1
             lazy_adam_start(&adam, hyper.step)
         lazy.listed = lazy.applied + n_in
