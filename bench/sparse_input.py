@@ -33,7 +33,8 @@ unset, like every benchmark:
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/sparse_input.py [--epochs 3]
 
 `--columns N` draws S1's rows over N columns instead (the first layer N wide): what a
-wider vocabulary costs each system.
+wider vocabulary costs each system. `--dtype float64` trains every system in double
+precision (what fastbp's scikit-learn estimators compute in by default).
 """
 import argparse
 import dataclasses
@@ -75,7 +76,7 @@ class FastbpRunner:
         import fastbp
         self.fastbp, self.X, self.y = fastbp, X, y
         self.model = fastbp.MLP((X.shape[1], *S1.layer_sizes[1:]), S1.activations,
-                                dtype=S1.dtype, seed=seed)
+                                dtype=X.dtype, seed=seed)
         self.trainer = fastbp.Trainer(LOSS, optimizer=self.RULES[name](fastbp.optimizers),
                                       epochs=1, batch_size=S1.batch_size, seed=seed,
                                       n_threads=threads or None)
@@ -125,9 +126,10 @@ class TorchEmbeddingBagRunner:
             pass
         torch.manual_seed(seed)
         n_in, n_hidden, n_out = X.shape[1], *S1.layer_sizes[1:]
-        self.bag = torch.nn.EmbeddingBag(n_in, n_hidden, mode="sum", sparse=True)
-        self.bias = torch.nn.Parameter(torch.zeros(n_hidden))
-        self.out = torch.nn.Linear(n_hidden, n_out)
+        dtype = torch.from_numpy(X.data[:1]).dtype     # the data's: --dtype
+        self.bag = torch.nn.EmbeddingBag(n_in, n_hidden, mode="sum", sparse=True, dtype=dtype)
+        self.bias = torch.nn.Parameter(torch.zeros(n_hidden, dtype=dtype))
+        self.out = torch.nn.Linear(n_hidden, n_out, dtype=dtype)
         self.opt = torch.optim.SGD([*self.bag.parameters(), self.bias,
                                     *self.out.parameters()], lr=S1_LEARNING_RATE)
         self.loss_fn = torch.nn.CrossEntropyLoss()
@@ -193,17 +195,18 @@ def make_runner(name, X, y, threads=1):
 
 # ----------------------------------------------------------------------------- worker
 
-def workload(columns=None):
+def workload(columns=None, dtype=None):
     """S1, or S1 with another number of columns (--columns: the same rows and draws over a
-    wider or narrower vocabulary, the network's first layer as wide)."""
-    return S1 if columns is None else \
+    wider or narrower vocabulary, the network's first layer as wide) or dtype (--dtype)."""
+    chosen = S1 if columns is None else \
         dataclasses.replace(S1, layer_sizes=(columns, *S1.layer_sizes[1:]))
+    return chosen if dtype is None else dataclasses.replace(chosen, dtype=dtype)
 
 
-def worker(name, rows, epochs, threads=1, columns=None):
+def worker(name, rows, epochs, threads=1, columns=None, dtype=None):
     """Measure one system in this process; returns a dict (printed as JSON)."""
     from threadpoolctl import threadpool_limits
-    X, y = make_sparse_data(workload(columns))
+    X, y = make_sparse_data(workload(columns, dtype))
     X, y = X[:rows], y[:rows]
     rss_data = _maxrss_mib()
     with threadpool_limits(limits=threads or None):
@@ -247,22 +250,25 @@ def main(argv=None):
         parser.add_argument(f"--rows-{name}", type=int, default=ROWS.get(name, S1.n_samples))
     parser.add_argument("--columns", type=int,
                         help="S1's rows drawn over this many columns (default S1's 100,000)")
+    parser.add_argument("--dtype", choices=("float32", "float64"),
+                        help="the data's and the models' dtype (default S1's float32)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--rows", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         print(json.dumps(worker(args.worker, args.rows, args.epochs, args.threads,
-                                args.columns)))
+                                args.columns, args.dtype)))
         return
 
-    chosen = workload(args.columns)
+    chosen = workload(args.columns, args.dtype)
     X, _ = make_sparse_data(chosen)
     data_bytes = X.data.nbytes + X.indices.nbytes + X.indptr.nbytes
     n_params = sum(a * b + b for a, b in zip(chosen.layer_sizes[:-1], chosen.layer_sizes[1:]))
     print(f"S1: {X.shape[0]:,} x {X.shape[1]:,}, {X.nnz:,} stored values "
           f"({X.nnz / X.shape[0]:.1f} a row), CSR {data_bytes / 2**20:.1f} MiB, "
-          f"parameters {n_params * 4 / 2**20:.1f} MiB (a dense X: "
-          f"{X.shape[0] * X.shape[1] * 4 / 2**30:.1f} GiB); {args.threads} thread(s), each "
+          f"parameters {n_params * X.dtype.itemsize / 2**20:.1f} MiB of {X.dtype} (a dense "
+          f"X: {X.shape[0] * X.shape[1] * X.dtype.itemsize / 2**30:.1f} GiB); "
+          f"{args.threads} thread(s), each "
           f"system in its own process, {os.cpu_count()} cores, load "
           f"{os.getloadavg()[0]:.2f}")
     del X
@@ -272,7 +278,8 @@ def main(argv=None):
         proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", name,
                                "--rows", str(rows), "--epochs", str(args.epochs),
                                "--threads", str(args.threads),
-                               *(["--columns", str(args.columns)] if args.columns else [])],
+                               *(["--columns", str(args.columns)] if args.columns else []),
+                               *(["--dtype", args.dtype] if args.dtype else [])],
                               capture_output=True, text=True)
         if proc.returncode != 0:
             print(f"{name}: failed\n{proc.stderr[-2000:]}")

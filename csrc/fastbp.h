@@ -56,10 +56,13 @@ enum { FBP_ACTIVATIONS(FBP_CODE) FBP_N_ACTIVATIONS };
 enum { FBP_LOSSES(FBP_CODE) FBP_N_LOSSES };
 enum { FBP_OPTIMIZERS(FBP_CODE) FBP_N_OPTIMIZERS };
 /* Adam's rows of W1 under sparse input (fbp_adam_catch_up; LazyAdam in fastbp/_core.pyx):
-   the most terms of the series by which they catch up, and up to how many missed steps
-   they step one at a time instead (a step costs a square root and a division a weight,
-   about what 4-8 terms of the series cost with its own root and division). */
-enum { FBP_ADAM_TERMS = 32, FBP_ADAM_DIRECT_STEPS = 4 };
+   the most terms of each series by which they catch up, for float32 and float64 rows (so
+   that a ratio of 0.55 reaches a quarter of the dtype's rounding, two bits more: 0.55^32 <
+   2^-26, 0.55^72 < 2^-57) and at most, and up to how many missed steps they step one at a
+   time instead (a step costs a square root and a division a weight, about what 4-8 terms
+   of the series cost with its own root and division). */
+enum { FBP_ADAM_TERMS_FLOAT = 32, FBP_ADAM_TERMS_DOUBLE = 72, FBP_ADAM_TERMS = 72,
+       FBP_ADAM_DIRECT_STEPS = 4 };
 static const char *const fbp_activation_names[] = { FBP_ACTIVATIONS(FBP_CODE_NAME) };
 static const char *const fbp_loss_names[] = { FBP_LOSSES(FBP_CODE_NAME) };
 static const char *const fbp_optimizer_names[] = { FBP_OPTIMIZERS(FBP_CODE_NAME) };

@@ -635,10 +635,11 @@ FBP_MULTIVERSION static void FBP_NAME(fbp_optimizer_step)(FBP_T *params, FBP_T *
 
 /* Adam on n weights (a row of W1 under sparse input) after k steps in which no batch named
    them, in one go: the derivation is at LazyAdam in fastbp/_core.pyx.  sums: the series'
-   coefficients C_0 .. C_(FBP_ADAM_TERMS - 1) of these k steps; step_sizes[s] and roots[s],
+   coefficients C_0 .. C_(terms - 1) of these k steps (terms: FBP_ADAM_TERMS_FLOAT or
+   _DOUBLE); step_sizes[s] and roots[s],
    s = 1..k: lr_s and r_s of each step; shrink: one step's decoupled decay (1 without);
    widest: eps times the largest b_s; middle (or NULL): D / eps and the second series'
-   M_0 .. M_(FBP_ADAM_TERMS - 1), with y = center - sqrt(v) / D.
+   M_0 .. M_(terms - 1), with y = center - sqrt(v) / D.
    Up to FBP_ADAM_DIRECT_STEPS steps, the weights step one step at a time with the dense
    rule's arithmetic (that costs less than the series).  Past that, every weight takes the
    series, in FBP_T, to as many terms as the block's largest eps b_s / sqrt(v) needs for a
@@ -697,12 +698,17 @@ FBP_MULTIVERSION static void FBP_NAME(fbp_linear_catch_up)(
 
 /* The terms of a series in powers of at most `largest` (0 <= largest < 1) that bring its
    rest within a quarter of FBP_T's rounding, `margin` bits more (at least 1, at most
-   FBP_ADAM_TERMS). */
+   the dtype's FBP_ADAM_TERMS_*). */
+#ifndef FBP_ADAM_TERMS_T
+#define FBP_ADAM_TERMS_T (sizeof(FBP_T) == sizeof(float) ? FBP_ADAM_TERMS_FLOAT \
+                                                        : FBP_ADAM_TERMS_DOUBLE)
+#endif
 static inline int FBP_NAME(fbp_series_terms)(FBP_T largest, int margin)
 {
     const double bits = (sizeof(FBP_T) == sizeof(float) ? 26.0 : 55.0) + margin;
+    const int most = FBP_ADAM_TERMS_T;
     int terms = largest > 0 ? (int)ceil(-bits / log2((double)largest)) : 1;
-    return terms < 1 ? 1 : terms > FBP_ADAM_TERMS ? FBP_ADAM_TERMS : terms;
+    return terms < 1 ? 1 : terms > most ? most : terms;
 }
 
 FBP_MULTIVERSION static void FBP_NAME(fbp_adam_catch_up)(
@@ -718,7 +724,7 @@ FBP_MULTIVERSION static void FBP_NAME(fbp_adam_catch_up)(
     }
     const FBP_T eps = (FBP_T)epsilon;
     FBP_T coefficient[FBP_ADAM_TERMS];
-    for (int q = 0; q < FBP_ADAM_TERMS; q++)
+    for (int q = 0; q < (int)FBP_ADAM_TERMS_T; q++)
         coefficient[q] = (FBP_T)sums[q];
     const FBP_T shrink_k = (FBP_T)pow(shrink, (double)k);
     const FBP_T decay1 = (FBP_T)pow(beta1, (double)k), decay2 = (FBP_T)pow(beta2, (double)k);
@@ -727,7 +733,7 @@ FBP_MULTIVERSION static void FBP_NAME(fbp_adam_catch_up)(
     FBP_T around[FBP_ADAM_TERMS], y_center = (FBP_T)center, y_scale = 0;
     int second_series = middle != NULL && middle[0] > 0;
     const double room = (sizeof(FBP_T) == sizeof(float) ? FLT_MAX : DBL_MAX) / 4;
-    for (int q = 0; second_series && q < FBP_ADAM_TERMS; q++) {
+    for (int q = 0; second_series && q < (int)FBP_ADAM_TERMS_T; q++) {
         second_series = isfinite(middle[1 + q]) && fabs(middle[1 + q]) < room;
         around[q] = (FBP_T)middle[1 + q];
     }

@@ -401,7 +401,8 @@ cdef struct RowGradients:
 #     p = shrink^k p - (m / u) sum_q (-eps / u)^q C_q,  C_q = sum_s shrink^(t - s) a_s b_s^q,
 # m = beta1^k m and v = beta2^k v. The C_q depend on t0 and t only, not on the weight: they
 # are kept for every t0 of the window and grow by one term a step (lazy_adam_advance), so a
-# row catches up in at most FBP_ADAM_TERMS multiply-adds a weight (fbp_adam_catch_up, which
+# row catches up in at most 32 multiply-adds a weight in float32, 72 in float64
+# (FBP_ADAM_TERMS_FLOAT, _DOUBLE; fbp_adam_catch_up, which
 # also steps a row that missed only a few steps one step at a time: that costs less). The
 # series is cut where the rest is below a quarter of the dtype's rounding of the step.
 # A weight whose eps b_s / u may exceed the series limit (u not far above eps: a row whose
@@ -411,26 +412,22 @@ cdef struct RowGradients:
 # D = u0 + eps b_min, so that each ratio D / (u0 + eps b_s) is at most 1 and the series
 # converges wherever |y| < 1, whatever the spread of b_s; the step is then m sum_q y^q M_q,
 #     M_q = sum_s shrink^(t - s) a_s D^q / (eps (u0 + eps b_s)^(q+1)) (kept like the C_q).
-# kappa puts u = 0 at y = 0.95 of the series limit; the two series together then take every
-# weight when b_max / b_min < 1.23 in float32 (k up to ~420 steps late in a fit; the second
-# series' reach is narrower under float64's limit). A weight neither series takes steps
-# through its k steps one by one, with the dense rule's arithmetic.
+# kappa puts u = 0 at y = 0.95 of the series limit (0.55); the two series together then
+# take every weight when b_max / b_min < 1.23 (k up to ~420 steps late in a fit). A weight
+# neither series takes steps through its k steps one by one, with the dense rule's
+# arithmetic.
 # The sums run over a window of steps: every row catches up and the window starts again
 # after lazy_adam_window steps (and at the end of an epoch, with the other lazy rules).
 cdef Py_ssize_t lazy_adam_window = 1024
-cdef double lazy_adam_series_limit = -1      # < 0: the dtype's own (LAZY_ADAM_LIMIT_*)
+cdef double lazy_adam_series_limit = -1      # < 0: LAZY_ADAM_LIMIT
 cdef bint lazy_adam_middle = True           # the second series (False: for tests)
-# per t0 of the window: growth, widening, C_0 .. C_(TERMS-1), D / eps, M_0 .. M_(TERMS-1)
-cdef enum:
-    ADAM_SUMS = 2 * FBP_ADAM_TERMS + 3
-# FBP_ADAM_TERMS = 32 terms of the series reach a quarter of the rounding up to these
-# (0.55^32 < 2^-26 in float32, 0.3^32 < 2^-55 in float64)
-cdef double LAZY_ADAM_LIMIT_FLOAT = 0.55
-cdef double LAZY_ADAM_LIMIT_DOUBLE = 0.3
+# FBP_ADAM_TERMS_FLOAT = 32 and _DOUBLE = 72 terms of a series reach a quarter of the
+# dtype's rounding (two bits more for the second series) up to this ratio
+cdef double LAZY_ADAM_LIMIT = 0.55
 
 def lazy_adam_settings(window=None, series_limit=None, middle=None):
     """Sparse Adam's (window, series_limit, middle) as they were before this call (see
-    LazyAdam), setting each one given (a series_limit below 0: the dtype's own; middle
+    LazyAdam), setting each one given (a series_limit below 0: LAZY_ADAM_LIMIT; middle
     False: no second series): tests force every path with them."""
     global lazy_adam_window, lazy_adam_series_limit, lazy_adam_middle
     previous = (lazy_adam_window, lazy_adam_series_limit, lazy_adam_middle)
@@ -445,11 +442,9 @@ def lazy_adam_settings(window=None, series_limit=None, middle=None):
     return previous
 
 
-cdef double lazy_adam_limit(bint single) noexcept nogil:
-    """The series limit for float32 (single) or float64 rows (lazy_adam_settings)."""
-    if lazy_adam_series_limit >= 0:
-        return lazy_adam_series_limit
-    return LAZY_ADAM_LIMIT_FLOAT if single else LAZY_ADAM_LIMIT_DOUBLE
+cdef double lazy_adam_limit() noexcept nogil:
+    """The series' limit: LAZY_ADAM_LIMIT, or lazy_adam_settings' series_limit."""
+    return lazy_adam_series_limit if lazy_adam_series_limit >= 0 else LAZY_ADAM_LIMIT
 
 
 cdef double lazy_adam_kappa(double limit, double epsilon) noexcept nogil:
@@ -469,9 +464,10 @@ cdef struct LazyAdam:
     double largest_step             # the largest |lr_s| of the window so far (flush_bound)
     double* roots                   # ... r_s
     double kappa                    # the second series' centre u0 / (eps b_min), or < 0: none
-    double* sums                    # per t0 (0..), ADAM_SUMS apart: beta1^j / beta2^(j/2),
-                                    # beta2^(-j/2), C_0 .. C_(TERMS-1), D / eps, then
-                                    # M_0 .. M_(TERMS-1), j = steps - t0
+    int terms                       # of each series: FBP_ADAM_TERMS_FLOAT or _DOUBLE
+    double* sums                    # per t0 (0..), adam_sums(terms) apart: beta1^j /
+                                    # beta2^(j/2), beta2^(-j/2), C_0 .. C_(terms-1), D / eps,
+                                    # then M_0 .. M_(terms-1), j = steps - t0
     void* first                     # W1's part of m
     void* second                    # W1's part of v
 
@@ -1360,12 +1356,31 @@ cdef bint lazy_rule(const HyperparameterData* hyper, int update, LazyRows* lazy,
     return False
 
 
+cdef inline Py_ssize_t adam_sums(int terms) noexcept nogil:
+    """The sums kept per t0 of the window (see LazyAdam.sums)."""
+    return 2 * terms + 3
+
+
+cdef bint lazy_adam_allocate(LazyAdam* adam, bint single) noexcept nogil:
+    """Sums for adam.window steps of float32 (single) or float64 rows, with the series'
+    terms and the second series' centre (beta1, beta2, epsilon set). False: no memory."""
+    adam.terms = FBP_ADAM_TERMS_FLOAT if single else FBP_ADAM_TERMS_DOUBLE
+    adam.kappa = lazy_adam_kappa(lazy_adam_limit(), adam.epsilon)
+    cdef Py_ssize_t entries = adam.window + 1
+    adam.sums = <double*>malloc(entries * (adam_sums(adam.terms) + 2) * sizeof(double))
+    if adam.sums == NULL:
+        return False
+    adam.step_sizes = adam.sums + entries * adam_sums(adam.terms)
+    adam.roots = adam.step_sizes + entries
+    return True
+
+
 cdef void lazy_adam_start(LazyAdam* adam, double step) noexcept nogil:
     """A new window of steps, after Adam's step `step`: no sums yet."""
     adam.base_step = step
     adam.largest_step = 0
     adam.sums[0] = adam.sums[1] = 1
-    memset(adam.sums + 2, 0, (ADAM_SUMS - 2) * sizeof(double))
+    memset(adam.sums + 2, 0, (adam_sums(adam.terms) - 2) * sizeof(double))
 
 
 cdef void lazy_adam_advance(LazyAdam* adam, Py_ssize_t steps,
@@ -1384,42 +1399,42 @@ cdef void lazy_adam_advance(LazyAdam* adam, Py_ssize_t steps,
     adam.largest_step = max(adam.largest_step, fabs(step_size))
     adam.roots[steps] = root
     for t0 in range(steps):
-        sums = adam.sums + t0 * ADAM_SUMS
+        sums = adam.sums + t0 * adam_sums(adam.terms)
         sums[0] *= growth
         sums[1] *= widening
         a = step_size * root * sums[0]
         b = root * sums[1]
         term = a
-        for q in range(FBP_ADAM_TERMS):
+        for q in range(adam.terms):
             sums[2 + q] = adam.shrink * sums[2 + q] + term
             term *= b
         if adam.kappa < 0:
             continue
-        middle = sums + 2 + FBP_ADAM_TERMS      # D / eps = (kappa + 1) b_min, then M_q
+        middle = sums + 2 + adam.terms          # D / eps = (kappa + 1) b_min, then M_q
         if t0 == steps - 1:                     # its first step: b_min = b
             middle[0] = (adam.kappa + 1) * b
         near = 1 / (adam.kappa / (adam.kappa + 1) * middle[0] + b)   # eps / (u0 + eps b_s)
         term = a * near / adam.epsilon
         ratio = middle[0] * near
-        for q in range(FBP_ADAM_TERMS):
+        for q in range(adam.terms):
             middle[1 + q] = adam.shrink * middle[1 + q] + term
             term *= ratio
-    sums = adam.sums + steps * ADAM_SUMS
+    sums = adam.sums + steps * adam_sums(adam.terms)
     sums[0] = sums[1] = 1
-    memset(sums + 2, 0, (ADAM_SUMS - 2) * sizeof(double))
+    memset(sums + 2, 0, (adam_sums(adam.terms) - 2) * sizeof(double))
 
 
 cdef void lazy_adam_catch_up(const LazyAdam* adam, floating* W1, Py_ssize_t n_out,
                              Py_ssize_t row, Py_ssize_t t0, Py_ssize_t t) noexcept nogil:
     """Row `row` of W1 and its moments from step t0 of the window to t (see LazyAdam)."""
-    cdef const double* sums = adam.sums + t0 * ADAM_SUMS
+    cdef const double* sums = adam.sums + t0 * adam_sums(adam.terms)
     # the largest eps b_s / u of these steps is at s = t: b_s grows with s
     fbp_adam_catch_up(W1 + row * n_out, <floating*>adam.first + row * n_out,
                       <floating*>adam.second + row * n_out, n_out, sums + 2,
                       adam.step_sizes + t0, adam.roots + t0, t - t0, adam.shrink,
                       adam.beta1, adam.beta2, adam.epsilon,
-                      adam.epsilon * adam.roots[t] * sums[1], lazy_adam_limit(floating is float),
-                      sums + 2 + FBP_ADAM_TERMS if adam.kappa >= 0 else NULL,
+                      adam.epsilon * adam.roots[t] * sums[1], lazy_adam_limit(),
+                      sums + 2 + adam.terms if adam.kappa >= 0 else NULL,
                       adam.kappa / (adam.kappa + 1) if adam.kappa >= 0 else 0)
 
 
@@ -1438,13 +1453,9 @@ def lazy_adam_row(floating[::1] weights, floating[::1] first, floating[::1] seco
     cdef LazyAdam adam
     adam.beta1, adam.beta2, adam.epsilon, adam.shrink = beta1, beta2, epsilon, shrink
     adam.window = t + 1
-    adam.kappa = lazy_adam_kappa(lazy_adam_limit(floating is float), adam.epsilon)
     adam.first, adam.second = <void*>&first[0], <void*>&second[0]
-    adam.sums = <double*>malloc((t + 2) * (ADAM_SUMS + 2) * sizeof(double))
-    if not adam.sums:
+    if not lazy_adam_allocate(&adam, floating is float):
         raise MemoryError()
-    adam.step_sizes = adam.sums + (t + 2) * ADAM_SUMS
-    adam.roots = adam.step_sizes + t + 2
     lazy_adam_start(&adam, base_step)
     for s in range(1, t + 1):
         lazy_adam_advance(&adam, s, learning_rate)
@@ -2135,13 +2146,9 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
             raise MemoryError()
         if lazy.adam != NULL:
             adam.window = lazy_adam_window
-            adam.sums = <double*>malloc((adam.window + 1) * (ADAM_SUMS + 2) * sizeof(double))
-            if not adam.sums:
+            if not lazy_adam_allocate(&adam, floating is float):
                 free(lazy.applied)
                 raise MemoryError()
-            adam.step_sizes = adam.sums + (adam.window + 1) * ADAM_SUMS
-            adam.kappa = lazy_adam_kappa(lazy_adam_limit(floating is float), adam.epsilon)
-            adam.roots = adam.step_sizes + adam.window + 1
             lazy_adam_start(&adam, hyper.step)
         lazy.listed = lazy.applied + n_in
         lazy.touched = lazy.listed + n_in

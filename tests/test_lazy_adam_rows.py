@@ -15,7 +15,7 @@ EXTENDED = np.longdouble
 # bounds on |caught up - reference| / |the k steps' total|, in units of the dtype's epsilon:
 # the series round once at the end (float32: the coefficients are summed in double);
 # float64's coefficients are sums of up to 1,000 double terms, rounded as they grow
-SERIES_ULPS = {"float32": 4, "float64": 40}
+SERIES_ULPS = {"float32": 4, "float64": 16}
 
 
 @pytest.fixture
@@ -72,8 +72,9 @@ def assert_moments_close(dtype, first, second, expected_first, expected_second, 
 
 # (base step, t0, t): late in a fit, where b_s spreads little (both series take every
 # weight in float32), and early, where it spreads widely (some weights step one by one)
+# (and a row that missed 3 steps: stepped one step at a time, as the dense rule would)
 WINDOWS = {"late": (5000, 0, 300), "late_short": (20000, 40, 90), "late_long": (9000, 0, 1000),
-           "early": (0, 3, 300), "second_epoch": (313, 0, 313)}
+           "early": (0, 3, 300), "second_epoch": (313, 0, 313), "few": (5000, 10, 13)}
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -93,7 +94,7 @@ def test_rows_catch_up_to_adams_steps(lazy_adam, dtype, window, shrink, middle):
     errors = errors_in_eps(dtype, result, expected)
     one_by_one = (t - t0) * 0.5 + 2          # k steps' rounding, each step half an epsilon
     assert errors.max() <= one_by_one
-    if middle and window in ("late", "late_short") and dtype == "float32":
+    if middle and window in ("late", "late_short"):
         assert errors.max() <= SERIES_ULPS[dtype]     # both series take every weight
     assert_moments_close(dtype, first, second, expected_first, expected_second, one_by_one)
 
