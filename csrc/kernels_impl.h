@@ -635,9 +635,9 @@ FBP_MULTIVERSION static void FBP_NAME(fbp_optimizer_step)(FBP_T *params, FBP_T *
 
 /* Adam on n weights (a row of W1 under sparse input) after k steps in which no batch named
    them, in one go: the derivation is at LazyAdam in fastbp/_core.pyx.  sums: the series'
-   coefficients C_0 .. C_(terms - 1) of these k steps (terms: FBP_ADAM_TERMS_FLOAT or
-   _DOUBLE); step_sizes[s] and roots[s],
-   s = 1..k: lr_s and r_s of each step; shrink: one step's decoupled decay (1 without);
+   coefficients C_0 .. C_(terms - 1) of these k steps (terms: the dtype's
+   FBP_ADAM_TERMS_*); step_sizes[s] and roots[s], s = 1..k: lr_s and r_s of each step;
+   shrink: one step's decoupled decay (1 without);
    widest: eps times the largest b_s; middle (or NULL): D / eps and the second series'
    M_0 .. M_(terms - 1), with y = center - sqrt(v) / D.
    Up to FBP_ADAM_DIRECT_STEPS steps, the weights step one step at a time with the dense

@@ -1390,7 +1390,8 @@ cdef void lazy_adam_advance(LazyAdam* adam, Py_ssize_t steps,
     cdef double root = sqrt(1 - pow(adam.beta2, t))
     cdef double step_size = learning_rate / (1 - pow(adam.beta1, t))
     cdef double growth = adam.beta1 / sqrt(adam.beta2), widening = 1 / sqrt(adam.beta2)
-    cdef double term, b, a, near, ratio
+    cdef double term, b, a, reciprocal, ratio
+    cdef double center = adam.kappa / (adam.kappa + 1) if adam.kappa >= 0 else 0   # u0 / D
     cdef double* sums
     cdef double* middle
     cdef Py_ssize_t t0
@@ -1413,9 +1414,9 @@ cdef void lazy_adam_advance(LazyAdam* adam, Py_ssize_t steps,
         middle = sums + 2 + adam.terms          # D / eps = (kappa + 1) b_min, then M_q
         if t0 == steps - 1:                     # its first step: b_min = b
             middle[0] = (adam.kappa + 1) * b
-        near = 1 / (adam.kappa / (adam.kappa + 1) * middle[0] + b)   # eps / (u0 + eps b_s)
-        term = a * near / adam.epsilon
-        ratio = middle[0] * near
+        reciprocal = 1 / (center * middle[0] + b)      # eps / (u0 + eps b_s)
+        term = a * reciprocal / adam.epsilon
+        ratio = middle[0] * reciprocal
         for q in range(adam.terms):
             middle[1 + q] = adam.shrink * middle[1 + q] + term
             term *= ratio
