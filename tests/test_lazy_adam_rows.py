@@ -133,8 +133,8 @@ def test_the_second_series_takes_the_weights_near_eps(lazy_adam, dtype, window):
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_the_edges_of_a_row(lazy_adam, dtype):
-    """v = 0 with m != 0 (the second series' centre is nearest there), m = 0 (no step),
-    and NaN or inf in m or v (the row carries them as the dense steps do)."""
+    """v = 0 with m != 0 (the second series takes it, at 0.95 of its reach), m = 0 (no
+    step), and NaN or inf in m or v (the row carries them as the dense steps do)."""
     base, t0, t = WINDOWS["late"]
     p = np.full(6, 0.25, dtype)
     m = np.array([1e-6, 0, 1e-6, np.nan, 1e-6, np.inf], dtype)
