@@ -464,6 +464,7 @@ cdef struct LazyAdam:
     double largest_step             # the largest |lr_s| of the window so far (flush_bound)
     double* roots                   # ... r_s
     double kappa                    # the second series' centre u0 / (eps b_min), or < 0: none
+    double center                   # ... as u0 / D = kappa / (kappa + 1) (0 without it)
     int terms                       # of each series: FBP_ADAM_TERMS_FLOAT or _DOUBLE
     double* sums                    # per t0 (0..), adam_sums(terms) apart: beta1^j /
                                     # beta2^(j/2), beta2^(-j/2), C_0 .. C_(terms-1), D / eps,
@@ -1366,6 +1367,7 @@ cdef bint lazy_adam_allocate(LazyAdam* adam, bint single) noexcept nogil:
     terms and the second series' centre (beta1, beta2, epsilon set). False: no memory."""
     adam.terms = FBP_ADAM_TERMS_FLOAT if single else FBP_ADAM_TERMS_DOUBLE
     adam.kappa = lazy_adam_kappa(lazy_adam_limit(), adam.epsilon)
+    adam.center = adam.kappa / (adam.kappa + 1) if adam.kappa >= 0 else 0
     cdef Py_ssize_t entries = adam.window + 1
     adam.sums = <double*>malloc(entries * (adam_sums(adam.terms) + 2) * sizeof(double))
     if adam.sums == NULL:
@@ -1391,7 +1393,6 @@ cdef void lazy_adam_advance(LazyAdam* adam, Py_ssize_t steps,
     cdef double step_size = learning_rate / (1 - pow(adam.beta1, t))
     cdef double growth = adam.beta1 / sqrt(adam.beta2), widening = 1 / sqrt(adam.beta2)
     cdef double term, b, a, reciprocal, ratio
-    cdef double center = adam.kappa / (adam.kappa + 1) if adam.kappa >= 0 else 0   # u0 / D
     cdef double* sums
     cdef double* middle
     cdef Py_ssize_t t0
@@ -1414,7 +1415,7 @@ cdef void lazy_adam_advance(LazyAdam* adam, Py_ssize_t steps,
         middle = sums + 2 + adam.terms          # D / eps = (kappa + 1) b_min, then M_q
         if t0 == steps - 1:                     # its first step: b_min = b
             middle[0] = (adam.kappa + 1) * b
-        reciprocal = 1 / (center * middle[0] + b)      # eps / (u0 + eps b_s)
+        reciprocal = 1 / (adam.center * middle[0] + b)     # eps / (u0 + eps b_s)
         term = a * reciprocal / adam.epsilon
         ratio = middle[0] * reciprocal
         for q in range(adam.terms):
@@ -1435,8 +1436,7 @@ cdef void lazy_adam_catch_up(const LazyAdam* adam, floating* W1, Py_ssize_t n_ou
                       adam.step_sizes + t0, adam.roots + t0, t - t0, adam.shrink,
                       adam.beta1, adam.beta2, adam.epsilon,
                       adam.epsilon * adam.roots[t] * sums[1], lazy_adam_limit(),
-                      sums + 2 + adam.terms if adam.kappa >= 0 else NULL,
-                      adam.kappa / (adam.kappa + 1) if adam.kappa >= 0 else 0)
+                      sums + 2 + adam.terms if adam.kappa >= 0 else NULL, adam.center)
 
 
 def lazy_adam_row(floating[::1] weights, floating[::1] first, floating[::1] second,
@@ -1643,11 +1643,11 @@ cdef bint lazy_flush(LazyRows* lazy, floating* W1, Py_ssize_t n_in, Py_ssize_t n
 # rows the epoch never named (a sparse partial_fit of one batch: all of them). Logged
 # first, each would cost a copy of its weights and state and a second read by the
 # finiteness check (changes_finite): a partial_fit of 64 rows of S1 took 32 ms with
-# momentum and 40 ms with Adam, against 0.5 ms with plain SGD (17-18 and 23-24 ms now). So the rows not yet logged
-# whose catch-up is proven finite from their largest values (flush_bound) are caught up
-# last, unlogged, once the rest of the epoch has been checked finite (so that it can no
-# longer be undone); any other row is logged and checked as before. The same arithmetic:
-# the same bits. row_log_settings(defer_flush=False) logs them all (for tests).
+# momentum and 40 ms with Adam, against 0.5 ms with plain SGD (17-18 and 23-24 ms now).
+# So the rows not yet logged whose catch-up is proven finite from their largest values
+# (flush_bound) are caught up last, unlogged, once the rest of the epoch has been checked
+# finite (so that it can no longer be undone); any other row is logged and checked as
+# before. The same arithmetic: the same bits. row_log_settings(defer_flush=False) logs them all (for tests).
 cdef bint flush_deferring = True
 
 
@@ -2042,12 +2042,13 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
     dtype); n_workers > 1 then shares the rule's row-by-row work on W1 among that many
     threads (_row_pool.pxi; no worker plan; the same bits for every count; a rule for which
     shares_rows is False runs on this thread alone), and a column index or indptr entry
-    out of range (checked as read) raises as an index out of range does. row_log (sparse X only): the
-    rows of W1 (and of the state) this epoch changes are copied into it before they
-    change (RowLog), so that the caller can undo the epoch without a copy of all of W1
-    (but for the rows only the epoch's end catches up whose catch-up is proven finite:
-    those change after the epoch's last check, when it is no longer undone;
-    lazy_flush_deferred); MemoryError if it cannot grow (the epoch stops; undo it). moving_rows (with row_log):
+    out of range (checked as read) raises as an index out of range does. row_log (sparse
+    X only): the rows of W1 (and of the state) this epoch changes are copied into it
+    before they change (RowLog), so that the caller can undo the epoch without a copy of
+    all of W1 (but for the rows only the epoch's end catches up whose catch-up is proven
+    finite: those change after the epoch's last check, when it is no longer undone;
+    lazy_flush_deferred); MemoryError if it cannot grow (the epoch stops; undo it).
+    moving_rows (with row_log):
     a byte per row of W1, 0 where the caller knows the row's optimizer state to be all 0,
     as it is until an epoch first changes the row: the end of an epoch under a lazy rule
     then skips those rows unread (else it reads every row's state there, all of W1's, to
