@@ -89,6 +89,7 @@ extensions = [
         extra_link_args=link_args,
         depends=["csrc/fastbp.h", "csrc/one_type.h", "csrc/kernels_impl.h", "csrc/few_rows.h",
                  "csrc/few_rows_impl.h", "csrc/products.h", "csrc/products_impl.h",
+                 "csrc/softmax.h", "csrc/softmax_impl.h",
                  "fastbp/_products.pxi", "fastbp/_kernels.pxd.tp",
                  "fastbp/_blas.pxd", "fastbp/_small_gemm.pxi", "fastbp/_bench.pxi",
                  "fastbp/_serving.pxi", "csrc/workers.h", "fastbp/_workers.pxi",

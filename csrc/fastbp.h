@@ -231,11 +231,41 @@ static inline void fbp_prefetch(const void *address)
    indptr entries and stored values (fbp_prefetch_csr_ahead). */
 enum { FBP_CSR_AHEAD_INDPTR = 8, FBP_CSR_AHEAD_VALUES = 3 };
 
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(FASTBP_NO_MULTIVERSION)
+#define FBP_FEW_HAVE_AVX512 1
+#endif
+
+/* The few-row kernels (few_rows.h) and the softmax blocks (softmax.h) come in two
+   instances of GCC's generic vectors: 64 bytes, compiled for AVX-512, and 32 bytes.
+   Nonzero: the 32-byte instances even where the CPU has AVX-512, the instance an AVX2 CPU
+   takes (FASTBP_KERNEL_ISA=avx2, read when fastbp._core loads; tests set it). */
+static int fbp_few_rows_narrow = 0;
+
+static inline int fbp_few_wide(void)
+{
+#ifdef FBP_FEW_HAVE_AVX512
+    return !fbp_few_rows_narrow && __builtin_cpu_supports("avx512f");
+#else
+    return 0;
+#endif
+}
+
+/* Calls kernel `name` (fbp_few_rows_product, _delta, _gradient, fbp_softmax_block) in the
+   instance for this CPU's widest registers: name_64 where fbp_few_wide(), else name_32. */
+#ifdef FBP_FEW_HAVE_AVX512
+#define FBP_FEW_WIDEST(name, ...) \
+    (fbp_few_wide() ? FBP_NAME(name##_64)(__VA_ARGS__) : FBP_NAME(name##_32)(__VA_ARGS__))
+#else
+#define FBP_FEW_WIDEST(name, ...) FBP_NAME(name##_32)(__VA_ARGS__)
+#endif
+
 /* Every kernel, once per element type: one_type.h includes them for the FBP_T, FBP_NAME
    and FBP_MATH_* defined here, then undefines those. */
 #define FBP_T float
+#define FBP_BITS int32_t   /* an integer of FBP_T's size */
 #define FBP_NAME(name) name##_f32
 #define FBP_MATH_EXP fbp_expf
+#define FBP_MATH_FMA __builtin_fmaf
 #define FBP_MATH_EXPM1 expm1f
 #define FBP_MATH_LOG logf
 #define FBP_MATH_LOG1P log1pf
@@ -246,8 +276,10 @@ enum { FBP_CSR_AHEAD_INDPTR = 8, FBP_CSR_AHEAD_VALUES = 3 };
 #include "one_type.h"
 
 #define FBP_T double
+#define FBP_BITS int64_t
 #define FBP_NAME(name) name##_f64
 #define FBP_MATH_EXP exp
+#define FBP_MATH_FMA __builtin_fma
 #define FBP_MATH_EXPM1 expm1
 #define FBP_MATH_LOG log
 #define FBP_MATH_LOG1P log1p

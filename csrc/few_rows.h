@@ -17,35 +17,6 @@
  * baseline, FBP_MULTIVERSION's clones).  A 64-byte vector on AVX2 would be two registers
  * everywhere and spill: 784 x 128 at 4 rows took 326 us instead of 7. */
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(FASTBP_NO_MULTIVERSION)
-#define FBP_FEW_HAVE_AVX512 1
-#endif
-
-#ifndef FBP_FEW_ONCE   /* once for both element types */
-#define FBP_FEW_ONCE
-/* Nonzero: the 32-byte instances even where the CPU has AVX-512, the instance an AVX2 CPU
-   takes (FASTBP_KERNEL_ISA=avx2, read when fastbp._core loads; tests set it). */
-static int fbp_few_rows_narrow = 0;
-
-static inline int fbp_few_wide(void)
-{
-#ifdef FBP_FEW_HAVE_AVX512
-    return !fbp_few_rows_narrow && __builtin_cpu_supports("avx512f");
-#else
-    return 0;
-#endif
-}
-
-/* Calls kernel `name` (fbp_few_rows_product, _delta, _gradient) in the instance for this
-   CPU's widest registers: name_64 where fbp_few_wide(), else name_32. */
-#ifdef FBP_FEW_HAVE_AVX512
-#define FBP_FEW_WIDEST(name, ...) \
-    (fbp_few_wide() ? FBP_NAME(name##_64)(__VA_ARGS__) : FBP_NAME(name##_32)(__VA_ARGS__))
-#else
-#define FBP_FEW_WIDEST(name, ...) FBP_NAME(name##_32)(__VA_ARGS__)
-#endif
-#endif
-
 #ifdef FBP_FEW_HAVE_AVX512
 #define FBP_FEW_BYTES 64
 #define FBP_FEW(name) FBP_NAME(name##_64)

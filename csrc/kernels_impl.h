@@ -127,72 +127,23 @@ static inline ptrdiff_t FBP_NAME(fbp_one_hot)(FBP_T *dst, const ptrdiff_t *label
    row_weights[r] (all 1 when NULL), taken from the logits (sum_k y_k (log(sum exp(z -
    top)) - (z_k - top)): no log of 0), and, when delta is not NULL, writes the fused
    gradient delta = scale * weight * (p - y).  Without targets it returns 0.
-   Rows of up to FBP_SOFTMAX_COLUMNS columns go FBP_SOFTMAX_ROWS at a time through a
-   transposed copy, where every step (the max, the exps, the sums, the scaling) runs
-   across the rows in vectors: a row of an output layer is often only a few columns, too
-   few to fill one.  The other rows take their exps in one loop over all of them, where
-   it vectorises.  Both give each row the same operations in the same order, so the same
-   bits.  Inlined into each of its callers' instruction-set clones, where the exps take
-   that set's vectors. */
-#define FBP_SOFTMAX_ROWS 16
-#define FBP_SOFTMAX_COLUMNS 32
+   Rows of up to FBP_SOFTMAX_COLUMNS columns go FBP_SOFTMAX_ROWS at a time through
+   fbp_softmax_block (softmax.h), in vectors across the rows.  The other rows take their
+   exps in one loop over all of them, where it vectorises.  Both give each row the same
+   operations in the same order, so the same bits.  Inlined into each of its callers'
+   instruction-set clones, where the exps take that set's vectors. */
 static inline __attribute__((always_inline)) double FBP_NAME(fbp_softmax_rows)(
     FBP_T *z, const FBP_T *bias, ptrdiff_t n_rows, ptrdiff_t n_cols, const FBP_T *y,
     const FBP_T *row_weights, FBP_T *delta, FBP_T scale)
 {
     double total = 0;
     ptrdiff_t start = 0;
-    if (n_cols <= FBP_SOFTMAX_COLUMNS)
-        for (; start + FBP_SOFTMAX_ROWS <= n_rows; start += FBP_SOFTMAX_ROWS) {
-            FBP_T t[FBP_SOFTMAX_COLUMNS][FBP_SOFTMAX_ROWS], top[FBP_SOFTMAX_ROWS];
-            FBP_T sum_exp[FBP_SOFTMAX_ROWS], sum_y[FBP_SOFTMAX_ROWS];
-            FBP_T dot_yz[FBP_SOFTMAX_ROWS], weight[FBP_SOFTMAX_ROWS];
-            FBP_T *block = z + start * n_cols;
-            const FBP_T *target = y ? y + start * n_cols : NULL;
-            for (ptrdiff_t j = 0; j < n_cols; j++)
-                for (int r = 0; r < FBP_SOFTMAX_ROWS; r++)
-                    t[j][r] = block[r * n_cols + j] + bias[j];
-            for (int r = 0; r < FBP_SOFTMAX_ROWS; r++) {
-                top[r] = t[0][r];
-                sum_exp[r] = sum_y[r] = dot_yz[r] = 0;
-                weight[r] = row_weights ? row_weights[start + r] : 1;
-            }
-            for (ptrdiff_t j = 0; j < n_cols; j++)
-                for (int r = 0; r < FBP_SOFTMAX_ROWS; r++)
-                    top[r] = t[j][r] > top[r] ? t[j][r] : top[r];
-            for (ptrdiff_t j = 0; j < n_cols; j++)
-                for (int r = 0; r < FBP_SOFTMAX_ROWS; r++)
-                    t[j][r] -= top[r];
-            if (target) {
-                for (ptrdiff_t j = 0; j < n_cols; j++)
-                    for (int r = 0; r < FBP_SOFTMAX_ROWS; r++) {
-                        dot_yz[r] += target[r * n_cols + j] * t[j][r];
-                        sum_y[r] += target[r * n_cols + j];
-                    }
-            }
-            for (ptrdiff_t j = 0; j < n_cols; j++)
-                for (int r = 0; r < FBP_SOFTMAX_ROWS; r++) {
-                    t[j][r] = FBP_MATH_EXP(t[j][r]);
-                    sum_exp[r] += t[j][r];
-                }
-            for (int r = 0; r < FBP_SOFTMAX_ROWS; r++) {
-                if (target) {
-                    total -= weight[r] * (double)dot_yz[r];
-                    total += weight[r] * (double)(sum_y[r] * FBP_MATH_LOG(sum_exp[r]));
-                }
-                sum_exp[r] = 1 / sum_exp[r];
-            }
-            for (ptrdiff_t j = 0; j < n_cols; j++)
-                for (int r = 0; r < FBP_SOFTMAX_ROWS; r++)
-                    block[r * n_cols + j] = t[j][r] * sum_exp[r];
-            if (target && delta) {
-                FBP_T *delta_block = delta + start * n_cols;
-                for (int r = 0; r < FBP_SOFTMAX_ROWS; r++)
-                    for (ptrdiff_t j = 0; j < n_cols; j++)
-                        delta_block[r * n_cols + j] = scale * weight[r]
-                            * (block[r * n_cols + j] - target[r * n_cols + j]);
-            }
-        }
+    if (FBP_NAME(fbp_softmax_blocks)(n_cols))
+        for (; start + FBP_SOFTMAX_ROWS <= n_rows; start += FBP_SOFTMAX_ROWS)
+            FBP_NAME(fbp_softmax_block)(z + start * n_cols, bias, n_cols,
+                                        y ? y + start * n_cols : NULL,
+                                        row_weights ? row_weights + start : NULL,
+                                        delta ? delta + start * n_cols : NULL, scale, &total);
     z += start * n_cols;
     n_rows -= start;
     for (ptrdiff_t r = 0; r < n_rows; r++) {
@@ -208,7 +159,7 @@ static inline __attribute__((always_inline)) double FBP_NAME(fbp_softmax_rows)(
             const FBP_T *target = y + (start + r) * n_cols;
             FBP_T dot_yz = 0;
             for (ptrdiff_t j = 0; j < n_cols; j++)
-                dot_yz += target[j] * row[j];
+                dot_yz = FBP_MATH_FMA(target[j], row[j], dot_yz);
             total -= (row_weights ? row_weights[start + r] : 1) * (double)dot_yz;
         }
     }

@@ -1,12 +1,15 @@
 /* The kernels for one element type, included by fastbp.h once for float and once for
  * double, with FBP_T (the type), FBP_NAME (its suffix: _f32, _f64) and the FBP_MATH_*
  * functions of that type defined; undefines them after, for the next type. */
+#include "softmax.h"
 #include "kernels_impl.h"
 #include "few_rows.h"
 #include "products.h"
 #undef FBP_T
+#undef FBP_BITS
 #undef FBP_NAME
 #undef FBP_MATH_EXP
+#undef FBP_MATH_FMA
 #undef FBP_MATH_EXPM1
 #undef FBP_MATH_LOG
 #undef FBP_MATH_LOG1P

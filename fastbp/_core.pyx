@@ -2594,13 +2594,25 @@ def evaluate(Plan plan, Hyperparameters hyperparameters, const floating[::1] par
 
 
 def output_loss(floating[:, ::1] outputs, const floating[:, ::1] Y, int activation, int loss,
-                double loss_parameter, bint want_gradient):
+                double loss_parameter, bint want_gradient, row_weights=None):
     """The output kernel on plain arrays: outputs (pre-activation, overwritten with the
-    activation) -> (mean loss, gradient of the mean loss w.r.t. the pre-activation)."""
+    activation) -> (mean loss, gradient of the mean loss w.r.t. the pre-activation); with
+    row_weights (one a row), each row's loss terms weighted by it (the mean still over the
+    rows)."""
     cdef Py_ssize_t n_rows = outputs.shape[0], n_cols = outputs.shape[1]
     if Y.shape[0] != n_rows or Y.shape[1] != n_cols:
         raise ValueError(f"outputs are {n_rows} x {n_cols} and Y is "
                          f"{Y.shape[0]} x {Y.shape[1]}: they must match")
+    cdef floating[::1] weights_view
+    cdef const floating* weights_ptr = NULL
+    if row_weights is not None:
+        weights_view = np.ascontiguousarray(row_weights, dtype=np.float32 if floating is float
+                                            else np.float64)
+        if weights_view.shape[0] != n_rows:
+            raise ValueError(f"row_weights has {weights_view.shape[0]} values for {n_rows} "
+                             f"rows")
+        if n_rows:
+            weights_ptr = &weights_view[0]
     if n_rows == 0 or n_cols == 0:
         raise ValueError("output_loss needs at least one row and one column")
     if not valid_code(activation, ACTIVATION_CODES) or not valid_code(loss, LOSS_CODES):
@@ -2619,7 +2631,7 @@ def output_loss(floating[:, ::1] outputs, const floating[:, ::1] Y, int activati
     cdef double total
     with nogil:
         total = fbp_output_layer(&outputs[0, 0], &bias[0], preactivation_ptr, &Y[0, 0],
-                                 NULL, grad_ptr, n_rows, n_cols, activation, loss,
+                                 weights_ptr, grad_ptr, n_rows, n_cols, activation, loss,
                                  <floating>loss_parameter, scale)
     return total * scale, grad
 

@@ -1,0 +1,65 @@
+"""The training output layer alone: softmax + cross-entropy with its gradient
+(`_core.output_loss`, the kernel a training step calls) on `rows` x `classes` logits, one
+thread, nanoseconds a call (best of --rounds rounds of --calls calls, a copy of the logits
+included, as the step overwrites them), float32 and float64, in the instance of the
+softmax blocks this CPU takes and in the 32-byte one an AVX2 CPU takes
+(`_core.few_rows_narrow`).
+
+    python bench/output_layer.py [--rows 16 32 1024] [--classes 2 10 32 33]
+
+To compare two builds, run it with each on PYTHONPATH, taking turns.
+"""
+import argparse
+import time
+
+import numpy as np
+
+from fastbp import _core
+
+SOFTMAX = _core.ACTIVATION_CODES["softmax"]
+CCE = _core.LOSS_CODES["categorical_crossentropy"]
+
+
+def nanoseconds(rows, classes, dtype, calls, rounds):
+    rng = np.random.default_rng(0)
+    logits = (3 * rng.standard_normal((rows, classes))).astype(dtype)
+    targets = np.zeros((rows, classes), dtype)
+    targets[np.arange(rows), rng.integers(0, classes, rows)] = 1
+    work = np.empty_like(logits)
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(calls):
+            np.copyto(work, logits)
+            _core.output_loss(work, targets, SOFTMAX, CCE, 1.0, True)
+        best = min(best, (time.perf_counter() - start) / calls)
+    return best * 1e9
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, nargs="+", default=[16, 32, 1024])
+    parser.add_argument("--classes", type=int, nargs="+", default=[2, 3, 10, 16, 32, 33])
+    parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=7)
+    args = parser.parse_args(argv)
+    from threadpoolctl import threadpool_limits
+    print(f"{'rows':>6} {'classes':>7} {'dtype':>8} {'widest ns':>10} {'32-byte ns':>10}")
+    with threadpool_limits(1):
+        for rows in args.rows:
+            for classes in args.classes:
+                for dtype in ("float32", "float64"):
+                    times = []
+                    for narrow in (False, True):
+                        before = _core.few_rows_narrow(narrow)
+                        try:
+                            times.append(nanoseconds(rows, classes, dtype, args.calls,
+                                                     args.rounds))
+                        finally:
+                            _core.few_rows_narrow(before)
+                    print(f"{rows:>6} {classes:>7} {dtype:>8} {times[0]:>10.0f} "
+                          f"{times[1]:>10.0f}")
+
+
+if __name__ == "__main__":
+    main()
