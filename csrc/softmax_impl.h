@@ -5,6 +5,12 @@
 #define FBP_SM_LANES ((int)(FBP_SM_BYTES / sizeof(FBP_T)))
 /* the vectors that hold one column of a block: its FBP_SOFTMAX_ROWS rows */
 #define FBP_SM_STACK (FBP_SOFTMAX_ROWS / FBP_SM_LANES)
+/* Blocks of fewer columns are read and written element by element: a tile's transposes
+   take lanes x log2(lanes) shuffles (64 for 16 lanes) whatever its columns, a column
+   element by element 2 x FBP_SOFTMAX_ROWS moves.  A 16-row block of 4 columns took 215 ns
+   element by element against 249 by tiles, of 5 columns 270 against 261 (264 and 238 with
+   32-byte vectors), on the Xeon of docs/performance.md. */
+#define FBP_SM_TILE_COLUMNS 5
 
 typedef FBP_T FBP_SM(fbp_sm_vector) __attribute__((vector_size(FBP_SM_BYTES)));
 typedef FBP_T FBP_SM(fbp_sm_unaligned)
@@ -95,13 +101,23 @@ FBP_SM_TARGET static void FBP_SM(fbp_softmax_block)(
     FBP_T target_rows[FBP_SOFTMAX_ROWS * FBP_SOFTMAX_COLUMNS + LANES];
     FBP_T delta_rows[FBP_SOFTMAX_ROWS * FBP_SOFTMAX_COLUMNS + LANES];
     const ptrdiff_t end = FBP_SOFTMAX_ROWS * n_cols;
-    FBP_SM(fbp_sm_copy)(rows, block, n_cols);
-    *(unaligned *)(rows + end) = (vector){0};
-    if (target) {
-        FBP_SM(fbp_sm_copy)(target_rows, target, n_cols);
-        *(unaligned *)(target_rows + end) = (vector){0};
+    const int by_tiles = n_cols >= FBP_SM_TILE_COLUMNS;
+    if (!by_tiles)
+        for (ptrdiff_t j = 0; j < n_cols; j++)
+            for (int r = 0; r < FBP_SOFTMAX_ROWS; r++) {
+                t[j][r / LANES][r % LANES] = block[r * n_cols + j] + bias[j];
+                if (target)
+                    u[j][r / LANES][r % LANES] = target[r * n_cols + j];
+            }
+    else {
+        FBP_SM(fbp_sm_copy)(rows, block, n_cols);
+        *(unaligned *)(rows + end) = (vector){0};
+        if (target) {
+            FBP_SM(fbp_sm_copy)(target_rows, target, n_cols);
+            *(unaligned *)(target_rows + end) = (vector){0};
+        }
     }
-    for (int s = 0; s < STACK; s++)   /* rows s LANES .. (s + 1) LANES - 1, a tile at a time */
+    for (int s = 0; s < STACK && by_tiles; s++)   /* rows s LANES .. (s + 1) LANES - 1, a tile at a time */
         for (int c = 0; c < tiles; c++) {
             vector a[LANES], b[LANES] = {{0}};   /* b: the targets, when given */
             for (int i = 0; i < LANES; i++) {
@@ -170,6 +186,21 @@ FBP_SM_TARGET static void FBP_SM(fbp_softmax_block)(
         weight[s] = scale * weight[s];
     }
     const int with_delta = target && delta;
+    if (!by_tiles) {
+        for (ptrdiff_t j = 0; j < n_cols; j++)
+            for (int s = 0; s < STACK; s++) {
+                t[j][s] *= sum_exp[s];
+                if (with_delta)
+                    u[j][s] = weight[s] * (t[j][s] - u[j][s]);
+            }
+        for (int r = 0; r < FBP_SOFTMAX_ROWS; r++)
+            for (ptrdiff_t j = 0; j < n_cols; j++) {
+                block[r * n_cols + j] = t[j][r / LANES][r % LANES];
+                if (with_delta)
+                    delta[r * n_cols + j] = u[j][r / LANES][r % LANES];
+            }
+        return;
+    }
     for (int s = 0; s < STACK; s++) {   /* back to rows, a row's tiles in order */
         vector out[MAX_TILES][LANES], out_delta[MAX_TILES][LANES];
         for (int c = 0; c < tiles; c++) {
@@ -199,3 +230,4 @@ FBP_SM_TARGET static void FBP_SM(fbp_softmax_block)(
 
 #undef FBP_SM_LANES
 #undef FBP_SM_STACK
+#undef FBP_SM_TILE_COLUMNS
