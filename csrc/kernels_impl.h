@@ -177,7 +177,7 @@ static inline __attribute__((always_inline)) double FBP_NAME(fbp_softmax_rows)(
             FBP_T sum_y = 0;
             for (ptrdiff_t j = 0; j < n_cols; j++)
                 sum_y += target[j];
-            total += weight * (double)(sum_y * FBP_MATH_LOG(sum_exp));
+            total += weight * (double)(sum_y * FBP_MATH_LOG_INLINE(sum_exp));
         }
         FBP_T inverse = 1 / sum_exp;
         for (ptrdiff_t j = 0; j < n_cols; j++)

@@ -10,6 +10,7 @@
 #undef FBP_NAME
 #undef FBP_MATH_EXP
 #undef FBP_MATH_FMA
+#undef FBP_MATH_LOG_INLINE
 #undef FBP_MATH_EXPM1
 #undef FBP_MATH_LOG
 #undef FBP_MATH_LOG1P

@@ -174,12 +174,17 @@ FBP_SM_TARGET static void FBP_SM(fbp_softmax_block)(
         for (int s = 0; s < STACK; s++)
             sum_exp[s] += t[j][s];
     if (target) {
-        double sum = *total;   /* in a register across the logs' calls */
+        vector logs[STACK];   /* of the sums, in one loop over their lanes */
+        FBP_T *log_lanes = (FBP_T *)logs;
+        const FBP_T *sum_lanes = (const FBP_T *)sum_exp;
+        for (int r = 0; r < FBP_SOFTMAX_ROWS; r++)
+            log_lanes[r] = FBP_MATH_LOG_INLINE(sum_lanes[r]);
+        double sum = *total;
         for (int s = 0; s < STACK; s++)
             for (int l = 0; l < LANES; l++) {
                 const FBP_T w = weight[s][l];
                 sum -= w * (double)dot_yz[s][l];
-                sum += w * (double)(sum_y[s][l] * FBP_MATH_LOG(sum_exp[s][l]));
+                sum += w * (double)(sum_y[s][l] * logs[s][l]);
             }
         *total = sum;
     }

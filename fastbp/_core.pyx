@@ -2636,6 +2636,17 @@ def output_loss(floating[:, ::1] outputs, const floating[:, ::1] Y, int activati
     return total * scale, grad
 
 
+def softmax_logf(const float[::1] x):
+    """fbp_logf (csrc/fastbp.h), the log the float32 softmax's loss takes of each row's sum
+    of exps, of every element of x: for tests."""
+    out = np.empty(x.shape[0], dtype=np.float32)
+    cdef float[::1] out_view = out
+    cdef Py_ssize_t i
+    for i in range(x.shape[0]):
+        out_view[i] = fbp_logf(x[i])
+    return out
+
+
 # all_finite keeps the GIL below this many values: a scan of a few microseconds, for
 # which letting other Python threads run costs a hand-off of the GIL each way when they
 # are waiting for it (predict's check of one sparse row's 20 outputs had made eight
