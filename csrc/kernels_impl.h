@@ -121,6 +121,21 @@ static inline ptrdiff_t FBP_NAME(fbp_one_hot)(FBP_T *dst, const ptrdiff_t *label
     return -1;
 }
 
+/* dots[k] = sum_j y[k, j] z[k, j] for `rows` (a constant where inlined) consecutive rows of
+   n_cols, each in column order by fused multiply-adds (as fbp_softmax_block does): the
+   rows' chains side by side, so that each waits on its own fma's latency only. */
+static inline __attribute__((always_inline)) void FBP_NAME(fbp_target_dots)(
+    const FBP_T *y, const FBP_T *z, ptrdiff_t n_cols, const int rows, FBP_T *dots)
+{
+#pragma GCC unroll 4
+    for (int k = 0; k < rows; k++)
+        dots[k] = 0;
+    for (ptrdiff_t j = 0; j < n_cols; j++)
+#pragma GCC unroll 4
+        for (int k = 0; k < rows; k++)
+            dots[k] = FBP_MATH_FMA(y[k * n_cols + j], z[k * n_cols + j], dots[k]);
+}
+
 /* Softmax of each row of z + bias, in place: z <- exp(z + bias - max) / sum, row by row;
    each row's sum is taken in column order.  With targets y (not NULL) also the
    cross-entropy: returns the summed loss terms -sum_k y_k log p_k, each row's weighted by
@@ -155,14 +170,20 @@ static inline __attribute__((always_inline)) double FBP_NAME(fbp_softmax_rows)(
         }
         for (ptrdiff_t j = 0; j < n_cols; j++)
             row[j] -= top;
-        if (y) {   /* the loss's second term; the first once the sums of exp are known */
-            const FBP_T *target = y + (start + r) * n_cols;
-            FBP_T dot_yz = 0;
-            for (ptrdiff_t j = 0; j < n_cols; j++)
-                dot_yz = FBP_MATH_FMA(target[j], row[j], dot_yz);
-            total -= (row_weights ? row_weights[start + r] : 1) * (double)dot_yz;
-        }
     }
+    if (y)   /* the loss's second term; the first once the sums of exp are known */
+        for (ptrdiff_t r = 0; r < n_rows;) {
+            FBP_T dots[4];
+            const int rows = n_rows - r >= 4 ? 4 : 1;
+            if (rows == 4)
+                FBP_NAME(fbp_target_dots)(y + (start + r) * n_cols, z + r * n_cols, n_cols, 4,
+                                          dots);
+            else
+                FBP_NAME(fbp_target_dots)(y + (start + r) * n_cols, z + r * n_cols, n_cols, 1,
+                                          dots);
+            for (int k = 0; k < rows; k++, r++)
+                total -= (row_weights ? row_weights[start + r] : 1) * (double)dots[k];
+        }
     const ptrdiff_t n = n_rows * n_cols;
     for (ptrdiff_t i = 0; i < n; i++)
         z[i] = FBP_MATH_EXP(z[i]);
