@@ -7,11 +7,13 @@
  * the shift, the dot with the targets, the exps, the sums and the scaling run across the
  * rows, each row's the same operations in the same order as row by row (so the same bits as
  * a row alone).  The block is read and written by square tiles of vectors, transposed in
- * registers by log2(lanes) stages of two-vector shuffles; element by element, the copies
- * in and out had been most of the pass (a 16 x 10 block took 470 ns, 280 of them the
- * copies, on the AVX-512 Xeon of docs/performance.md).  The vectors are GCC's generic
- * vectors: 64 bytes in an instance compiled for AVX-512 and used where the CPU has it,
- * else 32 bytes (AVX2 and the baseline: FBP_MULTIVERSION's clones), as the few-row kernels
+ * registers by log2(lanes) stages of two-vector shuffles, or element by element when it
+ * has too few columns to fill a tile (FBP_SM_TILE_COLUMNS).  (Written as plain loops over
+ * a transposed array, with the column count known only at run time, the block had
+ * compiled to mostly single-element code: 470 ns for 16 rows x 10 columns on the Xeon of
+ * docs/performance.md, 283 ns now.)  The vectors are GCC's generic vectors: 64 bytes in
+ * an instance compiled for AVX-512 and used where the CPU has it, else 32 bytes (AVX2 and
+ * the baseline: FBP_MULTIVERSION's clones), as the few-row kernels
  * choose (fbp_few_wide); other compilers take every row one by one. */
 
 #define FBP_SOFTMAX_ROWS 16
