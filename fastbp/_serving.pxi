@@ -735,8 +735,9 @@ from fastbp._threads import KeptPassThreads
 
 
 def few_rows_narrow(flag=None):
-    """Whether the few-row kernels run their 32-byte-vector instances (those of CPUs
-    without AVX-512) even on an AVX-512 CPU; flag: set it (for tests). Starts from
+    """Whether the few-row kernels and the softmax blocks (csrc/softmax.h) run their
+    32-byte-vector instances (those of CPUs without AVX-512) even on an AVX-512 CPU; flag:
+    set it (for tests). Starts from
     FASTBP_KERNEL_ISA=avx2 when fastbp._core loads: the one switch for the instruction
     set of every kernel (the product kernels read it per plan, fastbp._products). Returns
     the setting before."""
