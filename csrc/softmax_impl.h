@@ -118,25 +118,25 @@ FBP_SM_TARGET static void FBP_SM(fbp_softmax_block)(
             FBP_SM(fbp_sm_copy)(target_rows, target, n_cols);
             *(unaligned *)(target_rows + end) = (vector){0};
         }
+        for (int s = 0; s < STACK; s++)   /* rows s LANES .. (s + 1) LANES - 1, by tiles */
+            for (int c = 0; c < tiles; c++) {
+                vector a[LANES], b[LANES] = {{0}};   /* b: the targets, when given */
+                for (int i = 0; i < LANES; i++) {
+                    const ptrdiff_t at = (s * LANES + i) * n_cols + c * LANES;
+                    a[i] = *(const unaligned *)(rows + at);
+                    if (target)
+                        b[i] = *(const unaligned *)(target_rows + at);
+                }
+                FBP_SM(fbp_sm_transpose)(a);
+                if (target)
+                    FBP_SM(fbp_sm_transpose)(b);
+                for (int l = 0; l < LANES && c * LANES + l < n_cols; l++) {
+                    t[c * LANES + l][s] = a[l] + bias[c * LANES + l];
+                    if (target)
+                        u[c * LANES + l][s] = b[l];
+                }
+            }
     }
-    for (int s = 0; s < STACK && by_tiles; s++)   /* rows s LANES .. (s + 1) LANES - 1, a tile at a time */
-        for (int c = 0; c < tiles; c++) {
-            vector a[LANES], b[LANES] = {{0}};   /* b: the targets, when given */
-            for (int i = 0; i < LANES; i++) {
-                const ptrdiff_t at = (s * LANES + i) * n_cols + c * LANES;
-                a[i] = *(const unaligned *)(rows + at);
-                if (target)
-                    b[i] = *(const unaligned *)(target_rows + at);
-            }
-            FBP_SM(fbp_sm_transpose)(a);
-            if (target)
-                FBP_SM(fbp_sm_transpose)(b);
-            for (int l = 0; l < LANES && c * LANES + l < n_cols; l++) {
-                t[c * LANES + l][s] = a[l] + bias[c * LANES + l];
-                if (target)
-                    u[c * LANES + l][s] = b[l];
-            }
-        }
     vector top[STACK], sum_exp[STACK], sum_y[STACK], dot_yz[STACK], weight[STACK];
     for (int s = 0; s < STACK; s++) {
         top[s] = t[0][s];
@@ -193,7 +193,7 @@ FBP_SM_TARGET static void FBP_SM(fbp_softmax_block)(
         weight[s] = scale * weight[s];
     }
     const int with_delta = target && delta;
-    if (!by_tiles) {
+    if (!by_tiles) {   /* the probabilities in t, delta in u, then element by element */
         for (ptrdiff_t j = 0; j < n_cols; j++)
             for (int s = 0; s < STACK; s++) {
                 t[j][s] *= sum_exp[s];
