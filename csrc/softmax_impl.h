@@ -7,9 +7,12 @@
 #define FBP_SM_STACK (FBP_SOFTMAX_ROWS / FBP_SM_LANES)
 /* Blocks of fewer columns are read and written element by element: a tile's transposes
    take lanes x log2(lanes) shuffles (64 for 16 lanes) whatever its columns, a column
-   element by element 2 x FBP_SOFTMAX_ROWS moves.  A 16-row block of 4 columns took 215 ns
-   element by element against 249 by tiles, of 5 columns 270 against 261 (264 and 238 with
-   32-byte vectors), on the Xeon of docs/performance.md. */
+   element by element 2 x FBP_SOFTMAX_ROWS moves.  A 16-row block with targets and delta
+   (a C harness, best of 20 x 200,000 calls, on the Xeon of docs/performance.md), element
+   by element against by tiles: 4 columns 180 against 188 ns (32-byte vectors 200 against
+   206), 5 columns 203-209 against 204-214 (221-226 against 225), 6 columns 226-230
+   against 211-242 (243 against 230-258), 7 columns 249-256 against 216-218 (264-276
+   against 239-243). */
 #define FBP_SM_TILE_COLUMNS 5
 
 typedef FBP_T FBP_SM(fbp_sm_vector) __attribute__((vector_size(FBP_SM_BYTES)));
