@@ -2667,41 +2667,157 @@ def all_finite(const floating[:, ::1] X):
     return result
 
 
-def averaging_step(const double[::1] total, double rows, const double[::1] weights,
-                   const double[::1] buffer, const floating[::1] start, double momentum,
-                   double learning_rate, double[::1] new_weights, double[::1] new_buffer,
-                   floating[::1] new_start):
-    """fastbp.dask's averaging step, each value in one pass (no temporaries): A = total /
-    rows; with block momentum (new_buffer not empty) D' = lr (A - S) + m D (D empty: no
-    buffer yet), W' = W + D' and S' = W' + m D'; plain averaging (new_buffer empty) W' = A,
-    S' = A. S' is rounded to the model's dtype. Returns False when W' or S' is not finite
-    in that dtype (the outputs are then partly written)."""
-    cdef Py_ssize_t n = total.shape[0], i
+# ---- fastbp.dask's averaging: the blocks' row-weighted sum and the rule's step ----
+
+cdef enum:
+    SUM_SPAN = 1024     # values summed at a time: their partial sums stay in L1
+
+
+cdef struct WeightedParts:
+    # sum over k of data[k] * factors[k], k in order; data[k]: float64 where doubles[k],
+    # else float32
+    Py_ssize_t count
+    const void** data
+    bint* doubles
+    const double* factors
+
+
+cdef void sum_span(const WeightedParts* parts, Py_ssize_t begin, Py_ssize_t size,
+                   double* total) noexcept nogil:
+    """total[0:size] = values begin..begin+size-1 of the weighted sum, each product and
+    each addition rounded to float64 in the parts' order, as NumPy's
+    p0 * f0 + p1 * f1 + ... (one array operation after another) rounds them."""
+    cdef Py_ssize_t k, j
+    cdef const double* wide
+    cdef const float* narrow
+    cdef double factor
+    for k in range(parts.count):
+        factor = parts.factors[k]
+        if parts.doubles[k]:
+            wide = (<const double*>parts.data[k]) + begin
+            if k == 0:
+                for j in range(size):
+                    total[j] = wide[j] * factor
+            else:
+                for j in range(size):
+                    total[j] = total[j] + wide[j] * factor
+        else:
+            narrow = (<const float*>parts.data[k]) + begin
+            if k == 0:
+                for j in range(size):
+                    total[j] = <double>narrow[j] * factor
+            else:
+                for j in range(size):
+                    total[j] = total[j] + <double>narrow[j] * factor
+
+
+cdef void free_weighted_parts(WeightedParts* parts) noexcept:
+    free(parts.data)
+    free(parts.doubles)
+    parts.data, parts.doubles = NULL, NULL
+
+
+cdef list weighted_parts(parts, const double[::1] factors, Py_ssize_t n,
+                         WeightedParts* out):
+    """Fill `out` (its data and doubles allocated here: free_weighted_parts) from `parts`,
+    1-D C-contiguous float32 or float64 arrays of n values, one factor each; returns the
+    arrays, which must outlive the use of `out`."""
+    cdef const double[::1] wide
+    cdef const float[::1] narrow
+    cdef Py_ssize_t k, count = len(parts)
+    if count == 0 or factors.shape[0] != count or n == 0:
+        raise ValueError("the weighted sum needs one factor per part, and at least one "
+                         "part of at least one value")
+    arrays = [np.asarray(part) for part in parts]
+    out.count, out.factors = count, &factors[0]
+    out.data = <const void**>malloc(count * sizeof(void*))
+    out.doubles = <bint*>malloc(count * sizeof(bint))
+    if out.data == NULL or out.doubles == NULL:
+        free_weighted_parts(out)
+        raise MemoryError()
+    try:
+        for k in range(count):
+            if arrays[k].ndim != 1 or arrays[k].shape[0] != n:
+                raise ValueError(f"the weighted sum's parts must be vectors of {n} values; "
+                                 f"part {k} has shape {arrays[k].shape}")
+            if arrays[k].dtype == np.float64:
+                wide = arrays[k]
+                out.data[k], out.doubles[k] = &wide[0], True
+            elif arrays[k].dtype == np.float32:
+                narrow = arrays[k]
+                out.data[k], out.doubles[k] = &narrow[0], False
+            else:
+                raise TypeError(f"the weighted sum's parts must be float32 or float64; part "
+                                f"{k} is {arrays[k].dtype}")
+    except BaseException:
+        free_weighted_parts(out)
+        raise
+    return arrays
+
+
+def weighted_sum(parts, const double[::1] factors, double[::1] total):
+    """total = parts[0] * factors[0] + parts[1] * factors[1] + ..., in float64, rounded as
+    NumPy rounds it (fastbp.dask's partial sums: a block's parameters times its rows, or
+    a partial sum times 1)."""
+    cdef WeightedParts summed
+    cdef Py_ssize_t n = total.shape[0], begin = 0
+    kept = weighted_parts(parts, factors, n, &summed)
+    try:
+        with nogil:
+            while begin < n:
+                sum_span(&summed, begin, min(<Py_ssize_t>SUM_SPAN, n - begin), &total[begin])
+                begin += SUM_SPAN
+    finally:
+        free_weighted_parts(&summed)
+
+
+def averaging_step(parts, const double[::1] factors, double rows,
+                   const double[::1] weights, const double[::1] buffer,
+                   const floating[::1] start, double momentum, double learning_rate,
+                   double[::1] new_weights, double[::1] new_buffer, floating[::1] new_start):
+    """fastbp.dask's averaging step, each value in one pass (no temporaries, the parts
+    summed as weighted_sum sums them): A = (parts . factors) / rows; with block momentum
+    (new_buffer not empty) D' = lr (A - S) + m D (D empty: no buffer yet), W' = W + D'
+    and S' = W' + m D'; plain averaging (new_buffer empty) W' = A, S' = A. S' is rounded
+    to the model's dtype. Returns False when W' or S' is not finite in that dtype (the
+    outputs are then partly written)."""
+    cdef Py_ssize_t n = weights.shape[0], i, j, begin = 0, size
     cdef bint stepped = new_buffer.shape[0] != 0, has_buffer = buffer.shape[0] != 0
-    if (weights.shape[0] != n or start.shape[0] != n or new_weights.shape[0] != n
+    if (start.shape[0] != n or new_weights.shape[0] != n
             or new_start.shape[0] != n or (stepped and new_buffer.shape[0] != n)
             or (has_buffer and (not stepped or buffer.shape[0] != n)) or not rows > 0):
         raise ValueError("averaging_step: the vectors' sizes or the rows do not match")
     cdef double limit = FLT_MAX if floating is float else DBL_MAX
     cdef double average, step, value
+    cdef double total[SUM_SPAN]
     cdef bint finite = True
-    with nogil:
-        for i in range(n):
-            average = total[i] / rows
-            if stepped:
-                step = learning_rate * (average - <double>start[i])
-                if has_buffer:
-                    step = step + momentum * buffer[i]
-                value = weights[i] + step
-                new_buffer[i] = step
-                new_weights[i] = value
-                finite = finite & (fabs(value) <= limit)
-                value = value + momentum * step
-            else:
-                value = average
-                new_weights[i] = value
-            new_start[i] = <floating>value
-            finite = finite & (fabs(value) <= limit)
+    cdef WeightedParts summed
+    kept = weighted_parts(parts, factors, n, &summed)
+    try:
+        with nogil:
+            while begin < n:
+                size = min(<Py_ssize_t>SUM_SPAN, n - begin)
+                sum_span(&summed, begin, size, total)
+                for j in range(size):
+                    i = begin + j
+                    average = total[j] / rows
+                    if stepped:
+                        step = learning_rate * (average - <double>start[i])
+                        if has_buffer:
+                            step = step + momentum * buffer[i]
+                        value = weights[i] + step
+                        new_buffer[i] = step
+                        new_weights[i] = value
+                        finite = finite & (fabs(value) <= limit)
+                        value = value + momentum * step
+                    else:
+                        value = average
+                        new_weights[i] = value
+                    new_start[i] = <floating>value
+                    finite = finite & (fabs(value) <= limit)
+                begin += size
+    finally:
+        free_weighted_parts(&summed)
     return finite
 
 

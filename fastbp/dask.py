@@ -95,9 +95,12 @@ def _pair(x, y, dtype_name, float_targets):
 class _Pair(NamedTuple):
     """A block's rows and targets as _aligned_pair makes them, here and on any worker
     the pair is sent to: Dask delivers an array it transfers at any byte offset, and the
-    fit copies an array that is not aligned for its dtype, which would be every round."""
+    fit copies an array that is not aligned for its dtype, which would be every round.
+    kept: what the block's last round left on this worker for its next (_Kept; at most
+    one, taken out by the round that uses it), never sent with the pair."""
     x: object
     y: np.ndarray
+    kept: list
 
     def __reduce__(self):
         return _aligned_pair, (self.x, self.y)
@@ -111,14 +114,36 @@ def _aligned_pair(x, y) -> _Pair:
             x = x.copy()
     else:
         x = np.require(x, None, ["C", "A"])
-    return _Pair(x, np.require(y, None, ["C", "A"]))
+    return _Pair(x, np.require(y, None, ["C", "A"]), [])
+
+
+def _epoch_order(n_rows: int, order_seed: int | None) -> np.ndarray:
+    """A chunk's rows in the order its epoch's pieces cut (Piece.order_seed)."""
+    return np.arange(n_rows) if order_seed is None else \
+        np.random.default_rng(order_seed).permutation(n_rows)
+
+
+def _piece_of(order: np.ndarray, piece: Piece) -> np.ndarray:
+    n_rows = order.shape[0]
+    return order[piece.index * n_rows // piece.count:(piece.index + 1) * n_rows // piece.count]
 
 
 def _piece_rows(n_rows: int, piece: Piece) -> np.ndarray:
     """The rows of a chunk of n_rows that `piece` trains."""
-    order = np.arange(n_rows) if piece.order_seed is None else \
-        np.random.default_rng(piece.order_seed).permutation(n_rows)
-    return order[piece.index * n_rows // piece.count:(piece.index + 1) * n_rows // piece.count]
+    return _piece_of(_epoch_order(n_rows, piece.order_seed), piece)
+
+
+class _Kept(NamedTuple):
+    """What a block's round leaves on the worker that holds the block's rows, for its next
+    round there: what would otherwise cost every round again. model: a copy of the fit's
+    model, decoded once; inputs: the chunk, checked once (Trainer.checked_inputs);
+    buffers: the fit's memory (Trainer's one-epoch buffers: dask's workers give freed
+    memory back to the system, and new memory faults page by page when first written);
+    order: (order_seed, the rows in that order) of the last epoch cut into pieces."""
+    model: MLP
+    inputs: object
+    buffers: dict
+    order: tuple
 
 
 def _train_block(model_bytes, start, trainer_arguments, part, seed, rates, n_threads, block,
@@ -128,23 +153,33 @@ def _train_block(model_bytes, start, trainer_arguments, part, seed, rates, n_thr
     of the round before, on this worker). Returns its parameters in the model's dtype and
     its rows (_combine weights them in float64: half the bytes to send of a float32 model),
     and where it ran (block -> (worker, rows, threads))."""
-    X, Y = part
-    model = MLP.from_bytes(model_bytes)
-    np.copyto(model._params, _start_state(start).start)
     trainer = Trainer(**{**trainer_arguments, "seed": seed, "epochs": len(rates),
                          "schedule": _Rates(rates), "max_time": None, "n_threads": n_threads})
-    if piece is None:
-        history = trainer.fit(model, X, Y)
-        rows = X.shape[0]
-    else:   # its rows of the chunk, read in place (the bits of a fit on a copy of them)
-        piece_rows = _piece_rows(X.shape[0], piece)
-        history = trainer._fit_rows(model, X, Y, piece_rows)
-        rows = piece_rows.shape[0]
+    try:        # (a round submitted again may run while the first still does: it makes its own)
+        kept = part.kept.pop()
+    except IndexError:
+        model = MLP.from_bytes(model_bytes)
+        kept = _Kept(model, trainer.checked_inputs(model, part.x, part.y), {}, ())
+    model = kept.model
+    np.copyto(model._params, _start_state(start).start)
+    trainer._buffers = kept.buffers
+    rows, order = None, kept.order
+    if piece is not None:       # its rows of the chunk, read in place (the bits of a fit on
+        if not order or order[0] != piece.order_seed:          # a copy of them)
+            order = (piece.order_seed, _epoch_order(part.x.shape[0], piece.order_seed))
+        rows = _piece_of(order[1], piece)
+    history = trainer._fit_rows(model, part.x, part.y, rows, checked=kept.inputs)
+    trained_rows = part.x.shape[0] if rows is None else rows.shape[0]
     last_loss = history.loss[-1] if history.loss else float("nan")
-    return {"parameters": model._params, "rows": rows,
-            "loss": last_loss * rows, "diverged": bool(history.diverged),
-            "trained": {block: Trained(_worker_address(), rows, n_threads,
-                                       float(sum(history.seconds)))}}
+    # The parameters go out as a copy: the model trains the next round while a worker
+    # may still be receiving them.
+    result = {"parameters": model._params.copy(), "rows": trained_rows,
+              "loss": last_loss * trained_rows, "diverged": bool(history.diverged),
+              "trained": {block: Trained(_worker_address(), trained_rows, n_threads,
+                                         float(sum(history.seconds)))}}
+    if not part.kept:
+        part.kept.append(kept._replace(buffers=trainer._buffers, order=order))
+    return result
 
 
 class Trained(NamedTuple):
@@ -164,22 +199,31 @@ def _worker_address() -> str:
         return LOCAL
 
 
+def _terms(parts) -> tuple:
+    """The vectors and factors of the row-weighted sum of `parts`: a block's parameters
+    times its rows, or a partial sum _combine made (times 1)."""
+    vectors = [part["sum"] if "sum" in part else part["parameters"] for part in parts]
+    factors = np.array([1.0 if "sum" in part else float(part["rows"]) for part in parts])
+    return vectors, factors
+
+
+def _tally(parts) -> dict:
+    """What the driver records of `parts`: their rows, loss, divergence and placements."""
+    trained = {}
+    for part in parts:
+        trained.update(part["trained"])
+    return {"rows": sum(part["rows"] for part in parts),
+            "loss": sum(part["loss"] for part in parts),
+            "diverged": any(part["diverged"] for part in parts), "trained": trained}
+
+
 def _combine(*parts):
     """Add partial sums, in the order given (the tree is fixed, so the sum is reproducible):
     a block's parameters times its rows, in float64, or a sum _combine made before."""
-    first = parts[0]
-    total = {"sum": first["sum"].copy() if "sum" in first else
-             np.multiply(first["parameters"], first["rows"], dtype=np.float64),
-             "rows": first["rows"], "loss": first["loss"], "diverged": first["diverged"],
-             "trained": dict(first["trained"])}
-    for part in parts[1:]:
-        total["sum"] += part["sum"] if "sum" in part else \
-            np.multiply(part["parameters"], part["rows"], dtype=np.float64)
-        total["rows"] += part["rows"]
-        total["loss"] += part["loss"]
-        total["diverged"] = total["diverged"] or part["diverged"]
-        total["trained"].update(part["trained"])
-    return total
+    vectors, factors = _terms(parts)
+    total = np.empty(vectors[0].shape[0])
+    _core.weighted_sum(vectors, factors, total)
+    return {"sum": total, **_tally(parts)}
 
 
 class _State(NamedTuple):
@@ -207,15 +251,16 @@ class _Rule(NamedTuple):
             start = values.astype(dtype)
         return _State(weights, buffer, start) if np.isfinite(start).all() else None
 
-    def advance(self, state: _State, total: dict) -> _State | None:
-        """The state after a round whose blocks' partial sums add up to `total`; None when
-        the new parameters would not be finite in the model's dtype. (In one compiled
-        pass: on the workers it lies between two rounds.)"""
+    def advance(self, state: _State, parts, rows: int) -> _State | None:
+        """The state after a round whose blocks' results or partial sums are `parts` (of
+        `rows` rows in all); None when the new parameters would not be finite in the
+        model's dtype. (Summed and stepped in one compiled pass: on the workers it lies
+        between two rounds.)"""
         weights, start = np.empty_like(state.weights), np.empty_like(state.start)
         buffer = None if self.momentum is None else np.empty_like(state.weights)
         nothing = np.empty(0)
         finite = _core.averaging_step(
-            total["sum"], float(total["rows"]), state.weights,
+            *_terms(parts), float(rows), state.weights,
             nothing if state.buffer is None else state.buffer, state.start,
             self.momentum or 0.0, self.learning_rate, weights,
             nothing if buffer is None else buffer, start)
@@ -254,9 +299,8 @@ def _advance(rule: _Rule, previous, *parts) -> _Advanced:
     """The last sum of a round's partial sums, and the averaging's step from `previous`
     (a _State, or the previous round's _Advanced)."""
     state = _start_state(previous)
-    total = _combine(*parts)
-    new = rule.advance(state, total)
-    report = {key: total[key] for key in ("rows", "loss", "diverged", "trained")}
+    report = _tally(parts)
+    new = rule.advance(state, parts, report["rows"])
     report["finite"] = new is not None
     return _Advanced(state if new is None else new, report)
 

@@ -12,6 +12,7 @@ import time
 import warnings
 import weakref
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -84,6 +85,26 @@ class FitSpec:
         self.optimizer.check_dtype(dtype)
         self.loss.check_dtype(dtype)
         check_in_dtype(self.weight_decay, "weight_decay", dtype)
+
+
+class CheckedInputs(NamedTuple):
+    """A fit's X and Y, checked and converted (Trainer.checked_inputs): X as the compiled
+    loop reads it (dense, or a _core.SparseRows), dense targets or class labels; key: what
+    they were checked against (the model's sizes and dtype, the loss)."""
+    X: np.ndarray | _core.SparseRows
+    targets: np.ndarray | None
+    labels: np.ndarray | None
+    key: tuple
+
+
+def _inputs_key(model: MLP, loss) -> tuple:
+    return (model.layer_sizes[0], model.layer_sizes[-1], model.dtype, loss)
+
+
+def _checked_inputs(model: MLP, loss, X, Y) -> CheckedInputs:
+    X = as_inputs(X, "X", model.dtype, model.layer_sizes[0])
+    targets, labels = as_targets(Y, loss, model.layer_sizes[-1], X.shape[0], model.dtype)
+    return CheckedInputs(X, targets, labels, _inputs_key(model, loss))
 
 
 @dataclass
@@ -270,23 +291,30 @@ class Trainer:
         """One epoch on (X, Y), keeping the optimizer state: online learning."""
         return self._train(model, X, Y, self.spec(), 1, None, 0.0, sample_weight, None, 0, None)
 
-    def _fit_rows(self, model: MLP, X, Y, rows) -> History:
+    def _fit_rows(self, model: MLP, X, Y, rows, checked: CheckedInputs | None = None) \
+            -> History:
         """fit(model, X[rows], Y[rows]) without copying those rows (fastbp.dask's pieces
         of a chunk), the same bits: the epochs shuffle `rows` as fit shuffles the indices
-        of a copy. rows: distinct row indices of X, at least one."""
+        of a copy. rows: distinct row indices of X, at least one; None: all of them.
+        checked: what checked_inputs made of (X, Y) for this model and loss (X, Y are then
+        not read), so that a caller fitting the same rows again checks them once."""
         spec = self.spec()
         return self._train(model, X, Y, spec, spec.epochs, None, 0.0, None, None, 0, None,
-                           rows=rows)
+                           rows=rows, checked=checked)
+
+    def checked_inputs(self, model: MLP, X, Y) -> CheckedInputs:
+        """X and Y checked and converted for fits of `model` with this trainer's loss."""
+        return _checked_inputs(model, self.spec().loss, X, Y)
 
     # ---- the loop ----
     def _train(self, model, X, Y, spec, n_epochs, validation_data, validation_split,
-               sample_weight, callbacks, verbose, metrics, rows=None) -> History:
+               sample_weight, callbacks, verbose, metrics, rows=None, checked=None) -> History:
         """Check everything, set up the compiled epoch, run the shared epoch loop."""
         if not isinstance(model, MLP):
             raise TypeError(f"model must be a fastbp.MLP; got {type(model).__name__}")
         callbacks = checked_callbacks(callbacks)
         data = self._data(model, spec.loss, X, Y, sample_weight, validation_data,
-                          validation_split, rows)
+                          validation_split, rows, checked)
         metric_functions = chosen_metrics(metrics, spec.loss, model.layer_sizes[-1]) \
             if data.validation is not None else []
         spec.check_dtype(model.dtype)
@@ -318,11 +346,15 @@ class Trainer:
         return history
 
     def _data(self, model, loss, X, Y, sample_weight, validation_data, validation_split,
-              rows=None):
+              rows=None, checked=None):
         """The fit's arrays, checked and converted: X, targets or labels, row weights, the
-        validation pair, and the rows trained on (rows: None for all)."""
-        X = as_inputs(X, "X", model.dtype, model.layer_sizes[0])
-        targets, labels = as_targets(Y, loss, model.layer_sizes[-1], X.shape[0], model.dtype)
+        validation pair, and the rows trained on (rows: None for all). checked: X and Y
+        as checked_inputs made them for this model and loss."""
+        if checked is None:
+            checked = _checked_inputs(model, loss, X, Y)
+        elif checked.key != _inputs_key(model, loss):
+            raise ValueError("these inputs were checked for another model or loss")
+        X, targets, labels = checked.X, checked.targets, checked.labels
         if rows is not None:
             rows = distinct_rows(rows, X.shape[0])
         # Data that views the parameters would change under the fit's own steps: a copy.

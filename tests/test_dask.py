@@ -339,7 +339,7 @@ def test_each_block_trains_with_its_workers_threads_on_its_own_worker(cluster_cl
     core of the machine), and two equal chunks train on the two workers, one each."""
     X, y = chunked(6_000)
     calls = []
-    original = fastbp.Trainer.fit
+    original = fastbp.Trainer._fit_rows
 
     history = fastbp.dask.fit(classifier(), fastbp.Trainer("cce", seed=0), X, y,
                               client=cluster_client, rounds=2)
@@ -356,26 +356,40 @@ def test_each_block_trains_with_its_workers_threads_on_its_own_worker(cluster_cl
         return original(trainer, *args, **kwargs)
 
     with mock.patch.object(fastbp.dask, "_client_for", lambda client: None), \
-            mock.patch.object(fastbp.Trainer, "fit", recording_fit):
+            mock.patch.object(fastbp.Trainer, "_fit_rows", recording_fit):
         fastbp.dask.fit(classifier(), fastbp.Trainer("cce", seed=0), X, y, rounds=1)
     assert calls == [1, 1]
 
 
+def weighted_terms(rng, n, dtype):
+    """A round's parts as the averaging reads them: two blocks' parameters (in the model's
+    dtype) with their rows, and a partial sum in float64 (factor 1); and their sum as
+    NumPy makes it, one array operation after another."""
+    parts = [rng.normal(size=n).astype(dtype), rng.normal(size=n).astype(dtype),
+             rng.normal(size=n) * 5.0]
+    factors = np.array([3.0, 7.0, 1.0])
+    total = (parts[0].astype(np.float64) * 3.0 + parts[1].astype(np.float64) * 7.0) \
+        + parts[2]
+    return parts, factors, total, 15.0
+
+
+@pytest.mark.parametrize("n", [1, 1023, 1024, 1025, 3 * 1024 + 17])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_the_compiled_averaging_step_is_the_rule_written_in_numpy(dtype):
-    """_core.averaging_step (one pass, no temporaries) against the rule in float64 NumPy:
-    block momentum with and without a buffer, and plain averaging; a result beyond the
-    dtype (or NaN) is reported, and mismatched sizes are refused."""
+def test_the_compiled_averaging_step_is_the_rule_written_in_numpy(dtype, n):
+    """_core.averaging_step (the parts summed and stepped in one pass, no temporaries)
+    against the rule in float64 NumPy, on every edge of its spans of values: block
+    momentum with and without a buffer, and plain averaging; a result beyond the dtype
+    (or NaN) is reported, and mismatched sizes and types are refused."""
     from fastbp import _core
-    rng = np.random.default_rng(0)
-    n, rows, momentum, learning_rate = 1001, 3.0, 0.75, 1.5
-    total = rng.normal(size=n) * rows
+    rng = np.random.default_rng(n)
+    parts, factors, total, rows = weighted_terms(rng, n, dtype)
+    momentum, learning_rate = 0.75, 1.5
     weights, buffer = rng.normal(size=n), rng.normal(size=n) * 0.1
     start = (weights + momentum * buffer).astype(dtype)
     nothing = np.empty(0)
     for old_buffer in (buffer, None):
         out = np.empty(n), np.empty(n), np.empty(n, dtype)
-        assert _core.averaging_step(total, rows, weights,
+        assert _core.averaging_step(parts, factors, rows, weights,
                                     nothing if old_buffer is None else old_buffer, start,
                                     momentum, learning_rate, out[0], out[1], out[2])
         step = learning_rate * (total / rows - start.astype(np.float64))
@@ -385,24 +399,38 @@ def test_the_compiled_averaging_step_is_the_rule_written_in_numpy(dtype):
         np.testing.assert_array_equal(out[0], weights + step)
         np.testing.assert_array_equal(out[2], (weights + step + momentum * step).astype(dtype))
     out = np.empty(n), np.empty(n, dtype)
-    assert _core.averaging_step(total, rows, weights, nothing, start, 0.0, 1.0, out[0],
-                                nothing, out[1])
+    assert _core.averaging_step(parts, factors, rows, weights, nothing, start, 0.0, 1.0,
+                                out[0], nothing, out[1])
     np.testing.assert_array_equal(out[0], total / rows)
     np.testing.assert_array_equal(out[1], (total / rows).astype(dtype))
+    summed = np.empty(n)
+    _core.weighted_sum(parts, factors, summed)
+    np.testing.assert_array_equal(summed, total)
     for bad in (np.finfo(dtype).max * 4.0, np.nan):
-        spoilt = total.copy()
-        spoilt[n // 2] = bad
-        assert not _core.averaging_step(spoilt, 1.0, weights, buffer, start, momentum,
-                                        learning_rate, np.empty(n), np.empty(n),
+        spoilt = [total.copy()]
+        spoilt[0][n // 2] = bad
+        assert not _core.averaging_step(spoilt, np.ones(1), 1.0, weights, buffer, start,
+                                        momentum, learning_rate, np.empty(n), np.empty(n),
                                         np.empty(n, dtype))
-        assert not _core.averaging_step(spoilt, 1.0, weights, nothing, start, 0.0, 1.0,
-                                        np.empty(n), nothing, np.empty(n, dtype))
+        assert not _core.averaging_step(spoilt, np.ones(1), 1.0, weights, nothing, start, 0.0,
+                                        1.0, np.empty(n), nothing, np.empty(n, dtype))
+    outputs = np.empty(n), np.empty(n), np.empty(n, dtype)
+    with pytest.raises(ValueError, match="vectors of"):
+        _core.averaging_step([parts[0], parts[1][:-1] if n > 1 else parts[1][:0]], factors[:2],
+                             rows, weights, buffer, start, momentum, learning_rate, *outputs)
+    with pytest.raises(ValueError, match="one factor per part"):
+        _core.averaging_step(parts, factors[:2], rows, weights, buffer, start, momentum,
+                             learning_rate, *outputs)
+    with pytest.raises(ValueError, match="one factor per part"):
+        _core.weighted_sum([], np.empty(0), summed)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        _core.weighted_sum([parts[0].astype(np.int64)], np.ones(1), summed)
     with pytest.raises(ValueError, match="sizes"):
-        _core.averaging_step(total[:-1], rows, weights, buffer, start, momentum,
-                             learning_rate, np.empty(n), np.empty(n), np.empty(n, dtype))
+        _core.averaging_step(parts, factors, rows, weights, buffer, start[:-1] if n > 1
+                             else start[:0], momentum, learning_rate, *outputs)
     with pytest.raises(ValueError, match="sizes"):      # a buffer but no new one
-        _core.averaging_step(total, rows, weights, buffer, start, momentum,
-                             learning_rate, np.empty(n), nothing, np.empty(n, dtype))
+        _core.averaging_step(parts, factors, rows, weights, buffer, start, momentum,
+                             learning_rate, outputs[0], nothing, outputs[2])
 
 
 def test_placement_balances_rows_per_thread_and_follows_the_workers():
@@ -492,7 +520,7 @@ def unaligned(array):
 def aligned_parts(pair):
     """Whether each array of a block's pair is aligned for its dtype (the fit copies one
     that is not, in every round)."""
-    x, y = pair
+    x, y = pair.x, pair.y
     parts = (x.data, x.indices, x.indptr) if scipy.sparse.issparse(x) else (x,)
     return all(part.flags.aligned and part.flags.c_contiguous for part in (*parts, y))
 
@@ -506,10 +534,11 @@ def test_a_chunk_is_aligned_where_it_is_made_and_wherever_it_is_sent(cluster_cli
                  fastbp.dask._pair(x, y, "float64", False),
                  fastbp.dask._pair(scipy.sparse.csr_array(x), unaligned(Y_TRAIN[:100] * 1.0),
                                    "float32", True),
-                 pickle.loads(pickle.dumps(fastbp.dask._Pair(x, y), protocol=5))):
+                 pickle.loads(pickle.dumps(fastbp.dask._Pair(x, y, [None]), protocol=5))):
         assert aligned_parts(pair)
-        np.testing.assert_array_equal(scipy.sparse.csr_array(pair[0]).toarray(), x)
-        np.testing.assert_array_equal(pair[1], Y_TRAIN[:100])
+        assert pair.kept == []          # what a round keeps stays on its worker
+        np.testing.assert_array_equal(scipy.sparse.csr_array(pair.x).toarray(), x)
+        np.testing.assert_array_equal(pair.y, Y_TRAIN[:100])
     first, second = sorted(cluster_client.nthreads())
     made = cluster_client.submit(fastbp.dask._pair, X_TRAIN[:1001], Y_TRAIN[:1001],
                                  "float32", False, workers=[first], pure=False)
@@ -638,7 +667,17 @@ def test_a_block_trains_its_piece_in_place_as_a_fit_on_a_copy_and_sends_its_para
             expected, X_TRAIN[piece_rows], Y_TRAIN[piece_rows])
         assert part["parameters"].dtype == np.float32 and part["rows"] == len(piece_rows)
         np.testing.assert_array_equal(part["parameters"], expected._params)
+        # The block keeps its model, checked chunk and memory for its next round (the
+        # later pieces train on them, with the same bits), and sends a copy of the
+        # parameters, which its next round does not touch.
+        assert len(pair.kept) == 1
+        assert not np.shares_memory(part["parameters"], pair.kept[0].model._params)
         parts.append(part)
+    kept = pair.kept[0]
+    with pytest.raises(ValueError, match="checked for another model"):
+        trainer._fit_rows(fastbp.MLP([10, 32, 4], ["relu", "softmax"], dtype="float64"),
+                          pair.x, pair.y, None,
+                          checked=kept.inputs)
     total = fastbp.dask._combine(fastbp.dask._combine(*parts[:2]), parts[2])
     weighted = [part["parameters"].astype(np.float64) * part["rows"] for part in parts]
     np.testing.assert_array_equal(total["sum"], (weighted[0] + weighted[1]) + weighted[2])
