@@ -276,18 +276,23 @@ class _Advanced(NamedTuple):
 
 class _Taken(NamedTuple):
     """What the driver takes from a round: the new parameters in the model's dtype (None
-    when not finite), the report, and the whole state when the driver keeps a copy (no two
-    workers do)."""
+    when not finite, or not asked for), the report, and the whole state when the driver
+    keeps a copy (no two workers do)."""
     parameters: np.ndarray | None
     report: dict
     state: _State | None
 
 
-def _take(advanced: _Advanced, with_state: bool) -> _Taken:
-    state = advanced.state
-    parameters = state.weights.astype(state.start.dtype) if advanced.report["finite"] \
-        else None
-    return _Taken(parameters, advanced.report, state if with_state else None)
+def _take(advanced: _Advanced, with_state: bool, with_parameters: bool = True) -> _Taken:
+    parameters = _parameters_of(advanced) \
+        if with_parameters and advanced.report["finite"] else None
+    return _Taken(parameters, advanced.report, advanced.state if with_state else None)
+
+
+def _parameters_of(advanced: _Advanced) -> np.ndarray:
+    """The model's parameters after the round `advanced` completed (after one whose
+    parameters were not finite: those of the round before, whose state it kept)."""
+    return advanced.state.weights.astype(advanced.state.start.dtype)
 
 
 def _start_state(start) -> _State:
@@ -617,9 +622,14 @@ def fit(model: MLP, trainer: Trainer, X, Y, client=None, rounds=None, epochs_per
         return seeds, pieces
 
     if client is not None:
+        # The driver takes each round's parameters only when something reads the model
+        # between rounds (validation, callbacks); else the last round's once, at the end:
+        # on a machine whose cores all train, the driver's share of a round slows them.
         cluster = _ClusterRounds(client, pairs, blocks, rows, trainer.n_threads, rule, name,
                                  arguments, round_inputs, model_bytes,
-                                 _held_bytes(client, client.futures_of([X, Y]), chunk_keys))
+                                 _held_bytes(client, client.futures_of([X, Y]), chunk_keys),
+                                 parameters_each_round=validation is not None or
+                                 bool(callbacks))
     else:    # dask's local scheduler: every block on its own thread of one process
         local = list(dask.persist(*pairs, scheduler="threads"))
         threads = [trainer.n_threads or 1] * len(blocks)
@@ -684,7 +694,10 @@ def fit(model: MLP, trainer: Trainer, X, Y, client=None, rounds=None, epochs_per
         return history
     finally:
         if client is not None:
-            cluster.release()      # the blocks' copies on the workers, a round ahead
+            try:        # the model at the last completed round, however the fit ends
+                averager.catch_up(lambda: cluster.latest_parameters(averager))
+            finally:
+                cluster.release()      # the blocks' copies on the workers, a round ahead
 
 
 AVERAGING = ("block_momentum", "mean")
@@ -701,6 +714,8 @@ class _Averager:
         self.rule, self.model = rule, model
         self.held = model._params.copy()     # what the model held after the last round
         self.state = rule.begin(model.parameter_vector(np.float64), None, model.dtype)
+        self.completed = 0      # rounds completed
+        self.in_model = 0       # the round whose parameters the model holds (0: the start)
 
     def changed(self) -> bool:
         return not np.array_equal(self.model._params, self.held)
@@ -720,13 +735,27 @@ class _Averager:
 
     def accept(self, taken: _Taken) -> bool:
         """Take a round's outcome; False: its parameters were not finite, and the model
-        keeps the last round's."""
-        if taken.parameters is None:
+        keeps the last round's. A round taken without its parameters leaves the model
+        behind until catch_up."""
+        if not taken.report["finite"]:
             return False
         self.state = taken.state
-        self.model.set_parameter_vector(taken.parameters)
-        np.copyto(self.held, self.model._params)
+        self.completed += 1
+        if taken.parameters is not None:
+            self._hold(taken.parameters)
         return True
+
+    def _hold(self, parameters: np.ndarray) -> None:
+        self.model.set_parameter_vector(parameters)
+        np.copyto(self.held, self.model._params)
+        self.in_model = self.completed
+
+    def catch_up(self, fetch) -> None:
+        """Write the last completed round's parameters into the model if it holds an
+        earlier round's: from the driver's copy of the state, else fetch() (a worker's)."""
+        if self.in_model != self.completed:
+            self._hold(_parameters_of(_Advanced(self.state, {})) if self.state is not None
+                       else fetch())
 
 
 class _Submitted(NamedTuple):
@@ -755,8 +784,9 @@ class _ClusterRounds:
     kept one. Either way each round computes the same bits."""
 
     def __init__(self, client, pairs, blocks, rows, n_threads, rule, name, arguments,
-                 round_inputs, model_bytes, held):
+                 round_inputs, model_bytes, held, parameters_each_round):
         self.client, self.blocks, self.rows = client, blocks, rows
+        self.parameters_each_round = parameters_each_round
         self.model_bytes = client.scatter(model_bytes, broadcast=True, hash=False)
         self.n_threads, self.rule, self.name = n_threads, rule, name
         self.arguments, self.round_inputs = arguments, round_inputs
@@ -830,20 +860,32 @@ class _ClusterRounds:
     def _driver_state(self, averager, rounds_done) -> _State:
         """The state to submit a round from, made on the driver: its copy of the last
         completed round's state, fetched from a worker that keeps one when it has none."""
-        from distributed.client import CancelledError
         if averager.state is None:
-            for future in sorted(self.kept, key=lambda future: future.status != "finished"):
-                try:
-                    averager.state = future.result().state
-                    break
-                except CancelledError:     # lost with its worker: another has a copy
-                    continue
-            else:
-                raise LostDataError(
-                    f"the averaging's state after round {rounds_done} was lost with the "
-                    f"workers that kept it; the model holds that round's parameters: call "
-                    f"fit again to continue (block momentum's buffer starts afresh)")
+            averager.state = self._from_kept(lambda future: future.result().state,
+                                             averager, rounds_done)
         return averager.start()
+
+    def latest_parameters(self, averager) -> np.ndarray:
+        """The model's parameters after the last completed round, made where a copy of
+        its state lives (the driver fetches them only when something reads the model
+        between rounds: fit's parameters_each_round)."""
+        return self._from_kept(lambda future: self.client.submit(
+            _parameters_of, future, pure=False).result(), averager, averager.completed)
+
+    def _from_kept(self, read, averager, rounds_done):
+        """read(future) of a worker's copy of the last completed round's _Advanced, from
+        the first that is not lost."""
+        from distributed.client import CancelledError
+        for future in sorted(self.kept, key=lambda future: future.status != "finished"):
+            try:
+                return read(future)
+            except CancelledError:     # lost with its worker: another has a copy
+                continue
+        raise LostDataError(
+            f"the averaging's state after round {rounds_done} was lost with the workers "
+            f"that kept it; the model holds the parameters of round {averager.in_model} "
+            f"(0: those it began with): call fit again to continue (block momentum's "
+            f"buffer starts afresh)")
 
     def _submit(self, round_index, rates, state=None, after=None) -> _Submitted:
         """Submit one round, starting from `state` (made on the driver) or from where the
@@ -879,6 +921,7 @@ class _ClusterRounds:
         # Taken ahead of the next round's block on its worker (one thread: else after it).
         # The driver keeps a copy of the state only when no two workers do.
         taken = client.submit(_take, advanced[workers[0]], len(workers) < 2,
+                              self.parameters_each_round,
                               key=f"{key}-take", priority=1, pure=False)
         return _Submitted(round_index, list(rates), dict(self.workers), advanced, taken,
                           [*own, *parts, *top, *advanced.values(), taken])

@@ -1,6 +1,7 @@
 """fastbp on Dask: data-parallel training (fastbp.dask.fit) and hyperparameter search
 across a cluster, on a LocalCluster of two worker processes on loopback started here."""
 
+import contextlib
 import os
 import pickle
 import signal
@@ -274,20 +275,32 @@ def test_a_worker_killed_mid_fit_does_not_lose_the_run(cluster_client):
     assert accuracy(model) > 0.85
 
 
-def fit_beside(client, make_thread, seed, rounds=3, **fit_arguments):
+def fit_beside(client, make_thread, seed, rounds=3, lazy=False, **fit_arguments):
     """fastbp.dask.fit of a 10-512-512-4 model (wide enough that a block's round takes a
     good fraction of a second) with a Rounds callback, and make_thread(rounds) (None: no
-    thread) running beside it; returns (model, history, the thread)."""
+    thread) running beside it; returns (model, history, the thread). lazy: no callback
+    (the driver then takes the parameters of the last round only); the Rounds counter
+    follows the rounds the driver accepts."""
     X, y = chunked(3_000)
     model = fastbp.MLP([10, 512, 512, 4], ["relu", "relu", "softmax"], seed=0)
     trainer = fastbp.Trainer("cce", learning_rate=0.05, batch_size=32, seed=seed, n_threads=1)
     counter = Rounds()
+    accept = fastbp.dask._Averager.accept
+
+    def counted(averager, taken):
+        accepted = accept(averager, taken)
+        counter.taken.append(taken.parameters is not None)
+        counter.done += accepted
+        return accepted
+
     thread = make_thread(counter) if make_thread else None
     if thread:
         thread.start()
     try:
-        history = fastbp.dask.fit(model, trainer, X, y, client=client, rounds=rounds,
-                                  callbacks=[counter], **fit_arguments)
+        with mock.patch.object(fastbp.dask._Averager, "accept", counted) if lazy \
+                else contextlib.nullcontext():
+            history = fastbp.dask.fit(model, trainer, X, y, client=client, rounds=rounds,
+                                      callbacks=[] if lazy else [counter], **fit_arguments)
     finally:
         if thread:
             thread.stop.set()
@@ -300,6 +313,7 @@ class Rounds(Callback):
 
     def __init__(self):
         self.done = 0
+        self.taken = []     # (fit_beside's lazy fits) whether each round's parameters came
 
     def on_epoch_end(self, epoch, logs):
         self.done += 1
@@ -784,14 +798,16 @@ def test_a_change_to_the_model_between_rounds_is_where_the_next_starts(cluster_c
         np.testing.assert_array_equal(model._params, expected._params)
 
 
-def test_the_state_lost_with_a_worker_is_taken_from_another_workers_copy(cluster_client):
+@pytest.mark.parametrize("lazy", [False, True])
+def test_the_state_lost_with_a_worker_is_taken_from_another_workers_copy(cluster_client,
+                                                                         lazy):
     """Between rounds the averaging's state lives on the workers (each averages the round
     itself; the next round's blocks start from it there). SIGKILL one of them while round 2
     trains: the round runs again from the other worker's copy of the state, and the result
-    is bit-identical."""
+    is bit-identical (lazy: also when the driver takes only the last round's parameters)."""
     reference, _, _ = fit_beside(cluster_client, None, seed=9)
     model, history, killer = fit_beside(
-        cluster_client, lambda rounds: StateKiller(cluster_client, rounds), seed=9)
+        cluster_client, lambda rounds: StateKiller(cluster_client, rounds), seed=9, lazy=lazy)
     assert killer.killed is not None, "no worker held round 1's state while round 2 ran"
     assert history.epochs == 3
     np.testing.assert_array_equal(model._params, reference._params)
@@ -841,15 +857,43 @@ class StateKiller(threading.Thread):
             self.killed = holders[0]
 
 
-def test_ctrl_c_returns_the_history_at_the_last_completed_round(cluster_client):
+@pytest.mark.parametrize("lazy", [False, True])
+def test_ctrl_c_returns_the_history_at_the_last_completed_round(cluster_client, lazy):
     """SIGINT in the driver while round 2 trains: the history of round 1, marked
-    interrupted, and the model exactly as after round 1."""
+    interrupted, and the model exactly as after round 1 (lazy: the driver, which took no
+    parameters with the round, takes them from a worker before it returns)."""
     reference, _, _ = fit_beside(cluster_client, None, seed=2, rounds=1)
     model, history, sender = fit_beside(
-        cluster_client, lambda rounds: Interrupter(cluster_client, 1, rounds), seed=2)
+        cluster_client, lambda rounds: Interrupter(cluster_client, 1, rounds), seed=2,
+        lazy=lazy)
     assert sender.sent
     assert history.interrupted and history.epochs == 1
     np.testing.assert_array_equal(model._params, reference._params)
+
+
+def test_the_driver_takes_the_parameters_once_when_nothing_reads_them_between_rounds(
+        cluster_client):
+    """No validation and no callbacks: the rounds' results carry no parameters to the
+    driver (on a machine whose cores all train, its share of a round slows them), which
+    takes the last round's once; the model ends as in a fit that takes them every round."""
+    reference, _, every_round = fit_beside(cluster_client, Idle, seed=4, lazy=False)
+    with mock.patch.object(fastbp.dask._ClusterRounds, "latest_parameters", autospec=True,
+                           side_effect=fastbp.dask._ClusterRounds.latest_parameters) as taken:
+        model, history, counted = fit_beside(cluster_client, Idle, seed=4, lazy=True)
+    assert history.epochs == 3 and counted.rounds.taken == [False] * 3
+    assert taken.call_count == 1
+    np.testing.assert_array_equal(model._params, reference._params)
+
+
+class Idle(threading.Thread):
+    """fit_beside's thread that does nothing but keep the Rounds counter to look at."""
+
+    def __init__(self, rounds):
+        super().__init__(daemon=True)
+        self.rounds, self.stop = rounds, threading.Event()
+
+    def run(self):
+        pass
 
 
 def test_scattered_data_lost_with_a_worker_says_so(cluster_client):
