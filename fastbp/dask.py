@@ -511,7 +511,9 @@ def fit(model: MLP, trainer: Trainer, X, Y, client=None, rounds=None, epochs_per
     """Train `model` in place on dask arrays X, Y by local SGD with parameter averaging.
 
     model: a fastbp.MLP; its parameters are the starting point and receive the result
-        after every round.
+        after every round when validation_data or callbacks read it between rounds, else
+        the last completed round's when fit returns (also when it stops early, is
+        interrupted or raises).
     trainer: a fastbp.Trainer; its loss, optimizer, learning_rate, schedule, batch_size,
         shuffle, seed, weight decay, clipping and class_weight apply to each block's local
         training. Its `epochs` gives the default number of rounds. Its n_threads: the BLAS
