@@ -136,7 +136,7 @@ def _piece_rows(n_rows: int, piece: Piece) -> np.ndarray:
 class _Kept(NamedTuple):
     """What a block's round leaves on the worker that holds the block's rows, for its next
     round there: what would otherwise cost every round again. model: a copy of the fit's
-    model, decoded once; inputs: the chunk, checked once (Trainer.checked_inputs);
+    model, decoded once; inputs: the chunk, checked once (Trainer._check_inputs);
     buffers: the fit's memory (Trainer's one-epoch buffers: dask's workers give freed
     memory back to the system, and new memory faults page by page when first written);
     order: (order_seed, the rows in that order) of the last epoch cut into pieces."""
@@ -159,7 +159,7 @@ def _train_block(model_bytes, start, trainer_arguments, part, seed, rates, n_thr
         kept = part.kept.pop()
     except IndexError:
         model = MLP.from_bytes(model_bytes)
-        kept = _Kept(model, trainer.checked_inputs(model, part.x, part.y), {}, ())
+        kept = _Kept(model, trainer._check_inputs(model, part.x, part.y), {}, ())
     model = kept.model
     np.copyto(model._params, _start_state(start).start)
     trainer._buffers = kept.buffers

@@ -88,7 +88,7 @@ class FitSpec:
 
 
 class CheckedInputs(NamedTuple):
-    """A fit's X and Y, checked and converted (Trainer.checked_inputs): X as the compiled
+    """A fit's X and Y, checked and converted (Trainer._check_inputs): X as the compiled
     loop reads it (dense, or a _core.SparseRows), dense targets or class labels; key: what
     they were checked against (the model's sizes and dtype, the loss)."""
     X: np.ndarray | _core.SparseRows
@@ -296,13 +296,13 @@ class Trainer:
         """fit(model, X[rows], Y[rows]) without copying those rows (fastbp.dask's pieces
         of a chunk), the same bits: the epochs shuffle `rows` as fit shuffles the indices
         of a copy. rows: distinct row indices of X, at least one; None: all of them.
-        checked: what checked_inputs made of (X, Y) for this model and loss (X, Y are then
+        checked: what _check_inputs made of (X, Y) for this model and loss (X, Y are then
         not read), so that a caller fitting the same rows again checks them once."""
         spec = self.spec()
         return self._train(model, X, Y, spec, spec.epochs, None, 0.0, None, None, 0, None,
                            rows=rows, checked=checked)
 
-    def checked_inputs(self, model: MLP, X, Y) -> CheckedInputs:
+    def _check_inputs(self, model: MLP, X, Y) -> CheckedInputs:
         """X and Y checked and converted for fits of `model` with this trainer's loss."""
         return _checked_inputs(model, self.spec().loss, X, Y)
 
@@ -349,7 +349,7 @@ class Trainer:
               rows=None, checked=None):
         """The fit's arrays, checked and converted: X, targets or labels, row weights, the
         validation pair, and the rows trained on (rows: None for all). checked: X and Y
-        as checked_inputs made them for this model and loss."""
+        as _check_inputs made them for this model and loss."""
         if checked is None:
             checked = _checked_inputs(model, loss, X, Y)
         elif checked.key != _inputs_key(model, loss):
