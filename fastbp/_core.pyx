@@ -2686,29 +2686,35 @@ cdef void sum_span(const WeightedParts* parts, Py_ssize_t begin, Py_ssize_t size
                    double* total) noexcept nogil:
     """total[0:size] = values begin..begin+size-1 of the weighted sum, each product and
     each addition rounded to float64 in the parts' order, as NumPy's
-    p0 * f0 + p1 * f1 + ... (one array operation after another) rounds them."""
+    p0 * f0 + p1 * f1 + ... (one array operation after another) rounds them. The parts
+    are read by memcpy: Dask delivers an array it received at any byte offset, where a
+    load as float or double is undefined in C (x86 loads it at full speed either way)."""
     cdef Py_ssize_t k, j
-    cdef const double* wide
-    cdef const float* narrow
-    cdef double factor
+    cdef const char* data
+    cdef double factor, wide
+    cdef float narrow
     for k in range(parts.count):
         factor = parts.factors[k]
         if parts.doubles[k]:
-            wide = (<const double*>parts.data[k]) + begin
+            data = (<const char*>parts.data[k]) + begin * <Py_ssize_t>sizeof(double)
             if k == 0:
                 for j in range(size):
-                    total[j] = wide[j] * factor
+                    memcpy(&wide, data + j * <Py_ssize_t>sizeof(double), sizeof(double))
+                    total[j] = wide * factor
             else:
                 for j in range(size):
-                    total[j] = total[j] + wide[j] * factor
+                    memcpy(&wide, data + j * <Py_ssize_t>sizeof(double), sizeof(double))
+                    total[j] = total[j] + wide * factor
         else:
-            narrow = (<const float*>parts.data[k]) + begin
+            data = (<const char*>parts.data[k]) + begin * <Py_ssize_t>sizeof(float)
             if k == 0:
                 for j in range(size):
-                    total[j] = <double>narrow[j] * factor
+                    memcpy(&narrow, data + j * <Py_ssize_t>sizeof(float), sizeof(float))
+                    total[j] = <double>narrow * factor
             else:
                 for j in range(size):
-                    total[j] = total[j] + <double>narrow[j] * factor
+                    memcpy(&narrow, data + j * <Py_ssize_t>sizeof(float), sizeof(float))
+                    total[j] = total[j] + <double>narrow * factor
 
 
 cdef void free_weighted_parts(WeightedParts* parts) noexcept:

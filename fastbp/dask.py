@@ -259,9 +259,12 @@ class _Rule(NamedTuple):
         weights, start = np.empty_like(state.weights), np.empty_like(state.start)
         buffer = None if self.momentum is None else np.empty_like(state.weights)
         nothing = np.empty(0)
+        # A state sent to this worker may lie at any byte offset (the compiled pass reads
+        # it as aligned vectors; the parts it reads at any offset): copied only then.
+        old = [nothing if array is None else np.require(array, None, ["C", "A"])
+               for array in (state.weights, state.buffer, state.start)]
         finite = _core.averaging_step(
-            *_terms(parts), float(rows), state.weights,
-            nothing if state.buffer is None else state.buffer, state.start,
+            *_terms(parts), float(rows), *old,
             self.momentum or 0.0, self.learning_rate, weights,
             nothing if buffer is None else buffer, start)
         return _State(weights, buffer, start) if finite else None

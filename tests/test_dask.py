@@ -420,6 +420,15 @@ def test_the_compiled_averaging_step_is_the_rule_written_in_numpy(dtype, n):
     summed = np.empty(n)
     _core.weighted_sum(parts, factors, summed)
     np.testing.assert_array_equal(summed, total)
+    # Dask delivers a part it received at any byte offset: read as it lies, the same sum.
+    shifted = [unaligned(part) for part in parts]
+    assert not any(part.flags.aligned for part in shifted)
+    _core.weighted_sum(shifted, factors, summed)
+    np.testing.assert_array_equal(summed, total)
+    out = np.empty(n), np.empty(n, dtype)
+    assert _core.averaging_step(shifted, factors, rows, weights, nothing, start, 0.0, 1.0,
+                                out[0], nothing, out[1])
+    np.testing.assert_array_equal(out[0], total / rows)
     for bad in (np.finfo(dtype).max * 4.0, np.nan):
         spoilt = [total.copy()]
         spoilt[0][n // 2] = bad
@@ -445,6 +454,23 @@ def test_the_compiled_averaging_step_is_the_rule_written_in_numpy(dtype, n):
     with pytest.raises(ValueError, match="sizes"):      # a buffer but no new one
         _core.averaging_step(parts, factors, rows, weights, buffer, start, momentum,
                              learning_rate, outputs[0], nothing, outputs[2])
+
+
+def test_the_averaging_reads_a_state_and_parts_sent_at_any_byte_offset():
+    """Dask delivers what it transfers at any byte offset: a round's state and the blocks'
+    parameters one byte off their alignment average as aligned ones do (the state copied,
+    the parts read where they lie)."""
+    rng = np.random.default_rng(1)
+    n, rule = 2051, fastbp.dask._Rule(0.5, 1.0)
+    state = rule.begin(rng.normal(size=n), rng.normal(size=n) * 0.1, np.float32)
+    parts = [{"parameters": rng.normal(size=n).astype(np.float32), "rows": rows}
+             for rows in (7, 9)]
+    expected = rule.advance(state, parts, 16)
+    shifted = rule.advance(fastbp.dask._State(*(unaligned(array) for array in state)),
+                           [{**part, "parameters": unaligned(part["parameters"])}
+                            for part in parts], 16)
+    for mine, theirs in zip(shifted, expected):
+        np.testing.assert_array_equal(mine, theirs)
 
 
 def test_placement_balances_rows_per_thread_and_follows_the_workers():
