@@ -12,7 +12,9 @@ processes of 1 thread each, otherwise default settings (n_threads=None,
 averaging="block_momentum"); against Trainer.fit on one process with n_threads=2 for the
 same epochs. Reported: wall time of the fit (the data already in the
 cluster, as after loading it there, and fastbp imported on the workers), speedup over 1
-worker, held-out accuracy after the same epochs, the placement (rows per worker), and the
+worker, held-out accuracy after the same epochs, the CPU seconds of this process (the
+driver, and the LocalCluster's scheduler, which runs in it) and of the workers during the
+fit, the placement (rows per worker), and the
 time a round spends not training (the fit's time less, in each round, its busiest worker's
 seconds in the compiled loop, per round: starting the copies, scheduling, the sums, the
 averaging, the driver's part where the next round does not hide it); with `--curve`, also
@@ -96,11 +98,13 @@ def scaling(args):
     print(f"scaling: {'-'.join(map(str, work.layer_sizes))} on {args.rows:,} rows in "
           f"{args.chunks} chunks, {args.rounds} epochs, batch {work.batch_size}")
     model = new_model()
+    cpu = time.process_time()
     started = time.perf_counter()
     new_trainer(epochs=args.rounds, n_threads=2).fit(model, X, y)
     single = time.perf_counter() - started
     print(f"  Trainer.fit, 1 process, n_threads=2: {single:6.2f} s   "
-          f"accuracy {accuracy(model, X_test, y_test):.4f}", flush=True)
+          f"accuracy {accuracy(model, X_test, y_test):.4f}   "
+          f"CPU s {time.process_time() - cpu:.2f}", flush=True)
 
     rows = -(-args.rows // args.chunks)
     for per_epoch in rounds_per_epoch_values(args, args.chunks):
@@ -127,10 +131,12 @@ def scaling_run(args, per_epoch, X, y, X_test, y_test, new_model, new_trainer, r
             distributed.wait([X_d, y_d])
             client.run(importlib.import_module, "fastbp.dask")
             model = new_model()
+            cpu = _cpu_seconds()
             started = time.perf_counter()
             history = fastbp.dask.fit(model, new_trainer(epochs=args.rounds), X_d, y_d,
                                       client=client, rounds_per_epoch=per_epoch)
             times[n_workers] = seconds = time.perf_counter() - started
+            cpu = {role: used - cpu[role] for role, used in _cpu_seconds().items()}
             # Rounds overlap on the driver (the next is submitted before one ends), so
             # the fit's time less its most loaded worker's training in each round.
             idle = (seconds - sum(max(_per_worker(trained).values())
@@ -140,6 +146,7 @@ def scaling_run(args, per_epoch, X, y, X_test, y_test, new_model, new_trainer, r
                   f"speedup {times[1] / seconds:4.2f}x   "
                   f"accuracy {accuracy(model, X_test, y_test):.4f}   "
                   f"not training per round {idle:.3f} s   "
+                  f"CPU s: driver {cpu['driver']:.2f}, workers {cpu['workers']:.2f}   "
                   f"rows per worker {sorted(rows_per_worker.values())}   "
                   f"threads {sorted({t.threads for t in history.placement[-1].values()})}",
                   flush=True)
