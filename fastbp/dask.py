@@ -287,15 +287,16 @@ class _Taken(NamedTuple):
 
 
 def _take(advanced: _Advanced, with_state: bool, with_parameters: bool = True) -> _Taken:
-    parameters = _parameters_of(advanced) \
-        if with_parameters and advanced.report["finite"] else None
+    parameters = _parameters(advanced) if with_parameters and advanced.report["finite"] \
+        else None
     return _Taken(parameters, advanced.report, advanced.state if with_state else None)
 
 
-def _parameters_of(advanced: _Advanced) -> np.ndarray:
-    """The model's parameters after the round `advanced` completed (after one whose
-    parameters were not finite: those of the round before, whose state it kept)."""
-    return advanced.state.weights.astype(advanced.state.start.dtype)
+def _parameters(state) -> np.ndarray:
+    """The model's parameters in a round's state: a _State, or the _Advanced of a round
+    (after one whose parameters were not finite, the round before's, which it kept)."""
+    state = _start_state(state)
+    return state.weights.astype(state.start.dtype)
 
 
 def _start_state(start) -> _State:
@@ -759,8 +760,7 @@ class _Averager:
         """Write the last completed round's parameters into the model if it holds an
         earlier round's: from the driver's copy of the state, else fetch() (a worker's)."""
         if self.in_model != self.completed:
-            self._hold(_parameters_of(_Advanced(self.state, {})) if self.state is not None
-                       else fetch())
+            self._hold(_parameters(self.state) if self.state is not None else fetch())
 
 
 class _Submitted(NamedTuple):
@@ -875,7 +875,7 @@ class _ClusterRounds:
         its state lives (the driver fetches them only when something reads the model
         between rounds: fit's parameters_each_round)."""
         return self._from_kept(lambda future: self.client.submit(
-            _parameters_of, future, pure=False).result(), averager, averager.completed)
+            _parameters, future, pure=False).result(), averager, averager.completed)
 
     def _from_kept(self, read, averager, rounds_done):
         """read(future) of a worker's copy of the last completed round's _Advanced, from
