@@ -96,7 +96,7 @@ class _Pair(NamedTuple):
     """A block's rows and targets as _aligned_pair makes them, here and on any worker
     the pair is sent to: Dask delivers an array it transfers at any byte offset, and the
     fit copies an array that is not aligned for its dtype, which would be every round.
-    kept: what the block's last round left on this worker for its next (_Kept; at most
+    kept: what the block's last round left on this worker for its next (a _Kept; at most
     one, taken out by the round that uses it), never sent with the pair."""
     x: object
     y: np.ndarray
@@ -135,34 +135,52 @@ def _piece_rows(n_rows: int, piece: Piece) -> np.ndarray:
 
 class _Kept(NamedTuple):
     """What a block's round leaves on the worker that holds the block's rows, for its next
-    round there: what would otherwise cost every round again. model: a copy of the fit's
-    model, decoded once; inputs: the chunk, checked once (Trainer._check_inputs);
-    buffers: the fit's memory (Trainer's one-epoch buffers: dask's workers give freed
-    memory back to the system, and new memory faults page by page when first written);
-    order: (order_seed, the rows in that order) of the last epoch cut into pieces."""
-    model: MLP
+    round there: inputs: the chunk, checked once (Trainer._check_inputs); order:
+    (order_seed, the rows in that order) of the last epoch cut into pieces."""
     inputs: object
-    buffers: dict
     order: tuple
 
 
-def _train_block(model_bytes, start, trainer_arguments, part, seed, rates, n_threads, block,
+class _Copies:
+    """The fit's model as it began (model_bytes) and, on each worker, the copies of it
+    that training tasks decoded there, each with its fit's memory (Trainer's one-epoch
+    buffers), for the next tasks there: as many as ran there at once, whatever the
+    number of blocks. Dask's workers give freed memory back to the system, so new arrays
+    fault page by page when first written. A worker's copy of this object starts with
+    none (never sent)."""
+
+    def __init__(self, model_bytes: bytes):
+        self.model_bytes, self.spare = model_bytes, []
+
+    def __reduce__(self):
+        return _Copies, (self.model_bytes,)
+
+    def take(self) -> tuple:
+        """(a copy of the model, its fit's buffers), to give back when done with."""
+        try:
+            return self.spare.pop()
+        except IndexError:
+            return MLP.from_bytes(self.model_bytes), {}
+
+    def give_back(self, model: MLP, buffers: dict) -> None:
+        self.spare.append((model, buffers))
+
+
+def _train_block(copies, start, trainer_arguments, part, seed, rates, n_threads, block,
                  piece=None):
-    """Train a copy of the model (model_bytes: as the fit began) on one block (or on a piece
-    of it) with n_threads BLAS threads, from the round's start (a _State, or the _Advanced
-    of the round before, on this worker). Returns its parameters in the model's dtype and
-    its rows (_combine weights them in float64: half the bytes to send of a float32 model),
-    and where it ran (block -> (worker, rows, threads))."""
+    """Train a copy of the model (copies: a _Copies of the model as the fit began) on one
+    block (or on a piece of it) with n_threads BLAS threads, from the round's start (a
+    _State, or the _Advanced of the round before, on this worker). Returns its parameters
+    in the model's dtype and its rows (_combine weights them in float64: half the bytes to
+    send of a float32 model), and where it ran (block -> (worker, rows, threads))."""
     trainer = Trainer(**{**trainer_arguments, "seed": seed, "epochs": len(rates),
                          "schedule": _Rates(rates), "max_time": None, "n_threads": n_threads})
+    model, trainer._buffers = copies.take()
     try:        # (a round submitted again may run while the first still does: it makes its own)
         kept = part.kept.pop()
     except IndexError:
-        model = MLP.from_bytes(model_bytes)
-        kept = _Kept(model, trainer._check_inputs(model, part.x, part.y), {}, ())
-    model = kept.model
+        kept = _Kept(trainer._check_inputs(model, part.x, part.y), ())
     np.copyto(model._params, _start_state(start).start)
-    trainer._buffers = kept.buffers
     rows, order = None, kept.order
     if piece is not None:       # its rows of the chunk, read in place (the bits of a fit on
         if not order or order[0] != piece.order_seed:          # a copy of them)
@@ -177,8 +195,9 @@ def _train_block(model_bytes, start, trainer_arguments, part, seed, rates, n_thr
               "loss": last_loss * trained_rows, "diverged": bool(history.diverged),
               "trained": {block: Trained(_worker_address(), trained_rows, n_threads,
                                          float(sum(history.seconds)))}}
+    copies.give_back(model, trainer._buffers)
     if not part.kept:
-        part.kept.append(kept._replace(buffers=trainer._buffers, order=order))
+        part.kept.append(kept._replace(order=order))
     return result
 
 
@@ -614,7 +633,7 @@ def fit(model: MLP, trainer: Trainer, X, Y, client=None, rounds=None, epochs_per
         1.0 - 1.0 / len(blocks) if block_momentum is None else block_momentum,
         block_learning_rate)
     averager = _Averager(rule, model)
-    model_bytes = model.to_bytes()      # the copies are made from it, with each start
+    copies = _Copies(model.to_bytes())    # the blocks' copies of the model as it began
     history = History(n_samples=int(X.shape[0]))
     history.placement = []
 
@@ -632,7 +651,7 @@ def fit(model: MLP, trainer: Trainer, X, Y, client=None, rounds=None, epochs_per
         # between rounds (validation, callbacks); else the last round's once, at the end:
         # on a machine whose cores all train, the driver's share of a round slows them.
         cluster = _ClusterRounds(client, pairs, blocks, rows, trainer.n_threads, rule, name,
-                                 arguments, round_inputs, model_bytes,
+                                 arguments, round_inputs, copies,
                                  _held_bytes(client, client.futures_of([X, Y]), chunk_keys),
                                  parameters_each_round=validation is not None or
                                  bool(callbacks))
@@ -645,7 +664,7 @@ def fit(model: MLP, trainer: Trainer, X, Y, client=None, rounds=None, epochs_per
         seeds, pieces = round_inputs(round_index)
         start = dask.delayed(state, name=f"{name}-start-{round_index}", traverse=False)
         results = [dask.delayed(_train_block, pure=False)(
-                       model_bytes, start, arguments, pair, seed, rates, n_threads, block,
+                       copies, start, arguments, pair, seed, rates, n_threads, block,
                        piece, dask_key_name=f"{name}-r{round_index}-b{block}")
                    for pair, seed, n_threads, block, piece in zip(
                        local, seeds, threads, blocks, pieces)]
@@ -789,10 +808,10 @@ class _ClusterRounds:
     kept one. Either way each round computes the same bits."""
 
     def __init__(self, client, pairs, blocks, rows, n_threads, rule, name, arguments,
-                 round_inputs, model_bytes, held, parameters_each_round):
+                 round_inputs, copies, held, parameters_each_round):
         self.client, self.blocks, self.rows = client, blocks, rows
         self.parameters_each_round = parameters_each_round
-        self.model_bytes = client.scatter(model_bytes, broadcast=True, hash=False)
+        self.copies = client.scatter(copies, broadcast=True, hash=False)
         self.n_threads, self.rule, self.name = n_threads, rule, name
         self.arguments, self.round_inputs = arguments, round_inputs
         self.submitted = 0      # submissions so far (each gets its own task keys)
@@ -911,7 +930,7 @@ class _ClusterRounds:
             previous, own = {worker: after.advanced.get(worker, anywhere)
                              for worker in workers}, []
         seeds, pieces = self.round_inputs(round_index)
-        parts = [client.submit(_train_block, self.model_bytes, previous[worker],
+        parts = [client.submit(_train_block, self.copies, previous[worker],
                                self.arguments, pair, seed, rates, n_threads, block, piece,
                                key=f"{key}-b{block}",
                                workers=[worker], allow_other_workers=True, pure=False)
@@ -942,4 +961,4 @@ class _ClusterRounds:
         finishes on its worker, its result dropped) and let the chunks go."""
         self._cancel(self.ahead)
         self.ahead = None
-        self.futures = self.model_bytes = self.kept = []
+        self.futures = self.copies = self.kept = []

@@ -696,10 +696,10 @@ def test_a_block_trains_its_piece_in_place_as_a_fit_on_a_copy_and_sends_its_para
     trainer = fastbp.Trainer("cce", learning_rate=0.08, batch_size=32, seed=3, n_threads=1)
     start = fastbp.dask._Rule(None, 1.0).begin(model.parameter_vector(np.float64), None,
                                                 model.dtype)
-    parts = []
+    parts, copies = [], fastbp.dask._Copies(model.to_bytes())
     for index in range(3):
         piece = fastbp.dask.Piece(fastbp.dask._order_seed(5, 0, 0), index, 3)
-        part = fastbp.dask._train_block(model.to_bytes(), start, trainer.arguments(), pair,
+        part = fastbp.dask._train_block(copies, start, trainer.arguments(), pair,
                                         11 + index, [0.08], 1, 0, piece)
         piece_rows = fastbp.dask._piece_rows(rows, piece)
         expected = classifier()
@@ -707,12 +707,14 @@ def test_a_block_trains_its_piece_in_place_as_a_fit_on_a_copy_and_sends_its_para
             expected, X_TRAIN[piece_rows], Y_TRAIN[piece_rows])
         assert part["parameters"].dtype == np.float32 and part["rows"] == len(piece_rows)
         np.testing.assert_array_equal(part["parameters"], expected._params)
-        # The block keeps its model, checked chunk and memory for its next round (the
-        # later pieces train on them, with the same bits), and sends a copy of the
-        # parameters, which its next round does not touch.
-        assert len(pair.kept) == 1
-        assert not np.shares_memory(part["parameters"], pair.kept[0].model._params)
+        # The block keeps its checked chunk and order, the worker its copy of the model
+        # and that fit's memory, for the next round (the later pieces train on them, with
+        # the same bits); it sends a copy of the parameters, which the next round does
+        # not touch.
+        assert len(pair.kept) == 1 and len(copies.spare) == 1
+        assert not np.shares_memory(part["parameters"], copies.spare[0][0]._params)
         parts.append(part)
+    assert pickle.loads(pickle.dumps(copies)).spare == []      # never sent
     kept = pair.kept[0]
     with pytest.raises(ValueError, match="checked for another model"):
         trainer._fit_rows(fastbp.MLP([10, 32, 4], ["relu", "softmax"], dtype="float64"),
@@ -722,6 +724,26 @@ def test_a_block_trains_its_piece_in_place_as_a_fit_on_a_copy_and_sends_its_para
     weighted = [part["parameters"].astype(np.float64) * part["rows"] for part in parts]
     np.testing.assert_array_equal(total["sum"], (weighted[0] + weighted[1]) + weighted[2])
     assert total["rows"] == rows
+
+
+def test_a_worker_keeps_model_copies_for_the_tasks_it_runs_at_once_not_per_chunk():
+    """8 chunks on dask's local scheduler with 2 threads, 3 rounds: the copies of the model
+    the blocks decode (with their fits' memory) are kept for the next tasks, at most as
+    many as ran at once, not one per chunk (a model of many MiB times many chunks)."""
+    X, y = chunked(1_500)
+    kept = []
+    give_back = fastbp.dask._Copies.give_back
+
+    def recording(copies, model, buffers):
+        give_back(copies, model, buffers)
+        kept.append(len(copies.spare))
+
+    with mock.patch.object(fastbp.dask, "_client_for", lambda client: None), \
+            mock.patch.object(fastbp.dask._Copies, "give_back", recording), \
+            dask.config.set(num_workers=2):
+        fastbp.dask.fit(classifier(), fastbp.Trainer("cce", seed=0, n_threads=1), X, y,
+                        rounds=3)
+    assert len(kept) == 8 * 3 and 1 <= max(kept) <= 2
 
 
 def test_rounds_per_epoch_is_reproducible_and_closer_to_one_process_per_pass(cluster_client):
