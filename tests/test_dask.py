@@ -718,8 +718,7 @@ def test_a_block_trains_its_piece_in_place_as_a_fit_on_a_copy_and_sends_its_para
     kept = pair.kept[0]
     with pytest.raises(ValueError, match="checked for another model"):
         trainer._fit_rows(fastbp.MLP([10, 32, 4], ["relu", "softmax"], dtype="float64"),
-                          pair.x, pair.y, None,
-                          checked=kept.inputs)
+                          pair.x, pair.y, None, checked=kept.inputs)
     total = fastbp.dask._combine(fastbp.dask._combine(*parts[:2]), parts[2])
     weighted = [part["parameters"].astype(np.float64) * part["rows"] for part in parts]
     np.testing.assert_array_equal(total["sum"], (weighted[0] + weighted[1]) + weighted[2])
@@ -924,7 +923,7 @@ def test_the_driver_takes_the_parameters_once_when_nothing_reads_them_between_ro
     """No validation and no callbacks: the rounds' results carry no parameters to the
     driver (on a machine whose cores all train, its share of a round slows them), which
     takes the last round's once; the model ends as in a fit that takes them every round."""
-    reference, _, every_round = fit_beside(cluster_client, Idle, seed=4, lazy=False)
+    reference, _, _ = fit_beside(cluster_client, Idle, seed=4, lazy=False)
     with mock.patch.object(fastbp.dask._ClusterRounds, "latest_parameters", autospec=True,
                            side_effect=fastbp.dask._ClusterRounds.latest_parameters) as taken:
         model, history, counted = fit_beside(cluster_client, Idle, seed=4, lazy=True)
