@@ -2766,13 +2766,14 @@ def weighted_sum(parts, const double[::1] factors, double[::1] total):
     NumPy rounds it (fastbp.dask's partial sums: a block's parameters times its rows, or
     a partial sum times 1)."""
     cdef WeightedParts summed
-    cdef Py_ssize_t n = total.shape[0], begin = 0
-    kept = weighted_parts(parts, factors, n, &summed)
+    cdef Py_ssize_t n = total.shape[0], begin = 0, size
+    arrays = weighted_parts(parts, factors, n, &summed)     # alive while summed is read
     try:
         with nogil:
             while begin < n:
-                sum_span(&summed, begin, min(<Py_ssize_t>SUM_SPAN, n - begin), &total[begin])
-                begin += SUM_SPAN
+                size = min(<Py_ssize_t>SUM_SPAN, n - begin)
+                sum_span(&summed, begin, size, &total[begin])
+                begin += size
     finally:
         free_weighted_parts(&summed)
 
@@ -2798,7 +2799,7 @@ def averaging_step(parts, const double[::1] factors, double rows,
     cdef double total[SUM_SPAN]
     cdef bint finite = True
     cdef WeightedParts summed
-    kept = weighted_parts(parts, factors, n, &summed)
+    arrays = weighted_parts(parts, factors, n, &summed)     # alive while summed is read
     try:
         with nogil:
             while begin < n:
