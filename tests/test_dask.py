@@ -210,6 +210,85 @@ def test_average_is_weighted_by_rows(cluster_client):
     np.testing.assert_allclose(model._params, expected, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("averaging", ["block_momentum", "mean"])
+def test_rounds_are_the_averaging_rule_written_in_numpy(cluster_client, averaging):
+    """Five rounds of 3 chunks, each round's state and the blocks' parameters in arrays the
+    workers hand out again (_Arrays), against the rule in NumPy over Trainer.fit copies:
+    no round reads an array another round has reused."""
+    sizes, rounds, momentum = (1000, 700, 300), 5, 1 - 1 / 3
+    X = da.from_array(X_TRAIN[:2000], chunks=(sizes, -1))
+    y = da.from_array(Y_TRAIN[:2000], chunks=(sizes,))
+    trainer = fastbp.Trainer("cce", learning_rate=0.05, batch_size=50, seed=5, n_threads=1)
+    model = classifier()
+    fastbp.dask.fit(model, trainer, X, y, client=cluster_client, rounds=rounds,
+                    averaging=averaging)
+    weights = classifier().parameter_vector(np.float64)
+    buffer = np.zeros_like(weights)
+    start = weights.astype(np.float32)
+    edges = np.cumsum((0, *sizes))
+    for round_index in range(rounds):
+        total = np.zeros_like(weights)
+        for block in range(len(sizes)):
+            copy = classifier()
+            copy.set_parameter_vector(start)
+            seed = fastbp.dask._block_seed(5, round_index, block)
+            fastbp.Trainer("cce", learning_rate=0.05, batch_size=50, seed=seed,
+                           n_threads=1).fit(copy, X_TRAIN[edges[block]:edges[block + 1]],
+                                            Y_TRAIN[edges[block]:edges[block + 1]])
+            total += copy._params.astype(np.float64) * sizes[block]
+        average = total / sum(sizes)
+        if averaging == "mean":
+            weights = average
+            start = weights.astype(np.float32)
+        else:
+            buffer = 1.0 * (average - start) + momentum * buffer
+            weights = weights + buffer
+            start = (weights + momentum * buffer).astype(np.float32)
+    np.testing.assert_allclose(model._params, weights.astype(np.float32), rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_a_workers_arrays_are_handed_out_again_only_once_nothing_else_holds_them():
+    """_Arrays gives an array again only when nothing but itself holds it (not while a
+    store of results, a view or a buffer being sent refers to it), keeps one list per
+    shape and dtype, at most KEEP, and never gives one array to two threads at once."""
+    arrays = fastbp.dask._Arrays()
+    held = [arrays.empty(5, np.float64) for _ in range(4)]
+    ids = [id(array) for array in held]
+    assert len(set(ids)) == 4
+    store, view, sent = {"result": held[0]}, held[1][1:], memoryview(held[2])
+    del held            # the fourth is free again; the other three are held
+    again = arrays.empty(5, np.float64)
+    assert id(again) == ids[3]
+    fresh = arrays.empty(5, np.float64)
+    ids.append(id(fresh))
+    assert ids[-1] not in ids[:-1]
+    assert id(arrays.empty((5,), np.float32)) not in ids
+    del store, view, sent, again, fresh
+    # All five free again: handed out again, no new one made.
+    assert {id(array) for array in [arrays.empty(5, np.float64) for _ in range(5)]} == \
+        set(ids)
+    many = [arrays.empty(3, np.float32) for _ in range(arrays.KEEP + 3)]
+    assert len(arrays.made[((3,), np.dtype(np.float32))]) == arrays.KEEP
+    del many
+    errors = []
+
+    def use(value):
+        for _ in range(300):
+            array = arrays.empty(64, np.float64)
+            array[:] = value
+            time.sleep(0)
+            if not (array == value).all():
+                errors.append(value)
+
+    threads = [threading.Thread(target=use, args=(value,)) for value in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+
+
 def test_two_dimensional_targets_and_regression(cluster_client):
     rng = np.random.default_rng(2)
     X = rng.normal(size=(4000, 10)).astype(np.float32)
