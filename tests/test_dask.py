@@ -222,8 +222,7 @@ def test_rounds_are_the_averaging_rule_written_in_numpy(cluster_client, averagin
     model = classifier()
     fastbp.dask.fit(model, trainer, X, y, client=cluster_client, rounds=rounds,
                     averaging=averaging)
-    weights = classifier().parameter_vector(np.float64)
-    buffer = np.zeros_like(weights)
+    weights, buffer = classifier().parameter_vector(np.float64), None
     start = weights.astype(np.float32)
     edges = np.cumsum((0, *sizes))
     for round_index in range(rounds):
@@ -238,12 +237,10 @@ def test_rounds_are_the_averaging_rule_written_in_numpy(cluster_client, averagin
             total += copy._params.astype(np.float64) * sizes[block]
         average = total / sum(sizes)
         if averaging == "mean":
-            weights = average
-            start = weights.astype(np.float32)
+            weights, start = average, average.astype(np.float32)
         else:
-            buffer = 1.0 * (average - start) + momentum * buffer
-            weights = weights + buffer
-            start = (weights + momentum * buffer).astype(np.float32)
+            weights, buffer, start = rule_in_numpy(weights, buffer, start, average, momentum,
+                                                   1.0, np.float32)
     np.testing.assert_allclose(model._params, weights.astype(np.float32), rtol=1e-5,
                                atol=1e-6)
 
@@ -454,6 +451,15 @@ def test_each_block_trains_with_its_workers_threads_on_its_own_worker(cluster_cl
     assert calls == [1, 1]
 
 
+def rule_in_numpy(weights, buffer, start, average, momentum, learning_rate, dtype):
+    """Block momentum's step in float64 NumPy (buffer None: none yet): the new W, D and the
+    next round's start S in `dtype`."""
+    step = learning_rate * (average - start.astype(np.float64))
+    if buffer is not None:
+        step = step + momentum * buffer
+    return weights + step, step, (weights + step + momentum * step).astype(dtype)
+
+
 def weighted_terms(rng, n, dtype):
     """A round's parts as the averaging reads them: two blocks' parameters (in the model's
     dtype) with their rows, and a partial sum in float64 (factor 1); and their sum as
@@ -485,12 +491,9 @@ def test_the_compiled_averaging_step_is_the_rule_written_in_numpy(dtype, n):
         assert _core.averaging_step(parts, factors, rows, weights,
                                     nothing if old_buffer is None else old_buffer, start,
                                     momentum, learning_rate, out[0], out[1], out[2])
-        step = learning_rate * (total / rows - start.astype(np.float64))
-        if old_buffer is not None:
-            step = step + momentum * old_buffer
-        np.testing.assert_array_equal(out[1], step)
-        np.testing.assert_array_equal(out[0], weights + step)
-        np.testing.assert_array_equal(out[2], (weights + step + momentum * step).astype(dtype))
+        for mine, expected in zip(out, rule_in_numpy(weights, old_buffer, start, total / rows,
+                                                      momentum, learning_rate, dtype)):
+            np.testing.assert_array_equal(mine, expected)
     out = np.empty(n), np.empty(n, dtype)
     assert _core.averaging_step(parts, factors, rows, weights, nothing, start, 0.0, 1.0,
                                 out[0], nothing, out[1])
