@@ -155,8 +155,9 @@ _ONLY_LISTED = _holders([np.empty(0)], 0)
 
 class _Arrays:
     """The arrays a worker's tasks make again every round of a fit (the averaging's
-    state, the parameters a block sends), handed out again once nothing else holds them:
-    neither Dask's store of results nor a transfer nor a view (each holds a reference).
+    state, the parameters a block sends, the tree's partial sums), handed out again once
+    nothing else holds them: neither Dask's store of results nor a transfer nor a view
+    (each holds a reference).
     Dask's workers give freed memory back to the system, so a new array faults its pages
     in as it is first written (the averaging step on 670,000 parameters: 4.3-4.7 ms into
     new arrays, 1.6-1.7 ms into arrays used before). Keeps as many of each shape and
@@ -276,11 +277,12 @@ def _tally(parts) -> dict:
             "diverged": any(part["diverged"] for part in parts), "trained": trained}
 
 
-def _combine(*parts):
+def _combine(copies, *parts):
     """Add partial sums, in the order given (the tree is fixed, so the sum is reproducible):
-    a block's parameters times its rows, in float64, or a sum _combine made before."""
+    a block's parameters times its rows, in float64, or a sum _combine made before; into
+    an array of copies.arrays (a _Copies)."""
     vectors, factors = _terms(parts)
-    total = np.empty(vectors[0].shape[0])
+    total = copies.arrays.empty(vectors[0].shape[0], np.float64)
     _core.weighted_sum(vectors, factors, total)
     return {"sum": total, **_tally(parts)}
 
@@ -557,13 +559,14 @@ def _lost_data_error(pair_futures, blocks, error, rounds_done):
         f"{error})")
 
 
-def _tree(parts, name, call):
+def _tree(copies, parts, name, call):
     """Sum the blocks' results by a fixed tree of _combine tasks down to at most FAN_IN
     partial sums, which _advance adds last. call(function, *arguments, key=...): makes one
-    task (a delayed call or a submitted future)."""
+    task (a delayed call or a submitted future); copies: the fit's _Copies (or its
+    future)."""
     level = 0
     while len(parts) > FAN_IN:
-        parts = [call(_combine, *parts[start:start + FAN_IN],
+        parts = [call(_combine, copies, *parts[start:start + FAN_IN],
                       key=f"{name}-sum-{level}-{start // FAN_IN}")
                  for start in range(0, len(parts), FAN_IN)]
         level += 1
@@ -710,7 +713,7 @@ def fit(model: MLP, trainer: Trainer, X, Y, client=None, rounds=None, epochs_per
                        piece, dask_key_name=f"{name}-r{round_index}-b{block}")
                    for pair, seed, n_threads, block, piece in zip(
                        local, seeds, threads, blocks, pieces)]
-        top = _tree(results, f"{name}-r{round_index}",
+        top = _tree(copies, results, f"{name}-r{round_index}",
                     lambda function, *args, key: dask.delayed(function, pure=False)(
                         *args, dask_key_name=key))
         return _take(_advance(rule, copies, state, *dask.compute(*top, scheduler="threads")),
@@ -979,7 +982,7 @@ class _ClusterRounds:
                                workers=[worker], allow_other_workers=True, pure=False)
                  for pair, seed, n_threads, block, worker, piece in zip(
                      self.futures, seeds, threads, self.blocks, self.places, pieces)]
-        top = _tree(parts, key, lambda function, *args, key: client.submit(
+        top = _tree(self.copies, parts, key, lambda function, *args, key: client.submit(
             function, *args, key=key, pure=False))
         advanced = {worker: client.submit(_advance, self.rule, self.copies,
                                           previous[worker], *top,

@@ -210,12 +210,15 @@ def test_average_is_weighted_by_rows(cluster_client):
     np.testing.assert_allclose(model._params, expected, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("sizes", [(1000, 700, 300), (200,) * (fastbp.dask.FAN_IN + 2)],
+                         ids=["3 chunks", "a tree of sums"])
 @pytest.mark.parametrize("averaging", ["block_momentum", "mean"])
-def test_rounds_are_the_averaging_rule_written_in_numpy(cluster_client, averaging):
-    """Five rounds of 3 chunks, each round's state and the blocks' parameters in arrays the
-    workers hand out again (_Arrays), against the rule in NumPy over Trainer.fit copies:
-    no round reads an array another round has reused."""
-    sizes, rounds, momentum = (1000, 700, 300), 5, 1 - 1 / 3
+def test_rounds_are_the_averaging_rule_written_in_numpy(cluster_client, averaging, sizes):
+    """Five rounds, each round's state, the blocks' parameters and (more chunks than
+    FAN_IN) the tree's partial sums in arrays the workers hand out again (_Arrays),
+    against the rule in NumPy over Trainer.fit copies: no round reads an array another
+    round has reused."""
+    rounds, momentum = 5, 1 - 1 / len(sizes)
     X = da.from_array(X_TRAIN[:2000], chunks=(sizes, -1))
     y = da.from_array(Y_TRAIN[:2000], chunks=(sizes,))
     trainer = fastbp.Trainer("cce", learning_rate=0.05, batch_size=50, seed=5, n_threads=1)
@@ -801,7 +804,8 @@ def test_a_block_trains_its_piece_in_place_as_a_fit_on_a_copy_and_sends_its_para
     with pytest.raises(ValueError, match="checked for another model"):
         trainer._fit_rows(fastbp.MLP([10, 32, 4], ["relu", "softmax"], dtype="float64"),
                           pair.x, pair.y, None, checked=kept.inputs)
-    total = fastbp.dask._combine(fastbp.dask._combine(*parts[:2]), parts[2])
+    total = fastbp.dask._combine(copies, fastbp.dask._combine(copies, *parts[:2]),
+                                 parts[2])
     weighted = [part["parameters"].astype(np.float64) * part["rows"] for part in parts]
     np.testing.assert_array_equal(total["sum"], (weighted[0] + weighted[1]) + weighted[2])
     assert total["rows"] == rows
