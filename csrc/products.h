@@ -13,11 +13,10 @@
  * is read from L1/L2 once per block of 6 batch rows); in TN, A^T's elements are
  * consecutive in A's rows (the broadcasts) and D's rows are B's rows.  NT's B is W^T,
  * whose columns are W's rows: a panel of them is copied transposed (one pass over W per
- * call, k in chunks) and multiplied there.  The last n % lanes columns are the end of a
- * vector read in place that overlaps the whole ones before it, where n is at least a
- * vector; a narrower B, and NT's last panel, go through a zero-padded copy; either way the
- * partial vector goes through a scratch block, so no load or store passes the operands'
- * ends.
+ * call, k in chunks) and multiplied there.  The last n % lanes columns are a partial
+ * vector in the last panel's register block, loaded and stored with masked moves (AVX-512's
+ * mask registers, AVX2's vmaskmov), so no load or store passes the operands' ends and the
+ * tail costs one more accumulator per row, not a pass of its own.
  *
  * Instances: 64-byte vectors compiled for AVX-512F (with FMA), 32-byte ones for AVX2+FMA;
  * fbp_product_isa picks one for this CPU (or the one asked for), and where neither fits
@@ -25,6 +24,7 @@
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(FASTBP_NO_MULTIVERSION)
 #define FBP_PROD_HAVE_KERNELS 1
+#include <immintrin.h>   /* the masked moves of a partial vector */
 #endif
 
 #ifndef FBP_PRODUCT_ISAS
@@ -51,6 +51,7 @@ static inline ptrdiff_t fbp_l2_cache_bytes(void)
 
 #ifdef FBP_PROD_HAVE_KERNELS
 #define FBP_PROD_ROWS 6
+#define FBP_PROD_TALL 12   /* rows of a one-vector panel's block: 12 sums in registers */
 
 #define FBP_PROD_BYTES 64
 #define FBP_PROD_VECTORS 4
@@ -75,6 +76,7 @@ static inline ptrdiff_t fbp_l2_cache_bytes(void)
 #undef FBP_PROD_TARGET
 
 #undef FBP_PROD_ROWS
+#undef FBP_PROD_TALL
 #endif
 
 /* C (m x n) = A (m x k) B (k x n) with the kernels of `isa` (not FBP_ISA_NONE). */

@@ -2,9 +2,11 @@
 
 Each of the three products of a step (nn: A W, nt: D W^T, tn: beta C + alpha A^T D) in
 each instruction set this CPU runs, both dtypes, on every edge of the register block
-(6 rows by 2 vectors with AVX2, 4 with AVX-512), of the chunks of k (128) and of the
-column tail, with odd leading dimensions and unaligned starts: the result equals the
-float64 product to rounding, and nothing outside C's view is written.
+(6 rows by 2 vectors with AVX2, 4 with AVX-512; a narrower last panel: 12 rows of one
+vector, 6 of two or three), of the chunks of k (128) and of the column tail (a partial
+vector, read and written through masks), with odd leading dimensions and unaligned
+starts: the result equals the float64 product to rounding, and nothing outside C's view
+is written.
 """
 import numpy as np
 import pytest
@@ -15,6 +17,7 @@ from fastbp import _core
 ISAS = {"avx512": ["avx2", "avx512"], "avx2": ["avx2"], None: []}[_core.best_kernel_isa()]
 BACKENDS = ISAS + ["blas"]
 ROWS = 6                                   # the register block's rows
+TALL = 12                                  # ... in a panel of one vector
 VECTOR_BYTES = {"avx2": 32, "avx512": 64, "blas": 64}
 VECTORS = {"avx2": 2, "avx512": 4, "blas": 4}
 CHUNK = 128                                # k per chunk of the column tail and NT's panels
@@ -92,6 +95,24 @@ DTYPES = [np.float32, np.float64]
 def test_every_row_count(kind, dtype, backend):
     for m in sizes_to(2 * ROWS + 1):
         check(kind, backend, dtype, m, 2 * block_width(backend, dtype) + 3, 37, seed=m)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", KINDS)
+def test_narrow_panels_every_row_count(kind, dtype, backend):
+    """A last panel narrower than the register block (an output layer of a few columns
+    is one): one vector, in blocks of up to TALL rows as even as they come, or two or
+    three vectors (AVX-512), each whole or with a partial last vector, alone or after
+    whole panels, at every row count to two blocks and one more."""
+    lanes = VECTOR_BYTES[backend] // np.dtype(dtype).itemsize
+    width = block_width(backend, dtype)
+    narrow = [v * lanes + extra for v in range(VECTORS[backend]) for extra in (-3, 0)
+              if v * lanes + extra > 0]
+    for n in narrow + [width + n for n in narrow[:2]]:
+        for m in sizes_to(2 * TALL + 1):
+            check(kind, backend, dtype, m, n, 11, alpha=-0.5 if kind == "tn" else 1.0,
+                  beta=1.0 if kind == "tn" else 0.0, seed=m * 131 + n)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
