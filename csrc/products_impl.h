@@ -133,10 +133,10 @@ FBP_PROD_TARGET static inline __attribute__((always_inline)) void FBP_PROD(fbp_p
 /* C (n_rows x width) = beta C + alpha A B over one panel of B's columns: n_vectors (at
    most FBP_PROD_VECTORS) vectors, of which the last has `used` lanes of C's columns (all
    of them: FBP_PROD_LANES).  A whole panel takes row blocks of FBP_PROD_ROWS, then the
-   rest; a narrower one (the last) keeps as many sums in registers: a panel of one vector
-   (an output layer of a few classes) blocks of up to FBP_PROD_TALL rows, as even as they
-   come, and one of 2 or 3 vectors (AVX-512) FBP_PROD_ROWS rows of all of them, so that
-   enough independent sums hide the multiply-adds' latency.  Each element of C is the same
+   rest; a narrower one (the last) keeps enough independent sums in registers to hide the
+   multiply-adds' latency: a panel of one vector (an output layer of a few classes), or
+   of two with AVX-512, blocks of up to FBP_PROD_TALL rows, as even as they come, and one
+   of three (AVX-512) FBP_PROD_ROWS rows of all of them.  Each element of C is the same
    sum in the same order whatever its block.  a_row_is_one picks which of A's strides is
    the constant 1 (A^T: TN), so the compiler knows it.  ahead (or NULL): ahead_rows rows
    of A (lda apart) fetched into L2, a slice with each block. */
@@ -147,10 +147,11 @@ FBP_PROD_TARGET static inline __attribute__((always_inline)) void FBP_PROD(fbp_p
 {
     const ptrdiff_t a_row = a_row_is_one ? 1 : lda;
     const int partial = used < FBP_PROD_LANES;
-    /* rows per block: a one-vector panel's blocks as even as they come */
+    /* rows per block: a tall panel's blocks as even as they come */
     const ptrdiff_t tall_blocks = (n_rows + FBP_PROD_TALL - 1) / FBP_PROD_TALL;
     for (ptrdiff_t p = 0, block = 0; p < n_rows; block++) {
-        const ptrdiff_t end = n_vectors == 1 ? (block + 1) * n_rows / tall_blocks
+        const ptrdiff_t end = n_vectors <= 2 && n_vectors < FBP_PROD_VECTORS
+                              ? (block + 1) * n_rows / tall_blocks
                               : p + FBP_PROD_ROWS < n_rows ? p + FBP_PROD_ROWS : n_rows;
         const int rows = (int)(end - p);
         if (ahead != NULL)
@@ -178,7 +179,7 @@ FBP_PROD_TARGET static inline __attribute__((always_inline)) void FBP_PROD(fbp_p
             FBP_PROD_TALL_CASES(FBP_PROD_ONE_PARTIAL)
 #if FBP_PROD_VECTORS == 4
         } else if (n_vectors == 2) {   /* (a whole last vector is masked with all lanes) */
-            FBP_PROD_ROW_CASES(FBP_PROD_TWO)
+            FBP_PROD_TALL_CASES(FBP_PROD_TWO)
         } else {
             FBP_PROD_ROW_CASES(FBP_PROD_THREE)
 #endif

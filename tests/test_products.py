@@ -3,10 +3,10 @@
 Each of the three products of a step (nn: A W, nt: D W^T, tn: beta C + alpha A^T D) in
 each instruction set this CPU runs, both dtypes, on every edge of the register block
 (6 rows by 2 vectors with AVX2, 4 with AVX-512; a narrower last panel: 12 rows of one
-vector, 6 of two or three), of the chunks of k (128) and of the column tail (a partial
-vector, read and written through masks), with odd leading dimensions and unaligned
-starts: the result equals the float64 product to rounding, and nothing outside C's view
-is written.
+vector, or of two with AVX-512, 6 of three), of the chunks of k (128) and of the column
+tail (a partial vector, read and written through masks), with odd leading dimensions and
+unaligned starts: the result equals the float64 product to rounding, and nothing outside
+C's view is written.
 """
 import numpy as np
 import pytest
@@ -102,9 +102,9 @@ def test_every_row_count(kind, dtype, backend):
 @pytest.mark.parametrize("kind", KINDS)
 def test_narrow_panels_every_row_count(kind, dtype, backend):
     """A last panel narrower than the register block (an output layer of a few columns
-    is one): one vector, in blocks of up to TALL rows as even as they come, or two or
-    three vectors (AVX-512), each whole or with a partial last vector, alone or after
-    whole panels, at every row count to two blocks and one more."""
+    is one): one vector, or two with AVX-512, in blocks of up to TALL rows as even as
+    they come, or three vectors (AVX-512), each whole or with a partial last vector, alone
+    or after whole panels, at every row count to two blocks and one more."""
     lanes = VECTOR_BYTES[backend] // np.dtype(dtype).itemsize
     width = block_width(backend, dtype)
     narrow = [v * lanes + extra for v in range(VECTORS[backend]) for extra in (-3, 0)
