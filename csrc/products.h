@@ -51,7 +51,7 @@ static inline ptrdiff_t fbp_l2_cache_bytes(void)
 
 #ifdef FBP_PROD_HAVE_KERNELS
 #define FBP_PROD_ROWS 6
-#define FBP_PROD_TALL 12   /* rows of a one-vector panel's block: 12 sums in registers */
+#define FBP_PROD_TALL 12   /* rows of a narrow last panel's blocks (fbp_prod_panel) */
 
 #define FBP_PROD_BYTES 64
 #define FBP_PROD_VECTORS 4

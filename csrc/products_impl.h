@@ -14,8 +14,7 @@ typedef FBP_T FBP_PROD(fbp_prod_unaligned)
    lanes loaded (the others 0) and stored with the CPU's masked moves, so nothing past
    them is read or written; the mask is a loop invariant the compiler hoists. */
 FBP_PROD_TARGET static inline __attribute__((always_inline))
-FBP_PROD(fbp_prod_vector) FBP_PROD(fbp_prod_load_part)(
-    const FBP_T *p, int used)
+FBP_PROD(fbp_prod_vector) FBP_PROD(fbp_prod_load_part)(const FBP_T *p, int used)
 {
     typedef FBP_PROD(fbp_prod_vector) vector;
 #if FBP_PROD_BYTES == 64
@@ -33,8 +32,8 @@ FBP_PROD(fbp_prod_vector) FBP_PROD(fbp_prod_load_part)(
 #endif
 }
 
-FBP_PROD_TARGET static inline __attribute__((always_inline)) void FBP_PROD(fbp_prod_store_part)(
-    FBP_T *p, FBP_PROD(fbp_prod_vector) value, int used)
+FBP_PROD_TARGET static inline __attribute__((always_inline))
+void FBP_PROD(fbp_prod_store_part)(FBP_T *p, FBP_PROD(fbp_prod_vector) value, int used)
 {
 #if FBP_PROD_BYTES == 64
     if (sizeof(FBP_T) == sizeof(float))
@@ -101,7 +100,8 @@ FBP_PROD_TARGET static inline __attribute__((always_inline)) void FBP_PROD(fbp_p
             if (beta == 0)
                 sums[p][v] = alpha * sums[p][v];
             else if (partial && v == n_vectors - 1)
-                sums[p][v] = alpha * sums[p][v] + beta * FBP_PROD(fbp_prod_load_part)(out, used);
+                sums[p][v] = alpha * sums[p][v]
+                             + beta * FBP_PROD(fbp_prod_load_part)(out, used);
             else
                 sums[p][v] = alpha * sums[p][v] + beta * *(const unaligned *)out;
         }
@@ -216,8 +216,9 @@ static inline ptrdiff_t FBP_PROD(fbp_prod_nn_rows)(ptrdiff_t n_rows, ptrdiff_t n
    a block of rows (fbp_prod_nn_rows): the panel (k x 64 or 128 bytes) stays in L1/L2.
    TN (k = the batch, short) takes a strip of FBP_PROD_TALL rows at a time past every
    panel (all rows where there is one panel): its strip of A (k rows of 48 bytes) and all
-   of D stay in L1, where the other order would sweep A from L2 once per panel.  Each element of C is one register
-   block's sum over all of k either way: the order of the blocks changes no bits. */
+   of D stay in L1, where the other order would sweep A from L2 once per panel.  Each
+   element of C is one register block's sum over all of k either way: the order of the
+   blocks changes no bits. */
 FBP_PROD_TARGET static inline __attribute__((always_inline)) void FBP_PROD(fbp_prod_general)(
     ptrdiff_t n_rows, ptrdiff_t n_cols, ptrdiff_t k, const FBP_T *a, ptrdiff_t lda,
     const int a_row_is_one, const FBP_T *b, ptrdiff_t ldb, FBP_T *c, ptrdiff_t ldc,
