@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import fastbp
-from fastbp import _cache, _threads
+from fastbp import _cache, _core, _products, _threads
 
 SIZES, CODES = (20, 16, 3), (0, 2)
 
@@ -574,8 +574,16 @@ def test_a_sparse_pass_is_measured_on_the_layers_after_the_first(cache, pass_mea
     assert len(pass_measurements) == 1 and pass_counts == [2]
 
 
+@pytest.mark.parametrize("kernels", ["blas", "own"])
 def test_a_pinned_explicit_or_single_allowed_count_is_not_measured(
-        cache, pass_measurements, pass_counts, monkeypatch):
+        cache, pass_measurements, pass_counts, monkeypatch, kernels):
+    """An explicit count, a pinned one and a single allowed thread are not measured, and
+    every pass runs on one thread. A pass sets BLAS's thread count only where it calls
+    BLAS: a gradients pass always does; an evaluate pass whose products all run in the own
+    kernels does not. FASTBP_KERNELS fixes which they run in (under "auto" a one-thread
+    pass's products are timed against BLAS on the machine: either may win)."""
+    monkeypatch.setenv(_products.KERNELS_VARIABLE, kernels)
+    counts = [1] if kernels == "own" and _core.best_kernel_isa() else [1, 1, 1]
     model = fastbp.MLP([30, 40, 5], ["relu", "softmax"], seed=0)
     X, y = data(300, 30)
     model.evaluate(X, y, "cce", n_threads=1)
@@ -584,7 +592,7 @@ def test_a_pinned_explicit_or_single_allowed_count_is_not_measured(
     monkeypatch.delenv(_threads.THREADS_VARIABLE)
     monkeypatch.setattr(_threads, "allowed_threads", lambda: 1)
     model.evaluate(X, y, "cce")
-    assert pass_measurements == [] and pass_counts == [1, 1, 1]
+    assert pass_measurements == [] and pass_counts == counts
 
 
 def test_the_real_pass_measurement(cache, monkeypatch):
