@@ -14,6 +14,7 @@ import pytest
 from threadpoolctl import threadpool_info, threadpool_limits
 
 import fastbp
+from fastbp import _products
 from fastbp.callbacks import Callback
 
 N_THREADS = 4
@@ -386,10 +387,14 @@ class ThreadProbe(Callback):
         self.seen.append(blas_threads())
 
 
-def test_a_fit_on_a_worker_thread_gets_its_limit_while_another_thread_holds_openblas():
+def test_a_fit_on_a_worker_thread_gets_its_limit_while_another_thread_holds_openblas(
+        monkeypatch):
     """threadpoolctl lets one live thread set OpenBLAS's process-wide pool and ignores the
     others; a fit on any thread must still run on its thread count and put back what it
-    found (fits in services and thread pools run off the main thread)."""
+    found (fits in services and thread pools run off the main thread). FASTBP_KERNELS=blas:
+    a fit whose products all run in the own kernels (under "auto", where they time faster)
+    calls no BLAS and leaves its count alone."""
+    monkeypatch.setenv(_products.KERNELS_VARIABLE, "blas")
     X, y = problem(0, n_rows=600)
     model = make_model(0)
     probe = ThreadProbe()
