@@ -12,44 +12,57 @@ typedef FBP_T FBP_PROD(fbp_prod_unaligned)
 
 /* C's last vector of columns when n is not a whole number of vectors: its first `used`
    lanes loaded (the others 0) and stored with the CPU's masked moves, so nothing past
-   them is read or written; the mask is a loop invariant the compiler hoists. */
+   them is read or written; the mask (fbp_prod_mask) is a loop invariant the compiler
+   hoists. */
+#if FBP_PROD_BYTES == 64
+typedef unsigned FBP_PROD(fbp_prod_mask_t);      /* an AVX-512 mask register's bits */
+#else
+typedef __m256i FBP_PROD(fbp_prod_mask_t);       /* AVX2: a lane's sign bit */
+#endif
+
+FBP_PROD_TARGET static inline __attribute__((always_inline))
+FBP_PROD(fbp_prod_mask_t) FBP_PROD(fbp_prod_mask)(int used)
+{
+#if FBP_PROD_BYTES == 64
+    return (1u << used) - 1;
+#else
+    if (sizeof(FBP_T) == sizeof(float))
+        return _mm256_cmpgt_epi32(_mm256_set1_epi32(used),
+                                  _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    return _mm256_cmpgt_epi64(_mm256_set1_epi64x(used), _mm256_setr_epi64x(0, 1, 2, 3));
+#endif
+}
+
 FBP_PROD_TARGET static inline __attribute__((always_inline))
 FBP_PROD(fbp_prod_vector) FBP_PROD(fbp_prod_load_part)(const FBP_T *p, int used)
 {
     typedef FBP_PROD(fbp_prod_vector) vector;
+    const FBP_PROD(fbp_prod_mask_t) mask = FBP_PROD(fbp_prod_mask)(used);
 #if FBP_PROD_BYTES == 64
     if (sizeof(FBP_T) == sizeof(float))
-        return (vector)_mm512_maskz_loadu_ps((__mmask16)((1u << used) - 1), (const float *)p);
-    return (vector)_mm512_maskz_loadu_pd((__mmask8)((1u << used) - 1), (const double *)p);
+        return (vector)_mm512_maskz_loadu_ps((__mmask16)mask, (const float *)p);
+    return (vector)_mm512_maskz_loadu_pd((__mmask8)mask, (const double *)p);
 #else
     if (sizeof(FBP_T) == sizeof(float))
-        return (vector)_mm256_maskload_ps(
-            (const float *)p, _mm256_cmpgt_epi32(_mm256_set1_epi32(used),
-                                                 _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));
-    return (vector)_mm256_maskload_pd(
-        (const double *)p, _mm256_cmpgt_epi64(_mm256_set1_epi64x(used),
-                                              _mm256_setr_epi64x(0, 1, 2, 3)));
+        return (vector)_mm256_maskload_ps((const float *)p, mask);
+    return (vector)_mm256_maskload_pd((const double *)p, mask);
 #endif
 }
 
 FBP_PROD_TARGET static inline __attribute__((always_inline))
 void FBP_PROD(fbp_prod_store_part)(FBP_T *p, FBP_PROD(fbp_prod_vector) value, int used)
 {
+    const FBP_PROD(fbp_prod_mask_t) mask = FBP_PROD(fbp_prod_mask)(used);
 #if FBP_PROD_BYTES == 64
     if (sizeof(FBP_T) == sizeof(float))
-        _mm512_mask_storeu_ps((float *)p, (__mmask16)((1u << used) - 1), (__m512)value);
+        _mm512_mask_storeu_ps((float *)p, (__mmask16)mask, (__m512)value);
     else
-        _mm512_mask_storeu_pd((double *)p, (__mmask8)((1u << used) - 1), (__m512d)value);
+        _mm512_mask_storeu_pd((double *)p, (__mmask8)mask, (__m512d)value);
 #else
     if (sizeof(FBP_T) == sizeof(float))
-        _mm256_maskstore_ps((float *)p, _mm256_cmpgt_epi32(_mm256_set1_epi32(used),
-                                                           _mm256_setr_epi32(0, 1, 2, 3, 4, 5,
-                                                                             6, 7)),
-                            (__m256)value);
+        _mm256_maskstore_ps((float *)p, mask, (__m256)value);
     else
-        _mm256_maskstore_pd((double *)p, _mm256_cmpgt_epi64(_mm256_set1_epi64x(used),
-                                                            _mm256_setr_epi64x(0, 1, 2, 3)),
-                            (__m256d)value);
+        _mm256_maskstore_pd((double *)p, mask, (__m256d)value);
 #endif
 }
 
