@@ -145,14 +145,16 @@ FBP_PROD_TARGET static inline __attribute__((always_inline)) void FBP_PROD(fbp_p
 
 /* C (n_rows x width) = beta C + alpha A B over one panel of B's columns: n_vectors (at
    most FBP_PROD_VECTORS) vectors, of which the last has `used` lanes of C's columns (all
-   of them: FBP_PROD_LANES).  A whole panel takes row blocks of FBP_PROD_ROWS, then the
-   rest; a narrower one (the last) keeps enough independent sums in registers to hide the
-   multiply-adds' latency: a panel of one vector (an output layer of a few classes), or
-   of two with AVX-512, blocks of up to FBP_PROD_TALL rows, as even as they come, and one
-   of three (AVX-512) FBP_PROD_ROWS rows of all of them.  Each element of C is the same
-   sum in the same order whatever its block.  a_row_is_one picks which of A's strides is
-   the constant 1 (A^T: TN), so the compiler knows it.  ahead (or NULL): ahead_rows rows
-   of A (lda apart) fetched into L2, a slice with each block. */
+   of them: FBP_PROD_LANES).  The rows go in blocks as even as they come, so that every
+   block keeps enough independent sums in registers to hide the multiply-adds' latency:
+   of up to FBP_PROD_ROWS rows in a whole panel and in one of three vectors (AVX-512), of
+   up to FBP_PROD_TALL in a narrower last panel of one vector (an output layer of a few
+   classes), or of two with AVX-512.  (32 rows of a whole panel: 5, 5, 6, 5, 5, 6; in
+   five blocks of 6 and one of 2, whose 4 sums with AVX2 wait on the latency, W5's
+   forward product took 1.17x as long with AVX2, 1.09x with AVX-512.)  Each element of C
+   is the same sum in the same order whatever its block.  a_row_is_one picks which of A's
+   strides is the constant 1 (A^T: TN), so the compiler knows it.  ahead (or NULL):
+   ahead_rows rows of A (lda apart) fetched into L2, a slice with each block. */
 FBP_PROD_TARGET static inline __attribute__((always_inline)) void FBP_PROD(fbp_prod_panel)(
     ptrdiff_t n_rows, int n_vectors, int used, ptrdiff_t k, const FBP_T *a, ptrdiff_t lda,
     const int a_row_is_one, const FBP_T *b, ptrdiff_t ldb, FBP_T *c, ptrdiff_t ldc,
@@ -160,12 +162,12 @@ FBP_PROD_TARGET static inline __attribute__((always_inline)) void FBP_PROD(fbp_p
 {
     const ptrdiff_t a_row = a_row_is_one ? 1 : lda;
     const int partial = used < FBP_PROD_LANES;
-    /* rows per block: a tall panel's blocks as even as they come */
-    const ptrdiff_t tall_blocks = (n_rows + FBP_PROD_TALL - 1) / FBP_PROD_TALL;
+    /* rows per block, as even as they come */
+    const ptrdiff_t blocks = n_vectors <= 2 && n_vectors < FBP_PROD_VECTORS
+                             ? (n_rows + FBP_PROD_TALL - 1) / FBP_PROD_TALL
+                             : (n_rows + FBP_PROD_ROWS - 1) / FBP_PROD_ROWS;
     for (ptrdiff_t p = 0, block = 0; p < n_rows; block++) {
-        const ptrdiff_t end = n_vectors <= 2 && n_vectors < FBP_PROD_VECTORS
-                              ? (block + 1) * n_rows / tall_blocks
-                              : p + FBP_PROD_ROWS < n_rows ? p + FBP_PROD_ROWS : n_rows;
+        const ptrdiff_t end = (block + 1) * n_rows / blocks;
         const int rows = (int)(end - p);
         if (ahead != NULL)
             for (ptrdiff_t r = p * ahead_rows / n_rows; r < end * ahead_rows / n_rows; r++)

@@ -93,7 +93,10 @@ DTYPES = [np.float32, np.float64]
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind", KINDS)
 def test_every_row_count(kind, dtype, backend):
-    for m in sizes_to(2 * ROWS + 1):
+    """Whole panels at every row count to four register blocks and one more: the rows go
+    in blocks as even as they come (7 rows: 3 + 4; 25: 5 + 5 + 5 + 5 + 5), so every block
+    height up to ROWS, alone and after others."""
+    for m in sizes_to(4 * ROWS + 1):
         check(kind, backend, dtype, m, 2 * block_width(backend, dtype) + 3, 37, seed=m)
 
 
