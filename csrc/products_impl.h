@@ -228,7 +228,7 @@ static inline ptrdiff_t FBP_PROD(fbp_prod_nn_rows)(ptrdiff_t n_rows, ptrdiff_t n
 /* C = beta C + alpha op(A) B by panels of B's columns in place, the last vector of the
    last panel partial where n_cols is not a whole number of vectors.
    NN (k long, B = W) takes a panel of B's columns at a time past every register block of
-   a block of rows (fbp_prod_nn_rows): the panel (k x 64 or 128 bytes) stays in L1/L2.
+   a block of rows (fbp_prod_nn_rows): the panel (k x 64 or 256 bytes) stays in L1/L2.
    TN (k = the batch, short) takes a strip of FBP_PROD_TALL rows at a time past every
    panel (all rows where there is one panel): its strip of A (k rows of 48 bytes) and all
    of D stay in L1, where the other order would sweep A from L2 once per panel.  Each
