@@ -268,6 +268,16 @@ static inline void fbp_prefetch(const void *address)
    indptr entries and stored values (fbp_prefetch_csr_ahead). */
 enum { FBP_CSR_AHEAD_INDPTR = 8, FBP_CSR_AHEAD_VALUES = 3 };
 
+/* How much of each row of W1 (and of its optimizer state) a sparse pass asks for ahead
+   (fbp_prefetch_rows' head_bytes): the row's first lines only.  A prefetch holds one of
+   the core's few line fill buffers until its line arrives, and a pass that asked for
+   whole rows ahead (a batch row's 27 rows of 1 KiB, or three rows of W1 and Adam's
+   moments) filled them all and stalled on its own prefetches; asked for its first lines,
+   a row is then read in order, and the hardware's streaming prefetcher, which runs ahead
+   of an ascending run of lines without those buffers, brings in the rest
+   (docs/performance.md, "Sparse input"). */
+enum { FBP_PREFETCH_HEAD_BYTES = 256 };
+
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(FASTBP_NO_MULTIVERSION)
 #define FBP_FEW_HAVE_AVX512 1
 #endif

@@ -71,13 +71,17 @@ static inline ptrdiff_t FBP_NAME(fbp_gather_rows)(FBP_T *dst, const FBP_T *src,
 
 /* Ask the CPU to bring rows[0..n_rows-1] of src (n_cols wide, n_src rows) into cache: the
    next batch's rows, requested while this batch trains, since a shuffled order reads X at
-   random (for batches of one row, a miss to memory was about a tenth of a step).  Rows out
-   of range are skipped: the gather checks them. */
+   random (for batches of one row, a miss to memory was about a tenth of a step); or the
+   rows of W1 a sparse pass reads next.  head_bytes > 0: only each row's first head_bytes
+   (FBP_PREFETCH_HEAD_BYTES: the hardware brings in the rest as the row is read).  Rows
+   out of range are skipped: the gather checks them. */
 static inline void FBP_NAME(fbp_prefetch_rows)(const FBP_T *src, const ptrdiff_t *rows,
                                                ptrdiff_t n_rows, ptrdiff_t n_cols,
-                                               ptrdiff_t n_src)
+                                               ptrdiff_t n_src, ptrdiff_t head_bytes)
 {
-    const size_t bytes = (size_t)n_cols * sizeof(FBP_T);
+    const size_t row_bytes = (size_t)n_cols * sizeof(FBP_T);
+    const size_t bytes = head_bytes > 0 && (size_t)head_bytes < row_bytes ? (size_t)head_bytes
+                                                                          : row_bytes;
     for (ptrdiff_t i = 0; i < n_rows; i++) {
         ptrdiff_t row = rows[i];
         if ((size_t)row >= (size_t)n_src)
@@ -860,8 +864,8 @@ static inline void FBP_NAME(fbp_prefetch_csr_ahead)(const FBP_T *data, const ptr
 
 /* out[i, :] = sum over row i's stored values of data[k] * W[indices[k], :] (W: n_cols x
    n_out): the first layer's product for a sparse batch, nonzeros x n_out multiply-adds,
-   reading only the rows of W the batch names, those of row i + 1 asked for while row i's
-   are summed. */
+   reading only the rows of W the batch names, those of row i + 1 asked for (their first
+   lines: FBP_PREFETCH_HEAD_BYTES) while row i's are summed. */
 FBP_MULTIVERSION static ptrdiff_t FBP_NAME(fbp_sparse_product)(FBP_T *out, const FBP_T *data,
         const ptrdiff_t *indices, const ptrdiff_t *indptr, ptrdiff_t n_rows, ptrdiff_t n_cols,
         ptrdiff_t nnz, const ptrdiff_t *rows, ptrdiff_t first, ptrdiff_t m, const FBP_T *W,
@@ -873,7 +877,8 @@ FBP_MULTIVERSION static ptrdiff_t FBP_NAME(fbp_sparse_product)(FBP_T *out, const
         if (i + 1 < m && FBP_NAME(fbp_csr_range)(indptr, n_rows, nnz,
                                                  rows ? rows[i + 1] : first + i + 1,
                                                  &begin, &end))
-            FBP_NAME(fbp_prefetch_rows)(W, indices + begin, end - begin, n_out, n_cols);
+            FBP_NAME(fbp_prefetch_rows)(W, indices + begin, end - begin, n_out, n_cols,
+                                        FBP_PREFETCH_HEAD_BYTES);
         if (!FBP_NAME(fbp_csr_range)(indptr, n_rows, nnz, rows ? rows[i] : first + i,
                                      &begin, &end))
             return i;

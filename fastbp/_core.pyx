@@ -1259,13 +1259,13 @@ cdef inline void prefetch_step_row(floating* W1, floating* target, floating* fir
                                    floating* second, Py_ssize_t w, Py_ssize_t n_out,
                                    Py_ssize_t n_in, const Py_ssize_t* row) noexcept nogil:
     """Row *row of W1, of its gradient (or velocity) and of the rule's state, into cache."""
-    fbp_prefetch_rows(W1, row, 1, n_out, n_in)
+    fbp_prefetch_rows(W1, row, 1, n_out, n_in, FBP_PREFETCH_HEAD_BYTES)
     if target != W1:
-        fbp_prefetch_rows(target, row, 1, n_out, n_in)
+        fbp_prefetch_rows(target, row, 1, n_out, n_in, FBP_PREFETCH_HEAD_BYTES)
     if first != NULL:
-        fbp_prefetch_rows(first + w, row, 1, n_out, n_in)
+        fbp_prefetch_rows(first + w, row, 1, n_out, n_in, FBP_PREFETCH_HEAD_BYTES)
     if second != NULL:
-        fbp_prefetch_rows(second + w, row, 1, n_out, n_in)
+        fbp_prefetch_rows(second + w, row, 1, n_out, n_in, FBP_PREFETCH_HEAD_BYTES)
 
 
 cdef int update_kind(const HyperparameterData* hyper) noexcept nogil:
@@ -1601,23 +1601,27 @@ cdef enum:
 cdef inline void prefetch_lazy_row(const LazyRows* lazy, floating* W1, Py_ssize_t n_out,
                                    Py_ssize_t n_in, const Py_ssize_t* row) noexcept nogil:
     """Row *row of W1 and of the state its catch-up reads, into cache."""
-    fbp_prefetch_rows(W1, row, 1, n_out, n_in)
+    fbp_prefetch_rows(W1, row, 1, n_out, n_in, FBP_PREFETCH_HEAD_BYTES)
     if lazy.adam != NULL:
-        fbp_prefetch_rows(<floating*>lazy.adam.first, row, 1, n_out, n_in)
-        fbp_prefetch_rows(<floating*>lazy.adam.second, row, 1, n_out, n_in)
+        fbp_prefetch_rows(<floating*>lazy.adam.first, row, 1, n_out, n_in, FBP_PREFETCH_HEAD_BYTES)
+        fbp_prefetch_rows(<floating*>lazy.adam.second, row, 1, n_out, n_in, FBP_PREFETCH_HEAD_BYTES)
     if lazy.coupled != NULL:
-        fbp_prefetch_rows(<floating*>lazy.coupled, row, 1, n_out, n_in)
+        fbp_prefetch_rows(<floating*>lazy.coupled, row, 1, n_out, n_in, FBP_PREFETCH_HEAD_BYTES)
     if lazy.scaled != NULL:
-        fbp_prefetch_rows(<floating*>lazy.scaled, row, 1, n_out, n_in)
+        fbp_prefetch_rows(<floating*>lazy.scaled, row, 1, n_out, n_in, FBP_PREFETCH_HEAD_BYTES)
 
 
 cdef bint lazy_flush(LazyRows* lazy, floating* W1, Py_ssize_t n_in, Py_ssize_t n_out,
-                     RowLogData* log, bint deferring=False) noexcept nogil:
+                     RowLogData* log, bint deferring=False,
+                     bint* rows_finite=NULL) noexcept nogil:
     """Every row of W1 up to date: the end of an epoch. With a log, each row the catch-up
     changes is logged first; a row it would leave as it is (no decay, its state all 0) is
     skipped. deferring (with a log): a row the epoch has not logged whose catch-up
     flush_bound proves finite is left behind, for lazy_flush_deferred once the epoch is
-    known to stand. False: out of memory (the rows not yet logged unchanged)."""
+    known to stand. rows_finite (with a log, or NULL): set to 0 if a logged row of W1 or
+    of its state is not finite once up to date, each checked as the flush reaches it (in
+    cache, where changes_finite would read every logged row again: 10 of S1's 220 ms an
+    epoch with Adam). False: out of memory (the rows not yet logged unchanged)."""
     cdef Py_ssize_t row
     cdef Pending pending
     pending.ahead = pending.found = 0
@@ -1636,6 +1640,22 @@ cdef bint lazy_flush(LazyRows* lazy, floating* W1, Py_ssize_t n_in, Py_ssize_t n
                     return False
             lazy_catch_up(lazy, W1, n_out, row, lazy.steps - lazy.applied[row])
             lazy.applied[row] = lazy.steps
+        if rows_finite != NULL and log.logged[row] and rows_finite[0]:
+            rows_finite[0] = logged_row_finite(log, W1, n_out, row)
+    return True
+
+
+cdef bint logged_row_finite(const RowLogData* log, const floating* W1, Py_ssize_t n_out,
+                            Py_ssize_t row) noexcept nogil:
+    """Whether row `row` of W1 (the log's) and of each array of its state the log holds
+    is finite."""
+    cdef Py_ssize_t a
+    if not fbp_all_finite(W1 + row * n_out, n_out):
+        return False
+    for a in range(1, log.n_arrays):
+        if not fbp_all_finite(<const floating*>(log.state + (a - 1) * log.state_stride)
+                              + row * n_out, n_out):
+            return False
     return True
 
 
@@ -2139,6 +2159,7 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
             raise MemoryError("train_epoch: no memory for the epoch's copy of W1")
     cdef RowGradients gradients
     cdef bint row_steps = use_lazy and update == LAYER_STEP     # sparse_row_steps
+    cdef bint rows_finite, rows_checked     # the epoch's end: lazy_flush's check
     cdef Py_ssize_t* recorded = NULL    # SparseBatch's value record, then RowGradients'
     cdef Py_ssize_t capacity = 0
     lazy.gradients = NULL
@@ -2284,9 +2305,9 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
                 weight_sum = m
             if prefetching and start + m < n_rows:   # the next batch's rows, meanwhile
                 i = min(batch_size, n_rows - start - m)
-                fbp_prefetch_rows(&X[0, 0], &order[start + m], i, n_in, n_samples)
+                fbp_prefetch_rows(&X[0, 0], &order[start + m], i, n_in, n_samples, 0)
                 if not use_labels:
-                    fbp_prefetch_rows(&Y[0, 0], &order[start + m], i, n_out, n_samples)
+                    fbp_prefetch_rows(&Y[0, 0], &order[start + m], i, n_out, n_samples, 0)
             if weight_sum > 0:   # a batch whose rows all weigh 0 teaches nothing
                 scale = <floating>(normaliser / weight_sum)
                 loss_sum = run_batch(plan_data, hyper, p, target, first, second, w, x, y,
@@ -2307,14 +2328,18 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
                 weight_total += weight_sum
             start += m
         pool_threads.stop()
+        # An update can overflow with a finite loss: in the parameters, or only in the
+        # optimizer's state (Adam's g^2 past FLT_MAX), where it would freeze weights silently.
+        # Under a lazy rule the flush checks the logged rows of W1 as it passes them.
+        rows_finite = True
+        rows_checked = use_lazy and log != NULL
         if use_lazy and bad < 0 and not (log != NULL and log.out_of_memory):
             # every row of W1 up to date, but for the unlogged rows left to the end
             lazy_flush(&lazy, p + plan_data.weight_offsets[0], n_in, plan_data.sizes[1], log,
-                       flush_deferring)
-        # An update can overflow with a finite loss: in the parameters, or only in the
-        # optimizer's state (Adam's g^2 past FLT_MAX), where it would freeze weights silently.
+                       flush_deferring, &rows_finite if rows_checked else NULL)
         if bad < 0 and status != DIVERGED and not (log != NULL and log.out_of_memory) \
-                and not changes_finite(plan_data, p, state_start, state_rows, log):
+                and not (rows_finite and changes_finite(plan_data, p, state_start, state_rows,
+                                                        log, rows_checked)):
             status = DIVERGED
         if use_lazy and bad < 0 and status != DIVERGED \
                 and not (log != NULL and log.out_of_memory):
@@ -2340,13 +2365,15 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
 
 
 cdef bint changes_finite(const PlanData* plan, const floating* params, const floating* state,
-                         int state_rows, const RowLogData* log) noexcept nogil:
+                         int state_rows, const RowLogData* log,
+                         bint rows_checked=False) noexcept nogil:
     """Whether what an epoch may have changed is finite: the parameters and the optimizer
     state's rows (state_rows of n_params values). With a row log (a sparse fit), a row of W1
     the log does not hold is as the epoch found it (every change to W1 and its state is
     logged first), so of W1 only the logged rows are read: a sparse epoch changes the rows
     its batches name, and a pass over all of W1 cost S1's plain SGD 9% of its epoch (a
-    10^7-column W1 would cost seconds an epoch, however few rows the batches name)."""
+    10^7-column W1 would cost seconds an epoch, however few rows the batches name).
+    rows_checked: not even those (lazy_flush checked them)."""
     cdef Py_ssize_t n = plan.n_params, w = plan.weight_offsets[0], n_out = plan.sizes[1]
     cdef Py_ssize_t end = w + plan.sizes[0] * n_out, row
     cdef const floating* values
@@ -2359,6 +2386,8 @@ cdef bint changes_finite(const PlanData* plan, const floating* params, const flo
             continue
         if not (fbp_all_finite(values, w) and fbp_all_finite(values + end, n - end)):
             return False
+        if rows_checked:
+            continue
         for row in range(plan.sizes[0]):
             if log.logged[row] and not fbp_all_finite(values + w + row * n_out, n_out):
                 return False

@@ -507,15 +507,17 @@ class PlantAfterFirstEpoch(fastbp.callbacks.Callback):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("case", ["named_row_state", "second_layer_state",
-                                  "caught_up_row_state"])
+@pytest.mark.parametrize("case", ["named_row_state", "last_batch_row_state",
+                                  "second_layer_state", "caught_up_row_state"])
 def test_an_overflowed_optimizer_state_of_a_sparse_fit_is_divergence(dtype, case):
     """An update can overflow with a finite loss (Adam's g^2 past the dtype's largest: the
     weight then stops moving, silently). Planted between epochs: inf in the second moment
     of a row of W1 the next epoch names (its lazy step keeps it inf and the weights
-    finite), of the second layer, or of a row no batch names that the epoch's end catches
-    up (decoupled decay moves every row: the rows of W1 the end-of-epoch check reads are
-    those the epoch changed), ends that epoch as diverged, undone to its start."""
+    finite; one the last batch names is up to date when the epoch's end checks it, one
+    named earlier is caught up first), of the second layer, or of a row no batch names that
+    the epoch's end catches up (decoupled decay moves every row: the rows of W1 the
+    end-of-epoch check reads are those the epoch changed), ends that epoch as diverged,
+    undone to its start."""
     X, y = sparse_data(n_rows=90, n_cols=300, density=0.02, dtype=dtype, seed=5)
     named = np.unique(X.indices)
     unnamed = np.setdiff1d(np.arange(300), named)
@@ -525,7 +527,10 @@ def test_an_overflowed_optimizer_state_of_a_sparse_fit_is_divergence(dtype, case
         if case == "caught_up_row_state" else {}
     trainer = fastbp.Trainer("cce", optimizer="adam", learning_rate=0.01, epochs=3,
                              batch_size=8, shuffle=False, seed=0, n_threads=1, **decay)
+    last_batch = np.setdiff1d(X.indices[X.indptr[88]:], X.indices[:X.indptr[80]])
+    assert last_batch.size and named[3] not in X.indices[X.indptr[88]:]
     index = {"named_row_state": named[3] * hidden + 2,
+             "last_batch_row_state": last_batch[0] * hidden + 2,
              "second_layer_state": 300 * hidden + hidden + 4,
              "caught_up_row_state": unnamed[5] * hidden + 1}[case]
     keep = KeepStateAfterFirstEpoch(trainer, np.zeros(1), 0, 0)
