@@ -613,7 +613,8 @@ FBP_MULTIVERSION static void FBP_NAME(fbp_optimizer_step)(FBP_T *params, FBP_T *
    them, in one go: the derivation is at LazyAdam in fastbp/_core.pyx.  sums: the series'
    coefficients C_0 .. C_(terms - 1) of these k steps (terms: the dtype's
    FBP_ADAM_TERMS_*); step_sizes[s] and roots[s], s = 1..k: lr_s and r_s of each step;
-   shrink: one step's decoupled decay (1 without);
+   shrink: one step's decoupled decay (1 without); decays: shrink^k, beta1^k and beta2^k
+   (kept per k by the caller: three pow calls a row were 2% of S1's Adam epoch);
    widest: eps times the largest b_s; middle (or NULL): D / eps and the second series'
    M_0 .. M_(terms - 1), with y = center - sqrt(v) / D.
    Up to FBP_ADAM_DIRECT_STEPS steps, the weights step one step at a time with the dense
@@ -687,11 +688,30 @@ static inline int FBP_NAME(fbp_series_terms)(FBP_T largest, int margin)
     return terms < 1 ? 1 : terms > most ? most : terms;
 }
 
+/* The second series' coefficients M_q in FBP_T (around) and the scale of its y (middle,
+   epsilon: fbp_adam_catch_up's): 1 where they are finite in FBP_T with room, else 0 (no
+   second series). */
+static inline int FBP_NAME(fbp_adam_second_series)(const double *middle, double epsilon,
+                                                   FBP_T *around, FBP_T *y_scale)
+{
+    const double room = (sizeof(FBP_T) == sizeof(float) ? FLT_MAX : DBL_MAX) / 4;
+    if (middle == NULL || !(middle[0] > 0))
+        return 0;
+    for (int q = 0; q < (int)FBP_ADAM_TERMS_T; q++) {
+        if (!(isfinite(middle[1 + q]) && fabs(middle[1 + q]) < room))
+            return 0;
+        around[q] = (FBP_T)middle[1 + q];
+    }
+    const double scale = 1 / (epsilon * middle[0]);
+    *y_scale = (FBP_T)scale;
+    return isfinite(scale) && scale < room;
+}
+
 FBP_MULTIVERSION static void FBP_NAME(fbp_adam_catch_up)(
     FBP_T *params, FBP_T *first, FBP_T *second, ptrdiff_t n, const double *sums,
     const double *step_sizes, const double *roots, ptrdiff_t k, double shrink,
-    double beta1, double beta2, double epsilon, double widest, double limit,
-    const double *middle, double center)
+    double beta1, double beta2, double epsilon, const double *decays, double widest,
+    double limit, const double *middle, double center)
 {
     if (k <= FBP_ADAM_DIRECT_STEPS) {
         FBP_NAME(fbp_adam_steps)(params, first, second, n, step_sizes, roots, k, shrink, beta1,
@@ -702,22 +722,13 @@ FBP_MULTIVERSION static void FBP_NAME(fbp_adam_catch_up)(
     FBP_T coefficient[FBP_ADAM_TERMS];
     for (int q = 0; q < (int)FBP_ADAM_TERMS_T; q++)
         coefficient[q] = (FBP_T)sums[q];
-    const FBP_T shrink_k = (FBP_T)pow(shrink, (double)k);
-    const FBP_T decay1 = (FBP_T)pow(beta1, (double)k), decay2 = (FBP_T)pow(beta2, (double)k);
+    const FBP_T shrink_k = (FBP_T)decays[0];
+    const FBP_T decay1 = (FBP_T)decays[1], decay2 = (FBP_T)decays[2];
     const FBP_T far = (FBP_T)widest, near = (FBP_T)limit;
-    /* the second series, where its coefficients and scale are finite in FBP_T with room */
+    /* the second series, made ready when a block first has weights the first leaves
+       (few do: 5% of S1's blocks) */
     FBP_T around[FBP_ADAM_TERMS], y_center = (FBP_T)center, y_scale = 0;
-    int second_series = middle != NULL && middle[0] > 0;
-    const double room = (sizeof(FBP_T) == sizeof(float) ? FLT_MAX : DBL_MAX) / 4;
-    for (int q = 0; second_series && q < (int)FBP_ADAM_TERMS_T; q++) {
-        second_series = isfinite(middle[1 + q]) && fabs(middle[1 + q]) < room;
-        around[q] = (FBP_T)middle[1 + q];
-    }
-    if (second_series) {
-        const double scale = 1 / (epsilon * middle[0]);
-        second_series = isfinite(scale) && scale < room;
-        y_scale = (FBP_T)scale;
-    }
+    int second_series = -1;
     enum { BLOCK = 256 };
     int later[BLOCK];       /* stepped one by one below (an int, as wide as a float: the
                                loop that sets it vectorises at the floats' full width) */
@@ -755,6 +766,8 @@ FBP_MULTIVERSION static void FBP_NAME(fbp_adam_catch_up)(
         }
         if (!step_by_step)
             continue;
+        if (second_series < 0)
+            second_series = FBP_NAME(fbp_adam_second_series)(middle, epsilon, around, &y_scale);
         /* the weights left, gathered */
         FBP_T p[BLOCK], m[BLOCK], v[BLOCK];
         ptrdiff_t index[BLOCK], count = 0;

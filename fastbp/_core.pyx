@@ -463,6 +463,7 @@ cdef struct LazyAdam:
     double* step_sizes              # per step s of the window (1..): lr_s
     double largest_step             # the largest |lr_s| of the window so far (flush_bound)
     double* roots                   # ... r_s
+    double* decays                  # per k = 0..window: shrink^k, beta1^k, beta2^k
     double kappa                    # the second series' centre u0 / (eps b_min), or < 0: none
     double center                   # ... as u0 / D = kappa / (kappa + 1) (0 without it)
     int terms                       # of each series: FBP_ADAM_TERMS_FLOAT or _DOUBLE
@@ -1364,16 +1365,22 @@ cdef inline Py_ssize_t adam_sums(int terms) noexcept nogil:
 
 cdef bint lazy_adam_allocate(LazyAdam* adam, bint single) noexcept nogil:
     """Sums for adam.window steps of float32 (single) or float64 rows, with the series'
-    terms and the second series' centre (beta1, beta2, epsilon set). False: no memory."""
+    terms, the second series' centre and the decays of up to a window of steps (beta1,
+    beta2, epsilon and shrink set). False: no memory."""
     adam.terms = FBP_ADAM_TERMS_FLOAT if single else FBP_ADAM_TERMS_DOUBLE
     adam.kappa = lazy_adam_kappa(lazy_adam_limit(), adam.epsilon)
     adam.center = adam.kappa / (adam.kappa + 1) if adam.kappa >= 0 else 0
-    cdef Py_ssize_t entries = adam.window + 1
-    adam.sums = <double*>malloc(entries * (adam_sums(adam.terms) + 2) * sizeof(double))
+    cdef Py_ssize_t entries = adam.window + 1, k
+    adam.sums = <double*>malloc(entries * (adam_sums(adam.terms) + 5) * sizeof(double))
     if adam.sums == NULL:
         return False
     adam.step_sizes = adam.sums + entries * adam_sums(adam.terms)
     adam.roots = adam.step_sizes + entries
+    adam.decays = adam.roots + entries
+    for k in range(entries):
+        adam.decays[3 * k] = pow(adam.shrink, <double>k)
+        adam.decays[3 * k + 1] = pow(adam.beta1, <double>k)
+        adam.decays[3 * k + 2] = pow(adam.beta2, <double>k)
     return True
 
 
@@ -1434,7 +1441,7 @@ cdef void lazy_adam_catch_up(const LazyAdam* adam, floating* W1, Py_ssize_t n_ou
     fbp_adam_catch_up(W1 + row * n_out, <floating*>adam.first + row * n_out,
                       <floating*>adam.second + row * n_out, n_out, sums + 2,
                       adam.step_sizes + t0, adam.roots + t0, t - t0, adam.shrink,
-                      adam.beta1, adam.beta2, adam.epsilon,
+                      adam.beta1, adam.beta2, adam.epsilon, adam.decays + 3 * (t - t0),
                       adam.epsilon * adam.roots[t] * sums[1], lazy_adam_limit(),
                       sums + 2 + adam.terms if adam.kappa >= 0 else NULL, adam.center)
 
