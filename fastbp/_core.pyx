@@ -1608,14 +1608,15 @@ cdef enum:
 cdef inline void prefetch_lazy_row(const LazyRows* lazy, floating* W1, Py_ssize_t n_out,
                                    Py_ssize_t n_in, const Py_ssize_t* row) noexcept nogil:
     """Row *row of W1 and of the state its catch-up reads, into cache."""
-    fbp_prefetch_rows(W1, row, 1, n_out, n_in, FBP_PREFETCH_HEAD_BYTES)
+    cdef Py_ssize_t head = FBP_PREFETCH_HEAD_BYTES
+    fbp_prefetch_rows(W1, row, 1, n_out, n_in, head)
     if lazy.adam != NULL:
-        fbp_prefetch_rows(<floating*>lazy.adam.first, row, 1, n_out, n_in, FBP_PREFETCH_HEAD_BYTES)
-        fbp_prefetch_rows(<floating*>lazy.adam.second, row, 1, n_out, n_in, FBP_PREFETCH_HEAD_BYTES)
+        fbp_prefetch_rows(<floating*>lazy.adam.first, row, 1, n_out, n_in, head)
+        fbp_prefetch_rows(<floating*>lazy.adam.second, row, 1, n_out, n_in, head)
     if lazy.coupled != NULL:
-        fbp_prefetch_rows(<floating*>lazy.coupled, row, 1, n_out, n_in, FBP_PREFETCH_HEAD_BYTES)
+        fbp_prefetch_rows(<floating*>lazy.coupled, row, 1, n_out, n_in, head)
     if lazy.scaled != NULL:
-        fbp_prefetch_rows(<floating*>lazy.scaled, row, 1, n_out, n_in, FBP_PREFETCH_HEAD_BYTES)
+        fbp_prefetch_rows(<floating*>lazy.scaled, row, 1, n_out, n_in, head)
 
 
 cdef bint lazy_flush(LazyRows* lazy, floating* W1, Py_ssize_t n_in, Py_ssize_t n_out,
@@ -2393,10 +2394,9 @@ cdef bint changes_finite(const PlanData* plan, const floating* params, const flo
             continue
         if not (fbp_all_finite(values, w) and fbp_all_finite(values + end, n - end)):
             return False
-        if rows_checked:
-            continue
+    if log != NULL and not rows_checked:
         for row in range(plan.sizes[0]):
-            if log.logged[row] and not fbp_all_finite(values + w + row * n_out, n_out):
+            if log.logged[row] and not logged_row_finite(log, params + w, n_out, row):
                 return False
     return True
 
