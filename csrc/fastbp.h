@@ -23,17 +23,44 @@
 #define FBP_PRAGMA(text) _Pragma(#text)
 #define FBP_PRAGMA_SIMD(clauses) FBP_PRAGMA(omp simd clauses)
 
-/* Kernels marked FBP_MULTIVERSION are compiled for baseline x86-64, AVX2 and AVX-512F, and
-   the loader picks one (GCC's target_clones): the passes over whole parameter buffers
-   (fbp_optimizer_step, fbp_momentum_step, fbp_all_finite) and the element-wise activation
-   and loss passes (fbp_bias_activation, fbp_activation_backward, fbp_output_layer), whose
-   loops vectorise.  The rest stay at the baseline: the gathers are memcpy, dropout's
-   generator is serial, and the column sums and scalings are small next to the GEMMs. */
+/* The instruction sets kernels are compiled for (fastbp._core.KERNEL_ISAS names the two
+   past the baseline): the own product kernels' (products.h) and the levels below. */
+enum { FBP_ISA_NONE = 0, FBP_ISA_AVX2 = 1, FBP_ISA_AVX512 = 2 };
+
+/* The element-wise kernels whose loops vectorise (elementwise_impl.h: the passes over whole
+   parameter buffers, the activation and loss passes, the lazy rules' catch-ups, the sparse
+   first layer), the few-row kernels (few_rows.h) and the softmax blocks (softmax.h) are
+   compiled once per level where the build can (FBP_LEVELS): baseline x86-64 (FBP_ISA_NONE),
+   AVX2 with FMA and AVX-512F, each instance for its set, and run at fbp_level, which fastbp._core
+   sets when it loads: the widest level this CPU runs (fbp_widest_level), or a lower one
+   FASTBP_KERNEL_ISA names, so that every level's code runs and is tested on any machine
+   that has it (_core.kernel_level).  The rest stay at the baseline: the gathers are
+   memcpy, dropout's generator is serial, and the column sums and scalings are small next
+   to the GEMMs. */
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(FASTBP_NO_MULTIVERSION)
-#define FBP_MULTIVERSION __attribute__((target_clones("default", "avx2", "avx512f")))
-#else
-#define FBP_MULTIVERSION
+#define FBP_LEVELS 1
 #endif
+static int fbp_level = FBP_ISA_NONE;
+
+static inline int fbp_widest_level(void)
+{
+#ifdef FBP_LEVELS
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f"))
+        return FBP_ISA_AVX512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        return FBP_ISA_AVX2;
+#endif
+    return FBP_ISA_NONE;
+}
+
+#define FBP_PASTE_TOKENS(a, b) a##b
+#define FBP_PASTE(a, b) FBP_PASTE_TOKENS(a, b)
+
+/* Calls `name`'s instance of level fbp_level (name_avx512, name_avx2, name_baseline). */
+#define FBP_AT_LEVEL(name, ...)                                                   \
+    (fbp_level >= FBP_ISA_AVX512 ? name##_avx512(__VA_ARGS__)                    \
+     : fbp_level == FBP_ISA_AVX2 ? name##_avx2(__VA_ARGS__) : name##_baseline(__VA_ARGS__))
 
 /* The activation, loss and optimizer codes the kernels switch on, with the names Python
    uses for them: defined here only.  Each list expands into an enum (FBP_RELU = 1, ...,
@@ -278,30 +305,14 @@ enum { FBP_CSR_AHEAD_INDPTR = 8, FBP_CSR_AHEAD_VALUES = 3 };
    (docs/performance.md, "Sparse input"). */
 enum { FBP_PREFETCH_HEAD_BYTES = 256 };
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(FASTBP_NO_MULTIVERSION)
-#define FBP_FEW_HAVE_AVX512 1
-#endif
-
-/* The few-row kernels (few_rows.h) and the softmax blocks (softmax.h) come in two
-   instances of GCC's generic vectors: 64 bytes, compiled for AVX-512, and 32 bytes.
-   Nonzero: the 32-byte instances even where the CPU has AVX-512, the instance an AVX2 CPU
-   takes (FASTBP_KERNEL_ISA=avx2, read when fastbp._core loads; tests set it). */
-static int fbp_few_rows_narrow = 0;
-
-static inline int fbp_few_wide(void)
-{
-#ifdef FBP_FEW_HAVE_AVX512
-    return !fbp_few_rows_narrow && __builtin_cpu_supports("avx512f");
-#else
-    return 0;
-#endif
-}
-
 /* Calls kernel `name` (fbp_few_rows_product, _delta, _gradient, fbp_softmax_block) in the
-   instance for this CPU's widest registers: name_64 where fbp_few_wide(), else name_32. */
-#ifdef FBP_FEW_HAVE_AVX512
-#define FBP_FEW_WIDEST(name, ...) \
-    (fbp_few_wide() ? FBP_NAME(name##_64)(__VA_ARGS__) : FBP_NAME(name##_32)(__VA_ARGS__))
+   instance of level fbp_level: name_64 (64-byte vectors, AVX-512F), name_32_avx2 or
+   name_32 (32-byte vectors, AVX2 or baseline). */
+#ifdef FBP_LEVELS
+#define FBP_FEW_WIDEST(name, ...)                                                 \
+    (fbp_level >= FBP_ISA_AVX512 ? FBP_NAME(name##_64)(__VA_ARGS__)                \
+     : fbp_level == FBP_ISA_AVX2 ? FBP_NAME(name##_32_avx2)(__VA_ARGS__)           \
+     : FBP_NAME(name##_32)(__VA_ARGS__))
 #else
 #define FBP_FEW_WIDEST(name, ...) FBP_NAME(name##_32)(__VA_ARGS__)
 #endif
@@ -337,5 +348,33 @@ static inline int fbp_few_wide(void)
 #define FBP_MATH_SQRT sqrt
 #define FBP_MATH_ABS fabs
 #include "one_type.h"
+
+/* elementwise_impl.h's kernels by their plain names, at fbp_level. */
+#ifdef FBP_LEVELS
+#define fbp_all_finite_f32(...) FBP_AT_LEVEL(fbp_all_finite_f32, __VA_ARGS__)
+#define fbp_all_finite_f64(...) FBP_AT_LEVEL(fbp_all_finite_f64, __VA_ARGS__)
+#define fbp_largest_magnitude_f32(...) FBP_AT_LEVEL(fbp_largest_magnitude_f32, __VA_ARGS__)
+#define fbp_largest_magnitude_f64(...) FBP_AT_LEVEL(fbp_largest_magnitude_f64, __VA_ARGS__)
+#define fbp_bias_activation_f32(...) FBP_AT_LEVEL(fbp_bias_activation_f32, __VA_ARGS__)
+#define fbp_bias_activation_f64(...) FBP_AT_LEVEL(fbp_bias_activation_f64, __VA_ARGS__)
+#define fbp_activation_backward_f32(...) FBP_AT_LEVEL(fbp_activation_backward_f32, __VA_ARGS__)
+#define fbp_activation_backward_f64(...) FBP_AT_LEVEL(fbp_activation_backward_f64, __VA_ARGS__)
+#define fbp_output_layer_f32(...) FBP_AT_LEVEL(fbp_output_layer_f32, __VA_ARGS__)
+#define fbp_output_layer_f64(...) FBP_AT_LEVEL(fbp_output_layer_f64, __VA_ARGS__)
+#define fbp_momentum_step_f32(...) FBP_AT_LEVEL(fbp_momentum_step_f32, __VA_ARGS__)
+#define fbp_momentum_step_f64(...) FBP_AT_LEVEL(fbp_momentum_step_f64, __VA_ARGS__)
+#define fbp_optimizer_step_f32(...) FBP_AT_LEVEL(fbp_optimizer_step_f32, __VA_ARGS__)
+#define fbp_optimizer_step_f64(...) FBP_AT_LEVEL(fbp_optimizer_step_f64, __VA_ARGS__)
+#define fbp_linear_catch_up_f32(...) FBP_AT_LEVEL(fbp_linear_catch_up_f32, __VA_ARGS__)
+#define fbp_linear_catch_up_f64(...) FBP_AT_LEVEL(fbp_linear_catch_up_f64, __VA_ARGS__)
+#define fbp_adam_catch_up_f32(...) FBP_AT_LEVEL(fbp_adam_catch_up_f32, __VA_ARGS__)
+#define fbp_adam_catch_up_f64(...) FBP_AT_LEVEL(fbp_adam_catch_up_f64, __VA_ARGS__)
+#define fbp_sparse_product_f32(...) FBP_AT_LEVEL(fbp_sparse_product_f32, __VA_ARGS__)
+#define fbp_sparse_product_f64(...) FBP_AT_LEVEL(fbp_sparse_product_f64, __VA_ARGS__)
+#define fbp_sparse_row_gradient_f32(...) FBP_AT_LEVEL(fbp_sparse_row_gradient_f32, __VA_ARGS__)
+#define fbp_sparse_row_gradient_f64(...) FBP_AT_LEVEL(fbp_sparse_row_gradient_f64, __VA_ARGS__)
+#define fbp_sparse_scatter_f32(...) FBP_AT_LEVEL(fbp_sparse_scatter_f32, __VA_ARGS__)
+#define fbp_sparse_scatter_f64(...) FBP_AT_LEVEL(fbp_sparse_scatter_f64, __VA_ARGS__)
+#endif
 
 #endif

@@ -13,14 +13,22 @@
  * output element is one sum over i in order 0..n_in-1 in one accumulator, so its value
  * depends neither on m nor on which block computed it (a row predicts the same alone or in
  * a batch).  The vectors are GCC's generic vectors of a register's width: 64 bytes in an
- * instance compiled for AVX-512 and used where the CPU has it, else 32 bytes (AVX2 and the
- * baseline, FBP_MULTIVERSION's clones).  A 64-byte vector on AVX2 would be two registers
+ * instance compiled for AVX-512F, else 32 bytes (one instance for AVX2, one for the
+ * baseline), the one of level fbp_level running (fastbp.h).  A 64-byte vector on AVX2 would be two registers
  * everywhere and spill: 784 x 128 at 4 rows took 326 us instead of 7. */
 
-#ifdef FBP_FEW_HAVE_AVX512
+#ifdef FBP_LEVELS
 #define FBP_FEW_BYTES 64
 #define FBP_FEW(name) FBP_NAME(name##_64)
 #define FBP_FEW_TARGET __attribute__((target("avx512f")))
+#include "few_rows_impl.h"
+#undef FBP_FEW_BYTES
+#undef FBP_FEW
+#undef FBP_FEW_TARGET
+
+#define FBP_FEW_BYTES 32
+#define FBP_FEW(name) FBP_NAME(name##_32_avx2)
+#define FBP_FEW_TARGET __attribute__((target("avx2,fma")))
 #include "few_rows_impl.h"
 #undef FBP_FEW_BYTES
 #undef FBP_FEW
@@ -29,7 +37,7 @@
 
 #define FBP_FEW_BYTES 32
 #define FBP_FEW(name) FBP_NAME(name##_32)
-#define FBP_FEW_TARGET FBP_MULTIVERSION
+#define FBP_FEW_TARGET
 #include "few_rows_impl.h"
 #undef FBP_FEW_BYTES
 #undef FBP_FEW

@@ -3,6 +3,26 @@
  * functions of that type defined; undefines them after, for the next type. */
 #include "softmax.h"
 #include "kernels_impl.h"
+/* elementwise_impl.h once per level (fastbp.h, FBP_LEVELS), each for its instruction set */
+#ifdef FBP_LEVELS
+#pragma GCC push_options
+#pragma GCC target("avx512f")
+#define FBP_LEVEL_NAME(name) FBP_PASTE(FBP_NAME(name), _avx512)
+#include "elementwise_impl.h"
+#undef FBP_LEVEL_NAME
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#define FBP_LEVEL_NAME(name) FBP_PASTE(FBP_NAME(name), _avx2)
+#include "elementwise_impl.h"
+#undef FBP_LEVEL_NAME
+#pragma GCC pop_options
+#define FBP_LEVEL_NAME(name) FBP_PASTE(FBP_NAME(name), _baseline)
+#else
+#define FBP_LEVEL_NAME(name) FBP_NAME(name)
+#endif
+#include "elementwise_impl.h"
+#undef FBP_LEVEL_NAME
 #include "few_rows.h"
 #include "products.h"
 #undef FBP_T

@@ -30,9 +30,6 @@
 #ifndef FBP_PRODUCT_ISAS
 #define FBP_PRODUCT_ISAS
 #include <unistd.h>
-/* The instruction sets of the kernels (fastbp._core.KERNEL_ISAS names them). */
-enum { FBP_ISA_NONE = 0, FBP_ISA_AVX2 = 1, FBP_ISA_AVX512 = 2 };
-
 /* This core's L2 cache in bytes (0: unknown), which sizes NN's blocks of rows: set when
    fastbp._core loads (from fbp_l2_cache_bytes) or by tests, before any product runs. */
 static ptrdiff_t fbp_product_l2_bytes = 0;

@@ -12,14 +12,14 @@
  * a transposed array, with the column count known only at run time, the block had
  * compiled to mostly single-element code: 470 ns for 16 rows x 10 columns on the Xeon of
  * docs/performance.md, 283 ns now.)  The vectors are GCC's generic vectors: 64 bytes in
- * an instance compiled for AVX-512 and used where the CPU has it, else 32 bytes (AVX2 and
- * the baseline: FBP_MULTIVERSION's clones), as the few-row kernels
- * choose (fbp_few_wide); other compilers take every row one by one. */
+ * an instance compiled for AVX-512F, else 32 bytes (one instance for AVX2, one for the
+ * baseline), the one of level fbp_level running (fastbp.h), as for the few-row kernels;
+ * other compilers take every row one by one. */
 
 #define FBP_SOFTMAX_ROWS 16
 #define FBP_SOFTMAX_COLUMNS 32
 
-#ifdef FBP_FEW_HAVE_AVX512
+#ifdef FBP_LEVELS
 #define FBP_SM_BYTES 64
 #define FBP_SM(name) FBP_NAME(name##_64)
 #define FBP_SM_TARGET __attribute__((target("avx512f")))
@@ -29,8 +29,16 @@
 #undef FBP_SM_TARGET
 
 #define FBP_SM_BYTES 32
+#define FBP_SM(name) FBP_NAME(name##_32_avx2)
+#define FBP_SM_TARGET __attribute__((target("avx2,fma")))
+#include "softmax_impl.h"
+#undef FBP_SM_BYTES
+#undef FBP_SM
+#undef FBP_SM_TARGET
+
+#define FBP_SM_BYTES 32
 #define FBP_SM(name) FBP_NAME(name##_32)
-#define FBP_SM_TARGET FBP_MULTIVERSION
+#define FBP_SM_TARGET
 #include "softmax_impl.h"
 #undef FBP_SM_BYTES
 #undef FBP_SM
@@ -41,7 +49,7 @@
    fbp_softmax_block. */
 static inline int FBP_NAME(fbp_softmax_blocks)(ptrdiff_t n_cols)
 {
-#ifdef FBP_FEW_HAVE_AVX512
+#ifdef FBP_LEVELS
     return n_cols <= FBP_SOFTMAX_COLUMNS;
 #else
     (void)n_cols;
@@ -55,7 +63,7 @@ static inline void FBP_NAME(fbp_softmax_block)(FBP_T *block, const FBP_T *bias,
                                                const FBP_T *row_weights, FBP_T *delta,
                                                FBP_T scale, double *total)
 {
-#ifdef FBP_FEW_HAVE_AVX512
+#ifdef FBP_LEVELS
     FBP_FEW_WIDEST(fbp_softmax_block, block, bias, n_cols, target, row_weights, delta, scale,
                    total);
 #else

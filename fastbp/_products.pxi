@@ -48,6 +48,44 @@ def best_kernel_isa():
     return None
 
 
+# The levels the element-wise kernels (csrc/elementwise_impl.h), the few-row kernels and
+# the softmax blocks are compiled at (csrc/fastbp.h's fbp_level), by the names
+# FASTBP_KERNEL_ISA takes, widest first.
+KERNEL_LEVELS = {"avx512": FBP_ISA_AVX512, "avx2": FBP_ISA_AVX2, "baseline": FBP_ISA_NONE}
+
+
+def kernel_levels():
+    """The levels this CPU and build run (KERNEL_LEVELS' names), widest first."""
+    widest = fbp_widest_level()
+    return [name for name, code in KERNEL_LEVELS.items() if code <= widest]
+
+
+def kernel_level(name=None):
+    """The level the element-wise kernels, the few-row kernels and the softmax blocks run
+    at (a KERNEL_LEVELS name), as it was before this call, setting it to `name` (one of
+    kernel_levels()) if given; for tests and benchmarks, while nothing trains or predicts.
+    When fastbp._core loads it starts at the widest this CPU runs, or at the lower one
+    FASTBP_KERNEL_ISA names ("avx2", "baseline"): the one switch for the instruction set
+    of every kernel, which the product kernels read per plan (fastbp._products)."""
+    global fbp_level
+    before = next(level for level, code in KERNEL_LEVELS.items() if code == fbp_level)
+    if name is not None:
+        if name not in kernel_levels():
+            raise ValueError(f"kernel_level must be one of {kernel_levels()} on this CPU "
+                             f"and build; got {name!r}")
+        fbp_level = KERNEL_LEVELS[name]
+    return before
+
+
+def _starting_level():
+    from fastbp._products import ISA_VARIABLE
+    asked = os.environ.get(ISA_VARIABLE, "").strip().lower()
+    return asked if asked in kernel_levels() else kernel_levels()[0]
+
+
+kernel_level(_starting_level())
+
+
 cdef inline void nn_product(int isa, int m, int n, int k, const floating* a, int lda,
                             const floating* b, int ldb, floating* c, int ldc) noexcept nogil:
     """c (m x n) = a (m x k) b (k x n), all row-major: the own kernel of isa, or BLAS (0)."""

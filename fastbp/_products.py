@@ -15,7 +15,8 @@ Gradients passes, and plans whose products BLAS runs on several
 threads, stay on BLAS under "auto" (the kernels run on one thread; "own" forces them
 everywhere).
 FASTBP_KERNEL_ISA ("avx2" or "avx512") forces the kernels' instruction set (it must be
-one this CPU runs); unset, the widest.
+one this CPU runs); unset, the widest; "baseline" runs every product on BLAS, as a CPU
+without AVX2 does. It sets the element-wise kernels' level too (_core.kernel_level).
 """
 import os
 import threading
@@ -61,9 +62,11 @@ def kernel_isa():
     value = os.environ.get(ISA_VARIABLE, "").strip().lower()
     if not value:
         return best
+    if value == "baseline":     # a CPU without AVX2: every product on BLAS
+        return None
     if value not in _core.KERNEL_ISAS:
-        raise ValueError(f"{ISA_VARIABLE} must be one of {sorted(_core.KERNEL_ISAS)}; "
-                         f"got {value!r}")
+        raise ValueError(f"{ISA_VARIABLE} must be one of {sorted(_core.KERNEL_ISAS)} or "
+                         f"'baseline'; got {value!r}")
     if best is None or _core.KERNEL_ISAS[value] > _core.KERNEL_ISAS[best]:
         raise ValueError(f"{ISA_VARIABLE}={value}: this CPU or build runs the own kernels "
                          f"with {best or 'no instruction set'} at most")

@@ -728,24 +728,4 @@ def few_rows_gradient(floating[:, ::1] C, const floating[:, ::1] A, const floati
                               C.shape[0], C.shape[1], <floating>alpha, <floating>beta)
 
 
-import os
-
-from fastbp._products import ISA_VARIABLE
 from fastbp._threads import KeptPassThreads
-
-
-def few_rows_narrow(flag=None):
-    """Whether the few-row kernels and the softmax blocks (csrc/softmax.h) run their
-    32-byte-vector instances (those of CPUs without AVX-512) even on an AVX-512 CPU; flag:
-    set it (for tests). Starts from
-    FASTBP_KERNEL_ISA=avx2 when fastbp._core loads: the one switch for the instruction
-    set of every kernel (the product kernels read it per plan, fastbp._products). Returns
-    the setting before."""
-    global fbp_few_rows_narrow
-    before = bool(fbp_few_rows_narrow)
-    if flag is not None:
-        fbp_few_rows_narrow = 1 if flag else 0
-    return before
-
-
-few_rows_narrow(os.environ.get(ISA_VARIABLE, "").strip().lower() == "avx2")

@@ -22,6 +22,21 @@ if "FASTBP_CACHE_DIR" not in os.environ:
     os.environ["FASTBP_CACHE_DIR"] = tempfile.mkdtemp(prefix="fastbp-test-cache-")
 
 
+def _kernel_levels():
+    from fastbp import _core
+    return _core.kernel_levels()
+
+
+@pytest.fixture(params=_kernel_levels())
+def kernel_level(request):
+    """Each instruction-set level this CPU runs (_core.kernel_levels: AVX-512, AVX2,
+    baseline), forced for the element-wise kernels, the few-row kernels and the softmax
+    blocks (as FASTBP_KERNEL_ISA does), restored afterwards."""
+    from fastbp import _core
+    before = _core.kernel_level(request.param)
+    yield request.param
+    _core.kernel_level(before)
+
 
 @pytest.fixture(autouse=True)
 def _no_hangs(request):

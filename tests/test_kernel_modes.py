@@ -4,8 +4,10 @@ FASTBP_KERNEL_ISA (fastbp/_products.py), through every pass.
 Training (plain SGD, momentum, Adam), the row-split workers, predict, evaluate and
 gradients under the own kernels equal the same under BLAS to rounding, in both dtypes and
 both instruction sets; the plans hold what the variables say; "auto" measures each shape
-once and keeps it; bad values are refused. A representative slice of the training and
-row-split suites also runs in a subprocess under each forcing.
+once and keeps it; bad values are refused. FASTBP_KERNEL_ISA also sets the level of the
+element-wise kernels (_core.kernel_level). A representative slice of the training,
+row-split and sparse suites also runs in a subprocess under each forcing, and at each
+instruction-set level below this CPU's widest.
 """
 import json
 import os
@@ -171,30 +173,47 @@ def test_auto_measures_each_shape_once_and_keeps_it(monkeypatch, tmp_path):
     assert len(measured) == 10
 
 
-@pytest.mark.parametrize("isa, narrow", [("avx2", True), ("avx512", False), ("", False)])
-def test_forcing_avx2_narrows_the_few_row_kernels_too(isa, narrow):
-    """FASTBP_KERNEL_ISA is the one switch for an AVX2 machine's code: avx2 also makes the
-    few-row kernels run their 32-byte instance (read when fastbp._core loads); the old
-    FASTBP_FEW_ROWS_NARROW does nothing."""
+@pytest.mark.parametrize("isa", ["avx2", "baseline", "avx512", "", "sse9"])
+def test_forcing_an_instruction_set_sets_the_element_wise_kernels_level_too(isa):
+    """FASTBP_KERNEL_ISA is the one switch for an AVX2 (or older) machine's code: when
+    fastbp._core loads it also sets the level of the element-wise kernels, the few-row
+    kernels and the softmax blocks to the one it names where this CPU runs it, else the
+    widest (an unknown name is refused where the product kernels read it)."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, FASTBP_KERNEL_ISA=isa, FASTBP_FEW_ROWS_NARROW="1")
+    env = dict(os.environ, FASTBP_KERNEL_ISA=isa)
     result = subprocess.run([sys.executable, "-P", "-c",
-                             "from fastbp import _core; print(_core.few_rows_narrow())"],
+                             "from fastbp import _core; print(_core.kernel_level())"],
                             cwd=root, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == str(narrow)
+    levels = _core.kernel_levels()
+    assert result.stdout.strip() == (isa if isa in levels else levels[0])
+
+
+def test_kernel_level_refuses_a_level_this_cpu_lacks():
+    before = _core.kernel_level()
+    with pytest.raises(ValueError, match="kernel_level must be one of"):
+        _core.kernel_level("sse9")
+    assert _core.kernel_level() == before
 
 
 SLICES = ["tests/test_training.py", "tests/test_threads_rows.py::"
           "test_every_optimizer_agrees_across_worker_counts_and_repeats_exactly",
-          "tests/test_gradients.py"]
+          "tests/test_gradients.py", "tests/test_sparse.py", "tests/test_lazy_adam_rows.py"]
+# Where every product runs (FASTBP_KERNELS), and each instruction-set level below this
+# CPU's widest (FASTBP_KERNEL_ISA: the product kernels, the element-wise kernels, the
+# few-row kernels and the softmax blocks all at that level, as on a CPU without the wider
+# sets), so that each level's code runs here.
+FORCINGS = {"blas": {"FASTBP_KERNELS": "blas"}, "own": {"FASTBP_KERNELS": "own"},
+            **{f"level-{level}": {"FASTBP_KERNEL_ISA": level}
+               for level in _core.kernel_levels()[1:]}}
 
 
-@pytest.mark.parametrize("mode", ["blas", "own"])
-def test_training_suites_pass_under_each_forcing(mode):
-    """A representative slice of the suite, run under FASTBP_KERNELS=mode."""
+@pytest.mark.parametrize("forcing", sorted(FORCINGS))
+def test_training_suites_pass_under_each_forcing(forcing):
+    """A representative slice of the suite (the dense and sparse fits, their gradients,
+    every optimizer on every thread count), run under each forcing."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, FASTBP_KERNELS=mode)
+    env = dict(os.environ, **FORCINGS[forcing])
     # -P: not the source tree (cwd) on the path, the installed fastbp, as this process
     # imports it (a plain install has no compiled core in the source tree)
     result = subprocess.run([sys.executable, "-P", "-m", "pytest", "-q", "-x", "-p",

@@ -13,15 +13,6 @@ from fastbp import _core, _threads, optimizers, model as model_module
 LANES = {np.float32: 16, np.float64: 8}     # elements in the kernels' 64-byte vectors
 
 
-@pytest.fixture(params=[False, True], ids=["wide", "narrow"])
-def narrow(request):
-    """The 64-byte instance (where the CPU has AVX-512; else the 32-byte one anyway) or the
-    32-byte instance forced (FASTBP_KERNEL_ISA=avx2's setting), restored afterwards."""
-    before = _core.few_rows_narrow(request.param)
-    yield request.param
-    _core.few_rows_narrow(before)
-
-
 def widths(lanes):
     """Widths on each edge of the column blocks (4, 2 and 1 vectors, then the last
     columns one by one) of both vector sizes: lanes is the 64-byte vector's."""
@@ -41,7 +32,7 @@ def sum_bound(terms, dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_few_rows_delta_matches_a_float64_product_on_every_edge(dtype, narrow):
+def test_few_rows_delta_matches_a_float64_product_on_every_edge(dtype, kernel_level):
     rng = np.random.default_rng(0)
     for n_in in (1, 2, 3, 4, 5, 7, 8, 9, 64, 130):
         for n_out in widths(LANES[dtype]):
@@ -56,7 +47,7 @@ def test_few_rows_delta_matches_a_float64_product_on_every_edge(dtype, narrow):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_few_rows_delta_gives_each_row_the_same_bits_alone_or_in_a_batch(dtype, narrow):
+def test_few_rows_delta_gives_each_row_the_same_bits_alone_or_in_a_batch(dtype, kernel_level):
     rng = np.random.default_rng(1)
     for n_out in (1, 10, LANES[dtype] * 5 + 3):
         W = rng.standard_normal((37, n_out)).astype(dtype)
@@ -70,7 +61,7 @@ def test_few_rows_delta_gives_each_row_the_same_bits_alone_or_in_a_batch(dtype, 
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_few_rows_gradient_matches_a_float64_rank_m_update_on_every_edge(dtype, narrow):
+def test_few_rows_gradient_matches_a_float64_rank_m_update_on_every_edge(dtype, kernel_level):
     """C = beta C + alpha A[:, block]^T D, on blocks of A's columns as run_batch cuts a
     layer; beta 0 never reads C (NaN there stays out of the result)."""
     rng = np.random.default_rng(2)
@@ -149,7 +140,7 @@ def assert_close(model, reference, dtype):
 
 @pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_online_training_matches_the_blas_products_to_rounding(optimizer, dtype, narrow,
+def test_online_training_matches_the_blas_products_to_rounding(optimizer, dtype, kernel_level,
                                                                monkeypatch):
     for batch_size in range(1, 9):
         blas = trained("0", dtype, batch_size, optimizer, monkeypatch)
@@ -159,7 +150,7 @@ def test_online_training_matches_the_blas_products_to_rounding(optimizer, dtype,
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_online_training_with_clipping_decay_and_other_shapes(dtype, narrow, monkeypatch):
+def test_online_training_with_clipping_decay_and_other_shapes(dtype, kernel_level, monkeypatch):
     """Clipping (the gradient kept whole), weight decay, a softmax output with CCE, odd
     widths on the kernels' edges and a wide first layer whose gradient is cut in blocks."""
     cases = [dict(clip_norm=0.5), dict(weight_decay=0.01),

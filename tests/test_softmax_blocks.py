@@ -1,9 +1,9 @@
 """The softmax + cross-entropy output kernel takes rows of up to 32 columns 16 at a time
 through a block of vectors transposed by tiles in registers (csrc/softmax.h), the other
-rows one by one. Each row must get the same bits either way, in both instances of the
-block (64-byte vectors where the CPU has AVX-512, and the 32-byte ones an AVX2 CPU runs,
-forced through few_rows_narrow), for every column count up to the tiles' edges and past
-the 32-column limit, with weights, soft targets, underflowing exps and non-finite logits."""
+rows one by one. Each row must get the same bits either way, in every instance of the
+block (64-byte vectors where the CPU has AVX-512, the 32-byte ones of AVX2 and of the
+baseline, each forced through the kernel_level fixture), for every column count up to the
+tiles' edges and past the 32-column limit, with weights, soft targets, underflowing exps and non-finite logits."""
 import numpy as np
 import pytest
 
@@ -12,13 +12,6 @@ from fastbp import _core
 SOFTMAX = _core.ACTIVATION_CODES["softmax"]
 CCE = _core.LOSS_CODES["categorical_crossentropy"]
 ROW_COUNTS = (16, 23, 32, 47)   # whole blocks, a block and a rest, two blocks and a rest
-
-
-@pytest.fixture(params=[False, True], ids=["widest", "narrow"])
-def narrow(request):
-    before = _core.few_rows_narrow(request.param)
-    yield request.param
-    _core.few_rows_narrow(before)
 
 
 def batch_and_rows(z, y, weights):
@@ -49,11 +42,11 @@ def problem(n_rows, n_cols, dtype, seed):
 
 @pytest.mark.parametrize("n_cols", list(range(1, 34)) + [40])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_each_row_gets_the_bits_it_gets_alone(n_cols, dtype, narrow):
+def test_each_row_gets_the_bits_it_gets_alone(n_cols, dtype, kernel_level):
     for n_rows in ROW_COUNTS:
         z, y, weights = problem(n_rows, n_cols, dtype, 0)
         outputs, mean, gradient, alone, losses = batch_and_rows(z, y, weights)
-        where = f"{n_rows} x {n_cols} {dtype}, narrow={narrow}"
+        where = f"{n_rows} x {n_cols} {dtype}, kernel_level={kernel_level}"
         np.testing.assert_array_equal(outputs, alone, err_msg=where)
         # delta = scale * weight * (p - y), each product rounded in the dtype as the kernel
         # rounds it (scale = 1 / rows for cross-entropy's mean)
@@ -74,7 +67,7 @@ def test_each_row_gets_the_bits_it_gets_alone(n_cols, dtype, narrow):
 
 @pytest.mark.parametrize("n_cols", [1, 3, 10, 16, 17, 32])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_a_non_finite_logit_spoils_only_its_row(n_cols, dtype, narrow):
+def test_a_non_finite_logit_spoils_only_its_row(n_cols, dtype, kernel_level):
     z, y, weights = problem(32, n_cols, dtype, 1)
     z[9, n_cols // 2] = np.nan
     z[20, 0] = np.inf
@@ -92,7 +85,8 @@ def test_a_non_finite_logit_spoils_only_its_row(n_cols, dtype, narrow):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_without_targets_the_blocks_give_the_probabilities_alone(dtype, narrow, monkeypatch):
+def test_without_targets_the_blocks_give_the_probabilities_alone(dtype, kernel_level,
+                                                                monkeypatch):
     """predict's softmax (no targets, no delta) through the same blocks: a model's
     outputs for rows in a batch and alone, the products in the few-row kernels
     (FASTBP_FEW_ROWS=1), whose bits do not depend on the batch either."""
