@@ -30,6 +30,15 @@ DEFAULT_PEERS = "fastbp,numpy,torch,sklearn"
 RESULT_TAG = "@@FASTBP_BENCH_RESULT "
 OPENBLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+# --stand-in avx2: every library of the run held to AVX2 (with FMA) on a CPU that has
+# AVX-512, so that one machine stands in for an AVX2 one: OpenBLAS's Haswell kernels
+# (NumPy, SciPy and so fastbp's BLAS), fastbp's kernels of every kind (_core.kernel_level),
+# NumPy's own loops (its X86_V4 group and later are AVX-512), and PyTorch's (ATen's
+# kernels, MKL's GEMMs, oneDNN's).
+STAND_INS = {"avx2": {"OPENBLAS_CORETYPE": "Haswell", "FASTBP_KERNEL_ISA": "avx2",
+                      "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR",
+                      "ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+                      "ONEDNN_MAX_CPU_ISA": "AVX2"}}
 
 # fastbp's goals as ratios to the peers, 1 thread (bench/README.md, "The goals")
 GOAL_RATIOS = {
@@ -353,7 +362,10 @@ def print_report(results, libraries, wl_names, threads_list, args, file=sys.stdo
           f"{args.load_after[0]:.2f} (includes this run's own workers)")
         if args.load_before[0] > 0.5:
             p("  WARNING: the machine was busy before the run; figures are low")
-    if any(v is not None for v in env_vals.values()):
+    if args.stand_in:
+        p(f"  {args.stand_in.upper()} stand-in (--stand-in): "
+          + " ".join(f"{k}={v}" for k, v in STAND_INS[args.stand_in].items()))
+    elif any(v is not None for v in env_vals.values()):
         p("  WARNING: OpenBLAS variables are set; benchmarks should run with "
           "`env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE`")
     others = [lib for lib in libraries if lib != "fastbp"]
@@ -503,6 +515,8 @@ def write_png(results, libraries, wl_names, threads_list, path):
 
 
 def parent(args):
+    if args.stand_in:       # the workers and the ceiling's measurement inherit them
+        os.environ.update(STAND_INS[args.stand_in])
     if args.quick:
         wl_names = args.workloads or ["W1", "W3"]
         if args.duration is None:
@@ -560,7 +574,8 @@ def parent(args):
                             "threads": threads_list, "duration": args.duration,
                             "repeats": args.repeats, "warmup": args.warmup,
                             "seed": args.seed, "quick": args.quick,
-                            "samples": args.samples, "gemm_floor": args.gemm_floor},
+                            "samples": args.samples, "gemm_floor": args.gemm_floor,
+                            "stand_in": args.stand_in},
                "machine": machine_info(),
                "loadavg_before": args.load_before, "loadavg_after": args.load_after,
                "env": {v: os.environ.get(v) for v in OPENBLAS_VARS + THREAD_VARS},
@@ -605,6 +620,9 @@ def main(argv=None):
     ap.add_argument("--ceiling", action="store_true", default=None,
                     help="also measure the GEMM ceiling (default: when W4 is run)")
     ap.add_argument("--no-ceiling", dest="ceiling", action="store_false")
+    ap.add_argument("--stand-in", choices=sorted(STAND_INS), default=None,
+                    help="hold every library to this instruction set (STAND_INS): an AVX2 "
+                         "machine's figures on an AVX-512 one")
     ap.add_argument("--samples", type=int, default=0,
                     help="train on at most this many rows a workload (shorter epochs for a "
                          "time-boxed run; 0 = each workload's own)")
