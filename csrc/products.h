@@ -22,7 +22,7 @@
  * fbp_product_isa picks one for this CPU (or the one asked for), and where neither fits
  * (another CPU or compiler) the products stay on BLAS. */
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(FASTBP_NO_MULTIVERSION)
+#ifdef FBP_LEVELS      /* fastbp.h: GCC on x86-64 */
 #define FBP_PROD_HAVE_KERNELS 1
 #include <immintrin.h>   /* the masked moves of a partial vector */
 #endif
@@ -127,17 +127,15 @@ static inline void FBP_NAME(fbp_product_tn)(int isa, ptrdiff_t m, ptrdiff_t n, p
 
 #ifndef FBP_PRODUCTS_ONCE
 #define FBP_PRODUCTS_ONCE
-/* The widest instruction set this CPU runs the kernels with (FBP_ISA_NONE: none). */
+/* The widest instruction set this CPU runs the kernels with (FBP_ISA_NONE: none): the
+   widest level of the other kernels (fastbp.h). */
 static inline int fbp_best_product_isa(void)
 {
 #ifdef FBP_PROD_HAVE_KERNELS
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f"))
-        return FBP_ISA_AVX512;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-        return FBP_ISA_AVX2;
-#endif
+    return fbp_widest_level();
+#else
     return FBP_ISA_NONE;
+#endif
 }
 
 /* Multiply-adds per cycle of one core at its peak, measured: `n` iterations of 2 x lanes
