@@ -198,7 +198,8 @@ def test_kernel_level_refuses_a_level_this_cpu_lacks():
 
 SLICES = ["tests/test_training.py", "tests/test_threads_rows.py::"
           "test_every_optimizer_agrees_across_worker_counts_and_repeats_exactly",
-          "tests/test_gradients.py", "tests/test_sparse.py", "tests/test_lazy_adam_rows.py"]
+          "tests/test_gradients.py", "tests/test_sparse.py", "tests/test_lazy_adam_rows.py",
+          "tests/test_jax_oracle.py"]
 # Where every product runs (FASTBP_KERNELS), and each instruction-set level below this
 # CPU's widest (FASTBP_KERNEL_ISA: the product kernels, the element-wise kernels, the
 # few-row kernels and the softmax blocks all at that level, as on a CPU without the wider
@@ -211,7 +212,8 @@ FORCINGS = {"blas": {"FASTBP_KERNELS": "blas"}, "own": {"FASTBP_KERNELS": "own"}
 @pytest.mark.parametrize("forcing", sorted(FORCINGS))
 def test_training_suites_pass_under_each_forcing(forcing):
     """A representative slice of the suite (the dense and sparse fits, their gradients,
-    every optimizer on every thread count), run under each forcing."""
+    every optimizer on every thread count, every rule against JAX), run under each
+    forcing."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, **FORCINGS[forcing])
     # -P: not the source tree (cwd) on the path, the installed fastbp, as this process
