@@ -362,9 +362,10 @@ def print_report(results, libraries, wl_names, threads_list, args, file=sys.stdo
           f"{args.load_after[0]:.2f} (includes this run's own workers)")
         if args.load_before[0] > 0.5:
             p("  WARNING: the machine was busy before the run; figures are low")
-    if args.stand_in:
-        p(f"  {args.stand_in.upper()} stand-in (--stand-in): "
-          + " ".join(f"{k}={v}" for k, v in STAND_INS[args.stand_in].items()))
+    stand_in = getattr(args, "stand_in", None)     # (a report of a run before it)
+    if stand_in:
+        p(f"  {stand_in.upper()} stand-in (--stand-in): "
+          + " ".join(f"{k}={v}" for k, v in STAND_INS[stand_in].items()))
     elif any(v is not None for v in env_vals.values()):
         p("  WARNING: OpenBLAS variables are set; benchmarks should run with "
           "`env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE`")

@@ -198,27 +198,32 @@ def test_kernel_level_refuses_a_level_this_cpu_lacks():
 
 SLICES = ["tests/test_training.py", "tests/test_threads_rows.py::"
           "test_every_optimizer_agrees_across_worker_counts_and_repeats_exactly",
-          "tests/test_gradients.py", "tests/test_sparse.py", "tests/test_lazy_adam_rows.py",
-          "tests/test_jax_oracle.py"]
+          "tests/test_gradients.py"]
+# ... and what runs the element-wise kernels besides: the sparse first layer and the lazy
+# rules' catch-ups, every rule against JAX
+LEVEL_SLICES = SLICES + ["tests/test_sparse.py", "tests/test_lazy_adam_rows.py",
+                         "tests/test_jax_oracle.py"]
 # Where every product runs (FASTBP_KERNELS), and each instruction-set level below this
 # CPU's widest (FASTBP_KERNEL_ISA: the product kernels, the element-wise kernels, the
 # few-row kernels and the softmax blocks all at that level, as on a CPU without the wider
-# sets), so that each level's code runs here.
-FORCINGS = {"blas": {"FASTBP_KERNELS": "blas"}, "own": {"FASTBP_KERNELS": "own"},
-            **{f"level-{level}": {"FASTBP_KERNEL_ISA": level}
+# sets), so that each level's code runs here: (environment, test slice).
+FORCINGS = {"blas": ({"FASTBP_KERNELS": "blas"}, SLICES),
+            "own": ({"FASTBP_KERNELS": "own"}, SLICES),
+            **{f"level-{level}": ({"FASTBP_KERNEL_ISA": level}, LEVEL_SLICES)
                for level in _core.kernel_levels()[1:]}}
 
 
 @pytest.mark.parametrize("forcing", sorted(FORCINGS))
 def test_training_suites_pass_under_each_forcing(forcing):
-    """A representative slice of the suite (the dense and sparse fits, their gradients,
-    every optimizer on every thread count, every rule against JAX), run under each
-    forcing."""
+    """A representative slice of the suite (the dense fits, their gradients, every
+    optimizer on every thread count; at each level also the sparse fits and every rule
+    against JAX), run under each forcing."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, **FORCINGS[forcing])
+    variables, slices = FORCINGS[forcing]
+    env = dict(os.environ, **variables)
     # -P: not the source tree (cwd) on the path, the installed fastbp, as this process
     # imports it (a plain install has no compiled core in the source tree)
     result = subprocess.run([sys.executable, "-P", "-m", "pytest", "-q", "-x", "-p",
-                             "no:cacheprovider", *SLICES], cwd=root, env=env,
+                             "no:cacheprovider", *slices], cwd=root, env=env,
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
