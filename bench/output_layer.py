@@ -1,9 +1,9 @@
 """The training output layer alone: softmax + cross-entropy with its gradient
 (`_core.output_loss`, the kernel a training step calls) on `rows` x `classes` logits, one
 thread, nanoseconds a call (best of --rounds rounds of --calls calls, a copy of the logits
-included, as the step overwrites them), float32 and float64, in the instance of the
-softmax blocks this CPU takes and in the 32-byte one an AVX2 CPU takes
-(`_core.few_rows_narrow`).
+included, as the step overwrites them), float32 and float64, at each instruction-set
+level this CPU runs (`_core.kernel_level`: the 64-byte softmax blocks at AVX-512, the
+32-byte ones an AVX2 CPU takes, the baseline's).
 
     python bench/output_layer.py [--rows 16 32 1024] [--classes 2 10 32 33]
 
@@ -44,21 +44,23 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args(argv)
     from threadpoolctl import threadpool_limits
-    print(f"{'rows':>6} {'classes':>7} {'dtype':>8} {'widest ns':>10} {'32-byte ns':>10}")
+    levels = _core.kernel_levels()
+    print(f"{'rows':>6} {'classes':>7} {'dtype':>8} "
+          + " ".join(f"{level + ' ns':>12}" for level in levels))
     with threadpool_limits(1):
         for rows in args.rows:
             for classes in args.classes:
                 for dtype in ("float32", "float64"):
                     times = []
-                    for narrow in (False, True):
-                        before = _core.few_rows_narrow(narrow)
+                    for level in levels:
+                        before = _core.kernel_level(level)
                         try:
                             times.append(nanoseconds(rows, classes, dtype, args.calls,
                                                      args.rounds))
                         finally:
-                            _core.few_rows_narrow(before)
-                    print(f"{rows:>6} {classes:>7} {dtype:>8} {times[0]:>10.0f} "
-                          f"{times[1]:>10.0f}")
+                            _core.kernel_level(before)
+                    print(f"{rows:>6} {classes:>7} {dtype:>8} "
+                          + " ".join(f"{t:>12.0f}" for t in times))
 
 
 if __name__ == "__main__":

@@ -698,7 +698,7 @@ def few_rows_product(const floating[:, ::1] X, const floating[:, ::1] W,
 def few_rows_delta(const floating[:, ::1] delta, const floating[:, ::1] W,
                    floating[:, ::1] out):
     """out := delta W^T by the few-row kernels, for tests and benchmarks (the instance
-    few_rows_narrow() selects)."""
+    kernel_level() selects)."""
     if delta.shape[1] != W.shape[1] or out.shape[0] != delta.shape[0] \
             or out.shape[1] != W.shape[0]:
         raise ValueError(f"few_rows_delta: delta is {delta.shape[0]} x {delta.shape[1]}, W "

@@ -4,6 +4,9 @@ rows one by one. Each row must get the same bits either way, in every instance o
 block (64-byte vectors where the CPU has AVX-512, the 32-byte ones of AVX2 and of the
 baseline, each forced through the kernel_level fixture), for every column count up to the
 tiles' edges and past the 32-column limit, with weights, soft targets, underflowing exps and non-finite logits."""
+import os
+import sys
+
 import numpy as np
 import pytest
 
@@ -130,3 +133,19 @@ def test_the_softmax_log_is_within_an_ulp_of_log():
     assert special[0] == special[1] == -np.inf
     assert np.isnan(special[2]) and np.isnan(special[3]) and np.isnan(special[5])
     assert special[4] == np.inf
+
+
+def test_the_output_layer_benchmark_times_every_level(monkeypatch, capsys):
+    """bench/output_layer.py runs (a few calls): a column for each level this CPU runs,
+    a positive time in each, and the level as it was afterwards."""
+    bench = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
+    monkeypatch.syspath_prepend(bench)
+    monkeypatch.delitem(sys.modules, "output_layer", raising=False)
+    import output_layer
+    before = _core.kernel_level()
+    output_layer.main(["--rows", "16", "--classes", "10", "--calls", "3", "--rounds", "1"])
+    header, *rows = capsys.readouterr().out.strip().splitlines()
+    assert [f"{level} ns" for level in _core.kernel_levels()] == \
+        [" ".join(header.split()[i:i + 2]) for i in range(3, len(header.split()), 2)]
+    assert len(rows) == 2 and all(float(t) > 0 for row in rows for t in row.split()[3:])
+    assert _core.kernel_level() == before
