@@ -215,7 +215,9 @@ static inline uint64_t fbp_random_next(uint64_t *state)
    it vectorises.  Each multiply-add is an explicit fma: left to the compiler, one loop's
    vector body and its scalar remainder could be fused differently and round
    differently, and a row's softmax would then depend on its place in the batch.  (In
-   the kernels' baseline clones, for CPUs without FMA, these are calls to fmaf.) */
+   the kernels' baseline level, for CPUs without FMA, these are calls to fmaf; the AVX2
+   level is compiled with FMA for them: without it, as GCC's "avx2" target is, they were
+   calls too, docs/performance.md.) */
 static inline float fbp_expf(float x)
 {
     const float high = 88.0f, low = -87.3365447504019f;

@@ -116,7 +116,7 @@ static inline __attribute__((always_inline)) void FBP_NAME(fbp_target_dots)(
    fbp_softmax_block (softmax.h), in vectors across the rows.  The other rows take their
    exps in one loop over all of them, where it vectorises.  Both give each row the same
    operations in the same order, so the same bits.  Inlined into each of its callers'
-   instruction-set clones, where the exps take that set's vectors. */
+   instruction-set levels (elementwise_impl.h), where the exps take that set's vectors. */
 static inline __attribute__((always_inline)) double FBP_NAME(fbp_softmax_rows)(
     FBP_T *z, const FBP_T *bias, ptrdiff_t n_rows, ptrdiff_t n_cols, const FBP_T *y,
     const FBP_T *row_weights, FBP_T *delta, FBP_T scale)
