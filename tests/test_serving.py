@@ -621,10 +621,19 @@ def test_a_pinned_gil_rule_is_taken_by_every_call(gil_rule, monkeypatch):
 
 
 def waits_behind_a_python_thread(call):
-    """Run `call` while another thread runs Python 50 ms a turn, until one call waits over
-    20 ms: the spinner, woken by a release of the GIL, took it while a pass ran (it does
-    not always wake within the pass). The caller's model releases it (FASTBP_GIL)."""
+    """Run `call` while another thread runs Python 2.5 x `waited` seconds a turn, until one
+    call waits over `waited`: the spinner, woken by a release of the GIL, took it while a
+    pass ran (it does not always wake within the pass). The caller's model releases it
+    (FASTBP_GIL). Returns `waited`: 20 ms, or 10 times a call alone where that is longer
+    (a pass of the tests below takes tens of microseconds, about 7 ms in the checked -O0
+    build), so that a pass's own time stays far below it."""
     import sys
+    alone = []
+    for _ in range(5):
+        started = time.perf_counter()
+        call()
+        alone.append(time.perf_counter() - started)
+    waited = max(0.02, 10 * min(alone))
     running, stop = threading.Event(), threading.Event()
 
     def spin():                                 # Python code: it wants the GIL throughout
@@ -633,7 +642,7 @@ def waits_behind_a_python_thread(call):
             pass
 
     interval = sys.getswitchinterval()
-    sys.setswitchinterval(0.05)                 # the spinner keeps the GIL 50 ms a turn
+    sys.setswitchinterval(2.5 * waited)         # the spinner keeps the GIL this long a turn
     spinner = threading.Thread(target=spin)
     try:
         spinner.start()
@@ -641,8 +650,8 @@ def waits_behind_a_python_thread(call):
         for _ in range(200):
             started = time.perf_counter()
             call()
-            if time.perf_counter() - started > 0.02:
-                return
+            if time.perf_counter() - started > waited:
+                return waited
     finally:
         stop.set()
         spinner.join()
@@ -660,8 +669,8 @@ def test_a_released_pass_is_timed_without_the_wait_to_take_the_gil_back(gil_rule
     model = make([784, 128, 10], ["relu", "softmax"], "float32", monkeypatch)
     rows = np.ones((64, 784), np.float32)      # a pass of tens of microseconds
     model.predict(rows)                         # first touch
-    waits_behind_a_python_thread(lambda: model.predict(rows))
-    assert model._predictor.gil_choice(64).pass_seconds < 0.01
+    waited = waits_behind_a_python_thread(lambda: model.predict(rows))
+    assert model._predictor.gil_choice(64).pass_seconds < waited / 2
 
 
 def sparse_rows(n_rows, n_columns=5_000, per_row=27, seed=3):
@@ -722,8 +731,8 @@ def test_a_released_sparse_pass_is_timed_without_the_wait_to_take_the_gil_back(g
     model = fastbp.MLP([5_000, 64, 10], ["relu", "softmax"], dtype="float32", seed=0)
     rows = sparse_rows(400)                      # a pass of tens of microseconds
     model.predict(rows)
-    waits_behind_a_python_thread(lambda: model.predict(rows))
-    assert model._gil_choice(True, 400).pass_seconds < 0.01
+    waited = waits_behind_a_python_thread(lambda: model.predict(rows))
+    assert model._gil_choice(True, 400).pass_seconds < waited / 2
 
 
 @pytest.fixture
