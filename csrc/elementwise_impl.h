@@ -43,8 +43,9 @@ static double FBP_LEVEL_NAME(fbp_largest_magnitude)(const FBP_T *x, ptrdiff_t n,
 
 /* z <- f(z + bias), bias broadcast over the rows (the fused bias add and activation).
    When preactivation is not NULL it receives z + bias (gelu and swish need it). */
-static void FBP_LEVEL_NAME(fbp_bias_activation)(FBP_T *z, const FBP_T *bias, FBP_T *preactivation,
-                                                 ptrdiff_t n_rows, ptrdiff_t n_cols, int activation)
+static void FBP_LEVEL_NAME(fbp_bias_activation)(FBP_T *z, const FBP_T *bias,
+                                                FBP_T *preactivation, ptrdiff_t n_rows,
+                                                ptrdiff_t n_cols, int activation)
 {
     const FBP_T slope = (FBP_T)FBP_LEAKY_SLOPE;
     const FBP_T inverse_sqrt2 = (FBP_T)0.70710678118654752440;
@@ -77,7 +78,8 @@ static void FBP_LEVEL_NAME(fbp_bias_activation)(FBP_T *z, const FBP_T *bias, FBP
             }
             break;
         case FBP_SIGMOID:
-            for (ptrdiff_t j = 0; j < n_cols; j++) row[j] = FBP_NAME(fbp_sigmoid)(row[j] + bias[j]);
+            for (ptrdiff_t j = 0; j < n_cols; j++)
+                row[j] = FBP_NAME(fbp_sigmoid)(row[j] + bias[j]);
             break;
         case FBP_TANH:
             for (ptrdiff_t j = 0; j < n_cols; j++) row[j] = FBP_MATH_TANH(row[j] + bias[j]);
@@ -259,7 +261,8 @@ static double FBP_LEVEL_NAME(fbp_output_layer)(FBP_T *z, const FBP_T *bias, FBP_
         total += (double)weight * row_total;
     }
     if (delta)
-        FBP_LEVEL_NAME(fbp_activation_backward)(delta, z, preactivation, n_rows, n_cols, activation);
+        FBP_LEVEL_NAME(fbp_activation_backward)(delta, z, preactivation, n_rows, n_cols,
+                                                activation);
     return total;
 }
 
@@ -331,8 +334,9 @@ static void FBP_LEVEL_NAME(fbp_optimizer_step)(FBP_T *params, FBP_T *grads, FBP_
             params[i] -= learning_rate * (nesterov ? g + momentum * v : v);
         )
         break;
-    case FBP_ADAM: {     /* bias-corrected moments; p <- p - lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps) */
-        /* A sparse step calls this once per named row of W1, with the same step: the two
+    case FBP_ADAM: {
+        /* bias-corrected moments; p <- p - lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps).  A sparse
+           step calls this once per named row of W1, with the same step: the two
            corrections (two pow calls) are kept per thread for the last arguments. */
         static _Thread_local double last[4] = {-1, 0, 0, 0};
         static _Thread_local FBP_T corrections[2];

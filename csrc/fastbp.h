@@ -37,7 +37,8 @@ enum { FBP_ISA_NONE = 0, FBP_ISA_AVX2 = 1, FBP_ISA_AVX512 = 2 };
    that has it (_core.kernel_level).  The rest stay at the baseline: the gathers are
    memcpy, dropout's generator is serial, and the column sums and scalings are small next
    to the GEMMs. */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(FASTBP_NO_MULTIVERSION)
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) \
+    && !defined(FASTBP_NO_MULTIVERSION)
 #define FBP_LEVELS 1
 #endif
 static int fbp_level = FBP_ISA_NONE;

@@ -14,8 +14,9 @@
  * depends neither on m nor on which block computed it (a row predicts the same alone or in
  * a batch).  The vectors are GCC's generic vectors of a register's width: 64 bytes in an
  * instance compiled for AVX-512F, else 32 bytes (one instance for AVX2, one for the
- * baseline), the one of level fbp_level running (fastbp.h).  A 64-byte vector on AVX2 would be two registers
- * everywhere and spill: 784 x 128 at 4 rows took 326 us instead of 7. */
+ * baseline), the one of level fbp_level running (fastbp.h).  A 64-byte vector on AVX2
+ * would be two registers everywhere and spill: 784 x 128 at 4 rows took 326 us instead
+ * of 7. */
 
 #ifdef FBP_LEVELS
 #define FBP_FEW_BYTES 64

@@ -107,7 +107,8 @@ static inline __attribute__((always_inline)) void FBP_FEW(fbp_few_tail)(
 }
 #undef FBP_FEW_TAIL_CHUNK
 
-/* The columns in whole vectors of `rows` rows (1 to 4): the widest blocks first, then narrower ones. */
+/* The columns in whole vectors of `rows` rows (1 to 4): the widest blocks first, then
+   narrower ones. */
 static inline __attribute__((always_inline)) void FBP_FEW(fbp_few_columns)(
     FBP_T *out, const FBP_T *x, const FBP_T *W, ptrdiff_t n_in, ptrdiff_t n_out,
     const int rows)

@@ -5,10 +5,11 @@ def gemm_floor(Plan plan, floating[::1] scratch, floating[::1] work,
                const floating[:, ::1] X, Py_ssize_t batch_size, Py_ssize_t n_steps):
     """For benchmarks: n_steps of plain-SGD training's matrix products and nothing else.
 
-    The same products (BLAS or own kernels, as the plan says), shapes, chunks and flags as run_batch with FOLDED_SGD, on
-    consecutive batches of X (no gather, no element-wise kernel, no loss); the weight
-    products write into scratch (a copy of the parameters) and the deltas are whatever work
-    holds. Its speed is what training would reach if everything but BLAS were free.
+    The same products (BLAS or own kernels, as the plan says), shapes, chunks and flags as
+    run_batch with FOLDED_SGD, on consecutive batches of X (no gather, no element-wise
+    kernel, no loss); the weight products write into scratch (a copy of the parameters)
+    and the deltas are whatever work holds. Its speed is what training would reach if
+    everything but BLAS were free.
     """
     cdef const PlanData* plan_data = &plan.data
     cdef int L = plan_data.n_layers

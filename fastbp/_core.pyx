@@ -1675,7 +1675,8 @@ cdef bint logged_row_finite(const RowLogData* log, const floating* W1, Py_ssize_
 # So the rows not yet logged whose catch-up is proven finite from their largest values
 # (flush_bound) are caught up last, unlogged, once the rest of the epoch has been checked
 # finite (so that it can no longer be undone); any other row is logged and checked as
-# before. The same arithmetic: the same bits. row_log_settings(defer_flush=False) logs them all (for tests).
+# before. The same arithmetic: the same bits. row_log_settings(defer_flush=False) logs
+# them all (for tests).
 cdef bint flush_deferring = True
 
 

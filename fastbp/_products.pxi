@@ -78,9 +78,13 @@ def kernel_level(name=None):
 
 
 def _starting_level():
-    from fastbp._products import ISA_VARIABLE
-    asked = os.environ.get(ISA_VARIABLE, "").strip().lower()
-    return asked if asked in kernel_levels() else kernel_levels()[0]
+    """FASTBP_KERNEL_ISA's level, else the widest. A name it refuses is not an error here
+    (the import must not fail): the first fit or predict reports it (kernel_isa)."""
+    from fastbp._products import requested_level
+    try:
+        return requested_level() or kernel_levels()[0]
+    except ValueError:
+        return kernel_levels()[0]
 
 
 kernel_level(_starting_level())

@@ -54,23 +54,31 @@ def kernel_mode() -> str:
     return value
 
 
-def kernel_isa():
-    """The instruction set of the own kernels: FASTBP_KERNEL_ISA, else the widest this CPU
-    runs; None where it runs none (every product is then BLAS)."""
+def requested_level():
+    """FASTBP_KERNEL_ISA's level ("avx512", "avx2" or "baseline"), or None where it is
+    unset; a name that is not a level, or a level above this CPU's and build's widest, is
+    an error. The one reader of the variable: the kernels' level when fastbp._core loads
+    (_core.kernel_level) and the product kernels' instruction set (kernel_isa)."""
     from fastbp import _core
-    best = _core.best_kernel_isa()
     value = os.environ.get(ISA_VARIABLE, "").strip().lower()
     if not value:
-        return best
-    if value == "baseline":     # a CPU without AVX2: every product on BLAS
         return None
-    if value not in _core.KERNEL_ISAS:
-        raise ValueError(f"{ISA_VARIABLE} must be one of {sorted(_core.KERNEL_ISAS)} or "
-                         f"'baseline'; got {value!r}")
-    if best is None or _core.KERNEL_ISAS[value] > _core.KERNEL_ISAS[best]:
-        raise ValueError(f"{ISA_VARIABLE}={value}: this CPU or build runs the own kernels "
-                         f"with {best or 'no instruction set'} at most")
+    if value not in _core.KERNEL_LEVELS:
+        raise ValueError(f"{ISA_VARIABLE} must be one of {list(_core.KERNEL_LEVELS)}; "
+                         f"got {value!r}")
+    if value not in _core.kernel_levels():
+        raise ValueError(f"{ISA_VARIABLE}={value}: this CPU or build runs the kernels at "
+                         f"{_core.kernel_levels()[0]} at most")
     return value
+
+
+def kernel_isa():
+    """The instruction set of the own product kernels: FASTBP_KERNEL_ISA's level, else the
+    widest this CPU runs; None where that is the baseline (a CPU without AVX2, or
+    FASTBP_KERNEL_ISA=baseline): every product is then BLAS."""
+    from fastbp import _core
+    level = requested_level() or _core.kernel_levels()[0]
+    return level if level in _core.KERNEL_ISAS else None
 
 
 def choose_products(plan, layer_sizes, dtype, one_thread=True, backward=True, sparse=False,

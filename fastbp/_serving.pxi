@@ -331,9 +331,9 @@ cdef class Predictor:
     layer_sizes, activations: the model's shape (a new shape or dtype means a new
     Predictor: MLP._setup makes one); always: the few-row kernels for every product
     (FASTBP_FEW_ROWS=1), not only where they beat BLAS. It takes only calls whose every
-    product runs in those kernels: it never calls BLAS. Calls from many threads at once are safe: each takes
-    a workspace of its own from a small pool (taken and returned under the GIL, which the
-    computation releases or not as each row count's GilChoice says)."""
+    product runs in those kernels: it never calls BLAS. Calls from many threads at once are
+    safe: each takes a workspace of its own from a small pool (taken and returned under the
+    GIL, which the computation releases or not as each row count's GilChoice says)."""
     cdef readonly Plan plan
     cdef cnp.ndarray params
     cdef list pool

@@ -405,8 +405,9 @@ def _candidates(layer_sizes, batch_size, allowed, clipping=False):
     """The ways (split_threads) to time: 1 thread; row workers 2, 4, 8, ... and `allowed`,
     each with the first layer split by rows, by its inputs and by the hidden units (not
     when clipping); then the same counts on BLAS threads (large products): everything an
-    explicit count of those can run. BLAS at fewer than all threads can win: on a 16-core Xeon, W5 ran 180k
-    samples/s on 8 BLAS threads, 145k on 4 row workers and 152k on 16 BLAS threads."""
+    explicit count of those can run. BLAS at fewer than all threads can win: on a 16-core
+    Xeon, W5 ran 180k samples/s on 8 BLAS threads, 145k on 4 row workers and 152k on 16
+    BLAS threads."""
     counts = sorted({2 ** i for i in range(1, allowed.bit_length()) if 2 ** i <= allowed}
                     | {allowed})
     found = [ONE_THREAD]
@@ -435,8 +436,9 @@ MEASURE_ROUNDS = 5
 # KVM guest: the second core ran W1's row-split step at half speed in stretches of up to
 # 1.3 s, about a tenth of the time, with no steal time to show it), so five rounds in a
 # row all met it in 4 of 10 default measurements of W1 and W5, which chose one thread
-# where two ran 1.6-1.75x. Such work only ever makes more threads look worse, never better: so while fewer
-# threads than the most timed lead, more rounds are taken, CONFIRM_GAP_SECONDS apart,
+# where two ran 1.6-1.75x. Such work only ever makes more threads look worse, never
+# better: so while fewer threads than the most timed lead, more rounds are taken,
+# CONFIRM_GAP_SECONDS apart,
 # for up to CONFIRM_SECONDS (of wall time: the gaps are sleeps), and the best windows
 # decide. A verdict for the most threads needs no confirmation.
 CONFIRM_SECONDS = 1.0

@@ -275,8 +275,9 @@ class Trainer:
         X: (n_samples, n_inputs), dense or a scipy.sparse matrix or array (CSR read in
         place, other formats converted once; the first layer then runs on the stored
         values: docs/trainer.md, "Sparse input"). Y: (n_samples, n_outputs) targets, or
-        one class label per row for categorical cross-entropy. validation_data: (X_val, Y_val); or validation_split:
-        the last fraction of the rows (taken before shuffling) is held out. sample_weight:
+        one class label per row for categorical cross-entropy. validation_data: (X_val,
+        Y_val); or validation_split: the last fraction of the rows (taken before
+        shuffling) is held out. sample_weight:
         one weight >= 0 per row (the batch loss is sum w_i l_i / sum w_i). callbacks:
         fastbp.callbacks.Callback objects. verbose=1 shows progress. metrics: names or
         callables (y_true, y_pred) evaluated on the validation data each epoch (default:

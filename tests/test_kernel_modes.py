@@ -119,6 +119,26 @@ def test_bad_values_are_refused(monkeypatch):
         _core.Plan([3, 2], [1], 4, product_isas=[0] * 5 + [9])
 
 
+def test_every_level_name_reads_the_same_everywhere(monkeypatch):
+    """FASTBP_KERNEL_ISA has one reader (_products.requested_level): each level this CPU
+    runs is taken as named, "baseline" puts every product on BLAS (no product kernel
+    below AVX2), unset means the widest, and any other name is refused."""
+    monkeypatch.delenv(_products.ISA_VARIABLE, raising=False)
+    assert _products.requested_level() is None
+    widest = _core.kernel_levels()[0]
+    assert _products.kernel_isa() == (widest if widest in _core.KERNEL_ISAS else None)
+    for level in _core.kernel_levels():
+        monkeypatch.setenv(_products.ISA_VARIABLE, f" {level.upper()} ")
+        assert _products.requested_level() == level
+        assert _products.kernel_isa() == (level if level in _core.KERNEL_ISAS else None)
+    monkeypatch.setenv(_products.ISA_VARIABLE, "baseline")
+    assert _products.product_isas([3, 2], 4, "float32", measure=False) == [0] * 6
+    for name in ("sse2", "avx-512", "1"):
+        monkeypatch.setenv(_products.ISA_VARIABLE, name)
+        with pytest.raises(ValueError, match="FASTBP_KERNEL_ISA must be one of"):
+            _products.kernel_isa()
+
+
 def kept_choices(folder):
     """The choices products.json keeps in `folder`."""
     with open(os.path.join(folder, _products.CACHE_FILE)) as file:
