@@ -51,6 +51,9 @@ def numeric_array(data, name: str) -> np.ndarray:
     """Any numeric array-like as an ndarray, without copying what is already one."""
     if data is None or isinstance(data, (str, bytes)):
         raise TypeError(f"{name} must be a numeric array; got {type(data).__name__}")
+    if is_sparse(data):     # (np.asarray would make it a 0-d array of objects)
+        raise TypeError(f"{name} must be a dense array; got a scipy.sparse "
+                        f"{type(data).__name__} (only X may be sparse)")
     try:
         array = np.asarray(data)
     except (ValueError, TypeError) as error:
@@ -150,6 +153,9 @@ def as_sparse_rows(data, name: str, dtype: np.dtype, n_columns: int):
     if values.dtype.kind not in NUMERIC_KINDS:
         raise TypeError(f"{name} must hold numbers; got a sparse matrix of dtype "
                         f"{values.dtype}")
+    if values.ndim != 1:
+        raise TypeError(f"{name}.data must be a 1-D array of the stored values; got shape "
+                        f"{values.shape}")
     for array, what in ((indices, "indices"), (indptr, "indptr")):
         if array.dtype.kind not in "iu" or array.ndim != 1:
             raise TypeError(f"{name}.{what} must be a 1-D integer array; got "

@@ -38,7 +38,7 @@ except ImportError as error:          # pragma: no cover (tested in a subprocess
 from fastbp import _core, losses, optimizers, schedules
 from fastbp.callbacks import Callback
 from fastbp.model import ACTIVATIONS, INITS, MLP
-from fastbp._validation import as_row_weights, is_sparse
+from fastbp._validation import as_row_weights, as_sparse_rows, is_sparse
 from fastbp.trainer import Trainer
 
 if tuple(int(part) for part in re.findall(r"\d+", sklearn.__version__)[:2]) < (1, 6):
@@ -214,6 +214,37 @@ class _LbfgsObjective:
         return self.reported_scale * value + self._penalty_term(theta)
 
 
+class _LiveLayers(list):
+    """coefs_ or intercepts_: the model's live arrays, one a layer, in a list in which
+    assigning an item (coefs_[0] = W) writes the new values into that layer, as it replaces
+    the layer in scikit-learn's plain list (checked as model.weights = ... checks: the
+    layer's shape, finite; all or nothing). The layers cannot be added or removed: the
+    methods that would are refused. Pickled and copied as a plain list of its arrays."""
+
+    def __init__(self, arrays, model, attribute):
+        super().__init__(arrays)
+        self._model, self._attribute = model, attribute
+
+    def __setitem__(self, index, value):
+        layers = list(self)
+        layers[index] = value
+        if len(layers) != len(self):
+            self._fixed()
+        setattr(self._model, self._attribute, layers)     # copies into the live arrays
+
+    def __reduce_ex__(self, protocol):
+        return list, (list(self),)
+
+    def _fixed(self, *args, **kwargs):
+        raise TypeError(f"the model has one array per layer in "
+                        f"{'coefs_' if self._attribute == 'weights' else 'intercepts_'}: "
+                        f"assign an item or the whole list to change the values; layers "
+                        f"cannot be added or removed")
+
+    append = extend = insert = pop = remove = clear = sort = reverse = __delitem__ = \
+        __iadd__ = __imul__ = _fixed
+
+
 class _BaseMLP(BaseEstimator):
     """What MLPClassifier and MLPRegressor share: parameters, fit, partial_fit, attributes."""
 
@@ -360,6 +391,13 @@ class _BaseMLP(BaseEstimator):
         dtype = settings["dtype"] if first_pass else self.model_.dtype
         if dtype is None:                  # scikit-learn's rule: float32 stays float32
             dtype = [np.float64, np.float32]
+        if is_sparse(X):
+            # validate_data takes a CSR matrix's index arrays unchecked, and fastbp's own
+            # check of them comes with the training: checked here, before any attribute
+            # changes, so that a refused fit leaves the estimator as it was
+            as_sparse_rows(X, "X", np.dtype(np.float32 if X.dtype == np.float32
+                                            else np.float64),
+                           X.shape[1] if len(X.shape) == 2 else 0)
         X, Y, stratify, n_outputs = self._validate_input(X, y, incremental, first_pass, dtype)
         settings["dtype"] = X.dtype
         if sample_weight is not None:
@@ -696,9 +734,11 @@ class _BaseMLP(BaseEstimator):
     def __sklearn_is_fitted__(self) -> bool:
         return "model_" in self.__dict__
 
-    def _forward(self, X, as_float64=True) -> np.ndarray:
+    def _forward(self, X, as_sklearn=True) -> np.ndarray:
         """The network's outputs for X, (n_samples, n_outputs_), computed in the model's
-        dtype; float64 when `as_float64` (what scikit-learn's estimators return)."""
+        dtype; with `as_sklearn`, in the dtype scikit-learn's estimators return
+        (_output_dtype)."""
+        out_dtype = self._output_dtype(X) if as_sklearn else None
         model = self.__dict__.get("model_")
         outputs = None
         rows = None if model is None else self._plain_input(X, model.dtype)
@@ -714,7 +754,24 @@ class _BaseMLP(BaseEstimator):
             X = validate_data(self, X, reset=False, dtype=self.model_.dtype, order="C",
                               accept_sparse="csr")
             outputs = self.model_.predict(X)
-        return outputs.astype(np.float64, copy=False) if as_float64 else outputs
+        return outputs if out_dtype is None else outputs.astype(out_dtype, copy=False)
+
+    def _output_dtype(self, X):
+        """The dtype scikit-learn's MLP returns for X: its forward pass multiplies X, kept
+        in float32 or float64 (float16 as it is, anything else made float64), by the
+        fitted coefficients, so float32 only where the model and X's values are both
+        floats of at most 32 bits."""
+        model = self.__dict__.get("model_")
+        if model is None or model.dtype != np.float32:
+            return np.float64
+        dtype = getattr(X, "dtype", None)
+        pandas = sys.modules.get("pandas")
+        if pandas is not None and isinstance(X, pandas.DataFrame):
+            kinds = X.dtypes.tolist()
+            dtype = np.result_type(*kinds) if kinds and all(
+                isinstance(kind, np.dtype) for kind in kinds) else None
+        small_float = isinstance(dtype, np.dtype) and dtype.kind == "f" and dtype.itemsize <= 4
+        return np.float32 if small_float else np.float64
 
     def _plain_input(self, X, dtype):
         """X as validate_data(self, X, reset=False, dtype=dtype, order="C",
@@ -787,7 +844,7 @@ class _BaseMLP(BaseEstimator):
         """The weight matrices, (n_in, n_out) each: the live arrays of model_."""
         if "model_" not in self.__dict__:
             raise AttributeError(f"{type(self).__name__} has no coefs_ before it is fitted")
-        return self.model_.weights
+        return _LiveLayers(self.model_.weights, self.model_, "weights")
 
     @coefs_.setter
     def coefs_(self, values):
@@ -798,7 +855,7 @@ class _BaseMLP(BaseEstimator):
         """The bias vectors, (n_out,) each: the live arrays of model_."""
         if "model_" not in self.__dict__:
             raise AttributeError(f"{type(self).__name__} has no intercepts_ before it is fitted")
-        return self.model_.biases
+        return _LiveLayers(self.model_.biases, self.model_, "biases")
 
     @intercepts_.setter
     def intercepts_(self, values):
@@ -980,7 +1037,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
     def predict(self, X):
         """The predicted class of each row (a 0/1 row of labels for multi-label data)."""
-        outputs = self._forward(X, as_float64=False)
+        outputs = self._forward(X, as_sklearn=False)
         # LabelBinarizer.inverse_transform's rule, without its 30-50 us of checks a call:
         # the first largest output's class; 0/1 at half way between 0 and 1 otherwise.
         kind = self._label_binarizer.y_type_
@@ -991,6 +1048,9 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                 outputs.ravel() if self.n_outputs_ == 1 else outputs)
         positive = (outputs > 0.5).astype(np.intp)
         if kind == "multilabel-indicator":
+            if self._label_binarizer.sparse_input_:        # as inverse_transform: CSR
+                import scipy.sparse
+                return scipy.sparse.csr_matrix(positive)
             return positive
         if len(self.classes_) == 1:         # binary, fitted on one class
             return np.repeat(self.classes_[0], len(positive))

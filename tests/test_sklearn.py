@@ -766,12 +766,123 @@ def test_dtype_follows_the_input_as_in_scikit_learn(cls):
         assert est.model_.dtype == expected, (type(data), dtype)
         assert all(w.dtype == expected for w in est.coefs_ + est.intercepts_)
         method = getattr(est, "predict_proba", est.predict)
-        assert method(data).dtype == np.float64          # outputs as scikit-learn's
+        # outputs as scikit-learn's: float32 where the model and the input both are
+        small = expected == np.float32 and getattr(data, "dtype", None) == np.float32
+        assert method(data).dtype == (np.float32 if small else np.float64)
     est = quiet(cls(warm_start=True, **settings).fit, X.astype(np.float32), y)
     quiet(est.fit, X, y)                                  # float64 data, float32 model
     assert est.model_.dtype == np.float32
     est.partial_fit(X, y)
     assert est.model_.dtype == np.float32
+
+
+@pytest.mark.parametrize("fit_dtype", [np.float32, np.float64])
+def test_outputs_take_scikit_learns_dtype(fit_dtype):
+    """predict_proba and the regressor's predict return what scikit-learn's MLP returns for
+    each kind of input: its forward pass multiplies X (float16 and float32 kept, anything
+    else float64) by the coefficients, so float32 only for a float32 model and input."""
+    pandas = pytest.importorskip("pandas")
+    X, y = blobs(n=40)
+    inputs = {"float32": X.astype(np.float32), "float64": X, "float16": X.astype(np.float16),
+              "int": np.rint(X).astype(np.int64), "list": X.tolist(),
+              "frame32": pandas.DataFrame(X.astype(np.float32)),
+              "frame64": pandas.DataFrame(X),
+              "csr32": scipy.sparse.csr_matrix(X.astype(np.float32)),
+              "csr64": scipy.sparse.csr_matrix(X)}
+    settings = dict(hidden_layer_sizes=(4,), max_iter=2, random_state=0)
+    pairs = [(MLPClassifier, neural_network.MLPClassifier, y, "predict_proba"),
+             (MLPRegressor, neural_network.MLPRegressor, X[:, 0], "predict")]
+    for ours, theirs, targets, method in pairs:
+        fitted = [quiet(cls(**settings).fit, X.astype(fit_dtype), targets)
+                  for cls in (ours, theirs)]
+        for name, data in inputs.items():
+            got, want = (getattr(est, method)(data) for est in fitted)
+            assert got.dtype == want.dtype, (ours.__name__, name)
+
+
+def test_assigning_a_layer_writes_it_into_the_model():
+    """est.coefs_[i] = W (and intercepts_) replaces that layer's values, as in
+    scikit-learn's plain list, checked as a whole assignment is; layers cannot be added
+    or removed; coefs_ pickles and copies as a plain list of arrays."""
+    X, y = blobs(n=60)
+    est = quiet(MLPClassifier(hidden_layer_sizes=(5,), max_iter=3, random_state=0).fit, X, y)
+    theirs = quiet(neural_network.MLPClassifier(hidden_layer_sizes=(5,), max_iter=3,
+                                                random_state=0).fit, X, y)
+    for model in (est, theirs):
+        model.coefs_[0] = np.arange(20.0).reshape(4, 5) / 20
+        model.intercepts_[0] = np.ones(5)
+        model.coefs_[-1][...] = 0.5                # (writing into the array, as before)
+        model.intercepts_[1] = [0.1, 0.2, 0.3]
+    for ours, reference in zip(est.coefs_ + est.intercepts_,
+                               theirs.coefs_ + theirs.intercepts_):
+        assert np.array_equal(ours, reference)
+    np.testing.assert_allclose(est.predict_proba(X), theirs.predict_proba(X), rtol=1e-12)
+    est.coefs_[0:1] = [np.full((4, 5), 2.0)]
+    assert np.all(est.model_.weights[0] == 2.0)
+    before = [w.copy() for w in est.coefs_]
+    with pytest.raises(ValueError, match=r"weights\[0\] must have shape \(4, 5\)"):
+        est.coefs_[0] = np.zeros((5, 4))
+    with pytest.raises(ValueError, match="contains NaN"):
+        est.coefs_[1] = np.full((5, 3), np.nan)
+    for change in (lambda layers: layers.append(np.zeros(3)), lambda layers: layers.pop(),
+                   lambda layers: layers.__delitem__(0), lambda layers: layers.clear()):
+        with pytest.raises(TypeError, match="cannot be added or removed"):
+            change(est.coefs_)
+    assert all(np.array_equal(a, b) for a, b in zip(before, est.coefs_))
+    for copied in (pickle.loads(pickle.dumps(est.coefs_)), copy.deepcopy(est.coefs_),
+                   copy.copy(est.coefs_)):
+        assert type(copied) is list and len(copied) == 2
+        assert all(np.array_equal(a, b) for a, b in zip(copied, before))
+
+
+@pytest.mark.parametrize("warm_start", [False, True])
+def test_a_refused_sparse_fit_leaves_the_estimator_as_it_was(warm_start):
+    """scikit-learn's validate_data does not look at a CSR matrix's index arrays: a fit on
+    one whose column index or indptr is out of range is refused before any attribute
+    changes (the weights, the kept optimizer state, n_iter_, classes_), and an estimator
+    whose first fit is refused stays unfitted."""
+    rng = np.random.default_rng(0)
+    X = scipy.sparse.random(60, 20, density=0.2, format="csr", random_state=0)
+    y = rng.integers(0, 3, size=60)
+    bad_column = X.copy()
+    bad_column.indices = bad_column.indices.copy()
+    bad_column.indices[5] = 25
+    bad_indptr = X.copy()
+    bad_indptr.indptr = bad_indptr.indptr.copy()
+    bad_indptr.indptr[3] = bad_indptr.indptr[5] + 1
+    for cls, targets in ((MLPClassifier, y), (MLPRegressor, y.astype(float))):
+        est = quiet(cls(hidden_layer_sizes=(4,), max_iter=5, random_state=0, n_threads=1,
+                        warm_start=warm_start).fit, X, targets)
+        state = dict(est.__dict__)
+        parameters = [a.copy() for a in est.coefs_ + est.intercepts_]
+        for bad, message in ((bad_column, "column indices must lie in 0..19"),
+                             (bad_indptr, "indptr must start at 0, never decrease")):
+            for call in (est.fit, est.partial_fit):
+                with pytest.raises(ValueError, match=message):
+                    call(bad, targets)
+            assert est.__dict__ == state
+            assert all(np.array_equal(a, b) for a, b in
+                       zip(parameters, est.coefs_ + est.intercepts_))
+        fresh = cls(hidden_layer_sizes=(4,), max_iter=5, random_state=0, n_threads=1)
+        with pytest.raises(ValueError, match="column indices"):
+            fresh.fit(bad_column, targets)
+        with pytest.raises(NotFittedError):
+            fresh.predict(X)
+
+
+def test_multi_label_predictions_are_sparse_where_the_labels_were():
+    """Fitted on a sparse label indicator matrix, predict returns a CSR matrix, as
+    scikit-learn's LabelBinarizer.inverse_transform does; dense labels, a dense array."""
+    X = np.random.RandomState(0).randn(30, 3)
+    labels = np.c_[X[:, 0] > 0, X[:, 1] > 0].astype(int)
+    for Y in (scipy.sparse.csr_matrix(labels), labels):
+        ours, theirs = (quiet(cls(hidden_layer_sizes=(4,), max_iter=3, random_state=0).fit,
+                              X, Y).predict(X)
+                        for cls in (MLPClassifier, neural_network.MLPClassifier))
+        assert type(ours) is type(theirs)
+        assert scipy.sparse.issparse(ours) == scipy.sparse.issparse(Y)
+        dense = ours.toarray() if scipy.sparse.issparse(ours) else ours
+        assert dense.shape == labels.shape and set(np.unique(dense)) <= {0, 1}
 
 
 @pytest.mark.parametrize("solver", ["sgd", "adam", "rmsprop", "adagrad"])
@@ -1325,7 +1436,9 @@ def test_fitted_attributes_are_sklearns(solver, early_stopping, task):
     names = {name for name in vars(theirs) if name.endswith("_") and not name.startswith("_")}
     for name in names:
         mine, sklearns = getattr(ours, name), getattr(theirs, name)
-        assert type(mine) is type(sklearns) or (
+        # (coefs_ and intercepts_: a list whose item assignment writes into the model)
+        assert type(mine) is type(sklearns) or type(sklearns) is list and \
+            isinstance(mine, list) or (
             isinstance(sklearns, (numbers.Real, np.floating)) and
             isinstance(mine, (numbers.Real, np.floating))), (name, mine, sklearns)
         if name in ("n_layers_", "n_outputs_", "out_activation_", "n_features_in_"):

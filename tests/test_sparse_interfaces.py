@@ -72,6 +72,62 @@ def test_the_command_line_reads_a_sparse_npz(tmp_path, capsys):
     assert status != 0 and "--targets FILE.npy" in err
 
 
+@pytest.mark.parametrize("layout", ["csr", "csc", "bsr", "coo", "dia"])
+def test_the_command_line_reads_every_format_save_npz_writes(tmp_path, capsys, layout):
+    """save_npz stores CSR, CSC and BSR as data/indices/indptr, COO as data/row/col and
+    DIA as data/offsets: each is read as the same CSR matrix, for train and predict."""
+    X, y = text_like(n_rows=40, n_cols=30)
+    scipy.sparse.save_npz(tmp_path / "X.npz", X.asformat(layout))
+    scipy.sparse.save_npz(tmp_path / "X_csr.npz", X)
+    np.save(tmp_path / "y.npy", y)
+    trained = []
+    for name in ("X.npz", "X_csr.npz"):
+        status, out, err = run_cli(capsys, "train", tmp_path / name, "--targets",
+                                   tmp_path / "y.npy", "--loss", "cce", "--hidden", "4",
+                                   "--epochs", "2", "--seed", "0", "--threads", "1",
+                                   "--output", tmp_path / f"{name}.fbp")
+        assert status == 0, err
+        assert "40 rows x 30 features" in out
+        trained.append(fastbp.load(tmp_path / f"{name}.fbp").parameter_vector())
+    np.testing.assert_array_equal(trained[0], trained[1])
+    status, _, err = run_cli(capsys, "predict", tmp_path / "X_csr.npz.fbp", tmp_path / "X.npz",
+                             "--output", tmp_path / "p.npy")
+    assert status == 0, err
+    np.testing.assert_allclose(np.load(tmp_path / "p.npy"),
+                               fastbp.load(tmp_path / "X_csr.npz.fbp").predict(X.toarray()),
+                               rtol=1e-5, atol=1e-6)
+    # an archive of arrays that happens to hold a "format" array is not taken for one
+    np.savez(tmp_path / "arrays.npz", X=X.toarray(), y=y, format=np.array([1, 2]),
+             shape=np.array(X.shape), data=np.zeros(3))
+    status, out, err = run_cli(capsys, "train", tmp_path / "arrays.npz", "--loss", "cce",
+                               "--hidden", "4", "--epochs", "1", "--seed", "0",
+                               "--output", tmp_path / "a.fbp")
+    assert status == 0, err
+
+
+def test_only_x_may_be_sparse():
+    """A sparse Y, sample_weight or parameter array is refused by name, not read as a
+    0-d array of objects; a CSR matrix whose data array is not 1-D is refused as such."""
+    X, y = text_like(n_rows=6, n_cols=5)
+    model = fastbp.MLP([5, 4, 3], ["relu", "softmax"], seed=0)
+    before = model.parameter_vector()
+    Y = scipy.sparse.csr_matrix(np.eye(3)[y])
+    with pytest.raises(TypeError, match="Y must be a dense array; got a scipy.sparse"):
+        model.evaluate(X, Y, "cce")
+    trainer = fastbp.Trainer("cce", n_threads=1, epochs=1)
+    with pytest.raises(TypeError, match="sample_weight must be a dense array"):
+        trainer.fit(model, X, y, sample_weight=scipy.sparse.csr_matrix(np.ones((1, 6))))
+    with pytest.raises(TypeError, match=r"weights\[0\] must be a dense array"):
+        model.weights = [scipy.sparse.csr_matrix(np.ones((5, 4))), np.ones((4, 3))]
+    np.testing.assert_array_equal(model.parameter_vector(), before)
+    for values in (np.float64(1.0), np.ones((2, 2))):
+        bad = scipy.sparse.csr_matrix((4, 5))
+        bad.data, bad.indices, bad.indptr = values, np.array([0, 3, 4, 2]), \
+            np.array([0, 2, 2, 3, 4])
+        with pytest.raises(TypeError, match="X.data must be a 1-D array"):
+            model.predict(bad)
+
+
 def test_dask_fit_takes_sparse_chunks():
     da = pytest.importorskip("dask.array")
     from fastbp import dask as fastbp_dask

@@ -139,7 +139,8 @@ def read_table(path: str, args, want_targets: bool) -> Table:
         raise UsageError(f"{path} is an NPY file, not an NPZ archive: use --format npy")
     with archive:
         names = list(archive.files)
-    if SPARSE_MEMBERS <= set(names):
+        sparse = _saved_sparse(archive)
+    if sparse:
         return _sparse_table(path, args, want_targets)
     if want_targets and getattr(args, "targets", None):
         raise UsageError("--targets is for NPY input and sparse NPZ files; an NPZ file of "
@@ -162,8 +163,26 @@ def read_table(path: str, args, want_targets: bool) -> Table:
     return table
 
 
-# The arrays of an archive that scipy.sparse.save_npz wrote.
-SPARSE_MEMBERS = {"format", "shape", "data", "indices", "indptr"}
+# The arrays of an archive that scipy.sparse.save_npz wrote, by the format it names in
+# its "format" member (besides "format", "shape" and "data").
+SPARSE_MEMBERS = {"csr": {"indices", "indptr"}, "csc": {"indices", "indptr"},
+                  "bsr": {"indices", "indptr"}, "coo": {"row", "col"}, "dia": {"offsets"}}
+
+
+def _saved_sparse(archive) -> bool:
+    """Whether an open NPZ archive is a matrix scipy.sparse.save_npz wrote (any of its
+    formats), not an archive of arrays."""
+    names = set(archive.files)
+    if not {"format", "shape", "data"} <= names:
+        return False
+    try:
+        member = archive["format"]                    # a 0-d bytes array, no pickle
+        name = member.item()
+    except (ValueError, OSError):
+        return False
+    if isinstance(name, bytes):
+        name = name.decode("ascii", "replace")
+    return isinstance(name, str) and SPARSE_MEMBERS.get(name, {"?"}) <= names
 
 
 def _sparse_table(path: str, args, want_targets: bool) -> Table:
