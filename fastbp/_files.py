@@ -42,7 +42,7 @@ def check_target(path) -> os.stat_result | None:
     name the file system cannot hold or a folder that does not exist."""
     path = os.fspath(path)
     directory, name = os.path.split(os.path.realpath(path))
-    if not name:
+    if not name or not path:       # ("": realpath names the working folder)
         raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
     try:
         found = os.stat(path)

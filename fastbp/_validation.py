@@ -41,7 +41,11 @@ def real_number(value, name: str, minimum: float = 0.0) -> float:
     if type(value) is not float and (isinstance(value, (bool, np.bool_))
                                      or not isinstance(value, numbers.Real)):
         raise TypeError(f"{name} must be a real number; got {value!r}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:               # an int past float64's range
+        raise ValueError(f"{name} must be a finite number >= {minimum}; got an integer of "
+                         f"{len(str(abs(int(value))))} digits") from None
     if not math.isfinite(value) or value < minimum:
         raise ValueError(f"{name} must be a finite number >= {minimum}; got {value!r}")
     return value

@@ -3,7 +3,8 @@
 A fit calls, on each callback in the order given:
 
     set_model(model)                 at the start, before anything else
-    on_train_begin(logs)             once, before the first epoch
+    on_train_begin(logs)             once, before the first epoch (logs["logged"]: the
+                                     names of the figures each epoch's logs will hold)
     on_epoch_end(epoch, logs)        after each epoch; returning True stops training
     on_train_end(logs)               once, however the fit ends
 
@@ -18,7 +19,8 @@ import os
 import sys
 
 from fastbp._validation import real_number, whole_number
-from fastbp.metrics import _check_monitor, _is_improvement, _monitored_value, _resolve_mode
+from fastbp.metrics import _check_logged, _check_monitor, _is_improvement, _monitored_value, \
+    _resolve_mode
 
 __all__ = ["Callback", "ProgressPrinter", "ProgressBar", "EarlyStopping", "ModelCheckpoint"]
 
@@ -213,6 +215,7 @@ class EarlyStopping(Callback):
         self._best_biases = None
 
     def on_train_begin(self, logs=None):
+        _check_logged(logs, self.monitor, "EarlyStopping")   # before an epoch trains
         self._reset()
 
     def on_epoch_end(self, epoch, logs):
@@ -280,6 +283,8 @@ class ModelCheckpoint(Callback):
                                     f"the folder {directory!r} does not exist")
         from fastbp import _files     # a folder, socket, block device or too long a name
         _files.check_target(self.path)
+        if self.save_best_only:
+            _check_logged(logs, self.monitor, "ModelCheckpoint")
 
     def on_epoch_end(self, epoch, logs):
         if self.save_best_only:

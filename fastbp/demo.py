@@ -10,6 +10,7 @@ import time
 import numpy as np
 
 from fastbp.callbacks import Callback
+from fastbp._validation import whole_number
 from fastbp.model import MLP
 from fastbp.trainer import Trainer
 
@@ -48,6 +49,8 @@ def run(epochs: int = 10, n_samples: int = 60_000, hidden: int = 128, batch_size
         learning_rate: float = 0.05, dtype: str = "float32", seed: int = 0,
         n_threads=None) -> float:
     """Train, print progress per epoch, return the test accuracy."""
+    # (a count below 1 would slice the test rows off the end instead)
+    n_samples = whole_number(n_samples, "the training rows (n_samples, --samples)", 1)
     features, labels = make_spirals(n_samples + 10_000, seed=seed)
     X_train, y_train = features[:n_samples], labels[:n_samples]
     X_test, y_test = features[n_samples:], labels[n_samples:]

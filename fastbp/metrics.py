@@ -72,8 +72,10 @@ def accuracy(y_true, y_pred) -> float:
         actual = np.argmax(true, axis=1)
     elif true.ndim == 1 or true.shape[1] == 1:           # class labels
         actual = true.reshape(-1)
-        if actual.dtype.kind == "f" and not np.array_equal(actual, np.round(actual)):
-            raise ValueError("y_true (class labels) must be whole numbers 0..k-1")
+        if actual.dtype.kind == "f" and not np.array_equal(actual, np.round(actual)) \
+                or actual.size and (actual.min() < 0 or actual.max() >= n_columns):
+            raise ValueError(f"y_true (class labels) must be whole numbers "
+                             f"0..{n_columns - 1}, one for each of y_pred's columns")
     else:
         raise ValueError(f"y_true must be class labels (n,) or rows of {n_columns} columns "
                          f"like y_pred; got shape {true.shape}")
@@ -181,6 +183,17 @@ def _monitored_value(logs, monitor: str, owner: str) -> float:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{owner}: logs[{monitor!r}] must be a number; got {value!r}")
     return float(value)
+
+
+def _check_logged(logs, monitor: str, owner: str) -> None:
+    """At a fit's start (on_train_begin): a ValueError if the figures its epochs will log
+    (logs["logged"], where the fit gives them) lack `monitor`, before any epoch trains."""
+    logged = logs.get("logged") if isinstance(logs, dict) else None
+    if logged is not None and monitor not in logged:
+        hint = (" (validation figures need validation_data or validation_split in fit)"
+                if monitor.startswith("val_") else "")
+        raise ValueError(f"{owner} monitors {monitor!r}, which this fit's epochs do not log"
+                         f"{hint}; they log: {', '.join(map(str, logged))}")
 
 
 def _is_improvement(current: float, best: float, mode: str, min_delta: float) -> bool:

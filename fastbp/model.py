@@ -176,8 +176,11 @@ class MLP:
         rates = _check_dropout(dropout, len(sizes) - 1)
         if init not in INITS:
             raise ValueError(f"unknown init {init!r}; valid names: {', '.join(INITS)}")
-        if seed is not None and not isinstance(seed, (numbers.Integral, np.random.SeedSequence)):
+        if seed is not None and (isinstance(seed, (bool, np.bool_)) or not isinstance(
+                seed, (numbers.Integral, np.random.SeedSequence))):
             raise TypeError(f"seed must be None or an integer; got {seed!r}")
+        if isinstance(seed, numbers.Integral) and seed < 0:
+            raise ValueError(f"seed must be an integer >= 0; got {seed!r}")
         self._setup(sizes, names, dtype, dropout=rates)
         rng = np.random.default_rng(seed)
         for weights, activation in zip(self._weights, names):

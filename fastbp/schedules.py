@@ -54,7 +54,12 @@ class Schedule:
         """The learning rate of `epoch` (from 0, over the trainer's lifetime)."""
         epoch = whole_number(epoch, "epoch", 0)
         base_learning_rate = real_number(base_learning_rate, "base_learning_rate")
-        return float(self._rate(epoch, base_learning_rate))
+        rate = self._rate(epoch, base_learning_rate)
+        try:                # a subclass's rate: checked as the trainer's learning_rate is
+            return real_number(rate, "learning_rate")
+        except (TypeError, ValueError):
+            raise ValueError(f"{type(self).__name__} gave the learning rate {rate!r} for "
+                             f"epoch {epoch}; a rate must be a finite number >= 0") from None
 
     def _rate(self, epoch: int, base: float) -> float:
         return base

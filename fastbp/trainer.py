@@ -196,7 +196,9 @@ class Trainer:
 
     def bind(self, model: MLP) -> None:
         """Keep the optimizer state for `model` (after unpickling a trainer and its model
-        separately, say); the state must fit the model."""
+        separately, say); the state must fit the model. A pickled or copied trainer keeps
+        its state for no model until the next fit, which binds it to the model it trains
+        if the state fits it (the same size, dtype and rule): bind names another one."""
         if not isinstance(model, MLP):
             raise TypeError(f"model must be a fastbp.MLP; got {type(model).__name__}")
         if self._state is None or self._state_key is None:
@@ -324,6 +326,10 @@ class Trainer:
         if not model._training.acquire(blocking=False):
             raise RuntimeError("this model is being trained by another thread; train it "
                                "from one thread at a time")
+        # The optimizer state the set-up may replace (another model's, another rule's):
+        # put back if the fit fails before its first step (a callback's on_train_begin).
+        kept = (self._state, self._state_key, self._step, self._moving_rows)
+        loop = None
         try:
             epoch = _CompiledEpoch(self, model, spec, data)
             history = History(n_samples=data.n_samples)
@@ -342,6 +348,10 @@ class Trainer:
                     history.interrupted = True
                 if n_epochs == 1:   # loops of one-epoch fits pay for new memory each call
                     self._buffers = epoch.buffers
+        except BaseException:
+            if loop is None or not loop.stepped:
+                self._state, self._state_key, self._step, self._moving_rows = kept
+            raise
         finally:
             model._training.release()
         return history
@@ -364,6 +374,15 @@ class Trainer:
                                     model.layer_sizes[-1], model.dtype, rows)
         X, targets, labels, weights, validation = self._split(
             model, loss, X, targets, labels, weights, validation_data, validation_split)
+        if weights is not None and validation_split:
+            # the rows left to train on must not all weigh 0 either (every batch skipped)
+            if rows is not None:
+                weights_trained = weights[rows[rows < weights.shape[0]]]
+            else:
+                weights_trained = weights
+            if not weights_trained.any():
+                raise ValueError("the row weights (sample_weight, class_weight) of the rows "
+                                 "left to train on after validation_split sum to 0")
         return _FitData(X, targets, labels, weights, validation, rows)
 
     # ---- helpers of the loop ----
@@ -423,6 +442,13 @@ class Trainer:
         parameter-sized rows, as many as the rule reads (_core.Hyperparameters.state_rows)."""
         shape = (rows, model.n_params)
         state, key = self._state, self._state_key
+        if key is not None and key[0] is _no_model and state is not None \
+                and state.shape == shape and state.dtype == model.dtype \
+                and key[1] == (optimizer.code_name, layout):
+            # pickled or copied (with its model, or for it): the state goes on with the
+            # model it fits, as it would have without the copy
+            self.bind(model)
+            key = self._state_key
         if (state is None or state.shape != shape or state.dtype != model.dtype or key is None
                 or key[0]() is not model or key[1] != (optimizer.code_name, layout)):
             check_allocation(shape[0] * shape[1], model.dtype, "the optimizer state")
@@ -689,6 +715,14 @@ class EpochLoop:
         self.steps_per_epoch = steps_per_epoch
         self.stop_requested, self.report = stop_requested, report
         self._constant = isinstance(schedule, schedules.Constant)
+        self.stepped = False            # whether run() has called its step yet
+
+    def logged(self) -> list:
+        """The figures each epoch's logs hold (on_train_begin's logs["logged"])."""
+        keys = ["loss", "learning_rate", "seconds", "samples_per_second"]
+        if self.validation is not None:
+            keys += ["val_loss"] + [f"val_{name}" for name, _ in self.metric_functions]
+        return keys
 
     def learning_rates(self, first_epoch: int) -> list:
         """The learning rate of each schedule epoch of a step."""
@@ -706,18 +740,24 @@ class EpochLoop:
 
     def run(self, n_steps: int, first_epoch: int, step, context=contextlib.nullcontext):
         """Call step(index, learning_rates) up to n_steps times under `context()`, with the
-        callbacks' train begin and end around; returns the History."""
-        for callback in self.callbacks:
-            callback.set_model(self.model)
-            callback.on_train_begin({})
-        started = time.perf_counter()
-        with context():
-            for index in range(n_steps):
-                epoch, rates = self.step_rates(index, first_epoch)
-                if self._end_of_step(index, epoch, rates, step(index, rates), started):
-                    break
-        for callback in self.callbacks:
-            callback.on_train_end({})
+        callbacks' train begin and end around (each begun callback's end however the fit
+        ends, an exception included); returns the History."""
+        begun = []
+        try:
+            for callback in self.callbacks:
+                callback.set_model(self.model)
+                callback.on_train_begin({"logged": self.logged()})
+                begun.append(callback)
+            started = time.perf_counter()
+            with context():
+                for index in range(n_steps):
+                    epoch, rates = self.step_rates(index, first_epoch)
+                    self.stepped = True
+                    if self._end_of_step(index, epoch, rates, step(index, rates), started):
+                        break
+        finally:
+            for callback in begun:
+                callback.on_train_end({})
         return self.history
 
     def _end_of_step(self, index, epoch, rates, result, started) -> bool:
@@ -758,5 +798,7 @@ def validation_set(model: MLP, loss, validation_data) -> tuple:
     if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
         raise TypeError("validation_data must be a pair (X_val, Y_val)")
     X_val = as_inputs(validation_data[0], "X_val", model.dtype, model.layer_sizes[0])
-    return X_val, dense_targets(validation_data[1], loss, model.layer_sizes[-1],
-                                X_val.shape[0], model.dtype)
+    Y_val = dense_targets(validation_data[1], loss, model.layer_sizes[-1], X_val.shape[0],
+                          model.dtype)
+    # as the training data: arrays that view the parameters would change under the steps
+    return unshared(X_val, model._params), unshared(Y_val, model._params)

@@ -359,3 +359,210 @@ def test_dask_fit_refuses_hyperparameters_the_dtype_cannot_hold_before_any_round
     with pytest.raises(ValueError, match="beta2"):
         fastbp_dask.fit(model, trainer, da.from_array(X, chunks=100), da.from_array(Y, chunks=100))
     assert all(np.array_equal(p, q) for p, q in zip(parameters(model), before))
+
+
+# ================================================ found by an audit of the API (2026-12-06)
+
+def classes_data(n_rows=40, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n_rows, 3))
+    return X, (X[:, 0] > 0).astype(int)
+
+
+def classifier(seed=0):
+    return fastbp.MLP([3, 4, 2], ["relu", "softmax"], seed=seed)
+
+
+def test_training_rows_whose_weights_are_all_zero_after_the_split_are_refused():
+    """The weights' sum-to-0 check applies to the rows left to train on after
+    validation_split, not only to all rows (else every batch is skipped: a NaN loss)."""
+    X, y = classes_data()
+    model = classifier()
+    before = model.parameter_vector()
+    trainer = fastbp.Trainer("cce", epochs=2, seed=0, n_threads=1, optimizer="adam")
+    weights = np.r_[np.zeros(30), np.ones(10)]
+    with pytest.raises(ValueError, match="left to train on after validation_split sum to 0"):
+        trainer.fit(model, X, y, sample_weight=weights, validation_split=0.25)
+    held_out_class = np.r_[np.zeros(30, dtype=int), np.ones(10, dtype=int)]
+    with pytest.raises(ValueError, match="sum to 0"):
+        fastbp.Trainer("cce", epochs=1, n_threads=1, class_weight={0: 0, 1: 1}).fit(
+            model, X, held_out_class, validation_split=0.25)
+    assert np.array_equal(model.parameter_vector(), before)
+    history = trainer.fit(model, X, y, sample_weight=np.r_[np.ones(30), np.zeros(10)],
+                          validation_split=0.25)             # held-out weights 0: fine
+    assert np.isfinite(history.loss).all()
+
+
+def run_after(refusal):
+    """Adam on model A for 2 + 2 epochs, `refusal(trainer)` in between."""
+    X, y = classes_data()
+    model = classifier()
+    trainer = fastbp.Trainer("cce", optimizer=optimizers.Adam(0.01), epochs=2, seed=0,
+                             n_threads=1)
+    trainer.fit(model, X, y)
+    if refusal is not None:
+        refusal(trainer, X, y)
+    trainer.fit(model, X, y)
+    return model.parameter_vector(), trainer._step
+
+
+def test_a_fit_refused_before_its_first_step_keeps_the_trainers_state(tmp_path):
+    """A fit of another model that a callback refuses at its start (a checkpoint into a
+    missing folder, a monitor the fit does not log) leaves the trainer's optimizer state
+    and step count for the first model as they were."""
+    expected, steps = run_after(None)
+
+    def missing_folder(trainer, X, y):
+        with pytest.raises(FileNotFoundError):
+            trainer.fit(classifier(seed=1), X, y, callbacks=[
+                callbacks.ModelCheckpoint(tmp_path / "missing" / "m.fbp")])
+
+    def unlogged_monitor(trainer, X, y):
+        with pytest.raises(ValueError, match="monitors 'val_loss', which this fit's epochs"):
+            trainer.fit(classifier(seed=1), X, y, callbacks=[callbacks.EarlyStopping()])
+
+    for refusal in (missing_folder, unlogged_monitor):
+        got, got_steps = run_after(refusal)
+        assert got_steps == steps and np.array_equal(got, expected)
+
+
+@pytest.mark.parametrize("make", [
+    lambda path: callbacks.EarlyStopping(),
+    lambda path: callbacks.EarlyStopping(monitor="val_accuracy"),
+    lambda path: callbacks.ModelCheckpoint(path),
+])
+def test_a_monitor_the_fit_does_not_log_is_refused_before_any_epoch(tmp_path, make):
+    X, y = classes_data()
+    model = classifier()
+    before = model.parameter_vector()
+    trainer = fastbp.Trainer("cce", learning_rate=0.1, epochs=5, seed=0, n_threads=1)
+    with pytest.raises(ValueError, match="which this fit's epochs do not log \\(validation"):
+        trainer.fit(model, X, y, callbacks=[make(tmp_path / "ck.fbp")])
+    assert np.array_equal(model.parameter_vector(), before)
+    assert trainer._epochs_done == 0 and trainer._step == 0
+    assert not (tmp_path / "ck.fbp").exists()
+    # with validation the same callbacks run
+    trainer.fit(model, X, y, validation_split=0.25, callbacks=[make(tmp_path / "ck.fbp")])
+
+
+def test_every_begun_callback_ends_when_another_raises():
+    """on_train_end runs however the fit ends, an exception from a callback included: the
+    callbacks begun are ended (EarlyStopping puts back its best weights)."""
+    X, y = classes_data(60)
+
+    class Boom(callbacks.Callback):
+        def on_epoch_end(self, epoch, logs):
+            if epoch == 3:
+                raise RuntimeError("boom")
+
+    class Ended(callbacks.Callback):
+        ended = 0
+
+        def on_train_end(self, logs=None):
+            self.ended += 1
+
+    model = classifier()
+    stopper = callbacks.EarlyStopping(monitor="loss", patience=100, restore_best_weights=True,
+                                      mode="max")               # the best: the first epoch
+    end = Ended()
+    with pytest.raises(RuntimeError, match="boom"):
+        fastbp.Trainer("cce", learning_rate=0.5, epochs=10, seed=0, n_threads=1).fit(
+            model, X, y, callbacks=[stopper, end, Boom()])
+    assert end.ended == 1
+    assert all(np.array_equal(a, b) for a, b in zip(model.weights, stopper._best_weights))
+
+
+@pytest.mark.parametrize("how", ["pickle", "deepcopy", "deepcopy_trainer"])
+def test_a_copied_trainer_goes_on_with_its_state(how):
+    """A trainer pickled or copied (with its model, or alone and used on the same model)
+    continues its optimizer state at the next fit, as the original would: bit-identical."""
+    import copy
+    import pickle
+
+    expected, steps = run_after(None)
+    X, y = classes_data()
+    model = classifier()
+    trainer = fastbp.Trainer("cce", optimizer=optimizers.Adam(0.01), epochs=2, seed=0,
+                             n_threads=1)
+    trainer.fit(model, X, y)
+    if how == "pickle":
+        trainer, model = pickle.loads(pickle.dumps((trainer, model)))
+    elif how == "deepcopy":
+        trainer, model = copy.deepcopy((trainer, model))
+    else:
+        trainer = copy.deepcopy(trainer)
+    trainer.fit(model, X, y)
+    assert trainer._step == steps and np.array_equal(model.parameter_vector(), expected)
+    # a model the state does not fit starts afresh, as before
+    other = fastbp.MLP([3, 5, 2], ["relu", "softmax"], seed=0)
+    copied = copy.deepcopy(trainer)
+    copied.fit(other, X, y)
+    assert copied._step == 4                  # 2 epochs of 2 batches of 32 rows: fresh
+
+
+@pytest.mark.parametrize("make", [
+    lambda: fastbp.Trainer("mse", learning_rate=10 ** 400),
+    lambda: fastbp.Trainer("mse", weight_decay=10 ** 400),
+    lambda: fastbp.MLP([3, 4, 1], "relu", dropout=10 ** 400),
+    lambda: optimizers.Adam(beta1=10 ** 400),
+    lambda: losses.Huber(10 ** 400),
+    lambda: callbacks.EarlyStopping(min_delta=-10 ** 400),
+])
+def test_integers_past_float64_are_a_value_error_naming_the_argument(make):
+    with pytest.raises(ValueError, match="got an integer of 40[01] digits"):
+        make()
+
+
+def test_a_schedules_rate_is_checked_as_a_learning_rate():
+    from fastbp import schedules
+
+    class Broken(schedules.Schedule):
+        def __init__(self, rate):
+            self.rate = rate
+
+        def _rate(self, epoch, base):
+            return self.rate
+
+    X, y = classes_data()
+    for rate in (-0.1, float("nan"), float("inf"), "0.1"):
+        model = classifier()
+        before = model.parameter_vector()
+        with pytest.raises(ValueError, match=f"Broken gave the learning rate {rate!r}"):
+            fastbp.Trainer("cce", epochs=2, seed=0, n_threads=1,
+                           schedule=Broken(rate)).fit(model, X, y)
+        assert np.array_equal(model.parameter_vector(), before)
+
+
+def test_saving_to_an_empty_path_is_refused_before_writing(tmp_path, monkeypatch):
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    with pytest.raises(IsADirectoryError):
+        classifier().save("")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["here"]
+    assert not list((tmp_path / "here").iterdir())
+
+
+def test_validation_data_that_views_the_parameters_is_read_as_a_copy():
+    """As X and Y are: a validation pair that views the model's parameters gives the
+    figures a copy of it gives, not ones that follow the steps."""
+    def val_losses(copy_first):
+        model = fastbp.MLP([4, 4, 4], ["tanh", "identity"], seed=0, dtype="float64")
+        X, Y = model.weights[0].copy(), model.weights[1].copy()
+        views = (model.weights[0], model.weights[1])
+        validation = tuple(v.copy() for v in views) if copy_first else views
+        return fastbp.Trainer("mse", learning_rate=0.1, epochs=3, batch_size=2,
+                              shuffle=False, n_threads=1).fit(
+            model, X, Y, validation_data=validation).val_loss
+    assert val_losses(True) == val_losses(False)
+
+
+def test_seeds_and_labels_out_of_range_are_refused():
+    with pytest.raises(ValueError, match="seed must be an integer >= 0; got -1"):
+        fastbp.MLP([2, 1], "identity", seed=-1)
+    with pytest.raises(TypeError, match="seed must be None or an integer; got True"):
+        fastbp.MLP([2, 1], "identity", seed=True)
+    from fastbp import metrics
+    for labels in ([0, 5], [-1, 1]):
+        with pytest.raises(ValueError, match=r"must be whole numbers 0\.\.1"):
+            metrics.accuracy(labels, [[1, 0], [0, 1]])
+    assert metrics.accuracy([0, 1], [[0.9, 0.1], [0.2, 0.8]]) == 1.0

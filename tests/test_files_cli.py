@@ -237,3 +237,106 @@ def test_a_sidecar_with_wrong_classes_is_a_message(tmp_path, data, trained, caps
         assert status == 2, (command, err)
         assert err.startswith(f"fastbp {command[0]}: error: ") and "classes" in err
         assert "Traceback" not in err
+
+
+# ---- found by an audit of the command line (2026-12-06) ----
+
+def test_a_damaged_npz_is_a_message_not_a_traceback(tmp_path, capsys):
+    """A truncated archive, or one whose member fails its CRC, is exit 2 with one line
+    (zipfile's BadZipFile is neither a ValueError nor an OSError), for train and predict,
+    as an archive of arrays and as a save_npz matrix."""
+    import scipy.sparse
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(100, 3))
+    y = (X[:, 0] > 0).astype(int)
+    np.savez(tmp_path / "d.npz", X=X, y=y)
+    scipy.sparse.save_npz(tmp_path / "s.npz", scipy.sparse.csr_matrix(X), compressed=False)
+    np.save(tmp_path / "y.npy", y)
+    status, _, err = run_cli(capsys, "train", tmp_path / "d.npz", "--loss", "cce", "--epochs",
+                             "1", "--quiet", "--output", tmp_path / "m.fbp")
+    assert status == 0, err
+    for source in ("d.npz", "s.npz"):
+        raw = (tmp_path / source).read_bytes()
+        damaged = bytearray(raw)
+        damaged[300:310] = b"\xff" * 10
+        (tmp_path / f"crc_{source}").write_bytes(bytes(damaged))
+        (tmp_path / f"cut_{source}").write_bytes(raw[:300])
+        for name in (f"crc_{source}", f"cut_{source}"):
+            for argv in (("predict", tmp_path / "m.fbp", tmp_path / name),
+                         ("train", tmp_path / name, "--loss", "cce", "--quiet",
+                          "--output", tmp_path / "n.fbp")
+                         + (("--targets", tmp_path / "y.npy") if source == "s.npz" else ())):
+                status, _, err = run_cli(capsys, *argv)
+                assert status == 2, (name, argv[0], err)
+                assert err.count("\n") == 1 and ("not a readable" in err
+                                                  or "is not readable" in err), err
+    assert not (tmp_path / "n.fbp").exists()
+
+
+def test_evaluate_json_is_strict_json(tmp_path, capsys):
+    """R² of one row is NaN, which --json writes as null (JSON has no NaN)."""
+    rows = ["a,b,price", "0.1,0.2,0.3", "0.4,0.1,0.9", "1,2,3"]
+    (tmp_path / "r.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "one.csv").write_text("\n".join(rows[:2]) + "\n")
+    status, _, err = run_cli(capsys, "train", tmp_path / "r.csv", "--hidden", "4", "--epochs",
+                             "1", "--quiet", "--output", tmp_path / "reg.fbp")
+    assert status == 0, err
+    status, out, err = run_cli(capsys, "evaluate", tmp_path / "reg.fbp", tmp_path / "one.csv",
+                               "--json")
+    assert status == 0, err
+
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+    figures = json.loads(out, parse_constant=refuse)
+    assert figures["rows"] == 1 and figures["r2"] is None and figures["loss"] >= 0
+
+
+def test_labels_that_look_like_numbers_keep_their_identity(tmp_path, capsys):
+    """A label column is taken as numbers only where no label is lost that way: leading
+    zeros (ZIP codes) and integers past float64's exact range (IDs) stay text, written
+    back as they were; plain numbers stay numbers."""
+    rng = np.random.default_rng(0)
+    for labels, expected in ((["00501", "02134", "9007199254740993", "9007199254740992"],
+                              ["00501", "02134", "9007199254740992", "9007199254740993"]),
+                             (["3", "10", "-1", "7"], [-1, 3, 7, 10])):
+        lines = ["x,y,cls"] + [f"{rng.random():.3f},{rng.random():.3f},{labels[i % 4]}"
+                               for i in range(40)]
+        (tmp_path / "ids.csv").write_text("\n".join(lines) + "\n")
+        status, _, err = run_cli(capsys, "train", tmp_path / "ids.csv", "--loss", "cce",
+                                 "--hidden", "4", "--epochs", "1", "--quiet",
+                                 "--output", tmp_path / "ids.fbp")
+        assert status == 0, err
+        sidecar = json.loads((tmp_path / "ids.fbp.json").read_text())
+        assert sidecar["classes"] == expected
+        status, out, err = run_cli(capsys, "predict", tmp_path / "ids.fbp",
+                                   tmp_path / "ids.csv", "--labels")
+        assert status == 0, err
+        assert set(out.split()[1:]) <= {str(label) for label in expected}
+        status, out, err = run_cli(capsys, "evaluate", tmp_path / "ids.fbp",
+                                   tmp_path / "ids.csv", "--json")
+        assert status == 0, err
+
+
+def test_a_csv_without_any_of_the_models_feature_columns_is_refused(tmp_path, data, trained,
+                                                                    capsys):
+    """The sidecar names the feature columns: a file that has none of them is another
+    file's columns, refused as one missing some is, not read by position."""
+    (tmp_path / "other.csv").write_text("height,weight,mass\n0.5,-0.5,1\n")
+    for command in ("predict", "evaluate"):
+        argv = [command, trained, tmp_path / "other.csv"]
+        status, _, err = run_cli(capsys, *argv + (["--target", "mass"]
+                                                  if command == "evaluate" else []))
+        assert status == 2 and "lacks the feature column(s) 'a', 'b', 'c'" in err, err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "{data}", *TRAIN, "--validation-split", "-0.5", "--output", "{out}"],
+     "--validation-split must be between 0 and 1"),
+    (["demo", "--samples", "-5", "--epochs", "1"], "must be >= 1; got -5"),
+])
+def test_option_values_below_their_range_are_refused(tmp_path, data, capsys, argv, message):
+    argv = [str(a).format(data=data, out=tmp_path / "m.fbp") for a in argv]
+    status, _, err = run_cli(capsys, *argv)
+    assert status == 2 and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "m.fbp").exists()

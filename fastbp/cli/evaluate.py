@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 from fastbp.cli.errors import UsageError
 from fastbp.cli.sidecar import load_model, loss_of, sidecar_path
@@ -37,7 +38,10 @@ def cmd_evaluate(args) -> int:
     for name in metrics.default_metrics(loss, n_outputs):
         figures[name] = metrics.get(name)(Y, predictions)
     if args.json:
-        print(json.dumps({"loss_name": loss.name, **figures}))
+        # strict JSON: a figure that is not a number (R² of one row is NaN) is null
+        print(json.dumps({"loss_name": loss.name,
+                          **{key: value if math.isfinite(value) else None
+                             for key, value in figures.items()}}))
         return 0
     labels = {"rows": "rows", "loss": f"loss ({loss.name})", "accuracy": "accuracy",
               "binary_accuracy": "binary accuracy", "mae": "MAE", "r2": "R²"}

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import os
 import warnings
+import zipfile
 
 from fastbp.cli.errors import UsageError
 from fastbp.cli.targets import is_number
@@ -178,7 +179,7 @@ def _saved_sparse(archive) -> bool:
     try:
         member = archive["format"]                    # a 0-d bytes array, no pickle
         name = member.item()
-    except (ValueError, OSError):
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile):
         return False
     if isinstance(name, bytes):
         name = name.decode("ascii", "replace")
@@ -192,7 +193,7 @@ def _sparse_table(path: str, args, want_targets: bool) -> Table:
 
     try:
         matrix = scipy.sparse.load_npz(path)          # np.load without pickle
-    except (ValueError, OSError, KeyError) as error:
+    except (ValueError, OSError, KeyError, EOFError, zipfile.BadZipFile) as error:
         raise UsageError(f"{path}: not a readable scipy.sparse matrix: {error}") from None
     if matrix.ndim != 2:
         raise UsageError(f"{path} holds a sparse array of shape {matrix.shape}; the "
@@ -217,6 +218,8 @@ def _sparse_table(path: str, args, want_targets: bool) -> Table:
 def _member(archive, name, path):
     try:
         return archive[name]
+    except (EOFError, zipfile.BadZipFile) as error:     # a damaged or truncated member
+        raise UsageError(f"the array {name!r} in {path} is not readable: {error}") from None
     except ValueError as error:
         if "pickle" in str(error).lower():
             raise UsageError(f"the array {name!r} in {path} holds Python objects, which fastbp "
@@ -272,6 +275,8 @@ def _np_load(path: str):
                          f"either signature")
     try:
         return np.load(path, allow_pickle=False)
+    except (EOFError, zipfile.BadZipFile) as error:     # a truncated or damaged archive
+        raise UsageError(f"{path}: not a readable NumPy file: {error}") from None
     except ValueError as error:
         if "pickle" in str(error).lower():
             raise UsageError(f"{path} holds Python objects (an object array), which fastbp "
@@ -363,7 +368,7 @@ def select_columns(table: Table, args, sidecar, n_inputs=None, want_targets=True
         missing = [name for name in wanted if name not in table.names]
         if not missing:
             features = [table.names.index(name) for name in wanted]
-        elif len(missing) < len(wanted):
+        else:       # (none of them: another file's columns, not to be taken by position)
             raise UsageError(f"{table.path} lacks the feature column(s) "
                              f"{', '.join(map(repr, missing[:5]))} the model was trained with")
     if features is None:

@@ -40,16 +40,38 @@ def _plain(value):
 
 
 def _label_keys(column):
-    """(keys, numeric) for a label column: float64 numbers when every label is a number,
-    else the labels as strings."""
+    """(keys, numeric) for a label column: float64 numbers when every label is a number
+    that keeps its identity as one (_numbers_keep_labels), else the labels as strings."""
     import numpy as np
 
     numbers = numbers_or_none(column)
-    if numbers is not None:
+    if numbers is not None and _numbers_keep_labels(column):
         if not np.isfinite(numbers).all():
             raise UsageError("the target column holds NaN or infinity; every row needs a label")
         return numbers, True
-    return np.array([str(v) for v in column], dtype=str), False
+    return np.array([str(v).strip() for v in column], dtype=str), False
+
+
+def _numbers_keep_labels(column) -> bool:
+    """Whether a column of labels read as text (a CSV's) may be taken as numbers without
+    losing a label: no two distinct labels become the same float64 (the 17-digit IDs
+    9007199254740993 and ...992), none has a leading zero ("00501", which would come back
+    as 501), and no whole number is beyond float64's exact integers. Numeric arrays (NPY,
+    NPZ) are numbers as they are."""
+    import re
+
+    if column.dtype.kind in "biuf":
+        return True
+    texts = {str(value).strip() for value in column.tolist()}
+    if len({float(text) for text in texts}) != len(texts):
+        return False
+    for text in texts:
+        digits = text.lstrip("+-")
+        if re.match(r"0\d", digits):
+            return False
+        if re.fullmatch(r"\d+", digits) and int(digits) > 2 ** 53:
+            return False
+    return True
 
 
 def encode_labels(column, classes=None, source="the target column"):

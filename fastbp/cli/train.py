@@ -184,7 +184,7 @@ def _validation_last(args, X, Y):
     from fastbp.trainer import validation_split_point
 
     fraction = args.validation_split
-    if fraction <= 0:
+    if fraction == 0:
         return X, Y, 0
     if not 0 < fraction < 1:
         raise UsageError(f"--validation-split must be between 0 and 1; got {fraction}")
