@@ -22,6 +22,9 @@ import os
 import time
 
 _VERSION = 1
+# A cache file is read whole up to this size (an entry takes about 100 bytes: some 600,000
+# choices; entries are never dropped, and each build keys its own), a larger one not at all.
+_LARGEST_FILE = 64 << 20
 # A measurement takes well under a second; a lock held longer than this is taken to be
 # stuck (a hung file system) and the choice is measured without it.
 LOCK_WAIT_SECONDS = 60.0
@@ -96,9 +99,12 @@ def read_cache(file_name) -> dict:
     """The choices kept in a cache file, or {} when it is missing, unreadable or not ours."""
     try:
         with open(os.path.join(cache_folder(), file_name), "rb") as file:
-            document = json.loads(file.read(1 << 20))
-    except (OSError, ValueError):
-        return {}
+            content = file.read(_LARGEST_FILE + 1)
+        if len(content) > _LARGEST_FILE:
+            return {}
+        document = json.loads(content)
+    except (OSError, ValueError, RecursionError):   # (RecursionError: nested past Python's
+        return {}                                   # stack, "[[[[..." from anything else)
     if not isinstance(document, dict) or document.get("version") != _VERSION:
         return {}
     choices = document.get("choices")

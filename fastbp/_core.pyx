@@ -742,6 +742,23 @@ cdef struct HyperparameterData:
     double learning_rate, weight_decay, momentum, beta1, beta2, epsilon, clip_norm
     bint nesterov, decoupled_weight_decay
     double step                     # optimizer steps taken so far (Adam's t)
+    bint batch_mean_loss            # the epoch's loss as scikit-learn's (add_batch_loss)
+
+
+cdef inline void add_batch_loss(const HyperparameterData* hyper, double* loss_total,
+                                double* weight_total, double loss_sum, double normaliser,
+                                double weight_sum, Py_ssize_t m) noexcept nogil:
+    """A batch's loss into the epoch's totals, whose ratio is the epoch's loss: the
+    weighted sum and the weights (sum w l / sum w over the epoch's rows), or with
+    batch_mean_loss the batch's weighted mean times its rows and the rows (scikit-learn's
+    MLP: sum over batches of m_b times the batch's mean, over n). The two are the same sum
+    where a batch's weights add up to its rows (no sample weights), and the same bits."""
+    if hyper.batch_mean_loss and weight_sum != m:
+        loss_total[0] += loss_sum * normaliser / weight_sum * m
+        weight_total[0] += m
+    else:
+        loss_total[0] += loss_sum * normaliser
+        weight_total[0] += weight_sum
 
 
 cdef inline bint uses_first_moment(int optimizer) noexcept nogil:
@@ -761,7 +778,7 @@ cdef class Hyperparameters:
                  double learning_rate=0.01, double weight_decay=0.0, double momentum=0.0,
                  bint nesterov=False, double beta1=0.9, double beta2=0.999,
                  double epsilon=1e-8, double clip_norm=0.0, bint decoupled_weight_decay=False,
-                 double step=0):
+                 double step=0, bint batch_mean_loss=False):
         if not valid_code(loss, LOSS_CODES):
             raise ValueError(f"unknown loss code {loss}")
         if not valid_code(optimizer, OPTIMIZER_CODES):
@@ -770,7 +787,8 @@ cdef class Hyperparameters:
             loss=loss, loss_parameter=loss_parameter, optimizer=optimizer,
             learning_rate=learning_rate, weight_decay=weight_decay, momentum=momentum,
             beta1=beta1, beta2=beta2, epsilon=epsilon, clip_norm=clip_norm, nesterov=nesterov,
-            decoupled_weight_decay=decoupled_weight_decay, step=step)
+            decoupled_weight_decay=decoupled_weight_decay, step=step,
+            batch_mean_loss=batch_mean_loss)
 
     @property
     def step(self):
@@ -2333,8 +2351,8 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
                     break
                 if clipping:
                     clip_and_update(plan_data, hyper, p, grads, first, second)
-                loss_total += loss_sum * normaliser
-                weight_total += weight_sum
+                add_batch_loss(hyper, &loss_total, &weight_total, loss_sum, normaliser,
+                               weight_sum, m)
             start += m
         pool_threads.stop()
         # An update can overflow with a finite loss: in the parameters, or only in the

@@ -282,8 +282,8 @@ cdef void hidden_loop(floating* kind, WorkerArgument* argument) noexcept nogil:
         if k == 0:
             hidden_bias_update(s, &hyper, params, b2, z_delta, n_out, m)
             s.hyper.step += 1
-            s.loss_total += loss_sum * s.normaliser
-            s.weight_total += weight_sum
+            add_batch_loss(&hyper, &s.loss_total, &s.weight_total, loss_sum, s.normaliser,
+                           weight_sum, m)
         fbp_timing_mark(k, 10)
         parity = 1 - parity
         slot = (slot + 1) % 3

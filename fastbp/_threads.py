@@ -317,7 +317,8 @@ def _measured_choice(layer_sizes, codes, batch_size, dtype, candidates, threads_
         if key not in _measured:
             found = settled(
                 CACHE_FILE, key,
-                lambda kept: isinstance(kept, (list, tuple)) and tuple(kept) in valid,
+                lambda kept: isinstance(kept, list) and all(type(v) is int for v in kept)
+                and tuple(kept) in valid,
                 lambda: [int(value) for value in
                          _measure(layer_sizes, codes, batch_size, dtype, candidates,
                                   clipping)])

@@ -654,8 +654,8 @@ cdef void worker_loop(floating* kind, WorkerArgument* argument) noexcept nogil:
         fbp_timing_mark(k, 4)
         if k == 0:
             s.hyper.step += 1
-            s.loss_total += loss_sum * s.normaliser
-            s.weight_total += weight_sum
+            add_batch_loss(&hyper, &s.loss_total, &s.weight_total, loss_sum, s.normaliser,
+                           weight_sum, m)
             s.start = start + m
             next_batch(s, work)
             fbp_timing_mark(k, 5)

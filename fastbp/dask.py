@@ -382,6 +382,11 @@ def _client_for(client):
     """The distributed client to use: the one given, else the default one, else None
     (dask's local scheduler)."""
     if client is not None:
+        from distributed import Client
+        if not isinstance(client, Client):
+            raise TypeError(f"client must be a dask.distributed.Client (or None: the default "
+                            f"client, else dask's local scheduler); got "
+                            f"{type(client).__name__}")
         return client
     try:
         from distributed import default_client
@@ -401,6 +406,9 @@ def _check_arrays(model, X, Y, loss):
         if any(math.isnan(size) for size in array.shape):
             raise ValueError(f"{name} has unknown chunk sizes; call "
                              f"{name}.compute_chunk_sizes() first")
+        if np.dtype(array.dtype).kind not in "biuf":    # (the chunks are cast unchecked)
+            raise TypeError(f"{name} must hold numbers; got a dask array of dtype "
+                            f"{array.dtype}")
     if X.ndim != 2:
         raise ValueError(f"X must be 2-D (n_samples, {model.layer_sizes[0]}); got shape {X.shape}")
     if X.shape[1] != model.layer_sizes[0]:
@@ -785,6 +793,9 @@ class _Averager:
         self.rule, self.model = rule, model
         self.held = model._params.copy()     # what the model held after the last round
         self.state = rule.begin(model.parameter_vector(np.float64), None, model.dtype)
+        if self.state is None:
+            raise ValueError("the model's parameters are not all finite (NaN or infinity): "
+                             "there is no start to train from")
         self.completed = 0      # rounds completed
         self.in_model = 0       # the round whose parameters the model holds (0: the start)
 

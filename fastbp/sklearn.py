@@ -658,6 +658,9 @@ class _BaseMLP(BaseEstimator):
                               batch_size=batch_size, shuffle=bool(self.shuffle),
                               seed=int(rng.randint(_SEED_LIMIT)), schedule=schedule,
                               weight_decay=weight_decay, n_threads=self.n_threads)
+        # loss_ as scikit-learn sums it: each batch's weighted mean times its rows (with
+        # sample weights and several batches an epoch, not the epoch's weighted mean)
+        trainer._batch_mean_loss = True
         self._trainer = trainer
         return trainer
 

@@ -545,7 +545,9 @@ class _CompiledEpoch:
         hyperparameters = _core.Hyperparameters(
             loss.code, loss.parameter, weight_decay=spec.weight_decay,
             decoupled_weight_decay=bool(trainer.decoupled_weight_decay),
-            clip_norm=spec.clip_norm or 0.0, **optimizer.hyperparameters())
+            clip_norm=spec.clip_norm or 0.0, **optimizer.hyperparameters(),
+            # (fastbp.sklearn's trainers: the epoch's loss as scikit-learn's)
+            batch_mean_loss=getattr(trainer, "_batch_mean_loss", False))
         self.state = trainer._optimizer_state(model, optimizer, hyperparameters.state_layout,
                                               hyperparameters.state_rows)
         hyperparameters.step = trainer._step

@@ -131,3 +131,46 @@ def test_a_lock_held_too_long_or_a_cache_that_cannot_be_written_is_no_error(
     monkeypatch.setenv("FASTBP_CACHE_DIR", str(not_a_folder))
     assert _cache.settled("c.json", "k", lambda choice: choice == 5, lambda: 5) == 5
     assert not_a_folder.read_text() == ""
+
+
+def test_an_unreadable_or_odd_cache_is_measured_again_never_an_error(tmp_path, monkeypatch):
+    """Whatever a cache file holds (nesting deeper than Python's stack, entries of the
+    wrong types inside valid JSON), a fit measures again instead of failing: the thread
+    choice's check takes only a list of whole numbers among the candidates."""
+    import numpy as np
+
+    import fastbp
+    from fastbp import _threads
+
+    monkeypatch.setenv("FASTBP_CACHE_DIR", str(tmp_path))
+    model = fastbp.MLP([16, 64, 2], ["relu", "identity"], seed=0)
+    X, Y = np.zeros((256, 16), np.float32), np.zeros((256, 2), np.float32)
+    key = _threads._cache_key(model.layer_sizes, 64, model.dtype, "=2")
+    documents = ["[" * 100_000, json.dumps({"version": 1, "choices": {key: [[1], 1, 0]}}),
+                 json.dumps({"version": 1, "choices": {key: [{"a": 1}, 1, 0]}}),
+                 json.dumps({"version": 1, "choices": {key: [True, 1, 0]}})]
+    for document in documents:
+        for name in ("threads.json", "products.json"):
+            (tmp_path / name).write_text(document)
+        _threads._measured.clear()
+        fastbp.Trainer("mse", epochs=1, batch_size=64, seed=0, n_threads=2).fit(model, X, Y)
+        model.predict(np.zeros((3000, 16), np.float32))
+        kept = _cache.read_cache("threads.json")[key]
+        assert isinstance(kept, list) and all(type(v) is int for v in kept)
+
+
+def test_a_cache_of_more_than_a_mebibyte_is_read(tmp_path, monkeypatch):
+    """A cache file keeps every build's and every shape's choices: past 1 MiB (about
+    11,000 of them) it is read whole, and a new choice is added to it, not in its place."""
+    monkeypatch.setenv("FASTBP_CACHE_DIR", str(tmp_path))
+    choices = {f"key {i:06d} " + "x" * 80: i for i in range(14_000)}
+    (tmp_path / "big.json").write_text(json.dumps({"version": 1, "choices": choices},
+                                                  indent=1))
+    assert (tmp_path / "big.json").stat().st_size > 1 << 20
+    assert _cache.settled("big.json", "key 000007 " + "x" * 80, lambda kept: kept == 7,
+                          lambda: pytest.fail("measured a kept choice")) == 7
+    assert _cache.settled("big.json", "new", lambda kept: kept == "n", lambda: "n") == "n"
+    assert len(_cache.read_cache("big.json")) == 14_001
+    with open(tmp_path / "big.json", "ab") as file:     # past the largest file read: unread
+        file.truncate(_cache._LARGEST_FILE + 1)
+    assert _cache.read_cache("big.json") == {}

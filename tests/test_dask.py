@@ -1121,3 +1121,43 @@ def test_dask_ml_incremental_trains_through_partial_fit(cluster_client):
         model.partial_fit(X, y, classes=np.arange(4))
     assert model.score(da.from_array(X_TEST, chunks=(1000, -1)),
                        da.from_array(Y_TEST, chunks=1000)) > 0.85
+
+
+# ---- found by an audit of fastbp.dask (2026-12-06) ----
+
+def test_inputs_that_are_not_numbers_are_refused_before_the_model_changes():
+    """X (dense or of sparse chunks) and Y must hold numbers, as for Trainer.fit: the
+    chunks are cast to the model's dtype on the workers, which would drop a complex
+    value's imaginary part or read text, so other dtypes are refused up front."""
+    X, y = X_TRAIN[:1000], Y_TRAIN[:1000]
+    cases = [((X + 1j).astype(np.complex64), y), (X.astype(str), y),
+             (X.astype(object), y), (np.zeros((1000, 10), "datetime64[s]"), y),
+             (scipy.sparse.csr_matrix(X.astype(np.complex64)), y)]
+    for data, labels in cases:
+        model, trainer = classifier(), fastbp.Trainer("cce", seed=0, epochs=1, n_threads=1)
+        before = model.parameter_vector()
+        chunks = da.from_array(data, chunks=(250, -1), asarray=not scipy.sparse.issparse(data))
+        with pytest.raises(TypeError, match="X must hold numbers; got a dask array of dtype"):
+            fastbp.dask.fit(model, trainer, chunks, da.from_array(labels, chunks=250),
+                            rounds=1)
+        assert np.array_equal(model.parameter_vector(), before)
+    regressor = fastbp.MLP([10, 4, 1], ["relu", "identity"], seed=0)
+    with pytest.raises(TypeError, match="Y must hold numbers"):
+        fastbp.dask.fit(regressor, fastbp.Trainer("mse", seed=0, n_threads=1),
+                        da.from_array(X, chunks=(250, -1)),
+                        da.from_array((X[:, :1] + 1j).astype(np.complex64), chunks=(250, -1)),
+                        rounds=1)
+
+
+def test_a_model_that_is_not_finite_or_a_wrong_client_is_a_clear_error():
+    X, y = chunked(500)
+    model = classifier()
+    model.weights[0][0, 0] = np.nan          # through the live arrays
+    before = model.parameter_vector()
+    with pytest.raises(ValueError, match="parameters are not all finite"):
+        fastbp.dask.fit(model, fastbp.Trainer("cce", seed=0, n_threads=1), X, y, rounds=1)
+    np.testing.assert_array_equal(model.parameter_vector(), before)
+    model = classifier()
+    with pytest.raises(TypeError, match="client must be a dask.distributed.Client"):
+        fastbp.dask.fit(model, fastbp.Trainer("cce", seed=0, n_threads=1), X, y, rounds=1,
+                        client="tcp://127.0.0.1:8786")

@@ -247,6 +247,35 @@ def test_sample_weighted_steps_equal_sklearns():
         assert_same_parameters(ours, theirs, rtol=1e-9, atol=1e-12)
 
 
+def test_sample_weighted_epochs_of_several_batches_report_sklearns_loss():
+    """With sample weights and several batches an epoch, scikit-learn's loss_ is the sum
+    over batches of each batch's weighted mean times its rows, over the rows (not the
+    epoch's weighted mean): loss_curve_, and so the epoch the fit stops at, are the same."""
+    rng = np.random.RandomState(0)
+    X = rng.randn(40, 3)
+    y = X[:, 0] - X[:, 1] + 0.3 * rng.randn(40)
+    weights = np.r_[np.ones(20), 3 * np.ones(20)]       # two batches of 20: weights 20, 60
+    settings = dict(hidden_layer_sizes=(4,), solver="sgd", momentum=0.0, alpha=0.0,
+                    random_state=0, shuffle=False, batch_size=20, learning_rate_init=0.05,
+                    n_iter_no_change=3, tol=3e-4, max_iter=500)
+    ours, theirs = (quiet(cls(**settings).fit, X, y, sample_weight=weights)
+                    for cls in (MLPRegressor, neural_network.MLPRegressor))
+    assert ours.n_iter_ == theirs.n_iter_
+    np.testing.assert_allclose(ours.loss_curve_, theirs.loss_curve_, rtol=1e-9)
+    assert_same_parameters(ours, theirs, rtol=1e-8, atol=1e-11)
+    # without weights (or with weights adding up to each batch's rows) the two sums are
+    # the same, and the same bits
+    curves = []
+    for batch_means in (False, True):
+        for row_weights in (None, np.ones(40)):
+            trainer = fastbp.Trainer("mse", learning_rate=0.05, epochs=3, batch_size=16,
+                                     seed=0, n_threads=1)
+            trainer._batch_mean_loss = batch_means
+            model = fastbp.MLP([3, 4, 1], ["tanh", "identity"], dtype="float64", seed=0)
+            curves.append(trainer.fit(model, X, y[:, None], sample_weight=row_weights).loss)
+    assert all(curve == curves[0] for curve in curves)
+
+
 def test_adam_steps_equal_sklearns_but_for_epsilon():
     """Adam is PyTorch's rule, which adds epsilon after the bias correction of sqrt(v)
     (scikit-learn adds it before): with a negligible epsilon the steps are the same."""
