@@ -177,6 +177,33 @@ static void FBP_LEVEL_NAME(fbp_activation_backward)(FBP_T *delta, const FBP_T *a
    NULL, writes delta = scale * d(weighted sum)/dz.  softmax + CCE and sigmoid + BCE take
    the loss from the logits (no log of 0) and the fused gradient p - y; every other
    pairing clips probabilities and uses the chain rule.  loss_parameter is Huber's delta. */
+/* The log-loss of probabilities p (the fused output layers' outputs) clipped to
+   [clip, 1 - clip] first, as scikit-learn's log_loss and binary_log_loss take it: each
+   row's -sum y log q (CCE) or -sum (y log q + (1 - y) log(1 - q)) (BCE), times its weight.
+   Only the loss's value: the fused gradient p - y stays unclipped, as scikit-learn's. */
+static double FBP_LEVEL_NAME(fbp_clipped_log_loss)(const FBP_T *p, const FBP_T *y,
+                                                    const FBP_T *row_weights, ptrdiff_t n_rows,
+                                                    ptrdiff_t n_cols, int loss, FBP_T clip)
+{
+    const FBP_T high = 1 - clip;
+    double total = 0;
+    for (ptrdiff_t r = 0; r < n_rows; r++) {
+        double row_total = 0;
+        for (ptrdiff_t j = r * n_cols; j < (r + 1) * n_cols; j++) {
+            const FBP_T q = p[j] < clip ? clip : (p[j] > high ? high : p[j]), t = y[j];
+            if (t != 0)
+                row_total -= (double)t * FBP_MATH_LOG(q);
+            if (loss == FBP_BCE && t != 1)
+                row_total -= (double)(1 - t) * FBP_MATH_LOG(1 - q);
+        }
+        total += (row_weights ? (double)row_weights[r] : 1.0) * row_total;
+    }
+    return total;
+}
+
+/* loss_parameter: Huber's delta; for the fused cross-entropies (softmax + CCE, sigmoid +
+   BCE) a clip > 0 of the probabilities in the loss's value (fbp_clipped_log_loss), 0 for
+   none. */
 static double FBP_LEVEL_NAME(fbp_output_layer)(FBP_T *z, const FBP_T *bias, FBP_T *preactivation,
                                                 const FBP_T *y, const FBP_T *row_weights,
                                                 FBP_T *delta, ptrdiff_t n_rows, ptrdiff_t n_cols,
@@ -185,9 +212,14 @@ static double FBP_LEVEL_NAME(fbp_output_layer)(FBP_T *z, const FBP_T *bias, FBP_
 {
     double total = 0;
 
-    if (activation == FBP_SOFTMAX && loss == FBP_CCE)
-        return FBP_NAME(fbp_softmax_rows)(z, bias, n_rows, n_cols, y, row_weights, delta,
-                                          scale);
+    if (activation == FBP_SOFTMAX && loss == FBP_CCE) {
+        total = FBP_NAME(fbp_softmax_rows)(z, bias, n_rows, n_cols, y, row_weights, delta,
+                                           scale);
+        if (y && loss_parameter > 0 && total == total)     /* (a NaN stays: it diverged) */
+            total = FBP_LEVEL_NAME(fbp_clipped_log_loss)(z, y, row_weights, n_rows, n_cols,
+                                                         loss, loss_parameter);
+        return total;
+    }
 
     if (activation == FBP_SIGMOID && loss == FBP_BCE) {
         for (ptrdiff_t r = 0; r < n_rows; r++) {
@@ -209,6 +241,9 @@ static double FBP_LEVEL_NAME(fbp_output_layer)(FBP_T *z, const FBP_T *bias, FBP_
                     delta[r * n_cols + j] = factor * (row[j] - target[j]);
             }
         }
+        if (loss_parameter > 0 && total == total)
+            total = FBP_LEVEL_NAME(fbp_clipped_log_loss)(z, y, row_weights, n_rows, n_cols,
+                                                         loss, loss_parameter);
         return total;
     }
 

@@ -48,7 +48,7 @@ class Loss:
 
     name = ""
     aliases = ()
-    parameter = 1.0     # a number the loss needs (Huber's delta)
+    parameter = 1.0     # a number the loss needs (Huber's delta; the cross-entropies' clip)
     target_forms = ("real values",)
     output_activation = "identity"
     is_classification = False
@@ -131,10 +131,37 @@ class MeanAbsoluteError(Loss):
     aliases = ("mean_absolute_error",)
 
 
+class _LogLoss(Loss):
+    """The cross-entropies' optional clip: with clip=c the loss's value (not its gradient)
+    takes each probability clipped to [c, 1 - c] first, as scikit-learn's log_loss does
+    (c = the dtype's machine epsilon there: a row's loss at most -log c), where the output
+    layer is the fused one (softmax with CCE, sigmoid with BCE); None: the exact loss."""
+
+    parameter = 0.0
+
+    def __init__(self, clip=None):
+        if clip is not None:
+            clip = real_number(clip, "clip")
+            if not 0 < clip < 0.5:
+                raise ValueError(f"clip must be in (0, 0.5) (or None); got {clip!r}")
+            self.parameter = clip
+
+    @property
+    def clip(self):
+        return self.parameter or None
+
+    def check_dtype(self, dtype) -> None:
+        if self.parameter:
+            check_in_dtype(self.parameter, "clip", dtype)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({'' if not self.parameter else f'clip={self.parameter!r}'})"
+
+
 @_register
-class CategoricalCrossentropy(Loss):
+class CategoricalCrossentropy(_LogLoss):
     """-(1/n) sum_i sum_k y_ik log p_ik; targets: class labels 0..k-1 (one per row), or
-    one-hot (or probability) rows that sum to 1."""
+    one-hot (or probability) rows that sum to 1. clip: see _LogLoss."""
 
     name = "categorical_crossentropy"
     aliases = ("cce",)
@@ -159,9 +186,10 @@ class CategoricalCrossentropy(Loss):
 
 
 @_register
-class BinaryCrossentropy(Loss):
+class BinaryCrossentropy(_LogLoss):
     """Mean over all elements of -(y log p + (1 - y) log(1 - p)); targets in [0, 1]: 0/1
-    values or probabilities, one column per independent output (multi-label)."""
+    values or probabilities, one column per independent output (multi-label). clip: see
+    _LogLoss."""
 
     name = "binary_crossentropy"
     aliases = ("bce",)

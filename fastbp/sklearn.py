@@ -1018,9 +1018,15 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
     def _loss(self):
         """Multiclass: categorical cross-entropy (softmax); binary and multi-label: binary
-        cross-entropy (sigmoid)."""
-        return losses.CategoricalCrossentropy() if self._label_binarizer.y_type_ == "multiclass" \
-            else losses.BinaryCrossentropy()
+        cross-entropy (sigmoid). Once the model exists, its value clips the probabilities
+        to [eps, 1 - eps] (eps: the model dtype's machine epsilon) as scikit-learn's
+        log_loss does, so that loss_, loss_curve_ and L-BFGS's objective are scikit-learn's
+        where outputs saturate too (the gradient stays unclipped, as scikit-learn's)."""
+        model = self.__dict__.get("model_")
+        clip = None if model is None else float(np.finfo(model.dtype).eps)
+        return losses.CategoricalCrossentropy(clip=clip) \
+            if self._label_binarizer.y_type_ == "multiclass" \
+            else losses.BinaryCrossentropy(clip=clip)
 
     def _validation_metric(self, y_val, weights_val):
         """scikit-learn's validation score, accuracy, from the fit's validation pass."""

@@ -276,6 +276,30 @@ def test_sample_weighted_epochs_of_several_batches_report_sklearns_loss():
     assert all(curve == curves[0] for curve in curves)
 
 
+def test_saturated_outputs_report_sklearns_clipped_log_loss():
+    """scikit-learn clips the classifiers' probabilities to [eps, 1 - eps] in the loss's
+    value: where outputs saturate, loss_curve_ (sgd, alpha=0) and L-BFGS's path, which
+    reads the objective's value in its line search, are still scikit-learn's."""
+    rng = np.random.RandomState(0)
+    X = rng.randn(40, 3) * 10
+    y = np.digitize(X[:, 0], [-5, 5])
+    settings = dict(hidden_layer_sizes=(8,), solver="sgd", learning_rate_init=1.0,
+                    momentum=0.0, alpha=0.0, max_iter=5, shuffle=False, random_state=0)
+    ours, theirs = (quiet(cls(**settings).fit, X, y)
+                    for cls in (MLPClassifier, neural_network.MLPClassifier))
+    assert max(theirs.loss_curve_) > 20             # saturated: rows at the clip's cap
+    np.testing.assert_allclose(ours.loss_curve_, theirs.loss_curve_, rtol=1e-9)
+    X = rng.randn(40, 3)
+    for y in (np.digitize(X[:, 0], [-0.5, 0.5]), (X[:, 0] > 0).astype(int)):
+        settings = dict(hidden_layer_sizes=(4, 3), activation="identity", solver="lbfgs",
+                        max_iter=15, random_state=1)
+        ours, theirs = (quiet(cls(**settings).fit, X, y)
+                        for cls in (MLPClassifier, neural_network.MLPClassifier))
+        assert ours.n_iter_ == theirs.n_iter_
+        np.testing.assert_allclose(ours.loss_, theirs.loss_, rtol=1e-9)
+        assert_same_parameters(ours, theirs, rtol=1e-7, atol=1e-10)
+
+
 def test_adam_steps_equal_sklearns_but_for_epsilon():
     """Adam is PyTorch's rule, which adds epsilon after the bias correction of sqrt(v)
     (scikit-learn adds it before): with a negligible epsilon the steps are the same."""

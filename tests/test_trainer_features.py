@@ -179,6 +179,66 @@ def test_huber_name_is_delta_one():
         losses.Huber(-1.0)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("kind", ["cce", "bce"])
+def test_a_clipped_log_loss_clips_the_value_not_the_gradient(kind, dtype):
+    """losses.*Crossentropy(clip=c): the value takes the probabilities clipped to
+    [c, 1 - c] (scikit-learn's log_loss), with sample weights; the gradient is the exact
+    loss's; saturated rows cap at -log c; clip=None is the exact loss, bit for bit."""
+    rng = np.random.default_rng(3)
+    n_out = 3
+    activation = "softmax" if kind == "cce" else "sigmoid"
+    loss_class = losses.CategoricalCrossentropy if kind == "cce" else losses.BinaryCrossentropy
+    model = fastbp.MLP([4, 5, n_out], ["tanh", activation], dtype=dtype, seed=0)
+    model.weights[1][...] *= 40                    # saturated outputs in some rows
+    X = rng.normal(size=(30, 4)).astype(dtype)
+    if kind == "cce":
+        Y = np.eye(n_out, dtype=dtype)[rng.integers(0, n_out, 30)]
+    else:
+        Y = rng.integers(0, 2, size=(30, n_out)).astype(dtype)
+    weights = rng.uniform(0.5, 2, 30)
+    eps = float(np.finfo(dtype).eps)
+    p = np.clip(model.predict(X).astype(np.float64), eps, 1 - eps)
+    rows = -(Y * np.log(p)).sum(axis=1) if kind == "cce" else \
+        -(Y * np.log(p) + (1 - Y) * np.log(1 - p)).mean(axis=1)
+    assert rows.max() > -np.log(1e-3)             # the test's rows do saturate
+    expected = float(np.average(rows, weights=weights))
+    clipped, exact = loss_class(clip=eps), loss_class()
+    value, *g_clipped = model.gradients(X, Y, clipped, sample_weight=weights)
+    exact_value, *g_exact = model.gradients(X, Y, exact, sample_weight=weights)
+    np.testing.assert_allclose(value, expected, rtol=1e-5 if dtype == "float32" else 1e-12)
+    assert exact_value > value
+    for a, b in zip(g_clipped[0] + g_clipped[1], g_exact[0] + g_exact[1]):
+        assert np.array_equal(a, b)
+    np.testing.assert_allclose(model.evaluate(X, Y, clipped),
+                               float(np.mean(rows)), rtol=1e-5 if dtype == "float32" else 1e-12)
+    assert model.evaluate(X, Y, exact) == model.evaluate(X, Y, kind)
+    # training reports the clipped figure and takes the exact loss's steps
+    fits = []
+    for loss in (clipped, exact):
+        copy = fastbp.MLP([4, 5, n_out], ["tanh", activation], dtype=dtype, seed=0)
+        copy.set_parameter_vector(model.parameter_vector())
+        history = fastbp.Trainer(loss, learning_rate=0.01, epochs=2, batch_size=10, seed=0,
+                                 n_threads=1).fit(copy, X, Y)
+        fits.append((history.loss, copy.parameter_vector()))
+    assert np.array_equal(fits[0][1], fits[1][1]) and fits[0][0][0] < fits[1][0][0]
+
+
+def test_a_clip_is_checked():
+    for clip in (0, 0.5, -1e-9, float("nan"), 2):
+        with pytest.raises(ValueError, match="clip must be"):
+            losses.CategoricalCrossentropy(clip=clip)
+    with pytest.raises(TypeError):
+        losses.BinaryCrossentropy(clip="small")
+    assert repr(losses.BinaryCrossentropy(clip=0.25)) == "BinaryCrossentropy(clip=0.25)"
+    assert repr(losses.CategoricalCrossentropy()) == "CategoricalCrossentropy()"
+    assert losses.CategoricalCrossentropy(clip=1e-3) != losses.CategoricalCrossentropy()
+    model = fastbp.MLP([2, 2], ["softmax"], seed=0)
+    with pytest.raises(ValueError, match="clip=1e-50 is too small for the model's float32"):
+        fastbp.Trainer(losses.CategoricalCrossentropy(clip=1e-50)).fit(
+            model, np.zeros((4, 2), np.float32), [0, 1, 0, 1])
+
+
 # ================================================================ 2. optimizers
 
 # (fastbp optimizer, reference optimizer arguments)
