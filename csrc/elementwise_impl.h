@@ -202,8 +202,8 @@ static double FBP_LEVEL_NAME(fbp_clipped_log_loss)(const FBP_T *p, const FBP_T *
 }
 
 /* loss_parameter: Huber's delta; for the fused cross-entropies (softmax + CCE, sigmoid +
-   BCE) a clip > 0 of the probabilities in the loss's value (fbp_clipped_log_loss), 0 for
-   none. */
+   BCE) a clip in (0, 0.5) of the probabilities in the loss's value (fbp_clipped_log_loss);
+   anything else (0, or the 1 that a caller leaves it at for every loss) clips nothing. */
 static double FBP_LEVEL_NAME(fbp_output_layer)(FBP_T *z, const FBP_T *bias, FBP_T *preactivation,
                                                 const FBP_T *y, const FBP_T *row_weights,
                                                 FBP_T *delta, ptrdiff_t n_rows, ptrdiff_t n_cols,
@@ -215,7 +215,8 @@ static double FBP_LEVEL_NAME(fbp_output_layer)(FBP_T *z, const FBP_T *bias, FBP_
     if (activation == FBP_SOFTMAX && loss == FBP_CCE) {
         total = FBP_NAME(fbp_softmax_rows)(z, bias, n_rows, n_cols, y, row_weights, delta,
                                            scale);
-        if (y && loss_parameter > 0 && total == total)     /* (a NaN stays: it diverged) */
+        /* (total == total: a NaN stays NaN, the batch diverged) */
+        if (y && loss_parameter > 0 && loss_parameter < (FBP_T)0.5 && total == total)
             total = FBP_LEVEL_NAME(fbp_clipped_log_loss)(z, y, row_weights, n_rows, n_cols,
                                                          loss, loss_parameter);
         return total;
@@ -241,7 +242,7 @@ static double FBP_LEVEL_NAME(fbp_output_layer)(FBP_T *z, const FBP_T *bias, FBP_
                     delta[r * n_cols + j] = factor * (row[j] - target[j]);
             }
         }
-        if (loss_parameter > 0 && total == total)
+        if (loss_parameter > 0 && loss_parameter < (FBP_T)0.5 && total == total)
             total = FBP_LEVEL_NAME(fbp_clipped_log_loss)(z, y, row_weights, n_rows, n_cols,
                                                          loss, loss_parameter);
         return total;

@@ -99,9 +99,10 @@ def read_cache(file_name) -> dict:
     """The choices kept in a cache file, or {} when it is missing, unreadable or not ours."""
     try:
         with open(os.path.join(cache_folder(), file_name), "rb") as file:
-            content = file.read(_LARGEST_FILE + 1)
-        if len(content) > _LARGEST_FILE:
-            return {}
+            # (the size first: read(n) would take n bytes of memory whatever the file's size)
+            if os.fstat(file.fileno()).st_size > _LARGEST_FILE:
+                return {}
+            content = file.read()
         document = json.loads(content)
     except (OSError, ValueError, RecursionError):   # (RecursionError: nested past Python's
         return {}                                   # stack, "[[[[..." from anything else)
