@@ -500,8 +500,9 @@ def placement(rows, worker_threads, held=None) -> list:
     """Which worker trains each block: balanced by rows per thread and, where the balance
     leaves a choice, on a worker that already holds the block's data.
 
-    The balance: blocks by decreasing rows, each to the worker with the fewest rows per
-    thread so far (ties: the first address in sorted order); the largest rows per thread
+    The balance: blocks by decreasing rows, each to the worker whose rows per thread
+    would be fewest once it took the block (ties: the first address in sorted order), so
+    that a worker of more threads takes more rows; the largest rows per thread
     that leaves on a worker is the bound. held ({address: bytes} per block, as
     _held_bytes gives): in the same order, each block goes to the worker that holds the
     most of its bytes among those it keeps within the bound (then the fewest rows per
@@ -625,7 +626,8 @@ def fit(model: MLP, trainer: Trainer, X, Y, client=None, rounds=None, epochs_per
         momentum, Chen and Huo 2016). "mean": the model is the average (plain local SGD).
     block_momentum: the buffer's decay, in [0, 1); None: 1 - 1/K for K chunks (0 for one
         chunk: a plain Trainer.fit).
-    block_learning_rate: the factor on the average's step (> 0).
+    block_learning_rate: the factor on the average's step (> 0). Both are block
+        momentum's: with averaging="mean" they are refused.
 
     Returns a fastbp.History with one entry per round: "loss" (the row-weighted mean of the
     blocks' training loss in their last local epoch), "learning_rate", "seconds",
@@ -666,6 +668,9 @@ def fit(model: MLP, trainer: Trainer, X, Y, client=None, rounds=None, epochs_per
     block_learning_rate = real_number(block_learning_rate, "block_learning_rate")
     if not block_learning_rate > 0:
         raise ValueError(f"block_learning_rate must be > 0; got {block_learning_rate!r}")
+    if averaging == "mean" and (block_momentum is not None or block_learning_rate != 1.0):
+        raise ValueError("block_momentum and block_learning_rate are block momentum's; "
+                         "averaging='mean' takes neither")
     callbacks = checked_callbacks(callbacks)
     validation, metric_functions = None, []
     if validation_data is not None:

@@ -726,6 +726,10 @@ def test_block_momentum_is_the_default_and_mean_is_plain_averaging(cluster_clien
         fastbp.dask.fit(classifier(), trainer, X, y, client=cluster_client, averaging="avg")
     with pytest.raises(ValueError, match="block_momentum"):
         fastbp.dask.fit(classifier(), trainer, X, y, client=cluster_client, block_momentum=1)
+    for option in ({"block_momentum": 0.5}, {"block_learning_rate": 2.0}):   # not silently
+        with pytest.raises(ValueError, match="averaging='mean' takes neither"):
+            fastbp.dask.fit(classifier(), trainer, X, y, client=cluster_client,
+                            averaging="mean", **option)
 
 
 def test_rounds_per_epoch_trains_each_piece_of_a_chunk_once_per_epoch(cluster_client):
