@@ -70,6 +70,10 @@ def test_the_command_line_reads_a_sparse_npz(tmp_path, capsys):
     status, _, err = run_cli(capsys, "train", tmp_path / "X.npz", "--target", "0",
                              "--output", tmp_path / "n.fbp")
     assert status != 0 and "--targets FILE.npy" in err
+    status, _, err = run_cli(capsys, "train", tmp_path / "X.npz", "--output",
+                             tmp_path / "n.fbp")              # no targets: no --target hint
+    assert status == 2 and "give its targets with --targets FILE.npy" in err
+    assert "--target INDEX" not in err
 
 
 @pytest.mark.parametrize("layout", ["csr", "csc", "bsr", "coo", "dia"])

@@ -344,6 +344,9 @@ def select_columns(table: Table, args, sidecar, n_inputs=None, want_targets=True
                 target_idx = [table.names.index(name) for name in sidecar["targets"]]
             elif table.named:
                 target_idx = [len(table.names) - 1]
+            elif hasattr(table._matrix, "tocsr"):     # a sparse matrix: features only
+                raise UsageError(f"{table.path} is a sparse matrix of features: give its "
+                                 f"targets with --targets FILE.npy")
             else:
                 raise UsageError(f"which columns of {table.path} are the targets? give "
                                  f"--targets FILE.npy or --target INDEX")
