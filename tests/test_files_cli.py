@@ -340,3 +340,20 @@ def test_option_values_below_their_range_are_refused(tmp_path, data, capsys, arg
     status, _, err = run_cli(capsys, *argv)
     assert status == 2 and message in err and err.count("\n") == 1, err
     assert not (tmp_path / "m.fbp").exists()
+
+
+def test_a_model_with_number_classes_reads_the_same_numbers_written_with_leading_zeros(
+        tmp_path, capsys):
+    """Labels kept as text for their leading zeros still find a model's number classes
+    (a model trained on 501 and 2134 evaluates a file that writes 00501 and 02134)."""
+    rng = np.random.default_rng(0)
+    for name, labels in (("a.csv", ["501", "2134"]), ("b.csv", ["00501", "02134"])):
+        lines = ["x,cls"] + [f"{rng.random():.3f},{labels[i % 2]}" for i in range(20)]
+        (tmp_path / name).write_text("\n".join(lines) + "\n")
+    status, _, err = run_cli(capsys, "train", tmp_path / "a.csv", "--loss", "cce", "--hidden",
+                             "3", "--epochs", "1", "--quiet", "--output", tmp_path / "m.fbp")
+    assert status == 0, err
+    status, out, err = run_cli(capsys, "evaluate", tmp_path / "m.fbp", tmp_path / "b.csv",
+                               "--json")
+    assert status == 0, err
+    assert json.loads(out)["rows"] == 20

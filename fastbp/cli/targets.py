@@ -97,6 +97,8 @@ def encode_labels(column, classes=None, source="the target column"):
     unknown = []
     for k, value in enumerate(unique.tolist()):
         key = float(value) if numeric else value
+        if key not in lookup and not numeric and is_number(value):
+            key = float(value)   # "00501" for a model whose classes are numbers (501)
         if key not in lookup:
             unknown.append(_plain(value))
             continue
