@@ -374,15 +374,10 @@ class Trainer:
                                     model.layer_sizes[-1], model.dtype, rows)
         X, targets, labels, weights, validation = self._split(
             model, loss, X, targets, labels, weights, validation_data, validation_split)
-        if weights is not None and validation_split:
+        if weights is not None and validation_split and not weights.any():
             # the rows left to train on must not all weigh 0 either (every batch skipped)
-            if rows is not None:
-                weights_trained = weights[rows[rows < weights.shape[0]]]
-            else:
-                weights_trained = weights
-            if not weights_trained.any():
-                raise ValueError("the row weights (sample_weight, class_weight) of the rows "
-                                 "left to train on after validation_split sum to 0")
+            raise ValueError("the row weights (sample_weight, class_weight) of the rows "
+                             "left to train on after validation_split sum to 0")
         return _FitData(X, targets, labels, weights, validation, rows)
 
     # ---- helpers of the loop ----
