@@ -31,7 +31,7 @@ def nanoseconds(rows, classes, dtype, calls, rounds):
         start = time.perf_counter()
         for _ in range(calls):
             np.copyto(work, logits)
-            _core.output_loss(work, targets, SOFTMAX, CCE, 1.0, True)
+            _core.output_loss(work, targets, SOFTMAX, CCE, 0.0, True)
         best = min(best, (time.perf_counter() - start) / calls)
     return best * 1e9
 

@@ -172,11 +172,6 @@ static void FBP_LEVEL_NAME(fbp_activation_backward)(FBP_T *delta, const FBP_T *a
     }
 }
 
-/* The output layer: z <- f(z + bias) in place; returns the summed loss terms, each row's
-   weighted by row_weights[r] (all 1 when row_weights is NULL), and, when delta is not
-   NULL, writes delta = scale * d(weighted sum)/dz.  softmax + CCE and sigmoid + BCE take
-   the loss from the logits (no log of 0) and the fused gradient p - y; every other
-   pairing clips probabilities and uses the chain rule.  loss_parameter is Huber's delta. */
 /* The log-loss of probabilities p (the fused output layers' outputs) clipped to
    [clip, 1 - clip] first, as scikit-learn's log_loss and binary_log_loss take it: each
    row's -sum y log q (CCE) or -sum (y log q + (1 - y) log(1 - q)) (BCE), times its weight.
@@ -201,9 +196,14 @@ static double FBP_LEVEL_NAME(fbp_clipped_log_loss)(const FBP_T *p, const FBP_T *
     return total;
 }
 
-/* loss_parameter: Huber's delta; for the fused cross-entropies (softmax + CCE, sigmoid +
-   BCE) a clip in (0, 0.5) of the probabilities in the loss's value (fbp_clipped_log_loss);
-   anything else (0, or the 1 that a caller leaves it at for every loss) clips nothing. */
+/* The output layer: z <- f(z + bias) in place; returns the summed loss terms, each row's
+   weighted by row_weights[r] (all 1 when row_weights is NULL), and, when delta is not
+   NULL, writes delta = scale * d(weighted sum)/dz.  softmax + CCE and sigmoid + BCE take
+   the loss from the logits (no log of 0) and the fused gradient p - y; every other
+   pairing clips probabilities and uses the chain rule.
+   loss_parameter: Huber's delta; for the fused cross-entropies (softmax + CCE, sigmoid +
+   BCE) the clip in (0, 0.5) of the probabilities in the loss's value (fbp_clipped_log_loss),
+   0 for none (the core's check_loss refuses anything else). */
 static double FBP_LEVEL_NAME(fbp_output_layer)(FBP_T *z, const FBP_T *bias, FBP_T *preactivation,
                                                 const FBP_T *y, const FBP_T *row_weights,
                                                 FBP_T *delta, ptrdiff_t n_rows, ptrdiff_t n_cols,
@@ -216,7 +216,7 @@ static double FBP_LEVEL_NAME(fbp_output_layer)(FBP_T *z, const FBP_T *bias, FBP_
         total = FBP_NAME(fbp_softmax_rows)(z, bias, n_rows, n_cols, y, row_weights, delta,
                                            scale);
         /* (total == total: a NaN stays NaN, the batch diverged) */
-        if (y && loss_parameter > 0 && loss_parameter < (FBP_T)0.5 && total == total)
+        if (y && loss_parameter > 0 && total == total)
             total = FBP_LEVEL_NAME(fbp_clipped_log_loss)(z, y, row_weights, n_rows, n_cols,
                                                          loss, loss_parameter);
         return total;
@@ -242,7 +242,7 @@ static double FBP_LEVEL_NAME(fbp_output_layer)(FBP_T *z, const FBP_T *bias, FBP_
                     delta[r * n_cols + j] = factor * (row[j] - target[j]);
             }
         }
-        if (loss_parameter > 0 && loss_parameter < (FBP_T)0.5 && total == total)
+        if (loss_parameter > 0 && total == total)
             total = FBP_LEVEL_NAME(fbp_clipped_log_loss)(z, y, row_weights, n_rows, n_cols,
                                                          loss, loss_parameter);
         return total;

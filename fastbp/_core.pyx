@@ -127,6 +127,19 @@ cdef bint valid_code(int code, dict codes):
     return 0 <= code < len(codes)
 
 
+cdef check_loss(int loss, double loss_parameter):
+    """Refuse an unknown loss code, or a parameter outside what the loss reads it as:
+    Huber's delta (> 0); the cross-entropies' clip of the probabilities in the loss's value
+    (0: none, else in (0, 0.5); fbp_output_layer); ignored by the other losses."""
+    if not valid_code(loss, LOSS_CODES):
+        raise ValueError(f"unknown loss code {loss}")
+    if loss == FBP_HUBER and not loss_parameter > 0:
+        raise ValueError(f"Huber's delta (the loss parameter) must be > 0; got {loss_parameter}")
+    if (loss == FBP_CCE or loss == FBP_BCE) and not 0 <= loss_parameter < 0.5:
+        raise ValueError(f"a cross-entropy's clip (the loss parameter) must be 0 or in "
+                         f"(0, 0.5); got {loss_parameter}")
+
+
 cdef class Plan:
     """The shape of a network and the layout of its parameter and workspace buffers.
 
@@ -737,7 +750,7 @@ cdef class SparseRows:
 
 cdef struct HyperparameterData:
     int loss
-    double loss_parameter           # Huber's delta
+    double loss_parameter           # Huber's delta, or a cross-entropy's clip (check_loss)
     int optimizer
     double learning_rate, weight_decay, momentum, beta1, beta2, epsilon, clip_norm
     bint nesterov, decoupled_weight_decay
@@ -774,13 +787,12 @@ cdef class Hyperparameters:
     hyperparameters, and the optimizer's step count."""
     cdef HyperparameterData data
 
-    def __init__(self, int loss, double loss_parameter=1.0, int optimizer=FBP_SGD,
+    def __init__(self, int loss, double loss_parameter=0.0, int optimizer=FBP_SGD,
                  double learning_rate=0.01, double weight_decay=0.0, double momentum=0.0,
                  bint nesterov=False, double beta1=0.9, double beta2=0.999,
                  double epsilon=1e-8, double clip_norm=0.0, bint decoupled_weight_decay=False,
                  double step=0, bint batch_mean_loss=False):
-        if not valid_code(loss, LOSS_CODES):
-            raise ValueError(f"unknown loss code {loss}")
+        check_loss(loss, loss_parameter)
         if not valid_code(optimizer, OPTIMIZER_CODES):
             raise ValueError(f"unknown optimizer code {optimizer}")
         self.data = HyperparameterData(
@@ -2670,8 +2682,9 @@ def output_loss(floating[:, ::1] outputs, const floating[:, ::1] Y, int activati
             weights_ptr = &weights_view[0]
     if n_rows == 0 or n_cols == 0:
         raise ValueError("output_loss needs at least one row and one column")
-    if not valid_code(activation, ACTIVATION_CODES) or not valid_code(loss, LOSS_CODES):
-        raise ValueError(f"unknown activation or loss code ({activation}, {loss})")
+    if not valid_code(activation, ACTIVATION_CODES):
+        raise ValueError(f"unknown activation code {activation}")
+    check_loss(loss, loss_parameter)
     cdef floating scale = <floating>(loss_normaliser(loss, n_cols) / n_rows)
     dtype = np.float32 if floating is float else np.float64
     grad = np.empty_like(outputs) if want_gradient else None

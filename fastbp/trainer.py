@@ -511,15 +511,12 @@ def chosen_metrics(metrics, loss, n_outputs: int) -> list:
     return [(metrics_module.name(m), metrics_module.get(m)) for m in metrics]
 
 
-def validation_logs(model: MLP, loss, validation, metric_functions) -> dict:
-    """val_loss and val_<metric> for checked validation arrays (X_val, dense Y_val), from
-    one forward pass."""
+def validation_figures(model: MLP, loss, validation, metric_functions) -> list:
+    """The validation loss, then each metric, on checked validation arrays (X_val, dense
+    Y_val), from one forward pass (named val_loss, val_<metric> by EpochLoop.logged)."""
     X_val, Y_val = validation
     value, predictions = model._evaluate(X_val, Y_val, loss)
-    logs = {"val_loss": value}
-    for name, function in metric_functions:
-        logs[f"val_{name}"] = float(function(Y_val, predictions))
-    return logs
+    return [value] + [float(function(Y_val, predictions)) for _, function in metric_functions]
 
 
 # The constructor's arguments, in order (Trainer.arguments()).
@@ -715,7 +712,8 @@ class EpochLoop:
         self.stepped = False            # whether run() has called its step yet
 
     def logged(self) -> list:
-        """The figures each epoch's logs hold (on_train_begin's logs["logged"])."""
+        """The figures each epoch's logs hold, in _end_of_step's order (on_train_begin's
+        logs["logged"])."""
         keys = ["loss", "learning_rate", "seconds", "samples_per_second"]
         if self.validation is not None:
             keys += ["val_loss"] + [f"val_{name}" for name, _ in self.metric_functions]
@@ -764,12 +762,12 @@ class EpochLoop:
             history.diverged |= result.diverged
             history.interrupted |= result.interrupted
             return True
-        logs = {"loss": result.loss, "learning_rate": rates[-1], "seconds": result.seconds,
-                "samples_per_second": result.n_samples / result.seconds if result.seconds
-                else float("inf")}
+        figures = [result.loss, rates[-1], result.seconds,
+                   result.n_samples / result.seconds if result.seconds else float("inf")]
         if self.validation is not None:
-            logs.update(validation_logs(self.model, self.loss, self.validation,
-                                        self.metric_functions))
+            figures += validation_figures(self.model, self.loss, self.validation,
+                                          self.metric_functions)
+        logs = dict(zip(self.logged(), figures, strict=True))
         history._record(logs)
         self.schedule.on_epoch_end(epoch + self.epochs_per_step - 1, logs)
         if self.report is not None:

@@ -186,10 +186,27 @@ def test_output_loss_refuses_mismatched_arrays_and_codes():
         _core.output_loss(np.zeros((3, 2)), np.zeros((3, 3)), IDENTITY, MSE, 1.0, True)
     with pytest.raises(ValueError, match="at least one row"):
         _core.output_loss(np.zeros((0, 2)), np.zeros((0, 2)), IDENTITY, MSE, 1.0, True)
-    with pytest.raises(ValueError, match="unknown activation or loss code"):
+    with pytest.raises(ValueError, match="unknown activation code"):
         _core.output_loss(np.zeros((3, 2)), np.zeros((3, 2)), 99, MSE, 1.0, True)
-    with pytest.raises(ValueError, match="unknown activation or loss code"):
+    with pytest.raises(ValueError, match="unknown loss code"):
         _core.output_loss(np.zeros((3, 2)), np.zeros((3, 2)), IDENTITY, -1, 1.0, True)
+
+
+@pytest.mark.parametrize("loss, parameter, message", [
+    ("huber", 0.0, "Huber's delta"), ("huber", -1.0, "Huber's delta"),
+    ("huber", np.nan, "Huber's delta"),
+    ("categorical_crossentropy", 0.5, "clip"), ("binary_crossentropy", 1.0, "clip"),
+    ("categorical_crossentropy", -1e-9, "clip"), ("binary_crossentropy", np.nan, "clip"),
+])
+def test_the_core_refuses_a_loss_parameter_its_loss_cannot_read(loss, parameter, message):
+    """The parameter is Huber's delta (> 0) or a cross-entropy's clip (0: none, else in
+    (0, 0.5)): anything else is refused by each entry, never read as "no clip"."""
+    code = _core.LOSS_CODES[loss]
+    with pytest.raises(ValueError, match=message):
+        _core.Hyperparameters(code, parameter)
+    with pytest.raises(ValueError, match=message):
+        _core.output_loss(np.zeros((3, 2)), np.full((3, 2), 0.5), SOFTMAX, code, parameter,
+                          True)
 
 
 @pytest.mark.parametrize("arguments, message", [

@@ -20,10 +20,10 @@ ROW_COUNTS = (16, 23, 32, 47)   # whole blocks, a block and a rest, two blocks a
 def batch_and_rows(z, y, weights):
     """(outputs, mean loss, gradient) of the whole batch, and of each row alone."""
     outputs = z.copy()
-    mean, gradient = _core.output_loss(outputs, y, SOFTMAX, CCE, 1.0, True,
+    mean, gradient = _core.output_loss(outputs, y, SOFTMAX, CCE, 0.0, True,
                                        row_weights=weights)
     alone = [z[i:i + 1].copy() for i in range(len(z))]
-    losses = [_core.output_loss(alone[i], y[i:i + 1], SOFTMAX, CCE, 1.0, False,
+    losses = [_core.output_loss(alone[i], y[i:i + 1], SOFTMAX, CCE, 0.0, False,
                                 row_weights=weights[i:i + 1])[0] for i in range(len(z))]
     return outputs, mean, gradient, np.concatenate(alone), losses
 
@@ -109,7 +109,7 @@ def test_without_targets_the_blocks_give_the_probabilities_alone(dtype, kernel_l
 def test_output_loss_checks_the_row_weights():
     z, y = np.zeros((3, 2)), np.zeros((3, 2))
     with pytest.raises(ValueError, match="row_weights has 2 values for 3 rows"):
-        _core.output_loss(z, y, SOFTMAX, CCE, 1.0, True, row_weights=np.ones(2))
+        _core.output_loss(z, y, SOFTMAX, CCE, 0.0, True, row_weights=np.ones(2))
 
 
 def test_the_softmax_log_is_within_an_ulp_of_log():
