@@ -39,11 +39,14 @@ _TEMPORARY_STEM_BYTES = 16              # of the target's name, to tell whose te
 def check_target(path) -> os.stat_result | None:
     """The stat of what `path` names now (following links), None if nothing; a ValueError
     for something fastbp does not write (a folder, a block device, a socket), an OSError for a
-    name the file system cannot hold or a folder that does not exist."""
-    path = os.fspath(path)
+    name the file system cannot hold or a folder that does not exist. `path`: a str, bytes
+    or os.PathLike."""
+    path = os.fsdecode(path)
+    if not path:                   # (realpath would name the working folder)
+        raise ValueError("cannot write to an empty path; give a file name")
     directory, name = os.path.split(os.path.realpath(path))
-    if not name or not path:       # ("": realpath names the working folder)
-        raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
+    if not name:                   # the root folder
+        raise ValueError(f"cannot write {path}: it is a folder, not a regular file")
     try:
         found = os.stat(path)
     except FileNotFoundError:
@@ -90,7 +93,7 @@ def write_file(path, content) -> None:
 
 def write_files(items) -> None:
     """Write every (path, content) of `items`, all or none (see the module's docstring)."""
-    items = [(os.fspath(path), content) for path, content in items]
+    items = [(os.fsdecode(path), content) for path, content in items]
     targets = [(path, check_target(path), content) for path, content in items]
     keys = [file_key(path) for path, found, _ in targets
             if found is None or not stat.S_ISCHR(found.st_mode)]

@@ -71,8 +71,8 @@ def _read_start(data: bytes):
         raise _damaged("the header length is out of range (truncated file?)")
     try:
         header = json.loads(data[PREFIX.size:header_end].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-        raise _damaged("the header is not valid JSON") from None
+    except (ValueError, RecursionError):   # not UTF-8, not JSON, or an integer too long
+        raise _damaged("the header is not valid JSON") from None     # for Python to read
     layer_sizes, activations, dtype, dropout = _check_header(header)
     n_params = parameter_count(layer_sizes)
     total_size = header_end + n_params * dtype.itemsize + CHECKSUM.size

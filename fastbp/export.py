@@ -241,8 +241,9 @@ def to_onnx(model, path) -> None:
     Input "X" [N, n_in] and output "Y" [N, n_out] in the model's dtype; see the module's
     docstring and docs/onnx.md. Needs `pip install "fastbp[onnx]"`.
     """
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"path must be a str or os.PathLike; got {type(path).__name__}")
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        raise TypeError(f"path must be a str, bytes or os.PathLike; got "
+                        f"{type(path).__name__}")
     if not os.fspath(path):
         raise ValueError("path must not be empty")
     from fastbp import _files

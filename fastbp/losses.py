@@ -153,6 +153,11 @@ class _LogLoss(Loss):
     def check_dtype(self, dtype) -> None:
         if self.parameter:
             check_in_dtype(self.parameter, "clip", dtype)
+            one = np.dtype(dtype).type(1)
+            if one - np.dtype(dtype).type(self.parameter) == one:   # the kernel's 1 - clip
+                raise ValueError(f"clip={self.parameter!r} is too small for the model's "
+                                 f"{np.dtype(dtype).name}: 1 - clip rounds to 1; use at least "
+                                 f"{float(np.finfo(dtype).epsneg):.4g}")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({'' if not self.parameter else f'clip={self.parameter!r}'})"

@@ -439,10 +439,14 @@ class MLP:
                 seconds = _core.predict(plan, self._params, work, dense, out, sparse,
                                         gil.releases())
             gil.passed(seconds)
+        self._check_outputs(out)
+        return out
+
+    def _check_outputs(self, out):
+        """Refuse outputs that overflowed (predict's, evaluate's) rather than return them."""
         if not _core.all_finite(out):
             raise ValueError(f"the model's outputs overflow {self.dtype.name} for these inputs "
                              f"(they would be infinite or NaN)")
-        return out
 
     def _predict_kept(self, X, n_threads, out):
         """predict past PREDICTOR_ROWS rows with a plan kept with the model: the general
@@ -616,10 +620,19 @@ class MLP:
     def evaluate(self, X, Y, loss, n_threads=None) -> float:
         """The mean loss over the rows of X (computed as training computes it); X may be
         a scipy.sparse matrix or array, as for predict."""
-        loss = losses.get(loss)
+        loss = self._loss(loss)
         X = self._inputs(X)
         targets = self._dense_targets(Y, loss, X.shape[0])
-        return self._evaluate(X, targets, loss, n_threads)[0]
+        value, outputs = self._evaluate(X, targets, loss, n_threads)
+        self._check_outputs(outputs)     # as predict: no loss of outputs that overflowed
+        return value
+
+    def _loss(self, loss):
+        """The loss named or given, its parameter checked for this model's dtype (as a fit
+        checks it)."""
+        loss = losses.get(loss)
+        loss.check_dtype(self.dtype)
+        return loss
 
     def _dense_targets(self, Y, loss, n_rows):
         return dense_targets(Y, loss, self._layer_sizes[-1], n_rows, self.dtype)
@@ -648,8 +661,9 @@ class MLP:
         value = run(grads)
         if not np.isfinite(value):
             grads.fill(np.nan)
-            warnings.warn("the loss is not finite for these parameters: the weights have "
-                          "diverged; gradients are NaN", RuntimeWarning, stacklevel=2)
+            warnings.warn("the loss is not finite: the weights have diverged, or the "
+                          "outputs overflow for these inputs; gradients are NaN",
+                          RuntimeWarning, stacklevel=2)
         elif not _core.all_finite(grads.reshape(1, -1)):
             warnings.warn(f"the gradients overflow {self.dtype.name} (the loss is finite): "
                           f"some are infinite or NaN", RuntimeWarning, stacklevel=2)
@@ -666,7 +680,7 @@ class MLP:
         once, and whose products are measured at these rows' bucket (_pass_plan). run
         reads X, Y and sample_weight as they are when it runs: a caller must not change
         them."""
-        loss = losses.get(loss)
+        loss = self._loss(loss)
         X = self._inputs(X)
         targets = self._dense_targets(Y, loss, X.shape[0])
         weights = None if sample_weight is None else \

@@ -26,6 +26,10 @@ try:
     from sklearn.model_selection import train_test_split
     from sklearn.preprocessing import LabelBinarizer
     from sklearn.utils import check_random_state
+    try:        # scikit-learn's own error for a bad parameter: both ValueError and TypeError
+        from sklearn.utils._param_validation import InvalidParameterError
+    except ImportError:                                 # scikit-learn before 1.2
+        InvalidParameterError = ValueError
     from sklearn.utils.metaestimators import available_if
     from sklearn.utils.multiclass import check_classification_targets, type_of_target, \
         unique_labels
@@ -70,8 +74,8 @@ _MIN_ADAPTIVE_RATE = 1e-6     # scikit-learn's: 'adaptive' stops once the rate i
 
 
 def _parameter_error(estimator, name, expected, value):
-    return ValueError(f"The {name!r} parameter of {type(estimator).__name__} must be "
-                      f"{expected}. Got {value!r} instead.")
+    return InvalidParameterError(f"The {name!r} parameter of {type(estimator).__name__} must "
+                                 f"be {expected}. Got {value!r} instead.")
 
 
 def _is_bool(value) -> bool:
@@ -320,10 +324,20 @@ class _BaseMLP(BaseEstimator):
         for name in ("shuffle", "warm_start", "nesterovs_momentum", "early_stopping"):
             if not _is_bool(getattr(self, name)):
                 raise _parameter_error(self, name, "True or False", getattr(self, name))
+        if self.early_stopping and self.validation_fraction == 0:
+            raise ValueError("early_stopping=True holds out validation_fraction of the rows to "
+                             "decide when to stop: validation_fraction must be > 0; got "
+                             f"{self.validation_fraction!r}")
         if not (_is_bool(self.verbose) or (_is_whole(self.verbose) and self.verbose >= 0)):
             raise _parameter_error(self, "verbose", "a bool or an int >= 0", self.verbose)
         if self.n_threads is not None and not (_is_whole(self.n_threads) and self.n_threads >= 1):
             raise _parameter_error(self, "n_threads", "None or an int >= 1", self.n_threads)
+        if not (self.random_state is None
+                or isinstance(self.random_state, np.random.RandomState)
+                or _is_whole(self.random_state) and 0 <= self.random_state < 2**32):
+            raise _parameter_error(self, "random_state", "an int in the range [0, 4294967295], "
+                                   "an instance of 'numpy.random.mtrand.RandomState' or None",
+                                   self.random_state)
 
     def _checked_dtype(self):
         """The model's dtype, or None: the input's (float32 kept, anything else float64)."""
@@ -412,11 +426,7 @@ class _BaseMLP(BaseEstimator):
         # split; a partial_fit that continues the kept trainer only checks it (a
         # RandomState costs about 100 us to seed).
         if incremental and not first_pass and self.__dict__.get("_trainer") is not None:
-            rng = None
-            if not (self.random_state is None or isinstance(self.random_state,
-                                                            np.random.RandomState)
-                    or _is_whole(self.random_state) and 0 <= self.random_state < 2**32):
-                check_random_state(self.random_state)          # raises scikit-learn's error
+            rng = None                     # (random_state checked with the parameters)
         else:
             rng = check_random_state(self.random_state)
         layer_sizes = [X.shape[1], *settings["hidden"], n_outputs]
@@ -937,6 +947,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                 raise ValueError("classes must be passed on the first call to partial_fit.")
             if self.early_stopping:
                 raise ValueError("partial_fit does not support early_stopping=True")
+            self._network_options()        # a refused parameter records no classes
             binarizer = LabelBinarizer()
             if type_of_target(y).startswith("multilabel"):
                 binarizer.fit(y)

@@ -7,6 +7,7 @@ loss, backward, optimizer step, dropout) is one nogil call into fastbp._core.
 from __future__ import annotations
 
 import contextlib
+import copy
 import threading
 import time
 import warnings
@@ -219,6 +220,12 @@ class Trainer:
         state["_buffers"] = {}      # memory for the next fit, not state
         state["_moving_rows"] = None  # found again from the state
         return state
+
+    def __copy__(self) -> "Trainer":
+        # Fits update the optimizer state, the generator and the schedule in place: a
+        # shallow copy sharing them would change the original's next fit, so copy.copy is
+        # deepcopy (independent, as a pickled copy is).
+        return copy.deepcopy(self)
 
     def __setstate__(self, state: dict) -> None:
         # Trainers pickled before the state was sized by what each rule reads kept two rows

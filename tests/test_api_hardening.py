@@ -7,6 +7,7 @@
 - callbacks that assume the model holds the last finished epoch at the end (defect 13).
 """
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -536,10 +537,22 @@ def test_a_schedules_rate_is_checked_as_a_learning_rate():
 def test_saving_to_an_empty_path_is_refused_before_writing(tmp_path, monkeypatch):
     (tmp_path / "here").mkdir()
     monkeypatch.chdir(tmp_path / "here")
-    with pytest.raises(IsADirectoryError):
-        classifier().save("")
+    for empty in ("", b""):
+        with pytest.raises(ValueError, match="empty path"):
+            classifier().save(empty)
+    with pytest.raises(ValueError, match="it is a folder"):
+        classifier().save("/")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["here"]
     assert not list((tmp_path / "here").iterdir())
+
+
+def test_a_model_saves_to_and_loads_from_a_bytes_path(tmp_path):
+    model = classifier()
+    path = os.fsencode(tmp_path / "model.fbp")
+    model.save(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.fbp"]
+    np.testing.assert_array_equal(fastbp.load(path).parameter_vector(),
+                                  model.parameter_vector())
 
 
 def test_validation_data_that_views_the_parameters_is_read_as_a_copy():
@@ -566,3 +579,63 @@ def test_seeds_and_labels_out_of_range_are_refused():
         with pytest.raises(ValueError, match=r"must be whole numbers 0\.\.1"):
             metrics.accuracy(labels, [[1, 0], [0, 1]])
     assert metrics.accuracy([0, 1], [[0.9, 0.1], [0.2, 0.8]]) == 1.0
+
+
+@pytest.mark.parametrize("loss", ["mse", "mae", "huber", "bce", "cce"])
+def test_evaluate_refuses_outputs_that_overflow_as_predict_does(loss):
+    """Finite inputs whose outputs overflow the dtype: predict refuses them, and so does
+    evaluate (it returned NaN, or a loss computed from clipped NaN outputs)."""
+    activation = {"bce": "sigmoid", "cce": "softmax"}.get(loss, "identity")
+    model = fastbp.MLP([1, 2, 2], ["relu", activation], seed=0)
+    model.weights = [np.array([[2.0, 2.0]]), np.array([[1.0, 1.0], [-1.0, 1.0]])]
+    X = np.array([[3e38]], np.float32)
+    Y = np.array([[0.0, 1.0]])
+    for call in (lambda: model.predict(X), lambda: model.evaluate(X, Y, loss)):
+        with pytest.raises(ValueError, match="outputs overflow float32"):
+            call()
+    assert np.isfinite(model.evaluate(X[:, :1] * 0 + 1, Y, loss))
+
+
+@pytest.mark.parametrize("loss, message", [
+    (losses.Huber(1e-50), "delta=1e-50 is too small"),
+    (losses.BinaryCrossentropy(clip=1e-46), "clip=1e-46 is too small"),
+    (losses.BinaryCrossentropy(clip=1e-9), "1 - clip rounds to 1"),
+    (losses.CategoricalCrossentropy(clip=2.9e-8), "1 - clip rounds to 1"),
+])
+def test_a_loss_parameter_the_dtype_cannot_hold_is_refused_by_every_pass(loss, message):
+    """evaluate and gradients check the loss's parameter for the model's dtype as a fit
+    does (they computed a loss of 0, or ignored the clip); a clip whose 1 - c rounds to 1
+    would make the upper side's loss infinite."""
+    model = fastbp.MLP([3, 4, 2], ["relu", "sigmoid" if "Binary" in repr(loss) else
+                                   "softmax" if "Categorical" in repr(loss) else "identity"],
+                       seed=0)
+    X, y = classes_data()
+    Y = np.eye(2)[y]
+    before = model.parameter_vector()
+    for call in (lambda: model.evaluate(X, Y, loss), lambda: model.gradients(X, Y, loss),
+                 lambda: fastbp.Trainer(loss, n_threads=1).fit(model, X, Y)):
+        with pytest.raises(ValueError, match=message):
+            call()
+    np.testing.assert_array_equal(model.parameter_vector(), before)
+    # the same clip in float64, where 1 - c is below 1, is taken
+    wide = fastbp.MLP([3, 4, 2], ["relu", "sigmoid"], dtype="float64", seed=0)
+    assert np.isfinite(wide.evaluate(X, Y, losses.BinaryCrossentropy(clip=1e-9)))
+
+
+def test_a_shallow_copy_of_a_trainer_shares_nothing_a_fit_changes():
+    """copy.copy(trainer) gives an independent trainer, as deepcopy and pickling do: its
+    fits no longer change the original's optimizer state or shuffling."""
+    import copy
+    X, y = classes_data(n_rows=60)
+    model = classifier()
+    trainer = fastbp.Trainer("cce", optimizer="adam", epochs=2, seed=0, n_threads=1)
+    trainer.fit(model, X, y)
+    reference_trainer, reference_model = copy.deepcopy((trainer, model))
+    copied, copied_model = copy.copy(trainer), copy.deepcopy(model)
+    assert copied._state is not trainer._state and copied._rng is not trainer._rng
+    copied.fit(copied_model, X, y)
+    trainer.fit(model, X, y)
+    reference_trainer.fit(reference_model, X, y)
+    np.testing.assert_array_equal(model.parameter_vector(), reference_model.parameter_vector())
+    np.testing.assert_array_equal(copied_model.parameter_vector(),
+                                  reference_model.parameter_vector())

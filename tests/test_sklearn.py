@@ -656,10 +656,11 @@ def test_partial_fit_on_plain_arrays_refuses_what_validate_data_refuses():
             with pytest.raises(ValueError, match=message):
                 estimator.partial_fit(bad_X, bad_y)
         assert pickle.dumps(estimator) == before, message
-    with pytest.raises(ValueError, match="cannot be used to seed"):     # a first call
+    refused = "The 'random_state' parameter of MLPClassifier must be"
+    with pytest.raises(ValueError, match=refused):                      # a first call
         clone(classifier).set_params(random_state="seven").partial_fit(X, y, classes=[0, 1, 2])
     classifier.set_params(random_state="seven")
-    with pytest.raises(ValueError, match="cannot be used to seed"):     # one that goes on
+    with pytest.raises(ValueError, match=refused):                      # one that goes on
         classifier.partial_fit(X, y)
 
 
@@ -971,6 +972,40 @@ def test_bad_parameters_raise_at_fit(settings, match):
     clf = MLPClassifier(**settings)                 # __init__ and set_params never check
     with pytest.raises(ValueError, match=match):
         clf.fit(X, y)
+
+
+@pytest.mark.parametrize("settings", [
+    dict(alpha=-1.0), dict(solver="newton"), dict(max_iter=0), dict(random_state=-1),
+    dict(random_state=2**32), dict(random_state="a"),
+    dict(random_state=np.random.default_rng(0))])
+def test_a_bad_parameter_raises_scikit_learns_invalid_parameter_error(settings):
+    """As scikit-learn's own estimators: InvalidParameterError (a ValueError and a
+    TypeError) naming the parameter, random_state included; and a first partial_fit that
+    refuses a parameter records no classes (the next call still needs classes=)."""
+    from sklearn.utils._param_validation import InvalidParameterError
+    X, y = blobs(n=30)
+    name = next(iter(settings))
+    for estimator in (MLPClassifier(**settings), MLPRegressor(**settings)):
+        with pytest.raises(InvalidParameterError, match=f"The '{name}' parameter of "):
+            estimator.fit(X, y)
+        with pytest.raises(TypeError, match=name):
+            estimator.fit(X, y)
+    clf = MLPClassifier(**settings)
+    with pytest.raises(InvalidParameterError):
+        clf.partial_fit(X, y, classes=np.unique(y))
+    assert not hasattr(clf, "classes_")
+    clf.set_params(**MLPClassifier().get_params())
+    with pytest.raises(ValueError, match="classes must be passed on the first call"):
+        clf.partial_fit(X, y)
+
+
+def test_early_stopping_without_a_validation_share_is_refused_by_name():
+    X, y = blobs(n=30)
+    for estimator in (MLPClassifier(early_stopping=True, validation_fraction=0.0),
+                      MLPRegressor(early_stopping=True, validation_fraction=0)):
+        with pytest.raises(ValueError, match="validation_fraction must be > 0"):
+            estimator.fit(X, y)
+        assert not hasattr(estimator, "model_")
 
 
 # ---- attributes ----------------------------------------------------------------------------
