@@ -4,7 +4,7 @@
     python bench/latency.py --threads 0            # each library's own default
     python bench/latency.py --rows 1 8 --networks 20-64-64-1 --seconds 0.5
     python bench/latency.py --concurrent 8         # one model, 8 threads: total rate
-    python bench/latency.py --concurrent 8 --hold-gil-us 0 5 20   # GIL kept under each
+    python bench/latency.py --concurrent 8 --gil measure hold release   # each GIL rule
     python bench/latency.py --sparse 27 --networks 100000-256-20 --rows 1 8 64 512 \
         --systems fastbp fastbp-sklearn sklearn numpy              # CSR rows, S1's width
 
@@ -22,7 +22,8 @@ noise from other work on the machine falls on all of them alike. At each library
 threads (--threads 0) a pause comes before each turn (--settle), so that no library's
 threads, still spinning after its turn, take a core from the next one: a service runs one
 of them, not all of them in turn. Reported: the median and
-the 99th percentile of the time per call, in microseconds, and each median over fastbp's.
+the 99th percentile of the time per call, in microseconds, and each median over fastbp's
+(over the first system's where --systems leaves fastbp out).
 Compare ratios within one run: absolute times move with the load on the machine.
 """
 import argparse
@@ -48,6 +49,7 @@ NETWORKS = {
 }
 DEFAULT_NETWORKS = ["784-128-10", "20-64-64-1"]
 DENSE_ONLY = ("onnxrt", "torch")       # peers that take no scipy.sparse input
+SYSTEMS = ("fastbp", "fastbp-out", "onnxrt", "torch", "numpy", "fastbp-sklearn", "sklearn")
 
 
 def inputs(n_rows, n_columns, sparse):
@@ -265,7 +267,7 @@ def main(argv=None):
     parser.add_argument("--sparse", type=int, default=0, metavar="NNZ",
                         help="X as a CSR matrix of NNZ stored values a row (scipy.sparse; "
                              "onnxrt and torch, which take dense input only, are left out)")
-    parser.add_argument("--systems", nargs="+",
+    parser.add_argument("--systems", nargs="+", choices=SYSTEMS,
                         default=["fastbp", "fastbp-out", "onnxrt", "torch", "numpy"])
     parser.add_argument("--seconds", type=float, default=1.0,
                         help="time per system per shape, about")
@@ -327,7 +329,7 @@ def main(argv=None):
         return
 
     print(f"# threads: {args.threads or 'default'}; times per call in us: median (p99); "
-          f"x: median / fastbp's median"
+          f"x: median / the median of fastbp (or of the first system, without it)"
           + (f"; X: CSR, {args.sparse} stored values a row" if args.sparse else ""))
     with tempfile.TemporaryDirectory() as folder:
         for network in args.networks:
@@ -343,7 +345,7 @@ def main(argv=None):
                     np.testing.assert_allclose(run(X), reference, rtol=1e-4, atol=1e-5,
                                                err_msg=name)
                 times = measure(run_of, X, args.seconds, args.rounds, settle)
-                base = np.median(times[next(iter(times))])
+                base = np.median(times["fastbp" if "fastbp" in times else next(iter(times))])
                 cells = []
                 for name, values in times.items():
                     median, p99 = np.median(values) / 1e3, np.percentile(values, 99) / 1e3

@@ -1,7 +1,7 @@
 """Online training speed: samples per second of Trainer.fit with batches of a few rows.
 
     python bench/online.py                                  # this checkout, kernels on/off
-    python bench/online.py --builds /work/main .            # before/after, in one run
+    python bench/online.py --builds ../other-checkout .     # before/after, in one run
     python bench/online.py --batch 1 2 4 8 --networks 20-64-64-1 784-128-10
 
 One thread (OPENBLAS_NUM_THREADS=1, n_threads=1), plain SGD, MSE on random targets, one

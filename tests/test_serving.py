@@ -862,3 +862,32 @@ def test_threads_sharing_few_row_calls_at_once_get_exact_results(monkeypatch):
 
     run_at_once(serve, 8)
     assert failures == []
+
+
+def test_a_hot_model_allocates_nothing_per_call():
+    """docs/serving.md, "Nothing allocated per call": a call of 8 or 64 rows into `out`
+    allocates nothing (no output, workspace or timing record) at n_threads None, 1 and 2.
+    Each call is traced alone by tracemalloc; a workspace of this network is 4 KiB or more
+    (8 rows), so a call whose peak passes 2 KiB allocated one. Once a row count has run,
+    at most the one-off choices may (the measured choice of threads and the shared call's
+    kept workspaces, made once), never call after call."""
+    model = fastbp.MLP([784, 128, 10], ["relu", "softmax"], seed=0)
+    rng = np.random.default_rng(0)
+    for rows in (8, 64):
+        X = rng.normal(size=(rows, 784)).astype(np.float32)
+        out = np.empty((rows, 10), np.float32)
+        for n_threads in (None, 1, 2):
+            model.predict(X, out=out, n_threads=n_threads)
+            allocating = []
+            tracemalloc.start()
+            try:
+                for call in range(400):
+                    before, _ = tracemalloc.get_traced_memory()
+                    tracemalloc.reset_peak()
+                    model.predict(X, out=out, n_threads=n_threads)
+                    _, peak = tracemalloc.get_traced_memory()
+                    if peak - before > 2048:
+                        allocating.append((call, peak - before))
+            finally:
+                tracemalloc.stop()
+            assert len(allocating) <= 2, (rows, n_threads, allocating)
