@@ -184,7 +184,9 @@ class Trainer:
     def reset(self) -> None:
         """Forget the optimizer state, the schedule's epochs and the shuffling generator
         (and free the buffers a fit of one epoch kept for the next)."""
-        self._state = None          # (rows, n_params), for the model and rule in _state_key
+        self._state = None          # (rows, n_params), for the model and rule in _state_key:
+                                    # (a weak reference to the model, (rule's code_name,
+                                    # what the state holds: _state_scale))
         self._moving_rows = None    # a byte per row of W1, 0 where _state's part of the row
                                     # is known to be all 0 (None: not known; _moving_rows_of)
         self._state_key = None
@@ -235,6 +237,10 @@ class Trainer:
         key, rows = state.get("_state_key"), state.get("_state")
         if key is not None and rows is not None and rows.shape[0] == 2 and key[1][0] in one_row:
             state["_state"] = np.ascontiguousarray(rows[one_row[key[1][0]]:][:1])
+        # Pickled when the key named the layout: "plain" is a scale of 1; a "scaled" state
+        # (mu times the velocity) of a momentum not recorded is taken as the next fit's.
+        if key is not None and key[1][1] in ("plain", "scaled"):
+            state["_state_key"] = (key[0], (key[1][0], 1.0 if key[1][1] == "plain" else None))
         state.setdefault("_buffers", {})   # pickled before fits kept their buffers
         state["_moving_rows"] = None
         self.__dict__.update(state)
@@ -441,23 +447,29 @@ class Trainer:
 
     def _optimizer_state(self, model, optimizer, layout: str, rows: int) -> np.ndarray:
         """The optimizer's state for this model, kept from earlier fits when it fits: `rows`
-        parameter-sized rows, as many as the rule reads (_core.Hyperparameters.state_rows)."""
+        parameter-sized rows, as many as the rule reads (_core.Hyperparameters.state_rows),
+        in the fit's layout (_state_scale)."""
         shape = (rows, model.n_params)
+        scale = _state_scale(optimizer, layout)
         state, key = self._state, self._state_key
-        if key is not None and key[0] is _no_model and state is not None \
-                and state.shape == shape and state.dtype == model.dtype \
-                and key[1] == (optimizer.code_name, layout):
+        fits = state is not None and state.shape == shape and state.dtype == model.dtype \
+            and key is not None and key[1][0] == optimizer.code_name
+        if fits and key[0] is _no_model:
             # pickled or copied (with its model, or for it): the state goes on with the
             # model it fits, as it would have without the copy
             self.bind(model)
             key = self._state_key
-        if (state is None or state.shape != shape or state.dtype != model.dtype or key is None
-                or key[0]() is not model or key[1] != (optimizer.code_name, layout)):
+        if not fits or key[0]() is not model:
             check_allocation(shape[0] * shape[1], model.dtype, "the optimizer state")
             state = np.zeros(shape, dtype=model.dtype)
             self._moving_rows = None
             self._step = 0.0
-            self._state_key = (weakref.ref(model), (optimizer.code_name, layout))
+        elif key[1][1] is not None and key[1][1] != scale:
+            # the same velocity held another way (momentum changed, or clipping or Nesterov
+            # turned on or off): a new array, so that a fit refused before its first step
+            # puts back the old one with its key
+            state = state * (scale / key[1][1])
+        self._state_key = (weakref.ref(model), (optimizer.code_name, scale))
         self._state = state
         return state
 
@@ -493,6 +505,13 @@ class Trainer:
         if self._schedule is None or self._schedule[0] is not self.schedule:
             self._schedule = (self.schedule, schedule)
         return self._schedule[1]
+
+
+def _state_scale(optimizer, layout: str) -> float:
+    """What the optimizer state holds, as a factor on torch's buffers: the folded momentum
+    (_core.Hyperparameters.state_layout "scaled") keeps mu times the velocity, every other
+    rule and layout the buffers themselves (1)."""
+    return optimizer.momentum if layout == "scaled" else 1.0
 
 
 def rows_of(X, start: int, stop: int):

@@ -606,6 +606,53 @@ def test_changing_the_optimizer_starts_a_fresh_state(first, second):
     assert_params_close(params(model), rW + rb)
 
 
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize("change", ["momentum", "clip_on", "clip_off", "nesterov_on",
+                                    "nesterov_off"])
+def test_momentums_velocity_carries_over_whatever_the_settings_change(change, sparse):
+    """Plain momentum without clipping keeps mu times the velocity (the folded update),
+    every other momentum setting the velocity itself. Changing only the rule's settings
+    between fits (the momentum, clipping on or off, Nesterov on or off) keeps the velocity
+    and the step count, as documented: the four epochs equal the documented rule
+    (b = mu b + g; p -= lr b, or lr (g + mu b) with Nesterov) written in NumPy over
+    model.gradients. Before, a changed momentum scaled the first step by the old one and a
+    changed layout started from zero."""
+    import scipy.sparse
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(64, 6)) * (rng.random((64, 6)) < 0.5)
+    Y = np.sin(X[:, :2])
+    settings = {"momentum": [dict(momentum=0.9), dict(momentum=0.3)],
+                "clip_on": [dict(momentum=0.8), dict(momentum=0.8, clip=1e30)],
+                "clip_off": [dict(momentum=0.8, clip=1e30), dict(momentum=0.8)],
+                "nesterov_on": [dict(momentum=0.8), dict(momentum=0.8, nesterov=True)],
+                "nesterov_off": [dict(momentum=0.8, nesterov=True), dict(momentum=0.8)]}[change]
+    model = fastbp.MLP([6, 8, 2], ["tanh", "identity"], dtype="float64", seed=0)
+    reference_model = fastbp.MLP.from_bytes(model.to_bytes())
+    trainer = fastbp.Trainer("mse", batch_size=8, shuffle=False, n_threads=1, epochs=2)
+    for part in settings:
+        trainer.optimizer = optimizers.SGD(0.02, momentum=part["momentum"],
+                                           nesterov=part.get("nesterov", False))
+        trainer.clip_norm = part.get("clip")
+        trainer.fit(model, scipy.sparse.csr_array(X) if sparse else X, Y)
+    assert trainer._step == 32                 # 4 epochs of 8 batches, none restarted
+    velocity = None
+    for part in settings:
+        mu = part["momentum"]
+        for _ in range(2):
+            for start in range(0, 64, 8):
+                _, grad_W, grad_b = reference_model.gradients(X[start:start + 8],
+                                                              Y[start:start + 8], "mse")
+                grads = grad_W + grad_b
+                velocity = grads if velocity is None else \
+                    [mu * v + g for v, g in zip(velocity, grads)]
+                steps = [g + mu * v for g, v in zip(grads, velocity)] \
+                    if part.get("nesterov") else velocity
+                moved = [p - 0.02 * s for p, s in
+                         zip(reference_model.weights + reference_model.biases, steps)]
+                reference_model.weights, reference_model.biases = moved[:2], moved[2:]
+    assert_params_close(params(model), reference_model.weights + reference_model.biases)
+
+
 def test_a_diverged_epoch_leaves_no_optimizer_state_behind():
     """A diverged epoch restores the parameters to the start of that epoch, and the
     optimizer state with them. Here the first epoch diverges (momentum, learning rate 1e3),
