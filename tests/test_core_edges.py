@@ -126,6 +126,29 @@ def test_a_trainer_pickled_with_the_old_two_row_state_resumes_where_it_was(rule,
     for p, q in zip(resumed.weights + resumed.biases, model.weights + model.biases):
         np.testing.assert_array_equal(p, q)
 
+@pytest.mark.parametrize("clip_norm, layout", [(None, "scaled"), (1e30, "plain")])
+def test_a_trainer_pickled_when_the_key_named_the_layout_resumes_where_it_was(clip_norm,
+                                                                              layout):
+    """Before the state's key held its scale it named the layout ("scaled": mu times the
+    velocity; "plain"): unpickling such a trainer resumes bit for bit."""
+    import pickle
+    rng = np.random.default_rng(0)
+    X, Y = rng.normal(size=(24, 3)), rng.normal(size=(24, 2))
+    model = fastbp.MLP(SIZES, ["tanh", "identity"], dtype="float64", seed=0)
+    trainer = fastbp.Trainer("mse", optimizer=fastbp.optimizers.SGD(0.05, momentum=0.9),
+                             epochs=2, batch_size=8, seed=0, clip_norm=clip_norm)
+    trainer.fit(model, X, Y)
+    pickled = pickle.loads(pickle.dumps(trainer)).__getstate__()
+    pickled["_state_key"] = (pickled["_state_key"][0], ("momentum", layout))   # as before
+    old = fastbp.Trainer.__new__(fastbp.Trainer)
+    old.__setstate__(pickled)
+    resumed = fastbp.MLP.from_bytes(model.to_bytes())
+    old.fit(resumed, X, Y)
+    trainer.fit(model, X, Y)
+    assert old._step == trainer._step == 6
+    np.testing.assert_array_equal(resumed.parameter_vector(), model.parameter_vector())
+
+
 def test_a_trainer_pickled_before_fits_kept_their_buffers_trains_on():
     """A trainer pickled before one-epoch fits gave their buffers back to it has no
     `_buffers`: unpickled, its next fits train as a fresh trainer's with the same state."""
