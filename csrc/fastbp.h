@@ -156,15 +156,18 @@ static inline int fbp_catch_interrupts(void)
 
 /* Undo one fbp_catch_interrupts; returns 1 if SIGINT arrived since the outermost one
    (the flag is cleared when that outermost fit ends), else 0.  Restoring the action saved
-   by sigaction itself cannot fail. */
+   by sigaction itself cannot fail.  An action set during the fit (signal.signal in a
+   callback) is the caller's: kept, not replaced by the one the fit found. */
 static inline int fbp_release_interrupts(void)
 {
     int requested = fbp_interrupt_requested != 0;
+    struct sigaction current;
     if (fbp_handler_depth == 0 || --fbp_handler_depth > 0)
         return requested;
     if (fbp_handler_installed) {
         fbp_handler_installed = 0;
-        sigaction(SIGINT, &fbp_previous_action, NULL);
+        if (sigaction(SIGINT, NULL, &current) != 0 || current.sa_handler == fbp_on_interrupt)
+            sigaction(SIGINT, &fbp_previous_action, NULL);
     }
     requested = fbp_interrupt_requested != 0;   /* a SIGINT up to the restore still counts */
     fbp_interrupt_requested = 0;

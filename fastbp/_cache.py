@@ -29,6 +29,7 @@ _LARGEST_FILE = 64 << 20
 # stuck (a hung file system) and the choice is measured without it.
 LOCK_WAIT_SECONDS = 60.0
 _LOCK_POLL_SECONDS = 0.005
+_stuck = set()      # lock files this process waited LOCK_WAIT_SECONDS for: not waited again
 
 
 def cache_folder() -> str:
@@ -141,24 +142,30 @@ def _write(file_name, choices) -> None:
 def _locked(file_name):
     """Holds an exclusive lock on `file_name`.lock in the cache folder (created if need
     be) for the block; the block runs unlocked when the lock cannot be had."""
+    path = os.path.join(cache_folder(), file_name + ".lock")
     try:
         os.makedirs(cache_folder(), exist_ok=True)
-        handle = open(os.path.join(cache_folder(), file_name + ".lock"), "a+b")
+        handle = open(path, "a+b")
     except OSError:
         yield
         return
     with handle:
-        if _lock(handle):
+        # a lock once found stuck is tried, not waited for: each key a process measures
+        # (a fit's, then each pass's) would wait the whole time again
+        if _lock(handle, 0.0 if path in _stuck else LOCK_WAIT_SECONDS):
+            _stuck.discard(path)
             try:
                 yield
             finally:
                 _unlock(handle)
         else:
+            _stuck.add(path)
             yield
 
 
-def _lock(handle) -> bool:
-    deadline = time.monotonic() + LOCK_WAIT_SECONDS
+def _lock(handle, patience: float) -> bool:
+    """Whether an exclusive lock on `handle` was had within `patience` seconds."""
+    deadline = time.monotonic() + patience
     while True:
         try:
             if os.name == "nt":

@@ -206,19 +206,22 @@ def own_is_faster(kind, m, n, k, dtype, isa, chunk_rows=0, chunk_columns=0,
            f"{os.environ.get('OPENBLAS_CORETYPE', '')}/{cpu_model()}/{build_identity()}")
     if margin != 1.0:
         key += f"/margin {margin:g}"
-    with _lock:
-        if key not in _measured:
-            try:
-                _measured[key] = settled(
-                    CACHE_FILE, key, lambda kept: isinstance(kept, bool),
-                    lambda: bool(_measure(kind, m, n, k, dtype, isa, chunk_rows,
-                                          chunk_columns, margin)))
-            except MemoryError:   # no room for the operands now: BLAS, not kept on disk
-                _measured[key] = False
+    from fastbp._threads import measured
+
+    def measure(wait):
+        try:
+            _measured[key] = settled(
+                CACHE_FILE, key, lambda kept: isinstance(kept, bool),
+                lambda: bool(_measure(kind, m, n, k, dtype, isa, chunk_rows, chunk_columns,
+                                      margin, wait)))
+        except MemoryError:   # no room for the operands now: BLAS, not kept on disk
+            _measured[key] = False
         return _measured[key]
+    return measured(_lock, lambda: _measured.get(key), measure)
 
 
-def _measure(kind, m, n, k, dtype, isa, chunk_rows=0, chunk_columns=0, margin=1.0) -> bool:
+def _measure(kind, m, n, k, dtype, isa, chunk_rows=0, chunk_columns=0, margin=1.0,
+             wait=True) -> bool:
     import time
     from fastbp import _core
     from fastbp._threads import blas_threads
@@ -229,7 +232,7 @@ def _measure(kind, m, n, k, dtype, isa, chunk_rows=0, chunk_columns=0, margin=1.
     alpha, beta = (-1e-3, 1.0) if kind == "tn" else (1.0, 0.0)
     times = {isa: [], "blas": []}
     repeats = {}
-    with blas_threads(1):
+    with blas_threads(1, wait=wait):
         for backend in times:
             started = time.perf_counter()
             _core.matrix_product(kind, a, b, c, alpha, beta, backend, 1, chunk_rows,

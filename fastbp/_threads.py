@@ -118,6 +118,7 @@ SPLIT_VARIABLE = "FASTBP_SPLIT"            # one of SPLITS: how a fit's threads 
 CACHE_FILE = "threads.json"
 _measured = {}                             # key -> the way (split_threads), this process
 _measure_lock = threading.Lock()
+MEASURE_ATTEMPTS = 4      # measured(): tries that let go of the locks to wait, then one more
 
 
 def fit_threads(layer_sizes, codes, batch_size: int, dtype, n_threads=None, clipping=False):
@@ -313,17 +314,45 @@ def _measured_choice(layer_sizes, codes, batch_size, dtype, candidates, threads_
     key = _cache_key(layer_sizes, batch_size, dtype,
                      threads_label + (" clipping" if clipping else ""))
     valid = {tuple(choice) for choice in candidates} | {ONE_THREAD}   # a tiny step
-    with _measure_lock:
-        if key not in _measured:
-            found = settled(
-                CACHE_FILE, key,
-                lambda kept: isinstance(kept, list) and all(type(v) is int for v in kept)
-                and tuple(kept) in valid,
-                lambda: [int(value) for value in
-                         _measure(layer_sizes, codes, batch_size, dtype, candidates,
-                                  clipping)])
-            _measured[key] = (int(found[0]), int(found[1]), int(found[2]))
+
+    def measure(wait):
+        found = settled(CACHE_FILE, key,
+                        lambda kept: isinstance(kept, list)
+                        and all(type(v) is int for v in kept) and tuple(kept) in valid,
+                        lambda: [int(value) for value in
+                                 _measure(layer_sizes, codes, batch_size, dtype, candidates,
+                                          clipping, wait)])
+        _measured[key] = (int(found[0]), int(found[1]), int(found[2]))
         return _measured[key]
+    return measured(_measure_lock, lambda: _measured.get(key), measure)
+
+
+def measured(lock, known, measure):
+    """measure(wait)'s result, made under `lock` (and the cache file's lock it takes)
+    unless known() (under `lock`) has it, without waiting there for other threads'
+    blas_threads passes: a measurement that waited for a pass on another BLAS count held
+    both locks all the while, and every other thread's and process's first measurement
+    waited with it. Where a pass is in the way (PassesRunning, with wait=False) the locks
+    are let go until the passes end and it is tried again, the last time waiting in
+    blas_threads' queue, so that a thread whose passes never pause cannot keep it out for
+    ever. A measurement inside another on this thread (the product kernels' choice inside
+    a fit's) is tried once, waiting as that one does: the outer one lets go of its locks."""
+    inside = getattr(_local, "measure_wait", None)
+    for attempt in range(1 if inside is not None else MEASURE_ATTEMPTS):
+        wait = inside if inside is not None else attempt == MEASURE_ATTEMPTS - 1
+        with lock:
+            found = known()
+            if found is not None:
+                return found
+            _local.measure_wait = wait
+            try:
+                return measure(wait)
+            except PassesRunning:
+                if inside is not None:
+                    raise
+            finally:
+                _local.measure_wait = inside
+        _wait_for_passes_to_end()
 
 
 def pass_threads(layer_sizes, activations, rows: int, dtype, backward: bool) -> tuple:
@@ -469,13 +498,14 @@ REMEASURE_SECONDS = 10.0
 TURN_SECONDS = 0.02     # the least time a phase of its measurement lasts
 
 
-def _measure(layer_sizes, codes, batch_size, dtype, candidates, clipping=False):
+def _measure(layer_sizes, codes, batch_size, dtype, candidates, clipping=False, wait=True):
     """Times a few plain-SGD steps (clipping: with the gradient's norm taken, at a limit
     no step reaches) of this network and batch on random data with each candidate way
     (split_threads) and returns the fastest, preferring fewer threads within
     THREADS_MARGIN. A one-thread step under TINY_STEP_SECONDS ends the timing with
     ONE_THREAD, whatever the candidates: no split can gain there, and BLAS, which runs
-    products that small on one thread anyway, would cost the plan its own kernels."""
+    products that small on one thread anyway, would cost the plan its own kernels.
+    wait=False: PassesRunning where a candidate would wait for other threads' passes."""
     from fastbp import _core
     from fastbp._products import choose_products
     from fastbp.model import check_allocation
@@ -518,7 +548,7 @@ def _measure(layer_sizes, codes, batch_size, dtype, candidates, clipping=False):
             n_rows = n_steps * batch_size
             if n_rows not in orders:
                 orders[n_rows] = rng.permutation(n_rows).astype(np.intp)
-            with blas_threads(blas):
+            with blas_threads(blas, wait=wait):
                 started = time.perf_counter()
                 _core.train_epoch(plan, hyper, params, work, state, X[:n_rows], Y[:n_rows],
                                   empty_rows, empty, orders[n_rows], batch_size, 1, False,
@@ -652,6 +682,13 @@ def _best_windows(runs, rounds, confirm_seconds=None):
 # of one (the previous shape's BLAS-threads candidate, numpy's own products).
 QUIET_WAIT_SECONDS = 0.5     # the longest a measurement waits for that (other work may not end)
 QUIET_POLL_SECONDS = 0.01
+
+
+def _wait_for_passes_to_end():
+    """Returns once no blas_threads pass runs in this process."""
+    with _turns:
+        while _active:
+            _turns.wait()
 
 
 def _wait_for_a_quiet_process():
@@ -1100,3 +1137,24 @@ def _openblas_function(lib, name, restype):
                     function.argtypes = [ctypes.c_int]
                 return function
     return None
+
+
+def _after_fork_in_child() -> None:
+    """A forked child runs only the thread that forked: the passes the parent's other
+    threads had open (and any lock one of them held at the fork) are not in it, so they
+    are dropped, as if they had ended, and the locks made anew; the forking thread's own
+    open passes go on. Else the child's next pass on another count would wait for ever."""
+    global _lock, _turns_lock, _turns, _queue, _measure_lock, _active, _saved, _count
+    _lock, _measure_lock = threading.Lock(), threading.Lock()
+    _turns_lock = threading.Lock()
+    _turns = threading.Condition(_turns_lock)
+    _queue = collections.deque()
+    _active = getattr(_local, "depth", 0)
+    if _active == 0:
+        for set_threads, original in _saved or ():
+            set_threads(original)
+        _saved = _count = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

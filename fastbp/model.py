@@ -7,6 +7,7 @@ import os
 import threading
 import time
 import warnings
+import weakref
 
 import numpy as np
 
@@ -152,6 +153,24 @@ def kept_chunks(n_rows: int, capacity: int, threads: int, whole_chunks: bool) ->
     return -(-n_rows // size), size
 
 
+
+# The models fits hold (MLP._begin_training), with the thread of each fit. A process forked
+# while other threads fit has only the forking thread: those fits do not run in the child,
+# so its copies of their models are free to train there.
+_models_in_training = weakref.WeakKeyDictionary()
+
+
+def _forget_other_threads_fits() -> None:
+    forking_thread = threading.get_ident()
+    for model, thread in list(_models_in_training.items()):
+        if thread != forking_thread:
+            model._training = threading.Lock()
+            del _models_in_training[model]
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_other_threads_fits)
+
 class MLP:
     """A multilayer perceptron.
 
@@ -220,6 +239,17 @@ class MLP:
         self._gil_choices = {}
         # Held by a fit: a second fit of the same model from another thread is refused.
         self._training = threading.Lock()
+
+    def _begin_training(self) -> bool:
+        """Hold the model for a fit on this thread; False if a fit holds it already."""
+        if not self._training.acquire(blocking=False):
+            return False
+        _models_in_training[self] = threading.get_ident()
+        return True
+
+    def _end_training(self) -> None:
+        _models_in_training.pop(self, None)
+        self._training.release()
 
     # ---- what the user reads ----
     @property

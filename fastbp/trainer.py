@@ -336,7 +336,7 @@ class Trainer:
         spec.check_dtype(model.dtype)
         if verbose:
             callbacks.append(ProgressBar(n_epochs))
-        if not model._training.acquire(blocking=False):
+        if not model._begin_training():
             raise RuntimeError("this model is being trained by another thread; train it "
                                "from one thread at a time")
         # The optimizer state the set-up may replace (another model's, another rule's):
@@ -366,7 +366,7 @@ class Trainer:
                 self._state, self._state_key, self._step, self._moving_rows = kept
             raise
         finally:
-            model._training.release()
+            model._end_training()
         return history
 
     def _data(self, model, loss, X, Y, sample_weight, validation_data, validation_split,

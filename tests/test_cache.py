@@ -174,3 +174,32 @@ def test_a_cache_of_more_than_a_mebibyte_is_read(tmp_path, monkeypatch):
     with open(tmp_path / "big.json", "ab") as file:     # past the largest file read: unread
         file.truncate(_cache._LARGEST_FILE + 1)
     assert _cache.read_cache("big.json") == {}
+
+
+def test_a_lock_found_stuck_is_not_waited_for_again_by_each_key(tmp_path, monkeypatch):
+    """Once a process has waited LOCK_WAIT_SECONDS for the cache's lock, its next keys (a
+    fit's choice, then each pass's) try it without waiting: each would otherwise wait the
+    whole time again. Once the lock is had, it is waited for again as usual."""
+    holder = start(tmp_path, "holder", "shape", ["holder"], MEASURE_SECONDS="600")
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "ready-holder").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.5)
+        monkeypatch.setenv("FASTBP_CACHE_DIR", str(tmp_path))
+        monkeypatch.setattr(_cache, "LOCK_WAIT_SECONDS", 1.0)
+        waits = []
+        for key in ("first", "second", "third"):
+            started = time.monotonic()
+            assert _cache.settled("choices.json", key, lambda c: isinstance(c, str),
+                                  lambda: key) == key
+            waits.append(time.monotonic() - started)
+        assert waits[0] >= 1.0 and max(waits[1:]) < 0.5, waits
+    finally:
+        holder.kill()
+        holder.communicate()
+    lock = os.path.join(str(tmp_path), "choices.json.lock")
+    assert lock in _cache._stuck
+    assert _cache.settled("choices.json", "fourth", lambda c: isinstance(c, str),
+                          lambda: "fourth") == "fourth"
+    assert lock not in _cache._stuck and kept(tmp_path / "choices.json")["fourth"] == "fourth"

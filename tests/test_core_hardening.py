@@ -4,6 +4,9 @@ raises instead of reaching memory it should not, optimizer state that overflows 
 divergence, and offsets past 2**31 elements are computed in 64 bits.
 """
 import signal
+import subprocess
+import sys
+import textwrap
 import threading
 import warnings
 
@@ -90,6 +93,45 @@ def test_ctrl_c_stops_the_main_fit_not_one_running_on_a_worker(sigint_as_in_a_te
         worker.join()
     assert history.interrupted and history.epochs == 1
     assert results[0].epochs == 5 and not results[0].interrupted
+
+
+SIGINT_SET_DURING_A_FIT = textwrap.dedent("""
+    import os, signal, sys
+    import numpy as np
+    import fastbp
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    wanted = {"default": signal.SIG_DFL, "ignore": signal.SIG_IGN}[sys.argv[1]]
+
+    class SetsSigint(fastbp.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            signal.signal(signal.SIGINT, wanted)
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(64, 5))
+    fastbp.Trainer("mse", epochs=2, n_threads=1).fit(
+        fastbp.MLP([5, 4, 2], ["tanh", "identity"], seed=0), X, X[:, :2],
+        callbacks=[SetsSigint()])
+    assert signal.getsignal(signal.SIGINT) == wanted
+    os.kill(os.getpid(), signal.SIGINT)
+    print("alive")
+""")
+
+
+@pytest.mark.parametrize("action", ["default", "ignore"])
+def test_a_sigint_action_set_during_a_fit_is_kept_after_it(action):
+    """A callback that sets SIGINT's action (signal.signal) during a fit keeps it: the end
+    of the fit restored the action the fit had found, under Python's record of the new
+    one, so a later Ctrl-C neither ended the process (SIG_DFL) nor was ignored quietly
+    (SIG_IGN: Python printed "Signal 2 ignored due to race condition")."""
+    result = subprocess.run([sys.executable, "-c", SIGINT_SET_DURING_A_FIT, action],
+                            capture_output=True, text=True, timeout=120)
+    if action == "default":
+        assert result.returncode == -signal.SIGINT, (result.stdout, result.stderr[-2000:])
+    else:
+        assert result.returncode == 0 and result.stdout.strip() == "alive", \
+            (result.stdout, result.stderr[-2000:])
+        assert "race condition" not in result.stderr
 
 
 def test_interrupt_handling_belongs_to_the_main_thread():

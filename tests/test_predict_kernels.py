@@ -785,7 +785,8 @@ def test_w1s_output_product_keeps_the_own_kernel_unless_blas_saves_much(monkeypa
     monkeypatch.setenv(_products.KERNELS_VARIABLE, "auto")
     margins = {}
 
-    def measure(kind, m, n, k, dtype, isa, chunk_rows=0, chunk_columns=0, margin=1.0):
+    def measure(kind, m, n, k, dtype, isa, chunk_rows=0, chunk_columns=0, margin=1.0,
+                wait=True):
         margins[(kind, m, n, k)] = margin
         own, blas = (3.5, 3.2) if n == 10 else (100.0, 100.0)
         return own < margin * blas

@@ -35,7 +35,8 @@ def measurements(monkeypatch):
     """Replaces the timing with a fixed answer and counts the calls."""
     calls = []
 
-    def measure(layer_sizes, codes, batch_size, dtype, candidates, clipping=False):
+    def measure(layer_sizes, codes, batch_size, dtype, candidates, clipping=False,
+                wait=True):
         calls.append((tuple(layer_sizes), batch_size, np.dtype(dtype).name,
                       tuple(map(tuple, candidates))) + (("clipping",) if clipping else ()))
         return (2, 1, False)
@@ -134,7 +135,7 @@ def test_a_step_of_microseconds_on_an_explicit_count_runs_as_one_thread_does(
     monkeypatch.setattr(_threads, "TINY_STEP_SECONDS", 1.0)
     assert _threads.fit_threads(SIZES, CODES, 32, "float32", n_threads=2) == (1, 1, False)
     timed = []
-    monkeypatch.setattr(_threads, "_measure", lambda *args: timed.append(args))
+    monkeypatch.setattr(_threads, "_measure", lambda *args, **options: timed.append(args))
     _threads._measured.clear()                 # a new process: the file answers
     assert _threads.fit_threads(SIZES, CODES, 32, "float32", n_threads=2) == (1, 1, False)
     assert timed == []
@@ -378,7 +379,7 @@ def test_the_same_seed_gives_the_same_result_on_this_machine_from_process_to_pro
 
 @pytest.mark.parametrize("split", [_threads.BY_INPUTS, _threads.BY_HIDDEN])
 def test_a_default_fit_uses_the_measured_split(cache, monkeypatch, split):
-    monkeypatch.setattr(_threads, "_measure", lambda *arguments: (2, 1, split))
+    monkeypatch.setattr(_threads, "_measure", lambda *arguments, **options: (2, 1, split))
     rng = np.random.default_rng(0)
     X = rng.normal(size=(200, 20)).astype(np.float32)
     y = rng.integers(0, 3, 200)
@@ -479,7 +480,7 @@ def test_an_explicit_count_times_its_row_split_before_any_blas_threads(cache, mo
     counts = []
 
     @contextlib.contextmanager
-    def blas_threads(count):
+    def blas_threads(count, wait=True):
         counts.append(count)                    # one per timed epoch
         yield
 
@@ -684,3 +685,38 @@ def test_a_measurement_never_waits_for_other_threads_passes(cache, monkeypatch):
     blas, sharers = _threads.pass_threads((30, 40, 5), ("relu", "softmax"), 64, "float32",
                                           False)
     assert blas in (1, 2) and sharers == 2 and len(_threads._measured) == 1
+
+
+def test_a_measurement_that_would_wait_for_another_threads_pass_holds_no_lock(cache):
+    """A default fit's measurement times candidates on one and on two BLAS threads; while
+    another thread's pass holds two, the one-thread candidate cannot run. It waits with
+    _measure_lock and the cache file's lock let go (it held both, so every other thread's
+    and process's first measurement waited on that other pass too), then measures."""
+    import threading
+    entered, release, chosen = threading.Event(), threading.Event(), []
+
+    def hold_two_threads():
+        with _threads.blas_threads(2):
+            entered.set()
+            release.wait(60)
+
+    holder = threading.Thread(target=hold_two_threads)
+    holder.start()
+    entered.wait(60)
+    fitting = threading.Thread(target=lambda: chosen.append(_threads.fit_threads(
+        (40, 24, 3), CODES, 16, np.float32)))
+    try:
+        fitting.start()
+        time.sleep(0.5)              # the measurement has found the pass in the way
+        assert fitting.is_alive()
+        assert _threads._measure_lock.acquire(timeout=5)
+        _threads._measure_lock.release()
+        started = time.monotonic()
+        assert _cache.settled(_threads.CACHE_FILE, "another key", lambda kept: kept == 1,
+                              lambda: 1) == 1
+        assert time.monotonic() - started < 5
+    finally:
+        release.set()
+        holder.join(60)
+        fitting.join(120)
+    assert len(chosen) == 1 and chosen[0] in _threads._measured.values()

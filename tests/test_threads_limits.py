@@ -279,3 +279,63 @@ def test_a_process_started_with_a_thread_variable_runs_every_default_pass_on_one
     assert result.returncode == 0, result.stderr
     counts = json.loads(result.stdout.strip().splitlines()[-1])
     assert len(counts) == 4 and set(counts) == {1}
+
+
+FORKED_WHILE_ANOTHER_THREAD_RUNS = textwrap.dedent("""
+    import os, signal, threading, warnings
+    import numpy as np
+    import fastbp
+    from fastbp import _threads
+    from threadpoolctl import threadpool_info
+
+    def blas_counts():
+        return sorted(info["num_threads"] for info in threadpool_info())
+
+    original = blas_counts()
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(1000, 64)), rng.integers(0, 3, 1000)
+    model = fastbp.MLP([64, 32, 3], ["relu", "softmax"], seed=0)
+    expected = model.predict(X, n_threads=1)
+    held = fastbp.MLP([64, 32, 3], ["relu", "softmax"], seed=0)
+    entered, stop = threading.Event(), threading.Event()
+
+    def another_thread():            # a fit's hold on a model and its pass on 2 threads
+        assert held._begin_training()
+        with _threads.blas_threads(2):
+            entered.set()
+            stop.wait()
+        held._end_training()
+
+    threading.Thread(target=another_thread, daemon=True).start()
+    entered.wait()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)   # fork with threads (3.12+)
+        pid = os.fork()
+    if pid == 0:
+        signal.alarm(60)             # a hang ends the child, not the test run
+        status = 1
+        try:
+            assert blas_counts() == original, (blas_counts(), original)
+            assert np.array_equal(model.predict(X, n_threads=1), expected)
+            fastbp.Trainer("cce", epochs=1, n_threads=1).fit(model, X, y)
+            fastbp.Trainer("cce", epochs=1, n_threads=1).fit(held, X, y)
+            assert _threads._active == 0
+            status = 0
+        finally:
+            os._exit(status)
+    _, status = os.waitpid(pid, 0)
+    stop.set()
+    print("child", status)
+""")
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_child_forked_while_another_thread_fits_trains_and_predicts():
+    """A process forked while another thread is in a fit (holding its model, in a pass on
+    another BLAS thread count) has only the forking thread: the child's passes no longer
+    wait for the parent's (they waited for ever), its copy of the held model trains, and
+    the BLAS count that pass set is put back in it."""
+    result = subprocess.run([sys.executable, "-c", FORKED_WHILE_ANOTHER_THREAD_RUNS],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.split() == ["child", "0"], \
+        (result.stdout, result.stderr[-2000:])
