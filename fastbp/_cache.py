@@ -34,11 +34,14 @@ _stuck = set()      # lock files this process waited LOCK_WAIT_SECONDS for: not 
 
 def cache_folder() -> str:
     """Where measured defaults are kept: $FASTBP_CACHE_DIR, else $XDG_CACHE_HOME/fastbp,
-    else ~/.cache/fastbp."""
+    else ~/.cache/fastbp. A relative XDG_CACHE_HOME is ignored, as the XDG specification
+    says (it would name a folder under whatever the working folder is)."""
     folder = os.environ.get("FASTBP_CACHE_DIR")
     if folder:
         return folder
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    if not os.path.isabs(base):
+        base = os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "fastbp")
 
 

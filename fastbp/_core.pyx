@@ -60,14 +60,21 @@ LAZY_ADAM_VARIABLE = "FASTBP_SPARSE_LAZY_ADAM"   # "0": Adam on sparse input ste
 SUBNORMALS_VARIABLE = "FASTBP_SUBNORMALS"
 
 
+def environment_choice(str name, tuple choices):
+    """The environment variable `name` stripped and lower-cased: "" where unset or empty,
+    else one of `choices`; any other value is refused with a ValueError naming it (a switch
+    that silently did nothing would hide a typo in it)."""
+    value = os.environ.get(name, "").strip().lower()
+    if value and value not in choices:
+        raise ValueError(f"{name}={os.environ[name]!r}: it must be "
+                         f"{' or '.join(repr(choice) for choice in choices)}, or unset")
+    return value
+
+
 def flushes_subnormals():
     """Whether training epochs flush subnormal numbers to 0: unless FASTBP_SUBNORMALS is
     "keep" ("flush", the default, or unset); ValueError for any other value."""
-    setting = os.environ.get(SUBNORMALS_VARIABLE, "")
-    if setting not in ("", "flush", "keep"):
-        raise ValueError(f"{SUBNORMALS_VARIABLE}={setting!r}: it must be 'flush' (the "
-                         f"default) or 'keep'")
-    return setting != "keep"
+    return environment_choice(SUBNORMALS_VARIABLE, ("flush", "keep")) != "keep"
 
 # train_epoch's status
 cpdef enum Status:

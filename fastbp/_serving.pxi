@@ -73,9 +73,8 @@ GIL_RULES = ("measure", "hold", "release")
 
 def gil_rule() -> str:
     """The rule of the GIL around short passes for models made from now on: FASTBP_GIL's
-    "hold" or "release" where set to one of them, else "measure" (chosen on the calls)."""
-    value = os.environ.get(GIL_VARIABLE, "").strip().lower()
-    return value if value in GIL_RULES[1:] else "measure"
+    (one of GIL_RULES), "measure" (chosen on the calls) where unset."""
+    return environment_choice(GIL_VARIABLE, GIL_RULES) or "measure"
 
 
 # Past REMEASURE_CALLS calls, a kept choice reads the clock (for REMEASURE_SECONDS) on

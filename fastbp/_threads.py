@@ -968,8 +968,9 @@ def small_gemm_kernels() -> bool:
     FASTBP_SMALL_GEMM=0 or 1 overrides it (for comparing the two)."""
     global _small_gemm
     if _small_gemm is None:
-        forced = os.environ.get("FASTBP_SMALL_GEMM")
-        _small_gemm = forced == "1" if forced in ("0", "1") else _blas_has_small_kernels()
+        from fastbp import _core
+        forced = _core.environment_choice("FASTBP_SMALL_GEMM", ("0", "1"))
+        _small_gemm = forced == "1" if forced else _blas_has_small_kernels()
     return _small_gemm
 
 

@@ -45,7 +45,8 @@ def few_row_kernels() -> str:
     comparing and testing, "always" (FASTBP_FEW_ROWS=1) or "never" (FASTBP_FEW_ROWS=0:
     BLAS, as before the kernels). Read when a model is built or loaded, by each pass that
     is not on the fast path, and by each fit."""
-    return {"0": "never", "1": "always"}.get(os.environ.get(FEW_ROWS_VARIABLE, ""), "auto")
+    return {"0": "never", "1": "always"}.get(
+        _core.environment_choice(FEW_ROWS_VARIABLE, ("0", "1")), "auto")
 
 
 def _check_layer_sizes(layer_sizes) -> tuple[int, ...]:

@@ -639,3 +639,35 @@ def test_a_shallow_copy_of_a_trainer_shares_nothing_a_fit_changes():
     np.testing.assert_array_equal(model.parameter_vector(), reference_model.parameter_vector())
     np.testing.assert_array_equal(copied_model.parameter_vector(),
                                   reference_model.parameter_vector())
+
+
+@pytest.mark.parametrize("name, junk, call", [
+    ("FASTBP_GIL", "holdd", "fastbp.MLP([3, 2], ['identity'])"),
+    ("FASTBP_FEW_ROWS", "yes", "fastbp.MLP([3, 2], ['identity'])"),
+    ("FASTBP_SUBNORMALS", "off", "fastbp.Trainer('mse').fit(fastbp.MLP([3, 2], ['identity']),"
+                                 " np.ones((4, 3)), np.ones((4, 2)))"),
+    ("FASTBP_SMALL_GEMM", "2", "_threads.small_gemm_kernels()"),
+])
+def test_a_switch_variable_with_a_value_it_does_not_take_is_refused_by_name(name, junk, call):
+    """Each FASTBP_* switch takes its values stripped and in any case, and refuses any
+    other (a typo in FASTBP_GIL, FASTBP_FEW_ROWS or FASTBP_SMALL_GEMM did nothing,
+    silently); a relative XDG_CACHE_HOME is ignored, as the XDG specification says."""
+    script = ("import numpy as np, fastbp\nfrom fastbp import _threads\n"
+              f"try:\n    {call}\nexcept ValueError as error:\n    print(error)\n")
+    refused = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                             env={**os.environ, name: junk}, timeout=120)
+    assert refused.stdout.startswith(f"{name}={junk!r}: it must be"), refused.stderr[-2000:]
+    taken = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                           env={**os.environ, name: {"FASTBP_GIL": " Hold",
+                                                     "FASTBP_SUBNORMALS": " KEEP "}.get(
+                                                         name, "0 ")}, timeout=120)
+    assert taken.returncode == 0 and taken.stdout == "", taken.stderr[-2000:]
+
+
+def test_a_relative_xdg_cache_home_is_ignored(monkeypatch):
+    from fastbp import _cache
+    monkeypatch.delenv("FASTBP_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/cache")
+    assert _cache.cache_folder() == os.path.join(os.path.expanduser("~"), ".cache", "fastbp")
+    monkeypatch.setenv("XDG_CACHE_HOME", "/somewhere/cache")
+    assert _cache.cache_folder() == os.path.join("/somewhere/cache", "fastbp")
