@@ -47,11 +47,8 @@ _lock = threading.Lock()
 
 def kernel_mode() -> str:
     """FASTBP_KERNELS: "blas", "own" or "auto" (unset); anything else is an error."""
-    value = os.environ.get(KERNELS_VARIABLE, "").strip().lower() or "auto"
-    if value not in ("blas", "own", "auto"):
-        raise ValueError(f"{KERNELS_VARIABLE} must be 'blas', 'own' or 'auto' (where the "
-                         f"training step's products run); got {value!r}")
-    return value
+    from fastbp import _core
+    return _core.environment_choice(KERNELS_VARIABLE, ("blas", "own", "auto")) or "auto"
 
 
 def requested_level():
@@ -60,12 +57,9 @@ def requested_level():
     an error. The one reader of the variable: the kernels' level when fastbp._core loads
     (_core.kernel_level) and the product kernels' instruction set (kernel_isa)."""
     from fastbp import _core
-    value = os.environ.get(ISA_VARIABLE, "").strip().lower()
+    value = _core.environment_choice(ISA_VARIABLE, tuple(_core.KERNEL_LEVELS))
     if not value:
         return None
-    if value not in _core.KERNEL_LEVELS:
-        raise ValueError(f"{ISA_VARIABLE} must be one of {list(_core.KERNEL_LEVELS)}; "
-                         f"got {value!r}")
     if value not in _core.kernel_levels():
         raise ValueError(f"{ISA_VARIABLE}={value}: this CPU or build runs the kernels at "
                          f"{_core.kernel_levels()[0]} at most")

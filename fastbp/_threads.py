@@ -298,13 +298,8 @@ SPLITS = ("rows", "inputs", "hidden", "blas")
 
 def forced_split():
     """FASTBP_SPLIT as one of SPLITS, or None when unset (anything else is an error)."""
-    value = os.environ.get(SPLIT_VARIABLE, "").strip().lower()
-    if not value:
-        return None
-    if value not in SPLITS:
-        raise ValueError(f"{SPLIT_VARIABLE} must be 'rows', 'inputs', 'hidden' or 'blas' "
-                         f"(how a fit's threads are used); got {value!r}")
-    return value
+    from fastbp import _core
+    return _core.environment_choice(SPLIT_VARIABLE, SPLITS) or None
 
 
 def _measured_choice(layer_sizes, codes, batch_size, dtype, candidates, threads_label,
