@@ -414,8 +414,9 @@ def pinned_threads():
     if not value:
         return None
     if not value.isdigit() or int(value) < 1:
-        raise ValueError(f"{THREADS_VARIABLE} must be a whole number >= 1 (the threads a fit "
-                         f"with n_threads=None uses); got {value!r}")
+        raise ValueError(f"{THREADS_VARIABLE}={value!r}: it must be a whole number >= 1 (the "
+                         f"threads a fit, predict, evaluate or gradients with n_threads=None "
+                         f"uses), or unset")
     return min(int(value), MAX_THREADS)
 
 
