@@ -4,6 +4,7 @@ Two processes that measured the same shape at once used to keep their own answer
 read an empty file, measured, and wrote): the two workers of a Dask fit then ran different
 kernels, and a worker restarted after a crash took the file's answer, so the "bit-identical
 after a worker is killed" test failed in CI by rounding."""
+import contextlib
 import json
 import os
 import signal
@@ -108,23 +109,31 @@ def test_a_failed_measurement_keeps_nothing_and_releases_the_lock(tmp_path, monk
     assert kept(tmp_path / "c.json") == {"k": 3}
 
 
-def test_a_lock_held_too_long_or_a_cache_that_cannot_be_written_is_no_error(
-        tmp_path, monkeypatch):
-    holder = start(tmp_path, "holder", "shape", ["holder"], MEASURE_SECONDS="600")
+@contextlib.contextmanager
+def another_process_holding_the_lock(folder):
+    """A process inside a measurement of ten minutes, holding the cache's lock; killed at
+    the end of the block."""
+    holder = start(folder, "holder", "shape", ["holder"], MEASURE_SECONDS="600")
     try:
         deadline = time.monotonic() + 60
-        while not (tmp_path / "ready-holder").exists() and time.monotonic() < deadline:
+        while not (folder / "ready-holder").exists() and time.monotonic() < deadline:
             time.sleep(0.01)
-        time.sleep(0.5)
+        time.sleep(0.5)                 # it is inside the measurement, holding the lock
+        yield
+    finally:
+        holder.kill()
+        holder.communicate()
+
+
+def test_a_lock_held_too_long_or_a_cache_that_cannot_be_written_is_no_error(
+        tmp_path, monkeypatch):
+    with another_process_holding_the_lock(tmp_path):
         monkeypatch.setenv("FASTBP_CACHE_DIR", str(tmp_path))
         monkeypatch.setattr(_cache, "LOCK_WAIT_SECONDS", 0.2)
         started = time.monotonic()
         assert _cache.settled("choices.json", "shape", lambda c: isinstance(c, str),
                               lambda: "mine") == "mine"
         assert time.monotonic() - started < 30
-    finally:
-        holder.kill()
-        holder.communicate()
     # a "folder" that is a file: nothing can be locked or written, the measurement is used
     not_a_folder = tmp_path / "file"
     not_a_folder.write_text("")
@@ -180,12 +189,7 @@ def test_a_lock_found_stuck_is_not_waited_for_again_by_each_key(tmp_path, monkey
     """Once a process has waited LOCK_WAIT_SECONDS for the cache's lock, its next keys (a
     fit's choice, then each pass's) try it without waiting: each would otherwise wait the
     whole time again. Once the lock is had, it is waited for again as usual."""
-    holder = start(tmp_path, "holder", "shape", ["holder"], MEASURE_SECONDS="600")
-    try:
-        deadline = time.monotonic() + 60
-        while not (tmp_path / "ready-holder").exists() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        time.sleep(0.5)
+    with another_process_holding_the_lock(tmp_path):
         monkeypatch.setenv("FASTBP_CACHE_DIR", str(tmp_path))
         monkeypatch.setattr(_cache, "LOCK_WAIT_SECONDS", 1.0)
         waits = []
@@ -195,9 +199,6 @@ def test_a_lock_found_stuck_is_not_waited_for_again_by_each_key(tmp_path, monkey
                                   lambda: key) == key
             waits.append(time.monotonic() - started)
         assert waits[0] >= 1.0 and max(waits[1:]) < 0.5, waits
-    finally:
-        holder.kill()
-        holder.communicate()
     lock = os.path.join(str(tmp_path), "choices.json.lock")
     assert lock in _cache._stuck
     assert _cache.settled("choices.json", "fourth", lambda c: isinstance(c, str),

@@ -3,6 +3,7 @@
 (row-split, the first layer split by rows, by its inputs or by the hidden units, or BLAS),
 once per (layer sizes, batch size, dtype, allowed threads, CPU),
 keeps the answer in memory and in a cache file, and FASTBP_THREADS pins it."""
+import contextlib
 import json
 import os
 import subprocess
@@ -659,29 +660,15 @@ def test_a_measurement_never_waits_for_other_threads_passes(cache, monkeypatch):
     of them may be waiting for this very call (a fit paused in a callback that predicts:
     the debug build's pass took over 50 us, so it was timed, and the test hung). Such a
     call runs on one thread unmeasured, keeps nothing, and a later call measures."""
-    import threading
     monkeypatch.setattr(_threads, "SPLIT_MIN_SECONDS", 0.0)        # every chunk is timed
     monkeypatch.setattr(_threads, "PASS_UNMEASURED_SECONDS", 10.0)
     monkeypatch.setattr(_threads, "CONFIRM_SECONDS", 0.0)
-    inside, release = threading.Event(), threading.Event()
-
-    def other_pass():
-        with _threads.blas_threads(1):
-            inside.set()
-            release.wait(60)
-
-    other = threading.Thread(target=other_pass)
-    other.start()
-    try:
-        inside.wait(60)
+    with another_threads_pass(1):
         started = time.perf_counter()
         assert _threads.pass_threads((30, 40, 5), ("relu", "softmax"), 64, "float32",
                                      False) == (1, 1)
         assert time.perf_counter() - started < 30
         assert _threads._measured == {}
-    finally:
-        release.set()
-        other.join(60)
     blas, sharers = _threads.pass_threads((30, 40, 5), ("relu", "softmax"), 64, "float32",
                                           False)
     assert blas in (1, 2) and sharers == 2 and len(_threads._measured) == 1
@@ -693,19 +680,10 @@ def test_a_measurement_that_would_wait_for_another_threads_pass_holds_no_lock(ca
     _measure_lock and the cache file's lock let go (it held both, so every other thread's
     and process's first measurement waited on that other pass too), then measures."""
     import threading
-    entered, release, chosen = threading.Event(), threading.Event(), []
-
-    def hold_two_threads():
-        with _threads.blas_threads(2):
-            entered.set()
-            release.wait(60)
-
-    holder = threading.Thread(target=hold_two_threads)
-    holder.start()
-    entered.wait(60)
+    chosen = []
     fitting = threading.Thread(target=lambda: chosen.append(_threads.fit_threads(
         (40, 24, 3), CODES, 16, np.float32)))
-    try:
+    with another_threads_pass(2):
         fitting.start()
         time.sleep(0.5)              # the measurement has found the pass in the way
         assert fitting.is_alive()
@@ -715,8 +693,26 @@ def test_a_measurement_that_would_wait_for_another_threads_pass_holds_no_lock(ca
         assert _cache.settled(_threads.CACHE_FILE, "another key", lambda kept: kept == 1,
                               lambda: 1) == 1
         assert time.monotonic() - started < 5
+    fitting.join(120)
+    assert len(chosen) == 1 and chosen[0] in _threads._measured.values()
+
+
+@contextlib.contextmanager
+def another_threads_pass(count):
+    """Another thread inside a blas_threads(count) pass for the block."""
+    import threading
+    inside, release = threading.Event(), threading.Event()
+
+    def hold():
+        with _threads.blas_threads(count):
+            inside.set()
+            release.wait(60)
+
+    other = threading.Thread(target=hold)
+    other.start()
+    try:
+        inside.wait(60)
+        yield
     finally:
         release.set()
-        holder.join(60)
-        fitting.join(120)
-    assert len(chosen) == 1 and chosen[0] in _threads._measured.values()
+        other.join(60)
