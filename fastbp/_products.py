@@ -45,6 +45,17 @@ _chosen = {}                   # product_isas' arguments -> its measured answer,
 _lock = threading.Lock()
 
 
+def _remake_lock_in_child() -> None:
+    """A forked child has only the forking thread: a measurement another thread held the
+    lock for (up to the cache's LOCK_WAIT_SECONDS) is not in it (as _threads' locks)."""
+    global _lock
+    _lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_remake_lock_in_child)
+
+
 def kernel_mode() -> str:
     """FASTBP_KERNELS: "blas", "own" or "auto" (unset); anything else is an error."""
     from fastbp import _core

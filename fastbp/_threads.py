@@ -119,6 +119,7 @@ CACHE_FILE = "threads.json"
 _measured = {}                             # key -> the way (split_threads), this process
 _measure_lock = threading.Lock()
 MEASURE_ATTEMPTS = 4      # measured(): tries that let go of the locks to wait, then one more
+MEASURE_WAIT_SECONDS = 0.2   # measured(): the longest wait between two tries
 
 
 def fit_threads(layer_sizes, codes, batch_size: int, dtype, n_threads=None, clipping=False):
@@ -328,9 +329,10 @@ def measured(lock, known, measure):
     blas_threads passes: a measurement that waited for a pass on another BLAS count held
     both locks all the while, and every other thread's and process's first measurement
     waited with it. Where a pass is in the way (PassesRunning, with wait=False) the locks
-    are let go until the passes end and it is tried again, the last time waiting in
-    blas_threads' queue, so that a thread whose passes never pause cannot keep it out for
-    ever. A measurement inside another on this thread (the product kernels' choice inside
+    are let go until the passes end (or MEASURE_WAIT_SECONDS pass: passes that follow each
+    other on another count may leave no gap) and it is tried again, the last time waiting
+    in blas_threads' queue, which lets it in after the passes running when it asked. A
+    measurement inside another on this thread (the product kernels' choice inside
     a fit's) is tried once, waiting as that one does: the outer one lets go of its locks."""
     inside = getattr(_local, "measure_wait", None)
     for attempt in range(1 if inside is not None else MEASURE_ATTEMPTS):
@@ -347,7 +349,7 @@ def measured(lock, known, measure):
                     raise
             finally:
                 _local.measure_wait = inside
-        _wait_for_passes_to_end()
+        _wait_for_passes_to_end(MEASURE_WAIT_SECONDS)
 
 
 def pass_threads(layer_sizes, activations, rows: int, dtype, backward: bool) -> tuple:
@@ -384,6 +386,8 @@ def pass_threads(layer_sizes, activations, rows: int, dtype, backward: bool) -> 
 
     with _measure_lock:
         if key not in _measured:
+            inside = getattr(_local, "measure_wait", None)
+            _local.measure_wait = False      # the product kernels' choice within it too
             try:
                 count, seconds = settled(
                     CACHE_FILE, key, valid,
@@ -394,6 +398,8 @@ def pass_threads(layer_sizes, activations, rows: int, dtype, backward: bool) -> 
                 # callback for this very call): this call runs on one thread unmeasured,
                 # and a later one measures.
                 return 1, 1
+            finally:
+                _local.measure_wait = inside
             _measured[key] = int(count), (allowed if seconds >= SPLIT_MIN_SECONDS else 1)
         return _measured[key]
 
@@ -680,11 +686,12 @@ QUIET_WAIT_SECONDS = 0.5     # the longest a measurement waits for that (other w
 QUIET_POLL_SECONDS = 0.01
 
 
-def _wait_for_passes_to_end():
-    """Returns once no blas_threads pass runs in this process."""
+def _wait_for_passes_to_end(seconds: float):
+    """Returns once no blas_threads pass runs in this process, or after `seconds`."""
+    deadline = time.monotonic() + seconds
     with _turns:
-        while _active:
-            _turns.wait()
+        while _active and (left := deadline - time.monotonic()) > 0:
+            _turns.wait(left)
 
 
 def _wait_for_a_quiet_process():

@@ -656,6 +656,9 @@ class MLP:
         targets = self._dense_targets(Y, loss, X.shape[0])
         value, outputs = self._evaluate(X, targets, loss, n_threads)
         self._check_outputs(outputs)     # as predict: no loss of outputs that overflowed
+        if not np.isfinite(value):       # (a saturated sigmoid's output of an infinite z)
+            raise ValueError(f"the loss is not finite for these inputs: the model's values "
+                             f"overflow {self.dtype.name} (they would be infinite or NaN)")
         return value
 
     def _loss(self, loss):

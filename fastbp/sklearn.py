@@ -324,10 +324,11 @@ class _BaseMLP(BaseEstimator):
         for name in ("shuffle", "warm_start", "nesterovs_momentum", "early_stopping"):
             if not _is_bool(getattr(self, name)):
                 raise _parameter_error(self, name, "True or False", getattr(self, name))
-        if self.early_stopping and self.validation_fraction == 0:
-            raise ValueError("early_stopping=True holds out validation_fraction of the rows to "
-                             "decide when to stop: validation_fraction must be > 0; got "
-                             f"{self.validation_fraction!r}")
+        if self.early_stopping and self.solver != "lbfgs" and self.validation_fraction == 0:
+            # (lbfgs ignores early_stopping, as scikit-learn's)
+            raise _parameter_error(self, "validation_fraction", "a real number in (0, 1) "
+                                   "with early_stopping=True (the rows held out to decide "
+                                   "when to stop)", self.validation_fraction)
         if not (_is_bool(self.verbose) or (_is_whole(self.verbose) and self.verbose >= 0)):
             raise _parameter_error(self, "verbose", "a bool or an int >= 0", self.verbose)
         if self.n_threads is not None and not (_is_whole(self.n_threads) and self.n_threads >= 1):

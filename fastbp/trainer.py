@@ -237,10 +237,13 @@ class Trainer:
         key, rows = state.get("_state_key"), state.get("_state")
         if key is not None and rows is not None and rows.shape[0] == 2 and key[1][0] in one_row:
             state["_state"] = np.ascontiguousarray(rows[one_row[key[1][0]]:][:1])
-        # Pickled when the key named the layout: "plain" is a scale of 1; a "scaled" state
-        # (mu times the velocity) of a momentum not recorded is taken as the next fit's.
+        # Pickled when the key named the layout: "plain" is a scale of 1, "scaled" the
+        # momentum of the optimizer it was pickled with (None where that is not known:
+        # taken as the next fit's).
         if key is not None and key[1][1] in ("plain", "scaled"):
-            state["_state_key"] = (key[0], (key[1][0], 1.0 if key[1][1] == "plain" else None))
+            scale = 1.0 if key[1][1] == "plain" else \
+                getattr(state.get("optimizer"), "momentum", None) or None
+            state["_state_key"] = (key[0], (key[1][0], scale))
         state.setdefault("_buffers", {})   # pickled before fits kept their buffers
         state["_moving_rows"] = None
         self.__dict__.update(state)

@@ -596,6 +596,18 @@ def test_evaluate_refuses_outputs_that_overflow_as_predict_does(loss):
     assert np.isfinite(model.evaluate(X[:, :1] * 0 + 1, Y, loss))
 
 
+@pytest.mark.parametrize("target", [0.0, 1.0])
+def test_evaluate_refuses_a_saturated_sigmoid_of_an_infinite_input(target):
+    """A sigmoid of an infinite z is a finite 1.0, which predict returns; binary
+    cross-entropy from that z is inf - inf = NaN: evaluate refuses it, never NaN."""
+    model = fastbp.MLP([1, 1], ["sigmoid"], seed=0)
+    model.weights = [np.array([[2.0]])]
+    X = np.array([[3e38]], np.float32)
+    assert model.predict(X)[0, 0] == 1.0
+    with pytest.raises(ValueError, match="loss is not finite for these inputs"):
+        model.evaluate(X, [[target]], "bce")
+
+
 @pytest.mark.parametrize("loss, message", [
     (losses.Huber(1e-50), "delta=1e-50 is too small"),
     (losses.BinaryCrossentropy(clip=1e-46), "clip=1e-46 is too small"),

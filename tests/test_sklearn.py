@@ -1000,12 +1000,16 @@ def test_a_bad_parameter_raises_scikit_learns_invalid_parameter_error(settings):
 
 
 def test_early_stopping_without_a_validation_share_is_refused_by_name():
+    """(lbfgs ignores early_stopping, and takes it as scikit-learn's does.)"""
+    from sklearn.utils._param_validation import InvalidParameterError
     X, y = blobs(n=30)
     for estimator in (MLPClassifier(early_stopping=True, validation_fraction=0.0),
                       MLPRegressor(early_stopping=True, validation_fraction=0)):
-        with pytest.raises(ValueError, match="validation_fraction must be > 0"):
+        with pytest.raises(InvalidParameterError,
+                           match="'validation_fraction' parameter .* with early_stopping"):
             estimator.fit(X, y)
         assert not hasattr(estimator, "model_")
+        quiet(estimator.set_params(solver="lbfgs", max_iter=5).fit, X, y)
 
 
 # ---- attributes ----------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import numpy as np
@@ -695,6 +696,55 @@ def test_a_measurement_that_would_wait_for_another_threads_pass_holds_no_lock(ca
         assert time.monotonic() - started < 5
     fitting.join(120)
     assert len(chosen) == 1 and chosen[0] in _threads._measured.values()
+
+
+def test_a_measurement_gets_in_between_passes_that_never_pause(cache):
+    """Passes on another count that follow each other back to back leave no moment with
+    none running: the measurement's waits between its tries are bounded, and its last try
+    queues, so it gets in after the passes running when it asked (it waited for as long
+    as they kept coming)."""
+    import threading
+    stop, started = threading.Event(), threading.Event()
+
+    def serving():                   # one pass after another on one BLAS thread
+        while not stop.is_set():
+            with _threads.blas_threads(1):
+                started.set()
+                time.sleep(0.002)
+
+    server = threading.Thread(target=serving)
+    server.start()
+    try:
+        started.wait(60)
+        begun = time.monotonic()
+
+        def measure(wait):
+            with _threads.blas_threads(2, wait=wait):
+                return "measured"
+        assert _threads.measured(threading.Lock(), lambda: None, measure) == "measured"
+        assert time.monotonic() - begun < 5
+    finally:
+        stop.set()
+        server.join(60)
+
+
+def test_a_pass_measurement_never_waits_inside_for_the_product_kernels_choice(
+        cache, monkeypatch):
+    """A predict pass of 200 rows measured while another thread's pass holds another BLAS
+    count runs on one thread unmeasured (pass_threads); the product kernels' choice its
+    workspace asks for inside it does not wait either (it waited, holding
+    _measure_lock, where the other pass might wait for this very call)."""
+    monkeypatch.setattr(_threads, "PASS_UNMEASURED_SECONDS", 10.0)
+    monkeypatch.setenv(_products.KERNELS_VARIABLE, "auto")
+    monkeypatch.setattr(_products, "_measured", {})
+    found = []
+    with another_threads_pass(2):
+        asking = threading.Thread(target=lambda: found.append(_threads.pass_threads(
+            (37, 53, 5), ("relu", "softmax"), 200, "float32", False)))
+        asking.start()
+        asking.join(30)
+        assert not asking.is_alive(), "the pass's measurement waited for the other pass"
+    assert found == [(1, 1)]
 
 
 @contextlib.contextmanager

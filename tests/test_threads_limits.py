@@ -285,7 +285,7 @@ FORKED_WHILE_ANOTHER_THREAD_RUNS = textwrap.dedent("""
     import os, signal, threading, warnings
     import numpy as np
     import fastbp
-    from fastbp import _threads
+    from fastbp import _products, _threads
     from threadpoolctl import threadpool_info
 
     def blas_counts():
@@ -299,9 +299,9 @@ FORKED_WHILE_ANOTHER_THREAD_RUNS = textwrap.dedent("""
     held = fastbp.MLP([64, 32, 3], ["relu", "softmax"], seed=0)
     entered, stop = threading.Event(), threading.Event()
 
-    def another_thread():            # a fit's hold on a model and its pass on 2 threads
+    def another_thread():   # a fit's hold on a model, its pass on 2 threads, a measurement
         assert held._begin_training()
-        with _threads.blas_threads(2):
+        with _threads.blas_threads(2), _products._lock:
             entered.set()
             stop.wait()
         held._end_training()
@@ -320,6 +320,9 @@ FORKED_WHILE_ANOTHER_THREAD_RUNS = textwrap.dedent("""
             fastbp.Trainer("cce", epochs=1, n_threads=1).fit(model, X, y)
             fastbp.Trainer("cce", epochs=1, n_threads=1).fit(held, X, y)
             assert _threads._active == 0
+            isa = _products.kernel_isa()          # None: no own kernels on this CPU
+            assert isa is None or _products.own_is_faster("nn", 7, 9, 11, "float32",
+                                                          isa) in (True, False)
             status = 0
         finally:
             os._exit(status)
@@ -332,9 +335,10 @@ FORKED_WHILE_ANOTHER_THREAD_RUNS = textwrap.dedent("""
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_a_child_forked_while_another_thread_fits_trains_and_predicts():
     """A process forked while another thread is in a fit (holding its model, in a pass on
-    another BLAS thread count) has only the forking thread: the child's passes no longer
-    wait for the parent's (they waited for ever), its copy of the held model trains, and
-    the BLAS count that pass set is put back in it."""
+    another BLAS thread count, measuring the product kernels) has only the forking thread:
+    the child's passes and measurements no longer wait for the parent's (they waited for
+    ever), its copy of the held model trains, and the BLAS count that pass set is put back
+    in it."""
     result = subprocess.run([sys.executable, "-c", FORKED_WHILE_ANOTHER_THREAD_RUNS],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.split() == ["child", "0"], \
