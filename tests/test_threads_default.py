@@ -680,7 +680,6 @@ def test_a_measurement_that_would_wait_for_another_threads_pass_holds_no_lock(ca
     another thread's pass holds two, the one-thread candidate cannot run. It waits with
     _measure_lock and the cache file's lock let go (it held both, so every other thread's
     and process's first measurement waited on that other pass too), then measures."""
-    import threading
     chosen = []
     fitting = threading.Thread(target=lambda: chosen.append(_threads.fit_threads(
         (40, 24, 3), CODES, 16, np.float32)))
@@ -703,29 +702,14 @@ def test_a_measurement_gets_in_between_passes_that_never_pause(cache):
     none running: the measurement's waits between its tries are bounded, and its last try
     queues, so it gets in after the passes running when it asked (it waited for as long
     as they kept coming)."""
-    import threading
-    stop, started = threading.Event(), threading.Event()
+    def measure(wait):
+        with _threads.blas_threads(2, wait=wait):
+            return "measured"
 
-    def serving():                   # one pass after another on one BLAS thread
-        while not stop.is_set():
-            with _threads.blas_threads(1):
-                started.set()
-                time.sleep(0.002)
-
-    server = threading.Thread(target=serving)
-    server.start()
-    try:
-        started.wait(60)
+    with another_threads_pass(1, back_to_back=True):     # a serving loop, say
         begun = time.monotonic()
-
-        def measure(wait):
-            with _threads.blas_threads(2, wait=wait):
-                return "measured"
         assert _threads.measured(threading.Lock(), lambda: None, measure) == "measured"
         assert time.monotonic() - begun < 5
-    finally:
-        stop.set()
-        server.join(60)
 
 
 def test_a_pass_measurement_never_waits_inside_for_the_product_kernels_choice(
@@ -748,15 +732,17 @@ def test_a_pass_measurement_never_waits_inside_for_the_product_kernels_choice(
 
 
 @contextlib.contextmanager
-def another_threads_pass(count):
-    """Another thread inside a blas_threads(count) pass for the block."""
-    import threading
+def another_threads_pass(count, back_to_back=False):
+    """Another thread inside a blas_threads(count) pass for the block, or back_to_back:
+    in one pass of 2 ms after another, without a pause."""
     inside, release = threading.Event(), threading.Event()
 
     def hold():
-        with _threads.blas_threads(count):
-            inside.set()
-            release.wait(60)
+        while True:
+            with _threads.blas_threads(count):
+                inside.set()
+                if release.wait(0.002 if back_to_back else 60) or not back_to_back:
+                    return
 
     other = threading.Thread(target=hold)
     other.start()
