@@ -154,7 +154,6 @@ def kept_chunks(n_rows: int, capacity: int, threads: int, whole_chunks: bool) ->
     return -(-n_rows // size), size
 
 
-
 # The models fits hold (MLP._begin_training), with the thread of each fit. A process forked
 # while other threads fit has only the forking thread: those fits do not run in the child,
 # so its copies of their models are free to train there.
@@ -171,6 +170,7 @@ def _forget_other_threads_fits() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_other_threads_fits)
+
 
 class MLP:
     """A multilayer perceptron.
