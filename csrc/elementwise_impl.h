@@ -99,10 +99,12 @@ static void FBP_LEVEL_NAME(fbp_bias_activation)(FBP_T *z, const FBP_T *bias,
                 row[j] = (v > 0 ? v : 0) + FBP_MATH_LOG1P(FBP_MATH_EXP(-FBP_MATH_ABS(v)));
             }
             break;
-        case FBP_GELU:   /* exact: v * Phi(v) */
+        case FBP_GELU:   /* exact: v * Phi(v), with Phi(v) = erfc(-v / sqrt 2) / 2, which keeps
+                            its relative precision in the negative tail (1 + erf(v / sqrt 2)
+                            cancels there: all of it in float32 below v = -5.5) */
             for (ptrdiff_t j = 0; j < n_cols; j++) {
                 FBP_T v = row[j] + bias[j];
-                row[j] = (FBP_T)0.5 * v * (1 + FBP_MATH_ERF(v * inverse_sqrt2));
+                row[j] = (FBP_T)0.5 * v * FBP_MATH_ERFC(-v * inverse_sqrt2);
             }
             break;
         case FBP_SWISH:   /* v * sigmoid(v) (SiLU) */
@@ -159,7 +161,7 @@ static void FBP_LEVEL_NAME(fbp_activation_backward)(FBP_T *delta, const FBP_T *a
     case FBP_GELU:   /* f' = Phi(z) + z phi(z) */
         for (ptrdiff_t i = 0; i < n; i++) {
             FBP_T v = preactivation[i];
-            delta[i] *= (FBP_T)0.5 * (1 + FBP_MATH_ERF(v * inverse_sqrt2))
+            delta[i] *= (FBP_T)0.5 * FBP_MATH_ERFC(-v * inverse_sqrt2)
                         + v * inverse_sqrt_2pi * FBP_MATH_EXP((FBP_T)-0.5 * v * v);
         }
         break;

@@ -335,7 +335,7 @@ enum { FBP_PREFETCH_HEAD_BYTES = 256 };
 #define FBP_MATH_LOG logf
 #define FBP_MATH_LOG1P log1pf
 #define FBP_MATH_TANH tanhf
-#define FBP_MATH_ERF erff
+#define FBP_MATH_ERFC erfcf
 #define FBP_MATH_SQRT sqrtf
 #define FBP_MATH_ABS fabsf
 #include "one_type.h"
@@ -350,7 +350,7 @@ enum { FBP_PREFETCH_HEAD_BYTES = 256 };
 #define FBP_MATH_LOG log
 #define FBP_MATH_LOG1P log1p
 #define FBP_MATH_TANH tanh
-#define FBP_MATH_ERF erf
+#define FBP_MATH_ERFC erfc
 #define FBP_MATH_SQRT sqrt
 #define FBP_MATH_ABS fabs
 #include "one_type.h"

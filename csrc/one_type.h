@@ -35,6 +35,6 @@
 #undef FBP_MATH_LOG
 #undef FBP_MATH_LOG1P
 #undef FBP_MATH_TANH
-#undef FBP_MATH_ERF
+#undef FBP_MATH_ERFC
 #undef FBP_MATH_SQRT
 #undef FBP_MATH_ABS

@@ -46,7 +46,7 @@ ACTIVATIONS = {
     "tanh": jnp.tanh,
     "elu": jax.nn.elu,                                      # alpha 1
     "softplus": jax.nn.softplus,
-    "gelu": lambda z: jax.nn.gelu(z, approximate=False),    # exact: z Phi(z), through erf
+    "gelu": lambda z: jax.nn.gelu(z, approximate=False),    # exact: z Phi(z)
     "swish": jax.nn.swish,                                  # z sigmoid(z)
     "softmax": lambda z: jax.nn.softmax(z, axis=-1),
 }

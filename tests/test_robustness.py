@@ -10,7 +10,7 @@ import warnings
 
 import numpy as np
 import pytest
-from scipy.special import erf, expit, logsumexp
+from scipy.special import expit, logsumexp, ndtr
 
 import fastbp
 from fastbp.model import ACTIVATIONS
@@ -28,7 +28,7 @@ REFERENCE = {
     "tanh": np.tanh,
     "elu": lambda v: np.where(v > 0, v, np.expm1(np.minimum(v, 0))),
     "softplus": lambda v: np.logaddexp(0, v),
-    "gelu": lambda v: v * 0.5 * (1 + erf(v / math.sqrt(2))),
+    "gelu": lambda v: v * ndtr(v),
     "swish": lambda v: v * expit(v),
 }
 
@@ -140,6 +140,28 @@ def test_hidden_activations_at_1e4(dtype, activation):
     _, expected_weights, _ = reference.gradients(pre, np.zeros((3, 2)), "mae")
     for got, expected in zip(grad_weights, expected_weights):
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype, lowest, rtol", [("float32", -10.0, 5e-5),
+                                                  ("float64", -35.0, 1e-12)])
+def test_gelu_keeps_its_relative_precision_in_the_negative_tail(dtype, lowest, rtol):
+    """gelu(z) = z Phi(z) and its derivative Phi(z) + z phi(z) are tiny, not zero, for z far
+    below 0, and relatively as precise there as anywhere (Phi through erfc: 1 + erf(z / sqrt 2)
+    cancels to 0 or to one ulp of 1 in float32 below z = -5.5, and loses digits in float64).
+    One unit a z, identity weights, so each output is one gelu and each weight gradient one
+    derivative; against scipy's ndtr (the normal CDF, precise in its tails)."""
+    z = np.linspace(lowest, -1.0, 37).astype(dtype).astype(np.float64)
+    k = z.size
+    model = build([k, k, k], ["gelu", "identity"], [np.eye(k), np.eye(k)], dtype=dtype)
+    out = model.predict(z[None, :])[0].astype(np.float64)
+    np.testing.assert_allclose(out, z * ndtr(z), rtol=rtol)
+    # mean absolute error against 0: dL/dW1[j, j] = h_j s_j / n and dL/dW0[j, j] =
+    # z_j f'(z_j) s_j / n, with s_j = sign(o_j) and n the loss's normaliser; so
+    # f'(z_j) = (dL/dW0[j, j] / dL/dW1[j, j]) h_j / z_j, whatever n is.
+    _, (grad_first, grad_second), _ = model.gradients(z[None, :], np.zeros((1, k)), "mae")
+    derivative = (np.diag(grad_first) / np.diag(grad_second)).astype(np.float64) * out / z
+    expected = ndtr(z) + z * np.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi)
+    np.testing.assert_allclose(derivative, expected, rtol=4 * rtol)
 
 
 # ---------------------------------------------------------------- saturated sigmoids
