@@ -6,6 +6,8 @@ raises a ValueError or TypeError that names the argument and says what was expec
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 import numbers
 import operator
@@ -17,6 +19,21 @@ import numpy as np
 from fastbp import _core
 
 NUMERIC_KINDS = "biuf"  # bool, signed and unsigned integers, floats
+
+
+@functools.lru_cache(maxsize=None)
+def _constructor_arguments(cls) -> tuple:
+    return tuple(inspect.signature(cls).parameters)
+
+
+def rebuilt(obj):
+    """obj's class constructed again from obj's attributes of the constructor's argument
+    names: the constructor's checks run again on values a caller may have set since (an
+    optimizer's learning_rate, a schedule's step_size, a loss's parameter), with the
+    constructor's own message, before the core uses them unchecked. For fastbp's own
+    classes, whose attributes carry their constructor's arguments."""
+    cls = type(obj)
+    return cls(**{name: getattr(obj, name) for name in _constructor_arguments(cls)})
 
 
 def whole_number(value, name: str, minimum: int) -> int:
@@ -257,10 +274,12 @@ def one_hot(labels: np.ndarray, n_classes: int, dtype: np.dtype) -> np.ndarray:
     return targets
 
 
-def check_in_dtype(value: float, name: str, dtype: np.dtype, below_one: bool = False) -> None:
+def check_in_dtype(value: float, name: str, dtype: np.dtype, below_one: bool = False,
+                   zero_allowed: bool = True) -> None:
     """Refuse a number checked in float64 that the core would change by using it in `dtype`:
     one that overflows, a nonzero one that becomes 0 or subnormal, or (below_one) a fraction
-    under 1 that rounds to 1 (a momentum or decay rate of exactly 1)."""
+    under 1 that rounds to 1 (a momentum or decay rate of exactly 1). zero_allowed: whether
+    the message may suggest 0 (not for a Huber delta, which must be > 0)."""
     dtype = np.dtype(dtype)
     limits = _FLOAT_LIMITS.get(dtype)
     if limits is None:
@@ -274,7 +293,7 @@ def check_in_dtype(value: float, name: str, dtype: np.dtype, below_one: bool = F
     if value != 0 and abs(cast) < tiny:
         raise ValueError(f"{name}={value!r} is too small for the model's {dtype.name}: it "
                          f"would be 0 or lose its precision (the smallest normal number is "
-                         f"{tiny:.4g}); use 0 or a larger value")
+                         f"{tiny:.4g}); use {'0 or ' if zero_allowed else ''}a larger value")
     if below_one and cast >= 1:
         raise ValueError(f"{name}={value!r} rounds to 1 in the model's {dtype.name}; use a "
                          f"value at most {1 - epsneg:.10g}")

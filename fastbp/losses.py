@@ -18,7 +18,8 @@ import numpy as np
 
 from fastbp import _core
 from fastbp._registry import Registry
-from fastbp._validation import as_targets, check_in_dtype, numeric_array, one_hot, real_number
+from fastbp._validation import (as_targets, check_in_dtype, numeric_array, one_hot, real_number,
+                                rebuilt)
 
 __all__ = ["Loss", "MeanSquaredError", "MeanAbsoluteError", "CategoricalCrossentropy",
            "BinaryCrossentropy", "Huber", "get", "NAMES", "REGISTRY"]
@@ -235,7 +236,7 @@ class Huber(Loss):
         return self.parameter
 
     def check_dtype(self, dtype) -> None:
-        check_in_dtype(self.parameter, "delta", dtype)
+        check_in_dtype(self.parameter, "delta", dtype, zero_allowed=False)
 
     def __repr__(self) -> str:
         return f"Huber(delta={self.parameter!r})"
@@ -245,11 +246,12 @@ NAMES = REGISTRY.names
 
 
 def get(loss) -> Loss:
-    """A Loss from its name (or alias) or a Loss object."""
+    """A Loss from its name (or alias) or a Loss object (of fastbp's own classes: a copy made
+    through its constructor, so that a parameter changed since is checked as there)."""
     if isinstance(loss, Loss):
         if loss.name not in REGISTRY.canonical_names:
             raise ValueError(f"the compiled core knows the losses "
                              f"{', '.join(REGISTRY.canonical_names)}; got "
                              f"{type(loss).__name__} named {loss.name!r}")
-        return loss
+        return rebuilt(loss) if type(loss) in REGISTRY else loss
     return REGISTRY.lookup(loss)()

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from fastbp import _core
 from fastbp._registry import Registry
-from fastbp._validation import check_in_dtype, real_number
+from fastbp._validation import check_in_dtype, real_number, rebuilt
 
 __all__ = ["Optimizer", "SGD", "Adam", "RMSprop", "Adagrad", "get", "lookup", "NAMES", "REGISTRY"]
 
@@ -141,8 +141,9 @@ def lookup(name: str) -> type:
 def get(optimizer, learning_rate: float | None = None) -> Optimizer:
     """An Optimizer from a name, with `learning_rate` (None: the optimizer's own default,
     0.01 for SGD, RMSprop and Adagrad, 0.001 for Adam), or an Optimizer object, which
-    brings its own."""
+    brings its own: a copy made through its constructor, so that attributes changed since
+    it was made are checked as the constructor checks them."""
     if isinstance(optimizer, Optimizer):
-        return optimizer
+        return rebuilt(optimizer) if type(optimizer) in REGISTRY else optimizer
     cls = REGISTRY.lookup(optimizer)
     return cls() if learning_rate is None else cls(learning_rate)

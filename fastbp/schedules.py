@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 
 from fastbp._registry import Registry
-from fastbp._validation import real_number, whole_number
+from fastbp._validation import real_number, rebuilt, whole_number
 from fastbp.metrics import _check_monitor, _is_improvement, _monitored_value, _resolve_mode
 
 __all__ = ["Schedule", "Constant", "StepDecay", "ExponentialDecay", "InverseScaling",
@@ -245,10 +245,14 @@ NAMES = REGISTRY.names
 
 
 def get(spec) -> Schedule:
-    """A Schedule from None (constant), a name, or a Schedule object (returned as is)."""
+    """A Schedule from None (constant), a name, or a Schedule object (returned as is, its
+    state with it; one of fastbp's own classes is first checked as its constructor checks,
+    since its attributes may have changed)."""
     if spec is None:
         return Constant()
     if isinstance(spec, Schedule):
+        if type(spec) in REGISTRY:
+            rebuilt(spec)
         return spec
     if not isinstance(spec, str):
         raise TypeError(f"schedule must be None, a name ({', '.join(NAMES)}) or a "

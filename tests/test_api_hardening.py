@@ -683,3 +683,81 @@ def test_a_relative_xdg_cache_home_is_ignored(monkeypatch):
     assert _cache.cache_folder() == os.path.join(os.path.expanduser("~"), ".cache", "fastbp")
     monkeypatch.setenv("XDG_CACHE_HOME", "/somewhere/cache")
     assert _cache.cache_folder() == os.path.join("/somewhere/cache", "fastbp")
+
+
+# ================================================================ attributes set after construction
+
+def _set(obj, **attributes):
+    for name, value in attributes.items():
+        setattr(obj, name, value)
+    return obj
+
+
+@pytest.mark.parametrize("make, attributes, error", [
+    (lambda: optimizers.SGD(0.1), {"learning_rate": -0.1}, ValueError),       # ascent
+    (lambda: optimizers.SGD(0.1), {"learning_rate": "0.1"}, TypeError),
+    (lambda: optimizers.SGD(0.1, momentum=0.5), {"momentum": -0.9}, ValueError),
+    (lambda: optimizers.SGD(0.1, momentum=0.5), {"momentum": 1.0}, ValueError),
+    (lambda: optimizers.SGD(0.1, momentum=0.5), {"nesterov": "yes"}, TypeError),
+    (lambda: optimizers.SGD(0.1), {"nesterov": True}, ValueError),             # no momentum
+    (lambda: optimizers.Adam(), {"beta2": -0.5}, ValueError),
+    (lambda: optimizers.Adam(), {"epsilon": float("nan")}, ValueError),
+    (lambda: optimizers.RMSprop(), {"alpha": 2.0}, ValueError),
+    (lambda: optimizers.Adagrad(), {"epsilon": -1e-10}, ValueError),
+])
+def test_an_optimizers_attributes_changed_after_construction_are_checked_at_the_fit(
+        make, attributes, error):
+    """The constructor's checks apply to values set later too (the core takes them
+    unchecked: a negative learning rate trained uphill, a negative momentum was plain SGD);
+    the refused fit leaves the model as it was."""
+    X, Y = regression()
+    model = small_model()
+    before = parameters(model)
+    optimizer = make()
+    trainer = fastbp.Trainer("mse", optimizer=optimizer, epochs=2)
+    _set(optimizer, **attributes)
+    with pytest.raises(error, match=next(iter(attributes))):
+        trainer.fit(model, X, Y)
+    assert all(np.array_equal(a, b) for a, b in zip(parameters(model), before))
+
+
+@pytest.mark.parametrize("make, attributes, error", [
+    (lambda: fastbp.schedules.StepDecay(2), {"step_size": 0}, ValueError),   # was a division by 0
+    (lambda: fastbp.schedules.StepDecay(2), {"gamma": -1.0}, ValueError),    # after an epoch
+    (lambda: fastbp.schedules.Cosine(5), {"total_epochs": 2.5}, ValueError),
+    (lambda: fastbp.schedules.ReduceOnPlateau(monitor="loss"), {"factor": 1.5}, ValueError),
+    (lambda: losses.Huber(), {"parameter": "x"}, TypeError),                  # was struct.error
+    (lambda: losses.Huber(), {"parameter": -1.0}, ValueError),
+    (lambda: losses.MeanSquaredError(), {}, None),
+])
+def test_a_schedules_or_losss_attributes_changed_after_construction_are_checked_at_the_fit(
+        make, attributes, error):
+    X, Y = regression()
+    model = small_model()
+    before = parameters(model)
+    obj = make()
+    kind = "loss" if isinstance(obj, losses.Loss) else "schedule"
+    trainer = fastbp.Trainer(obj if kind == "loss" else "mse", epochs=2,
+                             **({"schedule": obj} if kind == "schedule" else {}))
+    _set(obj, **attributes)
+    if error is None:
+        trainer.fit(model, X, Y)
+        return
+    with pytest.raises(error):
+        trainer.fit(model, X, Y)
+    assert all(np.array_equal(a, b) for a, b in zip(parameters(model), before))
+    if kind == "loss":                  # evaluate and gradients check it too
+        with pytest.raises(error):
+            model.evaluate(X, Y, obj)
+
+
+def test_a_schedule_keeps_its_state_through_the_check():
+    """The check builds a throwaway copy: a ReduceOnPlateau's reductions carry on."""
+    schedule = fastbp.schedules.ReduceOnPlateau(monitor="loss", patience=0)
+    schedule.n_reductions = 2
+    assert fastbp.schedules.get(schedule) is schedule and schedule.n_reductions == 2
+
+
+def test_a_tiny_huber_delta_is_not_told_to_use_0():
+    with pytest.raises(ValueError, match="use a larger value"):
+        small_model().evaluate(*regression(), losses.Huber(1e-50))
