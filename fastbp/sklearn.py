@@ -10,6 +10,7 @@ Needs scikit-learn (`pip install "fastbp[sklearn]"`); `import fastbp` does not i
 """
 from __future__ import annotations
 
+import contextlib
 import numbers
 import re
 import sys
@@ -249,6 +250,26 @@ class _LiveLayers(list):
         __iadd__ = __imul__ = _fixed
 
 
+@contextlib.contextmanager
+def _as_it_was_unless_trained(estimator):
+    """A fit or partial_fit that fails before its trainer took a step leaves the estimator's
+    attributes as they were (a refused call changes nothing: not classes_, n_features_in_,
+    n_iter_, nor model_, which a new fit replaces with a network made for the call); one that
+    fails after its steps, with the same model_, keeps what they did. The call records its
+    trainer and the trainer's step count before training in the dict this yields."""
+    before = dict(estimator.__dict__)
+    training = {}
+    try:
+        yield training
+    except BaseException:
+        trainer = training.get("trainer")
+        if estimator.__dict__.get("model_") is not before.get("model_") or trainer is None \
+                or trainer._step == training["step"]:
+            estimator.__dict__.clear()
+            estimator.__dict__.update(before)
+        raise
+
+
 class _BaseMLP(BaseEstimator):
     """What MLPClassifier and MLPRegressor share: parameters, fit, partial_fit, attributes."""
 
@@ -396,9 +417,10 @@ class _BaseMLP(BaseEstimator):
         sample_weight: one weight >= 0 per row; the loss is the weighted mean over the rows.
         Returns self.
         """
-        return self._fit(X, y, sample_weight, incremental=False)
+        with _as_it_was_unless_trained(self) as training:
+            return self._fit(X, y, sample_weight, False, training)
 
-    def _fit(self, X, y, sample_weight, incremental):
+    def _fit(self, X, y, sample_weight, incremental, training):
         settings = self._network_options()
         if incremental and self.early_stopping:
             raise ValueError("partial_fit does not support early_stopping=True")
@@ -457,6 +479,7 @@ class _BaseMLP(BaseEstimator):
         trainer = self._trainer_for(incremental, batch_size, weights_train, rng)
 
         self.n_iter_ = 0
+        training.update(trainer=trainer, step=trainer._step)
         if incremental:
             history = trainer.partial_fit(self.model_, X_train, Y_train,
                                           sample_weight=weights_train)
@@ -943,6 +966,10 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
         classes: every class label, required on the first call (y may hold only some).
         """
+        with _as_it_was_unless_trained(self) as training:
+            return self._partial_fit(X, y, sample_weight, classes, training)
+
+    def _partial_fit(self, X, y, sample_weight, classes, training):
         if "classes_" not in self.__dict__:
             if classes is None:
                 raise ValueError("classes must be passed on the first call to partial_fit.")
@@ -959,7 +986,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         elif classes is not None and not np.array_equal(self.classes_, unique_labels(classes)):
             raise ValueError(f"`classes={classes!r}` is not the same as on the first call to "
                              f"partial_fit, which was {self.classes_!r}")
-        return self._fit(X, y, sample_weight, incremental=True)
+        return self._fit(X, y, sample_weight, True, training)
 
     def _validate_input(self, X, y, incremental, first_pass, dtype):
         if incremental and not first_pass:
@@ -1147,7 +1174,8 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     @available_if(_stochastic_solver)
     def partial_fit(self, X, y, sample_weight=None):
         """One epoch over (X, y), continuing the model and the optimizer's state."""
-        return self._fit(X, y, sample_weight, incremental=True)
+        with _as_it_was_unless_trained(self) as training:
+            return self._fit(X, y, sample_weight, True, training)
 
     def _loss(self):
         loss = self.loss

@@ -924,6 +924,92 @@ def test_a_refused_sparse_fit_leaves_the_estimator_as_it_was(warm_start):
             fresh.predict(X)
 
 
+def _refusals(cls, X, y):
+    """(what, call) pairs that a fitted estimator must refuse: scikit-learn's checks after
+    validate_data has recorded the labels and the width, and fastbp's checks of the
+    hyperparameters for the model's dtype, which come after the network is made."""
+    wide = np.random.default_rng(1).normal(size=(X.shape[0], 7)).astype(X.dtype)
+    negative = -np.ones(X.shape[0])
+    other = y + 10 if cls is MLPClassifier else y
+    return [
+        ("negative sample weights with new labels",
+         lambda est: est.fit(X, other, sample_weight=negative)),
+        ("negative sample weights with a new width",
+         lambda est: est.fit(wide, y, sample_weight=negative)),
+        ("a learning rate float32 cannot hold",
+         lambda est: est.set_params(learning_rate_init=1e39).fit(X, y)),
+        ("a learning rate float32 cannot hold, partial_fit",
+         lambda est: est.set_params(learning_rate_init=1e39).partial_fit(X, y)),
+        ("a beta_2 that rounds to 1 in float32",
+         lambda est: est.set_params(beta_2=0.99999999).fit(X, y)),
+    ]
+
+
+@pytest.mark.parametrize("cls", [MLPClassifier, MLPRegressor])
+@pytest.mark.parametrize("warm_start", [False, True])
+def test_a_refused_fit_or_partial_fit_leaves_the_estimator_as_it_was(cls, warm_start):
+    """A call refused after scikit-learn's validate_data recorded classes_ or
+    n_features_in_, or after a new network was made for it (a hyperparameter the float32
+    model cannot hold is found by the trainer), changes nothing: the old model_ predicts
+    as before with the old labels (it paired the old network with the new labels, and
+    predict returned them silently), loss_curve_ and n_iter_ are kept."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, 4)).astype(np.float32)
+    y = rng.integers(0, 3, 60) if cls is MLPClassifier else rng.normal(size=60)
+    for what, call in _refusals(cls, X, y):
+        est = quiet(cls(hidden_layer_sizes=(5,), max_iter=5, random_state=0, n_threads=1,
+                        warm_start=warm_start).fit, X, y)
+        state, model_bytes = dict(est.__dict__), est.model_.to_bytes()
+        predictions = est.predict(X)
+        with pytest.raises(ValueError):
+            quiet(call, est)
+        est.set_params(learning_rate_init=0.001, beta_2=0.999)   # (what the call set)
+        assert est.__dict__ == state, what
+        assert est.model_.to_bytes() == model_bytes, what
+        assert np.array_equal(est.predict(X), predictions), what
+
+
+@pytest.mark.parametrize("bad", ["nan in X", "a label not in classes", "negative weights"])
+def test_a_refused_first_partial_fit_leaves_the_classifier_unfitted(bad):
+    X = np.random.default_rng(0).normal(size=(30, 4))
+    y = np.arange(30) % 3
+    arguments = {"nan in X": (np.where(X > 2, np.nan, X), y, None, [0, 1, 2]),
+                 "a label not in classes": (X, y, None, [0, 1]),
+                 "negative weights": (X, y, -np.ones(30), [0, 1, 2])}[bad]
+    est = MLPClassifier(hidden_layer_sizes=(5,), random_state=0, n_threads=1)
+    X_, y_, weights, classes = arguments
+    with pytest.raises(ValueError):
+        est.partial_fit(X_, y_, sample_weight=weights, classes=classes)
+    assert not any(name.endswith("_") and not name.startswith("_") for name in est.__dict__)
+    with pytest.raises(NotFittedError):
+        est.predict(X)
+    est.partial_fit(X, y, classes=[0, 1, 2])               # and a good call is taken
+    assert list(est.classes_) == [0, 1, 2] and est.n_features_in_ == 4
+
+
+@pytest.mark.parametrize("warm_start", [False, True])
+def test_a_fit_that_fails_after_training_keeps_what_its_steps_did_only_on_the_same_model(
+        warm_start):
+    """A failure after the steps (here the ConvergenceWarning raised as an error): with
+    warm_start the same model_ trained, so its records say so; a fit that made a new
+    network for itself leaves the estimator as it was before the call."""
+    X, y = blobs(n=60)
+    est = quiet(MLPClassifier(hidden_layer_sizes=(5,), max_iter=3, random_state=0,
+                              n_threads=1, warm_start=warm_start).fit, X, y)
+    model, curve = est.model_, list(est.loss_curve_)
+    before = model.to_bytes()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        with pytest.raises(ConvergenceWarning):
+            est.fit(X, y)
+    assert est.model_ is model
+    if warm_start:
+        assert model.to_bytes() != before and est.loss_curve_[:3] == curve
+        assert len(est.loss_curve_) == 6 and est.n_iter_ == 3
+    else:
+        assert model.to_bytes() == before and est.loss_curve_ == curve
+
+
 def test_multi_label_predictions_are_sparse_where_the_labels_were():
     """Fitted on a sparse label indicator matrix, predict returns a CSR matrix, as
     scikit-learn's LabelBinarizer.inverse_transform does; dense labels, a dense array."""
