@@ -14,6 +14,9 @@
   output that is constant and exactly predicted, 0.0 for one that is constant and missed,
   NaN with fewer than two rows.
 
+A NaN in y_pred makes accuracy and binary_accuracy NaN (no class can be read from it; the
+other metrics are NaN then by their arithmetic).
+
 Larger is better for accuracy, binary_accuracy and r2; smaller for mae and mse
 (`greater_is_better(name)`, which callbacks use in mode "auto").
 """
@@ -56,9 +59,15 @@ def _matching_matrices(y_true, y_pred) -> tuple[np.ndarray, np.ndarray]:
     return true, pred
 
 
+def _holds_nan(pred) -> bool:
+    return pred.dtype.kind == "f" and bool(np.isnan(pred).any())
+
+
 def accuracy(y_true, y_pred) -> float:
     """Fraction of rows classified correctly (see the module's docstring)."""
     true, pred = _two_arrays(y_true, y_pred)
+    if _holds_nan(pred):
+        return float("nan")
     n_columns = 1 if pred.ndim == 1 else pred.shape[1]
     if n_columns == 1:                                   # binary: one probability per row
         if true.ndim == 2 and true.shape[1] != 1:
@@ -85,6 +94,8 @@ def accuracy(y_true, y_pred) -> float:
 def binary_accuracy(y_true, y_pred) -> float:
     """Fraction of all outputs where (y_pred > 0.5) equals (y_true > 0.5)."""
     true, pred = _matching_matrices(y_true, y_pred)
+    if _holds_nan(pred):
+        return float("nan")
     return float(np.mean((pred > 0.5) == (true > 0.5)))
 
 

@@ -545,6 +545,13 @@ def validation_figures(model: MLP, loss, validation, metric_functions) -> list:
     Y_val), from one forward pass (named val_loss, val_<metric> by EpochLoop.logged)."""
     X_val, Y_val = validation
     value, predictions = model._evaluate(X_val, Y_val, loss)
+    if not _core.all_finite(predictions):
+        # Outputs that overflow the dtype, which evaluate and predict refuse: no loss or
+        # metric of them (an accuracy of NaN rows looked plausible); NaN, and why.
+        warnings.warn(f"the model's outputs on the validation data overflow "
+                      f"{model.dtype.name} (they would be infinite or NaN): the epoch's "
+                      f"validation figures are NaN", RuntimeWarning, stacklevel=6)
+        return [float("nan")] * (1 + len(metric_functions))
     return [value] + [float(function(Y_val, predictions)) for _, function in metric_functions]
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import fastbp
-from fastbp import callbacks, losses, optimizers
+from fastbp import callbacks, losses, metrics, optimizers
 
 
 def regression(n_rows=200, n_in=5, n_out=2, dtype="float32", seed=0):
@@ -574,7 +574,6 @@ def test_seeds_and_labels_out_of_range_are_refused():
         fastbp.MLP([2, 1], "identity", seed=-1)
     with pytest.raises(TypeError, match="seed must be None or an integer; got True"):
         fastbp.MLP([2, 1], "identity", seed=True)
-    from fastbp import metrics
     for labels in ([0, 5], [-1, 1]):
         with pytest.raises(ValueError, match=r"must be whole numbers 0\.\.1"):
             metrics.accuracy(labels, [[1, 0], [0, 1]])
@@ -594,6 +593,34 @@ def test_evaluate_refuses_outputs_that_overflow_as_predict_does(loss):
         with pytest.raises(ValueError, match="outputs overflow float32"):
             call()
     assert np.isfinite(model.evaluate(X[:, :1] * 0 + 1, Y, loss))
+
+
+@pytest.mark.parametrize("loss", ["mse", "mae", "huber", "bce", "cce"])
+def test_validation_outputs_that_overflow_give_nan_figures_and_a_warning(loss):
+    """A fit's validation data whose outputs overflow the dtype (which evaluate refuses):
+    every validation figure of the epoch is NaN, with a warning saying why, not a NaN loss
+    beside an accuracy of NaN rows (0.4 in the audit's case, and EarlyStopping acted on it)
+    or an R² of 0 beside an infinite loss; training itself goes on."""
+    activation = {"bce": "sigmoid", "cce": "softmax"}.get(loss, "identity")
+    model = fastbp.MLP([1, 2, 2], ["relu", activation], seed=0)
+    model.weights = [np.array([[2.0, 2.0]]), np.array([[1.0, 1.0], [-1.0, 1.0]])]
+    X = np.linspace(0, 1, 20, dtype=np.float32)[:, None]
+    Y = (np.arange(20) % 2) if loss == "cce" else np.tile([[0.0, 1.0]], (20, 1))
+    X_val = np.full((5, 1), 3e38, np.float32)
+    with pytest.warns(RuntimeWarning, match="validation data overflow float32") as caught:
+        history = fastbp.Trainer(loss, epochs=2, learning_rate=1e-3, seed=0).fit(
+            model, X, Y, validation_data=(X_val, Y[:5]))
+    assert caught[0].filename == __file__            # pointed at the caller's fit
+    figures = {k: v for k, v in history.history.items() if k.startswith("val_")}
+    assert len(figures) >= 2 and all(np.isnan(v).all() for v in figures.values())
+    assert np.isfinite(history.loss).all() and history.epochs == 2
+
+
+def test_accuracy_of_nan_predictions_is_nan():
+    assert np.isnan(metrics.accuracy([0, 1], [[np.nan, 1.0], [0.0, 1.0]]))
+    assert np.isnan(metrics.accuracy([0, 1], [np.nan, 0.9]))
+    assert np.isnan(metrics.binary_accuracy([[0, 1]], [[np.nan, 0.9]]))
+    assert metrics.accuracy([0, 1], [[np.inf, 1.0], [0.0, 1.0]]) == 1.0   # inf is a score
 
 
 @pytest.mark.parametrize("target", [0.0, 1.0])
