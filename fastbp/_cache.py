@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import time
 
 _VERSION = 1
@@ -99,14 +100,32 @@ def build_identity() -> str:
     return _build_name
 
 
+def _opened(path, flags):
+    """The file at `path` opened with os.open's `flags`, as a binary file object, or None
+    where it is not a regular file: a FIFO would block the open or the read for good, a
+    link to /dev/zero would never end a read. (Opened without blocking, then checked.)"""
+    descriptor = os.open(path, flags | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0),
+                         0o666)
+    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+        os.close(descriptor)
+        return None
+    return os.fdopen(descriptor, "r+b" if flags & os.O_RDWR else "rb")
+
+
 def read_cache(file_name) -> dict:
     """The choices kept in a cache file, or {} when it is missing, unreadable or not ours."""
     try:
-        with open(os.path.join(cache_folder(), file_name), "rb") as file:
-            # (the size first: read(n) would take n bytes of memory whatever the file's size)
+        file = _opened(os.path.join(cache_folder(), file_name), os.O_RDONLY)
+        if file is None:
+            return {}
+        with file:
+            # (the size first: read(n) would take n bytes of memory whatever the file's size;
+            # and at most one byte past it, should the file grow meanwhile)
             if os.fstat(file.fileno()).st_size > _LARGEST_FILE:
                 return {}
-            content = file.read()
+            content = file.read(_LARGEST_FILE + 1)
+        if len(content) > _LARGEST_FILE:
+            return {}
         document = json.loads(content)
     except (OSError, ValueError, RecursionError):   # (RecursionError: nested past Python's
         return {}                                   # stack, "[[[[..." from anything else)
@@ -135,8 +154,13 @@ def _write(file_name, choices) -> None:
     from fastbp._files import write_file
     content = json.dumps({"version": _VERSION, "choices": choices}, indent=1,
                          sort_keys=True).encode()
+    path = os.path.join(cache_folder(), file_name)
     try:
-        write_file(os.path.join(cache_folder(), file_name), content)
+        # (write_file writes into a FIFO or a device as it is: the cache only replaces
+        # a regular file, or makes one)
+        if os.path.lexists(path) and not stat.S_ISREG(os.stat(path).st_mode):
+            return
+        write_file(path, content)
     except (OSError, ValueError):
         pass
 
@@ -148,8 +172,10 @@ def _locked(file_name):
     path = os.path.join(cache_folder(), file_name + ".lock")
     try:
         os.makedirs(cache_folder(), exist_ok=True)
-        handle = open(path, "a+b")
+        handle = _opened(path, os.O_RDWR | os.O_CREAT)
     except OSError:
+        handle = None
+    if handle is None:                  # (or not a regular file): the block runs unlocked
         yield
         return
     with handle:

@@ -168,6 +168,31 @@ def test_an_unreadable_or_odd_cache_is_measured_again_never_an_error(tmp_path, m
         assert isinstance(kept, list) and all(type(v) is int for v in kept)
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo") or not os.path.exists("/dev/zero"),
+                    reason="FIFOs and /dev/zero are POSIX's")
+@pytest.mark.parametrize("odd", ["a FIFO", "a link to /dev/zero"])
+@pytest.mark.parametrize("where", ["the cache file", "its lock"])
+def test_a_cache_or_lock_path_that_is_not_a_regular_file_is_passed_over(tmp_path, odd, where):
+    """A FIFO at the cache file's path blocked the first default fit for good (the open
+    waits for a writer); a link to /dev/zero passed the size check (0) and its read never
+    ended, taking all memory. Now neither is read or locked: the choice is measured and
+    the fit goes on. In a child process, so that a hang fails the test, not the suite."""
+    path = tmp_path / ("c.json" if where == "the cache file" else "c.json.lock")
+    if odd == "a FIFO":
+        os.mkfifo(path)
+    else:
+        os.symlink("/dev/zero", path)
+    code = textwrap.dedent(f"""
+        from fastbp import _cache
+        print(_cache.settled("c.json", "k", lambda choice: choice == 3, lambda: 3))
+        print(_cache.settled("c.json", "k", lambda choice: choice == 3, lambda: 3))
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60, env={**os.environ, "FASTBP_CACHE_DIR": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["3", "3"]
+
+
 def test_a_cache_of_more_than_a_mebibyte_is_read(tmp_path, monkeypatch):
     """A cache file keeps every build's and every shape's choices: past 1 MiB (about
     11,000 of them) it is read whole, and a new choice is added to it, not in its place."""
