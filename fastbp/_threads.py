@@ -130,7 +130,9 @@ def fit_threads(layer_sizes, codes, batch_size: int, dtype, n_threads=None, clip
     measured choice is made once per (layer sizes, batch size, dtype, threads, clipping,
     CPU) and kept in memory and in fastbp._cache's threads.json, so the same seed gives the
     same result on this machine from then on (a choice kept by a version that knew no
-    inputs split is measured again)."""
+    inputs split is measured again). FASTBP_SPLIT, when set, leaves the measurement the
+    counts of that way only (and is read, so refused when not a way, at every fit)."""
+    forced = forced_split()
     if n_threads is not None:
         return threads_of(layer_sizes, codes, batch_size, dtype, int(n_threads), clipping)
     allowed = allowed_threads()
@@ -138,8 +140,8 @@ def fit_threads(layer_sizes, codes, batch_size: int, dtype, n_threads=None, clip
     if fixed is not None:
         return threads_of(layer_sizes, codes, batch_size, dtype, fixed, clipping)
     return _measured_choice(layer_sizes, codes, batch_size, dtype,
-                            _candidates(layer_sizes, batch_size, allowed, clipping),
-                            str(allowed), clipping)
+                            _candidates(layer_sizes, batch_size, allowed, clipping, forced),
+                            str(allowed) + (f" {forced}" if forced else ""), clipping)
 
 
 def sparse_fit_threads(n_threads, shares_rows: bool, choices: dict, key):
@@ -283,7 +285,7 @@ def threads_of(layer_sizes, codes, batch_size: int, dtype, count: int, clipping=
     on one thread (ONE_THREAD): no way can use a second thread there (see _measure). A
     fit that clips is measured apart, without the hidden split (split_threads)."""
     ways = {"blas": (1, count, BY_ROWS)}
-    for name, split in (("rows", BY_ROWS), ("inputs", BY_INPUTS), ("hidden", BY_HIDDEN)):
+    for name, split in ROW_SPLITS.items():
         ways[name] = split_threads(layer_sizes, batch_size, count, split, clipping)
     if ways["rows"] == ways["blas"]:
         return ways["blas"]
@@ -295,6 +297,7 @@ def threads_of(layer_sizes, codes, batch_size: int, dtype, count: int, clipping=
 
 
 SPLITS = ("rows", "inputs", "hidden", "blas")
+ROW_SPLITS = {"rows": BY_ROWS, "inputs": BY_INPUTS, "hidden": BY_HIDDEN}   # (by name)
 
 
 def forced_split():
@@ -433,19 +436,22 @@ def _cache_key(layer_sizes, batch_size, dtype, threads_label):
             f"{build_identity()}")
 
 
-def _candidates(layer_sizes, batch_size, allowed, clipping=False):
+def _candidates(layer_sizes, batch_size, allowed, clipping=False, forced=None):
     """The ways (split_threads) to time: 1 thread; row workers 2, 4, 8, ... and `allowed`,
     each with the first layer split by rows, by its inputs and by the hidden units (not
     when clipping); then the same counts on BLAS threads (large products): everything an
     explicit count of those can run. BLAS at fewer than all threads can win: on a 16-core
     Xeon, W5 ran 180k samples/s on 8 BLAS threads, 145k on 4 row workers and 152k on 16
-    BLAS threads."""
+    BLAS threads. forced (one of SPLITS, FASTBP_SPLIT's): that way's counts only, as an
+    explicit count runs them (threads_of)."""
     counts = sorted({2 ** i for i in range(1, allowed.bit_length()) if 2 ** i <= allowed}
                     | {allowed})
+    ways = tuple(ROW_SPLITS.values()) if forced is None else \
+        () if forced == "blas" else (ROW_SPLITS[forced],)
     found = [ONE_THREAD]
     for split in [split_threads(layer_sizes, batch_size, count, way, clipping)
-                  for count in counts for way in (BY_ROWS, BY_INPUTS, BY_HIDDEN)] + \
-            [(1, count, BY_ROWS) for count in counts]:
+                  for count in counts for way in ways] + \
+            [(1, count, BY_ROWS) for count in counts if forced in (None, "blas")]:
         if split not in found:
             found.append(split)
     return found

@@ -102,8 +102,26 @@ def test_fastbp_split_forces_rows_inputs_hidden_or_blas(cache, measurements, mon
     assert _threads.fit_threads(SIZES, CODES, 32, "float32", n_threads=3) == (1, 3, False)
     assert measurements == []
     monkeypatch.setenv(_threads.SPLIT_VARIABLE, "columns")
-    with pytest.raises(ValueError, match="FASTBP_SPLIT"):
-        _threads.fit_threads(SIZES, CODES, 32, "float32", n_threads=3)
+    for n_threads in (3, 1, None):     # refused whatever the count, the default's included
+        with pytest.raises(ValueError, match="FASTBP_SPLIT"):
+            _threads.fit_threads(SIZES, CODES, 32, "float32", n_threads=n_threads)
+
+
+def test_fastbp_split_leaves_the_default_that_ways_counts_only(cache, measurements,
+                                                               monkeypatch):
+    """The default measured every way whatever FASTBP_SPLIT said (the audit: rows, inputs,
+    hidden and blas all chose the hidden split): now the way's counts, and one thread,
+    under a key of their own."""
+    R, I, H = _threads.BY_ROWS, _threads.BY_INPUTS, _threads.BY_HIDDEN
+    expected = {"rows": ((1, 1, R), (2, 1, R)), "inputs": ((1, 1, R), (2, 1, I)),
+                "hidden": ((1, 1, R), (2, 1, H)), "blas": ((1, 1, R), (1, 2, R))}
+    for split, candidates in expected.items():
+        monkeypatch.setenv(_threads.SPLIT_VARIABLE, split)
+        _threads.fit_threads(SIZES, CODES, 32, "float32")
+        assert measurements[-1][3] == candidates
+    monkeypatch.delenv(_threads.SPLIT_VARIABLE)
+    _threads.fit_threads(SIZES, CODES, 32, "float32")           # every way, measured again
+    assert len(measurements) == 5 and len(measurements[-1][3]) == 5
 
 
 def test_a_fit_that_clips_is_measured_apart_without_the_hidden_split(cache, measurements,
