@@ -141,7 +141,8 @@ def fit_threads(layer_sizes, codes, batch_size: int, dtype, n_threads=None, clip
         return threads_of(layer_sizes, codes, batch_size, dtype, fixed, clipping)
     return _measured_choice(layer_sizes, codes, batch_size, dtype,
                             _candidates(layer_sizes, batch_size, allowed, clipping, forced),
-                            str(allowed) + (f" {forced}" if forced else ""), clipping)
+                            str(allowed) + (f" {forced}" if forced else ""), clipping,
+                            unmeasured=ONE_THREAD)
 
 
 def sparse_fit_threads(n_threads, shares_rows: bool, choices: dict, key):
@@ -293,7 +294,8 @@ def threads_of(layer_sizes, codes, batch_size: int, dtype, count: int, clipping=
     if forced is not None:
         return ways[forced]
     return _measured_choice(layer_sizes, codes, batch_size, dtype,
-                            list(dict.fromkeys(ways.values())), f"={count}", clipping)
+                            list(dict.fromkeys(ways.values())), f"={count}", clipping,
+                            unmeasured=ways["rows"])
 
 
 SPLITS = ("rows", "inputs", "hidden", "blas")
@@ -307,11 +309,17 @@ def forced_split():
 
 
 def _measured_choice(layer_sizes, codes, batch_size, dtype, candidates, threads_label,
-                     clipping=False):
-    """The measured fastest of `candidates` (cached; see fit_threads)."""
+                     clipping=False, unmeasured=ONE_THREAD):
+    """The measured fastest of `candidates` (cached; see fit_threads). Inside another pass
+    on this thread (a fit in a callback of a fit): the choice kept in memory, or
+    `unmeasured`, never a measurement, which would time every candidate on that pass's
+    BLAS count (a pass inside another runs on its caller's, blas_threads) and keep the
+    answer for good."""
     from fastbp._cache import settled
     key = _cache_key(layer_sizes, batch_size, dtype,
                      threads_label + (" clipping" if clipping else ""))
+    if getattr(_local, "depth", 0) > 0:
+        return _measured.get(key, unmeasured)
     valid = {tuple(choice) for choice in candidates} | {ONE_THREAD}   # a tiny step
 
     def measure(wait):

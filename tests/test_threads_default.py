@@ -770,3 +770,18 @@ def another_threads_pass(count, back_to_back=False):
     finally:
         release.set()
         other.join(60)
+
+
+def test_a_fit_inside_another_pass_measures_nothing_and_keeps_nothing(cache, measurements):
+    """A default fit started inside another fit's pass (a callback's) runs on that pass's
+    BLAS count: measuring there timed every candidate at the caller's count and kept the
+    answer for good (the audit). It takes a kept choice, or one thread (an explicit count:
+    its rows, the count honoured), measures nothing and writes nothing."""
+    with _threads.blas_threads(2):
+        assert _threads.fit_threads(SIZES, CODES, 32, "float32") == _threads.ONE_THREAD
+        assert _threads.fit_threads(SIZES, CODES, 32, "float32", n_threads=2) == (2, 1, 0)
+    assert measurements == [] and not (cache / _threads.CACHE_FILE).exists()
+    assert _threads.fit_threads(SIZES, CODES, 32, "float32") == (2, 1, False)   # outside
+    with _threads.blas_threads(2):                           # the kept choice, inside
+        assert _threads.fit_threads(SIZES, CODES, 32, "float32") == (2, 1, False)
+    assert len(measurements) == 1
