@@ -485,8 +485,9 @@ class MLP:
         threads as kept_chunks says (or None where the general path must take the call: X
         or out refused by the Predictor; a count of threads these chunks cannot use, or
         a default above one thread for a single chunk with a product on BLAS, which the
-        general path gives BLAS's threads). By default the count is chosen on the calls
-        themselves (_threads.KeptPassThreads, kept with the plan)."""
+        general path gives BLAS's threads; more than one thread under FASTBP_SPLIT=blas).
+        By default the count is chosen on the calls themselves (_threads.KeptPassThreads,
+        kept with the plan)."""
         n_rows = X.shape[0]
         rows = self._chunk_rows(n_rows)
         plan, calls_blas, choice = self._kept_plan(rows)
@@ -499,6 +500,8 @@ class MLP:
             threads = 1
         else:
             threads, turn = choice.threads()
+        if threads != 1 and forced_split() == "blas":
+            return None        # the general path's pass then runs on BLAS's threads
         workers, chunk_rows = kept_chunks(n_rows, rows, threads, calls_blas)
         if n_threads is not None and n_threads > 1 and workers == 1:
             return None

@@ -534,6 +534,20 @@ def test_predict_on_blas_threads_when_forced_or_a_single_chunk(monkeypatch):
     monkeypatch.setenv("FASTBP_SPLIT", "blas")
     assert model._predict_workers(len(X), 2, False) == 1
     np.testing.assert_allclose(model.predict(X, n_threads=2), one, rtol=1e-12, atol=1e-15)
+    # every dense X takes it, the kept plan's path (a C-contiguous X of the model's
+    # dtype) too: it shared its chunks among fastbp's threads, BLAS at one (the audit)
+    from fastbp import model as model_module
+    counts = []
+    real = model_module.blas_threads
+
+    def logged(n_threads, *args, **kwargs):
+        counts.append(n_threads)
+        return real(n_threads, *args, **kwargs)
+    monkeypatch.setattr(model_module, "blas_threads", logged)
+    for data in (X, np.asfortranarray(X), X.astype(np.float32)):
+        counts.clear()
+        np.testing.assert_allclose(model.predict(data, n_threads=2), one, rtol=1e-6)
+        assert counts == [2]
 
 
 def test_predict_workers_respect_the_callers_limit():
