@@ -276,8 +276,10 @@ class MLP:
 
     @property
     def weights(self) -> list[np.ndarray]:
-        """The live weight matrices, (n_in, n_out) each: writing into them changes the model."""
-        return list(self._weights)
+        """The live weight matrices, (n_in, n_out) each: writing into them changes the model.
+        (New views of the parameters at each call: setting a view's shape, dtype, strides or
+        flags changes that view, never the ones the model writes through.)"""
+        return [weights.view() for weights in self._weights]
 
     @weights.setter
     def weights(self, values):
@@ -285,8 +287,8 @@ class MLP:
 
     @property
     def biases(self) -> list[np.ndarray]:
-        """The live bias vectors, (n_out,) each."""
-        return list(self._biases)
+        """The live bias vectors, (n_out,) each (new views, as weights)."""
+        return [biases.view() for biases in self._biases]
 
     @biases.setter
     def biases(self, values):

@@ -54,6 +54,27 @@ def test_swapping_biases_that_view_the_model_swaps_them():
     assert np.array_equal(model.biases[1], np.arange(4.0))
 
 
+def test_the_arrays_handed_out_are_views_of_their_own():
+    """weights and biases hand out new views at each call, live as before: changing one's
+    flags, dtype or shape changed the model's own view, through which the setters then
+    wrote (a partial write refused for a read-only view, ones written as 1e-45 through an
+    int32 view; the audit)."""
+    model = small_model(sizes=(4, 8, 3))
+    first = model.weights[0]
+    first.flags.writeable = False
+    model.weights[1].dtype = np.int32
+    model.biases[0].shape = (2, 4)
+    model.weights = [np.ones((4, 8)), np.ones((8, 3))]
+    model.biases = [np.arange(8.0), np.zeros(3)]
+    assert [w.shape for w in model.weights] == [(4, 8), (8, 3)]
+    assert all((w == 1).all() and w.dtype == np.float32 for w in model.weights)
+    assert np.array_equal(model.biases[0], np.arange(8.0))
+    live = model.weights[1]
+    live[0, 0] = 5.0                                  # still live
+    assert model.weights[1][0, 0] == 5.0 and np.shares_memory(live, model._params)
+    assert np.array_equal(first, np.ones((4, 8)))     # the old view sees the new values
+
+
 def test_overlapping_views_of_one_layer_are_read_before_written():
     model = small_model(sizes=(4, 4, 2))
     before = model.weights[0].copy()
