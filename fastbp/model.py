@@ -63,6 +63,12 @@ def _check_layer_sizes(layer_sizes) -> tuple[int, ...]:
 
 def _check_activations(activations, n_layers: int) -> tuple[str, ...]:
     if isinstance(activations, str):
+        if n_layers == 1 and activations.lower() != "identity":
+            # a name for the hidden layers, of which there are none: it would be dropped
+            # silently (MLP([4, 3], "softmax") had an identity output)
+            raise ValueError(f"a single activation name is for the hidden layers, and "
+                             f"this network has none; give the output layer's in a list, "
+                             f"e.g. [{activations!r}]")
         names = (activations,) * (n_layers - 1) + ("identity",)
     elif hasattr(activations, "__len__") and all(isinstance(a, str) for a in activations):
         names = tuple(activations)
@@ -177,7 +183,7 @@ class MLP:
 
     layer_sizes: widths from input to output, e.g. [784, 128, 10].
     activations: one name per weight layer, or one name for every hidden layer (the output
-        layer then gets "identity"). Names: identity, relu, leaky_relu (slope 0.01),
+        layer then gets "identity"; with no hidden layer, a list). Names: identity, relu, leaky_relu (slope 0.01),
         sigmoid, tanh, elu, softplus, gelu (exact), swish (SiLU), softmax (output layer
         only); fastbp.model.ACTIVATIONS lists them.
     dtype: "float32" or "float64", for the parameters and all computation.

@@ -71,7 +71,7 @@ def test_verbose_prints_one_line_per_epoch(capsys, monkeypatch):
 
 
 def test_callbacks_must_be_callbacks():
-    model = fastbp.MLP([2, 3], "relu")
+    model = fastbp.MLP([2, 3], "identity")
     before = model.weights[0].copy()
     with pytest.raises(TypeError, match="callbacks"):
         fastbp.Trainer("mse").fit(model, np.ones((4, 2)), np.ones((4, 3)), callbacks=[print])

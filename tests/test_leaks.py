@@ -183,7 +183,7 @@ def test_models_trainers_and_histories_are_freed(data):
 
 def test_a_fit_that_raises_releases_the_model():
     """A callback that raises ends the fit: the model can be trained again at once."""
-    model = fastbp.MLP([3, 2], "softmax", seed=0)
+    model = fastbp.MLP([3, 2], ["softmax"], seed=0)
     X, y = np.ones((10, 3)), np.zeros(10, dtype=int)
 
     class Boom(Callback):

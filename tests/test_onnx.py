@@ -31,7 +31,7 @@ def test_import_fastbp_does_not_import_onnx():
 
 def test_without_onnx_the_error_says_what_to_install(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnx", None)
-    model = fastbp.MLP([3, 2], "relu")
+    model = fastbp.MLP([3, 2], "identity")
     with pytest.raises(ImportError, match=r'pip install "fastbp\[onnx\]"'):
         model.to_onnx(tmp_path / "model.onnx")
     assert not os.listdir(tmp_path)
@@ -197,9 +197,9 @@ def test_bad_arguments_are_refused(tmp_path):
     with pytest.raises(TypeError, match="fastbp.MLP"):
         to_onnx("not a model", tmp_path / "x.onnx")
     with pytest.raises(TypeError, match="path"):
-        to_onnx(fastbp.MLP([2, 2], "relu"), 42)
+        to_onnx(fastbp.MLP([2, 2], "identity"), 42)
     with pytest.raises(FileNotFoundError):
-        to_onnx(fastbp.MLP([2, 2], "relu"), tmp_path / "missing" / "x.onnx")
+        to_onnx(fastbp.MLP([2, 2], "identity"), tmp_path / "missing" / "x.onnx")
     assert os.listdir(tmp_path) == []
 
 

@@ -335,6 +335,17 @@ def test_softmax_on_a_hidden_layer_is_refused(activations):
         fastbp.MLP(sizes, activations)
 
 
+@pytest.mark.parametrize("name", ["softmax", "relu", "Sigmoid"])
+def test_a_single_name_for_a_network_without_hidden_layers_is_refused(name):
+    """One name is for the hidden layers (the output layer gets identity): with none, it
+    was dropped silently, and MLP([4, 3], "softmax") had an identity output. The list
+    form names the output layer's; "identity" is what the output gets either way."""
+    with pytest.raises(ValueError, match=r"this network has none.*\[" + repr(name)):
+        fastbp.MLP([4, 3], name)
+    assert fastbp.MLP([4, 3], [name]).activations == (name.lower(),)
+    assert fastbp.MLP([4, 3], "identity").activations == ("identity",)
+
+
 @pytest.mark.parametrize("activations", [["relu"], ["relu", "relu", "identity"], []])
 def test_wrong_number_of_activations_is_refused(activations):
     with pytest.raises(ValueError, match=rf"one name per weight layer \(2\).*got {len(activations)}"):
@@ -368,14 +379,14 @@ def test_bad_layer_sizes_are_refused(sizes, error, message):
                                           ("banana", TypeError), (complex, ValueError)])
 def test_bad_dtype_lists_valid_ones(dtype, error):
     with pytest.raises(error, match=r"dtype must be one of float32, float64"):
-        fastbp.MLP([3, 2], "relu", dtype=dtype)
+        fastbp.MLP([3, 2], "identity", dtype=dtype)
 
 
 def test_bad_init_and_seed_are_refused():
     with pytest.raises(ValueError, match=r"unknown init 'lecun'; valid names: auto, he, glorot"):
-        fastbp.MLP([3, 2], "relu", init="lecun")
+        fastbp.MLP([3, 2], "identity", init="lecun")
     with pytest.raises(TypeError, match=r"seed must be None or an integer"):
-        fastbp.MLP([3, 2], "relu", seed="0")
+        fastbp.MLP([3, 2], "identity", seed="0")
 
 
 def test_parameter_setters_are_all_or_nothing():
