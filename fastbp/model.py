@@ -89,6 +89,8 @@ def _check_activations(activations, n_layers: int) -> tuple[str, ...]:
 def _check_dropout(dropout, n_layers: int) -> tuple[float, ...]:
     """One rate per weight layer: a single number applies to every hidden layer's output;
     a list gives one per hidden layer. The output layer never drops."""
+    if isinstance(dropout, np.ndarray) and dropout.ndim == 0:
+        dropout = dropout[()]                                 # a number, as NumPy's scalars
     if isinstance(dropout, (list, tuple, np.ndarray)):
         rates = [real_number(rate, "dropout") for rate in dropout]
         if len(rates) != n_layers - 1:

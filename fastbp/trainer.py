@@ -334,9 +334,12 @@ class Trainer:
         callbacks = checked_callbacks(callbacks)
         data = self._data(model, spec.loss, X, Y, sample_weight, validation_data,
                           validation_split, rows, checked)
-        metric_functions = chosen_metrics(metrics, spec.loss, model.layer_sizes[-1]) \
-            if data.validation is not None else []
+        metric_functions = chosen_metrics(metrics, spec.loss, model.layer_sizes[-1])
+        if data.validation is None:
+            metric_functions = []          # (checked all the same)
         spec.check_dtype(model.dtype)
+        if not isinstance(verbose, (bool, np.bool_)):
+            whole_number(verbose, "verbose", 0)
         if verbose:
             callbacks.append(ProgressBar(n_epochs))
         if not model._begin_training():
@@ -537,6 +540,9 @@ def chosen_metrics(metrics, loss, n_outputs: int) -> list:
         metrics = metrics_module.default_metrics(loss.name, n_outputs)
     elif isinstance(metrics, (str, bytes)) or callable(metrics):
         metrics = [metrics]
+    elif not isinstance(metrics, (list, tuple)):
+        raise TypeError(f"metrics must be a name, a callable (y_true, y_pred) -> float, or a "
+                        f"list of them; got {metrics!r}")
     return [(metrics_module.name(m), metrics_module.get(m)) for m in metrics]
 
 
@@ -552,7 +558,19 @@ def validation_figures(model: MLP, loss, validation, metric_functions) -> list:
                       f"{model.dtype.name} (they would be infinite or NaN): the epoch's "
                       f"validation figures are NaN", RuntimeWarning, stacklevel=6)
         return [float("nan")] * (1 + len(metric_functions))
-    return [value] + [float(function(Y_val, predictions)) for _, function in metric_functions]
+    return [value] + [_metric_value(name, function(Y_val, predictions))
+                      for name, function in metric_functions]
+
+
+def _metric_value(name, value) -> float:
+    """A metric's answer as a float, or an error that names the metric."""
+    try:
+        if isinstance(value, (str, bytes)):
+            raise TypeError
+        return float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"the metric {name!r} returned {value!r}; a metric must return one "
+                        f"number") from None
 
 
 # The constructor's arguments, in order (Trainer.arguments()).

@@ -809,3 +809,34 @@ def test_a_schedule_keeps_its_state_through_the_check():
 def test_a_tiny_huber_delta_is_not_told_to_use_0():
     with pytest.raises(ValueError, match="use a larger value"):
         small_model().evaluate(*regression(), losses.Huber(1e-50))
+
+
+def test_fit_arguments_of_the_wrong_kind_are_refused_by_name_before_training():
+    X, Y = regression()
+    model = small_model()
+    before = parameters(model)
+    for arguments, error, message in (
+            ({"metrics": 3}, TypeError, "metrics must be a name, a callable"),
+            ({"metrics": 3, "validation_split": 0.2}, TypeError, "metrics must be"),
+            ({"verbose": "loud"}, TypeError, "verbose"),
+            ({"verbose": -1}, ValueError, "verbose")):
+        with pytest.raises(error, match=message):
+            fastbp.Trainer("mse", epochs=2).fit(model, X, Y, **arguments)
+        assert all(np.array_equal(a, b) for a, b in zip(parameters(model), before))
+    fastbp.Trainer("mse", epochs=1).fit(model, X, Y, verbose=False)
+    fastbp.Trainer("mse", epochs=1).fit(model, X, Y, verbose=np.bool_(False))
+
+
+@pytest.mark.parametrize("answer", ["abc", np.array([1.0, 2.0]), None])
+def test_a_metric_that_returns_no_number_is_named(answer):
+    X, Y = regression()
+    with pytest.raises(TypeError, match="the metric 'odd' returned .*must return one number"):
+        def odd(y_true, y_pred):
+            return answer
+        fastbp.Trainer("mse", epochs=1).fit(small_model(), X, Y, validation_split=0.2,
+                                            metrics=[odd])
+
+
+def test_a_0d_array_dropout_is_a_rate():
+    model = fastbp.MLP([4, 8, 8, 2], "relu", dropout=np.array(0.25))
+    assert model.dropout == (0.25, 0.25)
