@@ -215,6 +215,12 @@ class MLP:
             _initialise(weights, rng, activation, init)
 
     def _setup(self, sizes, names, dtype, params=None, dropout=None):
+        training = self.__dict__.get("_training")
+        if training is not None and training.locked():
+            # (a callback's __init__ on the model it is given: the fit would go on with its
+            # plan over the new parameters, and end on a lock it no longer holds)
+            raise RuntimeError("this model is being trained: it cannot be made anew (by "
+                               "__init__) until the fit ends")
         self._layer_sizes = sizes
         self._activations = names
         self._dropout = dropout or (0.0,) * len(names)

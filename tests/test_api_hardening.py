@@ -840,3 +840,23 @@ def test_a_metric_that_returns_no_number_is_named(answer):
 def test_a_0d_array_dropout_is_a_rate():
     model = fastbp.MLP([4, 8, 8, 2], "relu", dropout=np.array(0.25))
     assert model.dropout == (0.25, 0.25)
+
+
+def test_a_model_cannot_be_made_anew_while_it_trains():
+    """A callback that re-ran MLP.__init__ on the model being trained: the fit went on with
+    its plan over the new parameters, then failed on "release unlocked lock" (the audit).
+    Now refused, the model as the epoch left it, and trainable after."""
+    X, Y = regression()
+    model = small_model()
+
+    class Remake(callbacks.Callback):
+        def on_epoch_end(self, epoch, logs):
+            self.seen = parameters(self.model)
+            self.model.__init__([5, 3, 2], ["relu", "identity"], dtype="float64")
+
+    callback = Remake()
+    with pytest.raises(RuntimeError, match="being trained: it cannot be made anew"):
+        fastbp.Trainer("mse", epochs=3).fit(model, X, Y, callbacks=[callback])
+    assert model.layer_sizes == (5, 8, 2) and model.dtype == np.float32
+    assert all(np.array_equal(a, b) for a, b in zip(parameters(model), callback.seen))
+    assert fastbp.Trainer("mse", epochs=1).fit(model, X, Y).epochs == 1
