@@ -119,11 +119,12 @@ def read_cache(file_name) -> dict:
         if file is None:
             return {}
         with file:
-            # (the size first: read(n) would take n bytes of memory whatever the file's size;
-            # and at most one byte past it, should the file grow meanwhile)
-            if os.fstat(file.fileno()).st_size > _LARGEST_FILE:
+            # (the size first, then at most one byte past it, should the file grow
+            # meanwhile: read(n) takes n bytes of memory whatever the file holds)
+            size = os.fstat(file.fileno()).st_size
+            if size > _LARGEST_FILE:
                 return {}
-            content = file.read(_LARGEST_FILE + 1)
+            content = file.read(size + 1)
         if len(content) > _LARGEST_FILE:
             return {}
         document = json.loads(content)

@@ -13,9 +13,9 @@ import numpy as np
 
 from fastbp import _core, _files, _format, losses
 from fastbp._products import ISA_VARIABLE, KERNELS_VARIABLE, PASS_MEASURE_MAX_MULTIPLY_ADDS, \
-    PASS_OWN_MARGIN, product_isas, row_bucket
+    PASS_OWN_MARGIN, kernel_mode, product_isas, requested_level, row_bucket
 from fastbp._threads import KeptPassThreads, blas_threads, checked_thread_count, \
-    forced_split, pass_threads, small_gemm_kernels
+    forced_split, pass_threads, pinned_threads, small_gemm_kernels
 from fastbp._validation import as_inputs, as_row_weights, as_sample_weight, check_finite, \
     dense_targets, input_arrays, is_sparse, numeric_array, real_number, whole_number
 
@@ -236,6 +236,10 @@ class MLP:
             params = aligned
         self._params = params
         self._weights, self._biases = self._plan.parameter_views(self._params)
+        # Every FASTBP_* switch is read here, so that a value it refuses is an error when
+        # a model is made, not only at the first call it applies to (a predict of a few
+        # rows reads none of these; the kernels' level is set on import, see kernel_level)
+        kernel_mode(), requested_level(), small_gemm_kernels(), forced_split(), pinned_threads()
         # predict's fast path for a few rows: plan and workspaces kept between calls
         kernels = few_row_kernels()
         self._predictor = None if kernels == "never" else \

@@ -860,3 +860,17 @@ def test_a_model_cannot_be_made_anew_while_it_trains():
     assert model.layer_sizes == (5, 8, 2) and model.dtype == np.float32
     assert all(np.array_equal(a, b) for a, b in zip(parameters(model), callback.seen))
     assert fastbp.Trainer("mse", epochs=1).fit(model, X, Y).epochs == 1
+
+
+@pytest.mark.parametrize("variable", ["FASTBP_KERNELS", "FASTBP_KERNEL_ISA",
+                                      "FASTBP_SMALL_GEMM", "FASTBP_SPLIT", "FASTBP_THREADS",
+                                      "FASTBP_FEW_ROWS", "FASTBP_GIL"])
+def test_a_switch_with_a_value_it_refuses_is_an_error_when_a_model_is_made(variable,
+                                                                          monkeypatch):
+    """A typo in a forcing switch was taken silently by every predict of a few rows (the
+    fast path reads none of the product, split or thread switches; the audit)."""
+    from fastbp import _threads
+    monkeypatch.setattr(_threads, "_small_gemm", None)       # (read once a process)
+    monkeypatch.setenv(variable, "bogus")
+    with pytest.raises(ValueError, match=variable):
+        small_model()
