@@ -106,10 +106,14 @@ def _opened(path, flags):
     link to /dev/zero would never end a read. (Opened without blocking, then checked.)"""
     descriptor = os.open(path, flags | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0),
                          0o666)
-    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+    try:
+        if stat.S_ISREG(os.fstat(descriptor).st_mode):
+            return os.fdopen(descriptor, "r+b" if flags & os.O_RDWR else "rb")
+    except BaseException:
         os.close(descriptor)
-        return None
-    return os.fdopen(descriptor, "r+b" if flags & os.O_RDWR else "rb")
+        raise
+    os.close(descriptor)
+    return None
 
 
 def read_cache(file_name) -> dict:
@@ -159,7 +163,11 @@ def _write(file_name, choices) -> None:
     try:
         # (write_file writes into a FIFO or a device as it is: the cache only replaces
         # a regular file, or makes one)
-        if os.path.lexists(path) and not stat.S_ISREG(os.stat(path).st_mode):
+        try:
+            mode = os.stat(path).st_mode
+        except FileNotFoundError:          # none yet, or a link to nothing: written
+            mode = stat.S_IFREG
+        if not stat.S_ISREG(mode):
             return
         write_file(path, content)
     except (OSError, ValueError):

@@ -311,21 +311,28 @@ def forced_split():
 def _measured_choice(layer_sizes, codes, batch_size, dtype, candidates, threads_label,
                      clipping=False, unmeasured=ONE_THREAD):
     """The measured fastest of `candidates` (cached; see fit_threads). Inside another pass
-    on this thread (a fit in a callback of a fit): the choice kept in memory, or
-    `unmeasured`, never a measurement, which would time every candidate on that pass's
-    BLAS count (a pass inside another runs on its caller's, blas_threads) and keep the
-    answer for good."""
-    from fastbp._cache import settled
+    on this thread (a fit in a callback of a fit): the choice kept (in memory or in the
+    cache file, read without its lock), or `unmeasured`, never a measurement, which would
+    time every candidate on that pass's BLAS count (a pass inside another runs on its
+    caller's, blas_threads) and keep the answer for good."""
+    from fastbp._cache import read_cache, settled
     key = _cache_key(layer_sizes, batch_size, dtype,
                      threads_label + (" clipping" if clipping else ""))
+    choices = {tuple(choice) for choice in candidates} | {ONE_THREAD}   # a tiny step
+
+    def valid(kept):
+        return isinstance(kept, list) and all(type(v) is int for v in kept) \
+            and tuple(kept) in choices
+
     if getattr(_local, "depth", 0) > 0:
-        return _measured.get(key, unmeasured)
-    valid = {tuple(choice) for choice in candidates} | {ONE_THREAD}   # a tiny step
+        found = _measured.get(key)
+        if found is None:
+            kept = read_cache(CACHE_FILE).get(key)
+            found = tuple(kept) if valid(kept) else unmeasured
+        return found
 
     def measure(wait):
-        found = settled(CACHE_FILE, key,
-                        lambda kept: isinstance(kept, list)
-                        and all(type(v) is int for v in kept) and tuple(kept) in valid,
+        found = settled(CACHE_FILE, key, valid,
                         lambda: [int(value) for value in
                                  _measure(layer_sizes, codes, batch_size, dtype, candidates,
                                           clipping, wait)])

@@ -14,8 +14,8 @@ import numpy as np
 from fastbp import _core, _files, _format, losses
 from fastbp._products import ISA_VARIABLE, KERNELS_VARIABLE, PASS_MEASURE_MAX_MULTIPLY_ADDS, \
     PASS_OWN_MARGIN, kernel_mode, product_isas, requested_level, row_bucket
-from fastbp._threads import KeptPassThreads, blas_threads, checked_thread_count, \
-    forced_split, pass_threads, pinned_threads, small_gemm_kernels
+from fastbp._threads import SPLIT_VARIABLE, KeptPassThreads, blas_threads, \
+    checked_thread_count, forced_split, pass_threads, pinned_threads, small_gemm_kernels
 from fastbp._validation import as_inputs, as_row_weights, as_sample_weight, check_finite, \
     dense_targets, input_arrays, is_sparse, numeric_array, real_number, whole_number
 
@@ -29,7 +29,7 @@ FEW_ROWS_VARIABLE = "FASTBP_FEW_ROWS"
 # The variables a predict plan's choices read (few-row and own kernels, the latter's
 # instruction set): a kept plan is kept under their values (MLP._kept_plan).
 PLAN_SWITCHES = tuple(os.fsencode(name) for name in
-                      (FEW_ROWS_VARIABLE, KERNELS_VARIABLE, ISA_VARIABLE))
+                      (FEW_ROWS_VARIABLE, KERNELS_VARIABLE, ISA_VARIABLE, SPLIT_VARIABLE))
 KEPT_PLANS = 16             # predict plans past PREDICTOR_ROWS rows kept per model
 MAX_CHUNK_PIECES = 4        # claims a chunk of a shared many-chunk predict pass is cut into
 # The fewest rows a piece of a shared predict pass takes (whether sharing a call pays at
@@ -63,7 +63,8 @@ def _check_layer_sizes(layer_sizes) -> tuple[int, ...]:
 
 def _check_activations(activations, n_layers: int) -> tuple[str, ...]:
     if isinstance(activations, str):
-        if n_layers == 1 and activations.lower() != "identity":
+        if n_layers == 1 and activations.lower() in ACTIVATIONS \
+                and activations.lower() != "identity":
             # a name for the hidden layers, of which there are none: it would be dropped
             # silently (MLP([4, 3], "softmax") had an identity output)
             raise ValueError(f"a single activation name is for the hidden layers, and "
@@ -236,9 +237,10 @@ class MLP:
             params = aligned
         self._params = params
         self._weights, self._biases = self._plan.parameter_views(self._params)
-        # Every FASTBP_* switch is read here, so that a value it refuses is an error when
-        # a model is made, not only at the first call it applies to (a predict of a few
-        # rows reads none of these; the kernels' level is set on import, see kernel_level)
+        # The switches of predict's and a fit's paths are read here (with few_row_kernels
+        # and gil_rule below), so that a value one refuses is an error when a model is
+        # made, not only at the first call it applies to (a predict of a few rows reads
+        # none of these; the kernels' level is set on import, see kernel_level)
         kernel_mode(), requested_level(), small_gemm_kernels(), forced_split(), pinned_threads()
         # predict's fast path for a few rows: plan and workspaces kept between calls
         kernels = few_row_kernels()
@@ -511,6 +513,8 @@ class MLP:
         n_rows = X.shape[0]
         rows = self._chunk_rows(n_rows)
         plan, calls_blas, choice = self._kept_plan(rows)
+        if choice is None and n_threads != 1:
+            return None        # FASTBP_SPLIT=blas: the general path's pass, on BLAS's threads
         turn = None
         if n_threads is not None:
             threads = n_threads
@@ -520,8 +524,6 @@ class MLP:
             threads = 1
         else:
             threads, turn = choice.threads()
-        if threads != 1 and forced_split() == "blas":
-            return None        # the general path's pass then runs on BLAS's threads
         workers, chunk_rows = kept_chunks(n_rows, rows, threads, calls_blas)
         if n_threads is not None and n_threads > 1 and workers == 1:
             return None
@@ -546,8 +548,9 @@ class MLP:
 
     def _kept_plan(self, rows: int):
         """(plan, whether it calls BLAS, its KeptPassThreads) for predict's chunks of
-        `rows` rows: made as _forward_pass makes it, then kept with the model. The key
-        holds what the plan's choices read from the environment, so changing a switch
+        `rows` rows: made as _forward_pass makes it, then kept with the model (no
+        KeptPassThreads under FASTBP_SPLIT=blas: such a plan runs one thread only). The
+        key holds what the plan's choices read from the environment, so changing a switch
         makes a new plan; at most KEPT_PLANS are kept (the oldest dropped first)."""
         key = (rows,) + _core.environment_values(PLAN_SWITCHES)
         kept = self._kept_plans.get(key)
@@ -557,7 +560,8 @@ class MLP:
             forward = plan.product_isas[self.dtype.name]
             # short passes: the few-row path's line (handing pieces over and asking the
             # limits cost microseconds; 20-64-64-1 gains from 256 rows, about 20 us)
-            threads = KeptPassThreads(min_seconds=_core.predictor_share_min_seconds())
+            threads = None if forced_split() == "blas" else \
+                KeptPassThreads(min_seconds=_core.predictor_share_min_seconds())
             kept = self._keep("_kept_plans", key,
                               (plan, not all(isas[0] for isas in forward), threads))
         return kept

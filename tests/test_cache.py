@@ -193,6 +193,14 @@ def test_a_cache_or_lock_path_that_is_not_a_regular_file_is_passed_over(tmp_path
     assert result.stdout.split() == ["3", "3"]
 
 
+@pytest.mark.skipif(not hasattr(os, "symlink"), reason="symbolic links")
+def test_a_cache_file_that_links_to_nothing_is_written_through_the_link(tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTBP_CACHE_DIR", str(tmp_path))
+    os.symlink(tmp_path / "elsewhere.json", tmp_path / "c.json")
+    assert _cache.settled("c.json", "k", lambda choice: choice == 3, lambda: 3) == 3
+    assert _cache.read_cache("c.json") == {"k": 3} == kept(tmp_path / "elsewhere.json")
+
+
 def test_a_cache_of_more_than_a_mebibyte_is_read(tmp_path, monkeypatch):
     """A cache file keeps every build's and every shape's choices: past 1 MiB (about
     11,000 of them) it is read whole, and a new choice is added to it, not in its place."""

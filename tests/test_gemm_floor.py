@@ -9,7 +9,7 @@ from fastbp import _core
 
 
 def floor_setup(sizes, dtype, batch_size, small_gemm_chunks=False):
-    model = fastbp.MLP(sizes, "relu", dtype=dtype, seed=3)
+    model = fastbp.MLP(sizes, ["relu"] * (len(sizes) - 2) + ["identity"], dtype=dtype, seed=3)
     plan = _core.Plan(model._layer_sizes, model._codes, batch_size, None, False,
                       small_gemm_chunks)
     work = np.empty(plan.work_size, dtype=dtype)

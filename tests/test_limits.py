@@ -44,7 +44,7 @@ HUGE = [
 def test_a_network_too_large_for_memory_is_refused_before_allocating(sizes, dtype):
     with Peak() as peak:
         with pytest.raises(ValueError, match="GiB"):
-            fastbp.MLP(sizes, "relu", dtype=dtype)
+            fastbp.MLP(sizes, ["relu"] * (len(sizes) - 2) + ["identity"], dtype=dtype)
     assert peak.bytes < 16 * MiB, f"{peak.bytes / MiB:.0f} MiB allocated before refusing"
 
 
@@ -82,7 +82,7 @@ def test_a_network_with_very_many_layers_works():
 def test_building_a_model_needs_little_more_than_its_parameters():
     sizes = [1000, 25_000]                   # 25 million float32 parameters: 100 MB
     with Peak() as peak:
-        model = fastbp.MLP(sizes, "relu", seed=0)
+        model = fastbp.MLP(sizes, ["identity"], seed=0)
     need = model._params.nbytes
     assert peak.bytes < 1.3 * need, f"peak {peak.bytes / MiB:.0f} MiB for {need / MiB:.0f} MiB"
 

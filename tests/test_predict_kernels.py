@@ -368,7 +368,7 @@ def test_kept_plans_follow_the_kernel_switches(monkeypatch, fresh):
         monkeypatch.setenv(_products.KERNELS_VARIABLE, mode)
         monkeypatch.setenv(_products.ISA_VARIABLE, isa)
         np.testing.assert_array_equal(model.predict(X), general_path(model, X))
-        key = (300, None, mode.encode(), isa.encode())   # rows, then the switches' bytes
+        key = (300, None, mode.encode(), isa.encode(), None)  # rows, the switches' bytes
         plan, calls_blas, _ = model._kept_plans[key]
         code = _core.KERNEL_ISAS[isa] if mode == "own" else 0
         assert [isas[0] for isas in plan.product_isas["float32"]] == [code] * 3

@@ -784,4 +784,7 @@ def test_a_fit_inside_another_pass_measures_nothing_and_keeps_nothing(cache, mea
     assert _threads.fit_threads(SIZES, CODES, 32, "float32") == (2, 1, False)   # outside
     with _threads.blas_threads(2):                           # the kept choice, inside
         assert _threads.fit_threads(SIZES, CODES, 32, "float32") == (2, 1, False)
+    _threads._measured.clear()                   # a new process: the file's, read unlocked
+    with _threads.blas_threads(2):
+        assert _threads.fit_threads(SIZES, CODES, 32, "float32") == (2, 1, False)
     assert len(measurements) == 1

@@ -548,6 +548,15 @@ def test_predict_on_blas_threads_when_forced_or_a_single_chunk(monkeypatch):
         counts.clear()
         np.testing.assert_allclose(model.predict(data, n_threads=2), one, rtol=1e-6)
         assert counts == [2]
+    # by default too: the kept plan has no thread choice to make (one that never settled
+    # swapped between the paths for good) and leaves the call to the general path
+    assert model._kept_plan(2048)[2] is None
+    for _ in range(3):
+        counts.clear()
+        np.testing.assert_allclose(model.predict(X), one, rtol=1e-12, atol=1e-15)
+        assert len(counts) == 1
+    monkeypatch.delenv("FASTBP_SPLIT")
+    assert model._kept_plan(2048)[2] is not None
 
 
 def test_predict_workers_respect_the_callers_limit():

@@ -344,6 +344,8 @@ def test_a_single_name_for_a_network_without_hidden_layers_is_refused(name):
         fastbp.MLP([4, 3], name)
     assert fastbp.MLP([4, 3], [name]).activations == (name.lower(),)
     assert fastbp.MLP([4, 3], "identity").activations == ("identity",)
+    with pytest.raises(ValueError, match="unknown activation 'bogus'"):
+        fastbp.MLP([4, 3], "bogus")
 
 
 @pytest.mark.parametrize("activations", [["relu"], ["relu", "relu", "identity"], []])
