@@ -61,10 +61,15 @@ def _check_layer_sizes(layer_sizes) -> tuple[int, ...]:
     return sizes
 
 
+def _check_activation_name(name: str) -> None:
+    if name.lower() not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; valid names: {', '.join(ACTIVATIONS)}")
+
+
 def _check_activations(activations, n_layers: int) -> tuple[str, ...]:
     if isinstance(activations, str):
-        if n_layers == 1 and activations.lower() in ACTIVATIONS \
-                and activations.lower() != "identity":
+        _check_activation_name(activations)
+        if n_layers == 1 and activations.lower() != "identity":
             # a name for the hidden layers, of which there are none: it would be dropped
             # silently (MLP([4, 3], "softmax") had an identity output)
             raise ValueError(f"a single activation name is for the hidden layers, and "
@@ -80,8 +85,7 @@ def _check_activations(activations, n_layers: int) -> tuple[str, ...]:
         raise TypeError(f"activations must be a name or a list of names; got {activations!r}")
     names = tuple(name.lower() for name in names)
     for name in names:
-        if name not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {name!r}; valid names: {', '.join(ACTIVATIONS)}")
+        _check_activation_name(name)
     if "softmax" in names[:-1]:
         raise ValueError("softmax is an output activation; it cannot be used on a hidden layer")
     return names
