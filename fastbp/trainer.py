@@ -179,11 +179,19 @@ class Trainer:
         self.max_time = max_time
         self.n_threads = n_threads
         self.spec()
-        self.reset()
+        self._forget()
 
     def reset(self) -> None:
-        """Forget the optimizer state, the schedule's epochs and the shuffling generator
-        (and free the buffers a fit of one epoch kept for the next)."""
+        """Forget the optimizer state, the schedule's epochs (a schedule object's own state
+        too: a ReduceOnPlateau's reductions) and the shuffling generator (and free the
+        buffers a fit of one epoch kept for the next)."""
+        if isinstance(self.schedule, schedules.Schedule):
+            self.schedule.reset()
+        self._forget()
+
+    def _forget(self) -> None:
+        """reset() but for a schedule object's own state: a new Trainer takes the object as
+        it is given."""
         self._state = None          # (rows, n_params), for the model and rule in _state_key:
                                     # (a weak reference to the model, (rule's code_name,
                                     # what the state holds: _state_scale))
@@ -193,6 +201,7 @@ class Trainer:
         self._step = 0.0
         self._epochs_done = 0
         self._rng = np.random.default_rng(self.seed)
+        self._rng_seed = self.seed  # (a seed set since takes effect at the next fit: _train)
         self._schedule = None
         self._sparse_threads = {}   # _threads.SparseThreadChoice per sparse network and rule
         self._buffers = {}          # the last one-epoch fit's buffers (_take_buffer)
@@ -345,8 +354,13 @@ class Trainer:
         if not model._begin_training():
             raise RuntimeError("this model is being trained by another thread; train it "
                                "from one thread at a time")
+        if self.seed != getattr(self, "_rng_seed", self.seed):
+            # `seed` set since the generator was made: the generator of the new seed (as
+            # every other setting changed between fits, it takes effect)
+            self._rng, self._rng_seed = np.random.default_rng(self.seed), self.seed
         # The optimizer state the set-up may replace (another model's, another rule's):
-        # put back if the fit fails before its first step (a callback's on_train_begin).
+        # put back if the fit takes no step (epochs=0, a callback's refusal in
+        # on_train_begin).
         kept = (self._state, self._state_key, self._step, self._moving_rows)
         loop = None
         try:
@@ -373,6 +387,8 @@ class Trainer:
             raise
         finally:
             model._end_training()
+        if not loop.stepped:         # (epochs=0, or a stop before the first step)
+            self._state, self._state_key, self._step, self._moving_rows = kept
         return history
 
     def _data(self, model, loss, X, Y, sample_weight, validation_data, validation_split,
@@ -762,7 +778,8 @@ class EpochLoop:
         self.max_time, self.epochs_per_step = max_time, epochs_per_step
         self.steps_per_epoch = steps_per_epoch
         self.stop_requested, self.report = stop_requested, report
-        self._constant = isinstance(schedule, schedules.Constant)
+        # (the constant rate without a call a step; a subclass may give rates of its own)
+        self._constant = type(schedule) is schedules.Constant
         self.stepped = False            # whether run() has called its step yet
 
     def logged(self) -> list:
@@ -802,14 +819,23 @@ class EpochLoop:
                 for index in range(n_steps):
                     epoch, rates = self.step_rates(index, first_epoch)
                     self.stepped = True
-                    if self._end_of_step(index, epoch, rates, step(index, rates), started):
+                    if self._end_of_step(index, epoch, rates, step(index, rates), started,
+                                         n_steps):
                         break
         finally:
+            # each one's end even where another's raises (EarlyStopping's restore must not
+            # depend on the callbacks before it); the first exception is raised after all
+            failure = None
             for callback in begun:
-                callback.on_train_end({})
+                try:
+                    callback.on_train_end({})
+                except BaseException as error:
+                    failure = failure or error
+            if failure is not None:
+                raise failure
         return self.history
 
-    def _end_of_step(self, index, epoch, rates, result, started) -> bool:
+    def _end_of_step(self, index, epoch, rates, result, started, n_steps) -> bool:
         """Record a step and apply the stopping rules; True: stop."""
         history = self.history
         if result.loss is None:
@@ -833,7 +859,8 @@ class EpochLoop:
         if any([callback.on_epoch_end(index, logs) for callback in self.callbacks]):
             history.stopped_early = True
             return True
-        if self.max_time is not None and time.perf_counter() - started >= self.max_time:
+        if self.max_time is not None and time.perf_counter() - started >= self.max_time \
+                and index + 1 < n_steps:
             history.stopped_early = True
             return True
         if self.stop_requested is not None and self.stop_requested():

@@ -1535,3 +1535,99 @@ def test_the_partial_fit_benchmark_runs_both_columns(capsys):
     row = capsys.readouterr().out.splitlines()[-1].split("|")
     assert row[0].split() == ["20-64-64-1", "adam", "3"]
     assert float(row[1]) > 0 and float(row[2]) > 0 and float(row[3].split()[0]) > 0
+
+
+# ---------------------------------------------------------------- the trainer's life (audit)
+
+def _life_data(seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(64, 5))
+    return X, (X[:, 0] > 0).astype(int)
+
+
+def _life_model(seed=0):
+    return fastbp.MLP([5, 8, 2], ["tanh", "softmax"], dtype="float64", seed=seed)
+
+
+def test_a_fit_of_no_epochs_on_another_model_keeps_the_optimizer_state():
+    """epochs=0 on another model replaced the state of the model being trained (its step
+    count went from 8 to 0, and the continuation differed from an uninterrupted run)."""
+    X, y = _life_data()
+    model, other = _life_model(), _life_model(1)
+    trainer = fastbp.Trainer("cce", optimizer="adam", epochs=2, batch_size=16, seed=0)
+    trainer.fit(model, X, y)
+    trainer.epochs = 0
+    trainer.fit(other, X, y)
+    trainer.epochs = 2
+    trainer.fit(model, X, y)
+    straight = _life_model()
+    fastbp.Trainer("cce", optimizer="adam", epochs=4, batch_size=16, seed=0).fit(straight, X, y)
+    assert np.array_equal(model.parameter_vector(), straight.parameter_vector())
+
+
+def test_a_constant_subclass_with_rates_of_its_own_is_followed():
+    class Ramp(schedules.Constant):
+        def _rate(self, epoch, base):
+            return base * (epoch + 1) / 5
+
+    X, y = _life_data()
+    history = fastbp.Trainer("cce", learning_rate=0.1, epochs=3, schedule=Ramp()).fit(
+        _life_model(), X, y)
+    assert history.history["learning_rate"] == pytest.approx([0.02, 0.04, 0.06])
+
+
+def test_reset_restarts_a_schedule_objects_own_state():
+    X, y = _life_data()
+    plateau = schedules.ReduceOnPlateau(monitor="loss", factor=0.1, patience=0, min_delta=10.0)
+    trainer = fastbp.Trainer("cce", learning_rate=0.3, epochs=4, schedule=plateau)
+    first = trainer.fit(_life_model(), X, y).history["learning_rate"]
+    assert plateau.n_reductions > 0
+    trainer.reset()
+    assert plateau.n_reductions == 0
+    assert trainer.fit(_life_model(), X, y).history["learning_rate"] == first
+    kept = schedules.ReduceOnPlateau(monitor="loss")
+    kept.n_reductions = 2                   # a new Trainer takes the object as it is given
+    fastbp.Trainer("cce", schedule=kept)
+    assert kept.n_reductions == 2
+
+
+def test_a_seed_set_between_fits_takes_effect():
+    X, y = _life_data()
+
+    def fit(seed, change_to=None):
+        model = _life_model()
+        trainer = fastbp.Trainer("cce", epochs=2, batch_size=8, seed=seed)
+        if change_to is not None:
+            trainer.seed = change_to
+        trainer.fit(model, X, y)
+        return model.parameter_vector()
+    assert np.array_equal(fit(0, change_to=1), fit(1))
+    assert not np.array_equal(fit(0), fit(1))
+
+
+def test_every_callbacks_train_end_runs_when_one_raises():
+    """EarlyStopping's restore ran after the callbacks before it: one of them raising in
+    on_train_end left the model at the last epoch, not the best."""
+    X, y = _life_data()
+    ended = []
+
+    class Failing(callbacks.Callback):
+        def on_train_end(self, logs=None):
+            ended.append("failing")
+            raise KeyError("boom")
+
+    class Flag(callbacks.Callback):
+        def on_train_end(self, logs=None):
+            ended.append("flag")
+
+    with pytest.raises(KeyError, match="boom"):
+        fastbp.Trainer("cce", epochs=2).fit(_life_model(), X, y, callbacks=[Failing(), Flag()])
+    assert ended == ["failing", "flag"]
+
+
+def test_max_time_runs_the_first_epoch_and_says_whether_it_stopped_early():
+    X, y = _life_data()
+    history = fastbp.Trainer("cce", epochs=3, max_time=0.0).fit(_life_model(), X, y)
+    assert history.epochs == 1 and history.stopped_early
+    history = fastbp.Trainer("cce", epochs=1, max_time=0.0).fit(_life_model(), X, y)
+    assert history.epochs == 1 and not history.stopped_early
