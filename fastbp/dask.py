@@ -938,9 +938,11 @@ class _ClusterRounds:
                     # last round) was lost with a worker: again, from a copy that is not.
                     self._cancel(current, self.ahead)
                     current = self.ahead = None
-        except KeyboardInterrupt:
+        except BaseException:
+            # (Ctrl-C, a block's error, lost data): this round's tasks and the next's go;
+            # a future holding an error is kept alive by its own traceback otherwise
             self._cancel(current, self.ahead)
-            self.ahead = None
+            current = self.ahead = None
             raise
 
     def _driver_state(self, averager, rounds_done) -> _State:

@@ -2,6 +2,7 @@
 across a cluster, on a LocalCluster of two worker processes on loopback started here."""
 
 import contextlib
+import gc
 import os
 import pickle
 import signal
@@ -317,9 +318,17 @@ def test_bad_arguments_are_refused_before_any_work(cluster_client):
         fastbp.dask.fit(model, trainer, X[X[:, 0] > 0], y[X[:, 0] > 0], client=cluster_client)
     # A bad label is found on the worker and raised here, with the trainer's message.
     bad = da.from_array(np.full(Y_TRAIN.shape, 9), chunks=3000)
-    with pytest.raises(ValueError, match="class labels"):
-        fastbp.dask.fit(model, trainer, X, bad, client=cluster_client, rounds=1)
+    for rounds in (1, 3):
+        with pytest.raises(ValueError, match="class labels"):
+            fastbp.dask.fit(model, trainer, X, bad, client=cluster_client, rounds=rounds)
     np.testing.assert_array_equal(model._params, classifier()._params)
+    # and leaves nothing on the cluster (a failed round's futures, and the round submitted
+    # ahead, were kept alive by the error's own traceback: 7 more a failed fit)
+    deadline = time.monotonic() + 10
+    while cluster_client.futures and time.monotonic() < deadline:
+        gc.collect()
+        time.sleep(0.1)
+    assert not cluster_client.futures
 
 
 def test_callbacks_stop_between_rounds(cluster_client):
