@@ -36,6 +36,12 @@ def rebuilt(obj):
     return cls(**{name: getattr(obj, name) for name in _constructor_arguments(cls)})
 
 
+def check_verbose(verbose) -> None:
+    """verbose: True or False, or a whole number >= 0."""
+    if not isinstance(verbose, (bool, np.bool_)):
+        whole_number(verbose, "verbose", 0)
+
+
 def whole_number(value, name: str, minimum: int) -> int:
     """An int (or a float holding a whole number) >= minimum."""
     if type(value) is int:              # the usual case, without the abstract classes' checks

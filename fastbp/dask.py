@@ -37,7 +37,7 @@ from fastbp.callbacks import checked_callbacks
 from fastbp.model import MLP
 from fastbp.trainer import EpochLoop, EpochResult, History, Trainer, chosen_metrics, \
     validation_set
-from fastbp._validation import is_sparse, real_number, whole_number
+from fastbp._validation import check_verbose, is_sparse, real_number, whole_number
 
 __all__ = ["fit", "placement", "LostDataError", "Trained"]
 
@@ -509,6 +509,12 @@ def placement(rows, worker_threads, held=None) -> list:
     thread, then the address); kept when every block finds one, else the balance alone.
     Deterministic for the same rows, workers and held bytes. rows: the blocks' rows;
     worker_threads: {address: threads}. Returns one address per block."""
+    if not worker_threads:
+        raise ValueError("placement needs at least one worker (worker_threads is empty)")
+    for worker, threads in worker_threads.items():
+        whole_number(threads, f"the threads of worker {worker!r}", 1)
+    for block, count in enumerate(rows):
+        whole_number(count, f"the rows of block {block}", 0)
     workers = sorted(worker_threads)
     rank = {worker: index for index, worker in enumerate(workers)}
     order = sorted(range(len(rows)), key=lambda b: (-rows[b], b))
@@ -648,6 +654,7 @@ def fit(model: MLP, trainer: Trainer, X, Y, client=None, rounds=None, epochs_per
     spec = trainer.spec()
     spec.check_dtype(model.dtype)      # here, not only in each block's fit on the workers
     loss = spec.loss
+    check_verbose(verbose)
     epochs_per_round = whole_number(epochs_per_round, "epochs_per_round", 1)
     rounds_per_epoch = whole_number(rounds_per_epoch, "rounds_per_epoch", 1)
     if epochs_per_round > 1 and rounds_per_epoch > 1:

@@ -22,8 +22,8 @@ from fastbp._threads import BY_ROWS, blas_threads, checked_thread_count, \
     fit_threads, row_workspace, sparse_fit_threads, split_flags
 from fastbp.callbacks import ProgressBar, checked_callbacks
 from fastbp._validation import as_inputs, as_row_weights, as_sample_weight, as_targets, \
-    check_in_dtype, dense_targets, distinct_rows, one_hot, real_number, unshared, \
-    whole_number
+    check_in_dtype, check_verbose, dense_targets, distinct_rows, one_hot, real_number, \
+    unshared, whole_number
 from fastbp.model import MLP, check_allocation
 
 
@@ -347,8 +347,7 @@ class Trainer:
         if data.validation is None:
             metric_functions = []          # (checked all the same)
         spec.check_dtype(model.dtype)
-        if not isinstance(verbose, (bool, np.bool_)):
-            whole_number(verbose, "verbose", 0)
+        check_verbose(verbose)
         if verbose:
             callbacks.append(ProgressBar(n_epochs))
         if not model._begin_training():

@@ -567,6 +567,21 @@ def test_the_averaging_reads_a_state_and_parts_sent_at_any_byte_offset():
         np.testing.assert_array_equal(mine, theirs)
 
 
+def test_placement_refuses_what_is_no_cluster_by_name():
+    """An empty worker dict gave min()'s message, 0 threads a ZeroDivisionError, negative
+    or fractional rows were placed (the audit)."""
+    for rows, workers, error, message in (
+            ([10], {}, ValueError, "at least one worker"),
+            ([10], {"a": 0}, ValueError, "threads of worker 'a'"),
+            ([-5, 10], {"a": 1}, ValueError, "rows of block 0"),
+            ([2.5], {"a": 1}, ValueError, "rows of block 0"),
+            ([10], {"a": "2"}, TypeError, "threads of worker 'a'")):
+        with pytest.raises(error, match=message):
+            fastbp.dask.placement(rows, workers)
+    with pytest.raises(TypeError, match="verbose"):
+        fastbp.dask.fit(classifier(), fastbp.Trainer("cce"), *chunked(), verbose="x")
+
+
 def test_placement_balances_rows_per_thread_and_follows_the_workers():
     place = fastbp.dask.placement
     # Equal chunks alternate; a worker with two threads takes twice the rows.
