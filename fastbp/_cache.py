@@ -50,22 +50,33 @@ _cpu_name = None
 
 
 def cpu_model() -> str:
-    """The CPU's model name (/proc/cpuinfo), or the platform's processor string: part of
-    every key, so a cache folder shared by different machines keeps each one's choices."""
+    """The CPU's model name (/proc/cpuinfo), or the platform's processor string, with a
+    digest of its feature flags and cache size where /proc/cpuinfo lists them: part of
+    every key, so a cache folder shared by different machines keeps each one's choices (a
+    virtual machine's generic name, "Intel(R) Xeon(R) Processor", stands for CPUs of
+    several generations, which their flags tell apart)."""
     global _cpu_name
     if _cpu_name is None:
-        name = ""
+        found = {}
         try:
             with open("/proc/cpuinfo") as file:
                 for line in file:
-                    if line.startswith("model name"):
-                        name = line.split(":", 1)[1].strip()
-                        break
+                    key, _, value = line.partition(":")
+                    key = key.strip()
+                    if key in ("model name", "flags", "cache size"):
+                        found.setdefault(key, value.strip())
+                    elif not line.strip() and found:
+                        break                           # the first processor's lines
         except OSError:
             pass
+        name = found.get("model name", "")
         if not name:
             import platform
             name = platform.processor() or platform.machine()
+        if "flags" in found:
+            import hashlib
+            features = f"{found['flags']}/{found.get('cache size', '')}".encode()
+            name += f" [{hashlib.sha256(features).hexdigest()[:8]}]"
         _cpu_name = name.replace("/", " ")
     return _cpu_name
 

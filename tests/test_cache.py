@@ -237,3 +237,25 @@ def test_a_lock_found_stuck_is_not_waited_for_again_by_each_key(tmp_path, monkey
     assert _cache.settled("choices.json", "fourth", lambda c: isinstance(c, str),
                           lambda: "fourth") == "fourth"
     assert lock not in _cache._stuck and kept(tmp_path / "choices.json")["fourth"] == "fourth"
+
+
+def test_the_cpu_in_a_key_tells_apart_cpus_of_one_generic_name(monkeypatch):
+    """A virtual machine's generic model name stands for CPUs of several generations: a
+    cache folder shared by two of them (a home folder on a cluster) kept one's choices for
+    both. The flags and the cache size are in the key too."""
+    import io
+
+    def cpu(flags, cache="2048 KB"):
+        text = (f"processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Processor\n"
+                f"cache size\t: {cache}\nflags\t\t: {flags}\n\nprocessor\t: 1\n"
+                f"model name\t: Another\n")
+        monkeypatch.setattr(_cache, "open", lambda *args, **kwargs: io.StringIO(text),
+                            raising=False)
+        monkeypatch.setattr(_cache, "_cpu_name", None)
+        return _cache.cpu_model()
+
+    first = cpu("fpu sse2 avx2 fma")
+    assert first.startswith("Intel(R) Xeon(R) Processor [") and "/" not in first
+    assert cpu("fpu sse2 avx2 fma") == first
+    assert cpu("fpu sse2 avx2 fma avx512f") != first
+    assert cpu("fpu sse2 avx2 fma", cache="4096 KB") != first
