@@ -240,19 +240,27 @@ def as_targets(data, loss, n_outputs: int, n_rows: int | None, dtype: np.dtype):
         raise ValueError(f"Y has {array.shape[0] if array.ndim else 0} rows but X has {n_rows}")
     if array.ndim == 0 or array.shape[0] == 0:
         raise ValueError("Y is empty: it has no rows")
-    if loss.takes_labels(array.shape, n_outputs):
+    if targets_are_labels(array.shape, loss, n_outputs):
         return None, class_labels(array.reshape(-1), n_outputs)
-
-    if array.ndim == 1 and n_outputs == 1:
+    if array.ndim == 1:
         array = array.reshape(-1, 1)
-    if array.ndim != 2 or array.shape[1] != n_outputs:
-        raise ValueError(f"Y must have shape (n_samples, {n_outputs}) to match the model's "
-                         f"{n_outputs} outputs; got shape {array.shape}")
     with np.errstate(over="ignore"):
         targets = np.require(array, dtype, ["C", "A"])
     check_finite(targets, "Y")
     loss.check_targets(targets)
     return targets, None
+
+
+def targets_are_labels(shape, loss, n_outputs: int) -> bool:
+    """Whether targets of `shape` are class labels for `loss` (else (n_samples, n_outputs)
+    values, or one value a row for one output); a ValueError where the shape is neither.
+    From the shape alone, so that fastbp.dask checks a dask array's before any work."""
+    if loss.takes_labels(shape, n_outputs):
+        return True
+    if not (len(shape) == 2 and shape[1] == n_outputs or len(shape) == 1 and n_outputs == 1):
+        raise ValueError(f"Y must have shape (n_samples, {n_outputs}) to match the model's "
+                         f"{n_outputs} outputs; got shape {tuple(shape)}")
+    return False
 
 
 def class_labels(labels: np.ndarray, n_classes: int) -> np.ndarray:

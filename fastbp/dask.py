@@ -37,7 +37,8 @@ from fastbp.callbacks import checked_callbacks
 from fastbp.model import MLP
 from fastbp.trainer import EpochLoop, EpochResult, History, Trainer, chosen_metrics, \
     validation_set
-from fastbp._validation import check_verbose, is_sparse, real_number, whole_number
+from fastbp._validation import check_verbose, is_sparse, real_number, targets_are_labels, \
+    whole_number
 
 __all__ = ["fit", "placement", "LostDataError", "Trained"]
 
@@ -424,7 +425,7 @@ def _check_arrays(model, X, Y, loss):
     if X.numblocks[1] != 1:
         X = X.rechunk({1: -1})
     Y = Y.rechunk({0: X.chunks[0], **({1: -1} if Y.ndim == 2 else {})})
-    float_targets = not loss.takes_labels(Y.shape, model.layer_sizes[-1])
+    float_targets = not targets_are_labels(Y.shape, loss, model.layer_sizes[-1])
     return X, Y, float_targets
 
 

@@ -1189,3 +1189,14 @@ def test_a_model_that_is_not_finite_or_a_wrong_client_is_a_clear_error():
     with pytest.raises(TypeError, match="client must be a dask.distributed.Client"):
         fastbp.dask.fit(model, fastbp.Trainer("cce", seed=0, n_threads=1), X, y, rounds=1,
                         client="tcp://127.0.0.1:8786")
+
+
+def test_targets_of_the_wrong_shape_are_named_by_their_whole_shape_before_any_work():
+    """A (400, 3) Y for a model of 4 outputs was refused on a worker, naming one chunk's
+    shape, (100, 3) (the audit); now on the driver, as Trainer.fit names it."""
+    X = da.from_array(np.zeros((400, 6), np.float32), chunks=(100, -1))
+    model = fastbp.MLP([6, 8, 4], ["relu", "softmax"], seed=0)
+    for Y, shape in ((np.ones((400, 3), np.float32), r"\(400, 3\)"), (np.ones(400), r"\(400,\)")):
+        with pytest.raises(ValueError, match="4 outputs; got shape " + shape):
+            fastbp.dask.fit(model, fastbp.Trainer("mse", n_threads=1),
+                            X, da.from_array(Y, chunks=100), rounds=1)
