@@ -746,8 +746,14 @@ def fit(model: MLP, trainer: Trainer, X, Y, client=None, rounds=None, epochs_per
         started = time.perf_counter()
         try:
             if client is not None:
-                next_rates = loop.step_rates(round_index + 1)[1] \
-                    if round_index + 1 < rounds else None
+                next_rates = None
+                if round_index + 1 < rounds:
+                    try:
+                        next_rates = loop.step_rates(round_index + 1)[1]
+                    except Exception:
+                        # (a schedule's error for the next round: raised when that round
+                        # asks again, after this one, as on the local scheduler)
+                        next_rates = None
                 taken = cluster.round(round_index, rates, averager, next_rates,
                                       history.epochs)
             else:

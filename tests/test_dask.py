@@ -1200,3 +1200,37 @@ def test_targets_of_the_wrong_shape_are_named_by_their_whole_shape_before_any_wo
         with pytest.raises(ValueError, match="4 outputs; got shape " + shape):
             fastbp.dask.fit(model, fastbp.Trainer("mse", n_threads=1),
                             X, da.from_array(Y, chunks=100), rounds=1)
+
+
+def test_a_schedules_error_ends_a_cluster_fit_after_the_same_round_as_a_local_one():
+    """The cluster asks the schedule for the next round's rates before this one ends (to
+    submit it ahead): a schedule failing at epoch 3 ended the fit during round 2, where the
+    local scheduler completed round 3 first (the audit). Both hold 3 rounds now."""
+    class FailsAtEpoch3(fastbp.schedules.Schedule):
+        def _rate(self, epoch, base):
+            return float("nan") if epoch >= 3 else base
+
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(400, 6)).astype(np.float32)
+    labels = ((features[:, 0] * features[:, 1] > 0) + 2 * (features[:, 2] > 0.3))
+    X = da.from_array(features, chunks=(100, -1))
+    y = da.from_array(labels.astype(np.int64), chunks=100)
+
+    def fit(client, rounds, schedule=None):
+        model = fastbp.MLP([6, 8, 4], ["relu", "softmax"], seed=0)
+        trainer = fastbp.Trainer("cce", learning_rate=0.05, batch_size=16, seed=1,
+                                 n_threads=1, schedule=schedule)
+        if schedule is None:
+            fastbp.dask.fit(model, trainer, X, y, client=client, rounds=rounds)
+        else:
+            with pytest.raises(ValueError, match="for epoch 3"):
+                fastbp.dask.fit(model, trainer, X, y, client=client, rounds=rounds)
+        return model.parameter_vector()
+
+    three_rounds = fit(None, 3)
+    assert np.array_equal(fit(None, 5, FailsAtEpoch3()), three_rounds)
+    with dask.config.set(CLUSTER_CONFIG), \
+            distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                                     dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client:
+        assert np.array_equal(fit(client, 5, FailsAtEpoch3()), three_rounds)
