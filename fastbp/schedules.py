@@ -27,7 +27,8 @@ import math
 
 from fastbp._registry import Registry
 from fastbp._validation import real_number, rebuilt, whole_number
-from fastbp.metrics import _check_monitor, _is_improvement, _monitored_value, _resolve_mode
+from fastbp.metrics import _check_logged, _check_monitor, _is_improvement, _monitored_value, \
+    _resolve_mode
 
 __all__ = ["Schedule", "Constant", "StepDecay", "ExponentialDecay", "InverseScaling",
            "Cosine", "ReduceOnPlateau", "get", "NAMES", "REGISTRY"]
@@ -63,6 +64,11 @@ class Schedule:
 
     def _rate(self, epoch: int, base: float) -> float:
         return base
+
+    def on_train_begin(self, logs: dict) -> None:
+        """Called before a fit's first epoch with logs["logged"], the figures its epochs
+        will log; only ReduceOnPlateau uses it (to refuse a monitor they lack)."""
+        return None
 
     def on_epoch_end(self, epoch: int, logs: dict) -> None:
         """Called after each epoch with its logs; only ReduceOnPlateau uses it."""
@@ -176,8 +182,10 @@ class ReduceOnPlateau(Schedule):
     reduction no bad epochs are counted. The reduced rate applies from the next epoch.
     mode="max" (or "auto" with a monitor containing "acc" or "r2") looks for increases.
 
-    monitor defaults to "val_loss": the fit then needs validation data; a monitor the logs
-    lack raises a ValueError naming the keys they have, at the end of the first epoch.
+    monitor defaults to "val_loss": the fit then needs validation data; a monitor the
+    fit's epochs will not log raises a ValueError naming the keys they log, before the first
+    epoch trains (on_train_begin; a monitor missing from an epoch's logs all the same, at
+    its end).
     The state (best value, counters, reductions) carries over across fits; reset() clears it.
     """
 
@@ -202,6 +210,9 @@ class ReduceOnPlateau(Schedule):
         self.num_bad_epochs = 0
         self.cooldown_counter = 0
         self.n_reductions = 0          # plateaus seen: each one multiplies the rate by factor
+
+    def on_train_begin(self, logs) -> None:
+        _check_logged(logs, self.monitor, "ReduceOnPlateau")     # before an epoch trains
 
     def on_epoch_end(self, epoch, logs) -> None:
         current = _monitored_value(logs, self.monitor, "ReduceOnPlateau")

@@ -808,6 +808,7 @@ class EpochLoop:
         callbacks' train begin and end around (each begun callback's end however the fit
         ends, an exception included); returns the History."""
         begun = []
+        self.schedule.on_train_begin({"logged": self.logged()})
         try:
             for callback in self.callbacks:
                 callback.set_model(self.model)

@@ -1631,3 +1631,16 @@ def test_max_time_runs_the_first_epoch_and_says_whether_it_stopped_early():
     assert history.epochs == 1 and history.stopped_early
     history = fastbp.Trainer("cce", epochs=1, max_time=0.0).fit(_life_model(), X, y)
     assert history.epochs == 1 and not history.stopped_early
+
+
+def test_a_plateau_monitor_the_epochs_will_not_log_is_refused_before_training():
+    """ReduceOnPlateau's default val_loss without validation data: each partial_fit trained
+    an epoch and then raised (the audit); EarlyStopping's check came first already."""
+    X, y = _life_data()
+    model = _life_model()
+    before = model.parameter_vector()
+    trainer = fastbp.Trainer("cce", optimizer="adam", schedule=schedules.ReduceOnPlateau())
+    for call in (lambda: trainer.partial_fit(model, X, y), lambda: trainer.fit(model, X, y)):
+        with pytest.raises(ValueError, match="ReduceOnPlateau monitors 'val_loss'"):
+            call()
+        assert np.array_equal(model.parameter_vector(), before) and trainer._step == 0
