@@ -190,9 +190,9 @@ class MLP:
 
     layer_sizes: widths from input to output, e.g. [784, 128, 10].
     activations: one name per weight layer, or one name for every hidden layer (the output
-        layer then gets "identity"; with no hidden layer, a list). Names: identity, relu, leaky_relu (slope 0.01),
-        sigmoid, tanh, elu, softplus, gelu (exact), swish (SiLU), softmax (output layer
-        only); fastbp.model.ACTIVATIONS lists them.
+        layer then gets "identity"; with no hidden layer, a list). Names: identity, relu,
+        leaky_relu (slope 0.01), sigmoid, tanh, elu, softplus, gelu (exact), swish (SiLU),
+        softmax (output layer only); fastbp.model.ACTIVATIONS lists them.
     dtype: "float32" or "float64", for the parameters and all computation.
     init: "auto" (He for the ReLU family, Glorot otherwise), "he", "glorot" or "zeros";
         biases start at zero.
