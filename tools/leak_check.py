@@ -51,7 +51,8 @@ def exercise(directory: str, rounds: int) -> None:
                 loss.gradient(np.eye(3)[labels], model.predict(X))
             # plans of many shapes (each model and each pass allocates its plan's arrays)
             for depth in range(1, 12):
-                fastbp.MLP([4] * (depth + 1), "tanh", dtype=dtype).predict(X[:depth, :4])
+                fastbp.MLP([4] * (depth + 1), ["tanh"] * (depth - 1) + ["identity"],
+                           dtype=dtype).predict(X[:depth, :4])
             # error paths: refused input, damaged files, a diverging fit
             for bad in (np.full((3, 5), np.nan), np.ones((3, 4))):
                 try:
