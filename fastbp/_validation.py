@@ -295,15 +295,8 @@ def check_in_dtype(value: float, name: str, dtype: np.dtype, below_one: bool = F
     under 1 that rounds to 1 (a momentum or decay rate of exactly 1). zero_allowed: whether
     the message may suggest 0 (not for a Huber delta, which must be > 0)."""
     dtype = np.dtype(dtype)
-    limits = _FLOAT_LIMITS.get(dtype)
-    if limits is None:
-        info = np.finfo(dtype)
-        limits = _FLOAT_LIMITS[dtype] = (float(info.max), float(info.tiny), float(info.epsneg))
-    largest, tiny, epsneg = limits
-    cast = _rounded(value, dtype)
-    if not math.isfinite(cast):
-        raise ValueError(f"{name}={value!r} is too large for the model's {dtype.name} "
-                         f"(at most {largest:.4g})")
+    cast = check_fits_dtype(value, name, dtype)
+    _, tiny, epsneg = _limits(dtype)
     if value != 0 and abs(cast) < tiny:
         raise ValueError(f"{name}={value!r} is too small for the model's {dtype.name}: it "
                          f"would be 0 or lose its precision (the smallest normal number is "
@@ -313,7 +306,27 @@ def check_in_dtype(value: float, name: str, dtype: np.dtype, below_one: bool = F
                          f"value at most {1 - epsneg:.10g}")
 
 
-_FLOAT_LIMITS = {}      # dtype -> (max, smallest normal, epsneg), from np.finfo once
+def check_fits_dtype(value: float, name: str, dtype: np.dtype) -> float:
+    """Refuse a number that overflows `dtype`; return it rounded to `dtype`. (Alone for the
+    rates a schedule gives: a rate that decays below the smallest normal number is fine.)"""
+    dtype = np.dtype(dtype)
+    cast = _rounded(value, dtype)
+    if not math.isfinite(cast):
+        raise ValueError(f"{name}={value!r} is too large for the model's {dtype.name} "
+                         f"(at most {_limits(dtype)[0]:.4g})")
+    return cast
+
+
+def _limits(dtype: np.dtype) -> tuple:
+    """(max, smallest normal, epsneg) of a float dtype, from np.finfo once."""
+    limits = _FLOAT_LIMITS.get(dtype)
+    if limits is None:
+        info = np.finfo(dtype)
+        limits = _FLOAT_LIMITS[dtype] = (float(info.max), float(info.tiny), float(info.epsneg))
+    return limits
+
+
+_FLOAT_LIMITS = {}
 
 
 def _rounded(value, dtype: np.dtype) -> float:

@@ -22,8 +22,8 @@ from fastbp._threads import BY_ROWS, blas_threads, checked_thread_count, \
     fit_threads, row_workspace, sparse_fit_threads, split_flags
 from fastbp.callbacks import ProgressBar, checked_callbacks
 from fastbp._validation import as_inputs, as_row_weights, as_sample_weight, as_targets, \
-    check_in_dtype, check_verbose, dense_targets, distinct_rows, one_hot, real_number, \
-    unshared, whole_number
+    check_fits_dtype, check_in_dtype, check_verbose, dense_targets, distinct_rows, one_hot, \
+    real_number, unshared, whole_number
 from fastbp.model import MLP, check_allocation
 
 
@@ -793,8 +793,16 @@ class EpochLoop:
         """The learning rate of each schedule epoch of a step."""
         if self._constant:
             return [self.base_learning_rate] * self.epochs_per_step
-        return [self.schedule.learning_rate(first_epoch + e, self.base_learning_rate)
-                for e in range(self.epochs_per_step)]
+        rates = []
+        for epoch in range(first_epoch, first_epoch + self.epochs_per_step):
+            rate = self.schedule.learning_rate(epoch, self.base_learning_rate)
+            try:        # (the base rate was checked so; a decay below normal numbers is fine)
+                check_fits_dtype(rate, "learning_rate", self.model.dtype)
+            except ValueError as error:
+                raise ValueError(f"{type(self.schedule).__name__} gave a learning rate for "
+                                 f"epoch {epoch} that the model cannot hold: {error}") from None
+            rates.append(rate)
+        return rates
 
     def step_rates(self, index: int, first_epoch: int = 0) -> tuple:
         """(the schedule epoch of step `index`, its learning rates), as the schedule stands

@@ -555,6 +555,36 @@ def test_a_schedules_rate_is_checked_as_a_learning_rate():
         assert np.array_equal(model.parameter_vector(), before)
 
 
+def test_a_schedules_rate_past_the_models_float_type_is_refused_and_a_tiny_one_is_not():
+    """The base learning_rate is checked against the model's dtype when the fit starts; a
+    schedule's rate the same way for overflow (it diverged, and the epoch was rolled back
+    with advice about the learning_rate), but not for being below the smallest normal
+    number (a long decay may end there)."""
+    from fastbp import schedules
+
+    class Later(schedules.Schedule):
+        def __init__(self, rate):
+            self.rate = rate
+
+        def _rate(self, epoch, base):
+            return base if epoch == 0 else self.rate
+
+    X, y = classes_data()
+    model = classifier()
+    trainer = fastbp.Trainer("cce", epochs=3, seed=0, n_threads=1, schedule=Later(1e39))
+    with pytest.raises(ValueError, match="Later gave a learning rate for epoch 1 that the "
+                       "model cannot hold: learning_rate=1e[+]39 is too large for the "
+                       "model's float32"):
+        trainer.fit(model, X, y)
+    model64 = fastbp.MLP([3, 4, 2], ["relu", "softmax"], seed=0, dtype="float64")
+    history = fastbp.Trainer("cce", epochs=3, seed=0, n_threads=1,
+                             schedule=Later(1e39)).fit(model64, X, y)
+    assert len(history.loss) == 3
+    tiny = fastbp.Trainer("cce", epochs=2, seed=0, n_threads=1,
+                          schedule=Later(1e-42)).fit(classifier(), X, y)
+    assert tiny.history["learning_rate"] == [0.01, 1e-42]     # 0.01: the default rate
+
+
 def test_saving_to_an_empty_path_is_refused_before_writing(tmp_path, monkeypatch):
     (tmp_path / "here").mkdir()
     monkeypatch.chdir(tmp_path / "here")
