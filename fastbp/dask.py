@@ -887,6 +887,7 @@ class _ClusterRounds:
                  round_inputs, copies, held, parameters_each_round):
         self.client, self.blocks, self.rows = client, blocks, rows
         self.parameters_each_round = parameters_each_round
+        self._copies = copies
         self.copies = client.scatter(copies, broadcast=True, hash=False)
         self.n_threads, self.rule, self.name = n_threads, rule, name
         self.arguments, self.round_inputs = arguments, round_inputs
@@ -898,13 +899,34 @@ class _ClusterRounds:
             client.wait_for_workers(1)
             self.workers = client.nthreads()
         self.places = placement(rows, self.workers, held)
-        self.futures = [None] * len(pairs)
-        for worker in sorted(set(self.places)):
-            mine = [i for i, place in enumerate(self.places) if place == worker]
-            persisted = client.compute([pairs[i] for i in mine], workers=[worker],
-                                       allow_other_workers=True)
+        self.pairs, self.futures, self.computed_on = pairs, [None] * len(pairs), \
+            [None] * len(pairs)
+        self._persist(range(len(pairs)))
+
+    def _persist(self, indices):
+        """Compute the chunks `indices` where their places are."""
+        for worker in sorted({self.places[i] for i in indices}):
+            mine = [i for i in indices if self.places[i] == worker]
+            persisted = self.client.compute([self.pairs[i] for i in mine], workers=[worker],
+                                            allow_other_workers=True)
             for i, future in zip(mine, persisted):
-                self.futures[i] = future
+                self.futures[i], self.computed_on[i] = future, worker
+
+    def _persist_stranded(self):
+        """Compute again, on the workers there are now, the chunks lost with the workers
+        they were computed on. (The scheduler recomputes a lost chunk on another worker
+        itself while one is left; when none is, its tasks wait for a worker their places
+        name, which a restarted worker, at a new address, is not, though they allow
+        others.)"""
+        if not self.client.nthreads():
+            self.client.wait_for_workers(1)
+        alive = self.client.nthreads()
+        stranded = [i for i, future in enumerate(self.futures)
+                    if future.status != "finished" and self.computed_on[i] not in alive]
+        self._replace_if_workers_changed()
+        if stranded:
+            self.client.cancel([self.futures[i] for i in stranded])
+            self._persist(stranded)
 
     def _replace_if_workers_changed(self):
         workers = self.client.nthreads()
@@ -930,7 +952,7 @@ class _ClusterRounds:
             for attempt in range(2):
                 if current is None:
                     if attempt:       # a worker was lost: the chunks' places again
-                        self._replace_if_workers_changed()
+                        self._persist_stranded()
                     current = self._submit(round_index, rates,
                                            state=self._driver_state(averager, rounds_done))
                 if next_rates is not None:
@@ -952,6 +974,9 @@ class _ClusterRounds:
                     # last round) was lost with a worker: again, from a copy that is not.
                     self._cancel(current, self.ahead)
                     current = self.ahead = None
+                    if self.copies.status != "finished":    # every worker holding it died
+                        self.copies = self.client.scatter(self._copies, broadcast=True,
+                                                          hash=False)
         except BaseException:
             # (Ctrl-C, a block's error, lost data): this round's tasks and the next's go;
             # a future holding an error is kept alive by its own traceback otherwise

@@ -363,6 +363,26 @@ def test_a_worker_killed_mid_fit_does_not_lose_the_run(cluster_client):
     assert accuracy(model) > 0.85
 
 
+def test_a_cluster_of_one_worker_survives_losing_it():
+    """One worker process, SIGKILLed while it trains round 2; its nanny starts another, at
+    a new address. Everything the fit had on the cluster went with it: the chunks (which
+    the graph recomputes, though their tasks named the dead worker and waited for it), the
+    model's copies (scattered again) and the averaging's state (the driver keeps one when
+    a single worker trains). The fit completes with the bits of an undisturbed run."""
+    with dask.config.set(CLUSTER_CONFIG), \
+            distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                                     dashboard_address=None, host="127.0.0.1") as cluster, \
+            distributed.Client(cluster, set_as_default=False) as client:
+        reference, _, _ = fit_beside(client, None, seed=11)
+        model, history, killer = fit_beside(
+            client, lambda rounds: Killer(client, 1, rounds), seed=11)
+        assert killer.killed is not None, "no worker was killed"
+        assert killer.rounds_done_at_kill == 1, "the worker was not killed while round 2 ran"
+        assert killer.killed not in client.nthreads()       # the new worker is another
+        assert history.epochs == 3
+        np.testing.assert_array_equal(model._params, reference._params)
+
+
 def fit_beside(client, make_thread, seed, rounds=3, lazy=False, **fit_arguments):
     """fastbp.dask.fit of a 10-512-512-4 model (wide enough that a block's round takes a
     good fraction of a second) with a Rounds callback, and make_thread(rounds) (None: no
