@@ -30,6 +30,14 @@ def _fraction(value, name: str) -> float:
     return value
 
 
+def _epsilon(value) -> float:
+    value = real_number(value, "epsilon")
+    if value == 0:       # (a weight whose gradients have all been 0 would step by 0 / 0)
+        raise ValueError("epsilon must be > 0: a weight whose gradients have all been 0 "
+                         "(an input that is 0 in every row so far) would step by 0 / 0")
+    return value
+
+
 class Optimizer:
     """Base class: `learning_rate` and the hyperparameters the compiled rule reads."""
 
@@ -93,7 +101,7 @@ class Adam(Optimizer):
         super().__init__(learning_rate)
         self.beta1 = _fraction(beta1, "beta1")
         self.beta2 = _fraction(beta2, "beta2")
-        self.epsilon = real_number(epsilon, "epsilon")
+        self.epsilon = _epsilon(epsilon)
 
     def hyperparameters(self):
         return {**super().hyperparameters(), "beta1": self.beta1, "beta2": self.beta2,
@@ -108,7 +116,7 @@ class RMSprop(Optimizer):
     def __init__(self, learning_rate: float = 0.01, alpha: float = 0.99, epsilon: float = 1e-8):
         super().__init__(learning_rate)
         self.alpha = _fraction(alpha, "alpha")
-        self.epsilon = real_number(epsilon, "epsilon")
+        self.epsilon = _epsilon(epsilon)
 
     def hyperparameters(self):
         return {**super().hyperparameters(), "beta2": self.alpha, "epsilon": self.epsilon}
@@ -121,7 +129,7 @@ class Adagrad(Optimizer):
 
     def __init__(self, learning_rate: float = 0.01, epsilon: float = 1e-10):
         super().__init__(learning_rate)
-        self.epsilon = real_number(epsilon, "epsilon")
+        self.epsilon = _epsilon(epsilon)
 
     def hyperparameters(self):
         return {**super().hyperparameters(), "epsilon": self.epsilon}

@@ -427,6 +427,27 @@ def test_optimizer_arguments_validated():
         fastbp.Trainer("mse", weight_decay=-1e-3)
 
 
+def test_an_epsilon_of_0_is_refused_by_every_rule_that_divides_by_it():
+    """With epsilon 0, a weight whose gradients have all been 0 (an input column that is 0
+    in every row so far: MNIST's border pixels) steps by 0 / 0: the dense step made NaN and
+    the epoch was rolled back as diverged, while the same data as sparse input (whose lazy
+    rows skip such weights) trained. Refused, as scikit-learn refuses it, when the object
+    is made and when the attribute is set later (the fit rebuilds the rule)."""
+    X = np.random.default_rng(0).normal(size=(32, 3))
+    X[:, 1] = 0
+    for rule in (optimizers.Adam, optimizers.RMSprop, optimizers.Adagrad):
+        with pytest.raises(ValueError, match="epsilon must be > 0"):
+            rule(0.01, epsilon=0)
+        optimizer = rule(0.01, epsilon=1e-30)
+        model = fastbp.MLP([3, 4, 1], "tanh", seed=0, dtype="float64")
+        history = fastbp.Trainer("mse", optimizer=optimizer, batch_size=8, epochs=2,
+                                 seed=0).fit(model, X, X[:, :1])
+        assert not history.diverged and np.isfinite(model.parameter_vector()).all()
+        optimizer.epsilon = 0.0
+        with pytest.raises(ValueError, match="epsilon must be > 0"):
+            fastbp.Trainer("mse", optimizer=optimizer, seed=0).fit(model, X, X[:, :1])
+
+
 # ---------------------------------------------------------------- torch.optim itself
 
 TORCH_CASES = ["sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adagrad",
