@@ -34,8 +34,8 @@ try:
     from sklearn.utils.metaestimators import available_if
     from sklearn.utils.multiclass import check_classification_targets, type_of_target, \
         unique_labels
-    from sklearn.utils.validation import _check_sample_weight, check_is_fitted, column_or_1d, \
-        validate_data
+    from sklearn.utils.validation import _check_sample_weight, check_array, check_is_fitted, \
+        column_or_1d, validate_data
 except ImportError as error:          # pragma: no cover (tested in a subprocess)
     raise ImportError('fastbp.sklearn needs scikit-learn >= 1.6: pip install "fastbp[sklearn]"'
                       ) from error
@@ -289,7 +289,8 @@ class _BaseMLP(BaseEstimator):
         hidden = self.hidden_layer_sizes
         if _is_whole(hidden):
             hidden = [hidden]
-        if isinstance(hidden, (str, bytes)) or not hasattr(hidden, "__iter__"):
+        # (a sized sequence: an iterator would be used up by the first fit)
+        if isinstance(hidden, (str, bytes)) or not hasattr(hidden, "__len__"):
             raise _parameter_error(self, "hidden_layer_sizes",
                                    "an int or a sequence of ints >= 1", hidden)
         hidden = list(hidden)
@@ -300,7 +301,7 @@ class _BaseMLP(BaseEstimator):
 
         activation = self.activation
         names = [activation] * len(hidden) if isinstance(activation, str) else activation
-        if isinstance(names, (bytes,)) or not hasattr(names, "__iter__"):
+        if isinstance(names, (bytes,)) or not hasattr(names, "__len__"):
             raise _parameter_error(self, "activation", f"one of {HIDDEN_ACTIVATIONS} or a list "
                                    f"of them, one per hidden layer", activation)
         names = list(names)
@@ -523,6 +524,7 @@ class _BaseMLP(BaseEstimator):
                               init=self.init, dropout=settings["dropout"])
         self.n_iter_ = 0
         self.t_ = 0
+        self.loss_ = np.nan             # (until an epoch completes: the first may diverge)
         self.n_layers_ = len(layer_sizes)
         self.n_outputs_ = layer_sizes[-1]
         self.out_activation_ = {"sigmoid": "logistic"}.get(activations[-1], activations[-1])
@@ -788,16 +790,20 @@ class _BaseMLP(BaseEstimator):
                 pass
         if outputs is None:
             check_is_fitted(self)
-            X = validate_data(self, X, reset=False, dtype=self.model_.dtype, order="C",
-                              accept_sparse="csr")
+            # (dtype "numeric" refuses strings as scikit-learn's predict does; then the
+            # model's dtype)
+            X = check_array(validate_data(self, X, reset=False, dtype="numeric",
+                                          accept_sparse="csr"),
+                            dtype=self.model_.dtype, order="C", accept_sparse="csr")
             outputs = self.model_.predict(X)
         return outputs if out_dtype is None else outputs.astype(out_dtype, copy=False)
 
     def _output_dtype(self, X):
         """The dtype scikit-learn's MLP returns for X: its forward pass multiplies X, kept
-        in float32 or float64 (float16 as it is, anything else made float64), by the
-        fitted coefficients, so float32 only where the model and X's values are both
-        floats of at most 32 bits."""
+        as it is if numeric (bool, integers, floats; anything else made float64), by the
+        fitted coefficients, so NumPy's promotion of X's dtype with the model's: float32
+        where the model is float32 and X's values fit float32 exactly (bool, 8- and 16-bit
+        integers, float16, float32)."""
         model = self.__dict__.get("model_")
         if model is None or model.dtype != np.float32:
             return np.float64
@@ -807,8 +813,9 @@ class _BaseMLP(BaseEstimator):
             kinds = X.dtypes.tolist()
             dtype = np.result_type(*kinds) if kinds and all(
                 isinstance(kind, np.dtype) for kind in kinds) else None
-        small_float = isinstance(dtype, np.dtype) and dtype.kind == "f" and dtype.itemsize <= 4
-        return np.float32 if small_float else np.float64
+        if isinstance(dtype, np.dtype) and dtype.kind in "biuf":
+            return np.result_type(dtype, np.float32)
+        return np.float64
 
     def _plain_input(self, X, dtype):
         """X as validate_data(self, X, reset=False, dtype=dtype, order="C",
@@ -1018,7 +1025,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             Y = np.searchsorted(self.classes_, y).astype(np.intp)
             # scikit-learn stratifies the early-stopping split of binary targets only
             return X, Y, None, len(self.classes_)
-        Y = np.ascontiguousarray(binarizer.transform(y), dtype=X.dtype)
+        # (any nonzero value of multi-label y is a 1, as scikit-learn takes it)
+        Y = np.ascontiguousarray(binarizer.transform(y) != 0, dtype=X.dtype)
         stratify = Y[:, 0] if binarizer.y_type_ == "binary" else None
         return X, Y, stratify, Y.shape[1]
 
@@ -1076,6 +1084,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                 return np.nan
             if multiclass:
                 predicted, truth = y_pred.argmax(axis=1), y_val
+            elif len(self.classes_) == 1:                   # predict gives the one class
+                predicted = truth = np.ones(len(y_val), dtype=bool)
             elif y_pred.shape[1] == 1:                      # binary
                 predicted, truth = y_pred[:, 0] > 0.5, y_val[:, 0] > 0.5
             else:                                           # multi-label: subset accuracy

@@ -833,12 +833,16 @@ def test_dtype_follows_the_input_as_in_scikit_learn(cls):
 @pytest.mark.parametrize("fit_dtype", [np.float32, np.float64])
 def test_outputs_take_scikit_learns_dtype(fit_dtype):
     """predict_proba and the regressor's predict return what scikit-learn's MLP returns for
-    each kind of input: its forward pass multiplies X (float16 and float32 kept, anything
-    else float64) by the coefficients, so float32 only for a float32 model and input."""
+    each kind of input: its forward pass multiplies X (kept as it is when numeric) by the
+    coefficients, so NumPy's promotion: float32 for a float32 model and input of at most
+    float32's exact range (uint8 pixels too; they were float64 here)."""
     pandas = pytest.importorskip("pandas")
     X, y = blobs(n=40)
     inputs = {"float32": X.astype(np.float32), "float64": X, "float16": X.astype(np.float16),
               "int": np.rint(X).astype(np.int64), "list": X.tolist(),
+              **{kind: np.rint(np.abs(X)).astype(kind) for kind in
+                 ("uint8", "int8", "int16", "uint16", "int32", "uint32", "bool")},
+              "frame_uint8": pandas.DataFrame(np.rint(np.abs(X)).astype(np.uint8)),
               "frame32": pandas.DataFrame(X.astype(np.float32)),
               "frame64": pandas.DataFrame(X),
               "csr32": scipy.sparse.csr_matrix(X.astype(np.float32)),
@@ -1731,3 +1735,74 @@ def test_early_stopping_same_split_and_scores_as_sklearn(task):
     ours, theirs = (quiet(cls(**settings).fit, X, y) for cls in classes)
     np.testing.assert_allclose(ours.validation_scores_, theirs.validation_scores_, rtol=1e-9)
     assert_same_parameters(ours, theirs, rtol=1e-9, atol=1e-12)
+
+
+def test_one_class_with_early_stopping_scores_as_predict_does():
+    """With one class, predict always gives it, so scikit-learn's validation accuracy is 1 at
+    every epoch; fastbp compared the output with the one class's all-zero encoding (scores
+    0.625, 0.75, ..., a later stop and other best parameters)."""
+    X, _ = blobs(n=80)
+    y = np.full(80, 7)
+    settings = dict(early_stopping=True, max_iter=30, hidden_layer_sizes=(5,),
+                    random_state=0, n_iter_no_change=3)
+    ours, theirs = (quiet(cls(**settings).fit, X, y)
+                    for cls in (MLPClassifier, neural_network.MLPClassifier))
+    assert ours.validation_scores_ == theirs.validation_scores_ == [1.0] * theirs.n_iter_
+    assert ours.n_iter_ == theirs.n_iter_
+
+
+@pytest.mark.parametrize("solver", ["adam", "lbfgs"])
+def test_multi_label_values_other_than_1_are_positive_as_in_scikit_learn(solver):
+    """A multi-label indicator y of 0 and 2 (or any nonzero value) is y != 0 for both
+    libraries (fastbp refused it: "Y for binary cross-entropy must lie in [0, 1]")."""
+    X, _ = blobs(n=60)
+    Y = (np.arange(120).reshape(60, 2) % 3 == 0).astype(np.int64)
+    for make in (lambda y: y * 2, lambda y: scipy.sparse.csr_matrix(y * 3)):
+        settings = dict(hidden_layer_sizes=(5,), solver=solver, max_iter=20, random_state=0)
+        scaled, plain = (quiet(MLPClassifier(**settings).fit, X, y) for y in (make(Y), Y))
+        theirs = quiet(neural_network.MLPClassifier(**settings).fit, X, make(Y))
+        np.testing.assert_array_equal(scaled.classes_, theirs.classes_)
+        assert_same_parameters(scaled, plain, rtol=0, atol=0)
+
+
+def test_predict_refuses_strings_as_scikit_learn_does():
+    """scikit-learn's predict validates X as numeric: an array of numbers written as
+    strings is refused (fastbp parsed them)."""
+    X, y = blobs(n=60)
+    ours, theirs = (quiet(cls(hidden_layer_sizes=(4,), max_iter=3, random_state=0).fit, X, y)
+                    for cls in (MLPClassifier, neural_network.MLPClassifier))
+    for strings in (X[:3].astype(str), X[:3].astype(str).tolist(), X[:3].astype(bytes)):
+        for est in (ours, theirs):
+            for method in (est.predict, est.predict_proba):
+                with pytest.raises(ValueError, match="not compatible with arrays of bytes"):
+                    method(strings)
+    objects = X[:3].astype(str).astype(object)      # (an object array converts, as theirs)
+    np.testing.assert_allclose(ours.predict_proba(objects), ours.predict_proba(X[:3]))
+
+
+def test_an_iterator_for_the_layers_is_refused_not_used_up():
+    """hidden_layer_sizes or activation given as an iterator was used up by the first fit:
+    a second fit built a network without hidden layers, silently. Refused (scikit-learn
+    wants an array-like too); any sized sequence is taken."""
+    X, y = blobs(n=40)
+    for settings in (dict(hidden_layer_sizes=iter((4, 3))),
+                     dict(hidden_layer_sizes=(4, 3), activation=iter(["relu", "tanh"]))):
+        est = MLPClassifier(max_iter=2, random_state=0, **settings)
+        with pytest.raises(ValueError, match="hidden_layer_sizes|activation"):
+            est.fit(X, y)
+        assert not hasattr(est, "model_")
+    est = quiet(MLPClassifier(hidden_layer_sizes=np.array([4, 3]), activation=("relu", "tanh"),
+                              max_iter=2, random_state=0).fit, X, y)
+    assert est.n_layers_ == 4
+
+
+def test_a_first_epoch_that_diverges_leaves_loss_nan():
+    """The epoch is rolled back (fastbp's RuntimeWarning) and none is recorded; loss_ was
+    missing then (AttributeError on a fitted estimator): it is NaN."""
+    X, y = blobs(n=60)
+    est = MLPClassifier(hidden_layer_sizes=(4,), max_iter=3, random_state=0)
+    with pytest.warns(RuntimeWarning, match="diverged"):
+        est.fit(X * 1e160, y)
+    assert est.n_iter_ == 0 and est.loss_curve_ == [] and np.isnan(est.loss_)
+    quiet(est.fit, X, y)
+    assert np.isfinite(est.loss_) and est.loss_ == est.loss_curve_[-1]
