@@ -139,6 +139,27 @@ def test_top_level_help_lists_the_commands(capsys):
     assert status == 0 and fastbp.__version__ in out
 
 
+def test_evaluate_never_takes_a_feature_column_as_the_target(flowers_csv, tmp_path, capsys):
+    """A model trained on a, b, c -> price, evaluated on a file without price, took the
+    last column (c, one of its inputs) as the target and printed a score with status 0;
+    --target a was taken too. Both are refused, naming the column."""
+    model_path = tmp_path / "price.fbp"
+    status, _, err = run_cli(capsys, "train", flowers_csv, "--target", "price", "--drop",
+                             "species", "--hidden", "4", "--epochs", "2", "--seed", "0",
+                             "-q", "--output", model_path)
+    assert status == 0, err
+    X, _, _ = flowers()
+    features_only = write_csv(tmp_path / "new.csv", ["a", "b", "c"], np.round(X, 5).tolist())
+    status, out, err = run_cli(capsys, "evaluate", model_path, features_only)
+    assert status == 2 and out == ""
+    assert "lacks the target column(s) 'price' the model was trained with" in err
+    status, out, err = run_cli(capsys, "evaluate", model_path, flowers_csv, "--target", "a")
+    assert status == 2 and out == ""
+    assert "column 'a' of" in err and "one of the model's features" in err
+    status, out, err = run_cli(capsys, "evaluate", model_path, flowers_csv)
+    assert status == 0 and "mae" in out.lower(), err
+
+
 def test_train_predict_evaluate_with_text_labels(flowers_csv, tmp_path, capsys):
     model_path = tmp_path / "iris.fbp"
     status, out, err = run_cli(capsys, "train", flowers_csv, "--target", "species", "--drop",
@@ -221,6 +242,50 @@ def test_regression_with_two_outputs_npy_output_and_metrics(flowers_csv, tmp_pat
     assert status == 0 and "loss (mse)" in out and "MAE" in out and "R²" in out
     status, _, err = run_cli(capsys, "predict", model_path, flowers_csv, "--labels")
     assert status == 2 and "--labels is for classification" in err
+
+
+def test_integer_labels_past_2_to_the_53_stay_exact_and_numbers_print_short(tmp_path, capsys):
+    """Integer labels of an NPY file were made float64: 2^53 + 1, + 2, + 3 became the classes
+    ...992, ...994, ...996 (labels that do not exist; 2^53 and 2^53 + 1 one class). And
+    predict --labels printed the class 3 as "3.0" beside 1.5."""
+    X, species, _ = flowers(90)
+    base = 2 ** 53
+    y = base + 1 + (species == "versicolor") + 2 * (species == "virginica")
+    np.save(tmp_path / "X.npy", X)
+    np.save(tmp_path / "y.npy", y.astype(np.int64))
+    status, _, err = run_cli(capsys, "train", tmp_path / "X.npy", "--targets",
+                             tmp_path / "y.npy", "--loss", "cce", "--epochs", "30",
+                             "--learning-rate", "0.2", "--seed", "0", "-o",
+                             tmp_path / "ids.fbp", "-q")
+    assert status == 0, err
+    sidecar = json.loads(open(sidecar_path(tmp_path / "ids.fbp")).read())
+    assert sidecar["classes"] == [base + 1, base + 2, base + 3]
+    status, out, err = run_cli(capsys, "predict", tmp_path / "ids.fbp", tmp_path / "X.npy",
+                               "--labels")
+    assert status == 0, err
+    assert set(out.splitlines()[1:]) == {str(base + 1), str(base + 2), str(base + 3)}
+    status, out, err = run_cli(capsys, "evaluate", tmp_path / "ids.fbp", tmp_path / "X.npy",
+                               "--targets", tmp_path / "y.npy")
+    assert status == 0 and "accuracy" in out, err
+    np.save(tmp_path / "two.npy", np.array([base, base + 1] * 45, dtype=np.int64))
+    status, _, err = run_cli(capsys, "train", tmp_path / "X.npy", "--targets",
+                             tmp_path / "two.npy", "--loss", "cce", "--epochs", "1", "-o",
+                             tmp_path / "two.fbp", "-q")
+    assert status == 0, err
+    assert json.loads(open(sidecar_path(tmp_path / "two.fbp")).read())["classes"] == \
+        [base, base + 1]
+
+    grades = write_csv(tmp_path / "g.csv", ["x", "grade"],
+                       [[i / 60, ["1.50", "2.50", "+3"][i % 3]] for i in range(60)])
+    status, _, err = run_cli(capsys, "train", grades, "--loss", "cce", "--epochs", "1",
+                             "--seed", "0", "-o", tmp_path / "g.fbp", "-q")
+    assert status == 0, err
+    assert json.loads(open(sidecar_path(tmp_path / "g.fbp")).read())["classes"] == [1.5, 2.5, 3]
+    model = fastbp.load(tmp_path / "g.fbp")
+    model.biases[-1][...] = [0, 0, 100]                 # every row predicts the class 3
+    model.save(tmp_path / "g.fbp")
+    status, out, err = run_cli(capsys, "predict", tmp_path / "g.fbp", grades, "--labels")
+    assert status == 0 and set(out.splitlines()[1:]) == {"3"}, err
 
 
 def test_npy_and_npz_inputs(tmp_path, capsys):

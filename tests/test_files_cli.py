@@ -272,6 +272,57 @@ def test_a_damaged_npz_is_a_message_not_a_traceback(tmp_path, capsys):
                 assert err.count("\n") == 1 and ("not a readable" in err
                                                   or "is not readable" in err), err
     assert not (tmp_path / "n.fbp").exists()
+    # a compressed archive whose member's deflate stream is damaged: zlib.error (was a
+    # traceback and exit 1, the status of a diverged fit)
+    import zipfile
+
+    np.savez_compressed(tmp_path / "z.npz", X=X, y=y)
+    scipy.sparse.save_npz(tmp_path / "zs.npz", scipy.sparse.csr_matrix(X), compressed=True)
+    for source, member in (("z.npz", "X.npy"), ("zs.npz", "data.npy")):
+        raw = bytearray((tmp_path / source).read_bytes())
+        info = zipfile.ZipFile(tmp_path / source).getinfo(member)
+        start = info.header_offset + 30 + len(info.filename) + len(info.extra)
+        raw[start + 40:start + 120] = bytes(b ^ 0xFF for b in raw[start + 40:start + 120])
+        (tmp_path / f"zlib_{source}").write_bytes(bytes(raw))
+        for argv in (("predict", tmp_path / "m.fbp", tmp_path / f"zlib_{source}"),
+                     ("train", tmp_path / f"zlib_{source}", "--loss", "cce", "--quiet",
+                      "--output", tmp_path / "n.fbp")
+                     + (("--targets", tmp_path / "y.npy") if source == "zs.npz" else ())):
+            status, _, err = run_cli(capsys, *argv)
+            assert status == 2 and err.count("\n") == 1, (source, argv[0], err)
+            assert "decompressing" in err, err
+    assert not (tmp_path / "n.fbp").exists()
+
+
+def test_numpy_input_from_a_pipe_is_read_once(tmp_path, capsys):
+    """An NPY file through a pipe (`cat X.npy | fastbp predict m.fbp /dev/stdin`): the
+    signature check read its start, then np.load opened it again and found the rest
+    ("No data left in file"); it is read once."""
+    import threading
+
+    X = np.random.default_rng(0).normal(size=(5, 3)).astype(np.float32)
+    model = fastbp.MLP([3, 2], ["softmax"], seed=0)
+    model.save(tmp_path / "m.fbp")
+    np.save(tmp_path / "X.npy", X)
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+
+    results = []
+    reader = threading.Thread(target=lambda: results.append(main(
+        ["predict", str(tmp_path / "m.fbp"), str(fifo), "--format", "npy"])), daemon=True)
+    reader.start()
+    with open(fifo, "wb") as stream:
+        stream.write((tmp_path / "X.npy").read_bytes())
+    reader.join(60)
+    if reader.is_alive():       # (opening the pipe a second time waits for a writer)
+        with open(fifo, "wb"):
+            pass
+        reader.join(10)
+        pytest.fail("predict opened the pipe again")
+    out, err = capsys.readouterr()
+    assert results == [0], err
+    rows = np.array([line.split(",") for line in out.splitlines()[1:]], dtype=np.float64)
+    np.testing.assert_allclose(rows, model.predict(X), rtol=1e-6)
 
 
 def test_evaluate_json_is_strict_json(tmp_path, capsys):

@@ -33,7 +33,10 @@ def cmd_predict(args) -> int:
     else:
         values, header = probabilities, list(outputs)
     if args.output and args.output.lower().endswith(".npy"):
-        _files.write_file(args.output, lambda stream: np.save(stream, np.asarray(values)))
+        # (labels, each class as it is for the CSV writer, in NumPy's own dtype for them:
+        # an object array needs pickle)
+        array = np.array(values.tolist()) if values.dtype == object else values
+        _files.write_file(args.output, lambda stream: np.save(stream, array))
     elif args.output:
         _files.write_file(args.output, lambda stream: write_csv_bytes(stream, header, values))
     else:
@@ -56,13 +59,13 @@ def predicted_labels(probabilities, model, sidecar):
     if takes_class_labels(loss):
         index = probabilities.argmax(axis=1)
         if classes:
-            return np.array(classes)[index].reshape(-1, 1), [header_name]
+            return np.array(classes, dtype=object)[index].reshape(-1, 1), [header_name]
         return index.reshape(-1, 1), [header_name]
     if loss.is_classification:
         on = (probabilities > 0.5).astype(np.int64)
         if probabilities.shape[1] == 1:
             if classes:
-                return np.array(classes)[on[:, 0]].reshape(-1, 1), [header_name]
+                return np.array(classes, dtype=object)[on[:, 0]].reshape(-1, 1), [header_name]
             return on, [header_name]
         names = (sidecar or {}).get("outputs") or [f"y{k}" for k in range(on.shape[1])]
         return on, list(names)

@@ -9,9 +9,13 @@ import csv
 import os
 import warnings
 import zipfile
+import zlib
 
 from fastbp.cli.errors import UsageError
 from fastbp.cli.targets import is_number
+
+# What reading a truncated or damaged NPZ archive (or a member of one) raises
+_DAMAGED = (EOFError, zipfile.BadZipFile, zlib.error)
 
 
 class Table:
@@ -179,7 +183,7 @@ def _saved_sparse(archive) -> bool:
     try:
         member = archive["format"]                    # a 0-d bytes array, no pickle
         name = member.item()
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile):
+    except (ValueError, OSError, *_DAMAGED):
         return False
     if isinstance(name, bytes):
         name = name.decode("ascii", "replace")
@@ -193,7 +197,7 @@ def _sparse_table(path: str, args, want_targets: bool) -> Table:
 
     try:
         matrix = scipy.sparse.load_npz(path)          # np.load without pickle
-    except (ValueError, OSError, KeyError, EOFError, zipfile.BadZipFile) as error:
+    except (ValueError, OSError, KeyError, *_DAMAGED) as error:
         raise UsageError(f"{path}: not a readable scipy.sparse matrix: {error}") from None
     if matrix.ndim != 2:
         raise UsageError(f"{path} holds a sparse array of shape {matrix.shape}; the "
@@ -218,7 +222,7 @@ def _sparse_table(path: str, args, want_targets: bool) -> Table:
 def _member(archive, name, path):
     try:
         return archive[name]
-    except (EOFError, zipfile.BadZipFile) as error:     # a damaged or truncated member
+    except _DAMAGED as error:                           # a damaged or truncated member
         raise UsageError(f"the array {name!r} in {path} is not readable: {error}") from None
     except ValueError as error:
         if "pickle" in str(error).lower():
@@ -268,14 +272,20 @@ def _np_load(path: str):
     """np.load without pickle, with messages that say what the file is."""
     import numpy as np
 
+    import io
+    import stat
+
     with open(path, "rb") as stream:
-        start = stream.read(6)
+        # (a pipe is read once, whole: opened again, its start would be gone)
+        regular = stat.S_ISREG(os.fstat(stream.fileno()).st_mode)
+        source = path if regular else io.BytesIO(stream.read())
+        start = stream.read(6) if regular else source.getvalue()[:6]
     if not (start.startswith(b"\x93NUMPY") or start.startswith(b"PK")):
         raise UsageError(f"{path} is not a NumPy file (.npy or .npz): it does not start with "
                          f"either signature")
     try:
-        return np.load(path, allow_pickle=False)
-    except (EOFError, zipfile.BadZipFile) as error:     # a truncated or damaged archive
+        return np.load(source, allow_pickle=False)
+    except _DAMAGED as error:                           # a truncated or damaged archive
         raise UsageError(f"{path}: not a readable NumPy file: {error}") from None
     except ValueError as error:
         if "pickle" in str(error).lower():
@@ -339,8 +349,13 @@ def select_columns(table: Table, args, sidecar, n_inputs=None, want_targets=True
         else:
             if target_specs:
                 target_idx = [table.index(spec) for spec in target_specs]
-            elif sidecar and sidecar.get("targets") and table.named and \
-                    all(name in table.names for name in sidecar["targets"]):
+            elif sidecar and sidecar.get("targets") and table.named:
+                missing = [name for name in sidecar["targets"] if name not in table.names]
+                if missing:     # (not the last column: it may be one of the features)
+                    raise UsageError(f"{table.path} lacks the target column(s) "
+                                     f"{', '.join(map(repr, missing[:5]))} the model was "
+                                     f"trained with: give --target COLUMN or --targets "
+                                     f"FILE.npy")
                 target_idx = [table.names.index(name) for name in sidecar["targets"]]
             elif table.named:
                 target_idx = [len(table.names) - 1]
@@ -377,6 +392,10 @@ def select_columns(table: Table, args, sidecar, n_inputs=None, want_targets=True
     if features is None:
         features = [j for j in range(len(table.names))
                     if j not in dropped and j not in target_idx]
+    both = [j for j in features if j in target_idx]
+    if both:
+        raise UsageError(f"column {table.names[both[0]]!r} of {table.path} is one of the "
+                         f"model's features: it cannot be a target too")
     if not features:
         raise UsageError(f"{table.path} has no feature columns left")
     if n_inputs is not None and len(features) != n_inputs:

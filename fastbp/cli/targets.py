@@ -35,6 +35,8 @@ def _plain(value):
     """A label as a JSON value: int for whole numbers, float, or str."""
     if isinstance(value, str):
         return value
+    if isinstance(value, int):          # (bool too; exact beyond float64's 2^53)
+        return int(value)
     value = float(value)
     return int(value) if value.is_integer() else value
 
@@ -44,6 +46,8 @@ def _label_keys(column):
     that keeps its identity as one (_numbers_keep_labels), else the labels as strings."""
     import numpy as np
 
+    if column.dtype.kind in "biu":      # as they are: float64 would merge IDs past 2^53
+        return column, True
     numbers = numbers_or_none(column)
     if numbers is not None and _numbers_keep_labels(column):
         if not np.isfinite(numbers).all():
@@ -89,14 +93,14 @@ def encode_labels(column, classes=None, source="the target column"):
         return labels.astype(np.intp), [_plain(v) for v in unique.tolist()]
     lookup = {}
     for index, value in enumerate(classes):
-        lookup[float(value) if not isinstance(value, str) else value] = index
+        lookup[value if isinstance(value, (str, int)) else float(value)] = index
         if isinstance(value, str) and is_number(value):
             lookup.setdefault(float(value), index)
     unique, inverse = np.unique(keys, return_inverse=True)
     mapped = np.empty(len(unique), dtype=np.intp)
     unknown = []
     for k, value in enumerate(unique.tolist()):
-        key = float(value) if numeric else value
+        key = value
         if key not in lookup and not numeric and is_number(value):
             key = float(value)   # "00501" for a model whose classes are numbers (501)
         if key not in lookup:
