@@ -505,8 +505,7 @@ cdef class Predictor:
             return None
         cdef cnp.ndarray inputs = <cnp.ndarray>X
         cdef Py_ssize_t m = cnp.PyArray_DIM(inputs, 0)
-        if m < 1 or plan.data.n_params != self.plan.data.n_params \
-                or plan.data.sizes[0] != self.n_in:
+        if m < 1 or not same_network(&plan.data, &self.plan.data):
             return None
         cdef cnp.ndarray outputs = self.outputs_for(inputs, out)
         if outputs is None:
@@ -549,6 +548,22 @@ cdef class Predictor:
                                     <const double*>cnp.PyArray_DATA(inputs), m,
                                     <double*>cnp.PyArray_DATA(outputs))
         return done
+
+
+cdef bint same_network(const PlanData* a, const PlanData* b) noexcept:
+    """Whether two plans are of one network (widths, activations): a plan of another
+    network of as many parameters and inputs (a model built again by __init__ while a
+    predict ran) would write its outputs' width into outputs made for this one's."""
+    if a.n_layers != b.n_layers or a.n_params != b.n_params:
+        return False
+    cdef int layer
+    for layer in range(a.n_layers + 1):
+        if a.sizes[layer] != b.sizes[layer]:
+            return False
+    for layer in range(a.n_layers):
+        if a.activations[layer] != b.activations[layer]:
+            return False
+    return True
 
 
 cdef bint without_blas(const PlanData* plan, Py_ssize_t m, bint in_double) noexcept:

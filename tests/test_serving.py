@@ -894,3 +894,22 @@ def test_a_hot_model_allocates_nothing_per_call():
             finally:
                 tracemalloc.stop()
             assert len(allocating) <= 2, (rows, n_threads, allocating)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_the_predictor_refuses_a_plan_of_another_network(dtype):
+    """Predictor.run checked only a plan's parameter count and input width: [10, 4, 13] and
+    [10, 9, 1] have 109 parameters each, so a plan of one (a model built again by __init__
+    while another thread's predict held the old plan) wrote 13 outputs a row into rows
+    of 1 (heap corruption). A plan that differs in any width or activation is refused
+    (None: the general path takes the call)."""
+    X = np.ones((3000, 10), dtype=dtype)
+    wide = fastbp.MLP([10, 4, 13], "relu", seed=0, dtype=dtype)
+    narrow = fastbp.MLP([10, 9, 1], "relu", seed=0, dtype=dtype)
+    assert wide.n_params == narrow.n_params
+    other_activation = fastbp.MLP([10, 9, 1], ["tanh", "identity"], seed=0, dtype=dtype)
+    for other in (wide, other_activation):
+        plan = other._kept_plan(2048)[0]
+        assert narrow._predictor.run(plan, X) is None
+    own = narrow._kept_plan(2048)[0]
+    np.testing.assert_array_equal(narrow._predictor.run(own, X), narrow.predict(X))
