@@ -502,6 +502,10 @@ class MLP:
     def _check_outputs(self, out):
         """Refuse outputs that overflowed (predict's, evaluate's) rather than return them."""
         if not _core.all_finite(out):
+            if not _core.all_finite(self._params[None, :]):     # (not the inputs' fault)
+                raise ValueError("the model's parameters are not all finite (NaN or "
+                                 "infinity, written into its weights or biases or loaded "
+                                 "so), and neither are its outputs")
             raise ValueError(f"the model's outputs overflow {self.dtype.name} for these inputs "
                              f"(they would be infinite or NaN)")
 

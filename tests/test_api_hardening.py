@@ -904,3 +904,19 @@ def test_a_switch_with_a_value_it_refuses_is_an_error_when_a_model_is_made(varia
     monkeypatch.setenv(variable, "bogus")
     with pytest.raises(ValueError, match=variable):
         small_model()
+
+
+def test_outputs_of_a_model_whose_parameters_are_not_finite_say_so():
+    """Outputs that are not finite were blamed on the inputs ("overflow float32 for these
+    inputs") where a NaN written into the weights (or loaded so) made them."""
+    model = fastbp.MLP([5, 7, 2], "relu", seed=0)
+    X = np.ones((3, 5), np.float32)
+    model.predict(X)
+    model.weights[0][0, 0] = np.nan
+    for call in (lambda: model.predict(X), lambda: model.predict(np.ones((300, 5))),
+                 lambda: model.evaluate(X, np.zeros((3, 2), np.float32), "mse")):
+        with pytest.raises(ValueError, match="parameters are not all finite"):
+            call()
+    model.weights[0][...] = 2
+    with pytest.raises(ValueError, match="outputs overflow float32 for these inputs"):
+        model.predict(np.full((3, 5), 3e38, np.float32))
