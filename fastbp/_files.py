@@ -164,7 +164,7 @@ def _write_temporary(path: str, found, content) -> str:
     temporary = temporary_name(path)
     # 0o666 less the umask, like any file open() creates; the replaced file's mode if any
     mode = stat.S_IMODE(found.st_mode) & 0o777 if found is not None else 0o666
-    handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    handle = _create(temporary, path, mode)
     try:
         with os.fdopen(handle, "wb") as stream:
             if found is not None:
@@ -176,6 +176,26 @@ def _write_temporary(path: str, found, content) -> str:
         _remove(temporary)
         raise
     return temporary
+
+
+def _create(temporary: str, path: str, mode: int) -> int:
+    """A new file `temporary` beside `path`, open for writing; an OSError that names `path`
+    (not the temporary, a name the caller never gave)."""
+    try:
+        return os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    except OSError as error:
+        raise type(error)(error.errno, f"cannot write {path}: no new file can be made in "
+                          f"its folder ({error.strerror})") from None
+
+
+def check_room(path) -> None:
+    """Make and remove a temporary beside `path`: an OSError (naming `path`) now, before
+    any work, where the write would fail at the end (a folder without write permission,
+    a read-only file system)."""
+    path = os.fsdecode(path)
+    temporary = temporary_name(path)
+    os.close(_create(temporary, path, 0o600))
+    _remove(temporary)
 
 
 def _keep_owner_and_mode(handle: int, found: os.stat_result) -> None:

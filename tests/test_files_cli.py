@@ -55,6 +55,48 @@ def snapshot(directory):
 
 # ---------------------------------------------------------------- outputs that are inputs
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")
+def test_a_folder_where_no_file_can_be_made_is_refused_before_training(tmp_path, data,
+                                                                        capsys):
+    """train -o /proc/m.fbp (a folder that takes no new file, as one without write
+    permission or on a read-only file system) trained every epoch and then failed, naming
+    a temporary file the user never gave; refused before reading the data, naming the
+    path. model.save names the path too."""
+    for argv in (("train", data, *TRAIN, "--output", "/proc/m.fbp"),
+                 ("train", data, *TRAIN, "--output", tmp_path / "m.fbp",
+                  "--plot", "/proc/loss.png"),
+                 ("predict", data, data, "--output", "/proc/p.csv")):
+        status, out, err = run_cli(capsys, *argv)
+        assert status == 2 and out == "", err
+        assert "no new file can be made in its folder" in err and ".tmp" not in err, err
+    assert not (tmp_path / "m.fbp").exists()
+    with pytest.raises(OSError, match="cannot write /proc/m.fbp: no new file"):
+        fastbp.MLP([2, 1], ["identity"]).save("/proc/m.fbp")
+
+
+def test_a_model_written_through_a_link_has_its_sidecar_beside_the_file_it_names(
+        tmp_path, capsys):
+    """train -o link (a symbolic link to real/m.fbp) replaced real/m.fbp but wrote the
+    sidecar beside the link: real/m.fbp then sat beside the old model's sidecar, and
+    predict real/m.fbp --labels printed the old model's class names."""
+    old = write_flowers(tmp_path / "old.csv", names=("left", "right"))
+    new = write_flowers(tmp_path / "new.csv", names=("north", "south"))
+    (tmp_path / "real").mkdir()
+    real = tmp_path / "real" / "m.fbp"
+    status, _, err = run_cli(capsys, "train", old, *TRAIN, "--output", real)
+    assert status == 0, err
+    link = tmp_path / "m.fbp"
+    link.symlink_to(real)
+    status, _, err = run_cli(capsys, "train", new, *TRAIN, "--output", link)
+    assert status == 0, err
+    assert link.is_symlink() and not (tmp_path / "m.fbp.json").exists()
+    for name in (real, link):
+        status, out, err = run_cli(capsys, "predict", name, new, "--labels")
+        assert status == 0, err
+        assert set(out.splitlines()[1:]) <= {"north", "south"}, out
+
+
+
 def test_train_refuses_to_write_the_model_over_its_training_data(tmp_path, data, capsys):
     before = snapshot(tmp_path)
     status, _, err = run_cli(capsys, "train", data, *TRAIN, "--output", data)

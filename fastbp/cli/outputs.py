@@ -20,7 +20,10 @@ def check_writable(path: str, option: str):
     if os.path.isdir(path):
         raise UsageError(f"{option} {path} is a folder; give a file name")
     try:
-        return _files.check_target(path)
+        found = _files.check_target(path)
+        if found is None or stat.S_ISREG(found.st_mode):
+            _files.check_room(path)         # (not a FIFO or device: written into as it is)
+        return found
     except ValueError as error:
         raise UsageError(f"{option} {error}") from None
     except OSError as error:

@@ -15,7 +15,13 @@ SIDECAR_VERSION = 1
 
 
 def sidecar_path(model_path: str) -> str:
-    return os.fspath(model_path) + SIDECAR_SUFFIX
+    """`<model>.json`, beside the file the model is: through a symbolic link, beside the
+    file it names (which a model written through the link replaces), so that the model
+    read by either name finds the sidecar written with it."""
+    path = os.fspath(model_path)
+    if os.path.islink(path):
+        path = os.path.realpath(path)
+    return path + SIDECAR_SUFFIX
 
 
 def sidecar_bytes(fields: dict) -> bytes:
