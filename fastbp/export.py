@@ -163,9 +163,7 @@ def _activation(g, name: str, z: str, out: str, native: bool) -> str:
         return g.op("Softmax", [z], out, axis=-1)
     if name == "swish":
         return g.op("Mul", [z, _sigmoid(g, z)], out)
-    if name == "elu":
-        if native:
-            return g.op("Elu", [z], out, alpha=1.0)
+    if name == "elu":           # (not Elu: ONNX Runtime's is exp(z) - 1, 100% off near 0)
         negative = _expm1_nonpositive(g, g.op("Min", [z, g.const(0.0)]))
         return g.op("Where", [g.op("Greater", [z, g.const(0.0)]), z, negative], out)
     if name == "softplus":      # max(z, 0) + log1p(exp(-|z|))
@@ -174,11 +172,9 @@ def _activation(g, name: str, z: str, out: str, native: bool) -> str:
         tail = _log1p(g, g.op("Exp", [g.op("Neg", [g.op("Abs", [z])])]))
         return g.op("Add", [g.op("Relu", [z]), tail], out)
     if name == "gelu":          # 0.5 z (1 + erf(z / sqrt 2)), as fastbp's kernel
+        # (1 + Erf(u) would cancel for negative u: erfc's series keeps the tail's digits)
         u = g.op("Mul", [z, g.const(1.0 / math.sqrt(2.0))])
-        if native:
-            one_plus_erf = g.op("Add", [g.op("Erf", [u]), g.const(1.0)])
-        else:
-            one_plus_erf = _one_plus_erf(g, u)
+        one_plus_erf = _one_plus_erf(g, u)
         return g.op("Mul", [g.op("Mul", [z, g.const(0.5)]), one_plus_erf], out)
     raise ValueError(f"ONNX export does not know the activation {name!r}")
 

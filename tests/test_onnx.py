@@ -98,7 +98,9 @@ def test_every_output_activation_matches_predict(output, dtype, tmp_path):
 @pytest.mark.parametrize("activation", OUTPUTS)
 def test_each_activation_alone_over_its_whole_range(activation, dtype, tmp_path):
     """Identity weights: the activation itself, on -40..40 and tiny values, with no matrix
-    product in between; both tails of sigmoid, softplus, elu and gelu included."""
+    product in between; both tails of sigmoid, softplus, elu and gelu included, to a
+    relative tolerance (float32's graph used ONNX Runtime's Elu, 100% off for z near 0,
+    and 1 + Erf, 100% off for gelu below -5.5: an absolute tolerance of 1e-6 hid both)."""
     model = fastbp.MLP([4, 4], [activation], dtype=dtype)
     model.weights = [np.eye(4)]
     model.biases = [np.zeros(4)]
@@ -108,7 +110,7 @@ def test_each_activation_alone_over_its_whole_range(activation, dtype, tmp_path)
     path = tmp_path / "one.onnx"
     model.to_onnx(path)
     got, expected = run(path, X), model.predict(X)
-    rtol, atol = (1e-13, 1e-15) if dtype == "float64" else (1e-5, 1e-6)
+    rtol, atol = (1e-13, 1e-15) if dtype == "float64" else (1e-5, 1e-37)
     np.testing.assert_allclose(got, expected, rtol=rtol, atol=atol)
 
 
