@@ -44,6 +44,9 @@ def check_target(path) -> os.stat_result | None:
     path = os.fsdecode(path)
     if not path:                   # (realpath would name the working folder)
         raise ValueError("cannot write to an empty path; give a file name")
+    if path.endswith(os.sep) or (os.altsep and path.endswith(os.altsep)):
+        raise ValueError(f"cannot write {path}: a name that ends in {os.sep} is a folder's; "
+                         f"give a file name")
     directory, name = os.path.split(os.path.realpath(path))
     if not name:                   # the root folder
         raise ValueError(f"cannot write {path}: it is a folder, not a regular file")

@@ -585,6 +585,24 @@ def test_a_schedules_rate_past_the_models_float_type_is_refused_and_a_tiny_one_i
     assert tiny.history["learning_rate"] == [0.01, 1e-42]     # 0.01: the default rate
 
 
+def test_a_path_that_ends_in_a_separator_names_a_folder_and_is_refused(tmp_path,
+                                                                        monkeypatch, capsys):
+    """model.save("models/") and predict --output results/ wrote a regular file named
+    models (results), where a folder was meant."""
+    from fastbp.__main__ import main
+
+    monkeypatch.chdir(tmp_path)
+    model = classifier()
+    for path in ("models/", os.path.join("sub", "x") + os.sep, b"models/"):
+        with pytest.raises(ValueError, match="is a folder's; give a file name"):
+            model.save(path)
+    model.save("m.fbp")
+    (tmp_path / "in.csv").write_text("a,b,c\n1,2,3\n")
+    assert main(["predict", "m.fbp", "in.csv", "--output", "results/"]) == 2
+    assert "is a folder's" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv", "m.fbp"]
+
+
 def test_saving_to_an_empty_path_is_refused_before_writing(tmp_path, monkeypatch):
     (tmp_path / "here").mkdir()
     monkeypatch.chdir(tmp_path / "here")

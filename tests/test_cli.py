@@ -501,6 +501,16 @@ def test_bench_builtin_says_what_it_ran(capsys):
     assert all(float(row[-1].replace(",", "")) > 0 for row in rows)
 
 
+def test_bench_builtin_refuses_a_duration_that_is_not_finite(capsys):
+    """--duration inf was a traceback (math.ceil of infinity, exit 1), nan "cannot convert
+    float NaN to integer"."""
+    for duration in ("inf", "nan", "-1", "0"):
+        status, out, err = run_cli(capsys, "bench", "--builtin", "--duration", duration,
+                                   "--repeats", "1", "--workloads", "W3")
+        assert status == 2 and "--duration must be a finite number > 0" in err, err
+        assert "Traceback" not in err
+
+
 def test_bench_runs_the_repository_comparison(capfd, monkeypatch):
     import fastbp.cli.bench
     if fastbp.cli.bench.repository_bench() is None:

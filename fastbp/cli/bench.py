@@ -89,8 +89,9 @@ def _builtin_bench(args, threads) -> int:
         raise UsageError(f"--rows must be >= 1; got {args.rows}")
     duration = 1.0 if args.duration is None else args.duration
     repeats = 3 if args.repeats is None else args.repeats
-    if duration <= 0 or repeats < 1:
-        raise UsageError("--duration must be > 0 and --repeats >= 1")
+    if not (math.isfinite(duration) and duration > 0) or repeats < 1:
+        raise UsageError(f"--duration must be a finite number > 0 and --repeats >= 1; got "
+                         f"{duration:g} and {repeats}")
     why = "--builtin" if args.builtin else "no bench/compare.py next to the fastbp package"
     print(f"fastbp bench: built-in quick measurement of fastbp's training throughput ({why}): "
           f"SGD, learning rate 0.01, float32, ReLU + softmax + cross-entropy, median of "
