@@ -549,3 +549,37 @@ def test_the_documentation_examples_run(tmp_path):
     assert "accuracy" in result.stdout and "built-in" in result.stdout
     for name in ("points.fbp", "points.fbp.json", "probabilities.csv", "labels.csv"):
         assert (tmp_path / name).is_file()
+
+
+def test_messages_name_the_options_and_the_cells(tmp_path, capsys):
+    """Errors named the library's parameters (n_threads, patience, step_size, batch_size)
+    where the user gave --threads, --early-stopping, --schedule, --batch-size; a NaN cell
+    was "X contains NaN", with no file, line or column; --activation with --hidden none was
+    ignored silently."""
+    data = write_csv(tmp_path / "d.csv", ["a", "b", "y"],
+                     [[i, i % 7, i % 3] for i in range(50)])
+    base = ["train", data, "--epochs", "1", "-q", "-o", tmp_path / "m.fbp"]
+    for option, value, message in (
+            ("--threads", "0", "argument --threads: must be >= 1; got 0"),
+            ("--early-stopping", "-1", "argument --early-stopping: must be >= 0; got -1"),
+            ("--batch-size", "0", "argument --batch-size: must be >= 1; got 0"),
+            ("--batch-size", "x", "argument --batch-size: expected a whole number; got 'x'"),
+            ("--schedule", "step:0", "--schedule step:0: step_size must be >= 1; got 0")):
+        status, _, err = run_cli(capsys, *base, option, value)
+        assert status == 2 and message in err, err
+    status, _, err = run_cli(capsys, *base, "--hidden", "none", "--activation", "tanh")
+    assert status == 2 and "--hidden none gives no hidden layer" in err, err
+    status, _, err = run_cli(capsys, *base, "--hidden", "none")
+    assert status == 0, err
+    assert fastbp.load(tmp_path / "m.fbp").layer_sizes == (2, 1)
+    status, _, err = run_cli(capsys, *base, "--hidden", "3,2")
+    assert status == 0 and fastbp.load(tmp_path / "m.fbp").activations == \
+        ("relu", "relu", "identity"), err
+    bad = write_csv(tmp_path / "n.csv", ["a", "b", "y"], [[1, 2, 1], [1, "nan", 1], [2, 3, 1]])
+    status, _, err = run_cli(capsys, "predict", tmp_path / "m.fbp", bad)
+    assert status == 2 and "n.csv, line 3: the feature column 'b' holds 'nan', not a " \
+        "finite number" in err, err
+    bad = write_csv(tmp_path / "t.csv", ["a", "b", "y"], [[1, 2, 1], [1, 2, "inf"]])
+    status, _, err = run_cli(capsys, "train", bad, "--epochs", "1", "-q", "-o",
+                             tmp_path / "t.fbp")
+    assert status == 2 and "the target column 'y' holds 'inf' in data row 2" in err, err

@@ -153,10 +153,10 @@ def _add_network_options(net):
     net.add_argument("--hidden", type=_int_list, default="64", metavar="WIDTHS",
                      help="hidden layer widths, comma-separated (e.g. 128,64); 'none' for no "
                           "hidden layer (default %(default)s)")
-    net.add_argument("--activation", type=_name_list, default="relu", metavar="NAME",
+    net.add_argument("--activation", type=_name_list, default=None, metavar="NAME",
                      help="the hidden layers' activation (relu, leaky_relu, sigmoid, tanh, "
                           "elu, softplus, gelu, swish, identity), or one per hidden layer, "
-                          "comma-separated (default %(default)s)")
+                          "comma-separated (default relu)")
     net.add_argument("--output-activation", default=None, metavar="NAME",
                      help="the output layer's activation (default: softmax for cce, sigmoid "
                           "for bce, identity otherwise)")
@@ -185,7 +185,7 @@ def _add_training_options(fit):
     fit.add_argument("--nesterov", action="store_true", help="Nesterov momentum (SGD)")
     fit.add_argument("--epochs", type=int, default=10, metavar="N",
                      help="passes over the data (default %(default)s)")
-    fit.add_argument("--batch-size", type=int, default=32, metavar="N",
+    fit.add_argument("--batch-size", type=_whole(1), default=32, metavar="N",
                      help="rows per step (default %(default)s)")
     fit.add_argument("--no-shuffle", dest="shuffle", action="store_false",
                      help="walk the rows in file order every epoch")
@@ -205,12 +205,12 @@ def _add_training_options(fit):
     fit.add_argument("--validation-split", type=float, default=0.0, metavar="FRACTION",
                      help="hold out this fraction of the rows (drawn at random with --seed) "
                           "and report val_loss and metrics each epoch")
-    fit.add_argument("--early-stopping", type=int, default=None, metavar="PATIENCE",
+    fit.add_argument("--early-stopping", type=_whole(0), default=None, metavar="PATIENCE",
                      help="stop after PATIENCE epochs without improvement of val_loss (of the "
                           "training loss without --validation-split); keep the best weights")
     fit.add_argument("--max-time", type=float, default=None, metavar="SECONDS",
                      help="stop after the epoch that passes this time budget")
-    fit.add_argument("--threads", type=int, default=None, metavar="N",
+    fit.add_argument("--threads", type=_whole(1), default=None, metavar="N",
                      help="threads for the fit (default: the count measured fastest for this "
                           "network and batch on this machine, within the caller's limits)")
 
@@ -283,6 +283,20 @@ def _add_bench(sub):
                      help="built-in: rows of the W1-shaped data set (default %(default)s)")
     sub.add_argument("--seed", type=int, default=0, metavar="N",
                      help="seeds the data (default %(default)s)")
+
+
+def _whole(low: int):
+    """An argparse type: a whole number >= low (so that the message names the option, not
+    the library's parameter)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number; got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}; got {value}")
+        return value
+    return parse
 
 
 def _int_list(text: str) -> list[int]:

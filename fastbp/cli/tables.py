@@ -76,9 +76,16 @@ class Table:
 
         values = self._columns[j]
         try:
-            return np.array(values, dtype=np.float64)
+            numbers = np.array(values, dtype=np.float64)
         except ValueError:
-            pass
+            numbers = None
+        if numbers is not None:
+            bad = np.flatnonzero(~np.isfinite(numbers))
+            if bad.size:         # (the library would say "X contains NaN", not where)
+                raise UsageError(f"{self.path}, line {self._lines[bad[0]]}: the {role} column "
+                                 f"{self.label(j)} holds {values[bad[0]].strip()!r}, not a "
+                                 f"finite number{hint}")
+            return numbers
         for row, value in enumerate(values):
             try:
                 float(value)

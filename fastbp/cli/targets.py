@@ -124,6 +124,10 @@ def numeric_targets(columns, names, source_hint=""):
             bad = next((v for v in column if not is_number(v)), "")
             raise UsageError(f"the target column {name!r} holds {str(bad).strip()!r}, not a "
                              f"number{source_hint}")
+        bad = np.flatnonzero(~np.isfinite(numbers))
+        if bad.size:            # (the library would say "Y contains NaN", not where)
+            raise UsageError(f"the target column {name!r} holds {str(column[bad[0]]).strip()!r} "
+                             f"in data row {bad[0] + 1}, not a finite number")
         matrix[:, k] = numbers
     return matrix
 

@@ -63,7 +63,10 @@ def _schedule(spec, epochs, monitor):
     if not low <= len(values) <= high:
         raise UsageError(f"--schedule {name} takes {low}..{high} numbers after ':'; got "
                          f"{len(values)} (see fastbp train --help)")
-    return schedules.REGISTRY.lookup(name)(**arguments(values, epochs, monitor))
+    try:
+        return schedules.REGISTRY.lookup(name)(**arguments(values, epochs, monitor))
+    except (ValueError, TypeError) as error:      # (named as the option, not the class)
+        raise UsageError(f"--schedule {spec}: {error}") from None
 
 
 def _per_hidden(values, n_hidden, option):
@@ -144,7 +147,11 @@ def _build_model(args, n_inputs, n_outputs, loss):
     from fastbp.model import MLP
 
     hidden = args.hidden
-    activations = _per_hidden(args.activation, len(hidden), "--activation") if hidden else []
+    if not hidden and args.activation is not None:
+        raise UsageError("--activation names the hidden layers' activations, and --hidden "
+                         "none gives no hidden layer (the output's is --output-activation)")
+    activations = _per_hidden(args.activation or ["relu"], len(hidden), "--activation") \
+        if hidden else []
     dropout = _per_hidden(args.dropout, len(hidden), "--dropout") if hidden else []
     if not hidden and any(args.dropout):
         raise UsageError("--dropout needs a hidden layer (dropout acts on hidden layers)")
