@@ -367,6 +367,33 @@ def test_numpy_input_from_a_pipe_is_read_once(tmp_path, capsys):
     np.testing.assert_allclose(rows, model.predict(X), rtol=1e-6)
 
 
+def test_info_gives_a_files_size_and_none_for_a_pipe(tmp_path, capsys):
+    """info read a model through a pipe and reported "0 bytes" (os.path.getsize of a
+    FIFO)."""
+    import threading
+
+    model = fastbp.MLP([3, 4, 2], ["relu", "softmax"], seed=0)
+    model.save(tmp_path / "m.fbp")
+    status, out, err = run_cli(capsys, "info", tmp_path / "m.fbp", "--json")
+    assert status == 0 and json.loads(out)["bytes"] == (tmp_path / "m.fbp").stat().st_size
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    for argv in (["--json"], []):
+        results = []
+        reader = threading.Thread(target=lambda: results.append(main(
+            ["info", str(fifo), *argv])), daemon=True)
+        reader.start()
+        with open(fifo, "wb") as stream:
+            stream.write((tmp_path / "m.fbp").read_bytes())
+        reader.join(60)
+        out, err = capsys.readouterr()
+        assert results == [0], err
+        if argv:
+            assert json.loads(out)["bytes"] is None
+        else:
+            assert "not a regular file" in out.splitlines()[0]
+
+
 def test_evaluate_json_is_strict_json(tmp_path, capsys):
     """R² of one row is NaN, which --json writes as null (JSON has no NaN)."""
     rows = ["a,b,price", "0.1,0.2,0.3", "0.4,0.1,0.9", "1,2,3"]

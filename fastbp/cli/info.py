@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 
 from fastbp.cli.outputs import short_list
 from fastbp.cli.sidecar import load_model, sidecar_path
@@ -17,7 +18,9 @@ def describe(path) -> dict:
         dropout = model.dropout[k] if k < len(model.dropout) else 0.0
         layers.append({"inputs": n_in, "outputs": n_out, "activation": activation,
                        "dropout": float(dropout), "parameters": n_in * n_out + n_out})
-    return {"path": os.fspath(path), "bytes": os.path.getsize(path),
+    found = os.stat(path)               # (a pipe's size is 0: no size to show)
+    size = found.st_size if stat.S_ISREG(found.st_mode) else None
+    return {"path": os.fspath(path), "bytes": size,
             "layer_sizes": list(model.layer_sizes), "activations": list(model.activations),
             "dtype": model.dtype.name, "parameters": int(model.n_params), "layers": layers,
             "sidecar": sidecar}
@@ -29,8 +32,9 @@ def cmd_info(args) -> int:
         print(json.dumps(info, indent=1, ensure_ascii=False))
         return 0
     n_layers = len(info["layers"])
+    size = "not a regular file" if info["bytes"] is None else f"{info['bytes']:,} bytes"
     print(f"{info['path']}: fastbp MLP, {info['dtype']}, {n_layers} weight "
-          f"layer{'s' if n_layers != 1 else ''}, {info['bytes']:,} bytes")
+          f"layer{'s' if n_layers != 1 else ''}, {size}")
     print(f"  layer sizes  {' -> '.join(map(str, info['layer_sizes']))}")
     print(f"  {'layer':>5}  {'inputs':>7}  {'outputs':>7}  {'activation':<10}  {'dropout':>7}  "
           f"{'parameters':>12}")
