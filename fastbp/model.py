@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import contextlib
+import copy
+import functools
 import numbers
 import os
 import threading
@@ -777,26 +779,44 @@ class MLP:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "MLP":
-        return _from_parts(*_format.decode(data))
+        return _from_parts(*_format.decode(data), cls=cls)
 
     def to_onnx(self, path) -> None:
         """Write the model as an ONNX graph to `path` (needs the `onnx` extra)."""
         from fastbp.export import to_onnx
         to_onnx(self, path)
 
-    def __reduce__(self):
-        return (MLP.from_bytes, (self.to_bytes(),))
+    # Copies and pickles: the model's bytes, its class (a subclass stays one) and the
+    # attributes a caller or a subclass set on it (not those _setup makes: plans, caches)
+    def __reduce__(self):       # (the attributes as state: set after the model is made)
+        return (type(self).from_bytes, (self.to_bytes(),), self._added_attributes() or None)
 
     def __copy__(self):
-        return MLP.from_bytes(self.to_bytes())
+        model = type(self).from_bytes(self.to_bytes())
+        model.__dict__.update(self._added_attributes())
+        return model
 
     def __deepcopy__(self, memo):
-        return self.__copy__()
+        model = type(self).from_bytes(self.to_bytes())
+        memo[id(self)] = model
+        model.__dict__.update(copy.deepcopy(self._added_attributes(), memo))
+        return model
+
+    def _added_attributes(self) -> dict:
+        return {name: value for name, value in vars(self).items()
+                if name not in _setup_attributes()}
 
 
-def _from_parts(layer_sizes, activations, params, dropout) -> MLP:
-    """A model from decoded parts, checked as the constructor checks its arguments."""
-    model = MLP.__new__(MLP)
+@functools.cache
+def _setup_attributes() -> frozenset:
+    """The names of the attributes _setup makes (every model's own)."""
+    return frozenset(vars(MLP([1, 1], ["identity"])))
+
+
+def _from_parts(layer_sizes, activations, params, dropout, cls=None) -> MLP:
+    """A model (of class `cls`, MLP by default) from decoded parts, checked as the
+    constructor checks its arguments."""
+    model = (cls or MLP).__new__(cls or MLP)
     sizes = _check_layer_sizes(layer_sizes)
     names = _check_activations(list(activations), len(sizes) - 1)
     rates = _check_dropout(list(dropout[:-1]), len(sizes) - 1)

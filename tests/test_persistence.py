@@ -526,3 +526,34 @@ def test_pickle_stores_the_file_format_bytes():
     model = trained_model([3, 2], ["identity"], "float64")
     payload = pickle.dumps(model)
     assert model.to_bytes() in payload
+
+
+class _Tagged(fastbp.MLP):
+    def describe(self):
+        return f"tagged {self.version}"
+
+
+def test_copies_and_pickles_keep_a_subclass_and_the_attributes_set_on_a_model():
+    """copy, deepcopy and pickle made a plain MLP of a subclass and dropped the attributes
+    a caller set on the model (a service's version tag); the model's own plans and caches
+    are made afresh, the parameters never shared."""
+    import copy
+    import pickle
+
+    model = _Tagged([4, 8, 2], "relu", seed=0)
+    model.version = "2026-01"
+    model.owner = model                                  # (a cycle, for deepcopy's memo)
+    X = np.ones((3, 4), np.float32)
+    for how, made in (("copy", copy.copy(model)), ("deepcopy", copy.deepcopy(model)),
+                      ("pickle", pickle.loads(pickle.dumps(model)))):
+        assert type(made) is _Tagged and made.describe() == "tagged 2026-01", how
+        np.testing.assert_array_equal(made.predict(X), model.predict(X))
+        assert not np.shares_memory(made.parameter_vector(), model.parameter_vector())
+        assert made._predictor is not model._predictor
+        assert (made.owner is model) == (how == "copy"), how
+        if how != "copy":
+            assert made.owner is made, how
+        made.weights[0][...] = 0
+        assert model.weights[0].any()
+    assert type(_Tagged.from_bytes(model.to_bytes())) is _Tagged
+    assert type(fastbp.MLP.from_bytes(model.to_bytes())) is fastbp.MLP
