@@ -274,6 +274,10 @@ class MLP:
         _models_in_training[self] = threading.get_ident()
         return True
 
+    def _trained_here(self) -> bool:
+        """Whether a fit on this thread holds the model."""
+        return _models_in_training.get(self) == threading.get_ident()
+
     def _end_training(self) -> None:
         _models_in_training.pop(self, None)
         self._training.release()

@@ -351,6 +351,10 @@ class Trainer:
         if verbose:
             callbacks.append(ProgressBar(n_epochs))
         if not model._begin_training():
+            if model._trained_here():
+                raise RuntimeError("this model is being trained by a fit on this thread (a "
+                                   "callback's fit of the model its fit trains): train it "
+                                   "after that fit returns")
             raise RuntimeError("this model is being trained by another thread; train it "
                                "from one thread at a time")
         if self.seed != getattr(self, "_rng_seed", self.seed):

@@ -938,3 +938,22 @@ def test_outputs_of_a_model_whose_parameters_are_not_finite_say_so():
     model.weights[0][...] = 2
     with pytest.raises(ValueError, match="outputs overflow float32 for these inputs"):
         model.predict(np.full((3, 5), 3e38, np.float32))
+
+
+def test_a_callbacks_fit_of_the_model_its_fit_trains_is_refused_as_such():
+    """Refused, but the message blamed another thread."""
+    from fastbp.callbacks import Callback
+
+    X, y = classes_data()
+    model, trainer, seen = classifier(), fastbp.Trainer("cce", epochs=2, n_threads=1), []
+
+    class Refit(Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            try:
+                trainer.fit(model, X, y)
+            except RuntimeError as error:
+                seen.append(str(error))
+
+    trainer.fit(model, X, y, callbacks=[Refit()])
+    assert len(seen) == 2 and all("by a fit on this thread" in text for text in seen)
+    trainer.fit(model, X, y)                            # free again afterwards
