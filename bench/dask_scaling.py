@@ -97,6 +97,10 @@ def scaling(args):
 
     print(f"scaling: {'-'.join(map(str, work.layer_sizes))} on {args.rows:,} rows in "
           f"{args.chunks} chunks, {args.rounds} epochs, batch {work.batch_size}")
+    # Untimed: a fit that makes (and caches on disk, for the workers too) fastbp's one-off
+    # measurement of this network's and batch's thread choice, which a fresh machine would
+    # otherwise time in the single process only
+    new_trainer(epochs=1, n_threads=2).fit(new_model(), X[:2_000], y[:2_000])
     model = new_model()
     cpu = time.process_time()
     started = time.perf_counter()
@@ -208,6 +212,7 @@ def gridsearch(args):
         clone(estimator).set_params(n_threads=n_threads).fit(X[:fold_rows], y[:fold_rows])
         return time.perf_counter() - started
 
+    clone(estimator).fit(X[:fold_rows], y[:fold_rows])   # untimed, as above (the measurement)
     ratios = []
     for repeat in range(args.repeats):
         cpu = _cpu_seconds()["driver"]

@@ -10,7 +10,8 @@
 #                  its inputs, W1 by the hidden units) and BLAS threads alternating in one process
 #                  (bench/row_phases.py), and W2's products alone at 8
 #   bash bench/many_cores.sh OUTDIR        (builds the extension in place first)
-# Epochs are capped at SAMPLES rows (20,000; W4 2,048) and windows are short (DURATION,
+# Epochs are capped at SAMPLES rows (20,000; W4, and W1 and W2 beside the peers, 2,048)
+# and windows are short (DURATION,
 # 0.3 s) so that the stages before `split` took six minutes on a 16-core Xeon (2026-12-04;
 # `split` came after that run); the fastbp workers skip their GEMMs-alone timing. The OpenBLAS variables are unset for these commands only
 # (see bench/README.md).

@@ -140,11 +140,14 @@ def main(argv=None) -> int:
                         help="comma-separated, from: " + ", ".join(DATASETS))
     parser.add_argument("--solvers", default=",".join(SOLVERS))
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="threads of both libraries (default 1; at least 1)")
     parser.add_argument("--json", help="also write the rows to this file")
     parser.add_argument("--warm-up", type=int, choices=(0, 1), default=1,
                         help="1 (default): each cross-validation once untimed first")
     args = parser.parse_args(argv)
+    if args.threads < 1:    # (both take an explicit count: scikit-learn's through the BLAS)
+        parser.error(f"--threads must be at least 1; got {args.threads}")
     names, solvers = args.datasets.split(","), args.solvers.split(",")
     for name in names:
         if name not in DATASETS:

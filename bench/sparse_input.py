@@ -208,6 +208,7 @@ def worker(name, rows, epochs, threads=1, columns=None, dtype=None):
     from threadpoolctl import threadpool_limits
     X, y = make_sparse_data(workload(columns, dtype))
     X, y = X[:rows], y[:rows]
+    rows = X.shape[0]             # (at most S1's own: the rates count the rows there are)
     rss_data = _maxrss_mib()
     with threadpool_limits(limits=threads or None):
         runner = make_runner(name, X, y, threads)
@@ -255,6 +256,10 @@ def main(argv=None):
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--rows", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    unknown = sorted(set(args.systems.split(",")) - set(SYSTEMS))
+    if unknown:
+        parser.error(f"unknown system(s) {', '.join(unknown)}; the systems: "
+                     f"{', '.join(SYSTEMS)}")
     if args.worker:
         print(json.dumps(worker(args.worker, args.rows, args.epochs, args.threads,
                                 args.columns, args.dtype)))

@@ -57,6 +57,11 @@ def main(argv=None):
     parser.add_argument("--rows", type=int, default=64)
     parser.add_argument("--calls", type=int, default=40)
     args = parser.parse_args(argv)
+    if args.calls < 5:      # (the first 4 calls of each kind are left out of the median)
+        parser.error(f"--calls must be at least 5; got {args.calls}")
+    if not 1 <= args.rows < 20_000:
+        parser.error(f"--rows must be in 1..19,999 (a call's rows out of S1's 20,000); got "
+                     f"{args.rows}")
     from threadpoolctl import threadpool_limits
     print(f"# S1, partial_fit of {args.rows} rows, one thread: median ms a call "
           f"({args.calls} calls each way, alternating), load {os.getloadavg()[0]:.2f}")

@@ -45,8 +45,8 @@ def check_target(path) -> os.stat_result | None:
     if not path:                   # (realpath would name the working folder)
         raise ValueError("cannot write to an empty path; give a file name")
     if path.endswith(os.sep) or (os.altsep and path.endswith(os.altsep)):
-        raise ValueError(f"cannot write {path}: a name that ends in {os.sep} is a folder's; "
-                         f"give a file name")
+        raise ValueError(f"cannot write {path}: it is a folder (a name ending in "
+                         f"{path[-1]}); give a file name")
     directory, name = os.path.split(os.path.realpath(path))
     if not name:                   # the root folder
         raise ValueError(f"cannot write {path}: it is a folder, not a regular file")
@@ -196,7 +196,8 @@ def check_room(path) -> None:
     any work, where the write would fail at the end (a folder without write permission,
     a read-only file system)."""
     path = os.fsdecode(path)
-    temporary = temporary_name(path)
+    # (beside the file a link names: the write replaces that file, not the link)
+    temporary = temporary_name(os.path.realpath(path))
     os.close(_create(temporary, path, 0o600))
     _remove(temporary)
 

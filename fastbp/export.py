@@ -8,17 +8,19 @@ The graph computes what `model.predict` computes (docs/onnx.md):
 
 Activations: relu (Relu), leaky_relu (LeakyRelu, alpha 0.01), sigmoid (1 / (1 + Exp(-x)),
 accurate in both tails, where ONNX Runtime's Sigmoid kernel flushes tiny values to 0), tanh
-(Tanh), softmax (Softmax, axis -1), elu (Elu, alpha 1), softplus (Softplus), gelu (exact,
-0.5 x (1 + erf(x / sqrt 2)), with Erf), swish (x * sigmoid(x)), identity (no node).
-ONNX Runtime's CPU provider implements Elu, Softplus and Erf for float only, and LeakyRelu's
-alpha is a 32-bit float attribute, so in a float64 graph those four are written with
-elementary operators instead (Exp, Log, Where, ...; erf through a Chebyshev series for erfc
-accurate to double precision), which any ONNX runtime runs in double. Dropout is a
-training-time operation: the exported graph, like predict, never drops.
+(Tanh), softmax (Softmax, axis -1), elu (z for z > 0, else expm1(z) by Kahan's formula:
+ONNX Runtime's Elu, exp(z) - 1, loses every digit near 0), softplus (Softplus), gelu (exact,
+0.5 x (1 + erf(x / sqrt 2)), 1 + erf through a Chebyshev series for erfc: 1 + Erf cancels
+for negative x), swish (x * sigmoid(x)), identity (no node). ONNX Runtime's CPU provider
+implements Softplus for float only, and LeakyRelu's alpha is a 32-bit float attribute, so in
+a float64 graph those two are written with elementary operators instead (Exp, Log, Where),
+which any ONNX runtime runs in double. Dropout is a training-time operation: the exported
+graph, like predict, never drops.
 
 Opset 17 (IR version 8), which every ONNX Runtime since 1.13 runs; `onnx.checker` passes.
-The model's metadata: producer "fastbp" and its version; metadata_props layer_sizes,
-activations, dtype (and dropout, when the model has any) as JSON.
+The model's metadata: producer "fastbp" and its version; metadata_props layer_sizes and
+activations as JSON, dtype as its name, and for a model with dropout, dropout as JSON and a
+note.
 """
 from __future__ import annotations
 
@@ -144,8 +146,8 @@ def _one_plus_erf(g, u):
 
 
 def _activation(g, name: str, z: str, out: str, native: bool) -> str:
-    """Nodes computing activation `name` of `z` into `out`. native: ONNX Runtime's CPU
-    provider implements Elu, Softplus and Erf for this dtype (float32)."""
+    """Nodes computing activation `name` of `z` into `out`. native: the dtype (float32) for
+    which ONNX Runtime's CPU provider implements Softplus and LeakyRelu's alpha is exact."""
     if name == "identity":
         return g.op("Identity", [z], out)
     if name == "relu":

@@ -791,10 +791,10 @@ class _BaseMLP(BaseEstimator):
         if outputs is None:
             check_is_fitted(self)
             # (dtype "numeric" refuses strings as scikit-learn's predict does; then the
-            # model's dtype)
-            X = check_array(validate_data(self, X, reset=False, dtype="numeric",
-                                          accept_sparse="csr"),
-                            dtype=self.model_.dtype, order="C", accept_sparse="csr")
+            # model's dtype, checked again only where the conversion may overflow)
+            X = validate_data(self, X, reset=False, dtype="numeric", accept_sparse="csr")
+            X = check_array(X, dtype=self.model_.dtype, order="C", accept_sparse="csr",
+                            ensure_all_finite=X.dtype != self.model_.dtype)
             outputs = self.model_.predict(X)
         return outputs if out_dtype is None else outputs.astype(out_dtype, copy=False)
 

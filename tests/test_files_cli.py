@@ -70,6 +70,10 @@ def test_a_folder_where_no_file_can_be_made_is_refused_before_training(tmp_path,
         assert status == 2 and out == "", err
         assert "no new file can be made in its folder" in err and ".tmp" not in err, err
     assert not (tmp_path / "m.fbp").exists()
+    # through a link: where the link names (the write goes there), not beside the link
+    (tmp_path / "out.csv").symlink_to("/proc/self/out.csv")
+    status, out, err = run_cli(capsys, "predict", data, data, "--output", tmp_path / "out.csv")
+    assert status == 2 and "no new file can be made in its folder" in err, err
     with pytest.raises(OSError, match="cannot write /proc/m.fbp: no new file"):
         fastbp.MLP([2, 1], ["identity"]).save("/proc/m.fbp")
 
@@ -94,6 +98,11 @@ def test_a_model_written_through_a_link_has_its_sidecar_beside_the_file_it_names
         status, out, err = run_cli(capsys, "predict", name, new, "--labels")
         assert status == 0, err
         assert set(out.splitlines()[1:]) <= {"north", "south"}, out
+    # a sidecar an earlier fastbp wrote beside the link is still read, with a warning
+    (tmp_path / "real" / "m.fbp.json").rename(tmp_path / "m.fbp.json")
+    status, out, err = run_cli(capsys, "predict", link, new, "--labels")
+    assert status == 0 and set(out.splitlines()[1:]) <= {"north", "south"}, out
+    assert "beside the link" in err and "move it there" in err, err
 
 
 
@@ -337,34 +346,40 @@ def test_a_damaged_npz_is_a_message_not_a_traceback(tmp_path, capsys):
 
 
 def test_numpy_input_from_a_pipe_is_read_once(tmp_path, capsys):
-    """An NPY file through a pipe (`cat X.npy | fastbp predict m.fbp /dev/stdin`): the
-    signature check read its start, then np.load opened it again and found the rest
-    ("No data left in file"); it is read once."""
+    """NPY, NPZ and sparse NPZ files through a pipe (`cat X.npy | fastbp predict m.fbp
+    /dev/stdin`): the signature check read the pipe's start, then np.load opened it again
+    and found the rest ("No data left in file"), or waited for a writer for ever (NPZ,
+    read twice); a pipe is read once."""
     import threading
+
+    import scipy.sparse
 
     X = np.random.default_rng(0).normal(size=(5, 3)).astype(np.float32)
     model = fastbp.MLP([3, 2], ["softmax"], seed=0)
     model.save(tmp_path / "m.fbp")
     np.save(tmp_path / "X.npy", X)
-    fifo = tmp_path / "pipe"
-    os.mkfifo(fifo)
-
-    results = []
-    reader = threading.Thread(target=lambda: results.append(main(
-        ["predict", str(tmp_path / "m.fbp"), str(fifo), "--format", "npy"])), daemon=True)
-    reader.start()
-    with open(fifo, "wb") as stream:
-        stream.write((tmp_path / "X.npy").read_bytes())
-    reader.join(60)
-    if reader.is_alive():       # (opening the pipe a second time waits for a writer)
-        with open(fifo, "wb"):
-            pass
-        reader.join(10)
-        pytest.fail("predict opened the pipe again")
-    out, err = capsys.readouterr()
-    assert results == [0], err
-    rows = np.array([line.split(",") for line in out.splitlines()[1:]], dtype=np.float64)
-    np.testing.assert_allclose(rows, model.predict(X), rtol=1e-6)
+    np.savez(tmp_path / "X.npz", X=X)
+    scipy.sparse.save_npz(tmp_path / "S.npz", scipy.sparse.csr_matrix(X))
+    for name, file_format in (("X.npy", "npy"), ("X.npz", "npz"), ("S.npz", "npz")):
+        fifo = tmp_path / f"pipe_{name}"
+        os.mkfifo(fifo)
+        results = []
+        reader = threading.Thread(target=lambda: results.append(main(
+            ["predict", str(tmp_path / "m.fbp"), str(fifo), "--format", file_format])),
+            daemon=True)
+        reader.start()
+        with open(fifo, "wb") as stream:
+            stream.write((tmp_path / name).read_bytes())
+        reader.join(60)
+        if reader.is_alive():       # (opening the pipe a second time waits for a writer)
+            with open(fifo, "wb"):
+                pass
+            reader.join(10)
+            pytest.fail(f"predict opened the pipe of {name} again")
+        out, err = capsys.readouterr()
+        assert results == [0], (name, err)
+        rows = np.array([line.split(",") for line in out.splitlines()[1:]], dtype=np.float64)
+        np.testing.assert_allclose(rows, model.predict(X), rtol=1e-6)
 
 
 def test_info_gives_a_files_size_and_none_for_a_pipe(tmp_path, capsys):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 
 from fastbp.cli.errors import UsageError
 
@@ -33,6 +34,12 @@ def sidecar_bytes(fields: dict) -> bytes:
 def read_sidecar(model_path: str, model):
     """The sidecar's fields for `model`, or None when there is none."""
     path = sidecar_path(model_path)
+    beside_link = os.fspath(model_path) + SIDECAR_SUFFIX
+    if not os.path.exists(path) and path != beside_link and os.path.exists(beside_link):
+        warnings.warn(f"read the sidecar {beside_link}, beside the link {model_path}; fastbp "
+                      f"now writes it beside the file the link names ({path}): move it "
+                      f"there")
+        path = beside_link
     if not os.path.exists(path):
         return None
     try:

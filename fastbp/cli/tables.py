@@ -6,7 +6,9 @@ sidecar). NumPy files are loaded without pickle."""
 from __future__ import annotations
 
 import csv
+import io
 import os
+import stat
 import warnings
 import zipfile
 import zlib
@@ -146,18 +148,19 @@ def read_table(path: str, args, want_targets: bool) -> Table:
             table.target_stem = os.path.splitext(os.path.basename(args.targets))[0] or "y"
         return table
     # npz
-    archive = _np_load(path)
+    source = _readable(path)
+    archive = _np_load(path, source)
     if not hasattr(archive, "files"):
         raise UsageError(f"{path} is an NPY file, not an NPZ archive: use --format npy")
     with archive:
         names = list(archive.files)
         sparse = _saved_sparse(archive)
     if sparse:
-        return _sparse_table(path, args, want_targets)
+        return _sparse_table(path, args, want_targets, source)
     if want_targets and getattr(args, "targets", None):
         raise UsageError("--targets is for NPY input and sparse NPZ files; an NPZ file of "
                          "arrays holds its targets (choose the array with --y-name)")
-    archive = _np_load(path)
+    archive = _np_load(path, source)
     with archive:
         if args.x_name not in names:
             raise UsageError(f"{path} has no array {args.x_name!r}; it has: "
@@ -197,13 +200,14 @@ def _saved_sparse(archive) -> bool:
     return isinstance(name, str) and SPARSE_MEMBERS.get(name, {"?"}) <= names
 
 
-def _sparse_table(path: str, args, want_targets: bool) -> Table:
+def _sparse_table(path: str, args, want_targets: bool, source) -> Table:
     """A sparse matrix saved by scipy.sparse.save_npz (CSR, CSC, ...; read as CSR, never
-    densified): its columns are the features; the targets come from --targets FILE.npy."""
+    densified): its columns are the features; the targets come from --targets FILE.npy.
+    source: _readable(path)."""
     import scipy.sparse
 
     try:
-        matrix = scipy.sparse.load_npz(path)          # np.load without pickle
+        matrix = scipy.sparse.load_npz(_rewound(source))  # np.load without pickle
     except (ValueError, OSError, KeyError, *_DAMAGED) as error:
         raise UsageError(f"{path}: not a readable scipy.sparse matrix: {error}") from None
     if matrix.ndim != 2:
@@ -275,18 +279,32 @@ def _read_csv(path: str, delimiter: str) -> Table:
     return Table(path, names, True, columns=list(zip(*rows)), lines=lines)
 
 
-def _np_load(path: str):
-    """np.load without pickle, with messages that say what the file is."""
+def _readable(path: str):
+    """`path` itself, or for a pipe (which can be read only once: opened again, its start
+    would be gone) its whole content in memory, to be read as often as needed."""
+    with open(path, "rb") as stream:
+        if stat.S_ISREG(os.fstat(stream.fileno()).st_mode):
+            return path
+        return io.BytesIO(stream.read())
+
+
+def _rewound(source):
+    if isinstance(source, io.BytesIO):
+        source.seek(0)
+    return source
+
+
+def _np_load(path: str, source=None):
+    """np.load without pickle, with messages that say what the file is. source:
+    _readable(path), when the caller reads it more than once."""
     import numpy as np
 
-    import io
-    import stat
-
-    with open(path, "rb") as stream:
-        # (a pipe is read once, whole: opened again, its start would be gone)
-        regular = stat.S_ISREG(os.fstat(stream.fileno()).st_mode)
-        source = path if regular else io.BytesIO(stream.read())
-        start = stream.read(6) if regular else source.getvalue()[:6]
+    source = _rewound(_readable(path) if source is None else source)
+    if isinstance(source, io.BytesIO):
+        start = source.getvalue()[:6]
+    else:
+        with open(path, "rb") as stream:
+            start = stream.read(6)
     if not (start.startswith(b"\x93NUMPY") or start.startswith(b"PK")):
         raise UsageError(f"{path} is not a NumPy file (.npy or .npz): it does not start with "
                          f"either signature")

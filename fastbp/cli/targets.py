@@ -31,6 +31,14 @@ def numbers_or_none(column):
         return None
 
 
+def _number_key(text: str):
+    """A label written as a number, as the key it matches: an int for a whole number (exact
+    past 2^53, where float64 would merge it with its neighbour), else a float."""
+    text = text.strip()
+    digits = text.lstrip("+-")
+    return int(text) if digits.isdigit() and digits.isascii() else float(text)
+
+
 def _plain(value):
     """A label as a JSON value: int for whole numbers, float, or str."""
     if isinstance(value, str):
@@ -95,14 +103,14 @@ def encode_labels(column, classes=None, source="the target column"):
     for index, value in enumerate(classes):
         lookup[value if isinstance(value, (str, int)) else float(value)] = index
         if isinstance(value, str) and is_number(value):
-            lookup.setdefault(float(value), index)
+            lookup.setdefault(_number_key(value), index)
     unique, inverse = np.unique(keys, return_inverse=True)
     mapped = np.empty(len(unique), dtype=np.intp)
     unknown = []
     for k, value in enumerate(unique.tolist()):
         key = value
         if key not in lookup and not numeric and is_number(value):
-            key = float(value)   # "00501" for a model whose classes are numbers (501)
+            key = _number_key(value)   # "00501" for a model whose classes are numbers (501)
         if key not in lookup:
             unknown.append(_plain(value))
             continue
