@@ -71,6 +71,19 @@ def environment_choice(str name, tuple choices):
     return value
 
 
+def lazy_adam_rows():
+    """Whether Adam on sparse input steps only the rows of W1 a batch names (LazyAdam):
+    unless FASTBP_SPARSE_LAZY_ADAM is "0" ("1" or unset); ValueError for any other value."""
+    return environment_choice(LAZY_ADAM_VARIABLE, ("0", "1")) != "0"
+
+
+def named_rows_only():
+    """Whether the every-row step of a sparse fit skips reading the gradient of the rows no
+    batch named: unless FASTBP_SPARSE_NAMED_ROWS is "0" ("1" or unset); ValueError for any
+    other value."""
+    return environment_choice(NAMED_ROWS_VARIABLE, ("0", "1")) != "0"
+
+
 def flushes_subnormals():
     """Whether training epochs flush subnormal numbers to 0: unless FASTBP_SUBNORMALS is
     "keep" ("flush", the default, or unset); ValueError for any other value."""
@@ -1328,8 +1341,7 @@ def shares_rows(Hyperparameters hyperparameters):
     cdef HyperparameterData* hyper = &hyperparameters.data
     cdef int update = update_kind(hyper)
     return rows_shared(lazy_rule(hyper, update, &lazy, <double*>NULL, <double*>NULL, 0,
-                                 &adam if os.environ.get(LAZY_ADAM_VARIABLE, "") != "0"
-                                 else NULL), update)
+                                 &adam if lazy_adam_rows() else NULL), update)
 
 
 cdef inline bint rows_shared(bint lazy, int update) noexcept nogil:
@@ -2189,7 +2201,7 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
     adam.sums = NULL
     cdef bint use_lazy = use_sparse and lazy_rule(
         hyper, update, &lazy, first, second, plan_data.weight_offsets[0],
-        &adam if os.environ.get(LAZY_ADAM_VARIABLE, "") != "0" else NULL)
+        &adam if lazy_adam_rows() else NULL)
     # Checked (RowLog.begin) and logged before anything is allocated here: a refusal
     # leaves nothing behind.
     cdef RowLogData* log = NULL
@@ -2278,8 +2290,7 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
     # FASTBP_SPARSE_NAMED_ROWS=0 reads the whole buffer instead, as before (for comparing
     # and testing: the same results to rounding).
     cdef unsigned char* named = NULL
-    if use_sparse and not use_lazy and update == LAYER_STEP and \
-            os.environ.get(NAMED_ROWS_VARIABLE, "") != "0":
+    if use_sparse and not use_lazy and update == LAYER_STEP and named_rows_only():
         named = <unsigned char*>calloc(n_in, 1)
         if not named:
             raise MemoryError()

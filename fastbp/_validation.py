@@ -59,18 +59,21 @@ def whole_number(value, name: str, minimum: int) -> int:
     return value
 
 
-def real_number(value, name: str, minimum: float = 0.0) -> float:
-    """A finite real number >= minimum."""
+def real_number(value, name: str, minimum: float = 0.0, above: bool = False,
+                why: str = "") -> float:
+    """A finite real number >= minimum (above: > minimum; why: what minimum itself would
+    do, for the message)."""
+    bound = f"{'>' if above else '>='} {minimum}{why}"
     if type(value) is not float and (isinstance(value, (bool, np.bool_))
                                      or not isinstance(value, numbers.Real)):
         raise TypeError(f"{name} must be a real number; got {value!r}")
     try:
         value = float(value)
     except OverflowError:               # an int past float64's range
-        raise ValueError(f"{name} must be a finite number >= {minimum}; got an integer of "
+        raise ValueError(f"{name} must be a finite number {bound}; got an integer of "
                          f"{len(str(abs(int(value))))} digits") from None
-    if not math.isfinite(value) or value < minimum:
-        raise ValueError(f"{name} must be a finite number >= {minimum}; got {value!r}")
+    if not math.isfinite(value) or value < minimum or (above and value == minimum):
+        raise ValueError(f"{name} must be a finite number {bound}; got {value!r}")
     return value
 
 

@@ -226,10 +226,7 @@ class Huber(Loss):
     aliases = ("huber_loss",)
 
     def __init__(self, delta: float = 1.0):
-        delta = real_number(delta, "delta")
-        if delta <= 0:
-            raise ValueError(f"delta must be > 0; got {delta!r}")
-        self.parameter = delta
+        self.parameter = real_number(delta, "delta", above=True)
 
     @property
     def delta(self) -> float:

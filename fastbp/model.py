@@ -248,6 +248,7 @@ class MLP:
         # made, not only at the first call it applies to (a predict of a few rows reads
         # none of these; the kernels' level is set on import, see kernel_level)
         kernel_mode(), requested_level(), small_gemm_kernels(), forced_split(), pinned_threads()
+        _core.lazy_adam_rows(), _core.named_rows_only()
         # predict's fast path for a few rows: plan and workspaces kept between calls
         kernels = few_row_kernels()
         self._predictor = None if kernels == "never" else \

@@ -31,11 +31,9 @@ def _fraction(value, name: str) -> float:
 
 
 def _epsilon(value) -> float:
-    value = real_number(value, "epsilon")
-    if value == 0:       # (a weight whose gradients have all been 0 would step by 0 / 0)
-        raise ValueError("epsilon must be > 0: a weight whose gradients have all been 0 "
-                         "(an input that is 0 in every row so far) would step by 0 / 0")
-    return value
+    return real_number(value, "epsilon", above=True,
+                       why=" (with 0, a weight whose gradients have all been 0, of an input "
+                           "that is 0 in every row so far, would step by 0 / 0)")
 
 
 class Optimizer:

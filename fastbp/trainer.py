@@ -273,9 +273,8 @@ class Trainer:
         checked_thread_count(self.n_threads)
         learning_rate = None if self.learning_rate is None else \
             real_number(self.learning_rate, "learning_rate")
-        clip_norm = None if self.clip_norm is None else real_number(self.clip_norm, "clip_norm")
-        if clip_norm == 0:
-            raise ValueError("clip_norm must be > 0 (or None for no clipping)")
+        clip_norm = None if self.clip_norm is None else real_number(
+            self.clip_norm, "clip_norm", above=True, why=" (or None for no clipping)")
         max_time = None if self.max_time is None else real_number(self.max_time, "max_time")
         if self.class_weight is not None and self.class_weight != "balanced" \
                 and not isinstance(self.class_weight, dict):

@@ -755,6 +755,9 @@ def test_a_shallow_copy_of_a_trainer_shares_nothing_a_fit_changes():
     ("FASTBP_SUBNORMALS", "off", "fastbp.Trainer('mse').fit(fastbp.MLP([3, 2], ['identity']),"
                                  " np.ones((4, 3)), np.ones((4, 2)))"),
     ("FASTBP_SMALL_GEMM", "2", "_threads.small_gemm_kernels()"),
+    # (only "0" changed their path: "off" gave the default's bits, silently)
+    ("FASTBP_SPARSE_LAZY_ADAM", "off", "fastbp.MLP([3, 2], ['identity'])"),
+    ("FASTBP_SPARSE_NAMED_ROWS", "false", "fastbp.MLP([3, 2], ['identity'])"),
 ])
 def test_a_switch_variable_with_a_value_it_does_not_take_is_refused_by_name(name, junk, call):
     """Each FASTBP_* switch takes its values stripped and in any case, and refuses any
@@ -912,7 +915,8 @@ def test_a_model_cannot_be_made_anew_while_it_trains():
 
 @pytest.mark.parametrize("variable", ["FASTBP_KERNELS", "FASTBP_KERNEL_ISA",
                                       "FASTBP_SMALL_GEMM", "FASTBP_SPLIT", "FASTBP_THREADS",
-                                      "FASTBP_FEW_ROWS", "FASTBP_GIL"])
+                                      "FASTBP_FEW_ROWS", "FASTBP_GIL",
+                                      "FASTBP_SPARSE_LAZY_ADAM", "FASTBP_SPARSE_NAMED_ROWS"])
 def test_a_switch_with_a_value_it_refuses_is_an_error_when_a_model_is_made(variable,
                                                                           monkeypatch):
     """A typo in a forcing switch was taken silently by every predict of a few rows (the
@@ -957,3 +961,14 @@ def test_a_callbacks_fit_of_the_model_its_fit_trains_is_refused_as_such():
     trainer.fit(model, X, y, callbacks=[Refit()])
     assert len(seen) == 2 and all("by a fit on this thread" in text for text in seen)
     trainer.fit(model, X, y)                            # free again afterwards
+
+
+def test_a_setting_that_must_be_above_0_says_so_for_every_value_it_refuses():
+    """Huber(-1), Adam(epsilon=-1e-8) and clip_norm=-1 said "must be ... >= 0" while 0 is
+    refused too."""
+    for make, name in ((lambda value: losses.Huber(value), "delta"),
+                       (lambda value: optimizers.Adam(epsilon=value), "epsilon"),
+                       (lambda value: fastbp.Trainer("mse", clip_norm=value).spec(), "clip_norm")):
+        for value in (-1.0, 0.0, 0, float("nan"), 10 ** 400):
+            with pytest.raises(ValueError, match=f"{name} must be a finite number > 0.0"):
+                make(value)

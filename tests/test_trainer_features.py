@@ -436,7 +436,7 @@ def test_an_epsilon_of_0_is_refused_by_every_rule_that_divides_by_it():
     X = np.random.default_rng(0).normal(size=(32, 3))
     X[:, 1] = 0
     for rule in (optimizers.Adam, optimizers.RMSprop, optimizers.Adagrad):
-        with pytest.raises(ValueError, match="epsilon must be > 0"):
+        with pytest.raises(ValueError, match="epsilon must be a finite number > 0.0 .with 0"):
             rule(0.01, epsilon=0)
         optimizer = rule(0.01, epsilon=1e-30)
         model = fastbp.MLP([3, 4, 1], "tanh", seed=0, dtype="float64")
@@ -444,7 +444,7 @@ def test_an_epsilon_of_0_is_refused_by_every_rule_that_divides_by_it():
                                  seed=0).fit(model, X, X[:, :1])
         assert not history.diverged and np.isfinite(model.parameter_vector()).all()
         optimizer.epsilon = 0.0
-        with pytest.raises(ValueError, match="epsilon must be > 0"):
+        with pytest.raises(ValueError, match="epsilon must be a finite number > 0.0 .with 0"):
             fastbp.Trainer("mse", optimizer=optimizer, seed=0).fit(model, X, X[:, :1])
 
 
