@@ -257,7 +257,8 @@ class ModelCheckpoint(Callback):
     save_best_only=False: after every epoch (the file holds the latest model; monitor is
     then not read). The best value is kept across fits, so a second fit only overwrites
     the file with a better model. Attributes: best, best_epoch, saved_epochs (the epochs
-    after which the file was written).
+    after which the file was written, each counted from 0 in the fit that wrote it, as
+    callbacks count epochs).
     """
 
     def __init__(self, path, monitor="val_loss", save_best_only=True, mode="auto"):
@@ -282,7 +283,8 @@ class ModelCheckpoint(Callback):
             raise FileNotFoundError(f"ModelCheckpoint cannot write {os.fspath(self.path)!r}: "
                                     f"the folder {directory!r} does not exist")
         from fastbp import _files     # a folder, socket, block device or too long a name
-        _files.check_target(self.path)
+        if not _files.is_stream(_files.check_target(self.path)):
+            _files.check_room(self.path)    # (a folder that takes no new file)
         if self.save_best_only:
             _check_logged(logs, self.monitor, "ModelCheckpoint")
 

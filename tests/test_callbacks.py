@@ -2,6 +2,7 @@
 ModelCheckpoint, ProgressBar (with and without tqdm), the base class, validation."""
 import io
 import math
+import os
 import sys
 import types
 
@@ -401,3 +402,15 @@ def test_progress_bar_validates():
 def test_constructors_validate(make, error, message):
     with pytest.raises(error, match=message):
         make()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")
+def test_a_checkpoint_in_a_folder_that_takes_no_new_file_is_refused_before_training():
+    """The folder existed, so the first epoch trained and its save failed."""
+    X = np.ones((8, 2), np.float32)
+    model = fastbp.MLP([2, 1], ["identity"], seed=0)
+    before = model.parameter_vector()
+    checkpoint = ModelCheckpoint("/proc/self/m.fbp", save_best_only=False)
+    with pytest.raises(OSError, match="no new file can be made"):
+        fastbp.Trainer("mse", epochs=2).fit(model, X, X[:, :1], callbacks=[checkpoint])
+    np.testing.assert_array_equal(model.parameter_vector(), before)

@@ -30,7 +30,7 @@ import warnings
 from fastbp.cli.bench import repository_bench
 from fastbp.cli.errors import EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_USAGE, UsageError, one_line
 from fastbp.cli.info import describe
-from fastbp.cli.parser import build_parser
+from fastbp.cli.parser import build_parser, check_ranges
 from fastbp.cli.predict import predicted_labels
 from fastbp.cli.sidecar import read_sidecar, sidecar_path
 from fastbp.cli.tables import Table, read_table, select_columns
@@ -53,6 +53,7 @@ def main(argv=None) -> int:
     with warnings.catch_warnings():
         warnings.showwarning = _warning_printer(command)
         try:
+            check_ranges(args)
             return args.handler(args)
         except (ValueError, TypeError, OSError, KeyError, ImportError, MemoryError) as error:
             if os.environ.get("FASTBP_TRACEBACK", "") not in ("", "0"):

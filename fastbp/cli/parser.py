@@ -6,6 +6,7 @@ import argparse
 import math
 
 from fastbp import optimizers
+from fastbp.cli.errors import UsageError
 from fastbp.cli.bench import cmd_bench, cmd_demo
 from fastbp.cli.evaluate import cmd_evaluate
 from fastbp.cli.info import cmd_info
@@ -184,9 +185,9 @@ def _add_training_options(fit):
     fit.add_argument("--momentum", type=float, default=0.0, metavar="MU",
                      help="SGD momentum (default %(default)s)")
     fit.add_argument("--nesterov", action="store_true", help="Nesterov momentum (SGD)")
-    fit.add_argument("--epochs", type=_whole(0), default=10, metavar="N",
+    fit.add_argument("--epochs", type=int, default=10, metavar="N",
                      help="passes over the data (default %(default)s)")
-    fit.add_argument("--batch-size", type=_whole(1), default=32, metavar="N",
+    fit.add_argument("--batch-size", type=int, default=32, metavar="N",
                      help="rows per step (default %(default)s)")
     fit.add_argument("--no-shuffle", dest="shuffle", action="store_false",
                      help="walk the rows in file order every epoch")
@@ -206,12 +207,12 @@ def _add_training_options(fit):
     fit.add_argument("--validation-split", type=float, default=0.0, metavar="FRACTION",
                      help="hold out this fraction of the rows (drawn at random with --seed) "
                           "and report val_loss and metrics each epoch")
-    fit.add_argument("--early-stopping", type=_whole(0), default=None, metavar="PATIENCE",
+    fit.add_argument("--early-stopping", type=int, default=None, metavar="PATIENCE",
                      help="stop after PATIENCE epochs without improvement of val_loss (of the "
                           "training loss without --validation-split); keep the best weights")
-    fit.add_argument("--max-time", type=_seconds, default=None, metavar="SECONDS",
+    fit.add_argument("--max-time", type=float, default=None, metavar="SECONDS",
                      help="stop after the epoch that passes this time budget")
-    fit.add_argument("--threads", type=_whole(1), default=None, metavar="N",
+    fit.add_argument("--threads", type=int, default=None, metavar="N",
                      help="threads for the fit (default: the count measured fastest for this "
                           "network and batch on this machine, within the caller's limits)")
 
@@ -239,19 +240,19 @@ def _add_evaluate(sub):
 
 
 def _add_demo(sub):
-    sub.add_argument("--epochs", type=_whole(0), default=10, metavar="N",
+    sub.add_argument("--epochs", type=int, default=10, metavar="N",
                      help="passes over the data (default %(default)s)")
-    sub.add_argument("--samples", type=_whole(1), default=60_000, metavar="N",
+    sub.add_argument("--samples", type=int, default=60_000, metavar="N",
                      help="training rows (default %(default)s; 10,000 more are the test set)")
-    sub.add_argument("--hidden", type=_whole(1), default=128, metavar="WIDTH",
+    sub.add_argument("--hidden", type=int, default=128, metavar="WIDTH",
                      help="width of the two hidden layers (default %(default)s)")
-    sub.add_argument("--batch-size", type=_whole(1), default=32, metavar="N",
+    sub.add_argument("--batch-size", type=int, default=32, metavar="N",
                      help="rows per step (default %(default)s)")
     sub.add_argument("--learning-rate", type=float, default=0.05, metavar="RATE",
                      help="SGD step size (default %(default)s)")
     sub.add_argument("--dtype", choices=["float32", "float64"], default="float32",
                      help="precision (default %(default)s)")
-    sub.add_argument("--threads", type=_whole(1), default=None, metavar="N",
+    sub.add_argument("--threads", type=int, default=None, metavar="N",
                      help="threads for the fit (default: measured, as for train)")
     sub.add_argument("--seed", type=int, default=0, metavar="N",
                      help="seeds the data and the weights (default %(default)s)")
@@ -267,12 +268,12 @@ def _add_bench(sub):
     sub.add_argument("--threads", default="1", metavar="N[,N]",
                      help="BLAS thread counts, comma-separated (0: each library's default; "
                           "default %(default)s)")
-    sub.add_argument("--duration", type=_seconds, default=None, metavar="SECONDS",
+    sub.add_argument("--duration", type=float, default=None, metavar="SECONDS",
                      help="minimum seconds per timed window (compare.py: 0.5 quick, 2 full; "
                           "built-in: 1)")
-    sub.add_argument("--repeats", type=_whole(1), default=None, metavar="N",
+    sub.add_argument("--repeats", type=int, default=None, metavar="N",
                      help="timed windows per measurement (median shown; default 3)")
-    sub.add_argument("--warmup", type=_seconds, default=None, metavar="SECONDS",
+    sub.add_argument("--warmup", type=float, default=None, metavar="SECONDS",
                      help="minimum warm-up seconds (compare.py)")
     sub.add_argument("--peers", default=None, metavar="LIBS",
                      help="compare.py: libraries to compare (default fastbp,numpy,torch,sklearn)")
@@ -280,36 +281,30 @@ def _add_bench(sub):
                      help="compare.py: write all figures to this JSON file")
     sub.add_argument("--png", default=None, metavar="FILE",
                      help="compare.py: write a bar chart (needs matplotlib)")
-    sub.add_argument("--rows", type=_whole(1), default=20_000, metavar="N",
+    sub.add_argument("--rows", type=int, default=20_000, metavar="N",
                      help="built-in: rows of the W1-shaped data set (default %(default)s)")
     sub.add_argument("--seed", type=int, default=0, metavar="N",
                      help="seeds the data (default %(default)s)")
 
 
-def _whole(low: int):
-    """An argparse type: a whole number >= low (so that the message names the option, not
-    the library's parameter)."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number; got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be >= {low}; got {value}")
-        return value
-    return parse
+# Options with a least value, checked after parsing (check_ranges) so that a value out of
+# range is one line that names the option, as every user mistake is
+LEAST = {"epochs": 0, "batch_size": 1, "early_stopping": 0, "threads": 1, "samples": 1,
+         "hidden": 1, "repeats": 1, "rows": 1}
+SECONDS = ("duration", "warmup", "max_time")        # finite and > 0
 
 
-def _seconds(text: str) -> float:
-    """An argparse type: a finite number of seconds > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds; got {text!r}") \
-            from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0; got {text!r}")
-    return value
+def check_ranges(args) -> None:
+    """A UsageError for an option whose value is out of its range (LEAST, SECONDS)."""
+    for dest, least in LEAST.items():
+        value = getattr(args, dest, None)
+        if isinstance(value, int) and value < least:   # (train's --hidden is a list)
+            raise UsageError(f"--{dest.replace('_', '-')} must be >= {least}; got {value}")
+    for dest in SECONDS:
+        value = getattr(args, dest, None)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise UsageError(f"--{dest.replace('_', '-')} must be a finite number of seconds "
+                             f"> 0; got {value}")
 
 
 def _int_list(text: str) -> list[int]:
