@@ -103,7 +103,12 @@ def as_matrix(data, name: str, dtype: np.dtype, n_columns: int) -> np.ndarray:
     """A finite, C-contiguous (n_rows, n_columns) array of `dtype`, copied only if needed."""
     array = numeric_array(data, name)
     if array.ndim != 2:
-        raise ValueError(f"{name} must be 2-D (n_samples, {n_columns}); got shape {array.shape}")
+        hint = ""
+        if array.ndim == 1:      # (one sample, or one feature: which is not for us to guess)
+            hint = f"; for one sample, {name}.reshape(1, -1)" if n_columns > 1 else \
+                f"; for one feature, {name}.reshape(-1, 1)"
+        raise ValueError(f"{name} must be 2-D (n_samples, {n_columns}); got shape "
+                         f"{array.shape}{hint}")
     if array.shape[0] == 0:
         raise ValueError(f"{name} is empty: it has no rows")
     if array.shape[1] != n_columns:

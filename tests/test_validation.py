@@ -169,7 +169,7 @@ BAD_PREDICT = [
     ("nan", _with(X0, (0, 0), np.nan), ValueError, r"X contains NaN"),
     ("inf", _with(X0, (4, 2), np.inf), ValueError, r"X contains NaN or inf"),
     ("columns", X0[:, :2], ValueError, r"X has 2 columns.*has 4"),
-    ("1d", X0[0], ValueError, r"X must be 2-D"),
+    ("1d", X0[0], ValueError, r"X must be 2-D .*; for one sample, X.reshape\(1, -1\)"),
     ("empty", np.empty((0, 4)), ValueError, r"X is empty"),
     ("none", None, TypeError, r"X must be a numeric array"),
     ("complex", X0 * 1j, TypeError, r"X must hold numbers"),
