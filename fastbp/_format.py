@@ -70,13 +70,30 @@ def _read_start(data: bytes):
     if header_len > MAX_HEADER_BYTES or header_end > len(data):
         raise _damaged("the header length is out of range (truncated file?)")
     try:
-        header = json.loads(data[PREFIX.size:header_end].decode("utf-8"))
+        header = json.loads(data[PREFIX.size:header_end].decode("utf-8"),
+                            object_pairs_hook=_without_repeats)
+    except _RepeatedKey as error:          # (JSON would keep the last: which was meant?)
+        raise _damaged(f"the header names {error} twice") from None
     except (ValueError, RecursionError):   # not UTF-8, not JSON, or an integer too long
         raise _damaged("the header is not valid JSON") from None     # for Python to read
     layer_sizes, activations, dtype, dropout = _check_header(header)
     n_params = parameter_count(layer_sizes)
     total_size = header_end + n_params * dtype.itemsize + CHECKSUM.size
     return layer_sizes, activations, dtype, dropout, header_end, total_size
+
+
+class _RepeatedKey(ValueError):
+    pass
+
+
+def _without_repeats(pairs) -> dict:
+    """A JSON object as a dict, refusing a key given twice."""
+    document = dict(pairs)
+    if len(document) != len(pairs):
+        seen = set()
+        raise _RepeatedKey(next(repr(key) for key, _ in pairs
+                                if key in seen or seen.add(key)))
+    return document
 
 
 def _check_size(actual: int, expected: int) -> None:

@@ -409,6 +409,22 @@ def test_info_gives_a_files_size_and_none_for_a_pipe(tmp_path, capsys):
             assert "not a regular file" in out.splitlines()[0]
 
 
+def test_a_sidecar_of_another_version_is_refused(tmp_path, trained, data, capsys):
+    """A sidecar written by a newer fastbp (version 99) was read as this version's."""
+    path = tmp_path / "m.fbp.json"
+    document = json.loads(path.read_text())
+    for version in (99, 0, "1", None):
+        path.write_text(json.dumps({**document, "version": version}))
+        status, _, err = run_cli(capsys, "predict", trained, data)
+        assert status == 2 and f"is a sidecar of version {version!r}" in err, err
+    path.write_text(json.dumps(document))
+    status, out, err = run_cli(capsys, "predict", trained, data, "--output", "")
+    assert status == 2 and out == "" and "empty path" in err, err       # (was stdout)
+    path.write_text(json.dumps({**document, "outputs": []}))
+    status, _, err = run_cli(capsys, "info", trained)
+    assert status == 2 and "3 inputs and 0 outputs" in err, err
+
+
 def test_evaluate_json_is_strict_json(tmp_path, capsys):
     """R² of one row is NaN, which --json writes as null (JSON has no NaN)."""
     rows = ["a,b,price", "0.1,0.2,0.3", "0.4,0.1,0.9", "1,2,3"]

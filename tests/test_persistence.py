@@ -557,3 +557,16 @@ def test_copies_and_pickles_keep_a_subclass_and_the_attributes_set_on_a_model():
         assert model.weights[0].any()
     assert type(_Tagged.from_bytes(model.to_bytes())) is _Tagged
     assert type(fastbp.MLP.from_bytes(model.to_bytes())) is fastbp.MLP
+
+
+def test_a_header_that_names_a_key_twice_is_refused():
+    """JSON keeps the last of a repeated key: a header with two "activations" loaded as
+    whichever came last (docs/file-format.md: exactly those keys)."""
+    text = ('{"layer_sizes": [2, 3, 1], "activations": ["relu", "identity"], '
+            '"activations": ["tanh", "sigmoid"], "dtype": "float32"}')
+    data = build_file(None, good_params(), header_bytes=text.encode())
+    with pytest.raises(ValueError, match="the header names 'activations' twice"):
+        fastbp.MLP.from_bytes(data)
+    text = text.replace('"activations": ["relu", "identity"], ', "")
+    assert fastbp.MLP.from_bytes(build_file(None, good_params(), header_bytes=text.encode())
+                                 ).activations == ("tanh", "sigmoid")

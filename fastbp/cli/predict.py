@@ -15,7 +15,7 @@ from fastbp.cli.targets import takes_class_labels
 def cmd_predict(args) -> int:
     import numpy as np
 
-    if args.output:
+    if args.output is not None:       # ("" is refused as train refuses it, not stdout)
         check_writable(args.output, "--output")
         check_distinct([("MODEL", args.model), ("the model's sidecar", sidecar_path(args.model)),
                          ("INPUT", args.input)], [("--output", args.output)])

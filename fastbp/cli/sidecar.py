@@ -50,14 +50,19 @@ def read_sidecar(model_path: str, model):
                          f"or fix it") from None
     if not isinstance(document, dict) or document.get("format") != SIDECAR_FORMAT:
         raise UsageError(f"{path} is not a fastbp sidecar; remove or rename it")
+    version = document.get("version")
+    if type(version) is not int or not 1 <= version <= SIDECAR_VERSION:
+        raise UsageError(f"{path} is a sidecar of version {version!r}; this fastbp reads "
+                         f"versions 1..{SIDECAR_VERSION} (a newer fastbp wrote it?)")
     n_in, n_out = model.layer_sizes[0], model.layer_sizes[-1]
     _check_sidecar_fields(path, document, n_out)
     outputs, features = document.get("outputs"), document.get("features")
     if (outputs is not None and len(outputs) != n_out) or \
             (features is not None and len(features) != n_in):
         raise UsageError(f"{path} does not match {model_path} (it describes a model with "
-                         f"{len(features) if features else '?'} inputs and "
-                         f"{len(outputs) if outputs else '?'} outputs; the model has {n_in} and "
+                         f"{'?' if features is None else len(features)} inputs and "
+                         f"{'?' if outputs is None else len(outputs)} outputs; the model has "
+                         f"{n_in} and "
                          f"{n_out}): remove it or fix it")
     return document
 
