@@ -489,6 +489,13 @@ def print_report(results, libraries, wl_names, threads_list, args, file=sys.stdo
               f"{r.get('reason', '')}".rstrip())
             if args.verbose and r.get("traceback"):
                 p(r["traceback"])
+    floors = [r for r in results if r.get("gemm_floor_error")]
+    if floors:
+        p("")
+        p("GEMMs alone not measured (the workload's own figures stand):")
+        for r in floors:
+            p(f"  {r['workload']} {r['library']} threads={r['threads']}: "
+              f"{r['gemm_floor_error']}")
 
 
 def write_png(results, libraries, wl_names, threads_list, path):
@@ -598,7 +605,7 @@ def parent(args):
     if args.png:
         if write_png(results, libraries, wl_names, threads_list, args.png):
             print(f"wrote {args.png}", file=sys.stderr)
-    failed = [r for r in results if r.get("status") == "error"]
+    failed = [r for r in [*results, *ceilings.values()] if r.get("status") == "error"]
     if failed:             # (a peer that is not installed is "unavailable", not a failure)
         print(f"{len(failed)} run(s) failed: see the report above", file=sys.stderr)
     return 1 if failed else 0
@@ -610,15 +617,29 @@ def _csv(s):
 
 def _seconds(text):
     """An argparse type: a finite number of seconds > 0 (inf made the warm-up endless)."""
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds; got {text!r}") \
+            from None
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"must be a finite number > 0; got {text!r}")
     return value
 
 
+def _path(text):
+    if not text:            # (an empty name wrote nothing, silently)
+        raise argparse.ArgumentTypeError("must name a file")
+    return text
+
+
 def _at_least(low):
     def parse(text):
-        value = int(text)
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number; got {text!r}") \
+                from None
         if value < low:
             raise argparse.ArgumentTypeError(f"must be >= {low}; got {value}")
         return value
@@ -643,8 +664,8 @@ def main(argv=None):
     ap.add_argument("--predict", action="store_true", help="add P1 (predict, 100,000 rows)")
     ap.add_argument("--peers", type=_csv, default=_csv(DEFAULT_PEERS),
                     help=f"comma list of libraries (default {DEFAULT_PEERS})")
-    ap.add_argument("--json", help="write all figures to this JSON file")
-    ap.add_argument("--png", help="write a bar chart (needs matplotlib)")
+    ap.add_argument("--json", type=_path, help="write all figures to this JSON file")
+    ap.add_argument("--png", type=_path, help="write a bar chart (needs matplotlib)")
     ap.add_argument("--ceiling", action="store_true", default=None,
                     help="also measure the GEMM ceiling (default: when W4 is run)")
     ap.add_argument("--no-ceiling", dest="ceiling", action="store_false")

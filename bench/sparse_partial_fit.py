@@ -22,7 +22,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from sparse_input import FastbpRunner  # noqa: E402
-from workloads import make_sparse_data  # noqa: E402
+from workloads import S1, make_sparse_data  # noqa: E402
 
 OPTIMIZERS = ("sgd", "momentum", "adam")
 
@@ -59,9 +59,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.calls < 5:      # (the first 4 calls of each kind are left out of the median)
         parser.error(f"--calls must be at least 5; got {args.calls}")
-    if not 1 <= args.rows < 20_000:
-        parser.error(f"--rows must be in 1..19,999 (a call's rows out of S1's 20,000); got "
-                     f"{args.rows}")
+    if not 1 <= args.rows < S1.n_samples:
+        parser.error(f"--rows must be in 1..{S1.n_samples - 1:,} (a call's rows out of S1's "
+                     f"{S1.n_samples:,}); got {args.rows}")
     from threadpoolctl import threadpool_limits
     print(f"# S1, partial_fit of {args.rows} rows, one thread: median ms a call "
           f"({args.calls} calls each way, alternating), load {os.getloadavg()[0]:.2f}")

@@ -45,7 +45,7 @@ def check_target(path) -> os.stat_result | None:
     if not path:                   # (realpath would name the working folder)
         raise ValueError("cannot write to an empty path; give a file name")
     if path.endswith(os.sep) or (os.altsep and path.endswith(os.altsep)):
-        raise ValueError(f"cannot write {path}: it is a folder (a name ending in "
+        raise ValueError(f"cannot write {path}: it is a folder's name (it ends in "
                          f"{path[-1]}); give a file name")
     directory, name = os.path.split(os.path.realpath(path))
     if not name:                   # the root folder

@@ -71,8 +71,8 @@ def _read_start(data: bytes):
         raise _damaged("the header length is out of range (truncated file?)")
     try:
         header = json.loads(data[PREFIX.size:header_end].decode("utf-8"),
-                            object_pairs_hook=_without_repeats)
-    except _RepeatedKey as error:          # (JSON would keep the last: which was meant?)
+                            object_pairs_hook=without_repeats)
+    except RepeatedKey as error:
         raise _damaged(f"the header names {error} twice") from None
     except (ValueError, RecursionError):   # not UTF-8, not JSON, or an integer too long
         raise _damaged("the header is not valid JSON") from None     # for Python to read
@@ -82,17 +82,17 @@ def _read_start(data: bytes):
     return layer_sizes, activations, dtype, dropout, header_end, total_size
 
 
-class _RepeatedKey(ValueError):
-    pass
+class RepeatedKey(ValueError):
+    """A JSON object that names a key twice (the key's repr is the message)."""
 
 
-def _without_repeats(pairs) -> dict:
-    """A JSON object as a dict, refusing a key given twice."""
+def without_repeats(pairs) -> dict:
+    """A JSON object as a dict, refusing a key given twice (json's object_pairs_hook: it
+    would keep the last, where which one was meant cannot be told)."""
     document = dict(pairs)
     if len(document) != len(pairs):
         seen = set()
-        raise _RepeatedKey(next(repr(key) for key, _ in pairs
-                                if key in seen or seen.add(key)))
+        raise RepeatedKey(next(repr(key) for key, _ in pairs if key in seen or seen.add(key)))
     return document
 
 

@@ -61,8 +61,8 @@ def whole_number(value, name: str, minimum: int) -> int:
 
 def real_number(value, name: str, minimum: float = 0.0, above: bool = False,
                 why: str = "") -> float:
-    """A finite real number >= minimum (above: > minimum; why: what minimum itself would
-    do, for the message)."""
+    """A finite real number >= minimum (above: > minimum; why: a note the message adds to
+    the bound, such as what the minimum itself would do)."""
     bound = f"{'>' if above else '>='} {minimum}{why}"
     if type(value) is not float and (isinstance(value, (bool, np.bool_))
                                      or not isinstance(value, numbers.Real)):
@@ -103,10 +103,11 @@ def as_matrix(data, name: str, dtype: np.dtype, n_columns: int) -> np.ndarray:
     """A finite, C-contiguous (n_rows, n_columns) array of `dtype`, copied only if needed."""
     array = numeric_array(data, name)
     if array.ndim != 2:
-        hint = ""
-        if array.ndim == 1:      # (one sample, or one feature: which is not for us to guess)
-            hint = f"; for one sample, {name}.reshape(1, -1)" if n_columns > 1 else \
-                f"; for one feature, {name}.reshape(-1, 1)"
+        hint = ""               # (a reshape only where it gives the width the model takes)
+        if array.ndim == 1 and n_columns == 1:
+            hint = f"; for one feature, {name}.reshape(-1, 1)"
+        elif array.ndim == 1 and array.shape[0] == n_columns:
+            hint = f"; for one sample, {name}.reshape(1, -1)"
         raise ValueError(f"{name} must be 2-D (n_samples, {n_columns}); got shape "
                          f"{array.shape}{hint}")
     if array.shape[0] == 0:

@@ -43,6 +43,9 @@ from fastbp._validation import check_verbose, is_sparse, real_number, targets_ar
 __all__ = ["fit", "placement", "LostDataError", "Trained"]
 
 FAN_IN = 8          # partial sums combined per task of the reduction tree
+# How long a fit whose every worker was lost waits for one to come back (a nanny restarts
+# one in seconds) before it raises LostDataError
+WORKER_WAIT_SECONDS = 600
 TASK_PREFIX = "fastbp-train"
 LOCAL = "local"     # the placement's name for dask's local scheduler
 
@@ -597,7 +600,8 @@ def fit(model: MLP, trainer: Trainer, X, Y, client=None, rounds=None, epochs_per
     model: a fastbp.MLP; its parameters are the starting point and receive the result
         after every round when validation_data or callbacks read it between rounds, else
         the last completed round's when fit returns (also when it stops early, is
-        interrupted or raises).
+        interrupted or raises; but for a LostDataError that says the state of that round
+        was lost with every worker that kept it: then the last round the driver took).
     trainer: a fastbp.Trainer; its loss, optimizer, learning_rate, schedule, batch_size,
         shuffle, seed, weight decay, clipping and class_weight apply to each block's local
         training. Its `epochs` gives the default number of rounds. Its n_threads: the BLAS
@@ -919,7 +923,12 @@ class _ClusterRounds:
         name, which a restarted worker, at a new address, is not, though they allow
         others.)"""
         if not self.client.nthreads():
-            self.client.wait_for_workers(1)
+            try:
+                self.client.wait_for_workers(1, timeout=WORKER_WAIT_SECONDS)
+            except TimeoutError:
+                raise LostDataError(f"every worker of the cluster was lost and none came "
+                                    f"back within {WORKER_WAIT_SECONDS} s; start workers "
+                                    f"and call fit again to continue") from None
         alive = self.client.nthreads()
         stranded = [i for i, future in enumerate(self.futures)
                     if future.status != "finished" and self.computed_on[i] not in alive]
@@ -953,6 +962,9 @@ class _ClusterRounds:
                 if current is None:
                     if attempt:       # a worker was lost: the chunks' places again
                         self._persist_stranded()
+                        if self.copies.status != "finished":  # every worker holding it died
+                            self.copies = self.client.scatter(self._copies, broadcast=True,
+                                                              hash=False)
                     current = self._submit(round_index, rates,
                                            state=self._driver_state(averager, rounds_done))
                 if next_rates is not None:
@@ -974,9 +986,6 @@ class _ClusterRounds:
                     # last round) was lost with a worker: again, from a copy that is not.
                     self._cancel(current, self.ahead)
                     current = self.ahead = None
-                    if self.copies.status != "finished":    # every worker holding it died
-                        self.copies = self.client.scatter(self._copies, broadcast=True,
-                                                          hash=False)
         except BaseException:
             # (Ctrl-C, a block's error, lost data): this round's tasks and the next's go;
             # a future holding an error is kept alive by its own traceback otherwise

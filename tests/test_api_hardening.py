@@ -594,12 +594,12 @@ def test_a_path_that_ends_in_a_separator_names_a_folder_and_is_refused(tmp_path,
     monkeypatch.chdir(tmp_path)
     model = classifier()
     for path in ("models/", os.path.join("sub", "x") + os.sep, b"models/"):
-        with pytest.raises(ValueError, match="it is a folder .a name ending in"):
+        with pytest.raises(ValueError, match="it is a folder's name .it ends in"):
             model.save(path)
     model.save("m.fbp")
     (tmp_path / "in.csv").write_text("a,b,c\n1,2,3\n")
     assert main(["predict", "m.fbp", "in.csv", "--output", "results/"]) == 2
-    assert "it is a folder (a name ending in /)" in capsys.readouterr().err
+    assert "it is a folder's name (it ends in /)" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv", "m.fbp"]
 
 

@@ -383,6 +383,36 @@ def test_a_cluster_of_one_worker_survives_losing_it():
         np.testing.assert_array_equal(model._params, reference._params)
 
 
+def test_a_cluster_whose_workers_never_come_back_ends_the_fit_with_lost_data(monkeypatch):
+    """Every worker lost and none started again: the fit waits WORKER_WAIT_SECONDS for one,
+    then raises LostDataError saying so, the model at the last completed round (it was a
+    bare TimeoutError after 30 s, from re-scattering the model's copies before waiting)."""
+    monkeypatch.setattr(fastbp.dask, "WORKER_WAIT_SECONDS", 3)
+    X, y = chunked(3_000)
+    with dask.config.set(CLUSTER_CONFIG), \
+            distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                                     dashboard_address=None, host="127.0.0.1") as cluster, \
+            distributed.Client(cluster, set_as_default=False) as client:
+        pids = client.run(os.getpid)
+        after_one = []
+
+        class LoseEveryWorker(Callback):
+            def on_epoch_end(self, epoch, logs):
+                if epoch == 0:
+                    after_one.append(self.model.parameter_vector())
+                    cluster.scale(0)
+                    for pid in pids.values():
+                        os.kill(pid, signal.SIGKILL)
+
+        model = classifier()
+        started = time.perf_counter()
+        with pytest.raises(fastbp.dask.LostDataError, match="none came back within 3 s"):
+            fastbp.dask.fit(model, fastbp.Trainer("cce", seed=6, n_threads=1), X, y,
+                            client=client, rounds=3, callbacks=[LoseEveryWorker()])
+        assert time.perf_counter() - started < 25
+        np.testing.assert_array_equal(model.parameter_vector(), after_one[0])
+
+
 def fit_beside(client, make_thread, seed, rounds=3, lazy=False, **fit_arguments):
     """fastbp.dask.fit of a 10-512-512-4 model (wide enough that a block's round takes a
     good fraction of a second) with a Rounds callback, and make_thread(rounds) (None: no

@@ -103,6 +103,12 @@ def test_a_model_written_through_a_link_has_its_sidecar_beside_the_file_it_names
     status, out, err = run_cli(capsys, "predict", link, new, "--labels")
     assert status == 0 and set(out.splitlines()[1:]) <= {"north", "south"}, out
     assert "beside the link" in err and "move it there" in err, err
+    status, out, err = run_cli(capsys, "info", link)        # (it named the file not read)
+    assert status == 0 and f"sidecar {tmp_path / 'm.fbp.json'}:" in out, out
+    before = (tmp_path / "m.fbp.json").read_bytes()        # the sidecar read, not an output
+    status, out, err = run_cli(capsys, "predict", link, new, "-o", tmp_path / "m.fbp.json")
+    assert status == 2 and "same file as the model's sidecar" in err, err
+    assert (tmp_path / "m.fbp.json").read_bytes() == before
 
 
 
@@ -417,6 +423,9 @@ def test_a_sidecar_of_another_version_is_refused(tmp_path, trained, data, capsys
         path.write_text(json.dumps({**document, "version": version}))
         status, _, err = run_cli(capsys, "predict", trained, data)
         assert status == 2 and f"is a sidecar of version {version!r}" in err, err
+    path.write_text(json.dumps(document)[:-1] + ', "classes": ["x", "y", "z"]}')
+    status, _, err = run_cli(capsys, "predict", trained, data)     # (JSON kept the last)
+    assert status == 2 and "names 'classes' twice" in err, err
     path.write_text(json.dumps(document))
     status, out, err = run_cli(capsys, "predict", trained, data, "--output", "")
     assert status == 2 and out == "" and "empty path" in err, err       # (was stdout)

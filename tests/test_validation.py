@@ -170,6 +170,7 @@ BAD_PREDICT = [
     ("inf", _with(X0, (4, 2), np.inf), ValueError, r"X contains NaN or inf"),
     ("columns", X0[:, :2], ValueError, r"X has 2 columns.*has 4"),
     ("1d", X0[0], ValueError, r"X must be 2-D .*; for one sample, X.reshape\(1, -1\)"),
+    ("1d-long", X0[:, 0], ValueError, r"X must be 2-D \(n_samples, 4\); got shape \(\d+,\)$"),
     ("empty", np.empty((0, 4)), ValueError, r"X is empty"),
     ("none", None, TypeError, r"X must be a numeric array"),
     ("complex", X0 * 1j, TypeError, r"X must hold numbers"),

@@ -37,12 +37,16 @@ def cmd_bench(args) -> int:
     script = None if args.builtin else repository_bench()
     if script is None:
         given = [option for option, value in (("--json", args.json), ("--png", args.png),
-                                             ("--peers", args.peers), ("--warmup", args.warmup))
+                                             ("--peers", args.peers), ("--warmup", args.warmup),
+                                             ("--full", args.full or None))
                  if value is not None]
         if given:           # (compare.py's options: the built-in measurement has none)
             raise UsageError(f"{', '.join(given)}: for the repository's bench/compare.py, "
                              f"which {'--builtin skips' if args.builtin else 'is not here'}")
         return _builtin_bench(args, threads)
+    if args.rows is not None:
+        raise UsageError("--rows is for the built-in measurement (--builtin); compare.py "
+                         "runs each workload's own rows")
     command = [sys.executable, script]
     if not args.full:
         command.append("--quick")
@@ -92,8 +96,6 @@ def _builtin_bench(args, threads) -> int:
     if unknown:
         raise UsageError(f"the built-in measurement knows the workloads "
                          f"{', '.join(BUILTIN_WORKLOADS)}; got {', '.join(unknown)}")
-    if args.rows < 1:
-        raise UsageError(f"--rows must be >= 1; got {args.rows}")
     duration = 1.0 if args.duration is None else args.duration
     repeats = 3 if args.repeats is None else args.repeats
     why = "--builtin" if args.builtin else "no bench/compare.py next to the fastbp package"
@@ -105,7 +107,7 @@ def _builtin_bench(args, threads) -> int:
     rng = np.random.default_rng(args.seed)
     for name in names:
         sizes, batch, rows = BUILTIN_WORKLOADS[name]
-        rows = rows or args.rows
+        rows = rows or args.rows or 20_000
         teacher = rng.standard_normal((sizes[0], sizes[-1])).astype(np.float32)
         X = rng.standard_normal((rows, sizes[0]), dtype=np.float32)
         y = np.argmax(X @ teacher, axis=1)

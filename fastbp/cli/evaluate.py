@@ -6,7 +6,7 @@ import json
 import math
 
 from fastbp.cli.errors import UsageError
-from fastbp.cli.sidecar import load_model, loss_of, sidecar_path
+from fastbp.cli.sidecar import load_model, loss_of, sidecar_to_read
 from fastbp.cli.tables import read_table, select_columns
 from fastbp.cli.targets import encode_targets, numbers_or_none, numeric_targets, \
     takes_class_labels
@@ -23,7 +23,8 @@ def cmd_evaluate(args) -> int:
     X = table.numeric(features, "feature")
     if sidecar is None and loss.is_classification and len(target_cols) == 1 \
             and numbers_or_none(target_cols[0]) is None:
-        raise UsageError(f"{args.model} has no sidecar ({sidecar_path(args.model)}) listing its "
+        raise UsageError(f"{args.model} has no sidecar ({sidecar_to_read(args.model)}) "
+                         f"listing its "
                          f"classes, so the targets must be class indices 0..k-1, not text")
     if sidecar is None and takes_class_labels(loss) and len(target_cols) == 1:
         Y = numeric_targets(target_cols, target_names)[:, 0]

@@ -7,7 +7,7 @@ import os
 import stat
 
 from fastbp.cli.outputs import short_list
-from fastbp.cli.sidecar import load_model, sidecar_path
+from fastbp.cli.sidecar import load_model, sidecar_to_read
 
 
 def describe(path) -> dict:
@@ -45,7 +45,7 @@ def cmd_info(args) -> int:
     print(f"  parameters   {info['parameters']:,}")
     sidecar = info["sidecar"]
     if sidecar:
-        print(f"sidecar {sidecar_path(args.model)}:")
+        print(f"sidecar {sidecar_to_read(args.model)}:")
         print(f"  loss         {sidecar.get('loss')}")
         if sidecar.get("features"):
             print(f"  features     {short_list(sidecar['features'])}")

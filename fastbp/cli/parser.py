@@ -1,5 +1,6 @@
-"""The argument parser of `fastbp`: the commands, their options and help texts, and the
-argparse value types (a bad value is argparse's own one-line error, exit status 2)."""
+"""The argument parser of `fastbp`: the commands, their options and help texts, the argparse
+value types (a value of the wrong form is argparse's own error, exit status 2) and the
+options' ranges, checked after parsing (check_ranges: one line, exit status 2)."""
 from __future__ import annotations
 
 import argparse
@@ -281,8 +282,8 @@ def _add_bench(sub):
                      help="compare.py: write all figures to this JSON file")
     sub.add_argument("--png", default=None, metavar="FILE",
                      help="compare.py: write a bar chart (needs matplotlib)")
-    sub.add_argument("--rows", type=int, default=20_000, metavar="N",
-                     help="built-in: rows of the W1-shaped data set (default %(default)s)")
+    sub.add_argument("--rows", type=int, default=None, metavar="N",
+                     help="built-in: rows of the W1-shaped data set (default 20000)")
     sub.add_argument("--seed", type=int, default=0, metavar="N",
                      help="seeds the data (default %(default)s)")
 

@@ -7,7 +7,7 @@ import sys
 from fastbp import _files
 from fastbp.cli.errors import UsageError
 from fastbp.cli.outputs import check_distinct, check_writable, write_csv, write_csv_bytes
-from fastbp.cli.sidecar import load_model, loss_of, sidecar_path
+from fastbp.cli.sidecar import load_model, loss_of, sidecar_to_read
 from fastbp.cli.tables import read_table, select_columns
 from fastbp.cli.targets import takes_class_labels
 
@@ -17,7 +17,8 @@ def cmd_predict(args) -> int:
 
     if args.output is not None:       # ("" is refused as train refuses it, not stdout)
         check_writable(args.output, "--output")
-        check_distinct([("MODEL", args.model), ("the model's sidecar", sidecar_path(args.model)),
+        check_distinct([("MODEL", args.model),
+                        ("the model's sidecar", sidecar_to_read(args.model)),
                          ("INPUT", args.input)], [("--output", args.output)])
     model, sidecar = load_model(args.model)
     table = read_table(args.input, args, want_targets=False)

@@ -7,6 +7,7 @@ import json
 import os
 import warnings
 
+from fastbp._format import RepeatedKey, without_repeats
 from fastbp.cli.errors import UsageError
 
 
@@ -31,20 +32,31 @@ def sidecar_bytes(fields: dict) -> bytes:
     return (json.dumps(document, indent=1, ensure_ascii=False) + "\n").encode()
 
 
-def read_sidecar(model_path: str, model):
-    """The sidecar's fields for `model`, or None when there is none."""
+def sidecar_to_read(model_path: str) -> str:
+    """The sidecar the commands read for `model_path`: sidecar_path's, or where there is
+    none, one an earlier fastbp wrote beside a link (before 2026-12-06) if there is one."""
     path = sidecar_path(model_path)
     beside_link = os.fspath(model_path) + SIDECAR_SUFFIX
     if not os.path.exists(path) and path != beside_link and os.path.exists(beside_link):
-        warnings.warn(f"read the sidecar {beside_link}, beside the link {model_path}; fastbp "
-                      f"now writes it beside the file the link names ({path}): move it "
-                      f"there")
-        path = beside_link
+        return beside_link
+    return path
+
+
+def read_sidecar(model_path: str, model):
+    """The sidecar's fields for `model`, or None when there is none."""
+    path = sidecar_to_read(model_path)
+    if path != sidecar_path(model_path):
+        warnings.warn(f"read the sidecar {path}, beside the link {model_path}; fastbp now "
+                      f"writes it beside the file the link names ({sidecar_path(model_path)}):"
+                      f" move it there")
     if not os.path.exists(path):
         return None
     try:
         with open(path, encoding="utf-8") as stream:
-            document = json.load(stream)
+            document = json.load(stream, object_pairs_hook=without_repeats)
+    except RepeatedKey as error:
+        raise UsageError(f"{path} (the model's sidecar) names {error} twice; remove or fix "
+                         f"it") from None
     except (ValueError, UnicodeDecodeError) as error:
         raise UsageError(f"{path} (the model's sidecar) is not valid JSON ({error}); remove "
                          f"or fix it") from None
@@ -53,7 +65,7 @@ def read_sidecar(model_path: str, model):
     version = document.get("version")
     if type(version) is not int or not 1 <= version <= SIDECAR_VERSION:
         raise UsageError(f"{path} is a sidecar of version {version!r}; this fastbp reads "
-                         f"versions 1..{SIDECAR_VERSION} (a newer fastbp wrote it?)")
+                         f"version {SIDECAR_VERSION} (a newer fastbp wrote it?)")
     n_in, n_out = model.layer_sizes[0], model.layer_sizes[-1]
     _check_sidecar_fields(path, document, n_out)
     outputs, features = document.get("outputs"), document.get("features")

@@ -134,13 +134,13 @@ def read_table(path: str, args, want_targets: bool) -> Table:
         if len(delimiter) != 1:
             raise UsageError(f"--delimiter must be one character; got {delimiter!r}")
         table = _read_csv(path, delimiter)
-        if want_targets and getattr(args, "targets", None):
+        if want_targets and getattr(args, "targets", None) is not None:
             raise UsageError("--targets FILE.npy is for NPY input; for a CSV file name the "
                              "target column with --target")
         return table
     if fmt == "npy":
         table = _array_table(path, _load_npy(path, "the features"))
-        if want_targets and getattr(args, "targets", None):
+        if want_targets and getattr(args, "targets", None) is not None:
             if getattr(args, "target", None):
                 raise UsageError("give --targets FILE.npy or --target COLUMN, not both")
             table.targets = _load_npy(args.targets, "the targets", features=False)
@@ -157,7 +157,7 @@ def read_table(path: str, args, want_targets: bool) -> Table:
         sparse = _saved_sparse(archive)
     if sparse:
         return _sparse_table(path, args, want_targets, source)
-    if want_targets and getattr(args, "targets", None):
+    if want_targets and getattr(args, "targets", None) is not None:
         raise UsageError("--targets is for NPY input and sparse NPZ files; an NPZ file of "
                          "arrays holds its targets (choose the array with --y-name)")
     archive = _np_load(path, source)
@@ -223,7 +223,7 @@ def _sparse_table(path: str, args, want_targets: bool, source) -> Table:
         if getattr(args, "target", None):
             raise UsageError(f"{path} is a sparse matrix of features: give the targets with "
                              f"--targets FILE.npy, not --target")
-        if getattr(args, "targets", None):
+        if getattr(args, "targets", None) is not None:
             table.targets = _load_npy(args.targets, "the targets", features=False)
             table.target_source = args.targets
             table.target_stem = os.path.splitext(os.path.basename(args.targets))[0] or "y"

@@ -122,7 +122,7 @@ def _check_outputs(args):
     sidecar_file = None if _files.is_stream(model_target) else sidecar_path(args.output)
     if sidecar_file is not None:
         check_writable(sidecar_file, "--output's sidecar")
-    if args.plot:
+    if args.plot is not None:           # ("" refused as a path, not taken as no plot)
         check_writable(args.plot, "--plot")
         _need_matplotlib()
     check_distinct([("INPUT", args.input), ("--targets", getattr(args, "targets", None))],
