@@ -434,6 +434,26 @@ def test_a_sidecar_of_another_version_is_refused(tmp_path, trained, data, capsys
     assert status == 2 and "3 inputs and 0 outputs" in err, err
 
 
+def test_a_value_that_is_not_finite_in_an_array_is_named_by_row_and_column(tmp_path, capsys):
+    """NaN or infinity in an NPY, NPZ or sparse NPZ feature array was "X contains NaN",
+    with no place (a CSV cell names its line and column)."""
+    import scipy.sparse
+
+    fastbp.MLP([3, 2], ["softmax"], seed=0).save(tmp_path / "m.fbp")
+    X = np.ones((500, 3))
+    X[321, 2] = np.nan
+    np.save(tmp_path / "X.npy", X)
+    np.savez(tmp_path / "X.npz", X=X)
+    sparse = scipy.sparse.csr_matrix(np.ones((5, 3)))
+    sparse.data[7] = -np.inf
+    scipy.sparse.save_npz(tmp_path / "S.npz", sparse)
+    for name, place in (("X.npy", "nan in row 321, column 2"),
+                        ("X.npz", "nan in row 321, column 2"),
+                        ("S.npz", "-inf in row 2, column 1")):
+        status, out, err = run_cli(capsys, "predict", tmp_path / "m.fbp", tmp_path / name)
+        assert status == 2 and out == "" and f"the feature array holds {place}" in err, err
+
+
 def test_evaluate_json_is_strict_json(tmp_path, capsys):
     """R² of one row is NaN, which --json writes as null (JSON has no NaN)."""
     rows = ["a,b,price", "0.1,0.2,0.3", "0.4,0.1,0.9", "1,2,3"]

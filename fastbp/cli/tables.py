@@ -65,13 +65,40 @@ class Table:
         import numpy as np
 
         if self._matrix is not None:
-            if list(indices) == list(range(self._matrix.shape[1])):
-                return self._matrix
-            return self._matrix[:, list(indices)]
+            matrix = self._matrix if list(indices) == list(range(self._matrix.shape[1])) \
+                else self._matrix[:, list(indices)]
+            self._check_finite(matrix, role)
+            return matrix
         out = np.empty((self.n_rows, len(indices)), dtype=np.float64)
         for k, j in enumerate(indices):
             out[:, k] = self._numbers(j, role, hint)
         return out
+
+    def _check_finite(self, matrix, role):
+        """A UsageError naming the row and column of an array's first NaN or infinity (the
+        library would say "X contains NaN", not where), scanned in blocks of about 16 MiB
+        of flags (a dense array) or on the stored values (a sparse one)."""
+        import numpy as np
+
+        values = matrix.data if hasattr(matrix, "tocsr") else matrix
+        if values.dtype.kind not in "fc":
+            return
+        if hasattr(matrix, "tocsr"):
+            bad = np.flatnonzero(~np.isfinite(values))
+            if bad.size:
+                row = int(np.searchsorted(matrix.indptr, bad[0], side="right")) - 1
+                self._refuse(row, int(matrix.indices[bad[0]]), values[bad[0]], role)
+            return
+        step = max(1, (1 << 24) // max(1, matrix.shape[1]))
+        for start in range(0, matrix.shape[0], step):
+            bad = np.argwhere(~np.isfinite(matrix[start:start + step]))
+            if bad.size:
+                row, column = int(bad[0][0]) + start, int(bad[0][1])
+                self._refuse(row, column, matrix[row, column], role)
+
+    def _refuse(self, row, column, value, role):
+        raise UsageError(f"{self.path}: the {role} array holds {value} in row {row}, column "
+                         f"{column}; every value must be a finite number")
 
     def _numbers(self, j, role, hint):
         import numpy as np
