@@ -142,7 +142,7 @@ def kept_chunks(n_rows: int, capacity: int, threads: int, whole_chunks: bool) ->
     runs in the chunk's kernels (_core's predict_worker): a lone chunk is cut into up to
     `threads` pieces, and each of several chunks into up to MAX_CHUNK_PIECES equal pieces
     (several claims a thread, so a thread slowed by other work takes fewer), every piece
-    of at least MIN_PIECE_ROWS rows; the chunks' bounds stay bounds between pieces, and a
+    of at least MIN_PIECE_ROWS rows but the last of a lone chunk; the chunks' bounds stay bounds between pieces, and a
     last chunk of at most _core.PREDICTOR_ROWS rows (the few-row kernels, whose sums may
     depend on the row count) is one piece."""
     if threads <= 1:
@@ -476,7 +476,9 @@ class MLP:
                                        and X.dtype == self.dtype and X.flags.c_contiguous
                                        and X.flags.aligned):
                 # A list, another dtype or layout: converted (and checked) once, so that it
-                # takes the path, and gives the bits, of the array it makes.
+                # takes the path, and gives the bits, of the array it makes (out checked
+                # against the caller's X first: the copy overlaps nothing)
+                self._refuse_overlap(out, X)
                 X, checked = self._inputs(X), True
                 result = self._predictor(X, out, n_threads)
             if result is None and X.shape[0] > _core.PREDICTOR_ROWS:
@@ -484,6 +486,7 @@ class MLP:
             if result is not None:
                 return result
         if not checked:
+            self._refuse_overlap(out, X)
             X = self._inputs(X)
         if out is None:
             out = np.empty((X.shape[0], self._layer_sizes[-1]), dtype=self.dtype)
@@ -688,6 +691,17 @@ class MLP:
                              "of the right shape and dtype)")
         if any(np.may_share_memory(out, array) for array in input_arrays(X)) \
                 or np.may_share_memory(out, self._params):
+            raise ValueError("out must not overlap X or the model's parameters")
+
+    @staticmethod
+    def _refuse_overlap(out, X) -> None:
+        """out that overlaps the caller's X (before X is converted, where the copy would
+        overlap nothing and out would write into the caller's array): refused."""
+        arrays = [getattr(X, name, None) for name in ("data", "indices", "indptr", "row",
+                                                      "col")] if is_sparse(X) else [X]
+        if isinstance(out, np.ndarray) and any(
+                isinstance(array, np.ndarray) and np.may_share_memory(out, array)
+                for array in arrays):
             raise ValueError("out must not overlap X or the model's parameters")
 
     def evaluate(self, X, Y, loss, n_threads=None) -> float:

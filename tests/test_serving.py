@@ -913,3 +913,22 @@ def test_the_predictor_refuses_a_plan_of_another_network(dtype):
         assert narrow._predictor.run(plan, X) is None
     own = narrow._kept_plan(2048)[0]
     np.testing.assert_array_equal(narrow._predictor.run(own, X), narrow.predict(X))
+
+
+def test_out_that_overlaps_the_callers_x_is_refused_before_x_is_converted():
+    """A float64 X for a float32 model is converted first; out was checked only against
+    the copy, so an out sharing memory with the caller's X was taken and wrote into it."""
+    model = fastbp.MLP([4, 3, 2], "relu", seed=0)
+    for rows in (5, 200):
+        buffer = np.zeros(rows * 4, dtype=np.float64)
+        X = buffer.reshape(rows, 4)
+        X[...] = np.arange(rows * 4).reshape(rows, 4) / 7
+        before = X.copy()
+        out = buffer.view(np.float32)[:rows * 2].reshape(rows, 2)
+        with pytest.raises(ValueError, match="out must not overlap X"):
+            model.predict(X, out=out)
+        np.testing.assert_array_equal(X, before)
+    import scipy.sparse
+    coo = scipy.sparse.coo_matrix(np.ones((3, 4), np.float32))
+    with pytest.raises(ValueError, match="out must not overlap X"):
+        model.predict(coo, out=coo.data[:6].reshape(3, 2))
