@@ -142,9 +142,9 @@ def kept_chunks(n_rows: int, capacity: int, threads: int, whole_chunks: bool) ->
     runs in the chunk's kernels (_core's predict_worker): a lone chunk is cut into up to
     `threads` pieces, and each of several chunks into up to MAX_CHUNK_PIECES equal pieces
     (several claims a thread, so a thread slowed by other work takes fewer), every piece
-    of at least MIN_PIECE_ROWS rows but the last of a lone chunk; the chunks' bounds stay bounds between pieces, and a
-    last chunk of at most _core.PREDICTOR_ROWS rows (the few-row kernels, whose sums may
-    depend on the row count) is one piece."""
+    of at least MIN_PIECE_ROWS rows but the last of a lone chunk; the chunks' bounds stay
+    bounds between pieces, and a last chunk of at most _core.PREDICTOR_ROWS rows (the
+    few-row kernels, whose sums may depend on the row count) is one piece."""
     if threads <= 1:
         return 1, capacity
     chunks = -(-n_rows // capacity)
@@ -697,11 +697,12 @@ class MLP:
     def _refuse_overlap(out, X) -> None:
         """out that overlaps the caller's X (before X is converted, where the copy would
         overlap nothing and out would write into the caller's array): refused."""
+        if not isinstance(out, np.ndarray):
+            return
         arrays = [getattr(X, name, None) for name in ("data", "indices", "indptr", "row",
                                                       "col")] if is_sparse(X) else [X]
-        if isinstance(out, np.ndarray) and any(
-                isinstance(array, np.ndarray) and np.may_share_memory(out, array)
-                for array in arrays):
+        if any(isinstance(array, np.ndarray) and np.may_share_memory(out, array)
+               for array in arrays):
             raise ValueError("out must not overlap X or the model's parameters")
 
     def evaluate(self, X, Y, loss, n_threads=None) -> float:
