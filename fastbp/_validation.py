@@ -232,10 +232,15 @@ def as_sparse_rows(data, name: str, dtype: np.dtype, n_columns: int):
 
 
 def input_arrays(X) -> tuple:
-    """The arrays a checked X (as_inputs's answer) reads: to test for overlap."""
+    """The NumPy arrays X reads, to test for overlap: a checked X (as_inputs's answer), or
+    a caller's X before it is checked (a scipy.sparse matrix's stored arrays; none for a
+    list)."""
     if isinstance(X, _core.SparseRows):
         return (X.data, X.indices, X.indptr)
-    return (X,)
+    if is_sparse(X):
+        parts = (getattr(X, name, None) for name in ("data", "indices", "indptr", "row", "col"))
+        return tuple(part for part in parts if isinstance(part, np.ndarray))
+    return (X,) if isinstance(X, np.ndarray) else ()
 
 
 def as_targets(data, loss, n_outputs: int, n_rows: int | None, dtype: np.dtype):

@@ -697,12 +697,8 @@ class MLP:
     def _refuse_overlap(out, X) -> None:
         """out that overlaps the caller's X (before X is converted, where the copy would
         overlap nothing and out would write into the caller's array): refused."""
-        if not isinstance(out, np.ndarray):
-            return
-        arrays = [getattr(X, name, None) for name in ("data", "indices", "indptr", "row",
-                                                      "col")] if is_sparse(X) else [X]
-        if any(isinstance(array, np.ndarray) and np.may_share_memory(out, array)
-               for array in arrays):
+        if isinstance(out, np.ndarray) and any(np.may_share_memory(out, array)
+                                               for array in input_arrays(X)):
             raise ValueError("out must not overlap X or the model's parameters")
 
     def evaluate(self, X, Y, loss, n_threads=None) -> float:
