@@ -191,6 +191,16 @@ def _create(temporary: str, path: str, mode: int) -> int:
                           f"its folder ({error.strerror})") from None
 
 
+def check_output(path) -> os.stat_result | None:
+    """check_target(path), and for a file to be made or replaced (not a FIFO or a device,
+    written into as it is) check_room: what a caller checks before work whose end writes
+    `path`."""
+    found = check_target(path)
+    if not is_stream(found):
+        check_room(path)
+    return found
+
+
 def check_room(path) -> None:
     """Make and remove a temporary beside `path`: an OSError (naming `path`) now, before
     any work, where the write would fail at the end (a folder without write permission,

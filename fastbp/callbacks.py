@@ -283,8 +283,7 @@ class ModelCheckpoint(Callback):
             raise FileNotFoundError(f"ModelCheckpoint cannot write {os.fspath(self.path)!r}: "
                                     f"the folder {directory!r} does not exist")
         from fastbp import _files     # a folder, socket, block device or too long a name
-        if not _files.is_stream(_files.check_target(self.path)):
-            _files.check_room(self.path)    # (a folder that takes no new file)
+        _files.check_output(self.path)     # (and a folder that takes no new file)
         if self.save_best_only:
             _check_logged(logs, self.monitor, "ModelCheckpoint")
 

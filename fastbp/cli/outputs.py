@@ -20,10 +20,7 @@ def check_writable(path: str, option: str):
     if os.path.isdir(path):
         raise UsageError(f"{option} {path} is a folder; give a file name")
     try:
-        found = _files.check_target(path)
-        if found is None or stat.S_ISREG(found.st_mode):
-            _files.check_room(path)         # (not a FIFO or device: written into as it is)
-        return found
+        return _files.check_output(path)
     except ValueError as error:
         raise UsageError(f"{option} {error}") from None
     except OSError as error:
