@@ -597,7 +597,7 @@ def test_messages_name_the_options_and_the_cells(tmp_path, capsys):
     bad = write_csv(tmp_path / "t.csv", ["a", "b", "y"], [[1, 2, 1], [1, 2, "inf"]])
     status, _, err = run_cli(capsys, "train", bad, "--epochs", "1", "-q", "-o",
                              tmp_path / "t.fbp")
-    assert status == 2 and "the target column 'y' holds 'inf' in data row 2" in err, err
+    assert status == 2 and "t.csv, line 3: the target column 'y' holds 'inf'" in err, err
 
 
 def test_labels_past_2_to_the_53_match_across_csv_and_npy(tmp_path, capsys):
@@ -623,3 +623,46 @@ def test_labels_past_2_to_the_53_match_across_csv_and_npy(tmp_path, capsys):
             assert status == 0, err
             accuracies.append(json.loads(out)["accuracy"])
         assert accuracies[0] == accuracies[1] > 0.9, (model, accuracies)
+
+
+TARGET_CELLS = [    # (file, its target cells, extra arguments, where the message must point)
+    ("t.csv", ["0", "1", "x", "1"], ["--loss", "mse"],
+     "t.csv, line 4: the target column 'y' holds 'x'"),
+    ("t.csv", ["0", "1", "nan", "1"], ["--loss", "mse"],
+     "t.csv, line 4: the target column 'y' holds 'nan'"),
+    ("t.csv", ["0", "1", "nan", "1"], ["--loss", "cce"],
+     "t.csv, line 4: the target column 'y' holds 'nan'"),
+    ("t.csv", ["0", "", "1", "1"], ["--loss", "cce"],
+     "t.csv, line 3: the target column 'y' has no label"),
+    ("d.npz", [0, 1, np.nan, 1], ["--loss", "cce"],
+     "d.npz[y], row 2: the target column 'y' holds 'nan'"),
+    ("x.npy", [0, 1, 1, np.inf], ["--loss", "mse", "--targets", "{tmp}/y.npy"],
+     "y.npy, row 3: the target column 'y' holds 'inf'"),
+]
+
+
+@pytest.mark.parametrize("name, cells, extra, message", TARGET_CELLS)
+def test_a_bad_target_cell_names_its_file_and_line(name, cells, extra, message, tmp_path,
+                                                    capsys):
+    X = np.arange(12.0).reshape(4, 3)
+    if name.endswith(".csv"):
+        write_csv(tmp_path / name, ["a", "b", "c", "y"], [[*x, y] for x, y in zip(X, cells)])
+    elif name.endswith(".npz"):
+        np.savez(tmp_path / name, X=X, y=np.array(cells))
+    else:
+        np.save(tmp_path / name, X)
+        np.save(tmp_path / "y.npy", np.array(cells))
+    argv = [part.format(tmp=tmp_path) for part in extra]
+    status, _, err = run_cli(capsys, "train", tmp_path / name, *argv, "--epochs", "1",
+                             "-o", tmp_path / "m.fbp")
+    assert status == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_evaluate_names_the_line_of_a_label_the_model_was_not_trained_on(tmp_path, capsys):
+    rows = [[1, 2, "a"], [3, 4, "b"], [5, 6, "a"]]
+    write_csv(tmp_path / "train.csv", ["u", "v", "y"], rows)
+    assert run_cli(capsys, "train", tmp_path / "train.csv", "--epochs", "1",
+                   "-o", tmp_path / "m.fbp")[0] == 0
+    write_csv(tmp_path / "test.csv", ["u", "v", "y"], rows + [[7, 8, "c"]])
+    status, _, err = run_cli(capsys, "evaluate", tmp_path / "m.fbp", tmp_path / "test.csv")
+    assert status == 2 and "test.csv, line 5: the target column 'y' holds label(s) 'c'" in err

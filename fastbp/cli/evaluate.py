@@ -26,12 +26,13 @@ def cmd_evaluate(args) -> int:
         raise UsageError(f"{args.model} has no sidecar ({sidecar_to_read(args.model)}) "
                          f"listing its "
                          f"classes, so the targets must be class indices 0..k-1, not text")
+    where = table.target_where
     if sidecar is None and takes_class_labels(loss) and len(target_cols) == 1:
-        Y = numeric_targets(target_cols, target_names)[:, 0]
+        Y = numeric_targets(target_cols, target_names, where=where)[:, 0]
     elif sidecar is None and loss.is_classification:
-        Y = numeric_targets(target_cols, target_names)
+        Y = numeric_targets(target_cols, target_names, where=where)
     else:
-        Y, _, _ = encode_targets(target_cols, target_names, loss, sidecar)
+        Y, _, _ = encode_targets(target_cols, target_names, loss, sidecar, where)
     value = model.evaluate(X, Y, loss)
     predictions = model.predict(X)
     figures = {"rows": int(X.shape[0]), "loss": value}

@@ -128,6 +128,15 @@ class Table:
                                  f"{value.strip()!r}, not a number{hint}") from None
         raise UsageError(f"the {role} column {self.label(j)} of {self.path} is not numeric")
 
+    def target_where(self, row: int) -> str:
+        """Where a target cell of data row `row` (from 0) is, for messages: the CSV line,
+        else the row of the targets' array (from 0, as NumPy counts)."""
+        if self.targets is not None:
+            return f"{self.target_source}, row {row}"
+        if self._lines is not None:
+            return f"{self.path}, line {self._lines[row]}"
+        return f"{self.path}, row {row}"
+
     def raw(self, j: int):
         """Column j as it is: strings (CSV) or numbers (arrays)."""
         import numpy as np

@@ -49,7 +49,12 @@ def _plain(value):
     return int(value) if value.is_integer() else value
 
 
-def _label_keys(column):
+def _row(index) -> str:
+    """The default location of a target cell: its data row, counted from 1."""
+    return f"data row {index + 1}"
+
+
+def _label_keys(column, source="the target column", where=_row):
     """(keys, numeric) for a label column: float64 numbers when every label is a number
     that keeps its identity as one (_numbers_keep_labels), else the labels as strings."""
     import numpy as np
@@ -58,8 +63,10 @@ def _label_keys(column):
         return column, True
     numbers = numbers_or_none(column)
     if numbers is not None and _numbers_keep_labels(column):
-        if not np.isfinite(numbers).all():
-            raise UsageError("the target column holds NaN or infinity; every row needs a label")
+        bad = np.flatnonzero(~np.isfinite(numbers))
+        if bad.size:
+            raise UsageError(f"{where(bad[0])}: {source} holds {_shown(column[bad[0]])}; "
+                             f"every row needs a label")
         return numbers, True
     return np.array([str(v).strip() for v in column], dtype=str), False
 
@@ -86,16 +93,16 @@ def _numbers_keep_labels(column) -> bool:
     return True
 
 
-def encode_labels(column, classes=None, source="the target column"):
+def encode_labels(column, classes=None, source="the target column", where=_row):
     """(labels 0..k-1 as intp, classes): the class list learned in sorted order, or
-    mapped to the given classes."""
+    mapped to the given classes. where(row): a row's location for messages."""
     import numpy as np
 
-    keys, numeric = _label_keys(column)
+    keys, numeric = _label_keys(column, source, where)
     if not numeric:
         empty = np.flatnonzero(np.char.str_len(keys) == 0)
         if empty.size:
-            raise UsageError(f"{source} has no label in data row {empty[0] + 1}")
+            raise UsageError(f"{where(empty[0])}: {source} has no label")
     if classes is None:
         unique, labels = np.unique(keys, return_inverse=True)
         return labels.astype(np.intp), [_plain(v) for v in unique.tolist()]
@@ -105,7 +112,7 @@ def encode_labels(column, classes=None, source="the target column"):
         if isinstance(value, str) and is_number(value):
             lookup.setdefault(_number_key(value), index)
     unique, inverse = np.unique(keys, return_inverse=True)
-    mapped = np.empty(len(unique), dtype=np.intp)
+    mapped = np.full(len(unique), -1, dtype=np.intp)
     unknown = []
     for k, value in enumerate(unique.tolist()):
         key = value
@@ -117,30 +124,38 @@ def encode_labels(column, classes=None, source="the target column"):
         mapped[k] = lookup[key]
     if unknown:
         shown = ", ".join(map(repr, unknown[:5]))
-        raise UsageError(f"{source} holds label(s) {shown} the model was not trained on; its "
-                         f"classes: {', '.join(map(repr, classes[:20]))}")
+        first = np.flatnonzero(mapped[inverse] < 0)[0]
+        raise UsageError(f"{where(first)}: {source} holds label(s) {shown} the model was not "
+                         f"trained on; its classes: {', '.join(map(repr, classes[:20]))}")
     return mapped[inverse].astype(np.intp), list(classes)
 
 
-def numeric_targets(columns, names, source_hint=""):
+def _shown(value) -> str:
+    """A cell as a message shows it."""
+    return repr(str(value).strip())
+
+
+def numeric_targets(columns, names, source_hint="", where=_row):
+    """The target columns as a float64 matrix; a cell that is not a finite number is
+    refused at where(row)."""
     import numpy as np
 
     matrix = np.empty((len(columns[0]), len(columns)), dtype=np.float64)
     for k, (column, name) in enumerate(zip(columns, names)):
         numbers = numbers_or_none(column)
         if numbers is None:
-            bad = next((v for v in column if not is_number(v)), "")
-            raise UsageError(f"the target column {name!r} holds {str(bad).strip()!r}, not a "
-                             f"number{source_hint}")
+            row = next(i for i, v in enumerate(column) if not is_number(v))
+            raise UsageError(f"{where(row)}: the target column {name!r} holds "
+                             f"{_shown(column[row])}, not a number{source_hint}")
         bad = np.flatnonzero(~np.isfinite(numbers))
         if bad.size:            # (the library would say "Y contains NaN", not where)
-            raise UsageError(f"the target column {name!r} holds {str(column[bad[0]]).strip()!r} "
-                             f"in data row {bad[0] + 1}, not a finite number")
+            raise UsageError(f"{where(bad[0])}: the target column {name!r} holds "
+                             f"{_shown(column[bad[0]])}, not a finite number")
         matrix[:, k] = numbers
     return matrix
 
 
-def encode_targets(columns, names, loss, sidecar=None):
+def encode_targets(columns, names, loss, sidecar=None, where=_row):
     """Targets for fastbp from raw columns: (Y, classes, output names).
 
     cce, one column: class labels 0..k-1 (classes: the original labels); cce, several
@@ -149,7 +164,7 @@ def encode_targets(columns, names, loss, sidecar=None):
     columns: multi-label 0/1 targets. Regression: numbers, one output per column.
     With a sidecar (evaluate), its classes are used instead of learned. `loss`: a
     fastbp.losses.Loss, asked what it takes (class labels; else 0/1 values when it is a
-    classification loss; else numbers).
+    classification loss; else numbers). where(row): a row's location for messages.
     """
     import numpy as np
 
@@ -157,12 +172,13 @@ def encode_targets(columns, names, loss, sidecar=None):
     regression_hint = "; for class labels use --loss cce (or bce for two classes)"
     if takes_class_labels(loss):
         if len(columns) == 1:
-            labels, classes = encode_labels(columns[0], known, f"the target column {names[0]!r}")
+            labels, classes = encode_labels(columns[0], known,
+                                            f"the target column {names[0]!r}", where)
             if known is None and len(classes) < 2:
                 raise UsageError(f"the target column {names[0]!r} holds a single class "
                                  f"({classes[0]!r}); classification needs two or more")
             return labels, classes, [str(c) for c in classes]
-        return numeric_targets(columns, names), list(names), list(names)
+        return numeric_targets(columns, names, where=where), list(names), list(names)
     if loss.is_classification:
         if len(columns) == 1:
             numbers = numbers_or_none(columns[0])
@@ -170,10 +186,11 @@ def encode_targets(columns, names, loss, sidecar=None):
                 numbers.min() >= 0 and numbers.max() <= 1
             if in_unit and (known is None or [_plain(c) for c in known] == [0, 1]):
                 return numbers.reshape(-1, 1), [0, 1], list(names)
-            labels, classes = encode_labels(columns[0], known, f"the target column {names[0]!r}")
+            labels, classes = encode_labels(columns[0], known,
+                                            f"the target column {names[0]!r}", where)
             if len(classes) != 2:
                 raise UsageError(f"binary cross-entropy needs two classes; the target column "
                                  f"{names[0]!r} holds {len(classes)}: use --loss cce")
             return labels.astype(np.float64).reshape(-1, 1), classes, [str(classes[1])]
-        return numeric_targets(columns, names, regression_hint), None, list(names)
-    return numeric_targets(columns, names, regression_hint), None, list(names)
+        return numeric_targets(columns, names, regression_hint, where), None, list(names)
+    return numeric_targets(columns, names, regression_hint, where), None, list(names)

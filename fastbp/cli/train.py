@@ -88,7 +88,8 @@ def cmd_train(args) -> int:
     X = table.numeric(features, "feature",
                       "; encode it as numbers, or leave it out with --drop COLUMN")
     loss, loss_note = _choose_loss(args.loss, target_cols)
-    Y, classes, outputs = encode_targets(target_cols, target_names, loss)
+    Y, classes, outputs = encode_targets(target_cols, target_names, loss,
+                                         where=table.target_where)
     model = _build_model(args, X.shape[1], len(outputs), loss)
     monitor = "val_loss" if args.validation_split > 0 else "loss"
     trainer, learning_rate = _build_trainer(args, loss, monitor)
