@@ -808,6 +808,11 @@ class _BaseMLP(BaseEstimator):
         if model is None or model.dtype != np.float32:
             return np.float64
         dtype = getattr(X, "dtype", None)
+        if dtype is None and isinstance(X, (list, tuple)):
+            try:        # the array scikit-learn makes of it: bool rows stay bool
+                dtype = np.asarray(X).dtype
+            except (ValueError, TypeError):     # ragged: validate_data says what is wrong
+                dtype = None
         pandas = sys.modules.get("pandas")
         if pandas is not None and isinstance(X, pandas.DataFrame):
             kinds = X.dtypes.tolist()

@@ -840,6 +840,8 @@ def test_outputs_take_scikit_learns_dtype(fit_dtype):
     X, y = blobs(n=40)
     inputs = {"float32": X.astype(np.float32), "float64": X, "float16": X.astype(np.float16),
               "int": np.rint(X).astype(np.int64), "list": X.tolist(),
+              "list_of_bools": (X > 0).tolist(), "list_of_ints": np.rint(X).astype(int).tolist(),
+              "tuple_of_bools": tuple(map(tuple, (X > 0).tolist())),
               **{kind: np.rint(np.abs(X)).astype(kind) for kind in
                  ("uint8", "int8", "int16", "uint16", "int32", "uint32", "bool")},
               "frame_uint8": pandas.DataFrame(np.rint(np.abs(X)).astype(np.uint8)),
