@@ -666,3 +666,39 @@ def test_evaluate_names_the_line_of_a_label_the_model_was_not_trained_on(tmp_pat
     write_csv(tmp_path / "test.csv", ["u", "v", "y"], rows + [[7, 8, "c"]])
     status, _, err = run_cli(capsys, "evaluate", tmp_path / "m.fbp", tmp_path / "test.csv")
     assert status == 2 and "test.csv, line 5: the target column 'y' holds label(s) 'c'" in err
+
+
+def test_bench_builtin_says_when_its_windows_fell_short():
+    """A window shorter than --duration only sizes the next; the rate is the median of
+    those that lasted, and a row whose windows never all did says so (it had shown the
+    last short window's rate as the median)."""
+    from fastbp.cli.bench import measure_rate
+
+    class Clock:                    # each fit takes `per_epoch[i]` a epoch, in turn
+        def __init__(self, per_epoch):
+            self.now, self.per_epoch, self.fits = 0.0, per_epoch, 0
+
+        def __call__(self):
+            return self.now
+
+    def fit_with(clock, trainer):
+        def fit():
+            clock.now += trainer.epochs * clock.per_epoch[min(clock.fits,
+                                                              len(clock.per_epoch) - 1)]
+            clock.fits += 1
+        return fit
+
+    class Trainer:
+        epochs = 1
+
+    faster = [1.0 / 4 ** k for k in range(1, 13)]     # each window a quarter as long
+    for per_epoch, rate, note in [
+            ([0.1], 1000 / 0.1, ""),                                   # steady: 3 windows
+            ([1.0, 0.1, 0.1, 0.1], 1000 / 0.1, ""),                    # faster once
+            ([1.0, 1.0] + faster, 1000.0, "only 1 of 3 windows reached 1 s"),
+            ([1.0] + faster, 1000 * (4 ** 6 + 4 ** 7) / 2,             # all 12 rates' median
+             "no window reached 1 s: the median of all 12"),
+    ]:
+        clock, trainer = Clock(per_epoch), Trainer()
+        got, said = measure_rate(fit_with(clock, trainer), trainer, 1000, 1.0, 3, clock)
+        assert said == note and got == pytest.approx(rate)

@@ -115,21 +115,37 @@ def _builtin_bench(args, threads) -> int:
             model = MLP(sizes, ["relu"] * (len(sizes) - 2) + ["softmax"], seed=args.seed)
             trainer = Trainer("cce", learning_rate=0.01, epochs=1, batch_size=batch,
                               seed=args.seed, n_threads=count or None)
-            started = time.perf_counter()
-            trainer.fit(model, X, y)                           # warm-up, and the epoch's time
-            per_epoch = max(time.perf_counter() - started, 1e-6)
-            rates = []
-            for _ in range(4 * repeats):     # windows of whole epochs, each >= duration
-                trainer.epochs = max(1, math.ceil(1.1 * duration / per_epoch))
-                started = time.perf_counter()
-                trainer.fit(model, X, y)
-                elapsed = time.perf_counter() - started
-                per_epoch = elapsed / trainer.epochs
-                if elapsed >= duration:     # (a shorter one measured the epoch's time)
-                    rates.append(trainer.epochs * rows / elapsed)
-                if len(rates) == repeats:
-                    break
-            rate = statistics.median(rates or [trainer.epochs * rows / elapsed])
+            rate, note = measure_rate(lambda: trainer.fit(model, X, y), trainer, rows,
+                                      duration, repeats)
             print(f"{name:<8}  {'-'.join(map(str, sizes)):<12}  {batch:>5}  {rows:>7,}  "
-                  f"{count or 'auto':>7}  {rate:>14,.0f}", flush=True)
+                  f"{count or 'auto':>7}  {rate:>14,.0f}{note and '  (' + note + ')'}", flush=True)
     return 0
+
+
+def measure_rate(fit, trainer, rows, duration, repeats, clock=time.perf_counter):
+    """(samples/s, note): the median over `repeats` windows of whole epochs, each sized
+    from the last to last at least `duration`, after one epoch of warm-up; a window that
+    came out shorter (the machine got faster) only sizes the next. If fewer than `repeats`
+    of 4 x repeats tries reach `duration`, the median of those that did, or of every
+    window when none did, and a note that says so (else the note is empty)."""
+    trainer.epochs = 1
+    started = clock()
+    fit()                                   # warm-up, and the epoch's time
+    per_epoch = max(clock() - started, 1e-6)
+    reached, every = [], []
+    for _ in range(4 * repeats):
+        trainer.epochs = max(1, math.ceil(1.1 * duration / per_epoch))
+        started = clock()
+        fit()
+        elapsed = max(clock() - started, 1e-9)
+        per_epoch = elapsed / trainer.epochs
+        every.append(trainer.epochs * rows / elapsed)
+        if elapsed >= duration:
+            reached.append(every[-1])
+            if len(reached) == repeats:
+                return statistics.median(reached), ""
+    if reached:
+        return statistics.median(reached), \
+            f"only {len(reached)} of {repeats} windows reached {duration:g} s"
+    return statistics.median(every), \
+        f"no window reached {duration:g} s: the median of all {len(every)}"
