@@ -320,13 +320,21 @@ def oversubscribed(res):
     return bool(threads) and res.get("cpu_over_wall_max", 0.0) > OVERSUBSCRIBED * threads
 
 
+def fewer_threads(res):
+    """True if fastbp ran a fixed-thread row on fewer threads than the row says (its rule
+    for a step too short to split: fastbp._threads.threads_of)."""
+    choice, threads = res.get("thread_choice"), res.get("threads") or 0
+    return bool(choice and threads) and choice[0] * choice[1] < threads
+
+
 def _cell(res):
     if res is None or res.get("status") != "ok":
         return "n/a"
     spread = (res["max"] - res["min"]) / res["median"] * 100 if res["median"] else 0
     # at one thread the worker should own its core: CPU time well under wall time = shared
     shared = res.get("threads") == 1 and res.get("cpu_over_wall", 1.0) < 0.9
-    marks = ("*" if shared else "") + ("!" if oversubscribed(res) else "")
+    marks = ("*" if shared else "") + ("!" if oversubscribed(res) else "") + \
+        ("<" if fewer_threads(res) else "")
     return f"{_fmt_rate(res['median'])} ±{spread / 2:.0f}%{marks}"
 
 
@@ -430,8 +438,13 @@ def print_report(results, libraries, wl_names, threads_list, args, file=sys.stdo
     if any(r.get("gemm_floor") for r in results):
         p("  GEMMs alone: fastbp's own matrix products of plain-SGD training, same calls, nothing")
         p("  else (_core.gemm_floor); bound = GEMMs alone / peer, the most any overhead cut can give")
-    if any(_cell(r).rstrip("!").endswith("*") for r in results):
+    if any(_cell(r).rstrip("!<").endswith("*") for r in results):
         p("  * CPU time under 90% of wall time: the core was shared with other work")
+    for r in results:
+        if r.get("status") == "ok" and fewer_threads(r):
+            workers, blas, _ = r["thread_choice"]
+            p(f"  < {r['workload']} {r['library']} at {r['threads']} threads ran on "
+              f"{workers * blas}: fastbp runs a step too short to split on one thread")
     if any(oversubscribed(r) for r in results if r.get("status") == "ok"):
         p(f"  ! CPU time over {OVERSUBSCRIBED:g} x threads x wall time in some window: the run "
           f"used more threads than its row says")

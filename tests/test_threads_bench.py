@@ -52,6 +52,21 @@ def test_honest_runs_are_not_flagged(bench):
     assert "!" not in text and "OVER" not in text
 
 
+def test_a_fixed_thread_row_fastbp_ran_on_fewer_threads_is_marked(bench):
+    """fastbp runs a step too short to split on one thread even at n_threads=2: the row
+    says 2, so the cell and a note say it ran on 1 (only the JSON had said so)."""
+    compare = bench[0]
+    fewer = dict(result("fastbp", "W1", 2, 100e3, 1.0), thread_choice=[1, 1, 0])
+    split = dict(result("fastbp", "W1", 2, 180e3, 2.0), thread_choice=[2, 1, 0])
+    text = report(compare, [fewer, result("numpy", "W1", 2, 60e3, 1.0)], [2])
+    assert "100k ±0%<" in text and "< W1 fastbp at 2 threads ran on 1" in text
+    text = report(compare, [split, result("numpy", "W1", 2, 60e3, 1.0)], [2])
+    assert "180k ±0% " in text and "ran on" not in text
+    one = dict(result("fastbp", "W1", 1, 100e3, 1.0), thread_choice=[1, 1, 0])
+    text = report(compare, [one, result("numpy", "W1", 1, 60e3, 1.0)], [1])
+    assert "100k ±0% " in text and "ran on" not in text
+
+
 def test_the_scaling_column_is_fastbp_at_t_threads_over_fastbp_at_one(bench):
     compare = bench[0]
     results = [result("fastbp", "W1", 1, 100e3, 1.0), result("numpy", "W1", 1, 50e3, 1.0),
