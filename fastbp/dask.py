@@ -980,8 +980,13 @@ class _ClusterRounds:
                     if "cancelled" in statuses or (attempt and statuses - {"finished"}):
                         raise _lost_data_error(self.futures, self.blocks, error,
                                                rounds_done) from error
-                    if attempt:
-                        raise
+                    if attempt:     # a worker lost again while the round ran again
+                        raise LostDataError(
+                            f"round {round_index + 1} was lost with a worker twice (another "
+                            f"left while it ran again); the model holds the parameters of "
+                            f"the last completed round ({rounds_done}): call fit again "
+                            f"to continue once the cluster is steady ({type(error).__name__}"
+                            f": {error})") from error
                     # The state this round starts from (on the workers that trained the
                     # last round) was lost with a worker: again, from a copy that is not.
                     self._cancel(current, self.ahead)

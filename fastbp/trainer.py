@@ -720,7 +720,10 @@ class _CompiledEpoch:
                           f"state are restored to those at the start of that epoch. Try a "
                           f"smaller learning_rate.", RuntimeWarning, stacklevel=5)
             return EpochResult(diverged=True)
-        trainer._step = self.hyperparameters.step
+        if trainer._state is self.state:
+            # (the step count goes with the state: a fit of another model on this trainer,
+            # from a callback or another thread, has made the trainer's state its own)
+            trainer._step = self.hyperparameters.step
         if status == _core.Status.INTERRUPTED:
             return EpochResult(interrupted=True)
         trainer._epochs_done += 1

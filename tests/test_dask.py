@@ -1135,6 +1135,42 @@ def test_scattered_data_lost_with_a_worker_says_so(cluster_client):
     assert np.isfinite(model._params).all()
 
 
+def test_a_round_lost_again_while_it_runs_again_says_so(cluster_client, monkeypatch):
+    """A round whose tasks are lost with a worker runs once more; lost again (a second
+    worker left meanwhile) the fit raises LostDataError saying so, not Dask's bare
+    CancelledError, and the model holds the last completed round's parameters. (The
+    losses are made by a round whose result is cancelled each time it is waited for.)"""
+    from distributed.client import CancelledError
+
+    class Lost:
+        def result(self):
+            raise CancelledError("the round's result")
+
+    submit, tries = fastbp.dask._ClusterRounds._submit, []
+
+    def submit_lost_after_the_first_round(self, round_index, *args, **kwargs):
+        submitted = submit(self, round_index, *args, **kwargs)
+        if round_index == 0:
+            return submitted
+        tries.append(round_index)
+        return submitted._replace(taken=Lost())
+
+    class AfterFirstRound(Callback):
+        def on_epoch_end(self, epoch, logs):
+            self.params = self.model._params.copy()
+
+    monkeypatch.setattr(fastbp.dask._ClusterRounds, "_submit",
+                        submit_lost_after_the_first_round)
+    X, y = chunked(3_000)
+    model, after = classifier(), AfterFirstRound()
+    with pytest.raises(fastbp.dask.LostDataError,
+                       match=r"round 2 was lost with a worker twice.*completed round \(1\)"):
+        fastbp.dask.fit(model, fastbp.Trainer("cce", seed=0, n_threads=1), X, y,
+                        client=cluster_client, rounds=3, callbacks=[after])
+    assert 1 in tries and tries.count(1) >= 2
+    np.testing.assert_array_equal(model._params, after.params)
+
+
 class Interrupter(threading.Thread):
     """Sends SIGINT to this process once the driver has completed `round_index` rounds
     (`rounds`: a Rounds callback of the fit) and a training task of round `round_index`

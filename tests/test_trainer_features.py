@@ -1665,3 +1665,34 @@ def test_a_plateau_monitor_the_epochs_will_not_log_is_refused_before_training():
         with pytest.raises(ValueError, match="ReduceOnPlateau monitors 'val_loss'"):
             call()
         assert np.array_equal(model.parameter_vector(), before) and trainer._step == 0
+
+
+def test_a_fit_of_another_model_from_a_callback_keeps_the_step_count_with_its_state():
+    """A callback of model A's fit trains model B on the same trainer: the trainer's state
+    is B's from then on, and so must be its step count (A's fit wrote its own 12 steps over
+    B's 4, and B's next partial_fit took Adam's bias corrections at steps 13..16)."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 5))
+    y = (X[:, 0] * X[:, 1] > 0).astype(int)
+
+    def make():
+        return fastbp.MLP([5, 4, 2], ["tanh", "softmax"], dtype="float64", seed=1)
+
+    settings = dict(optimizer="adam", learning_rate=0.01, batch_size=50, shuffle=False,
+                    n_threads=1)
+    trainer, A, B = fastbp.Trainer("cce", epochs=3, **settings), make(), make()
+
+    class TrainOther(fastbp.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs):
+            if epoch == 0:
+                trainer.partial_fit(B, X, y)
+
+    trainer.fit(A, X, y, callbacks=[TrainOther()])
+    trainer.partial_fit(B, X, y)
+    alone, B_alone = fastbp.Trainer("cce", **settings), make()
+    alone.partial_fit(B_alone, X, y)
+    alone.partial_fit(B_alone, X, y)
+    np.testing.assert_array_equal(B.parameter_vector(), B_alone.parameter_vector())
+    A_alone = make()
+    fastbp.Trainer("cce", epochs=3, **settings).fit(A_alone, X, y)
+    np.testing.assert_array_equal(A.parameter_vector(), A_alone.parameter_vector())
