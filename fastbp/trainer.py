@@ -561,7 +561,15 @@ def chosen_metrics(metrics, loss, n_outputs: int) -> list:
     elif not isinstance(metrics, (list, tuple)):
         raise TypeError(f"metrics must be a name, a callable (y_true, y_pred) -> float, or a "
                         f"list of them; got {metrics!r}")
-    return [(metrics_module.name(m), metrics_module.get(m)) for m in metrics]
+    chosen = [(metrics_module.name(m), metrics_module.get(m)) for m in metrics]
+    seen = {"loss"}                 # (val_loss is the loss's own)
+    for name, _ in chosen:
+        if name in seen:
+            raise ValueError(f"two figures would be logged as 'val_{name}': each metric needs "
+                             f"a name of its own, and not 'loss' (a callable is logged under "
+                             f"its __name__: give it another)")
+        seen.add(name)
+    return chosen
 
 
 def validation_figures(model: MLP, loss, validation, metric_functions) -> list:

@@ -1696,3 +1696,28 @@ def test_a_fit_of_another_model_from_a_callback_keeps_the_step_count_with_its_st
     A_alone = make()
     fastbp.Trainer("cce", epochs=3, **settings).fit(A_alone, X, y)
     np.testing.assert_array_equal(A.parameter_vector(), A_alone.parameter_vector())
+
+
+@pytest.mark.parametrize("chosen, key", [
+    (["mae", "mean_absolute_error"], "val_mae"),
+    ([lambda y, p: 1.0, lambda y, p: 2.0], "val_<lambda>"),
+    (["accuracy", metrics.accuracy], "val_accuracy"),
+])
+def test_two_metrics_of_one_name_are_refused(chosen, key):
+    """Each metric is logged as val_<name>: two of one name overwrote each other, and a
+    callable named `loss` overwrote val_loss itself (which EarlyStopping watches). Refused,
+    the model as it was."""
+    def loss(y_true, y_pred):
+        return 123.0
+
+    X = np.random.default_rng(0).normal(size=(40, 3))
+    y = (X[:, 0] > 0).astype(int)
+    model = fastbp.MLP([3, 4, 2], ["relu", "softmax"], seed=0)
+    before = model.parameter_vector().copy()
+    trainer = fastbp.Trainer("cce", epochs=1, seed=0)
+    for metric_list, logged in [(chosen, key), ([loss], "val_loss")]:
+        with pytest.raises(ValueError, match=f"two figures would be logged as '{logged}'"):
+            trainer.fit(model, X, y, validation_split=0.25, metrics=metric_list)
+        np.testing.assert_array_equal(model.parameter_vector(), before)
+    history = trainer.fit(model, X, y, validation_split=0.25, metrics=["mae", "accuracy"])
+    assert history.val_loss[0] != 123.0 and len(history.history["val_mae"]) == 1
