@@ -26,14 +26,19 @@ def _constructor_arguments(cls) -> tuple:
     return tuple(inspect.signature(cls).parameters)
 
 
-def rebuilt(obj):
-    """obj's class constructed again from obj's attributes of the constructor's argument
-    names: the constructor's checks run again on values a caller may have set since (an
+def rebuilt(obj, registry):
+    """obj checked by its constructor: the class of fastbp's own (in `registry`) that obj
+    is, or derives from, constructed again from obj's attributes of the constructor's
+    argument names, so that its checks run again on values a caller may have set since (an
     optimizer's learning_rate, a schedule's step_size, a loss's parameter), with the
-    constructor's own message, before the core uses them unchecked. For fastbp's own
-    classes, whose attributes carry their constructor's arguments."""
-    cls = type(obj)
-    return cls(**{name: getattr(obj, name) for name in _constructor_arguments(cls)})
+    constructor's own message, before the core uses them unchecked. Returns that new
+    object for one of fastbp's own classes, and obj itself for a subclass of one (its
+    own constructor may take other arguments) or a class of the caller's own."""
+    base = next((cls for cls in type(obj).__mro__ if cls in registry), None)
+    if base is None:
+        return obj
+    copy = base(**{name: getattr(obj, name) for name in _constructor_arguments(base)})
+    return copy if type(obj) is base else obj
 
 
 def check_verbose(verbose) -> None:

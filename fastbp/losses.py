@@ -250,5 +250,5 @@ def get(loss) -> Loss:
             raise ValueError(f"the compiled core knows the losses "
                              f"{', '.join(REGISTRY.canonical_names)}; got "
                              f"{type(loss).__name__} named {loss.name!r}")
-        return rebuilt(loss) if type(loss) in REGISTRY else loss
+        return rebuilt(loss, REGISTRY)
     return REGISTRY.lookup(loss)()

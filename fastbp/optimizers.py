@@ -148,8 +148,14 @@ def get(optimizer, learning_rate: float | None = None) -> Optimizer:
     """An Optimizer from a name, with `learning_rate` (None: the optimizer's own default,
     0.01 for SGD, RMSprop and Adagrad, 0.001 for Adam), or an Optimizer object, which
     brings its own: a copy made through its constructor, so that attributes changed since
-    it was made are checked as the constructor checks them."""
+    it was made are checked as the constructor checks them (a subclass of one of fastbp's
+    own: checked so, and used as it is)."""
     if isinstance(optimizer, Optimizer):
-        return rebuilt(optimizer) if type(optimizer) in REGISTRY else optimizer
+        if optimizer.code_name not in _core.OPTIMIZER_CODES:
+            raise TypeError(f"the compiled core knows the optimizers {', '.join(NAMES)}: an "
+                            f"Optimizer must be one of them or derive from one; got "
+                            f"{type(optimizer).__name__} with code_name "
+                            f"{optimizer.code_name!r}")
+        return rebuilt(optimizer, REGISTRY)
     cls = REGISTRY.lookup(optimizer)
     return cls() if learning_rate is None else cls(learning_rate)

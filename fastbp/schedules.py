@@ -257,13 +257,12 @@ NAMES = REGISTRY.names
 
 def get(spec) -> Schedule:
     """A Schedule from None (constant), a name, or a Schedule object (returned as is, its
-    state with it; one of fastbp's own classes is first checked as its constructor checks,
-    since its attributes may have changed)."""
+    state with it; one of fastbp's own classes, or a subclass of one, is first checked as
+    its constructor checks, since its attributes may have changed)."""
     if spec is None:
         return Constant()
     if isinstance(spec, Schedule):
-        if type(spec) in REGISTRY:
-            rebuilt(spec)
+        rebuilt(spec, REGISTRY)
         return spec
     if not isinstance(spec, str):
         raise TypeError(f"schedule must be None, a name ({', '.join(NAMES)}) or a "

@@ -1721,3 +1721,46 @@ def test_two_metrics_of_one_name_are_refused(chosen, key):
         np.testing.assert_array_equal(model.parameter_vector(), before)
     history = trainer.fit(model, X, y, validation_split=0.25, metrics=["mae", "accuracy"])
     assert history.val_loss[0] != 123.0 and len(history.history["val_mae"]) == 1
+
+
+def test_subclasses_of_fastbps_rules_are_checked_as_the_rules_are():
+    """An optimizer, schedule or loss of a class derived from one of fastbp's own is
+    checked by that class's constructor as the class itself is (a subclass of Adam with a
+    negative learning_rate trained uphill; a StepDecay subclass with step_size 0 ended in
+    ZeroDivisionError), and an Optimizer the core does not know is refused at once (it
+    raised KeyError in fit). Refused, the model as it was; valid, it trains as its base."""
+    class MyAdam(optimizers.Adam):
+        pass
+
+    class MySteps(schedules.StepDecay):
+        pass
+
+    class MyHuber(losses.Huber):
+        pass
+
+    class Unknown(optimizers.Optimizer):
+        code_name = "mine"
+
+    X = np.random.default_rng(0).normal(size=(40, 3))
+    Y = X[:, :2].copy()
+    model = fastbp.MLP([3, 4, 2], ["tanh", "identity"], seed=0)
+    before = model.parameter_vector().copy()
+    bad_adam, bad_steps, bad_huber = MyAdam(), MySteps(2), MyHuber()
+    bad_adam.learning_rate, bad_steps.step_size, bad_huber.parameter = -0.1, 0, -1.0
+    for settings, error, message in [
+            (dict(optimizer=bad_adam), ValueError, "learning_rate"),
+            (dict(schedule=bad_steps), ValueError, "step_size"),
+            (dict(optimizer=Unknown(0.1)), TypeError, "code_name 'mine'")]:
+        with pytest.raises(error, match=message):
+            fastbp.Trainer("mse", epochs=1, seed=0, **settings).fit(model, X, Y)
+        np.testing.assert_array_equal(model.parameter_vector(), before)
+    with pytest.raises(ValueError, match="delta"):
+        fastbp.Trainer(bad_huber, epochs=1, seed=0).fit(model, X, Y)
+    np.testing.assert_array_equal(model.parameter_vector(), before)
+    trained = []
+    for adam, steps, huber in [(MyAdam(0.01), MySteps(2), MyHuber(0.5)),
+                               (optimizers.Adam(0.01), schedules.StepDecay(2), losses.Huber(0.5))]:
+        copy = fastbp.MLP([3, 4, 2], ["tanh", "identity"], seed=0)
+        fastbp.Trainer(huber, optimizer=adam, schedule=steps, epochs=3, seed=0).fit(copy, X, Y)
+        trained.append(copy.parameter_vector())
+    np.testing.assert_array_equal(*trained)
