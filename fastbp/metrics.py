@@ -182,12 +182,19 @@ def default_metrics(loss, n_outputs: int | None = None) -> list[str]:
     return loss.default_metrics(n_outputs)
 
 
+def _monitor_hint(monitor: str, logged) -> str:
+    """Why a validation figure may be missing: no validation in the fit (when nothing
+    validation is logged), else nothing (the name is wrong: the message lists the names)."""
+    if monitor.startswith("val_") and not any(str(key).startswith("val_") for key in logged):
+        return " (validation figures need validation_data or validation_split in fit)"
+    return ""
+
+
 def _monitored_value(logs, monitor: str, owner: str) -> float:
     """logs[monitor] as a float, or a ValueError that says which keys the logs have."""
     if not isinstance(logs, dict) or monitor not in logs:
         keys = ", ".join(map(str, logs)) if isinstance(logs, dict) else "none"
-        hint = (" (validation figures need validation_data or validation_split in fit)"
-                if monitor.startswith("val_") else "")
+        hint = _monitor_hint(monitor, logs if isinstance(logs, dict) else ())
         raise ValueError(f"{owner} monitors {monitor!r}, which this epoch's logs do not have"
                          f"{hint}; they have: {keys}")
     value = logs[monitor]
@@ -201,8 +208,7 @@ def _check_logged(logs, monitor: str, owner: str) -> None:
     (logs["logged"], where the fit gives them) lack `monitor`, before any epoch trains."""
     logged = logs.get("logged") if isinstance(logs, dict) else None
     if logged is not None and monitor not in logged:
-        hint = (" (validation figures need validation_data or validation_split in fit)"
-                if monitor.startswith("val_") else "")
+        hint = _monitor_hint(monitor, logged)
         raise ValueError(f"{owner} monitors {monitor!r}, which this fit's epochs do not log"
                          f"{hint}; they log: {', '.join(map(str, logged))}")
 

@@ -414,3 +414,24 @@ def test_a_checkpoint_in_a_folder_that_takes_no_new_file_is_refused_before_train
     with pytest.raises(OSError, match="no new file can be made"):
         fastbp.Trainer("mse", epochs=2).fit(model, X, X[:, :1], callbacks=[checkpoint])
     np.testing.assert_array_equal(model.parameter_vector(), before)
+
+
+def test_a_misnamed_validation_monitor_is_not_blamed_on_missing_validation():
+    """EarlyStopping("val_acc") on a fit with validation (which logs val_accuracy): the
+    message lists the names, without the hint that the fit has no validation (it has);
+    on a fit without validation the hint stays."""
+    X = np.random.default_rng(0).normal(size=(40, 3))
+    y = (X[:, 0] > 0).astype(int)
+    model = fastbp.MLP([3, 4, 2], ["relu", "softmax"], seed=0)
+    trainer = fastbp.Trainer("cce", epochs=2, seed=0)
+    with pytest.raises(ValueError, match="val_acc") as refused:
+        trainer.fit(model, X, y, validation_split=0.25,
+                    callbacks=[fastbp.callbacks.EarlyStopping("val_acc")])
+    assert "need validation_data" not in str(refused.value)
+    assert "val_accuracy" in str(refused.value)
+    with pytest.raises(ValueError, match="need validation_data or validation_split"):
+        trainer.fit(model, X, y, callbacks=[fastbp.callbacks.EarlyStopping("val_acc")])
+    early = fastbp.callbacks.EarlyStopping("val_acc")
+    with pytest.raises(ValueError, match="val_acc") as refused:     # the logs of an epoch
+        early.on_epoch_end(0, {"loss": 1.0, "val_loss": 1.0, "val_accuracy": 0.5})
+    assert "need validation_data" not in str(refused.value)
