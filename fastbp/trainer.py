@@ -442,7 +442,11 @@ class Trainer:
                                          f"0..{n_classes - 1}")
                     table[int(key)] = real_number(value, f"class_weight[{key}]")
             class_weights = table[classes]
-            weights = class_weights if weights is None else weights * class_weights
+            if weights is not None:
+                with np.errstate(over="ignore"):      # (as_row_weights refuses an overflow)
+                    weights = weights * class_weights
+            else:
+                weights = class_weights
         return None if weights is None else as_row_weights(weights, dtype)
 
     @staticmethod

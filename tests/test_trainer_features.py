@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 import zlib
 
 import numpy as np
@@ -1764,3 +1765,18 @@ def test_subclasses_of_fastbps_rules_are_checked_as_the_rules_are():
         fastbp.Trainer(huber, optimizer=adam, schedule=steps, epochs=3, seed=0).fit(copy, X, Y)
         trained.append(copy.parameter_vector())
     np.testing.assert_array_equal(*trained)
+
+
+def test_row_weights_that_overflow_are_refused_without_numpys_warning():
+    """sample_weight times class_weight past float64: one clear ValueError, no NumPy
+    RuntimeWarning about an overflow in multiply before it; the model as it was."""
+    X = np.random.default_rng(0).normal(size=(20, 3))
+    y = (X[:, 0] > 0).astype(int)
+    model = fastbp.MLP([3, 4, 2], ["relu", "softmax"], seed=0)
+    before = model.parameter_vector().copy()
+    trainer = fastbp.Trainer("cce", epochs=1, seed=0, class_weight={0: 1e300, 1: 1e300})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match="overflow float64"):
+            trainer.fit(model, X, y, sample_weight=np.full(20, 1e300))
+    np.testing.assert_array_equal(model.parameter_vector(), before)
