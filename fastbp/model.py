@@ -123,6 +123,8 @@ def check_allocation(n_elements: int, dtype: np.dtype, what: str) -> None:
 
 
 def _check_dtype(dtype) -> np.dtype:
+    if dtype is None:           # (NumPy's np.dtype(None) is float64, not the default)
+        raise TypeError(f"dtype must be one of {', '.join(DTYPES)}; got None")
     try:
         resolved = np.dtype(dtype)
     except TypeError:
@@ -216,44 +218,51 @@ class MLP:
             raise TypeError(f"seed must be None or an integer; got {seed!r}")
         if isinstance(seed, numbers.Integral) and seed < 0:
             raise ValueError(f"seed must be an integer >= 0; got {seed!r}")
-        self._setup(sizes, names, dtype, dropout=rates)
+        # Drawn into a new buffer before the model takes it: refused or failing, __init__
+        # leaves a model as it was
+        check_allocation(_format.parameter_count(sizes), dtype, "the parameters")
+        plan = _core.Plan(sizes, tuple(_core.ACTIVATION_CODES[name] for name in names), 0)
+        params = _format.parameter_buffer(plan.n_params, dtype, zeroed=True)
         rng = np.random.default_rng(seed)
-        for weights, activation in zip(self._weights, names):
+        for weights, activation in zip(plan.parameter_views(params)[0], names):
             _initialise(weights, rng, activation, init)
+        self._setup(sizes, names, dtype, params, rates)
 
-    def _setup(self, sizes, names, dtype, params=None, dropout=None):
+    def _setup(self, sizes, names, dtype, params, dropout=None):
+        """The model made of these parts (params: its parameter vector, used as it is when
+        aligned): every check and allocation first, then every attribute, so that a refused
+        or failed call leaves a model as it was."""
         training = self.__dict__.get("_training")
         if training is not None and training.locked():
             # (a callback's __init__ on the model it is given: the fit would go on with its
             # plan over the new parameters, and end on a lock it no longer holds)
             raise RuntimeError("this model is being trained: it cannot be made anew (by "
                                "__init__) until the fit ends")
-        self._layer_sizes = sizes
-        self._activations = names
-        self._dropout = dropout or (0.0,) * len(names)
-        self._codes = tuple(_core.ACTIVATION_CODES[name] for name in names)
-        if params is None:   # counted in Python integers: the core's offsets cannot overflow
-            check_allocation(_format.parameter_count(sizes), dtype, "the parameters")
-        self._plan = _core.Plan(sizes, self._codes, 0)
-        if params is None:
-            params = _format.parameter_buffer(self._plan.n_params, dtype, zeroed=True)
-        elif params.ctypes.data % _format.PARAMETER_ALIGNMENT:
-            aligned = _format.parameter_buffer(len(params), params.dtype)
-            aligned[...] = params
-            params = aligned
-        self._params = params
-        self._weights, self._biases = self._plan.parameter_views(self._params)
+        codes = tuple(_core.ACTIVATION_CODES[name] for name in names)
         # The switches of predict's and a fit's paths are read here (with few_row_kernels
         # and gil_rule below), so that a value one refuses is an error when a model is
         # made, not only at the first call it applies to (a predict of a few rows reads
         # none of these; the kernels' level is set on import, see kernel_level)
         kernel_mode(), requested_level(), small_gemm_kernels(), forced_split(), pinned_threads()
         _core.lazy_adam_rows(), _core.named_rows_only()
+        kernels, gil_rule = few_row_kernels(), _core.gil_rule()
+        plan = _core.Plan(sizes, codes, 0)
+        if params.ctypes.data % _format.PARAMETER_ALIGNMENT:
+            aligned = _format.parameter_buffer(len(params), params.dtype)
+            aligned[...] = params
+            params = aligned
+        weights, biases = plan.parameter_views(params)
         # predict's fast path for a few rows: plan and workspaces kept between calls
-        kernels = few_row_kernels()
-        self._predictor = None if kernels == "never" else \
-            _core.Predictor(sizes, self._codes, self._params, always=kernels == "always",
-                            gil=_core.gil_rule())
+        predictor = None if kernels == "never" else \
+            _core.Predictor(sizes, codes, params, always=kernels == "always", gil=gil_rule)
+        self._layer_sizes = sizes
+        self._activations = names
+        self._dropout = dropout or (0.0,) * len(names)
+        self._codes = codes
+        self._plan = plan
+        self._params = params
+        self._weights, self._biases = weights, biases
+        self._predictor = predictor
         # and past it, on one thread: the general path's plans, kept by chunk rows and the
         # switches they were chosen under (_kept_plan), and the forward passes' of the
         # general path (_forward_pass); new parameters or dtype, new dicts
@@ -263,7 +272,7 @@ class MLP:
         # calls as the fast path's are (_core.GilChoice), per kind of call: sparse or
         # not, and rows to a power of two (eight threads on one sparse row each ran at
         # 0.4x of one thread's calls a second with the GIL released around its 3 us pass)
-        self._gil_rule = _core.gil_rule()
+        self._gil_rule = gil_rule
         self._gil_choices = {}
         # Held by a fit: a second fit of the same model from another thread is refused.
         self._training = threading.Lock()
@@ -846,16 +855,18 @@ def load(path) -> MLP:
 
 
 def _initialise(weights, rng, activation, init):
-    """Fill a weight matrix in place; drawn in float64 a block of rows at a time (the same
-    values as one draw), so building a model needs little more than its parameters."""
+    """Fill a weight matrix in place; drawn in float64 2^20 values at a time in row-major
+    order (the same values as one draw), so building a model needs little more than its
+    parameters, however wide a layer."""
     n_in, n_out = weights.shape
     if init == "zeros":
         weights[...] = 0
         return
     he = init == "he" or (init == "auto" and activation in RELU_FAMILY)
     limit = np.sqrt(6.0 / (n_in + n_out))   # Glorot (Xavier) uniform
-    rows = max(1, (1 << 20) // n_out)
-    for start in range(0, n_in, rows):
-        shape = (min(rows, n_in - start), n_out)
-        weights[start:start + shape[0]] = rng.normal(0.0, np.sqrt(2.0 / n_in), size=shape) \
-            if he else rng.uniform(-limit, limit, size=shape)
+    flat = weights.view()
+    flat.shape = (-1,)          # (a view of the row-major values: never a copy)
+    for start in range(0, flat.size, 1 << 20):
+        size = min(1 << 20, flat.size - start)
+        flat[start:start + size] = rng.normal(0.0, np.sqrt(2.0 / n_in), size=size) \
+            if he else rng.uniform(-limit, limit, size=size)

@@ -102,3 +102,58 @@ def test_the_seed_decides_the_draws():
     first, again, other = (fastbp.MLP([40, 30, 5], "relu", seed=s).weights[0] for s in (7, 7, 8))
     assert np.array_equal(first, again)
     assert not np.array_equal(first, other)
+
+
+@pytest.mark.parametrize("init", ["he", "glorot"])
+def test_the_draws_are_one_draw_in_row_major_order_however_wide_a_layer(init):
+    """The weights are drawn 2^20 values at a time (rows wider than that in pieces, so that
+    building a model needs little more than its parameters: a 1 x 2^27 layer took 3x its
+    size as one row of float64): the values of one draw of the whole matrix."""
+    rng = np.random.default_rng(3)
+    for shape in [(3, (1 << 20) + 5), (2, 1 << 21), ((1 << 20) + 3, 1), (5, 7)]:
+        W = np.empty(shape)
+        model_module._initialise(W, np.random.default_rng(3), "relu", init)
+        rng = np.random.default_rng(3)
+        want = rng.normal(0.0, he_std(shape[0]), size=shape) if init == "he" else \
+            rng.uniform(-glorot_limit(*shape), glorot_limit(*shape), size=shape)
+        np.testing.assert_array_equal(W, want)
+
+
+def test_a_wide_layer_is_built_in_little_more_than_its_size():
+    """1 x 2^25 float32 weights (128 MiB): the build's allocations beyond the parameters
+    stay under 32 MiB (one row drawn at once in float64 was 256 MiB more)."""
+    import tracemalloc
+    tracemalloc.start()
+    try:
+        model = fastbp.MLP([1, 1 << 25], ["identity"], seed=0)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert model.weights[0].std() > 0
+    assert peak - model.parameter_vector().nbytes < 32 << 20, peak
+
+
+def test_a_refused_init_leaves_the_model_as_it_was(monkeypatch):
+    """__init__ on a live model that is refused (a size past the memory, a bad switch in
+    the environment) changed its layer sizes first (its file then did not load), or its
+    parameters without its predict plan (predict gave the old model's outputs)."""
+    model = fastbp.MLP([3, 4, 2], ["relu", "softmax"], seed=0)
+    X = np.random.default_rng(0).normal(size=(5, 3)).astype(np.float32)
+    before, outputs = model.parameter_vector().copy(), model.predict(X)
+    with pytest.raises(ValueError, match="GiB"):
+        model.__init__([5, 10 ** 6, 10 ** 5], "relu")
+    monkeypatch.setenv("FASTBP_KERNELS", "bogus")
+    with pytest.raises(ValueError, match="FASTBP_KERNELS"):
+        model.__init__([3, 4, 2], ["relu", "softmax"], seed=1)
+    monkeypatch.delenv("FASTBP_KERNELS")
+    assert model.layer_sizes == (3, 4, 2)
+    np.testing.assert_array_equal(model.parameter_vector(), before)
+    np.testing.assert_array_equal(model.predict(X), outputs)
+    np.testing.assert_array_equal(fastbp.MLP.from_bytes(model.to_bytes()).predict(X), outputs)
+
+
+def test_dtype_none_is_refused():
+    """np.dtype(None) is float64: dtype=None made a float64 model where the default is
+    float32."""
+    with pytest.raises(TypeError, match="dtype must be one of"):
+        fastbp.MLP([2, 2], ["identity"], dtype=None)
