@@ -50,6 +50,10 @@ def check_target(path) -> os.stat_result | None:
     directory, name = os.path.split(os.path.realpath(path))
     if not name:                   # the root folder
         raise ValueError(f"cannot write {path}: it is a folder, not a regular file")
+    given = os.path.dirname(path) or os.curdir
+    if not os.path.isdir(given):   # as open() finds it ("missing/../x": realpath drops "..")
+        raise FileNotFoundError(errno.ENOENT, f"No such file or directory (the folder "
+                                f"{given} does not exist)", path)
     try:
         found = os.stat(path)
     except FileNotFoundError:

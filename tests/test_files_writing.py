@@ -277,3 +277,25 @@ def test_a_checkpoint_onto_a_folder_or_socket_fails_before_training(tmp_path):
             fastbp.Trainer("cce", epochs=2, batch_size=10).fit(net, X, y,
                                                                 callbacks=[checkpoint])
         assert net.to_bytes() == before and checkpoint.saved_epochs == []
+
+
+def test_a_path_through_a_missing_folder_is_refused_as_open_would(tmp_path, monkeypatch):
+    """"missing/../m.fbp" names nothing open() can write (the folder "missing" is looked up
+    first): it was written as ./m.fbp (realpath drops ".."), and "missing/.." failed on the
+    temporary's name after writing it. Refused, nothing written; through a folder that
+    exists the same path is written where it says."""
+    monkeypatch.chdir(tmp_path)
+    model = fastbp.MLP([2, 2], ["identity"], seed=0)
+    for path in ("missing/../m.fbp", "missing/.."):
+        with pytest.raises(FileNotFoundError, match="folder missing"):
+            model.save(path)
+        with pytest.raises(FileNotFoundError):
+            open(path, "wb")
+    assert os.listdir(tmp_path) == []
+    os.mkdir("there")
+    with pytest.raises(ValueError, match="it is a folder"):
+        model.save("there/..")
+    model.save("there/../m.fbp")
+    assert sorted(os.listdir(tmp_path)) == ["m.fbp", "there"]
+    np.testing.assert_array_equal(fastbp.load("m.fbp").parameter_vector(),
+                                  model.parameter_vector())
