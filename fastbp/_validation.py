@@ -93,9 +93,24 @@ def numeric_array(data, name: str) -> np.ndarray:
         array = np.asarray(data)
     except (ValueError, TypeError) as error:
         raise ValueError(f"{name} could not be read as a numeric array: {error}") from None
+    if array.dtype.kind not in NUMERIC_KINDS and _pandas_extension_kinds(data):
+        try:        # pandas' nullable numbers (Float32, Int64, boolean): NA as NaN
+            array = data.to_numpy(dtype=np.float64, na_value=np.nan)
+        except (ValueError, TypeError):
+            pass
     if array.dtype.kind not in NUMERIC_KINDS:
         raise TypeError(f"{name} must hold numbers; got an array of dtype {array.dtype}")
     return array
+
+
+def _pandas_extension_kinds(data) -> bool:
+    """Whether data is a pandas frame or series with a dtype of pandas' own (np.asarray
+    makes objects of them)."""
+    kinds = getattr(data, "dtypes", None)
+    if kinds is None or not hasattr(data, "to_numpy"):
+        return False
+    kinds = kinds.tolist() if hasattr(kinds, "tolist") else [kinds]
+    return any(not isinstance(kind, np.dtype) for kind in kinds)
 
 
 def check_finite(array: np.ndarray, name: str) -> None:

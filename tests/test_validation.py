@@ -776,3 +776,25 @@ def test_bad_callbacks_are_refused_before_training(callbacks):
     with pytest.raises(TypeError, match=r"callbacks must be fastbp\.callbacks\.Callback"):
         fastbp.Trainer("cce", epochs=2, seed=0).fit(model, X0, LABELS0, callbacks=callbacks)
     assert_unchanged(model, before)
+
+
+def test_pandas_nullable_numbers_are_numbers():
+    """A DataFrame of pandas' nullable dtypes (Float32, Float64, Int64, boolean) is read as
+    its numbers (it was refused as "an array of dtype object"); a missing value is refused
+    as NaN is, and text stays refused."""
+    pd = pytest.importorskip("pandas")
+    model = fastbp.MLP([3, 2], ["identity"], seed=0)
+    X = np.random.default_rng(0).random((4, 3))
+    for kind, values in [("Float32", X.astype(np.float32)), ("Float64", X),
+                         ("Int64", (X * 10).astype(int)), ("boolean", X > 0.5)]:
+        frame = pd.DataFrame(values).astype(kind)
+        np.testing.assert_array_equal(model.predict(frame), model.predict(values))
+    Y = pd.DataFrame(X[:, :2]).astype("Float64")
+    fastbp.Trainer("mse", epochs=1, seed=0).fit(model, pd.DataFrame(X).astype("Float32"), Y)
+    missing = pd.DataFrame(X).astype("Float32")
+    missing.iloc[1, 1] = pd.NA
+    with pytest.raises(ValueError, match="NaN"):
+        model.predict(missing)
+    text = pd.DataFrame({"a": ["x", "y"], "b": pd.array([1, 2], dtype="Int64"), "c": [1.0, 2]})
+    with pytest.raises(TypeError, match="must hold numbers"):
+        model.predict(text)
