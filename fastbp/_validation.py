@@ -253,13 +253,17 @@ def as_sparse_rows(data, name: str, dtype: np.dtype, n_columns: int):
 
 def input_arrays(X) -> tuple:
     """The NumPy arrays X reads, to test for overlap: a checked X (as_inputs's answer), or
-    a caller's X before it is checked (a scipy.sparse matrix's stored arrays; none for a
-    list)."""
+    a caller's X before it is checked (a scipy.sparse matrix's stored arrays, a pandas
+    frame's columns; none for a list)."""
     if isinstance(X, _core.SparseRows):
         return (X.data, X.indices, X.indptr)
     if is_sparse(X):
         parts = (getattr(X, name, None) for name in ("data", "indices", "indptr", "row", "col"))
         return tuple(part for part in parts if isinstance(part, np.ndarray))
+    if not isinstance(X, np.ndarray) and hasattr(X, "iloc") and hasattr(X, "columns"):
+        # (a frame's columns are views of its blocks where they are NumPy's)
+        columns = (X.iloc[:, j].to_numpy(copy=False) for j in range(X.shape[1]))
+        return tuple(column for column in columns if isinstance(column, np.ndarray))
     return (X,) if isinstance(X, np.ndarray) else ()
 
 

@@ -932,3 +932,12 @@ def test_out_that_overlaps_the_callers_x_is_refused_before_x_is_converted():
     coo = scipy.sparse.coo_matrix(np.ones((3, 4), np.float32))
     with pytest.raises(ValueError, match="out must not overlap X"):
         model.predict(coo, out=coo.data[:6].reshape(3, 2))
+    pandas = pytest.importorskip("pandas")     # a frame's columns (it was taken, and written)
+    frame = pandas.DataFrame(np.arange(24, dtype=np.float32).reshape(6, 4))
+    first = frame.iloc[:, 0].to_numpy(copy=False)
+    assert first.strides == (4,)        # a column of its block, values one after another
+    before = frame.copy()
+    out = np.lib.stride_tricks.as_strided(first, (6, 2), (8, 4))   # 12 values from it
+    with pytest.raises(ValueError, match="out must not overlap X"):
+        model.predict(frame, out=out)
+    pandas.testing.assert_frame_equal(frame, before)
