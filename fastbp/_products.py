@@ -132,16 +132,22 @@ def product_isas(layer_sizes, rows: int, dtype, one_thread=True, backward=True,
     chunks = None if gemm_chunks is None else tuple(gemm_chunks)
     arguments = (tuple(sizes), rows, dtype, isa, backward, sparse, chunks, largest, margin,
                  None if first_forward is None else tuple(first_forward))
-    if arguments not in _chosen:
-        _chosen[arguments] = _measured_isas(*arguments)
-    return list(_chosen[arguments])
+    if arguments in _chosen:
+        return list(_chosen[arguments])
+    isas, complete = _measured_isas(*arguments)
+    if complete:        # (inside a pass, a product not measured yet runs on BLAS for now)
+        _chosen[arguments] = isas
+    return list(isas)
 
 
 def _measured_isas(sizes, rows, dtype, isa, backward, sparse, gemm_chunks, largest, margin,
                    first_forward):
-    """product_isas under "auto", each product measured (own_is_faster), with its share
-    of the margin (product_margin)."""
+    """(isas, complete): product_isas under "auto", each product measured (own_is_faster),
+    with its share of the margin (product_margin); inside a pass (_threads.inside_pass)
+    only the products already measured, complete False if one was not."""
     from fastbp import _core
+    from fastbp._threads import inside_pass
+    kept_only, complete = inside_pass(), True
     n_layers = len(sizes) - 1
     isas = [0] * (6 * n_layers)
     code = _core.KERNEL_ISAS[isa]
@@ -169,9 +175,12 @@ def _measured_isas(sizes, rows, dtype, isa, backward, sparse, gemm_chunks, large
     pass_multiply_adds = sum(m * n * k for _, _, m, n, k, _, _ in measured)
     for index, kind, m, n, k, chunk_rows, chunk_columns in measured:
         share = product_margin(margin, m * n * k, pass_multiply_adds, len(measured))
-        if own_is_faster(kind, m, n, k, dtype, isa, chunk_rows, chunk_columns, share):
+        faster = own_is_faster(kind, m, n, k, dtype, isa, chunk_rows, chunk_columns, share,
+                               kept_only)
+        complete = complete and faster is not None
+        if faster:
             isas[index] = code
-    return isas
+    return isas, complete
 
 
 def product_margin(margin, multiply_adds, pass_multiply_adds, n_products) -> float:
@@ -199,12 +208,13 @@ def row_bucket(rows: int) -> int:
 
 
 def own_is_faster(kind, m, n, k, dtype, isa, chunk_rows=0, chunk_columns=0,
-                  margin=1.0) -> bool:
+                  margin=1.0, kept_only=False) -> bool | None:
     """True if the own kernel of isa takes this product faster than one-thread BLAS here
     (or slower by less than the factor `margin`), each in the calls the plan makes
     (_core.matrix_product's chunks); measured once per shape, chunks, dtype, isa, margin,
-    CPU and OpenBLAS core, and cached."""
-    from fastbp._cache import build_identity, cpu_model, settled
+    CPU and OpenBLAS core, and cached. kept_only: the answer kept in memory or in the
+    cache file (read without its lock), None if there is none; nothing measured."""
+    from fastbp._cache import build_identity, cpu_model, read_cache, settled
     chunk_rows = 0 if chunk_rows >= m else chunk_rows   # 0: whole, however it is written
     chunk_columns = 0 if chunk_columns >= n else chunk_columns
     key = (f"{kind}/{m}x{n}x{k}/{chunk_rows}x{chunk_columns}/{np.dtype(dtype).name}/{isa}/"
@@ -212,6 +222,12 @@ def own_is_faster(kind, m, n, k, dtype, isa, chunk_rows=0, chunk_columns=0,
     if margin != 1.0:
         key += f"/margin {margin:g}"
     from fastbp._threads import measured
+    if kept_only:
+        found = _measured.get(key)
+        if found is None:
+            kept = read_cache(CACHE_FILE).get(key)
+            found = kept if isinstance(kept, bool) else None
+        return found
 
     def measure(wait):
         try:

@@ -31,6 +31,14 @@ _turns = threading.Condition(_turns_lock)   # guards _active, _count, _saved, _q
 _local = threading.local()               # depth: blas_threads passes open on this thread
 
 
+def inside_pass() -> bool:
+    """Whether this thread is inside a blas_threads pass (a fit's validation, a callback's
+    predict): a choice asked for there takes what is kept, or a default, and never
+    measures or waits for a measurement's lock (another thread's measurement may itself
+    wait for this pass to end: a deadlock)."""
+    return getattr(_local, "depth", 0) > 0
+
+
 # A fit's way of using its threads is a triple (row workers, BLAS threads, split): (1, T,
 # BY_ROWS) runs each step on one worker whose products use T BLAS threads; (T, 1, BY_ROWS)
 # splits each step by rows among T workers on one BLAS thread each (the products of small
@@ -324,7 +332,7 @@ def _measured_choice(layer_sizes, codes, batch_size, dtype, candidates, threads_
         return isinstance(kept, list) and all(type(v) is int for v in kept) \
             and tuple(kept) in choices
 
-    if getattr(_local, "depth", 0) > 0:
+    if inside_pass():
         found = _measured.get(key)
         if found is None:
             kept = read_cache(CACHE_FILE).get(key)
@@ -386,7 +394,7 @@ def pass_threads(layer_sizes, activations, rows: int, dtype, backward: bool) -> 
     if fixed is not None:
         return fixed, fixed
     key = _pass_key(tuple(layer_sizes), rows, dtype, backward, allowed)
-    if getattr(_local, "depth", 0) > 0:
+    if inside_pass():
         # Inside another pass on this thread (a fit's validation, a callback's predict):
         # this one runs under that pass's BLAS count whatever it asks (blas_threads), so
         # it takes the count kept for it, or one thread, and never measures. Measuring

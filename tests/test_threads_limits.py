@@ -343,3 +343,44 @@ def test_a_child_forked_while_another_thread_fits_trains_and_predicts():
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.split() == ["child", "0"], \
         (result.stdout, result.stderr[-2000:])
+
+
+VALIDATION_BESIDE_A_MEASURING_FIT = textwrap.dedent("""
+    import faulthandler, os, sys, threading, time
+    import numpy as np
+    import fastbp
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(4000, 784)).astype(np.float32)
+    y = rng.integers(0, 10, 4000)
+    def on_blas_threads():      # batch 9 < 2 x 5 rows: its steps' products on 5 BLAS threads
+        model = fastbp.MLP([784, 256, 10], ["relu", "softmax"], seed=0)
+        fastbp.Trainer("cce", epochs=3, batch_size=9, seed=0, n_threads=5).fit(
+            model, X[:3000], y[:3000], validation_data=(X[3000:3300], y[3000:3300]))
+    def measuring():            # a default fit of another network measures its choices
+        model = fastbp.MLP([300, 100, 10], ["tanh", "softmax"], seed=0)
+        fastbp.Trainer("cce", epochs=1, batch_size=32, seed=0).fit(model, X[:2000, :300],
+                                                                  y[:2000])
+    threads = [threading.Thread(target=on_blas_threads), threading.Thread(target=measuring)]
+    threads[0].start(); time.sleep(0.05); threads[1].start()
+    deadline = time.monotonic() + 120
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    if any(thread.is_alive() for thread in threads):
+        faulthandler.dump_traceback(all_threads=True)
+        os._exit(3)
+    print("both done")
+""")
+
+
+def test_a_fits_validation_beside_another_threads_measurement_does_not_deadlock(tmp_path):
+    """One thread fits on BLAS threads with validation data; another starts a default fit
+    of a new network, which measures its threads and product kernels. The measurement held
+    the product kernels' lock while it waited for the first fit's pass to end, and that
+    pass's validation asked for its product kernels under that lock: both waited for ever.
+    Inside a pass a choice is now taken as kept (or BLAS), never measured or waited for."""
+    env = dict(os.environ, FASTBP_CACHE_DIR=str(tmp_path))
+    env.pop("FASTBP_KERNELS", None)
+    result = subprocess.run([sys.executable, "-c", VALIDATION_BESIDE_A_MEASURING_FIT],
+                            env=env, capture_output=True, text=True, timeout=280)
+    assert result.returncode == 0 and result.stdout.split() == ["both", "done"], \
+        (result.stdout, result.stderr[-3000:])
