@@ -445,11 +445,18 @@ def pinned_threads():
     value = (_getenv(_THREADS_LOOKUP)[0] or b"").decode(errors="replace").strip()
     if not value:
         return None
-    if not value.isdigit() or int(value) < 1:
+    count = _ascii_count(value)
+    if count is None or count < 1:
         raise ValueError(f"{THREADS_VARIABLE}={value!r}: it must be a whole number >= 1 (the "
                          f"threads a fit, predict, evaluate or gradients with n_threads=None "
                          f"uses), or unset")
-    return min(int(value), MAX_THREADS)
+    return min(count, MAX_THREADS)
+
+
+def _ascii_count(text: str):
+    """text's whole number when it is ASCII digits only, else None (str.isdigit takes "²",
+    which int() refuses)."""
+    return int(text) if text.isascii() and text.isdigit() else None
 
 
 def _cache_key(layer_sizes, batch_size, dtype, threads_label):
@@ -834,9 +841,9 @@ def _environment_limit():
         values = [_IMPORT_ENVIRONMENT[name] for name in THREAD_LIMIT_VARIABLES]
     counts = []
     for value in values:
-        value = (value or "").split(",")[0].strip()
-        if value.isdigit() and int(value) > 0:
-            counts.append(int(value))
+        count = _ascii_count((value or "").split(",")[0].strip())
+        if count is not None and count > 0:
+            counts.append(count)
     limit = min(counts) if counts else None
     _environment_seen = raw, limit
     return limit

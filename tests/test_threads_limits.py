@@ -384,3 +384,23 @@ def test_a_fits_validation_beside_another_threads_measurement_does_not_deadlock(
                             env=env, capture_output=True, text=True, timeout=280)
     assert result.returncode == 0 and result.stdout.split() == ["both", "done"], \
         (result.stdout, result.stderr[-3000:])
+
+
+@pytest.mark.parametrize("name", _threads.THREAD_LIMIT_VARIABLES)
+def test_a_thread_variable_of_non_ascii_digits_is_no_limit(name, monkeypatch):
+    """OMP_NUM_THREADS="²" (a digit to str.isdigit, not to int()) ended every default fit
+    in "invalid literal for int()"; it is unreadable, so no limit, as "abc" is."""
+    for value in ("²", "٣", "abc", "2,1"):
+        monkeypatch.setenv(name, value)
+        limit = _threads._environment_limit()
+        assert limit == (2 if value == "2,1" else None), (value, limit)
+    monkeypatch.setenv(name, "²")
+    model = fastbp.MLP([5, 8, 2], ["relu", "softmax"], seed=0)
+    X = np.random.default_rng(0).random((64, 5)).astype(np.float32)
+    fastbp.Trainer("cce", epochs=1, seed=0).fit(model, X, (X[:, 0] > 0.5).astype(int))
+
+
+def test_fastbp_threads_of_non_ascii_digits_is_refused_naming_it(monkeypatch):
+    monkeypatch.setenv(_threads.THREADS_VARIABLE, "²")
+    with pytest.raises(ValueError, match=f"{_threads.THREADS_VARIABLE}='²': it must be a whole"):
+        _threads.pinned_threads()
