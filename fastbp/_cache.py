@@ -129,26 +129,36 @@ def _opened(path, flags):
 
 def read_cache(file_name) -> dict:
     """The choices kept in a cache file, or {} when it is missing, unreadable or not ours."""
+    return _read_document(file_name)[0]
+
+
+def _read_document(file_name) -> tuple:
+    """(choices, another version's): read_cache's choices, and whether the file is a cache
+    of another version of this format (a newer fastbp sharing the folder), which is left
+    as it is."""
     try:
         file = _opened(os.path.join(cache_folder(), file_name), os.O_RDONLY)
         if file is None:
-            return {}
+            return {}, False
         with file:
             # (the size first, then at most one byte past it, should the file grow
             # meanwhile: read(n) takes n bytes of memory whatever the file holds)
             size = os.fstat(file.fileno()).st_size
             if size > _LARGEST_FILE:
-                return {}
+                return {}, False
             content = file.read(size + 1)
         if len(content) > _LARGEST_FILE:
-            return {}
+            return {}, False
         document = json.loads(content)
     except (OSError, ValueError, RecursionError):   # (RecursionError: nested past Python's
-        return {}                                   # stack, "[[[[..." from anything else)
-    if not isinstance(document, dict) or document.get("version") != _VERSION:
-        return {}
+        return {}, False                            # stack, "[[[[..." from anything else)
+    if not isinstance(document, dict):
+        return {}, False
+    if document.get("version") != _VERSION:
+        version = document.get("version")
+        return {}, type(version) is int and isinstance(document.get("choices"), dict)
     choices = document.get("choices")
-    return choices if isinstance(choices, dict) else {}
+    return (choices, False) if isinstance(choices, dict) else ({}, False)
 
 
 def settled(file_name, key, is_valid, measure):
@@ -156,13 +166,14 @@ def settled(file_name, key, is_valid, measure):
     which is then kept (any JSON value). See the module's docstring for why under a lock.
     An exception from `measure` is passed on and nothing is kept."""
     with _locked(file_name):
-        choices = read_cache(file_name)
+        choices, foreign = _read_document(file_name)
         found = choices.get(key)
         if is_valid(found):
             return found
         found = measure()
-        choices[key] = found
-        _write(file_name, choices)
+        if not foreign:     # (another version's choices are not replaced by ours)
+            choices[key] = found
+            _write(file_name, choices)
         return found
 
 
