@@ -285,8 +285,7 @@ def as_targets(data, loss, n_outputs: int, n_rows: int | None, dtype: np.dtype):
     with np.errstate(over="ignore"):
         targets = np.require(array, dtype, ["C", "A"])
     check_finite(targets, "Y")
-    loss.check_targets(targets)
-    return targets, None
+    return loss.check_targets(targets), None
 
 
 def targets_are_labels(shape, loss, n_outputs: int) -> bool:

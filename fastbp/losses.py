@@ -67,9 +67,10 @@ class Loss:
         """True if targets of this shape are class labels, one per row."""
         return False
 
-    def check_targets(self, targets) -> None:
-        """Refuse dense (n, n_outputs) targets outside what the loss is defined on."""
-        return None
+    def check_targets(self, targets):
+        """Dense (n, n_outputs) targets as the loss takes them (the same array, or one made
+        from it); a ValueError for targets outside what the loss is defined on."""
+        return targets
 
     # ---- what a fit reports and weighs ----
     def default_metrics(self, n_outputs=None) -> list:
@@ -179,10 +180,16 @@ class CategoricalCrossentropy(_LogLoss):
         return len(shape) == 1 or (len(shape) == 2 and shape[1] == 1 and n_outputs > 1)
 
     def check_targets(self, targets):
+        """Rows that sum to 1 within 1e-3 are taken, each scaled to sum to 1 where it does
+        not already (rounded probabilities, 0.333 three times): the softmax output's
+        gradient p - y is the exact gradient of -sum y log p only for rows that do."""
         row_sums = targets.sum(axis=1, dtype=np.float64)
         if targets.min() < 0 or not np.allclose(row_sums, 1.0, rtol=0, atol=1e-3):
             raise ValueError("Y for categorical cross-entropy must be one-hot (or probability) "
                              "rows that sum to 1, or integer class labels, one per row")
+        if (row_sums == 1.0).all():
+            return targets
+        return (targets / row_sums[:, None]).astype(targets.dtype)
 
     def default_metrics(self, n_outputs=None):
         return ["accuracy"]
@@ -206,6 +213,7 @@ class BinaryCrossentropy(_LogLoss):
     def check_targets(self, targets):
         if targets.min() < 0 or targets.max() > 1:
             raise ValueError("Y for binary cross-entropy must lie in [0, 1]")
+        return targets
 
     def default_metrics(self, n_outputs=None):
         # with several outputs (multi-label) the argmax of independent probabilities is no class
