@@ -133,9 +133,8 @@ def read_cache(file_name) -> dict:
 
 
 def _read_document(file_name) -> tuple:
-    """(choices, another version's): read_cache's choices, and whether the file is a cache
-    of another version of this format (a newer fastbp sharing the folder), which is left
-    as it is."""
+    """(choices, newer): read_cache's choices, and whether the file is a cache of a newer
+    version of this format (a newer fastbp sharing the folder), which is left as it is."""
     try:
         file = _opened(os.path.join(cache_folder(), file_name), os.O_RDONLY)
         if file is None:
@@ -156,7 +155,8 @@ def _read_document(file_name) -> tuple:
         return {}, False
     if document.get("version") != _VERSION:
         version = document.get("version")
-        return {}, type(version) is int and isinstance(document.get("choices"), dict)
+        return {}, type(version) is int and version > _VERSION \
+            and isinstance(document.get("choices"), dict)
     choices = document.get("choices")
     return (choices, False) if isinstance(choices, dict) else ({}, False)
 
@@ -171,7 +171,7 @@ def settled(file_name, key, is_valid, measure):
         if is_valid(found):
             return found
         found = measure()
-        if not foreign:     # (another version's choices are not replaced by ours)
+        if not foreign:     # (a newer version's choices are not replaced by ours)
             choices[key] = found
             _write(file_name, choices)
         return found

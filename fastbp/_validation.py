@@ -33,11 +33,13 @@ def rebuilt(obj, registry):
     optimizer's learning_rate, a schedule's step_size, a loss's parameter), with the
     constructor's own message, before the core uses them unchecked. Returns that new
     object for one of fastbp's own classes, and obj itself for a subclass of one (its
-    own constructor may take other arguments) or a class of the caller's own."""
+    own constructor may take other arguments; one without the base's attributes is not
+    checked) or a class of the caller's own."""
     base = next((cls for cls in type(obj).__mro__ if cls in registry), None)
-    if base is None:
-        return obj
-    copy = base(**{name: getattr(obj, name) for name in _constructor_arguments(base)})
+    names = _constructor_arguments(base) if base is not None else ()
+    if base is None or not all(hasattr(obj, name) for name in names):
+        return obj      # (a subclass that keeps other state: the base's checks are not its)
+    copy = base(**{name: getattr(obj, name) for name in names})
     return copy if type(obj) is base else obj
 
 
@@ -93,7 +95,7 @@ def numeric_array(data, name: str) -> np.ndarray:
         array = np.asarray(data)
     except (ValueError, TypeError) as error:
         raise ValueError(f"{name} could not be read as a numeric array: {error}") from None
-    if array.dtype.kind not in NUMERIC_KINDS and _pandas_extension_kinds(data):
+    if array.dtype.kind not in NUMERIC_KINDS and _pandas_nullable_numbers(data):
         try:        # pandas' nullable numbers (Float32, Int64, boolean): NA as NaN
             array = data.to_numpy(dtype=np.float64, na_value=np.nan)
         except (ValueError, TypeError):
@@ -103,14 +105,16 @@ def numeric_array(data, name: str) -> np.ndarray:
     return array
 
 
-def _pandas_extension_kinds(data) -> bool:
-    """Whether data is a pandas frame or series with a dtype of pandas' own (np.asarray
-    makes objects of them)."""
+def _pandas_nullable_numbers(data) -> bool:
+    """Whether data is a pandas frame or series of numbers, some of pandas' own nullable
+    kinds (Float32, Int64, boolean: np.asarray makes objects of them); text, categories,
+    dates are not numbers (their kind is none of NumPy's numeric ones)."""
     kinds = getattr(data, "dtypes", None)
     if kinds is None or not hasattr(data, "to_numpy"):
         return False
     kinds = kinds.tolist() if hasattr(kinds, "tolist") else [kinds]
-    return any(not isinstance(kind, np.dtype) for kind in kinds)
+    return any(not isinstance(kind, np.dtype) for kind in kinds) and \
+        all(getattr(kind, "kind", "O") in "biuf" for kind in kinds)
 
 
 def check_finite(array: np.ndarray, name: str) -> None:
@@ -285,7 +289,8 @@ def as_targets(data, loss, n_outputs: int, n_rows: int | None, dtype: np.dtype):
     with np.errstate(over="ignore"):
         targets = np.require(array, dtype, ["C", "A"])
     check_finite(targets, "Y")
-    return loss.check_targets(targets), None
+    checked = loss.check_targets(targets)      # (None: a loss of the caller's, as it was)
+    return targets if checked is None else checked, None
 
 
 def targets_are_labels(shape, loss, n_outputs: int) -> bool:

@@ -42,7 +42,8 @@ class Loss:
     output_activation: the output activation it pairs with naturally (softmax + CCE and
         sigmoid + BCE use the fused, stable gradient).
     is_classification: the targets are classes (class_weight, accuracy, label encoding).
-    takes_labels(shape, n_outputs), check_targets(Y): how targets are read and checked.
+    takes_labels(shape, n_outputs), check_targets(Y): how targets are read and checked
+        (check_targets returns them as the loss takes them; None: as they are).
     default_metrics(n_outputs), classes_of(...): validation metrics and class weights.
     Adding a loss: a subclass here, registered, and a case in the compiled kernel.
     """
@@ -69,7 +70,8 @@ class Loss:
 
     def check_targets(self, targets):
         """Dense (n, n_outputs) targets as the loss takes them (the same array, or one made
-        from it); a ValueError for targets outside what the loss is defined on."""
+        from it; None is taken as the same); a ValueError for targets outside what the loss
+        is defined on."""
         return targets
 
     # ---- what a fit reports and weighs ----
@@ -180,16 +182,20 @@ class CategoricalCrossentropy(_LogLoss):
         return len(shape) == 1 or (len(shape) == 2 and shape[1] == 1 and n_outputs > 1)
 
     def check_targets(self, targets):
-        """Rows that sum to 1 within 1e-3 are taken, each scaled to sum to 1 where it does
-        not already (rounded probabilities, 0.333 three times): the softmax output's
-        gradient p - y is the exact gradient of -sum y log p only for rows that do."""
+        """Rows that sum to 1 within 1e-3 are taken, each scaled to sum to 1 where it is
+        off by more than its rounding (rounded probabilities, 0.333 three times): the
+        softmax output's gradient p - y is the exact gradient of -sum y log p only for rows
+        that do. A copy only then; rows within rounding of 1 as they are."""
         row_sums = targets.sum(axis=1, dtype=np.float64)
         if targets.min() < 0 or not np.allclose(row_sums, 1.0, rtol=0, atol=1e-3):
             raise ValueError("Y for categorical cross-entropy must be one-hot (or probability) "
                              "rows that sum to 1, or integer class labels, one per row")
-        if (row_sums == 1.0).all():
+        off = np.abs(row_sums - 1.0) > targets.shape[1] * np.finfo(targets.dtype).eps
+        if not off.any():
             return targets
-        return (targets / row_sums[:, None]).astype(targets.dtype)
+        scaled = targets.copy()
+        scaled[off] = targets[off] / row_sums[off, None]
+        return scaled
 
     def default_metrics(self, n_outputs=None):
         return ["accuracy"]

@@ -17,7 +17,8 @@ from fastbp import _core, _files, _format, losses
 from fastbp._products import ISA_VARIABLE, KERNELS_VARIABLE, PASS_MEASURE_MAX_MULTIPLY_ADDS, \
     PASS_OWN_MARGIN, kernel_mode, product_isas, requested_level, row_bucket
 from fastbp._threads import SPLIT_VARIABLE, KeptPassThreads, blas_threads, \
-    checked_thread_count, forced_split, pass_threads, pinned_threads, small_gemm_kernels
+    checked_thread_count, forced_split, inside_pass, pass_threads, pinned_threads, \
+    small_gemm_kernels
 from fastbp._validation import as_inputs, as_row_weights, as_sample_weight, check_finite, \
     dense_targets, input_arrays, is_sparse, numeric_array, real_number, whole_number
 
@@ -218,6 +219,7 @@ class MLP:
             raise TypeError(f"seed must be None or an integer; got {seed!r}")
         if isinstance(seed, numbers.Integral) and seed < 0:
             raise ValueError(f"seed must be an integer >= 0; got {seed!r}")
+        self._refuse_while_training()
         # Drawn into a new buffer before the model takes it: refused or failing, __init__
         # leaves a model as it was
         check_allocation(_format.parameter_count(sizes), dtype, "the parameters")
@@ -232,12 +234,7 @@ class MLP:
         """The model made of these parts (params: its parameter vector, used as it is when
         aligned): every check and allocation first, then every attribute, so that a refused
         or failed call leaves a model as it was."""
-        training = self.__dict__.get("_training")
-        if training is not None and training.locked():
-            # (a callback's __init__ on the model it is given: the fit would go on with its
-            # plan over the new parameters, and end on a lock it no longer holds)
-            raise RuntimeError("this model is being trained: it cannot be made anew (by "
-                               "__init__) until the fit ends")
+        self._refuse_while_training()
         codes = tuple(_core.ACTIVATION_CODES[name] for name in names)
         # The switches of predict's and a fit's paths are read here (with few_row_kernels
         # and gil_rule below), so that a value one refuses is an error when a model is
@@ -276,6 +273,15 @@ class MLP:
         self._gil_choices = {}
         # Held by a fit: a second fit of the same model from another thread is refused.
         self._training = threading.Lock()
+
+    def _refuse_while_training(self) -> None:
+        """A RuntimeError while a fit holds the model (a callback's __init__ on the model
+        it is given: the fit would go on with its plan over the new parameters, and end on
+        a lock it no longer holds)."""
+        training = self.__dict__.get("_training")
+        if training is not None and training.locked():
+            raise RuntimeError("this model is being trained: it cannot be made anew (by "
+                               "__init__) until the fit ends")
 
     def _begin_training(self) -> bool:
         """Hold the model for a fit on this thread; False if a fit holds it already."""
@@ -595,7 +601,12 @@ class MLP:
 
     def _keep(self, name, key, kept):
         """Keep `kept` under `key` in the dict attribute `name` (_kept_plans,
-        _kept_pass_plans: at most KEPT_PLANS each, the oldest dropped first); returns it."""
+        _kept_pass_plans: at most KEPT_PLANS each, the oldest dropped first); returns it.
+        A plan made inside another pass (a fit's validation, a callback's predict) is not
+        kept: its product kernels are those already measured, BLAS for the others
+        (_products.product_isas), a choice for that call only."""
+        if inside_pass():
+            return kept
         plans = dict(getattr(self, name))    # a copy: other threads read the dict
         while len(plans) >= KEPT_PLANS:
             plans.pop(next(iter(plans)))

@@ -903,11 +903,14 @@ def test_a_model_cannot_be_made_anew_while_it_trains():
     class Remake(callbacks.Callback):
         def on_epoch_end(self, epoch, logs):
             self.seen = parameters(self.model)
-            self.model.__init__([5, 3, 2], ["relu", "identity"], dtype="float64")
+            self.model.__init__(*self.arguments)
 
     callback = Remake()
-    with pytest.raises(RuntimeError, match="being trained: it cannot be made anew"):
-        fastbp.Trainer("mse", epochs=3).fit(model, X, Y, callbacks=[callback])
+    for arguments in ([[5, 3, 2], ["relu", "identity"], "float64"],
+                      [[5, 10 ** 6, 10 ** 5], "relu"]):   # (refused as trained, not as large)
+        callback.arguments = arguments
+        with pytest.raises(RuntimeError, match="being trained: it cannot be made anew"):
+            fastbp.Trainer("mse", epochs=3).fit(model, X, Y, callbacks=[callback])
     assert model.layer_sizes == (5, 8, 2) and model.dtype == np.float32
     assert all(np.array_equal(a, b) for a, b in zip(parameters(model), callback.seen))
     assert fastbp.Trainer("mse", epochs=1).fit(model, X, Y).epochs == 1

@@ -96,10 +96,11 @@ def test_a_kept_choice_is_not_measured_again(tmp_path, monkeypatch):
 
 
 def test_another_versions_cache_is_left_as_it_is(tmp_path, monkeypatch):
-    """A cache file of another version of the format (a newer fastbp sharing the folder)
+    """A cache file of a newer version of the format (a newer fastbp sharing the folder)
     is not ours to read, and not ours to replace either: the choice is measured and used,
     and the file keeps the other version's choices (it was rewritten with this version's
-    one key, so the newer fastbp measured everything again). A damaged file is replaced."""
+    one key, so the newer fastbp measured everything again). A damaged file, or an older
+    version's, is replaced."""
     monkeypatch.setenv("FASTBP_CACHE_DIR", str(tmp_path))
     newer = json.dumps({"version": 2, "choices": {"theirs": [4, 2]}})
     (tmp_path / "c.json").write_text(newer)
@@ -107,7 +108,8 @@ def test_another_versions_cache_is_left_as_it_is(tmp_path, monkeypatch):
     assert _cache.settled("c.json", "k", lambda choice: choice == 2,
                           lambda: calls.append(1) or 2) == 2
     assert calls == [1] and (tmp_path / "c.json").read_text() == newer
-    for damaged in ("{", json.dumps({"version": "2", "choices": {}}), json.dumps([1])):
+    for damaged in ("{", json.dumps({"version": "2", "choices": {}}), json.dumps([1]),
+                    json.dumps({"version": 0, "choices": {"older": 1}})):   # (or older)
         (tmp_path / "c.json").write_text(damaged)
         assert _cache.settled("c.json", "k", lambda choice: choice == 2, lambda: 2) == 2
         assert kept(tmp_path / "c.json") == {"k": 2}

@@ -555,3 +555,32 @@ def test_probability_rows_that_sum_to_nearly_1_get_the_exact_gradient_of_their_l
         b[j] = saved
         numeric[j] = (up - down) / 2e-6
     np.testing.assert_allclose(grad_b[0], numeric, rtol=1e-7, atol=1e-9)
+
+
+def test_probability_rows_within_rounding_of_1_are_not_copied_and_own_checks_may_return_none():
+    """Rows within k epsilons of summing to 1 (float32 probabilities, a softmax's) are
+    used as they are, no copy of Y; only rows off by more are scaled, in a copy. A loss of
+    the caller's whose check_targets returns None (the contract before) keeps its
+    targets."""
+    from fastbp._validation import as_targets
+    rng = np.random.default_rng(1)
+    for dtype in (np.float32, np.float64):
+        Y = rng.dirichlet(np.ones(10), 1000).astype(dtype)
+        targets, _ = as_targets(Y, fastbp.losses.get("cce"), 10, 1000, np.dtype(dtype))
+        assert targets is Y
+        Y[3, 0] += 5e-4
+        targets, _ = as_targets(Y, fastbp.losses.get("cce"), 10, 1000, np.dtype(dtype))
+        assert targets is not Y and targets.dtype == dtype
+        assert targets.sum(axis=1, dtype=np.float64)[3] == pytest.approx(1, abs=1e-6)
+        np.testing.assert_array_equal(np.delete(targets, 3, 0), np.delete(Y, 3, 0))
+
+    class Checked(fastbp.losses.MeanSquaredError):
+        def check_targets(self, targets):
+            super().check_targets(targets)          # returns None here, as it once did
+
+    Y = rng.normal(size=(20, 2))
+    targets, _ = as_targets(Y, Checked(), 2, 20, np.dtype(np.float64))
+    assert targets is Y
+    model = fastbp.MLP([3, 2], ["identity"], dtype="float64", seed=0)
+    X = rng.normal(size=(20, 3))
+    assert model.evaluate(X, Y, Checked()) == model.evaluate(X, Y, "mse")

@@ -404,3 +404,19 @@ def test_fastbp_threads_of_non_ascii_digits_is_refused_naming_it(monkeypatch):
     monkeypatch.setenv(_threads.THREADS_VARIABLE, "²")
     with pytest.raises(ValueError, match=f"{_threads.THREADS_VARIABLE}='²': it must be a whole"):
         _threads.pinned_threads()
+
+
+def test_a_plan_made_inside_another_pass_is_not_kept(tmp_path, monkeypatch):
+    """Inside a pass (a fit's validation, a callback's predict) the product kernels not yet
+    measured run on BLAS for that call; the plan made so was kept with the model, and its
+    later calls outside any pass never took the measured kernels. Not kept now: made
+    again outside, where its choices are measured."""
+    monkeypatch.setenv("FASTBP_CACHE_DIR", str(tmp_path))
+    model = fastbp.MLP([20, 64, 64, 1], ["relu", "relu", "identity"], seed=0)
+    X = np.random.default_rng(0).normal(size=(100, 20)).astype(np.float32)
+    with _threads.blas_threads(1):
+        assert _threads.inside_pass()
+        inside = model.predict(X)
+    assert model._kept_plans == {} and model._kept_pass_plans == {}
+    np.testing.assert_array_equal(model.predict(X), inside)
+    assert model._kept_plans or model._kept_pass_plans

@@ -1780,3 +1780,21 @@ def test_row_weights_that_overflow_are_refused_without_numpys_warning():
         with pytest.raises(ValueError, match="overflow float64"):
             trainer.fit(model, X, y, sample_weight=np.full(20, 1e300))
     np.testing.assert_array_equal(model.parameter_vector(), before)
+
+
+def test_a_schedule_subclass_that_keeps_its_own_state_is_not_checked_as_its_base():
+    """A subclass of one of fastbp's schedules that overrides its rate and keeps none of
+    the base's attributes (a warm-up on ExponentialDecay) is used as it is (checking it
+    by the base's constructor raised AttributeError: it has no gamma)."""
+    class Warmup(schedules.ExponentialDecay):
+        def __init__(self, epochs):
+            self.warmup = epochs
+
+        def _rate(self, epoch, base):
+            return base * min(1.0, (epoch + 1) / self.warmup)
+
+    X = np.random.default_rng(0).normal(size=(40, 3))
+    model = fastbp.MLP([3, 2], ["identity"], seed=0)
+    history = fastbp.Trainer("mse", epochs=3, seed=0, learning_rate=0.1,
+                             schedule=Warmup(3)).fit(model, X, X[:, :2])
+    assert history.history["learning_rate"] == pytest.approx([0.1 / 3, 0.2 / 3, 0.1])

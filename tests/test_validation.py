@@ -798,3 +798,19 @@ def test_pandas_nullable_numbers_are_numbers():
     text = pd.DataFrame({"a": ["x", "y"], "b": pd.array([1, 2], dtype="Int64"), "c": [1.0, 2]})
     with pytest.raises(TypeError, match="must hold numbers"):
         model.predict(text)
+
+
+def test_pandas_text_categories_and_dates_are_not_numbers():
+    """Only pandas' nullable numbers are read as numbers: a frame with a text column
+    (StringDtype in pandas 3), categories of digit strings or zone-aware dates is refused
+    as before (not read as their codes or nanoseconds)."""
+    pd = pytest.importorskip("pandas")
+    model = fastbp.MLP([2, 1], ["identity"], seed=0)
+    frames = [pd.DataFrame({"zip": pd.array(["02139", "10001"], dtype="string"),
+                            "b": [1.0, 2.0]}),
+              pd.DataFrame({"code": pd.Categorical(["1", "2"]), "b": [1.0, 2.0]}),
+              pd.DataFrame({"when": pd.to_datetime(["2020-01-01", "2021-01-01"], utc=True),
+                            "b": [1.0, 2.0]})]
+    for frame in frames:
+        with pytest.raises(TypeError, match="must hold numbers"):
+            model.predict(frame)
