@@ -115,6 +115,11 @@ class _ScikitLearnRate(schedules.Schedule):
         return {"mode": self.mode, "power_t": self.power_t}
 
 
+class _Diverged(Exception):
+    """An epoch whose loss (with the L2 term) is not finite, found after the core's own
+    check (_BaseMLP._end_of_epoch)."""
+
+
 class _ScikitLearnRule(Callback):
     """Runs between epochs of the estimator's one Trainer.fit call: records the epoch as
     scikit-learn does, applies its stopping rule, and restores the best parameters after an
@@ -123,10 +128,18 @@ class _ScikitLearnRule(Callback):
     def __init__(self, estimator, n_train: int):
         self.estimator = estimator
         self.n_train = n_train
-        self.stopped = False
+        self.stopped = self.diverged = False
+        self.start = estimator._epoch_start()
 
     def on_epoch_end(self, epoch, logs):
-        if self.estimator._end_of_epoch(logs, self.n_train):
+        try:
+            stop = self.estimator._end_of_epoch(logs, self.n_train)
+        except _Diverged:
+            self.estimator.model_.set_parameter_vector(self.start)
+            self.stopped = self.diverged = True
+            return True
+        self.start = self.estimator._epoch_start()
+        if stop:
             self.stopped = True
             return True
         return None
@@ -482,11 +495,17 @@ class _BaseMLP(BaseEstimator):
         self.n_iter_ = 0
         training.update(trainer=trainer, step=trainer._step)
         if incremental:
+            start = self._epoch_start()
             history = trainer.partial_fit(self.model_, X_train, Y_train,
                                           sample_weight=weights_train)
             if history.epochs:
-                self._end_of_epoch({key: values[-1] for key, values in
-                                    history.history.items()}, n_train)
+                try:
+                    self._end_of_epoch({key: values[-1] for key, values in
+                                        history.history.items()}, n_train)
+                except _Diverged:
+                    self.model_.set_parameter_vector(start)
+                    self._check_ending(history, False, True, diverged=True)
+                    return self
             self._check_ending(history, stopped=False, incremental=True)
             return self
 
@@ -499,7 +518,7 @@ class _BaseMLP(BaseEstimator):
             validation = (X_val, Y_val)
         history = trainer.fit(self.model_, X_train, Y_train, validation_data=validation,
                               sample_weight=weights_train, callbacks=[rule], metrics=metrics)
-        self._check_ending(history, stopped=rule.stopped, incremental=False)
+        self._check_ending(history, rule.stopped, False, diverged=rule.diverged)
         return self
 
     def _initialize(self, layer_sizes, activations, settings, rng):
@@ -700,13 +719,22 @@ class _BaseMLP(BaseEstimator):
         self._trainer = trainer
         return trainer
 
+    def _epoch_start(self):
+        """The parameters an epoch starts from, kept where its loss may turn out not
+        finite only after the core's check: with the L2 term (None without one)."""
+        return self.model_.parameter_vector().copy() if self._penalty else None
+
     def _end_of_epoch(self, logs, n_train) -> bool:
-        """Record an epoch as scikit-learn does and apply its stopping rule; True: stop."""
-        self.n_iter_ += 1
-        self.t_ += n_train
+        """Record an epoch as scikit-learn does and apply its stopping rule; True: stop.
+        _Diverged (nothing recorded) for an epoch whose loss with the L2 term is not
+        finite."""
         loss = float(logs["loss"]) * self._reported_scale()
         if self._penalty:
             loss += self._penalty * sum(float(np.vdot(w, w)) for w in self.model_.weights)
+            if not np.isfinite(loss):
+                raise _Diverged
+        self.n_iter_ += 1
+        self.t_ += n_train
         self.loss_ = loss
         self.loss_curve_.append(loss)
         if self.verbose:
@@ -760,8 +788,16 @@ class _BaseMLP(BaseEstimator):
                                    self._best_parameters):
                 live[...] = saved
 
-    def _check_ending(self, history, stopped, incremental):
-        if history.interrupted:
+    def _check_ending(self, history, stopped, incremental, diverged=False):
+        """The warnings a fit ends with. diverged: its last epoch's loss with the L2 term
+        was not finite (the weights grew past what the sum of their squares holds; the
+        core's own check sees the data's loss only): it was undone, the parameters those
+        it started from, as for a diverged epoch of the core."""
+        if diverged:
+            warnings.warn("training stopped: the loss diverged (with the L2 term it is not "
+                          "finite); the parameters are those at the start of that epoch. "
+                          "Try a smaller learning_rate_init.", RuntimeWarning, stacklevel=4)
+        elif history.interrupted:
             warnings.warn("Training interrupted by user.", UserWarning, stacklevel=4)
         elif not incremental and not stopped and not history.diverged \
                 and self.n_iter_ == self.max_iter:

@@ -1808,3 +1808,31 @@ def test_a_first_epoch_that_diverges_leaves_loss_nan():
     assert est.n_iter_ == 0 and est.loss_curve_ == [] and np.isnan(est.loss_)
     quiet(est.fit, X, y)
     assert np.isfinite(est.loss_) and est.loss_ == est.loss_curve_[-1]
+
+
+def test_an_epoch_whose_l2_term_overflows_is_a_diverged_epoch():
+    """The core checks the data's loss and the parameters; the L2 term is added after
+    the epoch. Weights grown to 1e178 (finite) gave a loss_curve_ ending in inf, only a
+    ConvergenceWarning, and a model whose predictions overflow. That epoch is now undone
+    as a diverged one: a RuntimeWarning, the parameters it started from, not recorded;
+    in fit and in partial_fit."""
+    rng = np.random.RandomState(0)
+    X, y = rng.randn(50, 4), rng.randn(50) * 1e3
+    settings = dict(solver="sgd", learning_rate_init=1e8, max_iter=5, random_state=0,
+                    hidden_layer_sizes=(5,))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        est = MLPRegressor(**settings).fit(X, y)
+    kinds = [w.category for w in caught]
+    assert RuntimeWarning in kinds and ConvergenceWarning not in kinds
+    assert [w.filename for w in caught if w.category is RuntimeWarning] == [__file__]
+    assert est.n_iter_ == len(est.loss_curve_) == 4 and np.isfinite(est.loss_curve_).all()
+    assert est.loss_ == est.loss_curve_[-1] and np.isfinite(est.predict(X)).all()
+    again = MLPRegressor(**settings)
+    for _ in range(4):
+        again.partial_fit(X, y)
+    np.testing.assert_array_equal(again.predict(X), est.predict(X))
+    with pytest.warns(RuntimeWarning, match="with the L2 term it is not finite"):
+        again.partial_fit(X, y)
+    np.testing.assert_array_equal(again.predict(X), est.predict(X))
+    assert again.loss_curve_ == est.loss_curve_
