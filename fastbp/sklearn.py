@@ -1052,6 +1052,11 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             self._label_binarizer = binarizer
             self.classes_ = binarizer.classes_
         else:
+            if type_of_target(y).startswith("multilabel") and \
+                    not self._label_binarizer.y_type_.startswith("multilabel"):
+                # (LabelBinarizer.transform's check; an indicator matrix of one label a
+                # row otherwise passed as if it were the classes' indices)
+                raise ValueError("The object was not fitted with multilabel input.")
             classes = unique_labels(y)
             if self.warm_start and not incremental:
                 if set(classes) != set(self.classes_):

@@ -1836,3 +1836,30 @@ def test_an_epoch_whose_l2_term_overflows_is_a_diverged_epoch():
         again.partial_fit(X, y)
     np.testing.assert_array_equal(again.predict(X), est.predict(X))
     assert again.loss_curve_ == est.loss_curve_
+
+
+def test_multilabel_y_on_a_model_fitted_multiclass_is_refused_as_in_scikit_learn():
+    """partial_fit (or a warm_start fit) of multi-label y on a model fitted on class
+    labels: an indicator matrix of one label a row was trained as if its 0/1 values were
+    the classes, and a true multi-label matrix got a cross-entropy message. Refused with
+    scikit-learn's message; the reverse (1-D labels on a multi-label model) is taken by
+    both."""
+    X = np.random.RandomState(0).randn(60, 3)
+    y = np.arange(60) % 3
+    one_label, several = np.eye(3, dtype=int)[y], np.eye(3, dtype=int)[y]
+    several[::4, 0] = 1
+    for cls in (MLPClassifier, neural_network.MLPClassifier):
+        for second in (one_label, several):
+            est = cls(hidden_layer_sizes=(4,), random_state=0, max_iter=5)
+            quiet(est.partial_fit, X, y, classes=[0, 1, 2])
+            before = [w.copy() for w in est.coefs_]
+            with pytest.raises(ValueError, match="not fitted with multilabel input"):
+                est.partial_fit(X, second)
+            assert all(np.array_equal(a, b) for a, b in zip(before, est.coefs_))
+            warm = cls(hidden_layer_sizes=(4,), random_state=0, max_iter=5, warm_start=True)
+            quiet(warm.fit, X, y)
+            with pytest.raises(ValueError, match="not fitted with multilabel input"):
+                warm.fit(X, second)
+        warm = cls(hidden_layer_sizes=(4,), random_state=0, max_iter=5, warm_start=True)
+        quiet(warm.fit, X, several)
+        assert quiet(warm.fit, X, y).n_outputs_ == 3
