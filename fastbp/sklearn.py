@@ -839,9 +839,9 @@ class _BaseMLP(BaseEstimator):
         as it is if numeric (bool, integers, floats; anything else made float64), by the
         fitted coefficients, so NumPy's promotion of X's dtype with the model's: float32
         where the model is float32 and X's values fit float32 exactly (bool, 8- and 16-bit
-        integers, float16, float32)."""
+        integers, float16, float32), long double for long double X."""
         model = self.__dict__.get("model_")
-        if model is None or model.dtype != np.float32:
+        if model is None:
             return np.float64
         dtype = getattr(X, "dtype", None)
         if dtype is None and isinstance(X, (list, tuple)):
@@ -851,11 +851,12 @@ class _BaseMLP(BaseEstimator):
                 dtype = None
         pandas = sys.modules.get("pandas")
         if pandas is not None and isinstance(X, pandas.DataFrame):
-            kinds = X.dtypes.tolist()
+            # (a sparse column's values are of its subtype)
+            kinds = [getattr(kind, "subtype", kind) for kind in X.dtypes.tolist()]
             dtype = np.result_type(*kinds) if kinds and all(
                 isinstance(kind, np.dtype) for kind in kinds) else None
         if isinstance(dtype, np.dtype) and dtype.kind in "biuf":
-            return np.result_type(dtype, np.float32)
+            return np.result_type(dtype, model.dtype)
         return np.float64
 
     def _plain_input(self, X, dtype):

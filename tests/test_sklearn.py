@@ -847,6 +847,9 @@ def test_outputs_take_scikit_learns_dtype(fit_dtype):
               "frame_uint8": pandas.DataFrame(np.rint(np.abs(X)).astype(np.uint8)),
               "frame32": pandas.DataFrame(X.astype(np.float32)),
               "frame64": pandas.DataFrame(X),
+              "longdouble": X.astype(np.longdouble),
+              "frame_sparse32": pandas.DataFrame(X.astype(np.float32)).astype(
+                  pandas.SparseDtype(np.float32, 0.0)),
               "csr32": scipy.sparse.csr_matrix(X.astype(np.float32)),
               "csr64": scipy.sparse.csr_matrix(X)}
     settings = dict(hidden_layer_sizes=(4,), max_iter=2, random_state=0)
