@@ -1253,6 +1253,9 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         return super()._network_options()
 
     def _validate_input(self, X, y, incremental, first_pass, dtype):
+        if is_sparse(y):    # (validate_data said "setting an array element with a sequence")
+            raise TypeError(f"y must be a dense array of targets; got a scipy.sparse "
+                            f"{type(y).__name__} (y.toarray() makes one)")
         plain = None
         if incremental and not first_pass:   # validate_data's checks, where they could
             plain = self._plain_training_rows(X, y, dtype, targets_ndim=2)  # only pass

@@ -1866,3 +1866,12 @@ def test_multilabel_y_on_a_model_fitted_multiclass_is_refused_as_in_scikit_learn
         warm = cls(hidden_layer_sizes=(4,), random_state=0, max_iter=5, warm_start=True)
         quiet(warm.fit, X, several)
         assert quiet(warm.fit, X, y).n_outputs_ == 3
+
+
+def test_a_sparse_y_for_the_regressor_says_so():
+    X = np.random.RandomState(0).randn(20, 3)
+    est = MLPRegressor(hidden_layer_sizes=(4,), max_iter=2)
+    with pytest.raises(TypeError, match="y must be a dense array of targets; got a scipy"):
+        est.fit(X, scipy.sparse.csr_matrix(X[:, :2]))
+    with pytest.raises(TypeError, match="y must be a dense array"):
+        est.partial_fit(X, scipy.sparse.csr_matrix(X[:, :2]))
