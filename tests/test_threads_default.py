@@ -193,7 +193,7 @@ def test_a_cache_that_cannot_be_written_is_not_an_error(tmp_path, cache, measure
     assert len(measurements) == 1        # kept in memory all the same
 
 
-@pytest.mark.parametrize("content", [b"{not json", b"[]", b'{"version": 99, "choices": {}}',
+@pytest.mark.parametrize("content", [b"{not json", b"[]", b'{"version": 0, "choices": {}}',
                                      b'{"version": 1, "choices": {"KEY": [5, 5, 0]}}',
                                      b'{"version": 1, "choices": {"KEY": [2, 1]}}',
                                      b'{"version": 1, "choices": {"KEY": "x"}}'])
@@ -483,6 +483,7 @@ def test_a_step_too_short_to_split_is_not_timed_further(cache, monkeypatch):
     monkeypatch.setattr(_threads, "TINY_STEP_SECONDS", 0.0)      # no step is
     monkeypatch.setattr(_threads, "_measured", {})
     monkeypatch.setattr(_cache, "read_cache", lambda file_name: {})
+    monkeypatch.setattr(_cache, "_read_document", lambda file_name: ({}, False))
     timed.clear()
     choice = _threads.fit_threads((3, 2, 1), (0, 0), 4, np.float64)
     # the first candidate is timed alone first (the tiny-step check), then every candidate
