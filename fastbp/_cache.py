@@ -133,8 +133,9 @@ def read_cache(file_name) -> dict:
 
 
 def _read_document(file_name) -> tuple:
-    """(choices, newer): read_cache's choices, and whether the file is a cache of a newer
-    version of this format (a newer fastbp sharing the folder), which is left as it is."""
+    """(choices, kept as it is): read_cache's choices, and whether the file is to be left
+    as it is: a cache of a newer version of this format (a newer fastbp sharing the
+    folder), or one larger than _LARGEST_FILE (not read; delete it to start afresh)."""
     try:
         file = _opened(os.path.join(cache_folder(), file_name), os.O_RDONLY)
         if file is None:
@@ -143,11 +144,11 @@ def _read_document(file_name) -> tuple:
             # (the size first, then at most one byte past it, should the file grow
             # meanwhile: read(n) takes n bytes of memory whatever the file holds)
             size = os.fstat(file.fileno()).st_size
-            if size > _LARGEST_FILE:
-                return {}, False
+            if size > _LARGEST_FILE:    # (left as it is: replacing it lost every choice)
+                return {}, True
             content = file.read(size + 1)
         if len(content) > _LARGEST_FILE:
-            return {}, False
+            return {}, True
         document = json.loads(content)
     except (OSError, ValueError, RecursionError):   # (RecursionError: nested past Python's
         return {}, False                            # stack, "[[[[..." from anything else)
@@ -171,7 +172,7 @@ def settled(file_name, key, is_valid, measure):
         if is_valid(found):
             return found
         found = measure()
-        if not foreign:     # (a newer version's choices are not replaced by ours)
+        if not foreign:     # (a newer version's choices, or a file too large, left)
             choices[key] = found
             _write(file_name, choices)
         return found

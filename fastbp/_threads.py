@@ -360,6 +360,9 @@ def measured(lock, known, measure):
     in blas_threads' queue, which lets it in after the passes running when it asked. A
     measurement inside another on this thread (the product kernels' choice inside
     a fit's) is tried once, waiting as that one does: the outer one lets go of its locks."""
+    found = known()     # (kept already: no wait for another thread's measurement)
+    if found is not None:
+        return found
     inside = getattr(_local, "measure_wait", None)
     for attempt in range(1 if inside is not None else MEASURE_ATTEMPTS):
         wait = inside if inside is not None else attempt == MEASURE_ATTEMPTS - 1
@@ -385,14 +388,18 @@ def pass_threads(layer_sizes, activations, rows: int, dtype, backward: bool) -> 
     Sharing threads: how many may share a pass's whole chunks, each on one BLAS thread
     (predict_on_workers): allowed_threads() unless a chunk took under SPLIT_MIN_SECONDS on
     one thread (the hand-off would cost more), as a kept predict plan decides its first
-    call. Both from one measurement (_measure_pass), made once per (layer sizes, rows,
-    dtype, kind of pass, threads, CPU) and kept as fit_threads keeps its choices; both
-    FASTBP_THREADS, or 1, where nothing needs measuring (_unmeasured_default)."""
+    call. Both from one measurement (_measure_pass) of chunks of rows to the next power
+    of two (_products.row_bucket: a service predicting every row count from 65 to 2048
+    paid a measurement of up to a second at each), made once per (layer sizes, that
+    bucket, dtype, kind of pass, threads, CPU) and kept as fit_threads keeps its choices;
+    both FASTBP_THREADS, or 1, where nothing needs measuring (_unmeasured_default)."""
     from fastbp._cache import settled
+    from fastbp._products import row_bucket
     allowed = allowed_threads()
     fixed = _unmeasured_default(allowed)
     if fixed is not None:
         return fixed, fixed
+    rows = row_bucket(rows)
     key = _pass_key(tuple(layer_sizes), rows, dtype, backward, allowed)
     if inside_pass():
         # Inside another pass on this thread (a fit's validation, a callback's predict):

@@ -279,3 +279,15 @@ def test_the_cpu_in_a_key_tells_apart_cpus_of_one_generic_name(monkeypatch):
     assert cpu("fpu sse2 avx2 fma") == first
     assert cpu("fpu sse2 avx2 fma avx512f") != first
     assert cpu("fpu sse2 avx2 fma", cache="4096 KB") != first
+
+
+def test_a_cache_file_too_large_to_read_is_left_as_it_is(tmp_path, monkeypatch):
+    """A file over the size read_cache reads was taken as empty and replaced by one entry:
+    every choice every process had kept was lost. It is left as it is (delete it to start
+    afresh); the choice is measured and used."""
+    monkeypatch.setenv("FASTBP_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(_cache, "_LARGEST_FILE", 100)
+    large = json.dumps({"version": 1, "choices": {f"key {i}": i for i in range(50)}})
+    (tmp_path / "c.json").write_text(large)
+    assert _cache.settled("c.json", "k", lambda choice: choice == 2, lambda: 2) == 2
+    assert (tmp_path / "c.json").read_text() == large

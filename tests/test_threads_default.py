@@ -560,7 +560,8 @@ def test_evaluate_and_gradients_run_on_the_measured_count_measured_once(
         model.evaluate(X, y, "cce")
         model.gradients(X, y, "cce")
     assert pass_counts == [2, 2, 2, 2]
-    assert pass_measurements == [((30, 40, 5), 300, False, 2), ((30, 40, 5), 300, True, 2)]
+    # (measured at the rows' power of two, 512, and kept for every count up to it)
+    assert pass_measurements == [((30, 40, 5), 512, False, 2), ((30, 40, 5), 512, True, 2)]
     document = json.loads((cache / _threads.CACHE_FILE).read_text())
     assert list(document["choices"].values()) == [[2, 1.0], [2, 1.0]]
     _threads._measured.clear()                       # a new process: the file answers
@@ -589,7 +590,7 @@ def test_a_sparse_pass_is_measured_on_the_layers_after_the_first(cache, pass_mea
     X[X < 1] = 0
     model = fastbp.MLP([30, 40, 5], ["relu", "softmax"], seed=0)
     model.evaluate(scipy_sparse.csr_matrix(X), y, "cce")
-    assert pass_measurements == [((40, 5), 300, False, 2)] and pass_counts == [2]
+    assert pass_measurements == [((40, 5), 512, False, 2)] and pass_counts == [2]
     single = fastbp.MLP([30, 5], ["softmax"], seed=0)    # nothing after the first layer
     single.evaluate(scipy_sparse.csr_matrix(X), y, "cce")
     # no measurement, and no BLAS count set: the pass calls no BLAS
@@ -789,3 +790,35 @@ def test_a_fit_inside_another_pass_measures_nothing_and_keeps_nothing(cache, mea
     with _threads.blas_threads(2):
         assert _threads.fit_threads(SIZES, CODES, 32, "float32") == (2, 1, False)
     assert len(measurements) == 1
+
+
+def test_a_pass_is_measured_once_per_power_of_two_of_its_rows(cache, monkeypatch):
+    """A service predicting every row count from 65 up paid a measurement (up to a second)
+    at each new count, and kept one entry for each: the pass's count is measured at the
+    rows' power of two and kept for every count up to it."""
+    timed = []
+
+    def measure(layer_sizes, activations, rows, dtype, backward, allowed):
+        timed.append(rows)
+        return 2, 0.01
+
+    monkeypatch.setattr(_threads, "_measure_pass", measure)
+    for rows in range(300, 520):
+        assert _threads.pass_threads((30, 40, 5), ("relu", "softmax"), rows, "float32",
+                                     False) == (2, 2)
+    assert timed == [512, 1024] and len(_threads._measured) == 2
+
+
+def test_a_kept_choice_is_taken_without_waiting_for_another_threads_measurement(
+        cache, measurements):
+    """A fit whose thread choice was kept already waited for _measure_lock all the same,
+    behind any other thread's measurement (0.7-1.7 s a partial_fit in the audit)."""
+    assert _threads.fit_threads(SIZES, CODES, 32, "float32") == (2, 1, False)
+    found = []
+    with _threads._measure_lock:                 # another thread measures meanwhile
+        thread = threading.Thread(target=lambda: found.append(
+            _threads.fit_threads(SIZES, CODES, 32, "float32")))
+        thread.start()
+        thread.join(30)
+        assert not thread.is_alive(), "a kept choice waited for another measurement"
+    assert found == [(2, 1, False)] and len(measurements) == 1

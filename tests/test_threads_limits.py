@@ -390,8 +390,10 @@ def test_a_fits_validation_beside_another_threads_measurement_does_not_deadlock(
 def test_a_thread_variable_of_non_ascii_digits_is_no_limit(name, monkeypatch):
     """OMP_NUM_THREADS="²" (a digit to str.isdigit, not to int()) ended every default fit
     in "invalid literal for int()"; it is unreadable, so no limit, as "abc" is."""
-    # (a process that started Dask's workers reads the values it had at import instead)
-    monkeypatch.delenv(_threads.DASK_PARENT_VARIABLE, raising=False)
+    # (a process that started Dask's workers reads the values it had at import instead,
+    # and has the other variables set to 1)
+    for other in (_threads.DASK_PARENT_VARIABLE,) + _threads.THREAD_LIMIT_VARIABLES:
+        monkeypatch.delenv(other, raising=False)
     for value in ("²", "٣", "abc", "2,1"):
         monkeypatch.setenv(name, value)
         limit = _threads._environment_limit()
