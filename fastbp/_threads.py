@@ -12,6 +12,8 @@ import time
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
+from fastbp._products import row_bucket     # (at import: predict's call asks it each time)
+
 MAX_THREADS = 1024
 
 # OpenBLAS cores with small-matrix kernels (kernel/x86_64/KERNEL.SKYLAKEX and the cores
@@ -393,8 +395,6 @@ def pass_threads(layer_sizes, activations, rows: int, dtype, backward: bool) -> 
     paid a measurement of up to a second at each), made once per (layer sizes, that
     bucket, dtype, kind of pass, threads, CPU) and kept as fit_threads keeps its choices;
     both FASTBP_THREADS, or 1, where nothing needs measuring (_unmeasured_default)."""
-    from fastbp._cache import settled
-    from fastbp._products import row_bucket
     allowed = allowed_threads()
     fixed = _unmeasured_default(allowed)
     if fixed is not None:
@@ -412,6 +412,7 @@ def pass_threads(layer_sizes, activations, rows: int, dtype, backward: bool) -> 
     found = _measured.get(key)       # once measured, no lock (a one-chunk predict asks each call)
     if found is not None:
         return found
+    from fastbp._cache import settled
 
     def valid(kept):
         return isinstance(kept, list) and len(kept) == 2 and kept[0] in (1, allowed) \
