@@ -115,9 +115,20 @@ class _ScikitLearnRate(schedules.Schedule):
         return {"mode": self.mode, "power_t": self.power_t}
 
 
-class _Diverged(Exception):
-    """An epoch whose loss (with the L2 term) is not finite, found after the core's own
-    check (_BaseMLP._end_of_epoch)."""
+class _L2TermCheck:
+    """The trainer's check after each epoch (Trainer._epoch_check) where the loss has an
+    L2 term: weights grown past what the sum of their squares holds make the loss
+    scikit-learn reports infinite, which the core's own check (the data's loss and the
+    parameters) does not see; that epoch is undone as a diverged one (_check_ending
+    says so)."""
+
+    def __init__(self, estimator):
+        self.estimator = estimator
+        self.failed = False
+
+    def __call__(self, model) -> bool:
+        self.failed = not np.isfinite(self.estimator._l2_term())
+        return not self.failed
 
 
 class _ScikitLearnRule(Callback):
@@ -128,18 +139,10 @@ class _ScikitLearnRule(Callback):
     def __init__(self, estimator, n_train: int):
         self.estimator = estimator
         self.n_train = n_train
-        self.stopped = self.diverged = False
-        self.start = estimator._epoch_start()
+        self.stopped = False
 
     def on_epoch_end(self, epoch, logs):
-        try:
-            stop = self.estimator._end_of_epoch(logs, self.n_train)
-        except _Diverged:
-            self.estimator.model_.set_parameter_vector(self.start)
-            self.stopped = self.diverged = True
-            return True
-        self.start = self.estimator._epoch_start()
-        if stop:
+        if self.estimator._end_of_epoch(logs, self.n_train):
             self.stopped = True
             return True
         return None
@@ -494,31 +497,32 @@ class _BaseMLP(BaseEstimator):
 
         self.n_iter_ = 0
         training.update(trainer=trainer, step=trainer._step)
-        if incremental:
-            start = self._epoch_start()
-            history = trainer.partial_fit(self.model_, X_train, Y_train,
-                                          sample_weight=weights_train)
-            if history.epochs:
-                try:
+        l2_check = _L2TermCheck(self) if self._penalty else None
+        trainer._epoch_check = l2_check
+        try:
+            if incremental:
+                history = trainer.partial_fit(self.model_, X_train, Y_train,
+                                              sample_weight=weights_train)
+                if history.epochs:
                     self._end_of_epoch({key: values[-1] for key, values in
                                         history.history.items()}, n_train)
-                except _Diverged:
-                    self.model_.set_parameter_vector(start)
-                    self._check_ending(history, False, True, diverged=True)
-                    return self
-            self._check_ending(history, stopped=False, incremental=True)
-            return self
-
-        trainer.epochs = int(self.max_iter)
-        rule = _ScikitLearnRule(self, n_train)
-        metrics = None
-        if validation is not None:
-            X_val, Y_val, y_val, weights_val = validation
-            metrics = [self._validation_metric(y_val, weights_val)]
-            validation = (X_val, Y_val)
-        history = trainer.fit(self.model_, X_train, Y_train, validation_data=validation,
-                              sample_weight=weights_train, callbacks=[rule], metrics=metrics)
-        self._check_ending(history, rule.stopped, False, diverged=rule.diverged)
+                stopped = False
+            else:
+                trainer.epochs = int(self.max_iter)
+                rule = _ScikitLearnRule(self, n_train)
+                metrics = None
+                if validation is not None:
+                    X_val, Y_val, y_val, weights_val = validation
+                    metrics = [self._validation_metric(y_val, weights_val)]
+                    validation = (X_val, Y_val)
+                history = trainer.fit(self.model_, X_train, Y_train,
+                                      validation_data=validation, sample_weight=weights_train,
+                                      callbacks=[rule], metrics=metrics)
+                stopped = rule.stopped
+        finally:
+            trainer._epoch_check = None
+        self._check_ending(history, stopped, incremental,
+                           diverged=l2_check is not None and l2_check.failed)
         return self
 
     def _initialize(self, layer_sizes, activations, settings, rng):
@@ -719,20 +723,15 @@ class _BaseMLP(BaseEstimator):
         self._trainer = trainer
         return trainer
 
-    def _epoch_start(self):
-        """The parameters an epoch starts from, kept where its loss may turn out not
-        finite only after the core's check: with the L2 term (None without one)."""
-        return self.model_.parameter_vector().copy() if self._penalty else None
+    def _l2_term(self) -> float:
+        """The L2 term scikit-learn adds to an epoch's loss, from the weights at its end."""
+        return self._penalty * sum(float(np.vdot(w, w)) for w in self.model_.weights)
 
     def _end_of_epoch(self, logs, n_train) -> bool:
-        """Record an epoch as scikit-learn does and apply its stopping rule; True: stop.
-        _Diverged (nothing recorded) for an epoch whose loss with the L2 term is not
-        finite."""
+        """Record an epoch as scikit-learn does and apply its stopping rule; True: stop."""
         loss = float(logs["loss"]) * self._reported_scale()
         if self._penalty:
-            loss += self._penalty * sum(float(np.vdot(w, w)) for w in self.model_.weights)
-            if not np.isfinite(loss):
-                raise _Diverged
+            loss += self._l2_term()
         self.n_iter_ += 1
         self.t_ += n_train
         self.loss_ = loss
@@ -790,9 +789,8 @@ class _BaseMLP(BaseEstimator):
 
     def _check_ending(self, history, stopped, incremental, diverged=False):
         """The warnings a fit ends with. diverged: its last epoch's loss with the L2 term
-        was not finite (the weights grew past what the sum of their squares holds; the
-        core's own check sees the data's loss only): it was undone, the parameters those
-        it started from, as for a diverged epoch of the core."""
+        was not finite (_L2TermCheck): the trainer undid it, as a diverged epoch of the
+        core."""
         if diverged:
             warnings.warn("training stopped: the loss diverged (with the L2 term it is not "
                           "finite); the parameters are those at the start of that epoch. "

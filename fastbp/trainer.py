@@ -160,6 +160,12 @@ class Trainer:
     across fit and partial_fit calls; `reset()` starts them afresh.
     """
 
+    # For a caller that wraps the trainer (fastbp.sklearn): called with the model after
+    # each completed epoch; False undoes that epoch as a diverged one (parameters, state
+    # and step count as before it; the fit stops) without the trainer's own warning: the
+    # check's owner says why. Set only for the duration of one call.
+    _epoch_check = None
+
     def __init__(self, loss, optimizer="sgd", learning_rate=None, epochs=1, batch_size=32,
                  shuffle=True, seed=None, schedule=None, weight_decay=0.0,
                  decoupled_weight_decay=False, clip_norm=None, class_weight=None,
@@ -731,6 +737,10 @@ class _CompiledEpoch:
                           f"(NaN or infinite loss or parameters); the parameters and optimizer "
                           f"state are restored to those at the start of that epoch. Try a "
                           f"smaller learning_rate.", RuntimeWarning, stacklevel=5)
+            return EpochResult(diverged=True)
+        if status != _core.Status.INTERRUPTED and trainer._epoch_check is not None \
+                and not trainer._epoch_check(model):
+            self._restore()
             return EpochResult(diverged=True)
         if trainer._state is self.state:
             # (the step count goes with the state: a fit of another model on this trainer,

@@ -1835,10 +1835,15 @@ def test_an_epoch_whose_l2_term_overflows_is_a_diverged_epoch():
     for _ in range(4):
         again.partial_fit(X, y)
     np.testing.assert_array_equal(again.predict(X), est.predict(X))
-    with pytest.warns(RuntimeWarning, match="with the L2 term it is not finite"):
+    state, step = again._trainer._state.copy(), again._trainer._step
+    with pytest.warns(RuntimeWarning, match="with the L2 term it is not finite") as caught:
         again.partial_fit(X, y)
+    assert len(caught) == 1                     # the estimator's warning, not the core's too
     np.testing.assert_array_equal(again.predict(X), est.predict(X))
     assert again.loss_curve_ == est.loss_curve_
+    # undone by the trainer: the momentum and the step count too, not only the parameters
+    np.testing.assert_array_equal(again._trainer._state, state)
+    assert again._trainer._step == step and again._trainer._epoch_check is None
 
 
 def test_multilabel_y_on_a_model_fitted_multiclass_is_refused_as_in_scikit_learn():
