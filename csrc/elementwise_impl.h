@@ -442,7 +442,8 @@ static void FBP_LEVEL_NAME(fbp_linear_catch_up)(
    FBP_ADAM_TERMS_*); step_sizes[s] and roots[s], s = 1..k: lr_s and r_s of each step;
    shrink: one step's decoupled decay (1 without); decays: shrink^k, beta1^k and beta2^k
    (kept per k by the caller: three pow calls a row were 2% of S1's Adam epoch);
-   widest: eps times the largest b_s; middle (or NULL): D / eps and the second series'
+   widest: eps times the largest b_s; unit: the series is in powers of -unit / sqrt(v)
+   (eps 2^E: the coefficients are C_q / 2^(E q)); middle (or NULL): D / eps and the second series'
    M_0 .. M_(terms - 1), with y = center - sqrt(v) / D.
    Up to FBP_ADAM_DIRECT_STEPS steps, the weights step one step at a time with the dense
    rule's arithmetic (that costs less than the series).  Past that, every weight takes the
@@ -457,20 +458,26 @@ static void FBP_LEVEL_NAME(fbp_adam_catch_up)(
     FBP_T *params, FBP_T *first, FBP_T *second, ptrdiff_t n, const double *sums,
     const double *step_sizes, const double *roots, ptrdiff_t k, double shrink,
     double beta1, double beta2, double epsilon, const double *decays, double widest,
-    double limit, const double *middle, double center)
+    double unit, double limit, const double *middle, double center)
 {
     if (k <= FBP_ADAM_DIRECT_STEPS) {
         FBP_NAME(fbp_adam_steps)(params, first, second, n, step_sizes, roots, k, shrink, beta1,
                                  beta2, epsilon);
         return;
     }
-    const FBP_T eps = (FBP_T)epsilon;
+    /* the series' coefficients, each at most C_0 (unless a_s overflows: beta1 well above
+       sqrt(beta2)); any not finite in FBP_T with room, and no weight takes the series */
+    const FBP_T eps = (FBP_T)unit;
+    const double room = (sizeof(FBP_T) == sizeof(float) ? FLT_MAX : DBL_MAX) / 4;
     FBP_T coefficient[FBP_ADAM_TERMS];
-    for (int q = 0; q < (int)FBP_ADAM_TERMS_T; q++)
-        coefficient[q] = (FBP_T)sums[q];
+    int representable = 1;
+    for (int q = 0; q < (int)FBP_ADAM_TERMS_T; q++) {
+        representable &= isfinite(sums[q]) && fabs(sums[q]) < room;
+        coefficient[q] = representable ? (FBP_T)sums[q] : 0;
+    }
     const FBP_T shrink_k = (FBP_T)decays[0];
     const FBP_T decay1 = (FBP_T)decays[1], decay2 = (FBP_T)decays[2];
-    const FBP_T far = (FBP_T)widest, near = (FBP_T)limit;
+    const FBP_T far = (FBP_T)widest, near = representable ? (FBP_T)limit : 0;
     /* the second series, made ready when a block first has weights the first leaves
        (few do: 5% of S1's blocks) */
     FBP_T around[FBP_ADAM_TERMS], y_center = (FBP_T)center, y_scale = 0;

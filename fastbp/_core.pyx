@@ -31,7 +31,7 @@ Benchmark-only code lives in _bench.pxi.
 """
 from cython cimport floating
 from libc.float cimport DBL_MAX, FLT_MAX
-from libc.math cimport fabs, isfinite, pow, sqrt
+from libc.math cimport fabs, frexp, isfinite, ldexp, pow, sqrt
 from libc.stdint cimport uint64_t
 from libc.stdlib cimport calloc, malloc, free
 from libc.string cimport memcpy, memset
@@ -431,10 +431,15 @@ cdef struct RowGradients:
 # shrink = 1 - lr wd (decoupled decay) or 1. With a_s = lr_s r_s (beta1 / sqrt(beta2))^j and
 # b_s = r_s beta2^(-j/2), that term is (m / u) a_s / (1 + eps b_s / u) = (m / u) a_s
 # sum_q (-eps b_s / u)^q, so after the k steps
-#     p = shrink^k p - (m / u) sum_q (-eps / u)^q C_q,  C_q = sum_s shrink^(t - s) a_s b_s^q,
-# m = beta1^k m and v = beta2^k v. The C_q depend on t0 and t only, not on the weight: they
-# are kept for every t0 of the window and grow by one term a step (lazy_adam_advance), so a
-# row catches up in at most 32 multiply-adds a weight in float32, 72 in float64
+#     p = shrink^k p - (m / u) sum_q (-eps 2^E / u)^q C_q,
+#     C_q = sum_s shrink^(t - s) a_s (b_s / 2^E)^q,
+# m = beta1^k m and v = beta2^k v, with 2^E the least power of two (E >= 0) at or above
+# the largest b_s, b_t. (The sums of the b_s^q themselves overflowed where beta2 is well
+# below 1, b_t growing as beta2^(-k/2): 0.95 in float32, whose every epoch of a sparse fit
+# was then undone as diverged. A power of two scales them without rounding, so that
+# beta2 near 1, E = 0 or 1, keeps the bits it had.) The C_q depend on t0 and t only, not on
+# the weight: they are kept for every t0 of the window and grow by one term a step
+# (lazy_adam_advance, which raises E and rescales them as b_s grows), so a row catches up in at most 32 multiply-adds a weight in float32, 72 in float64
 # (FBP_ADAM_TERMS_FLOAT, _DOUBLE; fbp_adam_catch_up, which
 # also steps a row that missed only a few steps one step at a time: that costs less). The
 # series is cut where the rest is below a quarter of the dtype's rounding of the step.
@@ -497,12 +502,15 @@ cdef struct LazyAdam:
     double largest_step             # the largest |lr_s| of the window so far (flush_bound)
     double* roots                   # ... r_s
     double* decays                  # per k = 0..window: shrink^k, beta1^k, beta2^k
+    double* powers                  # ... beta1^k beta2^(-k/2), beta2^(-k/2) (powers of the
+                                    # rounded beta1 / sqrt(beta2) drifted k roundings from
+                                    # them: 180 double epsilons of the step at beta2 = 0.5)
     double kappa                    # the second series' centre u0 / (eps b_min), or < 0: none
     double center                   # ... as u0 / D = kappa / (kappa + 1) (0 without it)
     int terms                       # of each series: FBP_ADAM_TERMS_FLOAT or _DOUBLE
     double* sums                    # per t0 (0..), adam_sums(terms) apart: beta1^j /
                                     # beta2^(j/2), beta2^(-j/2), C_0 .. C_(terms-1), D / eps,
-                                    # then M_0 .. M_(terms-1), j = steps - t0
+                                    # then M_0 .. M_(terms-1), E, j = steps - t0
     void* first                     # W1's part of m
     void* second                    # W1's part of v
 
@@ -1409,6 +1417,11 @@ cdef bint lazy_rule(const HyperparameterData* hyper, int update, LazyRows* lazy,
 
 cdef inline Py_ssize_t adam_sums(int terms) noexcept nogil:
     """The sums kept per t0 of the window (see LazyAdam.sums)."""
+    return 2 * terms + 4
+
+
+cdef inline Py_ssize_t adam_exponent(int terms) noexcept nogil:
+    """Where the sums of a t0 keep their E (see LazyAdam.sums)."""
     return 2 * terms + 3
 
 
@@ -1420,16 +1433,19 @@ cdef bint lazy_adam_allocate(LazyAdam* adam, bint single) noexcept nogil:
     adam.kappa = lazy_adam_kappa(lazy_adam_limit(), adam.epsilon)
     adam.center = adam.kappa / (adam.kappa + 1) if adam.kappa >= 0 else 0
     cdef Py_ssize_t entries = adam.window + 1, k
-    adam.sums = <double*>malloc(entries * (adam_sums(adam.terms) + 5) * sizeof(double))
+    adam.sums = <double*>malloc(entries * (adam_sums(adam.terms) + 7) * sizeof(double))
     if adam.sums == NULL:
         return False
     adam.step_sizes = adam.sums + entries * adam_sums(adam.terms)
     adam.roots = adam.step_sizes + entries
     adam.decays = adam.roots + entries
+    adam.powers = adam.decays + 3 * entries
     for k in range(entries):
         adam.decays[3 * k] = pow(adam.shrink, <double>k)
         adam.decays[3 * k + 1] = pow(adam.beta1, <double>k)
         adam.decays[3 * k + 2] = pow(adam.beta2, <double>k)
+        adam.powers[2 * k + 1] = pow(adam.beta2, -0.5 * k)
+        adam.powers[2 * k] = adam.decays[3 * k + 1] * adam.powers[2 * k + 1]
     return True
 
 
@@ -1446,8 +1462,9 @@ cdef void lazy_adam_advance(LazyAdam* adam, Py_ssize_t steps,
     """Step `steps` of the window done: every t0's sums gain its term (see LazyAdam)."""
     cdef double t = adam.base_step + steps
     cdef double root = sqrt(1 - pow(adam.beta2, t))
+    cdef double scale, shift
+    cdef int exponent
     cdef double step_size = learning_rate / (1 - pow(adam.beta1, t))
-    cdef double growth = adam.beta1 / sqrt(adam.beta2), widening = 1 / sqrt(adam.beta2)
     cdef double term, b, a, reciprocal, ratio
     cdef double* sums
     cdef double* middle
@@ -1458,14 +1475,23 @@ cdef void lazy_adam_advance(LazyAdam* adam, Py_ssize_t steps,
     adam.roots[steps] = root
     for t0 in range(steps):
         sums = adam.sums + t0 * adam_sums(adam.terms)
-        sums[0] *= growth
-        sums[1] *= widening
+        sums[0] = adam.powers[2 * (steps - t0)]
+        sums[1] = adam.powers[2 * (steps - t0) + 1]
         a = step_size * root * sums[0]
         b = root * sums[1]
+        if b > ldexp(1, <int>sums[adam_exponent(adam.terms)]):    # E raised: C_q / 2^(dE q)
+            frexp(b, &exponent)
+            shift = ldexp(1, <int>sums[adam_exponent(adam.terms)] - exponent)
+            scale = 1
+            for q in range(adam.terms):
+                sums[2 + q] *= scale
+                scale *= shift
+            sums[adam_exponent(adam.terms)] = exponent
         term = a
+        scale = ldexp(b, -<int>sums[adam_exponent(adam.terms)])       # b_s / 2^E
         for q in range(adam.terms):
             sums[2 + q] = adam.shrink * sums[2 + q] + term
-            term *= b
+            term *= scale
         if adam.kappa < 0:
             continue
         middle = sums + 2 + adam.terms          # D / eps = (kappa + 1) b_min, then M_q
@@ -1491,7 +1517,8 @@ cdef void lazy_adam_catch_up(const LazyAdam* adam, floating* W1, Py_ssize_t n_ou
                       <floating*>adam.second + row * n_out, n_out, sums + 2,
                       adam.step_sizes + t0, adam.roots + t0, t - t0, adam.shrink,
                       adam.beta1, adam.beta2, adam.epsilon, adam.decays + 3 * (t - t0),
-                      adam.epsilon * adam.roots[t] * sums[1], lazy_adam_limit(),
+                      adam.epsilon * adam.roots[t] * sums[1],
+                      ldexp(adam.epsilon, <int>sums[adam_exponent(adam.terms)]), lazy_adam_limit(),
                       sums + 2 + adam.terms if adam.kappa >= 0 else NULL, adam.center)
 
 

@@ -168,3 +168,36 @@ def test_lazy_adam_row_checks_its_arguments():
         _core.lazy_adam_row(p, np.zeros(2), np.zeros(3), 0, 0, 1, 1e-3)
     with pytest.raises(ValueError, match="t0"):
         _core.lazy_adam_row(p, np.zeros(3), np.zeros(3), 0, 2, 1, 1e-3)
+
+
+# beta2 well below 1 (and beta1 above sqrt(beta2)): b_s grows as beta2^(-k/2), to 1e11
+# over 1,000 steps at 0.95; the series' sums of b_s^q overflowed (in float32's cast, then
+# in double), every such row came out NaN, and a sparse fit undid each epoch as diverged
+LOW_BETA2 = [(0.9, 0.98), (0.9, 0.95), (0.9, 0.9), (0.9, 0.5), (0.5, 0.6)]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("betas", LOW_BETA2, ids=str)
+@pytest.mark.parametrize("span", [(0, 1000), (500, 1000), (990, 1023)], ids=str)
+def test_a_low_beta2_catches_up_over_a_whole_window(lazy_adam, dtype, betas, span):
+    """Every weight finite and where Adam's k steps put it, from sqrt(v) near eps (one
+    step at a time) to far above it; weights far enough above eps b_t take the series, to
+    SERIES_ULPS."""
+    beta1, beta2 = betas
+    t0, t = span
+    widest = 1e-8 * np.sqrt(1 - beta2 ** (10 + t)) * beta2 ** (-(t - t0) / 2)   # eps b_t
+    reach = np.log10(np.sqrt(np.finfo(dtype).max) / 1e-8) - 1       # sqrt(v) the dtype holds
+    above = np.log10(widest / 1e-8) + 0.5                     # where the series takes them
+    near = row(dtype, (-1, 2), n=750)
+    far = row(dtype, (min(above, reach - 1), min(above + 3, reach)), n=750, seed=1)
+    p, m, v = (np.concatenate(parts) for parts in zip(near, far))
+    result = caught_up(p, m, v, 10, t0, t, 1e-3, beta1, beta2)[0]
+    expected = reference(p, m, v, 10, t0, t, 1e-3, beta1, beta2, 1e-8, 1.0)[0]
+    assert np.isfinite(result).all()
+    errors = errors_in_eps(dtype, result, expected)
+    assert errors.max() <= (t - t0) * 0.5 + 2
+    series = np.sqrt(v.astype(float)) > 2 * widest / 0.55
+    if above < reach - 1:
+        assert series.sum() > 700
+    if series.any():
+        assert errors[series].max() <= SERIES_ULPS[dtype]

@@ -281,6 +281,24 @@ def test_lazy_adam_equals_adam_stepping_every_row_to_rounding(monkeypatch, dtype
     assert not np.array_equal(results[0], results[2])
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("beta2", [0.98, 0.95, 0.9])
+def test_lazy_adam_with_a_low_beta2_over_long_gaps_equals_the_densified_data(dtype, beta2):
+    """Batches of one row over 600 rows: rows of W1 sit out hundreds of steps. With beta2
+    well below 1 their catch-up's sums overflowed, each such row came out NaN, and every
+    epoch was undone as diverged (the model never trained; a dense fit trains)."""
+    X, y = sparse_data(n_rows=600, n_cols=300, density=0.01, dtype=dtype, seed=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        (sparse_params, sparse_history), (dense_params, dense_history) = fit_both(
+            X, y, dtype=dtype, epochs=2, batch_size=1,
+            optimizer=optimizers.Adam(0.003, beta2=beta2))
+    assert len(sparse_history.loss) == 2 and not sparse_history.diverged
+    np.testing.assert_allclose(sparse_params, dense_params, **TOLERANCE[dtype])
+    np.testing.assert_allclose(sparse_history.loss, dense_history.loss,
+                               rtol=TOLERANCE[dtype]["rtol"])
+
+
 def test_lazy_adam_settings_are_checked(lazy_adam):
     with pytest.raises(ValueError, match="window"):
         lazy_adam(window=0)
