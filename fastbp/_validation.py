@@ -182,6 +182,55 @@ def as_inputs(data, name: str, dtype: np.dtype, n_columns: int):
 INDEX_LIMIT = np.iinfo(np.intp).max
 
 
+def as_csr(data, name: str):
+    """A 2-D scipy.sparse matrix or array as CSR: itself, or a converted copy. scipy's
+    conversions read the index arrays unchecked (a CSC or COO index past the shape wrote
+    out of bounds: the process crashed), so those of a compressed (CSC, BSR) or coordinate
+    matrix are checked first, without changing it; CSR is checked where it is read."""
+    if data.format == "csr":
+        return data
+    if data.format in ("csc", "bsr"):
+        block = getattr(data, "blocksize", (1, 1))
+        n_major, n_minor = (data.shape[1], data.shape[0]) if data.format == "csc" else \
+            (data.shape[0] // block[0], data.shape[1] // block[1])
+        check_compressed(data, name, n_major, n_minor)
+    elif data.format == "coo":
+        coords = getattr(data, "coords", None) or (data.row, data.col)
+        for axis, index in enumerate(coords):
+            if not (isinstance(index, np.ndarray) and index.dtype.kind in "iu"
+                    and index.ndim == 1 and index.shape[0] == np.shape(data.data)[0]):
+                raise ValueError(f"{name} is a malformed COO matrix: its index arrays must "
+                                 f"be 1-D integers, one per stored value")
+            if index.size and (int(index.min()) < 0 or int(index.max()) >= data.shape[axis]):
+                raise ValueError(f"{name} is a malformed COO matrix: its axis-{axis} indices "
+                                 f"must lie in 0..{data.shape[axis] - 1}; got values from "
+                                 f"{int(index.min())} to {int(index.max())}")
+    return data.tocsr()      # the one copy another format costs
+
+
+def check_compressed(data, name: str, n_major: int, n_minor: int) -> None:
+    """ValueError unless a compressed matrix's (CSR, CSC, BSR) index arrays are whole
+    (n_major + 1 pointers from 0, never decreasing, within the stored arrays; every index
+    in 0..n_minor-1), which scipy's own operations on it take for granted."""
+    indptr, indices = data.indptr, data.indices
+    form = data.format.upper()
+    if not all(isinstance(a, np.ndarray) and a.dtype.kind in "iu" and a.ndim == 1
+               for a in (indptr, indices)):
+        raise ValueError(f"{name} is a malformed {form} matrix: indices and indptr must be "
+                         f"1-D integer arrays")
+    stored = min(indices.shape[0], np.shape(data.data)[0])
+    if indptr.shape[0] != n_major + 1 or int(indptr[0]) != 0 \
+            or bool((np.diff(indptr.astype(np.int64)) < 0).any()) or int(indptr[-1]) > stored:
+        raise ValueError(f"{name} is a malformed {form} matrix: indptr must have "
+                         f"{n_major + 1} entries from 0, never decrease, and end within the "
+                         f"{stored} stored values")
+    used = indices[:int(indptr[-1])]
+    if used.size and (int(used.min()) < 0 or int(used.max()) >= n_minor):
+        raise ValueError(f"{name} is a malformed {form} matrix: its indices must lie in "
+                         f"0..{n_minor - 1}; got values from {int(used.min())} to "
+                         f"{int(used.max())}")
+
+
 def as_sparse_rows(data, name: str, dtype: np.dtype, n_columns: int):
     """A scipy.sparse matrix or array as the core's SparseRows (CSR, read in place).
 
@@ -202,8 +251,7 @@ def as_sparse_rows(data, name: str, dtype: np.dtype, n_columns: int):
     if shape[1] != n_columns:
         raise ValueError(f"{name} has {shape[1]} columns; the model's input layer has "
                          f"{n_columns}")
-    if data.format != "csr":
-        data = data.tocsr()   # the one copy a CSC or COO matrix costs
+    data = as_csr(data, name)
     # the usual case, checked and widened in one compiled pass; anything else below
     plain = _core.plain_sparse_rows(data.data, data.indices, data.indptr, shape[0],
                                     n_columns, dtype)
@@ -271,56 +319,60 @@ def input_arrays(X) -> tuple:
     return (X,) if isinstance(X, np.ndarray) else ()
 
 
-def as_targets(data, loss, n_outputs: int, n_rows: int | None, dtype: np.dtype):
+def as_targets(data, loss, n_outputs: int, n_rows: int | None, dtype: np.dtype,
+               name: str = "Y"):
     """Targets for `loss` (a fastbp.losses.Loss): returns (Y, labels), one of them None.
 
     Y is a finite (n_rows, n_outputs) array of `dtype` that the loss accepts; labels are
     class indices (np.intp), when the loss takes this shape of targets as class labels.
+    name: the targets' name in messages ("Y_val": their rows are X_val's).
     """
-    array = numeric_array(data, "Y")
+    array = numeric_array(data, name)
     if n_rows is not None and (array.ndim == 0 or array.shape[0] != n_rows):
-        raise ValueError(f"Y has {array.shape[0] if array.ndim else 0} rows but X has {n_rows}")
+        raise ValueError(f"{name} has {array.shape[0] if array.ndim else 0} rows but "
+                         f"{name.replace('Y', 'X', 1)} has {n_rows}")
     if array.ndim == 0 or array.shape[0] == 0:
-        raise ValueError("Y is empty: it has no rows")
-    if targets_are_labels(array.shape, loss, n_outputs):
-        return None, class_labels(array.reshape(-1), n_outputs)
+        raise ValueError(f"{name} is empty: it has no rows")
+    if targets_are_labels(array.shape, loss, n_outputs, name):
+        return None, class_labels(array.reshape(-1), n_outputs, name)
     if array.ndim == 1:
         array = array.reshape(-1, 1)
     with np.errstate(over="ignore"):
         targets = np.require(array, dtype, ["C", "A"])
-    check_finite(targets, "Y")
+    check_finite(targets, name)
     checked = loss.check_targets(targets)      # (None: a loss of the caller's, as it was)
     return targets if checked is None else checked, None
 
 
-def targets_are_labels(shape, loss, n_outputs: int) -> bool:
+def targets_are_labels(shape, loss, n_outputs: int, name: str = "Y") -> bool:
     """Whether targets of `shape` are class labels for `loss` (else (n_samples, n_outputs)
     values, or one value a row for one output); a ValueError where the shape is neither.
     From the shape alone, so that fastbp.dask checks a dask array's before any work."""
     if loss.takes_labels(shape, n_outputs):
         return True
     if not (len(shape) == 2 and shape[1] == n_outputs or len(shape) == 1 and n_outputs == 1):
-        raise ValueError(f"Y must have shape (n_samples, {n_outputs}) to match the model's "
+        raise ValueError(f"{name} must have shape (n_samples, {n_outputs}) to match the model's "
                          f"{n_outputs} outputs; got shape {tuple(shape)}")
     return False
 
 
-def class_labels(labels: np.ndarray, n_classes: int) -> np.ndarray:
+def class_labels(labels: np.ndarray, n_classes: int, name: str = "Y") -> np.ndarray:
     """Whole numbers 0..n_classes-1 as a C-contiguous np.intp array."""
     if labels.dtype.kind == "f":
         if not np.isfinite(labels).all():
-            raise ValueError("Y (class labels) contains NaN or infinity")
+            raise ValueError(f"{name} (class labels) contains NaN or infinity")
         if not (labels == np.round(labels)).all():
-            raise ValueError("Y (class labels) must be whole numbers 0..k-1")
+            raise ValueError(f"{name} (class labels) must be whole numbers 0..k-1")
     if labels.min() < 0 or labels.max() >= n_classes:
-        raise ValueError(f"Y (class labels) must lie in 0..{n_classes - 1} for a model with "
+        raise ValueError(f"{name} (class labels) must lie in 0..{n_classes - 1} for a model with "
                          f"{n_classes} outputs; got values from {labels.min()} to {labels.max()}")
     return np.require(labels, np.intp, ["C", "A"])
 
 
-def dense_targets(data, loss, n_outputs: int, n_rows: int | None, dtype: np.dtype):
+def dense_targets(data, loss, n_outputs: int, n_rows: int | None, dtype: np.dtype,
+                  name: str = "Y"):
     """Targets for `loss` as a dense (n_rows, n_outputs) array: class labels one-hot."""
-    targets, labels = as_targets(data, loss, n_outputs, n_rows, dtype)
+    targets, labels = as_targets(data, loss, n_outputs, n_rows, dtype, name)
     return one_hot(labels, n_outputs, dtype) if labels is not None else targets
 
 

@@ -445,13 +445,13 @@ class _BaseMLP(BaseEstimator):
         dtype = settings["dtype"] if first_pass else self.model_.dtype
         if dtype is None:                  # scikit-learn's rule: float32 stays float32
             dtype = [np.float64, np.float32]
-        if is_sparse(X):
+        if is_sparse(X) and len(X.shape) == 2 and X.shape[1] > 0:
             # validate_data takes a CSR matrix's index arrays unchecked, and fastbp's own
             # check of them comes with the training: checked here, before any attribute
-            # changes, so that a refused fit leaves the estimator as it was
+            # changes, so that a refused fit leaves the estimator as it was (other shapes:
+            # validate_data's own messages)
             as_sparse_rows(X, "X", np.dtype(np.float32 if X.dtype == np.float32
-                                            else np.float64),
-                           X.shape[1] if len(X.shape) == 2 else 0)
+                                            else np.float64), X.shape[1])
         X, Y, stratify, n_outputs = self._validate_input(X, y, incremental, first_pass, dtype)
         settings["dtype"] = X.dtype
         if sample_weight is not None:

@@ -911,6 +911,6 @@ def validation_set(model: MLP, loss, validation_data) -> tuple:
         raise TypeError("validation_data must be a pair (X_val, Y_val)")
     X_val = as_inputs(validation_data[0], "X_val", model.dtype, model.layer_sizes[0])
     Y_val = dense_targets(validation_data[1], loss, model.layer_sizes[-1], X_val.shape[0],
-                          model.dtype)
+                          model.dtype, "Y_val")
     # as the training data: arrays that view the parameters would change under the steps
     return unshared(X_val, model._params), unshared(Y_val, model._params)

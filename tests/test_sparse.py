@@ -94,6 +94,56 @@ def test_other_formats_are_converted(kind):
     np.testing.assert_allclose(model.predict(converted), model.predict(X), rtol=1e-12)
 
 
+def malformed_other_format(kind):
+    """A small matrix of format `kind` whose index arrays name a row, column or block past
+    its shape, or whose indptr decreases (set after construction, as a file or a caller's
+    arrays can hold them): scipy's tocsr() read them unchecked and wrote out of bounds."""
+    X = scipy.sparse.csr_matrix(np.eye(4, 40))
+    if kind == "csc":
+        bad = X.tocsc()
+        bad.indices = bad.indices.copy()
+        bad.indices[-1] = 5_000_000
+    elif kind == "csc_indptr":
+        bad = X.tocsc()
+        bad.indptr = bad.indptr.copy()
+        bad.indptr[2] = 4
+    elif kind in ("coo_row", "coo_col", "coo_negative"):
+        bad = X.tocoo()
+        index = bad.row.copy() if kind != "coo_col" else bad.col.copy()
+        index[-1] = -1 if kind == "coo_negative" else 5_000_000
+        if kind == "coo_col":
+            bad.col = index
+        else:
+            bad.row = index
+    else:
+        bad = X.tobsr(blocksize=(2, 2))
+        bad.indices = bad.indices.copy()
+        bad.indices[-1] = 1_000_000
+    return X, bad
+
+
+@pytest.mark.parametrize("kind", ["csc", "csc_indptr", "coo_row", "coo_col", "coo_negative",
+                                  "bsr"])
+def test_malformed_other_formats_are_refused_before_scipy_converts_them(kind):
+    """Index arrays past the shape in a CSC, COO or BSR matrix: a ValueError naming the
+    format, from every entry point, the model and trainer unchanged (the process crashed
+    in scipy's conversion to CSR)."""
+    X, bad = malformed_other_format(kind)
+    y = np.arange(4) % 3
+    model = model_for(X)
+    trainer = fastbp.Trainer("cce", epochs=1, batch_size=2, seed=0, n_threads=1)
+    before = model.parameter_vector().copy()
+    calls = [lambda: model.predict(bad), lambda: model.evaluate(bad, y, "cce"),
+             lambda: model.gradients(bad, y, "cce"), lambda: trainer.fit(model, bad, y),
+             lambda: trainer.partial_fit(model, bad, y),
+             lambda: trainer.fit(model, X, y, validation_data=(bad, y))]
+    for call in calls:
+        with pytest.raises(ValueError, match=f"malformed {bad.format.upper()} matrix"):
+            call()
+    np.testing.assert_array_equal(model.parameter_vector(), before)
+    assert trainer._step == 0
+
+
 def test_unsorted_and_duplicate_indices_read_as_scipy_reads_them():
     rng = np.random.default_rng(3)
     indptr = np.array([0, 3, 3, 7])

@@ -40,6 +40,17 @@ def test_scikit_learn_estimators_take_sparse_x(kind, solver):
     np.testing.assert_allclose(results[0], results[1], rtol=1e-6, atol=1e-9)
 
 
+def test_scikit_learn_estimators_refuse_a_sparse_x_of_no_columns_as_scikit_learn_does():
+    """A (20, 0) CSR or a 1-D sparse array: scikit-learn's messages (they were fastbp's
+    internal "SparseRows: n_columns must be >= 1" and "(n_samples, 0)")."""
+    sklearn_estimators = pytest.importorskip("fastbp.sklearn")
+    y = np.arange(20) % 2
+    with pytest.raises(ValueError, match=r"0 feature\(s\)"):
+        sklearn_estimators.MLPClassifier().fit(scipy.sparse.csr_matrix((20, 0)), y)
+    with pytest.raises(ValueError, match="Expected 2D input"):
+        sklearn_estimators.MLPClassifier().fit(scipy.sparse.coo_array(np.ones(20)), y)
+
+
 def run_cli(capsys, *argv):
     status = main([str(a) for a in argv])
     out, err = capsys.readouterr()
@@ -121,6 +132,13 @@ def test_only_x_may_be_sparse():
     trainer = fastbp.Trainer("cce", n_threads=1, epochs=1)
     with pytest.raises(TypeError, match="sample_weight must be a dense array"):
         trainer.fit(model, X, y, sample_weight=scipy.sparse.csr_matrix(np.ones((1, 6))))
+    # the validation targets by their own name (they were called Y)
+    with pytest.raises(TypeError, match="Y_val must be a dense array"):
+        trainer.fit(model, X, y, validation_data=(X, Y))
+    with pytest.raises(ValueError, match="Y_val has 5 rows but X_val has 6"):
+        trainer.fit(model, X, y, validation_data=(X, y[:5]))
+    with pytest.raises(ValueError, match=r"Y_val \(class labels\) must lie in 0..2"):
+        trainer.fit(model, X, y, validation_data=(X, y + 3))
     with pytest.raises(TypeError, match=r"weights\[0\] must be a dense array"):
         model.weights = [scipy.sparse.csr_matrix(np.ones((5, 4))), np.ones((4, 3))]
     np.testing.assert_array_equal(model.parameter_vector(), before)
