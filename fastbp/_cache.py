@@ -21,6 +21,7 @@ import json
 import os
 import stat
 import time
+import warnings
 
 _VERSION = 1
 # A cache file is read whole up to this size (an entry takes about 100 bytes: some 600,000
@@ -34,12 +35,13 @@ _stuck = set()      # lock files this process waited LOCK_WAIT_SECONDS for: not 
 
 
 def cache_folder() -> str:
-    """Where measured defaults are kept: $FASTBP_CACHE_DIR, else $XDG_CACHE_HOME/fastbp,
-    else ~/.cache/fastbp. A relative XDG_CACHE_HOME is ignored, as the XDG specification
-    says (it would name a folder under whatever the working folder is)."""
+    """Where measured defaults are kept: $FASTBP_CACHE_DIR (~ expanded; relative: under
+    the working folder, as any path; empty: unset), else $XDG_CACHE_HOME/fastbp, else
+    ~/.cache/fastbp. A relative XDG_CACHE_HOME is ignored, as the XDG specification says
+    (it would name a folder under whatever the working folder is)."""
     folder = os.environ.get("FASTBP_CACHE_DIR")
     if folder:
-        return folder
+        return os.path.expanduser(folder)
     base = os.environ.get("XDG_CACHE_HOME", "")
     if not os.path.isabs(base):
         base = os.path.join(os.path.expanduser("~"), ".cache")
@@ -220,6 +222,11 @@ def _locked(file_name):
             finally:
                 _unlock(handle)
         else:
+            if path not in _stuck:      # once: a silent minute's wait looked like a hang
+                warnings.warn(f"fastbp: {path} was held for {LOCK_WAIT_SECONDS:g} s by "
+                              f"another process (stopped or hung?); measuring without it, "
+                              f"and not waiting for it again in this process",
+                              RuntimeWarning, stacklevel=2)
             _stuck.add(path)
             yield
 

@@ -17,9 +17,13 @@ os.environ.setdefault("PYTHONSAFEPATH", "1")
 # The measured thread choices of the fits the suite makes (fastbp._threads.fit_threads) go
 # to a folder of the run's own (subprocesses inherit it), never to the user's cache: they
 # are timed on a machine busy with the tests, and would be kept for the user's fits.
-if "FASTBP_CACHE_DIR" not in os.environ:
+# (An empty FASTBP_CACHE_DIR is unset for fastbp, _cache.cache_folder: the user's cache.)
+if not os.environ.get("FASTBP_CACHE_DIR"):
+    import atexit
+    import shutil
     import tempfile
     os.environ["FASTBP_CACHE_DIR"] = tempfile.mkdtemp(prefix="fastbp-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["FASTBP_CACHE_DIR"], ignore_errors=True)
 
 
 def _kernel_levels():

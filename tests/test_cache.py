@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
 
 import pytest
 
@@ -151,8 +152,9 @@ def test_a_lock_held_too_long_or_a_cache_that_cannot_be_written_is_no_error(
         monkeypatch.setenv("FASTBP_CACHE_DIR", str(tmp_path))
         monkeypatch.setattr(_cache, "LOCK_WAIT_SECONDS", 0.2)
         started = time.monotonic()
-        assert _cache.settled("choices.json", "shape", lambda c: isinstance(c, str),
-                              lambda: "mine") == "mine"
+        with pytest.warns(RuntimeWarning, match=r"choices.json.lock was held for 0.2 s"):
+            assert _cache.settled("choices.json", "shape", lambda c: isinstance(c, str),
+                                  lambda: "mine") == "mine"
         assert time.monotonic() - started < 30
     # a "folder" that is a file: nothing can be locked or written, the measurement is used
     not_a_folder = tmp_path / "file"
@@ -246,12 +248,17 @@ def test_a_lock_found_stuck_is_not_waited_for_again_by_each_key(tmp_path, monkey
         monkeypatch.setenv("FASTBP_CACHE_DIR", str(tmp_path))
         monkeypatch.setattr(_cache, "LOCK_WAIT_SECONDS", 1.0)
         waits = []
-        for key in ("first", "second", "third"):
-            started = time.monotonic()
-            assert _cache.settled("choices.json", key, lambda c: isinstance(c, str),
-                                  lambda: key) == key
-            waits.append(time.monotonic() - started)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for key in ("first", "second", "third"):
+                started = time.monotonic()
+                assert _cache.settled("choices.json", key, lambda c: isinstance(c, str),
+                                      lambda: key) == key
+                waits.append(time.monotonic() - started)
         assert waits[0] >= 1.0 and max(waits[1:]) < 0.5, waits
+        # said once (a minute's silent wait looked like a hang)
+        assert [str(w.message) for w in caught if "was held for" in str(w.message)] \
+            and len(caught) == 1
     lock = os.path.join(str(tmp_path), "choices.json.lock")
     assert lock in _cache._stuck
     assert _cache.settled("choices.json", "fourth", lambda c: isinstance(c, str),
@@ -291,3 +298,16 @@ def test_a_cache_file_too_large_to_read_is_left_as_it_is(tmp_path, monkeypatch):
     (tmp_path / "c.json").write_text(large)
     assert _cache.settled("c.json", "k", lambda choice: choice == 2, lambda: 2) == 2
     assert (tmp_path / "c.json").read_text() == large
+
+
+def test_the_cache_folder_setting(monkeypatch, tmp_path):
+    """FASTBP_CACHE_DIR with ~ is under the home folder (it was a folder named "~" under
+    the working folder); empty is unset (XDG_CACHE_HOME, then ~/.cache)."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("FASTBP_CACHE_DIR", "~/measured")
+    assert _cache.cache_folder() == str(tmp_path / "measured")
+    monkeypatch.setenv("FASTBP_CACHE_DIR", "")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert _cache.cache_folder() == str(tmp_path / "xdg" / "fastbp")
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert _cache.cache_folder() == str(tmp_path / ".cache" / "fastbp")
