@@ -27,7 +27,14 @@ from setuptools.command.build_ext import build_ext
 
 
 def _switch(name: str) -> bool:
-    return os.environ.get(name, "") not in ("", "0")
+    """A build switch: 1/true/yes/on, or unset/empty/0/false/no/off (anything else is
+    refused: FASTBP_DEBUG=false made the -O0 checked build)."""
+    value = os.environ.get(name, "").strip().lower()
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    if value in ("1", "true", "yes", "on"):
+        return True
+    raise SystemExit(f"{name}={os.environ[name]!r}: use 1 (on) or 0 (off)")
 
 
 def render_templates() -> None:

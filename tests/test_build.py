@@ -76,3 +76,19 @@ def functions_named_like(functions, part):
     # (not a target_clones resolver, nor the cold part GCC splits off a function)
     return [name for name in functions
             if part in name and ".resolver" not in name and not name.endswith(".cold")]
+
+
+def test_a_build_switch_other_than_on_or_off_is_refused():
+    """FASTBP_DEBUG=false (or no, off) made the -O0 checked build: any value but "" or 0
+    turned a switch on. Now 0/false/no/off are off, 1/true/yes/on on, anything else is
+    refused before anything is built."""
+    import os
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if not os.path.exists(os.path.join(root, "setup.py")):
+        pytest.skip("no setup.py beside the tests (an installed copy)")
+    result = subprocess.run([sys.executable, "setup.py", "--version"], cwd=root,
+                            env={**os.environ, "FASTBP_DEBUG": "maybe"}, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode != 0 and "FASTBP_DEBUG='maybe': use 1 (on) or 0 (off)" \
+        in result.stderr
