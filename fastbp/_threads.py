@@ -295,6 +295,8 @@ def threads_of(layer_sizes, codes, batch_size: int, dtype, count: int, clipping=
     medium layers, BLAS where the products are large. A step that ends in microseconds runs
     on one thread (ONE_THREAD): no way can use a second thread there (see _measure). A
     fit that clips is measured apart, without the hidden split (split_threads)."""
+    if count == 1:                   # every way is one thread (a few us a partial_fit call)
+        return ONE_THREAD
     ways = {"blas": (1, count, BY_ROWS)}
     for name, split in ROW_SPLITS.items():
         ways[name] = split_threads(layer_sizes, batch_size, count, split, clipping)

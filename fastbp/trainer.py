@@ -348,9 +348,11 @@ class Trainer:
         callbacks = checked_callbacks(callbacks)
         data = self._data(model, spec.loss, X, Y, sample_weight, validation_data,
                           validation_split, rows, checked)
-        metric_functions = chosen_metrics(metrics, spec.loss, model.layer_sizes[-1])
+        # (checked without validation data all the same; the defaults need no check)
+        metric_functions = [] if metrics is None and data.validation is None else \
+            chosen_metrics(metrics, spec.loss, model.layer_sizes[-1])
         if data.validation is None:
-            metric_functions = []          # (checked all the same)
+            metric_functions = []
         spec.check_dtype(model.dtype)
         check_verbose(verbose)
         if verbose:
@@ -710,7 +712,8 @@ class _CompiledEpoch:
         self.hyperparameters.learning_rate = learning_rates[-1]
         if trainer.shuffle:   # = rng.permutation(n_samples), without allocating
             np.copyto(self.order, self.rows)
-            trainer._rng.shuffle(self.order)
+            if self.order.shape[0] > 1:    # (one row draws nothing: 7 us a one-row call)
+                trainer._rng.shuffle(self.order)
         dropout_seed = int(trainer._rng.integers(2**63)) if self.uses_dropout else 0
         np.copyto(self.backup, model._params[self.kept:])
         np.copyto(self.state_backup, state[:, self.kept:])
