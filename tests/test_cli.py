@@ -476,6 +476,24 @@ def test_argparse_mistakes_exit_2(capsys):
     assert status == 2 and "invalid choice" in err
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["train", "x.csv", "--epochs", "x"], "argument --epochs: invalid int value: 'x'"),
+    (["train", "x.csv", "--bogus"], "unrecognized arguments: --bogus"),
+    (["train"], "the following arguments are required: INPUT"),
+    (["train", "x.csv", "--optimizer", "foo"], "argument --optimizer: invalid choice: 'foo'"),
+    (["nonsense"], "argument COMMAND: invalid choice: 'nonsense'"),
+    ([], "the following arguments are required: COMMAND"),
+])
+def test_argparse_mistakes_are_one_line_naming_the_command(argv, message, capsys):
+    """argparse printed its usage block (16 lines for train) before the error; docs/cli.md
+    promises one line."""
+    status, out, err = run_cli(capsys, *argv)
+    prog = " ".join(["fastbp", *argv[:1]]) if argv and argv[0] in COMMANDS else "fastbp"
+    assert status == 2 and out == ""
+    assert err.startswith(f"{prog}: error: {message}"), err
+    assert err.endswith(f" (see {prog} --help)\n") and err.count("\n") == 1, err
+
+
 def test_a_mistake_in_a_real_process_has_no_traceback(tmp_path):
     result = subprocess.run([sys.executable, "-m", "fastbp", "predict", str(tmp_path / "m.fbp"),
                              str(tmp_path / "x.csv")], capture_output=True, text=True)

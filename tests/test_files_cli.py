@@ -8,6 +8,7 @@ import os
 import socket
 import stat
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -537,3 +538,229 @@ def test_a_model_with_number_classes_reads_the_same_numbers_written_with_leading
                                "--json")
     assert status == 0, err
     assert json.loads(out)["rows"] == 20
+
+
+# ---- found by a third audit of the command line (2026-12-06) ----
+
+def one_line_error(status, err, command):
+    return status == 2 and err.count("\n") == 1 and \
+        err.startswith(f"fastbp {command}: error: ") and "Traceback" not in err
+
+
+def test_targets_with_no_columns_are_refused(tmp_path, capsys):
+    """A targets array of shape (rows, 0) was an IndexError traceback in train and
+    evaluate."""
+    X = np.random.default_rng(0).normal(size=(30, 3))
+    np.save(tmp_path / "X.npy", X)
+    np.save(tmp_path / "y0.npy", np.zeros((30, 0)))
+    np.savez(tmp_path / "d.npz", X=X, y=np.zeros((30, 0)))
+    fastbp.MLP([3, 2], ["softmax"], seed=0).save(tmp_path / "m.fbp")
+    for argv in (("train", tmp_path / "X.npy", "--targets", tmp_path / "y0.npy"),
+                 ("train", tmp_path / "d.npz"),
+                 ("evaluate", tmp_path / "m.fbp", tmp_path / "X.npy", "--targets",
+                  tmp_path / "y0.npy")):
+        status, _, err = run_cli(capsys, *argv, *(["-q", "-o", tmp_path / "n.fbp"]
+                                                  if argv[0] == "train" else []))
+        assert one_line_error(status, err, argv[0]), err
+        assert "have no columns (shape (30, 0))" in err, err
+    assert not (tmp_path / "n.fbp").exists()
+
+
+def test_an_npz_member_that_is_not_npy_data_is_named(tmp_path, capsys):
+    """NumPy hands an archive's member that is not NPY data over as raw bytes: train and
+    predict failed with AttributeError tracebacks ('bytes' object has no attribute
+    'dtype', 'item')."""
+    import zipfile
+
+    import scipy.sparse
+
+    with zipfile.ZipFile(tmp_path / "raw.npz", "w") as archive:
+        archive.writestr("X", b"hello")
+        archive.writestr("y", b"world")
+    with zipfile.ZipFile(tmp_path / "rawfmt.npz", "w") as archive:
+        for name in ("format", "shape", "data"):
+            archive.writestr(name, b"junk")
+    scipy.sparse.save_npz(tmp_path / "s.npz", scipy.sparse.csr_matrix(np.eye(4, 3)))
+    with zipfile.ZipFile(tmp_path / "s.npz") as source, \
+            zipfile.ZipFile(tmp_path / "rawdata.npz", "w") as archive:
+        for name in source.namelist():          # a real sparse archive but for its data
+            archive.writestr(name, b"junk" if name == "data.npy" else source.read(name))
+    np.save(tmp_path / "y.npy", np.arange(4.0))
+    fastbp.MLP([3, 2], ["softmax"], seed=0).save(tmp_path / "m.fbp")
+    for name, member in (("raw.npz", "'X'"), ("rawfmt.npz", "'format'"),
+                         ("rawdata.npz", "'data.npy'")):
+        for argv in (("train", tmp_path / name, "--targets", tmp_path / "y.npy", "-q", "-o",
+                      tmp_path / "n.fbp") if name == "rawdata.npz" else
+                     ("train", tmp_path / name, "-q", "-o", tmp_path / "n.fbp"),
+                     ("predict", tmp_path / "m.fbp", tmp_path / name)):
+            status, _, err = run_cli(capsys, *argv)
+            assert one_line_error(status, err, argv[0]), err
+            assert f"the member {member} of {tmp_path / name} is not a NumPy array" in err, err
+    assert not (tmp_path / "n.fbp").exists()
+
+
+def test_train_whose_progress_reader_went_away_still_writes_the_model(tmp_path, data):
+    """`fastbp train ... | head -1` exited 0 at once, with no model written: the broken pipe
+    was taken as the end `predict ... | head` means. Training goes on without progress and
+    writes the model; predict into a closed pipe still ends quietly with status 0."""
+    def run_into_a_closed_pipe(*argv):
+        read_end, write_end = os.pipe()
+        os.close(read_end)              # the reader is gone before the first line
+        try:
+            return subprocess.run([sys.executable, "-m", "fastbp", *map(str, argv)],
+                                  stdout=write_end, stderr=subprocess.PIPE, text=True,
+                                  timeout=120)
+        finally:
+            os.close(write_end)
+
+    result = run_into_a_closed_pipe("train", data, "--target", "species", "--hidden", "4",
+                                    "--epochs", "3", "--seed", "0", "-o", tmp_path / "m.fbp")
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert fastbp.load(tmp_path / "m.fbp").layer_sizes == (3, 4, 3)
+    assert json.loads((tmp_path / "m.fbp.json").read_text())["targets"] == ["species"]
+    result = run_into_a_closed_pipe("predict", tmp_path / "m.fbp", data)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/fd"), reason="needs Linux's /dev/stdout")
+def test_a_model_written_to_stdout_gets_the_progress_on_stderr(tmp_path, data):
+    """train -o /dev/stdout (a pipe) wrote its progress lines into the model's bytes."""
+    result = subprocess.run([sys.executable, "-m", "fastbp", "train", str(data), "--target",
+                             "species", "--hidden", "4", "--epochs", "2", "--seed", "0",
+                             "-o", "/dev/stdout"], capture_output=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert fastbp.MLP.from_bytes(result.stdout).layer_sizes == (3, 4, 3)
+    progress = result.stderr.decode()
+    assert "epoch 2/2" in progress and "wrote /dev/stdout (no sidecar" in progress, progress
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="file names of any bytes: Linux")
+def test_a_file_name_that_is_not_utf8_does_not_lose_the_training(tmp_path, capsys):
+    """An INPUT (or --targets) name that is not UTF-8 trained every epoch, then failed to
+    write the sidecar ('utf-8' codec can't encode '\\udcff'): nothing was written. Its odd
+    bytes are recorded as \\xNN; a name the sidecar cannot hold at all (a text label with a
+    lone surrogate) is refused before training."""
+    data = write_flowers(tmp_path / os.fsdecode(b"data\xff.csv"))
+    # (not --quiet: the summary names the file on a stream that takes UTF-8 only)
+    status, out, err = run_cli(capsys, "train", data, *TRAIN[:-1], "-o", tmp_path / "m.fbp")
+    assert status == 0 and "data\\xff.csv" in out, err
+    assert json.loads((tmp_path / "m.fbp.json").read_text(encoding="utf-8"))[
+        "trained_on"] == "data\\xff.csv"
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "X.npy", rng.normal(size=(20, 3)))
+    np.save(tmp_path / os.fsdecode(b"y\xfe.npy"), rng.normal(size=20))
+    status, _, err = run_cli(capsys, "train", tmp_path / "X.npy", "--targets",
+                             tmp_path / os.fsdecode(b"y\xfe.npy"), "--hidden", "4",
+                             "--epochs", "1", "-q", "-o", tmp_path / "r.fbp")
+    assert status == 0, err
+    sidecar = json.loads((tmp_path / "r.fbp.json").read_text(encoding="utf-8"))
+    assert sidecar["targets"] == sidecar["outputs"] == ["y\\xfe"]
+    status, out, err = run_cli(capsys, "predict", tmp_path / "r.fbp", tmp_path / "X.npy")
+    assert status == 0 and out.splitlines()[0] == "y\\xfe", err
+    np.save(tmp_path / "labels.npy", np.array(["a\udcff", "b"] * 10))
+    status, out, err = run_cli(capsys, "train", tmp_path / "X.npy", "--targets",
+                               tmp_path / "labels.npy", "--loss", "cce", "--epochs", "1",
+                               "-o", tmp_path / "l.fbp")
+    assert one_line_error(status, err, "train") and "epoch" not in out, err
+    assert "cannot record 'a\\udcff' (one of the model's classes)" in err, err
+    assert not (tmp_path / "l.fbp").exists()
+
+
+def test_predict_and_evaluate_refuse_to_drop_a_feature_of_the_model(tmp_path, data, trained,
+                                                                     capsys):
+    """--drop of a column the sidecar lists as a feature was ignored: the model still read
+    it, and the command ended with status 0."""
+    for command in ("predict", "evaluate"):
+        status, out, err = run_cli(capsys, command, trained, data, "--drop", "b")
+        assert one_line_error(status, err, command) and out == "", err
+        assert "--drop b: the model was trained on this column" in err, err
+    lines = data.read_text().splitlines()
+    (tmp_path / "extra.csv").write_text("\n".join(
+        [f"id,{lines[0]}"] + [f"{row},{line}" for row, line in enumerate(lines[1:])]) + "\n")
+    status, out, err = run_cli(capsys, "predict", trained, tmp_path / "extra.csv", "--drop",
+                               "id")     # a column the model does not take: left out
+    assert status == 0 and len(out.splitlines()) == 61, err
+
+
+def test_messages_say_what_and_where(tmp_path, capsys):
+    """Bytes targets that are not ASCII were "'ascii' codec can't decode byte 0xff", with
+    no file; 1e39 (a feature or a target) in a float32 model was the library's "X (Y)
+    contains NaN or infinity", with no place and no word of --dtype float64; --seed -3 did not name --seed; an unclosed
+    quote in the header was "a header row but no rows of data"; evaluate --help said
+    --target defaults to the last column (it is the sidecar's targets)."""
+    X = np.random.default_rng(0).normal(size=(20, 2))
+    np.save(tmp_path / "X.npy", X)
+    np.save(tmp_path / "bad.npy", np.array([b"a", b"\xff"] * 10))
+    np.save(tmp_path / "utf8.npy", np.array(["é".encode(), b"e"] * 10))
+    train = ["--loss", "cce", "--hidden", "2", "--epochs", "1", "-q", "-o", tmp_path / "m.fbp"]
+    status, _, err = run_cli(capsys, "train", tmp_path / "X.npy", "--targets",
+                             tmp_path / "bad.npy", *train)
+    assert one_line_error(status, err, "train"), err
+    assert f"{tmp_path / 'bad.npy'}, row 1: the targets are bytes, and b'\\xff' is not UTF-8" \
+        in err, err
+    status, _, err = run_cli(capsys, "train", tmp_path / "X.npy", "--targets",
+                             tmp_path / "utf8.npy", *train)
+    assert status == 0, err         # (UTF-8 bytes are text, as in a CSV file)
+    assert json.loads((tmp_path / "m.fbp.json").read_text())["classes"] == ["e", "é"]
+
+    (tmp_path / "big.csv").write_text("x,y,t\n1,2,a\n3,1e39,b\n5,6,a\n")
+    status, _, err = run_cli(capsys, "train", tmp_path / "big.csv", *train)
+    assert one_line_error(status, err, "train"), err
+    assert "big.csv, line 3: the feature column 'y' holds '1e39', too large for float32" in err
+    assert "--dtype float64" in err
+    status, _, err = run_cli(capsys, "train", tmp_path / "big.csv", *train, "--dtype",
+                             "float64")
+    assert status == 0, err
+    (tmp_path / "big_target.csv").write_text("x,t\n1,2\n3,1e39\n")
+    status, _, err = run_cli(capsys, "train", tmp_path / "big_target.csv", "--loss", "mse",
+                             *train[2:])
+    assert one_line_error(status, err, "train"), err
+    assert "big_target.csv, line 3: the target column 't' holds '1e39', too large for " \
+        "float32" in err, err
+    X[7, 1] = -1e39
+    np.save(tmp_path / "big.npy", X)
+    fastbp.MLP([2, 2], ["softmax"], seed=0).save(tmp_path / "f32.fbp")
+    status, _, err = run_cli(capsys, "predict", tmp_path / "f32.fbp", tmp_path / "big.npy")
+    assert one_line_error(status, err, "predict"), err
+    assert "the feature array holds -1e+39 in row 7, column 1; too large for float32" in err
+
+    for argv in (["demo", "--seed", "-3"], ["bench", "--builtin", "--seed", "-1"]):
+        status, _, err = run_cli(capsys, *argv)
+        assert one_line_error(status, err, argv[0]) and "--seed must be >= 0" in err, err
+
+    (tmp_path / "quote.csv").write_text('x,"y\n1,2\n')
+    status, _, err = run_cli(capsys, "train", tmp_path / "quote.csv", *train)
+    assert one_line_error(status, err, "train"), err
+    assert "quote.csv, line 1: the quote that opens column 1 of the header is never " \
+        "closed" in err, err
+
+    status, out, _ = run_cli(capsys, "evaluate", "--help")
+    assert status == 0 and "trained with, from its sidecar" in " ".join(out.split())
+
+
+@pytest.mark.parametrize("matrix_format, drop", [("csc", []), ("csr", ["--drop", "0"])])
+def test_a_sparse_npz_with_indices_past_its_shape_is_refused_not_a_crash(
+        tmp_path, matrix_format, drop):
+    """A crafted save_npz file whose index arrays point past its shape crashed the process
+    (a segfault, status 139) in train and predict: scipy's tocsr (CSC) and its column
+    selection (CSR, with --drop) read the indices unchecked. In a subprocess: the crash
+    would take pytest down."""
+    import scipy.sparse
+
+    scipy.sparse.save_npz(tmp_path / "good.npz",
+                          scipy.sparse.csr_matrix(np.eye(6, 4)).asformat(matrix_format))
+    members = dict(np.load(tmp_path / "good.npz"))
+    members["indices"] = members["indices"].copy()
+    members["indices"][-1] = 40_000_000
+    np.savez(tmp_path / "bad.npz", **members)
+    np.save(tmp_path / "y.npy", np.arange(6.0))
+    fastbp.MLP([4 - len(drop) // 2, 1], ["identity"]).save(tmp_path / "m.fbp")
+    for argv in (["train", tmp_path / "bad.npz", "--targets", tmp_path / "y.npy", "--epochs",
+                  "1", "-q", "-o", tmp_path / "n.fbp", *drop],
+                 ["predict", tmp_path / "m.fbp", tmp_path / "bad.npz", *drop]):
+        result = subprocess.run([sys.executable, "-m", "fastbp", *map(str, argv)],
+                                capture_output=True, text=True, timeout=120)
+        assert one_line_error(result.returncode, result.stderr, argv[0]), result.stderr
+        assert f"{tmp_path / 'bad.npz'} is a malformed {matrix_format.upper()} matrix: its " \
+               f"indices must lie in" in result.stderr, result.stderr
+    assert not (tmp_path / "n.fbp").exists()

@@ -30,6 +30,7 @@ import warnings
 from fastbp.cli.bench import repository_bench
 from fastbp.cli.errors import EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_USAGE, UsageError, one_line
 from fastbp.cli.info import describe
+from fastbp.cli.outputs import silence_stdout
 from fastbp.cli.parser import build_parser, check_ranges
 from fastbp.cli.predict import predicted_labels
 from fastbp.cli.sidecar import read_sidecar, sidecar_path
@@ -59,7 +60,7 @@ def main(argv=None) -> int:
             if os.environ.get("FASTBP_TRACEBACK", "") not in ("", "0"):
                 raise
             if isinstance(error, BrokenPipeError):    # `fastbp predict ... | head`
-                _silence_stdout()
+                silence_stdout()
                 return 0
             print(f"fastbp {command}: error: {one_line(error)}", file=sys.stderr)
             return EXIT_USAGE
@@ -74,10 +75,3 @@ def _warning_printer(command):
               file=sys.stderr)
     return show
 
-
-def _silence_stdout():
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError):
-        pass

@@ -20,7 +20,7 @@ def cmd_evaluate(args) -> int:
     table = read_table(args.input, args, want_targets=True)
     features, target_cols, target_names = select_columns(table, args, sidecar,
                                                          model.layer_sizes[0])
-    X = table.numeric(features, "feature")
+    X = table.numeric(features, "feature", dtype=model.dtype)
     if sidecar is None and loss.is_classification and len(target_cols) == 1 \
             and numbers_or_none(target_cols[0]) is None:
         raise UsageError(f"{args.model} has no sidecar ({sidecar_to_read(args.model)}) "
@@ -28,11 +28,12 @@ def cmd_evaluate(args) -> int:
                          f"classes, so the targets must be class indices 0..k-1, not text")
     where = table.target_where
     if sidecar is None and takes_class_labels(loss) and len(target_cols) == 1:
-        Y = numeric_targets(target_cols, target_names, where=where)[:, 0]
+        Y = numeric_targets(target_cols, target_names, where=where, dtype=model.dtype)[:, 0]
     elif sidecar is None and loss.is_classification:
-        Y = numeric_targets(target_cols, target_names, where=where)
+        Y = numeric_targets(target_cols, target_names, where=where, dtype=model.dtype)
     else:
-        Y, _, _ = encode_targets(target_cols, target_names, loss, sidecar, where)
+        Y, _, _ = encode_targets(target_cols, target_names, loss, sidecar, where,
+                                 model.dtype)
     value = model.evaluate(X, Y, loss)
     predictions = model.predict(X)
     figures = {"rows": int(X.shape[0]), "loss": value}

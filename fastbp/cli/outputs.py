@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import os
 import stat
+import sys
 
 from fastbp import _files
 from fastbp.cli.errors import UsageError, one_line
@@ -52,6 +53,16 @@ def _is_character_device(path) -> bool:
         return stat.S_ISCHR(os.stat(path).st_mode)
     except OSError:
         return False
+
+
+def silence_stdout() -> None:
+    """Send what is still to be written to standard output to /dev/null: its reader went
+    away (`fastbp predict ... | head`), and the flush at exit would fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 def write_csv_bytes(stream, header, values):

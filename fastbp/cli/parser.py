@@ -7,7 +7,7 @@ import argparse
 import math
 
 from fastbp import optimizers
-from fastbp.cli.errors import UsageError
+from fastbp.cli.errors import EXIT_USAGE, UsageError
 from fastbp.cli.bench import cmd_bench, cmd_demo
 from fastbp.cli.evaluate import cmd_evaluate
 from fastbp.cli.info import cmd_info
@@ -19,10 +19,28 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
     """Keeps the line breaks of the descriptions and examples."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argparse parser whose usage errors are one line, as every user mistake is (not
+    the usage block before it): `fastbp train: error: ... (see fastbp train --help)`."""
+
+    commands = {}           # the top-level parser's: each command's parser, by name
+
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {' '.join(message.split())} "
+                              f"(see {self.prog} --help)\n")
+
+    def parse_args(self, args=None, namespace=None):
+        namespace, extras = self.parse_known_args(args, namespace)
+        if extras:          # (argparse names the top-level parser, not the command's)
+            command = self.commands.get(getattr(namespace, "command", None), self)
+            command.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace
+
+
 def build_parser() -> argparse.ArgumentParser:
     from fastbp import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="fastbp", formatter_class=_Formatter,
         description="Fast training of multilayer perceptrons on the CPU.",
         epilog="Each command has --help, e.g. `fastbp train --help`. Guide: docs/cli.md.")
@@ -57,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                       "example:\n  fastbp demo --epochs 5 --samples 20000", cmd_demo))
     _add_bench(command("bench", "measure training throughput",
                        BENCH_DESCRIPTION, BENCH_EXAMPLES, cmd_bench))
+    parser.commands = commands.choices
     return parser
 
 
@@ -116,7 +135,7 @@ examples:
   fastbp bench --builtin --duration 2"""
 
 
-def _add_data_options(sub, targets: bool):
+def _add_data_options(sub, targets: bool, target_default="the last column"):
     group = sub.add_argument_group("input")
     group.add_argument("--format", choices=["csv", "npy", "npz"], default=None,
                        help="the format of INPUT (default: from its extension)")
@@ -129,8 +148,8 @@ def _add_data_options(sub, targets: bool):
                            help="the targets' array in an NPZ file (default %(default)s)")
         group.add_argument("--target", action="append", default=None, metavar="COLUMN",
                            help="a target column, by name or index (negative counts from the "
-                                "end); repeat it for several outputs (default: the last "
-                                "column)")
+                                f"end); repeat it for several outputs (default: "
+                                f"{target_default})")
         group.add_argument("--targets", default=None, metavar="FILE.npy",
                            help="the targets of an NPY input, one row per row of INPUT")
     group.add_argument("--drop", action="append", default=[], metavar="COLUMN",
@@ -233,7 +252,8 @@ def _add_predict(sub):
 def _add_evaluate(sub):
     sub.add_argument("model", metavar="MODEL", help="a model file written by fastbp")
     sub.add_argument("input", metavar="INPUT", help="the data: .csv, .npy or .npz")
-    _add_data_options(sub, targets=True)
+    _add_data_options(sub, targets=True, target_default="the target columns the model was "
+                      "trained with, from its sidecar; without one, the last column")
     sub.add_argument("--loss", default=None,
                      help="the loss to report (default: the one the model was trained with, "
                           "from its sidecar; else from its output activation)")
@@ -291,7 +311,7 @@ def _add_bench(sub):
 # Options with a least value, checked after parsing (check_ranges) so that a value out of
 # range is one line that names the option, as every user mistake is
 LEAST = {"epochs": 0, "batch_size": 1, "early_stopping": 0, "threads": 1, "samples": 1,
-         "hidden": 1, "repeats": 1, "rows": 1}
+         "hidden": 1, "repeats": 1, "rows": 1, "seed": 0}
 SECONDS = ("duration", "warmup", "max_time")        # finite and > 0
 
 

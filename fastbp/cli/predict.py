@@ -24,7 +24,7 @@ def cmd_predict(args) -> int:
     table = read_table(args.input, args, want_targets=False)
     features, _, _ = select_columns(table, args, sidecar, model.layer_sizes[0],
                                     want_targets=False)
-    X = table.numeric(features, "feature")
+    X = table.numeric(features, "feature", dtype=model.dtype)
     probabilities = model.predict(X)
     n_outputs = probabilities.shape[1]
     outputs = (sidecar or {}).get("outputs") or (

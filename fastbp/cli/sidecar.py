@@ -27,9 +27,31 @@ def sidecar_path(model_path: str) -> str:
 
 
 def sidecar_bytes(fields: dict) -> bytes:
-    """The sidecar document holding `fields`, as the bytes of its file."""
+    """The sidecar document holding `fields`, as the bytes of its file (UTF-8 JSON). train
+    makes it before training, so that a name it cannot hold is refused before the work."""
+    for key, value in fields.items():
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, str) and not _is_unicode(item):
+                raise UsageError(f"the sidecar cannot record {item!r} (one of the model's "
+                                 f"{key}): it is not valid Unicode text (a lone surrogate, "
+                                 f"as in text decoded with errors='surrogateescape')")
     document = {"format": SIDECAR_FORMAT, "version": SIDECAR_VERSION, **fields}
     return (json.dumps(document, indent=1, ensure_ascii=False) + "\n").encode()
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def name_as_text(name: str) -> str:
+    """A file name as text the sidecar and CSV headers can hold: a name that is not valid
+    UTF-8 (os.fsdecode gives its odd bytes as lone surrogates, which no UTF-8 file can
+    hold) with those bytes written as \\xNN, as Python shows them."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 def sidecar_to_read(model_path: str) -> str:

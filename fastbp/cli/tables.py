@@ -14,10 +14,13 @@ import zipfile
 import zlib
 
 from fastbp.cli.errors import UsageError
-from fastbp.cli.targets import is_number
+from fastbp.cli.outputs import short_list
+from fastbp.cli.sidecar import name_as_text
+from fastbp.cli.targets import is_number, outside, too_large
 
 # What reading a truncated or damaged NPZ archive (or a member of one) raises
 _DAMAGED = (EOFError, zipfile.BadZipFile, zlib.error)
+NPY_SIGNATURE = b"\x93NUMPY"
 
 
 class Table:
@@ -59,48 +62,53 @@ class Table:
     def label(self, j: int) -> str:
         return repr(self.names[j]) if self.named else f"{j}"
 
-    def numeric(self, indices, role: str, hint: str = ""):
+    def numeric(self, indices, role: str, hint: str = "", dtype="float64"):
         """The columns `indices` as a float64 (rows, len(indices)) matrix (or the NPY/NPZ
-        array itself, when that is all its columns in order)."""
+        array itself, when that is all its columns in order). A value that is not a finite
+        number, or that the model's `dtype` cannot hold (float32 ends near 3.4e38), is
+        refused where it is: the library would say "X contains NaN or infinity", not
+        where."""
         import numpy as np
 
+        limit = float(np.finfo(dtype).max)
         if self._matrix is not None:
             matrix = self._matrix if list(indices) == list(range(self._matrix.shape[1])) \
                 else self._matrix[:, list(indices)]
-            self._check_finite(matrix, role)
+            self._check_range(matrix, role, limit, dtype)
             return matrix
         out = np.empty((self.n_rows, len(indices)), dtype=np.float64)
         for k, j in enumerate(indices):
-            out[:, k] = self._numbers(j, role, hint)
+            out[:, k] = self._numbers(j, role, hint, limit, dtype)
         return out
 
-    def _check_finite(self, matrix, role):
-        """A UsageError naming the row and column of an array's first NaN or infinity (the
-        library would say "X contains NaN", not where), scanned in blocks of about 16 MiB
-        of flags (a dense array) or on the stored values (a sparse one)."""
+    def _check_range(self, matrix, role, limit, dtype):
+        """A UsageError naming the row and column of an array's first value outside
+        -limit..limit (NaN and infinity too), scanned in blocks of about 16 MiB of flags
+        (a dense array) or on the stored values (a sparse one)."""
         import numpy as np
 
         values = matrix.data if hasattr(matrix, "tocsr") else matrix
         if values.dtype.kind not in "fc":
             return
         if hasattr(matrix, "tocsr"):
-            bad = np.flatnonzero(~np.isfinite(values))
+            bad = np.flatnonzero(outside(values, limit))
             if bad.size:
                 row = int(np.searchsorted(matrix.indptr, bad[0], side="right")) - 1
-                self._refuse(row, int(matrix.indices[bad[0]]), values[bad[0]], role)
+                self._refuse(row, int(matrix.indices[bad[0]]), values[bad[0]], role, dtype)
             return
         step = max(1, (1 << 24) // max(1, matrix.shape[1]))
         for start in range(0, matrix.shape[0], step):
-            bad = np.argwhere(~np.isfinite(matrix[start:start + step]))
+            bad = np.argwhere(outside(matrix[start:start + step], limit))
             if bad.size:
                 row, column = int(bad[0][0]) + start, int(bad[0][1])
-                self._refuse(row, column, matrix[row, column], role)
+                self._refuse(row, column, matrix[row, column], role, dtype)
 
-    def _refuse(self, row, column, value, role):
+    def _refuse(self, row, column, value, role, dtype):
+        why = too_large(value, dtype) or "every value must be a finite number"
         raise UsageError(f"{self.path}: the {role} array holds {value} in row {row}, column "
-                         f"{column}; every value must be a finite number")
+                         f"{column}; {why}")
 
-    def _numbers(self, j, role, hint):
+    def _numbers(self, j, role, hint, limit, dtype):
         import numpy as np
 
         values = self._columns[j]
@@ -109,11 +117,11 @@ class Table:
         except ValueError:
             numbers = None
         if numbers is not None:
-            bad = np.flatnonzero(~np.isfinite(numbers))
-            if bad.size:         # (the library would say "X contains NaN", not where)
+            bad = np.flatnonzero(outside(numbers, limit))
+            if bad.size:
+                why = too_large(numbers[bad[0]], dtype) or f"not a finite number{hint}"
                 raise UsageError(f"{self.path}, line {self._lines[bad[0]]}: the {role} column "
-                                 f"{self.label(j)} holds {values[bad[0]].strip()!r}, not a "
-                                 f"finite number{hint}")
+                                 f"{self.label(j)} holds {values[bad[0]].strip()!r}, {why}")
             return numbers
         for row, value in enumerate(values):
             try:
@@ -179,9 +187,7 @@ def read_table(path: str, args, want_targets: bool) -> Table:
         if want_targets and getattr(args, "targets", None) is not None:
             if getattr(args, "target", None):
                 raise UsageError("give --targets FILE.npy or --target COLUMN, not both")
-            table.targets = _load_npy(args.targets, "the targets", features=False)
-            table.target_source = args.targets
-            table.target_stem = os.path.splitext(os.path.basename(args.targets))[0] or "y"
+            _read_targets_file(table, args.targets)
         return table
     # npz
     source = _readable(path)
@@ -190,7 +196,7 @@ def read_table(path: str, args, want_targets: bool) -> Table:
         raise UsageError(f"{path} is an NPY file, not an NPZ archive: use --format npy")
     with archive:
         names = list(archive.files)
-        sparse = _saved_sparse(archive)
+        sparse = _saved_sparse(archive, path)
     if sparse:
         return _sparse_table(path, args, want_targets, source)
     if want_targets and getattr(args, "targets", None) is not None:
@@ -220,20 +226,23 @@ SPARSE_MEMBERS = {"csr": {"indices", "indptr"}, "csc": {"indices", "indptr"},
                   "bsr": {"indices", "indptr"}, "coo": {"row", "col"}, "dia": {"offsets"}}
 
 
-def _saved_sparse(archive) -> bool:
+def _saved_sparse(archive, path) -> bool:
     """Whether an open NPZ archive is a matrix scipy.sparse.save_npz wrote (any of its
     formats), not an archive of arrays."""
     names = set(archive.files)
     if not {"format", "shape", "data"} <= names:
         return False
-    try:
-        member = archive["format"]                    # a 0-d bytes array, no pickle
-        name = member.item()
-    except (ValueError, OSError, *_DAMAGED):
+    member = _member(archive, "format", path)         # a 0-d bytes array, no pickle
+    if member.size != 1:
         return False
+    name = member.item()
     if isinstance(name, bytes):
         name = name.decode("ascii", "replace")
-    return isinstance(name, str) and SPARSE_MEMBERS.get(name, {"?"}) <= names
+    if not (isinstance(name, str) and SPARSE_MEMBERS.get(name, {"?"}) <= names):
+        return False
+    for other in sorted(SPARSE_MEMBERS[name] | {"shape", "data"}):  # (scipy reads them)
+        _check_npy_member(archive, other, path)
+    return True
 
 
 def _sparse_table(path: str, args, want_targets: bool, source) -> Table:
@@ -241,6 +250,8 @@ def _sparse_table(path: str, args, want_targets: bool, source) -> Table:
     densified): its columns are the features; the targets come from --targets FILE.npy.
     source: _readable(path)."""
     import scipy.sparse
+
+    from fastbp._validation import as_csr, check_compressed
 
     try:
         matrix = scipy.sparse.load_npz(_rewound(source))  # np.load without pickle
@@ -254,19 +265,35 @@ def _sparse_table(path: str, args, want_targets: bool, source) -> Table:
                          f"{matrix.dtype}")
     if matrix.shape[0] == 0:
         raise UsageError(f"the features in {path} have no rows")
-    table = _array_table(path, matrix.tocsr())
+    # scipy's conversions and column selection read the index arrays unchecked: a crafted
+    # file with an index past the shape crashed the process
+    try:
+        if matrix.format == "csr":
+            check_compressed(matrix, path, matrix.shape[0], matrix.shape[1])
+        matrix = as_csr(matrix, path)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    table = _array_table(path, matrix)
     if want_targets:
         if getattr(args, "target", None):
             raise UsageError(f"{path} is a sparse matrix of features: give the targets with "
                              f"--targets FILE.npy, not --target")
         if getattr(args, "targets", None) is not None:
-            table.targets = _load_npy(args.targets, "the targets", features=False)
-            table.target_source = args.targets
-            table.target_stem = os.path.splitext(os.path.basename(args.targets))[0] or "y"
+            _read_targets_file(table, args.targets)
     return table
 
 
+def _read_targets_file(table, path):
+    """--targets FILE.npy as the table's targets, named after the file (y.npy: y)."""
+    table.targets = _load_npy(path, "the targets", features=False)
+    table.target_source = path
+    table.target_stem = name_as_text(os.path.splitext(os.path.basename(path))[0]) or "y"
+
+
 def _member(archive, name, path):
+    """The array `name` of an open NPZ archive; a UsageError naming it where it is not
+    one."""
+    _check_npy_member(archive, name, path)
     try:
         return archive[name]
     except _DAMAGED as error:                           # a damaged or truncated member
@@ -277,6 +304,20 @@ def _member(archive, name, path):
                              f"does not load (that needs pickle); save numbers or text") \
                 from None
         raise UsageError(f"the array {name!r} in {path} is not readable: {error}") from None
+
+
+def _check_npy_member(archive, name, path):
+    """A UsageError unless the member `name` of an open NPZ archive holds NPY data: NumPy
+    hands any other member over as its raw bytes, not as an array."""
+    stored = f"{name}.npy" if f"{name}.npy" in archive.zip.namelist() else name
+    try:
+        with archive.zip.open(stored) as stream:
+            start = stream.read(len(NPY_SIGNATURE))
+    except _DAMAGED as error:
+        raise UsageError(f"the array {name!r} in {path} is not readable: {error}") from None
+    if start != NPY_SIGNATURE:
+        raise UsageError(f"the member {stored!r} of {path} is not a NumPy array (.npy data); "
+                         f"an NPZ file is written by numpy.savez or scipy.sparse.save_npz")
 
 
 def _read_csv(path: str, delimiter: str) -> Table:
@@ -308,6 +349,10 @@ def _read_csv(path: str, delimiter: str) -> Table:
     except csv.Error as error:
         raise UsageError(f"{path}: not readable as CSV: {error}") from None
     if not rows:
+        unclosed = [position for position, name in enumerate(header) if "\n" in name]
+        if unclosed:        # (the csv module reads an unclosed quote to the end of the file)
+            raise UsageError(f"{path}, line 1: the quote that opens column {unclosed[0]} of "
+                             f"the header is never closed; close it (or remove it)")
         raise UsageError(f"{path} has a header row but no rows of data")
     if len(names) > 1 and all(is_number(name) for name in names):
         warnings.warn(f"the first row of {path} holds numbers; fastbp reads it as the header "
@@ -341,7 +386,7 @@ def _np_load(path: str, source=None):
     else:
         with open(path, "rb") as stream:
             start = stream.read(6)
-    if not (start.startswith(b"\x93NUMPY") or start.startswith(b"PK")):
+    if not (start.startswith(NPY_SIGNATURE) or start.startswith(b"PK")):
         raise UsageError(f"{path} is not a NumPy file (.npy or .npz): it does not start with "
                          f"either signature")
     try:
@@ -379,15 +424,36 @@ def _check_features(array, path, what):
 
 
 def _check_targets(array, path):
-    if array.dtype.kind == "S":
-        array = array.astype(str)
+    import numpy as np
+
+    if array.dtype.kind == "S":         # bytes: read as UTF-8 text, as a CSV file is
+        try:
+            array = np.char.decode(array, "utf-8")
+        except UnicodeDecodeError:
+            where = next(index for index, value in np.ndenumerate(array)
+                         if not _is_utf8(value))
+            column = f", column {where[1]}" if len(where) > 1 else ""
+            raise UsageError(f"{path}, row {where[0]}{column}: the targets are bytes, and "
+                             f"{bytes(array[where])!r} is not UTF-8 text; save the labels as "
+                             f"text (str) or numbers") from None
     if array.dtype.kind not in "biufU":
         raise UsageError(f"the targets in {path} must be numbers or text; the array has "
                          f"dtype {array.dtype}")
     if array.ndim not in (1, 2):
         raise UsageError(f"the targets in {path} must be a 1-D or 2-D array; got shape "
                          f"{array.shape}")
+    if array.ndim == 2 and array.shape[1] == 0:
+        raise UsageError(f"the targets in {path} have no columns (shape {array.shape}); "
+                         f"give one column per output, or a 1-D array")
     return array
+
+
+def _is_utf8(value: bytes) -> bool:
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _array_table(path, matrix) -> Table:
@@ -445,11 +511,15 @@ def select_columns(table: Table, args, sidecar, n_inputs=None, want_targets=True
     wanted = sidecar.get("features") if sidecar else None
     if wanted and table.named:
         missing = [name for name in wanted if name not in table.names]
-        if not missing:
-            features = [table.names.index(name) for name in wanted]
-        else:       # (none of them: another file's columns, not to be taken by position)
+        if missing:     # (none of them: another file's columns, not to be taken by position)
             raise UsageError(f"{table.path} lacks the feature column(s) "
                              f"{', '.join(map(repr, missing[:5]))} the model was trained with")
+        features = [table.names.index(name) for name in wanted]
+        needed = [table.names[j] for j in features if j in dropped]
+        if needed:
+            raise UsageError(f"--drop {needed[0]}: the model was trained on this column, and "
+                             f"it takes every feature it was trained with "
+                             f"({short_list(wanted)}); --drop leaves out other columns")
     if features is None:
         features = [j for j in range(len(table.names))
                     if j not in dropped and j not in target_idx]

@@ -31,6 +31,24 @@ def numbers_or_none(column):
         return None
 
 
+def outside(values, limit):
+    """Flags of the values outside -limit..limit: NaN and infinity too (without a
+    temporary copy of the values, as np.abs would make)."""
+    return ~((values >= -limit) & (values <= limit))
+
+
+def too_large(value, dtype) -> str:
+    """Why `outside` flagged a finite value, and what to do; "" for NaN and infinity (the
+    library would say "X contains NaN or infinity (or values too large for float32)", not
+    where)."""
+    import numpy as np
+
+    if not np.isfinite(value):
+        return ""
+    return (f"too large for {np.dtype(dtype).name}, the model's precision (train with "
+            f"--dtype float64, or scale the column)")
+
+
 def _number_key(text: str):
     """A label written as a number, as the key it matches: an int for a whole number (exact
     past 2^53, where float64 would merge it with its neighbour), else a float."""
@@ -135,11 +153,12 @@ def _shown(value) -> str:
     return repr(str(value).strip())
 
 
-def numeric_targets(columns, names, source_hint="", where=_row):
-    """The target columns as a float64 matrix; a cell that is not a finite number is
-    refused at where(row)."""
+def numeric_targets(columns, names, source_hint="", where=_row, dtype="float64"):
+    """The target columns as a float64 matrix; a cell that is not a finite number, or that
+    the model's dtype cannot hold, is refused at where(row)."""
     import numpy as np
 
+    limit = float(np.finfo(dtype).max)
     matrix = np.empty((len(columns[0]), len(columns)), dtype=np.float64)
     for k, (column, name) in enumerate(zip(columns, names)):
         numbers = numbers_or_none(column)
@@ -147,15 +166,16 @@ def numeric_targets(columns, names, source_hint="", where=_row):
             row = next(i for i, v in enumerate(column) if not is_number(v))
             raise UsageError(f"{where(row)}: the target column {name!r} holds "
                              f"{_shown(column[row])}, not a number{source_hint}")
-        bad = np.flatnonzero(~np.isfinite(numbers))
+        bad = np.flatnonzero(outside(numbers, limit))
         if bad.size:            # (the library would say "Y contains NaN", not where)
             raise UsageError(f"{where(bad[0])}: the target column {name!r} holds "
-                             f"{_shown(column[bad[0]])}, not a finite number")
+                             f"{_shown(column[bad[0]])}, "
+                             f"{too_large(numbers[bad[0]], dtype) or 'not a finite number'}")
         matrix[:, k] = numbers
     return matrix
 
 
-def encode_targets(columns, names, loss, sidecar=None, where=_row):
+def encode_targets(columns, names, loss, sidecar=None, where=_row, dtype="float64"):
     """Targets for fastbp from raw columns: (Y, classes, output names).
 
     cce, one column: class labels 0..k-1 (classes: the original labels); cce, several
@@ -164,7 +184,8 @@ def encode_targets(columns, names, loss, sidecar=None, where=_row):
     columns: multi-label 0/1 targets. Regression: numbers, one output per column.
     With a sidecar (evaluate), its classes are used instead of learned. `loss`: a
     fastbp.losses.Loss, asked what it takes (class labels; else 0/1 values when it is a
-    classification loss; else numbers). where(row): a row's location for messages.
+    classification loss; else numbers). where(row): a row's location for messages. dtype:
+    the model's (numbers it cannot hold are refused).
     """
     import numpy as np
 
@@ -178,7 +199,7 @@ def encode_targets(columns, names, loss, sidecar=None, where=_row):
                 raise UsageError(f"the target column {names[0]!r} holds a single class "
                                  f"({classes[0]!r}); classification needs two or more")
             return labels, classes, [str(c) for c in classes]
-        return numeric_targets(columns, names, where=where), list(names), list(names)
+        return numeric_targets(columns, names, where=where, dtype=dtype), list(names), list(names)
     if loss.is_classification:
         if len(columns) == 1:
             numbers = numbers_or_none(columns[0])
@@ -192,5 +213,5 @@ def encode_targets(columns, names, loss, sidecar=None, where=_row):
                 raise UsageError(f"binary cross-entropy needs two classes; the target column "
                                  f"{names[0]!r} holds {len(classes)}: use --loss cce")
             return labels.astype(np.float64).reshape(-1, 1), classes, [str(classes[1])]
-        return numeric_targets(columns, names, regression_hint, where), None, list(names)
-    return numeric_targets(columns, names, regression_hint, where), None, list(names)
+        return numeric_targets(columns, names, regression_hint, where, dtype), None, list(names)
+    return numeric_targets(columns, names, regression_hint, where, dtype), None, list(names)

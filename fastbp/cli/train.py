@@ -8,8 +8,8 @@ import sys
 
 from fastbp import _files, schedules
 from fastbp.cli.errors import EXIT_DIVERGED, EXIT_INTERRUPTED, UsageError
-from fastbp.cli.outputs import check_distinct, check_writable, short_list
-from fastbp.cli.sidecar import sidecar_bytes, sidecar_path
+from fastbp.cli.outputs import check_distinct, check_writable, short_list, silence_stdout
+from fastbp.cli.sidecar import name_as_text, sidecar_bytes, sidecar_path
 from fastbp.cli.tables import read_table, select_columns
 from fastbp.cli.targets import encode_targets, numbers_or_none, takes_class_labels
 
@@ -81,20 +81,29 @@ def _per_hidden(values, n_hidden, option):
 def cmd_train(args) -> int:
     from fastbp import metrics
 
-    say = (lambda *parts: None) if args.quiet else print
-    sidecar_file = _check_outputs(args)
+    sidecar_file, model_on_stdout = _check_outputs(args)
+    # the progress and the summary: on stdout, unless the model goes there
+    progress = _ProgressStream(sys.stderr if model_on_stdout else sys.stdout)
+    say = (lambda *parts: None) if args.quiet else \
+        (lambda *parts: print(*parts, file=progress, flush=True))
     table = read_table(args.input, args, want_targets=True)
     features, target_cols, target_names = select_columns(table, args, None)
     X = table.numeric(features, "feature",
-                      "; encode it as numbers, or leave it out with --drop COLUMN")
+                      "; encode it as numbers, or leave it out with --drop COLUMN", args.dtype)
     loss, loss_note = _choose_loss(args.loss, target_cols)
     Y, classes, outputs = encode_targets(target_cols, target_names, loss,
-                                         where=table.target_where)
+                                         where=table.target_where, dtype=args.dtype)
     model = _build_model(args, X.shape[1], len(outputs), loss)
     monitor = "val_loss" if args.validation_split > 0 else "loss"
     trainer, learning_rate = _build_trainer(args, loss, monitor)
     X, Y, n_validation = _validation_last(args, X, Y)
-    fit_callbacks, stopper = _callbacks(args, monitor)
+    fit_callbacks, stopper = _callbacks(args, monitor, progress)
+    features_named = [table.names[j] for j in features] if table.named else None
+    sidecar_content = sidecar_bytes({    # (before the work: it refuses what it cannot hold)
+        "loss": loss.name, "features": features_named,
+        "targets": list(target_names) if table.named or table.targets is not None else None,
+        "classes": classes, "outputs": outputs, "trained_on": name_as_text(
+            os.path.basename(args.input))})
 
     what = f"{len(classes)} classes: {short_list(classes)}" if classes and \
         takes_class_labels(loss) and len(target_cols) == 1 else f"{len(outputs)} output(s)"
@@ -108,28 +117,69 @@ def cmd_train(args) -> int:
     history = trainer.fit(model, X, Y, validation_split=args.validation_split if n_validation
                           else 0.0, callbacks=fit_callbacks,
                           metrics=metrics.default_metrics(loss, len(outputs)))
-    features_named = [table.names[j] for j in features] if table.named else None
-    _write_outputs(args, model, history, loss, sidecar_file, {
-        "loss": loss.name, "features": features_named,
-        "targets": list(target_names) if table.named or table.targets is not None else None,
-        "classes": classes, "outputs": outputs, "trained_on": os.path.basename(args.input)})
+    _write_outputs(args, model, history, loss, sidecar_file, sidecar_content)
     return _report(args, history, stopper, monitor, sidecar_file, say)
 
 
+class _ProgressStream:
+    """Where train's progress and summary are written (a text stream). When its reader goes
+    away (`fastbp train ... | head -1`) the rest is dropped and training goes on: the model
+    is what the command is for, and it goes to its own file."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        def write():
+            try:
+                self._stream.write(text)
+            except UnicodeEncodeError:  # a file name that is not UTF-8, on a strict stream
+                self._stream.write(name_as_text(text))
+        self._attempt(write)
+        return len(text)
+
+    def flush(self) -> None:
+        self._attempt(lambda: self._stream.flush())
+
+    def _attempt(self, action):
+        if self._stream is None:
+            return
+        try:
+            action()
+        except BrokenPipeError:
+            if self._stream is sys.stdout:   # (what it holds would fail again at exit)
+                silence_stdout()
+            self._stream = None
+
+
 def _check_outputs(args):
-    """Check every path train writes before reading or training; the sidecar's path (None
-    when the model goes into a FIFO or a device: no file to put it beside)."""
+    """Check every path train writes before reading or training: (the sidecar's path, None
+    when the model goes into a FIFO or a device: no file to put it beside; whether an
+    output is standard output itself, as -o /dev/stdout is)."""
     model_target = check_writable(args.output, "--output")
     sidecar_file = None if _files.is_stream(model_target) else sidecar_path(args.output)
     if sidecar_file is not None:
         check_writable(sidecar_file, "--output's sidecar")
+    targets = [model_target]
     if args.plot is not None:           # ("" refused as a path, not taken as no plot)
-        check_writable(args.plot, "--plot")
+        targets.append(check_writable(args.plot, "--plot"))
         _need_matplotlib()
     check_distinct([("INPUT", args.input), ("--targets", getattr(args, "targets", None))],
                    [("--output", args.output), ("the sidecar", sidecar_file),
                     ("--plot", args.plot)])
-    return sidecar_file
+    return sidecar_file, any(_is_stdout(found) for found in targets)
+
+
+def _is_stdout(found) -> bool:
+    """Whether an output (check_writable's result) is the FIFO or device standard output
+    writes into: the progress written there would be mixed into the output's bytes."""
+    if not _files.is_stream(found):     # (a regular file is replaced: a new file)
+        return False
+    try:
+        stdout = os.fstat(sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):     # no file behind sys.stdout
+        return False
+    return (found.st_dev, found.st_ino) == (stdout.st_dev, stdout.st_ino)
 
 
 def _choose_loss(option, target_cols):
@@ -207,14 +257,18 @@ def _validation_last(args, X, Y):
     return X[rows], Y[rows], n_validation
 
 
-def _callbacks(args, monitor):
-    """(the fit's callbacks, the EarlyStopping among them or None)."""
+def _callbacks(args, monitor, progress):
+    """(the fit's callbacks, the EarlyStopping among them or None). progress: where the
+    lines of the epochs go (tqdm's bar goes to stderr)."""
     from fastbp import callbacks
 
     fit_callbacks, stopper = [], None
     if not args.quiet:
-        fit_callbacks.append(callbacks.ProgressBar(
-            args.epochs, use_tqdm=None if sys.stderr.isatty() else False))
+        bar = callbacks.ProgressBar(args.epochs,
+                                    use_tqdm=None if sys.stderr.isatty() else False)
+        if not bar.uses_tqdm:
+            bar.stream = progress
+        fit_callbacks.append(bar)
     if args.early_stopping is not None:
         stopper = callbacks.EarlyStopping(monitor=monitor, patience=args.early_stopping,
                                           restore_best_weights=True)
@@ -222,14 +276,18 @@ def _callbacks(args, monitor):
     return fit_callbacks, stopper
 
 
-def _write_outputs(args, model, history, loss, sidecar_file, sidecar_fields):
+def _write_outputs(args, model, history, loss, sidecar_file, sidecar_content):
     """The model, its sidecar and the plot: all of them, or none (fastbp._files)."""
     files = [(args.output, model.to_bytes())]
     if sidecar_file is not None:
-        files.append((sidecar_file, sidecar_bytes(sidecar_fields)))
+        files.append((sidecar_file, sidecar_content))
     if args.plot:
         files.append((args.plot, _plot(history, loss)))
-    _files.write_files(files)
+    try:
+        _files.write_files(files)
+    except BrokenPipeError:     # (not the success of `predict | head`: the model is lost)
+        raise UsageError(f"the reader of a pipe went away before train's outputs were all "
+                         f"written ({', '.join(path for path, _ in files)})") from None
 
 
 def _report(args, history, stopper, monitor, sidecar_file, say) -> int:
