@@ -720,3 +720,16 @@ def test_bench_builtin_says_when_its_windows_fell_short():
         clock, trainer = Clock(per_epoch), Trainer()
         got, said = measure_rate(fit_with(clock, trainer), trainer, 1000, 1.0, 3, clock)
         assert said == note and got == pytest.approx(rate)
+
+
+@pytest.mark.parametrize("value, traceback", [("1", True), ("yes", True), ("0", False),
+                                              ("false", False), ("off", False)])
+def test_fastbp_traceback_takes_its_value(value, traceback, monkeypatch, capsys):
+    """FASTBP_TRACEBACK=false (no, off) gave the traceback, as any value but "" and 0."""
+    monkeypatch.setenv("FASTBP_TRACEBACK", value)
+    if traceback:
+        with pytest.raises(ValueError):
+            main(["demo", "--epochs", "-1"])
+    else:
+        assert main(["demo", "--epochs", "-1"]) == 2
+        assert "epochs must be >= 0" in capsys.readouterr().err

@@ -57,7 +57,9 @@ def main(argv=None) -> int:
             check_ranges(args)
             return args.handler(args)
         except (ValueError, TypeError, OSError, KeyError, ImportError, MemoryError) as error:
-            if os.environ.get("FASTBP_TRACEBACK", "") not in ("", "0"):
+            # (1/true/yes/on: "false" showed the traceback as any value but "" and 0 did)
+            if os.environ.get("FASTBP_TRACEBACK", "").strip().lower() in ("1", "true", "yes",
+                                                                           "on"):
                 raise
             if isinstance(error, BrokenPipeError):    # `fastbp predict ... | head`
                 silence_stdout()
