@@ -15,6 +15,7 @@ Needs the `dask` extra: pip install "fastbp[dask]".
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import threading
@@ -36,15 +37,16 @@ from fastbp import _core, schedules
 from fastbp.callbacks import checked_callbacks
 from fastbp.model import MLP
 from fastbp.trainer import EpochLoop, EpochResult, History, Trainer, chosen_metrics, \
-    validation_set
-from fastbp._validation import check_verbose, is_sparse, real_number, targets_are_labels, \
-    whole_number
+    class_weight_table, validation_set
+from fastbp._validation import as_csr, check_verbose, is_sparse, real_number, \
+    targets_are_labels, whole_number
 
 __all__ = ["fit", "placement", "LostDataError", "Trained"]
 
 FAN_IN = 8          # partial sums combined per task of the reduction tree
-# How long a fit whose every worker was lost waits for one to come back (a nanny restarts
-# one in seconds) before it raises LostDataError
+# How long a fit waits for a worker: on a cluster that has none yet (one still starting,
+# or scaled by an adaptive deployment) before it raises TimeoutError, and when every
+# worker was lost (a nanny restarts one in seconds) before it raises LostDataError
 WORKER_WAIT_SECONDS = 600
 TASK_PREFIX = "fastbp-train"
 LOCAL = "local"     # the placement's name for dask's local scheduler
@@ -93,7 +95,7 @@ class Piece(NamedTuple):
 def _pair(x, y, dtype_name, float_targets):
     """One block's rows and targets, together on one worker, in the model's dtype (a
     scipy.sparse chunk stays sparse, as CSR: the fit reads it as such)."""
-    x = x.tocsr().astype(dtype_name, copy=False) if is_sparse(x) \
+    x = as_csr(x, "a chunk of X").astype(dtype_name, copy=False) if is_sparse(x) \
         else np.asarray(x, dtype=dtype_name)
     return _aligned_pair(x, np.asarray(y, dtype=dtype_name) if float_targets else y)
 
@@ -209,13 +211,45 @@ class _Copies:
         self.spare.append((model, buffers))
 
 
+def _block_weight(trainer, inputs, n_outputs, n_rows, rows=None) -> float:
+    """What a block counts for in its round's average and loss: the total class weight of
+    the rows it trains (rows: those of its chunk, None: all n_rows) under a dict
+    class_weight, so that the average weighs every row as Trainer.fit on all of them
+    would; else its rows (with class_weight="balanced", the chunk's own, they count
+    alike). 0: its rows all weigh 0, and it trains nothing."""
+    if not isinstance(trainer.class_weight, dict):
+        return float(n_rows)
+    classes, n_classes = trainer.spec().loss.classes_of(inputs.targets, inputs.labels,
+                                                        n_outputs)
+    table = class_weight_table(trainer.class_weight, n_classes)
+    return float(table[classes if rows is None else classes[rows]].sum())
+
+
+def _chunk_weight(copies, trainer_arguments, part) -> float:
+    """The total class weight of a chunk's rows (_block_weight), its checked inputs left
+    with the chunk for its first round (fit asks before the first round when a class
+    may weigh 0)."""
+    trainer = Trainer(**trainer_arguments)
+    model, buffers = copies.take()
+    try:
+        try:
+            kept = part.kept.pop()
+        except IndexError:
+            kept = _Kept(trainer._check_inputs(model, part.x, part.y), ())
+        part.kept.append(kept)
+        return _block_weight(trainer, kept.inputs, model.layer_sizes[-1], part.x.shape[0])
+    finally:
+        copies.give_back(model, buffers)
+
+
 def _train_block(copies, start, trainer_arguments, part, seed, rates, n_threads, block,
                  piece=None):
     """Train a copy of the model (copies: a _Copies of the model as the fit began) on one
     block (or on a piece of it) with n_threads BLAS threads, from the round's start (a
     _State, or the _Advanced of the round before, on this worker). Returns its parameters
-    in the model's dtype and its rows (_combine weights them in float64: half the bytes to
-    send of a float32 model), and where it ran (block -> (worker, rows, threads))."""
+    in the model's dtype, its rows and their weight (_block_weight: _combine weights the
+    parameters by it in float64, half the bytes to send of a float32 model), and where it
+    ran (block -> (worker, rows, threads))."""
     trainer = Trainer(**{**trainer_arguments, "seed": seed, "epochs": len(rates),
                          "schedule": _Rates(rates), "max_time": None, "n_threads": n_threads})
     model, trainer._buffers = copies.take()
@@ -229,17 +263,21 @@ def _train_block(copies, start, trainer_arguments, part, seed, rates, n_threads,
         if not order or order[0] != piece.order_seed:          # a copy of them)
             order = (piece.order_seed, _epoch_order(part.x.shape[0], piece.order_seed))
         rows = _piece_of(order[1], piece)
-    history = trainer._fit_rows(model, part.x, part.y, rows, checked=kept.inputs)
     trained_rows = part.x.shape[0] if rows is None else rows.shape[0]
-    last_loss = history.loss[-1] if history.loss else float("nan")
+    weight = _block_weight(trainer, kept.inputs, model.layer_sizes[-1], trained_rows, rows)
+    last_loss, diverged, seconds = 0.0, False, 0.0
+    if weight > 0:      # (rows that all weigh 0 teach nothing: the copy stays at the start)
+        history = trainer._fit_rows(model, part.x, part.y, rows, checked=kept.inputs)
+        last_loss = history.loss[-1] if history.loss else float("nan")
+        diverged, seconds = bool(history.diverged), float(sum(history.seconds))
     # The parameters go out as a copy: the model trains the next round while a worker
     # may still be receiving them.
     parameters = copies.arrays.empty(model._params.shape, model._params.dtype)
     np.copyto(parameters, model._params)
-    result = {"parameters": parameters, "rows": trained_rows,
-              "loss": last_loss * trained_rows, "diverged": bool(history.diverged),
+    result = {"parameters": parameters, "rows": trained_rows, "weight": weight,
+              "loss": last_loss * weight, "diverged": diverged,
               "trained": {block: Trained(_worker_address(), trained_rows, n_threads,
-                                         float(sum(history.seconds)))}}
+                                         seconds)}}
     copies.give_back(model, trainer._buffers)
     if not part.kept:
         part.kept.append(kept._replace(order=order))
@@ -264,19 +302,22 @@ def _worker_address() -> str:
 
 
 def _terms(parts) -> tuple:
-    """The vectors and factors of the row-weighted sum of `parts`: a block's parameters
-    times its rows, or a partial sum _combine made (times 1)."""
+    """The vectors and factors of the weighted sum of `parts`: a block's parameters times
+    its weight (its rows, without a dict class_weight), or a partial sum _combine made
+    (times 1)."""
     vectors = [part["sum"] if "sum" in part else part["parameters"] for part in parts]
-    factors = np.array([1.0 if "sum" in part else float(part["rows"]) for part in parts])
+    factors = np.array([1.0 if "sum" in part else part["weight"] for part in parts])
     return vectors, factors
 
 
 def _tally(parts) -> dict:
-    """What the driver records of `parts`: their rows, loss, divergence and placements."""
+    """What the driver records of `parts`: their rows, weight, loss (times the weight),
+    divergence and placements."""
     trained = {}
     for part in parts:
         trained.update(part["trained"])
     return {"rows": sum(part["rows"] for part in parts),
+            "weight": sum(part["weight"] for part in parts),
             "loss": sum(part["loss"] for part in parts),
             "diverged": any(part["diverged"] for part in parts), "trained": trained}
 
@@ -316,9 +357,9 @@ class _Rule(NamedTuple):
             start = values.astype(dtype)
         return _State(weights, buffer, start) if np.isfinite(start).all() else None
 
-    def advance(self, state: _State, parts, rows: int, empty=np.empty) -> _State | None:
+    def advance(self, state: _State, parts, rows: float, empty=np.empty) -> _State | None:
         """The state after a round whose blocks' results or partial sums are `parts` (of
-        `rows` rows in all), in arrays from empty(shape, dtype); None when the new
+        `rows` rows, or weight, in all), in arrays from empty(shape, dtype); None when the new
         parameters would not be finite in the model's dtype. (Summed and stepped in one
         compiled pass: on the workers it lies between two rounds.)"""
         weights = empty(state.weights.shape, state.weights.dtype)
@@ -376,7 +417,10 @@ def _advance(rule: _Rule, copies: _Copies, previous, *parts) -> _Advanced:
     (a _State, or the previous round's _Advanced), into arrays of copies.arrays."""
     state = _start_state(previous)
     report = _tally(parts)
-    new = rule.advance(state, parts, report["rows"], copies.arrays.empty)
+    if not report["weight"]:    # no row of the round weighs anything: nothing moves
+        report["finite"] = True
+        return _Advanced(state, report)
+    new = rule.advance(state, parts, report["weight"], copies.arrays.empty)
     report["finite"] = new is not None
     return _Advanced(state if new is None else new, report)
 
@@ -519,6 +563,19 @@ def placement(rows, worker_threads, held=None) -> list:
         whole_number(threads, f"the threads of worker {worker!r}", 1)
     for block, count in enumerate(rows):
         whole_number(count, f"the rows of block {block}", 0)
+    if held is not None:
+        if isinstance(held, (dict, str, bytes)) or not hasattr(held, "__len__"):
+            raise TypeError(f"held must be a list of one {{address: bytes}} dict per block; "
+                            f"got {type(held).__name__}")
+        if len(held) != len(rows):
+            raise ValueError(f"held has {len(held)} entries; it needs one per block "
+                             f"({len(rows)})")
+        for block, there in enumerate(held):
+            if not isinstance(there, dict):
+                raise TypeError(f"held[{block}] must be a dict {{address: bytes}}; got "
+                                f"{type(there).__name__}")
+            for worker, size in there.items():
+                whole_number(size, f"held[{block}][{worker!r}]", 0)
     workers = sorted(worker_threads)
     rank = {worker: index for index, worker in enumerate(workers)}
     order = sorted(range(len(rows)), key=lambda b: (-rows[b], b))
@@ -592,6 +649,23 @@ def _tree(copies, parts, name, call):
     return parts
 
 
+def _check_validation_monitors(users, validation) -> None:
+    """A schedule or callback that monitors a validation figure (ReduceOnPlateau,
+    EarlyStopping, ModelCheckpoint's best model) needs validation_data: refused before
+    any chunk is computed, in fit's terms (they would refuse it only when training
+    begins, naming Trainer.fit's validation_split too)."""
+    if validation is not None:
+        return
+    for user in users:
+        monitor = getattr(user, "monitor", None)
+        if isinstance(monitor, str) and monitor.startswith("val_") \
+                and getattr(user, "save_best_only", True):
+            raise ValueError(f"{type(user).__name__} monitors {monitor!r}, which "
+                             f"fastbp.dask.fit logs only with validation_data (evaluated "
+                             f"on the driver after each round): give validation_data, or "
+                             f"monitor 'loss'")
+
+
 def fit(model: MLP, trainer: Trainer, X, Y, client=None, rounds=None, epochs_per_round=1,
         validation_data=None, callbacks=None, verbose: int = 0, averaging="block_momentum",
         block_momentum=None, block_learning_rate=1.0, rounds_per_epoch=1) -> History:
@@ -636,16 +710,21 @@ def fit(model: MLP, trainer: Trainer, X, Y, client=None, rounds=None, epochs_per
         block_momentum times the buffer (block-wise model update filtering with Nesterov
         momentum, Chen and Huo 2016). "mean": the model is the average (plain local SGD).
     block_momentum: the buffer's decay, in [0, 1); None: 1 - 1/K for K chunks (0 for one
-        chunk: a plain Trainer.fit).
+        chunk: each round a Trainer.fit of the chunk, with the block's seed and a fresh
+        optimizer state; docs/dask.md says when that is the bits of one Trainer.fit).
     block_learning_rate: the factor on the average's step (> 0). Both are block
         momentum's: with averaging="mean" they are refused.
 
     Returns a fastbp.History with one entry per round: "loss" (the row-weighted mean of the
-    blocks' training loss in their last local epoch), "learning_rate", "seconds",
+    blocks' training loss in their last local epoch; with a {class: weight} class_weight
+    the blocks, in it and in the average, weigh their rows' total class weight: one whose
+    rows all weigh 0 trains nothing), "learning_rate", "seconds",
     "samples_per_second", and the validation values; `history.placement` lists per round
     {block: Trained(worker address, rows, BLAS threads, seconds training)}. Ctrl-C on the
-    driver stops after the last completed round and returns the history marked
-    interrupted. On a cluster each round is submitted before the one before it ends
+    driver (also while the chunks are computed) stops after the last completed round and
+    returns the history marked interrupted. Settings the schedule or a callback refuses
+    are refused before any chunk is computed; a cluster without workers is waited for
+    WORKER_WAIT_SECONDS, then refused (TimeoutError). On a cluster each round is submitted before the one before it ends
     (docs/dask.md, "Rounds are pipelined"), and submitted again when what it was
     submitted with has changed, with the same result. The blocks' seeds are
     derived from trainer.seed, the round and the block's index, and the average is summed
@@ -688,7 +767,16 @@ def fit(model: MLP, trainer: Trainer, X, Y, client=None, rounds=None, epochs_per
     if validation_data is not None:
         validation = validation_set(model, loss, validation_data)
         metric_functions = chosen_metrics(None, loss, model.layer_sizes[-1])
+    _check_validation_monitors([spec.schedule, *callbacks], validation)
     X, Y, float_targets = _check_arrays(model, X, Y, loss)
+    class_table = None
+    if isinstance(trainer.class_weight, dict):    # (chunks of weight 0 train nothing)
+        n_outputs = model.layer_sizes[-1]
+        class_table = class_weight_table(trainer.class_weight, loss.classes_of(
+            np.zeros((0, n_outputs), model.dtype), None, n_outputs)[1])
+        if not class_table.any():
+            raise ValueError(f"class_weight {trainer.class_weight!r} weighs every class 0: "
+                             f"there is nothing to train on")
     client = _client_for(client)
     entropy = trainer.seed if trainer.seed is not None else \
         int(np.random.SeedSequence().generate_state(1, np.uint64)[0])
@@ -716,18 +804,37 @@ def fit(model: MLP, trainer: Trainer, X, Y, client=None, rounds=None, epochs_per
                   rounds_per_epoch) for block in blocks]
         return seeds, pieces
 
-    if client is not None:
-        # The driver takes each round's parameters only when something reads the model
-        # between rounds (validation, callbacks); else the last round's once, at the end:
-        # on a machine whose cores all train, the driver's share of a round slows them.
-        cluster = _ClusterRounds(client, pairs, blocks, rows, trainer.n_threads, rule, name,
-                                 arguments, round_inputs, copies,
-                                 _held_bytes(client, client.futures_of([X, Y]), chunk_keys),
-                                 parameters_each_round=validation is not None or
-                                 bool(callbacks))
-    else:    # dask's local scheduler: every block on its own thread of one process
-        local = list(dask.persist(*pairs, scheduler="threads"))
-        threads = [trainer.n_threads or 1] * len(blocks)
+    cluster = local = None
+    threads = [trainer.n_threads or 1] * len(blocks)     # (dask's local scheduler)
+
+    @contextlib.contextmanager
+    def loaded():
+        """The chunks computed where they train: after the schedule and the callbacks have
+        accepted the fit (on_train_begin), inside the fit's handling of Ctrl-C and its
+        clean-up."""
+        nonlocal cluster, local
+        if client is not None:
+            # The driver takes each round's parameters only when something reads the model
+            # between rounds (validation, callbacks); else the last round's once, at the
+            # end: on a machine whose cores all train, the driver's share of a round slows
+            # them.
+            cluster = _ClusterRounds(client, pairs, blocks, rows, trainer.n_threads, rule,
+                                     name, arguments, round_inputs, copies,
+                                     _held_bytes(client, client.futures_of([X, Y]),
+                                                 chunk_keys),
+                                     parameters_each_round=validation is not None or
+                                     bool(callbacks))
+        else:    # dask's local scheduler: every block on its own thread of one process
+            local = list(dask.persist(*pairs, scheduler="threads"))
+        if class_table is not None and not class_table.all():
+            weights = cluster.chunk_weights() if cluster is not None else dask.compute(
+                *[dask.delayed(_chunk_weight, pure=False)(copies, arguments, pair)
+                  for pair in local], scheduler="threads")
+            if not any(weights):
+                raise ValueError(f"every chunk's rows weigh 0 under class_weight "
+                                 f"{trainer.class_weight!r} (each chunk holds only classes "
+                                 f"of weight 0): there is nothing to train on")
+        yield
 
     def local_round(round_index, rates):
         state = averager.start()
@@ -776,7 +883,9 @@ def fit(model: MLP, trainer: Trainer, X, Y, client=None, rounds=None, epochs_per
             warnings.warn(f"round {round_index + 1}: the loss diverged on some blocks "
                           f"(their last epoch was rolled back); training stops. Try a "
                           f"smaller learning_rate.", RuntimeWarning, stacklevel=4)
-        return EpochResult(report["loss"] / report["rows"], time.perf_counter() - started,
+        # (a round whose rows all weigh 0, class_weight's pieces: no loss, nothing moved)
+        loss = report["loss"] / report["weight"] if report["weight"] else float("nan")
+        return EpochResult(loss, time.perf_counter() - started,
                            report["rows"] * epochs_per_round, diverged=report["diverged"])
 
     def report_line(round_index, logs):
@@ -790,12 +899,12 @@ def fit(model: MLP, trainer: Trainer, X, Y, client=None, rounds=None, epochs_per
                      report=report_line if verbose else None,
                      steps_per_epoch=rounds_per_epoch)
     try:
-        return loop.run(rounds, 0, train_round)
-    except KeyboardInterrupt:     # outside a round (validation, a callback): as Trainer.fit
-        history.interrupted = True
+        return loop.run(rounds, 0, train_round, context=loaded)
+    except KeyboardInterrupt:     # outside a round (loading the chunks, validation, a
+        history.interrupted = True          # callback): as Trainer.fit
         return history
     finally:
-        if client is not None:
+        if cluster is not None:
             try:        # the model at the last completed round, however the fit ends
                 averager.catch_up(lambda: cluster.latest_parameters(averager))
             finally:
@@ -891,6 +1000,17 @@ class _ClusterRounds:
                  round_inputs, copies, held, parameters_each_round):
         self.client, self.blocks, self.rows = client, blocks, rows
         self.parameters_each_round = parameters_each_round
+        # A worker first: nothing is put on the cluster before there is one to hold it.
+        if not client.nthreads():
+            try:
+                client.wait_for_workers(1, timeout=WORKER_WAIT_SECONDS)
+            except TimeoutError:
+                raise TimeoutError(f"the cluster has no worker, and none joined within "
+                                   f"{WORKER_WAIT_SECONDS} s (fastbp.dask."
+                                   f"WORKER_WAIT_SECONDS); start workers (e.g. "
+                                   f"cluster.scale(n)) and call fit again: the model is "
+                                   f"as it was") from None
+        self.workers = client.nthreads()
         self._copies = copies
         self.copies = client.scatter(copies, broadcast=True, hash=False)
         self.n_threads, self.rule, self.name = n_threads, rule, name
@@ -898,10 +1018,6 @@ class _ClusterRounds:
         self.submitted = 0      # submissions so far (each gets its own task keys)
         self.ahead = None       # the next round, submitted ahead
         self.kept = []          # the last completed round's _Advanced futures: its state
-        self.workers = client.nthreads()
-        if not self.workers:
-            client.wait_for_workers(1)
-            self.workers = client.nthreads()
         self.places = placement(rows, self.workers, held)
         self.pairs, self.futures, self.computed_on = pairs, [None] * len(pairs), \
             [None] * len(pairs)
@@ -915,6 +1031,13 @@ class _ClusterRounds:
                                             allow_other_workers=True)
             for i, future in zip(mine, persisted):
                 self.futures[i], self.computed_on[i] = future, worker
+
+    def chunk_weights(self) -> list:
+        """Each chunk's total class weight (_chunk_weight), computed where it trains."""
+        return self.client.gather([
+            self.client.submit(_chunk_weight, self.copies, self.arguments, future,
+                               workers=[worker], allow_other_workers=True, pure=False)
+            for future, worker in zip(self.futures, self.places)])
 
     def _persist_stranded(self):
         """Compute again, on the workers there are now, the chunks lost with the workers

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import threading
 import time
 import warnings
@@ -442,13 +443,7 @@ class Trainer:
                 table = np.divide(trained.shape[0], n_classes * counts,
                                   out=np.zeros(n_classes), where=counts > 0)
             else:
-                table = np.ones(n_classes)
-                for key, value in self.class_weight.items():
-                    whole_number(key, "a class_weight key", 0)
-                    if key >= n_classes:
-                        raise ValueError(f"class_weight names class {key}; the classes are "
-                                         f"0..{n_classes - 1}")
-                    table[int(key)] = real_number(value, f"class_weight[{key}]")
+                table = class_weight_table(self.class_weight, n_classes)
             class_weights = table[classes]
             if weights is not None:
                 with np.errstate(over="ignore"):      # (as_row_weights refuses an overflow)
@@ -561,6 +556,21 @@ def validation_split_point(n_rows: int, fraction: float) -> int:
     """How many rows validation_split=fraction leaves for training: the first ones, the rest
     are held out (Keras's split point). The CLI's --validation-split uses it too."""
     return int(n_rows * (1 - fraction))
+
+
+def class_weight_table(class_weight: dict, n_classes: int) -> np.ndarray:
+    """The weight of each class under a {class: weight} class_weight (classes it does not
+    name weigh 1), each finite and >= 0."""
+    table = np.ones(n_classes)
+    for key, value in class_weight.items():
+        whole_number(key, "a class_weight key", 0)
+        if key >= n_classes:
+            raise ValueError(f"class_weight names class {key}; the classes are "
+                             f"0..{n_classes - 1}")
+        table[int(key)] = real_number(value, f"class_weight[{key}]")
+        if not 0 <= table[int(key)] < math.inf:
+            raise ValueError(f"class_weight[{key}] must be finite and >= 0; got {value!r}")
+    return table
 
 
 def chosen_metrics(metrics, loss, n_outputs: int) -> list:

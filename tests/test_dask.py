@@ -324,11 +324,17 @@ def test_bad_arguments_are_refused_before_any_work(cluster_client):
     np.testing.assert_array_equal(model._params, classifier()._params)
     # and leaves nothing on the cluster (a failed round's futures, and the round submitted
     # ahead, were kept alive by the error's own traceback: 7 more a failed fit)
+    assert_nothing_left_on(cluster_client)
+
+
+def assert_nothing_left_on(client, before=()):
+    """No future left on the cluster but those in `before` (the keys of the futures there
+    before the fits; the client forgets a released one soon after, not at once)."""
     deadline = time.monotonic() + 10
-    while cluster_client.futures and time.monotonic() < deadline:
+    while set(client.futures) - set(before) and time.monotonic() < deadline:
         gc.collect()
         time.sleep(0.1)
-    assert not cluster_client.futures
+    assert not set(client.futures) - set(before)
 
 
 def test_callbacks_stop_between_rounds(cluster_client):
@@ -607,8 +613,8 @@ def test_the_averaging_reads_a_state_and_parts_sent_at_any_byte_offset():
     rng = np.random.default_rng(1)
     n, rule = 2051, fastbp.dask._Rule(0.5, 1.0)
     state = rule.begin(rng.normal(size=n), rng.normal(size=n) * 0.1, np.float32)
-    parts = [{"parameters": rng.normal(size=n).astype(np.float32), "rows": rows}
-             for rows in (7, 9)]
+    parts = [{"parameters": rng.normal(size=n).astype(np.float32), "rows": rows,
+              "weight": float(rows)} for rows in (7, 9)]
     expected = rule.advance(state, parts, 16)
     shifted = rule.advance(fastbp.dask._State(*(unaligned(array) for array in state)),
                            [{**part, "parameters": unaligned(part["parameters"])}
@@ -1320,3 +1326,201 @@ def test_a_schedules_error_ends_a_cluster_fit_after_the_same_round_as_a_local_on
                                      dashboard_address=None) as cluster, \
             distributed.Client(cluster) as client:
         assert np.array_equal(fit(client, 5, FailsAtEpoch3()), three_rounds)
+
+
+# ---- found by a second audit of fastbp.dask (2026-12-07) ----
+
+def local_scheduler():
+    """fastbp.dask.fit on dask's local scheduler although the module's client exists."""
+    return mock.patch.object(fastbp.dask, "_client_for", lambda client: None)
+
+
+def test_a_cluster_without_workers_is_refused_after_waiting_for_one(monkeypatch):
+    """A cluster with no worker (yet): the fit waits WORKER_WAIT_SECONDS for a first one,
+    then raises a TimeoutError that says so, the model as it was and nothing left on the
+    cluster (it was a bare "No valid workers found" after 30 s, from scattering the
+    model's copies before waiting, and then a wait without end)."""
+    monkeypatch.setattr(fastbp.dask, "WORKER_WAIT_SECONDS", 1)
+    model = classifier()
+    before = model.parameter_vector()
+    with distributed.LocalCluster(n_workers=0, processes=False,
+                                  dashboard_address=None) as cluster, \
+            distributed.Client(cluster, set_as_default=False) as client:
+        started = time.perf_counter()
+        with pytest.raises(TimeoutError, match="no worker, and none joined within 1 s"):
+            fastbp.dask.fit(model, fastbp.Trainer("cce", seed=0, n_threads=1), *chunked(),
+                            client=client, rounds=2)
+        assert time.perf_counter() - started < 20
+        assert_nothing_left_on(client)
+    np.testing.assert_array_equal(model.parameter_vector(), before)
+
+
+SORTED_X = np.concatenate([X_TRAIN[Y_TRAIN == label][:200] for label in range(3)])
+SORTED_Y = np.repeat(np.arange(3), 200)          # chunks of 200: one class each
+
+
+def sorted_fit(class_weight, client=None, chunks=200, rows=600, **fit_arguments):
+    """One round of averaging="mean" (no shuffling) over the first `rows` of SORTED_X in
+    chunks of `chunks` rows, on the cluster or dask's local scheduler; returns (model,
+    history)."""
+    model = classifier()
+    trainer = fastbp.Trainer("cce", learning_rate=0.05, batch_size=32, seed=2, n_threads=1,
+                             shuffle=False, class_weight=class_weight)
+    X = da.from_array(SORTED_X[:rows], chunks=(chunks, -1))
+    y = da.from_array(SORTED_Y[:rows], chunks)
+    with local_scheduler() if client is None else contextlib.nullcontext():
+        history = fastbp.dask.fit(model, trainer, X, y, client=client, averaging="mean",
+                                  **{"rounds": 1, **fit_arguments})
+    return model, history
+
+
+def test_a_chunk_whose_rows_all_weigh_0_trains_nothing_and_counts_for_nothing(
+        cluster_client):
+    """class_weight {0: 0, 1: 1, 2: 3} over chunks of one class each: chunk 0 (its rows
+    all weigh 0) trains nothing and weighs 0 in the average and the loss, the others
+    weigh their rows' class weights (1:3), as Trainer.fit on all rows weighs them (the
+    chunk made its worker raise "the row weights (sample_weight, class_weight) sum to 0");
+    the same bits on the cluster."""
+    class_weight = {0: 0.0, 1: 1.0, 2: 3.0}
+    model, history = sorted_fit(class_weight)
+    copies, losses = [], []
+    for label in (1, 2):
+        copy = classifier()
+        trained = fastbp.Trainer("cce", learning_rate=0.05, batch_size=32, n_threads=1,
+                                 shuffle=False, class_weight=class_weight).fit(
+            copy, SORTED_X[SORTED_Y == label], SORTED_Y[SORTED_Y == label])
+        copies.append(copy._params.astype(np.float64))
+        losses.append(trained.loss[-1])
+    np.testing.assert_allclose(model._params, (copies[0] + 3 * copies[1]) / 4,
+                               rtol=1e-6, atol=1e-7)
+    assert history.loss[0] == pytest.approx((losses[0] + 3 * losses[1]) / 4, rel=1e-9)
+    assert history.placement[0][0].seconds == 0 and history.placement[0][0].rows == 200
+    on_cluster, _ = sorted_fit(class_weight, cluster_client)
+    np.testing.assert_array_equal(on_cluster._params, model._params)
+
+
+def test_a_piece_whose_rows_all_weigh_0_leaves_the_rounds_loss_finite():
+    """rounds_per_epoch=2 without shuffling over chunks of 300 sorted rows: the first
+    piece of chunk 0 holds only class 0, of weight 0. It trains nothing and weighs 0 in
+    the round's loss (which was NaN); a round in which no row weighs anything leaves the
+    model as it was and logs no loss (NaN)."""
+    _, history = sorted_fit({0: 0.0}, chunks=300, rounds=4, rounds_per_epoch=2)
+    assert np.isfinite(history.loss).all()
+    # Pieces of 100 rows: round 1's are rows 0-99 (class 0) and 300-399 (class 1).
+    _, history = sorted_fit({0: 0.0, 1: 0.0}, chunks=300, rounds=3, rounds_per_epoch=3)
+    assert np.isnan(history.loss[0]) and np.isfinite(history.loss[1:]).all()
+    model, _ = sorted_fit({0: 0.0, 1: 0.0}, chunks=300, rounds=1, rounds_per_epoch=3)
+    np.testing.assert_array_equal(model._params, classifier()._params)
+
+
+def test_a_fit_whose_every_chunk_weighs_0_is_refused_before_any_round(cluster_client):
+    """No chunk holds a class of nonzero weight: refused before round 1, saying so, the
+    model as it was and nothing left on the cluster; a class_weight that weighs every
+    class 0 before any chunk is computed."""
+    before = set(cluster_client.futures)
+    for client in (None, cluster_client):
+        model = classifier()
+        with pytest.raises(ValueError, match="every chunk's rows weigh 0 under class_weight"), \
+                mock.patch.object(fastbp.dask, "_train_block",
+                                  side_effect=AssertionError("a round ran")):
+            sorted_fit({0: 0.0, 1: 0.0}, client, rows=400, rounds=2)
+        np.testing.assert_array_equal(model._params, classifier()._params)
+    assert_nothing_left_on(cluster_client, before)
+    with pytest.raises(ValueError, match="weighs every class 0"), local_scheduler():
+        fastbp.dask.fit(classifier(), fastbp.Trainer("cce", class_weight=dict.fromkeys(
+            range(4), 0)), failing_chunks(), da.from_array(Y_TRAIN[:400], chunks=200))
+    with pytest.raises(ValueError, match="class_weight names class 7"), local_scheduler():
+        fastbp.dask.fit(classifier(), fastbp.Trainer("cce", class_weight={7: 0}),
+                        failing_chunks(), da.from_array(Y_TRAIN[:400], chunks=200))
+
+
+def failing_chunks(rows=400):
+    """X of `rows` rows in chunks of 200, whose computation raises: a refusal that comes
+    before any chunk is computed does not see it."""
+    def never():
+        raise AssertionError("a chunk was computed")
+
+    return da.concatenate([da.from_delayed(dask.delayed(never, pure=False)(), (200, 10),
+                                           np.float32) for _ in range(rows // 200)])
+
+
+class RefusesToBegin(Callback):
+    def on_train_begin(self, logs=None):
+        raise ValueError("refused in on_train_begin")
+
+
+def test_settings_the_fit_refuses_are_refused_before_any_chunk_is_computed(cluster_client):
+    """A schedule or callback monitoring a validation figure without validation_data, in
+    fit's terms (not Trainer.fit's validation_split), and any refusal of a callback's
+    on_train_begin, come before any chunk is computed (they came after every chunk was
+    computed and kept, on the cluster or the local scheduler)."""
+    y = da.from_array(Y_TRAIN[:400], chunks=200)
+    before = set(cluster_client.futures)
+    for client in (None, cluster_client):
+        for schedule, callbacks, message in (
+                (fastbp.schedules.ReduceOnPlateau(), None, "ReduceOnPlateau monitors "
+                 "'val_loss', which fastbp.dask.fit logs only with validation_data"),
+                (None, [fastbp.callbacks.EarlyStopping("val_accuracy")],
+                 "EarlyStopping monitors 'val_accuracy'"),
+                (None, [RefusesToBegin()], "refused in on_train_begin")):
+            model = classifier()
+            with pytest.raises(ValueError, match=message) as refused, \
+                    local_scheduler() if client is None else contextlib.nullcontext():
+                fastbp.dask.fit(model, fastbp.Trainer("cce", seed=0, schedule=schedule),
+                                failing_chunks(), y, client=client, callbacks=callbacks)
+            assert "validation_split" not in str(refused.value)
+            np.testing.assert_array_equal(model._params, classifier()._params)
+    assert_nothing_left_on(cluster_client, before)
+
+
+def test_ctrl_c_while_the_chunks_load_returns_an_empty_interrupted_history():
+    """SIGINT while dask's local scheduler computes the chunks (before round 1): fit
+    returns the empty history marked interrupted, the model as it was (KeyboardInterrupt
+    escaped the fit)."""
+    def slow(block):
+        time.sleep(0.5)
+        return block
+
+    X = da.from_array(X_TRAIN[:800], chunks=(200, -1)).map_blocks(
+        slow, meta=np.empty((0, 10), np.float32))
+    model = classifier()
+    timer = threading.Timer(0.2, lambda: os.kill(os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        with local_scheduler():
+            history = fastbp.dask.fit(model, fastbp.Trainer("cce", seed=0, n_threads=1), X,
+                                      da.from_array(Y_TRAIN[:800], chunks=200), rounds=2)
+    finally:
+        timer.cancel()
+    assert history.interrupted and history.epochs == 0
+    np.testing.assert_array_equal(model._params, classifier()._params)
+
+
+def test_placement_refuses_a_malformed_held():
+    """held shorter than the blocks gave an IndexError, longer was ignored, a dict gave
+    KeyError 0 (the audit)."""
+    place = fastbp.dask.placement
+    for held, error, message in (
+            ([{"a": 10}], ValueError, r"held has 1 entries; it needs one per block \(2\)"),
+            ([{"a": 1}, {}, {"b": 5}], ValueError, "held has 3 entries"),
+            ({"a": 10}, TypeError, "held must be a list of one"),
+            ([{"a": 1}, ["a"]], TypeError, r"held\[1\] must be a dict"),
+            ([{"a": -5}, {}], ValueError, r"held\[0\]\['a'\] must be >= 0")):
+        with pytest.raises(error, match=message):
+            place([100, 100], {"a": 1, "b": 1}, held)
+    assert place([100, 100], {"a": 1, "b": 1}, ({"b": 1}, {"a": 1})) == ["b", "a"]
+
+
+def test_one_chunk_is_trainer_fit_only_without_random_draws_or_optimizer_state():
+    """One chunk (block momentum 0) over three rounds of one epoch: Trainer.fit's bits
+    without shuffling and with plain SGD (no state to restart); with Adam, whose state
+    restarts every round, not (docs/dask.md says which)."""
+    X, y = da.from_array(X_TRAIN[:1000]), da.from_array(Y_TRAIN[:1000])
+    for optimizer, same in (("sgd", True), ("adam", False)):
+        arguments = dict(learning_rate=0.01, batch_size=32, epochs=3, seed=3, n_threads=1,
+                         shuffle=False, optimizer=optimizer)
+        model, expected = classifier(), classifier()
+        with local_scheduler():
+            fastbp.dask.fit(model, fastbp.Trainer("cce", **arguments), X, y)
+        fastbp.Trainer("cce", **arguments).fit(expected, X_TRAIN[:1000], Y_TRAIN[:1000])
+        assert np.array_equal(model._params, expected._params) == same
