@@ -2110,7 +2110,8 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
                 Py_ssize_t batch_size, uint64_t random_seed, bint interruptible=False,
                 Plan worker_plan=None, floating[::1] worker_work=None, int n_workers=1,
                 SparseRows sparse=None, RowLog row_log=None, bint split_inputs=False,
-                bint split_hidden=False, unsigned char[::1] moving_rows=None):
+                bint split_hidden=False, unsigned char[::1] moving_rows=None,
+                bint defer_flush=True):
     """One epoch of mini-batch training in one nogil call.
 
     Batches are rows order[0:b], order[b:2b], ... (rows 0:b, b:2b, ... read in place when
@@ -2158,6 +2159,8 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
     as it is until an epoch first changes the row: the end of an epoch under a lazy rule
     then skips those rows unread (else it reads every row's state there, all of W1's, to
     find the rows to catch up); the epoch sets it to 1 for every row it logs.
+    defer_flush False: the epoch's end logs every row it catches up (none left to change
+    unlogged after its last check: the caller may still undo it, Trainer._epoch_check).
     """
     cdef const PlanData* plan_data = &plan.data
     cdef HyperparameterData* hyper = &hyperparameters.data
@@ -2420,7 +2423,8 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
         if use_lazy and bad < 0 and not (log != NULL and log.out_of_memory):
             # every row of W1 up to date, but for the unlogged rows left to the end
             lazy_flush(&lazy, p + plan_data.weight_offsets[0], n_in, plan_data.sizes[1], log,
-                       flush_deferring, &rows_finite if rows_checked else NULL)
+                       flush_deferring and defer_flush,
+                       &rows_finite if rows_checked else NULL)
         if bad < 0 and status != DIVERGED and not (log != NULL and log.out_of_memory) \
                 and not (rows_finite and changes_finite(plan_data, p, state_start, state_rows,
                                                         log, rows_checked)):

@@ -732,7 +732,10 @@ class _CompiledEpoch:
                 self.targets, self.labels, self.weights, self.order, self.batch_size,
                 dropout_seed, self.catching, self.worker_plan, self.worker_work,
                 n_workers, self.sparse, self.row_log, **split_flags(self.split),
-                moving_rows=self.moving_rows)
+                moving_rows=self.moving_rows,
+                # (rows changed unlogged at the end could not be undone by the check's
+                # verdict)
+                defer_flush=trainer._epoch_check is None)
         except (ValueError, MemoryError):
             # labels or a sparse X rewritten mid-fit (the core checks each read), or no
             # memory for the row log

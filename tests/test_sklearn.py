@@ -1880,3 +1880,27 @@ def test_a_sparse_y_for_the_regressor_says_so():
         est.fit(X, scipy.sparse.csr_matrix(X[:, :2]))
     with pytest.raises(TypeError, match="y must be a dense array"):
         est.partial_fit(X, scipy.sparse.csr_matrix(X[:, :2]))
+
+
+@pytest.mark.parametrize("solver", ["sgd", "adam"])
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+def test_an_epoch_undone_for_its_l2_term_leaves_every_row_as_it_was(solver, sparse):
+    """A row of W1 that no batch names, set to 1e160 (finite; the sum of squares is not):
+    the epoch is undone, and with sparse X the rows its end caught up unlogged (moved by
+    the momentum, the Adam step) were left changed while the step count went back."""
+    rng = np.random.default_rng(0)
+    X = scipy.sparse.random(64, 20, density=0.2, random_state=1, format="csr")
+    X = scipy.sparse.csr_matrix(X.multiply(np.arange(20) < 10))   # columns 10..19 unused
+    y = rng.normal(size=64)
+    est = MLPRegressor(hidden_layer_sizes=(8,), solver=solver, alpha=1e-4, batch_size=16,
+                       random_state=0, max_iter=3)
+    data = X if sparse else X.toarray()
+    quiet(est.fit, data, y)
+    est.model_.weights[0][15, :] = 1e160
+    before = est.model_.parameter_vector().copy()
+    state, step = est._trainer._state.copy(), est._trainer._step
+    with pytest.warns(RuntimeWarning, match="with the L2 term it is not finite"):
+        est.partial_fit(data, y)
+    np.testing.assert_array_equal(est.model_.parameter_vector(), before)
+    np.testing.assert_array_equal(est._trainer._state, state)
+    assert est._trainer._step == step
