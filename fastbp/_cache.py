@@ -222,12 +222,13 @@ def _locked(file_name):
             finally:
                 _unlock(handle)
         else:
-            if path not in _stuck:      # once: a silent minute's wait looked like a hang
+            said = path in _stuck
+            _stuck.add(path)            # (before the warning, which may be an error)
+            if not said:                # once: a silent minute's wait looked like a hang
                 warnings.warn(f"fastbp: {path} was held for {LOCK_WAIT_SECONDS:g} s by "
                               f"another process (stopped or hung?); measuring without it, "
-                              f"and not waiting for it again in this process",
+                              f"and not waiting for it again until it is had",
                               RuntimeWarning, stacklevel=2)
-            _stuck.add(path)
             yield
 
 

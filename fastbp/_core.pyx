@@ -433,13 +433,13 @@ cdef struct RowGradients:
 # sum_q (-eps b_s / u)^q, so after the k steps
 #     p = shrink^k p - (m / u) sum_q (-eps 2^E / u)^q C_q,
 #     C_q = sum_s shrink^(t - s) a_s (b_s / 2^E)^q,
-# m = beta1^k m and v = beta2^k v, with 2^E the least power of two (E >= 0) at or above
-# the largest b_s, b_t. (The sums of the b_s^q themselves overflowed where beta2 is well
+# m = beta1^k m and v = beta2^k v, with 2^E a power of two (E >= 0) above the largest b_s,
+# b_t, at most twice it. (The sums of the b_s^q themselves overflowed where beta2 is well
 # below 1, b_t growing as beta2^(-k/2): 0.95 in float32, whose every epoch of a sparse fit
-# was then undone as diverged. A power of two scales them without rounding, so that
-# beta2 near 1, E = 0 or 1, keeps the bits it had.) The C_q depend on t0 and t only, not on
-# the weight: they are kept for every t0 of the window and grow by one term a step
-# (lazy_adam_advance, which raises E and rescales them as b_s grows), so a row catches up in at most 32 multiply-adds a weight in float32, 72 in float64
+# was then undone as diverged. A power of two scales them without rounding.) The C_q
+# depend on t0 and t only, not on the weight: they are kept for every t0 of the window
+# and grow by one term a step (lazy_adam_advance, which raises E and rescales them as b_s
+# grows), so a row catches up in at most 32 multiply-adds a weight in float32, 72 in float64
 # (FBP_ADAM_TERMS_FLOAT, _DOUBLE; fbp_adam_catch_up, which
 # also steps a row that missed only a few steps one step at a time: that costs less). The
 # series is cut where the rest is below a quarter of the dtype's rounding of the step.
@@ -1518,7 +1518,8 @@ cdef void lazy_adam_catch_up(const LazyAdam* adam, floating* W1, Py_ssize_t n_ou
                       adam.step_sizes + t0, adam.roots + t0, t - t0, adam.shrink,
                       adam.beta1, adam.beta2, adam.epsilon, adam.decays + 3 * (t - t0),
                       adam.epsilon * adam.roots[t] * sums[1],
-                      ldexp(adam.epsilon, <int>sums[adam_exponent(adam.terms)]), lazy_adam_limit(),
+                      ldexp(adam.epsilon, <int>sums[adam_exponent(adam.terms)]),
+                      lazy_adam_limit(),
                       sums + 2 + adam.terms if adam.kappa >= 0 else NULL, adam.center)
 
 

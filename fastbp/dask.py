@@ -324,7 +324,8 @@ def _tally(parts) -> dict:
 
 def _combine(copies, *parts):
     """Add partial sums, in the order given (the tree is fixed, so the sum is reproducible):
-    a block's parameters times its rows, in float64, or a sum _combine made before; into
+    a block's parameters times its weight (_block_weight), in float64, or a sum _combine
+    made before; into
     an array of copies.arrays (a _Copies)."""
     vectors, factors = _terms(parts)
     total = copies.arrays.empty(vectors[0].shape[0], np.float64)
@@ -344,8 +345,8 @@ class _Rule(NamedTuple):
     only, so that the driver and a worker compute the same bits.
 
     Block-wise model update filtering with Nesterov block momentum (Chen and Huo 2016): a
-    round's copies start from S = W + m D (in the model's dtype); with A their row-weighted
-    average, D <- m D + lr (A - S) and W <- W + D. momentum None: plain local SGD, W <- A."""
+    round's copies start from S = W + m D (in the model's dtype); with A their average,
+    each copy weighted as _block_weight says, D <- m D + lr (A - S) and W <- W + D. momentum None: plain local SGD, W <- A."""
     momentum: float | None
     learning_rate: float
 
@@ -649,23 +650,6 @@ def _tree(copies, parts, name, call):
     return parts
 
 
-def _check_validation_monitors(users, validation) -> None:
-    """A schedule or callback that monitors a validation figure (ReduceOnPlateau,
-    EarlyStopping, ModelCheckpoint's best model) needs validation_data: refused before
-    any chunk is computed, in fit's terms (they would refuse it only when training
-    begins, naming Trainer.fit's validation_split too)."""
-    if validation is not None:
-        return
-    for user in users:
-        monitor = getattr(user, "monitor", None)
-        if isinstance(monitor, str) and monitor.startswith("val_") \
-                and getattr(user, "save_best_only", True):
-            raise ValueError(f"{type(user).__name__} monitors {monitor!r}, which "
-                             f"fastbp.dask.fit logs only with validation_data (evaluated "
-                             f"on the driver after each round): give validation_data, or "
-                             f"monitor 'loss'")
-
-
 def fit(model: MLP, trainer: Trainer, X, Y, client=None, rounds=None, epochs_per_round=1,
         validation_data=None, callbacks=None, verbose: int = 0, averaging="block_momentum",
         block_momentum=None, block_learning_rate=1.0, rounds_per_epoch=1) -> History:
@@ -724,9 +708,9 @@ def fit(model: MLP, trainer: Trainer, X, Y, client=None, rounds=None, epochs_per
     driver (also while the chunks are computed) stops after the last completed round and
     returns the history marked interrupted. Settings the schedule or a callback refuses
     are refused before any chunk is computed; a cluster without workers is waited for
-    WORKER_WAIT_SECONDS, then refused (TimeoutError). On a cluster each round is submitted before the one before it ends
-    (docs/dask.md, "Rounds are pipelined"), and submitted again when what it was
-    submitted with has changed, with the same result. The blocks' seeds are
+    WORKER_WAIT_SECONDS, then refused (TimeoutError). On a cluster each round is
+    submitted before the one before it ends (docs/dask.md, "Rounds are pipelined"), and
+    submitted again when what it was submitted with has changed, with the same result. The blocks' seeds are
     derived from trainer.seed, the round and the block's index, and the average is summed
     in a fixed order, so a run is reproducible for a given seed, chunking and thread count,
     whichever workers run the tasks (and when a task is re-run after a worker is lost).
@@ -767,7 +751,6 @@ def fit(model: MLP, trainer: Trainer, X, Y, client=None, rounds=None, epochs_per
     if validation_data is not None:
         validation = validation_set(model, loss, validation_data)
         metric_functions = chosen_metrics(None, loss, model.layer_sizes[-1])
-    _check_validation_monitors([spec.schedule, *callbacks], validation)
     X, Y, float_targets = _check_arrays(model, X, Y, loss)
     class_table = None
     if isinstance(trainer.class_weight, dict):    # (chunks of weight 0 train nothing)
@@ -897,7 +880,8 @@ def fit(model: MLP, trainer: Trainer, X, Y, client=None, rounds=None, epochs_per
                      history, validation, metric_functions, spec.max_time,
                      epochs_per_step=epochs_per_round,
                      report=report_line if verbose else None,
-                     steps_per_epoch=rounds_per_epoch)
+                     steps_per_epoch=rounds_per_epoch,
+                     validation_source="validation_data in fastbp.dask.fit")
     try:
         return loop.run(rounds, 0, train_round, context=loaded)
     except KeyboardInterrupt:     # outside a round (loading the chunks, validation, a

@@ -182,11 +182,13 @@ def default_metrics(loss, n_outputs: int | None = None) -> list[str]:
     return loss.default_metrics(n_outputs)
 
 
-def _monitor_hint(monitor: str, logged) -> str:
+def _monitor_hint(monitor: str, logged,
+                  source: str = "validation_data or validation_split in fit") -> str:
     """Why a validation figure may be missing: no validation in the fit (when nothing
-    validation is logged), else nothing (the name is wrong: the message lists the names)."""
+    validation is logged; source: what gives a fit validation figures), else nothing (the
+    name is wrong: the message lists the names)."""
     if monitor.startswith("val_") and not any(str(key).startswith("val_") for key in logged):
-        return " (validation figures need validation_data or validation_split in fit)"
+        return f" (validation figures need {source})"
     return ""
 
 
@@ -208,7 +210,8 @@ def _check_logged(logs, monitor: str, owner: str) -> None:
     (logs["logged"], where the fit gives them) lack `monitor`, before any epoch trains."""
     logged = logs.get("logged") if isinstance(logs, dict) else None
     if logged is not None and monitor not in logged:
-        hint = _monitor_hint(monitor, logged)
+        hint = _monitor_hint(monitor, logged, *([logs["validation_source"]]
+                                                if "validation_source" in logs else []))
         raise ValueError(f"{owner} monitors {monitor!r}, which this fit's epochs do not log"
                          f"{hint}; they log: {', '.join(map(str, logged))}")
 

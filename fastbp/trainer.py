@@ -806,11 +806,14 @@ class EpochLoop:
     the learning rate of each epoch and records the EpochResult it returns.
     `stop_requested`: polled after each step (Trainer: a Ctrl-C seen between epochs);
     `report(step, logs)`: after each recorded step (fastbp.dask's verbose lines).
+    `validation_source`: what gives the fit validation figures, in the callbacks' and the
+    schedule's messages when they monitor one the fit will not log.
     """
 
     def __init__(self, model, loss, schedule, base_learning_rate, callbacks, history,
                  validation=None, metric_functions=(), max_time=None, epochs_per_step=1,
-                 stop_requested=None, report=None, steps_per_epoch=1):
+                 stop_requested=None, report=None, steps_per_epoch=1,
+                 validation_source="validation_data or validation_split in fit"):
         self.model, self.loss, self.schedule = model, loss, schedule
         self.base_learning_rate = base_learning_rate
         self.callbacks, self.history = callbacks, history
@@ -818,6 +821,7 @@ class EpochLoop:
         self.max_time, self.epochs_per_step = max_time, epochs_per_step
         self.steps_per_epoch = steps_per_epoch
         self.stop_requested, self.report = stop_requested, report
+        self.validation_source = validation_source
         # (the constant rate without a call a step; a subclass may give rates of its own)
         self._constant = type(schedule) is schedules.Constant
         self.stepped = False            # whether run() has called its step yet
@@ -857,14 +861,16 @@ class EpochLoop:
         callbacks' train begin and end around (each begun callback's end however the fit
         ends, an exception included); returns the History."""
         begun = []
-        self.schedule.on_train_begin({"logged": self.logged()})
+        beginning = {"logged": self.logged(), "validation_source": self.validation_source}
+        self.schedule.on_train_begin(dict(beginning))
         try:
             for callback in self.callbacks:
                 callback.set_model(self.model)
-                callback.on_train_begin({"logged": self.logged()})
+                callback.on_train_begin(dict(beginning))
                 begun.append(callback)
-            started = time.perf_counter()
             with context():
+                # (the budget counts the steps: not fastbp.dask's loading in the context)
+                started = time.perf_counter()
                 for index in range(n_steps):
                     epoch, rates = self.step_rates(index, first_epoch)
                     self.stepped = True

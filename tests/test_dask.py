@@ -1328,7 +1328,7 @@ def test_a_schedules_error_ends_a_cluster_fit_after_the_same_round_as_a_local_on
         assert np.array_equal(fit(client, 5, FailsAtEpoch3()), three_rounds)
 
 
-# ---- found by a second audit of fastbp.dask (2026-12-07) ----
+# ---- found by a second audit of fastbp.dask (2026-12-06) ----
 
 def local_scheduler():
     """fastbp.dask.fit on dask's local scheduler although the module's client exists."""
@@ -1459,7 +1459,7 @@ def test_settings_the_fit_refuses_are_refused_before_any_chunk_is_computed(clust
     for client in (None, cluster_client):
         for schedule, callbacks, message in (
                 (fastbp.schedules.ReduceOnPlateau(), None, "ReduceOnPlateau monitors "
-                 "'val_loss', which fastbp.dask.fit logs only with validation_data"),
+                 "'val_loss', .* need validation_data in fastbp.dask.fit"),
                 (None, [fastbp.callbacks.EarlyStopping("val_accuracy")],
                  "EarlyStopping monitors 'val_accuracy'"),
                 (None, [RefusesToBegin()], "refused in on_train_begin")):
@@ -1524,3 +1524,35 @@ def test_one_chunk_is_trainer_fit_only_without_random_draws_or_optimizer_state()
             fastbp.dask.fit(model, fastbp.Trainer("cce", **arguments), X, y)
         fastbp.Trainer("cce", **arguments).fit(expected, X_TRAIN[:1000], Y_TRAIN[:1000])
         assert np.array_equal(model._params, expected._params) == same
+
+
+def test_the_time_budget_counts_rounds_not_the_chunks_loading():
+    """max_time is checked after each round against the rounds' time: chunks that take
+    longer to compute than the budget (loaded inside the loop since the refusals come
+    first) stopped the fit after its first round."""
+    def slow(block):
+        time.sleep(0.4)
+        return block
+
+    X = da.from_array(X_TRAIN[:400], chunks=(200, -1)).map_blocks(
+        slow, meta=np.empty((0, 10), np.float32))
+    y = da.from_array(Y_TRAIN[:400], chunks=200)
+    with local_scheduler():
+        history = fastbp.dask.fit(classifier(), fastbp.Trainer("cce", seed=0, max_time=0.3),
+                                  X, y, rounds=3)
+    assert len(history.loss) == 3 and not history.stopped_early
+
+
+def test_a_callback_of_the_users_with_a_validation_monitor_attribute_is_taken():
+    """Only fastbp's own monitors refuse a validation figure the fit will not log (in
+    their on_train_begin, before any chunk is computed); a callback of the user's with a
+    `monitor` attribute of its own was refused by its name alone."""
+    class Logger(fastbp.callbacks.Callback):
+        monitor = "val_loss"
+
+    y = da.from_array(Y_TRAIN[:400], chunks=200)
+    with local_scheduler():
+        history = fastbp.dask.fit(classifier(), fastbp.Trainer("cce", seed=0),
+                                  da.from_array(X_TRAIN[:400], chunks=(200, -1)), y,
+                                  rounds=2, callbacks=[Logger()])
+    assert len(history.loss) == 2
