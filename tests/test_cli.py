@@ -479,6 +479,7 @@ def test_argparse_mistakes_exit_2(capsys):
 @pytest.mark.parametrize("argv, message", [
     (["train", "x.csv", "--epochs", "x"], "argument --epochs: invalid int value: 'x'"),
     (["train", "x.csv", "--bogus"], "unrecognized arguments: --bogus"),
+    (["--bogus", "info", "x"], "unrecognized arguments: --bogus"),   # fastbp's, not info's
     (["train"], "the following arguments are required: INPUT"),
     (["train", "x.csv", "--optimizer", "foo"], "argument --optimizer: invalid choice: 'foo'"),
     (["nonsense"], "argument COMMAND: invalid choice: 'nonsense'"),

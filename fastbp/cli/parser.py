@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 
 from fastbp import optimizers
 from fastbp.cli.errors import EXIT_USAGE, UsageError
@@ -32,8 +33,13 @@ class _Parser(argparse.ArgumentParser):
     def parse_args(self, args=None, namespace=None):
         namespace, extras = self.parse_known_args(args, namespace)
         if extras:          # (argparse names the top-level parser, not the command's)
-            command = self.commands.get(getattr(namespace, "command", None), self)
-            command.error(f"unrecognized arguments: {' '.join(extras)}")
+            name = getattr(namespace, "command", None)
+            given = list(sys.argv[1:] if args is None else args)
+            # the command's when they come after its name (`fastbp --bogus info x`: fastbp's)
+            after = name in given and given.index(extras[0]) > given.index(name) \
+                if extras[0] in given else False
+            (self.commands.get(name, self) if after else self).error(
+                f"unrecognized arguments: {' '.join(extras)}")
         return namespace
 
 
