@@ -1018,10 +1018,13 @@ class _ClusterRounds:
 
     def chunk_weights(self) -> list:
         """Each chunk's total class weight (_chunk_weight), computed where it trains."""
-        return self.client.gather([
-            self.client.submit(_chunk_weight, self.copies, self.arguments, future,
-                               workers=[worker], allow_other_workers=True, pure=False)
-            for future, worker in zip(self.futures, self.places)])
+        weights = [self.client.submit(_chunk_weight, self.copies, self.arguments, future,
+                                      workers=[worker], allow_other_workers=True, pure=False)
+                   for future, worker in zip(self.futures, self.places)]
+        try:
+            return self.client.gather(weights)
+        finally:
+            self._forget(weights)
 
     def _persist_stranded(self):
         """Compute again, on the workers there are now, the chunks lost with the workers
@@ -1117,8 +1120,14 @@ class _ClusterRounds:
         """The model's parameters after the last completed round, made where a copy of
         its state lives (the driver fetches them only when something reads the model
         between rounds: fit's parameters_each_round)."""
-        return self._from_kept(lambda future: self.client.submit(
-            _parameters, future, pure=False).result(), averager, averager.completed)
+        def read(kept):
+            parameters = self.client.submit(_parameters, kept, pure=False)
+            try:
+                return parameters.result()
+            finally:
+                self._forget([parameters])
+
+        return self._from_kept(read, averager, averager.completed)
 
     def _from_kept(self, read, averager, rounds_done):
         """read(future) of a worker's copy of the last completed round's _Advanced, from
@@ -1128,6 +1137,7 @@ class _ClusterRounds:
             try:
                 return read(future)
             except CancelledError:     # lost with its worker: another has a copy
+                self._forget([future])
                 continue
         raise LostDataError(
             f"the averaging's state after round {rounds_done} was lost with the workers "
@@ -1176,14 +1186,23 @@ class _ClusterRounds:
                           [*own, *parts, *top, *advanced.values(), taken])
 
     def _cancel(self, *rounds):
-        futures = [future for submitted in rounds if submitted is not None
-                   for future in submitted.futures]
+        self._forget([future for submitted in rounds if submitted is not None
+                      for future in submitted.futures])
+
+    def _forget(self, futures):
+        """Cancel `futures`: the client forgets them at once. Dropping the references is
+        not enough: a future that raised (an error, or cancelled by the scheduler: lost
+        with its workers) keeps the error, whose traceback holds the frames that held the
+        future, so the client would keep it as long as it lives."""
         if futures:
             self.client.cancel(futures)
 
     def release(self):
         """Cancel the round submitted ahead (a fit that stops early; a task already running
-        finishes on its worker, its result dropped) and let the chunks go."""
+        finishes on its worker, its result dropped) and let go of everything else the fit
+        put on the cluster: the chunks, the model's copies, the last round's state."""
         self._cancel(self.ahead)
+        self._forget([*self.kept, *(future for future in self.futures if future is not None),
+                      self.copies])
         self.ahead = None
         self.futures = self.copies = self.kept = []

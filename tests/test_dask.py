@@ -1033,9 +1033,11 @@ def test_the_state_lost_with_a_worker_is_taken_from_another_workers_copy(cluster
 def test_a_state_lost_with_every_worker_that_kept_it_says_so(cluster_client):
     """Both workers killed between rounds 1 and 2: the chunks can be recomputed, but the
     averaging's state after round 1 lived only on them (the driver keeps no copy when two
-    workers do): LostDataError says so, and the model holds round 1's parameters."""
+    workers do): LostDataError says so, the model holds round 1's parameters, and nothing
+    of the fit is left on the client."""
     pids = cluster_client.run(os.getpid)
     X, y = chunked(3_000)
+    before = set(cluster_client.futures)
 
     class KillBothAfterFirstRound(Callback):
         def on_epoch_end(self, epoch, logs):
@@ -1050,6 +1052,39 @@ def test_a_state_lost_with_every_worker_that_kept_it_says_so(cluster_client):
         fastbp.dask.fit(model, fastbp.Trainer("cce", seed=0, n_threads=1), X, y,
                         client=cluster_client, rounds=3, callbacks=[killer])
     np.testing.assert_array_equal(model._params, killer.after_first)
+    assert_nothing_left_on(cluster_client, before)
+
+
+def test_a_state_lost_with_every_worker_leaves_nothing_on_the_client(cluster_client):
+    """As above, without killing a worker (seconds of restarts): the scheduler cancels
+    round 1's state, as it does a result lost with every worker that held it. The client
+    does not forget such a future while anything references it, and the error each one
+    raised when the fit read it holds, through its traceback, the fit's frames that
+    referenced it: two cancelled futures were left on the client for good."""
+    X, y = chunked(3_000)
+    before = set(cluster_client.futures)
+
+    class LoseStateAfterFirstRound(Callback):
+        def on_epoch_end(self, epoch, logs):
+            if epoch == 0:
+                kept = [key for key in cluster_client.futures if "-r0-advance-" in str(key)]
+                # force, from another client: the scheduler cancels the keys for every
+                # client that holds them, which this fit's client then learns of by itself
+                with distributed.Client(cluster_client.scheduler.address,
+                                        set_as_default=False) as other:
+                    other.cancel([distributed.Future(key, other) for key in kept],
+                                 force=True)
+                deadline = time.monotonic() + 5
+                while time.monotonic() < deadline and any(
+                        cluster_client.futures[key].status != "cancelled" for key in kept
+                        if key in cluster_client.futures):
+                    time.sleep(0.01)
+
+    with pytest.raises(fastbp.dask.LostDataError, match="averaging's state after round 1"):
+        fastbp.dask.fit(classifier(), fastbp.Trainer("cce", seed=0, n_threads=1), X, y,
+                        client=cluster_client, rounds=3,
+                        callbacks=[LoseStateAfterFirstRound()])
+    assert_nothing_left_on(cluster_client, before)
 
 
 class StateKiller(threading.Thread):
@@ -1432,6 +1467,20 @@ def test_a_fit_whose_every_chunk_weighs_0_is_refused_before_any_round(cluster_cl
     with pytest.raises(ValueError, match="class_weight names class 7"), local_scheduler():
         fastbp.dask.fit(classifier(), fastbp.Trainer("cce", class_weight={7: 0}),
                         failing_chunks(), da.from_array(Y_TRAIN[:400], chunks=200))
+
+
+def test_a_chunk_refused_while_its_class_weight_is_computed_leaves_nothing_on_the_client(
+        cluster_client):
+    """A bad label found by the tasks that weigh the chunks (a class_weight of some class 0)
+    is raised with the trainer's message, and those tasks go: each error held, through
+    its traceback, the driver's frames that held its future (4 errored futures stayed)."""
+    before = set(cluster_client.futures)
+    bad = da.from_array(np.full(400, 9), chunks=200)
+    with pytest.raises(ValueError, match="class labels"):
+        fastbp.dask.fit(classifier(), fastbp.Trainer("cce", class_weight={0: 0.0}),
+                        da.from_array(X_TRAIN[:400], chunks=(200, -1)), bad,
+                        client=cluster_client, rounds=1)
+    assert_nothing_left_on(cluster_client, before)
 
 
 def failing_chunks(rows=400):
