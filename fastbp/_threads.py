@@ -328,8 +328,7 @@ def _measured_choice(layer_sizes, codes, batch_size, dtype, candidates, threads_
     time every candidate on that pass's BLAS count (a pass inside another runs on its
     caller's, blas_threads) and keep the answer for good."""
     from fastbp._cache import read_cache, settled
-    key = _cache_key(layer_sizes, batch_size, dtype,
-                     threads_label + (" clipping" if clipping else ""))
+    key = _fit_key(layer_sizes, batch_size, dtype, threads_label, clipping)
     choices = {tuple(choice) for choice in candidates} | {ONE_THREAD}   # a tiny step
 
     def valid(kept):
@@ -467,6 +466,23 @@ def _ascii_count(text: str):
     """text's whole number when it is ASCII digits only, else None (str.isdigit takes "²",
     which int() refuses)."""
     return int(text) if text.isascii() and text.isdigit() else None
+
+
+def _fit_key(layer_sizes, batch_size, dtype, threads_label, clipping=False) -> str:
+    """A fit's thread choice's cache key (_measured_choice)."""
+    return _cache_key(layer_sizes, batch_size, dtype,
+                      threads_label + (" clipping" if clipping else "") + _kernels_label())
+
+
+def _kernels_label() -> str:
+    """What a fit's measured thread choice depends on besides the shape, the CPU and the
+    build: the kernels that run its steps (FASTBP_KERNEL_ISA, FASTBP_KERNELS, the small-GEMM
+    cut, OPENBLAS_CORETYPE). A choice timed with the machine's AVX-512 kernels was taken for
+    its AVX2 stand-in (bench/compare.py --stand-in avx2)."""
+    from fastbp import _products
+    return (f" kernels {_products.requested_level() or 'native'}/{_products.kernel_mode()}/"
+            f"{os.environ.get('OPENBLAS_CORETYPE') or 'native'}/"
+            f"{'cut' if small_gemm_kernels() else 'whole'}")
 
 
 def _cache_key(layer_sizes, batch_size, dtype, threads_label):

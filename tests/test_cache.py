@@ -176,7 +176,7 @@ def test_an_unreadable_or_odd_cache_is_measured_again_never_an_error(tmp_path, m
     monkeypatch.setenv("FASTBP_CACHE_DIR", str(tmp_path))
     model = fastbp.MLP([16, 64, 2], ["relu", "identity"], seed=0)
     X, Y = np.zeros((256, 16), np.float32), np.zeros((256, 2), np.float32)
-    key = _threads._cache_key(model.layer_sizes, 64, model.dtype, "=2")
+    key = _threads._fit_key(model.layer_sizes, 64, model.dtype, "=2")
     documents = ["[" * 100_000, json.dumps({"version": 1, "choices": {key: [[1], 1, 0]}}),
                  json.dumps({"version": 1, "choices": {key: [{"a": 1}, 1, 0]}}),
                  json.dumps({"version": 1, "choices": {key: [True, 1, 0]}})]

@@ -199,7 +199,7 @@ def test_a_cache_that_cannot_be_written_is_not_an_error(tmp_path, cache, measure
                                      b'{"version": 1, "choices": {"KEY": "x"}}'])
 def test_a_damaged_or_foreign_cache_file_is_measured_again_and_rewritten(
         cache, measurements, content):
-    key = _threads._cache_key(SIZES, 32, "float32", "2")
+    key = _threads._fit_key(SIZES, 32, "float32", "2")
     cache.mkdir()
     (cache / _threads.CACHE_FILE).write_bytes(content.replace(b"KEY", key.encode()))
     assert _threads.fit_threads(SIZES, CODES, 32, "float32") == (2, 1, False)
@@ -822,3 +822,21 @@ def test_a_kept_choice_is_taken_without_waiting_for_another_threads_measurement(
         thread.join(30)
         assert not thread.is_alive(), "a kept choice waited for another measurement"
     assert found == [(2, 1, False)] and len(measurements) == 1
+
+
+@pytest.mark.parametrize("variable, value", [("FASTBP_KERNEL_ISA", "baseline"),
+                                             ("FASTBP_KERNELS", "blas"),
+                                             ("OPENBLAS_CORETYPE", "Haswell")])
+def test_a_choice_measured_with_other_kernels_is_measured_again(cache, measurements,
+                                                                monkeypatch, variable, value):
+    """The kernels that run a fit's steps are part of its choice's key: a choice timed with
+    the machine's own kernels was taken under FASTBP_KERNEL_ISA=avx2 (bench/compare.py's
+    AVX2 stand-in), FASTBP_KERNELS=blas or another OpenBLAS core."""
+    for name in ("FASTBP_KERNEL_ISA", "FASTBP_KERNELS", "OPENBLAS_CORETYPE"):
+        monkeypatch.delenv(name, raising=False)
+    _threads.fit_threads(SIZES, CODES, 32, "float32")
+    monkeypatch.setenv(variable, value)
+    _threads.fit_threads(SIZES, CODES, 32, "float32")
+    _threads.fit_threads(SIZES, CODES, 32, "float32")
+    assert len(measurements) == 2
+    assert len(json.loads((cache / _threads.CACHE_FILE).read_text())["choices"]) == 2
