@@ -52,6 +52,17 @@ GOAL_RATIOS = {
 # bench/README.md's goals of fastbp against the machine: (the GEMM, percent of its rate)
 GOAL_OF_CEILING = {"W1": ("sgemm", 80), "W2": ("sgemm", 80), "W4": ("sgemm", 90),
                    "W5": ("dgemm", 80)}
+DEFAULT_DURATION = 2.0   # seconds per timed window of a goal run
+SHORT_RUN = "short run: goals not judged"
+
+
+def openblas_warning():
+    """The warning to print where OPENBLAS_CORETYPE or OPENBLAS_L2_SIZE is set (None where
+    neither is): every benchmark's figures assume both unset (bench/README.md)."""
+    if any(os.environ.get(v) is not None for v in OPENBLAS_VARS):
+        return ("WARNING: OpenBLAS variables are set; benchmarks should run with "
+                "`env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE`")
+    return None
 
 
 def _maxrss_mib():
@@ -327,13 +338,25 @@ def fewer_threads(res):
     return bool(choice and threads) and choice[0] * choice[1] < threads
 
 
+# CPU time under this x threads x wall time means a run used fewer cores than its row says.
+UNDERSUBSCRIBED = 0.9
+
+
+def undersubscribed(res):
+    """True if the run's CPU time says it used well under the cores its row says (shared
+    cores, or a library that ran fewer threads); measured against the threads fastbp said it
+    chose where it chose fewer (the `<` mark), at every fixed thread count."""
+    threads = res.get("threads") or 0
+    if fewer_threads(res):
+        threads = res["thread_choice"][0] * res["thread_choice"][1]
+    return bool(threads) and res.get("cpu_over_wall", threads) < UNDERSUBSCRIBED * threads
+
+
 def _cell(res):
     if res is None or res.get("status") != "ok":
         return "n/a"
     spread = (res["max"] - res["min"]) / res["median"] * 100 if res["median"] else 0
-    # at one thread the worker should own its core: CPU time well under wall time = shared
-    shared = res.get("threads") == 1 and res.get("cpu_over_wall", 1.0) < 0.9
-    marks = ("*" if shared else "") + ("!" if oversubscribed(res) else "") + \
+    marks = ("*" if undersubscribed(res) else "") + ("!" if oversubscribed(res) else "") + \
         ("<" if fewer_threads(res) else "")
     return f"{_fmt_rate(res['median'])} ±{spread / 2:.0f}%{marks}"
 
@@ -362,6 +385,15 @@ def _default_vs_best(by, wl, threads_list):
     return text
 
 
+def short_run(args, wl):
+    """True if `wl` ran shorter than its goal run: fewer rows (--samples; P1 keeps its own)
+    or windows shorter than the default --duration.  Its goals are not judged."""
+    samples = getattr(args, "samples", 0)
+    fewer = bool(samples) and wl != "P1" and wl in workloads.ALL and \
+        samples < workloads.ALL[wl].n_samples
+    return fewer or (args.duration or DEFAULT_DURATION) < DEFAULT_DURATION
+
+
 def print_report(results, libraries, wl_names, threads_list, args, file=sys.stdout):
     by = {(r["workload"], r["library"], r["threads"]): r for r in results}
     p = lambda *a: print(*a, file=file)  # noqa: E731
@@ -380,9 +412,8 @@ def print_report(results, libraries, wl_names, threads_list, args, file=sys.stdo
     if stand_in:
         p(f"  {stand_in.upper()} stand-in (--stand-in): "
           + " ".join(f"{k}={v}" for k, v in STAND_INS[stand_in].items()))
-    elif any(v is not None for v in env_vals.values()):
-        p("  WARNING: OpenBLAS variables are set; benchmarks should run with "
-          "`env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE`")
+    elif openblas_warning():
+        p("  " + openblas_warning())
     others = [lib for lib in libraries if lib != "fastbp"]
     for threads in threads_list:
         p("")
@@ -421,7 +452,9 @@ def print_report(results, libraries, wl_names, threads_list, args, file=sys.stdo
                         ratio = fb["median"] / peer["median"]
                         goal = GOAL_RATIOS.get(wl, {}).get(o) if threads == 1 else None
                         notes = []
-                        if goal:
+                        if goal and short_run(args, wl):
+                            notes.append(SHORT_RUN)
+                        elif goal:
                             notes.append(f"{'ok' if ratio >= goal else 'goal'} {goal:g}x")
                         if floor:   # what fastbp would reach if only its GEMMs cost time
                             notes.append(f"bound {floor / peer['median']:.2f}x")
@@ -438,8 +471,10 @@ def print_report(results, libraries, wl_names, threads_list, args, file=sys.stdo
     if any(r.get("gemm_floor") for r in results):
         p("  GEMMs alone: fastbp's own matrix products of plain-SGD training, same calls, nothing")
         p("  else (_core.gemm_floor); bound = GEMMs alone / peer, the most any overhead cut can give")
-    if any(_cell(r).rstrip("!<").endswith("*") for r in results):
-        p("  * CPU time under 90% of wall time: the core was shared with other work")
+    if any(undersubscribed(r) for r in results if r.get("status") == "ok"):
+        p(f"  * CPU time under {UNDERSUBSCRIBED:g} x threads x wall time (with `<`: the threads "
+          f"fastbp chose): fewer cores than the row says")
+        p("    were busy (cores shared with other work, or a library ran fewer threads)")
     for r in results:
         if r.get("status") == "ok" and fewer_threads(r):
             workers, blas, _ = r["thread_choice"]
@@ -454,7 +489,7 @@ def print_report(results, libraries, wl_names, threads_list, args, file=sys.stdo
         if r.get("status") == "ok" and "cpu_over_wall_max" in r:
             p(f"  {r['workload']:3s} {r['library']:16s} threads={r['threads']}: "
               f"{r['cpu_over_wall']:.2f}, {r['cpu_over_wall_max']:.2f}"
-              f"{'  OVER' if oversubscribed(r) else ''}")
+              f"{'  OVER' if oversubscribed(r) else '  UNDER' if undersubscribed(r) else ''}")
     for threads, c in sorted(getattr(args, "ceilings", {}).items()):
         p("")
         if c.get("status") != "ok":
@@ -467,8 +502,9 @@ def print_report(results, libraries, wl_names, threads_list, args, file=sys.stdo
             fb = by.get((name, "fastbp", threads))
             if ceiling and fb and fb.get("status") == "ok":
                 gf = fb["median"] * workloads.WORKLOADS[name].flops_per_sample / 1e9
+                judged = f"({SHORT_RUN})" if short_run(args, name) else f"(goal >= {goal}%)"
                 p(f"  {name} fastbp: {gf:.0f} GFLOP/s = {100 * gf / ceiling:.0f}% of the "
-                  f"{gemm} ceiling (goal >= {goal}%)")
+                  f"{gemm} ceiling {judged}")
     # BLAS / thread pools per library, and failures
     p("")
     p("thread pools seen by each worker (threadpoolctl.threadpool_info):")
@@ -554,7 +590,7 @@ def parent(args):
     else:
         wl_names = args.workloads or list(workloads.WORKLOADS)
     if args.duration is None:
-        args.duration = 2.0
+        args.duration = DEFAULT_DURATION
     if args.warmup is None:
         args.warmup = max(0.5, args.duration / 2)
     if args.predict and "P1" not in wl_names:
@@ -659,12 +695,46 @@ def _at_least(low):
     return parse
 
 
+def _names(what, known, upper=False, refused=None):
+    """An argparse type: a comma list of names out of `known`, each once (a repeated name
+    ran twice and the table showed its last run twice)."""
+    def parse(text):
+        names = [n.upper() if upper else n for n in _csv(text)]
+        if not names:
+            raise argparse.ArgumentTypeError(f"expected a comma list of {what}")
+        for name in names:
+            if refused and name in refused:
+                raise argparse.ArgumentTypeError(f"{name}: {refused[name]}")
+            if name not in known:
+                raise argparse.ArgumentTypeError(
+                    f"unknown {what[:-1]} {name!r}; known: {', '.join(known)}")
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise argparse.ArgumentTypeError(f"{', '.join(twice)} given twice")
+        return names
+    return parse
+
+
+def _thread_list(text):
+    """An argparse type: a comma list of distinct thread counts >= 0 (0 = default)."""
+    counts = [_at_least(0)(t) for t in _csv(text)]
+    if not counts:
+        raise argparse.ArgumentTypeError("expected a comma list of thread counts")
+    twice = sorted({t for t in counts if counts.count(t) > 1})
+    if twice:
+        raise argparse.ArgumentTypeError(f"{', '.join(map(str, twice))} given twice")
+    return counts
+
+
 def main(argv=None):
+    import peers
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--workloads", type=lambda s: [w.upper() for w in _csv(s)], default=None,
+    ap.add_argument("--workloads", default=None,
+                    type=_names("workloads", list(workloads.ALL), upper=True, refused={
+                        "S1": "its peers and data are bench/sparse_input.py's"}),
                     help="comma list of W1..W5, P1 (default: W1-W5; --quick: W1,W3)")
-    ap.add_argument("--threads", type=lambda s: [int(t) for t in _csv(s)], default=[1],
+    ap.add_argument("--threads", type=_thread_list, default=[1],
                     help="comma list of BLAS thread counts, 0 = each library's default "
                          "(default: 1)")
     ap.add_argument("--duration", type=_seconds, default=None,
@@ -675,7 +745,8 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true",
                     help="W1 and W3 with 0.5 s windows: under a minute")
     ap.add_argument("--predict", action="store_true", help="add P1 (predict, 100,000 rows)")
-    ap.add_argument("--peers", type=_csv, default=_csv(DEFAULT_PEERS),
+    ap.add_argument("--peers", default=_csv(DEFAULT_PEERS),
+                    type=_names("peers", list(dict(peers.TRAIN, **peers.PREDICT))),
                     help=f"comma list of libraries (default {DEFAULT_PEERS})")
     ap.add_argument("--json", type=_path, help="write all figures to this JSON file")
     ap.add_argument("--png", type=_path, help="write a bar chart (needs matplotlib)")

@@ -1,9 +1,13 @@
 """Does fastbp.dask.fit pay? Scaling and accuracy per pass on a LocalCluster here.
 
-    python bench/dask_scaling.py                     # both parts (a few minutes on 2 cores)
-    python bench/dask_scaling.py --part scaling      # 1 vs 2 workers, 784-512-512-10
-    python bench/dask_scaling.py --part accuracy     # rounds to the single-process accuracy
-    python bench/dask_scaling.py --part gridsearch   # GridSearchCV: sequential vs Dask backend
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/dask_scaling.py
+        # both parts (a few minutes on 2 cores)
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/dask_scaling.py --part scaling
+        # 1 vs 2 workers, 784-512-512-10
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/dask_scaling.py --part accuracy
+        # rounds to the single-process accuracy
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/dask_scaling.py --part gridsearch
+        # GridSearchCV: sequential vs Dask backend
 
 scaling: 784-512-512-10 on 30,000 rows (W2's model and settings: plain SGD 0.01, batch 128,
 linear-teacher data from workloads.py) in 2 chunks, `--rounds` epochs (one round each, and

@@ -1,11 +1,17 @@
 """Latency of prediction on few rows: fastbp against ONNX Runtime, PyTorch and NumPy.
 
-    python bench/latency.py --threads 1            # every library on one thread
-    python bench/latency.py --threads 0            # each library's own default
-    python bench/latency.py --rows 1 8 --networks 20-64-64-1 --seconds 0.5
-    python bench/latency.py --concurrent 8         # one model, 8 threads: total rate
-    python bench/latency.py --concurrent 8 --gil measure hold release   # each GIL rule
-    python bench/latency.py --sparse 27 --networks 100000-256-20 --rows 1 8 64 512 \
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/latency.py --threads 1
+        # every library on one thread
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/latency.py --threads 0
+        # each library's own default
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/latency.py --rows 1 8 \
+        --networks 20-64-64-1 --seconds 0.5
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/latency.py --concurrent 8
+        # one model, 8 threads: total rate
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/latency.py --concurrent 8 \
+        --gil measure hold release                                 # each GIL rule
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/latency.py --sparse 27 \
+        --networks 100000-256-20 --rows 1 8 64 512 \
         --systems fastbp fastbp-sklearn sklearn numpy              # CSR rows, S1's width
 
 Each system predicts the same rows with the same weights (float32, C-contiguous input):
@@ -23,7 +29,9 @@ threads (--threads 0) a pause comes before each turn (--settle), so that no libr
 threads, still spinning after its turn, take a core from the next one: a service runs one
 of them, not all of them in turn. Reported: the median and
 the 99th percentile of the time per call, in microseconds, and each median over fastbp's
-(over the first system's where --systems leaves fastbp out).
+(over the first system's where --systems leaves fastbp out), and the CPU time over the wall
+time of its turns (marked as bench/compare.py marks it where --threads is fixed: * fewer
+cores busy than --threads, ! more).
 Compare ratios within one run: absolute times move with the load on the machine.
 """
 import argparse
@@ -173,9 +181,10 @@ def runners(model, n_rows, threads, folder, wanted):
     return found
 
 
-def measure(run_of, X, seconds, rounds, settle=0.0):
+def measure(run_of, X, seconds, rounds, settle=0.0, cpu=None):
     """{name: sorted per-call times in ns}; the systems take turns, `rounds` times, with a
-    pause of `settle` seconds before each turn (and before the warm-up of each system)."""
+    pause of `settle` seconds before each turn (and before the warm-up of each system).
+    `cpu`, a dict, receives {name: (CPU seconds, wall seconds) of its turns}."""
     import numpy as np
     times = {name: [] for name in run_of}
     for run in run_of.values():                 # warm up, and size a turn
@@ -195,10 +204,14 @@ def measure(run_of, X, seconds, rounds, settle=0.0):
             time.sleep(settle)
             record = times[name]
             clock = time.perf_counter_ns
+            c0, t0 = time.process_time(), time.perf_counter()
             for _ in range(calls):
                 begin = clock()
                 run(X)
                 record.append(clock() - begin)
+            if cpu is not None:
+                used, took = cpu.get(name, (0.0, 0.0))
+                cpu[name] = (used + time.process_time() - c0, took + time.perf_counter() - t0)
     return {name: np.sort(np.array(values)) for name, values in times.items()}
 
 
@@ -286,12 +299,26 @@ def main(argv=None):
                              "one-thread pass (FASTBP_GIL; measure: chosen on the calls, "
                              "the default), a new model for each, in turn")
     args = parser.parse_args(argv)
+    for option, value, low in (("--threads", args.threads, 0), ("--rounds", args.rounds, 1),
+                               ("--concurrent", args.concurrent, 0),
+                               ("--sparse", args.sparse, 0), ("--rows", min(args.rows), 1)):
+        if value < low:
+            parser.error(f"{option} must be >= {low}; got {value}")
+    if not 0 < args.seconds < float("inf"):
+        parser.error(f"--seconds must be a finite number > 0; got {args.seconds}")
+    if args.settle is not None and not 0 <= args.settle < float("inf"):
+        parser.error(f"--settle must be a finite number >= 0; got {args.settle}")
     _limit_threads(args.threads)
     settle = args.settle if args.settle is not None else (0.25 if args.threads == 0 else 0.0)
 
     import numpy as np
     import fastbp
     from fastbp import _core
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from compare import (OVERSUBSCRIBED, UNDERSUBSCRIBED, openblas_warning, oversubscribed,
+                         undersubscribed)
+    if openblas_warning():
+        print("# " + openblas_warning())
 
     if args.concurrent:
         print(f"# fastbp predict, calls per second: one thread, then {args.concurrent} "
@@ -329,7 +356,9 @@ def main(argv=None):
         return
 
     print(f"# threads: {args.threads or 'default'}; times per call in us: median (p99); "
-          f"x: median / the median of fastbp (or of the first system, without it)"
+          f"x: median / the median of fastbp (or of the first system, without it); "
+          f"cpu/wall: CPU time / wall time of its turns (* under {UNDERSUBSCRIBED:g} x threads, "
+          f"! over {OVERSUBSCRIBED:g} x threads)"
           + (f"; X: CSR, {args.sparse} stored values a row" if args.sparse else ""))
     with tempfile.TemporaryDirectory() as folder:
         for network in args.networks:
@@ -344,12 +373,18 @@ def main(argv=None):
                 for name, run in run_of.items():   # every system computes the same thing
                     np.testing.assert_allclose(run(X), reference, rtol=1e-4, atol=1e-5,
                                                err_msg=name)
-                times = measure(run_of, X, args.seconds, args.rounds, settle)
+                cpu = {}
+                times = measure(run_of, X, args.seconds, args.rounds, settle, cpu)
                 base = np.median(times["fastbp" if "fastbp" in times else next(iter(times))])
                 cells = []
                 for name, values in times.items():
                     median, p99 = np.median(values) / 1e3, np.percentile(values, 99) / 1e3
-                    cells.append(f"{name} {median:8.1f} ({p99:7.1f}) x{median * 1e3 / base:4.2f}")
+                    share = {"threads": args.threads, "cpu_over_wall": cpu[name][0] / cpu[name][1]}
+                    share["cpu_over_wall_max"] = share["cpu_over_wall"]
+                    marks = ("*" if undersubscribed(share) else "") + \
+                        ("!" if oversubscribed(share) else "")
+                    cells.append(f"{name} {median:8.1f} ({p99:7.1f}) x{median * 1e3 / base:4.2f}"
+                                 f" cpu/wall {share['cpu_over_wall']:.2f}{marks}")
                 print(f"{network:>11} {n_rows:5d} | " + " | ".join(cells), flush=True)
 
 

@@ -52,6 +52,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
 
+from compare import (OVERSUBSCRIBED, UNDERSUBSCRIBED, _at_least, openblas_warning,  # noqa: E402
+                     oversubscribed, undersubscribed)
 from workloads import LOSS, S1, S1_LEARNING_RATE, make_sparse_data  # noqa: E402
 
 SYSTEMS = ("fastbp-sgd", "fastbp-momentum", "fastbp-adam", "torch-embeddingbag", "sklearn")
@@ -241,15 +243,16 @@ def worker(name, rows, epochs, threads=1, columns=None, dtype=None):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=3, help="timed epochs per system")
+    parser.add_argument("--epochs", type=_at_least(1), default=3, help="timed epochs per system")
     parser.add_argument("--systems", default=",".join(SYSTEMS))
-    parser.add_argument("--threads", type=int, default=1,
+    parser.add_argument("--threads", type=_at_least(0), default=1,
                         help="threads of every system: fastbp's n_threads (its row pool "
                              "under a lazy rule), torch.set_num_threads, the BLAS limit; "
                              "0: each library's default")
     for name in SYSTEMS:
-        parser.add_argument(f"--rows-{name}", type=int, default=ROWS.get(name, S1.n_samples))
-    parser.add_argument("--columns", type=int,
+        parser.add_argument(f"--rows-{name}", type=_at_least(1),
+                            default=ROWS.get(name, S1.n_samples))
+    parser.add_argument("--columns", type=_at_least(1),
                         help="S1's rows drawn over this many columns (default S1's 100,000)")
     parser.add_argument("--dtype", choices=("float32", "float64"),
                         help="the data's and the models' dtype (default S1's float32)")
@@ -277,7 +280,9 @@ def main(argv=None):
           f"system in its own process, {os.cpu_count()} cores, load "
           f"{os.getloadavg()[0]:.2f}")
     del X
-    results = []
+    if openblas_warning():
+        print(openblas_warning())
+    results, failed = [], []
     for name in args.systems.split(","):
         rows = getattr(args, f"rows_{name.replace('-', '_')}")
         proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", name,
@@ -288,24 +293,43 @@ def main(argv=None):
                               capture_output=True, text=True)
         if proc.returncode != 0:
             print(f"{name}: failed\n{proc.stderr[-2000:]}")
+            failed.append(name)
             continue
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     base = next((r["samples_per_s"] for r in results if r["system"] == "fastbp-sgd"), None)
     print(f"{'system':20} {'rows':>6} {'samples/s':>11} {'fastbp SGD / it':>15} "
           f"{'cpu/wall':>8} {'per CPU s':>10} {'in one fit':>10} {'RSS growth MiB':>14} "
           f"{'tracemalloc MiB':>15} {'loss':>7}   epochs (samples/s)")
+    marked = set()
     for r in results:
+        # compare.py's marks: CPU time says more (!) or fewer (*) cores than --threads
+        share = {"threads": args.threads, "cpu_over_wall": r["cpu_over_wall"],
+                 "cpu_over_wall_max": r["cpu_over_wall"]}
+        marks = ("*" if undersubscribed(share) else "") + ("!" if oversubscribed(share) else "")
+        marked.update(marks)
+        cpu_wall = f"{r['cpu_over_wall']:.2f}{marks}"
         ratio = f"{base / r['samples_per_s']:,.1f}x" if base else "-"
         trace, one_fit = r["tracemalloc_peak_mib"], r["one_fit_samples_per_s"]
         print(f"{r['system']:20} {r['rows']:6,} {r['samples_per_s']:11,.0f} {ratio:>15} "
-              f"{r['cpu_over_wall']:8.2f} {r['samples_per_cpu_s']:10,.0f} "
+              f"{cpu_wall:>8} {r['samples_per_cpu_s']:10,.0f} "
               f"{'-' if one_fit is None else f'{one_fit:,.0f}':>10} "
               f"{r['rss_growth_mib']:14.1f} "
               f"{'-' if trace is None else f'{trace:.1f}':>15} {r['loss']:7.4f}   "
               f"{' '.join(f'{x:,.0f}' for x in r['rates'])}")
+    if "*" in marked:
+        print(f"* CPU time under {UNDERSUBSCRIBED:g} x {args.threads} thread(s) x wall time: "
+              f"fewer cores than --threads were busy (shared with other work, or fewer "
+              f"threads ran)")
+    if "!" in marked:
+        print(f"! CPU time over {OVERSUBSCRIBED:g} x {args.threads} thread(s) x wall time: "
+              f"more threads ran than --threads says")
     print("versions:", json.dumps({k: v for r in results for k, v in r["versions"].items()}),
           f"load after: {os.getloadavg()[0]:.2f}")
+    if failed:
+        print(f"{len(failed)} system(s) failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
