@@ -214,6 +214,7 @@ def check_compressed(data, name: str, n_major: int, n_minor: int) -> None:
     in 0..n_minor-1), which scipy's own operations on it take for granted."""
     indptr, indices = data.indptr, data.indices
     form = data.format.upper()
+    axis = {"csr": "column", "csc": "row"}.get(data.format, "block-column")
     if not all(isinstance(a, np.ndarray) and a.dtype.kind in "iu" and a.ndim == 1
                for a in (indptr, indices)):
         raise ValueError(f"{name} is a malformed {form} matrix: indices and indptr must be "
@@ -222,12 +223,12 @@ def check_compressed(data, name: str, n_major: int, n_minor: int) -> None:
     if indptr.shape[0] != n_major + 1 or int(indptr[0]) != 0 \
             or bool((np.diff(indptr.astype(np.int64)) < 0).any()) or int(indptr[-1]) > stored:
         raise ValueError(f"{name} is a malformed {form} matrix: indptr must have "
-                         f"{n_major + 1} entries from 0, never decrease, and end within the "
-                         f"{stored} stored values")
+                         f"{n_major + 1} entries, start at 0, never decrease, and end within "
+                         f"the {stored} stored values")
     used = indices[:int(indptr[-1])]
     if used.size and (int(used.min()) < 0 or int(used.max()) >= n_minor):
-        raise ValueError(f"{name} is a malformed {form} matrix: its indices must lie in "
-                         f"0..{n_minor - 1}; got values from {int(used.min())} to "
+        raise ValueError(f"{name} is a malformed {form} matrix: its {axis} indices must "
+                         f"lie in 0..{n_minor - 1}; got values from {int(used.min())} to "
                          f"{int(used.max())}")
 
 
@@ -271,23 +272,10 @@ def as_sparse_rows(data, name: str, dtype: np.dtype, n_columns: int):
         if array.size and array.dtype.kind == "u" and int(array.max()) > INDEX_LIMIT:
             raise ValueError(f"{name}.{what} holds values past {INDEX_LIMIT} (they would "
                              f"overflow int64)")
-    if indptr.shape[0] != shape[0] + 1:
-        raise ValueError(f"{name}.indptr has {indptr.shape[0]} entries; {shape[0]} rows "
-                         f"need {shape[0] + 1}")
+    check_compressed(data, name, shape[0], n_columns)
     indptr = np.require(indptr, np.intp, ["C", "A"])
     nnz = int(indptr[-1])
-    if int(indptr[0]) != 0 or bool((np.diff(indptr) < 0).any()) \
-            or nnz > min(indices.shape[0], values.shape[0]):
-        raise ValueError(f"{name}.indptr must start at 0, never decrease, and end within "
-                         f"the {min(indices.shape[0], values.shape[0])} stored values; "
-                         f"got a malformed CSR matrix")
-    if indices.shape[0] != nnz:
-        indices = indices[:nnz]
-    if values.shape[0] != nnz:
-        values = values[:nnz]
-    if nnz and (int(indices.min()) < 0 or int(indices.max()) >= n_columns):
-        raise ValueError(f"{name}'s column indices must lie in 0..{n_columns - 1}; got "
-                         f"values from {int(indices.min())} to {int(indices.max())}")
+    indices, values = indices[:nnz], values[:nnz]
     indices = np.require(indices, np.intp, ["C", "A"])
     if nnz and bool((np.diff(indices) < 0).any()):
         # unsorted within some row (a fall between rows is expected): sort a copy

@@ -919,7 +919,7 @@ def test_a_refused_sparse_fit_leaves_the_estimator_as_it_was(warm_start):
         state = dict(est.__dict__)
         parameters = [a.copy() for a in est.coefs_ + est.intercepts_]
         for bad, message in ((bad_column, "column indices must lie in 0..19"),
-                             (bad_indptr, "indptr must start at 0, never decrease")):
+                             (bad_indptr, "indptr must have 61 entries, start at 0, never decrease")):
             for call in (est.fit, est.partial_fit):
                 with pytest.raises(ValueError, match=message):
                     call(bad, targets)

@@ -31,7 +31,7 @@ def sidecar_bytes(fields: dict) -> bytes:
     makes it before training, so that a name it cannot hold is refused before the work."""
     for key, value in fields.items():
         for item in value if isinstance(value, list) else [value]:
-            if isinstance(item, str) and not _is_unicode(item):
+            if isinstance(item, str) and not is_utf8(item):
                 raise UsageError(f"the sidecar cannot record {item!r} (one of the model's "
                                  f"{key}): it is not valid Unicode text (a lone surrogate, "
                                  f"as in text decoded with errors='surrogateescape')")
@@ -39,10 +39,11 @@ def sidecar_bytes(fields: dict) -> bytes:
     return (json.dumps(document, indent=1, ensure_ascii=False) + "\n").encode()
 
 
-def _is_unicode(text: str) -> bool:
+def is_utf8(value: str | bytes) -> bool:
+    """Whether text can be written as UTF-8 (no lone surrogates), or bytes read as it."""
     try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
+        value.encode("utf-8") if isinstance(value, str) else value.decode("utf-8")
+    except UnicodeError:
         return False
     return True
 

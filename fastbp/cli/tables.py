@@ -15,7 +15,7 @@ import zlib
 
 from fastbp.cli.errors import UsageError
 from fastbp.cli.outputs import short_list
-from fastbp.cli.sidecar import name_as_text
+from fastbp.cli.sidecar import is_utf8, name_as_text
 from fastbp.cli.targets import is_number, outside, too_large
 
 # What reading a truncated or damaged NPZ archive (or a member of one) raises
@@ -431,7 +431,7 @@ def _check_targets(array, path):
             array = np.char.decode(array, "utf-8")
         except UnicodeDecodeError:
             where = next(index for index, value in np.ndenumerate(array)
-                         if not _is_utf8(value))
+                         if not is_utf8(bytes(value)))
             column = f", column {where[1]}" if len(where) > 1 else ""
             raise UsageError(f"{path}, row {where[0]}{column}: the targets are bytes, and "
                              f"{bytes(array[where])!r} is not UTF-8 text; save the labels as "
@@ -446,14 +446,6 @@ def _check_targets(array, path):
         raise UsageError(f"the targets in {path} have no columns (shape {array.shape}); "
                          f"give one column per output, or a 1-D array")
     return array
-
-
-def _is_utf8(value: bytes) -> bool:
-    try:
-        value.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
 
 
 def _array_table(path, matrix) -> Table:
