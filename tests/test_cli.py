@@ -734,3 +734,12 @@ def test_fastbp_traceback_takes_its_value(value, traceback, monkeypatch, capsys)
     else:
         assert main(["demo", "--epochs", "-1"]) == 2
         assert "epochs must be >= 0" in capsys.readouterr().err
+
+
+def test_fastbp_traceback_refuses_an_unknown_value(monkeypatch, capsys):
+    """FASTBP_TRACEBACK=ture (a typo) was read as off: the traceback asked for was hidden.
+    It is refused in one line, as the other FASTBP_ switches refuse theirs."""
+    monkeypatch.setenv("FASTBP_TRACEBACK", "ture")
+    assert main(["demo", "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "FASTBP_TRACEBACK='ture': it must be '1' or" in err, err

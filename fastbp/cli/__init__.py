@@ -23,7 +23,6 @@ The package, by concern:
 """
 from __future__ import annotations
 
-import os
 import sys
 import warnings
 
@@ -45,6 +44,11 @@ __all__ = ["main", "build_parser", "UsageError", "EXIT_USAGE", "EXIT_DIVERGED",
 
 def main(argv=None) -> int:
     """Run the command line with `argv` (default sys.argv[1:]); returns the exit status."""
+    try:
+        show_traceback = _traceback_switch()
+    except ValueError as error:
+        print(f"fastbp: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -57,9 +61,7 @@ def main(argv=None) -> int:
             check_ranges(args)
             return args.handler(args)
         except (ValueError, TypeError, OSError, KeyError, ImportError, MemoryError) as error:
-            # (1/true/yes/on: "false" showed the traceback as any value but "" and 0 did)
-            if os.environ.get("FASTBP_TRACEBACK", "").strip().lower() in ("1", "true", "yes",
-                                                                           "on"):
+            if show_traceback:
                 raise
             if isinstance(error, BrokenPipeError):    # `fastbp predict ... | head`
                 silence_stdout()
@@ -69,6 +71,17 @@ def main(argv=None) -> int:
         except KeyboardInterrupt:
             print(f"fastbp {command}: interrupted", file=sys.stderr)
             return EXIT_INTERRUPTED
+
+
+def _traceback_switch() -> bool:
+    """FASTBP_TRACEBACK: 1, true, yes or on shows a failed command's traceback; 0, false, no,
+    off or unset its one-line message; anything else is refused (a typo read as off would
+    hide the traceback asked for)."""
+    from fastbp._core import environment_choice
+
+    return environment_choice("FASTBP_TRACEBACK", ("1", "true", "yes", "on",
+                                                   "0", "false", "no", "off")) in (
+        "1", "true", "yes", "on")
 
 
 def _warning_printer(command):
