@@ -94,13 +94,10 @@ extensions = [
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=compile_args,
         extra_link_args=link_args,
-        depends=["csrc/fastbp.h", "csrc/one_type.h", "csrc/kernels_impl.h", "csrc/few_rows.h",
-                 "csrc/few_rows_impl.h", "csrc/products.h", "csrc/products_impl.h",
-                 "csrc/softmax.h", "csrc/softmax_impl.h",
-                 "fastbp/_products.pxi", "fastbp/_kernels.pxd.tp",
-                 "fastbp/_blas.pxd", "fastbp/_small_gemm.pxi", "fastbp/_bench.pxi",
-                 "fastbp/_serving.pxi", "csrc/workers.h", "fastbp/_workers.pxi",
-                 "fastbp/_hidden_split.pxi"],
+        # every file the extension is built from (a header missing here, included only
+        # through another, was edited without a rebuild: the stale extension was kept)
+        depends=sorted(glob.glob("csrc/*.h") + glob.glob("fastbp/*.pxi")
+                       + glob.glob("fastbp/*.pxd") + glob.glob("fastbp/*.tp")),
     )
 ]
 

@@ -1193,10 +1193,12 @@ def _thread_setters():
 
 
 def _openblas_function(lib, name, restype):
-    """OpenBLAS's `name` in lib, under the affixes builds add (scipy_..., ...64_)."""
+    """OpenBLAS's `name` in lib, under the affixes builds add (scipy_..., ...64_); None
+    where not found (lib's own setter is used then)."""
+    dynlib = getattr(lib, "dynlib", None)     # (threadpoolctl < 3.2 has no public handle)
     for prefix in ("", "scipy_"):
         for suffix in ("", "64_", "_64"):
-            function = getattr(lib.dynlib, prefix + name + suffix, None)
+            function = getattr(dynlib, prefix + name + suffix, None)
             if function is not None:
                 function.restype = restype
                 if restype is None:

@@ -33,6 +33,24 @@ def test_console_entry_runs_as_module():
     assert "--learning-rate" in result.stdout
 
 
+def test_the_source_tree_without_its_core_says_so(tmp_path):
+    """`python -m fastbp` run in a checkout after `pip install .` imports the source tree
+    (the current folder comes first on the path), which has no compiled core: it failed as
+    "cannot import name '_core' from partially initialized module 'fastbp' (most likely
+    due to a circular import)". Now the error says what it is and what to do."""
+    import shutil
+
+    source = os.path.dirname(fastbp.__file__)
+    shutil.copytree(source, tmp_path / "fastbp",
+                    ignore=shutil.ignore_patterns("_core.*", "__pycache__"))
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONSAFEPATH"}
+    result = subprocess.run([sys.executable, "-m", "fastbp", "demo", "--help"], cwd=tmp_path,
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "fastbp's compiled core is not built in" in result.stderr, result.stderr
+    assert "Run from another folder" in result.stderr and "circular" not in result.stderr
+
+
 def test_spirals_are_balanced_and_reproducible():
     X, y = make_spirals(3000, seed=3)
     X2, y2 = make_spirals(3000, seed=3)

@@ -3,6 +3,7 @@ or gradients uses more threads than its caller allows: the CPU affinity mask, a 
 quota, OMP_NUM_THREADS / OPENBLAS_NUM_THREADS / MKL_NUM_THREADS, and threadpoolctl's limits
 in force. An explicit n_threads is obeyed as given."""
 import contextlib
+import ctypes
 import json
 import os
 import subprocess
@@ -424,3 +425,21 @@ def test_a_plan_made_inside_another_pass_is_not_kept(tmp_path, monkeypatch):
     assert model._kept_plans == {} and model._kept_pass_plans == {}
     np.testing.assert_array_equal(model.predict(X), inside)
     assert model._kept_plans or model._kept_pass_plans
+
+
+def test_openblas_functions_are_found_by_their_affixed_names_or_not_at_all():
+    """threadpoolctl before 3.2 gives no `dynlib` (its handle is private): every fit
+    failed with AttributeError there. A library without it has no direct setter (None:
+    threadpoolctl's own is used); one with it is searched under the affixes builds add."""
+    import types
+
+    assert _threads._openblas_function(types.SimpleNamespace(), "openblas_set_num_threads",
+                                       None) is None
+    library = ctypes.CDLL(None)          # the process's own symbols: no OpenBLAS names
+    assert _threads._openblas_function(types.SimpleNamespace(dynlib=library),
+                                       "openblas_set_num_threads", None) is None
+    found = _threads._openblas_function(
+        types.SimpleNamespace(dynlib=types.SimpleNamespace(
+            scipy_openblas_get_num_threads64_=ctypes.CDLL(None).getpid)),
+        "openblas_get_num_threads", ctypes.c_int)
+    assert found is not None and found() == os.getpid()
