@@ -450,9 +450,7 @@ def as_row_weights(weights: np.ndarray, dtype: np.dtype) -> np.ndarray:
     largest = float(weights.max())
     if not largest > 0:
         raise ValueError("the row weights (sample_weight, class_weight) sum to 0")
-    if not np.isfinite(largest):
-        raise ValueError("the row weights (sample_weight times class_weight) overflow float64")
-    scaled = np.ldexp(weights, -int(np.frexp(largest)[1]))
+    scaled = unit_scaled(weights)
     smallest = float(scaled[scaled > 0].min())
     info = np.finfo(dtype)
     if smallest < info.tiny:
@@ -462,6 +460,13 @@ def as_row_weights(weights: np.ndarray, dtype: np.dtype) -> np.ndarray:
                          f"{np.dtype(dtype).name} holds ({1 / float(info.tiny):.3g}); "
                          f"set the smallest to 0 or use a float64 model")
     return scaled.astype(dtype)
+
+
+def unit_scaled(weights: np.ndarray) -> np.ndarray:
+    """Finite weights >= 0 times the power of two that puts the largest in [0.5, 1) (no
+    bit of any ratio changes); as they are when all are 0."""
+    largest = float(weights.max()) if weights.size else 0.0
+    return np.ldexp(weights, -int(np.frexp(largest)[1])) if largest > 0 else weights
 
 
 def unshared(array, parameters: np.ndarray):

@@ -23,7 +23,7 @@ from fastbp._threads import BY_ROWS, blas_threads, checked_thread_count, \
 from fastbp.callbacks import ProgressBar, checked_callbacks
 from fastbp._validation import as_inputs, as_row_weights, as_sample_weight, as_targets, \
     check_fits_dtype, check_in_dtype, check_verbose, dense_targets, distinct_rows, one_hot, \
-    real_number, unshared, whole_number
+    real_number, unit_scaled, unshared, whole_number
 from fastbp.model import MLP, check_allocation
 
 
@@ -416,20 +416,25 @@ class Trainer:
         # Data that views the parameters would change under the fit's own steps: a copy.
         X, targets, labels = (unshared(array, model._params) for array in (X, targets, labels))
         weights = self._row_weights(sample_weight, targets, labels, loss, X.shape[0],
-                                    model.layer_sizes[-1], model.dtype, rows)
+                                    model.layer_sizes[-1], rows)
         X, targets, labels, weights, validation = self._split(
             model, loss, X, targets, labels, weights, validation_data, validation_split)
-        if weights is not None and validation_split and not weights.any():
-            # the rows left to train on must not all weigh 0 either (every batch skipped)
-            raise ValueError("the row weights (sample_weight, class_weight) of the rows "
-                             "left to train on after validation_split sum to 0")
+        if weights is not None:
+            if validation_split and not weights.any():
+                # the rows left to train on must not all weigh 0 (every batch skipped)
+                raise ValueError("the row weights (sample_weight, class_weight) of the rows "
+                                 "left to train on after validation_split sum to 0")
+            # (after the split: a held-out row's weight, which nothing reads, made a
+            # float32 fit refuse the ratio of its weights)
+            weights = as_row_weights(weights, model.dtype)
         return _FitData(X, targets, labels, weights, validation, rows)
 
     # ---- helpers of the loop ----
     def _row_weights(self, sample_weight, targets, labels, loss, n_samples, n_classes_of_model,
-                     dtype, rows=None):
-        """Per-row weights from sample_weight and class_weight, or None for all ones; a fit
-        on some rows balances the classes of those rows."""
+                     rows=None):
+        """Per-row weights from sample_weight and class_weight (float64, each finite and >=
+        0; as_row_weights makes them the model's), or None for all ones; a fit on some rows
+        balances the classes of those rows."""
         weights = None
         if sample_weight is not None:
             weights = as_sample_weight(sample_weight, n_samples)
@@ -445,11 +450,13 @@ class Trainer:
                 table = class_weight_table(self.class_weight, n_classes)
             class_weights = table[classes]
             if weights is not None:
-                with np.errstate(over="ignore"):      # (as_row_weights refuses an overflow)
-                    weights = weights * class_weights
+                # each factor scaled first, as as_row_weights scales their product (a
+                # common factor changes nothing): 1e-300 x 1e-30 underflowed to 0, and
+                # 1e300 x 1e300 overflowed, where their ratios are ordinary
+                weights = unit_scaled(weights) * unit_scaled(class_weights)
             else:
                 weights = class_weights
-        return None if weights is None else as_row_weights(weights, dtype)
+        return weights
 
     @staticmethod
     def _split(model, loss, X, targets, labels, weights, validation_data, validation_split):

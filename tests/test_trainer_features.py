@@ -1767,19 +1767,62 @@ def test_subclasses_of_fastbps_rules_are_checked_as_the_rules_are():
     np.testing.assert_array_equal(*trained)
 
 
-def test_row_weights_that_overflow_are_refused_without_numpys_warning():
-    """sample_weight times class_weight past float64: one clear ValueError, no NumPy
-    RuntimeWarning about an overflow in multiply before it; the model as it was."""
-    X = np.random.default_rng(0).normal(size=(20, 3))
-    y = (X[:, 0] > 0).astype(int)
-    model = fastbp.MLP([3, 4, 2], ["relu", "softmax"], seed=0)
-    before = model.parameter_vector().copy()
-    trainer = fastbp.Trainer("cce", epochs=1, seed=0, class_weight={0: 1e300, 1: 1e300})
+@pytest.mark.parametrize("sample_scale, class_scale", [(2.0 ** 996, 2.0 ** 996),
+                                                        (2.0 ** -996, 2.0 ** -100),
+                                                        (2.0 ** -996, 2.0 ** -66),
+                                                        (2.0 ** -664, 2.0 ** 664)])
+def test_sample_and_class_weights_of_any_scale_train_as_their_ratios(sample_scale,
+                                                                    class_scale):
+    """sample_weight times class_weight was formed before its power-of-two scaling: past
+    float64 it was refused ("overflow float64") and below it the product lost digits
+    (2^-996 x 2^-66: the parameters 1e-5 off) or was refused as summing to 0 (2^-996 x
+    2^-100), while each factor alone trained exactly as at scale 1. Now each factor is
+    scaled first: powers of two change no bit, and no NumPy warning."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 5))
+    y = rng.integers(0, 3, 40)
+    sample_weight = rng.uniform(0.5, 2.0, 40)
+    class_weight = {0: 1.0, 1: 0.75, 2: 1.5}
+
+    def fit(sample_factor, class_factor):
+        model = fastbp.MLP([5, 4, 3], ["tanh", "softmax"], dtype="float64", seed=0)
+        trainer = fastbp.Trainer("cce", optimizer="adam", learning_rate=0.01, batch_size=7,
+                                 epochs=2, seed=0, n_threads=1, class_weight={
+                                     key: value * class_factor
+                                     for key, value in class_weight.items()})
+        trainer.fit(model, X, y, sample_weight=sample_weight * sample_factor)
+        return model.parameter_vector()
+
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        with pytest.raises(ValueError, match="overflow float64"):
-            trainer.fit(model, X, y, sample_weight=np.full(20, 1e300))
-    np.testing.assert_array_equal(model.parameter_vector(), before)
+        scaled = fit(sample_scale, class_scale)
+    np.testing.assert_array_equal(scaled, fit(1.0, 1.0))
+
+
+def test_a_held_out_rows_weight_does_not_decide_what_the_fit_can_hold():
+    """validation_split holds out the last rows, whose weights nothing reads (the
+    validation loss is unweighted), yet the float32 range check of the weights counted
+    them: one held-out row weighing 1e39 made the fit refuse the ratio of its weights."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(30, 4)).astype(np.float32)
+    y = rng.integers(0, 3, 30)
+
+    def fit(weights):
+        model = fastbp.MLP([4, 5, 3], ["tanh", "softmax"], seed=0, dtype="float32")
+        history = fastbp.Trainer("cce", epochs=2, batch_size=8, seed=0, n_threads=1).fit(
+            model, X, y, sample_weight=weights, validation_split=0.3)
+        return model.parameter_vector(), history.history["val_loss"]
+
+    weights = np.linspace(0.5, 2.0, 30)
+    heavy = weights.copy()
+    heavy[-1] = 1e39                      # row 29: held out (rows 21..29)
+    parameters, validation_loss = fit(weights)
+    heavy_parameters, heavy_validation_loss = fit(heavy)
+    np.testing.assert_array_equal(heavy_parameters, parameters)
+    assert heavy_validation_loss == validation_loss
+    heavy[:21] = 0                        # the rows left to train on weigh nothing
+    with pytest.raises(ValueError, match="left to train on after validation_split sum to 0"):
+        fit(heavy)
 
 
 def test_a_schedule_subclass_that_keeps_its_own_state_is_not_checked_as_its_base():
