@@ -27,6 +27,23 @@ from fastbp._validation import as_inputs, as_row_weights, as_sample_weight, as_t
 from fastbp.model import MLP, check_allocation
 
 
+def trained_weights(factors: np.ndarray, rows=None) -> np.ndarray:
+    """The row weights of a fit from their factors (_weight_factors' columns, of the rows
+    left after validation_split): their product over the rows trained on (all, or `rows`;
+    the others weigh 0), each factor first scaled by the power of two that puts its
+    largest there near 1, as as_row_weights scales the product (a common factor changes
+    nothing): 1e-300 x 1e-30 underflowed to 0 and 1e300 x 1e300 overflowed, where their
+    ratios are ordinary."""
+    if rows is not None:
+        kept = np.zeros_like(factors)
+        kept[rows] = factors[rows]
+        factors = kept
+    weights = unit_scaled(factors[:, 0])
+    for column in range(1, factors.shape[1]):
+        weights = weights * unit_scaled(factors[:, column])
+    return weights
+
+
 def _no_model():
     """Stands for a weak reference to no model (a trainer fresh from pickle)."""
     return None
@@ -415,29 +432,31 @@ class Trainer:
             rows = distinct_rows(rows, X.shape[0])
         # Data that views the parameters would change under the fit's own steps: a copy.
         X, targets, labels = (unshared(array, model._params) for array in (X, targets, labels))
-        weights = self._row_weights(sample_weight, targets, labels, loss, X.shape[0],
-                                    model.layer_sizes[-1], rows)
-        X, targets, labels, weights, validation = self._split(
-            model, loss, X, targets, labels, weights, validation_data, validation_split)
-        if weights is not None:
+        factors = self._weight_factors(sample_weight, targets, labels, loss, X.shape[0],
+                                       model.layer_sizes[-1], rows)
+        X, targets, labels, factors, validation = self._split(
+            model, loss, X, targets, labels, factors, validation_data, validation_split)
+        weights = None
+        if factors is not None:
+            # (after the split, over the rows trained on: a held-out row's weight, which
+            # nothing reads, made a float32 fit refuse the ratio of its weights)
+            weights = trained_weights(factors, rows)
             if validation_split and not weights.any():
                 # the rows left to train on must not all weigh 0 (every batch skipped)
                 raise ValueError("the row weights (sample_weight, class_weight) of the rows "
                                  "left to train on after validation_split sum to 0")
-            # (after the split: a held-out row's weight, which nothing reads, made a
-            # float32 fit refuse the ratio of its weights)
             weights = as_row_weights(weights, model.dtype)
         return _FitData(X, targets, labels, weights, validation, rows)
 
     # ---- helpers of the loop ----
-    def _row_weights(self, sample_weight, targets, labels, loss, n_samples, n_classes_of_model,
-                     rows=None):
-        """Per-row weights from sample_weight and class_weight (float64, each finite and >=
-        0; as_row_weights makes them the model's), or None for all ones; a fit on some rows
-        balances the classes of those rows."""
-        weights = None
+    def _weight_factors(self, sample_weight, targets, labels, loss, n_samples,
+                        n_classes_of_model, rows=None):
+        """The row weights' factors, a column each (float64, finite, >= 0; trained_weights
+        forms the weights): sample_weight, class_weight's weight of each row's class; None
+        for all ones. A fit on some rows balances the classes of those rows."""
+        factors = []
         if sample_weight is not None:
-            weights = as_sample_weight(sample_weight, n_samples)
+            factors.append(as_sample_weight(sample_weight, n_samples))
         if self.class_weight is not None:
             n_outputs = targets.shape[1] if targets is not None else n_classes_of_model
             classes, n_classes = loss.classes_of(targets, labels, n_outputs)
@@ -448,15 +467,8 @@ class Trainer:
                                   out=np.zeros(n_classes), where=counts > 0)
             else:
                 table = class_weight_table(self.class_weight, n_classes)
-            class_weights = table[classes]
-            if weights is not None:
-                # each factor scaled first, as as_row_weights scales their product (a
-                # common factor changes nothing): 1e-300 x 1e-30 underflowed to 0, and
-                # 1e300 x 1e300 overflowed, where their ratios are ordinary
-                weights = unit_scaled(weights) * unit_scaled(class_weights)
-            else:
-                weights = class_weights
-        return weights
+            factors.append(table[classes])
+        return np.column_stack(factors) if factors else None
 
     @staticmethod
     def _split(model, loss, X, targets, labels, weights, validation_data, validation_split):

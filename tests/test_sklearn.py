@@ -1908,9 +1908,9 @@ def test_an_epoch_undone_for_its_l2_term_leaves_every_row_as_it_was(solver, spar
 
 @pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
 def test_the_l2_term_is_summed_once_an_epoch(monkeypatch, sparse):
-    """The epoch's L2 check and its loss record each summed every weight's square (10 of a
-    64-row sparse partial_fit's 44 ms on S1's 100000-256 layer went to the second): the
-    record takes the check's sum, the same number."""
+    """The epoch's L2 check and its loss record each summed every weight's square (about
+    10 ms each on S1's 100000-256 layer, where a 64-row sparse partial_fit took 53-55 ms):
+    the record takes the check's sum, the same number."""
     rng = np.random.default_rng(0)
     X = scipy.sparse.random(64, 20, density=0.2, random_state=1, format="csr")
     y = rng.normal(size=64)

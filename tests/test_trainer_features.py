@@ -1825,6 +1825,48 @@ def test_a_held_out_rows_weight_does_not_decide_what_the_fit_can_hold():
         fit(heavy)
 
 
+@pytest.mark.parametrize("trained_scale", [2.0 ** -66, 2.0 ** -100])
+def test_held_out_weights_do_not_scale_the_trained_ones_with_class_weight(trained_scale):
+    """With class_weight, sample_weight was scaled by its largest over all rows, held-out
+    ones included: trained weights 2^-66 beside a held-out 2^996 became subnormal (the
+    parameters 3e-6 off) or 0 (2^-100: refused as summing to 0). Each factor is now
+    scaled over the rows trained on: the run of the same weights at scale 1."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(30, 4))
+    y = rng.integers(0, 3, 30)
+
+    def fit(weights):
+        model = fastbp.MLP([4, 5, 3], ["tanh", "softmax"], seed=0)
+        fastbp.Trainer("cce", epochs=2, batch_size=8, seed=0, n_threads=1,
+                       class_weight={0: 1.0, 1: 0.5, 2: 2.0}).fit(
+            model, X, y, sample_weight=weights, validation_split=0.3)
+        return model.parameter_vector()
+
+    weights = np.linspace(0.5, 2.0, 30)
+    heavy = weights * trained_scale
+    heavy[-1] = 2.0 ** 996                # row 29: held out
+    np.testing.assert_array_equal(fit(heavy), fit(weights))
+
+
+def test_a_fit_on_some_rows_checks_the_weights_of_those_rows():
+    """fastbp.dask's pieces (Trainer._fit_rows, documented as fit(X[rows], Y[rows])): the
+    weights' range was checked over every row of X, so a float32 piece of class 0 only,
+    under class_weight {0: 1, 1: 1e-39}, was refused for the other class's weight, where
+    the fit of its rows alone trains (the same bits)."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(20, 4)).astype(np.float32)
+    y = np.r_[np.zeros(10, int), np.ones(10, int)]
+    def trainer():
+        return fastbp.Trainer("cce", epochs=1, seed=0, n_threads=1,
+                              class_weight={0: 1.0, 1: 1e-39})
+
+    pieces = fastbp.MLP([4, 5, 2], ["tanh", "softmax"], seed=0, dtype="float32")
+    trainer()._fit_rows(pieces, X, y, rows=np.arange(10))
+    alone = fastbp.MLP([4, 5, 2], ["tanh", "softmax"], seed=0, dtype="float32")
+    trainer().fit(alone, X[:10], y[:10])
+    np.testing.assert_array_equal(pieces.parameter_vector(), alone.parameter_vector())
+
+
 def test_a_schedule_subclass_that_keeps_its_own_state_is_not_checked_as_its_base():
     """A subclass of one of fastbp's schedules that overrides its rate and keeps none of
     the base's attributes (a warm-up on ExponentialDecay) is used as it is (checking it
