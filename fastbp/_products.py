@@ -99,7 +99,7 @@ def choose_products(plan, layer_sizes, dtype, one_thread=True, backward=True, sp
 
 def product_isas(layer_sizes, rows: int, dtype, one_thread=True, backward=True,
                  sparse=False, gemm_chunks=None, measure=True, largest=None, margin=1.0,
-                 first_forward=None):
+                 first_forward=None, checks_inputs=False):
     """A Plan's product_isas for passes of up to `rows` rows of `dtype`: see the module.
     one_thread: BLAS would run these products on one thread; backward: the plan's passes
     take the delta and gradient products too (else only forward ones are measured);
@@ -113,7 +113,10 @@ def product_isas(layer_sizes, rows: int, dtype, one_thread=True, backward=True,
     more than this factor (PASS_OWN_MARGIN for predict and evaluate passes);
     first_forward: (rows, inputs) of the first layer's forward product where the plan's
     passes make it at another shape than (rows, all inputs) in one call (the row split's
-    first layer split by its inputs: each worker's partial product, _threads.row_workspace)."""
+    first layer split by its inputs: each worker's partial product, _threads.row_workspace);
+    checks_inputs: the plan's passes check their inputs as a kept predict pass does
+    (_core's forward_kept: on the first layer's product where the own kernel makes it and
+    it is narrower than X, else on X), so that product is timed with its check."""
     from fastbp import _core
     sizes = [int(size) for size in layer_sizes]
     n_layers = len(sizes) - 1
@@ -131,7 +134,7 @@ def product_isas(layer_sizes, rows: int, dtype, one_thread=True, backward=True,
     # per product
     chunks = None if gemm_chunks is None else tuple(gemm_chunks)
     arguments = (tuple(sizes), rows, dtype, isa, backward, sparse, chunks, largest, margin,
-                 None if first_forward is None else tuple(first_forward))
+                 None if first_forward is None else tuple(first_forward), checks_inputs)
     if arguments in _chosen:
         return list(_chosen[arguments])
     isas, complete = _measured_isas(*arguments)
@@ -141,7 +144,7 @@ def product_isas(layer_sizes, rows: int, dtype, one_thread=True, backward=True,
 
 
 def _measured_isas(sizes, rows, dtype, isa, backward, sparse, gemm_chunks, largest, margin,
-                   first_forward):
+                   first_forward, checks_inputs):
     """(isas, complete): product_isas under "auto", each product measured (own_is_faster),
     with its share of the margin (product_margin); inside a pass (_threads.inside_pass)
     only the products already measured, complete False if one was not."""
@@ -152,7 +155,7 @@ def _measured_isas(sizes, rows, dtype, isa, backward, sparse, gemm_chunks, large
     isas = [0] * (6 * n_layers)
     code = _core.KERNEL_ISAS[isa]
     base = 0 if dtype == np.float32 else 3 * n_layers
-    measured = []    # (index in isas, kind, m, n, k, chunk rows, chunk columns)
+    measured = []    # (index in isas, kind, m, n, k, chunk rows, chunk columns, checked)
     for layer in range(1, n_layers + 1):
         if sparse and layer == 1:
             continue   # the core's sparse loops
@@ -170,13 +173,16 @@ def _measured_isas(sizes, rows, dtype, isa, backward, sparse, gemm_chunks, large
                 continue   # the first layer has no input delta
             if largest is not None and m * n * k > largest:
                 continue
+            # (a first layer narrower than X: the own kernel's pass checks its product,
+            # BLAS's reads X once more to check it, 30% of W1's predict pass here)
+            checked = checks_inputs and layer == 1 and kind == "nn" and n_out < n_in
             measured.append((base + 3 * (layer - 1) + product, kind, m, n, k, chunk_rows,
-                             chunk_columns))
-    pass_multiply_adds = sum(m * n * k for _, _, m, n, k, _, _ in measured)
-    for index, kind, m, n, k, chunk_rows, chunk_columns in measured:
+                             chunk_columns, checked))
+    pass_multiply_adds = sum(m * n * k for _, _, m, n, k, _, _, _ in measured)
+    for index, kind, m, n, k, chunk_rows, chunk_columns, checked in measured:
         share = product_margin(margin, m * n * k, pass_multiply_adds, len(measured))
         faster = own_is_faster(kind, m, n, k, dtype, isa, chunk_rows, chunk_columns, share,
-                               kept_only)
+                               kept_only, checked)
         complete = complete and faster is not None
         if faster:
             isas[index] = code
@@ -208,12 +214,14 @@ def row_bucket(rows: int) -> int:
 
 
 def own_is_faster(kind, m, n, k, dtype, isa, chunk_rows=0, chunk_columns=0,
-                  margin=1.0, kept_only=False) -> bool | None:
+                  margin=1.0, kept_only=False, checked=False) -> bool | None:
     """True if the own kernel of isa takes this product faster than one-thread BLAS here
     (or slower by less than the factor `margin`), each in the calls the plan makes
     (_core.matrix_product's chunks); measured once per shape, chunks, dtype, isa, margin,
     CPU and OpenBLAS core, and cached. kept_only: the answer kept in memory or in the
-    cache file (read without its lock), None if there is none; nothing measured."""
+    cache file (read without its lock), None if there is none; nothing measured.
+    checked: each is timed with the finiteness check its pass makes (a kept predict
+    pass's first product: the own kernel's product checked, BLAS's input)."""
     from fastbp._cache import build_identity, cpu_model, read_cache, settled
     chunk_rows = 0 if chunk_rows >= m else chunk_rows   # 0: whole, however it is written
     chunk_columns = 0 if chunk_columns >= n else chunk_columns
@@ -221,6 +229,8 @@ def own_is_faster(kind, m, n, k, dtype, isa, chunk_rows=0, chunk_columns=0,
            f"{os.environ.get('OPENBLAS_CORETYPE', '')}/{cpu_model()}/{build_identity()}")
     if margin != 1.0:
         key += f"/margin {margin:g}"
+    if checked:
+        key += "/checked"
     from fastbp._threads import measured
     if kept_only:
         found = _measured.get(key)
@@ -234,7 +244,7 @@ def own_is_faster(kind, m, n, k, dtype, isa, chunk_rows=0, chunk_columns=0,
             _measured[key] = settled(
                 CACHE_FILE, key, lambda kept: isinstance(kept, bool),
                 lambda: bool(_measure(kind, m, n, k, dtype, isa, chunk_rows, chunk_columns,
-                                      margin, wait)))
+                                      margin, wait, checked)))
         except MemoryError:   # no room for the operands now: BLAS, not kept on disk
             _measured[key] = False
         return _measured[key]
@@ -242,7 +252,7 @@ def own_is_faster(kind, m, n, k, dtype, isa, chunk_rows=0, chunk_columns=0,
 
 
 def _measure(kind, m, n, k, dtype, isa, chunk_rows=0, chunk_columns=0, margin=1.0,
-             wait=True) -> bool:
+             wait=True, checked=False) -> bool:
     import time
     from fastbp import _core
     from fastbp._threads import blas_threads
@@ -253,18 +263,24 @@ def _measure(kind, m, n, k, dtype, isa, chunk_rows=0, chunk_columns=0, margin=1.
     alpha, beta = (-1e-3, 1.0) if kind == "tn" else (1.0, 0.0)
     times = {isa: [], "blas": []}
     repeats = {}
+
+    def run(backend, count):
+        _core.matrix_product(kind, a, b, c, alpha, beta, backend, count, chunk_rows,
+                             chunk_columns)
+        if checked:     # the product's check, as the pass makes it (own_is_faster)
+            for _ in range(count):
+                _core.all_finite(a if backend == "blas" else c)
+
     with blas_threads(1, wait=wait):
         for backend in times:
             started = time.perf_counter()
-            _core.matrix_product(kind, a, b, c, alpha, beta, backend, 1, chunk_rows,
-                                 chunk_columns)
+            run(backend, 1)
             once = time.perf_counter() - started
             repeats[backend] = max(1, int(MEASURE_SECONDS / max(once, 1e-7)))
         for _ in range(MEASURE_ROUNDS):
             for backend in times:
                 started = time.perf_counter()
-                _core.matrix_product(kind, a, b, c, alpha, beta, backend, repeats[backend],
-                                     chunk_rows, chunk_columns)
+                run(backend, repeats[backend])
                 times[backend].append((time.perf_counter() - started) / repeats[backend])
     return bool(np.median(times[isa]) < margin * np.median(times["blas"]))
 

@@ -434,7 +434,8 @@ class MLP:
             measure=fixed_rows or repeated or (few_rows and n_rows > _core.PREDICTOR_ROWS),
             largest=None if fixed_rows else PASS_MEASURE_MAX_MULTIPLY_ADDS,
             # a forward pass's lone chunk is shared among threads only without BLAS
-            margin=PASS_OWN_MARGIN if few_rows and not fixed_rows else 1.0))
+            margin=PASS_OWN_MARGIN if few_rows and not fixed_rows else 1.0,
+            checks_inputs=few_rows and not fixed_rows))
         return plan, np.empty(plan.work_size * copies if allocate else 0, dtype=self.dtype)
 
     def _pass_plan(self, n_samples: int, backward=False, n_threads=None, sparse=False,

@@ -209,6 +209,45 @@ def test_the_bucket_plan_times_blas_in_its_own_calls(monkeypatch, fresh):
 
 
 @needs_kernels
+@pytest.mark.parametrize("sizes, checked", [(SIZES, [True, False, False]),
+                                            ([20, 29, 5], [False, False])])
+def test_a_passs_first_product_is_timed_with_the_check_it_makes(monkeypatch, fresh, sizes,
+                                                               checked):
+    """A kept predict pass checks X on its first product where the own kernel makes it
+    and it is narrower than X, else by reading X once more (forward_kept): W1's pass ran
+    30% faster on the own kernels here, while the product alone was level with BLAS, so a
+    measurement of the product alone took BLAS about one time in three. That product is
+    timed with its check; a fit's plan (its inputs checked once) is not."""
+    monkeypatch.setenv(_products.KERNELS_VARIABLE, "auto")
+    calls = []
+    monkeypatch.setattr(_products, "own_is_faster",
+                        lambda *args: calls.append(args) or False)
+    model = fastbp.MLP(sizes, ["tanh"] * (len(sizes) - 2) + ["softmax"], seed=0)
+    model._workspace(128, n_threads=1, few_rows=True, fixed_rows=False)
+    assert [call[:4] for call in calls] == [("nn", 128, n_out, n_in)
+                                            for n_in, n_out in zip(sizes, sizes[1:])]
+    assert [call[10] for call in calls] == checked
+    calls.clear()
+    model._workspace(128, n_threads=1)
+    assert calls and not any(call[10] for call in calls)
+
+
+def test_a_checked_measurement_times_the_check_of_what_the_pass_checks(monkeypatch):
+    """BLAS's time takes the check of its input (m x k), the own kernel's that of its
+    product (m x n), once a product, as forward_kept makes them."""
+    isa = _products.kernel_isa() or "baseline"
+    checked = []
+    all_finite = _core.all_finite
+    monkeypatch.setattr(_core, "all_finite",
+                        lambda array: checked.append(array.shape) or all_finite(array))
+    _products._measure("nn", 48, 8, 40, np.float32, isa, checked=True)
+    assert set(checked) == {(48, 40), (48, 8)}
+    checked.clear()
+    _products._measure("nn", 48, 8, 40, np.float32, isa)
+    assert checked == []
+
+
+@needs_kernels
 def test_a_pass_takes_the_own_kernel_where_blas_is_faster_only_within_the_margin(
         monkeypatch, fresh):
     """The own kernel 3% slower than BLAS: a fit's plan takes BLAS, a predict pass's the
@@ -786,7 +825,7 @@ def test_w1s_output_product_keeps_the_own_kernel_unless_blas_saves_much(monkeypa
     margins = {}
 
     def measure(kind, m, n, k, dtype, isa, chunk_rows=0, chunk_columns=0, margin=1.0,
-                wait=True):
+                wait=True, checked=False):
         margins[(kind, m, n, k)] = margin
         own, blas = (3.5, 3.2) if n == 10 else (100.0, 100.0)
         return own < margin * blas
