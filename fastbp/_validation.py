@@ -454,9 +454,13 @@ def as_row_weights(weights: np.ndarray, dtype: np.dtype) -> np.ndarray:
     smallest = float(scaled[scaled > 0].min())
     info = np.finfo(dtype)
     if smallest < info.tiny:
+        least = float(weights[weights > 0].min())
+        ratio = largest / least     # (past float64: "inf" said nothing)
+        ratio = f"{ratio:.3g}" if ratio < np.inf else \
+            f"about 1e{np.log10(largest) - np.log10(least):.0f}"
         raise ValueError(f"the row weights (sample_weight, class_weight) span a ratio of "
-                         f"{largest / float(weights[weights > 0].min()):.3g} between the largest "
-                         f"and the smallest nonzero one, more than the model's "
+                         f"{ratio} between the largest and the smallest nonzero one, more "
+                         f"than the model's "
                          f"{np.dtype(dtype).name} holds ({1 / float(info.tiny):.3g}); "
                          f"set the smallest to 0 or use a float64 model")
     return scaled.astype(dtype)

@@ -435,6 +435,9 @@ class MLP:
             largest=None if fixed_rows else PASS_MEASURE_MAX_MULTIPLY_ADDS,
             # a forward pass's lone chunk is shared among threads only without BLAS
             margin=PASS_OWN_MARGIN if few_rows and not fixed_rows else 1.0,
+            # timed as a kept predict pass checks its inputs (on the first product): every
+            # forward pass of a shape (predict's other paths, evaluate, validation) takes
+            # that one choice, so they give predict's outputs bit for bit
             checks_inputs=few_rows and not fixed_rows))
         return plan, np.empty(plan.work_size * copies if allocate else 0, dtype=self.dtype)
 

@@ -1799,6 +1799,27 @@ def test_sample_and_class_weights_of_any_scale_train_as_their_ratios(sample_scal
     np.testing.assert_array_equal(scaled, fit(1.0, 1.0))
 
 
+@pytest.mark.parametrize("exponent, message", [
+    (600, "past what float64 holds"), (530, r"span a ratio of about 1e319 between")])
+def test_row_weights_past_float64_are_refused_by_name(exponent, message):
+    """A row whose weights' product is 2^-1200 of the largest trained silently at weight 0
+    (the product underflowed), where a smaller ratio (2^-1060: subnormal) was refused, as
+    "a ratio of inf". Both are refused, saying how large the ratio is; the model as it
+    was."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(20, 3))
+    y = np.arange(20) % 2
+    sample_weight = np.ones(20)
+    sample_weight[0] = 2.0 ** -exponent          # row 0: class 0
+    model = fastbp.MLP([3, 4, 2], ["tanh", "softmax"], seed=0)
+    before = model.parameter_vector().copy()
+    trainer = fastbp.Trainer("cce", epochs=1, seed=0, n_threads=1,
+                             class_weight={0: 2.0 ** -exponent, 1: 1.0})
+    with pytest.raises(ValueError, match=message):
+        trainer.fit(model, X, y, sample_weight=sample_weight)
+    np.testing.assert_array_equal(model.parameter_vector(), before)
+
+
 def test_a_held_out_rows_weight_does_not_decide_what_the_fit_can_hold():
     """validation_split holds out the last rows, whose weights nothing reads (the
     validation loss is unweighted), yet the float32 range check of the weights counted
