@@ -153,8 +153,7 @@ class _ScikitLearnRule(Callback):
         self.stopped = False
 
     def on_epoch_end(self, epoch, logs):
-        l2_term = self.l2_check.take() if self.l2_check is not None else None
-        if self.estimator._end_of_epoch(logs, self.n_train, l2_term):
+        if self.estimator._end_of_epoch(logs, self.n_train, self.l2_check):
             self.stopped = True
             return True
         return None
@@ -517,8 +516,7 @@ class _BaseMLP(BaseEstimator):
                                               sample_weight=weights_train)
                 if history.epochs:
                     self._end_of_epoch({key: values[-1] for key, values in
-                                        history.history.items()}, n_train,
-                                       l2_check.take() if l2_check is not None else None)
+                                        history.history.items()}, n_train, l2_check)
                 stopped = False
             else:
                 trainer.epochs = int(self.max_iter)
@@ -740,11 +738,12 @@ class _BaseMLP(BaseEstimator):
         """The L2 term scikit-learn adds to an epoch's loss, from the weights at its end."""
         return self._penalty * sum(float(np.vdot(w, w)) for w in self.model_.weights)
 
-    def _end_of_epoch(self, logs, n_train, l2_term=None) -> bool:
+    def _end_of_epoch(self, logs, n_train, l2_check=None) -> bool:
         """Record an epoch as scikit-learn does and apply its stopping rule; True: stop.
-        l2_term: the loss's L2 term from the weights at the epoch's end, where known."""
+        l2_check: the fit's _L2TermCheck, whose sum for this epoch is taken if it made one."""
         loss = float(logs["loss"]) * self._reported_scale()
         if self._penalty:
+            l2_term = l2_check.take() if l2_check is not None else None
             loss += self._l2_term() if l2_term is None else l2_term
         self.n_iter_ += 1
         self.t_ += n_train
