@@ -314,6 +314,18 @@ SPLITS = ("rows", "inputs", "hidden", "blas")
 ROW_SPLITS = {"rows": BY_ROWS, "inputs": BY_INPUTS, "hidden": BY_HIDDEN}   # (by name)
 
 
+def threads_record(n_workers: int, n_blas_threads: int, split) -> dict:
+    """History.threads of an epoch on n_workers workers of n_blas_threads BLAS threads
+    each: the thread count and the FASTBP_SPLIT value that pins that way (None for one
+    thread, and for a sparse X's epoch, split None, whose bits do not depend on it)."""
+    name = None
+    if split is not None and n_workers > 1:
+        name = next(name for name, code in ROW_SPLITS.items() if code == split)
+    elif split is not None and n_blas_threads > 1:
+        name = "blas"
+    return {"n_threads": n_workers * n_blas_threads, "split": name}
+
+
 def forced_split():
     """FASTBP_SPLIT as one of SPLITS, or None when unset (anything else is an error)."""
     from fastbp import _core

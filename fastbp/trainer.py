@@ -19,7 +19,7 @@ import numpy as np
 
 from fastbp import _core, losses, metrics as metrics_module, optimizers, schedules
 from fastbp._threads import BY_ROWS, blas_threads, checked_thread_count, \
-    fit_threads, row_workspace, sparse_fit_threads, split_flags
+    fit_threads, row_workspace, sparse_fit_threads, split_flags, threads_record
 from fastbp.callbacks import ProgressBar, checked_callbacks
 from fastbp._validation import as_inputs, as_row_weights, as_sample_weight, as_targets, \
     check_fits_dtype, check_in_dtype, check_verbose, dense_targets, distinct_rows, one_hot, \
@@ -64,6 +64,12 @@ class History:
     diverged: bool = False              # stopped because the loss was not finite
     interrupted: bool = False           # stopped by Ctrl-C (SIGINT)
     stopped_early: bool = False         # stopped by a callback or the time budget
+    # How the fit used its threads: {"n_threads": T, "split": S}, S the FASTBP_SPLIT value
+    # that pins the way T > 1 threads share a dense fit's steps, which is measured on the
+    # machine and changes the rounding (None: one thread, or a sparse X, whose bits do not
+    # depend on the count); None before the first epoch runs, and from fastbp.dask.fit
+    # (its history.placement gives each block's threads)
+    threads: dict | None = None
 
     @property
     def loss(self) -> list:
@@ -414,6 +420,7 @@ class Trainer:
                     history.interrupted = True
                 if n_epochs == 1:   # loops of one-epoch fits pay for new memory each call
                     self._buffers = epoch.buffers
+                history.threads = epoch.threads_used
         except BaseException:
             if loop is None or not loop.stepped:
                 self._state, self._state_key, self._step, self._moving_rows = kept
@@ -679,6 +686,7 @@ class _CompiledEpoch:
         # _threads.sparse_fit_threads.
         self.sparse = data.X if isinstance(data.X, _core.SparseRows) else None
         self.thread_choice, self.split = None, BY_ROWS
+        self.threads_used = None        # (History.threads: set as each epoch starts)
         if self.sparse is not None:
             key = (tuple(model.layer_sizes), self.batch_size, str(model.dtype),
                    repr(optimizer), spec.weight_decay, bool(trainer.decoupled_weight_decay),
@@ -750,6 +758,8 @@ class _CompiledEpoch:
         np.copyto(self.backup, model._params[self.kept:])
         np.copyto(self.state_backup, state[:, self.kept:])
         n_workers = self.n_workers if self.thread_choice is None else self.thread_choice.next()
+        self.threads_used = threads_record(n_workers, self.n_threads,
+                                           None if self.sparse is not None else self.split)
         started = time.perf_counter()
         try:
             loss_total, weight_total, trained, status = _core.train_epoch(

@@ -840,3 +840,52 @@ def test_a_choice_measured_with_other_kernels_is_measured_again(cache, measureme
     _threads.fit_threads(SIZES, CODES, 32, "float32")
     assert len(measurements) == 2
     assert len(json.loads((cache / _threads.CACHE_FILE).read_text())["choices"]) == 2
+
+
+def test_the_history_names_the_way_and_pinning_it_gives_the_same_bits(cache, monkeypatch):
+    """Each way of two threads rounds differently, and which one n_threads=2 takes is
+    measured: history.threads names it, and n_threads with FASTBP_SPLIT set to that name
+    gives the same bits where a fresh cache measures another way (the measurement replaced
+    by a fixed answer: each way in turn)."""
+    rng = np.random.default_rng(4)
+    X = rng.standard_normal((96, 12))
+    y = rng.integers(0, 4, 96)
+
+    def fit(n_threads=2):
+        model = fastbp.MLP([12, 24, 4], ["relu", "softmax"], seed=3)
+        history = fastbp.Trainer("cce", learning_rate=0.1, epochs=2, batch_size=32, seed=5,
+                                 n_threads=n_threads).fit(model, X, y)
+        return history.threads, model.parameter_vector()
+
+    monkeypatch.delenv(_threads.SPLIT_VARIABLE, raising=False)
+    assert fit(1)[0] == {"n_threads": 1, "split": None}
+    results = {}
+    for name in _threads.SPLITS:
+        way = _threads.split_threads((12, 24, 4), 32, 2, _threads.ROW_SPLITS[name]) \
+            if name != "blas" else (1, 2, _threads.BY_ROWS)
+        monkeypatch.setattr(_threads, "_measured", {})
+        monkeypatch.setattr(_threads, "_measure", lambda *args, way=way, **kw: way)
+        monkeypatch.setenv("FASTBP_CACHE_DIR", str(cache / name))
+        threads, measured = fit()
+        assert threads == {"n_threads": 2, "split": name}
+        monkeypatch.setenv(_threads.SPLIT_VARIABLE, name)
+        monkeypatch.setattr(_threads, "_measure", None)     # pinned: nothing is measured
+        assert fit()[1].tobytes() == measured.tobytes()
+        monkeypatch.delenv(_threads.SPLIT_VARIABLE)
+        results[name] = measured
+    # (the ways do round differently: the record is what reproduces a run)
+    assert len({vector.tobytes() for vector in results.values()}) > 1
+    for vector in results.values():
+        np.testing.assert_allclose(vector, results["rows"], rtol=1e-4, atol=1e-6)  # float32
+
+
+def test_a_sparse_fit_names_its_count_and_no_way():
+    import scipy.sparse
+    X = scipy.sparse.random(64, 40, density=0.1, format="csr", random_state=1)
+    y = np.arange(64) % 3
+    for n_threads in (1, 2):
+        model = fastbp.MLP([40, 8, 3], ["relu", "softmax"], seed=3)
+        history = fastbp.Trainer("cce", optimizer="adam", epochs=1, batch_size=16,
+                                 n_threads=n_threads).fit(model, X, y)
+        assert history.threads == {"n_threads": n_threads, "split": None}
+    assert fastbp.Trainer("cce", epochs=0).fit(model, X, y).threads is None
