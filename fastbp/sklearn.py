@@ -59,13 +59,19 @@ LEARNING_RATES = ("constant", "invscaling", "adaptive")
 # Hidden activations: fastbp's, plus scikit-learn's name for the sigmoid.
 HIDDEN_ACTIVATIONS = ("logistic",) + tuple(a for a in ACTIVATIONS if a != "softmax")
 _FASTBP_ACTIVATION = {"logistic": "sigmoid"}
-# Half the squared error, scikit-learn's squared loss, is exactly fastbp's Huber loss with a
-# delta that no finite float32 or float64 difference exceeds.
-_UNBOUNDED_DELTA = float(np.finfo(np.float32).max)
-# scikit-learn's names for losses fastbp knows by other names (or builds), then fastbp's
-# own regression losses.
-_SCIKIT_LEARN_LOSSES = {"squared_error": lambda: losses.Huber(delta=_UNBOUNDED_DELTA),
-                        "absolute_error": losses.MeanAbsoluteError}
+
+
+def _squared_error(dtype):
+    """Half the squared error, scikit-learn's squared loss: exactly fastbp's Huber loss with
+    a delta that no finite difference in the model's dtype exceeds, its largest number
+    (float32's capped a float64 model's errors past 3.4e38: a linear loss there)."""
+    return losses.Huber(delta=float(np.finfo(dtype).max))
+
+
+# scikit-learn's names for losses fastbp knows by other names (or builds), each made for
+# the model's dtype, then fastbp's own regression losses.
+_SCIKIT_LEARN_LOSSES = {"squared_error": _squared_error,
+                        "absolute_error": lambda dtype: losses.MeanAbsoluteError()}
 REGRESSION_LOSSES = tuple(_SCIKIT_LEARN_LOSSES) + tuple(
     name for name in losses.REGISTRY.canonical_names if not losses.get(name).is_classification)
 _SEED_LIMIT = 2**31 - 1
@@ -1256,7 +1262,8 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
             raise _parameter_error(self, "loss", f"one of {REGRESSION_LOSSES} or a "
                                    f"fastbp.losses.Huber", loss)
         if loss in _SCIKIT_LEARN_LOSSES:
-            return _SCIKIT_LEARN_LOSSES[loss]()
+            model = getattr(self, "model_", None)     # (none yet: checking the name only)
+            return _SCIKIT_LEARN_LOSSES[loss](np.float32 if model is None else model.dtype)
         return losses.get(loss)
 
     def _network_options(self):

@@ -427,6 +427,25 @@ def test_squared_error_is_half_the_mean_squared_error():
     assert mse.loss_ == pytest.approx(np.mean((mse.predict(X) - Y) ** 2), rel=1e-9)
 
 
+@pytest.mark.parametrize("solver", ["sgd", "lbfgs"])
+def test_squared_error_stays_quadratic_past_float32_in_a_float64_model(solver):
+    """Errors of 1e40 (past float32's largest number) in float64: the loss and its gradient
+    are scikit-learn's (the squared error was a Huber loss capped at float32's largest,
+    linear beyond: loss_ 2.5e78 against 4.3e79)."""
+    rng = np.random.RandomState(0)
+    X = rng.normal(size=(50, 2))
+    y = X[:, 0] * 1e40
+    settings = dict(hidden_layer_sizes=(3,), solver=solver, alpha=0.0, random_state=0,
+                    max_iter=1 if solver == "sgd" else 5)
+    if solver == "sgd":
+        settings.update(learning_rate_init=1e-40, momentum=0.0, batch_size=50, shuffle=False)
+    ours = quiet(MLPRegressor(dtype="float64", **settings).fit, X, y)
+    theirs = quiet(neural_network.MLPRegressor(**settings).fit, X, y)
+    assert ours.loss_ == pytest.approx(theirs.loss_, rel=1e-9)
+    for mine, its in zip(ours.coefs_ + ours.intercepts_, theirs.coefs_ + theirs.intercepts_):
+        np.testing.assert_allclose(mine, its, rtol=1e-7, atol=1e-12)
+
+
 def test_unsupported_regression_losses():
     X, y = make_regression(n_samples=20, n_features=2, random_state=0)
     with pytest.raises(ValueError, match="poisson"):
