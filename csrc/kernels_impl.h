@@ -239,6 +239,19 @@ static inline double FBP_NAME(fbp_sum_squares)(const FBP_T *x, ptrdiff_t n)
     return total;
 }
 
+/* Sum of squares of scale * x, in double: the norm of values whose squares overflow double
+   (fastbp/_core.pyx, gradient_norm), scale a power of two. */
+static inline double FBP_NAME(fbp_sum_squares_scaled)(const FBP_T *x, ptrdiff_t n,
+                                                      double scale)
+{
+    double total = 0;
+    for (ptrdiff_t i = 0; i < n; i++) {
+        double value = scale * x[i];
+        total += value * value;
+    }
+    return total;
+}
+
 /* x <- factor * x */
 static inline void FBP_NAME(fbp_scale)(FBP_T *x, ptrdiff_t n, FBP_T factor)
 {

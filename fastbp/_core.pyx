@@ -31,7 +31,7 @@ Benchmark-only code lives in _bench.pxi.
 """
 from cython cimport floating
 from libc.float cimport DBL_MAX, FLT_MAX
-from libc.math cimport fabs, frexp, isfinite, ldexp, pow, sqrt
+from libc.math cimport INFINITY, fabs, frexp, isfinite, ldexp, pow, sqrt
 from libc.stdint cimport uint64_t
 from libc.stdlib cimport calloc, malloc, free
 from libc.string cimport memcpy, memset
@@ -1930,13 +1930,33 @@ cdef inline void step_values(const HyperparameterData* hyper, floating* params,
                            row_length)
 
 
+cdef double gradient_norm(double squares, const floating* grads, Py_ssize_t n) noexcept nogil:
+    """The norm of the gradient grads[:n] whose sum of squares, summed in double, is
+    `squares`. Where that sum overflowed (float64 gradients past about 1e154) the values
+    are scaled by a power of two and summed again: read as infinite, the norm made
+    clipping's factor 0, and the fit went on without a step and without a word."""
+    cdef int negative = 0, exponent
+    cdef double largest
+    if squares == INFINITY:
+        largest = fbp_largest_magnitude(grads, n, &negative)
+        if isfinite(largest):
+            frexp(largest, &exponent)
+            return ldexp(sqrt(fbp_sum_squares_scaled(grads, n, ldexp(1.0, -exponent))),
+                         exponent)
+    return sqrt(squares)
+
+
+cdef inline double clip_factor(const HyperparameterData* hyper, double norm) noexcept nogil:
+    """torch.nn.utils.clip_grad_norm_'s factor: g *= min(1, max_norm / (norm + 1e-6))."""
+    return min(hyper.clip_norm / (norm + 1e-6), 1.0)
+
+
 cdef void clip_and_update(const PlanData* plan, HyperparameterData* hyper, floating* params,
                           floating* grads, floating* first, floating* second) noexcept nogil:
     """One optimizer step from the whole gradient in grads, clipped by its norm first."""
     cdef int l
-    # torch.nn.utils.clip_grad_norm_: g *= min(1, max_norm / (norm + 1e-6))
-    cdef double norm = sqrt(fbp_sum_squares(grads, plan.n_params))
-    cdef double coefficient = hyper.clip_norm / (norm + 1e-6)
+    cdef double coefficient = clip_factor(hyper, gradient_norm(
+        fbp_sum_squares(grads, plan.n_params), grads, plan.n_params))
     if coefficient < 1:
         fbp_scale(grads, plan.n_params, <floating>coefficient)
     hyper.step += 1

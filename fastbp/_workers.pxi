@@ -644,10 +644,13 @@ cdef void worker_loop(floating* kind, WorkerArgument* argument) noexcept nogil:
             squares = 0
             for j in range(T):
                 squares += s.squares[j]
-            # torch.nn.utils.clip_grad_norm_: g *= min(1, max_norm / (norm + 1e-6))
-            coefficient = hyper.clip_norm / (sqrt(squares) + 1e-6)
+            coefficient = clip_factor(&hyper, gradient_norm(squares, <floating*>s.grads,
+                                                            plan.n_params))
+            if squares == INFINITY:
+                # (every worker read every part for the norm: none scales its own before)
+                wait_at_barrier(s, &waiting)
             for l in range(1, plan.n_layers + 1):
-                step_part(s, &hyper, params, k, l, <floating>min(coefficient, 1.0))
+                step_part(s, &hyper, params, k, l, <floating>coefficient)
         else:
             for l in range(plan.n_layers, 0, -1):
                 update_part(s, &hyper, params, k, l, m, x, True, NULL)

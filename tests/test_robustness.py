@@ -405,6 +405,32 @@ def test_a_fit_whose_float32_update_overflows_is_rolled_back_with_a_warning():
     assert history.diverged and model.to_bytes() == before
 
 
+@pytest.mark.parametrize("split", [None, "rows", "blas"])
+def test_clipping_takes_the_norm_of_a_float64_gradient_whose_squares_overflow(
+        split, monkeypatch):
+    """A finite float64 gradient of about 2e300: its sum of squares overflows double. The
+    step is still clipped to clip_norm along the gradient (before, the norm read as
+    infinite made the factor 0: 40 steps moved nothing, without a warning), on one thread
+    and on two (the row split sums the workers' squares)."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(64, 3)) * 1e150
+    y = X[:, :1] * 2e-150
+    model = fastbp.MLP([3, 1], ["identity"], dtype="float64", seed=0)
+    _, (weight_gradient,), (bias_gradient,) = model.gradients(X, y, "mse")
+    gradient = np.concatenate([weight_gradient.ravel(), bias_gradient])
+    largest = np.abs(gradient).max()
+    direction = gradient / largest / np.linalg.norm(gradient / largest)
+    before = model.parameter_vector()
+    if split is not None:
+        monkeypatch.setenv("FASTBP_SPLIT", split)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fastbp.Trainer("mse", learning_rate=0.1, epochs=1, batch_size=64, clip_norm=1.0,
+                       shuffle=False, n_threads=1 if split is None else 2).fit(model, X, y)
+    np.testing.assert_allclose(model.parameter_vector() - before, -0.1 * direction,
+                               rtol=1e-9, atol=1e-15)
+
+
 def test_a_float32_squared_error_beyond_float32_is_summed_in_double():
     value = fastbp.losses.get("mse").value(np.float32([[1e20]]), np.float32([[-1e20]]))
     assert value == pytest.approx(4e40, rel=1e-5)
