@@ -451,7 +451,7 @@ def as_row_weights(weights: np.ndarray, dtype: np.dtype) -> np.ndarray:
     if not largest > 0:
         raise ValueError("the row weights (sample_weight, class_weight) sum to 0")
     scaled = unit_scaled(weights)
-    smallest = float(scaled[scaled > 0].min())
+    smallest = float(scaled[weights > 0].min())   # (0 where the scaling flushed one to 0)
     info = np.finfo(dtype)
     if smallest < info.tiny:
         least = float(weights[weights > 0].min())

@@ -41,12 +41,13 @@ def trained_weights(factors: np.ndarray, rows=None) -> np.ndarray:
     weights = unit_scaled(factors[:, 0])
     for column in range(1, factors.shape[1]):
         weights = weights * unit_scaled(factors[:, column])
-    if factors.shape[1] > 1 and bool(((weights == 0) & (factors > 0).all(axis=1)).any()):
-        # (as_row_weights refuses a ratio the dtype cannot hold; this one float64 cannot:
-        # the row trained silently at weight 0)
-        raise ValueError("the row weights (sample_weight times class_weight) span a ratio "
-                         "past what float64 holds (a product of a row's factors is 2^1074 "
-                         "times smaller than the largest, or more); set the smallest to 0")
+    if bool(((weights == 0) & (factors > 0).all(axis=1)).any()):
+        # (as_row_weights refuses a ratio the dtype cannot hold; this one float64 cannot,
+        # in a factor or in a product of factors: the row trained silently at weight 0)
+        raise ValueError("the row weights (sample_weight, class_weight) span a ratio past "
+                         "what float64 holds (a row's weight, or the product of its "
+                         "sample_weight and class_weight, is 2^1074 times smaller than the "
+                         "largest, or more); set the smallest to 0")
     return weights
 
 

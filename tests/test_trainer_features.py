@@ -1820,6 +1820,23 @@ def test_row_weights_past_float64_are_refused_by_name(exponent, message):
     np.testing.assert_array_equal(model.parameter_vector(), before)
 
 
+@pytest.mark.parametrize("dtype, small, large", [
+    ("float32", 5e-324, 1.0), ("float64", 1e-200, 1e200), ("float64", 1e-300, 1e300)])
+def test_one_weight_the_scaling_flushes_to_zero_is_refused(dtype, small, large):
+    """sample_weight alone of a ratio past float64: the power-of-two scaling made the
+    small weights 0 before the range check looked, so they trained silently at weight 0,
+    where a smaller ratio (1e-40 next to 1 in float32) is refused; the model as it was."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(64, 3)).astype(dtype)
+    sample_weight = np.r_[np.full(32, small), np.full(32, large)]
+    model = fastbp.MLP([3, 1], ["identity"], dtype=dtype, seed=0)
+    before = model.parameter_vector().copy()
+    with pytest.raises(ValueError, match="past what float64 holds"):
+        fastbp.Trainer("mse", epochs=1, seed=0).fit(model, X, X[:, :1],
+                                                    sample_weight=sample_weight)
+    np.testing.assert_array_equal(model.parameter_vector(), before)
+
+
 def test_a_held_out_rows_weight_does_not_decide_what_the_fit_can_hold():
     """validation_split holds out the last rows, whose weights nothing reads (the
     validation loss is unweighted), yet the float32 range check of the weights counted
