@@ -44,7 +44,7 @@ from fastbp import _core, losses, optimizers, schedules
 from fastbp.callbacks import Callback
 from fastbp.model import ACTIVATIONS, INITS, MLP
 from fastbp._validation import as_row_weights, as_sparse_rows, is_sparse
-from fastbp.trainer import Trainer
+from fastbp.trainer import Trainer, check_numbers_in_dtype
 
 if tuple(int(part) for part in re.findall(r"\d+", sklearn.__version__)[:2]) < (1, 6):
     raise ImportError(f'fastbp.sklearn needs scikit-learn >= 1.6 (found {sklearn.__version__}): '
@@ -75,6 +75,10 @@ _SCIKIT_LEARN_LOSSES = {"squared_error": _squared_error,
 REGRESSION_LOSSES = tuple(_SCIKIT_LEARN_LOSSES) + tuple(
     name for name in losses.REGISTRY.canonical_names if not losses.get(name).is_classification)
 _SEED_LIMIT = 2**31 - 1
+# The estimator's parameter behind each number the trainer checks in the model's dtype
+_PARAMETER_OF = {"learning_rate": "learning_rate_init", "momentum": "momentum",
+                 "beta1": "beta_1", "beta2": "beta_2", "epsilon": "epsilon",
+                 "weight_decay": "alpha", "delta": "loss"}
 # init: scikit-learn's (the default), or one of fastbp.MLP's
 ESTIMATOR_INITS = ("sklearn",) + tuple(INITS)
 _MIN_ADAPTIVE_RATE = 1e-6     # scikit-learn's: 'adaptive' stops once the rate is this low
@@ -718,18 +722,20 @@ class _BaseMLP(BaseEstimator):
                                                                    float(self.power_t))
             schedule.power_t = float(self.power_t)
         self._schedule = schedule
+        optimizer, loss = self._optimizer(scale), self._loss()
+        self._check_in_dtype(optimizer, loss, weight_decay)
         if incremental and self._trainer is not None:
             trainer = self._trainer
-            trainer.optimizer = self._optimizer(scale)  # same rule: the state carries on
+            trainer.optimizer = optimizer               # same rule: the state carries on
             trainer.learning_rate = float(self.learning_rate_init)
-            trainer.loss = self._loss()
+            trainer.loss = loss
             trainer.batch_size = batch_size
             trainer.shuffle = bool(self.shuffle)
             trainer.schedule = schedule
             trainer.weight_decay = weight_decay
             trainer.n_threads = self.n_threads
         else:
-            trainer = Trainer(self._loss(), optimizer=self._optimizer(scale),
+            trainer = Trainer(loss, optimizer=optimizer,
                               learning_rate=float(self.learning_rate_init), epochs=1,
                               batch_size=batch_size, shuffle=bool(self.shuffle),
                               seed=int(rng.randint(_SEED_LIMIT)), schedule=schedule,
@@ -739,6 +745,22 @@ class _BaseMLP(BaseEstimator):
         trainer._batch_mean_loss = True
         self._trainer = trainer
         return trainer
+
+    def _check_in_dtype(self, optimizer, loss, weight_decay):
+        """The trainer's numbers that the model's dtype would change (Trainer.fit refuses
+        them), refused first naming the estimator's parameter: they are derived from it
+        (alpha gives the weight decay, learning_rate_init the rate, scaled), and the
+        trainer's names differ (learning_rate is another parameter here)."""
+        dtype = np.dtype(self.model_.dtype)
+        try:
+            check_numbers_in_dtype(optimizer, loss, weight_decay, dtype)
+        except ValueError as error:
+            name = _PARAMETER_OF.get(str(error).split("=", 1)[0])
+            if name is None:
+                raise
+            raise ValueError(f"{name}={getattr(self, name)!r} does not fit this estimator's "
+                             f"{dtype.name} model ({error}, as fastbp's trainer takes it); "
+                             f"use another {name}, or dtype='float64'") from None
 
     def _l2_term(self) -> float:
         """The L2 term scikit-learn adds to an epoch's loss, from the weights at its end."""

@@ -113,9 +113,15 @@ class FitSpec:
     def check_dtype(self, dtype) -> None:
         """Refuse numbers checked in float64 that the compiled loop, which uses them in the
         model's dtype, would change (overflow, flush to 0, a fraction rounded to 1)."""
-        self.optimizer.check_dtype(dtype)
-        self.loss.check_dtype(dtype)
-        check_in_dtype(self.weight_decay, "weight_decay", dtype)
+        check_numbers_in_dtype(self.optimizer, self.loss, self.weight_decay, dtype)
+
+
+def check_numbers_in_dtype(optimizer, loss, weight_decay: float, dtype) -> None:
+    """FitSpec.check_dtype's checks (fastbp.sklearn makes them first, to name its own
+    parameters)."""
+    optimizer.check_dtype(dtype)
+    loss.check_dtype(dtype)
+    check_in_dtype(weight_decay, "weight_decay", dtype)
 
 
 class CheckedInputs(NamedTuple):

@@ -446,6 +446,33 @@ def test_squared_error_stays_quadratic_past_float32_in_a_float64_model(solver):
         np.testing.assert_allclose(mine, its, rtol=1e-7, atol=1e-12)
 
 
+@pytest.mark.parametrize("settings, trainer_name", [
+    ({"learning_rate_init": 1e-45}, "learning_rate"),
+    ({"beta_2": 0.99999999}, "beta2"),
+    ({"momentum": 0.999999999, "solver": "sgd"}, "momentum"),
+    ({"epsilon": 1e-46}, "epsilon"),
+    ({"alpha": 1e-44}, "weight_decay"),
+    ({"learning_rate_init": 2e38, "solver": "sgd"}, "learning_rate")])
+@pytest.mark.parametrize("incremental", [False, True])
+def test_a_number_the_float32_model_cannot_hold_is_refused_by_the_estimators_name(
+        settings, trainer_name, incremental):
+    """Numbers the range checks pass but a float32 model cannot hold were refused by the
+    trainer, naming its parameters (learning_rate, another parameter here; weight_decay
+    for alpha, at the derived value): refused naming the estimator's, nothing fitted."""
+    rng = np.random.RandomState(0)
+    X = rng.normal(size=(200, 5)).astype(np.float32)
+    Y = (rng.uniform(size=(200, 3)) > 0.5).astype(int)      # 3 outputs: the scale is 3
+    estimator = MLPClassifier(hidden_layer_sizes=(4,), max_iter=2, random_state=0, **settings)
+    name = next(iter(settings))
+    with pytest.raises(ValueError, match=rf"^{name}=.* does not fit this estimator's float32 "
+                                         rf"model \({trainer_name}="):
+        if incremental:
+            estimator.partial_fit(X, Y, classes=[0, 1])
+        else:
+            estimator.fit(X, Y)
+    assert not hasattr(estimator, "model_") and not hasattr(estimator, "n_iter_")
+
+
 def test_unsupported_regression_losses():
     X, y = make_regression(n_samples=20, n_features=2, random_state=0)
     with pytest.raises(ValueError, match="poisson"):
