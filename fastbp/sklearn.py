@@ -743,6 +743,7 @@ class _BaseMLP(BaseEstimator):
         # loss_ as scikit-learn sums it: each batch's weighted mean times its rows (with
         # sample weights and several batches an epoch, not the epoch's weighted mean)
         trainer._batch_mean_loss = True
+        trainer._warns_on_divergence = False     # (_check_ending: in scikit-learn's terms)
         self._trainer = trainer
         return trainer
 
@@ -831,11 +832,16 @@ class _BaseMLP(BaseEstimator):
     def _check_ending(self, history, stopped, incremental, diverged=False):
         """The warnings a fit ends with. diverged: its last epoch's loss with the L2 term
         was not finite (_L2TermCheck): the trainer undid it, as a diverged epoch of the
-        core."""
-        if diverged:
-            warnings.warn("training stopped: the loss diverged (with the L2 term it is not "
-                          "finite); the parameters are those at the start of that epoch. "
-                          "Try a smaller learning_rate_init.", RuntimeWarning, stacklevel=4)
+        core (history.diverged), whose warning it leaves to this one."""
+        if diverged or history.diverged:
+            why = "with the L2 term it is not finite" if diverged else \
+                "NaN or infinite loss or parameters"
+            # (counted as loss_curve_ counts, over partial_fit calls too: n_iter_ is each
+            # partial_fit call's, 1, as scikit-learn's)
+            warnings.warn(f"training stopped in iteration {len(self.loss_curve_) + 1}: the loss "
+                          f"diverged ({why}); the parameters are those at the start of that "
+                          f"iteration. Try a smaller learning_rate_init.", RuntimeWarning,
+                          stacklevel=4)
         elif history.interrupted:
             warnings.warn("Training interrupted by user.", UserWarning, stacklevel=4)
         elif not incremental and not stopped and not history.diverged \

@@ -201,6 +201,9 @@ class Trainer:
     # and step count as before it; the fit stops) without the trainer's own warning: the
     # check's owner says why. Set only for the duration of one call.
     _epoch_check = None
+    # For such a caller: False leaves the warning of a diverged epoch to it (history.diverged
+    # says so), in its own terms (fastbp.sklearn: learning_rate_init, at the user's line)
+    _warns_on_divergence = True
 
     def __init__(self, loss, optimizer="sgd", learning_rate=None, epochs=1, batch_size=32,
                  shuffle=True, seed=None, schedule=None, weight_decay=0.0,
@@ -788,10 +791,12 @@ class _CompiledEpoch:
             # A non-finite loss stops the epoch early; an update that overflowed
             # (in the parameters or the optimizer state) ends it as diverged.
             self._restore()                  # and trainer._step stays as it was
-            warnings.warn(f"training stopped in epoch {epoch + 1}: the loss diverged "
-                          f"(NaN or infinite loss or parameters); the parameters and optimizer "
-                          f"state are restored to those at the start of that epoch. Try a "
-                          f"smaller learning_rate.", RuntimeWarning, stacklevel=5)
+            if trainer._warns_on_divergence:
+                warnings.warn(f"training stopped in epoch {epoch + 1}: the loss diverged "
+                              f"(NaN or infinite loss or parameters); the parameters and "
+                              f"optimizer state are restored to those at the start of that "
+                              f"epoch. Try a smaller learning_rate.", RuntimeWarning,
+                              stacklevel=5)
             return EpochResult(diverged=True)
         if status != _core.Status.INTERRUPTED and trainer._epoch_check is not None \
                 and not trainer._epoch_check(model):

@@ -1864,21 +1864,22 @@ def test_an_epoch_whose_l2_term_overflows_is_a_diverged_epoch():
     the epoch. Weights grown to 1e178 (finite) gave a loss_curve_ ending in inf, only a
     ConvergenceWarning, and a model whose predictions overflow. That epoch is now undone
     as a diverged one: a RuntimeWarning, the parameters it started from, not recorded;
-    in fit and in partial_fit."""
+    in fit and in partial_fit. (The absolute error: its loss grows as the weights do,
+    where the squared error's overflows first.)"""
     rng = np.random.RandomState(0)
     X, y = rng.randn(50, 4), rng.randn(50) * 1e3
-    settings = dict(solver="sgd", learning_rate_init=1e8, max_iter=5, random_state=0,
-                    hidden_layer_sizes=(5,))
+    settings = dict(solver="sgd", learning_rate_init=1e40, max_iter=5, random_state=0,
+                    hidden_layer_sizes=(5,), loss="absolute_error")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         est = MLPRegressor(**settings).fit(X, y)
     kinds = [w.category for w in caught]
     assert RuntimeWarning in kinds and ConvergenceWarning not in kinds
     assert [w.filename for w in caught if w.category is RuntimeWarning] == [__file__]
-    assert est.n_iter_ == len(est.loss_curve_) == 4 and np.isfinite(est.loss_curve_).all()
+    assert est.n_iter_ == len(est.loss_curve_) == 3 and np.isfinite(est.loss_curve_).all()
     assert est.loss_ == est.loss_curve_[-1] and np.isfinite(est.predict(X)).all()
     again = MLPRegressor(**settings)
-    for _ in range(4):
+    for _ in range(3):
         again.partial_fit(X, y)
     np.testing.assert_array_equal(again.predict(X), est.predict(X))
     state, step = again._trainer._state.copy(), again._trainer._step
@@ -1890,6 +1891,29 @@ def test_an_epoch_whose_l2_term_overflows_is_a_diverged_epoch():
     # undone by the trainer: the momentum and the step count too, not only the parameters
     np.testing.assert_array_equal(again._trainer._state, state)
     assert again._trainer._step == step and again._trainer._epoch_check is None
+
+
+@pytest.mark.parametrize("incremental", [False, True])
+def test_a_diverged_epoch_is_said_once_in_the_estimators_terms(incremental):
+    """A fit whose loss overflows in the core: the trainer's warning named learning_rate
+    (another parameter here) and pointed into fastbp/sklearn.py. One warning, at the
+    caller's line, naming learning_rate_init; the iteration not recorded."""
+    rng = np.random.RandomState(0)
+    X, y = rng.randn(50, 4), rng.randn(50) * 1e3
+    est = MLPRegressor(solver="sgd", learning_rate_init=1e8, max_iter=5, random_state=0,
+                       hidden_layer_sizes=(5,))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if incremental:
+            for _ in range(4):
+                est.partial_fit(X, y)
+        else:
+            est.fit(X, y)
+    assert [(w.category, w.filename) for w in caught] == [(RuntimeWarning, __file__)]
+    assert re.match(r"training stopped in iteration 4: the loss diverged \(NaN or infinite "
+                    r"loss or parameters\).*learning_rate_init", str(caught[0].message))
+    assert len(est.loss_curve_) == 3 and np.isfinite(est.loss_curve_).all()
+    assert est.n_iter_ == (0 if incremental else 3)     # (partial_fit's: this call's)
 
 
 def test_multilabel_y_on_a_model_fitted_multiclass_is_refused_as_in_scikit_learn():
