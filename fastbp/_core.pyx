@@ -2950,7 +2950,10 @@ def averaging_step(parts, const double[::1] factors, double rows,
                         step = learning_rate * (average - <double>start[i])
                         if has_buffer:
                             step = step + momentum * buffer[i]
-                        value = weights[i] + step
+                        if momentum == 0 and learning_rate == 1 and weights[i] == start[i]:
+                            value = average   # = W + (A - W), without its rounding (one chunk)
+                        else:
+                            value = weights[i] + step
                         new_buffer[i] = step
                         new_weights[i] = value
                         finite = finite & (fabs(value) <= limit)

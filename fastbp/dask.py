@@ -372,8 +372,13 @@ class _Rule(NamedTuple):
         # it as aligned vectors; the parts it reads at any offset): copied only then.
         old = [nothing if array is None else np.require(array, None, ["C", "A"])
                for array in (state.weights, state.buffer, state.start)]
+        vectors, factors = _terms(parts)
+        if len(vectors) == 1 and factors[0] == rows:
+            # one block: its parameters are the average, exactly (p * rows / rows may round
+            # in float64: a fit of one chunk differed from Trainer.fit in the last bit)
+            factors, rows = np.ones(1), 1.0
         finite = _core.averaging_step(
-            *_terms(parts), float(rows), *old,
+            vectors, factors, float(rows), *old,
             self.momentum or 0.0, self.learning_rate, weights,
             nothing if buffer is None else buffer, start)
         return _State(weights, buffer, start) if finite else None
