@@ -758,10 +758,13 @@ def fit(model: MLP, trainer: Trainer, X, Y, client=None, rounds=None, epochs_per
         metric_functions = chosen_metrics(None, loss, model.layer_sizes[-1])
     X, Y, float_targets = _check_arrays(model, X, Y, loss)
     class_table = None
-    if isinstance(trainer.class_weight, dict):    # (chunks of weight 0 train nothing)
+    if trainer.class_weight is not None:
+        # (a loss without classes refused here, before any chunk is computed, for
+        # "balanced" too; a dict's table kept: chunks of weight 0 train nothing)
         n_outputs = model.layer_sizes[-1]
-        class_table = class_weight_table(trainer.class_weight, loss.classes_of(
-            np.zeros((0, n_outputs), model.dtype), None, n_outputs)[1])
+        n_classes = loss.classes_of(np.zeros((0, n_outputs), model.dtype), None, n_outputs)[1]
+    if isinstance(trainer.class_weight, dict):
+        class_table = class_weight_table(trainer.class_weight, n_classes)
         if not class_table.any():
             raise ValueError(f"class_weight {trainer.class_weight!r} weighs every class 0: "
                              f"there is nothing to train on")

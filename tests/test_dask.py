@@ -1522,6 +1522,21 @@ def test_settings_the_fit_refuses_are_refused_before_any_chunk_is_computed(clust
     assert_nothing_left_on(cluster_client, before)
 
 
+@pytest.mark.parametrize("class_weight", ["balanced", {0: 1.0}])
+def test_class_weight_on_a_loss_without_classes_is_refused_before_any_chunk_is_computed(
+        class_weight):
+    """class_weight="balanced" with a regression loss was refused only after every chunk
+    was computed (a dict was refused first)."""
+    model = fastbp.MLP([10, 8, 1], ["relu", "identity"], seed=0)
+    before = model.parameter_vector()
+    with pytest.raises(ValueError, match="class_weight needs a classification loss"), \
+            local_scheduler():
+        fastbp.dask.fit(model, fastbp.Trainer("mse", seed=0, class_weight=class_weight),
+                        failing_chunks(), da.from_array(np.zeros((400, 1), np.float32),
+                                                        chunks=200))
+    np.testing.assert_array_equal(model.parameter_vector(), before)
+
+
 def test_ctrl_c_while_the_chunks_load_returns_an_empty_interrupted_history():
     """SIGINT while dask's local scheduler computes the chunks (before round 1): fit
     returns the empty history marked interrupted, the model as it was (KeyboardInterrupt
