@@ -95,7 +95,7 @@ def cmd_train(args) -> int:
                                          where=table.target_where, dtype=args.dtype)
     model = _build_model(args, X.shape[1], len(outputs), loss)
     monitor = "val_loss" if args.validation_split > 0 else "loss"
-    trainer, learning_rate = _build_trainer(args, loss, monitor)
+    trainer, learning_rate = _build_trainer(args, loss, monitor, model)
     X, Y, n_validation = _validation_last(args, X, Y)
     fit_callbacks, stopper = _callbacks(args, monitor, progress)
     features_named = [table.names[j] for j in features] if table.named else None
@@ -211,24 +211,47 @@ def _build_model(args, n_inputs, n_outputs, loss):
                dtype=args.dtype, init=args.init, seed=args.seed, dropout=dropout or 0.0)
 
 
-def _build_trainer(args, loss, monitor):
-    """(the Trainer, the learning rate it uses)."""
+# The option behind each of the trainer's settings that its checks name
+_OPTION_OF = {"learning_rate": "--learning-rate", "momentum": "--momentum",
+              "weight_decay": "--weight-decay", "clip_norm": "--clip-norm",
+              "class_weight": "--class-weight"}
+
+
+def _build_trainer(args, loss, monitor, model):
+    """(the Trainer, the learning rate it uses), its settings checked for `model` (its
+    dtype; class weights need classes) before any work, refused naming the options."""
+    import numpy as np
+
     from fastbp import optimizers
     from fastbp.trainer import Trainer
 
-    # no --learning-rate: the optimizer's own default (0.001 for Adam, 0.01 for the others)
-    optimizer = optimizers.get(args.optimizer, args.learning_rate)
-    if args.momentum or args.nesterov:
-        if not isinstance(optimizer, optimizers.SGD):
-            raise UsageError("--momentum and --nesterov are for --optimizer sgd")
-        optimizer = optimizers.SGD(optimizer.learning_rate, momentum=args.momentum,
-                                   nesterov=args.nesterov)
-    trainer = Trainer(loss, optimizer=optimizer,
-                      epochs=args.epochs, batch_size=args.batch_size, shuffle=args.shuffle,
-                      seed=args.seed, schedule=_schedule(args.schedule, args.epochs, monitor),
-                      weight_decay=args.weight_decay, clip_norm=args.clip_norm,
-                      class_weight=args.class_weight, max_time=args.max_time,
-                      n_threads=args.threads)
+    schedule = _schedule(args.schedule, args.epochs, monitor)
+    try:
+        # no --learning-rate: the optimizer's own default (0.001 for Adam, 0.01 for others)
+        optimizer = optimizers.get(args.optimizer, args.learning_rate)
+        if args.momentum or args.nesterov:
+            if not isinstance(optimizer, optimizers.SGD):
+                raise UsageError("--momentum and --nesterov are for --optimizer sgd")
+            optimizer = optimizers.SGD(optimizer.learning_rate, momentum=args.momentum,
+                                       nesterov=args.nesterov)
+        trainer = Trainer(loss, optimizer=optimizer,
+                          epochs=args.epochs, batch_size=args.batch_size,
+                          shuffle=args.shuffle, seed=args.seed, schedule=schedule,
+                          weight_decay=args.weight_decay, clip_norm=args.clip_norm,
+                          class_weight=args.class_weight, max_time=args.max_time,
+                          n_threads=args.threads)
+        trainer.spec().check_dtype(model.dtype)
+        if args.class_weight is not None:
+            n_outputs = model.layer_sizes[-1]
+            loss.classes_of(np.zeros((0, n_outputs), model.dtype), None, n_outputs)
+    except UsageError:
+        raise
+    except (ValueError, TypeError) as error:
+        message = str(error).replace(" (or None for no clipping)", "")
+        name = message.split("=")[0].split(" ")[0]
+        if name not in _OPTION_OF:
+            raise
+        raise UsageError(_OPTION_OF[name] + message[len(name):]) from None
     return trainer, optimizer.learning_rate
 
 
