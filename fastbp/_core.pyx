@@ -30,7 +30,7 @@ How the pieces fit:
 Benchmark-only code lives in _bench.pxi.
 """
 from cython cimport floating
-from libc.float cimport DBL_MAX, FLT_MAX
+from libc.float cimport DBL_MAX, DBL_MIN, FLT_MAX, FLT_MIN
 from libc.math cimport INFINITY, fabs, frexp, isfinite, ldexp, pow, sqrt
 from libc.stdint cimport uint64_t
 from libc.stdlib cimport calloc, malloc, free
@@ -1933,32 +1933,44 @@ cdef inline void step_values(const HyperparameterData* hyper, floating* params,
 cdef double gradient_norm(double squares, const floating* grads, Py_ssize_t n) noexcept nogil:
     """The norm of the gradient grads[:n] whose sum of squares, summed in double, is
     `squares`. Where that sum overflowed (float64 gradients past about 1e154) the values
-    are scaled by a power of two and summed again: read as infinite, the norm made
-    clipping's factor 0, and the fit went on without a step and without a word."""
+    are scaled by 2^(2 - E), the largest |g| being below 2^E, and summed again: read as
+    infinite, the norm made clipping's factor 0, and the fit went on without a step and
+    without a word. (That scale is a normal number for every finite largest, E <= 1024:
+    a training epoch flushes subnormal numbers to 0.)"""
     cdef int negative = 0, exponent
     cdef double largest
     if squares == INFINITY:
         largest = fbp_largest_magnitude(grads, n, &negative)
         if isfinite(largest):
             frexp(largest, &exponent)
-            return ldexp(sqrt(fbp_sum_squares_scaled(grads, n, ldexp(1.0, -exponent))),
-                         exponent)
+            return ldexp(sqrt(fbp_sum_squares_scaled(grads, n, ldexp(1.0, 2 - exponent))),
+                         exponent - 2)
     return sqrt(squares)
 
 
-cdef inline double clip_factor(const HyperparameterData* hyper, double norm) noexcept nogil:
-    """torch.nn.utils.clip_grad_norm_'s factor: g *= min(1, max_norm / (norm + 1e-6))."""
-    return min(hyper.clip_norm / (norm + 1e-6), 1.0)
+cdef void clip_scale(const HyperparameterData* hyper, double norm, floating* x,
+                     Py_ssize_t n) noexcept nogil:
+    """x[:n] *= torch.nn.utils.clip_grad_norm_'s factor min(1, max_norm / (norm + 1e-6)),
+    norm the whole gradient's. A factor below the dtype's smallest normal number (a float32
+    gradient of 1e36 clipped to 0.01; a float64 norm past about 1e307 clipped to 1) is
+    applied as two normal ones: a training epoch flushes subnormal numbers to 0, and such a
+    step moved nothing. (A NaN norm scales nothing: the epoch diverges.)"""
+    cdef double smallest = FLT_MIN if floating is float else DBL_MIN
+    cdef double part = ldexp(1.0, -64 if floating is float else -512)
+    cdef double factor = hyper.clip_norm / (norm + 1e-6)
+    if factor < smallest:
+        fbp_scale(x, n, <floating>part)
+        fbp_scale(x, n, <floating>(hyper.clip_norm / part / (norm + 1e-6)))
+    elif factor < 1:
+        fbp_scale(x, n, <floating>factor)
 
 
 cdef void clip_and_update(const PlanData* plan, HyperparameterData* hyper, floating* params,
                           floating* grads, floating* first, floating* second) noexcept nogil:
     """One optimizer step from the whole gradient in grads, clipped by its norm first."""
     cdef int l
-    cdef double coefficient = clip_factor(hyper, gradient_norm(
-        fbp_sum_squares(grads, plan.n_params), grads, plan.n_params))
-    if coefficient < 1:
-        fbp_scale(grads, plan.n_params, <floating>coefficient)
+    clip_scale(hyper, gradient_norm(fbp_sum_squares(grads, plan.n_params), grads,
+                                    plan.n_params), grads, plan.n_params)
     hyper.step += 1
     for l in range(plan.n_layers):
         step_slice(hyper, params, grads, first, second, LAYER_STEP, plan.weight_offsets[l],

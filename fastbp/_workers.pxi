@@ -471,9 +471,9 @@ cdef void update_part(SharedEpoch* s, const HyperparameterData* hyper, floating*
 
 
 cdef void step_part(SharedEpoch* s, const HyperparameterData* hyper, floating* params,
-                    int k, int l, floating coefficient) noexcept nogil:
-    """Clipping, after the norm: scale worker k's part of layer l's gradient and apply
-    the rule to it."""
+                    int k, int l, double norm) noexcept nogil:
+    """Clipping, after the norm (the whole gradient's): scale worker k's part of layer l's
+    gradient (clip_scale) and apply the rule to it."""
     cdef const PlanData* plan = s.plan
     cdef int T = s.n_workers
     cdef Py_ssize_t n_in = plan.sizes[l - 1], n_out = plan.sizes[l]
@@ -481,13 +481,11 @@ cdef void step_part(SharedEpoch* s, const HyperparameterData* hyper, floating* p
     owned_inputs(n_in, k, T, &low, &high)
     cdef Py_ssize_t w = plan.weight_offsets[l - 1] + low * n_out, b = plan.bias_offsets[l - 1]
     cdef floating* grads = <floating*>s.grads
-    if coefficient < 1:
-        fbp_scale(grads + w, (high - low) * n_out, coefficient)
+    clip_scale(hyper, norm, grads + w, (high - low) * n_out)
     step_slice(hyper, params, grads, <floating*>s.first, <floating*>s.second, LAYER_STEP, w,
                (high - low) * n_out, True)
     if (l - 1) % T == k:
-        if coefficient < 1:
-            fbp_scale(grads + b, n_out, coefficient)
+        clip_scale(hyper, norm, grads + b, n_out)
         step_slice(hyper, params, grads, <floating*>s.first, <floating*>s.second, LAYER_STEP,
                    b, n_out, False)
 
@@ -585,7 +583,7 @@ cdef void worker_loop(floating* kind, WorkerArgument* argument) noexcept nogil:
     cdef Py_ssize_t n_in = plan.sizes[0], n_out = plan.sizes[plan.n_layers], row0, row1
     # this worker's copy: worker 0 moves s.hyper.step while the others may still read
     cdef HyperparameterData hyper = s.hyper[0]
-    cdef double loss_sum, squares, coefficient, weight_sum
+    cdef double loss_sum, squares, norm, weight_sum
     cdef const floating* weights
     cdef const floating* x
     cdef const floating* y
@@ -644,13 +642,12 @@ cdef void worker_loop(floating* kind, WorkerArgument* argument) noexcept nogil:
             squares = 0
             for j in range(T):
                 squares += s.squares[j]
-            coefficient = clip_factor(&hyper, gradient_norm(squares, <floating*>s.grads,
-                                                            plan.n_params))
+            norm = gradient_norm(squares, <floating*>s.grads, plan.n_params)
             if squares == INFINITY:
                 # (every worker read every part for the norm: none scales its own before)
                 wait_at_barrier(s, &waiting)
             for l in range(1, plan.n_layers + 1):
-                step_part(s, &hyper, params, k, l, <floating>coefficient)
+                step_part(s, &hyper, params, k, l, norm)
         else:
             for l in range(plan.n_layers, 0, -1):
                 update_part(s, &hyper, params, k, l, m, x, True, NULL)

@@ -406,29 +406,41 @@ def test_a_fit_whose_float32_update_overflows_is_rolled_back_with_a_warning():
 
 
 @pytest.mark.parametrize("split", [None, "rows", "blas"])
-def test_clipping_takes_the_norm_of_a_float64_gradient_whose_squares_overflow(
-        split, monkeypatch):
-    """A finite float64 gradient of about 2e300: its sum of squares overflows double. The
-    step is still clipped to clip_norm along the gradient (before, the norm read as
-    infinite made the factor 0: 40 steps moved nothing, without a warning), on one thread
-    and on two (the row split sums the workers' squares)."""
+@pytest.mark.parametrize("dtype, x_scale, error_scale, n_inputs, clip_norm", [
+    ("float64", 1e150, 1e140, 3, 1.0),    # |g| ~ 2e290: its sum of squares overflows double
+    ("float64", 1e157, 5e150, 3, 1.0),    # largest |g| ~ 6e307, past 2^1022
+    ("float64", 1e157, 2e150, 40, 1.0),   # |g| ~ 1.4e308: the factor below DBL_MIN
+    ("float32", 1e18, 1e18, 3, 0.01)])    # |g| ~ 3e36: the factor below FLT_MIN
+def test_clipping_steps_by_clip_norm_along_a_gradient_however_large(
+        split, dtype, x_scale, error_scale, n_inputs, clip_norm, monkeypatch):
+    """A finite gradient clipped to clip_norm steps lr * clip_norm along it, on one thread
+    and on two, in the epochs' flush-to-zero mode. Before: a float64 sum of squares that
+    overflowed read as an infinite norm (factor 0: 40 steps moved nothing, no warning); a
+    factor below the dtype's smallest normal number (a norm past clip_norm * 4.5e307 in
+    float64, 1e36 clipped to 0.01 in float32) was flushed to 0; and the first fix's scale
+    2^-1023 for a largest |g| past 2^1022 was flushed too (the step unclipped)."""
     rng = np.random.default_rng(0)
-    X = rng.normal(size=(64, 3)) * 1e150
-    y = X[:, :1] * 2e-150
-    model = fastbp.MLP([3, 1], ["identity"], dtype="float64", seed=0)
+    X = (rng.uniform(0.5, 1.0, size=(64, n_inputs)) * x_scale).astype(dtype)
+    model = fastbp.MLP([n_inputs, 1], ["identity"], dtype=dtype, seed=0)
+    y = (model.predict(X) - error_scale * rng.uniform(0.5, 1.0, size=(64, 1))).astype(dtype)
     _, (weight_gradient,), (bias_gradient,) = model.gradients(X, y, "mse")
-    gradient = np.concatenate([weight_gradient.ravel(), bias_gradient])
+    gradient = np.concatenate([weight_gradient.ravel(), bias_gradient]).astype(np.float64)
     largest = np.abs(gradient).max()
     direction = gradient / largest / np.linalg.norm(gradient / largest)
-    before = model.parameter_vector()
+    before = model.parameter_vector().astype(np.float64)
     if split is not None:
         monkeypatch.setenv("FASTBP_SPLIT", split)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        fastbp.Trainer("mse", learning_rate=0.1, epochs=1, batch_size=64, clip_norm=1.0,
-                       shuffle=False, n_threads=1 if split is None else 2).fit(model, X, y)
-    np.testing.assert_allclose(model.parameter_vector() - before, -0.1 * direction,
-                               rtol=1e-9, atol=1e-15)
+        history = fastbp.Trainer("mse", learning_rate=0.1, epochs=1, batch_size=64,
+                                 clip_norm=clip_norm, shuffle=False,
+                                 n_threads=1 if split is None else 2).fit(model, X, y)
+    assert history.threads["split"] == split
+    # (float32: the parameters' own rounding, about 6e-8 here, against steps of 6e-4)
+    tolerance = dict(rtol=1e-3, atol=1e-6) if dtype == "float32" else dict(rtol=1e-9,
+                                                                            atol=1e-12)
+    np.testing.assert_allclose(model.parameter_vector() - before,
+                               -0.1 * clip_norm * direction, **tolerance)
 
 
 def test_a_float32_squared_error_beyond_float32_is_summed_in_double():
