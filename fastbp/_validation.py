@@ -370,6 +370,13 @@ def one_hot(labels: np.ndarray, n_classes: int, dtype: np.dtype) -> np.ndarray:
     return targets
 
 
+def named_setting(error: Exception) -> str:
+    """The setting a check's refusal names: its message's first word, up to an "="
+    ("learning_rate=1e-45 is too small ...", "momentum must be in ..."), so that a caller
+    whose settings go by other names (fastbp.sklearn, the command line) can say its own."""
+    return str(error).split(" ", 1)[0].split("=", 1)[0]
+
+
 def check_in_dtype(value: float, name: str, dtype: np.dtype, below_one: bool = False,
                    zero_allowed: bool = True) -> None:
     """Refuse a number checked in float64 that the core would change by using it in `dtype`:

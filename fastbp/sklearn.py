@@ -43,7 +43,7 @@ except ImportError as error:          # pragma: no cover (tested in a subprocess
 from fastbp import _core, losses, optimizers, schedules
 from fastbp.callbacks import Callback
 from fastbp.model import ACTIVATIONS, INITS, MLP
-from fastbp._validation import as_row_weights, as_sparse_rows, is_sparse
+from fastbp._validation import as_row_weights, as_sparse_rows, is_sparse, named_setting
 from fastbp.trainer import Trainer, check_numbers_in_dtype
 
 if tuple(int(part) for part in re.findall(r"\d+", sklearn.__version__)[:2]) < (1, 6):
@@ -632,6 +632,7 @@ class _BaseMLP(BaseEstimator):
         total sample weight. The loss and gradient come from the compiled core
         (MLP.gradients, in the model's dtype); L-BFGS-B works in float64."""
         model = self.model_
+        self._check_in_dtype(None, self._loss(), 0.0)     # (Huber's delta: no other number)
         objective = _LbfgsObjective(self, X, Y, sample_weight)
         start = model.parameter_vector(np.float64)
         accepted = {"x": start, "iterations": 0}      # the last iterate L-BFGS accepted
@@ -756,11 +757,14 @@ class _BaseMLP(BaseEstimator):
         try:
             check_numbers_in_dtype(optimizer, loss, weight_decay, dtype)
         except ValueError as error:
-            name = _PARAMETER_OF.get(str(error).split("=", 1)[0])
+            name = _PARAMETER_OF.get(named_setting(error))
             if name is None:
                 raise
+            # (the trainer's hint "use 0 or a larger value": 0 is no learning_rate_init or
+            # epsilon here; the advice below says what to change)
+            reason = re.sub(r"; use (0 or )?a larger value$", "", str(error))
             raise ValueError(f"{name}={getattr(self, name)!r} does not fit this estimator's "
-                             f"{dtype.name} model ({error}, as fastbp's trainer takes it); "
+                             f"{dtype.name} model ({reason}, as fastbp's trainer takes it); "
                              f"use another {name}, or dtype='float64'") from None
 
     def _l2_term(self) -> float:

@@ -118,8 +118,9 @@ class FitSpec:
 
 def check_numbers_in_dtype(optimizer, loss, weight_decay: float, dtype) -> None:
     """FitSpec.check_dtype's checks (fastbp.sklearn makes them first, to name its own
-    parameters)."""
-    optimizer.check_dtype(dtype)
+    parameters; optimizer None: none, as for its L-BFGS)."""
+    if optimizer is not None:
+        optimizer.check_dtype(dtype)
     loss.check_dtype(dtype)
     check_in_dtype(weight_decay, "weight_decay", dtype)
 

@@ -465,12 +465,27 @@ def test_a_number_the_float32_model_cannot_hold_is_refused_by_the_estimators_nam
     estimator = MLPClassifier(hidden_layer_sizes=(4,), max_iter=2, random_state=0, **settings)
     name = next(iter(settings))
     with pytest.raises(ValueError, match=rf"^{name}=.* does not fit this estimator's float32 "
-                                         rf"model \({trainer_name}="):
+                                         rf"model \({trainer_name}=") as refused:
         if incremental:
             estimator.partial_fit(X, Y, classes=[0, 1])
         else:
             estimator.fit(X, Y)
+    assert "use 0" not in str(refused.value)       # (0 is no learning_rate_init here)
     assert not hasattr(estimator, "model_") and not hasattr(estimator, "n_iter_")
+
+
+@pytest.mark.parametrize("solver", ["lbfgs", "sgd"])
+def test_a_huber_delta_the_float32_model_cannot_hold_is_refused_as_the_loss(solver):
+    """L-BFGS checked no number in the model's dtype before the compiled loss: its
+    refusal named delta, where the stochastic solvers' names the loss."""
+    rng = np.random.RandomState(0)
+    X = rng.normal(size=(50, 3)).astype(np.float32)
+    estimator = MLPRegressor(hidden_layer_sizes=(4,), solver=solver, max_iter=2,
+                             loss=fastbp.losses.Huber(delta=1e-46), random_state=0)
+    with pytest.raises(ValueError, match=r"^loss=Huber\(delta=1e-46\) does not fit this "
+                                         r"estimator's float32 model \(delta=1e-46 is too small"):
+        estimator.fit(X, X[:, 0])
+    assert not hasattr(estimator, "model_")
 
 
 def test_unsupported_regression_losses():

@@ -223,6 +223,7 @@ def _build_trainer(args, loss, monitor, model):
     import numpy as np
 
     from fastbp import optimizers
+    from fastbp._validation import named_setting
     from fastbp.trainer import Trainer
 
     schedule = _schedule(args.schedule, args.epochs, monitor)
@@ -247,10 +248,10 @@ def _build_trainer(args, loss, monitor, model):
     except UsageError:
         raise
     except (ValueError, TypeError) as error:
-        message = str(error).replace(" (or None for no clipping)", "")
-        name = message.split("=")[0].split(" ")[0]
+        name = named_setting(error)
         if name not in _OPTION_OF:
             raise
+        message = str(error).replace(" (or None for no clipping)", "")
         raise UsageError(_OPTION_OF[name] + message[len(name):]) from None
     return trainer, optimizer.learning_rate
 
