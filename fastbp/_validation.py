@@ -459,17 +459,20 @@ def as_row_weights(weights: np.ndarray, dtype: np.dtype) -> np.ndarray:
         raise ValueError("the row weights (sample_weight, class_weight) sum to 0")
     scaled = unit_scaled(weights)
     smallest = float(scaled[weights > 0].min())   # (0 where the scaling flushed one to 0)
-    info = np.finfo(dtype)
-    if smallest < info.tiny:
+    dtype = np.dtype(dtype)
+    if smallest < np.finfo(dtype).tiny:
         least = float(weights[weights > 0].min())
         ratio = largest / least     # (past float64: "inf" said nothing)
         ratio = f"{ratio:.3g}" if ratio < np.inf else \
             f"about 1e{np.log10(largest) - np.log10(least):.0f}"
+        # (a float64 model is the advice only where float64 holds the ratio)
+        holder = dtype if smallest >= np.finfo(np.float64).tiny else np.dtype(np.float64)
         raise ValueError(f"the row weights (sample_weight, class_weight) span a ratio of "
                          f"{ratio} between the largest and the smallest nonzero one, more "
-                         f"than the model's "
-                         f"{np.dtype(dtype).name} holds ({1 / float(info.tiny):.3g}); "
-                         f"set the smallest to 0 or use a float64 model")
+                         f"than {'the model' + chr(39) + 's ' if holder == dtype else ''}"
+                         f"{holder.name} holds ({1 / float(np.finfo(holder).tiny):.3g}); "
+                         f"set the smallest to 0"
+                         + (" or use a float64 model" if holder != np.float64 else ""))
     return scaled.astype(dtype)
 
 

@@ -1837,6 +1837,28 @@ def test_one_weight_the_scaling_flushes_to_zero_is_refused(dtype, small, large):
     np.testing.assert_array_equal(model.parameter_vector(), before)
 
 
+@pytest.mark.parametrize("weights, dtype, holder, advice", [
+    ([5e-324, 1.0], "float32", "float64", False),     # flushed by the scaling itself
+    ([1e-310, 1.0], "float64", "the model's float64", False),
+    ([1e-40, 1.0], "float32", "the model's float32", True)])
+def test_the_weights_range_refusal_advises_a_float64_model_only_where_it_holds_them(
+        weights, dtype, holder, advice):
+    """as_row_weights (the scikit-learn estimators' path): a ratio past float64 was
+    refused as more than the float32 model holds, "or use a float64 model", which refuses
+    it too (and a float64 model was told to use one); a weight the power-of-two scaling
+    flushed to 0 was not refused at all."""
+    from fastbp._validation import as_row_weights
+    with pytest.raises(ValueError, match=f"more than {holder} holds") as refused:
+        as_row_weights(np.array(weights), np.dtype(dtype))
+    assert str(refused.value).endswith("or use a float64 model") == advice
+    if dtype == "float32":
+        from fastbp.sklearn import MLPClassifier
+        X = np.random.default_rng(0).normal(size=(8, 2)).astype(np.float32)
+        with pytest.raises(ValueError, match=f"more than {holder} holds"):
+            MLPClassifier(hidden_layer_sizes=(3,), max_iter=1).fit(
+                X, np.arange(8) % 2, sample_weight=np.repeat(weights, 4))
+
+
 def test_a_held_out_rows_weight_does_not_decide_what_the_fit_can_hold():
     """validation_split holds out the last rows, whose weights nothing reads (the
     validation loss is unweighted), yet the float32 range check of the weights counted
