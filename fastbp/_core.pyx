@@ -2963,7 +2963,9 @@ def averaging_step(parts, const double[::1] factors, double rows,
                         if has_buffer:
                             step = step + momentum * buffer[i]
                         if momentum == 0 and learning_rate == 1 and weights[i] == start[i]:
-                            value = average   # = W + (A - W), without its rounding (one chunk)
+                            # W + (A - S) with S = W is A, without the rounding: block
+                            # momentum 0 at rate 1 (one chunk; or given so) is plain averaging
+                            value = average
                         else:
                             value = weights[i] + step
                         new_buffer[i] = step

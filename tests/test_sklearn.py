@@ -1890,7 +1890,8 @@ def test_an_epoch_whose_l2_term_overflows_is_a_diverged_epoch():
         est = MLPRegressor(**settings).fit(X, y)
     kinds = [w.category for w in caught]
     assert RuntimeWarning in kinds and ConvergenceWarning not in kinds
-    assert [w.filename for w in caught if w.category is RuntimeWarning] == [__file__]
+    assert [(w.filename, "with the L2 term it is not finite" in str(w.message))
+            for w in caught if w.category is RuntimeWarning] == [(__file__, True)]
     assert est.n_iter_ == len(est.loss_curve_) == 3 and np.isfinite(est.loss_curve_).all()
     assert est.loss_ == est.loss_curve_[-1] and np.isfinite(est.predict(X)).all()
     again = MLPRegressor(**settings)
