@@ -463,6 +463,9 @@ def _check_arrays(model, X, Y, loss):
         if np.dtype(array.dtype).kind not in "biuf":    # (the chunks are cast unchecked)
             raise TypeError(f"{name} must hold numbers; got a dask array of dtype "
                             f"{array.dtype}")
+    if is_sparse(getattr(Y, "_meta", None)):      # (a worker's NumPy said "a sequence")
+        raise TypeError(f"Y must be a dask array of dense chunks; got chunks of "
+                        f"scipy.sparse {type(Y._meta).__name__} (only X may be sparse)")
     if X.ndim != 2:
         raise ValueError(f"X must be 2-D (n_samples, {model.layer_sizes[0]}); got shape {X.shape}")
     if X.shape[1] != model.layer_sizes[0]:

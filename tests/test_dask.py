@@ -1537,6 +1537,21 @@ def test_class_weight_on_a_loss_without_classes_is_refused_before_any_chunk_is_c
     np.testing.assert_array_equal(model.parameter_vector(), before)
 
 
+def test_sparse_chunks_of_y_are_refused_before_any_chunk_is_computed():
+    """Y of scipy.sparse chunks reached a worker's np.asarray ("setting an array element
+    with a sequence", or "must hold numbers ... object" for labels) after every chunk was
+    computed; Trainer.fit says what is wrong."""
+    import scipy.sparse
+    Y = da.from_array(scipy.sparse.csr_matrix(np.ones((400, 1), np.float32)),
+                      chunks=(200, -1), asarray=False)
+    model = fastbp.MLP([10, 8, 1], ["relu", "identity"], seed=0)
+    before = model.parameter_vector()
+    with pytest.raises(TypeError, match="Y must be a dask array of dense chunks; got chunks "
+                                        "of scipy.sparse csr_matrix"), local_scheduler():
+        fastbp.dask.fit(model, fastbp.Trainer("mse", seed=0), failing_chunks(), Y)
+    np.testing.assert_array_equal(model.parameter_vector(), before)
+
+
 def test_ctrl_c_while_the_chunks_load_returns_an_empty_interrupted_history():
     """SIGINT while dask's local scheduler computes the chunks (before round 1): fit
     returns the empty history marked interrupted, the model as it was (KeyboardInterrupt
