@@ -1306,6 +1306,10 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         if is_sparse(y):    # (validate_data said "setting an array element with a sequence")
             raise TypeError(f"y must be a dense array of targets; got a scipy.sparse "
                             f"{type(y).__name__} (y.toarray() makes one)")
+        text = getattr(y, "dtype", None) if hasattr(y, "dtype") else np.asarray(y).dtype
+        if isinstance(text, np.dtype) and text.kind in "US":
+            # (validate_data parsed numeric text, a "nan" among it; scikit-learn's MLP fails)
+            raise TypeError(f"y must hold numbers; got an array of dtype {text}")
         plain = None
         if incremental and not first_pass:   # validate_data's checks, where they could
             plain = self._plain_training_rows(X, y, dtype, targets_ndim=2)  # only pass
@@ -1324,9 +1328,11 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         with np.errstate(over="ignore"):
             Y = np.ascontiguousarray(y.reshape(y.shape[0], -1), dtype=X.dtype)
         if not np.isfinite(Y).all():
+            if np.isnan(Y).any():
+                raise ValueError("Input y contains NaN.")      # (scikit-learn's words)
             raise ValueError(f"y has values too large for the model's {X.dtype.name} (at most "
-                             f"{float(np.finfo(X.dtype).max):.4g}); scale the targets or use "
-                             f"dtype='float64'")
+                             f"{float(np.finfo(X.dtype).max):.4g}); scale the targets"
+                             + (" or use dtype='float64'" if X.dtype == np.float32 else ""))
         return X, Y, None, Y.shape[1]
 
     def _objective_scale(self) -> float:

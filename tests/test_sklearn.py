@@ -488,6 +488,24 @@ def test_a_huber_delta_the_float32_model_cannot_hold_is_refused_as_the_loss(solv
     assert not hasattr(estimator, "model_")
 
 
+@pytest.mark.parametrize("as_list", [False, True])
+def test_a_regressors_text_targets_are_refused_as_the_trainer_refuses_them(as_list):
+    """Numeric text was parsed (scikit-learn's MLPRegressor fails on it, Trainer.fit
+    refuses it), and a "nan" among it was refused as a value too large for the float64
+    model, 'or use dtype=float64'."""
+    rng = np.random.RandomState(0)
+    X = rng.normal(size=(30, 3))
+    y = rng.normal(size=30).round(3).astype(str)
+    y[0] = "nan"
+    with pytest.raises(TypeError, match="y must hold numbers; got an array of dtype <U"):
+        MLPRegressor(hidden_layer_sizes=(4,), max_iter=2).fit(X, list(y) if as_list else y)
+    huge = rng.normal(size=30).astype(np.longdouble)
+    huge[0] = np.longdouble("1e400")
+    with pytest.raises(ValueError, match=r"too large for the model's float64 \(at most "
+                                         r"1.798e\+308\); scale the targets$"):
+        MLPRegressor(hidden_layer_sizes=(4,), max_iter=2).fit(X, huge)
+
+
 def test_unsupported_regression_losses():
     X, y = make_regression(n_samples=20, n_features=2, random_state=0)
     with pytest.raises(ValueError, match="poisson"):
