@@ -95,6 +95,9 @@ def numeric_array(data, name: str) -> np.ndarray:
         array = np.asarray(data)
     except (ValueError, TypeError) as error:
         raise ValueError(f"{name} could not be read as a numeric array: {error}") from None
+    if array.ndim == 0 and array.dtype.kind == "O":    # (a generator, map, set, dict...)
+        raise TypeError(f"{name} must be an array of numbers (a NumPy array, a list of rows, "
+                        f"a DataFrame); got a {type(data).__name__}")
     if array.dtype.kind not in NUMERIC_KINDS and _pandas_nullable_numbers(data):
         try:        # pandas' nullable numbers (Float32, Int64, boolean): NA as NaN
             array = data.to_numpy(dtype=np.float64, na_value=np.nan)
@@ -114,7 +117,17 @@ def _pandas_nullable_numbers(data) -> bool:
         return False
     kinds = kinds.tolist() if hasattr(kinds, "tolist") else [kinds]
     return any(not isinstance(kind, np.dtype) for kind in kinds) and \
-        all(getattr(kind, "kind", "O") in "biuf" for kind in kinds)
+        all(_numeric_kind(kind) for kind in kinds)
+
+
+def _numeric_kind(kind) -> bool:
+    """Whether a pandas column's dtype holds numbers: NumPy's and pandas' numeric kinds, and
+    categories that are numbers (np.asarray reads a frame of those alone as numbers; beside
+    a nullable column they were refused)."""
+    categories = getattr(kind, "categories", None)
+    if categories is not None:
+        return getattr(categories.dtype, "kind", "O") in "biuf"
+    return getattr(kind, "kind", "O") in "biuf"
 
 
 def check_finite(array: np.ndarray, name: str) -> None:

@@ -814,3 +814,37 @@ def test_pandas_text_categories_and_dates_are_not_numbers():
     for frame in frames:
         with pytest.raises(TypeError, match="must hold numbers"):
             model.predict(frame)
+
+
+@pytest.mark.parametrize("make", [lambda X: (row for row in X), lambda X: map(list, X),
+                                  lambda X: {"a": [1.0, 2.0, 3.0]}, lambda X: {1.0, 2.0}])
+def test_an_iterator_or_a_mapping_is_refused_by_its_type(make):
+    """A generator, map, dict or set: np.asarray wraps it in a 0-d array of objects, and
+    the refusal spoke of "an array of dtype object" the caller never made."""
+    X = np.ones((4, 3))
+    model = fastbp.MLP([3, 4, 1], ["relu", "identity"], seed=0)
+    before = model.parameter_vector()
+    name = type(make(X)).__name__
+    with pytest.raises(TypeError, match=f"X must be an array of numbers .*; got a {name}$"):
+        model.predict(make(X))
+    with pytest.raises(TypeError, match=f"X must be an array of numbers .*; got a {name}$"):
+        fastbp.Trainer("mse").fit(model, make(X), np.zeros(4))
+    with pytest.raises(TypeError, match=f"Y must be an array of numbers .*; got a {name}$"):
+        fastbp.Trainer("mse").fit(model, X, make(X))
+    np.testing.assert_array_equal(model.parameter_vector(), before)
+
+
+def test_a_frame_of_nullable_numbers_and_numeric_categories_is_read_as_numbers():
+    """Each kind alone was read as numbers; together (np.asarray makes objects of the
+    nullable column) the categorical column's kind refused the frame."""
+    pd = pytest.importorskip("pandas")
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(6, 3))
+    frame = pd.DataFrame({"a": pd.array(base[:, 0], dtype="Float64"),
+                          "b": pd.Categorical([0, 1, 2] * 2), "c": base[:, 2]})
+    plain = np.column_stack([base[:, 0], [0, 1, 2] * 2, base[:, 2]])
+    model = fastbp.MLP([3, 4, 1], ["tanh", "identity"], seed=0)
+    np.testing.assert_array_equal(model.predict(frame), model.predict(plain))
+    text = frame.assign(b=pd.Categorical(["x", "y", "z"] * 2))
+    with pytest.raises(TypeError, match="X must hold numbers"):
+        model.predict(text)
