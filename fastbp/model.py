@@ -831,20 +831,32 @@ class MLP:
     def __reduce__(self):       # (the attributes as state: set after the model is made)
         return (type(self).from_bytes, (self.to_bytes(),), self._added_attributes() or None)
 
+    def __setstate__(self, attributes: dict) -> None:
+        for name, value in attributes.items():
+            object.__setattr__(self, name, value)       # (a subclass's __slots__ too)
+
     def __copy__(self):
         model = type(self).from_bytes(self.to_bytes())
-        model.__dict__.update(self._added_attributes())
+        model.__setstate__(self._added_attributes())
         return model
 
     def __deepcopy__(self, memo):
         model = type(self).from_bytes(self.to_bytes())
         memo[id(self)] = model
-        model.__dict__.update(copy.deepcopy(self._added_attributes(), memo))
+        model.__setstate__(copy.deepcopy(self._added_attributes(), memo))
         return model
 
     def _added_attributes(self) -> dict:
-        return {name: value for name, value in vars(self).items()
-                if name not in _setup_attributes()}
+        """The attributes a caller or a subclass set: in the instance's dict, and in a
+        subclass's __slots__ (vars() alone dropped those)."""
+        added = {name: value for name, value in vars(self).items()
+                 if name not in _setup_attributes()}
+        for cls in type(self).__mro__:
+            slots = cls.__dict__.get("__slots__", ())
+            for name in (slots,) if isinstance(slots, str) else slots:
+                if name not in ("__dict__", "__weakref__") and hasattr(self, name):
+                    added[name] = getattr(self, name)
+        return added
 
 
 @functools.cache

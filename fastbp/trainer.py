@@ -301,6 +301,13 @@ class Trainer:
             state["_state_key"] = (key[0], (key[1][0], scale))
         state.setdefault("_buffers", {})   # pickled before fits kept their buffers
         state["_moving_rows"] = None
+        rows = state.get("_state")
+        if rows is not None and not (type(rows) is np.ndarray and rows.flags.writeable
+                                     and rows.flags.c_contiguous and rows.flags.aligned):
+            # the next fit writes it in place: a copy where it came read-only (joblib's
+            # memory map of an array of 1 MB or more, as loky sends it; pickle protocol 5's
+            # buffers of bytes), which every later fit refused
+            state["_state"] = np.array(rows, order="C")
         self.__dict__.update(state)
 
     def __repr__(self) -> str:

@@ -559,6 +559,58 @@ def test_copies_and_pickles_keep_a_subclass_and_the_attributes_set_on_a_model():
     assert type(fastbp.MLP.from_bytes(model.to_bytes())) is fastbp.MLP
 
 
+class _Slotted(fastbp.MLP):
+    __slots__ = ("tag",)
+
+
+def test_copies_and_pickles_keep_a_subclass_s_slots():
+    """A subclass's __slots__ attribute was dropped by copy, deepcopy and pickle (they
+    took vars() only)."""
+    model = _Slotted([4, 3, 2], ["relu", "softmax"], seed=0)
+    model.tag = "v1"
+    for made in (copy.copy(model), copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert type(made) is _Slotted and made.tag == "v1"
+    bare = _Slotted([4, 3, 2], ["relu", "softmax"], seed=0)
+    assert not hasattr(pickle.loads(pickle.dumps(bare)), "tag")
+
+
+def _read_only_round_trip(obj):
+    """pickle protocol 5 with its buffers handed back as bytes: arrays arrive read-only,
+    as joblib's memory maps of arrays of 1 MB or more do (loky's arguments)."""
+    buffers = []
+    data = pickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
+    return pickle.loads(data, buffers=[bytes(buffer.raw()) for buffer in buffers])
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "momentum"])
+def test_a_trainer_whose_state_arrives_read_only_trains_on_exactly(optimizer):
+    """A read-only optimizer state (a trainer sent to a joblib/loky worker once its state
+    reached 1 MB, or loaded with mmap_mode='r') made every later fit fail ('assignment
+    destination is read-only'); it goes on as the original does, bit for bit."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(64, 6)).astype(np.float32)
+    y = rng.integers(0, 3, 64)
+    rule = fastbp.optimizers.Adam(0.01) if optimizer == "adam" else \
+        fastbp.optimizers.SGD(0.05, momentum=0.9)
+    model = fastbp.MLP([6, 8, 3], ["relu", "softmax"], seed=0)
+    trainer = fastbp.Trainer("cce", optimizer=rule, batch_size=16, seed=1, n_threads=1)
+    trainer.partial_fit(model, X, y)
+    model_copy, trainer_copy = _read_only_round_trip((model, trainer))
+    for _ in range(2):
+        trainer.partial_fit(model, X, y)
+        trainer_copy.partial_fit(model_copy, X, y)
+    np.testing.assert_array_equal(model_copy.parameter_vector(), model.parameter_vector())
+    joblib = pytest.importorskip("joblib")
+    import tempfile
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "trainer.joblib")
+        joblib.dump((model, trainer), path)
+        model_copy, trainer_copy = joblib.load(path, mmap_mode="r")
+    trainer.partial_fit(model, X, y)
+    trainer_copy.partial_fit(model_copy, X, y)
+    np.testing.assert_array_equal(model_copy.parameter_vector(), model.parameter_vector())
+
+
 def test_a_header_that_names_a_key_twice_is_refused():
     """JSON keeps the last of a repeated key: a header with two "activations" loaded as
     whichever came last (docs/file-format.md: exactly those keys)."""
