@@ -32,6 +32,7 @@ _LARGEST_FILE = 64 << 20
 LOCK_WAIT_SECONDS = 60.0
 _LOCK_POLL_SECONDS = 0.005
 _stuck = set()      # lock files this process waited LOCK_WAIT_SECONDS for: not waited again
+_too_large = set()  # cache files found past _LARGEST_FILE: said once each
 
 
 def cache_folder() -> str:
@@ -147,10 +148,10 @@ def _read_document(file_name) -> tuple:
             # meanwhile: read(n) takes n bytes of memory whatever the file holds)
             size = os.fstat(file.fileno()).st_size
             if size > _LARGEST_FILE:    # (left as it is: replacing it lost every choice)
-                return {}, True
+                return _too_large_file(file_name)
             content = file.read(size + 1)
         if len(content) > _LARGEST_FILE:
-            return {}, True
+            return _too_large_file(file_name)
         document = json.loads(content)
     except (OSError, ValueError, RecursionError):   # (RecursionError: nested past Python's
         return {}, False                            # stack, "[[[[..." from anything else)
@@ -162,6 +163,19 @@ def _read_document(file_name) -> tuple:
             and isinstance(document.get("choices"), dict)
     choices = document.get("choices")
     return (choices, False) if isinstance(choices, dict) else ({}, False)
+
+
+def _too_large_file(file_name) -> tuple:
+    """_read_document's answer for a file past _LARGEST_FILE, said once per file: nothing
+    in it is read, and nothing measured is kept (every process measures again)."""
+    path = os.path.join(cache_folder(), file_name)
+    if path not in _too_large:
+        _too_large.add(path)
+        warnings.warn(f"fastbp's cache file {path} is larger than {_LARGEST_FILE >> 20} MiB: "
+                      f"it is neither read nor added to, so every process measures its "
+                      f"choices again; delete it to start afresh", RuntimeWarning,
+                      stacklevel=2)
+    return {}, True
 
 
 def settled(file_name, key, is_valid, measure):

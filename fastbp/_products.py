@@ -42,6 +42,7 @@ PASS_MEASURE_MAX_MULTIPLY_ADDS = 1 << 28
 PASS_OWN_MARGIN = 1.05
 _measured = {}                 # key -> True (own kernel) / False (BLAS), this process
 _chosen = {}                   # product_isas' arguments -> its measured answer, this process
+_absent = set()                # (cache folder, key) a look-up without measuring did not find
 _lock = threading.Lock()
 
 
@@ -222,7 +223,7 @@ def own_is_faster(kind, m, n, k, dtype, isa, chunk_rows=0, chunk_columns=0,
     cache file (read without its lock), None if there is none; nothing measured.
     checked: each is timed with the finiteness check its pass makes (a kept predict
     pass's first product: the own kernel's product checked, BLAS's input)."""
-    from fastbp._cache import build_identity, cpu_model, read_cache, settled
+    from fastbp._cache import build_identity, cache_folder, cpu_model, read_cache, settled
     chunk_rows = 0 if chunk_rows >= m else chunk_rows   # 0: whole, however it is written
     chunk_columns = 0 if chunk_columns >= n else chunk_columns
     key = (f"{kind}/{m}x{n}x{k}/{chunk_rows}x{chunk_columns}/{np.dtype(dtype).name}/{isa}/"
@@ -233,10 +234,16 @@ def own_is_faster(kind, m, n, k, dtype, isa, chunk_rows=0, chunk_columns=0,
         key += "/checked"
     from fastbp._threads import measured
     if kept_only:
+        # (the file once per key and process: a fit's validation passes asked at every
+        # epoch, reading the whole file each time)
         found = _measured.get(key)
-        if found is None:
+        where = (cache_folder(), key)
+        if found is None and where not in _absent:
             kept = read_cache(CACHE_FILE).get(key)
-            found = kept if isinstance(kept, bool) else None
+            if isinstance(kept, bool):
+                found = _measured[key] = kept
+            else:
+                _absent.add(where)
         return found
 
     def measure(wait):

@@ -25,6 +25,7 @@ from fastbp._validation import as_inputs, as_row_weights, as_sample_weight, as_t
     check_fits_dtype, check_in_dtype, check_verbose, dense_targets, distinct_rows, one_hot, \
     real_number, unit_scaled, unshared, whole_number
 from fastbp.model import MLP, check_allocation
+from fastbp._products import row_bucket
 
 
 def trained_weights(factors: np.ndarray, rows=None) -> np.ndarray:
@@ -49,6 +50,16 @@ def trained_weights(factors: np.ndarray, rows=None) -> np.ndarray:
                          "sample_weight and class_weight, is 2^1074 times smaller than the "
                          "largest, or more); set the smallest to 0")
     return weights
+
+
+def plan_rows(n_samples: int) -> int:
+    """The batch size a fit of n_samples rows, no more than its batch_size, runs (in one
+    batch of all the rows): n_samples rounded up to a power of two up to 1024 rows, to a
+    multiple of 1024 beyond (at most 1023 rows of workspace more), the same for every
+    batch_size >= n_samples. The plan and the measured choices of threads and kernels are
+    keyed by it: a loop of partial_fit calls of changing row counts measured and kept them
+    for each count (0.3 s a new count: 186 counts in 400 calls of 20-255 rows)."""
+    return row_bucket(n_samples) if n_samples <= 1024 else -(-n_samples // 1024) * 1024
 
 
 def _no_model():
@@ -682,7 +693,8 @@ class _CompiledEpoch:
         self.trainer, self.model = trainer, model
         loss, optimizer = spec.loss, spec.optimizer
         n_samples = data.n_samples
-        self.batch_size = min(spec.batch_size, n_samples)
+        self.batch_size = spec.batch_size if n_samples > spec.batch_size else \
+            plan_rows(n_samples)
         hyperparameters = _core.Hyperparameters(
             loss.code, loss.parameter, weight_decay=spec.weight_decay,
             decoupled_weight_decay=bool(trainer.decoupled_weight_decay),

@@ -237,7 +237,9 @@ def test_a_cache_of_more_than_a_mebibyte_is_read(tmp_path, monkeypatch):
     assert len(_cache.read_cache("big.json")) == 14_001
     with open(tmp_path / "big.json", "ab") as file:     # past the largest file read: unread
         file.truncate(_cache._LARGEST_FILE + 1)
-    assert _cache.read_cache("big.json") == {}
+    monkeypatch.setattr(_cache, "_too_large", set())
+    with pytest.warns(RuntimeWarning, match="big.json is larger than 64 MiB"):
+        assert _cache.read_cache("big.json") == {}
 
 
 def test_a_lock_found_stuck_is_not_waited_for_again_by_each_key(tmp_path, monkeypatch):
@@ -294,9 +296,16 @@ def test_a_cache_file_too_large_to_read_is_left_as_it_is(tmp_path, monkeypatch):
     afresh); the choice is measured and used."""
     monkeypatch.setenv("FASTBP_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(_cache, "_LARGEST_FILE", 100)
+    monkeypatch.setattr(_cache, "_too_large", set())
     large = json.dumps({"version": 1, "choices": {f"key {i}": i for i in range(50)}})
     (tmp_path / "c.json").write_text(large)
-    assert _cache.settled("c.json", "k", lambda choice: choice == 2, lambda: 2) == 2
+    # said once (every process measures again: the file is neither read nor added to)
+    with pytest.warns(RuntimeWarning, match="c.json is larger than 0 MiB: it is neither "
+                                            "read nor added to"):
+        assert _cache.settled("c.json", "k", lambda choice: choice == 2, lambda: 2) == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _cache.settled("c.json", "j", lambda choice: choice == 3, lambda: 3) == 3
     assert (tmp_path / "c.json").read_text() == large
 
 
