@@ -234,8 +234,9 @@ def own_is_faster(kind, m, n, k, dtype, isa, chunk_rows=0, chunk_columns=0,
         key += "/checked"
     from fastbp._threads import measured
     if kept_only:
-        # (the file once per key and process: a fit's validation passes asked at every
-        # epoch, reading the whole file each time)
+        # (the file once per key, cache folder and process: a fit's validation passes
+        # asked at every epoch, reading the whole file each time; an answer another
+        # process writes later is not seen here until this one measures the product)
         found = _measured.get(key)
         where = (cache_folder(), key)
         if found is None and where not in _absent:

@@ -77,19 +77,23 @@ def split_threads(layer_sizes, batch_size: int, n_threads: int, split=BY_ROWS,
 
 
 def row_workspace(layer_sizes, codes, dropout, batch_size: int, n_workers: int, dtype,
-                  allocate=None, split=BY_ROWS, hyperparameters=None):
+                  allocate=None, split=BY_ROWS, hyperparameters=None, rows=None):
     """The plan and workspace of n_workers row-split workers (None, None for one): each
-    worker holds ceil(batch_size / n_workers) rows and their deltas (and the buffers of
-    the split's first layer; BY_HIDDEN, of the arrays the rule of `hyperparameters` uses,
-    None: any rule's). allocate(size): the workspace of that many values (default: a new
-    array)."""
+    worker holds ceil(rows / n_workers) rows (rows: the step's, batch_size unless given)
+    and their deltas (and the buffers of the split's first layer; BY_HIDDEN, of the arrays
+    the rule of `hyperparameters` uses, None: any rule's). Its products' kernels are chosen
+    at batch_size's shapes (a fit of fewer rows than its batch size: trainer.plan_rows's,
+    measured once for a few counts, while the rows are shared evenly: worker k takes rows
+    from k ceil(rows / T)). allocate(size): the workspace of that many values (default: a
+    new array)."""
     if n_workers <= 1:
         return None, None
     from fastbp import _core
     from fastbp.model import check_allocation, few_row_kernels
-    from fastbp._products import choose_products, product_isas
+    from fastbp._products import product_isas
     kernels = few_row_kernels()   # a worker's rows take the few-row kernels as a step's do
-    plan = _core.Plan(list(layer_sizes), list(codes), -(-batch_size // n_workers),
+    rows = batch_size if rows is None else rows
+    plan = _core.Plan(list(layer_sizes), list(codes), -(-rows // n_workers),
                       dropout, False, small_gemm_kernels(),
                       0 if kernels == "never" else _core.TRAINING_FEW_ROWS,
                       kernels == "always")
@@ -114,8 +118,10 @@ def row_workspace(layer_sizes, codes, dropout, batch_size: int, n_workers: int, 
         # 512 x 392 ran 1.35x faster in the own kernel than in BLAS, where the whole 128 x
         # 512 x 784 measured BLAS in one run and the own kernel in another).
         inputs_partial = split == BY_INPUTS and len(layer_sizes) > 2
-        choose_products(plan, layer_sizes, dtype, first_forward=(
-            batch_size, -(-layer_sizes[0] // n_workers)) if inputs_partial else None)
+        plan.set_product_isas(product_isas(
+            layer_sizes, -(-batch_size // n_workers), dtype, gemm_chunks=plan.gemm_chunks,
+            first_forward=(batch_size, -(-layer_sizes[0] // n_workers))
+            if inputs_partial else None))
     return plan, np.empty(size, dtype=dtype) if allocate is None else allocate(size)
 
 

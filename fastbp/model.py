@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import copyreg
 import functools
 import numbers
 import os
@@ -851,11 +852,9 @@ class MLP:
         subclass's __slots__ (vars() alone dropped those)."""
         added = {name: value for name, value in vars(self).items()
                  if name not in _setup_attributes()}
-        for cls in type(self).__mro__:
-            slots = cls.__dict__.get("__slots__", ())
-            for name in (slots,) if isinstance(slots, str) else slots:
-                if name not in ("__dict__", "__weakref__") and hasattr(self, name):
-                    added[name] = getattr(self, name)
+        for name in copyreg._slotnames(type(self)):     # (as pickle finds them: mangled)
+            if hasattr(self, name):
+                added[name] = getattr(self, name)
         return added
 
 

@@ -1002,6 +1002,12 @@ class _BaseMLP(BaseEstimator):
         # the trainer pickles its optimizer state without the model: attach it again
         if getattr(self, "_trainer", None) is not None and getattr(self, "model_", None) is not None:
             self._trainer.bind(self.model_)
+        # early stopping's best parameters are written in place by a warm-started fit:
+        # copies where they came read-only (as the trainer's state: joblib's memory maps)
+        best = getattr(self, "_best_parameters", None)
+        if best is not None:
+            self._best_parameters = [array if array.flags.writeable else np.array(array)
+                                     for array in best]
 
 
 class MLPClassifier(ClassifierMixin, _BaseMLP):

@@ -53,12 +53,13 @@ def trained_weights(factors: np.ndarray, rows=None) -> np.ndarray:
 
 
 def plan_rows(n_samples: int) -> int:
-    """The batch size a fit of n_samples rows, no more than its batch_size, runs (in one
-    batch of all the rows): n_samples rounded up to a power of two up to 1024 rows, to a
-    multiple of 1024 beyond (at most 1023 rows of workspace more), the same for every
-    batch_size >= n_samples. The plan and the measured choices of threads and kernels are
-    keyed by it: a loop of partial_fit calls of changing row counts measured and kept them
-    for each count (0.3 s a new count: 186 counts in 400 calls of 20-255 rows)."""
+    """The batch size of the plan of a fit of n_samples rows, no more than its batch_size
+    (its step takes all the rows in one batch, shared evenly among row workers):
+    n_samples rounded up to a power of two up to 1024 rows, to a multiple of 1024 beyond
+    (at most 1023 rows of workspace more), the same for every batch_size >= n_samples. The
+    plan and the measured choices of threads and kernels are keyed by it: a loop of
+    partial_fit calls of changing row counts measured and kept them for each count (0.3 s
+    a new count: 186 counts in 400 calls of 20-255 rows)."""
     return row_bucket(n_samples) if n_samples <= 1024 else -(-n_samples // 1024) * 1024
 
 
@@ -693,8 +694,10 @@ class _CompiledEpoch:
         self.trainer, self.model = trainer, model
         loss, optimizer = spec.loss, spec.optimizer
         n_samples = data.n_samples
+        # the plan's batch (and the key of its measured choices), and the rows of a step
         self.batch_size = spec.batch_size if n_samples > spec.batch_size else \
             plan_rows(n_samples)
+        self.step_rows = min(spec.batch_size, n_samples)
         hyperparameters = _core.Hyperparameters(
             loss.code, loss.parameter, weight_decay=spec.weight_decay,
             decoupled_weight_decay=bool(trainer.decoupled_weight_decay),
@@ -746,7 +749,8 @@ class _CompiledEpoch:
         self.worker_plan, self.worker_work = row_workspace(
             model.layer_sizes, model._codes, model._dropout, self.batch_size,
             1 if self.sparse is not None else self.n_workers, model.dtype,
-            lambda size: buffer("workers' workspace", size), self.split, hyperparameters)
+            lambda size: buffer("workers' workspace", size), self.split, hyperparameters,
+            rows=self.step_rows)
         # The parameters and optimizer state at the start of the epoch, restored if it
         # diverges. A sparse fit copies W1 (the first `kept` values, most of the model) and
         # its state row by row as the epoch changes them, into a RowLog, not whole.
@@ -794,7 +798,7 @@ class _CompiledEpoch:
         try:
             loss_total, weight_total, trained, status = _core.train_epoch(
                 self.plan, self.hyperparameters, model._params, self.work, state, self.X,
-                self.targets, self.labels, self.weights, self.order, self.batch_size,
+                self.targets, self.labels, self.weights, self.order, self.step_rows,
                 dropout_seed, self.catching, self.worker_plan, self.worker_work,
                 n_workers, self.sparse, self.row_log, **split_flags(self.split),
                 moving_rows=self.moving_rows,

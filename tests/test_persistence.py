@@ -8,6 +8,7 @@ import pickle
 import stat
 import struct
 import tracemalloc
+import warnings
 import zlib
 
 import numpy as np
@@ -560,7 +561,13 @@ def test_copies_and_pickles_keep_a_subclass_and_the_attributes_set_on_a_model():
 
 
 class _Slotted(fastbp.MLP):
-    __slots__ = ("tag",)
+    __slots__ = ("tag", "__private")
+
+    def set_private(self, value):
+        self.__private = value
+
+    def private(self):
+        return self.__private
 
 
 def test_copies_and_pickles_keep_a_subclass_s_slots():
@@ -568,8 +575,9 @@ def test_copies_and_pickles_keep_a_subclass_s_slots():
     took vars() only)."""
     model = _Slotted([4, 3, 2], ["relu", "softmax"], seed=0)
     model.tag = "v1"
+    model.set_private(7)                                 # (a mangled name: _Slotted__private)
     for made in (copy.copy(model), copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
-        assert type(made) is _Slotted and made.tag == "v1"
+        assert type(made) is _Slotted and made.tag == "v1" and made.private() == 7
     bare = _Slotted([4, 3, 2], ["relu", "softmax"], seed=0)
     assert not hasattr(pickle.loads(pickle.dumps(bare)), "tag")
 
@@ -609,6 +617,24 @@ def test_a_trainer_whose_state_arrives_read_only_trains_on_exactly(optimizer):
     trainer.partial_fit(model, X, y)
     trainer_copy.partial_fit(model_copy, X, y)
     np.testing.assert_array_equal(model_copy.parameter_vector(), model.parameter_vector())
+
+
+def test_an_early_stopping_estimator_whose_arrays_arrive_read_only_refits_warm():
+    """A warm-started refit writes early stopping's best parameters in place: where they
+    arrived read-only (joblib's memory maps, as for the trainer's state) it failed."""
+    pytest.importorskip("sklearn")
+    from fastbp.sklearn import MLPClassifier
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(120, 5)).astype(np.float32), rng.integers(0, 3, 120)
+    estimator = MLPClassifier(hidden_layer_sizes=(8,), early_stopping=True, warm_start=True,
+                              max_iter=3, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        estimator.fit(X, y)
+        copied = _read_only_round_trip(estimator)
+        for refit in (estimator, copied):
+            refit.set_params(max_iter=5).fit(X, y)
+    np.testing.assert_array_equal(copied.coefs_[0], estimator.coefs_[0])
 
 
 def test_a_header_that_names_a_key_twice_is_refused():

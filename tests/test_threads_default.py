@@ -945,3 +945,24 @@ def test_a_fits_validation_passes_do_not_read_the_cache_file_at_every_epoch(
     reads.clear()
     trainer.fit(model, X, y, validation_data=(X_val, y_val))
     assert first <= 10 and reads == []
+
+
+def test_a_fit_of_fewer_rows_shares_them_evenly_among_its_row_workers(monkeypatch):
+    """plan_rows sized each row worker's share from the plan's batch (130 rows on 2
+    workers: 128 and 2; 1,025 rows: 1,024 and 1): the step's rows are shared evenly (65 and
+    65), while the workers' product kernels are still chosen at the plan's shapes."""
+    measured = []
+    monkeypatch.setattr(_products, "_measured", {})
+    monkeypatch.setattr(_products, "_chosen", {})
+    monkeypatch.setattr(_products, "_measure",
+                        lambda kind, m, n, k, *args, **kwargs:
+                        measured.append(k if kind == "tn" else m) or False)   # (the rows)
+    from fastbp import trainer as trainer_module
+    for rows, workers in ((130, 2), (1025, 2), (129, 4)):
+        batch = trainer_module.plan_rows(rows)
+        plan, _ = _threads.row_workspace((20, 16, 3), (0, 2), [0.0, 0.0], batch, workers,
+                                         np.float32, rows=rows)
+        assert plan.capacity == -(-rows // workers)
+        if _products.kernel_mode() == "auto" and _products.kernel_isa() is not None:
+            assert set(measured) <= {-(-batch // workers)}
+        measured.clear()
