@@ -88,13 +88,14 @@ def kernel_isa():
 
 
 def choose_products(plan, layer_sizes, dtype, one_thread=True, backward=True, sparse=False,
-                    measure=True, first_forward=None):
+                    measure=True, first_forward=None, rows=None):
     """Sets which of a new plan's products run in the own kernels (Plan.set_product_isas),
-    for its passes of up to plan.capacity rows of `dtype`, its BLAS calls cut as
-    plan.gemm_chunks says; the arguments as for product_isas. Returns the plan."""
-    plan.set_product_isas(product_isas(layer_sizes, plan.capacity, dtype, one_thread,
-                                       backward, sparse, plan.gemm_chunks, measure,
-                                       first_forward=first_forward))
+    for its passes of up to plan.capacity rows of `dtype` (chosen at `rows` rows where
+    given: a row worker's share of a fit's plan, _threads.row_workspace), its BLAS calls
+    cut as plan.gemm_chunks says; the arguments as for product_isas. Returns the plan."""
+    plan.set_product_isas(product_isas(layer_sizes, plan.capacity if rows is None else rows,
+                                       dtype, one_thread, backward, sparse, plan.gemm_chunks,
+                                       measure, first_forward=first_forward))
     return plan
 
 

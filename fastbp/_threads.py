@@ -90,7 +90,7 @@ def row_workspace(layer_sizes, codes, dropout, batch_size: int, n_workers: int, 
         return None, None
     from fastbp import _core
     from fastbp.model import check_allocation, few_row_kernels
-    from fastbp._products import product_isas
+    from fastbp._products import choose_products, product_isas
     kernels = few_row_kernels()   # a worker's rows take the few-row kernels as a step's do
     rows = batch_size if rows is None else rows
     plan = _core.Plan(list(layer_sizes), list(codes), -(-rows // n_workers),
@@ -118,10 +118,9 @@ def row_workspace(layer_sizes, codes, dropout, batch_size: int, n_workers: int, 
         # 512 x 392 ran 1.35x faster in the own kernel than in BLAS, where the whole 128 x
         # 512 x 784 measured BLAS in one run and the own kernel in another).
         inputs_partial = split == BY_INPUTS and len(layer_sizes) > 2
-        plan.set_product_isas(product_isas(
-            layer_sizes, -(-batch_size // n_workers), dtype, gemm_chunks=plan.gemm_chunks,
-            first_forward=(batch_size, -(-layer_sizes[0] // n_workers))
-            if inputs_partial else None))
+        choose_products(plan, layer_sizes, dtype, first_forward=(
+            batch_size, -(-layer_sizes[0] // n_workers)) if inputs_partial else None,
+            rows=-(-batch_size // n_workers))
     return plan, np.empty(size, dtype=dtype) if allocate is None else allocate(size)
 
 
