@@ -764,8 +764,7 @@ def fit(model: MLP, trainer: Trainer, X, Y, client=None, rounds=None, epochs_per
     if trainer.class_weight is not None:
         # (a loss without classes refused here, before any chunk is computed, for
         # "balanced" too; a dict's table kept: chunks of weight 0 train nothing)
-        n_outputs = model.layer_sizes[-1]
-        n_classes = loss.classes_of(np.zeros((0, n_outputs), model.dtype), None, n_outputs)[1]
+        n_classes = loss.n_classes(model.layer_sizes[-1])
     if isinstance(trainer.class_weight, dict):
         class_table = class_weight_table(trainer.class_weight, n_classes)
         if not class_table.any():

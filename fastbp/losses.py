@@ -84,6 +84,11 @@ class Loss:
         raise ValueError("class_weight needs a classification loss "
                          "(categorical or binary cross-entropy)")
 
+    def n_classes(self, n_outputs: int) -> int:
+        """The number of classes class_weight weighs on a model of n_outputs outputs,
+        before any data is read (classes_of's refusal where it weighs none)."""
+        return self.classes_of(np.zeros((0, n_outputs)), None, n_outputs)[1]
+
     # ---- on plain arrays ----
     def value(self, y_true, y_pred) -> float:
         return self._evaluate(y_true, y_pred, want_gradient=False)[0]

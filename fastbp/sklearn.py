@@ -1312,7 +1312,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         if is_sparse(y):    # (validate_data said "setting an array element with a sequence")
             raise TypeError(f"y must be a dense array of targets; got a scipy.sparse "
                             f"{type(y).__name__} (y.toarray() makes one)")
-        text = getattr(y, "dtype", None) if hasattr(y, "dtype") else np.asarray(y).dtype
+        text = y.dtype if hasattr(y, "dtype") else np.asarray(y).dtype
         if isinstance(text, np.dtype) and text.kind in "US":
             # (validate_data parsed numeric text, a "nan" among it; scikit-learn's MLP fails)
             raise TypeError(f"y must hold numbers; got an array of dtype {text}")

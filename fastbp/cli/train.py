@@ -220,8 +220,6 @@ _OPTION_OF = {"learning_rate": "--learning-rate", "momentum": "--momentum",
 def _build_trainer(args, loss, monitor, model):
     """(the Trainer, the learning rate it uses), its settings checked for `model` (its
     dtype; class weights need classes) before any work, refused naming the options."""
-    import numpy as np
-
     from fastbp import optimizers
     from fastbp._validation import named_setting
     from fastbp.trainer import Trainer
@@ -243,8 +241,7 @@ def _build_trainer(args, loss, monitor, model):
                           n_threads=args.threads)
         trainer.spec().check_dtype(model.dtype)
         if args.class_weight is not None:
-            n_outputs = model.layer_sizes[-1]
-            loss.classes_of(np.zeros((0, n_outputs), model.dtype), None, n_outputs)
+            loss.n_classes(model.layer_sizes[-1])
     except UsageError:
         raise
     except (ValueError, TypeError) as error:
