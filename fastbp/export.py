@@ -6,7 +6,7 @@ The graph computes what `model.predict` computes (docs/onnx.md):
     per layer l:  MatMul(A, W_l) -> Add(., b_l) -> activation      (weights as initializers)
     output "Y"  [N, n_out]
 
-Activations: relu (Relu), leaky_relu (LeakyRelu, alpha 0.01), sigmoid (1 / (1 + Exp(-x)),
+Activations: relu (Relu), leaky_relu (LeakyRelu, alpha 0.01), sigmoid (from Exp(-|x|),
 accurate in both tails, where ONNX Runtime's Sigmoid kernel flushes tiny values to 0), tanh
 (Tanh), softmax (Softmax, axis -1), elu (z for z > 0, else expm1(z) by Kahan's formula:
 ONNX Runtime's Elu, exp(z) - 1, loses every digit near 0), softplus (Softplus), gelu (exact,
@@ -19,8 +19,9 @@ graph, like predict, never drops.
 
 Opset 17 (IR version 8), which every ONNX Runtime since 1.13 runs; `onnx.checker` passes.
 The model's metadata: producer "fastbp" and its version; metadata_props layer_sizes and
-activations as JSON, dtype as its name, and for a model with dropout, dropout as JSON and a
-note.
+activations as JSON, dtype as its name, for a model with dropout, dropout as JSON and a
+note, and for a fastbp.sklearn estimator, its class name, what its outputs are and a
+classifier's classes as JSON. A model whose parameters are not all finite is refused.
 """
 from __future__ import annotations
 
@@ -53,6 +54,7 @@ ERFC_CHEBYSHEV = (
     -9.457494571291233e-17, 1.210237189224279e-16, -2.816663087747177e-17,
     5.003005559445902e-20, 2.3281042579529253e-18, -8.446077682509006e-19,
 )
+ERFC_ZERO_BEYOND = 30.0      # erfc(z) < 1e-392 past it: 0 in double (and in float)
 
 
 def _import_onnx():
@@ -68,8 +70,11 @@ def _import_onnx():
 class _GraphBuilder:
     """Collects nodes and initializers, with unique names and shared scalar constants."""
 
-    def __init__(self, helper, numpy_helper, dtype: np.dtype):
+    def __init__(self, onnx, helper, numpy_helper, dtype: np.dtype):
         self.helper, self.numpy_helper, self.dtype = helper, numpy_helper, dtype
+        # the graph's element type, and one with at most half its significant bits
+        self.element, self.narrow = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16) \
+            if dtype == np.float32 else (onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT)
         self.nodes, self.initializers = [], []
         self._constants = {}
         self._counter = 0
@@ -100,11 +105,15 @@ class _GraphBuilder:
 # ---- activations: each takes the pre-activation's name and the output's name --------------
 
 def _sigmoid(g, z, out=None):
-    """1 / (1 + exp(-z)): accurate to a few ulps in both tails (ONNX Runtime's Sigmoid
-    kernel is accurate in absolute terms only: it returns 0 for float32 inputs below about
-    -18, where the sigmoid is still 1e-8). exp(-z) overflowing to inf gives 0, the limit."""
-    exp = g.op("Exp", [g.op("Neg", [z])])
-    return g.op("Div", [g.const(1.0), g.op("Add", [exp, g.const(1.0)])], out)
+    """With e = exp(-|z|): 1 / (1 + e) for z >= 0, e / (1 + e) below, as fastbp's kernel:
+    accurate to a few ulps in both tails, down to its subnormal values. (ONNX Runtime's
+    Sigmoid kernel is accurate in absolute terms only: 0 for float32 inputs below about -18,
+    where the sigmoid is still 1e-8; and 1 / (1 + exp(-z)) overflows exp(-z) below -88.7 in
+    float, -709.8 in double, where it gives 0 for a sigmoid still in the normal range.)"""
+    e = g.op("Exp", [g.op("Neg", [g.op("Abs", [z])])])
+    one_plus_e = g.op("Add", [e, g.const(1.0)])
+    return g.op("Where", [g.op("Less", [z, g.const(0.0)]), g.op("Div", [e, one_plus_e]),
+                          g.op("Div", [g.const(1.0), one_plus_e])], out)
 
 
 def _log1p(g, e):
@@ -123,10 +132,12 @@ def _expm1_nonpositive(g, x):
     return g.op("Where", [g.op("Less", [x, g.const(-0.5)]), w_minus_1, near_zero])
 
 
-def _one_plus_erf(g, u):
+def _one_plus_erf(g, u, narrow):
     """1 + erf(u) = 2 - erfc(u) for u >= 0, erfc(|u|) for u < 0, with erfc from the
-    Chebyshev series (no cancellation for negative u)."""
-    z = g.op("Abs", [u])
+    Chebyshev series (no cancellation for negative u). narrow: an ONNX type with at most
+    half the graph type's significant bits (see the exponent below)."""
+    # |u| past 30 changes nothing (erfc(30) is 0 in double) and keeps |u| within `narrow`
+    z = g.op("Min", [g.op("Abs", [u]), g.const(ERFC_ZERO_BEYOND)])
     t = g.op("Div", [g.const(2.0), g.op("Add", [z, g.const(2.0)])])
     y = g.op("Sub", [g.op("Mul", [t, g.const(2.0)]), g.const(1.0)])
     two_y = g.op("Mul", [y, g.const(2.0)])
@@ -139,8 +150,13 @@ def _one_plus_erf(g, u):
             step = g.op("Sub", [step, b2])
         b1, b2 = g.op("Add", [step, g.const(c[k])]), b1
     series = g.op("Add", [g.op("Sub", [g.op("Mul", [y, b1]), b2]), g.const(c[0])])
-    exponent = g.op("Sub", [series, g.op("Mul", [z, z])])
-    erfc = g.op("Mul", [t, g.op("Exp", [exponent])])
+    # exp(-z^2 + P): z^2 rounded would put its rounding error, times z^2, into exp's
+    # relative error (4e-13 in double at z = 26). With h = z rounded to `narrow`, h^2 is
+    # exact and z^2 = h^2 + (z - h)(z + h), whose second term is small.
+    h = g.op("Cast", [g.op("Cast", [z], to=narrow)], to=g.element)
+    exponent = g.op("Sub", [series, g.op("Mul", [g.op("Sub", [z, h]), g.op("Add", [z, h])])])
+    erfc = g.op("Mul", [g.op("Mul", [t, g.op("Exp", [g.op("Neg", [g.op("Mul", [h, h])])])]),
+                        g.op("Exp", [exponent])])
     return g.op("Where", [g.op("Less", [u, g.const(0.0)]), erfc,
                           g.op("Sub", [g.const(2.0), erfc])])
 
@@ -175,28 +191,62 @@ def _activation(g, name: str, z: str, out: str, native: bool) -> str:
         return g.op("Add", [g.op("Relu", [z]), tail], out)
     if name == "gelu":          # 0.5 z (1 + erf(z / sqrt 2)), as fastbp's kernel
         # (1 + Erf(u) would cancel for negative u: erfc's series keeps the tail's digits)
-        u = g.op("Mul", [z, g.const(1.0 / math.sqrt(2.0))])
-        one_plus_erf = _one_plus_erf(g, u)
+        # (sqrt(0.5) is 1 / sqrt 2 correctly rounded, as the kernel's constant; 1 / sqrt(2.0)
+        # is an ulp below it, which moves gelu by 4e-13 at z = -37)
+        u = g.op("Mul", [z, g.const(math.sqrt(0.5))])
+        one_plus_erf = _one_plus_erf(g, u, g.narrow)
         return g.op("Mul", [g.op("Mul", [z, g.const(0.5)]), one_plus_erf], out)
     raise ValueError(f"ONNX export does not know the activation {name!r}")
 
 
-def to_onnx_proto(model):
-    """The model as an onnx.ModelProto (checked with onnx.checker)."""
-    from fastbp import __version__
+def _network(model) -> tuple:
+    """(the fastbp.MLP to export, metadata_props it adds): `model` itself, or a fitted
+    fastbp.sklearn estimator's model_ with what its outputs are (`classes` as JSON for a
+    classifier, `outputs` in words)."""
+    from fastbp import _core
     from fastbp.model import MLP
 
-    if not isinstance(model, MLP):
-        raise TypeError(f"model must be a fastbp.MLP; got {type(model).__name__}")
+    if isinstance(model, MLP):
+        network, described = model, {}
+    elif type(model).__module__ == "fastbp.sklearn" and hasattr(model, "get_params"):
+        network = getattr(model, "model_", None)
+        if not isinstance(network, MLP):
+            raise ValueError(f"this {type(model).__name__} is not fitted yet: call fit "
+                             f"before exporting it")
+        described = {"estimator": type(model).__name__}
+        classes = getattr(model, "classes_", None)
+        if classes is None:
+            described["outputs"] = "the predictions, one column per target"
+        else:
+            described["classes"] = json.dumps(np.asarray(classes).tolist(), default=str)
+            described["outputs"] = (
+                "the probability of classes[1], one column" if network.layer_sizes[-1] == 1
+                and len(classes) == 2 else "each class's probability, one column each")
+    else:
+        raise TypeError(f"model must be a fastbp.MLP or a fitted fastbp.sklearn estimator; "
+                        f"got {type(model).__name__}")
+    if not _core.all_finite(network._params[None, :]):
+        raise ValueError("the model's parameters are not all finite (NaN or infinity, written "
+                         "into its weights or biases or loaded so): its graph would compute "
+                         "NaN or infinite outputs (predict refuses such a model)")
+    return network, described
+
+
+def to_onnx_proto(model):
+    """The model (a fastbp.MLP, or a fitted fastbp.sklearn estimator: its model_) as an
+    onnx.ModelProto (checked with onnx.checker)."""
+    from fastbp import __version__
+
+    model, described = _network(model)
     onnx, helper, numpy_helper = _import_onnx()
     dtype = model.dtype
     n_bytes = model.n_params * dtype.itemsize
     if n_bytes > MAX_PROTO_BYTES - (1 << 20):
         raise ValueError(f"the model's parameters take {n_bytes / 2**30:.1f} GiB; an ONNX file "
                          f"holds at most 2 GiB (a protobuf limit)")
-    element = onnx.TensorProto.FLOAT if dtype == np.float32 else onnx.TensorProto.DOUBLE
     native = dtype == np.float32
-    g = _GraphBuilder(helper, numpy_helper, dtype)
+    g = _GraphBuilder(onnx, helper, numpy_helper, dtype)
+    element = g.element
 
     sizes, names = model.layer_sizes, model.activations
     current = "X"
@@ -228,13 +278,15 @@ def to_onnx_proto(model):
     if any(model.dropout):
         metadata["dropout"] = json.dumps(list(model.dropout))
         metadata["note"] = "dropout is applied in training only; this graph never drops"
+    metadata.update(described)
     helper.set_model_props(proto, metadata)
     onnx.checker.check_model(proto, full_check=True)
     return proto
 
 
 def to_onnx(model, path) -> None:
-    """Write `model` (a fastbp.MLP) as an ONNX graph to exactly `path`, atomically.
+    """Write `model` (a fastbp.MLP, or a fitted fastbp.sklearn estimator: its model_, with
+    its classes in the metadata) as an ONNX graph to exactly `path`, atomically.
 
     Input "X" [N, n_in] and output "Y" [N, n_out] in the model's dtype; see the module's
     docstring and docs/onnx.md. Needs `pip install "fastbp[onnx]"`.
