@@ -418,7 +418,8 @@ def pass_threads(layer_sizes, activations, rows: int, dtype, backward: bool) -> 
     if fixed is not None:
         return fixed, fixed
     rows = row_bucket(rows)
-    key = _pass_key(tuple(layer_sizes), rows, dtype, backward, allowed)
+    key = _pass_key(tuple(layer_sizes), rows, dtype, backward, allowed,
+                    _getenv(_KERNELS_LOOKUPS))
     if inside_pass():
         # Inside another pass on this thread (a fit's validation, a callback's predict):
         # this one runs under that pass's BLAS count whatever it asks (blas_threads), so
@@ -457,11 +458,14 @@ def pass_threads(layer_sizes, activations, rows: int, dtype, backward: bool) -> 
 
 
 @functools.lru_cache(maxsize=256)
-def _pass_key(layer_sizes: tuple, rows: int, dtype, backward: bool, allowed: int) -> str:
+def _pass_key(layer_sizes: tuple, rows: int, dtype, backward: bool, allowed: int,
+              kernel_variables: tuple) -> str:
     """pass_threads' cache key, kept: a one-chunk predict asks on every call, and building
-    it (the dtype's name, the CPU's, the formatting) took 3.4 of the call's 8.8 us."""
+    it (the dtype's name, the CPU's, the formatting, _kernels_label) took 3.4 of the call's
+    8.8 us, _kernels_label 4 more. kernel_variables: the raw values of the variables
+    _kernels_label reads (_KERNELS_LOOKUPS, 0.2 us), which key the kept label."""
     kind = "gradients" if backward else "forward"
-    return _cache_key(layer_sizes, rows, dtype, f"{kind} pass/{allowed}")
+    return _cache_key(layer_sizes, rows, dtype, f"{kind} pass/{allowed}" + _kernels_label())
 
 
 def pinned_threads():
@@ -491,11 +495,15 @@ def _fit_key(layer_sizes, batch_size, dtype, threads_label, clipping=False) -> s
                       threads_label + (" clipping" if clipping else "") + _kernels_label())
 
 
+# The variables _kernels_label reads (FASTBP_SMALL_GEMM once a process: small_gemm_kernels)
+_KERNELS_LOOKUPS = (b"FASTBP_KERNEL_ISA", b"FASTBP_KERNELS", b"OPENBLAS_CORETYPE")
+
+
 def _kernels_label() -> str:
-    """What a fit's measured thread choice depends on besides the shape, the CPU and the
-    build: the kernels that run its steps (FASTBP_KERNEL_ISA, FASTBP_KERNELS, the small-GEMM
-    cut, OPENBLAS_CORETYPE). A choice timed with the machine's AVX-512 kernels was taken for
-    its AVX2 stand-in (bench/compare.py --stand-in avx2)."""
+    """What a measured thread choice (a fit's, a pass's) depends on besides the shape, the
+    CPU and the build: the kernels that run it (FASTBP_KERNEL_ISA, FASTBP_KERNELS, the
+    small-GEMM cut, OPENBLAS_CORETYPE). A choice timed with the machine's AVX-512 kernels
+    was taken for its AVX2 stand-in (bench/compare.py --stand-in avx2)."""
     from fastbp import _products
     return (f" kernels {_products.requested_level() or 'native'}/{_products.kernel_mode()}/"
             f"{os.environ.get('OPENBLAS_CORETYPE') or 'native'}/"

@@ -288,6 +288,9 @@ class Trainer:
             state["_state_key"] = (_no_model, state["_state_key"][1])
         state["_buffers"] = {}      # memory for the next fit, not state
         state["_moving_rows"] = None  # found again from the state
+        # the sparse fits' thread choices: rates measured in this process, on this machine
+        # (the bits do not depend on them; a copy measures its own)
+        state["_sparse_threads"] = {}
         return state
 
     def __copy__(self) -> "Trainer":

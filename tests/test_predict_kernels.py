@@ -40,9 +40,10 @@ ROWS = [1, 7, LIMIT, LIMIT + 1, 127, 128, 129, 511, PREDICT_CHUNK_ROWS - 1,
 
 @pytest.fixture
 def fresh(monkeypatch, tmp_path):
-    """A new process's measurements: an empty cache folder and nothing measured yet."""
+    """A new process's measurements: an empty cache folder and nothing measured yet. (The
+    kernels' level stays as the run set it: ISAS was read under it, and a run forcing the
+    AVX2 level had these tests mix AVX-512 products with AVX2 element-wise kernels.)"""
     monkeypatch.setenv("FASTBP_CACHE_DIR", str(tmp_path))
-    monkeypatch.delenv(_products.ISA_VARIABLE, raising=False)
     monkeypatch.setattr(_products, "_measured", {})
     monkeypatch.setattr(_products, "_chosen", {})
     return tmp_path

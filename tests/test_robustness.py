@@ -420,8 +420,18 @@ def test_clipping_steps_by_clip_norm_along_a_gradient_however_large(
     float64, 1e36 clipped to 0.01 in float32) was flushed to 0; and the first fix's scale
     2^-1023 for a largest |g| past 2^1022 was flushed too (the step unclipped)."""
     rng = np.random.default_rng(0)
-    X = (rng.uniform(0.5, 1.0, size=(64, n_inputs)) * x_scale).astype(dtype)
+    # X and W of few significant bits, so that the predictions are exact in any order of
+    # sums (fastbp's own kernels or BLAS, which differ from one CPU to another), and with
+    # them the residuals (Sterbenz): a predict one ulp off moves a residual of 1e-10 of it
+    # by 1e-6, and the reference direction with it (an AVX2 machine's kernels did)
+    bits = 10 if dtype == "float32" else 20
+    exponent = round(math.log2(x_scale))
+    X = np.ldexp(rng.integers(2**(bits - 1), 2**bits, size=(64, n_inputs)),
+                 exponent - bits).astype(dtype)
+    error_scale *= x_scale / 2.0**exponent      # (the gradient as large as before)
     model = fastbp.MLP([n_inputs, 1], ["identity"], dtype=dtype, seed=0)
+    model.weights = [rng.choice([-7, -3, 1, 5, 7], size=(n_inputs, 1)) / 8]
+    model.biases = [np.zeros(1)]
     y = (model.predict(X) - error_scale * rng.uniform(0.5, 1.0, size=(64, 1))).astype(dtype)
     _, (weight_gradient,), (bias_gradient,) = model.gradients(X, y, "mse")
     gradient = np.concatenate([weight_gradient.ravel(), bias_gradient]).astype(np.float64)

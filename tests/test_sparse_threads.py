@@ -188,6 +188,12 @@ def test_the_default_thread_count_is_chosen_on_the_fits_own_epochs(monkeypatch):
     trainer.fit(model, X, y)                     # the same choice, no new measurement
     assert trainer._sparse_threads == {next(iter(trainer._sparse_threads)): choice}
     assert sorted(choice.rates) == [1, 3]
+    # rates of this process and machine: a pickled or copied trainer measures its own
+    import copy
+    import pickle
+    for other in (pickle.loads(pickle.dumps(trainer)), copy.deepcopy(trainer)):
+        assert other._sparse_threads == {}
+    assert sorted(choice.rates) == [1, 3]
 
 
 def test_a_sparse_thread_choice_takes_the_faster_count():

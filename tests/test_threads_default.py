@@ -428,7 +428,7 @@ def measured_products(monkeypatch, own_wins):
     return asked, fastbp._core.KERNEL_ISAS[_products.kernel_isa()]
 
 
-@pytest.mark.skipif(fastbp._core.best_kernel_isa() is None, reason="no own kernels here")
+@pytest.mark.skipif(_products.kernel_isa() is None, reason="no own kernels in use")
 @pytest.mark.parametrize("own", [False, True])
 def test_the_inputs_split_chooses_its_partial_products_kernel_at_its_shape(cache,
                                                                            monkeypatch, own):
@@ -453,7 +453,7 @@ def test_the_inputs_split_chooses_its_partial_products_kernel_at_its_shape(cache
     assert ("nn", 14, 3, 20) in asked and ("nn", 40, 3, 7) not in asked
 
 
-@pytest.mark.skipif(fastbp._core.best_kernel_isa() is None, reason="no own kernels here")
+@pytest.mark.skipif(_products.kernel_isa() is None, reason="no own kernels in use")
 def test_the_hidden_split_chooses_its_kernels_at_a_workers_shapes(cache, monkeypatch):
     """Split by the hidden units, a worker's products are those of the network of its
     units alone on the whole batch (20 x 6 x 3 for 16 units on 3 workers, 40 rows): those
@@ -606,7 +606,7 @@ def test_a_pinned_explicit_or_single_allowed_count_is_not_measured(
     kernels does not. FASTBP_KERNELS fixes which they run in (under "auto" a one-thread
     pass's products are timed against BLAS on the machine: either may win)."""
     monkeypatch.setenv(_products.KERNELS_VARIABLE, kernels)
-    counts = [1] if kernels == "own" and _core.best_kernel_isa() else [1, 1, 1]
+    counts = [1] if kernels == "own" and _products.kernel_isa() else [1, 1, 1]
     model = fastbp.MLP([30, 40, 5], ["relu", "softmax"], seed=0)
     X, y = data(300, 30)
     model.evaluate(X, y, "cce", n_threads=1)
@@ -666,7 +666,8 @@ def test_a_pass_inside_another_never_measures_nor_waits_for_a_measurement(cache,
             found.append(_threads.pass_threads((30, 41, 5), ("relu", "softmax"), 64,
                                                "float32", True))
 
-    key = _threads._cache_key((30, 41, 5), 64, "float32", "gradients pass/2")
+    key = _threads._pass_key((30, 41, 5), 64, "float32", True, 2,
+                             _threads._getenv(_threads._KERNELS_LOOKUPS))
     _threads._measured[key] = (2, 2)
     with _threads._measure_lock:                 # another thread's measurement
         thread = threading.Thread(target=inside)
@@ -839,6 +840,34 @@ def test_a_choice_measured_with_other_kernels_is_measured_again(cache, measureme
     _threads.fit_threads(SIZES, CODES, 32, "float32")
     _threads.fit_threads(SIZES, CODES, 32, "float32")
     assert len(measurements) == 2
+    assert len(json.loads((cache / _threads.CACHE_FILE).read_text())["choices"]) == 2
+
+
+@pytest.mark.parametrize("variable, value", [("FASTBP_KERNEL_ISA", "baseline"),
+                                             ("FASTBP_KERNELS", "blas"),
+                                             ("OPENBLAS_CORETYPE", "Haswell")])
+def test_a_pass_choice_measured_with_other_kernels_is_measured_again(cache, monkeypatch,
+                                                                     variable, value):
+    """As a fit's: the thread choice of a predict, evaluate or gradients pass was kept for
+    every kernel setting, so the AVX2 stand-in took the one timed with AVX-512 kernels."""
+    passes = []
+
+    def measure(layer_sizes, activations, rows, dtype, backward, allowed):
+        passes.append(rows)
+        return 2, 0.01
+
+    monkeypatch.setattr(_threads, "_measure_pass", measure)
+    for name in ("FASTBP_KERNEL_ISA", "FASTBP_KERNELS", "OPENBLAS_CORETYPE"):
+        monkeypatch.delenv(name, raising=False)
+    for _ in range(2):
+        assert _threads.pass_threads((30, 40, 5), ("relu", "softmax"), 512, "float32",
+                                     False) == (2, 2)
+    monkeypatch.setenv(variable, value)
+    for _ in range(2):
+        _threads.pass_threads((30, 40, 5), ("relu", "softmax"), 512, "float32", False)
+    monkeypatch.delenv(variable)
+    _threads.pass_threads((30, 40, 5), ("relu", "softmax"), 512, "float32", False)
+    assert passes == [512, 512]
     assert len(json.loads((cache / _threads.CACHE_FILE).read_text())["choices"]) == 2
 
 
