@@ -375,16 +375,20 @@ static void FBP_LEVEL_NAME(fbp_optimizer_step)(FBP_T *params, FBP_T *grads, FBP_
     case FBP_ADAM: {
         /* bias-corrected moments; p <- p - lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps).  A sparse
            step calls this once per named row of W1, with the same step: the two
-           corrections (two pow calls) are kept per thread for the last arguments. */
-        static _Thread_local double last[4] = {-1, 0, 0, 0};
-        static _Thread_local FBP_T corrections[2];
-        if (step != last[0] || learning_rate != last[1] || beta1 != last[2] || beta2 != last[3]) {
-            corrections[0] = (FBP_T)(learning_rate / (1.0 - pow((double)beta1, step)));
-            /* times 1 / sqrt(bc2) rather than over sqrt(bc2): one division an element, not two */
-            corrections[1] = (FBP_T)(1.0 / sqrt(1.0 - pow((double)beta2, step)));
-            last[0] = step, last[1] = learning_rate, last[2] = beta1, last[3] = beta2;
+           corrections (two pow calls) are kept per thread for the last arguments
+           (fbp_adam_kept). */
+        double made[FBP_ADAM_KEPT], *kept = fbp_adam_kept();
+        if (kept == NULL) {
+            kept = made;
+            kept[0] = -1;
         }
-        FBP_T step_size = corrections[0], inverse_root_correction = corrections[1];
+        if (step != kept[0] || learning_rate != kept[1] || beta1 != kept[2] || beta2 != kept[3]) {
+            kept[4] = learning_rate / (1.0 - pow((double)beta1, step));
+            /* times 1 / sqrt(bc2) rather than over sqrt(bc2): one division an element, not two */
+            kept[5] = 1.0 / sqrt(1.0 - pow((double)beta2, step));
+            kept[0] = step, kept[1] = learning_rate, kept[2] = beta1, kept[3] = beta2;
+        }
+        FBP_T step_size = (FBP_T)kept[4], inverse_root_correction = (FBP_T)kept[5];
         FBP_RULE_LOOP(
             FBP_T m = beta1 * first[i] + (1 - beta1) * g;
             FBP_T v = beta2 * second[i] + (1 - beta2) * g * g;

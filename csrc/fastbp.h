@@ -13,7 +13,9 @@
 
 #include <float.h>
 #include <math.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdlib.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -310,6 +312,41 @@ enum { FBP_CSR_AHEAD_INDPTR = 8, FBP_CSR_AHEAD_VALUES = 3 };
    of an ascending run of lines without those buffers, brings in the rest
    (docs/performance.md, "Sparse input"). */
 enum { FBP_PREFETCH_HEAD_BYTES = 256 };
+
+/* Adam's bias corrections, kept per thread for the step, learning rate and betas they were
+   made for (fbp_optimizer_step: a sparse step steps each named row of W1 apart, with the
+   same step): FBP_ADAM_KEPT doubles from the heap under a pthread key, or NULL where none
+   could be had (then each call makes its own).  Not _Thread_local: glibc makes a loaded
+   module's thread-local variables at a thread's first use of them and ends the process
+   where it has no memory for them ("cannot allocate memory for thread-local data:
+   ABORT", an Adam fit on two threads under a memory limit). */
+enum { FBP_ADAM_KEPT = 6 };   /* step, learning rate, beta1, beta2; the two corrections */
+static pthread_key_t fbp_adam_key;
+static pthread_once_t fbp_adam_key_once = PTHREAD_ONCE_INIT;
+static int fbp_adam_key_made;
+
+static void fbp_adam_key_make(void)
+{
+    fbp_adam_key_made = pthread_key_create(&fbp_adam_key, free) == 0;
+}
+
+static inline double *fbp_adam_kept(void)
+{
+    if (pthread_once(&fbp_adam_key_once, fbp_adam_key_make) != 0 || !fbp_adam_key_made)
+        return NULL;
+    double *kept = (double *)pthread_getspecific(fbp_adam_key);
+    if (kept == NULL) {
+        kept = (double *)malloc(FBP_ADAM_KEPT * sizeof(double));
+        if (kept == NULL)
+            return NULL;
+        kept[0] = -1;                               /* no step yet */
+        if (pthread_setspecific(fbp_adam_key, kept) != 0) {
+            free(kept);
+            return NULL;
+        }
+    }
+    return kept;
+}
 
 /* Calls kernel `name` (fbp_few_rows_product, _delta, _gradient, fbp_softmax_block) in the
    instance of level fbp_level: name_64 (64-byte vectors, AVX-512F), name_32_avx2 or

@@ -58,6 +58,11 @@ LAZY_ADAM_VARIABLE = "FASTBP_SPARSE_LAZY_ADAM"   # "0": Adam on sparse input ste
 # "keep": train_epoch computes with IEEE subnormals instead of flushing them to 0
 # (fbp_float_mode_enter; docs/contract.md, "Training")
 SUBNORMALS_VARIABLE = "FASTBP_SUBNORMALS"
+# What a sparse fit keeps for each column of X (row of W1) beside the model and its state:
+# a lazy rule's four counts (train_epoch's lazy.applied, listed, touched, slot), the flags
+# of the rows a batch names (named), the row log's and the trainer's moving rows': checked
+# against the machine's memory before the fit starts (fastbp.trainer).
+SPARSE_BYTES_PER_COLUMN = 4 * sizeof(Py_ssize_t) + 3
 
 
 def environment_choice(str name, tuple choices):
@@ -212,13 +217,22 @@ cdef class Plan:
         if few_rows < 0:
             raise ValueError(f"few_rows must be >= 0; got {few_rows}")
         isas = check_product_isas(product_isas, n_layers)
+        # Every offset below is a Py_ssize_t: a plan whose parameters or workspace would not
+        # be counted in one (sizes near 2^31 with as many rows) is refused here, in Python's
+        # integers, before that arithmetic could wrap (to a negative or too small size).
+        sizes = [int(size) for size in layer_sizes]
+        bound = sum((sizes[l] + 1) * sizes[l + 1] for l in range(n_layers))
+        bound += int(capacity) * (5 * sum(sizes) + 2 * max(sizes) + 1) + bound
+        if bound >= 2**62:
+            raise ValueError(f"a plan for layers {sizes} and {capacity} rows would need "
+                             f"about {bound:.3g} values: more than can be counted")
         # 10 arrays of n_layers or n_layers + 1 offsets and widths, then the rates, codes,
         # and the 6 n_layers product_isas
         cdef size_t n_offsets = 5 * <size_t>(n_layers + 1) + 5 * <size_t>n_layers
         self.memory = malloc(n_offsets * sizeof(Py_ssize_t) + n_layers * sizeof(double)
                              + 7 * n_layers * sizeof(int))
         if not self.memory:
-            raise MemoryError()
+            raise MemoryError("Plan: no memory for a plan's offsets")
         cdef Py_ssize_t* slot = <Py_ssize_t*>self.memory
         plan.sizes = slot; slot += n_layers + 1
         plan.output_offsets = slot; slot += n_layers + 1
@@ -1540,7 +1554,7 @@ def lazy_adam_row(floating[::1] weights, floating[::1] first, floating[::1] seco
     adam.window = t + 1
     adam.first, adam.second = <void*>&first[0], <void*>&second[0]
     if not lazy_adam_allocate(&adam, floating is float):
-        raise MemoryError()
+        raise MemoryError("lazy_adam_row: no memory for Adam's lazy rows' sums")
     lazy_adam_start(&adam, base_step)
     for s in range(1, t + 1):
         lazy_adam_advance(&adam, s, learning_rate)
@@ -2272,6 +2286,11 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
         raise ValueError(f"train_epoch: moving_rows needs a row_log and a byte per row of "
                          f"W1 ({n_in}); got {moving_rows.shape[0]}")
     cdef unsigned char* moving = &moving_rows[0] if moving_rows is not None else NULL
+    if (split_inputs or split_hidden) and use_sparse:
+        raise ValueError("train_epoch: split_inputs and split_hidden need a dense X (a "
+                         "sparse first layer shares its rows among the threads instead)")
+    if n_workers < 1:
+        raise ValueError(f"train_epoch: n_workers is {n_workers}; it must be at least 1")
     if use_sparse and row_log is not None:
         log = row_log.begin(caller, plan_data, p, state_start, state_rows, sizeof(floating))
         if use_lazy or update == FOLDED_SGD:   # rows change where batches name them
@@ -2284,15 +2303,18 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
     cdef Py_ssize_t* recorded = NULL    # SparseBatch's value record, then RowGradients'
     cdef Py_ssize_t capacity = 0
     lazy.gradients = NULL
+    lazy.applied = NULL     # (freed on every way out: NULL unless a lazy rule's)
     if use_lazy:
         lazy.applied = <Py_ssize_t*>malloc(4 * n_in * sizeof(Py_ssize_t))
         if not lazy.applied:
-            raise MemoryError()
+            raise MemoryError(f"train_epoch: no memory for the lazy rule's step counts of "
+                              f"W1's rows ({SPARSE_BYTES_PER_COLUMN} bytes a column of X: "
+                              f"{n_in * SPARSE_BYTES_PER_COLUMN / 2**30:,.2f} GiB)")
         if lazy.adam != NULL:
             adam.window = lazy_adam_window
             if not lazy_adam_allocate(&adam, floating is float):
                 free(lazy.applied)
-                raise MemoryError()
+                raise MemoryError("train_epoch: no memory for Adam's lazy rows' sums")
             lazy_adam_start(&adam, hyper.step)
         lazy.listed = lazy.applied + n_in
         lazy.touched = lazy.listed + n_in
@@ -2311,10 +2333,10 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
             (3 * capacity + (2 * capacity + 2 if row_steps else 0)) * sizeof(Py_ssize_t)
             + ((capacity + plan_data.sizes[1]) * sizeof(floating) if row_steps else 0) + 1)
         if not recorded:
-            if use_lazy:
-                free(lazy.applied)
+            free(lazy.applied)
             free(adam.sums)
-            raise MemoryError()
+            raise MemoryError(f"train_epoch: no memory for a sparse batch's record of its "
+                              f"stored values ({capacity:,} values)")
         batch.value_columns = recorded
         batch.value_rows = recorded + capacity
         batch.value_places = recorded + 2 * capacity
@@ -2332,17 +2354,11 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
         if lazy.gradients != NULL else 0
     if grads:
         memset(grads + unused, 0, (plan_data.n_params - unused) * sizeof(floating))
-    if (split_inputs or split_hidden) and use_sparse:
-        raise ValueError("train_epoch: split_inputs and split_hidden need a dense X (a "
-                         "sparse first layer "
-                         "shares its rows among the threads instead)")
     if n_workers > 1 and not use_sparse:
         return train_epoch_on_workers(plan_data, hyper, worker_plan, worker_work, n_workers,
                                       p, w, first, second, grads, X, Y, labels, row_weights,
                                       order, batch_size, random_seed, interruptible, update,
                                       state_rows, split_inputs, split_hidden, flush_subnormals)
-    if n_workers < 1:
-        raise ValueError(f"train_epoch: n_workers is {n_workers}; it must be at least 1")
     # Small batches of shuffled dense rows: each batch asks for the next one's rows of X
     # (and Y) while it trains; larger batches have many misses in flight anyway.
     cdef bint prefetching = use_order and not use_sparse \
@@ -2356,7 +2372,11 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
     if use_sparse and not use_lazy and update == LAYER_STEP and named_rows_only():
         named = <unsigned char*>calloc(n_in, 1)
         if not named:
-            raise MemoryError()
+            free(lazy.applied)
+            free(adam.sums)
+            free(recorded)
+            raise MemoryError(f"train_epoch: no memory for the flags of W1's rows a batch "
+                              f"names ({n_in:,} bytes)")
         batch.named = named
     # A sparse fit on n_workers threads: they share the work on the named rows of W1 of a
     # lazy rule (_row_pool.pxi; the other rules' steps stay on this thread).
@@ -2471,8 +2491,7 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
             for i in range(log.n_logged):
                 moving[(<Py_ssize_t*>log_entry(log, i))[0]] = 1
         fbp_float_mode_restore(float_mode)
-    if use_lazy:
-        free(lazy.applied)
+    free(lazy.applied)
     free(adam.sums)
     free(recorded)
     free(named)
@@ -2591,10 +2610,20 @@ def gradients(Plan plan, Hyperparameters hyperparameters, const floating[::1] pa
     cdef floating beta
     cdef const floating* x
     cdef const floating* weights = NULL
+    # float32 over more than one chunk: each chunk's gradient is added into a float64 sum.
+    # Added in float32, chunk after chunk and the bias's row after row, a total stopped
+    # growing past 2^24 rows (dL/db 0.25 for 0.5 at 2^25).
+    cdef double* sums = NULL
+    cdef Py_ssize_t n_params = plan_data.n_params
+    if floating is float and n_samples > plan_data.capacity:
+        sums = <double*>calloc(n_params, sizeof(double))
+        if sums == NULL:
+            raise MemoryError(f"gradients: no memory for the float64 sums of the gradient "
+                              f"({n_params * sizeof(double) / 2**20:,.1f} MiB)")
     with nogil:
         while start < n_samples:
             m = min(plan_data.capacity, n_samples - start)
-            beta = 0 if start == 0 else 1
+            beta = 0 if start == 0 or sums != NULL else 1
             batch.first = start
             if use_sparse:
                 x = NULL
@@ -2608,10 +2637,17 @@ def gradients(Plan plan, Hyperparameters hyperparameters, const floating[::1] pa
                                  sparse_batch)
             if use_sparse and batch.bad >= 0:
                 break
+            if sums != NULL:
+                for i in range(n_params):
+                    sums[i] += grads[i]
             total += loss_sum
             if not isfinite(loss_sum):
                 break
             start += m
+        if sums != NULL:
+            for i in range(n_params):
+                grads[i] = <floating>sums[i]
+    free(sums)
     if use_sparse and batch.bad >= 0:
         raise_bad_sparse_row(sparse, start + batch.bad)
     return total * scale
@@ -2890,7 +2926,7 @@ cdef list weighted_parts(parts, const double[::1] factors, Py_ssize_t n,
     out.doubles = <bint*>malloc(count * sizeof(bint))
     if out.data == NULL or out.doubles == NULL:
         free_weighted_parts(out)
-        raise MemoryError()
+        raise MemoryError(f"the weighted sum: no memory for the list of its {count} parts")
     try:
         for k in range(count):
             if arrays[k].ndim != 1 or arrays[k].shape[0] != n:

@@ -36,14 +36,15 @@ cdef enum:
 # (docs/performance.md measures it).
 
 # Tests: the phases the pools ran (run_pool_task calls), and a limit on the threads a pool
-# starts, past which it behaves as when the process is out of threads.
+# starts, past which it behaves as when the process is out of threads (below 0: as when its
+# memory cannot be had).
 cdef long row_pool_phases = 0
 cdef int row_pool_start_limit = 0
 
 
 def row_pool_settings(start_limit=None):
     """(phases run so far, start limit) before this call, setting the start limit if given
-    (0: none); for tests."""
+    (0: none; below 0: the pool's memory refused); for tests."""
     global row_pool_start_limit
     previous = (row_pool_phases, row_pool_start_limit)
     if start_limit is not None:
@@ -190,8 +191,10 @@ cdef class RowPoolThreads:
         self.threads = <pthread_t*>calloc(n_threads, sizeof(pthread_t))
         self.arguments = <RowPoolArgument*>calloc(n_threads, sizeof(RowPoolArgument))
         self.row_gradients = calloc(n_threads * plan.sizes[1], item_size)
-        if not (self.threads and self.arguments and self.row_gradients):
-            raise MemoryError()
+        if not (self.threads and self.arguments and self.row_gradients) \
+                or row_pool_start_limit < 0:
+            raise MemoryError(f"train_epoch: no memory for {n_threads} threads sharing W1's "
+                              f"rows")
         memset(&self.pool, 0, sizeof(RowPool))
         self.pool.n_threads = n_threads
         self.pool.spin_seconds = wait_spin_seconds(n_threads)

@@ -781,7 +781,7 @@ cdef parallel_epoch(SharedEpoch* s, floating* kind):
     if not (threads and arguments and numbers and views and offsets and bads and faileds):
         free(threads); free(arguments); free(numbers); free(views); free(offsets)
         free(bads); free(faileds)
-        raise MemoryError()
+        raise MemoryError(f"train_epoch: no memory for the bookkeeping of {T} row workers")
     s.bads, s.faileds = bads, faileds
     for k in range(T):
         arguments[k].shared = s
@@ -1003,7 +1003,7 @@ cdef bint share_predict(const PlanData* plan, const floating* params, floating* 
     cdef bint finite = True
     cdef PredictArgument* arguments = <PredictArgument*>calloc(T, sizeof(PredictArgument))
     if not arguments:
-        raise MemoryError()
+        raise MemoryError(f"predict: no memory for the bookkeeping of {T} threads")
     for k in range(T):
         arguments[k].shared = &s
         arguments[k].index = k

@@ -120,8 +120,13 @@ def check_allocation(n_elements: int, dtype: np.dtype, what: str) -> None:
     except (ValueError, OSError, AttributeError):
         memory = 2**63
     if n_bytes > memory:
-        raise ValueError(f"{what} would need {n_bytes / 2**30:,.1f} GiB, more than this "
-                         f"machine's {memory / 2**30:,.1f} GiB of memory")
+        raise ValueError(f"{what} would need {_in_bytes(n_bytes)}, more than this "
+                         f"machine's {_in_bytes(memory)} of memory")
+
+
+def _in_bytes(n_bytes: int) -> str:
+    """A size for a person: GiB from 1 GiB up, else MiB."""
+    return f"{n_bytes / 2**30:,.1f} GiB" if n_bytes >= 2**30 else f"{n_bytes / 2**20:,.1f} MiB"
 
 
 def _check_dtype(dtype) -> np.dtype:

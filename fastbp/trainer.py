@@ -724,6 +724,10 @@ class _CompiledEpoch:
         self.thread_choice, self.split = None, BY_ROWS
         self.threads_used = None        # (History.threads: set as each epoch starts)
         if self.sparse is not None:
+            # (what the core keeps per column of X: refused here, before anything is made,
+            # not after the epoch's set-up with a bare MemoryError)
+            check_allocation(model.layer_sizes[0] * _core.SPARSE_BYTES_PER_COLUMN, np.uint8,
+                             "a sparse fit's bookkeeping of W1's rows")
             key = (tuple(model.layer_sizes), self.batch_size, str(model.dtype),
                    repr(optimizer), spec.weight_decay, bool(trainer.decoupled_weight_decay),
                    spec.clip_norm)
@@ -787,6 +791,10 @@ class _CompiledEpoch:
     def run(self, epoch: int, learning_rates) -> "EpochResult":
         trainer, model, state = self.trainer, self.model, self.state
         self.hyperparameters.learning_rate = learning_rates[-1]
+        # The generator as it was, put back if the epoch fails (1 us: only where it draws),
+        # so that a fit tried again after an error is the fit that never failed
+        drawing = (trainer.shuffle and self.order.shape[0] > 1) or self.uses_dropout
+        generator_state = trainer._rng.bit_generator.state if drawing else None
         if trainer.shuffle:   # = rng.permutation(n_samples), without allocating
             np.copyto(self.order, self.rows)
             if self.order.shape[0] > 1:    # (one row draws nothing: 7 us a one-row call)
@@ -812,6 +820,8 @@ class _CompiledEpoch:
             # labels or a sparse X rewritten mid-fit (the core checks each read), or no
             # memory for the row log
             self._restore()
+            if generator_state is not None:
+                trainer._rng.bit_generator.state = generator_state
             raise
         seconds = time.perf_counter() - started
         if status == _core.Status.DIVERGED:

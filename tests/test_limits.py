@@ -173,3 +173,54 @@ def test_a_10e8_element_memmap_trains_an_epoch_without_a_copy(big_memmap):
         assert grown < 100 * MiB, f"anonymous memory grew by {grown / MiB:.0f} MiB"
     accuracy = (model.predict(X[:20_000]).argmax(axis=1) == labels[:20_000]).mean()
     assert accuracy > 0.9
+
+
+def test_a_sparse_fit_whose_row_bookkeeping_cannot_fit_is_refused_before_training(
+        monkeypatch):
+    """What a sparse fit keeps per column of X (a lazy rule's counts, flags: 35 bytes) is
+    checked against the machine's memory before the fit starts (here a machine of 16 MiB):
+    a fit on 10^9 columns ran its set-up for a minute and then raised a bare MemoryError."""
+    import os
+
+    import scipy.sparse
+    n_columns = 10**6
+    X = scipy.sparse.random(8, n_columns, density=1e-5, format="csr", random_state=0,
+                            dtype=np.float32)
+    model = fastbp.MLP([n_columns, 2, 2], ["relu", "softmax"], seed=0)
+    before = model.to_bytes()
+    trainer = fastbp.Trainer("cce", optimizer="adam", epochs=1, batch_size=4, seed=0)
+    real = os.sysconf
+    monkeypatch.setattr(os, "sysconf", lambda name: 4096 if name == "SC_PAGE_SIZE" else
+                        4096 if name == "SC_PHYS_PAGES" else real(name))
+    with pytest.raises(ValueError, match="a sparse fit's bookkeeping of W1's rows would "
+                                         r"need 33\.4 MiB, more than this machine's "
+                                         r"16\.0 MiB of memory"):
+        trainer.fit(model, X, np.arange(8) % 2)
+    assert model.to_bytes() == before
+
+
+@pytest.mark.parametrize("X_value, gradients", [(0.0, (0.0, 0.5)), (1.0, (1.5, 1.5))])
+def test_float32_gradients_over_2_to_the_25_rows_are_summed_in_float64(X_value, gradients):
+    """gradients() goes through the rows in chunks: added chunk after chunk into the float32
+    result (the bias's row after row), a total stopped growing past 2^24 rows: dL/db 0.25
+    for 0.5 at 2^25 rows, 1.83 for 1.5 with X = 1 at 2^24. (X and Y of zeros are pages the
+    system shares: 128 MiB each of address space, not of memory.)"""
+    n = 2**25
+    X = np.zeros((n, 1), np.float32) if X_value == 0 else np.ones((n, 1), np.float32)
+    model = fastbp.MLP([1, 1], ["identity"])
+    model.weights, model.biases = [np.array([[0.5]])], [np.array([0.25])]
+    loss, (weight_gradient,), (bias_gradient,) = model.gradients(X, np.zeros((n, 1),
+                                                                 np.float32), "mse")
+    assert loss == pytest.approx((0.5 * X_value + 0.25) ** 2, rel=1e-6)
+    assert weight_gradient[0, 0] == pytest.approx(gradients[0], rel=1e-6, abs=1e-12)
+    assert bias_gradient[0] == pytest.approx(gradients[1], rel=1e-6)
+
+
+def test_a_plan_whose_offsets_would_wrap_is_refused():
+    """The core counts its workspace in Py_ssize_t: widths near 2^31 with as many rows gave
+    work_size -4.6e18 (its arithmetic wrapped) where it is now refused."""
+    from fastbp import _core
+    codes = [_core.ACTIVATION_CODES["relu"], _core.ACTIVATION_CODES["identity"]]
+    with pytest.raises(ValueError, match="more than can be counted"):
+        _core.Plan([1, 2**31 - 1, 1], codes, 2**31)
+    assert _core.Plan([1, 2**31 - 1, 1], codes, 1).work_size > 0

@@ -127,6 +127,34 @@ def test_a_pool_that_cannot_start_its_threads_trains_on_the_calling_thread():
     assert result[3] == 0
 
 
+@pytest.mark.parametrize("fit", ["adam", "rmsprop_coupled", "adam_every_row"])
+def test_a_pool_whose_memory_cannot_be_had_raises_and_leaves_the_fit_undone(monkeypatch,
+                                                                            fit):
+    """The pool's memory refused (forced): MemoryError with a message, the model, the
+    optimizer state and the trainer's generator as before, and the next fit trains as a
+    fit that never failed. (A rule that steps every row, lazy or not, freed a pointer it
+    had never set on that way out: a segfault under an address-space limit.)"""
+    if fit == "adam_every_row":
+        monkeypatch.setenv(_core.LAZY_ADAM_VARIABLE, "0")
+    options = LAZY_FITS.get(fit, LAZY_FITS["adam"])
+    X, y = wide_batches()
+    reference = fit_on(2, X, y, "float64", options, epochs=2)
+    model = model_for(X, hidden=(19,), dtype="float64")
+    trainer = fastbp.Trainer("cce", epochs=2, batch_size=8, seed=0, n_threads=2, **options)
+    parameters = model.parameter_vector()
+    previous = _core.row_pool_settings(start_limit=-1)
+    try:
+        with pytest.raises(MemoryError, match="threads sharing W1's rows"):
+            trainer.fit(model, X, y)
+    finally:
+        _core.row_pool_settings(start_limit=previous[1])
+    np.testing.assert_array_equal(model.parameter_vector(), parameters)
+    assert not trainer._state.any()
+    trainer.fit(model, X, y)
+    np.testing.assert_array_equal(model.parameter_vector(), reference[0])
+    np.testing.assert_array_equal(trainer._state, reference[1])
+
+
 def test_which_rules_share_rows(monkeypatch):
     def rule(optimizer, **options):
         return _core.shares_rows(hyperparameters(optimizer, **options))
