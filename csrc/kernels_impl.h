@@ -216,17 +216,29 @@ static inline void FBP_NAME(fbp_add)(FBP_T *x, const FBP_T *y, ptrdiff_t n)
         x[i] += y[i];
 }
 
-/* target <- beta * target + alpha * (sum of delta's rows): the bias gradient or update. */
+/* target <- beta * target + alpha * (sum of delta's rows): the bias gradient or update.
+   The rows are summed in double, a block of columns at a time, and the sum added once:
+   added row after row into the target in float (plain SGD's bias itself, a batch's
+   gradient), a batch of 2^20 rows left the bias where it was. */
 static inline void FBP_NAME(fbp_column_sums)(FBP_T *target, const FBP_T *delta, ptrdiff_t n_rows,
                                              ptrdiff_t n_cols, FBP_T alpha, FBP_T beta)
 {
-    if (beta == 0)
-        memset(target, 0, (size_t)n_cols * sizeof(FBP_T));
-    else if (beta != 1)
-        for (ptrdiff_t j = 0; j < n_cols; j++) target[j] *= beta;
-    for (ptrdiff_t i = 0; i < n_rows; i++) {
-        const FBP_T *row = delta + i * n_cols;
-        for (ptrdiff_t j = 0; j < n_cols; j++) target[j] += alpha * row[j];
+    enum { COLUMNS = 256 };
+    double sums[COLUMNS];
+    for (ptrdiff_t low = 0; low < n_cols; low += COLUMNS) {
+        const ptrdiff_t width = n_cols - low < COLUMNS ? n_cols - low : COLUMNS;
+        for (ptrdiff_t j = 0; j < width; j++)
+            sums[j] = 0;
+        for (ptrdiff_t i = 0; i < n_rows; i++) {
+            const FBP_T *row = delta + i * n_cols + low;
+            for (ptrdiff_t j = 0; j < width; j++)
+                sums[j] += row[j];
+        }
+        FBP_T *out = target + low;
+        for (ptrdiff_t j = 0; j < width; j++) {
+            const double kept = beta == 0 ? 0 : beta == 1 ? (double)out[j] : (double)(beta * out[j]);
+            out[j] = (FBP_T)(kept + (double)alpha * sums[j]);
+        }
     }
 }
 

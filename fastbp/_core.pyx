@@ -2571,6 +2571,21 @@ cdef raise_bad_sparse_row(SparseRows sparse, Py_ssize_t row):
                      f"or decreasing): was X changed after it was checked?")
 
 
+cdef enum:
+    # gradients() of a float32 model: chunks of rows added up in float32 before their sum
+    # goes into float64 sums (a group's: every stored value is summed; a sparse chunk's
+    # rows of W1 are cleared at each group's start and passed over at its end)
+    GRADIENT_GROUP_CHUNKS = 16
+
+
+def gradient_sums(Plan plan, Py_ssize_t n_samples, bint single):
+    """The float64 sums gradients() allocates (n_params, else 0) for n_samples rows on this
+    plan (single: a float32 model): more than GRADIENT_GROUP_CHUNKS chunks (checked against
+    the machine's memory by the caller first)."""
+    return plan.data.n_params if single \
+        and n_samples > GRADIENT_GROUP_CHUNKS * plan.data.capacity else 0
+
+
 def gradients(Plan plan, Hyperparameters hyperparameters, const floating[::1] params,
               floating[::1] grads, floating[::1] work, const floating[:, ::1] X,
               const floating[:, ::1] Y, SparseRows sparse=None,
@@ -2610,12 +2625,12 @@ def gradients(Plan plan, Hyperparameters hyperparameters, const floating[::1] pa
     cdef floating beta
     cdef const floating* x
     cdef const floating* weights = NULL
-    # float32 over more than one chunk: each chunk's gradient is added into a float64 sum.
-    # Added in float32, chunk after chunk and the bias's row after row, a total stopped
-    # growing past 2^24 rows (dL/db 0.25 for 0.5 at 2^25).
+    # float32 over more than GRADIENT_GROUP_CHUNKS chunks: each group's gradient, added up
+    # in float32, is added into a float64 sum (gradient_sums). Added in float32 chunk after
+    # chunk, a total stopped growing past 2^24 rows (dL/db 0.25 for 0.5 at 2^25).
     cdef double* sums = NULL
-    cdef Py_ssize_t n_params = plan_data.n_params
-    if floating is float and n_samples > plan_data.capacity:
+    cdef Py_ssize_t n_params = plan_data.n_params, chunk = 0
+    if gradient_sums(plan, n_samples, floating is float):
         sums = <double*>calloc(n_params, sizeof(double))
         if sums == NULL:
             raise MemoryError(f"gradients: no memory for the float64 sums of the gradient "
@@ -2623,7 +2638,8 @@ def gradients(Plan plan, Hyperparameters hyperparameters, const floating[::1] pa
     with nogil:
         while start < n_samples:
             m = min(plan_data.capacity, n_samples - start)
-            beta = 0 if start == 0 or sums != NULL else 1
+            beta = 0 if chunk == 0 or (sums != NULL and chunk % GRADIENT_GROUP_CHUNKS == 0) \
+                else 1
             batch.first = start
             if use_sparse:
                 x = NULL
@@ -2637,10 +2653,12 @@ def gradients(Plan plan, Hyperparameters hyperparameters, const floating[::1] pa
                                  sparse_batch)
             if use_sparse and batch.bad >= 0:
                 break
-            if sums != NULL:
+            chunk += 1
+            total += loss_sum
+            if sums != NULL and (chunk % GRADIENT_GROUP_CHUNKS == 0 or start + m == n_samples
+                                 or not isfinite(loss_sum)):
                 for i in range(n_params):
                     sums[i] += grads[i]
-            total += loss_sum
             if not isfinite(loss_sum):
                 break
             start += m

@@ -208,7 +208,8 @@ def _network(model) -> tuple:
 
     if isinstance(model, MLP):
         network, described = model, {}
-    elif type(model).__module__ == "fastbp.sklearn" and hasattr(model, "get_params"):
+    elif any(kind.__module__ == "fastbp.sklearn" for kind in type(model).__mro__) \
+            and hasattr(model, "get_params"):        # (a user's subclass too)
         network = getattr(model, "model_", None)
         if not isinstance(network, MLP):
             raise ValueError(f"this {type(model).__name__} is not fitted yet: call fit "

@@ -805,6 +805,8 @@ class MLP:
         dense, sparse = self._core_inputs(X)
         plan, work, n_threads = self._pass_plan(X.shape[0], True, n_threads,
                                                 sparse is not None, repeated)
+        check_allocation(_core.gradient_sums(plan, X.shape[0], self.dtype == np.float32),
+                         np.float64, "the gradient's float64 sums")
         hyperparameters = _core.Hyperparameters(loss.code, loss.parameter)
 
         def run(grads) -> float:

@@ -724,10 +724,12 @@ class _CompiledEpoch:
         self.thread_choice, self.split = None, BY_ROWS
         self.threads_used = None        # (History.threads: set as each epoch starts)
         if self.sparse is not None:
-            # (what the core keeps per column of X: refused here, before anything is made,
-            # not after the epoch's set-up with a bare MemoryError)
-            check_allocation(model.layer_sizes[0] * _core.SPARSE_BYTES_PER_COLUMN, np.uint8,
-                             "a sparse fit's bookkeeping of W1's rows")
+            # (what the core keeps per column of X for a rule that shares rows: refused here,
+            # before anything is made, not after the epoch's set-up with a bare MemoryError;
+            # plain SGD keeps a byte or two, less than W1's row)
+            if _core.shares_rows(hyperparameters):
+                check_allocation(model.layer_sizes[0] * _core.SPARSE_BYTES_PER_COLUMN,
+                                 np.uint8, "a sparse fit's bookkeeping of W1's rows")
             key = (tuple(model.layer_sizes), self.batch_size, str(model.dtype),
                    repr(optimizer), spec.weight_decay, bool(trainer.decoupled_weight_decay),
                    spec.clip_norm)
@@ -816,9 +818,9 @@ class _CompiledEpoch:
                 # (rows changed unlogged at the end could not be undone by the check's
                 # verdict)
                 defer_flush=trainer._epoch_check is None)
-        except (ValueError, MemoryError):
-            # labels or a sparse X rewritten mid-fit (the core checks each read), or no
-            # memory for the row log
+        except Exception:
+            # labels or a sparse X rewritten mid-fit (the core checks each read), no memory
+            # for the row log, threads that could not be started
             self._restore()
             if generator_state is not None:
                 trainer._rng.bit_generator.state = generator_state

@@ -199,18 +199,20 @@ def test_a_sparse_fit_whose_row_bookkeeping_cannot_fit_is_refused_before_trainin
     assert model.to_bytes() == before
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("X_value, gradients", [(0.0, (0.0, 0.5)), (1.0, (1.5, 1.5))])
-def test_float32_gradients_over_2_to_the_25_rows_are_summed_in_float64(X_value, gradients):
+def test_gradients_over_2_to_the_25_rows_are_exact(X_value, gradients, dtype):
     """gradients() goes through the rows in chunks: added chunk after chunk into the float32
     result (the bias's row after row), a total stopped growing past 2^24 rows: dL/db 0.25
-    for 0.5 at 2^25 rows, 1.83 for 1.5 with X = 1 at 2^24. (X and Y of zeros are pages the
-    system shares: 128 MiB each of address space, not of memory.)"""
+    for 0.5 at 2^25 rows, 1.83 for 1.5 with X = 1 at 2^24; float32's groups of chunks now go
+    into float64 sums (float64: every chunk into the result, as before). (X and Y of zeros
+    are pages the system shares: address space, not memory.)"""
     n = 2**25
-    X = np.zeros((n, 1), np.float32) if X_value == 0 else np.ones((n, 1), np.float32)
-    model = fastbp.MLP([1, 1], ["identity"])
+    X = np.zeros((n, 1), dtype) if X_value == 0 else np.ones((n, 1), dtype)
+    model = fastbp.MLP([1, 1], ["identity"], dtype=dtype)
     model.weights, model.biases = [np.array([[0.5]])], [np.array([0.25])]
-    loss, (weight_gradient,), (bias_gradient,) = model.gradients(X, np.zeros((n, 1),
-                                                                 np.float32), "mse")
+    loss, (weight_gradient,), (bias_gradient,) = model.gradients(X, np.zeros((n, 1), dtype),
+                                                                 "mse")
     assert loss == pytest.approx((0.5 * X_value + 0.25) ** 2, rel=1e-6)
     assert weight_gradient[0, 0] == pytest.approx(gradients[0], rel=1e-6, abs=1e-12)
     assert bias_gradient[0] == pytest.approx(gradients[1], rel=1e-6)
@@ -224,3 +226,46 @@ def test_a_plan_whose_offsets_would_wrap_is_refused():
     with pytest.raises(ValueError, match="more than can be counted"):
         _core.Plan([1, 2**31 - 1, 1], codes, 2**31)
     assert _core.Plan([1, 2**31 - 1, 1], codes, 1).work_size > 0
+
+
+@pytest.mark.parametrize("optimizer, log2_rows", [("sgd", 20), ("momentum", 21)])
+def test_a_float32_step_over_a_batch_of_millions_of_rows_moves_the_bias_exactly(optimizer,
+                                                                                 log2_rows):
+    """One step of a batch of 2^20 rows: plain SGD adds each row's share of the bias's
+    update to the bias itself, and added in float32 row after row none of them moved it
+    (the bias stayed at 0.25); a rule that steps from the gradient summed it likewise
+    (momentum: 1% off at 2^21 rows, 11% at 2^24). The rows' sum is now taken in double."""
+    n = 2**log2_rows
+    model = fastbp.MLP([1, 1], ["identity"])
+    model.weights, model.biases = [np.array([[0.5]])], [np.array([0.25])]
+    rule = fastbp.optimizers.SGD(0.01, momentum=0.9 if optimizer == "momentum" else 0.0)
+    fastbp.Trainer("mse", optimizer=rule, batch_size=n, epochs=1, shuffle=False,
+                   n_threads=1).fit(model, np.zeros((n, 1), np.float32),
+                                    np.zeros((n, 1), np.float32))
+    # dL/db = 2 b = 0.5 on every row: b <- 0.25 - 0.01 * 0.5
+    assert model.biases[0][0] == pytest.approx(0.245, rel=1e-6)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_float32_gradients_over_many_chunks_agree_with_float64(sparse):
+    """Past 16 chunks a float32 gradients() pass adds each group of 16 chunks into float64
+    sums, the last group however short: the same gradient as the float64 model's to
+    float32's rounding, dense or sparse (whose chunks touch only the rows of W1 they name)."""
+    import scipy.sparse
+    from fastbp import _core
+    rng = np.random.default_rng(5)
+    model = fastbp.MLP([300, 7, 3], ["tanh", "softmax"], dtype="float64", seed=1)
+    plan, _, _ = model._pass_plan(10**6, True, 1, sparse)
+    n = 17 * plan.capacity + 5                     # 17 chunks: a group and a short one
+    X = scipy.sparse.random(n, 300, density=0.02, format="csr", random_state=rng)
+    y = rng.integers(0, 3, n)
+    X = X if sparse else X.toarray()
+    single = fastbp.MLP([300, 7, 3], ["tanh", "softmax"], dtype="float32")
+    single.weights, single.biases = model.weights, model.biases
+    assert _core.gradient_sums(single._pass_plan(n, True, 1, sparse)[0], n, True) > 0
+    loss64, weights64, biases64 = model.gradients(X, y, "cce", n_threads=1)
+    loss32, weights32, biases32 = single.gradients(X.astype(np.float32), y, "cce",
+                                                   n_threads=1)
+    assert loss32 == pytest.approx(loss64, rel=1e-6)
+    for got, expected in zip(weights32 + biases32, weights64 + biases64):
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-7)

@@ -245,6 +245,11 @@ def test_a_fitted_classifier_exports_its_network_with_its_classes(labels, tmp_pa
         to_onnx(estimator, tmp_path / "c.onnx")
     estimator.fit(X, y)
     to_onnx(estimator, tmp_path / "c.onnx")
+    Subclass = type("Subclass", (MLPClassifier,), {})      # a user's subclass exports too
+    to_onnx(Subclass(hidden_layer_sizes=(8,), max_iter=5, random_state=0).fit(X, y),
+            tmp_path / "s.onnx")
+    assert onnx.load(os.fspath(tmp_path / "s.onnx")).graph == \
+        onnx.load(os.fspath(tmp_path / "c.onnx")).graph
     props = {p.key: p.value for p in onnx.load(os.fspath(tmp_path / "c.onnx")).metadata_props}
     assert json.loads(props["classes"]) == list(estimator.classes_)
     assert props["estimator"] == "MLPClassifier"
