@@ -319,12 +319,25 @@ FBP_PROD_TARGET static void FBP_PROD(fbp_product_nn)(
     FBP_PROD(fbp_prod_general)(m, n, k, a, lda, 0, b, ldb, c, ldc, (FBP_T)1, (FBP_T)0);
 }
 
-/* TN: C (m x n) = beta C + alpha A^T D, A (k x m, lda), D (k x n, ldd). */
+/* TN: C (m x n) = beta C + alpha A^T D, A (k x m, lda), D (k x n, ldd).  k, the batch's
+   rows, goes in blocks of FBP_PROD_TN_ROWS, each block's sums added into C (beta with the
+   first): one float register's sum over all of a batch of 2^20 rows was 1e-2 off, as
+   OpenBLAS's blocks of the inner dimension are not.  A batch of at most that many rows
+   is one block: its bits are those of one sum. */
+#ifndef FBP_PROD_TN_ROWS
+#define FBP_PROD_TN_ROWS 2048
+#endif
 FBP_PROD_TARGET static void FBP_PROD(fbp_product_tn)(
     ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, FBP_T alpha, const FBP_T *a, ptrdiff_t lda,
     const FBP_T *d, ptrdiff_t ldd, FBP_T beta, FBP_T *c, ptrdiff_t ldc)
 {
-    FBP_PROD(fbp_prod_general)(m, n, k, a, lda, 1, d, ldd, c, ldc, alpha, beta);
+    for (ptrdiff_t k0 = 0; k0 < k || k0 == 0; k0 += FBP_PROD_TN_ROWS) {
+        const ptrdiff_t kc = k - k0 < FBP_PROD_TN_ROWS ? k - k0 : FBP_PROD_TN_ROWS;
+        FBP_PROD(fbp_prod_general)(m, n, kc, a + k0 * lda, lda, 1, d + k0 * ldd, ldd, c, ldc,
+                                   alpha, k0 == 0 ? beta : (FBP_T)1);
+        if (k == 0)
+            break;
+    }
 }
 
 /* NT: C (m x n) = D (m x k, ldd) W^T, W (n x k, ldw); C is overwritten.  W's rows are the
@@ -375,6 +388,7 @@ FBP_PROD_TARGET static void FBP_PROD(fbp_product_nt)(
     }
 }
 #undef FBP_PROD_TRANSPOSED
+#undef FBP_PROD_TN_ROWS
 #undef FBP_PROD_NT_PANELS
 #undef FBP_PROD_NT_CHUNK
 #undef FBP_PROD_ROW_CASES

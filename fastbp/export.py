@@ -233,12 +233,14 @@ def _network(model) -> tuple:
     return network, described
 
 
-def to_onnx_proto(model):
+def to_onnx_proto(model, metadata=None):
     """The model (a fastbp.MLP, or a fitted fastbp.sklearn estimator: its model_) as an
-    onnx.ModelProto (checked with onnx.checker)."""
+    onnx.ModelProto (checked with onnx.checker); metadata: more metadata_props, str to str,
+    beside fastbp's own (which they may not replace)."""
     from fastbp import __version__
 
     model, described = _network(model)
+    extra = _extra_metadata(metadata)
     onnx, helper, numpy_helper = _import_onnx()
     dtype = model.dtype
     n_bytes = model.n_params * dtype.itemsize
@@ -280,14 +282,34 @@ def to_onnx_proto(model):
         metadata["dropout"] = json.dumps(list(model.dropout))
         metadata["note"] = "dropout is applied in training only; this graph never drops"
     metadata.update(described)
+    taken = sorted(set(extra) & set(metadata))
+    if taken:
+        raise ValueError(f"metadata may not replace fastbp's own entries: {taken}")
+    metadata.update(extra)
     helper.set_model_props(proto, metadata)
     onnx.checker.check_model(proto, full_check=True)
     return proto
 
 
-def to_onnx(model, path) -> None:
+def _extra_metadata(metadata) -> dict:
+    """A caller's metadata_props: a mapping of str to str (or None: none)."""
+    if metadata is None:
+        return {}
+    if not hasattr(metadata, "items"):
+        raise TypeError(f"metadata must be a mapping of str to str; got "
+                        f"{type(metadata).__name__}")
+    items = dict(metadata.items())
+    for key, value in items.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise TypeError(f"metadata must map str to str; got {key!r}: "
+                            f"{type(value).__name__}")
+    return items
+
+
+def to_onnx(model, path, metadata=None) -> None:
     """Write `model` (a fastbp.MLP, or a fitted fastbp.sklearn estimator: its model_, with
-    its classes in the metadata) as an ONNX graph to exactly `path`, atomically.
+    its classes in the metadata) as an ONNX graph to exactly `path`, atomically; metadata:
+    more metadata_props (str to str) beside fastbp's own.
 
     Input "X" [N, n_in] and output "Y" [N, n_out] in the model's dtype; see the module's
     docstring and docs/onnx.md. Needs `pip install "fastbp[onnx]"`.
@@ -298,5 +320,5 @@ def to_onnx(model, path) -> None:
     if not os.fspath(path):
         raise ValueError("path must not be empty")
     from fastbp import _files
-    proto = to_onnx_proto(model)
+    proto = to_onnx_proto(model, metadata)
     _files.write_file(path, proto.SerializeToString())

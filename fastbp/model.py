@@ -829,10 +829,11 @@ class MLP:
     def from_bytes(cls, data: bytes) -> "MLP":
         return _from_parts(*_format.decode(data), cls=cls)
 
-    def to_onnx(self, path) -> None:
-        """Write the model as an ONNX graph to `path` (needs the `onnx` extra)."""
+    def to_onnx(self, path, metadata=None) -> None:
+        """Write the model as an ONNX graph to `path` (needs the `onnx` extra); metadata:
+        more metadata_props, str to str (fastbp.export.to_onnx)."""
         from fastbp.export import to_onnx
-        to_onnx(self, path)
+        to_onnx(self, path, metadata)
 
     # Copies and pickles: the model's bytes, its class (a subclass stays one) and the
     # attributes a caller or a subclass set on it (not those _setup makes: plans, caches)

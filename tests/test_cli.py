@@ -103,7 +103,7 @@ import os
 
 from fastbp.cli import sidecar_path
 
-COMMANDS = ["train", "predict", "evaluate", "info", "demo", "bench"]
+COMMANDS = ["train", "predict", "evaluate", "info", "export", "demo", "bench"]
 
 
 def write_csv(path, header, rows):
@@ -467,6 +467,8 @@ USER_MISTAKES = [
     (["predict", "{model}", "{npy}"], "gives 2 feature columns; the model takes 3"),
     (["evaluate", "{model}", "{csv}", "--target", "species"], "not trained on"),
     (["info", "{missing}"], "No such file"),
+    (["export", "{missing}", "{tmp}/m.onnx"], "No such file"),
+    (["export", "{model}", "{tmp}/no/folder/m.onnx"], "No such file"),
     (["bench", "--threads", "two"], "--threads"),
     (["bench", "--builtin", "--workloads", "W9"], "knows the workloads"),
     (["demo", "--epochs", "-1"], "epochs must be >= 0"),
@@ -774,3 +776,40 @@ def test_fastbp_traceback_refuses_an_unknown_value(monkeypatch, capsys):
     assert main(["demo", "--epochs", "1"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "FASTBP_TRACEBACK='ture': it must be '1' or" in err, err
+
+
+def test_export_writes_the_graph_with_the_sidecars_columns_and_classes(flowers_csv, tmp_path,
+                                                                     capsys):
+    onnx = pytest.importorskip("onnx")
+    onnxruntime = pytest.importorskip("onnxruntime")
+    status, _, err = run_cli(capsys, "train", flowers_csv, "--target", "species", "--drop",
+                             "price", "--epochs", "3", "--seed", "0", "-o",
+                             tmp_path / "f.fbp")
+    assert status == 0, err
+    status, out, err = run_cli(capsys, "export", tmp_path / "f.fbp", tmp_path / "f.onnx")
+    assert status == 0 and err == "", err
+    assert out.startswith(f"wrote {tmp_path / 'f.onnx'}: ONNX, input X [N, 3], output Y [N, 3]")
+    graph = onnx.load(str(tmp_path / "f.onnx"))
+    metadata = {p.key: p.value for p in graph.metadata_props}
+    assert json.loads(metadata["features"]) == ["a", "b", "c"]
+    assert json.loads(metadata["classes"]) == ["setosa", "versicolor", "virginica"]
+    assert metadata["loss"] == "categorical_crossentropy"
+    X, _, _ = flowers()
+    session = onnxruntime.InferenceSession(str(tmp_path / "f.onnx"),
+                                           providers=["CPUExecutionProvider"])
+    got = session.run(["Y"], {"X": np.round(X, 5).astype(np.float32)})[0]
+    status, _, _ = run_cli(capsys, "predict", tmp_path / "f.fbp", flowers_csv, "--output",
+                           tmp_path / "p.npy")
+    np.testing.assert_allclose(got, np.load(tmp_path / "p.npy"), rtol=1e-5, atol=1e-6)
+    # a model without a sidecar: the graph alone
+    fastbp.MLP([3, 2], ["softmax"]).save(tmp_path / "bare.fbp")
+    status, out, _ = run_cli(capsys, "export", tmp_path / "bare.fbp", tmp_path / "b.onnx")
+    assert status == 0 and "metadata" not in out
+
+
+def test_export_without_onnx_says_what_to_install(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    fastbp.MLP([3, 2], ["softmax"]).save(tmp_path / "m.fbp")
+    status, _, err = run_cli(capsys, "export", tmp_path / "m.fbp", tmp_path / "m.onnx")
+    assert status == 2 and err.count("\n") == 1 and 'pip install "fastbp[onnx]"' in err
+    assert not (tmp_path / "m.onnx").exists()

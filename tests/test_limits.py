@@ -228,22 +228,27 @@ def test_a_plan_whose_offsets_would_wrap_is_refused():
     assert _core.Plan([1, 2**31 - 1, 1], codes, 1).work_size > 0
 
 
+@pytest.mark.parametrize("kernels", ["own", "blas"])
 @pytest.mark.parametrize("optimizer, log2_rows", [("sgd", 20), ("momentum", 21)])
-def test_a_float32_step_over_a_batch_of_millions_of_rows_moves_the_bias_exactly(optimizer,
-                                                                                 log2_rows):
+def test_a_float32_step_over_a_batch_of_millions_of_rows_moves_the_bias_exactly(
+        optimizer, log2_rows, kernels, monkeypatch):
     """One step of a batch of 2^20 rows: plain SGD adds each row's share of the bias's
     update to the bias itself, and added in float32 row after row none of them moved it
     (the bias stayed at 0.25); a rule that steps from the gradient summed it likewise
-    (momentum: 1% off at 2^21 rows, 11% at 2^24). The rows' sum is now taken in double."""
+    (momentum: 1% off at 2^21 rows, 11% at 2^24). The rows' sum is now taken in double.
+    The weight's gradient, one register's sum over the whole batch in the own kernel (1%
+    off at 2^20 rows), is now added up a block of 2048 rows at a time, as BLAS's."""
+    monkeypatch.setenv("FASTBP_KERNELS", kernels)
     n = 2**log2_rows
     model = fastbp.MLP([1, 1], ["identity"])
     model.weights, model.biases = [np.array([[0.5]])], [np.array([0.25])]
     rule = fastbp.optimizers.SGD(0.01, momentum=0.9 if optimizer == "momentum" else 0.0)
     fastbp.Trainer("mse", optimizer=rule, batch_size=n, epochs=1, shuffle=False,
-                   n_threads=1).fit(model, np.zeros((n, 1), np.float32),
+                   n_threads=1).fit(model, np.ones((n, 1), np.float32),
                                     np.zeros((n, 1), np.float32))
-    # dL/db = 2 b = 0.5 on every row: b <- 0.25 - 0.01 * 0.5
-    assert model.biases[0][0] == pytest.approx(0.245, rel=1e-6)
+    # dL/dz = 2 (w + b) = 1.5 on every row: w <- 0.5 - 0.01 * 1.5, b <- 0.25 - 0.01 * 1.5
+    assert model.biases[0][0] == pytest.approx(0.235, rel=1e-6)
+    assert model.weights[0][0, 0] == pytest.approx(0.485, rel=1e-5)
 
 
 @pytest.mark.parametrize("sparse", [False, True])

@@ -11,6 +11,7 @@ from fastbp import optimizers
 from fastbp.cli.errors import EXIT_USAGE, UsageError
 from fastbp.cli.bench import cmd_bench, cmd_demo
 from fastbp.cli.evaluate import cmd_evaluate
+from fastbp.cli.export import cmd_export
 from fastbp.cli.info import cmd_info
 from fastbp.cli.predict import cmd_predict
 from fastbp.cli.train import cmd_train
@@ -75,6 +76,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "example:\n  fastbp info model.fbp", cmd_info)
     info.add_argument("model", metavar="MODEL", help="a model file written by fastbp")
     info.add_argument("--json", action="store_true", help="print the description as JSON")
+    export = command("export", "write a model as an ONNX graph (the onnx extra)",
+                     "Write a saved model as an ONNX graph: input X [N, inputs], output Y "
+                     "[N, outputs], the model's dtype (docs/onnx.md). What the sidecar "
+                     "(MODEL.json) records (features, targets, classes, outputs, loss) goes "
+                     "into the graph's metadata, as JSON. Needs pip install \"fastbp[onnx]\".",
+                     "example:\n  fastbp export model.fbp model.onnx", cmd_export)
+    export.add_argument("model", metavar="MODEL", help="a model file written by fastbp")
+    export.add_argument("output", metavar="OUTPUT",
+                        help="the ONNX file to write (an existing one is replaced)")
     _add_demo(command("demo", "train a network on generated spirals, with progress",
                       "Learn three interleaved spirals (generated, no download), showing "
                       "loss, accuracy and speed per epoch.",

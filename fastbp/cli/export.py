@@ -1,0 +1,25 @@
+"""`fastbp export`: a saved model as an ONNX graph (docs/onnx.md), with what its sidecar
+records in the graph's metadata."""
+from __future__ import annotations
+
+import json
+
+from fastbp.cli.sidecar import load_model
+
+# the sidecar's entries a runtime needs to read the graph's inputs and outputs
+SIDECAR_ENTRIES = ("features", "targets", "classes", "outputs", "loss")
+
+
+def cmd_export(args) -> int:
+    from fastbp.export import to_onnx
+    model, sidecar = load_model(args.model)
+    metadata = {}
+    for key in SIDECAR_ENTRIES:
+        value = (sidecar or {}).get(key)
+        if value is not None:
+            metadata[key] = value if isinstance(value, str) else json.dumps(value)
+    to_onnx(model, args.output, metadata)
+    n_in, n_out = model.layer_sizes[0], model.layer_sizes[-1]
+    print(f"wrote {args.output}: ONNX, input X [N, {n_in}], output Y [N, {n_out}], "
+          f"{model.dtype.name}" + (f"; metadata {', '.join(metadata)}" if metadata else ""))
+    return 0
