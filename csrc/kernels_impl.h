@@ -217,22 +217,31 @@ static inline void FBP_NAME(fbp_add)(FBP_T *x, const FBP_T *y, ptrdiff_t n)
 }
 
 /* target <- beta * target + alpha * (sum of delta's rows): the bias gradient or update.
-   The rows are summed in double, a block of columns at a time, and the sum added once:
-   added row after row into the target in float (plain SGD's bias itself, a batch's
-   gradient), a batch of 2^20 rows left the bias where it was. */
+   The rows are summed in FBP_T 16 at a time, those sums in double, a block of columns at
+   a time, and the sum added once: added row after row into the target in float (plain
+   SGD's bias itself, a batch's gradient), a batch of 2^20 rows left the bias where it
+   was.  (Every row converted to double took 1.7x the time of the float sums for 256
+   rows of 4096.) */
 static inline void FBP_NAME(fbp_column_sums)(FBP_T *target, const FBP_T *delta, ptrdiff_t n_rows,
                                              ptrdiff_t n_cols, FBP_T alpha, FBP_T beta)
 {
-    enum { COLUMNS = 256 };
+    enum { COLUMNS = 256, ROWS = 16 };
     double sums[COLUMNS];
+    FBP_T partial[COLUMNS];
     for (ptrdiff_t low = 0; low < n_cols; low += COLUMNS) {
         const ptrdiff_t width = n_cols - low < COLUMNS ? n_cols - low : COLUMNS;
         for (ptrdiff_t j = 0; j < width; j++)
             sums[j] = 0;
-        for (ptrdiff_t i = 0; i < n_rows; i++) {
-            const FBP_T *row = delta + i * n_cols + low;
+        for (ptrdiff_t first = 0; first < n_rows; first += ROWS) {
+            const ptrdiff_t last = n_rows - first < ROWS ? n_rows : first + ROWS;
+            memcpy(partial, delta + first * n_cols + low, (size_t)width * sizeof(FBP_T));
+            for (ptrdiff_t i = first + 1; i < last; i++) {
+                const FBP_T *row = delta + i * n_cols + low;
+                for (ptrdiff_t j = 0; j < width; j++)
+                    partial[j] += row[j];
+            }
             for (ptrdiff_t j = 0; j < width; j++)
-                sums[j] += row[j];
+                sums[j] += partial[j];
         }
         FBP_T *out = target + low;
         for (ptrdiff_t j = 0; j < width; j++) {

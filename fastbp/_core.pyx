@@ -655,15 +655,20 @@ cdef class RowLog:
         check_size(caller, "the row log's row bytes", self.data.row_bytes,
                    plan.sizes[1] * itemsize)
         check_size(caller, "the row log's state rows", self.data.n_arrays - 1, state_rows)
+        self.clear()
+        self.data.W1 = <char*>params + plan.weight_offsets[0] * itemsize
+        self.data.state = <char*>state + plan.weight_offsets[0] * itemsize if state_rows else NULL
+        self.data.state_stride = plan.n_params * itemsize
+        return &self.data
+
+    def clear(self):
+        """Forget the rows logged: each epoch's start (begin), and the trainer's before each
+        epoch, so that an error raised before begin never restores the last epoch's rows."""
         cdef Py_ssize_t i
         for i in range(self.data.n_logged):
             self.data.logged[(<Py_ssize_t*>log_entry(&self.data, i))[0]] = 0
         self.data.n_logged = 0
         self.data.out_of_memory = False
-        self.data.W1 = <char*>params + plan.weight_offsets[0] * itemsize
-        self.data.state = <char*>state + plan.weight_offsets[0] * itemsize if state_rows else NULL
-        self.data.state_stride = plan.n_params * itemsize
-        return &self.data
 
     def restore(self, floating[::1] params, floating[:, ::1] state):
         """Every row the epoch changed back as it was at its start, in params' W1 (its first

@@ -804,6 +804,10 @@ class _CompiledEpoch:
         dropout_seed = int(trainer._rng.integers(2**63)) if self.uses_dropout else 0
         np.copyto(self.backup, model._params[self.kept:])
         np.copyto(self.state_backup, state[:, self.kept:])
+        if self.row_log is not None:
+            # (holding the last epoch's rows until the core begins this one: an error
+            # before that must not restore them)
+            self.row_log.clear()
         n_workers = self.n_workers if self.thread_choice is None else self.thread_choice.next()
         self.threads_used = threads_record(n_workers, self.n_threads,
                                            None if self.sparse is not None else self.split)

@@ -301,3 +301,18 @@ def test_the_documentation_examples_run(tmp_path):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
     assert sorted(os.listdir(tmp_path)) == ["classifier.onnx", "model.onnx"]
+
+
+@needs_runtime
+def test_metadata_of_ones_own_is_added_and_fastbps_is_kept(tmp_path):
+    model = fastbp.MLP([3, 2], ["softmax"], seed=0)
+    model.to_onnx(tmp_path / "m.onnx", metadata={"owner": "team a", "classes": '["x", "y"]'})
+    props = {p.key: p.value for p in onnx.load(os.fspath(tmp_path / "m.onnx")).metadata_props}
+    assert props["owner"] == "team a" and props["dtype"] == "float32"
+    with pytest.raises(ValueError, match=r"may not replace fastbp's own entries: \['dtype'\]"):
+        model.to_onnx(tmp_path / "n.onnx", metadata={"dtype": "float16"})
+    with pytest.raises(TypeError, match="metadata must map str to str"):
+        model.to_onnx(tmp_path / "n.onnx", metadata={"version": 2})
+    with pytest.raises(TypeError, match="metadata must be a mapping"):
+        model.to_onnx(tmp_path / "n.onnx", metadata=[("a", "b")])
+    assert sorted(os.listdir(tmp_path)) == ["m.onnx"]

@@ -1095,3 +1095,29 @@ def test_the_core_refuses_moving_rows_it_cannot_keep():
         args[17] = row_log
         with pytest.raises(ValueError, match="moving_rows"):
             _core.train_epoch(*args, **dict(kwargs, moving_rows=moving_rows))
+
+
+def test_an_error_before_the_epoch_starts_its_log_never_restores_the_last_epochs_rows(
+        monkeypatch):
+    """The row log holds the last epoch's rows until the next epoch starts it afresh; an
+    error raised before the core began that epoch (here: the call itself refused) had the
+    trainer restore those rows, putting W1 back to the start of the epoch before, with the
+    rest of the model where it was. The log is emptied before each epoch."""
+    rng = np.random.default_rng(2)
+    X = scipy.sparse.random(40, 300, density=0.05, format="csr", random_state=rng)
+    y = rng.integers(0, 3, 40)
+    model = fastbp.MLP([300, 8, 3], ["relu", "softmax"], seed=0)
+    trainer = fastbp.Trainer("cce", optimizer="adam", epochs=1, batch_size=8, seed=0,
+                             n_threads=1)
+    trainer.fit(model, X, y)
+    after_first = model.parameter_vector()
+    state = trainer._state.copy()
+
+    def refused(*arguments, **options):
+        raise ValueError("train_epoch: refused before it began")
+
+    monkeypatch.setattr(fastbp.trainer._core, "train_epoch", refused)
+    with pytest.raises(ValueError, match="refused before it began"):
+        trainer.fit(model, X, y)
+    np.testing.assert_array_equal(model.parameter_vector(), after_first)
+    np.testing.assert_array_equal(trainer._state, state)
