@@ -2313,8 +2313,8 @@ def train_epoch(Plan plan, Hyperparameters hyperparameters, floating[::1] params
         lazy.applied = <Py_ssize_t*>malloc(4 * n_in * sizeof(Py_ssize_t))
         if not lazy.applied:
             raise MemoryError(f"train_epoch: no memory for the lazy rule's step counts of "
-                              f"W1's rows ({SPARSE_BYTES_PER_COLUMN} bytes a column of X: "
-                              f"{n_in * SPARSE_BYTES_PER_COLUMN / 2**30:,.2f} GiB)")
+                              f"W1's rows ({4 * sizeof(Py_ssize_t)} bytes a column of X: "
+                              f"{n_in * 4 * sizeof(Py_ssize_t) / 2**30:,.2f} GiB)")
         if lazy.adam != NULL:
             adam.window = lazy_adam_window
             if not lazy_adam_allocate(&adam, floating is float):
