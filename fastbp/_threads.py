@@ -666,7 +666,7 @@ def _measure(layer_sizes, codes, batch_size, dtype, candidates, clipping=False, 
             epoch = timer(*way)
             epoch(1)                               # warm up: first touch, thread pools
             steps = max(1, min(n_batches, int(MEASURE_SECONDS / max(epoch(1), 1e-9))))
-            runs[way] = functools.partial(epoch, steps)
+            runs[way] = _paced(epoch, steps)
             slow = slow or steps == 1
         best.update(_best_windows(runs, 2 if slow else MEASURE_ROUNDS))
     return _pick(best)
@@ -715,11 +715,15 @@ def _measure_pass(layer_sizes, activations, rows, dtype, backward, allowed) -> t
                 _core.predict(plan, model._params, work, X, out, None)
 
         def window(n_passes):
+            # (cut short where the passes run slower than planned: WINDOW_LIMIT)
             with blas_threads(threads, wait=False):
                 started = time.perf_counter()
-                for _ in range(n_passes):
+                done, elapsed = 0, 0.0
+                while done < n_passes and elapsed < WINDOW_LIMIT * MEASURE_SECONDS:
                     one_pass()
-                return (time.perf_counter() - started) / n_passes
+                    done += 1
+                    elapsed = time.perf_counter() - started
+                return elapsed / done
         return window
 
     _wait_for_a_quiet_process()
@@ -735,6 +739,30 @@ def _measure_pass(layer_sizes, activations, rows, dtype, backward, allowed) -> t
     many(1)                                         # warm up: BLAS's thread pool
     runs = {(1, 1): functools.partial(one, passes), (1, allowed): functools.partial(many, passes)}
     return _pick(_best_windows(runs, MEASURE_ROUNDS, PASS_CONFIRM_SECONDS))[1], first
+
+
+# A window of a measurement lasts at most about this many times MEASURE_SECONDS. Other
+# work on the machine can slow a candidate far more than it slows one thread: two BLAS
+# threads, whose OpenBLAS threads wait for each other spinning, ran a pass of 100-65-10 on
+# 512 rows in 15.6 ms instead of 0.3 with a compiler busy on each core, and windows of a
+# count planned for 10 ms took 1.8 s each: the first predict of that shape took 8 s.
+WINDOW_LIMIT = 2
+
+
+def _paced(window, count):
+    """A run for _best_windows: window(n) -> seconds a step, called with `count` steps,
+    then with as many as its last window's pace fits in MEASURE_SECONDS, never more than
+    `count` (a fit's window is one compiled call, which cannot be cut short as a pass's
+    window is). A count cut by a slow window grows back when the pace does: a candidate
+    whose windows were cut is not judged on them alone."""
+    def run():
+        nonlocal paced
+        seconds = window(paced)
+        if seconds * paced > WINDOW_LIMIT * MEASURE_SECONDS or paced < count:
+            paced = max(1, min(count, int(MEASURE_SECONDS / max(seconds, 1e-9))))
+        return seconds
+    paced = count
+    return run
 
 
 def _best_windows(runs, rounds, confirm_seconds=None):

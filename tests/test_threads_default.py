@@ -618,6 +618,77 @@ def test_a_pinned_explicit_or_single_allowed_count_is_not_measured(
     assert pass_measurements == [] and pass_counts == counts
 
 
+def test_a_slowed_pass_measurement_cuts_its_windows_short(cache, monkeypatch):
+    """Two BLAS threads sharing the cores with other processes ran a pass 50 times slower
+    than one thread (their OpenBLAS threads wait for each other spinning: 15.6 ms a pass of
+    100-65-10 on 512 rows against 0.3 with a compiler on each core), so windows of the
+    count planned from one thread's pace took 1.8 s each and the first predict of the shape
+    8 s. A window now ends once it has lasted WINDOW_LIMIT times MEASURE_SECONDS (on a
+    simulated clock: 0.1 ms a pass on one thread, 25 ms on two)."""
+    clock, passes = [0.0], []
+
+    def advance(seconds):
+        clock[0] += seconds
+
+    real_predict = _core.predict
+
+    def predict(*arguments):
+        real_predict(*arguments)
+        count = _threads._count
+        passes.append(count)
+        advance(1e-4 if count == 1 else 25e-3)
+
+    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(time, "sleep", advance)
+    monkeypatch.setattr(time, "process_time", lambda: 0.0)     # a quiet process
+    monkeypatch.setattr(_core, "predict", predict)
+    windows = []
+    real_windows = _threads._best_windows
+
+    def best_windows(runs, rounds, confirm_seconds=None):
+        def counted(choice, run):
+            def window():
+                before = len(passes)
+                seconds = run()
+                windows.append((choice, len(passes) - before))
+                return seconds
+            return window
+        return real_windows({choice: counted(choice, run) for choice, run in runs.items()},
+                            rounds, confirm_seconds)
+
+    monkeypatch.setattr(_threads, "_best_windows", best_windows)
+    count, seconds = _threads._measure_pass((30, 40, 5), ("relu", "softmax"), 64, "float32",
+                                            False, 2)
+    assert (count, seconds) == (1, pytest.approx(1e-4))
+    planned = int(_threads.MEASURE_SECONDS / 1e-4)
+    assert {n for choice, n in windows if choice == (1, 1)} == {planned}
+    assert {n for choice, n in windows if choice == (1, 2)} == {1}    # past the limit
+    assert len(windows) >= 2 * _threads.MEASURE_ROUNDS
+    # (before: 5 rounds of 100 passes on two threads, 12.5 s; now the rounds and the 0.2 s
+    # of confirmation)
+    assert clock[0] < _threads.MEASURE_ROUNDS * 0.035 + _threads.PASS_CONFIRM_SECONDS + 0.2
+
+
+def test_a_fit_measurement_window_takes_the_steps_its_pace_fits():
+    """A fit's window is one compiled call of `count` steps, which cannot be cut short: after
+    a window slower than WINDOW_LIMIT times MEASURE_SECONDS the next takes as many steps
+    as the last pace fits in MEASURE_SECONDS, and grows back to `count` with the pace (the
+    best window decides, so a candidate slowed for a while is not judged on cut windows
+    alone)."""
+    counts, pace = [], [1e-4]
+
+    def window(steps):
+        counts.append(steps)
+        return pace[0]
+
+    planned = int(_threads.MEASURE_SECONDS / 1e-4)
+    run = _threads._paced(window, planned)
+    for seconds in (1e-4, 50e-4, 50e-4, 2e-4, 1e-6, 1e-4):
+        pace[0] = seconds
+        assert run() == seconds
+    assert counts == [planned, planned, 2, 2, planned // 2, planned]
+
+
 def test_the_real_pass_measurement(cache, monkeypatch):
     """A chunk under SPLIT_MIN_SECONDS on one thread stays there untimed; one over
     PASS_UNMEASURED_SECONDS takes every allowed thread untimed; between, one thread and
