@@ -24,8 +24,16 @@ import time
 import warnings
 
 _VERSION = 1
-# A cache file is read whole up to this size (an entry takes about 100 bytes: some 600,000
-# choices; entries are never dropped, and each build keys its own), a larger one not at all.
+# A cache file keeps at most this many choices, in the order they were written. Each new
+# choice rewrites the whole file under its lock (8 ms for each 1,000 choices it holds, on a
+# 2-core Xeon), and a process meeting ever new shapes (a search over layer sizes, a server
+# of many models: some 10 choices a network) grew it without end. Past it, the choices
+# written longest ago go first, those another CPU or build measured (keys that do not end
+# with this one's: an upgrade leaves all of its predecessor's behind) before this one's;
+# a choice dropped is measured again when it is next needed.
+MOST_CHOICES = 4096
+# A cache file is read whole up to this size (a choice takes about 150 bytes, more for a
+# deep network's key), a larger one not at all.
 _LARGEST_FILE = 64 << 20
 # A measurement takes well under a second; a lock held longer than this is taken to be
 # stuck (a hung file system) and the choice is measured without it.
@@ -189,15 +197,33 @@ def settled(file_name, key, is_valid, measure):
             return found
         found = measure()
         if not foreign:     # (a newer version's choices, or a file too large, left)
+            choices.pop(key, None)      # (a choice found invalid: the new one is the newest)
             choices[key] = found
-            _write(file_name, choices)
+            _write(file_name, _pruned(choices, key))
         return found
+
+
+def _pruned(choices: dict, newest) -> dict:
+    """`choices` (oldest first) cut to MOST_CHOICES, keeping `newest`: the oldest of
+    another CPU's or build's go first, then the oldest of this one's."""
+    excess = len(choices) - MOST_CHOICES
+    if excess <= 0:
+        return choices
+    mine = f"/{cpu_model()}/{build_identity()}"
+    dropped = set()
+    for only_foreign in (True, False):
+        for key in choices:
+            if len(dropped) == excess:
+                break
+            if key != newest and not (only_foreign and mine in key):
+                dropped.add(key)
+    return {key: choice for key, choice in choices.items() if key not in dropped}
 
 
 def _write(file_name, choices) -> None:
     from fastbp._files import write_file
-    content = json.dumps({"version": _VERSION, "choices": choices}, indent=1,
-                         sort_keys=True).encode()
+    # (in the order written, oldest first: what _pruned drops first)
+    content = json.dumps({"version": _VERSION, "choices": choices}, indent=1).encode()
     path = os.path.join(cache_folder(), file_name)
     try:
         # (write_file writes into a FIFO or a device as it is: the cache only replaces

@@ -224,22 +224,52 @@ def test_a_cache_file_that_links_to_nothing_is_written_through_the_link(tmp_path
 
 
 def test_a_cache_of_more_than_a_mebibyte_is_read(tmp_path, monkeypatch):
-    """A cache file keeps every build's and every shape's choices: past 1 MiB (about
-    11,000 of them) it is read whole, and a new choice is added to it, not in its place."""
+    """A cache file past 1 MiB is read whole (a file of another fastbp's, or of deep
+    networks' long keys), and a new choice is added to it; past _LARGEST_FILE nothing is
+    read."""
     monkeypatch.setenv("FASTBP_CACHE_DIR", str(tmp_path))
-    choices = {f"key {i:06d} " + "x" * 80: i for i in range(14_000)}
+    choices = {f"key {i:06d} " + "x" * 400: i for i in range(3_000)}
     (tmp_path / "big.json").write_text(json.dumps({"version": 1, "choices": choices},
                                                   indent=1))
     assert (tmp_path / "big.json").stat().st_size > 1 << 20
-    assert _cache.settled("big.json", "key 000007 " + "x" * 80, lambda kept: kept == 7,
+    assert _cache.settled("big.json", "key 000007 " + "x" * 400, lambda kept: kept == 7,
                           lambda: pytest.fail("measured a kept choice")) == 7
     assert _cache.settled("big.json", "new", lambda kept: kept == "n", lambda: "n") == "n"
-    assert len(_cache.read_cache("big.json")) == 14_001
+    assert len(_cache.read_cache("big.json")) == 3_001
     with open(tmp_path / "big.json", "ab") as file:     # past the largest file read: unread
         file.truncate(_cache._LARGEST_FILE + 1)
     monkeypatch.setattr(_cache, "_too_large", set())
     with pytest.warns(RuntimeWarning, match="big.json is larger than 64 MiB"):
         assert _cache.read_cache("big.json") == {}
+
+
+def test_a_cache_file_keeps_the_newest_choices_this_machine_and_build_made_first(
+        tmp_path, monkeypatch):
+    """A service meeting ever new shapes grew its cache files without end, each new choice
+    rewriting all of them. Past MOST_CHOICES the oldest go, those of another CPU or build
+    (an upgrade's predecessor) first; the order kept is the order written, and a choice
+    measured again (the kept one found invalid) counts as the newest."""
+    monkeypatch.setenv("FASTBP_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(_cache, "MOST_CHOICES", 6)
+    mine = f"/{_cache.cpu_model()}/{_cache.build_identity()}"
+    for name in ["mine 1", "other 1", "mine 2", "other 2", "mine 3", "other 3"]:
+        key = name + (mine if name.startswith("mine") else "/another CPU/0123456789abcdef")
+        _cache.settled("c.json", key, lambda kept: False, lambda: name)
+    assert list(_cache.read_cache("c.json").values()) == [
+        "mine 1", "other 1", "mine 2", "other 2", "mine 3", "other 3"]
+    _cache.settled("c.json", "mine 4" + mine, lambda kept: False, lambda: "mine 4")
+    _cache.settled("c.json", "mine 1" + mine, lambda kept: kept == "again",
+                   lambda: "again")                             # measured again: the newest
+    assert list(_cache.read_cache("c.json").values()) == [
+        "mine 2", "other 2", "mine 3", "other 3", "mine 4", "again"]
+    for n in range(5, 9):
+        _cache.settled("c.json", f"mine {n}" + mine, lambda kept: False, lambda: f"mine {n}")
+    assert list(_cache.read_cache("c.json").values()) == [
+        "mine 4", "again", "mine 5", "mine 6", "mine 7", "mine 8"]
+    # a key that is not this build's is kept when it is the newest
+    _cache.settled("c.json", "other 4", lambda kept: False, lambda: "other 4")
+    assert list(_cache.read_cache("c.json").values())[-2:] == ["mine 8", "other 4"]
+    assert len(_cache.read_cache("c.json")) == 6
 
 
 def test_a_lock_found_stuck_is_not_waited_for_again_by_each_key(tmp_path, monkeypatch):
