@@ -728,7 +728,7 @@ def fit(model: MLP, trainer: Trainer, X, Y, client=None, rounds=None, epochs_per
     if not isinstance(trainer, Trainer):
         raise TypeError(f"trainer must be a fastbp.Trainer; got {type(trainer).__name__}")
     spec = trainer.spec()
-    spec.check_dtype(model.dtype)      # here, not only in each block's fit on the workers
+    spec.check_model(model)      # here, not only in each block's fit on the workers
     loss = spec.loss
     check_verbose(verbose)
     epochs_per_round = whole_number(epochs_per_round, "epochs_per_round", 1)

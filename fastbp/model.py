@@ -745,10 +745,11 @@ class MLP:
         return value
 
     def _loss(self, loss):
-        """The loss named or given, its parameter checked for this model's dtype (as a fit
-        checks it)."""
+        """The loss named or given, its parameter checked for this model's dtype and
+        output layer (as a fit checks it)."""
         loss = losses.get(loss)
         loss.check_dtype(self.dtype)
+        loss.check_output(self._activations[-1])
         return loss
 
     def _dense_targets(self, Y, loss, n_rows):

@@ -122,10 +122,12 @@ class FitSpec:
     clip_norm: float | None
     max_time: float | None
 
-    def check_dtype(self, dtype) -> None:
+    def check_model(self, model) -> None:
         """Refuse numbers checked in float64 that the compiled loop, which uses them in the
-        model's dtype, would change (overflow, flush to 0, a fraction rounded to 1)."""
-        check_numbers_in_dtype(self.optimizer, self.loss, self.weight_decay, dtype)
+        model's dtype, would change (overflow, flush to 0, a fraction rounded to 1), and a
+        loss parameter the model's output layer would leave unused."""
+        check_numbers_in_dtype(self.optimizer, self.loss, self.weight_decay, model.dtype)
+        self.loss.check_output(model.activations[-1])
 
 
 def check_numbers_in_dtype(optimizer, loss, weight_decay: float, dtype) -> None:
@@ -415,7 +417,7 @@ class Trainer:
             chosen_metrics(metrics, spec.loss, model.layer_sizes[-1])
         if data.validation is None:
             metric_functions = []
-        spec.check_dtype(model.dtype)
+        spec.check_model(model)
         check_verbose(verbose)
         if verbose:
             callbacks.append(ProgressBar(n_epochs))

@@ -557,6 +557,24 @@ def test_probability_rows_that_sum_to_nearly_1_get_the_exact_gradient_of_their_l
     np.testing.assert_allclose(grad_b[0], numeric, rtol=1e-7, atol=1e-9)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_probability_rows_1e_3_off_as_written_are_taken_and_more_refused(dtype):
+    """0.334, 0.334, 0.333 sums to 1.001 as written, 1.0000000000000112e-3 off once each
+    value and the sum are rounded to binary, and it was refused where 0.333 three times
+    was taken; a row off by more than 1e-3 as written still is."""
+    model = fastbp.MLP([2, 3], ["softmax"], dtype=dtype, seed=0)
+    X = np.ones((4, 2), dtype)
+    taken = np.array([[0.334, 0.334, 0.333], [0.333, 0.333, 0.333], [0.1, 0.2, 0.701],
+                      [0.3335, 0.3335, 0.334]], dtype)
+    value = model.evaluate(X, taken, "cce")
+    scaled = taken.astype(np.float64) / taken.sum(axis=1, dtype=np.float64, keepdims=True)
+    assert value == pytest.approx(model.evaluate(X, scaled.astype(dtype), "cce"),
+                                  rel=1e-6 if dtype == "float32" else 1e-14)
+    for refused in ([0.3345, 0.334, 0.333], [0.332, 0.333, 0.333], [0.5, 0.5, 0.0011]):
+        with pytest.raises(ValueError, match="rows that sum to 1"):
+            model.evaluate(X[:1], np.array([refused], dtype), "cce")
+
+
 def test_probability_rows_within_rounding_of_1_are_not_copied_and_own_checks_may_return_none():
     """Rows within k epsilons of summing to 1 (float32 probabilities, a softmax's) are
     used as they are, no copy of Y; only rows off by more are scaled, in a copy. A loss of

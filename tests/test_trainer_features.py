@@ -240,6 +240,33 @@ def test_a_clip_is_checked():
             model, np.zeros((4, 2), np.float32), [0, 1, 0, 1])
 
 
+@pytest.mark.parametrize("kind, output", [("cce", "sigmoid"), ("cce", "identity"),
+                                          ("bce", "softmax"), ("bce", "tanh")])
+def test_a_clip_an_output_layer_would_leave_unused_is_refused(kind, output):
+    """A clip applies where the output layer is the fused one (softmax with categorical,
+    sigmoid with binary cross-entropy); on any other the loss took its own bound and the
+    clip given went unused, unsaid. Refused by every call that takes a loss, the model
+    as it was."""
+    loss = (losses.CategoricalCrossentropy if kind == "cce" else losses.BinaryCrossentropy)(
+        clip=1e-3)
+    model = fastbp.MLP([3, 4, 2], ["tanh", output], seed=0)
+    X = np.random.default_rng(0).normal(size=(8, 3)).astype(np.float32)
+    Y = np.eye(2, dtype=np.float32)[[0, 1] * 4]
+    before = model.parameter_vector().copy()
+    trainer = fastbp.Trainer(loss, epochs=1, batch_size=4, seed=0)
+    fused = "softmax" if kind == "cce" else "sigmoid"
+    message = f"clip=0.001 applies where the output layer is {fused}.*this model's is {output}"
+    for call in (lambda: trainer.fit(model, X, Y), lambda: trainer.partial_fit(model, X, Y),
+                 lambda: model.evaluate(X, Y, loss), lambda: model.gradients(X, Y, loss)):
+        with pytest.raises(ValueError, match=message):
+            call()
+    assert np.array_equal(model.parameter_vector(), before)
+    # the same loss without a clip, and the clip on the fused output, are taken
+    fastbp.Trainer(type(loss)(), epochs=1, batch_size=4, seed=0).fit(model, X, Y)
+    fastbp.Trainer(loss, epochs=1, batch_size=4, seed=0).fit(
+        fastbp.MLP([3, 4, 2], ["tanh", fused], seed=0), X, Y)
+
+
 # ================================================================ 2. optimizers
 
 # (fastbp optimizer, reference optimizer arguments)

@@ -239,7 +239,7 @@ def _build_trainer(args, loss, monitor, model):
                           weight_decay=args.weight_decay, clip_norm=args.clip_norm,
                           class_weight=args.class_weight, max_time=args.max_time,
                           n_threads=args.threads)
-        trainer.spec().check_dtype(model.dtype)
+        trainer.spec().check_model(model)
         if args.class_weight is not None:
             loss.n_classes(model.layer_sizes[-1])
     except UsageError:
