@@ -2,7 +2,9 @@
 
 The loss values and gradients of float64 models equal jax.grad of the network written here
 with jax.nn's activations and optax's losses, for every activation x loss pairing at
-depths 1-3; 20 optimizer steps through fastbp.Trainer equal the same steps taken with optax.
+depths 1-3; 20 optimizer steps through fastbp.Trainer equal the same steps taken with optax,
+and every rule's steps on partial and weightless batches and under a schedule, on two
+threads, a CSR X and in float32 (within float32's rounding), equal optax's too.
 Nothing here shares code with fastbp or with tests/reference.py: JAX differentiates what is
 written, so a slip in a hand-derived derivative on either side shows.
 
@@ -368,6 +370,134 @@ def test_twenty_steps_equal_optax(case, problem):
     assert_close_lists(model.weights, [np.asarray(W) for W in params["W"]], "weights")
     assert_close_lists(model.biases, [np.asarray(b) for b in params["b"]], "biases")
     np.testing.assert_allclose(history.loss, epoch_losses, rtol=RTOL)
+
+
+# ---------------------------------------------------------------- steps on varied data and inputs
+
+# More rules: coupled decay with every rule, decoupled with momentum, clipping with Adam.
+# Decoupled decay on SGD: torch's SGD after p *= 1 - lr wd, an update of -lr wd p.
+MORE_OPTIMIZER_CASES = {
+    "nesterov-coupled-decay": (optimizers.SGD(0.05, momentum=0.9, nesterov=True),
+                               {"weight_decay": 0.05},
+                               optax.chain(optax.add_decayed_weights(0.05, mask=weights_only),
+                                           optax.sgd(0.05, momentum=0.9, nesterov=True))),
+    "momentum-decoupled-decay": (optimizers.SGD(0.1, momentum=0.5),
+                                 {"weight_decay": 0.2, "decoupled_weight_decay": True},
+                                 optax.chain(optax.sgd(0.1, momentum=0.5),
+                                             optax.add_decayed_weights(-0.1 * 0.2,
+                                                                       mask=weights_only))),
+    "rmsprop-coupled-decay": (optimizers.RMSprop(0.01, alpha=0.9), {"weight_decay": 0.05},
+                              optax.chain(optax.add_decayed_weights(0.05, mask=weights_only),
+                                          optax.rmsprop(0.01, decay=0.9, eps=1e-8,
+                                                        eps_in_sqrt=False))),
+    "adagrad-coupled-decay": (optimizers.Adagrad(0.1), {"weight_decay": 0.05},
+                              optax.chain(optax.add_decayed_weights(0.05, mask=weights_only),
+                                          torch_adagrad(0.1, eps=1e-10))),
+    "adam-clip": (optimizers.Adam(0.01), {"clip_norm": 0.05},
+                  optax.chain(torch_clip_by_global_norm(0.05), optax.adam(0.01))),
+}
+ALL_OPTIMIZER_CASES = {**OPTIMIZER_CASES, **MORE_OPTIMIZER_CASES}
+
+# id: (rows, batch size, the rows that weigh 0 or None (no sample weights), schedule): a
+# partial last batch, and a batch whose rows all weigh 0, which takes no step (no decay, no
+# momentum, Adam's step count not advanced); a rate that halves each epoch (the decoupled
+# decay's with it).
+DATA_CASES = {
+    "partial-and-weightless-batches": (37, 8, slice(8, 16), None),
+    "schedule": (37, 8, None, fastbp.schedules.StepDecay(1, gamma=0.5)),
+}
+# id: (dtype, n_threads, sparse X, FASTBP_SPLIT): the same fit on two threads, split by rows;
+# X as a CSR matrix, whose first layer's rows step lazily where the rule allows (on the rows
+# a batch names, the others caught up), on one thread and on the row pool's two; float32.
+INPUT_CASES = {
+    "float64-two-threads-rows": ("float64", 2, False, "rows"),
+    "float64-sparse": ("float64", 1, True, None),
+    "float64-sparse-two-threads": ("float64", 2, True, None),
+    "float32": ("float32", 1, False, None),
+}
+# float32 against the float64 oracle after 20 steps: each array within this of the largest
+# entry of the arrays (the rounding of 20 steps of a float32 fit, amplified where the
+# adaptive rules divide by a root of a small sum).
+FLOAT32_TOLERANCE = 2e-4
+
+
+def optax_fit(transformation, params, activations, loss, X, Y, row_weights, batch_size,
+              rates):
+    """Trainer.fit with shuffle=False, in JAX, for len(rates) epochs at rates[e] / rates[0]
+    of the transformation's rate (every rule's step is linear in its rate): a batch whose
+    rows all weigh 0 is skipped. Returns the parameters and each epoch's loss."""
+    state = transformation.init(params)
+    value_and_grad = jax.jit(jax.value_and_grad(batch_loss), static_argnums=(1, 2))
+    n_rows = X.shape[0]
+    weights = np.ones(n_rows) if row_weights is None else row_weights
+    epoch_losses = []
+    for rate in rates:
+        total = 0.0
+        for start in range(0, n_rows, batch_size):
+            rows = slice(start, start + batch_size)
+            if not weights[rows].sum() > 0:
+                continue
+            value, grads = value_and_grad(params, activations, loss, X[rows], Y[rows],
+                                          weights[rows])
+            updates, state = transformation.update(grads, state, params)
+            updates = jax.tree.map(lambda u: u * (rate / rates[0]), updates)
+            params = optax.apply_updates(params, updates)
+            total += float(value) * float(weights[rows].sum())
+        epoch_losses.append(total / weights.sum())
+    return params, epoch_losses
+
+
+@pytest.mark.parametrize("data", DATA_CASES)
+@pytest.mark.parametrize("case", ALL_OPTIMIZER_CASES)
+def test_steps_equal_optax_on_varied_data_and_inputs(case, data, monkeypatch):
+    """Every rule, 3 epochs of 5 batches: a partial last batch and a batch whose rows all
+    weigh 0 (14 steps), or a schedule (15); each fit on two threads, on a CSR X (one thread
+    and two) and in float32, against the same oracle."""
+    optimizer, keywords, transformation = ALL_OPTIMIZER_CASES[case]
+    n_rows, batch_size, weightless, schedule = DATA_CASES[data]
+    sizes, activations, loss = [12, 8, 4], ("swish", "softmax"), "cce"
+    rng = rng_for("varied", case, data)
+    weights, biases, X, Y = make_problem(sizes, activations, loss, "labels", rng, n_rows=n_rows)
+    X[rng.uniform(size=X.shape) > 0.2] = 0.0     # a column of W1 sits out about 1 batch in 4
+    row_weights = None
+    if weightless is not None:
+        row_weights = rng.uniform(0.2, 2.0, size=n_rows)
+        row_weights[weightless] = 0.0
+    epochs = 3
+    rates = [optimizer.learning_rate if schedule is None
+             else schedule.learning_rate(epoch, optimizer.learning_rate)
+             for epoch in range(epochs)]
+    params, epoch_losses = optax_fit(transformation, as_jax_params(weights, biases),
+                                     activations, loss, X, dense_targets(Y, sizes[-1]),
+                                     row_weights, batch_size, rates)
+    expected = [np.asarray(W) for W in params["W"]] + [np.asarray(b) for b in params["b"]]
+    moved = max(float(np.max(np.abs(np.asarray(W) - W0))) for W, W0 in zip(params["W"], weights))
+    assert moved > 1e-3, "the steps hardly moved the weights"
+    scale = max(float(np.max(np.abs(e))) for e in expected)
+    import scipy.sparse
+    for kind, (dtype, n_threads, sparse, split) in INPUT_CASES.items():
+        if split is None:
+            monkeypatch.delenv("FASTBP_SPLIT", raising=False)
+        else:
+            monkeypatch.setenv("FASTBP_SPLIT", split)
+        model = fastbp.MLP(sizes, list(activations), dtype=dtype, seed=0)
+        model.weights = [W.astype(dtype) for W in weights]
+        model.biases = [b.astype(dtype) for b in biases]
+        trainer = fastbp.Trainer(loss, optimizer=optimizer, epochs=epochs,
+                                 batch_size=batch_size, shuffle=False, schedule=schedule,
+                                 n_threads=n_threads, **keywords)
+        inputs = scipy.sparse.csr_matrix(X.astype(dtype)) if sparse else X.astype(dtype)
+        history = trainer.fit(model, inputs, Y, sample_weight=row_weights)
+        actual = list(model.weights) + list(model.biases)
+        if dtype == "float64":
+            assert_close_lists(actual, expected, kind)
+            np.testing.assert_allclose(history.loss, epoch_losses, rtol=RTOL, err_msg=kind)
+        else:
+            for i, (a, e) in enumerate(zip(actual, expected)):
+                np.testing.assert_allclose(a, e, rtol=0, atol=FLOAT32_TOLERANCE * scale,
+                                           err_msg=f"{kind}[{i}]")
+            np.testing.assert_allclose(history.loss, epoch_losses, rtol=FLOAT32_TOLERANCE,
+                                       err_msg=kind)
 
 
 def test_the_oracle_covers_every_activation_loss_and_rule_the_core_knows():
