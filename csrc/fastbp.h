@@ -156,6 +156,12 @@ static inline int fbp_catch_interrupts(void)
     return 0;
 }
 
+/* How many fbp_catch_interrupts are in force (fits nested in callbacks, passes in fits). */
+static inline int fbp_interrupt_depth(void)
+{
+    return fbp_handler_depth;
+}
+
 /* Undo one fbp_catch_interrupts; returns 1 if SIGINT arrived since the outermost one
    (the flag is cleared when that outermost fit ends), else 0.  Restoring the action saved
    by sigaction itself cannot fail.  An action set during the fit (signal.signal in a

@@ -36,12 +36,14 @@ from libc.stdint cimport uint64_t
 from libc.stdlib cimport calloc, malloc, free
 from libc.string cimport memcpy, memset
 from cpython.mem cimport PyMem_RawFree, PyMem_RawMalloc, PyMem_RawRealloc
+from cpython.pythread cimport PyThread_get_thread_ident
 
 from fastbp._blas cimport gemm
 from scipy.linalg.cython_blas cimport sgemm
 from fastbp._kernels cimport *   # the kernels (fbp_*), each with one wrapper for both dtypes
 
 import os
+import signal
 import threading
 
 import numpy as np
@@ -3073,3 +3075,78 @@ def release_interrupts():
     if threading.current_thread() is not threading.main_thread():
         raise RuntimeError("only a fit on the main thread catches SIGINT")
     return fbp_release_interrupts() == 1
+
+
+# Python runs a signal's handler between the bytecodes of its main thread, so a
+# KeyboardInterrupt can land between any two lines of bookkeeping and leave it half done.
+# deferred() runs Python code with SIGINT held back and the bookkeeping whole: a Ctrl-C
+# between blas_threads' entry and its exit left its pass counted for good (the next pass on
+# another count, from any thread, waited for ever), a BLAS on the pass's count, or the
+# lock held; between a temporary file's making and its stream, both left behind.
+cdef unsigned long main_thread_ident = threading.main_thread().ident
+
+
+def _forked():
+    global main_thread_ident
+    main_thread_ident = PyThread_get_thread_ident()     # (the child's only thread)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
+
+
+def deferred(function, *arguments):
+    """function(*arguments) with SIGINT held back, on the main thread (the only one where
+    Python raises KeyboardInterrupt from it; elsewhere it only calls): a SIGINT meanwhile
+    goes, when it returns, to the handler put back (Python's raises KeyboardInterrupt, a
+    caller's own runs), as if it arrived then; within a fit (catch_interrupts), to the
+    fit. So what `function` changes is changed whole or not at all, and the exception
+    passes on from here: a caller records what `function` took where its own `finally`
+    gives it back (blas_threads). Between holding back and the call no Python code runs
+    (a SIGINT that came before raises at the call's first line: nothing taken yet)."""
+    cdef bint main = PyThread_get_thread_ident() == main_thread_ident
+    cdef bint outermost
+    if main:
+        fbp_catch_interrupts()          # (should it fail, nothing is held back)
+    try:
+        return function(*arguments)
+    finally:
+        if main:
+            outermost = fbp_interrupt_depth() == 1
+            if fbp_release_interrupts() == 1 and outermost:
+                signal.raise_signal(signal.SIGINT)
+
+
+def interruptible_fit(function, *arguments, **keywords):
+    """function(*arguments, **keywords), a fit that returns its History, with SIGINT routed
+    to the flag that interruptible epochs poll (catch_interrupts) from the call's start to
+    its end, on the main thread: a SIGINT that arrived meanwhile marks the history
+    interrupted. Nothing runs between installing the handler and the call, nor between
+    the call and putting it back, where a KeyboardInterrupt could leave it installed;
+    and no frame is added (the warnings' stacklevels count the caller's)."""
+    cdef bint main = PyThread_get_thread_ident() == main_thread_ident
+    cdef int requested = 0
+    if main and fbp_catch_interrupts() != 0:
+        raise OSError("could not install the SIGINT handler")
+    try:
+        history = function(*arguments, **keywords)
+    finally:
+        if main:
+            requested = fbp_release_interrupts()
+    if requested == 1:
+        history.interrupted = True
+    return history
+
+
+def hand_over_interrupt():
+    """Within deferred(): a SIGINT held back so far goes now to the handler outside (not
+    within a fit, which takes it itself), and holding back goes on after it; an exception
+    that handler raises passes on (a wait for other threads' passes ends at a Ctrl-C)."""
+    if PyThread_get_thread_ident() != main_thread_ident or fbp_interrupt_depth() != 1 \
+            or not fbp_interrupt_requested:
+        return
+    fbp_release_interrupts()
+    try:
+        signal.raise_signal(signal.SIGINT)
+    finally:
+        fbp_catch_interrupts()

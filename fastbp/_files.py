@@ -171,18 +171,35 @@ def _write_temporary(path: str, found, content) -> str:
     temporary = temporary_name(path)
     # 0o666 less the umask, like any file open() creates; the replaced file's mode if any
     mode = stat.S_IMODE(found.st_mode) & 0o777 if found is not None else 0o666
-    handle = _create(temporary, path, mode)
-    try:
-        with os.fdopen(handle, "wb") as stream:
+    from fastbp import _core
+    made = []   # the temporary's descriptor and stream, once made (a Ctrl-C between
+    try:        # the two left both behind: _core.deferred)
+        _core.deferred(_opened_temporary, made, temporary, path, mode)
+        handle, opened = made[0]
+        with opened as stream:
             if found is not None:
                 _keep_owner_and_mode(handle, found)
             _write_content(stream, content)
             stream.flush()
             os.fsync(stream.fileno())
     except BaseException:
-        _remove(temporary)
+        if made:
+            made[0][1].close()
+            _remove(temporary)
         raise
     return temporary
+
+
+def _opened_temporary(made: list, temporary: str, path: str, mode: int) -> None:
+    """The new file `temporary`, its (descriptor, stream) appended to `made`
+    (_write_temporary)."""
+    handle = _create(temporary, path, mode)
+    try:
+        made.append((handle, os.fdopen(handle, "wb")))
+    except BaseException:
+        os.close(handle)
+        _remove(temporary)
+        raise
 
 
 def _create(temporary: str, path: str, mode: int) -> int:

@@ -12,6 +12,7 @@ import time
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
+from fastbp import _core
 from fastbp._products import row_bucket     # (at import: predict's call asks it each time)
 
 MAX_THREADS = 1024
@@ -1172,30 +1173,43 @@ def blas_threads(n_threads: int, wait=True):
     passes: one of them may be waiting for the call that measures).
     """
     setters = _thread_setters()
-    depth = getattr(_local, "depth", 0)
-    _enter(n_threads, setters, nested=depth > 0, wait=wait)
-    _local.depth = depth + 1
+    # The entry and the exit each run whole, with SIGINT held back (_core.deferred: a
+    # KeyboardInterrupt part-way through either left the pass counted for good, and the
+    # next pass on another count, from any thread, waited for ever; or a BLAS on the
+    # pass's count, or the lock held), and the exit gives back what `taken` says the
+    # entry took: a Ctrl-C held back in the entry raises as it returns, inside the `try`.
+    taken = []
     try:
+        _core.deferred(_enter, n_threads, setters, taken, wait)
         yield
     finally:
-        _local.depth = depth
-        _leave()
+        _core.deferred(_leave, taken)
 
 
-def _enter(n_threads: int, setters, nested: bool, wait=True) -> None:
+# How often a wait for other threads' passes looks for a Ctrl-C held back (_enter).
+INTERRUPT_POLL_SECONDS = 0.05
+
+
+def _enter(n_threads: int, setters, taken: list, wait=True) -> None:
+    """A pass's entry (blas_threads, under _core.deferred): appends the caller's depth of
+    passes to `taken` once the pass counts."""
     global _active, _saved, _count
+    depth = getattr(_local, "depth", 0)
     with _turns:
         # no one waiting and the count free or ours: the queue below would let it in at
         # once with no one to wake, so it is skipped (a predict of a few hundred rows
         # pays the pass's entry on every call)
-        if not nested and (_queue or not (_active == 0 or _count == n_threads)):
+        if depth == 0 and (_queue or not (_active == 0 or _count == n_threads)):
             if not wait:
                 raise PassesRunning
             ticket = object()
             _queue.append(ticket)
             try:
                 while not (_queue[0] is ticket and (_active == 0 or _count == n_threads)):
-                    _turns.wait()
+                    # a wait for other threads' passes (seconds, minutes) ends at a
+                    # Ctrl-C: its handler runs here
+                    _core.hand_over_interrupt()
+                    _turns.wait(INTERRUPT_POLL_SECONDS)
             finally:   # also on KeyboardInterrupt while waiting: never block the queue
                 _queue.remove(ticket)
                 _turns.notify_all()      # the next in line may join the same count
@@ -1207,11 +1221,17 @@ def _enter(n_threads: int, setters, nested: bool, wait=True) -> None:
                 set_threads(n_threads)
             _count = n_threads
         _active += 1
+        _local.depth = depth + 1
+        taken.append(depth)
 
 
-def _leave() -> None:
+def _leave(taken: list) -> None:
+    """A pass's exit (blas_threads, under _core.deferred), if its entry counted it."""
     global _active, _saved, _count
+    if not taken:
+        return
     with _turns:
+        _local.depth = taken.pop()
         _active -= 1
         if _active == 0:
             for set_threads, original in _saved:

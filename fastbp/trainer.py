@@ -381,12 +381,14 @@ class Trainer:
         before the model changes; Ctrl-C stops at the next batch and returns the history.
         """
         spec = self.spec()
-        return self._train(model, X, Y, spec, spec.epochs, validation_data, validation_split,
-                           sample_weight, callbacks, verbose, metrics)
+        return _core.interruptible_fit(self._train, model, X, Y, spec, spec.epochs,
+                                       validation_data, validation_split, sample_weight,
+                                       callbacks, verbose, metrics)
 
     def partial_fit(self, model: MLP, X, Y, sample_weight=None) -> History:
         """One epoch on (X, Y), keeping the optimizer state: online learning."""
-        return self._train(model, X, Y, self.spec(), 1, None, 0.0, sample_weight, None, 0, None)
+        return _core.interruptible_fit(self._train, model, X, Y, self.spec(), 1, None, 0.0,
+                                       sample_weight, None, 0, None)
 
     def _fit_rows(self, model: MLP, X, Y, rows, checked: CheckedInputs | None = None) \
             -> History:
@@ -396,8 +398,8 @@ class Trainer:
         checked: what _check_inputs made of (X, Y) for this model and loss (X, Y are then
         not read), so that a caller fitting the same rows again checks them once."""
         spec = self.spec()
-        return self._train(model, X, Y, spec, spec.epochs, None, 0.0, None, None, 0, None,
-                           rows=rows, checked=checked)
+        return _core.interruptible_fit(self._train, model, X, Y, spec, spec.epochs, None, 0.0,
+                                       None, None, 0, None, rows=rows, checked=checked)
 
     def _check_inputs(self, model: MLP, X, Y) -> CheckedInputs:
         """X and Y checked and converted for fits of `model` with this trainer's loss."""
@@ -406,7 +408,13 @@ class Trainer:
     # ---- the loop ----
     def _train(self, model, X, Y, spec, n_epochs, validation_data, validation_split,
                sample_weight, callbacks, verbose, metrics, rows=None, checked=None) -> History:
-        """Check everything, set up the compiled epoch, run the shared epoch loop."""
+        """Check everything, set up the compiled epoch, run the shared epoch loop. Called
+        through _core.interruptible_fit: the fit's own SIGINT handler is in place from the
+        call's start to its end (on the main thread), so a Ctrl-C during the set-up stops
+        the fit before its first step, one later at the next batch, and none raises
+        KeyboardInterrupt part-way through the call's bookkeeping (one between taking the
+        hold on the model and the block that gives it back left the model held for good;
+        the handler was installed only once the set-up was done, up to seconds)."""
         if not isinstance(model, MLP):
             raise TypeError(f"model must be a fastbp.MLP; got {type(model).__name__}")
         callbacks = checked_callbacks(callbacks)
@@ -444,15 +452,9 @@ class Trainer:
             loop = EpochLoop(model, spec.loss, schedule, spec.optimizer.learning_rate,
                              callbacks, history, data.validation, metric_functions,
                              spec.max_time, stop_requested=epoch.interrupt_requested)
-            catching = epoch.catching
             try:
-                if catching:
-                    _core.catch_interrupts()
                 loop.run(n_epochs, self._epochs_done, epoch.run, context=epoch.blas_context)
             finally:
-                # a SIGINT after the last check still counts
-                if catching and _core.release_interrupts():
-                    history.interrupted = True
                 if n_epochs == 1:   # loops of one-epoch fits pay for new memory each call
                     self._buffers = epoch.buffers
                 history.threads = epoch.threads_used
@@ -824,9 +826,11 @@ class _CompiledEpoch:
                 # (rows changed unlogged at the end could not be undone by the check's
                 # verdict)
                 defer_flush=trainer._epoch_check is None)
-        except Exception:
+        except BaseException:
             # labels or a sparse X rewritten mid-fit (the core checks each read), no memory
-            # for the row log, threads that could not be started
+            # for the row log, threads that could not be started; an exception a signal
+            # handler raised (SystemExit from a service's SIGTERM handler) when the epoch
+            # returned: its steps, uncounted, are undone (a diverged epoch's with them)
             self._restore()
             if generator_state is not None:
                 trainer._rng.bit_generator.state = generator_state
@@ -964,6 +968,10 @@ class EpochLoop:
                 # (the budget counts the steps: not fastbp.dask's loading in the context)
                 started = time.perf_counter()
                 for index in range(n_steps):
+                    if index == 0 and self.stop_requested is not None \
+                            and self.stop_requested():
+                        self.history.interrupted = True     # (a Ctrl-C in the set-up)
+                        break
                     epoch, rates = self.step_rates(index, first_epoch)
                     self.stepped = True
                     if self._end_of_step(index, epoch, rates, step(index, rates), started,
