@@ -41,6 +41,30 @@ LOCK_WAIT_SECONDS = 60.0
 _LOCK_POLL_SECONDS = 0.005
 _stuck = set()      # lock files this process waited LOCK_WAIT_SECONDS for: not waited again
 _too_large = set()  # cache files found past _LARGEST_FILE: said once each
+# Each cache file as this process last parsed it: path -> (the file's identity, its choices,
+# kept as it is). Each key a process first meets is looked up in the file, and each look-up
+# parsed the whole file: a restarted worker whose 20 models' 173 choices were all kept took
+# 1.0 s to make their first calls at 10,000 choices a file, 17-23 s at 100,000.
+_parsed = {}
+
+
+class KeptChoices(dict):
+    """The choices a process keeps in memory (_threads._measured, _products._measured,
+    ...): at most `limit`, the oldest set dropped first. A process meeting ever new shapes
+    kept about 10 choices, 5 KB, for every network it ever ran; one dropped is looked up
+    again in its cache file, or measured."""
+
+    def __init__(self, limit=MOST_CHOICES):
+        super().__init__()
+        self.limit = limit
+
+    def __setitem__(self, key, value):
+        if len(self) >= self.limit and key not in self:
+            try:
+                self.pop(next(iter(self)), None)
+            except (StopIteration, RuntimeError):   # (changed by another thread meanwhile)
+                pass
+        super().__setitem__(key, value)
 
 
 def cache_folder() -> str:
@@ -139,7 +163,8 @@ def _opened(path, flags):
 
 
 def read_cache(file_name) -> dict:
-    """The choices kept in a cache file, or {} when it is missing, unreadable or not ours."""
+    """The choices kept in a cache file, or {} when it is missing, unreadable or not ours
+    (not to be changed: the parse is kept for the next look-up)."""
     return _read_document(file_name)[0]
 
 
@@ -147,16 +172,25 @@ def _read_document(file_name) -> tuple:
     """(choices, kept as it is): read_cache's choices, and whether the file is to be left
     as it is: a cache of a newer version of this format (a newer fastbp sharing the
     folder), or one larger than _LARGEST_FILE (not read; delete it to start afresh)."""
+    path = os.path.join(cache_folder(), file_name)
     try:
-        file = _opened(os.path.join(cache_folder(), file_name), os.O_RDONLY)
+        file = _opened(path, os.O_RDONLY)
         if file is None:
             return {}, False
         with file:
             # (the size first, then at most one byte past it, should the file grow
             # meanwhile: read(n) takes n bytes of memory whatever the file holds)
-            size = os.fstat(file.fileno()).st_size
+            found = os.fstat(file.fileno())
+            size = found.st_size
             if size > _LARGEST_FILE:    # (left as it is: replacing it lost every choice)
                 return _too_large_file(file_name)
+            # a file replaced (the cache writes a new file and renames it) or changed
+            # since this process parsed it is parsed again
+            identity = (found.st_dev, found.st_ino, size, found.st_mtime_ns,
+                        found.st_ctime_ns)
+            parsed = _parsed.get(path)
+            if parsed is not None and parsed[0] == identity:
+                return parsed[1], parsed[2]
             content = file.read(size + 1)
         if len(content) > _LARGEST_FILE:
             return _too_large_file(file_name)
@@ -167,10 +201,13 @@ def _read_document(file_name) -> tuple:
         return {}, False
     if document.get("version") != _VERSION:
         version = document.get("version")
-        return {}, type(version) is int and version > _VERSION \
+        answer = {}, type(version) is int and version > _VERSION \
             and isinstance(document.get("choices"), dict)
-    choices = document.get("choices")
-    return (choices, False) if isinstance(choices, dict) else ({}, False)
+    else:
+        choices = document.get("choices")
+        answer = (choices, False) if isinstance(choices, dict) else ({}, False)
+    _parsed[path] = (identity,) + answer
+    return answer
 
 
 def _too_large_file(file_name) -> tuple:
@@ -197,6 +234,7 @@ def settled(file_name, key, is_valid, measure):
             return found
         found = measure()
         if not foreign:     # (a newer version's choices, or a file too large, left)
+            choices = dict(choices)     # (the parse kept is the file's as read)
             choices.pop(key, None)      # (a choice found invalid: the new one is the newest)
             choices[key] = found
             _write(file_name, _pruned(choices, key))

@@ -23,6 +23,8 @@ import threading
 
 import numpy as np
 
+from fastbp._cache import KeptChoices
+
 KERNELS_VARIABLE = "FASTBP_KERNELS"
 ISA_VARIABLE = "FASTBP_KERNEL_ISA"
 CACHE_FILE = "products.json"
@@ -40,9 +42,9 @@ PASS_MEASURE_MAX_MULTIPLY_ADDS = 1 << 28
 # 94-98% of the FMA peak in both) the coin flip of a measurement decided whether a
 # default call could use two threads at all.
 PASS_OWN_MARGIN = 1.05
-_measured = {}                 # key -> True (own kernel) / False (BLAS), this process
-_chosen = {}                   # product_isas' arguments -> its measured answer, this process
-_absent = set()                # (cache folder, key) a look-up without measuring did not find
+_measured = KeptChoices()      # key -> True (own kernel) / False (BLAS), this process
+_chosen = KeptChoices()        # product_isas' arguments -> its measured answer, this process
+_absent = KeptChoices()        # (cache folder, key) a look-up without measuring did not find
 _lock = threading.Lock()
 
 
@@ -245,7 +247,7 @@ def own_is_faster(kind, m, n, k, dtype, isa, chunk_rows=0, chunk_columns=0,
             if isinstance(kept, bool):
                 found = _measured[key] = kept
             else:
-                _absent.add(where)
+                _absent[where] = True
         return found
 
     def measure(wait):

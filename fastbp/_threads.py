@@ -13,6 +13,7 @@ import numpy as np
 from threadpoolctl import ThreadpoolController
 
 from fastbp import _core
+from fastbp._cache import KeptChoices
 from fastbp._products import row_bucket     # (at import: predict's call asks it each time)
 
 MAX_THREADS = 1024
@@ -132,7 +133,7 @@ THREADS_VARIABLE = "FASTBP_THREADS"        # pins n_threads=None to this count
 _THREADS_LOOKUP = (THREADS_VARIABLE.encode(),)
 SPLIT_VARIABLE = "FASTBP_SPLIT"            # one of SPLITS: how a fit's threads are used
 CACHE_FILE = "threads.json"
-_measured = {}                             # key -> the way (split_threads), this process
+_measured = KeptChoices()                  # key -> the way (split_threads), this process
 _measure_lock = threading.Lock()
 MEASURE_ATTEMPTS = 4      # measured(): tries that let go of the locks to wait, then one more
 MEASURE_WAIT_SECONDS = 0.2   # measured(): the longest wait between two tries

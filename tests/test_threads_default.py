@@ -1034,7 +1034,7 @@ def test_a_fits_validation_passes_do_not_read_the_cache_file_at_every_epoch(
                         read(name))
     monkeypatch.setattr(_products, "_measured", {})
     monkeypatch.setattr(_products, "_chosen", {})
-    monkeypatch.setattr(_products, "_absent", set(), raising=False)
+    monkeypatch.setattr(_products, "_absent", {}, raising=False)
     rng = np.random.default_rng(0)
     X, y = rng.normal(size=(600, 20)).astype(np.float32), rng.integers(0, 3, 600)
     X_val, y_val = rng.normal(size=(700, 20)).astype(np.float32), rng.integers(0, 3, 700)
