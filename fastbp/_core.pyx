@@ -398,6 +398,11 @@ cdef class Plan:
         return weights, biases
 
 
+class ThreadsUnavailable(RuntimeError):
+    """A multi-threaded epoch whose threads could not be started: the process is out of
+    threads (a container's pids.max, RLIMIT_NPROC)."""
+
+
 # ---- sparse input ----
 
 # Rows of W1 that a sparse batch does not name, brought up to date lazily: where the

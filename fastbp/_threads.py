@@ -368,7 +368,13 @@ def _measured_choice(layer_sizes, codes, batch_size, dtype, candidates, threads_
                                           clipping, wait)])
         _measured[key] = (int(found[0]), int(found[1]), int(found[2]))
         return _measured[key]
-    return measured(_measure_lock, lambda: _measured.get(key), measure)
+    try:
+        return measured(_measure_lock, lambda: _measured.get(key), measure)
+    except _core.ThreadsUnavailable:
+        # A candidate's threads could not be started (the process out of threads, for
+        # now): this fit takes `unmeasured`, nothing is kept, a later fit measures again.
+        # (A default fit failed in its measurement, where it would have chosen one thread.)
+        return unmeasured
 
 
 def measured(lock, known, measure):

@@ -824,8 +824,8 @@ cdef parallel_epoch(SharedEpoch* s, floating* kind):
     free(threads); free(arguments); free(numbers); free(views); free(offsets)
     free(bads); free(faileds)
     if started != 0:   # pthread_create fails only when the process is out of threads
-        raise RuntimeError(f"could not start {T} training threads (only {started}); the "
-                           f"process is out of threads")
+        raise ThreadsUnavailable(f"could not start {T} training threads (only {started}); "
+                                 f"the process is out of threads")
 
 
 cdef tuple train_epoch_on_workers(

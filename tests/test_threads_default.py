@@ -58,6 +58,39 @@ def test_the_default_is_measured_once_and_kept_in_memory_and_on_disk(cache, meas
     assert len(measurements) == 1
 
 
+def test_a_default_fit_whose_measurement_cannot_start_threads_runs_on_one_unkept(
+        cache, monkeypatch):
+    """A process out of threads (a container's pids.max): the measurement's row-split
+    candidate could not start its workers, and the default fit raised RuntimeError where
+    it would have chosen one thread. Now that fit runs on one thread and nothing is kept;
+    the next fit, threads available, measures."""
+    real = _core.train_epoch
+    out_of_threads = [True]
+
+    def train_epoch(*arguments, **keywords):
+        if out_of_threads[0] and arguments[15] > 1:          # n_workers
+            raise _core.ThreadsUnavailable("could not start 2 training threads (only 1); "
+                                           "the process is out of threads")
+        return real(*arguments, **keywords)
+
+    monkeypatch.setattr(_core, "train_epoch", train_epoch)
+    monkeypatch.setattr(_threads, "TINY_STEP_SECONDS", 0.0)    # candidates timed
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(512, 30)).astype(np.float32), rng.integers(0, 3, 512)
+    model = fastbp.MLP([30, 64, 3], ["relu", "softmax"], seed=0)
+    history = fastbp.Trainer("cce", epochs=2, batch_size=32, seed=0).fit(model, X, y)
+    assert history.epochs == 2 and history.threads["n_threads"] == 1
+    assert len(_threads._measured) == 0 and not (cache / _threads.CACHE_FILE).exists()
+    out_of_threads[0] = False
+    fastbp.Trainer("cce", epochs=1, batch_size=32, seed=0).fit(model, X, y)
+    assert len(_threads._measured) == 1
+    # an explicit count still says so
+    out_of_threads[0] = True
+    monkeypatch.setenv("FASTBP_SPLIT", "rows")
+    with pytest.raises(_core.ThreadsUnavailable, match="out of threads"):
+        fastbp.Trainer("cce", epochs=1, batch_size=32, seed=0, n_threads=2).fit(model, X, y)
+
+
 def test_each_shape_batch_dtype_and_allowance_is_measured_on_its_own(cache, measurements,
                                                                    monkeypatch):
     _threads.fit_threads(SIZES, CODES, 32, "float32")
