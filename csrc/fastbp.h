@@ -156,6 +156,17 @@ static inline int fbp_catch_interrupts(void)
     return 0;
 }
 
+/* In a child forked by a thread other than the one holding SIGINT: no fit there will
+   release it, so the handler the fit found is put back and the count and flag cleared. */
+static inline void fbp_forget_interrupts(void)
+{
+    if (fbp_handler_installed)
+        sigaction(SIGINT, &fbp_previous_action, NULL);
+    fbp_handler_installed = 0;
+    fbp_handler_depth = 0;
+    fbp_interrupt_requested = 0;
+}
+
 /* How many fbp_catch_interrupts are in force (fits nested in callbacks, passes in fits). */
 static inline int fbp_interrupt_depth(void)
 {

@@ -37,6 +37,7 @@ from libc.stdlib cimport calloc, malloc, free
 from libc.string cimport memcpy, memset
 from cpython.mem cimport PyMem_RawFree, PyMem_RawMalloc, PyMem_RawRealloc
 from cpython.pythread cimport PyThread_get_thread_ident
+from cpython.exc cimport PyErr_CheckSignals
 
 from fastbp._blas cimport gemm
 from scipy.linalg.cython_blas cimport sgemm
@@ -3092,8 +3093,15 @@ cdef unsigned long main_thread_ident = threading.main_thread().ident
 
 
 def _forked():
+    """In a child: its only thread is the main one; forked from another thread while a fit
+    on the main thread held SIGINT, the child has no such fit, so SIGINT goes back to the
+    handler the fit found (a Ctrl-C was swallowed there, and the child's next fit stopped
+    at once as interrupted)."""
     global main_thread_ident
-    main_thread_ident = PyThread_get_thread_ident()     # (the child's only thread)
+    cdef unsigned long forking = PyThread_get_thread_ident()
+    if forking != main_thread_ident:
+        fbp_forget_interrupts()
+    main_thread_ident = forking
 
 
 if hasattr(os, "register_at_fork"):
@@ -3105,21 +3113,58 @@ def deferred(function, *arguments):
     Python raises KeyboardInterrupt from it; elsewhere it only calls): a SIGINT meanwhile
     goes, when it returns, to the handler put back (Python's raises KeyboardInterrupt, a
     caller's own runs), as if it arrived then; within a fit (catch_interrupts), to the
-    fit. So what `function` changes is changed whole or not at all, and the exception
-    passes on from here: a caller records what `function` took where its own `finally`
-    gives it back (blas_threads). Between holding back and the call no Python code runs
-    (a SIGINT that came before raises at the call's first line: nothing taken yet)."""
+    fit. So what `function` changes is changed whole or not at all, and an exception from
+    the handler passes on from here, after it: a caller gives back what `function` took
+    (BlasPass). A SIGINT that reached Python's handler before the holding back (its
+    handler not yet run) is handled first and its exception raised after the call too:
+    at the call's first line it would have skipped a pass's exit."""
     cdef bint main = PyThread_get_thread_ident() == main_thread_ident
     cdef bint outermost
+    pending = None
     if main:
         fbp_catch_interrupts()          # (should it fail, nothing is held back)
+        try:
+            PyErr_CheckSignals()
+        except BaseException as error:
+            pending = error
     try:
-        return function(*arguments)
+        result = function(*arguments)
     finally:
         if main:
             outermost = fbp_interrupt_depth() == 1
             if fbp_release_interrupts() == 1 and outermost:
                 signal.raise_signal(signal.SIGINT)
+    if pending is not None:
+        raise pending
+    return result
+
+
+cdef class BlasPass:
+    """A pass's hold on the BLAS thread count (_threads.blas_threads), as a `with` block:
+    enter(taken) takes it and records that in `taken`, leave(taken) gives back what
+    `taken` says, each under deferred(). __enter__ and __exit__ are C, so no Python
+    bytecode, where a KeyboardInterrupt lands, runs between the hold's taking and the
+    block that gives it back (in a generator's `with`, one landing in contextlib's
+    __enter__ after the yield left the pass counted for good); an exception as __enter__
+    hands over a SIGINT held back gives the hold back first."""
+    cdef object enter, leave
+    cdef list taken
+
+    def __init__(self, enter, leave):
+        self.enter, self.leave, self.taken = enter, leave, []
+
+    def __enter__(self):
+        try:
+            deferred(self.enter, self.taken)
+        except BaseException:
+            if self.taken:
+                deferred(self.leave, self.taken)
+            raise
+        return self
+
+    def __exit__(self, *exception):
+        deferred(self.leave, self.taken)
+        return False
 
 
 def interruptible_fit(function, *arguments, **keywords):
@@ -3143,15 +3188,19 @@ def interruptible_fit(function, *arguments, **keywords):
     return history
 
 
-def hand_over_interrupt():
+def hand_over_interrupt(lock):
     """Within deferred(): a SIGINT held back so far goes now to the handler outside (not
     within a fit, which takes it itself), and holding back goes on after it; an exception
-    that handler raises passes on (a wait for other threads' passes ends at a Ctrl-C)."""
+    that handler raises passes on (a wait for other threads' passes ends at a Ctrl-C).
+    `lock`, which the caller holds, is let go while the handler runs (a handler that joins
+    a thread whose pass ends under it waited for ever)."""
     if PyThread_get_thread_ident() != main_thread_ident or fbp_interrupt_depth() != 1 \
             or not fbp_interrupt_requested:
         return
     fbp_release_interrupts()
+    lock.release()
     try:
         signal.raise_signal(signal.SIGINT)
     finally:
         fbp_catch_interrupts()
+        lock.acquire()

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import collections
-import contextlib
 import ctypes
 import functools
 import os
@@ -1161,7 +1160,6 @@ class PassesRunning(Exception):
     """blas_threads(..., wait=False) would have waited for other threads' passes."""
 
 
-@contextlib.contextmanager
 def blas_threads(n_threads: int, wait=True):
     """Run a pass with every loaded BLAS limited to n_threads, and no other count set
     while it runs.
@@ -1179,18 +1177,12 @@ def blas_threads(n_threads: int, wait=True):
     PassesRunning instead of waiting (a measurement must not wait on other threads'
     passes: one of them may be waiting for the call that measures).
     """
-    setters = _thread_setters()
-    # The entry and the exit each run whole, with SIGINT held back (_core.deferred: a
-    # KeyboardInterrupt part-way through either left the pass counted for good, and the
-    # next pass on another count, from any thread, waited for ever; or a BLAS on the
-    # pass's count, or the lock held), and the exit gives back what `taken` says the
-    # entry took: a Ctrl-C held back in the entry raises as it returns, inside the `try`.
-    taken = []
-    try:
-        _core.deferred(_enter, n_threads, setters, taken, wait)
-        yield
-    finally:
-        _core.deferred(_leave, taken)
+    # The entry and the exit each run whole, with SIGINT held back (a KeyboardInterrupt
+    # part-way through either left the pass counted for good, and the next pass on another
+    # count, from any thread, waited for ever; or a BLAS on the pass's count, or the lock
+    # held), and the `with` block's own entry and exit are C: _core.BlasPass.
+    return _core.BlasPass(functools.partial(_enter, n_threads, _thread_setters(), wait=wait),
+                          _leave)
 
 
 # How often a wait for other threads' passes looks for a Ctrl-C held back (_enter).
@@ -1215,7 +1207,7 @@ def _enter(n_threads: int, setters, taken: list, wait=True) -> None:
                 while not (_queue[0] is ticket and (_active == 0 or _count == n_threads)):
                     # a wait for other threads' passes (seconds, minutes) ends at a
                     # Ctrl-C: its handler runs here
-                    _core.hand_over_interrupt()
+                    _core.hand_over_interrupt(_turns)
                     _turns.wait(INTERRUPT_POLL_SECONDS)
             finally:   # also on KeyboardInterrupt while waiting: never block the queue
                 _queue.remove(ticket)

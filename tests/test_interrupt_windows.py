@@ -123,6 +123,39 @@ def test_a_ctrl_c_ends_a_wait_for_other_threads_passes(monkeypatch):
     assert _pass_state() == IDLE and blas.count == 1
 
 
+def test_a_handler_run_while_waiting_for_a_pass_does_not_hold_the_passes_lock(monkeypatch):
+    """The caller's own SIGINT handler runs with the passes' lock let go: a graceful
+    shutdown that stops the other thread and joins it (its pass's exit takes that lock)
+    waited for ever when the handler ran under it (review)."""
+    blas = _CountingBlas()
+    monkeypatch.setattr(_threads, "_setters", [(blas.get, blas.set)])
+    holding, release = threading.Event(), threading.Event()
+
+    def other():
+        with _threads.blas_threads(2):
+            holding.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    assert holding.wait(10)
+    joined = []
+
+    def shut_down(signum, frame):
+        release.set()
+        thread.join(10)
+        joined.append(not thread.is_alive())
+        raise SystemExit("stopped")
+
+    signal.signal(signal.SIGINT, shut_down)
+    threading.Timer(0.2, lambda: signal.pthread_kill(threading.main_thread().ident,
+                                                     signal.SIGINT)).start()
+    with pytest.raises(SystemExit, match="stopped"):
+        with _threads.blas_threads(1):
+            pytest.fail("the pass ran while another count was in force")
+    assert joined == [True] and _pass_state() == IDLE and blas.count == 1
+
+
 def test_a_ctrl_c_held_back_in_a_pass_inside_a_fit_goes_to_the_fit(monkeypatch):
     """Within a fit a held-back SIGINT is the fit's: it ends interrupted, no
     KeyboardInterrupt, and the passes are all left."""
@@ -266,3 +299,42 @@ def test_a_ctrl_c_as_a_save_makes_its_temporary_leaves_neither_it_nor_its_descri
     assert sorted(os.listdir(tmp_path)) == ["model.fbp"]
     if descriptors is not None:
         assert len(os.listdir("/proc/self/fd")) == descriptors
+
+
+# ---------------------------------------------------------------- a fork from another thread
+
+def test_a_child_forked_by_another_thread_during_a_fit_gets_ctrl_c_back(tmp_path):
+    """A thread forked while the main thread's fit held SIGINT: the child has no such fit,
+    and kept its handler, count and flag (a Ctrl-C there was swallowed, its next fit
+    stopped at once as interrupted). Its SIGINT goes back to Python's handler."""
+    if not hasattr(os, "fork"):
+        pytest.skip("no fork here")
+    X, y = _data()
+    statuses = []
+
+    class ForkFromAThread(fastbp.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            def fork():
+                pid = os.fork()
+                if pid == 0:
+                    try:
+                        history = fastbp.Trainer("cce", epochs=1, batch_size=16, seed=0,
+                                                 n_threads=1).fit(
+                            fastbp.MLP([6, 8, 2], ["relu", "softmax"], seed=0), X, y)
+                        if history.interrupted:
+                            os._exit(3)
+                        signal.raise_signal(signal.SIGINT)
+                        time.sleep(1)
+                        os._exit(4)
+                    except KeyboardInterrupt:
+                        os._exit(7)
+                    finally:
+                        os._exit(5)
+                statuses.append(os.waitpid(pid, 0)[1])
+            thread = threading.Thread(target=fork)
+            thread.start()
+            thread.join(60)
+
+    fastbp.Trainer("cce", epochs=1, batch_size=16, seed=0, n_threads=1).fit(
+        fastbp.MLP([6, 8, 2], ["relu", "softmax"], seed=0), X, y, callbacks=[ForkFromAThread()])
+    assert [os.waitstatus_to_exitcode(status) for status in statuses] == [7]

@@ -539,9 +539,12 @@ def core_sees_only_aligned_arrays(monkeypatch):
             return function(*args, **kwargs)
         return call
 
+    # (these hand their arguments, as given, back to Python: a fit's checks run inside)
+    calling_back = {"interruptible_fit", "deferred"}
     for name in dir(_core):
         function = getattr(_core, name)
-        if not name.startswith("_") and callable(function) and not isinstance(function, type):
+        if not name.startswith("_") and callable(function) and not isinstance(function, type) \
+                and name not in calling_back:
             monkeypatch.setattr(_core, name, checked(function, name))
     return seen
 
