@@ -94,9 +94,11 @@ def _run_pass(n_threads, blas):
         return blas.count
 
 
-def test_a_ctrl_c_ends_a_wait_for_other_threads_passes(monkeypatch):
-    """A pass waiting for another thread's pass on another count (seconds, minutes) still
-    ends at a Ctrl-C, and leaves the queue and the other pass as they were."""
+@pytest.fixture
+def other_threads_pass(monkeypatch):
+    """A pass on 2 BLAS threads held by another thread until `release` is set, and a
+    SIGINT for the main thread 0.2 s later, while it waits for that pass in the queue.
+    Returns (the BLAS, the thread, release)."""
     blas = _CountingBlas()
     monkeypatch.setattr(_threads, "_setters", [(blas.get, blas.set)])
     holding, release = threading.Event(), threading.Event()
@@ -109,9 +111,17 @@ def test_a_ctrl_c_ends_a_wait_for_other_threads_passes(monkeypatch):
     thread = threading.Thread(target=other)
     thread.start()
     assert holding.wait(10)
-    # the signal comes from another thread while the main thread waits in the queue
     threading.Timer(0.2, lambda: signal.pthread_kill(threading.main_thread().ident,
                                                      signal.SIGINT)).start()
+    yield blas, thread, release
+    release.set()
+    thread.join(10)
+
+
+def test_a_ctrl_c_ends_a_wait_for_other_threads_passes(other_threads_pass):
+    """A pass waiting for another thread's pass on another count (seconds, minutes) still
+    ends at a Ctrl-C, and leaves the queue and the other pass as they were."""
+    blas, thread, release = other_threads_pass
     started = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
         with _threads.blas_threads(1):
@@ -123,22 +133,12 @@ def test_a_ctrl_c_ends_a_wait_for_other_threads_passes(monkeypatch):
     assert _pass_state() == IDLE and blas.count == 1
 
 
-def test_a_handler_run_while_waiting_for_a_pass_does_not_hold_the_passes_lock(monkeypatch):
+def test_a_handler_run_while_waiting_for_a_pass_does_not_hold_the_passes_lock(
+        other_threads_pass):
     """The caller's own SIGINT handler runs with the passes' lock let go: a graceful
     shutdown that stops the other thread and joins it (its pass's exit takes that lock)
     waited for ever when the handler ran under it (review)."""
-    blas = _CountingBlas()
-    monkeypatch.setattr(_threads, "_setters", [(blas.get, blas.set)])
-    holding, release = threading.Event(), threading.Event()
-
-    def other():
-        with _threads.blas_threads(2):
-            holding.set()
-            release.wait(30)
-
-    thread = threading.Thread(target=other)
-    thread.start()
-    assert holding.wait(10)
+    blas, thread, release = other_threads_pass
     joined = []
 
     def shut_down(signum, frame):
@@ -148,8 +148,6 @@ def test_a_handler_run_while_waiting_for_a_pass_does_not_hold_the_passes_lock(mo
         raise SystemExit("stopped")
 
     signal.signal(signal.SIGINT, shut_down)
-    threading.Timer(0.2, lambda: signal.pthread_kill(threading.main_thread().ident,
-                                                     signal.SIGINT)).start()
     with pytest.raises(SystemExit, match="stopped"):
         with _threads.blas_threads(1):
             pytest.fail("the pass ran while another count was in force")
