@@ -3116,8 +3116,16 @@ def deferred(function, *arguments):
     fit. So what `function` changes is changed whole or not at all, and an exception from
     the handler passes on from here, after it: a caller gives back what `function` took
     (BlasPass). A SIGINT that reached Python's handler before the holding back (its
-    handler not yet run) is handled first and its exception raised after the call too:
-    at the call's first line it would have skipped a pass's exit."""
+    handler not yet run) is handled first and its exception raised after the call too
+    (at the call's first line it would have skipped a pass's exit), or instead of it
+    if the call raises."""
+    return _deferred(function, arguments, False)
+
+
+cdef object _deferred(function, tuple arguments, bint pending_first):
+    """deferred(); pending_first: an exception from a handler pending before the holding
+    back is raised without making the call (a pass's entry: nothing taken yet; made, it
+    could wait for other threads' passes, and the Ctrl-C with it)."""
     cdef bint main = PyThread_get_thread_ident() == main_thread_ident
     cdef bint outermost
     pending = None
@@ -3128,7 +3136,13 @@ def deferred(function, *arguments):
         except BaseException as error:
             pending = error
     try:
+        if pending is not None and pending_first:
+            raise pending
         result = function(*arguments)
+    except BaseException:
+        if pending is not None:
+            raise pending               # (the call's exception as its __context__)
+        raise
     finally:
         if main:
             outermost = fbp_interrupt_depth() == 1
@@ -3154,10 +3168,11 @@ cdef class BlasPass:
         self.enter, self.leave, self.taken = enter, leave, []
 
     def __enter__(self):
+        cdef Py_ssize_t before = len(self.taken)    # (an object entered on two threads)
         try:
-            deferred(self.enter, self.taken)
+            _deferred(self.enter, (self.taken,), True)
         except BaseException:
-            if self.taken:
+            if len(self.taken) > before:
                 deferred(self.leave, self.taken)
             raise
         return self

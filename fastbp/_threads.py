@@ -1206,9 +1206,10 @@ def _enter(n_threads: int, setters, taken: list, wait=True) -> None:
             try:
                 while not (_queue[0] is ticket and (_active == 0 or _count == n_threads)):
                     # a wait for other threads' passes (seconds, minutes) ends at a
-                    # Ctrl-C: its handler runs here
-                    _core.hand_over_interrupt(_turns)
+                    # Ctrl-C: its handler runs here, and the condition is looked at
+                    # again after it (a notify while the handler ran is not missed)
                     _turns.wait(INTERRUPT_POLL_SECONDS)
+                    _core.hand_over_interrupt(_turns)
             finally:   # also on KeyboardInterrupt while waiting: never block the queue
                 _queue.remove(ticket)
                 _turns.notify_all()      # the next in line may join the same count

@@ -154,6 +154,59 @@ def test_a_handler_run_while_waiting_for_a_pass_does_not_hold_the_passes_lock(
     assert joined == [True] and _pass_state() == IDLE and blas.count == 1
 
 
+@pytest.mark.parametrize("wait", [False, True])
+def test_a_ctrl_c_pending_as_a_pass_begins_is_raised_at_once(other_threads_pass, wait):
+    """A SIGINT that reached Python's handler just before a pass's entry, its handler not
+    yet run (kill(2) through ctypes and __enter__ with no bytecode between): the entry
+    was made all the same and the KeyboardInterrupt lost with its PassesRunning
+    (wait=False) or held until the other thread's pass ended (review). It is raised at
+    once, nothing taken."""
+    import ctypes
+    import functools
+    import operator
+    blas, thread, release = other_threads_pass
+    trip = functools.partial(ctypes.CDLL(None).kill, os.getpid(), int(signal.SIGINT))
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        list(map(operator.call, [trip, _threads.blas_threads(1, wait=wait).__enter__]))
+    assert time.monotonic() - started < 0.15         # (before the fixture's SIGINT)
+    assert list(_threads._queue) == [] and _threads._active == 1
+    with pytest.raises(KeyboardInterrupt):           # (the fixture's, at 0.2 s)
+        time.sleep(5)
+
+
+def test_a_pass_object_entered_on_two_threads_gives_back_only_its_own_hold():
+    """An entry that fails before it counts (PassesRunning) gave back another thread's
+    hold on the same object (review: no caller shares one; entries must still pair)."""
+    held = _threads.blas_threads(2, wait=False)
+    held.__enter__()
+    queued = threading.Thread(target=lambda: _threads.blas_threads(1).__enter__(),
+                              daemon=True)
+    try:
+        queued.start()
+        deadline = time.monotonic() + 10
+        while not _threads._queue and time.monotonic() < deadline:
+            time.sleep(0.01)
+        failed = []
+
+        def enter_again():
+            try:
+                held.__enter__()
+            except _threads.PassesRunning:
+                failed.append(True)
+
+        again = threading.Thread(target=enter_again)
+        again.start()
+        again.join(10)
+        assert failed == [True] and _threads._active == 1 and _threads._count == 2
+    finally:
+        held.__exit__(None, None, None)
+        queued.join(10)
+        # (the queued pass entered and was never left: give it back)
+        _threads._leave([0])
+    assert _pass_state() == IDLE
+
+
 def test_a_ctrl_c_held_back_in_a_pass_inside_a_fit_goes_to_the_fit(monkeypatch):
     """Within a fit a held-back SIGINT is the fit's: it ends interrupted, no
     KeyboardInterrupt, and the passes are all left."""
