@@ -66,6 +66,10 @@ SUBNORMALS_VARIABLE = "FASTBP_SUBNORMALS"
 # of the rows a batch names (named), the row log's and the trainer's moving rows': checked
 # against the machine's memory before the fit starts (fastbp.trainer).
 SPARSE_BYTES_PER_COLUMN = 4 * sizeof(Py_ssize_t) + 3
+# The most rows a plan holds (and a batch has): the passes count a batch's rows in a C int,
+# so a batch of 2**31 rows or more would wrap (to none, or a few) and train or predict
+# nothing past them without a word.
+MOST_BATCH_ROWS = 2**31 - 1
 
 
 def environment_choice(str name, tuple choices):
@@ -215,8 +219,9 @@ cdef class Plan:
                 or rates[n_layers - 1]:
             raise ValueError(f"dropout_rates needs one rate in [0, 1) per weight layer, 0 for "
                              f"the output layer; got {rates}")
-        if capacity < 0:
-            raise ValueError(f"capacity must be >= 0; got {capacity}")
+        if not 0 <= capacity <= MOST_BATCH_ROWS:
+            raise ValueError(f"capacity must be in [0, {MOST_BATCH_ROWS:,}] (a batch's rows "
+                             f"are counted in a C int); got {capacity:,}")
         if few_rows < 0:
             raise ValueError(f"few_rows must be >= 0; got {few_rows}")
         isas = check_product_isas(product_isas, n_layers)

@@ -140,6 +140,11 @@ cdef Py_ssize_t leading_dimension(floating[:, :] matrix, str name) except -1:
         raise ValueError(f"{name}'s rows must be contiguous")
     if matrix.strides[0] % sizeof(floating) or matrix.strides[0] < 0:
         raise ValueError(f"{name}'s row stride must be a positive number of elements")
+    if matrix.shape[0] > 1 and matrix.strides[0] // <Py_ssize_t>sizeof(floating) < matrix.shape[1]:
+        # (a larger leading dimension in its place would read or write past the buffer)
+        raise ValueError(f"{name}'s rows overlap: its row stride is "
+                         f"{matrix.strides[0] // <Py_ssize_t>sizeof(floating)} elements, "
+                         f"shorter than its {matrix.shape[1]} columns")
     return max(matrix.strides[0] // <Py_ssize_t>sizeof(floating), matrix.shape[1], 1)
 
 

@@ -60,7 +60,8 @@ def plan_rows(n_samples: int) -> int:
     plan and the measured choices of threads and kernels are keyed by it: a loop of
     partial_fit calls of changing row counts measured and kept them for each count (0.3 s
     a new count: 186 counts in 400 calls of 20-255 rows)."""
-    return row_bucket(n_samples) if n_samples <= 1024 else -(-n_samples // 1024) * 1024
+    rows = row_bucket(n_samples) if n_samples <= 1024 else -(-n_samples // 1024) * 1024
+    return min(rows, _core.MOST_BATCH_ROWS)
 
 
 def _no_model():
@@ -426,6 +427,10 @@ class Trainer:
         if data.validation is None:
             metric_functions = []
         spec.check_model(model)
+        if min(spec.batch_size, data.n_samples) > _core.MOST_BATCH_ROWS:
+            raise ValueError(f"a batch has at most {_core.MOST_BATCH_ROWS:,} rows; with "
+                             f"{data.n_samples:,} rows, batch_size={spec.batch_size:,} asks "
+                             f"for more: give a smaller batch_size")
         check_verbose(verbose)
         if verbose:
             callbacks.append(ProgressBar(n_epochs))

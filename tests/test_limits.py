@@ -224,8 +224,41 @@ def test_a_plan_whose_offsets_would_wrap_is_refused():
     from fastbp import _core
     codes = [_core.ACTIVATION_CODES["relu"], _core.ACTIVATION_CODES["identity"]]
     with pytest.raises(ValueError, match="more than can be counted"):
-        _core.Plan([1, 2**31 - 1, 1], codes, 2**31)
+        _core.Plan([1, 2**31 - 1, 1], codes, 2**31 - 1)
     assert _core.Plan([1, 2**31 - 1, 1], codes, 1).work_size > 0
+
+
+def test_a_batch_of_2_to_the_31_rows_is_refused_not_wrapped(monkeypatch):
+    """The passes count a batch's rows in a C int: a full-batch fit of 2^31 rows trained
+    nothing (the count wrapped negative) and one of 2^32 + 3 rows trained 3, each epoch
+    reported complete. A plan holds at most 2^31 - 1 rows, plan_rows stays within it, and
+    a fit whose batches would be larger is refused before it changes anything (shown here
+    with the limit lowered: 2^31 rows need tens of GiB)."""
+    from fastbp import _core, trainer as trainer_module
+    codes = [_core.ACTIVATION_CODES["identity"]]
+    with pytest.raises(ValueError, match="counted in a C int"):
+        _core.Plan([1, 1], codes, 2**31)
+    assert _core.Plan([1, 1], codes, 2**31 - 1).capacity == 2**31 - 1
+    assert trainer_module.plan_rows(2**31 - 1) == 2**31 - 1
+    assert trainer_module.plan_rows(2**31 - 1025) == 2**31 - 1024
+
+    monkeypatch.setattr(_core, "MOST_BATCH_ROWS", 64)
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((100, 3)).astype(np.float32)
+    y = rng.integers(0, 2, 100)
+    model = fastbp.MLP([3, 4, 2], ["relu", "softmax"], seed=0)
+    before = model.parameter_vector().copy()
+    for batch_size in (100, 1000, 65):
+        trainer = fastbp.Trainer("categorical_crossentropy", learning_rate=0.1,
+                                 batch_size=batch_size, seed=0)
+        with pytest.raises(ValueError, match="at most 64 rows"):
+            trainer.fit(model, X, y)
+        np.testing.assert_array_equal(model.parameter_vector(), before)
+        assert trainer._step == 0
+    history = fastbp.Trainer("categorical_crossentropy", learning_rate=0.1, batch_size=64,
+                             seed=0).fit(model, X, y)
+    assert len(history.loss) == 1 and not history.interrupted
+    assert not np.array_equal(model.parameter_vector(), before)
 
 
 @pytest.mark.parametrize("kernels", ["own", "blas"])

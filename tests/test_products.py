@@ -175,6 +175,27 @@ def test_backends_and_shapes_refused():
     np.testing.assert_array_equal(c, 0)
 
 
+@pytest.mark.parametrize("backend", ["blas", "own"])
+@pytest.mark.parametrize("operand", ["a", "c"])
+def test_matrices_whose_rows_overlap_are_refused(operand, backend):
+    """A matrix whose row stride is shorter than its row (a sliding window of one buffer)
+    was given its row length as leading dimension instead: x = 1..5 seen as 3 x 3 times
+    the identity gave [[1, 2, 3], [4, 5, 0], [6.9e-44, 0, 1.4e-45]], read past the buffer
+    (and an overlapping c would be written past it)."""
+    if backend == "own":
+        if not _core.best_kernel_isa():
+            pytest.skip("this CPU or build has no own kernels")
+        backend = _core.best_kernel_isa()
+    x = np.arange(1, 6, dtype=np.float32)
+    window = np.lib.stride_tricks.as_strided(x, (3, 3), (4, 4))
+    a = window if operand == "a" else np.eye(3, dtype=np.float32)
+    c = window if operand == "c" else np.zeros((3, 3), np.float32)
+    before = x.copy()
+    with pytest.raises(ValueError, match="rows overlap"):
+        _core.matrix_product("nn", a, np.eye(3, dtype=np.float32), c, backend=backend)
+    np.testing.assert_array_equal(x, before)
+
+
 def test_the_best_isa_is_available():
     """This CPU's best instruction set is one the kernels take; a CPU without AVX2 and FMA
     (or a build without the kernels) has none and runs every product in BLAS."""
