@@ -113,6 +113,23 @@ def test_a_model_written_through_a_link_has_its_sidecar_beside_the_file_it_names
 
 
 
+def test_export_refuses_to_write_the_graph_over_its_model_or_sidecar(tmp_path, trained,
+                                                                     capsys):
+    """`fastbp export m.fbp m.fbp` replaced the model with its ONNX graph (exit 0; info
+    then found no fastbp signature), through a link too, and `export m.fbp m.fbp.json`
+    replaced the sidecar: refused before anything is read or written, as predict does."""
+    (tmp_path / "graph.onnx").symlink_to(trained)
+    before = snapshot(tmp_path)
+    for output, what in ((trained, "MODEL"), (tmp_path / "graph.onnx", "MODEL"),
+                         (tmp_path / "m.fbp.json", "the model's sidecar")):
+        status, out, err = run_cli(capsys, "export", trained, output)
+        assert status == 2 and out == "", err
+        assert f"same file as {what}" in err and "Traceback" not in err, err
+        assert snapshot(tmp_path) == before
+    status, out, err = run_cli(capsys, "info", trained)
+    assert status == 0, err
+
+
 def test_train_refuses_to_write_the_model_over_its_training_data(tmp_path, data, capsys):
     before = snapshot(tmp_path)
     status, _, err = run_cli(capsys, "train", data, *TRAIN, "--output", data)

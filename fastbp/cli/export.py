@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from fastbp.cli.sidecar import load_model
+from fastbp.cli.outputs import check_distinct, check_writable
+from fastbp.cli.sidecar import load_model, sidecar_to_read
 
 # the sidecar's entries a runtime needs to read the graph's inputs and outputs
 SIDECAR_ENTRIES = ("features", "targets", "classes", "outputs", "loss")
@@ -12,6 +13,10 @@ SIDECAR_ENTRIES = ("features", "targets", "classes", "outputs", "loss")
 
 def cmd_export(args) -> int:
     from fastbp.export import to_onnx
+    # (before anything is read: `export m.fbp m.fbp` replaced the model with its graph)
+    check_writable(args.output, "OUTPUT")
+    check_distinct([("MODEL", args.model), ("the model's sidecar", sidecar_to_read(args.model))],
+                   [("OUTPUT", args.output)])
     model, sidecar = load_model(args.model)
     metadata = {}
     for key in SIDECAR_ENTRIES:
