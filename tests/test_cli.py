@@ -468,7 +468,7 @@ USER_MISTAKES = [
     (["evaluate", "{model}", "{csv}", "--target", "species"], "not trained on"),
     (["info", "{missing}"], "No such file"),
     (["export", "{missing}", "{tmp}/m.onnx"], "No such file"),
-    (["export", "{model}", "{tmp}/no/folder/m.onnx"], "No such file"),
+    (["export", "{model}", "{tmp}/no/folder/m.onnx"], "no/folder does not exist"),
     (["bench", "--threads", "two"], "--threads"),
     (["bench", "--builtin", "--workloads", "W9"], "knows the workloads"),
     (["demo", "--epochs", "-1"], "epochs must be >= 0"),

@@ -493,11 +493,14 @@ def test_evaluate_json_is_strict_json(tmp_path, capsys):
 def test_labels_that_look_like_numbers_keep_their_identity(tmp_path, capsys):
     """A label column is taken as numbers only where no label is lost that way: leading
     zeros (ZIP codes) and integers past float64's exact range (IDs) stay text, written
-    back as they were; plain numbers stay numbers."""
+    back as they were; plain numbers stay numbers, and two spellings of one number are
+    one class (1 and 1.0 were two classes, and two outputs, as were 1.5 and 1.50)."""
     rng = np.random.default_rng(0)
     for labels, expected in ((["00501", "02134", "9007199254740993", "9007199254740992"],
                               ["00501", "02134", "9007199254740992", "9007199254740993"]),
-                             (["3", "10", "-1", "7"], [-1, 3, 7, 10])):
+                             (["3", "10", "-1", "7"], [-1, 3, 7, 10]),
+                             (["1", "1.0", "2", "+2.00"], [1, 2]),
+                             (["1.50", "1.5", "3", "3e0"], [1.5, 3])):
         lines = ["x,y,cls"] + [f"{rng.random():.3f},{rng.random():.3f},{labels[i % 4]}"
                                for i in range(40)]
         (tmp_path / "ids.csv").write_text("\n".join(lines) + "\n")

@@ -91,16 +91,24 @@ def _label_keys(column, source="the target column", where=_row):
 
 def _numbers_keep_labels(column) -> bool:
     """Whether a column of labels read as text (a CSV's) may be taken as numbers without
-    losing a label: no two distinct labels become the same float64 (the 17-digit IDs
-    9007199254740993 and ...992), none has a leading zero ("00501", which would come back
-    as 501), and no whole number is beyond float64's exact integers. Numeric arrays (NPY,
-    NPZ) are numbers as they are."""
+    losing a label: no two different numbers become the same float64 (the 17-digit IDs
+    9007199254740993 and ...992; two spellings of one number, 1 and 1.0 or +3 and 3.0,
+    are one label), none has a leading zero ("00501", which would come back as 501), and
+    no whole number is beyond float64's exact integers. Numeric arrays (NPY, NPZ) are
+    numbers as they are."""
     import re
+    from decimal import Decimal, InvalidOperation
 
     if column.dtype.kind in "biuf":
         return True
     texts = {str(value).strip() for value in column.tolist()}
-    if len({float(text) for text in texts}) != len(texts):
+    exact = {}      # float64 -> the exact numbers written that become it
+    for text in texts:
+        try:
+            exact.setdefault(float(text), set()).add(Decimal(text))
+        except (InvalidOperation, TypeError):   # (float takes it, Decimal not: as text)
+            return False
+    if any(len(numbers) > 1 for value, numbers in exact.items() if value == value):
         return False
     for text in texts:
         digits = text.lstrip("+-")
