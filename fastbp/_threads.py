@@ -582,7 +582,15 @@ BLAS_THREADS_PENALTY = 1.10
 # A one-thread step shorter than this is not split, and nothing else is timed: a split
 # step hands off between threads twice, which costs microseconds on any machine, so
 # a step of a few microseconds cannot gain (and timing one would only measure noise).
-TINY_STEP_SECONDS = 20e-6
+# And a split step waits for its slowest worker: when other work takes a core, a worker
+# waits out the scheduler's time slice (milliseconds), which a long step hardly notices and
+# a short one pays many times over, while the split was measured (and kept) on an idle
+# machine. A 4-100-3 float64 fit of 128-row batches (23 us a one-thread step) ran its
+# split steps at 165-320 us while another process used one of the 2 cores (Zen 4 guest,
+# 2026-12-07; a kept 2-worker choice made a grid search's folds 4-36x slower). So it is
+# the same floor as a predict call's (SPLIT_MIN_SECONDS); it also spares such a network
+# the second of confirmation rounds (CONFIRM_SECONDS) its measurement took.
+TINY_STEP_SECONDS = 50e-6
 # A kept predict call shorter than this on one thread is not split: handing a piece to a
 # helper thread and waiting for it costs microseconds when the helper is spinning and tens
 # of microseconds when it has gone to sleep (after 1 ms without work), on any machine.

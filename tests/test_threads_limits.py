@@ -423,7 +423,9 @@ def test_a_plan_made_inside_another_pass_is_not_kept(tmp_path, monkeypatch):
         assert _threads.inside_pass()
         inside = model.predict(X)
     assert model._kept_plans == {} and model._kept_pass_plans == {}
-    np.testing.assert_array_equal(model.predict(X), inside)
+    # (outside, the products take what their measurement chose: the own kernels round
+    # otherwise than BLAS, which ran them inside; which wins depends on the machine's load)
+    np.testing.assert_allclose(model.predict(X), inside, rtol=1e-5, atol=1e-6)
     assert model._kept_plans or model._kept_pass_plans
 
 
