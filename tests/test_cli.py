@@ -623,7 +623,7 @@ def test_messages_name_the_options_and_the_cells(tmp_path, capsys):
             ("--early-stopping", "-1", "--early-stopping must be >= 0; got -1"),
             ("--batch-size", "0", "--batch-size must be >= 1; got 0"),
             ("--epochs", "-3", "--epochs must be >= 0; got -3"),
-            ("--max-time", "-1", "--max-time must be a finite number of seconds > 0; got -1.0"),
+            ("--max-time", "-1", "--max-time must be a finite number of seconds >= 0; got -1.0"),
             ("--schedule", "step:0", "--schedule step:0: step_size must be >= 1; got 0")):
         status, _, err = run_cli(capsys, *base, option, value)
         assert status == 2 and err == f"fastbp train: error: {message}\n", err
@@ -632,6 +632,10 @@ def test_messages_name_the_options_and_the_cells(tmp_path, capsys):
                           (["demo", "--hidden", "0"], "--hidden must be >= 1; got 0")):
         status, _, err = run_cli(capsys, *argv)
         assert status == 2 and err == f"fastbp demo: error: {message}\n", err
+    # --max-time 0 is Trainer(max_time=0): the first epoch runs, no later one (it was refused)
+    status, _, err = run_cli(capsys, "train", data, "--epochs", "5", "-q", "--max-time", "0",
+                             "-o", tmp_path / "m.fbp")
+    assert status == 0, err
     status, _, err = run_cli(capsys, *base, "--batch-size", "x")       # (argparse's own)
     assert status == 2 and "argument --batch-size: invalid int value: 'x'" in err
     status, _, err = run_cli(capsys, *base, "--hidden", "none", "--activation", "tanh")
