@@ -228,6 +228,26 @@ static inline void FBP_NAME(fbp_column_sums)(FBP_T *target, const FBP_T *delta, 
     enum { COLUMNS = 256, ROWS = 16 };
     double sums[COLUMNS];
     FBP_T partial[COLUMNS];
+    if (n_rows >= 1 && n_rows <= ROWS) {   /* one block (a step of a small batch): no sums in between */
+        for (ptrdiff_t low = 0; low < n_cols; low += COLUMNS) {
+            const ptrdiff_t width = n_cols - low < COLUMNS ? n_cols - low : COLUMNS;
+            const FBP_T *first_row = delta + low;
+            for (ptrdiff_t j = 0; j < width; j++)
+                partial[j] = first_row[j];
+            for (ptrdiff_t i = 1; i < n_rows; i++) {
+                const FBP_T *row = delta + i * n_cols + low;
+                for (ptrdiff_t j = 0; j < width; j++)
+                    partial[j] += row[j];
+            }
+            FBP_T *out = target + low;
+            for (ptrdiff_t j = 0; j < width; j++) {   /* (0.0 + : the same bits as below) */
+                const double kept = beta == 0 ? 0 : beta == 1 ? (double)out[j]
+                                                              : (double)(beta * out[j]);
+                out[j] = (FBP_T)(kept + (double)alpha * (0.0 + (double)partial[j]));
+            }
+        }
+        return;
+    }
     for (ptrdiff_t low = 0; low < n_cols; low += COLUMNS) {
         const ptrdiff_t width = n_cols - low < COLUMNS ? n_cols - low : COLUMNS;
         for (ptrdiff_t j = 0; j < width; j++)

@@ -148,6 +148,18 @@ cdef Py_ssize_t leading_dimension(floating[:, :] matrix, str name) except -1:
     return max(matrix.strides[0] // <Py_ssize_t>sizeof(floating), matrix.shape[1], 1)
 
 
+def column_sums(floating[:, ::1] delta, floating[::1] target, double alpha, double beta):
+    """For tests: target <- beta target + alpha (the sum of delta's rows), as a step makes
+    a bias's gradient or update (fbp_column_sums)."""
+    if target.shape[0] != delta.shape[1]:
+        raise ValueError(f"target has {target.shape[0]} values for delta's {delta.shape[1]} "
+                         f"columns")
+    if delta.shape[1] == 0:
+        return
+    fbp_column_sums(&target[0], &delta[0, 0] if delta.shape[0] else NULL, delta.shape[0],
+                    delta.shape[1], <floating>alpha, <floating>beta)
+
+
 def matrix_product(str kind, floating[:, :] a, floating[:, :] b, floating[:, :] c,
                    double alpha=1.0, double beta=0.0, str backend="blas", Py_ssize_t repeat=1,
                    Py_ssize_t chunk_rows=0, Py_ssize_t chunk_columns=0):

@@ -259,3 +259,36 @@ def test_plan_and_hyperparameters_refuse_bad_indices_and_codes():
         _core.Hyperparameters(17)
     with pytest.raises(ValueError, match="unknown optimizer code"):
         _core.Hyperparameters(MSE, optimizer=-2)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_rows", [0, 1, 2, 15, 16, 17, 31, 32, 33, 100])
+@pytest.mark.parametrize("n_cols", [1, 7, 256, 257, 300])
+def test_column_sums_are_the_rows_summed_in_blocks_then_in_double(dtype, n_rows, n_cols):
+    """fbp_column_sums (a step's bias gradient or update): the rows summed in the dtype 16
+    at a time, those sums added in double, then beta target + alpha sum rounded once. A
+    batch of at most 16 rows takes a path of its own (no double sums in between): the
+    same bits, on every edge of both blocks (16 rows, 256 columns)."""
+    from fastbp import _core
+    rng = np.random.default_rng(n_rows * 1000 + n_cols)
+    delta = rng.normal(size=(n_rows, n_cols)).astype(dtype)
+    delta[:, 0] = -0.0                            # a sum of -0.0 (the sign of the result)
+    for beta in (0.0, 1.0, 0.5):
+        target = rng.normal(size=n_cols).astype(dtype)
+        target[0] = -0.0
+        alpha = dtype(-0.37)
+        sums = np.zeros(n_cols)
+        for first in range(0, n_rows, 16):
+            partial = delta[first].copy()
+            for row in delta[first + 1:first + 16]:
+                partial += row                    # in the dtype, row after row
+            sums += partial.astype(np.float64)
+        if beta == 0:
+            kept = np.zeros(n_cols)
+        elif beta == 1:
+            kept = target.astype(np.float64)
+        else:
+            kept = (dtype(beta) * target).astype(np.float64)
+        expected = (kept + np.float64(alpha) * (0.0 + sums)).astype(dtype)
+        _core.column_sums(delta, target, float(alpha), beta)
+        np.testing.assert_array_equal(target.view(np.uint8), expected.view(np.uint8))
