@@ -216,6 +216,13 @@ static inline void FBP_NAME(fbp_add)(FBP_T *x, const FBP_T *y, ptrdiff_t n)
         x[i] += y[i];
 }
 
+/* beta * value + alpha * sum, rounded once (fbp_column_sums' last step). */
+static inline FBP_T FBP_NAME(fbp_stepped_sum)(FBP_T value, double sum, FBP_T alpha, FBP_T beta)
+{
+    const double kept = beta == 0 ? 0 : beta == 1 ? (double)value : (double)(beta * value);
+    return (FBP_T)(kept + (double)alpha * sum);
+}
+
 /* target <- beta * target + alpha * (sum of delta's rows): the bias gradient or update.
    The rows are summed in FBP_T 16 at a time, those sums in double, a block of columns at
    a time, and the sum added once: added row after row into the target in float (plain
@@ -228,7 +235,7 @@ static inline void FBP_NAME(fbp_column_sums)(FBP_T *target, const FBP_T *delta, 
     enum { COLUMNS = 256, ROWS = 16 };
     double sums[COLUMNS];
     FBP_T partial[COLUMNS];
-    if (n_rows >= 1 && n_rows <= ROWS) {   /* one block (a step of a small batch): no sums in between */
+    if (n_rows >= 1 && n_rows <= ROWS) {   /* one block (a small batch): no sums between */
         for (ptrdiff_t low = 0; low < n_cols; low += COLUMNS) {
             const ptrdiff_t width = n_cols - low < COLUMNS ? n_cols - low : COLUMNS;
             const FBP_T *first_row = delta + low;
@@ -240,11 +247,8 @@ static inline void FBP_NAME(fbp_column_sums)(FBP_T *target, const FBP_T *delta, 
                     partial[j] += row[j];
             }
             FBP_T *out = target + low;
-            for (ptrdiff_t j = 0; j < width; j++) {   /* (0.0 + : the same bits as below) */
-                const double kept = beta == 0 ? 0 : beta == 1 ? (double)out[j]
-                                                              : (double)(beta * out[j]);
-                out[j] = (FBP_T)(kept + (double)alpha * (0.0 + (double)partial[j]));
-            }
+            for (ptrdiff_t j = 0; j < width; j++)   /* (0.0 + : the same bits as below) */
+                out[j] = FBP_NAME(fbp_stepped_sum)(out[j], 0.0 + (double)partial[j], alpha, beta);
         }
         return;
     }
@@ -264,10 +268,8 @@ static inline void FBP_NAME(fbp_column_sums)(FBP_T *target, const FBP_T *delta, 
                 sums[j] += partial[j];
         }
         FBP_T *out = target + low;
-        for (ptrdiff_t j = 0; j < width; j++) {
-            const double kept = beta == 0 ? 0 : beta == 1 ? (double)out[j] : (double)(beta * out[j]);
-            out[j] = (FBP_T)(kept + (double)alpha * sums[j]);
-        }
+        for (ptrdiff_t j = 0; j < width; j++)
+            out[j] = FBP_NAME(fbp_stepped_sum)(out[j], sums[j], alpha, beta);
     }
 }
 

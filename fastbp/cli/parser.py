@@ -328,9 +328,9 @@ def _add_bench(sub):
 # range is one line that names the option, as every user mistake is
 LEAST = {"epochs": 0, "batch_size": 1, "early_stopping": 0, "threads": 1, "samples": 1,
          "hidden": 1, "repeats": 1, "rows": 1, "seed": 0}
-SECONDS = ("duration", "warmup", "max_time")        # finite and > 0 (max_time >= 0)
-# --max-time 0: one epoch, as Trainer(max_time=0) (the first epoch always runs)
-ZERO_SECONDS_ALLOWED = ("max_time",)
+# Options of seconds, finite and > 0, or >= 0 where 0 is allowed: --max-time 0 is one
+# epoch, as Trainer(max_time=0) (the first epoch always runs)
+SECONDS = {"duration": False, "warmup": False, "max_time": True}
 
 
 def check_ranges(args) -> None:
@@ -339,13 +339,12 @@ def check_ranges(args) -> None:
         value = getattr(args, dest, None)
         if isinstance(value, int) and value < least:   # (train's --hidden is a list)
             raise UsageError(f"--{dest.replace('_', '-')} must be >= {least}; got {value}")
-    for dest in SECONDS:
+    for dest, zero_allowed in SECONDS.items():
         value = getattr(args, dest, None)
-        least = 0 if dest in ZERO_SECONDS_ALLOWED else None
         if value is not None and not (math.isfinite(value) and (
-                value > 0 if least is None else value >= least)):
+                value >= 0 if zero_allowed else value > 0)):
             raise UsageError(f"--{dest.replace('_', '-')} must be a finite number of seconds "
-                             f"{'> 0' if least is None else '>= 0'}; got {value}")
+                             f"{'>= 0' if zero_allowed else '> 0'}; got {value}")
 
 
 def _int_list(text: str) -> list[int]:
