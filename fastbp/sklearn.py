@@ -26,7 +26,7 @@ try:
     from sklearn.metrics import accuracy_score, r2_score
     from sklearn.model_selection import train_test_split
     from sklearn.preprocessing import LabelBinarizer
-    from sklearn.utils import check_random_state
+    from sklearn.utils import assert_all_finite, check_random_state
     try:        # scikit-learn's own error for a bad parameter: both ValueError and TypeError
         from sklearn.utils._param_validation import InvalidParameterError
     except ImportError:                                 # scikit-learn before 1.2
@@ -41,6 +41,7 @@ except ImportError as error:          # pragma: no cover (tested in a subprocess
                       ) from error
 
 from fastbp import _core, losses, optimizers, schedules
+from fastbp._threads import MAX_THREADS
 from fastbp.callbacks import Callback
 from fastbp.model import ACTIVATIONS, INITS, MLP
 from fastbp._validation import as_row_weights, as_sparse_rows, is_sparse, named_setting
@@ -390,8 +391,10 @@ class _BaseMLP(BaseEstimator):
                                    "when to stop)", self.validation_fraction)
         if not (_is_bool(self.verbose) or (_is_whole(self.verbose) and self.verbose >= 0)):
             raise _parameter_error(self, "verbose", "a bool or an int >= 0", self.verbose)
-        if self.n_threads is not None and not (_is_whole(self.n_threads) and self.n_threads >= 1):
-            raise _parameter_error(self, "n_threads", "None or an int >= 1", self.n_threads)
+        if self.n_threads is not None and not (_is_whole(self.n_threads)
+                                               and 1 <= self.n_threads <= MAX_THREADS):
+            raise _parameter_error(self, "n_threads", f"None or an int in [1, {MAX_THREADS}]",
+                                   self.n_threads)
         if not (self.random_state is None
                 or isinstance(self.random_state, np.random.RandomState)
                 or _is_whole(self.random_state) and 0 <= self.random_state < 2**32):
@@ -413,7 +416,9 @@ class _BaseMLP(BaseEstimator):
 
     def _checked_dropout(self, hidden) -> list:
         dropout = self.dropout
-        if isinstance(dropout, (list, tuple, np.ndarray)):
+        listed = isinstance(dropout, (list, tuple)) or \
+            isinstance(dropout, np.ndarray) and dropout.ndim == 1
+        if listed:
             rates = list(dropout)
             if len(rates) != len(hidden):
                 raise ValueError(f"dropout lists {len(rates)} rates but hidden_layer_sizes "
@@ -422,7 +427,7 @@ class _BaseMLP(BaseEstimator):
         else:
             rates = [dropout] * len(hidden)
         if not all(_is_real(rate) and 0 <= rate < 1 for rate in rates) or \
-                not (_is_real(dropout) or isinstance(dropout, (list, tuple, np.ndarray))):
+                not (_is_real(dropout) or listed):
             raise _parameter_error(self, "dropout", "a rate in [0, 1) or a list of them, one "
                                    "per hidden layer", dropout)
         return [float(rate) for rate in rates]
@@ -466,11 +471,18 @@ class _BaseMLP(BaseEstimator):
         dtype = settings["dtype"] if first_pass else self.model_.dtype
         if dtype is None:                  # scikit-learn's rule: float32 stays float32
             dtype = [np.float64, np.float32]
-        if is_sparse(X) and len(X.shape) == 2 and X.shape[1] > 0:
+        if is_sparse(X) and len(X.shape) == 2 and X.shape[0] > 0 and X.shape[1] > 0:
             # validate_data takes a CSR matrix's index arrays unchecked, and fastbp's own
             # check of them comes with the training: checked here, before any attribute
             # changes, so that a refused fit leaves the estimator as it was (other shapes:
-            # validate_data's own messages)
+            # validate_data's own messages), after scikit-learn's checks of the values
+            # (its messages for complex, NaN and infinite values)
+            values = getattr(X, "data", None)        # (DOK and LIL have no such array)
+            if isinstance(values, np.ndarray) and values.dtype.kind in "fc":
+                if values.dtype.kind == "c":
+                    raise ValueError(f"Complex data not supported\n{X}\n")
+                assert_all_finite(values, estimator_name=type(self).__name__,
+                                  input_name="X")
             as_sparse_rows(X, "X", np.dtype(np.float32 if X.dtype == np.float32
                                             else np.float64), X.shape[1])
         X, Y, stratify, n_outputs = self._validate_input(X, y, incremental, first_pass, dtype)
@@ -683,15 +695,10 @@ class _BaseMLP(BaseEstimator):
         arrays = [X, Y] + ([sample_weight] if sample_weight is not None else [])
         # the generator itself, as scikit-learn: after the same initial draws, the same split
         seed = rng
-        try:
-            parts = train_test_split(*arrays, random_state=seed,
-                                     test_size=self.validation_fraction, stratify=stratify)
-        except ValueError:
-            if stratify is None:
-                raise
-            # a class too rare to stratify: split at random instead
-            parts = train_test_split(*arrays, random_state=seed,
-                                     test_size=self.validation_fraction)
+        if stratify is not None and np.unique(stratify, return_counts=True)[1].min() < 2:
+            stratify = None     # a class of one row cannot be stratified: split at random
+        parts = train_test_split(*arrays, random_state=seed,
+                                 test_size=self.validation_fraction, stratify=stratify)
         X_train, X_val, Y_train, Y_val = parts[:4]
         weights_train, weights_val = (parts[4], parts[5]) if sample_weight is not None \
             else (None, None)
@@ -1080,16 +1087,26 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             if self.early_stopping:
                 raise ValueError("partial_fit does not support early_stopping=True")
             self._network_options()        # a refused parameter records no classes
+            given = unique_labels(classes)
             binarizer = LabelBinarizer()
             if type_of_target(y).startswith("multilabel"):
+                # the labels are y's columns; `classes` must name every one, as scikit-learn
+                # checks it (and later calls compare their `classes` with this one's)
                 binarizer.fit(y)
+                missing = np.setdiff1d(binarizer.classes_, given)
+                if missing.size:
+                    raise ValueError(f"`y` has classes not in `classes`: `classes` has "
+                                     f"{given}, y's labels are {binarizer.classes_}")
             else:
                 binarizer.fit(classes)
             self._label_binarizer = binarizer
             self.classes_ = binarizer.classes_
-        elif classes is not None and not np.array_equal(self.classes_, unique_labels(classes)):
+            self._partial_fit_classes = given
+        elif classes is not None and not np.array_equal(
+                self.__dict__.get("_partial_fit_classes", self.classes_), unique_labels(classes)):
             raise ValueError(f"`classes={classes!r}` is not the same as on the first call to "
-                             f"partial_fit, which was {self.classes_!r}")
+                             f"partial_fit, which was "
+                             f"{self.__dict__.get('_partial_fit_classes', self.classes_)!r}")
         return self._fit(X, y, sample_weight, True, training)
 
     def _validate_input(self, X, y, incremental, first_pass, dtype):
@@ -1107,6 +1124,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             binarizer.fit(y)
             self._label_binarizer = binarizer
             self.classes_ = binarizer.classes_
+            self.__dict__.pop("_partial_fit_classes", None)     # (a fit's classes are y's)
         else:
             if type_of_target(y).startswith("multilabel") and \
                     not self._label_binarizer.y_type_.startswith("multilabel"):

@@ -467,7 +467,7 @@ def test_a_number_the_float32_model_cannot_hold_is_refused_by_the_estimators_nam
     with pytest.raises(ValueError, match=rf"^{name}=.* does not fit this estimator's float32 "
                                          rf"model \({trainer_name}=") as refused:
         if incremental:
-            estimator.partial_fit(X, Y, classes=[0, 1])
+            estimator.partial_fit(X, Y, classes=[0, 1, 2])   # (the labels: Y's columns)
         else:
             estimator.fit(X, Y)
     assert "use 0" not in str(refused.value)       # (0 is no learning_rate_init here)
@@ -2035,3 +2035,77 @@ def test_the_l2_term_is_summed_once_an_epoch(monkeypatch, sparse):
     assert est.loss_curve_ == reference.loss_curve_
     quiet(est.partial_fit, data, y)
     assert len(calls) == 4
+
+
+def test_multilabel_partial_fit_takes_classes_as_scikit_learn_does():
+    """A multi-label y's labels are its columns: `classes` on the first call must name each
+    (scikit-learn's check), and the same `classes` on every later call is accepted (it was
+    ignored on the first call, then refused on the second)."""
+    X, _, _, multilabel, _ = small_data()
+    chunks = [slice(0, 45), slice(45, 90)]
+    for classes in ([0, 1, 2], [0, 1, 2, 3, 4]):
+        for cls in (MLPClassifier, neural_network.MLPClassifier):
+            clf = cls(hidden_layer_sizes=(5,), random_state=0)
+            for chunk in chunks:
+                clf.partial_fit(X[chunk], multilabel[chunk], classes=classes)
+            assert clf.predict(X).shape == multilabel.shape
+        with pytest.raises(ValueError, match="not the same"):
+            clf.partial_fit(X, multilabel, classes=[0, 1, 2, 3, 4, 5])
+    for classes in ([0, 1], ["a", "b", "c"]):
+        clf = MLPClassifier(hidden_layer_sizes=(5,), random_state=0)
+        with pytest.raises(ValueError):
+            neural_network.MLPClassifier().partial_fit(X, multilabel, classes=classes)
+        with pytest.raises(ValueError):
+            clf.partial_fit(X, multilabel, classes=classes)
+        assert "classes_" not in clf.__dict__ and not hasattr(clf, "model_")
+    # a fit after partial_fit takes y's classes; a later partial_fit compares with those
+    clf = MLPClassifier(hidden_layer_sizes=(5,), random_state=0)
+    clf.partial_fit(X, multilabel, classes=[0, 1, 2, 3])
+    quiet(clf.set_params(max_iter=2).fit, X, multilabel)
+    clf.partial_fit(X, multilabel, classes=[0, 1, 2])
+
+
+def test_early_stopping_split_refuses_what_scikit_learn_refuses():
+    """Only a binary class of a single row makes the split unstratified; a stratified split
+    that cannot hold every class (a training part of one row) raises scikit-learn's error,
+    not a fit on one row."""
+    X, y = blobs(n=20, n_classes=2)
+    for cls in (MLPClassifier, neural_network.MLPClassifier):
+        with pytest.raises(ValueError, match="greater or equal to the number of classes"):
+            cls(early_stopping=True, validation_fraction=0.95, max_iter=5).fit(X, y)
+    rare = np.where(np.arange(20) == 0, 1, 0)        # one row of class 1: cannot stratify
+    clf = quiet(MLPClassifier(early_stopping=True, max_iter=3, random_state=0).fit, X, rare)
+    assert clf.n_iter_ >= 1
+
+
+@pytest.mark.parametrize("problem", ["nan", "inf", "complex", "no rows"])
+def test_sparse_x_is_refused_with_scikit_learns_messages(problem):
+    X = scipy.sparse.random(10, 4, density=0.5, format="csr", random_state=0)
+    if problem == "nan":
+        X.data[0] = np.nan
+    elif problem == "inf":
+        X.data[0] = np.inf
+    elif problem == "complex":
+        X = X.astype(np.complex128)
+    else:
+        X = X[:0]
+    y = np.arange(X.shape[0]) % 2
+    messages = []
+    for cls in (MLPClassifier, neural_network.MLPClassifier):
+        with pytest.raises(ValueError) as caught:
+            cls(max_iter=1).fit(X, y)
+        messages.append(str(caught.value).split("\n")[0].replace("MLPClassifier", ""))
+    assert messages[0] == messages[1]
+
+
+def test_fastbp_parameters_out_of_range_are_invalid_parameters():
+    from sklearn.utils._param_validation import InvalidParameterError
+    X, y = blobs(n=30)
+    for settings in ({"n_threads": 2000}, {"dropout": np.array(0.2)},
+                     {"dropout": np.array([[0.2]])}):
+        clf = MLPClassifier(hidden_layer_sizes=(4,), max_iter=1, **settings)
+        with pytest.raises(InvalidParameterError):
+            clf.fit(X, y)
+    clf = quiet(MLPClassifier(hidden_layer_sizes=(4,), max_iter=1,
+                              dropout=np.array([0.2])).fit, X, y)
+    assert clf.n_iter_ == 1
