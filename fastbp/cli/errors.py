@@ -14,7 +14,8 @@ class UsageError(ValueError):
 
 def one_line(error: BaseException) -> str:
     if isinstance(error, MemoryError):
-        return f"not enough memory ({error or 'the data or model is too large'})"
+        # (str: the exception itself is always true, and most MemoryErrors have no text)
+        return f"not enough memory ({str(error) or 'the data or model is too large'})"
     if isinstance(error, OSError) and error.strerror:
         text = error.strerror
         if error.filename is not None:

@@ -7,7 +7,7 @@ import sys
 from fastbp import _files
 from fastbp.cli.errors import UsageError
 from fastbp.cli.outputs import check_distinct, check_writable, write_csv, write_csv_bytes
-from fastbp.cli.sidecar import load_model, loss_of, sidecar_to_read
+from fastbp.cli.sidecar import classes_dtype, load_model, loss_of, sidecar_to_read
 from fastbp.cli.tables import read_table, select_columns
 from fastbp.cli.targets import takes_class_labels
 
@@ -34,9 +34,11 @@ def cmd_predict(args) -> int:
     else:
         values, header = probabilities, list(outputs)
     if args.output and args.output.lower().endswith(".npy"):
-        # (labels, each class as it is for the CSV writer, in NumPy's own dtype for them:
-        # an object array needs pickle)
-        array = np.array(values.tolist()) if values.dtype == object else values
+        # (labels, each class as it is for the CSV writer, in a dtype that holds every class
+        # exactly: an object array needs pickle, and NumPy's own choice for a mix of int64
+        # and uint64 classes, float64, changed the larger ones)
+        array = values.astype(classes_dtype(sidecar["classes"])) if values.dtype == object \
+            else values
         _files.write_file(args.output, lambda stream: np.save(stream, array))
     elif args.output:
         _files.write_file(args.output, lambda stream: write_csv_bytes(stream, header, values))

@@ -4,11 +4,14 @@ beside the model and read, checked against the model, by the other commands."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import warnings
 
+from fastbp._cache import _opened
 from fastbp._format import RepeatedKey, without_repeats
 from fastbp.cli.errors import UsageError
+from fastbp.cli.outputs import short_list
 
 
 SIDECAR_SUFFIX = ".json"
@@ -74,15 +77,7 @@ def read_sidecar(model_path: str, model):
                       f" move it there")
     if not os.path.exists(path):
         return None
-    try:
-        with open(path, encoding="utf-8") as stream:
-            document = json.load(stream, object_pairs_hook=without_repeats)
-    except RepeatedKey as error:
-        raise UsageError(f"{path} (the model's sidecar) names {error} twice; remove or fix "
-                         f"it") from None
-    except (ValueError, UnicodeDecodeError) as error:
-        raise UsageError(f"{path} (the model's sidecar) is not valid JSON ({error}); remove "
-                         f"or fix it") from None
+    document = _parsed(path)
     if not isinstance(document, dict) or document.get("format") != SIDECAR_FORMAT:
         raise UsageError(f"{path} is not a fastbp sidecar; remove or rename it")
     version = document.get("version")
@@ -102,9 +97,45 @@ def read_sidecar(model_path: str, model):
     return document
 
 
+def _parsed(path):
+    """The JSON document in the sidecar at `path`, read as the cache files are read
+    (fastbp._cache._opened: a regular file only, opened without blocking, at most its size
+    read: a FIFO blocked for good, a link to /dev/zero read until memory ran out)."""
+    file = _opened(path, os.O_RDONLY)
+    if file is None:
+        raise UsageError(f"{path} (the model's sidecar) is not a regular file; remove it")
+    with file:
+        content = file.read(os.fstat(file.fileno()).st_size)
+    try:
+        document = json.loads(content.decode("utf-8"), object_pairs_hook=without_repeats,
+                              parse_constant=_finite_number, parse_float=_finite_number)
+        # (info --json and export write the sidecar's text back out, as UTF-8)
+        is_text = is_utf8(json.dumps(document, ensure_ascii=False))
+    except RepeatedKey as error:
+        raise UsageError(f"{path} (the model's sidecar) names {error} twice; remove or fix "
+                         f"it") from None
+    except (ValueError, RecursionError) as error:   # (RecursionError: nested past Python's
+        raise UsageError(f"{path} (the model's sidecar) is not valid JSON ({error}); remove "
+                         f"or fix it") from None    # stack, "[[[[...")
+    if not is_text:
+        raise UsageError(f"{path} (the model's sidecar) holds text that is not valid Unicode "
+                         f"(a lone surrogate, such as \\ud800 unpaired); remove or fix it")
+    return document
+
+
+def _finite_number(text):
+    """A JSON number as a float, refusing NaN, Infinity and one past float64's range
+    (1e999): strict JSON has none of them, and info --json and export write them back."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is not a finite number")
+    return value
+
+
 def _check_sidecar_fields(path, document, n_out):
-    """The lists a sidecar holds are lists of plain values, and its classes are as many as
-    the model's outputs (two for a single sigmoid output)."""
+    """The lists a sidecar holds are lists of distinct plain values, and its classes are as
+    many as the model's outputs (two for a single sigmoid output), all held exactly by one
+    NumPy type (classes_dtype)."""
     for key in ("outputs", "features", "targets", "classes"):
         value = document.get(key)
         if value is not None and (not isinstance(value, list) or not all(
@@ -112,12 +143,47 @@ def _check_sidecar_fields(path, document, n_out):
                 for item in value)):
             raise UsageError(f"{path} (the model's sidecar): {key} must be a list of names; "
                              f"remove or fix it")
+        # (a feature named twice was fed twice, a class named twice could not be told apart)
+        try:
+            without_repeats([(item, None) for item in value or []])
+        except RepeatedKey as error:
+            raise UsageError(f"{path} (the model's sidecar) names {error} twice in its "
+                             f"{key}; remove or fix it") from None
     classes = document.get("classes")
     expected = n_out if n_out > 1 else 2
     if classes is not None and len(classes) != expected:
         raise UsageError(f"{path} lists {len(classes)} classes; the model has "
                          f"{n_out} output{'s' if n_out != 1 else ''}, which need {expected}: "
                          f"remove or fix it")
+    if classes is not None and classes_dtype(classes) is None:
+        raise UsageError(f"{path} (the model's sidecar) lists classes that no NumPy type "
+                         f"holds exactly (whole numbers past 64 bits, or negative ones beside "
+                         f"ones past 2**63 - 1): {short_list(classes)}; remove or fix it")
+
+
+def classes_dtype(classes):
+    """The NumPy dtype that holds every one of `classes` exactly (predict --labels writes
+    them to NPY so: an object array would need pickle), or None where none does: text;
+    whole numbers in int64, else in uint64; else float64, where each is a float64 value
+    (train writes a label 1e20 of a float column as the whole number 10**20)."""
+    import numpy as np
+
+    if any(isinstance(item, str) for item in classes):
+        return np.dtype(str)
+    if all(type(item) is int for item in classes):
+        for dtype in (np.int64, np.uint64):
+            if np.iinfo(dtype).min <= min(classes) and max(classes) <= np.iinfo(dtype).max:
+                return np.dtype(dtype)
+    if all(_float64_holds(item) for item in classes):
+        return np.dtype(np.float64)
+    return None
+
+
+def _float64_holds(number) -> bool:
+    try:
+        return float(number) == number
+    except OverflowError:               # (a whole number past float64's range, 1.8e308)
+        return False
 
 
 def loss_of(model, sidecar, given=None):
