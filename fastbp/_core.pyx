@@ -3187,6 +3187,17 @@ cdef class BlasPass:
         return False
 
 
+class WaitInterrupted(BaseException):
+    """A Ctrl-C ended a fit's wait for other threads' passes (hand_over_interrupt): the fit
+    stops there, its history marked interrupted (trainer.EpochLoop.run). A BaseException,
+    as KeyboardInterrupt is, so that a callback's `except Exception` does not keep it."""
+
+
+# Fits on the main thread with their SIGINT handler in place (interruptible_fit): a
+# Ctrl-C during a wait for other threads' passes goes to the fit, which stops there.
+cdef int fits_catching = 0
+
+
 def interruptible_fit(function, *arguments, **keywords):
     """function(*arguments, **keywords), a fit that returns its History, with SIGINT routed
     to the flag that interruptible epochs poll (catch_interrupts) from the call's start to
@@ -3194,14 +3205,18 @@ def interruptible_fit(function, *arguments, **keywords):
     interrupted. Nothing runs between installing the handler and the call, nor between
     the call and putting it back, where a KeyboardInterrupt could leave it installed;
     and no frame is added (the warnings' stacklevels count the caller's)."""
+    global fits_catching
     cdef bint main = PyThread_get_thread_ident() == main_thread_ident
     cdef int requested = 0
     if main and fbp_catch_interrupts() != 0:
         raise OSError("could not install the SIGINT handler")
+    if main:
+        fits_catching += 1
     try:
         history = function(*arguments, **keywords)
     finally:
         if main:
+            fits_catching -= 1
             requested = fbp_release_interrupts()
     if requested == 1:
         history.interrupted = True
@@ -3213,9 +3228,14 @@ def hand_over_interrupt(lock):
     within a fit, which takes it itself), and holding back goes on after it; an exception
     that handler raises passes on (a wait for other threads' passes ends at a Ctrl-C).
     `lock`, which the caller holds, is let go while the handler runs (a handler that joins
-    a thread whose pass ends under it waited for ever)."""
-    if PyThread_get_thread_ident() != main_thread_ident or fbp_interrupt_depth() != 1 \
-            or not fbp_interrupt_requested:
+    a thread whose pass ends under it waited for ever). Within a fit on the main thread the
+    Ctrl-C is the fit's: WaitInterrupted ends the wait (the fit waited for the other
+    thread's pass to end, which could be minutes, and only then stopped)."""
+    if PyThread_get_thread_ident() != main_thread_ident or not fbp_interrupt_requested:
+        return
+    if fits_catching:
+        raise WaitInterrupted
+    if fbp_interrupt_depth() != 1:
         return
     fbp_release_interrupts()
     lock.release()

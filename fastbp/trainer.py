@@ -463,6 +463,15 @@ class Trainer:
                 if n_epochs == 1:   # loops of one-epoch fits pay for new memory each call
                     self._buffers = epoch.buffers
                 history.threads = epoch.threads_used
+        except _core.WaitInterrupted:
+            # a Ctrl-C while the fit waited for another thread's BLAS pass (the set-up's
+            # measurements, the epochs' own pass, a callback's predict): it stops there,
+            # as at a batch, where it waited until that pass ended (minutes, for a fit)
+            if loop is None or not loop.stepped:
+                self._state, self._state_key, self._step, self._moving_rows = kept
+            history = History(n_samples=data.n_samples) if loop is None else loop.history
+            history.interrupted = True
+            return history
         except BaseException:
             if loop is None or not loop.stepped:
                 self._state, self._state_key, self._step, self._moving_rows = kept

@@ -132,6 +132,33 @@ def test_a_ctrl_c_ends_a_wait_for_other_threads_passes(other_threads_pass):
     assert _pass_state() == IDLE and blas.count == 1
 
 
+def test_a_ctrl_c_ends_a_fits_wait_for_another_threads_pass(other_threads_pass, monkeypatch):
+    """A fit on the main thread whose epochs wait for another thread's pass on another
+    count stops at a Ctrl-C, interrupted before its first step, the model and trainer as
+    they were; it waited until the other pass ended (minutes, for another fit) and only
+    then stopped: the wait saw only a SIGINT for Python's handler, not the fit's."""
+    blas, thread, release = other_threads_pass
+    X, y = _data(256, 40)
+    model = fastbp.MLP([40, 64, 2], ["relu", "softmax"], seed=0)
+    before = model.parameter_vector().copy()
+    trainer = fastbp.Trainer("cce", optimizer="adam", epochs=3, batch_size=32, seed=0,
+                             n_threads=1)
+    # (the epochs take a pass on one BLAS thread, whatever kernels this machine chose)
+    monkeypatch.setattr(fastbp.trainer._CompiledEpoch, "blas_context",
+                        lambda epoch: _threads.blas_threads(1))
+    history = trainer.fit(model, X, y)
+    # (ended while the other pass still runs: not by its end)
+    assert thread.is_alive() and _threads._active == 1 and list(_threads._queue) == []
+    assert history.interrupted and history.epochs == 0
+    assert np.array_equal(model.parameter_vector(), before) and trainer._step == 0
+    release.set()
+    thread.join(10)
+    assert _pass_state() == IDLE and blas.count == 1
+    assert trainer.fit(model, X, y).epochs == 3           # and the next fit runs
+    with pytest.raises(KeyboardInterrupt):                # Python's handler is back
+        _interrupt()
+
+
 def test_a_handler_run_while_waiting_for_a_pass_does_not_hold_the_passes_lock(
         other_threads_pass):
     """The caller's own SIGINT handler runs with the passes' lock let go: a graceful
