@@ -198,15 +198,27 @@ INDEX_LIMIT = np.iinfo(np.intp).max
 def as_csr(data, name: str):
     """A 2-D scipy.sparse matrix or array as CSR: itself, or a converted copy. scipy's
     conversions read the index arrays unchecked (a CSC or COO index past the shape wrote
-    out of bounds: the process crashed), so those of a compressed (CSC, BSR) or coordinate
-    matrix are checked first, without changing it; CSR is checked where it is read."""
+    out of bounds: the process crashed), so those of a compressed (CSC, BSR), coordinate
+    or diagonal matrix are checked first, without changing it (and a BSR's block size,
+    which scipy divides its shape by); CSR is checked where it is read."""
     if data.format == "csr":
         return data
-    if data.format in ("csc", "bsr"):
-        block = getattr(data, "blocksize", (1, 1))
-        n_major, n_minor = (data.shape[1], data.shape[0]) if data.format == "csc" else \
-            (data.shape[0] // block[0], data.shape[1] // block[1])
-        check_compressed(data, name, n_major, n_minor)
+    if data.format == "bsr":
+        rows, columns = data.blocksize
+        if not (rows and columns) or data.shape[0] % rows or data.shape[1] % columns:
+            raise ValueError(f"{name} is a malformed BSR matrix: its blocks are "
+                             f"{rows}x{columns}, which must be at least 1x1 and divide its shape "
+                             f"{data.shape[0]}x{data.shape[1]}")
+        check_compressed(data, name, data.shape[0] // rows, data.shape[1] // columns)
+    elif data.format == "csc":
+        check_compressed(data, name, data.shape[1], data.shape[0])
+    elif data.format == "dia":
+        offsets = data.offsets
+        if not (isinstance(offsets, np.ndarray) and offsets.ndim == 1
+                and np.ndim(data.data) == 2 and np.shape(data.data)[0] == offsets.shape[0]):
+            raise ValueError(f"{name} is a malformed DIA matrix: its offsets must be a 1-D "
+                             f"array, one per row of its 2-D data")
+        check_offsets(offsets, data.shape, name)
     elif data.format == "coo":
         coords = getattr(data, "coords", None) or (data.row, data.col)
         for axis, index in enumerate(coords):
@@ -219,6 +231,20 @@ def as_csr(data, name: str):
                                  f"must lie in 0..{data.shape[axis] - 1}; got values from "
                                  f"{int(index.min())} to {int(index.max())}")
     return data.tocsr()      # the one copy another format costs
+
+
+def check_offsets(offsets: np.ndarray, shape, name: str) -> None:
+    """ValueError unless a DIA matrix's diagonal offsets are integers of diagonals that
+    meet a matrix of `shape` (-(rows-1)..columns-1, as scipy.sparse.diags asks): scipy's
+    conversion adds the row count to them in their own integer type, unchecked."""
+    if offsets.dtype.kind not in "iu":
+        raise ValueError(f"{name} is a malformed DIA matrix: its offsets must be integers; "
+                         f"got {offsets.dtype}")
+    low, high = -(shape[0] - 1), shape[1] - 1
+    if offsets.size and (int(offsets.min()) < low or int(offsets.max()) > high):
+        raise ValueError(f"{name} is a malformed DIA matrix: its diagonal offsets must lie in "
+                         f"{low}..{high}; got values from {int(offsets.min())} to "
+                         f"{int(offsets.max())}")
 
 
 def check_compressed(data, name: str, n_major: int, n_minor: int) -> None:

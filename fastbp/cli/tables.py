@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import os
 import stat
 import warnings
@@ -16,7 +17,7 @@ import zlib
 from fastbp.cli.errors import UsageError
 from fastbp.cli.outputs import short_list
 from fastbp.cli.sidecar import is_utf8, name_as_text
-from fastbp.cli.targets import is_number, outside, too_large
+from fastbp.cli.targets import is_number, outside, text_numbers, too_large
 
 # What reading a truncated or damaged NPZ archive (or a member of one) raises
 _DAMAGED = (EOFError, zipfile.BadZipFile, zlib.error)
@@ -28,12 +29,15 @@ class Table:
 
     A CSV file: `names` from its header, each column a tuple of strings (converted on
     demand, with errors that name the column and line). An NPY or NPZ file: a 2-D numeric
-    matrix whose columns are named by their index ("0", "1", ...), and possibly targets
-    from a separate array (NPZ's y, --targets FILE.npy).
+    matrix whose columns go by their index (0, 1, ...; `names` None: a sparse file's
+    header may claim 2**62 columns, whose names alone would fill the memory), and possibly
+    targets from a separate array (NPZ's y, --targets FILE.npy).
     """
 
     def __init__(self, path, names, named, columns=None, lines=None, matrix=None):
-        self.path, self.names, self.named = path, list(names), named
+        self.path, self.named = path, named
+        self.names = list(names) if named else None
+        self.n_columns = len(self.names) if named else matrix.shape[1]
         self._columns, self._lines, self._matrix = columns, lines, matrix
         self.targets = None              # an array of targets from a separate source
         self.target_source = None        # where they came from (for messages)
@@ -51,13 +55,15 @@ class Table:
         try:
             position = int(spec)
         except ValueError:
-            shown = ", ".join(self.names[:20]) + (", ..." if len(self.names) > 20 else "")
+            names = self.names if self.named else \
+                [str(j) for j in range(min(self.n_columns, 21))]
+            shown = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
             raise UsageError(f"{self.path} has no column {spec!r}; its columns: {shown}") \
                 from None
-        if not -len(self.names) <= position < len(self.names):
+        if not -self.n_columns <= position < self.n_columns:
             raise UsageError(f"column index {position} is out of range: {self.path} has "
-                             f"{len(self.names)} columns (0..{len(self.names) - 1})")
-        return position % len(self.names)
+                             f"{self.n_columns} columns (0..{self.n_columns - 1})")
+        return position % self.n_columns
 
     def label(self, j: int) -> str:
         return repr(self.names[j]) if self.named else f"{j}"
@@ -72,8 +78,10 @@ class Table:
 
         limit = float(np.finfo(dtype).max)
         if self._matrix is not None:
-            matrix = self._matrix if list(indices) == list(range(self._matrix.shape[1])) \
-                else self._matrix[:, list(indices)]
+            every = range(self.n_columns)       # (a range compares with one in no time)
+            whole = len(indices) == len(every) and (indices == every or
+                                                    list(indices) == list(every))
+            matrix = self._matrix if whole else self._matrix[:, list(indices)]
             self._check_range(matrix, role, limit, dtype)
             return matrix
         out = np.empty((self.n_rows, len(indices)), dtype=np.float64)
@@ -112,10 +120,7 @@ class Table:
         import numpy as np
 
         values = self._columns[j]
-        try:
-            numbers = np.array(values, dtype=np.float64)
-        except ValueError:
-            numbers = None
+        numbers = text_numbers(values)
         if numbers is not None:
             bad = np.flatnonzero(outside(numbers, limit))
             if bad.size:
@@ -124,16 +129,13 @@ class Table:
                                  f"{self.label(j)} holds {values[bad[0]].strip()!r}, {why}")
             return numbers
         for row, value in enumerate(values):
-            try:
-                float(value)
-            except ValueError:
+            if not is_number(value):
                 where = f"{self.path}, line {self._lines[row]}"
                 if not value.strip():
                     raise UsageError(f"{where}: the {role} column {self.label(j)} is empty; "
-                                     f"fastbp needs a number in every {role} cell{hint}") \
-                        from None
+                                     f"fastbp needs a number in every {role} cell{hint}")
                 raise UsageError(f"{where}: the {role} column {self.label(j)} holds "
-                                 f"{value.strip()!r}, not a number{hint}") from None
+                                 f"{value.strip()!r}, not a number{hint}")
         raise UsageError(f"the {role} column {self.label(j)} of {self.path} is not numeric")
 
     def target_where(self, row: int) -> str:
@@ -228,7 +230,8 @@ SPARSE_MEMBERS = {"csr": {"indices", "indptr"}, "csc": {"indices", "indptr"},
 
 def _saved_sparse(archive, path) -> bool:
     """Whether an open NPZ archive is a matrix scipy.sparse.save_npz wrote (any of its
-    formats), not an archive of arrays."""
+    formats), not an archive of arrays; a UsageError where one of the arrays scipy reads
+    is not what it takes (_check_index_arrays)."""
     names = set(archive.files)
     if not {"format", "shape", "data"} <= names:
         return False
@@ -240,9 +243,43 @@ def _saved_sparse(archive, path) -> bool:
         name = name.decode("ascii", "replace")
     if not (isinstance(name, str) and SPARSE_MEMBERS.get(name, {"?"}) <= names):
         return False
-    for other in sorted(SPARSE_MEMBERS[name] | {"shape", "data"}):  # (scipy reads them)
-        _check_npy_member(archive, other, path)
+    members = SPARSE_MEMBERS[name] | {"shape", "data"}      # (scipy reads them)
+    if name == "coo" and "coords" in names:                # (read in place of row, col)
+        members.add("coords")
+    headers = {other: _check_npy_member(archive, other, path) for other in sorted(members)}
+    _check_index_arrays(archive, name, headers, path)
     return True
+
+
+def _check_index_arrays(archive, form, headers, path):
+    """A UsageError unless a saved sparse matrix's shape and index arrays are integers
+    that scipy.sparse.load_npz keeps as they are: it casts them to its index type without
+    a look, truncating float indices (0.9 to 0: another matrix) and wrapping values past
+    that type (uint64 past 2**63; a DIA offset of 2**32 became 0 in int32, the main
+    diagonal). headers: _check_npy_member's answer for each array."""
+    from fastbp._validation import INDEX_LIMIT, check_offsets
+
+    for member, header in headers.items():
+        if member == "data" or header is None:      # (None: np.load says what is wrong)
+            continue
+        dtype = header[1]
+        if dtype.kind not in "iu":
+            raise UsageError(f"{path}: the array {member!r} of the sparse matrix must hold "
+                             f"integers (scipy casts it to them unchecked: 0.9 to 0); it has "
+                             f"dtype {dtype}")
+        if dtype.kind == "u" and dtype.itemsize == 8:
+            values = _member(archive, member, path)
+            if values.size and int(values.max()) > INDEX_LIMIT:
+                raise UsageError(f"{path}: the array {member!r} of the sparse matrix holds "
+                                 f"{int(values.max())}, past {INDEX_LIMIT} (scipy would make "
+                                 f"it a negative number)")
+    if form == "dia":           # (scipy casts the offsets to the type its shape needs)
+        shape = _member(archive, "shape", path)
+        try:
+            if shape.shape == (2,):
+                check_offsets(_member(archive, "offsets", path), shape, path)
+        except ValueError as error:
+            raise UsageError(str(error)) from None
 
 
 def _sparse_table(path: str, args, want_targets: bool, source) -> Table:
@@ -307,17 +344,45 @@ def _member(archive, name, path):
 
 
 def _check_npy_member(archive, name, path):
-    """A UsageError unless the member `name` of an open NPZ archive holds NPY data: NumPy
-    hands any other member over as its raw bytes, not as an array."""
+    """A UsageError unless the member `name` of an open NPZ archive holds NPY data (NumPy
+    hands any other member over as its raw bytes, not as an array) of no more than its
+    size (_check_claimed). Returns the (shape, dtype) of its header, or None (np.load
+    then says what is wrong with it)."""
     stored = f"{name}.npy" if f"{name}.npy" in archive.zip.namelist() else name
     try:
         with archive.zip.open(stored) as stream:
-            start = stream.read(len(NPY_SIGNATURE))
+            if stream.read(len(NPY_SIGNATURE)) != NPY_SIGNATURE:
+                raise UsageError(f"the member {stored!r} of {path} is not a NumPy array (.npy "
+                                 f"data); an NPZ file is written by numpy.savez or "
+                                 f"scipy.sparse.save_npz")
+            stream.seek(0)
+            return _check_claimed(stream, archive.zip.getinfo(stored).file_size,
+                                  f"the array {name!r} in {path}")
     except _DAMAGED as error:
         raise UsageError(f"the array {name!r} in {path} is not readable: {error}") from None
-    if start != NPY_SIGNATURE:
-        raise UsageError(f"the member {stored!r} of {path} is not a NumPy array (.npy data); "
-                         f"an NPZ file is written by numpy.savez or scipy.sparse.save_npz")
+
+
+def _check_claimed(stream, size, what):
+    """The (shape, dtype) that the NPY header at the start of a binary stream claims, or
+    None where it is not readable (np.load then says why); a UsageError naming `what`
+    where it claims more data than the `size` bytes there are: NumPy allocates the array
+    before it reads, and a 176-byte file claiming 14.6 TiB was "not enough memory"."""
+    import numpy as np
+
+    try:
+        version = np.lib.format.read_magic(stream)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+            np.lib.format.read_array_header_2_0   # (3.0's is laid out as 2.0's)
+        shape, _, dtype = read(stream)
+    except (ValueError, *_DAMAGED):
+        return None
+    if not dtype.hasobject:                 # (objects: refused by np.load, without pickle)
+        claimed, held = math.prod(shape) * dtype.itemsize, max(0, size - stream.tell())
+        if claimed > held:
+            raise UsageError(f"{what} is truncated: its header claims an array of shape "
+                             f"{shape} and dtype {dtype}, {claimed:,} bytes of data, and it "
+                             f"holds {held:,}")
+    return shape, dtype
 
 
 def _read_csv(path: str, delimiter: str) -> Table:
@@ -337,8 +402,8 @@ def _read_csv(path: str, delimiter: str) -> Table:
                     raise UsageError(f"{path}: the header names the column {name!r} twice")
             rows, lines = [], []
             for row in reader:
-                if not row or not any(field.strip() for field in row):
-                    continue                     # a blank line
+                if len(row) <= 1 and not "".join(row).strip():
+                    continue    # a blank line (one with a delimiter is a row of empty cells)
                 if len(row) != len(names):
                     raise UsageError(f"{path}, line {reader.line_num}: {len(row)} fields; "
                                      f"the header has {len(names)}")
@@ -381,14 +446,21 @@ def _np_load(path: str, source=None):
     import numpy as np
 
     source = _rewound(_readable(path) if source is None else source)
-    if isinstance(source, io.BytesIO):
-        start = source.getvalue()[:6]
-    else:
-        with open(path, "rb") as stream:
-            start = stream.read(6)
-    if not (start.startswith(NPY_SIGNATURE) or start.startswith(b"PK")):
-        raise UsageError(f"{path} is not a NumPy file (.npy or .npz): it does not start with "
-                         f"either signature")
+    stream = source if isinstance(source, io.BytesIO) else open(path, "rb")
+    try:
+        size = stream.seek(0, io.SEEK_END)
+        stream.seek(0)
+        start = stream.read(len(NPY_SIGNATURE))
+        if not (start == NPY_SIGNATURE or start.startswith(b"PK")):
+            raise UsageError(f"{path} is not a NumPy file (.npy or .npz): it does not start "
+                             f"with either signature")
+        if start == NPY_SIGNATURE:
+            stream.seek(0)
+            _check_claimed(stream, size, path)
+    finally:
+        if stream is not source:
+            stream.close()
+    source = _rewound(source)
     try:
         return np.load(source, allow_pickle=False)
     except _DAMAGED as error:                           # a truncated or damaged archive
@@ -449,7 +521,7 @@ def _check_targets(array, path):
 
 
 def _array_table(path, matrix) -> Table:
-    return Table(path, [str(j) for j in range(matrix.shape[1])], False, matrix=matrix)
+    return Table(path, None, False, matrix=matrix)
 
 
 def select_columns(table: Table, args, sidecar, n_inputs=None, want_targets=True):
@@ -486,7 +558,7 @@ def select_columns(table: Table, args, sidecar, n_inputs=None, want_targets=True
                                  f"--targets FILE.npy or --target INDEX")
             if len(set(target_idx)) != len(target_idx):
                 raise UsageError("a column is named twice in --target")
-            if len(target_idx) >= len(table.names):
+            if len(target_idx) >= table.n_columns:
                 raise UsageError(f"{table.path} has no column left for the features once "
                                  f"the targets are taken")
             target_cols = [table.raw(j) for j in target_idx]
@@ -499,7 +571,6 @@ def select_columns(table: Table, args, sidecar, n_inputs=None, want_targets=True
     if dropped & set(target_idx):
         raise UsageError("a column is both a --target and a --drop")
 
-    features = None
     wanted = sidecar.get("features") if sidecar else None
     if wanted and table.named:
         missing = [name for name in wanted if name not in table.names]
@@ -512,19 +583,35 @@ def select_columns(table: Table, args, sidecar, n_inputs=None, want_targets=True
             raise UsageError(f"--drop {needed[0]}: the model was trained on this column, and "
                              f"it takes every feature it was trained with "
                              f"({short_list(wanted)}); --drop leaves out other columns")
-    if features is None:
-        features = [j for j in range(len(table.names))
-                    if j not in dropped and j not in target_idx]
-    both = [j for j in features if j in target_idx]
-    if both:
-        raise UsageError(f"column {table.names[both[0]]!r} of {table.path} is one of the "
-                         f"model's features: it cannot be a target too")
-    if not features:
-        raise UsageError(f"{table.path} has no feature columns left")
-    if n_inputs is not None and len(features) != n_inputs:
-        raise UsageError(f"{table.path} gives {len(features)} feature columns; the model "
-                         f"takes {n_inputs} inputs (leave columns out with --drop)")
+        both = [j for j in features if j in target_idx]
+        if both:
+            raise UsageError(f"column {table.names[both[0]]!r} of {table.path} is one of the "
+                             f"model's features: it cannot be a target too")
+        _check_width(table, len(features), n_inputs)
+    else:
+        left_out = dropped | set(target_idx)
+        _check_width(table, table.n_columns - len(left_out), n_inputs)
+        features = range(table.n_columns) if not left_out else \
+            [j for j in range(table.n_columns) if j not in left_out]
     return features, target_cols, names
+
+
+# The widest input layer fastbp.MLP builds (its layer widths are below 2**31)
+MAX_INPUTS = 2**31 - 1
+
+
+def _check_width(table, n_features, n_inputs):
+    """Refuse a count of feature columns that no model takes (n_inputs: the model's, None
+    for one to train) before anything that grows with it: a sparse file's header alone
+    sets it, and a list of its columns (or their names) would fill the memory."""
+    if not n_features:
+        raise UsageError(f"{table.path} has no feature columns left")
+    if n_inputs is not None and n_features != n_inputs:
+        raise UsageError(f"{table.path} gives {n_features:,} feature columns; the model "
+                         f"takes {n_inputs:,} inputs (leave columns out with --drop)")
+    if n_features > MAX_INPUTS:
+        raise UsageError(f"{table.path} gives {n_features:,} feature columns; a model takes "
+                         f"at most {MAX_INPUTS:,} inputs")
 
 
 def _target_names_of_array(table, sidecar, n):

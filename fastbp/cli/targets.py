@@ -12,11 +12,31 @@ def takes_class_labels(loss) -> bool:
 
 
 def is_number(text: str) -> bool:
+    """Whether a cell of text is a number: what float() reads, but in ASCII and without
+    underscores, which Python and NumPy read as well ("1_0" as 10, Arabic-Indic "١٢" as 12)
+    and a CSV file's numbers do not hold."""
+    text = text.strip()
+    if "_" in text or not text.isascii():
+        return False
     try:
         float(text)
     except ValueError:
         return False
     return True
+
+
+def text_numbers(texts):
+    """Cells of text (a CSV column) as float64 numbers, or None when one is not a number
+    (is_number)."""
+    import numpy as np
+
+    joined = "".join(texts)     # (one pass in C: the usual column has no such cell)
+    if ("_" in joined or not joined.isascii()) and not all(map(is_number, texts)):
+        return None
+    try:
+        return np.array(texts, dtype=np.float64)
+    except ValueError:
+        return None
 
 
 def numbers_or_none(column):
@@ -25,15 +45,18 @@ def numbers_or_none(column):
 
     if column.dtype.kind in "biuf":
         return column.astype(np.float64)
-    try:
-        return np.array(column, dtype=np.float64)
-    except ValueError:
-        return None
+    return text_numbers(column.tolist())
 
 
 def outside(values, limit):
     """Flags of the values outside -limit..limit: NaN and infinity too (without a
-    temporary copy of the values, as np.abs would make)."""
+    temporary copy of the values, as np.abs would make). A limit past the values' own
+    range is that range: NumPy compares in their dtype, where it would be infinity (a
+    float16 array against float32's limit)."""
+    import numpy as np
+
+    if values.dtype.kind == "f":
+        limit = min(limit, float(np.finfo(values.dtype).max))
     return ~((values >= -limit) & (values <= limit))
 
 
