@@ -4,7 +4,8 @@
   scores or probabilities: with k >= 2 columns the predicted class is the argmax of the
   row; with one column (or 1-D) it is 1 where the probability is above 0.5 (binary).
   y_true holds class labels (one per row), one-hot (or probability) rows (their argmax is
-  the class), or 0/1 values for a single output.
+  the class), or 0/1 values for a single output (values outside [0, 1] on either side of
+  a single output are refused: class labels there were compared with 0.5).
 - binary_accuracy: element-wise: the fraction of all outputs where (y_pred > 0.5) equals
   (y_true > 0.5); for multi-label models (binary cross-entropy with several outputs).
   With one output it equals accuracy.
@@ -73,6 +74,14 @@ def accuracy(y_true, y_pred) -> float:
         if true.ndim == 2 and true.shape[1] != 1:
             raise ValueError(f"y_pred has one column (binary) but y_true has shape "
                              f"{true.shape}; give one 0/1 value per row")
+        # (class labels on both sides, [0, 2, 1] against [0, 1, 1], were each compared
+        # with 0.5: no error, a wrong figure)
+        for values, label, what in ((true, "y_true", "0/1 values"),
+                                    (pred, "y_pred", "probabilities of class 1")):
+            if not (np.all(values >= 0) and np.all(values <= 1)):
+                raise ValueError(f"{label} has one column (binary) and must hold {what} in "
+                                 f"[0, 1]; for class labels 0..k-1 give y_pred one column "
+                                 f"per class")
         predicted = pred.reshape(-1) > 0.5
         actual = true.reshape(-1) > 0.5
         return float(np.mean(predicted == actual))
@@ -156,9 +165,19 @@ def name(metric) -> str:
 
 def greater_is_better(monitor: str) -> bool:
     """True for a quantity to maximise: a name (possibly "val_"-prefixed) that contains
-    "acc" or "r2"; losses and errors are minimised. What mode="auto" uses."""
+    "acc" or "r2"; losses and errors are minimised. What mode="auto" uses (where the name
+    is neither: _resolve_mode refuses it)."""
     key = monitor.lower()
     return "acc" in key or "r2" in key
+
+
+def _direction_known(monitor: str) -> bool:
+    """Whether mode="auto" can tell which way `monitor` improves: an accuracy or r2 (up),
+    a loss or error (down); not a metric of the user's own (f1, auc: up; it was minimised,
+    so EarlyStopping kept the worst epoch)."""
+    key = monitor.lower()
+    return greater_is_better(key) or any(word in key for word in
+                                         ("loss", "mae", "mse", "error"))
 
 
 def default_metrics(loss, n_outputs: int | None = None) -> list[str]:
@@ -230,6 +249,10 @@ def _resolve_mode(mode, monitor: str, owner: str) -> str:
     if mode not in ("auto", "min", "max"):
         raise ValueError(f"{owner}: mode must be 'auto', 'min' or 'max'; got {mode!r}")
     if mode == "auto":
+        if not _direction_known(monitor):
+            raise ValueError(f"{owner}: mode='auto' cannot tell whether {monitor!r} improves "
+                             f"up or down (it knows losses, errors, accuracies and r2); give "
+                             f"mode='max' or mode='min'")
         return "max" if greater_is_better(monitor) else "min"
     return mode
 

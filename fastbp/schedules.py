@@ -41,6 +41,17 @@ def _gamma(value, name: str = "gamma") -> float:
     return value
 
 
+def checked_rate(schedule, epoch: int, rate) -> float:
+    """A schedule's rate for `epoch` as a float, checked as the trainer's learning_rate is:
+    a finite number >= 0, else a ValueError naming the schedule and the epoch (the trainer
+    checks it too: a subclass may override learning_rate itself)."""
+    try:
+        return real_number(rate, "learning_rate")
+    except (TypeError, ValueError):
+        raise ValueError(f"{type(schedule).__name__} gave the learning rate {rate!r} for "
+                         f"epoch {epoch}; a rate must be a finite number >= 0") from None
+
+
 class Schedule:
     """The base class: a schedule that keeps the learning rate constant.
 
@@ -55,12 +66,7 @@ class Schedule:
         """The learning rate of `epoch` (from 0, over the trainer's lifetime)."""
         epoch = whole_number(epoch, "epoch", 0)
         base_learning_rate = real_number(base_learning_rate, "base_learning_rate")
-        rate = self._rate(epoch, base_learning_rate)
-        try:                # a subclass's rate: checked as the trainer's learning_rate is
-            return real_number(rate, "learning_rate")
-        except (TypeError, ValueError):
-            raise ValueError(f"{type(self).__name__} gave the learning rate {rate!r} for "
-                             f"epoch {epoch}; a rate must be a finite number >= 0") from None
+        return checked_rate(self, epoch, self._rate(epoch, base_learning_rate))
 
     def _rate(self, epoch: int, base: float) -> float:
         return base

@@ -664,6 +664,13 @@ def chosen_metrics(metrics, loss, n_outputs: int) -> list:
         raise TypeError(f"metrics must be a name, a callable (y_true, y_pred) -> float, or a "
                         f"list of them; got {metrics!r}")
     chosen = [(metrics_module.name(m), metrics_module.get(m)) for m in metrics]
+    if n_outputs > 1 and "binary_accuracy" in loss.default_metrics(n_outputs) and \
+            any(function is metrics_module.accuracy for _, function in chosen):
+        # (the argmax of independent probabilities is no class: Keras reads "accuracy"
+        # as binary accuracy here; fastbp's default for it is binary_accuracy)
+        raise ValueError(f"'accuracy' takes the argmax of a row as its class; a multi-label "
+                         f"model ({loss.name} with {n_outputs} outputs) has none: use "
+                         f"'binary_accuracy'")
     seen = {"loss"}                 # (val_loss is the loss's own)
     for name, _ in chosen:
         if name in seen:
@@ -950,7 +957,8 @@ class EpochLoop:
             return [self.base_learning_rate] * self.epochs_per_step
         rates = []
         for epoch in range(first_epoch, first_epoch + self.epochs_per_step):
-            rate = self.schedule.learning_rate(epoch, self.base_learning_rate)
+            rate = schedules.checked_rate(
+                self.schedule, epoch, self.schedule.learning_rate(epoch, self.base_learning_rate))
             try:        # (the base rate was checked so; a decay below normal numbers is fine)
                 check_fits_dtype(rate, "learning_rate", self.model.dtype)
             except ValueError as error:
@@ -1026,7 +1034,7 @@ class EpochLoop:
             return True
         # Every callback sees the epoch (no short-circuit); any of them may stop.
         if any([callback.on_epoch_end(index, logs) for callback in self.callbacks]):
-            history.stopped_early = True
+            history.stopped_early = index + 1 < n_steps     # (not at the last step: none left)
             return True
         if self.max_time is not None and time.perf_counter() - started >= self.max_time \
                 and index + 1 < n_steps:

@@ -435,3 +435,40 @@ def test_a_misnamed_validation_monitor_is_not_blamed_on_missing_validation():
     with pytest.raises(ValueError, match="val_acc") as refused:     # the logs of an epoch
         early.on_epoch_end(0, {"loss": 1.0, "val_loss": 1.0, "val_accuracy": 0.5})
     assert "need validation_data" not in str(refused.value)
+
+
+def test_a_stop_asked_at_the_last_epoch_is_not_an_early_stop():
+    """history.stopped_early says the fit stopped before its epochs were done: a callback
+    that asks to stop after the last epoch stopped nothing (max_time already said so)."""
+    X = np.random.default_rng(0).normal(size=(30, 3)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(int)
+
+    class StopAfter(Callback):
+        def __init__(self, epoch):
+            self.epoch = epoch
+
+        def on_epoch_end(self, epoch, logs):
+            return epoch >= self.epoch
+
+    for stop_at, early, epochs in ((2, False, 3), (1, True, 2)):
+        history = fastbp.Trainer("cce", epochs=3, seed=0).fit(
+            make_model(), X, y, callbacks=[StopAfter(stop_at)])
+        assert (history.stopped_early, history.epochs) == (early, epochs)
+
+
+def test_accuracy_of_a_multi_label_model_is_refused_for_binary_accuracy():
+    """'accuracy' takes each row's argmax as its class; with binary cross-entropy over
+    several outputs (multi-label) there is none, and Keras reads it as binary accuracy:
+    refused, naming binary_accuracy, before anything trains."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(30, 3)).astype(np.float32)
+    Y = (rng.random((30, 2)) > 0.5).astype(np.float32)
+    model = fastbp.MLP([3, 4, 2], ["tanh", "sigmoid"], seed=0)
+    before = parameters(model)
+    with pytest.raises(ValueError, match="binary_accuracy"):
+        fastbp.Trainer("bce", epochs=1, seed=0).fit(model, X, Y, validation_split=0.2,
+                                                     metrics=["accuracy"])
+    assert same_bits(parameters(model), before)
+    history = fastbp.Trainer("bce", epochs=1, seed=0).fit(
+        model, X, Y, validation_split=0.2, metrics=["binary_accuracy"])
+    assert "val_binary_accuracy" in history.history

@@ -203,3 +203,39 @@ def test_default_metrics_refuses_unknown_losses():
         metrics.default_metrics(3)
     with pytest.raises(ValueError, match="n_outputs"):
         metrics.default_metrics("bce", n_outputs=0)
+
+
+@pytest.mark.parametrize("y_true, y_pred", [
+    ([0, 1, 2, 2], [0, 2, 1, 1]),           # class labels on both sides (sklearn: 0.25)
+    ([3, 5, 7], [1, 1, 1]),
+    ([-1, 1], [0.2, 0.9]),                   # -1/1 labels
+    ([1, np.nan, 0], [0.2, 0.7, 0.1]),       # a NaN label
+    ([0, 1], [-3.0, 2.5])])                  # scores, not probabilities
+def test_binary_accuracy_refuses_what_is_not_zero_one_and_probabilities(y_true, y_pred):
+    """With one column y_pred is the probability of class 1 and y_true 0/1: anything else
+    was compared with 0.5 all the same (labels [0, 1, 2, 2] against [0, 2, 1, 1] gave 1.0)."""
+    with pytest.raises(ValueError, match="one column"):
+        metrics.accuracy(y_true, y_pred)
+
+
+def test_binary_accuracy_of_zero_one_targets_and_probabilities_is_sklearns():
+    from sklearn.metrics import accuracy_score
+    y_true, y_pred = np.array([0, 1, 1, 0, 1]), np.array([0.2, 0.6, 0.4, 0.5, 1.0])
+    assert metrics.accuracy(y_true, y_pred) == accuracy_score(y_true, y_pred > 0.5) == 0.8
+    assert metrics.accuracy(y_true.astype(float)[:, None], y_pred[:, None]) == 0.8
+
+
+@pytest.mark.parametrize("monitor", ["val_f1", "val_auc", "precision"])
+def test_mode_auto_refuses_a_monitor_whose_direction_it_cannot_tell(monitor):
+    """mode='auto' minimised any name without 'acc' or 'r2': EarlyStopping on val_f1 kept
+    the worst epoch's weights."""
+    from fastbp.callbacks import EarlyStopping, ModelCheckpoint
+    from fastbp.schedules import ReduceOnPlateau
+    for make in (lambda: EarlyStopping(monitor=monitor),
+                 lambda: ModelCheckpoint("unused.fbp", monitor=monitor),
+                 lambda: ReduceOnPlateau(monitor=monitor)):
+        with pytest.raises(ValueError, match="mode='max' or mode='min'"):
+            make()
+    assert EarlyStopping(monitor=monitor, mode="max") is not None
+    for known in ("val_loss", "val_accuracy", "val_r2", "val_mae", "mean_squared_error"):
+        EarlyStopping(monitor=known)

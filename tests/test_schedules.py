@@ -289,3 +289,26 @@ def test_custom_schedule_subclass():
             return base * min(1.0, (epoch + 1) / 3)
 
     assert rates(Warmup(), 4, base=0.3) == pytest.approx([0.1, 0.2, 0.3, 0.3])
+
+
+@pytest.mark.parametrize("bad", [-0.5, float("nan"), float("inf"), "0.1", True])
+def test_a_rate_from_an_overridden_learning_rate_is_checked_by_the_trainer(bad):
+    """A subclass that overrides learning_rate itself (the method the trainer calls) went
+    round the schedule's own check: a rate of -0.5 trained by gradient ascent, "0.1" raised
+    a bare TypeError. The trainer checks each rate too, naming the schedule and epoch,
+    before the epoch trains."""
+    import numpy as np
+    import fastbp
+
+    class Override(schedules.Schedule):
+        def learning_rate(self, epoch, base_learning_rate):
+            return bad if epoch >= 1 else base_learning_rate
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 3)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(int)
+    model = fastbp.MLP([3, 4, 2], ["tanh", "softmax"], seed=0)
+    trainer = fastbp.Trainer("cce", epochs=3, learning_rate=0.1, schedule=Override(), seed=0)
+    with pytest.raises(ValueError, match=r"Override gave the learning rate .* for epoch 1"):
+        trainer.fit(model, X, y)
+    assert trainer._epochs_done == 1        # (the first epoch trained; the second did not)
