@@ -27,6 +27,7 @@ ACTIVATIONS = tuple(_core.ACTIVATION_CODES)
 RELU_FAMILY = ("relu", "leaky_relu")
 INITS = ("auto", "he", "glorot", "zeros")
 DTYPES = ("float32", "float64")
+MAX_LAYER_WIDTH = 2**31 - 1     # the compiled core counts a layer's units in a C int
 PREDICT_CHUNK_ROWS = 2048   # rows per forward pass in predict/gradients: activations stay in cache
 NO_CONTEXT = contextlib.nullcontext()   # (reusable: it holds nothing)
 FEW_ROWS_VARIABLE = "FASTBP_FEW_ROWS"
@@ -60,7 +61,7 @@ def _check_layer_sizes(layer_sizes) -> tuple[int, ...]:
     sizes = tuple(whole_number(size, "every layer size", 1) for size in layer_sizes)
     if len(sizes) < 2:
         raise ValueError(f"layer_sizes needs at least an input and an output width; got {sizes}")
-    if max(sizes) > 2**31 - 1:
+    if max(sizes) > MAX_LAYER_WIDTH:
         raise ValueError(f"a layer width must be below 2**31; got {max(sizes)}")
     return sizes
 

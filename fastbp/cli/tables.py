@@ -596,22 +596,20 @@ def select_columns(table: Table, args, sidecar, n_inputs=None, want_targets=True
     return features, target_cols, names
 
 
-# The widest input layer fastbp.MLP builds (its layer widths are below 2**31)
-MAX_INPUTS = 2**31 - 1
-
-
 def _check_width(table, n_features, n_inputs):
     """Refuse a count of feature columns that no model takes (n_inputs: the model's, None
     for one to train) before anything that grows with it: a sparse file's header alone
     sets it, and a list of its columns (or their names) would fill the memory."""
+    from fastbp.model import MAX_LAYER_WIDTH
+
     if not n_features:
         raise UsageError(f"{table.path} has no feature columns left")
     if n_inputs is not None and n_features != n_inputs:
         raise UsageError(f"{table.path} gives {n_features:,} feature columns; the model "
                          f"takes {n_inputs:,} inputs (leave columns out with --drop)")
-    if n_features > MAX_INPUTS:
+    if n_features > MAX_LAYER_WIDTH:
         raise UsageError(f"{table.path} gives {n_features:,} feature columns; a model takes "
-                         f"at most {MAX_INPUTS:,} inputs")
+                         f"at most {MAX_LAYER_WIDTH:,} inputs")
 
 
 def _target_names_of_array(table, sidecar, n):
