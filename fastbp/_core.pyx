@@ -3189,7 +3189,7 @@ cdef class BlasPass:
 
 class WaitInterrupted(BaseException):
     """A Ctrl-C ended a fit's wait for other threads' passes (hand_over_interrupt): the fit
-    stops there, its history marked interrupted (trainer.EpochLoop.run). A BaseException,
+    stops there, its history marked interrupted (Trainer._train). A BaseException,
     as KeyboardInterrupt is, so that a callback's `except Exception` does not keep it."""
 
 

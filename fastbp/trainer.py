@@ -465,8 +465,8 @@ class Trainer:
                 history.threads = epoch.threads_used
         except _core.WaitInterrupted:
             # a Ctrl-C while the fit waited for another thread's BLAS pass (the set-up's
-            # measurements, the epochs' own pass, a callback's predict): it stops there,
-            # as at a batch, where it waited until that pass ended (minutes, for a fit)
+            # measurements, the epochs' own pass, a callback's predict): it stops there, as
+            # at a batch (it used to wait until that pass ended: minutes, for another fit)
             if loop is None or not loop.stepped:
                 self._state, self._state_key, self._step, self._moving_rows = kept
             history = History(n_samples=data.n_samples) if loop is None else loop.history
