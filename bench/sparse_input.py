@@ -147,6 +147,7 @@ class TorchEmbeddingBagRunner:
         values = torch.from_numpy(Xp.data)
         y = torch.from_numpy(self.y[perm])
         B, n = S1.batch_size, Xp.shape[0]
+        total = 0.0     # the epoch's mean loss, as fastbp's history and scikit-learn report
         for start in range(0, n, B):
             stop = min(start + B, n)
             lo, hi = int(indptr[start]), int(indptr[stop])
@@ -157,7 +158,8 @@ class TorchEmbeddingBagRunner:
             loss = self.loss_fn(self.out(hidden), y[start:stop])
             loss.backward()
             self.opt.step()
-        self.loss = float(loss)
+            total += float(loss) * (stop - start)
+        self.loss = total / n
 
     def versions(self):
         return {"torch": self.torch.__version__}

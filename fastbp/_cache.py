@@ -146,7 +146,7 @@ def build_identity() -> str:
     return _build_name
 
 
-def _opened(path, flags):
+def opened_regular(path, flags):
     """The file at `path` opened with os.open's `flags`, as a binary file object, or None
     where it is not a regular file: a FIFO would block the open or the read for good, a
     link to /dev/zero would never end a read. (Opened without blocking, then checked.)"""
@@ -174,7 +174,7 @@ def _read_document(file_name) -> tuple:
     folder), or one larger than _LARGEST_FILE (not read; delete it to start afresh)."""
     path = os.path.join(cache_folder(), file_name)
     try:
-        file = _opened(path, os.O_RDONLY)
+        file = opened_regular(path, os.O_RDONLY)
         if file is None:
             return {}, False
         with file:
@@ -284,7 +284,7 @@ def _locked(file_name):
     path = os.path.join(cache_folder(), file_name + ".lock")
     try:
         os.makedirs(cache_folder(), exist_ok=True)
-        handle = _opened(path, os.O_RDWR | os.O_CREAT)
+        handle = opened_regular(path, os.O_RDWR | os.O_CREAT)
     except OSError:
         handle = None
     if handle is None:                  # (or not a regular file): the block runs unlocked

@@ -1102,11 +1102,11 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             self._label_binarizer = binarizer
             self.classes_ = binarizer.classes_
             self._partial_fit_classes = given
-        elif classes is not None and not np.array_equal(
-                self.__dict__.get("_partial_fit_classes", self.classes_), unique_labels(classes)):
-            raise ValueError(f"`classes={classes!r}` is not the same as on the first call to "
-                             f"partial_fit, which was "
-                             f"{self.__dict__.get('_partial_fit_classes', self.classes_)!r}")
+        elif classes is not None:
+            first = self.__dict__.get("_partial_fit_classes", self.classes_)
+            if not np.array_equal(first, unique_labels(classes)):
+                raise ValueError(f"`classes={classes!r}` is not the same as on the first call "
+                                 f"to partial_fit, which was {first!r}")
         return self._fit(X, y, sample_weight, True, training)
 
     def _validate_input(self, X, y, incremental, first_pass, dtype):

@@ -8,7 +8,7 @@ import math
 import os
 import warnings
 
-from fastbp._cache import _opened
+from fastbp._cache import opened_regular
 from fastbp._format import RepeatedKey, without_repeats
 from fastbp.cli.errors import UsageError
 from fastbp.cli.outputs import short_list
@@ -99,9 +99,9 @@ def read_sidecar(model_path: str, model):
 
 def _parsed(path):
     """The JSON document in the sidecar at `path`, read as the cache files are read
-    (fastbp._cache._opened: a regular file only, opened without blocking, at most its size
-    read: a FIFO blocked for good, a link to /dev/zero read until memory ran out)."""
-    file = _opened(path, os.O_RDONLY)
+    (fastbp._cache.opened_regular: a regular file only, opened without blocking, at most
+    its size read: a FIFO blocked for good, a link to /dev/zero read until memory ran out)."""
+    file = opened_regular(path, os.O_RDONLY)
     if file is None:
         raise UsageError(f"{path} (the model's sidecar) is not a regular file; remove it")
     with file:
