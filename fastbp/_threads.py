@@ -1228,6 +1228,7 @@ def _enter(n_threads: int, setters, taken: list, wait=True) -> None:
             for set_threads, _ in _saved:
                 set_threads(n_threads)
             _count = n_threads
+            _core.set_pass_blas_threads(n_threads)
         _active += 1
         _local.depth = depth + 1
         taken.append(depth)
@@ -1246,6 +1247,7 @@ def _leave(taken: list) -> None:
                 set_threads(original)
             _saved = None
             _count = None
+            _core.set_pass_blas_threads(0)
             _turns.notify_all()
 
 
@@ -1303,6 +1305,7 @@ def _after_fork_in_child() -> None:
         for set_threads, original in _saved or ():
             set_threads(original)
         _saved = _count = None
+    _core.set_pass_blas_threads(_count or 0)
 
 
 if hasattr(os, "register_at_fork"):

@@ -346,6 +346,64 @@ def test_a_child_forked_while_another_thread_fits_trains_and_predicts():
         (result.stdout, result.stderr[-2000:])
 
 
+FORKED_DURING_A_FIT_ON_BLAS_THREADS = textwrap.dedent("""
+    import json, os, signal, threading, time, warnings
+    import numpy as np
+    import fastbp
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((2048, 512)).astype(np.float32)
+    y = rng.integers(0, 10, 2048)
+
+    def fit(model):     # every step's products on 2 BLAS threads (FASTBP_SPLIT=blas)
+        fastbp.Trainer("cce", epochs=8, batch_size=256, n_threads=2, seed=0).fit(model, X, y)
+
+    def new_model():
+        return fastbp.MLP([512, 1024, 1024, 10], ["relu", "relu", "softmax"], seed=0)
+
+    alone = new_model()
+    fit(alone)
+    model, done = new_model(), threading.Event()
+    thread = threading.Thread(target=lambda: (fit(model), done.set()), daemon=True)
+    thread.start()
+    time.sleep(0.1)
+    during, failed = 0, []
+    for _ in range(4):
+        running = not done.is_set()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)   # fork with threads (3.12+)
+            pid = os.fork()
+        if pid == 0:
+            signal.alarm(30)             # a hang ends the child, not the test run
+            # a multi-threaded product in the child, on the BLAS the fit's ran on
+            out = new_model().predict(X, n_threads=2)
+            os._exit(0 if np.isfinite(out).all() else 1)
+        during += running
+        _, status = os.waitpid(pid, 0)
+        if status:
+            failed.append(status)
+        time.sleep(0.05)
+    thread.join(60)
+    print(json.dumps({"during": during, "failed": failed, "fit hung": thread.is_alive(),
+                      "same": bool(np.array_equal(model._params, alone._params))}))
+""")
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_fork_while_another_threads_fit_runs_on_blas_threads_hangs_neither_process():
+    """OpenBLAS's fork handler stops its thread pool even while another thread's product
+    runs on it: that product then hung the parent's fit for good, and the child hung in its
+    first multi-threaded product (4 forks: the parent hung at the first). A fork now waits
+    for the products that may run on several BLAS threads (csrc/fork_guard.h): every
+    child ends, and the fit ends with the bits of the same fit without forks."""
+    env = dict(os.environ, FASTBP_SPLIT="blas", FASTBP_KERNELS="blas")
+    result = subprocess.run([sys.executable, "-c", FORKED_DURING_A_FIT_ON_BLAS_THREADS],
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    outcome = json.loads(result.stdout.strip().splitlines()[-1])
+    assert outcome.pop("during") >= 1, outcome       # forks made while the fit ran
+    assert outcome == {"failed": [], "fit hung": False, "same": True}
+
+
 VALIDATION_BESIDE_A_MEASURING_FIT = textwrap.dedent("""
     import faulthandler, os, sys, threading, time
     import numpy as np
