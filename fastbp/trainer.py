@@ -69,6 +69,13 @@ def _no_model():
     return None
 
 
+# What gives a fit validation figures, in the messages of a callback or schedule that
+# monitors one the fit will not log (EpochLoop's validation_source).
+FIT_VALIDATION = "validation_data or validation_split in fit"
+PARTIAL_FIT_VALIDATION = ("a fit with validation_data or validation_split; partial_fit takes "
+                          "neither, so monitor 'loss' there")
+
+
 @dataclass
 class History:
     """What a fit did, epoch by epoch. `history` holds every series by name: loss,
@@ -389,7 +396,8 @@ class Trainer:
     def partial_fit(self, model: MLP, X, Y, sample_weight=None) -> History:
         """One epoch on (X, Y), keeping the optimizer state: online learning."""
         return _core.interruptible_fit(self._train, model, X, Y, self.spec(), 1, None, 0.0,
-                                       sample_weight, None, 0, None)
+                                       sample_weight, None, 0, None,
+                                       validation_source=PARTIAL_FIT_VALIDATION)
 
     def _fit_rows(self, model: MLP, X, Y, rows, checked: CheckedInputs | None = None) \
             -> History:
@@ -408,7 +416,8 @@ class Trainer:
 
     # ---- the loop ----
     def _train(self, model, X, Y, spec, n_epochs, validation_data, validation_split,
-               sample_weight, callbacks, verbose, metrics, rows=None, checked=None) -> History:
+               sample_weight, callbacks, verbose, metrics, rows=None, checked=None,
+               validation_source=FIT_VALIDATION) -> History:
         """Check everything, set up the compiled epoch, run the shared epoch loop. Called
         through _core.interruptible_fit: the fit's own SIGINT handler is in place from the
         call's start to its end (on the main thread), so a Ctrl-C during the set-up stops
@@ -456,7 +465,8 @@ class Trainer:
             schedule = self._schedule_for(spec.schedule)
             loop = EpochLoop(model, spec.loss, schedule, spec.optimizer.learning_rate,
                              callbacks, history, data.validation, metric_functions,
-                             spec.max_time, stop_requested=epoch.interrupt_requested)
+                             spec.max_time, stop_requested=epoch.interrupt_requested,
+                             validation_source=validation_source)
             try:
                 loop.run(n_epochs, self._epochs_done, epoch.run, context=epoch.blas_context)
             finally:
@@ -930,7 +940,7 @@ class EpochLoop:
     def __init__(self, model, loss, schedule, base_learning_rate, callbacks, history,
                  validation=None, metric_functions=(), max_time=None, epochs_per_step=1,
                  stop_requested=None, report=None, steps_per_epoch=1,
-                 validation_source="validation_data or validation_split in fit"):
+                 validation_source=FIT_VALIDATION):
         self.model, self.loss, self.schedule = model, loss, schedule
         self.base_learning_rate = base_learning_rate
         self.callbacks, self.history = callbacks, history
@@ -995,6 +1005,8 @@ class EpochLoop:
                         self.history.interrupted = True     # (a Ctrl-C in the set-up)
                         break
                     epoch, rates = self.step_rates(index, first_epoch)
+                    if index == 0 and epoch > 0:
+                        self._warn_if_over(epoch, rates)
                     self.stepped = True
                     if self._end_of_step(index, epoch, rates, step(index, rates), started,
                                          n_steps):
@@ -1011,6 +1023,19 @@ class EpochLoop:
             if failure is not None:
                 raise failure
         return self.history
+
+    def _warn_if_over(self, epoch, rates) -> None:
+        """A fit whose first epoch one of fastbp's schedules gives a rate of 0 (a Cosine
+        ending at 0 before the fit starts: its epochs count over the trainer's lifetime,
+        so a schedule set after earlier fits may be over already) changes nothing: say so
+        rather than train at 0 unsaid. (A schedule of one's own may mean a 0.)"""
+        if any(rates) or type(self.schedule).__module__ != schedules.__name__:
+            return
+        warnings.warn(f"{type(self.schedule).__name__} gives a learning rate of 0 for epoch "
+                      f"{epoch}, where this fit starts (a schedule's epochs count over the "
+                      f"trainer's lifetime, {epoch} trained before), so the fit changes "
+                      f"nothing; trainer.reset() starts the count from 0 again (and forgets "
+                      f"the optimizer state)", UserWarning, stacklevel=5)
 
     def _end_of_step(self, index, epoch, rates, result, started, n_steps) -> bool:
         """Record a step and apply the stopping rules; True: stop."""

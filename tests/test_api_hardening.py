@@ -467,6 +467,22 @@ def test_a_monitor_the_fit_does_not_log_is_refused_before_any_epoch(tmp_path, ma
     trainer.fit(model, X, y, validation_split=0.25, callbacks=[make(tmp_path / "ck.fbp")])
 
 
+def test_a_schedule_monitoring_validation_in_partial_fit_is_told_what_partial_fit_can_do():
+    """A ReduceOnPlateau on 'val_loss' refused in partial_fit said the figure needs
+    "validation_data or validation_split in fit": partial_fit takes neither. It now says
+    so, and what to monitor there; the model is unchanged."""
+    X, y = classes_data()
+    model = classifier()
+    before = model.parameter_vector()
+    trainer = fastbp.Trainer("cce", learning_rate=0.1, seed=0, n_threads=1,
+                             schedule=fastbp.schedules.ReduceOnPlateau(monitor="val_loss"))
+    with pytest.raises(ValueError, match="partial_fit takes neither, so monitor 'loss'"):
+        trainer.partial_fit(model, X, y)
+    assert np.array_equal(model.parameter_vector(), before) and trainer._step == 0
+    trainer.schedule = fastbp.schedules.ReduceOnPlateau(monitor="loss")
+    assert len(trainer.partial_fit(model, X, y).loss) == 1
+
+
 def test_every_begun_callback_ends_when_another_raises():
     """on_train_end runs however the fit ends, an exception from a callback included: the
     callbacks begun are ended (EarlyStopping puts back its best weights)."""

@@ -1,8 +1,11 @@
 """Learning-rate schedules: exact formulas, PyTorch's schedulers, state, validation."""
 import math
+import warnings
 
+import numpy as np
 import pytest
 
+import fastbp
 from fastbp import schedules
 from fastbp.schedules import (Constant, Cosine, ExponentialDecay, InverseScaling,
                               ReduceOnPlateau, Schedule, StepDecay)
@@ -74,6 +77,30 @@ def test_epoch_counts_over_the_trainer_lifetime():
     first_fit = rates(schedule, 3, base=1.0)
     second_fit = rates(schedule, 3, base=1.0, start=3)
     assert first_fit + second_fit == rates(schedule, 6, base=1.0)
+
+
+def test_a_fit_that_a_schedule_past_its_end_gives_a_rate_of_0_warns():
+    """A Cosine (ending at 0) set after a trainer's first fits starts at the lifetime epoch,
+    past its end: every epoch ran at 0 and the fit changed nothing, unsaid. It warns now;
+    after trainer.reset() the curve starts again and nothing warns."""
+    X, y = np.random.default_rng(0).normal(size=(40, 3)), np.arange(40) % 2
+    model = fastbp.MLP([3, 4, 2], ["relu", "softmax"], seed=0)
+    trainer = fastbp.Trainer("cce", learning_rate=0.1, epochs=3, seed=0, n_threads=1)
+    trainer.fit(model, X, y)
+    trainer.schedule = Cosine(3)
+    before = model.parameter_vector()
+    with pytest.warns(UserWarning, match="Cosine gives a learning rate of 0 for epoch 3, "
+                                         "where this fit starts"):
+        history = trainer.partial_fit(model, X, y)
+    assert history.history["learning_rate"] == [0.0]
+    assert np.array_equal(model.parameter_vector(), before)
+    trainer.reset()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        history = trainer.fit(model, X, y)
+        trainer.schedule = Cosine(3, min_learning_rate=1e-3)    # past its end, not at 0
+        trainer.partial_fit(model, X, y)
+    assert history.history["learning_rate"][0] == 0.1
 
 
 # ---- ReduceOnPlateau by hand ----
@@ -297,8 +324,6 @@ def test_a_rate_from_an_overridden_learning_rate_is_checked_by_the_trainer(bad):
     round the schedule's own check: a rate of -0.5 trained by gradient ascent, "0.1" raised
     a bare TypeError. The trainer checks each rate too, naming the schedule and epoch,
     before the epoch trains."""
-    import numpy as np
-    import fastbp
 
     class Override(schedules.Schedule):
         def learning_rate(self, epoch, base_learning_rate):
