@@ -8,11 +8,13 @@ from __future__ import annotations
 import csv
 import io
 import math
+import operator
 import os
 import stat
 import warnings
 import zipfile
 import zlib
+from collections.abc import Sequence
 
 from fastbp.cli.errors import UsageError
 from fastbp.cli.outputs import short_list
@@ -78,6 +80,10 @@ class Table:
 
         limit = float(np.finfo(dtype).max)
         if self._matrix is not None:
+            if isinstance(indices, Remaining):   # (all but a few: never listed)
+                matrix = indices.of(self._matrix)
+                self._check_range(matrix, role, limit, dtype)
+                return matrix
             every = range(self.n_columns)       # (a range compares with one in no time)
             whole = len(indices) == len(every) and (indices == every or
                                                     list(indices) == list(every))
@@ -349,17 +355,75 @@ def _check_npy_member(archive, name, path):
     size (_check_claimed). Returns the (shape, dtype) of its header, or None (np.load
     then says what is wrong with it)."""
     stored = f"{name}.npy" if f"{name}.npy" in archive.zip.namelist() else name
+    what = f"the array {name!r} in {path}"
     try:
+        info = archive.zip.getinfo(stored)
+        archive_bytes = _archive_bytes(archive.zip)
         with archive.zip.open(stored) as stream:
             if stream.read(len(NPY_SIGNATURE)) != NPY_SIGNATURE:
                 raise UsageError(f"the member {stored!r} of {path} is not a NumPy array (.npy "
                                  f"data); an NPZ file is written by numpy.savez or "
                                  f"scipy.sparse.save_npz")
             stream.seek(0)
-            return _check_claimed(stream, archive.zip.getinfo(stored).file_size,
-                                  f"the array {name!r} in {path}")
+            header = _check_claimed(stream, info.file_size, what)
+            if header is not None:
+                _check_entry(stream, info, archive_bytes, header, f"{what} (member {stored!r})")
+            return header
     except _DAMAGED as error:
-        raise UsageError(f"the array {name!r} in {path} is not readable: {error}") from None
+        raise UsageError(f"{what} is not readable: {error}") from None
+
+
+# What a deflated zip entry of n bytes can expand to, at most: deflate's densest code
+# spends 2 bits (a 1-bit length code, a 1-bit distance code) on a 258-byte match, 1032
+# bytes out per byte in; 1100 per byte, plus 64 KiB for a short stream's first literals and
+# block headers, is a bound that no real entry reaches and a lying header cannot pass.
+DEFLATE_MOST_PER_BYTE = 1100
+DEFLATE_MOST_EXTRA = 64 << 10
+
+
+def _archive_bytes(zipped) -> int:
+    """The size of an open zip archive's file (or buffer): no entry holds more bytes."""
+    position = zipped.fp.tell()
+    try:
+        return zipped.fp.seek(0, io.SEEK_END)
+    finally:
+        zipped.fp.seek(position)
+
+
+def _check_entry(stream, info, archive_bytes, header, what):
+    """A UsageError where the data that an NPZ member's NPY header claims (after the
+    header, where `stream` is) cannot come out of its zip entry: NumPy allocates the
+    whole array before reading it, and the entry's uncompressed size (info.file_size,
+    which _check_claimed compares) is a number in the archive's directory, which may lie.
+    What the entry can hold follows from its compressed bytes (no more than the archive
+    has): as many (stored), about 1032 times as many (deflate); for another method
+    (bzip2, lzma: no such bound) the entry is read, in blocks, up to the claim."""
+    shape, dtype = header
+    if dtype.hasobject:                      # (refused by np.load, without pickle)
+        return
+    claimed, start = math.prod(shape) * dtype.itemsize, stream.tell()
+    compressed = min(info.compress_size, archive_bytes)
+    if info.compress_type == zipfile.ZIP_STORED:
+        most, how = compressed - start, "stored, can hold at most"
+    elif info.compress_type == zipfile.ZIP_DEFLATED:
+        most = DEFLATE_MOST_PER_BYTE * compressed + DEFLATE_MOST_EXTRA - start
+        how = "deflated (about 1032-fold at most), can hold at most"
+    else:
+        from lzma import LZMAError
+
+        most, how = 0, "compressed, holds"
+        try:
+            while most < claimed:
+                block = stream.read(min(1 << 20, claimed - most))
+                if not block:
+                    break
+                most += len(block)
+        except (*_DAMAGED, OSError, ValueError, LZMAError):
+            pass        # (where its data ends, damaged: what came out is what it holds)
+    if claimed > max(0, most):
+        raise UsageError(f"{what} is truncated or damaged: its header claims an array of "
+                         f"shape {shape} and dtype {dtype}, {claimed:,} bytes of data, and "
+                         f"its zip entry, {compressed:,} bytes {how} {max(0, most):,}")
 
 
 def _check_claimed(stream, size, what):
@@ -591,9 +655,80 @@ def select_columns(table: Table, args, sidecar, n_inputs=None, want_targets=True
     else:
         left_out = dropped | set(target_idx)
         _check_width(table, table.n_columns - len(left_out), n_inputs)
-        features = range(table.n_columns) if not left_out else \
-            [j for j in range(table.n_columns) if j not in left_out]
+        if not left_out:
+            features = range(table.n_columns)
+        elif table.named:
+            features = [j for j in range(table.n_columns) if j not in left_out]
+        else:       # (an array's columns: a sparse header may claim 2**30 of them)
+            features = Remaining(table.n_columns, left_out)
     return features, target_cols, names
+
+
+class Remaining(Sequence):
+    """The columns 0..n-1 of an array but a few left out (--drop, --target), in order:
+    a sequence that holds only those few. A sparse file of a few KB may claim 2**30
+    columns (and a model takes 2**31 - 1 inputs): a list of the others took GBs and
+    minutes before anything was trained or refused."""
+
+    def __init__(self, n: int, left_out):
+        self.n, self.left_out = n, sorted(left_out)     # (each in 0..n-1)
+        self._left_out = frozenset(self.left_out)
+
+    def __len__(self) -> int:
+        return self.n - len(self.left_out)
+
+    def __contains__(self, j) -> bool:
+        try:
+            j = operator.index(j)
+        except TypeError:
+            return False
+        return 0 <= j < self.n and j not in self._left_out
+
+    def __iter__(self):
+        start = 0
+        for gone in self.left_out:
+            yield from range(start, gone)
+            start = gone + 1
+        yield from range(start, self.n)
+
+    def __getitem__(self, k):
+        if isinstance(k, slice):
+            return [self[i] for i in range(*k.indices(len(self)))]
+        k = operator.index(k)
+        if not -len(self) <= k < len(self):
+            raise IndexError("column position out of range")
+        j = k % len(self)
+        for gone in self.left_out:      # (sorted: each one at or before j moves it on)
+            if gone > j:
+                break
+            j += 1
+        return j
+
+    def __repr__(self) -> str:
+        return f"Remaining({self.n}, left_out={self.left_out})"
+
+    def of(self, matrix):
+        """The matrix's columns but those left out: a dense array's copy (as indexing
+        with the list of the others gives), or a sparse matrix's stored values moved to
+        their new columns, in time and memory that grow with the stored values only."""
+        import numpy as np
+
+        if not hasattr(matrix, "tocsr"):       # (a flag a column: the array holds more)
+            keep = np.ones(self.n, dtype=bool)
+            keep[self.left_out] = False
+            return matrix[:, keep]
+        matrix = matrix.tocsr()                    # (CSR already: itself)
+        gone = np.array(self.left_out, dtype=np.int64)
+        indices = matrix.indices.astype(np.int64)
+        before = np.searchsorted(gone, indices)    # the columns left out before (or at) each
+        hit = before < gone.size
+        hit[hit] = gone[before[hit]] == indices[hit]
+        keep = ~hit
+        kept = np.concatenate(([0], np.cumsum(keep, dtype=np.int64)))
+        return type(matrix)((matrix.data[keep],
+                             (indices - before)[keep].astype(matrix.indices.dtype),
+                             kept[matrix.indptr].astype(matrix.indptr.dtype)),
+                            shape=(matrix.shape[0], len(self)))
 
 
 def _check_width(table, n_features, n_inputs):
