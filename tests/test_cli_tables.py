@@ -408,3 +408,26 @@ def test_a_highly_compressed_npz_member_is_still_read(tmp_path, model, capsys):
         assert info.file_size > 1000 * info.compress_size
     status, out, err = run_cli(capsys, "evaluate", model, tmp_path / "z.npz", "--json")
     assert status == 0 and json.loads(out)["rows"] == 200_000, err
+
+
+def test_a_bad_value_is_located_by_its_column_in_the_file_when_others_are_left_out(
+        tmp_path, capsys):
+    """With --drop 3 (or a --target before it) a NaN in the file's column 7 was reported
+    in "column 6", its place among the columns kept: the message now gives the file's
+    column, for a dense and a sparse file."""
+    X = np.arange(40, dtype=np.float64).reshape(4, 10)
+    X[2, 7] = np.nan
+    np.save(tmp_path / "x.npy", X)
+    scipy.sparse.save_npz(tmp_path / "x.npz", scipy.sparse.csr_matrix(X))
+    np.save(tmp_path / "y.npy", np.array([0, 1, 0, 1]))
+    targets = ["--targets", str(tmp_path / "y.npy")]
+    for name, extras in (("x.npy", (["--drop", "3", *targets],
+                                    ["--target", "0", "--drop", "3", "--drop", "5"])),
+                         ("x.npz", (["--drop", "3", *targets],
+                                    ["--drop", "0", "--drop", "3", "--drop", "5", *targets]))):
+        path = tmp_path / name
+        for extra in extras:
+            status, out, err = run_cli(capsys, "train", path, *extra, "--epochs", "1", "-q",
+                                       "-o", tmp_path / "m.fbp")
+            assert refused(status, out, err, "train", f"{path}: the feature array holds nan "
+                           f"in row 2, column 7; every value must be a finite number"), err

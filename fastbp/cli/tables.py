@@ -82,23 +82,25 @@ class Table:
         if self._matrix is not None:
             if isinstance(indices, Remaining):   # (all but a few: never listed)
                 matrix = indices.of(self._matrix)
-                self._check_range(matrix, role, limit, dtype)
+                self._check_range(matrix, role, limit, dtype, indices)
                 return matrix
             every = range(self.n_columns)       # (a range compares with one in no time)
             whole = len(indices) == len(every) and (indices == every or
                                                     list(indices) == list(every))
             matrix = self._matrix if whole else self._matrix[:, list(indices)]
-            self._check_range(matrix, role, limit, dtype)
+            self._check_range(matrix, role, limit, dtype, indices)
             return matrix
         out = np.empty((self.n_rows, len(indices)), dtype=np.float64)
         for k, j in enumerate(indices):
             out[:, k] = self._numbers(j, role, hint, limit, dtype)
         return out
 
-    def _check_range(self, matrix, role, limit, dtype):
+    def _check_range(self, matrix, role, limit, dtype, indices):
         """A UsageError naming the row and column of an array's first value outside
         -limit..limit (NaN and infinity too), scanned in blocks of about 16 MiB of flags
-        (a dense array) or on the stored values (a sparse one)."""
+        (a dense array) or on the stored values (a sparse one). matrix: the file's columns
+        `indices`, whose number in the file the message gives (with --drop 3, the file's
+        column 7 is the matrix's 6)."""
         import numpy as np
 
         values = matrix.data if hasattr(matrix, "tocsr") else matrix
@@ -108,14 +110,15 @@ class Table:
             bad = np.flatnonzero(outside(values, limit))
             if bad.size:
                 row = int(np.searchsorted(matrix.indptr, bad[0], side="right")) - 1
-                self._refuse(row, int(matrix.indices[bad[0]]), values[bad[0]], role, dtype)
+                self._refuse(row, indices[int(matrix.indices[bad[0]])], values[bad[0]], role,
+                             dtype)
             return
         step = max(1, (1 << 24) // max(1, matrix.shape[1]))
         for start in range(0, matrix.shape[0], step):
             bad = np.argwhere(outside(matrix[start:start + step], limit))
             if bad.size:
                 row, column = int(bad[0][0]) + start, int(bad[0][1])
-                self._refuse(row, column, matrix[row, column], role, dtype)
+                self._refuse(row, indices[column], matrix[row, column], role, dtype)
 
     def _refuse(self, row, column, value, role, dtype):
         why = too_large(value, dtype) or "every value must be a finite number"
