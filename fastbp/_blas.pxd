@@ -8,9 +8,7 @@ cdef extern from "fork_guard.h" nogil:
     void fbp_set_pass_blas_threads(int n_threads)
     bint fbp_product_begin()
     void fbp_product_end()
-    void fbp_fork_prepare()
-    void fbp_fork_made()
-    void fbp_fork_child()
+    int fbp_install_fork_guard()
 
 
 cdef inline void gemm(bint trans_a, bint trans_b, int m, int n, int k, floating alpha,

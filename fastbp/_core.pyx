@@ -39,8 +39,7 @@ from cpython.mem cimport PyMem_RawFree, PyMem_RawMalloc, PyMem_RawRealloc
 from cpython.pythread cimport PyThread_get_thread_ident
 from cpython.exc cimport PyErr_CheckSignals
 
-from fastbp._blas cimport (fbp_fork_child, fbp_fork_made, fbp_fork_prepare,
-                           fbp_set_pass_blas_threads, gemm)
+from fastbp._blas cimport fbp_install_fork_guard, fbp_set_pass_blas_threads, gemm
 from scipy.linalg.cython_blas cimport sgemm
 from fastbp._kernels cimport *   # the kernels (fbp_*), each with one wrapper for both dtypes
 
@@ -3108,24 +3107,16 @@ def _forked():
     if forking != main_thread_ident:
         fbp_forget_interrupts()
     main_thread_ident = forking
-    fbp_fork_child()
-
-
-def _before_fork():
-    """Waits, without the GIL, until no product that may run on several BLAS threads runs
-    (csrc/fork_guard.h: OpenBLAS's own fork handler stops its threads under a running
-    one, which then hangs the parent, and the child's next multi-threaded call)."""
-    with nogil:
-        fbp_fork_prepare()
-
-
-def _fork_made():
-    fbp_fork_made()
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(before=_before_fork, after_in_parent=_fork_made,
-                        after_in_child=_forked)
+    os.register_at_fork(after_in_child=_forked)
+
+# A fork waits for the products that may run on several BLAS threads (csrc/fork_guard.h:
+# OpenBLAS's own fork handler stops its threads under a running one, which then hangs the
+# parent, and the child's next multi-threaded call). Installed after the BLAS libraries
+# this module loaded (scipy's, by the cimport above), so that it runs before theirs.
+fbp_install_fork_guard()
 
 
 def set_pass_blas_threads(int n_threads):

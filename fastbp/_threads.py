@@ -1243,11 +1243,13 @@ def _leave(taken: list) -> None:
         _local.depth = taken.pop()
         _active -= 1
         if _active == 0:
+            # (unknown first, then the libraries' counts put back: a product meanwhile,
+            # outside any pass, holds a fork back rather than risk running uncounted)
+            _core.set_pass_blas_threads(0)
             for set_threads, original in _saved:
                 set_threads(original)
             _saved = None
             _count = None
-            _core.set_pass_blas_threads(0)
             _turns.notify_all()
 
 

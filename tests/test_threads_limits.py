@@ -347,7 +347,7 @@ def test_a_child_forked_while_another_thread_fits_trains_and_predicts():
 
 
 FORKED_DURING_A_FIT_ON_BLAS_THREADS = textwrap.dedent("""
-    import json, os, signal, threading, time, warnings
+    import json, os, signal, subprocess, threading, time, warnings
     import numpy as np
     import fastbp
     rng = np.random.default_rng(0)
@@ -360,13 +360,25 @@ FORKED_DURING_A_FIT_ON_BLAS_THREADS = textwrap.dedent("""
     def new_model():
         return fastbp.MLP([512, 1024, 1024, 10], ["relu", "relu", "softmax"], seed=0)
 
+    def predicting():   # products on 2 BLAS threads that keep the GIL (FASTBP_GIL=hold)
+        other = new_model()
+        while not done.is_set():
+            other.predict(X[:200], n_threads=2)
+
     alone = new_model()
     fit(alone)
     model, done = new_model(), threading.Event()
     thread = threading.Thread(target=lambda: (fit(model), done.set()), daemon=True)
     thread.start()
+    threading.Thread(target=predicting, daemon=True).start()
     time.sleep(0.1)
     during, failed = 0, []
+    for _ in range(2):  # forks without Python's fork hooks (fork() itself, in C)
+        running = not done.is_set()
+        status = subprocess.run(["true"], group=os.getgid()).returncode
+        during += running
+        if status:
+            failed.append(status)
     for _ in range(4):
         running = not done.is_set()
         with warnings.catch_warnings():
@@ -394,8 +406,11 @@ def test_a_fork_while_another_threads_fit_runs_on_blas_threads_hangs_neither_pro
     runs on it: that product then hung the parent's fit for good, and the child hung in its
     first multi-threaded product (4 forks: the parent hung at the first). A fork now waits
     for the products that may run on several BLAS threads (csrc/fork_guard.h): every
-    child ends, and the fit ends with the bits of the same fit without forks."""
-    env = dict(os.environ, FASTBP_SPLIT="blas", FASTBP_KERNELS="blas")
+    child ends, and the fit ends with the bits of the same fit without forks. Also with a
+    predict on BLAS threads that keeps the GIL beside it (a wait in Python's before-fork
+    hook deadlocked with it), and for a fork() made without Python's fork hooks
+    (subprocess with group=)."""
+    env = dict(os.environ, FASTBP_SPLIT="blas", FASTBP_KERNELS="blas", FASTBP_GIL="hold")
     result = subprocess.run([sys.executable, "-c", FORKED_DURING_A_FIT_ON_BLAS_THREADS],
                             env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
