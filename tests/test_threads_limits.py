@@ -404,7 +404,7 @@ FORKED_DURING_A_FIT_ON_BLAS_THREADS = textwrap.dedent("""
 def test_a_fork_while_another_threads_fit_runs_on_blas_threads_hangs_neither_process():
     """OpenBLAS's fork handler stops its thread pool even while another thread's product
     runs on it: that product then hung the parent's fit for good, and the child hung in its
-    first multi-threaded product (4 forks: the parent hung at the first). A fork now waits
+    first multi-threaded product (this script ran into its timeout). A fork now waits
     for the products that may run on several BLAS threads (csrc/fork_guard.h): every
     child ends, and the fit ends with the bits of the same fit without forks. Also with a
     predict on BLAS threads that keeps the GIL beside it (a wait in Python's before-fork
