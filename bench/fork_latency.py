@@ -1,7 +1,7 @@
 """How long os.fork takes while another thread trains: fastbp's fork guard at work.
 
 A fork waits for fastbp's products that may run on several BLAS threads to end
-(csrc/fork_guard.h, docs/robustness.md): at most one product of another thread. This
+(csrc/fork_guard.h, docs/robustness.md): at most the product each other thread is in. This
 times `--forks` forks of a child that exits at once, with no fit beside them (alone),
 beside a fit on one BLAS thread (one: its products are not waited for; its thread shares
 the cores) and beside a fit on 2 BLAS threads (blas: FASTBP_SPLIT=blas, every product of

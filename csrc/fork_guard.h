@@ -4,10 +4,10 @@
    another thread's product is using the pool: that product then waits for ever in the
    parent, and the child's first multi-threaded call hangs. So a product that may run on
    several BLAS threads counts itself here, and a fork waits until none runs, holding new
-   ones back until it is made: it waits at most one product of another thread. A product
-   on one BLAS thread (the pass's count is 1: row workers, one-thread fits and passes)
-   does not use the pool and skips this; products in no pass of fastbp's (count 0:
-   unknown) count themselves too.
+   ones back until it is made: it waits for at most the product each other thread is in.
+   A product on one BLAS thread (the pass's count is 1: row workers, one-thread fits and
+   passes) does not use the pool and skips this; products in no pass of fastbp's (count
+   0: unknown) count themselves too.
 
    The waiting is a pthread_atfork handler (fbp_install_fork_guard, as _core is imported,
    after the BLAS libraries it loads registered theirs: prepare handlers run in the reverse

@@ -3112,10 +3112,8 @@ def _forked():
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forked)
 
-# A fork waits for the products that may run on several BLAS threads (csrc/fork_guard.h:
-# OpenBLAS's own fork handler stops its threads under a running one, which then hangs the
-# parent, and the child's next multi-threaded call). Installed after the BLAS libraries
-# this module loaded (scipy's, by the cimport above), so that it runs before theirs.
+# A fork waits for the products that may run on several BLAS threads (csrc/fork_guard.h),
+# installed after scipy's BLAS (loaded by the cimport above) registered its fork handler.
 fbp_install_fork_guard()
 
 

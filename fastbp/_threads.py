@@ -1243,8 +1243,9 @@ def _leave(taken: list) -> None:
         _local.depth = taken.pop()
         _active -= 1
         if _active == 0:
-            # (unknown first, then the libraries' counts put back: a product meanwhile,
-            # outside any pass, holds a fork back rather than risk running uncounted)
+            # (unknown first, then the libraries' counts put back: a margin only, for
+            # every product of fastbp's runs inside a pass: MLP._forward_pass's, a fit's
+            # blas_context)
             _core.set_pass_blas_threads(0)
             for set_threads, original in _saved:
                 set_threads(original)

@@ -1025,17 +1025,19 @@ class EpochLoop:
         return self.history
 
     def _warn_if_over(self, epoch, rates) -> None:
-        """A fit whose first epoch one of fastbp's schedules gives a rate of 0 (a Cosine
-        ending at 0 before the fit starts: its epochs count over the trainer's lifetime,
-        so a schedule set after earlier fits may be over already) changes nothing: say so
-        rather than train at 0 unsaid. (A schedule of one's own may mean a 0.)"""
-        if any(rates) or type(self.schedule).__module__ != schedules.__name__:
+        """A fit whose first epoch one of fastbp's schedules gives a rate of 0 from a base
+        rate above 0 (a Cosine ending at 0 before the fit starts: its epochs count over the
+        trainer's lifetime, so a schedule set after earlier fits may be over already)
+        leaves the parameters as they are: say so rather than train at 0 unsaid. (A base
+        rate of 0 is the caller's; a schedule of one's own may mean a 0.)"""
+        if any(rates) or not self.base_learning_rate > 0 \
+                or type(self.schedule).__module__ != schedules.__name__:
             return
         warnings.warn(f"{type(self.schedule).__name__} gives a learning rate of 0 for epoch "
                       f"{epoch}, where this fit starts (a schedule's epochs count over the "
-                      f"trainer's lifetime, {epoch} trained before), so the fit changes "
-                      f"nothing; trainer.reset() starts the count from 0 again (and forgets "
-                      f"the optimizer state)", UserWarning, stacklevel=5)
+                      f"trainer's lifetime, {epoch} trained before), so the fit leaves the "
+                      f"parameters as they are; trainer.reset() starts the count from 0 "
+                      f"again (and forgets the optimizer state)", UserWarning, stacklevel=5)
 
     def _end_of_step(self, index, epoch, rates, result, started, n_steps) -> bool:
         """Record a step and apply the stopping rules; True: stop."""

@@ -100,6 +100,9 @@ def test_a_fit_that_a_schedule_past_its_end_gives_a_rate_of_0_warns():
         history = trainer.fit(model, X, y)
         trainer.schedule = Cosine(3, min_learning_rate=1e-3)    # past its end, not at 0
         trainer.partial_fit(model, X, y)
+        zero = fastbp.Trainer("cce", learning_rate=0.0, epochs=2, seed=0, n_threads=1)
+        for _ in range(2):      # a base rate of 0 is the caller's, whatever the schedule
+            zero.fit(model, X, y)
     assert history.history["learning_rate"][0] == 0.1
 
 

@@ -368,10 +368,7 @@ def _check_npy_member(archive, name, path):
                                  f"data); an NPZ file is written by numpy.savez or "
                                  f"scipy.sparse.save_npz")
             stream.seek(0)
-            header = _check_claimed(stream, info.file_size, what)
-            if header is not None:
-                _check_entry(stream, info, archive_bytes, header, f"{what} (member {stored!r})")
-            return header
+            return _check_claimed(stream, info.file_size, what, (info, archive_bytes))
     except _DAMAGED as error:
         raise UsageError(f"{what} is not readable: {error}") from None
 
@@ -379,7 +376,9 @@ def _check_npy_member(archive, name, path):
 # What a deflated zip entry of n bytes can expand to, at most: deflate's densest code
 # spends 2 bits (a 1-bit length code, a 1-bit distance code) on a 258-byte match, 1032
 # bytes out per byte in; 1100 per byte, plus 64 KiB for a short stream's first literals and
-# block headers, is a bound that no real entry reaches and a lying header cannot pass.
+# block headers, is a bound that no real entry reaches. (A claim under it, but beyond the
+# entry's data, is allocated by NumPy, at most about 1100 times the file, and then refused
+# as truncated when the data runs out.)
 DEFLATE_MOST_PER_BYTE = 1100
 DEFLATE_MOST_EXTRA = 64 << 10
 
@@ -393,47 +392,44 @@ def _archive_bytes(zipped) -> int:
         zipped.fp.seek(position)
 
 
-def _check_entry(stream, info, archive_bytes, header, what):
-    """A UsageError where the data that an NPZ member's NPY header claims (after the
-    header, where `stream` is) cannot come out of its zip entry: NumPy allocates the
-    whole array before reading it, and the entry's uncompressed size (info.file_size,
-    which _check_claimed compares) is a number in the archive's directory, which may lie.
-    What the entry can hold follows from its compressed bytes (no more than the archive
-    has): as many (stored), about 1032 times as many (deflate); for another method
-    (bzip2, lzma: no such bound) the entry is read, in blocks, up to the claim."""
-    shape, dtype = header
-    if dtype.hasobject:                      # (refused by np.load, without pickle)
-        return
-    claimed, start = math.prod(shape) * dtype.itemsize, stream.tell()
+def _entry_holds(stream, info, archive_bytes, claimed) -> tuple:
+    """(the most data bytes an NPZ member's zip entry can hold after its NPY header, where
+    `stream` is; the words that say so), up to `claimed`. The entry's uncompressed size
+    (info.file_size) is a number in the archive's directory, which may lie; its compressed
+    bytes (no more than the archive has) bound it: as many (stored), about 1032 times as
+    many (deflate); another method (bzip2, lzma: no such bound) is read, in blocks, up to
+    the claim, decompressing such a member one more time."""
+    start = stream.tell()
     compressed = min(info.compress_size, archive_bytes)
+    entry = f"its zip entry {info.filename!r}, {compressed:,} bytes"
     if info.compress_type == zipfile.ZIP_STORED:
-        most, how = compressed - start, "stored, can hold at most"
-    elif info.compress_type == zipfile.ZIP_DEFLATED:
-        most = DEFLATE_MOST_PER_BYTE * compressed + DEFLATE_MOST_EXTRA - start
-        how = "deflated (about 1032-fold at most), can hold at most"
-    else:
+        return max(0, compressed - start), f"{entry} stored, can hold at most"
+    if info.compress_type == zipfile.ZIP_DEFLATED:
+        return (max(0, DEFLATE_MOST_PER_BYTE * compressed + DEFLATE_MOST_EXTRA - start),
+                f"{entry} deflated (about 1032-fold at most), can hold at most")
+    try:
         from lzma import LZMAError
-
-        most, how = 0, "compressed, holds"
-        try:
-            while most < claimed:
-                block = stream.read(min(1 << 20, claimed - most))
-                if not block:
-                    break
-                most += len(block)
-        except (*_DAMAGED, OSError, ValueError, LZMAError):
-            pass        # (where its data ends, damaged: what came out is what it holds)
-    if claimed > max(0, most):
-        raise UsageError(f"{what} is truncated or damaged: its header claims an array of "
-                         f"shape {shape} and dtype {dtype}, {claimed:,} bytes of data, and "
-                         f"its zip entry, {compressed:,} bytes {how} {max(0, most):,}")
+    except ImportError:         # (a Python built without lzma reads no lzma member)
+        LZMAError = OSError
+    held = 0
+    try:
+        while held < claimed:
+            block = stream.read(min(1 << 20, claimed - held))
+            if not block:
+                break
+            held += len(block)
+    except (*_DAMAGED, OSError, ValueError, LZMAError):
+        pass            # (where its data ends, damaged: what came out is what it holds)
+    return held, f"{entry} compressed, holds"
 
 
-def _check_claimed(stream, size, what):
+def _check_claimed(stream, size, what, entry=None):
     """The (shape, dtype) that the NPY header at the start of a binary stream claims, or
     None where it is not readable (np.load then says why); a UsageError naming `what`
     where it claims more data than the `size` bytes there are: NumPy allocates the array
-    before it reads, and a 176-byte file claiming 14.6 TiB was "not enough memory"."""
+    before it reads, and a 176-byte file claiming 14.6 TiB was "not enough memory".
+    entry: (zip info, the archive's size) of an NPZ member, whose `size` is what the
+    archive's directory says: its compressed bytes bound the data too (_entry_holds)."""
     import numpy as np
 
     try:
@@ -445,10 +441,14 @@ def _check_claimed(stream, size, what):
         return None
     if not dtype.hasobject:                 # (objects: refused by np.load, without pickle)
         claimed, held = math.prod(shape) * dtype.itemsize, max(0, size - stream.tell())
+        damage, holder = "truncated", "it holds"
+        if entry is not None and claimed <= held:
+            (held, holder), damage = _entry_holds(stream, *entry, claimed), \
+                "truncated or damaged"
         if claimed > held:
-            raise UsageError(f"{what} is truncated: its header claims an array of shape "
-                             f"{shape} and dtype {dtype}, {claimed:,} bytes of data, and it "
-                             f"holds {held:,}")
+            raise UsageError(f"{what} is {damage}: its header claims an array of shape "
+                             f"{shape} and dtype {dtype}, {claimed:,} bytes of data, and "
+                             f"{holder} {held:,}")
     return shape, dtype
 
 
@@ -674,22 +674,22 @@ class Remaining(Sequence):
     minutes before anything was trained or refused."""
 
     def __init__(self, n: int, left_out):
-        self.n, self.left_out = n, sorted(left_out)     # (each in 0..n-1)
-        self._left_out = frozenset(self.left_out)
+        self.n, self.gone = n, sorted(left_out)     # (each in 0..n-1)
+        self._gone_set = frozenset(self.gone)
 
     def __len__(self) -> int:
-        return self.n - len(self.left_out)
+        return self.n - len(self.gone)
 
     def __contains__(self, j) -> bool:
         try:
             j = operator.index(j)
         except TypeError:
             return False
-        return 0 <= j < self.n and j not in self._left_out
+        return 0 <= j < self.n and j not in self._gone_set
 
     def __iter__(self):
         start = 0
-        for gone in self.left_out:
+        for gone in self.gone:
             yield from range(start, gone)
             start = gone + 1
         yield from range(start, self.n)
@@ -701,14 +701,14 @@ class Remaining(Sequence):
         if not -len(self) <= k < len(self):
             raise IndexError("column position out of range")
         j = k % len(self)
-        for gone in self.left_out:      # (sorted: each one at or before j moves it on)
+        for gone in self.gone:      # (sorted: each one at or before j moves it on)
             if gone > j:
                 break
             j += 1
         return j
 
     def __repr__(self) -> str:
-        return f"Remaining({self.n}, left_out={self.left_out})"
+        return f"Remaining({self.n}, left_out={self.gone})"
 
     def of(self, matrix):
         """The matrix's columns but those left out: a dense array's copy (as indexing
@@ -718,10 +718,10 @@ class Remaining(Sequence):
 
         if not hasattr(matrix, "tocsr"):       # (a flag a column: the array holds more)
             keep = np.ones(self.n, dtype=bool)
-            keep[self.left_out] = False
+            keep[self.gone] = False
             return matrix[:, keep]
         matrix = matrix.tocsr()                    # (CSR already: itself)
-        gone = np.array(self.left_out, dtype=np.int64)
+        gone = np.array(self.gone, dtype=np.int64)
         indices = matrix.indices.astype(np.int64)
         before = np.searchsorted(gone, indices)    # the columns left out before (or at) each
         hit = before < gone.size
