@@ -23,6 +23,8 @@ time a round spends not training (the fit's time less, in each round, its busies
 seconds in the compiled loop, per round: starting the copies, scheduling, the sums, the
 averaging, the driver's part where the next round does not hide it); with `--curve`, also
 the held-out accuracy after every epoch of one process and of the chunks (untimed).
+With `--repeats N`, N rounds of the three fits in turn (both clusters up throughout), then
+the medians of the times and of each round's ratios.
 
 accuracy: 50-128-10, 10 classes, plain SGD 0.05, batch 32, on `--accuracy-rows` rows (+ 20,000
 held out). One process trains 20 epochs; fastbp.dask.fit with K = 2, 4, 8 chunks
@@ -54,6 +56,7 @@ The machine may be shared: run it on a quiet one, and read times as such.
 import argparse
 import importlib
 import os
+import statistics
 import sys
 import time
 
@@ -82,10 +85,7 @@ def accuracy(model, X, y):
 
 
 def scaling(args):
-    import dask.array as da
-    import distributed
     import fastbp
-    import fastbp.dask
 
     work = workloads.get("W2").with_samples(args.rows + 5_000)
     X_all, y_all = workloads.make_data(work, seed=0)
@@ -100,68 +100,105 @@ def scaling(args):
                               batch_size=work.batch_size, seed=0, **kwargs)
 
     print(f"scaling: {'-'.join(map(str, work.layer_sizes))} on {args.rows:,} rows in "
-          f"{args.chunks} chunks, {args.rounds} epochs, batch {work.batch_size}")
+          f"{args.chunks} chunks, {args.rounds} epochs, batch {work.batch_size}; "
+          f"{args.repeats} round(s) of one process, then 1 and 2 workers")
     # Untimed: a fit that makes (and caches on disk, for the workers too) fastbp's one-off
     # measurement of this network's and batch's thread choice, which a fresh machine would
     # otherwise time in the single process only
     new_trainer(epochs=1, n_threads=2).fit(new_model(), X[:2_000], y[:2_000])
-    model = new_model()
-    cpu = time.process_time()
-    started = time.perf_counter()
-    new_trainer(epochs=args.rounds, n_threads=2).fit(model, X, y)
-    single = time.perf_counter() - started
-    print(f"  Trainer.fit, 1 process, n_threads=2: {single:6.2f} s   "
-          f"accuracy {accuracy(model, X_test, y_test):.4f}   "
-          f"CPU s {time.process_time() - cpu:.2f}", flush=True)
+
+    def single_fit():
+        model = new_model()
+        cpu = time.process_time()
+        started = time.perf_counter()
+        new_trainer(epochs=args.rounds, n_threads=2).fit(model, X, y)
+        seconds = time.perf_counter() - started
+        print(f"  Trainer.fit, 1 process, n_threads=2: {seconds:6.2f} s   "
+              f"accuracy {accuracy(model, X_test, y_test):.4f}   "
+              f"CPU s {time.process_time() - cpu:.2f}", flush=True)
+        return seconds
 
     rows = -(-args.rows // args.chunks)
-    for per_epoch in rounds_per_epoch_values(args, args.chunks):
-        scaling_run(args, per_epoch, X, y, X_test, y_test, new_model, new_trainer, rows,
-                    single)
+    per_epochs = rounds_per_epoch_values(args, args.chunks)
+    # Both clusters stay up for every round (an idle one costs nothing), so that each
+    # round times one process and the workers minutes apart: on a shared machine a ratio
+    # of times taken far apart measures the machine.
+    clusters = {n_workers: ScalingCluster(n_workers, X, y, rows) for n_workers in (1, 2)}
+    try:
+        results = []      # per round and rounds_per_epoch: (one process, 1 worker, 2 workers)
+        for repeat in range(args.repeats):
+            for per_epoch in per_epochs:
+                if args.repeats > 1:
+                    print(f" round {repeat + 1}, rounds_per_epoch={per_epoch}:")
+                else:
+                    print(f"  rounds_per_epoch={per_epoch}:")
+                single = single_fit()
+                times = {n: clusters[n].fit(args, per_epoch, new_model, new_trainer,
+                                            X_test, y_test) for n in (1, 2)}
+                print(f"  speedup {times[1] / times[2]:4.2f}x; 2 workers / Trainer.fit("
+                      f"n_threads=2): {times[2] / single:4.2f}x the time", flush=True)
+                results.append((per_epoch, single, times[1], times[2]))
+    finally:
+        # newest first: each LocalCluster puts back, as it closes, the log level it found
+        for each in reversed(clusters.values()):
+            each.close()
+    if args.repeats > 1:
+        for per_epoch in per_epochs:
+            mine = [r[1:] for r in results if r[0] == per_epoch]
+            single, one, two = (statistics.median(column) for column in zip(*mine))
+            print(f"  rounds_per_epoch={per_epoch}, medians of {args.repeats} rounds: one "
+                  f"process {single:.2f} s, 1 worker {one:.2f} s, 2 workers {two:.2f} s; "
+                  f"speedup {statistics.median(o / t for _, o, t in mine):4.2f}x (per-round "
+                  f"ratios {', '.join(f'{o / t:.2f}' for _, o, t in mine)}); 2 workers / one "
+                  f"process {statistics.median(t / s for s, _, t in mine):4.2f}x the time "
+                  f"({', '.join(f'{t / s:.2f}' for s, _, t in mine)})")
     if args.curve:
         accuracy_curve(args, X, y, X_test, y_test, new_model, new_trainer, rows)
 
 
-def scaling_run(args, per_epoch, X, y, X_test, y_test, new_model, new_trainer, rows, single):
-    import dask.array as da
-    import distributed
-    import fastbp.dask
+class ScalingCluster:
+    """A LocalCluster of `n_workers` processes x 1 thread holding the data in chunks of
+    `rows` rows, fastbp imported on its workers: what the clock leaves out."""
 
-    print(f"  rounds_per_epoch={per_epoch}:")
-    times = {}
-    for n_workers in (1, 2):
-        local, client = cluster(n_workers)
-        try:
-            client.wait_for_workers(n_workers)
-            X_d = client.persist(da.from_array(X, chunks=(rows, -1)))
-            y_d = client.persist(da.from_array(y, chunks=rows))
-            # The data in the cluster and fastbp imported on the workers before the clock.
-            distributed.wait([X_d, y_d])
-            client.run(importlib.import_module, "fastbp.dask")
-            model = new_model()
-            cpu = _cpu_seconds()
-            started = time.perf_counter()
-            history = fastbp.dask.fit(model, new_trainer(epochs=args.rounds), X_d, y_d,
-                                      client=client, rounds_per_epoch=per_epoch)
-            times[n_workers] = seconds = time.perf_counter() - started
-            cpu = {role: used - cpu[role] for role, used in _cpu_seconds().items()}
-            # Rounds overlap on the driver (the next is submitted before one ends), so
-            # the fit's time less its most loaded worker's training in each round.
-            idle = (seconds - sum(max(_per_worker(trained).values())
-                                  for trained in history.placement)) / len(history.placement)
-            rows_per_worker = _per_worker(history.placement[-1], "rows")
-            print(f"  fastbp.dask.fit, {n_workers} worker(s) x 1 thread: {seconds:6.2f} s   "
-                  f"speedup {times[1] / seconds:4.2f}x   "
-                  f"accuracy {accuracy(model, X_test, y_test):.4f}   "
-                  f"not training per round {idle:.3f} s   "
-                  f"CPU s: driver {cpu['driver']:.2f}, workers {cpu['workers']:.2f}   "
-                  f"rows per worker {sorted(rows_per_worker.values())}   "
-                  f"threads {sorted({t.threads for t in history.placement[-1].values()})}",
-                  flush=True)
-        finally:
-            client.close()
-            local.close()
-    print(f"  2 workers / Trainer.fit(n_threads=2): {times[2] / single:4.2f}x the time")
+    def __init__(self, n_workers, X, y, rows):
+        import dask.array as da
+        import distributed
+        self.n_workers = n_workers
+        self.local, self.client = cluster(n_workers)
+        self.client.wait_for_workers(n_workers)
+        self.X = self.client.persist(da.from_array(X, chunks=(rows, -1)))
+        self.y = self.client.persist(da.from_array(y, chunks=rows))
+        distributed.wait([self.X, self.y])
+        self.client.run(importlib.import_module, "fastbp.dask")
+
+    def fit(self, args, per_epoch, new_model, new_trainer, X_test, y_test):
+        """One timed fastbp.dask.fit of a new model on the data (its line printed); its
+        seconds."""
+        import fastbp.dask
+        model = new_model()
+        cpu = _cpu_seconds()
+        started = time.perf_counter()
+        history = fastbp.dask.fit(model, new_trainer(epochs=args.rounds), self.X, self.y,
+                                  client=self.client, rounds_per_epoch=per_epoch)
+        seconds = time.perf_counter() - started
+        cpu = {role: used - cpu[role] for role, used in _cpu_seconds().items()}
+        # Rounds overlap on the driver (the next is submitted before one ends), so
+        # the fit's time less its most loaded worker's training in each round.
+        idle = (seconds - sum(max(_per_worker(trained).values())
+                              for trained in history.placement)) / len(history.placement)
+        rows_per_worker = _per_worker(history.placement[-1], "rows")
+        print(f"  fastbp.dask.fit, {self.n_workers} worker(s) x 1 thread: {seconds:6.2f} s   "
+              f"accuracy {accuracy(model, X_test, y_test):.4f}   "
+              f"not training per round {idle:.3f} s   "
+              f"CPU s: driver {cpu['driver']:.2f}, workers {cpu['workers']:.2f}   "
+              f"rows per worker {sorted(rows_per_worker.values())}   "
+              f"threads {sorted({t.threads for t in history.placement[-1].values()})}",
+              flush=True)
+        return seconds
+
+    def close(self):
+        self.client.close()
+        self.local.close()
 
 
 def accuracy_curve(args, X, y, X_test, y_test, new_model, new_trainer, rows):
@@ -382,7 +419,9 @@ def main():
                              "chunk count")
     parser.add_argument("--grid-rows", type=int, default=6_000, help="gridsearch: rows")
     parser.add_argument("--repeats", type=int, default=1,
-                        help="gridsearch: rounds of sequential then Dask, alternating")
+                        help="scaling: rounds of one process, 1 worker and 2 workers; "
+                             "gridsearch: rounds of sequential then Dask (medians and "
+                             "per-round ratios with more than one)")
     args = parser.parse_args()
     if args.part in ("scaling", "all"):
         scaling(args)
