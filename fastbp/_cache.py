@@ -299,6 +299,8 @@ def _locked(file_name):
                 yield
             finally:
                 _unlock(handle)
+        elif _interrupted():    # (the fit returns at its first batch: no wait, no warning)
+            yield
         else:
             said = path in _stuck
             _stuck.add(path)            # (before the warning, which may be an error)
@@ -311,7 +313,8 @@ def _locked(file_name):
 
 
 def _lock(handle, patience: float) -> bool:
-    """Whether an exclusive lock on `handle` was had within `patience` seconds."""
+    """Whether an exclusive lock on `handle` was had within `patience` seconds (given up
+    at once on a Ctrl-C for the fit that waits: _interrupted)."""
     deadline = time.monotonic() + patience
     while True:
         try:
@@ -328,9 +331,17 @@ def _lock(handle, patience: float) -> bool:
             # system has no locks
             if os.name != "nt" and not isinstance(error, (BlockingIOError, PermissionError)):
                 return False
-        if time.monotonic() > deadline:
+        if time.monotonic() > deadline or _interrupted():
             return False
         time.sleep(_LOCK_POLL_SECONDS)
+
+
+def _interrupted() -> bool:
+    """Whether a Ctrl-C has come for the fit on this thread. Its handler only sets the flag
+    the compiled loop polls, so a fit waiting here for another process's lock answered
+    Ctrl-C only after LOCK_WAIT_SECONDS."""
+    from fastbp import _core
+    return _core.interrupt_requested()
 
 
 def _unlock(handle) -> None:

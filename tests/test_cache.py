@@ -164,6 +164,54 @@ def test_a_lock_held_too_long_or_a_cache_that_cannot_be_written_is_no_error(
     assert not_a_folder.read_text() == ""
 
 
+# A default fit of a shape not measured yet, in a process whose cache folder another process
+# has locked: says when it is about to fit, then how the fit ended.
+INTERRUPTED_FIT = textwrap.dedent("""
+    import time
+    import numpy as np
+    import fastbp
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((2000, 40)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(int)
+    model = fastbp.MLP([40, 96, 2], ["relu", "softmax"], seed=0)
+    print("fitting", flush=True)
+    history = fastbp.Trainer("cce", epochs=3, seed=0).fit(model, X, y)
+    print("interrupted", history.interrupted, len(history.loss), flush=True)
+""")
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX signals and locks")
+def test_ctrl_c_while_a_fit_waits_for_another_processs_lock_is_answered_at_once(tmp_path):
+    """The fit's SIGINT handler only sets a flag for the compiled loop, so a fit waiting for
+    the cache's lock (held by a stopped, hung or slowly measuring process) went on waiting
+    for LOCK_WAIT_SECONDS (60 s) and only then returned interrupted: the wait gives up on
+    the Ctrl-C, and the fit returns interrupted after its measurement, without a warning."""
+    import fcntl
+
+    locks = []
+    for name in ("threads.json.lock", "products.json.lock"):
+        handle = open(tmp_path / name, "w")
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        locks.append(handle)
+    try:
+        child = subprocess.Popen([sys.executable, "-W", "error::RuntimeWarning", "-c",
+                                  INTERRUPTED_FIT],
+                                 env={**os.environ, "FASTBP_CACHE_DIR": str(tmp_path)},
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert child.stdout.readline().strip() == "fitting", child.communicate()[1]
+        time.sleep(1.0)                     # inside the fit, waiting for the lock
+        sent = time.monotonic()
+        child.send_signal(signal.SIGINT)
+        out, err = child.communicate(timeout=HANG_SECONDS)
+        answered = time.monotonic() - sent
+    finally:
+        for handle in locks:
+            handle.close()
+    assert child.returncode == 0, err
+    assert out.split() == ["interrupted", "True", "0"], (out, err)
+    assert answered < 30, f"Ctrl-C answered after {answered:.1f} s"
+
+
 def test_an_unreadable_or_odd_cache_is_measured_again_never_an_error(tmp_path, monkeypatch):
     """Whatever a cache file holds (nesting deeper than Python's stack, entries of the
     wrong types inside valid JSON), a fit measures again instead of failing: the thread
