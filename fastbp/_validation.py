@@ -198,9 +198,18 @@ INDEX_LIMIT = np.iinfo(np.intp).max
 def as_csr(data, name: str):
     """A 2-D scipy.sparse matrix or array as CSR: itself, or a converted copy. scipy's
     conversions read the index arrays unchecked (a CSC or COO index past the shape wrote
-    out of bounds: the process crashed), so those of a compressed (CSC, BSR), coordinate
-    or diagonal matrix are checked first, without changing it (and a BSR's block size,
-    which scipy divides its shape by); CSR is checked where it is read."""
+    out of bounds: the process crashed), so those of a compressed (CSC, BSR), coordinate,
+    diagonal or list-of-lists matrix are checked first, without changing it (and a BSR's
+    block size, which scipy divides its shape by); CSR is checked where it is read. The
+    stored values and a compressed matrix's index arrays must be NumPy arrays (a list put
+    there by hand failed deep in scipy, or in fastbp, with an AttributeError)."""
+    compressed = data.format in ("csr", "csc", "bsr")
+    for what in ("data", "indices", "indptr") if compressed else ("data",):
+        array = getattr(data, what, None)
+        if (compressed or data.format in ("coo", "dia")) and not isinstance(array,
+                                                                            np.ndarray):
+            raise TypeError(f"{name}.{what} must be a 1-D array (NumPy's); got "
+                            f"{type(array).__name__}")
     if data.format == "csr":
         return data
     if data.format == "bsr":
@@ -219,8 +228,17 @@ def as_csr(data, name: str):
             raise ValueError(f"{name} is a malformed DIA matrix: its offsets must be a 1-D "
                              f"array, one per row of its 2-D data")
         check_offsets(offsets, data.shape, name)
+        if offsets.dtype != np.int64:
+            # (scipy adds the row count to them in their own type: int8 offsets of a
+            # matrix of 200 rows overflowed)
+            data = type(data)((data.data, offsets.astype(np.int64)), shape=data.shape)
+    elif data.format == "lil":
+        check_lists(data, name)
     elif data.format == "coo":
         coords = getattr(data, "coords", None) or (data.row, data.col)
+        if len(coords) != 2:
+            raise ValueError(f"{name} is a malformed COO matrix: it must have 2 index "
+                             f"arrays (rows, columns); it has {len(coords)}")
         for axis, index in enumerate(coords):
             if not (isinstance(index, np.ndarray) and index.dtype.kind in "iu"
                     and index.ndim == 1 and index.shape[0] == np.shape(data.data)[0]):
@@ -231,6 +249,16 @@ def as_csr(data, name: str):
                                  f"must lie in 0..{data.shape[axis] - 1}; got values from "
                                  f"{int(index.min())} to {int(index.max())}")
     return data.tocsr()      # the one copy another format costs
+
+
+def checked_csr(data, name: str):
+    """as_csr's CSR, its index arrays checked whole (check_compressed), for code that
+    hands it to scipy's own operations, which take them for granted (scikit-learn's
+    validate_data: a CSC with a row index past its shape crashed an estimator's predict,
+    a float32 CSR whose indptr decreased raised a C++ error there)."""
+    data = as_csr(data, name)
+    check_compressed(data, name, data.shape[0], data.shape[1])
+    return data
 
 
 def check_offsets(offsets: np.ndarray, shape, name: str) -> None:
@@ -245,6 +273,29 @@ def check_offsets(offsets: np.ndarray, shape, name: str) -> None:
         raise ValueError(f"{name} is a malformed DIA matrix: its diagonal offsets must lie in "
                          f"{low}..{high}; got values from {int(offsets.min())} to "
                          f"{int(offsets.max())}")
+
+
+def check_lists(data, name: str) -> None:
+    """ValueError unless a LIL matrix's lists are whole: `rows` and `data` one list per
+    row, each row's values as many as its column indices. scipy's conversion sizes its
+    arrays by the indices and then writes every value (more values than indices wrote
+    past the end: the process crashed or hung; fewer left values unwritten, read as
+    whatever memory held)."""
+    rows, values, n_rows = data.rows, data.data, data.shape[0]
+    if not all(isinstance(a, np.ndarray) and a.shape == (n_rows,) for a in (rows, values)):
+        raise ValueError(f"{name} is a malformed LIL matrix: its rows and data must be "
+                         f"arrays of {n_rows} lists, one per row")
+    try:
+        indices = np.fromiter(map(len, rows), dtype=np.intp, count=n_rows)
+        stored = np.fromiter(map(len, values), dtype=np.intp, count=n_rows)
+    except TypeError:
+        raise ValueError(f"{name} is a malformed LIL matrix: its rows and data must hold "
+                         f"a list for each row") from None
+    differ = np.flatnonzero(indices != stored)
+    if differ.size:
+        row = int(differ[0])
+        raise ValueError(f"{name} is a malformed LIL matrix: row {row} has "
+                         f"{int(indices[row])} column indices and {int(stored[row])} values")
 
 
 def check_compressed(data, name: str, n_major: int, n_minor: int) -> None:

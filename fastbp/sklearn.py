@@ -44,7 +44,8 @@ from fastbp import _core, losses, optimizers, schedules
 from fastbp._threads import MAX_THREADS
 from fastbp.callbacks import Callback
 from fastbp.model import ACTIVATIONS, INITS, MLP
-from fastbp._validation import as_row_weights, as_sparse_rows, is_sparse, named_setting
+from fastbp._validation import (as_row_weights, as_sparse_rows, checked_csr, is_sparse,
+                                named_setting)
 from fastbp.trainer import Trainer, check_numbers_in_dtype
 
 if tuple(int(part) for part in re.findall(r"\d+", sklearn.__version__)[:2]) < (1, 6):
@@ -103,6 +104,14 @@ def _is_real(value) -> bool:
 
 def _is_whole(value) -> bool:
     return type(value) is int or (isinstance(value, numbers.Integral) and not _is_bool(value))
+
+
+
+def _sparse_of_rows(X) -> bool:
+    """Whether X is a scipy.sparse matrix or array of at least one row and column, whose
+    index arrays fastbp checks before validate_data converts it (other shapes get
+    validate_data's own messages)."""
+    return is_sparse(X) and len(X.shape) == 2 and X.shape[0] > 0 and X.shape[1] > 0
 
 
 class _ScikitLearnRate(schedules.Schedule):
@@ -471,7 +480,7 @@ class _BaseMLP(BaseEstimator):
         dtype = settings["dtype"] if first_pass else self.model_.dtype
         if dtype is None:                  # scikit-learn's rule: float32 stays float32
             dtype = [np.float64, np.float32]
-        if is_sparse(X) and len(X.shape) == 2 and X.shape[0] > 0 and X.shape[1] > 0:
+        if _sparse_of_rows(X):
             # validate_data takes a CSR matrix's index arrays unchecked, and fastbp's own
             # check of them comes with the training: checked here, before any attribute
             # changes, so that a refused fit leaves the estimator as it was (other shapes:
@@ -882,6 +891,8 @@ class _BaseMLP(BaseEstimator):
                 pass
         if outputs is None:
             check_is_fitted(self)
+            if _sparse_of_rows(X):        # (scipy's conversions below read them unchecked)
+                X = checked_csr(X, "X")
             # (dtype "numeric" refuses strings as scikit-learn's predict does; then the
             # model's dtype, checked again only where the conversion may overflow)
             X = validate_data(self, X, reset=False, dtype="numeric", accept_sparse="csr")

@@ -115,6 +115,19 @@ def malformed_other_format(kind):
             bad.col = index
         else:
             bad.row = index
+    elif kind in ("lil_more_values", "lil_fewer_values"):
+        # a row's values and column indices of different lengths: scipy sizes its arrays
+        # by the indices, then writes every value (more: past the end; fewer: values
+        # left as the memory held them)
+        bad = X.tolil()
+        if kind == "lil_more_values":
+            bad.data[2].extend([5.0] * 100_000)
+        else:
+            bad.rows[2] = list(range(40))
+    elif kind == "csr32_indptr":      # (float32: a conversion to float64 reads indptr)
+        bad = X.astype(np.float32)
+        bad.indptr = bad.indptr.copy()
+        bad.indptr[2] = 0
     else:
         bad = X.tobsr(blocksize=(2, 2))
         bad.indices = bad.indices.copy()
@@ -123,25 +136,69 @@ def malformed_other_format(kind):
 
 
 @pytest.mark.parametrize("kind", ["csc", "csc_indptr", "coo_row", "coo_col", "coo_negative",
-                                  "bsr"])
+                                  "bsr", "lil_more_values", "lil_fewer_values",
+                                  "csr32_indptr"])
 def test_malformed_other_formats_are_refused_before_scipy_converts_them(kind):
-    """Index arrays past the shape in a CSC, COO or BSR matrix: a ValueError naming the
-    format, from every entry point, the model and trainer unchanged (the process crashed
-    in scipy's conversion to CSR)."""
+    """Index arrays past the shape in a CSC, COO or BSR matrix, a LIL matrix whose lists
+    disagree, a CSR whose indptr decreases: a ValueError naming the format, from every
+    entry point, the scikit-learn estimators' too, the model and trainer unchanged (the
+    process crashed or hung in scipy's conversion to CSR, or a LIL's missing values were
+    read from freed memory; the estimators' predict, score and predict_proba handed X to
+    scipy unchecked: a CSC or COO crashed the process there, a decreasing indptr raised
+    a C++ error)."""
+    from fastbp.sklearn import MLPClassifier
+
     X, bad = malformed_other_format(kind)
     y = np.arange(4) % 3
     model = model_for(X)
     trainer = fastbp.Trainer("cce", epochs=1, batch_size=2, seed=0, n_threads=1)
     before = model.parameter_vector().copy()
+    estimator = MLPClassifier((5,), max_iter=2, random_state=0).fit(X, y)
+    fitted = estimator.model_.parameter_vector().copy()
     calls = [lambda: model.predict(bad), lambda: model.evaluate(bad, y, "cce"),
              lambda: model.gradients(bad, y, "cce"), lambda: trainer.fit(model, bad, y),
              lambda: trainer.partial_fit(model, bad, y),
-             lambda: trainer.fit(model, X, y, validation_data=(bad, y))]
+             lambda: trainer.fit(model, X, y, validation_data=(bad, y)),
+             lambda: estimator.predict(bad), lambda: estimator.predict_proba(bad),
+             lambda: estimator.score(bad, y), lambda: estimator.partial_fit(bad, y)]
     for call in calls:
         with pytest.raises(ValueError, match=f"malformed {bad.format.upper()} matrix"):
             call()
     np.testing.assert_array_equal(model.parameter_vector(), before)
     assert trainer._step == 0
+    np.testing.assert_array_equal(estimator.model_.parameter_vector(), fitted)
+
+
+def test_a_sparse_matrix_of_odd_parts_is_refused_by_type_or_read_as_scipy_reads_it():
+    """Arrays a caller put into a matrix by hand: a list for the stored values or an
+    index array is a TypeError naming it, a COO matrix of one index array a ValueError
+    (each an AttributeError or an unpacking error from deep inside before); a DIA
+    matrix's int8 offsets, which scipy's conversion overflowed (OverflowError) with 200
+    rows, are read as the same matrix with wider offsets."""
+    X = scipy.sparse.csr_matrix(np.eye(4, 40))
+    model = model_for(X)
+    for part in ("data", "indices", "indptr"):
+        bad = X.copy()
+        setattr(bad, part, list(getattr(bad, part)))
+        with pytest.raises(TypeError,
+                           match=fr"X.{part} must be a 1-D array \(NumPy's\); got list"):
+            model.predict(bad)
+    bad = X.tocsc()
+    bad.data = list(bad.data)
+    with pytest.raises(TypeError, match=r"X.data must be a 1-D array \(NumPy's\); got list"):
+        model.predict(bad)
+    bad = scipy.sparse.coo_array(X)
+    bad.coords = bad.coords[:1]
+    with pytest.raises(ValueError, match="malformed COO matrix: it must have 2 index arrays"):
+        model.predict(bad)
+    rng = np.random.default_rng(0)
+    diagonals = scipy.sparse.dia_matrix((rng.normal(size=(3, 40)), [-5, 0, 7]),
+                                        shape=(200, 40))
+    diagonals.offsets = diagonals.offsets.astype(np.int8)   # (the constructor widens them)
+    wide = model_for(diagonals)
+    dense = scipy.sparse.dia_matrix((diagonals.data, [-5, 0, 7]), shape=(200, 40)).toarray()
+    np.testing.assert_allclose(wide.predict(diagonals), wide.predict(dense), rtol=1e-12)
+    assert diagonals.offsets.dtype == np.int8       # (the caller's matrix as it was)
 
 
 def test_unsorted_and_duplicate_indices_read_as_scipy_reads_them():
