@@ -59,6 +59,7 @@ import os
 import statistics
 import sys
 import time
+import warnings
 
 import numpy as np
 
@@ -70,8 +71,13 @@ import workloads  # noqa: E402
 
 def cluster(n_workers):
     import distributed
-    local = distributed.LocalCluster(n_workers=n_workers, threads_per_worker=1,
-                                     processes=True, dashboard_address=None, host="127.0.0.1")
+    with warnings.catch_warnings():
+        # (a scheduler serves HTTP even without its dashboard, on 8787 unless another
+        # cluster of this process holds it, and then says so)
+        warnings.filterwarnings("ignore", message="Port 8787 is already in use")
+        local = distributed.LocalCluster(n_workers=n_workers, threads_per_worker=1,
+                                         processes=True, dashboard_address=None,
+                                         host="127.0.0.1")
     return local, distributed.Client(local)
 
 
@@ -166,8 +172,10 @@ class ScalingCluster:
         self.n_workers = n_workers
         self.local, self.client = cluster(n_workers)
         self.client.wait_for_workers(n_workers)
-        self.X = self.client.persist(da.from_array(X, chunks=(rows, -1)))
-        self.y = self.client.persist(da.from_array(y, chunks=rows))
+        with warnings.catch_warnings():     # (the data goes in with the graph, untimed)
+            warnings.filterwarnings("ignore", message="Sending large graph")
+            self.X = self.client.persist(da.from_array(X, chunks=(rows, -1)))
+            self.y = self.client.persist(da.from_array(y, chunks=rows))
         distributed.wait([self.X, self.y])
         self.client.run(importlib.import_module, "fastbp.dask")
 
