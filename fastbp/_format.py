@@ -150,10 +150,14 @@ def read_file(path):
     they are read straight into their array with the checksum computed on the way, so memory
     and work are bounded by the file's size (one copy). A file with holes (sparse: its
     size is not backed by data on disk) is first read through once to check its checksum
-    without allocating, so a hostile header over a hole cannot make fastbp allocate. A FIFO
-    or a character device is read to its end (at most the size the header calls for, plus
-    one byte to notice more), memory growing only with the bytes that arrive.
+    without allocating, so a hostile header over a hole cannot make fastbp allocate. A file
+    whose parameters would need more than the machine's memory is refused before any of
+    them is read (a 4 KiB file with holes claiming 8.8 TB was read through for hours to
+    find its checksum wrong; it could never have loaded). A FIFO or a character device is
+    read to its end (at most the size the header calls for, plus one byte to notice more),
+    memory growing only with the bytes that arrive.
     """
+    from fastbp.model import check_allocation
     with open(os.fspath(path), "rb", buffering=0) as stream:
         found = os.fstat(stream.fileno())
         sparse = stat.S_ISREG(found.st_mode) and _has_holes(stream.fileno(), found.st_size)
@@ -163,6 +167,7 @@ def read_file(path):
             return decode(start + _read_up_to(stream, total_size - len(start) + 1))
         _check_size(found.st_size, total_size)
         n_params = (total_size - header_end - CHECKSUM.size) // dtype.itemsize
+        check_allocation(n_params, dtype, "the file's parameters")
         if sparse:
             _check_checksum(zlib.crc32(start), stream, total_size - len(start))
             stream.seek(len(start))

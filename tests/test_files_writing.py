@@ -4,10 +4,12 @@ a folder, a block device or a socket is refused; a replaced file keeps its mode 
 valid name can be saved; a file's claimed size cannot make load allocate or read more than the
 file really holds; a model can be read from a FIFO."""
 import os
+import re
 import socket
 import stat
 import struct
 import subprocess
+import sys
 import time
 import tracemalloc
 
@@ -202,6 +204,32 @@ def test_a_sparse_hostile_file_is_refused_without_a_large_allocation(tmp_path):
         tracemalloc.stop()
     assert peak < 16 << 20, f"peak {peak / 2**20:.0f} MiB"
     assert elapsed < 5
+
+
+def test_a_sparse_file_claiming_more_than_the_machines_memory_is_refused_at_once(tmp_path):
+    """A 4 KiB file with holes whose header claims 2^20 x 2^20 float64 weights (8 TiB),
+    its size what that calls for: the checksum was checked by reading the holes through,
+    0.4 GB/s here (hours), before it could be refused; no such model could have loaded."""
+    sizes = [1 << 20, 1 << 20]
+    start = model_file_header(sizes, "float64")
+    total = len(start) + _format.parameter_count(sizes) * 8 + 4
+    path = tmp_path / "huge.fbp"
+    with open(path, "wb") as stream:
+        stream.write(start)
+        try:
+            stream.truncate(total)
+        except OSError as error:     # (a file system without files that large)
+            pytest.skip(f"no {total} byte file here: {error}")
+    # (in a child: before, it read for hours)
+    code = ("import sys, fastbp\ntry:\n    fastbp.load(sys.argv[1])\n"
+            "except ValueError as error:\n    print(error)\n")
+    try:
+        done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                              text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("fastbp.load read the holes of an 8 TiB claim for over 60 s")
+    assert re.search(r"the file's parameters would need 8,192\.0 GiB, more than this "
+                     r"machine's .* of memory", done.stdout), (done.stdout, done.stderr)
 
 
 def test_a_sparse_file_with_the_right_checksum_loads(tmp_path):
