@@ -48,6 +48,9 @@ FAN_IN = 8          # partial sums combined per task of the reduction tree
 # or scaled by an adaptive deployment) before it raises TimeoutError, and when every
 # worker was lost (a nanny restarts one in seconds) before it raises LostDataError
 WORKER_WAIT_SECONDS = 600
+# The most a fit's end waits for the last round's averaging on the other workers
+# (_ClusterRounds.release): milliseconds, unless a worker is lost or stuck.
+AVERAGING_WAIT_SECONDS = 10
 TASK_PREFIX = "fastbp-train"
 LOCAL = "local"     # the placement's name for dask's local scheduler
 
@@ -452,6 +455,23 @@ def _client_for(client):
         return None
 
 
+def _check_one_cluster(client, X, Y) -> None:
+    """ValueError where X or Y holds data persisted through a client of another cluster
+    than `client`: its scheduler has none of their keys (a KeyError from deep in it, and
+    its ERROR logs, before)."""
+    if client is None:
+        return
+    from distributed import futures_of
+    for array, name in ((X, "X"), (Y, "Y")):
+        for future in futures_of(array):
+            theirs = future.client.scheduler.address
+            if theirs != client.scheduler.address:
+                raise ValueError(f"{name} holds data persisted on another cluster (scheduler "
+                                 f"{theirs}) than the client's ({client.scheduler.address}): "
+                                 f"pass that cluster's client, or persist {name} on this "
+                                 f"one; the model is as it was")
+
+
 def _check_arrays(model, X, Y, loss):
     for array, name in ((X, "X"), (Y, "Y")):
         if not isinstance(array, da.Array):
@@ -771,6 +791,7 @@ def fit(model: MLP, trainer: Trainer, X, Y, client=None, rounds=None, epochs_per
             raise ValueError(f"class_weight {trainer.class_weight!r} weighs every class 0: "
                              f"there is nothing to train on")
     client = _client_for(client)
+    _check_one_cluster(client, X, Y)
     entropy = trainer.seed if trainer.seed is not None else \
         int(np.random.SeedSequence().generate_state(1, np.uint64)[0])
     name = f"{TASK_PREFIX}-{uuid.uuid4().hex[:12]}"
@@ -1210,8 +1231,21 @@ class _ClusterRounds:
     def release(self):
         """Cancel the round submitted ahead (a fit that stops early; a task already running
         finishes on its worker, its result dropped) and let go of everything else the fit
-        put on the cluster: the chunks, the model's copies, the last round's state."""
+        put on the cluster: the chunks, the model's copies, the last round's state.
+
+        The driver has a round's result from one worker's averaging; another's may still
+        run, reading the round's blocks and the round before's state, which the driver has
+        let go of: those stay on the scheduler, wanted by no one, until it ends. A cancel
+        of what they depend on (the chunks, the copies) meanwhile failed an assertion in
+        the scheduler, which then dropped the client and every future of the user's with
+        it: so the averaging is waited for first (AVERAGING_WAIT_SECONDS at most)."""
+        import distributed
+        from distributed.client import CancelledError
         self._cancel(self.ahead)
+        try:
+            distributed.wait(self.kept, timeout=AVERAGING_WAIT_SECONDS)
+        except (TimeoutError, CancelledError):    # (lost or stuck: its tasks go with it)
+            pass
         self._forget([*self.kept, *(future for future in self.futures if future is not None),
                       self.copies])
         self.ahead = None

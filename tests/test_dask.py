@@ -354,6 +354,58 @@ def test_callbacks_stop_between_rounds(cluster_client):
     np.testing.assert_array_equal(model._params, two_rounds._params)
 
 
+def test_a_fit_ending_while_another_workers_averaging_runs_leaves_the_users_futures(
+        cluster_client):
+    """The driver takes a round's result from one worker's averaging; when the other's
+    still ran at the fit's end (here: the user's own task kept that worker busy), the
+    tasks it read were let go of by the driver but still on the scheduler, and the fit's
+    cancel of its chunks failed an assertion in the scheduler (`assert ts.who_wants`),
+    which dropped the client: the user's futures made before the fit were cancelled
+    ("scheduler-connection-lost") and a persisted array lost ("lost dependencies"),
+    3 times in 3 runs."""
+    client = cluster_client
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(4_000, 784)).astype(np.float32)
+    y = rng.integers(0, 10, 4_000)
+    X_d = client.persist(da.from_array(X, chunks=(2_000, -1)))
+    y_d = client.persist(da.from_array(y, chunks=2_000))
+    mine = client.submit(sum, [1, 2, 3])
+    busy = []
+
+    class BusySecondWorker(Callback):
+        def on_epoch_end(self, epoch, logs):
+            if epoch == 0:      # the user's task, first on that worker before round 2
+                second = sorted(client.nthreads())[1]
+                busy.append(client.submit(time.sleep, 1.5, workers=[second], pure=False,
+                                          priority=10))
+
+    model = fastbp.MLP([784, 512, 512, 10], ["relu", "relu", "softmax"], seed=0)
+    trainer = fastbp.Trainer("cce", learning_rate=0.05, batch_size=64, seed=0)
+    history = fastbp.dask.fit(model, trainer, X_d, y_d, client=client, rounds=2,
+                              callbacks=[BusySecondWorker()])
+    assert len(history.loss) == 2 and busy
+    assert mine.result(timeout=60) == 6
+    assert float(X_d.sum().compute()) == pytest.approx(float(X.sum(dtype=np.float64)),
+                                                       rel=1e-5)
+    assert client.submit(int, 7).result(timeout=60) == 7
+
+
+def test_data_persisted_on_another_cluster_is_refused_by_name(cluster_client):
+    """X persisted through the module's client, fit given a client of another cluster: a
+    KeyError from that cluster's scheduler (and its ERROR logs) before."""
+    X_d, y_d = chunked()
+    X_d = cluster_client.persist(X_d)
+    model = classifier()
+    before = model.parameter_vector().copy()
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                                  dashboard_address=None) as other, \
+            distributed.Client(other, set_as_default=False) as other_client:
+        with pytest.raises(ValueError, match="X holds data persisted on another cluster"):
+            fastbp.dask.fit(model, fastbp.Trainer("cce", seed=0), X_d, y_d,
+                            client=other_client, rounds=1)
+    np.testing.assert_array_equal(model.parameter_vector(), before)
+
+
 def test_a_worker_killed_mid_fit_does_not_lose_the_run(cluster_client):
     """SIGKILL one worker process while it trains a block of round 2: the scheduler re-runs
     the lost tasks (and recomputes the lost chunks from the graph) on the other worker, the
