@@ -195,6 +195,13 @@ def as_inputs(data, name: str, dtype: np.dtype, n_columns: int):
 INDEX_LIMIT = np.iinfo(np.intp).max
 
 
+# The NumPy arrays a scipy.sparse format holds, whose types as_csr checks first (LIL's
+# lists: check_lists; DOK's keys: scipy's conversion to COO checks them)
+_COMPRESSED_ARRAYS = ("data", "indices", "indptr")
+_ARRAYS = {"csr": _COMPRESSED_ARRAYS, "csc": _COMPRESSED_ARRAYS, "bsr": _COMPRESSED_ARRAYS,
+           "coo": ("data",), "dia": ("data",)}
+
+
 def as_csr(data, name: str):
     """A 2-D scipy.sparse matrix or array as CSR: itself, or a converted copy. scipy's
     conversions read the index arrays unchecked (a CSC or COO index past the shape wrote
@@ -203,11 +210,9 @@ def as_csr(data, name: str):
     block size, which scipy divides its shape by); CSR is checked where it is read. The
     stored values and a compressed matrix's index arrays must be NumPy arrays (a list put
     there by hand failed deep in scipy, or in fastbp, with an AttributeError)."""
-    compressed = data.format in ("csr", "csc", "bsr")
-    for what in ("data", "indices", "indptr") if compressed else ("data",):
+    for what in _ARRAYS.get(data.format, ()):
         array = getattr(data, what, None)
-        if (compressed or data.format in ("coo", "dia")) and not isinstance(array,
-                                                                            np.ndarray):
+        if not isinstance(array, np.ndarray):
             raise TypeError(f"{name}.{what} must be a 1-D array (NumPy's); got "
                             f"{type(array).__name__}")
     if data.format == "csr":

@@ -106,7 +106,6 @@ def _is_whole(value) -> bool:
     return type(value) is int or (isinstance(value, numbers.Integral) and not _is_bool(value))
 
 
-
 def _sparse_of_rows(X) -> bool:
     """Whether X is a scipy.sparse matrix or array of at least one row and column, whose
     index arrays fastbp checks before validate_data converts it (other shapes get
