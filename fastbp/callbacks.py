@@ -262,8 +262,9 @@ class ModelCheckpoint(Callback):
     """
 
     def __init__(self, path, monitor="val_loss", save_best_only=True, mode="auto"):
-        if not isinstance(path, (str, os.PathLike)):
-            raise TypeError(f"path must be a str or os.PathLike; got {type(path).__name__}")
+        if not isinstance(path, (str, bytes, os.PathLike)):   # what model.save takes
+            raise TypeError(f"path must be a str, bytes or os.PathLike; "
+                            f"got {type(path).__name__}")
         if not os.fspath(path):
             raise ValueError("path must not be empty")
         self.path = path
@@ -278,9 +279,9 @@ class ModelCheckpoint(Callback):
 
     def on_train_begin(self, logs=None):
         # Fail before training rather than after the first epoch.
-        directory = os.path.dirname(os.path.abspath(os.fspath(self.path)))
+        directory = os.path.dirname(os.path.abspath(os.fsdecode(self.path)))
         if not os.path.isdir(directory):
-            raise FileNotFoundError(f"ModelCheckpoint cannot write {os.fspath(self.path)!r}: "
+            raise FileNotFoundError(f"ModelCheckpoint cannot write {os.fsdecode(self.path)!r}: "
                                     f"the folder {directory!r} does not exist")
         from fastbp import _files     # a folder, socket, block device or too long a name
         _files.check_output(self.path)     # (and a folder that takes no new file)

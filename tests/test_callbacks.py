@@ -224,6 +224,18 @@ def test_checkpoint_every_epoch(tmp_path):
     assert same_bits(parameters(fastbp.load(path)), after_epoch[-1])
 
 
+def test_checkpoint_takes_every_path_that_save_takes(tmp_path):
+    model = make_model()
+    for path in (tmp_path / "a.fbp", str(tmp_path / "b.fbp"), os.fsencode(tmp_path / "c.fbp")):
+        checkpoint = ModelCheckpoint(path, save_best_only=False)
+        after_epoch, _ = fake_fit(model, [checkpoint], [1.0, 2.0], monitor="other")
+        assert same_bits(parameters(fastbp.load(path)), after_epoch[-1])
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        fake_fit(model, [ModelCheckpoint(os.fsencode(tmp_path / "missing" / "d.fbp"))], [1.0])
+    with pytest.raises(TypeError, match="path must be a str, bytes or os.PathLike"):
+        ModelCheckpoint(3)
+
+
 def test_checkpoint_with_early_stopping(tmp_path):
     path = tmp_path / "best.fbp"
     model = make_model()
