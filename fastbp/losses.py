@@ -165,12 +165,14 @@ class _LogLoss(Loss):
 
     def check_dtype(self, dtype) -> None:
         if self.parameter:
-            check_in_dtype(self.parameter, "clip", dtype)
+            # (1 - clip first: it names the least clip, where the smallest normal number,
+            # far below it, did not)
             one = np.dtype(dtype).type(1)
             if one - np.dtype(dtype).type(self.parameter) == one:   # the kernel's 1 - clip
                 raise ValueError(f"clip={self.parameter!r} is too small for the model's "
                                  f"{np.dtype(dtype).name}: 1 - clip rounds to 1; use at least "
                                  f"{float(np.finfo(dtype).epsneg):.4g}")
+            check_in_dtype(self.parameter, "clip", dtype, zero_allowed=False)
 
     def check_output(self, activation: str) -> None:
         # (the unfused output's loss clips at its own bound: a clip given there went unused,

@@ -16,6 +16,8 @@ decoupled (AdamW: p <- p * (1 - lr * wd) before the rule). t counts steps from 1
 """
 from __future__ import annotations
 
+import numpy as np
+
 from fastbp import _core
 from fastbp._registry import Registry
 from fastbp._validation import check_in_dtype, real_number, rebuilt
@@ -46,13 +48,16 @@ class Optimizer:
 
     # hyperparameters in [0, 1) that must not round to 1 in the model's dtype
     _fractions = ("momentum", "beta1", "beta2", "alpha")
+    # hyperparameters that must be > 0 (a refusal must not suggest 0)
+    _positive = ("epsilon",)
 
     def check_dtype(self, dtype) -> None:
         """Refuse hyperparameters that the model's dtype cannot hold: the compiled rule
         uses them in that dtype (a beta2 of 0.99999999 is 1.0 in float32)."""
         for name, value in vars(self).items():
             if isinstance(value, float):
-                check_in_dtype(value, name, dtype, below_one=name in self._fractions)
+                check_in_dtype(value, name, dtype, below_one=name in self._fractions,
+                               zero_allowed=name not in self._positive)
 
     def hyperparameters(self) -> dict:
         """Keyword arguments for fastbp._core.Hyperparameters."""
@@ -84,6 +89,19 @@ class SGD(Optimizer):
     def code_name(self):
         return "momentum" if self.momentum > 0 else "sgd"
 
+    def check_dtype(self, dtype) -> None:
+        super().check_dtype(dtype)
+        # The state keeps the velocity multiplied by the momentum (the folded step), which
+        # a momentum below the dtype's rounding pushes under its normal range, where the
+        # epochs flush it to 0: a later fit with a larger momentum would find no velocity.
+        # Such a momentum changes a step by less than its rounding anyway.
+        rounding = float(np.finfo(dtype).eps)
+        if 0 < self.momentum < rounding:
+            raise ValueError(f"momentum={self.momentum!r} is below the model's "
+                             f"{np.dtype(dtype).name} rounding ({rounding:.4g}): it changes no "
+                             f"step beyond rounding, and the velocity, kept multiplied by it, "
+                             f"may underflow to 0 (a later, larger momentum would find none); "
+                             f"use 0 or at least {rounding:.4g}")
 
     def hyperparameters(self):
         return {**super().hyperparameters(), "momentum": self.momentum, "nesterov": self.nesterov}

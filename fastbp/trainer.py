@@ -129,6 +129,7 @@ class FitSpec:
     weight_decay: float
     clip_norm: float | None
     max_time: float | None
+    shuffle: bool       # (read once: a callback that sets trainer.shuffle sets the next fit's)
 
     def check_model(self, model) -> None:
         """Refuse numbers checked in float64 that the compiled loop, which uses them in the
@@ -364,7 +365,7 @@ class Trainer:
                        epochs=whole_number(self.epochs, "epochs", 0),
                        batch_size=whole_number(self.batch_size, "batch_size", 1),
                        weight_decay=real_number(self.weight_decay, "weight_decay"),
-                       clip_norm=clip_norm, max_time=max_time)
+                       clip_norm=clip_norm, max_time=max_time, shuffle=bool(self.shuffle))
 
     def arguments(self) -> dict:
         """The constructor's arguments, read from the attributes: Trainer(**arguments())
@@ -435,6 +436,7 @@ class Trainer:
             chosen_metrics(metrics, spec.loss, model.layer_sizes[-1])
         if data.validation is None:
             metric_functions = []
+        check_metric_targets(metric_functions, data.validation, model.dtype)
         spec.check_model(model)
         if min(spec.batch_size, data.n_samples) > _core.MOST_BATCH_ROWS:
             raise ValueError(f"a batch has at most {_core.MOST_BATCH_ROWS:,} rows; with "
@@ -691,6 +693,20 @@ def chosen_metrics(metrics, loss, n_outputs: int) -> list:
     return chosen
 
 
+def check_metric_targets(metric_functions, validation, dtype) -> None:
+    """fastbp's own metrics refuse the validation targets they cannot score (a binary
+    accuracy's labels that are not 0/1) before the first epoch, not after it: each is
+    computed once on Y_val against outputs of zeros. (A caller's metric is not called on
+    made-up outputs.)"""
+    own = [function for _, function in metric_functions
+           if function in metrics_module.REGISTRY.entries]
+    if own:
+        Y_val = validation[1]
+        zeros = np.broadcast_to(np.zeros((), dtype=dtype), Y_val.shape)
+        for function in own:
+            function(Y_val, zeros)
+
+
 def validation_figures(model: MLP, loss, validation, metric_functions) -> list:
     """The validation loss, then each metric, on checked validation arrays (X_val, dense
     Y_val), from one forward pass (named val_loss, val_<metric> by EpochLoop.logged)."""
@@ -819,7 +835,8 @@ class _CompiledEpoch:
         # the rows an epoch trains, in their order (order: shuffled, or empty: all of X's
         # rows in place)
         self.rows = np.arange(n_samples, dtype=np.intp) if data.rows is None else data.rows
-        self.order = np.empty_like(self.rows) if trainer.shuffle else \
+        self.shuffle = spec.shuffle
+        self.order = np.empty_like(self.rows) if self.shuffle else \
             np.empty(0, dtype=np.intp) if data.rows is None else self.rows
         self.uses_dropout = any(model._dropout)
         # Only a fit on the main thread (where Python handles signals) takes over SIGINT.
@@ -830,9 +847,9 @@ class _CompiledEpoch:
         self.hyperparameters.learning_rate = learning_rates[-1]
         # The generator as it was, put back if the epoch fails (1 us: only where it draws),
         # so that a fit tried again after an error is the fit that never failed
-        drawing = (trainer.shuffle and self.order.shape[0] > 1) or self.uses_dropout
+        drawing = (self.shuffle and self.order.shape[0] > 1) or self.uses_dropout
         generator_state = trainer._rng.bit_generator.state if drawing else None
-        if trainer.shuffle:   # = rng.permutation(n_samples), without allocating
+        if self.shuffle:   # = rng.permutation(n_samples), without allocating
             np.copyto(self.order, self.rows)
             if self.order.shape[0] > 1:    # (one row draws nothing: 7 us a one-row call)
                 trainer._rng.shuffle(self.order)
@@ -871,6 +888,14 @@ class _CompiledEpoch:
             # A non-finite loss stops the epoch early; an update that overflowed
             # (in the parameters or the optimizer state) ends it as diverged.
             self._restore()                  # and trainer._step stays as it was
+            if not _core.all_finite(model._params[None, :]):
+                # not the training's doing: the epoch began from them (a fit refused)
+                if generator_state is not None:
+                    trainer._rng.bit_generator.state = generator_state
+                raise ValueError(f"the model's parameters are not all finite (NaN or "
+                                 f"infinity, written into its weights or biases or loaded "
+                                 f"so) at the start of epoch {epoch + 1}: there is no start "
+                                 f"to train from")
             if trainer._warns_on_divergence:
                 warnings.warn(f"training stopped in epoch {epoch + 1}: the loss diverged "
                               f"(NaN or infinite loss or parameters); the parameters and "
@@ -951,7 +976,7 @@ class EpochLoop:
         self.validation_source = validation_source
         # (the constant rate without a call a step; a subclass may give rates of its own)
         self._constant = type(schedule) is schedules.Constant
-        self.stepped = False            # whether run() has called its step yet
+        self.stepped = False            # whether a call of run()'s step has returned
 
     def logged(self) -> list:
         """The figures each epoch's logs hold, in _end_of_step's order (on_train_begin's
@@ -1007,9 +1032,12 @@ class EpochLoop:
                     epoch, rates = self.step_rates(index, first_epoch)
                     if index == 0 and epoch > 0:
                         self._warn_if_over(epoch, rates)
+                    result = step(index, rates)
+                    # (after it: a step that raises has undone its epoch, so a fit whose
+                    # first step raised changed nothing, and _train puts the trainer's
+                    # state back; a model whose parameters are not finite is refused so)
                     self.stepped = True
-                    if self._end_of_step(index, epoch, rates, step(index, rates), started,
-                                         n_steps):
+                    if self._end_of_step(index, epoch, rates, result, started, n_steps):
                         break
         finally:
             # each one's end even where another's raises (EarlyStopping's restore must not

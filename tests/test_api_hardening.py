@@ -443,9 +443,62 @@ def test_a_fit_refused_before_its_first_step_keeps_the_trainers_state(tmp_path):
         with pytest.raises(ValueError, match="monitors 'val_loss', which this fit's epochs"):
             trainer.fit(classifier(seed=1), X, y, callbacks=[callbacks.EarlyStopping()])
 
-    for refusal in (missing_folder, unlogged_monitor):
+    def parameters_that_are_not_finite(trainer, X, y):
+        model = classifier(seed=1)
+        model.weights[0][0, 0] = np.nan
+        before = model.parameter_vector()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")        # (not the diverged fit's warning)
+            with pytest.raises(ValueError, match="parameters are not all finite .* at the "
+                                                 "start of epoch 1: there is no start"):
+                trainer.fit(model, X, y)
+        assert np.array_equal(model.parameter_vector(), before, equal_nan=True)
+
+    for refusal in (missing_folder, unlogged_monitor, parameters_that_are_not_finite):
         got, got_steps = run_after(refusal)
         assert got_steps == steps and np.array_equal(got, expected)
+
+
+def test_validation_targets_a_metric_of_fastbps_refuses_are_refused_before_training():
+    """Class labels 0..2 as one output unit's validation targets (mean squared error takes
+    them): accuracy refuses them, which it did after the first epoch had trained."""
+    X, y = classes_data()
+    labels = np.arange(X.shape[0]) % 3
+    model = fastbp.MLP([X.shape[1], 6, 1], ["tanh", "sigmoid"], seed=1)
+    trainer = fastbp.Trainer("mse", epochs=2, seed=0, n_threads=1)
+    trainer.fit(model, X, y)
+    before, state, step = model.parameter_vector(), trainer._state.copy(), trainer._step
+    with pytest.raises(ValueError, match="y_true has one column .binary. and must hold"):
+        trainer.fit(model, X, y, validation_data=(X, labels), metrics=["accuracy"])
+    assert np.array_equal(model.parameter_vector(), before)
+    assert np.array_equal(trainer._state, state) and trainer._step == step
+    history = trainer.fit(model, X, y, validation_data=(X, y),
+                          metrics=["accuracy", lambda true, predicted: 0.5])
+    assert len(history.history["val_accuracy"]) == 2
+
+
+def test_a_callbacks_change_of_shuffle_is_for_the_next_fit():
+    """A fit reads trainer.shuffle once (as every other setting): a callback that turned
+    it on failed the next epoch with NumPy's broadcast error; one that turned it off made
+    the next epochs reuse the last permutation."""
+    X, y = classes_data()
+
+    class Switch(callbacks.Callback):
+        def __init__(self, trainer):
+            self.trainer = trainer
+
+        def on_epoch_end(self, epoch, logs):
+            self.trainer.shuffle = not self.trainer.shuffle
+
+    for shuffle in (False, True):
+        switched, model = fastbp.Trainer("cce", epochs=3, shuffle=shuffle, seed=0,
+                                         n_threads=1), classifier()
+        switched.fit(model, X, y, callbacks=[Switch(switched)])
+        plain, expected = fastbp.Trainer("cce", epochs=3, shuffle=shuffle, seed=0,
+                                         n_threads=1), classifier()
+        plain.fit(expected, X, y)
+        assert np.array_equal(model.parameter_vector(), expected.parameter_vector())
+        assert switched.shuffle is (not shuffle)      # (3 switches: the next fit's)
 
 
 @pytest.mark.parametrize("make", [
@@ -876,6 +929,45 @@ def test_a_schedule_keeps_its_state_through_the_check():
 def test_a_tiny_huber_delta_is_not_told_to_use_0():
     with pytest.raises(ValueError, match="use a larger value"):
         small_model().evaluate(*regression(), losses.Huber(1e-50))
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: optimizers.Adam(0.01, epsilon=1e-40), "epsilon=1e-40 .*; use a larger value"),
+    (lambda: optimizers.RMSprop(0.01, epsilon=1e-40), "epsilon=1e-40 .*; use a larger value"),
+    (lambda: optimizers.Adagrad(0.01, epsilon=1e-40), "epsilon=1e-40 .*; use a larger value"),
+])
+def test_settings_that_must_be_positive_are_not_told_to_use_0(make, message):
+    """(The advice "use 0 or a larger value" for an epsilon, which 0 is refused for.)"""
+    with pytest.raises(ValueError, match=message):
+        fastbp.Trainer("mse", optimizer=make()).fit(small_model(), *regression())
+
+
+def test_a_tiny_clip_is_told_the_least_clip_the_dtype_takes():
+    with pytest.raises(ValueError, match=r"clip=1e-40 .* 1 - clip rounds to 1; use at least "
+                                         r"5.96e-08"):
+        fastbp.MLP([5, 8, 2], ["tanh", "softmax"], seed=0).evaluate(
+            regression()[0], np.array([0, 1] * 100), losses.CategoricalCrossentropy(1e-40))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_momentum_below_the_dtypes_rounding_is_refused(dtype):
+    """The state keeps the velocity times the momentum: with 1e-36 in float32 it is
+    subnormal, flushed to 0 by the epochs, and a later fit with momentum 0.9 found no
+    velocity (4.9e-3 from float64's answer). Such a momentum changes no step beyond
+    rounding: refused, in both dtypes, naming the least one taken, which works."""
+    X, Y = regression(dtype=dtype)
+    eps = float(np.finfo(dtype).eps)
+    model = small_model(dtype)
+    before = model.parameter_vector()
+    with pytest.raises(ValueError, match=f"momentum=1e-36 is below the model's {dtype} "
+                                         f"rounding .*use 0 or at least {eps:.4g}"):
+        fastbp.Trainer("mse", optimizer=optimizers.SGD(0.1, momentum=1e-36)).fit(model, X, Y)
+    assert np.array_equal(model.parameter_vector(), before)
+    trainer = fastbp.Trainer("mse", optimizer=optimizers.SGD(0.1, momentum=eps), epochs=2,
+                             seed=0, n_threads=1)
+    trainer.fit(model, X, Y)
+    trainer.optimizer = optimizers.SGD(0.1, momentum=0.9)
+    assert np.isfinite(trainer.fit(model, X, Y).loss).all()
 
 
 def test_fit_arguments_of_the_wrong_kind_are_refused_by_name_before_training():
