@@ -26,11 +26,6 @@ class Registry:
         return entry
 
     @property
-    def entries(self) -> tuple:
-        """Every registered entry, once, in the order registered."""
-        return tuple(self._canonical.values())
-
-    @property
     def canonical_names(self) -> tuple:
         return tuple(self._canonical)
 

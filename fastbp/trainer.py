@@ -137,6 +137,11 @@ class FitSpec:
         loss parameter the model's output layer would leave unused."""
         check_numbers_in_dtype(self.optimizer, self.loss, self.weight_decay, model.dtype)
         self.loss.check_output(model.activations[-1])
+        if model.activations[-1] == "softmax" and model.layer_sizes[-1] == 1:
+            # (a model of one class: every gradient is 0, and the fit changed nothing)
+            raise ValueError("a softmax output layer of one unit outputs 1 whatever its "
+                             "input, so training cannot change it: give it one unit per "
+                             "class, or use sigmoid for one probability")
 
 
 def check_numbers_in_dtype(optimizer, loss, weight_decay: float, dtype) -> None:
@@ -699,7 +704,7 @@ def check_metric_targets(metric_functions, validation, dtype) -> None:
     computed once on Y_val against outputs of zeros. (A caller's metric is not called on
     made-up outputs.)"""
     own = [function for _, function in metric_functions
-           if function in metrics_module.REGISTRY.entries]
+           if function in metrics_module.REGISTRY]
     if own:
         Y_val = validation[1]
         zeros = np.broadcast_to(np.zeros((), dtype=dtype), Y_val.shape)

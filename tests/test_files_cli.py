@@ -785,3 +785,157 @@ def test_a_sparse_npz_with_indices_past_its_shape_is_refused_not_a_crash(
         assert f"{tmp_path / 'bad.npz'} is a malformed {matrix_format.upper()} matrix: its " \
                f"{axis} indices must lie in" in result.stderr, result.stderr
     assert not (tmp_path / "n.fbp").exists()
+
+
+# ---------------------------------------------------------------- found by a review (12-07)
+
+def test_a_quote_left_open_in_a_data_row_is_refused_naming_its_line(tmp_path, trained,
+                                                                      capsys):
+    """The csv module reads a quote left open to the end of the file: predict wrote 4 rows
+    for 100 and exited 0, train learned a class named after the rest of the file."""
+    lines = ["a,b,c,species"] + [f"0.{i:02d},0.5,0.1,setosa" for i in range(100)]
+    lines[4] = '0.03,0.5,0.1,"setosa'
+    (tmp_path / "open.csv").write_text("\n".join(lines) + "\n")
+    for argv in (("predict", trained, tmp_path / "open.csv", "-o", tmp_path / "p.csv"),
+                 ("train", tmp_path / "open.csv", *TRAIN, "-o", tmp_path / "n.fbp"),
+                 ("evaluate", trained, tmp_path / "open.csv")):
+        status, _, err = run_cli(capsys, *argv)
+        assert one_line_error(status, err, argv[0]), err
+        assert "open.csv, line 5: a field runs on over several lines: a quote opened " \
+               "there is never closed" in err, err
+    assert not (tmp_path / "p.csv").exists() and not (tmp_path / "n.fbp").exists()
+    # a quoted field on one line is still a field
+    lines[4] = '0.03,0.5,0.1,"setosa"'
+    (tmp_path / "closed.csv").write_text("\n".join(lines) + "\n")
+    status, out, err = run_cli(capsys, "predict", trained, tmp_path / "closed.csv")
+    assert status == 0 and len(out.splitlines()) == 101, err
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/fd"), reason="needs Linux's /dev/stdout")
+def test_an_output_that_is_the_regular_file_stdout_goes_to_is_refused(tmp_path, data):
+    """train -o /dev/stdout > FILE replaced FILE by a new file: the progress went into the
+    one it unlinked, and with >> an existing log was replaced by the model."""
+    log = tmp_path / "log.txt"
+    log.write_text("an earlier line\n")
+    for command in ("train", "export"):
+        argv = ["train", str(data), *TRAIN, "-o", "/dev/stdout"] if command == "train" else \
+            ["export", str(tmp_path / "m.fbp"), "/dev/stdout"]
+        if command == "export":
+            fastbp.MLP([3, 4, 3], ["relu", "softmax"], seed=0).save(tmp_path / "m.fbp")
+        with open(log, "ab") as stdout:
+            result = subprocess.run([sys.executable, "-m", "fastbp", *argv], stdout=stdout,
+                                    stderr=subprocess.PIPE, text=True, timeout=120)
+        assert result.returncode == 2, result.stderr
+        assert "/dev/stdout is the file standard output goes to" in result.stderr
+        assert log.read_text() == "an earlier line\n"
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/fd"), reason="needs Linux's /dev/stdout")
+def test_export_to_stdout_says_what_it_wrote_on_stderr_and_a_closed_pipe_is_an_error(
+        tmp_path):
+    """The summary went to stdout after the graph's bytes (onnx.load: "Wire format was
+    corrupt"), and a reader that went away gave status 0 with the graph cut short."""
+    model = fastbp.MLP([3, 4, 3], ["relu", "softmax"], seed=0)
+    model.save(tmp_path / "m.fbp")
+    if _has_onnx():
+        model.to_onnx(tmp_path / "file.onnx")
+    result = subprocess.run([sys.executable, "-m", "fastbp", "export", str(tmp_path / "m.fbp"),
+                             "/dev/stdout"], capture_output=True, timeout=120)
+    if not _has_onnx():
+        assert result.returncode == 2 and b"onnx" in result.stderr
+        return
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (tmp_path / "file.onnx").read_bytes()
+    assert b"wrote /dev/stdout: ONNX" in result.stderr
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run([sys.executable, "-m", "fastbp", "export",
+                                 str(tmp_path / "m.fbp"), "/dev/stdout"], stdout=write_end,
+                                stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write_end)
+    assert result.returncode == 2 and "the reader of a pipe went away before the graph " \
+                                      "was all written" in result.stderr, result.stderr
+
+
+def _has_onnx():
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("hidden", [",", " ", "0", ""])
+def test_hidden_widths_that_name_none_are_refused_only_none_means_none(tmp_path, data,
+                                                                       capsys, hidden):
+    """--hidden ',', ' ', '' and '0' trained a network with no hidden layer."""
+    status, _, err = run_cli(capsys, "train", data, *TRAIN, "--hidden", hidden, "-o",
+                             tmp_path / "n.fbp")
+    assert status == 2 and "--hidden" in err and ("every width must be >= 1" in err
+                                                  if hidden == "0" else "or none" in err), err
+    status, _, err = run_cli(capsys, "train", data, *TRAIN, "--hidden", "none", "-o",
+                             tmp_path / "n.fbp")
+    assert status == 0 and fastbp.load(tmp_path / "n.fbp").layer_sizes == (3, 3), err
+
+
+def test_settings_of_the_model_and_threads_are_refused_naming_the_option(tmp_path, data,
+                                                                         capsys):
+    for options, message in ((["--threads", "5000"], "--threads must be at most"),
+                             (["--dropout", "1.5"], "--dropout rates must be in [0, 1)"),
+                             (["--loss", "bce", "--output-activation", "softmax"],
+                              "a softmax output layer of one unit outputs 1")):
+        argv = ["train", data, "--target", "species", "--hidden", "4", "--epochs", "1",
+                "-q", *options, "-o", tmp_path / "n.fbp"]
+        if options[0] == "--loss":       # (one 0/1 target column: one output unit)
+            argv[2:4] = ["--target", "a"]
+            rng = np.random.default_rng(0)
+            np.savetxt(tmp_path / "bin.csv", np.c_[rng.normal(size=(20, 3)),
+                                                   rng.integers(0, 2, 20)],
+                       delimiter=",", header="x,y,z,a", comments="", fmt="%g")
+            argv[1] = tmp_path / "bin.csv"
+        status, _, err = run_cli(capsys, *argv)
+        assert one_line_error(status, err, "train") and message in err, err
+        assert not (tmp_path / "n.fbp").exists()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="file names of any bytes: Linux")
+def test_info_json_of_a_model_whose_name_is_not_utf8_is_valid_utf8(tmp_path, capsys):
+    path = tmp_path / os.fsdecode(b"m\xff.fbp")
+    fastbp.MLP([3, 4, 3], ["relu", "softmax"], seed=0).save(path)
+    status = main(["info", str(path), "--json"])
+    out = capsys.readouterr().out
+    assert status == 0 and json.loads(out.encode("utf-8", "surrogateescape").decode(
+        "utf-8"))["path"].endswith("m\\xff.fbp"), out
+
+
+def test_a_sidecar_whose_loss_is_no_loss_is_refused_naming_the_sidecar(trained, data,
+                                                                       capsys):
+    sidecar = json.loads((trained.parent / "m.fbp.json").read_text())
+    for loss in (123, "no_such_loss", ["mse"]):
+        sidecar["loss"] = loss
+        (trained.parent / "m.fbp.json").write_text(json.dumps(sidecar))
+        for argv in (("predict", trained, data), ("evaluate", trained, data),
+                     ("info", trained)):
+            status, _, err = run_cli(capsys, *argv)
+            assert one_line_error(status, err, argv[0]), err
+            assert "m.fbp.json (the model's sidecar): loss must be one of" in err, err
+
+
+def test_a_sparse_file_whose_shape_is_0d_is_refused_naming_the_file(tmp_path, trained,
+                                                                    capsys):
+    import scipy.sparse
+    scipy.sparse.save_npz(tmp_path / "s.npz", scipy.sparse.csr_matrix(np.eye(4, 3)))
+    with np.load(tmp_path / "s.npz") as archive:
+        arrays = dict(archive)
+    arrays["shape"] = np.array(3)
+    np.savez(tmp_path / "shape0d.npz", **arrays)
+    status, _, err = run_cli(capsys, "predict", trained, tmp_path / "shape0d.npz")
+    assert one_line_error(status, err, "predict") and \
+        "shape0d.npz: not a readable scipy.sparse matrix" in err, err
+
+
+def test_bench_with_no_workload_named_is_refused(capsys):
+    status, _, err = run_cli(capsys, "bench", "--builtin", "--workloads", ",")
+    assert one_line_error(status, err, "bench") and "--workloads names none" in err, err

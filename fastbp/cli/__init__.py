@@ -3,7 +3,7 @@
 `fastbp` (the console script) and `python -m fastbp` both call `main`. Every subcommand has
 `--help`. A user mistake (a missing file, an unknown column, a bad option value, data fastbp
 cannot use) ends with one line on stderr, `fastbp <command>: error: <what to fix>`, and exit
-status 2; set FASTBP_TRACEBACK=1 in the environment to see the traceback instead.
+status 2; set FASTBP_TRACEBACK=1 in the environment to see the traceback as well.
 
 `train` writes the model (`--output`, default model.fbp) and, next to it, a sidecar
 `<model>.json` with what the model file does not hold: the loss, the feature and target
@@ -24,6 +24,7 @@ The package, by concern:
 from __future__ import annotations
 
 import sys
+import traceback
 import warnings
 
 from fastbp.cli.bench import repository_bench
@@ -61,11 +62,11 @@ def main(argv=None) -> int:
             check_ranges(args)
             return args.handler(args)
         except (ValueError, TypeError, OSError, KeyError, ImportError, MemoryError) as error:
-            if show_traceback:
-                raise
             if isinstance(error, BrokenPipeError):    # `fastbp predict ... | head`
                 silence_stdout()
                 return 0
+            if show_traceback:      # (and the status all the same: 1 says "diverged")
+                traceback.print_exc()
             print(f"fastbp {command}: error: {one_line(error)}", file=sys.stderr)
             return EXIT_USAGE
         except KeyboardInterrupt:

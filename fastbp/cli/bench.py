@@ -93,6 +93,9 @@ def _builtin_bench(args, threads) -> int:
     names = [name.strip().upper() for name in (args.workloads or "W1,W3").split(",")
              if name.strip()]
     unknown = [name for name in names if name not in BUILTIN_WORKLOADS]
+    if not names:       # ("," measured nothing and said nothing)
+        raise UsageError(f"--workloads names none; give some of "
+                         f"{', '.join(BUILTIN_WORKLOADS)}")
     if unknown:
         raise UsageError(f"the built-in measurement knows the workloads "
                          f"{', '.join(BUILTIN_WORKLOADS)}; got {', '.join(unknown)}")

@@ -7,7 +7,7 @@ import os
 import stat
 
 from fastbp.cli.outputs import short_list
-from fastbp.cli.sidecar import load_model, sidecar_to_read
+from fastbp.cli.sidecar import load_model, name_as_text, sidecar_to_read
 
 
 def describe(path) -> dict:
@@ -20,7 +20,8 @@ def describe(path) -> dict:
                        "dropout": float(dropout), "parameters": n_in * n_out + n_out})
     found = os.stat(path)               # (a pipe's size is 0: no size to show)
     size = found.st_size if stat.S_ISREG(found.st_mode) else None
-    return {"path": os.fspath(path), "bytes": size,
+    # (a name that is not UTF-8 as the sidecar writes it: else JSON no reader decodes)
+    return {"path": name_as_text(os.fsdecode(path)), "bytes": size,
             "layer_sizes": list(model.layer_sizes), "activations": list(model.activations),
             "dtype": model.dtype.name, "parameters": int(model.n_params), "layers": layers,
             "sidecar": sidecar}

@@ -21,11 +21,35 @@ def check_writable(path: str, option: str):
     if os.path.isdir(path):
         raise UsageError(f"{option} {path} is a folder; give a file name")
     try:
-        return _files.check_output(path)
+        found = _files.check_output(path)
     except ValueError as error:
         raise UsageError(f"{option} {error}") from None
     except OSError as error:
         raise UsageError(f"{option} {path}: {one_line(error)}") from None
+    for number, name in ((1, "standard output"), (2, "standard error")):
+        if found is not None and stat.S_ISREG(found.st_mode) and _same_file(found, number):
+            # (-o /dev/stdout > FILE: the new file replaced FILE, and what the command wrote
+            # to its standard output, its progress or an appended log's earlier lines,
+            # went into the file it unlinked)
+            raise UsageError(f"{option} {path} is the file {name} goes to: a regular file "
+                             f"is written as a new file that replaces it, and what goes to "
+                             f"{name} would be lost; give that file's own name as {option} "
+                             f"and no redirection")
+    return found
+
+
+def is_stdout(found) -> bool:
+    """Whether an output (check_writable's result) is the FIFO or device standard output
+    writes into: what a command says there would be mixed into the output's bytes."""
+    # (a regular file is replaced by a new file: check_writable refuses stdout's own)
+    return _files.is_stream(found) and _same_file(found, 1)
+
+
+def _same_file(found: os.stat_result, descriptor: int) -> bool:
+    try:
+        return os.path.samestat(found, os.fstat(descriptor))
+    except OSError:          # (closed)
+        return False
 
 
 def check_distinct(inputs, outputs):

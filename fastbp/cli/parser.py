@@ -348,13 +348,16 @@ def check_ranges(args) -> None:
 
 
 def _int_list(text: str) -> list[int]:
-    if text.strip().lower() in ("", "none", "0"):
+    if text.strip().lower() == "none":     # (only the word: "", "," and "0" were none too)
         return []
     try:
         values = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
+        values = None
+    if not values:
         raise argparse.ArgumentTypeError(
-            f"expected widths separated by commas, such as 128,64; got {text!r}") from None
+            f"expected widths separated by commas, such as 128,64 (or none for no hidden "
+            f"layer); got {text!r}")
     if any(value < 1 for value in values):
         raise argparse.ArgumentTypeError(f"every width must be >= 1; got {text!r}")
     return values

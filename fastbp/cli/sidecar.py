@@ -149,6 +149,14 @@ def _check_sidecar_fields(path, document, n_out):
         except RepeatedKey as error:
             raise UsageError(f"{path} (the model's sidecar) names {error} twice in its "
                              f"{key}; remove or fix it") from None
+    loss = document.get("loss")
+    if loss is not None:        # (it reached fastbp.losses.get, whose error named no file)
+        from fastbp import losses
+        if not (isinstance(loss, str) and loss.lower() in
+                (name.lower() for name in losses.REGISTRY.names)):
+            raise UsageError(f"{path} (the model's sidecar): loss must be one of "
+                             f"{', '.join(losses.REGISTRY.canonical_names)}; got {loss!r}: "
+                             f"remove or fix it")
     classes = document.get("classes")
     expected = n_out if n_out > 1 else 2
     if classes is not None and len(classes) != expected:

@@ -301,7 +301,8 @@ def _sparse_table(path: str, args, want_targets: bool, source) -> Table:
 
     try:
         matrix = scipy.sparse.load_npz(_rewound(source))  # np.load without pickle
-    except (ValueError, OSError, KeyError, *_DAMAGED) as error:
+    except (ValueError, TypeError, OSError, KeyError, *_DAMAGED) as error:   # (TypeError:
+        # a 0-d shape array, "iteration over a 0-d array")
         raise UsageError(f"{path}: not a readable scipy.sparse matrix: {error}") from None
     if matrix.ndim != 2:
         raise UsageError(f"{path} holds a sparse array of shape {matrix.shape}; the "
@@ -461,21 +462,32 @@ def _read_csv(path: str, delimiter: str) -> Table:
                 raise UsageError(f"{path} is empty; a CSV file needs a header row and rows "
                                  f"of data")
             names = [name.strip() for name in header]
+            seen = set()
             for position, name in enumerate(names):
                 if not name:
                     raise UsageError(f"{path}: column {position} of the header has no name; "
                                      f"every column needs one")
-                if names.index(name) != position:
+                if name in seen:
                     raise UsageError(f"{path}: the header names the column {name!r} twice")
+                seen.add(name)
             rows, lines = [], []
+            ended = reader.line_num         # the line the last row ended on
             for row in reader:
+                began, ended = ended + 1, reader.line_num
                 if len(row) <= 1 and not "".join(row).strip():
                     continue    # a blank line (one with a delimiter is a row of empty cells)
+                if began != ended and any("\n" in field or "\r" in field for field in row):
+                    # (the csv module reads a quote left open to the end of the file: the
+                    # rows after it were one field, and silently lost)
+                    raise UsageError(f"{path}, line {began}: a field runs on over several "
+                                     f"lines: a quote opened there is never closed, or a "
+                                     f"value holds a line break, which a table's cells may "
+                                     f"not; close the quote (or remove it)")
                 if len(row) != len(names):
-                    raise UsageError(f"{path}, line {reader.line_num}: {len(row)} fields; "
+                    raise UsageError(f"{path}, line {ended}: {len(row)} fields; "
                                      f"the header has {len(names)}")
                 rows.append(row)
-                lines.append(reader.line_num)
+                lines.append(ended)
     except UnicodeDecodeError:
         raise UsageError(f"{path} is not UTF-8 text: is it a CSV file?") from None
     except csv.Error as error:
@@ -640,11 +652,12 @@ def select_columns(table: Table, args, sidecar, n_inputs=None, want_targets=True
 
     wanted = sidecar.get("features") if sidecar else None
     if wanted and table.named:
-        missing = [name for name in wanted if name not in table.names]
+        position = {name: j for j, name in enumerate(table.names)}   # (names are distinct)
+        missing = [name for name in wanted if name not in position]
         if missing:     # (none of them: another file's columns, not to be taken by position)
             raise UsageError(f"{table.path} lacks the feature column(s) "
                              f"{', '.join(map(repr, missing[:5]))} the model was trained with")
-        features = [table.names.index(name) for name in wanted]
+        features = [position[name] for name in wanted]
         needed = [table.names[j] for j in features if j in dropped]
         if needed:
             raise UsageError(f"--drop {needed[0]}: the model was trained on this column, and "

@@ -8,7 +8,8 @@ import sys
 
 from fastbp import _files, schedules
 from fastbp.cli.errors import EXIT_DIVERGED, EXIT_INTERRUPTED, UsageError
-from fastbp.cli.outputs import check_distinct, check_writable, short_list, silence_stdout
+from fastbp.cli.outputs import check_distinct, check_writable, is_stdout, short_list, \
+    silence_stdout
 from fastbp.cli.sidecar import name_as_text, sidecar_bytes, sidecar_path
 from fastbp.cli.tables import read_table, select_columns
 from fastbp.cli.targets import encode_targets, numbers_or_none, takes_class_labels
@@ -167,19 +168,7 @@ def _check_outputs(args):
     check_distinct([("INPUT", args.input), ("--targets", getattr(args, "targets", None))],
                    [("--output", args.output), ("the sidecar", sidecar_file),
                     ("--plot", args.plot)])
-    return sidecar_file, any(_is_stdout(found) for found in targets)
-
-
-def _is_stdout(found) -> bool:
-    """Whether an output (check_writable's result) is the FIFO or device standard output
-    writes into: the progress written there would be mixed into the output's bytes."""
-    if not _files.is_stream(found):     # (a regular file is replaced: a new file)
-        return False
-    try:
-        stdout = os.fstat(sys.stdout.fileno())
-    except (OSError, ValueError, AttributeError):     # no file behind sys.stdout
-        return False
-    return (found.st_dev, found.st_ino) == (stdout.st_dev, stdout.st_ino)
+    return sidecar_file, any(is_stdout(found) for found in targets)
 
 
 def _choose_loss(option, target_cols):
@@ -207,21 +196,36 @@ def _build_model(args, n_inputs, n_outputs, loss):
     if not hidden and any(args.dropout):
         raise UsageError("--dropout needs a hidden layer (dropout acts on hidden layers)")
     output_activation = args.output_activation or loss.output_activation
-    return MLP([n_inputs, *hidden, n_outputs], [*activations, output_activation.lower()],
-               dtype=args.dtype, init=args.init, seed=args.seed, dropout=dropout or 0.0)
+    try:
+        return MLP([n_inputs, *hidden, n_outputs], [*activations, output_activation.lower()],
+                   dtype=args.dtype, init=args.init, seed=args.seed, dropout=dropout or 0.0)
+    except (ValueError, TypeError) as error:
+        raise _as_option(error) from None
 
 
-# The option behind each of the trainer's settings that its checks name
+# The option behind each of the model's and the trainer's settings that their checks name
 _OPTION_OF = {"learning_rate": "--learning-rate", "momentum": "--momentum",
               "weight_decay": "--weight-decay", "clip_norm": "--clip-norm",
-              "class_weight": "--class-weight"}
+              "class_weight": "--class-weight", "n_threads": "--threads",
+              "dropout": "--dropout"}
+
+
+def _as_option(error):
+    """A check's refusal that names a setting, as a UsageError naming its option (the
+    error itself where it names none of them)."""
+    from fastbp._validation import named_setting
+
+    name = named_setting(error)
+    if name not in _OPTION_OF:
+        return error
+    message = str(error).replace(" (or None for no clipping)", "")
+    return UsageError(_OPTION_OF[name] + message[len(name):])
 
 
 def _build_trainer(args, loss, monitor, model):
     """(the Trainer, the learning rate it uses), its settings checked for `model` (its
     dtype; class weights need classes) before any work, refused naming the options."""
     from fastbp import optimizers
-    from fastbp._validation import named_setting
     from fastbp.trainer import Trainer
 
     schedule = _schedule(args.schedule, args.epochs, monitor)
@@ -245,11 +249,7 @@ def _build_trainer(args, loss, monitor, model):
     except UsageError:
         raise
     except (ValueError, TypeError) as error:
-        name = named_setting(error)
-        if name not in _OPTION_OF:
-            raise
-        message = str(error).replace(" (or None for no clipping)", "")
-        raise UsageError(_OPTION_OF[name] + message[len(name):]) from None
+        raise _as_option(error) from None
     return trainer, optimizer.learning_rate
 
 
