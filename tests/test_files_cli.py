@@ -939,3 +939,12 @@ def test_a_sparse_file_whose_shape_is_0d_is_refused_naming_the_file(tmp_path, tr
 def test_bench_with_no_workload_named_is_refused(capsys):
     status, _, err = run_cli(capsys, "bench", "--builtin", "--workloads", ",")
     assert one_line_error(status, err, "bench") and "--workloads names none" in err, err
+
+
+def test_predict_with_stdout_closed_says_so(tmp_path, trained, data):
+    result = subprocess.run([sys.executable, "-m", "fastbp", "predict", str(trained),
+                             str(data)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, timeout=120, close_fds=True,
+                            preexec_fn=lambda: os.close(1))
+    assert result.returncode == 2, result.stderr
+    assert "standard output is closed" in result.stderr, result.stderr

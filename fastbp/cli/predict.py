@@ -20,6 +20,9 @@ def cmd_predict(args) -> int:
         check_distinct([("MODEL", args.model),
                         ("the model's sidecar", sidecar_to_read(args.model)),
                          ("INPUT", args.input)], [("--output", args.output)])
+    elif sys.stdout is None:          # (`>&-`: "argument 1 must have a "write" method")
+        raise UsageError("standard output is closed, and the rows go there without "
+                         "--output: give --output FILE")
     model, sidecar = load_model(args.model)
     table = read_table(args.input, args, want_targets=False)
     features, _, _ = select_columns(table, args, sidecar, model.layer_sizes[0],
