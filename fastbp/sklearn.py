@@ -705,8 +705,10 @@ class _BaseMLP(BaseEstimator):
         seed = rng
         if stratify is not None and np.unique(stratify, return_counts=True)[1].min() < 2:
             stratify = None     # a class of one row cannot be stratified: split at random
+        # (a float: train_test_split's own check refused NumPy's float32 scalars, naming
+        # its test_size, where scikit-learn's fit skips that check)
         parts = train_test_split(*arrays, random_state=seed,
-                                 test_size=self.validation_fraction, stratify=stratify)
+                                 test_size=float(self.validation_fraction), stratify=stratify)
         X_train, X_val, Y_train, Y_val = parts[:4]
         weights_train, weights_val = (parts[4], parts[5]) if sample_weight is not None \
             else (None, None)

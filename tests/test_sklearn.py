@@ -823,6 +823,20 @@ def test_early_stopping_needs_a_validation_set():
         MLPClassifier(early_stopping=True, validation_fraction=0.05).fit(X, y)
 
 
+@pytest.mark.parametrize("cls", [MLPClassifier, MLPRegressor])
+def test_a_validation_fraction_of_numpys_float_types_is_the_fraction(cls):
+    """np.float32(0.25) (a grid of float32 fractions) was refused by train_test_split's
+    own check, naming its test_size; scikit-learn's MLP takes it."""
+    X, y = blobs()
+    settings = dict(hidden_layer_sizes=(8,), early_stopping=True, max_iter=3,
+                    n_iter_no_change=100, random_state=0)
+    expected = quiet(cls(**settings, validation_fraction=0.25).fit, X, y)
+    for fraction in (np.float32(0.25), np.float16(0.25), np.longdouble(0.25)):
+        got = quiet(cls(**settings, validation_fraction=fraction).fit, X, y)
+        assert got.validation_scores_ == expected.validation_scores_
+        assert_same_parameters(got, expected)
+
+
 def test_adaptive_learning_rate_divides_by_five_before_stopping(capsys):
     X, y = blobs()
     clf = MLPClassifier(hidden_layer_sizes=(8,), solver="sgd", learning_rate="adaptive",
