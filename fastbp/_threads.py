@@ -442,7 +442,8 @@ def pass_threads(layer_sizes, activations, rows: int, dtype, backward: bool) -> 
 
     def valid(kept):
         return isinstance(kept, list) and len(kept) == 2 and kept[0] in (1, allowed) \
-            and type(kept[0]) is int and isinstance(kept[1], float) and kept[1] >= 0
+            and type(kept[0]) is int and isinstance(kept[1], float) and kept[1] >= 0 \
+            and kept[1] != float("inf")     # (a hand-edited Infinity passed, changing bits)
 
     with _measure_lock:
         if key not in _measured:

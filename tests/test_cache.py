@@ -264,11 +264,75 @@ def test_a_cache_or_lock_path_that_is_not_a_regular_file_is_passed_over(tmp_path
 
 
 @pytest.mark.skipif(not hasattr(os, "symlink"), reason="symbolic links")
-def test_a_cache_file_that_links_to_nothing_is_written_through_the_link(tmp_path, monkeypatch):
-    monkeypatch.setenv("FASTBP_CACHE_DIR", str(tmp_path))
-    os.symlink(tmp_path / "elsewhere.json", tmp_path / "c.json")
+def test_a_cache_or_lock_file_that_is_a_link_is_never_written_through(tmp_path, monkeypatch):
+    """A link at the cache file's path made a fit replace the file it named with the cache
+    (in a cache folder others can write into: any file of the user's), and a link to
+    nothing made its target; the lock file was made through a link too. The choice is
+    still measured and used; the links and what they name are left as they are."""
+    monkeypatch.setenv("FASTBP_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "precious.txt").write_text("the user's data")
+    os.symlink(tmp_path / "precious.txt", tmp_path / "cache" / "c.json")
+    os.symlink(tmp_path / "nothing.json", tmp_path / "cache" / "d.json")
+    os.symlink(tmp_path / "nothing.lock", tmp_path / "cache" / "c.json.lock")
+    for name in ("c.json", "d.json"):
+        assert _cache.settled(name, "k", lambda choice: choice == 3, lambda: 3) == 3
+    assert (tmp_path / "precious.txt").read_text() == "the user's data"
+    assert not (tmp_path / "nothing.json").exists() and not (tmp_path / "nothing.lock").exists()
+    assert (tmp_path / "cache" / "c.json").is_symlink()
+    # a folder named through a link is a folder like any other
+    os.symlink(tmp_path / "real", tmp_path / "linked")
+    (tmp_path / "real").mkdir()
+    monkeypatch.setenv("FASTBP_CACHE_DIR", str(tmp_path / "linked"))
     assert _cache.settled("c.json", "k", lambda choice: choice == 3, lambda: 3) == 3
-    assert _cache.read_cache("c.json") == {"k": 3} == kept(tmp_path / "elsewhere.json")
+    assert kept(tmp_path / "real" / "c.json") == {"k": 3}
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX's")
+def test_a_child_forked_while_a_lock_is_held_does_not_keep_it(tmp_path):
+    """A flock belongs to the open file, which a forked child shares: a child forked while
+    a thread measured kept the lock after its parent was killed, and the next process
+    waited LOCK_WAIT_SECONDS (61.8 s) and then measured unlocked."""
+    code = textwrap.dedent("""
+        import os, sys, time
+        from fastbp import _cache
+        with _cache._locked("c.json"):
+            if os.fork() == 0:          # a long-lived child (a pool's worker)
+                time.sleep(60)
+                os._exit(0)
+            print("locked", flush=True)
+            time.sleep(60)
+    """)
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "FASTBP_CACHE_DIR": str(tmp_path)},
+                              start_new_session=True)
+    try:
+        assert parent.stdout.readline().strip() == "locked"
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=30)
+        with open(tmp_path / "c.json.lock", "r+b") as handle:
+            assert _cache._lock(handle, 10.0)   # (the child lives on: it was 60 s)
+            _cache._unlock(handle)
+    finally:
+        os.killpg(parent.pid, signal.SIGKILL)   # (the child, in the parent's session)
+
+
+def test_temporaries_of_writers_killed_mid_write_are_swept(tmp_path, monkeypatch):
+    """Writers killed while they wrote left their temporaries for good (810 KB from 4 of
+    20 kills of a full cache); the next write removes those older than a writer takes."""
+    from fastbp._files import temporary_name
+    monkeypatch.setenv("FASTBP_CACHE_DIR", str(tmp_path))
+    old, fresh, other = (temporary_name(str(tmp_path / name))
+                         for name in ("c.json", "c.json", "d.json"))
+    for path in (old, fresh, other):
+        with open(path, "w") as file:
+            file.write("{}")
+    past = time.time() - 2 * _cache._TEMPORARY_AGE_SECONDS
+    os.utime(old, (past, past))
+    os.utime(other, (past, past))
+    assert _cache.settled("c.json", "k", lambda choice: choice == 3, lambda: 3) == 3
+    assert not os.path.exists(old)
+    assert os.path.exists(fresh) and os.path.exists(other)   # (a live writer's; d.json's)
 
 
 def test_a_cache_of_more_than_a_mebibyte_is_read(tmp_path, monkeypatch):
@@ -398,3 +462,20 @@ def test_the_cache_folder_setting(monkeypatch, tmp_path):
     assert _cache.cache_folder() == str(tmp_path / "xdg" / "fastbp")
     monkeypatch.delenv("XDG_CACHE_HOME")
     assert _cache.cache_folder() == str(tmp_path / ".cache" / "fastbp")
+    # blank is unset, as every FASTBP_ variable ("\t/x\n" was a folder of that name)
+    monkeypatch.setenv("FASTBP_CACHE_DIR", " \t")
+    assert _cache.cache_folder() == str(tmp_path / ".cache" / "fastbp")
+    monkeypatch.setenv("FASTBP_CACHE_DIR", f"\t{tmp_path / 'x'}\n")
+    assert _cache.cache_folder() == str(tmp_path / "x")
+    # no home: none (HOME "" was /.cache/fastbp; no HOME and no account entry, a folder
+    # named "~" in the working folder), and the choices are kept in memory only
+    monkeypatch.delenv("FASTBP_CACHE_DIR")
+    monkeypatch.chdir(tmp_path)
+    for home in ("", "/"):
+        monkeypatch.setenv("HOME", home)
+        assert _cache.cache_folder() is None
+    monkeypatch.delenv("HOME")
+    monkeypatch.setattr(os.path, "expanduser", lambda path: path)   # (no account entry)
+    assert _cache.cache_folder() is None
+    assert _cache.settled("c.json", "k", lambda choice: choice == 3, lambda: 3) == 3
+    assert _cache.read_cache("c.json") == {} and os.listdir(tmp_path) == []
