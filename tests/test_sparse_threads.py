@@ -149,7 +149,7 @@ def test_a_pool_whose_memory_cannot_be_had_raises_and_leaves_the_fit_undone(monk
     finally:
         _core.row_pool_settings(start_limit=previous[1])
     np.testing.assert_array_equal(model.parameter_vector(), parameters)
-    assert not trainer._state.any()
+    assert trainer._state is None and trainer._step == 0     # (as it was: none yet)
     trainer.fit(model, X, y)
     np.testing.assert_array_equal(model.parameter_vector(), reference[0])
     np.testing.assert_array_equal(trainer._state, reference[1])
