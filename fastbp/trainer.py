@@ -138,10 +138,11 @@ class FitSpec:
         check_numbers_in_dtype(self.optimizer, self.loss, self.weight_decay, model.dtype)
         self.loss.check_output(model.activations[-1])
         if model.activations[-1] == "softmax" and model.layer_sizes[-1] == 1 \
-                and self.loss.name != "categorical_crossentropy":
+                and self.loss.output_activation != "softmax":
             # Its output is 1 whatever its input: every gradient 0, the fit changes nothing
             # (the command line's --loss bce --output-activation softmax trained one,
-            # exit 0). Under CCE it is a model of one class, whose loss is already 0.
+            # exit 0). Under CCE, softmax's own loss, it is a model of one class, whose
+            # loss is already 0.
             raise ValueError(f"a softmax output layer of one unit outputs 1 whatever its "
                              f"input, so training with {self.loss.name} cannot change it: "
                              f"give it one unit per class, or use sigmoid for one "
