@@ -486,6 +486,14 @@ def _check_arrays(model, X, Y, loss):
     if is_sparse(getattr(Y, "_meta", None)):      # (a worker's NumPy said "a sequence")
         raise TypeError(f"Y must be a dask array of dense chunks; got chunks of "
                         f"scipy.sparse {type(Y._meta).__name__} (only X may be sparse)")
+    for array, name in ((X, "X"), (Y, "Y")):
+        # chunks of another array library (pydata's sparse.COO: "Cannot convert a sparse
+        # array to dense automatically" from a worker, after the chunks were computed)
+        meta = getattr(array, "_meta", None)
+        if meta is not None and not isinstance(meta, np.ndarray) and not is_sparse(meta):
+            raise TypeError(f"{name}'s chunks are {type(meta).__module__}."
+                            f"{type(meta).__name__}; fastbp.dask takes NumPy chunks"
+                            f"{' or scipy.sparse matrices' if name == 'X' else ''}")
     if X.ndim != 2:
         raise ValueError(f"X must be 2-D (n_samples, {model.layer_sizes[0]}); got shape {X.shape}")
     if X.shape[1] != model.layer_sizes[0]:
@@ -920,10 +928,23 @@ def fit(model: MLP, trainer: Trainer, X, Y, client=None, rounds=None, epochs_per
         return history
     finally:
         if cluster is not None:
-            try:        # the model at the last completed round, however the fit ends
-                averager.catch_up(lambda: cluster.latest_parameters(averager))
-            finally:
-                cluster.release()      # the blocks' copies on the workers, a round ahead
+            try:
+                # SIGINT held back until both are done: a Ctrl-C (a second one) in the
+                # fetch raised out of fit and left the model at its start, whatever rounds
+                # had completed; then it marks the history interrupted, as Trainer.fit's
+                _core.deferred(_finish, cluster, averager)
+            except KeyboardInterrupt:
+                history.interrupted = True
+
+
+def _finish(cluster, averager) -> None:
+    """A fit's end on a cluster: the model at the last completed round, however the fit
+    ends, then what the fit put on the cluster let go of (the blocks' copies on the
+    workers, a round ahead)."""
+    try:
+        averager.catch_up(lambda: cluster.latest_parameters(averager))
+    finally:
+        cluster.release()
 
 
 AVERAGING = ("block_momentum", "mean")

@@ -1192,6 +1192,25 @@ def test_the_driver_takes_the_parameters_once_when_nothing_reads_them_between_ro
     np.testing.assert_array_equal(model._params, reference._params)
 
 
+def test_ctrl_c_while_the_fit_takes_the_last_rounds_parameters_keeps_them(cluster_client):
+    """SIGINT as the driver takes the last round's parameters at the fit's end (no callback
+    and no validation: the only time it takes them): fit raised KeyboardInterrupt and the
+    model kept its start, whatever rounds had completed. Now the fetch and the clean-up
+    finish first, and the history is marked interrupted, as Trainer.fit's."""
+    reference, _, _ = fit_beside(cluster_client, Idle, seed=4, lazy=True)
+    latest = fastbp.dask._ClusterRounds.latest_parameters
+
+    def interrupted(cluster, averager):
+        os.kill(os.getpid(), signal.SIGINT)      # the user's Ctrl-C, at this moment
+        time.sleep(0.05)
+        return latest(cluster, averager)
+
+    with mock.patch.object(fastbp.dask._ClusterRounds, "latest_parameters", interrupted):
+        model, history, _ = fit_beside(cluster_client, Idle, seed=4, lazy=True)
+    assert history.interrupted and history.epochs == 3
+    np.testing.assert_array_equal(model._params, reference._params)
+
+
 class Idle(threading.Thread):
     """fit_beside's thread that does nothing but keep the Rounds counter to look at."""
 
@@ -1601,6 +1620,32 @@ def test_sparse_chunks_of_y_are_refused_before_any_chunk_is_computed():
     with pytest.raises(TypeError, match="Y must be a dask array of dense chunks; got chunks "
                                         "of scipy.sparse csr_matrix"), local_scheduler():
         fastbp.dask.fit(model, fastbp.Trainer("mse", seed=0), failing_chunks(), Y)
+    np.testing.assert_array_equal(model.parameter_vector(), before)
+
+
+class _ForeignChunks:
+    """An array library's chunks that are neither NumPy's nor scipy.sparse's (as pydata's
+    sparse.COO, which a worker's np.asarray refused after every chunk was computed)."""
+
+    def __init__(self, array):
+        self.array, self.shape, self.dtype, self.ndim = array, array.shape, array.dtype, \
+            array.ndim
+
+    def __getitem__(self, index):
+        return _ForeignChunks(self.array[index])
+
+
+def test_chunks_of_another_array_library_are_refused_before_any_chunk_is_computed():
+    foreign = da.from_array(_ForeignChunks(X_TRAIN[:400]), chunks=(200, -1), asarray=False)
+    labels = da.from_array(_ForeignChunks(Y_TRAIN[:400]), chunks=200, asarray=False)
+    model = fastbp.MLP([X_TRAIN.shape[1], 8, 3], ["relu", "softmax"], seed=0)
+    before = model.parameter_vector()
+    for X, Y, name in ((foreign, failing_chunks(), "X"),
+                       (da.from_array(X_TRAIN[:400], chunks=(200, -1)), labels, "Y")):
+        with pytest.raises(TypeError, match=f"{name}'s chunks are .*_ForeignChunks; "
+                                            f"fastbp.dask takes NumPy chunks"), \
+                local_scheduler():
+            fastbp.dask.fit(model, fastbp.Trainer("cce", seed=0), X, Y)
     np.testing.assert_array_equal(model.parameter_vector(), before)
 
 
