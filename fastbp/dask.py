@@ -1018,6 +1018,20 @@ class _Submitted(NamedTuple):
     futures: list        # every future of this round
 
 
+def _scattered(client, value):
+    """A future of `value` on every worker (client.scatter, broadcast), scattered again once
+    where a worker died while it was sent: a stream to it closed mid-scatter raised
+    CommClosedError out of fit (a worker killed as a fit began), where a worker lost later
+    is a round run again."""
+    from distributed.comm.core import CommClosedError
+    for attempt in range(2):
+        try:
+            return client.scatter([value], broadcast=True, hash=False)[0]
+        except CommClosedError:
+            if attempt:
+                raise
+
+
 class _ClusterRounds:
     """The rounds on a distributed cluster: the chunks persisted on the workers fastbp
     chose (balanced by rows, on the workers that hold their data where the balance
@@ -1048,7 +1062,7 @@ class _ClusterRounds:
                                    f"as it was") from None
         self.workers = client.nthreads()
         self._copies = copies
-        self.copies = client.scatter(copies, broadcast=True, hash=False)
+        self.copies = _scattered(client, copies)
         self.n_threads, self.rule, self.name = n_threads, rule, name
         self.arguments, self.round_inputs = arguments, round_inputs
         self.submitted = 0      # submissions so far (each gets its own task keys)
@@ -1125,8 +1139,7 @@ class _ClusterRounds:
                     if attempt:       # a worker was lost: the chunks' places again
                         self._persist_stranded()
                         if self.copies.status != "finished":  # every worker holding it died
-                            self.copies = self.client.scatter(self._copies, broadcast=True,
-                                                              hash=False)
+                            self.copies = _scattered(self.client, self._copies)
                     current = self._submit(round_index, rates,
                                            state=self._driver_state(averager, rounds_done))
                 if next_rates is not None:
@@ -1209,7 +1222,7 @@ class _ClusterRounds:
         # each), so that its blocks of the next round start there without another hop.
         workers = sorted(set(self.places))
         if after is None:
-            scattered = client.scatter([state], broadcast=True, hash=False)[0]
+            scattered = _scattered(client, state)
             previous, own = dict.fromkeys(workers, scattered), [scattered]
         else:      # (a worker that joined since starts from another worker's copy)
             anywhere = next(iter(after.advanced.values()))

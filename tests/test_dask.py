@@ -1211,6 +1211,31 @@ def test_ctrl_c_while_the_fit_takes_the_last_rounds_parameters_keeps_them(cluste
     np.testing.assert_array_equal(model._params, reference._params)
 
 
+@pytest.mark.parametrize("failing", [1, 2])
+def test_a_worker_lost_while_the_fit_scatters_is_scattered_to_again(cluster_client, failing):
+    """A worker killed as a fit began closed its stream mid-scatter: CommClosedError out of
+    fit. The scatter (the model's copies: the first; the first round's state: the second)
+    is made again, with the same result; a second failure is raised."""
+    from distributed.comm.core import CommClosedError
+    reference, _, _ = fit_beside(cluster_client, Idle, seed=4, rounds=2, lazy=True)
+    scatter, calls = cluster_client.scatter, []
+
+    def closing(*arguments, **keywords):
+        calls.append(1)
+        if len(calls) == failing:
+            raise CommClosedError("in <TCP (closed) ConnectionPool.scatter>: Stream is closed")
+        return scatter(*arguments, **keywords)
+
+    with mock.patch.object(cluster_client, "scatter", closing):
+        model, history, _ = fit_beside(cluster_client, Idle, seed=4, rounds=2, lazy=True)
+    assert history.epochs == 2 and len(calls) == 3
+    np.testing.assert_array_equal(model._params, reference._params)
+    with mock.patch.object(cluster_client, "scatter",
+                           mock.Mock(side_effect=CommClosedError("closed"))), \
+            pytest.raises(CommClosedError):
+        fit_beside(cluster_client, Idle, seed=4, rounds=2, lazy=True)
+
+
 class Idle(threading.Thread):
     """fit_beside's thread that does nothing but keep the Rounds counter to look at."""
 
