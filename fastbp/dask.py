@@ -1110,6 +1110,8 @@ class _ClusterRounds:
                     if future.status != "finished" and self.computed_on[i] not in alive]
         self._replace_if_workers_changed()
         if stranded:
+            # (a cancel, not a release: the stuck tasks' keys are computed again at once,
+            # without the places that named a worker gone)
             self.client.cancel([self.futures[i] for i in stranded])
             self._persist(stranded)
 
@@ -1255,12 +1257,19 @@ class _ClusterRounds:
                       for future in submitted.futures])
 
     def _forget(self, futures):
-        """Cancel `futures`: the client forgets them at once. Dropping the references is
-        not enough: a future that raised (an error, or cancelled by the scheduler: lost
-        with its workers) keeps the error, whose traceback holds the frames that held the
-        future, so the client would keep it as long as it lives."""
-        if futures:
-            self.client.cancel(futures)
+        """Let go of `futures`, each by its release(): the client no longer wants them, and
+        the scheduler forgets each once no task that is still wanted needs it (one that has
+        started finishes on its worker, its result dropped; one that has not is not run).
+        Dropping the references is not enough: a future that raised (an error, or cancelled
+        by the scheduler: lost with its workers) keeps the error, whose traceback holds the
+        frames that held the future, so the client would keep it as long as it lives;
+        release() lets go of it whoever holds it. Not client.cancel: a cancel goes on to
+        the tasks that depend on the futures, and after a lost worker some of those (of
+        rounds submitted again) were wanted by no one, which failed the scheduler's
+        `assert ts.who_wants` and dropped the client, the user's futures with it (about one
+        kill in twenty in a review)."""
+        for future in futures:
+            future.release()
 
     def release(self):
         """Cancel the round submitted ahead (a fit that stops early; a task already running
