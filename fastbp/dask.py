@@ -1133,7 +1133,7 @@ class _ClusterRounds:
         if current is not None and (current.round_index != round_index or
                                     current.rates != list(rates) or
                                     current.workers != self.workers or averager.changed()):
-            self._cancel(current)
+            self._let_go(current)
             current = None
         try:
             for attempt in range(2):
@@ -1166,12 +1166,12 @@ class _ClusterRounds:
                             f": {error})") from error
                     # The state this round starts from (on the workers that trained the
                     # last round) was lost with a worker: again, from a copy that is not.
-                    self._cancel(current, self.ahead)
+                    self._let_go(current, self.ahead)
                     current = self.ahead = None
         except BaseException:
             # (Ctrl-C, a block's error, lost data): this round's tasks and the next's go;
             # a future holding an error is kept alive by its own traceback otherwise
-            self._cancel(current, self.ahead)
+            self._let_go(current, self.ahead)
             current = self.ahead = None
             raise
 
@@ -1252,7 +1252,7 @@ class _ClusterRounds:
         return _Submitted(round_index, list(rates), dict(self.workers), advanced, taken,
                           [*own, *parts, *top, *advanced.values(), taken])
 
-    def _cancel(self, *rounds):
+    def _let_go(self, *rounds):
         self._forget([future for submitted in rounds if submitted is not None
                       for future in submitted.futures])
 
@@ -1272,8 +1272,8 @@ class _ClusterRounds:
             future.release()
 
     def release(self):
-        """Cancel the round submitted ahead (a fit that stops early; a task already running
-        finishes on its worker, its result dropped) and let go of everything else the fit
+        """Let go of the round submitted ahead (a fit that stops early; a task already
+        running finishes on its worker, its result dropped) and of everything else the fit
         put on the cluster: the chunks, the model's copies, the last round's state.
 
         The driver has a round's result from one worker's averaging; another's may still
@@ -1281,10 +1281,11 @@ class _ClusterRounds:
         let go of: those stay on the scheduler, wanted by no one, until it ends. A cancel
         of what they depend on (the chunks, the copies) meanwhile failed an assertion in
         the scheduler, which then dropped the client and every future of the user's with
-        it: so the averaging is waited for first (AVERAGING_WAIT_SECONDS at most)."""
+        it: so the averaging is waited for first (AVERAGING_WAIT_SECONDS at most), and
+        what is let go of is released, not cancelled (_forget)."""
         import distributed
         from distributed.client import CancelledError
-        self._cancel(self.ahead)
+        self._let_go(self.ahead)
         try:
             distributed.wait(self.kept, timeout=AVERAGING_WAIT_SECONDS)
         except (TimeoutError, CancelledError):    # (lost or stuck: its tasks go with it)
