@@ -483,10 +483,6 @@ def _check_arrays(model, X, Y, loss):
         if np.dtype(array.dtype).kind not in "biuf":    # (the chunks are cast unchecked)
             raise TypeError(f"{name} must hold numbers; got a dask array of dtype "
                             f"{array.dtype}")
-    if is_sparse(getattr(Y, "_meta", None)):      # (a worker's NumPy said "a sequence")
-        raise TypeError(f"Y must be a dask array of dense chunks; got chunks of "
-                        f"scipy.sparse {type(Y._meta).__name__} (only X may be sparse)")
-    for array, name in ((X, "X"), (Y, "Y")):
         # chunks of another array library (pydata's sparse.COO: "Cannot convert a sparse
         # array to dense automatically" from a worker, after the chunks were computed)
         meta = getattr(array, "_meta", None)
@@ -494,6 +490,9 @@ def _check_arrays(model, X, Y, loss):
             raise TypeError(f"{name}'s chunks are {type(meta).__module__}."
                             f"{type(meta).__name__}; fastbp.dask takes NumPy chunks"
                             f"{' or scipy.sparse matrices' if name == 'X' else ''}")
+    if is_sparse(getattr(Y, "_meta", None)):      # (a worker's NumPy said "a sequence")
+        raise TypeError(f"Y must be a dask array of dense chunks; got chunks of "
+                        f"scipy.sparse {type(Y._meta).__name__} (only X may be sparse)")
     if X.ndim != 2:
         raise ValueError(f"X must be 2-D (n_samples, {model.layer_sizes[0]}); got shape {X.shape}")
     if X.shape[1] != model.layer_sizes[0]:
