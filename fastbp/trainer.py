@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import numbers
 import threading
 import time
 import warnings
@@ -365,10 +366,13 @@ class Trainer:
         clip_norm = None if self.clip_norm is None else real_number(
             self.clip_norm, "clip_norm", above=True, why=" (or None for no clipping)")
         max_time = None if self.max_time is None else real_number(self.max_time, "max_time")
-        if self.class_weight is not None and self.class_weight != "balanced" \
+        if self.class_weight is not None and not _balanced(self.class_weight) \
                 and not isinstance(self.class_weight, dict):
-            raise TypeError(f"class_weight must be a dict, 'balanced' or None; "
-                            f"got {self.class_weight!r}")
+            given = self.class_weight
+            raise TypeError(f"class_weight must be a dict, 'balanced' or None; got "
+                            + (f"{given!r}" if isinstance(given, (str, numbers.Number)) else
+                               f"a {type(given).__name__} (weights in class order: "
+                               f"dict(enumerate(weights)))"))
         return FitSpec(loss=losses.get(self.loss),
                        optimizer=optimizers.get(self.optimizer, learning_rate),
                        schedule=schedules.get(self.schedule),
@@ -546,7 +550,7 @@ class Trainer:
         if self.class_weight is not None:
             n_outputs = targets.shape[1] if targets is not None else n_classes_of_model
             classes, n_classes = loss.classes_of(targets, labels, n_outputs)
-            if self.class_weight == "balanced":   # n / (k * count), as scikit-learn
+            if _balanced(self.class_weight):   # n / (k * count), as scikit-learn
                 trained = classes if rows is None else classes[rows]
                 counts = np.bincount(trained, minlength=n_classes).astype(np.float64)
                 table = np.divide(trained.shape[0], n_classes * counts,
@@ -660,6 +664,12 @@ def validation_split_point(n_rows: int, fraction: float) -> int:
     """How many rows validation_split=fraction leaves for training: the first ones, the rest
     are held out (Keras's split point). The CLI's --validation-split uses it too."""
     return int(n_rows * (1 - fraction))
+
+
+def _balanced(class_weight) -> bool:
+    """Whether class_weight is "balanced" (an array or a Series compared with == is not a
+    truth value)."""
+    return isinstance(class_weight, str) and class_weight == "balanced"
 
 
 def class_weight_table(class_weight: dict, n_classes: int) -> np.ndarray:
