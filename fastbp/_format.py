@@ -32,15 +32,41 @@ REQUIRED_KEYS = {"layer_sizes", "activations", "dtype"}
 DTYPES = {"float32": np.dtype("<f4"), "float64": np.dtype("<f8")}
 
 
+# The parameters go to a stream this many bytes at a time (write, below)
+WRITE_BYTES = 1 << 24
+
+
 def encode(layer_sizes, activations, params: np.ndarray, dropout=()) -> bytes:
+    """The file's bytes (one copy of the parameters: the answer)."""
+    start, parameters = _parts(layer_sizes, activations, params, dropout)
+    checksum = zlib.crc32(parameters, zlib.crc32(start))
+    return b"".join((start, parameters, CHECKSUM.pack(checksum)))
+
+
+def write(stream, layer_sizes, activations, params: np.ndarray, dropout=()) -> None:
+    """encode's bytes written to a binary stream, the parameters a piece at a time from
+    the model's own memory (a save made two whole copies of them first: a model that
+    trained could not be saved in the memory left)."""
+    start, parameters = _parts(layer_sizes, activations, params, dropout)
+    stream.write(start)
+    checksum = zlib.crc32(start)
+    for offset in range(0, len(parameters), WRITE_BYTES):
+        piece = parameters[offset:offset + WRITE_BYTES]
+        checksum = zlib.crc32(piece, checksum)
+        stream.write(piece)
+    stream.write(CHECKSUM.pack(checksum))
+
+
+def _parts(layer_sizes, activations, params: np.ndarray, dropout) -> tuple:
+    """(the signature and header, the parameters' little-endian bytes: a view of params
+    but on a big-endian machine)."""
     fields = {"layer_sizes": list(layer_sizes), "activations": list(activations),
               "dtype": params.dtype.name}
     if any(dropout):
         fields["dropout"] = [float(rate) for rate in dropout]
     header = json.dumps(fields).encode()
-    body = PREFIX.pack(MAGIC, VERSION, len(header)) + header + \
-        params.astype(DTYPES[params.dtype.name], copy=False).tobytes()
-    return body + CHECKSUM.pack(zlib.crc32(body))
+    values = np.ascontiguousarray(params.astype(DTYPES[params.dtype.name], copy=False))
+    return PREFIX.pack(MAGIC, VERSION, len(header)) + header, memoryview(values).cast("B")
 
 
 def parameter_count(layer_sizes) -> int:

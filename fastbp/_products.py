@@ -268,8 +268,9 @@ def _measure(kind, m, n, k, dtype, isa, chunk_rows=0, chunk_columns=0, margin=1.
     from fastbp import _core
     from fastbp._threads import blas_threads
     rng = np.random.default_rng(0)
-    a = rng.standard_normal((k, m) if kind == "tn" else (m, k)).astype(dtype)
-    b = rng.standard_normal((n, k) if kind == "nt" else (k, n)).astype(dtype)
+    # (drawn in the dtype: a float64 draw cast held 3x a float32 weight matrix at once)
+    a = rng.standard_normal((k, m) if kind == "tn" else (m, k), np.dtype(dtype))
+    b = rng.standard_normal((n, k) if kind == "nt" else (k, n), np.dtype(dtype))
     c = np.zeros((m, n), dtype)
     alpha, beta = (-1e-3, 1.0) if kind == "tn" else (1.0, 0.0)
     times = {isa: [], "blas": []}

@@ -369,10 +369,11 @@ def _measured_choice(layer_sizes, codes, batch_size, dtype, candidates, threads_
         return _measured[key]
     try:
         return measured(_measure_lock, lambda: _measured.get(key), measure)
-    except _core.ThreadsUnavailable:
+    except (_core.ThreadsUnavailable, MemoryError):
         # A candidate's threads could not be started (the process out of threads, for
-        # now): this fit takes `unmeasured`, nothing is kept, a later fit measures again.
-        # (A default fit failed in its measurement, where it would have chosen one thread.)
+        # now), or its copy of the parameters had no room: this fit takes `unmeasured`,
+        # nothing is kept, a later fit measures again. (A default fit failed in its
+        # measurement, where it would have chosen one thread, or trained without it.)
         return unmeasured
 
 
@@ -627,9 +628,9 @@ def _measure(layer_sizes, codes, batch_size, dtype, candidates, clipping=False, 
     drawn = min(64, max(4, -(-1_000_000 // batch_values)))
     n_batches = min(MEASURE_BATCHES,
                     max(drawn, MEASURE_BYTES // (batch_values * dtype.itemsize)))
-    X = np.resize(rng.standard_normal((batch_size * drawn, sizes[0])).astype(dtype),
+    X = np.resize(rng.standard_normal((batch_size * drawn, sizes[0]), dtype),
                   (batch_size * n_batches, sizes[0]))
-    Y = np.resize((0.1 * rng.standard_normal((batch_size * drawn, sizes[-1]))).astype(dtype),
+    Y = np.resize(0.1 * rng.standard_normal((batch_size * drawn, sizes[-1]), dtype),
                   (batch_size * n_batches, sizes[-1]))
     # Each window's batches are drawn in a new order, gathered as a shuffled fit's are: the
     # gather is work that row workers share (read in place, W1's two row workers timed
@@ -639,13 +640,26 @@ def _measure(layer_sizes, codes, batch_size, dtype, candidates, clipping=False, 
     hyper = _core.Hyperparameters(_core.LOSS_CODES["mse"], learning_rate=1e-6,
                                   clip_norm=1e30 if clipping else 0.0)
     state = np.empty((0, 0), dtype)
+    # One parameter vector and one workspace (its gradient is the size of the parameters)
+    # for every way, the vector drawn in the dtype (the steps of 1e-6 move it by rounding
+    # only), the workspace as large as the largest way's so far: a vector and a workspace
+    # each, drawn in float64, held 6.4x a float32 model's parameters at once on 2 cores
+    # (5 ways), more on more cores. (Ways take turns: none is running as another starts.)
+    params, scratch = [], []
+
+    def workspace(size):
+        if not scratch or scratch[0].size < size:
+            scratch[:] = [np.zeros(size, dtype)]
+        return scratch[0][:size]
+
     def timer(workers, blas, split=BY_ROWS):
-        """epoch(n_steps) -> seconds a step, for this way (its own plan and params)."""
+        """epoch(n_steps) -> seconds a step, for this way (its own plan)."""
         plan = choose_products(_core.Plan(sizes, list(codes), batch_size, None, clipping,
                                           blas == 1 and small_gemm_kernels()),
                                sizes, dtype, blas == 1)
-        params = (0.05 * rng.standard_normal(plan.n_params)).astype(dtype)
-        work = np.zeros(plan.work_size, dtype)
+        if not params:
+            params.append(rng.standard_normal(plan.n_params, dtype))
+            params[0] *= 0.05
         worker_plan, worker_work = row_workspace(sizes, codes, None, batch_size, workers,
                                                  dtype, split=split, hyperparameters=hyper)
 
@@ -653,9 +667,10 @@ def _measure(layer_sizes, codes, batch_size, dtype, candidates, clipping=False, 
             n_rows = n_steps * batch_size
             if n_rows not in orders:
                 orders[n_rows] = rng.permutation(n_rows).astype(np.intp)
+            work = workspace(plan.work_size)
             with blas_threads(blas, wait=wait):
                 started = time.perf_counter()
-                _core.train_epoch(plan, hyper, params, work, state, X[:n_rows], Y[:n_rows],
+                _core.train_epoch(plan, hyper, params[0], work, state, X[:n_rows], Y[:n_rows],
                                   empty_rows, empty, orders[n_rows], batch_size, 1, False,
                                   worker_plan, worker_work, workers, None, None,
                                   **split_flags(split))

@@ -822,10 +822,15 @@ class MLP:
         """Write the model to exactly `path` (format: docs/file-format.md), atomically; a
         replaced file keeps its mode, a FIFO or character device is written into
         (fastbp/_files.py)."""
-        _files.write_file(path, self.to_bytes())
+        _files.write_file(path, self._write_to)
 
     def to_bytes(self) -> bytes:
         return _format.encode(self._layer_sizes, self._activations, self._params, self._dropout)
+
+    def _write_to(self, stream) -> None:
+        """to_bytes's bytes written to a binary stream without a copy of the parameters."""
+        _format.write(stream, self._layer_sizes, self._activations, self._params,
+                      self._dropout)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "MLP":

@@ -648,3 +648,26 @@ def test_a_header_that_names_a_key_twice_is_refused():
     text = text.replace('"activations": ["relu", "identity"], ', "")
     assert fastbp.MLP.from_bytes(build_file(None, good_params(), header_bytes=text.encode())
                                  ).activations == ("tanh", "sigmoid")
+
+
+def test_save_writes_the_parameters_from_the_model_without_a_copy(tmp_path):
+    """save made three copies of the parameters before writing (the bytes, the file's
+    body, the body and its checksum: 2x the parameters at the peak), so a model that had
+    trained in the memory left could not be saved (an empty MemoryError). It writes them
+    a piece at a time from the model now; to_bytes holds one copy, its answer."""
+    model = fastbp.MLP([1000, 4000, 10], ["relu", "identity"], seed=0)
+    n_bytes = model.parameter_vector().nbytes
+    path = tmp_path / "large.fbp"
+    tracemalloc.start()
+    try:
+        model.save(path)
+        _, saving = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        data = model.to_bytes()
+        _, encoding = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert saving < n_bytes / 8, f"save held {saving / n_bytes:.2f}x the parameters"
+    assert encoding < 1.1 * n_bytes, f"to_bytes held {encoding / n_bytes:.2f}x"
+    assert path.read_bytes() == data
+    assert_same_model(fastbp.load(path), model)

@@ -11,6 +11,7 @@ import sys
 import textwrap
 import threading
 import time
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -1099,3 +1100,36 @@ def test_a_fit_of_fewer_rows_shares_them_evenly_among_its_row_workers(monkeypatc
         if _products.kernel_mode() == "auto" and _products.kernel_isa() is not None:
             assert set(measured) <= {-(-batch // workers)}
         measured.clear()
+
+
+def test_the_measurement_trains_every_way_on_one_parameter_vector():
+    """The measurement drew a parameter vector for each way it timed (in float64, then
+    cast) and held them all at once: a first default fit of a 122 MiB float32 network
+    peaked at 6.4x its parameters (under a memory limit the fit fitted in, a bare
+    MemoryError). Now one vector, drawn in the dtype, and the data."""
+    sizes, batch_size, codes = (2500, 2500, 10), 16, (0, 2)     # relu, identity
+    candidates = _threads._candidates(sizes, batch_size, 2)
+    assert len(candidates) >= 3
+    n_bytes = 4 * sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
+    tracemalloc.start()
+    try:
+        _threads._measure(sizes, codes, batch_size, "float32", candidates)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # the vector, the workspace (its gradient) and a product's operands while its kernels
+    # are chosen, besides the data
+    assert peak < 2.6 * n_bytes + _threads.MEASURE_BYTES, f"{peak / n_bytes:.2f}x"
+
+
+def test_a_measurement_without_room_trains_unmeasured_and_keeps_nothing(cache, monkeypatch):
+    """A measurement whose copy of the parameters has no room: the fit trains on the
+    unmeasured way (as when its threads cannot be started), and a later fit measures."""
+    def no_room(*args, **kwargs):
+        raise MemoryError("Unable to allocate 923. MiB")
+
+    monkeypatch.setattr(_threads, "_measure", no_room)
+    assert _threads.fit_threads(SIZES, CODES, 32, "float32") == _threads.ONE_THREAD
+    assert not (cache / _threads.CACHE_FILE).exists() or not json.loads(
+        (cache / _threads.CACHE_FILE).read_text()).get("choices")
+    assert _threads._measured == {}

@@ -299,7 +299,7 @@ def _callbacks(args, monitor, progress):
 
 def _write_outputs(args, model, history, loss, sidecar_file, sidecar_content):
     """The model, its sidecar and the plot: all of them, or none (fastbp._files)."""
-    files = [(args.output, model.to_bytes())]
+    files = [(args.output, model._write_to)]
     if sidecar_file is not None:
         files.append((sidecar_file, sidecar_content))
     if args.plot:
