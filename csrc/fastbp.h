@@ -42,6 +42,9 @@ enum { FBP_ISA_NONE = 0, FBP_ISA_AVX2 = 1, FBP_ISA_AVX512 = 2 };
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) \
     && !defined(FASTBP_NO_MULTIVERSION)
 #define FBP_LEVELS 1
+#elif defined(__clang__) && defined(__x86_64__)
+/* (the levels are made with GCC's target pragmas; README.md, "Set up") */
+#warning "fastbp: built by clang, the core has its baseline x86-64 kernels only (no AVX2 or AVX-512 levels: 1.5-2x slower on small batches); build with GCC (CC=gcc) for them"
 #endif
 static int fbp_level = FBP_ISA_NONE;
 
