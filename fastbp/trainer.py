@@ -473,6 +473,13 @@ class Trainer:
         # The optimizer state the set-up may replace (another model's, another rule's):
         # put back if the fit takes no step (epochs=0, a callback's refusal in
         # on_train_begin).
+        if self._state_key is not None and self._state_key[0] is not _no_model \
+                and self._state_key[0]() is None:
+            # the state of a model that is gone, which no fit can take up again: kept below
+            # for a refusal to put back, it held the parameters' size once more (Adam's
+            # twice) through this fit
+            self._state = self._state_key = self._moving_rows = None
+            self._step = 0.0
         kept = (self._state, self._state_key, self._step, self._moving_rows)
         loop = None
         try:

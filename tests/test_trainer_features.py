@@ -1970,3 +1970,34 @@ def test_a_schedule_subclass_that_keeps_its_own_state_is_not_checked_as_its_base
     history = fastbp.Trainer("mse", epochs=3, seed=0, learning_rate=0.1,
                              schedule=Warmup(3)).fit(model, X, X[:, :2])
     assert history.history["learning_rate"] == pytest.approx([0.1 / 3, 0.2 / 3, 0.1])
+
+
+def test_the_state_of_a_model_gone_is_let_go_as_the_next_fit_begins():
+    """A trainer reused across models (folds, a search) held the optimizer state of a model
+    already deleted through the next model's whole fit (kept for a refusal to put back):
+    Adam's two parameter-sized rows more at the peak. It is let go as the fit begins; the
+    state of a live model is still kept (test_api_hardening.py,
+    test_a_fit_refused_before_its_first_step_keeps_the_trainers_state)."""
+    import gc
+    import weakref
+
+    rng = np.random.default_rng(0)
+    X, Y = rng.random((32, 6)), rng.random((32, 2))
+    trainer = fastbp.Trainer("mse", optimizer="adam", epochs=1, seed=0)
+    first = fastbp.MLP([6, 8, 2], ["tanh", "identity"], seed=0)
+    trainer.fit(first, X, Y)
+    old_state = weakref.ref(trainer._state)
+    del first
+    gc.collect()
+    seen = []
+
+    class Probe(fastbp.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            seen.append(old_state() is None)
+
+    second = fastbp.MLP([6, 8, 2], ["tanh", "identity"], seed=1)
+    fresh = fastbp.MLP([6, 8, 2], ["tanh", "identity"], seed=1)
+    trainer.fit(second, X, Y, callbacks=[Probe()])
+    assert seen == [True]
+    fastbp.Trainer("mse", optimizer="adam", epochs=1, seed=0).fit(fresh, X, Y)
+    np.testing.assert_array_equal(second.parameter_vector(), fresh.parameter_vector())
