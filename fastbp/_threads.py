@@ -1022,6 +1022,20 @@ def cgroup_cpu_limit(root="/sys/fs/cgroup", membership="/proc/self/cgroup"):
     smallest over its group and the groups above it, or None when no quota is set or the
     files cannot be read. root: where the cgroup file systems are mounted; membership:
     the process's /proc/self/cgroup (both arguments for tests)."""
+    return _cgroup_least(root, membership, "cpu", ("cpu", "cpu,cpuacct"), _v2_quota,
+                         _v1_quota)
+
+
+def cgroup_memory_limit(root="/sys/fs/cgroup", membership="/proc/self/cgroup"):
+    """The bytes a cgroup memory limit allows this process (v2 memory.max, v1
+    memory.limit_in_bytes), the smallest over its group and the groups above it, or None
+    (as cgroup_cpu_limit)."""
+    return _cgroup_least(root, membership, "memory", ("memory",), _v2_memory, _v1_memory)
+
+
+def _cgroup_least(root, membership, controller, v1_mounts, read_v2, read_v1):
+    """The least limit read_v2 (cgroup v2) or read_v1 (v1's `controller`, mounted at
+    root/its controllers or root/each of v1_mounts) finds for this process's groups."""
     try:
         with open(membership) as file:
             lines = file.read().splitlines()
@@ -1035,23 +1049,22 @@ def cgroup_cpu_limit(root="/sys/fs/cgroup", membership="/proc/self/cgroup"):
         hierarchy, controllers, group = parts
         if hierarchy == "0" and controllers == "":     # cgroup v2 (or hybrid's unified)
             for mount in (root, os.path.join(root, "unified")):
-                limits += _quotas(mount, group, _v2_quota)
-        elif "cpu" in controllers.split(","):
-            for mount in (os.path.join(root, controllers), os.path.join(root, "cpu"),
-                          os.path.join(root, "cpu,cpuacct")):
-                limits += _quotas(mount, group, _v1_quota)
+                limits += _group_limits(mount, group, read_v2)
+        elif controller in controllers.split(","):
+            for mount in (controllers,) + v1_mounts:
+                limits += _group_limits(os.path.join(root, mount), group, read_v1)
     return min(limits) if limits else None
 
 
-def _quotas(mount, group, read_quota):
-    """The quotas in the group's folder under mount and every folder above it up to mount
+def _group_limits(mount, group, read_limit):
+    """The limits in the group's folder under mount and every folder above it up to mount
     (a container often sees its own group as the mount's root)."""
     found = []
     folder = os.path.normpath(os.path.join(mount, group.lstrip("/")))
     while True:
-        quota = read_quota(folder)
-        if quota is not None:
-            found.append(quota)
+        limit = read_limit(folder)
+        if limit is not None:
+            found.append(limit)
         if os.path.normpath(folder) == os.path.normpath(mount) or len(folder) <= len(mount):
             return found
         folder = os.path.dirname(folder)
@@ -1081,6 +1094,26 @@ def _cpus(quota, period):
     if quota <= 0 or period <= 0:       # v1 writes -1 for no quota
         return None
     return max(1, -(-quota // period))
+
+
+def _v2_memory(folder):
+    words = _read_words(os.path.join(folder, "memory.max"))
+    return None if not words or words[0] == "max" else _bytes(words[0])
+
+
+def _v1_memory(folder):
+    words = _read_words(os.path.join(folder, "memory.limit_in_bytes"))
+    return None if not words else _bytes(words[0])
+
+
+def _bytes(word):
+    """A memory limit in bytes, None for none (v1 writes its largest page count, about
+    2^63, for no limit)."""
+    try:
+        limit = int(word)
+    except ValueError:
+        return None
+    return limit if 0 < limit < 2**62 else None
 
 
 def _read_words(path):

@@ -18,7 +18,7 @@ from fastbp import _core, _files, _format, losses
 from fastbp._products import ISA_VARIABLE, KERNELS_VARIABLE, PASS_MEASURE_MAX_MULTIPLY_ADDS, \
     PASS_OWN_MARGIN, kernel_mode, product_isas, requested_level, row_bucket
 from fastbp._threads import SPLIT_VARIABLE, KeptPassThreads, blas_threads, \
-    checked_thread_count, forced_split, inside_pass, pass_threads, pinned_threads, \
+    cgroup_memory_limit, checked_thread_count, forced_split, inside_pass, pass_threads, pinned_threads, \
     small_gemm_kernels
 from fastbp._validation import as_inputs, as_row_weights, as_sample_weight, check_finite, \
     dense_targets, input_arrays, is_sparse, numeric_array, real_number, whole_number
@@ -114,7 +114,9 @@ def _check_dropout(dropout, n_layers: int) -> tuple[float, ...]:
 
 
 def check_allocation(n_elements: int, dtype: np.dtype, what: str) -> None:
-    """Refuse, before allocating, an array larger than this machine's memory."""
+    """Refuse, before allocating, an array larger than this machine's memory, or than the
+    memory a cgroup (a container's limit) allows this process, where its kernel would end
+    the process instead of refusing the allocation."""
     n_bytes = int(n_elements) * np.dtype(dtype).itemsize
     try:
         memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -123,6 +125,23 @@ def check_allocation(n_elements: int, dtype: np.dtype, what: str) -> None:
     if n_bytes > memory:
         raise ValueError(f"{what} would need {_in_bytes(n_bytes)}, more than this "
                          f"machine's {_in_bytes(memory)} of memory")
+    allowed = _cgroup_memory()
+    if allowed is not None and n_bytes > allowed:
+        raise ValueError(f"{what} would need {_in_bytes(n_bytes)}, more than the "
+                         f"{_in_bytes(allowed)} of memory this process's cgroup (its "
+                         f"container's limit) allows")
+
+
+_cgroup_bytes = False     # _cgroup_memory(), once known (False: not read yet)
+
+
+def _cgroup_memory():
+    """cgroup_memory_limit() of this process, read once (a limit rarely changes in a
+    process's life; a fit checks several arrays)."""
+    global _cgroup_bytes
+    if _cgroup_bytes is False:
+        _cgroup_bytes = cgroup_memory_limit()
+    return _cgroup_bytes
 
 
 def _in_bytes(n_bytes: int) -> str:

@@ -518,3 +518,41 @@ def test_openblas_functions_are_found_by_their_affixed_names_or_not_at_all():
             scipy_openblas_get_num_threads64_=ctypes.CDLL(None).getpid)),
         "openblas_get_num_threads", ctypes.c_int)
     assert found is not None and found() == os.getpid()
+
+
+def test_cgroup_memory_limit_v2_v1_and_none(tmp_path):
+    """A container's memory limit, the smallest over the groups (v2 memory.max, v1
+    memory.limit_in_bytes, whose "no limit" is its largest page count)."""
+    membership = tmp_path / "cgroup"
+    write(membership, "0::/outer/inner\n")
+    root = tmp_path / "fs"
+    write(root / "outer" / "inner" / "memory.max", "2147483648\n")
+    assert _threads.cgroup_memory_limit(str(root), str(membership)) == 2**31
+    write(root / "outer" / "memory.max", "1073741824\n")
+    assert _threads.cgroup_memory_limit(str(root), str(membership)) == 2**30
+    write(root / "outer" / "memory.max", "max\n")
+    write(root / "outer" / "inner" / "memory.max", "max\n")
+    assert _threads.cgroup_memory_limit(str(root), str(membership)) is None
+    v1 = tmp_path / "v1"
+    write(v1 / "cgroup", "4:memory:/job\n1:cpu:/\n")
+    write(v1 / "fs" / "memory" / "job" / "memory.limit_in_bytes", "536870912\n")
+    assert _threads.cgroup_memory_limit(str(v1 / "fs"), str(v1 / "cgroup")) == 2**29
+    write(v1 / "fs" / "memory" / "job" / "memory.limit_in_bytes", "9223372036854771712\n")
+    assert _threads.cgroup_memory_limit(str(v1 / "fs"), str(v1 / "cgroup")) is None
+    assert _threads.cgroup_cpu_limit(str(v1 / "fs"), str(v1 / "cgroup")) is None
+
+
+def test_an_array_past_the_cgroups_memory_is_refused_before_it_is_made(monkeypatch):
+    """In a container whose memory limit is below the machine's, an array past the limit
+    was allocated and the kernel's OOM killer ended the process: refused by name now, the
+    model unchanged."""
+    from fastbp import model as model_module
+    monkeypatch.setattr(model_module, "_cgroup_bytes", 64 << 20)
+    with pytest.raises(ValueError, match=r"the parameters would need 76\.5 MiB, more than "
+                                         r"the 64\.0 MiB of memory this process's cgroup"):
+        fastbp.MLP([5000, 4000, 10], ["relu", "identity"])
+    model = fastbp.MLP([20, 8, 2], ["relu", "softmax"], seed=0)    # within the limit
+    before = model.parameter_vector().copy()
+    X = np.random.default_rng(0).random((10, 20))
+    fastbp.Trainer("cce", epochs=1, seed=0).fit(model, X, np.arange(10) % 2)
+    assert not np.array_equal(before, model.parameter_vector())
