@@ -94,6 +94,9 @@ extensions = [
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=compile_args,
         extra_link_args=link_args,
+        # the core calls libm's exp, log, tanh, erfc...: named, not left to the interpreter
+        # having loaded it
+        libraries=["m"] if os.name == "posix" else [],
         # every file the extension is built from (a header missing here, included only
         # through another, was edited without a rebuild: the stale extension was kept)
         depends=sorted(glob.glob("csrc/*.h") + glob.glob("fastbp/*.pxi")
