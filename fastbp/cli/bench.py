@@ -25,7 +25,8 @@ def repository_bench():
     """bench/compare.py of the source checkout fastbp runs from, or None."""
     import fastbp
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(fastbp.__file__)))
+    # (realpath: an installed package that links to a checkout runs that checkout's bench)
+    root = os.path.dirname(os.path.dirname(os.path.realpath(fastbp.__file__)))
     script = os.path.join(root, "bench", "compare.py")
     needed = [script, os.path.join(root, "bench", "workloads.py"),
               os.path.join(root, "bench", "peers.py"), os.path.join(root, "pyproject.toml")]
