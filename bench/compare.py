@@ -219,9 +219,11 @@ def worker(args):
                    versions=runner.versions(), blas=_blas_info())
         if args.gemm_floor and args.worker == "fastbp" and hasattr(runner, "gemm_floor"):
             try:            # (its failure is reported beside fastbp's figures, not for them)
-                floor_windows, _ = _measure(runner.gemm_floor(), units, args.duration,
-                                            args.repeats, args.warmup)
-                out["gemm_floor"] = float(np.median([w["rate"] for w in floor_windows]))
+                floor = runner.gemm_floor()      # (None: the fit's row workers have none)
+                if floor is not None:
+                    floor_windows, _ = _measure(floor, units, args.duration, args.repeats,
+                                                args.warmup)
+                    out["gemm_floor"] = float(np.median([w["rate"] for w in floor_windows]))
             except Exception as exc:
                 out["gemm_floor_error"] = f"{type(exc).__name__}: {exc}"
         if hasattr(runner, "thread_choice"):
@@ -278,7 +280,7 @@ def machine_info():
 
 
 def run_worker(library, workload, threads, args):
-    env = dict(os.environ)
+    env = workloads.worker_environment(os.environ)
     if threads:
         for var in THREAD_VARS:
             env[var] = str(threads)

@@ -431,6 +431,17 @@ def main():
                              "gridsearch: rounds of sequential then Dask (medians and "
                              "per-round ratios with more than one)")
     args = parser.parse_args()
+    # (refused by name here, not as a traceback minutes into a run, or run as another)
+    for task in args.tasks.split(","):
+        if task not in ("linear", "nonlinear"):
+            parser.error(f"--tasks: unknown data set {task!r}; choose from linear, nonlinear")
+    for option in ("chunks", "rounds", "repeats"):
+        if getattr(args, option, 1) < 1:
+            parser.error(f"--{option} must be >= 1; got {getattr(args, option)}")
+    for value in args.rounds_per_epoch.split(","):
+        if value != "K" and not (value.isdigit() and int(value) >= 1):
+            parser.error(f"--rounds-per-epoch: {value!r} is neither a whole number >= 1 "
+                         f"nor K")
     if args.part in ("scaling", "all"):
         scaling(args)
     if args.part in ("accuracy", "all"):

@@ -308,6 +308,10 @@ def main(argv=None):
         parser.error(f"--seconds must be a finite number > 0; got {args.seconds}")
     if args.settle is not None and not 0 <= args.settle < float("inf"):
         parser.error(f"--settle must be a finite number >= 0; got {args.settle}")
+    if args.sparse and not args.concurrent and all(name in DENSE_ONLY
+                                                   for name in args.systems):
+        parser.error(f"--sparse: none of --systems {' '.join(args.systems)} takes sparse "
+                     f"rows ({', '.join(sorted(DENSE_ONLY))} are dense only)")
     _limit_threads(args.threads)
     settle = args.settle if args.settle is not None else (0.25 if args.threads == 0 else 0.0)
 

@@ -26,6 +26,15 @@ $py setup.py build_ext --inplace -j "$cores" > "$out/build.log" 2>&1 || { tail -
 counts=1; t=2; while [ "$t" -le "$cores" ]; do counts="$counts,$t"; t=$((t * 2)); done
 [ "${counts##*,}" = "$cores" ] || counts="$counts,$cores"
 samples=${SAMPLES:-20000}
+failed=""
+ended() {   # ended NAME STATUS: a stage cut short or failed is said, and fails the script
+    case $2 in
+        0) ;;
+        124) echo "== $1: CUT SHORT after ${STAGE_SECONDS:-300} s (STAGE_SECONDS): no table"
+             failed="$failed $1" ;;
+        *) echo "== $1: FAILED (status $2): see $out/$1*.txt"; failed="$failed $1" ;;
+    esac
+}
 stage() {   # stage NAME compare.py-arguments...
     local name=$1; shift
     echo "== $name: $*"
@@ -33,6 +42,7 @@ stage() {   # stage NAME compare.py-arguments...
         $py bench/compare.py --duration "${DURATION:-0.3}" --repeats 3 --warmup 0.2 \
         --no-gemm-floor --json "$out/$name.json" "$@" 2>&1 | tee "$out/$name.txt" \
         | grep -v '^\[' | grep -v '^ *->'
+    ended "$name" "${PIPESTATUS[0]}"
 }
 stage scaling-goal-W2 --workloads W2 --threads "$counts,0" --peers fastbp --samples "$samples"
 stage scaling-goal-W4 --workloads W4 --threads "$counts,0" --peers fastbp --samples 2048 \
@@ -47,7 +57,13 @@ echo "== split: bench/row_phases.py --workloads W2,W1 --threads 1,$split_counts"
 env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE timeout "${STAGE_SECONDS:-300}" \
     $py bench/row_phases.py --workloads W2,W1 --threads "1,$split_counts" --rounds 2 \
     2> "$out/split-phases.txt" | tee "$out/split.txt"
+ended split "${PIPESTATUS[0]}"
 env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE timeout "${STAGE_SECONDS:-300}" \
     $py bench/compare.py --workloads W2 --threads "${split_counts%%,*}" --peers fastbp \
     --duration "${DURATION:-0.3}" --samples 10000 --no-ceiling --json "$out/split-gemm.json" \
     2>&1 | grep -A3 '^threads = ' | tee -a "$out/split.txt"
+ended split-gemm "${PIPESTATUS[0]}"
+if [ -n "$failed" ]; then
+    echo "stages cut short or failed:$failed"
+    exit 1
+fi

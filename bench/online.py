@@ -43,8 +43,9 @@ def worker(network, batch_size, dtype, samples):
 
 
 def measure(build, kernels_off, network, batch_size, dtype, samples):
-    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1",
-               PYTHONPATH=os.path.abspath(build))
+    from workloads import worker_environment
+    env = dict(worker_environment(os.environ), OPENBLAS_NUM_THREADS="1",
+               OMP_NUM_THREADS="1", PYTHONPATH=os.path.abspath(build))
     if kernels_off:
         env["FASTBP_FEW_ROWS"] = "0"
     result = subprocess.run(

@@ -73,12 +73,17 @@ class FastbpTrain:
     def gemm_floor(self):
         """A function running `epochs` epochs' worth of this workload's plain-SGD matrix
         products alone (fastbp._core.gemm_floor): the speed fastbp would reach if gathering,
-        activations, the loss and everything else but BLAS cost nothing."""
+        activations, the loss and everything else but BLAS cost nothing. None where the
+        fit splits its steps across row workers: the products alone on as many BLAS threads
+        are another way to use the threads, not a floor of the fit's (W1 on 2 threads
+        showed "813%" of it)."""
         from fastbp import _core, _threads
         model, wl = self.model, self.workload
         workers, blas, _ = _threads.fit_threads(wl.layer_sizes, model._codes, wl.batch_size,
                                                 wl.dtype, self.threads)
-        threads = workers * blas       # the fit's threads, all on BLAS here
+        if workers > 1:
+            return None
+        threads = blas                 # the fit's threads, all on BLAS as the fit's are
         plan, work = model._workspace(wl.batch_size, n_threads=threads)   # as fit's plan
         work[:] = 0
         scratch = model._params.copy()

@@ -112,12 +112,18 @@ def compare(name, solver, seed=0, n_threads=1, warm_up=True):
     return {"dataset": name, "solver": solver,
             "metric": "accuracy" if classification else "R2",
             "fastbp": score, "sklearn": their_score, "difference": score - their_score,
-            "within_tolerance": score >= their_score - TOLERANCE[classification],
+            "within_tolerance": None if (name, solver) in NOT_JUDGED_ON_ONE_SEED else
+            score >= their_score - TOLERANCE[classification],
             "fastbp_s": seconds, "sklearn_s": their_seconds,
             "fastbp_iterations": iterations, "sklearn_iterations": their_iterations,
             "speedup": _ratio(their_seconds, seconds),
             "speedup_per_iteration": _ratio(their_seconds / max(their_iterations, 1),
                                             seconds / max(iterations, 1))}
+
+
+# linnerud (20 rows) with lbfgs: 100 hidden units fit each fold's 16 rows to a loss near 0,
+# and the held-out R2 (-10 to -200) is set by rounding (docs/sklearn.md)
+NOT_JUDGED_ON_ONE_SEED = {("linnerud", "lbfgs")}
 
 
 def table(rows) -> str:
@@ -127,7 +133,7 @@ def table(rows) -> str:
     for r in rows:
         lines.append(f"{r['dataset']:<14} {r['solver']:<6} {r['metric']:<8} {r['fastbp']:7.4f} "
                      f"{r['sklearn']:7.4f} {r['difference']:+7.4f} "
-                     f"{'yes' if r['within_tolerance'] else 'NO':>3} {r['fastbp_s']:9.3f} "
+                     f"{_judged(r['within_tolerance']):>3} {r['fastbp_s']:9.3f} "
                      f"{r['sklearn_s']:9.3f} {r['speedup']:7.1f}x "
                      f"{r['fastbp_iterations']:>5}/{r['sklearn_iterations']:<5} "
                      f"{r['speedup_per_iteration']:7.1f}x")
@@ -165,7 +171,14 @@ def main(argv=None) -> int:
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(rows, handle, indent=1)
-    return 0 if all(r["within_tolerance"] for r in rows) else 1
+    if any(r["within_tolerance"] is None for r in rows):
+        print("-: not judged on one seed (linnerud with lbfgs: its held-out R2 is set by "
+              "rounding; tests/test_sklearn_datasets.py judges the medians over seeds 0-9)")
+    return 0 if all(r["within_tolerance"] is not False for r in rows) else 1
+
+
+def _judged(within) -> str:
+    return "-" if within is None else "yes" if within else "NO"
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ partial batch kept.  The data are X ~ N(0, 1) and integer labels from a fixed ra
 same data on every machine.
 """
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -71,6 +72,21 @@ S1 = Workload("S1", (100_000, 256, 20), 64, 20_000, "float32",
 S1_LEARNING_RATE = 0.05
 S1_ZIPF_EXPONENT = 1.3
 S1_DRAWS_PER_ROW = 51   # columns drawn per row: about 27 distinct once duplicates are merged
+
+
+def worker_environment(env):
+    """A copy of env for a worker process started in bench/ (as the scripts start them),
+    with the paths the user's command gave relative to where it ran made absolute: from
+    bench/ a relative PYTHONPATH or FASTBP_CACHE_DIR named other folders (the workers
+    imported another fastbp than the command's, and kept their choices elsewhere)."""
+    env = dict(env)
+    if env.get("PYTHONPATH"):
+        env["PYTHONPATH"] = os.pathsep.join(
+            os.path.abspath(path) for path in env["PYTHONPATH"].split(os.pathsep))
+    folder = env.get("FASTBP_CACHE_DIR", "").strip()
+    if folder and not folder.startswith("~"):
+        env["FASTBP_CACHE_DIR"] = os.path.abspath(folder)
+    return env
 
 
 def get(name):
