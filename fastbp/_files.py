@@ -118,8 +118,13 @@ def write_files(items) -> None:
             staged.append((path, _write_temporary(path, found, content)))
         _commit(staged)
     finally:
-        for _, temporary in staged:
-            _remove(temporary)
+        from fastbp import _core
+        _core.deferred(_remove_all, [temporary for _, temporary in staged])
+
+
+def _remove_all(paths) -> None:
+    for path in paths:
+        _remove(path)
 
 
 def _kind(mode: int) -> str | None:
@@ -183,11 +188,15 @@ def _write_temporary(path: str, found, content) -> str:
             stream.flush()
             os.fsync(stream.fileno())
     except BaseException:
-        if made:
-            made[0][1].close()
-            _remove(temporary)
+        if made:    # (a second Ctrl-C between the close and the removal left it for good)
+            _core.deferred(_discard, made[0][1], temporary)
         raise
     return temporary
+
+
+def _discard(stream, temporary: str) -> None:
+    stream.close()
+    _remove(temporary)
 
 
 def _opened_temporary(made: list, temporary: str, path: str, mode: int) -> None:

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import numbers
+import os
 import re
 import sys
+import threading
 import warnings
 
 import numpy as np
@@ -302,18 +304,52 @@ def _as_it_was_unless_trained(estimator):
     attributes as they were (a refused call changes nothing: not classes_, n_features_in_,
     n_iter_, nor model_, which a new fit replaces with a network made for the call); one that
     fails after its steps, with the same model_, keeps what they did. The call records its
-    trainer and the trainer's step count before training in the dict this yields."""
-    before = dict(estimator.__dict__)
-    training = {}
+    trainer and the trainer's step count before training in the dict this yields.
+
+    One call at a time trains an estimator: another, from any thread, is refused before it
+    reads or changes anything (refused deep in its trainer, it had rewritten the shared
+    trainer's settings, and its putting back of the attributes it found undid the running
+    call's record: t_ and n_iter_ short of the steps taken)."""
+    with _training_lock:
+        if id(estimator) in _training:
+            raise RuntimeError(f"this {type(estimator).__name__} is being trained by another "
+                               f"call (another thread's fit or partial_fit): train it from "
+                               f"one thread at a time")
+        _training[id(estimator)] = threading.get_ident()
     try:
-        yield training
-    except BaseException:
-        trainer = training.get("trainer")
-        if estimator.__dict__.get("model_") is not before.get("model_") or trainer is None \
-                or trainer._step == training["step"]:
-            estimator.__dict__.clear()
-            estimator.__dict__.update(before)
-        raise
+        before = dict(estimator.__dict__)
+        training = {}
+        try:
+            yield training
+        except BaseException:
+            trainer = training.get("trainer")
+            if estimator.__dict__.get("model_") is not before.get("model_") \
+                    or trainer is None or trainer._step == training["step"]:
+                estimator.__dict__.clear()
+                estimator.__dict__.update(before)
+            raise
+    finally:
+        with _training_lock:
+            _training.pop(id(estimator), None)
+
+
+# The estimators in a fit or partial_fit now (their ids: each is alive while it is here),
+# with the thread that trains each
+_training: dict = {}
+_training_lock = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child has only the forking thread: the other threads' calls are not
+    training there (their estimators would be refused for good), and the lock is new."""
+    global _training_lock
+    _training_lock = threading.Lock()
+    me = threading.get_ident()
+    for key in [key for key, thread in _training.items() if thread != me]:
+        del _training[key]
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class _BaseMLP(BaseEstimator):

@@ -2123,3 +2123,61 @@ def test_fastbp_parameters_out_of_range_are_invalid_parameters():
     clf = quiet(MLPClassifier(hidden_layer_sizes=(4,), max_iter=1,
                               dropout=np.array([0.2])).fit, X, y)
     assert clf.n_iter_ == 1
+
+
+def test_a_call_while_another_thread_trains_the_estimator_is_refused_untouched():
+    """Two threads' partial_fit on one estimator: the refused call had rewritten the shared
+    trainer's settings and then put back the attributes it found, undoing the other call's
+    record (t_ 204,100 where its successful calls made 388,100). Refused before it reads or
+    changes anything now; the estimator is free again once the call ends."""
+    import threading
+    from fastbp.sklearn import _as_it_was_unless_trained
+
+    X, y = np.random.default_rng(0).random((40, 4)), np.arange(40) % 2
+    estimator = MLPClassifier(hidden_layer_sizes=(5,), random_state=0)
+    estimator.partial_fit(X, y, classes=[0, 1])
+    before = dict(estimator.__dict__)
+    errors = []
+
+    def other():
+        for call in (lambda: estimator.partial_fit(X, y), lambda: estimator.fit(X, y)):
+            try:
+                call()
+            except RuntimeError as error:
+                errors.append(str(error))
+
+    with _as_it_was_unless_trained(estimator):       # as a running call holds it
+        thread = threading.Thread(target=other)
+        thread.start()
+        thread.join()
+    assert len(errors) == 2 and all("being trained by another call" in e for e in errors)
+    assert estimator.__dict__.keys() == before.keys()
+    assert all(estimator.__dict__[key] is value for key, value in before.items())
+    estimator.partial_fit(X, y)                       # free again
+    assert estimator.t_ == 2 * len(X)
+
+
+def test_concurrent_partial_fits_count_every_step_they_take():
+    """The reviewer's race: two threads calling partial_fit; each call either trains (and
+    t_ counts its rows) or is refused, and nothing is lost."""
+    import threading
+
+    X, y = np.random.default_rng(0).random((200, 4)), np.arange(200) % 2
+    estimator = MLPClassifier(hidden_layer_sizes=(5,), random_state=0)
+    estimator.partial_fit(X, y, classes=[0, 1])
+    done = []
+
+    def calls():
+        for _ in range(40):
+            try:
+                estimator.partial_fit(X, y)
+                done.append(1)
+            except RuntimeError:
+                pass
+
+    threads = [threading.Thread(target=calls) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert estimator.t_ == (1 + len(done)) * len(X)
