@@ -2181,3 +2181,36 @@ def test_concurrent_partial_fits_count_every_step_they_take():
     for thread in threads:
         thread.join()
     assert estimator.t_ == (1 + len(done)) * len(X)
+
+
+def test_a_child_forked_while_another_thread_trains_an_estimator_can_train_it():
+    """The thread that held the estimator is not in a forked child: the child's calls are
+    not refused for good (the guard's fork handler)."""
+    import os
+    import threading
+    from fastbp.sklearn import _as_it_was_unless_trained
+
+    X, y = np.random.default_rng(0).random((40, 4)), np.arange(40) % 2
+    estimator = MLPClassifier(hidden_layer_sizes=(5,), random_state=0)
+    estimator.partial_fit(X, y, classes=[0, 1])
+    held, release = threading.Event(), threading.Event()
+
+    def holder():
+        with _as_it_was_unless_trained(estimator):
+            held.set()
+            release.wait()
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    held.wait()
+    pid = os.fork()
+    if pid == 0:                  # the child: train it, say how it went in the exit code
+        try:
+            estimator.partial_fit(X, y)
+            os._exit(0 if estimator.t_ == 2 * len(X) else 1)
+        except BaseException:
+            os._exit(2)
+    release.set()
+    thread.join()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
