@@ -91,11 +91,7 @@ def numeric_array(data, name: str) -> np.ndarray:
     if is_sparse(data):     # (np.asarray would make it a 0-d array of objects)
         raise TypeError(f"{name} must be a dense array; got a scipy.sparse "
                         f"{type(data).__name__} (only X may be sparse)")
-    if isinstance(data, np.ma.MaskedArray) and np.ma.getmask(data) is not np.ma.nomask \
-            and np.ma.getmask(data).any():
-        # (np.asarray would read the values the mask hides as data)
-        raise TypeError(f"{name} is a masked array with {np.ma.count_masked(data):,} masked "
-                        f"values; fill them (data.filled(value)) or leave out their rows")
+    check_unmasked(data, name)
     array = None
     if _pandas_mixed_numbers(data):
         try:        # NA as NaN; one conversion, not one Python object per value first
@@ -116,6 +112,18 @@ def numeric_array(data, name: str) -> np.ndarray:
     if array.dtype.kind not in NUMERIC_KINDS:
         raise TypeError(f"{name} must hold numbers; got an array of dtype {array.dtype}")
     return array
+
+
+def check_unmasked(data, name: str) -> None:
+    """Refuse a masked array whose mask hides values: np.asarray, and any path that reads
+    an ndarray subclass as it is, would read those values as data."""
+    if type(data) is np.ndarray or not isinstance(data, np.ma.MaskedArray) \
+            or data.dtype.names:      # (records: refused for their dtype, as not numbers)
+        return
+    hidden = int(np.count_nonzero(np.ma.getmaskarray(data)))
+    if hidden:
+        raise TypeError(f"{name} is a masked array with {hidden:,} masked values; fill "
+                        f"them (data.filled(value)) or leave out their rows")
 
 
 def _pandas_mixed_numbers(data) -> bool:

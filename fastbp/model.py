@@ -21,7 +21,8 @@ from fastbp._threads import SPLIT_VARIABLE, KeptPassThreads, blas_threads, \
     cgroup_memory_limit, checked_thread_count, forced_split, inside_pass, pass_threads, pinned_threads, \
     small_gemm_kernels
 from fastbp._validation import as_inputs, as_row_weights, as_sample_weight, check_finite, \
-    dense_targets, input_arrays, is_sparse, numeric_array, real_number, whole_number
+    check_unmasked, dense_targets, input_arrays, is_sparse, numeric_array, real_number, \
+    whole_number
 
 ACTIVATIONS = tuple(_core.ACTIVATION_CODES)
 RELU_FAMILY = ("relu", "leaky_relu")
@@ -515,6 +516,7 @@ class MLP:
         if n_threads is not None:
             n_threads = checked_thread_count(n_threads)
         checked = False
+        check_unmasked(X, "X")      # (the paths below read an ndarray subclass as it is)
         if self._predictor is not None and not is_sparse(X):
             result = self._predictor(X, out, n_threads)
             if result is None and not (isinstance(X, np.ndarray) and X.ndim == 2

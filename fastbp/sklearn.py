@@ -46,8 +46,8 @@ from fastbp import _core, losses, optimizers, schedules
 from fastbp._threads import MAX_THREADS
 from fastbp.callbacks import Callback
 from fastbp.model import ACTIVATIONS, INITS, MLP
-from fastbp._validation import (as_row_weights, as_sparse_rows, checked_csr, is_sparse,
-                                named_setting)
+from fastbp._validation import (as_row_weights, as_sparse_rows, check_unmasked, checked_csr,
+                                is_sparse, named_setting)
 from fastbp.trainer import Trainer, check_numbers_in_dtype
 
 if tuple(int(part) for part in re.findall(r"\d+", sklearn.__version__)[:2]) < (1, 6):
@@ -349,7 +349,8 @@ def _after_fork_in_child() -> None:
         del _training[key]
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+if hasattr(os, "register_at_fork"):     # (not on Windows)
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class _BaseMLP(BaseEstimator):
@@ -508,6 +509,9 @@ class _BaseMLP(BaseEstimator):
             return self._fit(X, y, sample_weight, False, training)
 
     def _fit(self, X, y, sample_weight, incremental, training):
+        # (scikit-learn's validate_data drops a mask: the values it hides were trained on)
+        check_unmasked(X, "X")
+        check_unmasked(y, "y")
         settings = self._network_options()
         if incremental and self.early_stopping:
             raise ValueError("partial_fit does not support early_stopping=True")
@@ -915,6 +919,7 @@ class _BaseMLP(BaseEstimator):
         """The network's outputs for X, (n_samples, n_outputs_), computed in the model's
         dtype; with `as_sklearn`, in the dtype scikit-learn's estimators return
         (_output_dtype)."""
+        check_unmasked(X, "X")
         out_dtype = self._output_dtype(X) if as_sklearn else None
         model = self.__dict__.get("model_")
         outputs = None

@@ -2214,3 +2214,26 @@ def test_a_child_forked_while_another_thread_trains_an_estimator_can_train_it():
     thread.join()
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_a_masked_array_with_masked_values_is_refused_by_the_estimators():
+    """scikit-learn's validate_data drops a mask, so the estimators trained on (and
+    predicted from) the values it hides: refused as fastbp refuses them, the estimator
+    unchanged."""
+    X, y = np.random.default_rng(0).random((40, 4)), np.arange(40) % 2
+    hidden = np.ma.masked_array(X.copy())
+    hidden[3, 1] = np.ma.masked
+    labels = np.ma.masked_array(y, mask=np.arange(40) == 5)
+    estimator = MLPClassifier(hidden_layer_sizes=(5,), random_state=0, max_iter=5)
+    for call in (lambda: estimator.fit(hidden, y), lambda: estimator.fit(X, labels)):
+        with pytest.raises(TypeError, match=r"(X|y) is a masked array with 1 masked"):
+            call()
+    assert not hasattr(estimator, "model_")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        estimator.fit(X, y)
+    with pytest.raises(TypeError, match=r"X is a masked array with 1 masked"):
+        estimator.predict(hidden)
+    regressor = MLPRegressor(hidden_layer_sizes=(5,), random_state=0, max_iter=5)
+    with pytest.raises(TypeError, match=r"X is a masked array with 1 masked"):
+        regressor.fit(hidden, X[:, 0])

@@ -836,6 +836,16 @@ def test_a_masked_array_with_masked_values_is_refused():
     with pytest.raises(TypeError, match=r"sample_weight is a masked array with 3 masked"):
         fastbp.Trainer("cce", epochs=1, seed=0).fit(model, X0, LABELS0, sample_weight=weights)
     assert_unchanged(model, before)
+    # in the model's dtype, C-contiguous: predict's own paths read an ndarray subclass as
+    # it is (few rows, and past 64), and they must not read the hidden values either
+    for rows in (4, 500):
+        rows_in_dtype = np.ma.masked_array(np.ones((rows, X0.shape[1]), model.dtype))
+        rows_in_dtype[rows - 1, 0] = np.ma.masked
+        with pytest.raises(TypeError, match=r"X is a masked array with 1 masked values"):
+            model.predict(rows_in_dtype)
+    records = np.ma.masked_array(np.zeros(3, [("a", "f8")]), mask=[(True,), (False,), (False,)])
+    with pytest.raises(TypeError, match=r"X must hold numbers"):
+        model.predict(records)
 
 
 def test_an_array_like_whose_conversion_fails_otherwise_is_a_value_error():
