@@ -29,6 +29,12 @@ def pytest_addoption(parser):
                     help="BLAS threads for the fastbp benchmarks (0 = library default)")
 
 
+def pytest_configure(config):
+    threads = config.getoption("--bench-threads", 1)
+    if threads < 0:
+        raise pytest.UsageError(f"--bench-threads must be >= 0; got {threads}")
+
+
 @pytest.fixture(scope="session")
 def bench_threads(request):
     return request.config.getoption("--bench-threads")

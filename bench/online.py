@@ -66,18 +66,19 @@ def main(argv=None):
         network, batch_size, dtype, samples = sys.argv[2:6]
         worker(network, int(batch_size), dtype, int(samples))
         return
+    from compare import _at_least
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--builds", nargs="+", default=[here],
                         help="checkouts of fastbp with the extension built (the last one "
                              "is also run under FASTBP_FEW_ROWS=0)")
-    parser.add_argument("--batch", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--batch", type=_at_least(1), nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--networks", nargs="+", default=["20-64-64-1"], choices=NETWORKS)
     parser.add_argument("--dtype", default="float64", choices=["float32", "float64"])
-    parser.add_argument("--samples", type=int, default=0,
+    parser.add_argument("--samples", type=_at_least(0), default=0,
                         help="rows of an epoch (0: 400,000 for 20-64-64-1, 40,000 for "
                              "784-128-10)")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=_at_least(1), default=3)
     args = parser.parse_args(argv)
     columns = [(build, False) for build in args.builds] + [(args.builds[-1], True)]
     names = [os.path.basename(os.path.abspath(build)) + (" FEW_ROWS=0" if off else "")

@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 
+from compare import _at_least
 from fastbp import _core
 
 SOFTMAX = _core.ACTIVATION_CODES["softmax"]
@@ -38,10 +39,11 @@ def nanoseconds(rows, classes, dtype, calls, rounds):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, nargs="+", default=[16, 32, 1024])
-    parser.add_argument("--classes", type=int, nargs="+", default=[2, 3, 10, 16, 32, 33])
-    parser.add_argument("--calls", type=int, default=2000)
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--rows", type=_at_least(1), nargs="+", default=[16, 32, 1024])
+    parser.add_argument("--classes", type=_at_least(2), nargs="+",
+                        default=[2, 3, 10, 16, 32, 33])
+    parser.add_argument("--calls", type=_at_least(1), default=2000)
+    parser.add_argument("--rounds", type=_at_least(1), default=7)
     args = parser.parse_args(argv)
     from threadpoolctl import threadpool_limits
     levels = _core.kernel_levels()

@@ -66,7 +66,8 @@ def measure(sizes, optimizer, rows, pairs):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--networks", nargs="+", default=list(NETWORKS), choices=NETWORKS)
-    parser.add_argument("--optimizers", nargs="+", default=["sgd", "adam"])
+    parser.add_argument("--optimizers", nargs="+", default=["sgd", "adam"],
+                        choices=["sgd", "adam", "rmsprop", "adagrad"])
     parser.add_argument("--rows", type=_at_least(1), nargs="+", default=[1, 64, 256])
     parser.add_argument("--pairs", type=_at_least(1), default=30)
     args = parser.parse_args(argv)

@@ -22,6 +22,7 @@ predict pass of that network and chunk (float32), BLAS in the calls the pass's p
 """
 import argparse
 import os
+import re
 import sys
 import time
 
@@ -30,6 +31,7 @@ from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import workloads  # noqa: E402
+from compare import _at_least  # noqa: E402
 
 from fastbp import _core  # noqa: E402
 
@@ -90,14 +92,16 @@ def operands(kind, m, n, k, dtype, rng):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--isa", choices=["avx2", "avx512"], default=_core.best_kernel_isa())
-    parser.add_argument("--workloads", nargs="+", default=["W1", "W2", "W3", "W4", "W5"])
+    # (the dense training steps: S1 trains on its stored values, P1 predicts)
+    parser.add_argument("--workloads", nargs="+", default=["W1", "W2", "W3", "W4", "W5"],
+                        choices=["W1", "W2", "W3", "W4", "W5"])
     # many short rounds, the best counting: on a shared core a long round is rarely
     # uncontended from end to end, a short one often is
-    parser.add_argument("--ceiling-size", type=int, default=2048,
+    parser.add_argument("--ceiling-size", type=_at_least(1), default=2048,
                         help="the square GEMM the steps are set against (on a busy shared "
                              "machine 1024 catches uncontended rounds more often)")
-    parser.add_argument("--ceiling-rounds", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=200)
+    parser.add_argument("--ceiling-rounds", type=_at_least(1), default=10)
+    parser.add_argument("--rounds", type=_at_least(1), default=200)
     parser.add_argument("--seconds", type=float, default=0.0005,
                         help="about this long per timing round")
     parser.add_argument("--predict", nargs="+", metavar="SIZES:ROWS",
@@ -108,6 +112,8 @@ def main():
     if args.predict:
         runs = []
         for spec in args.predict:
+            if not re.fullmatch(r"[1-9][0-9]*(-[1-9][0-9]*)+:[1-9][0-9]*", spec):
+                parser.error(f"--predict: {spec!r} is not SIZES:ROWS (e.g. 784-128-10:512)")
             sizes, rows = spec.split(":")
             runs.append((workloads.Workload(spec, tuple(int(size) for size in
                                                         sizes.split("-")),

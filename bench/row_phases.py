@@ -33,6 +33,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import workloads  # noqa: E402
+from compare import _at_least  # noqa: E402
 
 
 def fit_seconds(fastbp, wl, X, y, threads, epochs, split):
@@ -65,13 +66,18 @@ def main():
     ap.add_argument("--workloads", default="W2,W1")
     ap.add_argument("--threads", default="8")
     ap.add_argument("--splits", default="rows,inputs,hidden,blas")
-    ap.add_argument("--epochs", type=int, default=2)
-    ap.add_argument("--samples", type=int, default=10_000)
-    ap.add_argument("--rounds", type=int, default=2, help="alternations of the splits")
+    ap.add_argument("--epochs", type=_at_least(1), default=2)
+    ap.add_argument("--samples", type=_at_least(1), default=10_000)
+    ap.add_argument("--rounds", type=_at_least(1), default=2, help="alternations of the splits")
     args = ap.parse_args()
+    try:        # (refused by name here, not as a traceback after the first workload)
+        thread_counts = [_at_least(0)(t) for t in args.threads.split(",")]
+        for name in args.workloads.split(","):
+            workloads.get(name)
+    except (argparse.ArgumentTypeError, ValueError, KeyError) as error:
+        ap.error(f"--threads or --workloads: {error}")
     import fastbp
     import fastbp._threads  # noqa: F401  (fit_seconds waits for a quiet process with it)
-    thread_counts = [int(t) for t in args.threads.split(",")]
     splits = args.splits.split(",")
     print(f"{'workload':8s} {'threads':>7s} {'split':6s} {'samples/s':>10s} {'CPU/wall':>8s}")
     for name in args.workloads.split(","):

@@ -32,6 +32,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
 
+from compare import _at_least  # noqa: E402
+
 CASES = ("s1-momentum", "s1-adam", "rare-momentum", "rare-adam")
 
 
@@ -78,8 +80,9 @@ def run_worker(case, epochs):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default=",".join(CASES))
-    parser.add_argument("--epochs", type=int, default=5, help="timed epochs a worker")
-    parser.add_argument("--rounds", type=int, default=2, help="workers a case and setting")
+    parser.add_argument("--epochs", type=_at_least(1), default=5, help="timed epochs a worker")
+    parser.add_argument("--rounds", type=_at_least(1), default=2,
+                        help="workers a case and setting")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -100,7 +103,9 @@ def main(argv=None):
                 env = dict(os.environ, FASTBP_SUBNORMALS=setting)
                 out = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker",
                                       case, "--epochs", str(args.epochs)], env=env,
-                                     capture_output=True, text=True, check=True)
+                                     capture_output=True, text=True)
+                if out.returncode:      # (its cause: the worker's own traceback)
+                    sys.exit(f"{case} ({setting}): the worker failed:\n{out.stderr[-2000:]}")
                 results[setting].append(json.loads(out.stdout.strip().splitlines()[-1]))
         keep = statistics.median(r["seconds"] for r in results["keep"])
         flush = statistics.median(r["seconds"] for r in results["flush"])
