@@ -68,6 +68,13 @@ def check_target(path) -> os.stat_result | None:
             raise ValueError(f"cannot write {path}: it is {kind}, not a regular file")
         if not stat.S_ISREG(found.st_mode):
             return found                  # a FIFO or a character device: written into
+        if _names_a_descriptor(path):
+            # (save("/dev/stdout") > LOG: the new file replaced LOG, an appended log's
+            # earlier lines and all the process printed after went with the old one)
+            raise ValueError(f"cannot write {path}: it is an open descriptor of the regular "
+                             f"file {os.path.realpath(path)}, which a write replaces by a "
+                             f"new file (what else goes to it would be lost); give that "
+                             f"file's own name")
     if len(os.fsencode(name)) > _name_max(directory):
         raise OSError(errno.ENAMETOOLONG, f"File name too long (more than "
                       f"{_name_max(directory)} bytes)", path)
@@ -75,6 +82,15 @@ def check_target(path) -> os.stat_result | None:
         raise FileNotFoundError(errno.ENOENT, "No such file or directory (the folder "
                                 f"{directory} does not exist)", path)
     return found
+
+
+def _names_a_descriptor(path: str) -> bool:
+    """Whether `path` names a process's open descriptor (/dev/stdout, /dev/stderr,
+    /dev/fd/N, /proc/self/fd/N, /proc/PID/fd/N) rather than a file by its name."""
+    absolute = os.path.abspath(path)
+    folder = os.path.dirname(absolute)
+    return absolute in ("/dev/stdout", "/dev/stderr", "/dev/stdin") or folder == "/dev/fd" \
+        or (folder.startswith("/proc/") and os.path.basename(folder) == "fd")
 
 
 def is_stream(found: os.stat_result | None) -> bool:

@@ -912,7 +912,16 @@ def _from_parts(layer_sizes, activations, params, dropout, cls=None) -> MLP:
 
 
 def load(path) -> MLP:
-    """Read a model written by MLP.save."""
+    """Read a model written by MLP.save, from its path (str, bytes or os.PathLike)."""
+    if isinstance(path, (bytes, bytearray, memoryview)) and \
+            bytes(path[:len(_format.MAGIC)]) == _format.MAGIC:
+        raise TypeError("load reads a model from its path; these are a model's bytes: "
+                        "fastbp.MLP.from_bytes(data) reads them")
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        raise TypeError(f"load reads a model from its path (str, bytes or os.PathLike); got "
+                        f"a {type(path).__name__}"
+                        + (" (for a file object: fastbp.MLP.from_bytes(stream.read()))"
+                           if hasattr(path, "read") else ""))
     return _from_parts(*_format.read_file(path))
 
 

@@ -325,3 +325,45 @@ def test_a_failed_best_only_save_does_not_move_the_recorded_best(tmp_path, monke
     monkeypatch.undo()
     assert checkpoint.best_epoch == 0
     assert checkpoint.saved_epochs == [0]
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/fd"), reason="needs Linux's /dev/stdout")
+def test_save_to_dev_stdout_that_goes_to_a_regular_file_is_refused(tmp_path):
+    """model.save("/dev/stdout") (or to_onnx) in a script run `>> log.txt` replaced the log
+    by a new file holding the model: the log's lines, and all the script printed after,
+    went with the old one. The command line refused it; the library does now, naming the
+    file; /dev/stdout as a pipe is still written into."""
+    log = tmp_path / "log.txt"
+    log.write_text("an earlier line\n")
+    script = ("import fastbp\n"
+              "print('before', flush=True)\n"
+              "model = fastbp.MLP([3, 4, 2], ['relu', 'softmax'], seed=0)\n"
+              "try:\n"
+              "    model.save('/dev/stdout')\n"
+              "except ValueError as error:\n"
+              "    print('refused:', error, flush=True)\n")
+    with open(log, "ab") as stdout:
+        subprocess.run([sys.executable, "-c", script], stdout=stdout, check=True, timeout=120,
+                       cwd=tmp_path)
+    text = log.read_text()
+    assert text.startswith("an earlier line\nbefore\nrefused: cannot write /dev/stdout: it is "
+                           "an open descriptor of the regular file"), text
+    piped = subprocess.run([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                           check=True, timeout=120, cwd=tmp_path).stdout
+    assert b"\x89FASTBP\n" in piped and b"refused" not in piped
+
+
+def test_load_of_a_models_bytes_or_a_file_object_says_what_reads_them(tmp_path):
+    """fastbp.load(model.to_bytes()) failed with "embedded null byte" (or a file not found
+    named after the bytes), a BytesIO with os.fspath's message."""
+    import io
+    data = model(seed=1).to_bytes()
+    with pytest.raises(TypeError, match=r"these are a model's bytes: "
+                                        r"fastbp\.MLP\.from_bytes\(data\) reads them"):
+        fastbp.load(data)
+    with pytest.raises(TypeError, match=r"got a BytesIO \(for a file object: "
+                                        r"fastbp\.MLP\.from_bytes\(stream\.read\(\)\)\)"):
+        fastbp.load(io.BytesIO(data))
+    path = tmp_path / "m.fbp"
+    path.write_bytes(data)
+    assert fastbp.load(os.fsencode(path)).to_bytes() == data

@@ -21,21 +21,26 @@ def check_writable(path: str, option: str):
     if os.path.isdir(path):
         raise UsageError(f"{option} {path} is a folder; give a file name")
     try:
-        found = _files.check_output(path)
-    except ValueError as error:
-        raise UsageError(f"{option} {error}") from None
-    except OSError as error:
-        raise UsageError(f"{option} {path}: {one_line(error)}") from None
+        current = os.stat(path)
+    except OSError:
+        current = None
     for number, name in ((1, "standard output"), (2, "standard error")):
-        if found is not None and stat.S_ISREG(found.st_mode) and _same_file(found, number):
+        if current is not None and stat.S_ISREG(current.st_mode) \
+                and _same_file(current, number):
             # (-o /dev/stdout > FILE: the new file replaced FILE, and what the command wrote
             # to its standard output, its progress or an appended log's earlier lines,
-            # went into the file it unlinked)
+            # went into the file it unlinked; fastbp._files refuses /dev/stdout there too,
+            # this names the stream, and the file's own name as well)
             raise UsageError(f"{option} {path} is the file {name} goes to: a regular file "
                              f"is written as a new file that replaces it, and what goes to "
                              f"{name} would be lost; give that file's own name as {option} "
                              f"and no redirection")
-    return found
+    try:
+        return _files.check_output(path)
+    except ValueError as error:
+        raise UsageError(f"{option} {error}") from None
+    except OSError as error:
+        raise UsageError(f"{option} {path}: {one_line(error)}") from None
 
 
 def is_stdout(found) -> bool:
