@@ -165,16 +165,10 @@ def lookup(name: str) -> type:
 def get(optimizer, learning_rate: float | None = None) -> Optimizer:
     """An Optimizer from a name, with `learning_rate` (None: the optimizer's own default,
     0.01 for SGD, RMSprop and Adagrad, 0.001 for Adam), or an Optimizer object, which
-    brings its own (a learning_rate given beside it must be the same): a copy made through its constructor, so that attributes changed since
+    brings its own: a copy made through its constructor, so that attributes changed since
     it was made are checked as the constructor checks them (a subclass of one of fastbp's
     own: checked so, and used as it is)."""
     if isinstance(optimizer, Optimizer):
-        if learning_rate is not None and learning_rate != optimizer.learning_rate:
-            # (ignored, it trained at the object's rate without a word)
-            raise ValueError(f"learning_rate={learning_rate!r} and the optimizer's own "
-                             f"learning_rate {optimizer.learning_rate!r} differ: an optimizer "
-                             f"object brings its rate ({type(optimizer).__name__}"
-                             f"({learning_rate!r}, ...)), or leave learning_rate out")
         if optimizer.code_name not in _core.OPTIMIZER_CODES:
             raise TypeError(f"the compiled core knows the optimizers {', '.join(NAMES)}: an "
                             f"Optimizer must be one of them or derive from one; got "

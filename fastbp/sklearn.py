@@ -785,7 +785,7 @@ class _BaseMLP(BaseEstimator):
         if incremental and self._trainer is not None:
             trainer = self._trainer
             trainer.optimizer = optimizer               # same rule: the state carries on
-            trainer.learning_rate = None                # (the optimizer's: rate * scale)
+            trainer.learning_rate = float(self.learning_rate_init)
             trainer.loss = loss
             trainer.batch_size = batch_size
             trainer.shuffle = bool(self.shuffle)
@@ -793,7 +793,8 @@ class _BaseMLP(BaseEstimator):
             trainer.weight_decay = weight_decay
             trainer.n_threads = self.n_threads
         else:
-            trainer = Trainer(loss, optimizer=optimizer, epochs=1,
+            trainer = Trainer(loss, optimizer=optimizer,
+                              learning_rate=float(self.learning_rate_init), epochs=1,
                               batch_size=batch_size, shuffle=bool(self.shuffle),
                               seed=int(rng.randint(_SEED_LIMIT)), schedule=schedule,
                               weight_decay=weight_decay, n_threads=self.n_threads)

@@ -203,8 +203,7 @@ class Trainer:
     loss: "mse", "mae", "huber", "categorical_crossentropy" ("cce"),
         "binary_crossentropy" ("bce") or a fastbp.losses.Loss.
     optimizer: "sgd", "adam", "rmsprop", "adagrad" (with `learning_rate`) or a
-        fastbp.optimizers object, which brings its own learning rate (a learning_rate
-        given beside it must equal it).
+        fastbp.optimizers object, which brings its own learning rate.
     learning_rate: step size (>= 0) for an optimizer given by name; None: that
         optimizer's own default (0.01 for SGD, RMSprop and Adagrad, 0.001 for Adam).
     epochs: passes over the data (>= 0).
