@@ -319,6 +319,15 @@ static inline void fbp_prefetch(const void *address)
     __asm__ volatile("" : : "r"(address));
 }
 
+/* x rounded to float, as a double.  Through a volatile float: GCC 12 at -O3 dropped
+   the rounding of `(float)` casts stored into double fields side by side (two betas in
+   one vector move, lazy_rule in _core.pyx), where a lone one was rounded. */
+static inline double fbp_float_rounded(double x)
+{
+    volatile float rounded = (float)x;
+    return rounded;
+}
+
 /* How far ahead of the row it reads a pass over a sparse batch asks for a later row's
    indptr entries and stored values (fbp_prefetch_csr_ahead). */
 enum { FBP_CSR_AHEAD_INDPTR = 8, FBP_CSR_AHEAD_VALUES = 3 };

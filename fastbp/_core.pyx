@@ -1436,9 +1436,17 @@ cdef bint lazy_rule(const HyperparameterData* hyper, int update, LazyRows* lazy,
         lazy.scaled = <void*>(second + w)
         return True
     if hyper.optimizer == FBP_ADAM and adam != NULL:
-        adam.beta1 = hyper.beta1
-        adam.beta2 = hyper.beta2
-        adam.epsilon = hyper.epsilon
+        # the dtype's values, as the dense rule's step takes them (step_values): its moments
+        # decay by the rounded betas and its bias corrections take their powers, and the
+        # roundings cancel there; the catch-up's corrections from the exact betas did not
+        # (1 - beta2^t of float32's 0.999 is 1.3e-5 off at t = 1..2: float32 fits ended 10x
+        # further from float64's than dense float32 fits)
+        if floating is float:
+            adam.beta1 = fbp_float_rounded(hyper.beta1)
+            adam.beta2 = fbp_float_rounded(hyper.beta2)
+            adam.epsilon = fbp_float_rounded(hyper.epsilon)
+        else:
+            adam.beta1, adam.beta2, adam.epsilon = hyper.beta1, hyper.beta2, hyper.epsilon
         adam.shrink = shrink
         adam.first = <void*>(first + w)
         adam.second = <void*>(second + w)
